@@ -1,0 +1,24 @@
+"""The network side of PRM: backbones, peak stimulation, peak backpropagation, checkpoints."""
+
+from .backbones import BACKBONES, FullyConvolutionalClassifier, build_fcn
+from .checkpoint import PRMModel, build_model, load_checkpoint, load_model, resolve_device, save_model
+from .peak_backprop import excitation_backprop
+from .peak_stimulation import find_peaks, peak_stimulation
+from .prm import PeakResponseMapping, PeakResponseResult
+
+__all__ = [
+    "BACKBONES",
+    "FullyConvolutionalClassifier",
+    "PRMModel",
+    "PeakResponseMapping",
+    "PeakResponseResult",
+    "build_fcn",
+    "build_model",
+    "excitation_backprop",
+    "find_peaks",
+    "load_checkpoint",
+    "load_model",
+    "peak_stimulation",
+    "resolve_device",
+    "save_model",
+]

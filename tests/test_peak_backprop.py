@@ -1,0 +1,161 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from napari_prm.model import PeakResponseMapping, excitation_backprop
+
+
+def test_excitation_rule_on_hand_computable_layer():
+    conv = nn.Conv2d(1, 1, kernel_size=2, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[1.0, -2.0], [0.5, 3.0]]]]))
+        conv.bias.fill_(7.0)  # the rule ignores the bias
+    u = torch.tensor([[[[1.0, -1.0], [2.0, 0.0]]]], requires_grad=True)
+    with excitation_backprop(conv):
+        (grad,) = torch.autograd.grad(conv(u), u, torch.ones(1, 1, 1, 1))
+    # U_hat = U + 1 = [[2, 0], [3, 1]]; W+ = [[1, 0], [0.5, 3]]; N = 2 + 1.5 + 3 = 6.5
+    expected = np.array([[2 * 1, 0 * 0], [3 * 0.5, 1 * 3]]) / 6.5
+    np.testing.assert_allclose(grad[0, 0].numpy(), expected, rtol=1e-6)
+
+
+def test_excitation_rule_zero_normaliser_blocks_the_signal():
+    conv = nn.Conv2d(1, 1, kernel_size=1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(-1.0)  # no positive weight: N = 0 everywhere
+    u = torch.rand(1, 1, 3, 3, requires_grad=True)
+    with excitation_backprop(conv):
+        (grad,) = torch.autograd.grad(conv(u).sum(), u)
+    assert torch.count_nonzero(grad) == 0
+
+
+class TwoLayer(nn.Module):
+    """Conv -> ReLU -> 1x1 conv with known weights: a PRM computable by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        self.head = nn.Conv2d(1, 2, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, 2.0, -1.0]).view(1, 3, 1, 1))
+            self.head.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)))
+
+
+def test_prm_of_a_hand_computable_network():
+    x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)) + 0.5
+    prm = PeakResponseMapping(TwoLayer(), peak_filter=None)
+    result = prm.peak_response_maps(x, peaks=torch.tensor([[0, 1, 2]]))
+    # head: N = relu(h) at the peak, so the signal reaching conv's output is 1 at (1, 2).
+    # conv: U_hat = x - min(x); N = sum_c W+_c U_hat_c; gradient_c = W+_c U_hat_c / N.
+    shifted = (x - x.min())[0, :, 1, 2]
+    w_pos = torch.tensor([1.0, 2.0, 0.0])
+    expected = np.zeros((4, 4), dtype=np.float32)
+    expected[1, 2] = 1.0  # the channel sum of W+_c U_hat_c / N is 1, and the PRM is normalised
+    assert (w_pos * shifted).sum() > 0
+    np.testing.assert_allclose(result.prms[0].numpy(), expected, atol=1e-6)
+    assert result.peak_values[0] == pytest.approx(prm.class_response_maps(x)[0, 0, 1, 2].item(), rel=1e-6)
+
+
+def small_network(num_classes=3):
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False),  # grouped
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False),  # depthwise, strided
+        nn.BatchNorm2d(8),
+        nn.ReLU6(),
+        nn.Conv2d(8, num_classes, 1),
+    )
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.3)
+    return net
+
+
+def test_batched_peaks_equal_one_at_a_time():
+    prm = PeakResponseMapping(small_network())
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    single = prm.peak_response_maps(x, peak_batch_size=1)
+    batched = prm.peak_response_maps(x, peak_batch_size=4)
+    assert single.peaks.shape[0] >= 5
+    torch.testing.assert_close(batched.peaks, single.peaks)
+    torch.testing.assert_close(batched.prms, single.prms, rtol=1e-5, atol=1e-7)
+    sums = single.prms.flatten(1).sum(1)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+    assert (single.prms >= 0).all()
+
+
+def test_thresholds_and_empty_result():
+    prm = PeakResponseMapping(small_network())
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    everything = prm.peak_response_maps(x)
+    strong = prm.peak_response_maps(x, peak_threshold=float(everything.peak_values.median()))
+    assert 0 < len(strong.peaks) < len(everything.peaks)
+    assert (strong.peak_values > everything.peak_values.median()).all()
+    top_class = int(everything.scores.argmax())
+    only_top = prm.peak_response_maps(x, class_threshold=float(everything.scores.max()))
+    assert set(only_top.peaks[:, 0].tolist()) == {top_class}
+    none = prm.peak_response_maps(x, class_threshold=float(everything.scores.max()) + 1)
+    assert none.peaks.shape == (0, 3) and none.prms.shape == (0, 32, 32) and none.peak_values.shape == (0,)
+
+
+def test_patching_does_not_leak_and_restores_state():
+    prm = PeakResponseMapping(small_network()).train()
+    reference = PeakResponseMapping(small_network()).eval()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    prm.peak_response_maps(x)
+    assert prm.training
+    assert all(p.requires_grad for p in prm.parameters())
+    assert not any("_conv_forward" in m.__dict__ for m in prm.modules())
+    prm.eval()
+    grads = []
+    for net in (prm, reference):
+        xi = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(net.class_response_maps(xi)[0, 1].sum(), xi)
+        grads.append(grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_exception_inside_patch_still_unpatches():
+    net = small_network()
+    with pytest.raises(RuntimeError):
+        with excitation_backprop(net):
+            raise RuntimeError("boom")
+    assert not any("_conv_forward" in m.__dict__ for m in net.modules())
+
+
+def test_same_result_from_a_worker_thread():
+    prm = PeakResponseMapping(small_network())
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    expected = prm.peak_response_maps(x).prms
+    results = {}
+    thread = threading.Thread(target=lambda: results.setdefault("prms", prm.peak_response_maps(x).prms))
+    thread.start()
+    thread.join()
+    torch.testing.assert_close(results["prms"], expected)
+
+
+def test_sub_pixel_locating_factor_upsamples_crms():
+    prm = PeakResponseMapping(small_network(), sub_pixel_locating_factor=4)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    result = prm.peak_response_maps(x)
+    assert result.crms.shape == (3, 32, 32)  # 8x8 CRMs upsampled by 4
+    assert result.prms.shape[1:] == (32, 32)
+
+
+def test_one_image_only():
+    prm = PeakResponseMapping(small_network())
+    with pytest.raises(ValueError, match="one image"):
+        prm.peak_response_maps(torch.zeros(2, 3, 16, 16))
