@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from napari_prm import load_model, save_model
+from napari_prm.model import build_model
+from napari_prm.model.efficientnet_lite import EfficientNetLite0Features, load_lite0_imagenet
+
+
+@pytest.fixture(scope="module")
+def imagenet():
+    return load_model("imagenet")
+
+
+def test_efficientnet_lite0_weights_give_imagenet_predictions():
+    features = EfficientNetLite0Features().eval()
+    fc_weight, fc_bias = load_lite0_imagenet(features)
+    from napari_prm.model.efficientnet_lite import LITE_MEAN, LITE_STD
+    from napari_prm.model.transforms import as_rgb_float, to_network_input
+
+    for image, expected in ((data.chelsea(), range(281, 286)), (data.coffee(), [967])):
+        x = to_network_input(as_rgb_float(image), (224, 224), LITE_MEAN, LITE_STD)
+        with torch.no_grad():
+            logits = features(x).mean((2, 3)) @ fc_weight.T + fc_bias
+        assert int(logits.argmax()) in expected
+
+
+def test_imagenet_model_chelsea_is_a_cat_with_its_strongest_peak_on_the_cat(imagenet):
+    image = data.chelsea()
+    x = imagenet.preprocess(image)
+    with torch.no_grad():
+        scores = imagenet.network(x)[0]
+    top = int(scores.argmax())
+    assert 281 <= top <= 285, imagenet.class_names[top]
+    result = imagenet.network.peak_response_maps(x, classes=[top])
+    strongest = result.peaks[int(result.peak_values.argmax())]
+    crm_h, crm_w = result.crms.shape[1:]
+    y = (strongest[1].item() + 0.5) * image.shape[0] / crm_h
+    x_pix = (strongest[2].item() + 0.5) * image.shape[1] / crm_w
+    # The background is a band on the right of the image (drawn by hand); the cat is the rest.
+    from skimage.draw import polygon
+
+    background = np.zeros(image.shape[:2], dtype=bool)
+    rows, cols = polygon([0, 0, 300, 300, 230, 150, 60, 40], [400, 451, 451, 395, 355, 370, 375, 400], image.shape[:2])
+    background[rows, cols] = True
+    assert not background[int(y), int(x_pix)]
+    sums = result.prms.flatten(1).sum(1)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+
+
+def test_imagenet_model_coffee_is_espresso(imagenet):
+    x = imagenet.preprocess(data.coffee())
+    with torch.no_grad():
+        scores = imagenet.network(x)[0]
+    assert int(scores.argmax()) == 967
+    assert imagenet.class_names[967] == "espresso"
+
+
+def test_imagenet_metadata(imagenet):
+    assert len(imagenet.class_names) == 1000
+    assert imagenet.backbone == "efficientnet_lite0"
+    assert imagenet.input_size == (448, 448)
+    assert imagenet.network.fcn.classifier.weight.shape == (1000, 1280, 1, 1)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_checkpoint_round_trip(tmp_path, suffix):
+    model = build_model("tiny", ["cell", "nucleus"], input_size=(64, 48), win_size=5, peak_filter="mean")
+    with torch.no_grad():
+        for p in model.network.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    path = save_model(model, tmp_path / f"model{suffix}")
+    loaded = load_model(path)
+    assert loaded.class_names == ["cell", "nucleus"]
+    assert loaded.input_size == (64, 48)
+    assert loaded.network.win_size == 5 and loaded.network.peak_filter == "mean"
+    x = torch.randn(1, 3, 64, 48)
+    model.network.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network(x), model.network(x))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bad_checkpoints_name_the_file(tmp_path):
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(ValueError, match="missing.pt"):
+        load_model(missing)
+
+    model = build_model("tiny", ["a", "b"])
+    good = save_model(model, tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated.pt"):
+        load_model(truncated)
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(ValueError, match="foreign.pt.*not a napari-prm checkpoint"):
+        load_model(foreign)
+
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="notes.safetensors"):
+        load_model(text)
+
+    # A pickled object that weights_only=True refuses to run.
+    evil = tmp_path / "evil.pt"
+    torch.save({"metadata": object, "state_dict": {}}, evil)
+    with pytest.raises(ValueError, match="evil.pt"):
+        load_model(evil)
+
+
+def test_unknown_builtin_and_backbone():
+    with pytest.raises(ValueError, match="backbone"):
+        build_model("alexnet", ["a"])
+    with pytest.raises(ValueError, match="unique"):
+        build_model("tiny", ["a", "a"])

@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_prm import build_model, predict
+from napari_prm.predict import Cancelled, crm_to_image, image_to_crm
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build_model("tiny", ["a", "b", "c"], input_size=(64, 64))
+    with torch.no_grad():
+        model.network.fcn.classifier.weight.normal_(std=0.5)
+    return model.to("cpu")
+
+
+@pytest.mark.parametrize(
+    "image,message",
+    [
+        (np.zeros((0, 5)), "empty"),
+        (np.zeros((1, 1, 3), np.uint8), "2×2"),
+        (np.full((8, 8), np.nan), "NaN"),
+        (np.zeros((8, 8, 5), np.uint8), "stack|channel"),
+        (np.zeros((4, 8, 8, 3), np.uint8), "dimensions"),
+    ],
+)
+def test_bad_input_says_what_is_wrong(tiny, image, message):
+    with pytest.raises(ValueError, match=message):
+        predict(image, tiny, proposals=None)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.random.default_rng(0).integers(0, 65535, (37, 53), dtype=np.uint16),
+        np.random.default_rng(1).integers(0, 255, (50, 40, 4), dtype=np.uint8),
+        np.random.default_rng(2).random((45, 45, 3)).astype(np.float32) * 1000,
+    ],
+    ids=["uint16-gray", "uint8-rgba", "float-rgb"],
+)
+def test_prediction_is_in_image_coordinates(tiny, image):
+    pred = predict(image, tiny, proposals=None)
+    height, width = image.shape[:2]
+    k = len(pred.peaks)
+    assert k > 0
+    assert pred.prms.shape == (k, height, width) and pred.prms.dtype == np.float32
+    np.testing.assert_allclose(pred.prms.sum(axis=(1, 2)), 1, rtol=1e-4)
+    assert pred.peaks.shape == (k, 2)
+    assert (pred.peaks >= -0.5).all() and (pred.peaks[:, 0] <= height - 0.5).all() and (pred.peaks[:, 1] <= width - 0.5).all()
+    assert pred.scores.shape == (3,) and pred.crms.shape == (3, 16, 16)
+    assert pred.peak_classes.dtype == np.int64 and pred.instances == []
+    # Every reported peak value is the CRM value at its CRM location.
+    c, y, x = pred.peaks_crm.T
+    np.testing.assert_allclose(pred.peak_values, pred.crms[c, y, x])
+
+
+def test_class_selection_by_name_and_threshold(tiny):
+    image = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    everything = predict(image, tiny, proposals=None)
+    only_b = predict(image, tiny, proposals=None, classes=["b"])
+    assert set(only_b.peak_classes.tolist()) == {1}
+    assert len(only_b.peaks) == (everything.peak_classes == 1).sum()
+    top = everything.scores.max()
+    strong = predict(image, tiny, proposals=None, class_threshold=float(top))
+    assert set(strong.peak_classes.tolist()) == {int(everything.scores.argmax())}
+    nothing = predict(image, tiny, proposals=None, class_threshold=float(top) + 1)
+    assert nothing.peaks.shape == (0, 2) and nothing.prms.shape == (0, 64, 64)
+    with pytest.raises(ValueError, match="unknown class"):
+        predict(image, tiny, proposals=None, classes=["zebra"])
+
+
+def test_points_backpropagate_from_given_locations(tiny):
+    image = np.random.default_rng(4).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    pred = predict(image, tiny, proposals=None, points=(np.array([[10.0, 50.0], [40.0, 8.0]]), np.array([2, 0])))
+    np.testing.assert_array_equal(pred.peak_classes, [2, 0])
+    np.testing.assert_array_equal(pred.peaks_crm[:, 1:], [[2, 12], [10, 2]])
+    # The response of a location concentrates around it.
+    for prm, (y, x) in zip(pred.prms, [(10, 50), (40, 8)]):
+        cy, cx = np.unravel_index(prm.argmax(), prm.shape)
+        assert abs(cy - y) < 16 and abs(cx - x) < 16
+
+
+def test_cancel_stops_before_the_work(tiny):
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(Cancelled):
+        predict(image, tiny, proposals=None, cancel=lambda: True)
+    stages = []
+    predict(image, tiny, proposals=None, progress=lambda stage, done, total: stages.append(stage))
+    assert "forward" in stages
+
+
+@pytest.mark.parametrize("factor", [1, 4])
+def test_coordinate_mapping_round_trip(factor):
+    crm_shape = (14 * factor, 10 * factor)
+    image_shape = (300, 451)
+    yx = np.array([[0, 0], [crm_shape[0] - 1, crm_shape[1] - 1], [5, 3]])
+    back = image_to_crm(crm_to_image(yx, crm_shape, image_shape, factor), crm_shape, image_shape, factor)
+    np.testing.assert_array_equal(back, yx)
+    centre = crm_to_image(np.array([[0, 0]]), (14, 10), image_shape)
+    np.testing.assert_allclose(centre, [[300 / 28 - 0.5, 451 / 20 - 0.5]])
