@@ -1,0 +1,495 @@
+"""Datasets with image-level labels: the weak supervision PRM trains from.
+
+Three sources give the same :class:`LabeledImageDataset`: a COCO JSON (labels
+are the categories present; instance masks, when present, serve evaluation
+only), a folder per class (one label per image) and a CSV ``image,labels``
+with ``;``-separated labels. Images are read lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+
+#: The 20 PASCAL VOC classes under their COCO names, in VOC's order.
+VOC_CLASSES = (
+    "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "dining table", "dog", "horse", "motorcycle", "person", "potted plant", "sheep", "couch",
+    "train", "tv",
+)
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class GroundTruth:
+    """Instance masks of one image, restricted to the dataset's classes.
+
+    Attributes
+    ----------
+    masks : (M, H, W) bool ndarray
+    class_indices : (M,) int64 ndarray
+        Index into the dataset's class names.
+    iscrowd : (M,) bool ndarray
+        COCO crowd regions (several objects under one mask).
+    """
+
+    masks: np.ndarray
+    class_indices: np.ndarray
+    iscrowd: np.ndarray
+
+
+@dataclass
+class LabeledImageDataset:
+    """Images with multi-hot image-level labels.
+
+    Attributes
+    ----------
+    image_paths : list of Path
+    labels : (N, C) float32 ndarray
+        1 where the image shows the class, else 0.
+    class_names : list of str
+        Column order of ``labels``; saved with a trained model.
+    origins : list of str
+        Where each image was declared (``file:line`` for CSVs), for error messages.
+    source : str
+        The file or folder the dataset came from.
+    coco : pycocotools.coco.COCO or None
+        The annotation handle of a COCO dataset (gives instance masks).
+    image_ids : list of int or None
+        COCO image id of each image.
+    category_ids : list of int or None
+        COCO category id of each class.
+    include_crowd : bool
+        Whether crowd-only annotations count as labels (COCO).
+    """
+
+    image_paths: list[Path]
+    labels: np.ndarray
+    class_names: list[str]
+    origins: list[str] = field(default_factory=list)
+    source: str = ""
+    coco: object = None
+    image_ids: Optional[list[int]] = None
+    category_ids: Optional[list[int]] = None
+    include_crowd: bool = False
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, dtype=np.float32).reshape(len(self.image_paths), len(self.class_names))
+        if not self.origins:
+            self.origins = [str(p) for p in self.image_paths]
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether instance masks are available (COCO datasets with segmentations)."""
+        return self.coco is not None
+
+    def read_image(self, index: int) -> np.ndarray:
+        """The image as stored (gray, RGB or RGBA; any dtype).
+
+        Raises
+        ------
+        ValueError
+            When the file cannot be read; names the file and where it was declared.
+        """
+        path = self.image_paths[index]
+        try:
+            if path.suffix.lower() in (".tif", ".tiff"):
+                import tifffile
+
+                image = tifffile.imread(path)
+            else:
+                import imageio.v3 as iio
+
+                image = iio.imread(path)
+        except Exception as error:  # any reader failure is the same user error: a bad file
+            raise ValueError(f"cannot read image {path} (declared at {self.origins[index]}): {error}") from error
+        return np.asarray(image)
+
+    def read_rgb(self, index: int) -> np.ndarray:
+        """The image as ``(H, W, 3) float32`` in [0, 1] (see ``model.transforms.as_rgb_float``)."""
+        from .model.transforms import as_rgb_float
+
+        image = self.read_image(index)
+        try:
+            return as_rgb_float(image)
+        except ValueError as error:
+            raise ValueError(f"cannot use image {self.image_paths[index]} "
+                             f"(declared at {self.origins[index]}): {error}") from error
+
+    def instances(self, index: int) -> GroundTruth:
+        """Ground-truth instance masks of image ``index`` (COCO datasets only)."""
+        if self.coco is None:
+            raise ValueError(f"dataset {self.source} has no instance masks (only COCO JSON datasets do)")
+        from pycocotools import mask as mask_utils
+
+        info = self.coco.imgs[self.image_ids[index]]
+        height, width = int(info["height"]), int(info["width"])
+        class_of = {cat: i for i, cat in enumerate(self.category_ids)}
+        anns = [a for a in self.coco.imgToAnns.get(self.image_ids[index], []) if a["category_id"] in class_of]
+        masks = np.zeros((len(anns), height, width), dtype=bool)
+        for k, ann in enumerate(anns):
+            segmentation = ann["segmentation"]
+            if isinstance(segmentation, list):
+                rles = mask_utils.frPyObjects(segmentation, height, width)
+                rle = mask_utils.merge(rles)
+            elif isinstance(segmentation["counts"], list):
+                rle = mask_utils.frPyObjects(segmentation, height, width)
+            else:
+                rle = segmentation
+            masks[k] = mask_utils.decode(rle).astype(bool)
+        return GroundTruth(
+            masks=masks,
+            class_indices=np.array([class_of[a["category_id"]] for a in anns], dtype=np.int64),
+            iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+        )
+
+    def subset(self, indices: Sequence[int]) -> "LabeledImageDataset":
+        """The images at ``indices`` (same classes)."""
+        indices = [int(i) for i in indices]
+        return replace(
+            self,
+            image_paths=[self.image_paths[i] for i in indices],
+            labels=self.labels[indices],
+            origins=[self.origins[i] for i in indices],
+            image_ids=None if self.image_ids is None else [self.image_ids[i] for i in indices],
+        )
+
+    def split(self, fraction: float, *, seed: int = 0) -> tuple["LabeledImageDataset", "LabeledImageDataset"]:
+        """Random ``(train, validation)`` split with ``fraction`` of the images held out.
+
+        Both parts keep at least one image whenever ``0 < fraction < 1``.
+        """
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1); got {fraction}")
+        if len(self) < 2:
+            raise ValueError(f"cannot split dataset {self.source}: it has {len(self)} image(s)")
+        order = np.random.default_rng(seed).permutation(len(self))
+        held_out = min(max(int(round(fraction * len(self))), 1), len(self) - 1)
+        return self.subset(np.sort(order[held_out:])), self.subset(np.sort(order[:held_out]))
+
+    def with_classes(self, class_names: Sequence[str], *, drop_unlabeled: bool = False) -> "LabeledImageDataset":
+        """The same images relabelled with ``class_names`` (a subset or reordering).
+
+        Parameters
+        ----------
+        class_names : sequence of str
+            Every name must be one of this dataset's classes or, for a COCO
+            dataset, one of its file's categories (labelled from its annotations).
+        drop_unlabeled : bool
+            Drop images that show none of ``class_names``.
+        """
+        class_names = [str(c) for c in class_names]
+        coco_ids = {} if self.coco is None else {c["name"]: c["id"] for c in self.coco.cats.values()}
+        missing = [c for c in class_names if c not in self.class_names and c not in coco_ids]
+        if missing:
+            raise ValueError(f"unknown class(es) {missing} for dataset {self.source}; "
+                             f"it has {self.class_names}")
+        columns = [self._label_column(c, coco_ids) for c in class_names]
+        relabelled = replace(
+            self,
+            labels=np.stack(columns, axis=1) if columns else np.zeros((len(self), 0), np.float32),
+            class_names=class_names,
+            category_ids=None if self.coco is None else [coco_ids[c] for c in class_names],
+        )
+        if drop_unlabeled:
+            relabelled = relabelled.subset(np.flatnonzero(relabelled.labels.sum(1) > 0))
+        return relabelled
+
+    def _label_column(self, name: str, coco_ids: dict[str, int]) -> np.ndarray:
+        if name in self.class_names:
+            return self.labels[:, self.class_names.index(name)]
+        category = coco_ids[name]
+        return np.array([any(a["category_id"] == category and (self.include_crowd or not a.get("iscrowd", 0))
+                             for a in self.coco.imgToAnns.get(image_id, [])) for image_id in self.image_ids],
+                        dtype=np.float32)
+
+    def check_positives(self) -> None:
+        """Raise ValueError when the dataset is empty or a class has no positive image."""
+        if len(self) == 0:
+            raise ValueError(f"dataset {self.source} has no images")
+        empty = [c for c, n in zip(self.class_names, self.labels.sum(0)) if n == 0]
+        if empty:
+            raise ValueError(f"class(es) {empty} have no positive image in {self.source}; "
+                             "drop them (classes=...) or add images")
+
+
+def voc_view(dataset: LabeledImageDataset, *, drop_unlabeled: bool = True) -> LabeledImageDataset:
+    """The PASCAL VOC classes of a COCO dataset (PRM's label space).
+
+    Keeps those of the 20 VOC classes that the dataset has, in VOC's order
+    (a COCO dataset loaded with ``classes=None`` has only the categories that
+    occur). Images showing none of them are dropped unless
+    ``drop_unlabeled=False`` (every VOC image shows at least one).
+    """
+    classes = [c for c in VOC_CLASSES if c in dataset.class_names]
+    if not classes:
+        raise ValueError(f"dataset {dataset.source} has none of the VOC classes {list(VOC_CLASSES)}")
+    return dataset.with_classes(classes, drop_unlabeled=drop_unlabeled)
+
+
+def _quiet_coco(json_path: Path):
+    from pycocotools.coco import COCO
+
+    # pycocotools prints progress to stdout; the CLI's output should stay clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return COCO(str(json_path))
+        except Exception as error:
+            raise ValueError(f"cannot read COCO annotations {json_path}: {error}") from error
+
+
+def _default_coco_image_dir(json_path: Path) -> Path:
+    # The COCO layout: annotations/instances_<split>.json next to <split>/.
+    stem = json_path.stem
+    if stem.startswith("instances_"):
+        candidate = json_path.parent.parent / stem[len("instances_"):]
+        if candidate.is_dir():
+            return candidate
+    return json_path.parent
+
+
+def from_coco(
+    json_path: PathLike,
+    image_dir: Optional[PathLike] = None,
+    *,
+    classes: Union[None, str, Sequence[str]] = None,
+    include_crowd: bool = False,
+    require_positives: bool = True,
+) -> LabeledImageDataset:
+    """Image-level labels from a COCO "instances" JSON.
+
+    Parameters
+    ----------
+    json_path : path
+    image_dir : path or None
+        Folder of the images; None: ``<root>/<split>/`` for
+        ``<root>/annotations/instances_<split>.json``, else the JSON's folder.
+    classes : None, 'all' or sequence of str
+        None: the categories present in at least one image, in category-id
+        order; 'all': every category of the file; or these names, in this order.
+    include_crowd : bool
+        Count crowd-only annotations as labels (off by default: a crowd
+        region is not a single instance). Masks of crowd regions are still
+        given to evaluation, flagged.
+    require_positives : bool
+        Raise when a class has no positive image.
+
+    Returns
+    -------
+    LabeledImageDataset
+        With ``coco``, ``image_ids`` and ``category_ids`` set.
+    """
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise ValueError(f"COCO annotation file {json_path} does not exist")
+    coco = _quiet_coco(json_path)
+    image_dir = Path(image_dir) if image_dir is not None else _default_coco_image_dir(json_path)
+    categories = sorted(coco.cats.values(), key=lambda c: c["id"])
+    by_name = {c["name"]: c["id"] for c in categories}
+    image_ids = sorted(coco.imgs)
+    present: dict[int, set[int]] = {i: set() for i in image_ids}
+    for ann in coco.anns.values():
+        if include_crowd or not ann.get("iscrowd", 0):
+            present.setdefault(ann["image_id"], set()).add(ann["category_id"])
+    if classes is None:
+        used = set().union(*present.values()) if present else set()
+        category_ids = [c["id"] for c in categories if c["id"] in used]
+    elif isinstance(classes, str) and classes == "all":
+        category_ids = [c["id"] for c in categories]
+    else:
+        if isinstance(classes, str):
+            raise ValueError(f"classes must be None, 'all' or a list of names; got {classes!r}")
+        unknown = [c for c in classes if c not in by_name]
+        if unknown:
+            raise ValueError(f"unknown class(es) {unknown} in {json_path}; its categories are {list(by_name)}")
+        category_ids = [by_name[c] for c in classes]
+    id_to_name = {c["id"]: c["name"] for c in categories}
+    column = {cat: j for j, cat in enumerate(category_ids)}
+    labels = np.zeros((len(image_ids), len(category_ids)), dtype=np.float32)
+    paths = []
+    for row, image_id in enumerate(image_ids):
+        file_name = coco.imgs[image_id]["file_name"]
+        path = image_dir / file_name
+        if not path.is_file():
+            raise ValueError(f"image {path} listed in {json_path} (image id {image_id}) does not exist")
+        paths.append(path)
+        for cat in present.get(image_id, ()):
+            if cat in column:
+                labels[row, column[cat]] = 1
+    dataset = LabeledImageDataset(
+        image_paths=paths,
+        labels=labels,
+        class_names=[id_to_name[c] for c in category_ids],
+        origins=[f"{json_path} (image id {i})" for i in image_ids],
+        source=str(json_path),
+        coco=coco,
+        image_ids=image_ids,
+        category_ids=category_ids,
+        include_crowd=include_crowd,
+    )
+    if len(dataset) == 0:
+        raise ValueError(f"COCO file {json_path} lists no images")
+    if require_positives:
+        dataset.check_positives()
+    return dataset
+
+
+def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledImageDataset:
+    """One label per image from a folder per class: ``root/<class>/<image>``.
+
+    Classes are the sub-folder names, sorted. Files with other suffixes than
+    those in ``IMAGE_SUFFIXES`` and hidden files are ignored.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"dataset folder {root} does not exist")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"dataset folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    paths, rows = [], []
+    for j, class_dir in enumerate(class_dirs):
+        images = sorted(p for p in class_dir.iterdir()
+                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        if not images and require_positives:
+            raise ValueError(f"class {class_dir.name!r} has no positive image: folder {class_dir} holds no image "
+                             f"({', '.join(IMAGE_SUFFIXES)})")
+        paths += images
+        rows += [j] * len(images)
+    if not paths:
+        raise ValueError(f"dataset folder {root} holds no images")
+    labels = np.zeros((len(paths), len(class_dirs)), dtype=np.float32)
+    labels[np.arange(len(paths)), rows] = 1
+    return LabeledImageDataset(image_paths=paths, labels=labels, class_names=[d.name for d in class_dirs],
+                               source=str(root))
+
+
+def from_csv(
+    path: PathLike,
+    image_root: Optional[PathLike] = None,
+    *,
+    classes: Optional[Sequence[str]] = None,
+    require_positives: bool = True,
+) -> LabeledImageDataset:
+    """Multi-labels from a CSV with a header ``image,labels``.
+
+    ``labels`` holds ``;``-separated class names (empty: an image with none
+    of the classes). Image paths are relative to ``image_root`` (default: the
+    CSV's folder) unless absolute.
+
+    Parameters
+    ----------
+    classes : sequence of str or None
+        The class names in order; None: every name used, sorted. With a
+        list, a name outside it is an error naming the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"CSV file {path} does not exist")
+    image_root = Path(image_root) if image_root is not None else path.parent
+    entries: list[tuple[Path, list[str], str]] = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header[:2]] != ["image", "labels"]:
+            raise ValueError(f"{path}:1: expected the header 'image,labels'; got {header}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != 2:
+                raise ValueError(f"{where}: expected 2 columns (image,labels); got {len(row)}: {row}")
+            image = Path(row[0].strip())
+            image = image if image.is_absolute() else image_root / image
+            if not image.is_file():
+                raise ValueError(f"{where}: image {image} does not exist")
+            names = [n.strip() for n in row[1].split(";") if n.strip()]
+            if classes is not None:
+                unknown = [n for n in names if n not in classes]
+                if unknown:
+                    raise ValueError(f"{where}: unknown class(es) {unknown}; expected one of {list(classes)}")
+            entries.append((image, names, where))
+    if not entries:
+        raise ValueError(f"CSV file {path} lists no images")
+    class_names = list(classes) if classes is not None else sorted({n for _, names, _ in entries for n in names})
+    column = {c: j for j, c in enumerate(class_names)}
+    labels = np.zeros((len(entries), len(class_names)), dtype=np.float32)
+    for row, (_, names, _) in enumerate(entries):
+        labels[row, [column[n] for n in names]] = 1
+    dataset = LabeledImageDataset(image_paths=[e[0] for e in entries], labels=labels, class_names=class_names,
+                                  origins=[e[2] for e in entries], source=str(path))
+    if require_positives:
+        dataset.check_positives()
+    return dataset
+
+
+def load_dataset(path: PathLike, **kwargs) -> LabeledImageDataset:
+    """Load a dataset, choosing the format from ``path``.
+
+    A ``.json`` file is COCO, a ``.csv`` file is a label CSV, a folder is a
+    folder per class. Keyword arguments go to the loader.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return from_folders(path, **kwargs)
+    if path.suffix.lower() == ".json":
+        return from_coco(path, **kwargs)
+    if path.suffix.lower() == ".csv":
+        return from_csv(path, **kwargs)
+    if not path.exists():
+        raise ValueError(f"dataset {path} does not exist")
+    raise ValueError(f"cannot tell the dataset format of {path}: expected a COCO .json, a .csv or a folder per class")
+
+
+class TrainingImages(torch.utils.data.Dataset):
+    """Network inputs and labels for training: resize, optional flip, normalise.
+
+    Parameters
+    ----------
+    dataset : LabeledImageDataset
+    input_size : (h, w)
+    mean, std : 3 floats
+        The backbone's normalisation.
+    hflip : bool
+        Flip each image horizontally with probability 1/2.
+    seed : int
+        The flips depend only on ``(seed, epoch, index)``, so a run is
+        reproducible with any number of loader workers and after a resume.
+
+    Items are ``(image (3, h, w) float32 tensor, labels (C,) float32 tensor)``.
+    """
+
+    def __init__(self, dataset: LabeledImageDataset, input_size: Sequence[int], mean: Sequence[float],
+                 std: Sequence[float], *, hflip: bool = True, seed: int = 0):
+        self.dataset = dataset
+        self.input_size = tuple(int(s) for s in input_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.hflip = hflip
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        from .model.transforms import to_network_input
+
+        tensor = to_network_input(self.dataset.read_rgb(index), self.input_size, self.mean, self.std)[0]
+        if self.hflip and np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
+            tensor = tensor.flip(-1)
+        return tensor, torch.from_numpy(self.dataset.labels[index])

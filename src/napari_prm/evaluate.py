@@ -1,0 +1,459 @@
+"""The PRM paper's metrics: mAP^r, Average Best Overlap, PRM quality, peak pointing, classification mAP.
+
+The per-image functions take plain arrays, so they can be checked on cases
+computed by hand; :func:`evaluate` runs a model (or takes its predictions)
+over a :class:`~napari_prm.data.LabeledImageDataset` with instance masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+DEFAULT_IOU_THRESHOLDS = (0.25, 0.5, 0.75)
+
+
+def _as_masks(masks, name: str) -> np.ndarray:
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"{name} must be an (N, H, W) stack of masks; got shape {masks.shape}")
+    return masks
+
+
+def _iou_matrix(masks_a: np.ndarray, masks_b: np.ndarray) -> np.ndarray:
+    """IoU of every mask in ``a`` (M, H, W) with every mask in ``b`` (K, H, W): (M, K)."""
+    flat_a = masks_a.reshape(len(masks_a), -1).astype(np.float64)
+    flat_b = masks_b.reshape(len(masks_b), -1).astype(np.float64)
+    intersection = flat_a @ flat_b.T
+    union = flat_a.sum(1)[:, None] + flat_b.sum(1)[None, :] - intersection
+    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+
+
+def best_overlaps(gt_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
+    """Best IoU of each ground-truth instance with any predicted mask (class-agnostic).
+
+    Parameters
+    ----------
+    gt_masks : (M, H, W) bool ndarray
+    pred_masks : (K, H, W) bool ndarray
+
+    Returns
+    -------
+    overlaps : (M,) float64 ndarray
+        0 for an instance when there is no prediction. The Average Best
+        Overlap (ABO) of a dataset is the mean over all its instances.
+    """
+    gt_masks, pred_masks = _as_masks(gt_masks, "gt_masks"), _as_masks(pred_masks, "pred_masks")
+    if len(pred_masks) == 0 or len(gt_masks) == 0:
+        return np.zeros(len(gt_masks))
+    if gt_masks.shape[1:] != pred_masks.shape[1:]:
+        raise ValueError(f"masks differ in size: gt {gt_masks.shape[1:]}, predictions {pred_masks.shape[1:]}")
+    return _iou_matrix(gt_masks, pred_masks).max(1)
+
+
+def prm_quality(prms: np.ndarray, peak_classes: np.ndarray, gt_masks: np.ndarray,
+                gt_classes: np.ndarray) -> np.ndarray:
+    """Share of each peak response map's mass inside its best-matching instance: Σ(R⊙G)/ΣR.
+
+    Parameters
+    ----------
+    prms : (K, H, W) float ndarray
+        Peak response maps (non-negative) at the masks' size.
+    peak_classes : (K,) int ndarray
+    gt_masks : (M, H, W) bool ndarray
+    gt_classes : (M,) int ndarray
+
+    Returns
+    -------
+    quality : (K,) float64 ndarray
+        The largest share over the instances of the peak's class; NaN for a
+        peak whose class has no instance in the image; 0 for an all-zero map.
+    """
+    prms = np.asarray(prms, dtype=np.float32)
+    gt_masks = _as_masks(gt_masks, "gt_masks")
+    peak_classes, gt_classes = np.asarray(peak_classes).reshape(-1), np.asarray(gt_classes).reshape(-1)
+    if prms.ndim != 3 or len(prms) != len(peak_classes):
+        raise ValueError(f"prms must be (K, H, W) with K = len(peak_classes) = {len(peak_classes)}; got {prms.shape}")
+    if len(gt_classes) != len(gt_masks):
+        raise ValueError(f"{len(gt_masks)} gt masks but {len(gt_classes)} gt classes")
+    quality = np.full(len(prms), np.nan)
+    if len(prms) == 0 or len(gt_masks) == 0:
+        return quality
+    if len(gt_masks) and gt_masks.shape[1:] != prms.shape[1:]:
+        raise ValueError(f"prms {prms.shape[1:]} and gt masks {gt_masks.shape[1:]} differ in size")
+    flat_prms = prms.reshape(len(prms), -1)
+    mass = flat_prms.sum(1, dtype=np.float64)
+    inside = (flat_prms @ gt_masks.reshape(len(gt_masks), -1).T.astype(np.float32)).astype(np.float64)
+    share = np.divide(inside, mass[:, None], out=np.zeros_like(inside), where=mass[:, None] > 0)
+    for k, cls in enumerate(peak_classes):
+        same = gt_classes == cls
+        if same.any():
+            quality[k] = share[k, same].max()
+    return quality
+
+
+def peak_hits(peaks_yx: np.ndarray, peak_classes: np.ndarray, gt_masks: np.ndarray,
+              gt_classes: np.ndarray) -> np.ndarray:
+    """Whether each class peak lies on a ground-truth instance of its class (peak pointing).
+
+    Parameters
+    ----------
+    peaks_yx : (K, 2) float ndarray
+        Peak ``(y, x)`` in image pixels (rounded to the nearest pixel).
+    peak_classes : (K,) int ndarray
+    gt_masks : (M, H, W) bool ndarray
+    gt_classes : (M,) int ndarray
+
+    Returns
+    -------
+    hits : (K,) bool ndarray
+        A peak of a class absent from the image is a miss.
+    """
+    peaks_yx = np.asarray(peaks_yx, dtype=np.float64).reshape(-1, 2)
+    peak_classes, gt_classes = np.asarray(peak_classes).reshape(-1), np.asarray(gt_classes).reshape(-1)
+    gt_masks = _as_masks(gt_masks, "gt_masks")
+    if len(peaks_yx) != len(peak_classes):
+        raise ValueError(f"{len(peaks_yx)} peaks but {len(peak_classes)} peak classes")
+    hits = np.zeros(len(peaks_yx), dtype=bool)
+    if len(gt_masks) == 0:
+        return hits
+    height, width = gt_masks.shape[1:]
+    rows = np.clip(np.rint(peaks_yx[:, 0]).astype(int), 0, height - 1)
+    cols = np.clip(np.rint(peaks_yx[:, 1]).astype(int), 0, width - 1)
+    for k, cls in enumerate(peak_classes):
+        same = gt_classes == cls
+        hits[k] = bool(gt_masks[same, rows[k], cols[k]].any())
+    return hits
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Non-interpolated average precision of one class: Σ (R_n - R_{n-1}) P_n.
+
+    Tied scores form one operating point. Returns NaN without positives.
+    Written with numpy (the definition scikit-learn's ``average_precision_score``
+    uses) so that scikit-learn is not a dependency.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(labels).reshape(-1) > 0
+    positives = labels.sum()
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_positives = np.cumsum(labels)[last_of_tie]
+    precision = true_positives / (last_of_tie + 1)
+    recall = true_positives / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def classification_map(scores: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Classification mAP over classes with at least one positive.
+
+    Parameters
+    ----------
+    scores : (N, C) float ndarray
+    labels : (N, C) 0/1 ndarray
+
+    Returns
+    -------
+    mean_ap : float
+        NaN when no class has a positive.
+    per_class : (C,) float64 ndarray
+        AP of each class (NaN without positives).
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    if scores.ndim != 2 or scores.shape != labels.shape:
+        raise ValueError(f"scores and labels must both be (N, C); got {scores.shape} and {labels.shape}")
+    per_class = np.array([average_precision(scores[:, c], labels[:, c]) for c in range(scores.shape[1])])
+    valid = ~np.isnan(per_class)
+    return (float(per_class[valid].mean()) if valid.any() else float("nan")), per_class
+
+
+def _rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def _annotation(rle: dict, image_id: int, class_index: int, ann_id: int, **more) -> dict:
+    from pycocotools import mask as mask_utils
+
+    return {"id": ann_id, "image_id": image_id, "category_id": int(class_index) + 1, "segmentation": rle,
+            "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)], **more}
+
+
+class InstanceMatcher:
+    """Collects ground truth and predictions image by image, then runs COCOeval (``iouType='segm'``).
+
+    Masks are stored as RLE at once, so a whole dataset fits in memory.
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = int(num_classes)
+        self.images: list[dict] = []
+        self.gt: list[dict] = []
+        self.dt: list[dict] = []
+
+    def add(self, gt_masks, gt_classes, pred_masks, pred_classes, pred_scores, gt_iscrowd=None) -> None:
+        """Add one image: its (M, H, W) instances and its (P, H, W) scored predictions."""
+        gt_masks, pred_masks = _as_masks(gt_masks, "gt_masks"), _as_masks(pred_masks, "pred_masks")
+        image_id = len(self.images) + 1
+        shape = gt_masks.shape[1:] if len(gt_masks) else pred_masks.shape[1:]
+        self.images.append({"id": image_id, "height": int(shape[0]) if shape else 0,
+                            "width": int(shape[1]) if shape else 0})
+        crowd = np.zeros(len(gt_masks), bool) if gt_iscrowd is None else np.asarray(gt_iscrowd, bool).reshape(-1)
+        for mask, cls, is_crowd in zip(gt_masks, np.asarray(gt_classes).reshape(-1), crowd):
+            self.gt.append(_annotation(_rle(mask), image_id, cls, len(self.gt) + 1, iscrowd=int(is_crowd)))
+        for mask, cls, score in zip(pred_masks, np.asarray(pred_classes).reshape(-1),
+                                    np.asarray(pred_scores).reshape(-1)):
+            self.dt.append(_annotation(_rle(mask), image_id, cls, len(self.dt) + 1, iscrowd=0, score=float(score)))
+
+    def evaluate(self, iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS, *,
+                 max_detections: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """``(mAP per threshold (T,), AP per threshold and class (T, C))``; NaN for classes without instances.
+
+        COCO's definition: 101-point interpolated precision, crowd regions
+        ignored, all object sizes, at most ``max_detections`` per image.
+        """
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        categories = [{"id": c + 1, "name": str(c)} for c in range(self.num_classes)]
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt, coco_dt = COCO(), COCO()
+            coco_gt.dataset = {"images": self.images, "categories": categories, "annotations": self.gt}
+            coco_dt.dataset = {"images": self.images, "categories": categories, "annotations": self.dt}
+            coco_gt.createIndex()
+            coco_dt.createIndex()
+            evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
+            params = evaluator.params
+            params.imgIds = [image["id"] for image in self.images]
+            params.catIds = [c["id"] for c in categories]
+            params.iouThrs = np.asarray(iou_thresholds, dtype=np.float64)
+            params.areaRng, params.areaRngLbl = [[0, 1e10]], ["all"]
+            params.maxDets = [int(max_detections)]
+            evaluator.evaluate()
+            evaluator.accumulate()
+        precision = evaluator.eval["precision"][:, :, :, 0, 0]  # (T, recall points, C)
+        valid = (precision > -1).all(1)
+        per_class = np.where(valid, np.where(precision > -1, precision, 0).mean(1), np.nan)
+        with np.errstate(all="ignore"):
+            mean = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in per_class])
+        return mean, per_class
+
+
+def instance_map(gt: Sequence[tuple], predictions: Sequence[tuple], *, num_classes: Optional[int] = None,
+                 iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS) -> dict[float, float]:
+    """mAP^r (instance segmentation mAP) at each IoU threshold, via pycocotools' COCOeval.
+
+    Parameters
+    ----------
+    gt : sequence of (masks (M, H, W) bool, classes (M,) int) per image
+    predictions : sequence of (masks (P, H, W) bool, classes (P,) int, scores (P,) float) per image
+    num_classes : int, optional
+        Default: one more than the largest class index seen.
+    iou_thresholds : sequence of float
+
+    Returns
+    -------
+    dict
+        ``{threshold: mAP}``; classes without ground truth are left out of the mean.
+    """
+    if len(gt) != len(predictions):
+        raise ValueError(f"{len(gt)} ground-truth images but {len(predictions)} prediction images")
+    if num_classes is None:
+        seen = [np.asarray(g[1]).reshape(-1) for g in gt] + [np.asarray(p[1]).reshape(-1) for p in predictions]
+        num_classes = int(max((c.max() for c in seen if c.size), default=0)) + 1
+    matcher = InstanceMatcher(num_classes)
+    for (gt_masks, gt_classes), (pred_masks, pred_classes, pred_scores) in zip(gt, predictions):
+        matcher.add(gt_masks, gt_classes, pred_masks, pred_classes, pred_scores)
+    mean, _ = matcher.evaluate(iou_thresholds)
+    return {float(t): float(m) for t, m in zip(iou_thresholds, mean)}
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {str(k): _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _mean(values: list[np.ndarray]) -> float:
+    values = np.concatenate(values) if values else np.zeros(0)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def evaluate(
+    model_or_predictions: Any,
+    dataset,
+    *,
+    proposals: Any = "default",
+    iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+    class_threshold: float = 0.0,
+    progress: Optional[Callable[[int, int], None]] = None,
+    max_images: Optional[int] = None,
+    device: Any = None,
+) -> dict[str, Any]:
+    """All metrics of the PRM paper on a dataset with instance masks.
+
+    Parameters
+    ----------
+    model_or_predictions : PRMModel, str, path or sequence of Prediction
+        A model (or ``"imagenet"`` / a checkpoint path) run with
+        :func:`napari_prm.predict`, or one Prediction per dataset image, in order.
+    dataset : LabeledImageDataset
+        With instance masks (a COCO dataset). It is relabelled to the model's
+        classes, which must all be among its classes.
+    proposals : see :func:`napari_prm.predict`
+        None skips instance retrieval: mAP^r and ABO are then None.
+    iou_thresholds : sequence of float
+    class_threshold : float
+        Passed to ``predict``: peaks of classes scoring below it are dropped.
+    progress : callable, optional
+        ``progress(done, total)`` after each image.
+    max_images : int, optional
+        Evaluate the first ``max_images`` images only.
+    device : optional
+        Where to run the model (None: a PRMModel stays where it is, a loaded
+        one goes to the best available device).
+
+    Returns
+    -------
+    dict
+        ``mAP_r`` {threshold: mAP}, ``AP_r_per_class``, ``ABO`` (mean best IoU
+        of non-crowd instances with any predicted instance, class-agnostic),
+        ``prm_quality`` (mean Σ(R⊙G)/ΣR over peaks whose class is present),
+        ``pointing_accuracy`` (share of peaks on an instance of their class),
+        ``classification_mAP``, ``classification_AP``, counts and settings.
+
+    Notes
+    -----
+    Crowd regions are ignored by mAP^r (COCO's rule) and ABO, but count as
+    the class's area for pointing and PRM quality.
+    """
+    from .model.checkpoint import PRMModel, load_model
+    from .predict import predict
+
+    if not dataset.has_masks:
+        raise ValueError(f"evaluation needs instance masks; dataset {dataset.source} has none (use a COCO JSON)")
+    model = None
+    if isinstance(model_or_predictions, PRMModel) and device is None:
+        model = model_or_predictions
+        class_names, predictions = list(model.class_names), None
+    elif isinstance(model_or_predictions, (PRMModel, str, os.PathLike)):
+        model = load_model(model_or_predictions, device=device)
+        class_names, predictions = list(model.class_names), None
+    else:
+        predictions = list(model_or_predictions)
+        if len(predictions) < min(len(dataset), max_images or len(dataset)):
+            raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
+        class_names = list(predictions[0].class_names) if predictions else list(dataset.class_names)
+    dataset = dataset.with_classes(class_names)
+    total = len(dataset) if max_images is None else min(int(max_images), len(dataset))
+    with_instances = proposals is not None
+    matcher = InstanceMatcher(len(class_names))
+    scores, overlaps, qualities, hits = [], [], [], []
+    started = time.perf_counter()
+    for index in range(total):
+        if model is not None:
+            prediction = predict(dataset.read_image(index), model, proposals=proposals, class_threshold=class_threshold)
+        else:
+            prediction = predictions[index]
+        truth = dataset.instances(index)
+        if prediction.prms.shape[1:] != truth.masks.shape[1:]:
+            raise ValueError(f"prediction {index} is {prediction.prms.shape[1:]} but image "
+                             f"{dataset.image_paths[index]} is {truth.masks.shape[1:]}")
+        scores.append(prediction.scores)
+        qualities.append(prm_quality(prediction.prms, prediction.peak_classes, truth.masks, truth.class_indices))
+        hits.append(peak_hits(prediction.peaks, prediction.peak_classes, truth.masks, truth.class_indices))
+        if with_instances:
+            shape = truth.masks.shape[1:]
+            pred_masks = np.array([i.mask for i in prediction.instances], bool).reshape((-1,) + shape)
+            matcher.add(truth.masks, truth.class_indices, pred_masks,
+                        [i.class_index for i in prediction.instances], [i.score for i in prediction.instances],
+                        gt_iscrowd=truth.iscrowd)
+            overlaps.append(best_overlaps(truth.masks[~truth.iscrowd], pred_masks))
+        if progress is not None:
+            progress(index + 1, total)
+    mean_ap, per_class_ap = classification_map(np.array(scores).reshape(total, -1), dataset.labels[:total])
+    results: dict[str, Any] = {
+        "num_images": total,
+        "num_instances": len(matcher.gt) if with_instances else None,
+        "num_peaks": int(sum(len(h) for h in hits)),
+        "num_predicted_instances": len(matcher.dt) if with_instances else None,
+        "classes": class_names,
+        "mAP_r": None, "AP_r_per_class": None, "ABO": None,
+        "prm_quality": _mean(qualities),
+        "pointing_accuracy": _mean([h.astype(np.float64) for h in hits]),
+        "classification_mAP": mean_ap,
+        "classification_AP": dict(zip(class_names, per_class_ap.tolist())),
+        "settings": {"proposals": proposals if isinstance(proposals, (str, type(None))) else type(proposals).__name__,
+                     "class_threshold": class_threshold, "iou_thresholds": [float(t) for t in iou_thresholds],
+                     "dataset": dataset.source},
+    }
+    if with_instances:
+        mean, per_class = matcher.evaluate(iou_thresholds)
+        results["mAP_r"] = {float(t): float(m) for t, m in zip(iou_thresholds, mean)}
+        results["AP_r_per_class"] = {name: {float(t): float(per_class[i, c]) for i, t in enumerate(iou_thresholds)}
+                                     for c, name in enumerate(class_names)}
+        results["ABO"] = _mean(overlaps)
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def _fmt(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def report_markdown(results: dict[str, Any]) -> str:
+    """A Markdown report of :func:`evaluate`'s results (figures in %)."""
+    lines = [f"Evaluated on {results['num_images']} images ({results['settings'].get('dataset', '')}), "
+             f"{results['num_peaks']} peaks, proposals: {results['settings'].get('proposals')}.", "",
+             "| metric | value (%) |", "| --- | --- |"]
+    for threshold, value in (results.get("mAP_r") or {}).items():
+        lines.append(f"| mAP^r@{threshold:g} | {_fmt(value)} |")
+    lines += [f"| ABO | {_fmt(results.get('ABO'))} |",
+              f"| PRM quality Σ(R⊙G)/ΣR | {_fmt(results['prm_quality'])} |",
+              f"| peak pointing accuracy | {_fmt(results['pointing_accuracy'])} |",
+              f"| classification mAP | {_fmt(results['classification_mAP'])} |", ""]
+    thresholds = list((results.get("mAP_r") or {}).keys())
+    header = "| class | classification AP |" + "".join(f" AP^r@{t:g} |" for t in thresholds)
+    lines += [header, "| --- |" + " --- |" * (1 + len(thresholds))]
+    for name in results["classes"]:
+        row = f"| {name} | {_fmt(results['classification_AP'][name])} |"
+        for t in thresholds:
+            row += f" {_fmt(results['AP_r_per_class'][name][t])} |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def report_json(results: dict[str, Any], path: Union[str, os.PathLike]) -> Path:
+    """Write the results as JSON (NaN as null), atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(_nan_to_none(results), stream, indent=2, allow_nan=False)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path

@@ -1,0 +1,348 @@
+"""Training a PRM model from image-level labels (the original recipe as defaults).
+
+Multilabel soft-margin loss on the peak-stimulated class scores; SGD with
+momentum 0.9 and weight decay 1e-4; learning rate 0.01 for the classifier and
+0.01× that for the pretrained backbone; batch 16; 20 epochs at 448×448 with
+random horizontal flips; peaks found on CRMs upsampled 8× during training.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import LabeledImageDataset, TrainingImages
+from .evaluate import classification_map
+from .model.checkpoint import PRMModel, build_model, load_checkpoint, resolve_device, save_model
+
+TRAINING_STATE_KEY = "training"
+
+
+@dataclass
+class TrainProgress:
+    """What a progress callback receives.
+
+    Attributes
+    ----------
+    stage : {'batch', 'epoch'}
+        After each batch, and once more when an epoch (and its validation) ends.
+    epoch : int
+        1-based epoch.
+    num_epochs : int
+    batch : int
+        1-based batch within the epoch (``num_batches`` at stage 'epoch').
+    num_batches : int
+    loss : float
+        The batch's loss (stage 'batch') or the epoch's mean loss (stage 'epoch').
+    images_per_second : float
+        Throughput of the epoch so far.
+    val_ap : dict or None
+        Per-class validation AP (stage 'epoch' with a validation split).
+    """
+
+    stage: str
+    epoch: int
+    num_epochs: int
+    batch: int
+    num_batches: int
+    loss: float
+    images_per_second: float
+    val_ap: Optional[dict[str, float]] = None
+
+
+@dataclass
+class EpochRecord:
+    """One finished epoch: mean loss, validation AP (per class and mean) and wall time in seconds."""
+
+    epoch: int
+    loss: float
+    seconds: float
+    val_ap: Optional[dict[str, float]] = None
+    val_map: Optional[float] = None
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    model : PRMModel
+        The trained model, in eval mode, with its inference settings.
+    history : list of EpochRecord
+        Every finished epoch, including those of the run resumed from.
+    checkpoint : Path or None
+        The last checkpoint written (None when no epoch finished).
+    cancelled : bool
+        Whether ``cancel`` stopped the run; the model then holds the weights
+        of the interrupted epoch, the checkpoint those of the last finished one.
+    """
+
+    model: PRMModel
+    history: list[EpochRecord] = field(default_factory=list)
+    checkpoint: Optional[Path] = None
+    cancelled: bool = False
+
+
+def _is_cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+def _adapt_classes(model: PRMModel, class_names: list[str]) -> PRMModel:
+    """Give ``model`` a classifier for ``class_names``, keeping the rows of classes it already knows."""
+    if list(model.class_names) == class_names:
+        return model
+    old = model.network.fcn.classifier
+    new = nn.Conv2d(old.in_channels, len(class_names), kernel_size=1, bias=True).to(old.weight.device)
+    nn.init.normal_(new.weight, std=0.01)
+    nn.init.zeros_(new.bias)
+    with torch.no_grad():
+        for row, name in enumerate(class_names):
+            if name in model.class_names:
+                new.weight[row] = old.weight[model.class_names.index(name)]
+                new.bias[row] = old.bias[model.class_names.index(name)]
+    model.network.fcn.classifier = new
+    model.class_names = list(class_names)
+    return model
+
+
+def _start_model(base, class_names: list[str], input_size, seed: int) -> PRMModel:
+    torch.manual_seed(seed)  # the new classifier's initial weights
+    if isinstance(base, PRMModel):
+        model = copy.deepcopy(base)
+    elif isinstance(base, (str, os.PathLike)) and (Path(base).suffix in (".pt", ".pth", ".safetensors")
+                                                   or Path(base).is_file()):
+        model, _ = load_checkpoint(base)
+    elif isinstance(base, str):
+        return build_model(base, class_names, pretrained=True, input_size=input_size)
+    else:
+        raise ValueError(f"model must be a PRMModel, a backbone name or a checkpoint path; got {type(base).__name__}")
+    model = _adapt_classes(model, class_names)
+    if input_size is not None:
+        model.input_size = tuple(int(s) for s in input_size)
+    return model
+
+
+def _optimizer(model: PRMModel, lr: float, backbone_lr_mult: float, momentum: float,
+               weight_decay: float) -> torch.optim.SGD:
+    backbone = list(model.network.fcn.features.parameters())
+    backbone_ids = {id(p) for p in backbone}
+    head = [p for p in model.network.parameters() if id(p) not in backbone_ids]
+    for parameter in backbone:
+        parameter.requires_grad_(backbone_lr_mult > 0)
+    groups = [{"params": head, "lr": lr}]
+    if backbone_lr_mult > 0:
+        groups.insert(0, {"params": backbone, "lr": lr * backbone_lr_mult})
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _set_train_mode(model: PRMModel, backbone_frozen: bool) -> None:
+    model.network.train()
+    if backbone_frozen:
+        # A frozen backbone keeps its BatchNorm statistics too.
+        model.network.fcn.features.eval()
+
+
+@torch.no_grad()
+def _validation_ap(model: PRMModel, loader, device) -> tuple[dict[str, float], float]:
+    model.network.eval()
+    scores, labels = [], []
+    for images, targets in loader:
+        scores.append(model.network(images.to(device)).float().cpu())
+        labels.append(targets)
+    mean_ap, per_class = classification_map(torch.cat(scores).numpy(), torch.cat(labels).numpy())
+    return dict(zip(model.class_names, per_class.tolist())), mean_ap
+
+
+def _save(model: PRMModel, out: Path, optimizer, epoch: int, history: list[EpochRecord], config: dict) -> Path:
+    training = {
+        "epoch": epoch,
+        "optimizer": optimizer.state_dict(),
+        "history": [vars(record) for record in history],
+        "config": config,
+    }
+    return save_model(model, out, extra={TRAINING_STATE_KEY: training})
+
+
+def train(
+    dataset: LabeledImageDataset,
+    *,
+    model: Union[PRMModel, str, os.PathLike, None] = None,
+    backbone: str = "efficientnet_lite0",
+    out: Union[str, os.PathLike] = "prm_model.pt",
+    epochs: int = 20,
+    batch_size: int = 16,
+    lr: float = 0.01,
+    backbone_lr_mult: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    input_size: Sequence[int] = (448, 448),
+    sub_pixel_locating_factor: int = 8,
+    hflip: bool = True,
+    device: Union[str, torch.device, None] = None,
+    seed: int = 0,
+    val_fraction: float = 0.0,
+    resume: Union[str, os.PathLike, bool, None] = None,
+    progress: Optional[Callable[[TrainProgress], None]] = None,
+    cancel: Any = None,
+    num_workers: int = 0,
+) -> TrainResult:
+    """Train a PRM model on image-level labels.
+
+    Parameters
+    ----------
+    dataset : LabeledImageDataset
+        Every class needs a positive image. Its class names and order become the model's.
+    model : PRMModel, str, path or None
+        Where to start: None builds ``backbone`` from ImageNet weights; a
+        backbone name does the same for that backbone; a PRMModel or a
+        checkpoint path fine-tunes a copy of it. When its classes differ from the
+        dataset's, the classifier is re-initialised for the dataset's
+        classes, keeping the weights of classes with the same name.
+    backbone : str
+        Used when ``model`` is None.
+    out : path
+        Checkpoint written after every epoch (a torch ``.pt`` file, written
+        atomically). It is a normal model file (``load_model`` reads it) that
+        also holds the optimiser state, epoch and history for ``resume``.
+    epochs, batch_size, lr, backbone_lr_mult, momentum, weight_decay, input_size, hflip
+        The recipe: the backbone learns at ``lr * backbone_lr_mult``;
+        ``backbone_lr_mult=0`` freezes it (no gradients, BatchNorm statistics
+        kept), which makes CPU training several times faster.
+    sub_pixel_locating_factor : int
+        CRM upsampling used for peak stimulation during training only. The
+        saved model keeps its inference setting (1 for a new model), which
+        is what ``predict`` uses.
+    device : str, torch.device or None
+        None: CUDA, then MPS, then the CPU.
+    seed : int
+        Seeds the classifier initialisation, shuffling, flips and split; on the
+        CPU a run is repeatable, and a resumed run equals an uninterrupted one.
+    val_fraction : float
+        Hold out this share of the images and report per-class classification
+        AP on them after every epoch (scores computed with the model's
+        inference settings, as ``predict`` would).
+    resume : path, True or None
+        Continue from a checkpoint written by ``train`` (True: from ``out``):
+        finished epochs are skipped and the recipe stored in it is used,
+        except ``epochs``, the total to reach. ``model`` is then ignored.
+    progress : callable, optional
+        Called with a :class:`TrainProgress` after every batch and epoch.
+    cancel : callable or threading.Event, optional
+        Checked between batches; when true, training stops (the unfinished
+        epoch is not saved) and ``TrainResult.cancelled`` is True.
+    num_workers : int
+        DataLoader worker processes.
+
+    Returns
+    -------
+    TrainResult
+    """
+    out = Path(out)
+    if out.suffix == ".safetensors":
+        raise ValueError(f"training checkpoints hold optimiser state: write a .pt file, not {out}")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1; got {epochs} and {batch_size}")
+    dataset.check_positives()
+    device = resolve_device(device)
+    start_epoch, history, state = 0, [], None
+    if resume:
+        resume_path = out if resume is True else Path(resume)
+        model, extra = load_checkpoint(resume_path)
+        state = extra.get(TRAINING_STATE_KEY)
+        if state is None:
+            raise ValueError(f"{resume_path} holds no training state (it was not written by train); "
+                             "pass it as model= to fine-tune instead")
+        if list(model.class_names) != list(dataset.class_names):
+            raise ValueError(f"cannot resume {resume_path}: it was trained on classes {model.class_names}, "
+                             f"the dataset has {dataset.class_names}")
+        config = state["config"]
+        start_epoch = int(state["epoch"])
+        history = [EpochRecord(**record) for record in state["history"]]
+    else:
+        config = dict(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr),
+                      backbone_lr_mult=float(backbone_lr_mult), momentum=float(momentum),
+                      weight_decay=float(weight_decay), input_size=[int(s) for s in input_size],
+                      sub_pixel_locating_factor=int(sub_pixel_locating_factor), hflip=bool(hflip),
+                      seed=int(seed), val_fraction=float(val_fraction))
+        model = _start_model(model if model is not None else backbone, list(dataset.class_names),
+                             config["input_size"], config["seed"])
+    config["epochs"] = int(epochs)
+    model.to(device)
+    optimizer = _optimizer(model, config["lr"], config["backbone_lr_mult"], config["momentum"], config["weight_decay"])
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+
+    train_set, val_set = dataset, None
+    if config["val_fraction"] > 0:
+        train_set, val_set = dataset.split(config["val_fraction"], seed=config["seed"])
+    images = TrainingImages(train_set, config["input_size"], model.mean, model.std,
+                            hflip=config["hflip"], seed=config["seed"])
+    generator = torch.Generator()
+    loader = torch.utils.data.DataLoader(images, batch_size=config["batch_size"], shuffle=True,
+                                         num_workers=num_workers, generator=generator)
+    val_loader = None
+    if val_set is not None:
+        val_images = TrainingImages(val_set, config["input_size"], model.mean, model.std, hflip=False)
+        val_loader = torch.utils.data.DataLoader(val_images, batch_size=config["batch_size"], num_workers=num_workers)
+
+    network = model.network
+    inference_factor = network.sub_pixel_locating_factor
+    network.sub_pixel_locating_factor = config["sub_pixel_locating_factor"]
+    checkpoint = out if start_epoch > 0 and out.is_file() else None
+    cancelled = False
+    try:
+        for epoch in range(start_epoch, config["epochs"]):
+            # Re-seeding per epoch makes shuffling, flips and dropout independent of where a run resumed.
+            generator.manual_seed(config["seed"] * 100003 + epoch)
+            torch.manual_seed(config["seed"] * 100003 + epoch)
+            images.set_epoch(epoch)
+            _set_train_mode(model, config["backbone_lr_mult"] == 0)
+            started, seen, losses = time.perf_counter(), 0, []
+            for batch, (inputs, targets) in enumerate(loader, start=1):
+                if _is_cancelled(cancel):
+                    cancelled = True
+                    break
+                inputs, targets = inputs.to(device), targets.to(device)
+                loss = F.multilabel_soft_margin_loss(network(inputs), targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                seen += len(inputs)
+                if progress is not None:
+                    progress(TrainProgress("batch", epoch + 1, config["epochs"], batch, len(loader), losses[-1],
+                                           seen / max(time.perf_counter() - started, 1e-9)))
+            if cancelled:
+                break
+            record = EpochRecord(epoch + 1, float(np.mean(losses)), time.perf_counter() - started)
+            if val_loader is not None:
+                network.sub_pixel_locating_factor = inference_factor
+                record.val_ap, record.val_map = _validation_ap(model, val_loader, device)
+                network.sub_pixel_locating_factor = config["sub_pixel_locating_factor"]
+            history.append(record)
+            network.sub_pixel_locating_factor = inference_factor
+            checkpoint = _save(model, out, optimizer, epoch + 1, history, config)
+            network.sub_pixel_locating_factor = config["sub_pixel_locating_factor"]
+            if progress is not None:
+                progress(TrainProgress("epoch", epoch + 1, config["epochs"], len(loader), len(loader), record.loss,
+                                       seen / max(record.seconds, 1e-9), record.val_ap))
+    finally:
+        network.sub_pixel_locating_factor = inference_factor
+        network.eval()
+        for parameter in network.parameters():
+            parameter.requires_grad_(True)
+    return TrainResult(model=model, history=history, checkpoint=checkpoint, cancelled=cancelled)

@@ -1,0 +1,194 @@
+"""Datasets with image-level labels: COCO JSON, folder per class, CSV; their errors."""
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_prm.data import (
+    VOC_CLASSES,
+    TrainingImages,
+    from_coco,
+    from_csv,
+    from_folders,
+    load_dataset,
+    voc_view,
+)
+
+COCO128 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128"
+TRAIN_JSON = COCO128 / "annotations" / "instances_train2017.json"
+
+
+@pytest.fixture(scope="module")
+def coco_train():
+    return from_coco(TRAIN_JSON)
+
+
+def _rgb(seed, shape=(20, 24, 3)):
+    return np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+
+
+def test_coco_labels_are_the_categories_present(coco_train):
+    assert len(coco_train) == 128
+    # 71 of the 80 categories occur in a non-crowd annotation of these images.
+    assert len(coco_train.class_names) == 71
+    assert "toaster" not in coco_train.class_names
+    first = coco_train.image_paths.index(COCO128 / "train2017" / "000000000009.jpg")
+    present = [coco_train.class_names[j] for j in np.flatnonzero(coco_train.labels[first])]
+    assert present == ["bowl", "orange", "broccoli"]
+    assert coco_train.labels.shape == (128, 71)
+
+
+def test_coco_instances_match_annotation_areas(coco_train):
+    index = coco_train.image_ids.index(9)
+    truth = coco_train.instances(index)
+    assert truth.masks.shape == (8, 480, 640)
+    areas = [a["area"] for a in coco_train.coco.imgToAnns[9]]
+    np.testing.assert_allclose(truth.masks.sum((1, 2)), areas, rtol=0.01)
+    assert [coco_train.class_names[c] for c in truth.class_indices[:1]] == ["bowl"]
+    assert not truth.iscrowd.any()
+
+
+def test_voc_view_keeps_voc_classes_and_labelled_images(coco_train):
+    voc = voc_view(coco_train)
+    # cow and sheep do not occur in coco128 train.
+    assert voc.class_names == [c for c in VOC_CLASSES if c not in ("cow", "sheep")]
+    assert len(voc) == 97
+    assert (voc.labels.sum(1) > 0).all()
+    assert voc.labels[:, voc.class_names.index("person")].sum() == 61
+    truth = voc.instances(0)
+    assert set(truth.class_indices.tolist()) <= set(range(18))
+
+
+def test_coco_class_choice_and_errors(tmp_path, coco_train):
+    chosen = from_coco(TRAIN_JSON, classes=["dog", "cat"])
+    assert chosen.class_names == ["dog", "cat"]
+    np.testing.assert_array_equal(chosen.labels[:, 0], coco_train.labels[:, coco_train.class_names.index("dog")])
+    # Categories of the file outside the chosen ones are labelled from the annotations.
+    widened = chosen.with_classes(["cat", "dog"])
+    np.testing.assert_array_equal(widened.labels[:, 0], coco_train.labels[:, coco_train.class_names.index("cat")])
+    assert widened.category_ids == [17, 18]
+    with pytest.raises(ValueError, match=r"unknown class.*'unicorn'.*instances_train2017.json"):
+        from_coco(TRAIN_JSON, classes=["dog", "unicorn"])
+    with pytest.raises(ValueError, match=r"\['toaster'\] have no positive image in .*instances_train2017.json"):
+        from_coco(TRAIN_JSON, classes=["dog", "toaster"])
+    assert len(from_coco(TRAIN_JSON, classes="all", require_positives=False).class_names) == 80
+
+    content = json.loads(TRAIN_JSON.read_text())
+    content["images"] = content["images"][:2]
+    content["images"][1]["file_name"] = "missing.jpg"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=r"image .*missing.jpg listed in .*broken.json \(image id 25\) does not exist"):
+        from_coco(broken, image_dir=COCO128 / "train2017")
+    content["images"] = []
+    broken.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=r"broken.json lists no images"):
+        from_coco(broken)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"cannot read COCO annotations .*bad.json"):
+        from_coco(tmp_path / "bad.json")
+
+
+def test_folders_single_label_and_image_kinds(tmp_path):
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "nuclei").mkdir()
+    gray16 = (np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 100)
+    tifffile.imwrite(tmp_path / "cells" / "a.tif", gray16)
+    iio.imwrite(tmp_path / "cells" / "b.png", np.dstack([_rgb(1), np.full((20, 24), 255, np.uint8)]))
+    iio.imwrite(tmp_path / "nuclei" / "c.png", _rgb(2)[..., 0])
+    (tmp_path / "nuclei" / "notes.txt").write_text("not an image")
+    dataset = load_dataset(tmp_path)
+    assert dataset.class_names == ["cells", "nuclei"]
+    assert [p.name for p in dataset.image_paths] == ["a.tif", "b.png", "c.png"]
+    np.testing.assert_array_equal(dataset.labels, [[1, 0], [1, 0], [0, 1]])
+    assert dataset.read_image(0).dtype == np.uint16
+    rgb = dataset.read_rgb(0)
+    assert rgb.shape == (20, 24, 3) and rgb.dtype == np.float32
+    np.testing.assert_allclose(rgb[0, 1], 100 / 65535, rtol=1e-5)
+    assert dataset.read_rgb(1).shape == (20, 24, 3)
+    assert dataset.read_rgb(2).shape == (20, 24, 3)
+    assert not dataset.has_masks
+
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(ValueError, match=r"class 'empty_class' has no positive image: folder .*empty_class"):
+        from_folders(tmp_path)
+    assert from_folders(tmp_path, require_positives=False).labels.sum(0).tolist() == [2, 0, 1]
+    with pytest.raises(ValueError, match=r"has no class sub-folders"):
+        from_folders(tmp_path / "empty_class")
+
+
+def _write_csv(tmp_path, rows):
+    for name in ("x.png", "y.png", "z.png"):
+        iio.imwrite(tmp_path / name, _rgb(len(name)))
+    path = tmp_path / "labels.csv"
+    path.write_text("\n".join(["image,labels"] + rows) + "\n")
+    return path
+
+
+def test_csv_multi_labels(tmp_path):
+    path = _write_csv(tmp_path, ["x.png,cat;dog", "y.png,dog", "", "z.png,"])
+    dataset = load_dataset(path)
+    assert dataset.class_names == ["cat", "dog"]
+    np.testing.assert_array_equal(dataset.labels, [[1, 1], [0, 1], [0, 0]])
+    assert dataset.origins == [f"{path}:2", f"{path}:3", f"{path}:5"]
+    ordered = from_csv(path, classes=["dog", "cat", "bird"], require_positives=False)
+    np.testing.assert_array_equal(ordered.labels, [[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+
+
+def test_csv_errors_name_file_and_line(tmp_path):
+    path = _write_csv(tmp_path, ["x.png,cat", "missing.png,dog"])
+    with pytest.raises(ValueError, match=r"labels.csv:3: image .*missing.png does not exist"):
+        from_csv(path)
+    path = _write_csv(tmp_path, ["x.png,cat", "y.png,cat;zebra"])
+    with pytest.raises(ValueError, match=r"labels.csv:3: unknown class\(es\) \['zebra'\]"):
+        from_csv(path, classes=["cat", "dog"])
+    with pytest.raises(ValueError, match=r"\['dog'\] have no positive image in .*labels.csv"):
+        from_csv(path, classes=["cat", "dog", "zebra"])
+    path.write_text("file,classes\nx.png,cat\n")
+    with pytest.raises(ValueError, match=r"labels.csv:1: expected the header 'image,labels'"):
+        from_csv(path)
+    path.write_text("image,labels\n")
+    with pytest.raises(ValueError, match=r"labels.csv lists no images"):
+        from_csv(path)
+    (tmp_path / "broken.png").write_bytes(b"this is not a png")
+    path.write_text("image,labels\nx.png,cat\nbroken.png,cat\n")
+    dataset = from_csv(path)
+    with pytest.raises(ValueError, match=r"cannot read image .*broken.png \(declared at .*labels.csv:3\)"):
+        dataset.read_image(1)
+    with pytest.raises(ValueError, match=r"cannot tell the dataset format"):
+        load_dataset(tmp_path / "x.png")
+
+
+def test_split_is_disjoint_and_seeded(coco_train):
+    train, val = coco_train.split(0.25, seed=3)
+    assert (len(train), len(val)) == (96, 32)
+    assert not set(train.image_ids) & set(val.image_ids)
+    assert set(train.image_ids) | set(val.image_ids) == set(coco_train.image_ids)
+    again, _ = coco_train.split(0.25, seed=3)
+    other, _ = coco_train.split(0.25, seed=4)
+    assert again.image_ids == train.image_ids != other.image_ids
+    index = val.image_ids[0]
+    np.testing.assert_array_equal(val.labels[0], coco_train.labels[coco_train.image_ids.index(index)])
+
+
+def test_training_images_resize_and_seeded_flips(tmp_path):
+    path = _write_csv(tmp_path, ["x.png,cat", "y.png,dog", "z.png,cat"])
+    dataset = from_csv(path)
+    plain = TrainingImages(dataset, (16, 12), (0, 0, 0), (1, 1, 1), hflip=False)
+    image, labels = plain[0]
+    assert tuple(image.shape) == (3, 16, 12)
+    np.testing.assert_array_equal(labels.numpy(), [1, 0])
+    flipping = TrainingImages(dataset, (16, 12), (0, 0, 0), (1, 1, 1), hflip=True, seed=0)
+    flips = []
+    for epoch in range(8):
+        flipping.set_epoch(epoch)
+        flipped = flipping[0][0]
+        assert bool((flipped == image).all()) or bool((flipped == image.flip(-1)).all())
+        flips.append(bool((flipped != image).any()))
+    assert 0 < sum(flips) < 8
+    flipping.set_epoch(5)
+    assert (flipping[0][0] == flipping[0][0]).all()

@@ -1,0 +1,174 @@
+"""The paper's metrics against cases computed by hand, and evaluate() on coco128 val."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_prm.data import from_coco, voc_view
+from napari_prm.evaluate import (
+    average_precision,
+    best_overlaps,
+    classification_map,
+    evaluate,
+    instance_map,
+    peak_hits,
+    prm_quality,
+    report_json,
+    report_markdown,
+)
+from napari_prm.model import build_model
+from napari_prm.predict import Prediction
+from napari_prm.retrieval import Instance
+
+VAL_JSON = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "annotations" / "instances_val2017.json"
+
+
+def _squares():
+    masks = np.zeros((2, 40, 40), bool)
+    masks[0, 5:15, 5:15] = True
+    masks[1, 20:30, 20:30] = True
+    return masks
+
+
+def test_perfect_prediction_has_map_one():
+    masks = _squares()
+    result = instance_map([(masks, [0, 1])], [(masks, [0, 1], [0.9, 0.8])])
+    assert result == pytest.approx({0.25: 1.0, 0.5: 1.0, 0.75: 1.0})
+
+
+def test_empty_prediction_has_map_zero():
+    masks = _squares()
+    result = instance_map([(masks, [0, 0])], [(np.zeros((0, 40, 40), bool), [], [])])
+    assert result == {0.25: 0.0, 0.5: 0.0, 0.75: 0.0}
+    np.testing.assert_array_equal(best_overlaps(masks, np.zeros((0, 40, 40), bool)), [0, 0])
+
+
+def test_half_shifted_square():
+    # A 10×10 square shifted by half its width: intersection 50, union 150, IoU 1/3.
+    masks = _squares()[:1]
+    shifted = np.roll(masks, 5, axis=2)
+    assert instance_map([(masks, [0])], [(shifted, [0], [0.7])]) == pytest.approx({0.25: 1.0, 0.5: 0.0, 0.75: 0.0})
+    np.testing.assert_allclose(best_overlaps(masks, shifted), [1 / 3])
+
+
+def test_one_hit_one_miss_is_interpolated_like_coco():
+    # The better-scored detection is exact, the other overlaps by 1/3: at IoU 0.5 precision is 1
+    # up to recall 0.5 and 0 beyond, i.e. 51 of COCO's 101 recall points.
+    masks = _squares()
+    predicted = np.stack([masks[0], np.roll(masks[1], 5, axis=1)])
+    result = instance_map([(masks, [0, 0])], [(predicted, [0, 0], [0.9, 0.8])])
+    assert result == pytest.approx({0.25: 1.0, 0.5: 51 / 101, 0.75: 51 / 101})
+    # Scores reversed: the miss comes first, precision at recall 0.5 drops to 1/2.
+    result = instance_map([(masks, [0, 0])], [(predicted, [0, 0], [0.8, 0.9])])
+    assert result[0.5] == pytest.approx(0.5 * 51 / 101)
+
+
+def test_class_without_ground_truth_is_left_out():
+    masks = _squares()
+    stray = np.zeros((1, 40, 40), bool)
+    stray[0, 0:3, 0:3] = True
+    result = instance_map([(masks, [0, 0])], [(np.concatenate([masks, stray]), [0, 0, 1], [0.9, 0.8, 0.95])],
+                          num_classes=2)
+    assert result == pytest.approx({0.25: 1.0, 0.5: 1.0, 0.75: 1.0})
+
+
+def test_best_overlaps_by_hand():
+    masks = _squares()
+    predictions = np.zeros((2, 40, 40), bool)
+    predictions[0, 5:15, 5:10] = True  # half of instance 0: IoU 1/2
+    predictions[1, 5:15, 5:20] = True  # instance 0 plus 50 pixels: IoU 100/150
+    np.testing.assert_allclose(best_overlaps(masks, predictions), [2 / 3, 0])
+
+
+def test_prm_quality_by_hand():
+    masks = _squares()
+    prms = np.zeros((3, 40, 40), np.float32)
+    prms[0, 10, 10] = 3
+    prms[0, 35, 35] = 1  # 3/4 of the mass on instance 0
+    prms[1, 25, 25] = 2  # all on instance 1
+    prms[2, 0, 0] = 1  # a class absent from the image
+    quality = prm_quality(prms, [0, 1, 2], masks, [0, 1])
+    np.testing.assert_allclose(quality, [0.75, 1.0, np.nan])
+    # Best match within the class: both instances of class 0, mass split 1:3.
+    prms[0] = 0
+    prms[0, 10, 10], prms[0, 25, 25] = 1, 3
+    np.testing.assert_allclose(prm_quality(prms[:1], [0], masks, [0, 0]), [0.75])
+    np.testing.assert_allclose(prm_quality(np.zeros((1, 40, 40)), [0], masks, [0, 0]), [0.0])
+
+
+def test_peak_hits_by_hand():
+    masks = _squares()
+    peaks = [[10.2, 9.6], [10, 10], [25, 25], [0, 0], [14.6, 10]]
+    hits = peak_hits(peaks, [0, 1, 1, 0, 0], masks, [0, 1])
+    # On class 0's square; on it but the wrong class; on class 1's; background; rounds to row 15 (outside).
+    np.testing.assert_array_equal(hits, [True, False, True, False, False])
+    assert not peak_hits(peaks[:1], [0], np.zeros((0, 40, 40), bool), []).any()
+
+
+def test_classification_ap_by_hand():
+    # Positives at ranks 1 and 3: AP = (1/2)·1 + (1/2)·(2/3).
+    assert average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx(5 / 6)
+    # Ties form one operating point: 2 positives among 3 tied scores, precision 2/3 at recall 1.
+    assert average_precision([0.5, 0.5, 0.5], [1, 0, 1]) == pytest.approx(2 / 3)
+    assert math.isnan(average_precision([0.1, 0.2], [0, 0]))
+    mean_ap, per_class = classification_map(np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.3]]),
+                                            np.array([[1, 0], [0, 0], [0, 0]]))
+    assert mean_ap == pytest.approx(1.0)
+    np.testing.assert_array_equal(np.isnan(per_class), [False, True])
+
+
+@pytest.fixture(scope="module")
+def voc_val():
+    return voc_view(from_coco(VAL_JSON, require_positives=False)).subset(range(3))
+
+
+def _perfect_prediction(dataset, index):
+    truth = dataset.instances(index)
+    keep = ~truth.iscrowd
+    masks, classes = truth.masks[keep], truth.class_indices[keep]
+    prms = masks / masks.sum((1, 2), keepdims=True)
+    peaks = np.array([np.argwhere(m)[len(np.argwhere(m)) // 2] for m in masks], dtype=np.float64).reshape(-1, 2)
+    instances = [Instance(int(c), 1.0, m, p.astype(np.float32), k) for k, (m, c, p) in
+                 enumerate(zip(masks, classes, prms))]
+    return Prediction(class_names=dataset.class_names, scores=dataset.labels[index] * 2 - 1,
+                      crms=np.zeros((len(dataset.class_names), 2, 2), np.float32), peaks=peaks,
+                      peak_classes=classes, peak_values=np.ones(len(classes), np.float32),
+                      prms=prms.astype(np.float32), instances=instances)
+
+
+def test_evaluate_perfect_predictions_on_coco128(voc_val, tmp_path):
+    predictions = [_perfect_prediction(voc_val, i) for i in range(len(voc_val))]
+    results = evaluate(predictions, voc_val)
+    assert results["num_images"] == 3
+    assert results["num_peaks"] == results["num_predicted_instances"] == sum(len(p.instances) for p in predictions)
+    assert results["mAP_r"] == pytest.approx({0.25: 1.0, 0.5: 1.0, 0.75: 1.0})
+    assert results["ABO"] == pytest.approx(1.0)
+    assert results["prm_quality"] == pytest.approx(1.0)
+    assert results["pointing_accuracy"] == 1.0
+    assert results["classification_mAP"] == pytest.approx(1.0)
+    text = report_markdown(results)
+    assert "| mAP^r@0.25 | 100.0 |" in text and "| ABO | 100.0 |" in text
+    saved = json.loads(report_json(results, tmp_path / "r.json").read_text())
+    assert saved["mAP_r"]["0.5"] == pytest.approx(1.0)
+    # Classes absent from these 3 images have no AP: written as null, not NaN.
+    assert None in saved["classification_AP"].values()
+
+
+def test_evaluate_runs_a_model_without_retrieval(voc_val):
+    torch.manual_seed(0)
+    present = [voc_val.class_names[j] for j in np.flatnonzero(voc_val.labels[:2].sum(0))][:2]
+    model = build_model("tiny", present, pretrained=False, input_size=(32, 32))
+    seen = []
+    results = evaluate(model, voc_val, proposals=None, max_images=2, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 2), (2, 2)]
+    assert results["mAP_r"] is None and results["ABO"] is None
+    assert results["classes"] == present
+    assert results["num_peaks"] > 0
+    assert 0 <= results["pointing_accuracy"] <= 1
+    assert 0 <= results["prm_quality"] <= 1
+    with pytest.raises(ValueError, match="unknown class"):
+        evaluate(build_model("tiny", ["unicorn"], pretrained=False), voc_val, proposals=None)

@@ -1,0 +1,131 @@
+"""Training on a tiny network: the loss goes down, runs repeat, cancel and resume lose nothing."""
+
+import threading
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from napari_prm import load_model, save_model
+from napari_prm.data import LabeledImageDataset, from_csv
+from napari_prm.model import build_model
+from napari_prm.train import TrainProgress, train
+
+SETTINGS = dict(backbone="tiny", epochs=3, batch_size=8, lr=0.01, backbone_lr_mult=1.0, input_size=(48, 48),
+                device="cpu", val_fraction=0.25, seed=0)
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory):
+    """24 noisy images with a red and/or a blue square; labels say which."""
+    root = tmp_path_factory.mktemp("squares")
+    rng = np.random.default_rng(0)
+    rows = ["image,labels"]
+    for i in range(24):
+        image = (rng.random((48, 48, 3)) * 60).astype(np.uint8)
+        labels = []
+        for channel, name, absent in ((0, "red", 0), (2, "blue", 1)):
+            if i % 3 != absent:
+                y, x = rng.integers(4, 30, 2)
+                image[y:y + 12, x:x + 12, channel] = 255
+                labels.append(name)
+        iio.imwrite(root / f"{i}.png", image)
+        rows.append(f"{i}.png,{';'.join(labels)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return from_csv(root / "labels.csv")
+
+
+@pytest.fixture(scope="module")
+def full_run(squares, tmp_path_factory):
+    torch.set_num_threads(1)
+    events = []
+    result = train(squares, out=tmp_path_factory.mktemp("full") / "model.pt", progress=events.append, **SETTINGS)
+    return result, events
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.network.state_dict().items()}
+
+
+def test_training_lowers_the_loss_and_reports(full_run, squares):
+    result, events = full_run
+    assert not result.cancelled
+    losses = [record.loss for record in result.history]
+    assert [record.epoch for record in result.history] == [1, 2, 3]
+    assert losses[-1] < losses[0] - 0.05
+    for record in result.history:
+        assert set(record.val_ap) == {"blue", "red"}
+        assert 0 <= record.val_map <= 1
+    batches = [e for e in events if e.stage == "batch"]
+    assert len(batches) == 9  # 18 training images in batches of 8, 3 epochs
+    assert [(e.epoch, e.batch, e.num_batches) for e in batches[:4]] == [(1, 1, 3), (1, 2, 3), (1, 3, 3), (2, 1, 3)]
+    assert all(isinstance(e, TrainProgress) and e.images_per_second > 0 and e.loss > 0 for e in events)
+    assert [e.val_ap is not None for e in events if e.stage == "epoch"] == [True] * 3
+
+
+def test_checkpoint_is_a_model_with_inference_settings(full_run):
+    result, _ = full_run
+    loaded = load_model(result.checkpoint)
+    assert loaded.class_names == ["blue", "red"]
+    assert loaded.input_size == (48, 48)
+    assert loaded.settings["sub_pixel_locating_factor"] == 1
+    assert result.model.network.sub_pixel_locating_factor == 1
+    for key, value in _weights(result.model).items():
+        assert torch.equal(value, loaded.network.state_dict()[key]), key
+
+
+def test_cancel_then_resume_equals_an_uninterrupted_run(full_run, squares, tmp_path):
+    reference, _ = full_run
+    out = tmp_path / "model.pt"
+    events = []
+    # Cancel on the second batch of epoch 2: epoch 1 is saved, epoch 2 is lost.
+    cancelled = train(squares, out=out, progress=events.append,
+                      cancel=lambda: sum(e.stage == "batch" for e in events) >= 4, **SETTINGS)
+    assert cancelled.cancelled
+    assert [r.epoch for r in cancelled.history] == [1]
+    assert cancelled.checkpoint == out
+    assert cancelled.history[0].loss == reference.history[0].loss
+
+    resumed = train(squares, out=out, resume=True, epochs=3)
+    assert not resumed.cancelled
+    assert [r.loss for r in resumed.history] == [r.loss for r in reference.history]
+    for key, value in _weights(reference.model).items():
+        assert torch.equal(value, resumed.model.network.state_dict()[key]), key
+
+
+def test_event_cancel_before_the_first_batch(squares, tmp_path):
+    stop = threading.Event()
+    stop.set()
+    result = train(squares, out=tmp_path / "model.pt", cancel=stop, **SETTINGS)
+    assert result.cancelled and result.history == [] and result.checkpoint is None
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_fine_tuning_new_classes_keeps_known_rows(full_run, squares, tmp_path):
+    base = full_run[0].model
+    before = _weights(base)
+    relabelled = squares.with_classes(["red", "blue"])
+    settings = dict(SETTINGS, epochs=1, lr=0.0, val_fraction=0.0)
+    settings.pop("backbone")
+    result = train(relabelled, model=base, out=tmp_path / "tuned.pt", **settings)
+    classifier = result.model.network.fcn.classifier
+    assert result.model.class_names == ["red", "blue"]
+    assert torch.equal(classifier.weight[0], before["fcn.classifier.weight"][1])
+    assert torch.equal(classifier.weight[1], before["fcn.classifier.weight"][0])
+    # The base model itself is left alone.
+    assert base.class_names == ["blue", "red"]
+    assert all(torch.equal(v, base.network.state_dict()[k]) for k, v in before.items())
+
+
+def test_training_errors(squares, tmp_path):
+    with pytest.raises(ValueError, match=r"\['green'\] have no positive image"):
+        train(LabeledImageDataset(image_paths=squares.image_paths, labels=np.c_[squares.labels, np.zeros(len(squares))],
+                                  class_names=["blue", "red", "green"], source="squares"),
+              out=tmp_path / "m.pt", **SETTINGS)
+    plain = tmp_path / "plain.pt"
+    save_model(build_model("tiny", ["blue", "red"], pretrained=False), plain)
+    with pytest.raises(ValueError, match=r"plain.pt holds no training state"):
+        train(squares, out=tmp_path / "m.pt", resume=plain)
+    with pytest.raises(ValueError, match=r"write a .pt file"):
+        train(squares, out=tmp_path / "m.safetensors", **SETTINGS)
