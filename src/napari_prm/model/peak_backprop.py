@@ -51,8 +51,10 @@ class _ExcitationConv2d(torch.autograd.Function):
     def backward(ctx, grad_output):
         shifted, weight_pos, inv_norm = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv_args
-        grad = torch.nn.grad.conv2d_input(
-            shifted.shape, weight_pos, grad_output * inv_norm, stride, padding, dilation, groups
+        # The saved input goes in (not an expanded placeholder) so the fast mkldnn path is taken.
+        grad, _, _ = torch.ops.aten.convolution_backward(
+            grad_output * inv_norm, shifted, weight_pos, None, stride, padding, dilation,
+            False, [0, 0], groups, [True, False, False],
         )
         return grad * shifted, None, None, None, None, None, None
 
