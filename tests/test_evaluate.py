@@ -172,3 +172,12 @@ def test_evaluate_runs_a_model_without_retrieval(voc_val):
     assert 0 <= results["prm_quality"] <= 1
     with pytest.raises(ValueError, match="unknown class"):
         evaluate(build_model("tiny", ["unicorn"], pretrained=False), voc_val, proposals=None)
+
+
+def test_images_without_ground_truth_of_the_classes():
+    from napari_prm.evaluate import best_overlaps, prm_quality
+
+    prms = np.full((2, 6, 6), 1 / 36, dtype=np.float32)
+    no_masks = np.zeros((0, 6, 6), bool)
+    assert best_overlaps(no_masks, np.ones((1, 6, 6), bool)).shape == (0,)
+    assert np.isnan(prm_quality(prms, np.array([0, 1]), no_masks, np.zeros(0, int))).all()

@@ -31,8 +31,8 @@ def _as_masks(masks, name: str) -> np.ndarray:
 
 def _iou_matrix(masks_a: np.ndarray, masks_b: np.ndarray) -> np.ndarray:
     """IoU of every mask in ``a`` (M, H, W) with every mask in ``b`` (K, H, W): (M, K)."""
-    flat_a = masks_a.reshape(len(masks_a), -1).astype(np.float64)
-    flat_b = masks_b.reshape(len(masks_b), -1).astype(np.float64)
+    flat_a = masks_a.reshape(len(masks_a), int(np.prod(masks_a.shape[1:]))).astype(np.float64)
+    flat_b = masks_b.reshape(len(masks_b), int(np.prod(masks_b.shape[1:]))).astype(np.float64)
     intersection = flat_a @ flat_b.T
     union = flat_a.sum(1)[:, None] + flat_b.sum(1)[None, :] - intersection
     return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)

@@ -1,0 +1,506 @@
+"""The ``napari-prm`` command line: predict, train, evaluate, demo, bench.
+
+Every subcommand is a thin layer over the library (`napari_prm.predict`,
+`napari_prm.train.train`, `napari_prm.evaluate.evaluate`, `napari_prm.io`); heavy
+modules are imported only when a command runs, so ``--help`` stays quick.
+
+Exit status: 0 on success; 1 when some inputs failed (``predict``: an unreadable image;
+the others are still written); 2 for bad arguments or when nothing could run (no images,
+model or dataset not loadable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .io import IMAGE_SUFFIXES
+
+PROPOSAL_HELP = ("segment proposals for instance retrieval: 'default', 'prm' (from the PRMs), "
+                 "'default+prm', 'none' (peaks and PRMs only, no instances), a proposal file, "
+                 "or a folder holding one proposal file per image with the image's stem "
+                 "(e.g. sample0.json for sample0.jpg)")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default and keeps the descriptions' line breaks.
+
+    Like ``ArgumentDefaultsHelpFormatter``, except that an option whose help already says
+    its default in words (``(default: ...)``, needed where the default is None) keeps that.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.required or action.default in (None, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class CommandError(Exception):
+    """A failure that ends a command with a message and exit status 2."""
+
+
+def _say(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def _proposals_arg(value: str):
+    return None if value.lower() == "none" else value
+
+
+def _add_model_options(parser: argparse.ArgumentParser, *, device_only: bool = False) -> None:
+    if not device_only:
+        parser.add_argument("--model", default="imagenet",
+                            help="'imagenet' (the built-in EfficientNet-Lite0 with the 1000 "
+                                 "ImageNet classes, offline) or a checkpoint (.pt/.safetensors)")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu, cuda, cuda:1, mps (default: CUDA, then "
+                             "MPS, then the CPU)")
+
+
+def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", metavar="DATASET",
+                        help="a COCO instances .json, a CSV 'image,labels' (labels ';'-separated) "
+                             "or a folder with one sub-folder of images per class")
+    parser.add_argument("--image-dir", default=None,
+                        help="folder of the images (default: for COCO <root>/<split>/ or the "
+                             "JSON's folder, for a CSV the CSV's folder)")
+    parser.add_argument("--voc", action="store_true",
+                        help="keep only the 20 PASCAL VOC classes (the PRM paper's label space)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``napari-prm`` with all its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="napari-prm", formatter_class=_Formatter, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"napari-prm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    predict = commands.add_parser(
+        "predict", formatter_class=_Formatter, help="segment instances in images",
+        description="Run PRM on images and write, per image: <stem>_labels.tif (label image), "
+                    "<stem>_instances.json (COCO, RLE masks with class and score), "
+                    "<stem>_instances.csv, <stem>_peaks.csv and optionally <stem>_prms.npy/.tif."
+                    "\nAn unreadable image is reported and skipped (exit status 1); existing "
+                    "outputs are kept unless --overwrite.")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help=f"images or folders of images ({', '.join(IMAGE_SUFFIXES)}; "
+                              "8- or 16-bit; folders are not searched recursively)")
+    predict.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    _add_model_options(predict)
+    predict.add_argument("--proposals", default="default", type=_proposals_arg, help=PROPOSAL_HELP)
+    predict.add_argument("--class-threshold", type=float, default=0.0,
+                         help="drop peaks of classes whose score is below this")
+    predict.add_argument("--peak-threshold", type=float, default=None,
+                         help="drop peaks whose response is not above this (default: keep all)")
+    predict.add_argument("--classes", action="append", default=None, metavar="NAME",
+                         help="keep only peaks of this class (name or index); repeat for more "
+                              "(default: all classes)")
+    predict.add_argument("--save-prms", choices=("npy", "tiff"), default=None,
+                         help="also write the peak response maps as .npy or a TIFF stack "
+                              "(default: not written)")
+    predict.add_argument("--peak-batch-size", type=int, default=None,
+                         help="peaks back-propagated at once (default: 1 on CPU, 16 on GPU)")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.set_defaults(run=_run_predict)
+
+    train = commands.add_parser(
+        "train", formatter_class=_Formatter, help="train a PRM model from image-level labels",
+        description="Train a PRM model with the original recipe (multilabel soft-margin loss, "
+                    "SGD). The checkpoint is written after every epoch and can be resumed.")
+    _add_dataset_options(train)
+    train.add_argument("--classes", action="append", default=None, metavar="NAME",
+                       help="train on these classes only, in this order; repeat for more "
+                            "(default: every class of the dataset)")
+    train.add_argument("--out", default="prm_model.pt", type=Path, help="checkpoint (.pt)")
+    train.add_argument("--model", default=None,
+                       help="start from this checkpoint or backbone (default: a new --backbone "
+                            "model)")
+    train.add_argument("--backbone", default="efficientnet_lite0",
+                       choices=("efficientnet_lite0", "resnet50", "vgg16", "tiny"),
+                       help="backbone of a new model (ImageNet weights; resnet50/vgg16 are "
+                            "downloaded by torchvision)")
+    train.add_argument("--epochs", type=int, default=20, help="total number of epochs")
+    train.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    train.add_argument("--lr", type=float, default=0.01, help="learning rate of the classifier")
+    train.add_argument("--backbone-lr-mult", type=float, default=0.01,
+                       help="the backbone learns at lr times this")
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    train.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    train.add_argument("--input-size", type=int, nargs=2, default=[448, 448],
+                       metavar=("HEIGHT", "WIDTH"), help="network input size")
+    train.add_argument("--sub-pixel-locating-factor", type=int, default=8,
+                       help="CRM upsampling for peak stimulation while training")
+    train.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
+                       help="random horizontal flips")
+    train.add_argument("--val-fraction", type=float, default=0.0,
+                       help="hold out this share of images; report classification AP per epoch")
+    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                       help="continue the run saved in CHECKPOINT, or in --out when given alone "
+                            "(default: start afresh)")
+    train.add_argument("--num-workers", type=int, default=0, help="data loader processes")
+    _add_model_options(train, device_only=True)
+    train.set_defaults(run=_run_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", formatter_class=_Formatter, help="the PRM paper's metrics on a dataset",
+        description="Run a model over a dataset with instance masks (COCO JSON) and print "
+                    "mAP^r, ABO, PRM quality, peak pointing accuracy and classification mAP "
+                    "as Markdown. The model's classes must all be in the dataset.")
+    _add_dataset_options(evaluate)
+    _add_model_options(evaluate)
+    evaluate.add_argument("--proposals", default="default", type=_proposals_arg,
+                          help=PROPOSAL_HELP.split(", or a folder")[0])
+    evaluate.add_argument("--iou-thresholds", type=float, nargs="+", default=[0.25, 0.5, 0.75],
+                          metavar="IOU", help="IoU thresholds of mAP^r")
+    evaluate.add_argument("--class-threshold", type=float, default=0.0,
+                          help="drop peaks of classes whose score is below this")
+    evaluate.add_argument("--max-images", type=int, default=None,
+                          help="evaluate the first N images only (default: all)")
+    evaluate.add_argument("--json", type=Path, default=None,
+                          help="also write the full results to this JSON file "
+                               "(default: not written)")
+    evaluate.set_defaults(run=_run_evaluate)
+
+    demo = commands.add_parser(
+        "demo", formatter_class=_Formatter, help="run the built-in model on a sample image",
+        description="Run PRM on an image (default: scikit-image's Chelsea the cat), write the "
+                    "results like 'predict' and, when a display is available, show them in "
+                    "napari.")
+    demo.add_argument("image", nargs="?", default=None,
+                      help="image file (default: skimage.data.chelsea())")
+    demo.add_argument("--out", type=Path, default=Path("napari-prm-demo"), help="output folder")
+    _add_model_options(demo)
+    demo.add_argument("--proposals", default="default", type=_proposals_arg, help=PROPOSAL_HELP)
+    demo.add_argument("--class-threshold", type=float, default=0.0,
+                      help="drop peaks of classes whose score is below this")
+    demo.add_argument("--peak-threshold", type=float, default=None,
+                      help="drop peaks whose response is not above this (default: keep all)")
+    demo.add_argument("--view", action=argparse.BooleanOptionalAction, default=None,
+                      help="open napari with the results (default: when a display is available)")
+    demo.set_defaults(run=_run_demo)
+
+    bench = commands.add_parser(
+        "bench", formatter_class=_Formatter, help="time the pipeline on this machine",
+        description="Time the forward pass, the peak response maps (against the original "
+                    "one-backward-per-peak loop) and instance retrieval on random input; "
+                    "print a Markdown table.")
+    _add_model_options(bench)
+    bench.add_argument("--size", type=int, default=448, help="input side in pixels")
+    bench.add_argument("--peaks", type=int, default=20, help="number of peaks back-propagated")
+    bench.add_argument("--peak-batch-size", type=int, default=None,
+                       help="peaks back-propagated at once (default: 1 on CPU, 16 on GPU)")
+    bench.add_argument("--compare-original", action=argparse.BooleanOptionalAction,
+                       default=True, help="also time the original loop and compare the PRMs")
+    bench.add_argument("--retrieval", action=argparse.BooleanOptionalAction, default=True,
+                       help="also time instance retrieval (100 proposals, 30 peaks)")
+    bench.add_argument("--out", type=Path, default=None,
+                       help="also write the report to this file (default: not written)")
+    bench.set_defaults(run=_run_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``napari-prm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CommandError as error:
+        print(f"napari-prm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"napari-prm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------------- predict
+def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Image files named by ``inputs`` (files, or folders searched one level, sorted).
+
+    Returns the files (duplicates removed, in order) and a message per input that does
+    not exist or is a folder without images.
+    """
+    images, problems = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            images.extend(found)
+        elif item.is_file():
+            images.append(item)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    unique = list(dict.fromkeys(p.resolve() for p in images))
+    return [Path(p) for p in unique], problems
+
+
+def _output_stems(images: Sequence[Path]) -> list[str]:
+    """Image stems, made unique (``a/x.png`` and ``b/x.png`` -> ``x``, ``x_2``)."""
+    stems, seen = [], set()
+    for image in images:
+        stem, number = image.stem, 1
+        while stem in seen:
+            number += 1
+            stem = f"{image.stem}_{number}"
+        seen.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def _proposals_for(proposals, image: Path):
+    if isinstance(proposals, str) and Path(proposals).is_dir():
+        matches = sorted(p for p in Path(proposals).iterdir()
+                         if p.stem == image.stem and p.resolve() != image.resolve())
+        if not matches:
+            raise ValueError(f"no proposal file named {image.stem}.* in {proposals}")
+        return str(matches[0])
+    return proposals
+
+
+def _classes_arg(classes, class_names: Sequence[str]):
+    """``--classes`` as names or indices, checked once against the model's classes."""
+    if classes is None:
+        return None
+    chosen = [int(c) if c.isdigit() else c for c in classes]
+    unknown = [c for c in chosen if c not in class_names
+               and not (isinstance(c, int) and 0 <= c < len(class_names))]
+    if unknown:
+        raise CommandError(f"--classes: the model has no class {unknown}; it has "
+                           f"{len(class_names)} classes, e.g. {list(class_names[:5])}")
+    return chosen
+
+
+def _load_model(name: str, device):
+    from .model.checkpoint import load_model
+
+    try:
+        return load_model(name, device=device)
+    except (ValueError, OSError) as error:
+        raise CommandError(f"cannot load model {name!r}: {error}") from error
+    except RuntimeError as error:  # torch: the device is missing or out of memory
+        raise CommandError(f"cannot put model {name!r} on device {device!r}: {error}") from error
+
+
+def _run_predict(args) -> int:
+    from tqdm import tqdm
+
+    from . import io
+    from .predict import predict
+
+    images, problems = collect_images(args.inputs)
+    for problem in problems:
+        _say(problem)
+    if not images:
+        raise CommandError("no images to process")
+    model = _load_model(args.model, args.device)
+    classes = _classes_arg(args.classes, model.class_names)
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = skipped = 0
+    failed = len(problems)
+    for image_path, stem in zip(tqdm(images, desc="predict", unit="image", disable=None),
+                                _output_stems(images)):
+        targets = io.prediction_paths(args.out, stem, prms_format=args.save_prms)
+        existing = [p.name for p in targets.values() if p.exists()]
+        if existing and not args.overwrite:
+            _say(f"{image_path}: skipped, outputs exist ({', '.join(existing)}); "
+                 "use --overwrite to replace them")
+            skipped += 1
+            continue
+        try:
+            image = io.read_image(image_path)
+            prediction = predict(
+                image, model, class_threshold=args.class_threshold,
+                peak_threshold=args.peak_threshold, classes=classes,
+                proposals=_proposals_for(args.proposals, image_path),
+                peak_batch_size=args.peak_batch_size)
+            io.write_prediction(prediction, args.out, stem, prms_format=args.save_prms,
+                                overwrite=args.overwrite, image_file_name=image_path.name)
+        except Exception as error:  # one bad image must not stop the batch
+            _say(f"{image_path}: failed: {error or type(error).__name__}")
+            failed += 1
+            continue
+        written += 1
+    _say(f"{written} image(s) written to {args.out}, {skipped} skipped, {failed} failed")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- train / evaluate
+def _load_dataset(args, *, classes=None):
+    from .data import load_dataset, voc_view
+
+    path = Path(args.dataset)
+    options = {}
+    if args.image_dir is not None:
+        options["image_dir" if path.suffix.lower() == ".json" else "image_root"] = args.image_dir
+    try:
+        dataset = load_dataset(path, **options)
+        if args.voc:
+            dataset = voc_view(dataset)
+        if classes:
+            dataset = dataset.with_classes(classes, drop_unlabeled=False)
+    except (ValueError, OSError, TypeError) as error:
+        raise CommandError(f"cannot load dataset {path}: {error}") from error
+    return dataset
+
+
+def _run_train(args) -> int:
+    from tqdm import tqdm
+
+    from .train import train
+
+    dataset = _load_dataset(args, classes=args.classes)
+    _say(f"training on {len(dataset)} images, {len(dataset.class_names)} classes -> {args.out}")
+    bar = None
+
+    def progress(update) -> None:
+        nonlocal bar
+        if update.stage == "batch":
+            if bar is None:
+                bar = tqdm(total=update.num_batches, unit="batch", disable=None,
+                           desc=f"epoch {update.epoch}/{update.num_epochs}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{update.loss:.4f}")
+            return
+        if bar is not None:
+            bar.close()
+            bar = None
+        line = (f"epoch {update.epoch}/{update.num_epochs}: loss {update.loss:.4f}, "
+                f"{update.images_per_second:.1f} images/s")
+        if update.val_ap:
+            mean_ap = sum(update.val_ap.values()) / len(update.val_ap)
+            line += f", validation mAP {100 * mean_ap:.1f}%"
+        _say(line)
+
+    try:
+        result = train(
+            dataset, model=args.model, backbone=args.backbone, out=args.out, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
+            momentum=args.momentum, weight_decay=args.weight_decay,
+            input_size=tuple(args.input_size),
+            sub_pixel_locating_factor=args.sub_pixel_locating_factor, hflip=args.hflip,
+            device=args.device, seed=args.seed, val_fraction=args.val_fraction,
+            resume=args.resume, progress=progress, num_workers=args.num_workers)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    finally:
+        if bar is not None:
+            bar.close()
+    _say(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _run_evaluate(args) -> int:
+    from tqdm import tqdm
+
+    from .evaluate import evaluate, report_json, report_markdown
+
+    dataset = _load_dataset(args)
+    model = _load_model(args.model, args.device)
+    total = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
+    with tqdm(total=total, desc="evaluate", unit="image", disable=None) as bar:
+        try:
+            results = evaluate(model, dataset, proposals=args.proposals,
+                               iou_thresholds=args.iou_thresholds,
+                               class_threshold=args.class_threshold,
+                               max_images=args.max_images,
+                               progress=lambda done, _total: bar.update(done - bar.n))
+        except ValueError as error:
+            raise CommandError(str(error)) from error
+    print(report_markdown(results), end="")
+    if args.json is not None:
+        _say(f"results: {report_json(results, args.json)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo / bench
+def display_available() -> bool:
+    """Whether a window can be opened (X11/Wayland on Linux; always on macOS and Windows)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _run_demo(args) -> int:
+    from . import io
+    from .predict import predict
+
+    if args.image is None:
+        from skimage import data
+
+        image, stem, file_name = data.chelsea(), "chelsea", "chelsea.png"
+    else:
+        try:
+            image = io.read_image(args.image)
+        except ValueError as error:
+            raise CommandError(str(error)) from error
+        stem, file_name = Path(args.image).stem, Path(args.image).name
+    model = _load_model(args.model, args.device)
+    prediction = predict(image, model, proposals=args.proposals,
+                         class_threshold=args.class_threshold,
+                         peak_threshold=args.peak_threshold)
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = io.write_prediction(prediction, args.out, stem, overwrite=True,
+                                  image_file_name=file_name)
+    order = prediction.scores.argsort()[::-1][:3]
+    top = ", ".join(f"{prediction.class_names[i]} {prediction.scores[i]:.2f}" for i in order)
+    print(f"top classes: {top}; {len(prediction.peaks)} peaks, "
+          f"{len(prediction.instances)} instances")
+    for path in written:
+        print(path)
+    view = display_available() if args.view is None else args.view
+    if view and not display_available():
+        _say("no display available: results written, napari not opened")
+    elif view:
+        _show_in_napari(image, prediction, stem)
+    return 0
+
+
+def add_result_layers(viewer, image, prediction, name: str) -> list:
+    """Add the image, its instances (Labels with the instance table as features) and its
+    peaks (Points with their class) to a napari viewer; returns the new layers."""
+    labels, table = prediction.to_labels()
+    layers = [viewer.add_image(image, name=name),
+              viewer.add_labels(labels, name=f"{name} instances", features=table,
+                                metadata={"class_names": list(prediction.class_names)})]
+    if len(prediction.peaks):
+        classes = [prediction.class_names[c] for c in prediction.peak_classes]
+        layers.append(viewer.add_points(prediction.peaks, name=f"{name} peaks", size=8,
+                                        face_color="red", features={"class_name": classes}))
+    return layers
+
+
+def _show_in_napari(image, prediction, name: str) -> None:
+    import napari
+
+    viewer = napari.Viewer(title=f"napari-prm demo: {name}")
+    add_result_layers(viewer, image, prediction, name)
+    napari.run()
+
+
+def _run_bench(args) -> int:
+    from . import bench
+
+    model = _load_model(args.model, args.device)
+    _say(f"timing {args.peaks} peaks at {args.size}x{args.size} on {model.backbone}...")
+    figures = bench.benchmark_model(model=model, size=args.size, num_peaks=args.peaks,
+                                    device=args.device, peak_batch_size=args.peak_batch_size,
+                                    compare_original=args.compare_original)
+    retrieval = bench.benchmark_retrieval(size=args.size) if args.retrieval else None
+    text = bench.format_report(figures, retrieval) + "\n"
+    print(text, end="")
+    if args.out is not None:
+        from .io import atomic_write
+
+        with atomic_write(args.out) as temp:
+            temp.write_text(text, encoding="utf-8")
+    return 0

@@ -1,0 +1,334 @@
+"""The napari-prm command line, end to end on real images from ../shared/data."""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from pycocotools.coco import COCO
+
+from napari_prm import io
+from napari_prm.cli import build_parser, collect_images, main
+from napari_prm.model import build_model, load_model, save_model
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEMO = DATA / "prm_demo"
+COMMANDS = ("predict", "train", "evaluate", "demo", "bench")
+OUTPUT_SUFFIXES = ("_labels.tif", "_instances.json", "_instances.csv", "_peaks.csv")
+
+
+@pytest.fixture(scope="module")
+def tiny48_checkpoint(tmp_path_factory):
+    """A small random PRM network for two COCO classes, saved like a trained model."""
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(48, 48))
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def write_half_size(source, target):
+    """A real image at half its size (keeps the tests quick), saved by extension."""
+    import imageio.v3 as iio
+    from skimage.transform import rescale
+
+    image = io.read_image(source)
+    small = rescale(image, 0.5, channel_axis=-1, preserve_range=True, anti_aliasing=True)
+    iio.imwrite(target, small.round().astype(np.uint8))
+    return small.shape[:2]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Two real JPEGs, a 16-bit grayscale TIFF made from a third, and a broken PNG."""
+    folder = tmp_path_factory.mktemp("images")
+    for name in ("sample0.jpg", "sample1.jpg"):
+        write_half_size(DEMO / name, folder / name)
+    write_half_size(DEMO / "sample2.jpg", folder / "gray.png")
+    gray = io.read_image(folder / "gray.png").mean(-1)
+    tifffile.imwrite(folder / "gray16.tif", (gray * 257).astype(np.uint16))
+    (folder / "gray.png").unlink()
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")
+    (folder / "notes.txt").write_text("not an image, not collected")
+    return folder
+
+
+def check_outputs(out, stem, image_shape, class_names):
+    """The four outputs of one image exist, load back and agree with each other."""
+    for suffix in OUTPUT_SUFFIXES:
+        assert (out / f"{stem}{suffix}").is_file(), f"{stem}{suffix} missing"
+    labels = io.read_label_image(out / f"{stem}_labels.tif")
+    assert labels.shape == image_shape and labels.dtype == np.uint16
+    api = COCO(str(out / f"{stem}_instances.json"))
+    if class_names is not None:
+        assert [c["name"] for c in api.loadCats(api.getCatIds())] == class_names
+    annotations = api.loadAnns(api.getAnnIds())
+    assert len(annotations) == len(np.unique(labels[labels > 0]))
+    for annotation in annotations:
+        np.testing.assert_array_equal(api.annToMask(annotation).astype(bool),
+                                      labels == annotation["label"])
+        assert 0.0 <= annotation["score"] and annotation["category_id"] >= 1
+    table = io.read_instances_csv(out / f"{stem}_instances.csv")
+    assert sorted(table["label"]) == sorted(a["label"] for a in annotations)
+    peaks = np.loadtxt(out / f"{stem}_peaks.csv", delimiter=",", skiprows=1,
+                       usecols=(1, 2), ndmin=2)
+    assert np.all((peaks >= -0.5) & (peaks <= np.array(image_shape) - 0.5))
+    return labels, annotations, peaks
+
+
+def test_predict_folder_with_unreadable_and_16_bit_images(tmp_path, tiny48_checkpoint,
+                                                           image_folder, capsys):
+    out = tmp_path / "out"
+    status = main(["predict", str(image_folder), "--model", str(tiny48_checkpoint),
+                   "--out", str(out), "--proposals", "prm", "--save-prms", "npy"])
+    errors = capsys.readouterr().err
+    assert status == 1  # one image failed, the others were written
+    assert "broken.png" in errors and "failed" in errors
+    assert "3 image(s) written" in errors and "1 failed" in errors
+    shapes = {path.stem: io.read_image(path).shape[:2] for path in image_folder.iterdir()
+              if path.suffix in (".jpg", ".tif")}
+    assert io.read_image(image_folder / "gray16.tif").dtype == np.uint16
+    assert sorted(shapes) == ["gray16", "sample0", "sample1"]
+    for stem, shape in shapes.items():
+        labels, annotations, peaks = check_outputs(out, stem, shape, ["cat", "dog"])
+        assert len(annotations) > 0, f"{stem}: no instances"
+        prms = np.load(out / f"{stem}_prms.npy")
+        assert prms.shape == (len(peaks),) + shape
+        sums = prms.sum(axis=(1, 2))  # each PRM sums to 1, or is empty
+        assert np.all(np.isclose(sums, 1.0, rtol=1e-4) | (sums == 0)) and sums.max() > 0.99
+    assert not list(out.glob("broken*")) and not list(out.glob(".*"))
+
+
+def test_predict_keeps_existing_outputs_unless_overwrite(tmp_path, tiny48_checkpoint, capsys):
+    out = tmp_path / "out"
+    image = tmp_path / "sample3.jpg"
+    write_half_size(DEMO / "sample3.jpg", image)
+    image = str(image)
+    assert main(["predict", image, "--model", str(tiny48_checkpoint), "--out", str(out),
+                 "--proposals", "prm"]) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(first) == sorted(f"sample3{s}" for s in OUTPUT_SUFFIXES)
+    (out / "sample3_peaks.csv").write_text("kept")
+    capsys.readouterr()
+    # a different setting would change the outputs; without --overwrite nothing is touched
+    assert main(["predict", image, "--model", str(tiny48_checkpoint), "--out", str(out),
+                 "--proposals", "none"]) == 0
+    assert "skipped, outputs exist" in capsys.readouterr().err
+    assert (out / "sample3_peaks.csv").read_text() == "kept"
+    assert (out / "sample3_instances.json").read_bytes() == first["sample3_instances.json"]
+    assert main(["predict", image, "--model", str(tiny48_checkpoint), "--out", str(out),
+                 "--proposals", "none", "--overwrite"]) == 0
+    assert (out / "sample3_peaks.csv").read_bytes() == first["sample3_peaks.csv"]
+    coco = json.loads((out / "sample3_instances.json").read_text())
+    assert coco["annotations"] == [] and coco["images"][0]["file_name"] == "sample3.jpg"
+
+
+def test_predict_with_proposal_folder_classes_and_prm_tiff(tmp_path, tiny48_checkpoint):
+    """MCG proposals of the original demo are found by the image's stem."""
+    out = tmp_path / "out"
+    status = main(["predict", str(DEMO / "sample4.jpg"), "--model", str(tiny48_checkpoint),
+                   "--out", str(out), "--proposals", str(DEMO), "--classes", "dog",
+                   "--save-prms", "tiff", "--peak-batch-size", "4"])
+    assert status == 0
+    shape = io.read_image(DEMO / "sample4.jpg").shape[:2]
+    _, annotations, peaks = check_outputs(out, "sample4", shape, ["cat", "dog"])
+    assert annotations and all(a["category_id"] == 2 for a in annotations)
+    assert tifffile.imread(out / "sample4_prms.tif").shape == (len(peaks),) + shape
+
+
+def test_predict_reports_missing_inputs_and_bad_model(tmp_path, tiny48_checkpoint, capsys):
+    assert main(["predict", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o"),
+                 "--model", str(tiny48_checkpoint)]) == 2
+    errors = capsys.readouterr().err
+    assert "nope.png: no such file" in errors and "no images" in errors
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    assert main(["predict", str(DEMO / "sample0.jpg"), "--out", str(tmp_path / "o"),
+                 "--model", str(bad)]) == 2
+    assert "bad.pt" in capsys.readouterr().err
+    assert main(["predict", str(DEMO / "sample0.jpg"), "--out", str(tmp_path / "o"),
+                 "--model", str(tiny48_checkpoint), "--classes", "zebra"]) == 2
+    assert "no class ['zebra']" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_collect_images_sorted_unique_and_same_stems(tmp_path, image_folder):
+    images, problems = collect_images([image_folder, image_folder / "sample1.jpg",
+                                       tmp_path])
+    assert [p.name for p in images] == ["broken.png", "gray16.tif", "sample0.jpg",
+                                        "sample1.jpg"]
+    assert problems == [f"{tmp_path}: no images (.png, .jpg, .jpeg, .tif, .tiff) in this folder"]
+    from napari_prm.cli import _output_stems
+
+    assert _output_stems([Path("a/x.png"), Path("b/x.png"), Path("x.tif")]) == ["x", "x_2", "x_3"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_explains_every_option_with_its_default(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    options = text[text.index("options:"):]
+    subparser = build_parser()._subparsers._group_actions[0].choices[command]
+    flags = [a.option_strings[-1] for a in subparser._actions
+             if a.option_strings and a.dest != "help"]
+    assert len(flags) >= 2
+    starts = [options.index(f" {flag} ") for flag in flags]
+    assert starts == sorted(starts)
+    for flag, start, end in zip(flags, starts, starts[1:] + [len(options)]):
+        action = next(a for a in subparser._actions if flag in a.option_strings)
+        if not action.required:
+            assert "(default" in options[start:end], f"{command} {flag}: no default shown"
+
+
+def test_train_and_evaluate_defaults_match_the_library():
+    """The command line shows the defaults the library functions really use."""
+    from napari_prm.evaluate import evaluate
+    from napari_prm.train import train
+
+    parser = build_parser()
+    choices = parser._subparsers._group_actions[0].choices
+    for function, command in ((train, "train"), (evaluate, "evaluate")):
+        defaults = vars(choices[command].parse_args(["data.json"]))
+        for name, parameter in inspect.signature(function).parameters.items():
+            if name in defaults and parameter.default is not inspect.Parameter.empty:
+                expected = parameter.default
+                value = defaults[name]
+                if isinstance(expected, tuple):
+                    value = tuple(value)
+                if name == "out":
+                    value = str(value)
+                assert value == expected, f"{command} --{name}: {value!r} != {expected!r}"
+
+
+def test_python_m_napari_prm_and_usage_errors(capsys):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    result = subprocess.run([sys.executable, "-m", "napari_prm", "--version"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("napari-prm ")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(DEMO / "sample0.jpg")])
+    assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_train_then_evaluate_on_coco128(tmp_path, capsys):
+    """A tiny network trains one epoch on image-level labels of coco128, then is evaluated."""
+    train_json = DATA / "coco128/annotations/instances_train2017.json"
+    api = COCO(str(train_json))
+    bear, person = api.getCatIds(catNms=["bear"]), api.getCatIds(catNms=["person"])
+    chosen = api.getImgIds(catIds=bear) + api.getImgIds(catIds=person)[:5]
+    rows = ["image,labels"]
+    for image_id in chosen:
+        names = {api.loadCats(a["category_id"])[0]["name"]
+                 for a in api.loadAnns(api.getAnnIds(imgIds=[image_id]))}
+        rows.append(f"{api.loadImgs(image_id)[0]['file_name']},{';'.join(sorted(names))}")
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("\n".join(rows) + "\n")
+    checkpoint = tmp_path / "model.pt"
+    status = main(["train", str(labels_csv), "--image-dir", str(DATA / "coco128/train2017"),
+                   "--classes", "person", "--classes", "bear", "--out", str(checkpoint),
+                   "--backbone", "tiny", "--epochs", "1", "--batch-size", "4",
+                   "--input-size", "48", "48", "--device", "cpu", "--val-fraction", "0.5"])
+    assert status == 0
+    errors = capsys.readouterr().err
+    assert "training on 6 images, 2 classes" in errors and "epoch 1/1: loss" in errors
+    assert "validation mAP" in errors
+    model = load_model(checkpoint)
+    assert model.class_names == ["person", "bear"] and model.backbone == "tiny"
+
+    report = tmp_path / "results.json"
+    # the first two val images show a person and a bear
+    status = main(["evaluate", str(DATA / "coco128/annotations/instances_val2017.json"),
+                   "--model", str(checkpoint), "--max-images", "2", "--proposals", "none",
+                   "--json", str(report)])
+    assert status == 0
+    output = capsys.readouterr().out
+    assert "| classification mAP |" in output and "| bear |" in output
+    results = json.loads(report.read_text())
+    assert results["num_images"] == 2 and results["classes"] == ["person", "bear"]
+    assert results["mAP_r"] is None and results["settings"]["proposals"] is None
+
+
+def test_evaluate_reports_unknown_dataset(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "missing.json"), "--model", "imagenet"]) == 2
+    assert "missing.json" in capsys.readouterr().err
+
+
+def test_demo_writes_results_without_display(tmp_path, tiny48_checkpoint, capsys):
+    out = tmp_path / "demo"
+    shape = write_half_size(DEMO / "sample0.jpg", tmp_path / "cows.jpg")
+    assert main(["demo", str(tmp_path / "cows.jpg"), "--model", str(tiny48_checkpoint),
+                 "--out", str(out), "--proposals", "prm", "--no-view"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("top classes: ")
+    assert str(out / "cows_instances.json") in printed.splitlines()
+    check_outputs(out, "cows", shape, ["cat", "dog"])
+
+
+@pytest.mark.slow
+def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys):
+    """The real model: one instance per husky in sample4, and Chelsea is an Egyptian cat."""
+    out = tmp_path / "out"
+    # the two strongest malamute peaks (27.7 and 18.7; the next is below 2)
+    assert main(["predict", str(DEMO / "sample4.jpg"), "--out", str(out), "--device", "cpu",
+                 "--classes", "malamute", "--peak-threshold", "10"]) == 0
+    shape = io.read_image(DEMO / "sample4.jpg").shape[:2]
+    labels, annotations, peaks = check_outputs(out, "sample4", shape, None)
+    assert len(peaks) == 2 and len(annotations) == 2
+    api = COCO(str(out / "sample4_instances.json"))
+    assert {api.loadCats(a["category_id"])[0]["name"] for a in annotations} == {"malamute"}
+    # each dog's peak lies in its own instance
+    at_peaks = labels[tuple(np.round(peaks).astype(int).T)]
+    assert at_peaks.min() > 0 and len(set(at_peaks.tolist())) == 2
+
+    capsys.readouterr()
+    assert main(["demo", "--out", str(out), "--no-view", "--device", "cpu",
+                 "--class-threshold", "9.5", "--peak-threshold", "13"]) == 0
+    assert capsys.readouterr().out.startswith("top classes: Egyptian cat")
+    api = COCO(str(out / "chelsea_instances.json"))
+    assert len(api.getCatIds()) == 1000
+    annotations = api.loadAnns(api.getAnnIds())
+    assert annotations
+    assert {api.loadCats(a["category_id"])[0]["name"] for a in annotations} == {"Egyptian cat"}
+
+
+def test_bench_prints_and_writes_a_markdown_table(tmp_path, tiny48_checkpoint, capsys):
+    report = tmp_path / "bench.md"
+    assert main(["bench", "--model", str(tiny48_checkpoint), "--size", "32", "--peaks", "2",
+                 "--device", "cpu", "--out", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "| input | 32×32, 2 peaks |" in printed and "| retrieval:" in printed
+    assert report.read_text(encoding="utf-8") == printed
+
+
+def test_demo_without_display_writes_and_says_so(tmp_path, tiny48_checkpoint, capsys,
+                                                monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert main(["demo", str(DEMO / "sample1.jpg"), "--model", str(tiny48_checkpoint),
+                 "--out", str(tmp_path), "--proposals", "none", "--view"]) == 0
+    assert "no display available" in capsys.readouterr().err
+    assert (tmp_path / "sample1_instances.json").is_file()
+
+
+def test_demo_layers_in_napari(make_napari_viewer, small_cat, tiny48_checkpoint):
+    from napari_prm import predict
+    from napari_prm.cli import add_result_layers
+
+    prediction = predict(small_cat, load_model(tiny48_checkpoint), proposals="prm")
+    viewer = make_napari_viewer()
+    image, instances, peaks = add_result_layers(viewer, small_cat, prediction, "cat")
+    labels, table = prediction.to_labels()
+    assert [layer.name for layer in viewer.layers] == ["cat", "cat instances", "cat peaks"]
+    np.testing.assert_array_equal(instances.data, labels)
+    assert list(instances.features["label"]) == list(table["label"])
+    assert instances.metadata["class_names"] == ["cat", "dog"]
+    np.testing.assert_allclose(peaks.data, prediction.peaks)
+    assert len(peaks.features) == len(prediction.peaks)

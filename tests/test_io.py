@@ -1,0 +1,385 @@
+"""Exporters and importers: round trips, COCO through pycocotools, atomic writes."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from pycocotools.coco import COCO
+
+from napari_prm import io
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CLASS_NAMES = ["cat", "dog", "bird"]
+
+
+def synthetic_labels(top_label=3):
+    """Three touching/separate shapes with known areas, the last one labelled ``top_label``."""
+    labels = np.zeros((40, 60), dtype=np.uint32)
+    labels[2:12, 3:23] = 1  # 10 x 20 = 200 px
+    labels[12:30, 10:20] = 2  # 18 x 10 = 180 px, touches label 1
+    yy, xx = np.mgrid[:40, :60]
+    labels[(yy - 25) ** 2 + (xx - 45) ** 2 <= 64] = top_label  # disc of radius 8
+    return labels
+
+
+def synthetic_table(top_label=3):
+    return {"label": np.array([1, 2, top_label]),
+            "class_index": np.array([0, 2, 1]),
+            "class_name": np.array(["cat", "bird", "dog"], dtype=object),
+            "score": np.array([0.9, 0.25, 0.5], dtype=np.float32),
+            "peak": np.array([0, 3, 1])}
+
+
+@pytest.mark.parametrize("top_label, dtype, suffix", [
+    (3, np.uint16, ".tif"), (70000, np.uint32, ".tiff"), (3, np.uint8, ".png"),
+    (40000, np.uint16, ".png")])
+def test_label_image_round_trip(tmp_path, top_label, dtype, suffix):
+    labels = synthetic_labels(top_label)
+    path = io.write_label_image(tmp_path / f"labels{suffix}", labels)
+    back = io.read_label_image(path)
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_png_refuses_labels_above_65535(tmp_path):
+    with pytest.raises(ValueError, match="65535.*70000"):
+        io.write_label_image(tmp_path / "labels.png", synthetic_labels(70000))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_label_image_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="integer"):
+        io.write_label_image(tmp_path / "a.tif", np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match=">= 0"):
+        io.write_label_image(tmp_path / "a.tif", -np.ones((4, 4), np.int32))
+    with pytest.raises(ValueError, match=r"\.tif, \.tiff or \.png"):
+        io.write_label_image(tmp_path / "a.jpg", np.ones((4, 4), np.uint8))
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff")
+    with pytest.raises(ValueError, match="broken.tif"):
+        io.read_label_image(tmp_path / "broken.tif")
+
+
+def test_coco_json_loads_in_pycocotools_with_masks_classes_and_scores(tmp_path):
+    labels = synthetic_labels()
+    coco = io.labels_to_coco(labels, synthetic_table(), CLASS_NAMES, image_id=7,
+                             file_name="cats.png")
+    path = io.write_coco_json(tmp_path / "instances.json", coco)
+    api = COCO(str(path))
+    assert [c["name"] for c in api.loadCats(api.getCatIds())] == CLASS_NAMES
+    assert api.getCatIds() == [1, 2, 3]  # class index + 1
+    annotations = api.loadAnns(api.getAnnIds(imgIds=[7]))
+    assert len(annotations) == 3
+    expected_category = {1: 1, 2: 3, 3: 2}
+    expected_score = {1: 0.9, 2: 0.25, 3: 0.5}
+    for annotation in annotations:
+        label = annotation["label"]
+        truth = labels == label
+        np.testing.assert_array_equal(api.annToMask(annotation).astype(bool), truth)
+        assert annotation["category_id"] == expected_category[label]
+        assert annotation["score"] == pytest.approx(expected_score[label])
+        assert annotation["area"] == truth.sum()
+        rows, cols = np.nonzero(truth)
+        assert annotation["bbox"] == [cols.min(), rows.min(), np.ptp(cols) + 1, np.ptp(rows) + 1]
+    assert api.loadImgs(7)[0] == {"id": 7, "file_name": "cats.png", "height": 40, "width": 60}
+
+
+def test_coco_round_trip_keeps_labels_classes_scores(tmp_path):
+    labels = synthetic_labels(top_label=9)
+    path = io.write_coco_json(tmp_path / "i.json",
+                              io.labels_to_coco(labels, synthetic_table(9), CLASS_NAMES))
+    back, table, names = io.coco_to_labels(path)
+    np.testing.assert_array_equal(back, labels)
+    assert names == CLASS_NAMES
+    order = np.argsort(table["label"])
+    np.testing.assert_array_equal(table["label"][order], [1, 2, 9])
+    np.testing.assert_array_equal(table["class_index"][order], [0, 2, 1])
+    assert list(table["class_name"][order]) == ["cat", "bird", "dog"]
+    np.testing.assert_allclose(table["score"][order], [0.9, 0.25, 0.5], rtol=1e-6)
+    np.testing.assert_array_equal(table["peak"][order], [0, 3, 1])
+
+
+def test_hand_painted_label_exports_as_unknown(tmp_path):
+    labels = synthetic_labels()
+    labels[35:38, 0:4] = 5  # painted by the user: not in the table
+    coco = io.labels_to_coco(labels, synthetic_table(), CLASS_NAMES)
+    painted = [a for a in coco["annotations"] if a["label"] == 5][0]
+    assert painted["category_id"] == io.UNKNOWN_CATEGORY_ID and "score" not in painted
+    assert {"id": 0, "name": "unknown", "supercategory": ""} in coco["categories"]
+    back, table, names = io.coco_to_labels(
+        io.write_coco_json(tmp_path / "i.json", coco))
+    np.testing.assert_array_equal(back, labels)
+    assert names == CLASS_NAMES
+    row = list(table["label"]).index(5)
+    assert table["class_index"][row] == -1 and table["class_name"][row] == "unknown"
+    assert math.isnan(table["score"][row])
+
+    io.write_instances_csv(tmp_path / "i.csv", labels, synthetic_table(), CLASS_NAMES)
+    rows = io.read_instances_csv(tmp_path / "i.csv")
+    row = list(rows["label"]).index(5)
+    assert rows["class_name"][row] == "unknown" and math.isnan(rows["score"][row])
+
+
+def test_export_without_table_or_class_names(tmp_path):
+    labels = synthetic_labels()
+    coco = io.labels_to_coco(labels)
+    assert coco["categories"] == [{"id": 0, "name": "unknown", "supercategory": ""}]
+    assert len(coco["annotations"]) == 3
+    # class names come from the table when not given; missing indices get placeholders
+    table = {"label": np.array([1]), "class_index": np.array([2]),
+             "class_name": np.array(["bird"])}
+    coco = io.labels_to_coco(labels, table)
+    assert [c["name"] for c in coco["categories"]] == ["class_0", "class_1", "bird", "unknown"]
+
+
+def test_coco_custom_category_ids_and_bad_class_index():
+    labels = synthetic_labels()
+    coco = io.labels_to_coco(labels, synthetic_table(), CLASS_NAMES, category_ids=[17, 18, 16])
+    assert {a["label"]: a["category_id"] for a in coco["annotations"]} == {1: 17, 2: 16, 3: 18}
+    with pytest.raises(ValueError, match="category_ids"):
+        io.labels_to_coco(labels, synthetic_table(), CLASS_NAMES, category_ids=[0, 1, 2])
+    with pytest.raises(ValueError, match="class index 2.*2 class names"):
+        io.labels_to_coco(labels, synthetic_table(), ["cat", "dog"])
+
+
+def test_coco_to_labels_reads_real_coco_annotations():
+    """Polygons and RLEs of a real COCO file paint the same pixels as pycocotools."""
+    path = DATA / "coco128" / "annotations" / "instances_val2017.json"
+    api = COCO(str(path))
+    image_id = api.getImgIds()[0]
+    labels, table, names = io.coco_to_labels(path, image_id=image_id)
+    annotations = api.loadAnns(api.getAnnIds(imgIds=[image_id]))
+    assert len(names) == 80 and names[0] == "person"
+    assert len(table["label"]) == len(annotations)
+    # labels are 1..N in annotation order; later ones cover earlier where they overlap
+    for number, annotation in enumerate(annotations, start=1):
+        truth = api.annToMask(annotation).astype(bool)
+        covered = np.zeros_like(truth)
+        for later in annotations[number:]:
+            covered |= api.annToMask(later).astype(bool)
+        np.testing.assert_array_equal(labels[truth & ~covered], number)
+        category = api.loadCats(annotation["category_id"])[0]["name"]
+        assert table["class_name"][number - 1] == category
+    with pytest.raises(ValueError, match="pass image_id"):
+        io.coco_to_labels(path)
+
+
+def test_instances_csv_columns_and_values(tmp_path):
+    labels = synthetic_labels()
+    path = io.write_instances_csv(tmp_path / "i.csv", labels, synthetic_table(), CLASS_NAMES)
+    header = path.read_text().splitlines()[0]
+    assert header == "id,class,class_index,area,bbox_y0,bbox_x0,bbox_y1,bbox_x1,score"
+    table = io.read_instances_csv(path)
+    np.testing.assert_array_equal(table["label"], [1, 2, 3])
+    assert list(table["class_name"]) == ["cat", "bird", "dog"]
+    np.testing.assert_array_equal(table["area"], [200, 180, np.sum(labels == 3)])
+    np.testing.assert_array_equal(table["bbox"][:2], [[2, 3, 12, 23], [12, 10, 30, 20]])
+    np.testing.assert_array_equal(table["bbox"][2], [17, 37, 34, 54])
+    np.testing.assert_allclose(table["score"], [0.9, 0.25, 0.5], rtol=1e-6)
+
+
+def test_read_instances_csv_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("id,class,class_index,area,bbox_y0,bbox_x0,bbox_y1,bbox_x1,score\n"
+                    "1,cat,0,10,0,0,2,5,0.5\n1,cat,zero,10,0,0,2,5,\n")
+    with pytest.raises(ValueError, match=r"bad\.csv.*line 3"):
+        io.read_instances_csv(path)
+
+
+def test_atomic_write_failure_keeps_previous_file_and_leaves_no_temp(tmp_path):
+    path = io.write_coco_json(tmp_path / "i.json", {"images": [], "version": 1})
+    before = path.read_bytes()
+
+    class Unserialisable:
+        pass
+
+    # json.dump streams into the temporary file and fails midway through the dict
+    with pytest.raises(TypeError):
+        io.write_coco_json(path, {"images": list(range(1000)), "bad": Unserialisable()})
+    with pytest.raises(ValueError, match="Out of range float"):
+        io.write_coco_json(path, {"images": [], "score": float("nan")})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i.json"]
+
+
+def test_atomic_write_context(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with io.atomic_write(target) as temp:
+            temp.write_text("half")
+            assert temp.parent == tmp_path and temp.name.endswith(".txt")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+    with io.atomic_write(target) as temp:
+        temp.write_text("new")
+    assert target.read_text() == "new"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    with pytest.raises(FileExistsError, match="out.txt"):
+        with io.atomic_write(target, overwrite=False):
+            pass
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_export_instances_folder_formats_and_overwrite(tmp_path):
+    labels = synthetic_labels()
+    out = tmp_path / "export"
+    written = io.export_instances(labels, synthetic_table(), CLASS_NAMES, out,
+                                  formats=("tiff", "png", "coco", "csv"), stem="cells")
+    assert [p.name for p in written] == ["cells_labels.tif", "cells_labels.png",
+                                         "cells_instances.json", "cells_instances.csv"]
+    np.testing.assert_array_equal(io.read_label_image(out / "cells_labels.png"), labels)
+    np.testing.assert_array_equal(tifffile.imread(out / "cells_labels.tif"), labels)
+    stamps = {p: p.stat().st_mtime_ns for p in written}
+    (out / "cells_instances.csv").write_text("edited")
+    with pytest.raises(FileExistsError, match="cells_labels.tif"):
+        io.export_instances(labels * 2, synthetic_table(), CLASS_NAMES, out,
+                            formats=("tiff", "png", "coco", "csv"), stem="cells")
+    assert (out / "cells_instances.csv").read_text() == "edited"
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in written[:3])
+    io.export_instances(labels, synthetic_table(), CLASS_NAMES, out, stem="cells",
+                        overwrite=True)
+    assert io.read_instances_csv(out / "cells_instances.csv")["label"].tolist() == [1, 2, 3]
+
+
+def test_export_instances_single_file_and_png_limit(tmp_path):
+    labels = synthetic_labels()
+    written = io.export_instances(labels, synthetic_table(), CLASS_NAMES, tmp_path / "x.json")
+    assert written == [tmp_path / "x.json"]
+    assert json.loads(written[0].read_text())["categories"][1]["name"] == "dog"
+    with pytest.raises(ValueError, match="formats"):
+        io.export_instances(labels, None, None, tmp_path / "y.csv", formats=["tiff"])
+    with pytest.raises(ValueError, match="PNG holds labels up to 65535"):
+        io.export_instances(synthetic_labels(70000), None, None, tmp_path / "big",
+                            formats=["tiff", "png"])
+    assert not (tmp_path / "big").exists()
+    with pytest.raises(ValueError, match="unknown export formats"):
+        io.export_instances(labels, None, None, tmp_path, formats=["bmp"])
+
+
+def test_write_prms_npy_and_tiff(tmp_path):
+    prms = np.random.default_rng(0).random((3, 8, 9)).astype(np.float32)
+    np.testing.assert_array_equal(np.load(io.write_prms(tmp_path / "p.npy", prms)), prms)
+    np.testing.assert_array_equal(tifffile.imread(io.write_prms(tmp_path / "p.tif", prms)),
+                                  prms)
+    with pytest.raises(ValueError, match="at least one PRM"):
+        io.write_prms(tmp_path / "e.tif", np.zeros((0, 8, 9)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy", "p.tif"]
+
+
+GRAY16 = np.arange(12 * 10, dtype=np.uint16).reshape(12, 10) * 500
+RGB16 = np.random.default_rng(1).integers(0, 65535, (12, 10, 3)).astype(np.uint16)
+RGBA8 = np.random.default_rng(2).integers(0, 255, (12, 10, 4)).astype(np.uint8)
+RGB8 = RGBA8[..., :3].copy()
+
+
+@pytest.mark.parametrize("image, suffix", [
+    (GRAY16, ".tif"), (RGB16, ".tif"), (RGBA8, ".tif"),
+    (GRAY16, ".png"), (RGB8, ".png"), (RGBA8, ".png")])
+def test_read_image_8_and_16_bit(tmp_path, image, suffix):
+    import imageio.v3 as iio
+
+    path = tmp_path / f"image{suffix}"
+    (tifffile.imwrite if suffix == ".tif" else iio.imwrite)(path, image)
+    back = io.read_image(path)
+    assert back.dtype == image.dtype
+    np.testing.assert_array_equal(back, image)
+
+
+def test_read_image_channels_first_tiff_and_errors(tmp_path):
+    image = np.random.default_rng(3).integers(0, 255, (3, 12, 10)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", image, photometric="minisblack")
+    np.testing.assert_array_equal(io.read_image(tmp_path / "planar.tif"),
+                                  np.moveaxis(image, 0, -1))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(ValueError, match="broken.png"):
+        io.read_image(tmp_path / "broken.png")
+    tifffile.imwrite(tmp_path / "volume.tif", np.zeros((5, 12, 10), np.uint8))
+    with pytest.raises(ValueError, match=r"volume\.tif.*\(5, 12, 10\)"):
+        io.read_image(tmp_path / "volume.tif")
+
+
+def test_read_image_real_jpeg():
+    image = io.read_image(DATA / "prm_demo" / "sample0.jpg")
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
+
+
+def test_napari_features_dataframe_with_missing_values(tmp_path):
+    """A Labels.features DataFrame (extra columns, NaN where the user added a row) exports."""
+    import pandas as pd
+
+    labels = synthetic_labels()
+    features = pd.DataFrame({"index": [0, 1, 2], "label": [1, 2, 3],
+                             "class_index": [0.0, np.nan, 1.0],
+                             "class_name": ["cat", None, "dog"],
+                             "score": [0.9, np.nan, 0.5], "peak": [0, np.nan, 1]})
+    io.export_instances(labels, features, CLASS_NAMES, tmp_path, stem="f")
+    back, table, _ = io.coco_to_labels(tmp_path / "f_instances.json")
+    np.testing.assert_array_equal(back, labels)
+    np.testing.assert_array_equal(table["class_index"], [0, -1, 1])
+    assert list(table["class_name"]) == ["cat", "unknown", "dog"]
+    np.testing.assert_array_equal(table["peak"], [0, -1, 1])
+    rows = io.read_instances_csv(tmp_path / "f_instances.csv")
+    assert list(rows["class_name"]) == ["cat", "unknown", "dog"]
+
+
+def test_export_3d_labels_only_as_tiff(tmp_path):
+    volume = np.stack([synthetic_labels(), synthetic_labels(70000)])
+    written = io.export_instances(volume, None, None, tmp_path / "volume.tif")
+    np.testing.assert_array_equal(io.read_label_image(written[0]), volume)
+    assert io.read_label_image(written[0]).dtype == np.uint32
+    with pytest.raises(ValueError, match="coco, csv export needs 2-D labels"):
+        io.export_instances(volume, None, None, tmp_path / "folder")
+
+
+def test_failed_export_keeps_every_file_of_the_previous_export(tmp_path):
+    """The peaks CSV fails after the label image, COCO JSON and instance CSV were written
+    to temporary files: none of the previous export's files is replaced."""
+    from napari_prm.predict import Prediction
+
+    def prediction(peak_class):
+        prms = np.zeros((1, 40, 60), np.float32)
+        prms[0, 5, 5] = 1
+        return Prediction(class_names=CLASS_NAMES, scores=np.zeros(3, np.float32),
+                          crms=np.zeros((3, 5, 8), np.float32), peaks=np.array([[5.0, 5.0]]),
+                          peak_classes=np.array([peak_class]), peak_values=np.ones(1, np.float32),
+                          prms=prms)
+
+    written = io.write_prediction(prediction(1), tmp_path, "x", prms_format="npy")
+    assert [p.name for p in written] == ["x_labels.tif", "x_instances.json", "x_instances.csv",
+                                         "x_peaks.csv", "x_prms.npy"]
+    before = {p.name: p.read_bytes() for p in written}
+    assert "dog" in before["x_peaks.csv"].decode()
+    with pytest.raises(IndexError):  # class index 7 of a 3-class model
+        io.write_prediction(prediction(7), tmp_path, "x", prms_format="npy", overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with pytest.raises(FileExistsError, match="x_labels.tif"):
+        io.write_prediction(prediction(2), tmp_path, "x", prms_format="npy")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_sparse_large_label_values_and_no_background(tmp_path):
+    labels = synthetic_labels()
+    labels[labels == 2] = 4_000_000_000  # near the uint32 limit: no per-value arrays
+    table = synthetic_table()
+    table["label"] = np.array([1, 4_000_000_000, 3])
+    io.write_instances_csv(tmp_path / "i.csv", labels, table, CLASS_NAMES)
+    rows = io.read_instances_csv(tmp_path / "i.csv")
+    np.testing.assert_array_equal(rows["label"], [1, 3, 4_000_000_000])
+    np.testing.assert_array_equal(rows["area"], [200, np.sum(labels == 3), 180])
+    np.testing.assert_array_equal(rows["bbox"][2], [12, 10, 30, 20])
+    back, table, _ = io.coco_to_labels(io.write_coco_json(
+        tmp_path / "i.json", io.labels_to_coco(labels, table, CLASS_NAMES)))
+    np.testing.assert_array_equal(back, labels)
+    assert back.dtype == np.uint32
+    full = np.full((3, 4), 7, dtype=np.uint16)  # one instance covering the whole image
+    coco = io.labels_to_coco(full)
+    assert coco["annotations"][0]["area"] == 12 and coco["annotations"][0]["bbox"] == [0, 0, 4, 3]
