@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, type=Path, help="output folder (created)")
     _add_model_options(predict)
     predict.add_argument("--proposals", default="default", type=_proposals_arg, help=PROPOSAL_HELP)
-    predict.add_argument("--class-threshold", type=float, default=0.0,
-                         help="drop peaks of classes whose score is below this")
+    predict.add_argument("--class-threshold", type=float, default=None,
+                         help="drop peaks of classes whose score is below this (default: the model's own, "
+                         "8 for imagenet, 0 for trained checkpoints)")
     predict.add_argument("--peak-threshold", type=float, default=None,
                          help="drop peaks whose response is not above this (default: keep all)")
     predict.add_argument("--classes", action="append", default=None, metavar="NAME",
@@ -160,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help=PROPOSAL_HELP.split(", or a folder")[0])
     evaluate.add_argument("--iou-thresholds", type=float, nargs="+", default=[0.25, 0.5, 0.75],
                           metavar="IOU", help="IoU thresholds of mAP^r")
-    evaluate.add_argument("--class-threshold", type=float, default=0.0,
-                          help="drop peaks of classes whose score is below this")
+    evaluate.add_argument("--class-threshold", type=float, default=None,
+                          help="drop peaks of classes whose score is below this (default: the model's own, "
+                          "8 for imagenet, 0 for trained checkpoints)")
     evaluate.add_argument("--max-images", type=int, default=None,
                           help="evaluate the first N images only (default: all)")
     evaluate.add_argument("--json", type=Path, default=None,
@@ -179,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("napari-prm-demo"), help="output folder")
     _add_model_options(demo)
     demo.add_argument("--proposals", default="default", type=_proposals_arg, help=PROPOSAL_HELP)
-    demo.add_argument("--class-threshold", type=float, default=0.0,
-                      help="drop peaks of classes whose score is below this")
+    demo.add_argument("--class-threshold", type=float, default=None,
+                      help="drop peaks of classes whose score is below this (default: the model's own, "
+                      "8 for imagenet, 0 for trained checkpoints)")
     demo.add_argument("--peak-threshold", type=float, default=None,
                       help="drop peaks whose response is not above this (default: keep all)")
     demo.add_argument("--view", action=argparse.BooleanOptionalAction, default=None,

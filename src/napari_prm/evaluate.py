@@ -306,7 +306,7 @@ def evaluate(
     *,
     proposals: Any = "default",
     iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
-    class_threshold: float = 0.0,
+    class_threshold: float | None = None,
     progress: Optional[Callable[[int, int], None]] = None,
     max_images: Optional[int] = None,
     device: Any = None,
@@ -324,8 +324,9 @@ def evaluate(
     proposals : see :func:`napari_prm.predict`
         None skips instance retrieval: mAP^r and ABO are then None.
     iou_thresholds : sequence of float
-    class_threshold : float
-        Passed to ``predict``: peaks of classes scoring below it are dropped.
+    class_threshold : float, optional
+        Passed to ``predict``: peaks of classes scoring below it are dropped
+        (None: the model's default).
     progress : callable, optional
         ``progress(done, total)`` after each image.
     max_images : int, optional

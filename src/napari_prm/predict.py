@@ -120,7 +120,7 @@ def predict(
     image: np.ndarray,
     model: Union[PRMModel, str],
     *,
-    class_threshold: float = 0.0,
+    class_threshold: Optional[float] = None,
     peak_threshold: Optional[float] = None,
     classes: Optional[Sequence[Union[int, str]]] = None,
     proposals: Any = "default",
@@ -139,8 +139,10 @@ def predict(
         One plane as napari holds it: grayscale, RGB or RGBA; uint8, uint16 or float.
     model : PRMModel or str
         A loaded model, ``"imagenet"`` or a checkpoint path.
-    class_threshold : float
-        Peaks of classes whose score is below this are dropped.
+    class_threshold : float, optional
+        Peaks of classes whose score is below this are dropped. None takes the
+        model's default (``model.settings["class_threshold"]``: 8 for the
+        built-in ImageNet model, whose 1000 scores are nearly all above 0; 0 otherwise).
     peak_threshold : float or None
         Peaks whose value is not above this are dropped (None: keep all).
     classes : sequence of int or str, optional
@@ -177,6 +179,8 @@ def predict(
     elif device is not None and resolve_device(device) != model.device:
         model.to(device)
     report = progress or (lambda stage, done, total: None)
+    if class_threshold is None:
+        class_threshold = float(model.settings.get("class_threshold", 0.0))
 
     def check_cancel() -> None:
         if cancel is not None and cancel():

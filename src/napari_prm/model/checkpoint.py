@@ -20,6 +20,7 @@ from .transforms import as_rgb_float, to_network_input
 CHECKPOINT_FORMAT = "napari-prm-checkpoint"
 CHECKPOINT_VERSION = 1
 BUILTIN_MODELS = ("imagenet",)
+IMAGENET_CLASS_THRESHOLD = 8.0
 PRM_SETTINGS = ("win_size", "peak_filter", "sub_pixel_locating_factor")
 
 
@@ -153,7 +154,9 @@ def builtin_model(name: str = "imagenet") -> PRMModel:
     """The built-in model: EfficientNet-Lite0 with its ImageNet classifier as a 1×1 conv."""
     if name != "imagenet":
         raise ValueError(f"unknown built-in model {name!r}; built-in models: {BUILTIN_MODELS}")
-    settings = {"win_size": 3, "peak_filter": "median", "sub_pixel_locating_factor": 1}
+    # ImageNet logits put nearly all 1000 class scores above 0: keep only confident classes by default.
+    settings = {"win_size": 3, "peak_filter": "median", "sub_pixel_locating_factor": 1,
+                "class_threshold": IMAGENET_CLASS_THRESHOLD}
     network = _network(imagenet_lite0_fcn(), settings)
     return PRMModel(network.eval(), imagenet_class_names(), "efficientnet_lite0", (448, 448), LITE_MEAN, LITE_STD, settings)
 

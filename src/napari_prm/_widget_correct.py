@@ -1,0 +1,312 @@
+"""Correction tools of the "Peak Response Maps" widget.
+
+napari's Labels tools paint, erase and fill; this panel adds what they lack: delete,
+re-class, merge, split at a drawn line, remove small instances, and add (or re-do) an
+instance from a point placed (or moved) in the peaks layer. The array work is
+:mod:`napari_prm.edit`; model calls run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from contextlib import contextmanager
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
+from qtpy.QtCore import QTimer
+
+from . import edit
+from ._widget_layers import features_table, instance_features, layer_names, world_kwargs
+from ._widget_points import PointRetrieval
+
+#: Wait this long after the last move of a point before re-doing its instance (ms).
+MOVE_SETTLE_MS = 400
+
+
+class CorrectionPanel(PointRetrieval):
+    """Instance corrections on the layers of the owner's last run (``.native`` is its Qt widget)."""
+
+    def __init__(self, owner):
+        self.owner = owner
+        self.context = None
+        self.worker = None
+        self._quiet_depth = 0
+        self._linking = False
+        self._sync_scheduled = False
+        self._positions: dict[int, tuple] = {}
+        self._pending: set[int] = set()
+        self._cancel = threading.Event()
+        self._connected: weakref.WeakSet = weakref.WeakSet()  # layers whose events we hear
+        self._move_timer = QTimer()
+        self._move_timer.setSingleShot(True)
+        self._move_timer.setInterval(MOVE_SETTLE_MS)
+        self._move_timer.timeout.connect(self._start_pending)
+
+        self.class_choice = ComboBox(label="class", choices=[])
+        self.redo_points = CheckBox(text="retrieve instances of added or moved peaks", value=True)
+        self.delete_button = PushButton(text="Delete selected instance")
+        self.set_class_button = PushButton(text="Set class of selected instance")
+        self.merge_with = SpinBox(label="other label", min=0, max=2**31 - 1, value=0)
+        self.merge_button = PushButton(text="Merge other label into selected")
+        self.draw_line_button = PushButton(text="Draw split line")
+        self.split_button = PushButton(text="Split instance at line")
+        self.min_area = SpinBox(label="min. area (pixels)", min=0, max=10**9, value=50)
+        self.remove_small_button = PushButton(text="Remove smaller instances")
+        self.container = Container(widgets=[
+            Label(value="<b>Correct instances</b>"), self.class_choice, self.redo_points,
+            self.delete_button, self.set_class_button, self.merge_with, self.merge_button,
+            self.draw_line_button, self.split_button, self.min_area, self.remove_small_button,
+        ])
+        self.class_choice.changed.connect(self._on_class_choice)
+        self.delete_button.changed.connect(lambda: self.delete_selected())
+        self.set_class_button.changed.connect(lambda: self.set_class_of_selected())
+        self.merge_button.changed.connect(lambda: self.merge_selected_with(self.merge_with.value))
+        self.draw_line_button.changed.connect(lambda: self.draw_split_line())
+        self.split_button.changed.connect(lambda: self.split_selected())
+        self.remove_small_button.changed.connect(lambda: self.remove_small(self.min_area.value))
+        self.container.enabled = False
+
+    @property
+    def native(self):
+        return self.container.native
+    # ------------------------------------------------------------------ wiring
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    @contextmanager
+    def quiet(self):
+        """Ignore layer events while the plugin itself changes the layers."""
+        self._quiet_depth += 1
+        try:
+            yield
+        finally:
+            self._quiet_depth -= 1
+
+    @property
+    def peaks(self):
+        return self.context.layers.get("peaks") if self.context else None
+
+    @property
+    def instances(self):
+        return self.context.layers.get("instances") if self.context else None
+
+    def attach(self, context) -> None:
+        """Work on the layers of a new run."""
+        self.context = context
+        self.container.enabled = True
+        self._pending.clear()
+        self.class_choice.choices = list(context.class_names)
+        found = list(context.layers["peaks"].features["class_name"])
+        if found:  # new points most likely belong to a class already found
+            self.class_choice.value = found[0]
+        peaks, labels = self.peaks, self.instances
+        self._positions = self._point_positions()
+        if peaks not in self._connected:
+            peaks.events.data.connect(self._on_points_data)
+            peaks.selected_data.events.items_changed.connect(self._on_points_selected)
+            self._connected.add(peaks)
+        if labels not in self._connected:
+            labels.events.selected_label.connect(self._on_label_selected)
+            labels.events.paint.connect(self._on_paint)
+            labels.events.set_data.connect(self._on_paint)  # undo and redo emit only this
+            self._connected.add(labels)
+        self._on_class_choice(self.class_choice.value)
+
+    def _say(self, message: str, kind: str = "info") -> None:
+        self.owner._say(message, kind)
+
+    def _on_class_choice(self, name) -> None:
+        if self.peaks is None or name is None:
+            return
+        self.peaks.feature_defaults = {
+            "class_name": name, "class_index": self.context.class_names.index(name),
+            "peak_value": np.nan, "class_score": np.nan, "peak": -1, "label": 0,
+        }
+
+    # ------------------------------------------------------------------ selection link
+    def _on_points_selected(self, event=None) -> None:
+        if self._linking or self.instances is None or not self.peaks.selected_data:
+            return
+        label = int(self.peaks.features["label"].iloc[max(self.peaks.selected_data)])
+        if label > 0 and self.instances.selected_label != label:
+            self._linking = True
+            try:
+                self.instances.selected_label = label
+            finally:
+                self._linking = False
+
+    def _on_label_selected(self, event=None) -> None:
+        if self._linking or self.peaks is None:
+            return
+        label = int(self.instances.selected_label)
+        rows = set(np.flatnonzero(self.peaks.features["label"].to_numpy() == label).tolist())
+        if rows and rows != set(self.peaks.selected_data):
+            self._linking = True
+            try:
+                self.peaks.selected_data = rows
+            finally:
+                self._linking = False
+
+    # ------------------------------------------------------------------ edits
+    def _table(self) -> dict:
+        return features_table(self.instances.features)
+
+    def _write(self, labels: np.ndarray | None, table: dict, relabel: dict | None = None) -> None:
+        """Put edited labels and table into the layer; keep the peaks' ``label`` column true.
+
+        Changed pixels go through ``data_setitem``, so napari's undo still works on them.
+        """
+        layer = self.instances
+        with self.quiet():
+            if labels is not None and (labels.dtype != layer.data.dtype
+                                       or labels.shape != layer.data.shape):
+                layer.data = labels
+            elif labels is not None:
+                changed = labels != layer.data
+                if changed.any():
+                    layer.data_setitem(np.nonzero(changed), labels[changed])
+            layer.features = instance_features(table)
+            features = self.peaks.features.copy()
+            point_labels = features["label"].to_numpy().copy()
+            for old, new in (relabel or {}).items():
+                point_labels[point_labels == old] = new
+            point_labels[~np.isin(point_labels, table["label"])] = 0
+            features["label"] = point_labels
+            self.peaks.features = features
+
+    def _selected(self) -> int | None:
+        if self.instances is None:
+            self._say("Run a prediction first: there are no instances to correct.", "warning")
+            return None
+        label = int(self.instances.selected_label)
+        if not np.any(self.instances.data == label):
+            self._say(f"Label {label} is not in {self.instances.name!r}: select an instance "
+                      "(pick it with the Labels layer's picker, or select its peak).", "warning")
+            return None
+        return label
+
+    def _apply(self, operation, *args, relabel=None, done: str = "") -> bool:
+        try:
+            labels, table = operation(self.instances.data, self._table(), *args)
+        except ValueError as error:
+            self._say(str(error), "warning")
+            return False
+        self._write(labels, table, relabel)
+        if done:
+            self._say(done)
+        return True
+
+    def delete_selected(self) -> bool:
+        label = self._selected()
+        return label is not None and self._apply(edit.delete_instance, label,
+                                                 done=f"Deleted instance {label}.")
+
+    def set_class_of_selected(self, class_name: str | None = None) -> bool:
+        label = self._selected()
+        class_name = class_name or self.class_choice.value
+        if label is None or class_name is None:
+            return False
+        index = self.context.class_names.index(class_name)
+        if not self._apply(edit.set_class, label, index, class_name,
+                           done=f"Instance {label} is now {class_name!r}."):
+            return False
+        with self.quiet():
+            features = self.peaks.features.copy()
+            rows = features["label"].to_numpy() == label
+            features.loc[rows, "class_name"] = class_name
+            features.loc[rows, "class_index"] = index
+            self.peaks.features = features
+            self.peaks.face_color = "class_name"
+        return True
+
+    def merge_selected_with(self, other: int) -> bool:
+        label = self._selected()
+        return label is not None and self._apply(
+            edit.merge_instances, [label, int(other)], relabel={int(other): label},
+            done=f"Merged instance {other} into {label}.")
+
+    def remove_small(self, min_area: int) -> bool:
+        if self.instances is None:
+            self._say("Run a prediction first: there are no instances to correct.", "warning")
+            return False
+        before = len(self.instances.features)
+        ok = self._apply(edit.remove_small, int(min_area))
+        if ok:
+            self._say(f"Removed {before - len(self.instances.features)} instances smaller "
+                      f"than {min_area} pixels.")
+        return ok
+
+    def draw_split_line(self):
+        """Add (or pick) the Shapes layer the split line is drawn in, in path mode."""
+        if self.instances is None:
+            self._say("Run a prediction first: there are no instances to split.", "warning")
+            return None
+        viewer = self.owner.viewer
+        name = layer_names(self.context.image_layer.name)["split"]
+        if name not in viewer.layers:
+            viewer.add_shapes(name=name, ndim=self.instances.ndim, edge_color="yellow",
+                              edge_width=2, **world_kwargs(self.instances))
+        shapes = viewer.layers[name]
+        viewer.layers.selection.active = shapes
+        shapes.mode = "add_path"
+        return shapes
+
+    def split_selected(self, line_world: np.ndarray | None = None) -> bool:
+        """Split an instance at a line (world coordinates; default: the last drawn line).
+
+        The selected instance is split when the line crosses it, else the one the line
+        crosses most.
+        """
+        if self.instances is None:
+            self._say("Run a prediction first: there are no instances to split.", "warning")
+            return False
+        labels_layer = self.instances
+        shapes = None
+        if line_world is None:
+            name = layer_names(self.context.image_layer.name)["split"]
+            shapes = self.owner.viewer.layers[name] if name in self.owner.viewer.layers else None
+            if shapes is None or not len(shapes.data):
+                self._say("Draw a line across the instance first (Draw split line).", "warning")
+                return False
+            line_world = [shapes.data_to_world(v) for v in shapes.data[-1]]
+        line = np.array([labels_layer.world_to_data(v) for v in np.atleast_2d(line_world)])
+        crossed = _labels_along(labels_layer.data, line)
+        if not crossed:
+            self._say("The line crosses no instance.", "warning")
+            return False
+        selected = int(labels_layer.selected_label)
+        label = selected if selected in crossed else max(crossed, key=crossed.get)
+        ok = self._apply(edit.split_instance, label, line, done=f"Split instance {label}.")
+        if ok and shapes is not None:
+            shapes.data = shapes.data[:-1]
+        return ok
+
+    def _on_paint(self, event=None) -> None:
+        """Hand painting may add or erase labels: bring the table in line.
+
+        ``data_setitem`` announces a paint before it changes the pixels, so the table is
+        synced once control is back in the event loop.
+        """
+        if self._quiet_depth or self.instances is None or self._sync_scheduled:
+            return
+        self._sync_scheduled = True
+        QTimer.singleShot(0, self._sync_table)
+
+    def _sync_table(self) -> None:
+        self._sync_scheduled = False
+        if self.instances is not None:
+            self._write(None, edit.sync_table(self.instances.data, self._table()))
+
+def _labels_along(labels: np.ndarray, line: np.ndarray) -> dict[int, int]:
+    """How many samples of a polyline (label-image pixels) fall on each non-zero label."""
+    samples = []
+    for start, stop in zip(line[:-1], line[1:]):
+        count = int(np.ceil(np.abs(stop - start).max() * 2)) + 1
+        samples.append(np.linspace(start, stop, count))
+    points = np.round(np.concatenate(samples)).astype(np.int64)
+    inside = np.all((points >= 0) & (points < np.array(labels.shape)), axis=1)
+    values = labels[tuple(points[inside].T)]
+    found, counts = np.unique(values[values > 0], return_counts=True)
+    return dict(zip(found.tolist(), counts.tolist()))

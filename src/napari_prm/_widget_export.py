@@ -1,0 +1,87 @@
+"""The "Export instances" dock widget: a Labels layer and its class table to files.
+
+All formats are :func:`napari_prm.io.export_instances`'; files are written atomically.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info
+
+from . import io
+from ._widget_models import unwrap_viewer
+from ._writer import layer_table
+
+FORMATS = {"tiff": "label TIFF", "png": "label PNG (up to 65535 labels)",
+           "coco": "COCO JSON (RLE)", "csv": "instance CSV"}
+
+
+class ExportWidget(Container):
+    """Export a (corrected) Labels layer with its classes.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+    """
+
+    def __init__(self, napari_viewer):
+        self._viewer = unwrap_viewer(napari_viewer)
+        self._layer = ComboBox(label="labels", choices=self._labels_choices)
+        self._folder = FileEdit(label="folder", mode="d", value=str(Path.home()))
+        self._stem = LineEdit(label="file stem", value="")
+        self._formats = {key: CheckBox(text=text, value=key != "png")
+                         for key, text in FORMATS.items()}
+        self._overwrite = CheckBox(text="overwrite existing files", value=False)
+        self._button = PushButton(text="Export")
+        self._status = Label(value="")
+        super().__init__(widgets=[self._layer, self._folder, self._stem, *self._formats.values(),
+                                  self._overwrite, self._button, self._status])
+        self._layer.changed.connect(self._default_stem)
+        self._button.changed.connect(lambda: self.export())
+        self._default_stem()
+        self.last_written: list[Path] = []
+
+    def _labels_choices(self, _=None):
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
+
+    def _default_stem(self, *_):
+        layer = self._layer.value
+        if layer is not None:
+            self._stem.value = re.sub(r"[^\w.-]+", "_", layer.name).strip("_") or "labels"
+
+    def _say(self, message: str, error: bool = False) -> None:
+        self._status.value = message
+        (show_error if error else show_info)(message)
+
+    def export(self, folder=None, *, formats=None, stem: str | None = None,
+               overwrite: bool | None = None) -> list[Path]:
+        """Write the chosen layer; arguments override the widget's fields (for scripts)."""
+        layer = self._layer.value
+        if layer is None:
+            self._say("No Labels layer to export: run a prediction or open labels first.", True)
+            return []
+        folder = Path(folder if folder is not None else self._folder.value)
+        formats = list(formats) if formats is not None else [
+            key for key, box in self._formats.items() if box.value]
+        if not formats:
+            self._say("Choose at least one format.", True)
+            return []
+        labels = np.asarray(layer.data)
+        class_names = (layer.metadata or {}).get("class_names")
+        try:
+            written = io.export_instances(
+                labels, layer_table({"features": layer.features}), class_names, folder,
+                formats=formats, stem=stem or self._stem.value or "labels",
+                overwrite=self._overwrite.value if overwrite is None else overwrite,
+                image_file_name=str((layer.metadata or {}).get("image_file_name", "")))
+        except (ValueError, OSError) as error:
+            self._say(f"Export failed: {error}", True)
+            return []
+        self.last_written = written
+        self._say(f"Wrote {', '.join(p.name for p in written)} to {folder}.")
+        return written

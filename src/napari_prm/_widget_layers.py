@@ -1,0 +1,327 @@
+"""Between napari layers and arrays: image planes in, PRM results out as layer data.
+
+The widgets read planes of an image layer here, hand them to :func:`napari_prm.predict`,
+and turn the :class:`~napari_prm.predict.Prediction` of each plane into the data and
+keyword arguments of three layers (peaks, PRMs, instances) in the image's world frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .predict import Prediction
+
+#: Colours of the classes' peaks, cycled in order of first appearance (matplotlib tab10).
+CLASS_COLORS = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+]
+POINT_COLUMNS = ("class_name", "class_index", "peak_value", "class_score", "peak", "label")
+INSTANCE_COLUMNS = ("index", "label", "class_index", "class_name", "score", "peak")
+
+
+def layer_names(image_name: str) -> dict[str, str]:
+    """Names of the result layers of an image layer."""
+    return {
+        "peaks": f"{image_name} peaks",
+        "prms": f"{image_name} PRMs",
+        "instances": f"{image_name} instances",
+        "crm": f"{image_name} CRM ",
+        "split": f"{image_name} split line",
+    }
+
+
+def check_image_layer(layer) -> tuple[int, ...]:
+    """Check that ``layer`` is an image PRM can run on; return its leading (stack) shape.
+
+    Raises
+    ------
+    ValueError
+        Saying what kind of layer arrived when it is not a 2-D+ grayscale or RGB(A) image.
+    """
+    from napari.layers import Image
+
+    if layer is None:
+        raise ValueError("no image layer chosen: open an image first (File > Open Sample > "
+                         "napari-prm offers one)")
+    if not isinstance(layer, Image):
+        raise ValueError(f"layer {layer.name!r} is a {type(layer).__name__} layer; "
+                         "PRM runs on Image layers")
+    data = layer.data[0] if layer.multiscale else layer.data
+    shape = tuple(data.shape)
+    if layer.rgb:
+        if shape[-1] not in (3, 4):
+            raise ValueError(f"layer {layer.name!r}: an RGB image needs 3 or 4 channels, "
+                             f"got shape {shape}")
+        shape = shape[:-1]
+    if len(shape) < 2 or min(shape[-2:]) < 2:
+        raise ValueError(f"layer {layer.name!r} has shape {tuple(data.shape)}; PRM needs a "
+                         "2-D grayscale or RGB image (or a stack of them)")
+    return shape[:-2]
+
+
+def current_plane(layer, viewer) -> tuple[int, ...]:
+    """Index of the plane of ``layer`` that the viewer shows (``()`` for a 2-D image)."""
+    leading = check_image_layer(layer)
+    if not leading:
+        return ()
+    position = layer.world_to_data(viewer.dims.point)[: len(leading)]
+    return tuple(int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position, leading))
+
+
+def read_plane(layer, plane: tuple[int, ...]) -> np.ndarray:
+    """One plane of an image layer as an in-memory array ((H, W) or (H, W, C))."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    return np.array(data[plane] if plane else data)
+
+
+def world_kwargs(image_layer, extra_leading: int = 0) -> dict:
+    """``scale`` and ``translate`` of a result layer aligned with ``image_layer``.
+
+    ``extra_leading`` axes (e.g. the PRM stack's peak axis) get scale 1 and translate 0.
+    """
+    scale = [1.0] * extra_leading + list(image_layer.scale)
+    translate = [0.0] * extra_leading + list(image_layer.translate)
+    return {"scale": scale, "translate": translate}
+
+
+@dataclass
+class Results:
+    """The predictions of the planes of one image, merged into layer-shaped arrays.
+
+    Peaks are numbered 0..K-1 over all planes (the ``peak`` column of both tables, and
+    the slice of ``prms``); instance labels are unique over all planes.
+    """
+
+    class_names: list[str]
+    leading_shape: tuple[int, ...]
+    image_shape: tuple[int, int]
+    points: np.ndarray  # (K, len(leading) + 2) data coordinates
+    point_features: pd.DataFrame
+    prms: np.ndarray  # (K, H, W) float32
+    prm_planes: np.ndarray  # (K, len(leading)) int
+    labels: np.ndarray  # (*leading, H, W)
+    instance_features: pd.DataFrame
+    crms: dict[str, np.ndarray] = field(default_factory=dict)  # class -> (*leading, h, w)
+
+
+def instance_features(table) -> pd.DataFrame:
+    """A features DataFrame for a Labels layer from an instance table (adds ``index``)."""
+    frame = pd.DataFrame({name: np.asarray(values) for name, values in table.items()})
+    frame["index"] = frame["label"].astype(np.int64) if "label" in frame else []
+    for name, default in (("label", 0), ("class_index", -1), ("class_name", ""),
+                          ("score", np.nan), ("peak", -1)):
+        if name not in frame:
+            frame[name] = default
+    frame["class_name"] = frame["class_name"].astype(object)
+    return frame[list(INSTANCE_COLUMNS) + [c for c in frame if c not in INSTANCE_COLUMNS]]
+
+
+def features_table(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The instance table of a Labels layer's features (without napari's ``index``)."""
+    return {name: frame[name].to_numpy() for name in frame.columns if name != "index"}
+
+
+def point_defaults(class_names, class_index: int = 0) -> dict:
+    """Feature values of a point added by hand (its class is set by the correction panel)."""
+    return {"class_name": class_names[class_index], "class_index": class_index,
+            "peak_value": np.nan, "class_score": np.nan, "peak": -1, "label": 0}
+
+
+def empty_point_features() -> pd.DataFrame:
+    return pd.DataFrame({
+        "class_name": pd.Series([], dtype=object), "class_index": pd.Series([], dtype=np.int64),
+        "peak_value": pd.Series([], dtype=np.float64), "class_score": pd.Series([], dtype=np.float64),
+        "peak": pd.Series([], dtype=np.int64), "label": pd.Series([], dtype=np.int64),
+    })
+
+
+def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Prediction],
+                      leading_shape: tuple[int, ...], *, crm_classes=()) -> Results:
+    """Merge per-plane predictions into arrays for the three result layers.
+
+    Parameters
+    ----------
+    planes : list of tuple of int
+        Leading index of each prediction's plane (``()`` for a 2-D image).
+    predictions : list of Prediction
+        One per plane, all from the same model.
+    leading_shape : tuple of int
+        Shape of the image's stack axes.
+    crm_classes : sequence of int
+        Classes whose class response maps to return (as ``crms``).
+    """
+    class_names = predictions[0].class_names
+    height, width = predictions[0].image_shape
+    total = sum(len(p.peaks) for p in predictions)
+    count = sum(len(p.instances) for p in predictions)
+    labels = np.zeros(leading_shape + (height, width), np.uint16 if count < 65535 else np.uint32)
+    points, point_rows, prms, prm_planes, tables = [], [], [], [], []
+    peak_offset = label_offset = 0
+    for plane, prediction in zip(planes, predictions):
+        k = len(prediction.peaks)
+        points.append(np.column_stack([np.tile(np.asarray(plane, float), (k, 1)), prediction.peaks])
+                      if k else np.zeros((0, len(plane) + 2)))
+        peak_label = np.zeros(k, np.int64)
+        plane_labels = np.zeros((height, width), np.uint16)
+        if prediction.instances:
+            plane_labels, table = prediction.to_labels()
+            nonzero = plane_labels > 0
+            labels[plane][nonzero] = plane_labels[nonzero] + label_offset
+            table = dict(table)
+            table["label"] = np.asarray(table["label"], np.int64) + label_offset
+            table["peak"] = np.asarray(table["peak"], np.int64) + peak_offset
+            tables.append(table)
+            peak_label[np.asarray(table["peak"]) - peak_offset] = table["label"]
+        point_rows.append(pd.DataFrame({
+            "class_name": np.array([class_names[c] for c in prediction.peak_classes], object),
+            "class_index": prediction.peak_classes.astype(np.int64),
+            "peak_value": prediction.peak_values.astype(np.float64),
+            "class_score": prediction.scores[prediction.peak_classes].astype(np.float64),
+            "peak": np.arange(peak_offset, peak_offset + k, dtype=np.int64),
+            "label": peak_label,
+        }))
+        prms.append(prediction.prms)
+        prm_planes.append(np.tile(np.asarray(plane, np.int64), (k, 1)).reshape(k, len(plane)))
+        peak_offset += k
+        label_offset += int(plane_labels.max(initial=0))
+    table = ({name: np.concatenate([t[name] for t in tables]) for name in tables[0]}
+             if tables else {"label": np.zeros(0, np.int64)})
+    crms = {}
+    for index in crm_classes:
+        crm_shape = predictions[0].crms.shape[1:]
+        stack = np.zeros(leading_shape + tuple(crm_shape), np.float32)
+        for plane, prediction in zip(planes, predictions):
+            stack[plane] = prediction.crms[index]
+        crms[class_names[index]] = stack
+    point_features = pd.concat(point_rows, ignore_index=True) if total else empty_point_features()
+    return Results(
+        class_names=list(class_names),
+        leading_shape=tuple(leading_shape),
+        image_shape=(height, width),
+        points=np.concatenate(points) if points else np.zeros((0, len(leading_shape) + 2)),
+        point_features=point_features,
+        prms=np.concatenate(prms) if total else np.zeros((0, height, width), np.float32),
+        prm_planes=np.concatenate(prm_planes) if total else np.zeros((0, len(leading_shape)), np.int64),
+        labels=labels,
+        instance_features=instance_features(table),
+        crms=crms,
+    )
+
+
+def prm_layer_data(prms: np.ndarray, prm_planes: np.ndarray, leading_shape: tuple[int, ...]):
+    """PRM stack as layer data: (K, H, W), or (K, *leading, H, W) for a stack image.
+
+    For a stack, slice ``k`` holds PRM ``k`` in its own plane and zeros elsewhere; it is a
+    lazy dask array, so the zeros take no memory.
+    """
+    if not leading_shape:
+        return prms
+    import dask.array as da
+
+    height, width = prms.shape[-2:]
+    zeros = da.zeros((height, width), dtype=np.float32, chunks=(height, width))
+    slices = []
+    for prm, plane in zip(prms, prm_planes):
+        planes = [da.from_array(prm, chunks=prm.shape) if index == tuple(plane) else zeros
+                  for index in np.ndindex(*leading_shape)]
+        slices.append(da.stack(planes).reshape(tuple(leading_shape) + (height, width)))
+    return da.stack(slices)
+
+
+def crm_world_kwargs(image_layer, crm_shape: tuple[int, int], image_shape: tuple[int, int]) -> dict:
+    """``scale``/``translate`` that put CRM cell centres where :func:`predict` puts peaks."""
+    kwargs = world_kwargs(image_layer)
+    scale, translate = kwargs["scale"], kwargs["translate"]
+    for axis in (-2, -1):
+        factor = image_shape[axis] / crm_shape[axis]
+        translate[axis] = translate[axis] + scale[axis] * (factor - 1) / 2
+        scale[axis] = scale[axis] * factor
+    return kwargs
+
+
+def upsert_layer(viewer, layer_type: str, name: str, data, **kwargs):
+    """Update the layer called ``name`` in place, or add it; never a second one.
+
+    A layer of another type or dimensionality is replaced at the same place in the layer
+    list. ``features``, ``scale``, ``translate`` and colouring are re-applied.
+    """
+    existing = viewer.layers[name] if name in viewer.layers else None
+    ndim = np.shape(data)[1] if layer_type == "points" else np.ndim(data)
+    same_type = type(existing).__name__.lower() == layer_type
+    if existing is not None and same_type and existing.ndim == ndim:
+        for name in ("scale", "translate"):  # each change re-checks the viewer's dims
+            if not np.allclose(getattr(existing, name), kwargs[name]):
+                setattr(existing, name, kwargs[name])
+        if layer_type == "points":
+            existing.selected_data = set()
+        existing.data = data
+        if "features" in kwargs:
+            existing.features = kwargs["features"]
+        if "metadata" in kwargs:
+            existing.metadata = kwargs["metadata"]
+        if layer_type == "points":
+            existing.feature_defaults = kwargs["feature_defaults"]
+            existing.face_color = kwargs["face_color"]
+            existing.text.visible = kwargs["text"]["visible"]
+        if layer_type == "image":
+            existing.contrast_limits = kwargs.get("contrast_limits") or existing.contrast_limits
+            if "contrast_limits" not in kwargs:
+                existing.reset_contrast_limits()
+        return existing
+    index = None
+    if existing is not None:
+        index = viewer.layers.index(existing)
+        viewer.layers.remove(existing)
+    layer = getattr(viewer, f"add_{layer_type}")(data, name=name, **kwargs)
+    if index is not None:
+        viewer.layers.move(viewer.layers.index(layer), index)
+    return layer
+
+
+def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool) -> dict:
+    """Add or update the result layers of ``image_layer``; return them by kind.
+
+    Added bottom to top: CRMs, PRMs, instances, then the peaks over them all. CRM layers of
+    classes no longer in ``results`` are removed, and so is the PRM layer without peaks.
+    """
+    names = layer_names(image_layer.name)
+    height, width = results.image_shape
+    layers = {}
+    for old in [layer for layer in viewer.layers if layer.name.startswith(names["crm"])]:
+        if old.name[len(names["crm"]):] not in results.crms:
+            viewer.layers.remove(old)
+    for class_name, crm in results.crms.items():
+        upsert_layer(viewer, "image", names["crm"] + class_name, crm,
+                     colormap="viridis", blending="additive", opacity=0.6,
+                     **crm_world_kwargs(image_layer, crm.shape[-2:], results.image_shape))
+    if len(results.prms):
+        # Each PRM sums to 1; saturating at the typical peak keeps every slice visible.
+        top = float(np.median(results.prms.reshape(len(results.prms), -1).max(axis=1)))
+        layers["prms"] = upsert_layer(
+            viewer, "image", names["prms"],
+            prm_layer_data(results.prms, results.prm_planes, results.leading_shape),
+            colormap="inferno", blending="additive", opacity=0.8,
+            contrast_limits=(0.0, max(top, 1e-12)),
+            **world_kwargs(image_layer, extra_leading=1))
+    elif names["prms"] in viewer.layers:
+        viewer.layers.remove(names["prms"])
+    layers["instances"] = upsert_layer(
+        viewer, "labels", names["instances"], results.labels,
+        features=results.instance_features, opacity=0.5,
+        metadata={"class_names": results.class_names, "image_file_name": image_layer.name},
+        **world_kwargs(image_layer))
+    first_class = int(results.point_features["class_index"].iloc[0]) if len(results.points) else 0
+    layers["peaks"] = upsert_layer(
+        viewer, "points", names["peaks"], results.points,
+        features=results.point_features,
+        feature_defaults=point_defaults(results.class_names, first_class),
+        face_color="class_name", face_color_cycle=CLASS_COLORS,
+        border_color="white", border_width=0.1, size=max(6.0, max(height, width) / 50),
+        text={"string": "{class_name}", "color": "white", "anchor": "upper_left", "size": 9,
+              "visible": show_text},
+        **world_kwargs(image_layer))
+    return layers

@@ -1,0 +1,157 @@
+"""The "Train PRM model" dock widget: :func:`napari_prm.train.train` in a worker thread."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from magicgui.widgets import (
+    ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox,
+)
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
+
+from ._widget_models import devices, import_torch_side, offer_model, recent_models, unwrap_viewer
+from .data import load_dataset
+from .train import train
+
+BASE_MODELS = {
+    "EfficientNet-Lite0 (ImageNet weights)": "efficientnet_lite0",
+    "ResNet-50 (ImageNet weights, downloaded)": "resnet50",
+    "VGG-16 (ImageNet weights, downloaded)": "vgg16",
+    "tiny (random, for trying things out)": "tiny",
+}
+
+
+class _Relay(QObject):
+    """Carries the trainer's progress to the Qt thread (queued connection)."""
+
+    progressed = Signal(object)
+
+
+class TrainWidget(Container):
+    """Train a PRM model on an image-level-label dataset.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+    """
+
+    def __init__(self, napari_viewer):
+        import_torch_side()
+        self._viewer = unwrap_viewer(napari_viewer)
+        self._dataset = FileEdit(label="dataset file", mode="r",
+                                 filter="COCO JSON or CSV (*.json *.csv)")
+        self._dataset_dir = FileEdit(label="or folder per class", mode="d")
+        self._base = ComboBox(label="base model", choices=self._base_choices)
+        self._epochs = SpinBox(label="epochs", value=5, min=1, max=1000)
+        self._lr = FloatSpinBox(label="learning rate", value=0.01, min=1e-6, max=1.0, step=0.001)
+        self._batch = SpinBox(label="batch size", value=8, min=1, max=512)
+        self._size = SpinBox(label="input size (pixels)", value=448, min=32, max=2048, step=32)
+        self._out = FileEdit(label="output file", mode="w", filter="PyTorch checkpoint (*.pt)",
+                             value=str(Path.home() / "prm_model.pt"))
+        self._device = ComboBox(label="device", choices=devices())
+        self._train_button = PushButton(text="Train")
+        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self._status = Label(value="")
+        super().__init__(widgets=[
+            self._dataset, self._dataset_dir, self._base, self._epochs, self._lr, self._batch,
+            self._size, self._out, self._device, self._train_button, self._cancel_button,
+            self._progress, self._status,
+        ])
+        self._train_button.changed.connect(lambda: self.start())
+        self._cancel_button.changed.connect(lambda: self.cancel())
+        self._relay = _Relay()
+        self._relay.progressed.connect(self._on_progress)
+        self._cancel = threading.Event()
+        self.worker = None
+        self.result = None
+        self.last_message = ""
+
+    def _base_choices(self, _=None):
+        return list(BASE_MODELS.items()) + [(f"fine-tune {Path(p).name}", p) for p in recent_models()]
+
+    def _say(self, message: str, error: bool = False) -> None:
+        self.last_message = message
+        self._status.value = message
+        (show_error if error else show_info)(message)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _dataset_path(self) -> Path | None:
+        for field in (self._dataset_dir, self._dataset):
+            value = field.value
+            if value is not None and str(value) not in ("", ".") and Path(value).exists():
+                return Path(value)
+        return None
+
+    def start(self, **overrides):
+        """Start training; keyword arguments go to :func:`train` over the widget's values."""
+        if self.running:
+            self._say("Training is already running: wait for it or press Cancel.", True)
+            return None
+        dataset_path = self._dataset_path()
+        if dataset_path is None:
+            self._say("Choose a dataset: a folder per class, a CSV or a COCO JSON.", True)
+            return None
+        base = self._base.value
+        options = {
+            "model": base,  # a backbone name starts from its ImageNet weights, a file fine-tunes
+            "out": Path(self._out.value), "epochs": int(self._epochs.value),
+            "lr": float(self._lr.value), "batch_size": int(self._batch.value),
+            "input_size": (int(self._size.value),) * 2, "device": self._device.value,
+        }
+        options.update(overrides)
+        self._cancel.clear()
+        self.result = None
+        self._progress.max = options["epochs"]
+        self._progress.value = 0
+        worker = create_worker(self._train, dataset_path, options)
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(lambda error: self._say(
+            f"Training failed: {type(error).__name__}: {error}", True))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._train_button.enabled = False
+        self._cancel_button.enabled = True
+        self._status.value = f"Loading {dataset_path}…"
+        worker.start()
+        return worker
+
+    def _train(self, dataset_path: Path, options: dict):
+        """Worker thread: load the dataset and train."""
+        dataset = load_dataset(dataset_path)
+        return train(dataset, progress=self._relay.progressed.emit, cancel=self._cancel,
+                     **options)
+
+    def cancel(self) -> None:
+        """Stop after the current batch; the last finished epoch's checkpoint stays."""
+        if self.worker is not None:
+            self._cancel.set()
+
+    def _on_progress(self, progress) -> None:
+        done = progress.epoch - 1 + progress.batch / max(progress.num_batches, 1)
+        self._progress.max = progress.num_epochs
+        self._progress.value = min(done, progress.num_epochs)
+        self._status.value = (f"epoch {progress.epoch}/{progress.num_epochs}, batch "
+                              f"{progress.batch}/{progress.num_batches}, loss {progress.loss:.4f}")
+
+    def _on_done(self, result) -> None:
+        self.result = result
+        if result.checkpoint is None:
+            self._say("Cancelled before the first epoch ended: no checkpoint was written.")
+            return
+        offer_model(self._viewer, result.checkpoint)
+        last = result.history[-1]
+        what = "Cancelled" if result.cancelled else "Done"
+        self._say(f"{what}: epoch {last.epoch}, loss {last.loss:.4f}; saved "
+                  f"{result.checkpoint}; it is offered in the Peak Response Maps widget.")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._train_button.enabled = True
+        self._cancel_button.enabled = False

@@ -1,0 +1,70 @@
+"""napari writer for Labels layers: label TIFF (with an instance CSV) or COCO JSON.
+
+The formats are :mod:`napari_prm.io`'s; this module only maps a layer onto its exporters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+
+
+def sidecar_csv(path: str | Path) -> Path:
+    """The instance CSV that goes with a label image: ``x_labels.tif`` -> ``x_instances.csv``."""
+    path = Path(path)
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    stem = stem[: -len("_labels")] if stem.endswith("_labels") else stem
+    return path.with_name(f"{stem}_instances.csv")
+
+
+def layer_table(meta: dict):
+    """The instance table in a Labels layer's ``features`` (None when it has none)."""
+    features = meta.get("features")
+    if features is None or len(features) == 0 or "label" not in features and "index" not in features:
+        return None
+    table = {name: np.asarray(features[name]) for name in features.columns if name != "index"}
+    if "label" not in table:
+        table["label"] = np.asarray(features["index"])
+    return table
+
+
+def write_labels(path: str, data, meta: dict) -> list[str]:
+    """Write a Labels layer to ``path``.
+
+    Parameters
+    ----------
+    path : str
+        ``.tif``/``.tiff``: the label image (uint16, or uint32 beyond 65535 labels) and,
+        when the layer has an instance table in its ``features``, ``<stem>_instances.csv``
+        beside it (2-D layers). ``.json``: a COCO instances file (RLE masks, class names
+        from ``metadata["class_names"]`` or the table, scores).
+    data : integer ndarray
+        The layer's labels.
+    meta : dict
+        The layer's attributes (``features``, ``metadata``, ``name``).
+
+    Returns
+    -------
+    list of str
+        The files written.
+    """
+    labels = np.asarray(data[0] if isinstance(data, list) else data)
+    table = layer_table(meta)
+    class_names = (meta.get("metadata") or {}).get("class_names")
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        if labels.ndim != 2:
+            raise ValueError(f"COCO JSON holds 2-D label images; layer {meta.get('name')!r} "
+                             f"has shape {labels.shape}: save it as a TIFF")
+        written = io.export_instances(labels, table, class_names, path, overwrite=True,
+                                      image_file_name=str(meta.get("name", "")))
+    elif suffix in (".tif", ".tiff"):
+        written = io.export_instances(labels, table, class_names, path, overwrite=True)
+        if table is not None and labels.ndim == 2:
+            written.append(io.write_instances_csv(sidecar_csv(path), labels, table, class_names))
+    else:
+        raise ValueError(f"napari-prm writes labels as .tif, .tiff or .json; got {path}")
+    return [str(p) for p in written]

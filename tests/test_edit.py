@@ -1,0 +1,181 @@
+import numpy as np
+import pytest
+
+from napari_prm.edit import (
+    add_instance,
+    delete_instance,
+    merge_instances,
+    remove_small,
+    set_class,
+    split_instance,
+    sync_table,
+)
+
+
+@pytest.fixture
+def scene():
+    """Three instances: a 10x20 rectangle (1), a 5x5 square (2), a single pixel (3)."""
+    labels = np.zeros((32, 40), dtype=np.uint16)
+    labels[2:12, 5:25] = 1
+    labels[20:25, 20:25] = 2
+    labels[30, 38] = 3
+    table = {
+        "label": np.array([1, 2, 3]),
+        "class_index": np.array([7, 8, 7]),
+        "class_name": np.array(["cat", "dog", "cat"], dtype=object),
+        "score": np.array([0.9, 0.5, 0.1], dtype=np.float32),
+        "peak": np.array([0, 1, 2]),
+    }
+    return labels, table
+
+
+def assert_consistent(labels, table):
+    present = set(np.unique(labels)) - {0}
+    assert present == set(table["label"].tolist())
+    assert len(set(len(column) for column in table.values())) == 1
+
+
+def test_delete_instance(scene):
+    labels, table = scene
+    out, new = delete_instance(labels, table, 2)
+    assert not np.any(out == 2)
+    assert np.array_equal(out == 1, labels == 1)
+    assert new["label"].tolist() == [1, 3]
+    assert new["class_name"].tolist() == ["cat", "cat"]
+    assert np.any(labels == 2), "the input must stay untouched"
+    assert_consistent(out, new)
+
+
+def test_delete_unknown_label_is_refused(scene):
+    labels, table = scene
+    with pytest.raises(ValueError, match="label 9"):
+        delete_instance(labels, table, 9)
+
+
+def test_set_class_keeps_pixels(scene):
+    labels, table = scene
+    out, new = set_class(labels, table, 2, 281, "tabby cat")
+    assert np.array_equal(out, labels)
+    assert new["class_index"].tolist() == [7, 281, 7]
+    assert new["class_name"].tolist() == ["cat", "tabby cat", "cat"]
+    assert table["class_name"][1] == "dog"
+
+
+def test_set_class_on_a_painted_label_adds_its_row(scene):
+    labels, table = scene
+    labels = labels.copy()
+    labels[0, 0] = 4
+    out, new = set_class(labels, table, 4, 1, "goldfish")
+    assert new["label"].tolist() == [1, 2, 3, 4]
+    assert new["class_name"][3] == "goldfish"
+    assert np.isnan(new["score"][3]) and new["peak"][3] == -1
+    assert_consistent(out, new)
+
+
+def test_merge_instances(scene):
+    labels, table = scene
+    out, new = merge_instances(labels, table, [2, 1])
+    assert np.count_nonzero(out == 2) == 10 * 20 + 5 * 5
+    assert not np.any(out == 1)
+    assert new["label"].tolist() == [2, 3]
+    assert new["class_name"].tolist() == ["dog", "cat"]
+    assert_consistent(out, new)
+    with pytest.raises(ValueError, match="two different"):
+        merge_instances(labels, table, [1, 1])
+
+
+def test_split_instance_vertical_line(scene):
+    labels, table = scene
+    # A vertical line at x = 10 cuts the rectangle (x 5..24) into 5 and 14 columns + the line.
+    out, new = split_instance(labels, table, 1, np.array([[0.0, 10.0], [15.0, 10.0]]))
+    assert np.count_nonzero(out == 1) + np.count_nonzero(out == 4) == 200
+    assert np.count_nonzero(out == 1) >= 14 * 10  # the larger piece keeps the label
+    assert np.count_nonzero(out == 4) >= 5 * 10
+    assert np.all(out[2:12, 5:10] == 4) and np.all(out[2:12, 11:25] == 1)
+    assert new["label"].tolist() == [1, 2, 3, 4]
+    assert new["class_name"][3] == "cat" and new["peak"][3] == -1 and new["peak"][0] == 0
+    assert new["score"][3] == pytest.approx(0.9)
+    assert_consistent(out, new)
+
+
+def test_split_along_a_diagonal_polyline(scene):
+    labels, table = scene
+    line = np.array([[0.0, 3.0], [7.0, 15.0], [14.0, 27.0]])
+    out, new = split_instance(labels, table, 1, line)
+    assert len(new["label"]) == 4
+    assert np.count_nonzero(np.isin(out, [1, 4])) == 200
+    assert out[11, 5] != out[2, 24]  # opposite corners end up in different pieces
+
+
+def test_split_that_misses_is_refused(scene):
+    labels, table = scene
+    with pytest.raises(ValueError, match="does not cut"):
+        split_instance(labels, table, 1, np.array([[0.0, 30.0], [30.0, 30.0]]))
+
+
+def test_split_in_a_stack_uses_the_line_plane():
+    labels = np.zeros((3, 8, 8), dtype=np.uint8)
+    labels[:, 1:7, 1:7] = 1
+    table = {"label": np.array([1]), "class_name": np.array(["a"])}
+    out, new = split_instance(labels, table, 1, np.array([[1, 0, 4], [1, 8, 4]]))
+    assert set(np.unique(out[1])) == {0, 1, 2}
+    assert set(np.unique(out[0])) == {0, 1} and set(np.unique(out[2])) == {0, 1}
+    assert new["label"].tolist() == [1, 2] and new["class_name"].tolist() == ["a", "a"]
+    with pytest.raises(ValueError, match="different planes"):
+        split_instance(labels, table, 1, np.array([[0, 0, 4], [1, 8, 4]]))
+
+
+def test_remove_small(scene):
+    labels, table = scene
+    out, new = remove_small(labels, table, 25)
+    assert set(np.unique(out)) == {0, 1, 2}  # the 5x5 square has exactly 25 pixels
+    assert new["label"].tolist() == [1, 2]
+    out, new = remove_small(labels, table, 26)
+    assert set(np.unique(out)) == {0, 1}
+    assert_consistent(out, new)
+
+
+def test_add_instance_paints_over_and_drops_covered(scene):
+    labels, table = scene
+    mask = np.zeros(labels.shape, bool)
+    mask[18:27, 18:27] = True  # covers instance 2 completely
+    out, new = add_instance(labels, table, mask, class_index=3, class_name="shark", score=0.7)
+    assert np.all(out[mask] == 4)
+    assert new["label"].tolist() == [1, 3, 4]
+    assert new["class_name"][-1] == "shark" and new["peak"][-1] == -1
+    assert_consistent(out, new)
+
+
+def test_add_instance_replaces_an_existing_label(scene):
+    labels, table = scene
+    mask = np.zeros(labels.shape, bool)
+    mask[0:2, 0:2] = True
+    out, new = add_instance(labels, table, mask, label=2, class_index=8, class_name="dog", peak=5)
+    assert np.count_nonzero(out == 2) == 4
+    assert new["label"].tolist() == [1, 3, 2] and new["peak"].tolist() == [0, 2, 5]
+
+
+def test_add_instance_widens_the_dtype():
+    labels = np.zeros((4, 4), dtype=np.uint8)
+    labels[0, 0] = 255
+    out, new = add_instance(labels, {"label": np.array([255])}, labels == 0)
+    assert out.dtype == np.uint32 and out[1, 1] == 256
+
+
+def test_sync_table_after_hand_painting(scene):
+    labels, table = scene
+    painted = labels.copy()
+    painted[painted == 3] = 0  # erased by hand
+    painted[0:2, 0:2] = 9  # painted by hand
+    new = sync_table(painted, table)
+    assert new["label"].tolist() == [1, 2, 9]
+    assert new["class_index"].tolist() == [7, 8, -1]
+    assert new["class_name"].tolist() == ["cat", "dog", ""]
+    assert_consistent(painted, new)
+
+
+def test_bad_inputs_say_what_arrived():
+    with pytest.raises(ValueError, match="float64"):
+        delete_instance(np.zeros((4, 4)), {"label": np.array([1])}, 1)
+    with pytest.raises(ValueError, match="'label' column"):
+        delete_instance(np.zeros((4, 4), int), {"id": np.array([1])}, 1)

@@ -1,0 +1,133 @@
+"""Correction tools of the "Peak Response Maps" widget, on the layers of a real run."""
+
+import numpy as np
+import pytest
+
+from test_widget_predict import open_predict, peak_threshold_for, run_and_wait
+
+
+@pytest.fixture
+def corrected(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """A run of the tiny model (3 peaks, no proposals) and two instances painted by hand."""
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.use_peak_threshold.value = True
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
+    run_and_wait(widget, qtbot)
+    labels = viewer.layers["cat instances"]
+    left = np.zeros(labels.data.shape, bool)
+    left[20:60, 10:70] = True
+    right = np.zeros(labels.data.shape, bool)
+    right[30:50, 90:140] = True
+    labels.data_setitem(np.nonzero(left), 1)  # napari's own paint path: emits `paint`
+    labels.data_setitem(np.nonzero(right), 2)
+    qtbot.waitUntil(lambda: len(labels.features) == 2)
+    return viewer, widget, labels, viewer.layers["cat peaks"]
+
+
+def rows(labels):
+    return {int(r.label): (int(r.class_index), r.class_name) for r in labels.features.itertuples()}
+
+
+def test_painting_keeps_the_table_in_step(corrected, qtbot):
+    viewer, widget, labels, _ = corrected
+    assert rows(labels) == {1: (-1, ""), 2: (-1, "")}
+    assert labels.features["index"].tolist() == [1, 2]
+    labels.data_setitem(np.nonzero(labels.data == 2), 0)  # erased by hand
+    qtbot.waitUntil(lambda: rows(labels) == {1: (-1, "")})
+
+
+def test_set_class_delete_and_undo_pixels(corrected, qtbot):
+    viewer, widget, labels, _ = corrected
+    panel = widget.correction
+    labels.selected_label = 2
+    assert panel.set_class_of_selected("bird")
+    assert rows(labels)[2] == (2, "bird")
+    assert panel.delete_selected()
+    assert not np.any(labels.data == 2) and set(rows(labels)) == {1}
+    labels.undo()  # the deletion went through napari's edit history
+    assert np.count_nonzero(labels.data == 2) == 20 * 50
+    qtbot.waitUntil(lambda: set(rows(labels)) == {1, 2})
+
+
+def test_merge(corrected):
+    viewer, widget, labels, _ = corrected
+    labels.selected_label = 1
+    assert widget.correction.merge_selected_with(2)
+    assert np.count_nonzero(labels.data == 1) == 40 * 60 + 20 * 50
+    assert set(rows(labels)) == {1}
+    assert not widget.correction.merge_selected_with(5)
+    assert "label 5" in widget.last_message
+
+
+def test_split_at_a_drawn_line(corrected):
+    viewer, widget, labels, _ = corrected
+    labels.selected_label = 1
+    shapes = widget.correction.draw_split_line()
+    assert shapes.mode == "add_path" and viewer.layers.selection.active is shapes
+    shapes.add_paths([np.array([[10.0, 40.0], [70.0, 40.0]])])
+    assert widget.correction.split_selected()
+    assert len(shapes.data) == 0
+    assert np.count_nonzero(labels.data == 1) + np.count_nonzero(labels.data == 3) == 40 * 60
+    assert np.all(labels.data[20:60, 10:40] == 3) or np.all(labels.data[20:60, 41:70] == 3)
+    assert set(rows(labels)) == {1, 2, 3}
+    # a line that misses every instance
+    assert not widget.correction.split_selected(np.array([[90.0, 0.0], [90.0, 5.0]]))
+    assert "crosses no instance" in widget.last_message
+
+
+def test_remove_small(corrected):
+    viewer, widget, labels, _ = corrected
+    assert widget.correction.remove_small(20 * 50 + 1)
+    assert set(np.unique(labels.data)) == {0, 1} and set(rows(labels)) == {1}
+    assert "Removed 1" in widget.last_message
+
+
+def test_a_point_added_or_moved_gets_its_instance(make_napari_viewer, qtbot, prm_config,
+                                                  tiny_checkpoint, small_cat):
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    candidates = np.zeros(small_cat.shape[:2], np.uint16)
+    candidates[10:50, 10:60] = 1
+    candidates[55:95, 80:140] = 2
+    viewer.add_labels(candidates, name="candidates")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = viewer.layers["candidates"]  # a Labels layer of candidate masks
+    widget.use_peak_threshold.value = True
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
+    run_and_wait(widget, qtbot)
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    prms = viewer.layers["cat PRMs"]
+    assert prms.data.shape[0] == 2
+
+    widget.correction.class_choice.value = "dog"
+    peaks.add([[30.0, 35.0]])  # on candidate 1
+    qtbot.waitUntil(lambda: not widget.running and peaks.features["label"].iloc[-1] > 0,
+                    timeout=60_000)
+    added = peaks.features.iloc[-1]
+    assert added["class_name"] == "dog" and added["peak"] == 2
+    label = int(added["label"])
+    assert np.array_equal(instances.data == label, candidates == 1)
+    row = instances.features[instances.features["label"] == label].iloc[0]
+    assert row["class_name"] == "dog" and row["peak"] == 2
+    assert prms.data.shape[0] == 3 and prms.data[2].sum() == pytest.approx(1.0, rel=1e-4)
+
+    # selecting the point selects its instance, and back
+    peaks.selected_data = set()
+    instances.selected_label = 0
+    peaks.selected_data = {len(peaks.data) - 1}
+    assert instances.selected_label == label
+    peaks.selected_data = set()
+    instances.selected_label = 0
+    instances.selected_label = label
+    assert set(peaks.selected_data) == {len(peaks.data) - 1}
+
+    data = peaks.data.copy()
+    data[-1] = [75.0, 110.0]  # onto candidate 2
+    peaks.data = data
+    qtbot.waitUntil(lambda: not widget.running and np.array_equal(
+        instances.data == label, candidates == 2), timeout=60_000)
+    assert int(peaks.features["label"].iloc[-1]) == label  # the same instance, redone
+    assert len(instances.features) == len(np.unique(instances.data)) - 1

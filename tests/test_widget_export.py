@@ -1,0 +1,80 @@
+"""The "Export instances" widget: a corrected Labels layer to files and back."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from pycocotools import mask as mask_utils
+
+from napari_prm._reader import napari_get_reader
+
+
+@pytest.fixture
+def labels_viewer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    labels = np.zeros((60, 80), np.uint16)
+    labels[10:30, 10:40] = 3
+    labels[35:55, 45:75] = 9
+    labels[40:45, 5:10] = 12  # painted by hand, no row
+    features = pd.DataFrame({"index": [3, 9], "label": [3, 9], "class_index": [0, 2],
+                             "class_name": ["cat", "bird"], "score": [0.8, 0.3], "peak": [1, 4]})
+    viewer.add_labels(labels, name="cat instances", features=features,
+                      metadata={"class_names": ["cat", "dog", "bird"]})
+    return viewer
+
+
+def test_export_round_trip(labels_viewer, tmp_path):
+    _, widget = labels_viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    labels = labels_viewer.layers["cat instances"].data
+    written = widget.export(tmp_path, formats=["tiff", "png", "coco", "csv"])
+    assert sorted(p.name for p in written) == [
+        "cat_instances_instances.csv", "cat_instances_instances.json",
+        "cat_instances_labels.png", "cat_instances_labels.tif"]
+
+    # the plugin's reader gives back the masks and classes
+    json_path = tmp_path / "cat_instances_instances.json"
+    ((data, meta, _),) = napari_get_reader(str(json_path))(str(json_path))
+    assert np.array_equal(data, labels)
+    classes = dict(zip(meta["features"]["label"].tolist(), meta["features"]["class_name"].tolist()))
+    assert classes == {3: "cat", 9: "bird", 12: "unknown"}
+    assert meta["metadata"]["class_names"] == ["cat", "dog", "bird"]
+
+    # and so does pycocotools
+    coco = json.loads(json_path.read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    for annotation in coco["annotations"]:
+        rle = dict(annotation["segmentation"], counts=annotation["segmentation"]["counts"].encode())
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), labels == annotation["label"])
+        assert names[annotation["category_id"]] == classes[annotation["label"]]
+
+    tif_path = tmp_path / "cat_instances_labels.tif"
+    ((data, meta, _),) = napari_get_reader(str(tif_path))(str(tif_path))
+    assert np.array_equal(data, labels)
+    assert meta["features"]["class_name"].tolist() == ["cat", "bird", "unknown"]
+
+
+def test_export_refuses_to_overwrite_and_reports(labels_viewer, tmp_path):
+    _, widget = labels_viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    assert widget.export(tmp_path, formats=["coco"])
+    before = (tmp_path / "cat_instances_instances.json").read_bytes()
+    labels_viewer.layers["cat instances"].data = np.zeros((60, 80), np.uint16)
+    assert widget.export(tmp_path, formats=["coco"]) == []
+    assert "exist" in widget._status.value
+    assert (tmp_path / "cat_instances_instances.json").read_bytes() == before
+    assert widget.export(tmp_path, formats=["coco"], overwrite=True)
+    assert json.loads((tmp_path / "cat_instances_instances.json").read_text())["annotations"] == []
+
+
+def test_png_refused_beyond_65535_labels(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    labels = np.zeros((4, 4), np.uint32)
+    labels[0, 0] = 70_000
+    viewer.add_labels(labels, name="many")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    assert widget.export(tmp_path, formats=["png"]) == []
+    assert "65535" in widget._status.value
+    (tif,) = widget.export(tmp_path, formats=["tiff"])
+    import tifffile
+
+    assert tifffile.imread(tif).dtype == np.uint32

@@ -1,0 +1,274 @@
+"""The "Peak Response Maps" widget on a real (tiny or built-in) model, under Xvfb."""
+
+import threading
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels, Points
+
+from napari_prm import load_model, predict
+from napari_prm._widget_layers import check_image_layer
+from napari_prm._widget_predict import PredictWidget
+
+WAIT_MS = 120_000
+PROPOSALS = "default"
+
+
+def open_predict(viewer, qtbot, model_path=None) -> PredictWidget:
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    if model_path is not None:
+        widget.select_model(str(model_path))
+    qtbot.waitUntil(lambda: widget.classes_loaded, timeout=WAIT_MS)
+    return widget
+
+
+def run_and_wait(widget, qtbot):
+    worker = widget.run()
+    assert worker is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    return worker
+
+
+def peak_threshold_for(image, model_path, count, class_name=None):
+    """A peak threshold that keeps the ``count`` strongest peaks (of one class) of a model."""
+    import torch
+
+    from napari_prm.model import find_peaks
+
+    model = load_model(model_path)
+    crms = predict(image, model, proposals=None, peak_threshold=float("inf")).crms
+    if class_name is not None:
+        crms = crms[[model.class_names.index(class_name)]]
+    crms = torch.from_numpy(crms)[None]
+    values = crms[find_peaks(crms, model.network.win_size, model.network.peak_filter)]
+    values = np.sort(values.numpy())[::-1]
+    return float(values[count] + values[count - 1]) / 2
+
+
+@pytest.fixture
+def cat_viewer(make_napari_viewer, small_cat):
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat", scale=(0.5, 0.5), translate=(10.0, -4.0))
+    return viewer
+
+
+def test_widgets_open_from_the_manifest(make_napari_viewer, qtbot, prm_config):
+    viewer = make_napari_viewer()
+    (submenu,) = [action.menu() for action in viewer.window.plugins_menu.actions()
+                  if action.text() == "Peak Response Maps"]
+    assert [action.text() for action in submenu.actions()] == [
+        "Peak Response Maps", "Train PRM model", "Export instances"]
+    for name in ("Peak Response Maps", "Train PRM model", "Export instances"):
+        dock, widget = viewer.window.add_plugin_dock_widget("napari-prm", name)
+        assert dock.name.startswith(name)
+        if name == "Peak Response Maps":
+            qtbot.waitUntil(lambda: widget.classes_loaded, timeout=WAIT_MS)
+            assert widget.class_list.count() == 1000  # the built-in ImageNet model
+        assert type(widget).__name__ in ("PredictWidget", "TrainWidget", "ExportWidget")
+
+
+def test_sample_data_opens(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-prm", "chelsea")
+    assert viewer.layers[-1].data.shape == (300, 451, 3) and viewer.layers[-1].rgb
+
+
+def test_predict_creates_the_three_layers(cat_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    assert widget.class_list.count() == 3
+    threshold = peak_threshold_for(small_cat, tiny_checkpoint, 5)
+    widget.use_peak_threshold.value = True
+    widget.peak_threshold.value = threshold
+    widget.proposals.value = None
+    threads = []
+    model = widget.models.get(str(tiny_checkpoint.resolve()), "cpu")
+    hook = model.network.fcn.register_forward_hook(
+        lambda *_: threads.append(threading.current_thread()))
+    try:
+        run_and_wait(widget, qtbot)
+    finally:
+        hook.remove()
+    assert threads and threading.main_thread() not in threads  # the model never ran on the Qt thread
+
+    peaks, prms = cat_viewer.layers["cat peaks"], cat_viewer.layers["cat PRMs"]
+    instances = cat_viewer.layers["cat instances"]
+    assert isinstance(peaks, Points) and isinstance(prms, Image) and isinstance(instances, Labels)
+    expected = predict(small_cat, model, proposals=None, peak_threshold=threshold)
+    assert len(expected.peaks) == 5
+    np.testing.assert_allclose(peaks.data, expected.peaks)
+    assert prms.data.shape == (5, 100, 151) and instances.data.shape == (100, 151)
+    np.testing.assert_allclose(prms.data, expected.prms, rtol=1e-5, atol=1e-9)
+    for layer in (peaks, instances):
+        np.testing.assert_allclose(layer.scale, [0.5, 0.5])
+        np.testing.assert_allclose(layer.translate, [10.0, -4.0])
+    np.testing.assert_allclose(prms.scale, [1, 0.5, 0.5])
+    np.testing.assert_allclose(prms.translate, [0, 10.0, -4.0])
+    assert prms.blending == "additive"
+    assert instances.metadata["class_names"] == ["cat", "dog", "bird"]
+    features = peaks.features
+    assert list(features["class_name"]) == [["cat", "dog", "bird"][c] for c in expected.peak_classes]
+    np.testing.assert_array_equal(features["class_index"], expected.peak_classes)
+    np.testing.assert_allclose(features["peak_value"], expected.peak_values, rtol=1e-6)
+    np.testing.assert_allclose(features["class_score"], expected.scores[expected.peak_classes], rtol=1e-6)
+    np.testing.assert_array_equal(features["peak"], np.arange(5))
+    # one colour per class
+    colours = {c: tuple(peaks.face_color[i]) for i, c in enumerate(features["class_name"])}
+    assert len(set(colours.values())) == len(colours)
+    assert "5 peaks" in widget.last_message and widget.last_run_seconds > 0
+
+
+def test_rerun_replaces_layers_and_a_second_run_is_refused(
+        cat_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.use_peak_threshold.value = True
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 4)
+    run_and_wait(widget, qtbot)
+    first = {layer.name: layer for layer in cat_viewer.layers}
+    assert len(cat_viewer.layers["cat peaks"].data) == 4
+
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
+    worker = widget.run()
+    assert widget.run() is None and "already" in widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert worker is not None
+    assert [layer.name for layer in cat_viewer.layers] == list(first)
+    assert all(cat_viewer.layers[name] is layer for name, layer in first.items())
+    assert len(cat_viewer.layers["cat peaks"].data) == 2
+    assert cat_viewer.layers["cat PRMs"].data.shape == (2, 100, 151)
+
+    # CRM layers on request, placed so that each peak's CRM cell lands on its point
+    widget.add_crms.value = True
+    run_and_wait(widget, qtbot)
+    peaks = cat_viewer.layers["cat peaks"]
+    expected = predict(small_cat, widget.context.model, proposals=None,
+                       peak_threshold=widget.peak_threshold.value)
+    for (class_index, y, x), point in zip(expected.peaks_crm, peaks.data):
+        crm = cat_viewer.layers[f"cat CRM {['cat', 'dog', 'bird'][class_index]}"]
+        np.testing.assert_allclose(crm.data, expected.crms[class_index])
+        np.testing.assert_allclose(crm.data_to_world([y, x]), peaks.data_to_world(point))
+    assert len(cat_viewer.layers) == len(first) + len(set(expected.peak_classes))
+
+
+def test_cancel_leaves_no_layers(cat_viewer, qtbot, prm_config, tiny_checkpoint):
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None  # every peak (about 150): long enough to cancel midway
+    stages = []
+    widget.progressed.connect(lambda stage, done, total: stages.append((stage, done, total)))
+    widget.run()
+    qtbot.waitUntil(lambda: any(s[0] == "backprop" and s[1] > 0 for s in stages), timeout=WAIT_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    done = max(s[1] for s in stages if s[0] == "backprop")
+    assert done < stages[-1][2]  # stopped before the last peak
+    assert [layer.name for layer in cat_viewer.layers] == ["cat"]
+    assert "Cancelled" in widget.last_message
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_nothing_found_is_reported(cat_viewer, qtbot, prm_config, tiny_checkpoint):
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.use_peak_threshold.value = True
+    widget.peak_threshold.value = 1000.0
+    run_and_wait(widget, qtbot)
+    assert widget.last_message.startswith("Nothing found")
+    assert len(cat_viewer.layers["cat peaks"].data) == 0
+    assert "cat PRMs" not in cat_viewer.layers
+    assert not cat_viewer.layers["cat instances"].data.any()
+
+
+def test_missing_image_and_bad_checkpoint_are_reported(
+        make_napari_viewer, qtbot, prm_config, tmp_path, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    assert widget.run() is None and "no image layer" in widget.last_message
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    widget.select_model(str(broken))
+    qtbot.waitUntil(lambda: "Cannot load the model" in widget.last_message, timeout=WAIT_MS)
+    assert "broken.pt" in widget.last_message
+
+    with pytest.raises(ValueError, match="Points layer"):
+        check_image_layer(viewer.add_points([[1, 1]], name="dots"))
+    with pytest.raises(ValueError, match="2-D grayscale or RGB"):
+        check_image_layer(viewer.add_image(np.zeros((1, 5)), name="line"))
+
+
+def test_recent_checkpoints_are_remembered(make_napari_viewer, qtbot, prm_config, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    assert (prm_config / "recent_models.json").is_file()
+    _, other = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps",
+                                                    tabify=True)
+    assert str(tiny_checkpoint.resolve()) in other.model.choices
+    assert widget.model.value == str(tiny_checkpoint.resolve())
+
+
+def test_all_planes_of_a_stack(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    viewer = make_napari_viewer()
+    gray = small_cat.mean(axis=-1).astype(np.uint8)
+    stack = np.stack([gray, gray[:, ::-1]])
+    viewer.add_image(stack, name="stack", scale=(3.0, 1.0, 1.0))
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.planes.value = "all planes"
+    widget.use_peak_threshold.value = True
+    widget.peak_threshold.value = peak_threshold_for(gray, tiny_checkpoint, 3)
+    run_and_wait(widget, qtbot)
+    peaks, prms = viewer.layers["stack peaks"], viewer.layers["stack PRMs"]
+    assert viewer.layers["stack instances"].data.shape == (2, 100, 151)
+    assert peaks.data.shape[1] == 3 and set(peaks.data[:, 0]) == {0.0, 1.0}
+    k = len(peaks.data)
+    assert prms.data.shape == (k, 2, 100, 151)
+    np.testing.assert_allclose(prms.scale, [1, 3, 1, 1])
+    # slice k holds PRM k in its own plane only
+    for index, plane in enumerate(peaks.data[:, 0].astype(int)):
+        volume = np.asarray(prms.data[index])
+        assert volume[plane].sum() == pytest.approx(1.0, rel=1e-4) and not volume[1 - plane].any()
+    # the current plane only
+    viewer.dims.set_current_step(viewer.dims.ndim - 3, 1)  # the stack axis (PRMs add one in front)
+    widget.planes.value = "current plane"
+    run_and_wait(widget, qtbot)
+    assert set(viewer.layers["stack peaks"].data[:, 0]) == {1.0}
+
+
+def test_builtin_model_on_the_sample_image(make_napari_viewer, qtbot, prm_config):
+    """The built-in ImageNet model finds the cat of the sample image (2 peaks kept)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-prm", "chelsea")
+    image = viewer.layers["chelsea"]
+    image.data = np.ascontiguousarray(image.data[::2, ::2])  # (150, 226, 3): the net sees 448x448 anyway
+    image.scale = (2.0, 2.0)
+    widget = open_predict(viewer, qtbot)
+    assert widget.model.value == "imagenet"
+    widget.set_selected_classes(["Egyptian cat"])
+    assert widget.selected_classes() == ["Egyptian cat"]
+    widget.class_filter.setText("egypt")
+    shown = [widget.class_list.item(i).text() for i in range(widget.class_list.count())
+             if not widget.class_list.item(i).isHidden()]
+    assert shown == ["Egyptian cat"]
+    widget.use_peak_threshold.value = True
+    widget.peak_threshold.value = peak_threshold_for(
+        image.data, widget.models.get("imagenet", "cpu"), 2, "Egyptian cat")
+    widget.proposals.value = PROPOSALS
+    run_and_wait(widget, qtbot)
+
+    peaks = viewer.layers["chelsea peaks"]
+    assert len(peaks.data) == 2 and set(peaks.features["class_name"]) == {"Egyptian cat"}
+    assert (peaks.features["class_score"] > 5).all()  # a confident cat
+    assert viewer.layers["chelsea PRMs"].data.shape == (2, 150, 226)
+    instances = viewer.layers["chelsea instances"]
+    assert instances.data.shape == (150, 226)
+    np.testing.assert_allclose(instances.scale, [2.0, 2.0])
+    features = instances.features
+    assert len(features) >= 1 and set(features["class_name"]) == {"Egyptian cat"}
+    assert set(np.unique(instances.data)) - {0} == set(features["label"])
+    for label, peak in zip(features["label"], features["peak"]):  # instance <-> its peak
+        assert peaks.features["label"].iloc[peak] == label
+    # PRM-guided proposals are an alternative source: re-running replaces the instances
+    widget.proposals.value = "prm"
+    run_and_wait(widget, qtbot)
+    assert set(viewer.layers["chelsea instances"].features["peak"]) <= {0, 1}
+    assert len(viewer.layers) == 4

@@ -1,0 +1,62 @@
+"""The "Train PRM model" widget: one epoch of the tiny backbone on a tiny dataset."""
+
+import numpy as np
+import pytest
+from skimage import data, io as skio, transform
+
+from napari_prm import load_model
+
+WAIT_MS = 300_000
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """A folder per class, two 48x48 images each."""
+    root = tmp_path / "dataset"
+    sources = {"cat": [data.chelsea(), data.chelsea()[:, ::-1]],
+               "cup": [data.coffee(), data.coffee()[:, ::-1]]}
+    for name, images in sources.items():
+        (root / name).mkdir(parents=True)
+        for number, image in enumerate(images):
+            small = (transform.resize(image, (48, 48), anti_aliasing=True) * 255).astype(np.uint8)
+            skio.imsave(root / name / f"{number}.png", small, check_contrast=False)
+    return root
+
+
+def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_config,
+                                             tiny_dataset, tmp_path):
+    viewer = make_napari_viewer()
+    _, predict_widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model", tabify=True)
+    widget._dataset_dir.value = tiny_dataset
+    widget._base.value = "tiny"
+    widget._epochs.value = 1
+    widget._batch.value = 2
+    widget._size.value = 32
+    widget._device.value = "cpu"
+    out = tmp_path / "trained.pt"
+    widget._out.value = out
+    progress = []
+    widget._relay.progressed.connect(progress.append)
+    assert widget.start() is not None
+    assert widget.start() is None and "already running" in widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    assert [record.epoch for record in widget.result.history] == [1]
+    assert np.isfinite(widget.result.history[0].loss)
+    assert {p.stage for p in progress} == {"batch", "epoch"}
+    assert widget._progress.value == 1
+    model = load_model(out)
+    assert model.class_names == ["cat", "cup"] and model.backbone == "tiny"
+    # offered in the predict widget
+    assert predict_widget.model.value == str(out.resolve())
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+    assert predict_widget.class_list.count() == 2
+
+
+def test_train_without_a_dataset_is_refused(make_napari_viewer, prm_config):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    assert widget.start() is None and "Choose a dataset" in widget.last_message

@@ -1,0 +1,74 @@
+"""The napari writer for Labels layers (label TIFF + instance CSV, COCO JSON)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from pycocotools import mask as mask_utils
+
+from napari_prm import io
+from napari_prm._writer import sidecar_csv, write_labels
+
+
+@pytest.fixture
+def instances():
+    labels = np.zeros((40, 50), np.uint16)
+    labels[5:15, 5:20] = 1
+    labels[20:35, 30:45] = 2
+    labels[25:30, 5:10] = 3  # painted by hand: no row in the table
+    features = pd.DataFrame({
+        "index": [1, 2], "label": [1, 2], "class_index": [281, 504],
+        "class_name": ["tabby", "coffee mug"], "score": [0.75, 0.5], "peak": [0, 3],
+    })
+    return labels, {"features": features, "metadata": {}, "name": "cat instances"}
+
+
+def test_sidecar_name():
+    assert sidecar_csv("/a/b/x_labels.tif").name == "x_instances.csv"
+    assert sidecar_csv("/a/b/x.tiff").name == "x_instances.csv"
+
+
+def test_tiff_with_instance_csv(tmp_path, instances):
+    labels, meta = instances
+    written = write_labels(str(tmp_path / "cat_labels.tif"), labels, meta)
+    assert [p.split("/")[-1] for p in written] == ["cat_labels.tif", "cat_instances.csv"]
+    stored = tifffile.imread(tmp_path / "cat_labels.tif")
+    assert stored.dtype == np.uint16 and np.array_equal(stored, labels)
+    table = io.read_instances_csv(tmp_path / "cat_instances.csv")
+    assert table["label"].tolist() == [1, 2, 3]
+    assert table["class_name"].tolist() == ["tabby", "coffee mug", "unknown"]
+    assert table["area"].tolist() == [150, 225, 25]
+    assert table["bbox"][1].tolist() == [20, 30, 35, 45]
+
+
+def test_coco_json_round_trips_through_pycocotools(tmp_path, instances):
+    labels, meta = instances
+    path = tmp_path / "cat.json"
+    assert write_labels(str(path), labels, meta) == [str(path)]
+    coco = json.loads(path.read_text())
+    by_label = {a["label"]: a for a in coco["annotations"]}
+    for label in (1, 2, 3):
+        rle = dict(by_label[label]["segmentation"])
+        rle["counts"] = rle["counts"].encode()
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), labels == label)
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    assert names[by_label[1]["category_id"]] == "tabby"
+    assert names[by_label[3]["category_id"]] == "unknown"
+    assert by_label[2]["score"] == 0.5
+
+
+def test_through_napari_save(make_napari_viewer, tmp_path, instances):
+    labels, meta = instances
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(labels, features=meta["features"], name="cat instances")
+    saved = viewer.layers.save(str(tmp_path / "saved.tif"), selected=False, plugin="napari-prm")
+    assert np.array_equal(tifffile.imread(saved[0]), layer.data)
+    assert (tmp_path / "saved_instances.csv").is_file()
+
+
+def test_json_needs_a_2d_layer(tmp_path, instances):
+    labels, meta = instances
+    with pytest.raises(ValueError, match="2-D"):
+        write_labels(str(tmp_path / "stack.json"), np.stack([labels, labels]), meta)
