@@ -5,14 +5,18 @@ Step 4 of PRM (Zhou et al., CVPR 2018).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from scipy import ndimage as ndi
+from skimage.transform import resize
 
-PerClass = Union[float, Sequence[float], Mapping[int, float], np.ndarray]
+__all__ = ["Instance", "retrieve_instances", "instances_to_labels"]
+
+# Proposals are scored this many at a time, which bounds the float copies of
+# the masks to a few tens of MB at 448x448.
+_CHUNK = 32
 
 
 @dataclass
@@ -40,75 +44,85 @@ class Instance:
     peak: int
 
 
-
-
-def _per_class(value: PerClass, num_classes: int, name: str) -> np.ndarray:
-    """A parameter given as a scalar, a length-C sequence or a {class: value} dict, as (C,) floats."""
+def _per_class(value, default: float, name: str, n_classes: int) -> np.ndarray:
+    """Expand a scalar, a length-C sequence or a {class: value} dict to (C,)."""
     if isinstance(value, Mapping):
-        default = {"bg_threshold": 0.95, "penalty": 1e-5, "balance": 0.8}[name]
-        out = np.full(num_classes, default, dtype=np.float64)
-        for index, item in value.items():
-            out[int(index)] = float(item)
+        out = np.full(n_classes, float(default))
+        for key, item in value.items():
+            if not 0 <= int(key) < n_classes:
+                raise ValueError(
+                    f"{name}: class index {key} out of range for {n_classes} classes"
+                )
+            out[int(key)] = float(item)
         return out
-    array = np.asarray(value, dtype=np.float64)
-    if array.ndim == 0:
-        return np.full(num_classes, float(array))
-    if array.shape != (num_classes,):
-        raise ValueError(f"{name} must be a number or one value per class ({num_classes}); got shape {array.shape}")
-    return array
+    if np.ndim(value) == 0:
+        return np.full(n_classes, float(value))
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != (n_classes,):
+        raise ValueError(
+            f"{name}: expected a scalar, a dict or a sequence of length {n_classes} "
+            f"(one per class), got shape {arr.shape}"
+        )
+    return arr
 
 
-def _resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
-    if tuple(tensor.shape[-2:]) != tuple(shape):
-        tensor = F.interpolate(tensor, size=shape, mode="bicubic", align_corners=False)
-    return tensor[0]
-
-
-def _square_reduce(masks: np.ndarray, width: int, dilate: bool) -> np.ndarray:
-    """Binary dilation (OR) or erosion (AND) over a width×width square, as two 1D passes
-    of shifted copies; the outside is neutral (False for OR, True for AND)."""
-    before, after = (width - 1) // 2, width // 2
-    combine = np.logical_or if dilate else np.logical_and
-    out = masks
-    for axis in (1, 2):
-        padded = np.pad(out, [(0, 0)] + [(before, after) if a == axis else (0, 0) for a in (1, 2)],
-                        constant_values=not dilate)
-        size = out.shape[axis]
-        window = [slice(None)] * 3
-        window[axis] = slice(0, size)
-        result = padded[tuple(window)].copy()
-        for shift in range(1, width):
-            window[axis] = slice(shift, shift + size)
-            combine(result, padded[tuple(window)], out=result)
-        out = result
+def _background_masks(
+    crms: np.ndarray, classes: np.ndarray, shape: tuple[int, int], bg_threshold: np.ndarray
+) -> np.ndarray:
+    """Per used class: CRM resized (bicubic) to ``shape``, thresholded to background."""
+    out = np.empty((len(classes),) + shape, dtype=np.float32)
+    for row, class_index in enumerate(classes):
+        crm = crms[class_index].astype(np.float64)
+        if crm.shape != shape:
+            crm = resize(crm, shape, order=3, mode="edge", anti_aliasing=False)
+        low = crm.min()
+        out[row] = crm < low + bg_threshold[class_index] * (crm.mean() - low)
     return out
 
 
-def contour_bands(masks: np.ndarray, width: int = 5) -> np.ndarray:
-    """Morphological gradient (dilation minus erosion) of each mask with a ``width``×``width`` square.
+def _contours(masks: np.ndarray, width: int) -> np.ndarray:
+    """Morphological gradient of each (H, W) mask with a width x width square.
 
-    Parameters
-    ----------
-    masks : (N, H, W) bool ndarray
-    width : int
-        Side of the square structuring element.
-
-    Returns
-    -------
-    bands : (N, H, W) bool ndarray
-        The border of the image is neutral: a mask touching it gets no band along it.
+    Pixels outside the image count as neutral: they neither extend the dilation
+    nor eat into the erosion, so a mask touching the border has no contour there.
     """
-    if width < 1:
-        raise ValueError(f"contour_width must be >= 1; got {width}")
-    masks = np.asarray(masks, dtype=bool)
-    return _square_reduce(masks, width, dilate=True) & ~_square_reduce(masks, width, dilate=False)
+    stack = masks.view(np.uint8)
+    size = (1, width, width)
+    dilated = ndi.maximum_filter(stack, size=size, mode="constant", cval=0)
+    eroded = ndi.minimum_filter(stack, size=size, mode="constant", cval=1)
+    return dilated > eroded
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+def _check_inputs(prms, peak_classes, crms, proposals):
+    prms = np.asarray(prms)
+    if prms.ndim != 3:
+        raise ValueError(f"prms: expected a (K, H, W) array, got shape {prms.shape}")
+    crms = np.asarray(crms)
+    if crms.ndim != 3:
+        raise ValueError(f"crms: expected a (C, h, w) array, got shape {crms.shape}")
+    peak_classes = np.asarray(peak_classes)
+    if peak_classes.shape != (len(prms),):
+        raise ValueError(
+            f"peak_classes: expected shape ({len(prms)},) to match prms, "
+            f"got {peak_classes.shape}"
+        )
+    if len(peak_classes) and (
+        not np.all(np.equal(np.mod(peak_classes, 1), 0))
+        or peak_classes.min() < 0
+        or peak_classes.max() >= len(crms)
+    ):
+        raise ValueError(
+            f"peak_classes: expected integers in [0, {len(crms)}), got {peak_classes}"
+        )
+    proposals = np.asarray(proposals)
+    if proposals.ndim != 3 or proposals.shape[1:] != prms.shape[1:]:
+        raise ValueError(
+            f"proposals: expected an (N, {prms.shape[1]}, {prms.shape[2]}) mask stack "
+            f"matching the PRMs, got shape {proposals.shape}"
+        )
+    if proposals.dtype != bool:
+        proposals = proposals != 0
+    return prms, peak_classes.astype(np.int64), crms, proposals
 
 
 def retrieve_instances(
@@ -120,156 +134,214 @@ def retrieve_instances(
     contour_width: int = 5,
     size_limits: tuple[float, float] = (2e-5, 0.85),
     proposal_count: int = 100,
-    nms_threshold: float = 0.3,
+    nms_threshold: float | None = 0.3,
     merge_peak_response: bool = True,
-    bg_threshold: PerClass = 0.95,
-    penalty: PerClass = 1e-5,
-    balance: PerClass = 0.8,
+    bg_threshold: float | Sequence[float] | Mapping[int, float] = 0.95,
+    penalty: float | Sequence[float] | Mapping[int, float] = 1e-5,
+    balance: float | Sequence[float] | Mapping[int, float] = 0.8,
 ) -> list[Instance]:
-    """Pick, for each peak response map, the segment proposal that explains it best.
+    """Choose one segment proposal per peak response map, then suppress duplicates.
 
     Parameters
     ----------
     prms : (K, H, W) float ndarray
-        Peak response maps.
+        Peak response maps at the image's size, one per peak.
     peak_classes : (K,) int ndarray
-        Class of each peak.
+        Class index of each peak.
     crms : (C, h, w) float ndarray
-        Class response maps; resized to (H, W) with bicubic interpolation.
+        Class response maps; resized (bicubic) to (H, W) when their size differs.
     proposals : (N, H, W) bool ndarray
-        Class-agnostic segment proposals, best ranked first.
-    contour_width : int
-        Side of the square whose morphological gradient is a proposal's contour.
-    size_limits : (float, float)
-        Proposals whose area, as a fraction of the image, is below the first
-        (inclusive) or at or above the second are ignored.
-    proposal_count : int
-        Only the first ``proposal_count`` proposals are used.
-    nms_threshold : float
-        A lower-scored instance whose mask IoU with a kept one is >= this is dropped.
-    merge_peak_response : bool
-        Add a dropped instance's PRM to the instance that suppressed it.
-    bg_threshold, penalty, balance : float, (C,) sequence or {class: value}
-        Background level (fraction between the resized CRM's minimum and mean),
-        background penalty and the weight of the PRM inside the proposal.
+        Segment proposals ranked best first; only the first `proposal_count` are used.
+    contour_width : int, optional
+        Side of the square whose morphological gradient gives a proposal's contour band.
+    size_limits : (float, float), optional
+        Allowed proposal area as fractions of H * W: ``low <= area / (H * W) < high``.
+    proposal_count : int, optional
+        How many of the ranked proposals to consider.
+    nms_threshold : float or None, optional
+        An instance is dropped when its mask IoU with a higher-scoring kept instance
+        is at least this; None disables suppression.
+    merge_peak_response : bool, optional
+        Add a dropped instance's PRM to the kept instance that suppressed it.
+    bg_threshold, penalty, balance : float, sequence of C floats or dict, optional
+        Scoring parameters, shared or per class (a dict maps class index to value;
+        classes missing from it use the default).
 
     Returns
     -------
     instances : list of Instance
-        Sorted by score, best first, after non-maximum suppression.
+        Sorted by score, highest first. ``Instance.peak`` is the PRM row it came from.
 
     Notes
     -----
-    For a peak of class c with PRM R, the background is
-    Q = [M < min(M) + bg_threshold · (mean(M) − min(M))] with M the resized CRM
-    of class c, and a proposal S scores
-    ``balance · Σ_S R + Σ_contour(S) R − penalty · Σ_S Q``. All proposals are
-    scored for all peaks at once with matrix products.
+    For peak k of class c, with M the resized CRM of class c, the background is
+    ``Q = M < min(M) + bg_threshold[c] * (mean(M) - min(M))`` and a proposal S scores
+
+        balance[c] * sum_S(R_k) + sum_contour(S)(R_k) - penalty[c] * sum_S(Q)
+
+    where contour(S) is the dilation minus the erosion of S by a
+    ``contour_width``-square, with the image border neutral. Proposals outside
+    `size_limits` are skipped; a peak with none left yields no instance. All
+    (proposal, peak) sums come from matrix products of the flattened masks with
+    the flattened maps, computed in float32.
     """
-    prms = np.asarray(prms, dtype=np.float32)
-    peak_classes = np.asarray(peak_classes, dtype=np.int64).reshape(-1)
-    crms = np.asarray(crms, dtype=np.float32)
-    proposals = np.asarray(proposals)
-    if prms.ndim != 3:
-        raise ValueError(f"prms must be (K, H, W); got shape {prms.shape}")
-    if len(peak_classes) != len(prms):
-        raise ValueError(f"{len(prms)} PRMs but {len(peak_classes)} peak classes")
-    if crms.ndim != 3:
-        raise ValueError(f"crms must be (C, h, w); got shape {crms.shape}")
-    height, width = prms.shape[1:]
-    if proposals.ndim != 3 or proposals.shape[1:] != (height, width):
-        raise ValueError(f"proposals must be (N, {height}, {width}) to match the PRMs; got shape {proposals.shape}")
-    if len(peak_classes) and (peak_classes.min() < 0 or peak_classes.max() >= len(crms)):
-        raise ValueError(f"peak classes must index the {len(crms)} CRMs; got {sorted(set(peak_classes.tolist()))}")
-    num_classes = len(crms)
-    bg_threshold = _per_class(bg_threshold, num_classes, "bg_threshold")
-    penalty = _per_class(penalty, num_classes, "penalty")
-    balance = _per_class(balance, num_classes, "balance")
-    proposals = proposals[:proposal_count].astype(bool, copy=False)
-    if len(prms) == 0 or len(proposals) == 0:
+    prms, peak_classes, crms, proposals = _check_inputs(prms, peak_classes, crms, proposals)
+    if int(contour_width) < 1:
+        raise ValueError(f"contour_width: expected a positive integer, got {contour_width}")
+    low, high = (float(v) for v in size_limits)
+    if not 0 <= low < high:
+        raise ValueError(f"size_limits: expected 0 <= low < high, got {size_limits}")
+    n_classes = len(crms)
+    bg_threshold = _per_class(bg_threshold, 0.95, "bg_threshold", n_classes)
+    penalty = _per_class(penalty, 1e-5, "penalty", n_classes)
+    balance = _per_class(balance, 0.8, "balance", n_classes)
+
+    n_peaks, height, width = prms.shape
+    proposals = proposals[: max(int(proposal_count), 0)]
+    if n_peaks == 0 or len(proposals) == 0:
         return []
 
-    area = proposals.reshape(len(proposals), -1).sum(1)
-    image_area = height * width
-    in_range = (area >= size_limits[0] * image_area) & (area < size_limits[1] * image_area)
-    inside = torch.from_numpy(proposals.reshape(len(proposals), -1)).to(torch.float32)
-    contour = torch.from_numpy(contour_bands(proposals, contour_width).reshape(len(proposals), -1)).to(torch.float32)
-    response = torch.from_numpy(prms.reshape(len(prms), -1))
-    inside_sum = (response @ inside.T).numpy().astype(np.float64)
-    contour_sum = (response @ contour.T).numpy().astype(np.float64)
+    used_classes, class_row = np.unique(peak_classes, return_inverse=True)
+    background = _background_masks(crms, used_classes, (height, width), bg_threshold)
+    n_pixels = height * width
+    maps = np.concatenate(
+        [prms.reshape(n_peaks, n_pixels), background.reshape(len(used_classes), n_pixels)]
+    ).astype(np.float32)
+    peak_maps = maps[:n_peaks]
 
-    classes = np.unique(peak_classes)
-    maps = _resize_maps(crms[classes], (height, width)).reshape(len(classes), -1)
-    low = maps.min(1, keepdim=True).values
-    threshold = low + torch.from_numpy(bg_threshold[classes]).float()[:, None] * (maps.mean(1, keepdim=True) - low)
-    background = (maps < threshold).to(torch.float32)
-    background_sum = (background @ inside.T).numpy().astype(np.float64)
-    row_of_class = {int(c): i for i, c in enumerate(classes)}
-    rows = np.array([row_of_class[int(c)] for c in peak_classes])
+    scores = np.empty((len(proposals), n_peaks))
+    areas = np.empty(len(proposals))
+    for start in range(0, len(proposals), _CHUNK):
+        chunk = np.ascontiguousarray(proposals[start : start + _CHUNK])
+        inside = chunk.reshape(len(chunk), n_pixels).astype(np.float32)
+        contour = _contours(chunk, int(contour_width)).reshape(len(chunk), n_pixels)
+        inside_sums = inside @ maps.T
+        contour_sums = contour.astype(np.float32) @ peak_maps.T
+        background_sums = inside_sums[:, n_peaks:][:, class_row]
+        scores[start : start + len(chunk)] = (
+            balance[peak_classes] * inside_sums[:, :n_peaks]
+            + contour_sums
+            - penalty[peak_classes] * background_sums
+        )
+        areas[start : start + len(chunk)] = inside.sum(axis=1)
 
-    scores = (balance[peak_classes, None] * inside_sum + contour_sum
-              - penalty[peak_classes, None] * background_sum[rows])
-    scores[:, ~in_range] = -np.inf
-    candidates = []
-    for k, c in enumerate(peak_classes):
-        best = int(np.argmax(scores[k]))
-        if np.isfinite(scores[k, best]):
-            candidates.append(Instance(int(c), float(scores[k, best]), proposals[best].copy(), prms[k].copy(), k))
-    candidates.sort(key=lambda instance: -instance.score)
-    return mask_nms(candidates, nms_threshold, merge_peak_response=merge_peak_response)
+    fraction = areas / n_pixels
+    allowed = (fraction >= low) & (fraction < high)
+    if not allowed.any():
+        return []
+    scores[~allowed] = -np.inf
+    best = np.argmax(scores, axis=0)
+    best_scores = scores[best, np.arange(n_peaks)]
+    candidates = [k for k in np.argsort(-best_scores, kind="stable") if np.isfinite(best_scores[k])]
+
+    kept = _nms([best[k] for k in candidates], proposals, nms_threshold)
+    instances = []
+    for position, merged in kept:
+        k = candidates[position]
+        prm = prms[k].astype(np.float32, copy=True)
+        if merge_peak_response:
+            for other in merged:
+                prm += prms[candidates[other]]
+        instances.append(
+            Instance(
+                class_index=int(peak_classes[k]),
+                score=float(best_scores[k]),
+                mask=proposals[best[k]].copy(),
+                prm=prm,
+                peak=int(k),
+            )
+        )
+    return instances
 
 
-def mask_nms(instances: list[Instance], threshold: float = 0.3, *, merge_peak_response: bool = True) -> list[Instance]:
-    """Greedy, class-agnostic non-maximum suppression by mask IoU, as the original release.
+def _nms(
+    chosen: list[int], proposals: np.ndarray, threshold: float | None
+) -> list[tuple[int, list[int]]]:
+    """Greedy mask NMS over instances given as proposal indices, in score order.
 
-    ``instances`` must be sorted best first. A later instance whose IoU with a
-    kept one is >= ``threshold`` is dropped, its PRM added to the kept one's
-    when ``merge_peak_response``.
+    Returns (position, [positions it suppressed]) for each kept instance; a
+    dropped instance goes to the first (highest-scoring) kept one it overlaps.
     """
-    kept: list[Instance] = []
-    for instance in instances:
-        for winner in kept:
-            if mask_iou(winner.mask, instance.mask) >= threshold:
-                if merge_peak_response:
-                    winner.prm = winner.prm + instance.prm
+    if threshold is None:
+        return [(i, []) for i in range(len(chosen))]
+    unique, index = np.unique(np.asarray(chosen, dtype=np.int64), return_inverse=True)
+    flat = proposals[unique].reshape(len(unique), -1).astype(np.float32)
+    intersection = flat @ flat.T
+    area = np.diag(intersection)
+    union = area[:, None] + area[None, :] - intersection
+    iou = np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
+    kept: list[tuple[int, list[int]]] = []
+    for position, row in enumerate(index):
+        for kept_position, merged in kept:
+            if iou[index[kept_position], row] >= threshold:
+                merged.append(position)
                 break
         else:
-            kept.append(instance)
+            kept.append((position, []))
     return kept
 
 
 def instances_to_labels(
-    instances: Sequence[Instance], shape: tuple[int, int], class_names: Optional[Sequence[str]] = None
+    instances: Sequence[Instance],
+    shape: tuple[int, int],
+    class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Paint instances into a label image and build their table.
+    """Paint instances into one label image and describe each label in a table.
 
     Parameters
     ----------
     instances : sequence of Instance
-        Best first: where masks overlap, the earlier instance keeps the pixel.
-    shape : (H, W)
+        Instance i gets label i + 1.
+    shape : (int, int)
+        (H, W) of the label image; every mask must have this shape.
     class_names : sequence of str, optional
+        Names indexed by ``Instance.class_index``; the class_name column is ""
+        without them.
 
     Returns
     -------
-    labels : (H, W) uint16 (uint32 beyond 65535 instances) ndarray
-        Instance i gets label i + 1.
-    table : dict of (M,) ndarrays
-        Columns ``label, class_index, class_name, score, peak`` for the M
-        instances that still own a pixel, the shape napari's ``Labels.features`` takes.
+    labels : (H, W) uint16 ndarray
+        0 for background; uint32 when there are more than 65535 instances.
+    table : dict of str to ndarray
+        Equal-length columns ``label`` (int64), ``class_index`` (int64),
+        ``class_name`` (str), ``score`` (float64), ``peak`` (int64), one row per
+        instance in list order, as napari's ``Labels.features`` takes them.
+
+    Notes
+    -----
+    Where masks overlap the higher-scoring instance wins: instances are painted
+    from the highest score down and each only fills pixels still 0 (ties keep
+    list order).
     """
-    dtype = np.uint16 if len(instances) < 2**16 else np.uint32
-    labels = np.zeros(tuple(shape), dtype=dtype)
-    for index in range(len(instances) - 1, -1, -1):
-        labels[instances[index].mask] = index + 1
-    present = set(np.unique(labels).tolist()) - {0}
-    rows = [(i + 1, inst) for i, inst in enumerate(instances) if i + 1 in present]
-    names = list(class_names) if class_names is not None else None
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 2:
+        raise ValueError(f"shape: expected (H, W), got {shape}")
+    dtype = np.uint16 if len(instances) <= np.iinfo(np.uint16).max else np.uint32
+    labels = np.zeros(shape, dtype=dtype)
+    class_index = np.array([int(inst.class_index) for inst in instances], dtype=np.int64)
+    if class_names is not None:
+        bad = class_index[(class_index < 0) | (class_index >= len(class_names))]
+        if len(bad):
+            raise ValueError(
+                f"class_names: {len(class_names)} names but an instance has class "
+                f"index {bad[0]}"
+            )
+        names = [str(class_names[c]) for c in class_index]
+    else:
+        names = [""] * len(instances)
+    scores = np.array([float(inst.score) for inst in instances], dtype=np.float64)
+    for i in np.argsort(-scores, kind="stable"):
+        mask = np.asarray(instances[i].mask, dtype=bool)
+        if mask.shape != shape:
+            raise ValueError(
+                f"instance {i}: mask shape {mask.shape} does not match shape {shape}"
+            )
+        labels[mask & (labels == 0)] = i + 1
     table = {
-        "label": np.array([label for label, _ in rows], dtype=np.int64),
-        "class_index": np.array([inst.class_index for _, inst in rows], dtype=np.int64),
-        "class_name": np.array([names[inst.class_index] if names else "" for _, inst in rows], dtype=object),
-        "score": np.array([inst.score for _, inst in rows], dtype=np.float64),
-        "peak": np.array([inst.peak for _, inst in rows], dtype=np.int64),
+        "label": np.arange(1, len(instances) + 1, dtype=np.int64),
+        "class_index": class_index,
+        "class_name": np.array(names, dtype=str),
+        "score": scores,
+        "peak": np.array([int(inst.peak) for inst in instances], dtype=np.int64),
     }
     return labels, table

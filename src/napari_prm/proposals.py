@@ -1,0 +1,737 @@
+"""Segment proposals: where the candidate masks of instance retrieval come from.
+
+A proposal source is any function ``image -> (N, H, W) bool`` ranked best first.
+This module provides a training-free generator (hierarchical grouping of
+superpixels), PRM-guided proposals, loaders for given proposals and
+:func:`make_proposals`, which turns any of these descriptions into a stack.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as coco_mask
+from scipy import ndimage as ndi
+from skimage import color, exposure, filters, io, segmentation, transform
+
+__all__ = [
+    "default_proposals",
+    "prm_guided_proposals",
+    "load_proposals",
+    "proposals_from_labels",
+    "proposals_from_masks",
+    "combine_proposals",
+    "make_proposals",
+]
+
+# Masks are compared on a grid of at most this many points when deduplicating
+# given stacks, and of a quarter of that for the generator's own candidates.
+_DEDUPE_PIXELS = 16384
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float64 in [0, 1] from a gray, RGB or RGBA image of any dtype."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = image[..., :3]
+    elif image.ndim != 2:
+        raise ValueError(
+            f"image: expected (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA, got shape {image.shape}"
+        )
+    if image.dtype == np.uint8:
+        rgb = image / 255.0
+    elif image.dtype == bool:
+        rgb = image.astype(np.float64)
+    else:
+        # Microscopy and float images rarely use their dtype's full range.
+        values = np.nan_to_num(image.astype(np.float64))
+        low, high = np.percentile(values, (0.5, 99.5))
+        if high <= low:
+            low, high = values.min(), values.max()
+        rgb = exposure.rescale_intensity(values, in_range=(low, max(high, low + 1e-12)), out_range=(0.0, 1.0))
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=-1)
+    return rgb
+
+
+def _image_shape(image: np.ndarray) -> tuple[int, int]:
+    shape = np.shape(image)
+    if len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4)):
+        return int(shape[0]), int(shape[1])
+    raise ValueError(
+        f"image: expected (H, W), (H, W, 3) or (H, W, 4), got shape {tuple(shape)}"
+    )
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def _region_features(superpixels: np.ndarray, colour: np.ndarray, bins: int):
+    """Size, colour histogram (L1-normalised) and bounding box of each superpixel."""
+    n = int(superpixels.max()) + 1
+    flat = superpixels.ravel()
+    size = np.bincount(flat, minlength=n).astype(np.float64)
+    hists = []
+    for channel in range(colour.shape[-1]):
+        values = colour[..., channel].ravel()
+        low, high = values.min(), values.max()
+        index = ((values - low) / max(high - low, 1e-12) * bins).astype(np.int64).clip(0, bins - 1)
+        hists.append(np.bincount(flat * bins + index, minlength=n * bins).reshape(n, bins))
+    hist = np.concatenate(hists, axis=1) / (colour.shape[-1] * size[:, None])
+    boxes = ndi.find_objects(superpixels + 1)
+    bbox = np.array([[b[0].start, b[1].start, b[0].stop, b[1].stop] for b in boxes], float)
+    return size, hist, bbox
+
+
+def _adjacency(superpixels: np.ndarray, edges: np.ndarray):
+    """Adjacent superpixel pairs (4-connectivity) with the edge strength summed and
+    counted along their shared boundary."""
+    pairs_a = np.concatenate([superpixels[:, :-1].ravel(), superpixels[:-1, :].ravel()])
+    pairs_b = np.concatenate([superpixels[:, 1:].ravel(), superpixels[1:, :].ravel()])
+    strength = np.concatenate(
+        [
+            np.maximum(edges[:, :-1], edges[:, 1:]).ravel(),
+            np.maximum(edges[:-1, :], edges[1:, :]).ravel(),
+        ]
+    )
+    cross = pairs_a != pairs_b
+    low = np.minimum(pairs_a[cross], pairs_b[cross]).astype(np.int64)
+    high = np.maximum(pairs_a[cross], pairs_b[cross]).astype(np.int64)
+    n = int(superpixels.max()) + 1
+    keys, inverse = np.unique(low * n + high, return_inverse=True)
+    return keys // n, keys % n, np.bincount(inverse, weights=strength[cross]), np.bincount(inverse).astype(float)
+
+
+def _group(size, hist, bbox, adjacency, image_area: float):
+    """Greedy hierarchical grouping of adjacent regions, most similar pair first.
+
+    The dissimilarity of two regions is the mean edge strength along their
+    shared boundary, plus one minus their colour-histogram intersection, plus
+    the area of their joint bounding box as a fraction of the image (selective
+    search's size and fill terms, which add up to it), so small and compact
+    pairs merge first.
+
+    Returns the (R, n) superpixel membership of every region of the hierarchy
+    (the n superpixels first, then one region per merge) and, per region, the
+    dissimilarity at which it was merged into a larger one (inf for the root).
+    """
+    n = len(size)
+    total = 2 * n - 1
+    sizes = np.zeros(total)
+    sizes[:n] = size
+    hists = np.zeros((total, hist.shape[1]))
+    hists[:n] = hist
+    boxes = np.zeros((total, 4))
+    boxes[:n] = bbox
+    alive = np.zeros(total, bool)
+    alive[:n] = True
+    children = np.full((total, 2), -1)
+    death = np.full(total, np.inf)
+    neighbours: list[dict | None] = [dict() for _ in range(total)]
+    first, second, boundary_sum, boundary_count = adjacency
+    for a, b, s, c in zip(first.tolist(), second.tolist(), boundary_sum.tolist(), boundary_count.tolist()):
+        neighbours[a][b] = [s, c]
+        neighbours[b][a] = [s, c]
+
+    def dissimilarity(region, others, sums, counts):
+        corner_low = np.minimum(boxes[region, :2], boxes[others, :2])
+        corner_high = np.maximum(boxes[region, 2:], boxes[others, 2:])
+        box_area = np.prod(corner_high - corner_low, axis=-1)
+        colour = np.minimum(hists[region], hists[others]).sum(axis=-1)
+        return sums / counts + (1.0 - colour) + box_area / image_area
+
+    weights = dissimilarity(first, second, boundary_sum, boundary_count)
+    heap = list(zip(weights.tolist(), first.tolist(), second.tolist()))
+    heapq.heapify(heap)
+    next_region = n
+    while heap:
+        weight, a, b = heapq.heappop(heap)
+        if not (alive[a] and alive[b]):
+            continue
+        merged = next_region
+        next_region += 1
+        alive[[a, b]] = False
+        alive[merged] = True
+        children[merged] = (a, b)
+        death[[a, b]] = weight
+        sizes[merged] = sizes[a] + sizes[b]
+        hists[merged] = (hists[a] * sizes[a] + hists[b] * sizes[b]) / sizes[merged]
+        boxes[merged, :2] = np.minimum(boxes[a, :2], boxes[b, :2])
+        boxes[merged, 2:] = np.maximum(boxes[a, 2:], boxes[b, 2:])
+        joined: dict = {}
+        for old in (a, b):
+            for other, (s, c) in neighbours[old].items():
+                if other in (a, b):
+                    continue
+                if other in joined:
+                    joined[other][0] += s
+                    joined[other][1] += c
+                else:
+                    joined[other] = [s, c]
+                del neighbours[other][old]
+            neighbours[old] = None
+        neighbours[merged] = joined
+        if joined:
+            others = np.fromiter(joined.keys(), np.int64, len(joined))
+            stats = np.array(list(joined.values()))
+            weights = dissimilarity(merged, others, stats[:, 0], stats[:, 1])
+            for other, w, stat in zip(others.tolist(), weights.tolist(), stats.tolist()):
+                neighbours[other][merged] = stat
+                heapq.heappush(heap, (w, merged, other))
+    membership = np.zeros((next_region, n), bool)
+    membership[np.arange(n), np.arange(n)] = True
+    for region in range(n, next_region):
+        membership[region] = membership[children[region, 0]] | membership[children[region, 1]]
+    return membership, death[:next_region]
+
+
+def _dedupe(flat: np.ndarray, order: np.ndarray, threshold: float, limit: int) -> np.ndarray:
+    """Walk `order` and keep each mask unless its IoU with a kept one is >= threshold.
+
+    `flat` is an (M, P) bool or float array of masks; returns at most `limit`
+    indices into it, in `order`'s order. Masks empty on this grid are never
+    called duplicates.
+    """
+    flat = flat.astype(np.float32, copy=False)
+    area = flat.sum(axis=1)
+    kept: list[int] = []
+    chunk = 256
+    for start in range(0, len(order), chunk):
+        if len(kept) >= limit:
+            break
+        batch = np.asarray(order[start : start + chunk])
+        masks = flat[batch]
+        inter_kept = masks @ flat[kept].T
+        iou_kept = inter_kept / np.maximum(area[batch, None] + area[None, kept] - inter_kept, 1e-9)
+        inter_batch = masks @ masks.T
+        iou_batch = inter_batch / np.maximum(area[batch, None] + area[None, batch] - inter_batch, 1e-9)
+        duplicate = (iou_kept >= threshold).any(axis=1)
+        accepted: list[int] = []
+        for row in range(len(batch)):
+            if duplicate[row] or (accepted and (iou_batch[row, accepted] >= threshold).any()):
+                continue
+            accepted.append(row)
+            if len(kept) + len(accepted) >= limit:
+                break
+        kept += batch[accepted].tolist()
+    return np.asarray(kept, dtype=np.int64)
+
+
+def _grid_step(shape: tuple[int, int], pixels: int) -> int:
+    return max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / pixels))))
+
+
+def _upsample_index(small: int, large: int) -> np.ndarray:
+    """Nearest-neighbour source row (or column) for each of `large` output pixels."""
+    return np.minimum(((np.arange(large) + 0.5) * small / large).astype(np.int64), small - 1)
+
+
+def default_proposals(
+    image: np.ndarray,
+    *,
+    max_proposals: int = 300,
+    working_size: int = 320,
+    scales: tuple[float, ...] = (100, 300),
+    colour_spaces: tuple[str, ...] = ("lab", "hsv"),
+    area_range: tuple[float, float] = (0.002, 0.85),
+    iou_threshold: float = 0.85,
+) -> np.ndarray:
+    """Training-free segment proposals by hierarchical grouping of superpixels.
+
+    Parameters
+    ----------
+    image : (H, W), (H, W, 3) or (H, W, 4) ndarray
+        Gray, RGB or RGBA image of any dtype (uint8 is read as 0..255, other
+        dtypes are stretched between their 0.5 and 99.5 percentiles).
+    max_proposals : int, optional
+        Most proposals returned.
+    working_size : int, optional
+        The image is shrunk so that its long side is this many pixels (never
+        enlarged) before segmenting; masks are scaled back to (H, W).
+    scales : tuple of float, optional
+        Felzenszwalb scale parameters (for a 500-pixel image; scaled with the
+        working size); each scale and colour space gives one hierarchy.
+    colour_spaces : tuple of str, optional
+        Colour spaces to segment in, from "lab", "hsv" and "rgb".
+    area_range : (float, float), optional
+        Kept region areas as fractions of the image: ``low <= area < high``.
+    iou_threshold : float, optional
+        A region whose IoU with a better-ranked one is at least this is dropped.
+
+    Returns
+    -------
+    proposals : (N, H, W) bool ndarray
+        N <= max_proposals masks, ranked best first.
+
+    Notes
+    -----
+    Each hierarchy starts from a Felzenszwalb-Huttenlocher over-segmentation and
+    greedily merges the most similar adjacent pair of regions until one is left
+    (selective search, Uijlings et al. 2013, with a boundary-strength term), so
+    every merge is a candidate. Regions are ranked by the dissimilarity at which
+    the hierarchy absorbs them into a larger region: a region that stays apart
+    from its surroundings until late is distinct from them. Near-duplicates
+    across hierarchies are dropped.
+    """
+    height, width = _image_shape(image)
+    rgb = _as_rgb(image)
+    if int(max_proposals) < 1:
+        raise ValueError(f"max_proposals: expected a positive integer, got {max_proposals}")
+    unknown = set(colour_spaces) - {"lab", "hsv", "rgb"}
+    if unknown or not colour_spaces:
+        raise ValueError(f"colour_spaces: expected some of 'lab', 'hsv', 'rgb', got {colour_spaces}")
+    factor = min(1.0, working_size / max(height, width))
+    small_shape = (max(1, round(height * factor)), max(1, round(width * factor)))
+    small = transform.resize(rgb, small_shape, anti_aliasing=factor < 1) if factor < 1 else rgb
+    lab = color.rgb2lab(small)
+    edges = sum(filters.sobel(lab[..., c]) for c in range(3))
+    # Scale-free boundary term: mean edge strength 0.1 in every image.
+    edges = edges * (0.1 / max(edges.mean(), 1e-12))
+    spaces = {"lab": lab, "hsv": color.rgb2hsv(small), "rgb": small}
+    resolution = max(small_shape) / 500
+    step = _grid_step(small_shape, _DEDUPE_PIXELS // 4)
+
+    segmentations, candidates, scores, grids = [], [], [], []
+    for space in colour_spaces:
+        for scale in scales:
+            superpixels = segmentation.felzenszwalb(
+                spaces[space],
+                scale=scale * resolution,
+                sigma=0.8,
+                min_size=int(scale / 4 * resolution**2) + 5,
+                channel_axis=-1,
+            )
+            size, hist, bbox = _region_features(superpixels, spaces[space], bins=16)
+            membership, death = _group(size, hist, bbox, _adjacency(superpixels, edges), superpixels.size)
+            fraction = membership @ size / superpixels.size
+            keep = (fraction >= area_range[0]) & (fraction < area_range[1])
+            segmentations.append(superpixels)
+            candidates.append((len(segmentations) - 1, membership[keep]))
+            scores.append(death[keep])
+            grids.append(membership[keep][:, superpixels[::step, ::step]])
+    if not sum(len(s) for s in scores):
+        return np.zeros((0, height, width), bool)
+    flat = np.concatenate([g.reshape(len(g), -1) for g in grids])
+    score = np.concatenate(scores)
+    selected = _dedupe(flat, np.argsort(-score, kind="stable"), iou_threshold, int(max_proposals))
+
+    owners = np.concatenate([np.full(len(m), i) for i, m in candidates])
+    rows = np.concatenate([np.arange(len(m)) for _, m in candidates])
+    out = np.empty((len(selected), height, width), bool)
+    row_index = _upsample_index(small_shape[0], height)
+    col_index = _upsample_index(small_shape[1], width)
+    for hierarchy, superpixels in enumerate(segmentations):
+        picked = np.flatnonzero(owners[selected] == hierarchy)
+        if len(picked):
+            full = superpixels[row_index][:, col_index]
+            out[picked] = candidates[hierarchy][1][rows[selected[picked]]][:, full]
+    return out
+
+
+# ------------------------------------------------------------------ PRM-guided
+
+
+def prm_guided_proposals(
+    image: np.ndarray,
+    prms: np.ndarray,
+    *,
+    thresholds: tuple[float, ...] = (0.3, 0.15, 0.5, 0.08),
+    smoothing: float = 0.01,
+    snap_fraction: float = 0.5,
+    working_size: int = 320,
+    iou_threshold: float = 0.9,
+) -> np.ndarray:
+    """Proposals shaped like what each peak response map sees.
+
+    Parameters
+    ----------
+    image : (H, W), (H, W, 3) or (H, W, 4) ndarray
+        The image the PRMs belong to (used to find superpixels).
+    prms : (K, H, W) float ndarray
+        Peak response maps at the image's size.
+    thresholds : tuple of float, optional
+        Relative levels (fractions of each smoothed PRM's maximum), in the
+        order their proposals are ranked.
+    smoothing : float, optional
+        Gaussian sigma applied to each PRM, as a fraction of sqrt(H * W); PRMs
+        are sparse and need joining into blobs.
+    snap_fraction : float, optional
+        A superpixel joins a region when at least this fraction of it is inside.
+    working_size : int, optional
+        Long side (pixels) of the image the superpixels are computed on.
+    iou_threshold : float, optional
+        Proposals with IoU at least this with a better-ranked one are dropped.
+
+    Returns
+    -------
+    proposals : (N, H, W) bool ndarray
+        Ranked threshold by threshold (every peak's region at the first level,
+        then at the second, ...), deduplicated.
+
+    Notes
+    -----
+    For each PRM and level, the connected region of the smoothed PRM above the
+    level that holds most of the response is filled and snapped to
+    Felzenszwalb superpixels; when snapping empties it, the raw region is kept.
+    """
+    height, width = _image_shape(image)
+    prms = np.asarray(prms, dtype=np.float64)
+    if prms.ndim != 3 or prms.shape[1:] != (height, width):
+        raise ValueError(
+            f"prms: expected a (K, {height}, {width}) array matching the image, got {prms.shape}"
+        )
+    if not thresholds or not all(0 < t < 1 for t in thresholds):
+        raise ValueError(f"thresholds: expected fractions in (0, 1), got {thresholds}")
+    superpixels = _superpixels_full(_as_rgb(image), working_size)
+    sp_size = np.bincount(superpixels.ravel())
+    sigma = smoothing * np.sqrt(height * width)
+    regions: list[list[np.ndarray]] = [[] for _ in thresholds]
+    for prm in prms:
+        smooth = ndi.gaussian_filter(prm, sigma) if sigma > 0 else prm
+        peak = smooth.max()
+        if not peak > 0:
+            continue
+        for level, threshold in enumerate(thresholds):
+            components, count = ndi.label(smooth >= threshold * peak)
+            mass = ndi.sum(smooth, components, np.arange(1, count + 1))
+            region = ndi.binary_fill_holes(components == 1 + int(np.argmax(mass)))
+            inside = np.bincount(superpixels[region], minlength=len(sp_size))
+            snapped = (inside >= snap_fraction * sp_size)[superpixels]
+            regions[level].append(snapped if snapped.any() else region)
+    ordered = [mask for level in regions for mask in level]
+    if not ordered:
+        return np.zeros((0, height, width), bool)
+    return combine_proposals(np.stack(ordered), iou_threshold=iou_threshold)
+
+
+def _superpixels_full(rgb: np.ndarray, working_size: int, scale: float = 100) -> np.ndarray:
+    """Felzenszwalb superpixels computed at a working size, scaled back to (H, W)."""
+    height, width = rgb.shape[:2]
+    factor = min(1.0, working_size / max(height, width))
+    shape = (max(1, round(height * factor)), max(1, round(width * factor)))
+    small = transform.resize(rgb, shape, anti_aliasing=factor < 1) if factor < 1 else rgb
+    resolution = max(shape) / 500
+    labels = segmentation.felzenszwalb(
+        small, scale=scale * resolution, sigma=0.8, min_size=int(scale / 4 * resolution**2) + 5,
+        channel_axis=-1,
+    )
+    return labels[_upsample_index(shape[0], height)][:, _upsample_index(shape[1], width)]
+
+
+# ------------------------------------------------------------ given proposals
+
+
+def _decode_release(items: list, shape) -> np.ndarray:
+    """The original PRM release's format: base64 little-endian uint32 (start, length)
+    pairs, starts 1-based in the row-major flattened mask."""
+    sizes = {tuple(int(s) for s in item["shape"]) for item in items}
+    if len(sizes) != 1:
+        raise ValueError(f"proposal file: masks of different shapes {sorted(sizes)}")
+    height, width = sizes.pop()
+    total = height * width
+    rles = []
+    for number, item in enumerate(items):
+        runs = np.frombuffer(base64.b64decode(item["data"]), dtype="<u4").astype(np.int64)
+        starts, lengths = runs[0::2] - 1, runs[1::2]
+        ends = starts + lengths
+        if (
+            len(runs) % 2
+            or (len(runs) and (starts[0] < 0 or ends[-1] > total))
+            or np.any(starts[1:] < ends[:-1])
+        ):
+            raise ValueError(
+                f"proposal {number}: corrupt runs (expected increasing, non-overlapping "
+                f"(start, length) pairs within {height}x{width})"
+            )
+        # Row-major runs of an H x W mask are COCO's column-major runs of its W x H transpose.
+        counts = np.empty(2 * len(starts) + 1, np.int64)
+        counts[0:-1:2] = starts - np.concatenate([[0], ends[:-1]])
+        counts[1::2] = lengths
+        counts[-1] = total - (ends[-1] if len(ends) else 0)
+        rles.append({"size": [width, height], "counts": counts.tolist()})
+    masks = _decode_rles(coco_mask.frPyObjects(rles, width, height), width, height)
+    return np.ascontiguousarray(masks.transpose(0, 2, 1))
+
+
+def _decode_rles(rles: list, height: int, width: int) -> np.ndarray:
+    if not rles:
+        return np.zeros((0, height, width), bool)
+    return np.ascontiguousarray(coco_mask.decode(rles).transpose(2, 0, 1)).astype(bool)
+
+
+def _decode_coco(data, image_id) -> np.ndarray:
+    """COCO dataset (``annotations`` + ``images``) or results list; RLE or polygons."""
+    if isinstance(data, dict):
+        annotations = data.get("annotations", [])
+        sizes = {im["id"]: (im["height"], im["width"]) for im in data.get("images", [])}
+    else:
+        annotations, sizes = data, {}
+    ids = sorted({a.get("image_id") for a in annotations}, key=str)
+    if image_id is None and len(ids) > 1:
+        raise ValueError(
+            f"proposal file: annotations of {len(ids)} images; pass image_id= to choose one"
+        )
+    if image_id is not None:
+        annotations = [a for a in annotations if a.get("image_id") == image_id]
+        if not annotations:
+            raise ValueError(f"proposal file: no annotations for image_id {image_id!r}")
+    if annotations and all("score" in a for a in annotations):
+        annotations = sorted(annotations, key=lambda a: -float(a["score"]))
+    rles = []
+    shape = None
+    for a in annotations:
+        segm = a["segmentation"]
+        size = sizes.get(a.get("image_id"))
+        if isinstance(segm, dict):
+            size = tuple(segm["size"])
+            if isinstance(segm["counts"], list):
+                segm = coco_mask.frPyObjects(segm, *size)
+            elif isinstance(segm["counts"], str):
+                segm = {"size": list(size), "counts": segm["counts"].encode()}
+        else:
+            if size is None:
+                raise ValueError(
+                    "proposal file: polygon segmentation without an image size "
+                    "(needs an 'images' entry)"
+                )
+            segm = coco_mask.merge(coco_mask.frPyObjects(segm, *size))
+        if shape is not None and size != shape:
+            raise ValueError(f"proposal file: masks of different shapes {shape} and {size}")
+        shape = size
+        rles.append(segm)
+    if shape is None:
+        return np.zeros((0, 0, 0), bool)
+    return _decode_rles(rles, *shape)
+
+
+def load_proposals(
+    path: str | Path, shape: tuple[int, int] | None = None, *, image_id=None
+) -> np.ndarray:
+    """Read ranked proposals from a file.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.json``: the original PRM release's format (a list of
+        ``{"data", "shape"}`` run-length masks), a COCO dataset (``annotations``
+        with RLE or polygon ``segmentation`` and ``images`` for their sizes) or a
+        COCO results list (ranked by ``score`` when every entry has one, else in
+        file order). ``.npy`` / ``.npz`` (its first array) / ``.tif`` / ``.png``:
+        an (N, H, W) mask stack or an (H, W) label image.
+    shape : (int, int), optional
+        Expected (H, W); a file of another size raises ValueError.
+    image_id : optional
+        Which image's annotations to use when a COCO file holds several.
+
+    Returns
+    -------
+    proposals : (N, H, W) bool ndarray
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"proposal file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        with open(path) as handle:
+            data = json.load(handle)
+        if isinstance(data, list) and data and isinstance(data[0], dict) and "data" in data[0]:
+            masks = _decode_release(data, shape)
+        elif isinstance(data, (list, dict)):
+            masks = _decode_coco(data, image_id)
+        else:
+            raise ValueError(f"{path}: not a proposal list or a COCO annotation file")
+    elif suffix == ".npy":
+        masks = _as_stack(np.load(path), str(path))
+    elif suffix == ".npz":
+        with np.load(path) as archive:
+            if not archive.files:
+                raise ValueError(f"{path}: no arrays inside")
+            masks = _as_stack(archive[archive.files[0]], str(path))
+    elif suffix in (".tif", ".tiff", ".png"):
+        masks = _as_stack(io.imread(path), str(path))
+    else:
+        raise ValueError(
+            f"{path}: unknown proposal file type {suffix!r} (expected .json, .npy, .npz, .tif or .png)"
+        )
+    if len(masks) == 0:
+        raise ValueError(f"{path}: holds no proposals")
+    if shape is not None and masks.shape[1:] != tuple(shape):
+        raise ValueError(
+            f"{path}: proposals are {masks.shape[1]}x{masks.shape[2]}, expected {shape[0]}x{shape[1]}"
+        )
+    return masks
+
+
+def _as_stack(array: np.ndarray, what: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim == 3:
+        return proposals_from_masks(array)
+    if array.ndim == 2:
+        return proposals_from_labels(array)
+    raise ValueError(f"{what}: expected an (N, H, W) mask stack or an (H, W) label image, got shape {array.shape}")
+
+
+def proposals_from_labels(label_image) -> np.ndarray:
+    """One proposal per label of a label image (a napari Labels layer's data).
+
+    Parameters
+    ----------
+    label_image : (H, W) integer array-like, or an object with such a ``.data``
+        0 is background; labels become proposals in increasing label order.
+
+    Returns
+    -------
+    proposals : (L, H, W) bool ndarray
+    """
+    if not isinstance(label_image, np.ndarray) and hasattr(label_image, "data"):
+        label_image = label_image.data
+    labels = np.asarray(label_image)
+    if labels.ndim != 2:
+        raise ValueError(f"label image: expected (H, W), got shape {labels.shape}")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ValueError(f"label image: expected integer labels, got dtype {labels.dtype}")
+    values = np.unique(labels)
+    values = values[values != 0]
+    if values.size and values.min() < 0:
+        raise ValueError("label image: negative labels")
+    return labels[None] == values[:, None, None]
+
+
+def proposals_from_masks(stack) -> np.ndarray:
+    """An (N, H, W) stack (or a sequence of (H, W) masks) as bool proposals, order kept."""
+    masks = np.asarray(stack)
+    if masks.ndim != 3:
+        raise ValueError(f"mask stack: expected (N, H, W), got shape {masks.shape}")
+    return masks if masks.dtype == bool else masks != 0
+
+
+def combine_proposals(
+    *stacks: np.ndarray,
+    iou_threshold: float = 0.9,
+    order: str = "interleave",
+    max_proposals: int | None = None,
+) -> np.ndarray:
+    """Union of proposal stacks, near-duplicates removed.
+
+    Parameters
+    ----------
+    *stacks : (N_i, H, W) bool ndarray
+        Ranked stacks of the same (H, W).
+    iou_threshold : float, optional
+        A proposal whose IoU with an earlier kept one is at least this is dropped.
+    order : {"interleave", "concatenate"}, optional
+        "interleave" takes the first of every stack, then the second, ..., so
+        each source reaches the top of the ranking; "concatenate" keeps stack order.
+    max_proposals : int, optional
+        Cap on the number returned.
+
+    Returns
+    -------
+    proposals : (N, H, W) bool ndarray
+
+    Notes
+    -----
+    Identical masks are always merged; other overlaps are measured on a grid of
+    at most 16384 points, so masks too small to hit it are only merged when identical.
+    """
+    if not stacks:
+        raise ValueError("combine_proposals: expected at least one stack")
+    stacks = [proposals_from_masks(s) for s in stacks]
+    shapes = {s.shape[1:] for s in stacks}
+    if len(shapes) != 1:
+        raise ValueError(f"combine_proposals: stacks of different sizes {sorted(shapes)}")
+    if order not in ("interleave", "concatenate"):
+        raise ValueError(f"order: expected 'interleave' or 'concatenate', got {order!r}")
+    masks = np.concatenate(stacks)
+    if order == "interleave":
+        rank = np.concatenate([np.arange(len(s)) for s in stacks])
+        masks = masks[np.argsort(rank, kind="stable")]
+    seen, unique = set(), []
+    for index, mask in enumerate(masks):
+        key = np.packbits(mask).tobytes()
+        if key not in seen:
+            seen.add(key)
+            unique.append(index)
+    masks = masks[unique]
+    step = _grid_step(masks.shape[1:], _DEDUPE_PIXELS)
+    grid = masks[:, ::step, ::step].reshape(len(masks), -1)
+    limit = len(masks) if max_proposals is None else int(max_proposals)
+    return masks[_dedupe(grid, np.arange(len(masks)), iou_threshold, limit)]
+
+
+# ------------------------------------------------------------------ dispatch
+
+
+def make_proposals(
+    source, image: np.ndarray, prms: np.ndarray | None = None
+) -> np.ndarray:
+    """Turn any description of proposals into an (N, H, W) bool stack for `image`.
+
+    Parameters
+    ----------
+    source : str, Path, ndarray or callable
+        ``"default"`` / ``"builtin"`` (:func:`default_proposals`), ``"prm"``
+        (:func:`prm_guided_proposals`, needs `prms`), several joined by ``"+"``
+        (combined with :func:`combine_proposals`), a proposal file
+        (:func:`load_proposals`), an (N, H, W) mask stack, an (H, W) integer label
+        image, an object with such a ``.data`` (a napari Labels layer), or a
+        callable ``image -> (N, H, W) bool``.
+    image : (H, W), (H, W, 3) or (H, W, 4) ndarray
+        The image the proposals are for.
+    prms : (K, H, W) ndarray, optional
+        Peak response maps, for ``"prm"``.
+
+    Returns
+    -------
+    proposals : (N, H, W) bool ndarray, ranked best first
+    """
+    shape = _image_shape(image)
+    if isinstance(source, str) and not Path(source).is_file():
+        parts = [p.strip().lower() for p in source.split("+")]
+        stacks = []
+        for part in parts:
+            if part in ("default", "builtin"):
+                stacks.append(default_proposals(image))
+            elif part == "prm":
+                if prms is None:
+                    raise ValueError("proposals 'prm' need the peak response maps (prms=)")
+                stacks.append(prm_guided_proposals(image, prms))
+            else:
+                raise ValueError(
+                    f"proposals: unknown source {part!r} in {source!r} (expected 'default', "
+                    "'builtin', 'prm', a combination like 'default+prm', or an existing file)"
+                )
+        return stacks[0] if len(stacks) == 1 else combine_proposals(*stacks)
+    if isinstance(source, (str, Path)):
+        return load_proposals(source, shape)
+    if callable(source) and not hasattr(source, "shape"):
+        masks = np.asarray(source(image))
+        what = "proposal function output"
+    else:
+        if not isinstance(source, np.ndarray) and hasattr(source, "data"):
+            source = source.data
+        masks = np.asarray(source)
+        what = "proposals"
+    if masks.ndim == 3:
+        masks = proposals_from_masks(masks)
+    elif masks.ndim == 2 and (np.issubdtype(masks.dtype, np.integer) or masks.dtype == bool):
+        masks = proposals_from_labels(masks)
+    else:
+        raise ValueError(
+            f"{what}: expected an (N, H, W) mask stack or an (H, W) integer label image, "
+            f"got shape {masks.shape} of dtype {masks.dtype}"
+        )
+    if masks.shape[1:] != shape:
+        raise ValueError(
+            f"{what}: masks are {masks.shape[1]}x{masks.shape[2]}, the image is {shape[0]}x{shape[1]}"
+        )
+    if len(masks) == 0:
+        raise ValueError(f"{what}: no proposals (empty stack or label image without labels)")
+    return masks
