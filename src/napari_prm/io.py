@@ -121,6 +121,18 @@ def atomic_writes(paths: Sequence[str | os.PathLike], *,
 
 
 # --------------------------------------------------------------------------- images
+def _imread(path: Path, what: str) -> np.ndarray:
+    """TIFF through tifffile, other formats through imageio; a ValueError naming the file on failure."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return tifffile.imread(path)
+        import imageio.v3 as iio
+
+        return iio.imread(path)
+    except Exception as error:  # the readers raise many types for a broken file
+        raise ValueError(f"cannot read {what} {path}: {error}") from error
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a PNG, JPEG or TIFF (8- or 16-bit, gray, RGB or RGBA) as a numpy array.
 
@@ -141,15 +153,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     grayscale PNGs exactly but reduces 16-bit colour PNGs to 8 bits per channel.
     """
     path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            image = tifffile.imread(path)
-        else:
-            import imageio.v3 as iio
-
-            image = iio.imread(path)
-    except Exception as error:  # the readers raise many types for a broken file
-        raise ValueError(f"cannot read image {path}: {error}") from error
+    image = _imread(path, "image")
     image = np.asarray(image)
     if image.ndim > 2:
         image = image.reshape([n for n in image.shape[:-2] if n != 1] + list(image.shape[-2:]))
@@ -232,15 +236,7 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
         Naming the file, when it cannot be read or does not hold integer labels.
     """
     path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            labels = tifffile.imread(path)
-        else:
-            import imageio.v3 as iio
-
-            labels = iio.imread(path)
-    except Exception as error:
-        raise ValueError(f"cannot read label image {path}: {error}") from error
+    labels = _imread(path, "label image")
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer) or labels.ndim < 2:
         raise ValueError(f"{path} is not a label image: expected integers with at least "
