@@ -4,7 +4,9 @@ For every ground-truth instance (crowd regions left out) the best IoU among an
 image's proposals is taken; the table gives the mean best overlap (ABO) and the
 recall at IoU 0.5 for small (< 32² px) and medium + large (>= 32² px)
 instances, the mean number of proposals and the seconds per image spent making
-them.
+them. The "prm" sources need peak response maps: they take those of the
+built-in ImageNet model for its three best-scoring classes (used class-agnostically;
+the model's time is left out of the figures).
 
     PYTHONPATH=src python benchmarks/proposal_recall.py [--images 100] [--sources default lab-only]
 """
@@ -18,15 +20,55 @@ from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
+from scipy import sparse
 from skimage import io
 
-from napari_prm.proposals import default_proposals
+from napari_prm.proposals import combine_proposals, default_proposals, prm_guided_proposals
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128"
 SMALL = 32**2
 
+_MODEL = {}
+
+
+def _imagenet_prms(image: np.ndarray, top: int = 3) -> np.ndarray:
+    """PRMs of all peaks of the built-in ImageNet model's `top` best-scoring classes.
+
+    Its labels are not COCO's; only the maps' shapes matter here.
+    """
+    from napari_prm import load_model, predict
+
+    if "imagenet" not in _MODEL:
+        _MODEL["imagenet"] = load_model("imagenet")
+    model = _MODEL["imagenet"]
+    scores = predict(image, model, proposals=None, class_threshold=np.inf).scores
+    best = [int(c) for c in np.argsort(-scores)[:top]]
+    return predict(image, model, proposals=None, classes=best, class_threshold=-np.inf).prms
+
+
+def _with_prms(make):
+    """A source needing PRMs; the model's time is left out of the source's."""
+
+    def source(image):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        prms = _imagenet_prms(image)
+        excluded = (time.perf_counter() - start, time.process_time() - start_cpu)
+        return make(image, prms), excluded
+
+    return source
+
+
 SOURCES = {
     "default": ("`default_proposals(image)`", lambda image: default_proposals(image)),
+    "prm": (
+        "`prm_guided_proposals(image, prms)`, ImageNet-model PRMs",
+        _with_prms(lambda image, prms: prm_guided_proposals(image, prms)),
+    ),
+    "default+prm": (
+        "`combine_proposals(default, prm)` (interleaved), ImageNet-model PRMs",
+        _with_prms(lambda image, prms: combine_proposals(default_proposals(image),
+                                                         prm_guided_proposals(image, prms))),
+    ),
     "lab-only": (
         "`default_proposals(image, colour_spaces=('lab',))`",
         lambda image: default_proposals(image, colour_spaces=("lab",)),
@@ -40,12 +82,14 @@ SOURCES = {
 
 def overlaps(truth: np.ndarray, proposals: np.ndarray, chunk: int = 100) -> np.ndarray:
     """(G, N) IoU of each (G, H, W) ground-truth mask with each (N, H, W) proposal."""
-    flat_truth = truth.reshape(len(truth), -1).astype(np.float32)
-    truth_area = flat_truth.sum(axis=1)
+    # Sparse products: multithreaded BLAS is erratic on such long, thin matrices.
+    truth_columns = np.ascontiguousarray(truth.reshape(len(truth), -1).T, dtype=np.float32)
+    truth_area = truth_columns.sum(axis=0)
     out = np.zeros((len(truth), len(proposals)))
     for start in range(0, len(proposals), chunk):
-        flat = proposals[start : start + chunk].reshape(-1, flat_truth.shape[1]).astype(np.float32)
-        inter = flat_truth @ flat.T
+        flat = sparse.csr_array(proposals[start : start + chunk].reshape(-1, len(truth_columns)),
+                                dtype=np.float32)
+        inter = (flat @ truth_columns).T
         union = truth_area[:, None] + flat.sum(axis=1)[None, :] - inter
         out[:, start : start + chunk] = inter / np.maximum(union, 1)
     return out
@@ -63,8 +107,11 @@ def evaluate(source, coco: COCO, image_ids: list[int], first: int | None = None)
         truth = np.stack([coco.annToMask(a).astype(bool) for a in annotations])
         start, start_cpu = time.perf_counter(), time.process_time()
         proposals = source(image)
-        seconds.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
+        excluded = (0.0, 0.0)
+        if isinstance(proposals, tuple):
+            proposals, excluded = proposals
+        seconds.append(time.perf_counter() - start - excluded[0])
+        cpu.append(time.process_time() - start_cpu - excluded[1])
         counts.append(len(proposals))
         iou = overlaps(truth, proposals)
         best.append(iou.max(axis=1, initial=0.0))

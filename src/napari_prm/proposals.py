@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as coco_mask
 from scipy import ndimage as ndi
+from scipy import sparse
 from skimage import color, exposure, filters, io, segmentation, transform
 
 __all__ = [
@@ -195,22 +196,23 @@ def _group(size, hist, bbox, adjacency, image_area: float):
 def _dedupe(flat: np.ndarray, order: np.ndarray, threshold: float, limit: int) -> np.ndarray:
     """Walk `order` and keep each mask unless its IoU with a kept one is >= threshold.
 
-    `flat` is an (M, P) bool or float array of masks; returns at most `limit`
-    indices into it, in `order`'s order. Masks empty on this grid are never
-    called duplicates.
+    `flat` is an (M, P) bool array of masks; returns at most `limit` indices
+    into it, in `order`'s order. Masks empty on this grid are never called
+    duplicates. Overlaps come from sparse products, which stay fast where
+    multithreaded BLAS on long, thin matrices does not.
     """
-    flat = flat.astype(np.float32, copy=False)
-    area = flat.sum(axis=1)
+    area = flat.sum(axis=1).astype(np.float32)
+    kept_columns = np.zeros((flat.shape[1], min(limit, len(order))), dtype=np.float32)
     kept: list[int] = []
     chunk = 256
     for start in range(0, len(order), chunk):
         if len(kept) >= limit:
             break
         batch = np.asarray(order[start : start + chunk])
-        masks = flat[batch]
-        inter_kept = masks @ flat[kept].T
+        rows = sparse.csr_array(flat[batch], dtype=np.float32)
+        inter_kept = rows @ kept_columns[:, : len(kept)]
         iou_kept = inter_kept / np.maximum(area[batch, None] + area[None, kept] - inter_kept, 1e-9)
-        inter_batch = masks @ masks.T
+        inter_batch = (rows @ rows.T).toarray()
         iou_batch = inter_batch / np.maximum(area[batch, None] + area[None, batch] - inter_batch, 1e-9)
         duplicate = (iou_kept >= threshold).any(axis=1)
         accepted: list[int] = []
@@ -220,8 +222,41 @@ def _dedupe(flat: np.ndarray, order: np.ndarray, threshold: float, limit: int) -
             accepted.append(row)
             if len(kept) + len(accepted) >= limit:
                 break
-        kept += batch[accepted].tolist()
+        if accepted:
+            kept_columns[:, len(kept) : len(kept) + len(accepted)] = flat[batch[accepted]].T
+            kept += batch[accepted].tolist()
     return np.asarray(kept, dtype=np.int64)
+
+
+def _shrink(rgb: np.ndarray, working_size: int) -> np.ndarray:
+    """The image with its long side shrunk to `working_size` (never enlarged)."""
+    height, width = rgb.shape[:2]
+    factor = min(1.0, working_size / max(height, width))
+    if factor == 1.0:
+        return rgb
+    shape = (max(1, round(height * factor)), max(1, round(width * factor)))
+    return transform.resize(rgb, shape, anti_aliasing=True)
+
+
+def _superpixels(image: np.ndarray, scale: float) -> np.ndarray:
+    """Felzenszwalb superpixels; `scale` is meant for a 500-pixel image and follows the size."""
+    resolution = max(image.shape[:2]) / 500
+    return segmentation.felzenszwalb(
+        image,
+        scale=scale * resolution,
+        sigma=0.8,
+        min_size=int(scale / 4 * resolution**2) + 5,
+        channel_axis=-1,
+    )
+
+
+def _upsample_masks(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an (N, h, w) stack to (N, H, W)."""
+    if masks.shape[1:] == tuple(shape):
+        return masks
+    rows = _upsample_index(masks.shape[1], shape[0])
+    cols = _upsample_index(masks.shape[2], shape[1])
+    return masks[:, rows][:, :, cols]
 
 
 def _grid_step(shape: tuple[int, int], pixels: int) -> int:
@@ -287,51 +322,43 @@ def default_proposals(
     unknown = set(colour_spaces) - {"lab", "hsv", "rgb"}
     if unknown or not colour_spaces:
         raise ValueError(f"colour_spaces: expected some of 'lab', 'hsv', 'rgb', got {colour_spaces}")
-    factor = min(1.0, working_size / max(height, width))
-    small_shape = (max(1, round(height * factor)), max(1, round(width * factor)))
-    small = transform.resize(rgb, small_shape, anti_aliasing=factor < 1) if factor < 1 else rgb
+    small = _shrink(rgb, working_size)
+    small_shape = small.shape[:2]
     lab = color.rgb2lab(small)
     edges = sum(filters.sobel(lab[..., c]) for c in range(3))
     # Scale-free boundary term: mean edge strength 0.1 in every image.
     edges = edges * (0.1 / max(edges.mean(), 1e-12))
     spaces = {"lab": lab, "hsv": color.rgb2hsv(small), "rgb": small}
-    resolution = max(small_shape) / 500
     step = _grid_step(small_shape, _DEDUPE_PIXELS // 4)
 
-    segmentations, candidates, scores, grids = [], [], [], []
+    segmentations, memberships, scores, grids = [], [], [], []
     for space in colour_spaces:
         for scale in scales:
-            superpixels = segmentation.felzenszwalb(
-                spaces[space],
-                scale=scale * resolution,
-                sigma=0.8,
-                min_size=int(scale / 4 * resolution**2) + 5,
-                channel_axis=-1,
-            )
+            superpixels = _superpixels(spaces[space], scale)
             size, hist, bbox = _region_features(superpixels, spaces[space], bins=16)
             membership, death = _group(size, hist, bbox, _adjacency(superpixels, edges), superpixels.size)
             fraction = membership @ size / superpixels.size
             keep = (fraction >= area_range[0]) & (fraction < area_range[1])
             segmentations.append(superpixels)
-            candidates.append((len(segmentations) - 1, membership[keep]))
+            memberships.append(membership[keep])
             scores.append(death[keep])
-            grids.append(membership[keep][:, superpixels[::step, ::step]])
+            grids.append(membership[keep][:, superpixels[::step, ::step].ravel()])
     if not sum(len(s) for s in scores):
         return np.zeros((0, height, width), bool)
-    flat = np.concatenate([g.reshape(len(g), -1) for g in grids])
     score = np.concatenate(scores)
-    selected = _dedupe(flat, np.argsort(-score, kind="stable"), iou_threshold, int(max_proposals))
+    selected = _dedupe(np.concatenate(grids), np.argsort(-score, kind="stable"), iou_threshold,
+                       int(max_proposals))
 
-    owners = np.concatenate([np.full(len(m), i) for i, m in candidates])
-    rows = np.concatenate([np.arange(len(m)) for _, m in candidates])
+    hierarchy_of = np.concatenate([np.full(len(m), i) for i, m in enumerate(memberships)])
+    row_of = np.concatenate([np.arange(len(m)) for m in memberships])
     out = np.empty((len(selected), height, width), bool)
     row_index = _upsample_index(small_shape[0], height)
     col_index = _upsample_index(small_shape[1], width)
     for hierarchy, superpixels in enumerate(segmentations):
-        picked = np.flatnonzero(owners[selected] == hierarchy)
+        picked = np.flatnonzero(hierarchy_of[selected] == hierarchy)
         if len(picked):
             full = superpixels[row_index][:, col_index]
-            out[picked] = candidates[hierarchy][1][rows[selected[picked]]][:, full]
+            out[picked] = memberships[hierarchy][row_of[selected[picked]]][:, full]
     return out
 
 
@@ -342,9 +369,8 @@ def prm_guided_proposals(
     image: np.ndarray,
     prms: np.ndarray,
     *,
-    thresholds: tuple[float, ...] = (0.3, 0.15, 0.5, 0.08),
-    smoothing: float = 0.01,
-    snap_fraction: float = 0.5,
+    thresholds: tuple[float, ...] = (0.5, 0.25, 0.1),
+    smoothing: float = 0.02,
     working_size: int = 320,
     iou_threshold: float = 0.9,
 ) -> np.ndarray:
@@ -353,17 +379,15 @@ def prm_guided_proposals(
     Parameters
     ----------
     image : (H, W), (H, W, 3) or (H, W, 4) ndarray
-        The image the PRMs belong to (used to find superpixels).
+        The image the PRMs belong to (its superpixels shape the proposals).
     prms : (K, H, W) float ndarray
         Peak response maps at the image's size.
     thresholds : tuple of float, optional
-        Relative levels (fractions of each smoothed PRM's maximum), in the
-        order their proposals are ranked.
+        Levels as fractions of each snapped PRM's maximum, in the order their
+        proposals are ranked.
     smoothing : float, optional
-        Gaussian sigma applied to each PRM, as a fraction of sqrt(H * W); PRMs
-        are sparse and need joining into blobs.
-    snap_fraction : float, optional
-        A superpixel joins a region when at least this fraction of it is inside.
+        Gaussian sigma applied to each PRM first, as a fraction of sqrt(H * W):
+        PRMs are sparse and their responses need joining up.
     working_size : int, optional
         Long side (pixels) of the image the superpixels are computed on.
     iou_threshold : float, optional
@@ -372,14 +396,14 @@ def prm_guided_proposals(
     Returns
     -------
     proposals : (N, H, W) bool ndarray
-        Ranked threshold by threshold (every peak's region at the first level,
-        then at the second, ...), deduplicated.
+        Ranked level by level (every peak's region at the first level, then at
+        the second, ...), deduplicated.
 
     Notes
     -----
-    For each PRM and level, the connected region of the smoothed PRM above the
-    level that holds most of the response is filled and snapped to
-    Felzenszwalb superpixels; when snapping empties it, the raw region is kept.
+    Each smoothed PRM is snapped to Felzenszwalb superpixels by averaging it
+    within each superpixel; at every level, the connected region above it that
+    holds the most response becomes a proposal, with its holes filled.
     """
     height, width = _image_shape(image)
     prms = np.asarray(prms, dtype=np.float64)
@@ -389,40 +413,33 @@ def prm_guided_proposals(
         )
     if not thresholds or not all(0 < t < 1 for t in thresholds):
         raise ValueError(f"thresholds: expected fractions in (0, 1), got {thresholds}")
-    superpixels = _superpixels_full(_as_rgb(image), working_size)
-    sp_size = np.bincount(superpixels.ravel())
-    sigma = smoothing * np.sqrt(height * width)
+    small = _shrink(_as_rgb(image), working_size)
+    superpixels = _superpixels(small, 100).ravel()
+    sp_size = np.maximum(np.bincount(superpixels), 1)
+    small_shape = small.shape[:2]
+    factor = small_shape[0] / height
+    maps = np.maximum(prms, 0)
+    if small_shape != (height, width):
+        maps = transform.resize(maps, (len(maps),) + small_shape, anti_aliasing=True,
+                                anti_aliasing_sigma=(0, (1 / factor - 1) / 2, (1 / factor - 1) / 2))
+    sigma = smoothing * np.sqrt(small_shape[0] * small_shape[1])
+    maps = ndi.gaussian_filter(maps, (0, sigma, sigma)) if sigma > 0 else maps
     regions: list[list[np.ndarray]] = [[] for _ in thresholds]
-    for prm in prms:
-        smooth = ndi.gaussian_filter(prm, sigma) if sigma > 0 else prm
-        peak = smooth.max()
+    for smooth in maps:
+        density = np.bincount(superpixels, weights=smooth.ravel(), minlength=len(sp_size)) / sp_size
+        snapped = density[superpixels].reshape(small_shape)
+        peak = snapped.max()
         if not peak > 0:
             continue
         for level, threshold in enumerate(thresholds):
-            components, count = ndi.label(smooth >= threshold * peak)
-            mass = ndi.sum(smooth, components, np.arange(1, count + 1))
-            region = ndi.binary_fill_holes(components == 1 + int(np.argmax(mass)))
-            inside = np.bincount(superpixels[region], minlength=len(sp_size))
-            snapped = (inside >= snap_fraction * sp_size)[superpixels]
-            regions[level].append(snapped if snapped.any() else region)
+            components, count = ndi.label(snapped >= threshold * peak)
+            mass = ndi.sum(snapped, components, np.arange(1, count + 1))
+            regions[level].append(ndi.binary_fill_holes(components == 1 + int(np.argmax(mass))))
     ordered = [mask for level in regions for mask in level]
     if not ordered:
         return np.zeros((0, height, width), bool)
-    return combine_proposals(np.stack(ordered), iou_threshold=iou_threshold)
-
-
-def _superpixels_full(rgb: np.ndarray, working_size: int, scale: float = 100) -> np.ndarray:
-    """Felzenszwalb superpixels computed at a working size, scaled back to (H, W)."""
-    height, width = rgb.shape[:2]
-    factor = min(1.0, working_size / max(height, width))
-    shape = (max(1, round(height * factor)), max(1, round(width * factor)))
-    small = transform.resize(rgb, shape, anti_aliasing=factor < 1) if factor < 1 else rgb
-    resolution = max(shape) / 500
-    labels = segmentation.felzenszwalb(
-        small, scale=scale * resolution, sigma=0.8, min_size=int(scale / 4 * resolution**2) + 5,
-        channel_axis=-1,
-    )
-    return labels[_upsample_index(shape[0], height)][:, _upsample_index(shape[1], width)]
+    return _upsample_masks(combine_proposals(np.stack(ordered), iou_threshold=iou_threshold),
+                           (height, width))
 
 
 # ------------------------------------------------------------ given proposals
@@ -670,7 +687,9 @@ def combine_proposals(
 
 
 def make_proposals(
-    source, image: np.ndarray, prms: np.ndarray | None = None
+    source: str | Path | np.ndarray | Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray,
+    prms: np.ndarray | None = None,
 ) -> np.ndarray:
     """Turn any description of proposals into an (N, H, W) bool stack for `image`.
 

@@ -10,14 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.transform import resize
+from scipy import sparse
+from PIL import Image
 
 __all__ = ["Instance", "retrieve_instances", "instances_to_labels"]
-
-# Proposals are scored this many at a time, which bounds the float copies of
-# the masks to a few tens of MB at 448x448.
-_CHUNK = 32
-
 
 @dataclass
 class Instance:
@@ -72,25 +68,50 @@ def _background_masks(
     """Per used class: CRM resized (bicubic) to ``shape``, thresholded to background."""
     out = np.empty((len(classes),) + shape, dtype=np.float32)
     for row, class_index in enumerate(classes):
-        crm = crms[class_index].astype(np.float64)
+        crm = crms[class_index].astype(np.float32)
         if crm.shape != shape:
-            crm = resize(crm, shape, order=3, mode="edge", anti_aliasing=False)
+            # PIL's bicubic, as the original release's scipy.misc.imresize.
+            crm = np.asarray(Image.fromarray(crm).resize(shape[::-1], Image.Resampling.BICUBIC))
+        crm = crm.astype(np.float64)
         low = crm.min()
         out[row] = crm < low + bg_threshold[class_index] * (crm.mean() - low)
     return out
 
 
-def _contours(masks: np.ndarray, width: int) -> np.ndarray:
-    """Morphological gradient of each (H, W) mask with a width x width square.
+def _sparse_masks(masks: np.ndarray, band_width: int) -> tuple[sparse.csr_array, sparse.csr_array]:
+    """(N, H*W) sparse 0/1 rows of each mask and of its contour band.
 
-    Pixels outside the image count as neutral: they neither extend the dilation
-    nor eat into the erosion, so a mask touching the border has no contour there.
+    The band is the morphological gradient (dilation minus erosion) with a
+    band_width x band_width square, computed on each mask's bounding box plus a
+    margin. Pixels outside the image count as neutral: they neither extend the
+    dilation nor eat into the erosion, so a mask touching the border has no
+    band there.
     """
-    stack = masks.view(np.uint8)
-    size = (1, width, width)
-    dilated = ndi.maximum_filter(stack, size=size, mode="constant", cval=0)
-    eroded = ndi.minimum_filter(stack, size=size, mode="constant", cval=1)
-    return dilated > eroded
+    _, height, width = masks.shape
+    inside, band = [], []
+    for mask in masks:
+        flat = np.flatnonzero(mask)
+        inside.append(flat)
+        if not len(flat):
+            band.append(flat)
+            continue
+        first_row, last_row = flat[[0, -1]] // width
+        columns = np.flatnonzero(mask.any(axis=0))
+        top, bottom = max(first_row - band_width, 0), min(last_row + band_width + 1, height)
+        left, right = max(columns[0] - band_width, 0), min(columns[-1] + band_width + 1, width)
+        crop = mask[top:bottom, left:right].view(np.uint8)
+        dilated = ndi.maximum_filter(crop, size=band_width, mode="constant", cval=0)
+        eroded = ndi.minimum_filter(crop, size=band_width, mode="constant", cval=1)
+        band_rows, band_cols = np.nonzero(dilated > eroded)
+        band.append((band_rows + top) * width + band_cols + left)
+    return _rows_to_csr(inside, height * width), _rows_to_csr(band, height * width)
+
+
+def _rows_to_csr(rows: list[np.ndarray], n_columns: int) -> sparse.csr_array:
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    indices = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    data = np.ones(len(indices), dtype=np.float32)
+    return sparse.csr_array((data, indices, indptr), shape=(len(rows), n_columns))
 
 
 def _check_inputs(prms, peak_classes, crms, proposals):
@@ -182,8 +203,8 @@ def retrieve_instances(
     where contour(S) is the dilation minus the erosion of S by a
     ``contour_width``-square, with the image border neutral. Proposals outside
     `size_limits` are skipped; a peak with none left yields no instance. All
-    (proposal, peak) sums come from matrix products of the flattened masks with
-    the flattened maps, computed in float32.
+    (proposal, peak) sums come from products of the flattened masks (sparse)
+    with the flattened maps (float32), not from loops over pairs.
     """
     prms, peak_classes, crms, proposals = _check_inputs(prms, peak_classes, crms, proposals)
     if int(contour_width) < 1:
@@ -204,26 +225,20 @@ def retrieve_instances(
     used_classes, class_row = np.unique(peak_classes, return_inverse=True)
     background = _background_masks(crms, used_classes, (height, width), bg_threshold)
     n_pixels = height * width
-    maps = np.concatenate(
-        [prms.reshape(n_peaks, n_pixels), background.reshape(len(used_classes), n_pixels)]
-    ).astype(np.float32)
-    peak_maps = maps[:n_peaks]
+    # (pixels, maps): the PRMs then the background masks, as columns.
+    maps = np.empty((n_pixels, n_peaks + len(used_classes)), dtype=np.float32)
+    maps[:, :n_peaks] = prms.reshape(n_peaks, n_pixels).T
+    maps[:, n_peaks:] = background.reshape(len(used_classes), n_pixels).T
 
-    scores = np.empty((len(proposals), n_peaks))
-    areas = np.empty(len(proposals))
-    for start in range(0, len(proposals), _CHUNK):
-        chunk = np.ascontiguousarray(proposals[start : start + _CHUNK])
-        inside = chunk.reshape(len(chunk), n_pixels).astype(np.float32)
-        contour = _contours(chunk, int(contour_width)).reshape(len(chunk), n_pixels)
-        inside_sums = inside @ maps.T
-        contour_sums = contour.astype(np.float32) @ peak_maps.T
-        background_sums = inside_sums[:, n_peaks:][:, class_row]
-        scores[start : start + len(chunk)] = (
-            balance[peak_classes] * inside_sums[:, :n_peaks]
-            + contour_sums
-            - penalty[peak_classes] * background_sums
-        )
-        areas[start : start + len(chunk)] = inside.sum(axis=1)
+    inside, contour = _sparse_masks(proposals, int(contour_width))
+    inside_sums = inside @ maps
+    contour_sums = (contour @ maps)[:, :n_peaks]
+    scores = (
+        balance[peak_classes] * inside_sums[:, :n_peaks]
+        + contour_sums
+        - penalty[peak_classes] * inside_sums[:, n_peaks:][:, class_row]
+    )
+    areas = np.diff(inside.indptr)
 
     fraction = areas / n_pixels
     allowed = (fraction >= low) & (fraction < high)
@@ -265,9 +280,9 @@ def _nms(
     if threshold is None:
         return [(i, []) for i in range(len(chosen))]
     unique, index = np.unique(np.asarray(chosen, dtype=np.int64), return_inverse=True)
-    flat = proposals[unique].reshape(len(unique), -1).astype(np.float32)
-    intersection = flat @ flat.T
-    area = np.diag(intersection)
+    flat = sparse.csr_array(proposals[unique].reshape(len(unique), -1), dtype=np.float64)
+    intersection = (flat @ flat.T).toarray()
+    area = np.diag(intersection).copy()
     union = area[:, None] + area[None, :] - intersection
     iou = np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
     kept: list[tuple[int, list[int]]] = []

@@ -1,0 +1,333 @@
+"""Segment proposal sources: the built-in generator, PRM-guided, given files and arrays."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from pycocotools import mask as coco_mask
+
+from napari_prm.proposals import (
+    combine_proposals,
+    default_proposals,
+    load_proposals,
+    make_proposals,
+    prm_guided_proposals,
+    proposals_from_labels,
+    proposals_from_masks,
+)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEMO = DATA / "prm_demo"
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def best_iou(proposals: np.ndarray, target: np.ndarray) -> float:
+    return max(iou(p, target) for p in proposals)
+
+
+@pytest.fixture(scope="module")
+def shapes_image():
+    """120 x 160 RGB: grey background, a red disc and a blue rectangle, some noise."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:120, :160]
+    disc = (yy - 40) ** 2 + (xx - 45) ** 2 < 22**2
+    rectangle = (yy >= 60) & (yy < 105) & (xx >= 90) & (xx < 145)
+    image = np.full((120, 160, 3), 128.0)
+    image[disc] = (200, 40, 40)
+    image[rectangle] = (40, 60, 190)
+    image += rng.normal(0, 6, image.shape)
+    return image.clip(0, 255).astype(np.uint8), disc, rectangle
+
+
+def release_item(mask: np.ndarray) -> dict:
+    """Encode a mask in the original release's format, written out independently here."""
+    flat = np.concatenate([[0], mask.ravel().astype(np.int8), [0]])
+    changes = np.flatnonzero(np.diff(flat))
+    starts, ends = changes[0::2], changes[1::2]
+    runs = np.stack([starts + 1, ends - starts], axis=1).astype("<u4").ravel()
+    return {"data": base64.b64encode(runs.tobytes()).decode(), "shape": list(mask.shape)}
+
+
+# --------------------------------------------------------------- generator
+
+
+def test_default_proposals_find_the_objects_of_a_simple_image(shapes_image):
+    image, disc, rectangle = shapes_image
+    proposals = default_proposals(image)
+    assert proposals.dtype == bool and proposals.shape[1:] == image.shape[:2]
+    assert 2 <= len(proposals) <= 300
+    assert best_iou(proposals, disc) > 0.9
+    assert best_iou(proposals, rectangle) > 0.9
+    assert len(default_proposals(image, max_proposals=5)) == 5
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda im: im.mean(axis=-1).astype(np.uint16) * 40,  # 2D uint16, narrow range
+        lambda im: im.astype(np.float32) / 255 * 7 - 3,  # float, arbitrary range
+        lambda im: np.dstack([im, np.full(im.shape[:2], 255, np.uint8)]),  # RGBA
+    ],
+    ids=["gray-uint16", "float", "rgba"],
+)
+def test_default_proposals_take_what_napari_holds(shapes_image, convert):
+    image, disc, _ = shapes_image
+    proposals = default_proposals(convert(image))
+    assert proposals.shape[1:] == image.shape[:2]
+    assert best_iou(proposals, disc) > 0.9
+
+
+def test_default_proposals_refuse_bad_input(shapes_image):
+    with pytest.raises(ValueError, match=r"image: expected \(H, W\)"):
+        default_proposals(np.zeros((4, 10, 10, 3)))
+    with pytest.raises(ValueError, match="colour_spaces"):
+        default_proposals(shapes_image[0], colour_spaces=("xyz",))
+    # A flat image has a single region, larger than any proposal may be.
+    assert default_proposals(np.zeros((30, 40), np.uint8)).shape == (0, 30, 40)
+
+
+def test_default_proposals_cover_large_instances_of_a_real_photo():
+    from pycocotools.coco import COCO
+    from skimage import io
+
+    coco = COCO(str(DATA / "coco128" / "annotations" / "instances_val2017.json"))
+    image_id = 139  # living room: people, chairs, a tv, a clock, vases ...
+    image = io.imread(DATA / "coco128" / "val2017" / coco.imgs[image_id]["file_name"])
+    proposals = default_proposals(image)
+    large = [coco.annToMask(a).astype(bool) for a in coco.imgToAnns[image_id] if a["area"] >= 96**2]
+    assert large
+    assert np.mean([best_iou(proposals, mask) >= 0.5 for mask in large]) >= 0.5
+
+
+# --------------------------------------------------------------- PRM-guided
+
+
+def test_prm_guided_proposals_outline_the_object_a_prm_sees(shapes_image):
+    image, disc, rectangle = shapes_image
+    prms = np.zeros((2,) + image.shape[:2], np.float32)
+    # Sparse responses on parts of each object, as peak backpropagation gives.
+    for y, x in [(30, 40), (45, 55), (50, 35), (25, 50)]:
+        prms[0, y, x] = 1.0
+    for y, x in [(70, 100), (95, 135), (80, 120)]:
+        prms[1, y, x] = 1.0
+    proposals = prm_guided_proposals(image, prms)
+    assert proposals.dtype == bool and proposals.shape[1:] == image.shape[:2]
+    assert best_iou(proposals, disc) > 0.8
+    assert best_iou(proposals, rectangle) > 0.8
+    with pytest.raises(ValueError, match=r"prms: expected a \(K, 120, 160\) array"):
+        prm_guided_proposals(image, prms[:, :100])
+
+
+# ------------------------------------------------------------ given proposals
+
+
+def test_demo_proposals_decode_to_200_masks_of_the_image_size():
+    from skimage import io
+
+    for number in range(5):
+        proposals = load_proposals(DEMO / f"sample{number}.json")
+        height, width = io.imread(DEMO / f"sample{number}.jpg").shape[:2]
+        assert proposals.shape == (200, height, width) and proposals.dtype == bool
+        assert proposals.reshape(200, -1).any(axis=1).all()
+
+
+def test_demo_proposals_match_a_run_by_run_decoding():
+    items = json.loads((DEMO / "sample0.json").read_text())
+    proposals = load_proposals(DEMO / "sample0.json", shape=(375, 500))
+    for index in (0, 1, 57, 199):
+        runs = np.frombuffer(base64.b64decode(items[index]["data"]), dtype="<u4")
+        expected = np.zeros(375 * 500, bool)
+        for start, length in zip(runs[0::2], runs[1::2]):
+            expected[start - 1 : start - 1 + length] = True
+        np.testing.assert_array_equal(proposals[index], expected.reshape(375, 500))
+
+
+def test_release_format_hand_made(tmp_path):
+    # 3 x 4 mask, runs (1, 2) and (7, 3): flat pixels 0, 1, 6, 7, 8.
+    runs = np.array([1, 2, 7, 3], "<u4")
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([
+        {"data": base64.b64encode(runs.tobytes()).decode(), "shape": [3, 4]},
+        {"data": "", "shape": [3, 4]},
+    ]))
+    proposals = load_proposals(path)
+    assert proposals[0].astype(int).tolist() == [[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 0]]
+    assert not proposals[1].any()
+    with pytest.raises(ValueError, match="are 3x4, expected 4x3"):
+        load_proposals(path, shape=(4, 3))
+    bad = np.array([1, 2, 12, 3], "<u4")  # runs past the end
+    path.write_text(json.dumps([{"data": base64.b64encode(bad.tobytes()).decode(), "shape": [3, 4]}]))
+    with pytest.raises(ValueError, match="proposal 0: corrupt runs"):
+        load_proposals(path)
+
+
+def test_release_format_round_trip(tmp_path, shapes_image):
+    _, disc, rectangle = shapes_image
+    path = tmp_path / "round.json"
+    path.write_text(json.dumps([release_item(disc), release_item(rectangle)]))
+    proposals = load_proposals(path)
+    np.testing.assert_array_equal(proposals, np.stack([disc, rectangle]))
+
+
+def test_coco_dataset_with_rle_and_polygon(tmp_path):
+    square = np.zeros((8, 10), bool)
+    square[2:5, 3:7] = True
+    rle = coco_mask.encode(np.asfortranarray(square.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    dataset = {
+        "images": [{"id": 1, "height": 8, "width": 10}, {"id": 2, "height": 8, "width": 10}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "segmentation": rle},
+            # Polygon around pixels rows 0..1, columns 0..3 (COCO polygons run along pixel edges).
+            {"id": 2, "image_id": 1, "segmentation": [[0, 0, 4, 0, 4, 2, 0, 2]]},
+            {"id": 3, "image_id": 2, "segmentation": rle},
+        ],
+    }
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(dataset))
+    with pytest.raises(ValueError, match="annotations of 2 images; pass image_id="):
+        load_proposals(path)
+    proposals = load_proposals(path, image_id=1)
+    assert proposals.shape == (2, 8, 10)
+    np.testing.assert_array_equal(proposals[0], square)
+    expected = np.zeros((8, 10), bool)
+    expected[0:2, 0:4] = True
+    np.testing.assert_array_equal(proposals[1], expected)
+    assert load_proposals(path, image_id=2).shape == (1, 8, 10)
+
+
+def test_coco_results_are_ranked_by_score(tmp_path):
+    masks = np.zeros((3, 6, 6), bool)
+    masks[0, :2], masks[1, 2:4], masks[2, 4:] = True, True, True
+    results = []
+    for mask, score in zip(masks, [0.2, 0.9, 0.5]):
+        rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        results.append({"image_id": 7, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                        "score": score})
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    np.testing.assert_array_equal(load_proposals(path), masks[[1, 2, 0]])
+
+
+def test_coco128_annotations_load_as_proposals():
+    proposals = load_proposals(DATA / "coco128" / "annotations" / "instances_val2017.json", image_id=139)
+    annotations = json.loads((DATA / "coco128" / "annotations" / "instances_val2017.json").read_text())
+    count = sum(a["image_id"] == 139 for a in annotations["annotations"])
+    assert proposals.shape == (count, 426, 640)
+
+
+def test_arrays_and_image_files(tmp_path):
+    labels = np.zeros((5, 6), np.uint16)
+    labels[0, :2], labels[3:, 3:] = 5, 2
+    np.save(tmp_path / "labels.npy", labels)
+    from skimage import io
+
+    io.imsave(tmp_path / "labels.png", labels, check_contrast=False)
+    for name in ("labels.npy", "labels.png"):
+        proposals = load_proposals(tmp_path / name)
+        assert proposals.shape == (2, 5, 6)
+        np.testing.assert_array_equal(proposals[0], labels == 2)  # increasing label order
+        np.testing.assert_array_equal(proposals[1], labels == 5)
+    np.savez(tmp_path / "stack.npz", masks=np.stack([labels == 2]).astype(np.uint8))
+    assert load_proposals(tmp_path / "stack.npz").dtype == bool
+    with pytest.raises(ValueError, match="proposal file not found"):
+        load_proposals(tmp_path / "missing.json")
+    (tmp_path / "x.txt").write_text("1")
+    with pytest.raises(ValueError, match="unknown proposal file type '.txt'"):
+        load_proposals(tmp_path / "x.txt")
+    np.save(tmp_path / "empty.npy", np.zeros((5, 6), np.uint8))
+    with pytest.raises(ValueError, match="holds no proposals"):
+        load_proposals(tmp_path / "empty.npy")
+
+
+def test_labels_and_masks():
+    labels = np.array([[0, 3, 3], [7, 7, 0]])
+    proposals = proposals_from_labels(labels)
+    assert proposals.tolist() == [[[False, True, True], [False, False, False]],
+                                  [[False, False, False], [True, True, False]]]
+    np.testing.assert_array_equal(proposals_from_labels(SimpleNamespace(data=labels)), proposals)
+    with pytest.raises(ValueError, match="expected integer labels, got dtype float64"):
+        proposals_from_labels(labels.astype(float))
+    with pytest.raises(ValueError, match=r"label image: expected \(H, W\)"):
+        proposals_from_labels(labels[None])
+    assert proposals_from_masks(np.array([[[0, 2], [1, 0]]])).tolist() == [[[False, True], [True, False]]]
+    with pytest.raises(ValueError, match=r"mask stack: expected \(N, H, W\)"):
+        proposals_from_masks(labels)
+
+
+# ------------------------------------------------------------- combining
+
+
+def test_combine_interleaves_and_drops_duplicates():
+    def square(top, left, size=20):
+        mask = np.zeros((64, 64), bool)
+        mask[top : top + size, left : left + size] = True
+        return mask
+
+    a0, a1, b1 = square(0, 0), square(30, 30), square(40, 0)
+    b0 = a1.copy()
+    near = a0.copy()
+    near[0, 0] = False  # IoU 399 / 400 with a0
+    combined = combine_proposals(np.stack([a0, a1]), np.stack([b0, b1, near]))
+    np.testing.assert_array_equal(combined, np.stack([a0, b0, b1]))
+    combined = combine_proposals(np.stack([a0, a1]), np.stack([b0, b1, near]), order="concatenate",
+                                 iou_threshold=1.0)
+    np.testing.assert_array_equal(combined, np.stack([a0, a1, b1, near]))
+    assert len(combine_proposals(np.stack([a0, a1, b1]), max_proposals=2)) == 2
+    with pytest.raises(ValueError, match="stacks of different sizes"):
+        combine_proposals(a0[None], a0[None, :10])
+
+
+# ------------------------------------------------------------ dispatching
+
+
+def test_make_proposals_sources(shapes_image, tmp_path):
+    image, disc, rectangle = shapes_image
+    default = make_proposals("default", image)
+    np.testing.assert_array_equal(make_proposals("builtin", image), default)
+    prms = np.zeros((1,) + image.shape[:2], np.float32)
+    prms[0, 40, 45] = 1.0
+    guided = make_proposals("prm", image, prms=prms)
+    both = make_proposals("default+prm", image, prms=prms)
+    assert all(best_iou(both, mask) >= 0.9 for mask in guided)
+    np.testing.assert_array_equal(both[0], default[0])  # interleaved: default's best first
+    np.testing.assert_array_equal(both[1], guided[0])
+
+    stack = np.stack([disc, rectangle])
+    np.testing.assert_array_equal(make_proposals(stack, image), stack)
+    labels = disc.astype(np.int32) + 2 * rectangle
+    np.testing.assert_array_equal(make_proposals(labels, image), stack)
+    np.testing.assert_array_equal(make_proposals(SimpleNamespace(data=labels), image), stack)
+    np.testing.assert_array_equal(make_proposals(lambda im: stack, image), stack)
+    path = tmp_path / "given.json"
+    path.write_text(json.dumps([release_item(disc)]))
+    np.testing.assert_array_equal(make_proposals(str(path), image), disc[None])
+    np.testing.assert_array_equal(make_proposals(path, image), disc[None])
+
+
+def test_make_proposals_refuses_what_does_not_fit(shapes_image):
+    image, disc, _ = shapes_image
+    with pytest.raises(ValueError, match="proposals 'prm' need the peak response maps"):
+        make_proposals("prm", image)
+    with pytest.raises(ValueError, match="unknown source 'selective'"):
+        make_proposals("selective", image)
+    with pytest.raises(ValueError, match="masks are 60x160, the image is 120x160"):
+        make_proposals(disc[None, :60], image)
+    with pytest.raises(ValueError, match="no proposals"):
+        make_proposals(np.zeros((0, 120, 160), bool), image)
+    with pytest.raises(ValueError, match="no proposals"):
+        make_proposals(np.zeros((120, 160), np.uint8), image)
+    with pytest.raises(ValueError, match="proposal function output: masks are 120x10"):
+        make_proposals(lambda im: np.ones((1, 120, 10), bool), image)
+    with pytest.raises(ValueError, match=r"expected an \(N, H, W\) mask stack or an \(H, W\) integer"):
+        make_proposals(np.zeros((120, 160), np.float32), image)
+    with pytest.raises(ValueError, match="are 375x500, expected 120x160"):
+        make_proposals(DEMO / "sample0.json", image)
