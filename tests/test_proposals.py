@@ -319,6 +319,8 @@ def test_make_proposals_refuses_what_does_not_fit(shapes_image):
         make_proposals("prm", image)
     with pytest.raises(ValueError, match="unknown source 'selective'"):
         make_proposals("selective", image)
+    with pytest.raises(ValueError, match="proposal file not found: missing.json"):
+        make_proposals("missing.json", image)
     with pytest.raises(ValueError, match="masks are 60x160, the image is 120x160"):
         make_proposals(disc[None, :60], image)
     with pytest.raises(ValueError, match="no proposals"):

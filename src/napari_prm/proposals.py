@@ -417,15 +417,18 @@ def prm_guided_proposals(
     superpixels = _superpixels(small, 100).ravel()
     sp_size = np.maximum(np.bincount(superpixels), 1)
     small_shape = small.shape[:2]
-    factor = small_shape[0] / height
-    maps = np.maximum(prms, 0)
-    if small_shape != (height, width):
-        maps = transform.resize(maps, (len(maps),) + small_shape, anti_aliasing=True,
-                                anti_aliasing_sigma=(0, (1 / factor - 1) / 2, (1 / factor - 1) / 2))
+    # Each image pixel's cell on the working grid: PRMs are area-averaged onto it.
+    cell = (
+        _upsample_index(small_shape[0], height)[:, None] * small_shape[1]
+        + _upsample_index(small_shape[1], width)[None, :]
+    ).ravel()
+    cell_size = np.maximum(np.bincount(cell, minlength=small.shape[0] * small.shape[1]), 1)
     sigma = smoothing * np.sqrt(small_shape[0] * small_shape[1])
-    maps = ndi.gaussian_filter(maps, (0, sigma, sigma)) if sigma > 0 else maps
     regions: list[list[np.ndarray]] = [[] for _ in thresholds]
-    for smooth in maps:
+    for prm in prms:
+        pooled = np.bincount(cell, weights=np.maximum(prm, 0).ravel(), minlength=len(cell_size))
+        smooth = (pooled / cell_size).reshape(small_shape)
+        smooth = ndi.gaussian_filter(smooth, sigma) if sigma > 0 else smooth
         density = np.bincount(superpixels, weights=smooth.ravel(), minlength=len(sp_size)) / sp_size
         snapped = density[superpixels].reshape(small_shape)
         peak = snapped.max()
@@ -713,6 +716,8 @@ def make_proposals(
     """
     shape = _image_shape(image)
     if isinstance(source, str) and not Path(source).is_file():
+        if Path(source).suffix or "/" in source or "\\" in source:
+            raise ValueError(f"proposal file not found: {source}")
         parts = [p.strip().lower() for p in source.split("+")]
         stacks = []
         for part in parts:
