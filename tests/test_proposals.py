@@ -163,10 +163,11 @@ def test_release_format_hand_made(tmp_path):
     assert not proposals[1].any()
     with pytest.raises(ValueError, match="are 3x4, expected 4x3"):
         load_proposals(path, shape=(4, 3))
-    bad = np.array([1, 2, 12, 3], "<u4")  # runs past the end
-    path.write_text(json.dumps([{"data": base64.b64encode(bad.tobytes()).decode(), "shape": [3, 4]}]))
-    with pytest.raises(ValueError, match="proposal 0: corrupt runs"):
-        load_proposals(path)
+    for bad in ([1, 2, 12, 3], [5, 2, 1, 2], [1, 2, 7]):  # past the end, decreasing, odd
+        data = base64.b64encode(np.array(bad, "<u4").tobytes()).decode()
+        path.write_text(json.dumps([{"data": data, "shape": [3, 4]}]))
+        with pytest.raises(ValueError, match="proposal 0: corrupt runs"):
+            load_proposals(path)
 
 
 def test_release_format_round_trip(tmp_path, shapes_image):

@@ -386,8 +386,8 @@ def prm_guided_proposals(
         Levels as fractions of each snapped PRM's maximum, in the order their
         proposals are ranked.
     smoothing : float, optional
-        Gaussian sigma applied to each PRM first, as a fraction of sqrt(H * W):
-        PRMs are sparse and their responses need joining up.
+        Gaussian sigma applied to each PRM first, as a fraction of the square
+        root of the image area: PRMs are sparse and their responses need joining up.
     working_size : int, optional
         Long side (pixels) of the image the superpixels are computed on.
     iou_threshold : float, optional
@@ -406,7 +406,7 @@ def prm_guided_proposals(
     holds the most response becomes a proposal, with its holes filled.
     """
     height, width = _image_shape(image)
-    prms = np.asarray(prms, dtype=np.float64)
+    prms = np.asarray(prms)
     if prms.ndim != 3 or prms.shape[1:] != (height, width):
         raise ValueError(
             f"prms: expected a (K, {height}, {width}) array matching the image, got {prms.shape}"
@@ -448,7 +448,7 @@ def prm_guided_proposals(
 # ------------------------------------------------------------ given proposals
 
 
-def _decode_release(items: list, shape) -> np.ndarray:
+def _decode_release(items: list) -> np.ndarray:
     """The original PRM release's format: base64 little-endian uint32 (start, length)
     pairs, starts 1-based in the row-major flattened mask."""
     sizes = {tuple(int(s) for s in item["shape"]) for item in items}
@@ -460,9 +460,9 @@ def _decode_release(items: list, shape) -> np.ndarray:
     for number, item in enumerate(items):
         runs = np.frombuffer(base64.b64decode(item["data"]), dtype="<u4").astype(np.int64)
         starts, lengths = runs[0::2] - 1, runs[1::2]
-        ends = starts + lengths
+        ends = starts + lengths if len(runs) % 2 == 0 else None
         if (
-            len(runs) % 2
+            ends is None
             or (len(runs) and (starts[0] < 0 or ends[-1] > total))
             or np.any(starts[1:] < ends[:-1])
         ):
@@ -562,7 +562,7 @@ def load_proposals(
         with open(path) as handle:
             data = json.load(handle)
         if isinstance(data, list) and data and isinstance(data[0], dict) and "data" in data[0]:
-            masks = _decode_release(data, shape)
+            masks = _decode_release(data)
         elif isinstance(data, (list, dict)):
             masks = _decode_coco(data, image_id)
         else:

@@ -141,8 +141,6 @@ def _check_inputs(prms, peak_classes, crms, proposals):
             f"proposals: expected an (N, {prms.shape[1]}, {prms.shape[2]}) mask stack "
             f"matching the PRMs, got shape {proposals.shape}"
         )
-    if proposals.dtype != bool:
-        proposals = proposals != 0
     return prms, peak_classes.astype(np.int64), crms, proposals
 
 
@@ -219,6 +217,8 @@ def retrieve_instances(
 
     n_peaks, height, width = prms.shape
     proposals = proposals[: max(int(proposal_count), 0)]
+    if proposals.dtype != bool:
+        proposals = proposals != 0
     if n_peaks == 0 or len(proposals) == 0:
         return []
 
