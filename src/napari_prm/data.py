@@ -133,7 +133,7 @@ class LabeledImageDataset:
         """Ground-truth instance masks of image ``index`` (COCO datasets only)."""
         if self.coco is None:
             raise ValueError(f"dataset {self.source} has no instance masks (only COCO JSON datasets do)")
-        from pycocotools import mask as mask_utils
+        from .masks import decode_rle, segmentation_to_rle
 
         info = self.coco.imgs[self.image_ids[index]]
         height, width = int(info["height"]), int(info["width"])
@@ -141,15 +141,7 @@ class LabeledImageDataset:
         anns = [a for a in self.coco.imgToAnns.get(self.image_ids[index], []) if a["category_id"] in class_of]
         masks = np.zeros((len(anns), height, width), dtype=bool)
         for k, ann in enumerate(anns):
-            segmentation = ann["segmentation"]
-            if isinstance(segmentation, list):
-                rles = mask_utils.frPyObjects(segmentation, height, width)
-                rle = mask_utils.merge(rles)
-            elif isinstance(segmentation["counts"], list):
-                rle = mask_utils.frPyObjects(segmentation, height, width)
-            else:
-                rle = segmentation
-            masks[k] = mask_utils.decode(rle).astype(bool)
+            masks[k] = decode_rle(segmentation_to_rle(ann["segmentation"], height, width))
         return GroundTruth(
             masks=masks,
             class_indices=np.array([class_of[a["category_id"]] for a in anns], dtype=np.int64),

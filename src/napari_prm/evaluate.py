@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from .masks import encode_rle, mask_iou, rle_area, rle_bbox
+
 DEFAULT_IOU_THRESHOLDS = (0.25, 0.5, 0.75)
 
 
@@ -27,15 +29,6 @@ def _as_masks(masks, name: str) -> np.ndarray:
     if masks.ndim != 3:
         raise ValueError(f"{name} must be an (N, H, W) stack of masks; got shape {masks.shape}")
     return masks
-
-
-def _iou_matrix(masks_a: np.ndarray, masks_b: np.ndarray) -> np.ndarray:
-    """IoU of every mask in ``a`` (M, H, W) with every mask in ``b`` (K, H, W): (M, K)."""
-    flat_a = masks_a.reshape(len(masks_a), int(np.prod(masks_a.shape[1:]))).astype(np.float64)
-    flat_b = masks_b.reshape(len(masks_b), int(np.prod(masks_b.shape[1:]))).astype(np.float64)
-    intersection = flat_a @ flat_b.T
-    union = flat_a.sum(1)[:, None] + flat_b.sum(1)[None, :] - intersection
-    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
 
 
 def best_overlaps(gt_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
@@ -57,7 +50,7 @@ def best_overlaps(gt_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
         return np.zeros(len(gt_masks))
     if gt_masks.shape[1:] != pred_masks.shape[1:]:
         raise ValueError(f"masks differ in size: gt {gt_masks.shape[1:]}, predictions {pred_masks.shape[1:]}")
-    return _iou_matrix(gt_masks, pred_masks).max(1)
+    return mask_iou(gt_masks, pred_masks).max(1)
 
 
 def prm_quality(prms: np.ndarray, peak_classes: np.ndarray, gt_masks: np.ndarray,
@@ -178,19 +171,10 @@ def classification_map(scores: np.ndarray, labels: np.ndarray) -> tuple[float, n
     return (float(per_class[valid].mean()) if valid.any() else float("nan")), per_class
 
 
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def _annotation(rle: dict, image_id: int, class_index: int, ann_id: int, **more) -> dict:
-    from pycocotools import mask as mask_utils
-
+def _annotation(mask: np.ndarray, image_id: int, class_index: int, ann_id: int, **more) -> dict:
+    rle = encode_rle(mask)
     return {"id": ann_id, "image_id": image_id, "category_id": int(class_index) + 1, "segmentation": rle,
-            "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)], **more}
+            "area": float(rle_area(rle)), "bbox": rle_bbox(rle), **more}
 
 
 class InstanceMatcher:
@@ -214,10 +198,10 @@ class InstanceMatcher:
                             "width": int(shape[1]) if shape else 0})
         crowd = np.zeros(len(gt_masks), bool) if gt_iscrowd is None else np.asarray(gt_iscrowd, bool).reshape(-1)
         for mask, cls, is_crowd in zip(gt_masks, np.asarray(gt_classes).reshape(-1), crowd):
-            self.gt.append(_annotation(_rle(mask), image_id, cls, len(self.gt) + 1, iscrowd=int(is_crowd)))
+            self.gt.append(_annotation(mask, image_id, cls, len(self.gt) + 1, iscrowd=int(is_crowd)))
         for mask, cls, score in zip(pred_masks, np.asarray(pred_classes).reshape(-1),
                                     np.asarray(pred_scores).reshape(-1)):
-            self.dt.append(_annotation(_rle(mask), image_id, cls, len(self.dt) + 1, iscrowd=0, score=float(score)))
+            self.dt.append(_annotation(mask, image_id, cls, len(self.dt) + 1, iscrowd=0, score=float(score)))
 
     def evaluate(self, iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS, *,
                  max_detections: int = 100) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from pycocotools import mask as mask_utils
 from scipy import ndimage
+
+from .masks import decode_rle, encode_rle, rle_area, rle_bbox, segmentation_to_rle
 
 __all__ = [
     "atomic_write", "atomic_writes", "read_image", "write_label_image", "read_label_image",
@@ -375,14 +376,14 @@ def labels_to_coco(labels: np.ndarray, table=None, class_names: Sequence[str] | 
         mask = np.zeros((height, width), dtype=np.uint8, order="F")
         window = regions[label][0]
         mask[window] = labels[window] == label
-        rle = mask_utils.encode(mask)
+        rle = encode_rle(mask)
         annotation = {
             "id": label, "label": label, "image_id": int(image_id),
             "category_id": UNKNOWN_CATEGORY_ID if record["class_index"] < 0
             else ids[record["class_index"]],
-            "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
-            "area": int(mask_utils.area(rle)),
-            "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            "segmentation": rle,
+            "area": rle_area(rle),
+            "bbox": rle_bbox(rle),
             "iscrowd": 0, "peak": record["peak"],
         }
         if math.isfinite(record["score"]):
@@ -466,9 +467,9 @@ def coco_to_labels(coco: Mapping | str | os.PathLike, image_id: int | None = Non
     for record, rle in zip(records, rles):
         # decode one mask at a time and paint only inside its box: memory and time stay
         # proportional to one image, not to the number of instances times the image
-        x0, y0, box_width, box_height = (int(v) for v in mask_utils.toBbox(rle))
+        x0, y0, box_width, box_height = (int(v) for v in rle_bbox(rle))
         window = (slice(y0, y0 + box_height), slice(x0, x0 + box_width))
-        inside = mask_utils.decode(rle)[window].astype(bool)
+        inside = decode_rle(rle)[window]
         labels[window][inside] = record["label"]
     return labels, _table_from_records(records), class_names
 
@@ -476,14 +477,8 @@ def coco_to_labels(coco: Mapping | str | os.PathLike, image_id: int | None = Non
 def _segmentation_rle(segmentation, height: int, width: int, source: str) -> dict:
     """Compressed RLE of a polygon, uncompressed-RLE or compressed-RLE segmentation."""
     try:
-        if isinstance(segmentation, list):
-            return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-        if isinstance(segmentation.get("counts"), list):
-            return mask_utils.frPyObjects(segmentation, height, width)
-        rle = dict(segmentation)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-        mask_utils.area(rle)  # validates the counts now, so errors name the file
+        rle = segmentation_to_rle(segmentation, height, width)
+        rle_area(rle)  # validates the counts now, so errors name the file
         return rle
     except Exception as error:
         raise ValueError(f"{source}: cannot decode segmentation: {error}") from error

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as coco_mask
 from scipy import ndimage as ndi
-from scipy import sparse
 from skimage import color, exposure, filters, io, segmentation, transform
+
+from .masks import decode_rles, greedy_mask_nms, nearest_indices, resize_nearest, segmentation_to_rle
 
 __all__ = [
     "default_proposals",
@@ -193,41 +193,6 @@ def _group(size, hist, bbox, adjacency, image_area: float):
     return membership, death[:next_region]
 
 
-def _dedupe(flat: np.ndarray, order: np.ndarray, threshold: float, limit: int) -> np.ndarray:
-    """Walk `order` and keep each mask unless its IoU with a kept one is >= threshold.
-
-    `flat` is an (M, P) bool array of masks; returns at most `limit` indices
-    into it, in `order`'s order. Masks empty on this grid are never called
-    duplicates. Overlaps come from sparse products, which stay fast where
-    multithreaded BLAS on long, thin matrices does not.
-    """
-    area = flat.sum(axis=1).astype(np.float32)
-    kept_columns = np.zeros((flat.shape[1], min(limit, len(order))), dtype=np.float32)
-    kept: list[int] = []
-    chunk = 256
-    for start in range(0, len(order), chunk):
-        if len(kept) >= limit:
-            break
-        batch = np.asarray(order[start : start + chunk])
-        rows = sparse.csr_array(flat[batch], dtype=np.float32)
-        inter_kept = rows @ kept_columns[:, : len(kept)]
-        iou_kept = inter_kept / np.maximum(area[batch, None] + area[None, kept] - inter_kept, 1e-9)
-        inter_batch = (rows @ rows.T).toarray()
-        iou_batch = inter_batch / np.maximum(area[batch, None] + area[None, batch] - inter_batch, 1e-9)
-        duplicate = (iou_kept >= threshold).any(axis=1)
-        accepted: list[int] = []
-        for row in range(len(batch)):
-            if duplicate[row] or (accepted and (iou_batch[row, accepted] >= threshold).any()):
-                continue
-            accepted.append(row)
-            if len(kept) + len(accepted) >= limit:
-                break
-        if accepted:
-            kept_columns[:, len(kept) : len(kept) + len(accepted)] = flat[batch[accepted]].T
-            kept += batch[accepted].tolist()
-    return np.asarray(kept, dtype=np.int64)
-
-
 def _shrink(rgb: np.ndarray, working_size: int) -> np.ndarray:
     """The image with its long side shrunk to `working_size` (never enlarged)."""
     height, width = rgb.shape[:2]
@@ -250,22 +215,8 @@ def _superpixels(image: np.ndarray, scale: float) -> np.ndarray:
     )
 
 
-def _upsample_masks(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an (N, h, w) stack to (N, H, W)."""
-    if masks.shape[1:] == tuple(shape):
-        return masks
-    rows = _upsample_index(masks.shape[1], shape[0])
-    cols = _upsample_index(masks.shape[2], shape[1])
-    return masks[:, rows][:, :, cols]
-
-
 def _grid_step(shape: tuple[int, int], pixels: int) -> int:
     return max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / pixels))))
-
-
-def _upsample_index(small: int, large: int) -> np.ndarray:
-    """Nearest-neighbour source row (or column) for each of `large` output pixels."""
-    return np.minimum(((np.arange(large) + 0.5) * small / large).astype(np.int64), small - 1)
 
 
 def default_proposals(
@@ -346,18 +297,16 @@ def default_proposals(
     if not sum(len(s) for s in scores):
         return np.zeros((0, height, width), bool)
     score = np.concatenate(scores)
-    selected = _dedupe(np.concatenate(grids), np.argsort(-score, kind="stable"), iou_threshold,
-                       int(max_proposals))
+    order = np.argsort(-score, kind="stable")
+    selected = order[greedy_mask_nms(np.concatenate(grids)[order], iou_threshold, max_kept=int(max_proposals))]
 
     hierarchy_of = np.concatenate([np.full(len(m), i) for i, m in enumerate(memberships)])
     row_of = np.concatenate([np.arange(len(m)) for m in memberships])
     out = np.empty((len(selected), height, width), bool)
-    row_index = _upsample_index(small_shape[0], height)
-    col_index = _upsample_index(small_shape[1], width)
     for hierarchy, superpixels in enumerate(segmentations):
         picked = np.flatnonzero(hierarchy_of[selected] == hierarchy)
         if len(picked):
-            full = superpixels[row_index][:, col_index]
+            full = resize_nearest(superpixels, (height, width))
             out[picked] = memberships[hierarchy][row_of[selected[picked]]][:, full]
     return out
 
@@ -419,8 +368,8 @@ def prm_guided_proposals(
     small_shape = small.shape[:2]
     # Each image pixel's cell on the working grid: PRMs are area-averaged onto it.
     cell = (
-        _upsample_index(small_shape[0], height)[:, None] * small_shape[1]
-        + _upsample_index(small_shape[1], width)[None, :]
+        nearest_indices(small_shape[0], height)[:, None] * small_shape[1]
+        + nearest_indices(small_shape[1], width)[None, :]
     ).ravel()
     cell_size = np.maximum(np.bincount(cell, minlength=small.shape[0] * small.shape[1]), 1)
     sigma = smoothing * np.sqrt(small_shape[0] * small_shape[1])
@@ -441,8 +390,8 @@ def prm_guided_proposals(
     ordered = [mask for level in regions for mask in level]
     if not ordered:
         return np.zeros((0, height, width), bool)
-    return _upsample_masks(combine_proposals(np.stack(ordered), iou_threshold=iou_threshold),
-                           (height, width))
+    return resize_nearest(combine_proposals(np.stack(ordered), iou_threshold=iou_threshold),
+                          (height, width))
 
 
 # ------------------------------------------------------------ given proposals
@@ -475,15 +424,8 @@ def _decode_release(items: list) -> np.ndarray:
         counts[0:-1:2] = starts - np.concatenate([[0], ends[:-1]])
         counts[1::2] = lengths
         counts[-1] = total - (ends[-1] if len(ends) else 0)
-        rles.append({"size": [width, height], "counts": counts.tolist()})
-    masks = _decode_rles(coco_mask.frPyObjects(rles, width, height), width, height)
-    return np.ascontiguousarray(masks.transpose(0, 2, 1))
-
-
-def _decode_rles(rles: list, height: int, width: int) -> np.ndarray:
-    if not rles:
-        return np.zeros((0, height, width), bool)
-    return np.ascontiguousarray(coco_mask.decode(rles).transpose(2, 0, 1)).astype(bool)
+        rles.append(segmentation_to_rle({"size": [width, height], "counts": counts.tolist()}, width, height))
+    return np.ascontiguousarray(decode_rles(rles, (width, height)).transpose(0, 2, 1))
 
 
 def _decode_coco(data, image_id) -> np.ndarray:
@@ -511,24 +453,19 @@ def _decode_coco(data, image_id) -> np.ndarray:
         size = sizes.get(a.get("image_id"))
         if isinstance(segm, dict):
             size = tuple(segm["size"])
-            if isinstance(segm["counts"], list):
-                segm = coco_mask.frPyObjects(segm, *size)
-            elif isinstance(segm["counts"], str):
-                segm = {"size": list(size), "counts": segm["counts"].encode()}
-        else:
-            if size is None:
-                raise ValueError(
-                    "proposal file: polygon segmentation without an image size "
-                    "(needs an 'images' entry)"
-                )
-            segm = coco_mask.merge(coco_mask.frPyObjects(segm, *size))
+        elif size is None:
+            raise ValueError(
+                "proposal file: polygon segmentation without an image size "
+                "(needs an 'images' entry)"
+            )
+        segm = segmentation_to_rle(segm, *size)
         if shape is not None and size != shape:
             raise ValueError(f"proposal file: masks of different shapes {shape} and {size}")
         shape = size
         rles.append(segm)
     if shape is None:
         return np.zeros((0, 0, 0), bool)
-    return _decode_rles(rles, *shape)
+    return decode_rles(rles, shape)
 
 
 def load_proposals(
@@ -683,7 +620,7 @@ def combine_proposals(
     step = _grid_step(masks.shape[1:], _DEDUPE_PIXELS)
     grid = masks[:, ::step, ::step].reshape(len(masks), -1)
     limit = len(masks) if max_proposals is None else int(max_proposals)
-    return masks[_dedupe(grid, np.arange(len(masks)), iou_threshold, limit)]
+    return masks[greedy_mask_nms(grid, iou_threshold, max_kept=limit)]
 
 
 # ------------------------------------------------------------------ dispatch

@@ -13,7 +13,10 @@ from scipy import ndimage as ndi
 from scipy import sparse
 from PIL import Image
 
+from .masks import greedy_mask_nms
+
 __all__ = ["Instance", "retrieve_instances", "instances_to_labels"]
+
 
 @dataclass
 class Instance:
@@ -279,21 +282,10 @@ def _nms(
     """
     if threshold is None:
         return [(i, []) for i in range(len(chosen))]
-    unique, index = np.unique(np.asarray(chosen, dtype=np.int64), return_inverse=True)
-    flat = sparse.csr_array(proposals[unique].reshape(len(unique), -1), dtype=np.float64)
-    intersection = (flat @ flat.T).toarray()
-    area = np.diag(intersection).copy()
-    union = area[:, None] + area[None, :] - intersection
-    iou = np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
-    kept: list[tuple[int, list[int]]] = []
-    for position, row in enumerate(index):
-        for kept_position, merged in kept:
-            if iou[index[kept_position], row] >= threshold:
-                merged.append(position)
-                break
-        else:
-            kept.append((position, []))
-    return kept
+    kept, suppressors = greedy_mask_nms(
+        proposals[np.asarray(chosen, dtype=np.int64)], threshold, return_suppressors=True
+    )
+    return [(int(position), np.flatnonzero(suppressors == position).tolist()) for position in kept]
 
 
 def instances_to_labels(

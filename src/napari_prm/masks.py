@@ -1,0 +1,278 @@
+"""Mask utilities in one place: overlaps, greedy suppression, RLE and resizing.
+
+Every function takes plain numpy arrays. Masks are boolean (any non-zero value counts as
+inside); a stack is ``(N, H, W)``. Overlaps are counted with sparse products: on long,
+thin matrices (few masks, many pixels) multithreaded BLAS is slow and erratic on a loaded
+machine, and sparse rows cost memory in proportion to the masks' areas only (see
+``docs/benchmarks.md``). RLE is COCO's, through pycocotools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from pycocotools import mask as coco_mask
+from scipy import sparse
+
+__all__ = [
+    "mask_iou",
+    "greedy_mask_nms",
+    "nearest_indices",
+    "resize_nearest",
+    "encode_rle",
+    "decode_rle",
+    "decode_rles",
+    "segmentation_to_rle",
+    "rle_area",
+    "rle_bbox",
+]
+
+
+# Largest (pixels x kept masks) array `greedy_mask_nms` holds densely (float32: 64 MiB).
+_DENSE_KEPT_VALUES = 16 * 2**20
+
+
+def _flat(masks: np.ndarray, name: str) -> np.ndarray:
+    masks = np.asarray(masks)
+    if masks.ndim < 2:
+        raise ValueError(f"{name}: expected an (N, H, W) stack of masks, got shape {masks.shape}")
+    flat = masks.reshape(len(masks), int(np.prod(masks.shape[1:])))
+    return flat if flat.dtype == bool else flat != 0
+
+
+def _iou(intersection: np.ndarray, area_rows: np.ndarray, area_columns: np.ndarray) -> np.ndarray:
+    """IoU from intersections and areas; 0 where the union is empty."""
+    union = area_rows[:, None] + area_columns[None, :] - intersection
+    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+
+
+def mask_iou(masks_a: np.ndarray, masks_b: np.ndarray | None = None) -> np.ndarray:
+    """Intersection over union of every mask of one stack with every mask of another.
+
+    Parameters
+    ----------
+    masks_a : (M, H, W) bool ndarray
+    masks_b : (K, H, W) bool ndarray, optional
+        Default: ``masks_a`` itself.
+
+    Returns
+    -------
+    iou : (M, K) float64 ndarray
+        0 for two empty masks.
+
+    Examples
+    --------
+    >>> a = np.zeros((1, 2, 2), bool); a[0, 0] = True          # top row: 2 pixels
+    >>> b = np.zeros((1, 2, 2), bool); b[0, :, 0] = True       # left column: 2 pixels
+    >>> mask_iou(a, b)
+    array([[0.33333333]])
+    """
+    flat_a = _flat(masks_a, "masks_a")
+    flat_b = flat_a if masks_b is None else _flat(masks_b, "masks_b")
+    if flat_a.shape[1] != flat_b.shape[1]:
+        raise ValueError(f"masks differ in size: {np.shape(masks_a)[1:]} and {np.shape(masks_b)[1:]}")
+    rows_a = sparse.csr_array(flat_a, dtype=np.float64)
+    rows_b = rows_a if masks_b is None else sparse.csr_array(flat_b, dtype=np.float64)
+    intersection = (rows_a @ rows_b.T).toarray()
+    return _iou(intersection, flat_a.sum(axis=1, dtype=np.float64), flat_b.sum(axis=1, dtype=np.float64))
+
+
+def greedy_mask_nms(
+    masks: np.ndarray,
+    iou_threshold: float,
+    *,
+    max_kept: int | None = None,
+    return_suppressors: bool = False,
+    chunk_size: int = 256,
+):
+    """Greedy non-maximum suppression of ranked masks by their IoU.
+
+    Walks the masks in order and keeps each one unless its IoU with a mask kept before
+    it is at least ``iou_threshold``.
+
+    Parameters
+    ----------
+    masks : (N, H, W) bool ndarray
+        Ranked best first.
+    iou_threshold : float
+        A mask whose IoU with a kept mask is at least this is dropped. Empty masks are
+        never dropped (their IoU with anything is 0).
+    max_kept : int, optional
+        Stop once this many masks are kept; the rest are not examined.
+    return_suppressors : bool, optional
+        Also return, for every mask, which kept mask dropped it.
+    chunk_size : int, optional
+        Masks compared at once; memory grows with ``chunk_size * (chunk_size + kept)``.
+
+    Returns
+    -------
+    kept : (k,) int64 ndarray
+        Indices of the kept masks, in order.
+    suppressors : (N,) int64 ndarray
+        Only with ``return_suppressors``: the index of the first kept mask (in ranking
+        order) whose IoU with mask ``i`` reached the threshold; -1 for kept masks and for
+        masks not examined.
+
+    Notes
+    -----
+    Overlaps come from sparse products of ``chunk_size`` masks at a time with
+    themselves and with the masks kept so far, so a long ranking that stops early at
+    ``max_kept`` costs little.
+
+    Examples
+    --------
+    >>> masks = np.zeros((3, 4, 4), bool)
+    >>> masks[0, :2] = True; masks[1, :2, :3] = True; masks[2, 2:] = True
+    >>> greedy_mask_nms(masks, 0.5)  # mask 1 covers 6 of mask 0's 8 pixels: IoU 0.75
+    array([0, 2])
+    """
+    flat = _flat(masks, "masks")
+    count, pixels = flat.shape
+    limit = count if max_kept is None else max(int(max_kept), 0)
+    chunk_size = max(int(chunk_size), 1)
+    area = flat.sum(axis=1, dtype=np.float64)
+    suppressors = np.full(count, -1, dtype=np.int64)
+    kept: list[int] = []
+    # The kept masks as columns: dense when small (sparse x dense is the fastest product),
+    # else sparse rows, so that full-resolution masks never fill a dense (pixels, kept) array.
+    dense_kept = pixels * min(limit, count) <= _DENSE_KEPT_VALUES
+    kept_columns = np.zeros((pixels, min(limit, count)), np.float32) if dense_kept else None
+    kept_rows = None
+    for start in range(0, count, chunk_size):
+        if len(kept) >= limit:
+            break
+        batch = np.arange(start, min(start + chunk_size, count))
+        rows = sparse.csr_array(flat[batch], dtype=np.float32 if dense_kept else np.float64)
+        iou_batch = _iou((rows @ rows.T).toarray().astype(np.float64), area[batch], area[batch])
+        first_kept = np.full(len(batch), -1)
+        if kept:
+            if dense_kept:
+                intersection = rows @ kept_columns[:, : len(kept)]
+            else:
+                intersection = (rows @ kept_rows.T).toarray()
+            hit = _iou(intersection.astype(np.float64), area[batch], area[kept]) >= iou_threshold
+            first_kept = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+        accepted: list[int] = []
+        for row in range(len(batch)):
+            if first_kept[row] >= 0:
+                suppressors[batch[row]] = kept[first_kept[row]]
+                continue
+            if accepted:
+                hits = np.flatnonzero(iou_batch[row, accepted] >= iou_threshold)
+                if hits.size:
+                    suppressors[batch[row]] = batch[accepted[hits[0]]]
+                    continue
+            accepted.append(row)
+            if len(kept) + len(accepted) >= limit:
+                break
+        if accepted:
+            if dense_kept:
+                kept_columns[:, len(kept) : len(kept) + len(accepted)] = flat[batch[accepted]].T
+            else:
+                new_rows = rows[accepted]
+                kept_rows = new_rows if kept_rows is None else sparse.vstack([kept_rows, new_rows], format="csr")
+            kept += batch[accepted].tolist()
+    kept_indices = np.asarray(kept, dtype=np.int64)
+    return (kept_indices, suppressors) if return_suppressors else kept_indices
+
+
+# --------------------------------------------------------------------------- resizing
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+    """Nearest-neighbour source index of each of ``size_out`` output pixels.
+
+    Pixel centres are matched: output pixel ``i`` reads input pixel
+    ``floor((i + 0.5) * size_in / size_out)``, so enlarging repeats every pixel equally
+    and shrinking samples the pixel under the centre of each block (after it, for an even
+    block).
+
+    Returns
+    -------
+    (size_out,) int64 ndarray
+        Values in ``[0, size_in)``.
+    """
+    return np.minimum(((np.arange(size_out) + 0.5) * size_in / size_out).astype(np.int64), size_in - 1)
+
+
+def resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of the last two axes (masks, mask stacks, label images).
+
+    Parameters
+    ----------
+    array : (..., h, w) ndarray
+        Any dtype; values are copied, never blended.
+    shape : (int, int)
+        Output ``(H, W)``.
+
+    Returns
+    -------
+    (..., H, W) ndarray
+        ``array`` itself when it already has that size. See `nearest_indices`.
+    """
+    array = np.asarray(array)
+    height, width = (int(s) for s in shape)
+    if array.shape[-2:] == (height, width):
+        return array
+    rows = nearest_indices(array.shape[-2], height)
+    columns = nearest_indices(array.shape[-1], width)
+    return array[..., rows, :][..., columns]
+
+
+# --------------------------------------------------------------------------- RLE
+def encode_rle(mask: np.ndarray) -> dict:
+    """COCO compressed RLE of one (H, W) mask, ready for JSON.
+
+    Returns
+    -------
+    dict
+        ``{"size": [H, W], "counts": str}``.
+    """
+    rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: Mapping) -> np.ndarray:
+    """(H, W) bool mask of one compressed RLE (``counts`` as str or bytes)."""
+    return coco_mask.decode(rle).astype(bool)
+
+
+def decode_rles(rles: Sequence[Mapping], shape: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) bool stack of N compressed RLEs of size ``shape``; (0, H, W) for none."""
+    if not len(rles):
+        return np.zeros((0, *shape), bool)
+    return np.ascontiguousarray(coco_mask.decode(list(rles)).transpose(2, 0, 1)).astype(bool)
+
+
+def segmentation_to_rle(segmentation, height: int, width: int) -> dict:
+    """Compressed RLE of a COCO ``segmentation``: polygons, uncompressed or compressed RLE.
+
+    Parameters
+    ----------
+    segmentation : list of polygons, or dict with ``size`` and ``counts``
+        ``counts`` a list (uncompressed RLE) or a str/bytes (compressed).
+    height, width : int
+        Image size, used by polygons (an RLE carries its own ``size``).
+
+    Returns
+    -------
+    dict
+        ``{"size": [H, W], "counts": bytes}`` as pycocotools takes it.
+    """
+    if isinstance(segmentation, list):
+        return coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):
+        return coco_mask.frPyObjects(segmentation, height, width)
+    rle = dict(segmentation)
+    if isinstance(rle["counts"], str):
+        rle["counts"] = rle["counts"].encode("ascii")
+    return rle
+
+
+def rle_area(rle: Mapping) -> int:
+    """Pixels inside a compressed RLE."""
+    return int(coco_mask.area(rle))
+
+
+def rle_bbox(rle: Mapping) -> list[float]:
+    """Bounding box ``[x, y, width, height]`` (COCO's order) of a compressed RLE."""
+    return [float(v) for v in coco_mask.toBbox(rle)]
