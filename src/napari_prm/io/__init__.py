@@ -1,0 +1,48 @@
+"""Exporters and importers: images, label images, COCO JSON, instance and peak CSVs, PRMs.
+
+The one place that knows the file formats; the command line, the napari writer and the
+widgets all call it. Every file is written atomically (`atomic_write`): to a temporary
+file in the target's folder, then renamed over the target, so a failed write leaves the
+previous file as it was.
+
+============================  ==========================================================
+module                        holds
+============================  ==========================================================
+``napari_prm.io.atomic``      `atomic_write`, `atomic_writes`
+``napari_prm.io.images``      ``IMAGE_SUFFIXES``, `read_image` (the one image reader)
+``napari_prm.io.labels``      `write_label_image`, `read_label_image`
+``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
+                              `write_peaks_csv`
+``napari_prm.io.coco``        `labels_to_coco`, `coco_to_labels`, `write_coco_json`
+``napari_prm.io.prediction``  `export_instances`, `write_prediction`, `prediction_paths`,
+                              `write_prms`
+============================  ==========================================================
+
+An *instance table* is a mapping of equal-length columns ``label, class_index, class_name,
+score, peak`` (a dict of arrays or napari's ``Labels.features`` DataFrame). Labels present
+in the image but absent from the table (painted by hand) are exported with class index -1,
+class name ``"unknown"``, no score and peak -1.
+
+This package imports neither napari/Qt nor torch.
+"""
+
+from .atomic import atomic_write, atomic_writes
+from .coco import UNKNOWN_CATEGORY_ID, coco_to_labels, labels_to_coco, write_coco_json
+from .images import IMAGE_SUFFIXES, read_image
+from .labels import read_label_image, write_label_image
+from .prediction import EXPORT_SUFFIXES, export_instances, prediction_paths, write_prediction, write_prms
+from .tables import (
+    INSTANCE_CSV_COLUMNS,
+    UNKNOWN_CLASS,
+    read_instances_csv,
+    write_instances_csv,
+    write_peaks_csv,
+)
+
+__all__ = [
+    "atomic_write", "atomic_writes", "read_image", "write_label_image", "read_label_image",
+    "labels_to_coco", "coco_to_labels", "write_coco_json", "write_instances_csv",
+    "read_instances_csv", "write_peaks_csv", "write_prms", "export_instances",
+    "write_prediction", "prediction_paths", "IMAGE_SUFFIXES", "UNKNOWN_CLASS",
+    "UNKNOWN_CATEGORY_ID", "INSTANCE_CSV_COLUMNS", "EXPORT_SUFFIXES",
+]

@@ -1,0 +1,187 @@
+"""COCO "instances" JSON: label images to and from RLE annotations."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..masks import decode_rle, encode_rle, rle_area, rle_bbox, segmentation_to_rle
+from .atomic import atomic_write
+from .labels import _check_labels
+from .tables import UNKNOWN_CLASS, _instance_rows, _label_regions, _names_from_records, _table_from_records
+
+__all__ = ["labels_to_coco", "coco_to_labels", "write_coco_json", "UNKNOWN_CATEGORY_ID"]
+
+#: COCO category id of labels without a class (id 0 is not used by COCO's own categories).
+UNKNOWN_CATEGORY_ID = 0
+
+
+def labels_to_coco(labels: np.ndarray, table=None, class_names: Sequence[str] | None = None,
+                   *, image_id: int = 1, file_name: str = "",
+                   category_ids: Sequence[int] | None = None) -> dict:
+    """Describe a 2-D label image as a COCO "instances" dataset with one image.
+
+    Parameters
+    ----------
+    labels : (H, W) integer ndarray
+        0 is background; every other value is one instance.
+    table : mapping of columns, optional
+        Instance table (``label, class_index, class_name, score, peak``).
+    class_names : sequence of str, optional
+        All the model's classes; each becomes a category. Defaults to the names in
+        ``table`` (``class_<i>`` for indices it lacks).
+    image_id : int
+        The ``id`` of the image entry and ``image_id`` of every annotation.
+    file_name : str
+        ``file_name`` of the image entry.
+    category_ids : sequence of int, optional
+        Category id of each class (e.g. the official COCO ids); default ``index + 1``.
+        Id 0 is reserved for labels without a class (``"unknown"``).
+
+    Returns
+    -------
+    dict
+        With ``images``, ``annotations`` and ``categories``. Each annotation has ``id`` and
+        ``label`` (both the label value), ``category_id``, ``segmentation`` (compressed RLE,
+        ``counts`` as str), ``area``, ``bbox`` (``[x, y, width, height]``), ``iscrowd`` 0,
+        ``peak`` and ``score`` (left out when the instance has none).
+    """
+    labels = _check_labels(labels)
+    regions = _label_regions(labels)
+    records = _instance_rows(regions, table, class_names)
+    names = list(class_names) if class_names is not None else _names_from_records(records)
+    ids = list(range(1, len(names) + 1)) if category_ids is None else [int(i) for i in category_ids]
+    if len(ids) != len(names) or len(set(ids)) != len(ids) or UNKNOWN_CATEGORY_ID in ids:
+        raise ValueError(f"category_ids must be {len(names)} distinct ids other than "
+                         f"{UNKNOWN_CATEGORY_ID}, got {list(ids)[:10]}...")
+    categories = [{"id": i, "name": str(n), "supercategory": ""} for i, n in zip(ids, names)]
+    if any(r["class_index"] < 0 for r in records):
+        categories.append({"id": UNKNOWN_CATEGORY_ID, "name": UNKNOWN_CLASS,
+                           "supercategory": ""})
+    height, width = labels.shape
+    annotations = []
+    for record in records:
+        label = record["label"]
+        mask = np.zeros((height, width), dtype=np.uint8, order="F")
+        window = regions[label][0]
+        mask[window] = labels[window] == label
+        rle = encode_rle(mask)
+        annotation = {
+            "id": label, "label": label, "image_id": int(image_id),
+            "category_id": UNKNOWN_CATEGORY_ID if record["class_index"] < 0
+            else ids[record["class_index"]],
+            "segmentation": rle,
+            "area": rle_area(rle),
+            "bbox": rle_bbox(rle),
+            "iscrowd": 0, "peak": record["peak"],
+        }
+        if math.isfinite(record["score"]):
+            annotation["score"] = record["score"]
+        annotations.append(annotation)
+    return {"info": {"description": "napari-prm instance export"}, "licenses": [],
+            "images": [{"id": int(image_id), "file_name": str(file_name),
+                        "height": height, "width": width}],
+            "annotations": annotations, "categories": categories}
+
+
+def coco_to_labels(coco: Mapping | str | os.PathLike, image_id: int | None = None):
+    """Paint the instances of one image of a COCO dataset into a label image.
+
+    Parameters
+    ----------
+    coco : dict or path-like
+        A COCO "instances" dataset (as written by `labels_to_coco`, or any COCO JSON with
+        RLE or polygon segmentations).
+    image_id : int, optional
+        Which image; may be left out when the dataset has one image.
+
+    Returns
+    -------
+    labels : (H, W) uint16 or uint32 ndarray
+    table : dict of ndarray
+        Columns ``label, class_index, class_name, score, peak``.
+    class_names : list of str
+        Category names in the file's order; ``class_index`` indexes this list. Category
+        id 0 (``"unknown"``) maps to class index -1.
+
+    Notes
+    -----
+    Labels are the annotations' ``label`` values when every annotation has one (files
+    written by this module), else 1, 2, ... in annotation order. Where masks overlap,
+    later annotations cover earlier ones.
+    """
+    source = str(coco) if not isinstance(coco, Mapping) else "the COCO dict"
+    if not isinstance(coco, Mapping):
+        try:
+            with open(coco, encoding="utf-8") as handle:
+                coco = json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read COCO JSON {source}: {error}") from error
+    try:
+        images = {int(image["id"]): image for image in coco["images"]}
+        categories = list(coco["categories"])
+        annotations = coco.get("annotations", [])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{source} is not a COCO instances dataset: {error!r}") from error
+    if image_id is None:
+        if len(images) != 1:
+            raise ValueError(f"{source} holds {len(images)} images; pass image_id "
+                             f"(one of {sorted(images)[:10]})")
+        image_id = next(iter(images))
+    if int(image_id) not in images:
+        raise ValueError(f"{source} has no image with id {image_id}")
+    image = images[int(image_id)]
+    height, width = int(image["height"]), int(image["width"])
+    class_categories = [c for c in categories if int(c["id"]) != UNKNOWN_CATEGORY_ID]
+    class_names = [str(c["name"]) for c in class_categories]
+    index_of = {int(c["id"]): i for i, c in enumerate(class_categories)}
+    index_of[UNKNOWN_CATEGORY_ID] = -1
+    mine = [a for a in annotations if int(a["image_id"]) == int(image_id)]
+    own_labels = bool(mine) and all("label" in a for a in mine)
+    records, rles = [], []
+    for number, annotation in enumerate(mine, start=1):
+        label = int(annotation["label"]) if own_labels else number
+        category = int(annotation["category_id"])
+        if category not in index_of:
+            raise ValueError(f"{source}: annotation {annotation.get('id')} has category "
+                             f"{category}, which is not among the categories")
+        rles.append(_segmentation_rle(annotation["segmentation"], height, width, source))
+        index = index_of[category]
+        records.append({"label": label, "class_index": index,
+                        "class_name": UNKNOWN_CLASS if index < 0 else class_names[index],
+                        "score": float(annotation.get("score", math.nan)),
+                        "peak": int(annotation.get("peak", -1))})
+    top = max((r["label"] for r in records), default=0)
+    labels = np.zeros((height, width), dtype=np.uint16 if top <= 65535 else np.uint32)
+    for record, rle in zip(records, rles):
+        # decode one mask at a time and paint only inside its box: memory and time stay
+        # proportional to one image, not to the number of instances times the image
+        x0, y0, box_width, box_height = (int(v) for v in rle_bbox(rle))
+        window = (slice(y0, y0 + box_height), slice(x0, x0 + box_width))
+        inside = decode_rle(rle)[window]
+        labels[window][inside] = record["label"]
+    return labels, _table_from_records(records), class_names
+
+
+def _segmentation_rle(segmentation, height: int, width: int, source: str) -> dict:
+    """Compressed RLE of a polygon, uncompressed-RLE or compressed-RLE segmentation."""
+    try:
+        rle = segmentation_to_rle(segmentation, height, width)
+        rle_area(rle)  # validates the counts now, so errors name the file
+        return rle
+    except Exception as error:
+        raise ValueError(f"{source}: cannot decode segmentation: {error}") from error
+
+
+def write_coco_json(path: str | os.PathLike, coco: Mapping, *, overwrite: bool = True) -> Path:
+    """Write a COCO dict (e.g. from `labels_to_coco`) as JSON; NaN is refused."""
+    path = Path(path)
+    with atomic_write(path, overwrite=overwrite) as temp:
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(coco, handle, allow_nan=False)
+    return path

@@ -1,0 +1,185 @@
+"""What a run writes: a label image with its classes in several formats, peaks and PRMs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .atomic import atomic_write, atomic_writes
+from .coco import labels_to_coco, write_coco_json
+from .labels import _check_labels, write_label_image
+from .tables import write_instances_csv, write_peaks_csv
+
+__all__ = ["export_instances", "write_prediction", "prediction_paths", "write_prms", "EXPORT_SUFFIXES"]
+
+#: File name endings of each export format, after the stem.
+EXPORT_SUFFIXES = {"tiff": "_labels.tif", "png": "_labels.png",
+                   "coco": "_instances.json", "csv": "_instances.csv"}
+_FORMAT_ALIASES = {"tif": "tiff", "tiff": "tiff", "png": "png", "coco": "coco",
+                   "json": "coco", "csv": "csv"}
+_SUFFIX_FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".json": "coco",
+                   ".csv": "csv"}
+
+
+def write_prms(path: str | os.PathLike, prms: np.ndarray, *, overwrite: bool = True) -> Path:
+    """Write peak response maps (K, H, W) as ``.npy`` or a float32 TIFF stack (K >= 1)."""
+    prms = np.asarray(prms, dtype=np.float32)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if prms.ndim != 3:
+        raise ValueError(f"prms must be (K, H, W), got shape {prms.shape}")
+    if suffix == ".npy":
+        with atomic_write(path, overwrite=overwrite) as temp:
+            np.save(temp, prms)
+    elif suffix in (".tif", ".tiff"):
+        if len(prms) == 0:
+            raise ValueError(f"cannot write {path}: a TIFF stack needs at least one PRM")
+        with atomic_write(path, overwrite=overwrite) as temp:
+            tifffile.imwrite(temp, prms, photometric="minisblack", compression="zlib")
+    else:
+        raise ValueError(f"PRMs are written as .npy, .tif or .tiff, got {path}")
+    return path
+
+
+def _export_paths(out: Path, formats, stem: str | None) -> dict[str, Path]:
+    if out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir():
+        implied = _SUFFIX_FORMATS[out.suffix.lower()]
+        if formats is not None and {_FORMAT_ALIASES.get(f) for f in formats} != {implied}:
+            raise ValueError(f"{out} names one {implied} file, but formats={formats!r}; "
+                             "pass a folder to write several formats")
+        return {implied: out}
+    formats = ("tiff", "coco", "csv") if formats is None else formats
+    unknown = [f for f in formats if f not in _FORMAT_ALIASES]
+    if unknown:
+        raise ValueError(f"unknown export formats {unknown}; expected some of "
+                         f"{sorted(_FORMAT_ALIASES)}")
+    stem = stem or "labels"
+    return {_FORMAT_ALIASES[f]: out / f"{stem}{EXPORT_SUFFIXES[_FORMAT_ALIASES[f]]}"
+            for f in formats}
+
+
+def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | None,
+                     out: str | os.PathLike, *, formats: Sequence[str] | None = None,
+                     stem: str | None = None, overwrite: bool = False,
+                     image_file_name: str = "") -> list[Path]:
+    """Export a (corrected) label image with its classes in one or more formats.
+
+    Parameters
+    ----------
+    labels : (H, W) integer ndarray
+        Any number of dimensions for a TIFF alone.
+    table : mapping of columns, optional
+        Instance table; see the module docstring.
+    class_names : sequence of str, optional
+        All classes (COCO categories); defaults to those in ``table``.
+    out : path-like
+        A file ending in ``.tif``/``.tiff``, ``.png``, ``.json`` (COCO) or ``.csv``: that one
+        file is written. Otherwise a folder (created if needed) that receives
+        ``<stem>_labels.tif``, ``<stem>_labels.png``, ``<stem>_instances.json`` and
+        ``<stem>_instances.csv`` for the chosen ``formats``.
+    formats : sequence of {"tiff", "png", "coco", "csv"}, optional
+        Default ``("tiff", "coco", "csv")`` for a folder.
+    stem : str, optional
+        File name stem in a folder; default ``"labels"``.
+    overwrite : bool
+        If False and any target exists, raise ``FileExistsError`` before writing anything.
+    image_file_name : str
+        ``file_name`` of the image in the COCO JSON.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    labels = _check_labels(labels, ndim=None)
+    out = Path(out)
+    targets = _export_paths(out, formats, stem)
+    flat_only = sorted(set(targets) - {"tiff"})
+    if flat_only and labels.ndim != 2:
+        raise ValueError(f"{', '.join(flat_only)} export needs 2-D labels, got shape "
+                         f"{labels.shape}; export a TIFF instead")
+    if "png" in targets and int(labels.max(initial=0)) > 65535:
+        raise ValueError(f"cannot export PNG {targets['png']}: PNG holds labels up to "
+                         f"65535, the largest label is {labels.max()}")
+    coco = None
+    if "coco" in targets:  # computed first: a bad table fails before any file is written
+        coco = labels_to_coco(labels, table, class_names, file_name=image_file_name)
+    next(iter(targets.values())).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writes(list(targets.values()), overwrite=overwrite) as temps:
+        for kind, temp in zip(targets, temps):
+            _write_instances_as(kind, temp, labels, table, class_names, coco)
+    return list(targets.values())
+
+
+def _write_instances_as(kind: str, path: Path, labels, table, class_names, coco) -> None:
+    if kind in ("tiff", "png"):
+        write_label_image(path, labels)
+    elif kind == "coco":
+        write_coco_json(path, coco)
+    else:
+        write_instances_csv(path, labels, table, class_names)
+
+
+def prediction_paths(out_dir: str | os.PathLike, stem: str, *,
+                     prms_format: str | None = None) -> dict[str, Path]:
+    """The files `write_prediction` writes for one image, by kind.
+
+    Kinds ``tiff`` (``<stem>_labels.tif``), ``coco`` (``<stem>_instances.json``), ``csv``
+    (``<stem>_instances.csv``), ``peaks`` (``<stem>_peaks.csv``) and, with ``prms_format``
+    ``"npy"`` or ``"tiff"``, ``prms`` (``<stem>_prms.npy`` or ``.tif``).
+    """
+    if prms_format not in (None, "npy", "tiff"):
+        raise ValueError(f"prms_format must be None, 'npy' or 'tiff', got {prms_format!r}")
+    out_dir = Path(out_dir)
+    paths = _export_paths(out_dir, ("tiff", "coco", "csv"), stem)
+    paths["peaks"] = out_dir / f"{stem}_peaks.csv"
+    if prms_format is not None:
+        paths["prms"] = out_dir / f"{stem}_prms.{'npy' if prms_format == 'npy' else 'tif'}"
+    return paths
+
+
+def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
+                     prms_format: str | None = None, overwrite: bool = False,
+                     image_file_name: str = "") -> list[Path]:
+    """Write what ``napari-prm predict`` saves for one image.
+
+    Parameters
+    ----------
+    prediction : Prediction
+        From `napari_prm.predict`.
+    out_dir : path-like
+        Created if needed.
+    stem : str
+        File name stem; see `prediction_paths` for the names. A TIFF of PRMs is left
+        out when there are no peaks.
+    prms_format : {None, "npy", "tiff"}
+        Also write the PRMs (K, H, W).
+    overwrite : bool
+        If False and any target exists, raise ``FileExistsError`` before writing anything.
+    image_file_name : str
+        ``file_name`` of the image in the COCO JSON.
+
+    Returns
+    -------
+    list of Path
+        The files written, all replaced together (see `atomic_writes`).
+    """
+    targets = prediction_paths(out_dir, stem, prms_format=prms_format)
+    if prms_format == "tiff" and len(prediction.prms) == 0:
+        del targets["prms"]
+    labels, table = prediction.to_labels()
+    coco = labels_to_coco(labels, table, prediction.class_names, file_name=image_file_name)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with atomic_writes(list(targets.values()), overwrite=overwrite) as temps:
+        for kind, temp in zip(targets, temps):
+            if kind == "peaks":
+                write_peaks_csv(temp, prediction)
+            elif kind == "prms":
+                write_prms(temp, prediction.prms)
+            else:
+                _write_instances_as(kind, temp, labels, table, prediction.class_names, coco)
+    return list(targets.values())

@@ -1,0 +1,192 @@
+"""Instance tables and CSV files: one row per instance, one row per peak.
+
+An *instance table* is a mapping of equal-length columns ``label, class_index, class_name,
+score, peak`` (a dict of arrays or napari's ``Labels.features`` DataFrame). Labels present
+in the image but absent from the table (painted by hand) are exported with class index -1,
+class name ``"unknown"``, no score and peak -1.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .atomic import atomic_write
+from .labels import _check_labels
+
+__all__ = ["write_instances_csv", "read_instances_csv", "write_peaks_csv", "UNKNOWN_CLASS"]
+
+UNKNOWN_CLASS = "unknown"
+INSTANCE_CSV_COLUMNS = ("id", "class", "class_index", "area",
+                        "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "score")
+
+
+def _table_rows(table) -> dict[int, tuple[int, str, float, int]]:
+    """Map each label in ``table`` to (class_index, class_name, score, peak)."""
+    if table is None or len(table) == 0 or "label" not in table:
+        return {}
+    columns = {name: np.asarray(table[name]) for name in
+               ("label", "class_index", "class_name", "score", "peak") if name in table}
+    count = len(columns["label"])
+    default = {"class_index": np.full(count, -1), "class_name": np.full(count, UNKNOWN_CLASS),
+               "score": np.full(count, np.nan), "peak": np.full(count, -1)}
+    columns = {**default, **columns}
+    rows = {}
+    for label, index, name, score, peak in zip(columns["label"], columns["class_index"],
+                                               columns["class_name"], columns["score"],
+                                               columns["peak"]):
+        # an edited napari features table may hold NaN/None where a value is missing
+        if _missing(label):
+            continue
+        rows[int(label)] = (_int_or(index, -1), UNKNOWN_CLASS if _missing(name) else str(name),
+                            math.nan if _missing(score) else float(score), _int_or(peak, -1))
+    return rows
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def _int_or(value, default: int) -> int:
+    return default if _missing(value) else int(value)
+
+
+def _label_regions(labels: np.ndarray) -> dict[int, tuple[tuple[slice, ...], int]]:
+    """Bounding box (slices) and area of every label > 0, in increasing label order.
+
+    Works on the ranks of the label values, so sparse values (a label 4e9) cost no memory.
+    """
+    values, ranks, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    ranks = ranks.reshape(labels.shape)
+    if values.size and values[0] != 0:  # no background: ranks must start at 1
+        ranks = ranks + 1
+        values, counts = np.r_[0, values], np.r_[0, counts]
+    boxes = ndimage.find_objects(ranks)
+    return {int(values[rank]): (boxes[rank - 1], int(counts[rank]))
+            for rank in range(1, len(values))}
+
+
+def _instance_rows(regions: Mapping[int, object], table, class_names: Sequence[str] | None):
+    """One record per label in ``regions``: label, class index/name, score, peak."""
+    known = _table_rows(table)
+    records = []
+    for label in regions:
+        index, name, score, peak = known.get(label, (-1, UNKNOWN_CLASS, math.nan, -1))
+        if index < 0:
+            index, name = -1, UNKNOWN_CLASS
+        elif class_names is not None:
+            if index >= len(class_names):
+                raise ValueError(f"label {label} has class index {index}, but only "
+                                 f"{len(class_names)} class names were given")
+            name = class_names[index]
+        records.append({"label": label, "class_index": index, "class_name": name,
+                        "score": score, "peak": peak})
+    return records
+
+
+def _names_from_records(records) -> list[str]:
+    top = max((r["class_index"] for r in records), default=-1)
+    names = [f"class_{i}" for i in range(top + 1)]
+    for record in records:
+        if record["class_index"] >= 0:
+            names[record["class_index"]] = record["class_name"]
+    return names
+
+
+def _table_from_records(records) -> dict[str, np.ndarray]:
+    return {"label": np.array([r["label"] for r in records], dtype=np.int64),
+            "class_index": np.array([r["class_index"] for r in records], dtype=np.int64),
+            "class_name": np.array([r["class_name"] for r in records], dtype=object),
+            "score": np.array([r["score"] for r in records], dtype=np.float64),
+            "peak": np.array([r.get("peak", -1) for r in records], dtype=np.int64)}
+
+
+def write_instances_csv(path: str | os.PathLike, labels: np.ndarray, table=None,
+                        class_names: Sequence[str] | None = None, *,
+                        overwrite: bool = True) -> Path:
+    """Write one row per instance: id, class, class_index, area, bbox, score.
+
+    Columns are ``id`` (label value), ``class`` (name), ``class_index`` (-1 when
+    unknown), ``area`` (pixels), ``bbox_y0, bbox_x0, bbox_y1, bbox_x1`` (rows and columns,
+    end exclusive, like scikit-image's ``regionprops(...).bbox``) and ``score`` (empty
+    when the instance has none). ``labels`` is 2-D.
+    """
+    labels = _check_labels(labels)
+    regions = _label_regions(labels)
+    records = _instance_rows(regions, table, class_names)
+    path = Path(path)
+    with atomic_write(path, overwrite=overwrite) as temp:
+        with open(temp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(INSTANCE_CSV_COLUMNS)
+            for record in records:
+                (rows, cols), area = regions[record["label"]]
+                score = record["score"]
+                writer.writerow([record["label"], record["class_name"], record["class_index"],
+                                 area, rows.start, cols.start,
+                                 rows.stop, cols.stop, repr(score) if math.isfinite(score) else ""])
+    return path
+
+
+def read_instances_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a CSV written by `write_instances_csv` into columns.
+
+    Returns
+    -------
+    dict of ndarray
+        ``label, class_index, class_name, score`` (NaN where empty), ``area`` and
+        ``bbox`` ((N, 4) int: y0, x0, y1, x1).
+    """
+    path = Path(path)
+    integer_columns = ("id", "class_index", "area", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = set(INSTANCE_CSV_COLUMNS) - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"missing columns {sorted(missing)}")
+            for row in reader:
+                try:
+                    values = {name: int(row[name]) for name in integer_columns}
+                    values["score"] = float(row["score"] or "nan")
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f"line {reader.line_num}: {error}") from None
+                rows.append(values | {"class": row["class"]})
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read instance CSV {path}: {error}") from error
+    return {"label": np.array([r["id"] for r in rows], dtype=np.int64),
+            "class_index": np.array([r["class_index"] for r in rows], dtype=np.int64),
+            "class_name": np.array([r["class"] for r in rows], dtype=object),
+            "score": np.array([r["score"] for r in rows], dtype=np.float64),
+            "area": np.array([r["area"] for r in rows], dtype=np.int64),
+            "bbox": np.array([[r[c] for c in integer_columns[3:]] for r in rows],
+                             dtype=np.int64).reshape(-1, 4)}
+
+
+def write_peaks_csv(path: str | os.PathLike, prediction, *, overwrite: bool = True) -> Path:
+    """Write a prediction's peaks: peak, y, x (image pixels), class, class_index, value.
+
+    ``value`` is the CRM value at the peak; ``class_score`` the peak-stimulated score of
+    the peak's class.
+    """
+    peaks = np.asarray(prediction.peaks, dtype=np.float64).reshape(-1, 2)
+    classes = np.asarray(prediction.peak_classes).reshape(-1)
+    values = np.asarray(prediction.peak_values).reshape(-1)
+    scores = np.asarray(prediction.scores).reshape(-1)
+    path = Path(path)
+    with atomic_write(path, overwrite=overwrite) as temp:
+        with open(temp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["peak", "y", "x", "class", "class_index", "value", "class_score"])
+            for number, ((y, x), index, value) in enumerate(zip(peaks, classes, values)):
+                writer.writerow([number, repr(float(y)), repr(float(x)),
+                                 prediction.class_names[int(index)], int(index),
+                                 repr(float(value)), repr(float(scores[int(index)]))])
+    return path
