@@ -161,7 +161,8 @@ def test_collect_images_sorted_unique_and_same_stems(tmp_path, image_folder):
                                        tmp_path])
     assert [p.name for p in images] == ["broken.png", "gray16.tif", "sample0.jpg",
                                         "sample1.jpg"]
-    assert problems == [f"{tmp_path}: no images (.png, .jpg, .jpeg, .tif, .tiff) in this folder"]
+    assert problems == [f"{tmp_path}: no images (.png, .jpg, .jpeg, .tif, .tiff, .bmp, .gif, .webp) "
+                        "in this folder"]
     from napari_prm.cli import _output_stems
 
     assert _output_stems([Path("a/x.png"), Path("b/x.png"), Path("x.tif")]) == ["x", "x_2", "x_3"]

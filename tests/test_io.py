@@ -312,6 +312,66 @@ def test_read_image_real_jpeg():
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
 
 
+def test_read_image_reads_every_image_suffix(tmp_path):
+    import imageio.v3 as iio
+
+    image = np.random.default_rng(4).integers(0, 255, (12, 10, 3)).astype(np.uint8)
+    for suffix in io.IMAGE_SUFFIXES:
+        path = tmp_path / f"image{suffix}"
+        (tifffile.imwrite if suffix in (".tif", ".tiff") else iio.imwrite)(path, image)
+        back = io.read_image(path)
+        assert back.shape == image.shape and back.dtype == np.uint8, suffix
+        if suffix in (".png", ".tif", ".tiff", ".bmp"):  # lossless formats
+            np.testing.assert_array_equal(back, image)
+
+
+def test_as_rgb_float_rule():
+    gray8 = np.array([[0, 51], [204, 255]], np.uint8)
+    np.testing.assert_allclose(io.as_rgb_float(gray8)[..., 0], gray8 / 255)
+    np.testing.assert_array_equal(io.as_rgb_float(gray8 > 100)[..., 1], [[0, 0], [1, 1]])
+    unit = np.array([[0.0, 0.25], [0.5, 1.0]])
+    np.testing.assert_allclose(io.as_rgb_float(unit)[..., 2], unit)  # within [0, 1]: kept
+    # every other integer or float image: 0.5-99.5 percentile stretch, clipped
+    ramp = np.arange(1000, dtype=np.float64).reshape(20, 50)
+    low, high = np.percentile(ramp, (0.5, 99.5))
+    rgb = io.as_rgb_float(ramp - 300)
+    np.testing.assert_allclose(rgb[..., 0], np.clip((ramp - low) / (high - low), 0, 1), atol=1e-6)
+    np.testing.assert_allclose(io.as_rgb_float(ramp.astype(np.uint16)), rgb, atol=1e-6)
+    np.testing.assert_allclose(io.as_rgb_float(ramp.astype(np.int32) - 500), rgb, atol=1e-6)
+    assert rgb.shape == (20, 50, 3) and rgb.dtype == np.float32 and rgb.min() == 0 and rgb.max() == 1
+    # percentiles equal: min-max; constant: 0
+    spike = np.zeros((20, 20), np.uint16)
+    spike[0, 0] = 7
+    np.testing.assert_allclose(io.as_rgb_float(spike)[..., 0], spike / 7)
+    assert io.as_rgb_float(np.full((3, 3), 9, np.uint16)).max() == 0
+    # RGBA over black; gray with one channel repeated
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = 200, [[255, 0], [51, 102]]
+    np.testing.assert_allclose(io.as_rgb_float(rgba)[..., 0], 200 / 255 * rgba[..., 3] / 255, rtol=1e-6)
+    np.testing.assert_array_equal(io.as_rgb_float(gray8[..., None]), io.as_rgb_float(gray8))
+    assert io.as_rgb_float(gray8, dtype=np.float64).dtype == np.float64
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        io.as_rgb_float(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        io.as_rgb_float(np.array([[0.0, np.inf], [1.0, 2.0]]))
+
+
+def test_12_bit_image_gives_the_network_input_of_its_8_bit_version():
+    """A uint16 image using 0..4095 is not read as nearly black (65535 would be white)."""
+    from skimage import data
+
+    from napari_prm.model.efficientnet_lite import LITE_MEAN, LITE_STD
+    from napari_prm.model.transforms import to_network_input
+
+    image8 = data.chelsea().copy()
+    image8[:10], image8[-10:] = 0, 255  # black and white beyond 0.5 % of the pixels
+    image12 = np.round(image8.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    np.testing.assert_allclose(io.as_rgb_float(image12), io.as_rgb_float(image8), atol=0.5 / 4095 + 1e-6)
+    x8 = to_network_input(io.as_rgb_float(image8), (224, 224), LITE_MEAN, LITE_STD)
+    x12 = to_network_input(io.as_rgb_float(image12), (224, 224), LITE_MEAN, LITE_STD)
+    assert float((x8 - x12).abs().max()) < 1e-2
+
+
 def test_napari_features_dataframe_with_missing_values(tmp_path):
     """A Labels.features DataFrame (extra columns, NaN where the user added a row) exports."""
     import pandas as pd

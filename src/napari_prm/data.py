@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+from .io.images import IMAGE_SUFFIXES, as_rgb_float, read_image
 
 #: The 20 PASCAL VOC classes under their COCO names, in VOC's order.
 VOC_CLASSES = (
@@ -97,7 +97,7 @@ class LabeledImageDataset:
         return self.coco is not None
 
     def read_image(self, index: int) -> np.ndarray:
-        """The image as stored (gray, RGB or RGBA; any dtype).
+        """The image as `napari_prm.io.read_image` reads it (gray, RGB or RGBA; its dtype).
 
         Raises
         ------
@@ -106,22 +106,13 @@ class LabeledImageDataset:
         """
         path = self.image_paths[index]
         try:
-            if path.suffix.lower() in (".tif", ".tiff"):
-                import tifffile
-
-                image = tifffile.imread(path)
-            else:
-                import imageio.v3 as iio
-
-                image = iio.imread(path)
-        except Exception as error:  # any reader failure is the same user error: a bad file
-            raise ValueError(f"cannot read image {path} (declared at {self.origins[index]}): {error}") from error
-        return np.asarray(image)
+            return read_image(path)
+        except ValueError as error:  # any reader failure is the same user error: a bad file
+            reason = str(error).removeprefix(f"cannot read image {path}: ")
+            raise ValueError(f"cannot read image {path} (declared at {self.origins[index]}): {reason}") from error
 
     def read_rgb(self, index: int) -> np.ndarray:
-        """The image as ``(H, W, 3) float32`` in [0, 1] (see ``model.transforms.as_rgb_float``)."""
-        from .model.transforms import as_rgb_float
-
+        """The image as ``(H, W, 3) float32`` in [0, 1] (see `napari_prm.io.as_rgb_float`)."""
         image = self.read_image(index)
         try:
             return as_rgb_float(image)

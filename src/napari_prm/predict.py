@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from .model.checkpoint import PRMModel, load_model, resolve_device
-from .model.transforms import as_rgb_float, to_network_input
+from .io.images import as_rgb_float
+from .model.transforms import to_network_input
 from .retrieval import Instance
 
 ProgressCallback = Callable[[str, int, int], None]

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import color, exposure, filters, io, segmentation, transform
+from skimage import color, filters, segmentation, transform
+
+from .io.images import as_rgb_float, read_array
 
 from .masks import decode_rles, greedy_mask_nms, nearest_indices, resize_nearest, segmentation_to_rle
 
@@ -33,33 +35,6 @@ __all__ = [
 # Masks are compared on a grid of at most this many points when deduplicating
 # given stacks, and of a quarter of that for the generator's own candidates.
 _DEDUPE_PIXELS = 16384
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float64 in [0, 1] from a gray, RGB or RGBA image of any dtype."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        image = image[..., :3]
-    elif image.ndim != 2:
-        raise ValueError(
-            f"image: expected (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA, got shape {image.shape}"
-        )
-    if image.dtype == np.uint8:
-        rgb = image / 255.0
-    elif image.dtype == bool:
-        rgb = image.astype(np.float64)
-    else:
-        # Microscopy and float images rarely use their dtype's full range.
-        values = np.nan_to_num(image.astype(np.float64))
-        low, high = np.percentile(values, (0.5, 99.5))
-        if high <= low:
-            low, high = values.min(), values.max()
-        rgb = exposure.rescale_intensity(values, in_range=(low, max(high, low + 1e-12)), out_range=(0.0, 1.0))
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=-1)
-    return rgb
 
 
 def _image_shape(image: np.ndarray) -> tuple[int, int]:
@@ -234,8 +209,8 @@ def default_proposals(
     Parameters
     ----------
     image : (H, W), (H, W, 3) or (H, W, 4) ndarray
-        Gray, RGB or RGBA image of any dtype (uint8 is read as 0..255, other
-        dtypes are stretched between their 0.5 and 99.5 percentiles).
+        Gray, RGB or RGBA image of any dtype, normalised by
+        :func:`napari_prm.io.as_rgb_float` (as the network input is).
     max_proposals : int, optional
         Most proposals returned.
     working_size : int, optional
@@ -267,7 +242,7 @@ def default_proposals(
     across hierarchies are dropped.
     """
     height, width = _image_shape(image)
-    rgb = _as_rgb(image)
+    rgb = as_rgb_float(image, dtype=np.float64)
     if int(max_proposals) < 1:
         raise ValueError(f"max_proposals: expected a positive integer, got {max_proposals}")
     unknown = set(colour_spaces) - {"lab", "hsv", "rgb"}
@@ -362,7 +337,7 @@ def prm_guided_proposals(
         )
     if not thresholds or not all(0 < t < 1 for t in thresholds):
         raise ValueError(f"thresholds: expected fractions in (0, 1), got {thresholds}")
-    small = _shrink(_as_rgb(image), working_size)
+    small = _shrink(as_rgb_float(image, dtype=np.float64), working_size)
     superpixels = _superpixels(small, 100).ravel()
     sp_size = np.maximum(np.bincount(superpixels), 1)
     small_shape = small.shape[:2]
@@ -512,7 +487,7 @@ def load_proposals(
                 raise ValueError(f"{path}: no arrays inside")
             masks = _as_stack(archive[archive.files[0]], str(path))
     elif suffix in (".tif", ".tiff", ".png"):
-        masks = _as_stack(io.imread(path), str(path))
+        masks = _as_stack(read_array(path, what="proposal file"), str(path))
     else:
         raise ValueError(
             f"{path}: unknown proposal file type {suffix!r} (expected .json, .npy, .npz, .tif or .png)"

@@ -9,7 +9,8 @@ previous file as it was.
 module                        holds
 ============================  ==========================================================
 ``napari_prm.io.atomic``      `atomic_write`, `atomic_writes`
-``napari_prm.io.images``      ``IMAGE_SUFFIXES``, `read_image` (the one image reader)
+``napari_prm.io.images``      ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
+                              `read_array`, `as_rgb_float` (the one RGB normaliser)
 ``napari_prm.io.labels``      `write_label_image`, `read_label_image`
 ``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
                               `write_peaks_csv`
@@ -28,7 +29,7 @@ This package imports neither napari/Qt nor torch.
 
 from .atomic import atomic_write, atomic_writes
 from .coco import UNKNOWN_CATEGORY_ID, coco_to_labels, labels_to_coco, write_coco_json
-from .images import IMAGE_SUFFIXES, read_image
+from .images import IMAGE_SUFFIXES, as_rgb_float, read_array, read_image
 from .labels import read_label_image, write_label_image
 from .prediction import EXPORT_SUFFIXES, export_instances, prediction_paths, write_prediction, write_prms
 from .tables import (
@@ -40,7 +41,7 @@ from .tables import (
 )
 
 __all__ = [
-    "atomic_write", "atomic_writes", "read_image", "write_label_image", "read_label_image",
+    "atomic_write", "atomic_writes", "read_array", "read_image", "as_rgb_float", "write_label_image", "read_label_image",
     "labels_to_coco", "coco_to_labels", "write_coco_json", "write_instances_csv",
     "read_instances_csv", "write_peaks_csv", "write_prms", "export_instances",
     "write_prediction", "prediction_paths", "IMAGE_SUFFIXES", "UNKNOWN_CLASS",

@@ -1,4 +1,10 @@
-"""Reading images from files."""
+"""Images in: the one image reader and the one RGB normaliser.
+
+`read_image` reads every image file napari-prm opens (command line, datasets, proposal
+files through `read_array`); `as_rgb_float` turns any image array (a file's, or a napari
+layer's plane) into the RGB floats in [0, 1] that both the network and the built-in
+proposals start from.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +14,48 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-__all__ = ["IMAGE_SUFFIXES", "read_image"]
+__all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "as_rgb_float"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+#: File name suffixes `read_image` reads: TIFF through tifffile, the others through imageio
+#: (Pillow). Folders given to ``napari-prm predict`` and dataset folders are filtered by them.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+
+#: Percentiles between which images other than uint8, bool and [0, 1] floats are stretched.
+STRETCH_PERCENTILES = (0.5, 99.5)
 
 
-def _imread(path: Path, what: str) -> np.ndarray:
-    """TIFF through tifffile, other formats through imageio; a ValueError naming the file on failure."""
+def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
+    """A file's array as stored: TIFF through tifffile, other formats through imageio.
+
+    Parameters
+    ----------
+    path : path-like
+    what : str
+        What the file holds, for the error message (``"label image"``, ...).
+
+    Returns
+    -------
+    ndarray
+        Whatever shape and dtype the file holds (a stack, a label image, ...).
+
+    Raises
+    ------
+    ValueError
+        ``"cannot read <what> <path>: <reason>"`` when the file cannot be read.
+    """
+    path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return tifffile.imread(path)
+            return np.asarray(tifffile.imread(path))
         import imageio.v3 as iio
 
-        return iio.imread(path)
+        return np.asarray(iio.imread(path))
     except Exception as error:  # the readers raise many types for a broken file
         raise ValueError(f"cannot read {what} {path}: {error}") from error
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG, JPEG or TIFF (8- or 16-bit, gray, RGB or RGBA) as a numpy array.
+    """Read one 2-D image (gray, RGB or RGBA; 8- or 16-bit) from any of ``IMAGE_SUFFIXES``.
 
     Returns
     -------
@@ -42,11 +71,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Notes
     -----
     TIFFs are read with tifffile, other formats with imageio (Pillow), which reads 16-bit
-    grayscale PNGs exactly but reduces 16-bit colour PNGs to 8 bits per channel.
+    grayscale PNGs exactly but reduces 16-bit colour PNGs to 8 bits per channel. Leading
+    axes of length 1 (a one-frame GIF) are dropped. Turn the result into network input
+    with `as_rgb_float`.
     """
     path = Path(path)
-    image = _imread(path, "image")
-    image = np.asarray(image)
+    image = read_array(path, what="image")
     if image.ndim > 2:
         image = image.reshape([n for n in image.shape[:-2] if n != 1] + list(image.shape[-2:]))
     if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (1, 3, 4):
@@ -57,3 +87,105 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: expected a 2-D gray, RGB or RGBA "
                          f"image, got an array of shape {image.shape}")
     return image
+
+
+def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
+    """Convert an image to RGB floats in [0, 1]: the one normaliser of napari-prm.
+
+    The network input (`napari_prm.predict`, training) and the built-in proposals both
+    start from it, so they see the same image.
+
+    Parameters
+    ----------
+    image : (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) ndarray
+        Grayscale, RGB or RGBA; bool, integer or floating point.
+    dtype : float dtype, optional
+        Of the result (computations are done in it).
+
+    Returns
+    -------
+    rgb : (H, W, 3) ndarray of ``dtype``, values in [0, 1]
+
+    Raises
+    ------
+    ValueError
+        Empty or 1-pixel images, NaN or infinite values, unreadable channel counts and
+        stacks (3D data with more than 4 trailing channels), other dtypes.
+
+    Notes
+    -----
+    The colour (or gray) values are mapped by dtype:
+
+    - bool: False 0, True 1;
+    - uint8: divided by 255;
+    - floats already within [0, 1]: kept;
+    - every other integer or float image (uint16 microscopy, 12-bit data, floats outside
+      [0, 1]) is stretched linearly between its 0.5th and 99.5th percentiles (taken over
+      all colour channels together, so colours keep their balance) and clipped to
+      [0, 1]; when those two percentiles are equal, between its minimum and maximum; a
+      constant image gives 0. Such images rarely use their dtype's full range (a 12-bit
+      camera fills 1/16 of uint16).
+
+    An RGBA image is composited over black (transparent pixels carry no object
+    evidence): colour times opacity, the opacity being the alpha channel in its dtype's
+    range (divided by 255 for uint8, 65535 for uint16; floats clipped to [0, 1]).
+    Gray and one-channel images are repeated to three channels.
+    """
+    image = np.asarray(image)
+    if image.size == 0:
+        raise ValueError(f"the image is empty (shape {image.shape})")
+    if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
+        channels = image.shape[-1]
+    elif image.ndim == 2:
+        channels = 0
+    elif image.ndim == 3:
+        raise ValueError(
+            f"expected one 2D plane (H, W) or a colour image (H, W, 3|4); got shape {image.shape}: "
+            "a 3D stack or an image with an unreadable channel count. Pass a single plane."
+        )
+    else:
+        raise ValueError(f"expected a 2D grayscale or colour image; got {image.ndim} dimensions, shape {image.shape}")
+    height, width = image.shape[:2]
+    if height < 2 or width < 2:
+        raise ValueError(f"the image must be at least 2×2 pixels; got {height}×{width}")
+    if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise ValueError(f"unsupported image dtype {image.dtype}")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise ValueError("the image contains NaN or infinite values")
+    colour = image[..., :3] if channels == 4 else image
+    rgb = _unit_range(colour, dtype)
+    if channels == 0:
+        rgb = np.repeat(rgb[..., None], 3, axis=-1)
+    elif channels == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    elif channels == 4:
+        rgb = rgb * _opacity(image[..., 3:4], dtype)
+    return np.ascontiguousarray(rgb, dtype=dtype)
+
+
+def _unit_range(values: np.ndarray, dtype) -> np.ndarray:
+    """Values mapped to [0, 1] by `as_rgb_float`'s rule."""
+    if values.dtype == bool:
+        return values.astype(dtype)
+    if values.dtype == np.uint8:
+        return values.astype(dtype) / dtype(255)
+    if np.issubdtype(values.dtype, np.floating):
+        low, high = values.min(), values.max()
+        if low >= 0 and high <= 1:
+            return values.astype(dtype)
+    low, high = (float(v) for v in np.percentile(values, STRETCH_PERCENTILES))
+    if high <= low:
+        low, high = float(values.min()), float(values.max())
+    if high <= low:  # a constant image
+        return np.zeros(values.shape, dtype)
+    return np.clip((values.astype(dtype) - dtype(low)) / dtype(high - low), 0, 1)
+
+
+def _opacity(alpha: np.ndarray, dtype) -> np.ndarray:
+    """An alpha channel as opacity in [0, 1]: its dtype's range for integers."""
+    if alpha.dtype == bool:
+        return alpha.astype(dtype)
+    if np.issubdtype(alpha.dtype, np.integer):
+        info = np.iinfo(alpha.dtype)
+        return (alpha.astype(dtype) - dtype(info.min)) / dtype(info.max - info.min)
+    return np.clip(alpha.astype(dtype), 0, 1)

@@ -9,7 +9,7 @@ import numpy as np
 import tifffile
 
 from .atomic import atomic_write
-from .images import _imread
+from .images import read_array
 
 __all__ = ["write_label_image", "read_label_image"]
 
@@ -83,7 +83,7 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
         Naming the file, when it cannot be read or does not hold integer labels.
     """
     path = Path(path)
-    labels = _imread(path, "label image")
+    labels = read_array(path, what="label image")
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer) or labels.ndim < 2:
         raise ValueError(f"{path} is not a label image: expected integers with at least "

@@ -1,76 +1,21 @@
-"""From what napari holds to the network input."""
+"""From what napari holds to the network input.
+
+`as_rgb_float` (the one RGB normaliser, shared with the proposals) lives in
+`napari_prm.io.images` and is re-exported here; `to_network_input` resizes and normalises
+its result for the network.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..io.images import as_rgb_float
 
-def as_rgb_float(image: np.ndarray) -> np.ndarray:
-    """Convert a napari image plane to RGB float32 in [0, 1].
-
-    Parameters
-    ----------
-    image : (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) ndarray
-        Grayscale, RGB or RGBA; bool, integer or floating point. Integer
-        images are scaled by their dtype's range (uint16 by 65535); float
-        images already in [0, 1] are kept, others are min-max scaled.
-
-    Returns
-    -------
-    rgb : (H, W, 3) float32 ndarray
-
-    Raises
-    ------
-    ValueError
-        Empty or 1-pixel images, NaN or infinite values, unreadable channel
-        counts and stacks (3D data with more than 4 trailing channels).
-    """
-    image = np.asarray(image)
-    if image.size == 0:
-        raise ValueError(f"the image is empty (shape {image.shape})")
-    if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
-        channels = image.shape[-1]
-    elif image.ndim == 2:
-        channels = 0
-    elif image.ndim == 3:
-        raise ValueError(
-            f"expected one 2D plane (H, W) or a colour image (H, W, 3|4); got shape {image.shape}: "
-            "a 3D stack or an image with an unreadable channel count. Pass a single plane."
-        )
-    else:
-        raise ValueError(f"expected a 2D grayscale or colour image; got {image.ndim} dimensions, shape {image.shape}")
-    height, width = image.shape[:2]
-    if height < 2 or width < 2:
-        raise ValueError(f"the image must be at least 2×2 pixels; got {height}×{width}")
-    if image.dtype == bool:
-        data = image.astype(np.float32)
-    elif np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        if info.min < 0:
-            data = (image.astype(np.float32) - info.min) / float(info.max - info.min)
-        else:
-            data = image.astype(np.float32) / float(info.max)
-    elif np.issubdtype(image.dtype, np.floating):
-        data = image.astype(np.float32)
-        if not np.isfinite(data).all():
-            raise ValueError("the image contains NaN or infinite values")
-        low, high = float(data.min()), float(data.max())
-        if low < 0 or high > 1:
-            data = (data - low) / (high - low) if high > low else np.zeros_like(data)
-    else:
-        raise ValueError(f"unsupported image dtype {image.dtype}")
-    if channels == 0:
-        data = np.repeat(data[..., None], 3, axis=-1)
-    elif channels == 1:
-        data = np.repeat(data, 3, axis=-1)
-    elif channels == 4:
-        # Composite over black: transparent pixels carry no object evidence.
-        data = data[..., :3] * data[..., 3:4]
-    return np.ascontiguousarray(data, dtype=np.float32)
+__all__ = ["as_rgb_float", "to_network_input"]
 
 
 def to_network_input(
