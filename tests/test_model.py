@@ -1,3 +1,6 @@
+import os
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -79,7 +82,22 @@ def test_checkpoint_round_trip(tmp_path, suffix):
     model.network.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded.network(x), model.network(x))
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"model{suffix}"]  # no temporary file left
+
+
+def test_save_model_writes_atomically_with_the_exports_file_mode(tmp_path):
+    model = build_model("tiny", ["a", "b"])
+    path = save_model(model, tmp_path / "model.pt")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~mask)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="extra state"):
+        save_model(model, tmp_path / "model.safetensors", extra={"step": 1})
+    with pytest.raises(TypeError, match="pickle"):  # fails half-way through writing
+        save_model(model, path, extra={"lock": threading.Lock()})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
 def test_bad_checkpoints_name_the_file(tmp_path):

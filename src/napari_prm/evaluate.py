@@ -12,13 +12,13 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from .io.atomic import atomic_write
 from .masks import encode_rle, mask_iou, rle_area, rle_bbox
 
 DEFAULT_IOU_THRESHOLDS = (0.25, 0.5, 0.75)
@@ -433,12 +433,7 @@ def report_json(results: dict[str, Any], path: Union[str, os.PathLike]) -> Path:
     """Write the results as JSON (NaN as null), atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+    with atomic_write(path) as temp:
+        with open(temp, "w", encoding="utf-8") as stream:
             json.dump(_nan_to_none(results), stream, indent=2, allow_nan=False)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
     return path

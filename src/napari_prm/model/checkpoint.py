@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -12,6 +11,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..io.atomic import atomic_write
 from .backbones import build_fcn, imagenet_lite0_fcn
 from .efficientnet_lite import LITE_MEAN, LITE_STD
 from .prm import PeakResponseMapping
@@ -170,21 +170,15 @@ def save_model(model: PRMModel, path: Union[str, os.PathLike], *, extra: Optiona
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
     metadata = model.metadata()
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    if extra and path.suffix == ".safetensors":
+        raise ValueError("extra state can only be saved in torch checkpoints (.pt/.pth), not .safetensors")
+    with atomic_write(path) as temp:
         if path.suffix == ".safetensors":
-            if extra:
-                raise ValueError("extra state can only be saved in torch checkpoints (.pt/.pth), not .safetensors")
             from safetensors.torch import save_file
 
             save_file(state, temp, metadata={"napari_prm": json.dumps(metadata)})
         else:
             torch.save({"metadata": metadata, "state_dict": state, "extra": extra or {}}, temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
     return path
 
 
