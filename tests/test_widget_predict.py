@@ -7,8 +7,8 @@ import pytest
 from napari.layers import Image, Labels, Points
 
 from napari_prm import load_model, predict
-from napari_prm._widget_layers import check_image_layer
-from napari_prm._widget_predict import PredictWidget
+from napari_prm._widgets.layers import check_image_layer
+from napari_prm._widgets.predict import PredictWidget
 
 WAIT_MS = 120_000
 PROPOSALS = "default"
@@ -115,6 +115,30 @@ def test_predict_creates_the_three_layers(cat_viewer, qtbot, prm_config, tiny_ch
     colours = {c: tuple(peaks.face_color[i]) for i, c in enumerate(features["class_name"])}
     assert len(set(colours.values())) == len(colours)
     assert "5 peaks" in widget.last_message and widget.last_run_seconds > 0
+
+
+def test_a_checkpoints_class_threshold_is_used_until_edited(
+        cat_viewer, qtbot, prm_config, tiny_checkpoint, small_cat, tmp_path):
+    from napari_prm import save_model
+
+    model = load_model(tiny_checkpoint)
+    scores = np.sort(predict(small_cat, model, proposals=None).scores)
+    stored = round(float(scores[-1] + scores[-2]) / 2, 4)  # only the top class passes
+    model.settings["class_threshold"] = stored
+    path = save_model(model, tmp_path / "thresholded.pt")
+    widget = open_predict(cat_viewer, qtbot, path)
+    assert widget.class_threshold.value == pytest.approx(stored)
+    widget.proposals.value = None
+    run_and_wait(widget, qtbot)
+    expected = predict(small_cat, load_model(path), proposals=None)  # the model's threshold
+    assert len(set(expected.peak_classes.tolist())) == 1
+    np.testing.assert_allclose(cat_viewer.layers["cat peaks"].data, expected.peaks)
+
+    widget.class_threshold.value = float(scores[0]) - 1  # the user's value now wins
+    run_and_wait(widget, qtbot)
+    everything = predict(small_cat, load_model(path), proposals=None, class_threshold=float(scores[0]) - 1)
+    assert len(set(everything.peak_classes.tolist())) == 3
+    np.testing.assert_allclose(cat_viewer.layers["cat peaks"].data, everything.peaks)
 
 
 def test_rerun_replaces_layers_and_a_second_run_is_refused(

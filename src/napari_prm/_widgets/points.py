@@ -3,7 +3,7 @@
 Peak backpropagation works from any location of a class response map, so a point the user
 adds (with a class) gets a PRM and, through instance retrieval, an instance; moving a point
 re-does both. The model runs in a worker thread; this is a part of the correction panel
-of :mod:`napari_prm._widget_correct`.
+of :mod:`napari_prm._widgets.correct`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.events import Event
 
-from . import edit
-from ._widget_layers import layer_names, prm_layer_data, read_plane, upsert_layer, world_kwargs
-from .predict import Cancelled, predict
+from .. import edit
+from .layers import layer_names, prm_layer_data, read_plane, upsert_layer, world_kwargs
+from ..predict import Cancelled, predict
 
 
 class PointRetrieval:

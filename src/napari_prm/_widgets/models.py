@@ -6,6 +6,7 @@ folder (``$NAPARI_PRM_CONFIG_DIR`` when set, else the platform's config folder).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -16,22 +17,38 @@ from pathlib import Path
 import torch
 
 
-def keep_triton_out_after_mesa_llvm() -> None:
+def keep_triton_out_after_mesa_llvm() -> bool:
     """Make ``import triton`` fail cleanly when Mesa's LLVM is already in the process.
 
-    Loading triton's LLVM after Mesa's (llvmpipe, radeonsi: napari's OpenGL canvas) crashes
-    the process with a segfault; torchvision imports triton through ``torch._dynamo`` when
-    a model is first built. Inference does not need triton, and torch treats an
-    ImportError as "no triton". Called before anything that may import torchvision.
+    Returns whether it did. Called by the widgets before anything that may import
+    torchvision (``import_torch_side``, ``ModelCache.get``).
+
+    Notes
+    -----
+    Why: loading triton's LLVM after Mesa's (llvmpipe under Xvfb or in VMs, radeonsi:
+    napari's OpenGL canvas loads it) crashes the process with a segfault, and torchvision
+    imports triton (through ``torch._dynamo``) when it is first imported. Still so with
+    napari 0.9, torch 2.14, triton 3.8 and Mesa llvmpipe: ``tests/test_triton_guard.py``
+    shows the crash without this guard and the clean import with it. Inference and training
+    on the CPU do not need triton, and torch reads an ImportError as "no triton".
+
+    Why for the rest of the process: once Mesa's LLVM is loaded, any later import of
+    triton (torch.compile, a CUDA kernel) would crash the same way. It changes nothing when
+    triton is not installed or already imported, off Linux, or when no LLVM is loaded
+    (NVIDIA's or another GL without LLVM: triton stays usable there).
     """
     if "triton" in sys.modules or not sys.platform.startswith("linux"):
-        return
+        return False
+    if importlib.util.find_spec("triton") is None:
+        return False
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
-        return
-    if "libLLVM" in maps:
-        sys.modules["triton"] = None
+        return False
+    if "libLLVM" not in maps:
+        return False
+    sys.modules["triton"] = None
+    return True
 
 
 BUILTIN_CHOICES = {"imagenet (built-in EfficientNet-Lite0)": "imagenet"}
@@ -58,7 +75,7 @@ def import_torch_side() -> None:
     keep_triton_out_after_mesa_llvm()
     import torchvision.models  # noqa: F401
 
-    from . import data, model, predict, proposals, retrieval, train  # noqa: F401
+    from .. import data, model, predict, proposals, retrieval, train  # noqa: F401
 
 
 def recent_models() -> list[str]:
@@ -72,7 +89,7 @@ def recent_models() -> list[str]:
 
 def remember_model(path: str | os.PathLike) -> None:
     """Put a checkpoint file first in the recent list."""
-    from .io import atomic_write
+    from ..io import atomic_write
 
     path = str(Path(path).resolve())
     paths = [path] + [p for p in recent_models() if p != path]
@@ -109,7 +126,7 @@ class ModelCache:
         self._models: dict = {}
 
     def get(self, name_or_path: str, device: str):
-        from .model import load_model
+        from ..model import load_model
 
         keep_triton_out_after_mesa_llvm()
         stamp = Path(name_or_path).stat().st_mtime_ns if Path(name_or_path).is_file() else 0

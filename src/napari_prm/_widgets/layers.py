@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .predict import Prediction
+from ..predict import Prediction
 
 #: Colours of the classes' peaks, cycled in order of first appearance (matplotlib tab10).
 CLASS_COLORS = [

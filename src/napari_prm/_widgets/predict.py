@@ -1,7 +1,7 @@
 """The "Peak Response Maps" dock widget: run a PRM model on an image layer.
 
 Layers in, arrays to :func:`napari_prm.predict` in a worker thread, layers out; the
-correction tools live in :mod:`napari_prm._widget_correct`.
+correction tools live in :mod:`napari_prm._widgets.correct`.
 """
 
 from __future__ import annotations
@@ -16,22 +16,23 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
     QVBoxLayout, QWidget,
 )
 
-from ._widget_correct import CorrectionPanel
-from ._widget_layers import (
+from .correct import CorrectionPanel
+from .layers import (
     add_result_layers, check_image_layer, current_plane, merge_predictions, read_plane,
 )
-from ._widget_models import (
+from .relay import _Relay
+from .models import (
     ModelCache, _live_predict_widgets, devices, import_torch_side, model_choices, remember_model,
     unwrap_viewer,
 )
-from .model.checkpoint import IMAGENET_CLASS_THRESHOLD
-from .predict import Cancelled, predict
+from ..model.checkpoint import IMAGENET_CLASS_THRESHOLD
+from ..predict import Cancelled, predict
 
 PROPOSAL_SOURCES = {
     "built-in": "default",
@@ -40,13 +41,6 @@ PROPOSAL_SOURCES = {
     "none (peaks and PRMs only)": None,
 }
 LABELS_PREFIX = "Labels layer: "
-#: ImageNet logits are above 0 for nearly all 1000 classes; above 8 for the 1-3 likeliest.
-
-
-class _Relay(QObject):
-    """Carries progress from the worker thread to the Qt thread (queued connection)."""
-
-    progressed = Signal(str, int, int)
 
 
 @dataclass
@@ -70,6 +64,9 @@ class PredictWidget(QWidget):
     ----------
     napari_viewer : napari.viewer.Viewer
     """
+
+    #: ``(stage, done, total)`` of the running prediction, emitted on the Qt thread.
+    progressed = Signal(str, int, int)
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -98,6 +95,11 @@ class PredictWidget(QWidget):
                                            max=1e4, step=0.5)
         for threshold in (self.class_threshold, self.peak_threshold):
             threshold.native.setDecimals(6)  # CRM values of some models are around 1e-3
+        # Until the user edits it, the class threshold shows the model's own and None is
+        # passed, so that predict() uses model.settings["class_threshold"].
+        self._class_threshold_from_model = True
+        self._showing_model_threshold = False
+        self.class_threshold.changed.connect(self._on_class_threshold_edited)
         self.window = SpinBox(label="window size", value=3, min=1, max=31, step=2)
         self.proposals = ComboBox(label="proposals", choices=self._proposal_choices)
         self.device = ComboBox(label="device", choices=devices())
@@ -181,10 +183,10 @@ class PredictWidget(QWidget):
         if choice is None or self._loaded_classes_for == (choice, device):
             return
         if choice == "imagenet":  # the names come without building the network
-            from .model.checkpoint import imagenet_class_names
+            from ..model.checkpoint import imagenet_class_names
 
             self._fill_classes(imagenet_class_names(), (choice, device), win_size=3)
-            self.class_threshold.value = IMAGENET_CLASS_THRESHOLD
+            self._show_model_threshold(IMAGENET_CLASS_THRESHOLD)
             return
         worker = create_worker(self._load_model, choice, device)
         worker.returned.connect(lambda model: self._on_model_loaded(model, (choice, device)))
@@ -196,7 +198,20 @@ class PredictWidget(QWidget):
             self._say(model, "error")
         elif key == (self.model.value, self.device.value):
             self._fill_classes(model.class_names, key, win_size=model.network.win_size)
-            self.class_threshold.value = 0.0
+            self._show_model_threshold(model.settings.get("class_threshold", 0.0))
+
+    def _show_model_threshold(self, value: float) -> None:
+        """Show a newly chosen model's class threshold; runs use the model's own again."""
+        self._showing_model_threshold = True
+        try:
+            self.class_threshold.value = float(value)
+        finally:
+            self._showing_model_threshold = False
+        self._class_threshold_from_model = True
+
+    def _on_class_threshold_edited(self, *_) -> None:
+        if not self._showing_model_threshold:
+            self._class_threshold_from_model = False
 
     def _load_model(self, choice: str, device: str):
         """Worker thread: the model, or a message saying why it cannot be loaded."""
@@ -243,11 +258,6 @@ class PredictWidget(QWidget):
 
     # ------------------------------------------------------------------ running
     @property
-    def progressed(self):
-        """Qt signal ``(stage, done, total)`` of the running prediction, on the Qt thread."""
-        return self._relay.progressed
-
-    @property
     def running(self) -> bool:
         return self.worker is not None or self.correction.running
 
@@ -260,7 +270,8 @@ class PredictWidget(QWidget):
         return {
             "model": self.model.value,
             "device": self.device.value,
-            "class_threshold": float(self.class_threshold.value),
+            # None: predict() uses the model's stored class threshold
+            "class_threshold": None if self._class_threshold_from_model else float(self.class_threshold.value),
             "peak_threshold": float(self.peak_threshold.value) if self.use_peak_threshold.value else None,
             "classes": self.selected_classes() or None,
             "window": int(self.window.value),
@@ -325,7 +336,7 @@ class PredictWidget(QWidget):
                     classes=settings["classes"],
                     proposals=plane_proposals,
                     progress=lambda stage, done, total: self._relay.progressed.emit(
-                        prefix + stage, done, total),
+                        (prefix + stage, done, total)),
                     cancel=self._cancel.is_set,
                 ))
             except Cancelled:
@@ -339,10 +350,12 @@ class PredictWidget(QWidget):
             self.worker.quit()
         self.correction.cancel()
 
-    def _on_progress(self, stage: str, done: int, total: int) -> None:
+    def _on_progress(self, report: tuple[str, int, int]) -> None:
+        stage, done, total = report
         self.progress.setMaximum(max(total, 1))
         self.progress.setValue(done)
         self.status.setText(f"{stage} {done}/{total}")
+        self.progressed.emit(stage, done, total)
 
     def _on_error(self, error: Exception) -> None:
         self._say(f"Prediction failed: {type(error).__name__}: {error}", "error")
@@ -382,8 +395,11 @@ class PredictWidget(QWidget):
         self.progress.setValue(self.progress.maximum())
         peaks, instances = len(results.points), len(results.instance_features)
         if peaks == 0:
+            class_threshold = settings["class_threshold"]
+            if class_threshold is None:
+                class_threshold = f"{model.settings.get('class_threshold', 0.0)} (the model's)"
             self._say("Nothing found: no peak above the thresholds (class threshold "
-                      f"{settings['class_threshold']}, peak threshold {settings['peak_threshold']}"
+                      f"{class_threshold}, peak threshold {settings['peak_threshold']}"
                       f"{', classes ' + ', '.join(settings['classes']) if settings['classes'] else ''}"
                       "). Lower them or choose other classes.", "warning")
         else:

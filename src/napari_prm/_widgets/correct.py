@@ -16,9 +16,9 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
 from qtpy.QtCore import QTimer
 
-from . import edit
-from ._widget_layers import features_table, instance_features, layer_names, world_kwargs
-from ._widget_points import PointRetrieval
+from .. import edit
+from .layers import features_table, instance_features, layer_names, world_kwargs
+from .points import PointRetrieval
 
 #: Wait this long after the last move of a point before re-doing its instance (ms).
 MOVE_SETTLE_MS = 400

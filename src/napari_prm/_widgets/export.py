@@ -13,9 +13,9 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Lin
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 
-from . import io
-from ._widget_models import unwrap_viewer
-from ._writer import layer_table
+from .. import io
+from .models import unwrap_viewer
+from .._writer import layer_table
 
 FORMATS = {"tiff": "label TIFF", "png": "label PNG (up to 65535 labels)",
            "coco": "COCO JSON (RLE)", "csv": "instance CSV"}

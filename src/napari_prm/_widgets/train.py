@@ -10,11 +10,11 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, Signal
 
-from ._widget_models import devices, import_torch_side, offer_model, recent_models, unwrap_viewer
-from .data import load_dataset
-from .train import train
+from .models import devices, import_torch_side, offer_model, recent_models, unwrap_viewer
+from .relay import _Relay
+from ..data import load_dataset
+from ..train import train
 
 BASE_MODELS = {
     "EfficientNet-Lite0 (ImageNet weights)": "efficientnet_lite0",
@@ -22,12 +22,6 @@ BASE_MODELS = {
     "VGG-16 (ImageNet weights, downloaded)": "vgg16",
     "tiny (random, for trying things out)": "tiny",
 }
-
-
-class _Relay(QObject):
-    """Carries the trainer's progress to the Qt thread (queued connection)."""
-
-    progressed = Signal(object)
 
 
 class TrainWidget(Container):

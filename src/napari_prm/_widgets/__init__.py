@@ -1,0 +1,16 @@
+"""The plugin's dock widgets and what they share (napari and Qt are imported only here,
+in `napari_prm._reader`, `napari_prm._writer` and in `napari_prm.cli`'s demo viewer).
+
+=============  ===========================================================================
+module         holds
+=============  ===========================================================================
+``predict``    `PredictWidget`: the "Peak Response Maps" dock widget
+``correct``    `CorrectionPanel`: delete, merge, split, set class, remove small
+``points``     `PointRetrieval`: a point added on the peaks layer becomes a PRM and instance
+``layers``     the result layers: names, features, adding and reusing them
+``models``     model choices, remembered checkpoints, the model cache, the triton guard
+``train``      `TrainWidget`: the "Train PRM model" dock widget
+``export``     `ExportWidget`: the "Export instances" dock widget
+``relay``      `_Relay`: worker-thread progress to the Qt thread
+=============  ===========================================================================
+"""
