@@ -90,10 +90,10 @@ def main(argv=None) -> int:
     image_shape = viewer.layers["chelsea"].data.shape
     for run in range(1, args.runs + 1):
         ticks, stages = [], []
-        widget.progressed.connect(lambda stage, done, total: stages.append(
+        widget.progressed.connect(lambda stage, done, total, stages=stages: stages.append(
             (time.perf_counter(), stage, done, total)))
         timer = QTimer()
-        timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+        timer.timeout.connect(lambda ticks=ticks: ticks.append(time.perf_counter()))
         timer.start(10)
         if widget.run() is None:
             raise RuntimeError(widget.last_message)

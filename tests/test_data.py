@@ -8,15 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_prm.data import (
-    VOC_CLASSES,
-    TrainingImages,
-    from_coco,
-    from_csv,
-    from_folders,
-    load_dataset,
-    voc_view,
-)
+from napari_prm.data import VOC_CLASSES, TrainingImages, from_coco, from_csv, from_folders, load_dataset, voc_view
 
 COCO128 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128"
 TRAIN_JSON = COCO128 / "annotations" / "instances_train2017.json"

@@ -24,7 +24,8 @@ from napari_prm.model import build_model
 from napari_prm.predict import Prediction
 from napari_prm.retrieval import Instance
 
-VAL_JSON = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "annotations" / "instances_val2017.json"
+VAL_JSON = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "annotations"
+            / "instances_val2017.json")
 
 
 def _squares():

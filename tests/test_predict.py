@@ -47,7 +47,8 @@ def test_prediction_is_in_image_coordinates(tiny, image):
     assert pred.prms.shape == (k, height, width) and pred.prms.dtype == np.float32
     np.testing.assert_allclose(pred.prms.sum(axis=(1, 2)), 1, rtol=1e-4)
     assert pred.peaks.shape == (k, 2)
-    assert (pred.peaks >= -0.5).all() and (pred.peaks[:, 0] <= height - 0.5).all() and (pred.peaks[:, 1] <= width - 0.5).all()
+    assert (pred.peaks >= -0.5).all()
+    assert (pred.peaks[:, 0] <= height - 0.5).all() and (pred.peaks[:, 1] <= width - 0.5).all()
     assert pred.scores.shape == (3,) and pred.crms.shape == (3, 16, 16)
     assert pred.peak_classes.dtype == np.int64 and pred.instances == []
     # Every reported peak value is the CRM value at its CRM location.

@@ -62,7 +62,7 @@ def test_widgets_open_from_the_manifest(make_napari_viewer, qtbot, prm_config):
         dock, widget = viewer.window.add_plugin_dock_widget("napari-prm", name)
         assert dock.name.startswith(name)
         if name == "Peak Response Maps":
-            qtbot.waitUntil(lambda: widget.classes_loaded, timeout=WAIT_MS)
+            qtbot.waitUntil(lambda widget=widget: widget.classes_loaded, timeout=WAIT_MS)
             assert widget.class_list.count() == 1000  # the built-in ImageNet model
         assert type(widget).__name__ in ("PredictWidget", "TrainWidget", "ExportWidget")
 

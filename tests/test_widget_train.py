@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from skimage import data, io as skio, transform
+from skimage import data, transform
+from skimage import io as skio
 
 from napari_prm import load_model
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ VOC_CLASSES = (
     "train", "tv",
 )
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 @dataclass
@@ -79,8 +79,8 @@ class LabeledImageDataset:
     origins: list[str] = field(default_factory=list)
     source: str = ""
     coco: object = None
-    image_ids: Optional[list[int]] = None
-    category_ids: Optional[list[int]] = None
+    image_ids: list[int] | None = None
+    category_ids: list[int] | None = None
     include_crowd: bool = False
 
     def __post_init__(self):
@@ -139,7 +139,7 @@ class LabeledImageDataset:
             iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
         )
 
-    def subset(self, indices: Sequence[int]) -> "LabeledImageDataset":
+    def subset(self, indices: Sequence[int]) -> LabeledImageDataset:
         """The images at ``indices`` (same classes)."""
         indices = [int(i) for i in indices]
         return replace(
@@ -150,7 +150,7 @@ class LabeledImageDataset:
             image_ids=None if self.image_ids is None else [self.image_ids[i] for i in indices],
         )
 
-    def split(self, fraction: float, *, seed: int = 0) -> tuple["LabeledImageDataset", "LabeledImageDataset"]:
+    def split(self, fraction: float, *, seed: int = 0) -> tuple[LabeledImageDataset, LabeledImageDataset]:
         """Random ``(train, validation)`` split with ``fraction`` of the images held out.
 
         Both parts keep at least one image whenever ``0 < fraction < 1``.
@@ -163,7 +163,7 @@ class LabeledImageDataset:
         held_out = min(max(int(round(fraction * len(self))), 1), len(self) - 1)
         return self.subset(np.sort(order[held_out:])), self.subset(np.sort(order[:held_out]))
 
-    def with_classes(self, class_names: Sequence[str], *, drop_unlabeled: bool = False) -> "LabeledImageDataset":
+    def with_classes(self, class_names: Sequence[str], *, drop_unlabeled: bool = False) -> LabeledImageDataset:
         """The same images relabelled with ``class_names`` (a subset or reordering).
 
         Parameters
@@ -246,9 +246,9 @@ def _default_coco_image_dir(json_path: Path) -> Path:
 
 def from_coco(
     json_path: PathLike,
-    image_dir: Optional[PathLike] = None,
+    image_dir: PathLike | None = None,
     *,
-    classes: Union[None, str, Sequence[str]] = None,
+    classes: None | str | Sequence[str] = None,
     include_crowd: bool = False,
     require_positives: bool = True,
 ) -> LabeledImageDataset:
@@ -361,9 +361,9 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
 
 def from_csv(
     path: PathLike,
-    image_root: Optional[PathLike] = None,
+    image_root: PathLike | None = None,
     *,
-    classes: Optional[Sequence[str]] = None,
+    classes: Sequence[str] | None = None,
     require_positives: bool = True,
 ) -> LabeledImageDataset:
     """Multi-labels from a CSV with a header ``image,labels``.

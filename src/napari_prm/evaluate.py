@@ -13,8 +13,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -237,7 +238,7 @@ class InstanceMatcher:
         return mean, per_class
 
 
-def instance_map(gt: Sequence[tuple], predictions: Sequence[tuple], *, num_classes: Optional[int] = None,
+def instance_map(gt: Sequence[tuple], predictions: Sequence[tuple], *, num_classes: int | None = None,
                  iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS) -> dict[float, float]:
     """mAP^r (instance segmentation mAP) at each IoU threshold, via pycocotools' COCOeval.
 
@@ -291,8 +292,8 @@ def evaluate(
     proposals: Any = "default",
     iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
     class_threshold: float | None = None,
-    progress: Optional[Callable[[int, int], None]] = None,
-    max_images: Optional[int] = None,
+    progress: Callable[[int, int], None] | None = None,
+    max_images: int | None = None,
     device: Any = None,
 ) -> dict[str, Any]:
     """All metrics of the PRM paper on a dataset with instance masks.
@@ -429,7 +430,7 @@ def report_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_json(results: dict[str, Any], path: Union[str, os.PathLike]) -> Path:
+def report_json(results: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the results as JSON (NaN as null), atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model.checkpoint import PRMModel, load_model, resolve_device
 from .io.images import as_rgb_float
+from .model.checkpoint import PRMModel, load_model, resolve_device
 from .model.transforms import to_network_input
 from .retrieval import Instance
 
@@ -101,7 +102,7 @@ def _resize_prms(prms: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     return prms.numpy().astype(np.float32, copy=False)
 
 
-def _class_indices(classes, class_names: list[str]) -> Optional[list[int]]:
+def _class_indices(classes, class_names: list[str]) -> list[int] | None:
     if classes is None:
         return None
     indices = []
@@ -113,24 +114,25 @@ def _class_indices(classes, class_names: list[str]) -> Optional[list[int]]:
         elif item in class_names:
             indices.append(class_names.index(item))
         else:
-            raise ValueError(f"unknown class {item!r}; the model knows {len(class_names)} classes, e.g. {class_names[:5]}")
+            raise ValueError(f"unknown class {item!r}; the model knows {len(class_names)} classes, "
+                             f"e.g. {class_names[:5]}")
     return indices
 
 
 def predict(
     image: np.ndarray,
-    model: Union[PRMModel, str],
+    model: PRMModel | str,
     *,
-    class_threshold: Optional[float] = None,
-    peak_threshold: Optional[float] = None,
-    classes: Optional[Sequence[Union[int, str]]] = None,
+    class_threshold: float | None = None,
+    peak_threshold: float | None = None,
+    classes: Sequence[int | str] | None = None,
     proposals: Any = "default",
-    device: Union[str, torch.device, None] = None,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[Callable[[], bool]] = None,
-    peak_batch_size: Optional[int] = None,
-    points: Optional[tuple[np.ndarray, np.ndarray]] = None,
-    retrieval: Optional[dict] = None,
+    device: str | torch.device | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+    peak_batch_size: int | None = None,
+    points: tuple[np.ndarray, np.ndarray] | None = None,
+    retrieval: dict | None = None,
 ) -> Prediction:
     """Run PRM on one image: class peaks, peak response maps and instances.
 

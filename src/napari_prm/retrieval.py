@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
 from scipy import sparse
-from PIL import Image
 
 from .masks import greedy_mask_nms
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ class TrainProgress:
     num_batches: int
     loss: float
     images_per_second: float
-    val_ap: Optional[dict[str, float]] = None
+    val_ap: dict[str, float] | None = None
 
 
 @dataclass
@@ -66,8 +67,8 @@ class EpochRecord:
     epoch: int
     loss: float
     seconds: float
-    val_ap: Optional[dict[str, float]] = None
-    val_map: Optional[float] = None
+    val_ap: dict[str, float] | None = None
+    val_map: float | None = None
 
 
 @dataclass
@@ -89,7 +90,7 @@ class TrainResult:
 
     model: PRMModel
     history: list[EpochRecord] = field(default_factory=list)
-    checkpoint: Optional[Path] = None
+    checkpoint: Path | None = None
     cancelled: bool = False
 
 
@@ -180,9 +181,9 @@ def _save(model: PRMModel, out: Path, optimizer, epoch: int, history: list[Epoch
 def train(
     dataset: LabeledImageDataset,
     *,
-    model: Union[PRMModel, str, os.PathLike, None] = None,
+    model: PRMModel | str | os.PathLike | None = None,
     backbone: str = "efficientnet_lite0",
-    out: Union[str, os.PathLike] = "prm_model.pt",
+    out: str | os.PathLike = "prm_model.pt",
     epochs: int = 20,
     batch_size: int = 16,
     lr: float = 0.01,
@@ -192,11 +193,11 @@ def train(
     input_size: Sequence[int] = (448, 448),
     sub_pixel_locating_factor: int = 8,
     hflip: bool = True,
-    device: Union[str, torch.device, None] = None,
+    device: str | torch.device | None = None,
     seed: int = 0,
     val_fraction: float = 0.0,
-    resume: Union[str, os.PathLike, bool, None] = None,
-    progress: Optional[Callable[[TrainProgress], None]] = None,
+    resume: str | os.PathLike | bool | None = None,
+    progress: Callable[[TrainProgress], None] | None = None,
     cancel: Any = None,
     num_workers: int = 0,
 ) -> TrainResult:

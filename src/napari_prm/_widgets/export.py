@@ -14,8 +14,8 @@ from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 
 from .. import io
-from .models import unwrap_viewer
 from .._writer import layer_table
+from .models import unwrap_viewer
 
 FORMATS = {"tiff": "label TIFF", "png": "label PNG (up to 65535 labels)",
            "coco": "COCO JSON (RLE)", "csv": "instance CSV"}

@@ -13,8 +13,8 @@ from napari.qt.threading import create_worker
 from napari.utils.events import Event
 
 from .. import edit
-from .layers import layer_names, prm_layer_data, read_plane, upsert_layer, world_kwargs
 from ..predict import Cancelled, predict
+from .layers import layer_names, prm_layer_data, read_plane, upsert_layer, world_kwargs
 
 
 class PointRetrieval:

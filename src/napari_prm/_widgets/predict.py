@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
@@ -18,21 +18,31 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
-    QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
-    QVBoxLayout, QWidget,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
 )
 
-from .correct import CorrectionPanel
-from .layers import (
-    add_result_layers, check_image_layer, current_plane, merge_predictions, read_plane,
-)
-from .relay import _Relay
-from .models import (
-    ModelCache, _live_predict_widgets, devices, import_torch_side, model_choices, remember_model,
-    unwrap_viewer,
-)
 from ..model.checkpoint import IMAGENET_CLASS_THRESHOLD
 from ..predict import Cancelled, predict
+from .correct import CorrectionPanel
+from .layers import add_result_layers, check_image_layer, current_plane, merge_predictions, read_plane
+from .models import (
+    ModelCache,
+    _live_predict_widgets,
+    devices,
+    import_torch_side,
+    model_choices,
+    remember_model,
+    unwrap_viewer,
+)
+from .relay import _Relay
 
 PROPOSAL_SOURCES = {
     "built-in": "default",
@@ -335,7 +345,7 @@ class PredictWidget(QWidget):
                     peak_threshold=settings["peak_threshold"],
                     classes=settings["classes"],
                     proposals=plane_proposals,
-                    progress=lambda stage, done, total: self._relay.progressed.emit(
+                    progress=lambda stage, done, total, prefix=prefix: self._relay.progressed.emit(
                         (prefix + stage, done, total)),
                     cancel=self._cancel.is_set,
                 ))

@@ -5,16 +5,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from magicgui.widgets import (
-    ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox,
-)
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from .models import devices, import_torch_side, offer_model, recent_models, unwrap_viewer
-from .relay import _Relay
 from ..data import load_dataset
 from ..train import train
+from .models import devices, import_torch_side, offer_model, recent_models, unwrap_viewer
+from .relay import _Relay
 
 BASE_MODELS = {
     "EfficientNet-Lite0 (ImageNet weights)": "efficientnet_lite0",

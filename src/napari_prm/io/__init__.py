@@ -32,16 +32,11 @@ from .coco import UNKNOWN_CATEGORY_ID, coco_to_labels, labels_to_coco, write_coc
 from .images import IMAGE_SUFFIXES, as_rgb_float, read_array, read_image
 from .labels import read_label_image, write_label_image
 from .prediction import EXPORT_SUFFIXES, export_instances, prediction_paths, write_prediction, write_prms
-from .tables import (
-    INSTANCE_CSV_COLUMNS,
-    UNKNOWN_CLASS,
-    read_instances_csv,
-    write_instances_csv,
-    write_peaks_csv,
-)
+from .tables import INSTANCE_CSV_COLUMNS, UNKNOWN_CLASS, read_instances_csv, write_instances_csv, write_peaks_csv
 
 __all__ = [
-    "atomic_write", "atomic_writes", "read_array", "read_image", "as_rgb_float", "write_label_image", "read_label_image",
+    "atomic_write", "atomic_writes", "read_array", "read_image", "as_rgb_float",
+    "write_label_image", "read_label_image",
     "labels_to_coco", "coco_to_labels", "write_coco_json", "write_instances_csv",
     "read_instances_csv", "write_peaks_csv", "write_prms", "export_instances",
     "write_prediction", "prediction_paths", "IMAGE_SUFFIXES", "UNKNOWN_CLASS",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ IMAGENET_CLASS_THRESHOLD = 8.0
 PRM_SETTINGS = ("win_size", "peak_filter", "sub_pixel_locating_factor")
 
 
-def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` as a torch.device; None picks CUDA, then MPS, then the CPU."""
     if device is not None:
         return torch.device(device)
@@ -59,7 +60,7 @@ class PRMModel:
     network: PeakResponseMapping
     class_names: list[str]
     backbone: str
-    input_size: Optional[tuple[int, int]] = (448, 448)
+    input_size: tuple[int, int] | None = (448, 448)
     mean: tuple[float, float, float] = LITE_MEAN
     std: tuple[float, float, float] = LITE_STD
     settings: dict[str, Any] = field(default_factory=dict)
@@ -72,7 +73,7 @@ class PRMModel:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def to(self, device: Union[str, torch.device, None]) -> "PRMModel":
+    def to(self, device: str | torch.device | None) -> PRMModel:
         """Move the network to ``device`` (None: the best available) and return self."""
         self.network.to(resolve_device(device))
         return self
@@ -106,7 +107,7 @@ def build_model(
     class_names: Sequence[str],
     *,
     pretrained: bool = True,
-    input_size: Optional[tuple[int, int]] = (448, 448),
+    input_size: tuple[int, int] | None = (448, 448),
     win_size: int = 3,
     peak_filter: Any = "median",
     sub_pixel_locating_factor: int = 1,
@@ -130,11 +131,13 @@ def build_model(
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"class names must be unique; got {class_names}")
     fcn, mean, std = build_fcn(backbone, len(class_names), pretrained=pretrained)
-    settings = {"win_size": win_size, "peak_filter": peak_filter, "sub_pixel_locating_factor": sub_pixel_locating_factor}
-    return PRMModel(_network(fcn, settings), class_names, backbone, _size(input_size), tuple(mean), tuple(std), settings)
+    settings = {"win_size": win_size, "peak_filter": peak_filter,
+                "sub_pixel_locating_factor": sub_pixel_locating_factor}
+    return PRMModel(_network(fcn, settings), class_names, backbone, _size(input_size), tuple(mean), tuple(std),
+                    settings)
 
 
-def _size(input_size) -> Optional[tuple[int, int]]:
+def _size(input_size) -> tuple[int, int] | None:
     if input_size is None:
         return None
     if isinstance(input_size, int):
@@ -158,10 +161,11 @@ def builtin_model(name: str = "imagenet") -> PRMModel:
     settings = {"win_size": 3, "peak_filter": "median", "sub_pixel_locating_factor": 1,
                 "class_threshold": IMAGENET_CLASS_THRESHOLD}
     network = _network(imagenet_lite0_fcn(), settings)
-    return PRMModel(network.eval(), imagenet_class_names(), "efficientnet_lite0", (448, 448), LITE_MEAN, LITE_STD, settings)
+    return PRMModel(network.eval(), imagenet_class_names(), "efficientnet_lite0", (448, 448), LITE_MEAN, LITE_STD,
+                    settings)
 
 
-def save_model(model: PRMModel, path: Union[str, os.PathLike], *, extra: Optional[dict] = None) -> Path:
+def save_model(model: PRMModel, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
     """Save weights and metadata to ``path`` (``.safetensors`` or a torch file), atomically.
 
     ``extra`` is a dict of tensors and plain values stored alongside (torch files only).
@@ -202,15 +206,17 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     except ValueError as error:
         raise ValueError(f"{path} is not a napari-prm checkpoint: {error}") from error
     except Exception as error:
-        raise ValueError(f"cannot read checkpoint {path}: it is truncated, corrupt or not a napari-prm checkpoint ({type(error).__name__}: {error})") from error
+        raise ValueError(f"cannot read checkpoint {path}: it is truncated, corrupt or not a napari-prm "
+                         f"checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(metadata, dict) or metadata.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a napari-prm checkpoint (no '{CHECKPOINT_FORMAT}' metadata)")
     if int(metadata.get("format_version", 0)) > CHECKPOINT_VERSION:
-        raise ValueError(f"{path} was written by a newer napari-prm (format {metadata['format_version']}); upgrade napari-prm")
+        raise ValueError(f"{path} was written by a newer napari-prm (format {metadata['format_version']}); "
+                         "upgrade napari-prm")
     return metadata, state, extra
 
 
-def load_checkpoint(path: Union[str, os.PathLike]) -> tuple[PRMModel, dict]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[PRMModel, dict]:
     """Load a checkpoint: the model and the ``extra`` dict saved with it."""
     path = Path(path)
     metadata, state, extra = _read_checkpoint(path)
@@ -233,7 +239,7 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> tuple[PRMModel, dict]:
     return model, extra
 
 
-def load_model(name_or_path: Union[str, os.PathLike, PRMModel], *, device: Union[str, torch.device, None] = "cpu") -> PRMModel:
+def load_model(name_or_path: str | os.PathLike | PRMModel, *, device: str | torch.device | None = "cpu") -> PRMModel:
     """Load a built-in model by name or a checkpoint file.
 
     Parameters

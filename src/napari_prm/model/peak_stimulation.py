@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-PeakFilter = Union[str, float, Callable[[torch.Tensor], torch.Tensor], None]
+PeakFilter = str | float | Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def _filter_threshold(crms: torch.Tensor, peak_filter: PeakFilter) -> torch.Tensor | None:
