@@ -443,3 +443,26 @@ def test_sparse_large_label_values_and_no_background(tmp_path):
     full = np.full((3, 4), 7, dtype=np.uint16)  # one instance covering the whole image
     coco = io.labels_to_coco(full)
     assert coco["annotations"][0]["area"] == 12 and coco["annotations"][0]["bbox"] == [0, 0, 4, 3]
+
+
+def test_io_and_masks_import_neither_napari_qt_nor_torch():
+    """Scripts and servers use io without a GUI stack or torch in sight of its modules."""
+    import ast
+
+    package = Path(io.__file__).parent
+    forbidden = {"torch", "torchvision", "napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6",
+                 "magicgui", "vispy"}
+    siblings = {path.stem for path in package.glob("*.py")}
+    for path in [*package.glob("*.py"), package.parent / "masks.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.ImportFrom):  # relative: io's own modules and masks only
+                allowed = {(1, sibling) for sibling in siblings} | {(2, "masks")}
+                assert (node.level, node.module) in allowed, f"{path.name} imports {'.' * node.level}{node.module}"
+                continue
+            else:
+                continue
+            assert not {name.split(".")[0] for name in names} & forbidden, f"{path.name} imports {names}"

@@ -1,5 +1,7 @@
-"""The plugin's dock widgets and what they share (napari and Qt are imported only here,
-in `napari_prm._reader`, `napari_prm._writer` and in `napari_prm.cli`'s demo viewer).
+"""The plugin's dock widgets and what they share.
+
+With `napari_prm.cli` (its demo viewer, imported when shown), these are the only modules that
+import napari, magicgui or Qt; ``models`` imports neither and ``layers`` napari only lazily.
 
 =============  ===========================================================================
 module         holds
