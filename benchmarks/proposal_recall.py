@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 from scipy import sparse
-from skimage import io
 
+from napari_prm.io import read_image
 from napari_prm.proposals import combine_proposals, default_proposals, prm_guided_proposals
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128"
@@ -103,7 +103,7 @@ def evaluate(source, coco: COCO, image_ids: list[int], first: int | None = None)
         annotations = [a for a in coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
         if not annotations:
             continue
-        image = io.imread(DATA / "val2017" / info["file_name"])
+        image = read_image(DATA / "val2017" / info["file_name"])
         truth = np.stack([coco.annToMask(a).astype(bool) for a in annotations])
         start, start_cpu = time.perf_counter(), time.process_time()
         proposals = source(image)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
+from napari_prm.io import read_image
 from napari_prm.proposals import (
     combine_proposals,
     default_proposals,
@@ -96,11 +97,10 @@ def test_default_proposals_refuse_bad_input(shapes_image):
 
 def test_default_proposals_cover_large_instances_of_a_real_photo():
     from pycocotools.coco import COCO
-    from skimage import io
 
     coco = COCO(str(DATA / "coco128" / "annotations" / "instances_val2017.json"))
     image_id = 139  # living room: people, chairs, a tv, a clock, vases ...
-    image = io.imread(DATA / "coco128" / "val2017" / coco.imgs[image_id]["file_name"])
+    image = read_image(DATA / "coco128" / "val2017" / coco.imgs[image_id]["file_name"])
     proposals = default_proposals(image)
     large = [coco.annToMask(a).astype(bool) for a in coco.imgToAnns[image_id] if a["area"] >= 96**2]
     assert large
@@ -130,11 +130,9 @@ def test_prm_guided_proposals_outline_the_object_a_prm_sees(shapes_image):
 
 
 def test_demo_proposals_decode_to_200_masks_of_the_image_size():
-    from skimage import io
-
     for number in range(5):
         proposals = load_proposals(DEMO / f"sample{number}.json")
-        height, width = io.imread(DEMO / f"sample{number}.jpg").shape[:2]
+        height, width = read_image(DEMO / f"sample{number}.jpg").shape[:2]
         assert proposals.shape == (200, height, width) and proposals.dtype == bool
         assert proposals.reshape(200, -1).any(axis=1).all()
 

@@ -295,11 +295,10 @@ def test_retrieval_on_demo_proposals_finds_the_proposal_a_prm_outlines():
 
 @pytest.mark.slow
 def test_demo_proposals_end_to_end_with_the_imagenet_model():
-    from skimage import io
-
     from napari_prm import load_model, predict
+    from napari_prm.io import read_image
 
-    image = io.imread(DEMO / "sample0.jpg")
+    image = read_image(DEMO / "sample0.jpg")
     proposals = load_proposals(DEMO / "sample0.json")
     assert proposals.shape == (200,) + image.shape[:2]
     prediction = predict(image, load_model("imagenet"), proposals=proposals)
