@@ -37,3 +37,32 @@ def small_cat() -> np.ndarray:
     from skimage import data
 
     return np.ascontiguousarray(data.chelsea()[::3, ::3])
+
+
+def shapes_scene(seed: int, size: int = 96):
+    """A synthetic image whose instances are known: a red disc ("cat") and a blue square ("dog") on noise.
+
+    Returns the (size, size, 3) uint8 image, its (size, size) label image (1 the disc, 2 the
+    square), the class index of each label for the classes ["cat", "dog"], and the centre
+    (y, x) of each label.
+    """
+    rng = np.random.default_rng(seed)
+    image = (rng.random((size, size, 3)) * 60 + 100).astype(np.uint8)
+    labels = np.zeros((size, size), np.int32)
+    rows, columns = np.mgrid[:size, :size]
+    cy, cx = (int(v) for v in rng.integers(size // 5, size * 2 // 5, 2))
+    disc = (rows - cy) ** 2 + (columns - cx) ** 2 < (size // 7) ** 2
+    image[disc] = (220, 30, 30)
+    labels[disc] = 1
+    y0, x0 = (int(v) for v in rng.integers(size // 2, size * 3 // 4, 2))
+    side = size // 4
+    square = (rows >= y0) & (rows < y0 + side) & (columns >= x0) & (columns < x0 + side)
+    image[square] = (30, 30, 220)
+    labels[square] = 2
+    return image, labels, {1: 0, 2: 1}, np.array([[cy, cx], [y0 + side // 2, x0 + side // 2]], float)
+
+
+@pytest.fixture(scope="session")
+def shapes_scenes():
+    """Three scenes of `shapes_scene` (seeds 0, 1, 2)."""
+    return [shapes_scene(seed) for seed in range(3)]

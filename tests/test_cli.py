@@ -19,7 +19,7 @@ from napari_prm.model import build_model, load_model, save_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEMO = DATA / "prm_demo"
-COMMANDS = ("predict", "train", "evaluate", "demo", "bench")
+COMMANDS = ("predict", "train", "refine", "evaluate", "demo", "bench")
 OUTPUT_SUFFIXES = ("_labels.tif", "_instances.json", "_instances.csv", "_peaks.csv")
 
 

@@ -57,7 +57,7 @@ def test_widgets_open_from_the_manifest(make_napari_viewer, qtbot, prm_config):
     (submenu,) = [action.menu() for action in viewer.window.plugins_menu.actions()
                   if action.text() == "Peak Response Maps"]
     assert [action.text() for action in submenu.actions()] == [
-        "Peak Response Maps", "Train PRM model", "Export instances"]
+        "Peak Response Maps", "Train PRM model", "Export instances", "Learn from corrections"]
     for name in ("Peak Response Maps", "Train PRM model", "Export instances"):
         dock, widget = viewer.window.add_plugin_dock_widget("napari-prm", name)
         assert dock.name.startswith(name)

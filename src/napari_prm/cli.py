@@ -1,7 +1,8 @@
-"""The ``napari-prm`` command line: predict, train, evaluate, demo, bench.
+"""The ``napari-prm`` command line: predict, train, refine, evaluate, demo, bench.
 
 Every subcommand is a thin layer over the library (`napari_prm.predict`,
-`napari_prm.train.train`, `napari_prm.evaluate.evaluate`, `napari_prm.io`); heavy
+`napari_prm.train.train`, `napari_prm.refine.refine`, `napari_prm.evaluate.evaluate`,
+`napari_prm.io`); heavy
 modules are imported only when a command runs, so ``--help`` stays quick.
 
 Exit status: 0 on success; 1 when some inputs failed (``predict``: an unreadable image;
@@ -20,8 +21,10 @@ from pathlib import Path
 from . import __version__
 from .io import IMAGE_SUFFIXES
 
-PROPOSAL_HELP = ("segment proposals for instance retrieval: 'default', 'prm' (from the PRMs), "
-                 "'default+prm', 'none' (peaks and PRMs only, no instances), a proposal file, "
+PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
+                 "refinement head, else 'default'), 'default', 'prm' (from the PRMs), 'default+prm', "
+                 "'refined' (one instance per peak from the model's refinement head, see 'refine'), "
+                 "'none' (peaks and PRMs only, no instances), a proposal file, "
                  "or a folder holding one proposal file per image with the image's stem "
                  "(e.g. sample0.json for sample0.jpg)")
 
@@ -94,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "8- or 16-bit; folders are not searched recursively)")
     predict.add_argument("--out", required=True, type=Path, help="output folder (created)")
     _add_model_options(predict)
-    predict.add_argument("--proposals", default="default", type=_proposals_arg, help=PROPOSAL_HELP)
+    predict.add_argument("--proposals", default="auto", type=_proposals_arg, help=PROPOSAL_HELP)
     predict.add_argument("--class-threshold", type=float, default=None,
                          help="drop peaks of classes whose score is below this (default: the model's own, "
                          "8 for imagenet, 0 for trained checkpoints)")
@@ -150,6 +153,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(train, device_only=True)
     train.set_defaults(run=_run_train)
 
+    refine = commands.add_parser(
+        "refine", formatter_class=_Formatter, help="learn a mask head from PRM's instances and corrected masks",
+        description="Learn a refinement head on a PRM model's frozen backbone from the instances PRM "
+                    "retrieves on DATASET's images (image-level labels only: self-training) and from "
+                    "corrected masks (--masks: full supervision). The model with its head is written to "
+                    "--out after every epoch (atomically: Ctrl-C leaves the last finished epoch's "
+                    "checkpoint intact) and can be resumed. 'predict' then cuts one instance per peak "
+                    "from the head's maps (--proposals refined, the default for such a model).")
+    _add_dataset_options(refine)
+    refine.add_argument("--model", required=True,
+                        help="the PRM model: a checkpoint (.pt/.safetensors) or a built-in name; a model "
+                             "with a head is fine-tuned")
+    refine.add_argument("--out", required=True, type=Path,
+                        help="refined checkpoint (.pt keeps the training state for --resume)")
+    refine.add_argument("--masks", default=None, type=Path,
+                        help="corrected masks: a COCO JSON, or a folder of <stem>_labels.tif label images "
+                             "with their <stem>_instances.csv; images are matched to DATASET's by file name "
+                             "(default: none)")
+    refine.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=True,
+                        help="learn from PRM's instances on DATASET's images; with --no-self-training "
+                             "DATASET only locates the corrected images")
+    refine.add_argument("--epochs", type=int, default=30, help="total number of epochs")
+    refine.add_argument("--batch-size", type=int, default=8, help="images per batch")
+    refine.add_argument("--lr", type=float, default=2e-3, help="learning rate (AdamW, cosine decay)")
+    refine.add_argument("--correction-weight", type=float, default=2.0,
+                        help="weight of a corrected image against a pseudo-labelled one")
+    refine.add_argument("--class-threshold", type=float, default=None,
+                        help="class threshold of the PRM runs that make the pseudo-labels (default: the "
+                             "model's own)")
+    refine.add_argument("--peak-threshold", type=float, default=None,
+                        help="peak threshold of those runs (default: the model's own)")
+    refine.add_argument("--cache", default=None,
+                        help="folder keeping each image's features and pseudo-labels, so that a second "
+                             "run or --resume skips PRM; 'none' keeps nothing (default: <OUT>.cache)")
+    refine.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    refine.add_argument("--seed", type=int, default=0, help="random seed")
+    _add_model_options(refine, device_only=True)
+    refine.set_defaults(run=_run_refine)
+
     evaluate = commands.add_parser(
         "evaluate", formatter_class=_Formatter, help="the PRM paper's metrics on a dataset",
         description="Run a model over a dataset with instance masks (COCO JSON) and print "
@@ -157,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "as Markdown. The model's classes must all be in the dataset.")
     _add_dataset_options(evaluate)
     _add_model_options(evaluate)
-    evaluate.add_argument("--proposals", default="default", type=_proposals_arg,
+    evaluate.add_argument("--proposals", default="auto", type=_proposals_arg,
                           help=PROPOSAL_HELP.split(", or a folder")[0])
     evaluate.add_argument("--iou-thresholds", type=float, nargs="+", default=[0.25, 0.5, 0.75],
                           metavar="IOU", help="IoU thresholds of mAP^r")
@@ -180,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="image file (default: skimage.data.chelsea())")
     demo.add_argument("--out", type=Path, default=Path("napari-prm-demo"), help="output folder")
     _add_model_options(demo)
-    demo.add_argument("--proposals", default="default", type=_proposals_arg, help=PROPOSAL_HELP)
+    demo.add_argument("--proposals", default="auto", type=_proposals_arg, help=PROPOSAL_HELP)
     demo.add_argument("--class-threshold", type=float, default=None,
                       help="drop peaks of classes whose score is below this (default: the model's own, "
                       "8 for imagenet, 0 for trained checkpoints)")
@@ -399,6 +441,72 @@ def _run_train(args) -> int:
         if bar is not None:
             bar.close()
     _say(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _run_refine(args) -> int:
+    from tqdm import tqdm
+
+    from .refine import load_corrections, refine
+
+    dataset = _load_dataset(args)
+    model = _load_model(args.model, args.device)
+    corrections = []
+    if args.masks is not None:
+        try:
+            corrections = load_corrections(args.masks, model.class_names, image_paths=dataset.image_paths)
+        except (ValueError, OSError) as error:
+            raise CommandError(f"--masks: {error}") from error
+        unknown = sum(c.num_unknown for c in corrections)
+        _say(f"{len(corrections)} corrected image(s), {sum(c.num_instances for c in corrections)} instances"
+             + (f" ({unknown} of no class of the model: they teach boundaries only)" if unknown else ""))
+    if not args.self_training and not corrections:
+        raise CommandError("nothing to learn from: --no-self-training needs --masks")
+    cache = None if args.cache is not None and args.cache.lower() == "none" else \
+        Path(args.cache) if args.cache is not None else args.out.with_name(args.out.name + ".cache")
+    predict_options = {k: v for k, v in (("class_threshold", args.class_threshold),
+                                         ("peak_threshold", args.peak_threshold)) if v is not None}
+    _say(f"refining {args.model} on {len(dataset) if args.self_training else 0} pseudo-labelled and "
+         f"{len(corrections)} corrected image(s) -> {args.out}")
+    bars: dict = {}
+
+    def progress(update) -> None:
+        if update.stage == "prepare":
+            bar = bars.setdefault("prepare", tqdm(total=update.total, desc="features and pseudo-labels",
+                                                  unit="image", disable=None))
+            bar.update(update.done - bar.n)
+            if update.done == update.total:
+                bar.close()
+            return
+        if update.stage == "batch":
+            bar = bars.get(update.epoch)
+            if bar is None:
+                bar = bars[update.epoch] = tqdm(total=update.total, unit="batch", disable=None,
+                                                desc=f"epoch {update.epoch}/{update.num_epochs}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{update.loss:.4f}")
+            return
+        bar = bars.pop(update.epoch, None)
+        if bar is not None:
+            bar.close()
+        _say(f"epoch {update.epoch}/{update.num_epochs}: loss {update.loss:.4f}")
+
+    try:
+        result = refine(model, dataset=dataset if args.self_training else None, corrections=corrections,
+                        out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        correction_weight=args.correction_weight, predict_options=predict_options,
+                        cache_dir=cache if args.self_training else None, device=args.device, seed=args.seed,
+                        resume=args.resume, progress=progress)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    except KeyboardInterrupt:
+        kept = f"{args.out} keeps the last finished epoch" if args.out.is_file() else "no epoch finished"
+        _say(f"interrupted: {kept}; continue with --resume")
+        return 130
+    finally:
+        for bar in bars.values():
+            bar.close()
+    _say(f"checkpoint: {result.checkpoint} ({result.history[-1].epoch if result.history else 0} epochs)")
     return 0
 
 

@@ -289,7 +289,7 @@ def evaluate(
     model_or_predictions: Any,
     dataset,
     *,
-    proposals: Any = "default",
+    proposals: Any = "auto",
     iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
     class_threshold: float | None = None,
     progress: Callable[[int, int], None] | None = None,

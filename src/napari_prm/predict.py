@@ -126,7 +126,7 @@ def predict(
     class_threshold: float | None = None,
     peak_threshold: float | None = None,
     classes: Sequence[int | str] | None = None,
-    proposals: Any = "default",
+    proposals: Any = "auto",
     device: str | torch.device | None = None,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -154,7 +154,11 @@ def predict(
         Segment proposals for instance retrieval (see
         :func:`napari_prm.proposals.make_proposals`): ``"default"``, ``"prm"``,
         ``"default+prm"``, a proposal file, an (N, H, W) bool stack, an
-        (H, W) label image or a callable. None skips retrieval.
+        (H, W) label image or a callable. None skips retrieval. ``"refined"``
+        cuts one instance per peak from the model's refinement head
+        (:func:`napari_prm.refine.refined_instances`) instead of retrieving
+        proposals. ``"auto"`` (the default) is ``"refined"`` for a model with
+        a head, else ``"default"``.
     device : str or torch.device, optional
         Where to run (None: the model's device).
     progress : callable, optional
@@ -169,7 +173,8 @@ def predict(
         instead of the detected peaks (e.g. a user's click); thresholds and
         ``classes`` are not applied to them.
     retrieval : dict, optional
-        Keyword arguments for :func:`napari_prm.retrieval.retrieve_instances`.
+        Keyword arguments for :func:`napari_prm.retrieval.retrieve_instances`, or
+        with ``"refined"`` for :func:`napari_prm.refine.head_instances`.
 
     Returns
     -------
@@ -231,13 +236,24 @@ def predict(
         prms=_resize_prms(result.prms, image_shape),
         peaks_crm=peaks_crm,
     )
-    if proposals is not None and len(peaks_crm):
+    if proposals is not None:
+        from .proposals import resolve_source
+
+        proposals = resolve_source(proposals, model)
+    if isinstance(proposals, str) and proposals.strip().lower() == "refined" and len(peaks_crm):
+        from .refine.inference import refined_instances
+
+        check_cancel()
+        report("retrieval", 0, 1)
+        prediction.instances = refined_instances(model, image, prediction, **(retrieval or {}))
+        report("retrieval", 1, 1)
+    elif proposals is not None and len(peaks_crm):
         from .proposals import make_proposals
         from .retrieval import retrieve_instances
 
         check_cancel()
         report("proposals", 0, 1)
-        masks = make_proposals(proposals, image, prms=prediction.prms)
+        masks = make_proposals(proposals, image, prms=prediction.prms, model=model, prediction=prediction)
         report("proposals", 1, 1)
         check_cancel()
         report("retrieval", 0, 1)

@@ -13,6 +13,7 @@ module         holds
 ``models``     model choices, remembered checkpoints, the model cache, the triton guard
 ``train``      `TrainWidget`: the "Train PRM model" dock widget
 ``export``     `ExportWidget`: the "Export instances" dock widget
+``refine``     `RefineWidget`: the "Learn from corrections" dock widget
 ``relay``      `_Relay`: worker-thread progress to the Qt thread
 =============  ===========================================================================
 """

@@ -45,6 +45,8 @@ from .models import (
 from .relay import _Relay
 
 PROPOSAL_SOURCES = {
+    "auto (learnt head if the model has one, else built-in)": "auto",
+    "learnt head (refined)": "refined",
     "built-in": "default",
     "PRM-guided": "prm",
     "built-in + PRM-guided": "default+prm",

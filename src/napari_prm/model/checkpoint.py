@@ -23,6 +23,8 @@ CHECKPOINT_VERSION = 1
 BUILTIN_MODELS = ("imagenet",)
 IMAGENET_CLASS_THRESHOLD = 8.0
 PRM_SETTINGS = ("win_size", "peak_filter", "sub_pixel_locating_factor")
+#: Key prefix of the refinement head's tensors in a checkpoint (see napari_prm.refine).
+HEAD_PREFIX = "refine."
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -55,6 +57,11 @@ class PRMModel:
     settings : dict
         PRM and prediction defaults (``win_size``, ``peak_filter``,
         ``sub_pixel_locating_factor``, ...), saved with the model.
+    head : RefineHead or None
+        The refinement head learnt from pseudo-instances and corrections
+        (:mod:`napari_prm.refine`); saved with the model under the ``refine`` metadata
+        entry and ``refine.`` tensor names. With a head, predict's ``"auto"`` proposals
+        become ``"refined"``.
     """
 
     network: PeakResponseMapping
@@ -64,6 +71,7 @@ class PRMModel:
     mean: tuple[float, float, float] = LITE_MEAN
     std: tuple[float, float, float] = LITE_STD
     settings: dict[str, Any] = field(default_factory=dict)
+    head: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -76,6 +84,8 @@ class PRMModel:
     def to(self, device: str | torch.device | None) -> PRMModel:
         """Move the network to ``device`` (None: the best available) and return self."""
         self.network.to(resolve_device(device))
+        if self.head is not None:
+            self.head.to(resolve_device(device))
         return self
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -95,7 +105,13 @@ class PRMModel:
             "mean": [float(v) for v in self.mean],
             "std": [float(v) for v in self.std],
             "settings": dict(self.settings),
-        }
+        } | ({} if self.head is None else {"refine": _head_metadata(self.head)})
+
+
+def _head_metadata(head) -> dict[str, Any]:
+    from ..refine.head import head_metadata
+
+    return head_metadata(head)
 
 
 def _network(fcn, settings: dict[str, Any]) -> PeakResponseMapping:
@@ -173,6 +189,8 @@ def save_model(model: PRMModel, path: str | os.PathLike, *, extra: dict | None =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
+    if model.head is not None:
+        state.update({HEAD_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()})
     metadata = model.metadata()
     if extra and path.suffix == ".safetensors":
         raise ValueError("extra state can only be saved in torch checkpoints (.pt/.pth), not .safetensors")
@@ -221,6 +239,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PRMModel, dict]:
     path = Path(path)
     metadata, state, extra = _read_checkpoint(path)
     settings = dict(metadata.get("settings", {}))
+    head_state = {k[len(HEAD_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(HEAD_PREFIX)}
     try:
         fcn, _, _ = build_fcn(metadata["backbone"], len(metadata["class_names"]), pretrained=False)
         network = _network(fcn, settings)
@@ -236,6 +255,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PRMModel, dict]:
         tuple(metadata["std"]),
         settings,
     )
+    if "refine" in metadata:
+        from ..refine.head import load_head
+
+        model.head = load_head(metadata["refine"], head_state, source=str(path))
+    elif head_state:
+        raise ValueError(f"checkpoint {path} holds refinement head weights but no 'refine' metadata")
     return model, extra
 
 

@@ -14,7 +14,8 @@ module                              holds
                                     `combine_proposals`
 ==================================  ====================================================
 
-`make_proposals` turns any of these descriptions into a stack.
+`make_proposals` turns any of these descriptions into a stack; ``"refined"`` asks a model's
+refinement head (:mod:`napari_prm.refine`) for its instances' masks.
 """
 
 from __future__ import annotations
@@ -37,13 +38,24 @@ __all__ = [
     "proposals_from_masks",
     "combine_proposals",
     "make_proposals",
+    "resolve_source",
 ]
+
+
+def resolve_source(source, model=None):
+    """``"auto"`` as the source it stands for: ``"refined"`` for a model with a head, else ``"default"``."""
+    if isinstance(source, str) and source.strip().lower() == "auto":
+        return "refined" if getattr(model, "head", None) is not None else "default"
+    return source
 
 
 def make_proposals(
     source: str | Path | np.ndarray | Callable[[np.ndarray], np.ndarray],
     image: np.ndarray,
     prms: np.ndarray | None = None,
+    *,
+    model=None,
+    prediction=None,
 ) -> np.ndarray:
     """Turn any description of proposals into an (N, H, W) bool stack for `image`.
 
@@ -51,7 +63,11 @@ def make_proposals(
     ----------
     source : str, Path, ndarray or callable
         ``"default"`` / ``"builtin"`` (:func:`default_proposals`), ``"prm"``
-        (:func:`prm_guided_proposals`, needs `prms`), several joined by ``"+"``
+        (:func:`prm_guided_proposals`, needs `prms`), ``"refined"`` (the masks of the
+        instances a model's refinement head cuts for the peaks of `prediction`, see
+        :func:`napari_prm.refine.refined_instances`; needs `model` and `prediction`),
+        ``"auto"`` (``"refined"`` when `model` has a head, else ``"default"``),
+        several joined by ``"+"``
         (combined with :func:`combine_proposals`), a proposal file
         (:func:`load_proposals`), an (N, H, W) mask stack, an (H, W) integer label
         image, an object with such a ``.data`` (a napari Labels layer), or a
@@ -60,12 +76,17 @@ def make_proposals(
         The image the proposals are for.
     prms : (K, H, W) ndarray, optional
         Peak response maps, for ``"prm"``.
+    model : PRMModel, optional
+        For ``"refined"`` and ``"auto"``.
+    prediction : Prediction, optional
+        The peaks and PRMs of `image`, for ``"refined"``.
 
     Returns
     -------
     proposals : (N, H, W) bool ndarray, ranked best first
     """
     shape = _image_shape(image)
+    source = resolve_source(source, model)
     if isinstance(source, str) and not Path(source).is_file():
         if Path(source).suffix or "/" in source or "\\" in source:
             raise ValueError(f"proposal file not found: {source}")
@@ -78,10 +99,14 @@ def make_proposals(
                 if prms is None:
                     raise ValueError("proposals 'prm' need the peak response maps (prms=)")
                 stacks.append(prm_guided_proposals(image, prms))
+            elif part == "refined":
+                stacks.append(_refined_masks(image, model, prediction, shape))
+            elif part == "auto":
+                stacks.append(make_proposals("auto", image, prms, model=model, prediction=prediction))
             else:
                 raise ValueError(
                     f"proposals: unknown source {part!r} in {source!r} (expected 'default', "
-                    "'builtin', 'prm', a combination like 'default+prm', or an existing file)"
+                    "'builtin', 'prm', 'refined', 'auto', a combination like 'default+prm', or an existing file)"
                 )
         return stacks[0] if len(stacks) == 1 else combine_proposals(*stacks)
     if isinstance(source, (str, Path)):
@@ -110,3 +135,14 @@ def make_proposals(
     if len(masks) == 0:
         raise ValueError(f"{what}: no proposals (empty stack or label image without labels)")
     return masks
+
+
+def _refined_masks(image: np.ndarray, model, prediction, shape: tuple[int, int]) -> np.ndarray:
+    """The masks of the head's instances for the peaks of `prediction`, best first."""
+    from ..refine.inference import refined_instances, require_head
+
+    if model is None or prediction is None:
+        raise ValueError("proposals 'refined' need the model (model=) and the image's peaks and PRMs (prediction=)")
+    require_head(model)
+    instances = refined_instances(model, image, prediction)
+    return np.array([i.mask for i in instances], dtype=bool).reshape((-1,) + tuple(shape))

@@ -1,0 +1,248 @@
+"""The "Learn from corrections" dock widget: :func:`napari_prm.refine.refine` in a worker thread.
+
+It takes the Labels layers the user corrected (each with the image it belongs to) or
+corrected masks on disk, trains the model's refinement head on them, saves the model
+with its head and offers it to the "Peak Response Maps" widget, whose next *Run* then
+cuts its instances from the head (proposals ``auto``). Run, correct, learn, run on the
+next image: the loop never leaves napari.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select, SpinBox
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+
+from ..refine import correction_from_layer, load_corrections, refine
+from .layers import read_plane
+from .models import (
+    ModelCache,
+    _live_predict_widgets,
+    config_dir,
+    devices,
+    import_torch_side,
+    model_choices,
+    offer_model,
+    unwrap_viewer,
+)
+from .relay import _Relay
+
+INSTANCES_SUFFIX = " instances"
+
+
+def image_of(viewer, labels_layer) -> Image | None:
+    """The image layer a Labels layer annotates: the one named in its metadata, else by its name."""
+    names = [labels_layer.metadata.get("image_file_name"), labels_layer.name.removesuffix(INSTANCES_SUFFIX)]
+    for name in names:
+        if name and name in viewer.layers and isinstance(viewer.layers[name], Image):
+            return viewer.layers[name]
+    return None
+
+
+def layer_planes(viewer, labels_layer) -> list[tuple]:
+    """``(image plane, labels plane, features, source)`` of each plane of a Labels layer holding labels.
+
+    Copies what it reads, so a worker thread can use it while the user edits the layer.
+    """
+    image_layer = image_of(viewer, labels_layer)
+    if image_layer is None:
+        raise ValueError(f"layer {labels_layer.name!r}: no image layer goes with it (name it '<image>"
+                         f"{INSTANCES_SUFFIX}' or keep the image layer it was made on)")
+    data = np.asarray(labels_layer.data[0] if labels_layer.multiscale else labels_layer.data)
+    leading = data.shape[:-2]
+    planes = []
+    for plane in np.ndindex(*leading) if leading else [()]:
+        labels = data[plane] if plane else data
+        if labels.any():
+            planes.append((read_plane(image_layer, plane), np.array(labels), labels_layer.features.copy(),
+                           labels_layer.name + (f" plane {plane}" if plane else "")))
+    return planes
+
+
+class RefineWidget(Container):
+    """Learn a refinement head from corrected Labels layers (or mask files).
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+    """
+
+    def __init__(self, napari_viewer):
+        import_torch_side()
+        self._viewer = unwrap_viewer(napari_viewer)
+        self.models = ModelCache()
+        self._model = ComboBox(label="model", choices=lambda _: model_choices())
+        self._layers = Select(label="corrected layers", choices=self._labels_choices)
+        self._masks_file = FileEdit(label="or masks file", mode="r", filter="COCO JSON (*.json)")
+        self._masks_dir = FileEdit(label="or masks folder", mode="d")
+        self._epochs = SpinBox(label="epochs", value=20, min=1, max=1000)
+        self._out = FileEdit(label="save refined model as", mode="w", filter="PyTorch checkpoint (*.pt)",
+                             value=str(config_dir() / "refined_model.pt"))
+        self._device = ComboBox(label="device", choices=devices())
+        self._learn_button = PushButton(text="Learn")
+        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self._status = Label(value="")
+        super().__init__(widgets=[
+            self._model, self._layers, self._masks_file, self._masks_dir, self._epochs, self._out,
+            self._device, self._learn_button, self._cancel_button, self._progress, self._status,
+        ])
+        self._learn_button.changed.connect(lambda: self.start())
+        self._cancel_button.changed.connect(lambda: self.cancel())
+        self._relay = _Relay()
+        self._relay.progressed.connect(self._on_progress)
+        self._cancel = threading.Event()
+        self._activity = None
+        self.worker = None
+        self.result = None
+        self.last_message = ""
+        self.last_seconds: float | None = None
+        self._follow_predict_widget()
+
+    # ------------------------------------------------------------------ choices
+    def _labels_choices(self, _=None):
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if isinstance(layer, Labels) and image_of(self._viewer, layer) is not None]
+
+    def _predict_widgets(self) -> list:
+        return [w for w in list(_live_predict_widgets) if w.viewer is self._viewer]
+
+    def _follow_predict_widget(self) -> None:
+        """Start from the model the "Peak Response Maps" widget runs."""
+        for widget in self._predict_widgets():
+            value = widget.model.value
+            self._model.reset_choices()
+            if value in self._model.choices:
+                self._model.value = value
+            return
+
+    def reset_choices(self, *_):
+        """Refresh the layer list (napari calls this when layers are added or removed)."""
+        super().reset_choices()
+
+    # ------------------------------------------------------------------ running
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _say(self, message: str, error: bool = False) -> None:
+        self.last_message = message
+        self._status.value = message
+        (show_error if error else show_info)(message)
+
+    def _masks_path(self) -> Path | None:
+        for field in (self._masks_dir, self._masks_file):
+            value = field.value
+            if value is not None and str(value) not in ("", ".") and Path(value).exists():
+                return Path(value)
+        return None
+
+    def start(self, **overrides):
+        """Learn from the chosen layers and files; keyword arguments go to :func:`refine`.
+
+        Returns the worker, or None when there is nothing to learn from.
+        """
+        if self.running:
+            self._say("Learning is already running: wait for it or press Cancel.", True)
+            return None
+        layers = list(self._layers.value or [])
+        masks = self._masks_path()
+        if not layers and masks is None:
+            self._say("Choose the corrected Labels layers (or a masks file or folder) to learn from.", True)
+            return None
+        model_choice = self._model.value
+        if model_choice is None:
+            self._say("Choose a model.", True)
+            return None
+        for widget in self._predict_widgets():
+            self.models = widget.models  # share the loaded model with the predict widget
+            break
+        # Layers are read here, on the Qt thread; the worker gets copies.
+        try:
+            planes = [plane for layer in layers for plane in layer_planes(self._viewer, layer)]
+        except ValueError as error:
+            self._say(str(error), True)
+            return None
+        if layers and not planes and masks is None:
+            self._say(f"{', '.join(layer.name for layer in layers)}: no labels yet; correct some instances "
+                      "first (paint them, and set their class in the Peak Response Maps widget)", True)
+            return None
+        options = {"epochs": int(self._epochs.value), "out": Path(self._out.value)}
+        options.update(overrides)
+        self._cancel.clear()
+        self.result = None
+        self._progress.value = 0
+        self._activity = progress(total=0, desc="Learning from corrections")
+        started = time.perf_counter()
+        worker = create_worker(self._learn, model_choice, self._device.value, planes, masks, options)
+        worker.returned.connect(lambda result: self._on_done(result, started))
+        worker.errored.connect(lambda error: self._say(f"Learning failed: {type(error).__name__}: {error}", True))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._learn_button.enabled = False
+        self._cancel_button.enabled = True
+        self._status.value = "Reading the corrections…"
+        worker.start()
+        return worker
+
+    def _learn(self, model_choice: str, device: str, planes, masks: Path | None, options: dict):
+        """Worker thread: gather the corrections, then train."""
+        model = self.models.get(model_choice, device)
+        corrections = [correction_from_layer(image, labels, features, model.class_names, source=source)
+                       for image, labels, features, source in planes]
+        if masks is not None:
+            corrections += load_corrections(masks, model.class_names)
+        Path(options["out"]).parent.mkdir(parents=True, exist_ok=True)
+        return refine(model, corrections=corrections, device=device, progress=self._relay.progressed.emit,
+                      cancel=self._cancel, **options)
+
+    def cancel(self) -> None:
+        """Stop after the current batch; the last finished epoch's model stays saved."""
+        if self.worker is not None:
+            self._cancel.set()
+
+    def _on_progress(self, update) -> None:
+        if update.stage == "prepare":
+            self._progress.max, self._progress.value = update.total, update.done
+            self._status.value = f"features of image {update.done}/{update.total}"
+            total, done = update.total, update.done
+        else:
+            fraction = update.done / max(update.total, 1) if update.stage == "batch" else 1.0
+            self._progress.max = update.num_epochs
+            self._progress.value = min(update.epoch - 1 + fraction, update.num_epochs)
+            self._status.value = f"epoch {update.epoch}/{update.num_epochs}, loss {update.loss:.4f}"
+            total, done = 100 * update.num_epochs, int(100 * (update.epoch - 1 + fraction))
+        activity = self._activity  # the finished signal may close it while it redraws
+        if activity is not None:
+            activity.total = total
+            activity.n = done
+            activity.set_description(self._status.value)
+            activity.refresh()
+
+    def _on_done(self, result, started: float) -> None:
+        self.result = result
+        self.last_seconds = time.perf_counter() - started
+        if result.checkpoint is None:
+            self._say("Cancelled before the first epoch ended: the model was left as it was.")
+            return
+        offer_model(self._viewer, result.checkpoint)
+        self._model.reset_choices()
+        self._model.value = str(Path(result.checkpoint).resolve())
+        what = "Cancelled" if result.cancelled else "Learnt"
+        self._say(f"{what} from {result.samples} corrected image(s) in {self.last_seconds:.1f} s; saved "
+                  f"{result.checkpoint}. The next Run of Peak Response Maps uses it.")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._learn_button.enabled = True
+        self._cancel_button.enabled = False
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None

@@ -1,0 +1,200 @@
+"""Corrected instances: the masks a user fixed, as full supervision of the head.
+
+A :class:`Correction` is one image with its label image and the class of each label. They
+come from napari Labels layers (:func:`correction_from_layer`: the layer's data and
+features), from label images with their instance CSV (``x_labels.tif`` +
+``x_instances.csv``, as napari-prm exports them) or from a COCO JSON (:func:`load_corrections`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io.coco import coco_to_labels
+from ..io.images import IMAGE_SUFFIXES, read_image
+from ..io.labels import read_label_image
+from ..io.tables import UNKNOWN_CLASS, read_instances_csv
+from .targets import HeadTarget, correction_target
+
+LABEL_SUFFIX = "_labels"
+
+
+@dataclass
+class Correction:
+    """One corrected image.
+
+    Attributes
+    ----------
+    image : (H, W), (H, W, 3) or (H, W, 4) ndarray
+    labels : (H, W) int ndarray
+        Every non-zero value is one instance; 0 is background.
+    label_classes : dict of int to int
+        Class index (into the model's classes) of each label; labels missing from it,
+        or mapped to -1, have no known class.
+    source : str
+        Where it came from (a file, a layer name), for messages.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    label_classes: dict[int, int] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels)
+        if self.labels.ndim != 2 or not np.issubdtype(self.labels.dtype, np.integer):
+            raise ValueError(f"correction {self.source}: labels must be a 2-D integer array; got "
+                             f"{self.labels.dtype} of shape {self.labels.shape}")
+        if tuple(np.shape(self.image)[:2]) != self.labels.shape:
+            raise ValueError(f"correction {self.source}: the labels are {self.labels.shape}, the image "
+                             f"{tuple(np.shape(self.image)[:2])}")
+
+    @property
+    def num_instances(self) -> int:
+        return len(np.setdiff1d(np.unique(self.labels), [0]))
+
+    @property
+    def num_unknown(self) -> int:
+        """Instances without a known class."""
+        values = np.setdiff1d(np.unique(self.labels), [0])
+        return int(sum(self.label_classes.get(int(v), -1) < 0 for v in values))
+
+    def target(self, grid: tuple[int, int], num_classes: int) -> HeadTarget:
+        """The head's targets on ``grid`` (see :func:`napari_prm.refine.targets.correction_target`)."""
+        values, inverse = np.unique(self.labels, return_inverse=True)
+        instances = values[values != 0]
+        consecutive = inverse.reshape(self.labels.shape) if values[0] == 0 else inverse.reshape(self.labels.shape) + 1
+        classes = [self.label_classes.get(int(v), -1) for v in instances]
+        return correction_target(consecutive, classes, grid, num_classes=num_classes)
+
+
+def class_lookup(table, class_names: Sequence[str]) -> dict[int, int]:
+    """Map each label of an instance table to an index into ``class_names`` (by class name).
+
+    Parameters
+    ----------
+    table : mapping of columns or DataFrame, or None
+        With ``label`` (or napari's ``index``) and ``class_name`` columns; rows without a
+        name, with ``"unknown"`` or with a name the model lacks map to -1.
+    class_names : sequence of str
+        The model's classes.
+    """
+    if table is None or len(table) == 0:
+        return {}
+    label_column = "label" if "label" in table else "index" if "index" in table else None
+    if label_column is None or "class_name" not in table:
+        return {}
+    position = {str(name): i for i, name in enumerate(class_names)}
+    lookup = {}
+    for label, name in zip(np.asarray(table[label_column]), np.asarray(table["class_name"], dtype=object)):
+        if label is None or (isinstance(label, float) and np.isnan(label)):
+            continue
+        name = None if name is None or (isinstance(name, float) and np.isnan(name)) else str(name)
+        lookup[int(label)] = -1 if name in (None, UNKNOWN_CLASS) else position.get(name, -1)
+    return lookup
+
+
+def correction_from_layer(image: np.ndarray, labels: np.ndarray, features, class_names: Sequence[str], *,
+                          source: str = "") -> Correction:
+    """A correction from a Labels layer's data and features (napari-free: plain arrays and a table)."""
+    return Correction(np.asarray(image), np.asarray(labels), class_lookup(features, class_names), source)
+
+
+def _image_index(image_paths: Sequence[os.PathLike | str]) -> dict[str, Path]:
+    index: dict[str, Path] = {}
+    for path in map(Path, image_paths):
+        index.setdefault(path.name, path)
+        index.setdefault(path.stem, path)
+    return index
+
+
+def _find_image(name: str, index: Mapping[str, Path], folders: Sequence[Path], source: str) -> Path:
+    for key in (Path(name).name, Path(name).stem):
+        if key in index:
+            return index[key]
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+        for suffix in IMAGE_SUFFIXES:
+            candidate = folder / f"{Path(name).stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    raise ValueError(f"{source}: no image {name!r} among the dataset's images or in {[str(f) for f in folders]}")
+
+
+def corrections_from_coco(path: str | os.PathLike, class_names: Sequence[str], *,
+                          image_paths: Sequence[os.PathLike | str] = (),
+                          image_dir: str | os.PathLike | None = None) -> list[Correction]:
+    """One correction per image of a COCO instances JSON.
+
+    Images are found by file name among ``image_paths`` (the dataset's), else in
+    ``image_dir``, the JSON's folder or ``<root>/<split>/`` for
+    ``<root>/annotations/instances_<split>.json``. Categories are matched to
+    ``class_names`` by name; others count as unknown classes.
+    """
+    path = Path(path)
+    try:
+        coco = json.loads(path.read_text(encoding="utf-8"))
+        images = list(coco["images"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot read COCO JSON {path}: {error}") from error
+    folders = [Path(image_dir)] if image_dir is not None else []
+    folders += [path.parent]
+    if path.stem.startswith("instances_"):
+        folders.append(path.parent.parent / path.stem[len("instances_"):])
+    index = _image_index(image_paths)
+    corrections = []
+    for entry in images:
+        labels, table, file_classes = coco_to_labels(coco, image_id=entry["id"])
+        table = dict(table)
+        table["class_name"] = np.array([file_classes[i] if i >= 0 else UNKNOWN_CLASS for i in table["class_index"]],
+                                       dtype=object)
+        image_path = _find_image(str(entry.get("file_name", "")), index, folders, f"{path} (image id {entry['id']})")
+        corrections.append(Correction(read_image(image_path), labels, class_lookup(table, class_names),
+                                      f"{path} ({image_path.name})"))
+    return corrections
+
+
+def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str], *,
+                            image_paths: Sequence[os.PathLike | str] = ()) -> list[Correction]:
+    """Corrections from ``<stem>_labels.tif`` (or ``.tiff``/``.png``) files with ``<stem>_instances.csv``.
+
+    The image of ``<stem>_labels.tif`` is ``<stem>.*`` among ``image_paths`` or in the
+    folder. A label image without its CSV has instances of unknown class.
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff", ".png")
+                   and p.stem.endswith(LABEL_SUFFIX))
+    if not files:
+        raise ValueError(f"no label images (<stem>{LABEL_SUFFIX}.tif) in {folder}")
+    index = _image_index(image_paths)
+    corrections = []
+    for label_path in files:
+        stem = label_path.stem[: -len(LABEL_SUFFIX)]
+        table_path = label_path.with_name(f"{stem}_instances.csv")
+        table = read_instances_csv(table_path) if table_path.is_file() else None
+        image_path = _find_image(stem, index, [folder], str(label_path))
+        labels = read_label_image(label_path)
+        if labels.ndim != 2:
+            raise ValueError(f"{label_path}: corrections are 2-D label images; got shape {labels.shape}")
+        corrections.append(Correction(read_image(image_path), labels, class_lookup(table, class_names),
+                                      str(label_path)))
+    return corrections
+
+
+def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
+                     image_paths: Sequence[os.PathLike | str] = ()) -> list[Correction]:
+    """Corrections from a COCO JSON or a folder of label images (see the two loaders)."""
+    path = Path(path)
+    if path.is_dir():
+        return corrections_from_folder(path, class_names, image_paths=image_paths)
+    if path.is_file() and path.suffix.lower() == ".json":
+        return corrections_from_coco(path, class_names, image_paths=image_paths)
+    raise ValueError(f"corrections {path}: expected a COCO .json file or a folder of <stem>{LABEL_SUFFIX}.tif "
+                     "label images with their <stem>_instances.csv")

@@ -1,0 +1,176 @@
+"""The refinement head: a light FPN-style decoder on the frozen PRM backbone's features.
+
+It predicts, at the finest stage's resolution (stride 4 on the built-in backbone):
+
+- ``semantic``: ``(B, C + 1, h, w)`` logits, channel 0 background, channel ``c + 1`` the
+  model's class ``c``;
+- ``boundary``: ``(B, 1, h, w)`` logits of instance contours, which cut touching instances
+  of one class apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .features import Stage
+
+#: Version of the head's saved form (tensor names and ``config``); bump on any change.
+HEAD_FORMAT_VERSION = 1
+
+
+def _block(in_channels: int, out_channels: int) -> nn.Sequential:
+    groups = 8 if out_channels % 8 == 0 else 1
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.GroupNorm(groups, out_channels), nn.ReLU(inplace=True))
+
+
+class RefineHead(nn.Module):
+    """Decoder from backbone stages to semantic and boundary logits.
+
+    Parameters
+    ----------
+    stages : sequence of Stage
+        Finest first (see :func:`napari_prm.refine.features.find_stages`).
+    num_classes : int
+        The PRM model's classes (background is added).
+    width : int
+        Channels of the coarse stages' path; the finest stage uses half.
+
+    Notes
+    -----
+    Coarse stages (all but the finest) are projected to ``width`` channels, summed top-down
+    after bilinear upsampling and refined by two 3×3 convolutions at the second-finest
+    stride; the result is upsampled to the finest stride, joined by that stage's
+    projection and refined by one 3×3 convolution of ``width // 2`` channels. A backbone
+    with one stage gets the single-stage path (two convolutions at its stride).
+    """
+
+    def __init__(self, stages: Sequence[Stage], num_classes: int, *, width: int = 64):
+        super().__init__()
+        if not stages:
+            raise ValueError("the head needs at least one backbone stage")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1; got {num_classes}")
+        self.stages = [Stage(**asdict(s)) if not isinstance(s, Stage) else s for s in stages]
+        self.num_classes = int(num_classes)
+        self.width = int(width)
+        fine = max(self.width // 2, 8)
+        # Each stage's features are standardised per channel: backbones differ in scale by orders of
+        # magnitude, and the statistics of the training images make every stage start on an equal footing.
+        for index, stage in enumerate(self.stages):
+            self.register_buffer(f"feature_mean_{index}", torch.zeros(stage.channels))
+            self.register_buffer(f"feature_std_{index}", torch.ones(stage.channels))
+        self.fine_lateral = nn.Conv2d(self.stages[0].channels, fine, 1)
+        self.coarse_laterals = nn.ModuleList(nn.Conv2d(s.channels, self.width, 1) for s in self.stages[1:])
+        self.coarse_blocks = nn.Sequential(_block(self.width, self.width), _block(self.width, self.width)) \
+            if len(self.stages) > 1 else nn.Identity()
+        self.fine_in = nn.Conv2d(self.width, fine, 1) if len(self.stages) > 1 else nn.Identity()
+        self.fine_blocks = nn.Sequential(_block(fine, fine)) if len(self.stages) > 1 \
+            else nn.Sequential(_block(fine, fine), _block(fine, fine))
+        self.semantic = nn.Conv2d(fine, self.num_classes + 1, 1)
+        self.info: dict[str, Any] = {}
+        self.boundary = nn.Conv2d(fine, 1, 1)
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per output pixel."""
+        return self.stages[0].stride
+
+    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(semantic, boundary)`` logits from the stage feature maps (finest first).
+
+        Parameters
+        ----------
+        features : sequence of (B, channels_i, h_i, w_i) tensors
+            Any float dtype; they are cast to the head's.
+
+        Returns
+        -------
+        semantic : (B, C + 1, h_0, w_0) tensor
+        boundary : (B, 1, h_0, w_0) tensor
+        """
+        if len(features) != len(self.stages):
+            raise ValueError(f"the head reads {len(self.stages)} feature maps; got {len(features)}")
+        dtype = self.semantic.weight.dtype
+        features = [(f.to(dtype) - getattr(self, f"feature_mean_{i}")[:, None, None])
+                    / getattr(self, f"feature_std_{i}")[:, None, None] for i, f in enumerate(features)]
+        fine = self.fine_lateral(features[0])
+        if len(self.stages) > 1:
+            coarse = None
+            for lateral, feature in zip(reversed(self.coarse_laterals), reversed(features[1:])):
+                projected = lateral(feature)
+                coarse = projected if coarse is None else projected + F.interpolate(
+                    coarse, size=projected.shape[-2:], mode="bilinear", align_corners=False)
+            coarse = self.coarse_blocks(coarse)
+            fine = fine + self.fine_in(F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear",
+                                                     align_corners=False))
+        fine = self.fine_blocks(fine)
+        return self.semantic(fine), self.boundary(fine)
+
+    @torch.no_grad()
+    def set_feature_statistics(self, features: Sequence[Sequence[torch.Tensor]]) -> None:
+        """Standardise each stage by the per-channel mean and standard deviation of these images' maps.
+
+        Parameters
+        ----------
+        features : sequence (images) of sequences (stages) of (channels, h, w) tensors
+        """
+        for index in range(len(self.stages)):
+            maps = torch.cat([image[index].float().flatten(1) for image in features], dim=1)
+            getattr(self, f"feature_mean_{index}").copy_(maps.mean(1))
+            getattr(self, f"feature_std_{index}").copy_(maps.std(1).clamp(min=1e-6))
+
+    def config(self) -> dict[str, Any]:
+        """What rebuilds this head (plain JSON values), see :func:`head_from_config`."""
+        return {"stages": [asdict(s) for s in self.stages], "num_classes": self.num_classes, "width": self.width}
+
+
+def head_from_config(config: dict[str, Any]) -> RefineHead:
+    """A new head (random weights) with the layout ``config`` describes."""
+    try:
+        stages = [Stage(str(s["module"]), int(s["stride"]), int(s["channels"])) for s in config["stages"]]
+        return RefineHead(stages, int(config["num_classes"]), width=int(config["width"]))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"the refinement head's configuration is incomplete: {error}") from error
+
+
+def head_metadata(head: RefineHead) -> dict[str, Any]:
+    """The ``refine`` metadata entry of a checkpoint: format version, layout, provenance.
+
+    ``head.info`` (set by :func:`napari_prm.refine.refine`: what it was trained on, the
+    settings of instance cutting) is stored as given; it must hold plain JSON values.
+    """
+    return {"format_version": HEAD_FORMAT_VERSION, "config": head.config(),
+            "info": dict(getattr(head, "info", {}) or {})}
+
+
+def load_head(metadata: dict[str, Any], state: dict[str, torch.Tensor], *, source: str = "checkpoint") -> RefineHead:
+    """Rebuild a head from its ``refine`` metadata entry and its tensors (names without ``refine.``).
+
+    Raises
+    ------
+    ValueError
+        Naming ``source``, when the entry is newer than this napari-prm or does not match
+        the tensors.
+    """
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{source}: the 'refine' metadata entry is not a mapping")
+    version = int(metadata.get("format_version", 0))
+    if version > HEAD_FORMAT_VERSION:
+        raise ValueError(f"{source}: its refinement head was written by a newer napari-prm (head format "
+                         f"{version}, this one reads up to {HEAD_FORMAT_VERSION}); upgrade napari-prm")
+    if version < 1:
+        raise ValueError(f"{source}: the 'refine' metadata entry has no valid format_version")
+    try:
+        head = head_from_config(metadata["config"])
+        head.load_state_dict(state, strict=True)
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise ValueError(f"{source}: the refinement head does not match its own metadata: {error}") from error
+    head.info = dict(metadata.get("info", {}))
+    return head.eval()

@@ -1,0 +1,113 @@
+"""The "Learn from corrections" widget: run, correct, learn, run on the next image, in napari."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import shapes_scene
+from napari_prm import build_model, load_model, predict, save_model
+
+WAIT_MS = 300_000
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes_checkpoint(tmp_path_factory):
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(96, 96))
+    return save_model(model, tmp_path_factory.mktemp("models") / "tiny_shapes.pt")
+
+
+def open_widgets(viewer, qtbot, checkpoint):
+    _, predict_widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    predict_widget.select_model(str(checkpoint))
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+    _, refine_widget = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections", tabify=True)
+    return predict_widget, refine_widget
+
+
+def run(widget, qtbot):
+    assert widget.run() is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+
+
+def correct(layer, labels):
+    """What a user does: paint the true instances and give each its class."""
+    layer.data = labels.astype(layer.data.dtype)
+    layer.features = pd.DataFrame({"index": [1, 2], "label": [1, 2], "class_index": [0, 1],
+                                   "class_name": ["cat", "dog"], "score": [np.nan, np.nan], "peak": [-1, -1]})
+
+
+def test_run_correct_learn_and_run_on_the_next_image(make_napari_viewer, qtbot, prm_config,
+                                                     tiny_shapes_checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    first, labels, _, _ = shapes_scene(0)
+    viewer.add_image(first, name="first")
+    predict_widget, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    assert widget._model.value == str(tiny_shapes_checkpoint.resolve())  # it follows the predict widget
+    assert predict_widget.proposals.value == "auto"
+    # run
+    run(predict_widget, qtbot)
+    instances = viewer.layers["first instances"]
+    # correct
+    correct(instances, labels)
+    # learn
+    widget.reset_choices()
+    assert [layer.name for _, layer in widget._labels_choices()] == ["first instances"]
+    widget._layers.value = [instances]
+    widget._epochs.value = 40
+    widget._device.value = "cpu"
+    out = tmp_path / "refined.pt"
+    widget._out.value = out
+    updates = []
+    widget._relay.progressed.connect(updates.append)
+    assert widget.start(batch_size=1, lr=5e-3) is not None
+    assert widget.start() is None and "already running" in widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    assert widget.result.samples == 1 and len(widget.result.history) == 40
+    assert {u.stage for u in updates} == {"prepare", "batch", "epoch"}
+    assert widget._progress.value == 40 and "The next Run" in widget.last_message
+    refined = load_model(out)
+    assert refined.head is not None and refined.head.info["trained_on"]["corrected"] == 1
+    # the predict widget now runs the refined model
+    assert predict_widget.model.value == str(out.resolve())
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+    # run on the next image: its instances are cut from the head's maps
+    second, second_labels, classes, _ = shapes_scene(1)
+    viewer.add_image(second, name="second")
+    predict_widget.reset_choices()
+    predict_widget.image.value = viewer.layers["second"]
+    run(predict_widget, qtbot)
+    shown = viewer.layers["second instances"].data
+    expected, _ = predict(second, refined, proposals="refined").to_labels()
+    np.testing.assert_array_equal(shown, expected)
+    assert shown.any()
+    # the head learnt the objects: the shown instances lie on them, not on the background
+    assert (second_labels[shown > 0] > 0).mean() > 0.8
+
+
+def test_learning_can_be_cancelled_and_needs_corrections(make_napari_viewer, qtbot, prm_config,
+                                                          tiny_shapes_checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    image, labels, _, _ = shapes_scene(2)
+    viewer.add_image(image, name="scene")
+    _, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    assert widget.start() is None and "Choose the corrected" in widget.last_message
+    layer = viewer.add_labels(np.zeros_like(labels), name="scene instances")
+    widget.reset_choices()
+    widget._layers.value = [layer]
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "cancelled.pt"
+    assert widget.start() is None and "no labels yet" in widget.last_message
+    correct(layer, labels)
+    epochs = []
+    widget._relay.progressed.connect(lambda u: epochs.append(u.epoch) if u.stage == "epoch" else None)
+    assert widget.start(batch_size=1, epochs=100_000) is not None
+    qtbot.waitUntil(lambda: len(epochs) >= 2, timeout=WAIT_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result.cancelled and 2 <= len(widget.result.history) < 100_000
+    assert widget.last_message.startswith("Cancelled")
+    assert load_model(tmp_path / "cancelled.pt").head is not None
