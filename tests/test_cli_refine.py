@@ -1,0 +1,123 @@
+"""``napari-prm refine``: learn a head from a dataset and corrected masks; Ctrl-C and --resume."""
+
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import shapes_scene
+
+from napari_prm import io
+from napari_prm.cli import build_parser, main
+from napari_prm.model import build_model, load_checkpoint, load_model, save_model
+from napari_prm.refine import refine
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def shapes_dataset(tmp_path_factory):
+    """Four shapes scenes as PNGs with a COCO JSON of their instances (classes cat and dog)."""
+    import imageio.v3 as iio
+
+    folder = tmp_path_factory.mktemp("shapes")
+    coco = {"images": [], "annotations": [], "categories": []}
+    for number in range(4):
+        image, labels, _, _ = shapes_scene(number)
+        iio.imwrite(folder / f"scene{number}.png", image)
+        table = {"label": np.array([1, 2]), "class_index": np.array([0, 1]), "class_name": np.array(["cat", "dog"])}
+        one = io.labels_to_coco(labels, table, ["cat", "dog"], image_id=number + 1, file_name=f"scene{number}.png")
+        coco["images"] += one["images"]
+        coco["annotations"] += [a | {"id": 10 * number + a["id"]} for a in one["annotations"]]
+        coco["categories"] = one["categories"]
+    (folder / "instances.json").write_text(json.dumps(coco))
+    return folder / "instances.json"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint96(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(96, 96))
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def test_refine_learns_from_the_dataset_and_the_masks(shapes_dataset, tiny_checkpoint96, tmp_path, capsys):
+    out = tmp_path / "refined.pt"
+    status = main(["refine", str(shapes_dataset), "--model", str(tiny_checkpoint96), "--out", str(out),
+                   "--masks", str(shapes_dataset), "--epochs", "3", "--class-threshold=-1e9"])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert "4 corrected image(s), 8 instances" in err and "epoch 3/3" in err
+    model, extra = load_checkpoint(out)
+    assert model.head is not None and model.class_names == ["cat", "dog"]
+    assert model.head.info["trained_on"] == {"pseudo_labelled": 4, "corrected": 4}
+    assert model.head.info["predict_options"] == {"class_threshold": -1e9}
+    assert [h["epoch"] for h in extra["refine_training"]["history"]] == [1, 2, 3]
+    assert len(list(Path(f"{out}.cache").glob("*.pt"))) == 4  # the pseudo-labelled samples
+    # corrections alone, from a folder of label images
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    image, labels, _, _ = shapes_scene(1)
+    io.write_label_image(folder / "scene1_labels.tif", labels)
+    io.write_instances_csv(folder / "scene1_instances.csv", labels,
+                           {"label": np.array([1, 2]), "class_name": np.array(["cat", "dog"])})
+    alone = tmp_path / "alone.pt"
+    assert main(["refine", str(shapes_dataset), "--model", str(tiny_checkpoint96), "--out", str(alone),
+                 "--masks", str(folder), "--no-self-training", "--epochs", "2"]) == 0
+    assert load_model(alone).head.info["trained_on"] == {"pseudo_labelled": 0, "corrected": 1}
+
+
+def test_refine_usage_errors(shapes_dataset, tiny_checkpoint96, tmp_path, capsys):
+    common = [str(shapes_dataset), "--model", str(tiny_checkpoint96), "--out", str(tmp_path / "x.pt")]
+    assert main(["refine", *common, "--no-self-training"]) == 2
+    assert "needs --masks" in capsys.readouterr().err
+    assert main(["refine", *common, "--resume"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["refine", *common, "--masks", str(tmp_path)]) == 2
+    assert "--masks: no label images" in capsys.readouterr().err
+    assert main(["refine", str(shapes_dataset), "--model", str(tmp_path / "none.pt"), "--out", "x.pt"]) == 2
+
+
+def test_refine_defaults_match_the_library():
+    defaults = vars(build_parser()._subparsers._group_actions[0].choices["refine"].parse_args(
+        ["data.json", "--model", "m.pt", "--out", "o.pt"]))
+    parameters = inspect.signature(refine).parameters
+    for name in ("epochs", "batch_size", "lr", "correction_weight", "seed", "device"):
+        assert defaults[name] == parameters[name].default, name
+
+
+def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes(shapes_dataset, tiny_checkpoint96, tmp_path):
+    out = tmp_path / "interrupted.pt"
+    command = [sys.executable, "-m", "napari_prm", "refine", str(shapes_dataset), "--model", str(tiny_checkpoint96),
+               "--out", str(out), "--masks", str(shapes_dataset), "--no-self-training", "--epochs", "100000",
+               "--batch-size", "1"]
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not out.is_file() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert out.is_file(), process.stderr.read() if process.poll() is not None else "no checkpoint in 180 s"
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "keeps the last finished epoch" in err and "--resume" in err
+    _, extra = load_checkpoint(out)  # complete and readable: the atomic write was never half done
+    done = extra["refine_training"]["epoch"]
+    assert 1 <= done < 100000
+    assert not list(tmp_path.glob(".interrupted.pt.*"))  # no temporary file left behind
+    assert main(["refine", str(shapes_dataset), "--model", str(tiny_checkpoint96), "--out", str(out),
+                 "--masks", str(shapes_dataset), "--no-self-training", "--epochs", str(done + 2),
+                 "--batch-size", "1", "--resume"]) == 0
+    _, extra = load_checkpoint(out)
+    assert [h["epoch"] for h in extra["refine_training"]["history"]] == list(range(1, done + 3))
