@@ -79,9 +79,15 @@ def finite_float(name: str, value, *, low: float | None = None, high: float | No
 def finite_floats(name: str, values, *, length: int | None = None, low: float | None = None,
                   high: float | None = None, low_open: bool = False, high_open: bool = False,
                   unique: bool = False) -> tuple[float, ...]:
-    """A non-empty sequence of finite floats within the bounds, of ``length`` when given."""
+    """A non-empty sequence of finite floats within the bounds, of ``length`` when given.
+
+    A mapping's values are checked (and named by their keys: ``balance[3]``).
+    """
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise ValueError(f"{name}: expected a sequence of numbers, got {values!r}")
+    if isinstance(values, Mapping):
+        return tuple(finite_float(f"{name}[{key}]", value, low=low, high=high, low_open=low_open,
+                                  high_open=high_open) for key, value in values.items())
     values = list(np.asarray(values, dtype=object).reshape(-1)) if isinstance(values, np.ndarray) \
         else list(values)
     if length is not None and len(values) != length:

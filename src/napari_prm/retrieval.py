@@ -217,7 +217,7 @@ def retrieve_instances(
     nms_threshold = check.finite_float("nms_threshold", nms_threshold, low=0, high=1, optional=True)
     for name, value in (("bg_threshold", bg_threshold), ("penalty", penalty), ("balance", balance)):
         if not (isinstance(value, Mapping) and not value):
-            check.finite_floats(name, list(value.values()) if isinstance(value, Mapping) else np.ravel(value))
+            check.finite_floats(name, value if isinstance(value, Mapping) else np.ravel(value))
     if int(contour_width) < 1:
         raise ValueError(f"contour_width: expected a positive integer, got {contour_width}")
     low, high = (float(v) for v in size_limits)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,6 +297,14 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
             metadata, state, extra = content["metadata"], content["state_dict"], content.get("extra", {})
     except ValueError as error:
         raise ValueError(f"{path} is not a napari-prm checkpoint: {error}") from error
+    except pickle.UnpicklingError as error:
+        # torch's message suggests weights_only=False; that is exactly what must not be done here.
+        detail = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f" ({detail.group(1)})" if detail else ""
+        raise ValueError(f"cannot read checkpoint {path}: it is corrupt, or holds Python objects other "
+                         f"than tensors and plain values{what}, which napari-prm refuses to run (it "
+                         "loads checkpoints with weights_only=True); it was not written by "
+                         "napari-prm") from error
     except Exception as error:
         raise ValueError(f"cannot read checkpoint {path}: it is truncated, corrupt or not a napari-prm "
                          f"checkpoint ({type(error).__name__}: {error})") from error
