@@ -314,6 +314,8 @@ CASES = [
         match=r"cannot load model .*afile.*cannot read checkpoint"),
     cli(*PREDICT, "--device", "bogus", match=r"device: 'bogus' is not a torch device"),
     cli(*PREDICT, "--classes", "unicorn", match=r"--classes: the model has no class \['unicorn'\]"),
+    cli(*PREDICT, "--classes=-1", match=r"--classes: the model has no class \['-1'\]"),
+    cli(*PREDICT, "--classes", "2", match=r"--classes: the model has no class \[2\]"),
     cli("predict", "{out}/missing.png", "--out", "{out}", "--model", "{model}",
         match=r"missing.png: no such file or folder.*\n.*no images to process"),
     # ---- train
@@ -333,6 +335,12 @@ CASES = [
     cli("train", "{csv}", "--out", "{data}", match=r"--out: expected a file, got .*data, which is a folder"),
     cli("train", "{csv}", "--out", "{out}/m.safetensors", match=r"--out: .*write a .pt file, not .*m.safetensors"),
     cli("train", "{out}/missing.csv", "--out", "{model}", match=r"cannot load dataset .*missing.csv.*does not exist"),
+    cli("train", "{out}", "--out", "{model}",
+        match=r"cannot load dataset .*out: dataset folder .*out has no class sub-folders"),
+    cli("train", "{csv_with_empty_image}", "--backbone", "tiny", "--out", "{model}", "--epochs", "1",
+        "--batch-size", "2", "--input-size", "16", "16", "--num-workers", "1",
+        match=r"error: cannot read image .*empty.png \(declared at .*broken.csv:3\): the file is empty"),
+    cli("train", "{csv}", "--model", "alexnet", "--out", "{model}", match=r"unknown backbone 'alexnet'"),
     cli(*TRAIN, "--resume", match=r"tiny.pt holds no training state"),
     # ---- evaluate
     cli(*EVALUATE, "--iou-thresholds", "2.0", "nan", "-1",
@@ -344,6 +352,8 @@ CASES = [
     cli(*EVALUATE, "--max-images", "0", match=r"--max-images: expected an integer >= 1, got 0"),
     cli(*EVALUATE, "--class-threshold", "nan", match=r"--class-threshold: expected a finite number, got nan"),
     cli(*EVALUATE, "--json", "{data}", match=r"--json: expected a file, got .*data, which is a folder"),
+    cli(*EVALUATE, "--json", "{afile}/x.json", match=r"--json: cannot write .*afile/x.json: .*afile is a file"),
+    cli("evaluate", "{csv}", "--model", "{model}", match=r"evaluation needs instance masks; dataset .*labels.csv"),
     cli(*EVALUATE[:-2], "--proposals", "bogus", match=r"--proposals: expected 'none'.* got 'bogus'"),
     cli("evaluate", "{coco_without_segmentation}", "--image-dir", "{data}", "--model", "{model}",
         "--proposals", "none", match=r"bad.json \(image id 1\): annotation id 1 has no 'segmentation'"),
@@ -655,7 +665,15 @@ _CLI_FILES = {
         a | {"segmentation": {"size": [10, 10], "counts": [100]}} if a["id"] == 1 else a
         for a in _coco()["annotations"]])),
     "coco_without_categories": lambda ws: ws.json("bad.json", _coco(categories=[])),
+    "csv_with_empty_image": lambda ws: _csv_with_empty_image(ws),
 }
+
+
+def _csv_with_empty_image(ws) -> Path:
+    (ws.data / "empty.png").write_bytes(b"")
+    path = ws.data / "broken.csv"
+    path.write_text("image,labels\n0.png,cat\nempty.png,dog\n1.png,dog\n")
+    return path
 
 
 def test_the_table_is_big_enough():
@@ -700,8 +718,9 @@ def test_finding_1_peak_batch_size_below_one_is_refused(ws, capsys):
     assert torch.allclose(result.prms.flatten(1).sum(1), torch.ones(len(result.peaks)))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the peak cap (predict(max_peaks=50) by default) is the lead's "
-                                       "work for the calibrated-peaks issue; remove this mark then")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the peak cap (predict(max_peaks=50) by default) is the lead's work for the "
+                          "calibrated-peaks issue; remove this mark then")
 def test_finding_1_the_number_of_peaks_is_capped(ws):
     """--class-threshold=-1e9 once selected 13,718 peaks and allocated all their PRMs at once."""
     torch.manual_seed(0)

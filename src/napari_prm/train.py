@@ -158,11 +158,29 @@ def _set_train_mode(model: PRMModel, backbone_frozen: bool) -> None:
         model.network.fcn.features.eval()
 
 
+def _batches(loader):
+    """The loader's batches; a worker process's ValueError (an unreadable image) comes back
+    with its own message, not with the worker's traceback that torch puts in it."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except ValueError as error:
+            text = str(error)
+            if "Original Traceback" not in text:
+                raise
+            last = [line for line in text.splitlines() if line.strip()][-1]
+            raise ValueError(last.split(": ", 1)[-1]) from None
+        yield batch
+
+
 @torch.no_grad()
 def _validation_ap(model: PRMModel, loader, device) -> tuple[dict[str, float], float]:
     model.network.eval()
     scores, labels = [], []
-    for images, targets in loader:
+    for images, targets in _batches(loader):
         scores.append(model.network(images.to(device)).float().cpu())
         labels.append(targets)
     mean_ap, per_class = classification_map(torch.cat(scores).numpy(), torch.cat(labels).numpy())
@@ -372,7 +390,7 @@ def train(
             images.set_epoch(epoch)
             _set_train_mode(model, config["backbone_lr_mult"] == 0)
             started, seen, losses = time.perf_counter(), 0, []
-            for batch, (inputs, targets) in enumerate(loader, start=1):
+            for batch, (inputs, targets) in enumerate(_batches(loader), start=1):
                 if _is_cancelled(cancel):
                     cancelled = True
                     break
