@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,7 @@ def _checked_fields(where: str, class_names, input_size, mean, std):
         raise ValueError(f"{where}: class_names: expected a list of strings, got {class_names!r}")
     if not class_names:
         raise ValueError(f"{where}: class_names: expected at least one class, got none")
-    duplicates = sorted({name for name in class_names if list(class_names).count(name) > 1})
+    duplicates = sorted(name for name, count in Counter(class_names).items() if count > 1)
     if duplicates:
         raise ValueError(f"{where}: class_names: expected unique names, got duplicates {duplicates}")
     if input_size is not None:
