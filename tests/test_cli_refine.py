@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shapes_scene
 
+from conftest import shapes_scene
 from napari_prm import io
 from napari_prm.cli import build_parser, main
 from napari_prm.model import build_model, load_checkpoint, load_model, save_model

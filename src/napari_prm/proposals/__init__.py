@@ -31,6 +31,7 @@ from .guided import prm_guided_proposals
 from .stacks import combine_proposals, proposals_from_labels, proposals_from_masks
 
 __all__ = [
+    "PROPOSAL_KEYWORDS",
     "default_proposals",
     "prm_guided_proposals",
     "load_proposals",
@@ -40,6 +41,9 @@ __all__ = [
     "make_proposals",
     "resolve_source",
 ]
+
+#: The proposal sources `make_proposals` knows by name (joined by ``+`` to combine them).
+PROPOSAL_KEYWORDS = ("auto", "default", "builtin", "prm", "refined")
 
 
 def resolve_source(source, model=None):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import _validate as check
 from ..io.atomic import atomic_write
 from ..model.checkpoint import PRMModel, load_checkpoint, resolve_device, save_model
 from .corrections import Correction
@@ -402,8 +403,16 @@ def refine(
     """
     if dataset is None and not corrections:
         raise ValueError("refine needs a dataset (self-training) or corrections (or both)")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1; got {epochs} and {batch_size}")
+    epochs = check.positive_int("epochs", epochs)
+    batch_size = check.positive_int("batch_size", batch_size)
+    lr = check.finite_float("lr", lr, low=0, low_open=True)
+    weight_decay = check.finite_float("weight_decay", weight_decay, low=0)
+    width = check.positive_int("width", width)
+    correction_weight = check.finite_float("correction_weight", correction_weight, low=0)
+    foreground_balance = check.finite_float("foreground_balance", foreground_balance, low=0)
+    seed = check.integer("seed", seed, low=0, high=2**32 - 1)
+    if any(not isinstance(c, Correction) for c in corrections):
+        raise ValueError("corrections: expected Correction objects (see napari_prm.refine.load_corrections)")
     out = None if out is None else Path(out)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
