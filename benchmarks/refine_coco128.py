@@ -221,12 +221,109 @@ def run_selftrain(args, log) -> dict:
     return report
 
 
+def run_loop(args, log) -> dict:
+    model, settings, model_name = prm_model()
+    train, val = load_split("train", model.class_names), load_split("val", model.class_names)
+    pseudo = cached_predictions(model, train, settings, args.out / "predictions" / "train_labels",
+                                with_labels=True, log=log)
+    evaluated = cached_predictions(model, val, settings, args.out / "predictions" / "val", with_labels=False,
+                                   log=log)
+    held_out = list(range(max(LOOP_SIZES), len(val)))
+    test = val.subset(held_out)
+    predictions = [evaluated[i][0] for i in held_out]
+    baseline = evaluate_instances(test, predictions, [p.instances for p in predictions])
+    rows = [row("PRM retrieval, built-in proposals (baseline)", baseline,
+                float(np.mean([evaluated[i][1] for i in held_out])))]
+    curve = []
+    for count in LOOP_SIZES:
+        corrections = corrections_of(val, range(count))
+        result, seconds = train_head(model, train, pseudo, settings, corrections=corrections, log=log,
+                                     epochs=args.epochs, out=args.out / f"loop_{count}.pt")
+        instances, head_seconds = head_instances_for(result.model, test, predictions)
+        results = evaluate_instances(test, predictions, instances)
+        rows.append(row(f"head, self-training + {count} corrected images", results, head_seconds))
+        curve.append({"corrected_images": count, "mAP_r_0.5": results["mAP_r"][0.5], "train_seconds": seconds})
+        log(rows[-1])
+    plot_loop(curve, rows[0]["mAP_r"]["0.5"], len(held_out), args.figure)
+    return {"model": model_name, "settings": settings, "evaluated_on": [str(p) for p in test.image_paths],
+            "load": load_text(), "rows": rows, "curve": curve}
+
+
+def plot_loop(curve: list[dict], baseline: float, images: int, path: Path) -> None:
+    """mAP^r .5 against the number of corrected images, with the baseline as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = [c["corrected_images"] for c in curve]
+    values = [100 * c["mAP_r_0.5"] for c in curve]
+    figure, axes = plt.subplots(figsize=(5, 3.4), dpi=120)
+    axes.plot(counts, values, "o-", color="#1f77b4", label="refinement head")
+    axes.axhline(100 * baseline, color="#7f7f7f", linestyle="--", label="PRM retrieval (baseline)")
+    axes.set_xlabel("corrected images (ground truth of the first N val images)")
+    axes.set_ylabel("mAP$^r$ .5 (%)")
+    axes.set_xticks(counts)
+    axes.set_title(f"coco128 val, evaluated on the other {images} images", fontsize=9)
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+
+
+#: Design choices measured on coco128 train only (``dev``): name -> (refine options, instance options).
+DEV_VARIANTS = {
+    "defaults": ({}, {}),
+    "trust: min_relative_score 0.8": ({"target_options": {"min_relative_score": 0.8}}, {}),
+    "trust: min_relative_score 0.2": ({"target_options": {"min_relative_score": 0.2}}, {}),
+    "width 64": ({"width": 64}, {}),
+    "60 epochs": ({"epochs": 60}, {}),
+    "mask threshold 0.4": ({}, {"mask_threshold": 0.4}),
+    "mask threshold 0.6": ({}, {"mask_threshold": 0.6}),
+    "NMS 0.3": ({}, {"nms_threshold": 0.3}),
+}
+
+
+def run_dev(args, log) -> dict:
+    """Two folds of coco128 train: self-train on one, evaluate on the labelled images of the other."""
+    model, settings, model_name = prm_model()
+    train = load_split("train", model.class_names)
+    pseudo = cached_predictions(model, train, settings, args.out / "predictions" / "train_labels",
+                                with_labels=True, log=log)
+    plain = cached_predictions(model, train, settings, args.out / "predictions" / "train", with_labels=False,
+                               log=log)
+    labelled = np.flatnonzero(train.labels.sum(1) > 0)
+    folds = [np.arange(len(train))[fold::2] for fold in range(2)]
+    names = args.variants or list(DEV_VARIANTS)
+    rows, trained = [], {}
+    for fold, (learn, test) in enumerate([(folds[0], folds[1]), (folds[1], folds[0])]):
+        test = np.intersect1d(test, labelled)
+        test_set, test_predictions = train.subset(test), [plain[i][0] for i in test]
+        base = evaluate_instances(test_set, test_predictions, [p.instances for p in test_predictions])
+        rows.append(row(f"fold {fold}: PRM retrieval (baseline)", base, 0.0))
+        for name in names:
+            options, instance_options = DEV_VARIANTS[name]
+            key = json.dumps(options, sort_keys=True)
+            if key not in trained:
+                trained[key] = train_head(model, train.subset(learn), [pseudo[i] for i in learn], settings,
+                                          log=log, **({"epochs": args.epochs} | options))[0].model
+            instances, seconds = head_instances_for(trained[key], test_set, test_predictions, **instance_options)
+            rows.append(row(f"fold {fold}: {name}", evaluate_instances(test_set, test_predictions, instances),
+                            seconds))
+            log(rows[-1])
+        trained.clear()
+    return {"model": model_name, "settings": settings, "load": load_text(), "rows": rows}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=["selftrain", "loop", "dev"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "refine")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--figure", type=Path, default=FIGURE)
+    parser.add_argument("--variants", nargs="*", default=None, help="dev: the variants to measure (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +332,7 @@ def main(argv=None) -> int:
         print(time.strftime("%H:%M:%S"), *items, flush=True)
 
     log(f"load average {load_text()}")
-    report = {"selftrain": run_selftrain}[args.experiment](args, log)
+    report = {"selftrain": run_selftrain, "loop": run_loop, "dev": run_dev}[args.experiment](args, log)
     report["load_after"] = load_text()
     (args.out / f"{args.experiment}.json").write_text(json.dumps(report, indent=2))
     if "rows" in report:

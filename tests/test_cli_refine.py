@@ -57,7 +57,8 @@ def test_refine_learns_from_the_dataset_and_the_masks(shapes_dataset, tiny_check
     assert "4 corrected image(s), 8 instances" in err and "epoch 3/3" in err
     model, extra = load_checkpoint(out)
     assert model.head is not None and model.class_names == ["cat", "dog"]
-    assert model.head.info["trained_on"] == {"pseudo_labelled": 4, "corrected": 4}
+    assert {k: model.head.info["trained_on"][k] for k in ("pseudo_labelled", "corrected")} == \
+        {"pseudo_labelled": 4, "corrected": 4}
     assert model.head.info["predict_options"] == {"class_threshold": -1e9}
     assert [h["epoch"] for h in extra["refine_training"]["history"]] == [1, 2, 3]
     assert len(list(Path(f"{out}.cache").glob("*.pt"))) == 4  # the pseudo-labelled samples
@@ -71,7 +72,7 @@ def test_refine_learns_from_the_dataset_and_the_masks(shapes_dataset, tiny_check
     alone = tmp_path / "alone.pt"
     assert main(["refine", str(shapes_dataset), "--model", str(tiny_checkpoint96), "--out", str(alone),
                  "--masks", str(folder), "--no-self-training", "--epochs", "2"]) == 0
-    assert load_model(alone).head.info["trained_on"] == {"pseudo_labelled": 0, "corrected": 1}
+    assert load_model(alone).head.info["trained_on"]["corrected"] == 1
 
 
 def test_refine_usage_errors(shapes_dataset, tiny_checkpoint96, tmp_path, capsys):

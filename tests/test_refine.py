@@ -18,16 +18,16 @@ from napari_prm.proposals import make_proposals
 from napari_prm.refine import (
     IGNORE,
     Correction,
-    HeadMaps,
     RefineHead,
     StageFeatures,
-    correction_target,
+    correction_targets,
     find_stages,
     head_instances,
-    head_maps,
     load_corrections,
-    pseudo_target,
+    peak_prompts,
+    pseudo_targets,
     refine,
+    refined_instances,
 )
 
 CLASSES = ["cat", "dog"]
@@ -69,87 +69,98 @@ def test_stages_are_found_by_output_stride_on_every_backbone():
         StageFeatures(tiny.features, stages)
 
 
-# --------------------------------------------------------------------------- targets
-def test_correction_targets_are_classes_background_and_contacts():
+# --------------------------------------------------------------------------- targets and prompts
+def blob(shape, y, x):
+    """A PRM with all its mass on one pixel."""
+    prm = np.zeros(shape, np.float32)
+    prm[y, x] = 1.0
+    return prm
+
+
+def test_a_peak_of_a_corrected_image_learns_the_instance_holding_its_prm():
     labels = np.zeros((8, 8), np.int32)
-    labels[1:4, 1:4] = 1
-    labels[4:7, 1:4] = 2  # touches instance 1 along a row
-    labels[5:7, 6:8] = 3  # no class known
-    target = correction_target(labels, [1, 0, -1], (8, 8), num_classes=2)
-    assert target.semantic[2, 2] == 2 and target.semantic[5, 2] == 1 and target.semantic[0, 0] == 0
-    assert (target.semantic[5:7, 6:8] == IGNORE).all()
-    contacts = np.argwhere(target.boundary == 1)
-    assert set(map(tuple, contacts)) == {(3, 1), (3, 2), (3, 3), (4, 1), (4, 2), (4, 3)}
-    assert (target.boundary[target.semantic == 0] == 0).all()
-    flipped = target.flipped()
-    np.testing.assert_array_equal(flipped.semantic, target.semantic[:, ::-1])
+    labels[1:4, 1:4] = 1  # a cat
+    labels[5:8, 5:8] = 2  # a dog
+    labels[5:8, 0:2] = 3  # no class known
+    prms = np.stack([blob((8, 8), 2, 2), blob((8, 8), 2, 2), blob((8, 8), 6, 6), blob((8, 8), 0, 7),
+                     blob((8, 8), 6, 0)])
+    targets = correction_targets(labels, {1: 0, 2: 1}, prms, [0, 1, 1, 0, 1], (8, 8))
+    np.testing.assert_array_equal(targets[0], labels == 1)  # a cat peak on the cat
+    assert not targets[1].any()  # a dog peak on the cat: no instance
+    np.testing.assert_array_equal(targets[2], labels == 2)
+    assert not targets[3].any()  # on the background
+    np.testing.assert_array_equal(targets[4], labels == 3)  # unknown class: any peak learns it
+    assert targets.dtype == np.uint8 and set(np.unique(targets)) == {0, 1}
 
 
-def test_pseudo_targets_ignore_what_is_uncertain():
+def test_pseudo_targets_trust_and_ignore():
     masks = np.zeros((2, 40, 40), bool)
     masks[0, 4:20, 4:20] = True
     masks[1, 24:36, 24:36] = True
     crms = np.zeros((3, 10, 10), np.float32)
     crms[0, 1:5, 1:5] = 1.0  # class 0 responds on instance 0
     crms[0, 7:9, 1:3] = 1.0  # ...and where no instance was retrieved
-    target = pseudo_target(masks, [0, 2], [1.0, 0.2], crms, [0, 2], (10, 10), num_classes=3,
-                           min_relative_score=0.5, border=1)
-    assert target.semantic[3, 3] == 1  # inside the trusted instance, away from its border
-    assert target.semantic[1, 1] == IGNORE  # its border band
-    assert target.semantic[7, 7] == IGNORE  # the instance scoring 0.2 < 0.5 * 1.0 is not trusted
-    assert target.semantic[8, 2] == IGNORE  # class 0 responds, no instance: unknown
-    assert target.semantic[0, 9] == 0  # nothing responds: background
-    seeded = pseudo_target(masks, [0, 2], [1.0, 0.2], crms, [0, 2], (10, 10), num_classes=3,
-                           border=0, seed_threshold=0.5)
-    assert seeded.semantic[7, 1] == 1  # a class-0 seed from its CRM
-    empty = pseudo_target(np.zeros((0, 40, 40), bool), [], [], crms, [], (10, 10), num_classes=3)
-    assert (empty.semantic == 0).all() and (empty.boundary == 0).all()
+    prms = np.stack([blob((40, 40), 10, 10), blob((40, 40), 30, 30), blob((40, 40), 0, 39)])
+    targets = pseudo_targets(masks, [0, 2], [1.0, 0.2], prms, [0, 2, 0], crms, [0, 2], (10, 10),
+                             min_relative_score=0.5, border=1)
+    first = targets[0]
+    assert first[3, 3] == 1  # inside its instance, away from the border
+    assert first[1, 1] == IGNORE  # the border band
+    assert first[8, 2] == IGNORE  # class 0 responds, no instance: unknown
+    assert first[0, 9] == 0  # nothing responds: background
+    assert first[7, 7] == IGNORE  # the instance scoring 0.2 < 0.5 * 1.0 is not trusted
+    assert (targets[1] == IGNORE).all()  # ...and its peak learns nothing
+    assert (targets[2] == IGNORE).all()  # a peak on the background learns nothing either
+    everything = pseudo_targets(masks, [0, 2], [1.0, 0.2], prms, [0, 2, 0], crms, [0, 2], (10, 10),
+                                min_relative_score=0.1, border=0)
+    assert everything[1][7, 7] == 1 and everything[0][7, 7] == 0  # trusted: one instance's object, not the other's
+    wrong_class = pseudo_targets(masks, [0, 2], [1.0, 0.9], prms[:1], [2], crms, [0, 2], (10, 10))
+    assert (wrong_class == IGNORE).all()
+
+
+def test_prompts_hold_the_prm_the_peak_and_its_class_response():
+    prms = np.stack([blob((40, 40), 10, 30)])
+    crms = np.zeros((2, 5, 5), np.float32)
+    crms[1, 1, 3] = 2.0
+    (prompt,) = peak_prompts(prms, [1], [[10.0, 30.0]], crms, (10, 10))
+    assert prompt.shape == (3, 10, 10) and prompt.dtype == np.float32
+    assert np.unravel_index(prompt[0].argmax(), (10, 10)) == (2, 7) and prompt[0].max() == pytest.approx(1.0)
+    assert np.unravel_index(prompt[1].argmax(), (10, 10)) == (2, 7)
+    assert prompt[1, 2, 7] == pytest.approx(np.exp(-(0.125 ** 2 + 0.125 ** 2) / (2 * 1.5 ** 2)), abs=1e-6)
+    assert prompt[2].max() == pytest.approx(1.0) and prompt[2].min() == 0.0
+    assert peak_prompts(np.zeros((0, 40, 40)), [], np.zeros((0, 2)), crms, (10, 10)).shape == (0, 3, 10, 10)
 
 
 # --------------------------------------------------------------------------- instances from the head
-def two_touching_squares():
-    """Head maps of one class covering two squares that touch, with a boundary between them."""
-    semantic = np.full((2, 20, 20), -5.0, np.float32)
-    semantic[0] = 5.0
-    semantic[1, 2:18, 2:9] = 10.0
-    semantic[1, 2:18, 9:16] = 10.0
-    boundary = np.zeros((20, 20), np.float32)
-    boundary[2:18, 8:10] = 0.9
-    return HeadMaps(semantic, boundary)
-
-
-def test_each_peak_takes_the_region_holding_its_prm():
-    maps = two_touching_squares()
-    prms = np.zeros((3, 20, 20), np.float32)
-    prms[0, 8:12, 3:6] = 1 / 12  # in the left square
-    prms[1, 8:12, 12:15] = 1 / 12  # in the right square
-    prms[2, 9, 4] = 1.0  # a second peak on the left square
-    peaks = np.array([[10, 4], [10, 13], [9, 4]], float)
-    instances = head_instances(maps, prms, np.zeros(3, np.int64), peaks, min_area=4)
-    assert len(instances) == 2
-    left = np.zeros((20, 20), bool)
-    left[2:18, 2:9] = True
-    by_peak = {i.peak: i for i in instances}
-    assert set(by_peak) in ({0, 1}, {2, 1})
-    left_instance = next(i for i in instances if i.mask[10, 3])
-    np.testing.assert_array_equal(left_instance.mask, left)
-    np.testing.assert_allclose(left_instance.prm, prms[0] + prms[2])
-    assert instances[0].score == pytest.approx(1 / (1 + np.exp(-5.0)), abs=1e-4)  # softmax of logits 10 and 5
-    # without the boundaries the squares are one region, and one instance
-    (merged,) = head_instances(maps, prms, np.zeros(3, np.int64), peaks, boundary_threshold=None, min_area=4)
-    assert merged.mask.sum() == 16 * 14
-    # a peak without PRM mass takes the region under it; one on the background yields nothing
-    lone = head_instances(maps, np.zeros((2, 20, 20), np.float32), np.zeros(2, np.int64),
-                          np.array([[10, 13], [0, 0]], float), min_area=4)
-    assert len(lone) == 1 and lone[0].mask[10, 13] and not lone[0].mask[10, 3]
+def test_each_peak_seeds_one_instance_and_duplicates_merge():
+    logits = np.full((4, 10, 10), -8.0, np.float32)
+    logits[0, 2:6, 2:6] = 8.0  # peak 0: a square
+    logits[1, 2:6, 2:7] = 6.0  # peak 1: nearly the same square, less sure
+    logits[2, 7:9, 7:9] = 8.0  # peak 2: a small square...
+    logits[2, 0:2, 8:10] = 8.0  # ...and a stray piece away from its PRM
+    logits[3, 0, 0] = 8.0  # peak 3: one pixel, under min_area
+    prms = np.stack([blob((10, 10), 3, 3), blob((10, 10), 4, 4), blob((10, 10), 8, 8), blob((10, 10), 0, 0)])
+    instances = head_instances(logits, prms, np.array([0, 0, 1, 1]), min_area=2, nms_threshold=0.5)
+    assert [i.peak for i in instances] == [0, 2]
+    square = np.zeros((10, 10), bool)
+    square[2:6, 2:6] = True
+    np.testing.assert_array_equal(instances[0].mask, square)
+    np.testing.assert_allclose(instances[0].prm, prms[0] + prms[1])  # peak 1's PRM joins it
+    small = np.zeros((10, 10), bool)
+    small[7:9, 7:9] = True
+    np.testing.assert_array_equal(instances[1].mask, small)  # the stray piece is dropped
+    assert instances[0].score == pytest.approx(1 / (1 + np.exp(-8.0)), abs=1e-5)
+    kept = head_instances(logits, prms, np.array([0, 0, 1, 1]), min_area=2, nms_threshold=None)
+    assert sorted(i.peak for i in kept) == [0, 1, 2]
+    assert head_instances(np.zeros((0, 10, 10)), np.zeros((0, 10, 10)), np.zeros(0)) == []
 
 
 # --------------------------------------------------------------------------- training
 def test_a_head_learns_the_masks_of_two_corrected_images(tiny96, shapes_scenes):
     torch.manual_seed(0)
-    untrained = replace(tiny96, head=RefineHead(find_stages(tiny96.network.fcn.features, probe_size=96), 2))
+    untrained = replace(tiny96, head=RefineHead(find_stages(tiny96.network.fcn.features, probe_size=96)))
     before = [iou for scene in shapes_scenes[:2] for iou in instance_ious(untrained, scene)]
-    result = refine(tiny96, corrections=corrections_of(shapes_scenes[:2]), epochs=60, batch_size=2, lr=5e-3,
+    result = refine(tiny96, corrections=corrections_of(shapes_scenes[:2]), epochs=60, batch_size=4, lr=5e-3,
                     device="cpu")
     assert not result.cancelled and [h.epoch for h in result.history] == list(range(1, 61))
     assert result.history[-1].loss < 0.25 * result.history[0].loss
@@ -163,7 +174,7 @@ def test_a_head_learns_the_masks_of_two_corrected_images(tiny96, shapes_scenes):
 
 @pytest.fixture(scope="module")
 def refined(tiny96, shapes_scenes):
-    return refine(tiny96, corrections=corrections_of(shapes_scenes[:2]), epochs=40, batch_size=2, lr=5e-3,
+    return refine(tiny96, corrections=corrections_of(shapes_scenes[:2]), epochs=40, batch_size=4, lr=5e-3,
                   device="cpu").model
 
 
@@ -172,13 +183,17 @@ def test_a_refined_checkpoint_round_trips(refined, shapes_scenes, tmp_path, suff
     path = save_model(refined, tmp_path / f"refined{suffix}")
     loaded = load_model(path)
     assert loaded.head is not None and loaded.head.config() == refined.head.config()
-    assert loaded.head.info["trained_on"] == {"pseudo_labelled": 0, "corrected": 2}
+    assert loaded.head.info["trained_on"]["corrected"] == 2 and loaded.head.info["trained_on"]["peaks"] >= 4
     for name, tensor in refined.head.state_dict().items():
         torch.testing.assert_close(loaded.head.state_dict()[name], tensor)
     image = shapes_scenes[2][0]
-    np.testing.assert_array_equal(head_maps(loaded, image).semantic, head_maps(refined, image).semantic)
-    assert [i.mask.sum() for i in predict(image, loaded).instances] == \
-        [i.mask.sum() for i in predict(image, refined, proposals="refined").instances]
+    prediction = predict(image, loaded, proposals=None)
+    again = [i.mask for i in refined_instances(refined, image, prediction)]
+    loaded_masks = [i.mask for i in refined_instances(loaded, image, prediction)]
+    assert len(again) == len(loaded_masks) > 0
+    for a, b in zip(again, loaded_masks):
+        np.testing.assert_array_equal(a, b)
+    assert len(predict(image, loaded).instances) == len(again)  # auto: the head
     # the PRM network is saved as it was: a model without the head predicts as before
     plain = save_model(replace(refined, head=None), tmp_path / f"plain{suffix}")
     assert load_model(plain).head is None
@@ -262,12 +277,14 @@ def test_self_training_uses_image_level_labels_only(tiny96, tmp_path, shapes_sce
     first = refine(tiny96, dataset=dataset, epochs=2, device="cpu", cache_dir=tmp_path / "cache",
                    predict_options={"class_threshold": -1e9}, progress=progress)
     assert first.samples == 3 and seen == [1, 2, 3]
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
-    assert first.model.head.info["trained_on"] == {"pseudo_labelled": 3, "corrected": 0}
+    cached = {path: path.stat().st_mtime_ns for path in (tmp_path / "cache").glob("*.pt")}
+    assert len(cached) == 3
+    assert first.model.head.info["trained_on"]["pseudo_labelled"] == 3
     assert first.model.head.info["predict_options"] == {"class_threshold": -1e9}
     second = refine(tiny96, dataset=dataset, epochs=2, device="cpu", cache_dir=tmp_path / "cache",
                     predict_options={"class_threshold": -1e9})
-    assert second.prepare_seconds < first.prepare_seconds
+    assert second.samples == 3  # read from the cache: no entry was written again
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "cache").glob("*.pt")} == cached
     assert read_image(paths[0]).shape == (96, 96, 3)
     with pytest.raises(ValueError, match="a dataset .* or corrections"):
         refine(tiny96)
@@ -303,10 +320,10 @@ def test_corrections_from_coco_json_and_label_folders(tmp_path, shapes_scenes):
         np.testing.assert_array_equal(corrections[0].image, shapes_scenes[0][0])
         assert corrections[0].label_classes == {1: 0, 2: 1}
         assert corrections[1].label_classes == {1: 0, 2: -1} and corrections[1].num_unknown == 1
-        target = corrections[1].target((24, 24), 2)
-        square = resize_nearest(shapes_scenes[1][1] == 2, (24, 24))
-        assert square.sum() == 36 and (target.semantic[square] == IGNORE).all()
-        assert set(np.unique(target.semantic[~square])) == {0, 1}
+        square = shapes_scenes[1][1] == 2
+        prm = (square / square.sum())[None].astype(np.float32)
+        (target,) = correction_targets(corrections[1].labels, corrections[1].label_classes, prm, [1], (24, 24))
+        np.testing.assert_array_equal(target, resize_nearest(square, (24, 24)))  # unknown class: learnt by any peak
     with pytest.raises(ValueError, match="no image 'scene0'"):
         load_corrections(folder, CLASSES)
     with pytest.raises(ValueError, match="COCO .json file or a folder"):

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="learn from PRM's instances on DATASET's images; with --no-self-training "
                              "DATASET only locates the corrected images")
     refine.add_argument("--epochs", type=int, default=30, help="total number of epochs")
-    refine.add_argument("--batch-size", type=int, default=8, help="images per batch")
+    refine.add_argument("--batch-size", type=int, default=16, help="peaks per batch")
     refine.add_argument("--lr", type=float, default=2e-3, help="learning rate (AdamW, cosine decay)")
     refine.add_argument("--correction-weight", type=float, default=2.0,
                         help="weight of a corrected image against a pseudo-labelled one")

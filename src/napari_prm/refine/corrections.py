@@ -20,7 +20,6 @@ from ..io.coco import coco_to_labels
 from ..io.images import IMAGE_SUFFIXES, read_image
 from ..io.labels import read_label_image
 from ..io.tables import UNKNOWN_CLASS, read_instances_csv
-from .targets import HeadTarget, correction_target
 
 LABEL_SUFFIX = "_labels"
 
@@ -64,14 +63,6 @@ class Correction:
         """Instances without a known class."""
         values = np.setdiff1d(np.unique(self.labels), [0])
         return int(sum(self.label_classes.get(int(v), -1) < 0 for v in values))
-
-    def target(self, grid: tuple[int, int], num_classes: int) -> HeadTarget:
-        """The head's targets on ``grid`` (see :func:`napari_prm.refine.targets.correction_target`)."""
-        values, inverse = np.unique(self.labels, return_inverse=True)
-        instances = values[values != 0]
-        consecutive = inverse.reshape(self.labels.shape) if values[0] == 0 else inverse.reshape(self.labels.shape) + 1
-        classes = [self.label_classes.get(int(v), -1) for v in instances]
-        return correction_target(consecutive, classes, grid, num_classes=num_classes)
 
 
 def class_lookup(table, class_names: Sequence[str]) -> dict[int, int]:

@@ -1,11 +1,10 @@
 """The refinement head: a light FPN-style decoder on the frozen PRM backbone's features.
 
-It predicts, at the finest stage's resolution (stride 4 on the built-in backbone):
-
-- ``semantic``: ``(B, C + 1, h, w)`` logits, channel 0 background, channel ``c + 1`` the
-  model's class ``c``;
-- ``boundary``: ``(B, 1, h, w)`` logits of instance contours, which cut touching instances
-  of one class apart.
+Given the backbone's feature maps of an image and the prompt of one peak (its PRM, its
+position and its class's CRM, see :mod:`napari_prm.refine.prompts`), it predicts the mask
+of the instance the peak stands for, at the finest stage's resolution (stride 4 on the
+built-in backbone). It does not know the classes: what it learns about object extents
+is shared by all of them, which is what makes a few corrected images go a long way.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .features import Stage
+from .prompts import PROMPT_CHANNELS
 
 #: Version of the head's saved form (tensor names and ``config``); bump on any change.
 HEAD_FORMAT_VERSION = 1
@@ -31,87 +31,101 @@ def _block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class RefineHead(nn.Module):
-    """Decoder from backbone stages to semantic and boundary logits.
+    """Decoder from backbone stages and a peak's prompt to the mask logits of its instance.
 
     Parameters
     ----------
     stages : sequence of Stage
         Finest first (see :func:`napari_prm.refine.features.find_stages`).
-    num_classes : int
-        The PRM model's classes (background is added).
     width : int
         Channels of the coarse stages' path; the finest stage uses half.
 
     Notes
     -----
-    Coarse stages (all but the finest) are projected to ``width`` channels, summed top-down
-    after bilinear upsampling and refined by two 3×3 convolutions at the second-finest
-    stride; the result is upsampled to the finest stride, joined by that stage's
-    projection and refined by one 3×3 convolution of ``width // 2`` channels. A backbone
-    with one stage gets the single-stage path (two convolutions at its stride).
+    Every stage is standardised per channel (statistics of the training images, see
+    :meth:`set_feature_statistics`) and projected; the prompt, pooled to each stage's
+    size, is projected and added there. Coarse stages (all but the finest) are summed
+    top-down after bilinear upsampling and refined by two 3×3 convolutions at the
+    second-finest stride; the result is upsampled to the finest stride, joined there and
+    refined by one 3×3 convolution of ``width // 2`` channels. A backbone with one stage
+    gets two convolutions at its stride.
     """
 
-    def __init__(self, stages: Sequence[Stage], num_classes: int, *, width: int = 64):
+    def __init__(self, stages: Sequence[Stage], *, width: int = 32):
         super().__init__()
         if not stages:
             raise ValueError("the head needs at least one backbone stage")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1; got {num_classes}")
         self.stages = [Stage(**asdict(s)) if not isinstance(s, Stage) else s for s in stages]
-        self.num_classes = int(num_classes)
         self.width = int(width)
         fine = max(self.width // 2, 8)
-        # Each stage's features are standardised per channel: backbones differ in scale by orders of
-        # magnitude, and the statistics of the training images make every stage start on an equal footing.
+        # Backbones differ in scale by orders of magnitude: standardising each stage makes
+        # every stage start on an equal footing.
         for index, stage in enumerate(self.stages):
             self.register_buffer(f"feature_mean_{index}", torch.zeros(stage.channels))
             self.register_buffer(f"feature_std_{index}", torch.ones(stage.channels))
         self.fine_lateral = nn.Conv2d(self.stages[0].channels, fine, 1)
+        self.fine_prompt = nn.Conv2d(PROMPT_CHANNELS, fine, 1)
         self.coarse_laterals = nn.ModuleList(nn.Conv2d(s.channels, self.width, 1) for s in self.stages[1:])
+        self.coarse_prompts = nn.ModuleList(nn.Conv2d(PROMPT_CHANNELS, self.width, 1) for _ in self.stages[1:])
+        multi = len(self.stages) > 1
         self.coarse_blocks = nn.Sequential(_block(self.width, self.width), _block(self.width, self.width)) \
-            if len(self.stages) > 1 else nn.Identity()
-        self.fine_in = nn.Conv2d(self.width, fine, 1) if len(self.stages) > 1 else nn.Identity()
-        self.fine_blocks = nn.Sequential(_block(fine, fine)) if len(self.stages) > 1 \
-            else nn.Sequential(_block(fine, fine), _block(fine, fine))
-        self.semantic = nn.Conv2d(fine, self.num_classes + 1, 1)
+            if multi else nn.Identity()
+        self.fine_in = nn.Conv2d(self.width, fine, 1) if multi else nn.Identity()
+        self.fine_blocks = nn.Sequential(_block(fine, fine)) if multi else \
+            nn.Sequential(_block(fine, fine), _block(fine, fine))
+        self.mask = nn.Conv2d(fine, 1, 1)
         self.info: dict[str, Any] = {}
-        self.boundary = nn.Conv2d(fine, 1, 1)
 
     @property
     def stride(self) -> int:
         """Input pixels per output pixel."""
         return self.stages[0].stride
 
-    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(semantic, boundary)`` logits from the stage feature maps (finest first).
+    def lateral_maps(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each stage standardised and projected: what all prompts of an image share."""
+        if len(features) != len(self.stages):
+            raise ValueError(f"the head reads {len(self.stages)} feature maps; got {len(features)}")
+        dtype = self.mask.weight.dtype
+        standardised = [(f.to(dtype) - getattr(self, f"feature_mean_{i}")[:, None, None])
+                        / getattr(self, f"feature_std_{i}")[:, None, None] for i, f in enumerate(features)]
+        return [self.fine_lateral(standardised[0])] + [lateral(f) for lateral, f in
+                                                        zip(self.coarse_laterals, standardised[1:])]
+
+    def forward(self, features: Sequence[torch.Tensor], prompts: torch.Tensor,
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask logits of the instances the prompts stand for.
 
         Parameters
         ----------
         features : sequence of (B, channels_i, h_i, w_i) tensors
-            Any float dtype; they are cast to the head's.
+            The stage maps of B images, finest first; any float dtype.
+        prompts : (K, 3, h_0, w_0) tensor
+            One prompt per peak (see :func:`napari_prm.refine.prompts.peak_prompts`).
+        image_index : (K,) int64 tensor, optional
+            The image of each prompt (default: image 0 when B is 1, else prompt k is of
+            image k).
 
         Returns
         -------
-        semantic : (B, C + 1, h_0, w_0) tensor
-        boundary : (B, 1, h_0, w_0) tensor
+        (K, 1, h_0, w_0) tensor
         """
-        if len(features) != len(self.stages):
-            raise ValueError(f"the head reads {len(self.stages)} feature maps; got {len(features)}")
-        dtype = self.semantic.weight.dtype
-        features = [(f.to(dtype) - getattr(self, f"feature_mean_{i}")[:, None, None])
-                    / getattr(self, f"feature_std_{i}")[:, None, None] for i, f in enumerate(features)]
-        fine = self.fine_lateral(features[0])
+        laterals = self.lateral_maps(features)
+        count = len(prompts)
+        if image_index is None:
+            image_index = torch.zeros(count, dtype=torch.long, device=prompts.device) \
+                if laterals[0].shape[0] == 1 else torch.arange(count, device=prompts.device)
+        prompts = prompts.to(laterals[0].dtype)
+        fine = laterals[0][image_index] + self.fine_prompt(prompts)
         if len(self.stages) > 1:
             coarse = None
-            for lateral, feature in zip(reversed(self.coarse_laterals), reversed(features[1:])):
-                projected = lateral(feature)
-                coarse = projected if coarse is None else projected + F.interpolate(
-                    coarse, size=projected.shape[-2:], mode="bilinear", align_corners=False)
+            for lateral, project in zip(reversed(laterals[1:]), reversed(list(self.coarse_prompts))):
+                level = lateral[image_index] + project(F.adaptive_avg_pool2d(prompts, lateral.shape[-2:]))
+                coarse = level if coarse is None else level + F.interpolate(
+                    coarse, size=level.shape[-2:], mode="bilinear", align_corners=False)
             coarse = self.coarse_blocks(coarse)
             fine = fine + self.fine_in(F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear",
                                                      align_corners=False))
-        fine = self.fine_blocks(fine)
-        return self.semantic(fine), self.boundary(fine)
+        return self.mask(self.fine_blocks(fine))
 
     @torch.no_grad()
     def set_feature_statistics(self, features: Sequence[Sequence[torch.Tensor]]) -> None:
@@ -128,14 +142,14 @@ class RefineHead(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """What rebuilds this head (plain JSON values), see :func:`head_from_config`."""
-        return {"stages": [asdict(s) for s in self.stages], "num_classes": self.num_classes, "width": self.width}
+        return {"stages": [asdict(s) for s in self.stages], "width": self.width}
 
 
 def head_from_config(config: dict[str, Any]) -> RefineHead:
     """A new head (random weights) with the layout ``config`` describes."""
     try:
         stages = [Stage(str(s["module"]), int(s["stride"]), int(s["channels"])) for s in config["stages"]]
-        return RefineHead(stages, int(config["num_classes"]), width=int(config["width"]))
+        return RefineHead(stages, width=int(config["width"]))
     except (KeyError, TypeError) as error:
         raise ValueError(f"the refinement head's configuration is incomplete: {error}") from error
 

@@ -1,4 +1,4 @@
-"""Running a model's head on an image: its maps, and the instances of a prediction."""
+"""Running a model's head on an image: the mask logits of a prediction's peaks, and its instances."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import torch
 
 from ..model.checkpoint import PRMModel
 from .features import StageFeatures
-from .instances import HeadMaps, head_instances
+from .instances import head_instances
+from .prompts import peak_prompts
 
-#: Keyword arguments of :func:`head_instances` a head's ``info["instances"]`` may set.
-INSTANCE_OPTIONS = ("boundary_threshold", "foreground_threshold", "min_area")
+#: Keyword arguments of :func:`head_instances` a head's ``info["instances"]`` and callers may set.
+INSTANCE_OPTIONS = ("mask_threshold", "nms_threshold", "min_area")
+#: Peaks decoded at once (bounds memory on images with many peaks).
+PEAK_CHUNK = 16
 
 
 def require_head(model: PRMModel, what: str = "refined proposals") -> torch.nn.Module:
@@ -24,37 +27,44 @@ def require_head(model: PRMModel, what: str = "refined proposals") -> torch.nn.M
     return head
 
 
-def stage_features(model: PRMModel, x: torch.Tensor) -> list[torch.Tensor]:
-    """The backbone's feature maps the model's head reads, for a ``(B, 3, h, w)`` network input."""
+def stage_features(model: PRMModel, image: np.ndarray) -> list[torch.Tensor]:
+    """The backbone's feature maps the model's head reads, ``[(1, channels, h, w)]`` finest first."""
     head = require_head(model)
-    return StageFeatures(model.network.fcn.features, head.stages)(x)
+    return StageFeatures(model.network.fcn.features, head.stages)(model.preprocess(image))
 
 
 @torch.no_grad()
-def head_maps(model: PRMModel, image: np.ndarray) -> HeadMaps:
-    """The head's semantic logits and boundary probabilities for one image.
+def head_logits(model: PRMModel, features: list[torch.Tensor], prms: np.ndarray, peak_classes: np.ndarray,
+                peaks_yx: np.ndarray, crms: np.ndarray) -> np.ndarray:
+    """The head's mask logits for K peaks of one image.
 
     Parameters
     ----------
     model : PRMModel
-        With a head (``model.head``).
-    image : (H, W), (H, W, 3) or (H, W, 4) ndarray
-        One plane as napari holds it.
+        With a head.
+    features : list of (1, channels, h, w) tensors
+        From :func:`stage_features`.
+    prms, peak_classes, peaks_yx, crms
+        As in :class:`napari_prm.predict.Prediction`.
 
     Returns
     -------
-    HeadMaps
-        On the head's grid: the network input size divided by the head's stride.
+    (K, gh, gw) float32 ndarray
+        On the head's grid (the first feature map's size).
     """
     head = require_head(model)
-    x = model.preprocess(image)
+    grid = tuple(features[0].shape[-2:])
+    prompts = torch.from_numpy(peak_prompts(prms, peak_classes, peaks_yx, crms, grid))
     was_training = head.training
     head.eval()
     try:
-        semantic, boundary = head(stage_features(model, x))
+        device = next(head.parameters()).device
+        features = [f.to(device) for f in features]
+        chunks = [head(features, prompts[start:start + PEAK_CHUNK].to(device))[:, 0].float().cpu()
+                  for start in range(0, len(prompts), PEAK_CHUNK)]
     finally:
         head.train(was_training)
-    return HeadMaps(semantic[0].float().cpu().numpy(), torch.sigmoid(boundary[0, 0]).float().cpu().numpy())
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0,) + grid, np.float32)
 
 
 def instance_options(model: PRMModel, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -70,11 +80,13 @@ def instance_options(model: PRMModel, overrides: dict[str, Any] | None = None) -
 
 
 def refined_instances(model: PRMModel, image: np.ndarray, prediction, **options) -> list:
-    """Instances of ``prediction`` (its peaks and PRMs) cut from the head's maps of ``image``.
+    """Instances of ``prediction``'s peaks (one per peak, duplicates suppressed), cut by the head.
 
     ``options`` go to :func:`napari_prm.refine.instances.head_instances` over the head's
     saved ones.
     """
-    maps = head_maps(model, image)
-    return head_instances(maps, prediction.prms, prediction.peak_classes, prediction.peaks,
-                          **instance_options(model, options))
+    if len(prediction.peak_classes) == 0:
+        return []
+    logits = head_logits(model, stage_features(model, image), prediction.prms, prediction.peak_classes,
+                         prediction.peaks, prediction.crms)
+    return head_instances(logits, prediction.prms, prediction.peak_classes, **instance_options(model, options))

@@ -1,165 +1,97 @@
-"""Instances from the head's maps: each PRM peak seeds one instance.
+"""Instances from the head's masks: each PRM peak seeds one instance.
 
-For each class that has peaks, the pixels the head gives to that class (against the
-background and the other peaks' classes) are cut along the predicted instance boundaries
-into regions; every peak takes the region that holds most of its peak response map, and
-peaks that take the same region make one instance.
+The head gives each peak a mask probability; the pixels where it reaches a threshold, cut
+down to the connected part that holds most of the peak's response, are the peak's
+instance. Peaks of one object give nearly the same mask: greedy mask NMS keeps the most
+confident and adds the others' PRMs to it, as instance retrieval does.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
-from skimage.segmentation import expand_labels
 
+from ..masks import greedy_mask_nms
 from ..retrieval import Instance
 
 
-@dataclass
-class HeadMaps:
-    """The head's output for one image, on its grid.
-
-    Attributes
-    ----------
-    semantic : (C + 1, h, w) float32 ndarray
-        Logits; channel 0 background, channel ``c + 1`` class ``c``.
-    boundary : (h, w) float32 ndarray
-        Probability that a pixel lies where two instances touch.
-    """
-
-    semantic: np.ndarray
-    boundary: np.ndarray
-
-
-def class_probabilities(maps: HeadMaps, classes: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
-    """Softmax over background and ``classes`` only, resized (bilinear) to ``shape``.
-
-    Returns
-    -------
-    (1 + len(classes), H, W) float32 ndarray
-        Row 0 background, row ``i + 1`` class ``classes[i]``.
-    """
-    channels = [0] + [int(c) + 1 for c in classes]
-    logits = torch.from_numpy(np.ascontiguousarray(maps.semantic[channels], dtype=np.float32))[None]
-    probabilities = torch.softmax(logits, dim=1)
-    if tuple(probabilities.shape[-2:]) != tuple(shape):
-        probabilities = F.interpolate(probabilities, size=tuple(shape), mode="bilinear", align_corners=False)
-    return probabilities[0].numpy()
-
-
-def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-    if tuple(tensor.shape[-2:]) != tuple(shape):
-        tensor = F.interpolate(tensor, size=tuple(shape), mode="bilinear", align_corners=False)
-    return tensor[0, 0].numpy()
+def mask_probabilities(mask_logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``(K, gh, gw)`` logits -> ``(K, H, W)`` float32 probabilities (bilinear on the logits)."""
+    logits = torch.from_numpy(np.ascontiguousarray(mask_logits, dtype=np.float32))[:, None]
+    if tuple(logits.shape[-2:]) != tuple(shape):
+        logits = F.interpolate(logits, size=tuple(shape), mode="bilinear", align_corners=False)
+    return torch.sigmoid(logits[:, 0]).numpy()
 
 
 def head_instances(
-    maps: HeadMaps,
+    mask_logits: np.ndarray,
     prms: np.ndarray,
     peak_classes: np.ndarray,
-    peaks_yx: np.ndarray,
     *,
-    boundary_threshold: float | None = 0.5,
-    foreground_threshold: float | None = None,
+    mask_threshold: float = 0.5,
+    nms_threshold: float | None = 0.5,
     min_area: int = 16,
 ) -> list[Instance]:
-    """Cut the head's class maps into one instance per peak (or group of peaks).
+    """One instance per peak from the head's mask logits, duplicates suppressed.
 
     Parameters
     ----------
-    maps : HeadMaps
-        The head's output for the image.
+    mask_logits : (K, gh, gw) float ndarray
+        The head's output for each peak, on its grid.
     prms : (K, H, W) float ndarray
         Peak response maps at the image's size.
     peak_classes : (K,) int ndarray
-    peaks_yx : (K, 2) float ndarray
-        Peak ``(y, x)`` in image pixels.
-    boundary_threshold : float or None
-        Pixels whose boundary probability reaches this separate regions of one class;
-        None cuts by connectivity only.
-    foreground_threshold : float or None
-        None: a pixel belongs to the class, among the background and the peaks' classes,
-        with the highest probability. A float: a pixel is foreground when the probability
-        of all classes together reaches this, and then belongs to the most probable of
-        the peaks' classes.
+    mask_threshold : float
+        Probability from which a pixel belongs to the peak's instance.
+    nms_threshold : float or None
+        An instance is dropped when its mask IoU with a more confident kept one reaches
+        this; its PRM is added to that one's. None keeps every instance.
     min_area : int
-        Regions smaller than this many pixels are not instances.
+        Masks smaller than this many pixels are not instances.
 
     Returns
     -------
     list of Instance
-        Highest score first. ``score`` is the mean class probability over the mask; ``peak``
-        the peak with most response inside it; ``prm`` the sum of the PRMs of the peaks
-        that chose it.
+        Most confident first. ``score`` is the mean probability over the mask.
 
     Notes
     -----
-    A peak takes the region holding the largest share of its PRM; when its PRM has no
-    mass on any region of its class, the region under the peak; when there is none, the
-    peak yields no instance (the head sees no object of its class there).
+    Of a mask in several pieces, the piece holding most of the peak's PRM is kept (the
+    largest piece when the PRM has no mass on any).
     """
     prms = np.asarray(prms, dtype=np.float32)
     peak_classes = np.asarray(peak_classes, dtype=np.int64).reshape(-1)
-    peaks_yx = np.asarray(peaks_yx, dtype=np.float64).reshape(-1, 2)
-    if prms.ndim != 3 or len(prms) != len(peak_classes) or len(peaks_yx) != len(peak_classes):
-        raise ValueError(f"prms (K, H, W), peak_classes (K,) and peaks_yx (K, 2) must agree; got "
-                         f"{prms.shape}, {peak_classes.shape} and {peaks_yx.shape}")
+    mask_logits = np.asarray(mask_logits, dtype=np.float32)
+    if prms.ndim != 3 or len(prms) != len(peak_classes) or len(mask_logits) != len(peak_classes):
+        raise ValueError(f"mask_logits (K, gh, gw), prms (K, H, W) and peak_classes (K,) must agree; got "
+                         f"{mask_logits.shape}, {prms.shape} and {peak_classes.shape}")
     if len(peak_classes) == 0:
         return []
-    shape = prms.shape[1:]
-    classes = [int(c) for c in np.unique(peak_classes)]
-    probabilities = class_probabilities(maps, classes, shape)
-    winner = probabilities.argmax(0)
-    if foreground_threshold is not None:
-        foreground = 1 - class_probabilities(maps, range(maps.semantic.shape[0] - 1), shape)[0]
-        winner = np.where(foreground >= foreground_threshold, probabilities[1:].argmax(0) + 1, 0)
-    cuts = None
-    if boundary_threshold is not None:
-        cuts = _resize(maps.boundary, shape) >= boundary_threshold
-    rows = np.clip(np.rint(peaks_yx[:, 0]).astype(np.int64), 0, shape[0] - 1)
-    columns = np.clip(np.rint(peaks_yx[:, 1]).astype(np.int64), 0, shape[1] - 1)
-    instances = []
-    for position, class_index in enumerate(classes, start=1):
-        region = winner == position
-        if not region.any():
-            continue
-        regions = _regions(region, cuts)
-        count = int(regions.max())
-        areas = np.bincount(regions.ravel(), minlength=count + 1)
-        chosen: dict[int, list[int]] = {}
-        for k in np.flatnonzero(peak_classes == class_index):
-            mass = np.bincount(regions.ravel(), weights=prms[k].ravel(), minlength=count + 1)
-            mass[0] = 0
-            mass[areas < min_area] = 0
-            label = int(mass.argmax()) if mass.max() > 0 else int(regions[rows[k], columns[k]])
-            if label and areas[label] >= min_area:
-                chosen.setdefault(label, []).append(int(k))
-        probability = probabilities[position]
-        for label, peaks in chosen.items():
-            mask = regions == label
-            best = max(peaks, key=lambda k: float(prms[k][mask].sum()))
-            instances.append(Instance(class_index=class_index, score=float(probability[mask].mean()), mask=mask,
-                                      prm=prms[peaks].sum(0), peak=best))
-    instances.sort(key=lambda instance: -instance.score)
-    return instances
+    probabilities = mask_probabilities(mask_logits, prms.shape[1:])
+    candidates = []
+    for k in range(len(peak_classes)):
+        mask = _main_piece(probabilities[k] >= mask_threshold, prms[k])
+        if mask.sum() >= min_area:
+            candidates.append(Instance(class_index=int(peak_classes[k]), score=float(probabilities[k][mask].mean()),
+                                       mask=mask, prm=prms[k].copy(), peak=k))
+    candidates.sort(key=lambda instance: -instance.score)
+    if nms_threshold is None or len(candidates) < 2:
+        return candidates
+    kept, suppressors = greedy_mask_nms(np.array([c.mask for c in candidates]), nms_threshold,
+                                        return_suppressors=True)
+    for position, suppressor in enumerate(suppressors):
+        if suppressor >= 0:
+            candidates[suppressor].prm += candidates[position].prm
+    return [candidates[int(k)] for k in kept]
 
 
-def _regions(region: np.ndarray, cuts: np.ndarray | None) -> np.ndarray:
-    """Connected regions of ``region`` after removing ``cuts``; cut pixels join the nearest region."""
-    if cuts is None:
-        return ndi.label(region)[0]
-    cores, count = ndi.label(region & ~cuts)
-    if count == 0:
-        return ndi.label(region)[0]
-    grown = expand_labels(cores, distance=max(region.shape))
-    grown[~region] = 0
-    # A part of the class region the cores never reach (cut off entirely) keeps its own label.
-    rest, extra = ndi.label(region & (grown == 0))
-    grown[rest > 0] = rest[rest > 0] + count
-    return grown
+def _main_piece(mask: np.ndarray, prm: np.ndarray) -> np.ndarray:
+    pieces, count = ndi.label(mask)
+    if count <= 1:
+        return mask
+    mass = np.bincount(pieces.ravel(), weights=prm.ravel(), minlength=count + 1)[1:]
+    if mass.max() <= 0:
+        mass = np.bincount(pieces.ravel(), minlength=count + 1)[1:].astype(np.float64)
+    return pieces == int(mass.argmax()) + 1

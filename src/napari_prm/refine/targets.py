@@ -1,21 +1,22 @@
-"""What the head learns on one image: semantic and boundary targets on its output grid.
+"""What the head learns for each peak: the mask of the instance the peak stands for.
 
-Two kinds of images:
+Targets live on the head's output grid (the network input divided by the head's stride):
+1 on the peak's instance, 0 where the peak's instance is surely not, :data:`IGNORE` where
+the image says nothing. Two kinds of images:
 
-- *pseudo-labelled* (self-training): the instances PRM retrieved with the image-level
-  labels; only what is likely right is kept, the rest is ignored
-  (:func:`pseudo_target`);
-- *corrected*: every instance a user drew or fixed, the rest of the image background
-  (:func:`correction_target`).
+- *corrected* (:func:`correction_targets`): every instance is known, so a peak's target is
+  exact: its instance, or nothing at all for a peak on the background or on an object of
+  another class;
+- *pseudo-labelled*, self-training (:func:`pseudo_targets`): the instances PRM retrieved
+  with the image-level labels; only trusted instances become targets, and what is neither
+  one of them nor surely background is ignored.
 
-Targets live on the head's output grid (the network input divided by the head's stride)
-and use :data:`IGNORE` where the image says nothing.
+A peak stands for the instance holding the largest share of its peak response map.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -27,26 +28,6 @@ from ..masks import resize_nearest
 IGNORE = 255
 
 
-@dataclass
-class HeadTarget:
-    """Targets of one image on the head's grid.
-
-    Attributes
-    ----------
-    semantic : (h, w) uint8 ndarray
-        0 background, ``c + 1`` the model's class ``c``, :data:`IGNORE` unknown.
-    boundary : (h, w) uint8 ndarray
-        1 where two instances touch, 0 elsewhere, :data:`IGNORE` unknown.
-    """
-
-    semantic: np.ndarray
-    boundary: np.ndarray
-
-    def flipped(self) -> HeadTarget:
-        """The targets of the horizontally mirrored image."""
-        return HeadTarget(np.ascontiguousarray(self.semantic[:, ::-1]), np.ascontiguousarray(self.boundary[:, ::-1]))
-
-
 def paint_instances(masks: np.ndarray, order: Sequence[int] | None = None) -> np.ndarray:
     """Instance ``i`` of ``(M, H, W)`` masks painted as label ``i + 1``; earlier in ``order`` wins overlaps."""
     masks = np.asarray(masks, dtype=bool)
@@ -56,17 +37,32 @@ def paint_instances(masks: np.ndarray, order: Sequence[int] | None = None) -> np
     return labels
 
 
-def _contacts(labels: np.ndarray) -> np.ndarray:
-    """Pixels of an instance with a pixel of another instance among their 8 neighbours."""
-    padded = np.pad(labels, 1, mode="edge")
-    height, width = labels.shape
-    contact = np.zeros(labels.shape, dtype=bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                other = padded[1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
-                contact |= (other != labels) & (other > 0)
-    return contact & (labels > 0)
+def peak_owners(prms: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each peak, the label holding the largest share of its PRM, and that share.
+
+    Parameters
+    ----------
+    prms : (K, H, W) float ndarray
+    labels : (H, W) int ndarray
+        0 is background (it can be the owner).
+
+    Returns
+    -------
+    owners : (K,) int64 ndarray
+    shares : (K,) float64 ndarray
+        0 for a PRM without mass (its owner is then 0).
+    """
+    prms = np.asarray(prms, dtype=np.float64)
+    flat = np.asarray(labels, dtype=np.int64).ravel()
+    count = int(flat.max(initial=0)) + 1
+    owners, shares = np.zeros(len(prms), np.int64), np.zeros(len(prms))
+    for k, prm in enumerate(prms):
+        mass = np.bincount(flat, weights=prm.ravel(), minlength=count)
+        total = mass.sum()
+        if total > 0:
+            owners[k] = int(mass.argmax())
+            shares[k] = mass[owners[k]] / total
+    return owners, shares
 
 
 def _near_edges(labels: np.ndarray, radius: int) -> np.ndarray:
@@ -77,33 +73,37 @@ def _near_edges(labels: np.ndarray, radius: int) -> np.ndarray:
     return ndi.maximum_filter(labels, size=size) != ndi.minimum_filter(labels, size=size)
 
 
-def _semantic(labels: np.ndarray, instance_classes: np.ndarray, num_classes: int) -> np.ndarray:
-    """Label image -> class targets: 0 background, ``c + 1``, IGNORE for unknown classes."""
-    classes = np.asarray(instance_classes, dtype=np.int64)
-    lookup = np.concatenate([[0], np.where((classes >= 0) & (classes < num_classes), classes + 1, IGNORE)])
-    return lookup[labels].astype(np.uint8)
-
-
-def correction_target(labels: np.ndarray, instance_classes: Sequence[int], grid: tuple[int, int],
-                      *, num_classes: int) -> HeadTarget:
-    """Targets of a corrected image: its instances, everything else background.
+def correction_targets(labels: np.ndarray, label_classes: Mapping[int, int], prms: np.ndarray,
+                       peak_classes: Sequence[int], grid: tuple[int, int]) -> np.ndarray:
+    """Targets of the peaks of a corrected image.
 
     Parameters
     ----------
     labels : (H, W) int ndarray
-        Instance ``i`` is label ``i + 1``, 0 background (see :func:`paint_instances`).
-    instance_classes : (M,) int sequence
-        Class index of each instance; -1 (or any index outside the model's classes) marks
-        an instance of unknown class: it is ignored by the semantic loss, its contacts
-        still teach the boundaries.
-    grid : (h, w)
-        The head's output grid.
-    num_classes : int
-        The model's classes.
+        The corrected instances, 0 background.
+    label_classes : mapping of int to int
+        Class of each label; a label missing from it (or mapped to -1) has no known class
+        and is the target of a peak of any class.
+    prms : (K, H, W) float ndarray
+        The peaks' response maps at the image's size.
+    peak_classes : (K,) int sequence
+    grid : (gh, gw)
+
+    Returns
+    -------
+    (K, gh, gw) uint8 ndarray
+        1 on the peak's instance, 0 elsewhere; all 0 for a peak whose PRM lies mostly on
+        the background or on an instance of another known class.
     """
-    small = resize_nearest(np.asarray(labels), grid)
-    return HeadTarget(_semantic(small, np.asarray(instance_classes), num_classes),
-                      _contacts(small).astype(np.uint8))
+    labels = np.asarray(labels)
+    owners, _ = peak_owners(prms, labels)
+    small = resize_nearest(labels, grid)
+    targets = np.zeros((len(owners),) + tuple(grid), np.uint8)
+    for k, (owner, peak_class) in enumerate(zip(owners, peak_classes)):
+        owner_class = label_classes.get(int(owner), -1)
+        if owner and (owner_class < 0 or owner_class == int(peak_class)):
+            targets[k] = small == owner
+    return targets
 
 
 def background_from_crms(crms: np.ndarray, present: Sequence[int], shape: tuple[int, int],
@@ -136,78 +136,66 @@ def background_from_crms(crms: np.ndarray, present: Sequence[int], shape: tuple[
     return background
 
 
-def _crm_shares(crms: np.ndarray, present: Sequence[int], grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per grid pixel: the largest share of its maximum that a present class's CRM reaches, and that class."""
-    shares = np.zeros((len(present),) + tuple(grid), np.float32)
-    for row, c in enumerate(present):
-        crm = np.asarray(crms[int(c)], dtype=np.float32)
-        crm = np.asarray(Image.fromarray(crm).resize(tuple(grid)[::-1], Image.Resampling.BILINEAR))
-        top = float(crm.max())
-        if top > 0:
-            shares[row] = np.clip(crm / top, 0, None)
-    winner = shares.argmax(0)
-    return shares.max(0), np.asarray(present, np.int64)[winner]
-
-
-def pseudo_target(masks: np.ndarray, instance_classes: Sequence[int], scores: Sequence[float],
-                  crms: np.ndarray, present: Sequence[int], grid: tuple[int, int], *, num_classes: int,
-                  min_relative_score: float = 0.0, border: int = 1,
-                  background_threshold: float = 0.25, seed_threshold: float | None = None) -> HeadTarget:
-    """Targets of a pseudo-labelled image, with what is uncertain ignored.
+def pseudo_targets(masks: np.ndarray, instance_classes: Sequence[int], scores: Sequence[float],
+                   prms: np.ndarray, peak_classes: Sequence[int], crms: np.ndarray, present: Sequence[int],
+                   grid: tuple[int, int], *, min_relative_score: float = 0.5, min_share: float = 0.5,
+                   border: int = 1, background_threshold: float = 0.25) -> np.ndarray:
+    """Targets of the peaks of a pseudo-labelled image, what is uncertain ignored.
 
     Parameters
     ----------
     masks : (M, H, W) bool ndarray
-        Instances retrieved by PRM on the image, with peaks of the present classes only.
+        Instances retrieved by PRM on the image with the peaks of its labelled classes.
     instance_classes : (M,) int sequence
     scores : (M,) float sequence
         Their retrieval scores; higher-scoring instances win overlaps.
+    prms : (K, H, W) float ndarray
+        The peaks' response maps.
+    peak_classes : (K,) int sequence
     crms : (C, h, w) float ndarray
         The image's class response maps.
     present : sequence of int
-        Classes of the image-level labels. An image without any is all background.
-    grid : (h, w)
-        The head's output grid.
-    num_classes : int
+        Classes of the image-level labels.
+    grid : (gh, gw)
     min_relative_score : float
         Instances scoring below this share of the image's best score are not trusted:
-        their pixels are ignored, neither object nor background.
+        their pixels are ignored, and no peak learns them.
+    min_share : float
+        A peak learns its owner instance only when the instance holds at least this share
+        of its PRM (and is of the peak's class); other peaks learn nothing.
     border : int
-        Grid pixels ignored on each side of every pseudo-instance's border.
+        Grid pixels ignored on each side of every instance's border.
     background_threshold : float
-        See :func:`background_from_crms`: background is where no present class responds;
-        what is neither an instance nor background (an object PRM did not retrieve) is
-        ignored.
-    seed_threshold : float or None
-        Outside the instances, a pixel where a present class's CRM reaches this share of
-        its maximum (the highest share among the present classes) is labelled with that
-        class: the class is surely there, though PRM retrieved no instance for it. None:
-        such pixels are ignored.
+        See :func:`background_from_crms`: what is neither an instance nor background (an
+        object PRM did not retrieve) is ignored.
 
     Returns
     -------
-    HeadTarget
+    (K, gh, gw) uint8 ndarray
+        A peak that learns nothing has :data:`IGNORE` everywhere.
     """
-    masks = np.asarray(masks, dtype=bool).reshape((-1,) + tuple(np.shape(masks)[-2:]))
+    masks = np.asarray(masks, dtype=bool).reshape((-1,) + tuple(np.shape(prms)[-2:]))
     classes = np.asarray(instance_classes, dtype=np.int64).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    present = [int(c) for c in present]
-    if not present:
-        return HeadTarget(np.zeros(grid, np.uint8), np.zeros(grid, np.uint8))
-    shape = masks.shape[1:] if len(masks) else crms.shape[1:]
-    trusted = np.ones(len(masks), dtype=bool)
-    if len(masks) and min_relative_score > 0 and scores.max() > 0:
-        trusted = scores >= min_relative_score * scores.max()
+    targets = np.full((len(prms),) + tuple(grid), IGNORE, np.uint8)
+    if len(masks) == 0 or len(prms) == 0:
+        return targets
+    trusted = scores >= min_relative_score * scores.max() if scores.max() > 0 else np.ones(len(masks), bool)
     order = [int(i) for i in np.argsort(-scores, kind="stable")]
-    labels = resize_nearest(paint_instances(masks, order), grid)
-    semantic = _semantic(labels, np.where(trusted, classes, -1), num_classes)
-    background = resize_nearest(background_from_crms(crms, present, shape, threshold=background_threshold), grid)
-    semantic[(labels == 0) & ~background] = IGNORE
-    if seed_threshold is not None:
-        share, best = _crm_shares(crms, present, grid)
-        seeds = (labels == 0) & (share >= seed_threshold)
-        semantic[seeds] = best[seeds] + 1
-    semantic[_near_edges(labels, border)] = IGNORE
-    boundary = np.where(semantic == IGNORE, IGNORE, 0).astype(np.uint8)
-    boundary[_contacts(labels)] = 1
-    return HeadTarget(semantic, boundary)
+    labels = paint_instances(masks, order)
+    owners, shares = peak_owners(prms, labels)
+    small = resize_nearest(labels, grid)
+    background = resize_nearest(background_from_crms(crms, present, masks.shape[1:],
+                                                     threshold=background_threshold), grid)
+    known_trusted = np.concatenate([[False], trusted])[small]
+    uncertain = _near_edges(small, border)
+    for k, (owner, share, peak_class) in enumerate(zip(owners, shares, peak_classes)):
+        if owner == 0 or share < min_share or not trusted[owner - 1] or classes[owner - 1] != int(peak_class):
+            continue
+        target = np.full(tuple(grid), IGNORE, np.uint8)
+        target[(small == 0) & background] = 0
+        target[known_trusted] = 0
+        target[small == owner] = 1
+        target[uncertain] = IGNORE
+        targets[k] = target
+    return targets

@@ -1,0 +1,275 @@
+"""Training samples of the head: per image, the frozen backbone's features once, and per peak a prompt and a target.
+
+PRM and the backbone run once per image here; training then touches the head alone. The
+pseudo-labelled samples of a dataset can be kept in a cache folder, keyed by the image
+file, the model's weights and the options, so that a second run skips PRM entirely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..io.atomic import atomic_write
+from ..model.checkpoint import PRMModel
+from .corrections import Correction
+from .features import StageFeatures
+from .prompts import peak_prompts
+from .targets import IGNORE, correction_targets, peak_owners, pseudo_targets
+
+#: Default settings of :func:`napari_prm.refine.targets.pseudo_targets` for self-training.
+PSEUDO_DEFAULTS = {"min_relative_score": 0.5, "min_share": 0.5, "border": 1, "background_threshold": 0.25}
+#: The options of :func:`napari_prm.predict` that find the peaks of a corrected image.
+PEAK_OPTIONS = ("class_threshold", "peak_threshold")
+
+
+@dataclass
+class Sample:
+    """One training image, ready for the head.
+
+    Attributes
+    ----------
+    features : list of (channels, h, w) float16 tensors
+        The backbone's maps at the head's stages (CPU).
+    prompts : (K, 3, gh, gw) float16 tensor
+        One prompt per peak that has something to learn.
+    targets : (K, gh, gw) uint8 tensor
+        1 on the peak's instance, 0 where it is not, 255 ignored.
+    weight : float
+        Weight of its pixels in the loss.
+    source : str
+        Image file or layer name.
+    kind : {'pseudo', 'correction'}
+    """
+
+    features: list[torch.Tensor]
+    prompts: torch.Tensor
+    targets: torch.Tensor
+    weight: float = 1.0
+    source: str = ""
+    kind: str = "pseudo"
+
+    @property
+    def num_peaks(self) -> int:
+        return int(self.prompts.shape[0])
+
+
+class Cancelled(Exception):
+    """Raised by :func:`prepare_samples` when its ``cancel`` check turns true."""
+
+
+def is_cancelled(cancel) -> bool:
+    """Whether ``cancel`` (None, a callable or a ``threading.Event``) says stop."""
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+def _features(model: PRMModel, stages, image: np.ndarray) -> list[torch.Tensor]:
+    maps = StageFeatures(model.network.fcn.features, stages)(model.preprocess(image))
+    return [m[0].to(torch.float16).cpu() for m in maps]
+
+
+def _useful_peaks(targets: np.ndarray) -> np.ndarray:
+    """Peaks with something to learn; of those whose target is empty (a peak on no instance),
+    at most as many as there are peaks on an instance (at least one), evenly spread: a
+    flood of empty targets would teach the head to answer nothing."""
+    if len(targets) == 0:
+        return np.zeros(0, np.int64)
+    flat = targets.reshape(len(targets), -1)
+    positive = np.flatnonzero((flat == 1).any(1))
+    empty = np.flatnonzero(~(flat == 1).any(1) & (flat != IGNORE).any(1))
+    keep = max(len(positive), 1)
+    if len(empty) > keep:
+        empty = empty[np.linspace(0, len(empty) - 1, keep).round().astype(np.int64)]
+    return np.sort(np.concatenate([positive, empty]))
+
+
+def _sample(features, prediction, targets: np.ndarray, prms, peak_classes, peaks_yx, weight, source, kind) -> Sample:
+    grid = tuple(features[0].shape[-2:])
+    useful = _useful_peaks(targets)
+    prompts = peak_prompts(np.asarray(prms)[useful], np.asarray(peak_classes)[useful], np.asarray(peaks_yx)[useful],
+                           prediction.crms, grid)
+    return Sample(features, torch.from_numpy(prompts).to(torch.float16), torch.from_numpy(targets[useful]),
+                  float(weight), source, kind)
+
+
+def pseudo_sample(model: PRMModel, image: np.ndarray, present: Sequence[int], stages, *,
+                  predict_options: dict | None = None, target_options: dict | None = None,
+                  prediction=None, source: str = "") -> Sample:
+    """The sample of one image with image-level labels (self-training).
+
+    Parameters
+    ----------
+    model : PRMModel
+    image : ndarray
+    present : sequence of int
+        Classes the image shows (its image-level labels).
+    stages : sequence of Stage
+    predict_options : dict, optional
+        Passed to :func:`napari_prm.predict` (``proposals`` defaults to ``"default"``;
+        ``classes`` is set to ``present``: peaks of absent classes are dropped).
+    target_options : dict, optional
+        Passed to :func:`napari_prm.refine.targets.pseudo_targets` over :data:`PSEUDO_DEFAULTS`.
+    prediction : Prediction, optional
+        A prediction of this image made with ``classes=present`` (skips running PRM).
+    source : str
+    """
+    from ..predict import predict
+
+    present = [int(c) for c in present]
+    features = _features(model, stages, image)
+    grid = tuple(features[0].shape[-2:])
+    if not present:
+        empty = torch.zeros((0,) + grid)
+        return Sample(features, empty[:, None].repeat(1, 3, 1, 1).half(), empty.to(torch.uint8), 1.0, source)
+    if prediction is None:
+        options = {"proposals": "default"} | dict(predict_options or {}) | {"classes": present}
+        prediction = predict(image, model, **options)
+    keep = [i for i in prediction.instances if i.class_index in present]
+    masks = np.array([i.mask for i in keep], bool).reshape((-1,) + prediction.image_shape)
+    targets = pseudo_targets(masks, [i.class_index for i in keep], [i.score for i in keep], prediction.prms,
+                             prediction.peak_classes, prediction.crms, present, grid,
+                             **(PSEUDO_DEFAULTS | dict(target_options or {})))
+    return _sample(features, prediction, targets, prediction.prms, prediction.peak_classes, prediction.peaks, 1.0,
+                   source, "pseudo")
+
+
+def _instance_points(correction: Correction, crms: np.ndarray, instances: Sequence[int]) -> tuple[np.ndarray, list]:
+    """Where a peak of each of these instances would be: its class's CRM maximum inside it."""
+    shape = correction.labels.shape
+    resized = F.interpolate(torch.from_numpy(np.asarray(crms, np.float32))[None], size=shape, mode="bilinear",
+                            align_corners=False)[0].numpy()
+    points, classes = [], []
+    for label in instances:
+        mask = correction.labels == label
+        class_index = correction.label_classes.get(int(label), -1)
+        if class_index < 0:  # no known class: the class that responds most inside it
+            class_index = int(resized[:, mask].mean(1).argmax())
+        inside = np.where(mask, resized[class_index], -np.inf)
+        points.append(np.unravel_index(int(inside.argmax()), shape))
+        classes.append(class_index)
+    return np.asarray(points, np.float64).reshape(-1, 2), classes
+
+
+def correction_sample(model: PRMModel, correction: Correction, stages, *, predict_options: dict | None = None,
+                      weight: float = 1.0) -> Sample:
+    """The sample of one corrected image.
+
+    Its peaks are those PRM finds (with ``predict_options``' thresholds): each learns its
+    instance, or nothing for a peak on the background or on an object of another class.
+    Every instance no peak stands for gets one more peak, at its class's CRM maximum
+    inside it, so that each corrected instance is learnt.
+    """
+    from ..predict import predict
+
+    options = {k: v for k, v in (predict_options or {}).items() if k in PEAK_OPTIONS}
+    features = _features(model, stages, correction.image)
+    found = predict(correction.image, model, proposals=None, **options)
+    owners, _ = peak_owners(found.prms, correction.labels)
+    instances = np.setdiff1d(np.unique(correction.labels), [0])
+    missing = np.setdiff1d(instances, owners)
+    prms, classes, peaks = found.prms, found.peak_classes, found.peaks
+    if len(missing):
+        points, point_classes = _instance_points(correction, found.crms, missing)
+        added = predict(correction.image, model, proposals=None, points=(points, point_classes))
+        prms = np.concatenate([prms, added.prms])
+        classes = np.concatenate([classes, added.peak_classes])
+        peaks = np.concatenate([peaks, added.peaks])
+    grid = tuple(features[0].shape[-2:])
+    targets = correction_targets(correction.labels, correction.label_classes, prms, classes, grid)
+    return _sample(features, found, targets, prms, classes, peaks, weight, correction.source, "correction")
+
+
+def model_fingerprint(model: PRMModel) -> str:
+    """A hash of the network's weights and input settings: cached samples of another model are not reused."""
+    digest = hashlib.sha1()
+    digest.update(json.dumps([model.backbone, list(model.class_names), model.input_size, list(model.mean),
+                              list(model.std), model.settings], sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cache_key(fingerprint: str, path: Path, options: dict) -> str:
+    stat = path.stat()
+    text = json.dumps([fingerprint, str(path.resolve()), stat.st_mtime_ns, stat.st_size, options],
+                      sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _save_sample(path: Path, sample: Sample) -> None:
+    with atomic_write(path) as temp:
+        torch.save({"features": sample.features, "prompts": sample.prompts, "targets": sample.targets,
+                    "source": sample.source}, temp)
+
+
+def _load_sample(path: Path) -> Sample | None:
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+        return Sample(list(content["features"]), content["prompts"], content["targets"], 1.0,
+                      str(content["source"]), "pseudo")
+    except Exception:  # a damaged cache entry is recomputed
+        return None
+
+
+def prepare_samples(model: PRMModel, stages, *, dataset=None, corrections: Sequence[Correction] = (),
+                    predict_options: dict | None = None, target_options: dict | None = None,
+                    correction_weight: float = 2.0, cache_dir: str | os.PathLike | None = None,
+                    predictions: Sequence | None = None, progress: Callable[[Any], None] | None = None,
+                    cancel: Any = None) -> list[Sample]:
+    """The samples of a dataset's images (self-training) and of corrected images.
+
+    See :func:`napari_prm.refine.refine` for the parameters. ``predictions`` (one per
+    dataset image, made with ``classes=`` its labels) skip running PRM on the dataset.
+    ``progress`` is called with ``(done, total)`` after each image.
+
+    Raises
+    ------
+    Cancelled
+        When ``cancel`` turns true (checked between images).
+    """
+    total = (0 if dataset is None else len(dataset)) + len(corrections)
+    samples: list[Sample] = []
+    report = progress or (lambda done, total: None)
+    cache = None
+    if cache_dir is not None and dataset is not None and predictions is None:
+        cache = Path(cache_dir)
+        cache.mkdir(parents=True, exist_ok=True)
+        fingerprint = model_fingerprint(model)
+        options = {"predict": dict(predict_options or {}), "target": PSEUDO_DEFAULTS | dict(target_options or {}),
+                   "stages": [s.module for s in stages], "format": 2}
+    for index in range(0 if dataset is None else len(dataset)):
+        if is_cancelled(cancel):
+            raise Cancelled
+        path = Path(dataset.image_paths[index])
+        entry = cache / f"{_cache_key(fingerprint, path, options)}.pt" if cache is not None else None
+        sample = _load_sample(entry) if entry is not None and entry.is_file() else None
+        if sample is None:
+            present = np.flatnonzero(dataset.labels[index] > 0).tolist()
+            sample = pseudo_sample(model, dataset.read_image(index), present, stages,
+                                   predict_options=predict_options, target_options=target_options,
+                                   prediction=None if predictions is None else predictions[index], source=str(path))
+            if entry is not None:
+                _save_sample(entry, sample)
+        samples.append(sample)
+        report(len(samples), total)
+    for correction in corrections:
+        if is_cancelled(cancel):
+            raise Cancelled
+        samples.append(correction_sample(model, correction, stages, predict_options=predict_options,
+                                         weight=correction_weight))
+        report(len(samples), total)
+    return samples
