@@ -104,28 +104,16 @@ def _restore(path: Path) -> tuple[Prediction, float]:
         return prediction, float(data["seconds"])
 
 
-def cached_predictions(model, dataset, settings: dict, folder: Path, *, with_labels: bool, log) -> list:
-    """``(Prediction, seconds)`` of every image, from ``folder`` or computed (then stored).
-
-    ``with_labels``: peaks of the image's labelled classes only (``classes=`` its labels),
-    as self-training sees them.
-    """
+def cached_predictions(model, dataset, settings: dict, folder: Path, *, log) -> list:
+    """``(Prediction, seconds)`` of every image with built-in proposals, from ``folder`` or computed (then stored)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for index in range(len(dataset)):
         path = folder / f"{dataset.image_ids[index]}.npz"
         if not path.is_file():
-            options = dict(settings)
-            if with_labels:
-                options["classes"] = np.flatnonzero(dataset.labels[index] > 0).tolist()
-            if with_labels and not options["classes"]:
-                image = dataset.read_image(index)
-                prediction = predict(image, model, proposals=None, classes=[0], class_threshold=float("inf"))
-                seconds = 0.0
-            else:
-                started = time.perf_counter()
-                prediction = predict(dataset.read_image(index), model, proposals="default", **options)
-                seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            prediction = predict(dataset.read_image(index), model, proposals="default", **settings)
+            seconds = time.perf_counter() - started
             _store(prediction, path, seconds)
             log(f"{folder.name}: {index + 1}/{len(dataset)} predicted ({seconds:.1f} s)")
         out.append(_restore(path))
@@ -182,11 +170,11 @@ def corrections_of(dataset, indices) -> list[Correction]:
 
 
 # --------------------------------------------------------------------------- experiments
-def train_head(model, dataset, pseudo, settings, *, corrections=(), log, **options):
+def train_head(model, dataset, settings, *, cache, corrections=(), log, **options):
+    """Self-train (and learn the corrections) with napari_prm.refine.refine; samples kept in ``cache``."""
     started = time.perf_counter()
-    result = refine(model, dataset=dataset, corrections=corrections, predictions=[p for p, _ in pseudo],
-                    out=options.pop("out", None),
-                    predict_options=settings, device="cpu",
+    result = refine(model, dataset=dataset, corrections=corrections, cache_dir=cache,
+                    out=options.pop("out", None), predict_options=settings, device="cpu",
                     progress=lambda u: log(f"epoch {u.epoch}: loss {u.loss:.4f}") if u.stage == "epoch" else None,
                     **options)
     log(f"head trained: {result.samples} images, prepare {result.prepare_seconds:.0f} s, "
@@ -197,15 +185,12 @@ def train_head(model, dataset, pseudo, settings, *, corrections=(), log, **optio
 def run_selftrain(args, log) -> dict:
     model, settings, model_name = prm_model()
     train, val = load_split("train", model.class_names), load_split("val", model.class_names)
-    pseudo = cached_predictions(model, train, settings, args.out / "predictions" / "train_labels",
-                                with_labels=True, log=log)
-    evaluated = cached_predictions(model, val, settings, args.out / "predictions" / "val", with_labels=False,
-                                   log=log)
+    evaluated = cached_predictions(model, val, settings, args.out / "predictions" / "val", log=log)
     predictions = [p for p, _ in evaluated]
     baseline_seconds = float(np.mean([s for _, s in evaluated]))
     baseline = evaluate_instances(val, predictions, [p.instances for p in predictions])
-    result, train_seconds = train_head(model, train, pseudo, settings, log=log, epochs=args.epochs,
-                                       out=args.out / "selftrain.pt")
+    result, train_seconds = train_head(model, train, settings, cache=args.out / "samples", log=log,
+                                       epochs=args.epochs, out=args.out / "selftrain.pt")
     instances, head_seconds = head_instances_for(result.model, val, predictions)
     refined = evaluate_instances(val, predictions, instances)
     # what predict(..., proposals="refined") costs: PRM without proposals plus the head
@@ -224,10 +209,7 @@ def run_selftrain(args, log) -> dict:
 def run_loop(args, log) -> dict:
     model, settings, model_name = prm_model()
     train, val = load_split("train", model.class_names), load_split("val", model.class_names)
-    pseudo = cached_predictions(model, train, settings, args.out / "predictions" / "train_labels",
-                                with_labels=True, log=log)
-    evaluated = cached_predictions(model, val, settings, args.out / "predictions" / "val", with_labels=False,
-                                   log=log)
+    evaluated = cached_predictions(model, val, settings, args.out / "predictions" / "val", log=log)
     held_out = list(range(max(LOOP_SIZES), len(val)))
     test = val.subset(held_out)
     predictions = [evaluated[i][0] for i in held_out]
@@ -237,8 +219,8 @@ def run_loop(args, log) -> dict:
     curve = []
     for count in LOOP_SIZES:
         corrections = corrections_of(val, range(count))
-        result, seconds = train_head(model, train, pseudo, settings, corrections=corrections, log=log,
-                                     epochs=args.epochs, out=args.out / f"loop_{count}.pt")
+        result, seconds = train_head(model, train, settings, cache=args.out / "samples", corrections=corrections,
+                                     log=log, epochs=args.epochs, out=args.out / f"loop_{count}.pt")
         instances, head_seconds = head_instances_for(result.model, test, predictions)
         results = evaluate_instances(test, predictions, instances)
         rows.append(row(f"head, self-training + {count} corrected images", results, head_seconds))
@@ -275,12 +257,11 @@ def plot_loop(curve: list[dict], baseline: float, images: int, path: Path) -> No
 #: Design choices measured on coco128 train only (``dev``): name -> (refine options, instance options).
 DEV_VARIANTS = {
     "defaults": ({}, {}),
-    "trust: min_relative_score 0.8": ({"target_options": {"min_relative_score": 0.8}}, {}),
+    "no negatives (absent-class peaks dropped)": ({"negatives": False}, {}),
     "trust: min_relative_score 0.2": ({"target_options": {"min_relative_score": 0.2}}, {}),
+    "trust: min_relative_score 0.8": ({"target_options": {"min_relative_score": 0.8}}, {}),
     "width 64": ({"width": 64}, {}),
-    "60 epochs": ({"epochs": 60}, {}),
     "mask threshold 0.4": ({}, {"mask_threshold": 0.4}),
-    "mask threshold 0.6": ({}, {"mask_threshold": 0.6}),
     "NMS 0.3": ({}, {"nms_threshold": 0.3}),
 }
 
@@ -289,10 +270,7 @@ def run_dev(args, log) -> dict:
     """Two folds of coco128 train: self-train on one, evaluate on the labelled images of the other."""
     model, settings, model_name = prm_model()
     train = load_split("train", model.class_names)
-    pseudo = cached_predictions(model, train, settings, args.out / "predictions" / "train_labels",
-                                with_labels=True, log=log)
-    plain = cached_predictions(model, train, settings, args.out / "predictions" / "train", with_labels=False,
-                               log=log)
+    plain = cached_predictions(model, train, settings, args.out / "predictions" / "train", log=log)
     labelled = np.flatnonzero(train.labels.sum(1) > 0)
     folds = [np.arange(len(train))[fold::2] for fold in range(2)]
     names = args.variants or list(DEV_VARIANTS)
@@ -306,7 +284,7 @@ def run_dev(args, log) -> dict:
             options, instance_options = DEV_VARIANTS[name]
             key = json.dumps(options, sort_keys=True)
             if key not in trained:
-                trained[key] = train_head(model, train.subset(learn), [pseudo[i] for i in learn], settings,
+                trained[key] = train_head(model, train.subset(learn), settings, cache=args.out / "samples",
                                           log=log, **({"epochs": args.epochs} | options))[0].model
             instances, seconds = head_instances_for(trained[key], test_set, test_predictions, **instance_options)
             rows.append(row(f"fold {fold}: {name}", evaluate_instances(test_set, test_predictions, instances),

@@ -122,13 +122,18 @@ def test_prompts_hold_the_prm_the_peak_and_its_class_response():
     prms = np.stack([blob((40, 40), 10, 30)])
     crms = np.zeros((2, 5, 5), np.float32)
     crms[1, 1, 3] = 2.0
+    crms[0, 4, 4] = 8.0  # another class responds four times as strongly
     (prompt,) = peak_prompts(prms, [1], [[10.0, 30.0]], crms, (10, 10))
-    assert prompt.shape == (3, 10, 10) and prompt.dtype == np.float32
+    assert prompt.shape == (4, 10, 10) and prompt.dtype == np.float32
     assert np.unravel_index(prompt[0].argmax(), (10, 10)) == (2, 7) and prompt[0].max() == pytest.approx(1.0)
     assert np.unravel_index(prompt[1].argmax(), (10, 10)) == (2, 7)
     assert prompt[1, 2, 7] == pytest.approx(np.exp(-(0.125 ** 2 + 0.125 ** 2) / (2 * 1.5 ** 2)), abs=1e-6)
     assert prompt[2].max() == pytest.approx(1.0) and prompt[2].min() == 0.0
-    assert peak_prompts(np.zeros((0, 40, 40)), [], np.zeros((0, 2)), crms, (10, 10)).shape == (0, 3, 10, 10)
+    # the same map against the image's strongest response (8, of class 0): at most 2 / 8
+    strength = prompt[3].max()
+    np.testing.assert_allclose(prompt[3], prompt[2] * strength, atol=1e-6)
+    assert 0.1 < strength <= 0.25
+    assert peak_prompts(np.zeros((0, 40, 40)), [], np.zeros((0, 2)), crms, (10, 10)).shape == (0, 4, 10, 10)
 
 
 # --------------------------------------------------------------------------- instances from the head

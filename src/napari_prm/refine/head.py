@@ -99,7 +99,7 @@ class RefineHead(nn.Module):
         ----------
         features : sequence of (B, channels_i, h_i, w_i) tensors
             The stage maps of B images, finest first; any float dtype.
-        prompts : (K, 3, h_0, w_0) tensor
+        prompts : (K, 4, h_0, w_0) tensor
             One prompt per peak (see :func:`napari_prm.refine.prompts.peak_prompts`).
         image_index : (K,) int64 tensor, optional
             The image of each prompt (default: image 0 when B is 1, else prompt k is of

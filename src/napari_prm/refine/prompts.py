@@ -7,11 +7,12 @@ channel  holds
 1        a Gaussian (sigma 1.5 grid pixels) at the peak
 2        the class response map of the peak's class, resized, clipped at 0 and
          divided by its maximum
+3        the same map divided by the largest response of any class in the image
 =======  ====================================================================
 
 Channel 0 says which object the peak stands for, channel 1 where the peak is, channel 2
-where the peak's class responds at all (so that a peak of a class the object is not
-can be told apart).
+where the peak's class responds, channel 3 how strongly against the image's other
+classes (a peak of a class the image does not show tends to respond weakly).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-PROMPT_CHANNELS = 3
+PROMPT_CHANNELS = 4
 PEAK_SIGMA = 1.5
 
 
@@ -54,7 +55,7 @@ def peak_prompts(prms: np.ndarray, peak_classes: np.ndarray, peaks_yx: np.ndarra
 
     Returns
     -------
-    (K, 3, gh, gw) float32 ndarray
+    (K, 4, gh, gw) float32 ndarray
     """
     prms = np.asarray(prms, dtype=np.float32)
     count = len(prms)
@@ -68,7 +69,10 @@ def peak_prompts(prms: np.ndarray, peak_classes: np.ndarray, peaks_yx: np.ndarra
     centres = torch.from_numpy(to_grid(peaks_yx, image_shape, grid)).float()
     gaussian = torch.exp(-((rows[None] - centres[:, 0, None, None]) ** 2
                            + (columns[None] - centres[:, 1, None, None]) ** 2) / (2 * PEAK_SIGMA ** 2))
-    class_maps = torch.from_numpy(np.asarray(crms, dtype=np.float32)[np.asarray(peak_classes, dtype=np.int64)])
+    crms = np.asarray(crms, dtype=np.float32)
+    class_maps = torch.from_numpy(crms[np.asarray(peak_classes, dtype=np.int64)])
     class_maps = F.interpolate(class_maps[:, None], size=grid, mode="bilinear", align_corners=False)[:, 0]
-    prompts = torch.stack([_normalised(response), gaussian, _normalised(class_maps)], dim=1)
+    strongest = max(float(crms.max()), 1e-12)
+    prompts = torch.stack([_normalised(response), gaussian, _normalised(class_maps),
+                           (class_maps.clamp(min=0) / strongest).clamp(max=1)], dim=1)
     return prompts.numpy()

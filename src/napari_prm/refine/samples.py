@@ -40,7 +40,7 @@ class Sample:
     ----------
     features : list of (channels, h, w) float16 tensors
         The backbone's maps at the head's stages (CPU).
-    prompts : (K, 3, gh, gw) float16 tensor
+    prompts : (K, 4, gh, gw) float16 tensor
         One prompt per peak that has something to learn.
     targets : (K, gh, gw) uint8 tensor
         1 on the peak's instance, 0 where it is not, 255 ignored.
@@ -107,8 +107,14 @@ def _sample(features, prediction, targets: np.ndarray, prms, peak_classes, peaks
 
 def pseudo_sample(model: PRMModel, image: np.ndarray, present: Sequence[int], stages, *,
                   predict_options: dict | None = None, target_options: dict | None = None,
-                  prediction=None, source: str = "") -> Sample:
+                  negatives: bool = True, source: str = "") -> Sample:
     """The sample of one image with image-level labels (self-training).
+
+    PRM runs once over all classes. The peaks of the present classes retrieve their
+    instances from the proposals, as ``predict(..., classes=present)`` would, and the
+    trusted ones become targets (:func:`napari_prm.refine.targets.pseudo_targets`). A
+    peak of a class the image does not show is wrong whatever it covers: with
+    ``negatives`` it learns an empty mask.
 
     Parameters
     ----------
@@ -118,32 +124,37 @@ def pseudo_sample(model: PRMModel, image: np.ndarray, present: Sequence[int], st
         Classes the image shows (its image-level labels).
     stages : sequence of Stage
     predict_options : dict, optional
-        Passed to :func:`napari_prm.predict` (``proposals`` defaults to ``"default"``;
-        ``classes`` is set to ``present``: peaks of absent classes are dropped).
+        Keyword arguments of :func:`napari_prm.predict`: the thresholds find the peaks,
+        ``proposals`` (default ``"default"``) and ``retrieval`` make the instances.
     target_options : dict, optional
         Passed to :func:`napari_prm.refine.targets.pseudo_targets` over :data:`PSEUDO_DEFAULTS`.
-    prediction : Prediction, optional
-        A prediction of this image made with ``classes=present`` (skips running PRM).
+    negatives : bool
+        Let peaks of absent classes learn empty masks.
     source : str
     """
     from ..predict import predict
+    from ..proposals import make_proposals
+    from ..retrieval import retrieve_instances
 
+    options = {"proposals": "default"} | dict(predict_options or {})
     present = [int(c) for c in present]
     features = _features(model, stages, image)
     grid = tuple(features[0].shape[-2:])
-    if not present:
-        empty = torch.zeros((0,) + grid)
-        return Sample(features, empty[:, None].repeat(1, 3, 1, 1).half(), empty.to(torch.uint8), 1.0, source)
-    if prediction is None:
-        options = {"proposals": "default"} | dict(predict_options or {}) | {"classes": present}
-        prediction = predict(image, model, **options)
-    keep = [i for i in prediction.instances if i.class_index in present]
-    masks = np.array([i.mask for i in keep], bool).reshape((-1,) + prediction.image_shape)
-    targets = pseudo_targets(masks, [i.class_index for i in keep], [i.score for i in keep], prediction.prms,
-                             prediction.peak_classes, prediction.crms, present, grid,
-                             **(PSEUDO_DEFAULTS | dict(target_options or {})))
-    return _sample(features, prediction, targets, prediction.prms, prediction.peak_classes, prediction.peaks, 1.0,
-                   source, "pseudo")
+    found = predict(image, model, proposals=None, **{k: v for k, v in options.items() if k in PEAK_OPTIONS})
+    shown = np.isin(found.peak_classes, present)
+    targets = np.full((len(shown),) + grid, IGNORE, np.uint8)
+    if shown.any() and options["proposals"] is not None:
+        rows = np.flatnonzero(shown)
+        proposals = make_proposals(options["proposals"], image, prms=found.prms[rows])
+        instances = retrieve_instances(found.prms[rows], found.peak_classes[rows], found.crms, proposals,
+                                       **dict(options.get("retrieval") or {}))
+        masks = np.array([i.mask for i in instances], bool).reshape((-1,) + found.image_shape)
+        targets[rows] = pseudo_targets(masks, [i.class_index for i in instances], [i.score for i in instances],
+                                       found.prms[rows], found.peak_classes[rows], found.crms, present, grid,
+                                       **(PSEUDO_DEFAULTS | dict(target_options or {})))
+    if negatives:
+        targets[~shown] = 0
+    return _sample(features, found, targets, found.prms, found.peak_classes, found.peaks, 1.0, source, "pseudo")
 
 
 def _instance_points(correction: Correction, crms: np.ndarray, instances: Sequence[int]) -> tuple[np.ndarray, list]:
@@ -227,14 +238,13 @@ def _load_sample(path: Path) -> Sample | None:
 
 def prepare_samples(model: PRMModel, stages, *, dataset=None, corrections: Sequence[Correction] = (),
                     predict_options: dict | None = None, target_options: dict | None = None,
-                    correction_weight: float = 2.0, cache_dir: str | os.PathLike | None = None,
-                    predictions: Sequence | None = None, progress: Callable[[Any], None] | None = None,
+                    correction_weight: float = 2.0, negatives: bool = True,
+                    cache_dir: str | os.PathLike | None = None, progress: Callable[[Any], None] | None = None,
                     cancel: Any = None) -> list[Sample]:
     """The samples of a dataset's images (self-training) and of corrected images.
 
-    See :func:`napari_prm.refine.refine` for the parameters. ``predictions`` (one per
-    dataset image, made with ``classes=`` its labels) skip running PRM on the dataset.
-    ``progress`` is called with ``(done, total)`` after each image.
+    See :func:`napari_prm.refine.refine` for the parameters. ``progress`` is called with
+    ``(done, total)`` after each image.
 
     Raises
     ------
@@ -245,12 +255,12 @@ def prepare_samples(model: PRMModel, stages, *, dataset=None, corrections: Seque
     samples: list[Sample] = []
     report = progress or (lambda done, total: None)
     cache = None
-    if cache_dir is not None and dataset is not None and predictions is None:
+    if cache_dir is not None and dataset is not None:
         cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
         fingerprint = model_fingerprint(model)
         options = {"predict": dict(predict_options or {}), "target": PSEUDO_DEFAULTS | dict(target_options or {}),
-                   "stages": [s.module for s in stages], "format": 2}
+                   "negatives": bool(negatives), "stages": [s.module for s in stages], "format": 3}
     for index in range(0 if dataset is None else len(dataset)):
         if is_cancelled(cancel):
             raise Cancelled
@@ -261,7 +271,7 @@ def prepare_samples(model: PRMModel, stages, *, dataset=None, corrections: Seque
             present = np.flatnonzero(dataset.labels[index] > 0).tolist()
             sample = pseudo_sample(model, dataset.read_image(index), present, stages,
                                    predict_options=predict_options, target_options=target_options,
-                                   prediction=None if predictions is None else predictions[index], source=str(path))
+                                   negatives=negatives, source=str(path))
             if entry is not None:
                 _save_sample(entry, sample)
         samples.append(sample)

@@ -97,7 +97,11 @@ class RefineResult:
 
 
 def head_loss(mask_logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy plus soft Dice of the peaks' masks, :data:`IGNORE` pixels left out.
+    """Binary cross-entropy of the peaks' masks plus soft Dice of those with an instance.
+
+    Pixels marked :data:`~napari_prm.refine.targets.IGNORE` take no part. Dice weighs a
+    small instance as much as a large one; a peak on no instance (an empty target) has
+    cross-entropy only, since Dice of an empty mask punishes any faint probability.
 
     Parameters
     ----------
@@ -117,9 +121,10 @@ def head_loss(mask_logits: torch.Tensor, targets: torch.Tensor, weights: torch.T
     bce = (bce * pixel_weight).sum() / pixel_weight.sum().clamp(min=1e-6)
     probability = torch.sigmoid(logits) * valid
     overlap = (probability * truth).flatten(1).sum(1)
-    dice = 1 - (2 * overlap + 1) / (probability.flatten(1).sum(1) + (truth * valid).flatten(1).sum(1) + 1)
-    dice = (dice * weights).sum() / weights.sum().clamp(min=1e-6)
-    return bce + dice
+    size = truth.flatten(1).sum(1)
+    dice = 1 - (2 * overlap + 1) / (probability.flatten(1).sum(1) + size + 1)
+    dice_weight = weights * (size > 0)
+    return bce + (dice * dice_weight).sum() / dice_weight.sum().clamp(min=1e-6)
 
 
 def _new_head(stages, width: int, seed: int) -> RefineHead:
@@ -147,12 +152,12 @@ def refine(
     weight_decay: float = 1e-4,
     width: int = 32,
     correction_weight: float = 2.0,
+    negatives: bool = True,
     fine_tune: bool = True,
     predict_options: dict | None = None,
     target_options: dict | None = None,
     instance_options: dict | None = None,
     cache_dir: str | os.PathLike | None = None,
-    predictions: Sequence | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
     resume: bool | str | os.PathLike = False,
@@ -168,9 +173,9 @@ def refine(
     dataset : LabeledImageDataset, optional
         Images with image-level labels for self-training; its classes are matched to the
         model's by name (:meth:`~napari_prm.data.LabeledImageDataset.with_classes`).
-        Each image's instances are retrieved with ``predict(..., classes=its labels)``
-        (peaks of absent classes are dropped) and each trusted instance teaches the peaks
-        it holds (:func:`napari_prm.refine.targets.pseudo_targets`).
+        Each image's instances are retrieved from the peaks of its labelled classes (as
+        ``predict(..., classes=its labels)`` does) and each trusted instance teaches the
+        peaks it holds (:func:`napari_prm.refine.samples.pseudo_sample`).
     corrections : sequence of Correction
         Corrected images, learnt as full supervision
         (:func:`napari_prm.refine.samples.correction_sample`).
@@ -183,6 +188,8 @@ def refine(
         Channels of a new head.
     correction_weight : float
         Weight of a corrected image's peaks against a pseudo-labelled one's.
+    negatives : bool
+        In self-training, peaks of classes an image does not show learn empty masks.
     fine_tune : bool
         Start from the model's head when it has one (else a new head).
     predict_options : dict, optional
@@ -199,8 +206,6 @@ def refine(
         Folder where the pseudo-labelled samples are kept, keyed by the image file, the
         model's weights and the options, so a second run (or ``resume``) skips PRM and
         the backbone.
-    predictions : sequence of Prediction, optional
-        Precomputed predictions of the dataset's images (with ``classes=`` their labels).
     device : str or torch.device, optional
         Where the backbone and the head run (None: CUDA, then MPS, then the CPU).
     seed : int
@@ -277,8 +282,8 @@ def refine(
     try:
         samples = prepare_samples(model, stages, dataset=dataset, corrections=corrections,
                                   predict_options=predict_options, target_options=target_options,
-                                  correction_weight=config["correction_weight"], cache_dir=cache_dir,
-                                  predictions=predictions, progress=prepared, cancel=cancel)
+                                  correction_weight=config["correction_weight"], negatives=negatives,
+                                  cache_dir=cache_dir, progress=prepared, cancel=cancel)
     except Cancelled:
         return RefineResult(model=model, history=history, cancelled=True,
                             prepare_seconds=time.perf_counter() - started)
