@@ -340,3 +340,25 @@ def test_shapes_scene_is_what_it_says():
     assert image.shape == (96, 96, 3) and set(np.unique(labels)) == {0, 1, 2}
     for label, (y, x) in zip((1, 2), centres.astype(int)):
         assert labels[y, x] == label
+
+
+def test_bad_arguments_are_refused_by_name(tiny96, shapes_scenes):
+    corrections = corrections_of(shapes_scenes[:1])
+    for options, message in (({"epochs": 0}, "epochs"), ({"lr": float("nan")}, "lr"),
+                             ({"batch_size": -1}, "batch_size"), ({"correction_weight": -1.0}, "correction_weight")):
+        with pytest.raises(ValueError, match=message):
+            refine(tiny96, corrections=corrections, **options)
+    with pytest.raises(ValueError, match="expected Correction objects"):
+        refine(tiny96, corrections=[shapes_scenes[0][1]])
+    image, labels, _, _ = shapes_scenes[0]
+    with pytest.raises(ValueError, match="the labels are \\(48, 96\\), the image \\(96, 96\\)"):
+        Correction(image, labels[:48], {}, "half")
+    with pytest.raises(ValueError, match="2-D integer array"):
+        Correction(image, labels.astype(float), {}, "float")
+    with pytest.raises(ValueError, match="retrieval: unknown option"):
+        predict(image, refined_model_for(tiny96), retrieval={"contour_width": 3})
+
+
+def refined_model_for(model):
+    """The model with an untrained head (enough to check the arguments of refined predictions)."""
+    return replace(model, head=RefineHead(find_stages(model.network.fcn.features, probe_size=96)))
