@@ -159,3 +159,62 @@ def test_one_image_only():
     prm = PeakResponseMapping(small_network())
     with pytest.raises(ValueError, match="one image"):
         prm.peak_response_maps(torch.zeros(2, 3, 16, 16))
+
+
+# --------------------------------------------------------------------------- exactness
+def _strongest_peaks(network, x, count):
+    with torch.no_grad():
+        crms = network.class_response_maps(x)
+    from napari_prm.model import find_peaks
+
+    candidates = torch.nonzero(find_peaks(crms, network.win_size, None)[0])
+    values = crms[0][candidates[:, 0], candidates[:, 1], candidates[:, 2]]
+    return candidates[values.argsort(descending=True)[:count]]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_prms_equal_the_original_one_backward_per_peak_loop(batch):
+    from types import SimpleNamespace
+
+    from napari_prm.bench import original_loop_prms
+
+    network = PeakResponseMapping(small_network(), peak_filter=None)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    peaks = _strongest_peaks(network, x, 5)
+    ours = network.peak_response_maps(x, peaks=peaks, peak_batch_size=batch).prms
+    reference = original_loop_prms(SimpleNamespace(network=network), x, peaks)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_builtin_model_prms_equal_the_original_loop():
+    """EfficientNet-Lite0 ("same" padding, depthwise, residuals, 1000 classes) at a small size."""
+    from napari_prm import load_model
+    from napari_prm.bench import original_loop_prms
+
+    model = load_model("imagenet")
+    from skimage import data
+
+    from napari_prm.model.transforms import as_rgb_float, to_network_input
+
+    x = to_network_input(as_rgb_float(data.chelsea()), (160, 160), model.mean, model.std)
+    peaks = _strongest_peaks(model.network, x, 3)
+    ours = model.network.peak_response_maps(x, peaks=peaks).prms
+    batched = model.network.peak_response_maps(x, peaks=peaks, peak_batch_size=3).prms
+    reference = original_loop_prms(model, x, peaks)
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(batched, reference, rtol=1e-4, atol=1e-8)
+
+
+def test_no_normaliser_when_no_gradient_is_needed():
+    """Inside the patch, a convolution whose input needs no gradient is an ordinary one."""
+    net = small_network()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+    with excitation_backprop(net):
+        with torch.no_grad():
+            no_grad = net(x)
+        plain_input = net(x)
+    torch.testing.assert_close(no_grad, expected)
+    torch.testing.assert_close(plain_input, expected)
+    assert no_grad.grad_fn is None
