@@ -2,6 +2,7 @@
 
 from .backbones import BACKBONES, FullyConvolutionalClassifier, build_fcn
 from .checkpoint import PRMModel, build_model, load_checkpoint, load_model, resolve_device, save_model
+from .cpu_memory import reuse_freed_memory
 from .peak_backprop import excitation_backprop, patch_convolutions
 from .peak_stimulation import find_peaks, peak_stimulation
 from .prm import PeakResponseMapping, PeakResponseResult
@@ -21,5 +22,6 @@ __all__ = [
     "patch_convolutions",
     "peak_stimulation",
     "resolve_device",
+    "reuse_freed_memory",
     "save_model",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cpu_memory import reuse_freed_memory
 from .peak_backprop import excitation_backprop
 from .peak_stimulation import PeakFilter, find_peaks, peak_stimulation
 
@@ -139,8 +141,9 @@ class PeakResponseMapping(nn.Module):
         # Weight gradients are never needed here; skipping them halves the backward cost.
         for p in self.parameters():
             p.requires_grad_(False)
+        memory = reuse_freed_memory() if x.device.type == "cpu" else nullcontext()
         try:
-            with torch.enable_grad(), excitation_backprop(self):
+            with torch.enable_grad(), excitation_backprop(self), memory:
                 x = x.detach().requires_grad_(True)
                 crms = self.class_response_maps(x)
                 crm_values = crms.detach()
