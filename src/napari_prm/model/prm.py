@@ -135,7 +135,8 @@ class PeakResponseMapping(nn.Module):
         """
         if x.dim() != 4 or x.shape[0] != 1:
             raise ValueError(f"peak_response_maps takes one image (1, 3, H, W); got shape {tuple(x.shape)}")
-        was_training = self.training
+        # Each submodule's own mode is restored afterwards, not the wrapper's flag for all.
+        modes = [(module, module.training) for module in self.modules()]
         grad_flags = [p.requires_grad for p in self.parameters()]
         self.eval()
         # Weight gradients are never needed here; skipping them halves the backward cost.
@@ -161,7 +162,8 @@ class PeakResponseMapping(nn.Module):
         finally:
             for p, flag in zip(self.parameters(), grad_flags):
                 p.requires_grad_(flag)
-            self.train(was_training)
+            for module, training in modes:
+                module.training = training
         return PeakResponseResult(
             scores=scores.float().cpu(),
             crms=crm_values[0].float().cpu(),
@@ -184,8 +186,9 @@ class PeakResponseMapping(nn.Module):
 
     @staticmethod
     def _check_peaks(peaks, crm_shape) -> torch.Tensor:
+        # Compared where the peaks are (any device); the caller moves them to the CRMs' device.
         peaks = torch.as_tensor(peaks, dtype=torch.long).reshape(-1, 3)
-        limits = torch.tensor(crm_shape)
+        limits = torch.tensor(tuple(crm_shape), dtype=torch.long, device=peaks.device)
         if ((peaks < 0) | (peaks >= limits)).any():
             raise ValueError(f"peak locations must lie within the CRM shape {tuple(crm_shape)}; got {peaks.tolist()}")
         return peaks
