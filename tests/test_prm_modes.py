@@ -1,10 +1,11 @@
-"""PeakResponseMapping.peak_response_maps: peaks on any device, the network's modes."""
+"""PeakResponseMapping.peak_response_maps: peaks on any device, the network's modes, the fast mode."""
 
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
-from napari_prm.model import PeakResponseMapping
+from napari_prm.model import PeakResponseMapping, build_fcn
 
 from test_peak_backprop import small_network
 
@@ -73,7 +74,7 @@ def test_mixed_modes_are_restored_exactly():
     fcn[1].train()  # one BatchNorm in train mode, the rest in eval mode
     prm = PeakResponseMapping(fcn).eval()
     before = _modes(prm)
-    prm.peak_response_maps(_x(4))
+    prm.peak_response_maps(_x(4), mode="fast", fast_stride=2)
     assert _modes(prm) == before
 
 
@@ -95,3 +96,87 @@ def test_eval_network_gives_the_same_prms_before_and_after():
     second = prm.peak_response_maps(_x(6))
     torch.testing.assert_close(second.prms, first.prms)
     torch.testing.assert_close(crms, second.crms[None])  # BatchNorm still uses running stats
+
+
+# --------------------------------------------------------------------------- fast mode
+def test_fast_mode_maps_are_normalised_and_batching_does_not_change_them():
+    prm = PeakResponseMapping(small_network())
+    x = _x(7)
+    one = prm.peak_response_maps(x, mode="fast", fast_stride=2, peak_batch_size=1)
+    batched = prm.peak_response_maps(x, mode="fast", fast_stride=2, peak_batch_size=4)
+    assert one.prms.shape == (len(one.peaks), 32, 32) and len(one.peaks) >= 3
+    torch.testing.assert_close(batched.prms, one.prms, rtol=1e-5, atol=1e-7)
+    sums = one.prms.flatten(1).sum(1)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+    assert (one.prms >= 0).all()
+    exact = prm.peak_response_maps(x)
+    torch.testing.assert_close(one.peaks, exact.peaks)
+    torch.testing.assert_close(one.scores, exact.scores)
+
+
+def test_fast_mode_is_the_upsampled_excitation_signal_of_its_layer():
+    prm = PeakResponseMapping(small_network(), peak_filter=None).eval()
+    x = _x(8)
+    layer = prm.feature_layer(x, 2)
+    assert layer == (prm.fcn[6], 0)  # the depthwise conv takes the signal from stride 2 to 4
+    peak = torch.tensor([[1, 3, 4]])
+    fast = prm.peak_response_maps(x, peaks=peak, mode="fast", fast_stride=2).prms[0]
+
+    from napari_prm.model import excitation_backprop
+
+    captured = []
+    handle = prm.fcn[6].register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    try:
+        with torch.enable_grad(), excitation_backprop(prm):
+            xi = x.clone().requires_grad_(True)
+            crms = prm.fcn(xi)
+            (grad,) = torch.autograd.grad(crms[0, 1, 3, 4], captured[0])
+    finally:
+        handle.remove()
+    expected = torch.nn.functional.interpolate(
+        grad.sum(1, keepdim=True).clamp(min=0), size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+    torch.testing.assert_close(fast, expected / expected.sum())
+
+
+@pytest.mark.parametrize("stride", [1, 4, 16])
+def test_fast_mode_without_a_coarser_layer_or_at_stride_1_is_exact(stride):
+    prm = PeakResponseMapping(small_network())  # output stride 4
+    x = _x(9)
+    exact = prm.peak_response_maps(x)
+    fast = prm.peak_response_maps(x, mode="fast", fast_stride=stride)
+    torch.testing.assert_close(fast.prms, exact.prms, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "backbone, stride, name",
+    [
+        ("efficientnet_lite0", 8, "features._blocks.5._depthwise_conv"),
+        ("efficientnet_lite0", 4, "features._blocks.3._depthwise_conv"),
+        ("resnet50", 8, "features.6.0.downsample.0"),
+        ("vgg16", 8, "features.23"),
+        ("tiny", 2, "features.6"),
+        ("tiny", 8, None),
+    ],
+)
+def test_feature_layer_of_each_backbone(backbone, stride, name):
+    torch.manual_seed(0)
+    fcn, _, _ = build_fcn(backbone, 3, pretrained=False)
+    prm = PeakResponseMapping(fcn).eval()
+    x = torch.randn(1, 3, 64, 96)
+    layer = prm.feature_layer(x, stride)
+    names = {id(m): n for n, m in fcn.named_modules()}
+    assert (names[id(layer[0])] if layer else None) == name
+    if layer is not None:
+        assert layer[1] == 0
+    result = prm.peak_response_maps(x, mode="fast", fast_stride=stride, peaks=[[0, 0, 0], [2, 1, 1]])
+    assert result.prms.shape == (2, 64, 96)
+    assert torch.isfinite(result.prms).all()
+
+
+def test_feature_layer_is_cached_per_size_and_checked():
+    prm = PeakResponseMapping(small_network()).eval()
+    assert prm.feature_layer(_x(0), 2) is prm.feature_layer(_x(1), 2)
+    with pytest.raises(ValueError, match="fast_stride"):
+        prm.feature_layer(_x(0), 0)
+    with pytest.raises(ValueError, match="mode"):
+        prm.peak_response_maps(_x(0), mode="approximate")
