@@ -16,6 +16,11 @@ the backward pass adds two element-wise products to the ordinary
 input-gradient convolution. A convolution whose input needs no gradient runs
 plainly.
 
+Batch norms with running statistics (eval mode) are patched too, so that
+:func:`fold_batch_norms` can move their per-channel gradient scale into the
+``1 / N`` of the convolution feeding them: the backward pass then skips the
+batch norms' own element-wise pass, which pays for one of the two products above.
+
 :func:`patch_convolutions` is the per-instance patch underneath; the benchmark's
 reference implementation (``napari_prm.bench``) uses it too.
 """
@@ -51,7 +56,8 @@ class _ExcitationConv2d(torch.autograd.Function):
         ctx.conv_args = (stride, padding, dilation, groups)
         if not input.requires_grad:
             # Only the weight asks for a gradient, which the rule never gives: skip the normaliser.
-            ctx.save_for_backward(None, None, None)
+            ctx.save_for_backward(None, None)
+            ctx.inv_norm = None
             return
         input = input.detach()
         weight_pos = weight.detach().clamp(min=0)
@@ -61,12 +67,14 @@ class _ExcitationConv2d(torch.autograd.Function):
         norm = F.conv2d(shifted, weight_pos, None, stride, padding, dilation, groups)
         # 1 / (|N| + eps) where N >= eps, else 0 (N >= 0 here, so |N| = N), in place.
         blocked = norm < EPS
-        inv_norm = norm.add_(EPS).reciprocal_().masked_fill_(blocked, 0)
-        ctx.save_for_backward(shifted, weight_pos, inv_norm)
+        # Kept on ctx (not saved for backward) so that fold_batch_norms may scale it in place.
+        ctx.inv_norm = norm.add_(EPS).reciprocal_().masked_fill_(blocked, 0)
+        ctx.save_for_backward(shifted, weight_pos)
 
     @staticmethod
     def backward(ctx, grad_output):
-        shifted, weight_pos, inv_norm = ctx.saved_tensors
+        shifted, weight_pos = ctx.saved_tensors
+        inv_norm = ctx.inv_norm
         if shifted is None:  # the input needed no gradient (see setup_context)
             return None, None, None, None, None, None, None
         stride, padding, dilation, groups = ctx.conv_args
@@ -95,6 +103,89 @@ def _excitation_conv_forward(self: nn.Conv2d, input, weight, bias):
     return _ExcitationConv2d.apply(input, weight, bias, self.stride, padding, self.dilation, self.groups)
 
 
+class _EvalBatchNorm(torch.autograd.Function):
+    """Batch norm with running statistics whose backward can be folded into the convolution before it.
+
+    Its gradient is ``g * scale`` per channel, ``scale = weight / sqrt(running_var + eps)``,
+    as autograd's; once :func:`fold_batch_norms` has moved ``scale`` into the preceding
+    convolution's ``1 / N``, the backward passes ``g`` on unchanged.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, running_mean, running_var, weight, bias, eps):
+        return F.batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, _, running_var, weight, _, eps = inputs
+        scale = torch.rsqrt(running_var.detach() + eps)
+        if weight is not None:
+            scale = scale * weight.detach()
+        ctx.scale = scale.to(input.dtype)
+        ctx.folded = False
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.folded:
+            return grad_output, None, None, None, None, None
+        shape = (-1,) + (1,) * (grad_output.dim() - 2)
+        return grad_output * ctx.scale.view(shape), None, None, None, None, None
+
+
+def _excitation_batch_norm_forward(self: nn.modules.batchnorm._BatchNorm, input):
+    if self.training or self.running_mean is None or not (torch.is_grad_enabled() and input.requires_grad):
+        return type(self).forward(self, input)
+    self._check_input_dim(input)
+    return _EvalBatchNorm.apply(input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
+
+
+def fold_batch_norms(output: torch.Tensor) -> int:
+    """Fold each eval-mode batch norm's scale into the convolution feeding it; returns how many.
+
+    For use on the graph of ``output``, built inside :func:`excitation_backprop`,
+    before back-propagating from it: where a convolution's output goes to one
+    batch norm and nowhere else in the graph, the batch norm's per-channel
+    gradient scale joins the convolution's saved ``1 / N``, so the backward pass
+    skips one element-wise pass per batch norm. Gradients are unchanged up to
+    rounding. Gradients taken from other outputs of the same graph would not be:
+    fold only for the output that will be back-propagated.
+    """
+    if output.grad_fn is None:
+        return 0
+    consumers: dict[int, int] = {}
+    nodes = []
+    seen = set()
+    stack = [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        for child, _ in node.next_functions:
+            if child is not None:
+                consumers[id(child)] = consumers.get(id(child), 0) + 1
+                stack.append(child)
+    folded = 0
+    for node in nodes:
+        if type(node).__name__ != "_EvalBatchNormBackward" or node.folded:
+            continue
+        conv = node.next_functions[0][0]
+        if (
+            type(conv).__name__ == "_ExcitationConv2dBackward"
+            and consumers.get(id(conv)) == 1
+            and conv.inv_norm is not None
+            and not getattr(conv, "folded", False)
+        ):
+            conv.inv_norm.mul_(node.scale.view(-1, 1, 1).to(conv.inv_norm.dtype))
+            conv.folded = True
+            node.folded = True
+            folded += 1
+    return folded
+
+
 @contextmanager
 def patch_convolutions(module: nn.Module, conv_forward: Callable) -> Iterator[nn.Module]:
     """Replace ``_conv_forward`` of every ``Conv2d`` of ``module`` inside the block.
@@ -118,9 +209,17 @@ def patch_convolutions(module: nn.Module, conv_forward: Callable) -> Iterator[nn
 def excitation_backprop(module: nn.Module) -> Iterator[nn.Module]:
     """Use the excitation rule in every ``Conv2d`` of ``module`` inside the block.
 
-    The patch is per instance and removed on exit, even after an exception, so
+    Eval-mode batch norms become an equivalent function whose scale
+    :func:`fold_batch_norms` can fold. The patch is per instance and removed on exit, even after an exception, so
     the module computes ordinary gradients again afterwards. A process-wide lock
     keeps two threads from patching at once.
     """
     with patch_convolutions(module, _excitation_conv_forward):
-        yield module
+        norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for norm in norms:
+            norm.forward = MethodType(_excitation_batch_norm_forward, norm)
+        try:
+            yield module
+        finally:
+            for norm in norms:
+                norm.__dict__.pop("forward", None)

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cpu_memory import reuse_freed_memory
-from .peak_backprop import excitation_backprop
+from .peak_backprop import excitation_backprop, fold_batch_norms
 from .peak_stimulation import PeakFilter, find_peaks, peak_stimulation
 
 
@@ -167,6 +167,7 @@ class PeakResponseMapping(nn.Module):
             with torch.enable_grad(), excitation_backprop(self), memory, _capture_input(layer) as captured:
                 x = x.detach().requires_grad_(True)
                 crms = self.class_response_maps(x)
+                fold_batch_norms(crms)
                 crm_values = crms.detach()
                 peak_map = find_peaks(crm_values, self.win_size, self.peak_filter)
                 scores = (crm_values * peak_map).flatten(2).sum(2) / peak_map.flatten(2).sum(2).clamp(min=1)
