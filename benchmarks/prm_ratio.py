@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--peak-batch-size", type=int, default=None)
     parser.add_argument("--mode", choices=("exact", "fast"), default="exact")
     parser.add_argument("--fast-stride", type=int, default=8)
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action="store_true", help="model and input in channels-last memory format")
+    parser.add_argument("--channels-last-input", action="store_true", help="only the input in channels-last format")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-malloc-tuning", action="store_true",
                         help="leave glibc's allocator at its defaults (NAPARI_PRM_MALLOC_TUNING=0)")
@@ -70,6 +71,7 @@ def main() -> None:
     x = to_network_input(as_rgb_float(data.chelsea()), (args.size, args.size), model.mean, model.std).to(device)
     if args.channels_last:
         network.to(memory_format=torch.channels_last)
+    if args.channels_last or args.channels_last_input:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         crms = network.class_response_maps(x)
@@ -114,7 +116,7 @@ def main() -> None:
     med = [statistics.median(row[i] for row in rows) for i in range(5)]
     print(f"device {device}, {torch.get_num_threads()} threads, malloc tuning {'on' if tuning_enabled() else 'off'}, "
           f"mode {args.mode}{f' (stride {args.fast_stride})' if args.mode == 'fast' else ''}, "
-          f"peak batch {args.peak_batch_size or 'default'}, channels-last {args.channels_last}, "
+          f"peak batch {args.peak_batch_size or 'default'}, channels-last {'model+input' if args.channels_last else 'input' if args.channels_last_input else 'no'}, "
           f"{args.size}², {len(peaks)} peaks, {args.rounds} rounds; load average {load_start} -> {loadavg()}")
     print(f"medians: plain backward {med[0]:.4f} s, 1-peak call {med[1]:.3f} s, {len(peaks)}-peak call {med[2]:.3f} s, "
           f"marginal ratio {med[3]:.2f}, all-in ratio {med[4]:.2f}")

@@ -42,7 +42,7 @@ class PeakResponseResult:
 
 
 def _default_peak_batch_size(device: torch.device) -> int:
-    # On the CPU one-at-a-time was as fast as batching (docs/benchmarks.md); on a GPU batches pay.
+    # On the CPU batching was slower than one peak at a time (docs/benchmarks.md); on a GPU batches pay.
     return 1 if device.type == "cpu" else 16
 
 
@@ -225,7 +225,7 @@ class PeakResponseMapping(nn.Module):
         a larger one: for EfficientNet-Lite0 at stride 8 the depthwise
         convolution of the first stride-16 block, for ResNet-50 the shortcut
         convolution of ``layer3`` (whose input is ``layer2``'s output), for VGG-16
-        the third max-pool.
+        the fourth max-pool.
 
         Parameters
         ----------
