@@ -245,7 +245,7 @@ class PeakResponseMapping(nn.Module):
             raise ValueError(f"fast_stride must be >= 1; got {stride}")
         height, width = x.shape[-2:]
         cache = self.__dict__.setdefault("_feature_layers", {})
-        key = (int(height), int(width), int(stride))
+        key = (id(self.fcn), int(height), int(width), int(stride))
         if key in cache:
             return cache[key]
 
