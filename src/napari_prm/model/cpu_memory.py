@@ -22,8 +22,8 @@ import ctypes
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -32,18 +32,18 @@ _MMAP_THRESHOLD = 512 * 2**20
 _TRIM_THRESHOLD = 2**31 - 1
 
 _lock = threading.Lock()
-_libc: Optional[ctypes.CDLL] = None
+_libc: ctypes.CDLL | None = None
 _state = {"tuned": False, "checked": False}
 
 
-def _glibc() -> Optional[ctypes.CDLL]:
+def _glibc() -> ctypes.CDLL | None:
     global _libc
     if not _state["checked"]:
         _state["checked"] = True
         if sys.platform.startswith("linux"):
             try:
                 libc = ctypes.CDLL("libc.so.6")
-                libc.gnu_get_libc_version  # glibc only (not musl)
+                _ = libc.gnu_get_libc_version  # glibc only (not musl): AttributeError elsewhere
                 _libc = libc
             except (OSError, AttributeError):
                 _libc = None

@@ -42,12 +42,62 @@ class PeakResponseResult:
     prms: torch.Tensor
 
 
+class ForwardPass:
+    """One image's forward pass, kept for peak backpropagation.
+
+    Made by :meth:`PeakResponseMapping.forward_pass`. Each :meth:`backprop` call
+    costs one backward pass per peak (or per batch of peaks on a GPU) and
+    reuses the normalisers the forward pass cached.
+
+    Attributes
+    ----------
+    crm_values : (1, C, h, w) float tensor
+        The class response maps (detached).
+    input_size : (H, W)
+        The size of the PRMs: the network input's.
+    """
+
+    def __init__(self, network: PeakResponseMapping, x: torch.Tensor, crms: torch.Tensor, target: torch.Tensor):
+        self._network = network
+        self._x = x
+        self._crms = crms
+        self._target = target
+        self.crm_values = crms.detach()
+        self.input_size = tuple(int(s) for s in x.shape[-2:])
+
+    def backprop(self, peaks, *, batch_size: Optional[int] = None,
+                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+        """Peak response maps of ``(class, y, x)`` CRM locations.
+
+        Parameters
+        ----------
+        peaks : (K, 3) int array or tensor, on any device
+        batch_size : int, optional
+            Peaks back-propagated together (None: 1 on the CPU, 16 on a GPU).
+        progress : callable, optional
+            ``progress(done, total)`` after each batch.
+
+        Returns
+        -------
+        (K, H, W) float32 tensor on the network's device, each map summing to 1
+        (all zeros when no signal reached the input).
+        """
+        batch_size = check.positive_int("batch_size", batch_size, optional=True)
+        peaks = PeakResponseMapping._check_peaks(peaks, self.crm_values.shape[1:])
+        memory = reuse_freed_memory() if self._target.device.type == "cpu" else nullcontext()
+        with torch.enable_grad(), memory:
+            return self._network._backprop_peaks(self._target, self._crms, peaks, batch_size, progress,
+                                                 self.input_size)
+
+
 def _default_peak_batch_size(device: torch.device) -> int:
     # On the CPU batching was slower than one peak at a time (docs/benchmarks.md); on a GPU batches pay.
     return 1 if device.type == "cpu" else 16
 
 
 PRM_MODES = ("exact", "fast")
+#: Input scales of test-time augmentation (each also flipped horizontally).
+TTA_SCALES = (0.75, 1.0, 1.25)
 
 
 class PeakResponseMapping(nn.Module):
@@ -83,16 +133,51 @@ class PeakResponseMapping(nn.Module):
         self.peak_filter = peak_filter
         self.sub_pixel_locating_factor = int(sub_pixel_locating_factor)
 
-    def class_response_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """CRMs ``(B, C, h, w)``, upsampled by ``sub_pixel_locating_factor``."""
+    def class_response_maps(self, x: torch.Tensor, *, sub_pixel_locating_factor: Optional[int] = None,
+                            tta: bool = False) -> torch.Tensor:
+        """CRMs ``(B, C, h, w)``, upsampled by the sub-pixel locating factor.
+
+        Parameters
+        ----------
+        x : (B, 3, H, W) float tensor
+        sub_pixel_locating_factor : int, optional
+            Upsampling factor (default: ``self.sub_pixel_locating_factor``).
+        tta : bool
+            Average the maps over a horizontal flip and the input scales
+            :data:`TTA_SCALES` (each resized bilinearly to the scale-1 maps' size).
+            Every step is differentiable, so peak backpropagation goes through
+            all six branches to ``x``.
+        """
+        factor = self.sub_pixel_locating_factor if sub_pixel_locating_factor is None else int(sub_pixel_locating_factor)
+        if factor < 1:
+            raise ValueError(f"sub_pixel_locating_factor must be >= 1; got {factor}")
+        crms = self._tta_maps(x) if tta else self._maps(x)
+        if factor > 1:
+            crms = F.interpolate(crms, scale_factor=factor, mode="bilinear", align_corners=True)
+        return crms
+
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
         crms = self.fcn(x)
         if crms.dim() != 4:
             raise ValueError(f"the fcn must return (B, C, h, w) maps; got shape {tuple(crms.shape)}")
-        if self.sub_pixel_locating_factor > 1:
-            crms = F.interpolate(
-                crms, scale_factor=self.sub_pixel_locating_factor, mode="bilinear", align_corners=True
-            )
         return crms
+
+    def _tta_maps(self, x: torch.Tensor) -> torch.Tensor:
+        reference = None
+        branches = []
+        for scale in sorted(TTA_SCALES, key=lambda s: s != 1.0):  # scale 1 first: it sets the size
+            scaled = x if scale == 1.0 else F.interpolate(
+                x, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+            for flip in (False, True):
+                maps = self._maps(torch.flip(scaled, [-1]) if flip else scaled)
+                if flip:
+                    maps = torch.flip(maps, [-1])
+                if reference is None:
+                    reference = tuple(maps.shape[-2:])
+                elif tuple(maps.shape[-2:]) != reference:
+                    maps = F.interpolate(maps, size=reference, mode="bilinear", align_corners=False)
+                branches.append(maps)
+        return torch.stack(branches).mean(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Peak-stimulated class scores ``(B, C)``."""
@@ -158,38 +243,19 @@ class PeakResponseMapping(nn.Module):
         peak_batch_size = check.positive_int("peak_batch_size", peak_batch_size, optional=True)
         if mode not in PRM_MODES:
             raise ValueError(f"mode must be one of {PRM_MODES}; got {mode!r}")
-        # Each submodule's own mode is restored afterwards, not the wrapper's flag for all.
-        modes = [(module, module.training) for module in self.modules()]
-        grad_flags = [p.requires_grad for p in self.parameters()]
-        self.eval()
-        # Weight gradients are never needed here; skipping them halves the backward cost.
-        for p in self.parameters():
-            p.requires_grad_(False)
-        memory = reuse_freed_memory() if x.device.type == "cpu" else nullcontext()
-        try:
-            layer = self.feature_layer(x, fast_stride) if mode == "fast" else None
-            with torch.enable_grad(), excitation_backprop(self), memory, _capture_input(layer) as captured:
-                x = x.detach().requires_grad_(True)
-                crms = self.class_response_maps(x)
-                fold_batch_norms(crms)
-                crm_values = crms.detach()
-                peak_map = find_peaks(crm_values, self.win_size, self.peak_filter)
-                scores = (crm_values * peak_map).flatten(2).sum(2) / peak_map.flatten(2).sum(2).clamp(min=1)
-                scores = scores[0]
-                if peaks is None:
-                    peak_list = self._select_peaks(peak_map[0], crm_values[0], scores, class_threshold, peak_threshold, classes)
-                else:
-                    if callable(peaks):
-                        peaks = peaks(tuple(crm_values.shape[1:]))
-                    peak_list = self._check_peaks(peaks, crm_values.shape[1:]).to(crm_values.device)
-                values = crm_values[0][peak_list[:, 0], peak_list[:, 1], peak_list[:, 2]]
-                target = captured[0] if captured else x
-                prms = self._backprop_peaks(target, crms, peak_list, peak_batch_size, progress, x.shape[-2:])
-        finally:
-            for p, flag in zip(self.parameters(), grad_flags):
-                p.requires_grad_(flag)
-            for module, training in modes:
-                module.training = training
+        forward = self.forward_pass(x, mode=mode, fast_stride=fast_stride)
+        crm_values = forward.crm_values
+        peak_map = find_peaks(crm_values, self.win_size, self.peak_filter)
+        scores = (crm_values * peak_map).flatten(2).sum(2) / peak_map.flatten(2).sum(2).clamp(min=1)
+        scores = scores[0]
+        if peaks is None:
+            peak_list = self._select_peaks(peak_map[0], crm_values[0], scores, class_threshold, peak_threshold, classes)
+        else:
+            if callable(peaks):
+                peaks = peaks(tuple(crm_values.shape[1:]))
+            peak_list = self._check_peaks(peaks, crm_values.shape[1:]).to(crm_values.device)
+        values = crm_values[0][peak_list[:, 0], peak_list[:, 1], peak_list[:, 2]]
+        prms = forward.backprop(peak_list, batch_size=peak_batch_size, progress=progress)
         return PeakResponseResult(
             scores=scores.float().cpu(),
             crms=crm_values[0].float().cpu(),
@@ -197,6 +263,56 @@ class PeakResponseMapping(nn.Module):
             peak_values=values.float().cpu(),
             prms=prms.cpu(),
         )
+
+    def forward_pass(self, x: torch.Tensor, *, sub_pixel_locating_factor: Optional[int] = None,
+                     tta: bool = False, mode: str = "exact", fast_stride: int = 8) -> ForwardPass:
+        """Run the network on one image and keep its graph for peak backpropagation.
+
+        The forward pass runs with the excitation rule at every convolution, the
+        network in eval mode and its weights excluded from the graph; each
+        submodule's own mode and each weight's ``requires_grad`` are restored
+        before returning (the graph keeps what it needs).
+
+        Parameters
+        ----------
+        x : (1, 3, H, W) float tensor
+            The normalised network input.
+        sub_pixel_locating_factor, tta
+            See :meth:`class_response_maps`.
+        mode, fast_stride
+            See :meth:`peak_response_maps`; the fast mode cannot be combined with ``tta``.
+
+        Returns
+        -------
+        ForwardPass
+            Its :meth:`ForwardPass.backprop` gives the PRMs of any CRM locations.
+        """
+        if x.dim() != 4 or x.shape[0] != 1:
+            raise ValueError(f"forward_pass takes one image (1, 3, H, W); got shape {tuple(x.shape)}")
+        if mode not in PRM_MODES:
+            raise ValueError(f"mode must be one of {PRM_MODES}; got {mode!r}")
+        if mode == "fast" and tta:
+            raise ValueError("the fast mode cannot be combined with tta: it stops inside one branch")
+        # Each submodule's own mode is restored afterwards, not the wrapper's flag for all.
+        modes = [(module, module.training) for module in self.modules()]
+        grad_flags = [p.requires_grad for p in self.parameters()]
+        self.eval()
+        # Weight gradients are never needed here; skipping them halves the backward cost.
+        for p in self.parameters():
+            p.requires_grad_(False)
+        try:
+            layer = self.feature_layer(x, fast_stride) if mode == "fast" else None
+            with torch.enable_grad(), excitation_backprop(self), _capture_input(layer) as captured:
+                x = x.detach().requires_grad_(True)
+                crms = self.class_response_maps(x, sub_pixel_locating_factor=sub_pixel_locating_factor, tta=tta)
+                fold_batch_norms(crms)
+        finally:
+            for p, flag in zip(self.parameters(), grad_flags):
+                p.requires_grad_(flag)
+            for module, training in modes:
+                module.training = training
+        target = captured[0] if captured else x
+        return ForwardPass(self, x, crms, target)
 
     @staticmethod
     def _select_peaks(peak_map, crms, scores, class_threshold, peak_threshold, classes) -> torch.Tensor:
