@@ -27,7 +27,8 @@ COCO128 = shared_folder() / "data" / "coco128"
 def test_gpu_check_script_parses_and_asks_for_its_data_folder(tmp_path):
     script = REPO / "benchmarks" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
-    run = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={**os.environ, "OUT": str(tmp_path)})
+    run = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                         env={**os.environ, "OUT": str(tmp_path)})
     assert run.returncode == 2
     assert "usage" in run.stderr and "DATA_DIR" in run.stderr
 

@@ -3,10 +3,8 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from napari_prm.model import PeakResponseMapping, build_fcn
-
 from test_peak_backprop import small_network
 
 

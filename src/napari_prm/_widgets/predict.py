@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..model.checkpoint import IMAGENET_CLASS_THRESHOLD
+from ..model.checkpoint import builtin_calibration
 from ..predict import Cancelled, predict
 from .correct import CorrectionPanel
 from .layers import add_result_layers, check_image_layer, current_plane, merge_predictions, read_plane
@@ -196,7 +196,7 @@ class PredictWidget(QWidget):
             from ..model.checkpoint import imagenet_class_names
 
             self._fill_classes(imagenet_class_names(), (choice, device), win_size=3)
-            self._show_model_threshold(IMAGENET_CLASS_THRESHOLD)
+            self._show_model_threshold(builtin_calibration()["imagenet"]["class_threshold"])
             return
         worker = create_worker(self._load_model, choice, device)
         worker.returned.connect(lambda model: self._on_model_loaded(model, (choice, device)))
