@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def default_data() -> Path:
@@ -50,19 +49,12 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-300)).numpy()
 
 
-def resize_prms(prms: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
-    """PRMs at the image's size, each renormalised to sum 1 (as ``predict`` does)."""
-    if tuple(prms.shape[-2:]) != tuple(shape):
-        prms = F.interpolate(prms[:, None], size=shape, mode="bilinear", align_corners=False)[:, 0].clamp(min=0)
-    sums = prms.flatten(1).sum(1)
-    return (prms / torch.where(sums > 0, sums, torch.ones_like(sums))[:, None, None]).numpy()
-
-
 def timed_prms(network, x, **kwargs):
     """(result, seconds per further peak, seconds of the whole call)."""
     stamps = []
     start = time.perf_counter()
-    result = network.peak_response_maps(x, progress=lambda done, total: stamps.append((done, time.perf_counter())), **kwargs)
+    result = network.peak_response_maps(
+        x, progress=lambda done, total: stamps.append((done, time.perf_counter())), **kwargs)
     total = time.perf_counter() - start
     per_peak = (stamps[-1][1] - stamps[0][1]) / (stamps[-1][0] - stamps[0][0]) if len(stamps) > 1 else float("nan")
     return result, per_peak, total
@@ -87,6 +79,7 @@ def main() -> None:
 
     from napari_prm import load_model
     from napari_prm.model import find_peaks
+    from napari_prm.predictor import resize_prms
     from napari_prm.proposals import default_proposals
     from napari_prm.retrieval import retrieve_instances
 
@@ -123,7 +116,8 @@ def main() -> None:
             exact_maps = resize_prms(exact.prms, image.shape[:2])
             classes = exact.peaks[:, 0].numpy()
             crm_np = exact.crms.numpy()
-            chosen_exact = {i.peak: i.mask for i in retrieve_instances(exact_maps, classes, crm_np, proposals, nms_threshold=None)}
+            chosen_exact = {i.peak: i.mask for i in retrieve_instances(exact_maps, classes, crm_np, proposals,
+                                                                       nms_threshold=None)}
             count_exact = len(retrieve_instances(exact_maps, classes, crm_np, proposals))
         line = f"{path.name}: {len(peaks)} peaks, exact {exact_s:.3f} s/peak"
         for stride in args.strides:
@@ -136,7 +130,8 @@ def main() -> None:
             line += f" | stride {stride}: {fast_s:.3f} s/peak, median r {np.median(r):.2f}"
             if do_retrieval:
                 fast_maps = resize_prms(fast.prms, image.shape[:2])
-                chosen_fast = {i.peak: i.mask for i in retrieve_instances(fast_maps, classes, crm_np, proposals, nms_threshold=None)}
+                chosen_fast = {i.peak: i.mask for i in retrieve_instances(fast_maps, classes, crm_np, proposals,
+                                                                          nms_threshold=None)}
                 row["instances_exact"] += count_exact
                 row["instances_fast"] += len(retrieve_instances(fast_maps, classes, crm_np, proposals))
                 for peak, mask in chosen_exact.items():
@@ -153,11 +148,13 @@ def main() -> None:
     load_end = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else "?"
 
     print()
-    print(f"Machine: {platform.machine()}, {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"Machine: {platform.machine()}, {args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; "
           f"load average {' '.join(load_start)} at the start, {' '.join(load_end)} at the end")
     print()
     print("| fast stride | PRMs | Pearson r median (IQR) | r min | exact s/peak (median) | fast s/peak (median) "
-          "| speed-up (median of per-image ratios) | same mask / IoU>=0.9 / IoU>=0.5 (no NMS) | instances with NMS, exact / fast |")
+          "| speed-up (median of per-image ratios) | same mask / IoU>=0.9 / IoU>=0.5 (no NMS) "
+          "| instances with NMS, exact / fast |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     summary = {}
     for stride, row in rows.items():

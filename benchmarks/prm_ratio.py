@@ -116,7 +116,8 @@ def main() -> None:
     med = [statistics.median(row[i] for row in rows) for i in range(5)]
     print(f"device {device}, {torch.get_num_threads()} threads, malloc tuning {'on' if tuning_enabled() else 'off'}, "
           f"mode {args.mode}{f' (stride {args.fast_stride})' if args.mode == 'fast' else ''}, "
-          f"peak batch {args.peak_batch_size or 'default'}, channels-last {'model+input' if args.channels_last else 'input' if args.channels_last_input else 'no'}, "
+          f"peak batch {args.peak_batch_size or 'default'}, "
+          f"channels-last {'model+input' if args.channels_last else 'input' if args.channels_last_input else 'no'}, "
           f"{args.size}², {len(peaks)} peaks, {args.rounds} rounds; load average {load_start} -> {loadavg()}")
     print(f"medians: plain backward {med[0]:.4f} s, 1-peak call {med[1]:.3f} s, {len(peaks)}-peak call {med[2]:.3f} s, "
           f"marginal ratio {med[3]:.2f}, all-in ratio {med[4]:.2f}")
