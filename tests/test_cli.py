@@ -326,17 +326,37 @@ def test_demo_without_display_writes_and_says_so(tmp_path, tiny48_checkpoint, ca
     assert (tmp_path / "sample1_instances.json").is_file()
 
 
-def test_demo_layers_in_napari(make_napari_viewer, small_cat, tiny48_checkpoint):
+def test_demo_layers_are_the_widgets(make_napari_viewer, qtbot, prm_config, small_cat,
+                                     tiny48_checkpoint):
+    """``napari-prm demo`` shows the layers a run of the widget makes, names and contents."""
     from napari_prm import predict
-    from napari_prm.cli import add_result_layers
+    from napari_prm.cli import show_in_viewer
 
-    prediction = predict(small_cat, load_model(tiny48_checkpoint), proposals="prm")
+    model = load_model(tiny48_checkpoint)
+    prediction = predict(small_cat, model, proposals="prm")
+    assert len(prediction.instances) > 0
+    demo_viewer = make_napari_viewer()
+    demo_widget = show_in_viewer(demo_viewer, small_cat, prediction, "cat", model, proposals="prm")
+
     viewer = make_napari_viewer()
-    image, instances, peaks = add_result_layers(viewer, small_cat, prediction, "cat")
-    labels, table = prediction.to_labels()
-    assert [layer.name for layer in viewer.layers] == ["cat", "cat instances", "cat peaks"]
-    np.testing.assert_array_equal(instances.data, labels)
-    assert list(instances.features["label"]) == list(table["label"])
-    assert instances.metadata["class_names"] == ["cat", "dog"]
-    np.testing.assert_allclose(peaks.data, prediction.peaks)
-    assert len(peaks.features) == len(prediction.peaks)
+    viewer.add_image(small_cat, name="cat")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    widget.select_model(str(tiny48_checkpoint))
+    qtbot.waitUntil(lambda: widget.classes_loaded, timeout=60_000)
+    widget.proposals.value = "prm"
+    assert widget.run() is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["cat", "cat PRMs", "cat instances", "cat peaks"]
+    assert [layer.name for layer in demo_viewer.layers] == names
+    for mine, theirs in zip(demo_viewer.layers, viewer.layers):
+        assert type(mine) is type(theirs)
+        np.testing.assert_allclose(np.asarray(mine.data), np.asarray(theirs.data), rtol=1e-5)
+        if hasattr(mine, "features"):
+            assert mine.features.equals(theirs.features), mine.name
+        assert mine.metadata == theirs.metadata and list(mine.scale) == list(theirs.scale)
+    # the demo's layers are the widget's to correct
+    instances = demo_viewer.layers["cat instances"]
+    instances.selected_label = int(instances.features["label"].iloc[0])
+    assert demo_widget.correction.delete_selected()
