@@ -82,6 +82,8 @@ def main(argv=None) -> int:
 
     def shot(name: str) -> None:
         settle(app)
+        viewer.reset_view()  # fit the image to the canvas as it is now
+        settle(app, 0.5)
         save_png(viewer.screenshot(canvas_only=False, flash=False), args.out / f"{name}.png")
 
     # 1. open an image and the widget (Layers > Segment > Peak Response Maps)
