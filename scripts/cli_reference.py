@@ -69,6 +69,14 @@ def _section(name: str, parser: argparse.ArgumentParser, summary: str) -> list[s
     return lines + [""]
 
 
+def _exit_status() -> str:
+    """The paragraph on exit statuses of ``napari_prm.cli``'s docstring, as Markdown."""
+    import napari_prm.cli
+
+    paragraph = next(p for p in napari_prm.cli.__doc__.split("\n\n") if p.startswith("Exit status"))
+    return _escape(" ".join(paragraph.split())).replace("``", "`")
+
+
 def render() -> str:
     """The page as Markdown."""
     previous = os.environ.get("COLUMNS")
@@ -91,9 +99,7 @@ def render() -> str:
             parser.format_usage().strip(),
             "```",
             "",
-            "Exit status: 0 on success; 1 when some inputs failed (`predict`: an unreadable "
-            "image; the others are still written); 2 for bad arguments or when nothing could "
-            "run; 130 when interrupted.",
+            _exit_status(),
             "",
         ]
         for name, sub in subparsers.choices.items():
