@@ -91,9 +91,11 @@ def test_the_activity_dock_cancel_button_stops_a_run(make_napari_viewer, qtbot, 
 
 
 def test_training_shows_batches_in_the_activity_dock_and_cancels_there(
-        make_napari_viewer, qtbot, prm_config, tmp_path):
+        make_napari_viewer, qtbot, prm_config, tmp_path, monkeypatch):
     from skimage import data, transform
     from skimage import io as skio
+
+    from napari_prm._widgets.activity import ActivityProgress
 
     for name, image in (("cat", data.chelsea()), ("cup", data.coffee())):
         (tmp_path / "dataset" / name).mkdir(parents=True)
@@ -107,14 +109,22 @@ def test_training_shows_batches_in_the_activity_dock_and_cancels_there(
     widget._size.value = 32
     widget._device.value = "cpu"
     widget._out.value = tmp_path / "model.pt"
-    bars = []
-    widget._relay.progressed.connect(lambda report: bars.append(
-        (report.epoch, report.batch, widget.activity.bar.n, widget.activity.bar.total)))
+    shown, reports = [], []
+    update = ActivityProgress.update
+
+    def recording_update(activity, stage, done, total):
+        update(activity, stage, done, total)
+        shown.append((activity.bar.desc.rstrip(": "), activity.bar.n, activity.bar.total))
+
+    monkeypatch.setattr(ActivityProgress, "update", recording_update)
+    widget._relay.progressed.connect(reports.append)
     widget.start(epochs=2, batch_size=1)  # 4 images: 4 batches per epoch, 8 in all
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
-    assert [(n, total) for epoch, batch, n, total in bars] == [
-        ((epoch - 1) * 4 + batch, 8) for epoch, batch, _, _ in bars]
-    assert bars[-1][2:] == (8, 8) and widget.activity is None
+    assert len(shown) == len(reports) > 8
+    assert shown == [(f"Train PRM model: model.pt: epoch {r.epoch}/2", (r.epoch - 1) * 4 + r.batch, 8)
+                     for r in reports]
+    assert shown[-1][1:] == (8, 8) and widget.activity is None
+    assert not [bar for bar in progress._all_instances if "Train PRM model" in str(bar.desc)]
 
     widget._relay.progressed.connect(lambda report: widget.activity.bar.cancel())
     widget.start(epochs=2, batch_size=1, resume=None)
