@@ -23,6 +23,10 @@ class _CancelButtonProgress(cancelable_progress):
 class ActivityProgress:
     """One run's progress bar in the activity dock (create and update it on the Qt thread).
 
+    napari's bar widget processes Qt events while it redraws, so the slot that calls
+    `update` may be entered again, or see the run finish, before `update` returns; an
+    update after `close` does nothing.
+
     Parameters
     ----------
     description : str
