@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _validate as check
-from .peak_backprop import excitation_backprop
+from .cpu_memory import reuse_freed_memory
+from .peak_backprop import excitation_backprop, fold_batch_norms
 from .peak_stimulation import PeakFilter, find_peaks, peak_stimulation
 
 
@@ -41,8 +43,11 @@ class PeakResponseResult:
 
 
 def _default_peak_batch_size(device: torch.device) -> int:
-    # On the CPU one-at-a-time was as fast as batching (docs/benchmarks.md); on a GPU batches pay.
+    # On the CPU batching was slower than one peak at a time (docs/benchmarks.md); on a GPU batches pay.
     return 1 if device.type == "cpu" else 16
+
+
+PRM_MODES = ("exact", "fast")
 
 
 class PeakResponseMapping(nn.Module):
@@ -104,6 +109,8 @@ class PeakResponseMapping(nn.Module):
         classes: Optional[list[int]] = None,
         peaks: Optional[torch.Tensor] = None,
         progress: Optional[Callable[[int, int], None]] = None,
+        mode: str = "exact",
+        fast_stride: int = 8,
     ) -> PeakResponseResult:
         """Peaks and their peak response maps for one image.
 
@@ -127,6 +134,18 @@ class PeakResponseMapping(nn.Module):
             CRM shape ``(C, h, w)`` and returns the locations.
         progress : callable or None
             Called as ``progress(done, total)`` after each batch of peaks.
+        mode : {'exact', 'fast'}
+            'exact' back-propagates every peak to the input image (the paper's
+            PRMs). 'fast' stops at the feature layer of output stride
+            ``fast_stride`` (see :meth:`feature_layer`) and upsamples: the
+            positive part of the channel sum of the excitation signal there,
+            resized bilinearly to the input size and renormalised to sum 1.
+            It skips the costly high-resolution layers, so each peak is
+            cheaper, but the maps are coarser (docs/benchmarks.md measures how
+            faithful they are). When no layer reaches that stride the fast
+            mode gives the exact maps.
+        fast_stride : int
+            Output stride of the fast mode's feature layer (e.g. 4 or 8).
 
         Returns
         -------
@@ -137,16 +156,22 @@ class PeakResponseMapping(nn.Module):
         class_threshold = check.finite_float("class_threshold", class_threshold)
         peak_threshold = check.finite_float("peak_threshold", peak_threshold, optional=True)
         peak_batch_size = check.positive_int("peak_batch_size", peak_batch_size, optional=True)
-        was_training = self.training
+        if mode not in PRM_MODES:
+            raise ValueError(f"mode must be one of {PRM_MODES}; got {mode!r}")
+        # Each submodule's own mode is restored afterwards, not the wrapper's flag for all.
+        modes = [(module, module.training) for module in self.modules()]
         grad_flags = [p.requires_grad for p in self.parameters()]
         self.eval()
         # Weight gradients are never needed here; skipping them halves the backward cost.
         for p in self.parameters():
             p.requires_grad_(False)
+        memory = reuse_freed_memory() if x.device.type == "cpu" else nullcontext()
         try:
-            with torch.enable_grad(), excitation_backprop(self):
+            layer = self.feature_layer(x, fast_stride) if mode == "fast" else None
+            with torch.enable_grad(), excitation_backprop(self), memory, _capture_input(layer) as captured:
                 x = x.detach().requires_grad_(True)
                 crms = self.class_response_maps(x)
+                fold_batch_norms(crms)
                 crm_values = crms.detach()
                 peak_map = find_peaks(crm_values, self.win_size, self.peak_filter)
                 scores = (crm_values * peak_map).flatten(2).sum(2) / peak_map.flatten(2).sum(2).clamp(min=1)
@@ -158,11 +183,13 @@ class PeakResponseMapping(nn.Module):
                         peaks = peaks(tuple(crm_values.shape[1:]))
                     peak_list = self._check_peaks(peaks, crm_values.shape[1:]).to(crm_values.device)
                 values = crm_values[0][peak_list[:, 0], peak_list[:, 1], peak_list[:, 2]]
-                prms = self._backprop_peaks(x, crms, peak_list, peak_batch_size, progress)
+                target = captured[0] if captured else x
+                prms = self._backprop_peaks(target, crms, peak_list, peak_batch_size, progress, x.shape[-2:])
         finally:
             for p, flag in zip(self.parameters(), grad_flags):
                 p.requires_grad_(flag)
-            self.train(was_training)
+            for module, training in modes:
+                module.training = training
         return PeakResponseResult(
             scores=scores.float().cpu(),
             crms=crm_values[0].float().cpu(),
@@ -185,19 +212,92 @@ class PeakResponseMapping(nn.Module):
 
     @staticmethod
     def _check_peaks(peaks, crm_shape) -> torch.Tensor:
+        # Compared where the peaks are (any device); the caller moves them to the CRMs' device.
         peaks = torch.as_tensor(peaks, dtype=torch.long).reshape(-1, 3)
-        limits = torch.tensor(crm_shape)
+        limits = torch.tensor(tuple(crm_shape), dtype=torch.long, device=peaks.device)
         if ((peaks < 0) | (peaks >= limits)).any():
             raise ValueError(f"peak locations must lie within the CRM shape {tuple(crm_shape)}; got {peaks.tolist()}")
         return peaks
 
-    def _backprop_peaks(self, x, crms, peak_list, peak_batch_size, progress) -> torch.Tensor:
-        total = peak_list.shape[0]
+    def feature_layer(self, x: torch.Tensor, stride: int) -> Optional[tuple[nn.Module, int]]:
+        """Where the fast mode stops: the module whose input it back-propagates to.
+
+        A probe forward pass (no gradients; cached per input size) records the
+        output stride of every submodule of ``fcn``, rounded from the input and
+        output sizes. The fast mode's layer is the input of the last-starting
+        module call that takes the signal from a stride of at most ``stride`` to
+        a larger one: for EfficientNet-Lite0 at stride 8 the depthwise
+        convolution of the first stride-16 block, for ResNet-50 the shortcut
+        convolution of ``layer3`` (whose input is ``layer2``'s output), for VGG-16
+        the fourth max-pool.
+
+        Parameters
+        ----------
+        x : (1, 3, H, W) tensor
+            An input of the size that will be used.
+        stride : int
+            The requested output stride (>= 1).
+
+        Returns
+        -------
+        (module, call) or None
+            The module and which of its calls in one forward pass (0 for the
+            first), or None when no module goes past ``stride`` (then the fast
+            mode back-propagates to the input).
+        """
+        if int(stride) < 1:
+            raise ValueError(f"fast_stride must be >= 1; got {stride}")
         height, width = x.shape[-2:]
-        prms = torch.zeros((total, height, width), dtype=torch.float32, device=x.device)
+        cache = self.__dict__.setdefault("_feature_layers", {})
+        key = (id(self.fcn), int(height), int(width), int(stride))
+        if key in cache:
+            return cache[key]
+
+        def stride_of(tensor) -> Optional[int]:
+            if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4 or 0 in tensor.shape[-2:]:
+                return None
+            return max(round(height / tensor.shape[-2]), round(width / tensor.shape[-1]))
+
+        calls: list[list] = []  # [module, call number, input stride, output stride]
+        stack: list[list] = []
+        counts: dict[int, int] = {}
+
+        def before(module, args):
+            number = counts.get(id(module), 0)
+            counts[id(module)] = number + 1
+            call = [module, number, stride_of(args[0]) if args else None, None]
+            calls.append(call)
+            stack.append(call)
+
+        def after(module, args, output):
+            stack.pop()[3] = stride_of(output)
+
+        handles = []
+        for module in self.fcn.modules():
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after))
+        try:
+            with torch.no_grad():
+                self.fcn(x[:1])
+        finally:
+            for handle in handles:
+                handle.remove()
+        crossing = [
+            (module, number) for module, number, s_in, s_out in calls
+            if s_in is not None and s_out is not None and s_in <= stride < s_out
+        ]
+        layer = crossing[-1] if crossing else None
+        cache[key] = layer
+        return layer
+
+    def _backprop_peaks(self, target, crms, peak_list, peak_batch_size, progress, size) -> torch.Tensor:
+        """PRMs at ``size`` from the gradient reaching ``target`` (the input, or a feature layer)."""
+        total = peak_list.shape[0]
+        height, width = size
+        prms = torch.zeros((total, height, width), dtype=torch.float32, device=target.device)
         if total == 0:
             return prms
-        batch = peak_batch_size or _default_peak_batch_size(x.device)
+        batch = peak_batch_size or _default_peak_batch_size(target.device)
         peak_list = peak_list.to(crms.device)
         done = 0
         for start in range(0, total, batch):
@@ -205,14 +305,38 @@ class PeakResponseMapping(nn.Module):
             seeds = torch.zeros((len(chunk),) + tuple(crms.shape), dtype=crms.dtype, device=crms.device)
             seeds[torch.arange(len(chunk)), 0, chunk[:, 0], chunk[:, 1], chunk[:, 2]] = 1
             if len(chunk) == 1:
-                (grad,) = torch.autograd.grad(crms, x, seeds[0], retain_graph=True)
+                (grad,) = torch.autograd.grad(crms, target, seeds[0], retain_graph=True)
                 grad = grad[None]
             else:
-                (grad,) = torch.autograd.grad(crms, x, seeds, retain_graph=True, is_grads_batched=True)
+                (grad,) = torch.autograd.grad(crms, target, seeds, retain_graph=True, is_grads_batched=True)
             maps = grad[:, 0].sum(1).clamp(min=0).float()
+            if maps.shape[-2:] != (height, width):
+                maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
             sums = maps.flatten(1).sum(1)
             prms[start : start + len(chunk)] = maps / torch.where(sums > 0, sums, 1)[:, None, None]
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
         return prms
+
+
+@contextmanager
+def _capture_input(layer: Optional[tuple[nn.Module, int]]) -> Iterator[list]:
+    """Collect the input of ``layer`` = (module, call number) during the block's forward pass."""
+    captured: list = []
+    if layer is None:
+        yield captured
+        return
+    module, wanted = layer
+    calls = [0]
+
+    def hook(_, args):
+        if calls[0] == wanted:
+            captured.append(args[0])
+        calls[0] += 1
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
