@@ -16,8 +16,6 @@ same scores on the original demo's MCG proposals.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -28,8 +26,6 @@ from napari_prm.io import read_image
 from napari_prm.masks import resize_nearest
 from napari_prm.proposals import load_proposals
 
-DEMO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "prm_demo"
-needs_demo = pytest.mark.skipif(not DEMO.is_dir(), reason=f"shared demo data not found: {DEMO}")
 
 
 def _imresize_bytes(array: np.ndarray, shape: tuple[int, int], resample) -> np.ndarray:
@@ -91,12 +87,12 @@ def voc_model():
     return napari_prm.load_model("imagenet-voc")
 
 
-@needs_demo
 @pytest.mark.slow
 @pytest.mark.parametrize("sample", ["sample0", "sample1", "sample2"])
-def test_original_preset_matches_the_reference_port(voc_model, sample):
-    image = read_image(DEMO / f"{sample}.jpg")
-    proposals = load_proposals(DEMO / f"{sample}.json", image.shape[:2])
+def test_original_preset_matches_the_reference_port(voc_model, sample, shared_data):
+    demo = shared_data / "prm_demo"
+    image = read_image(demo / f"{sample}.jpg")
+    proposals = load_proposals(demo / f"{sample}.json", image.shape[:2])
     # Thresholds low enough to give several peaks on the built-in model's scale.
     predictor = napari_prm.PRMPredictor(voc_model, preset="original", proposals=proposals,
                                         class_threshold=0.0, peak_threshold=4.0)

@@ -639,29 +639,35 @@ def _run_demo(args) -> int:
     if view and not display_available():
         _say("no display available: results written, napari not opened")
     elif view:
-        _show_in_napari(image, prediction, stem)
+        _show_in_napari(image, prediction, stem, model, args.model, {
+            "proposals": args.proposals, "class_threshold": args.class_threshold,
+            "peak_threshold": args.peak_threshold})
     return 0
 
 
-def add_result_layers(viewer, image, prediction, name: str) -> list:
-    """Add the image, its instances (Labels with the instance table as features) and its
-    peaks (Points with their class) to a napari viewer; returns the new layers."""
-    labels, table = prediction.to_labels()
-    layers = [viewer.add_image(image, name=name),
-              viewer.add_labels(labels, name=f"{name} instances", features=table,
-                                metadata={"class_names": list(prediction.class_names)})]
-    if len(prediction.peaks):
-        classes = [prediction.class_names[c] for c in prediction.peak_classes]
-        layers.append(viewer.add_points(prediction.peaks, name=f"{name} peaks", size=8,
-                                        face_color="red", features={"class_name": classes}))
-    return layers
+def show_in_viewer(viewer, image, prediction, name: str, model, **settings):
+    """Add ``image`` and its ``prediction`` to a napari viewer as the plugin does.
+
+    The image becomes the layer ``name``; the "Peak Response Maps" widget is docked and
+    shows the prediction as a run of its own (``PredictWidget.show_prediction``): the same
+    layers (``<name> peaks``, ``<name> PRMs``, ``<name> instances``) with the same
+    features, and its correction tools and shortcuts work on them. ``settings`` are the
+    run's (``proposals``, ``class_threshold``, ``peak_threshold``). Returns the widget.
+    """
+    layer = viewer.add_image(image, name=name)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    widget.show_prediction(layer, prediction, model, **settings)
+    return widget
 
 
-def _show_in_napari(image, prediction, name: str) -> None:
+def _show_in_napari(image, prediction, name: str, model, model_choice: str,
+                    settings: dict) -> None:
     import napari
 
     viewer = napari.Viewer(title=f"napari-prm demo: {name}")
-    add_result_layers(viewer, image, prediction, name)
+    widget = show_in_viewer(viewer, image, prediction, name, model, **settings)
+    if Path(model_choice).is_file():  # the widget's next Run uses the demo's model too
+        widget.select_model(model_choice)
     napari.run()
 
 

@@ -413,8 +413,9 @@ def evaluate(
     dataset : LabeledImageDataset
         With instance masks (a COCO dataset). It is relabelled to the model's
         classes, which must all be among its classes.
-    proposals : see :func:`napari_prm.predict`
-        None skips instance retrieval: mAP^r and ABO are then None.
+    proposals : str, ndarray, callable or None
+        As in :func:`napari_prm.predict`. None skips instance retrieval: mAP^r and ABO
+        are then None.
     iou_thresholds : sequence of float
     class_threshold : float, optional
         Passed to ``predict``: peaks of classes scoring below it are dropped
