@@ -27,7 +27,6 @@ from napari_prm.masks import resize_nearest
 from napari_prm.proposals import load_proposals
 
 
-
 def _imresize_bytes(array: np.ndarray, shape: tuple[int, int], resample) -> np.ndarray:
     """scipy.misc.imresize: byte-scale (min..max -> 0..255), then resize the 8-bit image."""
     array = np.asarray(array, dtype=np.float64)

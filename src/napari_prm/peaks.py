@@ -136,7 +136,7 @@ def select_peaks(
     classes: Sequence[int] | None = None,
     win_size: int = 3,
     peak_filter: PeakFilter = "median",
-    candidates: Optional[tuple[np.ndarray, np.ndarray]] = None,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PeakSelection:
     """Choose the class peaks of one image.
 
