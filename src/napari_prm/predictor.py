@@ -94,6 +94,10 @@ class PredictSettings:
         ('mass') may be chosen.
     nms : {'agnostic', 'class'}
         Mask NMS across all classes (the original) or within each class.
+    rank_by : {'score', 'gain'}
+        What orders the instances and is their score: the retrieval score (the
+        original) or the PRM's mass in the mask beyond a uniform map's
+        (:func:`napari_prm.retrieval.retrieve_instances`).
     proposal_count, contour_width, size_limits, nms_threshold, bg_threshold, penalty, balance
         Retrieval parameters (:func:`napari_prm.retrieval.retrieve_instances`).
     """
@@ -112,6 +116,7 @@ class PredictSettings:
     background: str = "byte"
     contain: str | None = None
     nms: str = "agnostic"
+    rank_by: str = "score"
     proposal_count: int = 100
     contour_width: int = 5
     size_limits: tuple[float, float] = (2e-5, 0.85)
@@ -125,7 +130,8 @@ class PredictSettings:
 ORIGINAL = PredictSettings(
     preset="original", sub_pixel_locating_factor=8, class_threshold=0.0, peak_threshold=30.0,
     relative_threshold=None, suppression_radius=None, max_peaks=MAX_PEAKS, tta=False,
-    retrieval_grid="network", output_grid="network", background="byte", contain=None, nms="agnostic")
+    retrieval_grid="network", output_grid="network", background="byte", contain=None, nms="agnostic",
+    rank_by="score")
 
 DEFAULT = PredictSettings()
 
@@ -174,7 +180,8 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     check.positive_int("proposal_count", s.proposal_count)
     for name, allowed in (("prm_mode", ("exact", "fast")), ("retrieval_grid", ("network", "image")),
                           ("output_grid", ("network", "image")), ("background", ("byte", "float")),
-                          ("contain", (None, "peak", "mass")), ("nms", ("agnostic", "class"))):
+                          ("contain", (None, "peak", "mass")), ("nms", ("agnostic", "class")),
+                          ("rank_by", ("score", "gain"))):
         if getattr(s, name) not in allowed:
             raise ValueError(f"{name}: expected one of {allowed}, got {getattr(s, name)!r}")
     if s.tta and s.prm_mode == "fast":
@@ -363,6 +370,11 @@ class PRMPredictor:
     @property
     def is_image_set(self) -> bool:
         return self._forward is not None
+
+    @property
+    def cached_peak_count(self) -> int:
+        """How many peaks of the current image have their PRM cached."""
+        return len(self._prm_cache)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -625,7 +637,7 @@ class PRMPredictor:
                        proposal_count=settings.proposal_count, nms_threshold=settings.nms_threshold,
                        bg_threshold=settings.bg_threshold, penalty=settings.penalty, balance=settings.balance,
                        background=settings.background, contain=settings.contain,
-                       class_aware_nms=settings.nms == "class")
+                       class_aware_nms=settings.nms == "class", rank_by=settings.rank_by)
         masks = masks[: settings.proposal_count]
         if settings.retrieval_grid == "network":
             grid = tuple(prms_net.shape[-2:])

@@ -193,6 +193,7 @@ def retrieve_instances(
     peaks_yx: np.ndarray | None = None,
     contain: str | None = None,
     class_aware_nms: bool = False,
+    rank_by: str = "score",
 ) -> list[Instance]:
     """Choose one segment proposal per peak response map, then suppress duplicates.
 
@@ -230,6 +231,12 @@ def retrieve_instances(
         ('mass') may be chosen for it.
     class_aware_nms : bool, optional
         Suppress duplicates only within a class (the original suppresses across classes).
+    rank_by : {'score', 'gain'}, optional
+        What orders the instances (for NMS, and as ``Instance.score``): the
+        retrieval score (the original), or the PRM's gain in the chosen mask,
+        ``sum_S(R_k) - |S| / (H * W)``: the mass it holds beyond what a uniform
+        map would put there. A diffuse PRM gains little in any proposal, however
+        large, so it cannot outrank a focused one.
 
     Returns
     -------
@@ -263,6 +270,8 @@ def retrieve_instances(
             check.finite_floats(name, value if isinstance(value, Mapping) else np.ravel(value))
     if background not in ("float", "byte"):
         raise ValueError(f"background: expected 'float' or 'byte', got {background!r}")
+    if rank_by not in ("score", "gain"):
+        raise ValueError(f"rank_by: expected 'score' or 'gain', got {rank_by!r}")
     if contain not in (None, "peak", "mass"):
         raise ValueError(f"contain: expected None, 'peak' or 'mass', got {contain!r}")
     if contain == "peak":
@@ -325,6 +334,9 @@ def retrieve_instances(
         scores[~flat[:, pixels]] = -np.inf
     best = np.argmax(scores, axis=0)
     best_scores = scores[best, np.arange(n_peaks)]
+    if rank_by == "gain":
+        gains = inside_sums[best, np.arange(n_peaks)] - fraction[best]
+        best_scores = np.where(np.isfinite(best_scores), gains, -np.inf)
     candidates = [k for k in np.argsort(-best_scores, kind="stable") if np.isfinite(best_scores[k])]
 
     if class_aware_nms:
