@@ -295,9 +295,12 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
     assert at_peaks.min() > 0 and len(set(at_peaks.tolist())) == 2
 
     capsys.readouterr()
-    assert main(["demo", "--out", str(out), "--no-view", "--device", "cpu",
-                 "--class-threshold", "9.5", "--peak-threshold", "13"]) == 0
-    assert capsys.readouterr().out.startswith("top classes: Egyptian cat")
+    # With its calibrated defaults the built-in model keeps at most 3 peaks on Chelsea, all Egyptian cat.
+    assert main(["demo", "--out", str(out), "--no-view", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("top classes: Egyptian cat")
+    peaks = int(printed.split(" peaks")[0].split()[-1])
+    assert 1 <= peaks <= 3
     api = COCO(str(out / "chelsea_instances.json"))
     assert len(api.getCatIds()) == 1000
     annotations = api.loadAnns(api.getAnnIds())

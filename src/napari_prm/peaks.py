@@ -323,3 +323,51 @@ def calibrate_thresholds(
                 best = Calibration(float(class_threshold), float(peak_threshold), precision, recall, f_score,
                                    kept / len(crms), len(crms))
     return best
+
+
+def calibrate_model(model, dataset, *, beta: float = 1.0, progress=None, cancel=None, **settings) -> Calibration:
+    """Calibrate a model's class and peak thresholds on a dataset with image-level labels.
+
+    The class response maps come from :class:`napari_prm.PRMPredictor` with the
+    default preset (or ``settings``), so the thresholds fit how they will be used.
+
+    Parameters
+    ----------
+    model : PRMModel
+    dataset : LabeledImageDataset
+        Images the model was not trained on, labelled with the model's classes
+        (it is relabelled to them).
+    beta : float
+        See :func:`calibrate_thresholds`.
+    progress : callable, optional
+        ``progress(done, total)`` after each image.
+    cancel : callable, optional
+        Checked after each image; when it returns True, ``RuntimeError`` is raised.
+    **settings
+        Fields of :class:`napari_prm.PredictSettings`.
+
+    Returns
+    -------
+    Calibration
+        ``model`` is not changed: ``model.settings.update(calibration.as_settings())``
+        stores the thresholds.
+    """
+    from .predictor import PRMPredictor
+
+    dataset = dataset.with_classes(model.class_names)
+    predictor = PRMPredictor(model, proposals=None, **settings)
+    maps = []
+    for index in range(len(dataset)):
+        predictor.set_image(dataset.read_image(index))
+        maps.append(predictor.crms.copy())
+        if progress is not None:
+            progress(index + 1, len(dataset))
+        if cancel is not None and cancel():
+            raise RuntimeError("calibration cancelled")
+    factor = predictor.settings.sub_pixel_locating_factor
+    radius = predictor.settings.suppression_radius
+    network = model.network
+    return calibrate_thresholds(
+        maps, dataset.labels, beta=beta, relative_threshold=predictor.settings.relative_threshold,
+        suppression_radius=None if radius is None else radius * factor,
+        win_size=network.win_size, peak_filter=network.peak_filter)
