@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_prm.data import VOC_CLASSES, from_coco, voc_view
+from napari_prm.data import from_coco, voc_view
 from napari_prm.evaluate import evaluate
 from napari_prm.masks import decode_rle, encode_rle
 from napari_prm.predict import Prediction, predict
@@ -53,25 +53,10 @@ LOOP_SIZES = (0, 5, 10, 25)
 
 # --------------------------------------------------------------------------- the model
 def prm_model():
-    """The built-in model in the VOC label space, and the predict settings measured with it.
-
-    ``load_model("imagenet-voc")`` with its own (calibrated) settings when this napari-prm
-    has it; else the stand-in of benchmarks/train_coco128.py (classifier rows averaged over
-    the ImageNet classes of each VOC class) with the best setting issue 8 measured on it.
-    """
+    """The built-in model in the VOC label space, and the predict settings measured with it (its defaults)."""
     from napari_prm import load_model
 
-    try:
-        return load_model("imagenet-voc"), {}, "imagenet-voc"
-    except ValueError:
-        pass
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from train_coco128 import IMAGENET_SYNONYMS, imagenet_voc_model
-
-    model = imagenet_voc_model([c for c in VOC_CLASSES if c in IMAGENET_SYNONYMS], (448, 448))
-    model.network.sub_pixel_locating_factor = 8
-    model.settings["sub_pixel_locating_factor"] = 8
-    return model, {"class_threshold": 3.0, "peak_threshold": 5.0}, "imagenet, VOC rows averaged (stand-in)"
+    return load_model("imagenet-voc"), {}, "imagenet-voc (built-in, calibrated thresholds), preset 'default'"
 
 
 def load_split(split: str, class_names):

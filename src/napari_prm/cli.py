@@ -58,6 +58,12 @@ def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+def _max_peaks(name: str, value):
+    from .predictor import MAX_PEAKS_LIMIT
+
+    return None if value is None else check.integer(name, value, low=1, high=MAX_PEAKS_LIMIT)
+
+
 def _proposals_arg(value: str):
     return None if value.lower() == "none" else value
 
@@ -84,6 +90,38 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 
 DEBUG_HELP = "on an unexpected error, also print its Python traceback (default: off)"
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by predict, evaluate and demo: the preset and the settings users change most."""
+    group = parser
+    group.add_argument("--preset", choices=("default", "original"), default="default",
+                       help="'original': the official release's inference (sub-pixel factor 8, class "
+                            "threshold 0, peak threshold 30 on its CRM scale, retrieval on the network grid); "
+                            "'default': calibrated thresholds, one peak per location, full-resolution masks")
+    group.add_argument("--class-threshold", type=float, default=None,
+                       help="drop peaks of classes whose score is below this (default: the model's calibrated "
+                            "value; the original preset: 0)")
+    group.add_argument("--peak-threshold", type=float, default=None,
+                       help="drop peaks whose response is not above this (default: the model's calibrated "
+                            "value; the original preset: 30)")
+    group.add_argument("--max-peaks", type=int, default=None,
+                       help="keep at most this many peaks per image, the strongest (default: 50; at most 1000)")
+    group.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                       help="test-time augmentation: average the CRMs over a flip and scales 0.75/1/1.25 "
+                            "(about 6x the time) (default: off)")
+    group.add_argument("--prm-mode", choices=("exact", "fast"), default=None,
+                       help="'fast' back-propagates to the stride-8 features and upsamples (default: exact)")
+
+
+def _inference_settings(args) -> dict:
+    """The inference options given on the command line, as ``predict`` keywords."""
+    settings = {"preset": args.preset}
+    for name in ("class_threshold", "peak_threshold", "max_peaks", "tta", "prm_mode"):
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = value
+    return settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,11 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, type=Path, help="output folder (created)")
     _add_model_options(predict)
     predict.add_argument("--proposals", default="auto", type=_proposals_arg, help=PROPOSAL_HELP)
-    predict.add_argument("--class-threshold", type=float, default=None,
-                         help="drop peaks of classes whose score is below this (default: the model's own, "
-                         "8 for imagenet, 0 for trained checkpoints)")
-    predict.add_argument("--peak-threshold", type=float, default=None,
-                         help="drop peaks whose response is not above this (default: keep all)")
+    _add_inference_options(predict)
     predict.add_argument("--classes", action="append", default=None, metavar="NAME",
                          help="keep only peaks of this class (name or index); repeat for more "
                               "(default: all classes)")
@@ -160,8 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CRM upsampling for peak stimulation while training")
     train.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
                        help="random horizontal flips")
-    train.add_argument("--val-fraction", type=float, default=0.0,
-                       help="hold out this share of images; report classification AP per epoch")
+    train.add_argument("--val-fraction", type=float, default=0.2,
+                       help="hold out this share of images from training: classification AP per epoch, "
+                            "and the thresholds are calibrated on them at the end")
+    train.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                       help="after the last epoch, choose the class and peak thresholds on the held-out "
+                            "images (image-level labels only) and store them in the checkpoint")
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                        help="continue the run saved in CHECKPOINT, or in --out when given alone "
@@ -220,11 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help=PROPOSAL_HELP.split(", or a folder")[0])
     evaluate.add_argument("--iou-thresholds", type=float, nargs="+", default=[0.25, 0.5, 0.75],
                           metavar="IOU", help="IoU thresholds of mAP^r")
-    evaluate.add_argument("--class-threshold", type=float, default=None,
-                          help="drop peaks of classes whose score is below this (default: the model's own, "
-                          "8 for imagenet, 0 for trained checkpoints)")
+    _add_inference_options(evaluate)
     evaluate.add_argument("--max-images", type=int, default=None,
                           help="evaluate the first N images only (default: all)")
+    evaluate.add_argument("--only-labeled", action="store_true",
+                          help="evaluate only the images that show one of the model's classes")
     evaluate.add_argument("--json", type=Path, default=None,
                           help="also write the full results to this JSON file "
                                "(default: not written)")
@@ -240,11 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("napari-prm-demo"), help="output folder")
     _add_model_options(demo)
     demo.add_argument("--proposals", default="auto", type=_proposals_arg, help=PROPOSAL_HELP)
-    demo.add_argument("--class-threshold", type=float, default=None,
-                      help="drop peaks of classes whose score is below this (default: the model's own, "
-                      "8 for imagenet, 0 for trained checkpoints)")
-    demo.add_argument("--peak-threshold", type=float, default=None,
-                      help="drop peaks whose response is not above this (default: keep all)")
+    _add_inference_options(demo)
     demo.add_argument("--view", action=argparse.BooleanOptionalAction, default=None,
                       help="open napari with the results (default: when a display is available)")
     demo.set_defaults(run=_run_demo)
@@ -377,6 +411,7 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "out": check.output_folder,
         "class_threshold": _optional_finite,
         "peak_threshold": _optional_finite,
+        "max_peaks": _max_peaks,
         "peak_batch_size": _optional_positive,
         "proposals": lambda name, value: _proposal_source(name, value, folders=True),
     },
@@ -409,6 +444,8 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     "evaluate": {
         "iou_thresholds": _iou_thresholds,
         "class_threshold": _optional_finite,
+        "peak_threshold": _optional_finite,
+        "max_peaks": _max_peaks,
         "max_images": _optional_positive,
         "json": _json_out,
         "proposals": lambda name, value: _proposal_source(name, value, folders=False),
@@ -418,6 +455,7 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "out": check.output_folder,
         "class_threshold": _optional_finite,
         "peak_threshold": _optional_finite,
+        "max_peaks": _max_peaks,
         "proposals": lambda name, value: _proposal_source(name, value, folders=False),
     },
     "bench": {
@@ -544,10 +582,10 @@ def _run_predict(args) -> int:
         try:
             image = io.read_image(image_path)
             prediction = predict(
-                image, model, class_threshold=args.class_threshold,
-                peak_threshold=args.peak_threshold, classes=classes,
-                proposals=_proposals_for(args.proposals, image_path),
-                peak_batch_size=args.peak_batch_size)
+                image, model, classes=classes, proposals=_proposals_for(args.proposals, image_path),
+                peak_batch_size=args.peak_batch_size, **_inference_settings(args))
+            for note in prediction.notes:
+                _say(f"{image_path}: {note}")
             io.write_prediction(prediction, args.out, stem, prms_format=args.save_prms,
                                 overwrite=args.overwrite, image_file_name=image_path.name)
         except Exception as error:  # one bad image must not stop the batch
@@ -591,6 +629,10 @@ def _run_train(args) -> int:
 
     def progress(update) -> None:
         nonlocal bar
+        if update.stage == "calibration":
+            if update.batch == update.num_batches:
+                _say(f"calibrated the thresholds on {update.num_batches} held-out image(s)")
+            return
         if update.stage == "batch":
             if bar is None:
                 bar = tqdm(total=update.num_batches, unit="batch", disable=None,
@@ -603,9 +645,9 @@ def _run_train(args) -> int:
             bar = None
         line = (f"epoch {update.epoch}/{update.num_epochs}: loss {update.loss:.4f}, "
                 f"{update.images_per_second:.1f} images/s")
-        if update.val_ap:
-            mean_ap = sum(update.val_ap.values()) / len(update.val_ap)
-            line += f", validation mAP {100 * mean_ap:.1f}%"
+        defined = [v for v in (update.val_ap or {}).values() if v == v]  # classes with a held-out positive
+        if defined:
+            line += f", validation mAP {100 * sum(defined) / len(defined):.1f}% ({len(defined)} classes)"
         _say(line)
 
     try:
@@ -615,13 +657,18 @@ def _run_train(args) -> int:
             momentum=args.momentum, weight_decay=args.weight_decay,
             input_size=tuple(args.input_size),
             sub_pixel_locating_factor=args.sub_pixel_locating_factor, hflip=args.hflip,
-            device=args.device, seed=args.seed, val_fraction=args.val_fraction,
+            device=args.device, seed=args.seed, val_fraction=args.val_fraction, calibrate=args.calibrate,
             resume=args.resume, progress=progress, num_workers=args.num_workers)
     except ValueError as error:
         raise CommandError(str(error)) from error
     finally:
         if bar is not None:
             bar.close()
+    if result.calibration is not None:
+        c = result.calibration
+        _say(f"calibrated on {c.images} image(s): class threshold {c.class_threshold:.3g}, peak threshold "
+             f"{c.peak_threshold:.3g} (peak precision {100 * c.precision:.0f} %, classes found "
+             f"{100 * c.recall:.0f} %)")
     _say(f"checkpoint: {result.checkpoint}")
     return 0
 
@@ -699,14 +746,15 @@ def _run_evaluate(args) -> int:
 
     dataset = _load_dataset(args)
     model = _load_model(args.model, args.device)
-    total = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
+    total = int(dataset.with_classes(model.class_names).labels.any(1).sum()) if args.only_labeled else len(dataset)
+    total = total if args.max_images is None else min(args.max_images, total)
     with tqdm(total=total, desc="evaluate", unit="image", disable=None) as bar:
         try:
             results = evaluate(model, dataset, proposals=args.proposals,
-                               iou_thresholds=args.iou_thresholds,
-                               class_threshold=args.class_threshold,
-                               max_images=args.max_images,
-                               progress=lambda done, _total: bar.update(done - bar.n))
+                               iou_thresholds=args.iou_thresholds, max_images=args.max_images,
+                               only_labeled=args.only_labeled,
+                               progress=lambda done, _total: bar.update(done - bar.n),
+                               **_inference_settings(args))
         except ValueError as error:
             raise CommandError(str(error)) from error
     print(report_markdown(results), end="")
@@ -739,9 +787,7 @@ def _run_demo(args) -> int:
         stem, file_name = Path(args.image).stem, Path(args.image).name
     model = _load_model(args.model, args.device)
     try:
-        prediction = predict(image, model, proposals=args.proposals,
-                             class_threshold=args.class_threshold,
-                             peak_threshold=args.peak_threshold)
+        prediction = predict(image, model, proposals=args.proposals, **_inference_settings(args))
     except ValueError as error:
         raise CommandError(f"{args.image or file_name}: {error}") from error
     args.out.mkdir(parents=True, exist_ok=True)
@@ -757,29 +803,35 @@ def _run_demo(args) -> int:
     if view and not display_available():
         _say("no display available: results written, napari not opened")
     elif view:
-        _show_in_napari(image, prediction, stem)
+        _show_in_napari(image, prediction, stem, model, args.model, {
+            "proposals": args.proposals, "class_threshold": args.class_threshold,
+            "peak_threshold": args.peak_threshold})
     return 0
 
 
-def add_result_layers(viewer, image, prediction, name: str) -> list:
-    """Add the image, its instances (Labels with the instance table as features) and its
-    peaks (Points with their class) to a napari viewer; returns the new layers."""
-    labels, table = prediction.to_labels()
-    layers = [viewer.add_image(image, name=name),
-              viewer.add_labels(labels, name=f"{name} instances", features=table,
-                                metadata={"class_names": list(prediction.class_names)})]
-    if len(prediction.peaks):
-        classes = [prediction.class_names[c] for c in prediction.peak_classes]
-        layers.append(viewer.add_points(prediction.peaks, name=f"{name} peaks", size=8,
-                                        face_color="red", features={"class_name": classes}))
-    return layers
+def show_in_viewer(viewer, image, prediction, name: str, model, **settings):
+    """Add ``image`` and its ``prediction`` to a napari viewer as the plugin does.
+
+    The image becomes the layer ``name``; the "Peak Response Maps" widget is docked and
+    shows the prediction as a run of its own (``PredictWidget.show_prediction``): the same
+    layers (``<name> peaks``, ``<name> PRMs``, ``<name> instances``) with the same
+    features, and its correction tools and shortcuts work on them. ``settings`` are the
+    run's (``proposals``, ``class_threshold``, ``peak_threshold``). Returns the widget.
+    """
+    layer = viewer.add_image(image, name=name)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    widget.show_prediction(layer, prediction, model, **settings)
+    return widget
 
 
-def _show_in_napari(image, prediction, name: str) -> None:
+def _show_in_napari(image, prediction, name: str, model, model_choice: str,
+                    settings: dict) -> None:
     import napari
 
     viewer = napari.Viewer(title=f"napari-prm demo: {name}")
-    add_result_layers(viewer, image, prediction, name)
+    widget = show_in_viewer(viewer, image, prediction, name, model, **settings)
+    if Path(model_choice).is_file():  # the widget's next Run uses the demo's model too
+        widget.select_model(model_choice)
     napari.run()
 
 

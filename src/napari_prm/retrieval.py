@@ -6,7 +6,7 @@ Step 4 of PRM (Zhou et al., CVPR 2018).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -35,6 +35,11 @@ class Instance:
         Peak response map (summed over merged duplicates when NMS merges them).
     peak : int
         Index of the peak (row of ``Prediction.peaks``) the instance came from.
+    proposal : int
+        Index of the chosen proposal in the stack it was chosen from (-1 when unknown).
+    merged_peaks : list of int
+        Peaks whose instances NMS merged into this one (their PRMs are in ``prm``
+        when ``merge_peak_response`` was on).
     """
 
     class_index: int
@@ -42,6 +47,8 @@ class Instance:
     mask: np.ndarray
     prm: np.ndarray
     peak: int
+    proposal: int = -1
+    merged_peaks: list[int] = field(default_factory=list)
 
 
 def _per_class(value, default: float, name: str, n_classes: int) -> np.ndarray:
@@ -66,12 +73,32 @@ def _per_class(value, default: float, name: str, n_classes: int) -> np.ndarray:
     return arr
 
 
+def _byte_scaled(crm: np.ndarray) -> np.ndarray:
+    """``crm`` linearly mapped to 0..255 and rounded, as ``scipy.misc.bytescale`` did."""
+    low, high = float(crm.min()), float(crm.max())
+    scale = 255.0 / (high - low) if high > low else 1.0
+    return (np.clip((crm - low) * scale, 0, 255) + 0.5).astype(np.uint8)
+
+
 def _background_masks(
-    crms: np.ndarray, classes: np.ndarray, shape: tuple[int, int], bg_threshold: np.ndarray
+    crms: np.ndarray, classes: np.ndarray, shape: tuple[int, int], bg_threshold: np.ndarray,
+    byte_scaled: bool = False,
 ) -> np.ndarray:
-    """Per used class: CRM resized (bicubic) to ``shape``, thresholded to background."""
+    """Per used class: CRM resized (bicubic) to ``shape``, thresholded to background.
+
+    With ``byte_scaled`` the CRM is first mapped to 0..255 and rounded, resized as
+    an 8-bit image and compared with ``bg_threshold * mean`` on that scale, as the
+    original's ``scipy.misc.imresize`` made it.
+    """
     out = np.empty((len(classes),) + shape, dtype=np.float32)
     for row, class_index in enumerate(classes):
+        if byte_scaled:
+            crm = Image.fromarray(_byte_scaled(crms[class_index].astype(np.float64)))
+            if crm.size != shape[::-1]:
+                crm = crm.resize(shape[::-1], Image.Resampling.BICUBIC)
+            crm = np.asarray(crm, dtype=np.float64)
+            out[row] = crm < bg_threshold[class_index] * crm.mean()
+            continue
         crm = crms[class_index].astype(np.float32)
         if crm.shape != shape:
             # PIL's bicubic, as the original release's scipy.misc.imresize.
@@ -162,6 +189,11 @@ def retrieve_instances(
     bg_threshold: float | Sequence[float] | Mapping[int, float] = 0.95,
     penalty: float | Sequence[float] | Mapping[int, float] = 1e-5,
     balance: float | Sequence[float] | Mapping[int, float] = 0.8,
+    background: str = "float",
+    peaks_yx: np.ndarray | None = None,
+    contain: str | None = None,
+    class_aware_nms: bool = False,
+    rank_by: str = "score",
 ) -> list[Instance]:
     """Choose one segment proposal per peak response map, then suppress duplicates.
 
@@ -189,11 +221,29 @@ def retrieve_instances(
     bg_threshold, penalty, balance : float, sequence of C floats or dict, optional
         Scoring parameters, shared or per class (a dict maps class index to value;
         classes missing from it use the default).
+    background : {'float', 'byte'}, optional
+        How Q is made: from the CRM resized as floats, or byte-scaled (0..255,
+        rounded) before an 8-bit resize, as the original release did.
+    peaks_yx : (K, 2) float ndarray, optional
+        Each peak's ``(y, x)`` in the PRMs' pixels; needed by ``contain='peak'``.
+    contain : {None, 'peak', 'mass'}, optional
+        Only proposals that contain the peak ('peak') or the PRM's strongest pixel
+        ('mass') may be chosen for it.
+    class_aware_nms : bool, optional
+        Suppress duplicates only within a class (the original suppresses across classes).
+    rank_by : {'score', 'gain'}, optional
+        What orders the instances (for NMS, and as ``Instance.score``): the
+        retrieval score (the original), or the PRM's gain in the chosen mask,
+        ``sum_S(R_k) - |S| / (H * W)``: the mass it holds beyond what a uniform
+        map would put there. A diffuse PRM gains little in any proposal, however
+        large, so it cannot outrank a focused one.
 
     Returns
     -------
     instances : list of Instance
-        Sorted by score, highest first. ``Instance.peak`` is the PRM row it came from.
+        Sorted by score, highest first. ``Instance.peak`` is the PRM row it came
+        from, ``Instance.proposal`` the index of its proposal. A PRM without mass
+        (all zeros: no signal reached the image) yields no instance.
 
     Notes
     -----
@@ -218,6 +268,18 @@ def retrieve_instances(
     for name, value in (("bg_threshold", bg_threshold), ("penalty", penalty), ("balance", balance)):
         if not (isinstance(value, Mapping) and not value):
             check.finite_floats(name, value if isinstance(value, Mapping) else np.ravel(value))
+    if background not in ("float", "byte"):
+        raise ValueError(f"background: expected 'float' or 'byte', got {background!r}")
+    if rank_by not in ("score", "gain"):
+        raise ValueError(f"rank_by: expected 'score' or 'gain', got {rank_by!r}")
+    if contain not in (None, "peak", "mass"):
+        raise ValueError(f"contain: expected None, 'peak' or 'mass', got {contain!r}")
+    if contain == "peak":
+        if peaks_yx is None:
+            raise ValueError("contain='peak' needs peaks_yx, the peaks' (y, x) in the PRMs' pixels")
+        peaks_yx = check.finite_array("peaks_yx", np.asarray(peaks_yx, dtype=np.float64)).reshape(-1, 2)
+        if len(peaks_yx) != len(prms):
+            raise ValueError(f"peaks_yx: expected {len(prms)} peaks to match prms, got {len(peaks_yx)}")
     if int(contour_width) < 1:
         raise ValueError(f"contour_width: expected a positive integer, got {contour_width}")
     low, high = (float(v) for v in size_limits)
@@ -236,12 +298,12 @@ def retrieve_instances(
         return []
 
     used_classes, class_row = np.unique(peak_classes, return_inverse=True)
-    background = _background_masks(crms, used_classes, (height, width), bg_threshold)
+    background_maps = _background_masks(crms, used_classes, (height, width), bg_threshold, background == "byte")
     n_pixels = height * width
     # (pixels, maps): the PRMs then the background masks, as columns.
     maps = np.empty((n_pixels, n_peaks + len(used_classes)), dtype=np.float32)
     maps[:, :n_peaks] = prms.reshape(n_peaks, n_pixels).T
-    maps[:, n_peaks:] = background.reshape(len(used_classes), n_pixels).T
+    maps[:, n_peaks:] = background_maps.reshape(len(used_classes), n_pixels).T
 
     inside, contour = _sparse_masks(proposals, int(contour_width))
     inside_sums = inside @ maps
@@ -258,11 +320,34 @@ def retrieve_instances(
     if not allowed.any():
         return []
     scores[~allowed] = -np.inf
+    # A PRM without mass carries no evidence of where its object is (the original's
+    # 0/0 normalisation made every score NaN, so it never chose a proposal).
+    scores[:, prms.reshape(n_peaks, -1).sum(1) <= 0] = -np.inf
+    if contain is not None:
+        flat = proposals.reshape(len(proposals), -1)
+        if contain == "peak":
+            rows = np.clip(np.rint(peaks_yx[:, 0]).astype(np.int64), 0, height - 1)
+            cols = np.clip(np.rint(peaks_yx[:, 1]).astype(np.int64), 0, width - 1)
+            pixels = rows * width + cols
+        else:
+            pixels = prms.reshape(n_peaks, -1).argmax(1)
+        scores[~flat[:, pixels]] = -np.inf
     best = np.argmax(scores, axis=0)
     best_scores = scores[best, np.arange(n_peaks)]
+    if rank_by == "gain":
+        gains = inside_sums[best, np.arange(n_peaks)] - fraction[best]
+        best_scores = np.where(np.isfinite(best_scores), gains, -np.inf)
     candidates = [k for k in np.argsort(-best_scores, kind="stable") if np.isfinite(best_scores[k])]
 
-    kept = _nms([best[k] for k in candidates], proposals, nms_threshold)
+    if class_aware_nms:
+        kept = []
+        for cls in np.unique(peak_classes[candidates]) if candidates else []:
+            positions = [p for p, k in enumerate(candidates) if peak_classes[k] == cls]
+            for position, merged in _nms([best[candidates[p]] for p in positions], proposals, nms_threshold):
+                kept.append((positions[position], [positions[m] for m in merged]))
+        kept.sort(key=lambda item: item[0])
+    else:
+        kept = _nms([best[k] for k in candidates], proposals, nms_threshold)
     instances = []
     for position, merged in kept:
         k = candidates[position]
@@ -277,6 +362,8 @@ def retrieve_instances(
                 mask=proposals[best[k]].copy(),
                 prm=prm,
                 peak=int(k),
+                proposal=int(best[k]),
+                merged_peaks=[int(candidates[other]) for other in merged],
             )
         )
     return instances

@@ -15,5 +15,8 @@ module         holds
 ``export``     `ExportWidget`: the "Export instances" dock widget
 ``refine``     `RefineWidget`: the "Learn from corrections" dock widget
 ``relay``      `_Relay`: worker-thread progress to the Qt thread
+``activity``   `ActivityProgress`: a run's bar in napari's activity dock, with cancel
+``history``    `InstanceHistory`: edits as steps of the Labels layer's undo history
+``settings``   widget settings kept between sessions
 =============  ===========================================================================
 """

@@ -5,19 +5,15 @@ widgets all call it. Every file is written atomically (`atomic_write`): to a tem
 file in the target's folder, then renamed over the target, so a failed write leaves the
 previous file as it was.
 
-============================  ==========================================================
-module                        holds
-============================  ==========================================================
-``napari_prm.io.atomic``      `atomic_write`, `atomic_writes`
-``napari_prm.io.images``      ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
-                              `read_array`, `as_rgb_float` (the one RGB normaliser)
-``napari_prm.io.labels``      `write_label_image`, `read_label_image`
-``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
-                              `write_peaks_csv`
-``napari_prm.io.coco``        `labels_to_coco`, `coco_to_labels`, `write_coco_json`
-``napari_prm.io.prediction``  `export_instances`, `write_prediction`, `prediction_paths`,
-                              `write_prms`
-============================  ==========================================================
+- ``napari_prm.io.atomic``: `atomic_write`, `atomic_writes`;
+- ``napari_prm.io.images``: ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
+  `read_array`, `as_rgb_float` (the one RGB normaliser);
+- ``napari_prm.io.labels``: `write_label_image`, `read_label_image`;
+- ``napari_prm.io.tables``: instance tables; `write_instances_csv`, `read_instances_csv`,
+  `write_peaks_csv`;
+- ``napari_prm.io.coco``: `labels_to_coco`, `coco_to_labels`, `write_coco_json`;
+- ``napari_prm.io.prediction``: `export_instances`, `write_prediction`, `prediction_paths`,
+  `write_prms`.
 
 An *instance table* is a mapping of equal-length columns ``label, class_index, class_name,
 score, peak`` (a dict of arrays or napari's ``Labels.features`` DataFrame). Labels present

@@ -23,13 +23,11 @@ from ..io.atomic import atomic_write
 from ..model.checkpoint import PRMModel
 from .corrections import Correction
 from .features import StageFeatures
-from .prompts import peak_prompts
+from .prompts import PROMPT_CHANNELS, peak_prompts
 from .targets import IGNORE, correction_targets, peak_owners, pseudo_targets
 
 #: Default settings of :func:`napari_prm.refine.targets.pseudo_targets` for self-training.
 PSEUDO_DEFAULTS = {"min_relative_score": 0.5, "min_share": 0.5, "border": 1, "background_threshold": 0.25}
-#: The options of :func:`napari_prm.predict` that find the peaks of a corrected image.
-PEAK_OPTIONS = ("class_threshold", "peak_threshold")
 
 
 @dataclass
@@ -99,10 +97,24 @@ def _useful_peaks(targets: np.ndarray) -> np.ndarray:
 def _sample(features, prediction, targets: np.ndarray, prms, peak_classes, peaks_yx, weight, source, kind) -> Sample:
     grid = tuple(features[0].shape[-2:])
     useful = _useful_peaks(targets)
+    if len(useful) == 0:
+        empty = torch.zeros((0, PROMPT_CHANNELS) + grid, dtype=torch.float16)
+        return Sample(features, empty, torch.zeros((0,) + grid, dtype=torch.uint8), float(weight), source, kind)
     prompts = peak_prompts(np.asarray(prms)[useful], np.asarray(peak_classes)[useful], np.asarray(peaks_yx)[useful],
                            prediction.crms, grid)
     return Sample(features, torch.from_numpy(prompts).to(torch.float16), torch.from_numpy(targets[useful]),
                   float(weight), source, kind)
+
+
+def _predictor(model: PRMModel, predict_options: dict | None, proposals):
+    """A PRMPredictor with :func:`napari_prm.predict`'s keyword arguments (those that choose peaks and instances)."""
+    from ..predictor import PRMPredictor
+
+    options = dict(predict_options or {})
+    for name in ("proposals", "classes", "points", "device", "progress", "cancel"):
+        options.pop(name, None)
+    options.update(options.pop("retrieval", None) or {})
+    return PRMPredictor(model, proposals=proposals, **options)
 
 
 def pseudo_sample(model: PRMModel, image: np.ndarray, present: Sequence[int], stages, *,
@@ -110,11 +122,11 @@ def pseudo_sample(model: PRMModel, image: np.ndarray, present: Sequence[int], st
                   negatives: bool = True, source: str = "") -> Sample:
     """The sample of one image with image-level labels (self-training).
 
-    PRM runs once over all classes. The peaks of the present classes retrieve their
-    instances from the proposals, as ``predict(..., classes=present)`` would, and the
-    trusted ones become targets (:func:`napari_prm.refine.targets.pseudo_targets`). A
-    peak of a class the image does not show is wrong whatever it covers: with
-    ``negatives`` it learns an empty mask.
+    PRM's forward pass runs once. The peaks of the present classes retrieve their
+    instances, as ``predict(image, model, classes=present)`` does, and the trusted ones
+    become targets (:func:`napari_prm.refine.targets.pseudo_targets`). A peak of a class
+    the image does not show is wrong whatever it covers: with ``negatives`` it learns an
+    empty mask.
 
     Parameters
     ----------
@@ -124,37 +136,39 @@ def pseudo_sample(model: PRMModel, image: np.ndarray, present: Sequence[int], st
         Classes the image shows (its image-level labels).
     stages : sequence of Stage
     predict_options : dict, optional
-        Keyword arguments of :func:`napari_prm.predict`: the thresholds find the peaks,
-        ``proposals`` (default ``"default"``) and ``retrieval`` make the instances.
+        Keyword arguments of :func:`napari_prm.predict` (``proposals`` defaults to
+        ``"default"``: PRM's own retrieval, not the head's).
     target_options : dict, optional
         Passed to :func:`napari_prm.refine.targets.pseudo_targets` over :data:`PSEUDO_DEFAULTS`.
     negatives : bool
         Let peaks of absent classes learn empty masks.
     source : str
     """
-    from ..predict import predict
-    from ..proposals import make_proposals
-    from ..retrieval import retrieve_instances
-
-    options = {"proposals": "default"} | dict(predict_options or {})
     present = [int(c) for c in present]
     features = _features(model, stages, image)
     grid = tuple(features[0].shape[-2:])
-    found = predict(image, model, proposals=None, **{k: v for k, v in options.items() if k in PEAK_OPTIONS})
-    shown = np.isin(found.peak_classes, present)
-    targets = np.full((len(shown),) + grid, IGNORE, np.uint8)
-    if shown.any() and options["proposals"] is not None:
-        rows = np.flatnonzero(shown)
-        proposals = make_proposals(options["proposals"], image, prms=found.prms[rows])
-        instances = retrieve_instances(found.prms[rows], found.peak_classes[rows], found.crms, proposals,
-                                       **dict(options.get("retrieval") or {}))
-        masks = np.array([i.mask for i in instances], bool).reshape((-1,) + found.image_shape)
-        targets[rows] = pseudo_targets(masks, [i.class_index for i in instances], [i.score for i in instances],
-                                       found.prms[rows], found.peak_classes[rows], found.crms, present, grid,
-                                       **(PSEUDO_DEFAULTS | dict(target_options or {})))
-    if negatives:
-        targets[~shown] = 0
-    return _sample(features, found, targets, found.prms, found.peak_classes, found.peaks, 1.0, source, "pseudo")
+    predictor = _predictor(model, predict_options, (predict_options or {}).get("proposals", "default"))
+    predictor.set_image(image)
+    parts, targets = [], []
+    if present:
+        shown = predictor.predict(classes=present)
+        masks = np.array([i.mask for i in shown.instances], bool).reshape((-1,) + shown.image_shape)
+        targets.append(pseudo_targets(masks, [i.class_index for i in shown.instances],
+                                      [i.score for i in shown.instances], shown.prms, shown.peak_classes,
+                                      shown.crms, present, grid, **(PSEUDO_DEFAULTS | dict(target_options or {}))))
+        parts.append(shown)
+    absent = [c for c in range(model.num_classes) if c not in present]
+    if negatives and absent:
+        predictor.proposal_source = None  # their instances are wrong whatever they are: no retrieval
+        wrong = predictor.predict(classes=absent)
+        targets.append(np.zeros((len(wrong.peak_classes),) + grid, np.uint8))
+        parts.append(wrong)
+    if not parts:
+        return _sample(features, None, np.zeros((0,) + grid, np.uint8), np.zeros((0,) + image.shape[:2]), [],
+                       np.zeros((0, 2)), 1.0, source, "pseudo")
+    return _sample(features, parts[0], np.concatenate(targets), np.concatenate([p.prms for p in parts]),
+                   np.concatenate([p.peak_classes for p in parts]), np.concatenate([p.peaks for p in parts]),
+                   1.0, source, "pseudo")
 
 
 def _instance_points(correction: Correction, crms: np.ndarray, instances: Sequence[int]) -> tuple[np.ndarray, list]:
@@ -178,23 +192,22 @@ def correction_sample(model: PRMModel, correction: Correction, stages, *, predic
                       weight: float = 1.0) -> Sample:
     """The sample of one corrected image.
 
-    Its peaks are those PRM finds (with ``predict_options``' thresholds): each learns its
-    instance, or nothing for a peak on the background or on an object of another class.
-    Every instance no peak stands for gets one more peak, at its class's CRM maximum
-    inside it, so that each corrected instance is learnt.
+    Its peaks are those ``predict(image, model, **predict_options)`` finds: each learns
+    its instance, or nothing for a peak on the background or on an object of another
+    class. Every instance no peak stands for gets one more peak, at its class's CRM
+    maximum inside it, so that each corrected instance is learnt.
     """
-    from ..predict import predict
-
-    options = {k: v for k, v in (predict_options or {}).items() if k in PEAK_OPTIONS}
     features = _features(model, stages, correction.image)
-    found = predict(correction.image, model, proposals=None, **options)
+    predictor = _predictor(model, predict_options, None)
+    predictor.set_image(correction.image)
+    found = predictor.predict()
     owners, _ = peak_owners(found.prms, correction.labels)
     instances = np.setdiff1d(np.unique(correction.labels), [0])
     missing = np.setdiff1d(instances, owners)
     prms, classes, peaks = found.prms, found.peak_classes, found.peaks
     if len(missing):
         points, point_classes = _instance_points(correction, found.crms, missing)
-        added = predict(correction.image, model, proposals=None, points=(points, point_classes))
+        added = predictor.predict(points=(points, point_classes))
         prms = np.concatenate([prms, added.prms])
         classes = np.concatenate([classes, added.peak_classes])
         peaks = np.concatenate([peaks, added.peaks])
