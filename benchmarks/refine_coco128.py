@@ -6,9 +6,10 @@ Measures, from one PRM model (the built-in model in the VOC label space):
    PRM's own instances, on the coco128 val images that show a class of the model:
    mAP^r .25/.5/.75, ABO and seconds per image.
 2. ``loop``: the annotation loop, simulated: the ground-truth masks of the first N of
-   those val images (N = 0, 5, 10, 25) are given as corrections on top of self-training;
-   every head is evaluated on the same remaining images (those after the first 25).
-   Writes ``docs/images/refine_loop.png``.
+   those val images (N = 0, 5, 10, 25) are given as corrections, on top of self-training
+   and alone; every head of one order is evaluated on the same remaining images (those
+   after the first 25). ``--orders K`` repeats this for K orders of the val images (the
+   first as they come) and plots their mean and range. Writes ``docs/images/refine_loop.png``.
 3. ``dev``: design choices measured on coco128 train only (self-training on its first
    two thirds, evaluation on the last third with its ground truth), so that val is used
    for the final figures only.
@@ -22,7 +23,7 @@ Examples
 ::
 
     python benchmarks/refine_coco128.py selftrain --out out/refine
-    python benchmarks/refine_coco128.py loop --out out/refine
+    python benchmarks/refine_coco128.py loop --out out/refine --orders 3
     python benchmarks/refine_coco128.py dev --out out/refine
 """
 
@@ -191,62 +192,79 @@ def run_selftrain(args, log) -> dict:
     return report
 
 
+def loop_orders(count: int, orders: int) -> list[np.ndarray]:
+    """Orders of the val images: as they come (the issue's "first N"), then ``orders - 1`` shuffles."""
+    return [np.arange(count)] + [np.random.default_rng(seed).permutation(count) for seed in range(1, orders)]
+
+
 def run_loop(args, log) -> dict:
+    """Corrections of the first N val images (N = 0, 5, 10, 25), evaluated on the others.
+
+    The images after the first 25 are the test set of every N, so the points of a curve
+    differ by their corrections only. So few test images make single runs noisy: the
+    curve is the mean over ``--orders`` orders of the val images (the first as they come).
+    """
     model, settings, model_name = prm_model()
     train, val = load_split("train", model.class_names), load_split("val", model.class_names)
     evaluated = cached_predictions(model, val, settings, args.out / "predictions" / "val", log=log)
-    held_out = list(range(max(LOOP_SIZES), len(val)))
-    test = val.subset(held_out)
-    predictions = [evaluated[i][0] for i in held_out]
-    baseline = evaluate_instances(test, predictions, [p.instances for p in predictions])
-    rows = [row("PRM retrieval, built-in proposals (baseline)", baseline,
-                float(np.mean([evaluated[i][1] for i in held_out])))]
-    curve = []
-    for count in LOOP_SIZES:
-        corrections = corrections_of(val, range(count))
-        result, seconds = train_head(model, train, settings, cache=args.out / "samples", corrections=corrections,
-                                     log=log, epochs=args.epochs, out=args.out / f"loop_{count}.pt")
-        instances, head_seconds = head_instances_for(result.model, test, predictions)
-        results = evaluate_instances(test, predictions, instances)
-        rows.append(row(f"head, self-training + {count} corrected images", results, head_seconds))
-        curve.append({"corrected_images": count, "mAP_r_0.5": results["mAP_r"][0.5], "train_seconds": seconds})
-        log(rows[-1])
-    # What the widget does for a model without a head: the corrections alone.
-    alone = []
-    for count in LOOP_SIZES[1:]:
-        started = time.perf_counter()
-        result = refine(model, corrections=corrections_of(val, range(count)), predict_options=settings,
-                        device="cpu", epochs=args.epochs)
-        instances, head_seconds = head_instances_for(result.model, test, predictions)
-        results = evaluate_instances(test, predictions, instances)
-        rows.append(row(f"head, {count} corrected images only", results, head_seconds))
-        alone.append({"corrected_images": count, "mAP_r_0.5": results["mAP_r"][0.5],
-                      "train_seconds": time.perf_counter() - started})
-        log(rows[-1])
-    plot_loop(curve, alone, rows[0]["mAP_r"]["0.5"], len(held_out), args.figure)
-    return {"model": model_name, "settings": settings, "evaluated_on": [str(p) for p in test.image_paths],
-            "load": load_text(), "rows": rows, "curve": curve, "corrections_only": alone}
+    self_trained, _ = train_head(model, train, settings, cache=args.out / "samples", log=log, epochs=args.epochs,
+                                 out=args.out / "selftrain.pt")
+    rows, runs = [], []
+    for number, order in enumerate(loop_orders(len(val), args.orders)):
+        held_out = order[max(LOOP_SIZES):]
+        test = val.subset(held_out)
+        predictions = [evaluated[i][0] for i in held_out]
+        baseline = evaluate_instances(test, predictions, [p.instances for p in predictions])
+        run = {"order": number, "test_images": [str(p) for p in test.image_paths],
+               "baseline": baseline["mAP_r"][0.5], "with_self_training": {}, "corrections_only": {}}
+        rows.append(row(f"order {number}: PRM retrieval, built-in proposals (baseline)", baseline,
+                        float(np.mean([evaluated[i][1] for i in held_out]))))
+        for count in LOOP_SIZES:
+            for alone in (False, True):
+                if alone and count == 0:
+                    continue
+                corrections = corrections_of(val, order[:count])
+                if count == 0:
+                    head_model = self_trained.model
+                elif alone:
+                    head_model = refine(model, corrections=corrections, predict_options=settings, device="cpu",
+                                        epochs=args.epochs).model
+                else:
+                    head_model = train_head(model, train, settings, cache=args.out / "samples",
+                                            corrections=corrections, log=log, epochs=args.epochs)[0].model
+                instances, seconds = head_instances_for(head_model, test, predictions)
+                results = evaluate_instances(test, predictions, instances)
+                what = f"{count} corrected images only" if alone else f"self-training + {count} corrected images"
+                rows.append(row(f"order {number}: head, {what}", results, seconds))
+                run["corrections_only" if alone else "with_self_training"][count] = results["mAP_r"][0.5]
+                log(rows[-1])
+        runs.append(run)
+    plot_loop(runs, len(val) - max(LOOP_SIZES), args.figure)
+    return {"model": model_name, "settings": settings, "load": load_text(), "rows": rows, "runs": runs}
 
 
-def plot_loop(curve: list[dict], alone: list[dict], baseline: float, images: int, path: Path) -> None:
-    """mAP^r .5 against the number of corrected images, with the baseline as a line."""
+def plot_loop(runs: list[dict], images: int, path: Path) -> None:
+    """mAP^r .5 against the number of corrected images: the mean over the orders, their range as bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = [c["corrected_images"] for c in curve]
-    values = [100 * c["mAP_r_0.5"] for c in curve]
-    figure, axes = plt.subplots(figsize=(5, 3.4), dpi=120)
-    axes.plot(counts, values, "o-", color="#1f77b4", label="head: self-training + corrections")
-    axes.plot([c["corrected_images"] for c in alone], [100 * c["mAP_r_0.5"] for c in alone], "s--",
-              color="#ff7f0e", label="head: corrections only")
-    axes.axhline(100 * baseline, color="#7f7f7f", linestyle="--", label="PRM retrieval (baseline)")
-    axes.set_xlabel("corrected images (ground truth of the first N val images)")
+    figure, axes = plt.subplots(figsize=(5.2, 3.5), dpi=120)
+    for key, label, style, colour in (("with_self_training", "head: self-training + corrections", "o-", "#1f77b4"),
+                                      ("corrections_only", "head: corrections only", "s--", "#ff7f0e")):
+        counts = sorted({int(c) for run in runs for c in run[key]})
+        values = np.array([[100 * run[key][c] for c in counts] for run in runs])
+        mean = values.mean(0)
+        axes.errorbar(counts, mean, yerr=[mean - values.min(0), values.max(0) - mean], fmt=style, color=colour,
+                      capsize=3, label=label)
+    baselines = [100 * run["baseline"] for run in runs]
+    axes.axhline(np.mean(baselines), color="#7f7f7f", linestyle=":", label="PRM retrieval (baseline)")
+    axes.set_xlabel("corrected images (ground truth of N val images)")
     axes.set_ylabel("mAP$^r$ .5 (%)")
-    axes.set_xticks(counts)
-    axes.set_title(f"coco128 val, evaluated on the other {images} images", fontsize=9)
-    axes.legend(fontsize=8)
+    axes.set_xticks(list(LOOP_SIZES))
+    axes.set_title(f"coco128 val, {images} other images; mean and range of {len(runs)} orders", fontsize=9)
+    axes.legend(fontsize=7)
     axes.grid(alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +318,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figure", type=Path, default=FIGURE)
+    parser.add_argument("--orders", type=int, default=3, help="loop: orders of the val images averaged")
     parser.add_argument("--variants", nargs="*", default=None, help="dev: the variants to measure (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
