@@ -18,7 +18,7 @@ from napari_prm import io
 from napari_prm.cli import build_parser, collect_images, main
 from napari_prm.model import build_model, load_model, save_model
 
-COMMANDS = ("predict", "train", "evaluate", "demo", "bench")
+COMMANDS = ("predict", "train", "calibrate", "evaluate", "demo", "bench")
 OUTPUT_SUFFIXES = ("_labels.tif", "_instances.json", "_instances.csv", "_peaks.csv")
 
 
@@ -243,9 +243,25 @@ def test_train_then_evaluate_on_coco128(tmp_path, capsys, shared_data):
     assert status == 0
     errors = capsys.readouterr().err
     assert "training on 6 images, 2 classes" in errors and "epoch 1/1: loss" in errors
-    assert "validation mAP" in errors
+    assert "validation mAP" in errors and "calibrated the thresholds on 3 held-out image(s)" in errors
     model = load_model(checkpoint)
     assert model.class_names == ["person", "bear"] and model.backbone == "tiny"
+    assert model.settings["calibration"]["images"] == 3
+
+    # calibrate again, on every listed image, into a new file; the training state stays resumable
+    calibrated = tmp_path / "calibrated.pt"
+    status = main(["calibrate", str(labels_csv), "--image-dir", str(shared_data / "coco128/train2017"),
+                   "--model", str(checkpoint), "--out", str(calibrated), "--device", "cpu"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "on 6 image(s)" in printed and printed.count("class threshold") == 2  # plain and TTA
+    again = load_model(calibrated)
+    assert again.settings["calibration"]["images"] == 6 and "tta_calibration" in again.settings
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(value, again.network.state_dict()[key])
+    status = main(["calibrate", str(labels_csv), "--image-dir", str(shared_data / "coco128/train2017"),
+                   "--model", str(checkpoint), "--held-out", "--no-tta", "--device", "cpu"])
+    assert status == 0 and "on 3 image(s)" in capsys.readouterr().out
 
     report = tmp_path / "results.json"
     # the first two val images show a person and a bear

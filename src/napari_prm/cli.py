@@ -205,6 +205,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(train, device_only=True)
     train.set_defaults(run=_run_train)
 
+    calibrate = add_command(
+        "calibrate", help="choose a model's class and peak thresholds from image-level labels",
+        description="Run a model on images with image-level labels that it was not trained on, choose the "
+                    "class and peak thresholds that best separate peaks of classes an image shows from the "
+                    "others (F1), with and without test-time augmentation, and store them in the checkpoint "
+                    "(predict, evaluate and the plugin use them). 'train' does this at its end; use "
+                    "'calibrate' for checkpoints from elsewhere or after changing the data.")
+    _add_dataset_options(calibrate)
+    calibrate.add_argument("--model", required=True, help="checkpoint (.pt/.safetensors) to calibrate")
+    calibrate.add_argument("--out", type=Path, default=None,
+                           help="write the calibrated checkpoint here (default: replace --model)")
+    calibrate.add_argument("--held-out", action="store_true",
+                           help="use only the images 'train' held out of this checkpoint's training (its "
+                                "--val-fraction and --seed); otherwise every image of DATASET")
+    calibrate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                           help="also calibrate the thresholds used with --tta")
+    _add_model_options(calibrate, device_only=True)
+    calibrate.set_defaults(run=_run_calibrate)
+
     evaluate = add_command(
         "evaluate", help="the PRM paper's metrics on a dataset",
         description="Run a model over a dataset with instance masks (COCO JSON) and print "
@@ -388,6 +407,9 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
                                                                high_open=True),
         "seed": lambda name, value: check.integer(name, value, low=0, high=2**32 - 1),
         "num_workers": lambda name, value: check.integer(name, value, low=0),
+    },
+    "calibrate": {
+        "out": lambda name, value: None if value is None else check.output_file(name, value),
     },
     "evaluate": {
         "iou_thresholds": _iou_thresholds,
@@ -618,6 +640,54 @@ def _run_train(args) -> int:
              f"{c.peak_threshold:.3g} (peak precision {100 * c.precision:.0f} %, classes found "
              f"{100 * c.recall:.0f} %)")
     _say(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _run_calibrate(args) -> int:
+    from tqdm import tqdm
+
+    from .model.checkpoint import load_checkpoint, resolve_device, save_model
+    from .peaks import calibrate_model
+    from .train import TRAINING_STATE_KEY
+
+    try:
+        model, extra = load_checkpoint(args.model)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    model.to(resolve_device(args.device))
+    dataset = _load_dataset(args)
+    if args.held_out:
+        state = extra.get(TRAINING_STATE_KEY) or {}
+        config = state.get("config") or {}
+        fraction = config.get("val_fraction") or 0
+        if not fraction:
+            raise CommandError(f"{args.model} records no held-out share (it was not trained by 'train' with "
+                               "--val-fraction > 0): calibrate on images it was not trained on instead")
+        _, dataset = dataset.split(float(fraction), seed=int(config.get("seed", 0)))
+    try:
+        dataset = dataset.with_classes(model.class_names)
+    except ValueError as error:
+        raise CommandError(f"the dataset does not have the model's classes: {error}") from error
+    results = {}
+    for tta in ((False, True) if args.tta else (False,)):
+        with tqdm(total=len(dataset), desc="calibrate" + (" (TTA)" if tta else ""), unit="image",
+                  disable=None) as bar:
+            try:
+                results[tta] = calibrate_model(model, dataset, tta=tta,
+                                               progress=lambda done, _total: bar.update(done - bar.n))
+            except ValueError as error:
+                raise CommandError(f"cannot calibrate on {args.dataset}: {error}") from error
+    model.settings.update(results[False].as_settings())
+    if True in results:
+        model.settings["tta_calibration"] = results[True].as_settings()
+    out = args.out or Path(args.model)
+    save_model(model, out, extra=extra if Path(out).suffix != ".safetensors" else None)
+    for tta, c in results.items():
+        print(f"{'with TTA: ' if tta else ''}class threshold {c.class_threshold:.4g}, peak threshold "
+              f"{c.peak_threshold:.4g} on {c.images} image(s): {100 * c.precision:.0f} % of the peaks on classes "
+              f"the images show, {100 * c.recall:.0f} % of the shown classes found, {c.peaks_per_image:.1f} "
+              "peaks per image")
+    _say(f"checkpoint: {out}")
     return 0
 
 

@@ -60,7 +60,8 @@ class PredictSettings:
         original trains and infers at 8).
     class_threshold : float or None
         Keep peaks of classes whose score is at least this. None: the model's
-        calibrated value (``model.settings["class_threshold"]``), else 0.
+        calibrated value (``model.settings["class_threshold"]``, or
+        ``model.settings["tta_calibration"]["class_threshold"]`` with ``tta``), else 0.
     peak_threshold : float or None
         Keep peaks whose CRM value is above this. None: the model's calibrated
         value (``model.settings["peak_threshold"]``), else no threshold.
@@ -86,9 +87,15 @@ class PredictSettings:
     output_grid : {'network', 'image'}
         Masks as scored ('network', resized back to the image by nearest
         neighbour, as the original) or the chosen proposals at the image's size.
-    background : {'byte', 'float'}
-        How the background map Q is made from a CRM: byte-scaled then resized
-        (the original's ``scipy.misc.imresize``) or resized as floats.
+    background : {'byte', 'float', 'range'}
+        How the background map Q is made from a CRM: below ``bg_threshold``
+        times its mean after byte-scaling and resizing (the original's
+        ``scipy.misc.imresize``), the same on floats, or below ``bg_threshold``
+        of its byte-scaled range (objects that fill the image are not half
+        background). See :func:`napari_prm.retrieval.retrieve_instances`.
+    merge_contained : float or None
+        Merge an instance lying at least this much inside a higher-ranked one of
+        its class (parts of one object found from secondary peaks).
     contain : {None, 'peak', 'mass'}
         Only proposals containing the peak ('peak') or the PRM's strongest pixel
         ('mass') may be chosen.
@@ -98,7 +105,11 @@ class PredictSettings:
         What orders the instances and is their score: the retrieval score (the
         original) or the PRM's mass in the mask beyond a uniform map's
         (:func:`napari_prm.retrieval.retrieve_instances`).
-    proposal_count, contour_width, size_limits, nms_threshold, bg_threshold, penalty, balance
+    bg_threshold : float
+        The background rule's level: a fraction of the CRM's range with
+        ``background='range'`` (0.3 in the default preset), a factor of its mean
+        otherwise (0.95, the original's).
+    proposal_count, contour_width, size_limits, nms_threshold, penalty, balance
         Retrieval parameters (:func:`napari_prm.retrieval.retrieve_instances`).
     """
 
@@ -113,15 +124,16 @@ class PredictSettings:
     prm_mode: str = "exact"
     retrieval_grid: str = "network"
     output_grid: str = "image"
-    background: str = "byte"
+    background: str = "range"
     contain: str | None = None
     nms: str = "agnostic"
     rank_by: str = "score"
+    merge_contained: float | None = 0.8
     proposal_count: int = 100
     contour_width: int = 5
     size_limits: tuple[float, float] = (2e-5, 0.85)
     nms_threshold: float | None = 0.3
-    bg_threshold: float = 0.95
+    bg_threshold: float = 0.3
     penalty: float = 1e-5
     balance: float = 0.8
 
@@ -130,8 +142,8 @@ class PredictSettings:
 ORIGINAL = PredictSettings(
     preset="original", sub_pixel_locating_factor=8, class_threshold=0.0, peak_threshold=30.0,
     relative_threshold=None, suppression_radius=None, max_peaks=MAX_PEAKS, tta=False,
-    retrieval_grid="network", output_grid="network", background="byte", contain=None, nms="agnostic",
-    rank_by="score")
+    retrieval_grid="network", output_grid="network", background="byte", bg_threshold=0.95, contain=None,
+    nms="agnostic", rank_by="score", merge_contained=None)
 
 DEFAULT = PredictSettings()
 
@@ -176,10 +188,12 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     check.finite_float("peak_threshold", s.peak_threshold, optional=True)
     check.finite_float("relative_threshold", s.relative_threshold, low=0, high=1, optional=True)
     check.finite_float("suppression_radius", s.suppression_radius, low=0, optional=True)
+    check.finite_float("merge_contained", s.merge_contained, low=0, high=1, low_open=True, optional=True)
+    check.finite_float("bg_threshold", s.bg_threshold, low=0)
     check.integer("max_peaks", s.max_peaks, low=1, high=MAX_PEAKS_LIMIT)
     check.positive_int("proposal_count", s.proposal_count)
     for name, allowed in (("prm_mode", ("exact", "fast")), ("retrieval_grid", ("network", "image")),
-                          ("output_grid", ("network", "image")), ("background", ("byte", "float")),
+                          ("output_grid", ("network", "image")), ("background", ("byte", "float", "range")),
                           ("contain", (None, "peak", "mass")), ("nms", ("agnostic", "class")),
                           ("rank_by", ("score", "gain"))):
         if getattr(s, name) not in allowed:
@@ -454,6 +468,9 @@ class PRMPredictor:
 
     def _thresholds(self, settings: PredictSettings) -> tuple[float | None, float | None]:
         model_settings = self.model.settings
+        if settings.tta and isinstance(model_settings.get("tta_calibration"), dict):
+            # TTA averages six maps: its peaks are lower, and calibrated on their own.
+            model_settings = model_settings["tta_calibration"]
         class_threshold = settings.class_threshold
         peak_threshold = settings.peak_threshold
         if class_threshold is None:
@@ -658,7 +675,8 @@ class PRMPredictor:
                        proposal_count=settings.proposal_count, nms_threshold=settings.nms_threshold,
                        bg_threshold=settings.bg_threshold, penalty=settings.penalty, balance=settings.balance,
                        background=settings.background, contain=settings.contain,
-                       class_aware_nms=settings.nms == "class", rank_by=settings.rank_by)
+                       class_aware_nms=settings.nms == "class", rank_by=settings.rank_by,
+                       merge_contained=settings.merge_contained)
         masks = masks[: settings.proposal_count]
         if settings.retrieval_grid == "network":
             grid = tuple(prms_net.shape[-2:])
