@@ -23,7 +23,7 @@ from qtpy.QtCore import QTimer
 
 from .. import edit
 from .history import InstanceHistory
-from .layers import features_table, instance_features, layer_names, world_kwargs
+from .layers import features_table, instance_features, layer_names, point_defaults, world_kwargs
 from .points import PointRetrieval
 
 #: Wait this long after the last move of a point before re-doing its instance (ms).
@@ -177,10 +177,8 @@ class CorrectionPanel(PointRetrieval):
     def _on_class_choice(self, name) -> None:
         if self.peaks is None or name is None:
             return
-        self.peaks.feature_defaults = {
-            "class_name": name, "class_index": self.context.class_names.index(name),
-            "peak_value": np.nan, "class_score": np.nan, "peak": -1, "label": 0,
-        }
+        self.peaks.feature_defaults = point_defaults(self.context.class_names,
+                                                     self.context.class_names.index(name))
 
     # ------------------------------------------------------------------ selection link
     def _on_points_selected(self, event=None) -> None:
