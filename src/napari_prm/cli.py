@@ -577,6 +577,10 @@ def _run_train(args) -> int:
 
     def progress(update) -> None:
         nonlocal bar
+        if update.stage == "calibration":
+            if update.batch == update.num_batches:
+                _say(f"calibrated the thresholds on {update.num_batches} held-out image(s)")
+            return
         if update.stage == "batch":
             if bar is None:
                 bar = tqdm(total=update.num_batches, unit="batch", disable=None,
@@ -589,9 +593,9 @@ def _run_train(args) -> int:
             bar = None
         line = (f"epoch {update.epoch}/{update.num_epochs}: loss {update.loss:.4f}, "
                 f"{update.images_per_second:.1f} images/s")
-        if update.val_ap:
-            mean_ap = sum(update.val_ap.values()) / len(update.val_ap)
-            line += f", validation mAP {100 * mean_ap:.1f}%"
+        defined = [v for v in (update.val_ap or {}).values() if v == v]  # classes with a held-out positive
+        if defined:
+            line += f", validation mAP {100 * sum(defined) / len(defined):.1f}% ({len(defined)} classes)"
         _say(line)
 
     try:

@@ -358,8 +358,7 @@ def calibrate_model(model, dataset, *, beta: float = 1.0, progress=None, cancel=
     predictor = PRMPredictor(model, proposals=None, **settings)
     maps = []
     for index in range(len(dataset)):
-        predictor.set_image(dataset.read_image(index))
-        maps.append(predictor.crms.copy())
+        maps.append(predictor.class_response_maps(dataset.read_image(index)))
         if progress is not None:
             progress(index + 1, len(dataset))
         if cancel is not None and cancel():

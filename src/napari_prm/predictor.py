@@ -471,6 +471,27 @@ class PRMPredictor:
             self.timings["forward"] = time.perf_counter() - started
             report("forward", 1, 1)
 
+    def class_response_maps(self, image: np.ndarray) -> np.ndarray:
+        """(C, h, w) class response maps of ``image`` with this predictor's settings.
+
+        A plain forward pass without the graph peak backpropagation needs: cheaper
+        than :meth:`set_image` when only the maps are wanted (e.g. calibration).
+        The current image is left as it is.
+        """
+        rgb = as_rgb_float(image)
+        x = to_network_input(rgb, self.model.input_size, self.model.mean, self.model.std).to(self.model.device)
+        network = self.model.network
+        modes = [(module, module.training) for module in network.modules()]
+        network.eval()
+        try:
+            with torch.no_grad():
+                crms = network.class_response_maps(
+                    x, sub_pixel_locating_factor=self.settings.sub_pixel_locating_factor, tta=self.settings.tta)
+        finally:
+            for module, training in modes:
+                module.training = training
+        return crms[0].float().cpu().numpy()
+
     # ------------------------------------------------------------------ pieces
 
     def select_peaks(self, *, classes: Sequence[int | str] | None = None, **overrides: Any) -> PeakSelection:
