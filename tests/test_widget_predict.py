@@ -301,7 +301,7 @@ def test_builtin_model_on_the_sample_image(make_napari_viewer, qtbot, prm_config
 
 
 def test_the_model_list_offers_the_three_builtin_label_spaces(make_napari_viewer, qtbot, prm_config):
-    from napari_prm.model.checkpoint import BUILTIN_MODELS
+    from napari_prm.model.checkpoint import BUILTIN_MODELS, builtin_calibration
 
     widget = open_predict(make_napari_viewer(), qtbot)
     assert widget.model.choices[:3] == ("imagenet-voc", "imagenet-coco", "imagenet")
@@ -314,11 +314,14 @@ def test_the_model_list_offers_the_three_builtin_label_spaces(make_napari_viewer
     coco = load_model("imagenet-coco")
     assert [widget.class_list.item(i).text() for i in range(widget.class_list.count())] == coco.class_names
     assert widget.class_threshold.value == pytest.approx(coco.settings["class_threshold"])
-    widget.model.value = "imagenet"  # no calibrated peak threshold: "none"
+    widget.peak_threshold.value = 3.0  # the user's ...
+    widget.model.value = "imagenet"  # ... until another model is chosen
     qtbot.waitUntil(lambda: widget.classes_loaded, timeout=WAIT_MS)
     assert widget.class_list.count() == 1000
-    assert widget.peak_threshold.value == widget.peak_threshold.min
-    assert widget.peak_control.describe() == "none" and widget._settings()["peak_threshold"] is None
+    imagenet = builtin_calibration()["imagenet"]
+    assert widget.class_threshold.value == pytest.approx(imagenet["class_threshold"])
+    assert widget.peak_threshold.value == pytest.approx(imagenet["peak_threshold"])
+    assert widget._settings()["peak_threshold"] is None
 
 
 def forward_counter(model):
@@ -335,8 +338,9 @@ def test_a_second_run_and_rethreshold_reuse_the_forward_pass(
     model = widget.models.get(str(tiny_checkpoint.resolve()), "cpu")
     forwards, hook = forward_counter(model)
     try:
+        assert widget.peak_control.describe() == "none"  # the tiny model has no calibrated one
         assert not widget.rethreshold_button.isEnabled()  # nothing run yet
-        widget.peak_threshold.value = five = peak_threshold_for(small_cat, tiny_checkpoint, 5)
+        widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 5)
         run_and_wait(widget, qtbot)
         assert len(forwards) == 1 and widget.last_forward_passes == 1
         assert widget.rethreshold_button.isEnabled()

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from napari.utils.progress import progress
 
-from napari_prm.model.checkpoint import builtin_calibration
-
 from napari_prm._widgets.predict import WidgetSettings, upgrade_saved_settings
 from napari_prm._widgets.settings import load_settings, settings_path
+from napari_prm.model.checkpoint import builtin_calibration
 from test_widget_predict import open_predict, run_and_wait
 
 
