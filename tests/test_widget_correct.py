@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from napari_prm.predict import image_to_crm
-
 from test_widget_predict import WAIT_MS, forward_counter, open_predict, peak_threshold_for, run_and_wait
 
 
@@ -162,3 +161,31 @@ def test_adding_many_points_can_be_cancelled(make_napari_viewer, qtbot, prm_conf
     assert "Cancelled" in widget.last_message
     assert 2 < predictor.cached_peak_count < 2 + len(grid)
     assert (peaks.features["label"].iloc[2:] == 0).all()
+
+
+def test_points_added_one_after_another_get_their_own_peaks(make_napari_viewer, qtbot, prm_config,
+                                                           tiny_checkpoint, small_cat):
+    """Setting the peaks' features resets napari's defaults for new points: the panel puts
+    the chosen class's defaults back, so each click is a new peak (not a copy of the last)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    candidates = np.zeros(small_cat.shape[:2], np.uint16)
+    candidates[10:50, 10:60] = 1
+    candidates[55:95, 80:140] = 2
+    viewer.add_labels(candidates, name="candidates")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = viewer.layers["candidates"]
+    widget.peak_threshold.value = 9999.0  # no peaks of its own
+    run_and_wait(widget, qtbot)
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    widget.correction.class_choice.value = "bird"
+    for count, yx in enumerate(([30.0, 35.0], [75.0, 110.0]), start=1):
+        peaks.add([yx])
+        qtbot.waitUntil(lambda count=count: not widget.running and len(instances.features) == count,
+                        timeout=WAIT_MS)
+    assert peaks.features["peak"].tolist() == [0, 1]
+    assert peaks.features["class_name"].tolist() == ["bird", "bird"]
+    first, second = peaks.features["label"].tolist()
+    assert np.array_equal(instances.data == first, candidates == 1)
+    assert np.array_equal(instances.data == second, candidates == 2)
+    assert peaks.feature_defaults["peak"].iloc[0] == -1

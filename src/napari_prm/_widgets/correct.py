@@ -174,6 +174,12 @@ class CorrectionPanel(PointRetrieval):
     def _say(self, message: str, kind: str = "info") -> None:
         self.owner._say(message, kind)
 
+    def _set_point_features(self, features) -> None:
+        """Replace the peaks' features, keeping the chosen class as new points' defaults
+        (napari resets a layer's feature defaults whenever its features are set)."""
+        self.peaks.features = features
+        self._on_class_choice(self.class_choice.value)
+
     def _on_class_choice(self, name) -> None:
         if self.peaks is None or name is None:
             return
@@ -239,7 +245,7 @@ class CorrectionPanel(PointRetrieval):
                 point_labels[point_labels == old] = new
             point_labels[~np.isin(point_labels, table["label"])] = 0
             features["label"] = point_labels
-            self.peaks.features = features
+            self._set_point_features(features)
 
     def _selected(self) -> int | None:
         if self.instances is None:
@@ -282,7 +288,7 @@ class CorrectionPanel(PointRetrieval):
             rows = features["label"].to_numpy() == label
             features.loc[rows, "class_name"] = class_name
             features.loc[rows, "class_index"] = index
-            self.peaks.features = features
+            self._set_point_features(features)
             self.peaks.face_color = "class_name"
         return True
 
@@ -400,7 +406,7 @@ class CorrectionPanel(PointRetrieval):
         changed = not features.equals(self.peaks.features)
         with self.quiet():
             if changed:
-                self.peaks.features = features
+                self._set_point_features(features)
                 self.peaks.face_color = "class_name"
 
     # ------------------------------------------------------------------ review

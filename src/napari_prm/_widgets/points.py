@@ -44,7 +44,7 @@ class PointRetrieval:
                 features.loc[features.index[new_rows], "peak"] = np.arange(
                     next_id, next_id + len(new_rows))
                 features.loc[features.index[new_rows], "label"] = 0
-                self.peaks.features = features
+                self._set_point_features(features)
         positions = self._point_positions()
         changed = {p for p, where in positions.items() if self._positions.get(p) != where}
         self._positions = positions
@@ -169,7 +169,7 @@ class PointRetrieval:
                 with self.quiet():
                     features = self.peaks.features.copy()
                     features.loc[features.index[rows[0]], "label"] = int(table["label"][-1])
-                    self.peaks.features = features
+                    self._set_point_features(features)
         self._write(labels, table)
         self._on_points_selected()  # a selected new point now has an instance to select
         with self.quiet():
@@ -190,7 +190,7 @@ class PointRetrieval:
             features.loc[index, "peak_value"] = float(prediction.peak_values[k])
             for column in RUNNER_UP_COLUMNS:
                 features.loc[index, column] = np.nan if column.endswith("_value") else ""
-            self.peaks.features = features
+            self._set_point_features(features)
 
     def _store_prm(self, peak_id: int, prm: np.ndarray, plane: tuple) -> None:
         context = self.context
