@@ -179,12 +179,12 @@ class PredictorKey:
 
 
 class PredictorCache:
-    """`napari_prm.PRMPredictor` s of the images run last, so that an image is computed once.
+    """The `napari_prm.PRMPredictor` of each image plane run last: each is computed once.
 
-    A least-recently-used cache of ``size`` predictors (each keeps an image's autograd
-    graph and its PRMs: hundreds of MB for the built-in model). A run on an image already
-    set only re-selects peaks and re-retrieves instances; adding a point costs one
-    backward pass. Safe to use from worker threads.
+    A least-recently-used cache of ``size`` predictors; each keeps an image's autograd
+    graph, proposals and PRMs (about 400 MiB for the built-in model on a 512×512 image).
+    A run on an image already set only re-selects peaks and re-retrieves instances;
+    adding a point costs one backward pass. Safe to use from worker threads.
 
     Parameters
     ----------
@@ -192,7 +192,7 @@ class PredictorCache:
         Most predictors kept.
     """
 
-    def __init__(self, size: int = 4):
+    def __init__(self, size: int = 3):
         self.size = int(size)
         self._lock = threading.Lock()
         self._predictors: OrderedDict[PredictorKey, object] = OrderedDict()
