@@ -349,14 +349,21 @@ def test_demo_without_display_writes_and_says_so(tmp_path, tiny48_checkpoint, ca
 def test_demo_layers_are_the_widgets(make_napari_viewer, qtbot, prm_config, small_cat,
                                      tiny48_checkpoint):
     """``napari-prm demo`` shows the layers a run of the widget makes, names and contents."""
-    from napari_prm import predict
+    from napari_prm import PRMPredictor
     from napari_prm.cli import show_in_viewer
 
     model = load_model(tiny48_checkpoint)
-    prediction = predict(small_cat, model, proposals="prm")
+    predictor = PRMPredictor(model, proposals="prm")  # as the demo makes it
+    predictor.set_image(small_cat)
+    prediction = predictor.predict()
     assert len(prediction.instances) > 0
     demo_viewer = make_napari_viewer()
-    demo_widget = show_in_viewer(demo_viewer, small_cat, prediction, "cat", model, proposals="prm")
+    demo_widget = show_in_viewer(demo_viewer, small_cat, prediction, "cat", model, predictor=predictor,
+                                 model_choice=str(tiny48_checkpoint), proposals="prm")
+    # the demo's forward pass serves the widget: Re-threshold works at once
+    qtbot.waitUntil(lambda: demo_widget.classes_loaded, timeout=60_000)
+    assert demo_widget.model.value == str(tiny48_checkpoint.resolve())
+    assert demo_widget.rethreshold_button.isEnabled()
 
     viewer = make_napari_viewer()
     viewer.add_image(small_cat, name="cat")

@@ -725,7 +725,7 @@ def display_available() -> bool:
 
 def _run_demo(args) -> int:
     from . import io
-    from .predict import predict
+    from .predictor import PRMPredictor
 
     if args.image is None:
         from skimage import data
@@ -739,7 +739,11 @@ def _run_demo(args) -> int:
         stem, file_name = Path(args.image).stem, Path(args.image).name
     model = _load_model(args.model, args.device)
     try:
-        prediction = predict(image, model, proposals=args.proposals, **_inference_settings(args))
+        # the predictor keeps the image's forward pass: clicks in napari then cost one
+        # backward pass each, and the widget's Re-threshold no forward pass
+        predictor = PRMPredictor(model, proposals=args.proposals, **_inference_settings(args))
+        predictor.set_image(image)
+        prediction = predictor.predict()
     except ValueError as error:
         raise CommandError(f"{args.image or file_name}: {error}") from error
     args.out.mkdir(parents=True, exist_ok=True)
@@ -755,35 +759,38 @@ def _run_demo(args) -> int:
     if view and not display_available():
         _say("no display available: results written, napari not opened")
     elif view:
-        _show_in_napari(image, prediction, stem, model, args.model, {
+        _show_in_napari(image, prediction, stem, model, args.model, predictor, {
             "proposals": args.proposals, "class_threshold": args.class_threshold,
             "peak_threshold": args.peak_threshold})
     return 0
 
 
-def show_in_viewer(viewer, image, prediction, name: str, model, **settings):
+def show_in_viewer(viewer, image, prediction, name: str, model, *, predictor=None,
+                   model_choice: str | None = None, **settings):
     """Add ``image`` and its ``prediction`` to a napari viewer as the plugin does.
 
     The image becomes the layer ``name``; the "Peak Response Maps" widget is docked and
     shows the prediction as a run of its own (``PredictWidget.show_prediction``): the same
     layers (``<name> peaks``, ``<name> PRMs``, ``<name> instances``) with the same
-    features, and its correction tools and shortcuts work on them. ``settings`` are the
-    run's (``proposals``, ``class_threshold``, ``peak_threshold``). Returns the widget.
+    features, and its correction tools and shortcuts work on them. ``predictor`` (the
+    ``PRMPredictor`` that made the prediction) and ``model_choice`` (the model's built-in
+    name or checkpoint path) let the widget reuse the image's forward pass. ``settings``
+    are the run's (``proposals``, ``class_threshold``, ``peak_threshold``). Returns the widget.
     """
     layer = viewer.add_image(image, name=name)
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
-    widget.show_prediction(layer, prediction, model, **settings)
+    widget.show_prediction(layer, prediction, model, predictor=predictor, model_choice=model_choice,
+                           **settings)
     return widget
 
 
-def _show_in_napari(image, prediction, name: str, model, model_choice: str,
+def _show_in_napari(image, prediction, name: str, model, model_choice: str, predictor,
                     settings: dict) -> None:
     import napari
 
     viewer = napari.Viewer(title=f"napari-prm demo: {name}")
-    widget = show_in_viewer(viewer, image, prediction, name, model, **settings)
-    if Path(model_choice).is_file():  # the widget's next Run uses the demo's model too
-        widget.select_model(model_choice)
+    show_in_viewer(viewer, image, prediction, name, model, predictor=predictor,
+                   model_choice=model_choice, **settings)
     napari.run()
 
 

@@ -13,9 +13,10 @@ it, so only new peaks cost a backward pass.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -27,7 +28,7 @@ from . import _validate as check
 from .io.images import as_rgb_float
 from .model.checkpoint import PRMModel, load_model, resolve_device
 from .model.transforms import to_network_input
-from .peaks import MAX_PEAKS, PeakSelection, class_scores, select_peaks
+from .peaks import MAX_PEAKS, PeakSelection, class_scores, peak_candidates, select_peaks
 from .retrieval import Instance
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -201,6 +202,34 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     if s.tta and s.prm_mode == "fast":
         raise ValueError("tta and prm_mode='fast' cannot be combined: the fast mode stops inside one branch")
     return s
+
+
+def resolve_thresholds(settings: PredictSettings, model_settings: Mapping[str, Any]) -> tuple[float, float | None]:
+    """The class and peak thresholds ``settings`` select peaks with, for a model.
+
+    Parameters
+    ----------
+    settings : PredictSettings
+    model_settings : mapping
+        A model's ``settings`` (its calibrated ``class_threshold`` and ``peak_threshold``, if any;
+        with ``settings.tta``, those of its ``tta_calibration``).
+
+    Returns
+    -------
+    class_threshold : float
+        The setting, else the model's calibrated value, else 0.
+    peak_threshold : float or None
+        The setting, else the model's calibrated value, else None (no peak threshold).
+    """
+    if settings.tta and isinstance(model_settings.get("tta_calibration"), Mapping):
+        # TTA averages six maps: its peaks are lower, and calibrated on their own.
+        model_settings = model_settings["tta_calibration"]
+    class_threshold, peak_threshold = settings.class_threshold, settings.peak_threshold
+    if class_threshold is None:
+        class_threshold = float(model_settings.get("class_threshold", 0.0))
+    if peak_threshold is None and model_settings.get("peak_threshold") is not None:
+        peak_threshold = float(model_settings["peak_threshold"])
+    return class_threshold, peak_threshold
 
 
 @dataclass
@@ -379,7 +408,24 @@ class PRMPredictor:
         self._proposals: np.ndarray | None = None
         self._crms = None
         self._scores = None
+        self._candidates: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.timings: dict[str, float] = {}
+
+    def set_proposals(self, proposals: Any) -> None:
+        """Use another proposal source from now on (see the ``proposals`` parameter).
+
+        The current image's proposals are computed again when next needed, unless
+        ``proposals`` is the source already in use (the same object, or an equal name
+        or path); the forward pass and the cached PRMs are kept.
+        """
+        with self._lock:
+            current = self.proposal_source
+            same_name = (isinstance(proposals, (str, os.PathLike)) and type(proposals) is type(current)
+                         and proposals == current)
+            if proposals is current or same_name:
+                return
+            self.proposal_source = proposals
+            self._proposals = None
 
     @property
     def is_image_set(self) -> bool:
@@ -466,19 +512,6 @@ class PRMPredictor:
 
     # ------------------------------------------------------------------ pieces
 
-    def _thresholds(self, settings: PredictSettings) -> tuple[float | None, float | None]:
-        model_settings = self.model.settings
-        if settings.tta and isinstance(model_settings.get("tta_calibration"), dict):
-            # TTA averages six maps: its peaks are lower, and calibrated on their own.
-            model_settings = model_settings["tta_calibration"]
-        class_threshold = settings.class_threshold
-        peak_threshold = settings.peak_threshold
-        if class_threshold is None:
-            class_threshold = float(model_settings.get("class_threshold", 0.0))
-        if peak_threshold is None and model_settings.get("peak_threshold") is not None:
-            peak_threshold = float(model_settings["peak_threshold"])
-        return class_threshold, peak_threshold
-
     def select_peaks(self, *, classes: Sequence[int | str] | None = None, **overrides: Any) -> PeakSelection:
         """The peaks the settings keep in the current image (no backward pass).
 
@@ -491,16 +524,24 @@ class PRMPredictor:
         """
         self._require_image()
         settings = self._settings_with(overrides)
-        class_threshold, peak_threshold = self._thresholds(settings)
+        class_threshold, peak_threshold = resolve_thresholds(settings, self.model.settings)
         radius = settings.suppression_radius
         if radius is not None:
             radius = radius * settings.sub_pixel_locating_factor
         net = self.model.network
+        # Finding every local maximum is most of the work and depends only on the window:
+        # re-thresholding the same image reuses it.
+        window = (net.win_size, net.peak_filter)
+        with self._lock:
+            if window not in self._candidates:
+                self._candidates[window] = peak_candidates(self._crms, win_size=net.win_size,
+                                                           peak_filter=net.peak_filter)
+            candidates = self._candidates[window]
         return select_peaks(
             self._crms, scores=self._scores, class_threshold=class_threshold, peak_threshold=peak_threshold,
             relative_threshold=settings.relative_threshold, suppression_radius=radius,
             max_peaks=settings.max_peaks, classes=class_indices(classes, self.model.class_names),
-            win_size=net.win_size, peak_filter=net.peak_filter)
+            win_size=net.win_size, peak_filter=net.peak_filter, candidates=candidates)
 
     def _settings_with(self, overrides: dict) -> PredictSettings:
         unknown = sorted(set(overrides) - set(SETTING_NAMES))
