@@ -158,7 +158,8 @@ def test_training_shows_batches_in_the_activity_dock_and_cancels_there(
     monkeypatch.setattr(ActivityProgress, "update", recording_update)
     monkeypatch.setattr(ActivityProgress, "close", recording_close)
     widget._relay.progressed.connect(reports.append)
-    widget.start(epochs=2, batch_size=1)  # 4 images: 4 batches per epoch, 8 in all
+    # 4 images, none held out, no calibration: 4 batches per epoch, 8 in all
+    widget.start(epochs=2, batch_size=1, val_fraction=0.0, calibrate=False)
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert len(reports) > 8
     assert sorted(calls) == sorted((f"epoch {r.epoch}/2", (r.epoch - 1) * 4 + r.batch, 8)
@@ -167,7 +168,7 @@ def test_training_shows_batches_in_the_activity_dock_and_cancels_there(
     assert not [bar for bar in progress._all_instances if "Train PRM model" in str(bar.desc)]
 
     widget._relay.progressed.connect(lambda report: widget.activity.bar.cancel())
-    widget.start(epochs=2, batch_size=1, resume=None)
+    widget.start(epochs=2, batch_size=1, resume=None, val_fraction=0.0, calibrate=False)
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert widget.result.cancelled or widget.result.checkpoint is None, widget.last_message
     assert "Cancelled" in widget.last_message

@@ -238,9 +238,13 @@ class PredictForm:
     def _on_model_loaded(self, model, key) -> None:
         if self._loading == key:
             self._loading = None
+        try:
+            current = (self.model.value, self.device.value)
+        except RuntimeError:  # the widget was closed while the model loaded
+            return
         if isinstance(model, str):
             self._say(model, "error")
-        elif key == (self.model.value, self.device.value) != self._loaded_classes_for:
+        elif key == current != self._loaded_classes_for:
             self._fill_classes(model.class_names, key, win_size=model.network.win_size)
             # a newly chosen model: runs use its calibrated thresholds again (unless
             # restored settings hold the user's)
