@@ -409,6 +409,7 @@ class PRMPredictor:
         self._crms = None
         self._scores = None
         self._candidates: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._prepared_source = self._prepared_key = self._prepared_masks = None
         self.timings: dict[str, float] = {}
 
     def set_proposals(self, proposals: Any) -> None:
@@ -721,7 +722,7 @@ class PRMPredictor:
         masks = masks[: settings.proposal_count]
         if settings.retrieval_grid == "network":
             grid = tuple(prms_net.shape[-2:])
-            grid_masks = resize_nearest(masks, grid)
+            grid_masks = self._prepared(masks, grid, settings.contour_width)
             peaks_grid = crm_to_image(prediction.peaks_crm[:, 1:], self._crms.shape[1:], grid,
                                       settings.sub_pixel_locating_factor)
             instances = retrieve_instances(prms_net.numpy(), prediction.peak_classes, self._crms, grid_masks,
@@ -736,8 +737,24 @@ class PRMPredictor:
                 else:
                     instance.mask = resize_nearest(instance.mask[None], image_shape)[0]
             return instances
-        return retrieve_instances(prediction.prms, prediction.peak_classes, self._crms, masks,
+        return retrieve_instances(prediction.prms, prediction.peak_classes, self._crms,
+                                  self._prepared(masks, None, settings.contour_width),
                                   peaks_yx=prediction.peaks, **options)
+
+    def _prepared(self, masks: np.ndarray, grid: tuple[int, int] | None, contour_width: int):
+        """``masks`` (resized to ``grid``) with their sparse masks and contours, kept per image."""
+        from .masks import resize_nearest
+        from .retrieval import prepare_proposals
+
+        source = masks.base if masks.base is not None else masks
+        key = (len(masks), grid, contour_width)
+        with self._lock:
+            # the source stack is held, so "is" cannot match a new stack at a recycled address
+            if self._prepared_source is not source or self._prepared_key != key:
+                stack = masks if grid is None else resize_nearest(masks, grid)
+                self._prepared_masks = prepare_proposals(stack, contour_width)
+                self._prepared_source, self._prepared_key = source, key
+            return self._prepared_masks
 
 
 def _check_cancel(cancel: Callable[[], bool] | None) -> None:

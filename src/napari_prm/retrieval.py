@@ -16,7 +16,7 @@ from scipy import sparse
 from . import _validate as check
 from .masks import greedy_mask_nms
 
-__all__ = ["Instance", "retrieve_instances", "instances_to_labels"]
+__all__ = ["Instance", "ProposalMasks", "prepare_proposals", "retrieve_instances", "instances_to_labels"]
 
 
 @dataclass
@@ -49,6 +49,49 @@ class Instance:
     peak: int
     proposal: int = -1
     merged_peaks: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ProposalMasks:
+    """Proposals with what scoring needs, computed once per image (see :func:`prepare_proposals`).
+
+    Attributes
+    ----------
+    masks : (N, H, W) bool ndarray
+    inside, contour : (N, H * W) sparse arrays
+        Each proposal's pixels and its contour band, as 0/1 rows.
+    contour_width : int
+    """
+
+    masks: np.ndarray
+    inside: sparse.csr_array
+    contour: sparse.csr_array
+    contour_width: int
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+
+def prepare_proposals(proposals: np.ndarray, contour_width: int = 5) -> ProposalMasks:
+    """Precompute the sparse masks and contour bands of a proposal stack.
+
+    Pass the result to :func:`retrieve_instances` as ``proposals`` to score the same
+    proposals many times (other thresholds, an added peak) without recomputing them.
+
+    Parameters
+    ----------
+    proposals : (N, H, W) bool ndarray
+        Already cut to the proposals retrieval will use.
+    contour_width : int
+        As :func:`retrieve_instances`'s.
+    """
+    proposals = np.asarray(proposals)
+    if proposals.ndim != 3:
+        raise ValueError(f"proposals: expected an (N, H, W) mask stack, got shape {proposals.shape}")
+    masks = proposals if proposals.dtype == bool else proposals != 0
+    contour_width = check.positive_int("contour_width", contour_width)
+    inside, contour = _sparse_masks(masks, contour_width)
+    return ProposalMasks(masks, inside, contour, contour_width)
 
 
 def _per_class(value, default: float, name: str, n_classes: int) -> np.ndarray:
@@ -169,6 +212,11 @@ def _check_inputs(prms, peak_classes, crms, proposals):
         raise ValueError(
             f"peak_classes: expected integers in [0, {len(crms)}), got {peak_classes}"
         )
+    if isinstance(proposals, ProposalMasks):
+        if proposals.masks.shape[1:] != prms.shape[1:]:
+            raise ValueError(f"proposals: prepared for {proposals.masks.shape[1:]}, but the PRMs are "
+                             f"{prms.shape[1:]}")
+        return prms, peak_classes.astype(np.int64), crms, proposals
     proposals = np.asarray(proposals)
     if proposals.ndim != 3 or proposals.shape[1:] != prms.shape[1:]:
         raise ValueError(
@@ -209,8 +257,10 @@ def retrieve_instances(
         Class index of each peak.
     crms : (C, h, w) float ndarray
         Class response maps; resized (bicubic) to (H, W) when their size differs.
-    proposals : (N, H, W) bool ndarray
+    proposals : (N, H, W) bool ndarray or ProposalMasks
         Segment proposals ranked best first; only the first `proposal_count` are used.
+        :func:`prepare_proposals` of them saves recomputing their masks and contours
+        when the same proposals are scored again.
     contour_width : int, optional
         Side of the square whose morphological gradient gives a proposal's contour band.
     size_limits : (float, float), optional
@@ -306,9 +356,20 @@ def retrieve_instances(
     balance = _per_class(balance, 0.8, "balance", n_classes)
 
     n_peaks, height, width = prms.shape
-    proposals = proposals[: max(int(proposal_count), 0)]
-    if proposals.dtype != bool:
-        proposals = proposals != 0
+    if isinstance(proposals, ProposalMasks):
+        if proposals.contour_width != int(contour_width):
+            raise ValueError(f"proposals were prepared with contour_width {proposals.contour_width}, "
+                             f"not {contour_width}")
+        prepared = proposals
+        proposals = prepared.masks
+        if len(proposals) > max(int(proposal_count), 0):
+            prepared = None
+            proposals = proposals[: max(int(proposal_count), 0)]
+    else:
+        prepared = None
+        proposals = proposals[: max(int(proposal_count), 0)]
+        if proposals.dtype != bool:
+            proposals = proposals != 0
     if n_peaks == 0 or len(proposals) == 0:
         return []
 
@@ -320,7 +381,10 @@ def retrieve_instances(
     maps[:, :n_peaks] = prms.reshape(n_peaks, n_pixels).T
     maps[:, n_peaks:] = background_maps.reshape(len(used_classes), n_pixels).T
 
-    inside, contour = _sparse_masks(proposals, int(contour_width))
+    if prepared is not None:
+        inside, contour = prepared.inside, prepared.contour
+    else:
+        inside, contour = _sparse_masks(proposals, int(contour_width))
     inside_sums = inside @ maps
     contour_sums = (contour @ maps)[:, :n_peaks]
     scores = (
