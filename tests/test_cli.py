@@ -300,7 +300,7 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
     # the malamute peaks above 10 (27.3, 18.6, 18.3 at sub-pixel factor 8): two on one dog
     # choose the same instance and merge, one per dog remains
     assert main(["predict", str(demo / "sample4.jpg"), "--out", str(out), "--device", "cpu",
-                 "--classes", "malamute", "--peak-threshold", "10"]) == 0
+                 "--model", "imagenet", "--classes", "malamute", "--peak-threshold", "10"]) == 0
     shape = io.read_image(demo / "sample4.jpg").shape[:2]
     labels, annotations, peaks = check_outputs(out, "sample4", shape, None)
     assert len(peaks) == 3 and len(annotations) == 2
@@ -311,8 +311,8 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
     assert at_peaks.min() > 0 and len(set(at_peaks.tolist())) == 2
 
     capsys.readouterr()
-    # With its calibrated defaults the built-in model keeps at most 3 peaks on Chelsea, all Egyptian cat.
-    assert main(["demo", "--out", str(out), "--no-view", "--device", "cpu"]) == 0
+    # With its calibrated defaults the 1000-class space keeps at most 3 peaks on Chelsea, all Egyptian cat.
+    assert main(["demo", "--out", str(out), "--no-view", "--device", "cpu", "--model", "imagenet"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("top classes: Egyptian cat")
     peaks = int(printed.split(" peaks")[0].split()[-1])
@@ -322,6 +322,12 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
     annotations = api.loadAnns(api.getAnnIds())
     assert annotations
     assert {api.loadCats(a["category_id"])[0]["name"] for a in annotations} == {"Egyptian cat"}
+    # the default model is the VOC label space: Chelsea is a cat
+    assert main(["demo", "--out", str(tmp_path / "voc"), "--no-view", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("top classes: cat")
+    api = COCO(str(tmp_path / "voc" / "chelsea_instances.json"))
+    assert len(api.getCatIds()) == 19
+    assert {api.loadCats(a["category_id"])[0]["name"] for a in api.loadAnns(api.getAnnIds())} == {"cat"}
 
 
 def test_bench_prints_and_writes_a_markdown_table(tmp_path, tiny48_checkpoint, capsys):

@@ -67,9 +67,10 @@ def _proposals_arg(value: str):
 
 def _add_model_options(parser: argparse.ArgumentParser, *, device_only: bool = False) -> None:
     if not device_only:
-        parser.add_argument("--model", default="imagenet",
-                            help="'imagenet' (the built-in EfficientNet-Lite0 with the 1000 "
-                                 "ImageNet classes, offline) or a checkpoint (.pt/.safetensors)")
+        parser.add_argument("--model", default="imagenet-voc",
+                            help="a built-in model, offline: EfficientNet-Lite0 with the VOC classes ImageNet "
+                                 "covers ('imagenet-voc'), the COCO classes it covers ('imagenet-coco') or its 1000 "
+                                 "ImageNet classes ('imagenet'); or a checkpoint (.pt/.safetensors)")
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda, cuda:1, mps (default: CUDA, then "
                              "MPS, then the CPU)")
