@@ -323,6 +323,7 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
     assert annotations
     assert {api.loadCats(a["category_id"])[0]["name"] for a in annotations} == {"Egyptian cat"}
     # the default model is the VOC label space: Chelsea is a cat
+    capsys.readouterr()
     assert main(["demo", "--out", str(tmp_path / "voc"), "--no-view", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("top classes: cat")
     api = COCO(str(tmp_path / "voc" / "chelsea_instances.json"))
