@@ -45,15 +45,18 @@ def calibrate_space(name: str, split: str = "train") -> dict:
     started = time.perf_counter()
     calibration = calibrate_model(model, dataset)
     print(f"{name}: {calibration} ({time.perf_counter() - started:.0f} s)")
-    return {**calibration.as_settings(), "method": f"calibrate_thresholds on coco128 {split} "
+    with_tta = calibrate_model(model, dataset, tta=True)
+    print(f"{name} with TTA: {with_tta}")
+    return {**calibration.as_settings(), "tta_calibration": with_tta.as_settings(),
+            "method": f"calibrate_thresholds on coco128 {split} "
             f"({len(dataset)} images, image-level labels of the space's classes), F1"}
 
 
-def imagenet_thresholds() -> dict:
+def imagenet_thresholds(tta: bool = False) -> dict:
     from skimage import data
 
     model = napari_prm.load_model("imagenet")
-    predictor = napari_prm.PRMPredictor(model, proposals=None)
+    predictor = napari_prm.PRMPredictor(model, proposals=None, tta=tta)
     cases = []
     for image in (data.chelsea(), data.coffee()):
         crms = predictor.class_response_maps(image)
@@ -68,7 +71,8 @@ def imagenet_thresholds() -> dict:
                                    suppression_radius=radius))
                   for crms, scores, candidates in cases]
         if max(counts) <= 3:
-            print(f"imagenet: class {class_threshold}, peak {peak_threshold}: peaks on chelsea, coffee = {counts}")
+            print(f"imagenet{' with TTA' if tta else ''}: class {class_threshold}, peak {peak_threshold}: "
+                  f"peaks on chelsea, coffee = {counts}")
             return {"class_threshold": class_threshold, "peak_threshold": float(peak_threshold),
                     "method": "class: the highest threshold (0.5 grid) keeping the top class of skimage's chelsea "
                               "and coffee; peak: the lowest (0.5 grid) leaving each at most 3 peaks",
@@ -82,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     if not COCO128.is_dir():
         raise SystemExit(f"coco128 not found at {COCO128}")
-    spaces = {"imagenet": imagenet_thresholds()}
+    spaces = {"imagenet": {**imagenet_thresholds(), "tta_calibration": imagenet_thresholds(tta=True)}}
     for name in ("imagenet-voc", "imagenet-coco"):
         spaces[name] = calibrate_space(name)
     document = {"written_by": "python benchmarks/calibrate_builtin.py --write", "spaces": spaces}

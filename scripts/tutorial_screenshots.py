@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
     wait(app, lambda: widget.classes_loaded, args.timeout, "loading the built-in model")
     widget.restore_defaults()
+    widget.select_model("imagenet")  # the folder's espresso and shuttle are ImageNet classes
+    wait(app, lambda: widget.classes_loaded, args.timeout, "loading the ImageNet label space")
     viewer.reset_view()
     shot("tutorial-1-open")
 

@@ -18,7 +18,7 @@ from napari_prm import io
 from napari_prm.cli import build_parser, collect_images, main
 from napari_prm.model import build_model, load_model, save_model
 
-COMMANDS = ("predict", "train", "refine", "evaluate", "demo", "bench")
+COMMANDS = ("predict", "train", "calibrate", "refine", "evaluate", "demo", "bench")
 OUTPUT_SUFFIXES = ("_labels.tif", "_instances.json", "_instances.csv", "_peaks.csv")
 
 
@@ -243,9 +243,25 @@ def test_train_then_evaluate_on_coco128(tmp_path, capsys, shared_data):
     assert status == 0
     errors = capsys.readouterr().err
     assert "training on 6 images, 2 classes" in errors and "epoch 1/1: loss" in errors
-    assert "validation mAP" in errors
+    assert "validation mAP" in errors and "calibrated the thresholds on 3 held-out image(s)" in errors
     model = load_model(checkpoint)
     assert model.class_names == ["person", "bear"] and model.backbone == "tiny"
+    assert model.settings["calibration"]["images"] == 3
+
+    # calibrate again, on every listed image, into a new file; the training state stays resumable
+    calibrated = tmp_path / "calibrated.pt"
+    status = main(["calibrate", str(labels_csv), "--image-dir", str(shared_data / "coco128/train2017"),
+                   "--model", str(checkpoint), "--out", str(calibrated), "--device", "cpu"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "on 6 image(s)" in printed and printed.count("class threshold") == 2  # plain and TTA
+    again = load_model(calibrated)
+    assert again.settings["calibration"]["images"] == 6 and "tta_calibration" in again.settings
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(value, again.network.state_dict()[key])
+    status = main(["calibrate", str(labels_csv), "--image-dir", str(shared_data / "coco128/train2017"),
+                   "--model", str(checkpoint), "--held-out", "--no-tta", "--device", "cpu"])
+    assert status == 0 and "on 3 image(s)" in capsys.readouterr().out
 
     report = tmp_path / "results.json"
     # the first two val images show a person and a bear
@@ -284,7 +300,7 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
     # the malamute peaks above 10 (27.3, 18.6, 18.3 at sub-pixel factor 8): two on one dog
     # choose the same instance and merge, one per dog remains
     assert main(["predict", str(demo / "sample4.jpg"), "--out", str(out), "--device", "cpu",
-                 "--classes", "malamute", "--peak-threshold", "10"]) == 0
+                 "--model", "imagenet", "--classes", "malamute", "--peak-threshold", "10"]) == 0
     shape = io.read_image(demo / "sample4.jpg").shape[:2]
     labels, annotations, peaks = check_outputs(out, "sample4", shape, None)
     assert len(peaks) == 3 and len(annotations) == 2
@@ -295,8 +311,8 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
     assert at_peaks.min() > 0 and len(set(at_peaks.tolist())) == 2
 
     capsys.readouterr()
-    # With its calibrated defaults the built-in model keeps at most 3 peaks on Chelsea, all Egyptian cat.
-    assert main(["demo", "--out", str(out), "--no-view", "--device", "cpu"]) == 0
+    # With its calibrated defaults the 1000-class space keeps at most 3 peaks on Chelsea, all Egyptian cat.
+    assert main(["demo", "--out", str(out), "--no-view", "--device", "cpu", "--model", "imagenet"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("top classes: Egyptian cat")
     peaks = int(printed.split(" peaks")[0].split()[-1])
@@ -306,6 +322,13 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
     annotations = api.loadAnns(api.getAnnIds())
     assert annotations
     assert {api.loadCats(a["category_id"])[0]["name"] for a in annotations} == {"Egyptian cat"}
+    # the default model is the VOC label space: Chelsea is a cat
+    capsys.readouterr()
+    assert main(["demo", "--out", str(tmp_path / "voc"), "--no-view", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("top classes: cat")
+    api = COCO(str(tmp_path / "voc" / "chelsea_instances.json"))
+    assert len(api.getCatIds()) == 19
+    assert {api.loadCats(a["category_id"])[0]["name"] for a in api.loadAnns(api.getAnnIds())} == {"cat"}
 
 
 def test_bench_prints_and_writes_a_markdown_table(tmp_path, tiny48_checkpoint, capsys):
@@ -333,14 +356,21 @@ def test_demo_without_display_writes_and_says_so(tmp_path, tiny48_checkpoint, ca
 def test_demo_layers_are_the_widgets(make_napari_viewer, qtbot, prm_config, small_cat,
                                      tiny48_checkpoint):
     """``napari-prm demo`` shows the layers a run of the widget makes, names and contents."""
-    from napari_prm import predict
+    from napari_prm import PRMPredictor
     from napari_prm.cli import show_in_viewer
 
     model = load_model(tiny48_checkpoint)
-    prediction = predict(small_cat, model, proposals="prm")
+    predictor = PRMPredictor(model, proposals="prm")  # as the demo makes it
+    predictor.set_image(small_cat)
+    prediction = predictor.predict()
     assert len(prediction.instances) > 0
     demo_viewer = make_napari_viewer()
-    demo_widget = show_in_viewer(demo_viewer, small_cat, prediction, "cat", model, proposals="prm")
+    demo_widget = show_in_viewer(demo_viewer, small_cat, prediction, "cat", model, predictor=predictor,
+                                 model_choice=str(tiny48_checkpoint), proposals="prm")
+    # the demo's forward pass serves the widget: Re-threshold works at once
+    qtbot.waitUntil(lambda: demo_widget.classes_loaded, timeout=60_000)
+    assert demo_widget.model.value == str(tiny48_checkpoint.resolve())
+    assert demo_widget.rethreshold_button.isEnabled()
 
     viewer = make_napari_viewer()
     viewer.add_image(small_cat, name="cat")

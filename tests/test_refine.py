@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import shapes_scene
-from napari_prm import build_model, load_model, predict, save_model
+from napari_prm import PRMPredictor, build_model, load_model, predict, save_model
 from napari_prm.masks import resize_nearest
 from napari_prm.model import load_checkpoint
 from napari_prm.model.backbones import build_fcn
@@ -235,6 +235,16 @@ def test_refined_proposals_and_the_auto_default(refined, tiny96, shapes_scenes):
     # without a head, auto is the built-in proposals
     plain = predict(image, tiny96, points=points)
     assert all(i.mask.shape == (96, 96) for i in plain.instances)
+    # a predictor switched to "auto" (as the widget does on every run) resolves it against its model
+    predictor = PRMPredictor(refined, proposals="default")
+    predictor.set_proposals("auto")
+    assert predictor.proposal_source == "refined"
+    predictor.set_image(image)
+    for a, b in zip(predictor.predict(points=points).instances, explicit.instances):
+        np.testing.assert_array_equal(a.mask, b.mask)
+    plain_predictor = PRMPredictor(tiny96, proposals="prm")
+    plain_predictor.set_proposals("auto")
+    assert plain_predictor.proposal_source == "default"
 
 
 def test_cancel_keeps_the_last_epoch_and_resume_finishes_the_run(tiny96, shapes_scenes, tmp_path):

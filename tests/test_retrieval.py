@@ -312,3 +312,23 @@ def test_demo_proposals_end_to_end_with_the_imagenet_model(shared_data):
         assert (first_100 == instance.mask.reshape(1, -1)).all(axis=1).any()
     scores = [instance.score for instance in prediction.instances]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_prepared_proposals_give_the_same_instances():
+    from napari_prm.retrieval import prepare_proposals
+
+    rng = np.random.default_rng(7)
+    shape = (60, 80)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    proposals = np.array([(yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+                          for cy, cx, r in rng.integers((5, 5, 4), (55, 75, 25), (40, 3))])
+    prms = rng.random((6,) + shape).astype(np.float32) ** 8
+    prms /= prms.sum(axis=(1, 2), keepdims=True)
+    crms = rng.normal(size=(3, 8, 10)).astype(np.float32)
+    classes = np.array([0, 1, 2, 0, 1, 2])
+    plain = retrieve_instances(prms, classes, crms, proposals, proposal_count=30)
+    prepared = prepare_proposals(proposals[:30])
+    again = retrieve_instances(prms, classes, crms, prepared, proposal_count=30)
+    assert [(i.peak, i.proposal, i.score) for i in plain] == [(i.peak, i.proposal, i.score) for i in again]
+    with pytest.raises(ValueError, match="prepared with contour_width 5, not 3"):
+        retrieve_instances(prms, classes, crms, prepared, contour_width=3)

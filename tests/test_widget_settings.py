@@ -4,10 +4,12 @@ bars in napari's activity dock (with their cancel button)."""
 import json
 
 import numpy as np
+import pytest
 from napari.utils.progress import progress
 
-from napari_prm._widgets.predict import PredictSettings
+from napari_prm._widgets.predict import WidgetSettings, upgrade_saved_settings
 from napari_prm._widgets.settings import load_settings, settings_path
+from napari_prm.model.checkpoint import builtin_calibration
 from test_widget_predict import open_predict, run_and_wait
 
 
@@ -16,33 +18,37 @@ def test_choices_come_back_in_a_new_session(make_napari_viewer, qtbot, prm_confi
     viewer = make_napari_viewer()
     widget = open_predict(viewer, qtbot, tiny_checkpoint)
     widget.planes.value = "all planes"
-    widget.use_peak_threshold.value = True
     widget.peak_threshold.value = 2.5
     widget.class_threshold.value = -1.25  # the user's, not the model's own
+    widget.preset.value = "original"
     widget.proposals.value = "prm"
     widget.show_text.value = True
     saved = json.loads(settings_path("predict").read_text())
     assert saved["peak_threshold"] == 2.5 and saved["proposals"] == "PRM-guided"
     assert saved["class_threshold"] == -1.25 and saved["model"].startswith("tiny.pt")
+    assert saved["preset"].startswith("original")
     viewer.close()
 
     again = open_predict(make_napari_viewer(), qtbot)  # a new session, same config folder
     assert again.model.value == str(tiny_checkpoint.resolve())
     assert again.planes.value == "all planes" and again.proposals.value == "prm"
-    assert again.use_peak_threshold.value and again.peak_threshold.value == 2.5
+    assert again.preset.value == "original"
+    assert again.peak_threshold.value == 2.5 and again._settings()["peak_threshold"] == 2.5
     assert again.show_text.value
     assert again.class_threshold.value == -1.25
     assert again._settings()["class_threshold"] == -1.25  # used by runs, not the model's 0
 
     again.restore_defaults_button.click()
-    defaults = PredictSettings()
-    assert again.model.value == "imagenet" and again.planes.value == defaults.planes
-    assert again.proposals.value == "auto" and not again.use_peak_threshold.value
-    assert again.peak_threshold.value == 0.0 and not again.show_text.value
+    defaults = WidgetSettings()
+    assert again.model.value == "imagenet-voc" and again.planes.value == defaults.planes
+    assert again.proposals.value == "auto" and again.preset.value == "default"
+    assert not again.show_text.value
     qtbot.waitUntil(lambda: again.classes_loaded, timeout=60_000)
-    assert again.class_threshold.value == 8.0  # the built-in model's own again
-    assert again._settings()["class_threshold"] is None
-    assert load_settings("predict", PredictSettings) == PredictSettings(
+    calibrated = builtin_calibration()["imagenet-voc"]  # the built-in model's own again
+    assert again.class_threshold.value == pytest.approx(calibrated["class_threshold"])
+    assert again.peak_threshold.value == pytest.approx(calibrated["peak_threshold"])
+    assert again._settings()["class_threshold"] is None and again._settings()["peak_threshold"] is None
+    assert load_settings("predict", WidgetSettings) == WidgetSettings(
         model=defaults.model, device=again.device.value)
 
 
@@ -50,10 +56,28 @@ def test_unusable_saved_settings_fall_back_to_defaults(prm_config):
     prm_config.mkdir(parents=True)
     settings_path("predict").write_text(json.dumps({
         "peak_threshold": "high", "show_text": 1, "planes": "all planes", "unknown": 3}))
-    settings = load_settings("predict", PredictSettings)
-    assert settings == PredictSettings(planes="all planes")
+    settings = load_settings("predict", WidgetSettings)
+    assert settings == WidgetSettings(planes="all planes")
     settings_path("predict").write_text("{not json")
-    assert load_settings("predict", PredictSettings) == PredictSettings()
+    assert load_settings("predict", WidgetSettings) == WidgetSettings()
+
+
+def test_settings_files_of_earlier_versions_are_read(make_napari_viewer, qtbot, prm_config, tiny_checkpoint):
+    """Before presets, a peak threshold was used only when its box was ticked."""
+    prm_config.mkdir(parents=True)
+    old = {"planes": "all planes", "model": "imagenet (built-in EfficientNet-Lite0)", "class_threshold": None,
+           "use_peak_threshold": False, "peak_threshold": 0.0, "proposals": "PRM-guided",
+           "device": "cpu", "show_text": True, "add_crms": False}
+    settings_path("predict").write_text(json.dumps(old))
+    settings = load_settings("predict", WidgetSettings, upgrade=upgrade_saved_settings)
+    assert settings == WidgetSettings(planes="all planes", model=old["model"], proposals="PRM-guided",
+                                      device="cpu", show_text=True)  # unticked: the model's own
+    settings_path("predict").write_text(json.dumps({**old, "use_peak_threshold": True, "peak_threshold": 2.5}))
+    assert load_settings("predict", WidgetSettings, upgrade=upgrade_saved_settings).peak_threshold == 2.5
+    widget = open_predict(make_napari_viewer(), qtbot)
+    assert widget.model.value == "imagenet-voc"  # the old built-in label is gone: the default
+    assert widget.planes.value == "all planes" and widget.proposals.value == "prm"
+    assert widget.peak_threshold.value == 2.5 and widget._settings()["peak_threshold"] == 2.5
 
 
 def test_a_run_shows_a_progress_bar_in_the_activity_dock(make_napari_viewer, qtbot, prm_config,
@@ -134,7 +158,8 @@ def test_training_shows_batches_in_the_activity_dock_and_cancels_there(
     monkeypatch.setattr(ActivityProgress, "update", recording_update)
     monkeypatch.setattr(ActivityProgress, "close", recording_close)
     widget._relay.progressed.connect(reports.append)
-    widget.start(epochs=2, batch_size=1)  # 4 images: 4 batches per epoch, 8 in all
+    # 4 images, none held out, no calibration: 4 batches per epoch, 8 in all
+    widget.start(epochs=2, batch_size=1, val_fraction=0.0, calibrate=False)
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert len(reports) > 8
     assert sorted(calls) == sorted((f"epoch {r.epoch}/2", (r.epoch - 1) * 4 + r.batch, 8)
@@ -143,7 +168,7 @@ def test_training_shows_batches_in_the_activity_dock_and_cancels_there(
     assert not [bar for bar in progress._all_instances if "Train PRM model" in str(bar.desc)]
 
     widget._relay.progressed.connect(lambda report: widget.activity.bar.cancel())
-    widget.start(epochs=2, batch_size=1, resume=None)
+    widget.start(epochs=2, batch_size=1, resume=None, val_fraction=0.0, calibrate=False)
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert widget.result.cancelled or widget.result.checkpoint is None, widget.last_message
     assert "Cancelled" in widget.last_message

@@ -27,7 +27,6 @@ def classed(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
     viewer.add_image(small_cat, name="cat")
     widget = open_predict(viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = None
-    widget.use_peak_threshold.value = True
     widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
     run_and_wait(widget, qtbot)
     labels = viewer.layers["cat instances"]
@@ -131,8 +130,7 @@ def test_next_instance_by_score(make_napari_viewer, qtbot, prm_config, tiny_chec
     viewer.add_labels(candidates, name="candidates")
     widget = open_predict(viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = viewer.layers["candidates"]
-    widget.use_peak_threshold.value = True
-    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 6)
+    widget.peak_threshold.value = widget.peak_threshold.min  # "none": peaks all over the image
     run_and_wait(widget, qtbot)
     labels = viewer.layers["cat instances"]
     table = labels.features.sort_values("score", ascending=False)
@@ -172,7 +170,6 @@ def test_an_instance_added_from_a_point_undoes(make_napari_viewer, qtbot, prm_co
     viewer.add_labels(candidates, name="candidates")
     widget = open_predict(viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = viewer.layers["candidates"]
-    widget.use_peak_threshold.value = True
     widget.peak_threshold.value = 9999.0  # no peaks of its own: only the added one
     run_and_wait(widget, qtbot)
     peaks, labels = viewer.layers["cat peaks"], viewer.layers["cat instances"]

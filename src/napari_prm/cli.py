@@ -1,4 +1,4 @@
-"""The ``napari-prm`` command line: predict, train, refine, evaluate, demo, bench.
+"""The ``napari-prm`` command line: predict, train, calibrate, refine, evaluate, demo, bench.
 
 Every subcommand is a thin layer over the library (`napari_prm.predict`,
 `napari_prm.train.train`, `napari_prm.refine.refine`, `napari_prm.evaluate.evaluate`,
@@ -70,9 +70,10 @@ def _proposals_arg(value: str):
 
 def _add_model_options(parser: argparse.ArgumentParser, *, device_only: bool = False) -> None:
     if not device_only:
-        parser.add_argument("--model", default="imagenet",
-                            help="'imagenet' (the built-in EfficientNet-Lite0 with the 1000 "
-                                 "ImageNet classes, offline) or a checkpoint (.pt/.safetensors)")
+        parser.add_argument("--model", default="imagenet-voc",
+                            help="a built-in model, offline: EfficientNet-Lite0 with the VOC classes ImageNet "
+                                 "covers ('imagenet-voc'), the COCO classes it covers ('imagenet-coco') or its 1000 "
+                                 "ImageNet classes ('imagenet'); or a checkpoint (.pt/.safetensors)")
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda, cuda:1, mps (default: CUDA, then "
                              "MPS, then the CPU)")
@@ -207,6 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     _add_model_options(train, device_only=True)
     train.set_defaults(run=_run_train)
+
+    calibrate = add_command(
+        "calibrate", help="choose a model's class and peak thresholds from image-level labels",
+        description="Run a model on images with image-level labels that it was not trained on, choose the "
+                    "class and peak thresholds that best separate peaks of classes an image shows from the "
+                    "others (F1), with and without test-time augmentation, and store them in the checkpoint "
+                    "(predict, evaluate and the plugin use them). 'train' does this at its end; use "
+                    "'calibrate' for checkpoints from elsewhere or after changing the data.")
+    _add_dataset_options(calibrate)
+    calibrate.add_argument("--model", required=True, help="checkpoint (.pt/.safetensors) to calibrate")
+    calibrate.add_argument("--out", type=Path, default=None,
+                           help="write the calibrated checkpoint here (default: replace --model)")
+    calibrate.add_argument("--held-out", action="store_true",
+                           help="use only the images 'train' held out of this checkpoint's training (its "
+                                "--val-fraction and --seed); otherwise every image of DATASET")
+    calibrate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                           help="also calibrate the thresholds used with --tta")
+    _add_model_options(calibrate, device_only=True)
+    calibrate.set_defaults(run=_run_calibrate)
 
     refine = add_command(
         "refine", help="learn a mask head from PRM's instances and corrected masks",
@@ -430,6 +450,9 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
                                                                high_open=True),
         "seed": lambda name, value: check.integer(name, value, low=0, high=2**32 - 1),
         "num_workers": lambda name, value: check.integer(name, value, low=0),
+    },
+    "calibrate": {
+        "out": lambda name, value: None if value is None else check.output_file(name, value),
     },
     "refine": {
         "out": lambda name, value: check.output_file(name, value, parent_must_exist=False),
@@ -673,6 +696,54 @@ def _run_train(args) -> int:
     return 0
 
 
+def _run_calibrate(args) -> int:
+    from tqdm import tqdm
+
+    from .model.checkpoint import load_checkpoint, resolve_device, save_model
+    from .peaks import calibrate_model
+    from .train import TRAINING_STATE_KEY
+
+    try:
+        model, extra = load_checkpoint(args.model)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    model.to(resolve_device(args.device))
+    dataset = _load_dataset(args)
+    if args.held_out:
+        state = extra.get(TRAINING_STATE_KEY) or {}
+        config = state.get("config") or {}
+        fraction = config.get("val_fraction") or 0
+        if not fraction:
+            raise CommandError(f"{args.model} records no held-out share (it was not trained by 'train' with "
+                               "--val-fraction > 0): calibrate on images it was not trained on instead")
+        _, dataset = dataset.split(float(fraction), seed=int(config.get("seed", 0)))
+    try:
+        dataset = dataset.with_classes(model.class_names)
+    except ValueError as error:
+        raise CommandError(f"the dataset does not have the model's classes: {error}") from error
+    results = {}
+    for tta in ((False, True) if args.tta else (False,)):
+        with tqdm(total=len(dataset), desc="calibrate" + (" (TTA)" if tta else ""), unit="image",
+                  disable=None) as bar:
+            try:
+                results[tta] = calibrate_model(model, dataset, tta=tta,
+                                               progress=lambda done, _total: bar.update(done - bar.n))
+            except ValueError as error:
+                raise CommandError(f"cannot calibrate on {args.dataset}: {error}") from error
+    model.settings.update(results[False].as_settings())
+    if True in results:
+        model.settings["tta_calibration"] = results[True].as_settings()
+    out = args.out or Path(args.model)
+    save_model(model, out, extra=extra if Path(out).suffix != ".safetensors" else None)
+    for tta, c in results.items():
+        print(f"{'with TTA: ' if tta else ''}class threshold {c.class_threshold:.4g}, peak threshold "
+              f"{c.peak_threshold:.4g} on {c.images} image(s): {100 * c.precision:.0f} % of the peaks on classes "
+              f"the images show, {100 * c.recall:.0f} % of the shown classes found, {c.peaks_per_image:.1f} "
+              "peaks per image")
+    _say(f"checkpoint: {out}")
+    return 0
+
+
 def _run_refine(args) -> int:
     from tqdm import tqdm
 
@@ -773,7 +844,7 @@ def display_available() -> bool:
 
 def _run_demo(args) -> int:
     from . import io
-    from .predict import predict
+    from .predictor import PRMPredictor
 
     if args.image is None:
         from skimage import data
@@ -787,7 +858,11 @@ def _run_demo(args) -> int:
         stem, file_name = Path(args.image).stem, Path(args.image).name
     model = _load_model(args.model, args.device)
     try:
-        prediction = predict(image, model, proposals=args.proposals, **_inference_settings(args))
+        # the predictor keeps the image's forward pass: clicks in napari then cost one
+        # backward pass each, and the widget's Re-threshold no forward pass
+        predictor = PRMPredictor(model, proposals=args.proposals, **_inference_settings(args))
+        predictor.set_image(image)
+        prediction = predictor.predict()
     except ValueError as error:
         raise CommandError(f"{args.image or file_name}: {error}") from error
     args.out.mkdir(parents=True, exist_ok=True)
@@ -803,35 +878,38 @@ def _run_demo(args) -> int:
     if view and not display_available():
         _say("no display available: results written, napari not opened")
     elif view:
-        _show_in_napari(image, prediction, stem, model, args.model, {
+        _show_in_napari(image, prediction, stem, model, args.model, predictor, {
             "proposals": args.proposals, "class_threshold": args.class_threshold,
             "peak_threshold": args.peak_threshold})
     return 0
 
 
-def show_in_viewer(viewer, image, prediction, name: str, model, **settings):
+def show_in_viewer(viewer, image, prediction, name: str, model, *, predictor=None,
+                   model_choice: str | None = None, **settings):
     """Add ``image`` and its ``prediction`` to a napari viewer as the plugin does.
 
     The image becomes the layer ``name``; the "Peak Response Maps" widget is docked and
     shows the prediction as a run of its own (``PredictWidget.show_prediction``): the same
     layers (``<name> peaks``, ``<name> PRMs``, ``<name> instances``) with the same
-    features, and its correction tools and shortcuts work on them. ``settings`` are the
-    run's (``proposals``, ``class_threshold``, ``peak_threshold``). Returns the widget.
+    features, and its correction tools and shortcuts work on them. ``predictor`` (the
+    ``PRMPredictor`` that made the prediction) and ``model_choice`` (the model's built-in
+    name or checkpoint path) let the widget reuse the image's forward pass. ``settings``
+    are the run's (``proposals``, ``class_threshold``, ``peak_threshold``). Returns the widget.
     """
     layer = viewer.add_image(image, name=name)
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
-    widget.show_prediction(layer, prediction, model, **settings)
+    widget.show_prediction(layer, prediction, model, predictor=predictor, model_choice=model_choice,
+                           **settings)
     return widget
 
 
-def _show_in_napari(image, prediction, name: str, model, model_choice: str,
+def _show_in_napari(image, prediction, name: str, model, model_choice: str, predictor,
                     settings: dict) -> None:
     import napari
 
     viewer = napari.Viewer(title=f"napari-prm demo: {name}")
-    widget = show_in_viewer(viewer, image, prediction, name, model, **settings)
-    if Path(model_choice).is_file():  # the widget's next Run uses the demo's model too
-        widget.select_model(model_choice)
+    show_in_viewer(viewer, image, prediction, name, model, predictor=predictor,
+                   model_choice=model_choice, **settings)
     napari.run()
 
 

@@ -238,7 +238,7 @@ class Calibration:
     images: int
 
     def as_settings(self) -> dict:
-        """The thresholds as model settings (``model.settings``)."""
+        """The thresholds as model settings (``model.settings``; under ``"tta_calibration"`` for TTA)."""
         return {"class_threshold": float(self.class_threshold), "peak_threshold": float(self.peak_threshold),
                 "calibration": {"precision": self.precision, "recall": self.recall, "f_score": self.f_score,
                                 "peaks_per_image": self.peaks_per_image, "images": self.images}}

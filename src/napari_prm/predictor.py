@@ -13,9 +13,10 @@ it, so only new peaks cost a backward pass.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -27,7 +28,7 @@ from . import _validate as check
 from .io.images import as_rgb_float
 from .model.checkpoint import PRMModel, load_model, resolve_device
 from .model.transforms import to_network_input
-from .peaks import MAX_PEAKS, PeakSelection, class_scores, select_peaks
+from .peaks import MAX_PEAKS, PeakSelection, class_scores, peak_candidates, select_peaks
 from .retrieval import Instance
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -60,7 +61,8 @@ class PredictSettings:
         original trains and infers at 8).
     class_threshold : float or None
         Keep peaks of classes whose score is at least this. None: the model's
-        calibrated value (``model.settings["class_threshold"]``), else 0.
+        calibrated value (``model.settings["class_threshold"]``, or
+        ``model.settings["tta_calibration"]["class_threshold"]`` with ``tta``), else 0.
     peak_threshold : float or None
         Keep peaks whose CRM value is above this. None: the model's calibrated
         value (``model.settings["peak_threshold"]``), else no threshold.
@@ -86,9 +88,15 @@ class PredictSettings:
     output_grid : {'network', 'image'}
         Masks as scored ('network', resized back to the image by nearest
         neighbour, as the original) or the chosen proposals at the image's size.
-    background : {'byte', 'float'}
-        How the background map Q is made from a CRM: byte-scaled then resized
-        (the original's ``scipy.misc.imresize``) or resized as floats.
+    background : {'byte', 'float', 'range'}
+        How the background map Q is made from a CRM: below ``bg_threshold``
+        times its mean after byte-scaling and resizing (the original's
+        ``scipy.misc.imresize``), the same on floats, or below ``bg_threshold``
+        of its byte-scaled range (objects that fill the image are not half
+        background). See :func:`napari_prm.retrieval.retrieve_instances`.
+    merge_contained : float or None
+        Merge an instance lying at least this much inside a higher-ranked one of
+        its class (parts of one object found from secondary peaks).
     contain : {None, 'peak', 'mass'}
         Only proposals containing the peak ('peak') or the PRM's strongest pixel
         ('mass') may be chosen.
@@ -98,7 +106,11 @@ class PredictSettings:
         What orders the instances and is their score: the retrieval score (the
         original) or the PRM's mass in the mask beyond a uniform map's
         (:func:`napari_prm.retrieval.retrieve_instances`).
-    proposal_count, contour_width, size_limits, nms_threshold, bg_threshold, penalty, balance
+    bg_threshold : float
+        The background rule's level: a fraction of the CRM's range with
+        ``background='range'`` (0.3 in the default preset), a factor of its mean
+        otherwise (0.95, the original's).
+    proposal_count, contour_width, size_limits, nms_threshold, penalty, balance
         Retrieval parameters (:func:`napari_prm.retrieval.retrieve_instances`).
     """
 
@@ -113,15 +125,16 @@ class PredictSettings:
     prm_mode: str = "exact"
     retrieval_grid: str = "network"
     output_grid: str = "image"
-    background: str = "byte"
+    background: str = "range"
     contain: str | None = None
     nms: str = "agnostic"
     rank_by: str = "score"
+    merge_contained: float | None = 0.8
     proposal_count: int = 100
     contour_width: int = 5
     size_limits: tuple[float, float] = (2e-5, 0.85)
     nms_threshold: float | None = 0.3
-    bg_threshold: float = 0.95
+    bg_threshold: float = 0.3
     penalty: float = 1e-5
     balance: float = 0.8
 
@@ -130,8 +143,8 @@ class PredictSettings:
 ORIGINAL = PredictSettings(
     preset="original", sub_pixel_locating_factor=8, class_threshold=0.0, peak_threshold=30.0,
     relative_threshold=None, suppression_radius=None, max_peaks=MAX_PEAKS, tta=False,
-    retrieval_grid="network", output_grid="network", background="byte", contain=None, nms="agnostic",
-    rank_by="score")
+    retrieval_grid="network", output_grid="network", background="byte", bg_threshold=0.95, contain=None,
+    nms="agnostic", rank_by="score", merge_contained=None)
 
 DEFAULT = PredictSettings()
 
@@ -176,10 +189,12 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     check.finite_float("peak_threshold", s.peak_threshold, optional=True)
     check.finite_float("relative_threshold", s.relative_threshold, low=0, high=1, optional=True)
     check.finite_float("suppression_radius", s.suppression_radius, low=0, optional=True)
+    check.finite_float("merge_contained", s.merge_contained, low=0, high=1, low_open=True, optional=True)
+    check.finite_float("bg_threshold", s.bg_threshold, low=0)
     check.integer("max_peaks", s.max_peaks, low=1, high=MAX_PEAKS_LIMIT)
     check.positive_int("proposal_count", s.proposal_count)
     for name, allowed in (("prm_mode", ("exact", "fast")), ("retrieval_grid", ("network", "image")),
-                          ("output_grid", ("network", "image")), ("background", ("byte", "float")),
+                          ("output_grid", ("network", "image")), ("background", ("byte", "float", "range")),
                           ("contain", (None, "peak", "mass")), ("nms", ("agnostic", "class")),
                           ("rank_by", ("score", "gain"))):
         if getattr(s, name) not in allowed:
@@ -187,6 +202,34 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     if s.tta and s.prm_mode == "fast":
         raise ValueError("tta and prm_mode='fast' cannot be combined: the fast mode stops inside one branch")
     return s
+
+
+def resolve_thresholds(settings: PredictSettings, model_settings: Mapping[str, Any]) -> tuple[float, float | None]:
+    """The class and peak thresholds ``settings`` select peaks with, for a model.
+
+    Parameters
+    ----------
+    settings : PredictSettings
+    model_settings : mapping
+        A model's ``settings`` (its calibrated ``class_threshold`` and ``peak_threshold``, if any;
+        with ``settings.tta``, those of its ``tta_calibration``).
+
+    Returns
+    -------
+    class_threshold : float
+        The setting, else the model's calibrated value, else 0.
+    peak_threshold : float or None
+        The setting, else the model's calibrated value, else None (no peak threshold).
+    """
+    if settings.tta and isinstance(model_settings.get("tta_calibration"), Mapping):
+        # TTA averages six maps: its peaks are lower, and calibrated on their own.
+        model_settings = model_settings["tta_calibration"]
+    class_threshold, peak_threshold = settings.class_threshold, settings.peak_threshold
+    if class_threshold is None:
+        class_threshold = float(model_settings.get("class_threshold", 0.0))
+    if peak_threshold is None and model_settings.get("peak_threshold") is not None:
+        peak_threshold = float(model_settings["peak_threshold"])
+    return class_threshold, peak_threshold
 
 
 @dataclass
@@ -371,7 +414,29 @@ class PRMPredictor:
         self._head_features = None
         self._crms = None
         self._scores = None
+        self._candidates: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._prepared_source = self._prepared_key = self._prepared_masks = None
         self.timings: dict[str, float] = {}
+
+    def set_proposals(self, proposals: Any) -> None:
+        """Use another proposal source from now on (see the ``proposals`` parameter;
+        ``"auto"`` is resolved against the model now).
+
+        The current image's proposals are computed again when next needed, unless
+        ``proposals`` is the source already in use (the same object, or an equal name
+        or path); the forward pass and the cached PRMs are kept.
+        """
+        from .proposals import resolve_source
+
+        proposals = resolve_source(proposals, self.model)
+        with self._lock:
+            current = self.proposal_source
+            same_name = (isinstance(proposals, (str, os.PathLike)) and type(proposals) is type(current)
+                         and proposals == current)
+            if proposals is current or same_name:
+                return
+            self.proposal_source = proposals
+            self._proposals = None
 
     @property
     def is_image_set(self) -> bool:
@@ -458,16 +523,6 @@ class PRMPredictor:
 
     # ------------------------------------------------------------------ pieces
 
-    def _thresholds(self, settings: PredictSettings) -> tuple[float | None, float | None]:
-        model_settings = self.model.settings
-        class_threshold = settings.class_threshold
-        peak_threshold = settings.peak_threshold
-        if class_threshold is None:
-            class_threshold = float(model_settings.get("class_threshold", 0.0))
-        if peak_threshold is None and model_settings.get("peak_threshold") is not None:
-            peak_threshold = float(model_settings["peak_threshold"])
-        return class_threshold, peak_threshold
-
     def select_peaks(self, *, classes: Sequence[int | str] | None = None, **overrides: Any) -> PeakSelection:
         """The peaks the settings keep in the current image (no backward pass).
 
@@ -480,16 +535,24 @@ class PRMPredictor:
         """
         self._require_image()
         settings = self._settings_with(overrides)
-        class_threshold, peak_threshold = self._thresholds(settings)
+        class_threshold, peak_threshold = resolve_thresholds(settings, self.model.settings)
         radius = settings.suppression_radius
         if radius is not None:
             radius = radius * settings.sub_pixel_locating_factor
         net = self.model.network
+        # Finding every local maximum is most of the work and depends only on the window:
+        # re-thresholding the same image reuses it.
+        window = (net.win_size, net.peak_filter)
+        with self._lock:
+            if window not in self._candidates:
+                self._candidates[window] = peak_candidates(self._crms, win_size=net.win_size,
+                                                           peak_filter=net.peak_filter)
+            candidates = self._candidates[window]
         return select_peaks(
             self._crms, scores=self._scores, class_threshold=class_threshold, peak_threshold=peak_threshold,
             relative_threshold=settings.relative_threshold, suppression_radius=radius,
             max_peaks=settings.max_peaks, classes=class_indices(classes, self.model.class_names),
-            win_size=net.win_size, peak_filter=net.peak_filter)
+            win_size=net.win_size, peak_filter=net.peak_filter, candidates=candidates)
 
     def _settings_with(self, overrides: dict) -> PredictSettings:
         unknown = sorted(set(overrides) - set(SETTING_NAMES))
@@ -691,11 +754,12 @@ class PRMPredictor:
                        proposal_count=settings.proposal_count, nms_threshold=settings.nms_threshold,
                        bg_threshold=settings.bg_threshold, penalty=settings.penalty, balance=settings.balance,
                        background=settings.background, contain=settings.contain,
-                       class_aware_nms=settings.nms == "class", rank_by=settings.rank_by)
+                       class_aware_nms=settings.nms == "class", rank_by=settings.rank_by,
+                       merge_contained=settings.merge_contained)
         masks = masks[: settings.proposal_count]
         if settings.retrieval_grid == "network":
             grid = tuple(prms_net.shape[-2:])
-            grid_masks = resize_nearest(masks, grid)
+            grid_masks = self._prepared(masks, grid, settings.contour_width)
             peaks_grid = crm_to_image(prediction.peaks_crm[:, 1:], self._crms.shape[1:], grid,
                                       settings.sub_pixel_locating_factor)
             instances = retrieve_instances(prms_net.numpy(), prediction.peak_classes, self._crms, grid_masks,
@@ -710,8 +774,24 @@ class PRMPredictor:
                 else:
                     instance.mask = resize_nearest(instance.mask[None], image_shape)[0]
             return instances
-        return retrieve_instances(prediction.prms, prediction.peak_classes, self._crms, masks,
+        return retrieve_instances(prediction.prms, prediction.peak_classes, self._crms,
+                                  self._prepared(masks, None, settings.contour_width),
                                   peaks_yx=prediction.peaks, **options)
+
+    def _prepared(self, masks: np.ndarray, grid: tuple[int, int] | None, contour_width: int):
+        """``masks`` (resized to ``grid``) with their sparse masks and contours, kept per image."""
+        from .masks import resize_nearest
+        from .retrieval import prepare_proposals
+
+        source = masks.base if masks.base is not None else masks
+        key = (len(masks), grid, contour_width)
+        with self._lock:
+            # the source stack is held, so "is" cannot match a new stack at a recycled address
+            if self._prepared_source is not source or self._prepared_key != key:
+                stack = masks if grid is None else resize_nearest(masks, grid)
+                self._prepared_masks = prepare_proposals(stack, contour_width)
+                self._prepared_source, self._prepared_key = source, key
+            return self._prepared_masks
 
 
 def _is_refined(source) -> bool:

@@ -221,6 +221,11 @@ def _calibrate(model: PRMModel, dataset: LabeledImageDataset, config: dict, prog
         return None
     model.settings.update(calibration.as_settings())
     model.settings["calibration"]["held_out"] = bool(config["val_fraction"] > 0)
+    try:  # the thresholds of the opt-in test-time augmentation, whose maps are averages
+        with_tta = calibrate_model(model, dataset, tta=True, cancel=lambda: _is_cancelled(cancel))
+        model.settings["tta_calibration"] = with_tta.as_settings()
+    except RuntimeError:
+        pass
     return calibration
 
 

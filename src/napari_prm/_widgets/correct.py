@@ -23,7 +23,7 @@ from qtpy.QtCore import QTimer
 
 from .. import edit
 from .history import InstanceHistory
-from .layers import features_table, instance_features, layer_names, world_kwargs
+from .layers import features_table, instance_features, layer_names, point_defaults, world_kwargs
 from .points import PointRetrieval
 
 #: Wait this long after the last move of a point before re-doing its instance (ms).
@@ -174,13 +174,17 @@ class CorrectionPanel(PointRetrieval):
     def _say(self, message: str, kind: str = "info") -> None:
         self.owner._say(message, kind)
 
+    def _set_point_features(self, features) -> None:
+        """Replace the peaks' features, keeping the chosen class as new points' defaults
+        (napari resets a layer's feature defaults whenever its features are set)."""
+        self.peaks.features = features
+        self._on_class_choice(self.class_choice.value)
+
     def _on_class_choice(self, name) -> None:
         if self.peaks is None or name is None:
             return
-        self.peaks.feature_defaults = {
-            "class_name": name, "class_index": self.context.class_names.index(name),
-            "peak_value": np.nan, "class_score": np.nan, "peak": -1, "label": 0,
-        }
+        self.peaks.feature_defaults = point_defaults(self.context.class_names,
+                                                     self.context.class_names.index(name))
 
     # ------------------------------------------------------------------ selection link
     def _on_points_selected(self, event=None) -> None:
@@ -241,7 +245,7 @@ class CorrectionPanel(PointRetrieval):
                 point_labels[point_labels == old] = new
             point_labels[~np.isin(point_labels, table["label"])] = 0
             features["label"] = point_labels
-            self.peaks.features = features
+            self._set_point_features(features)
 
     def _selected(self) -> int | None:
         if self.instances is None:
@@ -284,7 +288,7 @@ class CorrectionPanel(PointRetrieval):
             rows = features["label"].to_numpy() == label
             features.loc[rows, "class_name"] = class_name
             features.loc[rows, "class_index"] = index
-            self.peaks.features = features
+            self._set_point_features(features)
             self.peaks.face_color = "class_name"
         return True
 
@@ -402,7 +406,7 @@ class CorrectionPanel(PointRetrieval):
         changed = not features.equals(self.peaks.features)
         with self.quiet():
             if changed:
-                self.peaks.features = features
+                self._set_point_features(features)
                 self.peaks.face_color = "class_name"
 
     # ------------------------------------------------------------------ review

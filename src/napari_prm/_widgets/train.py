@@ -134,6 +134,12 @@ class TrainWidget(Container):
             self._cancel.set()
 
     def _on_progress(self, progress) -> None:
+        if progress.stage == "calibration":  # after the last epoch: the held-out images
+            self._status.value = (f"calibrating the thresholds: image {progress.batch}/"
+                                  f"{progress.num_batches}")
+            if self.activity is not None:
+                self.activity.update("calibrating the thresholds", progress.batch, progress.num_batches)
+            return
         done = progress.epoch - 1 + progress.batch / max(progress.num_batches, 1)
         self._progress.max = progress.num_epochs
         self._progress.value = min(done, progress.num_epochs)

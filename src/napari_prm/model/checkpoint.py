@@ -295,9 +295,9 @@ def builtin_model(name: str = "imagenet", *, reduce: str | None = None) -> PRMMo
     calibration = builtin_calibration().get(name, {})
     settings = {"win_size": 3, "peak_filter": "median", "sub_pixel_locating_factor": 8,
                 "label_space": name}
-    for key in ("class_threshold", "peak_threshold"):
+    for key in ("class_threshold", "peak_threshold", "tta_calibration"):
         if calibration.get(key) is not None:
-            settings[key] = float(calibration[key])
+            settings[key] = calibration[key]
     fcn = imagenet_lite0_fcn()
     class_names = imagenet_class_names()
     if name != "imagenet":
