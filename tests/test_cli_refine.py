@@ -73,6 +73,15 @@ def test_refine_learns_from_the_dataset_and_the_masks(shapes_dataset, tiny_check
     assert main(["refine", str(shapes_dataset), "--model", str(tiny_checkpoint96), "--out", str(alone),
                  "--masks", str(folder), "--no-self-training", "--epochs", "2"]) == 0
     assert load_model(alone).head.info["trained_on"]["corrected"] == 1
+    # 'calibrate' on a refined checkpoint keeps its head and its refine state (for --resume)
+    calibrated = tmp_path / "calibrated.pt"
+    assert main(["calibrate", str(shapes_dataset), "--model", str(out), "--out", str(calibrated), "--no-tta",
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    again, extra_again = load_checkpoint(calibrated)
+    assert "class_threshold" in again.settings and "peak_threshold" in again.settings
+    for name, tensor in model.head.state_dict().items():
+        torch.testing.assert_close(again.head.state_dict()[name], tensor)
+    assert extra_again["refine_training"]["history"] == extra["refine_training"]["history"]
 
 
 def test_refine_usage_errors(shapes_dataset, tiny_checkpoint96, tmp_path, capsys):
