@@ -10,7 +10,8 @@ Measures, from one PRM model (the built-in model in the VOC label space):
    and alone; every head of one order is evaluated on the same remaining images (those
    after the first 25). ``--orders K`` repeats this for K orders of the val images (the
    first as they come) and plots their mean and range. Writes ``docs/images/refine_loop.png``.
-3. ``dev``: design choices measured on coco128 train only (self-training on its first
+3. ``replot``: draws the figure again from ``--out``'s ``loop.json``, without training.
+4. ``dev``: design choices measured on coco128 train only (self-training on its first
    two thirds, evaluation on the last third with its ground truth), so that val is used
    for the final figures only.
 
@@ -24,6 +25,7 @@ Examples
 
     python benchmarks/refine_coco128.py selftrain --out out/refine
     python benchmarks/refine_coco128.py loop --out out/refine --orders 3
+    python benchmarks/refine_coco128.py replot --out out/refine
     python benchmarks/refine_coco128.py dev --out out/refine
 """
 
@@ -253,8 +255,9 @@ def plot_loop(runs: list[dict], images: int, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(5.2, 3.5), dpi=120)
     for key, label, style, colour in (("with_self_training", "head: self-training + corrections", "o-", "#1f77b4"),
                                       ("corrections_only", "head: corrections only", "s--", "#ff7f0e")):
+        # keys are ints, or strings when the runs come back from loop.json (``replot``)
         counts = sorted({int(c) for run in runs for c in run[key]})
-        values = np.array([[100 * run[key][c] for c in counts] for run in runs])
+        values = np.array([[100 * {int(c): v for c, v in run[key].items()}[c] for c in counts] for run in runs])
         mean = values.mean(0)
         axes.errorbar(counts, mean, yerr=[mean - values.min(0), values.max(0) - mean], fmt=style, color=colour,
                       capsize=3, label=label)
@@ -263,7 +266,8 @@ def plot_loop(runs: list[dict], images: int, path: Path) -> None:
     axes.set_xlabel("corrected images (ground truth of N val images)")
     axes.set_ylabel("mAP$^r$ .5 (%)")
     axes.set_xticks(list(LOOP_SIZES))
-    axes.set_title(f"coco128 val, {images} other images; mean and range of {len(runs)} orders", fontsize=9)
+    orders = "the first N as listed" if len(runs) == 1 else f"mean and range of {len(runs)} orders"
+    axes.set_title(f"coco128 val, {images} other images; {orders}", fontsize=9)
     axes.legend(fontsize=7)
     axes.grid(alpha=0.3)
     figure.tight_layout()
@@ -313,7 +317,7 @@ def run_dev(args, log) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=["selftrain", "loop", "dev"])
+    parser.add_argument("experiment", choices=["selftrain", "loop", "dev", "replot"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "refine")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
@@ -327,6 +331,10 @@ def main(argv=None) -> int:
     def log(*items):
         print(time.strftime("%H:%M:%S"), *items, flush=True)
 
+    if args.experiment == "replot":
+        runs = json.loads((args.out / "loop.json").read_text())["runs"]
+        plot_loop(runs, len(runs[0]["test_images"]), args.figure)
+        return 0
     log(f"load average {load_text()}")
     report = {"selftrain": run_selftrain, "loop": run_loop, "dev": run_dev}[args.experiment](args, log)
     report["load_after"] = load_text()
