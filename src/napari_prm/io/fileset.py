@@ -380,6 +380,10 @@ def recover_file_sets(folder: str | os.PathLike, *, stem: str | None = None) -> 
                 shutil.rmtree(staging.path, ignore_errors=True)
                 recovery.removed.append(Path(staging.path))
         _remove_empty(folder, Path(owner.path))
+    try:  # a writer killed between creating the root and its own folder in it
+        root.rmdir()
+    except OSError:
+        pass
     if stem is None:
         recovery.removed.extend(remove_stale_temporaries(folder))
     return recovery
