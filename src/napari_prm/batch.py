@@ -11,9 +11,10 @@ with the all-or-nothing writer (`napari_prm.io.write_prediction`), in one of two
 
 Both call the same per-image function, `predict_image`. On a cluster:
 
-- the model travels once: a built-in model by name, a checkpoint as its bytes, scattered
-  to every worker once and identified by their SHA-256; each worker process loads it once
-  and keeps it (`model_for`), so no task carries a model;
+- the model travels once: a built-in model by name, a checkpoint as its bytes in a
+  worker plugin (every worker gets them once, also workers that join or restart later),
+  identified by their SHA-256; each worker process loads the model once and keeps it
+  (`model_for`), so no task carries more than a small `ModelSpec`;
 - images are read, and outputs written, by the workers (they must see the same paths);
 - at most ``max_in_flight`` tasks (default: twice the workers' threads) are submitted at
   a time, and only small `ImageResult` records come back unless ``gather=True``.
@@ -209,6 +210,7 @@ class ModelSpec:
 
 
 _MODELS: dict[tuple, Any] = {}
+_CHECKPOINTS: dict[str, bytes] = {}  # checkpoint bytes by SHA-256, from the worker plugin
 _MODEL_LOCK = threading.Lock()
 # A worker thread runs one prediction at a time: PRM back-propagation patches the network.
 _PREDICT_LOCK = threading.Lock()
@@ -236,12 +238,12 @@ def model_spec(model, *, device: str | None = None,
     return ModelSpec(str(path.resolve()), hashlib.sha256(data).hexdigest(), device, torch_threads), data
 
 
-def model_for(spec: ModelSpec, checkpoint: bytes | None = None):
+def model_for(spec: ModelSpec):
     """The model of ``spec`` in this process: loaded on first use, then kept.
 
-    Only the last model is kept (a worker serves one batch at a time). ``checkpoint`` is
-    the file's bytes when they were sent; otherwise the file at ``spec.source`` is read
-    and must still have ``spec.sha256``.
+    Only the last model is kept (a worker serves one batch at a time). A checkpoint is
+    loaded from the bytes the batch's worker plugin brought; without them (in this
+    process) from the file at ``spec.source``, which must still have ``spec.sha256``.
     """
     with _MODEL_LOCK:
         model = _MODELS.get(spec.key)
@@ -250,7 +252,7 @@ def model_for(spec: ModelSpec, checkpoint: bytes | None = None):
                 import torch
 
                 torch.set_num_threads(spec.torch_threads)
-            model = _load(spec, checkpoint)
+            model = _load(spec, _CHECKPOINTS.get(spec.sha256 or ""))
             _MODELS.clear()
             _MODELS[spec.key] = model
         return model
@@ -341,13 +343,12 @@ def _describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _run_task(image: str, stem: str, out: str, spec: ModelSpec, checkpoint: bytes | None,
-              settings: Mapping[str, Any], overwrite: bool, prms_format: str | None,
-              gather: bool) -> ImageResult:
+def _run_task(image: str, stem: str, out: str, spec: ModelSpec, settings: Mapping[str, Any], overwrite: bool,
+              prms_format: str | None, gather: bool) -> ImageResult:
     """A cluster task: `predict_image` with the worker's cached model; errors become results."""
     started = time.perf_counter()
     try:
-        return predict_image(image, stem, out, model_for(spec, checkpoint), settings=settings,
+        return predict_image(image, stem, out, model_for(spec), settings=settings,
                              overwrite=overwrite, prms_format=prms_format, gather=gather)
     except Exception as error:  # reported by the client; a traceback may not pickle
         return ImageResult(image, stem, "failed", seconds=time.perf_counter() - started,
@@ -543,15 +544,17 @@ def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads,
         max_in_flight = 2 * max(1, sum(client.nthreads().values()))
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-    # The checkpoint's bytes go to every worker once; tasks refer to them.
-    checkpoint = None if checkpoint is None else client.scatter(checkpoint, broadcast=True, hash=False)
+    plugin = None
+    if checkpoint is not None:  # every worker gets the bytes once; tasks name them by hash
+        plugin = f"napari-prm-checkpoint-{spec.sha256[:16]}"
+        client.register_plugin(_checkpoint_plugin(spec.sha256, checkpoint), name=plugin)
     queue, attempts, in_flight = deque(todo), {}, {}
     run_token = os.urandom(4).hex()
 
     def submit(index: int) -> None:
         attempts[index] = attempts.get(index, 0) + 1
         result = results[index]
-        future = client.submit(_run_task, result.image, result.stem, str(out), spec, checkpoint, dict(settings),
+        future = client.submit(_run_task, result.image, result.stem, str(out), spec, dict(settings),
                                overwrite, prms_format, gather, pure=False,
                                key=f"napari-prm-{result.stem}-{run_token}-{attempts[index]}")
         in_flight[future] = index
@@ -582,6 +585,42 @@ def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads,
     finally:
         if in_flight:
             client.cancel(list(in_flight))
+        if plugin is not None and client.status == "running":
+            client.unregister_worker_plugin(plugin)
+
+
+_PLUGIN_CLASS = None
+
+
+def _checkpoint_plugin(sha256: str, data: bytes):
+    """A `distributed.WorkerPlugin` that puts a checkpoint's bytes into each worker's cache.
+
+    The scheduler keeps registered plugins and sets them up on workers that join later
+    (or restart after a crash), which data scattered to the workers would not survive.
+    The class is made here so that importing this module does not import distributed.
+    """
+    global _PLUGIN_CLASS
+    if _PLUGIN_CLASS is None:
+        from distributed import WorkerPlugin
+
+        class CheckpointPlugin(WorkerPlugin):
+            idempotent = True
+
+            def __init__(self, sha256: str, data: bytes):
+                self.sha256, self.data = sha256, data
+
+            def setup(self, worker) -> None:
+                from napari_prm import batch  # the worker's module, not a pickled copy of its globals
+
+                batch._CHECKPOINTS[self.sha256] = self.data
+
+            def teardown(self, worker) -> None:
+                from napari_prm import batch
+
+                batch._CHECKPOINTS.pop(self.sha256, None)
+
+        _PLUGIN_CLASS = CheckpointPlugin
+    return _PLUGIN_CLASS(sha256, data)
 
 
 # --------------------------------------------------------------------------- clusters
