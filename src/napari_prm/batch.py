@@ -46,7 +46,7 @@ from .io import IMAGE_SUFFIXES
 from .io.atomic import atomic_write
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
-           "output_stems", "start_local_cluster", "label_stack", "image_stack", "SUMMARY_COLUMNS"]
+           "output_stems", "start_local_cluster", "label_stack", "label_shapes", "image_stack", "SUMMARY_COLUMNS"]
 
 #: Columns of ``summary.csv``.
 SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts")
@@ -126,12 +126,19 @@ class BatchResult:
     def failed(self) -> list[ImageResult]:
         return self.with_status("failed")
 
-    def label_paths(self) -> list[Path]:
-        """The label images of the images that have outputs (written or skipped), in order."""
+    def labels_path(self, result: ImageResult) -> Path:
+        """Where the label image of ``result``'s image is (or would be)."""
         from .io import prediction_paths
 
-        return [prediction_paths(self.out, r.stem)["tiff"] for r in self.results
-                if r.status in ("written", "skipped") and prediction_paths(self.out, r.stem)["tiff"].is_file()]
+        return prediction_paths(self.out, result.stem)["tiff"]
+
+    def with_outputs(self) -> list[ImageResult]:
+        """The images that have outputs (written or skipped, label image present), in order."""
+        return [r for r in self.results if r.status in ("written", "skipped") and self.labels_path(r).is_file()]
+
+    def label_paths(self) -> list[Path]:
+        """The label images of `with_outputs`, in order."""
+        return [self.labels_path(r) for r in self.with_outputs()]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -656,6 +663,17 @@ def _padded(read, path, shape, dtype):
     return padded
 
 
+def label_shapes(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
+    """``(H, W)`` of label TIFFs, from their headers only."""
+    import tifffile
+
+    shapes = []
+    for path in paths:
+        with tifffile.TiffFile(path) as tiff:
+            shapes.append(tuple(int(n) for n in tiff.pages[0].shape[:2]))
+    return shapes
+
+
 def label_stack(paths: Sequence[str | os.PathLike]):
     """The label images as one lazy (N, H, W) uint32 dask array, each read when viewed.
 
@@ -664,14 +682,10 @@ def label_stack(paths: Sequence[str | os.PathLike]):
     """
     import dask
     import dask.array as da
-    import tifffile
 
     from .io import read_label_image
 
-    shapes = []
-    for path in paths:
-        with tifffile.TiffFile(path) as tiff:
-            shapes.append(tiff.pages[0].shape[:2])
+    shapes = label_shapes(paths)
     if not shapes:
         return da.zeros((0, 1, 1), np.uint32)
     shape = tuple(int(n) for n in np.max(shapes, axis=0))

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from ..model.checkpoint import IMAGENET_CLASS_THRESHOLD
 from ..predict import Cancelled, predict
+from .batch import open_batch_panel
 from .correct import CorrectionPanel
 from .layers import add_result_layers, check_image_layer, current_plane, merge_predictions, read_plane
 from .models import (
@@ -134,6 +135,8 @@ class PredictWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
+        self.batch_button = QPushButton("Run on a folder…")
+        self.batch_button.clicked.connect(lambda: open_batch_panel(self))
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m")
         self.status = QLabel("")
@@ -149,6 +152,7 @@ class PredictWidget(QWidget):
         layout.addWidget(self.class_filter)
         layout.addWidget(self.class_list)
         layout.addLayout(buttons)
+        layout.addWidget(self.batch_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.correction.native)
