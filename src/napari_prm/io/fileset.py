@@ -25,6 +25,10 @@ plugin run that recovery, so through napari-prm an image's outputs are always al
 or all new. Files on disk read by other programs can be mixed only from a kill during
 step 3 until the next napari-prm run in that folder.
 
+One run writes into an output folder at a time (several worker processes of one run, each
+writing other stems, are fine). Writers are told apart by host name, process id and
+process start time; machines sharing a host name (some containers) are taken for one.
+
 Why not a folder per image, renamed in one step? It would change the flat layout that
 users, scripts and the reader rely on (``*_labels.tif`` side by side), and replacing an
 existing folder is not one atomic step either: ``rename`` replaces only an empty folder
@@ -259,6 +263,7 @@ def write_file_set(folder: str | os.PathLike, stem: str, names: Mapping[str, str
         On an exception inside the block nothing in ``folder`` changes.
     """
     folder = Path(folder)
+    _plain_name(f"{stem}{MANIFEST_SUFFIX}")  # a stem naming another folder is refused
     names = {str(kind): _plain_name(name) for kind, name in names.items()}
     reserved = {manifest_path(folder, stem).name, STAGING_FOLDER}
     if len(set(names.values())) != len(names) or reserved & set(names.values()):
