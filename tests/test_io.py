@@ -460,8 +460,8 @@ def test_io_and_masks_import_neither_napari_qt_nor_torch():
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 names = [node.module]
-            elif isinstance(node, ast.ImportFrom):  # relative: io's own modules and masks only
-                allowed = {(1, sibling) for sibling in siblings} | {(2, "masks")}
+            elif isinstance(node, ast.ImportFrom):  # relative: io's own modules, masks, _validate
+                allowed = {(1, sibling) for sibling in siblings} | {(2, "masks"), (2, "_validate")}
                 assert (node.level, node.module) in allowed, f"{path.name} imports {'.' * node.level}{node.module}"
                 continue
             else:

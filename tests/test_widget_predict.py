@@ -36,7 +36,7 @@ def peak_threshold_for(image, model_path, count, class_name=None):
     from napari_prm.model import find_peaks
 
     model = load_model(model_path)
-    crms = predict(image, model, proposals=None, peak_threshold=float("inf")).crms
+    crms = predict(image, model, proposals=None, peak_threshold=1e30).crms
     if class_name is not None:
         crms = crms[[model.class_names.index(class_name)]]
     crms = torch.from_numpy(crms)[None]

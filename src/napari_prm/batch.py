@@ -34,6 +34,7 @@ import os
 import tempfile
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ class ImageResult:
         ``(H, W)`` of the image and of its label image.
     prediction : Prediction or None
         Only with ``predict_many(..., gather=True)``.
+    details : str
+        The traceback of the last failure (not in ``summary.csv``).
     """
 
     image: str
@@ -92,6 +95,7 @@ class ImageResult:
     attempts: int = 0
     shape: tuple[int, int] | None = None
     prediction: Any = None
+    details: str = ""
 
     def row(self) -> dict:
         """The image's row of ``summary.csv``."""
@@ -346,8 +350,14 @@ def _skipped(image: str, stem: str, file_set, error: str = "") -> ImageResult:
 
 
 def _describe_error(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    """One line: the message of an input error (it names the file), else ``unexpected <type>: ...``."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if isinstance(error, (ValueError, OSError)) else f"unexpected {type(error).__name__}: {text}"
+
+
+def _failed(image: str, stem: str, error: BaseException, started: float) -> ImageResult:
+    return ImageResult(image, stem, "failed", seconds=time.perf_counter() - started, error=_describe_error(error),
+                       details="".join(traceback.format_exception(error)))
 
 
 def _run_task(image: str, stem: str, out: str, spec: ModelSpec, settings: Mapping[str, Any], overwrite: bool,
@@ -357,9 +367,8 @@ def _run_task(image: str, stem: str, out: str, spec: ModelSpec, settings: Mappin
     try:
         return predict_image(image, stem, out, model_for(spec), settings=settings,
                              overwrite=overwrite, prms_format=prms_format, gather=gather)
-    except Exception as error:  # reported by the client; a traceback may not pickle
-        return ImageResult(image, stem, "failed", seconds=time.perf_counter() - started,
-                           error=_describe_error(error))
+    except Exception as error:  # reported by the client, as text: an exception may not pickle
+        return _failed(image, stem, error, started)
 
 
 # --------------------------------------------------------------------------- summary
@@ -533,8 +542,7 @@ def _run_here(results, todo, model, out, *, device, settings, overwrite, prms_fo
                 result = predict_image(image, stem, out, model, settings=settings, overwrite=overwrite,
                                        prms_format=prms_format, gather=gather)
             except Exception as error:  # one bad image must not stop the batch
-                result = ImageResult(image, stem, "failed", seconds=time.perf_counter() - started,
-                                     error=_describe_error(error))
+                result = _failed(image, stem, error, started)
         _finish(results, index, result, attempts, report)
 
 

@@ -5,8 +5,10 @@ Every subcommand is a thin layer over the library (`napari_prm.predict`,
 modules are imported only when a command runs, so ``--help`` stays quick.
 
 Exit status: 0 on success; 1 when some inputs failed (``predict``: an unreadable image;
-the others are still written); 2 for bad arguments or when nothing could run (no images,
-model or dataset not loadable).
+the others are still written) or on an unexpected internal error; 2 for bad arguments or
+inputs, or when nothing could run (no images, model or dataset not loadable); 130 when
+interrupted. No user error prints a Python traceback: an unexpected exception is reported
+in one line, and ``--debug`` prints its traceback too.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
+from . import _validate as check
 from .batch import collect_images
 from .io import IMAGE_SUFFIXES
 
@@ -76,15 +81,27 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
                         help="keep only the 20 PASCAL VOC classes (the PRM paper's label space)")
 
 
+DEBUG_HELP = "on an unexpected error, also print its Python traceback (default: off)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``napari-prm`` with all its subcommands."""
     parser = argparse.ArgumentParser(
         prog="napari-prm", formatter_class=_Formatter, description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"napari-prm {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    # --debug is accepted after the command too; SUPPRESS keeps the value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    predict = commands.add_parser(
-        "predict", formatter_class=_Formatter, help="segment instances in images",
+    def add_command(name: str, **options) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, formatter_class=_Formatter, parents=[common], **options)
+        command.set_defaults(parser=command)
+        return command
+
+    predict = add_command(
+        "predict", help="segment instances in images",
         description="Run PRM on images and write, per image: <stem>_labels.tif (label image), "
                     "<stem>_instances.json (COCO, RLE masks with class and score), "
                     "<stem>_instances.csv, <stem>_peaks.csv and optionally <stem>_prms.npy/.tif, "
@@ -127,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: none)")
     predict.set_defaults(run=_run_predict)
 
-    train = commands.add_parser(
-        "train", formatter_class=_Formatter, help="train a PRM model from image-level labels",
+    train = add_command(
+        "train", help="train a PRM model from image-level labels",
         description="Train a PRM model with the original recipe (multilabel soft-margin loss, "
                     "SGD). The checkpoint is written after every epoch and can be resumed.")
     _add_dataset_options(train)
@@ -166,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(train, device_only=True)
     train.set_defaults(run=_run_train)
 
-    evaluate = commands.add_parser(
-        "evaluate", formatter_class=_Formatter, help="the PRM paper's metrics on a dataset",
+    evaluate = add_command(
+        "evaluate", help="the PRM paper's metrics on a dataset",
         description="Run a model over a dataset with instance masks (COCO JSON) and print "
                     "mAP^r, ABO, PRM quality, peak pointing accuracy and classification mAP "
                     "as Markdown. The model's classes must all be in the dataset.")
@@ -187,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: not written)")
     evaluate.set_defaults(run=_run_evaluate)
 
-    demo = commands.add_parser(
-        "demo", formatter_class=_Formatter, help="run the built-in model on a sample image",
+    demo = add_command(
+        "demo", help="run the built-in model on a sample image",
         description="Run PRM on an image (default: scikit-image's Chelsea the cat), write the "
                     "results like 'predict' and, when a display is available, show them in "
                     "napari.")
@@ -206,13 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="open napari with the results (default: when a display is available)")
     demo.set_defaults(run=_run_demo)
 
-    bench = commands.add_parser(
-        "bench", formatter_class=_Formatter, help="time the pipeline on this machine",
+    bench = add_command(
+        "bench", help="time the pipeline on this machine",
         description="Time the forward pass, the peak response maps (against the original "
                     "one-backward-per-peak loop) and instance retrieval on random input; "
                     "print a Markdown table.")
     _add_model_options(bench)
-    bench.add_argument("--size", type=int, default=448, help="input side in pixels")
+    bench.add_argument("--size", type=int, default=448, help="input side in pixels (at least 32)")
     bench.add_argument("--peaks", type=int, default=20, help="number of peaks back-propagated")
     bench.add_argument("--peak-batch-size", type=int, default=None,
                        help="peaks back-propagated at once (default: 1 on CPU, 16 on GPU)")
@@ -227,17 +244,171 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``napari-prm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run ``napari-prm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Usage errors (argparse's and the option checks') raise ``SystemExit(2)`` as argparse
+    does; every other failure is reported in one line and returned as the exit status.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_arguments(args)
     try:
         return int(args.run(args) or 0)
     except CommandError as error:
-        print(f"napari-prm {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _report(args, error, 2)
     except KeyboardInterrupt:
         print(f"napari-prm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as error:  # the library's messages name the file or argument
+        return _report(args, error, 2)
+    except Exception as error:  # a bug or an exhausted resource: one line, no traceback
+        return _report(args, error, 1)
+
+
+def _report(args, error: BaseException, status: int) -> int:
+    if getattr(args, "debug", False):
+        traceback.print_exception(error)
+    print(f"napari-prm {args.command}: error: {_error_text(error, args)}", file=sys.stderr)
+    return status
+
+
+def _error_text(error: BaseException, args) -> str:
+    """One line for an error: the message of a user error; the type, and a pointer to
+    ``--debug``, for an unexpected one."""
+    text = str(error) or type(error).__name__
+    if isinstance(error, (CommandError, ValueError, OSError)):
+        return text
+    hint = "" if getattr(args, "debug", False) else "; run with --debug for the traceback"
+    return f"unexpected {type(error).__name__}: {text}{hint}"
+
+
+# --------------------------------------------------------------------------- argument checks
+def _proposal_source(name: str, value, *, folders: bool):
+    """``--proposals``: 'none' (None), keywords joined by '+', or an existing file (or folder)."""
+    from .proposals import PROPOSAL_KEYWORDS
+
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file() or (folders and path.is_dir()):
+        return value
+    parts = [part.strip().lower() for part in value.split("+")]
+    if path.suffix or "/" in value or "\\" in value or not all(p in PROPOSAL_KEYWORDS for p in parts):
+        kind = "file or folder" if folders else "file"
+        raise ValueError(f"{name}: expected 'none', {', '.join(map(repr, PROPOSAL_KEYWORDS))}, a "
+                         f"combination like 'default+prm' or an existing proposal {kind}; got "
+                         f"{value!r}")
+    return value
+
+
+def _optional_finite(name, value):
+    return check.finite_float(name, value, optional=True)
+
+
+def _optional_positive(name, value):
+    return check.positive_int(name, value, optional=True)
+
+
+def _positive(name, value):
+    return check.positive_int(name, value)
+
+
+def _train_out(name, value):
+    path = check.output_file(name, value, parent_must_exist=False)
+    if path.suffix.lower() == ".safetensors":
+        raise ValueError(f"{name}: training checkpoints hold optimiser state: write a .pt file, "
+                         f"not {path}")
+    return path
+
+
+def _input_size(name, value):
+    return [check.positive_int(f"{name}[{i}]", v) for i, v in enumerate(value)]
+
+
+def _iou_thresholds(name, value):
+    return list(check.finite_floats(name, value, low=0, high=1, low_open=True, unique=True))
+
+
+def _bench_out(name, value):
+    return None if value is None else check.output_file(name, value)
+
+
+def _json_out(name, value):
+    return None if value is None else check.output_file(name, value, parent_must_exist=False)
+
+
+def _existing_image(name, value):
+    if value is not None and not Path(value).is_file():
+        raise ValueError(f"{name}: no such image file: {value}")
+    return value
+
+
+#: Per command, per option (argparse ``dest``): a check ``(option name, value) -> value``
+#: from `napari_prm._validate`, run after parsing so that a bad value ends in exit status 2
+#: with a message naming the option.
+ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
+    "predict": {
+        "out": check.output_folder,
+        "class_threshold": _optional_finite,
+        "peak_threshold": _optional_finite,
+        "peak_batch_size": _optional_positive,
+        "proposals": lambda name, value: _proposal_source(name, value, folders=True),
+        "workers": _optional_positive,
+    },
+    "train": {
+        "out": _train_out,
+        "epochs": _positive,
+        "batch_size": _positive,
+        "lr": lambda name, value: check.finite_float(name, value, low=0),
+        "backbone_lr_mult": lambda name, value: check.finite_float(name, value, low=0),
+        "momentum": lambda name, value: check.finite_float(name, value, low=0, high=1,
+                                                           high_open=True),
+        "weight_decay": lambda name, value: check.finite_float(name, value, low=0),
+        "input_size": _input_size,
+        "sub_pixel_locating_factor": _positive,
+        "val_fraction": lambda name, value: check.finite_float(name, value, low=0, high=1,
+                                                               high_open=True),
+        "seed": lambda name, value: check.integer(name, value, low=0, high=2**32 - 1),
+        "num_workers": lambda name, value: check.integer(name, value, low=0),
+    },
+    "evaluate": {
+        "iou_thresholds": _iou_thresholds,
+        "class_threshold": _optional_finite,
+        "max_images": _optional_positive,
+        "json": _json_out,
+        "proposals": lambda name, value: _proposal_source(name, value, folders=False),
+    },
+    "demo": {
+        "image": _existing_image,
+        "out": check.output_folder,
+        "class_threshold": _optional_finite,
+        "peak_threshold": _optional_finite,
+        "proposals": lambda name, value: _proposal_source(name, value, folders=False),
+    },
+    "bench": {
+        "size": lambda name, value: check.integer(name, value, low=32),
+        "peaks": _positive,
+        "peak_batch_size": _optional_positive,
+        "out": _bench_out,
+    },
+}
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Run `ARGUMENT_CHECKS` on parsed arguments; a failure is a usage error (exit status 2).
+
+    Each checked value is replaced by its canonical form (a float, an int, a Path).
+    """
+    subparser = getattr(args, "parser", None)
+    for dest, checker in ARGUMENT_CHECKS.get(args.command, {}).items():
+        action = next((a for a in subparser._actions if a.dest == dest), None) if subparser else None
+        name = action.option_strings[-1] if action is not None and action.option_strings else dest.upper()
+        try:
+            setattr(args, dest, checker(name, getattr(args, dest)))
+        except ValueError as error:
+            if subparser is None:
+                raise CommandError(str(error)) from None
+            subparser.error(str(error))
 
 
 # --------------------------------------------------------------------------- predict
@@ -275,8 +446,6 @@ def _run_predict(args) -> int:
         _say(problem)
     if not images:
         raise CommandError("no images to process")
-    if args.workers is not None and args.workers < 1:
-        raise CommandError(f"--workers must be at least 1, got {args.workers}")
     model = _load_model(args.model, args.device)  # a bad model or class fails before any cluster starts
     classes = _classes_arg(args.classes, model.class_names)
     if args.workers is not None or args.scheduler is not None:
@@ -289,7 +458,11 @@ def _run_predict(args) -> int:
 
     def progress(result, done, total) -> None:
         if result.status == "failed":
-            _say(f"{result.image}: failed: {result.error}")
+            if args.debug and result.details:
+                _say(result.details.rstrip())
+            unexpected = result.error.startswith("unexpected") and not args.debug
+            hint = "; run with --debug for the traceback" if unexpected else ""
+            _say(f"{result.image}: failed: {result.error}{hint}")
         bar.update(1)
 
     try:
@@ -453,9 +626,12 @@ def _run_demo(args) -> int:
             raise CommandError(str(error)) from error
         stem, file_name = Path(args.image).stem, Path(args.image).name
     model = _load_model(args.model, args.device)
-    prediction = predict(image, model, proposals=args.proposals,
-                         class_threshold=args.class_threshold,
-                         peak_threshold=args.peak_threshold)
+    try:
+        prediction = predict(image, model, proposals=args.proposals,
+                             class_threshold=args.class_threshold,
+                             peak_threshold=args.peak_threshold)
+    except ValueError as error:
+        raise CommandError(f"{args.image or file_name}: {error}") from error
     args.out.mkdir(parents=True, exist_ok=True)
     written = io.write_prediction(prediction, args.out, stem, overwrite=True,
                                   image_file_name=file_name)

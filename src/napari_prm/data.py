@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import _validate as check
 from .io.images import IMAGE_SUFFIXES, as_rgb_float, read_image
 
 #: The 20 PASCAL VOC classes under their COCO names, in VOC's order.
@@ -126,13 +127,24 @@ class LabeledImageDataset:
             raise ValueError(f"dataset {self.source} has no instance masks (only COCO JSON datasets do)")
         from .masks import decode_rle, segmentation_to_rle
 
-        info = self.coco.imgs[self.image_ids[index]]
-        height, width = int(info["height"]), int(info["width"])
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        where = f"{self.source} (image id {image_id})"
+        try:
+            height, width = (check.positive_int(key, info.get(key)) for key in ("height", "width"))
+        except ValueError as error:
+            raise ValueError(f"{where}: the image entry needs its size: {error}") from None
         class_of = {cat: i for i, cat in enumerate(self.category_ids)}
-        anns = [a for a in self.coco.imgToAnns.get(self.image_ids[index], []) if a["category_id"] in class_of]
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if a["category_id"] in class_of]
         masks = np.zeros((len(anns), height, width), dtype=bool)
         for k, ann in enumerate(anns):
-            masks[k] = decode_rle(segmentation_to_rle(ann["segmentation"], height, width))
+            if "segmentation" not in ann:
+                raise ValueError(f"{where}: annotation id {ann.get('id')} has no 'segmentation' "
+                                 "(evaluation needs instance masks)")
+            try:
+                masks[k] = decode_rle(segmentation_to_rle(ann["segmentation"], height, width))
+            except ValueError as error:
+                raise ValueError(f"{where}: annotation id {ann.get('id')}: {error}") from None
         return GroundTruth(
             masks=masks,
             class_indices=np.array([class_of[a["category_id"]] for a in anns], dtype=np.int64),
@@ -203,6 +215,8 @@ class LabeledImageDataset:
         """Raise ValueError when the dataset is empty or a class has no positive image."""
         if len(self) == 0:
             raise ValueError(f"dataset {self.source} has no images")
+        if not self.class_names:
+            raise ValueError(f"dataset {self.source} has no classes: no image is labelled")
         empty = [c for c, n in zip(self.class_names, self.labels.sum(0)) if n == 0]
         if empty:
             raise ValueError(f"class(es) {empty} have no positive image in {self.source}; "
@@ -224,14 +238,56 @@ def voc_view(dataset: LabeledImageDataset, *, drop_unlabeled: bool = True) -> La
 
 
 def _quiet_coco(json_path: Path):
+    """The COCO file, checked (`_check_coco`) before pycocotools indexes it."""
+    import json
+
     from pycocotools.coco import COCO
 
+    try:
+        with open(json_path, encoding="utf-8") as handle:
+            dataset = json.load(handle)
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
+        raise ValueError(f"cannot read COCO annotations {json_path}: {error}") from error
+    _check_coco(dataset, json_path)
     # pycocotools prints progress to stdout; the CLI's output should stay clean.
     with contextlib.redirect_stdout(io.StringIO()):
         try:
-            return COCO(str(json_path))
+            coco = COCO()
+            coco.dataset = dataset
+            coco.createIndex()
         except Exception as error:
             raise ValueError(f"cannot read COCO annotations {json_path}: {error}") from error
+    return coco
+
+
+def _check_coco(dataset, json_path: Path) -> None:
+    """The parts of a COCO file that loading relies on; errors name the file and the item."""
+    if not isinstance(dataset, dict):
+        raise ValueError(f"COCO file {json_path}: expected a JSON object with 'images', "
+                         f"'annotations' and 'categories', got {type(dataset).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(key, []), list):
+            raise ValueError(f"COCO file {json_path}: '{key}' must be a list")
+    categories = dataset.get("categories", [])
+    if not categories:
+        raise ValueError(f"COCO file {json_path} has no categories: there is no class to learn")
+    names = {}
+    for number, category in enumerate(categories):
+        if not isinstance(category, dict) or "id" not in category or not isinstance(category.get("name"), str):
+            raise ValueError(f"COCO file {json_path}: category {number} needs an 'id' and a 'name'")
+        if category["name"] in names:
+            raise ValueError(f"COCO file {json_path}: category name {category['name']!r} is used by "
+                             f"ids {names[category['name']]} and {category['id']}")
+        names[category["name"]] = category["id"]
+    for number, image in enumerate(dataset.get("images", [])):
+        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
+            raise ValueError(f"COCO file {json_path}: image {number} needs an 'id' and a 'file_name'")
+    # Annotations of images or categories the file does not list are ignored (a subset of a
+    # bigger file); an annotation must still say which image and category it belongs to.
+    for number, annotation in enumerate(dataset.get("annotations", [])):
+        if not isinstance(annotation, dict) or "image_id" not in annotation or "category_id" not in annotation:
+            raise ValueError(f"COCO file {json_path}: annotation {number} needs an 'image_id' and a "
+                             "'category_id'")
 
 
 def _default_coco_image_dir(json_path: Path) -> Path:
@@ -299,6 +355,9 @@ def from_coco(
         if unknown:
             raise ValueError(f"unknown class(es) {unknown} in {json_path}; its categories are {list(by_name)}")
         category_ids = [by_name[c] for c in classes]
+    if not category_ids:
+        raise ValueError(f"COCO file {json_path}: no annotation uses any of its {len(categories)} "
+                         "categories, so there is no class to learn")
     id_to_name = {c["id"]: c["name"] for c in categories}
     column = {cat: j for j, cat in enumerate(category_ids)}
     labels = np.zeros((len(image_ids), len(category_ids)), dtype=np.float32)
@@ -383,27 +442,30 @@ def from_csv(
         raise ValueError(f"CSV file {path} does not exist")
     image_root = Path(image_root) if image_root is not None else path.parent
     entries: list[tuple[Path, list[str], str]] = []
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [h.strip().lower() for h in header[:2]] != ["image", "labels"]:
-            raise ValueError(f"{path}:1: expected the header 'image,labels'; got {header}")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != 2:
-                raise ValueError(f"{where}: expected 2 columns (image,labels); got {len(row)}: {row}")
-            image = Path(row[0].strip())
-            image = image if image.is_absolute() else image_root / image
-            if not image.is_file():
-                raise ValueError(f"{where}: image {image} does not exist")
-            names = [n.strip() for n in row[1].split(";") if n.strip()]
-            if classes is not None:
-                unknown = [n for n in names if n not in classes]
-                if unknown:
-                    raise ValueError(f"{where}: unknown class(es) {unknown}; expected one of {list(classes)}")
-            entries.append((image, names, where))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None or [h.strip().lower() for h in header[:2]] != ["image", "labels"]:
+                raise ValueError(f"{path}:1: expected the header 'image,labels'; got {header}")
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                if len(row) != 2:
+                    raise ValueError(f"{where}: expected 2 columns (image,labels); got {len(row)}: {row}")
+                image = Path(row[0].strip())
+                image = image if image.is_absolute() else image_root / image
+                if not image.is_file():
+                    raise ValueError(f"{where}: image {image} does not exist")
+                names = [n.strip() for n in row[1].split(";") if n.strip()]
+                if classes is not None:
+                    unknown = [n for n in names if n not in classes]
+                    if unknown:
+                        raise ValueError(f"{where}: unknown class(es) {unknown}; expected one of {list(classes)}")
+                entries.append((image, names, where))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"cannot read CSV file {path}: {error}") from error
     if not entries:
         raise ValueError(f"CSV file {path} lists no images")
     class_names = list(classes) if classes is not None else sorted({n for _, names, _ in entries for n in names})
@@ -424,7 +486,7 @@ def load_dataset(path: PathLike, **kwargs) -> LabeledImageDataset:
     A ``.json`` file is COCO, a ``.csv`` file is a label CSV, a folder is a
     folder per class. Keyword arguments go to the loader.
     """
-    path = Path(path)
+    path = check.path_like("dataset", path)
     if path.is_dir():
         return from_folders(path, **kwargs)
     if path.suffix.lower() == ".json":

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _validate as check
 from .io.atomic import atomic_write
 from .masks import encode_rle, mask_iou, rle_area, rle_bbox
 
@@ -255,6 +256,8 @@ def instance_map(gt: Sequence[tuple], predictions: Sequence[tuple], *, num_class
     dict
         ``{threshold: mAP}``; classes without ground truth are left out of the mean.
     """
+    iou_thresholds = check.finite_floats("iou_thresholds", iou_thresholds, low=0, high=1,
+                                         low_open=True, unique=True)
     if len(gt) != len(predictions):
         raise ValueError(f"{len(gt)} ground-truth images but {len(predictions)} prediction images")
     if num_classes is None:
@@ -337,6 +340,13 @@ def evaluate(
     from .model.checkpoint import PRMModel, load_model
     from .predict import predict
 
+    iou_thresholds = check.finite_floats("iou_thresholds", iou_thresholds, low=0, high=1,
+                                         low_open=True, unique=True)
+    class_threshold = check.finite_float("class_threshold", class_threshold, optional=True)
+    max_images = check.positive_int("max_images", max_images, optional=True)
+    if not hasattr(dataset, "has_masks"):
+        raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
+                         f"got {type(dataset).__name__}")
     if not dataset.has_masks:
         raise ValueError(f"evaluation needs instance masks; dataset {dataset.source} has none (use a COCO JSON)")
     model = None
@@ -432,7 +442,7 @@ def report_markdown(results: dict[str, Any]) -> str:
 
 def report_json(results: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the results as JSON (NaN as null), atomically; returns the path."""
-    path = Path(path)
+    path = check.output_file("path", path, parent_must_exist=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as temp:
         with open(temp, "w", encoding="utf-8") as stream:

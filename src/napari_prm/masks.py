@@ -127,6 +127,8 @@ def greedy_mask_nms(
     >>> greedy_mask_nms(masks, 0.5)  # mask 1 covers 6 of mask 0's 8 pixels: IoU 0.75
     array([0, 2])
     """
+    if not np.isfinite(float(iou_threshold)):
+        raise ValueError(f"iou_threshold: expected a finite number, got {iou_threshold!r}")
     flat = _flat(masks, "masks")
     count, pixels = flat.shape
     limit = count if max_kept is None else max(int(max_kept), 0)
@@ -249,23 +251,119 @@ def segmentation_to_rle(segmentation, height: int, width: int) -> dict:
     Parameters
     ----------
     segmentation : list of polygons, or dict with ``size`` and ``counts``
-        ``counts`` a list (uncompressed RLE) or a str/bytes (compressed).
+        A polygon is a flat list ``[x0, y0, x1, y1, ...]``; ``counts`` a list
+        (uncompressed RLE) or a str/bytes (compressed).
     height, width : int
-        Image size, used by polygons (an RLE carries its own ``size``).
+        The image size: polygons are drawn at it, an RLE's ``size`` must equal it.
 
     Returns
     -------
     dict
         ``{"size": [H, W], "counts": bytes}`` as pycocotools takes it.
+
+    Raises
+    ------
+    ValueError
+        A polygon with an odd number of coordinates or with NaN/infinite ones; an RLE
+        whose ``size`` differs from ``(height, width)``, whose counts are negative, hold
+        characters outside COCO's alphabet, end in the middle of a number, or do not add
+        up to ``height * width`` (pycocotools would decode such counts into a made-up
+        mask). The message says what is wrong; callers add the file and item.
+
+    Notes
+    -----
+    A polygon of fewer than 3 points encloses no area and is left out (pycocotools
+    would read a 4-number polygon as a box).
     """
+    height, width = (_size_value(name, value) for name, value in (("height", height), ("width", width)))
     if isinstance(segmentation, list):
-        return coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
-    if isinstance(segmentation.get("counts"), list):
-        return coco_mask.frPyObjects(segmentation, height, width)
-    rle = dict(segmentation)
-    if isinstance(rle["counts"], str):
-        rle["counts"] = rle["counts"].encode("ascii")
-    return rle
+        return _polygons_to_rle(segmentation, height, width)
+    if not isinstance(segmentation, Mapping):
+        raise ValueError(f"segmentation: expected a list of polygons or an RLE dict with 'size' and "
+                         f"'counts', got {type(segmentation).__name__}")
+    missing = [key for key in ("size", "counts") if key not in segmentation]
+    if missing:
+        raise ValueError(f"RLE: missing {' and '.join(missing)}")
+    size = segmentation["size"]
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise ValueError(f"RLE: size: expected [height, width], got {size!r}")
+    size = [_size_value(f"RLE size[{i}]", v) for i, v in enumerate(size)]
+    if size != [height, width]:
+        raise ValueError(f"RLE: its size {size[0]}×{size[1]} differs from the image's {height}×{width}")
+    counts = segmentation["counts"]
+    if isinstance(counts, list):
+        values = counts
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            raise ValueError("RLE: counts: expected integers")
+    elif isinstance(counts, (str, bytes)):
+        counts = counts.encode("ascii", errors="replace") if isinstance(counts, str) else counts
+        values = _compressed_counts(counts)
+    else:
+        raise ValueError(f"RLE: counts: expected a list of integers or a string, got {type(counts).__name__}")
+    if any(v < 0 for v in values):
+        raise ValueError("RLE: counts: a run has a negative length (corrupt counts)")
+    if sum(values) != height * width:
+        raise ValueError(f"RLE: counts cover {sum(values)} pixels, but the mask has "
+                         f"{height}×{width} = {height * width} (corrupt counts)")
+    if isinstance(counts, list):
+        return coco_mask.frPyObjects({"size": size, "counts": [int(v) for v in counts]}, height, width)
+    return {"size": size, "counts": counts}
+
+
+def _size_value(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)) \
+            or not float(value).is_integer() or value < 0:
+        raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _polygons_to_rle(polygons: list, height: int, width: int) -> dict:
+    kept = []
+    for number, polygon in enumerate(polygons):
+        try:
+            coordinates = np.asarray(polygon, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"polygon {number}: expected a flat list of numbers, got {polygon!r:.60}") from None
+        if coordinates.ndim != 1 or len(coordinates) % 2:
+            raise ValueError(f"polygon {number}: expected an even number of coordinates (x, y pairs), "
+                             f"got {coordinates.size}")
+        if not np.isfinite(coordinates).all():
+            raise ValueError(f"polygon {number}: holds NaN or infinite coordinates")
+        if len(coordinates) >= 6:
+            kept.append(coordinates.tolist())
+    if not kept:
+        return coco_mask.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
+    return coco_mask.merge(coco_mask.frPyObjects(kept, height, width))
+
+
+def _compressed_counts(counts: bytes) -> list[int]:
+    """The run lengths of COCO's compressed RLE string (pycocotools' ``rleFrString``), checked.
+
+    Each number is 5-bit groups in characters ``chr(48 + group)`` (bit 0x20: more groups
+    follow; 0x10 of the last: negative); from the third number on it is a difference
+    to the number two before it.
+    """
+    values: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                raise ValueError("RLE: counts end in the middle of a number (truncated)")
+            group = counts[position] - 48
+            if not 0 <= group < 64:
+                raise ValueError(f"RLE: counts: character {chr(counts[position])!r} at position "
+                                 f"{position} is not a COCO RLE character")
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position += 1
+            shift += 5
+            if not more and group & 0x10:
+                value |= -1 << shift
+        if len(values) > 2:
+            value += values[-2]
+        values.append(value)
+    return values
 
 
 def rle_area(rle: Mapping) -> int:

@@ -10,12 +10,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import _validate as check
 from .io.images import as_rgb_float
 from .model.checkpoint import PRMModel, load_model, resolve_device
 from .model.transforms import to_network_input
 from .retrieval import Instance
 
 ProgressCallback = Callable[[str, int, int], None]
+
+#: The keyword arguments ``predict(retrieval=...)`` passes to `retrieve_instances`.
+RETRIEVAL_OPTIONS = ("contour_width", "size_limits", "proposal_count", "nms_threshold",
+                     "merge_peak_response", "bg_threshold", "penalty", "balance")
 
 
 class Cancelled(RuntimeError):
@@ -174,7 +179,21 @@ def predict(
     Returns
     -------
     Prediction
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: NaN or infinite thresholds, ``peak_batch_size < 1``, an image
+        that is not one 2-D plane of at least 2×2 finite pixels, unknown classes, ...
     """
+    class_threshold = check.finite_float("class_threshold", class_threshold, optional=True)
+    peak_threshold = check.finite_float("peak_threshold", peak_threshold, optional=True)
+    peak_batch_size = check.positive_int("peak_batch_size", peak_batch_size, optional=True)
+    retrieval = check.keyword_options("retrieval", retrieval, RETRIEVAL_OPTIONS)
+    if points is not None and np.size(points[0]) % 2:
+        raise ValueError(f"points: expected (K, 2) image (y, x) locations, got shape {np.shape(points[0])}")
+    if points is not None:
+        check.finite_array("points", np.asarray(points[0], dtype=np.float64))
     rgb = as_rgb_float(image)
     image_shape = rgb.shape[:2]
     if not isinstance(model, PRMModel):

@@ -13,6 +13,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 from scipy import sparse
 
+from . import _validate as check
 from .masks import greedy_mask_nms
 
 __all__ = ["Instance", "retrieve_instances", "instances_to_labels"]
@@ -208,6 +209,15 @@ def retrieve_instances(
     with the flattened maps (float32), not from loops over pairs.
     """
     prms, peak_classes, crms, proposals = _check_inputs(prms, peak_classes, crms, proposals)
+    check.finite_array("prms", prms)
+    check.finite_array("crms", crms)
+    contour_width = check.positive_int("contour_width", contour_width)
+    proposal_count = check.integer("proposal_count", proposal_count, low=0)
+    size_limits = check.finite_floats("size_limits", size_limits, length=2, low=0)
+    nms_threshold = check.finite_float("nms_threshold", nms_threshold, low=0, high=1, optional=True)
+    for name, value in (("bg_threshold", bg_threshold), ("penalty", penalty), ("balance", balance)):
+        if not (isinstance(value, Mapping) and not value):
+            check.finite_floats(name, value if isinstance(value, Mapping) else np.ravel(value))
     if int(contour_width) < 1:
         raise ValueError(f"contour_width: expected a positive integer, got {contour_width}")
     low, high = (float(v) for v in size_limits)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import _validate as check
 from .data import LabeledImageDataset, TrainingImages
 from .evaluate import classification_map
 from .model.checkpoint import PRMModel, build_model, load_checkpoint, resolve_device, save_model
@@ -157,11 +158,29 @@ def _set_train_mode(model: PRMModel, backbone_frozen: bool) -> None:
         model.network.fcn.features.eval()
 
 
+def _batches(loader):
+    """The loader's batches; a worker process's ValueError (an unreadable image) comes back
+    with its own message, not with the worker's traceback that torch puts in it."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except ValueError as error:
+            text = str(error)
+            if "Original Traceback" not in text:
+                raise
+            last = [line for line in text.splitlines() if line.strip()][-1]
+            raise ValueError(last.split(": ", 1)[-1]) from None
+        yield batch
+
+
 @torch.no_grad()
 def _validation_ap(model: PRMModel, loader, device) -> tuple[dict[str, float], float]:
     model.network.eval()
     scores, labels = [], []
-    for images, targets in loader:
+    for images, targets in _batches(loader):
         scores.append(model.network(images.to(device)).float().cpu())
         labels.append(targets)
     mean_ap, per_class = classification_map(torch.cat(scores).numpy(), torch.cat(labels).numpy())
@@ -176,6 +195,64 @@ def _save(model: PRMModel, out: Path, optimizer, epoch: int, history: list[Epoch
         "config": config,
     }
     return save_model(model, out, extra={TRAINING_STATE_KEY: training})
+
+
+def _recipe(*, epochs, batch_size, lr, backbone_lr_mult, momentum, weight_decay, input_size,
+            sub_pixel_locating_factor, hflip, seed, val_fraction, where: str = "") -> dict[str, Any]:
+    """The training recipe, every number checked (ValueError names the argument)."""
+    if isinstance(input_size, (str, bytes)) or not isinstance(input_size, Sequence) or len(input_size) != 2:
+        raise ValueError(f"{where}input_size: expected (height, width), got {input_size!r}")
+    return dict(
+        epochs=check.positive_int(f"{where}epochs", epochs),
+        batch_size=check.positive_int(f"{where}batch_size", batch_size),
+        lr=check.finite_float(f"{where}lr", lr, low=0),
+        backbone_lr_mult=check.finite_float(f"{where}backbone_lr_mult", backbone_lr_mult, low=0),
+        momentum=check.finite_float(f"{where}momentum", momentum, low=0, high=1, high_open=True),
+        weight_decay=check.finite_float(f"{where}weight_decay", weight_decay, low=0),
+        input_size=[check.positive_int(f"{where}input_size[{i}]", v) for i, v in enumerate(input_size)],
+        sub_pixel_locating_factor=check.positive_int(f"{where}sub_pixel_locating_factor",
+                                                     sub_pixel_locating_factor),
+        hflip=bool(hflip),
+        seed=check.integer(f"{where}seed", seed, low=0, high=2**32 - 1),
+        val_fraction=check.finite_float(f"{where}val_fraction", val_fraction, low=0, high=1,
+                                        high_open=True),
+    )
+
+
+def _training_state(path: Path, state) -> tuple[dict[str, Any], int, list[EpochRecord]]:
+    """The recipe, finished epochs and history stored in a checkpoint, checked."""
+    where = f"checkpoint {path}: training state: "
+    try:
+        config = _recipe(**{key: state["config"][key] for key in (
+            "epochs", "batch_size", "lr", "backbone_lr_mult", "momentum", "weight_decay", "input_size",
+            "sub_pixel_locating_factor", "hflip", "seed", "val_fraction")}, where=where)
+        start_epoch = check.integer(f"{where}epoch", state["epoch"], low=0)
+        history = [EpochRecord(**record) for record in state["history"]]
+        if not isinstance(state["optimizer"], dict):
+            raise ValueError(f"{where}optimizer: expected a dict")
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{where}incomplete or malformed ({type(error).__name__}: {error})") from None
+    return config, start_epoch, history
+
+
+def _check_finite_training(model: PRMModel, out: Path, epoch: int, batch: int | None, loss: float | None,
+                           lr: float, last_good: Path | None) -> None:
+    """Stop training with a clear message when the loss or the weights stopped being finite.
+
+    Nothing is written then: ``out`` keeps the last good epoch's checkpoint.
+    """
+    if loss is not None and np.isfinite(loss):
+        return
+    if loss is None and all(bool(torch.isfinite(p).all()) for p in model.network.parameters()):
+        return
+    what = f"the loss became {loss} at batch {batch}" if loss is not None else "the weights hold NaN or inf"
+    if last_good is not None:
+        kept = f"the last good checkpoint {last_good} is kept"
+    elif out.exists():
+        kept = f"{out} was left as it was"
+    else:
+        kept = f"nothing was written to {out}"
+    raise ValueError(f"training diverged in epoch {epoch}: {what} (lr={lr:g}; try a smaller --lr); {kept}")
 
 
 def train(
@@ -252,11 +329,14 @@ def train(
     -------
     TrainResult
     """
-    out = Path(out)
+    if not isinstance(dataset, LabeledImageDataset):
+        raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
+                         f"got {type(dataset).__name__}")
+    out = check.output_file("out", out, parent_must_exist=False)
     if out.suffix == ".safetensors":
         raise ValueError(f"training checkpoints hold optimiser state: write a .pt file, not {out}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1; got {epochs} and {batch_size}")
+    epochs = check.positive_int("epochs", epochs)
+    num_workers = check.integer("num_workers", num_workers, low=0)
     dataset.check_positives()
     device = resolve_device(device)
     start_epoch, history, state = 0, [], None
@@ -270,18 +350,15 @@ def train(
         if list(model.class_names) != list(dataset.class_names):
             raise ValueError(f"cannot resume {resume_path}: it was trained on classes {model.class_names}, "
                              f"the dataset has {dataset.class_names}")
-        config = state["config"]
-        start_epoch = int(state["epoch"])
-        history = [EpochRecord(**record) for record in state["history"]]
+        config, start_epoch, history = _training_state(resume_path, state)
     else:
-        config = dict(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr),
-                      backbone_lr_mult=float(backbone_lr_mult), momentum=float(momentum),
-                      weight_decay=float(weight_decay), input_size=[int(s) for s in input_size],
-                      sub_pixel_locating_factor=int(sub_pixel_locating_factor), hflip=bool(hflip),
-                      seed=int(seed), val_fraction=float(val_fraction))
+        config = _recipe(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_mult=backbone_lr_mult,
+                         momentum=momentum, weight_decay=weight_decay, input_size=input_size,
+                         sub_pixel_locating_factor=sub_pixel_locating_factor, hflip=hflip, seed=seed,
+                         val_fraction=val_fraction)
         model = _start_model(model if model is not None else backbone, list(dataset.class_names),
                              config["input_size"], config["seed"])
-    config["epochs"] = int(epochs)
+    config["epochs"] = epochs
     model.to(device)
     optimizer = _optimizer(model, config["lr"], config["backbone_lr_mult"], config["momentum"], config["weight_decay"])
     if state is not None:
@@ -313,12 +390,14 @@ def train(
             images.set_epoch(epoch)
             _set_train_mode(model, config["backbone_lr_mult"] == 0)
             started, seen, losses = time.perf_counter(), 0, []
-            for batch, (inputs, targets) in enumerate(loader, start=1):
+            for batch, (inputs, targets) in enumerate(_batches(loader), start=1):
                 if _is_cancelled(cancel):
                     cancelled = True
                     break
                 inputs, targets = inputs.to(device), targets.to(device)
                 loss = F.multilabel_soft_margin_loss(network(inputs), targets)
+                _check_finite_training(model, out, epoch + 1, batch, float(loss.detach()), config["lr"],
+                                       checkpoint)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -334,6 +413,7 @@ def train(
                 network.sub_pixel_locating_factor = inference_factor
                 record.val_ap, record.val_map = _validation_ap(model, val_loader, device)
                 network.sub_pixel_locating_factor = config["sub_pixel_locating_factor"]
+            _check_finite_training(model, out, epoch + 1, None, None, config["lr"], checkpoint)
             history.append(record)
             network.sub_pixel_locating_factor = inference_factor
             checkpoint = _save(model, out, optimizer, epoch + 1, history, config)

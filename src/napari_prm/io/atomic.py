@@ -135,6 +135,13 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
     overwrite : bool
         If False and ``path`` exists, raise ``FileExistsError`` before anything is written.
 
+    Raises
+    ------
+    ValueError
+        ``path`` is a folder.
+    FileNotFoundError
+        ``path``'s folder does not exist.
+
     Yields
     ------
     Path
@@ -149,6 +156,8 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
     its temporary file behind; `remove_stale_temporaries` removes it later.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder")
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():

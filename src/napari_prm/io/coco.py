@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validate import finite_float, integer, output_file, path_like
 from ..masks import decode_rle, encode_rle, rle_area, rle_bbox, segmentation_to_rle
 from .atomic import atomic_write
 from .labels import _check_labels
@@ -52,6 +53,7 @@ def labels_to_coco(labels: np.ndarray, table=None, class_names: Sequence[str] | 
         ``peak`` and ``score`` (left out when the instance has none).
     """
     labels = _check_labels(labels)
+    image_id = integer("image_id", image_id)
     regions = _label_regions(labels)
     records = _instance_rows(regions, table, class_names)
     names = list(class_names) if class_names is not None else _names_from_records(records)
@@ -115,7 +117,7 @@ def coco_to_labels(coco: Mapping | str | os.PathLike, image_id: int | None = Non
     written by this module), else 1, 2, ... in annotation order. Where masks overlap,
     later annotations cover earlier ones.
     """
-    source = str(coco) if not isinstance(coco, Mapping) else "the COCO dict"
+    source = str(path_like("coco", coco)) if not isinstance(coco, Mapping) else "the COCO dict"
     if not isinstance(coco, Mapping):
         try:
             with open(coco, encoding="utf-8") as handle:
@@ -136,26 +138,38 @@ def coco_to_labels(coco: Mapping | str | os.PathLike, image_id: int | None = Non
     if int(image_id) not in images:
         raise ValueError(f"{source} has no image with id {image_id}")
     image = images[int(image_id)]
-    height, width = int(image["height"]), int(image["width"])
+    try:
+        height, width = (integer(key, image.get(key), low=1) for key in ("height", "width"))
+    except ValueError as error:
+        raise ValueError(f"{source}: image {image_id} needs its size: {error}") from None
     class_categories = [c for c in categories if int(c["id"]) != UNKNOWN_CATEGORY_ID]
     class_names = [str(c["name"]) for c in class_categories]
     index_of = {int(c["id"]): i for i, c in enumerate(class_categories)}
     index_of[UNKNOWN_CATEGORY_ID] = -1
-    mine = [a for a in annotations if int(a["image_id"]) == int(image_id)]
+    try:
+        mine = [a for a in annotations if int(a["image_id"]) == int(image_id)]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{source}: an annotation has no usable image_id ({error!r})") from None
     own_labels = bool(mine) and all("label" in a for a in mine)
     records, rles = [], []
     for number, annotation in enumerate(mine, start=1):
-        label = int(annotation["label"]) if own_labels else number
-        category = int(annotation["category_id"])
+        where = f"{source}: annotation {annotation.get('id')}"
+        try:
+            label = integer("label", annotation["label"], low=1) if own_labels else number
+            category = integer("category_id", annotation.get("category_id"))
+            score = finite_float("score", annotation.get("score"), optional=True)
+            peak = integer("peak", annotation.get("peak", -1), low=-1)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
         if category not in index_of:
-            raise ValueError(f"{source}: annotation {annotation.get('id')} has category "
-                             f"{category}, which is not among the categories")
-        rles.append(_segmentation_rle(annotation["segmentation"], height, width, source))
+            raise ValueError(f"{where} has category {category}, which is not among the categories")
+        if "segmentation" not in annotation:
+            raise ValueError(f"{where} has no 'segmentation'")
+        rles.append(_segmentation_rle(annotation["segmentation"], height, width, where))
         index = index_of[category]
         records.append({"label": label, "class_index": index,
                         "class_name": UNKNOWN_CLASS if index < 0 else class_names[index],
-                        "score": float(annotation.get("score", math.nan)),
-                        "peak": int(annotation.get("peak", -1))})
+                        "score": math.nan if score is None else score, "peak": peak})
     top = max((r["label"] for r in records), default=0)
     labels = np.zeros((height, width), dtype=np.uint16 if top <= 65535 else np.uint32)
     for record, rle in zip(records, rles):
@@ -179,9 +193,19 @@ def _segmentation_rle(segmentation, height: int, width: int, source: str) -> dic
 
 
 def write_coco_json(path: str | os.PathLike, coco: Mapping, *, overwrite: bool = True) -> Path:
-    """Write a COCO dict (e.g. from `labels_to_coco`) as JSON; NaN is refused."""
-    path = Path(path)
-    with atomic_write(path, overwrite=overwrite) as temp:
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(coco, handle, allow_nan=False)
+    """Write a COCO dict (e.g. from `labels_to_coco`) as JSON; NaN is refused.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when ``coco`` holds NaN or infinity; the file is then left as
+        it was (so it is after a ``TypeError`` for a value JSON cannot hold).
+    """
+    path = output_file("path", path)
+    try:
+        with atomic_write(path, overwrite=overwrite) as temp:
+            with open(temp, "w", encoding="utf-8") as handle:
+                json.dump(coco, handle, allow_nan=False)
+    except ValueError as error:  # NaN or infinity
+        raise ValueError(f"cannot write COCO JSON {path}: {error}") from error
     return path

@@ -9,10 +9,11 @@ proposals start from.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from .._validate import path_like
 
 __all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "as_rgb_float"]
 
@@ -43,7 +44,12 @@ def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
     ValueError
         ``"cannot read <what> <path>: <reason>"`` when the file cannot be read.
     """
-    path = Path(path)
+    path = path_like(what, path)
+    if not path.is_file():
+        reason = "it is a folder" if path.is_dir() else "no such file"
+        raise ValueError(f"cannot read {what} {path}: {reason}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read {what} {path}: the file is empty (0 bytes)")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             return np.asarray(tifffile.imread(path))
@@ -51,7 +57,13 @@ def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
 
         return np.asarray(iio.imread(path))
     except Exception as error:  # the readers raise many types for a broken file
-        raise ValueError(f"cannot read {what} {path}: {error}") from error
+        reason = str(error) or type(error).__name__
+        if "backend" in reason or "can not handle" in reason:
+            # imageio's "no backend ... pip install ..." means that no reader recognised the
+            # content: the file is not an image of its kind, no plugin is missing.
+            kind = path.suffix.lstrip(".").upper() or "image"
+            reason = f"not a {kind} image, or a corrupt one (its content is not recognised)"
+        raise ValueError(f"cannot read {what} {path}: {reason}") from error
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -71,22 +83,35 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Notes
     -----
     TIFFs are read with tifffile, other formats with imageio (Pillow), which reads 16-bit
-    grayscale PNGs exactly but reduces 16-bit colour PNGs to 8 bits per channel. Leading
-    axes of length 1 (a one-frame GIF) are dropped. Turn the result into network input
-    with `as_rgb_float`.
+    grayscale PNGs exactly but reduces 16-bit colour PNGs to 8 bits per channel.
+
+    Only two singleton axes are dropped, never the height or the width: a leading plane
+    axis of length 1 (a one-frame GIF is ``(1, H, W, C)``, a one-page stack
+    ``(1, H, W)``) and a trailing channel axis of length 1 (``(H, W, 1)``). A ``(1, W, C)``
+    array with C in {3, 4} is a one-row colour image (H = 1), not W×C gray. Turn the
+    result into network input with `as_rgb_float`, which needs at least 2×2 pixels.
     """
-    path = Path(path)
+    path = path_like("image", path)
     image = read_array(path, what="image")
-    if image.ndim > 2:
-        image = image.reshape([n for n in image.shape[:-2] if n != 1] + list(image.shape[-2:]))
+    if image.ndim == 4 and image.shape[0] == 1:  # one frame of a (frames, H, W, C) stack
+        image = image[0]
+    if image.ndim == 3 and image.shape[0] == 1 and image.shape[-1] not in (1, 3, 4):
+        image = image[0]  # one plane of a (planes, H, W) stack
     if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (1, 3, 4):
         image = np.moveaxis(image, 0, -1)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
-        raise ValueError(f"cannot read image {path}: expected a 2-D gray, RGB or RGBA "
-                         f"image, got an array of shape {image.shape}")
+        raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA "
+                         f"image, got an array of shape {image.shape}{_stack_hint(image.shape)}")
+    if image.size == 0:
+        raise ValueError(f"cannot read image {path}: it has no pixels "
+                         f"({image.shape[0]}×{image.shape[1]})")
     return image
+
+
+def _stack_hint(shape: tuple[int, ...]) -> str:
+    return "; it holds several planes or frames: save one 2-D plane" if len(shape) > 2 else ""
 
 
 def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .._validate import finite_array, output_file, output_folder
 from .atomic import atomic_write
 from .coco import labels_to_coco, write_coco_json
 from .fileset import FileSet, read_file_set, recover_file_sets, write_file_set
@@ -34,8 +35,8 @@ _SUFFIX_FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".json": "coc
 
 def write_prms(path: str | os.PathLike, prms: np.ndarray, *, overwrite: bool = True) -> Path:
     """Write peak response maps (K, H, W) as ``.npy`` or a float32 TIFF stack (K >= 1)."""
-    prms = np.asarray(prms, dtype=np.float32)
-    path = Path(path)
+    prms = finite_array("prms", np.asarray(prms, dtype=np.float32))
+    path = output_file("path", path)
     suffix = path.suffix.lower()
     if prms.ndim != 3:
         raise ValueError(f"prms must be (K, H, W), got shape {prms.shape}")
@@ -67,6 +68,16 @@ def _export_paths(out: Path, formats, stem: str | None) -> dict[str, Path]:
     stem = stem or "labels"
     return {_FORMAT_ALIASES[f]: out / f"{stem}{EXPORT_SUFFIXES[_FORMAT_ALIASES[f]]}"
             for f in formats}
+
+
+def _checked_stem(stem: str | None) -> str | None:
+    """A file name stem: no folder separators, so that outputs stay in their folder."""
+    if stem is None:
+        return None
+    if not isinstance(stem, str) or not stem or stem in (".", "..") or "/" in stem or "\\" in stem \
+            or "\0" in stem:
+        raise ValueError(f"stem: expected a file name stem without folder separators, got {stem!r}")
+    return stem
 
 
 def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | None,
@@ -105,7 +116,9 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
     """
     labels = _check_labels(labels, ndim=None)
     out = Path(out)
-    targets = _export_paths(out, formats, stem)
+    if not (out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir()):
+        output_folder("out", out)
+    targets = _export_paths(out, formats, _checked_stem(stem or None))
     flat_only = sorted(set(targets) - {"tiff"})
     if flat_only and labels.ndim != 2:
         raise ValueError(f"{', '.join(flat_only)} export needs 2-D labels, got shape "
@@ -150,7 +163,8 @@ def prediction_paths(out_dir: str | os.PathLike, stem: str, *,
     """
     if prms_format not in (None, "npy", "tiff"):
         raise ValueError(f"prms_format must be None, 'npy' or 'tiff', got {prms_format!r}")
-    out_dir = Path(out_dir)
+    out_dir = output_folder("out_dir", out_dir)
+    stem = _checked_stem(stem)
     paths = _export_paths(out_dir, ("tiff", "coco", "csv"), stem)
     paths["peaks"] = out_dir / f"{stem}_peaks.csv"
     if prms_format is not None:

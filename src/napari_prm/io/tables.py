@@ -158,8 +158,11 @@ def read_instances_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
                     values["score"] = float(row["score"] or "nan")
                 except (TypeError, ValueError) as error:
                     raise ValueError(f"line {reader.line_num}: {error}") from None
+                problem = _row_problem(values, seen={r["id"] for r in rows})
+                if problem:
+                    raise ValueError(f"line {reader.line_num}: {problem}")
                 rows.append(values | {"class": row["class"]})
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, csv.Error) as error:
         raise ValueError(f"cannot read instance CSV {path}: {error}") from error
     return {"label": np.array([r["id"] for r in rows], dtype=np.int64),
             "class_index": np.array([r["class_index"] for r in rows], dtype=np.int64),
@@ -168,6 +171,24 @@ def read_instances_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
             "area": np.array([r["area"] for r in rows], dtype=np.int64),
             "bbox": np.array([[r[c] for c in integer_columns[3:]] for r in rows],
                              dtype=np.int64).reshape(-1, 4)}
+
+
+def _row_problem(values: dict, seen: set[int]) -> str:
+    """What is wrong with one row of an instance CSV ('' when nothing)."""
+    if values["id"] < 1:
+        return f"id {values['id']}: expected a label >= 1 (0 is the background)"
+    if values["id"] in seen:
+        return f"id {values['id']} is listed twice"
+    if values["class_index"] < -1:
+        return f"class_index {values['class_index']}: expected -1 (unknown) or a class index >= 0"
+    if values["area"] < 0:
+        return f"area {values['area']}: expected >= 0"
+    if not (0 <= values["bbox_y0"] <= values["bbox_y1"] and 0 <= values["bbox_x0"] <= values["bbox_x1"]):
+        box = [values[c] for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")]
+        return f"bbox {box}: expected 0 <= y0 <= y1 and 0 <= x0 <= x1"
+    if math.isinf(values["score"]):
+        return f"score {values['score']}: expected a finite number or an empty cell"
+    return ""
 
 
 def write_peaks_csv(path: str | os.PathLike, prediction, *, overwrite: bool = True) -> Path:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _validate as check
 from ..io.atomic import atomic_write
-from .backbones import build_fcn, imagenet_lite0_fcn
+from .backbones import BACKBONES, build_fcn, imagenet_lite0_fcn
 from .efficientnet_lite import LITE_MEAN, LITE_STD
 from .prm import PeakResponseMapping
 from .transforms import as_rgb_float, to_network_input
@@ -26,9 +30,27 @@ PRM_SETTINGS = ("win_size", "peak_filter", "sub_pixel_locating_factor")
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a torch.device; None picks CUDA, then MPS, then the CPU."""
+    """``device`` as a torch.device; None picks CUDA, then MPS, then the CPU.
+
+    Raises
+    ------
+    ValueError
+        ``device`` is not a device name, or names a CUDA/MPS device this machine lacks.
+    """
     if device is not None:
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device: {device!r} is not a torch device (e.g. 'cpu', 'cuda', "
+                             f"'cuda:1', 'mps'): {error}") from None
+        if chosen.type == "cuda" and (not torch.cuda.is_available()
+                                      or (chosen.index or 0) >= torch.cuda.device_count()):
+            raise ValueError(f"device: {device!r} is not available on this machine "
+                             f"({torch.cuda.device_count()} CUDA device(s))")
+        mps = getattr(torch.backends, "mps", None)
+        if chosen.type == "mps" and not (mps is not None and mps.is_available()):
+            raise ValueError(f"device: {device!r} is not available on this machine")
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
@@ -65,6 +87,10 @@ class PRMModel:
     std: tuple[float, float, float] = LITE_STD
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.class_names, self.input_size, self.mean, self.std = _checked_fields(
+            "PRMModel", self.class_names, self.input_size, self.mean, self.std)
+
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
@@ -98,6 +124,65 @@ class PRMModel:
         }
 
 
+def _checked_fields(where: str, class_names, input_size, mean, std):
+    """The model's class names, input size and normalisation, checked (ValueError names ``where``)."""
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence) \
+            or not all(isinstance(name, str) for name in class_names):
+        raise ValueError(f"{where}: class_names: expected a list of strings, got {class_names!r}")
+    if not class_names:
+        raise ValueError(f"{where}: class_names: expected at least one class, got none")
+    duplicates = sorted(name for name, count in Counter(class_names).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"{where}: class_names: expected unique names, got duplicates {duplicates}")
+    if input_size is not None:
+        if isinstance(input_size, (str, bytes)) or not isinstance(input_size, Sequence) \
+                or len(input_size) != 2:
+            raise ValueError(f"{where}: input_size: expected (height, width) or None, "
+                             f"got {input_size!r}")
+        input_size = tuple(check.positive_int(f"{where}: input_size[{i}]", v)
+                           for i, v in enumerate(input_size))
+    mean = check.finite_floats(f"{where}: mean", mean, length=3)
+    std = check.finite_floats(f"{where}: std", std, length=3, low=0, low_open=True)
+    return list(class_names), input_size, mean, std
+
+
+def _checked_settings(where: str, settings) -> dict[str, Any]:
+    """PRM and prediction settings, checked (ValueError names ``where``)."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"{where}: settings: expected a dict, got {settings!r}")
+    settings = dict(settings)
+    if "win_size" in settings:
+        win_size = check.positive_int(f"{where}: settings.win_size", settings["win_size"])
+        if win_size % 2 != 1:
+            raise ValueError(f"{where}: settings.win_size: expected an odd integer, got {win_size}")
+        settings["win_size"] = win_size
+    if "sub_pixel_locating_factor" in settings:
+        settings["sub_pixel_locating_factor"] = check.positive_int(
+            f"{where}: settings.sub_pixel_locating_factor", settings["sub_pixel_locating_factor"])
+    peak_filter = settings.get("peak_filter")
+    if isinstance(peak_filter, str):
+        if peak_filter not in ("median", "mean", "max"):
+            raise ValueError(f"{where}: settings.peak_filter: expected 'median', 'mean', 'max', "
+                             f"a number or null, got {peak_filter!r}")
+    elif peak_filter is not None:
+        settings["peak_filter"] = check.finite_float(f"{where}: settings.peak_filter", peak_filter)
+    if "class_threshold" in settings:
+        settings["class_threshold"] = check.finite_float(f"{where}: settings.class_threshold",
+                                                         settings["class_threshold"])
+    return settings
+
+
+def _check_finite_weights(where: str, state: dict) -> None:
+    """Refuse a state dict with non-tensor entries or NaN/infinite weights."""
+    for key, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{where}: weight {key!r} is a {type(tensor).__name__}, not a tensor")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{where}: weight {key!r} holds {count} NaN or infinite value(s); "
+                             "the model is unusable (did training diverge?)")
+
+
 def _network(fcn, settings: dict[str, Any]) -> PeakResponseMapping:
     return PeakResponseMapping(fcn, **{k: settings[k] for k in PRM_SETTINGS if k in settings})
 
@@ -125,14 +210,18 @@ def build_model(
     input_size, win_size, peak_filter, sub_pixel_locating_factor
         Saved with the model; see :class:`PRMModel` and :class:`PeakResponseMapping`.
     """
+    if isinstance(class_names, (str, bytes)):
+        raise ValueError(f"class_names: expected a list of names, got the string {class_names!r}")
     class_names = [str(name) for name in class_names]
     if not class_names:
         raise ValueError("class_names must name at least one class")
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"class names must be unique; got {class_names}")
-    fcn, mean, std = build_fcn(backbone, len(class_names), pretrained=pretrained)
     settings = {"win_size": win_size, "peak_filter": peak_filter,
                 "sub_pixel_locating_factor": sub_pixel_locating_factor}
+    if not callable(peak_filter):
+        settings = _checked_settings("build_model", settings)
+    fcn, mean, std = build_fcn(backbone, len(class_names), pretrained=pretrained)
     return PRMModel(_network(fcn, settings), class_names, backbone, _size(input_size), tuple(mean), tuple(std),
                     settings)
 
@@ -170,12 +259,16 @@ def save_model(model: PRMModel, path: str | os.PathLike, *, extra: dict | None =
 
     ``extra`` is a dict of tensors and plain values stored alongside (torch files only).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check.output_file("path", path, parent_must_exist=False)
     state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
+    # A NaN model predicts nothing and says nothing: never write one (the file keeps its last good content).
+    _check_finite_weights(f"cannot save model to {path}", state)
     metadata = model.metadata()
+    _checked_fields(f"cannot save model to {path}", metadata["class_names"], metadata["input_size"],
+                    metadata["mean"], metadata["std"])
     if extra and path.suffix == ".safetensors":
         raise ValueError("extra state can only be saved in torch checkpoints (.pt/.pth), not .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as temp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
@@ -205,22 +298,67 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
             metadata, state, extra = content["metadata"], content["state_dict"], content.get("extra", {})
     except ValueError as error:
         raise ValueError(f"{path} is not a napari-prm checkpoint: {error}") from error
+    except pickle.UnpicklingError as error:
+        # torch's message suggests weights_only=False; that is exactly what must not be done here.
+        detail = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f" ({detail.group(1)})" if detail else ""
+        raise ValueError(f"cannot read checkpoint {path}: it is corrupt, or holds Python objects other "
+                         f"than tensors and plain values{what}, which napari-prm refuses to run (it "
+                         "loads checkpoints with weights_only=True); it was not written by "
+                         "napari-prm") from error
     except Exception as error:
         raise ValueError(f"cannot read checkpoint {path}: it is truncated, corrupt or not a napari-prm "
                          f"checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(metadata, dict) or metadata.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a napari-prm checkpoint (no '{CHECKPOINT_FORMAT}' metadata)")
-    if int(metadata.get("format_version", 0)) > CHECKPOINT_VERSION:
-        raise ValueError(f"{path} was written by a newer napari-prm (format {metadata['format_version']}); "
+    version = metadata.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"checkpoint {path}: format_version: expected a positive integer, "
+                         f"got {version!r}")
+    if version > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} was written by a newer napari-prm (format {version}); "
                          "upgrade napari-prm")
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path}: state_dict: expected a dict of tensors, got "
+                         f"{type(state).__name__}")
+    if not isinstance(extra, dict):
+        raise ValueError(f"checkpoint {path}: extra: expected a dict, got {type(extra).__name__}")
     return metadata, state, extra
 
 
+def _checked_metadata(path: Path, metadata: dict) -> dict:
+    """The checkpoint's metadata, every field checked; errors name the file and the field."""
+    where = f"checkpoint {path}"
+    missing = [key for key in ("backbone", "class_names", "mean", "std") if key not in metadata]
+    if missing:
+        raise ValueError(f"{where}: metadata lacks {missing}")
+    if metadata["backbone"] not in BACKBONES:
+        raise ValueError(f"{where}: backbone: expected one of {sorted(BACKBONES)}, "
+                         f"got {metadata['backbone']!r}")
+    class_names, input_size, mean, std = _checked_fields(
+        where, metadata["class_names"], metadata.get("input_size"), metadata["mean"], metadata["std"])
+    settings = _checked_settings(where, metadata.get("settings", {}))
+    return {"backbone": metadata["backbone"], "class_names": class_names, "input_size": input_size,
+            "mean": mean, "std": std, "settings": settings}
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[PRMModel, dict]:
-    """Load a checkpoint: the model and the ``extra`` dict saved with it."""
-    path = Path(path)
-    metadata, state, extra = _read_checkpoint(path)
-    settings = dict(metadata.get("settings", {}))
+    """Load a checkpoint: the model and the ``extra`` dict saved with it.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: missing, truncated or foreign files; a pickle that is not plain
+        tensors and values (never run: ``torch.load(weights_only=True)``); metadata that is
+        incomplete or wrong (``format_version`` not an integer, ``input_size`` not positive,
+        ``mean``/``std`` not 3 finite numbers, a ``std`` of 0, duplicate class names, ...);
+        NaN or infinite weights.
+    """
+    path = check.path_like("checkpoint", path)
+    raw_metadata, state, extra = _read_checkpoint(path)
+    metadata = _checked_metadata(path, raw_metadata)
+    _check_finite_weights(f"checkpoint {path}", state)
+    settings = metadata["settings"]
     try:
         fcn, _, _ = build_fcn(metadata["backbone"], len(metadata["class_names"]), pretrained=False)
         network = _network(fcn, settings)
@@ -229,11 +367,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PRMModel, dict]:
         raise ValueError(f"checkpoint {path} does not match its own metadata: {error}") from error
     model = PRMModel(
         network.eval(),
-        list(metadata["class_names"]),
+        metadata["class_names"],
         metadata["backbone"],
-        _size(metadata.get("input_size")),
-        tuple(metadata["mean"]),
-        tuple(metadata["std"]),
+        metadata["input_size"],
+        metadata["mean"],
+        metadata["std"],
         settings,
     )
     return model, extra
@@ -257,6 +395,7 @@ def load_model(name_or_path: str | os.PathLike | PRMModel, *, device: str | torc
     """
     if isinstance(name_or_path, PRMModel):
         return name_or_path.to(device)
+    check.path_like("model", name_or_path)
     if isinstance(name_or_path, str) and name_or_path in BUILTIN_MODELS:
         model = builtin_model(name_or_path)
     else:

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import _validate as check
 from .peak_backprop import excitation_backprop
 from .peak_stimulation import PeakFilter, find_peaks, peak_stimulation
 
@@ -133,6 +134,9 @@ class PeakResponseMapping(nn.Module):
         """
         if x.dim() != 4 or x.shape[0] != 1:
             raise ValueError(f"peak_response_maps takes one image (1, 3, H, W); got shape {tuple(x.shape)}")
+        class_threshold = check.finite_float("class_threshold", class_threshold)
+        peak_threshold = check.finite_float("peak_threshold", peak_threshold, optional=True)
+        peak_batch_size = check.positive_int("peak_batch_size", peak_batch_size, optional=True)
         was_training = self.training
         grad_flags = [p.requires_grad for p in self.parameters()]
         self.eval()

@@ -30,6 +30,7 @@ from .guided import prm_guided_proposals
 from .stacks import combine_proposals, proposals_from_labels, proposals_from_masks
 
 __all__ = [
+    "PROPOSAL_KEYWORDS",
     "default_proposals",
     "prm_guided_proposals",
     "load_proposals",
@@ -38,6 +39,9 @@ __all__ = [
     "combine_proposals",
     "make_proposals",
 ]
+
+#: The proposal sources `make_proposals` knows by name (joined by ``+`` to combine them).
+PROPOSAL_KEYWORDS = ("default", "builtin", "prm")
 
 
 def make_proposals(

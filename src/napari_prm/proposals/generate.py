@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import color, filters, segmentation, transform
 
+from .. import _validate as check
 from ..io.images import as_rgb_float
 from ..masks import greedy_mask_nms, resize_nearest
 from .stacks import _DEDUPE_PIXELS, _grid_step
@@ -219,8 +220,11 @@ def default_proposals(
     """
     height, width = _image_shape(image)
     rgb = as_rgb_float(image, dtype=np.float64)
-    if int(max_proposals) < 1:
-        raise ValueError(f"max_proposals: expected a positive integer, got {max_proposals}")
+    max_proposals = check.positive_int("max_proposals", max_proposals)
+    working_size = check.positive_int("working_size", working_size)
+    check.finite_floats("scales", scales, low=0, low_open=True)
+    check.finite_floats("area_range", area_range, length=2, low=0)
+    check.finite_float("iou_threshold", iou_threshold, low=0, high=1)
     unknown = set(colour_spaces) - {"lab", "hsv", "rgb"}
     if unknown or not colour_spaces:
         raise ValueError(f"colour_spaces: expected some of 'lab', 'hsv', 'rgb', got {colour_spaces}")

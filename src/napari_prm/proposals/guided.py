@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from .. import _validate as check
 from ..io.images import as_rgb_float
 from ..masks import nearest_indices, resize_nearest
 from .generate import _image_shape, _shrink, _superpixels
@@ -59,8 +60,11 @@ def prm_guided_proposals(
         raise ValueError(
             f"prms: expected a (K, {height}, {width}) array matching the image, got {prms.shape}"
         )
-    if not thresholds or not all(0 < t < 1 for t in thresholds):
-        raise ValueError(f"thresholds: expected fractions in (0, 1), got {thresholds}")
+    check.finite_array("prms", prms)
+    check.finite_floats("thresholds", thresholds, low=0, high=1, low_open=True, high_open=True)
+    check.finite_float("smoothing", smoothing, low=0)
+    check.positive_int("working_size", working_size)
+    check.finite_float("iou_threshold", iou_threshold, low=0, high=1)
     small = _shrink(as_rgb_float(image, dtype=np.float64), working_size)
     superpixels = _superpixels(small, 100).ravel()
     sp_size = np.maximum(np.bincount(superpixels), 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _validate as check
 from ..masks import greedy_mask_nms
 
 __all__ = ["proposals_from_labels", "proposals_from_masks", "combine_proposals"]
@@ -48,6 +49,7 @@ def proposals_from_masks(stack) -> np.ndarray:
     masks = np.asarray(stack)
     if masks.ndim != 3:
         raise ValueError(f"mask stack: expected (N, H, W), got shape {masks.shape}")
+    check.finite_array("mask stack", masks)  # NaN != 0 would count as inside
     return masks if masks.dtype == bool else masks != 0
 
 
@@ -82,6 +84,8 @@ def combine_proposals(
     """
     if not stacks:
         raise ValueError("combine_proposals: expected at least one stack")
+    check.finite_float("iou_threshold", iou_threshold, low=0, high=1)
+    max_proposals = check.integer("max_proposals", max_proposals, low=0, optional=True)
     stacks = [proposals_from_masks(s) for s in stacks]
     shapes = {s.shape[1:] for s in stacks}
     if len(shapes) != 1:

@@ -1,0 +1,191 @@
+"""Small checks for the public boundaries: numbers, arrays and paths.
+
+Every check takes the ``name`` of what it checks (an argument, an option such as
+``--lr``, or ``"<file>: input_size"``) and raises ``ValueError("<name>: expected ...,
+got ...")`` when the value is wrong, so the message says which input is wrong and what
+was expected. On success it returns the value in its canonical type (``float``, ``int``,
+``Path``, a float ndarray), so callers write ``lr = finite_float("lr", lr, low=0,
+low_open=True)``.
+
+The command line (`napari_prm.cli`), `napari_prm.predict`, `napari_prm.train.train`,
+`napari_prm.evaluate.evaluate`, `napari_prm.retrieve_instances`, the checkpoint loader,
+the dataset and proposal loaders and the exporters call them. No napari, Qt or torch here.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "finite_float",
+    "finite_floats",
+    "integer",
+    "positive_int",
+    "finite_array",
+    "output_folder",
+    "output_file",
+    "path_like",
+    "keyword_options",
+]
+
+
+def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {high:g}"
+    return ""
+
+
+def _outside(number: float, low, high, low_open: bool, high_open: bool) -> bool:
+    if low is not None and (number < low or (low_open and number == low)):
+        return True
+    return high is not None and (number > high or (high_open and number == high))
+
+
+def finite_float(name: str, value, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False,
+                 optional: bool = False) -> float | None:
+    """``value`` as a finite float within the bounds (open or closed); None passes when optional.
+
+    Examples
+    --------
+    >>> finite_float("iou_threshold", 0.5, low=0, high=1, low_open=True)
+    0.5
+    >>> finite_float("lr", float("nan"), low=0, low_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: lr: expected a finite number > 0, got nan
+    """
+    if value is None and optional:
+        return None
+    expected = f"a finite number{_range_text(low, high, low_open, high_open)}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or _outside(number, low, high, low_open, high_open):
+        raise ValueError(f"{name}: expected {expected}, got {number!r}")
+    return number
+
+
+def finite_floats(name: str, values, *, length: int | None = None, low: float | None = None,
+                  high: float | None = None, low_open: bool = False, high_open: bool = False,
+                  unique: bool = False) -> tuple[float, ...]:
+    """A non-empty sequence of finite floats within the bounds, of ``length`` when given.
+
+    A mapping's values are checked (and named by their keys: ``balance[3]``).
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{name}: expected a sequence of numbers, got {values!r}")
+    if isinstance(values, Mapping):
+        return tuple(finite_float(f"{name}[{key}]", value, low=low, high=high, low_open=low_open,
+                                  high_open=high_open) for key, value in values.items())
+    values = list(np.asarray(values, dtype=object).reshape(-1)) if isinstance(values, np.ndarray) \
+        else list(values)
+    if length is not None and len(values) != length:
+        raise ValueError(f"{name}: expected {length} numbers, got {len(values)}: {values!r}")
+    if not values:
+        raise ValueError(f"{name}: expected at least one number, got none")
+    numbers_ = tuple(finite_float(f"{name}[{i}]", v, low=low, high=high, low_open=low_open,
+                                  high_open=high_open) for i, v in enumerate(values))
+    if unique and len(set(numbers_)) != len(numbers_):
+        raise ValueError(f"{name}: expected distinct numbers, got {list(numbers_)}")
+    return numbers_
+
+
+def integer(name: str, value, *, low: int | None = None, high: int | None = None,
+            optional: bool = False) -> int | None:
+    """``value`` as an int within ``[low, high]``; integral floats (``2.0``) are accepted."""
+    if value is None and optional:
+        return None
+    expected = f"an integer{_range_text(low, high, False, False)}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        number = int(value)
+    else:
+        as_float = float(value)
+        if not math.isfinite(as_float) or not as_float.is_integer():
+            raise ValueError(f"{name}: expected {expected}, got {value!r}")
+        number = int(as_float)
+    if _outside(number, low, high, False, False):
+        raise ValueError(f"{name}: expected {expected}, got {number}")
+    return number
+
+
+def positive_int(name: str, value, *, optional: bool = False) -> int | None:
+    """``value`` as an int >= 1 (None passes when optional)."""
+    return integer(name, value, low=1, optional=optional)
+
+
+def finite_array(name: str, array, *, ndim: int | None = None) -> np.ndarray:
+    """``array`` as a numeric ndarray without NaN or infinity (of ``ndim`` dimensions when given)."""
+    array = np.asarray(array)
+    if ndim is not None and array.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {array.shape}")
+    if not (array.dtype == bool or np.issubdtype(array.dtype, np.number)):
+        raise ValueError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.inexact) and array.size and not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite "
+                         f"value(s) in an array of shape {array.shape}")
+    return array
+
+
+def path_like(name: str, value) -> Path:
+    """``value`` (a str or path-like) as a Path."""
+    if isinstance(value, (str, os.PathLike)) and str(value) != "":
+        return Path(value)
+    raise ValueError(f"{name}: expected a file path, got {value!r}")
+
+
+def keyword_options(name: str, options, allowed: Iterable[str]) -> dict:
+    """``options`` (None or a mapping of keyword arguments) as a dict whose keys are all in ``allowed``."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(f"{name}: expected a dict of keyword arguments, got {type(options).__name__}")
+    allowed = sorted(allowed)
+    unknown = sorted(str(key) for key in options if key not in allowed)
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {unknown}; expected some of {allowed}")
+    return dict(options)
+
+
+def output_folder(name: str, path: str | os.PathLike) -> Path:
+    """A folder to write into: it may not exist yet, but neither it nor a folder above it
+    may be an existing file."""
+    path = path_like(name, path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name}: expected a folder, got {path}, which is an existing file")
+    ancestor = next((folder for folder in path.parents if folder.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise ValueError(f"{name}: cannot create folder {path}: {ancestor} is a file")
+    return path
+
+
+def output_file(name: str, path: str | os.PathLike, *, parent_must_exist: bool = True,
+                suffixes: Iterable[str] | None = None) -> Path:
+    """A file to write: not an existing folder, in an existing folder (when asked), with
+    one of ``suffixes`` (when given)."""
+    path = path_like(name, path)
+    if path.is_dir():
+        raise ValueError(f"{name}: expected a file, got {path}, which is a folder")
+    ancestor = next((folder for folder in path.parents if folder.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise ValueError(f"{name}: cannot write {path}: {ancestor} is a file, not a folder")
+    if parent_must_exist and not path.parent.is_dir():
+        raise ValueError(f"{name}: cannot write {path}: its folder {path.parent} does not exist")
+    if suffixes is not None:
+        suffixes = tuple(suffixes)
+        if path.suffix.lower() not in suffixes:
+            raise ValueError(f"{name}: expected a file ending in {' or '.join(suffixes)}, got {path}")
+    return path
