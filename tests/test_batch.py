@@ -238,3 +238,16 @@ def test_cli_killed_midway_resumes_with_only_the_missing_images(tmp_path, checkp
     assert sum(row["status"] == "written" for row in rows.values()) == 8 - len(finished)
     assert all(io.complete_prediction(out, f"img{number}") for number in range(8))
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_cluster_options_are_checked_before_anything_runs(tmp_path, checkpoint, images, capsys):
+    image, out = str(images[0]), tmp_path / "out"
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", image, "--model", str(checkpoint), "--out", str(out), "--workers", "0"])
+    assert exited.value.code == 2 and "--workers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", image, "--out", str(out), "--workers", "1", "--scheduler", "tcp://127.0.0.1:8786"])
+    assert "not allowed with argument --workers" in capsys.readouterr().err
+    assert main(["predict", image, "--model", str(checkpoint), "--out", str(out), "--scheduler", "nonsense://x"]) == 2
+    assert "--scheduler: cannot connect to nonsense://x" in capsys.readouterr().err
+    assert not out.exists()
