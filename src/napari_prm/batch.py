@@ -548,8 +548,7 @@ def _run_here(results, todo, model, out, *, device, settings, overwrite, prms_fo
 
 def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads, settings, overwrite,
                     prms_format, gather, retries, cancel, report, max_in_flight) -> None:
-    from distributed import TimeoutError as WaitTimeout
-    from distributed import wait
+    from distributed import as_completed
 
     if not todo:
         return
@@ -564,6 +563,7 @@ def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads,
         plugin = f"napari-prm-checkpoint-{spec.sha256[:16]}"
         client.register_plugin(_checkpoint_plugin(spec.sha256, checkpoint), name=plugin)
     queue, attempts, in_flight = deque(todo), {}, {}
+    completed = as_completed(loop=client.loop)  # bound to this client, not dask's default one
     run_token = os.urandom(4).hex()
 
     def submit(index: int) -> None:
@@ -573,17 +573,17 @@ def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads,
                                overwrite, prms_format, gather, pure=False,
                                key=f"napari-prm-{result.stem}-{run_token}-{attempts[index]}")
         in_flight[future] = index
+        completed.add(future)
 
     try:
         while queue or in_flight:
             while queue and len(in_flight) < max_in_flight:
                 submit(queue.popleft())
-            try:  # wake up now and then to check for cancellation
-                finished = wait(list(in_flight), timeout=0.5, return_when="FIRST_COMPLETED").done
-            except WaitTimeout:
-                finished = set()
+            finished = completed.next_batch(block=False)
             if cancel():
                 return
+            if not finished:  # the workers have queued tasks: a short wait idles none of them
+                time.sleep(0.05)
             for future in finished:
                 index = in_flight.pop(future)
                 try:
@@ -660,7 +660,7 @@ def start_local_cluster(n_workers: int, *, dashboard: bool = True, **options):
                 "dashboard_address": ":0" if dashboard else None, "silence_logs": logging.ERROR, **options}
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = LocalCluster(**settings)
-    return Client(cluster)
+    return Client(cluster, set_as_default=False)  # dask.compute elsewhere keeps its own scheduler
 
 
 # --------------------------------------------------------------------------- lazy results

@@ -494,7 +494,7 @@ def _start_client(args):
         raise CommandError(f"--workers and --scheduler need dask.distributed: {error}") from error
     if args.scheduler is not None:
         try:
-            client = Client(args.scheduler, timeout="20s")
+            client = Client(args.scheduler, timeout="20s", set_as_default=False)
         except (OSError, TimeoutError, ValueError) as error:
             raise CommandError(f"--scheduler: cannot connect to {args.scheduler}: {error}") from error
         _say(f"connected to {args.scheduler} ({len(client.nthreads())} workers)")
