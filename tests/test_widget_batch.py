@@ -93,3 +93,15 @@ def test_run_on_a_folder_needs_both_folders(predict_widget, tmp_path):
     panel._inputs.value = tmp_path
     panel._out.value = tmp_path / "out"
     assert panel.start() is None and "no images" in panel.last_message
+
+
+def test_run_on_a_folder_with_a_worker_process(predict_widget, qtbot, image_folder, tmp_path):
+    """The same through a local dask cluster started from the worker thread."""
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value = image_folder
+    panel._out.value = tmp_path / "out"
+    panel._workers.value = 1
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == ["written"] * 3, panel.last_message
+    assert predict_widget.viewer.layers[LABELS_LAYER].data.shape[0] == 3
