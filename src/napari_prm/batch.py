@@ -445,9 +445,9 @@ def predict_many(
         Bring each `Prediction` (PRMs included) back in the results; memory grows with
         the batch.
     torch_threads : int or None
-        Intra-op threads of torch in each cluster worker (default 1: one process per
-        core scales better than threads within one); None leaves the workers as they
-        are. Not applied in this process.
+        Intra-op threads of torch in each cluster worker (default 1: the cluster's
+        parallelism comes from its processes, and threads on top of them compete for the
+        same cores); None leaves the workers as they are. Not applied in this process.
     summary_every : float
         Seconds between rewrites of ``summary.csv`` while results arrive.
     **settings
