@@ -1,6 +1,6 @@
 """Save a screenshot of napari with the plugin's three result layers on the sample image.
 
-Runs the "Peak Response Maps" widget with the built-in ImageNet model on Chelsea the cat
+Runs the "Peak Response Maps" widget with the built-in model (``--model``) on Chelsea the cat
 (scikit-image), exactly as a user would, grabs the whole window, and reports how long the
 run took and the longest time the Qt event loop went without processing events meanwhile
 (the figures of docs/benchmarks.md, "Plugin: predict widget on a 512x512 image").
@@ -48,10 +48,12 @@ def stage_times(stages) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/screenshot.png", help="PNG to write")
-    parser.add_argument("--classes", nargs="*", default=["Egyptian cat", "tabby"],
-                        help="ImageNet classes to keep (none: those above the class threshold)")
-    parser.add_argument("--peak-threshold", type=float, default=11.0,
-                        help="keep peaks above this CRM value (fewer peaks: faster); "
+    parser.add_argument("--model", default="imagenet-voc",
+                        help="a built-in label space (imagenet-voc, imagenet-coco, imagenet) or a checkpoint")
+    parser.add_argument("--classes", nargs="*", default=[],
+                        help="classes to keep (none: those above the class threshold)")
+    parser.add_argument("--peak-threshold", type=float, default=None,
+                        help="keep peaks above this CRM value (default: the model's calibrated one); "
                              "a negative value turns the peak threshold off")
     parser.add_argument("--runs", type=int, default=1,
                         help="run the widget this many times (the first one loads the model)")
@@ -61,8 +63,6 @@ def main(argv=None) -> int:
                         help="resize the sample to SIZE x SIZE pixels first")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the run")
     args = parser.parse_args(argv)
-    if args.peak_threshold is not None and args.peak_threshold < 0:
-        args.peak_threshold = None
 
     import imageio.v3 as iio
     import napari
@@ -80,11 +80,12 @@ def main(argv=None) -> int:
         image.data = (resize(image.data, (args.size, args.size), anti_aliasing=True) * 255
                       ).astype("uint8")
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    widget.select_model(args.model)
     wait(app, lambda: widget.classes_loaded, 120)
     widget.set_selected_classes(args.classes)
-    widget.use_peak_threshold.value = args.peak_threshold is not None
     if args.peak_threshold is not None:
-        widget.peak_threshold.value = args.peak_threshold
+        widget.peak_threshold.value = (widget.peak_threshold.min if args.peak_threshold < 0
+                                       else args.peak_threshold)
     widget.show_text.value = True
     widget.proposals.value = widget.proposals.get_choice(args.proposals)
     image_shape = viewer.layers["chelsea"].data.shape
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         print("  " + stage_times(stages))
         print(f"run {run} ({'loads the model' if run == 1 else 'model loaded'}): image "
               f"{image_shape}, classes {args.classes or 'above the class threshold'}, peak "
-              f"threshold {args.peak_threshold}, proposals {args.proposals}: "
+              f"threshold {widget.peak_control.describe()}, proposals {args.proposals}: "
               f"{widget.last_message} Longest Qt event-loop stall {stall * 1000:.0f} ms.")
 
     instances = viewer.layers["chelsea instances"]

@@ -1,7 +1,14 @@
-"""Shared fixtures. Widget tests use napari's ``make_napari_viewer`` (run them under Xvfb)."""
+"""Shared fixtures. Widget tests use napari's ``make_napari_viewer`` (run them under Xvfb).
+
+Tests that need the workspace's shared data (coco128, the original PRM demo images and
+proposals) take the ``shared_data`` fixture: in a clone without ``../shared`` they skip,
+saying which folder is missing. CI sets ``NAPARI_PRM_REQUIRE_SHARED_DATA=1`` so that there
+a missing folder fails those tests instead of skipping them.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +16,18 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_CLASSES = ["cat", "dog", "bird"]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder ``../shared/data`` beside the repository (skips without it)."""
+    if not SHARED_DATA.is_dir():
+        message = (f"needs the shared data folder {SHARED_DATA}, which does not exist "
+                   "(a clone without ../shared)")
+        if os.environ.get("NAPARI_PRM_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message + "; NAPARI_PRM_REQUIRE_SHARED_DATA=1 requires it")
+        pytest.skip(message)
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

@@ -394,8 +394,16 @@ CASES = [
         r"peak_batch_size: expected an integer >= 1, got -1"),
     api("predict peak_batch_size 2.5", lambda ws: lambda: predict(_image(), _tiny_model(), peak_batch_size=2.5),
         r"peak_batch_size: expected an integer >= 1, got 2.5"),
-    api("predict retrieval option", lambda ws: lambda: predict(_image(), _tiny_model(), retrieval={"nms": 0.3}),
-        r"retrieval: unknown option\(s\) \['nms'\]"),
+    api("predict retrieval option", lambda ws: lambda: predict(_image(), _tiny_model(), retrieval={"nms_iou": 0.3}),
+        r"retrieval: unknown option\(s\) \['nms_iou'\]"),
+    api("predict max_peaks none", lambda ws: lambda: predict(_image(), _tiny_model(), max_peaks=None),
+        r"max_peaks: expected an integer in \[1, 1000\], got None"),
+    api("predict max_peaks huge", lambda ws: lambda: predict(_image(), _tiny_model(), max_peaks=10**6),
+        r"max_peaks: expected an integer in \[1, 1000\], got 1000000"),
+    api("predict unknown setting", lambda ws: lambda: predict(_image(), _tiny_model(), peak_treshold=3),
+        r"unknown setting\(s\) \['peak_treshold'\]"),
+    api("predict preset", lambda ws: lambda: predict(_image(), _tiny_model(), preset="paper"),
+        r"preset: expected one of \('default', 'original'\), got 'paper'"),
     api("predict points nan", lambda ws: lambda: predict(
         _image(), _tiny_model(), points=(np.array([[np.nan, 1.0]]), np.array([0]))),
         r"points: expected finite values, got 1 NaN"),
@@ -718,16 +726,20 @@ def test_finding_1_peak_batch_size_below_one_is_refused(ws, capsys):
     assert torch.allclose(result.prms.flatten(1).sum(1), torch.ones(len(result.peaks)))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the peak cap (predict(max_peaks=50) by default) is the lead's work for the "
-                          "calibrated-peaks issue; remove this mark then")
 def test_finding_1_the_number_of_peaks_is_capped(ws):
     """--class-threshold=-1e9 once selected 13,718 peaks and allocated all their PRMs at once."""
     torch.manual_seed(0)
     model = build_model("tiny", CLASSES, pretrained=False, input_size=(128, 128), peak_filter=None)
-    prediction = predict(np.random.default_rng(0).integers(0, 255, (128, 128, 3)).astype(np.uint8),
-                         model, class_threshold=-1e9, proposals=None)
-    assert len(prediction.peaks) <= 50
+    image = np.random.default_rng(0).integers(0, 255, (128, 128, 3)).astype(np.uint8)
+    prediction = predict(image, model, class_threshold=-1e9, proposals=None)
+    assert len(prediction.peaks) == 50 and prediction.prms.shape == (50, 128, 128)
+    assert len(prediction.notes) == 1 and "the 50 strongest were kept (max_peaks=50)" in prediction.notes[0]
+    found = int(prediction.notes[0].split()[0])
+    assert found > 200  # what the thresholds let through, and what the cap kept out
+    # The strongest peaks are the ones kept.
+    everything = predict(image, model, class_threshold=-1e9, proposals=None, max_peaks=1000)
+    assert len(everything.peaks) == found and not everything.notes
+    np.testing.assert_allclose(prediction.peak_values, everything.peak_values[:50])
 
 
 def test_finding_3_a_one_row_rgb_image_stays_one_row(ws, capsys):

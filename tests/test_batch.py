@@ -163,8 +163,9 @@ def test_a_killed_worker_is_retried_once_then_reported(tmp_path, checkpoint, ima
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed workers
 
 
-def test_scheduler_option_uses_a_cluster_started_separately(tmp_path, checkpoint, images):
-    """``napari-prm predict --scheduler`` against ``dask scheduler`` + ``dask worker`` processes."""
+def test_scheduler_option_uses_a_cluster_started_separately(tmp_path, checkpoint, images, capsys):
+    """``napari-prm predict --scheduler`` against ``dask scheduler`` + ``dask worker`` processes,
+    with the predict options passed through: the outputs are those of the one-process command."""
     address_file = tmp_path / "scheduler.json"
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -181,11 +182,23 @@ def test_scheduler_option_uses_a_cluster_started_separately(tmp_path, checkpoint
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
         good = [str(p) for p in images if p.name in ("cat.png", "camera16.tif")]
         out = tmp_path / "out"
-        assert main(["predict", *good, "--model", str(checkpoint), "--out", str(out), "--proposals", "prm",
-                     "--scheduler", address]) == 0
+        options = ["--model", str(checkpoint), "--proposals", "prm", "--preset", "default", "--peak-threshold", "0",
+                   "--class-threshold", "-1000", "--max-peaks", "2", "--prm-mode", "fast"]
+        assert main(["predict", *good, *options, "--out", str(out), "--scheduler", address]) == 0
         rows = summary_rows(out)
         assert [rows[name]["status"] for name in ("cat.png", "camera16.tif")] == ["written", "written"]
         assert io.complete_prediction(out, "cat") and io.complete_prediction(out, "camera16")
+        assert [rows[name]["peaks"] for name in ("cat.png", "camera16.tif")] == ["2", "2"]  # --max-peaks applied
+        assert "the 2 strongest" in capsys.readouterr().err  # the worker's notes reach the command line
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as on the worker, so the float sums run in the same order
+        try:
+            assert main(["predict", *good, *options, "--out", str(tmp_path / "here")]) == 0
+        finally:
+            torch.set_num_threads(threads)
+        for stem in ("cat", "camera16"):
+            for suffix in ("_labels.tif", "_instances.json", "_instances.csv", "_peaks.csv"):
+                assert (out / f"{stem}{suffix}").read_bytes() == (tmp_path / "here" / f"{stem}{suffix}").read_bytes()
     finally:
         for process in (worker, scheduler):
             if process is not None:

@@ -1,4 +1,5 @@
-"""The napari-prm command line, end to end on real images from ../shared/data."""
+"""The napari-prm command line, end to end on real images (scikit-image's, and ../shared/data's
+where it exists)."""
 
 import inspect
 import json
@@ -17,9 +18,7 @@ from napari_prm import io
 from napari_prm.cli import build_parser, collect_images, main
 from napari_prm.model import build_model, load_model, save_model
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DEMO = DATA / "prm_demo"
-COMMANDS = ("predict", "train", "evaluate", "demo", "bench")
+COMMANDS = ("predict", "train", "calibrate", "evaluate", "demo", "bench")
 OUTPUT_SUFFIXES = ("_labels.tif", "_instances.json", "_instances.csv", "_peaks.csv")
 
 
@@ -32,11 +31,13 @@ def tiny48_checkpoint(tmp_path_factory):
 
 
 def write_half_size(source, target):
-    """A real image at half its size (keeps the tests quick), saved by extension."""
+    """A real image (a file, or the name of a scikit-image sample) at half its size (keeps
+    the tests quick), saved by extension."""
     import imageio.v3 as iio
+    from skimage import data
     from skimage.transform import rescale
 
-    image = io.read_image(source)
+    image = getattr(data, source)() if isinstance(source, str) else io.read_image(source)
     small = rescale(image, 0.5, channel_axis=-1, preserve_range=True, anti_aliasing=True)
     iio.imwrite(target, small.round().astype(np.uint8))
     return small.shape[:2]
@@ -46,9 +47,9 @@ def write_half_size(source, target):
 def image_folder(tmp_path_factory):
     """Two real JPEGs, a 16-bit grayscale TIFF made from a third, and a broken PNG."""
     folder = tmp_path_factory.mktemp("images")
-    for name in ("sample0.jpg", "sample1.jpg"):
-        write_half_size(DEMO / name, folder / name)
-    write_half_size(DEMO / "sample2.jpg", folder / "gray.png")
+    for name in ("chelsea", "coffee"):
+        write_half_size(name, folder / f"{name}.jpg")
+    write_half_size("astronaut", folder / "gray.png")
     gray = io.read_image(folder / "gray.png").mean(-1)
     tifffile.imwrite(folder / "gray16.tif", (gray * 257).astype(np.uint16))
     (folder / "gray.png").unlink()
@@ -92,7 +93,7 @@ def test_predict_folder_with_unreadable_and_16_bit_images(tmp_path, tiny48_check
     shapes = {path.stem: io.read_image(path).shape[:2] for path in image_folder.iterdir()
               if path.suffix in (".jpg", ".tif")}
     assert io.read_image(image_folder / "gray16.tif").dtype == np.uint16
-    assert sorted(shapes) == ["gray16", "sample0", "sample1"]
+    assert sorted(shapes) == ["chelsea", "coffee", "gray16"]
     for stem, shape in shapes.items():
         labels, annotations, peaks = check_outputs(out, stem, shape, ["cat", "dog"])
         assert len(annotations) > 0, f"{stem}: no instances"
@@ -106,7 +107,7 @@ def test_predict_folder_with_unreadable_and_16_bit_images(tmp_path, tiny48_check
 def test_predict_keeps_existing_outputs_unless_overwrite(tmp_path, tiny48_checkpoint, capsys):
     out = tmp_path / "out"
     image = tmp_path / "sample3.jpg"
-    write_half_size(DEMO / "sample3.jpg", image)
+    write_half_size("coffee", image)
     image = str(image)
     assert main(["predict", image, "--model", str(tiny48_checkpoint), "--out", str(out),
                  "--proposals", "prm"]) == 0
@@ -128,14 +129,15 @@ def test_predict_keeps_existing_outputs_unless_overwrite(tmp_path, tiny48_checkp
     assert coco["annotations"] == [] and coco["images"][0]["file_name"] == "sample3.jpg"
 
 
-def test_predict_with_proposal_folder_classes_and_prm_tiff(tmp_path, tiny48_checkpoint):
+def test_predict_with_proposal_folder_classes_and_prm_tiff(tmp_path, tiny48_checkpoint, shared_data):
     """MCG proposals of the original demo are found by the image's stem."""
+    demo = shared_data / "prm_demo"
     out = tmp_path / "out"
-    status = main(["predict", str(DEMO / "sample4.jpg"), "--model", str(tiny48_checkpoint),
-                   "--out", str(out), "--proposals", str(DEMO), "--classes", "dog",
+    status = main(["predict", str(demo / "sample4.jpg"), "--model", str(tiny48_checkpoint),
+                   "--out", str(out), "--proposals", str(demo), "--classes", "dog",
                    "--save-prms", "tiff", "--peak-batch-size", "4"])
     assert status == 0
-    shape = io.read_image(DEMO / "sample4.jpg").shape[:2]
+    shape = io.read_image(demo / "sample4.jpg").shape[:2]
     _, annotations, peaks = check_outputs(out, "sample4", shape, ["cat", "dog"])
     assert annotations and all(a["category_id"] == 2 for a in annotations)
     assert tifffile.imread(out / "sample4_prms.tif").shape == (len(peaks),) + shape
@@ -148,20 +150,22 @@ def test_predict_reports_missing_inputs_and_bad_model(tmp_path, tiny48_checkpoin
     assert "nope.png: no such file" in errors and "no images" in errors
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
-    assert main(["predict", str(DEMO / "sample0.jpg"), "--out", str(tmp_path / "o"),
+    image = tmp_path / "chelsea.png"
+    write_half_size("chelsea", image)
+    assert main(["predict", str(image), "--out", str(tmp_path / "o"),
                  "--model", str(bad)]) == 2
     assert "bad.pt" in capsys.readouterr().err
-    assert main(["predict", str(DEMO / "sample0.jpg"), "--out", str(tmp_path / "o"),
+    assert main(["predict", str(image), "--out", str(tmp_path / "o"),
                  "--model", str(tiny48_checkpoint), "--classes", "zebra"]) == 2
     assert "no class ['zebra']" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
 def test_collect_images_sorted_unique_and_same_stems(tmp_path, image_folder):
-    images, problems = collect_images([image_folder, image_folder / "sample1.jpg",
+    images, problems = collect_images([image_folder, image_folder / "coffee.jpg",
                                        tmp_path])
-    assert [p.name for p in images] == ["broken.png", "gray16.tif", "sample0.jpg",
-                                        "sample1.jpg"]
+    assert [p.name for p in images] == ["broken.png", "chelsea.jpg", "coffee.jpg",
+                                        "gray16.tif"]
     assert problems == [f"{tmp_path}: no images (.png, .jpg, .jpeg, .tif, .tiff, .bmp, .gif, .webp) "
                         "in this folder"]
     from napari_prm.batch import output_stems
@@ -215,13 +219,13 @@ def test_python_m_napari_prm_and_usage_errors(capsys):
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("napari-prm ")
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", str(DEMO / "sample0.jpg")])
+        main(["predict", "sample0.jpg"])
     assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
 
 
-def test_train_then_evaluate_on_coco128(tmp_path, capsys):
+def test_train_then_evaluate_on_coco128(tmp_path, capsys, shared_data):
     """A tiny network trains one epoch on image-level labels of coco128, then is evaluated."""
-    train_json = DATA / "coco128/annotations/instances_train2017.json"
+    train_json = shared_data / "coco128/annotations/instances_train2017.json"
     api = COCO(str(train_json))
     bear, person = api.getCatIds(catNms=["bear"]), api.getCatIds(catNms=["person"])
     chosen = api.getImgIds(catIds=bear) + api.getImgIds(catIds=person)[:5]
@@ -233,20 +237,36 @@ def test_train_then_evaluate_on_coco128(tmp_path, capsys):
     labels_csv = tmp_path / "labels.csv"
     labels_csv.write_text("\n".join(rows) + "\n")
     checkpoint = tmp_path / "model.pt"
-    status = main(["train", str(labels_csv), "--image-dir", str(DATA / "coco128/train2017"),
+    status = main(["train", str(labels_csv), "--image-dir", str(shared_data / "coco128/train2017"),
                    "--classes", "person", "--classes", "bear", "--out", str(checkpoint),
                    "--backbone", "tiny", "--epochs", "1", "--batch-size", "4",
                    "--input-size", "48", "48", "--device", "cpu", "--val-fraction", "0.5"])
     assert status == 0
     errors = capsys.readouterr().err
     assert "training on 6 images, 2 classes" in errors and "epoch 1/1: loss" in errors
-    assert "validation mAP" in errors
+    assert "validation mAP" in errors and "calibrated the thresholds on 3 held-out image(s)" in errors
     model = load_model(checkpoint)
     assert model.class_names == ["person", "bear"] and model.backbone == "tiny"
+    assert model.settings["calibration"]["images"] == 3
+
+    # calibrate again, on every listed image, into a new file; the training state stays resumable
+    calibrated = tmp_path / "calibrated.pt"
+    status = main(["calibrate", str(labels_csv), "--image-dir", str(shared_data / "coco128/train2017"),
+                   "--model", str(checkpoint), "--out", str(calibrated), "--device", "cpu"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "on 6 image(s)" in printed and printed.count("class threshold") == 2  # plain and TTA
+    again = load_model(calibrated)
+    assert again.settings["calibration"]["images"] == 6 and "tta_calibration" in again.settings
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(value, again.network.state_dict()[key])
+    status = main(["calibrate", str(labels_csv), "--image-dir", str(shared_data / "coco128/train2017"),
+                   "--model", str(checkpoint), "--held-out", "--no-tta", "--device", "cpu"])
+    assert status == 0 and "on 3 image(s)" in capsys.readouterr().out
 
     report = tmp_path / "results.json"
     # the first two val images show a person and a bear
-    status = main(["evaluate", str(DATA / "coco128/annotations/instances_val2017.json"),
+    status = main(["evaluate", str(shared_data / "coco128/annotations/instances_val2017.json"),
                    "--model", str(checkpoint), "--max-images", "2", "--proposals", "none",
                    "--json", str(report)])
     assert status == 0
@@ -264,7 +284,7 @@ def test_evaluate_reports_unknown_dataset(tmp_path, capsys):
 
 def test_demo_writes_results_without_display(tmp_path, tiny48_checkpoint, capsys):
     out = tmp_path / "demo"
-    shape = write_half_size(DEMO / "sample0.jpg", tmp_path / "cows.jpg")
+    shape = write_half_size("coffee", tmp_path / "cows.jpg")
     assert main(["demo", str(tmp_path / "cows.jpg"), "--model", str(tiny48_checkpoint),
                  "--out", str(out), "--proposals", "prm", "--no-view"]) == 0
     printed = capsys.readouterr().out
@@ -274,30 +294,42 @@ def test_demo_writes_results_without_display(tmp_path, tiny48_checkpoint, capsys
 
 
 @pytest.mark.slow
-def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys):
+def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shared_data):
     """The real model: one instance per husky in sample4, and Chelsea is an Egyptian cat."""
+    demo = shared_data / "prm_demo"
     out = tmp_path / "out"
-    # the two strongest malamute peaks (27.7 and 18.7; the next is below 2)
-    assert main(["predict", str(DEMO / "sample4.jpg"), "--out", str(out), "--device", "cpu",
-                 "--classes", "malamute", "--peak-threshold", "10"]) == 0
-    shape = io.read_image(DEMO / "sample4.jpg").shape[:2]
+    # the malamute peaks above 10 (27.3, 18.6, 18.3 at sub-pixel factor 8): two on one dog
+    # choose the same instance and merge, one per dog remains
+    assert main(["predict", str(demo / "sample4.jpg"), "--out", str(out), "--device", "cpu",
+                 "--model", "imagenet", "--classes", "malamute", "--peak-threshold", "10"]) == 0
+    shape = io.read_image(demo / "sample4.jpg").shape[:2]
     labels, annotations, peaks = check_outputs(out, "sample4", shape, None)
-    assert len(peaks) == 2 and len(annotations) == 2
+    assert len(peaks) == 3 and len(annotations) == 2
     api = COCO(str(out / "sample4_instances.json"))
     assert {api.loadCats(a["category_id"])[0]["name"] for a in annotations} == {"malamute"}
-    # each dog's peak lies in its own instance
+    # every peak lies in an instance, and both instances hold a peak
     at_peaks = labels[tuple(np.round(peaks).astype(int).T)]
     assert at_peaks.min() > 0 and len(set(at_peaks.tolist())) == 2
 
     capsys.readouterr()
-    assert main(["demo", "--out", str(out), "--no-view", "--device", "cpu",
-                 "--class-threshold", "9.5", "--peak-threshold", "13"]) == 0
-    assert capsys.readouterr().out.startswith("top classes: Egyptian cat")
+    # With its calibrated defaults the 1000-class space keeps at most 3 peaks on Chelsea, all Egyptian cat.
+    assert main(["demo", "--out", str(out), "--no-view", "--device", "cpu", "--model", "imagenet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("top classes: Egyptian cat")
+    peaks = int(printed.split(" peaks")[0].split()[-1])
+    assert 1 <= peaks <= 3
     api = COCO(str(out / "chelsea_instances.json"))
     assert len(api.getCatIds()) == 1000
     annotations = api.loadAnns(api.getAnnIds())
     assert annotations
     assert {api.loadCats(a["category_id"])[0]["name"] for a in annotations} == {"Egyptian cat"}
+    # the default model is the VOC label space: Chelsea is a cat
+    capsys.readouterr()
+    assert main(["demo", "--out", str(tmp_path / "voc"), "--no-view", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("top classes: cat")
+    api = COCO(str(tmp_path / "voc" / "chelsea_instances.json"))
+    assert len(api.getCatIds()) == 19
+    assert {api.loadCats(a["category_id"])[0]["name"] for a in api.loadAnns(api.getAnnIds())} == {"cat"}
 
 
 def test_bench_prints_and_writes_a_markdown_table(tmp_path, tiny48_checkpoint, capsys):
@@ -314,23 +346,52 @@ def test_demo_without_display_writes_and_says_so(tmp_path, tiny48_checkpoint, ca
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
-    assert main(["demo", str(DEMO / "sample1.jpg"), "--model", str(tiny48_checkpoint),
+    image = tmp_path / "sample1.jpg"
+    write_half_size("coffee", image)
+    assert main(["demo", str(image), "--model", str(tiny48_checkpoint),
                  "--out", str(tmp_path), "--proposals", "none", "--view"]) == 0
     assert "no display available" in capsys.readouterr().err
     assert (tmp_path / "sample1_instances.json").is_file()
 
 
-def test_demo_layers_in_napari(make_napari_viewer, small_cat, tiny48_checkpoint):
-    from napari_prm import predict
-    from napari_prm.cli import add_result_layers
+def test_demo_layers_are_the_widgets(make_napari_viewer, qtbot, prm_config, small_cat,
+                                     tiny48_checkpoint):
+    """``napari-prm demo`` shows the layers a run of the widget makes, names and contents."""
+    from napari_prm import PRMPredictor
+    from napari_prm.cli import show_in_viewer
 
-    prediction = predict(small_cat, load_model(tiny48_checkpoint), proposals="prm")
+    model = load_model(tiny48_checkpoint)
+    predictor = PRMPredictor(model, proposals="prm")  # as the demo makes it
+    predictor.set_image(small_cat)
+    prediction = predictor.predict()
+    assert len(prediction.instances) > 0
+    demo_viewer = make_napari_viewer()
+    demo_widget = show_in_viewer(demo_viewer, small_cat, prediction, "cat", model, predictor=predictor,
+                                 model_choice=str(tiny48_checkpoint), proposals="prm")
+    # the demo's forward pass serves the widget: Re-threshold works at once
+    qtbot.waitUntil(lambda: demo_widget.classes_loaded, timeout=60_000)
+    assert demo_widget.model.value == str(tiny48_checkpoint.resolve())
+    assert demo_widget.rethreshold_button.isEnabled()
+
     viewer = make_napari_viewer()
-    image, instances, peaks = add_result_layers(viewer, small_cat, prediction, "cat")
-    labels, table = prediction.to_labels()
-    assert [layer.name for layer in viewer.layers] == ["cat", "cat instances", "cat peaks"]
-    np.testing.assert_array_equal(instances.data, labels)
-    assert list(instances.features["label"]) == list(table["label"])
-    assert instances.metadata["class_names"] == ["cat", "dog"]
-    np.testing.assert_allclose(peaks.data, prediction.peaks)
-    assert len(peaks.features) == len(prediction.peaks)
+    viewer.add_image(small_cat, name="cat")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    widget.select_model(str(tiny48_checkpoint))
+    qtbot.waitUntil(lambda: widget.classes_loaded, timeout=60_000)
+    widget.proposals.value = "prm"
+    assert widget.run() is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["cat", "cat PRMs", "cat instances", "cat peaks"]
+    assert [layer.name for layer in demo_viewer.layers] == names
+    for mine, theirs in zip(demo_viewer.layers, viewer.layers):
+        assert type(mine) is type(theirs)
+        np.testing.assert_allclose(np.asarray(mine.data), np.asarray(theirs.data), rtol=1e-5)
+        if hasattr(mine, "features"):
+            assert mine.features.equals(theirs.features), mine.name
+        assert mine.metadata == theirs.metadata and list(mine.scale) == list(theirs.scale)
+    # the demo's layers are the widget's to correct
+    instances = demo_viewer.layers["cat instances"]
+    instances.selected_label = int(instances.features["label"].iloc[0])
+    assert demo_widget.correction.delete_selected()

@@ -10,25 +10,32 @@ import tifffile
 
 from napari_prm.data import VOC_CLASSES, TrainingImages, from_coco, from_csv, from_folders, load_dataset, voc_view
 
-COCO128 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128"
-TRAIN_JSON = COCO128 / "annotations" / "instances_train2017.json"
+
+@pytest.fixture(scope="module")
+def coco128(shared_data) -> Path:
+    return shared_data / "coco128"
 
 
 @pytest.fixture(scope="module")
-def coco_train():
-    return from_coco(TRAIN_JSON)
+def train_json(coco128) -> Path:
+    return coco128 / "annotations" / "instances_train2017.json"
+
+
+@pytest.fixture(scope="module")
+def coco_train(train_json):
+    return from_coco(train_json)
 
 
 def _rgb(seed, shape=(20, 24, 3)):
     return np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
 
 
-def test_coco_labels_are_the_categories_present(coco_train):
+def test_coco_labels_are_the_categories_present(coco_train, coco128):
     assert len(coco_train) == 128
     # 71 of the 80 categories occur in a non-crowd annotation of these images.
     assert len(coco_train.class_names) == 71
     assert "toaster" not in coco_train.class_names
-    first = coco_train.image_paths.index(COCO128 / "train2017" / "000000000009.jpg")
+    first = coco_train.image_paths.index(coco128 / "train2017" / "000000000009.jpg")
     present = [coco_train.class_names[j] for j in np.flatnonzero(coco_train.labels[first])]
     assert present == ["bowl", "orange", "broccoli"]
     assert coco_train.labels.shape == (128, 71)
@@ -55,8 +62,8 @@ def test_voc_view_keeps_voc_classes_and_labelled_images(coco_train):
     assert set(truth.class_indices.tolist()) <= set(range(18))
 
 
-def test_coco_class_choice_and_errors(tmp_path, coco_train):
-    chosen = from_coco(TRAIN_JSON, classes=["dog", "cat"])
+def test_coco_class_choice_and_errors(tmp_path, coco_train, coco128, train_json):
+    chosen = from_coco(train_json, classes=["dog", "cat"])
     assert chosen.class_names == ["dog", "cat"]
     np.testing.assert_array_equal(chosen.labels[:, 0], coco_train.labels[:, coco_train.class_names.index("dog")])
     # Categories of the file outside the chosen ones are labelled from the annotations.
@@ -64,18 +71,18 @@ def test_coco_class_choice_and_errors(tmp_path, coco_train):
     np.testing.assert_array_equal(widened.labels[:, 0], coco_train.labels[:, coco_train.class_names.index("cat")])
     assert widened.category_ids == [17, 18]
     with pytest.raises(ValueError, match=r"unknown class.*'unicorn'.*instances_train2017.json"):
-        from_coco(TRAIN_JSON, classes=["dog", "unicorn"])
+        from_coco(train_json, classes=["dog", "unicorn"])
     with pytest.raises(ValueError, match=r"\['toaster'\] have no positive image in .*instances_train2017.json"):
-        from_coco(TRAIN_JSON, classes=["dog", "toaster"])
-    assert len(from_coco(TRAIN_JSON, classes="all", require_positives=False).class_names) == 80
+        from_coco(train_json, classes=["dog", "toaster"])
+    assert len(from_coco(train_json, classes="all", require_positives=False).class_names) == 80
 
-    content = json.loads(TRAIN_JSON.read_text())
+    content = json.loads(train_json.read_text())
     content["images"] = content["images"][:2]
     content["images"][1]["file_name"] = "missing.jpg"
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps(content))
     with pytest.raises(ValueError, match=r"image .*missing.jpg listed in .*broken.json \(image id 25\) does not exist"):
-        from_coco(broken, image_dir=COCO128 / "train2017")
+        from_coco(broken, image_dir=coco128 / "train2017")
     content["images"] = []
     broken.write_text(json.dumps(content))
     with pytest.raises(ValueError, match=r"broken.json lists no images"):

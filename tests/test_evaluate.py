@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +22,6 @@ from napari_prm.evaluate import (
 from napari_prm.model import build_model
 from napari_prm.predict import Prediction
 from napari_prm.retrieval import Instance
-
-VAL_JSON = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "annotations"
-            / "instances_val2017.json")
 
 
 def _squares():
@@ -123,8 +119,9 @@ def test_classification_ap_by_hand():
 
 
 @pytest.fixture(scope="module")
-def voc_val():
-    return voc_view(from_coco(VAL_JSON, require_positives=False)).subset(range(3))
+def voc_val(shared_data):
+    val_json = shared_data / "coco128" / "annotations" / "instances_val2017.json"
+    return voc_view(from_coco(val_json, require_positives=False)).subset(range(3))
 
 
 def _perfect_prediction(dataset, index):

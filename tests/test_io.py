@@ -12,7 +12,6 @@ from pycocotools.coco import COCO
 
 from napari_prm import io
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CLASS_NAMES = ["cat", "dog", "bird"]
 
 
@@ -145,9 +144,9 @@ def test_coco_custom_category_ids_and_bad_class_index():
         io.labels_to_coco(labels, synthetic_table(), ["cat", "dog"])
 
 
-def test_coco_to_labels_reads_real_coco_annotations():
+def test_coco_to_labels_reads_real_coco_annotations(shared_data):
     """Polygons and RLEs of a real COCO file paint the same pixels as pycocotools."""
-    path = DATA / "coco128" / "annotations" / "instances_val2017.json"
+    path = shared_data / "coco128" / "annotations" / "instances_val2017.json"
     api = COCO(str(path))
     image_id = api.getImgIds()[0]
     labels, table, names = io.coco_to_labels(path, image_id=image_id)
@@ -307,8 +306,8 @@ def test_read_image_channels_first_tiff_and_errors(tmp_path):
         io.read_image(tmp_path / "volume.tif")
 
 
-def test_read_image_real_jpeg():
-    image = io.read_image(DATA / "prm_demo" / "sample0.jpg")
+def test_read_image_real_jpeg(shared_data):
+    image = io.read_image(shared_data / "prm_demo" / "sample0.jpg")
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
 
 

@@ -159,3 +159,139 @@ def test_one_image_only():
     prm = PeakResponseMapping(small_network())
     with pytest.raises(ValueError, match="one image"):
         prm.peak_response_maps(torch.zeros(2, 3, 16, 16))
+
+
+# --------------------------------------------------------------------------- exactness
+def _strongest_peaks(network, x, count):
+    with torch.no_grad():
+        crms = network.class_response_maps(x)
+    from napari_prm.model import find_peaks
+
+    candidates = torch.nonzero(find_peaks(crms, network.win_size, None)[0])
+    values = crms[0][candidates[:, 0], candidates[:, 1], candidates[:, 2]]
+    return candidates[values.argsort(descending=True)[:count]]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_prms_equal_the_original_one_backward_per_peak_loop(batch):
+    from types import SimpleNamespace
+
+    from napari_prm.bench import original_loop_prms
+
+    network = PeakResponseMapping(small_network(), peak_filter=None)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    peaks = _strongest_peaks(network, x, 5)
+    ours = network.peak_response_maps(x, peaks=peaks, peak_batch_size=batch).prms
+    reference = original_loop_prms(SimpleNamespace(network=network), x, peaks)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_builtin_model_prms_equal_the_original_loop():
+    """EfficientNet-Lite0 ("same" padding, depthwise, residuals, 1000 classes) at a small size."""
+    from napari_prm import load_model
+    from napari_prm.bench import original_loop_prms
+
+    model = load_model("imagenet")
+    from skimage import data
+
+    from napari_prm.model.transforms import as_rgb_float, to_network_input
+
+    x = to_network_input(as_rgb_float(data.chelsea()), (160, 160), model.mean, model.std)
+    peaks = _strongest_peaks(model.network, x, 3)
+    ours = model.network.peak_response_maps(x, peaks=peaks).prms
+    batched = model.network.peak_response_maps(x, peaks=peaks, peak_batch_size=3).prms
+    reference = original_loop_prms(model, x, peaks)
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(batched, reference, rtol=1e-4, atol=1e-8)
+
+
+def test_no_normaliser_when_no_gradient_is_needed():
+    """Inside the patch, a convolution whose input needs no gradient is an ordinary one."""
+    net = small_network()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+    with excitation_backprop(net):
+        with torch.no_grad():
+            no_grad = net(x)
+        plain_input = net(x)
+    torch.testing.assert_close(no_grad, expected)
+    torch.testing.assert_close(plain_input, expected)
+    assert no_grad.grad_fn is None
+
+
+# --------------------------------------------------------------------------- batch norm folding
+def test_folding_batch_norms_keeps_the_gradients():
+    from napari_prm.model.peak_backprop import fold_batch_norms
+
+    net = small_network().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    seed = torch.zeros(1, 3, 4, 4)
+    seed[0, 1, 2, 1] = 1
+    grads = []
+    for fold in (False, True):
+        xi = x.clone().requires_grad_(True)
+        with excitation_backprop(net):
+            out = net(xi)
+            if fold:
+                assert fold_batch_norms(out) == 3
+                assert fold_batch_norms(out) == 0  # once only
+            (grad,) = torch.autograd.grad(out, xi, seed)
+        grads.append(grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-8)
+    assert not any("forward" in m.__dict__ for m in net.modules())
+
+
+class ConvFeedsTwo(nn.Module):
+    """A convolution whose output goes to a batch norm and, again, to the head: not foldable."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 2, 1)
+        with torch.no_grad():
+            self.bn.running_var.uniform_(0.2, 3.0)
+            self.bn.weight.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        z = self.conv(x)
+        return self.head(torch.relu(self.bn(z)) + torch.relu(z))
+
+
+def test_a_convolution_with_two_consumers_is_not_folded():
+    from napari_prm.model.peak_backprop import fold_batch_norms
+
+    net = ConvFeedsTwo().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(8)) - 0.3
+    grads = []
+    for fold in (False, True):
+        xi = x.clone().requires_grad_(True)
+        with excitation_backprop(net):
+            out = net(xi)
+            if fold:
+                assert fold_batch_norms(out) == 0
+            (grad,) = torch.autograd.grad(out[0, 1, 3, 3], xi)
+        grads.append(grad)
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_batch_norm_in_train_mode_is_left_alone():
+    net = small_network().train()
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    with excitation_backprop(net):
+        out = net(x)
+    assert "_EvalBatchNorm" not in repr(out.grad_fn.next_functions)
+    names = set()
+    stack = [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            stack += [child for child, _ in node.next_functions]
+    assert "NativeBatchNormBackward0" in names and "_EvalBatchNormBackward" not in names

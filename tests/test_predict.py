@@ -49,7 +49,9 @@ def test_prediction_is_in_image_coordinates(tiny, image):
     assert pred.peaks.shape == (k, 2)
     assert (pred.peaks >= -0.5).all()
     assert (pred.peaks[:, 0] <= height - 0.5).all() and (pred.peaks[:, 1] <= width - 0.5).all()
-    assert pred.scores.shape == (3,) and pred.crms.shape == (3, 16, 16)
+    # The tiny net has stride 4 (64 -> 16); the default sub-pixel factor 8 upsamples the CRMs.
+    assert pred.scores.shape == (3,) and pred.crms.shape == (3, 128, 128)
+    assert pred.sub_pixel_locating_factor == 8
     assert pred.peak_classes.dtype == np.int64 and pred.instances == []
     # Every reported peak value is the CRM value at its CRM location.
     c, y, x = pred.peaks_crm.T
@@ -58,12 +60,14 @@ def test_prediction_is_in_image_coordinates(tiny, image):
 
 def test_class_selection_by_name_and_threshold(tiny):
     image = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    everything = predict(image, tiny, proposals=None)
-    only_b = predict(image, tiny, proposals=None, classes=["b"])
+    # Without suppression across classes and without the cap, every class keeps all its peaks.
+    plain = {"suppression_radius": None, "max_peaks": 1000}
+    everything = predict(image, tiny, proposals=None, **plain)
+    only_b = predict(image, tiny, proposals=None, classes=["b"], **plain)
     assert set(only_b.peak_classes.tolist()) == {1}
     assert len(only_b.peaks) == (everything.peak_classes == 1).sum()
     top = everything.scores.max()
-    strong = predict(image, tiny, proposals=None, class_threshold=float(top))
+    strong = predict(image, tiny, proposals=None, class_threshold=float(top), **plain)
     assert set(strong.peak_classes.tolist()) == {int(everything.scores.argmax())}
     nothing = predict(image, tiny, proposals=None, class_threshold=float(top) + 1)
     assert nothing.peaks.shape == (0, 2) and nothing.prms.shape == (0, 64, 64)
@@ -73,7 +77,8 @@ def test_class_selection_by_name_and_threshold(tiny):
 
 def test_points_backpropagate_from_given_locations(tiny):
     image = np.random.default_rng(4).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    pred = predict(image, tiny, proposals=None, points=(np.array([[10.0, 50.0], [40.0, 8.0]]), np.array([2, 0])))
+    pred = predict(image, tiny, proposals=None, points=(np.array([[10.0, 50.0], [40.0, 8.0]]), np.array([2, 0])),
+                   sub_pixel_locating_factor=1)
     np.testing.assert_array_equal(pred.peak_classes, [2, 0])
     np.testing.assert_array_equal(pred.peaks_crm[:, 1:], [[2, 12], [10, 2]])
     # The response of a location concentrates around it.

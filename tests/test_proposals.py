@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,9 +20,6 @@ from napari_prm.proposals import (
     proposals_from_labels,
     proposals_from_masks,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DEMO = DATA / "prm_demo"
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -95,12 +91,12 @@ def test_default_proposals_refuse_bad_input(shapes_image):
     assert default_proposals(np.zeros((30, 40), np.uint8)).shape == (0, 30, 40)
 
 
-def test_default_proposals_cover_large_instances_of_a_real_photo():
+def test_default_proposals_cover_large_instances_of_a_real_photo(shared_data):
     from pycocotools.coco import COCO
 
-    coco = COCO(str(DATA / "coco128" / "annotations" / "instances_val2017.json"))
+    coco = COCO(str(shared_data / "coco128" / "annotations" / "instances_val2017.json"))
     image_id = 139  # living room: people, chairs, a tv, a clock, vases ...
-    image = read_image(DATA / "coco128" / "val2017" / coco.imgs[image_id]["file_name"])
+    image = read_image(shared_data / "coco128" / "val2017" / coco.imgs[image_id]["file_name"])
     proposals = default_proposals(image)
     large = [coco.annToMask(a).astype(bool) for a in coco.imgToAnns[image_id] if a["area"] >= 96**2]
     assert large
@@ -129,17 +125,19 @@ def test_prm_guided_proposals_outline_the_object_a_prm_sees(shapes_image):
 # ------------------------------------------------------------ given proposals
 
 
-def test_demo_proposals_decode_to_200_masks_of_the_image_size():
+def test_demo_proposals_decode_to_200_masks_of_the_image_size(shared_data):
+    demo = shared_data / "prm_demo"
     for number in range(5):
-        proposals = load_proposals(DEMO / f"sample{number}.json")
-        height, width = read_image(DEMO / f"sample{number}.jpg").shape[:2]
+        proposals = load_proposals(demo / f"sample{number}.json")
+        height, width = read_image(demo / f"sample{number}.jpg").shape[:2]
         assert proposals.shape == (200, height, width) and proposals.dtype == bool
         assert proposals.reshape(200, -1).any(axis=1).all()
 
 
-def test_demo_proposals_match_a_run_by_run_decoding():
-    items = json.loads((DEMO / "sample0.json").read_text())
-    proposals = load_proposals(DEMO / "sample0.json", shape=(375, 500))
+def test_demo_proposals_match_a_run_by_run_decoding(shared_data):
+    demo = shared_data / "prm_demo"
+    items = json.loads((demo / "sample0.json").read_text())
+    proposals = load_proposals(demo / "sample0.json", shape=(375, 500))
     for index in (0, 1, 57, 199):
         runs = np.frombuffer(base64.b64decode(items[index]["data"]), dtype="<u4")
         expected = np.zeros(375 * 500, bool)
@@ -216,9 +214,10 @@ def test_coco_results_are_ranked_by_score(tmp_path):
     np.testing.assert_array_equal(load_proposals(path), masks[[1, 2, 0]])
 
 
-def test_coco128_annotations_load_as_proposals():
-    proposals = load_proposals(DATA / "coco128" / "annotations" / "instances_val2017.json", image_id=139)
-    annotations = json.loads((DATA / "coco128" / "annotations" / "instances_val2017.json").read_text())
+def test_coco128_annotations_load_as_proposals(shared_data):
+    path = shared_data / "coco128" / "annotations" / "instances_val2017.json"
+    proposals = load_proposals(path, image_id=139)
+    annotations = json.loads(path.read_text())
     count = sum(a["image_id"] == 139 for a in annotations["annotations"])
     assert proposals.shape == (count, 426, 640)
 
@@ -330,5 +329,9 @@ def test_make_proposals_refuses_what_does_not_fit(shapes_image):
         make_proposals(lambda im: np.ones((1, 120, 10), bool), image)
     with pytest.raises(ValueError, match=r"expected an \(N, H, W\) mask stack or an \(H, W\) integer"):
         make_proposals(np.zeros((120, 160), np.float32), image)
+
+
+def test_make_proposals_refuses_a_file_of_another_image(shapes_image, shared_data):
+    image, _, _ = shapes_image
     with pytest.raises(ValueError, match="are 375x500, expected 120x160"):
-        make_proposals(DEMO / "sample0.json", image)
+        make_proposals(shared_data / "prm_demo" / "sample0.json", image)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from napari_prm.proposals import load_proposals
 from napari_prm.retrieval import Instance, instances_to_labels, retrieve_instances
-
-DEMO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "prm_demo"
 
 
 def box(shape, rows, cols) -> np.ndarray:
@@ -276,8 +272,9 @@ def test_instances_to_labels_checks_shapes_and_names():
 # ------------------------------------------------------ original demo data
 
 
-def test_retrieval_on_demo_proposals_finds_the_proposal_a_prm_outlines():
-    proposals = load_proposals(DEMO / "sample0.json")
+def test_retrieval_on_demo_proposals_finds_the_proposal_a_prm_outlines(shared_data):
+    demo = shared_data / "prm_demo"
+    proposals = load_proposals(demo / "sample0.json")
     height, width = proposals.shape[1:]
     # A PRM spread evenly over the outline of proposal 12 (the kind of response
     # peak backpropagation gives) retrieves a mask close to proposal 12.
@@ -294,12 +291,13 @@ def test_retrieval_on_demo_proposals_finds_the_proposal_a_prm_outlines():
 
 
 @pytest.mark.slow
-def test_demo_proposals_end_to_end_with_the_imagenet_model():
+def test_demo_proposals_end_to_end_with_the_imagenet_model(shared_data):
+    demo = shared_data / "prm_demo"
     from napari_prm import load_model, predict
     from napari_prm.io import read_image
 
-    image = read_image(DEMO / "sample0.jpg")
-    proposals = load_proposals(DEMO / "sample0.json")
+    image = read_image(demo / "sample0.jpg")
+    proposals = load_proposals(demo / "sample0.json")
     assert proposals.shape == (200,) + image.shape[:2]
     prediction = predict(image, load_model("imagenet"), proposals=proposals)
     assert len(prediction.prms) == len(prediction.peak_classes) > 0
@@ -314,3 +312,23 @@ def test_demo_proposals_end_to_end_with_the_imagenet_model():
         assert (first_100 == instance.mask.reshape(1, -1)).all(axis=1).any()
     scores = [instance.score for instance in prediction.instances]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_prepared_proposals_give_the_same_instances():
+    from napari_prm.retrieval import prepare_proposals
+
+    rng = np.random.default_rng(7)
+    shape = (60, 80)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    proposals = np.array([(yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+                          for cy, cx, r in rng.integers((5, 5, 4), (55, 75, 25), (40, 3))])
+    prms = rng.random((6,) + shape).astype(np.float32) ** 8
+    prms /= prms.sum(axis=(1, 2), keepdims=True)
+    crms = rng.normal(size=(3, 8, 10)).astype(np.float32)
+    classes = np.array([0, 1, 2, 0, 1, 2])
+    plain = retrieve_instances(prms, classes, crms, proposals, proposal_count=30)
+    prepared = prepare_proposals(proposals[:30])
+    again = retrieve_instances(prms, classes, crms, prepared, proposal_count=30)
+    assert [(i.peak, i.proposal, i.score) for i in plain] == [(i.peak, i.proposal, i.score) for i in again]
+    with pytest.raises(ValueError, match="prepared with contour_width 5, not 3"):
+        retrieve_instances(prms, classes, crms, prepared, contour_width=3)

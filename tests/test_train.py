@@ -60,8 +60,23 @@ def test_training_lowers_the_loss_and_reports(full_run, squares):
     batches = [e for e in events if e.stage == "batch"]
     assert len(batches) == 9  # 18 training images in batches of 8, 3 epochs
     assert [(e.epoch, e.batch, e.num_batches) for e in batches[:4]] == [(1, 1, 3), (1, 2, 3), (1, 3, 3), (2, 1, 3)]
-    assert all(isinstance(e, TrainProgress) and e.images_per_second > 0 and e.loss > 0 for e in events)
+    training = [e for e in events if e.stage != "calibration"]
+    assert all(isinstance(e, TrainProgress) and e.images_per_second > 0 and e.loss > 0 for e in training)
     assert [e.val_ap is not None for e in events if e.stage == "epoch"] == [True] * 3
+    # then the thresholds are calibrated on the 6 held-out images, one report each
+    assert [(e.batch, e.num_batches) for e in events if e.stage == "calibration"] == [(i, 6) for i in range(1, 7)]
+
+
+def test_training_calibrates_the_thresholds_on_the_held_out_images(full_run):
+    result, _ = full_run
+    calibration = result.calibration
+    assert calibration is not None and calibration.images == 6
+    assert 0 < calibration.recall <= 1 and 0 < calibration.precision <= 1
+    loaded = load_model(result.checkpoint)
+    assert loaded.settings["class_threshold"] == pytest.approx(calibration.class_threshold)
+    assert loaded.settings["peak_threshold"] == pytest.approx(calibration.peak_threshold)
+    assert loaded.settings["calibration"]["held_out"] is True
+    assert set(loaded.settings["tta_calibration"]) >= {"class_threshold", "peak_threshold"}
 
 
 def test_checkpoint_is_a_model_with_inference_settings(full_run):

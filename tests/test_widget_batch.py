@@ -35,6 +35,8 @@ def predict_widget(make_napari_viewer, qtbot, prm_config, tiny_checkpoint):
 
 
 def test_run_on_a_folder_opens_the_results_as_lazy_stacks(predict_widget, qtbot, image_folder, tmp_path):
+    predict_widget.preset.value = "original"  # the folder run takes the widget's preset and thresholds
+    predict_widget.peak_threshold.value = 0.0
     predict_widget.batch_button.click()
     panel = open_batch_panel(predict_widget)  # the panel the button opened
     assert open_batch_panel(predict_widget) is panel
@@ -69,6 +71,16 @@ def test_run_on_a_folder_opens_the_results_as_lazy_stacks(predict_widget, qtbot,
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
     assert [r.status for r in panel.result.results] == ["skipped"] * 3
     assert [layer.name for layer in viewer.layers].count(LABELS_LAYER) == 1
+
+    # The widget's own Run on one of the images, with the same preset and thresholds, gives
+    # the instances the folder run wrote.
+    layer = viewer.add_image(io.read_image(image_folder / "a_cat.png"), name="a_cat", rgb=True)
+    predict_widget.reset_choices()
+    predict_widget.image.value = layer
+    assert predict_widget.run() is not None, predict_widget.last_message
+    qtbot.waitUntil(lambda: not predict_widget.running, timeout=WAIT_MS)
+    np.testing.assert_array_equal(viewer.layers["a_cat instances"].data,
+                                  io.read_label_image(tmp_path / "out" / "a_cat_labels.tif"))
 
 
 def test_cancel_stops_between_images_and_a_new_run_resumes(predict_widget, qtbot, image_folder, tmp_path):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from test_widget_predict import open_predict, peak_threshold_for, run_and_wait
+from napari_prm.predict import image_to_crm
+from test_widget_predict import WAIT_MS, forward_counter, open_predict, peak_threshold_for, run_and_wait
 
 
 @pytest.fixture
@@ -13,7 +14,6 @@ def corrected(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat)
     viewer.add_image(small_cat, name="cat")
     widget = open_predict(viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = None
-    widget.use_peak_threshold.value = True
     widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
     run_and_wait(widget, qtbot)
     labels = viewer.layers["cat instances"]
@@ -95,19 +95,27 @@ def test_a_point_added_or_moved_gets_its_instance(make_napari_viewer, qtbot, prm
     viewer.add_labels(candidates, name="candidates")
     widget = open_predict(viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = viewer.layers["candidates"]  # a Labels layer of candidate masks
-    widget.use_peak_threshold.value = True
     widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
     run_and_wait(widget, qtbot)
     peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
     prms = viewer.layers["cat PRMs"]
     assert prms.data.shape[0] == 2
+    predictor = widget.predictors.get(widget.context.predictor_keys[()])
+    assert predictor.cached_peak_count == 2
+    forwards, hook = forward_counter(widget.context.model)
 
     widget.correction.class_choice.value = "dog"
     peaks.add([[30.0, 35.0]])  # on candidate 1
     qtbot.waitUntil(lambda: not widget.running and peaks.features["label"].iloc[-1] > 0,
                     timeout=60_000)
+    # the image's cached maps: one backward pass, no forward pass
+    assert predictor.cached_peak_count == 3 and not forwards
     added = peaks.features.iloc[-1]
     assert added["class_name"] == "dog" and added["peak"] == 2
+    (y, x), = image_to_crm([[30.0, 35.0]], predictor.crms.shape[1:], predictor.image_shape,
+                           predictor.settings.sub_pixel_locating_factor)
+    assert added["peak_value"] == pytest.approx(float(predictor.crms[1, y, x]))  # its CRM value
+    assert added["runner_up_1"] == "" and np.isnan(added["runner_up_1_value"])
     label = int(added["label"])
     assert np.array_equal(instances.data == label, candidates == 1)
     row = instances.features[instances.features["label"] == label].iloc[0]
@@ -131,3 +139,53 @@ def test_a_point_added_or_moved_gets_its_instance(make_napari_viewer, qtbot, prm
         instances.data == label, candidates == 2), timeout=60_000)
     assert int(peaks.features["label"].iloc[-1]) == label  # the same instance, redone
     assert len(instances.features) == len(np.unique(instances.data)) - 1
+    assert predictor.cached_peak_count == 4 and not forwards
+    hook.remove()
+
+
+def test_adding_many_points_can_be_cancelled(make_napari_viewer, qtbot, prm_config, tiny_checkpoint,
+                                             small_cat):
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
+    run_and_wait(widget, qtbot)
+    predictor = widget.predictors.get(widget.context.predictor_keys[()])
+    peaks = viewer.layers["cat peaks"]
+    widget.progressed.connect(lambda stage, done, total: (
+        widget.activity.bar.cancel() if stage == "backprop" and done == 1 and widget.activity else None))
+    grid = np.stack(np.meshgrid(np.arange(5, 95, 10.0), np.arange(5, 145, 10.0)), -1).reshape(-1, 2)
+    peaks.add(grid)  # 126 points in one go: one job of 126 backward passes
+    qtbot.waitUntil(lambda: widget.worker is None and not widget.running, timeout=WAIT_MS)
+    assert "Cancelled" in widget.last_message
+    assert 2 < predictor.cached_peak_count < 2 + len(grid)
+    assert (peaks.features["label"].iloc[2:] == 0).all()
+
+
+def test_points_added_one_after_another_get_their_own_peaks(make_napari_viewer, qtbot, prm_config,
+                                                           tiny_checkpoint, small_cat):
+    """Setting the peaks' features resets napari's defaults for new points: the panel puts
+    the chosen class's defaults back, so each click is a new peak (not a copy of the last)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    candidates = np.zeros(small_cat.shape[:2], np.uint16)
+    candidates[10:50, 10:60] = 1
+    candidates[55:95, 80:140] = 2
+    viewer.add_labels(candidates, name="candidates")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = viewer.layers["candidates"]
+    widget.peak_threshold.value = 9999.0  # no peaks of its own
+    run_and_wait(widget, qtbot)
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    widget.correction.class_choice.value = "bird"
+    for count, yx in enumerate(([30.0, 35.0], [75.0, 110.0]), start=1):
+        peaks.add([yx])
+        qtbot.waitUntil(lambda count=count: not widget.running and len(instances.features) == count,
+                        timeout=WAIT_MS)
+    assert peaks.features["peak"].tolist() == [0, 1]
+    assert peaks.features["class_name"].tolist() == ["bird", "bird"]
+    first, second = peaks.features["label"].tolist()
+    assert np.array_equal(instances.data == first, candidates == 1)
+    assert np.array_equal(instances.data == second, candidates == 2)
+    assert peaks.feature_defaults["peak"].iloc[0] == -1

@@ -37,7 +37,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,9 @@ class ImageResult:
         Only with ``predict_many(..., gather=True)``.
     details : str
         The traceback of the last failure (not in ``summary.csv``).
+    notes : list of str
+        What the prediction noted (`Prediction.notes`, e.g. peaks left out by
+        ``max_peaks``); not in ``summary.csv``.
     """
 
     image: str
@@ -96,6 +99,7 @@ class ImageResult:
     shape: tuple[int, int] | None = None
     prediction: Any = None
     details: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def row(self) -> dict:
         """The image's row of ``summary.csv``."""
@@ -200,7 +204,8 @@ class ModelSpec:
     Attributes
     ----------
     source : str
-        ``"imagenet"`` or the checkpoint's path (for messages, and where no bytes came).
+        A built-in model's name or the checkpoint's path (for messages, and where no
+        bytes came).
     sha256 : str or None
         Of the checkpoint file (None for a built-in model). It keys each worker's cache,
         so a checkpoint rewritten during a batch (training goes on) is not mixed in.
@@ -333,7 +338,7 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
                         image_file_name=image.name, info={"settings": _describe(settings)})
     return ImageResult(str(image), stem, "written", int(len(prediction.peaks)), int(len(prediction.instances)),
                        time.perf_counter() - started, shape=tuple(int(n) for n in pixels.shape[:2]),
-                       prediction=prediction if gather else None)
+                       prediction=prediction if gather else None, notes=list(prediction.notes))
 
 
 def _describe(settings: Mapping[str, Any]) -> dict:
@@ -417,7 +422,8 @@ def predict_many(
     paths : sequence of path-like
         Image files (see `collect_images` for folders).
     model : str, path-like or PRMModel
-        ``"imagenet"``, a checkpoint, or a loaded model.
+        A built-in model (``"imagenet-voc"``, ``"imagenet-coco"``, ``"imagenet"``), a
+        checkpoint, or a loaded model.
     out : path-like
         Output folder (created): per image the files of `napari_prm.io.write_prediction`
         and ``<stem>.manifest.json``; ``summary.csv`` for the batch.
@@ -451,8 +457,11 @@ def predict_many(
     summary_every : float
         Seconds between rewrites of ``summary.csv`` while results arrive.
     **settings
-        Keyword arguments of `napari_prm.predict` for every image (``class_threshold``,
-        ``proposals``, ...), passed through unchanged.
+        Keyword arguments of `napari_prm.predict` for every image (``preset``,
+        ``class_threshold``, ``peak_threshold``, ``max_peaks``, ``tta``, ``prm_mode``,
+        ``proposals``, ...), passed through unchanged: each image gets exactly what
+        ``predict(image, model, **settings)`` gives, the preset's and the model's
+        calibrated defaults included.
 
     Returns
     -------

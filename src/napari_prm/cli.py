@@ -56,15 +56,22 @@ def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+def _max_peaks(name: str, value):
+    from .predictor import MAX_PEAKS_LIMIT
+
+    return None if value is None else check.integer(name, value, low=1, high=MAX_PEAKS_LIMIT)
+
+
 def _proposals_arg(value: str):
     return None if value.lower() == "none" else value
 
 
 def _add_model_options(parser: argparse.ArgumentParser, *, device_only: bool = False) -> None:
     if not device_only:
-        parser.add_argument("--model", default="imagenet",
-                            help="'imagenet' (the built-in EfficientNet-Lite0 with the 1000 "
-                                 "ImageNet classes, offline) or a checkpoint (.pt/.safetensors)")
+        parser.add_argument("--model", default="imagenet-voc",
+                            help="a built-in model, offline: EfficientNet-Lite0 with the VOC classes ImageNet "
+                                 "covers ('imagenet-voc'), the COCO classes it covers ('imagenet-coco') or its 1000 "
+                                 "ImageNet classes ('imagenet'); or a checkpoint (.pt/.safetensors)")
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda, cuda:1, mps (default: CUDA, then "
                              "MPS, then the CPU)")
@@ -82,6 +89,38 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 
 DEBUG_HELP = "on an unexpected error, also print its Python traceback (default: off)"
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by predict, evaluate and demo: the preset and the settings users change most."""
+    group = parser
+    group.add_argument("--preset", choices=("default", "original"), default="default",
+                       help="'original': the official release's inference (sub-pixel factor 8, class "
+                            "threshold 0, peak threshold 30 on its CRM scale, retrieval on the network grid); "
+                            "'default': calibrated thresholds, one peak per location, full-resolution masks")
+    group.add_argument("--class-threshold", type=float, default=None,
+                       help="drop peaks of classes whose score is below this (default: the model's calibrated "
+                            "value; the original preset: 0)")
+    group.add_argument("--peak-threshold", type=float, default=None,
+                       help="drop peaks whose response is not above this (default: the model's calibrated "
+                            "value; the original preset: 30)")
+    group.add_argument("--max-peaks", type=int, default=None,
+                       help="keep at most this many peaks per image, the strongest (default: 50; at most 1000)")
+    group.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                       help="test-time augmentation: average the CRMs over a flip and scales 0.75/1/1.25 "
+                            "(about 6x the time) (default: off)")
+    group.add_argument("--prm-mode", choices=("exact", "fast"), default=None,
+                       help="'fast' back-propagates to the stride-8 features and upsamples (default: exact)")
+
+
+def _inference_settings(args) -> dict:
+    """The inference options given on the command line, as ``predict`` keywords."""
+    settings = {"preset": args.preset}
+    for name in ("class_threshold", "peak_threshold", "max_peaks", "tta", "prm_mode"):
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = value
+    return settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,11 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, type=Path, help="output folder (created)")
     _add_model_options(predict)
     predict.add_argument("--proposals", default="default", type=_proposals_arg, help=PROPOSAL_HELP)
-    predict.add_argument("--class-threshold", type=float, default=None,
-                         help="drop peaks of classes whose score is below this (default: the model's own, "
-                         "8 for imagenet, 0 for trained checkpoints)")
-    predict.add_argument("--peak-threshold", type=float, default=None,
-                         help="drop peaks whose response is not above this (default: keep all)")
+    _add_inference_options(predict)
     predict.add_argument("--classes", action="append", default=None, metavar="NAME",
                          help="keep only peaks of this class (name or index); repeat for more "
                               "(default: all classes)")
@@ -173,8 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CRM upsampling for peak stimulation while training")
     train.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
                        help="random horizontal flips")
-    train.add_argument("--val-fraction", type=float, default=0.0,
-                       help="hold out this share of images; report classification AP per epoch")
+    train.add_argument("--val-fraction", type=float, default=0.2,
+                       help="hold out this share of images from training: classification AP per epoch, "
+                            "and the thresholds are calibrated on them at the end")
+    train.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                       help="after the last epoch, choose the class and peak thresholds on the held-out "
+                            "images (image-level labels only) and store them in the checkpoint")
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                        help="continue the run saved in CHECKPOINT, or in --out when given alone "
@@ -182,6 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     _add_model_options(train, device_only=True)
     train.set_defaults(run=_run_train)
+
+    calibrate = add_command(
+        "calibrate", help="choose a model's class and peak thresholds from image-level labels",
+        description="Run a model on images with image-level labels that it was not trained on, choose the "
+                    "class and peak thresholds that best separate peaks of classes an image shows from the "
+                    "others (F1), with and without test-time augmentation, and store them in the checkpoint "
+                    "(predict, evaluate and the plugin use them). 'train' does this at its end; use "
+                    "'calibrate' for checkpoints from elsewhere or after changing the data.")
+    _add_dataset_options(calibrate)
+    calibrate.add_argument("--model", required=True, help="checkpoint (.pt/.safetensors) to calibrate")
+    calibrate.add_argument("--out", type=Path, default=None,
+                           help="write the calibrated checkpoint here (default: replace --model)")
+    calibrate.add_argument("--held-out", action="store_true",
+                           help="use only the images 'train' held out of this checkpoint's training (its "
+                                "--val-fraction and --seed); otherwise every image of DATASET")
+    calibrate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                           help="also calibrate the thresholds used with --tta")
+    _add_model_options(calibrate, device_only=True)
+    calibrate.set_defaults(run=_run_calibrate)
 
     evaluate = add_command(
         "evaluate", help="the PRM paper's metrics on a dataset",
@@ -194,11 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help=PROPOSAL_HELP.split(", or a folder")[0])
     evaluate.add_argument("--iou-thresholds", type=float, nargs="+", default=[0.25, 0.5, 0.75],
                           metavar="IOU", help="IoU thresholds of mAP^r")
-    evaluate.add_argument("--class-threshold", type=float, default=None,
-                          help="drop peaks of classes whose score is below this (default: the model's own, "
-                          "8 for imagenet, 0 for trained checkpoints)")
+    _add_inference_options(evaluate)
     evaluate.add_argument("--max-images", type=int, default=None,
                           help="evaluate the first N images only (default: all)")
+    evaluate.add_argument("--only-labeled", action="store_true",
+                          help="evaluate only the images that show one of the model's classes")
     evaluate.add_argument("--json", type=Path, default=None,
                           help="also write the full results to this JSON file "
                                "(default: not written)")
@@ -214,11 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("napari-prm-demo"), help="output folder")
     _add_model_options(demo)
     demo.add_argument("--proposals", default="default", type=_proposals_arg, help=PROPOSAL_HELP)
-    demo.add_argument("--class-threshold", type=float, default=None,
-                      help="drop peaks of classes whose score is below this (default: the model's own, "
-                      "8 for imagenet, 0 for trained checkpoints)")
-    demo.add_argument("--peak-threshold", type=float, default=None,
-                      help="drop peaks whose response is not above this (default: keep all)")
+    _add_inference_options(demo)
     demo.add_argument("--view", action=argparse.BooleanOptionalAction, default=None,
                       help="open napari with the results (default: when a display is available)")
     demo.set_defaults(run=_run_demo)
@@ -351,6 +405,7 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "out": check.output_folder,
         "class_threshold": _optional_finite,
         "peak_threshold": _optional_finite,
+        "max_peaks": _max_peaks,
         "peak_batch_size": _optional_positive,
         "proposals": lambda name, value: _proposal_source(name, value, folders=True),
         "workers": _optional_positive,
@@ -371,9 +426,14 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "seed": lambda name, value: check.integer(name, value, low=0, high=2**32 - 1),
         "num_workers": lambda name, value: check.integer(name, value, low=0),
     },
+    "calibrate": {
+        "out": lambda name, value: None if value is None else check.output_file(name, value),
+    },
     "evaluate": {
         "iou_thresholds": _iou_thresholds,
         "class_threshold": _optional_finite,
+        "peak_threshold": _optional_finite,
+        "max_peaks": _max_peaks,
         "max_images": _optional_positive,
         "json": _json_out,
         "proposals": lambda name, value: _proposal_source(name, value, folders=False),
@@ -383,6 +443,7 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "out": check.output_folder,
         "class_threshold": _optional_finite,
         "peak_threshold": _optional_finite,
+        "max_peaks": _max_peaks,
         "proposals": lambda name, value: _proposal_source(name, value, folders=False),
     },
     "bench": {
@@ -450,8 +511,8 @@ def _run_predict(args) -> int:
     classes = _classes_arg(args.classes, model.class_names)
     if args.workers is not None or args.scheduler is not None:
         model = args.model  # the workers load it themselves, once each
-    settings = {"class_threshold": args.class_threshold, "peak_threshold": args.peak_threshold,
-                "classes": classes, "proposals": args.proposals, "peak_batch_size": args.peak_batch_size}
+    settings = {"classes": classes, "proposals": args.proposals, "peak_batch_size": args.peak_batch_size,
+                **_inference_settings(args)}
     client = _start_client(args)
     args.out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(images), desc="predict", unit="image", disable=None)
@@ -463,6 +524,8 @@ def _run_predict(args) -> int:
             unexpected = result.error.startswith("unexpected") and not args.debug
             hint = "; run with --debug for the traceback" if unexpected else ""
             _say(f"{result.image}: failed: {result.error}{hint}")
+        for note in result.notes:
+            _say(f"{result.image}: {note}")
         bar.update(1)
 
     try:
@@ -545,6 +608,10 @@ def _run_train(args) -> int:
 
     def progress(update) -> None:
         nonlocal bar
+        if update.stage == "calibration":
+            if update.batch == update.num_batches:
+                _say(f"calibrated the thresholds on {update.num_batches} held-out image(s)")
+            return
         if update.stage == "batch":
             if bar is None:
                 bar = tqdm(total=update.num_batches, unit="batch", disable=None,
@@ -557,9 +624,9 @@ def _run_train(args) -> int:
             bar = None
         line = (f"epoch {update.epoch}/{update.num_epochs}: loss {update.loss:.4f}, "
                 f"{update.images_per_second:.1f} images/s")
-        if update.val_ap:
-            mean_ap = sum(update.val_ap.values()) / len(update.val_ap)
-            line += f", validation mAP {100 * mean_ap:.1f}%"
+        defined = [v for v in (update.val_ap or {}).values() if v == v]  # classes with a held-out positive
+        if defined:
+            line += f", validation mAP {100 * sum(defined) / len(defined):.1f}% ({len(defined)} classes)"
         _say(line)
 
     try:
@@ -569,14 +636,67 @@ def _run_train(args) -> int:
             momentum=args.momentum, weight_decay=args.weight_decay,
             input_size=tuple(args.input_size),
             sub_pixel_locating_factor=args.sub_pixel_locating_factor, hflip=args.hflip,
-            device=args.device, seed=args.seed, val_fraction=args.val_fraction,
+            device=args.device, seed=args.seed, val_fraction=args.val_fraction, calibrate=args.calibrate,
             resume=args.resume, progress=progress, num_workers=args.num_workers)
     except ValueError as error:
         raise CommandError(str(error)) from error
     finally:
         if bar is not None:
             bar.close()
+    if result.calibration is not None:
+        c = result.calibration
+        _say(f"calibrated on {c.images} image(s): class threshold {c.class_threshold:.3g}, peak threshold "
+             f"{c.peak_threshold:.3g} (peak precision {100 * c.precision:.0f} %, classes found "
+             f"{100 * c.recall:.0f} %)")
     _say(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _run_calibrate(args) -> int:
+    from tqdm import tqdm
+
+    from .model.checkpoint import load_checkpoint, resolve_device, save_model
+    from .peaks import calibrate_model
+    from .train import TRAINING_STATE_KEY
+
+    try:
+        model, extra = load_checkpoint(args.model)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    model.to(resolve_device(args.device))
+    dataset = _load_dataset(args)
+    if args.held_out:
+        state = extra.get(TRAINING_STATE_KEY) or {}
+        config = state.get("config") or {}
+        fraction = config.get("val_fraction") or 0
+        if not fraction:
+            raise CommandError(f"{args.model} records no held-out share (it was not trained by 'train' with "
+                               "--val-fraction > 0): calibrate on images it was not trained on instead")
+        _, dataset = dataset.split(float(fraction), seed=int(config.get("seed", 0)))
+    try:
+        dataset = dataset.with_classes(model.class_names)
+    except ValueError as error:
+        raise CommandError(f"the dataset does not have the model's classes: {error}") from error
+    results = {}
+    for tta in ((False, True) if args.tta else (False,)):
+        with tqdm(total=len(dataset), desc="calibrate" + (" (TTA)" if tta else ""), unit="image",
+                  disable=None) as bar:
+            try:
+                results[tta] = calibrate_model(model, dataset, tta=tta,
+                                               progress=lambda done, _total: bar.update(done - bar.n))
+            except ValueError as error:
+                raise CommandError(f"cannot calibrate on {args.dataset}: {error}") from error
+    model.settings.update(results[False].as_settings())
+    if True in results:
+        model.settings["tta_calibration"] = results[True].as_settings()
+    out = args.out or Path(args.model)
+    save_model(model, out, extra=extra if Path(out).suffix != ".safetensors" else None)
+    for tta, c in results.items():
+        print(f"{'with TTA: ' if tta else ''}class threshold {c.class_threshold:.4g}, peak threshold "
+              f"{c.peak_threshold:.4g} on {c.images} image(s): {100 * c.precision:.0f} % of the peaks on classes "
+              f"the images show, {100 * c.recall:.0f} % of the shown classes found, {c.peaks_per_image:.1f} "
+              "peaks per image")
+    _say(f"checkpoint: {out}")
     return 0
 
 
@@ -587,14 +707,15 @@ def _run_evaluate(args) -> int:
 
     dataset = _load_dataset(args)
     model = _load_model(args.model, args.device)
-    total = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
+    total = int(dataset.with_classes(model.class_names).labels.any(1).sum()) if args.only_labeled else len(dataset)
+    total = total if args.max_images is None else min(args.max_images, total)
     with tqdm(total=total, desc="evaluate", unit="image", disable=None) as bar:
         try:
             results = evaluate(model, dataset, proposals=args.proposals,
-                               iou_thresholds=args.iou_thresholds,
-                               class_threshold=args.class_threshold,
-                               max_images=args.max_images,
-                               progress=lambda done, _total: bar.update(done - bar.n))
+                               iou_thresholds=args.iou_thresholds, max_images=args.max_images,
+                               only_labeled=args.only_labeled,
+                               progress=lambda done, _total: bar.update(done - bar.n),
+                               **_inference_settings(args))
         except ValueError as error:
             raise CommandError(str(error)) from error
     print(report_markdown(results), end="")
@@ -613,7 +734,7 @@ def display_available() -> bool:
 
 def _run_demo(args) -> int:
     from . import io
-    from .predict import predict
+    from .predictor import PRMPredictor
 
     if args.image is None:
         from skimage import data
@@ -627,9 +748,11 @@ def _run_demo(args) -> int:
         stem, file_name = Path(args.image).stem, Path(args.image).name
     model = _load_model(args.model, args.device)
     try:
-        prediction = predict(image, model, proposals=args.proposals,
-                             class_threshold=args.class_threshold,
-                             peak_threshold=args.peak_threshold)
+        # the predictor keeps the image's forward pass: clicks in napari then cost one
+        # backward pass each, and the widget's Re-threshold no forward pass
+        predictor = PRMPredictor(model, proposals=args.proposals, **_inference_settings(args))
+        predictor.set_image(image)
+        prediction = predictor.predict()
     except ValueError as error:
         raise CommandError(f"{args.image or file_name}: {error}") from error
     args.out.mkdir(parents=True, exist_ok=True)
@@ -645,29 +768,38 @@ def _run_demo(args) -> int:
     if view and not display_available():
         _say("no display available: results written, napari not opened")
     elif view:
-        _show_in_napari(image, prediction, stem)
+        _show_in_napari(image, prediction, stem, model, args.model, predictor, {
+            "proposals": args.proposals, "class_threshold": args.class_threshold,
+            "peak_threshold": args.peak_threshold})
     return 0
 
 
-def add_result_layers(viewer, image, prediction, name: str) -> list:
-    """Add the image, its instances (Labels with the instance table as features) and its
-    peaks (Points with their class) to a napari viewer; returns the new layers."""
-    labels, table = prediction.to_labels()
-    layers = [viewer.add_image(image, name=name),
-              viewer.add_labels(labels, name=f"{name} instances", features=table,
-                                metadata={"class_names": list(prediction.class_names)})]
-    if len(prediction.peaks):
-        classes = [prediction.class_names[c] for c in prediction.peak_classes]
-        layers.append(viewer.add_points(prediction.peaks, name=f"{name} peaks", size=8,
-                                        face_color="red", features={"class_name": classes}))
-    return layers
+def show_in_viewer(viewer, image, prediction, name: str, model, *, predictor=None,
+                   model_choice: str | None = None, **settings):
+    """Add ``image`` and its ``prediction`` to a napari viewer as the plugin does.
+
+    The image becomes the layer ``name``; the "Peak Response Maps" widget is docked and
+    shows the prediction as a run of its own (``PredictWidget.show_prediction``): the same
+    layers (``<name> peaks``, ``<name> PRMs``, ``<name> instances``) with the same
+    features, and its correction tools and shortcuts work on them. ``predictor`` (the
+    ``PRMPredictor`` that made the prediction) and ``model_choice`` (the model's built-in
+    name or checkpoint path) let the widget reuse the image's forward pass. ``settings``
+    are the run's (``proposals``, ``class_threshold``, ``peak_threshold``). Returns the widget.
+    """
+    layer = viewer.add_image(image, name=name)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    widget.show_prediction(layer, prediction, model, predictor=predictor, model_choice=model_choice,
+                           **settings)
+    return widget
 
 
-def _show_in_napari(image, prediction, name: str) -> None:
+def _show_in_napari(image, prediction, name: str, model, model_choice: str, predictor,
+                    settings: dict) -> None:
     import napari
 
     viewer = napari.Viewer(title=f"napari-prm demo: {name}")
-    add_result_layers(viewer, image, prediction, name)
+    show_in_viewer(viewer, image, prediction, name, model, predictor=predictor,
+                   model_choice=model_choice, **settings)
     napari.run()
 
 

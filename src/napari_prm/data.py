@@ -501,6 +501,8 @@ def load_dataset(path: PathLike, **kwargs) -> LabeledImageDataset:
 class TrainingImages(torch.utils.data.Dataset):
     """Network inputs and labels for training: resize, optional flip, normalise.
 
+    Items are ``(image (3, h, w) float32 tensor, labels (C,) float32 tensor)``.
+
     Parameters
     ----------
     dataset : LabeledImageDataset
@@ -512,8 +514,6 @@ class TrainingImages(torch.utils.data.Dataset):
     seed : int
         The flips depend only on ``(seed, epoch, index)``, so a run is
         reproducible with any number of loader workers and after a resume.
-
-    Items are ``(image (3, h, w) float32 tensor, labels (C,) float32 tensor)``.
     """
 
     def __init__(self, dataset: LabeledImageDataset, input_size: Sequence[int], mean: Sequence[float],

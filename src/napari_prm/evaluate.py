@@ -130,6 +130,107 @@ def peak_hits(peaks_yx: np.ndarray, peak_classes: np.ndarray, gt_masks: np.ndarr
     return hits
 
 
+def class_pointing(crms: np.ndarray, gt_masks: np.ndarray, gt_classes: np.ndarray, *,
+                   sub_pixel_locating_factor: int = 1, tolerance: float = 15.0) -> np.ndarray:
+    """Class-level pointing (the PRM paper's protocol): is each present class's CRM maximum on it?
+
+    For every class with an instance in the image, the maximum of its class
+    response map, mapped to image pixels, is a hit when it lies within
+    ``tolerance`` pixels of an instance of that class.
+
+    Parameters
+    ----------
+    crms : (C, h, w) float ndarray
+        Class response maps (upsampled by ``sub_pixel_locating_factor``).
+    gt_masks : (M, H, W) bool ndarray
+    gt_classes : (M,) int ndarray
+    sub_pixel_locating_factor : int
+    tolerance : float
+        In image pixels (15 in the paper).
+
+    Returns
+    -------
+    hits : (P,) bool ndarray
+        One per present class, in increasing class order.
+    """
+    from scipy import ndimage as ndi
+
+    from .predictor import crm_to_image
+
+    crms = np.asarray(crms, dtype=np.float32)
+    gt_masks = _as_masks(gt_masks, "gt_masks")
+    gt_classes = np.asarray(gt_classes).reshape(-1)
+    if len(gt_classes) != len(gt_masks):
+        raise ValueError(f"{len(gt_masks)} gt masks but {len(gt_classes)} gt classes")
+    hits = []
+    for cls in np.unique(gt_classes):
+        if not 0 <= cls < len(crms):
+            raise ValueError(f"gt class {cls} has no class response map ({len(crms)} maps)")
+        y, x = np.unravel_index(int(np.argmax(crms[cls])), crms[cls].shape)
+        shape = gt_masks.shape[1:]
+        yx = crm_to_image(np.array([[y, x]]), crms.shape[1:], shape, sub_pixel_locating_factor)[0]
+        row = int(np.clip(np.rint(yx[0]), 0, shape[0] - 1))
+        col = int(np.clip(np.rint(yx[1]), 0, shape[1] - 1))
+        distance = ndi.distance_transform_edt(~gt_masks[gt_classes == cls].any(0))
+        hits.append(bool(distance[row, col] <= tolerance))
+    return np.array(hits, dtype=bool)
+
+
+def instance_funnel(peaks_yx: np.ndarray, peak_classes: np.ndarray, instances: Sequence, proposals: np.ndarray,
+                    gt_masks: np.ndarray, gt_classes: np.ndarray, gt_iscrowd: np.ndarray | None = None, *,
+                    min_area: int = 32 * 32, iou_threshold: float = 0.5) -> dict[str, int]:
+    """Where ground-truth instances get lost between the peaks and the final masks.
+
+    Counts the non-crowd instances of at least ``min_area`` pixels, and among them those
+    (1) with a peak of their class inside them, (2) with a proposal whose IoU with them
+    is at least ``iou_threshold``, and (3) covered, at that IoU, by a retrieved instance of
+    their class whose peak lies inside them.
+
+    Parameters
+    ----------
+    peaks_yx : (K, 2) float ndarray
+        Peaks in image pixels.
+    peak_classes : (K,) int ndarray
+    instances : sequence of Instance
+        Retrieved instances (``Instance.peak`` indexes the peaks).
+    proposals : (N, H, W) bool ndarray
+        The proposals retrieval chose from (pass the first ``proposal_count``).
+    gt_masks : (M, H, W) bool ndarray
+    gt_classes : (M,) int ndarray
+    gt_iscrowd : (M,) bool ndarray, optional
+
+    Returns
+    -------
+    dict
+        ``instances``, ``with_peak``, ``with_proposal``, ``retrieved`` (counts).
+    """
+    gt_masks = _as_masks(gt_masks, "gt_masks")
+    gt_classes = np.asarray(gt_classes).reshape(-1)
+    crowd = np.zeros(len(gt_masks), bool) if gt_iscrowd is None else np.asarray(gt_iscrowd, bool).reshape(-1)
+    big = ~crowd & (gt_masks.reshape(len(gt_masks), -1).sum(1) >= min_area)
+    counts = {"instances": int(big.sum()), "with_peak": 0, "with_proposal": 0, "retrieved": 0}
+    if not big.any():
+        return counts
+    shape = gt_masks.shape[1:]
+    peaks_yx = np.asarray(peaks_yx, dtype=np.float64).reshape(-1, 2)
+    peak_classes = np.asarray(peak_classes).reshape(-1)
+    rows = np.clip(np.rint(peaks_yx[:, 0]).astype(np.int64), 0, shape[0] - 1)
+    cols = np.clip(np.rint(peaks_yx[:, 1]).astype(np.int64), 0, shape[1] - 1)
+    targets = gt_masks[big]
+    target_classes = gt_classes[big]
+    proposals = _as_masks(proposals, "proposals") if len(proposals) else np.zeros((0,) + shape, bool)
+    proposal_iou = mask_iou(targets, proposals) if len(proposals) else np.zeros((len(targets), 0))
+    masks = np.array([np.asarray(i.mask, bool) for i in instances]).reshape((-1,) + shape)
+    instance_iou = mask_iou(targets, masks) if len(masks) else np.zeros((len(targets), 0))
+    for j, (target, cls) in enumerate(zip(targets, target_classes)):
+        counts["with_peak"] += bool(((peak_classes == cls) & target[rows, cols]).any())
+        counts["with_proposal"] += bool(proposal_iou.shape[1] and proposal_iou[j].max() >= iou_threshold)
+        counts["retrieved"] += any(
+            inst.class_index == cls and target[rows[inst.peak], cols[inst.peak]] and instance_iou[j, q] >= iou_threshold
+            for q, inst in enumerate(instances))
+    return counts
+
+
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     """Non-interpolated average precision of one class: Σ (R_n - R_{n-1}) P_n.
 
@@ -298,6 +399,9 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     max_images: int | None = None,
     device: Any = None,
+    preset: str = "default",
+    only_labeled: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """All metrics of the PRM paper on a dataset with instance masks.
 
@@ -309,8 +413,9 @@ def evaluate(
     dataset : LabeledImageDataset
         With instance masks (a COCO dataset). It is relabelled to the model's
         classes, which must all be among its classes.
-    proposals : see :func:`napari_prm.predict`
-        None skips instance retrieval: mAP^r and ABO are then None.
+    proposals : str, ndarray, callable or None
+        As in :func:`napari_prm.predict`. None skips instance retrieval: mAP^r and ABO
+        are then None.
     iou_thresholds : sequence of float
     class_threshold : float, optional
         Passed to ``predict``: peaks of classes scoring below it are dropped
@@ -322,6 +427,12 @@ def evaluate(
     device : optional
         Where to run the model (None: a PRMModel stays where it is, a loaded
         one goes to the best available device).
+    preset : {'default', 'original'}
+        The inference preset (see :func:`napari_prm.preset_settings`).
+    only_labeled : bool
+        Evaluate only the images that show at least one of the model's classes.
+    **settings
+        Other fields of :class:`napari_prm.PredictSettings` (e.g. ``tta=True``).
 
     Returns
     -------
@@ -329,8 +440,13 @@ def evaluate(
         ``mAP_r`` {threshold: mAP}, ``AP_r_per_class``, ``ABO`` (mean best IoU
         of non-crowd instances with any predicted instance, class-agnostic),
         ``prm_quality`` (mean Σ(R⊙G)/ΣR over peaks whose class is present),
-        ``pointing_accuracy`` (share of peaks on an instance of their class),
-        ``classification_mAP``, ``classification_AP``, counts and settings.
+        ``pointing_accuracy`` (share of peaks on an instance of their class:
+        peak precision), ``class_pointing`` (the paper's class-level pointing:
+        share of present classes whose CRM maximum is within 15 px of one of
+        their instances; only when a model runs here), ``funnel`` (see
+        :func:`instance_funnel`; only when a model runs here),
+        ``classification_mAP``, ``classification_AP``, ``seconds_per_image``,
+        counts and settings.
 
     Notes
     -----
@@ -338,7 +454,7 @@ def evaluate(
     the class's area for pointing and PRM quality.
     """
     from .model.checkpoint import PRMModel, load_model
-    from .predict import predict
+    from .predictor import PRMPredictor
 
     iou_thresholds = check.finite_floats("iou_thresholds", iou_thresholds, low=0, high=1,
                                          low_open=True, unique=True)
@@ -362,17 +478,40 @@ def evaluate(
             raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
         class_names = list(predictions[0].class_names) if predictions else list(dataset.class_names)
     dataset = dataset.with_classes(class_names)
-    total = len(dataset) if max_images is None else min(int(max_images), len(dataset))
+    indices = list(range(len(dataset)))
+    if only_labeled:
+        indices = [i for i in indices if dataset.labels[i].any()]
+    if max_images is not None:
+        indices = indices[: int(max_images)]
+    total = len(indices)
     with_instances = proposals is not None
     matcher = InstanceMatcher(len(class_names))
-    scores, overlaps, qualities, hits = [], [], [], []
+    scores, overlaps, qualities, hits, pointing = [], [], [], [], []
+    funnel = {"instances": 0, "with_peak": 0, "with_proposal": 0, "retrieved": 0}
+    predictor = None
+    if model is not None:
+        if class_threshold is not None:
+            settings["class_threshold"] = class_threshold
+        predictor = PRMPredictor(model, preset=preset, proposals=proposals, **settings)
     started = time.perf_counter()
-    for index in range(total):
-        if model is not None:
-            prediction = predict(dataset.read_image(index), model, proposals=proposals, class_threshold=class_threshold)
+    for done, index in enumerate(indices):
+        truth = dataset.instances(index)
+        if predictor is not None:
+            predictor.set_image(dataset.read_image(index))
+            prediction = predictor.predict()
+            pointing.append(class_pointing(prediction.crms, truth.masks, truth.class_indices,
+                                           sub_pixel_locating_factor=prediction.sub_pixel_locating_factor))
+            if with_instances and len(prediction.peaks):
+                stack = predictor.proposals(prediction.prms)[: predictor.settings.proposal_count]
+                for key, count in instance_funnel(prediction.peaks, prediction.peak_classes, prediction.instances,
+                                                  stack, truth.masks, truth.class_indices, truth.iscrowd).items():
+                    funnel[key] += count
+            elif with_instances:
+                funnel["instances"] += instance_funnel(np.zeros((0, 2)), [], [], np.zeros((0,) + truth.masks.shape[1:],
+                                                       bool), truth.masks, truth.class_indices,
+                                                       truth.iscrowd)["instances"]
         else:
             prediction = predictions[index]
-        truth = dataset.instances(index)
         if prediction.prms.shape[1:] != truth.masks.shape[1:]:
             raise ValueError(f"prediction {index} is {prediction.prms.shape[1:]} but image "
                              f"{dataset.image_paths[index]} is {truth.masks.shape[1:]}")
@@ -387,8 +526,8 @@ def evaluate(
                         gt_iscrowd=truth.iscrowd)
             overlaps.append(best_overlaps(truth.masks[~truth.iscrowd], pred_masks))
         if progress is not None:
-            progress(index + 1, total)
-    mean_ap, per_class_ap = classification_map(np.array(scores).reshape(total, -1), dataset.labels[:total])
+            progress(done + 1, total)
+    mean_ap, per_class_ap = classification_map(np.array(scores).reshape(total, -1), dataset.labels[indices])
     results: dict[str, Any] = {
         "num_images": total,
         "num_instances": len(matcher.gt) if with_instances else None,
@@ -398,11 +537,14 @@ def evaluate(
         "mAP_r": None, "AP_r_per_class": None, "ABO": None,
         "prm_quality": _mean(qualities),
         "pointing_accuracy": _mean([h.astype(np.float64) for h in hits]),
+        "class_pointing": _mean([p.astype(np.float64) for p in pointing]) if predictor is not None else None,
+        "funnel": funnel if predictor is not None and with_instances else None,
         "classification_mAP": mean_ap,
         "classification_AP": dict(zip(class_names, per_class_ap.tolist())),
         "settings": {"proposals": proposals if isinstance(proposals, (str, type(None))) else type(proposals).__name__,
                      "class_threshold": class_threshold, "iou_thresholds": [float(t) for t in iou_thresholds],
-                     "dataset": dataset.source},
+                     "dataset": dataset.source, "only_labeled": bool(only_labeled),
+                     "predict": None if predictor is None else _settings_dict(predictor.settings)},
     }
     if with_instances:
         mean, per_class = matcher.evaluate(iou_thresholds)
@@ -411,7 +553,15 @@ def evaluate(
                                      for c, name in enumerate(class_names)}
         results["ABO"] = _mean(overlaps)
     results["seconds"] = time.perf_counter() - started
+    results["seconds_per_image"] = results["seconds"] / total if total else None
     return results
+
+
+def _settings_dict(settings) -> dict:
+    import dataclasses
+
+    return {key: (list(value) if isinstance(value, tuple) else value)
+            for key, value in dataclasses.asdict(settings).items()}
 
 
 def _fmt(value) -> str:
@@ -427,7 +577,8 @@ def report_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| mAP^r@{threshold:g} | {_fmt(value)} |")
     lines += [f"| ABO | {_fmt(results.get('ABO'))} |",
               f"| PRM quality Σ(R⊙G)/ΣR | {_fmt(results['prm_quality'])} |",
-              f"| peak pointing accuracy | {_fmt(results['pointing_accuracy'])} |",
+              f"| peak pointing accuracy (peak precision) | {_fmt(results['pointing_accuracy'])} |",
+              f"| class-level pointing (15 px) | {_fmt(results.get('class_pointing'))} |",
               f"| classification mAP | {_fmt(results['classification_mAP'])} |", ""]
     thresholds = list((results.get("mAP_r") or {}).keys())
     header = "| class | classification AP |" + "".join(f" AP^r@{t:g} |" for t in thresholds)

@@ -6,7 +6,7 @@ Step 4 of PRM (Zhou et al., CVPR 2018).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -16,7 +16,7 @@ from scipy import sparse
 from . import _validate as check
 from .masks import greedy_mask_nms
 
-__all__ = ["Instance", "retrieve_instances", "instances_to_labels"]
+__all__ = ["Instance", "ProposalMasks", "prepare_proposals", "retrieve_instances", "instances_to_labels"]
 
 
 @dataclass
@@ -35,6 +35,11 @@ class Instance:
         Peak response map (summed over merged duplicates when NMS merges them).
     peak : int
         Index of the peak (row of ``Prediction.peaks``) the instance came from.
+    proposal : int
+        Index of the chosen proposal in the stack it was chosen from (-1 when unknown).
+    merged_peaks : list of int
+        Peaks whose instances NMS merged into this one (their PRMs are in ``prm``
+        when ``merge_peak_response`` was on).
     """
 
     class_index: int
@@ -42,6 +47,51 @@ class Instance:
     mask: np.ndarray
     prm: np.ndarray
     peak: int
+    proposal: int = -1
+    merged_peaks: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ProposalMasks:
+    """Proposals with what scoring needs, computed once per image (see :func:`prepare_proposals`).
+
+    Attributes
+    ----------
+    masks : (N, H, W) bool ndarray
+    inside, contour : (N, H * W) sparse arrays
+        Each proposal's pixels and its contour band, as 0/1 rows.
+    contour_width : int
+    """
+
+    masks: np.ndarray
+    inside: sparse.csr_array
+    contour: sparse.csr_array
+    contour_width: int
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+
+def prepare_proposals(proposals: np.ndarray, contour_width: int = 5) -> ProposalMasks:
+    """Precompute the sparse masks and contour bands of a proposal stack.
+
+    Pass the result to :func:`retrieve_instances` as ``proposals`` to score the same
+    proposals many times (other thresholds, an added peak) without recomputing them.
+
+    Parameters
+    ----------
+    proposals : (N, H, W) bool ndarray
+        Already cut to the proposals retrieval will use.
+    contour_width : int
+        As :func:`retrieve_instances`'s.
+    """
+    proposals = np.asarray(proposals)
+    if proposals.ndim != 3:
+        raise ValueError(f"proposals: expected an (N, H, W) mask stack, got shape {proposals.shape}")
+    masks = proposals if proposals.dtype == bool else proposals != 0
+    contour_width = check.positive_int("contour_width", contour_width)
+    inside, contour = _sparse_masks(masks, contour_width)
+    return ProposalMasks(masks, inside, contour, contour_width)
 
 
 def _per_class(value, default: float, name: str, n_classes: int) -> np.ndarray:
@@ -66,12 +116,35 @@ def _per_class(value, default: float, name: str, n_classes: int) -> np.ndarray:
     return arr
 
 
+def _byte_scaled(crm: np.ndarray) -> np.ndarray:
+    """``crm`` linearly mapped to 0..255 and rounded, as ``scipy.misc.bytescale`` did."""
+    low, high = float(crm.min()), float(crm.max())
+    scale = 255.0 / (high - low) if high > low else 1.0
+    return (np.clip((crm - low) * scale, 0, 255) + 0.5).astype(np.uint8)
+
+
 def _background_masks(
-    crms: np.ndarray, classes: np.ndarray, shape: tuple[int, int], bg_threshold: np.ndarray
+    crms: np.ndarray, classes: np.ndarray, shape: tuple[int, int], bg_threshold: np.ndarray,
+    rule: str = "float",
 ) -> np.ndarray:
-    """Per used class: CRM resized (bicubic) to ``shape``, thresholded to background."""
+    """Per used class: CRM resized (bicubic) to ``shape``, thresholded to background.
+
+    ``rule`` 'byte': the CRM is mapped to 0..255 and rounded, resized as an 8-bit
+    image and compared with ``bg_threshold * mean`` on that scale, as the original's
+    ``scipy.misc.imresize`` made it. 'range': the same 8-bit map compared with
+    ``bg_threshold * 255``, a fraction of its range. 'float': the CRM resized as
+    floats, below ``min + bg_threshold * (mean - min)``.
+    """
     out = np.empty((len(classes),) + shape, dtype=np.float32)
     for row, class_index in enumerate(classes):
+        if rule in ("byte", "range"):
+            crm = Image.fromarray(_byte_scaled(crms[class_index].astype(np.float64)))
+            if crm.size != shape[::-1]:
+                crm = crm.resize(shape[::-1], Image.Resampling.BICUBIC)
+            crm = np.asarray(crm, dtype=np.float64)
+            level = crm.mean() if rule == "byte" else 255.0
+            out[row] = crm < bg_threshold[class_index] * level
+            continue
         crm = crms[class_index].astype(np.float32)
         if crm.shape != shape:
             # PIL's bicubic, as the original release's scipy.misc.imresize.
@@ -139,6 +212,11 @@ def _check_inputs(prms, peak_classes, crms, proposals):
         raise ValueError(
             f"peak_classes: expected integers in [0, {len(crms)}), got {peak_classes}"
         )
+    if isinstance(proposals, ProposalMasks):
+        if proposals.masks.shape[1:] != prms.shape[1:]:
+            raise ValueError(f"proposals: prepared for {proposals.masks.shape[1:]}, but the PRMs are "
+                             f"{prms.shape[1:]}")
+        return prms, peak_classes.astype(np.int64), crms, proposals
     proposals = np.asarray(proposals)
     if proposals.ndim != 3 or proposals.shape[1:] != prms.shape[1:]:
         raise ValueError(
@@ -162,6 +240,12 @@ def retrieve_instances(
     bg_threshold: float | Sequence[float] | Mapping[int, float] = 0.95,
     penalty: float | Sequence[float] | Mapping[int, float] = 1e-5,
     balance: float | Sequence[float] | Mapping[int, float] = 0.8,
+    background: str = "float",
+    peaks_yx: np.ndarray | None = None,
+    contain: str | None = None,
+    class_aware_nms: bool = False,
+    rank_by: str = "score",
+    merge_contained: float | None = None,
 ) -> list[Instance]:
     """Choose one segment proposal per peak response map, then suppress duplicates.
 
@@ -173,8 +257,10 @@ def retrieve_instances(
         Class index of each peak.
     crms : (C, h, w) float ndarray
         Class response maps; resized (bicubic) to (H, W) when their size differs.
-    proposals : (N, H, W) bool ndarray
+    proposals : (N, H, W) bool ndarray or ProposalMasks
         Segment proposals ranked best first; only the first `proposal_count` are used.
+        :func:`prepare_proposals` of them saves recomputing their masks and contours
+        when the same proposals are scored again.
     contour_width : int, optional
         Side of the square whose morphological gradient gives a proposal's contour band.
     size_limits : (float, float), optional
@@ -189,11 +275,38 @@ def retrieve_instances(
     bg_threshold, penalty, balance : float, sequence of C floats or dict, optional
         Scoring parameters, shared or per class (a dict maps class index to value;
         classes missing from it use the default).
+    background : {'float', 'byte', 'range'}, optional
+        How Q is made: 'byte' as the original release (the CRM byte-scaled to
+        0..255 and rounded, resized as an 8-bit image, below ``bg_threshold`` times
+        its mean); 'float' the same rule on the CRM resized as floats; 'range'
+        the byte-scaled map below ``bg_threshold * 255``, a fraction of the
+        class's response range. Below the mean, half of an object that fills the
+        image counts as background; below a fraction of the range, it does not.
+    peaks_yx : (K, 2) float ndarray, optional
+        Each peak's ``(y, x)`` in the PRMs' pixels; needed by ``contain='peak'``.
+    contain : {None, 'peak', 'mass'}, optional
+        Only proposals that contain the peak ('peak') or the PRM's strongest pixel
+        ('mass') may be chosen for it.
+    class_aware_nms : bool, optional
+        Suppress duplicates only within a class (the original suppresses across classes).
+    merge_contained : float or None, optional
+        After NMS, an instance whose mask lies at least this much (a fraction of
+        its own area) inside a higher-ranked instance of the same class is merged
+        into it: the parts of one object that secondary peaks retrieved. None
+        keeps them.
+    rank_by : {'score', 'gain'}, optional
+        What orders the instances (for NMS, and as ``Instance.score``): the
+        retrieval score (the original), or the PRM's gain in the chosen mask,
+        ``sum_S(R_k) - |S| / (H * W)``: the mass it holds beyond what a uniform
+        map would put there. A diffuse PRM gains little in any proposal, however
+        large, so it cannot outrank a focused one.
 
     Returns
     -------
     instances : list of Instance
-        Sorted by score, highest first. ``Instance.peak`` is the PRM row it came from.
+        Sorted by score, highest first. ``Instance.peak`` is the PRM row it came
+        from, ``Instance.proposal`` the index of its proposal. A PRM without mass
+        (all zeros: no signal reached the image) yields no instance.
 
     Notes
     -----
@@ -218,6 +331,20 @@ def retrieve_instances(
     for name, value in (("bg_threshold", bg_threshold), ("penalty", penalty), ("balance", balance)):
         if not (isinstance(value, Mapping) and not value):
             check.finite_floats(name, value if isinstance(value, Mapping) else np.ravel(value))
+    if background not in ("float", "byte", "range"):
+        raise ValueError(f"background: expected 'float', 'byte' or 'range', got {background!r}")
+    merge_contained = check.finite_float("merge_contained", merge_contained, low=0, high=1, low_open=True,
+                                         optional=True)
+    if rank_by not in ("score", "gain"):
+        raise ValueError(f"rank_by: expected 'score' or 'gain', got {rank_by!r}")
+    if contain not in (None, "peak", "mass"):
+        raise ValueError(f"contain: expected None, 'peak' or 'mass', got {contain!r}")
+    if contain == "peak":
+        if peaks_yx is None:
+            raise ValueError("contain='peak' needs peaks_yx, the peaks' (y, x) in the PRMs' pixels")
+        peaks_yx = check.finite_array("peaks_yx", np.asarray(peaks_yx, dtype=np.float64)).reshape(-1, 2)
+        if len(peaks_yx) != len(prms):
+            raise ValueError(f"peaks_yx: expected {len(prms)} peaks to match prms, got {len(peaks_yx)}")
     if int(contour_width) < 1:
         raise ValueError(f"contour_width: expected a positive integer, got {contour_width}")
     low, high = (float(v) for v in size_limits)
@@ -229,21 +356,35 @@ def retrieve_instances(
     balance = _per_class(balance, 0.8, "balance", n_classes)
 
     n_peaks, height, width = prms.shape
-    proposals = proposals[: max(int(proposal_count), 0)]
-    if proposals.dtype != bool:
-        proposals = proposals != 0
+    if isinstance(proposals, ProposalMasks):
+        if proposals.contour_width != int(contour_width):
+            raise ValueError(f"proposals were prepared with contour_width {proposals.contour_width}, "
+                             f"not {contour_width}")
+        prepared = proposals
+        proposals = prepared.masks
+        if len(proposals) > max(int(proposal_count), 0):
+            prepared = None
+            proposals = proposals[: max(int(proposal_count), 0)]
+    else:
+        prepared = None
+        proposals = proposals[: max(int(proposal_count), 0)]
+        if proposals.dtype != bool:
+            proposals = proposals != 0
     if n_peaks == 0 or len(proposals) == 0:
         return []
 
     used_classes, class_row = np.unique(peak_classes, return_inverse=True)
-    background = _background_masks(crms, used_classes, (height, width), bg_threshold)
+    background_maps = _background_masks(crms, used_classes, (height, width), bg_threshold, background)
     n_pixels = height * width
     # (pixels, maps): the PRMs then the background masks, as columns.
     maps = np.empty((n_pixels, n_peaks + len(used_classes)), dtype=np.float32)
     maps[:, :n_peaks] = prms.reshape(n_peaks, n_pixels).T
-    maps[:, n_peaks:] = background.reshape(len(used_classes), n_pixels).T
+    maps[:, n_peaks:] = background_maps.reshape(len(used_classes), n_pixels).T
 
-    inside, contour = _sparse_masks(proposals, int(contour_width))
+    if prepared is not None:
+        inside, contour = prepared.inside, prepared.contour
+    else:
+        inside, contour = _sparse_masks(proposals, int(contour_width))
     inside_sums = inside @ maps
     contour_sums = (contour @ maps)[:, :n_peaks]
     scores = (
@@ -258,11 +399,37 @@ def retrieve_instances(
     if not allowed.any():
         return []
     scores[~allowed] = -np.inf
+    # A PRM without mass carries no evidence of where its object is (the original's
+    # 0/0 normalisation made every score NaN, so it never chose a proposal).
+    scores[:, prms.reshape(n_peaks, -1).sum(1) <= 0] = -np.inf
+    if contain is not None:
+        flat = proposals.reshape(len(proposals), -1)
+        if contain == "peak":
+            rows = np.clip(np.rint(peaks_yx[:, 0]).astype(np.int64), 0, height - 1)
+            cols = np.clip(np.rint(peaks_yx[:, 1]).astype(np.int64), 0, width - 1)
+            pixels = rows * width + cols
+        else:
+            pixels = prms.reshape(n_peaks, -1).argmax(1)
+        scores[~flat[:, pixels]] = -np.inf
     best = np.argmax(scores, axis=0)
     best_scores = scores[best, np.arange(n_peaks)]
+    if rank_by == "gain":
+        gains = inside_sums[best, np.arange(n_peaks)] - fraction[best]
+        best_scores = np.where(np.isfinite(best_scores), gains, -np.inf)
     candidates = [k for k in np.argsort(-best_scores, kind="stable") if np.isfinite(best_scores[k])]
 
-    kept = _nms([best[k] for k in candidates], proposals, nms_threshold)
+    if class_aware_nms:
+        kept = []
+        for cls in np.unique(peak_classes[candidates]) if candidates else []:
+            positions = [p for p, k in enumerate(candidates) if peak_classes[k] == cls]
+            for position, merged in _nms([best[candidates[p]] for p in positions], proposals, nms_threshold):
+                kept.append((positions[position], [positions[m] for m in merged]))
+        kept.sort(key=lambda item: item[0])
+    else:
+        kept = _nms([best[k] for k in candidates], proposals, nms_threshold)
+    if merge_contained is not None:
+        kept = _merge_contained(kept, [best[k] for k in candidates], [peak_classes[k] for k in candidates],
+                                proposals, merge_contained)
     instances = []
     for position, merged in kept:
         k = candidates[position]
@@ -277,9 +444,34 @@ def retrieve_instances(
                 mask=proposals[best[k]].copy(),
                 prm=prm,
                 peak=int(k),
+                proposal=int(best[k]),
+                merged_peaks=[int(candidates[other]) for other in merged],
             )
         )
     return instances
+
+
+def _merge_contained(kept: list[tuple[int, list[int]]], chosen: list[int], classes: list[int],
+                     proposals: np.ndarray, fraction: float) -> list[tuple[int, list[int]]]:
+    """Fold each kept instance lying mostly inside a higher-ranked one of its class into it."""
+    if len(kept) < 2:
+        return kept
+    masks = proposals[[chosen[position] for position, _ in kept]].reshape(len(kept), -1)
+    flat = sparse.csr_array(masks, dtype=np.float32)
+    inter = (flat @ flat.T).toarray()
+    area = np.diag(inter).copy()
+    merged: list[tuple[int, list[int]]] = []
+    owner: dict[int, int] = {}
+    for i, (position, absorbed) in enumerate(kept):
+        target = next((j for j in range(i) if j not in owner and classes[kept[j][0]] == classes[position]
+                       and area[i] > 0 and inter[i, j] / area[i] >= fraction), None)
+        if target is None:
+            merged.append((position, list(absorbed)))
+        else:
+            owner[i] = target
+            host = next(m for m in merged if m[0] == kept[target][0])
+            host[1].extend([position, *absorbed])
+    return merged
 
 
 def _nms(

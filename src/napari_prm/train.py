@@ -35,8 +35,10 @@ class TrainProgress:
 
     Attributes
     ----------
-    stage : {'batch', 'epoch'}
-        After each batch, and once more when an epoch (and its validation) ends.
+    stage : {'batch', 'epoch', 'calibration'}
+        After each batch, once more when an epoch (and its validation) ends, and
+        after each image of the final calibration (``batch`` / ``num_batches``
+        then count images; ``loss`` is NaN).
     epoch : int
         1-based epoch.
     num_epochs : int
@@ -87,12 +89,16 @@ class TrainResult:
     cancelled : bool
         Whether ``cancel`` stopped the run; the model then holds the weights
         of the interrupted epoch, the checkpoint those of the last finished one.
+    calibration : napari_prm.peaks.Calibration or None
+        The class and peak thresholds chosen after the last epoch (stored in the
+        model's and the checkpoint's settings); None when not calibrated.
     """
 
     model: PRMModel
     history: list[EpochRecord] = field(default_factory=list)
     checkpoint: Path | None = None
     cancelled: bool = False
+    calibration: Any = None
 
 
 def _is_cancelled(cancel) -> bool:
@@ -197,6 +203,32 @@ def _save(model: PRMModel, out: Path, optimizer, epoch: int, history: list[Epoch
     return save_model(model, out, extra={TRAINING_STATE_KEY: training})
 
 
+def _calibrate(model: PRMModel, dataset: LabeledImageDataset, config: dict, progress, cancel):
+    """Calibrate the thresholds on ``dataset`` and store them in ``model.settings``."""
+    from .peaks import calibrate_model
+
+    if not dataset.labels.any():
+        return None
+    total = config["epochs"]
+
+    def report(done: int, count: int) -> None:
+        if progress is not None:
+            progress(TrainProgress("calibration", total, total, done, count, float("nan"), 0.0))
+
+    try:
+        calibration = calibrate_model(model, dataset, progress=report, cancel=lambda: _is_cancelled(cancel))
+    except RuntimeError:
+        return None
+    model.settings.update(calibration.as_settings())
+    model.settings["calibration"]["held_out"] = bool(config["val_fraction"] > 0)
+    try:  # the thresholds of the opt-in test-time augmentation, whose maps are averages
+        with_tta = calibrate_model(model, dataset, tta=True, cancel=lambda: _is_cancelled(cancel))
+        model.settings["tta_calibration"] = with_tta.as_settings()
+    except RuntimeError:
+        pass
+    return calibration
+
+
 def _recipe(*, epochs, batch_size, lr, backbone_lr_mult, momentum, weight_decay, input_size,
             sub_pixel_locating_factor, hflip, seed, val_fraction, where: str = "") -> dict[str, Any]:
     """The training recipe, every number checked (ValueError names the argument)."""
@@ -272,7 +304,8 @@ def train(
     hflip: bool = True,
     device: str | torch.device | None = None,
     seed: int = 0,
-    val_fraction: float = 0.0,
+    val_fraction: float = 0.2,
+    calibrate: bool = True,
     resume: str | os.PathLike | bool | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
     cancel: Any = None,
@@ -310,9 +343,15 @@ def train(
         Seeds the classifier initialisation, shuffling, flips and split; on the
         CPU a run is repeatable, and a resumed run equals an uninterrupted one.
     val_fraction : float
-        Hold out this share of the images and report per-class classification
-        AP on them after every epoch (scores computed with the model's
-        inference settings, as ``predict`` would).
+        Hold out this share of the images from training (0.2 by default): the
+        per-class classification AP on them is reported after every epoch, and
+        the thresholds are calibrated on them at the end. 0 trains on every
+        image (the calibration then uses the training images themselves).
+    calibrate : bool
+        After the last epoch, choose the class and peak thresholds from the
+        held-out images' image-level labels
+        (:func:`napari_prm.peaks.calibrate_model`) and store them in the model
+        and the checkpoint, where ``predict`` finds them.
     resume : path, True or None
         Continue from a checkpoint written by ``train`` (True: from ``out``):
         finished epochs are skipped and the recipe stored in it is used,
@@ -382,6 +421,7 @@ def train(
     network.sub_pixel_locating_factor = config["sub_pixel_locating_factor"]
     checkpoint = out if start_epoch > 0 and out.is_file() else None
     cancelled = False
+    calibration = None
     try:
         for epoch in range(start_epoch, config["epochs"]):
             # Re-seeding per epoch makes shuffling, flips and dropout independent of where a run resumed.
@@ -421,9 +461,15 @@ def train(
             if progress is not None:
                 progress(TrainProgress("epoch", epoch + 1, config["epochs"], len(loader), len(loader), record.loss,
                                        seen / max(record.seconds, 1e-9), record.val_ap))
+        if calibrate and not cancelled and history:
+            network.sub_pixel_locating_factor = inference_factor
+            calibration = _calibrate(model, val_set if val_set is not None else train_set, config, progress, cancel)
+            if calibration is not None:
+                checkpoint = _save(model, out, optimizer, len(history), history, config)
     finally:
         network.sub_pixel_locating_factor = inference_factor
         network.eval()
         for parameter in network.parameters():
             parameter.requires_grad_(True)
-    return TrainResult(model=model, history=history, checkpoint=checkpoint, cancelled=cancelled)
+    return TrainResult(model=model, history=history, checkpoint=checkpoint, cancelled=cancelled,
+                       calibration=calibration)

@@ -14,5 +14,8 @@ module         holds
 ``train``      `TrainWidget`: the "Train PRM model" dock widget
 ``export``     `ExportWidget`: the "Export instances" dock widget
 ``relay``      `_Relay`: worker-thread progress to the Qt thread
+``activity``   `ActivityProgress`: a run's bar in napari's activity dock, with cancel
+``history``    `InstanceHistory`: edits as steps of the Labels layer's undo history
+``settings``   widget settings kept between sessions
 =============  ===========================================================================
 """

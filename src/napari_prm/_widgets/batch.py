@@ -51,9 +51,9 @@ class BatchPanel(Container):
     Parameters
     ----------
     predict_widget : PredictWidget
-        Its model, device, thresholds, classes and proposal source are used (a Labels
-        layer as proposal source cannot apply to other images: the built-in proposals are
-        used instead).
+        Its model, device, preset, thresholds, classes, window and proposal source are
+        used as its *Run* uses them (a Labels layer as proposal source cannot apply to
+        other images: the built-in proposals are used instead).
     """
 
     def __init__(self, predict_widget):
@@ -135,7 +135,9 @@ class BatchPanel(Container):
 
         model = load_model(settings["model"], device=settings["device"])
         model.network.win_size = model.settings["win_size"] = settings["window"]
-        options = {key: settings[key] for key in ("class_threshold", "peak_threshold", "classes", "proposals")}
+        # as the widget's Run: the preset, and the thresholds the user set (else the calibrated ones)
+        options = {"preset": settings["preset"], "classes": settings["classes"], "proposals": settings["proposals"],
+                   **self._predict.threshold_overrides(settings)}
         client = batch.start_local_cluster(workers) if workers else None
         try:
             return batch.predict_many(

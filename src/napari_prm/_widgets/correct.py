@@ -4,6 +4,11 @@ napari's Labels tools paint, erase and fill; this panel adds what they lack: del
 re-class, merge, split at a drawn line, remove small instances, and add (or re-do) an
 instance from a point placed (or moved) in the peaks layer. The array work is
 :mod:`napari_prm.edit`; model calls run in a worker thread.
+
+Each edit is one step of the Labels layer's own undo history (Ctrl+Z, Ctrl+Shift+Z), the
+instance table included (:mod:`napari_prm._widgets.history`). The actions have keyboard
+shortcuts on the instances layer (`SHORTCUTS`), bound with ``overwrite=True`` so that they
+win over napari's defaults for that layer only.
 """
 
 from __future__ import annotations
@@ -17,11 +22,37 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, S
 from qtpy.QtCore import QTimer
 
 from .. import edit
-from .layers import features_table, instance_features, layer_names, world_kwargs
+from .history import InstanceHistory
+from .layers import features_table, instance_features, layer_names, point_defaults, world_kwargs
 from .points import PointRetrieval
 
 #: Wait this long after the last move of a point before re-doing its instance (ms).
 MOVE_SETTLE_MS = 400
+
+#: Keyboard shortcuts of the instances layer: (keys, panel method, what it does). The split
+#: keys work on the split-line layer too, where the line was just drawn.
+SHORTCUTS = (
+    (("Delete", "Backspace"), "delete_selected", "delete the selected instance"),
+    (("Shift-M",), "merge_previous_into_selected",
+     "merge the previously selected instance into the selected one"),
+    (("Shift-S",), "split_selected", "split the selected instance at the drawn line"),
+    (("Shift-C",), "set_class_of_selected", "give the selected instance the chosen class"),
+    (("N",), "select_next_by_score", "select the next instance by score (highest first)"),
+    (("Shift-N",), "select_previous_by_score", "select the previous instance by score"),
+)
+UNDO_KEYS = "Ctrl+Z / Ctrl+Shift+Z"
+
+
+def shortcuts_help() -> str:
+    """The shortcuts as the panel lists them (HTML)."""
+    rows = "".join(f"<tr><td><b>{' / '.join(keys)}</b>&nbsp;</td><td>{text}</td></tr>"
+                   for keys, _, text in SHORTCUTS)
+    rows += f"<tr><td><b>{UNDO_KEYS}</b>&nbsp;</td><td>undo / redo (napari's, edits included)</td></tr>"
+    return f"Keys on the instances layer:<table>{rows}</table>"
+
+
+def _keys_of(method: str) -> str:
+    return " / ".join(next(keys for keys, name, _ in SHORTCUTS if name == method))
 
 
 class CorrectionPanel(PointRetrieval):
@@ -36,6 +67,8 @@ class CorrectionPanel(PointRetrieval):
         self._sync_scheduled = False
         self._positions: dict[int, tuple] = {}
         self._pending: set[int] = set()
+        self._last_label = 0
+        self.history = InstanceHistory()
         self._cancel = threading.Event()
         self._connected: weakref.WeakSet = weakref.WeakSet()  # layers whose events we hear
         self._move_timer = QTimer()
@@ -47,16 +80,27 @@ class CorrectionPanel(PointRetrieval):
         self.redo_points = CheckBox(text="retrieve instances of added or moved peaks", value=True)
         self.delete_button = PushButton(text="Delete selected instance")
         self.set_class_button = PushButton(text="Set class of selected instance")
-        self.merge_with = SpinBox(label="other label", min=0, max=2**31 - 1, value=0)
+        self.merge_with = SpinBox(label="other label", min=0, max=2**31 - 1, value=0,
+                                  tooltip="the instance selected before the current one; "
+                                          "type another label to merge that one")
         self.merge_button = PushButton(text="Merge other label into selected")
         self.draw_line_button = PushButton(text="Draw split line")
         self.split_button = PushButton(text="Split instance at line")
         self.min_area = SpinBox(label="min. area (pixels)", min=0, max=10**9, value=50)
         self.remove_small_button = PushButton(text="Remove smaller instances")
+        self.next_button = PushButton(text="Next instance by score")
+        for button, method in ((self.delete_button, "delete_selected"),
+                               (self.set_class_button, "set_class_of_selected"),
+                               (self.merge_button, "merge_previous_into_selected"),
+                               (self.split_button, "split_selected"),
+                               (self.next_button, "select_next_by_score")):
+            button.tooltip = f"shortcut on the instances layer: {_keys_of(method)}"
+        self.shortcuts_label = Label(value=shortcuts_help())
         self.container = Container(widgets=[
             Label(value="<b>Correct instances</b>"), self.class_choice, self.redo_points,
             self.delete_button, self.set_class_button, self.merge_with, self.merge_button,
             self.draw_line_button, self.split_button, self.min_area, self.remove_small_button,
+            self.next_button, self.shortcuts_label,
         ])
         self.class_choice.changed.connect(self._on_class_choice)
         self.delete_button.changed.connect(lambda: self.delete_selected())
@@ -65,6 +109,7 @@ class CorrectionPanel(PointRetrieval):
         self.draw_line_button.changed.connect(lambda: self.draw_split_line())
         self.split_button.changed.connect(lambda: self.split_selected())
         self.remove_small_button.changed.connect(lambda: self.remove_small(self.min_area.value))
+        self.next_button.changed.connect(lambda: self.select_next_by_score())
         self.container.enabled = False
 
     @property
@@ -97,6 +142,8 @@ class CorrectionPanel(PointRetrieval):
         self.context = context
         self.container.enabled = True
         self._pending.clear()
+        self.history.clear()
+        self._last_label = 0
         self.class_choice.choices = list(context.class_names)
         found = list(context.layers["peaks"].features["class_name"])
         if found:  # new points most likely belong to a class already found
@@ -112,18 +159,32 @@ class CorrectionPanel(PointRetrieval):
             labels.events.paint.connect(self._on_paint)
             labels.events.set_data.connect(self._on_paint)  # undo and redo emit only this
             self._connected.add(labels)
+        self.bind_shortcuts(labels)
         self._on_class_choice(self.class_choice.value)
+
+    def bind_shortcuts(self, layer) -> None:
+        """Bind `SHORTCUTS` on ``layer`` (the instances layer, or the split-line layer)."""
+        for keys, method, _ in SHORTCUTS:
+            if layer is not self.instances and method != "split_selected":
+                continue
+            for key in keys:
+                layer.bind_key(key, lambda _layer, method=method: getattr(self, method)(),
+                               overwrite=True)
 
     def _say(self, message: str, kind: str = "info") -> None:
         self.owner._say(message, kind)
 
+    def _set_point_features(self, features) -> None:
+        """Replace the peaks' features, keeping the chosen class as new points' defaults
+        (napari resets a layer's feature defaults whenever its features are set)."""
+        self.peaks.features = features
+        self._on_class_choice(self.class_choice.value)
+
     def _on_class_choice(self, name) -> None:
         if self.peaks is None or name is None:
             return
-        self.peaks.feature_defaults = {
-            "class_name": name, "class_index": self.context.class_names.index(name),
-            "peak_value": np.nan, "class_score": np.nan, "peak": -1, "label": 0,
-        }
+        self.peaks.feature_defaults = point_defaults(self.context.class_names,
+                                                     self.context.class_names.index(name))
 
     # ------------------------------------------------------------------ selection link
     def _on_points_selected(self, event=None) -> None:
@@ -138,9 +199,16 @@ class CorrectionPanel(PointRetrieval):
                 self._linking = False
 
     def _on_label_selected(self, event=None) -> None:
-        if self._linking or self.peaks is None:
+        if self.instances is None:
             return
         label = int(self.instances.selected_label)
+        if label != self._last_label:
+            # the instance selected before is what a merge takes by default
+            if self._last_label > 0 and label > 0:
+                self.merge_with.value = self._last_label
+            self._last_label = label
+        if self._linking or self.peaks is None:
+            return
         rows = set(np.flatnonzero(self.peaks.features["label"].to_numpy() == label).tolist())
         if rows and rows != set(self.peaks.selected_data):
             self._linking = True
@@ -156,17 +224,20 @@ class CorrectionPanel(PointRetrieval):
     def _write(self, labels: np.ndarray | None, table: dict, relabel: dict | None = None) -> None:
         """Put edited labels and table into the layer; keep the peaks' ``label`` column true.
 
-        Changed pixels go through ``data_setitem``, so napari's undo still works on them.
+        Changed pixels go through ``data_setitem`` as one item of the layer's undo history,
+        tied to the table before and after (``labels=None``: only the table changes, to
+        follow pixels changed by napari, as after painting or undo).
         """
         layer = self.instances
         with self.quiet():
             if labels is not None and (labels.dtype != layer.data.dtype
                                        or labels.shape != layer.data.shape):
-                layer.data = labels
+                layer.data = labels  # a new array: napari starts a new history
             elif labels is not None:
-                changed = labels != layer.data
-                if changed.any():
-                    layer.data_setitem(np.nonzero(changed), labels[changed])
+                with self.history.edit(layer, self._table(), lambda: table):
+                    changed = labels != layer.data
+                    if changed.any():
+                        layer.data_setitem(np.nonzero(changed), labels[changed])
             layer.features = instance_features(table)
             features = self.peaks.features.copy()
             point_labels = features["label"].to_numpy().copy()
@@ -174,7 +245,7 @@ class CorrectionPanel(PointRetrieval):
                 point_labels[point_labels == old] = new
             point_labels[~np.isin(point_labels, table["label"])] = 0
             features["label"] = point_labels
-            self.peaks.features = features
+            self._set_point_features(features)
 
     def _selected(self) -> int | None:
         if self.instances is None:
@@ -217,9 +288,13 @@ class CorrectionPanel(PointRetrieval):
             rows = features["label"].to_numpy() == label
             features.loc[rows, "class_name"] = class_name
             features.loc[rows, "class_index"] = index
-            self.peaks.features = features
+            self._set_point_features(features)
             self.peaks.face_color = "class_name"
         return True
+
+    def merge_previous_into_selected(self) -> bool:
+        """Merge the instance in *other label* (the one selected before) into the selected."""
+        return self.merge_selected_with(self.merge_with.value)
 
     def merge_selected_with(self, other: int) -> bool:
         label = self._selected()
@@ -249,6 +324,7 @@ class CorrectionPanel(PointRetrieval):
             viewer.add_shapes(name=name, ndim=self.instances.ndim, edge_color="yellow",
                               edge_width=2, **world_kwargs(self.instances))
         shapes = viewer.layers[name]
+        self.bind_shortcuts(shapes)
         viewer.layers.selection.active = shapes
         shapes.mode = "add_path"
         return shapes
@@ -281,6 +357,8 @@ class CorrectionPanel(PointRetrieval):
         ok = self._apply(edit.split_instance, label, line, done=f"Split instance {label}.")
         if ok and shapes is not None:
             shapes.data = shapes.data[:-1]
+            # back on the instances layer, Ctrl+Z undoes the split
+            self.owner.viewer.layers.selection.active = labels_layer
         return ok
 
     def _on_paint(self, event=None) -> None:
@@ -295,9 +373,84 @@ class CorrectionPanel(PointRetrieval):
         QTimer.singleShot(0, self._sync_table)
 
     def _sync_table(self) -> None:
+        """Make the table (and the peaks' labels and classes) agree with the pixels.
+
+        After an undo or redo the table of the plugin's edit then in force is taken up
+        again (classes and scores included); labels painted by hand get rows of their own.
+        """
         self._sync_scheduled = False
-        if self.instances is not None:
-            self._write(None, edit.sync_table(self.instances.data, self._table()))
+        if self.instances is None:
+            return
+        base = self.history.table_for(self.instances)
+        table = edit.sync_table(self.instances.data, self._table() if base is None else base)
+        self._write(None, table)
+        self._sync_points(table)
+
+    def _sync_points(self, table: dict) -> None:
+        """Peaks follow the instance table: their instance's label, and its class."""
+        features = self.peaks.features.copy()
+        point_labels = features["label"].to_numpy().astype(np.int64)
+        point_peaks = features["peak"].to_numpy()
+        rows = {int(peak): row for row, peak in enumerate(table["peak"]) if peak >= 0}
+        present = set(np.asarray(table["label"]).tolist())
+        for point, peak in enumerate(point_peaks):
+            row = rows.get(int(peak))
+            if row is not None:
+                point_labels[point] = int(table["label"][row])
+                if int(table["class_index"][row]) >= 0:
+                    features.loc[features.index[point], "class_index"] = int(table["class_index"][row])
+                    features.loc[features.index[point], "class_name"] = str(table["class_name"][row])
+            elif point_labels[point] not in present:
+                point_labels[point] = 0
+        features["label"] = point_labels
+        changed = not features.equals(self.peaks.features)
+        with self.quiet():
+            if changed:
+                self._set_point_features(features)
+                self.peaks.face_color = "class_name"
+
+    # ------------------------------------------------------------------ review
+    def select_next_by_score(self, step: int = 1) -> int | None:
+        """Select the instance after the selected one in order of score (highest first,
+        unscored last) and centre the view on it; ``step=-1`` goes back. Returns its label.
+        """
+        if self.instances is None:
+            self._say("Run a prediction first: there are no instances to review.", "warning")
+            return None
+        table = self._table()
+        if not len(table["label"]):
+            self._say("There are no instances to review.", "warning")
+            return None
+        scores = np.asarray(table["score"], np.float64)
+        order = np.lexsort((np.asarray(table["label"]), -np.nan_to_num(scores, nan=-np.inf)))
+        ranked = [int(table["label"][i]) for i in order]
+        current = int(self.instances.selected_label)
+        position = ranked.index(current) + step if current in ranked else (0 if step > 0 else -1)
+        label = ranked[position % len(ranked)]
+        self.instances.selected_label = label
+        self._centre_on(label)
+        score = scores[list(table["label"]).index(label)]
+        rank = ranked.index(label) + 1
+        self._say(f"Instance {label} ({rank}/{len(ranked)} by score"
+                  + (f", {score:.3g})." if np.isfinite(score) else ", no score)."))
+        return label
+
+    def select_previous_by_score(self) -> int | None:
+        """Select the instance before the selected one in order of score."""
+        return self.select_next_by_score(-1)
+
+    def _centre_on(self, label: int) -> None:
+        layer = self.instances
+        where = np.argwhere(np.asarray(layer.data) == label)
+        if not len(where):
+            return
+        centre = (where.min(axis=0) + where.max(axis=0)) / 2
+        world = np.asarray(layer.data_to_world(centre))
+        viewer = self.owner.viewer
+        leading = layer.ndim - 2
+        for axis in range(leading):  # show the instance's plane of a stack
+            viewer.dims.set_point(viewer.dims.ndim - layer.ndim + axis, world[axis])
+        viewer.camera.center = tuple(world[-2:])
 
 def _labels_along(labels: np.ndarray, line: np.ndarray) -> dict[int, int]:
     """How many samples of a polyline (label-image pixels) fall on each non-zero label."""

@@ -12,14 +12,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..predict import Prediction
+from ..peaks import RUNNERS_UP
+from ..predict import Prediction, crm_to_image
 
 #: Colours of the classes' peaks, cycled in order of first appearance (matplotlib tab10).
 CLASS_COLORS = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 ]
-POINT_COLUMNS = ("class_name", "class_index", "peak_value", "class_score", "peak", "label")
+#: Columns of the peaks layer's features: each peak's class and values, its number (slice of
+#: the PRM layer) and instance label, then the classes whose peaks at the same place it
+#: suppressed (``runner_up_1`` strongest; "" and NaN where none).
+RUNNER_UP_COLUMNS = tuple(column for rank in range(1, RUNNERS_UP + 1)
+                          for column in (f"runner_up_{rank}", f"runner_up_{rank}_value"))
+POINT_COLUMNS = ("class_name", "class_index", "peak_value", "class_score", "peak", "label",
+                 *RUNNER_UP_COLUMNS)
 INSTANCE_COLUMNS = ("index", "label", "class_index", "class_name", "score", "peak")
 
 
@@ -106,6 +113,8 @@ class Results:
     labels: np.ndarray  # (*leading, H, W)
     instance_features: pd.DataFrame
     crms: dict[str, np.ndarray] = field(default_factory=dict)  # class -> (*leading, h, w)
+    sub_pixel_locating_factor: int = 1  # of the CRMs
+    notes: list[str] = field(default_factory=list)  # the predictions' notes (e.g. the peak cap)
 
 
 def instance_features(table) -> pd.DataFrame:
@@ -127,16 +136,33 @@ def features_table(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def point_defaults(class_names, class_index: int = 0) -> dict:
     """Feature values of a point added by hand (its class is set by the correction panel)."""
-    return {"class_name": class_names[class_index], "class_index": class_index,
-            "peak_value": np.nan, "class_score": np.nan, "peak": -1, "label": 0}
+    defaults = {"class_name": class_names[class_index], "class_index": class_index,
+                "peak_value": np.nan, "class_score": np.nan, "peak": -1, "label": 0}
+    for column in RUNNER_UP_COLUMNS:
+        defaults[column] = np.nan if column.endswith("_value") else ""
+    return defaults
+
+
+def _column_dtype(column: str):
+    if column in ("class_index", "peak", "label"):
+        return np.int64
+    if column in ("peak_value", "class_score") or column.endswith("_value"):
+        return np.float64
+    return object
 
 
 def empty_point_features() -> pd.DataFrame:
-    return pd.DataFrame({
-        "class_name": pd.Series([], dtype=object), "class_index": pd.Series([], dtype=np.int64),
-        "peak_value": pd.Series([], dtype=np.float64), "class_score": pd.Series([], dtype=np.float64),
-        "peak": pd.Series([], dtype=np.int64), "label": pd.Series([], dtype=np.int64),
-    })
+    return pd.DataFrame({column: pd.Series([], dtype=_column_dtype(column)) for column in POINT_COLUMNS})
+
+
+def runner_up_features(prediction: Prediction) -> dict[str, np.ndarray]:
+    """The ``runner_up_*`` columns of a prediction's peaks: class names ("" where none) and values."""
+    columns = {}
+    names = np.array(list(prediction.class_names) + [""], dtype=object)  # index -1: none
+    for rank in range(RUNNERS_UP):
+        columns[f"runner_up_{rank + 1}"] = names[prediction.runner_up_classes[:, rank]]
+        columns[f"runner_up_{rank + 1}_value"] = prediction.runner_up_values[:, rank].astype(np.float64)
+    return columns
 
 
 def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Prediction],
@@ -183,6 +209,7 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
             "class_score": prediction.scores[prediction.peak_classes].astype(np.float64),
             "peak": np.arange(peak_offset, peak_offset + k, dtype=np.int64),
             "label": peak_label,
+            **runner_up_features(prediction),
         }))
         prms.append(prediction.prms)
         prm_planes.append(np.tile(np.asarray(plane, np.int64), (k, 1)).reshape(k, len(plane)))
@@ -209,6 +236,8 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
         labels=labels,
         instance_features=instance_features(table),
         crms=crms,
+        sub_pixel_locating_factor=int(predictions[0].sub_pixel_locating_factor),
+        notes=[note for prediction in predictions for note in prediction.notes],
     )
 
 
@@ -232,14 +261,19 @@ def prm_layer_data(prms: np.ndarray, prm_planes: np.ndarray, leading_shape: tupl
     return da.stack(slices)
 
 
-def crm_world_kwargs(image_layer, crm_shape: tuple[int, int], image_shape: tuple[int, int]) -> dict:
-    """``scale``/``translate`` that put CRM cell centres where :func:`predict` puts peaks."""
+def crm_world_kwargs(image_layer, crm_shape: tuple[int, int], image_shape: tuple[int, int],
+                     factor: int = 1) -> dict:
+    """``scale``/``translate`` that put CRM cells where :func:`predict` puts peaks.
+
+    ``factor`` is the CRMs' sub-pixel upsampling; the mapping is
+    :func:`napari_prm.predict.crm_to_image`'s, which is affine per axis.
+    """
     kwargs = world_kwargs(image_layer)
     scale, translate = kwargs["scale"], kwargs["translate"]
+    origin, step = crm_to_image(np.array([[0.0, 0.0], [1.0, 1.0]]), crm_shape, image_shape, factor)
     for axis in (-2, -1):
-        factor = image_shape[axis] / crm_shape[axis]
-        translate[axis] = translate[axis] + scale[axis] * (factor - 1) / 2
-        scale[axis] = scale[axis] * factor
+        translate[axis] = translate[axis] + scale[axis] * origin[axis]
+        scale[axis] = scale[axis] * (step[axis] - origin[axis])
     return kwargs
 
 
@@ -297,7 +331,8 @@ def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool)
     for class_name, crm in results.crms.items():
         upsert_layer(viewer, "image", names["crm"] + class_name, crm,
                      colormap="viridis", blending="additive", opacity=0.6,
-                     **crm_world_kwargs(image_layer, crm.shape[-2:], results.image_shape))
+                     **crm_world_kwargs(image_layer, crm.shape[-2:], results.image_shape,
+                                        results.sub_pixel_locating_factor))
     if len(results.prms):
         # Each PRM sums to 1; saturating at the typical peak keeps every slice visible.
         top = float(np.median(results.prms.reshape(len(results.prms), -1).max(axis=1)))

@@ -1,4 +1,5 @@
-"""Model choices shared by the widgets: built-in names, remembered checkpoint files, a cache.
+"""Model choices shared by the widgets: built-in names, remembered checkpoint files, and
+caches of loaded models and of images already run (`PredictorCache`).
 
 Recent checkpoint files are kept in ``recent_models.json`` in napari-prm's user config
 folder (``$NAPARI_PRM_CONFIG_DIR`` when set, else the platform's config folder).
@@ -12,6 +13,8 @@ import os
 import sys
 import threading
 import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,7 +54,13 @@ def keep_triton_out_after_mesa_llvm() -> bool:
     return True
 
 
-BUILTIN_CHOICES = {"imagenet (built-in EfficientNet-Lite0)": "imagenet"}
+#: The built-in label spaces of the ImageNet EfficientNet-Lite0 (label -> ``load_model`` name);
+#: the first is the widget's default.
+BUILTIN_CHOICES = {
+    "imagenet-voc: 19 VOC classes (built-in)": "imagenet-voc",
+    "imagenet-coco: 60 COCO classes (built-in)": "imagenet-coco",
+    "imagenet: 1000 ImageNet classes (built-in)": "imagenet",
+}
 MAX_RECENT = 8
 _live_predict_widgets: weakref.WeakSet = weakref.WeakSet()
 
@@ -125,17 +134,132 @@ class ModelCache:
         self._lock = threading.Lock()
         self._models: dict = {}
 
+    @staticmethod
+    def key(name_or_path: str, device: str) -> tuple:
+        """What identifies a loaded model: a checkpoint's file time changes it."""
+        try:
+            stamp = Path(name_or_path).stat().st_mtime_ns if Path(name_or_path).is_file() else 0
+        except (OSError, ValueError):
+            stamp = 0
+        return (name_or_path, stamp, device)
+
     def get(self, name_or_path: str, device: str):
         from ..model import load_model
 
         keep_triton_out_after_mesa_llvm()
-        stamp = Path(name_or_path).stat().st_mtime_ns if Path(name_or_path).is_file() else 0
-        key = (name_or_path, stamp, device)
+        key = self.key(name_or_path, device)
         with self._lock:
             if key not in self._models:
                 self._models = {k: v for k, v in self._models.items() if k[0] != name_or_path}
                 self._models[key] = load_model(name_or_path, device=device)
             return self._models[key]
+
+    def put(self, name_or_path: str, device: str, model) -> tuple:
+        """Use ``model`` (already loaded) for ``name_or_path`` on ``device``; returns its key."""
+        key = self.key(name_or_path, device)
+        with self._lock:
+            self._models = {k: v for k, v in self._models.items() if k[0] != name_or_path}
+            self._models[key] = model
+        return key
+
+
+@dataclass(frozen=True)
+class PredictorKey:
+    """What a set image's forward pass depends on.
+
+    ``layer`` is the image layer's ``(id, generation)``: the generation changes when the
+    layer's data does. ``forward`` is ``(sub_pixel_locating_factor, tta, prm_mode)``.
+    """
+
+    layer: tuple[int, int]
+    plane: tuple[int, ...]
+    model: tuple
+    window: int
+    forward: tuple
+
+
+class PredictorCache:
+    """The `napari_prm.PRMPredictor` of each image plane run last: each is computed once.
+
+    A least-recently-used cache of ``size`` predictors; each keeps an image's autograd
+    graph, proposals and PRMs (about 400 MiB for the built-in model on a 512×512 image).
+    A run on an image already set only re-selects peaks and re-retrieves instances;
+    adding a point costs one backward pass. Safe to use from worker threads.
+
+    Parameters
+    ----------
+    size : int
+        Most predictors kept.
+    """
+
+    def __init__(self, size: int = 3):
+        self.size = int(size)
+        self._lock = threading.Lock()
+        self._predictors: OrderedDict[PredictorKey, object] = OrderedDict()
+        self._generations: dict[int, int] = {}
+
+    def key(self, layer, plane: tuple, model_key: tuple, window: int, settings) -> PredictorKey:
+        """The key of ``plane`` of image ``layer`` run with a model and ``settings`` (a
+        `napari_prm.PredictSettings`: only the fields that change the forward pass count)."""
+        with self._lock:
+            generation = self._generations.get(id(layer), 0)
+        forward = (int(settings.sub_pixel_locating_factor), bool(settings.tta), str(settings.prm_mode))
+        return PredictorKey((id(layer), generation), tuple(int(i) for i in plane), tuple(model_key),
+                            int(window), forward)
+
+    def get(self, key: PredictorKey):
+        """The predictor of ``key`` (now the most recent), or None."""
+        with self._lock:
+            predictor = self._predictors.get(key)
+            if predictor is not None:
+                self._predictors.move_to_end(key)
+            return predictor
+
+    def ready(self, key: PredictorKey) -> bool:
+        """Whether ``key`` has a predictor with its image set (re-thresholding needs no forward pass)."""
+        with self._lock:
+            predictor = self._predictors.get(key)
+            return predictor is not None and predictor.is_image_set
+
+    def put(self, key: PredictorKey, predictor) -> None:
+        """Keep ``predictor`` under ``key``, dropping the least recently used beyond ``size``."""
+        with self._lock:
+            self._put(key, predictor)
+
+    def _put(self, key: PredictorKey, predictor) -> None:
+        self._predictors[key] = predictor
+        self._predictors.move_to_end(key)
+        while len(self._predictors) > self.size:
+            self._predictors.popitem(last=False)
+
+    def checkout(self, key: PredictorKey, model, *, preset: str, proposals):
+        """The predictor of ``key`` (a new one, without an image, if none), set to ``preset``
+        and ``proposals``; thresholds are passed to its ``predict`` call by call."""
+        from ..predictor import PRMPredictor, preset_settings
+
+        factor, tta, prm_mode = key.forward
+        settings = preset_settings(preset, sub_pixel_locating_factor=factor, tta=tta, prm_mode=prm_mode)
+        with self._lock:
+            predictor = self._predictors.get(key)
+            if predictor is None:
+                predictor = PRMPredictor(model, proposals=proposals)
+            self._put(key, predictor)
+        # The key holds the fields that change the forward pass, so the image stays valid.
+        if predictor.settings != settings:
+            predictor.settings = settings
+        predictor.set_proposals(proposals)
+        return predictor
+
+    def forget_layer(self, layer) -> None:
+        """Drop the predictors of ``layer`` (its data changed, or it was removed)."""
+        with self._lock:
+            self._generations[id(layer)] = self._generations.get(id(layer), 0) + 1
+            for key in [k for k in self._predictors if k.layer[0] == id(layer)]:
+                del self._predictors[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._predictors)
 
 
 def offer_model(viewer, path: str | os.PathLike) -> None:

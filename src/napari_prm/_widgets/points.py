@@ -2,8 +2,10 @@
 
 Peak backpropagation works from any location of a class response map, so a point the user
 adds (with a class) gets a PRM and, through instance retrieval, an instance; moving a point
-re-does both. The model runs in a worker thread; this is a part of the correction panel
-of :mod:`napari_prm._widgets.correct`.
+re-does both. The image's cached :class:`napari_prm.PRMPredictor` does it: one backward
+pass per point, no forward pass and no new proposals (unless the image's maps were
+dropped meanwhile). The model runs in a worker thread; this is a part of the correction
+panel of :mod:`napari_prm._widgets.correct`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from napari.qt.threading import create_worker
 from napari.utils.events import Event
 
 from .. import edit
-from ..predict import Cancelled, predict
-from .layers import layer_names, prm_layer_data, read_plane, upsert_layer, world_kwargs
+from ..predict import Cancelled
+from .layers import RUNNER_UP_COLUMNS, layer_names, prm_layer_data, read_plane, upsert_layer, world_kwargs
 
 
 class PointRetrieval:
@@ -42,7 +44,7 @@ class PointRetrieval:
                 features.loc[features.index[new_rows], "peak"] = np.arange(
                     next_id, next_id + len(new_rows))
                 features.loc[features.index[new_rows], "label"] = 0
-                self.peaks.features = features
+                self._set_point_features(features)
         positions = self._point_positions()
         changed = {p for p, where in positions.items() if self._positions.get(p) != where}
         self._positions = positions
@@ -66,33 +68,56 @@ class PointRetrieval:
         if not len(rows):
             return
         context = self.context
+        owner = self.owner
         leading = len(context.leading_shape)
         coords = np.asarray(self.peaks.data)[rows]
         planes = [tuple(int(round(c)) for c in row[:leading]) for row in coords]
         jobs = []
         for plane in sorted(set(planes)):
             mine = [r for r, p in zip(rows, planes) if p == plane]
-            jobs.append((plane, read_plane(context.image_layer, plane),
-                         self.owner.proposals_for(context.settings["proposals"], plane),
+            key = self._predictor_key(plane)
+            jobs.append((key, None if owner.predictors.ready(key) else read_plane(context.image_layer, plane),
+                         owner.proposals_for(context.settings["proposals"], plane), plane,
                          np.asarray(self.peaks.data)[mine][:, leading:],
                          features["class_index"].to_numpy()[mine].astype(np.int64),
                          features["peak"].to_numpy()[mine].astype(np.int64)))
         self._cancel.clear()
-        worker = create_worker(self._retrieve, context.model, jobs)
+        worker = create_worker(self._retrieve, context, jobs)
         worker.returned.connect(self._show_retrieved)
         worker.errored.connect(lambda e: self._say(f"Retrieval failed: {e}", "error"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self.owner.status.setText(f"Retrieving instances of {len(rows)} peaks…")
+        owner.status.setText(f"Retrieving instances of {len(rows)} peaks…")
+        owner.begin_activity(f"Peak Response Maps: {context.image_layer.name} (added peaks)", self.cancel)
+        owner._update_rethreshold()
         worker.start()
 
-    def _retrieve(self, model, jobs):
+    def _predictor_key(self, plane: tuple):
+        """The cached predictor of a plane of the run's image (its forward pass, proposals, PRMs)."""
+        context = self.context
+        key = context.predictor_keys.get(plane)
+        if key is None:  # a plane of a stack the run did not cover
+            key = self.owner.predictor_key(context.image_layer, plane, context.settings)
+            context.predictor_keys[plane] = key
+        return key
+
+    def _retrieve(self, context, jobs):
         """Worker thread: back-propagate from the points and retrieve their instances."""
         out = []
-        for plane, image, proposals, yx, classes, peak_ids in jobs:
+        preset = context.settings["preset"]
+
+        def report(stage, done, total):
+            self.owner._relay.progressed.emit((stage, done, total))
+
+        for key, image, proposals, plane, yx, classes, peak_ids in jobs:
+            predictor = self.owner.predictors.checkout(key, context.model, preset=preset, proposals=proposals)
             try:
-                prediction = predict(image, model, proposals=proposals, points=(yx, classes),
-                                     cancel=self._cancel.is_set)
+                if not predictor.is_image_set:
+                    if image is None:  # dropped since the job was made
+                        image = read_plane(context.image_layer, plane)
+                    predictor.set_image(image, progress=report, cancel=self._cancel.is_set)
+                prediction = predictor.predict(points=(yx, classes), progress=report,
+                                               cancel=self._cancel.is_set)
             except Cancelled:
                 return None
             out.append((plane, peak_ids, prediction))
@@ -106,6 +131,10 @@ class PointRetrieval:
 
     def _on_finished(self) -> None:
         self.worker = None
+        self.owner.end_activity()
+        if self._cancel.is_set():
+            self._say("Cancelled: the added or moved peaks keep their earlier instances.")
+        self.owner._update_rethreshold()
         if self._pending:
             self._start_pending()
 
@@ -122,6 +151,7 @@ class PointRetrieval:
                 if not len(rows):
                     continue  # the point was deleted meanwhile
                 old = int(self.peaks.features["label"].iloc[rows[0]])
+                self._update_point_features(rows[0], prediction, k)
                 found = [i for i in prediction.instances if i.peak == k]
                 if not found:
                     if old > 0:
@@ -139,7 +169,7 @@ class PointRetrieval:
                 with self.quiet():
                     features = self.peaks.features.copy()
                     features.loc[features.index[rows[0]], "label"] = int(table["label"][-1])
-                    self.peaks.features = features
+                    self._set_point_features(features)
         self._write(labels, table)
         self._on_points_selected()  # a selected new point now has an instance to select
         with self.quiet():
@@ -151,6 +181,16 @@ class PointRetrieval:
             self._say(f"No instance found for peaks {missed} (their PRMs were added).", "warning")
         else:
             self._say(f"Retrieved instances of peaks {[int(p) for _, ids, _ in out for p in ids]}.")
+
+    def _update_point_features(self, row: int, prediction, k: int) -> None:
+        """A point placed or moved by hand: its CRM value there, and no runners-up."""
+        with self.quiet():
+            features = self.peaks.features.copy()
+            index = features.index[row]
+            features.loc[index, "peak_value"] = float(prediction.peak_values[k])
+            for column in RUNNER_UP_COLUMNS:
+                features.loc[index, column] = np.nan if column.endswith("_value") else ""
+            self._set_point_features(features)
 
     def _store_prm(self, peak_id: int, prm: np.ndarray, plane: tuple) -> None:
         context = self.context

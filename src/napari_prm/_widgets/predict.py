@@ -1,7 +1,13 @@
 """The "Peak Response Maps" dock widget: run a PRM model on an image layer.
 
-Layers in, arrays to :func:`napari_prm.predict` in a worker thread, layers out; the
-correction tools live in :mod:`napari_prm._widgets.correct`.
+Layers in, arrays to a :class:`napari_prm.PRMPredictor` in a worker thread, layers out;
+the correction tools live in :mod:`napari_prm._widgets.correct`. Each image plane is
+computed once: the widget keeps the predictors of the planes run last
+(:class:`~napari_prm._widgets.models.PredictorCache`), so a second *Run*, *Re-threshold*
+and an added point reuse the forward pass, the proposals and the PRMs already computed.
+
+The form, and the choices kept between sessions (`WidgetSettings`), are in
+:mod:`napari_prm._widgets.form`.
 """
 
 from __future__ import annotations
@@ -12,46 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QListWidget,
-    QListWidgetItem,
-    QProgressBar,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from ..model.checkpoint import IMAGENET_CLASS_THRESHOLD
-from ..predict import Cancelled, predict
+from ..predict import Cancelled, Prediction
+from ..predictor import preset_settings, resolve_thresholds
+from .activity import ActivityProgress
 from .batch import open_batch_panel
 from .correct import CorrectionPanel
+from .form import PredictForm, WidgetSettings, upgrade_saved_settings
 from .layers import add_result_layers, check_image_layer, current_plane, merge_predictions, read_plane
-from .models import (
-    ModelCache,
-    _live_predict_widgets,
-    devices,
-    import_torch_side,
-    model_choices,
-    remember_model,
-    unwrap_viewer,
-)
+from .models import ModelCache, PredictorCache, _live_predict_widgets, import_torch_side, unwrap_viewer
 from .relay import _Relay
-
-PROPOSAL_SOURCES = {
-    "built-in": "default",
-    "PRM-guided": "prm",
-    "built-in + PRM-guided": "default+prm",
-    "none (peaks and PRMs only)": None,
-}
-LABELS_PREFIX = "Labels layer: "
+from .settings import load_settings
 
 
 @dataclass
@@ -66,9 +48,10 @@ class RunContext:
     prms: np.ndarray  # (K, H, W): slice k is the PRM of peak k
     prm_planes: np.ndarray  # (K, len(leading_shape))
     layers: dict = field(default_factory=dict)  # 'peaks', 'prms', 'instances' -> layer
+    predictor_keys: dict = field(default_factory=dict)  # plane -> PredictorKey
 
 
-class PredictWidget(QWidget):
+class PredictWidget(PredictForm, QWidget):
     """Run a PRM model on an image layer and show peaks, PRMs and instances.
 
     Parameters
@@ -78,52 +61,37 @@ class PredictWidget(QWidget):
 
     #: ``(stage, done, total)`` of the running prediction, emitted on the Qt thread.
     progressed = Signal(str, int, int)
+    #: Name of the saved settings (``predict_widget.json`` in the config folder).
+    SETTINGS_NAME = "predict"
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         import_torch_side()
         self.viewer = unwrap_viewer(napari_viewer)
         self.models = ModelCache()
+        self.predictors = PredictorCache()
         self.context: RunContext | None = None
         self.worker = None
+        self.activity: ActivityProgress | None = None
         self.last_message = ""
         self.last_run_seconds: float | None = None
+        #: Forward passes the last run or re-threshold made (0: the image's maps were reused).
+        self.last_forward_passes = 0
         self._cancel = threading.Event()
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
         self._class_loader = None
         self._loaded_classes_for = None
+        self._loading = None  # (model, device) whose classes a worker is loading
+        self._model_settings: dict | None = None  # the loaded model's (calibrated thresholds)
+        self._watched_layers: set[int] = set()
+        self._persisted: dict[str, object] = {}
+        self._restoring = True  # nothing is saved until the saved settings are in the form
 
-        self.image = ComboBox(label="image", choices=self._image_choices)
-        self.planes = ComboBox(label="planes", choices=["current plane", "all planes"])
-        self.model = ComboBox(label="model", choices=lambda _: model_choices())
-        self.checkpoint = FileEdit(label="checkpoint file", mode="r",
-                                   filter="PRM checkpoints (*.pt *.pth *.safetensors)")
-        self.class_threshold = FloatSpinBox(label="class threshold", value=0.0, min=-1e4,
-                                            max=1e4, step=0.5)
-        self.use_peak_threshold = CheckBox(text="use peak threshold", value=False)
-        self.peak_threshold = FloatSpinBox(label="peak threshold", value=0.0, min=-1e4,
-                                           max=1e4, step=0.5)
-        for threshold in (self.class_threshold, self.peak_threshold):
-            threshold.native.setDecimals(6)  # CRM values of some models are around 1e-3
-        # Until the user edits it, the class threshold shows the model's own and None is
-        # passed, so that predict() uses model.settings["class_threshold"].
-        self._class_threshold_from_model = True
-        self._showing_model_threshold = False
-        self.class_threshold.changed.connect(self._on_class_threshold_edited)
-        self.window = SpinBox(label="window size", value=3, min=1, max=31, step=2)
-        self.proposals = ComboBox(label="proposals", choices=self._proposal_choices)
-        self.device = ComboBox(label="device", choices=devices())
-        self.show_text = CheckBox(text="class names on peaks", value=False)
-        self.add_crms = CheckBox(text="CRM layers of the peaks' classes", value=False)
-        self.form = Container(widgets=[
-            self.image, self.planes, self.model, self.checkpoint, self.class_threshold,
-            self.use_peak_threshold, self.peak_threshold, self.window, self.proposals,
-            self.device, self.show_text, self.add_crms,
-        ])
-        self.model.changed.connect(self._load_classes)
-        self.checkpoint.changed.connect(self._on_checkpoint_chosen)
-        self.show_text.changed.connect(self._on_show_text)
+        self.form = self._build_form()
+        self.restore_defaults_button = QPushButton("Restore defaults")
+        self.restore_defaults_button.setToolTip("the choices above as on first use")
+        self.restore_defaults_button.clicked.connect(self.restore_defaults)
 
         self.class_filter = QLineEdit()
         self.class_filter.setPlaceholderText("search classes…")
@@ -132,6 +100,12 @@ class PredictWidget(QWidget):
         self.class_list.setMinimumHeight(120)
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
+        self.rethreshold_button = QPushButton("Re-threshold")
+        self.rethreshold_button.setToolTip(
+            "apply the thresholds, classes and peak cap again to the image already run, "
+            "without a new forward pass")
+        self.rethreshold_button.setEnabled(False)
+        self.rethreshold_button.clicked.connect(self.rethreshold)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
@@ -145,9 +119,11 @@ class PredictWidget(QWidget):
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
+        buttons.addWidget(self.rethreshold_button)
         buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
+        layout.addWidget(self.restore_defaults_button)
         layout.addWidget(QLabel("classes to keep (none ticked: every class above the threshold)"))
         layout.addWidget(self.class_filter)
         layout.addWidget(self.class_list)
@@ -158,117 +134,61 @@ class PredictWidget(QWidget):
         layout.addWidget(self.correction.native)
         layout.addStretch()
         _live_predict_widgets.add(self)
+        self.apply_settings(load_settings(self.SETTINGS_NAME, WidgetSettings, upgrade=upgrade_saved_settings))
+        self._restoring = False
+        self.form.changed.connect(self._update_rethreshold)
+        self.viewer.dims.events.current_step.connect(self._update_rethreshold)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self._load_classes()
 
-    # ------------------------------------------------------------------ choices
-    def _image_choices(self, _=None):
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+    # ------------------------------------------------------------------ cached images
+    def _planes(self, layer) -> tuple[tuple, list[tuple]]:
+        """The leading shape of ``layer`` and the planes the form asks for (raises ValueError)."""
+        leading = check_image_layer(layer)
+        if self.planes.value == "all planes" and leading:
+            return leading, list(np.ndindex(*leading))
+        return leading, [current_plane(layer, self.viewer)]
 
-    def _proposal_choices(self, _=None):
-        choices = list(PROPOSAL_SOURCES.items())
-        choices += [(LABELS_PREFIX + layer.name, layer) for layer in self.viewer.layers
-                    if isinstance(layer, Labels) and not layer.name.endswith(" instances")]
-        return choices
+    def predictor_key(self, layer, plane: tuple, settings: dict | None = None):
+        """The `PredictorKey` of ``plane`` of ``layer`` with the form's (or ``settings``') model,
+        device, window and preset (or ``settings["predict_settings"]``, a shown prediction's)."""
+        settings = settings or self._settings()
+        model_key = settings.get("model_key") or self.models.key(settings["model"], settings["device"])
+        forward = settings.get("predict_settings") or preset_settings(settings["preset"])
+        return self.predictors.key(layer, plane, model_key, settings["window"], forward)
 
-    def reset_choices(self, *_):
-        """Refresh the layer choosers (napari calls this when layers are added or removed)."""
-        self.form.reset_choices()
-
-    def select_model(self, value: str) -> None:
-        """Make ``value`` (a built-in name or a checkpoint path) the chosen model."""
-        if Path(value).is_file():
-            value = str(Path(value).resolve())
-            remember_model(value)
-        self.model.reset_choices()
-        if value not in self.model.choices:
-            self._say(f"Cannot load the model: {value} is not a built-in model or a file.",
-                      "error")
-            return
-        self.model.value = value
-
-    def _on_checkpoint_chosen(self, path) -> None:
-        if path is not None and Path(path).is_file():
-            self.select_model(str(path))
-
-    # ------------------------------------------------------------------ classes
-    def _load_classes(self, *_):
-        """Load the chosen model in a worker and list its classes."""
-        choice, device = self.model.value, self.device.value
-        if choice is None or self._loaded_classes_for == (choice, device):
-            return
-        if choice == "imagenet":  # the names come without building the network
-            from ..model.checkpoint import imagenet_class_names
-
-            self._fill_classes(imagenet_class_names(), (choice, device), win_size=3)
-            self._show_model_threshold(IMAGENET_CLASS_THRESHOLD)
-            return
-        worker = create_worker(self._load_model, choice, device)
-        worker.returned.connect(lambda model: self._on_model_loaded(model, (choice, device)))
-        self._class_loader = worker
-        worker.start()
-
-    def _on_model_loaded(self, model, key) -> None:
-        if isinstance(model, str):
-            self._say(model, "error")
-        elif key == (self.model.value, self.device.value):
-            self._fill_classes(model.class_names, key, win_size=model.network.win_size)
-            self._show_model_threshold(model.settings.get("class_threshold", 0.0))
-
-    def _show_model_threshold(self, value: float) -> None:
-        """Show a newly chosen model's class threshold; runs use the model's own again."""
-        self._showing_model_threshold = True
+    def can_rethreshold(self) -> bool:
+        """Whether every plane the form asks for has been run with this model and preset."""
+        layer = self.image.value
         try:
-            self.class_threshold.value = float(value)
-        finally:
-            self._showing_model_threshold = False
-        self._class_threshold_from_model = True
+            _, planes = self._planes(layer)
+        except ValueError:
+            return False
+        if not self.classes_loaded:
+            return False
+        settings = self._settings()
+        return all(self.predictors.ready(self.predictor_key(layer, plane, settings)) for plane in planes)
 
-    def _on_class_threshold_edited(self, *_) -> None:
-        if not self._showing_model_threshold:
-            self._class_threshold_from_model = False
-
-    def _load_model(self, choice: str, device: str):
-        """Worker thread: the model, or a message saying why it cannot be loaded."""
+    def _update_rethreshold(self, *_) -> None:
         try:
-            return self.models.get(choice, device)
-        except ValueError as error:  # a bad checkpoint names its file
-            return f"Cannot load the model: {error}"
+            self.rethreshold_button.setEnabled(not self.running and self.can_rethreshold())
+        except RuntimeError:  # the widget was closed; napari may still emit layer events
+            pass
 
-    def _fill_classes(self, class_names, key, *, win_size: int) -> None:
-        if key != (self.model.value, self.device.value):
-            return
-        self.class_list.clear()
-        for name in class_names:
-            item = QListWidgetItem(name)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Unchecked)
-            self.class_list.addItem(item)
-        self.window.value = int(win_size)
-        self._loaded_classes_for = key
-        self._filter_classes(self.class_filter.text())
+    def _watch(self, layer) -> None:
+        """Drop the cached maps of ``layer`` when its data changes."""
+        if id(layer) not in self._watched_layers:
+            self._watched_layers.add(id(layer))
+            layer.events.data.connect(lambda event, layer=layer: self._forget(layer))
 
-    @property
-    def classes_loaded(self) -> bool:
-        return self._loaded_classes_for == (self.model.value, self.device.value)
+    def _forget(self, layer) -> None:
+        self.predictors.forget_layer(layer)
+        self._update_rethreshold()
 
-    def _filter_classes(self, text: str) -> None:
-        text = text.strip().lower()
-        for row in range(self.class_list.count()):
-            item = self.class_list.item(row)
-            item.setHidden(bool(text) and text not in item.text().lower())
-
-    def selected_classes(self) -> list[str]:
-        """Names of the ticked classes (empty: keep every class passing the threshold)."""
-        return [self.class_list.item(row).text() for row in range(self.class_list.count())
-                if self.class_list.item(row).checkState() == Qt.CheckState.Checked]
-
-    def set_selected_classes(self, names) -> None:
-        """Tick exactly these classes."""
-        names = set(names)
-        for row in range(self.class_list.count()):
-            item = self.class_list.item(row)
-            item.setCheckState(Qt.CheckState.Checked if item.text() in names
-                               else Qt.CheckState.Unchecked)
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        self._watched_layers.discard(id(layer))
+        self._forget(layer)
 
     # ------------------------------------------------------------------ running
     @property
@@ -280,19 +200,6 @@ class PredictWidget(QWidget):
         self.status.setText(message)
         {"info": show_info, "warning": show_warning, "error": show_error}[kind](message)
 
-    def _settings(self) -> dict:
-        return {
-            "model": self.model.value,
-            "device": self.device.value,
-            # None: predict() uses the model's stored class threshold
-            "class_threshold": None if self._class_threshold_from_model else float(self.class_threshold.value),
-            "peak_threshold": float(self.peak_threshold.value) if self.use_peak_threshold.value else None,
-            "classes": self.selected_classes() or None,
-            "window": int(self.window.value),
-            "proposals": self.proposals.value,
-            "crms": bool(self.add_crms.value),
-        }
-
     def proposals_for(self, source, plane: tuple) -> object:
         """What :func:`predict` takes as ``proposals`` for one plane."""
         if isinstance(source, Labels):
@@ -300,62 +207,92 @@ class PredictWidget(QWidget):
             return np.asarray(data[plane[-(data.ndim - 2):]] if data.ndim > 2 else data)
         return source
 
-    def run(self):
-        """Start a prediction on the chosen image; returns the worker (None if refused)."""
+    def run(self, *, rethreshold: bool = False):
+        """Start a prediction on the chosen image; returns the worker (None if refused).
+
+        A plane already run with this model, preset and window reuses its forward pass,
+        proposals and PRMs (see `PredictorCache`).
+
+        Parameters
+        ----------
+        rethreshold : bool
+            Only re-apply the thresholds, classes and peak cap to planes already run;
+            refused when one has not been run (no forward pass is made).
+        """
         if self.running:
             self._say("A run is already going on: wait for it to finish or press Cancel.",
                       "warning")
             return None
         layer = self.image.value
         try:
-            leading = check_image_layer(layer)
+            leading, planes = self._planes(layer)
         except ValueError as error:
             self._say(str(error), "error")
             return None
-        if self.planes.value == "all planes" and leading:
-            planes = list(np.ndindex(*leading))
-        else:
-            planes = [current_plane(layer, self.viewer)]
         settings = self._settings()
-        images = [read_plane(layer, plane) for plane in planes]
+        keys = [self.predictor_key(layer, plane, settings) for plane in planes]
+        if rethreshold and not all(self.predictors.ready(key) for key in keys):
+            self._say("Nothing to re-threshold: run this image (plane) with this model, preset "
+                      "and window first.", "warning")
+            return None
+        self._watch(layer)
+        # a plane whose forward pass is cached needs no copy of its pixels
+        images = [None if self.predictors.ready(key) else read_plane(layer, plane)
+                  for key, plane in zip(keys, planes)]
         proposals = [self.proposals_for(settings["proposals"], plane) for plane in planes]
         self._cancel.clear()
         started = time.perf_counter()
-        worker = create_worker(self._predict_planes, images, proposals, settings)
+        worker = create_worker(self._predict_planes, list(zip(keys, images, proposals)), settings,
+                               rethreshold=rethreshold)
         worker.returned.connect(
-            lambda out: self._show_results(layer, planes, leading, settings, out, started))
+            lambda out: self._show_results(layer, planes, leading, settings, out, started, keys))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_button.setEnabled(False)
+        self.rethreshold_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.status.setText(f"Running on {layer.name!r}…")
+        verb = "Re-thresholding" if rethreshold else "Running on"
+        self.status.setText(f"{verb} {layer.name!r}…")
+        self.begin_activity(f"Peak Response Maps: {layer.name}" + (" (re-threshold)" if rethreshold else ""),
+                            self.cancel)
         worker.start()
         return worker
 
-    def _predict_planes(self, images, proposals, settings):
+    def rethreshold(self):
+        """Apply the form's thresholds, classes and cap again to the image already run,
+        without a new forward pass; returns the worker (None if refused)."""
+        return self.run(rethreshold=True)
+
+    def _predict_planes(self, jobs, settings, *, rethreshold: bool = False):
         """Worker thread: load the model, predict every plane (a str says what failed)."""
         model = self._load_model(settings["model"], settings["device"])
         if isinstance(model, str):
             return model
         model.network.win_size = settings["window"]
-        predictions = []
-        for number, (image, plane_proposals) in enumerate(zip(images, proposals), start=1):
-            prefix = f"plane {number}/{len(images)}: " if len(images) > 1 else ""
+        overrides = self.threshold_overrides(settings)
+        predictions, forwards = [], 0
+        for number, (key, image, plane_proposals) in enumerate(jobs, start=1):
+            prefix = f"plane {number}/{len(jobs)}: " if len(jobs) > 1 else ""
+
+            def report(stage, done, total, prefix=prefix):
+                self._relay.progressed.emit((prefix + stage, done, total))
+
+            if rethreshold and not self.predictors.ready(key):
+                return ("The cached maps of this image were dropped meanwhile (its data changed, "
+                        "or other images were run since): press Run.")
+            predictor = self.predictors.checkout(key, model, preset=settings["preset"],
+                                                 proposals=plane_proposals)
             try:
-                predictions.append(predict(
-                    image, model,
-                    class_threshold=settings["class_threshold"],
-                    peak_threshold=settings["peak_threshold"],
-                    classes=settings["classes"],
-                    proposals=plane_proposals,
-                    progress=lambda stage, done, total, prefix=prefix: self._relay.progressed.emit(
-                        (prefix + stage, done, total)),
-                    cancel=self._cancel.is_set,
-                ))
+                if not predictor.is_image_set:
+                    predictor.set_image(image, progress=report, cancel=self._cancel.is_set)
+                    forwards += 1
+                predictions.append(predictor.predict(
+                    classes=settings["classes"], progress=report, cancel=self._cancel.is_set,
+                    **overrides))
             except Cancelled:
                 return None
-        return model, predictions
+        return model, predictions, forwards
 
     def cancel(self) -> None:
         """Stop the running prediction (between peaks); the layers stay as they were."""
@@ -364,11 +301,23 @@ class PredictWidget(QWidget):
             self.worker.quit()
         self.correction.cancel()
 
+    def begin_activity(self, description: str, on_cancel) -> None:
+        """Show a progress bar in napari's activity dock until `end_activity`."""
+        self.end_activity()
+        self.activity = ActivityProgress(description, on_cancel=on_cancel)
+
+    def end_activity(self) -> None:
+        if self.activity is not None:
+            self.activity.close()
+            self.activity = None
+
     def _on_progress(self, report: tuple[str, int, int]) -> None:
         stage, done, total = report
         self.progress.setMaximum(max(total, 1))
         self.progress.setValue(done)
         self.status.setText(f"{stage} {done}/{total}")
+        if self.activity is not None:
+            self.activity.update(stage, done, total)
         self.progressed.emit(stage, done, total)
 
     def _on_error(self, error: Exception) -> None:
@@ -377,47 +326,119 @@ class PredictWidget(QWidget):
     def _on_finished(self) -> None:
         if self._cancel.is_set():
             self._say("Cancelled; the layers were left as they were.")
+        self.end_activity()
         self.worker = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
+        self._update_rethreshold()
 
     # ------------------------------------------------------------------ results
-    def _show_results(self, layer, planes, leading, settings, out, started) -> None:
+    def _show_results(self, layer, planes, leading, settings, out, started, keys) -> None:
         if out is None or self._cancel.is_set():
             return
         if isinstance(out, str):
             self._say(out, "error")
             return
+        model, predictions, forwards = out
+        self.last_forward_passes = forwards
         try:
-            self._add_layers(layer, planes, leading, settings, out, started)
+            self._add_layers(layer, planes, leading, {**settings, "model_key": keys[0].model},
+                             (model, predictions), started, dict(zip(planes, keys)))
         except Exception as error:  # a slot must not swallow it: tell the user
             self._say(f"Could not show the results: {type(error).__name__}: {error}", "error")
             raise
 
-    def _add_layers(self, layer, planes, leading, settings, out, started) -> None:
+    def _add_layers(self, layer, planes, leading, settings, out, started, keys) -> None:
         model, predictions = out
         kept = [int(c) for c in np.unique(np.concatenate([p.peak_classes for p in predictions]))]
         results = merge_predictions(planes, predictions, leading,
                                     crm_classes=kept if settings["crms"] else ())
         self.context = RunContext(layer, model, settings, leading, results.class_names,
-                                  results.prms, results.prm_planes)
+                                  results.prms, results.prm_planes, predictor_keys=keys)
         with self.correction.quiet():
             self.context.layers.update(add_result_layers(
                 self.viewer, layer, results, show_text=bool(self.show_text.value)))
         self.correction.attach(self.context)
-        self.last_run_seconds = time.perf_counter() - started
+        self.last_run_seconds = None if started is None else time.perf_counter() - started
         self.progress.setValue(self.progress.maximum())
         peaks, instances = len(results.points), len(results.instance_features)
         if peaks == 0:
-            class_threshold = settings["class_threshold"]
-            if class_threshold is None:
-                class_threshold = f"{model.settings.get('class_threshold', 0.0)} (the model's)"
-            self._say("Nothing found: no peak above the thresholds (class threshold "
-                      f"{class_threshold}, peak threshold {settings['peak_threshold']}"
+            class_threshold, peak_threshold = resolve_thresholds(
+                preset_settings(settings["preset"], **self.threshold_overrides(settings)), model.settings)
+            peak_text = "none" if peak_threshold is None or peak_threshold <= -1e30 else f"{peak_threshold:g}"
+            self._say(f"Nothing found: no peak above the thresholds (class threshold {class_threshold:g}, "
+                      f"peak threshold {peak_text}"
                       f"{', classes ' + ', '.join(settings['classes']) if settings['classes'] else ''}"
                       "). Lower them or choose other classes.", "warning")
-        else:
-            self._say(f"{peaks} peaks, {instances} instances in {self.last_run_seconds:.1f} s.")
+            return
+        message = f"{peaks} peaks, {instances} instances"
+        if self.last_run_seconds is not None:
+            reused = " (the image's maps reused)" if self.last_forward_passes == 0 else ""
+            message += f" in {self.last_run_seconds:.1f} s{reused}"
+        notes = list(dict.fromkeys(results.notes))
+        self._say(" ".join([message + "."] + notes), "warning" if notes else "info")
+
+    def show_prediction(self, image_layer: Image, prediction: Prediction, model, *,
+                        predictor=None, model_choice: str | None = None, **settings) -> dict:
+        """Show a prediction made elsewhere (``napari-prm demo``) as a run of this widget.
+
+        The layers are the ones a run makes (same names, data and features), and the
+        correction tools work on them.
+
+        Parameters
+        ----------
+        image_layer : napari.layers.Image
+            The 2-D image ``prediction`` was made on.
+        prediction : Prediction
+            The result of :func:`napari_prm.predict` or of ``predictor.predict()``.
+        model : PRMModel
+            The model that made it (adding a point back-propagates through it).
+        predictor : PRMPredictor, optional
+            The predictor that made it, with the image set: added points then cost one
+            backward pass each, and no forward pass.
+        model_choice : str, optional
+            The model's built-in name or checkpoint path: the form then shows this model,
+            and *Re-threshold* works on the prediction at once.
+        **settings
+            Run settings that differ from the form's, e.g. ``proposals="prm"`` (what the
+            corrections use to retrieve the instance of an added point).
+
+        Returns
+        -------
+        dict
+            The result layers by kind: ``"peaks"``, ``"instances"`` and, when there are
+            peaks, ``"prms"``.
+        """
+        leading = check_image_layer(image_layer)
+        if leading:
+            raise ValueError(f"layer {image_layer.name!r} is a stack; show_prediction takes "
+                             "the prediction of a 2-D image")
+        self.reset_choices()
+        self.image.value = image_layer
+        preset = prediction.settings.preset if prediction.settings is not None else self.preset.value
+        run_settings = {**self._settings(), "preset": preset, **settings}
+        if model_choice is not None:
+            if Path(model_choice).is_file():
+                model_choice = str(Path(model_choice).resolve())  # as the form names it
+            device = model.device.type
+            run_settings.update(model=model_choice, device=device,
+                                model_key=self.models.put(model_choice, device, model))
+            if device in self.device.choices:
+                self.device.value = device
+            self.select_model(model_choice)
+            self.preset.value = preset
+        else:  # a model the form does not offer: only the corrections use its maps
+            run_settings["model_key"] = ("shown model", id(model), str(model.device))
+        run_settings["window"] = int(model.network.win_size)
+        if prediction.settings is not None:
+            run_settings["predict_settings"] = prediction.settings
+        key = self.predictor_key(image_layer, (), run_settings)
+        if predictor is not None and predictor.is_image_set:
+            self.predictors.put(key, predictor)
+        self._watch(image_layer)
+        self._add_layers(image_layer, [()], leading, run_settings, (model, [prediction]), None, {(): key})
+        self._update_rethreshold()
+        return dict(self.context.layers)
 
     def _on_show_text(self, visible: bool) -> None:
         if self.context is not None and "peaks" in self.context.layers:

@@ -1,4 +1,8 @@
-"""The "Train PRM model" dock widget: :func:`napari_prm.train.train` in a worker thread."""
+"""The "Train PRM model" dock widget: :func:`napari_prm.train.train` in a worker thread.
+
+Progress shows in the widget and as a bar in napari's activity dock, whose cancel button
+stops the run like *Cancel* (after the current batch; the last epoch's checkpoint stays).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..data import load_dataset
 from ..train import train
+from .activity import ActivityProgress
 from .models import devices, import_torch_side, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
 
@@ -59,6 +64,7 @@ class TrainWidget(Container):
         self._relay.progressed.connect(self._on_progress)
         self._cancel = threading.Event()
         self.worker = None
+        self.activity: ActivityProgress | None = None
         self.result = None
         self.last_message = ""
 
@@ -111,6 +117,8 @@ class TrainWidget(Container):
         self._train_button.enabled = False
         self._cancel_button.enabled = True
         self._status.value = f"Loading {dataset_path}…"
+        self.activity = ActivityProgress(f"Train PRM model: {Path(options['out']).name}",
+                                         on_cancel=self.cancel)
         worker.start()
         return worker
 
@@ -126,11 +134,21 @@ class TrainWidget(Container):
             self._cancel.set()
 
     def _on_progress(self, progress) -> None:
+        if progress.stage == "calibration":  # after the last epoch: the held-out images
+            self._status.value = (f"calibrating the thresholds: image {progress.batch}/"
+                                  f"{progress.num_batches}")
+            if self.activity is not None:
+                self.activity.update("calibrating the thresholds", progress.batch, progress.num_batches)
+            return
         done = progress.epoch - 1 + progress.batch / max(progress.num_batches, 1)
         self._progress.max = progress.num_epochs
         self._progress.value = min(done, progress.num_epochs)
         self._status.value = (f"epoch {progress.epoch}/{progress.num_epochs}, batch "
                               f"{progress.batch}/{progress.num_batches}, loss {progress.loss:.4f}")
+        if self.activity is not None:  # counted in batches over all epochs
+            self.activity.update(f"epoch {progress.epoch}/{progress.num_epochs}",
+                                 (progress.epoch - 1) * progress.num_batches + progress.batch,
+                                 progress.num_epochs * progress.num_batches)
 
     def _on_done(self, result) -> None:
         self.result = result
@@ -144,6 +162,9 @@ class TrainWidget(Container):
                   f"{result.checkpoint}; it is offered in the Peak Response Maps widget.")
 
     def _on_finished(self) -> None:
+        if self.activity is not None:
+            self.activity.close()
+            self.activity = None
         self.worker = None
         self._train_button.enabled = True
         self._cancel_button.enabled = False

@@ -7,7 +7,6 @@ previous file as it was. The several files of one image are a *file set*
 (`write_file_set`): they switch from old to new in one step, even when the process is
 killed, and ``<stem>.manifest.json`` lists them.
 
-============================  ==========================================================
 module                        holds
 ============================  ==========================================================
 ``napari_prm.io.atomic``      `atomic_write`, `atomic_writes`, `remove_stale_temporaries`
@@ -22,6 +21,18 @@ module                        holds
 ``napari_prm.io.prediction``  `export_instances`, `write_prediction`, `prediction_paths`,
                               `write_prms`, `complete_prediction`, `settle_outputs`
 ============================  ==========================================================
+=======
+- ``napari_prm.io.atomic``: `atomic_write`, `atomic_writes`, `remove_stale_temporaries`;
+- ``napari_prm.io.fileset``: `write_file_set`, `read_file_set`, `recover_file_sets`: one
+  image's files, replaced in one step (a manifest);
+- ``napari_prm.io.images``: ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
+  `read_array`, `as_rgb_float` (the one RGB normaliser);
+- ``napari_prm.io.labels``: `write_label_image`, `read_label_image`;
+- ``napari_prm.io.tables``: instance tables; `write_instances_csv`, `read_instances_csv`,
+  `write_peaks_csv`;
+- ``napari_prm.io.coco``: `labels_to_coco`, `coco_to_labels`, `write_coco_json`;
+- ``napari_prm.io.prediction``: `export_instances`, `write_prediction`, `prediction_paths`,
+  `write_prms`, `complete_prediction`, `settle_outputs`.
 
 An *instance table* is a mapping of equal-length columns ``label, class_index, class_name,
 score, peak`` (a dict of arrays or napari's ``Labels.features`` DataFrame). Labels present

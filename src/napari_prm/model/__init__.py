@@ -2,7 +2,8 @@
 
 from .backbones import BACKBONES, FullyConvolutionalClassifier, build_fcn
 from .checkpoint import PRMModel, build_model, load_checkpoint, load_model, resolve_device, save_model
-from .peak_backprop import excitation_backprop
+from .cpu_memory import reuse_freed_memory
+from .peak_backprop import excitation_backprop, patch_convolutions
 from .peak_stimulation import find_peaks, peak_stimulation
 from .prm import PeakResponseMapping, PeakResponseResult
 
@@ -18,7 +19,9 @@ __all__ = [
     "find_peaks",
     "load_checkpoint",
     "load_model",
+    "patch_convolutions",
     "peak_stimulation",
     "resolve_device",
+    "reuse_freed_memory",
     "save_model",
 ]

@@ -24,8 +24,8 @@ from .transforms import as_rgb_float, to_network_input
 
 CHECKPOINT_FORMAT = "napari-prm-checkpoint"
 CHECKPOINT_VERSION = 1
-BUILTIN_MODELS = ("imagenet",)
-IMAGENET_CLASS_THRESHOLD = 8.0
+#: Names `load_model` takes for the built-in model, one per label space.
+BUILTIN_MODELS = ("imagenet", "imagenet-voc", "imagenet-coco")
 PRM_SETTINGS = ("win_size", "peak_filter", "sub_pixel_locating_factor")
 
 
@@ -242,15 +242,56 @@ def imagenet_class_names() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def builtin_model(name: str = "imagenet") -> PRMModel:
-    """The built-in model: EfficientNet-Lite0 with its ImageNet classifier as a 1×1 conv."""
-    if name != "imagenet":
+def builtin_calibration() -> dict[str, dict]:
+    """The shipped thresholds of the built-in label spaces (``builtin_calibration.json``).
+
+    Written by ``benchmarks/calibrate_builtin.py``; docs/accuracy.md says how each
+    pair of thresholds was chosen.
+    """
+    import importlib.resources
+
+    text = importlib.resources.files(__package__).joinpath("builtin_calibration.json").read_text()
+    return json.loads(text)["spaces"]
+
+
+def builtin_model(name: str = "imagenet", *, reduce: str | None = None) -> PRMModel:
+    """The built-in model: EfficientNet-Lite0 with its ImageNet classifier as a 1×1 conv.
+
+    Parameters
+    ----------
+    name : {'imagenet', 'imagenet-voc', 'imagenet-coco'}
+        The label space: ImageNet's 1000 classes, or the VOC / COCO classes that
+        ImageNet covers, each the group of ImageNet classes that name it
+        (:mod:`napari_prm.model.label_spaces`).
+    reduce : {'mean', 'max', 'lse'}, optional
+        How a group's member maps are combined (default: 'mean', which folds into
+        a plain 1×1 convolution, so the model saves as an ordinary checkpoint).
+
+    Returns
+    -------
+    PRMModel
+        With the label space's calibrated class and peak thresholds in ``settings``.
+    """
+    from .label_spaces import GroupedClassifier, builtin_label_spaces
+
+    if name not in BUILTIN_MODELS:
         raise ValueError(f"unknown built-in model {name!r}; built-in models: {BUILTIN_MODELS}")
-    # ImageNet logits put nearly all 1000 class scores above 0: keep only confident classes by default.
-    settings = {"win_size": 3, "peak_filter": "median", "sub_pixel_locating_factor": 1,
-                "class_threshold": IMAGENET_CLASS_THRESHOLD}
-    network = _network(imagenet_lite0_fcn(), settings)
-    return PRMModel(network.eval(), imagenet_class_names(), "efficientnet_lite0", (448, 448), LITE_MEAN, LITE_STD,
+    calibration = builtin_calibration().get(name, {})
+    settings = {"win_size": 3, "peak_filter": "median", "sub_pixel_locating_factor": 8,
+                "label_space": name}
+    for key in ("class_threshold", "peak_threshold", "tta_calibration"):
+        if calibration.get(key) is not None:
+            settings[key] = calibration[key]
+    fcn = imagenet_lite0_fcn()
+    class_names = imagenet_class_names()
+    if name != "imagenet":
+        space = builtin_label_spaces(reduce or "mean")[name]
+        grouped = GroupedClassifier(fcn.classifier, space.members, space.reduce)
+        fcn.classifier = grouped.conv if space.reduce == "mean" else grouped
+        class_names = list(space.class_names)
+        settings["reduce"] = space.reduce
+    network = _network(fcn, settings)
+    return PRMModel(network.eval(), class_names, "efficientnet_lite0", (448, 448), LITE_MEAN, LITE_STD,
                     settings)
 
 

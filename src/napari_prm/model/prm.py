@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _validate as check
-from .peak_backprop import excitation_backprop
+from .cpu_memory import reuse_freed_memory
+from .peak_backprop import excitation_backprop, fold_batch_norms
 from .peak_stimulation import PeakFilter, find_peaks, peak_stimulation
 
 
@@ -40,9 +42,62 @@ class PeakResponseResult:
     prms: torch.Tensor
 
 
+class ForwardPass:
+    """One image's forward pass, kept for peak backpropagation.
+
+    Made by :meth:`PeakResponseMapping.forward_pass`. Each :meth:`backprop` call
+    costs one backward pass per peak (or per batch of peaks on a GPU) and
+    reuses the normalisers the forward pass cached.
+
+    Attributes
+    ----------
+    crm_values : (1, C, h, w) float tensor
+        The class response maps (detached).
+    input_size : (H, W)
+        The size of the PRMs: the network input's.
+    """
+
+    def __init__(self, network: PeakResponseMapping, x: torch.Tensor, crms: torch.Tensor, target: torch.Tensor):
+        self._network = network
+        self._x = x
+        self._crms = crms
+        self._target = target
+        self.crm_values = crms.detach()
+        self.input_size = tuple(int(s) for s in x.shape[-2:])
+
+    def backprop(self, peaks, *, batch_size: Optional[int] = None,
+                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+        """Peak response maps of ``(class, y, x)`` CRM locations.
+
+        Parameters
+        ----------
+        peaks : (K, 3) int array or tensor, on any device
+        batch_size : int, optional
+            Peaks back-propagated together (None: 1 on the CPU, 16 on a GPU).
+        progress : callable, optional
+            ``progress(done, total)`` after each batch.
+
+        Returns
+        -------
+        (K, H, W) float32 tensor on the network's device, each map summing to 1
+        (all zeros when no signal reached the input).
+        """
+        batch_size = check.positive_int("batch_size", batch_size, optional=True)
+        peaks = PeakResponseMapping._check_peaks(peaks, self.crm_values.shape[1:])
+        memory = reuse_freed_memory() if self._target.device.type == "cpu" else nullcontext()
+        with torch.enable_grad(), memory:
+            return self._network._backprop_peaks(self._target, self._crms, peaks, batch_size, progress,
+                                                 self.input_size)
+
+
 def _default_peak_batch_size(device: torch.device) -> int:
-    # On the CPU one-at-a-time was as fast as batching (docs/benchmarks.md); on a GPU batches pay.
+    # On the CPU batching was slower than one peak at a time (docs/benchmarks.md); on a GPU batches pay.
     return 1 if device.type == "cpu" else 16
+
+
+PRM_MODES = ("exact", "fast")
+#: Input scales of test-time augmentation (each also flipped horizontally).
+TTA_SCALES = (0.75, 1.0, 1.25)
 
 
 class PeakResponseMapping(nn.Module):
@@ -78,16 +133,51 @@ class PeakResponseMapping(nn.Module):
         self.peak_filter = peak_filter
         self.sub_pixel_locating_factor = int(sub_pixel_locating_factor)
 
-    def class_response_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """CRMs ``(B, C, h, w)``, upsampled by ``sub_pixel_locating_factor``."""
+    def class_response_maps(self, x: torch.Tensor, *, sub_pixel_locating_factor: Optional[int] = None,
+                            tta: bool = False) -> torch.Tensor:
+        """CRMs ``(B, C, h, w)``, upsampled by the sub-pixel locating factor.
+
+        Parameters
+        ----------
+        x : (B, 3, H, W) float tensor
+        sub_pixel_locating_factor : int, optional
+            Upsampling factor (default: ``self.sub_pixel_locating_factor``).
+        tta : bool
+            Average the maps over a horizontal flip and the input scales
+            :data:`TTA_SCALES` (each resized bilinearly to the scale-1 maps' size).
+            Every step is differentiable, so peak backpropagation goes through
+            all six branches to ``x``.
+        """
+        factor = self.sub_pixel_locating_factor if sub_pixel_locating_factor is None else int(sub_pixel_locating_factor)
+        if factor < 1:
+            raise ValueError(f"sub_pixel_locating_factor must be >= 1; got {factor}")
+        crms = self._tta_maps(x) if tta else self._maps(x)
+        if factor > 1:
+            crms = F.interpolate(crms, scale_factor=factor, mode="bilinear", align_corners=True)
+        return crms
+
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
         crms = self.fcn(x)
         if crms.dim() != 4:
             raise ValueError(f"the fcn must return (B, C, h, w) maps; got shape {tuple(crms.shape)}")
-        if self.sub_pixel_locating_factor > 1:
-            crms = F.interpolate(
-                crms, scale_factor=self.sub_pixel_locating_factor, mode="bilinear", align_corners=True
-            )
         return crms
+
+    def _tta_maps(self, x: torch.Tensor) -> torch.Tensor:
+        reference = None
+        branches = []
+        for scale in sorted(TTA_SCALES, key=lambda s: s != 1.0):  # scale 1 first: it sets the size
+            scaled = x if scale == 1.0 else F.interpolate(
+                x, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+            for flip in (False, True):
+                maps = self._maps(torch.flip(scaled, [-1]) if flip else scaled)
+                if flip:
+                    maps = torch.flip(maps, [-1])
+                if reference is None:
+                    reference = tuple(maps.shape[-2:])
+                elif tuple(maps.shape[-2:]) != reference:
+                    maps = F.interpolate(maps, size=reference, mode="bilinear", align_corners=False)
+                branches.append(maps)
+        return torch.stack(branches).mean(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Peak-stimulated class scores ``(B, C)``."""
@@ -104,6 +194,8 @@ class PeakResponseMapping(nn.Module):
         classes: Optional[list[int]] = None,
         peaks: Optional[torch.Tensor] = None,
         progress: Optional[Callable[[int, int], None]] = None,
+        mode: str = "exact",
+        fast_stride: int = 8,
     ) -> PeakResponseResult:
         """Peaks and their peak response maps for one image.
 
@@ -127,6 +219,18 @@ class PeakResponseMapping(nn.Module):
             CRM shape ``(C, h, w)`` and returns the locations.
         progress : callable or None
             Called as ``progress(done, total)`` after each batch of peaks.
+        mode : {'exact', 'fast'}
+            'exact' back-propagates every peak to the input image (the paper's
+            PRMs). 'fast' stops at the feature layer of output stride
+            ``fast_stride`` (see :meth:`feature_layer`) and upsamples: the
+            positive part of the channel sum of the excitation signal there,
+            resized bilinearly to the input size and renormalised to sum 1.
+            It skips the costly high-resolution layers, so each peak is
+            cheaper, but the maps are coarser (docs/benchmarks.md measures how
+            faithful they are). When no layer reaches that stride the fast
+            mode gives the exact maps.
+        fast_stride : int
+            Output stride of the fast mode's feature layer (e.g. 4 or 8).
 
         Returns
         -------
@@ -137,32 +241,21 @@ class PeakResponseMapping(nn.Module):
         class_threshold = check.finite_float("class_threshold", class_threshold)
         peak_threshold = check.finite_float("peak_threshold", peak_threshold, optional=True)
         peak_batch_size = check.positive_int("peak_batch_size", peak_batch_size, optional=True)
-        was_training = self.training
-        grad_flags = [p.requires_grad for p in self.parameters()]
-        self.eval()
-        # Weight gradients are never needed here; skipping them halves the backward cost.
-        for p in self.parameters():
-            p.requires_grad_(False)
-        try:
-            with torch.enable_grad(), excitation_backprop(self):
-                x = x.detach().requires_grad_(True)
-                crms = self.class_response_maps(x)
-                crm_values = crms.detach()
-                peak_map = find_peaks(crm_values, self.win_size, self.peak_filter)
-                scores = (crm_values * peak_map).flatten(2).sum(2) / peak_map.flatten(2).sum(2).clamp(min=1)
-                scores = scores[0]
-                if peaks is None:
-                    peak_list = self._select_peaks(peak_map[0], crm_values[0], scores, class_threshold, peak_threshold, classes)
-                else:
-                    if callable(peaks):
-                        peaks = peaks(tuple(crm_values.shape[1:]))
-                    peak_list = self._check_peaks(peaks, crm_values.shape[1:]).to(crm_values.device)
-                values = crm_values[0][peak_list[:, 0], peak_list[:, 1], peak_list[:, 2]]
-                prms = self._backprop_peaks(x, crms, peak_list, peak_batch_size, progress)
-        finally:
-            for p, flag in zip(self.parameters(), grad_flags):
-                p.requires_grad_(flag)
-            self.train(was_training)
+        if mode not in PRM_MODES:
+            raise ValueError(f"mode must be one of {PRM_MODES}; got {mode!r}")
+        forward = self.forward_pass(x, mode=mode, fast_stride=fast_stride)
+        crm_values = forward.crm_values
+        peak_map = find_peaks(crm_values, self.win_size, self.peak_filter)
+        scores = (crm_values * peak_map).flatten(2).sum(2) / peak_map.flatten(2).sum(2).clamp(min=1)
+        scores = scores[0]
+        if peaks is None:
+            peak_list = self._select_peaks(peak_map[0], crm_values[0], scores, class_threshold, peak_threshold, classes)
+        else:
+            if callable(peaks):
+                peaks = peaks(tuple(crm_values.shape[1:]))
+            peak_list = self._check_peaks(peaks, crm_values.shape[1:]).to(crm_values.device)
+        values = crm_values[0][peak_list[:, 0], peak_list[:, 1], peak_list[:, 2]]
+        prms = forward.backprop(peak_list, batch_size=peak_batch_size, progress=progress)
         return PeakResponseResult(
             scores=scores.float().cpu(),
             crms=crm_values[0].float().cpu(),
@@ -170,6 +263,56 @@ class PeakResponseMapping(nn.Module):
             peak_values=values.float().cpu(),
             prms=prms.cpu(),
         )
+
+    def forward_pass(self, x: torch.Tensor, *, sub_pixel_locating_factor: Optional[int] = None,
+                     tta: bool = False, mode: str = "exact", fast_stride: int = 8) -> ForwardPass:
+        """Run the network on one image and keep its graph for peak backpropagation.
+
+        The forward pass runs with the excitation rule at every convolution, the
+        network in eval mode and its weights excluded from the graph; each
+        submodule's own mode and each weight's ``requires_grad`` are restored
+        before returning (the graph keeps what it needs).
+
+        Parameters
+        ----------
+        x : (1, 3, H, W) float tensor
+            The normalised network input.
+        sub_pixel_locating_factor, tta
+            See :meth:`class_response_maps`.
+        mode, fast_stride
+            See :meth:`peak_response_maps`; the fast mode cannot be combined with ``tta``.
+
+        Returns
+        -------
+        ForwardPass
+            Its :meth:`ForwardPass.backprop` gives the PRMs of any CRM locations.
+        """
+        if x.dim() != 4 or x.shape[0] != 1:
+            raise ValueError(f"forward_pass takes one image (1, 3, H, W); got shape {tuple(x.shape)}")
+        if mode not in PRM_MODES:
+            raise ValueError(f"mode must be one of {PRM_MODES}; got {mode!r}")
+        if mode == "fast" and tta:
+            raise ValueError("the fast mode cannot be combined with tta: it stops inside one branch")
+        # Each submodule's own mode is restored afterwards, not the wrapper's flag for all.
+        modes = [(module, module.training) for module in self.modules()]
+        grad_flags = [p.requires_grad for p in self.parameters()]
+        self.eval()
+        # Weight gradients are never needed here; skipping them halves the backward cost.
+        for p in self.parameters():
+            p.requires_grad_(False)
+        try:
+            layer = self.feature_layer(x, fast_stride) if mode == "fast" else None
+            with torch.enable_grad(), excitation_backprop(self), _capture_input(layer) as captured:
+                x = x.detach().requires_grad_(True)
+                crms = self.class_response_maps(x, sub_pixel_locating_factor=sub_pixel_locating_factor, tta=tta)
+                fold_batch_norms(crms)
+        finally:
+            for p, flag in zip(self.parameters(), grad_flags):
+                p.requires_grad_(flag)
+            for module, training in modes:
+                module.training = training
+        target = captured[0] if captured else x
+        return ForwardPass(self, x, crms, target)
 
     @staticmethod
     def _select_peaks(peak_map, crms, scores, class_threshold, peak_threshold, classes) -> torch.Tensor:
@@ -185,19 +328,92 @@ class PeakResponseMapping(nn.Module):
 
     @staticmethod
     def _check_peaks(peaks, crm_shape) -> torch.Tensor:
+        # Compared where the peaks are (any device); the caller moves them to the CRMs' device.
         peaks = torch.as_tensor(peaks, dtype=torch.long).reshape(-1, 3)
-        limits = torch.tensor(crm_shape)
+        limits = torch.tensor(tuple(crm_shape), dtype=torch.long, device=peaks.device)
         if ((peaks < 0) | (peaks >= limits)).any():
             raise ValueError(f"peak locations must lie within the CRM shape {tuple(crm_shape)}; got {peaks.tolist()}")
         return peaks
 
-    def _backprop_peaks(self, x, crms, peak_list, peak_batch_size, progress) -> torch.Tensor:
-        total = peak_list.shape[0]
+    def feature_layer(self, x: torch.Tensor, stride: int) -> Optional[tuple[nn.Module, int]]:
+        """Where the fast mode stops: the module whose input it back-propagates to.
+
+        A probe forward pass (no gradients; cached per input size) records the
+        output stride of every submodule of ``fcn``, rounded from the input and
+        output sizes. The fast mode's layer is the input of the last-starting
+        module call that takes the signal from a stride of at most ``stride`` to
+        a larger one: for EfficientNet-Lite0 at stride 8 the depthwise
+        convolution of the first stride-16 block, for ResNet-50 the shortcut
+        convolution of ``layer3`` (whose input is ``layer2``'s output), for VGG-16
+        the fourth max-pool.
+
+        Parameters
+        ----------
+        x : (1, 3, H, W) tensor
+            An input of the size that will be used.
+        stride : int
+            The requested output stride (>= 1).
+
+        Returns
+        -------
+        (module, call) or None
+            The module and which of its calls in one forward pass (0 for the
+            first), or None when no module goes past ``stride`` (then the fast
+            mode back-propagates to the input).
+        """
+        if int(stride) < 1:
+            raise ValueError(f"fast_stride must be >= 1; got {stride}")
         height, width = x.shape[-2:]
-        prms = torch.zeros((total, height, width), dtype=torch.float32, device=x.device)
+        cache = self.__dict__.setdefault("_feature_layers", {})
+        key = (id(self.fcn), int(height), int(width), int(stride))
+        if key in cache:
+            return cache[key]
+
+        def stride_of(tensor) -> Optional[int]:
+            if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4 or 0 in tensor.shape[-2:]:
+                return None
+            return max(round(height / tensor.shape[-2]), round(width / tensor.shape[-1]))
+
+        calls: list[list] = []  # [module, call number, input stride, output stride]
+        stack: list[list] = []
+        counts: dict[int, int] = {}
+
+        def before(module, args):
+            number = counts.get(id(module), 0)
+            counts[id(module)] = number + 1
+            call = [module, number, stride_of(args[0]) if args else None, None]
+            calls.append(call)
+            stack.append(call)
+
+        def after(module, args, output):
+            stack.pop()[3] = stride_of(output)
+
+        handles = []
+        for module in self.fcn.modules():
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after))
+        try:
+            with torch.no_grad():
+                self.fcn(x[:1])
+        finally:
+            for handle in handles:
+                handle.remove()
+        crossing = [
+            (module, number) for module, number, s_in, s_out in calls
+            if s_in is not None and s_out is not None and s_in <= stride < s_out
+        ]
+        layer = crossing[-1] if crossing else None
+        cache[key] = layer
+        return layer
+
+    def _backprop_peaks(self, target, crms, peak_list, peak_batch_size, progress, size) -> torch.Tensor:
+        """PRMs at ``size`` from the gradient reaching ``target`` (the input, or a feature layer)."""
+        total = peak_list.shape[0]
+        height, width = size
+        prms = torch.zeros((total, height, width), dtype=torch.float32, device=target.device)
         if total == 0:
             return prms
-        batch = peak_batch_size or _default_peak_batch_size(x.device)
+        batch = peak_batch_size or _default_peak_batch_size(target.device)
         peak_list = peak_list.to(crms.device)
         done = 0
         for start in range(0, total, batch):
@@ -205,14 +421,38 @@ class PeakResponseMapping(nn.Module):
             seeds = torch.zeros((len(chunk),) + tuple(crms.shape), dtype=crms.dtype, device=crms.device)
             seeds[torch.arange(len(chunk)), 0, chunk[:, 0], chunk[:, 1], chunk[:, 2]] = 1
             if len(chunk) == 1:
-                (grad,) = torch.autograd.grad(crms, x, seeds[0], retain_graph=True)
+                (grad,) = torch.autograd.grad(crms, target, seeds[0], retain_graph=True)
                 grad = grad[None]
             else:
-                (grad,) = torch.autograd.grad(crms, x, seeds, retain_graph=True, is_grads_batched=True)
+                (grad,) = torch.autograd.grad(crms, target, seeds, retain_graph=True, is_grads_batched=True)
             maps = grad[:, 0].sum(1).clamp(min=0).float()
+            if maps.shape[-2:] != (height, width):
+                maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
             sums = maps.flatten(1).sum(1)
             prms[start : start + len(chunk)] = maps / torch.where(sums > 0, sums, 1)[:, None, None]
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
         return prms
+
+
+@contextmanager
+def _capture_input(layer: Optional[tuple[nn.Module, int]]) -> Iterator[list]:
+    """Collect the input of ``layer`` = (module, call number) during the block's forward pass."""
+    captured: list = []
+    if layer is None:
+        yield captured
+        return
+    module, wanted = layer
+    calls = [0]
+
+    def hook(_, args):
+        if calls[0] == wanted:
+            captured.append(args[0])
+        calls[0] += 1
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()

@@ -2,17 +2,13 @@
 
 A proposal source is any function ``image -> (N, H, W) bool`` ranked best first.
 
-==================================  ====================================================
-module                              holds
-==================================  ====================================================
-``napari_prm.proposals.generate``   `default_proposals`: training-free, hierarchical
-                                    grouping of superpixels
-``napari_prm.proposals.guided``     `prm_guided_proposals`: shaped by the PRMs
-``napari_prm.proposals.files``      `load_proposals`: the original release's JSON, COCO,
-                                    mask stacks and label images
-``napari_prm.proposals.stacks``     `proposals_from_labels`, `proposals_from_masks`,
-                                    `combine_proposals`
-==================================  ====================================================
+- ``napari_prm.proposals.generate``: `default_proposals`, training-free hierarchical
+  grouping of superpixels;
+- ``napari_prm.proposals.guided``: `prm_guided_proposals`, shaped by the PRMs;
+- ``napari_prm.proposals.files``: `load_proposals`, the original release's JSON, COCO,
+  mask stacks and label images;
+- ``napari_prm.proposals.stacks``: `proposals_from_labels`, `proposals_from_masks`,
+  `combine_proposals`.
 
 `make_proposals` turns any of these descriptions into a stack.
 """

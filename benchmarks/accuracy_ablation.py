@@ -1,0 +1,223 @@
+"""The accuracy ablation of docs/accuracy.md: the original preset, each change added one at a time, the default.
+
+Runs one model over the coco128 val images that show at least one of its
+classes, with the built-in proposals (computed once per image and cached in
+``--cache``, so every row retrieves from the same proposals), and for each row
+of settings reports mAP^r at IoU .25/.5/.75 (pycocotools' COCOeval, ``segm``),
+ABO, class-level pointing (the paper's protocol: a present class's CRM maximum
+within 15 px of one of its instances), peak precision (peaks on an instance of
+their class), PRM quality, peaks per image, seconds per image, and where the
+ground-truth instances (non-crowd, at least 32² px) get lost: the share with a
+peak of their class inside, with a proposal among the first 100 at IoU ≥ .5, and
+retrieved (an instance of their class at IoU ≥ .5 whose peak lies inside them).
+
+Rows that share the forward pass (sub-pixel factor, TTA) share one
+:class:`napari_prm.PRMPredictor` per image, so PRMs are back-propagated once.
+Seconds per image count, for each row, the forward pass, the backward pass of
+each of the row's peaks (at that image's measured cost per peak), the proposals
+and the row's retrieval.
+
+Examples
+--------
+::
+
+    python benchmarks/accuracy_ablation.py --model imagenet-voc --out bench_out/ablation_voc
+    python benchmarks/accuracy_ablation.py --model bench_out/recipe_voc/model.pt --out bench_out/ablation_recipe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+import napari_prm
+from napari_prm.data import from_coco
+from napari_prm.evaluate import InstanceMatcher, best_overlaps, class_pointing, instance_funnel, peak_hits, prm_quality
+from napari_prm.proposals import default_proposals
+
+ROOT = Path(__file__).resolve().parents[1]
+VAL = ROOT.parent / "shared" / "data" / "coco128" / "annotations" / "instances_val2017.json"
+
+#: (name, what the row adds, settings). The first rows add one change each; "default" is the default preset.
+ORIGINAL_CALIBRATED = {"preset": "original", "class_threshold": None, "peak_threshold": None}
+ROWS = [
+    ("original", "original preset as released (class 0, peak 30 on the official CRM scale)",
+     {"preset": "original"}),
+    ("+calibrated", "+ the model's calibrated class and peak thresholds", ORIGINAL_CALIBRATED),
+    ("+one-peak-per-location", "+ one peak per location across classes (1.5 CRM cells)",
+     {**ORIGINAL_CALIBRATED, "suppression_radius": 1.5}),
+    ("+image-resolution", "+ masks at the image's resolution",
+     {**ORIGINAL_CALIBRATED, "suppression_radius": 1.5, "output_grid": "image"}),
+    ("+range-background", "+ background: below 30 % of the CRM's range (not 95 % of its mean)",
+     {**ORIGINAL_CALIBRATED, "suppression_radius": 1.5, "output_grid": "image", "background": "range",
+      "bg_threshold": 0.3}),
+    ("default", "+ parts inside a larger instance of their class merged = the default preset",
+     {"preset": "default"}),
+    ("default+rank-gain", "default, instances ranked by PRM gain", {"preset": "default", "rank_by": "gain"}),
+    ("default+contain-peak", "default, the mask must contain its peak", {"preset": "default", "contain": "peak"}),
+    ("default+contain-mass", "default, the mask must contain the PRM's strongest pixel",
+     {"preset": "default", "contain": "mass"}),
+    ("default+class-nms", "default, NMS within each class", {"preset": "default", "nms": "class"}),
+    ("default+image-grid", "default, retrieval scored at the image's resolution",
+     {"preset": "default", "retrieval_grid": "image"}),
+    ("default+mean-background", "default, the original background (95 % of the mean)",
+     {"preset": "default", "background": "byte", "bg_threshold": 0.95}),
+    ("default+relative-0.5", "default, peaks of at least half their class's strongest",
+     {"preset": "default", "relative_threshold": 0.5}),
+    ("default+factor-1", "default, sub-pixel factor 1 (the package's old inference)",
+     {"preset": "default", "sub_pixel_locating_factor": 1}),
+    ("default+tta", "default, test-time augmentation (flip × scales .75/1/1.25; its own calibration)",
+     {"preset": "default", "tta": True}),
+]
+
+FORWARD_KEYS = ("sub_pixel_locating_factor", "tta", "prm_mode")
+
+
+def cached_proposals(cache: Path, stem: str, image: np.ndarray) -> tuple[np.ndarray, float]:
+    path = cache / f"{stem}_proposals.npz"
+    if path.is_file():
+        data = np.load(path)
+        count, height, width = data["shape"]
+        stack = np.unpackbits(data["packed"], axis=1, count=height * width).reshape(count, height, width)
+        return stack.astype(bool), float(data["seconds"])
+    started = time.perf_counter()
+    stack = default_proposals(image)
+    seconds = time.perf_counter() - started
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, packed=np.packbits(stack.reshape(len(stack), -1), axis=1),
+                        shape=np.array(stack.shape), seconds=seconds)
+    return stack, seconds
+
+
+def forward_key(preset: str, settings: dict) -> tuple:
+    base = napari_prm.preset_settings(preset)
+    return tuple(settings.get(k, getattr(base, k)) for k in FORWARD_KEYS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="imagenet-voc", help="built-in name or checkpoint")
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.json and results.md")
+    parser.add_argument("--cache", type=Path, default=None, help="proposal cache (default: <out>/../proposal_cache)")
+    parser.add_argument("--rows", nargs="*", default=None, help="row names to run (default: all)")
+    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args()
+    if not VAL.is_file():
+        raise SystemExit(f"coco128 not found: {VAL}")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cache = args.cache or args.out.parent / "proposal_cache"
+    rows = [row for row in ROWS if args.rows is None or row[0] in args.rows]
+    model = napari_prm.load_model(args.model)
+    dataset = from_coco(VAL, require_positives=False).with_classes(model.class_names)
+    indices = [i for i in range(len(dataset)) if dataset.labels[i].any()]
+    if args.max_images:
+        indices = indices[: args.max_images]
+    print(f"{args.model}: {len(indices)} val images with a class of the model; rows: {[r[0] for r in rows]}",
+          flush=True)
+    stats = {name: defaultdict(list) for name, _, _ in rows}
+    matchers = {name: InstanceMatcher(len(model.class_names)) for name, _, _ in rows}
+    funnels = {name: defaultdict(int) for name, _, _ in rows}
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    for done, index in enumerate(indices):
+        image = dataset.read_image(index)
+        truth = dataset.instances(index)
+        proposals, proposal_seconds = cached_proposals(cache, dataset.image_paths[index].stem, image)
+        groups = defaultdict(list)
+        for row in rows:
+            preset = row[2].get("preset", "default")
+            settings = {k: v for k, v in row[2].items() if k != "preset"}
+            groups[forward_key(preset, settings)].append((row[0], preset, settings))
+        for key, members in groups.items():
+            fixed = dict(zip(FORWARD_KEYS, key))
+            predictor = napari_prm.PRMPredictor(model, preset=members[0][1], proposals=proposals, **fixed)
+            predictor.set_image(image)
+            forward_seconds = predictor.timings["forward"]
+            for name, preset, settings in members:
+                overrides = {k: v for k, v in napari_prm.preset_settings(preset, **settings).__dict__.items()
+                             if k != "preset" and k not in FORWARD_KEYS}
+                before = predictor.timings.get("backprop", 0.0)
+                cached_before = predictor.cached_peak_count
+                prediction = predictor.predict(**overrides)
+                new_peaks = predictor.cached_peak_count - cached_before
+                per_peak = ((predictor.timings.get("backprop", 0.0) - before) / new_peaks if new_peaks
+                            else stats[name]["_per_peak"][-1] if stats[name]["_per_peak"] else 0.0)
+                stats[name]["_per_peak"].append(per_peak)
+                retrieval_seconds = predictor.timings.get("retrieval", 0.0) if len(prediction.peaks) else 0.0
+                seconds = forward_seconds + per_peak * len(prediction.peaks) + proposal_seconds + retrieval_seconds
+                record = stats[name]
+                record["seconds"].append(seconds)
+                record["peaks"].append(len(prediction.peaks))
+                record["peak_hits"].append(peak_hits(prediction.peaks, prediction.peak_classes, truth.masks,
+                                                     truth.class_indices))
+                record["quality"].append(prm_quality(prediction.prms, prediction.peak_classes, truth.masks,
+                                                     truth.class_indices))
+                record["pointing"].append(class_pointing(prediction.crms, truth.masks, truth.class_indices,
+                                                         sub_pixel_locating_factor=prediction.sub_pixel_locating_factor))
+                shape = truth.masks.shape[1:]
+                masks = np.array([i.mask for i in prediction.instances], bool).reshape((-1,) + shape)
+                matchers[name].add(truth.masks, truth.class_indices, masks,
+                                   [i.class_index for i in prediction.instances],
+                                   [i.score for i in prediction.instances], gt_iscrowd=truth.iscrowd)
+                record["abo"].append(best_overlaps(truth.masks[~truth.iscrowd], masks))
+                counts = instance_funnel(prediction.peaks, prediction.peak_classes, prediction.instances,
+                                         proposals[: predictor.settings.proposal_count], truth.masks,
+                                         truth.class_indices, truth.iscrowd)
+                for k, v in counts.items():
+                    funnels[name][k] += v
+        print(f"  {done + 1}/{len(indices)} images, {time.perf_counter() - started:.0f} s", flush=True)
+    load_end = os.getloadavg()
+
+    def mean(arrays, as_float=True):
+        values = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays]) if arrays else []
+        values = np.asarray(values)[~np.isnan(values)] if len(values) else np.asarray(values)
+        return float(values.mean()) if len(values) else float("nan")
+
+    results = []
+    for name, description, settings in rows:
+        record = stats[name]
+        maps, _ = matchers[name].evaluate((0.25, 0.5, 0.75))
+        funnel = funnels[name]
+        total = max(funnel["instances"], 1)
+        results.append({
+            "row": name, "description": description, "settings": settings,
+            "mAP_r": [float(v) for v in maps], "ABO": mean(record["abo"]),
+            "class_pointing": mean(record["pointing"]), "peak_precision": mean(record["peak_hits"]),
+            "prm_quality": mean(record["quality"]), "peaks_per_image": float(np.mean(record["peaks"])),
+            "seconds_per_image": float(np.mean(record["seconds"])),
+            "funnel": {k: funnel[k] for k in ("instances", "with_peak", "with_proposal", "retrieved")},
+            "funnel_share": [funnel["with_peak"] / total, funnel["with_proposal"] / total, funnel["retrieved"] / total],
+        })
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"model": args.model, "images": len(indices), "split": "coco128 val (images showing a class of the model)",
+            "load_average_start_end": [load_start, load_end], "torch_threads": torch.get_num_threads(),
+            "seconds": time.perf_counter() - started}
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
+    lines = [f"Model `{args.model}`, {len(indices)} coco128 val images; load average {load_start[0]:.1f} → "
+             f"{load_end[0]:.1f}, {torch.get_num_threads()} torch threads.", "",
+             "| row | mAP^r .25 / .5 / .75 | ABO | class pointing | peak precision | PRM quality | peaks / image "
+             "| s / image | GT with a peak / a proposal / retrieved |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        m = " / ".join(f"{100 * v:.1f}" for v in r["mAP_r"])
+        f = " / ".join(f"{100 * v:.0f} %" for v in r["funnel_share"])
+        lines.append(f"| {r['description']} | {m} | {100 * r['ABO']:.1f} | {100 * r['class_pointing']:.1f} | "
+                     f"{100 * r['peak_precision']:.1f} | {100 * r['prm_quality']:.1f} | {r['peaks_per_image']:.1f} | "
+                     f"{r['seconds_per_image']:.2f} | {f} (of {r['funnel']['instances']}) |")
+    text = "\n".join(lines) + "\n"
+    (args.out / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

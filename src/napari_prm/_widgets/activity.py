@@ -1,0 +1,64 @@
+"""Progress of long runs in napari's activity dock, with napari's own cancel button."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from napari.utils.progress import cancelable_progress
+
+
+class _CancelButtonProgress(cancelable_progress):
+    """A ``cancelable_progress`` whose cancel button calls ``cancel_callback`` at once.
+
+    napari calls the callback only when the bar wraps an iterable; these bars are updated
+    by hand from a worker's reports, so the button has to reach the worker itself.
+    """
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self.cancel_callback is not None:
+            self.cancel_callback()
+
+
+class ActivityProgress:
+    """One run's progress bar in the activity dock (create and update it on the Qt thread).
+
+    napari's bar widget processes Qt events while it redraws, so the slot that calls
+    `update` may be entered again, or see the run finish, before `update` returns; an
+    update after `close` does nothing.
+
+    Parameters
+    ----------
+    description : str
+        What runs, e.g. ``"Peak Response Maps: cat"``; the stage is appended to it.
+    on_cancel : callable, optional
+        Called when the bar's cancel button is pressed.
+    """
+
+    def __init__(self, description: str, on_cancel: Callable[[], None] | None = None):
+        self.description = description
+        self.bar = _CancelButtonProgress(total=0, desc=description, cancel_callback=on_cancel)
+        self._closed = False
+
+    def update(self, stage: str, done: float, total: float) -> None:
+        """Show ``done`` of ``total`` steps of ``stage`` (the bar's range follows ``total``)."""
+        if self._closed:
+            return
+        text = f"{self.description}: {stage}" if stage else self.description
+        if self.bar.desc != text:
+            self.bar.set_description(text)
+        total = max(int(round(total)), 1)
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = min(int(round(done)), total)
+        self.bar.update(0)  # napari's bar redraws on update events
+
+    @property
+    def canceled(self) -> bool:
+        return self.bar.is_canceled
+
+    def close(self) -> None:
+        """Take the bar out of the activity dock (again: nothing happens)."""
+        if not self._closed:
+            self._closed = True
+            self.bar.close()

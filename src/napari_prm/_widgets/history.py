@@ -1,0 +1,119 @@
+"""Undo and redo of the plugin's edits through the Labels layer's own history.
+
+napari's Labels layer keeps an undo history of pixel changes (``data_setitem``, painting,
+filling) and undoes them with Ctrl+Z; it knows nothing of the layer's ``features``, where
+the plugin keeps each instance's class and score. So every plugin edit is written as one
+history item (``Labels.block_history``), and `InstanceHistory` remembers which items are the
+plugin's and the instance table before and after each. After an undo or redo, the table
+that goes with the pixels is found from the items napari has applied: the table after the
+newest plugin item still applied, else the table before the next one to redo; painting by
+hand in between is then brought in by :func:`napari_prm.edit.sync_table`.
+
+An edit that changes no pixel (setting a class) still needs a history item of its own, so
+that Ctrl+Z undoes it: one pixel is set to another value and back within the item, which
+leaves the pixels as they were.
+
+napari has no public way to read the history (``Labels._undo_history`` and
+``Labels._redo_history``, deques of items that are lists of atoms); `history_stacks` is the
+one place that reads them, and ``tests/test_widget_undo.py`` checks that napari still
+behaves as relied on here. Without them, tables follow the pixels only (as for painting).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+
+
+def history_stacks(layer) -> tuple[list, list] | None:
+    """The undo and redo items of a Labels layer (oldest first), or None if unreadable."""
+    undo, redo = getattr(layer, "_undo_history", None), getattr(layer, "_redo_history", None)
+    if undo is None or redo is None:
+        return None
+    return list(undo), list(redo)
+
+
+class InstanceHistory:
+    """The instance tables that go with the plugin's items in a Labels layer's history."""
+
+    def __init__(self):
+        self._records: dict[int, tuple] = {}  # id(atom) -> (atoms, table before, table after)
+
+    def clear(self) -> None:
+        self._records.clear()
+
+    @contextmanager
+    def edit(self, layer, before: dict, after_table):
+        """Group the pixel changes made inside into one history item of ``layer`` and tie
+        ``before`` and the table returned by ``after_table()`` to it.
+
+        If nothing inside changed a pixel, a change that leaves the pixels as they were is
+        made, so that the edit still is one step of Ctrl+Z.
+        """
+        stacks = history_stacks(layer)
+        count = len(stacks[0]) if stacks else 0
+        top = stacks[0][-1] if stacks and stacks[0] else None
+        with layer.block_history():
+            yield
+        if stacks is None:
+            return
+        item = _newest_item(layer, count, top)
+        if item is None:
+            with layer.block_history():
+                _touch(layer)
+            item = _newest_item(layer, count, top)
+        if item:
+            record = (tuple(item), before, after_table())
+            for atom in item:
+                self._records[id(atom)] = record
+        self._forget_dropped(layer)
+
+    def table_for(self, layer) -> dict | None:
+        """The table of the plugin's last applied edit, or None when there is none to go by."""
+        stacks = history_stacks(layer)
+        if stacks is None:
+            return None
+        undo, redo = stacks
+        for item in reversed(undo):
+            record = self._record_of(item)
+            if record is not None:
+                return record[2]
+        for item in reversed(redo):  # the next item to redo is the last one
+            record = self._record_of(item)
+            if record is not None:
+                return record[1]
+        return None
+
+    def _record_of(self, item):
+        for atom in item:
+            record = self._records.get(id(atom))
+            if record is not None and any(a is atom for a in record[0]):
+                return record
+        return None
+
+    def _forget_dropped(self, layer) -> None:
+        """Drop records of items napari no longer holds (a full history drops its oldest)."""
+        stacks = history_stacks(layer)
+        if stacks is None:
+            return
+        alive = {id(atom) for items in stacks for item in items for atom in item}
+        self._records = {key: record for key, record in self._records.items() if key in alive}
+
+
+def _newest_item(layer, count: int, top):
+    """The history item added since the undo stack had ``count`` items and ``top`` on top."""
+    undo = history_stacks(layer)[0]
+    if not undo or (len(undo) == count and undo[-1] is top):
+        return None
+    return undo[-1]
+
+
+def _touch(layer) -> None:
+    """Set one pixel to another value and back: a history item that changes nothing."""
+    data = layer.data
+    index = tuple(np.zeros(data.ndim, np.intp)[:, None])
+    value = data[index][0]
+    other = 1 if value == 0 else 0
+    layer.data_setitem(index, other, refresh=False)
+    layer.data_setitem(index, value, refresh=False)

@@ -1,0 +1,372 @@
+"""Which class peaks become instances: thresholds, suppression across classes, a cap, calibration.
+
+Peak stimulation (:func:`napari_prm.model.find_peaks`) finds every local maximum
+of every class response map. Most of them are noise: classes absent from the
+image, weak side maxima, and the maxima of near-synonym classes stacked on one
+object. :func:`select_peaks` keeps the ones worth a peak response map;
+:func:`calibrate_thresholds` chooses its two thresholds from images that carry
+only image-level labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .model.peak_stimulation import PeakFilter, find_peaks
+
+#: Default most peaks per image (each costs one backward pass and one instance).
+MAX_PEAKS = 50
+#: How many suppressed classes are remembered per kept peak.
+RUNNERS_UP = 3
+
+
+@dataclass
+class PeakSelection:
+    """The peaks kept in one image, strongest first.
+
+    Attributes
+    ----------
+    peaks : (K, 3) int64 ndarray
+        ``(class, y, x)`` in CRM pixels (of the upsampled CRMs).
+    values : (K,) float32 ndarray
+        CRM value at each peak.
+    runner_up_classes : (K, 3) int64 ndarray
+        Classes whose peaks this peak suppressed (the strongest first), -1 where none.
+    runner_up_values : (K, 3) float32 ndarray
+        Their peak values, NaN where none.
+    found : int
+        Peaks that passed the thresholds, before the cap.
+    capped : bool
+        Whether ``max_peaks`` dropped some of them.
+    """
+
+    peaks: np.ndarray
+    values: np.ndarray
+    runner_up_classes: np.ndarray = field(default_factory=lambda: np.full((0, RUNNERS_UP), -1, np.int64))
+    runner_up_values: np.ndarray = field(default_factory=lambda: np.full((0, RUNNERS_UP), np.nan, np.float32))
+    found: int = 0
+    capped: bool = False
+
+    def __len__(self) -> int:
+        return len(self.peaks)
+
+
+def class_scores(crms: np.ndarray | torch.Tensor, *, win_size: int = 3,
+                 peak_filter: PeakFilter = "median") -> np.ndarray:
+    """Peak-stimulated class scores of one image: the mean value of each map's peaks.
+
+    Parameters
+    ----------
+    crms : (C, h, w) float array
+    win_size, peak_filter
+        See :func:`napari_prm.model.find_peaks`.
+
+    Returns
+    -------
+    scores : (C,) float32 ndarray
+    """
+    crms = torch.as_tensor(np.asarray(crms, dtype=np.float32))
+    peak_map = find_peaks(crms[None], win_size, peak_filter)[0]
+    counts = peak_map.flatten(1).sum(1).clamp(min=1)
+    return ((crms * peak_map).flatten(1).sum(1) / counts).numpy().astype(np.float32)
+
+
+def peak_candidates(crms: np.ndarray | torch.Tensor, *, win_size: int = 3,
+                    peak_filter: PeakFilter = "median") -> tuple[np.ndarray, np.ndarray]:
+    """Every peak of every class response map, before any selection.
+
+    Parameters
+    ----------
+    crms : (C, h, w) float array
+    win_size, peak_filter
+        See :func:`napari_prm.model.find_peaks`.
+
+    Returns
+    -------
+    peaks : (K, 3) int64 ndarray
+        ``(class, y, x)`` in row-major order.
+    values : (K,) float32 ndarray
+    """
+    crms = np.asarray(crms.detach().cpu() if isinstance(crms, torch.Tensor) else crms, dtype=np.float32)
+    tensor = torch.as_tensor(crms)
+    peak_map = find_peaks(tensor[None], win_size, peak_filter)[0]
+    peaks = torch.nonzero(peak_map).numpy().astype(np.int64)
+    values = crms[peaks[:, 0], peaks[:, 1], peaks[:, 2]].astype(np.float32)
+    return peaks, values
+
+
+def _suppress_across_classes(peaks: np.ndarray, values: np.ndarray, radius: float):
+    """Greedy, strongest first: a kept peak removes peaks of other classes within ``radius``."""
+    count = len(peaks)
+    kept = np.ones(count, bool)
+    runner_classes = np.full((count, RUNNERS_UP), -1, np.int64)
+    runner_values = np.full((count, RUNNERS_UP), np.nan, np.float32)
+    for a in range(count):
+        if not kept[a]:
+            continue
+        rest = np.arange(a + 1, count)
+        rest = rest[kept[rest]]
+        distance = np.hypot(peaks[rest, 1] - peaks[a, 1], peaks[rest, 2] - peaks[a, 2])
+        gone = rest[(distance <= radius) & (peaks[rest, 0] != peaks[a, 0])]
+        kept[gone] = False
+        # One entry per suppressed class, its strongest peak (rest is sorted strongest first).
+        seen: list[int] = []
+        for index in gone:
+            cls = int(peaks[index, 0])
+            if cls not in seen and len(seen) < RUNNERS_UP:
+                runner_classes[a, len(seen)] = cls
+                runner_values[a, len(seen)] = values[index]
+                seen.append(cls)
+    return kept, runner_classes, runner_values
+
+
+def select_peaks(
+    crms: np.ndarray | torch.Tensor,
+    *,
+    scores: np.ndarray | None = None,
+    class_threshold: float | None = None,
+    peak_threshold: float | None = None,
+    relative_threshold: float | None = None,
+    suppression_radius: float | None = None,
+    max_peaks: int | None = MAX_PEAKS,
+    classes: Sequence[int] | None = None,
+    win_size: int = 3,
+    peak_filter: PeakFilter = "median",
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
+) -> PeakSelection:
+    """Choose the class peaks of one image.
+
+    Parameters
+    ----------
+    crms : (C, h, w) float array
+        Class response maps (upsampled when sub-pixel locating is used).
+    scores : (C,) float array, optional
+        Class scores (default: :func:`class_scores` of ``crms``).
+    class_threshold : float, optional
+        Keep peaks of classes whose score is at least this (None: all classes).
+    peak_threshold : float, optional
+        Keep peaks whose value is above this (None: all peaks).
+    relative_threshold : float, optional
+        Keep peaks whose value is at least this fraction of the strongest peak of
+        their class in the image (None: no such rule).
+    suppression_radius : float, optional
+        Keep one peak per location: a peak removes the weaker peaks of other
+        classes within this distance, in CRM pixels (None: no suppression).
+        The removed classes are remembered as its runners-up.
+    max_peaks : int or None
+        Keep at most this many peaks, the strongest (None: no cap; each peak
+        costs one backward pass and the memory of one image-sized map).
+    classes : sequence of int, optional
+        Keep only peaks of these classes.
+    win_size, peak_filter
+        Peak stimulation's window and per-map filter
+        (:func:`napari_prm.model.find_peaks`).
+    candidates : (peaks, values), optional
+        :func:`peak_candidates` of ``crms``, when already computed (e.g. to try
+        many thresholds on one image).
+
+    Returns
+    -------
+    PeakSelection
+        Strongest first; ties keep row-major order.
+    """
+    crms = np.asarray(crms.detach().cpu() if isinstance(crms, torch.Tensor) else crms, dtype=np.float32)
+    if crms.ndim != 3:
+        raise ValueError(f"crms: expected a (C, h, w) array, got shape {crms.shape}")
+    if scores is None:
+        scores = class_scores(crms, win_size=win_size, peak_filter=peak_filter)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if len(scores) != len(crms):
+        raise ValueError(f"scores: expected {len(crms)} class scores, got {len(scores)}")
+    if candidates is None:
+        candidates = peak_candidates(crms, win_size=win_size, peak_filter=peak_filter)
+    peaks, values = candidates
+    keep = np.ones(len(peaks), bool)
+    if class_threshold is not None:
+        keep &= scores[peaks[:, 0]] >= class_threshold
+    if peak_threshold is not None:
+        keep &= values > peak_threshold
+    if classes is not None:
+        wanted = np.zeros(len(crms), bool)
+        wanted[np.asarray(list(classes), dtype=np.int64)] = True
+        keep &= wanted[peaks[:, 0]]
+    if relative_threshold is not None and keep.any():
+        strongest = np.full(len(crms), -np.inf, np.float32)
+        np.maximum.at(strongest, peaks[keep, 0], values[keep])
+        keep &= values >= relative_threshold * strongest[peaks[:, 0]]
+    peaks, values = peaks[keep], values[keep]
+    order = np.argsort(-values, kind="stable")
+    peaks, values = peaks[order], values[order]
+    runner_classes = np.full((len(peaks), RUNNERS_UP), -1, np.int64)
+    runner_values = np.full((len(peaks), RUNNERS_UP), np.nan, np.float32)
+    if suppression_radius is not None and len(peaks):
+        kept, runner_classes, runner_values = _suppress_across_classes(peaks, values, float(suppression_radius))
+        peaks, values = peaks[kept], values[kept]
+        runner_classes, runner_values = runner_classes[kept], runner_values[kept]
+    found = len(peaks)
+    limit = found if max_peaks is None else int(max_peaks)
+    return PeakSelection(peaks[:limit], values[:limit], runner_classes[:limit], runner_values[:limit],
+                         found=found, capped=found > limit)
+
+
+@dataclass
+class Calibration:
+    """Thresholds chosen by :func:`calibrate_thresholds`, with how they scored.
+
+    Attributes
+    ----------
+    class_threshold, peak_threshold : float
+    precision : float
+        Share of the kept peaks whose class the image shows.
+    recall : float
+        Share of (image, present class) pairs with at least one kept peak.
+    f_score : float
+    peaks_per_image : float
+    images : int
+    """
+
+    class_threshold: float
+    peak_threshold: float
+    precision: float
+    recall: float
+    f_score: float
+    peaks_per_image: float
+    images: int
+
+    def as_settings(self) -> dict:
+        """The thresholds as model settings (``model.settings``; under ``"tta_calibration"`` for TTA)."""
+        return {"class_threshold": float(self.class_threshold), "peak_threshold": float(self.peak_threshold),
+                "calibration": {"precision": self.precision, "recall": self.recall, "f_score": self.f_score,
+                                "peaks_per_image": self.peaks_per_image, "images": self.images}}
+
+
+def calibrate_thresholds(
+    crms: Sequence[np.ndarray],
+    labels: np.ndarray,
+    *,
+    relative_threshold: float | None = None,
+    suppression_radius: float | None = None,
+    beta: float = 1.0,
+    grid: int = 60,
+    win_size: int = 3,
+    peak_filter: PeakFilter = "median",
+) -> Calibration:
+    """Choose the class and peak thresholds from image-level labels only.
+
+    A kept peak of a class the image does not show is a false positive; an
+    (image, class) pair the image shows is found when at least one peak of that
+    class is kept. The pair of thresholds maximising the F-score of those two
+    rates (precision of peaks, recall of present classes) is returned.
+
+    Parameters
+    ----------
+    crms : sequence of (C, h, w) float arrays
+        Class response maps of held-out images, as :func:`select_peaks` gets them.
+    labels : (N, C) array
+        1 where image n shows class c (multi-hot image-level labels).
+    relative_threshold, suppression_radius, win_size, peak_filter
+        The other selection rules, applied as at prediction time (see :func:`select_peaks`).
+    beta : float
+        Weight of recall in the F-score (1: F1).
+    grid : int
+        Candidate thresholds per axis: quantiles of the observed class scores
+        and peak values.
+
+    Returns
+    -------
+    Calibration
+    """
+    labels = np.asarray(labels, dtype=bool)
+    if labels.ndim != 2 or labels.shape[0] != len(crms):
+        raise ValueError(f"labels: expected ({len(crms)}, C) image-level labels, got shape {labels.shape}")
+    if not len(crms):
+        raise ValueError("calibration needs at least one image")
+    if not labels.any():
+        raise ValueError("calibration needs at least one image that shows a class")
+    per_image = []
+    for crm, present in zip(crms, labels, strict=True):
+        crm = np.asarray(crm, dtype=np.float32)
+        if crm.shape[0] != labels.shape[1]:
+            raise ValueError(f"crms have {crm.shape[0]} classes but labels have {labels.shape[1]}")
+        scores = class_scores(crm, win_size=win_size, peak_filter=peak_filter)
+        selection = select_peaks(crm, scores=scores, relative_threshold=relative_threshold,
+                                 suppression_radius=suppression_radius, max_peaks=None,
+                                 win_size=win_size, peak_filter=peak_filter)
+        classes = selection.peaks[:, 0]
+        per_image.append((classes, selection.values, scores[classes], present[classes]))
+    all_scores = np.concatenate([s for _, _, s, _ in per_image])
+    all_values = np.concatenate([v for _, v, _, _ in per_image])
+    if not len(all_values):
+        raise ValueError("no peaks in the calibration images")
+    quantiles = np.linspace(0.0, 1.0, int(grid), endpoint=False)
+    class_grid = np.unique(np.quantile(all_scores, quantiles))
+    peak_grid = np.unique(np.quantile(all_values, quantiles)) - 1e-6
+    positives = int(labels.sum())
+    best: Calibration | None = None
+    for class_threshold in class_grid:
+        for peak_threshold in peak_grid:
+            kept = found = pairs = 0
+            for classes, values, scores, correct in per_image:
+                keep = (scores >= class_threshold) & (values > peak_threshold)
+                kept += int(keep.sum())
+                found += int(correct[keep].sum())
+                pairs += len(np.unique(classes[keep & correct]))
+            precision = found / kept if kept else 0.0
+            recall = pairs / positives
+            denominator = beta**2 * precision + recall
+            f_score = (1 + beta**2) * precision * recall / denominator if denominator > 0 else 0.0
+            if best is None or f_score > best.f_score:
+                best = Calibration(float(class_threshold), float(peak_threshold), precision, recall, f_score,
+                                   kept / len(crms), len(crms))
+    return best
+
+
+def calibrate_model(model, dataset, *, beta: float = 1.0, progress=None, cancel=None, **settings) -> Calibration:
+    """Calibrate a model's class and peak thresholds on a dataset with image-level labels.
+
+    The class response maps come from :class:`napari_prm.PRMPredictor` with the
+    default preset (or ``settings``), so the thresholds fit how they will be used.
+
+    Parameters
+    ----------
+    model : PRMModel
+    dataset : LabeledImageDataset
+        Images the model was not trained on, labelled with the model's classes
+        (it is relabelled to them).
+    beta : float
+        See :func:`calibrate_thresholds`.
+    progress : callable, optional
+        ``progress(done, total)`` after each image.
+    cancel : callable, optional
+        Checked after each image; when it returns True, ``RuntimeError`` is raised.
+    **settings
+        Fields of :class:`napari_prm.PredictSettings`.
+
+    Returns
+    -------
+    Calibration
+        ``model`` is not changed: ``model.settings.update(calibration.as_settings())``
+        stores the thresholds.
+    """
+    from .predictor import PRMPredictor
+
+    dataset = dataset.with_classes(model.class_names)
+    predictor = PRMPredictor(model, proposals=None, **settings)
+    maps = []
+    for index in range(len(dataset)):
+        maps.append(predictor.class_response_maps(dataset.read_image(index)))
+        if progress is not None:
+            progress(index + 1, len(dataset))
+        if cancel is not None and cancel():
+            raise RuntimeError("calibration cancelled")
+    factor = predictor.settings.sub_pixel_locating_factor
+    radius = predictor.settings.suppression_radius
+    network = model.network
+    return calibrate_thresholds(
+        maps, dataset.labels, beta=beta, relative_threshold=predictor.settings.relative_threshold,
+        suppression_radius=None if radius is None else radius * factor,
+        win_size=network.win_size, peak_filter=network.peak_filter)

@@ -1,0 +1,762 @@
+"""`PRMPredictor`: compute an image's forward pass once, then peaks, PRMs and instances cheaply.
+
+In the manner of segment-anything's ``SamPredictor``: :meth:`PRMPredictor.set_image`
+runs the network once and keeps what peak backpropagation needs (the autograd
+graph with the excitation rule's cached normalisers, and the class response
+maps); the segment proposals are computed once per image when first needed; the
+peak response map of every peak is cached. :meth:`PRMPredictor.predict` with
+other thresholds, other classes or extra points (a user's click) reuses all of
+it, so only new peaks cost a backward pass.
+
+:func:`napari_prm.predict` is the one-shot form of the same steps.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import _validate as check
+from .io.images import as_rgb_float
+from .model.checkpoint import PRMModel, load_model, resolve_device
+from .model.transforms import to_network_input
+from .peaks import MAX_PEAKS, PeakSelection, class_scores, peak_candidates, select_peaks
+from .retrieval import Instance
+
+ProgressCallback = Callable[[str, int, int], None]
+
+#: The most peaks one prediction may keep: each peak's PRM is an image-sized float32 map
+#: (1000 peaks of a 1024×1024 image hold 4 GiB), and each costs one backward pass.
+MAX_PEAKS_LIMIT = 1000
+
+#: Names `PRMPredictor` and `predict` accept for ``preset``.
+PRESETS = ("default", "original")
+
+
+class Cancelled(RuntimeError):
+    """Raised when a ``cancel`` check turns true."""
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """Every choice between an image and its instances.
+
+    Build one with :func:`preset_settings` and change fields with
+    :func:`dataclasses.replace` (or pass them as keywords to :func:`napari_prm.predict`).
+
+    Attributes
+    ----------
+    preset : {'default', 'original'}
+        Where the other values came from.
+    sub_pixel_locating_factor : int
+        CRMs are upsampled bilinearly by this factor before peaks are found (the
+        original trains and infers at 8).
+    class_threshold : float or None
+        Keep peaks of classes whose score is at least this. None: the model's
+        calibrated value (``model.settings["class_threshold"]``, or
+        ``model.settings["tta_calibration"]["class_threshold"]`` with ``tta``), else 0.
+    peak_threshold : float or None
+        Keep peaks whose CRM value is above this. None: the model's calibrated
+        value (``model.settings["peak_threshold"]``), else no threshold.
+    relative_threshold : float or None
+        Keep peaks of at least this fraction of their class's strongest peak.
+    suppression_radius : float or None
+        One peak per location: a peak removes weaker peaks of other classes
+        within this many CRM cells of the network (before sub-pixel upsampling).
+    max_peaks : int
+        Most peaks per image, the strongest (each costs a backward pass and an
+        image-sized map): 50 by default, at most :data:`MAX_PEAKS_LIMIT`. When it
+        drops peaks, ``Prediction.notes`` says how many passed the thresholds.
+    tta : bool
+        Average the CRMs over a horizontal flip and input scales 0.75, 1 and 1.25;
+        the PRMs back-propagate through all of them.
+    prm_mode : {'exact', 'fast'}
+        'fast' back-propagates to the stride-8 features and upsamples (see
+        :meth:`napari_prm.model.PeakResponseMapping.peak_response_maps`).
+    retrieval_grid : {'network', 'image'}
+        Where proposals are scored: on the network's input grid (PRMs as
+        computed, proposals resized by nearest neighbour, as the original) or at
+        the image's size (PRMs resized bilinearly).
+    output_grid : {'network', 'image'}
+        Masks as scored ('network', resized back to the image by nearest
+        neighbour, as the original) or the chosen proposals at the image's size.
+    background : {'byte', 'float', 'range'}
+        How the background map Q is made from a CRM: below ``bg_threshold``
+        times its mean after byte-scaling and resizing (the original's
+        ``scipy.misc.imresize``), the same on floats, or below ``bg_threshold``
+        of its byte-scaled range (objects that fill the image are not half
+        background). See :func:`napari_prm.retrieval.retrieve_instances`.
+    merge_contained : float or None
+        Merge an instance lying at least this much inside a higher-ranked one of
+        its class (parts of one object found from secondary peaks).
+    contain : {None, 'peak', 'mass'}
+        Only proposals containing the peak ('peak') or the PRM's strongest pixel
+        ('mass') may be chosen.
+    nms : {'agnostic', 'class'}
+        Mask NMS across all classes (the original) or within each class.
+    rank_by : {'score', 'gain'}
+        What orders the instances and is their score: the retrieval score (the
+        original) or the PRM's mass in the mask beyond a uniform map's
+        (:func:`napari_prm.retrieval.retrieve_instances`).
+    bg_threshold : float
+        The background rule's level: a fraction of the CRM's range with
+        ``background='range'`` (0.3 in the default preset), a factor of its mean
+        otherwise (0.95, the original's).
+    proposal_count, contour_width, size_limits, nms_threshold, penalty, balance
+        Retrieval parameters (:func:`napari_prm.retrieval.retrieve_instances`).
+    """
+
+    preset: str = "default"
+    sub_pixel_locating_factor: int = 8
+    class_threshold: float | None = None
+    peak_threshold: float | None = None
+    relative_threshold: float | None = None
+    suppression_radius: float | None = 1.5
+    max_peaks: int = MAX_PEAKS
+    tta: bool = False
+    prm_mode: str = "exact"
+    retrieval_grid: str = "network"
+    output_grid: str = "image"
+    background: str = "range"
+    contain: str | None = None
+    nms: str = "agnostic"
+    rank_by: str = "score"
+    merge_contained: float | None = 0.8
+    proposal_count: int = 100
+    contour_width: int = 5
+    size_limits: tuple[float, float] = (2e-5, 0.85)
+    nms_threshold: float | None = 0.3
+    bg_threshold: float = 0.3
+    penalty: float = 1e-5
+    balance: float = 0.8
+
+
+#: The official inference (Zhou et al.'s demo): thresholds 0 / 30 on its CRMs' scale.
+ORIGINAL = PredictSettings(
+    preset="original", sub_pixel_locating_factor=8, class_threshold=0.0, peak_threshold=30.0,
+    relative_threshold=None, suppression_radius=None, max_peaks=MAX_PEAKS, tta=False,
+    retrieval_grid="network", output_grid="network", background="byte", bg_threshold=0.95, contain=None,
+    nms="agnostic", rank_by="score", merge_contained=None)
+
+DEFAULT = PredictSettings()
+
+SETTING_NAMES = tuple(f.name for f in fields(PredictSettings) if f.name != "preset")
+
+
+def preset_settings(preset: str = "default", **overrides: Any) -> PredictSettings:
+    """The settings of a preset, with some fields replaced.
+
+    Parameters
+    ----------
+    preset : {'default', 'original'}
+        'original' reproduces the official release's inference: sub-pixel factor
+        8, class threshold 0 and peak threshold 30 (on its ResNet-50's CRM scale;
+        pass thresholds for another model's scale), retrieval on the 448-pixel
+        network grid with proposals resized by nearest neighbour, a byte-scaled
+        background map, class-agnostic NMS, and no instance for a PRM without
+        mass. 'default' adds the model's calibrated thresholds, suppression of
+        peaks across classes and masks at the image's resolution (see
+        docs/accuracy.md for what each change measured).
+    **overrides
+        Fields of :class:`PredictSettings`, as given (None included: ``max_peaks=None``
+        removes the cap; ``class_threshold=None`` means the model's calibrated value).
+
+    Returns
+    -------
+    PredictSettings
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {PRESETS}, got {preset!r}")
+    base = ORIGINAL if preset == "original" else DEFAULT
+    unknown = sorted(set(overrides) - set(SETTING_NAMES))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; known: {list(SETTING_NAMES)}")
+    return _checked(replace(base, **overrides))
+
+
+def _checked(settings: PredictSettings) -> PredictSettings:
+    s = settings
+    check.integer("sub_pixel_locating_factor", s.sub_pixel_locating_factor, low=1)
+    check.finite_float("class_threshold", s.class_threshold, optional=True)
+    check.finite_float("peak_threshold", s.peak_threshold, optional=True)
+    check.finite_float("relative_threshold", s.relative_threshold, low=0, high=1, optional=True)
+    check.finite_float("suppression_radius", s.suppression_radius, low=0, optional=True)
+    check.finite_float("merge_contained", s.merge_contained, low=0, high=1, low_open=True, optional=True)
+    check.finite_float("bg_threshold", s.bg_threshold, low=0)
+    check.integer("max_peaks", s.max_peaks, low=1, high=MAX_PEAKS_LIMIT)
+    check.positive_int("proposal_count", s.proposal_count)
+    for name, allowed in (("prm_mode", ("exact", "fast")), ("retrieval_grid", ("network", "image")),
+                          ("output_grid", ("network", "image")), ("background", ("byte", "float", "range")),
+                          ("contain", (None, "peak", "mass")), ("nms", ("agnostic", "class")),
+                          ("rank_by", ("score", "gain"))):
+        if getattr(s, name) not in allowed:
+            raise ValueError(f"{name}: expected one of {allowed}, got {getattr(s, name)!r}")
+    if s.tta and s.prm_mode == "fast":
+        raise ValueError("tta and prm_mode='fast' cannot be combined: the fast mode stops inside one branch")
+    return s
+
+
+def resolve_thresholds(settings: PredictSettings, model_settings: Mapping[str, Any]) -> tuple[float, float | None]:
+    """The class and peak thresholds ``settings`` select peaks with, for a model.
+
+    Parameters
+    ----------
+    settings : PredictSettings
+    model_settings : mapping
+        A model's ``settings`` (its calibrated ``class_threshold`` and ``peak_threshold``, if any;
+        with ``settings.tta``, those of its ``tta_calibration``).
+
+    Returns
+    -------
+    class_threshold : float
+        The setting, else the model's calibrated value, else 0.
+    peak_threshold : float or None
+        The setting, else the model's calibrated value, else None (no peak threshold).
+    """
+    if settings.tta and isinstance(model_settings.get("tta_calibration"), Mapping):
+        # TTA averages six maps: its peaks are lower, and calibrated on their own.
+        model_settings = model_settings["tta_calibration"]
+    class_threshold, peak_threshold = settings.class_threshold, settings.peak_threshold
+    if class_threshold is None:
+        class_threshold = float(model_settings.get("class_threshold", 0.0))
+    if peak_threshold is None and model_settings.get("peak_threshold") is not None:
+        peak_threshold = float(model_settings["peak_threshold"])
+    return class_threshold, peak_threshold
+
+
+@dataclass
+class Prediction:
+    """PRM results for one image, in the image's pixel frame.
+
+    Attributes
+    ----------
+    class_names : list of str
+    scores : (C,) float32 ndarray
+        Peak-stimulated class scores.
+    crms : (C, h, w) float32 ndarray
+        Class response maps, in CRM pixels (upsampled by the sub-pixel factor).
+    peaks : (K, 2) float64 ndarray
+        Peak ``(y, x)`` in image pixels.
+    peak_classes : (K,) int64 ndarray
+    peak_values : (K,) float32 ndarray
+    prms : (K, H, W) float32 ndarray
+        Peak response maps at the image's size, each summing to 1 (0 everywhere
+        when no signal reached the image).
+    instances : list of Instance
+        Retrieved instances (empty when no proposals were used).
+    peaks_crm : (K, 3) int64 ndarray
+        ``(class, y, x)`` of each peak in CRM pixels.
+    runner_up_classes : (K, 3) int64 ndarray
+        Classes whose peaks at the same place this peak suppressed, -1 where none.
+    runner_up_values : (K, 3) float32 ndarray
+        Their peak values (NaN where none).
+    sub_pixel_locating_factor : int
+    settings : PredictSettings or None
+        What produced it.
+    notes : list of str
+        What the user should know (for example that the peak cap bit).
+    """
+
+    class_names: list[str]
+    scores: np.ndarray
+    crms: np.ndarray
+    peaks: np.ndarray
+    peak_classes: np.ndarray
+    peak_values: np.ndarray
+    prms: np.ndarray
+    instances: list[Instance] = field(default_factory=list)
+    peaks_crm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    runner_up_classes: np.ndarray | None = None
+    runner_up_values: np.ndarray | None = None
+    sub_pixel_locating_factor: int = 1
+    settings: PredictSettings | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        count = len(self.peak_classes)
+        if self.runner_up_classes is None:
+            self.runner_up_classes = np.full((count, 3), -1, np.int64)
+        if self.runner_up_values is None:
+            self.runner_up_values = np.full((count, 3), np.nan, np.float32)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return tuple(self.prms.shape[-2:])
+
+    def to_labels(self):
+        """The instances as ``(labels, table)``; see :func:`napari_prm.retrieval.instances_to_labels`."""
+        from .retrieval import instances_to_labels
+
+        return instances_to_labels(self.instances, self.image_shape, class_names=self.class_names)
+
+
+def crm_to_image(yx: np.ndarray, crm_shape: Sequence[int], image_shape: Sequence[int], factor: int = 1) -> np.ndarray:
+    """Map ``(y, x)`` CRM pixels (possibly upsampled by ``factor``, align_corners) to image pixels."""
+    yx = np.asarray(yx, dtype=np.float64).reshape(-1, 2)
+    out = np.empty_like(yx)
+    for axis in range(2):
+        upsampled, full = crm_shape[axis], image_shape[axis]
+        base = upsampled // factor
+        coord = yx[:, axis] * (base - 1) / max(upsampled - 1, 1) if factor > 1 else yx[:, axis]
+        out[:, axis] = (coord + 0.5) * full / base - 0.5
+    return out
+
+
+def image_to_crm(yx: np.ndarray, crm_shape: Sequence[int], image_shape: Sequence[int], factor: int = 1) -> np.ndarray:
+    """Nearest CRM pixel (int64) of image ``(y, x)`` points: the inverse of :func:`crm_to_image`."""
+    yx = np.asarray(yx, dtype=np.float64).reshape(-1, 2)
+    out = np.empty(yx.shape, dtype=np.int64)
+    for axis in range(2):
+        upsampled, full = crm_shape[axis], image_shape[axis]
+        base = upsampled // factor
+        coord = (yx[:, axis] + 0.5) * base / full - 0.5
+        if factor > 1:
+            coord = coord * max(upsampled - 1, 1) / max(base - 1, 1)
+        out[:, axis] = np.clip(np.rint(coord), 0, upsampled - 1)
+    return out
+
+
+def resize_prms(prms: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (K, h, w) PRMs to ``shape``, clipped at 0 and renormalised to sum 1."""
+    prms = torch.as_tensor(prms, dtype=torch.float32)
+    if prms.shape[0] == 0:
+        return np.zeros((0,) + tuple(shape), dtype=np.float32)
+    if tuple(prms.shape[-2:]) != tuple(shape):
+        prms = F.interpolate(prms[:, None], size=tuple(shape), mode="bilinear", align_corners=False)[:, 0].clamp(min=0)
+    sums = prms.flatten(1).sum(1)
+    prms = prms / torch.where(sums > 0, sums, torch.ones_like(sums))[:, None, None]
+    return prms.numpy().astype(np.float32, copy=False)
+
+
+def class_indices(classes, class_names: Sequence[str]) -> list[int] | None:
+    """Class names or indices → indices into ``class_names`` (None stays None)."""
+    if classes is None:
+        return None
+    indices = []
+    for item in classes:
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            if not 0 <= int(item) < len(class_names):
+                raise ValueError(f"class index {item} is out of range for a model with {len(class_names)} classes")
+            indices.append(int(item))
+        elif item in class_names:
+            indices.append(list(class_names).index(item))
+        else:
+            raise ValueError(f"unknown class {item!r}; the model knows {len(class_names)} classes, "
+                             f"e.g. {list(class_names)[:5]}")
+    return indices
+
+
+class PRMPredictor:
+    """Peaks, peak response maps and instances of one image at a time, computed once.
+
+    Parameters
+    ----------
+    model : PRMModel or str
+        A loaded model, a built-in name (``"imagenet"``, ``"imagenet-voc"``,
+        ``"imagenet-coco"``) or a checkpoint path.
+    preset : {'default', 'original'}
+        See :func:`preset_settings`.
+    proposals : str, path, ndarray, callable or None
+        Segment proposals for instance retrieval (see
+        :func:`napari_prm.proposals.make_proposals`); None gives peaks and PRMs only.
+        Sources that need no PRMs are computed once per image.
+    device : str or torch.device, optional
+        Where to run (None: the model's device).
+    peak_batch_size : int, optional
+        Peaks back-propagated at once (None: 1 on the CPU, 16 on a GPU).
+    **settings
+        Fields of :class:`PredictSettings` that differ from the preset.
+
+    Examples
+    --------
+    >>> predictor = PRMPredictor("imagenet-voc")                 # doctest: +SKIP
+    >>> predictor.set_image(image)                               # doctest: +SKIP
+    >>> prediction = predictor.predict()                         # doctest: +SKIP
+    >>> prediction = predictor.predict(class_threshold=2.0)      # no new forward pass
+    >>> prediction = predictor.predict(points=([[120, 80]], ["cat"]))  # a click: one backward pass
+    """
+
+    def __init__(self, model: PRMModel | str, *, preset: str = "default", proposals: Any = "default",
+                 device: str | torch.device | None = None, peak_batch_size: int | None = None,
+                 **settings: Any):
+        if not isinstance(model, PRMModel):
+            model = load_model(model, device=device)
+        elif device is not None and resolve_device(device) != model.device:
+            model.to(device)
+        self.model = model
+        self.settings = preset_settings(preset, **settings)
+        self.proposal_source = proposals
+        self.peak_batch_size = check.positive_int("peak_batch_size", peak_batch_size, optional=True)
+        self._lock = threading.RLock()
+        self.reset_image()
+
+    # ------------------------------------------------------------------ image state
+
+    def reset_image(self) -> None:
+        """Forget the current image (its graph, maps, PRMs and proposals)."""
+        self._image = None
+        self._forward = None
+        self._prm_cache: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._proposals: np.ndarray | None = None
+        self._crms = None
+        self._scores = None
+        self._candidates: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._prepared_source = self._prepared_key = self._prepared_masks = None
+        self.timings: dict[str, float] = {}
+
+    def set_proposals(self, proposals: Any) -> None:
+        """Use another proposal source from now on (see the ``proposals`` parameter).
+
+        The current image's proposals are computed again when next needed, unless
+        ``proposals`` is the source already in use (the same object, or an equal name
+        or path); the forward pass and the cached PRMs are kept.
+        """
+        with self._lock:
+            current = self.proposal_source
+            same_name = (isinstance(proposals, (str, os.PathLike)) and type(proposals) is type(current)
+                         and proposals == current)
+            if proposals is current or same_name:
+                return
+            self.proposal_source = proposals
+            self._proposals = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._forward is not None
+
+    @property
+    def cached_peak_count(self) -> int:
+        """How many peaks of the current image have their PRM cached."""
+        return len(self._prm_cache)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        self._require_image()
+        return self._image_shape
+
+    @property
+    def crms(self) -> np.ndarray:
+        """(C, h, w) class response maps of the current image (upsampled by the sub-pixel factor)."""
+        self._require_image()
+        return self._crms
+
+    @property
+    def scores(self) -> np.ndarray:
+        """(C,) peak-stimulated class scores of the current image."""
+        self._require_image()
+        return self._scores
+
+    def _require_image(self) -> None:
+        if self._forward is None:
+            raise RuntimeError("no image is set: call set_image(image) first")
+
+    def set_image(self, image: np.ndarray, *, progress: ProgressCallback | None = None,
+                  cancel: Callable[[], bool] | None = None) -> None:
+        """Run the forward pass on ``image`` and keep what peak backpropagation needs.
+
+        Parameters
+        ----------
+        image : (H, W), (H, W, 3) or (H, W, 4) ndarray
+            One plane as napari holds it (see :func:`napari_prm.io.as_rgb_float`).
+        progress, cancel : callable, optional
+            As in :meth:`predict`.
+        """
+        rgb = as_rgb_float(image)
+        with self._lock:
+            self.reset_image()
+            _check_cancel(cancel)
+            report = progress or (lambda stage, done, total: None)
+            report("forward", 0, 1)
+            started = time.perf_counter()
+            x = to_network_input(rgb, self.model.input_size, self.model.mean, self.model.std).to(self.model.device)
+            settings = self.settings
+            self._forward = self.model.network.forward_pass(
+                x, sub_pixel_locating_factor=settings.sub_pixel_locating_factor, tta=settings.tta,
+                mode=settings.prm_mode)
+            crms = self._forward.crm_values[0].float().cpu().numpy()
+            net = self.model.network
+            self._crms = crms
+            self._scores = class_scores(crms, win_size=net.win_size, peak_filter=net.peak_filter)
+            self._image = image
+            self._image_shape = tuple(rgb.shape[:2])
+            self.timings["forward"] = time.perf_counter() - started
+            report("forward", 1, 1)
+
+    def class_response_maps(self, image: np.ndarray) -> np.ndarray:
+        """(C, h, w) class response maps of ``image`` with this predictor's settings.
+
+        A plain forward pass without the graph peak backpropagation needs: cheaper
+        than :meth:`set_image` when only the maps are wanted (e.g. calibration).
+        The current image is left as it is.
+        """
+        rgb = as_rgb_float(image)
+        x = to_network_input(rgb, self.model.input_size, self.model.mean, self.model.std).to(self.model.device)
+        network = self.model.network
+        modes = [(module, module.training) for module in network.modules()]
+        network.eval()
+        try:
+            with torch.no_grad():
+                crms = network.class_response_maps(
+                    x, sub_pixel_locating_factor=self.settings.sub_pixel_locating_factor, tta=self.settings.tta)
+        finally:
+            for module, training in modes:
+                module.training = training
+        return crms[0].float().cpu().numpy()
+
+    # ------------------------------------------------------------------ pieces
+
+    def select_peaks(self, *, classes: Sequence[int | str] | None = None, **overrides: Any) -> PeakSelection:
+        """The peaks the settings keep in the current image (no backward pass).
+
+        Parameters
+        ----------
+        classes : sequence of int or str, optional
+            Keep only peaks of these classes.
+        **overrides
+            Fields of :class:`PredictSettings` (thresholds, suppression, cap).
+        """
+        self._require_image()
+        settings = self._settings_with(overrides)
+        class_threshold, peak_threshold = resolve_thresholds(settings, self.model.settings)
+        radius = settings.suppression_radius
+        if radius is not None:
+            radius = radius * settings.sub_pixel_locating_factor
+        net = self.model.network
+        # Finding every local maximum is most of the work and depends only on the window:
+        # re-thresholding the same image reuses it.
+        window = (net.win_size, net.peak_filter)
+        with self._lock:
+            if window not in self._candidates:
+                self._candidates[window] = peak_candidates(self._crms, win_size=net.win_size,
+                                                           peak_filter=net.peak_filter)
+            candidates = self._candidates[window]
+        return select_peaks(
+            self._crms, scores=self._scores, class_threshold=class_threshold, peak_threshold=peak_threshold,
+            relative_threshold=settings.relative_threshold, suppression_radius=radius,
+            max_peaks=settings.max_peaks, classes=class_indices(classes, self.model.class_names),
+            win_size=net.win_size, peak_filter=net.peak_filter, candidates=candidates)
+
+    def _settings_with(self, overrides: dict) -> PredictSettings:
+        unknown = sorted(set(overrides) - set(SETTING_NAMES))
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown}; known: {list(SETTING_NAMES)}")
+        fixed = ("sub_pixel_locating_factor", "tta", "prm_mode")
+        changed = [k for k in fixed if k in overrides and overrides[k] != getattr(self.settings, k)]
+        if changed:
+            raise ValueError(f"{changed} change the forward pass: create a new PRMPredictor (or set predictor.settings "
+                             "and call set_image again)")
+        return _checked(replace(self.settings, **overrides))
+
+    def peak_response_maps(self, peaks: np.ndarray, *, progress: Callable[[int, int], None] | None = None,
+                           cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+        """PRMs of ``(class, y, x)`` CRM locations at the network input's size, cached per location.
+
+        Parameters
+        ----------
+        peaks : (K, 3) int array
+        progress : callable, optional
+            ``progress(done, total)`` over the peaks not yet cached.
+        cancel : callable, optional
+            Checked after each backward pass.
+
+        Returns
+        -------
+        (K, h_in, w_in) float32 tensor on the CPU, each map summing to 1 (or all 0).
+        """
+        self._require_image()
+        peaks = np.asarray(peaks, dtype=np.int64).reshape(-1, 3)
+        keys = [tuple(int(v) for v in row) for row in peaks]
+        with self._lock:
+            missing = list(dict.fromkeys(k for k in keys if k not in self._prm_cache))
+            if missing:
+                started = time.perf_counter()
+                batch = self.peak_batch_size or (1 if self.model.device.type == "cpu" else 16)
+                for start in range(0, len(missing), batch):
+                    chunk = missing[start:start + batch]
+                    maps = self._forward.backprop(torch.tensor(chunk, dtype=torch.long), batch_size=batch).cpu()
+                    for key, prm in zip(chunk, maps):
+                        self._prm_cache[key] = prm
+                    if progress is not None:
+                        progress(min(start + batch, len(missing)), len(missing))
+                    _check_cancel(cancel)
+                self.timings["backprop"] = self.timings.get("backprop", 0.0) + time.perf_counter() - started
+            size = self._forward.input_size
+            if not keys:
+                return torch.zeros((0,) + tuple(size), dtype=torch.float32)
+            return torch.stack([self._prm_cache[k] for k in keys])
+
+    def proposals(self, prms: np.ndarray | None = None) -> np.ndarray | None:
+        """The segment proposals of the current image (computed once unless they depend on the PRMs)."""
+        self._require_image()
+        source = self.proposal_source
+        if source is None:
+            return None
+        from .proposals import make_proposals
+
+        depends_on_prms = isinstance(source, str) and "prm" in source.lower().split("+")
+        if depends_on_prms:
+            return make_proposals(source, self._image, prms=prms)
+        with self._lock:
+            if self._proposals is None:
+                started = time.perf_counter()
+                self._proposals = make_proposals(source, self._image)
+                self.timings["proposals"] = time.perf_counter() - started
+            return self._proposals
+
+    # ------------------------------------------------------------------ predict
+
+    def predict(
+        self,
+        *,
+        points: tuple[np.ndarray, Sequence[int | str]] | None = None,
+        classes: Sequence[int | str] | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: Callable[[], bool] | None = None,
+        **overrides: Any,
+    ) -> Prediction:
+        """Peaks, PRMs and instances of the current image.
+
+        Parameters
+        ----------
+        points : ((K, 2) float array, K classes), optional
+            Back-propagate from these image ``(y, x)`` locations of these classes
+            (indices or names) instead of the selected peaks, e.g. a user's
+            clicks; thresholds and ``classes`` do not apply to them.
+        classes : sequence of int or str, optional
+            Keep only peaks of these classes.
+        progress : callable, optional
+            ``progress(stage, done, total)`` with stage ``"backprop"``,
+            ``"proposals"`` or ``"retrieval"``.
+        cancel : callable, optional
+            Checked between steps and peaks; raises :class:`Cancelled`.
+        **overrides
+            Fields of :class:`PredictSettings` for this call (thresholds, retrieval);
+            those that change the forward pass need a new :meth:`set_image`.
+
+        Returns
+        -------
+        Prediction
+        """
+        self._require_image()
+        settings = self._settings_with(overrides)
+        report = progress or (lambda stage, done, total: None)
+        factor = settings.sub_pixel_locating_factor
+        crm_shape = self._crms.shape[1:]
+        notes: list[str] = []
+        if points is not None:
+            peaks_crm, runner_classes, runner_values, values = self._points_to_peaks(points, crm_shape, factor)
+        else:
+            selection = self.select_peaks(classes=classes, **overrides)
+            if selection.capped:
+                notes.append(f"{selection.found} peaks passed the thresholds; the {len(selection)} strongest were "
+                             f"kept (max_peaks={settings.max_peaks}). Raise the thresholds or max_peaks.")
+            peaks_crm, values = selection.peaks, selection.values
+            runner_classes, runner_values = selection.runner_up_classes, selection.runner_up_values
+        _check_cancel(cancel)
+        prms_net = self.peak_response_maps(
+            peaks_crm, progress=lambda done, total: report("backprop", done, total), cancel=cancel)
+        image_shape = self._image_shape
+        prediction = Prediction(
+            class_names=list(self.model.class_names),
+            scores=self._scores,
+            crms=self._crms,
+            peaks=crm_to_image(peaks_crm[:, 1:], crm_shape, image_shape, factor),
+            peak_classes=peaks_crm[:, 0].copy(),
+            peak_values=np.asarray(values, dtype=np.float32),
+            prms=resize_prms(prms_net, image_shape),
+            peaks_crm=peaks_crm,
+            runner_up_classes=runner_classes,
+            runner_up_values=runner_values,
+            sub_pixel_locating_factor=factor,
+            settings=settings,
+            notes=notes,
+        )
+        if self.proposal_source is not None and len(peaks_crm):
+            _check_cancel(cancel)
+            report("proposals", 0, 1)
+            masks = self.proposals(prediction.prms)
+            report("proposals", 1, 1)
+            _check_cancel(cancel)
+            report("retrieval", 0, 1)
+            started = time.perf_counter()
+            prediction.instances = self._retrieve(prediction, prms_net, masks, settings)
+            self.timings["retrieval"] = time.perf_counter() - started
+            report("retrieval", 1, 1)
+        return prediction
+
+    def _points_to_peaks(self, points, crm_shape, factor):
+        points_yx, point_classes = points
+        points_yx = check.finite_array("points", np.asarray(points_yx, dtype=np.float64))
+        if points_yx.size % 2:
+            raise ValueError(f"points: expected (K, 2) image (y, x) locations, got shape {points_yx.shape}")
+        points_yx = points_yx.reshape(-1, 2)
+        labels = class_indices(list(np.asarray(point_classes, dtype=object).reshape(-1)), self.model.class_names)
+        if len(labels) != len(points_yx):
+            raise ValueError(f"points: {len(points_yx)} locations but {len(labels)} classes")
+        yx = image_to_crm(points_yx, crm_shape, self._image_shape, factor)
+        peaks = np.column_stack([np.asarray(labels, dtype=np.int64), yx]).astype(np.int64).reshape(-1, 3)
+        values = self._crms[peaks[:, 0], peaks[:, 1], peaks[:, 2]] if len(peaks) else np.zeros(0, np.float32)
+        count = len(peaks)
+        return peaks, np.full((count, 3), -1, np.int64), np.full((count, 3), np.nan, np.float32), values
+
+    def _retrieve(self, prediction: Prediction, prms_net: torch.Tensor, masks: np.ndarray,
+                  settings: PredictSettings) -> list[Instance]:
+        from .masks import resize_nearest
+        from .retrieval import retrieve_instances
+
+        image_shape = self._image_shape
+        options = dict(contour_width=settings.contour_width, size_limits=settings.size_limits,
+                       proposal_count=settings.proposal_count, nms_threshold=settings.nms_threshold,
+                       bg_threshold=settings.bg_threshold, penalty=settings.penalty, balance=settings.balance,
+                       background=settings.background, contain=settings.contain,
+                       class_aware_nms=settings.nms == "class", rank_by=settings.rank_by,
+                       merge_contained=settings.merge_contained)
+        masks = masks[: settings.proposal_count]
+        if settings.retrieval_grid == "network":
+            grid = tuple(prms_net.shape[-2:])
+            grid_masks = self._prepared(masks, grid, settings.contour_width)
+            peaks_grid = crm_to_image(prediction.peaks_crm[:, 1:], self._crms.shape[1:], grid,
+                                      settings.sub_pixel_locating_factor)
+            instances = retrieve_instances(prms_net.numpy(), prediction.peak_classes, self._crms, grid_masks,
+                                           peaks_yx=peaks_grid, **options)
+            for instance in instances:
+                instance.prm = prediction.prms[instance.peak].copy()
+                if instance.merged_peaks:
+                    for other in instance.merged_peaks:
+                        instance.prm += prediction.prms[other]
+                if settings.output_grid == "image":
+                    instance.mask = masks[instance.proposal].copy()
+                else:
+                    instance.mask = resize_nearest(instance.mask[None], image_shape)[0]
+            return instances
+        return retrieve_instances(prediction.prms, prediction.peak_classes, self._crms,
+                                  self._prepared(masks, None, settings.contour_width),
+                                  peaks_yx=prediction.peaks, **options)
+
+    def _prepared(self, masks: np.ndarray, grid: tuple[int, int] | None, contour_width: int):
+        """``masks`` (resized to ``grid``) with their sparse masks and contours, kept per image."""
+        from .masks import resize_nearest
+        from .retrieval import prepare_proposals
+
+        source = masks.base if masks.base is not None else masks
+        key = (len(masks), grid, contour_width)
+        with self._lock:
+            # the source stack is held, so "is" cannot match a new stack at a recycled address
+            if self._prepared_source is not source or self._prepared_key != key:
+                stack = masks if grid is None else resize_nearest(masks, grid)
+                self._prepared_masks = prepare_proposals(stack, contour_width)
+                self._prepared_source, self._prepared_key = source, key
+            return self._prepared_masks
+
+
+def _check_cancel(cancel: Callable[[], bool] | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("prediction cancelled")

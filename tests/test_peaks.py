@@ -1,0 +1,107 @@
+"""Peak selection and threshold calibration on class response maps whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_prm.model.peak_stimulation import peak_stimulation
+from napari_prm.peaks import calibrate_thresholds, class_scores, peak_candidates, select_peaks
+
+
+def bumps(shape, spots):
+    """(C, h, w) maps of Gaussian bumps: spots = [(class, y, x, height), ...] on a flat 0 floor."""
+    classes = 1 + max(s[0] for s in spots)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    maps = np.zeros((classes,) + tuple(shape), np.float32)
+    for cls, y, x, height in spots:
+        maps[cls] += height * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 2.0**2))
+    return maps
+
+
+def test_class_scores_are_peak_stimulations_scores():
+    crms = np.random.default_rng(0).normal(size=(4, 20, 24)).astype(np.float32)
+    expected, _ = peak_stimulation(torch.from_numpy(crms)[None])
+    np.testing.assert_allclose(class_scores(crms), expected[0].numpy(), rtol=1e-6)
+
+
+def test_thresholds_keep_what_they_say():
+    crms = bumps((40, 40), [(0, 10, 10, 9.0), (0, 30, 30, 4.0), (1, 10, 30, 6.0)])
+    everything = select_peaks(crms, max_peaks=1000)
+    values = sorted(np.round(everything.values, 3).tolist(), reverse=True)
+    assert values[:3] == [9.0, 6.0, 4.0]
+    assert np.all(np.diff(everything.values) <= 0)  # strongest first
+    strong = select_peaks(crms, peak_threshold=5.0)
+    assert sorted(map(tuple, strong.peaks.tolist())) == [(0, 10, 10), (1, 10, 30)]
+    relative = select_peaks(crms, peak_threshold=0.5, relative_threshold=0.5)
+    # class 0 keeps its 9.0 peak only (4.0 < 0.5 * 9.0); class 1 keeps its 6.0 peak
+    assert sorted(map(tuple, relative.peaks.tolist())) == [(0, 10, 10), (1, 10, 30)]
+    only_one = select_peaks(crms, peak_threshold=0.5, classes=[1])
+    assert only_one.peaks.tolist() == [[1, 10, 30]]
+    scores = class_scores(crms)
+    by_class = select_peaks(crms, class_threshold=float(scores[1]) + 1e-3, peak_threshold=0.5)
+    assert set(by_class.peaks[:, 0].tolist()) == ({0} if scores[0] > scores[1] else set())
+
+
+def test_one_peak_per_location_keeps_the_strongest_class_and_remembers_the_others():
+    # three synonyms on one object (classes 0, 1, 2 within 2 pixels), and class 1 alone elsewhere
+    crms = bumps((40, 40), [(0, 20, 20, 5.0), (1, 21, 20, 7.0), (2, 20, 22, 6.0), (1, 5, 35, 3.0)])
+    kept = select_peaks(crms, peak_threshold=1.0, suppression_radius=4)
+    assert kept.peaks.tolist() == [[1, 21, 20], [1, 5, 35]]
+    assert kept.runner_up_classes[0].tolist() == [2, 0, -1]
+    np.testing.assert_allclose(kept.runner_up_values[0][:2], [6.0, 5.0], atol=1e-3)
+    assert np.isnan(kept.runner_up_values[0][2]) and kept.runner_up_classes[1].tolist() == [-1, -1, -1]
+    apart = select_peaks(crms, peak_threshold=1.0, suppression_radius=0.5)
+    assert len(apart) == 4  # no two peaks within half a pixel: nothing to merge
+
+
+def test_the_cap_keeps_the_strongest_and_says_how_many_there_were():
+    # 16 bumps on a large flat floor (the median filter keeps peaks above the map's median)
+    spots = [(0, 8 + 10 * (i // 4), 8 + 10 * (i % 4), 1.0 + i) for i in range(16)]
+    crms = bumps((96, 96), spots)
+    capped = select_peaks(crms, peak_threshold=0.5, max_peaks=5)
+    assert len(capped) == 5 and capped.found == 16 and capped.capped
+    np.testing.assert_allclose(capped.values, [16, 15, 14, 13, 12], atol=1e-3)
+    assert not select_peaks(crms, peak_threshold=0.5, max_peaks=16).capped
+
+
+def test_candidates_computed_once_give_the_same_selection():
+    crms = np.random.default_rng(1).normal(size=(3, 30, 30)).astype(np.float32)
+    candidates = peak_candidates(crms)
+    for threshold in (-1.0, 0.5, 1.5):
+        a = select_peaks(crms, peak_threshold=threshold, suppression_radius=3, max_peaks=1000)
+        b = select_peaks(crms, peak_threshold=threshold, suppression_radius=3, max_peaks=1000,
+                         candidates=candidates)
+        np.testing.assert_array_equal(a.peaks, b.peaks)
+
+
+def test_calibration_separates_present_from_absent_classes():
+    rng = np.random.default_rng(2)
+    maps, labels = [], []
+    for _ in range(12):
+        present = rng.random(3) < 0.5
+        spots = [(c, int(rng.integers(6, 34)), int(rng.integers(6, 34)), 8.0 + rng.random() if present[c]
+                  else 2.0 + rng.random()) for c in range(3)]
+        maps.append(bumps((40, 40), spots))
+        labels.append(present)
+    labels = np.array(labels)
+    calibration = calibrate_thresholds(maps, labels)
+    assert calibration.precision == 1.0 and calibration.recall == 1.0 and calibration.f_score == 1.0
+    # the chosen pair keeps exactly the strong peaks: one per present class
+    kept = sum(len(select_peaks(m, class_threshold=calibration.class_threshold,
+                                peak_threshold=calibration.peak_threshold)) for m in maps)
+    assert kept == labels.sum()
+    settings = calibration.as_settings()
+    assert settings["class_threshold"] == calibration.class_threshold
+    assert settings["calibration"]["images"] == 12
+
+
+def test_calibration_refuses_what_it_cannot_use():
+    crms = [np.zeros((2, 8, 8), np.float32)]
+    with pytest.raises(ValueError, match="labels: expected"):
+        calibrate_thresholds(crms, np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="at least one image that shows a class"):
+        calibrate_thresholds(crms, np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="crms have 2 classes but labels have 3"):
+        calibrate_thresholds(crms, np.ones((1, 3)))

@@ -1,0 +1,165 @@
+"""PRMPredictor: one forward pass per image, PRMs cached per peak, identical to the engine's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import napari_prm
+from napari_prm import PRMPredictor, build_model, preset_settings
+from napari_prm.model.prm import TTA_SCALES
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build_model("tiny", ["a", "b", "c"], pretrained=False, input_size=(64, 64))
+    with torch.no_grad():
+        model.network.fcn.classifier.weight.normal_(std=0.5)
+    return model.to("cpu")
+
+
+@pytest.fixture
+def image():
+    return np.random.default_rng(5).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+
+
+class Counter:
+    """Counts calls of a real module's forward (the module still computes)."""
+
+    def __init__(self, module):
+        self.calls = 0
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, *_):
+        self.calls += 1
+
+    def close(self):
+        self.handle.remove()
+
+
+def test_prms_equal_the_engines(tiny, image):
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(image)
+    prediction = predictor.predict(max_peaks=20)
+    assert len(prediction.peaks) > 3
+    x = tiny.preprocess(image)
+    network = tiny.network
+    network.sub_pixel_locating_factor, kept = 8, network.sub_pixel_locating_factor
+    try:
+        reference = network.peak_response_maps(x, peaks=torch.from_numpy(prediction.peaks_crm))
+    finally:
+        network.sub_pixel_locating_factor = kept
+    cached = predictor.peak_response_maps(prediction.peaks_crm)
+    torch.testing.assert_close(cached, reference.prms, rtol=0, atol=0)
+    np.testing.assert_allclose(predictor.crms, reference.crms.numpy(), rtol=0, atol=0)
+
+
+def test_one_forward_pass_for_thresholds_points_and_proposals(tiny, image):
+    proposal_calls = []
+
+    def proposals(img):
+        proposal_calls.append(1)
+        masks = np.zeros((3,) + img.shape[:2], bool)
+        masks[0, :35], masks[1, :, :45], masks[2, 20:50, 30:70] = True, True, True
+        return masks
+
+    forward = Counter(tiny.network.fcn)
+    try:
+        predictor = PRMPredictor(tiny, proposals=proposals, suppression_radius=None)
+        predictor.set_image(image)
+        assert forward.calls == 1
+        loose = predictor.predict(peak_threshold=-1e9, max_peaks=30)
+        strict = predictor.predict(peak_threshold=float(np.median(loose.peak_values)), max_peaks=30)
+        assert 0 < len(strict.peaks) < len(loose.peaks)
+        # the stricter selection is a subset: every PRM came from the cache
+        cached = predictor.cached_peak_count
+        assert cached == len(loose.peaks)
+        clicked = predictor.predict(points=(np.array([[10.0, 80.0]]), ["c"]))
+        assert predictor.cached_peak_count == cached + 1 and len(clicked.peaks) == 1
+        assert forward.calls == 1 and len(proposal_calls) == 1
+    finally:
+        forward.close()
+
+
+def test_settings_that_change_the_forward_pass_need_a_new_image(tiny, image):
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(image)
+    with pytest.raises(ValueError, match="change the forward pass"):
+        predictor.predict(tta=True)
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['peak_treshold'\]"):
+        predictor.predict(peak_treshold=1.0)
+    with pytest.raises(RuntimeError, match="no image is set"):
+        PRMPredictor(tiny, proposals=None).predict()
+
+
+def test_presets():
+    original = preset_settings("original")
+    assert (original.sub_pixel_locating_factor, original.class_threshold, original.peak_threshold) == (8, 0.0, 30.0)
+    assert original.retrieval_grid == original.output_grid == "network" and original.background == "byte"
+    assert original.suppression_radius is None
+    default = preset_settings()
+    assert default.class_threshold is None and default.suppression_radius == 1.5 and default.output_grid == "image"
+    assert preset_settings("original", peak_threshold=4.0).peak_threshold == 4.0
+    with pytest.raises(ValueError, match="preset: expected one of"):
+        preset_settings("paper")
+
+
+def test_the_models_calibrated_thresholds_are_the_defaults(tiny, image):
+    model = build_model("tiny", ["a", "b", "c"], pretrained=False, input_size=(64, 64))
+    model.network.load_state_dict(tiny.network.state_dict())
+    predictor = PRMPredictor(model, proposals=None)
+    predictor.set_image(image)
+    everything = predictor.predict(max_peaks=1000)
+    cut = float(np.sort(everything.peak_values)[len(everything.peak_values) // 2])
+    model.settings["peak_threshold"] = cut
+    calibrated = predictor.predict(max_peaks=1000)
+    assert len(calibrated.peaks) > 0 and (calibrated.peak_values > cut).all()
+    assert len(calibrated.peaks) == (everything.peak_values > cut).sum()
+
+
+def test_tta_averages_flips_and_scales(tiny, image):
+    x = tiny.preprocess(image)
+    network = tiny.network
+    with torch.no_grad():
+        tta = network.class_response_maps(x, sub_pixel_locating_factor=1, tta=True)
+        reference = network.fcn(x)
+        size = reference.shape[-2:]
+        branches = []
+        for scale in TTA_SCALES:
+            scaled = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear",
+                                                        align_corners=False, recompute_scale_factor=False)
+            for flip in (False, True):
+                maps = network.fcn(torch.flip(scaled, [-1]) if flip else scaled)
+                maps = torch.flip(maps, [-1]) if flip else maps
+                if maps.shape[-2:] != size:
+                    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+                branches.append(maps)
+    torch.testing.assert_close(tta, torch.stack(branches).mean(0))
+    # and the PRMs go back through every branch to the one input
+    predictor = PRMPredictor(tiny, proposals=None, tta=True)
+    predictor.set_image(image)
+    prediction = predictor.predict(max_peaks=3)
+    np.testing.assert_allclose(prediction.prms.sum(axis=(1, 2)), 1, rtol=1e-4)
+
+
+def test_the_network_keeps_its_mode_and_grad_flags(tiny, image):
+    tiny.network.train()
+    flags = [p.requires_grad for p in tiny.network.parameters()]
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(image)
+    predictor.predict(max_peaks=2)
+    assert all(m.training for m in tiny.network.modules())
+    assert [p.requires_grad for p in tiny.network.parameters()] == flags
+    tiny.network.eval()
+
+
+def test_predict_is_the_predictors_one_shot(tiny, image):
+    one_shot = napari_prm.predict(image, tiny, proposals=None, max_peaks=10)
+    predictor = PRMPredictor(tiny, proposals=None, max_peaks=10)
+    predictor.set_image(image)
+    twice = predictor.predict()
+    np.testing.assert_array_equal(one_shot.peaks_crm, twice.peaks_crm)
+    np.testing.assert_allclose(one_shot.prms, twice.prms, rtol=0, atol=0)

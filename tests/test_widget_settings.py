@@ -1,0 +1,174 @@
+"""The predict widget's settings kept between sessions, "Restore defaults", and its progress
+bars in napari's activity dock (with their cancel button)."""
+
+import json
+
+import numpy as np
+import pytest
+from napari.utils.progress import progress
+
+from napari_prm._widgets.predict import WidgetSettings, upgrade_saved_settings
+from napari_prm._widgets.settings import load_settings, settings_path
+from napari_prm.model.checkpoint import builtin_calibration
+from test_widget_predict import open_predict, run_and_wait
+
+
+def test_choices_come_back_in_a_new_session(make_napari_viewer, qtbot, prm_config,
+                                            tiny_checkpoint):
+    viewer = make_napari_viewer()
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.planes.value = "all planes"
+    widget.peak_threshold.value = 2.5
+    widget.class_threshold.value = -1.25  # the user's, not the model's own
+    widget.preset.value = "original"
+    widget.proposals.value = "prm"
+    widget.show_text.value = True
+    saved = json.loads(settings_path("predict").read_text())
+    assert saved["peak_threshold"] == 2.5 and saved["proposals"] == "PRM-guided"
+    assert saved["class_threshold"] == -1.25 and saved["model"].startswith("tiny.pt")
+    assert saved["preset"].startswith("original")
+    viewer.close()
+
+    again = open_predict(make_napari_viewer(), qtbot)  # a new session, same config folder
+    assert again.model.value == str(tiny_checkpoint.resolve())
+    assert again.planes.value == "all planes" and again.proposals.value == "prm"
+    assert again.preset.value == "original"
+    assert again.peak_threshold.value == 2.5 and again._settings()["peak_threshold"] == 2.5
+    assert again.show_text.value
+    assert again.class_threshold.value == -1.25
+    assert again._settings()["class_threshold"] == -1.25  # used by runs, not the model's 0
+
+    again.restore_defaults_button.click()
+    defaults = WidgetSettings()
+    assert again.model.value == "imagenet-voc" and again.planes.value == defaults.planes
+    assert again.proposals.value == "default" and again.preset.value == "default"
+    assert not again.show_text.value
+    qtbot.waitUntil(lambda: again.classes_loaded, timeout=60_000)
+    calibrated = builtin_calibration()["imagenet-voc"]  # the built-in model's own again
+    assert again.class_threshold.value == pytest.approx(calibrated["class_threshold"])
+    assert again.peak_threshold.value == pytest.approx(calibrated["peak_threshold"])
+    assert again._settings()["class_threshold"] is None and again._settings()["peak_threshold"] is None
+    assert load_settings("predict", WidgetSettings) == WidgetSettings(
+        model=defaults.model, device=again.device.value)
+
+
+def test_unusable_saved_settings_fall_back_to_defaults(prm_config):
+    prm_config.mkdir(parents=True)
+    settings_path("predict").write_text(json.dumps({
+        "peak_threshold": "high", "show_text": 1, "planes": "all planes", "unknown": 3}))
+    settings = load_settings("predict", WidgetSettings)
+    assert settings == WidgetSettings(planes="all planes")
+    settings_path("predict").write_text("{not json")
+    assert load_settings("predict", WidgetSettings) == WidgetSettings()
+
+
+def test_settings_files_of_earlier_versions_are_read(make_napari_viewer, qtbot, prm_config, tiny_checkpoint):
+    """Before presets, a peak threshold was used only when its box was ticked."""
+    prm_config.mkdir(parents=True)
+    old = {"planes": "all planes", "model": "imagenet (built-in EfficientNet-Lite0)", "class_threshold": None,
+           "use_peak_threshold": False, "peak_threshold": 0.0, "proposals": "PRM-guided",
+           "device": "cpu", "show_text": True, "add_crms": False}
+    settings_path("predict").write_text(json.dumps(old))
+    settings = load_settings("predict", WidgetSettings, upgrade=upgrade_saved_settings)
+    assert settings == WidgetSettings(planes="all planes", model=old["model"], proposals="PRM-guided",
+                                      device="cpu", show_text=True)  # unticked: the model's own
+    settings_path("predict").write_text(json.dumps({**old, "use_peak_threshold": True, "peak_threshold": 2.5}))
+    assert load_settings("predict", WidgetSettings, upgrade=upgrade_saved_settings).peak_threshold == 2.5
+    widget = open_predict(make_napari_viewer(), qtbot)
+    assert widget.model.value == "imagenet-voc"  # the old built-in label is gone: the default
+    assert widget.planes.value == "all planes" and widget.proposals.value == "prm"
+    assert widget.peak_threshold.value == 2.5 and widget._settings()["peak_threshold"] == 2.5
+
+
+def test_a_run_shows_a_progress_bar_in_the_activity_dock(make_napari_viewer, qtbot, prm_config,
+                                                         tiny_checkpoint, small_cat, monkeypatch):
+    from napari_prm._widgets.activity import ActivityProgress
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    calls, reports, bars = [], [], []
+    update = ActivityProgress.update
+
+    def recording_update(activity, stage, done, total):
+        calls.append((activity.description, stage, done, total))
+        update(activity, stage, done, total)
+        bars.append(activity.bar)
+
+    monkeypatch.setattr(ActivityProgress, "update", recording_update)
+    widget.progressed.connect(lambda stage, done, total: reports.append((stage, done, total)))
+    run_and_wait(widget, qtbot)
+    assert {"forward", "backprop"} <= {stage for stage, _, _ in reports}
+    # napari's bar processes events while it redraws: reports may nest, so compare as sets
+    assert sorted(calls) == sorted(("Peak Response Maps: cat", *report) for report in reports)
+    (bar,) = set(bars)
+    last_total = reports[-1][2]
+    assert bar.desc.startswith("Peak Response Maps: cat: ")
+    assert bar.total == max(last_total, 1) and widget.activity is None
+    assert not [b for b in progress._all_instances if "Peak Response Maps" in str(b.desc)]
+
+
+def test_the_activity_dock_cancel_button_stops_a_run(make_napari_viewer, qtbot, prm_config,
+                                                     tiny_checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8), name="noise")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.progressed.connect(lambda stage, done, total: (
+        widget.activity.bar.cancel() if stage == "backprop" and done == 1 else None))
+    worker = widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert worker is not None and "Cancelled" in widget.last_message
+    assert "noise peaks" not in viewer.layers
+
+
+def test_training_shows_batches_in_the_activity_dock_and_cancels_there(
+        make_napari_viewer, qtbot, prm_config, tmp_path, monkeypatch):
+    from skimage import data, transform
+    from skimage import io as skio
+
+    from napari_prm._widgets.activity import ActivityProgress
+
+    for name, image in (("cat", data.chelsea()), ("cup", data.coffee())):
+        (tmp_path / "dataset" / name).mkdir(parents=True)
+        for number in range(2):
+            small = (transform.resize(image, (32, 32)) * 255).astype(np.uint8)
+            skio.imsave(tmp_path / "dataset" / name / f"{number}.png", small, check_contrast=False)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset_dir.value = tmp_path / "dataset"
+    widget._base.value = "tiny"
+    widget._size.value = 32
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "model.pt"
+    calls, reports, closed_at = [], [], []
+    update, close = ActivityProgress.update, ActivityProgress.close
+
+    def recording_update(activity, stage, done, total):
+        calls.append((stage, done, total))
+        update(activity, stage, done, total)
+
+    def recording_close(activity):
+        closed_at.append((activity.bar.n, activity.bar.total))
+        close(activity)
+
+    # napari's bar processes Qt events while it redraws, so reports may be handled nested,
+    # in another order than the test's own slot sees them: compare them as sets.
+    monkeypatch.setattr(ActivityProgress, "update", recording_update)
+    monkeypatch.setattr(ActivityProgress, "close", recording_close)
+    widget._relay.progressed.connect(reports.append)
+    # 4 images, none held out, no calibration: 4 batches per epoch, 8 in all
+    widget.start(epochs=2, batch_size=1, val_fraction=0.0, calibrate=False)
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert len(reports) > 8
+    assert sorted(calls) == sorted((f"epoch {r.epoch}/2", (r.epoch - 1) * 4 + r.batch, 8)
+                                   for r in reports)
+    assert closed_at == [(8, 8)] and widget.activity is None
+    assert not [bar for bar in progress._all_instances if "Train PRM model" in str(bar.desc)]
+
+    widget._relay.progressed.connect(lambda report: widget.activity.bar.cancel())
+    widget.start(epochs=2, batch_size=1, resume=None, val_fraction=0.0, calibrate=False)
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert widget.result.cancelled or widget.result.checkpoint is None, widget.last_message
+    assert "Cancelled" in widget.last_message

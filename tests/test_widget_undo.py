@@ -1,0 +1,185 @@
+"""Undo and redo of the correction tools through the Labels layer's own history, and their
+keyboard shortcuts, pressed as keys on napari's canvas."""
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_prm._widgets.correct import SHORTCUTS
+from test_widget_correct import rows
+from test_widget_predict import open_predict, peak_threshold_for, run_and_wait
+
+
+def press(viewer, qtbot, key, modifier=Qt.KeyboardModifier.NoModifier):
+    """A key pressed on napari's canvas, as a user does (the active layer's keymap gets it)."""
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, key, modifier)
+
+
+UNDO = (Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+REDO = (Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+SHIFT = Qt.KeyboardModifier.ShiftModifier
+
+
+@pytest.fixture
+def classed(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """A run of the tiny model; instance 1 (40x60) painted and made a cat, 2 (20x50) a dog."""
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
+    run_and_wait(widget, qtbot)
+    labels = viewer.layers["cat instances"]
+    labels.data_setitem(np.nonzero(_box(labels, 20, 60, 10, 70)), 1)  # painted by hand
+    labels.data_setitem(np.nonzero(_box(labels, 30, 50, 90, 140)), 2)
+    qtbot.waitUntil(lambda: len(labels.features) == 2)
+    labels.selected_label = 1
+    assert widget.correction.set_class_of_selected("cat")
+    labels.selected_label = 2
+    assert widget.correction.set_class_of_selected("dog")
+    viewer.layers.selection.active = labels
+    return viewer, widget, labels
+
+
+def _box(labels, top, bottom, left, right):
+    mask = np.zeros(labels.data.shape, bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def undo(viewer, qtbot, labels, expected_rows):
+    press(viewer, qtbot, *UNDO)
+    qtbot.waitUntil(lambda: rows(labels) == expected_rows, timeout=5000)
+
+
+def redo(viewer, qtbot, labels, expected_rows):
+    press(viewer, qtbot, *REDO)
+    qtbot.waitUntil(lambda: rows(labels) == expected_rows, timeout=5000)
+
+
+BOTH = {1: (0, "cat"), 2: (1, "dog")}
+
+
+def test_delete_key_then_undo_and_redo_restore_pixels_and_class(classed, qtbot):
+    viewer, widget, labels = classed
+    labels.selected_label = 2
+    press(viewer, qtbot, Qt.Key.Key_Delete)
+    assert not np.any(labels.data == 2) and rows(labels) == {1: (0, "cat")}
+    undo(viewer, qtbot, labels, BOTH)
+    assert np.count_nonzero(labels.data == 2) == 20 * 50
+    redo(viewer, qtbot, labels, {1: (0, "cat")})
+    assert not np.any(labels.data == 2)
+
+
+def test_set_class_key_is_one_undo_step(classed, qtbot):
+    viewer, widget, labels = classed
+    before = labels.data.copy()
+    widget.correction.class_choice.value = "bird"
+    labels.selected_label = 1
+    press(viewer, qtbot, Qt.Key.Key_C, SHIFT)
+    assert rows(labels)[1] == (2, "bird")
+    undo(viewer, qtbot, labels, BOTH)
+    np.testing.assert_array_equal(labels.data, before)  # no pixel changed on the way
+    undo(viewer, qtbot, labels, {1: (0, "cat"), 2: (-1, "")})  # the fixture's own set_class
+    redo(viewer, qtbot, labels, BOTH)
+    redo(viewer, qtbot, labels, {1: (2, "bird"), 2: (1, "dog")})
+
+
+def test_merge_key_merges_the_previous_selection_and_undoes(classed, qtbot):
+    viewer, widget, labels = classed
+    labels.selected_label = 2
+    labels.selected_label = 1  # 2 was selected before: it is what the merge takes
+    assert widget.correction.merge_with.value == 2
+    press(viewer, qtbot, Qt.Key.Key_M, SHIFT)
+    assert np.count_nonzero(labels.data == 1) == 40 * 60 + 20 * 50
+    assert rows(labels) == {1: (0, "cat")}
+    undo(viewer, qtbot, labels, BOTH)
+    assert np.count_nonzero(labels.data == 2) == 20 * 50
+
+
+def test_split_key_on_the_line_layer_then_undo(classed, qtbot):
+    viewer, widget, labels = classed
+    labels.selected_label = 1
+    shapes = widget.correction.draw_split_line()
+    shapes.add_paths([np.array([[10.0, 40.0], [70.0, 40.0]])])
+    press(viewer, qtbot, Qt.Key.Key_S, SHIFT)  # the line layer is the active one
+    assert set(rows(labels)) == {1, 2, 3} and rows(labels)[3][1] == "cat"
+    undo(viewer, qtbot, labels, BOTH)
+    assert np.count_nonzero(labels.data == 1) == 40 * 60
+
+
+def test_remove_small_undo_and_hand_painting_in_between(classed, qtbot):
+    viewer, widget, labels = classed
+    assert widget.correction.remove_small(20 * 50 + 1)
+    assert rows(labels) == {1: (0, "cat")}
+    labels.data_setitem(np.nonzero(_box(labels, 70, 90, 10, 30)), 7)  # painted by hand
+    qtbot.waitUntil(lambda: rows(labels) == {1: (0, "cat"), 7: (-1, "")})
+    undo(viewer, qtbot, labels, {1: (0, "cat")})  # the painting
+    undo(viewer, qtbot, labels, BOTH)  # the removal
+    redo(viewer, qtbot, labels, {1: (0, "cat")})
+    redo(viewer, qtbot, labels, {1: (0, "cat"), 7: (-1, "")})
+
+
+def test_next_instance_by_score(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    candidates = np.zeros(small_cat.shape[:2], np.uint16)
+    candidates[5:45, 5:70] = 1
+    candidates[55:95, 80:140] = 2
+    candidates[50:95, 5:60] = 3
+    viewer.add_labels(candidates, name="candidates")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = viewer.layers["candidates"]
+    widget.peak_threshold.value = widget.peak_threshold.min  # "none": peaks all over the image
+    run_and_wait(widget, qtbot)
+    labels = viewer.layers["cat instances"]
+    table = labels.features.sort_values("score", ascending=False)
+    assert len(table) >= 2
+    ranked = table["label"].astype(int).tolist()
+    viewer.layers.selection.active = labels
+    labels.selected_label = 0
+    seen = []
+    for _ in ranked:
+        press(viewer, qtbot, Qt.Key.Key_N)
+        seen.append(int(labels.selected_label))
+    assert seen == ranked
+    press(viewer, qtbot, Qt.Key.Key_N)  # wraps round
+    assert labels.selected_label == ranked[0]
+    press(viewer, qtbot, Qt.Key.Key_N, SHIFT)
+    assert labels.selected_label == ranked[-1]
+    where = np.argwhere(labels.data == ranked[-1])
+    centre = (where.min(0) + where.max(0)) / 2
+    np.testing.assert_allclose(viewer.camera.center[-2:], labels.data_to_world(centre)[-2:])
+
+
+def test_shortcuts_are_listed_in_the_panel(classed):
+    _, widget, _ = classed
+    text = widget.correction.shortcuts_label.value
+    for keys, _, description in SHORTCUTS:
+        assert " / ".join(keys) in text and description in text
+    assert "Ctrl+Z" in text
+    assert "Delete" in widget.correction.delete_button.tooltip
+
+
+def test_an_instance_added_from_a_point_undoes(make_napari_viewer, qtbot, prm_config,
+                                                tiny_checkpoint, small_cat):
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    candidates = np.zeros(small_cat.shape[:2], np.uint16)
+    candidates[10:50, 10:60] = 1
+    viewer.add_labels(candidates, name="candidates")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = viewer.layers["candidates"]
+    widget.peak_threshold.value = 9999.0  # no peaks of its own: only the added one
+    run_and_wait(widget, qtbot)
+    peaks, labels = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    widget.correction.class_choice.value = "dog"
+    peaks.add([[30.0, 35.0]])
+    qtbot.waitUntil(lambda: not widget.running and len(labels.features) == 1, timeout=60_000)
+    label = int(labels.features["label"].iloc[0])
+    assert rows(labels) == {label: (1, "dog")} and peaks.features["label"].tolist() == [label]
+    viewer.layers.selection.active = labels
+    undo(viewer, qtbot, labels, {})
+    assert not labels.data.any() and peaks.features["label"].tolist() == [0]
+    redo(viewer, qtbot, labels, {label: (1, "dog")})
+    assert peaks.features["label"].tolist() == [label]
