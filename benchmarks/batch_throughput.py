@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, required=True, help="folder of images")
     parser.add_argument("--limit", type=int, default=100, help="the first N images (sorted by name)")
     parser.add_argument("--scratch", type=Path, required=True, help="outputs go here (emptied per part)")
-    parser.add_argument("--model", default="imagenet")
+    parser.add_argument("--model", default="imagenet-voc", help="as predict's --model (default: the CLI's)")
     parser.add_argument("--proposals", default="default")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {MODES}")
     parser.add_argument("--resume", default="SIGINT,SIGKILL", help="signals for the resume runs ('' for none)")
