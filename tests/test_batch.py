@@ -69,6 +69,7 @@ def client():
     cluster.close()
 
 
+@pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
 def test_cluster_writes_the_one_process_outputs_reports_the_corrupt_image_and_resumes(
         tmp_path, checkpoint, images, client):
     out = tmp_path / "out"
@@ -143,6 +144,7 @@ class DieOnWorker:
         return default_proposals(image)
 
 
+@pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
 def test_a_killed_worker_is_retried_once_then_reported(tmp_path, checkpoint, images, client):
     good = [p for p in images if p.name != "broken.png"]
     shapes = {p.name: io.read_image(p).shape[:2] for p in good}
@@ -163,6 +165,7 @@ def test_a_killed_worker_is_retried_once_then_reported(tmp_path, checkpoint, ima
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed workers
 
 
+@pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
 def test_scheduler_option_uses_a_cluster_started_separately(tmp_path, checkpoint, images, capsys):
     """``napari-prm predict --scheduler`` against ``dask scheduler`` + ``dask worker`` processes,
     with the predict options passed through: the outputs are those of the one-process command."""
@@ -230,6 +233,7 @@ def test_in_process_batch_cancels_gathers_and_stacks_the_labels_lazily(tmp_path,
         assert not plane[labels.shape[0]:].any() and not plane[:, labels.shape[1]:].any()
 
 
+@pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
 def test_cli_killed_midway_resumes_with_only_the_missing_images(tmp_path, checkpoint, images):
     """SIGKILL of ``napari-prm predict`` after some images: the re-run computes only the rest."""
     folder = tmp_path / "many"

@@ -170,6 +170,7 @@ def test_a_write_has_the_steps_the_kill_tests_stop_at():
         "removed x_prms.npy", "removed x_prms.tif", "finished"]
 
 
+@pytest.mark.slow  # kills dozens of writer processes: about 16 s
 def test_killed_writers_leave_all_old_or_all_new_outputs_and_the_next_run_cleans_up(tmp_path):
     """SIGKILL after each step of a write, and at 25 random moments of a loop of writes."""
     steps = step_names()

@@ -107,6 +107,7 @@ def test_run_on_a_folder_needs_both_folders(predict_widget, tmp_path):
     assert panel.start() is None and "no images" in panel.last_message
 
 
+@pytest.mark.slow  # a dask worker process: about 7 s
 def test_run_on_a_folder_with_a_worker_process(predict_widget, qtbot, image_folder, tmp_path):
     """The same through a local dask cluster started from the worker thread."""
     panel = open_batch_panel(predict_widget)
