@@ -761,7 +761,7 @@ def test_finding_3_a_one_row_rgb_image_stays_one_row(ws, capsys):
     stderr = capsys.readouterr().err
     assert status == 1
     assert f"{row}: failed: the image must be at least 2×2 pixels; got 1×50" in stderr
-    assert not any(out.iterdir())
+    assert [p.name for p in out.iterdir()] == ["summary.csv"]  # no outputs; the run's summary says why
 
 
 def test_finding_4_negative_peak_counts_exit_2(ws, capsys):
@@ -870,4 +870,4 @@ def test_a_failing_image_says_why_without_a_traceback(ws, capsys):
     assert f"{ws.path('empty.png')}: failed: cannot read image {ws.path('empty.png')}: the file is empty" in stderr
     assert "pip install" not in stderr
     assert sorted(p.name for p in out.iterdir()) == [f"img{s}" for s in (
-        "_instances.csv", "_instances.json", "_labels.tif", "_peaks.csv")]
+        ".manifest.json", "_instances.csv", "_instances.json", "_labels.tif", "_peaks.csv")] + ["summary.csv"]

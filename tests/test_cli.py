@@ -112,7 +112,8 @@ def test_predict_keeps_existing_outputs_unless_overwrite(tmp_path, tiny48_checkp
     assert main(["predict", image, "--model", str(tiny48_checkpoint), "--out", str(out),
                  "--proposals", "prm"]) == 0
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert sorted(first) == sorted(f"sample3{s}" for s in OUTPUT_SUFFIXES)
+    assert sorted(first) == sorted([f"sample3{s}" for s in OUTPUT_SUFFIXES] + ["sample3.manifest.json",
+                                                                               "summary.csv"])
     (out / "sample3_peaks.csv").write_text("kept")
     capsys.readouterr()
     # a different setting would change the outputs; without --overwrite nothing is touched
@@ -167,9 +168,9 @@ def test_collect_images_sorted_unique_and_same_stems(tmp_path, image_folder):
                                         "gray16.tif"]
     assert problems == [f"{tmp_path}: no images (.png, .jpg, .jpeg, .tif, .tiff, .bmp, .gif, .webp) "
                         "in this folder"]
-    from napari_prm.cli import _output_stems
+    from napari_prm.batch import output_stems
 
-    assert _output_stems([Path("a/x.png"), Path("b/x.png"), Path("x.tif")]) == ["x", "x_2", "x_3"]
+    assert output_stems([Path("a/x.png"), Path("b/x.png"), Path("x.tif")]) == ["x", "x_2", "x_3"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -415,7 +415,8 @@ def test_failed_export_keeps_every_file_of_the_previous_export(tmp_path):
     written = io.write_prediction(prediction(1), tmp_path, "x", prms_format="npy")
     assert [p.name for p in written] == ["x_labels.tif", "x_instances.json", "x_instances.csv",
                                          "x_peaks.csv", "x_prms.npy"]
-    before = {p.name: p.read_bytes() for p in written}
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == sorted([p.name for p in written] + ["x.manifest.json"])
     assert "dog" in before["x_peaks.csv"].decode()
     with pytest.raises(IndexError):  # class index 7 of a 3-class model
         io.write_prediction(prediction(7), tmp_path, "x", prms_format="npy", overwrite=True)

@@ -161,6 +161,58 @@ def test_duplicate_peaks_on_one_proposal_collapse_into_one_instance():
     assert found[0].prm[3, 3] == pytest.approx(1.2)
 
 
+def parts_case():
+    """A body, an ear beside it, a patch inside it, another object, and a peak of another class.
+
+    Peak 0 retrieves the body. Peak 1's PRM holds 0.7 on the ear and 0.3 inside the
+    body, so it retrieves the ear. Peak 2 retrieves the patch inside the body. Peak 3,
+    another object of class 0, puts 0.05 of its PRM in the body; peak 4 (class 1)
+    puts 0.3 there but retrieves its own box.
+    """
+    shape = (20, 20)
+    patch = box(shape, (4, 8), (4, 8))
+    body = box(shape, (2, 18), (2, 11))
+    ear = box(shape, (2, 8), (13, 18))
+    other = box(shape, (12, 19), (13, 19))
+    cup = box(shape, (9, 12), (13, 16))
+    prms = np.zeros((5,) + shape, np.float32)
+    prms[0, 12, 6] = 1.0
+    prms[1, 4, 15], prms[1, 12, 6] = 0.7, 0.3
+    prms[2, 5, 5] = 1.0
+    prms[3, 15, 15], prms[3, 12, 6] = 0.95, 0.05
+    prms[4, 10, 14], prms[4, 12, 6] = 0.7, 0.3
+    classes = np.array([0, 0, 0, 0, 1])
+    return prms, classes, flat_crms(2, shape), np.stack([patch, body, ear, other, cup])
+
+
+def test_parts_of_one_object_merge_into_it():
+    prms, classes, crms, proposals = parts_case()
+    options = dict(contour_width=1, nms_threshold=0.3, size_limits=(0, 1))
+    found = retrieve_instances(prms, classes, crms, proposals, **options)
+    # each peak keeps its own proposal: the patch is inside the body, but IoU 16 / 144 < 0.3
+    assert sorted(f.proposal for f in found) == [0, 1, 2, 3, 4]
+    assert {f.peak: f.proposal for f in found} == {0: 1, 1: 2, 2: 0, 3: 3, 4: 4}
+
+    # the patch lies wholly inside the body: merged by area
+    found = retrieve_instances(prms, classes, crms, proposals, merge_contained=0.8, **options)
+    body = next(f for f in found if f.peak == 0)
+    assert body.merged_peaks == [2] and len(found) == 4
+    np.testing.assert_allclose(body.prm, prms[0] + prms[2])
+    assert body.mask.tolist() == proposals[1].tolist()
+
+    # the ear lies outside, but 30 % of its PRM is in the body: merged by mass at 0.2, kept at 0.35;
+    # the other object (5 %) and the other class (30 %) stay
+    found = retrieve_instances(prms, classes, crms, proposals, merge_contained=0.8, merge_parts=0.2, **options)
+    assert sorted(f.peak for f in found) == [0, 3, 4]
+    assert sorted(next(f for f in found if f.peak == 0).merged_peaks) == [1, 2]
+    found = retrieve_instances(prms, classes, crms, proposals, merge_contained=0.8, merge_parts=0.35, **options)
+    assert sorted(f.peak for f in found) == [0, 1, 3, 4]
+    found = retrieve_instances(prms, classes, crms, proposals, merge_parts=0.04, **options)
+    assert sorted(f.peak for f in found) == [0, 4]  # at 4 % even the other object is a part
+    with pytest.raises(ValueError, match="merge_parts"):
+        retrieve_instances(prms, classes, crms, proposals, merge_parts=0.0, **options)
+
+
 # --------------------------------------------------------- per-class params
 
 

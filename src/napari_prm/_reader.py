@@ -2,7 +2,9 @@
 
 A ``.tif``/``.tiff``/``.png`` is claimed only when its instance CSV lies beside it
 (``x_labels.tif`` + ``x_instances.csv``), so other images still open with napari's own
-reader. The formats are :mod:`napari_prm.io`'s.
+reader. The formats are :mod:`napari_prm.io`'s. Before reading, an interrupted switch of
+the image's outputs is finished (`napari_prm.io.settle_outputs`), so the label image and
+its table always come from the same run.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def _features(table) -> dict:
 def read_coco(path) -> list[tuple]:
     """One Labels layer per image of a COCO JSON, with its instance table as features."""
     path = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    io.settle_outputs(path)
     try:
         images = json.loads(path.read_text(encoding="utf-8"))["images"]
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -65,6 +68,7 @@ def read_coco(path) -> list[tuple]:
 def read_labels_with_table(path) -> list[tuple]:
     """A label image and the instance CSV beside it, as a Labels layer with features."""
     path = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    io.settle_outputs(path)
     labels = io.read_label_image(path)
     table = io.read_instances_csv(sidecar_csv(path))
     return [(labels, {"name": path.stem, "features": _features(table),

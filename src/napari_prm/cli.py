@@ -24,6 +24,7 @@ from typing import Any
 
 from . import __version__
 from . import _validate as check
+from .batch import collect_images
 from .io import IMAGE_SUFFIXES
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
@@ -145,9 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="segment instances in images",
         description="Run PRM on images and write, per image: <stem>_labels.tif (label image), "
                     "<stem>_instances.json (COCO, RLE masks with class and score), "
-                    "<stem>_instances.csv, <stem>_peaks.csv and optionally <stem>_prms.npy/.tif."
-                    "\nAn unreadable image is reported and skipped (exit status 1); existing "
-                    "outputs are kept unless --overwrite.")
+                    "<stem>_instances.csv, <stem>_peaks.csv and optionally <stem>_prms.npy/.tif, "
+                    "all replaced in one step (<stem>.manifest.json lists them); and summary.csv "
+                    "(image, status, peaks, instances, seconds, error, attempts)."
+                    "\nAn unreadable image is tried twice, reported and skipped (exit status 1); "
+                    "images with complete outputs are skipped unless --overwrite, so a re-run "
+                    "after a crash or Ctrl-C does only what is missing."
+                    "\nWith --workers or --scheduler the images are spread over a dask.distributed "
+                    "cluster; the workers read the images and write the outputs, so they must see "
+                    "the same paths.")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help=f"images or folders of images ({', '.join(IMAGE_SUFFIXES)}; "
                               "8- or 16-bit; folders are not searched recursively)")
@@ -164,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--peak-batch-size", type=int, default=None,
                          help="peaks back-propagated at once (default: 1 on CPU, 16 on GPU)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    cluster = predict.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="start a local dask.distributed cluster of N worker processes, one "
+                              "thread each (torch with 1 thread), and print its dashboard link "
+                              "(needs bokeh) (default: no cluster, images one after the other in "
+                              "this process)")
+    cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="run on an existing dask.distributed cluster, e.g. tcp://host:8786 "
+                              "(default: none)")
     predict.set_defaults(run=_run_predict)
 
     train = add_command(
@@ -434,6 +450,7 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "max_peaks": _max_peaks,
         "peak_batch_size": _optional_positive,
         "proposals": lambda name, value: _proposal_source(name, value, folders=True),
+        "workers": _optional_positive,
     },
     "train": {
         "out": _train_out,
@@ -508,51 +525,6 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- predict
-def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """Image files named by ``inputs`` (files, or folders searched one level, sorted).
-
-    Returns the files (duplicates removed, in order) and a message per input that does
-    not exist or is a folder without images.
-    """
-    images, problems = [], []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            images.extend(found)
-        elif item.is_file():
-            images.append(item)
-        else:
-            problems.append(f"{item}: no such file or folder")
-    unique = list(dict.fromkeys(p.resolve() for p in images))
-    return [Path(p) for p in unique], problems
-
-
-def _output_stems(images: Sequence[Path]) -> list[str]:
-    """Image stems, made unique (``a/x.png`` and ``b/x.png`` -> ``x``, ``x_2``)."""
-    stems, seen = [], set()
-    for image in images:
-        stem, number = image.stem, 1
-        while stem in seen:
-            number += 1
-            stem = f"{image.stem}_{number}"
-        seen.add(stem)
-        stems.append(stem)
-    return stems
-
-
-def _proposals_for(proposals, image: Path):
-    if isinstance(proposals, str) and Path(proposals).is_dir():
-        matches = sorted(p for p in Path(proposals).iterdir()
-                         if p.stem == image.stem and p.resolve() != image.resolve())
-        if not matches:
-            raise ValueError(f"no proposal file named {image.stem}.* in {proposals}")
-        return str(matches[0])
-    return proposals
-
-
 def _classes_arg(classes, class_names: Sequence[str]):
     """``--classes`` as names or indices, checked once against the model's classes."""
     if classes is None:
@@ -580,46 +552,82 @@ def _load_model(name: str, device):
 def _run_predict(args) -> int:
     from tqdm import tqdm
 
-    from . import io
-    from .predict import predict
+    from .batch import predict_many
 
     images, problems = collect_images(args.inputs)
     for problem in problems:
         _say(problem)
     if not images:
         raise CommandError("no images to process")
-    model = _load_model(args.model, args.device)
+    model = _load_model(args.model, args.device)  # a bad model or class fails before any cluster starts
     classes = _classes_arg(args.classes, model.class_names)
+    if args.workers is not None or args.scheduler is not None:
+        model = args.model  # the workers load it themselves, once each
+    settings = {"classes": classes, "proposals": args.proposals, "peak_batch_size": args.peak_batch_size,
+                **_inference_settings(args)}
+    client = _start_client(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    written = skipped = 0
-    failed = len(problems)
-    for image_path, stem in zip(tqdm(images, desc="predict", unit="image", disable=None),
-                                _output_stems(images)):
-        targets = io.prediction_paths(args.out, stem, prms_format=args.save_prms)
-        existing = [p.name for p in targets.values() if p.exists()]
-        if existing and not args.overwrite:
-            _say(f"{image_path}: skipped, outputs exist ({', '.join(existing)}); "
-                 "use --overwrite to replace them")
-            skipped += 1
-            continue
-        try:
-            image = io.read_image(image_path)
-            prediction = predict(
-                image, model, classes=classes, proposals=_proposals_for(args.proposals, image_path),
-                peak_batch_size=args.peak_batch_size, **_inference_settings(args))
-            for note in prediction.notes:
-                _say(f"{image_path}: {note}")
-            io.write_prediction(prediction, args.out, stem, prms_format=args.save_prms,
-                                overwrite=args.overwrite, image_file_name=image_path.name)
-        except Exception as error:  # one bad image must not stop the batch
-            if args.debug:
-                traceback.print_exception(error)
-            _say(f"{image_path}: failed: {_error_text(error, args)}")
-            failed += 1
-            continue
-        written += 1
-    _say(f"{written} image(s) written to {args.out}, {skipped} skipped, {failed} failed")
+    bar = tqdm(total=len(images), desc="predict", unit="image", disable=None)
+
+    def progress(result, done, total) -> None:
+        if result.status == "failed":
+            if args.debug and result.details:
+                _say(result.details.rstrip())
+            unexpected = result.error.startswith("unexpected") and not args.debug
+            hint = "; run with --debug for the traceback" if unexpected else ""
+            _say(f"{result.image}: failed: {result.error}{hint}")
+        for note in result.notes:
+            _say(f"{result.image}: {note}")
+        bar.update(1)
+
+    try:
+        batch = predict_many(images, model, args.out, client, overwrite=args.overwrite,
+                             prms_format=args.save_prms, device=args.device, progress=progress, **settings)
+    finally:
+        bar.close()
+        if client is not None:
+            _close_client(client, local=args.workers is not None)
+    skipped = batch.skipped
+    if skipped:
+        names = ", ".join(Path(r.image).name for r in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        incomplete = [r for r in skipped if r.error]
+        _say(f"{len(skipped)} image(s) skipped, outputs exist ({names}); use --overwrite to replace them"
+             + (f"; {len(incomplete)} of them hold an incomplete set" if incomplete else ""))
+    failed = len(batch.failed) + len(problems)
+    _say(f"{len(batch.written)} image(s) written to {args.out}, {len(skipped)} skipped, {failed} failed; "
+         f"summary: {batch.summary}")
     return 1 if failed else 0
+
+
+def _start_client(args):
+    """The dask client of ``--workers`` / ``--scheduler`` (None without either)."""
+    if args.workers is None and args.scheduler is None:
+        return None
+    try:
+        from distributed import Client
+    except ImportError as error:  # pragma: no cover - a dependency; missing only in broken installs
+        raise CommandError(f"--workers and --scheduler need dask.distributed: {error}") from error
+    if args.scheduler is not None:
+        try:
+            client = Client(args.scheduler, timeout="20s", set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as error:
+            raise CommandError(f"--scheduler: cannot connect to {args.scheduler}: {error}") from error
+        _say(f"connected to {args.scheduler} ({len(client.nthreads())} workers)")
+        return client
+    from .batch import start_local_cluster
+
+    client = start_local_cluster(args.workers)
+    dashboard = client.cluster.dashboard_link  # "" without bokeh
+    _say(f"started {args.workers} worker process(es); dashboard: "
+         + (dashboard or "none (install bokeh to see one)"))
+    return client
+
+
+def _close_client(client, *, local: bool) -> None:
+    cluster = client.cluster if local else None
+    client.close()
+    if cluster is not None:
+        cluster.close()
 
 
 # --------------------------------------------------------------------------- train / evaluate

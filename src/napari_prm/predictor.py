@@ -97,6 +97,9 @@ class PredictSettings:
     merge_contained : float or None
         Merge an instance lying at least this much inside a higher-ranked one of
         its class (parts of one object found from secondary peaks).
+    merge_parts : float or None
+        Merge an instance whose PRM puts at least this share of its mass inside a
+        higher-ranked one of its class, even if its own mask lies outside it.
     contain : {None, 'peak', 'mass'}
         Only proposals containing the peak ('peak') or the PRM's strongest pixel
         ('mass') may be chosen.
@@ -130,6 +133,7 @@ class PredictSettings:
     nms: str = "agnostic"
     rank_by: str = "score"
     merge_contained: float | None = 0.8
+    merge_parts: float | None = 0.2
     proposal_count: int = 100
     contour_width: int = 5
     size_limits: tuple[float, float] = (2e-5, 0.85)
@@ -144,7 +148,7 @@ ORIGINAL = PredictSettings(
     preset="original", sub_pixel_locating_factor=8, class_threshold=0.0, peak_threshold=30.0,
     relative_threshold=None, suppression_radius=None, max_peaks=MAX_PEAKS, tta=False,
     retrieval_grid="network", output_grid="network", background="byte", bg_threshold=0.95, contain=None,
-    nms="agnostic", rank_by="score", merge_contained=None)
+    nms="agnostic", rank_by="score", merge_contained=None, merge_parts=None)
 
 DEFAULT = PredictSettings()
 
@@ -190,6 +194,7 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     check.finite_float("relative_threshold", s.relative_threshold, low=0, high=1, optional=True)
     check.finite_float("suppression_radius", s.suppression_radius, low=0, optional=True)
     check.finite_float("merge_contained", s.merge_contained, low=0, high=1, low_open=True, optional=True)
+    check.finite_float("merge_parts", s.merge_parts, low=0, high=1, low_open=True, optional=True)
     check.finite_float("bg_threshold", s.bg_threshold, low=0)
     check.integer("max_peaks", s.max_peaks, low=1, high=MAX_PEAKS_LIMIT)
     check.positive_int("proposal_count", s.proposal_count)
@@ -755,7 +760,7 @@ class PRMPredictor:
                        bg_threshold=settings.bg_threshold, penalty=settings.penalty, balance=settings.balance,
                        background=settings.background, contain=settings.contain,
                        class_aware_nms=settings.nms == "class", rank_by=settings.rank_by,
-                       merge_contained=settings.merge_contained)
+                       merge_contained=settings.merge_contained, merge_parts=settings.merge_parts)
         masks = masks[: settings.proposal_count]
         if settings.retrieval_grid == "network":
             grid = tuple(prms_net.shape[-2:])

@@ -246,6 +246,7 @@ def retrieve_instances(
     class_aware_nms: bool = False,
     rank_by: str = "score",
     merge_contained: float | None = None,
+    merge_parts: float | None = None,
 ) -> list[Instance]:
     """Choose one segment proposal per peak response map, then suppress duplicates.
 
@@ -294,6 +295,13 @@ def retrieve_instances(
         its own area) inside a higher-ranked instance of the same class is merged
         into it: the parts of one object that secondary peaks retrieved. None
         keeps them.
+    merge_parts : float or None, optional
+        After NMS, an instance whose PRM puts at least this share of its mass
+        inside a higher-ranked instance of the same class is merged into it,
+        even when its own mask lies outside (a secondary peak on an ear whose
+        proposal is the ear alone): its peak's response says it belongs to
+        that object. PRMs are instance-aware, so the peak of another object of
+        the class puts little mass there. None keeps them.
     rank_by : {'score', 'gain'}, optional
         What orders the instances (for NMS, and as ``Instance.score``): the
         retrieval score (the original), or the PRM's gain in the chosen mask,
@@ -335,6 +343,7 @@ def retrieve_instances(
         raise ValueError(f"background: expected 'float', 'byte' or 'range', got {background!r}")
     merge_contained = check.finite_float("merge_contained", merge_contained, low=0, high=1, low_open=True,
                                          optional=True)
+    merge_parts = check.finite_float("merge_parts", merge_parts, low=0, high=1, low_open=True, optional=True)
     if rank_by not in ("score", "gain"):
         raise ValueError(f"rank_by: expected 'score' or 'gain', got {rank_by!r}")
     if contain not in (None, "peak", "mass"):
@@ -427,9 +436,10 @@ def retrieve_instances(
         kept.sort(key=lambda item: item[0])
     else:
         kept = _nms([best[k] for k in candidates], proposals, nms_threshold)
-    if merge_contained is not None:
+    if merge_contained is not None or merge_parts is not None:
         kept = _merge_contained(kept, [best[k] for k in candidates], [peak_classes[k] for k in candidates],
-                                proposals, merge_contained)
+                                proposals, merge_contained, prms[candidates] if merge_parts is not None else None,
+                                merge_parts)
     instances = []
     for position, merged in kept:
         k = candidates[position]
@@ -452,19 +462,35 @@ def retrieve_instances(
 
 
 def _merge_contained(kept: list[tuple[int, list[int]]], chosen: list[int], classes: list[int],
-                     proposals: np.ndarray, fraction: float) -> list[tuple[int, list[int]]]:
-    """Fold each kept instance lying mostly inside a higher-ranked one of its class into it."""
+                     proposals: np.ndarray, fraction: float | None, prms: np.ndarray | None = None,
+                     mass: float | None = None) -> list[tuple[int, list[int]]]:
+    """Fold each kept instance that is a part of a higher-ranked one of its class into it.
+
+    A part lies at least `fraction` of its area inside the host, or (with `prms`,
+    one per candidate position) its PRM puts at least `mass` of its sum there.
+    """
     if len(kept) < 2:
         return kept
     masks = proposals[[chosen[position] for position, _ in kept]].reshape(len(kept), -1)
     flat = sparse.csr_array(masks, dtype=np.float32)
     inter = (flat @ flat.T).toarray()
     area = np.diag(inter).copy()
+    if prms is not None:
+        maps = prms[[position for position, _ in kept]].reshape(len(kept), -1).astype(np.float32)
+        total = maps.sum(1)
+        # shares[i, j]: the share of instance i's PRM inside instance j's mask
+        shares = (flat @ maps.T).T / np.where(total > 0, total, 1)[:, None]
     merged: list[tuple[int, list[int]]] = []
     owner: dict[int, int] = {}
+
+    def is_part(i: int, j: int) -> bool:
+        if fraction is not None and area[i] > 0 and inter[i, j] / area[i] >= fraction:
+            return True
+        return prms is not None and shares[i, j] >= mass
+
     for i, (position, absorbed) in enumerate(kept):
         target = next((j for j in range(i) if j not in owner and classes[kept[j][0]] == classes[position]
-                       and area[i] > 0 and inter[i, j] / area[i] >= fraction), None)
+                       and is_part(i, j)), None)
         if target is None:
             merged.append((position, list(absorbed)))
         else:

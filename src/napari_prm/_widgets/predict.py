@@ -27,6 +27,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgres
 from ..predict import Cancelled, Prediction
 from ..predictor import preset_settings, resolve_thresholds
 from .activity import ActivityProgress
+from .batch import open_batch_panel
 from .correct import CorrectionPanel
 from .form import PredictForm, WidgetSettings, upgrade_saved_settings
 from .layers import add_result_layers, check_image_layer, current_plane, merge_predictions, read_plane
@@ -108,6 +109,8 @@ class PredictWidget(PredictForm, QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
+        self.batch_button = QPushButton("Run on a folder…")
+        self.batch_button.clicked.connect(lambda: open_batch_panel(self))
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m")
         self.status = QLabel("")
@@ -125,6 +128,7 @@ class PredictWidget(PredictForm, QWidget):
         layout.addWidget(self.class_filter)
         layout.addWidget(self.class_list)
         layout.addLayout(buttons)
+        layout.addWidget(self.batch_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.correction.native)

@@ -3,9 +3,28 @@
 The one place that knows the file formats; the command line, the napari writer and the
 widgets all call it. Every file is written atomically (`atomic_write`): to a temporary
 file in the target's folder, then renamed over the target, so a failed write leaves the
-previous file as it was.
+previous file as it was. The several files of one image are a *file set*
+(`write_file_set`): they switch from old to new in one step, even when the process is
+killed, and ``<stem>.manifest.json`` lists them.
 
-- ``napari_prm.io.atomic``: `atomic_write`, `atomic_writes`;
+module                        holds
+============================  ==========================================================
+``napari_prm.io.atomic``      `atomic_write`, `atomic_writes`, `remove_stale_temporaries`
+``napari_prm.io.fileset``     `write_file_set`, `read_file_set`, `recover_file_sets`:
+                              one image's files, replaced in one step (a manifest)
+``napari_prm.io.images``      ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
+                              `read_array`, `as_rgb_float` (the one RGB normaliser)
+``napari_prm.io.labels``      `write_label_image`, `read_label_image`
+``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
+                              `write_peaks_csv`
+``napari_prm.io.coco``        `labels_to_coco`, `coco_to_labels`, `write_coco_json`
+``napari_prm.io.prediction``  `export_instances`, `write_prediction`, `prediction_paths`,
+                              `write_prms`, `complete_prediction`, `settle_outputs`
+============================  ==========================================================
+=======
+- ``napari_prm.io.atomic``: `atomic_write`, `atomic_writes`, `remove_stale_temporaries`;
+- ``napari_prm.io.fileset``: `write_file_set`, `read_file_set`, `recover_file_sets`: one
+  image's files, replaced in one step (a manifest);
 - ``napari_prm.io.images``: ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
   `read_array`, `as_rgb_float` (the one RGB normaliser);
 - ``napari_prm.io.labels``: `write_label_image`, `read_label_image`;
@@ -13,7 +32,7 @@ previous file as it was.
   `write_peaks_csv`;
 - ``napari_prm.io.coco``: `labels_to_coco`, `coco_to_labels`, `write_coco_json`;
 - ``napari_prm.io.prediction``: `export_instances`, `write_prediction`, `prediction_paths`,
-  `write_prms`.
+  `write_prms`, `complete_prediction`, `settle_outputs`.
 
 An *instance table* is a mapping of equal-length columns ``label, class_index, class_name,
 score, peak`` (a dict of arrays or napari's ``Labels.features`` DataFrame). Labels present
@@ -23,15 +42,26 @@ class name ``"unknown"``, no score and peak -1.
 This package imports neither napari/Qt nor torch.
 """
 
-from .atomic import atomic_write, atomic_writes
+from .atomic import atomic_write, atomic_writes, remove_stale_temporaries
 from .coco import UNKNOWN_CATEGORY_ID, coco_to_labels, labels_to_coco, write_coco_json
+from .fileset import MANIFEST_SUFFIX, FileSet, read_file_set, recover_file_sets, write_file_set
 from .images import IMAGE_SUFFIXES, as_rgb_float, read_array, read_image
 from .labels import read_label_image, write_label_image
-from .prediction import EXPORT_SUFFIXES, export_instances, prediction_paths, write_prediction, write_prms
+from .prediction import (
+    EXPORT_SUFFIXES,
+    complete_prediction,
+    export_instances,
+    prediction_paths,
+    settle_outputs,
+    write_prediction,
+    write_prms,
+)
 from .tables import INSTANCE_CSV_COLUMNS, UNKNOWN_CLASS, read_instances_csv, write_instances_csv, write_peaks_csv
 
 __all__ = [
-    "atomic_write", "atomic_writes", "read_array", "read_image", "as_rgb_float",
+    "atomic_write", "atomic_writes", "remove_stale_temporaries", "write_file_set", "read_file_set",
+    "recover_file_sets", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
+    "read_array", "read_image", "as_rgb_float",
     "write_label_image", "read_label_image",
     "labels_to_coco", "coco_to_labels", "write_coco_json", "write_instances_csv",
     "read_instances_csv", "write_peaks_csv", "write_prms", "export_instances",

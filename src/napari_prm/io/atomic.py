@@ -2,18 +2,33 @@
 
 Everything napari-prm writes (exports, checkpoints, reports, the recent-models list) goes
 through `atomic_write`: to a temporary file in the target's folder, then renamed over the
-target.
+target. Several files that must change together (one image's outputs) go through
+`napari_prm.io.fileset.write_file_set` instead, which builds on the pieces here.
+
+A temporary file's name carries its writer's *owner tag* (host, process id and process
+start time), so that `remove_stale_temporaries` removes exactly the temporaries whose
+writer is gone (a killed run) and never those of a writer still at work.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_writes"]
+__all__ = ["atomic_write", "atomic_writes", "remove_stale_temporaries"]
+
+#: A temporary whose writer cannot be checked (another host, or no owner tag) is taken
+#: for a leftover once it is this old: no napari-prm write takes an hour.
+STALE_AFTER_SECONDS = 3600.0
+
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?:~(?P<owner>[A-Za-z0-9_]+-\d+-\d+)~)?[^.]*\.tmp[^/]*$")
 
 
 def _current_umask() -> int:
@@ -24,6 +39,89 @@ def _current_umask() -> int:
 
 # mkstemp creates files readable by the owner only; exports should get the usual mode.
 _FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
+
+
+@lru_cache(maxsize=4)
+def _owner_for(pid: int) -> str:
+    import psutil
+
+    return f"{_host()}-{pid}-{int(psutil.Process(pid).create_time())}"
+
+
+def owner_tag() -> str:
+    """``host-pid-start``: who is writing, as it goes into temporary names.
+
+    Computed per call of the process id, so a forked child gets its own.
+    """
+    return _owner_for(os.getpid())
+
+
+def owner_is_gone(tag: str | None, modified: float, *, now: float | None = None) -> bool:
+    """Whether the writer named by an owner tag can no longer finish its write.
+
+    On this host, the process with that id and start time no longer exists. For another
+    host or a missing tag, the file (last modified at ``modified``, seconds since the
+    epoch) is older than `STALE_AFTER_SECONDS`.
+    """
+    now = time.time() if now is None else now
+    if tag:
+        host, pid, started = tag.rsplit("-", 2)
+        if host == _host():
+            import psutil
+
+            try:
+                return int(psutil.Process(int(pid)).create_time()) != int(started)
+            except psutil.Error:  # no such process (or not ours to inspect: gone for us)
+                return True
+    return now - modified > STALE_AFTER_SECONDS
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Make the renames in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows: folders cannot be opened, and renames need no folder sync
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that killed `atomic_write` calls left in ``folder``.
+
+    Only files named like `atomic_write`'s temporaries (``.<name>.~<owner>~<random>.tmp<suffix>``)
+    whose writer is gone (`owner_is_gone`) are removed; a live writer's are kept.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            modified = entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:  # its writer renamed it meanwhile
+            continue
+        if owner_is_gone(match["owner"], modified):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 @contextmanager
@@ -54,7 +152,8 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
     -----
     On an exception inside the block the temporary file is removed and ``path`` is left
     untouched. The data is flushed to disk before the rename (``os.replace``, atomic on
-    POSIX and Windows within one file system).
+    POSIX and Windows within one file system). A process killed inside the block leaves
+    its temporary file behind; `remove_stale_temporaries` removes it later.
     """
     path = Path(path)
     if path.is_dir():
@@ -63,7 +162,7 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.~{owner_tag()}~",
                                          suffix=f".tmp{path.suffix}")
     os.close(handle)
     temp = Path(temp_name)
@@ -81,12 +180,16 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
 @contextmanager
 def atomic_writes(paths: Sequence[str | os.PathLike], *,
                   overwrite: bool = True) -> Iterator[list[Path]]:
-    """`atomic_write` for several files at once: all are replaced, or none.
+    """`atomic_write` for several files at once: all are replaced, or none, on an exception.
 
     Yields one temporary path per target; the targets are replaced only after the whole
     block succeeded, so an export that fails on its third file leaves the previous
     export's files all as they were. With ``overwrite=False``, ``FileExistsError`` names
     every existing target before anything is written.
+
+    The files are renamed one after the other: a process *killed* between two renames
+    leaves some files new and some old. Where that matters (one image's outputs), use
+    `napari_prm.io.fileset.write_file_set`, which switches a set in one step.
     """
     paths = [Path(p) for p in paths]
     existing = [str(p) for p in paths if p.exists()]

@@ -1,4 +1,9 @@
-"""What a run writes: a label image with its classes in several formats, peaks and PRMs."""
+"""What a run writes: a label image with its classes in several formats, peaks and PRMs.
+
+The files of one image are written as a file set (`napari_prm.io.fileset`): they switch
+from the previous run's to the new ones in one step, even when the process is killed, and
+``<stem>.manifest.json`` says which files belong together.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,14 @@ import numpy as np
 import tifffile
 
 from .._validate import finite_array, output_file, output_folder
-from .atomic import atomic_write, atomic_writes
+from .atomic import atomic_write
 from .coco import labels_to_coco, write_coco_json
+from .fileset import FileSet, read_file_set, recover_file_sets, write_file_set
 from .labels import _check_labels, write_label_image
 from .tables import write_instances_csv, write_peaks_csv
 
-__all__ = ["export_instances", "write_prediction", "prediction_paths", "write_prms", "EXPORT_SUFFIXES"]
+__all__ = ["export_instances", "write_prediction", "prediction_paths", "write_prms", "EXPORT_SUFFIXES",
+           "complete_prediction", "settle_outputs"]
 
 #: File name endings of each export format, after the stem.
 EXPORT_SUFFIXES = {"tiff": "_labels.tif", "png": "_labels.png",
@@ -91,7 +98,8 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         A file ending in ``.tif``/``.tiff``, ``.png``, ``.json`` (COCO) or ``.csv``: that one
         file is written. Otherwise a folder (created if needed) that receives
         ``<stem>_labels.tif``, ``<stem>_labels.png``, ``<stem>_instances.json`` and
-        ``<stem>_instances.csv`` for the chosen ``formats``.
+        ``<stem>_instances.csv`` for the chosen ``formats``, as one file set (they replace
+        earlier files of ``stem`` together; ``<stem>.manifest.json`` lists them).
     formats : sequence of {"tiff", "png", "coco", "csv"}, optional
         Default ``("tiff", "coco", "csv")`` for a folder.
     stem : str, optional
@@ -121,9 +129,17 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
     coco = None
     if "coco" in targets:  # computed first: a bad table fails before any file is written
         coco = labels_to_coco(labels, table, class_names, file_name=image_file_name)
-    next(iter(targets.values())).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_writes(list(targets.values()), overwrite=overwrite) as temps:
-        for kind, temp in zip(targets, temps):
+    folder = next(iter(targets.values())).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(targets) == 1 and out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir():
+        (kind, target), = targets.items()  # one named file: replacing it is one rename already
+        with atomic_write(target, overwrite=overwrite) as temp:
+            _write_instances_as(kind, temp, labels, table, class_names, coco)
+        return [target]
+    info = {"written_by": "export_instances", "image": image_file_name}
+    with write_file_set(folder, stem or "labels", {kind: path.name for kind, path in targets.items()},
+                        overwrite=overwrite, info=info) as staged:
+        for kind, temp in staged.items():
             _write_instances_as(kind, temp, labels, table, class_names, coco)
     return list(targets.values())
 
@@ -158,8 +174,8 @@ def prediction_paths(out_dir: str | os.PathLike, stem: str, *,
 
 def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
                      prms_format: str | None = None, overwrite: bool = False,
-                     image_file_name: str = "") -> list[Path]:
-    """Write what ``napari-prm predict`` saves for one image.
+                     image_file_name: str = "", info: dict | None = None) -> list[Path]:
+    """Write what ``napari-prm predict`` saves for one image, all or nothing.
 
     Parameters
     ----------
@@ -176,11 +192,21 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
         If False and any target exists, raise ``FileExistsError`` before writing anything.
     image_file_name : str
         ``file_name`` of the image in the COCO JSON.
+    info : dict, optional
+        Extra facts for the manifest (e.g. the prediction settings).
 
     Returns
     -------
     list of Path
-        The files written, all replaced together (see `atomic_writes`).
+        The files written.
+
+    Notes
+    -----
+    The files are one file set (`napari_prm.io.fileset.write_file_set`): they replace
+    the previous outputs of ``stem`` in one step, even if the process is killed midway,
+    and outputs of an earlier run that this one does not write (``<stem>_prms.npy`` when
+    PRMs are no longer saved) are removed in the same step. ``<stem>.manifest.json``
+    lists the files with the numbers of peaks and instances.
     """
     targets = prediction_paths(out_dir, stem, prms_format=prms_format)
     if prms_format == "tiff" and len(prediction.prms) == 0:
@@ -188,8 +214,14 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
     labels, table = prediction.to_labels()
     coco = labels_to_coco(labels, table, prediction.class_names, file_name=image_file_name)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with atomic_writes(list(targets.values()), overwrite=overwrite) as temps:
-        for kind, temp in zip(targets, temps):
+    names = {kind: path.name for kind, path in targets.items()}
+    replaced = {path.name for fmt in ("npy", "tiff")
+                for path in prediction_paths(out_dir, stem, prms_format=fmt).values()} - set(names.values())
+    facts = {"written_by": "write_prediction", "image": image_file_name,
+             "peaks": int(len(prediction.peaks)), "instances": int(len(prediction.instances)),
+             "image_shape": [int(n) for n in prediction.image_shape], **(info or {})}
+    with write_file_set(out_dir, stem, names, overwrite=overwrite, removes=replaced, info=facts) as staged:
+        for kind, temp in staged.items():
             if kind == "peaks":
                 write_peaks_csv(temp, prediction)
             elif kind == "prms":
@@ -197,3 +229,46 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
             else:
                 _write_instances_as(kind, temp, labels, table, prediction.class_names, coco)
     return list(targets.values())
+
+
+def complete_prediction(out_dir: str | os.PathLike, stem: str, *,
+                        prms_format: str | None = None) -> FileSet | None:
+    """The outputs of ``stem`` when `write_prediction` wrote them completely, else None.
+
+    Complete means: ``<stem>.manifest.json`` lists every file ``prms_format`` asks for
+    (the PRM file may be absent when there were no peaks and TIFF was asked for), every
+    listed file exists, and no switch is left unfinished (one a killed writer committed
+    is finished here first). Resuming runs skip the images whose outputs are complete.
+    """
+    recover_file_sets(out_dir, stem=stem)
+    try:
+        file_set = read_file_set(out_dir, stem)
+    except ValueError:
+        return None
+    if file_set is None or file_set.missing():
+        return None
+    wanted = set(prediction_paths(out_dir, stem, prms_format=prms_format))
+    if prms_format == "tiff" and file_set.info.get("peaks") == 0:
+        wanted.discard("prms")
+    if not wanted <= set(file_set.files):
+        return None
+    if "prms" in wanted and file_set.files["prms"].name != prediction_paths(
+            out_dir, stem, prms_format=prms_format)["prms"].name:
+        return None
+    return file_set
+
+
+def settle_outputs(path: str | os.PathLike) -> None:
+    """Finish an interrupted switch of the outputs that the file ``path`` belongs to.
+
+    Readers call it before opening ``<stem>_labels.tif`` or ``<stem>_instances.json``,
+    so that they see all-new outputs after a writer was killed between its commit and
+    the renames (`napari_prm.io.fileset`). Nothing happens for other files.
+    """
+    path = Path(path)
+    for suffix in (*EXPORT_SUFFIXES.values(), "_peaks.csv", "_prms.npy", "_prms.tif"):
+        if path.name.endswith(suffix) and len(path.name) > len(suffix):
+            stem = path.name[: -len(suffix)]
+            if (path.parent / f"{stem}.manifest.json").is_file():
+                recover_file_sets(path.parent, stem=stem)
+            return

@@ -1,0 +1,198 @@
+""""Run on a folder…": the predict widget's model and settings on every image of a folder.
+
+`napari_prm.batch.predict_many` runs in a worker thread, in napari's process or on a local
+dask cluster of worker processes; a napari ``progress`` bar in the activity dock follows it
+and Cancel stops it between images. The results open lazily: the images and their label
+images as two dask-backed stacks (one plane per image, read when shown), so stepping
+through a thousand results reads only the planes looked at.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from pathlib import Path
+
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton, SpinBox
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from .. import batch
+from .relay import _Relay
+
+DOCK_NAME = "PRM: run on a folder"
+IMAGES_LAYER = "folder images"
+LABELS_LAYER = "folder instances"
+_panels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def open_batch_panel(predict_widget) -> BatchPanel:
+    """Show the "Run on a folder" panel of a predict widget (made once, then reused)."""
+    panel = _panels.get(predict_widget)
+    if panel is None:
+        panel = _panels[predict_widget] = BatchPanel(predict_widget)
+        window = getattr(predict_widget.viewer, "window", None)
+        if window is not None:
+            window.add_dock_widget(panel, name=DOCK_NAME, area="right", tabify=True)
+    dock = panel.native.parent()
+    if dock is None:  # no napari window (a viewer without one): a window of its own
+        panel.show()
+    else:
+        dock.show()
+        dock.raise_()
+    return panel
+
+
+class BatchPanel(Container):
+    """Predict every image of a folder with the settings of a predict widget.
+
+    Parameters
+    ----------
+    predict_widget : PredictWidget
+        Its model, device, preset, thresholds, classes, window and proposal source are
+        used as its *Run* uses them (a Labels layer as proposal source cannot apply to
+        other images: the built-in proposals are used instead).
+    """
+
+    def __init__(self, predict_widget):
+        self._predict = predict_widget
+        self._viewer = predict_widget.viewer
+        self._inputs = FileEdit(label="image folder", mode="d")
+        self._out = FileEdit(label="output folder", mode="d")
+        self._workers = SpinBox(label="worker processes", value=0, min=0, max=os.cpu_count() or 1,
+                                tooltip="0: one image after the other in napari's process; "
+                                        "N: a local dask cluster of N processes")
+        self._overwrite = CheckBox(text="recompute images that already have outputs", value=False)
+        self._run_button = PushButton(text="Run on folder")
+        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        self._status = Label(value="")
+        super().__init__(widgets=[self._inputs, self._out, self._workers, self._overwrite,
+                                  self._run_button, self._cancel_button, self._status])
+        self._run_button.changed.connect(lambda: self.start())
+        self._cancel_button.changed.connect(lambda: self.cancel())
+        self._relay = _Relay()
+        self._relay.progressed.connect(self._on_progress)
+        self._cancel = threading.Event()
+        self.worker = None
+        self.result: batch.BatchResult | None = None
+        self.progress_bar: progress | None = None
+        self.last_message = ""
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _say(self, message: str, kind: str = "info") -> None:
+        self.last_message = message
+        self._status.value = message
+        {"info": show_info, "warning": show_warning, "error": show_error}[kind](message)
+
+    def _folder(self, field) -> Path | None:
+        value = field.value
+        return Path(value) if value is not None and str(value) not in ("", ".") else None
+
+    def start(self):
+        """Start the batch; returns the worker (None when refused)."""
+        if self.running:
+            self._say("A folder is already being processed: wait for it or press Cancel.", "warning")
+            return None
+        inputs, out = self._folder(self._inputs), self._folder(self._out)
+        if inputs is None or out is None:
+            self._say("Choose an image folder and an output folder.", "error")
+            return None
+        images, problems = batch.collect_images([inputs])
+        if not images:
+            self._say("; ".join(problems) or f"No images in {inputs}.", "error")
+            return None
+        settings = self._predict._settings()
+        if not isinstance(settings["proposals"], (str, type(None))):
+            self._say("A Labels layer cannot give proposals for other images: using the built-in ones.",
+                      "warning")
+            settings["proposals"] = "default"
+        workers = int(self._workers.value)
+        if workers:
+            import distributed  # noqa: F401  (imported on the Qt thread, not half-way in two)
+        self._cancel.clear()
+        self.result = None
+        self.progress_bar = progress(total=len(images), desc="napari-prm: folder")
+        worker = create_worker(self._run, images, out, settings, workers, bool(self._overwrite.value))
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(lambda error: self._say(
+            f"The folder run failed: {type(error).__name__}: {error}", "error"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._run_button.enabled = False
+        self._cancel_button.enabled = True
+        self._status.value = f"Predicting {len(images)} images of {inputs}…"
+        worker.start()
+        return worker
+
+    def _run(self, images, out: Path, settings: dict, workers: int, overwrite: bool):
+        """Worker thread: the model with the widget's window size, then `predict_many`."""
+        from ..model.checkpoint import load_model
+
+        model = load_model(settings["model"], device=settings["device"])
+        model.network.win_size = model.settings["win_size"] = settings["window"]
+        # as the widget's Run: the preset, and the thresholds the user set (else the calibrated ones)
+        options = {"preset": settings["preset"], "classes": settings["classes"], "proposals": settings["proposals"],
+                   **self._predict.threshold_overrides(settings)}
+        client = batch.start_local_cluster(workers) if workers else None
+        try:
+            return batch.predict_many(
+                images, model, out, client, overwrite=overwrite, device=settings["device"],
+                progress=lambda result, done, total: self._relay.progressed.emit((result, done, total)),
+                cancel=self._cancel.is_set, **options)
+        finally:
+            if client is not None:
+                cluster = client.cluster
+                client.close()
+                cluster.close()
+
+    def cancel(self) -> None:
+        """Stop between images; what was written stays, and a new run resumes from there."""
+        if self.worker is not None:
+            self._cancel.set()
+
+    def _on_progress(self, report) -> None:
+        result, done, total = report
+        if self.progress_bar is not None:
+            self.progress_bar.update(done - self.progress_bar.n)
+        self._status.value = f"{done}/{total}: {Path(result.image).name} {result.status}"
+
+    def _on_done(self, result: batch.BatchResult) -> None:
+        self.result = result
+        counts = {status: len(result.with_status(status)) for status in ("written", "skipped", "failed")}
+        cancelled = len(result.with_status("cancelled"))
+        message = (f"{'Cancelled' if cancelled else 'Done'}: {counts['written']} written, "
+                   f"{counts['skipped']} skipped, {counts['failed']} failed"
+                   + (f", {cancelled} not done" if cancelled else "") + f"; summary: {result.summary}")
+        self.open_results(result)
+        self._say(message, "warning" if counts["failed"] else "info")
+
+    def open_results(self, result: batch.BatchResult) -> None:
+        """Show the images with outputs and their labels as lazy stacks, one plane each."""
+        done = result.with_outputs()
+        if not done:
+            return
+        label_paths = [result.labels_path(r) for r in done]
+        labels = batch.label_stack(label_paths)
+        images = batch.image_stack([r.image for r in done], batch.label_shapes(label_paths))
+        metadata = {"images": [r.image for r in done], "labels": [str(p) for p in label_paths],
+                    "summary": str(result.summary)}
+        names = [Path(r.image).name for r in done]
+        for name, data, add in ((IMAGES_LAYER, images, self._viewer.add_image),
+                                (LABELS_LAYER, labels, self._viewer.add_labels)):
+            if name in self._viewer.layers:  # reuse the layers of an earlier run
+                self._viewer.layers.remove(name)
+            options = {"rgb": True} if add == self._viewer.add_image else {}
+            add(data, name=name, metadata={**metadata, "plane_names": names}, **options)
+        self._viewer.dims.set_current_step(0, 0)
+
+    def _on_finished(self) -> None:
+        if self.progress_bar is not None:
+            self.progress_bar.close()
+        self.worker = None
+        self._run_button.enabled = True
+        self._cancel_button.enabled = False

@@ -1,0 +1,733 @@
+"""Batch prediction: many images, in this process or on a dask.distributed cluster.
+
+`predict_many` runs `napari_prm.predict` on every image and writes each image's outputs
+with the all-or-nothing writer (`napari_prm.io.write_prediction`), in one of two ways:
+
+- ``client=None``: one image after the other in this process (``napari-prm predict``
+  without ``--workers``; the napari widget with 0 workers);
+- a `distributed.Client`: one task per image on the cluster's workers (``--workers N``
+  starts a `distributed.LocalCluster`, see `start_local_cluster`; ``--scheduler ADDRESS``
+  connects to a running one).
+
+Both call the same per-image function, `predict_image`. On a cluster:
+
+- the model travels once: a built-in model by name, a checkpoint as its bytes in a
+  worker plugin (every worker gets them once, also workers that join or restart later),
+  identified by their SHA-256; each worker process loads the model once and keeps it
+  (`model_for`), so no task carries more than a small `ModelSpec`;
+- images are read, and outputs written, by the workers (they must see the same paths);
+- at most ``max_in_flight`` tasks (default: twice the workers' threads) are submitted at
+  a time, and only small `ImageResult` records come back unless ``gather=True``.
+
+A run is resumable: images whose outputs are complete (`napari_prm.io.complete_prediction`)
+are skipped unless ``overwrite=True``. Failures are isolated: an image whose prediction
+raises, or whose worker dies, is tried ``retries`` more times (default once), then
+reported, and the batch goes on. ``<out>/summary.csv`` lists every image with its status
+and is rewritten atomically as results arrive (at most once a second, and at the end).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import tempfile
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import IMAGE_SUFFIXES
+from .io.atomic import atomic_write
+
+__all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
+           "output_stems", "start_local_cluster", "label_stack", "label_shapes", "image_stack", "SUMMARY_COLUMNS"]
+
+#: Columns of ``summary.csv``.
+SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts")
+#: Statuses in ``summary.csv``: outputs written by this run, complete outputs found (or left
+#: as they were), the image failed every attempt, the run was cancelled or killed first.
+STATUSES = ("written", "skipped", "failed", "cancelled", "pending")
+SUMMARY_NAME = "summary.csv"
+ProgressCallback = Callable[["ImageResult", int, int], None]
+
+
+@dataclass
+class ImageResult:
+    """What happened to one image of a batch.
+
+    Attributes
+    ----------
+    image : str
+        The image file.
+    stem : str
+        Stem of its output files in the output folder.
+    status : {"written", "skipped", "failed", "cancelled", "pending"}
+    peaks, instances : int or None
+        Counts of the written (or found) outputs.
+    seconds : float or None
+        Time spent on the image (reading, prediction, writing) where it ran.
+    error : str
+        Why it failed or was skipped.
+    attempts : int
+        Times it was run (0 when skipped).
+    shape : (int, int) or None
+        ``(H, W)`` of the image and of its label image.
+    prediction : Prediction or None
+        Only with ``predict_many(..., gather=True)``.
+    details : str
+        The traceback of the last failure (not in ``summary.csv``).
+    notes : list of str
+        What the prediction noted (`Prediction.notes`, e.g. peaks left out by
+        ``max_peaks``); not in ``summary.csv``.
+    """
+
+    image: str
+    stem: str
+    status: str = "pending"
+    peaks: int | None = None
+    instances: int | None = None
+    seconds: float | None = None
+    error: str = ""
+    attempts: int = 0
+    shape: tuple[int, int] | None = None
+    prediction: Any = None
+    details: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def row(self) -> dict:
+        """The image's row of ``summary.csv``."""
+        return {"image": self.image, "status": self.status,
+                "peaks": "" if self.peaks is None else self.peaks,
+                "instances": "" if self.instances is None else self.instances,
+                "seconds": "" if self.seconds is None else f"{self.seconds:.3f}",
+                "error": self.error, "attempts": self.attempts}
+
+
+@dataclass
+class BatchResult:
+    """The images of a batch, in input order, and where their outputs went."""
+
+    results: list[ImageResult]
+    out: Path
+    summary: Path
+    prms_format: str | None = None
+
+    def with_status(self, status: str) -> list[ImageResult]:
+        return [result for result in self.results if result.status == status]
+
+    @property
+    def written(self) -> list[ImageResult]:
+        return self.with_status("written")
+
+    @property
+    def skipped(self) -> list[ImageResult]:
+        return self.with_status("skipped")
+
+    @property
+    def failed(self) -> list[ImageResult]:
+        return self.with_status("failed")
+
+    def labels_path(self, result: ImageResult) -> Path:
+        """Where the label image of ``result``'s image is (or would be)."""
+        from .io import prediction_paths
+
+        return prediction_paths(self.out, result.stem)["tiff"]
+
+    def with_outputs(self) -> list[ImageResult]:
+        """The images that have outputs (written or skipped, label image present), in order."""
+        return [r for r in self.results if r.status in ("written", "skipped") and self.labels_path(r).is_file()]
+
+    def label_paths(self) -> list[Path]:
+        """The label images of `with_outputs`, in order."""
+        return [self.labels_path(r) for r in self.with_outputs()]
+
+
+# --------------------------------------------------------------------------- inputs
+def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Image files named by ``inputs`` (files, or folders searched one level, sorted).
+
+    Returns the files (duplicates removed, in order) and a message per input that does
+    not exist or is a folder without images.
+    """
+    images, problems = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            images.extend(found)
+        elif item.is_file():
+            images.append(item)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    unique = list(dict.fromkeys(p.resolve() for p in images))
+    return [Path(p) for p in unique], problems
+
+
+def output_stems(images: Sequence[Path]) -> list[str]:
+    """Image stems, made unique (``a/x.png`` and ``b/x.png`` -> ``x``, ``x_2``)."""
+    stems, seen = [], set()
+    for image in images:
+        stem, number = Path(image).stem, 1
+        while stem in seen:
+            number += 1
+            stem = f"{Path(image).stem}_{number}"
+        seen.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def proposals_for_image(proposals, image: Path):
+    """``proposals`` for one image: a folder of proposal files gives the one named like it."""
+    if isinstance(proposals, (str, os.PathLike)) and Path(proposals).is_dir():
+        matches = sorted(p for p in Path(proposals).iterdir()
+                         if p.stem == image.stem and p.resolve() != image.resolve())
+        if not matches:
+            raise ValueError(f"no proposal file named {image.stem}.* in {proposals}")
+        return str(matches[0])
+    return proposals
+
+
+# --------------------------------------------------------------------------- the model on workers
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker gets the model: a built-in name, or a checkpoint known by its SHA-256.
+
+    Attributes
+    ----------
+    source : str
+        A built-in model's name or the checkpoint's path (for messages, and where no
+        bytes came).
+    sha256 : str or None
+        Of the checkpoint file (None for a built-in model). It keys each worker's cache,
+        so a checkpoint rewritten during a batch (training goes on) is not mixed in.
+    device : str or None
+        torch device on the worker (None: the best available).
+    torch_threads : int or None
+        Intra-op threads of torch in the worker process (None: leave as is).
+    """
+
+    source: str
+    sha256: str | None = None
+    device: str | None = None
+    torch_threads: int | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.sha256 or self.source, self.device)
+
+
+_MODELS: dict[tuple, Any] = {}
+_CHECKPOINTS: dict[str, bytes] = {}  # checkpoint bytes by SHA-256, from the worker plugin
+_MODEL_LOCK = threading.Lock()
+# A worker thread runs one prediction at a time: PRM back-propagation patches the network.
+_PREDICT_LOCK = threading.Lock()
+
+
+def model_spec(model, *, device: str | None = None,
+               torch_threads: int | None = None) -> tuple[ModelSpec, bytes | None]:
+    """The `ModelSpec` of ``model`` and the checkpoint bytes to send (None for built-ins).
+
+    ``model`` is a built-in name, a checkpoint path, or a loaded `PRMModel` (saved to a
+    temporary checkpoint first, so that it travels as bytes too).
+    """
+    from .model.checkpoint import BUILTIN_MODELS, PRMModel, save_model
+
+    if isinstance(model, PRMModel):
+        with tempfile.TemporaryDirectory() as folder:
+            data = save_model(model, Path(folder) / "model.pt").read_bytes()
+        return ModelSpec("<a loaded model>.pt", hashlib.sha256(data).hexdigest(), device, torch_threads), data
+    if isinstance(model, str) and model in BUILTIN_MODELS:
+        return ModelSpec(model, None, device, torch_threads), None
+    path = Path(model)
+    if not path.is_file():
+        raise ValueError(f"model {model!r} is neither a built-in model {BUILTIN_MODELS} nor a checkpoint file")
+    data = path.read_bytes()
+    return ModelSpec(str(path.resolve()), hashlib.sha256(data).hexdigest(), device, torch_threads), data
+
+
+def model_for(spec: ModelSpec):
+    """The model of ``spec`` in this process: loaded on first use, then kept.
+
+    Only the last model is kept (a worker serves one batch at a time). A checkpoint is
+    loaded from the bytes the batch's worker plugin brought; without them (in this
+    process) from the file at ``spec.source``, which must still have ``spec.sha256``.
+    """
+    with _MODEL_LOCK:
+        model = _MODELS.get(spec.key)
+        if model is None:
+            if spec.torch_threads:
+                import torch
+
+                torch.set_num_threads(spec.torch_threads)
+            model = _load(spec, _CHECKPOINTS.get(spec.sha256 or ""))
+            _MODELS.clear()
+            _MODELS[spec.key] = model
+        return model
+
+
+def _load(spec: ModelSpec, checkpoint: bytes | None):
+    from .model.checkpoint import load_model
+
+    if spec.sha256 is None:
+        return load_model(spec.source, device=spec.device)
+    if checkpoint is None:
+        checkpoint = Path(spec.source).read_bytes()
+    if hashlib.sha256(checkpoint).hexdigest() != spec.sha256:
+        raise ValueError(f"checkpoint {spec.source} changed since the batch started (its SHA-256 differs)")
+    suffix = Path(spec.source).suffix or ".pt"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"checkpoint{suffix}"
+        path.write_bytes(checkpoint)
+        return load_model(path, device=spec.device)
+
+
+# --------------------------------------------------------------------------- one image
+def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, model, *,
+                  settings: Mapping[str, Any] | None = None, overwrite: bool = False,
+                  prms_format: str | None = None, gather: bool = False) -> ImageResult:
+    """Read one image, predict, and write its outputs all-or-nothing: one batch task.
+
+    Parameters
+    ----------
+    image : path-like
+    stem : str
+        Stem of the output files in ``out``.
+    out : path-like
+        Output folder (it must exist).
+    model : PRMModel
+    settings : mapping, optional
+        Keyword arguments of `napari_prm.predict`, passed through; a ``proposals`` folder
+        gives each image the proposal file of its stem.
+    overwrite : bool
+        Replace complete outputs. Without it, complete outputs (written by an earlier run
+        or an earlier attempt) are left and reported as ``"skipped"``.
+    prms_format : {None, "npy", "tiff"}
+    gather : bool
+        Keep the `Prediction` in the result.
+
+    Returns
+    -------
+    ImageResult
+        ``"written"`` or ``"skipped"``; errors propagate (the caller retries and reports).
+    """
+    from . import io
+    from .predict import predict
+
+    started = time.perf_counter()
+    image = Path(image)
+    if not overwrite:
+        existing = io.complete_prediction(out, stem, prms_format=prms_format)
+        if existing is not None:
+            return _skipped(str(image), stem, existing)
+    settings = dict(settings or {})
+    if "proposals" in settings:
+        settings["proposals"] = proposals_for_image(settings["proposals"], image)
+    pixels = io.read_image(image)
+    with _PREDICT_LOCK:
+        prediction = predict(pixels, model, **settings)
+    io.write_prediction(prediction, out, stem, prms_format=prms_format, overwrite=overwrite,
+                        image_file_name=image.name, info={"settings": _describe(settings)})
+    return ImageResult(str(image), stem, "written", int(len(prediction.peaks)), int(len(prediction.instances)),
+                       time.perf_counter() - started, shape=tuple(int(n) for n in pixels.shape[:2]),
+                       prediction=prediction if gather else None, notes=list(prediction.notes))
+
+
+def _describe(settings: Mapping[str, Any]) -> dict:
+    """Settings as the manifest records them (arrays and callables by their type)."""
+    return {key: value if isinstance(value, (str, int, float, bool, type(None), list, tuple))
+            else f"<{type(value).__name__}>" for key, value in settings.items()}
+
+
+def _skipped(image: str, stem: str, file_set, error: str = "") -> ImageResult:
+    info = file_set.info if file_set is not None else {}
+    shape = info.get("image_shape")
+    return ImageResult(image, stem, "skipped", info.get("peaks"), info.get("instances"), None, error,
+                       shape=tuple(shape) if shape else None)
+
+
+def _describe_error(error: BaseException) -> str:
+    """One line: the message of an input error (it names the file), else ``unexpected <type>: ...``."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if isinstance(error, (ValueError, OSError)) else f"unexpected {type(error).__name__}: {text}"
+
+
+def _failed(image: str, stem: str, error: BaseException, started: float) -> ImageResult:
+    return ImageResult(image, stem, "failed", seconds=time.perf_counter() - started, error=_describe_error(error),
+                       details="".join(traceback.format_exception(error)))
+
+
+def _run_task(image: str, stem: str, out: str, spec: ModelSpec, settings: Mapping[str, Any], overwrite: bool,
+              prms_format: str | None, gather: bool) -> ImageResult:
+    """A cluster task: `predict_image` with the worker's cached model; errors become results."""
+    started = time.perf_counter()
+    try:
+        return predict_image(image, stem, out, model_for(spec), settings=settings,
+                             overwrite=overwrite, prms_format=prms_format, gather=gather)
+    except Exception as error:  # reported by the client, as text: an exception may not pickle
+        return _failed(image, stem, error, started)
+
+
+# --------------------------------------------------------------------------- summary
+class _Summary:
+    """``summary.csv``: every image's row, rewritten atomically at most once per ``every`` s."""
+
+    def __init__(self, path: Path, results: list[ImageResult], every: float = 1.0):
+        self.path, self.results, self.every = path, results, every
+        self.last = -float("inf")
+
+    def update(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        with atomic_write(self.path) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(result.row() for result in self.results)
+        self.last = now
+
+
+# --------------------------------------------------------------------------- the batch
+def predict_many(
+    paths: Sequence[str | os.PathLike],
+    model,
+    out: str | os.PathLike,
+    client=None,
+    *,
+    overwrite: bool = False,
+    prms_format: str | None = None,
+    stems: Sequence[str] | None = None,
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+    max_in_flight: int | None = None,
+    retries: int = 1,
+    gather: bool = False,
+    torch_threads: int | None = 1,
+    summary_every: float = 1.0,
+    **settings: Any,
+) -> BatchResult:
+    """Predict every image of ``paths`` and write its outputs to ``out``.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Image files (see `collect_images` for folders).
+    model : str, path-like or PRMModel
+        A built-in model (``"imagenet-voc"``, ``"imagenet-coco"``, ``"imagenet"``), a
+        checkpoint, or a loaded model.
+    out : path-like
+        Output folder (created): per image the files of `napari_prm.io.write_prediction`
+        and ``<stem>.manifest.json``; ``summary.csv`` for the batch.
+    client : distributed.Client, optional
+        Run on this cluster; None runs in this process, one image after the other.
+    overwrite : bool
+        Recompute images whose outputs are complete (default: skip them).
+    prms_format : {None, "npy", "tiff"}
+        Also write each image's PRMs.
+    stems : sequence of str, optional
+        Output stems (default: `output_stems` of ``paths``).
+    device : str, optional
+        torch device of the model (None: the best available where it runs).
+    progress : callable, optional
+        ``progress(result, done, total)`` after each image (skipped ones included), in
+        the calling thread.
+    cancel : callable, optional
+        Checked while waiting; when it returns True the images not yet done are marked
+        ``"cancelled"`` (tasks in flight on a cluster are cancelled) and the batch returns.
+    max_in_flight : int, optional
+        Tasks submitted to the cluster at a time (default: twice the workers' threads).
+    retries : int
+        Further attempts for an image that failed or whose worker died.
+    gather : bool
+        Bring each `Prediction` (PRMs included) back in the results; memory grows with
+        the batch.
+    torch_threads : int or None
+        Intra-op threads of torch in each cluster worker (default 1: the cluster's
+        parallelism comes from its processes, and threads on top of them compete for the
+        same cores); None leaves the workers as they are. Not applied in this process.
+    summary_every : float
+        Seconds between rewrites of ``summary.csv`` while results arrive.
+    **settings
+        Keyword arguments of `napari_prm.predict` for every image (``preset``,
+        ``class_threshold``, ``peak_threshold``, ``max_peaks``, ``tta``, ``prm_mode``,
+        ``proposals``, ...), passed through unchanged: each image gets exactly what
+        ``predict(image, model, **settings)`` gives, the preset's and the model's
+        calibrated defaults included.
+
+    Returns
+    -------
+    BatchResult
+    """
+    from . import io
+
+    paths = [Path(p) for p in paths]
+    stems = list(stems) if stems is not None else output_stems(paths)
+    if len(stems) != len(paths) or len(set(stems)) != len(stems):
+        raise ValueError(f"stems must be {len(paths)} distinct names, one per image; got {len(stems)}"
+                         f" ({len(set(stems))} distinct)")
+    if prms_format not in (None, "npy", "tiff"):
+        raise ValueError(f"prms_format must be None, 'npy' or 'tiff', got {prms_format!r}")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    io.recover_file_sets(out)  # finish or remove what killed runs left
+    results = [ImageResult(str(p), s) for p, s in zip(paths, stems)]
+    summary = _Summary(out / SUMMARY_NAME, results, summary_every)
+    batch = BatchResult(results, out, summary.path, prms_format)
+    todo, done_count = [], 0
+
+    def report(result: ImageResult) -> None:
+        nonlocal done_count
+        done_count += 1
+        summary.update()
+        if progress is not None:
+            progress(result, done_count, len(results))
+
+    for index, result in enumerate(results):  # resume: complete outputs are kept
+        if overwrite:
+            todo.append(index)
+            continue
+        existing = io.complete_prediction(out, result.stem, prms_format=prms_format)
+        leftovers = [p.name for p in io.prediction_paths(out, result.stem, prms_format=prms_format).values()
+                     if p.exists()]
+        if existing is not None or leftovers:
+            reason = "" if existing is not None else (
+                f"outputs exist ({', '.join(leftovers)}) but are not a complete set; use overwrite to replace them")
+            results[index] = _skipped(result.image, result.stem, existing, reason)
+            report(results[index])
+        else:
+            todo.append(index)
+    summary.update(force=True)
+    cancel = cancel or (lambda: False)
+    try:
+        if client is None:
+            _run_here(results, todo, model, out, device=device, settings=settings, overwrite=overwrite,
+                      prms_format=prms_format, gather=gather, retries=retries, cancel=cancel, report=report)
+        else:
+            _run_on_cluster(results, todo, client, model, out, device=device, torch_threads=torch_threads,
+                            settings=settings, overwrite=overwrite, prms_format=prms_format, gather=gather,
+                            retries=retries, cancel=cancel, report=report, max_in_flight=max_in_flight)
+    finally:
+        for result in results:
+            if result.status == "pending" and cancel():
+                result.status = "cancelled"
+        summary.update(force=True)
+    return batch
+
+
+def _finish(results, index, result: ImageResult, attempts: int, report) -> None:
+    result.attempts = attempts
+    if result.status == "skipped" and attempts > 1:
+        result.status = "written"  # an earlier attempt wrote them before its worker died
+    results[index] = result
+    report(result)
+
+
+def _run_here(results, todo, model, out, *, device, settings, overwrite, prms_format, gather, retries,
+              cancel, report) -> None:
+    from .model.checkpoint import load_model
+
+    if todo:
+        model = load_model(model, device=device)
+    for index in todo:
+        if cancel():
+            return
+        image, stem = results[index].image, results[index].stem
+        attempts, result = 0, None
+        while result is None or (result.status == "failed" and attempts <= retries):
+            attempts += 1
+            started = time.perf_counter()
+            try:
+                result = predict_image(image, stem, out, model, settings=settings, overwrite=overwrite,
+                                       prms_format=prms_format, gather=gather)
+            except Exception as error:  # one bad image must not stop the batch
+                result = _failed(image, stem, error, started)
+        _finish(results, index, result, attempts, report)
+
+
+def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads, settings, overwrite,
+                    prms_format, gather, retries, cancel, report, max_in_flight) -> None:
+    from distributed import as_completed
+
+    if not todo:
+        return
+    spec, checkpoint = model_spec(model, device=device, torch_threads=torch_threads)
+    client.wait_for_workers(1, timeout=120)
+    if max_in_flight is None:
+        max_in_flight = 2 * max(1, sum(client.nthreads().values()))
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    plugin = None
+    if checkpoint is not None:  # every worker gets the bytes once; tasks name them by hash
+        plugin = f"napari-prm-checkpoint-{spec.sha256[:16]}"
+        client.register_plugin(_checkpoint_plugin(spec.sha256, checkpoint), name=plugin)
+    queue, attempts, in_flight = deque(todo), {}, {}
+    completed = as_completed(loop=client.loop)  # bound to this client, not dask's default one
+    run_token = os.urandom(4).hex()
+
+    def submit(index: int) -> None:
+        attempts[index] = attempts.get(index, 0) + 1
+        result = results[index]
+        future = client.submit(_run_task, result.image, result.stem, str(out), spec, dict(settings),
+                               overwrite, prms_format, gather, pure=False,
+                               key=f"napari-prm-{result.stem}-{run_token}-{attempts[index]}")
+        in_flight[future] = index
+        completed.add(future)
+
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < max_in_flight:
+                submit(queue.popleft())
+            finished = completed.next_batch(block=False)
+            if cancel():
+                return
+            if not finished:  # the workers have queued tasks: a short wait idles none of them
+                time.sleep(0.05)
+            for future in finished:
+                index = in_flight.pop(future)
+                try:
+                    result = future.result()
+                except Exception as error:  # the worker died (KilledWorker) or the task was lost
+                    reason = ("its worker died while running it (KilledWorker)"
+                              if type(error).__name__ == "KilledWorker" else _describe_error(error))
+                    result = ImageResult(results[index].image, results[index].stem, "failed", error=reason)
+                future.release()
+                if result.status == "failed" and attempts[index] <= retries:
+                    queue.appendleft(index)
+                    continue
+                _finish(results, index, result, attempts[index], report)
+    finally:
+        if in_flight:
+            client.cancel(list(in_flight))
+        if plugin is not None and client.status == "running":
+            client.unregister_worker_plugin(plugin)
+
+
+_PLUGIN_CLASS = None
+
+
+def _checkpoint_plugin(sha256: str, data: bytes):
+    """A `distributed.WorkerPlugin` that puts a checkpoint's bytes into each worker's cache.
+
+    The scheduler keeps registered plugins and sets them up on workers that join later
+    (or restart after a crash), which data scattered to the workers would not survive.
+    The class is made here so that importing this module does not import distributed.
+    """
+    global _PLUGIN_CLASS
+    if _PLUGIN_CLASS is None:
+        from distributed import WorkerPlugin
+
+        class CheckpointPlugin(WorkerPlugin):
+            idempotent = True
+
+            def __init__(self, sha256: str, data: bytes):
+                self.sha256, self.data = sha256, data
+
+            def setup(self, worker) -> None:
+                from napari_prm import batch  # the worker's module, not a pickled copy of its globals
+
+                batch._CHECKPOINTS[self.sha256] = self.data
+
+            def teardown(self, worker) -> None:
+                from napari_prm import batch
+
+                batch._CHECKPOINTS.pop(self.sha256, None)
+
+        _PLUGIN_CLASS = CheckpointPlugin
+    return _PLUGIN_CLASS(sha256, data)
+
+
+# --------------------------------------------------------------------------- clusters
+def start_local_cluster(n_workers: int, *, dashboard: bool = True, **options):
+    """A `distributed.Client` on a new `LocalCluster` of ``n_workers`` one-thread processes.
+
+    A task whose worker dies is not re-run by the scheduler (``allowed-failures`` 0):
+    `predict_many` retries it itself, so every image has the same number of attempts.
+    The dashboard needs bokeh; without it there is none (``client.dashboard_link`` is
+    then meaningless). ``options`` go to `LocalCluster`.
+    """
+    import importlib.util
+    import logging
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    if n_workers < 1:
+        raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+    dashboard = dashboard and importlib.util.find_spec("bokeh") is not None
+    settings = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                "dashboard_address": ":0" if dashboard else None, "silence_logs": logging.ERROR, **options}
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(**settings)
+    return Client(cluster, set_as_default=False)  # dask.compute elsewhere keeps its own scheduler
+
+
+# --------------------------------------------------------------------------- lazy results
+def _padded(read, path, shape, dtype):
+    data = np.asarray(read(path))
+    padded = np.zeros(shape, dtype)
+    padded[tuple(slice(0, n) for n in data.shape)] = data
+    return padded
+
+
+def label_shapes(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
+    """``(H, W)`` of label TIFFs, from their headers only."""
+    import tifffile
+
+    shapes = []
+    for path in paths:
+        with tifffile.TiffFile(path) as tiff:
+            shapes.append(tuple(int(n) for n in tiff.pages[0].shape[:2]))
+    return shapes
+
+
+def label_stack(paths: Sequence[str | os.PathLike]):
+    """The label images as one lazy (N, H, W) uint32 dask array, each read when viewed.
+
+    Images of other sizes are padded with 0 at the bottom and right to the largest
+    ``H`` and ``W``. Only the TIFF headers are read here.
+    """
+    import dask
+    import dask.array as da
+
+    from .io import read_label_image
+
+    shapes = label_shapes(paths)
+    if not shapes:
+        return da.zeros((0, 1, 1), np.uint32)
+    shape = tuple(int(n) for n in np.max(shapes, axis=0))
+    planes = [da.from_delayed(dask.delayed(_padded)(read_label_image, path, shape, np.uint32), shape, np.uint32)
+              for path in paths]
+    return da.stack(planes)
+
+
+def image_stack(paths: Sequence[str | os.PathLike], shapes: Sequence[tuple[int, int]]):
+    """The images as one lazy (N, H, W, 3) uint8 RGB dask array (padded like `label_stack`).
+
+    ``shapes`` are the images' ``(H, W)`` (those of their label images).
+    """
+    import dask
+    import dask.array as da
+
+    if not len(paths):
+        return da.zeros((0, 1, 1, 3), np.uint8)
+    shape = tuple(int(n) for n in np.max(np.asarray(shapes), axis=0)) + (3,)
+    planes = [da.from_delayed(dask.delayed(_padded)(_rgb8, path, shape, np.uint8), shape, np.uint8)
+              for path in paths]
+    return da.stack(planes)
+
+
+def _rgb8(path) -> np.ndarray:
+    from .io import as_rgb_float, read_image
+
+    return (as_rgb_float(read_image(path)) * 255).round().astype(np.uint8)

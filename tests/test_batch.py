@@ -1,0 +1,275 @@
+"""Batch prediction on a real dask.distributed cluster: resumable, isolated failures, same outputs.
+
+Real images (scikit-image samples at a quarter of their size), a tiny random checkpoint,
+and worker processes: two in a `LocalCluster`, or a scheduler and a worker started as
+separate processes for ``--scheduler``.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_prm import build_model, io, load_model, predict, save_model
+from napari_prm.batch import label_stack, predict_many, start_local_cluster
+from napari_prm.cli import main
+
+SETTINGS = {"proposals": "prm", "peak_threshold": 0.0}
+
+
+def summary_rows(out: Path) -> dict:
+    with open(out / "summary.csv", newline="", encoding="utf-8") as handle:
+        return {Path(row["image"]).name: row for row in csv.DictReader(handle)}
+
+
+def output_state(out: Path) -> dict:
+    """Every output file's (inode, modification time): unchanged when nothing was rewritten."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()
+            if p.name != "summary.csv"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(64, 64))
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    """Three RGB photographs, a 16-bit grayscale TIFF, and a PNG that is not one."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("images")
+    iio.imwrite(folder / "cat.png", data.chelsea()[::4, ::4])
+    iio.imwrite(folder / "coffee.jpg", data.coffee()[::4, ::4])
+    iio.imwrite(folder / "astronaut.png", data.astronaut()[::4, ::4])
+    tifffile.imwrite(folder / "camera16.tif", data.camera()[::4, ::4].astype(np.uint16) * 200)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a PNG")
+    return sorted(folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two worker processes, one thread each (torch with one thread)."""
+    client = start_local_cluster(2, dashboard=False)
+    yield client
+    cluster = client.cluster
+    client.close()
+    cluster.close()
+
+
+@pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
+def test_cluster_writes_the_one_process_outputs_reports_the_corrupt_image_and_resumes(
+        tmp_path, checkpoint, images, client):
+    out = tmp_path / "out"
+    seen = []
+    batch = predict_many(images, str(checkpoint), out, client, prms_format="npy",
+                         progress=lambda result, done, total: seen.append((result.status, done, total)),
+                         **SETTINGS)
+    rows = summary_rows(out)
+    assert list(rows) == [p.name for p in images]
+    assert rows["broken.png"]["status"] == "failed" and rows["broken.png"]["attempts"] == "2"
+    assert "cannot read image" in rows["broken.png"]["error"] and "broken.png" in rows["broken.png"]["error"]
+    good = [p for p in images if p.name != "broken.png"]
+    assert [rows[p.name]["status"] for p in good] == ["written"] * 4
+    assert sorted(done for _, done, _ in seen) == [1, 2, 3, 4, 5] and {total for *_, total in seen} == {5}
+
+    # The same images in this process with the one-image API: byte-equal labels, equal JSON.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on the workers, so the float sums run in the same order
+    try:
+        model = load_model(checkpoint)
+        for path in good:
+            prediction = predict(io.read_image(path), model, **SETTINGS)
+            io.write_prediction(prediction, tmp_path / "ref", path.stem, prms_format="npy",
+                                image_file_name=path.name)
+            assert int(rows[path.name]["peaks"]) == len(prediction.peaks) > 0
+            assert int(rows[path.name]["instances"]) == len(prediction.instances) > 0
+    finally:
+        torch.set_num_threads(threads)
+    for path in good:
+        for suffix in ("_labels.tif", "_instances.json", "_instances.csv", "_peaks.csv"):
+            reference = tmp_path / "ref" / f"{path.stem}{suffix}"
+            assert (out / f"{path.stem}{suffix}").read_bytes() == reference.read_bytes()
+        np.testing.assert_array_equal(np.load(out / f"{path.stem}_prms.npy"),
+                                      np.load(tmp_path / "ref" / f"{path.stem}_prms.npy"))
+    assert [r.status for r in batch.results] == [rows[p.name]["status"] for p in images]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    # Second run: the finished images are skipped (no file rewritten), the broken one retried.
+    before = output_state(out)
+    again = predict_many(images, str(checkpoint), out, client, prms_format="npy", **SETTINGS)
+    rows = summary_rows(out)
+    assert [rows[p.name]["status"] for p in good] == ["skipped"] * 4 and len(again.written) == 0
+    assert [rows[p.name]["peaks"] for p in good] == [str(r.peaks) for r in batch.results if r.status == "written"]
+    assert rows["broken.png"]["status"] == "failed"
+    assert output_state(out) == before
+
+    # Asking for another PRM format makes them incomplete: recomputed with overwrite only.
+    partial = predict_many(images[:1], str(checkpoint), out, client, prms_format="tiff", **SETTINGS)
+    assert partial.results[0].status == "skipped" and "not a complete set" in partial.results[0].error
+    redone = predict_many(images[:1], str(checkpoint), out, client, prms_format="tiff", overwrite=True, **SETTINGS)
+    assert redone.results[0].status == "written"
+    assert (out / f"{images[0].stem}_prms.tif").exists() and not (out / f"{images[0].stem}_prms.npy").exists()
+
+
+class DieOnWorker:
+    """Proposals that kill their worker process for images of some sizes.
+
+    ``once``: only the first time (a marker file remembers); ``always``: every time.
+    """
+
+    def __init__(self, folder: Path, once=(), always=()):
+        self.folder, self.once, self.always = folder, set(once), set(always)
+
+    def __call__(self, image):
+        from napari_prm.proposals import default_proposals
+
+        shape = tuple(image.shape[:2])
+        marker = self.folder / f"died-{shape[0]}x{shape[1]}"
+        if shape in self.always or (shape in self.once and not marker.exists()):
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return default_proposals(image)
+
+
+@pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
+def test_a_killed_worker_is_retried_once_then_reported(tmp_path, checkpoint, images, client):
+    good = [p for p in images if p.name != "broken.png"]
+    shapes = {p.name: io.read_image(p).shape[:2] for p in good}
+    # The cat's worker dies the first time: the second attempt writes it.
+    predict_many(good, str(checkpoint), tmp_path / "once", client, proposals=DieOnWorker(
+        tmp_path, once=[shapes["cat.png"]]))
+    rows = summary_rows(tmp_path / "once")
+    assert rows["cat.png"]["status"] == "written" and rows["cat.png"]["attempts"] == "2"
+    assert all(rows[p.name]["status"] == "written" for p in good)  # others on that worker are re-run too
+    # The coffee's worker dies every time: reported after two attempts, the next image still done.
+    # (One task in flight at a time, so that no other image shares a dying worker.)
+    batch = predict_many([images[[p.name for p in images].index("coffee.jpg")], good[0]], str(checkpoint),
+                         tmp_path / "always", client, max_in_flight=1,
+                         proposals=DieOnWorker(tmp_path, always=[shapes["coffee.jpg"]]))
+    assert [(r.status, r.attempts) for r in batch.results] == [("failed", 2), ("written", 1)]
+    assert "worker died" in summary_rows(tmp_path / "always")["coffee.jpg"]["error"]
+    assert io.complete_prediction(tmp_path / "always", "coffee") is None
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed workers
+
+
+@pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
+def test_scheduler_option_uses_a_cluster_started_separately(tmp_path, checkpoint, images, capsys):
+    """``napari-prm predict --scheduler`` against ``dask scheduler`` + ``dask worker`` processes,
+    with the predict options passed through: the outputs are those of the one-process command."""
+    address_file = tmp_path / "scheduler.json"
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                  "--no-dashboard", "--scheduler-file", str(address_file)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not address_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(address_file.read_text())["address"]
+        worker = subprocess.Popen([sys.executable, "-m", "dask", "worker", "--scheduler-file", str(address_file),
+                                   "--nthreads", "1", "--no-dashboard"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+        good = [str(p) for p in images if p.name in ("cat.png", "camera16.tif")]
+        out = tmp_path / "out"
+        options = ["--model", str(checkpoint), "--proposals", "prm", "--preset", "default", "--peak-threshold", "0",
+                   "--class-threshold", "-1000", "--max-peaks", "2", "--prm-mode", "fast"]
+        assert main(["predict", *good, *options, "--out", str(out), "--scheduler", address]) == 0
+        rows = summary_rows(out)
+        assert [rows[name]["status"] for name in ("cat.png", "camera16.tif")] == ["written", "written"]
+        assert io.complete_prediction(out, "cat") and io.complete_prediction(out, "camera16")
+        assert [rows[name]["peaks"] for name in ("cat.png", "camera16.tif")] == ["2", "2"]  # --max-peaks applied
+        assert "the 2 strongest" in capsys.readouterr().err  # the worker's notes reach the command line
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as on the worker, so the float sums run in the same order
+        try:
+            assert main(["predict", *good, *options, "--out", str(tmp_path / "here")]) == 0
+        finally:
+            torch.set_num_threads(threads)
+        for stem in ("cat", "camera16"):
+            for suffix in ("_labels.tif", "_instances.json", "_instances.csv", "_peaks.csv"):
+                assert (out / f"{stem}{suffix}").read_bytes() == (tmp_path / "here" / f"{stem}{suffix}").read_bytes()
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
+
+
+def test_in_process_batch_cancels_gathers_and_stacks_the_labels_lazily(tmp_path, checkpoint, images):
+    good = [p for p in images if p.name != "broken.png"]
+    out = tmp_path / "out"
+    stop_after = 2
+    batch = predict_many(good, str(checkpoint), out, gather=True, cancel=lambda: len(list(
+        out.glob("*.manifest.json"))) >= stop_after, **SETTINGS)
+    assert [r.status for r in batch.results] == ["written", "written", "cancelled", "cancelled"]
+    assert [row["status"] for row in summary_rows(out).values()] == ["written", "written", "cancelled", "cancelled"]
+    first = batch.results[0]
+    assert first.prediction is not None and first.prediction.prms.shape[1:] == first.shape
+    # resumed: only the two cancelled images run
+    resumed = predict_many(good, str(checkpoint), out, **SETTINGS)
+    assert [r.status for r in resumed.results] == ["skipped", "skipped", "written", "written"]
+    assert resumed.results[0].prediction is None and resumed.results[0].shape == first.shape
+    stack = label_stack(resumed.label_paths())
+    shapes = [r.shape for r in resumed.results]
+    assert stack.shape == (4, max(s[0] for s in shapes), max(s[1] for s in shapes)) and stack.dtype == np.uint32
+    for index, result in enumerate(resumed.results):
+        labels = io.read_label_image(out / f"{result.stem}_labels.tif")
+        plane = np.asarray(stack[index])
+        np.testing.assert_array_equal(plane[: labels.shape[0], : labels.shape[1]], labels)
+        assert not plane[labels.shape[0]:].any() and not plane[:, labels.shape[1]:].any()
+
+
+@pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
+def test_cli_killed_midway_resumes_with_only_the_missing_images(tmp_path, checkpoint, images):
+    """SIGKILL of ``napari-prm predict`` after some images: the re-run computes only the rest."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    source = io.read_image(images[0])
+    for number in range(8):
+        iio.imwrite(folder / f"img{number}.png", np.roll(source, 7 * number, axis=1))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "napari_prm", "predict", str(folder), "--model", str(checkpoint),
+               "--out", str(out), "--proposals", "prm"]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.manifest.json"))) < 3 and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    finished = {p.name[: -len(".manifest.json")] for p in out.glob("*.manifest.json")}
+    assert 3 <= len(finished) < 8, "the run should have been killed midway"
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    rows = summary_rows(out)
+    assert {Path(name).stem for name, row in rows.items() if row["status"] == "skipped"} == finished
+    assert sum(row["status"] == "written" for row in rows.values()) == 8 - len(finished)
+    assert all(io.complete_prediction(out, f"img{number}") for number in range(8))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_cluster_options_are_checked_before_anything_runs(tmp_path, checkpoint, images, capsys):
+    image, out = str(images[0]), tmp_path / "out"
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", image, "--model", str(checkpoint), "--out", str(out), "--workers", "0"])
+    assert exited.value.code == 2 and "--workers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", image, "--out", str(out), "--workers", "1", "--scheduler", "tcp://127.0.0.1:8786"])
+    assert "not allowed with argument --workers" in capsys.readouterr().err
+    assert main(["predict", image, "--model", str(checkpoint), "--out", str(out), "--scheduler", "nonsense://x"]) == 2
+    assert "--scheduler: cannot connect to nonsense://x" in capsys.readouterr().err
+    assert not out.exists()

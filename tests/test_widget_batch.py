@@ -1,0 +1,120 @@
+""""Run on a folder…" from the Peak Response Maps widget: three tiny images, lazy result stacks."""
+
+import dask.array as da
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from skimage import data
+
+from napari_prm import io
+from napari_prm._widgets.batch import DOCK_NAME, IMAGES_LAYER, LABELS_LAYER, open_batch_panel
+
+WAIT_MS = 300_000
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Three small real images of different sizes."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    iio.imwrite(folder / "a_cat.png", data.chelsea()[::6, ::6])
+    iio.imwrite(folder / "b_coffee.png", data.coffee()[::8, ::8])
+    iio.imwrite(folder / "c_astronaut.png", data.astronaut()[::8, ::8])
+    return folder
+
+
+@pytest.fixture
+def predict_widget(make_napari_viewer, qtbot, prm_config, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    widget.select_model(str(tiny_checkpoint))
+    widget.device.value = "cpu"
+    widget.proposals.value = "prm"
+    qtbot.waitUntil(lambda: widget.classes_loaded, timeout=WAIT_MS)
+    return widget
+
+
+def test_run_on_a_folder_opens_the_results_as_lazy_stacks(predict_widget, qtbot, image_folder, tmp_path):
+    predict_widget.preset.value = "original"  # the folder run takes the widget's preset and thresholds
+    predict_widget.peak_threshold.value = 0.0
+    predict_widget.batch_button.click()
+    panel = open_batch_panel(predict_widget)  # the panel the button opened
+    assert open_batch_panel(predict_widget) is panel
+    assert predict_widget.viewer.window.dock_widgets[DOCK_NAME] is panel
+    panel._inputs.value = image_folder
+    panel._out.value = tmp_path / "out"
+    assert panel.start() is not None
+    assert panel.start() is None and "already" in panel.last_message
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+
+    result = panel.result
+    assert [r.status for r in result.results] == ["written"] * 3, panel.last_message
+    assert panel.progress_bar.n == 3 and panel.progress_bar.total == 3
+    assert panel.last_message.startswith("Done: 3 written")
+    viewer = predict_widget.viewer
+    labels, images = viewer.layers[LABELS_LAYER], viewer.layers[IMAGES_LAYER]
+    assert isinstance(labels.data, da.Array) and isinstance(images.data, da.Array)
+    shapes = [io.read_image(image_folder / name).shape[:2] for name in sorted(p.name for p in image_folder.iterdir())]
+    tallest, widest = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    assert labels.data.shape == (3, tallest, widest) and images.data.shape == (3, tallest, widest, 3)
+    assert labels.metadata["plane_names"] == ["a_cat.png", "b_coffee.png", "c_astronaut.png"]
+    for index, r in enumerate(result.results):
+        written = io.read_label_image(tmp_path / "out" / f"{r.stem}_labels.tif")
+        height, width = written.shape
+        np.testing.assert_array_equal(np.asarray(labels.data[index])[:height, :width], written)
+        np.testing.assert_array_equal(np.asarray(images.data[index])[:height, :width],
+                                      io.read_image(r.image)[..., :3])
+        assert written.max() > 0
+
+    # Again: everything is skipped and the layers are replaced, not doubled.
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == ["skipped"] * 3
+    assert [layer.name for layer in viewer.layers].count(LABELS_LAYER) == 1
+
+    # The widget's own Run on one of the images, with the same preset and thresholds, gives
+    # the instances the folder run wrote.
+    layer = viewer.add_image(io.read_image(image_folder / "a_cat.png"), name="a_cat", rgb=True)
+    predict_widget.reset_choices()
+    predict_widget.image.value = layer
+    assert predict_widget.run() is not None, predict_widget.last_message
+    qtbot.waitUntil(lambda: not predict_widget.running, timeout=WAIT_MS)
+    np.testing.assert_array_equal(viewer.layers["a_cat instances"].data,
+                                  io.read_label_image(tmp_path / "out" / "a_cat_labels.tif"))
+
+
+def test_cancel_stops_between_images_and_a_new_run_resumes(predict_widget, qtbot, image_folder, tmp_path):
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value = image_folder
+    panel._out.value = tmp_path / "out"
+    panel.start()
+    panel.cancel()  # before the worker thread reaches its first image
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    statuses = [r.status for r in panel.result.results]
+    assert statuses[-1] == "cancelled" and panel.last_message.startswith("Cancelled")
+    assert panel.progress_bar.n == statuses.count("written")
+    panel.start()
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == [
+        "skipped" if before == "written" else "written" for before in statuses]
+
+
+def test_run_on_a_folder_needs_both_folders(predict_widget, tmp_path):
+    panel = open_batch_panel(predict_widget)
+    assert panel.start() is None and "Choose an image folder" in panel.last_message
+    panel._inputs.value = tmp_path
+    panel._out.value = tmp_path / "out"
+    assert panel.start() is None and "no images" in panel.last_message
+
+
+@pytest.mark.slow  # a dask worker process: about 7 s
+def test_run_on_a_folder_with_a_worker_process(predict_widget, qtbot, image_folder, tmp_path):
+    """The same through a local dask cluster started from the worker thread."""
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value = image_folder
+    panel._out.value = tmp_path / "out"
+    panel._workers.value = 1
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == ["written"] * 3, panel.last_message
+    assert predict_widget.viewer.layers[LABELS_LAYER].data.shape[0] == 3
