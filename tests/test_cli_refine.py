@@ -109,7 +109,11 @@ def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes(shapes_dataset, tiny_ch
                "--out", str(out), "--masks", str(shapes_dataset), "--no-self-training", "--epochs", "100000",
                "--batch-size", "1"]
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and the child would inherit that:
+    # give it the default disposition, so Python turns Ctrl-C into KeyboardInterrupt.
+    default_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if os.name == "posix" else None
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 180
         while not out.is_file() and time.monotonic() < deadline and process.poll() is None:
