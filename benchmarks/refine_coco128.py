@@ -1,4 +1,4 @@
-"""The refinement head on coco128 (docs/accuracy.md, "Refinement head").
+"""The refinement head on coco128 (docs/accuracy.md, "Masks from the refinement head").
 
 Measures, from one PRM model (the built-in model in the VOC label space):
 
