@@ -95,7 +95,10 @@ def run_resume(paths_dir: Path, limit: int, out: Path, how: str, model_name: str
     command = [sys.executable, "-m", "napari_prm", "predict", *map(str, inputs), "--out", str(out),
                "--model", model_name, "--proposals", proposals, "--device", "cpu", "--workers", "2"]
     environment = dict(os.environ, PYTHONPATH=str(REPOSITORY / "src"))
-    client = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+    # A background shell job ignores SIGINT and its children inherit that: give the client
+    # Ctrl-C's default disposition, as in a terminal.
+    client = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     while len(list(out.glob("*.manifest.json"))) < limit // 2 and client.poll() is None:
         time.sleep(0.2)
     family = [child.pid for child in psutil.Process(client.pid).children(recursive=True)]
