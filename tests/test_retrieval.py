@@ -213,6 +213,25 @@ def test_parts_of_one_object_merge_into_it():
         retrieve_instances(prms, classes, crms, proposals, merge_parts=0.0, **options)
 
 
+def test_a_whole_object_is_never_merged_into_its_part():
+    """A part outranks the whole it lies in, and the whole's PRM puts 29 % in the part: both stay."""
+    shape = (40, 40)
+    part, whole = box(shape, (2, 14), (2, 14)), box(shape, (0, 40), (0, 40))
+    prms = np.zeros((2,) + shape, np.float32)
+    prms[0, 30, 30], prms[0, 8, 8] = 0.5, 0.2  # the whole's peak: 0.2 / 0.7 of its mass in the part
+    prms[1, 8, 8] = 1.0  # the part's peak
+    found = retrieve_instances(prms, [0, 0], flat_crms(1, shape), np.stack([part, whole]), contour_width=1,
+                               size_limits=(0, 1.01), nms_threshold=0.3, merge_parts=0.2)
+    # the part ranks first (0.8 against 0.8 x 0.7); the whole lies 9 % inside it: not contained
+    assert [f.peak for f in found] == [1, 0]
+    assert [int(f.mask.sum()) for f in found] == [144, 1600]
+    # the part, lower-ranked, still folds into the whole when the whole ranks first
+    prms[0] *= 2
+    found = retrieve_instances(prms, [0, 0], flat_crms(1, shape), np.stack([part, whole]), contour_width=1,
+                               size_limits=(0, 1.01), nms_threshold=0.3, merge_parts=0.2)
+    assert [f.peak for f in found] == [0] and found[0].merged_peaks == [1]
+
+
 # --------------------------------------------------------- per-class params
 
 

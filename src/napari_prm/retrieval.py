@@ -301,7 +301,9 @@ def retrieve_instances(
         even when its own mask lies outside (a secondary peak on an ear whose
         proposal is the ear alone): its peak's response says it belongs to
         that object. PRMs are instance-aware, so the peak of another object of
-        the class puts little mass there. None keeps them.
+        the class puts little mass there. Only a host at least as large as the
+        part takes it, and the merged instance keeps the host's mask (as NMS
+        does): the part's own pixels outside it are dropped. None keeps them.
     rank_by : {'score', 'gain'}, optional
         What orders the instances (for NMS, and as ``Instance.score``): the
         retrieval score (the original), or the PRM's gain in the chosen mask,
@@ -486,7 +488,8 @@ def _merge_contained(kept: list[tuple[int, list[int]]], chosen: list[int], class
     def is_part(i: int, j: int) -> bool:
         if fraction is not None and area[i] > 0 and inter[i, j] / area[i] >= fraction:
             return True
-        return prms is not None and shares[i, j] >= mass
+        # by mass, only into a host at least as large: a whole object is never folded into one of its parts
+        return prms is not None and area[j] >= area[i] and shares[i, j] >= mass
 
     for i, (position, absorbed) in enumerate(kept):
         target = next((j for j in range(i) if j not in owner and classes[kept[j][0]] == classes[position]
