@@ -282,6 +282,10 @@ def test_combine_interleaves_and_drops_duplicates():
     assert len(combine_proposals(np.stack([a0, a1, b1]), max_proposals=2)) == 2
     with pytest.raises(ValueError, match="stacks of different sizes"):
         combine_proposals(a0[None], a0[None, :10])
+    # empty stacks (a blank image's proposals) give an empty stack of their size
+    empty = np.zeros((0, 64, 64), bool)
+    assert combine_proposals(empty, empty).shape == (0, 64, 64)
+    np.testing.assert_array_equal(combine_proposals(empty, a0[None]), a0[None])
 
 
 # ------------------------------------------------------------ dispatching

@@ -103,6 +103,8 @@ def combine_proposals(
             seen.add(key)
             unique.append(index)
     masks = masks[unique]
+    if not len(masks):  # every stack empty (a blank image, a head that cut nothing)
+        return masks
     step = _grid_step(masks.shape[1:], _DEDUPE_PIXELS)
     grid = masks[:, ::step, ::step].reshape(len(masks), -1)
     limit = len(masks) if max_proposals is None else int(max_proposals)
