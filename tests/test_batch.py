@@ -273,3 +273,24 @@ def test_cluster_options_are_checked_before_anything_runs(tmp_path, checkpoint, 
     assert main(["predict", image, "--model", str(checkpoint), "--out", str(out), "--scheduler", "nonsense://x"]) == 2
     assert "--scheduler: cannot connect to nonsense://x" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_folder_that_holds_its_own_outputs_is_run_again_on_its_images_only(tmp_path, checkpoint, images):
+    """Outputs written beside the images (label TIFFs, PRM stacks) are not taken as images next time."""
+    from napari_prm.batch import collect_images
+
+    folder = tmp_path / "images_and_outputs"
+    folder.mkdir()
+    for path in images:
+        if path.name in ("cat.png", "camera16.tif"):
+            (folder / path.name).write_bytes(path.read_bytes())
+    found, problems = collect_images([folder])
+    assert [p.name for p in found] == ["camera16.tif", "cat.png"] and not problems
+    first = predict_many(found, str(checkpoint), folder, prms_format="tiff", **SETTINGS)
+    assert [r.status for r in first.results] == ["written", "written"]
+    assert (folder / "cat_labels.tif").is_file() and (folder / "cat_prms.tif").is_file()
+    again, _ = collect_images([folder])
+    assert [p.name for p in again] == ["camera16.tif", "cat.png"]
+    second = predict_many(again, str(checkpoint), folder, prms_format="tiff", **SETTINGS)
+    assert [r.status for r in second.results] == ["skipped", "skipped"]
+    assert not list(folder.glob("*_labels_labels.tif"))

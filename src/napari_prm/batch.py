@@ -153,14 +153,21 @@ class BatchResult:
 def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
     """Image files named by ``inputs`` (files, or folders searched one level, sorted).
 
+    A folder's files that a napari-prm manifest there lists are outputs of an earlier
+    run (label TIFFs, PRM stacks), not images: they are left out, so a run whose
+    ``out`` is its input folder can be run again.
+
     Returns the files (duplicates removed, in order) and a message per input that does
     not exist or is a folder without images.
     """
+    from .io import listed_files
+
     images, problems = [], []
     for item in map(Path, inputs):
         if item.is_dir():
+            outputs = listed_files(item)
             found = sorted(p for p in item.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name not in outputs)
             if not found:
                 problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             images.extend(found)

@@ -44,7 +44,7 @@ This package imports neither napari/Qt nor torch.
 
 from .atomic import atomic_write, atomic_writes, remove_stale_temporaries
 from .coco import UNKNOWN_CATEGORY_ID, coco_to_labels, labels_to_coco, write_coco_json
-from .fileset import MANIFEST_SUFFIX, FileSet, read_file_set, recover_file_sets, write_file_set
+from .fileset import MANIFEST_SUFFIX, FileSet, listed_files, read_file_set, recover_file_sets, write_file_set
 from .images import IMAGE_SUFFIXES, as_rgb_float, read_array, read_image
 from .labels import read_label_image, write_label_image
 from .prediction import (
@@ -60,7 +60,7 @@ from .tables import INSTANCE_CSV_COLUMNS, UNKNOWN_CLASS, read_instances_csv, wri
 
 __all__ = [
     "atomic_write", "atomic_writes", "remove_stale_temporaries", "write_file_set", "read_file_set",
-    "recover_file_sets", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
+    "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
     "read_array", "read_image", "as_rgb_float",
     "write_label_image", "read_label_image",
     "labels_to_coco", "coco_to_labels", "write_coco_json", "write_instances_csv",

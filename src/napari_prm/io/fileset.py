@@ -59,7 +59,7 @@ from pathlib import Path
 from .atomic import _FILE_MODE, atomic_write, fsync_folder, owner_is_gone, owner_tag, remove_stale_temporaries
 
 __all__ = ["FileEntry", "FileSet", "Recovery", "MANIFEST_SUFFIX", "STAGING_FOLDER",
-           "manifest_path", "read_file_set", "write_file_set", "recover_file_sets"]
+           "manifest_path", "read_file_set", "write_file_set", "recover_file_sets", "listed_files"]
 
 MANIFEST_SUFFIX = ".manifest.json"
 STAGING_FOLDER = ".napari-prm-staging"
@@ -175,6 +175,20 @@ def read_file_set(folder: str | os.PathLike, stem: str) -> FileSet | None:
                        None if staging is None else str(staging), dict(content.get("info") or {}))
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"cannot read manifest {path}: {error}") from error
+
+
+def listed_files(folder: str | os.PathLike) -> set[str]:
+    """Names of the files that the committed manifests in ``folder`` list (its outputs).
+
+    Unreadable or foreign manifests are ignored.
+    """
+    folder = Path(folder)
+    names: set[str] = set()
+    for path in folder.glob(f"*{MANIFEST_SUFFIX}"):
+        found = _read_quietly(folder, path.name[: -len(MANIFEST_SUFFIX)])
+        if found is not None:
+            names.update(entry.name for entry in found.files.values())
+    return names
 
 
 def _plain_name(name) -> str:
