@@ -294,3 +294,21 @@ def test_a_folder_that_holds_its_own_outputs_is_run_again_on_its_images_only(tmp
     second = predict_many(again, str(checkpoint), folder, prms_format="tiff", **SETTINGS)
     assert [r.status for r in second.results] == ["skipped", "skipped"]
     assert not list(folder.glob("*_labels_labels.tif"))
+
+
+def test_asking_for_prms_on_a_rerun_says_the_outputs_lack_them(tmp_path, checkpoint, images, capsys):
+    cat = next(p for p in images if p.name == "cat.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(cat), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",
+                 "--proposals", "prm", "--peak-threshold", "0"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(cat), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",
+                 "--proposals", "prm", "--peak-threshold", "0", "--save-prms", "npy"]) == 0
+    printed = capsys.readouterr().err
+    assert "1 of them are complete without the PRMs --save-prms asks for" in printed
+    assert "incomplete" not in printed
+    assert "hold no PRMs as npy" in summary_rows(out)["cat.png"]["error"]
+    # --overwrite adds them
+    assert main(["predict", str(cat), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",
+                 "--proposals", "prm", "--peak-threshold", "0", "--save-prms", "npy", "--overwrite"]) == 0
+    assert (out / "cat_prms.npy").is_file()

@@ -508,8 +508,14 @@ def predict_many(
         leftovers = [p.name for p in io.prediction_paths(out, result.stem, prms_format=prms_format).values()
                      if p.exists()]
         if existing is not None or leftovers:
-            reason = "" if existing is not None else (
-                f"outputs exist ({', '.join(leftovers)}) but are not a complete set; use overwrite to replace them")
+            if existing is not None:
+                reason = ""
+            elif prms_format is not None and io.complete_prediction(out, result.stem) is not None:
+                reason = (f"outputs are complete but hold no PRMs as {prms_format} (an earlier run did not ask "
+                          "for them); use overwrite to add them")
+            else:
+                reason = (f"outputs exist ({', '.join(leftovers)}) but are not a complete set; "
+                          "use overwrite to replace them")
             results[index] = _skipped(result.image, result.stem, existing, reason)
             report(results[index])
         else:

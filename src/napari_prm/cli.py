@@ -590,8 +590,11 @@ def _run_predict(args) -> int:
     skipped = batch.skipped
     if skipped:
         names = ", ".join(Path(r.image).name for r in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        incomplete = [r for r in skipped if r.error]
+        without_prms = [r for r in skipped if r.error and "hold no PRMs" in r.error]
+        incomplete = [r for r in skipped if r.error and r not in without_prms]
         _say(f"{len(skipped)} image(s) skipped, outputs exist ({names}); use --overwrite to replace them"
+             + (f"; {len(without_prms)} of them are complete without the PRMs --save-prms asks for"
+                if without_prms else "")
              + (f"; {len(incomplete)} of them hold an incomplete set" if incomplete else ""))
     failed = len(batch.failed) + len(problems)
     _say(f"{len(batch.written)} image(s) written to {args.out}, {len(skipped)} skipped, {failed} failed; "
