@@ -93,6 +93,13 @@ def test_refine_usage_errors(shapes_dataset, tiny_checkpoint96, tmp_path, capsys
     assert main(["refine", *common, "--masks", str(tmp_path)]) == 2
     assert "--masks: no label images" in capsys.readouterr().err
     assert main(["refine", str(shapes_dataset), "--model", str(tmp_path / "none.pt"), "--out", "x.pt"]) == 2
+    # a .safetensors --out holds no training state: --resume says so and how to go on
+    light = [str(shapes_dataset), "--model", str(tiny_checkpoint96), "--out", str(tmp_path / "x.safetensors"),
+             "--masks", str(shapes_dataset), "--no-self-training", "--epochs", "1", "--batch-size", "1"]
+    assert main(["refine", *light]) == 0
+    capsys.readouterr()
+    assert main(["refine", *light, "--resume"]) == 2
+    assert "a .safetensors checkpoint holds no training state" in capsys.readouterr().err
 
 
 def test_refine_defaults_match_the_library():
@@ -125,9 +132,9 @@ def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes(shapes_dataset, tiny_ch
     finally:
         process.kill()
     assert process.returncode == 130, err
-    assert "interrupted" in err and "keeps the last finished epoch" in err and "--resume" in err
     _, extra = load_checkpoint(out)  # complete and readable: the atomic write was never half done
     done = extra["refine_training"]["epoch"]
+    assert "interrupted" in err and f"keeps epoch {done};" in err and "--resume" in err
     assert 1 <= done < 100000
     assert not list(tmp_path.glob(".interrupted.pt.*"))  # no temporary file left behind
     assert main(["refine", str(shapes_dataset), "--model", str(tiny_checkpoint96), "--out", str(out),

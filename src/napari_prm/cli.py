@@ -780,6 +780,7 @@ def _run_refine(args) -> int:
     _say(f"refining {args.model} on {len(dataset) if args.self_training else 0} pseudo-labelled and "
          f"{len(corrections)} corrected image(s) -> {args.out}")
     bars: dict = {}
+    finished: list[int] = []  # epochs this run wrote to --out
 
     def progress(update) -> None:
         if update.stage == "prepare":
@@ -800,6 +801,7 @@ def _run_refine(args) -> int:
         bar = bars.pop(update.epoch, None)
         if bar is not None:
             bar.close()
+        finished.append(update.epoch)
         _say(f"epoch {update.epoch}/{update.num_epochs}: loss {update.loss:.4f}")
 
     try:
@@ -811,8 +813,13 @@ def _run_refine(args) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from error
     except KeyboardInterrupt:
-        kept = f"{args.out} keeps the last finished epoch" if args.out.is_file() else "no epoch finished"
-        _say(f"interrupted: {kept}; continue with --resume")
+        if not finished:
+            _say(f"interrupted before an epoch finished; {args.out} was not written by this run")
+        elif args.out.suffix.lower() == ".safetensors":
+            _say(f"interrupted: {args.out} keeps epoch {finished[-1]}; a .safetensors file holds no training "
+                 f"state, so go on with --model {args.out} (the head is fine-tuned), or write a .pt to resume")
+        else:
+            _say(f"interrupted: {args.out} keeps epoch {finished[-1]}; continue with --resume")
         return 130
     finally:
         for bar in bars.values():

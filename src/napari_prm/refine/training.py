@@ -252,6 +252,9 @@ def refine(
         saved, extra = load_checkpoint(resume_path)
         state = extra.get(TRAINING_STATE_KEY)
         if state is None or saved.head is None:
+            if resume_path.suffix.lower() == ".safetensors":
+                raise ValueError(f"cannot resume from {resume_path}: a .safetensors checkpoint holds no training "
+                                 "state; refine writes it to a .pt --out (or fine-tune: use it as the model)")
             raise ValueError(f"{resume_path} holds no refinement training state (it was not written by refine)")
         if list(saved.class_names) != list(model.class_names):
             raise ValueError(f"cannot resume {resume_path}: its classes {saved.class_names} are not the model's "
