@@ -100,7 +100,9 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preset", choices=("default", "original"), default="default",
                        help="'original': the official release's inference (sub-pixel factor 8, class "
                             "threshold 0, peak threshold 30 on its CRM scale, retrieval on the network grid); "
-                            "'default': calibrated thresholds, one peak per location, full-resolution masks")
+                            "'default': calibrated thresholds, one peak per location, a background that lets an "
+                            "object fill the image, parts merged into their object, full-resolution masks "
+                            "(docs/accuracy.md)")
     group.add_argument("--class-threshold", type=float, default=None,
                        help="drop peaks of classes whose score is below this (default: the model's calibrated "
                             "value; the original preset: 0)")
