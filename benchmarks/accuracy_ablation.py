@@ -14,8 +14,9 @@ retrieved (an instance of their class at IoU ≥ .5 whose peak lies inside them)
 Rows that share the forward pass (sub-pixel factor, TTA) share one
 :class:`napari_prm.PRMPredictor` per image, so PRMs are back-propagated once.
 Seconds per image count, for each row, the forward pass, the backward pass of
-each of the row's peaks (at that image's measured cost per peak), the proposals
-and the row's retrieval.
+each of the row's peaks (at that image's mean measured cost per peak, whichever
+row computed them), the proposals and the row's retrieval: what the row would
+cost alone.
 
 Examples
 --------
@@ -148,18 +149,15 @@ def main() -> None:
             predictor = napari_prm.PRMPredictor(model, preset=members[0][1], proposals=proposals, **fixed)
             predictor.set_image(image)
             forward_seconds = predictor.timings["forward"]
+            pending = []
             for name, preset, settings in members:
                 overrides = {k: v for k, v in napari_prm.preset_settings(preset, **settings).__dict__.items()
                              if k != "preset" and k not in FORWARD_KEYS}
-                before = predictor.timings.get("backprop", 0.0)
-                cached_before = predictor.cached_peak_count
                 prediction = predictor.predict(**overrides)
-                new_peaks = predictor.cached_peak_count - cached_before
-                per_peak = ((predictor.timings.get("backprop", 0.0) - before) / new_peaks if new_peaks
-                            else stats[name]["_per_peak"][-1] if stats[name]["_per_peak"] else 0.0)
-                stats[name]["_per_peak"].append(per_peak)
                 retrieval_seconds = predictor.timings.get("retrieval", 0.0) if len(prediction.peaks) else 0.0
-                seconds = forward_seconds + per_peak * len(prediction.peaks) + proposal_seconds + retrieval_seconds
+                # the backward passes are added below, at this image's cost per peak
+                seconds = forward_seconds + proposal_seconds + retrieval_seconds
+                pending.append((name, len(prediction.peaks)))
                 record = stats[name]
                 record["seconds"].append(seconds)
                 record["peaks"].append(len(prediction.peaks))
@@ -180,6 +178,12 @@ def main() -> None:
                                          truth.class_indices, truth.iscrowd)
                 for k, v in counts.items():
                     funnels[name][k] += v
+            # Rows of one forward pass share its cached PRMs: each row is charged every one of
+            # its peaks at the image's mean backward cost, as if it had run alone.
+            computed = predictor.cached_peak_count
+            per_peak = predictor.timings.get("backprop", 0.0) / computed if computed else 0.0
+            for name, peak_count in pending:
+                stats[name]["seconds"][-1] += per_peak * peak_count
         print(f"  {done + 1}/{len(indices)} images, {time.perf_counter() - started:.0f} s", flush=True)
     load_end = os.getloadavg()
 
