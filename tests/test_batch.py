@@ -116,9 +116,9 @@ def test_cluster_writes_the_one_process_outputs_reports_the_corrupt_image_and_re
     assert rows["broken.png"]["status"] == "failed"
     assert output_state(out) == before
 
-    # Asking for another PRM format makes them incomplete: recomputed with overwrite only.
+    # Asking for another PRM format: skipped, saying so; recomputed with overwrite only.
     partial = predict_many(images[:1], str(checkpoint), out, client, prms_format="tiff", **SETTINGS)
-    assert partial.results[0].status == "skipped" and "not a complete set" in partial.results[0].error
+    assert partial.results[0].status == "skipped" and "hold no PRMs as tiff" in partial.results[0].error
     redone = predict_many(images[:1], str(checkpoint), out, client, prms_format="tiff", overwrite=True, **SETTINGS)
     assert redone.results[0].status == "written"
     assert (out / f"{images[0].stem}_prms.tif").exists() and not (out / f"{images[0].stem}_prms.npy").exists()

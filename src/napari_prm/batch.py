@@ -511,8 +511,8 @@ def predict_many(
             if existing is not None:
                 reason = ""
             elif prms_format is not None and io.complete_prediction(out, result.stem) is not None:
-                reason = (f"outputs are complete but hold no PRMs as {prms_format} (an earlier run did not ask "
-                          "for them); use overwrite to add them")
+                reason = (f"outputs are complete but hold no PRMs as {prms_format} (an earlier run wrote none, "
+                          "or another format); use overwrite to write them")
             else:
                 reason = (f"outputs exist ({', '.join(leftovers)}) but are not a complete set; "
                           "use overwrite to replace them")

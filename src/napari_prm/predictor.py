@@ -102,7 +102,7 @@ class PredictSettings:
         higher-ranked one of its class, even if its own mask lies outside it.
     contain : {None, 'peak', 'mass'}
         Only proposals containing the peak ('peak') or the PRM's strongest pixel
-        ('mass') may be chosen.
+        ('mass', the default preset's) may be chosen; None: any (the original).
     nms : {'agnostic', 'class'}
         Mask NMS across all classes (the original) or within each class.
     rank_by : {'score', 'gain'}
@@ -129,7 +129,7 @@ class PredictSettings:
     retrieval_grid: str = "network"
     output_grid: str = "image"
     background: str = "range"
-    contain: str | None = None
+    contain: str | None = "mass"
     nms: str = "agnostic"
     rank_by: str = "score"
     merge_contained: float | None = 0.8
