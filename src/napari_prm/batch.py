@@ -55,6 +55,8 @@ SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", 
 #: as they were), the image failed every attempt, the run was cancelled or killed first.
 STATUSES = ("written", "skipped", "failed", "cancelled", "pending")
 SUMMARY_NAME = "summary.csv"
+#: How the reason of a skip starts when complete outputs lack the PRMs asked for.
+WITHOUT_PRMS = "outputs are complete but hold no PRMs"
 ProgressCallback = Callable[["ImageResult", int, int], None]
 
 
@@ -511,8 +513,8 @@ def predict_many(
             if existing is not None:
                 reason = ""
             elif prms_format is not None and io.complete_prediction(out, result.stem) is not None:
-                reason = (f"outputs are complete but hold no PRMs as {prms_format} (an earlier run wrote none, "
-                          "or another format); use overwrite to write them")
+                reason = (f"{WITHOUT_PRMS} as {prms_format} (an earlier run wrote none, or another format); "
+                          "use overwrite to write them")
             else:
                 reason = (f"outputs exist ({', '.join(leftovers)}) but are not a complete set; "
                           "use overwrite to replace them")

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import __version__
 from . import _validate as check
-from .batch import collect_images
+from .batch import WITHOUT_PRMS, collect_images
 from .io import IMAGE_SUFFIXES
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
@@ -592,7 +592,7 @@ def _run_predict(args) -> int:
     skipped = batch.skipped
     if skipped:
         names = ", ".join(Path(r.image).name for r in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        without_prms = [r for r in skipped if r.error and "hold no PRMs" in r.error]
+        without_prms = [r for r in skipped if r.error.startswith(WITHOUT_PRMS)]
         incomplete = [r for r in skipped if r.error and r not in without_prms]
         _say(f"{len(skipped)} image(s) skipped, outputs exist ({names}); use --overwrite to replace them"
              + (f"; {len(without_prms)} of them are complete without the PRMs --save-prms asks for"
