@@ -101,6 +101,32 @@ def cached_proposals(cache: Path, stem: str, image: np.ndarray) -> tuple[np.ndar
     return stack, seconds
 
 
+def val_images(model_name: str, threads: int | None = None):
+    """The model, coco128 val with its classes, and the indices of the images showing one of them."""
+    if not VAL.is_file():
+        raise SystemExit(f"coco128 not found: {VAL}")
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = napari_prm.load_model(model_name)
+    dataset = from_coco(VAL, require_positives=False).with_classes(model.class_names)
+    return model, dataset, [i for i in range(len(dataset)) if dataset.labels[i].any()]
+
+
+def score_instances(matcher: InstanceMatcher, overlaps: list, funnel: dict, prediction, truth,
+                    proposals: np.ndarray) -> None:
+    """Add one prediction's instances to the COCOeval matcher, the best overlaps and the funnel counts."""
+    masks = np.array([i.mask for i in prediction.instances], bool).reshape((-1,) + truth.masks.shape[1:])
+    matcher.add(truth.masks, truth.class_indices, masks, [i.class_index for i in prediction.instances],
+                [i.score for i in prediction.instances], gt_iscrowd=truth.iscrowd)
+    overlaps.append(best_overlaps(truth.masks[~truth.iscrowd], masks))
+    counts = instance_funnel(prediction.peaks, prediction.peak_classes, prediction.instances, proposals,
+                             truth.masks, truth.class_indices, truth.iscrowd)
+    for key, value in counts.items():
+        funnel[key] += value
+
+
 def forward_key(preset: str, settings: dict) -> tuple:
     base = napari_prm.preset_settings(preset)
     return tuple(settings.get(k, getattr(base, k)) for k in FORWARD_KEYS)
@@ -115,17 +141,11 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
-    if not VAL.is_file():
-        raise SystemExit(f"coco128 not found: {VAL}")
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    model, dataset, indices = val_images(args.model, args.threads)
     cache = args.cache or args.out.parent / "proposal_cache"
     rows = [row for row in ROWS if args.rows is None or row[0] in args.rows]
-    model = napari_prm.load_model(args.model)
-    dataset = from_coco(VAL, require_positives=False).with_classes(model.class_names)
-    indices = [i for i in range(len(dataset)) if dataset.labels[i].any()]
     if args.max_images:
         indices = indices[: args.max_images]
     print(f"{args.model}: {len(indices)} val images with a class of the model; rows: {[r[0] for r in rows]}",
@@ -167,17 +187,8 @@ def main() -> None:
                                                      truth.class_indices))
                 record["pointing"].append(class_pointing(prediction.crms, truth.masks, truth.class_indices,
                                                          sub_pixel_locating_factor=prediction.sub_pixel_locating_factor))
-                shape = truth.masks.shape[1:]
-                masks = np.array([i.mask for i in prediction.instances], bool).reshape((-1,) + shape)
-                matchers[name].add(truth.masks, truth.class_indices, masks,
-                                   [i.class_index for i in prediction.instances],
-                                   [i.score for i in prediction.instances], gt_iscrowd=truth.iscrowd)
-                record["abo"].append(best_overlaps(truth.masks[~truth.iscrowd], masks))
-                counts = instance_funnel(prediction.peaks, prediction.peak_classes, prediction.instances,
-                                         proposals[: predictor.settings.proposal_count], truth.masks,
-                                         truth.class_indices, truth.iscrowd)
-                for k, v in counts.items():
-                    funnels[name][k] += v
+                score_instances(matchers[name], record["abo"], funnels[name], prediction, truth,
+                                proposals[: predictor.settings.proposal_count])
             # Rows of one forward pass share its cached PRMs: each row is charged every one of
             # its peaks at the image's mean backward cost, as if it had run alone.
             computed = predictor.cached_peak_count

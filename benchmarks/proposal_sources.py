@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 import napari_prm
-from accuracy_ablation import VAL, cached_proposals
-from napari_prm.data import from_coco
-from napari_prm.evaluate import InstanceMatcher, best_overlaps, instance_funnel
+from accuracy_ablation import cached_proposals, score_instances, val_images
+from napari_prm.evaluate import InstanceMatcher
 from napari_prm.proposals import make_proposals
 
 SOURCES = ("default", "default+prm", "prm")
@@ -35,17 +35,11 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, required=True, help="the ablation's proposal cache")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
-    if not VAL.is_file():
-        raise SystemExit(f"coco128 not found: {VAL}")
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = napari_prm.load_model(args.model)
-    dataset = from_coco(VAL, require_positives=False).with_classes(model.class_names)
-    indices = [i for i in range(len(dataset)) if dataset.labels[i].any()]
+    model, dataset, indices = val_images(args.model, args.threads)
     matchers = {k: InstanceMatcher(len(model.class_names)) for k in SOURCES}
-    funnels = {k: {} for k in SOURCES}
+    funnels = {k: defaultdict(int) for k in SOURCES}
     overlaps = {k: [] for k in SOURCES}
     seconds = dict.fromkeys(SOURCES, 0.0)
     load_start = os.getloadavg()
@@ -65,15 +59,8 @@ def main() -> None:
                 prediction = predictor.predict()
                 predictor.set_proposals(builtin)
             seconds[source] += time.perf_counter() - started
-            masks = np.array([i.mask for i in prediction.instances], bool).reshape((-1,) + truth.masks.shape[1:])
-            matchers[source].add(truth.masks, truth.class_indices, masks,
-                                 [i.class_index for i in prediction.instances],
-                                 [i.score for i in prediction.instances], gt_iscrowd=truth.iscrowd)
-            overlaps[source].append(best_overlaps(truth.masks[~truth.iscrowd], masks))
-            counts = instance_funnel(prediction.peaks, prediction.peak_classes, prediction.instances,
-                                     proposals[:100], truth.masks, truth.class_indices, truth.iscrowd)
-            for key, value in counts.items():
-                funnels[source][key] = funnels[source].get(key, 0) + value
+            score_instances(matchers[source], overlaps[source], funnels[source], prediction, truth,
+                            proposals[:100])
     load_end = os.getloadavg()
     print(f"Model `{args.model}`, {len(indices)} coco128 val images, preset default; load average "
           f"{load_start[0]:.1f} → {load_end[0]:.1f}, {torch.get_num_threads()} torch threads.\n")
