@@ -45,6 +45,11 @@ from napari_prm.proposals import default_proposals
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT.parent / "shared" / "data" / "coco128" / "annotations" / "instances_val2017.json"
 
+#: A row setting that is not a predictor setting: after retrieval, each peak lying inside a ground-truth
+#: instance of its class takes the proposal that best overlaps that instance. Not a method: it bounds
+#: what any choice among these proposals could reach with these peaks.
+ORACLE = "oracle_choice"
+
 #: (name, what the row adds, settings). The first rows add one change each; "default" is the default preset.
 ORIGINAL_CALIBRATED = {"preset": "original", "class_threshold": None, "peak_threshold": None}
 ROWS = [
@@ -59,10 +64,13 @@ ROWS = [
      {**ORIGINAL_CALIBRATED, "suppression_radius": 1.5, "output_grid": "image", "background": "range",
       "bg_threshold": 0.3}),
     ("+contained-parts", "+ parts inside a larger instance of their class merged",
-     {"preset": "default", "merge_parts": None, "contain": None}),
+     {"preset": "default", "merge_parts": None, "contain": None, "score_by": "retrieval"}),
     ("+parts-by-mass", "+ parts whose PRM lies ≥ 20 % inside a larger instance of their class merged",
-     {"preset": "default", "contain": None}),
-    ("default", "+ the mask must contain the PRM's strongest pixel = the default", {"preset": "default"}),
+     {"preset": "default", "contain": None, "score_by": "retrieval"}),
+    ("+contain-mass", "+ the mask must contain the PRM's strongest pixel",
+     {"preset": "default", "score_by": "retrieval"}),
+    ("default", "+ instances scored by confidence (retrieval × σ(class margin) × σ(peak margin)) = the default",
+     {"preset": "default"}),
     ("default+parts-0.1", "default, parts merged at ≥ 10 % of their PRM", {"preset": "default", "merge_parts": 0.1}),
     ("default+parts-0.35", "default, parts merged at ≥ 35 % of their PRM",
      {"preset": "default", "merge_parts": 0.35}),
@@ -80,6 +88,9 @@ ROWS = [
      {"preset": "default", "sub_pixel_locating_factor": 1}),
     ("default+tta", "default, test-time augmentation (flip × scales .75/1/1.25; its own calibration)",
      {"preset": "default", "tta": True}),
+    ("bound:oracle-choice", "bound: default peaks, no NMS, each peak inside an instance of its class given "
+     "that instance's best proposal (uses the ground truth)",
+     {"preset": "default", "nms_threshold": None, "merge_contained": None, "merge_parts": None, ORACLE: True}),
 ]
 
 FORWARD_KEYS = ("sub_pixel_locating_factor", "tta", "prm_mode")
@@ -132,6 +143,24 @@ def forward_key(preset: str, settings: dict) -> tuple:
     return tuple(settings.get(k, getattr(base, k)) for k in FORWARD_KEYS)
 
 
+def oracle_choice(prediction, truth, proposals: np.ndarray) -> None:
+    """Give each instance whose peak lies inside a ground-truth instance of its class that
+    instance's best proposal (the bound row; see :data:`ORACLE`)."""
+    from napari_prm.masks import mask_iou
+
+    if not prediction.instances or not len(truth.masks):
+        return
+    height, width = truth.masks.shape[1:]
+    overlaps = mask_iou(truth.masks, proposals)
+    for instance in prediction.instances:
+        y, x = np.clip(np.rint(prediction.peaks[instance.peak]).astype(int), 0, [height - 1, width - 1])
+        hits = [k for k in range(len(truth.masks)) if not truth.iscrowd[k]
+                and truth.class_indices[k] == instance.class_index and truth.masks[k][y, x]]
+        if hits:
+            best = int(overlaps[hits[0]].argmax())
+            instance.proposal, instance.mask = best, proposals[best].copy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="imagenet-voc", help="built-in name or checkpoint")
@@ -171,9 +200,13 @@ def main() -> None:
             forward_seconds = predictor.timings["forward"]
             pending = []
             for name, preset, settings in members:
+                oracle = settings.get(ORACLE, False)
+                settings = {k: v for k, v in settings.items() if k != ORACLE}
                 overrides = {k: v for k, v in napari_prm.preset_settings(preset, **settings).__dict__.items()
                              if k != "preset" and k not in FORWARD_KEYS}
                 prediction = predictor.predict(**overrides)
+                if oracle:
+                    oracle_choice(prediction, truth, proposals[: predictor.settings.proposal_count])
                 retrieval_seconds = predictor.timings.get("retrieval", 0.0) if len(prediction.peaks) else 0.0
                 # the backward passes are added below, at this image's cost per peak
                 seconds = forward_seconds + proposal_seconds + retrieval_seconds

@@ -163,3 +163,34 @@ def test_predict_is_the_predictors_one_shot(tiny, image):
     twice = predictor.predict()
     np.testing.assert_array_equal(one_shot.peaks_crm, twice.peaks_crm)
     np.testing.assert_allclose(one_shot.prms, twice.prms, rtol=0, atol=0)
+
+
+def test_instances_are_scored_by_confidence_by_default(tiny, image):
+    def proposals(img):
+        masks = np.zeros((4,) + img.shape[:2], bool)
+        masks[0, :35], masks[1, :, :45], masks[2, 20:50, 30:70], masks[3, 40:, 50:] = True, True, True, True
+        return masks
+
+    predictor = PRMPredictor(tiny, proposals=proposals, suppression_radius=None, nms_threshold=None,
+                             merge_contained=None, merge_parts=None, size_limits=(0, 1.01))
+    predictor.set_image(image)
+    thresholds = dict(class_threshold=float(np.median(predictor.scores)) - 0.5, max_peaks=12)
+    loose = predictor.predict(peak_threshold=-1e9, **thresholds)
+    thresholds["peak_threshold"] = float(np.median(loose.peak_values)) - 1.0
+    by_retrieval = predictor.predict(score_by="retrieval", **thresholds)
+    by_confidence = predictor.predict(**thresholds)
+    assert preset_settings().score_by == "confidence" and preset_settings("original").score_by == "retrieval"
+    assert len(by_confidence.instances) == len(by_retrieval.instances) > 3
+    retrieval = {i.peak: i.score for i in by_retrieval.instances}
+    assert all(i.retrieval_score is None for i in by_retrieval.instances)
+    for instance in by_confidence.instances:
+        assert instance.retrieval_score == pytest.approx(retrieval[instance.peak])
+        class_margin = by_confidence.scores[instance.class_index] - thresholds["class_threshold"]
+        peak_margin = by_confidence.peak_values[instance.peak] - thresholds["peak_threshold"]
+        expected = max(retrieval[instance.peak], 0) / (1 + np.exp(-class_margin)) / (1 + np.exp(-peak_margin))
+        assert instance.score == pytest.approx(expected, rel=1e-6)
+    scores = [i.score for i in by_confidence.instances]
+    assert scores == sorted(scores, reverse=True)
+    # the masks are the same ones; only their scores and order change
+    assert sorted((i.peak, i.proposal) for i in by_confidence.instances) == \
+        sorted((i.peak, i.proposal) for i in by_retrieval.instances)

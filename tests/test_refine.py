@@ -245,6 +245,14 @@ def test_refined_proposals_and_the_auto_default(refined, tiny96, shapes_scenes):
     plain_predictor = PRMPredictor(tiny96, proposals="prm")
     plain_predictor.set_proposals("auto")
     assert plain_predictor.proposal_source == "default"
+    # "auto" inside a combination is the model's source too: the head's masks join the built-in ones
+    mixed = PRMPredictor(refined, proposals="default+auto")
+    mixed.set_image(image)
+    stack = mixed.proposals(explicit.prms, explicit)
+    np.testing.assert_array_equal(stack, make_proposals("default+refined", image, model=refined, prediction=explicit))
+    plain_mixed = PRMPredictor(tiny96, proposals="default+auto")
+    plain_mixed.set_image(image)
+    np.testing.assert_array_equal(plain_mixed.proposals(), make_proposals("default+default", image))
 
 
 def test_cancel_keeps_the_last_epoch_and_resume_finishes_the_run(tiny96, shapes_scenes, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_prm.proposals import load_proposals
-from napari_prm.retrieval import Instance, instances_to_labels, retrieve_instances
+from napari_prm.retrieval import Instance, instance_confidence, instances_to_labels, retrieve_instances
 
 
 def box(shape, rows, cols) -> np.ndarray:
@@ -403,3 +403,17 @@ def test_prepared_proposals_give_the_same_instances():
     assert [(i.peak, i.proposal, i.score) for i in plain] == [(i.peak, i.proposal, i.score) for i in again]
     with pytest.raises(ValueError, match="prepared with contour_width 5, not 3"):
         retrieve_instances(prms, classes, crms, prepared, contour_width=3)
+
+
+def test_instance_confidence_weights_the_retrieval_score_by_the_class_and_peak_margins():
+    sigmoid_2 = 1 / (1 + np.exp(-2.0))
+    confidence = instance_confidence([0.5, 0.5, -0.2, 0.8], [0.0, 2.0, 5.0, -2.0], [0.0, 0.0, 1.0, 2.0])
+    np.testing.assert_allclose(confidence, [0.125, 0.25 * sigmoid_2, 0.0, 0.8 * (1 - sigmoid_2) * sigmoid_2],
+                               rtol=1e-12)
+    # without a peak threshold only the class margin weighs
+    np.testing.assert_allclose(instance_confidence([0.5, 0.4], [0.0, 2.0]), [0.25, 0.4 * sigmoid_2], rtol=1e-12)
+    # a surer class outranks an equally well retrieved but doubtful one
+    sure, doubtful = instance_confidence([0.6, 0.6], [3.0, -1.0])
+    assert sure > 0.5 > doubtful
+    with pytest.raises(ValueError, match="class_margins: expected 2 values, got 3"):
+        instance_confidence([0.5, 0.4], [0.0, 1.0, 2.0])

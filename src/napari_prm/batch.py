@@ -604,10 +604,8 @@ def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads,
             while queue and len(in_flight) < max_in_flight:
                 submit(queue.popleft())
             finished = completed.next_batch(block=False)
-            if cancel():
-                return
-            if not finished:  # the workers have queued tasks: a short wait idles none of them
-                time.sleep(0.05)
+            # Tasks that finished are recorded before a cancel is honoured: their outputs are on
+            # disk, and they are written (or failed), not cancelled.
             for future in finished:
                 index = in_flight.pop(future)
                 try:
@@ -617,10 +615,14 @@ def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads,
                               if type(error).__name__ == "KilledWorker" else _describe_error(error))
                     result = ImageResult(results[index].image, results[index].stem, "failed", error=reason)
                 future.release()
-                if result.status == "failed" and attempts[index] <= retries:
+                if result.status == "failed" and attempts[index] <= retries and not cancel():
                     queue.appendleft(index)
                     continue
                 _finish(results, index, result, attempts[index], report)
+            if cancel():
+                return
+            if not finished:  # the workers have queued tasks: a short wait idles none of them
+                time.sleep(0.05)
     finally:
         if in_flight:
             client.cancel(list(in_flight))

@@ -30,8 +30,8 @@ __all__ = ["Cancelled", "Prediction", "crm_to_image", "image_to_crm", "predict",
 
 #: The keyword arguments ``predict(retrieval=...)`` passes on as retrieval settings.
 RETRIEVAL_OPTIONS = ("contour_width", "size_limits", "proposal_count", "nms_threshold", "bg_threshold",
-                     "penalty", "balance", "background", "contain", "nms", "rank_by", "merge_contained", "merge_parts",
-                     "retrieval_grid", "output_grid")
+                     "penalty", "balance", "background", "contain", "nms", "rank_by", "score_by", "merge_contained",
+                     "merge_parts", "retrieval_grid", "output_grid")
 
 
 def predict(

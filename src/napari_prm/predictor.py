@@ -109,6 +109,12 @@ class PredictSettings:
         What orders the instances and is their score: the retrieval score (the
         original) or the PRM's mass in the mask beyond a uniform map's
         (:func:`napari_prm.retrieval.retrieve_instances`).
+    score_by : {'retrieval', 'confidence'}
+        What an instance's score is (and what orders the instances once
+        retrieved): its retrieval score (the original), or that score weighted by
+        the logistic of its class's and its peak's margins over the thresholds
+        (:func:`napari_prm.retrieval.instance_confidence`; the default preset's).
+        NMS orders by the retrieval score either way.
     bg_threshold : float
         The background rule's level: a fraction of the CRM's range with
         ``background='range'`` (0.3 in the default preset), a factor of its mean
@@ -132,6 +138,7 @@ class PredictSettings:
     contain: str | None = "mass"
     nms: str = "agnostic"
     rank_by: str = "score"
+    score_by: str = "confidence"
     merge_contained: float | None = 0.8
     merge_parts: float | None = 0.2
     proposal_count: int = 100
@@ -148,7 +155,7 @@ ORIGINAL = PredictSettings(
     preset="original", sub_pixel_locating_factor=8, class_threshold=0.0, peak_threshold=30.0,
     relative_threshold=None, suppression_radius=None, max_peaks=MAX_PEAKS, tta=False,
     retrieval_grid="network", output_grid="network", background="byte", bg_threshold=0.95, contain=None,
-    nms="agnostic", rank_by="score", merge_contained=None, merge_parts=None)
+    nms="agnostic", rank_by="score", score_by="retrieval", merge_contained=None, merge_parts=None)
 
 DEFAULT = PredictSettings()
 
@@ -201,7 +208,7 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     for name, allowed in (("prm_mode", ("exact", "fast")), ("retrieval_grid", ("network", "image")),
                           ("output_grid", ("network", "image")), ("background", ("byte", "float", "range")),
                           ("contain", (None, "peak", "mass")), ("nms", ("agnostic", "class")),
-                          ("rank_by", ("score", "gain"))):
+                          ("rank_by", ("score", "gain")), ("score_by", ("retrieval", "confidence"))):
         if getattr(s, name) not in allowed:
             raise ValueError(f"{name}: expected one of {allowed}, got {getattr(s, name)!r}")
     if s.tta and s.prm_mode == "fast":
@@ -617,8 +624,11 @@ class PRMPredictor:
         source = self.proposal_source
         if source is None:
             return None
-        from .proposals import make_proposals
+        from .proposals import make_proposals, resolve_source
 
+        if isinstance(source, str) and "+" in source:
+            # each "auto" of a combination stands for this model's source ("refined" with a head)
+            source = "+".join(resolve_source(part.strip(), self.model) for part in source.split("+"))
         parts = source.lower().split("+") if isinstance(source, str) else []
         if "prm" in parts or "refined" in parts:
             return make_proposals(source, self._image, prms=prms, model=self.model, prediction=prediction)
@@ -711,6 +721,8 @@ class PRMPredictor:
             report("retrieval", 0, 1)
             started = time.perf_counter()
             prediction.instances = self._retrieve(prediction, prms_net, masks, settings)
+            if settings.score_by == "confidence":
+                prediction.instances = self._confidence(prediction, settings)
             self.timings["retrieval"] = time.perf_counter() - started
             report("retrieval", 1, 1)
         return prediction
@@ -733,6 +745,24 @@ class PRMPredictor:
         logits = head_logits(self.model, self._head_features, prediction.prms, prediction.peak_classes,
                              prediction.peaks, prediction.crms)
         return head_instances(logits, prediction.prms, prediction.peak_classes, **instance_options(self.model))
+
+    def _confidence(self, prediction: Prediction, settings: PredictSettings) -> list[Instance]:
+        """The instances rescored by :func:`napari_prm.retrieval.instance_confidence`, best first."""
+        from .retrieval import instance_confidence
+
+        instances = prediction.instances
+        if not instances:
+            return instances
+        class_threshold, peak_threshold = resolve_thresholds(settings, self.model.settings)
+        peaks = np.array([i.peak for i in instances], np.int64)
+        classes = np.array([i.class_index for i in instances], np.int64)
+        peak_margins = None if peak_threshold is None else prediction.peak_values[peaks] - peak_threshold
+        confidence = instance_confidence([i.score for i in instances], self._scores[classes] - class_threshold,
+                                         peak_margins)
+        for instance, value in zip(instances, confidence):
+            instance.retrieval_score, instance.score = instance.score, float(value)
+        order = np.argsort(-confidence, kind="stable")
+        return [instances[k] for k in order]
 
     def _points_to_peaks(self, points, crm_shape, factor):
         points_yx, point_classes = points
