@@ -43,7 +43,8 @@ from napari_prm.evaluate import InstanceMatcher, best_overlaps, class_pointing, 
 from napari_prm.proposals import default_proposals
 
 ROOT = Path(__file__).resolve().parents[1]
-VAL = ROOT.parent / "shared" / "data" / "coco128" / "annotations" / "instances_val2017.json"
+ANNOTATIONS = ROOT.parent / "shared" / "data" / "coco128" / "annotations"
+VAL = ANNOTATIONS / "instances_val2017.json"
 
 #: A row setting that is not a predictor setting: after retrieval, each peak lying inside a ground-truth
 #: instance of its class takes the proposal that best overlaps that instance. Not a method: it bounds
@@ -112,16 +113,18 @@ def cached_proposals(cache: Path, stem: str, image: np.ndarray) -> tuple[np.ndar
     return stack, seconds
 
 
-def val_images(model_name: str, threads: int | None = None):
-    """The model, coco128 val with its classes, and the indices of the images showing one of them."""
-    if not VAL.is_file():
-        raise SystemExit(f"coco128 not found: {VAL}")
+def val_images(model_name: str, threads: int | None = None, split: str = "val"):
+    """The model, a coco128 split (val by default) with its classes, and the indices of the images
+    showing one of them."""
+    path = ANNOTATIONS / f"instances_{split}2017.json"
+    if not path.is_file():
+        raise SystemExit(f"coco128 not found: {path}")
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     model = napari_prm.load_model(model_name)
-    dataset = from_coco(VAL, require_positives=False).with_classes(model.class_names)
+    dataset = from_coco(path, require_positives=False).with_classes(model.class_names)
     return model, dataset, [i for i in range(len(dataset)) if dataset.labels[i].any()]
 
 
@@ -169,15 +172,17 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", default=None, help="row names to run (default: all)")
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--split", choices=("val", "train"), default="val",
+                        help="coco128 split (train: where settings are chosen; val: where they are reported)")
     args = parser.parse_args()
     import torch
 
-    model, dataset, indices = val_images(args.model, args.threads)
+    model, dataset, indices = val_images(args.model, args.threads, args.split)
     cache = args.cache or args.out.parent / "proposal_cache"
     rows = [row for row in ROWS if args.rows is None or row[0] in args.rows]
     if args.max_images:
         indices = indices[: args.max_images]
-    print(f"{args.model}: {len(indices)} val images with a class of the model; rows: {[r[0] for r in rows]}",
+    print(f"{args.model}: {len(indices)} {args.split} images with a class of the model; rows: {[r[0] for r in rows]}",
           flush=True)
     stats = {name: defaultdict(list) for name, _, _ in rows}
     matchers = {name: InstanceMatcher(len(model.class_names)) for name, _, _ in rows}
@@ -252,11 +257,12 @@ def main() -> None:
             "funnel_share": [funnel["with_peak"] / total, funnel["with_proposal"] / total, funnel["retrieved"] / total],
         })
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"model": args.model, "images": len(indices), "split": "coco128 val (images showing a class of the model)",
+    meta = {"model": args.model, "images": len(indices),
+            "split": f"coco128 {args.split} (images showing a class of the model)",
             "load_average_start_end": [load_start, load_end], "torch_threads": torch.get_num_threads(),
             "seconds": time.perf_counter() - started}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
-    lines = [f"Model `{args.model}`, {len(indices)} coco128 val images; load average {load_start[0]:.1f} → "
+    lines = [f"Model `{args.model}`, {len(indices)} coco128 {args.split} images; load average {load_start[0]:.1f} → "
              f"{load_end[0]:.1f}, {torch.get_num_threads()} torch threads.", "",
              "| row | mAP^r .25 / .5 / .75 | ABO | class pointing | peak precision | PRM quality | peaks / image "
              "| s / image | GT with a peak / a proposal / retrieved |",

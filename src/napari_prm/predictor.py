@@ -111,7 +111,8 @@ class PredictSettings:
         (:func:`napari_prm.retrieval.retrieve_instances`).
     score_by : {'retrieval', 'confidence'}
         What an instance's score is (and what orders the instances once
-        retrieved): its retrieval score (the original), or that score weighted by
+        retrieved): its retrieval score (the original; the head's score for
+        instances the refinement head cuts), or that score weighted by
         the logistic of its class's and its peak's margins over the thresholds
         (:func:`napari_prm.retrieval.instance_confidence`; the default preset's).
         NMS orders by the retrieval score either way.
@@ -711,6 +712,8 @@ class PRMPredictor:
             _check_cancel(cancel)
             report("retrieval", 0, 1)
             prediction.instances = self.refined_instances(prediction)
+            if settings.score_by == "confidence":
+                prediction.instances = self._confidence(prediction, settings)
             report("retrieval", 1, 1)
         elif self.proposal_source is not None and len(peaks_crm):
             _check_cancel(cancel)
@@ -747,7 +750,8 @@ class PRMPredictor:
         return head_instances(logits, prediction.prms, prediction.peak_classes, **instance_options(self.model))
 
     def _confidence(self, prediction: Prediction, settings: PredictSettings) -> list[Instance]:
-        """The instances rescored by :func:`napari_prm.retrieval.instance_confidence`, best first."""
+        """The instances rescored by :func:`napari_prm.retrieval.instance_confidence`, best first
+        (retrieved or cut by the head: ``Instance.retrieval_score`` keeps the score they came with)."""
         from .retrieval import instance_confidence
 
         instances = prediction.instances
