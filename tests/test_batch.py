@@ -209,6 +209,24 @@ def test_scheduler_option_uses_a_cluster_started_separately(tmp_path, checkpoint
                 process.wait(timeout=30)
 
 
+@pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
+def test_a_cluster_cancel_reports_what_was_written_as_written(tmp_path, checkpoint, images, client):
+    by_name = {p.name: p for p in images}
+    order = [by_name["cat.png"], by_name["coffee.jpg"], by_name["astronaut.png"]]
+    out = tmp_path / "out"
+    # cancelled as soon as the first image's outputs exist: its task may not have reported yet
+    batch = predict_many(order, str(checkpoint), out, client, max_in_flight=1,
+                         cancel=lambda: (out / "cat.manifest.json").exists(), **SETTINGS)
+    statuses = {Path(r.image).name: r.status for r in batch.results}
+    assert statuses["cat.png"] == "written" and "cancelled" in statuses.values()
+    for result in batch.results:  # the status says what is on disk
+        complete = io.complete_prediction(out, result.stem) is not None
+        assert (result.status == "written") == complete, (result.image, result.status)
+        assert result.status in ("written", "cancelled")
+    assert batch.results[0].peaks is not None and batch.results[0].shape == io.read_image(order[0]).shape[:2]
+    assert {name: row["status"] for name, row in summary_rows(out).items()} == statuses
+
+
 def test_in_process_batch_cancels_gathers_and_stacks_the_labels_lazily(tmp_path, checkpoint, images):
     good = [p for p in images if p.name != "broken.png"]
     out = tmp_path / "out"
