@@ -212,19 +212,26 @@ def test_scheduler_option_uses_a_cluster_started_separately(tmp_path, checkpoint
 @pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
 def test_a_cluster_cancel_reports_what_was_written_as_written(tmp_path, checkpoint, images, client):
     by_name = {p.name: p for p in images}
-    order = [by_name["cat.png"], by_name["coffee.jpg"], by_name["astronaut.png"]]
+    order = [by_name["cat.png"], by_name["coffee.jpg"], by_name["astronaut.png"], by_name["camera16.tif"]]
     out = tmp_path / "out"
-    # cancelled as soon as the first image's outputs exist: its task may not have reported yet
-    batch = predict_many(order, str(checkpoint), out, client, max_in_flight=1,
-                         cancel=lambda: (out / "cat.manifest.json").exists(), **SETTINGS)
+    # cancelled as soon as an image's outputs exist: its task may not have reported yet, and the
+    # other image sent is still running. A slot frees only once an output exists, so no third
+    # image is ever sent.
+    batch = predict_many(order, str(checkpoint), out, client, max_in_flight=2,
+                         cancel=lambda: any(out.glob("*.manifest.json")), **SETTINGS)
     statuses = {Path(r.image).name: r.status for r in batch.results}
-    assert statuses["cat.png"] == "written" and "cancelled" in statuses.values()
+    assert [statuses[p.name] for p in order] == ["written", "written", "cancelled", "cancelled"]
+    time.sleep(2.0)  # no task left running writes anything after the batch returned
     for result in batch.results:  # the status says what is on disk
         complete = io.complete_prediction(out, result.stem) is not None
         assert (result.status == "written") == complete, (result.image, result.status)
         assert result.status in ("written", "cancelled")
     assert batch.results[0].peaks is not None and batch.results[0].shape == io.read_image(order[0]).shape[:2]
     assert {name: row["status"] for name, row in summary_rows(out).items()} == statuses
+    # a resume recomputes exactly the cancelled images
+    resumed = predict_many(order, str(checkpoint), out, client, **SETTINGS)
+    assert [r.status for r in resumed.results] == [
+        "skipped" if statuses[p.name] == "written" else "written" for p in order]
 
 
 def test_in_process_batch_cancels_gathers_and_stacks_the_labels_lazily(tmp_path, checkpoint, images):

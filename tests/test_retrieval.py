@@ -417,3 +417,10 @@ def test_instance_confidence_weights_the_retrieval_score_by_the_class_and_peak_m
     assert sure > 0.5 > doubtful
     with pytest.raises(ValueError, match="class_margins: expected 2 values, got 3"):
         instance_confidence([0.5, 0.4], [0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="class_margins: expected 2 values, got 1"):
+        instance_confidence([0.5, 0.4], [0.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="peak_margins: expected 2 values, got 1"):
+        instance_confidence([0.5, 0.4], [0.0, 1.0], [1.0])
+    # far below a threshold the weight is 0, without an overflow warning
+    with np.errstate(over="raise"):
+        np.testing.assert_array_equal(instance_confidence([0.5], [-1e4], [0.0]), [0.0])

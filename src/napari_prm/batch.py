@@ -473,7 +473,10 @@ def predict_many(
         the calling thread.
     cancel : callable, optional
         Checked while waiting; when it returns True the images not yet done are marked
-        ``"cancelled"`` (tasks in flight on a cluster are cancelled) and the batch returns.
+        ``"cancelled"`` and the batch returns. In this process the image being computed
+        finishes first; on a cluster, the images already sent to the workers (at most
+        ``max_in_flight``) finish first and are recorded, so that no output appears after
+        the batch returned.
     max_in_flight : int, optional
         Tasks submitted to the cluster at a time (default: twice the workers' threads).
     retries : int
@@ -625,13 +628,12 @@ def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads,
         in_flight[future] = index
         completed.add(future)
 
+    stopping = False
     try:
-        while queue or in_flight:
-            while queue and len(in_flight) < max_in_flight:
+        while in_flight or (queue and not stopping):
+            while queue and not stopping and len(in_flight) < max_in_flight:
                 submit(queue.popleft())
             finished = completed.next_batch(block=False)
-            # Tasks that finished are recorded before a cancel is honoured: their outputs are on
-            # disk, and they are written (or failed), not cancelled.
             for future in finished:
                 index = in_flight.pop(future)
                 try:
@@ -641,12 +643,16 @@ def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads,
                               if type(error).__name__ == "KilledWorker" else _describe_error(error))
                     result = ImageResult(results[index].image, results[index].stem, "failed", error=reason)
                 future.release()
-                if result.status == "failed" and attempts[index] <= retries and not cancel():
+                if result.status == "failed" and attempts[index] <= retries and not stopping:
                     queue.appendleft(index)
                     continue
                 _finish(results, index, result, attempts[index], report)
-            if cancel():
-                return
+            if not stopping and cancel():
+                # A running task cannot be stopped (cancelling its future only forgets it): it
+                # would write its outputs after the batch returned and called them cancelled.
+                # The images already sent to the workers (at most max_in_flight) finish and are
+                # recorded; the others stay pending and become "cancelled".
+                stopping = True
             if not finished:  # the workers have queued tasks: a short wait idles none of them
                 time.sleep(0.05)
     finally:

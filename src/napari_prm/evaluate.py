@@ -502,7 +502,7 @@ def evaluate(
             pointing.append(class_pointing(prediction.crms, truth.masks, truth.class_indices,
                                            sub_pixel_locating_factor=prediction.sub_pixel_locating_factor))
             if with_instances and len(prediction.peaks):
-                stack = predictor.proposals(prediction.prms)[: predictor.settings.proposal_count]
+                stack = predictor.proposals(prediction.prms, prediction)[: predictor.settings.proposal_count]
                 for key, count in instance_funnel(prediction.peaks, prediction.peak_classes, prediction.instances,
                                                   stack, truth.masks, truth.class_indices, truth.iscrowd).items():
                     funnel[key] += count

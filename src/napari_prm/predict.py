@@ -95,7 +95,8 @@ def predict(
     points : ((K, 2) float array, (K,) classes), optional
         Back-propagate from these image ``(y, x)`` locations of these classes
         instead of the selected peaks (e.g. a user's click); thresholds and
-        ``classes`` are not applied to them.
+        ``classes`` do not select them (the thresholds still weigh their
+        instances' confidence, see ``score_by``).
     retrieval : dict, optional
         Retrieval settings (any of :data:`RETRIEVAL_OPTIONS`), the same as
         passing them as keywords.

@@ -658,7 +658,8 @@ class PRMPredictor:
         points : ((K, 2) float array, K classes), optional
             Back-propagate from these image ``(y, x)`` locations of these classes
             (indices or names) instead of the selected peaks, e.g. a user's
-            clicks; thresholds and ``classes`` do not apply to them.
+            clicks; thresholds and ``classes`` do not select them (the thresholds
+            still weigh their instances' confidence, see ``score_by``).
         classes : sequence of int or str, optional
             Keep only peaks of these classes.
         progress : callable, optional

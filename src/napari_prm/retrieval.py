@@ -497,12 +497,18 @@ def instance_confidence(retrieval_scores: np.ndarray, class_margins: np.ndarray,
     mAP^r and in the instance table. A negative retrieval score (more
     background than response in the mask) counts as 0.
     """
+    from scipy.special import expit
+
     retrieval = np.maximum(np.asarray(retrieval_scores, np.float64).reshape(-1), 0.0)
-    weight = 1.0 / (1.0 + np.exp(-np.asarray(class_margins, np.float64).reshape(-1)))
+    margins = {"class_margins": class_margins}
     if peak_margins is not None:
-        weight = weight / (1.0 + np.exp(-np.asarray(peak_margins, np.float64).reshape(-1)))
-    if len(weight) != len(retrieval):
-        raise ValueError(f"class_margins: expected {len(retrieval)} values, got {len(weight)}")
+        margins["peak_margins"] = peak_margins
+    weight = np.ones_like(retrieval)
+    for name, values in margins.items():
+        values = np.asarray(values, np.float64).reshape(-1)
+        if len(values) != len(retrieval):
+            raise ValueError(f"{name}: expected {len(retrieval)} values, got {len(values)}")
+        weight = weight * expit(values)
     return retrieval * weight
 
 

@@ -105,6 +105,9 @@ class PointRetrieval:
         """Worker thread: back-propagate from the points and retrieve their instances."""
         out = []
         preset = context.settings["preset"]
+        # the run's thresholds: they do not select clicked points, but their instances' confidence
+        # is measured against them, as the run's instances' is
+        overrides = self.owner.threshold_overrides(context.settings)
 
         def report(stage, done, total):
             self.owner._relay.progressed.emit((stage, done, total))
@@ -117,7 +120,7 @@ class PointRetrieval:
                         image = read_plane(context.image_layer, plane)
                     predictor.set_image(image, progress=report, cancel=self._cancel.is_set)
                 prediction = predictor.predict(points=(yx, classes), progress=report,
-                                               cancel=self._cancel.is_set)
+                                               cancel=self._cancel.is_set, **overrides)
             except Cancelled:
                 return None
             out.append((plane, peak_ids, prediction))
