@@ -101,7 +101,8 @@ class TrainResult:
     calibration: Any = None
 
 
-def _is_cancelled(cancel) -> bool:
+def is_cancelled(cancel) -> bool:
+    """Whether ``cancel`` (None, a callable or a ``threading.Event``) says stop."""
     if cancel is None:
         return False
     if hasattr(cancel, "is_set"):
@@ -216,13 +217,13 @@ def _calibrate(model: PRMModel, dataset: LabeledImageDataset, config: dict, prog
             progress(TrainProgress("calibration", total, total, done, count, float("nan"), 0.0))
 
     try:
-        calibration = calibrate_model(model, dataset, progress=report, cancel=lambda: _is_cancelled(cancel))
+        calibration = calibrate_model(model, dataset, progress=report, cancel=lambda: is_cancelled(cancel))
     except RuntimeError:
         return None
     model.settings.update(calibration.as_settings())
     model.settings["calibration"]["held_out"] = bool(config["val_fraction"] > 0)
     try:  # the thresholds of the opt-in test-time augmentation, whose maps are averages
-        with_tta = calibrate_model(model, dataset, tta=True, cancel=lambda: _is_cancelled(cancel))
+        with_tta = calibrate_model(model, dataset, tta=True, cancel=lambda: is_cancelled(cancel))
         model.settings["tta_calibration"] = with_tta.as_settings()
     except RuntimeError:
         pass
@@ -431,7 +432,7 @@ def train(
             _set_train_mode(model, config["backbone_lr_mult"] == 0)
             started, seen, losses = time.perf_counter(), 0, []
             for batch, (inputs, targets) in enumerate(_batches(loader), start=1):
-                if _is_cancelled(cancel):
+                if is_cancelled(cancel):
                     cancelled = True
                     break
                 inputs, targets = inputs.to(device), targets.to(device)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..io.atomic import atomic_write
 from ..model.checkpoint import PRMModel
+from ..train import is_cancelled
 from .corrections import Correction
 from .features import StageFeatures
 from .prompts import PROMPT_CHANNELS, peak_prompts
@@ -63,15 +64,6 @@ class Sample:
 
 class Cancelled(Exception):
     """Raised by :func:`prepare_samples` when its ``cancel`` check turns true."""
-
-
-def is_cancelled(cancel) -> bool:
-    """Whether ``cancel`` (None, a callable or a ``threading.Event``) says stop."""
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
 
 
 def _features(model: PRMModel, stages, image: np.ndarray) -> list[torch.Tensor]:

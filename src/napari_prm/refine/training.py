@@ -24,10 +24,11 @@ import torch.nn.functional as F
 
 from .. import _validate as check
 from ..model.checkpoint import PRMModel, load_checkpoint, resolve_device, save_model
+from ..train import is_cancelled
 from .corrections import Correction
 from .features import find_stages
 from .head import RefineHead, head_from_config
-from .samples import Cancelled, Sample, is_cancelled, prepare_samples
+from .samples import Cancelled, Sample, prepare_samples
 from .targets import IGNORE
 
 TRAINING_STATE_KEY = "refine_training"
