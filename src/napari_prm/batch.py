@@ -37,7 +37,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -363,28 +363,6 @@ def _skipped(image: str, stem: str, file_set, error: str = "") -> ImageResult:
                        shape=tuple(shape) if shape else None)
 
 
-def _written_since(out: Path, result: ImageResult, prms_format: str | None, overwrite: bool,
-                   since_ns: int) -> ImageResult | None:
-    """``result`` as written when its outputs are complete and this run wrote them, else None.
-
-    Without ``overwrite`` an image with complete outputs was skipped before the run, so complete
-    outputs of a pending image are this run's; with it, their manifest must be newer than ``since_ns``.
-    """
-    from . import io
-
-    file_set = io.complete_prediction(out, result.stem, prms_format=prms_format)
-    if file_set is None:
-        return None
-    if overwrite:
-        try:
-            if (out / f"{result.stem}.manifest.json").stat().st_mtime_ns < since_ns:
-                return None
-        except OSError:
-            return None
-    written = _skipped(result.image, result.stem, file_set)
-    return replace(written, status="written", attempts=max(result.attempts, 1))
-
-
 def _describe_error(error: BaseException) -> str:
     """One line: the message of an input error (it names the file), else ``unexpected <type>: ...``."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -515,7 +493,6 @@ def predict_many(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     io.recover_file_sets(out)  # finish or remove what killed runs left
-    run_started = time.time_ns()
     results = [ImageResult(str(p), s) for p, s in zip(paths, stems)]
     summary = _Summary(out / SUMMARY_NAME, results, summary_every)
     batch = BatchResult(results, out, summary.path, prms_format)
@@ -559,12 +536,10 @@ def predict_many(
                             settings=settings, overwrite=overwrite, prms_format=prms_format, gather=gather,
                             retries=retries, cancel=cancel, report=report, max_in_flight=max_in_flight)
     finally:
-        for index, result in enumerate(results):
+        for result in results:
+            # the images in progress were finished and recorded: the pending ones never started
             if result.status == "pending" and cancel():
-                # A task can finish writing between the cancel and its result reaching here:
-                # its complete outputs, written during this run, count as written.
-                written = _written_since(out, result, prms_format, overwrite, run_started)
-                results[index] = written or replace(result, status="cancelled")
+                result.status = "cancelled"
         summary.update(force=True)
     return batch
 
