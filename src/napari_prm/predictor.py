@@ -713,8 +713,6 @@ class PRMPredictor:
             _check_cancel(cancel)
             report("retrieval", 0, 1)
             prediction.instances = self.refined_instances(prediction)
-            if settings.score_by == "confidence":
-                prediction.instances = self._confidence(prediction, settings)
             report("retrieval", 1, 1)
         elif self.proposal_source is not None and len(peaks_crm):
             _check_cancel(cancel)
@@ -725,10 +723,10 @@ class PRMPredictor:
             report("retrieval", 0, 1)
             started = time.perf_counter()
             prediction.instances = self._retrieve(prediction, prms_net, masks, settings)
-            if settings.score_by == "confidence":
-                prediction.instances = self._confidence(prediction, settings)
             self.timings["retrieval"] = time.perf_counter() - started
             report("retrieval", 1, 1)
+        if settings.score_by == "confidence":
+            prediction.instances = self._confidence(prediction, settings)
         return prediction
 
     def refined_instances(self, prediction: Prediction) -> list[Instance]:
