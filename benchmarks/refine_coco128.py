@@ -44,7 +44,7 @@ import torch
 from napari_prm.data import from_coco, voc_view
 from napari_prm.evaluate import evaluate
 from napari_prm.masks import decode_rle, encode_rle
-from napari_prm.predict import Prediction, predict
+from napari_prm.predict import Prediction, predict, rank_by_confidence
 from napari_prm.refine import Correction, refine, refined_instances
 from napari_prm.retrieval import Instance
 
@@ -116,10 +116,19 @@ def evaluate_instances(dataset, predictions, instance_lists) -> dict:
 
 
 def head_instances_for(model, dataset, predictions, **options) -> tuple[list, float]:
-    """Instances the model's head cuts for the cached peaks of every image, and seconds per image."""
+    """Instances the model's head cuts for the cached peaks of every image, and seconds per image.
+
+    They are scored as ``predict`` scores them (``score_by="confidence"``, the default preset's):
+    the head's mask probability weighted by the class and peak margins over the model's
+    calibrated thresholds, as the baseline's retrieved instances are.
+    """
+    class_threshold = float(model.settings.get("class_threshold", 0.0))
+    peak_threshold = model.settings.get("peak_threshold")
     out, started = [], time.perf_counter()
     for index, prediction in enumerate(predictions):
-        out.append(refined_instances(model, dataset.read_image(index), prediction, **options))
+        instances = refined_instances(model, dataset.read_image(index), prediction, **options)
+        out.append(rank_by_confidence(prediction, instances, class_threshold,
+                                      None if peak_threshold is None else float(peak_threshold)))
     return out, (time.perf_counter() - started) / max(len(predictions), 1)
 
 

@@ -194,3 +194,11 @@ def test_instances_are_scored_by_confidence_by_default(tiny, image):
     # the masks are the same ones; only their scores and order change
     assert sorted((i.peak, i.proposal) for i in by_confidence.instances) == \
         sorted((i.peak, i.proposal) for i in by_retrieval.instances)
+    # the public function ranks any instances (retrieved, or cut by a head) the same way
+    from napari_prm.predict import rank_by_confidence
+
+    ranked = rank_by_confidence(by_retrieval, by_retrieval.instances, thresholds["class_threshold"],
+                                thresholds["peak_threshold"])
+    assert [(i.peak, i.score) for i in ranked] == [(i.peak, i.score) for i in by_confidence.instances]
+    assert [i.retrieval_score for i in ranked] == [i.retrieval_score for i in by_confidence.instances]
+    assert rank_by_confidence(by_retrieval, [], 0.0, None) == []

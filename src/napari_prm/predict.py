@@ -23,10 +23,11 @@ from .predictor import (
     ProgressCallback,
     crm_to_image,
     image_to_crm,
+    rank_by_confidence,
     resize_prms,
 )
 
-__all__ = ["Cancelled", "Prediction", "crm_to_image", "image_to_crm", "predict", "resize_prms"]
+__all__ = ["Cancelled", "Prediction", "crm_to_image", "image_to_crm", "predict", "rank_by_confidence", "resize_prms"]
 
 #: The keyword arguments ``predict(retrieval=...)`` passes on as retrieval settings.
 RETRIEVAL_OPTIONS = ("contour_width", "size_limits", "proposal_count", "nms_threshold", "bg_threshold",

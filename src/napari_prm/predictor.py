@@ -311,6 +311,45 @@ class Prediction:
         return instances_to_labels(self.instances, self.image_shape, class_names=self.class_names)
 
 
+def rank_by_confidence(prediction: Prediction, instances: Sequence[Instance], class_threshold: float,
+                       peak_threshold: float | None) -> list[Instance]:
+    """Instances rescored by :func:`napari_prm.retrieval.instance_confidence`, best first.
+
+    What ``predict`` does with ``score_by="confidence"``, for instances retrieved from
+    proposals or cut by a refinement head alike.
+
+    Parameters
+    ----------
+    prediction : Prediction
+        The image's prediction: its class ``scores`` and ``peak_values``.
+    instances : sequence of Instance
+        Instances of ``prediction``'s peaks (``Instance.peak`` indexes them); changed in
+        place: ``retrieval_score`` takes the score they came with, ``score`` the confidence.
+    class_threshold : float
+    peak_threshold : float or None
+        The thresholds the margins are measured from (None: no peak term).
+
+    Returns
+    -------
+    list of Instance
+        The same instances, highest confidence first.
+    """
+    from .retrieval import instance_confidence
+
+    instances = list(instances)
+    if not instances:
+        return instances
+    peaks = np.array([i.peak for i in instances], np.int64)
+    classes = np.array([i.class_index for i in instances], np.int64)
+    peak_margins = None if peak_threshold is None else np.asarray(prediction.peak_values)[peaks] - peak_threshold
+    confidence = instance_confidence([i.score for i in instances],
+                                     np.asarray(prediction.scores)[classes] - class_threshold, peak_margins)
+    for instance, value in zip(instances, confidence):
+        instance.retrieval_score, instance.score = instance.score, float(value)
+    order = np.argsort(-confidence, kind="stable")
+    return [instances[k] for k in order]
+
+
 def crm_to_image(yx: np.ndarray, crm_shape: Sequence[int], image_shape: Sequence[int], factor: int = 1) -> np.ndarray:
     """Map ``(y, x)`` CRM pixels (possibly upsampled by ``factor``, align_corners) to image pixels."""
     yx = np.asarray(yx, dtype=np.float64).reshape(-1, 2)
@@ -749,23 +788,9 @@ class PRMPredictor:
         return head_instances(logits, prediction.prms, prediction.peak_classes, **instance_options(self.model))
 
     def _confidence(self, prediction: Prediction, settings: PredictSettings) -> list[Instance]:
-        """The instances rescored by :func:`napari_prm.retrieval.instance_confidence`, best first
-        (retrieved or cut by the head: ``Instance.retrieval_score`` keeps the score they came with)."""
-        from .retrieval import instance_confidence
-
-        instances = prediction.instances
-        if not instances:
-            return instances
+        """The instances rescored by :func:`rank_by_confidence` against this model's thresholds."""
         class_threshold, peak_threshold = resolve_thresholds(settings, self.model.settings)
-        peaks = np.array([i.peak for i in instances], np.int64)
-        classes = np.array([i.class_index for i in instances], np.int64)
-        peak_margins = None if peak_threshold is None else prediction.peak_values[peaks] - peak_threshold
-        confidence = instance_confidence([i.score for i in instances], self._scores[classes] - class_threshold,
-                                         peak_margins)
-        for instance, value in zip(instances, confidence):
-            instance.retrieval_score, instance.score = instance.score, float(value)
-        order = np.argsort(-confidence, kind="stable")
-        return [instances[k] for k in order]
+        return rank_by_confidence(prediction, prediction.instances, class_threshold, peak_threshold)
 
     def _points_to_peaks(self, points, crm_shape, factor):
         points_yx, point_classes = points
