@@ -118,6 +118,30 @@ def test_pseudo_targets_trust_and_ignore():
     assert (wrong_class == IGNORE).all()
 
 
+def test_peaks_of_absent_classes_learn_empty_masks_only_when_asked(tiny96, shapes_scenes):
+    """Self-training's default: a peak of a class the image does not show teaches the head nothing."""
+    from napari_prm.refine.features import find_stages
+    from napari_prm.refine.samples import pseudo_sample
+
+    image = shapes_scenes[0][0]
+    stages = find_stages(tiny96.network.fcn.features, probe_size=96)
+    options = {"class_threshold": -1e9, "peak_threshold": -1e9}
+    absent = predict(image, tiny96, proposals=None, classes=[1], **options)
+    assert len(absent.peak_classes) > 0  # so negatives=True has peaks of an absent class to add
+
+    def counts(sample):
+        flat = sample.targets.reshape(sample.num_peaks, -1)
+        positive = (flat == 1).any(1)
+        empty = ~positive & (flat != IGNORE).any(1)
+        return int(positive.sum()), int(empty.sum())
+
+    default = pseudo_sample(tiny96, image, [0], stages, predict_options=options)
+    asked = pseudo_sample(tiny96, image, [0], stages, predict_options=options, negatives=True)
+    positives, empties = counts(default)
+    assert positives > 0 and empties == 0
+    assert counts(asked) == (positives, max(positives, 1))  # empty targets capped at the positive count
+
+
 def test_prompts_hold_the_prm_the_peak_and_its_class_response():
     prms = np.stack([blob((40, 40), 10, 30)])
     crms = np.zeros((2, 5, 5), np.float32)

@@ -111,14 +111,16 @@ def _predictor(model: PRMModel, predict_options: dict | None, proposals):
 
 def pseudo_sample(model: PRMModel, image: np.ndarray, present: Sequence[int], stages, *,
                   predict_options: dict | None = None, target_options: dict | None = None,
-                  negatives: bool = True, source: str = "") -> Sample:
+                  negatives: bool = False, source: str = "") -> Sample:
     """The sample of one image with image-level labels (self-training).
 
     PRM's forward pass runs once. The peaks of the present classes retrieve their
     instances, as ``predict(image, model, classes=present)`` does, and the trusted ones
     become targets (:func:`napari_prm.refine.targets.pseudo_targets`). A peak of a class
     the image does not show is wrong whatever it covers: with ``negatives`` it learns an
-    empty mask.
+    empty mask. That is off by default: the head does not know classes, and such a peak
+    usually sits on an object (a look-alike of its class), so an empty target there
+    teaches it to shrink every mask (see ``refine``'s ``negatives``).
 
     Parameters
     ----------
@@ -133,7 +135,7 @@ def pseudo_sample(model: PRMModel, image: np.ndarray, present: Sequence[int], st
     target_options : dict, optional
         Passed to :func:`napari_prm.refine.targets.pseudo_targets` over :data:`PSEUDO_DEFAULTS`.
     negatives : bool
-        Let peaks of absent classes learn empty masks.
+        Let peaks of absent classes learn empty masks (default False).
     source : str
     """
     present = [int(c) for c in present]
@@ -249,7 +251,7 @@ def _load_sample(path: Path) -> Sample | None:
 
 def prepare_samples(model: PRMModel, stages, *, dataset=None, corrections: Sequence[Correction] = (),
                     predict_options: dict | None = None, target_options: dict | None = None,
-                    correction_weight: float = 2.0, negatives: bool = True,
+                    correction_weight: float = 2.0, negatives: bool = False,
                     cache_dir: str | os.PathLike | None = None, progress: Callable[[Any], None] | None = None,
                     cancel: Any = None) -> list[Sample]:
     """The samples of a dataset's images (self-training) and of corrected images.
