@@ -287,7 +287,9 @@ def plot_loop(runs: list[dict], images: int, path: Path) -> None:
 #: Design choices measured on coco128 train only (``dev``): name -> (refine options, instance options).
 DEV_VARIANTS = {
     "defaults": ({}, {}),
+    "negatives (absent-class peaks learn empty masks)": ({"negatives": True}, {}),
     "no negatives (absent-class peaks dropped)": ({"negatives": False}, {}),
+    "60 epochs": ({"epochs": 60}, {}),
     "trust: min_relative_score 0.2": ({"target_options": {"min_relative_score": 0.2}}, {}),
     "trust: min_relative_score 0.8": ({"target_options": {"min_relative_score": 0.8}}, {}),
     "width 64": ({"width": 64}, {}),
