@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     import napari
+    from qtpy.QtCore import QThreadPool
     from qtpy.QtWidgets import QApplication
 
     from napari_prm import save_model
@@ -67,6 +68,9 @@ def main(argv=None) -> int:
     while widget.running:
         QApplication.processEvents()
         time.sleep(0.02)
+    # the worker emits `finished` after its result: let it end before the viewer goes
+    QThreadPool.globalInstance().waitForDone(30_000)
+    QApplication.processEvents()
     result = widget.result
     report = {"model": model_name, "images": args.images, "seconds": widget.last_seconds,
               "prepare_seconds": result.prepare_seconds, "train_seconds": result.train_seconds,
