@@ -11,9 +11,13 @@ Measures, from one PRM model (the built-in model in the VOC label space):
    after the first 25). ``--orders K`` repeats this for K orders of the val images (the
    first as they come) and plots their mean and range. Writes ``docs/images/refine_loop.png``.
 3. ``replot``: draws the figure again from ``--out``'s ``loop.json``, without training.
-4. ``dev``: design choices measured on coco128 train only (self-training on its first
-   two thirds, evaluation on the last third with its ground truth), so that val is used
-   for the final figures only.
+4. ``dev``: design choices measured on coco128 train only (two folds: self-training on
+   every other image, evaluation on the others' images that show a class, with their
+   ground truth; then the other way round), so that val is used for the final figures only.
+
+Every row also says how the masks of instances whose peak lies on an object of their
+class compare with that object: their median area as a share of the object's, and the
+share that reach IoU .5 with it (``extent``).
 
 PRM runs once per image; its peaks, PRMs and retrieved instances are cached under
 ``--out`` (``predictions/``), so the head variants share them. Run with one thread per
@@ -43,7 +47,7 @@ import torch
 
 from napari_prm.data import from_coco, voc_view
 from napari_prm.evaluate import evaluate
-from napari_prm.masks import decode_rle, encode_rle
+from napari_prm.masks import decode_rle, encode_rle, mask_iou
 from napari_prm.predict import Prediction, predict, rank_by_confidence
 from napari_prm.refine import Correction, refine, refined_instances
 from napari_prm.retrieval import Instance
@@ -110,9 +114,35 @@ def cached_predictions(model, dataset, settings: dict, folder: Path, *, log) -> 
 
 # --------------------------------------------------------------------------- evaluation
 def evaluate_instances(dataset, predictions, instance_lists) -> dict:
-    """mAP^r and ABO of ``instance_lists`` (one list per image) with the cached peaks and PRMs."""
+    """mAP^r and ABO of ``instance_lists`` (one list per image) with the cached peaks and PRMs,
+    and their ``extent``."""
     replaced = [replace(p, instances=list(instances)) for p, instances in zip(predictions, instance_lists)]
-    return evaluate(replaced, dataset)
+    results = evaluate(replaced, dataset)
+    results["extent"] = extent(dataset, predictions, instance_lists)
+    return results
+
+
+def extent(dataset, predictions, instance_lists) -> dict:
+    """How the masks of instances whose peak lies on an object of their class compare with it.
+
+    Returns ``{"instances": n, "area_ratio": median of mask area / object area,
+    "iou50": share of them at IoU >= 0.5 with the object}`` (the object: the first
+    non-crowd ground-truth instance of the class under the peak).
+    """
+    ratios, hits = [], []
+    for index, (prediction, instances) in enumerate(zip(predictions, instance_lists)):
+        truth = dataset.instances(index)
+        height, width = truth.masks.shape[1:]
+        for instance in instances:
+            y, x = np.clip(np.rint(prediction.peaks[instance.peak]).astype(int), 0, [height - 1, width - 1])
+            under = [k for k in range(len(truth.masks)) if not truth.iscrowd[k]
+                     and truth.class_indices[k] == instance.class_index and truth.masks[k][y, x]]
+            if under:
+                target = truth.masks[under[0]]
+                ratios.append(float(instance.mask.sum() / target.sum()))
+                hits.append(float(mask_iou(instance.mask[None], target[None])[0, 0]) >= 0.5)
+    return {"instances": len(ratios), "area_ratio": float(np.median(ratios)) if ratios else float("nan"),
+            "iou50": float(np.mean(hits)) if hits else float("nan")}
 
 
 def head_instances_for(model, dataset, predictions, **options) -> tuple[list, float]:
@@ -135,16 +165,19 @@ def head_instances_for(model, dataset, predictions, **options) -> tuple[list, fl
 def row(name: str, results: dict, seconds: float) -> dict:
     return {"name": name, "mAP_r": {str(k): v for k, v in results["mAP_r"].items()}, "ABO": results["ABO"],
             "seconds_per_image": seconds, "images": results["num_images"],
-            "instances": results["num_predicted_instances"]}
+            "instances": results["num_predicted_instances"], "extent": results.get("extent")}
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| instances from | images | mAP^r .25 | mAP^r .5 | mAP^r .75 | ABO | s / image |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| instances from | images | mAP^r .25 | mAP^r .5 | mAP^r .75 | ABO | s / image "
+             "| on an object: mask / object area (median), IoU ≥ .5 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        m = r["mAP_r"]
+        m, e = r["mAP_r"], r.get("extent") or {}
         lines.append(f"| {r['name']} | {r['images']} | {100 * m['0.25']:.1f} | {100 * m['0.5']:.1f} | "
-                     f"{100 * m['0.75']:.1f} | {100 * r['ABO']:.1f} | {r['seconds_per_image']:.2f} |")
+                     f"{100 * m['0.75']:.1f} | {100 * r['ABO']:.1f} | {r['seconds_per_image']:.2f} | "
+                     f"{e.get('area_ratio', float('nan')):.2f}, {100 * e.get('iou50', float('nan')):.0f} % "
+                     f"(of {e.get('instances', 0)}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -288,7 +321,6 @@ def plot_loop(runs: list[dict], images: int, path: Path) -> None:
 DEV_VARIANTS = {
     "defaults": ({}, {}),
     "negatives (absent-class peaks learn empty masks)": ({"negatives": True}, {}),
-    "no negatives (absent-class peaks dropped)": ({"negatives": False}, {}),
     "60 epochs": ({"epochs": 60}, {}),
     "trust: min_relative_score 0.2": ({"target_options": {"min_relative_score": 0.2}}, {}),
     "trust: min_relative_score 0.8": ({"target_options": {"min_relative_score": 0.8}}, {}),

@@ -69,7 +69,9 @@ def main(argv=None) -> int:
         QApplication.processEvents()
         time.sleep(0.02)
     # the worker emits `finished` after its result: let it end before the viewer goes
-    QThreadPool.globalInstance().waitForDone(30_000)
+    if not QThreadPool.globalInstance().waitForDone(30_000):
+        print("the learn worker did not end within 30 s of its result", file=sys.stderr)
+        return 1
     QApplication.processEvents()
     result = widget.result
     report = {"model": model_name, "images": args.images, "seconds": widget.last_seconds,

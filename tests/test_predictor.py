@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -201,4 +203,15 @@ def test_instances_are_scored_by_confidence_by_default(tiny, image):
                                 thresholds["peak_threshold"])
     assert [(i.peak, i.score) for i in ranked] == [(i.peak, i.score) for i in by_confidence.instances]
     assert [i.retrieval_score for i in ranked] == [i.retrieval_score for i in by_confidence.instances]
+    # ranking instances that are already ranked (predict's output) changes nothing
+    again = rank_by_confidence(by_confidence, by_confidence.instances, thresholds["class_threshold"],
+                               thresholds["peak_threshold"])
+    assert [(i.peak, i.score, i.retrieval_score) for i in again] == \
+        [(i.peak, i.score, i.retrieval_score) for i in ranked]
+    # without a peak threshold only the class margin weighs
+    first = ranked[0]  # ranked in place: its retrieval score is kept in retrieval_score
+    fresh = replace(first, score=first.retrieval_score, retrieval_score=None)
+    (alone,) = rank_by_confidence(by_retrieval, [fresh], 0.0, None)
+    expected = max(first.retrieval_score, 0) / (1 + np.exp(-by_retrieval.scores[first.class_index]))
+    assert alone.score == pytest.approx(expected, rel=1e-6) and alone.retrieval_score == first.retrieval_score
     assert rank_by_confidence(by_retrieval, [], 0.0, None) == []

@@ -118,10 +118,15 @@ def test_pseudo_targets_trust_and_ignore():
     assert (wrong_class == IGNORE).all()
 
 
-def test_peaks_of_absent_classes_learn_empty_masks_only_when_asked(tiny96, shapes_scenes):
+def test_peaks_of_absent_classes_learn_empty_masks_only_when_asked(tiny96, shapes_scenes, tmp_path):
     """Self-training's default: a peak of a class the image does not show teaches the head nothing."""
+    import inspect
+
+    import imageio.v3 as iio
+
+    from napari_prm.data import LabeledImageDataset
     from napari_prm.refine.features import find_stages
-    from napari_prm.refine.samples import pseudo_sample
+    from napari_prm.refine.samples import prepare_samples, pseudo_sample
 
     image = shapes_scenes[0][0]
     stages = find_stages(tiny96.network.fcn.features, probe_size=96)
@@ -140,6 +145,12 @@ def test_peaks_of_absent_classes_learn_empty_masks_only_when_asked(tiny96, shape
     positives, empties = counts(default)
     assert positives > 0 and empties == 0
     assert counts(asked) == (positives, max(positives, 1))  # empty targets capped at the positive count
+    # refine's default, through the samples it prepares from a dataset (what the CLI and the widget use)
+    iio.imwrite(tmp_path / "scene.png", image)
+    dataset = LabeledImageDataset([tmp_path / "scene.png"], np.array([[1, 0]], np.float32), CLASSES)
+    (prepared,) = prepare_samples(tiny96, stages, dataset=dataset, predict_options=options)
+    assert counts(prepared) == (positives, 0)
+    assert inspect.signature(refine).parameters["negatives"].default is False
 
 
 def test_prompts_hold_the_prm_the_peak_and_its_class_response():

@@ -324,7 +324,10 @@ def rank_by_confidence(prediction: Prediction, instances: Sequence[Instance], cl
         The image's prediction: its class ``scores`` and ``peak_values``.
     instances : sequence of Instance
         Instances of ``prediction``'s peaks (``Instance.peak`` indexes them); changed in
-        place: ``retrieval_score`` takes the score they came with, ``score`` the confidence.
+        place: ``retrieval_score`` keeps the score they came with (their retrieval score or
+        the head's mask probability), ``score`` becomes the confidence. Instances ranked
+        before are ranked again from their ``retrieval_score``, so ranking twice changes
+        nothing.
     class_threshold : float
     peak_threshold : float or None
         The thresholds the margins are measured from (None: no peak term).
@@ -342,10 +345,11 @@ def rank_by_confidence(prediction: Prediction, instances: Sequence[Instance], cl
     peaks = np.array([i.peak for i in instances], np.int64)
     classes = np.array([i.class_index for i in instances], np.int64)
     peak_margins = None if peak_threshold is None else np.asarray(prediction.peak_values)[peaks] - peak_threshold
-    confidence = instance_confidence([i.score for i in instances],
+    base = [i.score if i.retrieval_score is None else i.retrieval_score for i in instances]
+    confidence = instance_confidence(base,
                                      np.asarray(prediction.scores)[classes] - class_threshold, peak_margins)
-    for instance, value in zip(instances, confidence):
-        instance.retrieval_score, instance.score = instance.score, float(value)
+    for instance, retrieval, value in zip(instances, base, confidence):
+        instance.retrieval_score, instance.score = retrieval, float(value)
     order = np.argsort(-confidence, kind="stable")
     return [instances[k] for k in order]
 
