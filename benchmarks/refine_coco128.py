@@ -327,6 +327,11 @@ DEV_VARIANTS = {
     "width 64": ({"width": 64}, {}),
     "mask threshold 0.4": ({}, {"mask_threshold": 0.4}),
     "NMS 0.3": ({}, {"nms_threshold": 0.3}),
+    # the ground truth of the first 25 labelled images of the learning half stands in for corrections
+    "25 corrected images only": ({"corrected": 25, "self_training": False}, {}),
+    "25 corrected images only, negatives (peaks off their class's instances learn empty masks)":
+        ({"corrected": 25, "self_training": False, "negatives": True}, {}),
+    "self-training + 25 corrected images": ({"corrected": 25}, {}),
 }
 
 
@@ -348,8 +353,16 @@ def run_dev(args, log) -> dict:
             options, instance_options = DEV_VARIANTS[name]
             key = json.dumps(options, sort_keys=True)
             if key not in trained:
-                trained[key] = train_head(model, train.subset(learn), settings, cache=args.out / "samples",
-                                          log=log, **({"epochs": args.epochs} | options))[0].model
+                options = dict(options)
+                corrected = options.pop("corrected", 0)
+                corrections = corrections_of(train, np.intersect1d(learn, labelled)[:corrected])
+                if options.pop("self_training", True):
+                    trained[key] = train_head(model, train.subset(learn), settings, cache=args.out / "samples",
+                                              corrections=corrections, log=log,
+                                              **({"epochs": args.epochs} | options))[0].model
+                else:
+                    trained[key] = refine(model, corrections=corrections, predict_options=settings, device="cpu",
+                                          **({"epochs": args.epochs} | options)).model
             instances, seconds = head_instances_for(trained[key], test_set, test_predictions, **instance_options)
             rows.append(row(f"fold {fold}: {name}", evaluate_instances(test_set, test_predictions, instances),
                             seconds))

@@ -86,11 +86,15 @@ def test_a_peak_of_a_corrected_image_learns_the_instance_holding_its_prm():
                      blob((8, 8), 6, 0)])
     targets = correction_targets(labels, {1: 0, 2: 1}, prms, [0, 1, 1, 0, 1], (8, 8))
     np.testing.assert_array_equal(targets[0], labels == 1)  # a cat peak on the cat
-    assert not targets[1].any()  # a dog peak on the cat: no instance
+    assert (targets[1] == IGNORE).all()  # a dog peak on the cat: it learns nothing
     np.testing.assert_array_equal(targets[2], labels == 2)
-    assert not targets[3].any()  # on the background
+    assert (targets[3] == IGNORE).all()  # on the background (maybe an unlabelled object): nothing
     np.testing.assert_array_equal(targets[4], labels == 3)  # unknown class: any peak learns it
-    assert targets.dtype == np.uint8 and set(np.unique(targets)) == {0, 1}
+    assert targets.dtype == np.uint8 and set(np.unique(targets)) == {0, 1, IGNORE}
+    asked = correction_targets(labels, {1: 0, 2: 1}, prms, [0, 1, 1, 0, 1], (8, 8), negatives=True)
+    np.testing.assert_array_equal(asked[[0, 2, 4]], targets[[0, 2, 4]])
+    assert not asked[1].any() and not asked[3].any()  # with negatives: empty masks
+    assert set(np.unique(asked)) == {0, 1}
 
 
 def test_pseudo_targets_trust_and_ignore():

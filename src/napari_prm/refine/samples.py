@@ -189,13 +189,15 @@ def _instance_points(correction: Correction, crms: np.ndarray, instances: Sequen
 
 
 def correction_sample(model: PRMModel, correction: Correction, stages, *, predict_options: dict | None = None,
-                      weight: float = 1.0) -> Sample:
+                      weight: float = 1.0, negatives: bool = False) -> Sample:
     """The sample of one corrected image.
 
     Its peaks are those ``predict(image, model, **predict_options)`` finds: each learns
     its instance, or nothing for a peak on the background or on an object of another
-    class. Every instance no peak stands for gets one more peak, at its class's CRM
-    maximum inside it, so that each corrected instance is learnt.
+    class (an empty mask with ``negatives``, see
+    :func:`napari_prm.refine.targets.correction_targets`). Every instance no peak stands
+    for gets one more peak, at its class's CRM maximum inside it, so that each corrected
+    instance is learnt.
     """
     features = _features(model, stages, correction.image)
     predictor = _predictor(model, predict_options, None)
@@ -212,7 +214,8 @@ def correction_sample(model: PRMModel, correction: Correction, stages, *, predic
         classes = np.concatenate([classes, added.peak_classes])
         peaks = np.concatenate([peaks, added.peaks])
     grid = tuple(features[0].shape[-2:])
-    targets = correction_targets(correction.labels, correction.label_classes, prms, classes, grid)
+    targets = correction_targets(correction.labels, correction.label_classes, prms, classes, grid,
+                                 negatives=negatives)
     return _sample(features, found, targets, prms, classes, peaks, weight, correction.source, "correction")
 
 
@@ -293,6 +296,6 @@ def prepare_samples(model: PRMModel, stages, *, dataset=None, corrections: Seque
         if is_cancelled(cancel):
             raise Cancelled
         samples.append(correction_sample(model, correction, stages, predict_options=predict_options,
-                                         weight=correction_weight))
+                                         weight=correction_weight, negatives=negatives))
         report(len(samples), total)
     return samples

@@ -4,9 +4,9 @@ Targets live on the head's output grid (the network input divided by the head's 
 1 on the peak's instance, 0 where the peak's instance is surely not, :data:`IGNORE` where
 the image says nothing. Two kinds of images:
 
-- *corrected* (:func:`correction_targets`): every instance is known, so a peak's target is
-  exact: its instance, or nothing at all for a peak on the background or on an object of
-  another class;
+- *corrected* (:func:`correction_targets`): every instance of the model's classes is
+  known, so a peak on one of its class learns it exactly; a peak on the background or on an
+  object of another class learns nothing (or, with ``negatives``, an empty mask);
 - *pseudo-labelled*, self-training (:func:`pseudo_targets`): the instances PRM retrieved
   with the image-level labels; only trusted instances become targets, and what is neither
   one of them nor surely background is ignored.
@@ -74,7 +74,8 @@ def _near_edges(labels: np.ndarray, radius: int) -> np.ndarray:
 
 
 def correction_targets(labels: np.ndarray, label_classes: Mapping[int, int], prms: np.ndarray,
-                       peak_classes: Sequence[int], grid: tuple[int, int]) -> np.ndarray:
+                       peak_classes: Sequence[int], grid: tuple[int, int], *,
+                       negatives: bool = False) -> np.ndarray:
     """Targets of the peaks of a corrected image.
 
     Parameters
@@ -88,17 +89,29 @@ def correction_targets(labels: np.ndarray, label_classes: Mapping[int, int], prm
         The peaks' response maps at the image's size.
     peak_classes : (K,) int sequence
     grid : (gh, gw)
+    negatives : bool
+        A peak whose PRM lies mostly on the background or on an instance of another known
+        class learns an empty mask (all 0) instead of nothing (all :data:`IGNORE`).
 
     Returns
     -------
     (K, gh, gw) uint8 ndarray
-        1 on the peak's instance, 0 elsewhere; all 0 for a peak whose PRM lies mostly on
-        the background or on an instance of another known class.
+        1 on the peak's instance, 0 elsewhere; for a peak on no instance of its class, all
+        :data:`IGNORE` (all 0 with ``negatives``).
+
+    Notes
+    -----
+    What is unlabelled in a corrected image is not surely background: the user labels the
+    instances of the model's classes, and objects of other classes stay 0. The head does not
+    know classes, so an empty target on such an object teaches it to shrink every mask (on
+    two folds of coco128 train, a head learnt from 25 corrected images gave masks of 0.16 and
+    0.05 of their objects' area with empty targets, 0.61 and 1.34 without). Whether a peak's
+    class is right is for its instance's confidence to judge.
     """
     labels = np.asarray(labels)
     owners, _ = peak_owners(prms, labels)
     small = resize_nearest(labels, grid)
-    targets = np.zeros((len(owners),) + tuple(grid), np.uint8)
+    targets = np.full((len(owners),) + tuple(grid), 0 if negatives else IGNORE, np.uint8)
     for k, (owner, peak_class) in enumerate(zip(owners, peak_classes)):
         owner_class = label_classes.get(int(owner), -1)
         if owner and (owner_class < 0 or owner_class == int(peak_class)):

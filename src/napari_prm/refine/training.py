@@ -190,11 +190,13 @@ def refine(
     correction_weight : float
         Weight of a corrected image's peaks against a pseudo-labelled one's.
     negatives : bool
-        In self-training, peaks of classes an image does not show learn empty masks. Off
-        by default: the head is class-agnostic and such peaks mostly lie on an object of
-        a look-alike class, so the empty targets contradict the positive ones. On two
-        folds of coco128 train they took the head's mAP^r .5 from 11.1 / 8.4 (off) to
-        0.2 / 0.3 (on); on coco128 val its masks' median area fell to a fifth of their
+        Peaks on no instance of their class learn empty masks: in self-training, the peaks
+        of classes an image does not show; in a corrected image, the peaks on its
+        background or on an instance of another class. Off by default: the head is
+        class-agnostic and such peaks mostly lie on an object (of a look-alike class, or
+        one the user did not label), so the empty targets contradict the positive ones.
+        On two folds of coco128 train, self-training with them took the head's mAP^r .5
+        from 11.1 / 8.4 to 0.2 / 0.3 and its masks' median area to a fifth of their
         objects'. Whether a peak's class is right is for the instance's confidence to
         judge, not its mask.
     fine_tune : bool
@@ -318,7 +320,7 @@ def refine(
     result.checkpoint = out if start_epoch > 0 and out is not None and out.is_file() else None
     if not any(s.num_peaks for s in samples):
         raise ValueError("nothing to learn: no peak of these images has a trusted instance (lower the class or "
-                         "peak threshold, or give corrections)")
+                         "peak threshold, or give corrections that hold instances)")
     training_started = time.perf_counter()
     try:
         _train_epochs(refined, samples, optimizer, config, start_epoch, history, out, result, device, progress,
