@@ -97,29 +97,6 @@ def test_a_peak_of_a_corrected_image_learns_the_instance_holding_its_prm():
     assert set(np.unique(asked)) == {0, 1}
 
 
-def test_every_corrected_instance_is_learnt_by_a_peak_placed_inside_it(tiny96, shapes_scenes):
-    """With no peak found, each instance gets a peak of its own, whose target is that instance
-    wherever its PRM spreads; an instance too small for the head's grid is ignored."""
-    from napari_prm.refine.features import find_stages
-    from napari_prm.refine.samples import correction_sample
-
-    image, labels, classes, _ = shapes_scenes[1]
-    stages = find_stages(tiny96.network.fcn.features, probe_size=96)
-    sample = correction_sample(tiny96, Correction(image, labels, classes, "scene"), stages,
-                               predict_options={"class_threshold": 1e9})  # PRM finds no peak
-    grid = tuple(sample.targets.shape[-2:])
-    small = resize_nearest(labels, grid)
-    assert sample.num_peaks == 2
-    for target, label in zip(sample.targets.numpy(), (1, 2)):
-        np.testing.assert_array_equal(target, small == label)
-    tiny = np.zeros((96, 96), np.int32)
-    tiny[11, 11] = 1  # one pixel, between the ones the 24 x 24 grid samples
-    (target,) = correction_targets(tiny, {1: 0}, blob((96, 96), 11, 11)[None], [0], grid, owners=[1])
-    assert (target == IGNORE).all()
-    with pytest.raises(ValueError, match="owners"):
-        correction_targets(tiny, {1: 0}, blob((96, 96), 11, 11)[None], [0], grid, owners=[1, 1])
-
-
 def test_pseudo_targets_trust_and_ignore():
     masks = np.zeros((2, 40, 40), bool)
     masks[0, 4:20, 4:20] = True

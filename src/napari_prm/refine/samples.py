@@ -193,11 +193,11 @@ def correction_sample(model: PRMModel, correction: Correction, stages, *, predic
     """The sample of one corrected image.
 
     Its peaks are those ``predict(image, model, **predict_options)`` finds: each learns
-    the instance holding most of its PRM, or nothing for a peak on the background or on
-    an object of another class (an empty mask with ``negatives``, see
+    its instance, or nothing for a peak on the background or on an object of another
+    class (an empty mask with ``negatives``, see
     :func:`napari_prm.refine.targets.correction_targets`). Every instance no peak stands
-    for gets one more peak, at its class's CRM maximum inside it, which learns that
-    instance (wherever its PRM spreads), so that each corrected instance is learnt.
+    for gets one more peak, at its class's CRM maximum inside it, so that each corrected
+    instance is learnt.
     """
     features = _features(model, stages, correction.image)
     predictor = _predictor(model, predict_options, None)
@@ -205,10 +205,7 @@ def correction_sample(model: PRMModel, correction: Correction, stages, *, predic
     found = predictor.predict()
     owners, _ = peak_owners(found.prms, correction.labels)
     instances = np.setdiff1d(np.unique(correction.labels), [0])
-    # an instance is learnt by a peak of its class (or of any class, when its class is unknown)
-    learnt = [owner for owner, peak_class in zip(owners, found.peak_classes)
-              if correction.label_classes.get(int(owner), -1) in (-1, int(peak_class))]
-    missing = np.setdiff1d(instances, learnt)
+    missing = np.setdiff1d(instances, owners)
     prms, classes, peaks = found.prms, found.peak_classes, found.peaks
     if len(missing):
         points, point_classes = _instance_points(correction, found.crms, missing)
@@ -216,10 +213,9 @@ def correction_sample(model: PRMModel, correction: Correction, stages, *, predic
         prms = np.concatenate([prms, added.prms])
         classes = np.concatenate([classes, added.peak_classes])
         peaks = np.concatenate([peaks, added.peaks])
-        owners = np.concatenate([owners, missing])  # a peak placed inside an instance stands for it
     grid = tuple(features[0].shape[-2:])
     targets = correction_targets(correction.labels, correction.label_classes, prms, classes, grid,
-                                 negatives=negatives, owners=owners)
+                                 negatives=negatives)
     return _sample(features, found, targets, prms, classes, peaks, weight, correction.source, "correction")
 
 

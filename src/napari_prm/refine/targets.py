@@ -75,7 +75,7 @@ def _near_edges(labels: np.ndarray, radius: int) -> np.ndarray:
 
 def correction_targets(labels: np.ndarray, label_classes: Mapping[int, int], prms: np.ndarray,
                        peak_classes: Sequence[int], grid: tuple[int, int], *,
-                       negatives: bool = False, owners: Sequence[int] | None = None) -> np.ndarray:
+                       negatives: bool = False) -> np.ndarray:
     """Targets of the peaks of a corrected image.
 
     Parameters
@@ -92,16 +92,12 @@ def correction_targets(labels: np.ndarray, label_classes: Mapping[int, int], prm
     negatives : bool
         A peak whose PRM lies mostly on the background or on an instance of another known
         class learns an empty mask (all 0) instead of nothing (all :data:`IGNORE`).
-    owners : (K,) int sequence, optional
-        The label each peak stands for, where it is known (a peak placed inside an
-        instance); default: the label holding the largest share of its PRM.
 
     Returns
     -------
     (K, gh, gw) uint8 ndarray
         1 on the peak's instance, 0 elsewhere; for a peak on no instance of its class, all
-        :data:`IGNORE` (all 0 with ``negatives``); all :data:`IGNORE` for a peak whose
-        instance has no pixel on the grid (too small to learn at the head's resolution).
+        :data:`IGNORE` (all 0 with ``negatives``).
 
     Notes
     -----
@@ -113,18 +109,13 @@ def correction_targets(labels: np.ndarray, label_classes: Mapping[int, int], prm
     class is right is for its instance's confidence to judge.
     """
     labels = np.asarray(labels)
-    if owners is None:
-        owners, _ = peak_owners(prms, labels)
-    owners = np.asarray(owners, dtype=np.int64).reshape(-1)
-    if len(owners) != len(peak_classes):
-        raise ValueError(f"owners: expected one label per peak ({len(peak_classes)}), got {len(owners)}")
+    owners, _ = peak_owners(prms, labels)
     small = resize_nearest(labels, grid)
     targets = np.full((len(owners),) + tuple(grid), 0 if negatives else IGNORE, np.uint8)
     for k, (owner, peak_class) in enumerate(zip(owners, peak_classes)):
         owner_class = label_classes.get(int(owner), -1)
         if owner and (owner_class < 0 or owner_class == int(peak_class)):
-            instance = small == owner
-            targets[k] = instance if instance.any() else IGNORE
+            targets[k] = small == owner
     return targets
 
 

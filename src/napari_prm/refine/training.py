@@ -319,9 +319,8 @@ def refine(
     result = RefineResult(model=refined, history=history, samples=len(samples), prepare_seconds=prepare_seconds)
     result.checkpoint = out if start_epoch > 0 and out is not None and out.is_file() else None
     if not any(s.num_peaks for s in samples):
-        raise ValueError("nothing to learn: no peak of these images has a trusted instance, and no corrected "
-                         "instance is large enough to learn at the head's resolution (lower the class or peak "
-                         "threshold, or give corrections that hold instances)")
+        raise ValueError("nothing to learn: no peak of these images has a trusted instance (lower the class or "
+                         "peak threshold, or give corrections that hold instances)")
     training_started = time.perf_counter()
     try:
         _train_epochs(refined, samples, optimizer, config, start_epoch, history, out, result, device, progress,
