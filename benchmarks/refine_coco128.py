@@ -268,17 +268,25 @@ def run_loop(args, log) -> dict:
                 if alone and count == 0:
                     continue
                 corrections = corrections_of(val, order[:count])
-                if count == 0:
-                    head_model = self_trained.model
-                elif alone:
-                    head_model = refine(model, corrections=corrections, predict_options=settings, device="cpu",
-                                        epochs=args.epochs).model
-                else:
-                    head_model = train_head(model, train, settings, cache=args.out / "samples",
-                                            corrections=corrections, log=log, epochs=args.epochs)[0].model
-                instances, seconds = head_instances_for(head_model, test, predictions)
-                results = evaluate_instances(test, predictions, instances)
                 what = f"{count} corrected images only" if alone else f"self-training + {count} corrected images"
+                try:
+                    if count == 0:
+                        head_model = self_trained.model
+                    elif alone:
+                        head_model = refine(model, corrections=corrections, predict_options=settings, device="cpu",
+                                            epochs=args.epochs).model
+                    else:
+                        head_model = train_head(model, train, settings, cache=args.out / "samples",
+                                                corrections=corrections, log=log, epochs=args.epochs)[0].model
+                except ValueError as error:
+                    if "nothing to learn" not in str(error):
+                        raise
+                    # what the widget does: it refuses to learn, and the model keeps PRM's retrieval
+                    results, seconds = baseline, float(np.mean([evaluated[i][1] for i in held_out]))
+                    what += " (nothing to learn: PRM retrieval kept)"
+                else:
+                    instances, seconds = head_instances_for(head_model, test, predictions)
+                    results = evaluate_instances(test, predictions, instances)
                 rows.append(row(f"order {number}: head, {what}", results, seconds))
                 run["corrections_only" if alone else "with_self_training"][count] = results["mAP_r"][0.5]
                 log(rows[-1])

@@ -320,7 +320,8 @@ def refine(
     result.checkpoint = out if start_epoch > 0 and out is not None and out.is_file() else None
     if not any(s.num_peaks for s in samples):
         raise ValueError("nothing to learn: no peak of these images has a trusted instance (lower the class or "
-                         "peak threshold, or give corrections that hold instances)")
+                         "peak threshold, or give corrections that hold instances; a corrected instance is learnt "
+                         "by a peak of its class whose PRM lies mostly on it)")
     training_started = time.perf_counter()
     try:
         _train_epochs(refined, samples, optimizer, config, start_epoch, history, out, result, device, progress,
