@@ -196,8 +196,9 @@ def correction_sample(model: PRMModel, correction: Correction, stages, *, predic
     its instance, or nothing for a peak on the background or on an object of another
     class (an empty mask with ``negatives``, see
     :func:`napari_prm.refine.targets.correction_targets`). Every instance no peak stands
-    for gets one more peak, at its class's CRM maximum inside it, so that each corrected
-    instance is learnt.
+    for gets one more peak, at its class's CRM maximum inside it; like any peak, it learns
+    the instance holding most of its PRM, so an instance whose added peak's PRM spreads
+    mostly outside it (often a small one) is not learnt: its prompt would not show it.
     """
     features = _features(model, stages, correction.image)
     predictor = _predictor(model, predict_options, None)
