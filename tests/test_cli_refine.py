@@ -132,8 +132,9 @@ def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes(shapes_dataset, tiny_ch
     finally:
         process.kill()
     assert process.returncode == 130, err
-    _, extra = load_checkpoint(out)  # complete and readable: the atomic write was never half done
+    kept, extra = load_checkpoint(out)  # complete and readable: the atomic write was never half done
     done = extra["refine_training"]["epoch"]
+    assert kept.head.info["epochs"] == done  # what the message reads: the file, not the last report
     assert "interrupted" in err and f"keeps epoch {done};" in err and "--resume" in err
     assert 1 <= done < 100000
     assert not list(tmp_path.glob(".interrupted.pt.*"))  # no temporary file left behind

@@ -757,6 +757,26 @@ def _run_calibrate(args) -> int:
     return 0
 
 
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    """(modification time, size) of a file, None when there is none: tells whether a run rewrote it."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _kept_epoch(path: Path) -> int | None:
+    """The refinement epoch a checkpoint holds (``head.info["epochs"]``), None when unreadable."""
+    from .model import load_checkpoint
+
+    try:
+        model, _ = load_checkpoint(path)
+        return int(model.head.info["epochs"])
+    except (ValueError, OSError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def _run_refine(args) -> int:
     from tqdm import tqdm
 
@@ -783,6 +803,7 @@ def _run_refine(args) -> int:
          f"{len(corrections)} corrected image(s) -> {args.out}")
     bars: dict = {}
     finished: list[int] = []  # epochs this run wrote to --out
+    written_before = _file_stamp(args.out)
 
     def progress(update) -> None:
         if update.stage == "prepare":
@@ -815,13 +836,17 @@ def _run_refine(args) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from error
     except KeyboardInterrupt:
-        if not finished:
+        # the file is the truth: Ctrl-C can land after an epoch's checkpoint is written and before
+        # its progress report
+        kept = _kept_epoch(args.out) if _file_stamp(args.out) != written_before else None
+        kept = kept if kept is not None else (finished[-1] if finished else None)
+        if kept is None:
             _say(f"interrupted before an epoch finished; {args.out} was not written by this run")
         elif args.out.suffix.lower() == ".safetensors":
-            _say(f"interrupted: {args.out} keeps epoch {finished[-1]}; a .safetensors file holds no training "
+            _say(f"interrupted: {args.out} keeps epoch {kept}; a .safetensors file holds no training "
                  f"state, so go on with --model {args.out} (the head is fine-tuned), or write a .pt to resume")
         else:
-            _say(f"interrupted: {args.out} keeps epoch {finished[-1]}; continue with --resume")
+            _say(f"interrupted: {args.out} keeps epoch {kept}; continue with --resume")
         return 130
     finally:
         for bar in bars.values():

@@ -136,6 +136,7 @@ def _new_head(stages, width: int, seed: int) -> RefineHead:
 def _save(model: PRMModel, out: Path, optimizer, epoch: int, history, config: dict) -> Path:
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "history": [vars(h) for h in history],
              "config": config}
+    model.head.info["epochs"] = int(epoch)  # in either format's metadata: what the file holds
     if out.suffix == ".safetensors":
         return save_model(model, out)
     return save_model(model, out, extra={TRAINING_STATE_KEY: state})
