@@ -39,7 +39,15 @@ import numpy as np
 
 import napari_prm
 from napari_prm.data import from_coco
-from napari_prm.evaluate import InstanceMatcher, best_overlaps, class_pointing, instance_funnel, peak_hits, prm_quality
+from napari_prm.evaluate import (
+    InstanceMatcher,
+    best_overlaps,
+    class_pointing,
+    instance_funnel,
+    peak_hits,
+    peak_instances,
+    prm_quality,
+)
 from napari_prm.proposals import default_proposals
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,14 +161,13 @@ def oracle_choice(prediction, truth, proposals: np.ndarray) -> None:
 
     if not prediction.instances or not len(truth.masks):
         return
-    height, width = truth.masks.shape[1:]
     overlaps = mask_iou(truth.masks, proposals)
-    for instance in prediction.instances:
-        y, x = np.clip(np.rint(prediction.peaks[instance.peak]).astype(int), 0, [height - 1, width - 1])
-        hits = [k for k in range(len(truth.masks)) if not truth.iscrowd[k]
-                and truth.class_indices[k] == instance.class_index and truth.masks[k][y, x]]
-        if hits:
-            best = int(overlaps[hits[0]].argmax())
+    owners = peak_instances(prediction.peaks[[i.peak for i in prediction.instances]],
+                            [i.class_index for i in prediction.instances], truth.masks, truth.class_indices,
+                            truth.iscrowd)
+    for instance, owner in zip(prediction.instances, owners):
+        if owner >= 0:
+            best = int(overlaps[owner].argmax())
             instance.proposal, instance.mask = best, proposals[best].copy()
 
 

@@ -46,9 +46,10 @@ import numpy as np
 import torch
 
 from napari_prm.data import from_coco, voc_view
-from napari_prm.evaluate import evaluate
+from napari_prm.evaluate import evaluate, peak_instances
 from napari_prm.masks import decode_rle, encode_rle, mask_iou
 from napari_prm.predict import Prediction, predict, rank_by_confidence
+from napari_prm.predictor import preset_settings, resolve_thresholds
 from napari_prm.refine import Correction, refine, refined_instances
 from napari_prm.retrieval import Instance
 
@@ -131,14 +132,14 @@ def extent(dataset, predictions, instance_lists) -> dict:
     """
     ratios, hits = [], []
     for index, (prediction, instances) in enumerate(zip(predictions, instance_lists)):
+        if not instances:
+            continue
         truth = dataset.instances(index)
-        height, width = truth.masks.shape[1:]
-        for instance in instances:
-            y, x = np.clip(np.rint(prediction.peaks[instance.peak]).astype(int), 0, [height - 1, width - 1])
-            under = [k for k in range(len(truth.masks)) if not truth.iscrowd[k]
-                     and truth.class_indices[k] == instance.class_index and truth.masks[k][y, x]]
-            if under:
-                target = truth.masks[under[0]]
+        owners = peak_instances(prediction.peaks[[i.peak for i in instances]], [i.class_index for i in instances],
+                                truth.masks, truth.class_indices, truth.iscrowd)
+        for instance, owner in zip(instances, owners):
+            if owner >= 0:
+                target = truth.masks[owner]
                 ratios.append(float(instance.mask.sum() / target.sum()))
                 hits.append(float(mask_iou(instance.mask[None], target[None])[0, 0]) >= 0.5)
     return {"instances": len(ratios), "area_ratio": float(np.median(ratios)) if ratios else float("nan"),
@@ -152,13 +153,11 @@ def head_instances_for(model, dataset, predictions, **options) -> tuple[list, fl
     the head's mask probability weighted by the class and peak margins over the model's
     calibrated thresholds, as the baseline's retrieved instances are.
     """
-    class_threshold = float(model.settings.get("class_threshold", 0.0))
-    peak_threshold = model.settings.get("peak_threshold")
+    class_threshold, peak_threshold = resolve_thresholds(preset_settings(), model.settings)
     out, started = [], time.perf_counter()
     for index, prediction in enumerate(predictions):
         instances = refined_instances(model, dataset.read_image(index), prediction, **options)
-        out.append(rank_by_confidence(prediction, instances, class_threshold,
-                                      None if peak_threshold is None else float(peak_threshold)))
+        out.append(rank_by_confidence(prediction, instances, class_threshold, peak_threshold))
     return out, (time.perf_counter() - started) / max(len(predictions), 1)
 
 

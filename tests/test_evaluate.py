@@ -15,6 +15,7 @@ from napari_prm.evaluate import (
     evaluate,
     instance_map,
     peak_hits,
+    peak_instances,
     prm_quality,
     report_json,
     report_markdown,
@@ -104,6 +105,12 @@ def test_peak_hits_by_hand():
     # On class 0's square; on it but the wrong class; on class 1's; background; rounds to row 15 (outside).
     np.testing.assert_array_equal(hits, [True, False, True, False, False])
     assert not peak_hits(peaks[:1], [0], np.zeros((0, 40, 40), bool), []).any()
+    # which instance each peak lies on; a crowd region is none
+    np.testing.assert_array_equal(peak_instances(peaks, [0, 1, 1, 0, 0], masks, [0, 1]), [0, -1, 1, -1, -1])
+    np.testing.assert_array_equal(peak_instances(peaks, [0, 1, 1, 0, 0], masks, [0, 1], [True, False]),
+                                  [-1, -1, 1, -1, -1])
+    overlapping = np.concatenate([masks[:1], masks[:1]])  # two instances of class 0 on one square
+    np.testing.assert_array_equal(peak_instances(peaks[:1], [0], overlapping, [0, 0]), [0])
 
 
 def test_classification_ap_by_hand():

@@ -186,7 +186,7 @@ def test_instances_are_scored_by_confidence_by_default(tiny, image):
     retrieval = {i.peak: i.score for i in by_retrieval.instances}
     assert all(i.retrieval_score is None for i in by_retrieval.instances)
     for instance in by_confidence.instances:
-        assert instance.retrieval_score == pytest.approx(retrieval[instance.peak])
+        assert instance.retrieval_score == pytest.approx(retrieval[instance.peak]) == instance.base_score
         class_margin = by_confidence.scores[instance.class_index] - thresholds["class_threshold"]
         peak_margin = by_confidence.peak_values[instance.peak] - thresholds["peak_threshold"]
         expected = max(retrieval[instance.peak], 0) / (1 + np.exp(-class_margin)) / (1 + np.exp(-peak_margin))

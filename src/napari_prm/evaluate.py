@@ -96,6 +96,44 @@ def prm_quality(prms: np.ndarray, peak_classes: np.ndarray, gt_masks: np.ndarray
     return quality
 
 
+def peak_instances(peaks_yx: np.ndarray, peak_classes: np.ndarray, gt_masks: np.ndarray,
+                   gt_classes: np.ndarray, gt_iscrowd: np.ndarray | None = None) -> np.ndarray:
+    """The ground-truth instance of its class each peak lies on.
+
+    Parameters
+    ----------
+    peaks_yx : (K, 2) float ndarray
+        Peak ``(y, x)`` in image pixels (rounded to the nearest pixel).
+    peak_classes : (K,) int ndarray
+    gt_masks : (M, H, W) bool ndarray
+    gt_classes : (M,) int ndarray
+    gt_iscrowd : (M,) bool ndarray, optional
+        Crowd regions are not instances a peak can lie on.
+
+    Returns
+    -------
+    (K,) int64 ndarray
+        The index of the first such instance, -1 where the peak lies on none.
+    """
+    peaks_yx = np.asarray(peaks_yx, dtype=np.float64).reshape(-1, 2)
+    peak_classes, gt_classes = np.asarray(peak_classes).reshape(-1), np.asarray(gt_classes).reshape(-1)
+    gt_masks = _as_masks(gt_masks, "gt_masks")
+    if len(peaks_yx) != len(peak_classes):
+        raise ValueError(f"{len(peaks_yx)} peaks but {len(peak_classes)} peak classes")
+    owners = np.full(len(peaks_yx), -1, dtype=np.int64)
+    if len(gt_masks) == 0:
+        return owners
+    usable = np.ones(len(gt_masks), bool) if gt_iscrowd is None else ~np.asarray(gt_iscrowd, bool).reshape(-1)
+    height, width = gt_masks.shape[1:]
+    rows = np.clip(np.rint(peaks_yx[:, 0]).astype(int), 0, height - 1)
+    cols = np.clip(np.rint(peaks_yx[:, 1]).astype(int), 0, width - 1)
+    for k, cls in enumerate(peak_classes):
+        under = np.flatnonzero(usable & (gt_classes == cls) & gt_masks[:, rows[k], cols[k]])
+        if len(under):
+            owners[k] = under[0]
+    return owners
+
+
 def peak_hits(peaks_yx: np.ndarray, peak_classes: np.ndarray, gt_masks: np.ndarray,
               gt_classes: np.ndarray) -> np.ndarray:
     """Whether each class peak lies on a ground-truth instance of its class (peak pointing).
@@ -113,21 +151,7 @@ def peak_hits(peaks_yx: np.ndarray, peak_classes: np.ndarray, gt_masks: np.ndarr
     hits : (K,) bool ndarray
         A peak of a class absent from the image is a miss.
     """
-    peaks_yx = np.asarray(peaks_yx, dtype=np.float64).reshape(-1, 2)
-    peak_classes, gt_classes = np.asarray(peak_classes).reshape(-1), np.asarray(gt_classes).reshape(-1)
-    gt_masks = _as_masks(gt_masks, "gt_masks")
-    if len(peaks_yx) != len(peak_classes):
-        raise ValueError(f"{len(peaks_yx)} peaks but {len(peak_classes)} peak classes")
-    hits = np.zeros(len(peaks_yx), dtype=bool)
-    if len(gt_masks) == 0:
-        return hits
-    height, width = gt_masks.shape[1:]
-    rows = np.clip(np.rint(peaks_yx[:, 0]).astype(int), 0, height - 1)
-    cols = np.clip(np.rint(peaks_yx[:, 1]).astype(int), 0, width - 1)
-    for k, cls in enumerate(peak_classes):
-        same = gt_classes == cls
-        hits[k] = bool(gt_masks[same, rows[k], cols[k]].any())
-    return hits
+    return peak_instances(peaks_yx, peak_classes, gt_masks, gt_classes) >= 0
 
 
 def class_pointing(crms: np.ndarray, gt_masks: np.ndarray, gt_classes: np.ndarray, *,

@@ -345,7 +345,7 @@ def rank_by_confidence(prediction: Prediction, instances: Sequence[Instance], cl
     peaks = np.array([i.peak for i in instances], np.int64)
     classes = np.array([i.class_index for i in instances], np.int64)
     peak_margins = None if peak_threshold is None else np.asarray(prediction.peak_values)[peaks] - peak_threshold
-    base = [i.score if i.retrieval_score is None else i.retrieval_score for i in instances]
+    base = [i.base_score for i in instances]
     confidence = instance_confidence(base,
                                      np.asarray(prediction.scores)[classes] - class_threshold, peak_margins)
     for instance, retrieval, value in zip(instances, base, confidence):

@@ -55,6 +55,11 @@ class Instance:
     merged_peaks: list[int] = field(default_factory=list)
     retrieval_score: float | None = None
 
+    @property
+    def base_score(self) -> float:
+        """The score the instance came with: ``retrieval_score`` once rescored by confidence, else ``score``."""
+        return self.score if self.retrieval_score is None else self.retrieval_score
+
 
 @dataclass
 class ProposalMasks:

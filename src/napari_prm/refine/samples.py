@@ -146,9 +146,10 @@ def pseudo_sample(model: PRMModel, image: np.ndarray, present: Sequence[int], st
     parts, targets = [], []
     if present:
         shown = predictor.predict(classes=present)
+        # trust compares how well masks hold their PRMs (base_score), not how sure the classifier is
         masks = np.array([i.mask for i in shown.instances], bool).reshape((-1,) + shown.image_shape)
         targets.append(pseudo_targets(masks, [i.class_index for i in shown.instances],
-                                      [_retrieval_score(i) for i in shown.instances], shown.prms, shown.peak_classes,
+                                      [i.base_score for i in shown.instances], shown.prms, shown.peak_classes,
                                       shown.crms, present, grid, **(PSEUDO_DEFAULTS | dict(target_options or {}))))
         parts.append(shown)
     absent = [c for c in range(model.num_classes) if c not in present]
@@ -163,12 +164,6 @@ def pseudo_sample(model: PRMModel, image: np.ndarray, present: Sequence[int], st
     return _sample(features, parts[0], np.concatenate(targets), np.concatenate([p.prms for p in parts]),
                    np.concatenate([p.peak_classes for p in parts]), np.concatenate([p.peaks for p in parts]),
                    1.0, source, "pseudo")
-
-
-def _retrieval_score(instance) -> float:
-    """How well the instance's mask holds its PRM: trust among the instances of classes the image
-    shows does not depend on how sure the classifier is of them (``Instance.score`` may be a confidence)."""
-    return instance.score if instance.retrieval_score is None else instance.retrieval_score
 
 
 def _instance_points(correction: Correction, crms: np.ndarray, instances: Sequence[int]) -> tuple[np.ndarray, list]:
