@@ -1,6 +1,6 @@
 """The refinement head on coco128 (docs/accuracy.md, "Masks from the refinement head").
 
-Measures, from one PRM model (the built-in model in the VOC label space):
+Measures, from one PRM model (``--model``; by default the built-in model in the VOC label space):
 
 1. ``selftrain``: the head self-trained on coco128 train (image-level labels only) against
    PRM's own instances, on the coco128 val images that show a class of the model:
@@ -60,11 +60,14 @@ LOOP_SIZES = (0, 5, 10, 25)
 
 
 # --------------------------------------------------------------------------- the model
-def prm_model():
-    """The built-in model in the VOC label space, and the predict settings measured with it (its defaults)."""
+def prm_model(name: str = "imagenet-voc"):
+    """The PRM model (by default the built-in model in the VOC label space), the predict settings
+    measured with it (its defaults) and how the report names it."""
     from napari_prm import load_model
 
-    return load_model("imagenet-voc"), {}, "imagenet-voc (built-in, calibrated thresholds), preset 'default'"
+    if name == "imagenet-voc":
+        return load_model(name), {}, "imagenet-voc (built-in, calibrated thresholds), preset 'default'"
+    return load_model(name), {}, f"{name} (its calibrated thresholds), preset 'default'"
 
 
 def load_split(split: str, class_names):
@@ -212,7 +215,7 @@ def train_head(model, dataset, settings, *, cache, corrections=(), log, **option
 
 
 def run_selftrain(args, log) -> dict:
-    model, settings, model_name = prm_model()
+    model, settings, model_name = prm_model(args.model)
     train, val = load_split("train", model.class_names), load_split("val", model.class_names)
     evaluated = cached_predictions(model, val, settings, args.out / "predictions" / "val", log=log)
     predictions = [p for p, _ in evaluated]
@@ -247,7 +250,7 @@ def run_loop(args, log) -> dict:
     differ by their corrections only. So few test images make single runs noisy: the
     curve is the mean over ``--orders`` orders of the val images (the first as they come).
     """
-    model, settings, model_name = prm_model()
+    model, settings, model_name = prm_model(args.model)
     train, val = load_split("train", model.class_names), load_split("val", model.class_names)
     evaluated = cached_predictions(model, val, settings, args.out / "predictions" / "val", log=log)
     self_trained, _ = train_head(model, train, settings, cache=args.out / "samples", log=log, epochs=args.epochs,
@@ -344,7 +347,7 @@ DEV_VARIANTS = {
 
 def run_dev(args, log) -> dict:
     """Two folds of coco128 train: self-train on one, evaluate on the labelled images of the other."""
-    model, settings, model_name = prm_model()
+    model, settings, model_name = prm_model(args.model)
     train = load_split("train", model.class_names)
     plain = cached_predictions(model, train, settings, args.out / "predictions" / "train", log=log)
     labelled = np.flatnonzero(train.labels.sum(1) > 0)
@@ -382,6 +385,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=["selftrain", "loop", "dev", "replot"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "refine")
+    parser.add_argument("--model", default="imagenet-voc",
+                        help="the PRM model: a built-in name or a checkpoint (default: imagenet-voc)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figure", type=Path, default=FIGURE)
