@@ -9,8 +9,10 @@ import torch
 
 from napari_prm.data import from_coco, voc_view
 from napari_prm.evaluate import (
+    InstanceMatcher,
     average_precision,
     best_overlaps,
+    bootstrap_map,
     classification_map,
     evaluate,
     instance_map,
@@ -63,6 +65,47 @@ def test_one_hit_one_miss_is_interpolated_like_coco():
     # Scores reversed: the miss comes first, precision at recall 0.5 drops to 1/2.
     result = instance_map([(masks, [0, 0])], [(predicted, [0, 0], [0.8, 0.9])])
     assert result[0.5] == pytest.approx(0.5 * 51 / 101)
+
+
+def _hit_and_miss_matcher():
+    """Image 0: its one square found exactly; image 1: its one square missed (no prediction)."""
+    masks = _squares()
+    matcher = InstanceMatcher(1)
+    matcher.add(masks[:1], [0], masks[:1], [0], [0.9])
+    matcher.add(masks[1:], [0], np.zeros((0, 40, 40), bool), [], [])
+    return matcher
+
+
+def test_matcher_subset_repeats_and_reorders_images():
+    matcher = _hit_and_miss_matcher()
+    assert len(matcher) == 2
+    assert matcher.subset([0, 0]).evaluate((0.5,))[0][0] == pytest.approx(1.0)
+    assert matcher.subset([1, 1, 1]).evaluate((0.5,))[0][0] == 0.0
+    # Both images: one of two squares found first, at precision 1: 51 of 101 recall points.
+    both = matcher.subset([1, 0])
+    assert both.evaluate((0.5,))[0][0] == pytest.approx(51 / 101)
+    assert both.evaluate((0.5,))[0][0] == pytest.approx(matcher.evaluate((0.5,))[0][0])
+    assert len({a["id"] for a in matcher.subset([0, 0, 0]).gt}) == 3
+    with pytest.raises(IndexError, match="indices"):
+        matcher.subset([2])
+
+
+def test_bootstrap_map_is_paired_and_bounded_by_the_resampled_images():
+    matcher = _hit_and_miss_matcher()
+    masks = _squares()
+    perfect = InstanceMatcher(1)
+    perfect.add(masks[:1], [0], masks[:1], [0], [0.9])
+    perfect.add(masks[1:], [0], masks[1:], [0], [0.8])
+    draws = bootstrap_map([matcher, perfect, matcher], resamples=60, seed=3)
+    assert draws.shape == (60, 3)
+    np.testing.assert_array_equal(draws[:, 0], draws[:, 2])  # same draws for every matcher
+    np.testing.assert_array_equal(draws[:, 1], 1.0)
+    # Each resample holds k copies of the hit among 2 images: mAP 0 (k=0), 51/101 (k=1) or 1 (k=2).
+    assert set(np.round(draws[:, 0], 6)) <= {0.0, round(51 / 101, 6), 1.0}
+    assert 0.0 in draws[:, 0] and 1.0 in draws[:, 0]
+    np.testing.assert_array_equal(bootstrap_map([matcher], resamples=60, seed=3)[:, 0], draws[:, 0])
+    with pytest.raises(ValueError, match="same images"):
+        bootstrap_map([matcher, matcher.subset([0])])
 
 
 def test_class_without_ground_truth_is_left_out():

@@ -330,6 +330,33 @@ class InstanceMatcher:
                                     np.asarray(pred_scores).reshape(-1)):
             self.dt.append(_annotation(mask, image_id, cls, len(self.dt) + 1, iscrowd=0, score=float(score)))
 
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices: Sequence[int]) -> InstanceMatcher:
+        """A matcher holding the images at ``indices`` (in the order they were added), in that order.
+
+        An index may repeat (a bootstrap resample): each repeat becomes an image of its own.
+        """
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self.images)):
+            raise IndexError(f"indices: expected values in [0, {len(self.images)}), "
+                             f"got {indices.min()}..{indices.max()}")
+        by_image: dict[int, tuple[list, list]] = {image["id"]: ([], []) for image in self.images}
+        for annotation in self.gt:
+            by_image[annotation["image_id"]][0].append(annotation)
+        for annotation in self.dt:
+            by_image[annotation["image_id"]][1].append(annotation)
+        out = InstanceMatcher(self.num_classes)
+        for index in indices:
+            image = self.images[int(index)]
+            image_id = len(out.images) + 1
+            out.images.append({**image, "id": image_id})
+            gt, dt = by_image[image["id"]]
+            out.gt += [{**a, "id": len(out.gt) + n + 1, "image_id": image_id} for n, a in enumerate(gt)]
+            out.dt += [{**a, "id": len(out.dt) + n + 1, "image_id": image_id} for n, a in enumerate(dt)]
+        return out
+
     def evaluate(self, iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS, *,
                  max_detections: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """``(mAP per threshold (T,), AP per threshold and class (T, C))``; NaN for classes without instances.
@@ -362,6 +389,53 @@ class InstanceMatcher:
         with np.errstate(all="ignore"):
             mean = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in per_class])
         return mean, per_class
+
+
+def bootstrap_map(matchers: Sequence[InstanceMatcher], *, iou_threshold: float = 0.5, resamples: int = 200,
+                  seed: int = 0) -> np.ndarray:
+    """mAP^r of several methods on the same bootstrap resamples of their images (paired).
+
+    Parameters
+    ----------
+    matchers : sequence of InstanceMatcher
+        One per method, each holding the same images in the same order.
+    iou_threshold : float
+        The one IoU threshold of the mAP^r.
+    resamples : int
+        Number of resamples: each draws as many images as there are, with replacement.
+    seed : int
+        Seed of the resampling (the same draws for every matcher).
+
+    Returns
+    -------
+    (resamples, len(matchers)) float64 ndarray
+        Row r: each method's mAP^r on resample r (NaN where no class has an instance).
+
+    Notes
+    -----
+    Percentiles of a column give an interval for one method's mAP^r; percentiles of the
+    difference of two columns, an interval for their difference that accounts for both
+    being measured on the same images (Efron and Tibshirani's paired bootstrap). With a
+    few dozen images and a handful of right instances per class, these intervals are wide:
+    they say which differences the data can show at all.
+    """
+    matchers = list(matchers)
+    if not matchers:
+        raise ValueError("matchers: expected at least one InstanceMatcher")
+    count = len(matchers[0])
+    if any(len(m) != count for m in matchers):
+        raise ValueError(f"matchers: expected the same images in each, got {[len(m) for m in matchers]} images")
+    if not count:
+        raise ValueError("matchers: no images to resample")
+    iou_threshold = check.finite_float("iou_threshold", iou_threshold, low=0, high=1, low_open=True)
+    resamples = check.positive_int("resamples", resamples)
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, len(matchers)))
+    for r in range(resamples):
+        draw = rng.integers(0, count, count)
+        for j, matcher in enumerate(matchers):
+            out[r, j] = matcher.subset(draw).evaluate((iou_threshold,))[0][0]
+    return out
 
 
 def instance_map(gt: Sequence[tuple], predictions: Sequence[tuple], *, num_classes: int | None = None,
