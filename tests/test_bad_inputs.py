@@ -312,7 +312,12 @@ CASES = [
         match=r"cannot load model .*missing.pt.*does not exist"),
     cli("predict", "{image}", "--out", "{out}", "--model", "{afile}",
         match=r"cannot load model .*afile.*cannot read checkpoint"),
-    cli(*PREDICT, "--device", "bogus", match=r"device: 'bogus' is not a torch device"),
+    cli("predict", "{image}", "--out", "{out}", "--model", "imagenet-vooc",
+        match=r"cannot load model 'imagenet-vooc': 'imagenet-vooc' is neither a built-in model "
+              r"\('imagenet', 'imagenet-voc', 'imagenet-coco'\) nor an existing checkpoint file .*"
+              r"did you mean 'imagenet-voc'\?"),
+    cli(*PREDICT, "--device", "bogus", match=r"--device: 'bogus' is not a torch device"),
+    cli(*PREDICT, "--device", "cuda:99", match=r"napari-prm predict: error: --device: 'cuda:99' is not available"),
     cli(*PREDICT, "--classes", "unicorn", match=r"--classes: the model has no class \['unicorn'\]"),
     cli(*PREDICT, "--classes=-1", match=r"--classes: the model has no class \['-1'\]"),
     cli(*PREDICT, "--classes", "2", match=r"--classes: the model has no class \[2\]"),
@@ -470,6 +475,10 @@ CASES = [
     api("checkpoint garbage bytes", lambda ws: (ws.path("junk.pt").write_bytes(b"\x00junk" * 50),
                                                 lambda: load_model(ws.path("junk.pt")))[1],
         r"cannot read checkpoint .*junk.pt: it is"),
+    api("checkpoint that is a text file", lambda ws: (ws.path("notes.pt").write_text("hello"),
+                                                      lambda: load_model(ws.path("notes.pt")))[1],
+        r"cannot read checkpoint .*notes.pt: it is truncated, corrupt or not a napari-prm checkpoint "
+        r"\(napari-prm writes .pt/.pth files with torch.save and .safetensors files with safetensors\)$"),
     api("checkpoint safetensors nan", lambda ws: _safetensors_with_nan(ws),
         r"checkpoint .*bad.safetensors: weight '.*' holds 1 NaN or infinite"),
     api("save_model nan over a good checkpoint", lambda ws: _save_nan_model(ws),

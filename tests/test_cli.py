@@ -13,6 +13,7 @@ import pytest
 import tifffile
 import torch
 from pycocotools.coco import COCO
+from skimage import data
 
 from napari_prm import io
 from napari_prm.cli import build_parser, collect_images, main
@@ -330,6 +331,9 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
     api = COCO(str(tmp_path / "voc" / "chelsea_instances.json"))
     assert len(api.getCatIds()) == 19
     assert {api.loadCats(a["category_id"])[0]["name"] for a in api.loadAnns(api.getAnnIds())} == {"cat"}
+    # the built-in image is written beside its results, under the name the COCO JSON gives it
+    (entry,) = api.dataset["images"]
+    np.testing.assert_array_equal(io.read_image(tmp_path / "voc" / entry["file_name"]), data.chelsea())
 
 
 def test_bench_prints_and_writes_a_markdown_table(tmp_path, tiny48_checkpoint, capsys):

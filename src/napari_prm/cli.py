@@ -44,8 +44,10 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "(default" in text or action.required or action.default in (None, argparse.SUPPRESS):
+        if "(default" in text or action.required or action.default is None or action.default is argparse.SUPPRESS:
             return text
+        if isinstance(action.default, bool):
+            return f"{text} (default: {'on' if action.default else 'off'})"
         return f"{text} (default: %(default)s)"
 
 
@@ -131,7 +133,8 @@ def _inference_settings(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``napari-prm`` with all its subcommands."""
     parser = argparse.ArgumentParser(
-        prog="napari-prm", formatter_class=_Formatter, description=__doc__.split("\n\n")[0])
+        prog="napari-prm", formatter_class=_Formatter,
+        description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"napari-prm {__version__}")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     # --debug is accepted after the command too; SUPPRESS keeps the value given before it.
@@ -308,9 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add_command(
         "demo", help="run the built-in model on a sample image",
-        description="Run PRM on an image (default: scikit-image's Chelsea the cat), write the "
-                    "results like 'predict' and, when a display is available, show them in "
-                    "napari.")
+        description="Run PRM on an image (default: scikit-image's Chelsea the cat, also written "
+                    "to the output folder as chelsea.png), write the results like 'predict' and, "
+                    "when a display is available, show them in napari.")
     demo.add_argument("image", nargs="?", default=None,
                       help="image file (default: skimage.data.chelsea())")
     demo.add_argument("--out", type=Path, default=Path("napari-prm-demo"), help="output folder")
@@ -318,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--proposals", default="auto", type=_proposals_arg, help=PROPOSAL_HELP)
     _add_inference_options(demo)
     demo.add_argument("--view", action=argparse.BooleanOptionalAction, default=None,
-                      help="open napari with the results (default: when a display is available)")
+                      help="open napari with the results; without a display, --view says so and the "
+                           "results are still written (exit status 0) (default: when a display is available)")
     demo.set_defaults(run=_run_demo)
 
     bench = add_command(
@@ -541,8 +545,12 @@ def _classes_arg(classes, class_names: Sequence[str]):
 
 
 def _load_model(name: str, device):
-    from .model.checkpoint import load_model
+    from .model.checkpoint import load_model, resolve_device
 
+    try:
+        device = resolve_device(device)
+    except ValueError as error:
+        raise CommandError(f"--{error}") from error
     try:
         return load_model(name, device=device)
     except (ValueError, OSError) as error:
@@ -913,6 +921,14 @@ def _run_demo(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     written = io.write_prediction(prediction, args.out, stem, overwrite=True,
                                   image_file_name=file_name)
+    if args.image is None:
+        # The built-in image has no file: write it, so that the file the COCO JSON and the
+        # manifest name exists beside them.
+        from PIL import Image
+
+        with io.atomic_write(args.out / file_name) as temp:
+            Image.fromarray(image).save(temp, format="PNG")
+        written.append(args.out / file_name)
     order = prediction.scores.argsort()[::-1][:3]
     top = ", ".join(f"{prediction.class_names[i]} {prediction.scores[i]:.2f}" for i in order)
     print(f"top classes: {top}; {len(prediction.peaks)} peaks, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import pickle
@@ -29,6 +30,7 @@ BUILTIN_MODELS = ("imagenet", "imagenet-voc", "imagenet-coco")
 PRM_SETTINGS = ("win_size", "peak_filter", "sub_pixel_locating_factor")
 #: Key prefix of the refinement head's tensors in a checkpoint (see napari_prm.refine).
 HEAD_PREFIX = "refine."
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -366,8 +368,10 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
                          "loads checkpoints with weights_only=True); it was not written by "
                          "napari-prm") from error
     except Exception as error:
+        # The reader's own error (e.g. "pop from empty list") says nothing to a user; it stays chained.
         raise ValueError(f"cannot read checkpoint {path}: it is truncated, corrupt or not a napari-prm "
-                         f"checkpoint ({type(error).__name__}: {error})") from error
+                         "checkpoint (napari-prm writes .pt/.pth files with torch.save and .safetensors "
+                         "files with safetensors)") from error
     if not isinstance(metadata, dict) or metadata.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a napari-prm checkpoint (no '{CHECKPOINT_FORMAT}' metadata)")
     version = metadata.get("format_version")
@@ -464,6 +468,11 @@ def load_model(name_or_path: str | os.PathLike | PRMModel, *, device: str | torc
     check.path_like("model", name_or_path)
     if isinstance(name_or_path, str) and name_or_path in BUILTIN_MODELS:
         model = builtin_model(name_or_path)
+    elif not Path(name_or_path).exists() and Path(name_or_path).suffix.lower() not in CHECKPOINT_SUFFIXES:
+        close = difflib.get_close_matches(str(name_or_path), BUILTIN_MODELS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{str(name_or_path)!r} is neither a built-in model {BUILTIN_MODELS} nor an existing "
+                         f"checkpoint file (.pt, .pth or .safetensors){hint}")
     else:
         model, _ = load_checkpoint(name_or_path)
     return model.to(device)
