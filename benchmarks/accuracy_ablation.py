@@ -214,6 +214,8 @@ def main() -> None:
     parser.add_argument("--split", choices=("val", "train"), default="val",
                         help="coco128 split (train: where settings are chosen; val: where they are reported)")
     args = parser.parse_args()
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap: expected 0 (none) or a number of resamples, got {args.bootstrap}")
     import torch
 
     model, dataset, indices = val_images(args.model, args.threads, args.split)

@@ -475,6 +475,8 @@ CASES = [
     api("checkpoint garbage bytes", lambda ws: (ws.path("junk.pt").write_bytes(b"\x00junk" * 50),
                                                 lambda: load_model(ws.path("junk.pt")))[1],
         r"cannot read checkpoint .*junk.pt: it is"),
+    api("built-in name as a path", lambda ws: lambda: load_model(Path("imagenet-voc")),
+        r"'imagenet-voc' is neither a built-in model .* did you mean 'imagenet-voc' \(a str, not a path\)\?"),
     api("checkpoint that is a text file", lambda ws: (ws.path("notes.pt").write_text("hello"),
                                                       lambda: load_model(ws.path("notes.pt")))[1],
         r"cannot read checkpoint .*notes.pt: it is truncated, corrupt or not a napari-prm checkpoint "

@@ -88,6 +88,19 @@ def test_matcher_subset_repeats_and_reorders_images():
     assert len({a["id"] for a in matcher.subset([0, 0, 0]).gt}) == 3
     with pytest.raises(IndexError, match="indices"):
         matcher.subset([2])
+    with pytest.raises(TypeError, match="indices: expected integers, got float64"):
+        matcher.subset([0.7])
+
+
+def test_matcher_subset_keeps_crowd_regions():
+    # A detection on a crowd region is ignored, not a false positive: the exact detection of the
+    # one real square stays at precision 1 whichever copy of the image is drawn.
+    masks = _squares()
+    matcher = InstanceMatcher(1)
+    matcher.add(masks, [0, 0], masks[::-1], [0, 0], [0.9, 0.8], gt_iscrowd=[False, True])
+    assert matcher.evaluate((0.5,))[0][0] == pytest.approx(1.0)
+    assert matcher.subset([0, 0]).evaluate((0.5,))[0][0] == pytest.approx(1.0)
+    assert [a["iscrowd"] for a in matcher.subset([0, 0]).gt] == [0, 1, 0, 1]
 
 
 def test_bootstrap_map_is_paired_and_bounded_by_the_resampled_images():

@@ -544,13 +544,20 @@ def _classes_arg(classes, class_names: Sequence[str]):
     return chosen
 
 
-def _load_model(name: str, device):
-    from .model.checkpoint import load_model, resolve_device
+def _device(device):
+    """``--device`` as a torch.device; an unknown or missing device is an error of ``--device``."""
+    from .model.checkpoint import resolve_device
 
     try:
-        device = resolve_device(device)
-    except ValueError as error:
+        return resolve_device(device)
+    except ValueError as error:  # resolve_device's messages start with "device: "
         raise CommandError(f"--{error}") from error
+
+
+def _load_model(name: str, device):
+    from .model.checkpoint import load_model
+
+    device = _device(device)
     try:
         return load_model(name, device=device)
     except (ValueError, OSError) as error:
@@ -667,6 +674,7 @@ def _run_train(args) -> int:
 
     from .train import train
 
+    _device(args.device)  # a missing GPU fails before the dataset is read
     dataset = _load_dataset(args, classes=args.classes)
     _say(f"training on {len(dataset)} images, {len(dataset.class_names)} classes -> {args.out}")
     bar = None
@@ -720,7 +728,7 @@ def _run_train(args) -> int:
 def _run_calibrate(args) -> int:
     from tqdm import tqdm
 
-    from .model.checkpoint import load_checkpoint, resolve_device, save_model
+    from .model.checkpoint import load_checkpoint, save_model
     from .peaks import calibrate_model
     from .train import TRAINING_STATE_KEY
 
@@ -728,7 +736,7 @@ def _run_calibrate(args) -> int:
         model, extra = load_checkpoint(args.model)
     except ValueError as error:
         raise CommandError(str(error)) from error
-    model.to(resolve_device(args.device))
+    model.to(_device(args.device))
     dataset = _load_dataset(args)
     if args.held_out:
         state = extra.get(TRAINING_STATE_KEY) or {}

@@ -337,8 +337,18 @@ class InstanceMatcher:
         """A matcher holding the images at ``indices`` (in the order they were added), in that order.
 
         An index may repeat (a bootstrap resample): each repeat becomes an image of its own.
+
+        Raises
+        ------
+        TypeError
+            ``indices`` are not integers.
+        IndexError
+            An index is outside ``[0, len(self))``.
         """
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        indices = np.asarray(indices).reshape(-1)
+        if len(indices) and not np.issubdtype(indices.dtype, np.integer):
+            raise TypeError(f"indices: expected integers, got {indices.dtype}")
+        indices = indices.astype(np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self.images)):
             raise IndexError(f"indices: expected values in [0, {len(self.images)}), "
                              f"got {indices.min()}..{indices.max()}")
@@ -400,16 +410,23 @@ def bootstrap_map(matchers: Sequence[InstanceMatcher], *, iou_threshold: float =
     matchers : sequence of InstanceMatcher
         One per method, each holding the same images in the same order.
     iou_threshold : float
-        The one IoU threshold of the mAP^r.
+        The one IoU threshold of the mAP^r, in (0, 1].
     resamples : int
-        Number of resamples: each draws as many images as there are, with replacement.
-    seed : int
-        Seed of the resampling (the same draws for every matcher).
+        Number of resamples (>= 1): each draws as many images as there are, with replacement.
+    seed : int or None
+        Seed of the resampling (the same draws for every matcher); None: fresh entropy, so
+        the result differs from call to call.
 
     Returns
     -------
     (resamples, len(matchers)) float64 ndarray
         Row r: each method's mAP^r on resample r (NaN where no class has an instance).
+
+    Raises
+    ------
+    ValueError
+        No matcher, no images, matchers with different numbers of images, or an
+        ``iou_threshold`` or ``resamples`` out of range.
 
     Notes
     -----

@@ -367,6 +367,8 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
                          f"than tensors and plain values{what}, which napari-prm refuses to run (it "
                          "loads checkpoints with weights_only=True); it was not written by "
                          "napari-prm") from error
+    except OSError as error:
+        raise ValueError(f"cannot read checkpoint {path}: {error.strerror or error}") from error
     except Exception as error:
         # The reader's own error (e.g. "pop from empty list") says nothing to a user; it stays chained.
         raise ValueError(f"cannot read checkpoint {path}: it is truncated, corrupt or not a napari-prm "
@@ -469,8 +471,9 @@ def load_model(name_or_path: str | os.PathLike | PRMModel, *, device: str | torc
     if isinstance(name_or_path, str) and name_or_path in BUILTIN_MODELS:
         model = builtin_model(name_or_path)
     elif not Path(name_or_path).exists() and Path(name_or_path).suffix.lower() not in CHECKPOINT_SUFFIXES:
-        close = difflib.get_close_matches(str(name_or_path), BUILTIN_MODELS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = difflib.get_close_matches(str(name_or_path).lower(), BUILTIN_MODELS, n=1)
+        as_str = " (a str, not a path)" if close and close[0] == str(name_or_path) else ""
+        hint = f"; did you mean {close[0]!r}{as_str}?" if close else ""
         raise ValueError(f"{str(name_or_path)!r} is neither a built-in model {BUILTIN_MODELS} nor an existing "
                          f"checkpoint file (.pt, .pth or .safetensors){hint}")
     else:
