@@ -142,9 +142,7 @@ def val_images(model_name: str, threads: int | None = None, split: str = "val"):
 def score_instances(matcher: InstanceMatcher, overlaps: list, funnel: dict, prediction, truth,
                     proposals: np.ndarray) -> None:
     """Add one prediction's instances to the COCOeval matcher, the best overlaps and the funnel counts."""
-    masks = np.array([i.mask for i in prediction.instances], bool).reshape((-1,) + truth.masks.shape[1:])
-    matcher.add(truth.masks, truth.class_indices, masks, [i.class_index for i in prediction.instances],
-                [i.score for i in prediction.instances], gt_iscrowd=truth.iscrowd)
+    masks = matcher.add_instances(truth, prediction.instances)
     overlaps.append(best_overlaps(truth.masks[~truth.iscrowd], masks))
     counts = instance_funnel(prediction.peaks, prediction.peak_classes, prediction.instances, proposals,
                              truth.masks, truth.class_indices, truth.iscrowd)

@@ -49,6 +49,7 @@ import torch
 from napari_prm.data import from_coco, voc_view
 from napari_prm.evaluate import InstanceMatcher, bootstrap_map, evaluate, peak_instances
 from napari_prm.masks import decode_rle, encode_rle, mask_iou
+from napari_prm.model.checkpoint import BUILTIN_MODELS
 from napari_prm.predict import Prediction, predict, rank_by_confidence
 from napari_prm.predictor import preset_settings, resolve_thresholds
 from napari_prm.refine import Correction, refine, refined_instances
@@ -66,9 +67,8 @@ def prm_model(name: str = "imagenet-voc"):
     measured with it (its defaults) and how the report names it."""
     from napari_prm import load_model
 
-    if name == "imagenet-voc":
-        return load_model(name), {}, "imagenet-voc (built-in, calibrated thresholds), preset 'default'"
-    return load_model(name), {}, f"{name} (its calibrated thresholds), preset 'default'"
+    kind = "built-in, calibrated thresholds" if name in BUILTIN_MODELS else "its calibrated thresholds"
+    return load_model(name), {}, f"{name} ({kind}), preset 'default'"
 
 
 def load_split(split: str, class_names):
@@ -157,10 +157,7 @@ def paired_difference(dataset, class_count: int, reference: list, other: list, r
     for instance_lists in (reference, other):
         matcher = InstanceMatcher(class_count)
         for index, instances in enumerate(instance_lists):
-            truth = dataset.instances(index)
-            masks = np.array([i.mask for i in instances], bool).reshape((-1,) + truth.masks.shape[1:])
-            matcher.add(truth.masks, truth.class_indices, masks, [i.class_index for i in instances],
-                        [i.score for i in instances], gt_iscrowd=truth.iscrowd)
+            matcher.add_instances(dataset.instances(index), instances)
         matchers.append(matcher)
     draws = 100 * bootstrap_map(matchers, iou_threshold=0.5, resamples=resamples)
     difference = draws[:, 1] - draws[:, 0]

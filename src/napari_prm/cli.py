@@ -44,7 +44,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "(default" in text or action.required or action.default is None or action.default is argparse.SUPPRESS:
+        if "(default" in text or action.required or action.default in (None, argparse.SUPPRESS):
             return text
         if isinstance(action.default, bool):
             return f"{text} (default: {'on' if action.default else 'off'})"

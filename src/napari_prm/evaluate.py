@@ -330,6 +330,26 @@ class InstanceMatcher:
                                     np.asarray(pred_scores).reshape(-1)):
             self.dt.append(_annotation(mask, image_id, cls, len(self.dt) + 1, iscrowd=0, score=float(score)))
 
+    def add_instances(self, truth, instances: Sequence) -> np.ndarray:
+        """Add one image: its ground truth and its instances (``Instance`` objects, scored).
+
+        Parameters
+        ----------
+        truth : GroundTruth
+            The image's instances, as :meth:`LabeledImageDataset.instances` gives them.
+        instances : sequence of Instance
+            Predicted instances with masks at the image's size.
+
+        Returns
+        -------
+        (P, H, W) bool ndarray
+            The instances' masks, stacked.
+        """
+        masks = np.array([i.mask for i in instances], bool).reshape((-1,) + truth.masks.shape[1:])
+        self.add(truth.masks, truth.class_indices, masks, [i.class_index for i in instances],
+                 [i.score for i in instances], gt_iscrowd=truth.iscrowd)
+        return masks
+
     def __len__(self) -> int:
         return len(self.images)
 
@@ -634,11 +654,7 @@ def evaluate(
         qualities.append(prm_quality(prediction.prms, prediction.peak_classes, truth.masks, truth.class_indices))
         hits.append(peak_hits(prediction.peaks, prediction.peak_classes, truth.masks, truth.class_indices))
         if with_instances:
-            shape = truth.masks.shape[1:]
-            pred_masks = np.array([i.mask for i in prediction.instances], bool).reshape((-1,) + shape)
-            matcher.add(truth.masks, truth.class_indices, pred_masks,
-                        [i.class_index for i in prediction.instances], [i.score for i in prediction.instances],
-                        gt_iscrowd=truth.iscrowd)
+            pred_masks = matcher.add_instances(truth, prediction.instances)
             overlaps.append(best_overlaps(truth.masks[~truth.iscrowd], pred_masks))
         if progress is not None:
             progress(done + 1, total)
