@@ -183,3 +183,23 @@ def test_an_instance_added_from_a_point_undoes(make_napari_viewer, qtbot, prm_co
     assert not labels.data.any() and peaks.features["label"].tolist() == [0]
     redo(viewer, qtbot, labels, {label: (1, "dog")})
     assert peaks.features["label"].tolist() == [label]
+
+
+@pytest.mark.parametrize("again", ["rethreshold", "run"])
+def test_a_new_run_starts_a_new_undo_history(classed, qtbot, again):
+    """Ctrl+Z after a Run or Re-threshold must not replay the previous run's edits onto
+    the new instances (napari keeps a Labels layer's history when its data is replaced)."""
+    viewer, widget, labels = classed
+    labels.selected_label = 2
+    assert widget.correction.delete_selected()
+    if again == "rethreshold":
+        assert widget.rethreshold() is not None, widget.last_message
+        qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    else:
+        run_and_wait(widget, qtbot)
+    assert viewer.layers["cat instances"] is labels  # updated in place
+    assert not labels.data.any() and rows(labels) == {}  # proposals "none": no instances
+    press(viewer, qtbot, *UNDO)
+    qtbot.wait(200)  # the table follows undo from the event loop
+    assert not labels.data.any(), "Ctrl+Z wrote pixels of the previous run's edits"
+    assert rows(labels) == {}

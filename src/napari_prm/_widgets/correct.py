@@ -22,7 +22,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, S
 from qtpy.QtCore import QTimer
 
 from .. import edit
-from .history import InstanceHistory
+from .history import InstanceHistory, reset_history
 from .layers import features_table, instance_features, layer_names, point_defaults, world_kwargs
 from .points import PointRetrieval
 
@@ -143,6 +143,7 @@ class CorrectionPanel(PointRetrieval):
         self.container.enabled = True
         self._pending.clear()
         self.history.clear()
+        reset_history(context.layers["instances"])  # its data was replaced in place
         self._last_label = 0
         self.class_choice.choices = list(context.class_names)
         found = list(context.layers["peaks"].features["class_name"])
@@ -232,7 +233,8 @@ class CorrectionPanel(PointRetrieval):
         with self.quiet():
             if labels is not None and (labels.dtype != layer.data.dtype
                                        or labels.shape != layer.data.shape):
-                layer.data = labels  # a new array: napari starts a new history
+                layer.data = labels  # a new array: its history no longer applies
+                reset_history(layer)
             elif labels is not None:
                 with self.history.edit(layer, self._table(), lambda: table):
                     changed = labels != layer.data

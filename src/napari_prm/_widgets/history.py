@@ -15,8 +15,9 @@ leaves the pixels as they were.
 
 napari has no public way to read the history (``Labels._undo_history`` and
 ``Labels._redo_history``, deques of items that are lists of atoms); `history_stacks` is the
-one place that reads them, and ``tests/test_widget_undo.py`` checks that napari still
-behaves as relied on here. Without them, tables follow the pixels only (as for painting).
+one place that reads them and `reset_history` the one that empties them, and
+``tests/test_widget_undo.py`` checks that napari still behaves as relied on here. Without
+them, tables follow the pixels only (as for painting).
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ def history_stacks(layer) -> tuple[list, list] | None:
     if undo is None or redo is None:
         return None
     return list(undo), list(redo)
+
+
+def reset_history(layer) -> None:
+    """Start the undo history of a Labels layer anew.
+
+    napari keeps a Labels layer's history when its ``data`` is replaced, so after a new run
+    written into the same layer, Ctrl+Z would replay the previous run's edits (their pixels)
+    onto the new instances.
+    """
+    reset = getattr(layer, "_reset_history", None)
+    if reset is not None:
+        reset()
 
 
 class InstanceHistory:
