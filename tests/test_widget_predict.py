@@ -176,6 +176,45 @@ def test_rerun_replaces_layers_and_a_second_run_is_refused(
     assert len(cat_viewer.layers) == len(first) + len(set(expected.peak_classes))
 
 
+def test_results_follow_a_rotated_sheared_and_affine_image(make_napari_viewer, qtbot, prm_config,
+                                                            tiny_checkpoint, small_cat):
+    """Each result layer maps a pixel where the image maps it: rotate, shear and affine
+    (a stage's or a deskew's transform) as well as scale and translate, on a run, on a
+    re-run into the same layers and for the CRMs' coarser grid."""
+    from napari.utils.transforms import Affine
+
+    from napari_prm.predict import crm_to_image
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(small_cat, name="cat", scale=(0.5, 2.0), translate=(10.0, -4.0),
+                             rotate=30, shear=[0.2],
+                             affine=Affine(rotate=-10, translate=(3.0, 5.0)))
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = "prm"
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
+    widget.add_crms.value = True
+    pixels = np.array([[0.0, 0.0], [99.0, 0.0], [0.0, 150.0], [42.5, 77.0]])
+    expected = np.array([image.data_to_world(p) for p in pixels])
+    factor = predict(small_cat, load_model(tiny_checkpoint), proposals=None).sub_pixel_locating_factor
+
+    for _ in range(2):  # the second run updates the layers in place
+        run_and_wait(widget, qtbot)
+        for kind in ("peaks", "instances"):
+            layer = viewer.layers[f"cat {kind}"]
+            np.testing.assert_allclose([layer.data_to_world(p) for p in pixels], expected,
+                                       atol=1e-9, err_msg=kind)
+        prms = viewer.layers["cat PRMs"]
+        np.testing.assert_allclose([prms.data_to_world([1.0, *p])[1:] for p in pixels], expected,
+                                   atol=1e-9)
+        crm = next(layer for layer in viewer.layers if layer.name.startswith("cat CRM "))
+        cells = np.array([[0.0, 0.0], [2.0, 3.0], [5.0, 1.0]])
+        on_image = crm_to_image(cells, crm.data.shape[-2:], small_cat.shape[:2], factor)
+        np.testing.assert_allclose([crm.data_to_world(c) for c in cells],
+                                   [image.data_to_world(p) for p in on_image], atol=1e-9)
+        image.affine = Affine(rotate=15, translate=(1.0, 2.0))  # moved before the re-run
+        expected = np.array([image.data_to_world(p) for p in pixels])
+
+
 def test_cancel_leaves_no_layers(cat_viewer, qtbot, prm_config, tiny_checkpoint):
     widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = None  # every peak (about 150): long enough to cancel midway

@@ -27,6 +27,8 @@ RUNNER_UP_COLUMNS = tuple(column for rank in range(1, RUNNERS_UP + 1)
                           for column in (f"runner_up_{rank}", f"runner_up_{rank}_value"))
 POINT_COLUMNS = ("class_name", "class_index", "peak_value", "class_score", "peak", "label",
                  *RUNNER_UP_COLUMNS)
+#: The layer transforms a result layer takes from its image (`world_kwargs`).
+WORLD_TRANSFORMS = ("scale", "translate", "rotate", "shear", "affine")
 INSTANCE_COLUMNS = ("index", "label", "class_index", "class_name", "score", "peak")
 
 
@@ -86,13 +88,24 @@ def read_plane(layer, plane: tuple[int, ...]) -> np.ndarray:
 
 
 def world_kwargs(image_layer, extra_leading: int = 0) -> dict:
-    """``scale`` and ``translate`` of a result layer aligned with ``image_layer``.
+    """``scale``, ``translate``, ``rotate``, ``shear`` and ``affine`` of a result layer
+    aligned with ``image_layer``: each pixel maps to the world where the image's does.
 
-    ``extra_leading`` axes (e.g. the PRM stack's peak axis) get scale 1 and translate 0.
+    ``extra_leading`` axes (e.g. the PRM stack's peak axis) get scale 1, translate 0 and
+    no rotation or shear.
     """
-    scale = [1.0] * extra_leading + list(image_layer.scale)
-    translate = [0.0] * extra_leading + list(image_layer.translate)
-    return {"scale": scale, "translate": translate}
+    from napari.utils.transforms import CompositeAffine
+
+    transform = CompositeAffine(scale=image_layer.scale, translate=image_layer.translate,
+                                rotate=image_layer.rotate, shear=image_layer.shear,
+                                ndim=len(image_layer.scale))
+    affine = image_layer.affine
+    if extra_leading:
+        axes = list(range(extra_leading))
+        transform, affine = transform.expand_dims(axes), affine.expand_dims(axes)
+    return {"scale": list(transform.scale), "translate": list(transform.translate),
+            "rotate": np.array(transform.rotate), "shear": np.array(transform.shear),
+            "affine": np.array(affine.affine_matrix)}
 
 
 @dataclass
@@ -263,17 +276,25 @@ def prm_layer_data(prms: np.ndarray, prm_planes: np.ndarray, leading_shape: tupl
 
 def crm_world_kwargs(image_layer, crm_shape: tuple[int, int], image_shape: tuple[int, int],
                      factor: int = 1) -> dict:
-    """``scale``/``translate`` that put CRM cells where :func:`predict` puts peaks.
+    """The transforms that put CRM cells where :func:`predict` puts peaks.
 
     ``factor`` is the CRMs' sub-pixel upsampling; the mapping is
-    :func:`napari_prm.predict.crm_to_image`'s, which is affine per axis.
+    :func:`napari_prm.predict.crm_to_image`'s, which is affine per axis: a cell's image
+    position is ``origin + step * cell``, so the CRM layer's scale is the image's times
+    ``step`` and its translate is where the image puts ``origin`` (before ``affine``).
     """
+    from napari.utils.transforms import CompositeAffine
+
     kwargs = world_kwargs(image_layer)
-    scale, translate = kwargs["scale"], kwargs["translate"]
     origin, step = crm_to_image(np.array([[0.0, 0.0], [1.0, 1.0]]), crm_shape, image_shape, factor)
+    image_transform = CompositeAffine(scale=kwargs["scale"], translate=kwargs["translate"],
+                                      rotate=kwargs["rotate"], shear=kwargs["shear"],
+                                      ndim=len(kwargs["scale"]))
+    position = np.zeros(len(kwargs["scale"]))
+    position[-2:] = origin
+    kwargs["translate"] = list(np.asarray(image_transform(position), float))
     for axis in (-2, -1):
-        translate[axis] = translate[axis] + scale[axis] * origin[axis]
-        scale[axis] = scale[axis] * (step[axis] - origin[axis])
+        kwargs["scale"][axis] = kwargs["scale"][axis] * (step[axis] - origin[axis])
     return kwargs
 
 
@@ -281,14 +302,16 @@ def upsert_layer(viewer, layer_type: str, name: str, data, **kwargs):
     """Update the layer called ``name`` in place, or add it; never a second one.
 
     A layer of another type or dimensionality is replaced at the same place in the layer
-    list. ``features``, ``scale``, ``translate`` and colouring are re-applied.
+    list. ``features``, the `WORLD_TRANSFORMS` and colouring are re-applied.
     """
     existing = viewer.layers[name] if name in viewer.layers else None
     ndim = np.shape(data)[1] if layer_type == "points" else np.ndim(data)
     same_type = type(existing).__name__.lower() == layer_type
     if existing is not None and same_type and existing.ndim == ndim:
-        for name in ("scale", "translate"):  # each change re-checks the viewer's dims
-            if not np.allclose(getattr(existing, name), kwargs[name]):
+        for name in WORLD_TRANSFORMS:  # each change re-checks the viewer's dims
+            now = getattr(existing, name)
+            now = now.affine_matrix if name == "affine" else now
+            if name in kwargs and not np.allclose(now, kwargs[name]):
                 setattr(existing, name, kwargs[name])
         if layer_type == "points":
             existing.selected_data = set()
