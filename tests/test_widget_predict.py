@@ -231,6 +231,18 @@ def test_cancel_leaves_no_layers(cat_viewer, qtbot, prm_config, tiny_checkpoint)
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
+def test_an_image_removed_during_the_run_gets_no_result_layers(cat_viewer, qtbot, prm_config,
+                                                               tiny_checkpoint):
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.run()
+    cat_viewer.layers.remove("cat")  # the worker's results arrive afterwards
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert [layer.name for layer in cat_viewer.layers] == []
+    assert "was removed during the run" in widget.last_message
+    assert len(widget.predictors) == 0  # nothing kept for an image that is gone
+
+
 def test_nothing_found_is_reported(cat_viewer, qtbot, prm_config, tiny_checkpoint):
     widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = None

@@ -339,6 +339,11 @@ class PredictWidget(PredictForm, QWidget):
         if isinstance(out, str):
             self._say(out, "error")
             return
+        if layer not in self.viewer.layers:  # removed while the worker ran
+            self.predictors.forget_layer(layer)
+            self._say(f"The image layer {layer.name!r} was removed during the run; its results "
+                      "were dropped.", "warning")
+            return
         model, predictions, forwards = out
         self.last_forward_passes = forwards
         try:
