@@ -61,6 +61,9 @@ def test_export_refuses_to_overwrite_and_reports(labels_viewer, tmp_path):
     labels_viewer.layers["cat instances"].data = np.zeros((60, 80), np.uint16)
     assert widget.export(tmp_path, formats=["coco"]) == []
     assert "exist" in widget._status.value
+    # the message names the widget's check box, not the function's argument
+    assert "tick 'overwrite existing files'" in widget._status.value
+    assert "overwrite=True" not in widget._status.value
     assert (tmp_path / "cat_instances_instances.json").read_bytes() == before
     assert widget.export(tmp_path, formats=["coco"], overwrite=True)
     assert json.loads((tmp_path / "cat_instances_instances.json").read_text())["annotations"] == []
