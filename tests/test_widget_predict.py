@@ -231,6 +231,21 @@ def test_cancel_leaves_no_layers(cat_viewer, qtbot, prm_config, tiny_checkpoint)
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
+def test_an_image_with_nan_is_refused_with_a_message(make_napari_viewer, qtbot, prm_config,
+                                                     tiny_checkpoint):
+    """A float image with NaN (a registration's border) is an input the user can fix: one
+    message, the widget ready again, no exception re-raised on the Qt thread."""
+    viewer = make_napari_viewer()
+    image = np.linspace(0, 1, 64 * 80, dtype=np.float32).reshape(64, 80)
+    image[:5] = np.nan
+    viewer.add_image(image, name="registered")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    run_and_wait(widget, qtbot)
+    assert "NaN" in widget.last_message and "registered" in widget.last_message
+    assert [layer.name for layer in viewer.layers] == ["registered"]
+    assert widget.run_button.isEnabled() and not widget.running
+
+
 def test_an_image_removed_during_the_run_gets_no_result_layers(cat_viewer, qtbot, prm_config,
                                                                tiny_checkpoint):
     widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)

@@ -242,11 +242,13 @@ class PredictWidget(PredictForm, QWidget):
         proposals = [self.proposals_for(settings["proposals"], plane) for plane in planes]
         self._cancel.clear()
         started = time.perf_counter()
+        # errored connected here: an unexpected error is reported by the widget (and by
+        # napari's notifications, with its traceback), not re-raised on the Qt thread
         worker = create_worker(self._predict_planes, list(zip(keys, images, proposals)), settings,
-                               rethreshold=rethreshold)
+                               rethreshold=rethreshold, image_name=layer.name,
+                               _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(
             lambda out: self._show_results(layer, planes, leading, settings, out, started, keys))
-        worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_button.setEnabled(False)
@@ -264,8 +266,9 @@ class PredictWidget(PredictForm, QWidget):
         without a new forward pass; returns the worker (None if refused)."""
         return self.run(rethreshold=True)
 
-    def _predict_planes(self, jobs, settings, *, rethreshold: bool = False):
-        """Worker thread: load the model, predict every plane (a str says what failed)."""
+    def _predict_planes(self, jobs, settings, *, rethreshold: bool = False, image_name: str = "image"):
+        """Worker thread: load the model, predict every plane (a str says what failed: the
+        model, or an image it cannot run on, such as one with NaN)."""
         model = self._load_model(settings["model"], settings["device"])
         if isinstance(model, str):
             return model
@@ -292,6 +295,8 @@ class PredictWidget(PredictForm, QWidget):
                     **overrides))
             except Cancelled:
                 return None
+            except ValueError as error:  # the image (or its proposals) cannot be used as given
+                return f"Cannot run on {image_name!r}{' ' + prefix.rstrip(': ') if prefix else ''}: {error}"
         return model, predictions, forwards
 
     def cancel(self) -> None:
