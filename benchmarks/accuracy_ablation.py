@@ -100,6 +100,11 @@ ROWS = [
      {"preset": "default", "sub_pixel_locating_factor": 1}),
     ("default+tta", "default, test-time augmentation (flip × scales .75/1/1.25; its own calibration)",
      {"preset": "default", "tta": True}),
+    ("default+proposals-300", "default, retrieval from the first 300 proposals (not 100)",
+     {"preset": "default", "proposal_count": 300}),
+    ("bound:oracle-choice-300", "bound, as below, from the first 300 proposals",
+     {"preset": "default", "proposal_count": 300, "nms_threshold": None, "merge_contained": None,
+      "merge_parts": None, ORACLE: True}),
     ("bound:oracle-choice", "bound: default peaks, no NMS, each peak inside an instance of its class given "
      "that instance's best proposal (uses the ground truth)",
      {"preset": "default", "nms_threshold": None, "merge_contained": None, "merge_parts": None, ORACLE: True}),
@@ -249,8 +254,9 @@ def main() -> None:
                 overrides = {k: v for k, v in napari_prm.preset_settings(preset, **settings).__dict__.items()
                              if k != "preset" and k not in FORWARD_KEYS}
                 prediction = predictor.predict(**overrides)
+                chosen_from = proposals[: overrides.get("proposal_count", predictor.settings.proposal_count)]
                 if oracle:
-                    oracle_choice(prediction, truth, proposals[: predictor.settings.proposal_count])
+                    oracle_choice(prediction, truth, chosen_from)
                 retrieval_seconds = predictor.timings.get("retrieval", 0.0) if len(prediction.peaks) else 0.0
                 # the backward passes are added below, at this image's cost per peak
                 seconds = forward_seconds + proposal_seconds + retrieval_seconds
@@ -264,8 +270,7 @@ def main() -> None:
                                                      truth.class_indices))
                 record["pointing"].append(class_pointing(prediction.crms, truth.masks, truth.class_indices,
                                                          sub_pixel_locating_factor=prediction.sub_pixel_locating_factor))
-                score_instances(matchers[name], record["abo"], funnels[name], prediction, truth,
-                                proposals[: predictor.settings.proposal_count])
+                score_instances(matchers[name], record["abo"], funnels[name], prediction, truth, chosen_from)
             # Rows of one forward pass share its cached PRMs: each row is charged every one of
             # its peaks at the image's mean backward cost, as if it had run alone.
             computed = predictor.cached_peak_count
