@@ -315,3 +315,27 @@ def test_what_counts_as_a_correction_of_a_written_layer():
     assert has_corrections(layer)
     layer.data_setitem((np.array([0]), np.array([0])), 0)  # undone by hand: as written
     assert not has_corrections(layer)
+
+
+def test_a_point_on_a_plane_the_model_cannot_take_is_reported_once(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """A point added on a plane of a stack that the run did not cover and that holds NaN (a
+    registration's border): its retrieval fails in the worker; the panel says so, once, and
+    nothing is re-raised on the Qt thread (pytest-qt fails the test if it is)."""
+    viewer = make_napari_viewer()
+    gray = small_cat.mean(axis=-1).astype(np.float32)
+    second = gray.copy()
+    second[:5] = np.nan
+    viewer.add_image(np.stack([gray, second]), name="stack")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = "prm"
+    widget.peak_threshold.value = peak_threshold_for(gray, tiny_checkpoint, 2)
+    run_and_wait(widget, qtbot)  # the current plane: 0
+    peaks = viewer.layers["stack peaks"]
+    before = viewer.layers["stack instances"].data.copy()
+    peaks.add([[1.0, 40.0, 50.0]])
+    qtbot.waitUntil(lambda: "Retrieval failed" in widget.last_message, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert "NaN" in widget.last_message
+    np.testing.assert_array_equal(viewer.layers["stack instances"].data, before)
+    assert widget.run_button.isEnabled()
