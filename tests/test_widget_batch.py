@@ -118,3 +118,20 @@ def test_run_on_a_folder_with_a_worker_process(predict_widget, qtbot, image_fold
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
     assert [r.status for r in panel.result.results] == ["written"] * 3, panel.last_message
     assert predict_widget.viewer.layers[LABELS_LAYER].data.shape[0] == 3
+
+
+def test_a_model_that_cannot_load_is_reported_once(predict_widget, qtbot, image_folder, tmp_path):
+    """The widget's model is a file that is no checkpoint: the folder run fails in the
+    worker; the panel says so, once, and nothing is re-raised on the Qt thread (pytest-qt
+    fails the test if it is)."""
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    predict_widget.select_model(str(broken))
+    qtbot.waitUntil(lambda: "Cannot load the model" in predict_widget.last_message, timeout=WAIT_MS)
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value = image_folder
+    panel._out.value = tmp_path / "out"
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert panel.last_message.startswith("The folder run failed") and "broken.pt" in panel.last_message
+    assert panel._run_button.enabled and IMAGES_LAYER not in predict_widget.viewer.layers

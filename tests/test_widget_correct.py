@@ -1,6 +1,7 @@
 """Correction tools of the "Peak Response Maps" widget, on the layers of a real run."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_prm.predict import image_to_crm
@@ -189,3 +190,152 @@ def test_points_added_one_after_another_get_their_own_peaks(make_napari_viewer, 
     assert np.array_equal(instances.data == first, candidates == 1)
     assert np.array_equal(instances.data == second, candidates == 2)
     assert peaks.feature_defaults["peak"].iloc[0] == -1
+
+
+def rethreshold_and_wait(widget, qtbot):
+    assert widget.rethreshold() is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+
+
+def test_corrections_are_kept_when_a_rethreshold_replaces_them(corrected, qtbot):
+    """Painted instances and a class set by hand survive a Re-threshold: the instances layer
+    gets the new result, and a hidden copy holds the corrections, pixel for pixel."""
+    viewer, widget, labels, _ = corrected
+    labels.selected_label = 1
+    assert widget.correction.set_class_of_selected("dog")
+    edited, table = labels.data.copy(), rows(labels)
+    assert table == {1: (1, "dog"), 2: (-1, "")}
+
+    rethreshold_and_wait(widget, qtbot)
+    kept = viewer.layers["cat instances (corrected)"]
+    np.testing.assert_array_equal(kept.data, edited)
+    assert kept.data.dtype == edited.dtype and rows(kept) == table
+    assert kept.metadata == {"class_names": ["cat", "dog", "bird"], "image_file_name": "cat"}
+    assert not kept.visible
+    # the instances layer holds the run's result (no proposals: no instances) and no copy else
+    assert viewer.layers["cat instances"] is labels and not labels.data.any() and len(labels.features) == 0
+    assert [layer.name for layer in viewer.layers].count("cat instances (corrected)") == 1
+    assert "kept as 'cat instances (corrected)'" in widget.last_message
+
+    # unedited since: a second re-threshold keeps nothing more
+    rethreshold_and_wait(widget, qtbot)
+    assert [layer.name for layer in viewer.layers if "corrected" in layer.name] == ["cat instances (corrected)"]
+    assert "kept" not in widget.last_message
+
+    # edited again: the next copy is numbered and the first one is left as it was
+    labels.data_setitem(np.nonzero(np.ones(labels.data.shape, bool)[:, :5]), 4)
+    qtbot.waitUntil(lambda: set(rows(labels)) == {4})
+    second = labels.data.copy()
+    run_and_wait(widget, qtbot)
+    np.testing.assert_array_equal(viewer.layers["cat instances (corrected 2)"].data, second)
+    np.testing.assert_array_equal(viewer.layers["cat instances (corrected)"].data, edited)
+    assert rows(viewer.layers["cat instances (corrected 2)"]) == {4: (-1, "")}
+    assert "kept as 'cat instances (corrected 2)'" in widget.last_message
+
+
+def test_an_unedited_run_keeps_no_copy_and_a_class_change_alone_is_kept(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat, tmp_path):
+    """Runs with instances on a scaled image: re-running unedited instances (after napari
+    refreshed the layer, which brings the table in line with the pixels) keeps no copy; a
+    class changed by hand, with no pixel changed, is kept, placed where the instances are,
+    and the copy is a layer export and *Learn from corrections* take."""
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat", scale=(0.5, 2.0), translate=(10.0, -4.0))
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = "prm"
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
+    run_and_wait(widget, qtbot)
+    labels = viewer.layers["cat instances"]
+    assert labels.data.any()
+    names = [layer.name for layer in viewer.layers]
+    labels.refresh()  # napari re-slices (visibility, dims): the panel syncs the table
+    qtbot.wait(50)
+    run_and_wait(widget, qtbot)
+    rethreshold_and_wait(widget, qtbot)
+    assert [layer.name for layer in viewer.layers] == names
+    assert "kept" not in widget.last_message
+
+    first = int(labels.features["label"].iloc[0])
+    labels.selected_label = first
+    old_class = rows(labels)[first][1]
+    new_class = next(name for name in ("cat", "dog", "bird") if name != old_class)
+    edited = labels.data.copy()
+    assert widget.correction.set_class_of_selected(new_class)
+    table = rows(labels)
+    rethreshold_and_wait(widget, qtbot)
+    kept = viewer.layers["cat instances (corrected)"]
+    np.testing.assert_array_equal(kept.data, edited)
+    assert rows(kept) == table and table[first][1] == new_class
+    pixels = np.array([[0.0, 0.0], [99.0, 150.0]])
+    np.testing.assert_allclose([kept.data_to_world(p) for p in pixels],
+                               [labels.data_to_world(p) for p in pixels])
+    assert rows(labels)[first][1] == old_class  # the run's own classes
+
+    _, export = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    export.reset_choices()
+    export._layer.value = kept
+    (csv,) = export.export(tmp_path, formats=["csv"])
+    assert csv.name == "cat_instances_corrected_instances.csv"
+    exported = pd.read_csv(csv)
+    assert dict(zip(exported["id"], exported["class"])) == {
+        label: name for label, (_, name) in table.items()}
+    _, refine = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections", tabify=True)
+    refine.reset_choices()
+    assert "cat instances (corrected)" in [layer.name for _, layer in refine._labels_choices()]
+
+
+def test_what_counts_as_a_correction_of_a_written_layer():
+    """The plugin's record of what it wrote: the table brought in line with unchanged pixels
+    (a row whose instance is hidden under another dropped) is no correction; a class set, a
+    pixel painted, are; a layer the plugin never wrote is the user's once it holds a label."""
+    from napari.layers import Labels
+
+    from napari_prm._widgets.layers import has_corrections, instance_features, remember_written
+    from napari_prm.edit import sync_table
+
+    data = np.zeros((20, 30), np.uint16)
+    data[2:8, 3:9], data[10:15, 10:20] = 1, 2  # label 3: its instance lies under label 2
+    table = {"label": np.array([1, 2, 3]), "class_index": np.array([0, 1, 1]),
+             "class_name": np.array(["cat", "dog", "dog"], object), "score": np.array([0.9, 0.5, 0.4]),
+             "peak": np.array([0, 1, 2])}
+    layer = Labels(data.copy(), features=instance_features(table))
+    assert has_corrections(layer)  # not written by the plugin, and it holds labels
+    assert not has_corrections(Labels(np.zeros((4, 4), np.uint16)))
+    remember_written(layer)
+    assert not has_corrections(layer)
+    layer.features = instance_features(sync_table(layer.data, table))
+    assert len(layer.features) == 2 and not has_corrections(layer)
+    reclassed = instance_features(table).copy()  # its columns may share the arrays of `table`
+    reclassed.loc[0, "class_name"] = "bird"
+    layer.features = reclassed
+    assert has_corrections(layer)
+    layer.features = instance_features(table)
+    assert not has_corrections(layer)
+    layer.data_setitem((np.array([0]), np.array([0])), 5)
+    assert has_corrections(layer)
+    layer.data_setitem((np.array([0]), np.array([0])), 0)  # undone by hand: as written
+    assert not has_corrections(layer)
+
+
+def test_a_point_on_a_plane_the_model_cannot_take_is_reported_once(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """A point added on a plane of a stack that the run did not cover and that holds NaN (a
+    registration's border): its retrieval fails in the worker; the panel says so, once, and
+    nothing is re-raised on the Qt thread (pytest-qt fails the test if it is)."""
+    viewer = make_napari_viewer()
+    gray = small_cat.mean(axis=-1).astype(np.float32)
+    second = gray.copy()
+    second[:5] = np.nan
+    viewer.add_image(np.stack([gray, second]), name="stack")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = "prm"
+    widget.peak_threshold.value = peak_threshold_for(gray, tiny_checkpoint, 2)
+    run_and_wait(widget, qtbot)  # the current plane: 0
+    peaks = viewer.layers["stack peaks"]
+    before = viewer.layers["stack instances"].data.copy()
+    peaks.add([[1.0, 40.0, 50.0]])
+    qtbot.waitUntil(lambda: "Retrieval failed" in widget.last_message, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert "NaN" in widget.last_message
+    np.testing.assert_array_equal(viewer.layers["stack instances"].data, before)
+    assert widget.run_button.isEnabled()

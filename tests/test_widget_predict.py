@@ -533,3 +533,27 @@ def test_runners_up_are_point_features(cat_viewer, qtbot, prm_config, small_cat,
     assert list(features["runner_up_3"]) == [""] * 4 and features["runner_up_3_value"].isna().all()
     np.testing.assert_allclose(features["runner_up_1_value"], features["peak_value"] - 1e-5, atol=2e-6)
     np.testing.assert_allclose(features["runner_up_2_value"], features["peak_value"] - 2e-5, atol=2e-6)
+
+
+def test_a_checkpoint_failing_unexpectedly_is_reported_and_can_be_chosen_again(
+        make_napari_viewer, qtbot, prm_config, tmp_path, tiny_checkpoint):
+    """A checkpoint whose 'refine' entry is malformed (format_version null) fails to load
+    with a TypeError, not the loader's ValueError: the widget says so, nothing is re-raised
+    on the Qt thread (pytest-qt fails the test if it is), and a good model loads after it."""
+    import torch
+
+    content = torch.load(tiny_checkpoint, weights_only=True)
+    content["metadata"]["refine"] = {"format_version": None}
+    odd = tmp_path / "odd.pt"
+    torch.save(content, odd)
+    viewer = make_napari_viewer()
+    widget = open_predict(viewer, qtbot)
+    widget.select_model(str(odd))
+    qtbot.waitUntil(lambda: "odd.pt" in widget.last_message, timeout=WAIT_MS)
+    assert widget.last_message.startswith("Cannot load the model") and "TypeError" in widget.last_message
+    assert not widget.classes_loaded
+    widget.select_model(str(tiny_checkpoint))
+    qtbot.waitUntil(lambda: widget.classes_loaded, timeout=WAIT_MS)
+    widget.select_model(str(odd))  # chosen again: loaded (and reported) again
+    widget.last_message = ""
+    qtbot.waitUntil(lambda: "odd.pt" in widget.last_message, timeout=WAIT_MS)

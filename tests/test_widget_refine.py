@@ -114,3 +114,22 @@ def test_learning_can_be_cancelled_and_needs_corrections(make_napari_viewer, qtb
     # the last finished epoch's model is offered all the same
     assert predict_widget.model.value == str((tmp_path / "cancelled.pt").resolve())
     qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+
+
+def test_a_masks_file_that_is_not_coco_is_reported_once(make_napari_viewer, qtbot, prm_config,
+                                                        tiny_shapes_checkpoint, tmp_path):
+    """A masks file that is not COCO JSON fails in the worker: the widget says so, once, and
+    nothing is re-raised on the Qt thread (pytest-qt fails the test if it is)."""
+    viewer = make_napari_viewer()
+    image, _, _, _ = shapes_scene(3)
+    viewer.add_image(image, name="scene")
+    _, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    masks = tmp_path / "masks.json"
+    masks.write_text("{not json")
+    widget._masks_file.value = masks
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "never.pt"
+    assert widget.start(epochs=1) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.last_message.startswith("Learning failed") and "masks.json" in widget.last_message
+    assert widget._learn_button.enabled and not (tmp_path / "never.pt").exists()

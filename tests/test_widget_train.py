@@ -64,3 +64,21 @@ def test_train_without_a_dataset_is_refused(make_napari_viewer, prm_config):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
     assert widget.start() is None and "Choose a dataset" in widget.last_message
+
+
+def test_a_folder_that_is_no_dataset_is_reported_once(make_napari_viewer, qtbot, prm_config, tmp_path):
+    """An existing folder with no class folders in it fails in the worker: the widget says
+    so, once, and nothing is re-raised on the Qt thread (pytest-qt fails the test if it is)."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    empty = tmp_path / "not a dataset"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    widget._dataset_dir.value = empty
+    widget._base.value = "tiny"
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "never.pt"
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.last_message.startswith("Training failed") and "not a dataset" in widget.last_message
+    assert widget._train_button.enabled and not (tmp_path / "never.pt").exists()

@@ -117,10 +117,11 @@ class BatchPanel(Container):
         self._cancel.clear()
         self.result = None
         self.progress_bar = progress(total=len(images), desc="napari-prm: folder")
-        worker = create_worker(self._run, images, out, settings, workers, bool(self._overwrite.value))
+        # errored connected at creation: an error is reported here, not re-raised on the Qt thread
+        worker = create_worker(self._run, images, out, settings, workers, bool(self._overwrite.value),
+                               _start_thread=False, _connect={"errored": lambda error: self._say(
+                                   f"The folder run failed: {type(error).__name__}: {error}", "error")})
         worker.returned.connect(self._on_done)
-        worker.errored.connect(lambda error: self._say(
-            f"The folder run failed: {type(error).__name__}: {error}", "error"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._run_button.enabled = False

@@ -231,7 +231,11 @@ class PredictForm:
         choice, device = self.model.value, self.device.value
         if choice is None or (choice, device) in (self._loaded_classes_for, self._loading):
             return
-        worker = create_worker(self._load_model, choice, device)
+        # errored connected at creation: an unexpected error (not the loader's ValueError) is
+        # reported as a model that cannot be loaded, not re-raised on the Qt thread
+        worker = create_worker(self._load_model, choice, device, _start_thread=False, _connect={
+            "errored": lambda error: self._on_model_loaded(
+                f"Cannot load the model {choice}: {type(error).__name__}: {error}", (choice, device))})
         worker.returned.connect(lambda model: self._on_model_loaded(model, (choice, device)))
         self._class_loader = worker
         self._loading = (choice, device)

@@ -7,6 +7,8 @@ keyword arguments of three layers (peaks, PRMs, instances) in the image's world 
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +32,8 @@ POINT_COLUMNS = ("class_name", "class_index", "peak_value", "class_score", "peak
 #: The layer transforms a result layer takes from its image (`world_kwargs`).
 WORLD_TRANSFORMS = ("scale", "translate", "rotate", "shear", "affine")
 INSTANCE_COLUMNS = ("index", "label", "class_index", "class_name", "score", "peak")
+#: Name of the copy of a corrected instances layer that a new run keeps (`keep_corrections`).
+KEPT_SUFFIX = " (corrected)"
 
 
 def layer_names(image_name: str) -> dict[str, str]:
@@ -383,3 +387,86 @@ def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool)
               "visible": show_text},
         **world_kwargs(image_layer))
     return layers
+
+
+# ---------------------------------------------------------------------- corrections kept
+#: What the plugin last wrote into each instances layer: ``(pixels digest, table)``.
+_written: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _pixels_digest(layer) -> str:
+    data = np.ascontiguousarray(layer.data[0] if layer.multiscale else layer.data)
+    digest = hashlib.blake2b(f"{data.dtype.str}{data.shape}".encode(), digest_size=20)
+    digest.update(memoryview(data).cast("B"))
+    return digest.hexdigest()
+
+
+def _table_digest(table: dict) -> str:
+    """A digest of an instance table's values: rows in label order, numbers as float64
+    (NaN equal to NaN), everything else as text; napari's ``index`` column left out."""
+    digest = hashlib.blake2b(digest_size=20)
+    order = np.argsort(np.asarray(table["label"]), kind="stable") if "label" in table else slice(None)
+    for name in sorted(str(column) for column in table if column != "index"):
+        values = np.asarray(table[name])[order]
+        digest.update(name.encode() + b"\0")
+        if values.dtype.kind in "biuf":
+            values = values.astype(np.float64)
+            values[np.isnan(values)] = np.nan  # one NaN bit pattern
+            digest.update(values.tobytes())
+        else:
+            digest.update("\0".join(map(str, values)).encode())
+        digest.update(b"\1")
+    return digest.hexdigest()
+
+
+def remember_written(layer) -> None:
+    """Note what the plugin has just written into the instances ``layer``."""
+    table = {name: np.array(values, copy=True) for name, values in features_table(layer.features).items()}
+    _written[layer] = (_pixels_digest(layer), table)
+
+
+def has_corrections(layer) -> bool:
+    """Whether a Labels layer holds what the plugin did not write there: its pixels or its
+    instance table (a class set, a row added) differ from the plugin's last write.
+
+    A layer the plugin never wrote counts as the user's as soon as it holds a label. The
+    correction panel may bring the table in line with unchanged pixels (drop the rows of
+    instances hidden under others); that is not a correction.
+    """
+    record = _written.get(layer)
+    if record is None:
+        data = layer.data[0] if layer.multiscale else layer.data
+        return bool(np.any(np.asarray(data))) or len(layer.features) > 0
+    pixels, table = record
+    if _pixels_digest(layer) != pixels:
+        return True
+    now = _table_digest(features_table(layer.features))
+    if now == _table_digest(table):
+        return False
+    from ..edit import sync_table
+
+    return now != _table_digest(sync_table(np.asarray(layer.data), table))
+
+
+def keep_corrections(viewer, name: str):
+    """Copy the Labels layer ``name`` before a run replaces it, if it holds corrections.
+
+    The copy, ``<name> (corrected)`` (then ``(corrected 2)``, …: an earlier copy is never
+    replaced), has the layer's pixels, features, metadata (class names and image, as export
+    and *Learn from corrections* read them), transforms and colours; it is added hidden, so
+    that the new result is what shows. Returns the copy, or None when nothing was kept.
+    """
+    from napari.layers import Labels
+
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if not isinstance(layer, Labels) or not has_corrections(layer):
+        return None
+    kept_name, number = name + KEPT_SUFFIX, 1
+    while kept_name in viewer.layers:
+        number += 1
+        kept_name = f"{name}{KEPT_SUFFIX[:-1]} {number})"
+    data = [np.array(level) for level in layer.data] if layer.multiscale else np.array(layer.data)
+    return viewer.add_labels(
+        data, name=kept_name, multiscale=layer.multiscale, features=layer.features.copy(),
+        metadata=dict(layer.metadata), opacity=layer.opacity, colormap=layer.colormap,
+        visible=False, **world_kwargs(layer))

@@ -82,9 +82,10 @@ class PointRetrieval:
                          features["class_index"].to_numpy()[mine].astype(np.int64),
                          features["peak"].to_numpy()[mine].astype(np.int64)))
         self._cancel.clear()
-        worker = create_worker(self._retrieve, context, jobs)
+        # errored connected at creation: an error is reported here, not re-raised on the Qt thread
+        worker = create_worker(self._retrieve, context, jobs, _start_thread=False, _connect={
+            "errored": lambda error: self._say(f"Retrieval failed: {type(error).__name__}: {error}", "error")})
         worker.returned.connect(self._show_retrieved)
-        worker.errored.connect(lambda e: self._say(f"Retrieval failed: {e}", "error"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         owner.status.setText(f"Retrieving instances of {len(rows)} peaks…")

@@ -30,7 +30,16 @@ from .activity import ActivityProgress
 from .batch import open_batch_panel
 from .correct import CorrectionPanel
 from .form import PredictForm, WidgetSettings, upgrade_saved_settings
-from .layers import add_result_layers, check_image_layer, current_plane, merge_predictions, read_plane
+from .layers import (
+    add_result_layers,
+    check_image_layer,
+    current_plane,
+    keep_corrections,
+    layer_names,
+    merge_predictions,
+    read_plane,
+    remember_written,
+)
 from .models import ModelCache, PredictorCache, _live_predict_widgets, import_torch_side, unwrap_viewer
 from .relay import _Relay
 from .settings import load_settings
@@ -366,8 +375,14 @@ class PredictWidget(PredictForm, QWidget):
         self.context = RunContext(layer, model, settings, leading, results.class_names,
                                   results.prms, results.prm_planes, predictor_keys=keys)
         with self.correction.quiet():
+            # corrections are never replaced silently: an edited instances layer is kept
+            instances_name = layer_names(layer.name)["instances"]
+            kept = keep_corrections(self.viewer, instances_name)
             self.context.layers.update(add_result_layers(
                 self.viewer, layer, results, show_text=bool(self.show_text.value)))
+            remember_written(self.context.layers["instances"])
+        kept_note = (f"Your corrections of {instances_name!r} were kept as {kept.name!r} (hidden)."
+                     if kept is not None else "")
         self.correction.attach(self.context)
         self.last_run_seconds = None if started is None else time.perf_counter() - started
         self.progress.setValue(self.progress.maximum())
@@ -379,14 +394,16 @@ class PredictWidget(PredictForm, QWidget):
             self._say(f"Nothing found: no peak above the thresholds (class threshold {class_threshold:g}, "
                       f"peak threshold {peak_text}"
                       f"{', classes ' + ', '.join(settings['classes']) if settings['classes'] else ''}"
-                      "). Lower them or choose other classes.", "warning")
+                      "). Lower them or choose other classes." + (" " + kept_note if kept_note else ""),
+                      "warning")
             return
         message = f"{peaks} peaks, {instances} instances"
         if self.last_run_seconds is not None:
             reused = " (the image's maps reused)" if self.last_forward_passes == 0 else ""
             message += f" in {self.last_run_seconds:.1f} s{reused}"
         notes = list(dict.fromkeys(results.notes))
-        self._say(" ".join([message + "."] + notes), "warning" if notes else "info")
+        self._say(" ".join([message + "."] + notes + ([kept_note] if kept_note else [])),
+                  "warning" if notes else "info")
 
     def show_prediction(self, image_layer: Image, prediction: Prediction, model, *,
                         predictor=None, model_choice: str | None = None, **settings) -> dict:

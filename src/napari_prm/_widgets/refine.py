@@ -181,9 +181,11 @@ class RefineWidget(Container):
         self._progress.value = 0
         self._activity = progress(total=0, desc="Learning from corrections")
         started = time.perf_counter()
-        worker = create_worker(self._learn, model_choice, self._device.value, planes, masks, options)
+        # errored connected at creation: an error is reported here, not re-raised on the Qt thread
+        worker = create_worker(self._learn, model_choice, self._device.value, planes, masks, options,
+                               _start_thread=False, _connect={"errored": lambda error: self._say(
+                                   f"Learning failed: {type(error).__name__}: {error}", True)})
         worker.returned.connect(lambda result: self._on_done(result, started))
-        worker.errored.connect(lambda error: self._say(f"Learning failed: {type(error).__name__}: {error}", True))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._learn_button.enabled = False

@@ -108,10 +108,10 @@ class TrainWidget(Container):
         self.result = None
         self._progress.max = options["epochs"]
         self._progress.value = 0
-        worker = create_worker(self._train, dataset_path, options)
+        # errored connected at creation: an error is reported here, not re-raised on the Qt thread
+        worker = create_worker(self._train, dataset_path, options, _start_thread=False, _connect={
+            "errored": lambda error: self._say(f"Training failed: {type(error).__name__}: {error}", True)})
         worker.returned.connect(self._on_done)
-        worker.errored.connect(lambda error: self._say(
-            f"Training failed: {type(error).__name__}: {error}", True))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._train_button.enabled = False
