@@ -231,7 +231,7 @@ def instance_funnel(peaks_yx: np.ndarray, peak_classes: np.ndarray, instances: S
     gt_masks = _as_masks(gt_masks, "gt_masks")
     gt_classes = np.asarray(gt_classes).reshape(-1)
     crowd = np.zeros(len(gt_masks), bool) if gt_iscrowd is None else np.asarray(gt_iscrowd, bool).reshape(-1)
-    big = ~crowd & (gt_masks.reshape(len(gt_masks), -1).sum(1) >= min_area)
+    big = ~crowd & (gt_masks.sum(axis=(1, 2)) >= min_area)  # (0, H, W) too: no reshape(0, -1)
     counts = {"instances": int(big.sum()), "with_peak": 0, "with_proposal": 0, "retrieved": 0}
     if not big.any():
         return counts
