@@ -306,6 +306,29 @@ def test_read_image_channels_first_tiff_and_errors(tmp_path):
         io.read_image(tmp_path / "volume.tif")
 
 
+def test_read_image_refuses_tiff_stacks_of_three_or_four_planes(tmp_path):
+    """A TIFF whose first axis of length 3 or 4 is not colour was read as RGB(A): a 3-slice
+    ImageJ z-stack became a colour photo, and a 4-channel ImageJ image became RGBA, its 4th
+    channel the opacity (a 12-bit cat went nearly black: mean 0.003 instead of 0.56)."""
+    planes = np.random.default_rng(5).integers(0, 4095, (4, 12, 10)).astype(np.uint16)
+    cases = {"z3.tif": (planes[:3], "ZYX", r"\(3, 12, 10\) whose first axis holds 3 z-planes"),
+             "t4.tif": (planes, "TYX", r"\(4, 12, 10\) whose first axis holds 4 time points"),
+             "c4.tif": (planes, "CYX", r"4 planes or channels, none of them an alpha channel")}
+    for name, (data, axes, message) in cases.items():
+        tifffile.imwrite(tmp_path / name, data, imagej=True, metadata={"axes": axes})
+        with pytest.raises(ValueError, match=rf"cannot read image .*{name}: .*{message}"):
+            io.read_image(tmp_path / name)
+    tifffile.imwrite(tmp_path / "pages4.tif", planes, photometric="minisblack")
+    with pytest.raises(ValueError, match=r"pages4\.tif: .*none of them an alpha channel"):
+        io.read_image(tmp_path / "pages4.tif")
+    # Still colour: 3 ImageJ channels, and planar RGB(A) whose alpha is a marked extra sample.
+    tifffile.imwrite(tmp_path / "c3.tif", planes[:3], imagej=True, metadata={"axes": "CYX"})
+    np.testing.assert_array_equal(io.read_image(tmp_path / "c3.tif"), np.moveaxis(planes[:3], 0, -1))
+    tifffile.imwrite(tmp_path / "rgba.tif", planes, photometric="rgb", planarconfig="separate",
+                     extrasamples=["unassalpha"])
+    np.testing.assert_array_equal(io.read_image(tmp_path / "rgba.tif"), np.moveaxis(planes, 0, -1))
+
+
 def test_read_image_real_jpeg(shared_data):
     image = io.read_image(shared_data / "prm_demo" / "sample0.jpg")
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3

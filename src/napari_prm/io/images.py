@@ -73,7 +73,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     -------
     (H, W) or (H, W, C) ndarray
         In the file's dtype; a channels-first TIFF (C, H, W) with C in {3, 4} is moved to
-        channels-last.
+        channels-last, unless the TIFF says that its first axis holds z-planes, time points
+        or a sequence of images (ImageJ or OME axes), or it holds 4 pages: a TIFF marks an
+        alpha channel only among the samples of one page, so 4 pages are 4 planes or
+        channels, not RGBA. Those are refused as stacks.
 
     Raises
     ------
@@ -98,6 +101,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image.ndim == 3 and image.shape[0] == 1 and image.shape[-1] not in (1, 3, 4):
         image = image[0]  # one plane of a (planes, H, W) stack
     if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (1, 3, 4):
+        axis = _tiff_leading_axis(path, image.ndim)
+        if axis in _NOT_COLOUR_AXES or (image.shape[0] == 4 and axis not in (None, "S")):
+            what = (f"holds {image.shape[0]} {_NOT_COLOUR_AXES[axis]}, not colour channels"
+                    if axis in _NOT_COLOUR_AXES else
+                    "holds 4 planes or channels, none of them an alpha channel (an RGBA TIFF "
+                    "marks it as an extra sample)")
+            raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA image, "
+                             f"got an array of shape {image.shape} whose first axis {what}; "
+                             "save one 2-D plane or an RGB image")
         image = np.moveaxis(image, 0, -1)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
@@ -108,6 +120,20 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: it has no pixels "
                          f"({image.shape[0]}×{image.shape[1]})")
     return image
+
+
+#: Axes of a TIFF series (tifffile's codes) that hold planes, not colour channels.
+_NOT_COLOUR_AXES = {"Z": "z-planes", "T": "time points", "I": "images of a sequence"}
+
+
+def _tiff_leading_axis(path, ndim: int) -> str | None:
+    """tifffile's code of the first axis of a TIFF's image (``S``: samples of one page,
+    ``C``: channels, ``Z``, ``T``, ``Q``: unknown pages, ...); None for other formats."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    with tifffile.TiffFile(path) as tif:
+        axes = tif.series[0].axes
+    return axes[0] if len(axes) == ndim else None
 
 
 def _stack_hint(shape: tuple[int, ...]) -> str:
