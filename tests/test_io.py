@@ -329,6 +329,39 @@ def test_read_image_refuses_tiff_stacks_of_three_or_four_planes(tmp_path):
     np.testing.assert_array_equal(io.read_image(tmp_path / "rgba.tif"), np.moveaxis(planes, 0, -1))
 
 
+def test_read_image_gray_alpha_png_is_rgba(tmp_path):
+    """A gray + alpha PNG (Pillow's "LA") was refused as "several planes or frames"."""
+    from PIL import Image
+
+    gray = np.random.default_rng(6).integers(0, 255, (12, 10)).astype(np.uint8)
+    alpha = np.where(np.arange(10) < 5, 255, 0).astype(np.uint8)[None].repeat(12, 0)
+    Image.fromarray(np.stack([gray, alpha], -1), "LA").save(tmp_path / "la.png")
+    image = io.read_image(tmp_path / "la.png")
+    np.testing.assert_array_equal(image, np.stack([gray, gray, gray, alpha], -1))
+    rgb = io.as_rgb_float(image)
+    np.testing.assert_allclose(rgb[:, :5, 1], gray[:, :5] / 255, rtol=1e-6)  # opaque half: the gray
+    assert not rgb[:, 5:].any()  # transparent half: black
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".tif"])
+def test_read_image_cmyk_is_converted_to_rgb(tmp_path, suffix):
+    """A CMYK JPEG or TIFF (print workflows) was read as RGBA with K as the opacity: with
+    Pillow's K = 0 the cat was all black (mean 0.0) and got no peaks."""
+    from PIL import Image
+    from skimage import data
+
+    cmyk = np.asarray(Image.fromarray(data.chelsea()[::4, ::4]).convert("CMYK")).copy()
+    cmyk[..., 3] = np.linspace(0, 200, cmyk.shape[1]).astype(np.uint8)  # some black ink too
+    path = tmp_path / f"cmyk{suffix}"
+    Image.fromarray(cmyk, "CMYK").save(path)
+    image = io.read_image(path)
+    with Image.open(path) as opened:
+        expected = np.asarray(opened.convert("RGB")).astype(int)
+    assert image.shape == expected.shape and image.dtype == np.uint8
+    assert np.abs(image.astype(int) - expected).max() <= 1  # Pillow's integer rounding
+    assert io.as_rgb_float(image).mean() > 0.2
+
+
 def test_read_image_real_jpeg(shared_data):
     image = io.read_image(shared_data / "prm_demo" / "sample0.jpg")
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3

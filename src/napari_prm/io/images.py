@@ -76,7 +76,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         channels-last, unless the TIFF says that its first axis holds z-planes, time points
         or a sequence of images (ImageJ or OME axes), or it holds 4 pages: a TIFF marks an
         alpha channel only among the samples of one page, so 4 pages are 4 planes or
-        channels, not RGBA. Those are refused as stacks.
+        channels, not RGBA. Those are refused as stacks. A gray + alpha PNG (or WebP, ...)
+        is returned as RGBA, the gray repeated; a CMYK JPEG or TIFF as RGB (as Pillow
+        converts it: R = (1 − C)(1 − K), ...), not as RGBA with K as the opacity.
 
     Raises
     ------
@@ -113,6 +115,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         image = np.moveaxis(image, 0, -1)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
+    if image.ndim == 3 and image.shape[-1] == 2 and not _is_tiff(path):
+        # Pillow's only two-band mode is gray + alpha (a PNG's "LA"): RGBA with the gray repeated
+        image = np.concatenate([image[..., :1]] * 3 + [image[..., 1:]], axis=-1)
+    if image.ndim == 3 and image.shape[-1] == 4 and _is_cmyk(path):
+        image = _cmyk_to_rgb(image)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
         raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA "
                          f"image, got an array of shape {image.shape}{_stack_hint(image.shape)}")
@@ -122,6 +129,29 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
+def _is_tiff(path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _is_cmyk(path) -> bool:
+    """Whether the file stores its 4 channels as CMYK ink (a print JPEG or TIFF), not RGBA."""
+    if _is_tiff(path):
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages[0].photometric == tifffile.PHOTOMETRIC.SEPARATED
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        return opened.mode == "CMYK"
+
+
+def _cmyk_to_rgb(image: np.ndarray) -> np.ndarray:
+    """CMYK ink to RGB in the image's dtype, as Pillow converts it: R = (1 - C)(1 - K), ..."""
+    top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
+    ink = image.astype(np.float64) / top
+    rgb = (1 - ink[..., :3]) * (1 - ink[..., 3:4]) * top
+    return (np.rint(rgb) if np.issubdtype(image.dtype, np.integer) else rgb).astype(image.dtype)
+
+
 #: Axes of a TIFF series (tifffile's codes) that hold planes, not colour channels.
 _NOT_COLOUR_AXES = {"Z": "z-planes", "T": "time points", "I": "images of a sequence"}
 
@@ -129,7 +159,7 @@ _NOT_COLOUR_AXES = {"Z": "z-planes", "T": "time points", "I": "images of a seque
 def _tiff_leading_axis(path, ndim: int) -> str | None:
     """tifffile's code of the first axis of a TIFF's image (``S``: samples of one page,
     ``C``: channels, ``Z``, ``T``, ``Q``: unknown pages, ...); None for other formats."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
+    if not _is_tiff(path):
         return None
     with tifffile.TiffFile(path) as tif:
         axes = tif.series[0].axes
