@@ -399,3 +399,33 @@ def test_demo_layers_are_the_widgets(make_napari_viewer, qtbot, prm_config, smal
     instances = demo_viewer.layers["cat instances"]
     instances.selected_label = int(instances.features["label"].iloc[0])
     assert demo_widget.correction.delete_selected()
+
+
+def test_train_resume_refuses_options_that_ask_for_another_recipe(tmp_path, capsys):
+    """``--resume`` continues the stored recipe: ``--input-size 64 64`` on a 32×32 run was
+    ignored without a word (the model stayed 32×32)."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(3):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    out = tmp_path / "run.pt"
+    start = ["train", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny",
+             "--batch-size", "2", "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate",
+             "--device", "cpu"]
+    assert main(start + ["--epochs", "1"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    status = main(["train", str(tmp_path / "data"), "--out", str(out), "--resume", "--epochs", "2",
+                   "--input-size", "64", "64", "--no-hflip", "--lr", "0.01", "--model", "imagenet"])
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+    assert "--input-size 64 64 (the run's: 32 32)" in error and "--no-hflip (the run's: --hflip)" in error
+    assert "--model imagenet" in error and "--lr" not in error  # 0.01 is the run's own
+    assert out.read_bytes() == before
+    # the same command line as the run's, plus --resume, goes on
+    assert main(start + ["--epochs", "2", "--resume"]) == 0
+    assert "epoch 2/2" in capsys.readouterr().err
+    assert load_model(out).input_size == (32, 32)

@@ -224,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "images (image-level labels only) and store them in the checkpoint")
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                       help="continue the run saved in CHECKPOINT, or in --out when given alone "
-                            "(default: start afresh)")
+                       help="continue the run saved in CHECKPOINT, or in --out when given alone, "
+                            "with its recipe and model (options asking for others are refused; "
+                            "--epochs sets the new total) (default: start afresh)")
     train.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     _add_model_options(train, device_only=True)
     train.set_defaults(run=_run_train)
@@ -669,12 +670,57 @@ def _load_dataset(args, *, classes=None):
     return dataset
 
 
+#: ``train`` options that a resumed run takes from its checkpoint, not from the command line.
+RESUMED_RECIPE = ("batch_size", "lr", "backbone_lr_mult", "momentum", "weight_decay", "input_size",
+                  "sub_pixel_locating_factor", "hflip", "seed", "val_fraction")
+
+
+def _check_resumed_options(args) -> None:
+    """``train --resume`` continues the run's own recipe and model: options given with it that
+    say otherwise were ignored without a word (``--input-size 96 96`` trained on at 64×64)."""
+    path = None if not args.resume else Path(args.out if args.resume is True else args.resume)
+    if path is None or not path.is_file():
+        return  # train() reports a missing checkpoint
+    from .model.checkpoint import load_checkpoint
+    from .train import TRAINING_STATE_KEY, _training_state
+
+    try:
+        model, extra = load_checkpoint(path)
+        config = _training_state(path, extra[TRAINING_STATE_KEY])[0]
+    except (ValueError, OSError, KeyError):
+        return  # train() reports an unreadable checkpoint or one without training state
+
+    def shown(value) -> str:
+        return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    def plain(value):
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    differ = []
+    for dest in RESUMED_RECIPE:
+        given = getattr(args, dest)
+        if plain(given) not in (plain(args.parser.get_default(dest)), plain(config[dest])):
+            if dest == "hflip":
+                differ.append(f"--{'' if given else 'no-'}hflip (the run's: --{'' if config[dest] else 'no-'}hflip)")
+            else:
+                differ.append(f"--{dest.replace('_', '-')} {shown(given)} (the run's: {shown(config[dest])})")
+    if args.backbone not in (args.parser.get_default("backbone"), model.backbone):
+        differ.append(f"--backbone {args.backbone} (the run's: {model.backbone})")
+    if args.model is not None:
+        differ.append(f"--model {args.model} (the run continues its own model)")
+    if differ:
+        raise CommandError(f"--resume continues the run in {path} with the recipe it was started with, "
+                           f"but these options ask for another: {'; '.join(differ)}; drop them, or "
+                           "start a new run without --resume")
+
+
 def _run_train(args) -> int:
     from tqdm import tqdm
 
     from .train import train
 
     _device(args.device)  # a missing GPU fails before the dataset is read
+    _check_resumed_options(args)
     dataset = _load_dataset(args, classes=args.classes)
     _say(f"training on {len(dataset)} images, {len(dataset.class_names)} classes -> {args.out}")
     bar = None
