@@ -422,10 +422,38 @@ def test_train_resume_refuses_options_that_ask_for_another_recipe(tmp_path, caps
     assert status == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "Traceback" not in error
-    assert "--input-size 64 64 (the run's: 32 32)" in error and "--no-hflip (the run's: --hflip)" in error
+    assert "--input-size 64 64 (the run's: --input-size 32 32)" in error
+    assert "--no-hflip (the run's: --hflip)" in error
     assert "--model imagenet" in error and "--lr" not in error  # 0.01 is the run's own
     assert out.read_bytes() == before
     # the same command line as the run's, plus --resume, goes on
     assert main(start + ["--epochs", "2", "--resume"]) == 0
     assert "epoch 2/2" in capsys.readouterr().err
     assert load_model(out).input_size == (32, 32)
+
+
+def test_refine_resume_refuses_options_that_ask_for_others(tmp_path, capsys):
+    """``refine --resume`` took lr, batch size, correction weight and seed from the checkpoint
+    and ignored those given with it, without a word."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("dog", data.astronaut())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    torch.manual_seed(0)
+    model = save_model(build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(32, 32)),
+                       tmp_path / "tiny.pt")
+    out = tmp_path / "refined.pt"
+    start = ["refine", str(tmp_path / "data"), "--model", str(model), "--out", str(out),
+             "--batch-size", "4", "--device", "cpu", "--cache", "none"]
+    assert main(start + ["--epochs", "1"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(start + ["--epochs", "2", "--resume", "--lr", "0.5", "--seed", "0"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--lr 0.5 (the run's: --lr 0.002)" in error
+    assert "--seed" not in error and "--batch-size" not in error  # the run's own values
+    assert out.read_bytes() == before
+    assert main(start + ["--epochs", "2", "--resume"]) == 0
+    assert "epoch 2/2" in capsys.readouterr().err

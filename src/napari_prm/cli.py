@@ -284,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--cache", default=None,
                         help="folder keeping each image's features and pseudo-labels, so that a second "
                              "run, or a resumed one, skips PRM; 'none' keeps nothing (default: <OUT>.cache)")
-    refine.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    refine.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --out with its options (options asking for "
+                             "others are refused; --epochs sets the new total)")
     refine.add_argument("--seed", type=int, default=0, help="random seed")
     _add_model_options(refine, device_only=True)
     refine.set_defaults(run=_run_refine)
@@ -670,48 +672,52 @@ def _load_dataset(args, *, classes=None):
     return dataset
 
 
-#: ``train`` options that a resumed run takes from its checkpoint, not from the command line.
-RESUMED_RECIPE = ("batch_size", "lr", "backbone_lr_mult", "momentum", "weight_decay", "input_size",
-                  "sub_pixel_locating_factor", "hflip", "seed", "val_fraction")
+#: Per command, the options that a resumed run takes from its checkpoint (the training state
+#: stored under that key), not from the command line.
+RESUMED_OPTIONS = {
+    "train": ("training", ("batch_size", "lr", "backbone_lr_mult", "momentum", "weight_decay",
+                           "input_size", "sub_pixel_locating_factor", "hflip", "seed", "val_fraction")),
+    "refine": ("refine_training", ("batch_size", "lr", "correction_weight", "seed")),
+}
 
 
-def _check_resumed_options(args) -> None:
-    """``train --resume`` continues the run's own recipe and model: options given with it that
-    say otherwise were ignored without a word (``--input-size 96 96`` trained on at 64×64)."""
-    path = None if not args.resume else Path(args.out if args.resume is True else args.resume)
-    if path is None or not path.is_file():
-        return  # train() reports a missing checkpoint
+def _check_resumed_options(args, path: Path):
+    """``train --resume`` and ``refine --resume`` continue the run's own recipe (and model):
+    options given with them that ask for another were ignored without a word
+    (``--input-size 96 96`` went on training at 64×64). Returns the resumed model, or None."""
+    if not path.is_file():
+        return None  # train() and refine() report a missing checkpoint
     from .model.checkpoint import load_checkpoint
-    from .train import TRAINING_STATE_KEY, _training_state
 
+    key, options = RESUMED_OPTIONS[args.command]
     try:
         model, extra = load_checkpoint(path)
-        config = _training_state(path, extra[TRAINING_STATE_KEY])[0]
-    except (ValueError, OSError, KeyError):
-        return  # train() reports an unreadable checkpoint or one without training state
-
-    def shown(value) -> str:
-        return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        config = dict(extra[key]["config"])
+    except (ValueError, OSError, KeyError, TypeError):
+        return None  # reported by train() and refine(): unreadable, or no training state
 
     def plain(value):
         return list(value) if isinstance(value, (list, tuple)) else value
 
-    differ = []
-    for dest in RESUMED_RECIPE:
-        given = getattr(args, dest)
-        if plain(given) not in (plain(args.parser.get_default(dest)), plain(config[dest])):
-            if dest == "hflip":
-                differ.append(f"--{'' if given else 'no-'}hflip (the run's: --{'' if config[dest] else 'no-'}hflip)")
-            else:
-                differ.append(f"--{dest.replace('_', '-')} {shown(given)} (the run's: {shown(config[dest])})")
-    if args.backbone not in (args.parser.get_default("backbone"), model.backbone):
-        differ.append(f"--backbone {args.backbone} (the run's: {model.backbone})")
-    if args.model is not None:
-        differ.append(f"--model {args.model} (the run continues its own model)")
+    def shown(dest, value) -> str:
+        if dest == "hflip":
+            return f"--{'' if value else 'no-'}hflip"
+        text = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        return f"--{dest.replace('_', '-')} {text}"
+
+    differ = [f"{shown(dest, getattr(args, dest))} (the run's: {shown(dest, config[dest])})"
+              for dest in options if dest in config
+              and plain(getattr(args, dest)) not in (plain(args.parser.get_default(dest)), plain(config[dest]))]
+    if args.command == "train":
+        if args.backbone not in (args.parser.get_default("backbone"), model.backbone):
+            differ.append(f"--backbone {args.backbone} (the run's: {model.backbone})")
+        if args.model is not None:
+            differ.append(f"--model {args.model} (the run continues its own model)")
     if differ:
-        raise CommandError(f"--resume continues the run in {path} with the recipe it was started with, "
-                           f"but these options ask for another: {'; '.join(differ)}; drop them, or "
-                           "start a new run without --resume")
+        raise CommandError(f"--resume continues the run in {path} with the options it was started with, "
+                           f"but these ask for others: {'; '.join(differ)}; drop them, or start a new "
+                           "run without --resume")
+    return model
 
 
 def _run_train(args) -> int:
@@ -720,7 +726,8 @@ def _run_train(args) -> int:
     from .train import train
 
     _device(args.device)  # a missing GPU fails before the dataset is read
-    _check_resumed_options(args)
+    if args.resume:
+        _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
     dataset = _load_dataset(args, classes=args.classes)
     _say(f"training on {len(dataset)} images, {len(dataset.class_names)} classes -> {args.out}")
     bar = None
@@ -844,6 +851,8 @@ def _run_refine(args) -> int:
 
     from .refine import load_corrections, refine
 
+    if args.resume:
+        _check_resumed_options(args, args.out)
     dataset = _load_dataset(args)
     model = _load_model(args.model, args.device)
     corrections = []
