@@ -277,3 +277,13 @@ def test_evaluate_with_retrieval_on_a_dataset_with_an_image_without_instances(tm
     assert results["num_instances"] == 1
     assert results["funnel"]["instances"] == 1  # the cat image's one instance; none from the empty one
     assert set(results["mAP_r"]) == {0.25, 0.5, 0.75}
+    # the report says what was counted, with which thresholds, and where instances got lost
+    assert results["settings"]["thresholds"] == {"class": -1e9, "peak": -1e9}
+    text = report_markdown(results)
+    assert (f"Evaluated on 2 images ({tmp_path / 'instances.json'}): 1 ground-truth instances of the "
+            f"model's 1 classes, {results['num_peaks']} peaks, {results['num_predicted_instances']} instances") in text
+    assert "Preset default, class threshold -1e+09, peak threshold -1e+09." in text
+    funnel = results["funnel"]
+    assert (f"Of the 1 ground-truth instances of at least 32×32 pixels, {funnel['with_peak']} have a peak of "
+            f"their class inside, {funnel['with_proposal']} a proposal at IoU ≥ 0.5, and "
+            f"{funnel['retrieved']} were retrieved") in text
