@@ -362,6 +362,24 @@ def test_read_image_cmyk_is_converted_to_rgb(tmp_path, suffix):
     assert io.as_rgb_float(image).mean() > 0.2
 
 
+def test_read_image_fourth_tiff_sample_is_opacity_only_when_marked_alpha(tmp_path):
+    """An RGB TIFF with an unmarked extra sample, and 4 gray samples, were read as RGBA with
+    the 4th sample as the opacity."""
+    rgb = np.random.default_rng(7).integers(0, 255, (12, 10, 3)).astype(np.uint8)
+    fourth = np.full((12, 10, 1), 3, np.uint8)  # as opacity: 3/255, a nearly black image
+    tifffile.imwrite(tmp_path / "rgbx.tif", np.concatenate([rgb, fourth], -1), photometric="rgb",
+                     extrasamples=["unspecified"])
+    np.testing.assert_array_equal(io.read_image(tmp_path / "rgbx.tif"), rgb)
+    tifffile.imwrite(tmp_path / "gray4.tif", np.concatenate([rgb, fourth], -1), photometric="minisblack",
+                     planarconfig="contig")
+    with pytest.raises(ValueError, match=r"gray4\.tif: .*4 channels \(photometric MINISBLACK\), none of "
+                                         r"them marked as alpha"):
+        io.read_image(tmp_path / "gray4.tif")
+    rgba = np.concatenate([rgb, fourth], -1)
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    np.testing.assert_array_equal(io.read_image(tmp_path / "rgba.tif"), rgba)
+
+
 def test_read_image_real_jpeg(shared_data):
     image = io.read_image(shared_data / "prm_demo" / "sample0.jpg")
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3

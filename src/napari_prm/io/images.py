@@ -78,7 +78,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         alpha channel only among the samples of one page, so 4 pages are 4 planes or
         channels, not RGBA. Those are refused as stacks. A gray + alpha PNG (or WebP, ...)
         is returned as RGBA, the gray repeated; a CMYK JPEG or TIFF as RGB (as Pillow
-        converts it: R = (1 − C)(1 − K), ...), not as RGBA with K as the opacity.
+        converts it: R = (1 − C)(1 − K), ...), not as RGBA with K as the opacity. A TIFF's
+        4th sample is the opacity only when the file marks it as alpha: an RGB TIFF with an
+        unmarked extra sample is returned as RGB (as Pillow reads it), and 4 gray samples
+        are refused.
 
     Raises
     ------
@@ -118,8 +121,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image.ndim == 3 and image.shape[-1] == 2 and not _is_tiff(path):
         # Pillow's only two-band mode is gray + alpha (a PNG's "LA"): RGBA with the gray repeated
         image = np.concatenate([image[..., :1]] * 3 + [image[..., 1:]], axis=-1)
-    if image.ndim == 3 and image.shape[-1] == 4 and _is_cmyk(path):
-        image = _cmyk_to_rgb(image)
+    if image.ndim == 3 and image.shape[-1] == 4:
+        kind = _four_channels(path)
+        if kind == "CMYK":
+            image = _cmyk_to_rgb(image)
+        elif kind == "RGBX":  # the 4th sample is padding or unspecified data, not opacity
+            image = image[..., :3]
+        elif kind != "RGBA":
+            raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA image, got "
+                             f"4 channels (photometric {kind}), none of them marked as alpha; save one channel "
+                             "or an RGB image")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
         raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA "
                          f"image, got an array of shape {image.shape}{_stack_hint(image.shape)}")
@@ -133,15 +144,24 @@ def _is_tiff(path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
-def _is_cmyk(path) -> bool:
-    """Whether the file stores its 4 channels as CMYK ink (a print JPEG or TIFF), not RGBA."""
+def _four_channels(path) -> str:
+    """What a file's 4 channels are, by its own description: "RGBA", "CMYK" (print ink),
+    "RGBX" (RGB and an extra sample that is not marked as alpha: Pillow's padding) or, for a
+    TIFF, its photometric name (e.g. "MINISBLACK": 4 gray channels)."""
     if _is_tiff(path):
         with tifffile.TiffFile(path) as tif:
-            return tif.pages[0].photometric == tifffile.PHOTOMETRIC.SEPARATED
+            page = tif.pages[0]
+            photometric, extra = page.photometric, tuple(page.extrasamples or ())
+        if photometric == tifffile.PHOTOMETRIC.SEPARATED:
+            return "CMYK"
+        if photometric == tifffile.PHOTOMETRIC.RGB:
+            alpha = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+            return "RGBA" if extra and extra[0] in alpha else "RGBX"
+        return getattr(photometric, "name", str(photometric))
     from PIL import Image
 
     with Image.open(path) as opened:
-        return opened.mode == "CMYK"
+        return opened.mode if opened.mode in ("CMYK", "RGBX") else "RGBA"
 
 
 def _cmyk_to_rgb(image: np.ndarray) -> np.ndarray:
