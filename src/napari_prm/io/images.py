@@ -232,6 +232,9 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
     range (divided by 255 for uint8, 65535 for uint16; floats clipped to [0, 1]).
     Gray and one-channel images are repeated to three channels.
     """
+    if isinstance(image, (str, bytes, os.PathLike)):  # np.asarray makes a 0-D array of it
+        raise ValueError(f"expected an image array, got the path {os.fsdecode(image)!r}: read the file "
+                         "with napari_prm.io.read_image first")
     image = np.asarray(image)
     if image.size == 0:
         raise ValueError(f"the image is empty (shape {image.shape})")
