@@ -457,3 +457,16 @@ def test_refine_resume_refuses_options_that_ask_for_others(tmp_path, capsys):
     assert out.read_bytes() == before
     assert main(start + ["--epochs", "2", "--resume"]) == 0
     assert "epoch 2/2" in capsys.readouterr().err
+
+
+def test_predict_on_a_folder_whose_images_are_in_sub_folders_says_so(tmp_path, capsys):
+    """A plate/well layout gave "no images in this folder", not why."""
+    for well in ("A1", "A2"):
+        (tmp_path / "plate" / well).mkdir(parents=True)
+        write_half_size("chelsea", tmp_path / "plate" / well / "cat.png")
+    (tmp_path / "plate" / ".hidden").mkdir()
+    assert main(["predict", str(tmp_path / "plate"), "--out", str(tmp_path / "out")]) == 2
+    errors = capsys.readouterr().err
+    assert (f"{tmp_path / 'plate'}: no images (.png, .jpg, .jpeg, .tif, .tiff, .bmp, .gif, .webp) in this "
+            "folder; its 2 sub-folder(s) (A1, A2) are not searched: pass them as inputs") in errors
+    assert "no images to process" in errors
