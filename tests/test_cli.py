@@ -470,3 +470,25 @@ def test_predict_on_a_folder_whose_images_are_in_sub_folders_says_so(tmp_path, c
     assert (f"{tmp_path / 'plate'}: no images (.png, .jpg, .jpeg, .tif, .tiff, .bmp, .gif, .webp) in this "
             "folder; its 2 sub-folder(s) (A1, A2) are not searched: pass them as inputs") in errors
     assert "no images to process" in errors
+
+
+def test_calibrate_a_builtin_model_into_a_new_checkpoint(tmp_path, capsys):
+    """``calibrate --model imagenet-voc`` said "checkpoint imagenet-voc does not exist", even
+    with --out; predict, evaluate and refine take built-in names."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        write_half_size(name, folder / f"{name}.png")
+    classes = load_model("imagenet-voc").class_names
+    # calibrate needs every class of the model in the dataset: coffee lists the others
+    others = ";".join(c for c in classes if c != "cat")
+    (folder / "labels.csv").write_text(f"image,labels\nchelsea.png,cat\ncoffee.png,{others}\nrocket.png,\n")
+    assert main(["calibrate", str(folder / "labels.csv"), "--model", "imagenet-voc", "--no-tta"]) == 2
+    assert "--model imagenet-voc is a built-in model: pass --out" in capsys.readouterr().err
+    out = tmp_path / "voc.pt"
+    assert main(["calibrate", str(folder / "labels.csv"), "--model", "imagenet-voc", "--out", str(out),
+                 "--no-tta"]) == 0
+    assert "on 3 image(s)" in capsys.readouterr().out
+    model = load_model(out)
+    assert model.class_names == classes and model.settings["calibration"]["images"] == 3
+    assert model.settings["class_threshold"] != load_model("imagenet-voc").settings["class_threshold"]

@@ -239,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(predict, evaluate and the plugin use them). 'train' does this at its end; use "
                     "'calibrate' for checkpoints from elsewhere or after changing the data.")
     _add_dataset_options(calibrate)
-    calibrate.add_argument("--model", required=True, help="checkpoint (.pt/.safetensors) to calibrate")
+    calibrate.add_argument("--model", required=True,
+                           help="checkpoint (.pt/.safetensors) to calibrate, or a built-in model "
+                                "('imagenet-voc', 'imagenet-coco', 'imagenet') with --out")
     calibrate.add_argument("--out", type=Path, default=None,
                            help="write the calibrated checkpoint here (default: replace --model)")
     calibrate.add_argument("--held-out", action="store_true",
@@ -781,14 +783,20 @@ def _run_train(args) -> int:
 def _run_calibrate(args) -> int:
     from tqdm import tqdm
 
-    from .model.checkpoint import load_checkpoint, save_model
+    from .model.checkpoint import BUILTIN_MODELS, load_checkpoint, load_model, save_model
     from .peaks import calibrate_model
     from .train import TRAINING_STATE_KEY
 
-    try:
-        model, extra = load_checkpoint(args.model)
-    except ValueError as error:
-        raise CommandError(str(error)) from error
+    if args.model in BUILTIN_MODELS and not Path(args.model).is_file():
+        if args.out is None:  # nothing to replace: it is built in
+            raise CommandError(f"--model {args.model} is a built-in model: pass --out to write the calibrated "
+                               "model to a new checkpoint")
+        model, extra = load_model(args.model), {}
+    else:
+        try:
+            model, extra = load_checkpoint(args.model)
+        except ValueError as error:
+            raise CommandError(str(error)) from error
     model.to(_device(args.device))
     dataset = _load_dataset(args)
     if args.held_out:
