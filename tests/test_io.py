@@ -302,8 +302,14 @@ def test_read_image_channels_first_tiff_and_errors(tmp_path):
     with pytest.raises(ValueError, match="broken.png"):
         io.read_image(tmp_path / "broken.png")
     tifffile.imwrite(tmp_path / "volume.tif", np.zeros((5, 12, 10), np.uint8))
-    with pytest.raises(ValueError, match=r"volume\.tif.*\(5, 12, 10\)"):
+    with pytest.raises(ValueError, match=r"volume\.tif.*\(5, 12, 10\); it holds several planes or frames"):
         io.read_image(tmp_path / "volume.tif")
+    # two channels last were called "several planes or frames" too
+    tifffile.imwrite(tmp_path / "two.tif", np.zeros((12, 10, 2), np.uint16), photometric="minisblack",
+                     planarconfig="contig")
+    with pytest.raises(ValueError, match=r"two\.tif.*\(12, 10, 2\); it has 2 channels: save one channel or "
+                                         r"an RGB image$"):
+        io.read_image(tmp_path / "two.tif")
 
 
 def test_read_image_refuses_tiff_stacks_of_three_or_four_planes(tmp_path):

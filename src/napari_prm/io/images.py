@@ -187,6 +187,8 @@ def _tiff_leading_axis(path, ndim: int) -> str | None:
 
 
 def _stack_hint(shape: tuple[int, ...]) -> str:
+    if len(shape) == 3 and shape[-1] < min(shape[:2]):  # (H, W, C): channels last
+        return f"; it has {shape[-1]} channels: save one channel or an RGB image"
     return "; it holds several planes or frames: save one 2-D plane" if len(shape) > 2 else ""
 
 
