@@ -327,6 +327,16 @@ def test_read_image_refuses_tiff_stacks_of_three_or_four_planes(tmp_path):
     tifffile.imwrite(tmp_path / "pages4.tif", planes, photometric="minisblack")
     with pytest.raises(ValueError, match=r"pages4\.tif: .*none of them an alpha channel"):
         io.read_image(tmp_path / "pages4.tif")
+    # plain pages that tifffile did not write (axes "I"): 4 refused, 3 read as colour as before
+    from PIL import Image
+
+    pages = [Image.fromarray((plane // 16).astype(np.uint8)) for plane in planes]
+    pages[0].save(tmp_path / "pil4.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(ValueError, match=r"pil4\.tif: .*none of them an alpha channel"):
+        io.read_image(tmp_path / "pil4.tif")
+    pages[0].save(tmp_path / "pil3.tif", save_all=True, append_images=pages[1:3])
+    np.testing.assert_array_equal(io.read_image(tmp_path / "pil3.tif"),
+                                  np.moveaxis(planes[:3] // 16, 0, -1).astype(np.uint8))
     # Still colour: 3 ImageJ channels, and planar RGB(A) whose alpha is a marked extra sample.
     tifffile.imwrite(tmp_path / "c3.tif", planes[:3], imagej=True, metadata={"axes": "CYX"})
     np.testing.assert_array_equal(io.read_image(tmp_path / "c3.tif"), np.moveaxis(planes[:3], 0, -1))

@@ -73,8 +73,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     -------
     (H, W) or (H, W, C) ndarray
         In the file's dtype; a channels-first TIFF (C, H, W) with C in {3, 4} is moved to
-        channels-last, unless the TIFF says that its first axis holds z-planes, time points
-        or a sequence of images (ImageJ or OME axes), or it holds 4 pages: a TIFF marks an
+        channels-last, unless the TIFF says that its first axis holds z-planes or time points
+        (ImageJ or OME axes), or it holds 4 pages: a TIFF marks an
         alpha channel only among the samples of one page, so 4 pages are 4 planes or
         channels, not RGBA. Those are refused as stacks. A gray + alpha PNG (or WebP, ...)
         is returned as RGBA, the gray repeated; a CMYK JPEG or TIFF as RGB (as Pillow
@@ -173,7 +173,9 @@ def _cmyk_to_rgb(image: np.ndarray) -> np.ndarray:
 
 
 #: Axes of a TIFF series (tifffile's codes) that hold planes, not colour channels.
-_NOT_COLOUR_AXES = {"Z": "z-planes", "T": "time points", "I": "images of a sequence"}
+#: Plain pages (tifffile's "Q", or "I" for a file it did not write) may be colour planes, as
+#: 3 of them are read.
+_NOT_COLOUR_AXES = {"Z": "z-planes", "T": "time points"}
 
 
 def _tiff_leading_axis(path, ndim: int) -> str | None:
