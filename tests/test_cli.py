@@ -399,3 +399,96 @@ def test_demo_layers_are_the_widgets(make_napari_viewer, qtbot, prm_config, smal
     instances = demo_viewer.layers["cat instances"]
     instances.selected_label = int(instances.features["label"].iloc[0])
     assert demo_widget.correction.delete_selected()
+
+
+def test_train_resume_refuses_options_that_ask_for_another_recipe(tmp_path, capsys):
+    """``--resume`` continues the stored recipe: ``--input-size 64 64`` on a 32×32 run was
+    ignored without a word (the model stayed 32×32)."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(3):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    out = tmp_path / "run.pt"
+    start = ["train", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny",
+             "--batch-size", "2", "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate",
+             "--device", "cpu"]
+    assert main(start + ["--epochs", "1"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    status = main(["train", str(tmp_path / "data"), "--out", str(out), "--resume", "--epochs", "2",
+                   "--input-size", "64", "64", "--no-hflip", "--lr", "0.01", "--model", "imagenet"])
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+    assert "--input-size 64 64 (the run's: --input-size 32 32)" in error
+    assert "--no-hflip (the run's: --hflip)" in error
+    assert "--model imagenet" in error and "--lr" not in error  # 0.01 is the run's own
+    assert out.read_bytes() == before
+    # the same command line as the run's, plus --resume, goes on
+    assert main(start + ["--epochs", "2", "--resume"]) == 0
+    assert "epoch 2/2" in capsys.readouterr().err
+    assert load_model(out).input_size == (32, 32)
+
+
+def test_refine_resume_refuses_options_that_ask_for_others(tmp_path, capsys):
+    """``refine --resume`` took lr, batch size, correction weight and seed from the checkpoint
+    and ignored those given with it, without a word."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("dog", data.astronaut())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    torch.manual_seed(0)
+    model = save_model(build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(32, 32)),
+                       tmp_path / "tiny.pt")
+    out = tmp_path / "refined.pt"
+    start = ["refine", str(tmp_path / "data"), "--model", str(model), "--out", str(out),
+             "--batch-size", "4", "--device", "cpu", "--cache", "none"]
+    assert main(start + ["--epochs", "1"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(start + ["--epochs", "2", "--resume", "--lr", "0.5", "--seed", "0"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--lr 0.5 (the run's: --lr 0.002)" in error
+    assert "--seed" not in error and "--batch-size" not in error  # the run's own values
+    assert out.read_bytes() == before
+    assert main(start + ["--epochs", "2", "--resume"]) == 0
+    assert "epoch 2/2" in capsys.readouterr().err
+
+
+def test_predict_on_a_folder_whose_images_are_in_sub_folders_says_so(tmp_path, capsys):
+    """A plate/well layout gave "no images in this folder", not why."""
+    for well in ("A1", "A2"):
+        (tmp_path / "plate" / well).mkdir(parents=True)
+        write_half_size("chelsea", tmp_path / "plate" / well / "cat.png")
+    (tmp_path / "plate" / ".hidden").mkdir()
+    assert main(["predict", str(tmp_path / "plate"), "--out", str(tmp_path / "out")]) == 2
+    errors = capsys.readouterr().err
+    assert (f"{tmp_path / 'plate'}: no images (.png, .jpg, .jpeg, .tif, .tiff, .bmp, .gif, .webp) in this "
+            "folder; its 2 sub-folder(s) (A1, A2) are not searched: pass them as inputs") in errors
+    assert "no images to process" in errors
+
+
+def test_calibrate_a_builtin_model_into_a_new_checkpoint(tmp_path, capsys):
+    """``calibrate --model imagenet-voc`` said "checkpoint imagenet-voc does not exist", even
+    with --out; predict, evaluate and refine take built-in names."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        write_half_size(name, folder / f"{name}.png")
+    classes = load_model("imagenet-voc").class_names
+    # calibrate needs every class of the model in the dataset: coffee lists the others
+    others = ";".join(c for c in classes if c != "cat")
+    (folder / "labels.csv").write_text(f"image,labels\nchelsea.png,cat\ncoffee.png,{others}\nrocket.png,\n")
+    assert main(["calibrate", str(folder / "labels.csv"), "--model", "imagenet-voc", "--no-tta"]) == 2
+    assert "--model imagenet-voc is a built-in model: pass --out" in capsys.readouterr().err
+    out = tmp_path / "voc.pt"
+    assert main(["calibrate", str(folder / "labels.csv"), "--model", "imagenet-voc", "--out", str(out),
+                 "--no-tta"]) == 0
+    assert "on 3 image(s)" in capsys.readouterr().out
+    model = load_model(out)
+    assert model.class_names == classes and model.settings["calibration"]["images"] == 3
+    assert model.settings["class_threshold"] != load_model("imagenet-voc").settings["class_threshold"]

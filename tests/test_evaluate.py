@@ -242,3 +242,48 @@ def test_images_without_ground_truth_of_the_classes():
     no_masks = np.zeros((0, 6, 6), bool)
     assert best_overlaps(no_masks, np.ones((1, 6, 6), bool)).shape == (0,)
     assert np.isnan(prm_quality(prms, np.array([0, 1]), no_masks, np.zeros(0, int))).all()
+
+
+def test_instance_funnel_of_an_image_without_ground_truth():
+    from napari_prm.evaluate import instance_funnel
+
+    no_masks = np.zeros((0, 6, 6), bool)
+    counts = instance_funnel(np.zeros((0, 2)), [], [], no_masks, no_masks, np.zeros(0, int))
+    assert counts == {"instances": 0, "with_peak": 0, "with_proposal": 0, "retrieved": 0}
+
+
+def test_evaluate_with_retrieval_on_a_dataset_with_an_image_without_instances(tmp_path, small_cat):
+    """Found with ``napari-prm evaluate coco128/.../instances_val2017.json --model imagenet-voc``:
+    the first val image without an instance of the model's classes stopped the run with
+    numpy's "cannot reshape array of size 0 into shape (0,newaxis)"."""
+    import imageio.v3 as iio
+
+    height, width = small_cat.shape[:2]
+    iio.imwrite(tmp_path / "cat.png", small_cat)
+    iio.imwrite(tmp_path / "empty.png", np.full_like(small_cat, 128))
+    box = [20.0, 10.0, 80.0, 70.0]  # x, y, w, h: 4800 pixels, above the funnel's 32×32
+    polygon = [box[0], box[1], box[0] + box[2], box[1], box[0] + box[2], box[1] + box[3], box[0], box[1] + box[3]]
+    coco = {"images": [{"id": 1, "file_name": "cat.png", "height": height, "width": width},
+                       {"id": 2, "file_name": "empty.png", "height": height, "width": width}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [polygon],
+                             "area": box[2] * box[3], "bbox": box, "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "cat"}]}
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    dataset = from_coco(tmp_path / "instances.json")
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat"], pretrained=False, input_size=(32, 32))
+    results = evaluate(model, dataset, class_threshold=-1e9, peak_threshold=-1e9)
+    assert results["num_images"] == 2
+    assert results["num_instances"] == 1
+    assert results["funnel"]["instances"] == 1  # the cat image's one instance; none from the empty one
+    assert set(results["mAP_r"]) == {0.25, 0.5, 0.75}
+    # the report says what was counted, with which thresholds, and where instances got lost
+    assert results["settings"]["thresholds"] == {"class": -1e9, "peak": -1e9}
+    text = report_markdown(results)
+    assert (f"Evaluated on 2 images ({tmp_path / 'instances.json'}): 1 ground-truth instances of the "
+            f"model's 1 classes, {results['num_peaks']} peaks, {results['num_predicted_instances']} instances") in text
+    assert "Preset default, class threshold -1e+09, peak threshold -1e+09." in text
+    funnel = results["funnel"]
+    assert (f"Of the 1 ground-truth instances of at least 32×32 pixels, {funnel['with_peak']} have a peak of "
+            f"their class inside, {funnel['with_proposal']} a proposal at IoU ≥ 0.5, and "
+            f"{funnel['retrieved']} were retrieved") in text

@@ -302,8 +302,98 @@ def test_read_image_channels_first_tiff_and_errors(tmp_path):
     with pytest.raises(ValueError, match="broken.png"):
         io.read_image(tmp_path / "broken.png")
     tifffile.imwrite(tmp_path / "volume.tif", np.zeros((5, 12, 10), np.uint8))
-    with pytest.raises(ValueError, match=r"volume\.tif.*\(5, 12, 10\)"):
+    with pytest.raises(ValueError, match=r"volume\.tif.*\(5, 12, 10\); it holds several planes or frames"):
         io.read_image(tmp_path / "volume.tif")
+    # two channels last were called "several planes or frames" too
+    tifffile.imwrite(tmp_path / "two.tif", np.zeros((12, 10, 2), np.uint16), photometric="minisblack",
+                     planarconfig="contig")
+    with pytest.raises(ValueError, match=r"two\.tif.*\(12, 10, 2\); it has 2 channels: save one channel or "
+                                         r"an RGB image$"):
+        io.read_image(tmp_path / "two.tif")
+
+
+def test_read_image_refuses_tiff_stacks_of_three_or_four_planes(tmp_path):
+    """A TIFF whose first axis of length 3 or 4 is not colour was read as RGB(A): a 3-slice
+    ImageJ z-stack became a colour photo, and a 4-channel ImageJ image became RGBA, its 4th
+    channel the opacity (a 12-bit cat went nearly black: mean 0.003 instead of 0.56)."""
+    planes = np.random.default_rng(5).integers(0, 4095, (4, 12, 10)).astype(np.uint16)
+    cases = {"z3.tif": (planes[:3], "ZYX", r"\(3, 12, 10\) whose first axis holds 3 z-planes"),
+             "t4.tif": (planes, "TYX", r"\(4, 12, 10\) whose first axis holds 4 time points"),
+             "c4.tif": (planes, "CYX", r"4 planes or channels, none of them an alpha channel")}
+    for name, (data, axes, message) in cases.items():
+        tifffile.imwrite(tmp_path / name, data, imagej=True, metadata={"axes": axes})
+        with pytest.raises(ValueError, match=rf"cannot read image .*{name}: .*{message}"):
+            io.read_image(tmp_path / name)
+    tifffile.imwrite(tmp_path / "pages4.tif", planes, photometric="minisblack")
+    with pytest.raises(ValueError, match=r"pages4\.tif: .*none of them an alpha channel"):
+        io.read_image(tmp_path / "pages4.tif")
+    # plain pages that tifffile did not write (axes "I"): 4 refused, 3 read as colour as before
+    from PIL import Image
+
+    pages = [Image.fromarray((plane // 16).astype(np.uint8)) for plane in planes]
+    pages[0].save(tmp_path / "pil4.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(ValueError, match=r"pil4\.tif: .*none of them an alpha channel"):
+        io.read_image(tmp_path / "pil4.tif")
+    pages[0].save(tmp_path / "pil3.tif", save_all=True, append_images=pages[1:3])
+    np.testing.assert_array_equal(io.read_image(tmp_path / "pil3.tif"),
+                                  np.moveaxis(planes[:3] // 16, 0, -1).astype(np.uint8))
+    # Still colour: 3 ImageJ channels, and planar RGB(A) whose alpha is a marked extra sample.
+    tifffile.imwrite(tmp_path / "c3.tif", planes[:3], imagej=True, metadata={"axes": "CYX"})
+    np.testing.assert_array_equal(io.read_image(tmp_path / "c3.tif"), np.moveaxis(planes[:3], 0, -1))
+    tifffile.imwrite(tmp_path / "rgba.tif", planes, photometric="rgb", planarconfig="separate",
+                     extrasamples=["unassalpha"])
+    np.testing.assert_array_equal(io.read_image(tmp_path / "rgba.tif"), np.moveaxis(planes, 0, -1))
+
+
+def test_read_image_gray_alpha_png_is_rgba(tmp_path):
+    """A gray + alpha PNG (Pillow's "LA") was refused as "several planes or frames"."""
+    from PIL import Image
+
+    gray = np.random.default_rng(6).integers(0, 255, (12, 10)).astype(np.uint8)
+    alpha = np.where(np.arange(10) < 5, 255, 0).astype(np.uint8)[None].repeat(12, 0)
+    Image.fromarray(np.stack([gray, alpha], -1), "LA").save(tmp_path / "la.png")
+    image = io.read_image(tmp_path / "la.png")
+    np.testing.assert_array_equal(image, np.stack([gray, gray, gray, alpha], -1))
+    rgb = io.as_rgb_float(image)
+    np.testing.assert_allclose(rgb[:, :5, 1], gray[:, :5] / 255, rtol=1e-6)  # opaque half: the gray
+    assert not rgb[:, 5:].any()  # transparent half: black
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".tif"])
+def test_read_image_cmyk_is_converted_to_rgb(tmp_path, suffix):
+    """A CMYK JPEG or TIFF (print workflows) was read as RGBA with K as the opacity: with
+    Pillow's K = 0 the cat was all black (mean 0.0) and got no peaks."""
+    from PIL import Image
+    from skimage import data
+
+    cmyk = np.asarray(Image.fromarray(data.chelsea()[::4, ::4]).convert("CMYK")).copy()
+    cmyk[..., 3] = np.linspace(0, 200, cmyk.shape[1]).astype(np.uint8)  # some black ink too
+    path = tmp_path / f"cmyk{suffix}"
+    Image.fromarray(cmyk, "CMYK").save(path)
+    image = io.read_image(path)
+    with Image.open(path) as opened:
+        expected = np.asarray(opened.convert("RGB")).astype(int)
+    assert image.shape == expected.shape and image.dtype == np.uint8
+    assert np.abs(image.astype(int) - expected).max() <= 1  # Pillow's integer rounding
+    assert io.as_rgb_float(image).mean() > 0.2
+
+
+def test_read_image_fourth_tiff_sample_is_opacity_only_when_marked_alpha(tmp_path):
+    """An RGB TIFF with an unmarked extra sample, and 4 gray samples, were read as RGBA with
+    the 4th sample as the opacity."""
+    rgb = np.random.default_rng(7).integers(0, 255, (12, 10, 3)).astype(np.uint8)
+    fourth = np.full((12, 10, 1), 3, np.uint8)  # as opacity: 3/255, a nearly black image
+    tifffile.imwrite(tmp_path / "rgbx.tif", np.concatenate([rgb, fourth], -1), photometric="rgb",
+                     extrasamples=["unspecified"])
+    np.testing.assert_array_equal(io.read_image(tmp_path / "rgbx.tif"), rgb)
+    tifffile.imwrite(tmp_path / "gray4.tif", np.concatenate([rgb, fourth], -1), photometric="minisblack",
+                     planarconfig="contig")
+    with pytest.raises(ValueError, match=r"gray4\.tif: .*4 channels \(photometric MINISBLACK\), none of "
+                                         r"them marked as alpha"):
+        io.read_image(tmp_path / "gray4.tif")
+    rgba = np.concatenate([rgb, fourth], -1)
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    np.testing.assert_array_equal(io.read_image(tmp_path / "rgba.tif"), rgba)
 
 
 def test_read_image_real_jpeg(shared_data):

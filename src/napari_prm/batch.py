@@ -171,7 +171,11 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
             found = sorted(p for p in item.iterdir()
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name not in outputs)
             if not found:
-                problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+                folders = sorted(p.name for p in item.iterdir() if p.is_dir() and not p.name.startswith("."))
+                inside = (f"; its {len(folders)} sub-folder(s) ({', '.join(folders[:3])}"
+                          f"{', ...' if len(folders) > 3 else ''}) are not searched: pass them as inputs"
+                          if folders else "")
+                problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder{inside}")
             images.extend(found)
         elif item.is_file():
             images.append(item)

@@ -224,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "images (image-level labels only) and store them in the checkpoint")
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                       help="continue the run saved in CHECKPOINT, or in --out when given alone "
-                            "(default: start afresh)")
+                       help="continue the run saved in CHECKPOINT, or in --out when given alone, "
+                            "with its recipe and model (options asking for others are refused; "
+                            "--epochs sets the new total) (default: start afresh)")
     train.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     _add_model_options(train, device_only=True)
     train.set_defaults(run=_run_train)
@@ -238,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(predict, evaluate and the plugin use them). 'train' does this at its end; use "
                     "'calibrate' for checkpoints from elsewhere or after changing the data.")
     _add_dataset_options(calibrate)
-    calibrate.add_argument("--model", required=True, help="checkpoint (.pt/.safetensors) to calibrate")
+    calibrate.add_argument("--model", required=True,
+                           help="checkpoint (.pt/.safetensors) to calibrate, or a built-in model "
+                                "('imagenet-voc', 'imagenet-coco', 'imagenet') with --out")
     calibrate.add_argument("--out", type=Path, default=None,
                            help="write the calibrated checkpoint here (default: replace --model)")
     calibrate.add_argument("--held-out", action="store_true",
@@ -283,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--cache", default=None,
                         help="folder keeping each image's features and pseudo-labels, so that a second "
                              "run, or a resumed one, skips PRM; 'none' keeps nothing (default: <OUT>.cache)")
-    refine.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    refine.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --out with its options (options asking for "
+                             "others are refused; --epochs sets the new total)")
     refine.add_argument("--seed", type=int, default=0, help="random seed")
     _add_model_options(refine, device_only=True)
     refine.set_defaults(run=_run_refine)
@@ -669,12 +674,62 @@ def _load_dataset(args, *, classes=None):
     return dataset
 
 
+#: Per command, the options that a resumed run takes from its checkpoint (the training state
+#: stored under that key), not from the command line.
+RESUMED_OPTIONS = {
+    "train": ("training", ("batch_size", "lr", "backbone_lr_mult", "momentum", "weight_decay",
+                           "input_size", "sub_pixel_locating_factor", "hflip", "seed", "val_fraction")),
+    "refine": ("refine_training", ("batch_size", "lr", "correction_weight", "seed")),
+}
+
+
+def _check_resumed_options(args, path: Path):
+    """``train --resume`` and ``refine --resume`` continue the run's own recipe (and model):
+    options given with them that ask for another were ignored without a word
+    (``--input-size 96 96`` went on training at 64×64). Returns the resumed model, or None."""
+    if not path.is_file():
+        return None  # train() and refine() report a missing checkpoint
+    from .model.checkpoint import load_checkpoint
+
+    key, options = RESUMED_OPTIONS[args.command]
+    try:
+        model, extra = load_checkpoint(path)
+        config = dict(extra[key]["config"])
+    except (ValueError, OSError, KeyError, TypeError):
+        return None  # reported by train() and refine(): unreadable, or no training state
+
+    def plain(value):
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    def shown(dest, value) -> str:
+        if dest == "hflip":
+            return f"--{'' if value else 'no-'}hflip"
+        text = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        return f"--{dest.replace('_', '-')} {text}"
+
+    differ = [f"{shown(dest, getattr(args, dest))} (the run's: {shown(dest, config[dest])})"
+              for dest in options if dest in config
+              and plain(getattr(args, dest)) not in (plain(args.parser.get_default(dest)), plain(config[dest]))]
+    if args.command == "train":
+        if args.backbone not in (args.parser.get_default("backbone"), model.backbone):
+            differ.append(f"--backbone {args.backbone} (the run's: {model.backbone})")
+        if args.model is not None:
+            differ.append(f"--model {args.model} (the run continues its own model)")
+    if differ:
+        raise CommandError(f"--resume continues the run in {path} with the options it was started with, "
+                           f"but these ask for others: {'; '.join(differ)}; drop them, or start a new "
+                           "run without --resume")
+    return model
+
+
 def _run_train(args) -> int:
     from tqdm import tqdm
 
     from .train import train
 
     _device(args.device)  # a missing GPU fails before the dataset is read
+    if args.resume:
+        _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
     dataset = _load_dataset(args, classes=args.classes)
     _say(f"training on {len(dataset)} images, {len(dataset.class_names)} classes -> {args.out}")
     bar = None
@@ -728,14 +783,20 @@ def _run_train(args) -> int:
 def _run_calibrate(args) -> int:
     from tqdm import tqdm
 
-    from .model.checkpoint import load_checkpoint, save_model
+    from .model.checkpoint import BUILTIN_MODELS, load_checkpoint, load_model, save_model
     from .peaks import calibrate_model
     from .train import TRAINING_STATE_KEY
 
-    try:
-        model, extra = load_checkpoint(args.model)
-    except ValueError as error:
-        raise CommandError(str(error)) from error
+    if args.model in BUILTIN_MODELS and not Path(args.model).is_file():
+        if args.out is None:  # nothing to replace: it is built in
+            raise CommandError(f"--model {args.model} is a built-in model: pass --out to write the calibrated "
+                               "model to a new checkpoint")
+        model, extra = load_model(args.model), {}
+    else:
+        try:
+            model, extra = load_checkpoint(args.model)
+        except ValueError as error:
+            raise CommandError(str(error)) from error
     model.to(_device(args.device))
     dataset = _load_dataset(args)
     if args.held_out:
@@ -798,6 +859,8 @@ def _run_refine(args) -> int:
 
     from .refine import load_corrections, refine
 
+    if args.resume:
+        _check_resumed_options(args, args.out)
     dataset = _load_dataset(args)
     model = _load_model(args.model, args.device)
     corrections = []

@@ -231,7 +231,7 @@ def instance_funnel(peaks_yx: np.ndarray, peak_classes: np.ndarray, instances: S
     gt_masks = _as_masks(gt_masks, "gt_masks")
     gt_classes = np.asarray(gt_classes).reshape(-1)
     crowd = np.zeros(len(gt_masks), bool) if gt_iscrowd is None else np.asarray(gt_iscrowd, bool).reshape(-1)
-    big = ~crowd & (gt_masks.reshape(len(gt_masks), -1).sum(1) >= min_area)
+    big = ~crowd & (gt_masks.sum(axis=(1, 2)) >= min_area)  # (0, H, W) too: no reshape(0, -1)
     counts = {"instances": int(big.sum()), "with_peak": 0, "with_proposal": 0, "retrieved": 0}
     if not big.any():
         return counts
@@ -589,7 +589,7 @@ def evaluate(
     the class's area for pointing and PRM quality.
     """
     from .model.checkpoint import PRMModel, load_model
-    from .predictor import PRMPredictor
+    from .predictor import PRMPredictor, resolve_thresholds
 
     iou_thresholds = check.finite_floats("iou_thresholds", iou_thresholds, low=0, high=1,
                                          low_open=True, unique=True)
@@ -675,7 +675,9 @@ def evaluate(
         "settings": {"proposals": proposals if isinstance(proposals, (str, type(None))) else type(proposals).__name__,
                      "class_threshold": class_threshold, "iou_thresholds": [float(t) for t in iou_thresholds],
                      "dataset": dataset.source, "only_labeled": bool(only_labeled),
-                     "predict": None if predictor is None else _settings_dict(predictor.settings)},
+                     "predict": None if predictor is None else _settings_dict(predictor.settings),
+                     "thresholds": None if predictor is None else
+                     dict(zip(("class", "peak"), resolve_thresholds(predictor.settings, model.settings)))},
     }
     if with_instances:
         mean, per_class = matcher.evaluate(iou_thresholds)
@@ -701,9 +703,20 @@ def _fmt(value) -> str:
 
 def report_markdown(results: dict[str, Any]) -> str:
     """A Markdown report of :func:`evaluate`'s results (figures in %)."""
-    lines = [f"Evaluated on {results['num_images']} images ({results['settings'].get('dataset', '')}), "
-             f"{results['num_peaks']} peaks, proposals: {results['settings'].get('proposals')}.", "",
-             "| metric | value (%) |", "| --- | --- |"]
+    settings = results["settings"]
+    found = [f"{results['num_peaks']} peaks"]
+    if results.get("num_instances") is not None:
+        found = [f"{results['num_instances']} ground-truth instances of the model's "
+                 f"{len(results['classes'])} classes"] + found + [f"{results['num_predicted_instances']} instances"]
+    lines = [f"Evaluated on {results['num_images']} images ({settings.get('dataset', '')}): {', '.join(found)}; "
+             f"proposals: {settings.get('proposals')}."]
+    predict = settings.get("predict") or {}
+    thresholds = settings.get("thresholds")
+    if thresholds:
+        peak = "none" if thresholds["peak"] is None else f"{thresholds['peak']:.4g}"
+        lines.append(f"Preset {predict.get('preset')}, class threshold {thresholds['class']:.4g}, peak threshold "
+                     f"{peak}{', TTA' if predict.get('tta') else ''}.")
+    lines += ["", "| metric | value (%) |", "| --- | --- |"]
     for threshold, value in (results.get("mAP_r") or {}).items():
         lines.append(f"| mAP^r@{threshold:g} | {_fmt(value)} |")
     lines += [f"| ABO | {_fmt(results.get('ABO'))} |",
@@ -719,6 +732,15 @@ def report_markdown(results: dict[str, Any]) -> str:
         for t in thresholds:
             row += f" {_fmt(results['AP_r_per_class'][name][t])} |"
         lines.append(row)
+    lines += ["", "mAP^r: mean over classes of the instance masks' average precision at each IoU; ABO: "
+              "mean best IoU of a ground-truth instance with any predicted mask; –: the images hold no "
+              "ground truth of the class."]
+    funnel = results.get("funnel")
+    if funnel and funnel["instances"]:
+        lines.append(f"Of the {funnel['instances']} ground-truth instances of at least 32×32 pixels, "
+                     f"{funnel['with_peak']} have a peak of their class inside, {funnel['with_proposal']} a "
+                     f"proposal at IoU ≥ 0.5, and {funnel['retrieved']} were retrieved at IoU ≥ 0.5 from "
+                     "a peak inside them.")
     return "\n".join(lines) + "\n"
 
 

@@ -73,7 +73,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     -------
     (H, W) or (H, W, C) ndarray
         In the file's dtype; a channels-first TIFF (C, H, W) with C in {3, 4} is moved to
-        channels-last.
+        channels-last, unless the TIFF says that its first axis holds z-planes or time points
+        (ImageJ or OME axes), or it holds 4 pages: a TIFF marks an
+        alpha channel only among the samples of one page, so 4 pages are 4 planes or
+        channels, not RGBA. Those are refused as stacks. A gray + alpha PNG (or WebP, ...)
+        is returned as RGBA, the gray repeated; a CMYK JPEG or TIFF as RGB (as Pillow
+        converts it: R = (1 − C)(1 − K), ...), not as RGBA with K as the opacity. A TIFF's
+        4th sample is the opacity only when the file marks it as alpha: an RGB TIFF with an
+        unmarked extra sample is returned as RGB (as Pillow reads it), and 4 gray samples
+        are refused.
 
     Raises
     ------
@@ -98,9 +106,31 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image.ndim == 3 and image.shape[0] == 1 and image.shape[-1] not in (1, 3, 4):
         image = image[0]  # one plane of a (planes, H, W) stack
     if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (1, 3, 4):
+        axis = _tiff_leading_axis(path, image.ndim)
+        if axis in _NOT_COLOUR_AXES or (image.shape[0] == 4 and axis not in (None, "S")):
+            what = (f"holds {image.shape[0]} {_NOT_COLOUR_AXES[axis]}, not colour channels"
+                    if axis in _NOT_COLOUR_AXES else
+                    "holds 4 planes or channels, none of them an alpha channel (an RGBA TIFF "
+                    "marks it as an extra sample)")
+            raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA image, "
+                             f"got an array of shape {image.shape} whose first axis {what}; "
+                             "save one 2-D plane or an RGB image")
         image = np.moveaxis(image, 0, -1)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
+    if image.ndim == 3 and image.shape[-1] == 2 and not _is_tiff(path):
+        # Pillow's only two-band mode is gray + alpha (a PNG's "LA"): RGBA with the gray repeated
+        image = np.concatenate([image[..., :1]] * 3 + [image[..., 1:]], axis=-1)
+    if image.ndim == 3 and image.shape[-1] == 4:
+        kind = _four_channels(path)
+        if kind == "CMYK":
+            image = _cmyk_to_rgb(image)
+        elif kind == "RGBX":  # the 4th sample is padding or unspecified data, not opacity
+            image = image[..., :3]
+        elif kind != "RGBA":
+            raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA image, got "
+                             f"4 channels (photometric {kind}), none of them marked as alpha; save one channel "
+                             "or an RGB image")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
         raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA "
                          f"image, got an array of shape {image.shape}{_stack_hint(image.shape)}")
@@ -110,7 +140,57 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
+def _is_tiff(path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _four_channels(path) -> str:
+    """What a file's 4 channels are, by its own description: "RGBA", "CMYK" (print ink),
+    "RGBX" (RGB and an extra sample that is not marked as alpha: Pillow's padding) or, for a
+    TIFF, its photometric name (e.g. "MINISBLACK": 4 gray channels)."""
+    if _is_tiff(path):
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            photometric, extra = page.photometric, tuple(page.extrasamples or ())
+        if photometric == tifffile.PHOTOMETRIC.SEPARATED:
+            return "CMYK"
+        if photometric == tifffile.PHOTOMETRIC.RGB:
+            alpha = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+            return "RGBA" if extra and extra[0] in alpha else "RGBX"
+        return getattr(photometric, "name", str(photometric))
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        return opened.mode if opened.mode in ("CMYK", "RGBX") else "RGBA"
+
+
+def _cmyk_to_rgb(image: np.ndarray) -> np.ndarray:
+    """CMYK ink to RGB in the image's dtype, as Pillow converts it: R = (1 - C)(1 - K), ..."""
+    top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
+    ink = image.astype(np.float64) / top
+    rgb = (1 - ink[..., :3]) * (1 - ink[..., 3:4]) * top
+    return (np.rint(rgb) if np.issubdtype(image.dtype, np.integer) else rgb).astype(image.dtype)
+
+
+#: Axes of a TIFF series (tifffile's codes) that hold planes, not colour channels.
+#: Plain pages (tifffile's "Q", or "I" for a file it did not write) may be colour planes, as
+#: 3 of them are read.
+_NOT_COLOUR_AXES = {"Z": "z-planes", "T": "time points"}
+
+
+def _tiff_leading_axis(path, ndim: int) -> str | None:
+    """tifffile's code of the first axis of a TIFF's image (``S``: samples of one page,
+    ``C``: channels, ``Z``, ``T``, ``Q``: unknown pages, ...); None for other formats."""
+    if not _is_tiff(path):
+        return None
+    with tifffile.TiffFile(path) as tif:
+        axes = tif.series[0].axes
+    return axes[0] if len(axes) == ndim else None
+
+
 def _stack_hint(shape: tuple[int, ...]) -> str:
+    if len(shape) == 3 and shape[-1] < min(shape[:2]):  # (H, W, C): channels last
+        return f"; it has {shape[-1]} channels: save one channel or an RGB image"
     return "; it holds several planes or frames: save one 2-D plane" if len(shape) > 2 else ""
 
 
@@ -156,6 +236,9 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
     range (divided by 255 for uint8, 65535 for uint16; floats clipped to [0, 1]).
     Gray and one-channel images are repeated to three channels.
     """
+    if isinstance(image, (str, bytes, os.PathLike)):  # np.asarray makes a 0-D array of it
+        raise ValueError(f"expected an image array, got the path {os.fsdecode(image)!r}: read the file "
+                         "with napari_prm.io.read_image first")
     image = np.asarray(image)
     if image.size == 0:
         raise ValueError(f"the image is empty (shape {image.shape})")
