@@ -337,3 +337,43 @@ def test_asking_for_prms_on_a_rerun_says_the_outputs_lack_them(tmp_path, checkpo
     assert main(["predict", str(cat), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",
                  "--proposals", "prm", "--peak-threshold", "0", "--save-prms", "npy", "--overwrite"]) == 0
     assert (out / "cat_prms.npy").is_file()
+
+
+def test_a_rerun_with_another_model_or_settings_says_so_instead_of_skipping_silently(
+        tmp_path, checkpoint, images, capsys):
+    """Outputs record their model's fingerprint and settings; a re-run that differs names the difference."""
+    cat = next(p for p in images if p.name == "cat.png")
+    out = tmp_path / "out"
+    torch.manual_seed(1)
+    retrained = save_model(build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(64, 64)),
+                           tmp_path / "retrained.pt")
+    first = predict_many([cat], str(checkpoint), out, **SETTINGS)
+    assert [r.status for r in first.results] == ["written"]
+    manifest = json.loads((out / "cat.manifest.json").read_text())
+    recorded = manifest["info"]["model"] if "info" in manifest else manifest["model"]
+    assert recorded["name"] == "tiny.pt" and len(recorded["fingerprint"]) == 40
+    state = output_state(out)
+
+    same = predict_many([cat], str(checkpoint), out, **SETTINGS)  # the same run: skipped without a word
+    assert [(r.status, r.error) for r in same.results] == [("skipped", "")]
+
+    other = predict_many([cat], str(retrained), out, **SETTINGS)  # another model: skipped, and why
+    assert other.results[0].status == "skipped"
+    assert other.results[0].error.startswith("outputs were made with another model 'tiny.pt'")
+
+    changed = predict_many([cat], str(checkpoint), out, **{**SETTINGS, "peak_threshold": 2.5})
+    assert changed.results[0].status == "skipped"
+    assert "other settings (peak_threshold: 0.0 -> 2.5)" in changed.results[0].error
+    assert output_state(out) == state  # nothing was rewritten
+
+    assert main(["predict", str(cat), "--out", str(out), "--model", str(retrained), "--device", "cpu",
+                 "--proposals", "prm", "--peak-threshold", "0"]) == 0
+    printed = capsys.readouterr().err
+    assert "1 of them: outputs were made with another model 'tiny.pt'" in printed
+    assert "incomplete" not in printed
+    assert main(["predict", str(cat), "--out", str(out), "--model", str(retrained), "--device", "cpu",
+                 "--proposals", "prm", "--peak-threshold", "0", "--overwrite"]) == 0
+    manifest = json.loads((out / "cat.manifest.json").read_text())
+    recorded = manifest["info"]["model"] if "info" in manifest else manifest["model"]
+    assert recorded["name"] == "retrained.pt"
+    assert predict_many([cat], str(retrained), out, **SETTINGS).results[0].error == ""

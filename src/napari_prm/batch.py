@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -57,6 +58,8 @@ STATUSES = ("written", "skipped", "failed", "cancelled", "pending")
 SUMMARY_NAME = "summary.csv"
 #: How the reason of a skip starts when complete outputs lack the PRMs asked for.
 WITHOUT_PRMS = "outputs are complete but hold no PRMs"
+#: Start of the reason of an image skipped because its outputs come from another model or other settings.
+OTHER_RUN = "outputs were made with"
 ProgressCallback = Callable[["ImageResult", int, int], None]
 
 
@@ -306,7 +309,8 @@ def _load(spec: ModelSpec, checkpoint: bytes | None):
 # --------------------------------------------------------------------------- one image
 def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, model, *,
                   settings: Mapping[str, Any] | None = None, overwrite: bool = False,
-                  prms_format: str | None = None, gather: bool = False) -> ImageResult:
+                  prms_format: str | None = None, gather: bool = False,
+                  model_record: Mapping[str, Any] | None = None) -> ImageResult:
     """Read one image, predict, and write its outputs all-or-nothing: one batch task.
 
     Parameters
@@ -326,6 +330,9 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     prms_format : {None, "npy", "tiff"}
     gather : bool
         Keep the `Prediction` in the result.
+    model_record : mapping, optional
+        What the manifest records of the model (`model_record`), so that a later run can
+        tell its outputs from another model's.
 
     Returns
     -------
@@ -348,7 +355,8 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     with _PREDICT_LOCK:
         prediction = predict(pixels, model, **settings)
     io.write_prediction(prediction, out, stem, prms_format=prms_format, overwrite=overwrite,
-                        image_file_name=image.name, info={"settings": _describe(settings)})
+                        image_file_name=image.name, info={"settings": _describe(settings)}
+                        | ({"model": dict(model_record)} if model_record else {}))
     return ImageResult(str(image), stem, "written", int(len(prediction.peaks)), int(len(prediction.instances)),
                        time.perf_counter() - started, shape=tuple(int(n) for n in pixels.shape[:2]),
                        prediction=prediction if gather else None, notes=list(prediction.notes))
@@ -358,6 +366,61 @@ def _describe(settings: Mapping[str, Any]) -> dict:
     """Settings as the manifest records them (arrays and callables by their type)."""
     return {key: value if isinstance(value, (str, int, float, bool, type(None), list, tuple))
             else f"<{type(value).__name__}>" for key, value in settings.items()}
+
+
+def model_label(model) -> str:
+    """How manifests name a model: a built-in's name, a checkpoint's file name, or a loaded model's label space."""
+    from .model.checkpoint import PRMModel
+
+    if isinstance(model, PRMModel):
+        return str(model.settings.get("label_space") or "a loaded model")
+    return str(model) if isinstance(model, str) and not Path(model).is_file() else Path(model).name
+
+
+def model_record(model, *, name: str | None = None) -> dict[str, str]:
+    """What a batch's manifests record of its model: a name and `model_fingerprint` (head included).
+
+    Parameters
+    ----------
+    model : str, path-like or PRMModel
+        A built-in model's name, a checkpoint, or a loaded model (a name or a checkpoint is
+        loaded on the CPU to be fingerprinted).
+    name : str, optional
+        The name to record (default: the built-in name, the checkpoint's file name, or a
+        loaded model's label space).
+
+    Returns
+    -------
+    dict
+        ``{"name": ..., "fingerprint": ...}``.
+    """
+    from .model.checkpoint import PRMModel, load_model, model_fingerprint
+
+    name = name or model_label(model)
+    if not isinstance(model, PRMModel):
+        model = load_model(model, device="cpu")
+    return {"name": name, "fingerprint": model_fingerprint(model, head=True)}
+
+
+def _other_run(info: Mapping[str, Any], record: Mapping[str, str], settings: Mapping[str, Any]) -> str:
+    """Why complete outputs are not this run's ('' when they are, or when their manifest does not say)."""
+    recorded = info.get("model")
+    if isinstance(recorded, Mapping) and recorded.get("fingerprint") not in (None, record["fingerprint"]):
+        name = recorded.get("name", "?")
+        model = f"model {name!r}" if name != record["name"] else f"version of the model {name!r}"
+        return f"{OTHER_RUN} another {model}; use overwrite to replace them"
+    if not isinstance(info.get("settings"), Mapping):
+        return ""
+    # as predict reads them: None is the default, and so is a missing preset or proposal source
+    before, now = ({key: value for key, value in ({"preset": "default", "proposals": "auto"} | dict(given)).items()
+                    if value is not None}
+                   for given in (info["settings"], json.loads(json.dumps(_describe(settings), default=str))))
+    if "proposals" in now and Path(str(now["proposals"])).is_dir():
+        before.pop("proposals", None)  # each image's file of the folder was recorded
+        now.pop("proposals")
+    changed = [f"{key}: {before.get(key, 'default')!r} -> {now.get(key, 'default')!r}"
+               for key in sorted(set(before) | set(now)) if before.get(key, "default") != now.get(key, "default")]
+    return f"{OTHER_RUN} other settings ({', '.join(changed)}); use overwrite to replace them" if changed else ""
 
 
 def _skipped(image: str, stem: str, file_set, error: str = "") -> ImageResult:
@@ -379,12 +442,13 @@ def _failed(image: str, stem: str, error: BaseException, started: float) -> Imag
 
 
 def _run_task(image: str, stem: str, out: str, spec: ModelSpec, settings: Mapping[str, Any], overwrite: bool,
-              prms_format: str | None, gather: bool) -> ImageResult:
+              prms_format: str | None, gather: bool, model_record: Mapping[str, Any] | None = None) -> ImageResult:
     """A cluster task: `predict_image` with the worker's cached model; errors become results."""
     started = time.perf_counter()
     try:
         return predict_image(image, stem, out, model_for(spec), settings=settings,
-                             overwrite=overwrite, prms_format=prms_format, gather=gather)
+                             overwrite=overwrite, prms_format=prms_format, gather=gather,
+                             model_record=model_record)
     except Exception as error:  # reported by the client, as text: an exception may not pickle
         return _failed(image, stem, error, started)
 
@@ -426,6 +490,7 @@ def predict_many(
     gather: bool = False,
     torch_threads: int | None = 1,
     summary_every: float = 1.0,
+    model_name: str | None = None,
     **settings: Any,
 ) -> BatchResult:
     """Predict every image of ``paths`` and write its outputs to ``out``.
@@ -472,6 +537,11 @@ def predict_many(
         same cores); None leaves the workers as they are. Not applied in this process.
     summary_every : float
         Seconds between rewrites of ``summary.csv`` while results arrive.
+    model_name : str, optional
+        The model's name in each image's manifest (default: `model_label`), which also
+        records the model's fingerprint and the settings. Complete outputs that another
+        model or other settings made are skipped all the same (``overwrite`` replaces
+        them), with a reason that names the difference.
     **settings
         Keyword arguments of `napari_prm.predict` for every image (``preset``,
         ``class_threshold``, ``peak_threshold``, ``max_peaks``, ``tta``, ``prm_mode``,
@@ -509,6 +579,14 @@ def predict_many(
         if progress is not None:
             progress(result, done_count, len(results))
 
+    if client is None:  # loaded once, here; its fingerprint is recorded and compared
+        from .model.checkpoint import load_model
+
+        name = model_name or model_label(model)
+        model = load_model(model, device=device)
+        record = model_record(model, name=name)
+    else:
+        record = model_record(model, name=model_name)
     for index, result in enumerate(results):  # resume: complete outputs are kept
         if overwrite:
             todo.append(index)
@@ -518,7 +596,7 @@ def predict_many(
                      if p.exists()]
         if existing is not None or leftovers:
             if existing is not None:
-                reason = ""
+                reason = _other_run(existing.info, record, settings)
             elif prms_format is not None and io.complete_prediction(out, result.stem) is not None:
                 reason = (f"{WITHOUT_PRMS} as {prms_format} (an earlier run wrote none, or another format); "
                           "use overwrite to write them")
@@ -533,12 +611,13 @@ def predict_many(
     cancel = cancel or (lambda: False)
     try:
         if client is None:
-            _run_here(results, todo, model, out, device=device, settings=settings, overwrite=overwrite,
-                      prms_format=prms_format, gather=gather, retries=retries, cancel=cancel, report=report)
+            _run_here(results, todo, model, out, settings=settings, overwrite=overwrite, prms_format=prms_format,
+                      gather=gather, retries=retries, cancel=cancel, report=report, record=record)
         else:
             _run_on_cluster(results, todo, client, model, out, device=device, torch_threads=torch_threads,
                             settings=settings, overwrite=overwrite, prms_format=prms_format, gather=gather,
-                            retries=retries, cancel=cancel, report=report, max_in_flight=max_in_flight)
+                            retries=retries, cancel=cancel, report=report, max_in_flight=max_in_flight,
+                            record=record)
     finally:
         for result in results:
             # the images in progress were finished and recorded: the pending ones never started
@@ -556,12 +635,8 @@ def _finish(results, index, result: ImageResult, attempts: int, report) -> None:
     report(result)
 
 
-def _run_here(results, todo, model, out, *, device, settings, overwrite, prms_format, gather, retries,
-              cancel, report) -> None:
-    from .model.checkpoint import load_model
-
-    if todo:
-        model = load_model(model, device=device)
+def _run_here(results, todo, model, out, *, settings, overwrite, prms_format, gather, retries,
+              cancel, report, record) -> None:
     for index in todo:
         if cancel():
             return
@@ -572,14 +647,14 @@ def _run_here(results, todo, model, out, *, device, settings, overwrite, prms_fo
             started = time.perf_counter()
             try:
                 result = predict_image(image, stem, out, model, settings=settings, overwrite=overwrite,
-                                       prms_format=prms_format, gather=gather)
+                                       prms_format=prms_format, gather=gather, model_record=record)
             except Exception as error:  # one bad image must not stop the batch
                 result = _failed(image, stem, error, started)
         _finish(results, index, result, attempts, report)
 
 
 def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads, settings, overwrite,
-                    prms_format, gather, retries, cancel, report, max_in_flight) -> None:
+                    prms_format, gather, retries, cancel, report, max_in_flight, record) -> None:
     from distributed import as_completed
 
     if not todo:
@@ -602,7 +677,7 @@ def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads,
         attempts[index] = attempts.get(index, 0) + 1
         result = results[index]
         future = client.submit(_run_task, result.image, result.stem, str(out), spec, dict(settings),
-                               overwrite, prms_format, gather, pure=False,
+                               overwrite, prms_format, gather, record, pure=False,
                                key=f"napari-prm-{result.stem}-{run_token}-{attempts[index]}")
         in_flight[future] = index
         completed.add(future)

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import __version__
 from . import _validate as check
-from .batch import WITHOUT_PRMS, collect_images
+from .batch import OTHER_RUN, WITHOUT_PRMS, collect_images, model_label
 from .io import IMAGE_SUFFIXES
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(image, status, peaks, instances, seconds, error, attempts)."
                     "\nAn unreadable image is tried twice, reported and skipped (exit status 1); "
                     "images with complete outputs are skipped unless --overwrite, so a re-run "
-                    "after a crash or Ctrl-C does only what is missing."
+                    "after a crash or Ctrl-C does only what is missing; outputs that another model "
+                    "or other settings made are skipped too, and the run says so."
                     "\nWith --workers or --scheduler the images are spread over a dask.distributed "
                     "cluster; the workers read the images and write the outputs, so they must see "
                     "the same paths.")
@@ -604,7 +605,8 @@ def _run_predict(args) -> int:
 
     try:
         batch = predict_many(images, model, args.out, client, overwrite=args.overwrite,
-                             prms_format=args.save_prms, device=args.device, progress=progress, **settings)
+                             prms_format=args.save_prms, device=args.device, progress=progress,
+                             model_name=model_label(args.model), **settings)
     finally:
         bar.close()
         if client is not None:
@@ -613,10 +615,13 @@ def _run_predict(args) -> int:
     if skipped:
         names = ", ".join(Path(r.image).name for r in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         without_prms = [r for r in skipped if r.error.startswith(WITHOUT_PRMS)]
-        incomplete = [r for r in skipped if r.error and r not in without_prms]
+        other_run = [r for r in skipped if r.error.startswith(OTHER_RUN)]
+        incomplete = [r for r in skipped if r.error and r not in without_prms and r not in other_run]
         _say(f"{len(skipped)} image(s) skipped, outputs exist ({names}); use --overwrite to replace them"
              + (f"; {len(without_prms)} of them are complete without the PRMs --save-prms asks for"
                 if without_prms else "")
+             + (f"; {len(other_run)} of them: {other_run[0].error.split('; use overwrite')[0]}"
+                + (" (or similar)" if len({r.error for r in other_run}) > 1 else "") if other_run else "")
              + (f"; {len(incomplete)} of them hold an incomplete set" if incomplete else ""))
     failed = len(batch.failed) + len(problems)
     _say(f"{len(batch.written)} image(s) written to {args.out}, {len(skipped)} skipped, {failed} failed; "

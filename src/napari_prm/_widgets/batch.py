@@ -144,7 +144,7 @@ class BatchPanel(Container):
             return batch.predict_many(
                 images, model, out, client, overwrite=overwrite, device=settings["device"],
                 progress=lambda result, done, total: self._relay.progressed.emit((result, done, total)),
-                cancel=self._cancel.is_set, **options)
+                cancel=self._cancel.is_set, model_name=batch.model_label(settings["model"]), **options)
         finally:
             if client is not None:
                 cluster = client.cluster

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import pickle
@@ -134,6 +135,36 @@ class PRMModel:
             "std": [float(v) for v in self.std],
             "settings": dict(self.settings),
         } | ({} if self.head is None else {"refine": _head_metadata(self.head)})
+
+
+def model_fingerprint(model: PRMModel, *, head: bool = False) -> str:
+    """A SHA-1 of a model's network weights and input settings (and its head's weights with ``head``).
+
+    Two models give the same fingerprint when they compute the same maps: it tells
+    whether outputs or cached samples were made with this model.
+
+    Parameters
+    ----------
+    model : PRMModel
+    head : bool
+        Also hash the refinement head's weights and metadata, when the model has one.
+
+    Returns
+    -------
+    str
+        40 hexadecimal digits.
+    """
+    digest = hashlib.sha1()
+    digest.update(json.dumps([model.backbone, list(model.class_names), model.input_size, list(model.mean),
+                              list(model.std), model.settings], sort_keys=True, default=str).encode())
+    modules = [("", model.network)] + ([("refine.", model.head)] if head and model.head is not None else [])
+    for prefix, module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update((prefix + name).encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    if head and model.head is not None:
+        digest.update(json.dumps(_head_metadata(model.head), sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def _head_metadata(head) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io.atomic import atomic_write
-from ..model.checkpoint import PRMModel
+from ..model.checkpoint import PRMModel, model_fingerprint
 from ..train import is_cancelled
 from .corrections import Correction
 from .features import StageFeatures
@@ -213,17 +213,6 @@ def correction_sample(model: PRMModel, correction: Correction, stages, *, predic
     targets = correction_targets(correction.labels, correction.label_classes, prms, classes, grid,
                                  negatives=negatives)
     return _sample(features, found, targets, prms, classes, peaks, weight, correction.source, "correction")
-
-
-def model_fingerprint(model: PRMModel) -> str:
-    """A hash of the network's weights and input settings: cached samples of another model are not reused."""
-    digest = hashlib.sha1()
-    digest.update(json.dumps([model.backbone, list(model.class_names), model.input_size, list(model.mean),
-                              list(model.std), model.settings], sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.network.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _cache_key(fingerprint: str, path: Path, options: dict) -> str:
