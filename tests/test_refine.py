@@ -256,6 +256,36 @@ def test_a_head_from_a_newer_napari_prm_is_refused(refined, tmp_path):
         load_model(tmp_path / "orphan.pt")
 
 
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("format_version", None, "no valid format_version.*None"),
+    ("format_version", "1", "no valid format_version.*'1'"),
+    ("format_version", [1], "no valid format_version"),
+    ("format_version", True, "no valid format_version"),
+    ("info", [1, 2], "info: expected a mapping, got list"),
+    ("info", None, "info: expected a mapping, got NoneType"),
+    ("config", [1], "does not match its own metadata"),
+])
+def test_a_malformed_refine_entry_is_a_value_error_naming_the_file(refined, tmp_path, field, value, message):
+    """load_model promises a ValueError naming the file for a malformed checkpoint; these raised TypeError."""
+    path = save_model(refined, tmp_path / "refined.pt")
+    content = torch.load(path, weights_only=True)
+    content["metadata"]["refine"][field] = value
+    odd = tmp_path / "odd.pt"
+    torch.save(content, odd)
+    with pytest.raises(ValueError, match=message) as error:
+        load_model(odd)
+    assert str(odd) in str(error.value)
+
+
+def test_a_checkpoint_whose_backbone_is_not_a_name_is_a_value_error(refined, tmp_path):
+    path = save_model(refined, tmp_path / "refined.pt")
+    content = torch.load(path, weights_only=True)
+    content["metadata"]["backbone"] = ["tiny"]  # raised TypeError: unhashable type: 'list'
+    torch.save(content, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="backbone: expected one of"):
+        load_model(tmp_path / "odd.pt")
+
+
 def test_refined_proposals_and_the_auto_default(refined, tiny96, shapes_scenes):
     image, _, classes, centres = shapes_scenes[0]
     points = (centres, [classes[1], classes[2]])
