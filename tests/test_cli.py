@@ -337,7 +337,7 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
 
 
 def test_bench_prints_and_writes_a_markdown_table(tmp_path, tiny48_checkpoint, capsys):
-    report = tmp_path / "bench.md"
+    report = tmp_path / "reports" / "today" / "bench.md"  # missing folders are created, as predict's
     assert main(["bench", "--model", str(tiny48_checkpoint), "--size", "32", "--peaks", "2",
                  "--device", "cpu", "--out", str(report)]) == 0
     printed = capsys.readouterr().out
@@ -485,7 +485,7 @@ def test_calibrate_a_builtin_model_into_a_new_checkpoint(tmp_path, capsys):
     (folder / "labels.csv").write_text(f"image,labels\nchelsea.png,cat\ncoffee.png,{others}\nrocket.png,\n")
     assert main(["calibrate", str(folder / "labels.csv"), "--model", "imagenet-voc", "--no-tta"]) == 2
     assert "--model imagenet-voc is a built-in model: pass --out" in capsys.readouterr().err
-    out = tmp_path / "voc.pt"
+    out = tmp_path / "models" / "calibrated" / "voc.pt"  # missing folders are created (they were refused)
     assert main(["calibrate", str(folder / "labels.csv"), "--model", "imagenet-voc", "--out", str(out),
                  "--no-tta"]) == 0
     assert "on 3 image(s)" in capsys.readouterr().out

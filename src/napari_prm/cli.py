@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="checkpoint (.pt/.safetensors) to calibrate, or a built-in model "
                                 "('imagenet-voc', 'imagenet-coco', 'imagenet') with --out")
     calibrate.add_argument("--out", type=Path, default=None,
-                           help="write the calibrated checkpoint here (default: replace --model)")
+                           help="write the calibrated checkpoint here; missing folders are created "
+                                "(default: replace --model)")
     calibrate.add_argument("--held-out", action="store_true",
                            help="use only the images 'train' held out of this checkpoint's training (its "
                                 "--val-fraction and --seed); otherwise every image of DATASET")
@@ -345,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--retrieval", action=argparse.BooleanOptionalAction, default=True,
                        help="also time instance retrieval (100 proposals, 30 peaks)")
     bench.add_argument("--out", type=Path, default=None,
-                       help="also write the report to this file (default: not written)")
+                       help="also write the report to this file; missing folders are created "
+                            "(default: not written)")
     bench.set_defaults(run=_run_bench)
     return parser
 
@@ -437,7 +439,7 @@ def _iou_thresholds(name, value):
 
 
 def _bench_out(name, value):
-    return None if value is None else check.output_file(name, value)
+    return None if value is None else check.output_file(name, value, parent_must_exist=False)
 
 
 def _json_out(name, value):
@@ -480,7 +482,8 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "num_workers": lambda name, value: check.integer(name, value, low=0),
     },
     "calibrate": {
-        "out": lambda name, value: None if value is None else check.output_file(name, value),
+        "out": lambda name, value: None if value is None else check.output_file(name, value,
+                                                                                parent_must_exist=False),
     },
     "refine": {
         "out": lambda name, value: check.output_file(name, value, parent_must_exist=False),
@@ -1059,6 +1062,7 @@ def _run_bench(args) -> int:
     if args.out is not None:
         from .io import atomic_write
 
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(args.out) as temp:
             temp.write_text(text, encoding="utf-8")
     return 0
