@@ -432,6 +432,23 @@ def test_train_resume_refuses_options_that_ask_for_another_recipe(tmp_path, caps
     assert load_model(out).input_size == (32, 32)
 
 
+def test_train_fine_tunes_a_builtin_model(tmp_path, capsys):
+    """``train --model imagenet-voc`` said "unknown backbone 'imagenet-voc'"; the built-in model
+    is a starting point like a checkpoint (its classifier rows of the dataset's classes are kept)."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("dog", data.astronaut())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    out = tmp_path / "voc_tuned.pt"
+    assert main(["train", str(tmp_path / "data"), "--model", "imagenet-voc", "--out", str(out), "--epochs", "1",
+                 "--batch-size", "2", "--input-size", "64", "64", "--backbone-lr-mult", "0", "--val-fraction", "0",
+                 "--no-calibrate", "--device", "cpu"]) == 0, capsys.readouterr().err
+    model = load_model(out)
+    assert model.backbone == "efficientnet_lite0" and model.class_names == ["cat", "dog"]
+
+
 def test_refine_resume_refuses_options_that_ask_for_others(tmp_path, capsys):
     """``refine --resume`` took lr, batch size, correction weight and seed from the checkpoint
     and ignored those given with it, without a word."""

@@ -197,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: every class of the dataset)")
     train.add_argument("--out", default="prm_model.pt", type=Path, help="checkpoint (.pt)")
     train.add_argument("--model", default=None,
-                       help="start from this checkpoint or backbone (default: a new --backbone "
-                            "model)")
+                       help="fine-tune this checkpoint (.pt/.safetensors) or built-in model ('imagenet-voc', "
+                            "'imagenet-coco', 'imagenet': EfficientNet-Lite0 whose ImageNet classifier rows "
+                            "for the dataset's classes of the same name are kept), or start from this "
+                            "backbone's ImageNet weights (default: a new --backbone model)")
     train.add_argument("--backbone", default="efficientnet_lite0",
                        choices=("efficientnet_lite0", "resnet50", "vgg16", "tiny"),
                        help="backbone of a new model (ImageNet weights; resnet50/vgg16 are "
@@ -430,6 +432,20 @@ def _train_out(name, value):
     return path
 
 
+def _train_model(name, value):
+    """``train --model``: a checkpoint file, a built-in model or a backbone name."""
+    from .model.backbones import BACKBONES
+    from .model.checkpoint import BUILTIN_MODELS, CHECKPOINT_SUFFIXES
+
+    if value is None or value in BUILTIN_MODELS or value in BACKBONES or Path(value).is_file():
+        return value
+    if Path(value).suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ValueError(f"{name}: no such checkpoint file: {value}")
+    raise ValueError(f"{name}: expected a checkpoint file (.pt, .pth or .safetensors) to fine-tune, a built-in "
+                     f"model to fine-tune ({', '.join(BUILTIN_MODELS)}) or a backbone "
+                     f"({', '.join(sorted(BACKBONES))}); got {value!r}")
+
+
 def _input_size(name, value):
     return [check.positive_int(f"{name}[{i}]", v) for i, v in enumerate(value)]
 
@@ -467,6 +483,7 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     },
     "train": {
         "out": _train_out,
+        "model": _train_model,
         "epochs": _positive,
         "batch_size": _positive,
         "lr": lambda name, value: check.finite_float(name, value, low=0),
