@@ -809,9 +809,10 @@ def test_finding_5_a_diverging_training_keeps_the_last_good_checkpoint(ws, capsy
     model = load_model(out)
     assert all(bool(torch.isfinite(p).all()) for p in model.network.parameters())
 
+    # --overwrite: replacing the model is asked for, and still the diverging run keeps it
     status, stderr = run_cli(["train", str(ws.csv), "--backbone", "tiny", "--out", str(out),
                               "--epochs", "2", "--batch-size", "2", "--input-size", "16", "16",
-                              "--lr", "1e30"], capsys)
+                              "--lr", "1e30", "--overwrite"], capsys)
     assert status == 2 and "training diverged in epoch 1" in stderr and "Traceback" not in stderr
     assert out.read_bytes() == good
 

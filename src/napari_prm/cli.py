@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--classes", action="append", default=None, metavar="NAME",
                        help="train on these classes only, in this order; repeat for more "
                             "(default: every class of the dataset)")
-    train.add_argument("--out", default="prm_model.pt", type=Path, help="checkpoint (.pt)")
+    train.add_argument("--out", default="prm_model.pt", type=Path,
+                       help="checkpoint (.pt); an existing file is refused, unless continued (--resume) "
+                            "or replaced (--overwrite)")
     train.add_argument("--model", default=None,
                        help="fine-tune this checkpoint (.pt/.safetensors) or built-in model ('imagenet-voc', "
                             "'imagenet-coco', 'imagenet': EfficientNet-Lite0 whose ImageNet classifier rows "
@@ -229,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run saved in CHECKPOINT, or in --out when given alone, "
                             "with its recipe and model (options asking for others are refused; "
                             "--epochs sets the new total) (default: start afresh)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an existing --out with a new run (without it, an existing --out is "
+                            "refused before anything runs, so a trained model is never lost)")
     train.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     _add_model_options(train, device_only=True)
     train.set_defaults(run=_run_train)
@@ -268,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the PRM model: a checkpoint (.pt/.safetensors) or a built-in name; a model "
                              "with a head is fine-tuned")
     refine.add_argument("--out", required=True, type=Path,
-                        help="refined checkpoint (.pt keeps the training state for --resume)")
+                        help="refined checkpoint (.pt keeps the training state for --resume); missing "
+                             "folders are created; an existing file is refused, unless continued (--resume) "
+                             "or replaced (--overwrite)")
     refine.add_argument("--masks", default=None, type=Path,
                         help="corrected masks: a COCO JSON, or a folder of <stem>_labels.tif label images "
                              "with their <stem>_instances.csv; images are matched to DATASET's by file name "
@@ -292,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--resume", action="store_true",
                         help="continue the run saved in --out with its options (options asking for "
                              "others are refused; --epochs sets the new total)")
+    refine.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out with a new run (without it, an existing --out is "
+                             "refused before anything runs, so a refined model is never lost)")
     refine.add_argument("--seed", type=int, default=0, help="random seed")
     _add_model_options(refine, device_only=True)
     refine.set_defaults(run=_run_refine)
@@ -742,11 +752,23 @@ def _check_resumed_options(args, path: Path):
     return model
 
 
+def _refuse_existing_out(args) -> None:
+    """``train`` and ``refine`` write --out after every epoch: a new run replaced an existing
+    (e.g. a 10-epoch) model after its first epoch. Refused before anything runs, unless
+    ``--resume`` continues that file or ``--overwrite`` is given."""
+    try:
+        check.new_checkpoint("--out", args.out, overwrite=args.overwrite, resume=args.resume,
+                             options=("--resume", "--overwrite"))
+    except FileExistsError as error:
+        raise CommandError(str(error)) from None
+
+
 def _run_train(args) -> int:
     from tqdm import tqdm
 
     from .train import train
 
+    _refuse_existing_out(args)
     _device(args.device)  # a missing GPU fails before the dataset is read
     if args.resume:
         _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
@@ -785,7 +807,7 @@ def _run_train(args) -> int:
             input_size=tuple(args.input_size),
             sub_pixel_locating_factor=args.sub_pixel_locating_factor, hflip=args.hflip,
             device=args.device, seed=args.seed, val_fraction=args.val_fraction, calibrate=args.calibrate,
-            resume=args.resume, progress=progress, num_workers=args.num_workers)
+            resume=args.resume, progress=progress, num_workers=args.num_workers, overwrite=args.overwrite)
     except ValueError as error:
         raise CommandError(str(error)) from error
     finally:
@@ -879,6 +901,7 @@ def _run_refine(args) -> int:
 
     from .refine import load_corrections, refine
 
+    _refuse_existing_out(args)
     if args.resume:
         _check_resumed_options(args, args.out)
     dataset = _load_dataset(args)
@@ -931,7 +954,7 @@ def _run_refine(args) -> int:
                         out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         correction_weight=args.correction_weight, predict_options=predict_options,
                         cache_dir=cache if args.self_training else None, device=args.device, seed=args.seed,
-                        resume=args.resume, progress=progress)
+                        resume=args.resume, progress=progress, overwrite=args.overwrite)
     except ValueError as error:
         raise CommandError(str(error)) from error
     except KeyboardInterrupt:

@@ -327,6 +327,7 @@ def train(
     progress: Callable[[TrainProgress], None] | None = None,
     cancel: Any = None,
     num_workers: int = 0,
+    overwrite: bool = True,
 ) -> TrainResult:
     """Train a PRM model on image-level labels.
 
@@ -382,6 +383,11 @@ def train(
         epoch is not saved) and ``TrainResult.cancelled`` is True.
     num_workers : int
         DataLoader worker processes.
+    overwrite : bool
+        Whether an existing ``out`` may be replaced (True by default, as before). With
+        False, an existing ``out`` that ``resume`` does not continue is refused with a
+        ``FileExistsError`` before anything runs: the command line and the Train widget
+        use it, so that a new run never replaces a trained model after its first epoch.
 
     Returns
     -------
@@ -393,6 +399,7 @@ def train(
     out = check.output_file("out", out, parent_must_exist=False)
     if out.suffix == ".safetensors":
         raise ValueError(f"training checkpoints hold optimiser state: write a .pt file, not {out}")
+    check.new_checkpoint("out", out, overwrite=overwrite, resume=resume)
     epochs = check.positive_int("epochs", epochs)
     num_workers = check.integer("num_workers", num_workers, low=0)
     dataset.check_positives()
