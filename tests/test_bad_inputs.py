@@ -289,7 +289,7 @@ def api(id: str, setup, match: str) -> Case:
 
 
 PREDICT = ("predict", "{image}", "--out", "{out}", "--model", "{model}", "--proposals", "none")
-TRAIN = ("train", "{csv}", "--backbone", "tiny", "--out", "{model}")
+TRAIN = ("train", "{csv}", "--backbone", "tiny", "--out", "{out}/new.pt")
 EVALUATE = ("evaluate", "{coco}", "--image-dir", "{data}", "--model", "{model}", "--proposals", "none")
 DEMO = ("demo", "{image}", "--model", "{model}", "--out", "{out}", "--no-view", "--proposals", "none")
 BENCH = ("bench", "--model", "{model}")
@@ -339,14 +339,20 @@ CASES = [
     cli(*TRAIN, "--seed", "-1", match=r"--seed: expected an integer in \[0, 4.29497e\+09\], got -1"),
     cli("train", "{csv}", "--out", "{data}", match=r"--out: expected a file, got .*data, which is a folder"),
     cli("train", "{csv}", "--out", "{out}/m.safetensors", match=r"--out: .*write a .pt file, not .*m.safetensors"),
-    cli("train", "{out}/missing.csv", "--out", "{model}", match=r"cannot load dataset .*missing.csv.*does not exist"),
-    cli("train", "{out}", "--out", "{model}",
+    cli("train", "{out}/missing.csv", "--out", "{out}/new.pt",
+        match=r"cannot load dataset .*missing.csv.*does not exist"),
+    cli("train", "{out}", "--out", "{out}/new.pt",
         match=r"cannot load dataset .*out: dataset folder .*out has no class sub-folders"),
-    cli("train", "{csv_with_empty_image}", "--backbone", "tiny", "--out", "{model}", "--epochs", "1",
+    cli("train", "{csv_with_empty_image}", "--backbone", "tiny", "--out", "{out}/new.pt", "--epochs", "1",
         "--batch-size", "2", "--input-size", "16", "16", "--num-workers", "1",
         match=r"error: cannot read image .*empty.png \(declared at .*broken.csv:3\): the file is empty"),
-    cli("train", "{csv}", "--model", "alexnet", "--out", "{model}", match=r"unknown backbone 'alexnet'"),
-    cli(*TRAIN, "--resume", match=r"tiny.pt holds no training state"),
+    cli("train", "{csv}", "--model", "alexnet", "--out", "{out}/new.pt",
+        match=r"--model: expected a checkpoint file \(.pt, .pth or .safetensors\) to fine-tune, a built-in model "
+              r"to fine-tune \(imagenet, imagenet-voc, imagenet-coco\) or a backbone \(.*\); got 'alexnet'"),
+    cli("train", "{csv}", "--model", "{out}/gone.pt", "--out", "{out}/new.pt",
+        match=r"--model: no such checkpoint file: .*gone.pt"),
+    cli("train", "{csv}", "--backbone", "tiny", "--out", "{model}", "--resume",
+        match=r"tiny.pt holds no training state"),
     # ---- evaluate
     cli(*EVALUATE, "--iou-thresholds", "2.0", "nan", "-1",
         match=r"--iou-thresholds\[0\]: expected a finite number in \(0, 1\], got 2.0"),
@@ -383,8 +389,7 @@ CASES = [
     cli(*BENCH, "--peaks", "-1", match=r"--peaks: expected an integer >= 1, got -1"),
     cli(*BENCH, "--peaks", "0", match=r"--peaks: expected an integer >= 1, got 0"),
     cli(*BENCH, "--peak-batch-size", "-3", match=r"--peak-batch-size: expected an integer >= 1, got -3"),
-    cli(*BENCH, "--out", "{out}/missing/dir/file.md",
-        match=r"--out: cannot write .*missing/dir/file.md: its folder .*missing/dir does not exist"),
+    cli(*BENCH, "--out", "{afile}/file.md", match=r"--out: cannot write .*afile/file.md: .*afile is a file"),
     cli(*BENCH, "--out", "{out}", match=r"--out: expected a file, got .*out, which is a folder"),
     cli("frobnicate", match=r"invalid choice: 'frobnicate'"),
 
@@ -804,9 +809,10 @@ def test_finding_5_a_diverging_training_keeps_the_last_good_checkpoint(ws, capsy
     model = load_model(out)
     assert all(bool(torch.isfinite(p).all()) for p in model.network.parameters())
 
+    # --overwrite: replacing the model is asked for, and still the diverging run keeps it
     status, stderr = run_cli(["train", str(ws.csv), "--backbone", "tiny", "--out", str(out),
                               "--epochs", "2", "--batch-size", "2", "--input-size", "16", "16",
-                              "--lr", "1e30"], capsys)
+                              "--lr", "1e30", "--overwrite"], capsys)
     assert status == 2 and "training diverged in epoch 1" in stderr and "Traceback" not in stderr
     assert out.read_bytes() == good
 

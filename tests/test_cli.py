@@ -204,6 +204,9 @@ def test_train_and_evaluate_defaults_match_the_library():
     for function, command in ((train, "train"), (evaluate, "evaluate")):
         defaults = vars(choices[command].parse_args(["data.json"]))
         for name, parameter in inspect.signature(function).parameters.items():
+            if name == "overwrite":  # on purpose: the command line keeps an existing --out, train() replaces it
+                assert defaults[name] is False and parameter.default is True
+                continue
             if name in defaults and parameter.default is not inspect.Parameter.empty:
                 expected = parameter.default
                 value = defaults[name]
@@ -337,7 +340,7 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
 
 
 def test_bench_prints_and_writes_a_markdown_table(tmp_path, tiny48_checkpoint, capsys):
-    report = tmp_path / "bench.md"
+    report = tmp_path / "reports" / "today" / "bench.md"  # missing folders are created, as predict's
     assert main(["bench", "--model", str(tiny48_checkpoint), "--size", "32", "--peaks", "2",
                  "--device", "cpu", "--out", str(report)]) == 0
     printed = capsys.readouterr().out
@@ -432,6 +435,57 @@ def test_train_resume_refuses_options_that_ask_for_another_recipe(tmp_path, caps
     assert load_model(out).input_size == (32, 32)
 
 
+def test_train_refuses_an_existing_out_unless_resumed_or_overwritten(tmp_path, capsys):
+    """A second ``train ds --out model.pt`` replaced a 2-epoch model after one epoch."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    out = tmp_path / "model.pt"
+    start = ["train", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--batch-size", "2",
+             "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
+    assert main(start + ["--epochs", "2"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(start + ["--epochs", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"napari-prm train: error: --out {out} exists: pass --resume to continue it, --overwrite to "
+                     "replace it, or choose another path")
+    assert out.read_bytes() == before
+    # resuming another run into it is refused too: it would replace this one
+    other = tmp_path / "other.pt"
+    other.write_bytes(before)
+    assert main(start + ["--epochs", "3", "--resume", str(other)]) == 2
+    assert f"--out {out} exists and is not the checkpoint --resume continues" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    # --resume continues it
+    assert main(start + ["--epochs", "3", "--resume"]) == 0
+    assert "epoch 3/3" in capsys.readouterr().err
+    assert [h["epoch"] for h in torch.load(out, weights_only=True)["extra"]["training"]["history"]] == [1, 2, 3]
+    # --overwrite replaces it with a new run
+    assert main(start + ["--epochs", "1", "--overwrite"]) == 0
+    assert [h["epoch"] for h in torch.load(out, weights_only=True)["extra"]["training"]["history"]] == [1]
+
+
+def test_train_fine_tunes_a_builtin_model(tmp_path, capsys):
+    """``train --model imagenet-voc`` said "unknown backbone 'imagenet-voc'"; the built-in model
+    is a starting point like a checkpoint (its classifier rows of the dataset's classes are kept)."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("dog", data.astronaut())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    out = tmp_path / "voc_tuned.pt"
+    assert main(["train", str(tmp_path / "data"), "--model", "imagenet-voc", "--out", str(out), "--epochs", "1",
+                 "--batch-size", "2", "--input-size", "64", "64", "--backbone-lr-mult", "0", "--val-fraction", "0",
+                 "--no-calibrate", "--device", "cpu"]) == 0, capsys.readouterr().err
+    model = load_model(out)
+    assert model.backbone == "efficientnet_lite0" and model.class_names == ["cat", "dog"]
+
+
 def test_refine_resume_refuses_options_that_ask_for_others(tmp_path, capsys):
     """``refine --resume`` took lr, batch size, correction weight and seed from the checkpoint
     and ignored those given with it, without a word."""
@@ -485,7 +539,7 @@ def test_calibrate_a_builtin_model_into_a_new_checkpoint(tmp_path, capsys):
     (folder / "labels.csv").write_text(f"image,labels\nchelsea.png,cat\ncoffee.png,{others}\nrocket.png,\n")
     assert main(["calibrate", str(folder / "labels.csv"), "--model", "imagenet-voc", "--no-tta"]) == 2
     assert "--model imagenet-voc is a built-in model: pass --out" in capsys.readouterr().err
-    out = tmp_path / "voc.pt"
+    out = tmp_path / "models" / "calibrated" / "voc.pt"  # missing folders are created (they were refused)
     assert main(["calibrate", str(folder / "labels.csv"), "--model", "imagenet-voc", "--out", str(out),
                  "--no-tta"]) == 0
     assert "on 3 image(s)" in capsys.readouterr().out

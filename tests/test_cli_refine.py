@@ -102,6 +102,32 @@ def test_refine_usage_errors(shapes_dataset, tiny_checkpoint96, tmp_path, capsys
     assert "a .safetensors checkpoint holds no training state" in capsys.readouterr().err
 
 
+def test_refine_refuses_an_existing_out_unless_resumed_or_overwritten(shapes_dataset, tiny_checkpoint96, tmp_path,
+                                                                       capsys):
+    """A second ``refine ... --out refined.pt`` replaced the refined model after one epoch."""
+    out = tmp_path / "refined.pt"
+    start = ["refine", str(shapes_dataset), "--model", str(tiny_checkpoint96), "--out", str(out), "--masks",
+             str(shapes_dataset), "--no-self-training", "--batch-size", "4", "--device", "cpu"]
+    assert main(start + ["--epochs", "2"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(start + ["--epochs", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"napari-prm refine: error: --out {out} exists: pass --resume to continue it, --overwrite to "
+                     "replace it, or choose another path")
+    assert out.read_bytes() == before
+    # refining the refined model into its own file is a new run on it too: refused
+    assert main(["refine", str(shapes_dataset), "--model", str(out), "--out", str(out), "--masks",
+                 str(shapes_dataset), "--no-self-training", "--epochs", "1"]) == 2
+    assert out.read_bytes() == before
+    capsys.readouterr()
+    assert main(start + ["--epochs", "3", "--resume"]) == 0
+    assert "epoch 3/3" in capsys.readouterr().err
+    assert [h["epoch"] for h in load_checkpoint(out)[1]["refine_training"]["history"]] == [1, 2, 3]
+    assert main(start + ["--epochs", "1", "--overwrite"]) == 0
+    assert [h["epoch"] for h in load_checkpoint(out)[1]["refine_training"]["history"]] == [1]
+
+
 def test_refine_defaults_match_the_library():
     defaults = vars(build_parser()._subparsers._group_actions[0].choices["refine"].parse_args(
         ["data.json", "--model", "m.pt", "--out", "o.pt"]))

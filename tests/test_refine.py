@@ -222,6 +222,18 @@ def refined(tiny96, shapes_scenes):
                   device="cpu").model
 
 
+def test_refine_with_overwrite_false_keeps_an_existing_out(tiny96, shapes_scenes, tmp_path):
+    out = tmp_path / "refined.pt"
+    out.write_bytes(b"an earlier refined model")
+    corrections = corrections_of(shapes_scenes[:1])
+    with pytest.raises(FileExistsError, match=r"out .*refined.pt exists: pass resume=True to continue it, "
+                                              r"overwrite=True to replace it"):
+        refine(tiny96, corrections=corrections, out=out, epochs=1, device="cpu", overwrite=False)
+    assert out.read_bytes() == b"an earlier refined model"
+    result = refine(tiny96, corrections=corrections, out=out, epochs=1, device="cpu")  # the default replaces
+    assert result.checkpoint == out and load_model(out).head is not None
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_a_refined_checkpoint_round_trips(refined, shapes_scenes, tmp_path, suffix):
     path = save_model(refined, tmp_path / f"refined{suffix}")
@@ -254,6 +266,36 @@ def test_a_head_from_a_newer_napari_prm_is_refused(refined, tmp_path):
     torch.save(content, tmp_path / "orphan.pt")
     with pytest.raises(ValueError, match="head weights but no 'refine' metadata"):
         load_model(tmp_path / "orphan.pt")
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("format_version", None, "no valid format_version.*None"),
+    ("format_version", "1", "no valid format_version.*'1'"),
+    ("format_version", [1], "no valid format_version"),
+    ("format_version", True, "no valid format_version"),
+    ("info", [1, 2], "info: expected a mapping, got list"),
+    ("info", None, "info: expected a mapping, got NoneType"),
+    ("config", [1], "does not match its own metadata"),
+])
+def test_a_malformed_refine_entry_is_a_value_error_naming_the_file(refined, tmp_path, field, value, message):
+    """load_model promises a ValueError naming the file for a malformed checkpoint; these raised TypeError."""
+    path = save_model(refined, tmp_path / "refined.pt")
+    content = torch.load(path, weights_only=True)
+    content["metadata"]["refine"][field] = value
+    odd = tmp_path / "odd.pt"
+    torch.save(content, odd)
+    with pytest.raises(ValueError, match=message) as error:
+        load_model(odd)
+    assert str(odd) in str(error.value)
+
+
+def test_a_checkpoint_whose_backbone_is_not_a_name_is_a_value_error(refined, tmp_path):
+    path = save_model(refined, tmp_path / "refined.pt")
+    content = torch.load(path, weights_only=True)
+    content["metadata"]["backbone"] = ["tiny"]  # raised TypeError: unhashable type: 'list'
+    torch.save(content, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="backbone: expected one of"):
+        load_model(tmp_path / "odd.pt")
 
 
 def test_refined_proposals_and_the_auto_default(refined, tiny96, shapes_scenes):

@@ -133,6 +133,47 @@ def test_fine_tuning_new_classes_keeps_known_rows(full_run, squares, tmp_path):
     assert all(torch.equal(v, base.network.state_dict()[k]) for k, v in before.items())
 
 
+def test_fine_tuning_the_builtin_model_keeps_its_classifier_rows(squares, tmp_path):
+    """``model="imagenet-voc"`` (the CLI's ``train --model imagenet-voc``) said "unknown backbone": it
+    fine-tunes the built-in EfficientNet-Lite0, keeping its rows of the dataset's classes of the same name."""
+    builtin = load_model("imagenet-voc")
+    rows = builtin.network.fcn.classifier
+    named = LabeledImageDataset(image_paths=squares.image_paths, labels=squares.labels, class_names=["dog", "x"],
+                                source="squares as dogs")
+    result = train(named, model="imagenet-voc", out=tmp_path / "dogs.pt", epochs=1, batch_size=8, lr=0.0,
+                   backbone_lr_mult=0.0, input_size=(64, 64), device="cpu", val_fraction=0.0, calibrate=False)
+    assert result.model.backbone == "efficientnet_lite0" and result.model.class_names == ["dog", "x"]
+    classifier = result.model.network.fcn.classifier
+    dog = builtin.class_names.index("dog")
+    assert torch.equal(classifier.weight[0], rows.weight[dog]) and torch.equal(classifier.bias[0], rows.bias[dog])
+    features = builtin.network.fcn.features.state_dict()
+    assert all(torch.equal(v, features[k]) for k, v in result.model.network.fcn.features.state_dict().items())
+    assert load_model(tmp_path / "dogs.pt").class_names == ["dog", "x"]
+
+
+def test_an_unknown_starting_model_names_what_is_accepted(squares, tmp_path):
+    with pytest.raises(ValueError, match=r"model: expected a checkpoint file .*a built-in model \(imagenet, "
+                                         r"imagenet-voc, imagenet-coco\) or a backbone .*got 'imagenet-vco'"):
+        train(squares, model="imagenet-vco", out=tmp_path / "m.pt", epochs=1)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_an_existing_out_is_refused_with_overwrite_false(squares, tmp_path):
+    """``overwrite=False`` (the CLI's and the widget's) keeps an existing checkpoint; the default replaces it."""
+    settings = dict(SETTINGS, epochs=1, val_fraction=0.0, calibrate=False)
+    out = tmp_path / "m.pt"
+    train(squares, out=out, **settings)
+    before = out.read_bytes()
+    with pytest.raises(FileExistsError, match=r"out .*m.pt exists: pass resume=True to continue it, "
+                                              r"overwrite=True to replace it, or choose another path"):
+        train(squares, out=out, overwrite=False, **settings)
+    assert out.read_bytes() == before
+    resumed = train(squares, out=out, overwrite=False, resume=True, **dict(settings, epochs=2))
+    assert [r.epoch for r in resumed.history] == [1, 2]
+    train(squares, out=out, **settings)  # the library's default: replaced
+    assert [h["epoch"] for h in torch.load(out, weights_only=True)["extra"]["training"]["history"]] == [1]
+
+
 def test_training_errors(squares, tmp_path):
     with pytest.raises(ValueError, match=r"\['green'\] have no positive image"):
         train(LabeledImageDataset(image_paths=squares.image_paths, labels=np.c_[squares.labels, np.zeros(len(squares))],

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import shapes_scene
 from napari_prm import build_model, load_model, predict, save_model
@@ -133,3 +134,39 @@ def test_a_masks_file_that_is_not_coco_is_reported_once(make_napari_viewer, qtbo
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert widget.last_message.startswith("Learning failed") and "masks.json" in widget.last_message
     assert widget._learn_button.enabled and not (tmp_path / "never.pt").exists()
+
+
+def test_an_existing_model_file_is_kept_unless_it_is_the_model_refined(make_napari_viewer, qtbot, prm_config,
+                                                                       tiny_shapes_checkpoint, tmp_path):
+    """*Learn* replaced whatever file "save refined model as" named (an earlier refined model,
+    after one epoch). Another file is now kept and the run saves to the next free name; the
+    model being refined is replaced, so that learn → run → correct → learn goes on in one file."""
+    viewer = make_napari_viewer()
+    image, labels, _, _ = shapes_scene(2)
+    viewer.add_image(image, name="scene")
+    predict_widget, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    layer = viewer.add_labels(np.zeros_like(labels), name="scene instances")
+    correct(layer, labels)
+    widget.reset_choices()
+    widget._layers.value = [layer]
+    widget._device.value = "cpu"
+    earlier = tmp_path / "refined.pt"
+    earlier.write_bytes(b"an earlier refined model")
+    widget._out.value = earlier
+    assert widget.start(batch_size=1, epochs=1) is not None
+    assert widget.last_message == "refined.pt exists and is kept: saving to refined-2.pt."
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    saved = tmp_path / "refined-2.pt"
+    assert widget.result is not None and widget.result.checkpoint == saved, widget.last_message
+    assert earlier.read_bytes() == b"an earlier refined model"
+    assert str(widget._out.value) == str(saved) and "saved " + str(saved) in widget.last_message
+    # the refined model is now the one refined, and it is the output: learning again goes on in it
+    assert widget._model.value == str(saved.resolve())
+    first = load_model(saved)
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+    assert widget.start(batch_size=1, epochs=1) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and widget.result.checkpoint == saved, widget.last_message
+    assert not (tmp_path / "refined-3.pt").exists() and earlier.read_bytes() == b"an earlier refined model"
+    again = load_model(saved)
+    assert any(not torch.equal(again.head.state_dict()[k], v) for k, v in first.head.state_dict().items())

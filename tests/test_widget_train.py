@@ -82,3 +82,29 @@ def test_a_folder_that_is_no_dataset_is_reported_once(make_napari_viewer, qtbot,
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert widget.last_message.startswith("Training failed") and "not a dataset" in widget.last_message
     assert widget._train_button.enabled and not (tmp_path / "never.pt").exists()
+
+
+def test_an_existing_output_file_is_kept(make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path):
+    """*Train* replaced the model at "output file" (a 10-epoch model, after one epoch); the
+    file is now kept and the run saves to the next free name, shown in the field."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset_dir.value = tiny_dataset
+    widget._base.value = "tiny"
+    widget._epochs.value = 1
+    widget._batch.value = 2
+    widget._size.value = 32
+    widget._device.value = "cpu"
+    earlier = tmp_path / "trained.pt"
+    earlier.write_bytes(b"a model trained for 10 epochs")
+    (tmp_path / "trained-2.pt").write_bytes(b"another one")
+    widget._out.value = earlier
+    assert widget.start() is not None
+    assert widget.last_message == "trained.pt exists and is kept: saving to trained-3.pt."
+    assert str(widget._out.value) == str(tmp_path / "trained-3.pt")
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and widget.result.checkpoint == tmp_path / "trained-3.pt", widget.last_message
+    assert earlier.read_bytes() == b"a model trained for 10 epochs"
+    assert (tmp_path / "trained-2.pt").read_bytes() == b"another one"
+    assert load_model(tmp_path / "trained-3.pt").class_names == ["cat", "cup"]
+    assert "saved " + str(tmp_path / "trained-3.pt") in widget.last_message

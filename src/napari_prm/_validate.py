@@ -30,6 +30,8 @@ __all__ = [
     "finite_array",
     "output_folder",
     "output_file",
+    "new_checkpoint",
+    "unused_path",
     "path_like",
     "keyword_options",
 ]
@@ -189,3 +191,51 @@ def output_file(name: str, path: str | os.PathLike, *, parent_must_exist: bool =
         if path.suffix.lower() not in suffixes:
             raise ValueError(f"{name}: expected a file ending in {' or '.join(suffixes)}, got {path}")
     return path
+
+
+def new_checkpoint(name: str, path: str | os.PathLike, *, overwrite: bool, resume=None,
+                   options: tuple[str, str] = ("resume=True", "overwrite=True")) -> None:
+    """Refuse to replace an existing checkpoint that a training run does not continue.
+
+    ``train`` and ``refine`` write their checkpoint after every epoch: a new run on an
+    existing file replaced a 10-epoch model after one epoch. The file at ``path`` may be
+    replaced only with ``overwrite``, or when ``resume`` (True: ``path`` itself, or the
+    checkpoint a run continues) is that same file. ``options`` name the resume and
+    overwrite switches in the caller's terms (``("--resume", "--overwrite")`` on the
+    command line). Raises ``FileExistsError`` naming the file and how to proceed.
+    """
+    path = Path(path)
+    if overwrite or not path.exists():
+        return
+    resume_option, overwrite_option = options
+    if resume is True or (resume and _same_file(resume, path)):
+        return
+    if resume:
+        raise FileExistsError(f"{name} {path} exists and is not the checkpoint {resume_option} continues ({resume}): "
+                              f"pass {overwrite_option} to replace it, or choose another path")
+    raise FileExistsError(f"{name} {path} exists: pass {resume_option} to continue it, {overwrite_option} to "
+                          "replace it, or choose another path")
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).absolute() == Path(b).absolute()
+
+
+def unused_path(path: str | os.PathLike) -> Path:
+    """``path`` when nothing exists there, else the first of ``<stem>-2<suffix>``,
+    ``<stem>-3<suffix>``, ... that is free (a stem already ending in ``-<number>`` counts on
+    from it: ``model-2.pt`` becomes ``model-3.pt``)."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    stem, _, number = path.stem.rpartition("-")
+    start = int(number) + 1 if stem and number.isdigit() else 2
+    stem = stem if stem and number.isdigit() else path.stem
+    while True:
+        candidate = path.with_name(f"{stem}-{start}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        start += 1

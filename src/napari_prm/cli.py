@@ -196,10 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--classes", action="append", default=None, metavar="NAME",
                        help="train on these classes only, in this order; repeat for more "
                             "(default: every class of the dataset)")
-    train.add_argument("--out", default="prm_model.pt", type=Path, help="checkpoint (.pt)")
+    train.add_argument("--out", default="prm_model.pt", type=Path,
+                       help="checkpoint (.pt); an existing file is refused, unless continued (--resume) "
+                            "or replaced (--overwrite)")
     train.add_argument("--model", default=None,
-                       help="start from this checkpoint or backbone (default: a new --backbone "
-                            "model)")
+                       help="fine-tune this checkpoint (.pt/.safetensors) or built-in model ('imagenet-voc', "
+                            "'imagenet-coco', 'imagenet': EfficientNet-Lite0 whose ImageNet classifier rows "
+                            "for the dataset's classes of the same name are kept), or start from this "
+                            "backbone's ImageNet weights (default: a new --backbone model)")
     train.add_argument("--backbone", default="efficientnet_lite0",
                        choices=("efficientnet_lite0", "resnet50", "vgg16", "tiny"),
                        help="backbone of a new model (ImageNet weights; resnet50/vgg16 are "
@@ -228,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run saved in CHECKPOINT, or in --out when given alone, "
                             "with its recipe and model (options asking for others are refused; "
                             "--epochs sets the new total) (default: start afresh)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an existing --out with a new run (without it, an existing --out is "
+                            "refused before anything runs, so a trained model is never lost)")
     train.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     _add_model_options(train, device_only=True)
     train.set_defaults(run=_run_train)
@@ -244,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="checkpoint (.pt/.safetensors) to calibrate, or a built-in model "
                                 "('imagenet-voc', 'imagenet-coco', 'imagenet') with --out")
     calibrate.add_argument("--out", type=Path, default=None,
-                           help="write the calibrated checkpoint here (default: replace --model)")
+                           help="write the calibrated checkpoint here; missing folders are created "
+                                "(default: replace --model)")
     calibrate.add_argument("--held-out", action="store_true",
                            help="use only the images 'train' held out of this checkpoint's training (its "
                                 "--val-fraction and --seed); otherwise every image of DATASET")
@@ -266,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the PRM model: a checkpoint (.pt/.safetensors) or a built-in name; a model "
                              "with a head is fine-tuned")
     refine.add_argument("--out", required=True, type=Path,
-                        help="refined checkpoint (.pt keeps the training state for --resume)")
+                        help="refined checkpoint (.pt keeps the training state for --resume); missing "
+                             "folders are created; an existing file is refused, unless continued (--resume) "
+                             "or replaced (--overwrite)")
     refine.add_argument("--masks", default=None, type=Path,
                         help="corrected masks: a COCO JSON, or a folder of <stem>_labels.tif label images "
                              "with their <stem>_instances.csv; images are matched to DATASET's by file name "
@@ -290,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--resume", action="store_true",
                         help="continue the run saved in --out with its options (options asking for "
                              "others are refused; --epochs sets the new total)")
+    refine.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out with a new run (without it, an existing --out is "
+                             "refused before anything runs, so a refined model is never lost)")
     refine.add_argument("--seed", type=int, default=0, help="random seed")
     _add_model_options(refine, device_only=True)
     refine.set_defaults(run=_run_refine)
@@ -346,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--retrieval", action=argparse.BooleanOptionalAction, default=True,
                        help="also time instance retrieval (100 proposals, 30 peaks)")
     bench.add_argument("--out", type=Path, default=None,
-                       help="also write the report to this file (default: not written)")
+                       help="also write the report to this file; missing folders are created "
+                            "(default: not written)")
     bench.set_defaults(run=_run_bench)
     return parser
 
@@ -429,6 +443,20 @@ def _train_out(name, value):
     return path
 
 
+def _train_model(name, value):
+    """``train --model``: a checkpoint file, a built-in model or a backbone name."""
+    from .model.backbones import BACKBONES
+    from .model.checkpoint import BUILTIN_MODELS, CHECKPOINT_SUFFIXES
+
+    if value is None or value in BUILTIN_MODELS or value in BACKBONES or Path(value).is_file():
+        return value
+    if Path(value).suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ValueError(f"{name}: no such checkpoint file: {value}")
+    raise ValueError(f"{name}: expected a checkpoint file (.pt, .pth or .safetensors) to fine-tune, a built-in "
+                     f"model to fine-tune ({', '.join(BUILTIN_MODELS)}) or a backbone "
+                     f"({', '.join(sorted(BACKBONES))}); got {value!r}")
+
+
 def _input_size(name, value):
     return [check.positive_int(f"{name}[{i}]", v) for i, v in enumerate(value)]
 
@@ -438,7 +466,7 @@ def _iou_thresholds(name, value):
 
 
 def _bench_out(name, value):
-    return None if value is None else check.output_file(name, value)
+    return None if value is None else check.output_file(name, value, parent_must_exist=False)
 
 
 def _json_out(name, value):
@@ -466,6 +494,7 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     },
     "train": {
         "out": _train_out,
+        "model": _train_model,
         "epochs": _positive,
         "batch_size": _positive,
         "lr": lambda name, value: check.finite_float(name, value, low=0),
@@ -481,7 +510,8 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "num_workers": lambda name, value: check.integer(name, value, low=0),
     },
     "calibrate": {
-        "out": lambda name, value: None if value is None else check.output_file(name, value),
+        "out": lambda name, value: None if value is None else check.output_file(name, value,
+                                                                                parent_must_exist=False),
     },
     "refine": {
         "out": lambda name, value: check.output_file(name, value, parent_must_exist=False),
@@ -727,11 +757,23 @@ def _check_resumed_options(args, path: Path):
     return model
 
 
+def _refuse_existing_out(args) -> None:
+    """``train`` and ``refine`` write --out after every epoch: a new run replaced an existing
+    (e.g. a 10-epoch) model after its first epoch. Refused before anything runs, unless
+    ``--resume`` continues that file or ``--overwrite`` is given."""
+    try:
+        check.new_checkpoint("--out", args.out, overwrite=args.overwrite, resume=args.resume,
+                             options=("--resume", "--overwrite"))
+    except FileExistsError as error:
+        raise CommandError(str(error)) from None
+
+
 def _run_train(args) -> int:
     from tqdm import tqdm
 
     from .train import train
 
+    _refuse_existing_out(args)
     _device(args.device)  # a missing GPU fails before the dataset is read
     if args.resume:
         _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
@@ -770,7 +812,7 @@ def _run_train(args) -> int:
             input_size=tuple(args.input_size),
             sub_pixel_locating_factor=args.sub_pixel_locating_factor, hflip=args.hflip,
             device=args.device, seed=args.seed, val_fraction=args.val_fraction, calibrate=args.calibrate,
-            resume=args.resume, progress=progress, num_workers=args.num_workers)
+            resume=args.resume, progress=progress, num_workers=args.num_workers, overwrite=args.overwrite)
     except ValueError as error:
         raise CommandError(str(error)) from error
     finally:
@@ -864,6 +906,7 @@ def _run_refine(args) -> int:
 
     from .refine import load_corrections, refine
 
+    _refuse_existing_out(args)
     if args.resume:
         _check_resumed_options(args, args.out)
     dataset = _load_dataset(args)
@@ -916,7 +959,7 @@ def _run_refine(args) -> int:
                         out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         correction_weight=args.correction_weight, predict_options=predict_options,
                         cache_dir=cache if args.self_training else None, device=args.device, seed=args.seed,
-                        resume=args.resume, progress=progress)
+                        resume=args.resume, progress=progress, overwrite=args.overwrite)
     except ValueError as error:
         raise CommandError(str(error)) from error
     except KeyboardInterrupt:
@@ -1064,6 +1107,7 @@ def _run_bench(args) -> int:
     if args.out is not None:
         from .io import atomic_write
 
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(args.out) as temp:
             temp.write_text(text, encoding="utf-8")
     return 0

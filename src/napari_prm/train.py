@@ -24,7 +24,16 @@ import torch.nn.functional as F
 from . import _validate as check
 from .data import LabeledImageDataset, TrainingImages
 from .evaluate import classification_map
-from .model.checkpoint import PRMModel, build_model, load_checkpoint, resolve_device, save_model
+from .model.backbones import BACKBONES
+from .model.checkpoint import (
+    BUILTIN_MODELS,
+    PRMModel,
+    build_model,
+    load_checkpoint,
+    load_model,
+    resolve_device,
+    save_model,
+)
 
 TRAINING_STATE_KEY = "training"
 
@@ -135,10 +144,17 @@ def _start_model(base, class_names: list[str], input_size, seed: int) -> PRMMode
     elif isinstance(base, (str, os.PathLike)) and (Path(base).suffix in (".pt", ".pth", ".safetensors")
                                                    or Path(base).is_file()):
         model, _ = load_checkpoint(base)
-    elif isinstance(base, str):
+    elif isinstance(base, str) and base in BUILTIN_MODELS:
+        model = load_model(base)  # fine-tune the built-in ImageNet model: its classifier rows are kept
+    elif isinstance(base, str) and base in BACKBONES:
         return build_model(base, class_names, pretrained=True, input_size=input_size)
+    elif isinstance(base, str):
+        raise ValueError(f"model: expected a checkpoint file (.pt, .pth or .safetensors), a built-in model "
+                         f"({', '.join(BUILTIN_MODELS)}) or a backbone ({', '.join(sorted(BACKBONES))}); "
+                         f"got {base!r}")
     else:
-        raise ValueError(f"model must be a PRMModel, a backbone name or a checkpoint path; got {type(base).__name__}")
+        raise ValueError(f"model must be a PRMModel, a built-in model or backbone name or a checkpoint path; "
+                         f"got {type(base).__name__}")
     model = _adapt_classes(model, class_names)
     if input_size is not None:
         model.input_size = tuple(int(s) for s in input_size)
@@ -311,6 +327,7 @@ def train(
     progress: Callable[[TrainProgress], None] | None = None,
     cancel: Any = None,
     num_workers: int = 0,
+    overwrite: bool = True,
 ) -> TrainResult:
     """Train a PRM model on image-level labels.
 
@@ -320,8 +337,10 @@ def train(
         Every class needs a positive image. Its class names and order become the model's.
     model : PRMModel, str, path or None
         Where to start: None builds ``backbone`` from ImageNet weights; a
-        backbone name does the same for that backbone; a PRMModel or a
-        checkpoint path fine-tunes a copy of it. When its classes differ from the
+        backbone name does the same for that backbone; a PRMModel, a
+        checkpoint path or a built-in model (``"imagenet-voc"``,
+        ``"imagenet-coco"``, ``"imagenet"``: EfficientNet-Lite0 with its ImageNet
+        classifier rows for those classes) fine-tunes a copy of it. When its classes differ from the
         dataset's, the classifier is re-initialised for the dataset's
         classes, keeping the weights of classes with the same name.
     backbone : str
@@ -364,6 +383,11 @@ def train(
         epoch is not saved) and ``TrainResult.cancelled`` is True.
     num_workers : int
         DataLoader worker processes.
+    overwrite : bool
+        Whether an existing ``out`` may be replaced (True by default, as before). With
+        False, an existing ``out`` that ``resume`` does not continue is refused with a
+        ``FileExistsError`` before anything runs: the command line and the Train widget
+        use it, so that a new run never replaces a trained model after its first epoch.
 
     Returns
     -------
@@ -375,6 +399,7 @@ def train(
     out = check.output_file("out", out, parent_must_exist=False)
     if out.suffix == ".safetensors":
         raise ValueError(f"training checkpoints hold optimiser state: write a .pt file, not {out}")
+    check.new_checkpoint("out", out, overwrite=overwrite, resume=resume)
     epochs = check.positive_int("epochs", epochs)
     num_workers = check.integer("num_workers", num_workers, low=0)
     dataset.check_positives()

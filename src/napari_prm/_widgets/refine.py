@@ -20,6 +20,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
+from .._validate import unused_path
 from ..refine import correction_from_layer, load_corrections, refine
 from .layers import read_plane
 from .models import (
@@ -174,8 +175,9 @@ class RefineWidget(Container):
             self._say(f"{', '.join(layer.name for layer in layers)}: no labels yet; correct some instances "
                       "first (paint them, and set their class in the Peak Response Maps widget)", True)
             return None
-        options = {"epochs": int(self._epochs.value), "out": Path(self._out.value)}
+        options = {"epochs": int(self._epochs.value), "out": Path(self._out.value), "overwrite": False}
         options.update(overrides)
+        kept = self._keep_existing(options, model_choice)
         self._cancel.clear()
         self.result = None
         self._progress.value = 0
@@ -190,9 +192,27 @@ class RefineWidget(Container):
         self.worker = worker
         self._learn_button.enabled = False
         self._cancel_button.enabled = True
-        self._status.value = "Reading the corrections…"
+        self._status.value = f"{kept} Reading the corrections…" if kept else "Reading the corrections…"
         worker.start()
         return worker
+
+    def _keep_existing(self, options: dict, model_choice: str) -> str:
+        """The output file is replaced only when it is the model being refined (the loop
+        learn → run → correct → learn goes on in one file, each model starting from the
+        last); any other existing file is kept and the run saves to the next free name
+        (``refined_model-2.pt``), shown in the output field. Returns what was said, or ""."""
+        out = Path(options["out"])
+        if options["overwrite"] or not out.is_file():  # a folder is refine()'s to refuse
+            return ""
+        if Path(model_choice).is_file() and out.resolve() == Path(model_choice).resolve():
+            options["overwrite"] = True
+            return ""
+        options["out"] = unused_path(out)
+        self._out.value = str(options["out"])
+        message = f"{out.name} exists and is kept: saving to {options['out'].name}."
+        self.last_message = message
+        show_info(message)
+        return message
 
     def _learn(self, model_choice: str, device: str, planes, masks: Path | None, options: dict):
         """Worker thread: gather the corrections, then train."""

@@ -13,6 +13,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
+from .._validate import unused_path
 from ..data import load_dataset
 from ..train import train
 from .activity import ActivityProgress
@@ -102,8 +103,10 @@ class TrainWidget(Container):
             "out": Path(self._out.value), "epochs": int(self._epochs.value),
             "lr": float(self._lr.value), "batch_size": int(self._batch.value),
             "input_size": (int(self._size.value),) * 2, "device": self._device.value,
+            "overwrite": False,  # train() refuses an existing file: a trained model is never replaced
         }
         options.update(overrides)
+        kept = self._keep_existing(options)
         self._cancel.clear()
         self.result = None
         self._progress.max = options["epochs"]
@@ -116,11 +119,24 @@ class TrainWidget(Container):
         self.worker = worker
         self._train_button.enabled = False
         self._cancel_button.enabled = True
-        self._status.value = f"Loading {dataset_path}…"
+        self._status.value = f"{kept} Loading {dataset_path}…" if kept else f"Loading {dataset_path}…"
         self.activity = ActivityProgress(f"Train PRM model: {Path(options['out']).name}",
                                          on_cancel=self.cancel)
         worker.start()
         return worker
+
+    def _keep_existing(self, options: dict) -> str:
+        """An output file that exists is kept: the run saves to the next free name
+        (``prm_model-2.pt``), shown in the output field. Returns what was said, or ""."""
+        out = Path(options["out"])
+        if options["overwrite"] or not out.is_file():  # a folder is train()'s to refuse
+            return ""
+        options["out"] = unused_path(out)
+        self._out.value = str(options["out"])
+        message = f"{out.name} exists and is kept: saving to {options['out'].name}."
+        self.last_message = message
+        show_info(message)
+        return message
 
     def _train(self, dataset_path: Path, options: dict):
         """Worker thread: load the dataset and train."""

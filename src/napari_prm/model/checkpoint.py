@@ -428,7 +428,7 @@ def _checked_metadata(path: Path, metadata: dict) -> dict:
     missing = [key for key in ("backbone", "class_names", "mean", "std") if key not in metadata]
     if missing:
         raise ValueError(f"{where}: metadata lacks {missing}")
-    if metadata["backbone"] not in BACKBONES:
+    if not isinstance(metadata["backbone"], str) or metadata["backbone"] not in BACKBONES:
         raise ValueError(f"{where}: backbone: expected one of {sorted(BACKBONES)}, "
                          f"got {metadata['backbone']!r}")
     class_names, input_size, mean, std = _checked_fields(

@@ -175,16 +175,21 @@ def load_head(metadata: dict[str, Any], state: dict[str, torch.Tensor], *, sourc
     """
     if not isinstance(metadata, dict):
         raise ValueError(f"{source}: the 'refine' metadata entry is not a mapping")
-    version = int(metadata.get("format_version", 0))
+    version = metadata.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{source}: the 'refine' metadata entry has no valid format_version "
+                         f"(expected a positive integer, got {version!r})")
     if version > HEAD_FORMAT_VERSION:
         raise ValueError(f"{source}: its refinement head was written by a newer napari-prm (head format "
                          f"{version}, this one reads up to {HEAD_FORMAT_VERSION}); upgrade napari-prm")
-    if version < 1:
-        raise ValueError(f"{source}: the 'refine' metadata entry has no valid format_version")
     try:
         head = head_from_config(metadata["config"])
         head.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError, ValueError) as error:
         raise ValueError(f"{source}: the refinement head does not match its own metadata: {error}") from error
-    head.info = dict(metadata.get("info", {}))
+    info = metadata.get("info", {})
+    if not isinstance(info, dict):
+        raise ValueError(f"{source}: the 'refine' metadata entry's info: expected a mapping, got "
+                         f"{type(info).__name__}")
+    head.info = dict(info)
     return head.eval()

@@ -165,6 +165,7 @@ def refine(
     resume: bool | str | os.PathLike = False,
     progress: Callable[[RefineProgress], None] | None = None,
     cancel: Any = None,
+    overwrite: bool = True,
 ) -> RefineResult:
     """Learn a refinement head from PRM's own instances and from corrected masks.
 
@@ -228,6 +229,10 @@ def refine(
     cancel : callable or threading.Event, optional
         Checked between images and batches; when true, training stops and
         ``RefineResult.cancelled`` is True (the checkpoint keeps the last finished epoch).
+    overwrite : bool
+        Whether an existing ``out`` may be replaced (True by default, as before). With
+        False, an existing ``out`` that ``resume`` does not continue is refused with a
+        ``FileExistsError`` before anything runs (the command line uses it).
 
     Returns
     -------
@@ -246,6 +251,7 @@ def refine(
         raise ValueError("corrections: expected Correction objects (see napari_prm.refine.load_corrections)")
     out = None if out is None else Path(out)
     if out is not None:
+        check.new_checkpoint("out", out, overwrite=overwrite, resume=resume)
         out.parent.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
     if dataset is not None:
