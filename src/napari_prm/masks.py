@@ -1,6 +1,7 @@
 """Mask utilities in one place: overlaps, greedy suppression, RLE and resizing.
 
-Every function takes plain numpy arrays. Masks are boolean (any non-zero value counts as
+Every function takes plain numpy arrays (`resize_nearest` also a `ScaledMasks`, a stack
+held at a working size and enlarged on demand). Masks are boolean (any non-zero value counts as
 inside); a stack is ``(N, H, W)``. Overlaps are counted with sparse products: on long,
 thin matrices (few masks, many pixels) multithreaded BLAS is slow and erratic on a loaded
 machine, and sparse rows cost memory in proportion to the masks' areas only (see
