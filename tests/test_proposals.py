@@ -11,6 +11,7 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from napari_prm.io import read_image
+from napari_prm.masks import ScaledMasks, resize_nearest
 from napari_prm.proposals import (
     combine_proposals,
     default_proposals,
@@ -101,6 +102,46 @@ def test_default_proposals_cover_large_instances_of_a_real_photo(shared_data):
     large = [coco.annToMask(a).astype(bool) for a in coco.imgToAnns[image_id] if a["area"] >= 96**2]
     assert large
     assert np.mean([best_iou(proposals, mask) >= 0.5 for mask in large]) >= 0.5
+
+
+def test_scaled_default_proposals_are_the_same_stack_held_at_the_working_size():
+    from skimage import data
+
+    image = data.chelsea()  # 300×451: segmented at 213×320
+    full = default_proposals(image)
+    # the built-in proposals as they were before the scaled form existed (5d0f8ad)
+    assert full.shape == (300, 300, 451) and int(full.sum()) == 2082087
+    assert full[:5].sum(axis=(1, 2)).tolist() == [425, 1662, 3934, 4485, 14031]
+    scaled = default_proposals(image, scaled=True)
+    assert isinstance(scaled, ScaledMasks)
+    assert scaled.masks.shape == (300, 213, 320) and scaled.shape == full.shape
+    assert scaled.nbytes == 300 * 213 * 320
+    np.testing.assert_array_equal(scaled.to_array(), full)
+    np.testing.assert_array_equal(scaled[7], full[7])
+    np.testing.assert_array_equal(scaled[[3, 1]], full[[3, 1]])
+    first = scaled[:100]
+    assert isinstance(first, ScaledMasks) and len(first) == 100 and first.shape == (100, 300, 451)
+    # the network grid, a shrink to a non-divisor, an enlargement and the image's own size
+    for grid in [(448, 448), (96, 130), (900, 1353), (300, 451)]:
+        np.testing.assert_array_equal(resize_nearest(first, grid), resize_nearest(full[:100], grid))
+
+
+def test_scaled_default_proposals_of_a_small_image_are_at_its_size(small_cat):
+    scaled = default_proposals(small_cat, scaled=True)  # 100×151: below the working size
+    assert scaled.masks.shape[1:] == small_cat.shape[:2]
+    np.testing.assert_array_equal(scaled.masks, default_proposals(small_cat))
+
+
+def test_make_proposals_scales_only_the_builtin_proposals_alone(shapes_image):
+    image = np.repeat(np.repeat(shapes_image[0], 3, axis=0), 3, axis=1)  # 360×480
+    stack = make_proposals("default", image, scaled=True)
+    assert isinstance(stack, ScaledMasks) and stack.masks.shape[1:] == (240, 320)
+    np.testing.assert_array_equal(stack.to_array(), make_proposals("default", image))
+    given = np.zeros((2, *image.shape[:2]), bool)
+    given[0, :10] = given[1, :, :10] = True
+    out = make_proposals(given, image, scaled=True)  # a user's full-size stack: as given
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_array_equal(out, given)
 
 
 # --------------------------------------------------------------- PRM-guided

@@ -1,6 +1,7 @@
 """Mask utilities in one place: overlaps, greedy suppression, RLE and resizing.
 
-Every function takes plain numpy arrays. Masks are boolean (any non-zero value counts as
+Every function takes plain numpy arrays (`resize_nearest` also a `ScaledMasks`, a stack
+held at a working size and enlarged on demand). Masks are boolean (any non-zero value counts as
 inside); a stack is ``(N, H, W)``. Overlaps are counted with sparse products: on long,
 thin matrices (few masks, many pixels) multithreaded BLAS is slow and erratic on a loaded
 machine, and sparse rows cost memory in proportion to the masks' areas only (see
@@ -20,6 +21,7 @@ __all__ = [
     "greedy_mask_nms",
     "nearest_indices",
     "resize_nearest",
+    "ScaledMasks",
     "encode_rle",
     "decode_rle",
     "decode_rles",
@@ -201,8 +203,9 @@ def resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
     Parameters
     ----------
-    array : (..., h, w) ndarray
-        Any dtype; values are copied, never blended.
+    array : (..., h, w) ndarray or ScaledMasks
+        Any dtype; values are copied, never blended. A `ScaledMasks` is resized
+        from its working size (see `ScaledMasks.resize`).
     shape : (int, int)
         Output ``(H, W)``.
 
@@ -211,6 +214,8 @@ def resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     (..., H, W) ndarray
         ``array`` itself when it already has that size. See `nearest_indices`.
     """
+    if isinstance(array, ScaledMasks):
+        return array.resize(shape)
     array = np.asarray(array)
     height, width = (int(s) for s in shape)
     if array.shape[-2:] == (height, width):
@@ -218,6 +223,80 @@ def resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows = nearest_indices(array.shape[-2], height)
     columns = nearest_indices(array.shape[-1], width)
     return array[..., rows, :][..., columns]
+
+
+class ScaledMasks:
+    """An (N, H, W) mask stack held at a lower resolution, enlarged only where needed.
+
+    The stack it stands for is ``resize_nearest(masks, shape)``; it is never built
+    whole. Indexing one mask (or an index array) gives it at ``(H, W)``, slicing gives
+    another `ScaledMasks`, and :meth:`resize` gives the stack at any other size exactly
+    as resizing the full stack would, so a 300-mask stack of a 24-megapixel image
+    costs its working size's bytes, not 7 GB.
+
+    Parameters
+    ----------
+    masks : (N, h, w) bool ndarray
+        The masks at their working size (any non-zero value counts as inside).
+    shape : (int, int)
+        ``(H, W)``: the size of the image they are for.
+
+    Attributes
+    ----------
+    masks : (N, h, w) bool ndarray
+    shape : (int, int, int)
+        ``(N, H, W)``, as an ndarray's.
+
+    Examples
+    --------
+    >>> small = np.zeros((1, 2, 2), bool); small[0, 0, 0] = True
+    >>> stack = ScaledMasks(small, (4, 6))
+    >>> stack[0].astype(int)
+    array([[1, 1, 1, 0, 0, 0],
+           [1, 1, 1, 0, 0, 0],
+           [0, 0, 0, 0, 0, 0],
+           [0, 0, 0, 0, 0, 0]])
+    >>> stack.nbytes, stack.resize((2, 3)).shape
+    (4, (1, 2, 3))
+    """
+
+    def __init__(self, masks: np.ndarray, shape: tuple[int, int]):
+        masks = np.asarray(masks)
+        if masks.ndim != 3:
+            raise ValueError(f"masks: expected an (N, h, w) stack, got shape {masks.shape}")
+        self.masks = masks if masks.dtype == bool else masks != 0
+        height, width = (int(s) for s in shape)
+        self.shape = (len(masks), height, width)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (those of the working-size masks)."""
+        return self.masks.nbytes
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ScaledMasks(self.masks[index], self.shape[1:])
+        return resize_nearest(self.masks[index], self.shape[1:])
+
+    def resize(self, shape: tuple[int, int]) -> np.ndarray:
+        """The stack at ``shape``: ``resize_nearest(self.to_array(), shape)``, without building
+        the full stack (the two nearest-neighbour index maps are composed).
+
+        Returns
+        -------
+        (N, *shape) bool ndarray
+        """
+        height, width = (int(s) for s in shape)
+        rows = nearest_indices(self.masks.shape[1], self.shape[1])[nearest_indices(self.shape[1], height)]
+        columns = nearest_indices(self.masks.shape[2], self.shape[2])[nearest_indices(self.shape[2], width)]
+        return self.masks[:, rows, :][:, :, columns]
+
+    def to_array(self) -> np.ndarray:
+        """The whole (N, H, W) stack (N times H × W bytes)."""
+        return self.resize(self.shape[1:])
 
 
 # --------------------------------------------------------------------------- RLE

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from . import _validate as check
 from .io.images import as_rgb_float
+from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
 from .model.transforms import to_network_input
 from .peaks import MAX_PEAKS, PeakSelection, class_scores, peak_candidates, select_peaks
@@ -663,7 +664,19 @@ class PRMPredictor:
         """The segment proposals of the current image (computed once unless they depend on the peaks).
 
         ``"refined"`` in a combination needs ``prediction`` (its peaks and PRMs).
+
+        Returns
+        -------
+        (N, H, W) bool ndarray or None
+            At the image's size. The predictor keeps the built-in proposals at their
+            working size (:class:`napari_prm.masks.ScaledMasks`) and builds this stack
+            on each call.
         """
+        masks = self._proposal_stack(prms, prediction)
+        return masks.to_array() if isinstance(masks, ScaledMasks) else masks
+
+    def _proposal_stack(self, prms: np.ndarray | None = None, prediction: Prediction | None = None):
+        """`proposals`, with the built-in ones as held: a ScaledMasks at their working size."""
         self._require_image()
         source = self.proposal_source
         if source is None:
@@ -679,7 +692,7 @@ class PRMPredictor:
         with self._lock:
             if self._proposals is None:
                 started = time.perf_counter()
-                self._proposals = make_proposals(source, self._image)
+                self._proposals = make_proposals(source, self._image, scaled=True)
                 self.timings["proposals"] = time.perf_counter() - started
             return self._proposals
 
@@ -760,7 +773,7 @@ class PRMPredictor:
         elif self.proposal_source is not None and len(peaks_crm):
             _check_cancel(cancel)
             report("proposals", 0, 1)
-            masks = self.proposals(prediction.prms, prediction)
+            masks = self._proposal_stack(prediction.prms, prediction)
             report("proposals", 1, 1)
             _check_cancel(cancel)
             report("retrieval", 0, 1)
@@ -823,10 +836,10 @@ class PRMPredictor:
                        background=settings.background, contain=settings.contain,
                        class_aware_nms=settings.nms == "class", rank_by=settings.rank_by,
                        merge_contained=settings.merge_contained, merge_parts=settings.merge_parts)
-        masks = masks[: settings.proposal_count]
+        count = settings.proposal_count
         if settings.retrieval_grid == "network":
             grid = tuple(prms_net.shape[-2:])
-            grid_masks = self._prepared(masks, grid, settings.contour_width)
+            grid_masks = self._prepared(masks, count, grid, settings.contour_width)
             peaks_grid = crm_to_image(prediction.peaks_crm[:, 1:], self._crms.shape[1:], grid,
                                       settings.sub_pixel_locating_factor)
             instances = retrieve_instances(prms_net.numpy(), prediction.peak_classes, self._crms, grid_masks,
@@ -842,20 +855,21 @@ class PRMPredictor:
                     instance.mask = resize_nearest(instance.mask[None], image_shape)[0]
             return instances
         return retrieve_instances(prediction.prms, prediction.peak_classes, self._crms,
-                                  self._prepared(masks, None, settings.contour_width),
+                                  self._prepared(masks, count, image_shape, settings.contour_width),
                                   peaks_yx=prediction.peaks, **options)
 
-    def _prepared(self, masks: np.ndarray, grid: tuple[int, int] | None, contour_width: int):
-        """``masks`` (resized to ``grid``) with their sparse masks and contours, kept per image."""
+    def _prepared(self, masks, count: int, grid: tuple[int, int], contour_width: int):
+        """The first ``count`` of ``masks`` resized to ``grid``, with their sparse masks and
+        contours, kept per image (a ScaledMasks is resized from its working size)."""
         from .masks import resize_nearest
         from .retrieval import prepare_proposals
 
-        source = masks.base if masks.base is not None else masks
-        key = (len(masks), grid, contour_width)
+        source = masks
+        key = (count, grid, contour_width)
         with self._lock:
             # the source stack is held, so "is" cannot match a new stack at a recycled address
             if self._prepared_source is not source or self._prepared_key != key:
-                stack = masks if grid is None else resize_nearest(masks, grid)
+                stack = resize_nearest(masks[:count], grid)
                 self._prepared_masks = prepare_proposals(stack, contour_width)
                 self._prepared_source, self._prepared_key = source, key
             return self._prepared_masks

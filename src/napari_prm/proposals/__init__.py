@@ -56,6 +56,7 @@ def make_proposals(
     *,
     model=None,
     prediction=None,
+    scaled: bool = False,
 ) -> np.ndarray:
     """Turn any description of proposals into an (N, H, W) bool stack for `image`.
 
@@ -80,10 +81,14 @@ def make_proposals(
         For ``"refined"`` and ``"auto"``.
     prediction : Prediction, optional
         The peaks and PRMs of `image`, for ``"refined"``.
+    scaled : bool, optional
+        The built-in proposals alone (``"default"`` / ``"builtin"``) come as a
+        :class:`napari_prm.masks.ScaledMasks` at their working size (see
+        :func:`default_proposals`); every other source as an ndarray.
 
     Returns
     -------
-    proposals : (N, H, W) bool ndarray, ranked best first
+    proposals : (N, H, W) bool ndarray (or ScaledMasks, see `scaled`), ranked best first
     """
     shape = _image_shape(image)
     source = resolve_source(source, model)
@@ -94,7 +99,7 @@ def make_proposals(
         stacks = []
         for part in parts:
             if part in ("default", "builtin"):
-                stacks.append(default_proposals(image))
+                stacks.append(default_proposals(image, scaled=scaled and len(parts) == 1))
             elif part == "prm":
                 if prms is None:
                     raise ValueError("proposals 'prm' need the peak response maps (prms=)")

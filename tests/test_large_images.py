@@ -1,0 +1,78 @@
+"""Large images: the predictor holds the built-in proposals at their working size.
+
+Instances must be those of the full-size proposal stack (what predict used before, and
+what a user-supplied stack still is), on ordinary photos and on an enlarged one.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from skimage import data
+
+import napari_prm
+from napari_prm import PRMPredictor
+from napari_prm.masks import ScaledMasks
+from napari_prm.proposals import default_proposals
+
+#: Thresholds low enough that the VOC model finds several instances in both photos.
+LOW = dict(class_threshold=-2.0, peak_threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return napari_prm.load_model("imagenet-voc", device="cpu")
+
+
+def _key(prediction):
+    return [(i.class_index, i.proposal, i.peak, i.score) for i in prediction.instances]
+
+
+def _assert_same_instances(scaled, full):
+    assert _key(scaled) == _key(full)
+    for a, b in zip(scaled.instances, full.instances):
+        assert a.mask.shape == b.mask.shape
+        np.testing.assert_array_equal(a.mask, b.mask)
+
+
+@pytest.mark.parametrize("name", ["chelsea", "coffee"])
+@pytest.mark.parametrize("preset", ["default", "original"])
+def test_builtin_proposals_held_small_give_the_full_stacks_instances(model, name, preset):
+    image = getattr(data, name)()  # 300×451 and 400×600: both above the 320-pixel working size
+    predictor = PRMPredictor(model, preset=preset, proposals="default")
+    predictor.set_image(image)
+    runs = [{}, LOW, dict(LOW, retrieval_grid="image"), dict(LOW, output_grid="network")]
+    held = [predictor.predict(**settings) for settings in runs]
+    assert isinstance(predictor._proposals, ScaledMasks)
+    assert sum(len(p.instances) for p in held) >= 6  # something to compare
+    predictor.set_proposals(default_proposals(image))  # the full-size stack, as a user gives one
+    for settings, scaled in zip(runs, held):
+        _assert_same_instances(scaled, predictor.predict(**settings))
+
+
+def test_an_enlarged_photo_keeps_small_proposals_and_the_same_instances(model):
+    cat = data.chelsea()
+    big = np.repeat(np.repeat(cat, 6, axis=0), 6, axis=1)  # 1800×2706
+    predictor = PRMPredictor(model, proposals="default")
+    predictor.set_image(big)
+    tracemalloc.start()
+    try:
+        scaled = predictor.predict(**LOW)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    held = predictor._proposals
+    assert isinstance(held, ScaledMasks) and held.shape[1:] == big.shape[:2]
+    # 300 masks at the 213×320 working size (20 MB), not at 1800×2706 (1.46 GB)
+    assert held.nbytes <= 300 * 213 * 320
+    # The full-size stack alone took 1.46 GB and generating it peaked at 2.05 GB (traced);
+    # now predict's numpy peak (image-sized PRMs included) measured 361 MiB.
+    assert peak < 768 * 2**20
+    assert len(scaled.instances) >= 3
+    # Retrieval reads the first 100 proposals, and greedy NMS keeps the same first 100
+    # when it stops at 100: the old path's stack without its 200 unused masks.
+    predictor.set_proposals(default_proposals(big, max_proposals=100))
+    # identical, not only within nearest-neighbour rounding: the resizes are composed exactly
+    _assert_same_instances(scaled, predictor.predict(**LOW))
