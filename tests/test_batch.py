@@ -377,3 +377,14 @@ def test_a_rerun_with_another_model_or_settings_says_so_instead_of_skipping_sile
     recorded = manifest["info"]["model"] if "info" in manifest else manifest["model"]
     assert recorded["name"] == "retrained.pt"
     assert predict_many([cat], str(retrained), out, **SETTINGS).results[0].error == ""
+
+
+def test_a_rerun_with_another_peak_batch_size_is_the_same_run(tmp_path, checkpoint, images):
+    """peak_batch_size changes how many peaks are back-propagated at once, not the outputs:
+    a resumed run that gives another (or none) skips complete outputs without a reason."""
+    cat = next(p for p in images if p.name == "cat.png")
+    out = tmp_path / "out"
+    assert predict_many([cat], str(checkpoint), out, peak_batch_size=4, **SETTINGS).results[0].status == "written"
+    for settings in ({}, {"peak_batch_size": 2}):
+        again = predict_many([cat], str(checkpoint), out, **settings, **SETTINGS)
+        assert [(r.status, r.error) for r in again.results] == [("skipped", "")]

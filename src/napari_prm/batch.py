@@ -402,6 +402,10 @@ def model_record(model, *, name: str | None = None) -> dict[str, str]:
     return {"name": name, "fingerprint": model_fingerprint(model, head=True)}
 
 
+#: Settings that change how fast outputs are made, not the outputs: not compared by `_other_run`.
+_SAME_OUTPUTS = ("peak_batch_size",)
+
+
 def _other_run(info: Mapping[str, Any], record: Mapping[str, str], settings: Mapping[str, Any]) -> str:
     """Why complete outputs are not this run's ('' when they are, or when their manifest does not say)."""
     recorded = info.get("model")
@@ -413,7 +417,7 @@ def _other_run(info: Mapping[str, Any], record: Mapping[str, str], settings: Map
         return ""
     # as predict reads them: None is the default, and so is a missing preset or proposal source
     before, now = ({key: value for key, value in ({"preset": "default", "proposals": "auto"} | dict(given)).items()
-                    if value is not None}
+                    if value is not None and key not in _SAME_OUTPUTS}
                    for given in (info["settings"], json.loads(json.dumps(_describe(settings), default=str))))
     if "proposals" in now and Path(str(now["proposals"])).is_dir():
         before.pop("proposals", None)  # each image's file of the folder was recorded
