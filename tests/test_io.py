@@ -359,6 +359,21 @@ def test_read_image_gray_alpha_png_is_rgba(tmp_path):
     assert not rgb[:, 5:].any()  # transparent half: black
 
 
+def test_read_image_gray_alpha_tiff_is_rgba_only_when_marked(tmp_path):
+    """A gray + alpha TIFF (Pillow's "LA", alpha marked as an extra sample) is read like the
+    PNG; two samples without that mark are refused as 2 channels."""
+    from PIL import Image
+
+    gray = np.random.default_rng(7).integers(0, 255, (12, 10)).astype(np.uint8)
+    alpha = np.where(np.arange(10) < 5, 255, 0).astype(np.uint8)[None].repeat(12, 0)
+    Image.fromarray(np.stack([gray, alpha], -1), "LA").save(tmp_path / "la.tif")
+    np.testing.assert_array_equal(io.read_image(tmp_path / "la.tif"), np.stack([gray, gray, gray, alpha], -1))
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([gray, alpha], -1), photometric="minisblack",
+                     planarconfig="contig")
+    with pytest.raises(ValueError, match="two.tif.*2 channels"):
+        io.read_image(tmp_path / "two.tif")
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".tif"])
 def test_read_image_cmyk_is_converted_to_rgb(tmp_path, suffix):
     """A CMYK JPEG or TIFF (print workflows) was read as RGBA with K as the opacity: with

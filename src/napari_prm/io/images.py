@@ -76,9 +76,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         channels-last, unless the TIFF says that its first axis holds z-planes or time points
         (ImageJ or OME axes), or it holds 4 pages: a TIFF marks an
         alpha channel only among the samples of one page, so 4 pages are 4 planes or
-        channels, not RGBA. Those are refused as stacks. A gray + alpha PNG (or WebP, ...)
-        is returned as RGBA, the gray repeated; a CMYK JPEG or TIFF as RGB (as Pillow
-        converts it: R = (1 − C)(1 − K), ...), not as RGBA with K as the opacity. A TIFF's
+        channels, not RGBA. Those are refused as stacks. A gray + alpha PNG (or WebP, ...,
+        or a TIFF that marks its 2nd sample as alpha) is returned as RGBA, the gray
+        repeated; a CMYK JPEG or TIFF as RGB (as Pillow converts it:
+        R = (1 − C)(1 − K), ...), not as RGBA with K as the opacity. A TIFF's
         4th sample is the opacity only when the file marks it as alpha: an RGB TIFF with an
         unmarked extra sample is returned as RGB (as Pillow reads it), and 4 gray samples
         are refused.
@@ -118,10 +119,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         image = np.moveaxis(image, 0, -1)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    if image.ndim == 3 and image.shape[-1] == 2 and not _is_tiff(path):
-        # Pillow's only two-band mode is gray + alpha (a PNG's "LA"): RGBA with the gray repeated
+    if image.ndim == 3 and image.shape[-1] == 2 and (not _is_tiff(path) or _tiff_marks_alpha(path)):
+        # Pillow's only two-band mode is gray + alpha (a PNG's "LA"): RGBA with the gray repeated;
+        # a TIFF's second sample only when the file marks it as alpha
         image = np.concatenate([image[..., :1]] * 3 + [image[..., 1:]], axis=-1)
-    if image.ndim == 3 and image.shape[-1] == 4:
+    elif image.ndim == 3 and image.shape[-1] == 4:
         kind = _four_channels(path)
         if kind == "CMYK":
             image = _cmyk_to_rgb(image)
@@ -155,13 +157,22 @@ def _four_channels(path) -> str:
         if photometric == tifffile.PHOTOMETRIC.SEPARATED:
             return "CMYK"
         if photometric == tifffile.PHOTOMETRIC.RGB:
-            alpha = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
-            return "RGBA" if extra and extra[0] in alpha else "RGBX"
+            return "RGBA" if extra and extra[0] in _TIFF_ALPHA else "RGBX"
         return getattr(photometric, "name", str(photometric))
     from PIL import Image
 
     with Image.open(path) as opened:
         return opened.mode if opened.mode in ("CMYK", "RGBX") else "RGBA"
+
+
+_TIFF_ALPHA = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+
+
+def _tiff_marks_alpha(path) -> bool:
+    """Whether a TIFF's first extra sample is marked as alpha (a gray + alpha TIFF, as Pillow writes "LA")."""
+    with tifffile.TiffFile(path) as tif:
+        extra = tuple(tif.pages[0].extrasamples or ())
+    return bool(extra) and extra[0] in _TIFF_ALPHA
 
 
 def _cmyk_to_rgb(image: np.ndarray) -> np.ndarray:
