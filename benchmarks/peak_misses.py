@@ -112,8 +112,11 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "totals": totals, "classes": per_class},
                                                       indent=1))
+    def threshold(value) -> str:
+        return "none" if value is None else f"{value:.2f}"
+
     lines = [f"{args.model} on {meta['split']} ({len(indices)} images with a class of the model); "
-             f"class threshold {class_threshold:.2f}, peak threshold {peak_threshold:.2f}", "",
+             f"class threshold {threshold(class_threshold)}, peak threshold {threshold(peak_threshold)}", "",
              "| class | instances | peak | class found elsewhere | class not found | class score where shown: "
              "median (range) | where not shown: 90th pct. | CRM max where shown: median (range) "
              "| where not shown: 90th pct. |",

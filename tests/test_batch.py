@@ -350,7 +350,7 @@ def test_a_rerun_with_another_model_or_settings_says_so_instead_of_skipping_sile
     first = predict_many([cat], str(checkpoint), out, **SETTINGS)
     assert [r.status for r in first.results] == ["written"]
     manifest = json.loads((out / "cat.manifest.json").read_text())
-    recorded = manifest["info"]["model"] if "info" in manifest else manifest["model"]
+    recorded = manifest["info"]["model"]
     assert recorded["name"] == "tiny.pt" and len(recorded["fingerprint"]) == 40
     state = output_state(out)
 
@@ -360,6 +360,14 @@ def test_a_rerun_with_another_model_or_settings_says_so_instead_of_skipping_sile
     other = predict_many([cat], str(retrained), out, **SETTINGS)  # another model: skipped, and why
     assert other.results[0].status == "skipped"
     assert other.results[0].error.startswith("outputs were made with another model 'tiny.pt'")
+
+    # the same run written otherwise is the same run: the source "auto" stands for (no head:
+    # "default"), and classes by index or by name
+    twin = tmp_path / "twin"
+    assert predict_many([cat], str(checkpoint), twin, proposals="default", classes=[0]).results[0].error == ""
+    for same in ({"proposals": "auto", "classes": ["cat"]}, {"classes": ("cat",)}):
+        assert predict_many([cat], str(checkpoint), twin, **same).results[0].error == ""
+    assert "(classes: ['cat'] -> 'default')" in predict_many([cat], str(checkpoint), twin).results[0].error
 
     changed = predict_many([cat], str(checkpoint), out, **{**SETTINGS, "peak_threshold": 2.5})
     assert changed.results[0].status == "skipped"
@@ -374,7 +382,7 @@ def test_a_rerun_with_another_model_or_settings_says_so_instead_of_skipping_sile
     assert main(["predict", str(cat), "--out", str(out), "--model", str(retrained), "--device", "cpu",
                  "--proposals", "prm", "--peak-threshold", "0", "--overwrite"]) == 0
     manifest = json.loads((out / "cat.manifest.json").read_text())
-    recorded = manifest["info"]["model"] if "info" in manifest else manifest["model"]
+    recorded = manifest["info"]["model"]
     assert recorded["name"] == "retrained.pt"
     assert predict_many([cat], str(retrained), out, **SETTINGS).results[0].error == ""
 

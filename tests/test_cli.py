@@ -430,6 +430,12 @@ def test_train_resume_refuses_options_that_ask_for_another_recipe(tmp_path, caps
     assert "--model imagenet" in error and "--lr" not in error  # 0.01 is the run's own
     assert out.read_bytes() == before
     # the same command line as the run's, plus --resume, goes on
+    # an option given at its parser default is still an option given: 448 448 is not the run's 32 32
+    for asked in (["--input-size", "448", "448"], ["--input", "448", "448"]):
+        status = main(["train", str(tmp_path / "data"), "--out", str(out), "--resume", "--epochs", "2"] + asked)
+        assert status == 2
+        assert "--input-size 448 448 (the run's: --input-size 32 32)" in capsys.readouterr().err
+        assert out.read_bytes() == before
     assert main(start + ["--epochs", "2", "--resume"]) == 0
     assert "epoch 2/2" in capsys.readouterr().err
     assert load_model(out).input_size == (32, 32)

@@ -369,7 +369,18 @@ def _describe(settings: Mapping[str, Any]) -> dict:
 
 
 def model_label(model) -> str:
-    """How manifests name a model: a built-in's name, a checkpoint's file name, or a loaded model's label space."""
+    """How manifests name a model.
+
+    Parameters
+    ----------
+    model : str, path-like or PRMModel
+
+    Returns
+    -------
+    str
+        A built-in model's name, a checkpoint's file name, or a loaded model's label space
+        (``"a loaded model"`` without one).
+    """
     from .model.checkpoint import PRMModel
 
     if isinstance(model, PRMModel):
@@ -406,20 +417,39 @@ def model_record(model, *, name: str | None = None) -> dict[str, str]:
 _SAME_OUTPUTS = ("peak_batch_size",)
 
 
-def _other_run(info: Mapping[str, Any], record: Mapping[str, str], settings: Mapping[str, Any]) -> str:
-    """Why complete outputs are not this run's ('' when they are, or when their manifest does not say)."""
+def _comparable(settings: Mapping[str, Any], model) -> dict:
+    """Settings as they decide the outputs: None is the default, and so is a missing preset
+    or proposal source; ``"auto"`` is the source it stands for with ``model``, classes are
+    their names, and settings that do not change the outputs (`_SAME_OUTPUTS`) are left out."""
+    from .predictor import class_indices
+    from .proposals import resolve_source
+
+    plain = {key: value for key, value in ({"preset": "default", "proposals": "auto"}
+                                           | json.loads(json.dumps(_describe(settings), default=str))).items()
+             if value is not None and key not in _SAME_OUTPUTS}
+    plain["proposals"] = resolve_source(plain["proposals"], model)
+    if "classes" in plain:
+        try:
+            plain["classes"] = sorted(model.class_names[i] for i in class_indices(plain["classes"], model.class_names))
+        except (TypeError, ValueError, IndexError):  # not this model's classes: compared as written
+            pass
+    return plain
+
+
+def _other_run(info: Mapping[str, Any], record: Mapping[str, str], settings: Mapping[str, Any], model) -> str:
+    """Why complete outputs are not this run's ('' when they are, or when their manifest does not say).
+
+    ``model`` is this run's (loaded); the outputs' settings are compared only when they come
+    from the same model (the same fingerprint)."""
     recorded = info.get("model")
     if isinstance(recorded, Mapping) and recorded.get("fingerprint") not in (None, record["fingerprint"]):
         name = recorded.get("name", "?")
-        model = f"model {name!r}" if name != record["name"] else f"version of the model {name!r}"
-        return f"{OTHER_RUN} another {model}; use overwrite to replace them"
+        other = f"model {name!r}" if name != record["name"] else f"version of the model {name!r}"
+        return f"{OTHER_RUN} another {other}; use overwrite to replace them"
     if not isinstance(info.get("settings"), Mapping):
         return ""
-    # as predict reads them: None is the default, and so is a missing preset or proposal source
-    before, now = ({key: value for key, value in ({"preset": "default", "proposals": "auto"} | dict(given)).items()
-                    if value is not None and key not in _SAME_OUTPUTS}
-                   for given in (info["settings"], json.loads(json.dumps(_describe(settings), default=str))))
-    if "proposals" in now and Path(str(now["proposals"])).is_dir():
+    before, now = _comparable(info["settings"], model), _comparable(settings, model)
+    if Path(str(now["proposals"])).is_dir():
         before.pop("proposals", None)  # each image's file of the folder was recorded
         now.pop("proposals")
     changed = [f"{key}: {before.get(key, 'default')!r} -> {now.get(key, 'default')!r}"
@@ -583,14 +613,14 @@ def predict_many(
         if progress is not None:
             progress(result, done_count, len(results))
 
-    if client is None:  # loaded once, here; its fingerprint is recorded and compared
-        from .model.checkpoint import load_model
+    from .model.checkpoint import load_model
 
-        name = model_name or model_label(model)
-        model = load_model(model, device=device)
-        record = model_record(model, name=name)
-    else:
-        record = model_record(model, name=model_name)
+    # loaded once, here (on the CPU for a cluster, whose workers load their own): its
+    # fingerprint is recorded, and earlier outputs are compared with this run
+    loaded = load_model(model, device=device if client is None else "cpu")
+    record = model_record(loaded, name=model_name or model_label(model))
+    if client is None:
+        model = loaded
     for index, result in enumerate(results):  # resume: complete outputs are kept
         if overwrite:
             todo.append(index)
@@ -600,7 +630,7 @@ def predict_many(
                      if p.exists()]
         if existing is not None or leftovers:
             if existing is not None:
-                reason = _other_run(existing.info, record, settings)
+                reason = _other_run(existing.info, record, settings, loaded)
             elif prms_format is not None and io.complete_prediction(out, result.stem) is not None:
                 reason = (f"{WITHOUT_PRMS} as {prms_format} (an earlier run wrote none, or another format); "
                           "use overwrite to write them")

@@ -372,7 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     does; every other failure is reported in one line and returned as the exit status.
     """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     check_arguments(args)
     try:
         return int(args.run(args) or 0)
@@ -718,6 +720,23 @@ RESUMED_OPTIONS = {
 }
 
 
+def _given_options(args) -> set[str]:
+    """The ``dest`` of every option written on the command line (at its default value or
+    not), abbreviations included as argparse reads them."""
+    actions = {option: action.dest for action in args.parser._actions for option in action.option_strings}
+    given = set()
+    for word in getattr(args, "argv", []):
+        word = word.split("=", 1)[0]
+        if not word.startswith("-"):
+            continue
+        if word in actions:
+            given.add(actions[word])
+        elif word.startswith("--"):
+            matches = {dest for option, dest in actions.items() if option.startswith(word)}
+            given |= matches if len(matches) == 1 else set()
+    return given
+
+
 def _check_resumed_options(args, path: Path):
     """``train --resume`` and ``refine --resume`` continue the run's own recipe (and model):
     options given with them that ask for another were ignored without a word
@@ -742,11 +761,12 @@ def _check_resumed_options(args, path: Path):
         text = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
         return f"--{dest.replace('_', '-')} {text}"
 
+    given = _given_options(args)
     differ = [f"{shown(dest, getattr(args, dest))} (the run's: {shown(dest, config[dest])})"
-              for dest in options if dest in config
-              and plain(getattr(args, dest)) not in (plain(args.parser.get_default(dest)), plain(config[dest]))]
+              for dest in options if dest in config and dest in given
+              and plain(getattr(args, dest)) != plain(config[dest])]
     if args.command == "train":
-        if args.backbone not in (args.parser.get_default("backbone"), model.backbone):
+        if "backbone" in given and args.backbone != model.backbone:
             differ.append(f"--backbone {args.backbone} (the run's: {model.backbone})")
         if args.model is not None:
             differ.append(f"--model {args.model} (the run continues its own model)")

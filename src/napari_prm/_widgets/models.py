@@ -270,6 +270,33 @@ def offer_model(viewer, path: str | os.PathLike) -> None:
             widget.select_model(str(Path(path).resolve()))
 
 
+def keep_existing_output(widget, options: dict, replaceable: str | os.PathLike | None = None) -> str:
+    """Keep a checkpoint that a widget's run would replace: save to the next free name instead.
+
+    ``options["out"]`` that exists as a file is kept, unless ``options["overwrite"]`` or
+    it is ``replaceable`` (the model a *Learn* refines: the loop learn → run → correct →
+    learn goes on in one file); the run then saves to `napari_prm._validate.unused_path`
+    (``model-2.pt``), shown in the widget's ``_out`` field and in a notification. A
+    folder is left for the training function to refuse. Returns what was said, or "".
+    """
+    from napari.utils.notifications import show_info
+
+    from .._validate import unused_path
+
+    out = Path(options["out"])
+    if options["overwrite"] or not out.is_file():
+        return ""
+    if replaceable is not None and Path(replaceable).is_file() and out.resolve() == Path(replaceable).resolve():
+        options["overwrite"] = True
+        return ""
+    options["out"] = unused_path(out)
+    widget._out.value = str(options["out"])
+    message = f"{out.name} exists and is kept: saving to {options['out'].name}."
+    widget.last_message = message
+    show_info(message)
+    return message
+
+
 def unwrap_viewer(viewer):
     """The viewer behind the proxy napari hands to plugin widgets.
 

@@ -20,7 +20,6 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
-from .._validate import unused_path
 from ..refine import correction_from_layer, load_corrections, refine
 from .layers import read_plane
 from .models import (
@@ -29,6 +28,7 @@ from .models import (
     config_dir,
     devices,
     import_torch_side,
+    keep_existing_output,
     model_choices,
     offer_model,
     unwrap_viewer,
@@ -201,18 +201,7 @@ class RefineWidget(Container):
         learn → run → correct → learn goes on in one file, each model starting from the
         last); any other existing file is kept and the run saves to the next free name
         (``refined_model-2.pt``), shown in the output field. Returns what was said, or ""."""
-        out = Path(options["out"])
-        if options["overwrite"] or not out.is_file():  # a folder is refine()'s to refuse
-            return ""
-        if Path(model_choice).is_file() and out.resolve() == Path(model_choice).resolve():
-            options["overwrite"] = True
-            return ""
-        options["out"] = unused_path(out)
-        self._out.value = str(options["out"])
-        message = f"{out.name} exists and is kept: saving to {options['out'].name}."
-        self.last_message = message
-        show_info(message)
-        return message
+        return keep_existing_output(self, options, replaceable=model_choice)
 
     def _learn(self, model_choice: str, device: str, planes, masks: Path | None, options: dict):
         """Worker thread: gather the corrections, then train."""

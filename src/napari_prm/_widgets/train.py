@@ -13,11 +13,10 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from .._validate import unused_path
 from ..data import load_dataset
 from ..train import train
 from .activity import ActivityProgress
-from .models import devices, import_torch_side, offer_model, recent_models, unwrap_viewer
+from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
 
 BASE_MODELS = {
@@ -128,15 +127,7 @@ class TrainWidget(Container):
     def _keep_existing(self, options: dict) -> str:
         """An output file that exists is kept: the run saves to the next free name
         (``prm_model-2.pt``), shown in the output field. Returns what was said, or ""."""
-        out = Path(options["out"])
-        if options["overwrite"] or not out.is_file():  # a folder is train()'s to refuse
-            return ""
-        options["out"] = unused_path(out)
-        self._out.value = str(options["out"])
-        message = f"{out.name} exists and is kept: saving to {options['out'].name}."
-        self.last_message = message
-        show_info(message)
-        return message
+        return keep_existing_output(self, options)
 
     def _train(self, dataset_path: Path, options: dict):
         """Worker thread: load the dataset and train."""
