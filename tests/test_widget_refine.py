@@ -170,3 +170,78 @@ def test_an_existing_model_file_is_kept_unless_it_is_the_model_refined(make_napa
     assert not (tmp_path / "refined-3.pt").exists() and earlier.read_bytes() == b"an earlier refined model"
     again = load_model(saved)
     assert any(not torch.equal(again.head.state_dict()[k], v) for k, v in first.head.state_dict().items())
+
+
+def corrected_scene(viewer, qtbot, checkpoint, tmp_path, planes=1):
+    """A predict and a Learn widget, and a corrected Labels layer of ``planes`` planes, chosen."""
+    image, labels, _, _ = shapes_scene(2)
+    if planes > 1:
+        image, labels = np.stack([image] * planes), np.stack([labels] * planes)
+    viewer.add_image(image, name="scene")
+    predict_widget, widget = open_widgets(viewer, qtbot, checkpoint)
+    layer = viewer.add_labels(np.zeros_like(labels), name="scene instances")
+    correct(layer, labels)
+    widget.reset_choices()
+    widget._layers.value = [layer]
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "refined.pt"
+    return predict_widget, widget
+
+
+def test_cancel_while_the_features_are_read_leaves_the_model_and_learn_can_start_again(
+        make_napari_viewer, qtbot, prm_config, tiny_shapes_checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    predict_widget, widget = corrected_scene(viewer, qtbot, tiny_shapes_checkpoint, tmp_path, planes=6)
+    model_before = predict_widget.model.value
+    stages = []
+
+    def on_progress(update):
+        stages.append(update.stage)
+        if update.stage == "prepare" and update.done == 1:  # the first of 6 images read
+            widget.cancel()
+
+    widget._relay.progressed.connect(on_progress)
+    assert widget.start(batch_size=1, epochs=3) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result.cancelled and widget.result.checkpoint is None and "batch" not in stages
+    assert widget.last_message == "Cancelled before the first epoch ended: the model was left as it was."
+    assert not (tmp_path / "refined.pt").exists() and predict_widget.model.value == model_before
+    assert widget._learn_button.enabled and not widget._cancel_button.enabled
+    widget._relay.progressed.disconnect(on_progress)
+    assert widget.start(batch_size=1, epochs=1) is not None  # Learn works again
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert not widget.result.cancelled and widget.last_message.startswith("Learnt")
+
+
+def test_closing_the_widget_stops_learning_like_cancel(make_napari_viewer, qtbot, prm_config,
+                                                       tiny_shapes_checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    predict_widget, widget = corrected_scene(viewer, qtbot, tiny_shapes_checkpoint, tmp_path)
+    epochs = []
+    widget._relay.progressed.connect(lambda u: epochs.append(u.epoch) if u.stage == "epoch" else None)
+    worker = widget.start(batch_size=1, epochs=100_000)
+    qtbot.waitUntil(lambda: len(epochs) >= 2, timeout=WAIT_MS)
+    # the dock's close button and remove_dock_widget take the widget out of its dock (no close event)
+    viewer.window.remove_dock_widget(widget.native)
+    qtbot.waitUntil(lambda: not worker.is_running and not widget.running, timeout=30_000)
+    assert widget.result.cancelled and 2 <= len(widget.result.history) < 1000
+    assert widget.last_message.startswith("Stopped as the widget was closed from 1 corrected image(s)")
+    # as after Cancel, the last finished epoch's model is saved and offered
+    assert load_model(tmp_path / "refined.pt").head.info["epochs"] == len(widget.result.history)
+    assert predict_widget.model.value == str((tmp_path / "refined.pt").resolve())
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+
+
+def test_removing_the_layers_while_learning_changes_nothing(make_napari_viewer, qtbot, prm_config,
+                                                            tiny_shapes_checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    predict_widget, widget = corrected_scene(viewer, qtbot, tiny_shapes_checkpoint, tmp_path)
+    epochs = []
+    widget._relay.progressed.connect(lambda u: epochs.append(u.epoch) if u.stage == "epoch" else None)
+    assert widget.start(batch_size=1, epochs=3) is not None
+    qtbot.waitUntil(lambda: len(epochs) >= 1, timeout=WAIT_MS)
+    viewer.layers.remove("scene instances")  # the worker learns from copies read at Learn
+    viewer.layers.remove("scene")
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert not widget.result.cancelled and len(widget.result.history) == 3
+    assert widget.last_message.startswith("Learnt") and widget._learn_button.enabled

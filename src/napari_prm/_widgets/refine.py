@@ -19,6 +19,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent, QObject
 
 from ..refine import correction_from_layer, load_corrections, refine
 from .layers import read_plane
@@ -67,6 +68,24 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
     return planes
 
 
+class _CloseWatcher(QObject):
+    """Calls ``on_close`` when ``widget`` is closed, taken out of its dock (napari's
+    ``remove_dock_widget`` and the dock's close button un-parent it without closing it)
+    or deleted."""
+
+    def __init__(self, widget, on_close):
+        super().__init__(widget)
+        self._on_close = on_close
+        widget.installEventFilter(self)
+        widget.destroyed.connect(lambda *_: on_close(deleted=True))
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        kind = event.type()
+        if kind == QEvent.Type.Close or (kind == QEvent.Type.ParentChange and obj.parent() is None):
+            self._on_close()
+        return False
+
+
 class RefineWidget(Container):
     """Learn a refinement head from corrected Labels layers (or mask files).
 
@@ -105,7 +124,17 @@ class RefineWidget(Container):
         self.result = None
         self.last_message = ""
         self.last_seconds: float | None = None
+        self._closed = False  # closed or out of its dock: a running Learn was stopped
+        self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
+        self._close_watcher = _CloseWatcher(self.native, self._on_close)
         self._follow_predict_widget()
+
+    def _on_close(self, deleted: bool = False) -> None:
+        """The widget was closed or taken out of its dock: stop a running Learn like *Cancel*."""
+        self._deleted = self._deleted or deleted
+        if self.worker is not None and not self._cancel.is_set():
+            self._closed = True
+            self._cancel.set()
 
     # ------------------------------------------------------------------ choices
     def _labels_choices(self, _=None):
@@ -135,7 +164,8 @@ class RefineWidget(Container):
 
     def _say(self, message: str, error: bool = False) -> None:
         self.last_message = message
-        self._status.value = message
+        if not self._deleted:
+            self._status.value = message
         (show_error if error else show_info)(message)
 
     def _masks_path(self) -> Path | None:
@@ -179,6 +209,7 @@ class RefineWidget(Container):
         options.update(overrides)
         kept = self._keep_existing(options, model_choice)
         self._cancel.clear()
+        self._closed = False
         self.result = None
         self._progress.value = 0
         self._activity = progress(total=0, desc="Learning from corrections")
@@ -220,6 +251,8 @@ class RefineWidget(Container):
             self._cancel.set()
 
     def _on_progress(self, update) -> None:
+        if self._deleted:
+            return
         if update.stage == "prepare":
             self._progress.max, self._progress.value = update.total, update.done
             self._status.value = f"features of image {update.done}/{update.total}"
@@ -240,20 +273,23 @@ class RefineWidget(Container):
     def _on_done(self, result, started: float) -> None:
         self.result = result
         self.last_seconds = time.perf_counter() - started
+        why = "Stopped as the widget was closed" if self._closed else "Cancelled"
         if result.checkpoint is None:
-            self._say("Cancelled before the first epoch ended: the model was left as it was.")
+            self._say(f"{why} before the first epoch ended: the model was left as it was.")
             return
         offer_model(self._viewer, result.checkpoint)
-        self._model.reset_choices()
-        self._model.value = str(Path(result.checkpoint).resolve())
-        what = "Cancelled" if result.cancelled else "Learnt"
+        if not self._deleted:
+            self._model.reset_choices()
+            self._model.value = str(Path(result.checkpoint).resolve())
+        what = why if result.cancelled else "Learnt"
         self._say(f"{what} from {result.samples} corrected image(s) in {self.last_seconds:.1f} s; saved "
                   f"{result.checkpoint}. The next Run of Peak Response Maps uses it.")
 
     def _on_finished(self) -> None:
         self.worker = None
-        self._learn_button.enabled = True
-        self._cancel_button.enabled = False
+        if not self._deleted:
+            self._learn_button.enabled = True
+            self._cancel_button.enabled = False
         if self._activity is not None:
             self._activity.close()
             self._activity = None
