@@ -210,12 +210,13 @@ def correct(widget, instances, right_class: str) -> None:
 
 def write_labels_csv(labelled: Path, images: Path) -> Path:
     """``image,labels`` of each exported image: the classes of its corrected instances."""
-    from napari_prm.io import read_instances_csv
+    from napari_prm.io import IMAGE_SUFFIXES, read_instances_csv
 
+    names = {p.stem: p.name for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     rows = ["image,labels"]
     for table in sorted(labelled.glob("*_instances.csv")):
         classes = sorted(set(read_instances_csv(table)["class_name"]) - {"unknown"})
-        rows.append(f"{table.name.removesuffix('_instances.csv')}.png,{';'.join(classes)}")
+        rows.append(f"{names[table.name.removesuffix('_instances.csv')]},{';'.join(classes)}")
     path = images / "labels.csv"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path

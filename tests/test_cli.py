@@ -475,6 +475,48 @@ def test_train_refuses_an_existing_out_unless_resumed_or_overwritten(tmp_path, c
     assert [h["epoch"] for h in torch.load(out, weights_only=True)["extra"]["training"]["history"]] == [1]
 
 
+def test_train_ctrl_c_names_the_kept_epoch_and_resume_finishes(tmp_path, capsys):
+    """Ctrl-C in ``train`` said only "interrupted": not which epoch the checkpoint keeps, nor
+    how to go on. It now reads the epoch from the file, as ``refine`` does."""
+    import signal
+    import time
+
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    out = tmp_path / "interrupted.pt"
+    options = [str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--batch-size", "1",
+               "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    # a shell starts background jobs with SIGINT ignored: give the child the default disposition
+    process = subprocess.Popen([sys.executable, "-m", "napari_prm", "train", *options, "--epochs", "100000"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 180
+        while not out.is_file() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert out.is_file(), process.stderr.read() if process.poll() is not None else "no checkpoint in 180 s"
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    done = torch.load(out, weights_only=True)["extra"]["training"]["epoch"]
+    assert 1 <= done < 100000
+    assert err.strip().splitlines()[-1] == f"interrupted: {out} keeps epoch {done}; continue with --resume"
+    assert "Traceback" not in err
+    capsys.readouterr()
+    assert main(["train", *options, "--epochs", str(done + 1), "--resume"]) == 0
+    assert f"epoch {done + 1}/{done + 1}" in capsys.readouterr().err
+    history = torch.load(out, weights_only=True)["extra"]["training"]["history"]
+    assert [h["epoch"] for h in history] == list(range(1, done + 2))
+
+
 def test_train_fine_tunes_a_builtin_model(tmp_path, capsys):
     """``train --model imagenet-voc`` said "unknown backbone 'imagenet-voc'"; the built-in model
     is a starting point like a checkpoint (its classifier rows of the dataset's classes are kept)."""

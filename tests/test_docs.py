@@ -124,3 +124,33 @@ def test_tutorial_images_exist_and_are_small():
         path = ROOT / "docs" / image
         assert path.is_file() and path.stat().st_size < 300_000, image
     assert ast.parse((ROOT / "scripts" / "tutorial_screenshots.py").read_text())
+
+
+def test_tutorial_labels_csv_snippet_on_jpegs_and_pngs(tmp_path, monkeypatch):
+    """The tutorial's snippet named every image ``<stem>.png``: on a folder of JPEG photos the
+    CSV listed files that do not exist and ``train`` refused it. It is run here as written."""
+    import imageio.v3 as iio
+    import numpy as np
+    from skimage import data
+
+    from napari_prm.data import from_csv
+    from napari_prm.io import export_instances
+
+    text = (ROOT / "docs" / "tutorial.md").read_text(encoding="utf-8")
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "labels.csv" in block)
+    (tmp_path / "images").mkdir()
+    classes = ["Egyptian cat", "espresso"]
+    for index, (name, suffix) in enumerate((("chelsea", ".jpg"), ("coffee", ".png"))):
+        image = getattr(data, name)()[:64, :64]
+        iio.imwrite(tmp_path / "images" / f"{name}{suffix}", image)
+        labels = np.zeros(image.shape[:2], np.uint16)
+        labels[10:30, 10:30] = 1
+        export_instances(labels, {"label": [1], "class_index": [index], "score": [0.9]}, classes,
+                         tmp_path / "labelled", stem=name, formats=("tiff", "csv"))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "tutorial.md", "exec"), {})
+    assert (tmp_path / "images" / "labels.csv").read_text().splitlines() == [
+        "image,labels", "chelsea.jpg,Egyptian cat", "coffee.png,espresso"]
+    dataset = from_csv(tmp_path / "images" / "labels.csv")
+    assert [p.name for p in dataset.image_paths] == ["chelsea.jpg", "coffee.png"]
+    assert dataset.class_names == ["Egyptian cat", "espresso"]

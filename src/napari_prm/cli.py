@@ -800,10 +800,13 @@ def _run_train(args) -> int:
     dataset = _load_dataset(args, classes=args.classes)
     _say(f"training on {len(dataset)} images, {len(dataset.class_names)} classes -> {args.out}")
     bar = None
+    written_before = _file_stamp(args.out)
+    calibrating, last_epoch_written = False, written_before
 
     def progress(update) -> None:
-        nonlocal bar
+        nonlocal bar, calibrating, last_epoch_written
         if update.stage == "calibration":
+            calibrating = True
             if update.batch == update.num_batches:
                 _say(f"calibrated the thresholds on {update.num_batches} held-out image(s)")
             return
@@ -817,6 +820,7 @@ def _run_train(args) -> int:
         if bar is not None:
             bar.close()
             bar = None
+        last_epoch_written = _file_stamp(args.out)  # reported after the epoch's checkpoint
         line = (f"epoch {update.epoch}/{update.num_epochs}: loss {update.loss:.4f}, "
                 f"{update.images_per_second:.1f} images/s")
         defined = [v for v in (update.val_ap or {}).values() if v == v]  # classes with a held-out positive
@@ -835,6 +839,25 @@ def _run_train(args) -> int:
             resume=args.resume, progress=progress, num_workers=args.num_workers, overwrite=args.overwrite)
     except ValueError as error:
         raise CommandError(str(error)) from error
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+            bar = None
+        # the file is the truth: Ctrl-C can land after an epoch's checkpoint is written and before
+        # its progress report
+        kept = _trained_epoch(args.out) if _file_stamp(args.out) != written_before else None
+        if calibrating and _file_stamp(args.out) != last_epoch_written:  # calibrated and saved
+            _say(f"interrupted: {args.out} keeps epoch {_trained_epoch(args.out)} and its calibrated thresholds")
+        elif calibrating:  # after the last epoch's checkpoint
+            _say(f"interrupted while calibrating: {args.out} keeps epoch {_trained_epoch(args.out)}, its "
+                 "thresholds not calibrated; --resume calibrates them")
+        elif kept is not None:
+            _say(f"interrupted: {args.out} keeps epoch {kept}; continue with --resume")
+        elif args.resume and written_before is not None:
+            _say(f"interrupted before an epoch finished; {args.out} is unchanged: continue with --resume")
+        else:
+            _say(f"interrupted before an epoch finished; {args.out} was not written by this run")
+        return 130
     finally:
         if bar is not None:
             bar.close()
@@ -908,6 +931,18 @@ def _file_stamp(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return stat.st_mtime_ns, stat.st_size
+
+
+def _trained_epoch(path: Path) -> int | None:
+    """The training epoch a checkpoint written by ``train`` holds, None when unreadable."""
+    from .model import load_checkpoint
+    from .train import TRAINING_STATE_KEY
+
+    try:
+        _, extra = load_checkpoint(path)
+        return int(extra[TRAINING_STATE_KEY]["epoch"])
+    except (ValueError, OSError, KeyError, TypeError):
+        return None
 
 
 def _kept_epoch(path: Path) -> int | None:
