@@ -120,7 +120,9 @@ def test_predict_keeps_existing_outputs_unless_overwrite(tmp_path, tiny48_checkp
     # a different setting would change the outputs; without --overwrite nothing is touched
     assert main(["predict", image, "--model", str(tiny48_checkpoint), "--out", str(out),
                  "--proposals", "none"]) == 0
-    assert "skipped, outputs exist" in capsys.readouterr().err
+    printed = capsys.readouterr().err
+    assert "skipped, outputs exist" in printed
+    assert "1 of them: outputs were made with other settings (proposals: 'prm' -> None)" in printed
     assert (out / "sample3_peaks.csv").read_text() == "kept"
     assert (out / "sample3_instances.json").read_bytes() == first["sample3_instances.json"]
     assert main(["predict", image, "--model", str(tiny48_checkpoint), "--out", str(out),

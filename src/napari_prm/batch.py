@@ -418,15 +418,16 @@ _SAME_OUTPUTS = ("peak_batch_size",)
 
 
 def _comparable(settings: Mapping[str, Any], model) -> dict:
-    """Settings as they decide the outputs: None is the default, and so is a missing preset
-    or proposal source; ``"auto"`` is the source it stands for with ``model``, classes are
-    their names, and settings that do not change the outputs (`_SAME_OUTPUTS`) are left out."""
+    """Settings as they decide the outputs: None is the default (but ``proposals=None`` asks
+    for no retrieval), and so is a missing preset or proposal source; ``"auto"`` is the
+    source it stands for with ``model``, classes are their names, and settings that do not
+    change the outputs (`_SAME_OUTPUTS`) are left out."""
     from .predictor import class_indices
     from .proposals import resolve_source
 
     plain = {key: value for key, value in ({"preset": "default", "proposals": "auto"}
                                            | json.loads(json.dumps(_describe(settings), default=str))).items()
-             if value is not None and key not in _SAME_OUTPUTS}
+             if (value is not None or key == "proposals") and key not in _SAME_OUTPUTS}
     plain["proposals"] = resolve_source(plain["proposals"], model)
     if "classes" in plain:
         try:
