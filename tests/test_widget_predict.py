@@ -231,6 +231,22 @@ def test_cancel_leaves_no_layers(cat_viewer, qtbot, prm_config, tiny_checkpoint)
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
+def test_closing_the_widget_stops_its_run(cat_viewer, qtbot, prm_config, tiny_checkpoint):
+    """The dock's close button and ``remove_dock_widget`` take the widget out of its dock
+    without closing it: the run went on, and added its layers afterwards."""
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None  # every peak (about 150): long enough to stop midway
+    stages = []
+    widget.progressed.connect(lambda stage, done, total: stages.append((stage, done, total)))
+    worker = widget.run()
+    qtbot.waitUntil(lambda: any(s[0] == "backprop" and s[1] > 0 for s in stages), timeout=WAIT_MS)
+    cat_viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
+    qtbot.wait(50)
+    assert max(s[1] for s in stages if s[0] == "backprop") < stages[-1][2]  # stopped before the last peak
+    assert [layer.name for layer in cat_viewer.layers] == ["cat"]
+
+
 def test_an_image_with_nan_is_refused_with_a_message(make_napari_viewer, qtbot, prm_config,
                                                      tiny_checkpoint):
     """A float image with NaN (a registration's border) is an input the user can fix: one

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from napari.utils.progress import cancelable_progress
+from qtpy.QtCore import QEvent, QObject
 
 
 class _CancelButtonProgress(cancelable_progress):
@@ -62,3 +63,21 @@ class ActivityProgress:
         if not self._closed:
             self._closed = True
             self.bar.close()
+
+
+class CloseWatcher(QObject):
+    """Calls ``on_close()`` when ``widget`` is closed or taken out of its dock (napari's
+    ``remove_dock_widget`` and the dock's close button un-parent it without closing it),
+    and ``on_close(deleted=True)`` when it is deleted: a widget's running job stops with it."""
+
+    def __init__(self, widget, on_close):
+        super().__init__(widget)
+        self._on_close = on_close
+        widget.installEventFilter(self)
+        widget.destroyed.connect(lambda *_: on_close(deleted=True))
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        kind = event.type()
+        if kind == QEvent.Type.Close or (kind == QEvent.Type.ParentChange and obj.parent() is None):
+            self._on_close()
+        return False

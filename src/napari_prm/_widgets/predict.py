@@ -26,7 +26,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgres
 
 from ..predict import Cancelled, Prediction
 from ..predictor import preset_settings, resolve_thresholds
-from .activity import ActivityProgress
+from .activity import ActivityProgress, CloseWatcher
 from .batch import open_batch_panel
 from .correct import CorrectionPanel
 from .form import PredictForm, WidgetSettings, upgrade_saved_settings
@@ -87,6 +87,8 @@ class PredictWidget(PredictForm, QWidget):
         #: Forward passes the last run or re-threshold made (0: the image's maps were reused).
         self.last_forward_passes = 0
         self._cancel = threading.Event()
+        # closed, or taken out of its dock (no close event then): a running job stops
+        self._close_watcher = CloseWatcher(self, lambda deleted=False: self.cancel())
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
         self._class_loader = None
@@ -471,6 +473,3 @@ class PredictWidget(PredictForm, QWidget):
         if self.context is not None and "peaks" in self.context.layers:
             self.context.layers["peaks"].text.visible = bool(visible)
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        self.cancel()
-        super().closeEvent(event)

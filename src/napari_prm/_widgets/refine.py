@@ -19,9 +19,9 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QObject
 
 from ..refine import correction_from_layer, load_corrections, refine
+from .activity import CloseWatcher
 from .layers import read_plane
 from .models import (
     ModelCache,
@@ -68,24 +68,6 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
     return planes
 
 
-class _CloseWatcher(QObject):
-    """Calls ``on_close`` when ``widget`` is closed, taken out of its dock (napari's
-    ``remove_dock_widget`` and the dock's close button un-parent it without closing it)
-    or deleted."""
-
-    def __init__(self, widget, on_close):
-        super().__init__(widget)
-        self._on_close = on_close
-        widget.installEventFilter(self)
-        widget.destroyed.connect(lambda *_: on_close(deleted=True))
-
-    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
-        kind = event.type()
-        if kind == QEvent.Type.Close or (kind == QEvent.Type.ParentChange and obj.parent() is None):
-            self._on_close()
-        return False
-
-
 class RefineWidget(Container):
     """Learn a refinement head from corrected Labels layers (or mask files).
 
@@ -126,7 +108,7 @@ class RefineWidget(Container):
         self.last_seconds: float | None = None
         self._closed = False  # closed or out of its dock: a running Learn was stopped
         self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
-        self._close_watcher = _CloseWatcher(self.native, self._on_close)
+        self._close_watcher = CloseWatcher(self.native, self._on_close)
         self._follow_predict_widget()
 
     def _on_close(self, deleted: bool = False) -> None:
