@@ -249,7 +249,8 @@ def test_train_then_evaluate_on_coco128(tmp_path, capsys, shared_data):
                    "--input-size", "48", "48", "--device", "cpu", "--val-fraction", "0.5"])
     assert status == 0
     errors = capsys.readouterr().err
-    assert "training on 6 images, 2 classes" in errors and "epoch 1/1: loss" in errors
+    assert "training on 3 images, 3 held out for validation and calibration; 2 classes" in errors
+    assert "epoch 1/1: loss" in errors and "warning" not in errors
     assert "validation mAP" in errors and "calibrated the thresholds on 3 held-out image(s)" in errors
     model = load_model(checkpoint)
     assert model.class_names == ["person", "bear"] and model.backbone == "tiny"
@@ -441,6 +442,41 @@ def test_train_resume_refuses_options_that_ask_for_another_recipe(tmp_path, caps
     assert main(start + ["--epochs", "2", "--resume"]) == 0
     assert "epoch 2/2" in capsys.readouterr().err
     assert load_model(out).input_size == (32, 32)
+
+
+def test_train_names_a_class_without_training_images_and_a_calibration_that_finds_nothing(tmp_path, capsys):
+    """3 images of 3 classes with the default hold-out: 'training on 3 images' although one
+    was held out, its class had no training image, and calibration on it stored the lowest
+    thresholds ('classes found 0 %'), all without a word."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee()), ("astronaut", data.astronaut())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        iio.imwrite(tmp_path / "data" / name / "0.png", image[:64, :64])
+    out = tmp_path / "model.pt"
+    options = ["--backbone", "tiny", "--epochs", "2", "--batch-size", "2", "--input-size", "32", "32",
+               "--device", "cpu"]
+    assert main(["train", str(tmp_path / "data"), "--out", str(out)] + options) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"training on 2 images, 1 held out for validation and calibration; 3 classes -> {out}"
+    assert lines[1].startswith("warning: class(es) 'astronaut' have no training image")
+    assert "calibrated the thresholds on 1 held-out image(s)" in lines
+    assert lines[-3].endswith("classes found 0 %)")
+    assert lines[-2].startswith("warning: calibration found no class") and "more epochs" in lines[-2]
+    assert load_model(out).settings["calibration"]["warning"] == lines[-2].removeprefix("warning: ")
+    # calibrating on the held-out image again says so too
+    assert main(["calibrate", str(tmp_path / "data"), "--model", str(out), "--held-out", "--no-tta",
+                 "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "0 % of the shown classes found" in captured.out
+    assert "warning: calibration found no class" in captured.err
+    # with nothing held out every class trains, and the calibration is on the training images
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--overwrite", "--val-fraction", "0"]
+                + options) == 0
+    errors = capsys.readouterr().err
+    assert errors.startswith("training on 3 images, none held out (the thresholds are calibrated on the "
+                             "training images); 3 classes")
+    assert "calibrated the thresholds on 3 training image(s)" in errors and "warning: class" not in errors
 
 
 def test_train_refuses_an_existing_out_unless_resumed_or_overwritten(tmp_path, capsys):

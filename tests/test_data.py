@@ -177,6 +177,67 @@ def test_split_is_disjoint_and_seeded(coco_train):
     np.testing.assert_array_equal(val.labels[0], coco_train.labels[coco_train.image_ids.index(index)])
 
 
+def test_split_of_datasets_whose_classes_all_train_is_the_plain_random_one(coco_train):
+    """The benchmarks' VOC view of coco128 (0.2, seed 0: 78 trained, 19 held out) keeps its split."""
+    voc = voc_view(coco_train)
+    for fraction, seed in ((0.2, 0), (0.25, 3), (0.2, 1)):
+        order = np.random.default_rng(seed).permutation(len(voc))
+        held = int(round(fraction * len(voc)))
+        train, val = voc.split(fraction, seed=seed)
+        assert train.image_ids == [voc.image_ids[i] for i in sorted(order[held:])]
+        assert val.image_ids == [voc.image_ids[i] for i in sorted(order[:held])]
+        assert voc.untrained_classes(train) == []
+    assert (len(voc.split(0.2, seed=0)[0]), len(voc.split(0.2, seed=0)[1])) == (78, 19)
+    # all 71 classes at 0.2, seed 0: the plain split held out the only images of 'hot dog' and
+    # 'scissors'; now every class trains, with as many images held out
+    order = np.random.default_rng(0).permutation(len(coco_train))
+    assert coco_train.untrained_classes(coco_train.subset(order[26:])) == ["hot dog", "scissors"]
+    train, val = coco_train.split(0.2, seed=0)
+    assert (len(train), len(val)) == (102, 26) and coco_train.untrained_classes(train) == []
+
+
+def _class_csv(tmp_path, labels):
+    rows = ["image,labels"]
+    for i, label in enumerate(labels):
+        iio.imwrite(tmp_path / f"{i}.png", _rgb(i))
+        rows.append(f"{i}.png,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return from_csv(tmp_path / "labels.csv")
+
+
+def test_split_keeps_a_training_image_of_every_class(tmp_path):
+    """5 cat images and 1 dog image, 1 held out: the dog image was held out for some seeds,
+    so the model never saw a dog. It trains now, and a cat image is held out instead."""
+    dataset = _class_csv(tmp_path, ["cat"] * 3 + ["dog"] + ["cat"] * 2)
+    swapped = 0
+    for seed in range(12):
+        order = np.random.default_rng(seed).permutation(6)
+        train, val = dataset.split(0.2, seed=seed)
+        assert (len(train), len(val)) == (5, 1) and "3.png" in [Path(p).name for p in train.image_paths]
+        assert dataset.untrained_classes(train) == [] and val.class_names == ["cat", "dog"]
+        if order[0] == 3:  # the plain split held the dog out: the first cat of the permutation instead
+            swapped += 1
+            assert [Path(p).name for p in val.image_paths] == [f"{order[1]}.png"]
+        else:
+            assert [Path(p).name for p in val.image_paths] == [f"{order[0]}.png"]
+    assert swapped == 5
+
+
+def test_split_that_cannot_keep_every_class_names_the_one_held_out(tmp_path):
+    """3 images of 3 classes: one has to be held out, and its class has no training image."""
+    dataset = _class_csv(tmp_path, ["cat", "dog", "bird"])
+    for seed in range(4):
+        train, val = dataset.split(0.2, seed=seed)
+        assert (len(train), len(val)) == (2, 1)
+        held = dataset.class_names[int(np.flatnonzero(val.labels[0])[0])]
+        assert dataset.untrained_classes(train) == [held]
+    # the image held out is one that leaves the fewest classes untrained: never the cat-and-dog one
+    dataset = _class_csv(tmp_path, ["cat;dog", "bird", "fish"])
+    for seed in range(6):
+        train, val = dataset.split(0.2, seed=seed)
+        assert [Path(p).name for p in val.image_paths] != ["0.png"] and len(dataset.untrained_classes(train)) == 1
+
+
 def test_training_images_resize_and_seeded_flips(tmp_path):
     path = _write_csv(tmp_path, ["x.png,cat", "y.png,dog", "z.png,cat"])
     dataset = from_csv(path)

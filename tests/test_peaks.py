@@ -95,6 +95,21 @@ def test_calibration_separates_present_from_absent_classes():
     settings = calibration.as_settings()
     assert settings["class_threshold"] == calibration.class_threshold
     assert settings["calibration"]["images"] == 12
+    assert calibration.warning is None and "warning" not in settings["calibration"]
+
+
+def test_calibration_that_finds_no_class_says_so():
+    """Images that show class 0, whose maps are flat at -1, far below the class-1 bump
+    (relative_threshold 0.5 drops their peaks): no threshold pair finds a class. The
+    lowest thresholds were stored with "classes found 0 %" and no word."""
+    maps = [bumps((40, 40), [(1, 10 + i, 20, 5.0 + i)]) for i in range(3)]
+    for crm in maps:
+        crm[0] = -1.0
+    calibration = calibrate_thresholds(maps, np.array([[1, 0]] * 3), relative_threshold=0.5)
+    assert calibration.recall == 0 and calibration.precision == 0
+    assert calibration.warning.startswith("calibration found no class")
+    assert "3 calibration image(s)" in calibration.warning and "more epochs" in calibration.warning
+    assert calibration.as_settings()["calibration"]["warning"] == calibration.warning
 
 
 def test_calibration_refuses_what_it_cannot_use():

@@ -10,7 +10,7 @@ import torch
 from napari_prm import load_model, save_model
 from napari_prm.data import LabeledImageDataset, from_csv
 from napari_prm.model import build_model
-from napari_prm.train import TrainProgress, train
+from napari_prm.train import TrainProgress, train, training_split
 
 SETTINGS = dict(backbone="tiny", epochs=3, batch_size=8, lr=0.01, backbone_lr_mult=1.0, input_size=(48, 48),
                 device="cpu", val_fraction=0.25, seed=0)
@@ -65,6 +65,7 @@ def test_training_lowers_the_loss_and_reports(full_run, squares):
     assert [e.val_ap is not None for e in events if e.stage == "epoch"] == [True] * 3
     # then the thresholds are calibrated on the 6 held-out images, one report each
     assert [(e.batch, e.num_batches) for e in events if e.stage == "calibration"] == [(i, 6) for i in range(1, 7)]
+    assert (result.train_images, result.held_out_images, result.warnings) == (18, 6, [])
 
 
 def test_training_calibrates_the_thresholds_on_the_held_out_images(full_run):
@@ -185,3 +186,34 @@ def test_training_errors(squares, tmp_path):
         train(squares, out=tmp_path / "m.pt", resume=plain)
     with pytest.raises(ValueError, match=r"write a .pt file"):
         train(squares, out=tmp_path / "m.safetensors", **SETTINGS)
+
+
+def test_a_class_whose_only_image_is_held_out_is_named(tmp_path):
+    """3 images of 3 classes, 1 held out: a class had no training image (and calibration,
+    on that image alone, found nothing), without a word."""
+    rows = ["image,labels"]
+    for i, name in enumerate(("cat", "dog", "bird")):
+        image = np.zeros((32, 32, 3), np.uint8)
+        image[8 * i:8 * i + 12, 4:16, i] = 255
+        iio.imwrite(tmp_path / f"{i}.png", image)
+        rows.append(f"{i}.png,{name}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    dataset = from_csv(tmp_path / "labels.csv")
+    split = training_split(dataset, 0.2, 0)
+    held = split.untrained_classes
+    assert (len(split.train), len(split.held_out)) == (2, 1) and len(held) == 1
+    assert split.describe() == "training on 2 images, 1 held out for validation and calibration"
+    result = train(dataset, out=tmp_path / "model.pt", **dict(SETTINGS, epochs=1, input_size=(32, 32),
+                                                               val_fraction=0.2))
+    assert (result.train_images, result.held_out_images) == (2, 1)
+    assert len(result.warnings) == 1 and result.warnings[0] == split.warning
+    assert split.warning.startswith(f"class(es) {held[0]!r} have no training image")
+    # here calibration still found the class at the lowest thresholds (an untrained row's peaks):
+    # no calibration warning (test_cli has a run where it finds nothing)
+    assert result.calibration.recall == 1 and result.calibration.warning is None
+    assert "warning" not in load_model(tmp_path / "model.pt").settings["calibration"]
+    # nothing held out: every image trains
+    split = training_split(dataset, 0.0)
+    assert split.held_out is None and split.warning is None
+    assert split.describe() == ("training on 3 images, none held out (the thresholds are calibrated on the "
+                                "training images)")

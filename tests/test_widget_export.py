@@ -81,3 +81,31 @@ def test_png_refused_beyond_65535_labels(make_napari_viewer, tmp_path):
     import tifffile
 
     assert tifffile.imread(tif).dtype == np.uint32
+
+
+def test_coco_file_name_is_the_image_file_the_layer_was_opened_from(make_napari_viewer, tmp_path):
+    """An image opened from chelsea.png is the layer 'chelsea': its exported COCO JSON said
+    file_name 'chelsea', which evaluate --image-dir and refine --masks did not find."""
+    import imageio.v3 as iio
+    from skimage import data
+
+    from napari_prm._widgets.layers import image_file_name
+
+    iio.imwrite(tmp_path / "chelsea.png", data.chelsea()[:40, :50])
+    viewer = make_napari_viewer()
+    (opened,) = viewer.open(str(tmp_path / "chelsea.png"))
+    assert opened.name == "chelsea" and image_file_name(opened) == "chelsea.png"
+    made = viewer.add_image(data.chelsea()[:40, :50], name="made in python")
+    assert image_file_name(made) == "made in python"  # no file: the layer's name, as before
+    labels = np.zeros((40, 50), np.uint16)
+    labels[5:20, 5:25] = 1
+    viewer.add_labels(labels, name="chelsea instances", features=pd.DataFrame(
+        {"index": [1], "label": [1], "class_index": [0], "class_name": ["cat"], "score": [0.9], "peak": [0]}),
+        metadata={"class_names": ["cat"], "image_layer": opened.name, "image_file_name": image_file_name(opened)})
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._layer.value = viewer.layers["chelsea instances"]
+    (written,) = widget.export(tmp_path / "out", formats=["coco"])
+    coco = json.loads(written.read_text())
+    assert [image["file_name"] for image in coco["images"]] == ["chelsea.png"]
+    # the image is found by that name in its folder (as evaluate --image-dir looks for it)
+    assert (tmp_path / coco["images"][0]["file_name"]).is_file()

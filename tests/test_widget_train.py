@@ -47,9 +47,12 @@ def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_conf
     assert widget.result is not None and not widget.result.cancelled, widget.last_message
     assert [record.epoch for record in widget.result.history] == [1]
     assert np.isfinite(widget.result.history[0].loss)
-    # the batches and epoch, then the calibration of the thresholds on the held-out image(s)
-    assert [p.stage for p in progress][-1] == "calibration"
-    assert {p.stage for p in progress} == {"batch", "epoch", "calibration"}
+    # how the 4 images are split, the batches and epoch, then the calibration of the thresholds
+    # on the held-out image
+    assert progress[0] == ("split", "training on 3 images, 1 held out for validation and calibration", None)
+    assert [p.stage for p in progress[1:]][-1] == "calibration"
+    assert {p.stage for p in progress[1:]} == {"batch", "epoch", "calibration"}
+    assert "(3 training images, 1 held out)" in widget.last_message
     assert "class_threshold" in load_model(out).settings
     assert widget._progress.value == 1
     model = load_model(out)

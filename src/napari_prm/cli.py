@@ -751,6 +751,7 @@ def _check_resumed_options(args, path: Path):
         config = dict(extra[key]["config"])
     except (ValueError, OSError, KeyError, TypeError):
         return None  # reported by train() and refine(): unreadable, or no training state
+    args.resumed_config = config
 
     def plain(value):
         return list(value) if isinstance(value, (list, tuple)) else value
@@ -798,7 +799,7 @@ def _run_train(args) -> int:
     if args.resume:
         _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
     dataset = _load_dataset(args, classes=args.classes)
-    _say(f"training on {len(dataset)} images, {len(dataset.class_names)} classes -> {args.out}")
+    held_out = _say_split(args, dataset)
     bar = None
     written_before = _file_stamp(args.out)
     calibrating, last_epoch_written = False, written_before
@@ -808,7 +809,8 @@ def _run_train(args) -> int:
         if update.stage == "calibration":
             calibrating = True
             if update.batch == update.num_batches:
-                _say(f"calibrated the thresholds on {update.num_batches} held-out image(s)")
+                _say(f"calibrated the thresholds on {update.num_batches} "
+                     f"{'held-out' if held_out else 'training'} image(s)")
             return
         if update.stage == "batch":
             if bar is None:
@@ -866,8 +868,30 @@ def _run_train(args) -> int:
         _say(f"calibrated on {c.images} image(s): class threshold {c.class_threshold:.3g}, peak threshold "
              f"{c.peak_threshold:.3g} (peak precision {100 * c.precision:.0f} %, classes found "
              f"{100 * c.recall:.0f} %)")
+        if c.warning:
+            _say(f"warning: {c.warning}")
     _say(f"checkpoint: {result.checkpoint}")
     return 0
+
+
+def _say_split(args, dataset) -> bool:
+    """Says how many images train and how many are held out (the run's own split when resumed),
+    with a warning naming any class left without a training image, before training.
+    Returns whether images are held out."""
+    from .train import training_split
+
+    config = getattr(args, "resumed_config", None) or {}
+    fraction = config.get("val_fraction", args.val_fraction)
+    try:
+        split = training_split(dataset, fraction, int(config.get("seed", args.seed)))
+    except (ValueError, TypeError):
+        # too few images to split, or a bad stored recipe: train() says which
+        _say(f"training on {len(dataset)} images, {len(dataset.class_names)} classes -> {args.out}")
+        return bool(fraction)
+    _say(f"{split.describe(args.calibrate)}; {len(dataset.class_names)} classes -> {args.out}")
+    if split.warning:
+        _say(f"warning: {split.warning}")
+    return split.held_out is not None
 
 
 def _run_calibrate(args) -> int:
@@ -889,6 +913,10 @@ def _run_calibrate(args) -> int:
             raise CommandError(str(error)) from error
     model.to(_device(args.device))
     dataset = _load_dataset(args)
+    try:
+        dataset = dataset.with_classes(model.class_names)
+    except ValueError as error:
+        raise CommandError(f"the dataset does not have the model's classes: {error}") from error
     if args.held_out:
         state = extra.get(TRAINING_STATE_KEY) or {}
         config = state.get("config") or {}
@@ -896,11 +924,8 @@ def _run_calibrate(args) -> int:
         if not fraction:
             raise CommandError(f"{args.model} records no held-out share (it was not trained by 'train' with "
                                "--val-fraction > 0): calibrate on images it was not trained on instead")
+        # split with the model's classes, as 'train' did: the split keeps a training image of each
         _, dataset = dataset.split(float(fraction), seed=int(config.get("seed", 0)))
-    try:
-        dataset = dataset.with_classes(model.class_names)
-    except ValueError as error:
-        raise CommandError(f"the dataset does not have the model's classes: {error}") from error
     results = {}
     for tta in ((False, True) if args.tta else (False,)):
         with tqdm(total=len(dataset), desc="calibrate" + (" (TTA)" if tta else ""), unit="image",
@@ -920,6 +945,8 @@ def _run_calibrate(args) -> int:
               f"{c.peak_threshold:.4g} on {c.images} image(s): {100 * c.precision:.0f} % of the peaks on classes "
               f"the images show, {100 * c.recall:.0f} % of the shown classes found, {c.peaks_per_image:.1f} "
               "peaks per image")
+        if c.warning:
+            _say(f"warning{' (with TTA)' if tta else ''}: {c.warning}")
     _say(f"checkpoint: {out}")
     return 0
 

@@ -165,7 +165,13 @@ class LabeledImageDataset:
     def split(self, fraction: float, *, seed: int = 0) -> tuple[LabeledImageDataset, LabeledImageDataset]:
         """Random ``(train, validation)`` split with ``fraction`` of the images held out.
 
-        Both parts keep at least one image whenever ``0 < fraction < 1``.
+        Both parts keep at least one image whenever ``0 < fraction < 1``. Every class
+        with a positive image keeps one in the training part when that is possible:
+        a held-out image that is the only one of a class is swapped for a training
+        image whose classes all have another training image (a split in which every
+        class already has a training image is the plain random one). When it is not
+        possible (e.g. 3 images of 3 classes), the held-out image that leaves the
+        fewest classes out stays held out; :meth:`untrained_classes` names them.
         """
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1); got {fraction}")
@@ -173,7 +179,40 @@ class LabeledImageDataset:
             raise ValueError(f"cannot split dataset {self.source}: it has {len(self)} image(s)")
         order = np.random.default_rng(seed).permutation(len(self))
         held_out = min(max(int(round(fraction * len(self))), 1), len(self) - 1)
-        return self.subset(np.sort(order[held_out:])), self.subset(np.sort(order[:held_out]))
+        train, val = self._keep_classes_in_training(list(order[held_out:]), list(order[:held_out]))
+        return self.subset(np.sort(train)), self.subset(np.sort(val))
+
+    def _keep_classes_in_training(self, train: list[int], val: list[int]) -> tuple[list[int], list[int]]:
+        """Move held-out images that are the only ones of a class into ``train`` and refill
+        ``val`` (to its size) with training images that no class needs; ``val`` keeps one image."""
+        labels = self.labels > 0
+        counts = labels[train].sum(0)
+        if not (labels.any(0) & (counts == 0)).any():
+            return train, val  # every class trains: the plain random split
+        size = len(val)
+        for index in list(val):
+            if (labels[index] & (counts == 0)).any():
+                val.remove(index)
+                train.append(index)
+                counts = counts + labels[index]
+        for index in list(train):
+            if len(val) == size:
+                break
+            if (counts[labels[index]] >= 2).all():
+                train.remove(index)
+                val.append(index)
+                counts = counts - labels[index]
+        if not val:  # every image is needed: hold out the one whose classes have the most other images
+            lost = [int(((counts - labels[index]) == 0).sum()) for index in train]
+            index = train[int(np.argmin(lost))]
+            train.remove(index)
+            val.append(index)
+        return train, val
+
+    def untrained_classes(self, train: LabeledImageDataset) -> list[str]:
+        """The classes with a positive image here but none in ``train`` (a part of this dataset)."""
+        return [c for c, everywhere, trained in zip(self.class_names, self.labels.sum(0), train.labels.sum(0))
+                if everywhere > 0 and trained == 0]
 
     def with_classes(self, class_names: Sequence[str], *, drop_unlabeled: bool = False) -> LabeledImageDataset:
         """The same images relabelled with ``class_names`` (a subset or reordering).

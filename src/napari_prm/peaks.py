@@ -227,6 +227,9 @@ class Calibration:
     f_score : float
     peaks_per_image : float
     images : int
+    warning : str or None
+        Set when no threshold pair found any class the images show (``recall`` 0):
+        the thresholds are then the lowest tried, not calibrated ones.
     """
 
     class_threshold: float
@@ -237,11 +240,24 @@ class Calibration:
     peaks_per_image: float
     images: int
 
+    @property
+    def warning(self) -> str | None:
+        if self.recall > 0:
+            return None
+        return (f"calibration found no class: at no threshold pair was a peak of a class that the {self.images} "
+                "calibration image(s) show kept, so the stored thresholds are the lowest tried, not calibrated "
+                "ones. Calibrate on more images (hold out more: --val-fraction, or more images per class) "
+                "or train for more epochs, then calibrate again ('napari-prm calibrate').")
+
     def as_settings(self) -> dict:
-        """The thresholds as model settings (``model.settings``; under ``"tta_calibration"`` for TTA)."""
+        """The thresholds as model settings (``model.settings``; under ``"tta_calibration"`` for TTA);
+        ``"calibration"`` holds how they scored, and the :attr:`warning` when there is one."""
+        scores = {"precision": self.precision, "recall": self.recall, "f_score": self.f_score,
+                  "peaks_per_image": self.peaks_per_image, "images": self.images}
+        if self.warning is not None:
+            scores["warning"] = self.warning
         return {"class_threshold": float(self.class_threshold), "peak_threshold": float(self.peak_threshold),
-                "calibration": {"precision": self.precision, "recall": self.recall, "f_score": self.f_score,
-                                "peaks_per_image": self.peaks_per_image, "images": self.images}}
+                "calibration": scores}
 
 
 def calibrate_thresholds(

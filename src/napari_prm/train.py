@@ -101,6 +101,11 @@ class TrainResult:
     calibration : napari_prm.peaks.Calibration or None
         The class and peak thresholds chosen after the last epoch (stored in the
         model's and the checkpoint's settings); None when not calibrated.
+    train_images, held_out_images : int
+        How many images trained and how many were held out (``val_fraction``).
+    warnings : list of str
+        What the run could not do well: classes with no training image (see
+        :func:`training_split`), a calibration that found no class.
     """
 
     model: PRMModel
@@ -108,6 +113,55 @@ class TrainResult:
     checkpoint: Path | None = None
     cancelled: bool = False
     calibration: Any = None
+    train_images: int = 0
+    held_out_images: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainingSplit:
+    """The images :func:`train` trains on and those it holds out (see :func:`training_split`).
+
+    Attributes
+    ----------
+    train : LabeledImageDataset
+    held_out : LabeledImageDataset or None
+        None when ``val_fraction`` is 0.
+    untrained_classes : list of str
+        Classes whose every image is held out (possible only with very few images).
+    """
+
+    train: LabeledImageDataset
+    held_out: LabeledImageDataset | None
+    untrained_classes: list[str] = field(default_factory=list)
+
+    def describe(self, calibrate: bool = True) -> str:
+        """E.g. ``"training on 102 images, 26 held out for validation and calibration"``."""
+        text = f"training on {len(self.train)} images"
+        if self.held_out is None:
+            return text + (", none held out (the thresholds are calibrated on the training images)"
+                           if calibrate else ", none held out")
+        return text + f", {len(self.held_out)} held out for validation" + (" and calibration" if calibrate else "")
+
+    @property
+    def warning(self) -> str | None:
+        """Names the classes that have no training image, None when every class has one."""
+        if not self.untrained_classes:
+            return None
+        names = ", ".join(repr(c) for c in self.untrained_classes)
+        return (f"class(es) {names} have no training image: their only image(s) are held out for validation "
+                f"(val_fraction), so the model does not learn them; add images of them or train on every "
+                f"image (--val-fraction 0)")
+
+
+def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed: int = 0) -> TrainingSplit:
+    """The split :func:`train` makes: ``dataset.split(val_fraction, seed=seed)`` (which keeps a
+    training image of every class when it can), or every image trains when ``val_fraction`` is 0."""
+    val_fraction = check.finite_float("val_fraction", val_fraction, low=0, high=1, high_open=True)
+    if val_fraction == 0:
+        return TrainingSplit(dataset, None)
+    train_set, held_out = dataset.split(val_fraction, seed=seed)
+    return TrainingSplit(train_set, held_out, dataset.untrained_classes(train_set))
 
 
 def is_cancelled(cancel) -> bool:
@@ -366,7 +420,9 @@ def train(
         Hold out this share of the images from training (0.2 by default): the
         per-class classification AP on them is reported after every epoch, and
         the thresholds are calibrated on them at the end. 0 trains on every
-        image (the calibration then uses the training images themselves).
+        image (the calibration then uses the training images themselves). Every
+        class keeps a training image when possible (:func:`training_split`);
+        ``TrainResult.warnings`` names a class that cannot.
     calibrate : bool
         After the last epoch, choose the class and peak thresholds from the
         held-out images' image-level labels
@@ -429,9 +485,9 @@ def train(
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
 
-    train_set, val_set = dataset, None
-    if config["val_fraction"] > 0:
-        train_set, val_set = dataset.split(config["val_fraction"], seed=config["seed"])
+    split = training_split(dataset, config["val_fraction"], config["seed"])
+    train_set, val_set = split.train, split.held_out
+    warnings = [split.warning] if split.warning else []
     images = TrainingImages(train_set, config["input_size"], model.mean, model.std,
                             hflip=config["hflip"], seed=config["seed"])
     generator = torch.Generator()
@@ -492,10 +548,13 @@ def train(
             calibration = _calibrate(model, val_set if val_set is not None else train_set, config, progress, cancel)
             if calibration is not None:
                 checkpoint = _save(model, out, optimizer, len(history), history, config)
+                if calibration.warning:
+                    warnings.append(calibration.warning)
     finally:
         network.sub_pixel_locating_factor = inference_factor
         network.eval()
         for parameter in network.parameters():
             parameter.requires_grad_(True)
     return TrainResult(model=model, history=history, checkpoint=checkpoint, cancelled=cancelled,
-                       calibration=calibration)
+                       calibration=calibration, train_images=len(train_set),
+                       held_out_images=0 if val_set is None else len(val_set), warnings=warnings)

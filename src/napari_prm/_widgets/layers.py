@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -343,6 +344,15 @@ def upsert_layer(viewer, layer_type: str, name: str, data, **kwargs):
     return layer
 
 
+def image_file_name(image_layer) -> str:
+    """The ``file_name`` that an export of the layer's instances gives the image: the name of the
+    file it was opened from (napari's ``layer.source.path``, e.g. ``chelsea.png``), else the
+    layer's name (a layer made in Python has no file)."""
+    path = getattr(getattr(image_layer, "source", None), "path", None)
+    name = Path(str(path).rstrip("/\\")).name if path else ""
+    return name or image_layer.name
+
+
 def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool) -> dict:
     """Add or update the result layers of ``image_layer``; return them by kind.
 
@@ -374,7 +384,8 @@ def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool)
     layers["instances"] = upsert_layer(
         viewer, "labels", names["instances"], results.labels,
         features=results.instance_features, opacity=0.5,
-        metadata={"class_names": results.class_names, "image_file_name": image_layer.name},
+        metadata={"class_names": results.class_names, "image_layer": image_layer.name,
+                  "image_file_name": image_file_name(image_layer)},
         **world_kwargs(image_layer))
     first_class = int(results.point_features["class_index"].iloc[0]) if len(results.points) else 0
     layers["peaks"] = upsert_layer(

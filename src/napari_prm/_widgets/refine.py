@@ -41,7 +41,9 @@ INSTANCES_SUFFIX = " instances"
 
 def image_of(viewer, labels_layer) -> Image | None:
     """The image layer a Labels layer annotates: the one named in its metadata, else by its name."""
-    names = [labels_layer.metadata.get("image_file_name"), labels_layer.name.removesuffix(INSTANCES_SUFFIX)]
+    metadata = labels_layer.metadata or {}
+    names = [metadata.get("image_layer"), metadata.get("image_file_name"),
+             labels_layer.name.removesuffix(INSTANCES_SUFFIX)]
     for name in names:
         if name and name in viewer.layers and isinstance(viewer.layers[name], Image):
             return viewer.layers[name]

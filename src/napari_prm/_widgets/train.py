@@ -6,15 +6,16 @@ stops the run like *Cancel* (after the current batch; the last epoch's checkpoin
 
 from __future__ import annotations
 
+import inspect
 import threading
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..data import load_dataset
-from ..train import train
+from ..train import train, training_split
 from .activity import ActivityProgress
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
@@ -71,10 +72,10 @@ class TrainWidget(Container):
     def _base_choices(self, _=None):
         return list(BASE_MODELS.items()) + [(f"fine-tune {Path(p).name}", p) for p in recent_models()]
 
-    def _say(self, message: str, error: bool = False) -> None:
+    def _say(self, message: str, error: bool = False, warning: bool = False) -> None:
         self.last_message = message
         self._status.value = message
-        (show_error if error else show_info)(message)
+        (show_error if error else show_warning if warning else show_info)(message)
 
     @property
     def running(self) -> bool:
@@ -130,8 +131,16 @@ class TrainWidget(Container):
         return keep_existing_output(self, options)
 
     def _train(self, dataset_path: Path, options: dict):
-        """Worker thread: load the dataset and train."""
+        """Worker thread: load the dataset, say how it is split, and train."""
         dataset = load_dataset(dataset_path)
+        defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
+        try:
+            split = training_split(dataset, *(options.get(k, defaults[k]) for k in ("val_fraction", "seed")))
+        except ValueError:
+            pass  # too few images to split: train() says so
+        else:
+            self._relay.progressed.emit(("split", split.describe(options.get("calibrate", defaults["calibrate"])),
+                                         split.warning))
         return train(dataset, progress=self._relay.progressed.emit, cancel=self._cancel,
                      **options)
 
@@ -141,6 +150,13 @@ class TrainWidget(Container):
             self._cancel.set()
 
     def _on_progress(self, progress) -> None:
+        if isinstance(progress, tuple):  # ("split", what, warning) before the first batch
+            _, what, warning = progress
+            if warning:
+                self._say(f"Warning: {warning}", warning=True)
+            else:
+                self._status.value = f"{what[0].upper()}{what[1:]}…"
+            return
         if progress.stage == "calibration":  # after the last epoch: the held-out images
             self._status.value = (f"calibrating the thresholds: image {progress.batch}/"
                                   f"{progress.num_batches}")
@@ -165,8 +181,12 @@ class TrainWidget(Container):
         offer_model(self._viewer, result.checkpoint)
         last = result.history[-1]
         what = "Cancelled" if result.cancelled else "Done"
-        self._say(f"{what}: epoch {last.epoch}, loss {last.loss:.4f}; saved "
-                  f"{result.checkpoint}; it is offered in the Peak Response Maps widget.")
+        held_out = f", {result.held_out_images} held out" if result.held_out_images else ", none held out"
+        message = (f"{what}: epoch {last.epoch}, loss {last.loss:.4f} ({result.train_images} training "
+                   f"images{held_out}); saved {result.checkpoint}; it is offered in the Peak Response Maps widget.")
+        if result.warnings:
+            message += " Warning: " + " ".join(result.warnings)
+        self._say(message, warning=bool(result.warnings))
 
     def _on_finished(self) -> None:
         if self.activity is not None:
