@@ -161,13 +161,17 @@ def test_training_shows_batches_in_the_activity_dock_and_cancels_there(
     # 4 images, none held out, no calibration: 4 batches per epoch, 8 in all
     widget.start(epochs=2, batch_size=1, val_fraction=0.0, calibrate=False)
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    # the first report says the split (a tuple); then one per batch and one per epoch
+    assert isinstance(reports[0], tuple) and reports[0][0] == "split"
+    reports = [r for r in reports if not isinstance(r, tuple)]
     assert len(reports) > 8
     assert sorted(calls) == sorted((f"epoch {r.epoch}/2", (r.epoch - 1) * 4 + r.batch, 8)
                                    for r in reports)
     assert closed_at == [(8, 8)] and widget.activity is None
     assert not [bar for bar in progress._all_instances if "Train PRM model" in str(bar.desc)]
 
-    widget._relay.progressed.connect(lambda report: widget.activity.bar.cancel())
+    widget._relay.progressed.connect(
+        lambda report: None if isinstance(report, tuple) else widget.activity.bar.cancel())
     widget.start(epochs=2, batch_size=1, resume=None, val_fraction=0.0, calibrate=False)
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert widget.result.cancelled or widget.result.checkpoint is None, widget.last_message
