@@ -57,6 +57,10 @@ def test_coco_json_round_trips_through_pycocotools(tmp_path, instances):
     assert names[by_label[1]["category_id"]] == "tabby"
     assert names[by_label[3]["category_id"]] == "unknown"
     assert by_label[2]["score"] == 0.5
+    # the image is the layer's name without a recorded image file, else that file
+    assert [image["file_name"] for image in coco["images"]] == ["cat instances"]
+    write_labels(str(path), labels, {**meta, "metadata": {"image_file_name": "cat.png"}})
+    assert [image["file_name"] for image in json.loads(path.read_text())["images"]] == ["cat.png"]
 
 
 def test_through_napari_save(make_napari_viewer, tmp_path, instances):

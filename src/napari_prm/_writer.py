@@ -40,7 +40,8 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         ``.tif``/``.tiff``: the label image (uint16, or uint32 beyond 65535 labels) and,
         when the layer has an instance table in its ``features``, ``<stem>_instances.csv``
         beside it (2-D layers). ``.json``: a COCO instances file (RLE masks, class names
-        from ``metadata["class_names"]`` or the table, scores).
+        from ``metadata["class_names"]`` or the table, scores; the image's ``file_name`` from
+        ``metadata["image_file_name"]``, else the layer's name).
     data : integer ndarray
         The layer's labels.
     meta : dict
@@ -59,8 +60,10 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         if labels.ndim != 2:
             raise ValueError(f"COCO JSON holds 2-D label images; layer {meta.get('name')!r} "
                              f"has shape {labels.shape}: save it as a TIFF")
+        # the image the instances belong to, as the plugin records it (else the layer's name)
+        image = (meta.get("metadata") or {}).get("image_file_name") or meta.get("name", "")
         written = io.export_instances(labels, table, class_names, path, overwrite=True,
-                                      image_file_name=str(meta.get("name", "")))
+                                      image_file_name=str(image))
     elif suffix in (".tif", ".tiff"):
         written = io.export_instances(labels, table, class_names, path, overwrite=True)
         if table is not None and labels.ndim == 2:
