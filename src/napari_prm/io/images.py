@@ -9,6 +9,7 @@ proposals start from.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -146,18 +147,24 @@ def _is_tiff(path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
+def _tiff_header(path) -> tuple[str, Any, tuple]:
+    """``(axes of its first series, photometric, extra samples)`` of a TIFF's first page:
+    what the file says its axes and samples are."""
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        return tif.series[0].axes, page.photometric, tuple(page.extrasamples or ())
+
+
 def _four_channels(path) -> str:
     """What a file's 4 channels are, by its own description: "RGBA", "CMYK" (print ink),
     "RGBX" (RGB and an extra sample that is not marked as alpha: Pillow's padding) or, for a
     TIFF, its photometric name (e.g. "MINISBLACK": 4 gray channels)."""
     if _is_tiff(path):
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            photometric, extra = page.photometric, tuple(page.extrasamples or ())
+        _, photometric, extra = _tiff_header(path)
         if photometric == tifffile.PHOTOMETRIC.SEPARATED:
             return "CMYK"
         if photometric == tifffile.PHOTOMETRIC.RGB:
-            return "RGBA" if extra and extra[0] in _TIFF_ALPHA else "RGBX"
+            return "RGBA" if _marks_alpha(extra) else "RGBX"
         return getattr(photometric, "name", str(photometric))
     from PIL import Image
 
@@ -168,11 +175,13 @@ def _four_channels(path) -> str:
 _TIFF_ALPHA = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
 
 
+def _marks_alpha(extra_samples: tuple) -> bool:
+    """Whether a TIFF page's first extra sample is marked as alpha (RGBA, or gray + alpha as Pillow writes "LA")."""
+    return bool(extra_samples) and extra_samples[0] in _TIFF_ALPHA
+
+
 def _tiff_marks_alpha(path) -> bool:
-    """Whether a TIFF's first extra sample is marked as alpha (a gray + alpha TIFF, as Pillow writes "LA")."""
-    with tifffile.TiffFile(path) as tif:
-        extra = tuple(tif.pages[0].extrasamples or ())
-    return bool(extra) and extra[0] in _TIFF_ALPHA
+    return _marks_alpha(_tiff_header(path)[2])
 
 
 def _cmyk_to_rgb(image: np.ndarray) -> np.ndarray:
@@ -194,8 +203,7 @@ def _tiff_leading_axis(path, ndim: int) -> str | None:
     ``C``: channels, ``Z``, ``T``, ``Q``: unknown pages, ...); None for other formats."""
     if not _is_tiff(path):
         return None
-    with tifffile.TiffFile(path) as tif:
-        axes = tif.series[0].axes
+    axes = _tiff_header(path)[0]
     return axes[0] if len(axes) == ndim else None
 
 
