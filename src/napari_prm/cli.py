@@ -847,11 +847,12 @@ def _run_train(args) -> int:
             bar = None
         # the file is the truth: Ctrl-C can land after an epoch's checkpoint is written and before
         # its progress report
-        kept = _trained_epoch(args.out) if _file_stamp(args.out) != written_before else None
-        if calibrating and _file_stamp(args.out) != last_epoch_written:  # calibrated and saved
-            _say(f"interrupted: {args.out} keeps epoch {_trained_epoch(args.out)} and its calibrated thresholds")
+        stamp, epoch = _file_stamp(args.out), _kept_epoch(args.out, "train")
+        kept = epoch if stamp != written_before else None
+        if calibrating and stamp != last_epoch_written:  # calibrated and saved
+            _say(f"interrupted: {args.out} keeps epoch {epoch} and its calibrated thresholds")
         elif calibrating:  # after the last epoch's checkpoint
-            _say(f"interrupted while calibrating: {args.out} keeps epoch {_trained_epoch(args.out)}, its "
+            _say(f"interrupted while calibrating: {args.out} keeps epoch {epoch}, its "
                  "thresholds not calibrated; --resume calibrates them")
         elif kept is not None:
             _say(f"interrupted: {args.out} keeps epoch {kept}; continue with --resume")
@@ -960,25 +961,15 @@ def _file_stamp(path: Path) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
-def _trained_epoch(path: Path) -> int | None:
-    """The training epoch a checkpoint written by ``train`` holds, None when unreadable."""
+def _kept_epoch(path: Path, command: str = "refine") -> int | None:
+    """The epoch a checkpoint holds, None when unreadable: ``train``'s training state, or
+    the refinement head's ``info["epochs"]`` for ``refine``."""
     from .model import load_checkpoint
     from .train import TRAINING_STATE_KEY
 
     try:
-        _, extra = load_checkpoint(path)
-        return int(extra[TRAINING_STATE_KEY]["epoch"])
-    except (ValueError, OSError, KeyError, TypeError):
-        return None
-
-
-def _kept_epoch(path: Path) -> int | None:
-    """The refinement epoch a checkpoint holds (``head.info["epochs"]``), None when unreadable."""
-    from .model import load_checkpoint
-
-    try:
-        model, _ = load_checkpoint(path)
-        return int(model.head.info["epochs"])
+        model, extra = load_checkpoint(path)
+        return int(extra[TRAINING_STATE_KEY]["epoch"] if command == "train" else model.head.info["epochs"])
     except (ValueError, OSError, KeyError, TypeError, AttributeError):
         return None
 
