@@ -390,11 +390,10 @@ def resize_prms(prms: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.n
         # clamped and divided in place: one (K, H, W) float32 stack at the image's size is
         # made, not three (50 PRMs of a 12-megapixel image: 2.4 GB each)
         prms = F.interpolate(prms[:, None], size=tuple(shape), mode="bilinear", align_corners=False)[:, 0].clamp_(min=0)
-        sums = prms.flatten(1).sum(1)
-        prms.div_(torch.where(sums > 0, sums, torch.ones_like(sums))[:, None, None])
     else:
-        sums = prms.flatten(1).sum(1)
-        prms = prms / torch.where(sums > 0, sums, torch.ones_like(sums))[:, None, None]
+        prms = prms.clone()  # divided in place below: the caller's maps stay as they are
+    sums = prms.flatten(1).sum(1)
+    prms.div_(torch.where(sums > 0, sums, torch.ones_like(sums))[:, None, None])
     return prms.numpy().astype(np.float32, copy=False)
 
 
@@ -869,14 +868,13 @@ class PRMPredictor:
         from .masks import resize_nearest
         from .retrieval import prepare_proposals
 
-        source = masks
         key = (count, grid, contour_width)
         with self._lock:
             # the source stack is held, so "is" cannot match a new stack at a recycled address
-            if self._prepared_source is not source or self._prepared_key != key:
+            if self._prepared_source is not masks or self._prepared_key != key:
                 stack = resize_nearest(masks[:count], grid)
                 self._prepared_masks = prepare_proposals(stack, contour_width)
-                self._prepared_source, self._prepared_key = source, key
+                self._prepared_source, self._prepared_key = masks, key
             return self._prepared_masks
 
 
