@@ -191,7 +191,9 @@ class RefineWidget(Container):
             return None
         options = {"epochs": int(self._epochs.value), "out": Path(self._out.value), "overwrite": False}
         options.update(overrides)
-        kept = self._keep_existing(options, model_choice)
+        # an existing output file is kept (saved to the next free name), unless it is the model
+        # being refined: the loop learn -> run -> correct -> learn goes on in one file
+        kept = keep_existing_output(self, options, replaceable=model_choice)
         self._cancel.clear()
         self._closed = False
         self.result = None
@@ -210,13 +212,6 @@ class RefineWidget(Container):
         self._status.value = f"{kept} Reading the corrections…" if kept else "Reading the corrections…"
         worker.start()
         return worker
-
-    def _keep_existing(self, options: dict, model_choice: str) -> str:
-        """The output file is replaced only when it is the model being refined (the loop
-        learn → run → correct → learn goes on in one file, each model starting from the
-        last); any other existing file is kept and the run saves to the next free name
-        (``refined_model-2.pt``), shown in the output field. Returns what was said, or ""."""
-        return keep_existing_output(self, options, replaceable=model_choice)
 
     def _learn(self, model_choice: str, device: str, planes, masks: Path | None, options: dict):
         """Worker thread: gather the corrections, then train."""

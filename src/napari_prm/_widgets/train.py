@@ -106,7 +106,7 @@ class TrainWidget(Container):
             "overwrite": False,  # train() refuses an existing file: a trained model is never replaced
         }
         options.update(overrides)
-        kept = self._keep_existing(options)
+        kept = keep_existing_output(self, options)  # an existing output file is kept: next free name
         self._cancel.clear()
         self.result = None
         self._progress.max = options["epochs"]
@@ -124,11 +124,6 @@ class TrainWidget(Container):
                                          on_cancel=self.cancel)
         worker.start()
         return worker
-
-    def _keep_existing(self, options: dict) -> str:
-        """An output file that exists is kept: the run saves to the next free name
-        (``prm_model-2.pt``), shown in the output field. Returns what was said, or ""."""
-        return keep_existing_output(self, options)
 
     def _train(self, dataset_path: Path, options: dict):
         """Worker thread: load the dataset, say how it is split, and train."""
