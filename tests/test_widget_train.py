@@ -111,3 +111,62 @@ def test_an_existing_output_file_is_kept(make_napari_viewer, qtbot, prm_config, 
     assert (tmp_path / "trained-2.pt").read_bytes() == b"another one"
     assert load_model(tmp_path / "trained-3.pt").class_names == ["cat", "cup"]
     assert "saved " + str(tmp_path / "trained-3.pt") in widget.last_message
+
+
+def start_a_long_run(viewer, qtbot, tiny_dataset, out):
+    """A Train of the tiny dataset for far more epochs than the test waits for, at least two
+    epochs done (each saved)."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset_dir.value = tiny_dataset
+    widget._base.value = "tiny"
+    widget._batch.value = 1
+    widget._size.value = 32
+    widget._device.value = "cpu"
+    widget._out.value = out
+    epochs = []
+    widget._relay.progressed.connect(lambda p: epochs.append(p.epoch) if getattr(p, "stage", "") == "epoch" else None)
+    worker = widget.start(epochs=100_000)
+    assert worker is not None, widget.last_message
+    qtbot.waitUntil(lambda: len(epochs) >= 2, timeout=WAIT_MS)
+    return widget, worker
+
+
+def test_closing_the_widget_stops_training_like_cancel(make_napari_viewer, qtbot, prm_config,
+                                                       tiny_dataset, tmp_path):
+    """The dock's close button and ``remove_dock_widget`` take the widget out of its dock
+    without a close event: the run trained on. It now stops as *Cancel* does, and the last
+    finished epoch's checkpoint is saved and offered."""
+    from napari_prm.model import load_checkpoint
+    from napari_prm.train import TRAINING_STATE_KEY
+
+    viewer = make_napari_viewer()
+    _, predict_widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    out = tmp_path / "trained.pt"
+    widget, worker = start_a_long_run(viewer, qtbot, tiny_dataset, out)
+    viewer.window.remove_dock_widget(widget.native)
+    qtbot.waitUntil(lambda: not worker.is_running and not widget.running, timeout=30_000)
+    result = widget.result
+    assert result.cancelled and 2 <= len(result.history) < 1000
+    assert widget.last_message.startswith(f"Stopped as the widget was closed: epoch {len(result.history)},")
+    _, extra = load_checkpoint(out)
+    assert extra[TRAINING_STATE_KEY]["epoch"] == len(result.history)
+    assert predict_widget.model.value == str(out.resolve())
+    assert widget._train_button.enabled and not widget._cancel_button.enabled
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+
+
+def test_deleting_the_widget_stops_training_without_touching_its_qt_widgets(
+        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path):
+    """Its Qt widgets deleted (its window closed), the run stops; the reports that arrive
+    afterwards write to no deleted widget (pytest-qt fails a test on an exception in a slot)."""
+    viewer = make_napari_viewer()
+    out = tmp_path / "trained.pt"
+    widget, worker = start_a_long_run(viewer, qtbot, tiny_dataset, out)
+    destroyed = []
+    widget.native.destroyed.connect(lambda *_: destroyed.append(True))
+    widget.native.deleteLater()  # in its dock: no close event, no change of parent
+    qtbot.waitUntil(lambda: bool(destroyed), timeout=30_000)
+    qtbot.waitUntil(lambda: not worker.is_running and not widget.running, timeout=30_000)
+    qtbot.wait(50)
+    assert widget.result.cancelled and widget.last_message.startswith("Stopped as the widget was closed")
+    assert widget.activity is None  # its bar left the activity dock

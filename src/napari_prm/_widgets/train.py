@@ -2,6 +2,7 @@
 
 Progress shows in the widget and as a bar in napari's activity dock, whose cancel button
 stops the run like *Cancel* (after the current batch; the last epoch's checkpoint stays).
+Closing the widget, or taking it out of its dock, stops the run in the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..data import load_dataset
 from ..train import train, training_split
-from .activity import ActivityProgress
+from .activity import ActivityProgress, CloseWatcher
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
 
@@ -68,13 +69,24 @@ class TrainWidget(Container):
         self.activity: ActivityProgress | None = None
         self.result = None
         self.last_message = ""
+        self._closed = False  # closed or out of its dock: a running Train was stopped
+        self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
+        self._close_watcher = CloseWatcher(self.native, self._on_close)
+
+    def _on_close(self, deleted: bool = False) -> None:
+        """The widget was closed or taken out of its dock: stop a running Train like *Cancel*."""
+        self._deleted = self._deleted or deleted
+        if self.worker is not None and not self._cancel.is_set():
+            self._closed = True
+            self._cancel.set()
 
     def _base_choices(self, _=None):
         return list(BASE_MODELS.items()) + [(f"fine-tune {Path(p).name}", p) for p in recent_models()]
 
     def _say(self, message: str, error: bool = False, warning: bool = False) -> None:
         self.last_message = message
-        self._status.value = message
+        if not self._deleted:
+            self._status.value = message
         (show_error if error else show_warning if warning else show_info)(message)
 
     @property
@@ -108,6 +120,7 @@ class TrainWidget(Container):
         options.update(overrides)
         kept = keep_existing_output(self, options)  # an existing output file is kept: next free name
         self._cancel.clear()
+        self._closed = False
         self.result = None
         self._progress.max = options["epochs"]
         self._progress.value = 0
@@ -145,6 +158,8 @@ class TrainWidget(Container):
             self._cancel.set()
 
     def _on_progress(self, progress) -> None:
+        if self._deleted:
+            return
         if isinstance(progress, tuple):  # ("split", what, warning) before the first batch
             _, what, warning = progress
             if warning:
@@ -170,12 +185,13 @@ class TrainWidget(Container):
 
     def _on_done(self, result) -> None:
         self.result = result
+        why = "Stopped as the widget was closed" if self._closed else "Cancelled"
         if result.checkpoint is None:
-            self._say("Cancelled before the first epoch ended: no checkpoint was written.")
+            self._say(f"{why} before the first epoch ended: no checkpoint was written.")
             return
         offer_model(self._viewer, result.checkpoint)
         last = result.history[-1]
-        what = "Cancelled" if result.cancelled else "Done"
+        what = why if result.cancelled else "Done"
         held_out = f", {result.held_out_images} held out" if result.held_out_images else ", none held out"
         message = (f"{what}: epoch {last.epoch}, loss {last.loss:.4f} ({result.train_images} training "
                    f"images{held_out}); saved {result.checkpoint}; it is offered in the Peak Response Maps widget.")
@@ -188,5 +204,6 @@ class TrainWidget(Container):
             self.activity.close()
             self.activity = None
         self.worker = None
-        self._train_button.enabled = True
-        self._cancel_button.enabled = False
+        if not self._deleted:
+            self._train_button.enabled = True
+            self._cancel_button.enabled = False
