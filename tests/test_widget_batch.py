@@ -135,3 +135,39 @@ def test_a_model_that_cannot_load_is_reported_once(predict_widget, qtbot, image_
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
     assert panel.last_message.startswith("The folder run failed") and "broken.pt" in panel.last_message
     assert panel._run_button.enabled and IMAGES_LAYER not in predict_widget.viewer.layers
+
+
+def test_closing_the_panel_stops_the_run_like_cancel(predict_widget, qtbot, image_folder, tmp_path):
+    """The dock's close button and ``remove_dock_widget`` take the panel out of its dock
+    without a close event: the folder run went on and opened its layers afterwards. It now
+    stops between images as *Cancel* does; what was written stays, and no layer is added."""
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value = image_folder
+    panel._out.value = tmp_path / "out"
+    worker = panel.start()
+    predict_widget.viewer.window.remove_dock_widget(panel.native)  # before the worker's first image
+    qtbot.waitUntil(lambda: not worker.is_running and not panel.running, timeout=WAIT_MS)
+    statuses = [r.status for r in panel.result.results]
+    assert statuses[-1] == "cancelled" and panel.last_message.startswith("Stopped as the panel was closed")
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_labels.tif")) == sorted(
+        f"{r.stem}_labels.tif" for r in panel.result.with_status("written"))
+    assert IMAGES_LAYER not in predict_widget.viewer.layers and LABELS_LAYER not in predict_widget.viewer.layers
+    assert panel._run_button.enabled and not panel._cancel_button.enabled
+
+
+def test_deleting_the_panel_stops_the_run_without_touching_its_qt_widgets(predict_widget, qtbot, image_folder,
+                                                                         tmp_path):
+    """Its Qt widgets deleted (its window closed), the run stops; the reports that arrive
+    afterwards write to no deleted widget (pytest-qt fails a test on an exception in a slot)."""
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value = image_folder
+    panel._out.value = tmp_path / "out"
+    destroyed = []
+    panel.native.destroyed.connect(lambda *_: destroyed.append(True))
+    worker = panel.start()
+    panel.native.deleteLater()  # in its dock: no close event, no change of parent
+    qtbot.waitUntil(lambda: bool(destroyed), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not worker.is_running and not panel.running, timeout=WAIT_MS)
+    qtbot.wait(50)
+    assert panel.result.results[-1].status == "cancelled"
+    assert panel.last_message.startswith("Stopped as the panel was closed")

@@ -2,7 +2,8 @@
 
 `napari_prm.batch.predict_many` runs in a worker thread, in napari's process or on a local
 dask cluster of worker processes; a napari ``progress`` bar in the activity dock follows it
-and Cancel stops it between images. The results open lazily: the images and their label
+and Cancel stops it between images (so does closing the panel, or taking it out of its
+dock; a closed panel opens no layers). The results open lazily: the images and their label
 images as two dask-backed stacks (one plane per image, read when shown), so stepping
 through a thousand results reads only the planes looked at.
 """
@@ -20,6 +21,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import batch
+from .activity import CloseWatcher
 from .relay import _Relay
 
 DOCK_NAME = "PRM: run on a folder"
@@ -79,6 +81,16 @@ class BatchPanel(Container):
         self.result: batch.BatchResult | None = None
         self.progress_bar: progress | None = None
         self.last_message = ""
+        self._closed = False  # closed or out of its dock: a running folder run was stopped
+        self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
+        self._close_watcher = CloseWatcher(self.native, self._on_close)
+
+    def _on_close(self, deleted: bool = False) -> None:
+        """The panel was closed or taken out of its dock: stop a running folder run like *Cancel*."""
+        self._deleted = self._deleted or deleted
+        if self.worker is not None and not self._cancel.is_set():
+            self._closed = True
+            self._cancel.set()
 
     @property
     def running(self) -> bool:
@@ -86,7 +98,8 @@ class BatchPanel(Container):
 
     def _say(self, message: str, kind: str = "info") -> None:
         self.last_message = message
-        self._status.value = message
+        if not self._deleted:
+            self._status.value = message
         {"info": show_info, "warning": show_warning, "error": show_error}[kind](message)
 
     def _folder(self, field) -> Path | None:
@@ -115,6 +128,7 @@ class BatchPanel(Container):
         if workers:
             import distributed  # noqa: F401  (imported on the Qt thread, not half-way in two)
         self._cancel.clear()
+        self._closed = False
         self.result = None
         self.progress_bar = progress(total=len(images), desc="napari-prm: folder")
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
@@ -160,16 +174,19 @@ class BatchPanel(Container):
         result, done, total = report
         if self.progress_bar is not None:
             self.progress_bar.update(done - self.progress_bar.n)
-        self._status.value = f"{done}/{total}: {Path(result.image).name} {result.status}"
+        if not self._deleted:
+            self._status.value = f"{done}/{total}: {Path(result.image).name} {result.status}"
 
     def _on_done(self, result: batch.BatchResult) -> None:
         self.result = result
         counts = {status: len(result.with_status(status)) for status in ("written", "skipped", "failed")}
         cancelled = len(result.with_status("cancelled"))
-        message = (f"{'Cancelled' if cancelled else 'Done'}: {counts['written']} written, "
+        why = "Stopped as the panel was closed" if self._closed else "Cancelled"
+        message = (f"{why if cancelled else 'Done'}: {counts['written']} written, "
                    f"{counts['skipped']} skipped, {counts['failed']} failed"
                    + (f", {cancelled} not done" if cancelled else "") + f"; summary: {result.summary}")
-        self.open_results(result)
+        if not self._closed:  # a closed panel adds no layers; what was written stays on disk
+            self.open_results(result)
         self._say(message, "warning" if counts["failed"] else "info")
 
     def open_results(self, result: batch.BatchResult) -> None:
@@ -195,5 +212,6 @@ class BatchPanel(Container):
         if self.progress_bar is not None:
             self.progress_bar.close()
         self.worker = None
-        self._run_button.enabled = True
-        self._cancel_button.enabled = False
+        if not self._deleted:
+            self._run_button.enabled = True
+            self._cancel_button.enabled = False
