@@ -171,3 +171,14 @@ def test_deleting_the_panel_stops_the_run_without_touching_its_qt_widgets(predic
     qtbot.wait(50)
     assert panel.result.results[-1].status == "cancelled"
     assert panel.last_message.startswith("Stopped as the panel was closed")
+
+
+def test_run_on_a_folder_after_closing_the_panel_docks_it_again(predict_widget, qtbot):
+    """*Run on a folder…* after the panel's close button shows the panel in its dock again,
+    not as a window of its own."""
+    panel = open_batch_panel(predict_widget)
+    window = predict_widget.viewer.window
+    window.remove_dock_widget(panel.native)  # what the dock's close button does
+    assert DOCK_NAME not in window.dock_widgets
+    predict_widget.batch_button.click()
+    assert window.dock_widgets[DOCK_NAME] is panel and panel.native.parent() is not None

@@ -31,13 +31,14 @@ _panels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def open_batch_panel(predict_widget) -> BatchPanel:
-    """Show the "Run on a folder" panel of a predict widget (made once, then reused)."""
+    """Show the "Run on a folder" panel of a predict widget (made once, then reused; docked
+    again when its dock was closed)."""
     panel = _panels.get(predict_widget)
-    if panel is None:
+    if panel is None or panel._deleted:
         panel = _panels[predict_widget] = BatchPanel(predict_widget)
-        window = getattr(predict_widget.viewer, "window", None)
-        if window is not None:
-            window.add_dock_widget(panel, name=DOCK_NAME, area="right", tabify=True)
+    window = getattr(predict_widget.viewer, "window", None)
+    if window is not None and panel.native.parent() is None:  # new, or its dock was closed
+        window.add_dock_widget(panel, name=DOCK_NAME, area="right", tabify=True)
     dock = panel.native.parent()
     if dock is None:  # no napari window (a viewer without one): a window of its own
         panel.show()
