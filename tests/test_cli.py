@@ -632,3 +632,31 @@ def test_calibrate_a_builtin_model_into_a_new_checkpoint(tmp_path, capsys):
     model = load_model(out)
     assert model.class_names == classes and model.settings["calibration"]["images"] == 3
     assert model.settings["class_threshold"] != load_model("imagenet-voc").settings["class_threshold"]
+
+
+def test_calibrate_refuses_an_existing_out_unless_overwritten(tmp_path, capsys):
+    """``calibrate --out other.pt`` replaced an existing other.pt without a word; it is now
+    refused before anything runs, as train and refine refuse theirs. Without --out, and with
+    --out naming the --model file, the model is updated in place as documented."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        iio.imwrite(tmp_path / "data" / name / "0.png", image[:64, :64])
+    torch.manual_seed(0)
+    model = save_model(build_model("tiny", ["cat", "coffee"], pretrained=False, input_size=(32, 32)),
+                       tmp_path / "model.pt")
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"a model to keep")
+    command = ["calibrate", str(tmp_path / "data"), "--model", str(model), "--no-tta", "--device", "cpu"]
+    assert main(command + ["--out", str(other)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"napari-prm calibrate: error: --out {other} exists: pass --overwrite to replace it, or choose another path "
+        f"(without --out, calibrate updates --model {model} in place)")
+    assert other.read_bytes() == b"a model to keep"
+    assert main(command + ["--out", str(other), "--overwrite"]) == 0
+    assert load_model(other).settings["calibration"]["images"] == 2
+    assert "calibration" not in load_model(model).settings
+    assert main(command + ["--out", str(model)]) == 0  # the --model file itself: updated in place
+    assert load_model(model).settings["calibration"]["images"] == 2
+    capsys.readouterr()

@@ -208,7 +208,7 @@ def new_checkpoint(name: str, path: str | os.PathLike, *, overwrite: bool, resum
     if overwrite or not path.exists():
         return
     resume_option, overwrite_option = options
-    if resume is True or (resume and _same_file(resume, path)):
+    if resume is True or (resume and same_file(resume, path)):
         return
     if resume:
         raise FileExistsError(f"{name} {path} exists and is not the checkpoint {resume_option} continues ({resume}): "
@@ -217,7 +217,8 @@ def new_checkpoint(name: str, path: str | os.PathLike, *, overwrite: bool, resum
                           "replace it, or choose another path")
 
 
-def _same_file(a, b) -> bool:
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (compared as absolute paths when one is missing)."""
     try:
         return os.path.samefile(a, b)
     except OSError:

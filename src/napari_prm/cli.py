@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--out", type=Path, default=None,
                            help="write the calibrated checkpoint here; missing folders are created "
                                 "(default: replace --model)")
+    calibrate.add_argument("--overwrite", action="store_true",
+                           help="replace an existing --out (without it, an existing --out is refused before "
+                                "anything runs; --out naming the --model file updates it, as without --out)")
     calibrate.add_argument("--held-out", action="store_true",
                            help="use only the images 'train' held out of this checkpoint's training (its "
                                 "--val-fraction and --seed); otherwise every image of DATASET")
@@ -895,6 +898,19 @@ def _say_split(args, dataset) -> bool:
     return split.held_out is not None
 
 
+def _refuse_existing_calibrate_out(args) -> None:
+    """``calibrate --out`` replaced an existing file without a word (a trained model, say).
+    Refused before anything runs, unless ``--overwrite`` is given or --out is the --model
+    file itself, which calibrate without --out updates in place."""
+    out = args.out
+    if out is None or args.overwrite or not out.exists():
+        return
+    if Path(args.model).is_file() and check.same_file(args.model, out):
+        return
+    raise CommandError(f"--out {out} exists: pass --overwrite to replace it, or choose another path "
+                       f"(without --out, calibrate updates --model {args.model} in place)")
+
+
 def _run_calibrate(args) -> int:
     from tqdm import tqdm
 
@@ -902,6 +918,7 @@ def _run_calibrate(args) -> int:
     from .peaks import calibrate_model
     from .train import TRAINING_STATE_KEY
 
+    _refuse_existing_calibrate_out(args)
     if args.model in BUILTIN_MODELS and not Path(args.model).is_file():
         if args.out is None:  # nothing to replace: it is built in
             raise CommandError(f"--model {args.model} is a built-in model: pass --out to write the calibrated "
