@@ -339,3 +339,134 @@ def test_a_point_on_a_plane_the_model_cannot_take_is_reported_once(
     assert "NaN" in widget.last_message
     np.testing.assert_array_equal(viewer.layers["stack instances"].data, before)
     assert widget.run_button.isEnabled()
+
+
+# ---------------------------------------------------------------------- hand-placed peaks kept
+def hand_rows(peaks):
+    """Rows of the peaks layer marked as placed by hand (none without the marker column)."""
+    features = peaks.features
+    if "hand_placed" not in features:
+        return features.iloc[:0]
+    return features[features["hand_placed"].to_numpy(bool)]
+
+
+def assert_hand_peak(peaks, instances, yx, class_name):
+    """One hand-placed peak at ``yx`` (data coordinates), of ``class_name``, its instance under it."""
+    hand = hand_rows(peaks)
+    assert len(hand) == 1, peaks.features
+    row = hand.index[0]
+    np.testing.assert_allclose(peaks.data[peaks.features.index.get_loc(row)], yx)
+    assert hand["class_name"].iloc[0] == class_name
+    label = int(hand["label"].iloc[0])
+    assert label > 0 and instances.data[int(yx[0]), int(yx[1])] == label
+    table = instances.features
+    assert table.loc[table["label"] == label, "class_name"].tolist() == [class_name]
+    assert table.loc[table["label"] == label, "peak"].tolist() == [int(hand["peak"].iloc[0])]
+    return label
+
+
+@pytest.fixture
+def candidates_run(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """The tiny model on the cat with two candidate masks as proposals, and no peaks of its own."""
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    candidates = np.zeros(small_cat.shape[:2], np.uint16)
+    candidates[10:50, 10:60] = 1
+    candidates[55:95, 80:140] = 2
+    viewer.add_labels(candidates, name="candidates")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = viewer.layers["candidates"]
+    widget.peak_threshold.value = 9999.0
+    run_and_wait(widget, qtbot)
+    return viewer, widget, candidates
+
+
+def test_a_hand_placed_peak_survives_rethreshold_and_run_but_not_another_image(
+        candidates_run, qtbot, tiny_checkpoint, small_cat):
+    viewer, widget, candidates = candidates_run
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    widget.correction.class_choice.value = "dog"
+    peaks.add([[30.0, 35.0]])  # on candidate 1
+    qtbot.waitUntil(lambda: not widget.running and peaks.features["label"].iloc[-1] > 0, timeout=WAIT_MS)
+    assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")
+
+    # re-threshold, now with peaks of the model's own: the hand-placed one is re-retrieved
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
+    rethreshold_and_wait(widget, qtbot)
+    assert viewer.layers["cat peaks"] is peaks and len(peaks.data) >= 2
+    label = assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")
+    assert np.array_equal(instances.data == label, candidates == 1)
+    assert "1 hand-placed peak" in widget.last_message
+    hand = int(hand_rows(peaks)["peak"].iloc[0])
+    prms = viewer.layers["cat PRMs"]
+    assert prms.data.shape[0] == len(peaks.data) and prms.data[hand].sum() == pytest.approx(1.0, rel=1e-4)
+    model_rows = peaks.features[~peaks.features["hand_placed"].to_numpy(bool)]
+    assert len(model_rows) == len(peaks.data) - 1
+
+    # Run again on the same image
+    run_and_wait(widget, qtbot)
+    assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")
+    assert "1 hand-placed peak" in widget.last_message
+
+    # another image: nothing carried over
+    viewer.add_image(np.ascontiguousarray(small_cat[::-1]), name="flipped")
+    widget.image.value = viewer.layers["flipped"]
+    run_and_wait(widget, qtbot)
+    assert len(hand_rows(viewer.layers["flipped peaks"])) == 0
+    assert "hand-placed" not in widget.last_message
+    assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")  # the cat's layers as they were
+
+    # back to the cat: its hand-placed peak is still kept
+    widget.image.value = viewer.layers["cat"]
+    run_and_wait(widget, qtbot)
+    assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")
+
+
+def test_a_moved_peak_is_kept_where_it_was_put_and_not_doubled(candidates_run, qtbot, tiny_checkpoint,
+                                                                small_cat):
+    """A model's peak moved by hand stays where it was put; the model's peak it was moved
+    from is not selected again beside it."""
+    viewer, widget, candidates = candidates_run
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
+    run_and_wait(widget, qtbot)
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    assert len(peaks.data) == 2
+    origin = peaks.data[0].copy()
+    class_name = peaks.features["class_name"].iloc[0]
+    data = peaks.data.copy()
+    data[0] = [75.0, 110.0]  # onto candidate 2
+    peaks.data = data
+    qtbot.waitUntil(lambda: not widget.running and instances.data[75, 110] == peaks.features["label"].iloc[0]
+                    and peaks.features["label"].iloc[0] > 0, timeout=WAIT_MS)
+    assert_hand_peak(peaks, instances, [75.0, 110.0], class_name)
+
+    rethreshold_and_wait(widget, qtbot)
+    assert len(peaks.data) == 2
+    assert_hand_peak(peaks, instances, [75.0, 110.0], class_name)
+    assert not any(np.allclose(point, origin) for point in peaks.data)
+    assert "1 hand-placed peak" in widget.last_message
+
+
+def test_hand_placed_peaks_follow_a_model_with_their_class(candidates_run, qtbot, tmp_path):
+    """Another model: a hand-placed peak is kept when the model has its class (by name),
+    and dropped, with a message naming the class, when it does not."""
+    import torch
+
+    from napari_prm import build_model, save_model
+
+    viewer, widget, candidates = candidates_run
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    for class_name, yx in (("dog", [30.0, 35.0]), ("bird", [75.0, 110.0])):
+        widget.correction.class_choice.value = class_name
+        peaks.add([yx])
+        qtbot.waitUntil(lambda: not widget.running and (peaks.features["label"] > 0).all(), timeout=WAIT_MS)
+    torch.manual_seed(1)
+    other = save_model(build_model("tiny", ["fox", "bird", "cat"], pretrained=False, input_size=(96, 96)),
+                       tmp_path / "other.pt")
+    widget.select_model(str(other))
+    qtbot.waitUntil(lambda: widget.classes_loaded, timeout=WAIT_MS)
+    run_and_wait(widget, qtbot)
+    assert_hand_peak(peaks, instances, [75.0, 110.0], "bird")
+    assert int(hand_rows(peaks)["class_index"].iloc[0]) == 1
+    assert "1 hand-placed peak" in widget.last_message
+    assert "'dog'" in widget.last_message

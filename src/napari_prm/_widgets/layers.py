@@ -25,11 +25,15 @@ CLASS_COLORS = [
 ]
 #: Columns of the peaks layer's features: each peak's class and values, its number (slice of
 #: the PRM layer) and instance label, then the classes whose peaks at the same place it
-#: suppressed (``runner_up_1`` strongest; "" and NaN where none).
+#: suppressed (``runner_up_1`` strongest; "" and NaN where none), and whether the user placed
+#: (added or moved) it by hand (`HAND_PLACED`).
 RUNNER_UP_COLUMNS = tuple(column for rank in range(1, RUNNERS_UP + 1)
                           for column in (f"runner_up_{rank}", f"runner_up_{rank}_value"))
+#: The peaks layer's column marking a point added or moved by hand: True for those, False for
+#: the model's peaks. A *Run* or *Re-threshold* of the same image keeps such points.
+HAND_PLACED = "hand_placed"
 POINT_COLUMNS = ("class_name", "class_index", "peak_value", "class_score", "peak", "label",
-                 *RUNNER_UP_COLUMNS)
+                 *RUNNER_UP_COLUMNS, HAND_PLACED)
 #: The layer transforms a result layer takes from its image (`world_kwargs`).
 WORLD_TRANSFORMS = ("scale", "translate", "rotate", "shear", "affine")
 INSTANCE_COLUMNS = ("index", "label", "class_index", "class_name", "score", "peak")
@@ -158,10 +162,13 @@ def point_defaults(class_names, class_index: int = 0) -> dict:
                 "peak_value": np.nan, "class_score": np.nan, "peak": -1, "label": 0}
     for column in RUNNER_UP_COLUMNS:
         defaults[column] = np.nan if column.endswith("_value") else ""
+    defaults[HAND_PLACED] = True
     return defaults
 
 
 def _column_dtype(column: str):
+    if column == HAND_PLACED:
+        return bool
     if column in ("class_index", "peak", "label"):
         return np.int64
     if column in ("peak_value", "class_score") or column.endswith("_value"):
@@ -228,6 +235,7 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
             "peak": np.arange(peak_offset, peak_offset + k, dtype=np.int64),
             "label": peak_label,
             **runner_up_features(prediction),
+            HAND_PLACED: np.zeros(k, bool),
         }))
         prms.append(prediction.prms)
         prm_planes.append(np.tile(np.asarray(plane, np.int64), (k, 1)).reshape(k, len(plane)))
@@ -257,6 +265,168 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
         sub_pixel_locating_factor=int(predictions[0].sub_pixel_locating_factor),
         notes=[note for prediction in predictions for note in prediction.notes],
     )
+
+
+# ---------------------------------------------------------------------- peaks placed by hand
+#: Where each peaks layer's points moved by hand came from: ``{peak: (class_name, position)}``
+#: (the model's peak each replaced, in data coordinates), for `hand_placed_peaks`.
+_moved_from: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def moved_from(peaks_layer) -> dict:
+    """The origins of the points of ``peaks_layer`` moved by hand (``{peak: (class_name,
+    position)}``), to be filled by the correction panel when it sees a model's peak moved."""
+    return _moved_from.setdefault(peaks_layer, {})
+
+
+def set_moved_from(peaks_layer, origins: dict) -> None:
+    """Replace the origins of ``peaks_layer``'s moved points (a new run renumbers its peaks)."""
+    _moved_from[peaks_layer] = dict(origins)
+
+
+@dataclass
+class HandPeak:
+    """A point placed (added or moved) by hand in a peaks layer, to be kept by a new run."""
+
+    plane: tuple[int, ...]
+    yx: np.ndarray  # (2,) data coordinates in its plane, where the user put it
+    class_name: str
+    #: the class and (2,) position of the model's peak it replaced (a moved point), else None
+    origin: tuple[str, np.ndarray] | None = None
+
+
+def hand_placed_peaks(peaks_layer, leading: int) -> list[HandPeak]:
+    """The points of ``peaks_layer`` marked `HAND_PLACED`, for an image with ``leading`` stack axes.
+
+    A layer of another dimensionality (or without the marker) gives none.
+    """
+    features = peaks_layer.features
+    data = np.asarray(peaks_layer.data, np.float64)
+    if HAND_PLACED not in features or data.ndim != 2 or data.shape[1] != leading + 2:
+        return []
+    origins = _moved_from.get(peaks_layer, {})
+    out = []
+    for row in np.flatnonzero(features[HAND_PLACED].to_numpy(bool)):
+        plane = tuple(int(round(c)) for c in data[row, :leading])
+        peak = int(features["peak"].iloc[row])
+        origin = origins.get(peak)
+        if origin is not None:  # the model's peak it replaced, if that was in the same plane
+            where = np.asarray(origin[1], np.float64)
+            same_plane = tuple(int(round(c)) for c in where[:leading]) == plane
+            origin = (origin[0], where[leading:]) if same_plane else None
+        out.append(HandPeak(plane, data[row, leading:].copy(), str(features["class_name"].iloc[row]), origin))
+    return out
+
+
+def without_peaks(prediction: Prediction, drop: np.ndarray) -> Prediction:
+    """``prediction`` without the peaks where ``drop`` is True: their PRMs and instances go too
+    (and they leave the ``merged_peaks`` of the others); the other instances' ``peak`` is renumbered."""
+    import copy
+
+    drop = np.asarray(drop, bool)
+    if not drop.any():
+        return prediction
+    keep = np.flatnonzero(~drop)
+    number = {int(old): new for new, old in enumerate(keep)}
+    instances = []
+    for instance in prediction.instances:
+        if int(instance.peak) not in number:
+            continue
+        instance = copy.copy(instance)
+        instance.peak = number[int(instance.peak)]
+        instance.merged_peaks = [number[int(p)] for p in instance.merged_peaks if int(p) in number]
+        instances.append(instance)
+    out = copy.copy(prediction)
+    out.peaks, out.peak_classes, out.peak_values = (
+        prediction.peaks[keep], prediction.peak_classes[keep], prediction.peak_values[keep])
+    out.prms, out.peaks_crm = prediction.prms[keep], prediction.peaks_crm[keep]
+    out.runner_up_classes = prediction.runner_up_classes[keep]
+    out.runner_up_values = prediction.runner_up_values[keep]
+    out.instances = instances
+    return out
+
+
+def add_hand_peaks(results: Results, hand: list[tuple[tuple, np.ndarray, Prediction]]) -> list[int]:
+    """Add peaks placed by hand to a run's ``results``, as the correction panel adds a point.
+
+    Parameters
+    ----------
+    results : Results
+        What `merge_predictions` made of the run; changed in place.
+    hand : list of (plane, (M, 2) positions, Prediction)
+        Per plane, the hand-placed points (data coordinates, kept as placed) and the
+        prediction made from them (``predict(points=...)``: peak ``m`` is point ``m``).
+
+    Returns
+    -------
+    list of int
+        The ``peak`` numbers of the hand-placed points that got no instance.
+
+    Each point's PRM is appended to ``results.prms``; its instance, if it has one, is painted
+    over the run's (:func:`napari_prm.edit.add_instance`: an instance covered entirely loses
+    its row, and its peaks their label). Its features are those of an added point:
+    ``peak_value`` the CRM value there, no runners-up, `HAND_PLACED` True.
+    """
+    from .. import edit
+
+    leading = len(results.leading_shape)
+    labels, table = results.labels, features_table(results.instance_features)
+    points, rows, prms, prm_planes, missed = [results.points], [results.point_features], [results.prms], \
+        [results.prm_planes], []
+    next_peak = len(results.points)
+    hand_labels = {}
+    for plane, yx, prediction in hand:
+        count = len(yx)
+        if not count:
+            continue
+        peak_ids = np.arange(next_peak, next_peak + count, dtype=np.int64)
+        next_peak += count
+        points.append(np.column_stack([np.tile(np.asarray(plane, float), (count, 1)), yx]).reshape(count, leading + 2))
+        names = np.array([prediction.class_names[c] for c in prediction.peak_classes], object)
+        frame = pd.DataFrame({
+            "class_name": names,
+            "class_index": prediction.peak_classes.astype(np.int64),
+            "peak_value": prediction.peak_values.astype(np.float64),
+            "class_score": prediction.scores[prediction.peak_classes].astype(np.float64),
+            "peak": peak_ids,
+            "label": np.zeros(count, np.int64),
+            **{column: (np.full(count, np.nan) if column.endswith("_value") else np.full(count, "", object))
+               for column in RUNNER_UP_COLUMNS},
+            HAND_PLACED: np.ones(count, bool),
+        })
+        rows.append(frame)
+        prms.append(prediction.prms.astype(np.float32))
+        prm_planes.append(np.tile(np.asarray(plane, np.int64), (count, 1)).reshape(count, leading))
+        for m, peak_id in enumerate(peak_ids):
+            found = [instance for instance in prediction.instances if instance.peak == m]
+            if not found:
+                missed.append(int(peak_id))
+                continue
+            mask = np.zeros(labels.shape, bool)
+            mask[plane] = found[0].mask
+            if not mask.any():
+                missed.append(int(peak_id))
+                continue
+            labels, table = edit.add_instance(
+                labels, table, mask, class_index=int(found[0].class_index),
+                class_name=str(prediction.class_names[found[0].class_index]),
+                score=float(found[0].score), peak=int(peak_id))
+            hand_labels[int(peak_id)] = int(table["label"][-1])
+    if len(points) == 1:
+        return missed
+    features = pd.concat(rows, ignore_index=True).astype({HAND_PLACED: bool})
+    point_labels = features["label"].to_numpy().astype(np.int64)
+    for row, peak in enumerate(features["peak"].to_numpy()):
+        point_labels[row] = hand_labels.get(int(peak), point_labels[row])
+    point_labels[~np.isin(point_labels, table["label"])] = 0  # painted over entirely
+    features["label"] = point_labels
+    results.points = np.concatenate(points)
+    results.point_features = features
+    results.prms = np.concatenate(prms)
+    results.prm_planes = np.concatenate(prm_planes)
+    results.labels = labels
+    results.instance_features = instance_features(table)
+    return missed
 
 
 def prm_layer_data(prms: np.ndarray, prm_planes: np.ndarray, leading_shape: tuple[int, ...]):

@@ -5,7 +5,9 @@ adds (with a class) gets a PRM and, through instance retrieval, an instance; mov
 re-does both. The image's cached :class:`napari_prm.PRMPredictor` does it: one backward
 pass per point, no forward pass and no new proposals (unless the image's maps were
 dropped meanwhile). The model runs in a worker thread; this is a part of the correction
-panel of :mod:`napari_prm._widgets.correct`.
+panel of :mod:`napari_prm._widgets.correct`. Such points are marked ``hand_placed`` in the
+layer's features: a new *Run* or *Re-threshold* of the image keeps them (see
+:mod:`napari_prm._widgets.predict`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from napari.utils.events import Event
 
 from .. import edit
 from ..predict import Cancelled
-from .layers import RUNNER_UP_COLUMNS, layer_names, prm_layer_data, read_plane, upsert_layer, world_kwargs
+from .layers import (
+    HAND_PLACED,
+    RUNNER_UP_COLUMNS,
+    layer_names,
+    moved_from,
+    prm_layer_data,
+    read_plane,
+    upsert_layer,
+    world_kwargs,
+)
 
 
 class PointRetrieval:
@@ -47,6 +58,8 @@ class PointRetrieval:
                 self._set_point_features(features)
         positions = self._point_positions()
         changed = {p for p, where in positions.items() if self._positions.get(p) != where}
+        if changed:
+            self._mark_hand_placed(changed)
         self._positions = positions
         if not changed or not self.redo_points.value:
             return
@@ -55,6 +68,27 @@ class PointRetrieval:
             self._start_pending()
         else:
             self._move_timer.start()  # a drag emits many moves: wait until it settles
+
+    def _mark_hand_placed(self, peak_ids: set[int]) -> None:
+        """Mark points added or moved by hand (`HAND_PLACED`): a new run of the image keeps
+        them. A model's peak moved for the first time leaves its origin behind, so that the
+        new run does not select that peak again beside the moved point."""
+        features = self.peaks.features
+        if HAND_PLACED not in features:
+            features = features.assign(**{HAND_PLACED: False})
+        rows = np.flatnonzero(np.isin(features["peak"].to_numpy(), list(peak_ids)))
+        marked = features[HAND_PLACED].to_numpy(bool)
+        origins = moved_from(self.peaks)
+        for row in rows[~marked[rows]]:
+            peak = int(features["peak"].iloc[row])
+            if peak in self._positions:  # a model's peak, moved
+                origins.setdefault(peak, (str(features["class_name"].iloc[row]), self._positions[peak]))
+        if marked[rows].all() and HAND_PLACED in self.peaks.features:
+            return
+        with self.quiet():
+            features = features.copy()
+            features.loc[features.index[rows], HAND_PLACED] = True
+            self._set_point_features(features.astype({HAND_PLACED: bool}))
 
     def _start_pending(self) -> None:
         if self.worker is not None or not self._pending or self.context is None:

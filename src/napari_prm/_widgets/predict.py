@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,21 +25,25 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from ..predict import Cancelled, Prediction
+from ..predict import Cancelled, Prediction, image_to_crm
 from ..predictor import preset_settings, resolve_thresholds
 from .activity import ActivityProgress, CloseWatcher
 from .batch import open_batch_panel
 from .correct import CorrectionPanel
 from .form import PredictForm, WidgetSettings, upgrade_saved_settings
 from .layers import (
+    add_hand_peaks,
     add_result_layers,
     check_image_layer,
     current_plane,
+    hand_placed_peaks,
     keep_corrections,
     layer_names,
     merge_predictions,
     read_plane,
     remember_written,
+    set_moved_from,
+    without_peaks,
 )
 from .models import ModelCache, PredictorCache, _live_predict_widgets, import_torch_side, unwrap_viewer
 from .relay import _Relay
@@ -96,6 +101,8 @@ class PredictWidget(PredictForm, QWidget):
         self._loading = None  # (model, device) whose classes a worker is loading
         self._model_settings: dict | None = None  # the loaded model's (calibrated thresholds)
         self._watched_layers: set[int] = set()
+        #: image layer -> the peaks layer of its last run (whose hand-placed points a new run keeps)
+        self._result_peaks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._persisted: dict[str, object] = {}
         self._restoring = True  # nothing is saved until the saved settings are in the form
 
@@ -251,15 +258,17 @@ class PredictWidget(PredictForm, QWidget):
         images = [None if self.predictors.ready(key) else read_plane(layer, plane)
                   for key, plane in zip(keys, planes)]
         proposals = [self.proposals_for(settings["proposals"], plane) for plane in planes]
+        hand, elsewhere = self._hand_peaks(layer, leading, planes)
         self._cancel.clear()
         started = time.perf_counter()
         # errored connected here: an unexpected error is reported by the widget (and by
         # napari's notifications, with its traceback), not re-raised on the Qt thread
         worker = create_worker(self._predict_planes, list(zip(keys, images, proposals)), settings,
-                               rethreshold=rethreshold, image_name=layer.name,
+                               rethreshold=rethreshold, image_name=layer.name, hand=hand,
                                _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(
-            lambda out: self._show_results(layer, planes, leading, settings, out, started, keys))
+            lambda out: self._show_results(layer, planes, leading, settings, out, started, keys,
+                                           elsewhere))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_button.setEnabled(False)
@@ -272,20 +281,40 @@ class PredictWidget(PredictForm, QWidget):
         worker.start()
         return worker
 
+    def _hand_peaks(self, layer, leading: tuple, planes: list[tuple]) -> tuple[list[list], int]:
+        """The points placed by hand in the peaks layer of ``layer``'s last run, per plane to
+        run, and how many lie on planes this run does not cover (those are not kept)."""
+        peaks = self._result_peaks.get(layer)
+        if peaks is None or peaks not in self.viewer.layers:
+            return [[] for _ in planes], 0
+        found = hand_placed_peaks(peaks, len(leading))
+        hand = [[p for p in found if p.plane == plane] for plane in planes]
+        return hand, len(found) - sum(map(len, hand))
+
     def rethreshold(self):
         """Apply the form's thresholds, classes and cap again to the image already run,
         without a new forward pass; returns the worker (None if refused)."""
         return self.run(rethreshold=True)
 
-    def _predict_planes(self, jobs, settings, *, rethreshold: bool = False, image_name: str = "image"):
+    def _predict_planes(self, jobs, settings, *, rethreshold: bool = False, image_name: str = "image",
+                        hand=None):
         """Worker thread: load the model, predict every plane (a str says what failed: the
-        model, or an image it cannot run on, such as one with NaN)."""
+        model, or an image it cannot run on, such as one with NaN).
+
+        ``hand`` lists, per plane, the points placed by hand that the run keeps
+        (`HandPeak`): each is back-propagated and retrieved as an added point is
+        (``predict(points=...)``), its class taken by name; the model's peak at the same
+        place (or where a moved point came from) is not kept beside it.
+        """
         model = self._load_model(settings["model"], settings["device"])
         if isinstance(model, str):
             return model
         model.network.win_size = settings["window"]
         overrides = self.threshold_overrides(settings)
-        predictions, forwards = [], 0
+        names = list(model.class_names)
+        hand = hand or [[] for _ in jobs]
+        lacking = [p.class_name for plane in hand for p in plane if p.class_name not in names]
+        predictions, carried, forwards = [], [], 0
         for number, (key, image, plane_proposals) in enumerate(jobs, start=1):
             prefix = f"plane {number}/{len(jobs)}: " if len(jobs) > 1 else ""
 
@@ -301,14 +330,23 @@ class PredictWidget(PredictForm, QWidget):
                 if not predictor.is_image_set:
                     predictor.set_image(image, progress=report, cancel=self._cancel.is_set)
                     forwards += 1
-                predictions.append(predictor.predict(
+                prediction = predictor.predict(
                     classes=settings["classes"], progress=report, cancel=self._cancel.is_set,
-                    **overrides))
+                    **overrides)
+                mine = [p for p in hand[number - 1] if p.class_name in names]
+                from_hand = None
+                if mine:
+                    from_hand = predictor.predict(
+                        points=(np.array([p.yx for p in mine]), [names.index(p.class_name) for p in mine]),
+                        progress=report, cancel=self._cancel.is_set, **overrides)
+                    prediction = without_peaks(prediction, _replaced_by_hand(prediction, from_hand, mine, names))
+                predictions.append(prediction)
+                carried.append((mine, from_hand))
             except Cancelled:
                 return None
             except ValueError as error:  # the image (or its proposals) cannot be used as given
                 return f"Cannot run on {image_name!r}{' ' + prefix.rstrip(': ') if prefix else ''}: {error}"
-        return model, predictions, forwards
+        return model, predictions, forwards, {"planes": carried, "missing": lacking}
 
     def cancel(self) -> None:
         """Stop the running prediction (between peaks); the layers stay as they were."""
@@ -349,7 +387,7 @@ class PredictWidget(PredictForm, QWidget):
         self._update_rethreshold()
 
     # ------------------------------------------------------------------ results
-    def _show_results(self, layer, planes, leading, settings, out, started, keys) -> None:
+    def _show_results(self, layer, planes, leading, settings, out, started, keys, elsewhere=0) -> None:
         if out is None or self._cancel.is_set():
             return
         if isinstance(out, str):
@@ -360,20 +398,27 @@ class PredictWidget(PredictForm, QWidget):
             self._say(f"The image layer {layer.name!r} was removed during the run; its results "
                       "were dropped.", "warning")
             return
-        model, predictions, forwards = out
+        model, predictions, forwards, hand = out
         self.last_forward_passes = forwards
         try:
             self._add_layers(layer, planes, leading, {**settings, "model_key": keys[0].model},
-                             (model, predictions), started, dict(zip(planes, keys)))
+                             (model, predictions), started, dict(zip(planes, keys)),
+                             hand={**hand, "elsewhere": elsewhere})
         except Exception as error:  # a slot must not swallow it: tell the user
             self._say(f"Could not show the results: {type(error).__name__}: {error}", "error")
             raise
 
-    def _add_layers(self, layer, planes, leading, settings, out, started, keys) -> None:
+    def _add_layers(self, layer, planes, leading, settings, out, started, keys, hand=None) -> None:
         model, predictions = out
         kept = [int(c) for c in np.unique(np.concatenate([p.peak_classes for p in predictions]))]
         results = merge_predictions(planes, predictions, leading,
                                     crm_classes=kept if settings["crms"] else ())
+        hand = hand or {"planes": [], "missing": [], "elsewhere": 0}
+        first_hand = len(results.points)
+        carried = [(plane, mine, from_hand) for plane, (mine, from_hand) in zip(planes, hand["planes"]) if mine]
+        no_instance = add_hand_peaks(results, [(plane, np.array([p.yx for p in mine]), from_hand)
+                                               for plane, mine, from_hand in carried])
+        hand_placed = [(plane, p) for plane, mine, _ in carried for p in mine]
         self.context = RunContext(layer, model, settings, leading, results.class_names,
                                   results.prms, results.prm_planes, predictor_keys=keys)
         with self.correction.quiet():
@@ -383,6 +428,12 @@ class PredictWidget(PredictForm, QWidget):
             self.context.layers.update(add_result_layers(
                 self.viewer, layer, results, show_text=bool(self.show_text.value)))
             remember_written(self.context.layers["instances"])
+        peaks_layer = self.context.layers["peaks"]
+        self._result_peaks[layer] = peaks_layer
+        # where the kept moved points came from, under their new peak numbers
+        set_moved_from(peaks_layer, {first_hand + k: (p.origin[0], (*plane, *p.origin[1]))
+                                    for k, (plane, p) in enumerate(hand_placed) if p.origin is not None})
+        hand_notes = _hand_notes(len(hand_placed), hand["missing"], hand["elsewhere"], no_instance)
         kept_note = (f"Your corrections of {instances_name!r} were kept as {kept.name!r} (hidden)."
                      if kept is not None else "")
         self.correction.attach(self.context)
@@ -396,16 +447,17 @@ class PredictWidget(PredictForm, QWidget):
             self._say(f"Nothing found: no peak above the thresholds (class threshold {class_threshold:g}, "
                       f"peak threshold {peak_text}"
                       f"{', classes ' + ', '.join(settings['classes']) if settings['classes'] else ''}"
-                      "). Lower them or choose other classes." + (" " + kept_note if kept_note else ""),
-                      "warning")
+                      "). Lower them or choose other classes."
+                      + "".join(" " + note for note in [*hand_notes, kept_note] if note), "warning")
             return
         message = f"{peaks} peaks, {instances} instances"
         if self.last_run_seconds is not None:
             reused = " (the image's maps reused)" if self.last_forward_passes == 0 else ""
             message += f" in {self.last_run_seconds:.1f} s{reused}"
         notes = list(dict.fromkeys(results.notes))
-        self._say(" ".join([message + "."] + notes + ([kept_note] if kept_note else [])),
-                  "warning" if notes else "info")
+        warn = notes or hand["missing"] or hand["elsewhere"] or no_instance
+        self._say(" ".join([message + "."] + notes + hand_notes + ([kept_note] if kept_note else [])),
+                  "warning" if warn else "info")
 
     def show_prediction(self, image_layer: Image, prediction: Prediction, model, *,
                         predictor=None, model_choice: str | None = None, **settings) -> dict:
@@ -473,3 +525,33 @@ class PredictWidget(PredictForm, QWidget):
         if self.context is not None and "peaks" in self.context.layers:
             self.context.layers["peaks"].text.visible = bool(visible)
 
+
+def _replaced_by_hand(prediction, from_hand, hand, names) -> np.ndarray:
+    """Which peaks of ``prediction`` a hand-placed point replaces: a peak of the same class at
+    the point's CRM pixel, or at the place the model's peak it was moved from was."""
+    cells = {tuple(cell) for cell in from_hand.peaks_crm.tolist()}
+    origins = [p.origin for p in hand if p.origin is not None and p.origin[0] in names]
+    if origins:
+        yx = image_to_crm(np.array([where for _, where in origins]), prediction.crms.shape[1:],
+                          prediction.image_shape, prediction.sub_pixel_locating_factor)
+        cells |= {(names.index(name), int(y), int(x)) for (name, _), (y, x) in zip(origins, yx)}
+    return np.array([tuple(cell) in cells for cell in prediction.peaks_crm.tolist()], bool)
+
+
+def _hand_notes(kept: int, missing: list, elsewhere: int, no_instance: list) -> list[str]:
+    """What the status line says about the peaks placed by hand that a run kept or dropped."""
+    def peaks(count):
+        return f"{count} hand-placed peak{'' if count == 1 else 's'}"
+
+    notes = []
+    if kept:
+        notes.append(f"{peaks(kept)} kept (re-retrieved).")
+    if missing:
+        classes = list(dict.fromkeys(missing))
+        notes.append(f"{peaks(len(missing))} of {', '.join(map(repr, classes))} dropped: the model has no "
+                     f"class {' or '.join(map(repr, classes))}.")
+    if elsewhere:
+        notes.append(f"{peaks(elsewhere)} on planes not run dropped.")
+    if no_instance:
+        notes.append(f"No instance found for hand-placed peaks {no_instance} (their PRMs were added).")
+    return notes
