@@ -470,3 +470,40 @@ def test_hand_placed_peaks_follow_a_model_with_their_class(candidates_run, qtbot
     assert int(hand_rows(peaks)["class_index"].iloc[0]) == 1
     assert "1 hand-placed peak" in widget.last_message
     assert "'dog'" in widget.last_message
+
+
+def test_points_placed_moved_or_deleted_by_hand_during_a_run_are_what_it_keeps(candidates_run, qtbot, tiny_checkpoint,
+                                                                               small_cat):
+    """The run replaces the peaks layer when it ends: a point added while it ran was lost, a
+    hand-placed point moved meanwhile went back to where it was, and one deleted came back."""
+    viewer, widget, candidates = candidates_run
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
+    widget.correction.class_choice.value = "dog"
+    assert widget.run() is not None
+    peaks.add([[30.0, 35.0]])  # while the run goes on (its results are shown on the Qt thread)
+    qtbot.waitUntil(lambda: not widget.running and len(hand_rows(peaks)) == 1
+                    and hand_rows(peaks)["label"].iloc[0] > 0, timeout=WAIT_MS)
+    label = assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")
+    assert np.array_equal(instances.data == label, candidates == 1)
+    assert len(peaks.data) == 3  # the model's two peaks and the added one
+
+    # moved while a re-threshold runs: kept where it was put, once
+    hand = peaks.features.index.get_loc(hand_rows(peaks).index[0])
+    assert widget.rethreshold() is not None
+    data = peaks.data.copy()
+    data[hand] = [75.0, 110.0]
+    peaks.data = data
+    qtbot.waitUntil(lambda: not widget.running and len(hand_rows(peaks)) == 1
+                    and hand_rows(peaks)["label"].iloc[0] > 0, timeout=WAIT_MS)
+    assert_hand_peak(peaks, instances, [75.0, 110.0], "dog")
+    assert len(peaks.data) == 3 and not any(np.allclose(point, [30.0, 35.0]) for point in peaks.data)
+
+    # deleted while a re-threshold runs: gone
+    hand = peaks.features.index.get_loc(hand_rows(peaks).index[0])
+    assert widget.rethreshold() is not None
+    peaks.selected_data = {hand}
+    peaks.remove_selected()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert len(hand_rows(peaks)) == 0 and len(peaks.data) == 2
+    assert "hand-placed" not in widget.last_message

@@ -293,6 +293,7 @@ class HandPeak:
     class_name: str
     #: the class and (2,) position of the model's peak it replaced (a moved point), else None
     origin: tuple[str, np.ndarray] | None = None
+    peak: int = -1  # its number in the peaks layer it was read from
 
 
 def hand_placed_peaks(peaks_layer, leading: int) -> list[HandPeak]:
@@ -314,7 +315,8 @@ def hand_placed_peaks(peaks_layer, leading: int) -> list[HandPeak]:
             where = np.asarray(origin[1], np.float64)
             same_plane = tuple(int(round(c)) for c in where[:leading]) == plane
             origin = (origin[0], where[leading:]) if same_plane else None
-        out.append(HandPeak(plane, data[row, leading:].copy(), str(features["class_name"].iloc[row]), origin))
+        out.append(HandPeak(plane, data[row, leading:].copy(), str(features["class_name"].iloc[row]), origin,
+                            peak))
     return out
 
 

@@ -13,6 +13,7 @@ layer's features: a new *Run* or *Re-threshold* of the image keeps them (see
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from napari.qt.threading import create_worker
 from napari.utils.events import Event
 
@@ -23,6 +24,7 @@ from .layers import (
     RUNNER_UP_COLUMNS,
     layer_names,
     moved_from,
+    point_defaults,
     prm_layer_data,
     read_plane,
     upsert_layer,
@@ -89,6 +91,34 @@ class PointRetrieval:
             features = features.copy()
             features.loc[features.index[rows], HAND_PLACED] = True
             self._set_point_features(features.astype({HAND_PLACED: bool}))
+
+    def add_hand_points(self, points) -> list[int]:
+        """Add points placed by hand elsewhere (`HandPeak` s: in the peaks layer while a run went
+        on, which the run's result replaced) to the peaks layer, marked `HAND_PLACED`, and retrieve
+        their instances as for a point added here. Returns their ``peak`` numbers."""
+        if not points or self.peaks is None:
+            return []
+        peaks, names = self.peaks, self.context.class_names
+        width = len(self.context.leading_shape) + 2
+        first = max([len(self.context.prms) - 1, *self._positions, *self._pending]) + 1
+        ids = list(range(first, first + len(points)))
+        rows = pd.DataFrame([{**point_defaults(names, names.index(p.class_name)), "peak": peak}
+                             for p, peak in zip(points, ids)])
+        features = peaks.features
+        features = rows if not len(features) else pd.concat([features, rows[features.columns]], ignore_index=True)
+        with self.quiet():
+            peaks.data = np.concatenate([np.asarray(peaks.data, float).reshape(-1, width),
+                                         [[*p.plane, *p.yx] for p in points]])
+            self._set_point_features(features.astype({HAND_PLACED: bool}))
+        origins = moved_from(peaks)
+        for p, peak in zip(points, ids):
+            if p.origin is not None:
+                origins[peak] = (p.origin[0], (*p.plane, *p.origin[1]))
+        self._positions = self._point_positions()
+        if self.redo_points.value:
+            self._pending |= set(ids)
+            self._start_pending()
+        return ids
 
     def _start_pending(self) -> None:
         if self.worker is not None or not self._pending or self.context is None:

@@ -258,7 +258,7 @@ class PredictWidget(PredictForm, QWidget):
         images = [None if self.predictors.ready(key) else read_plane(layer, plane)
                   for key, plane in zip(keys, planes)]
         proposals = [self.proposals_for(settings["proposals"], plane) for plane in planes]
-        hand, elsewhere = self._hand_peaks(layer, leading, planes)
+        hand, _ = self._hand_peaks(layer, leading, planes)
         self._cancel.clear()
         started = time.perf_counter()
         # errored connected here: an unexpected error is reported by the widget (and by
@@ -267,8 +267,7 @@ class PredictWidget(PredictForm, QWidget):
                                rethreshold=rethreshold, image_name=layer.name, hand=hand,
                                _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(
-            lambda out: self._show_results(layer, planes, leading, settings, out, started, keys,
-                                           elsewhere))
+            lambda out: self._show_results(layer, planes, leading, settings, out, started, keys, hand))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_button.setEnabled(False)
@@ -387,7 +386,9 @@ class PredictWidget(PredictForm, QWidget):
         self._update_rethreshold()
 
     # ------------------------------------------------------------------ results
-    def _show_results(self, layer, planes, leading, settings, out, started, keys, elsewhere=0) -> None:
+    def _show_results(self, layer, planes, leading, settings, out, started, keys, sent=None) -> None:
+        """Show a run's ``out``; ``sent`` lists, per plane, the hand-placed points the run was given
+        (the peaks layer may hold others by now: the user can place, move and delete points meanwhile)."""
         if out is None or self._cancel.is_set():
             return
         if isinstance(out, str):
@@ -400,20 +401,32 @@ class PredictWidget(PredictForm, QWidget):
             return
         model, predictions, forwards, hand = out
         self.last_forward_passes = forwards
+        # the hand-placed points as the peaks layer holds them now, not as they were sent
+        now, elsewhere = self._hand_peaks(layer, leading, planes)
         try:
             self._add_layers(layer, planes, leading, {**settings, "model_key": keys[0].model},
                              (model, predictions), started, dict(zip(planes, keys)),
-                             hand={**hand, "elsewhere": elsewhere})
+                             hand={**hand, "elsewhere": elsewhere, "sent": sent or [[] for _ in planes],
+                                   "now": now})
         except Exception as error:  # a slot must not swallow it: tell the user
             self._say(f"Could not show the results: {type(error).__name__}: {error}", "error")
             raise
 
     def _add_layers(self, layer, planes, leading, settings, out, started, keys, hand=None) -> None:
         model, predictions = out
+        hand = hand or {"planes": [], "missing": [], "elsewhere": 0}
+        late, missing = [], list(hand["missing"])
+        if "now" in hand:  # points placed, moved, reclassed or deleted by hand while the run went on
+            names = list(model.class_names)
+            hand["planes"], late = _changed_during_run(hand["sent"], hand["now"], hand["planes"])
+            missing += [p.class_name for _, p in late if p.class_name not in names]
+            late = [(plane, p) for plane, p in late if p.class_name in names]
+            predictions = [without_peaks(prediction, _replaced_by_hand(
+                prediction, None, [p for where, p in late if where == plane], names))
+                for plane, prediction in zip(planes, predictions)]
         kept = [int(c) for c in np.unique(np.concatenate([p.peak_classes for p in predictions]))]
         results = merge_predictions(planes, predictions, leading,
                                     crm_classes=kept if settings["crms"] else ())
-        hand = hand or {"planes": [], "missing": [], "elsewhere": 0}
         first_hand = len(results.points)
         carried = [(plane, mine, from_hand) for plane, (mine, from_hand) in zip(planes, hand["planes"]) if mine]
         no_instance = add_hand_peaks(results, [(plane, np.array([p.yx for p in mine]), from_hand)
@@ -433,10 +446,14 @@ class PredictWidget(PredictForm, QWidget):
         # where the kept moved points came from, under their new peak numbers
         set_moved_from(peaks_layer, {first_hand + k: (p.origin[0], (*plane, *p.origin[1]))
                                     for k, (plane, p) in enumerate(hand_placed) if p.origin is not None})
-        hand_notes = _hand_notes(len(hand_placed), hand["missing"], hand["elsewhere"], no_instance)
+        hand_notes = _hand_notes(len(hand_placed), missing, hand["elsewhere"], no_instance)
         kept_note = (f"Your corrections of {instances_name!r} were kept as {kept.name!r} (hidden)."
                      if kept is not None else "")
         self.correction.attach(self.context)
+        if late:  # retrieved by the correction panel, as a point added now is
+            self.correction.add_hand_points([p for _, p in late])
+            hand_notes.append(f"{len(late)} hand-placed peak{'' if len(late) == 1 else 's'} placed or moved "
+                              "during the run: retrieving.")
         self.last_run_seconds = None if started is None else time.perf_counter() - started
         self.progress.setValue(self.progress.maximum())
         peaks, instances = len(results.points), len(results.instance_features)
@@ -455,7 +472,7 @@ class PredictWidget(PredictForm, QWidget):
             reused = " (the image's maps reused)" if self.last_forward_passes == 0 else ""
             message += f" in {self.last_run_seconds:.1f} s{reused}"
         notes = list(dict.fromkeys(results.notes))
-        warn = notes or hand["missing"] or hand["elsewhere"] or no_instance
+        warn = notes or missing or hand["elsewhere"] or no_instance
         self._say(" ".join([message + "."] + notes + hand_notes + ([kept_note] if kept_note else [])),
                   "warning" if warn else "info")
 
@@ -529,13 +546,39 @@ class PredictWidget(PredictForm, QWidget):
 def _replaced_by_hand(prediction, from_hand, hand, names) -> np.ndarray:
     """Which peaks of ``prediction`` a hand-placed point replaces: a peak of the same class at
     the point's CRM pixel, or at the place the model's peak it was moved from was."""
-    cells = {tuple(cell) for cell in from_hand.peaks_crm.tolist()}
+    cells = set() if from_hand is None else {tuple(cell) for cell in from_hand.peaks_crm.tolist()}
     origins = [p.origin for p in hand if p.origin is not None and p.origin[0] in names]
     if origins:
         yx = image_to_crm(np.array([where for _, where in origins]), prediction.crms.shape[1:],
                           prediction.image_shape, prediction.sub_pixel_locating_factor)
         cells |= {(names.index(name), int(y), int(x)) for (name, _), (y, x) in zip(origins, yx)}
     return np.array([tuple(cell) in cells for cell in prediction.peaks_crm.tolist()], bool)
+
+
+def _same_hand_peak(a, b) -> bool:
+    """Whether two reads of the hand-placed points name the same point, unchanged: its number,
+    plane, position and class."""
+    return (a.peak == b.peak and a.plane == b.plane and a.class_name == b.class_name
+            and np.allclose(a.yx, b.yx))
+
+
+def _changed_during_run(sent, now, ran):
+    """Reconcile the hand-placed points a run was sent with those the peaks layer holds as it ends.
+
+    ``sent`` and ``now`` list, per plane, the `HandPeak` s given to the run and those read as it
+    ends; ``ran`` holds, per plane, the run's ``(points, prediction from them)``. Returns ``ran``
+    without the points deleted, moved or reclassed meanwhile, and ``(plane, HandPeak)`` for the
+    points placed (or changed) meanwhile, which the run has not retrieved.
+    """
+    kept, late = [], []
+    for plane_sent, plane_now, (mine, from_hand) in zip(sent, now, ran):
+        still = np.array([any(_same_hand_peak(p, q) for q in plane_now) for p in mine], bool)
+        if len(mine) and not still.all():
+            from_hand = without_peaks(from_hand, ~still)
+            mine = [p for p, keep in zip(mine, still) if keep]
+        kept.append((mine, from_hand))
+        late += [(q.plane, q) for q in plane_now if not any(_same_hand_peak(p, q) for p in plane_sent)]
+    return kept, late
 
 
 def _hand_notes(kept: int, missing: list, elsewhere: int, no_instance: list) -> list[str]:
