@@ -154,3 +154,22 @@ def test_tutorial_labels_csv_snippet_on_jpegs_and_pngs(tmp_path, monkeypatch):
     dataset = from_csv(tmp_path / "images" / "labels.csv")
     assert [p.name for p in dataset.image_paths] == ["chelsea.jpg", "coffee.png"]
     assert dataset.class_names == ["Egyptian cat", "espresso"]
+
+
+def test_markdown_tables_are_not_broken_by_a_blank_line():
+    """A table row after a blank line starts no table (it has no header and separator): it
+    shows as a paragraph of pipes. docs/plugin.md's correction table lost its last row so."""
+    broken = []
+    for page in sorted([*(ROOT / "docs").rglob("*.md"), ROOT / "README.md"]):
+        lines = page.read_text(encoding="utf-8").splitlines()
+        fenced = False
+        for number, line in enumerate(lines):
+            if line.lstrip().startswith("```"):
+                fenced = not fenced
+            starts_table = (line.startswith("|") and number + 1 < len(lines)
+                            and set(lines[number + 1].replace("|", "").strip()) <= set("-: ")
+                            and lines[number + 1].startswith("|"))
+            if (not fenced and line.startswith("|") and number >= 2 and not lines[number - 1].strip()
+                    and lines[number - 2].startswith("|") and not starts_table):
+                broken.append(f"{page.relative_to(ROOT)}:{number + 1}")
+    assert not broken, broken
