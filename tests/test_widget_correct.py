@@ -507,3 +507,23 @@ def test_points_placed_moved_or_deleted_by_hand_during_a_run_are_what_it_keeps(c
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert len(hand_rows(peaks)) == 0 and len(peaks.data) == 2
     assert "hand-placed" not in widget.last_message
+
+
+def test_a_model_peak_moved_during_a_rethreshold_is_kept_where_it_was_put_and_not_doubled(
+        candidates_run, qtbot, tiny_checkpoint, small_cat):
+    viewer, widget, candidates = candidates_run
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
+    run_and_wait(widget, qtbot)
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    origin, class_name = peaks.data[0].copy(), peaks.features["class_name"].iloc[0]
+    assert widget.rethreshold() is not None
+    data = peaks.data.copy()
+    data[0] = [75.0, 110.0]  # onto candidate 2, while the re-threshold goes on
+    peaks.data = data
+    qtbot.waitUntil(lambda: not widget.running and len(hand_rows(peaks)) == 1
+                    and hand_rows(peaks)["label"].iloc[0] > 0, timeout=WAIT_MS)
+    assert len(peaks.data) == 2 and not any(np.allclose(point, origin) for point in peaks.data)
+    assert_hand_peak(peaks, instances, [75.0, 110.0], class_name)
+    rethreshold_and_wait(widget, qtbot)  # where it came from is remembered: still not doubled
+    assert len(peaks.data) == 2 and not any(np.allclose(point, origin) for point in peaks.data)
+    assert_hand_peak(peaks, instances, [75.0, 110.0], class_name)
