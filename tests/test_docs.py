@@ -100,10 +100,16 @@ def test_readme_gives_two_commands_that_need_nothing_outside_the_repository():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```bash\n(.*?)```", readme.split("## Quick start")[1].split("\n## ")[0], re.S)
     assert [block.strip() for block in blocks] == [
-        'python3 -m pip install ".[all]" && napari-prm demo',
-        "python3 -m pip install tox && python3 -m tox"]
+        'python3 -m venv .venv && .venv/bin/python -m pip install ".[all]" && .venv/bin/napari-prm demo',
+        "python3 -m venv .venv && .venv/bin/python -m pip install tox && .venv/bin/tox"]
     assert "../shared" not in readme
-    assert blocks[1].strip() in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    ci = [line for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert ci[-1] == blocks[1].strip(), ".ci/run must end with README's test command"
+    gitignore = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert ".venv/" in gitignore
+    installation = (ROOT / "docs" / "installation.md").read_text(encoding="utf-8")
+    for block in blocks:
+        assert f"```bash\n{block.strip()}\n```" in installation, block
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(dep.startswith("napari[pyqt6]") for dep in extras["all"])
 
