@@ -275,7 +275,7 @@ def test_an_unedited_run_keeps_no_copy_and_a_class_change_alone_is_kept(
     export.reset_choices()
     export._layer.value = kept
     (csv,) = export.export(tmp_path, formats=["csv"])
-    assert csv.name == "cat_instances_corrected_instances.csv"
+    assert csv.name == "cat_instances.csv"  # named after the image, as the run's own layer
     exported = pd.read_csv(csv)
     assert dict(zip(exported["id"], exported["class"])) == {
         label: name for label, (_, name) in table.items()}

@@ -28,12 +28,11 @@ def test_export_round_trip(labels_viewer, tmp_path):
     _, widget = labels_viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
     labels = labels_viewer.layers["cat instances"].data
     written = widget.export(tmp_path, formats=["tiff", "png", "coco", "csv"])
-    assert sorted(p.name for p in written) == [
-        "cat_instances_instances.csv", "cat_instances_instances.json",
-        "cat_instances_labels.png", "cat_instances_labels.tif"]
+    assert sorted(p.name for p in written) == [  # no image layer: the Labels layer's name less " instances"
+        "cat_instances.csv", "cat_instances.json", "cat_labels.png", "cat_labels.tif"]
 
     # the plugin's reader gives back the masks and classes
-    json_path = tmp_path / "cat_instances_instances.json"
+    json_path = tmp_path / "cat_instances.json"
     ((data, meta, _),) = napari_get_reader(str(json_path))(str(json_path))
     assert np.array_equal(data, labels)
     classes = dict(zip(meta["features"]["label"].tolist(), meta["features"]["class_name"].tolist()))
@@ -48,7 +47,7 @@ def test_export_round_trip(labels_viewer, tmp_path):
         assert np.array_equal(mask_utils.decode(rle).astype(bool), labels == annotation["label"])
         assert names[annotation["category_id"]] == classes[annotation["label"]]
 
-    tif_path = tmp_path / "cat_instances_labels.tif"
+    tif_path = tmp_path / "cat_labels.tif"
     ((data, meta, _),) = napari_get_reader(str(tif_path))(str(tif_path))
     assert np.array_equal(data, labels)
     assert meta["features"]["class_name"].tolist() == ["cat", "bird", "unknown"]
@@ -57,16 +56,16 @@ def test_export_round_trip(labels_viewer, tmp_path):
 def test_export_refuses_to_overwrite_and_reports(labels_viewer, tmp_path):
     _, widget = labels_viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
     assert widget.export(tmp_path, formats=["coco"])
-    before = (tmp_path / "cat_instances_instances.json").read_bytes()
+    before = (tmp_path / "cat_instances.json").read_bytes()
     labels_viewer.layers["cat instances"].data = np.zeros((60, 80), np.uint16)
     assert widget.export(tmp_path, formats=["coco"]) == []
     assert "exist" in widget._status.value
     # the message names the widget's check box, not the function's argument
     assert "tick 'overwrite existing files'" in widget._status.value
     assert "overwrite=True" not in widget._status.value
-    assert (tmp_path / "cat_instances_instances.json").read_bytes() == before
+    assert (tmp_path / "cat_instances.json").read_bytes() == before
     assert widget.export(tmp_path, formats=["coco"], overwrite=True)
-    assert json.loads((tmp_path / "cat_instances_instances.json").read_text())["annotations"] == []
+    assert json.loads((tmp_path / "cat_instances.json").read_text())["annotations"] == []
 
 
 def test_png_refused_beyond_65535_labels(make_napari_viewer, tmp_path):
@@ -109,3 +108,49 @@ def test_coco_file_name_is_the_image_file_the_layer_was_opened_from(make_napari_
     assert [image["file_name"] for image in coco["images"]] == ["chelsea.png"]
     # the image is found by that name in its folder (as evaluate --image-dir looks for it)
     assert (tmp_path / coco["images"][0]["file_name"]).is_file()
+
+
+def test_default_file_stem_is_the_source_images_name(make_napari_viewer, tmp_path):
+    """The stem was the Labels layer's name: 'coffee instances' gave coffee_instances_instances.csv
+    and coffee_instances_labels.tif, which the tutorial's labels.csv snippet (KeyError) and
+    refine --masks did not match to coffee.png. It is now the image's: its file's stem, else
+    its layer's name."""
+    import imageio.v3 as iio
+    from skimage import data
+
+    from napari_prm._widgets.layers import image_file_name
+
+    iio.imwrite(tmp_path / "coffee.png", data.coffee()[:40, :50])
+    viewer = make_napari_viewer()
+    (coffee,) = viewer.open(str(tmp_path / "coffee.png"))
+    rocket = viewer.add_image(data.rocket()[:40, :50], name="rocket")  # made in Python: no file
+    labels = np.zeros((40, 50), np.uint16)
+    labels[5:20, 5:25] = 1
+    features = pd.DataFrame({"index": [1], "label": [1], "class_index": [0],
+                             "class_name": ["espresso"], "score": [0.9], "peak": [0]})
+    for image in (coffee, rocket):  # as a Run of the Peak Response Maps widget makes them
+        viewer.add_labels(labels, name=f"{image.name} instances", features=features,
+                          metadata={"class_names": ["espresso"], "image_layer": image.name,
+                                    "image_file_name": image_file_name(image)})
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget.reset_choices()
+    widget._layer.value = viewer.layers["coffee instances"]
+    assert widget._stem.value == "coffee"
+    written = widget.export(tmp_path / "labelled", formats=["tiff", "coco", "csv"])
+    assert sorted(p.name for p in written) == [
+        "coffee_instances.csv", "coffee_instances.json", "coffee_labels.tif"]
+    images = {p.stem: p.name for p in tmp_path.glob("*.png")}  # the tutorial's matching
+    (csv,) = [p for p in written if p.suffix == ".csv"]
+    assert images[csv.name.removesuffix("_instances.csv")] == "coffee.png"
+
+    widget._layer.value = viewer.layers["rocket instances"]
+    assert widget._stem.value == "rocket"
+    coffee.name = "my photo"  # renamed: still the file's stem
+    viewer.layers["coffee instances"].metadata = {
+        **viewer.layers["coffee instances"].metadata, "image_layer": "my photo"}
+    widget._layer.value = viewer.layers["coffee instances"]
+    assert widget._stem.value == "coffee"
+    viewer.layers.remove(coffee)  # the image is gone: the file name the instances recorded
+    widget._layer.value = viewer.layers["rocket instances"]
+    widget._layer.value = viewer.layers["coffee instances"]
+    assert widget._stem.value == "coffee"

@@ -10,15 +10,39 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
-from napari.layers import Labels
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from .. import io
 from .._writer import layer_table
+from .layers import image_file_name
 from .models import unwrap_viewer
 
 FORMATS = {"tiff": "label TIFF", "png": "label PNG (up to 65535 labels)",
            "coco": "COCO JSON (RLE)", "csv": "instance CSV"}
+
+
+def default_stem(viewer, labels_layer) -> str:
+    """The file stem an export of ``labels_layer`` is offered: its source image's name.
+
+    The image layer the instances were computed on (``metadata["image_layer"]``): the stem of
+    the file it was opened from (``chelsea.png`` gives ``chelsea``), else its layer name. Without
+    that layer, the ``image_file_name`` the instances recorded; without either, the Labels
+    layer's name less its `` instances`` suffix. So the files are ``chelsea_labels.tif``,
+    ``chelsea_instances.csv``, …, matched to ``chelsea.png`` by their stem (``refine --masks``).
+    """
+    metadata = labels_layer.metadata or {}
+    image_name = metadata.get("image_layer")
+    file_name = str(metadata.get("image_file_name") or "")
+    if image_name and image_name in viewer.layers and isinstance(viewer.layers[image_name], Image):
+        image = viewer.layers[image_name]
+        name = image_file_name(image)
+        stem = Path(name).stem if name != image.name else name
+    elif file_name:  # a file's name, or the layer's name where the image had no file
+        stem = file_name if file_name == image_name else Path(file_name).stem
+    else:
+        stem = labels_layer.name.removesuffix(" instances")
+    return re.sub(r"[^\w.-]+", "_", stem).strip("_") or "labels"
 
 
 class ExportWidget(Container):
@@ -52,7 +76,7 @@ class ExportWidget(Container):
     def _default_stem(self, *_):
         layer = self._layer.value
         if layer is not None:
-            self._stem.value = re.sub(r"[^\w.-]+", "_", layer.name).strip("_") or "labels"
+            self._stem.value = default_stem(self._viewer, layer)
 
     def _say(self, message: str, error: bool = False) -> None:
         self._status.value = message
