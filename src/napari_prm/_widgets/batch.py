@@ -71,6 +71,7 @@ class BatchPanel(Container):
         self._run_button = PushButton(text="Run on folder")
         self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="")
+        self._status.native.setWordWrap(True)  # a long message must not widen the dock
         super().__init__(widgets=[self._inputs, self._out, self._workers, self._overwrite,
                                   self._run_button, self._cancel_button, self._status])
         self._run_button.changed.connect(lambda: self.start())

@@ -63,6 +63,7 @@ class ExportWidget(Container):
         self._overwrite = CheckBox(text="overwrite existing files", value=False)
         self._button = PushButton(text="Export")
         self._status = Label(value="")
+        self._status.native.setWordWrap(True)  # a long message must not widen the dock
         super().__init__(widgets=[self._layer, self._folder, self._stem, *self._formats.values(),
                                   self._overwrite, self._button, self._status])
         self._layer.changed.connect(self._default_stem)

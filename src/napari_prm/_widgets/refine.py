@@ -94,6 +94,7 @@ class RefineWidget(Container):
         self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self._status = Label(value="")
+        self._status.native.setWordWrap(True)  # a long message must not widen the dock
         super().__init__(widgets=[
             self._model, self._layers, self._masks_file, self._masks_dir, self._epochs, self._out,
             self._device, self._learn_button, self._cancel_button, self._progress, self._status,

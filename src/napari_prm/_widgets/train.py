@@ -55,6 +55,7 @@ class TrainWidget(Container):
         self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self._status = Label(value="")
+        self._status.native.setWordWrap(True)  # a long message must not widen the dock
         super().__init__(widgets=[
             self._dataset, self._dataset_dir, self._base, self._epochs, self._lr, self._batch,
             self._size, self._out, self._device, self._train_button, self._cancel_button,
