@@ -5,8 +5,13 @@ Runs the "Peak Response Maps" widget with the built-in model (``--model``) on Ch
 run took and the longest time the Qt event loop went without processing events meanwhile
 (the figures of docs/benchmarks.md, "Plugin: predict widget on a 512x512 image").
 
-    xvfb-run -a python scripts/screenshot.py --out docs/screenshot.png
-    xvfb-run -a python scripts/screenshot.py --size 512 --runs 2 --out /tmp/bench.png
+    xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/screenshot.py --out docs/screenshot.png
+    xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/screenshot.py --size 512 --runs 2 --out /tmp/bench.png
+
+The window is 1800x1150: ``-s "-screen 0 1920x1200x24"`` gives Xvfb a screen that holds it
+(on xvfb-run's default screen, 1280x1024, the window is cut down and the canvas squeezed).
+The widget starts from the choices it remembers (thresholds, classes, ...);
+``XDG_CONFIG_HOME=$(mktemp -d)`` in front starts it from its defaults.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(title="napari-prm", show=True)
-    viewer.window.resize(1500, 950)
+    viewer.window.resize(1800, 1150)
     app = QApplication.instance()
     viewer.open_sample("napari-prm", "chelsea")
     if args.size:

@@ -7,8 +7,13 @@ corrected instances become the image-level labels that "Train PRM model" trains 
 model on, and the new model runs on the first image again. Every step goes through the
 widgets' own methods (the ones their buttons call); the PNGs go to docs/images/.
 
-    xvfb-run -a python scripts/tutorial_screenshots.py            # about 5 minutes on 2 CPU cores
-    xvfb-run -a python scripts/tutorial_screenshots.py --out /tmp/shots --work /tmp/tutorial
+    xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/tutorial_screenshots.py   # ~5 min, 2 cores
+    xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/tutorial_screenshots.py --out /tmp/shots
+
+The window is 1900x1150: ``-s "-screen 0 1920x1200x24"`` gives Xvfb a screen that holds it
+(on xvfb-run's default screen, 1280x1024, the window is cut down and the canvas beside the
+docks squeezed). The widgets remember their choices and the trained checkpoint in the user's configuration
+folder; ``XDG_CONFIG_HOME=$(mktemp -d)`` in front keeps the run from reading or changing it.
 """
 
 from __future__ import annotations
@@ -116,6 +121,7 @@ def main(argv=None) -> int:
             viewer.layers[f"{name} PRMs"].gamma = 0.6
             instances.opacity = 0.45
             viewer.layers.selection.active = instances
+            raise_dock(viewer, "Peak Response Maps")  # Export instances was docked in front of it
             viewer.reset_view()
             shot("tutorial-2-run")
         correct(widget, instances, right_class)
@@ -127,13 +133,13 @@ def main(argv=None) -> int:
             shot("tutorial-3-correct")
         exporter.reset_choices()
         exporter._layer.value = instances
-        written = exporter.export(labelled, formats=["tiff", "coco", "csv"], stem=name,
-                                  overwrite=True)
+        if exporter._stem.value != name:  # the widget offers the image's name as the file stem
+            raise RuntimeError(f"export of {name}: file stem {exporter._stem.value!r}")
+        written = exporter.export(labelled, formats=["tiff", "coco", "csv"], overwrite=True)
         if not written:
             raise RuntimeError(f"export of {name} failed")
         if number == 0:
             exporter._folder.value = labelled
-            exporter._stem.value = name
             raise_dock(viewer, "Export instances")
             shot("tutorial-4-export")
 
