@@ -444,10 +444,10 @@ def test_train_resume_refuses_options_that_ask_for_another_recipe(tmp_path, caps
     assert load_model(out).input_size == (32, 32)
 
 
-def test_train_names_a_class_without_training_images_and_a_calibration_that_finds_nothing(tmp_path, capsys):
-    """3 images of 3 classes with the default hold-out: 'training on 3 images' although one
-    was held out, its class had no training image, and calibration on it stored the lowest
-    thresholds ('classes found 0 %'), all without a word."""
+def test_train_holds_out_no_only_image_of_a_class_and_warns(tmp_path, capsys):
+    """3 images of 3 classes with the default hold-out (the tutorial's folder): one was held out,
+    its class had no training image, and calibration on it alone chose nonsense thresholds.
+    Now none is held out, a warning says why, and the calibration is on the training images."""
     import imageio.v3 as iio
 
     for name, image in (("cat", data.chelsea()), ("coffee", data.coffee()), ("astronaut", data.astronaut())):
@@ -458,8 +458,49 @@ def test_train_names_a_class_without_training_images_and_a_calibration_that_find
                "--device", "cpu"]
     assert main(["train", str(tmp_path / "data"), "--out", str(out)] + options) == 0
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == f"training on 2 images, 1 held out for validation and calibration; 3 classes -> {out}"
-    assert lines[1].startswith("warning: class(es) 'astronaut' have no training image")
+    assert lines[0] == (f"training on 3 images, none held out (the thresholds are calibrated on the training "
+                        f"images); 3 classes -> {out}")
+    assert lines[1].startswith("warning: no image is held out for validation (val_fraction asks for 1): "
+                               "holding out an image would leave one of its classes without a training "
+                               "image")
+    assert "'astronaut', 'cat', 'coffee'" in lines[1]
+    assert "calibrated the thresholds on 3 training image(s)" in lines
+    # the same split on --resume: still none held out
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--resume"] + options[:2]
+                + ["--epochs", "3"] + options[4:]) == 0
+    errors = capsys.readouterr().err
+    assert errors.startswith("training on 3 images, none held out") and "epoch 3/3" in errors
+    # calibrate --held-out has no held-out image to use
+    assert main(["calibrate", str(tmp_path / "data"), "--model", str(out), "--held-out", "--no-tta",
+                 "--device", "cpu"]) == 2
+    assert "held no image out of" in capsys.readouterr().err
+    # with nothing held out by choice, no warning
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--overwrite", "--val-fraction", "0"]
+                + options) == 0
+    errors = capsys.readouterr().err
+    assert errors.startswith("training on 3 images, none held out (the thresholds are calibrated on the "
+                             "training images); 3 classes")
+    assert "calibrated the thresholds on 3 training image(s)" in errors and "warning: no image" not in errors
+
+
+def test_train_warns_of_a_calibration_that_finds_nothing(tmp_path, capsys):
+    """Calibration on held-out images that found no class stored the lowest thresholds
+    ('classes found 0 %') without a word. Here the one image held out (of the two cats, seed 2)
+    is a black one."""
+    import imageio.v3 as iio
+
+    sources = {"cat": [data.chelsea()[:64, :64], np.zeros((64, 64, 3), np.uint8)],
+               "coffee": [data.coffee()[:64, :64]], "astronaut": [data.astronaut()[:64, :64]]}
+    for name, images in sources.items():
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for number, image in enumerate(images):
+            iio.imwrite(tmp_path / "data" / name / f"{number}.png", image)
+    out = tmp_path / "model.pt"
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--epochs", "2",
+                 "--batch-size", "2", "--input-size", "32", "32", "--device", "cpu", "--val-fraction", "0.25",
+                 "--seed", "2"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"training on 3 images, 1 held out for validation and calibration; 3 classes -> {out}"
     assert "calibrated the thresholds on 1 held-out image(s)" in lines
     assert lines[-3].endswith("classes found 0 %)")
     assert lines[-2].startswith("warning: calibration found no class") and "more epochs" in lines[-2]
@@ -470,13 +511,6 @@ def test_train_names_a_class_without_training_images_and_a_calibration_that_find
     captured = capsys.readouterr()
     assert "0 % of the shown classes found" in captured.out
     assert "warning: calibration found no class" in captured.err
-    # with nothing held out every class trains, and the calibration is on the training images
-    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--overwrite", "--val-fraction", "0"]
-                + options) == 0
-    errors = capsys.readouterr().err
-    assert errors.startswith("training on 3 images, none held out (the thresholds are calibrated on the "
-                             "training images); 3 classes")
-    assert "calibrated the thresholds on 3 training image(s)" in errors and "warning: class" not in errors
 
 
 def test_train_refuses_an_existing_out_unless_resumed_or_overwritten(tmp_path, capsys):

@@ -223,19 +223,22 @@ def test_split_keeps_a_training_image_of_every_class(tmp_path):
     assert swapped == 5
 
 
-def test_split_that_cannot_keep_every_class_names_the_one_held_out(tmp_path):
-    """3 images of 3 classes: one has to be held out, and its class has no training image."""
+def test_split_never_holds_out_the_only_image_of_a_class(tmp_path):
+    """3 images of 3 classes (the tutorial's folder): one was held out, so its class (the cat)
+    had no training image and was never learnt. Now none is held out."""
     dataset = _class_csv(tmp_path, ["cat", "dog", "bird"])
     for seed in range(4):
         train, val = dataset.split(0.2, seed=seed)
-        assert (len(train), len(val)) == (2, 1)
-        held = dataset.class_names[int(np.flatnonzero(val.labels[0])[0])]
-        assert dataset.untrained_classes(train) == [held]
-    # the image held out is one that leaves the fewest classes untrained: never the cat-and-dog one
+        assert (len(train), len(val)) == (3, 0) and dataset.untrained_classes(train) == []
     dataset = _class_csv(tmp_path, ["cat;dog", "bird", "fish"])
+    for seed in range(4):
+        assert [len(part) for part in dataset.split(0.5, seed=seed)] == [3, 0]
+    # fewer than asked: 2 of 4 wanted, but only one of the two cat images can go
+    dataset = _class_csv(tmp_path, ["cat", "dog", "cat", "bird"])
     for seed in range(6):
-        train, val = dataset.split(0.2, seed=seed)
-        assert [Path(p).name for p in val.image_paths] != ["0.png"] and len(dataset.untrained_classes(train)) == 1
+        train, val = dataset.split(0.5, seed=seed)
+        assert (len(train), len(val)) == (3, 1) and dataset.untrained_classes(train) == []
+        assert [Path(p).name for p in val.image_paths] in (["0.png"], ["2.png"])
 
 
 def test_training_images_resize_and_seeded_flips(tmp_path):

@@ -188,9 +188,10 @@ def test_training_errors(squares, tmp_path):
         train(squares, out=tmp_path / "m.safetensors", **SETTINGS)
 
 
-def test_a_class_whose_only_image_is_held_out_is_named(tmp_path):
-    """3 images of 3 classes, 1 held out: a class had no training image (and calibration,
-    on that image alone, found nothing), without a word."""
+def test_no_image_is_held_out_when_each_is_the_only_one_of_its_class(tmp_path):
+    """3 images of 3 classes, 1 held out (the tutorial's folder): a class had no training image,
+    and calibration on that image alone chose nonsense thresholds. Now none is held out, the
+    thresholds are calibrated on the training images, and a warning says why."""
     rows = ["image,labels"]
     for i, name in enumerate(("cat", "dog", "bird")):
         image = np.zeros((32, 32, 3), np.uint8)
@@ -200,18 +201,29 @@ def test_a_class_whose_only_image_is_held_out_is_named(tmp_path):
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     dataset = from_csv(tmp_path / "labels.csv")
     split = training_split(dataset, 0.2, 0)
-    held = split.untrained_classes
-    assert (len(split.train), len(split.held_out)) == (2, 1) and len(held) == 1
-    assert split.describe() == "training on 2 images, 1 held out for validation and calibration"
+    assert len(split.train) == 3 and split.held_out is None and split.wanted == 1
+    assert split.describe() == ("training on 3 images, none held out (the thresholds are calibrated on the "
+                                "training images)")
+    assert split.warning.startswith("no image is held out for validation (val_fraction asks for 1): holding out "
+                                    "an image would leave one of its classes without a training image")
+    assert "'bird', 'cat', 'dog'" in split.warning
     result = train(dataset, out=tmp_path / "model.pt", **dict(SETTINGS, epochs=1, input_size=(32, 32),
                                                                val_fraction=0.2))
-    assert (result.train_images, result.held_out_images) == (2, 1)
-    assert len(result.warnings) == 1 and result.warnings[0] == split.warning
-    assert split.warning.startswith(f"class(es) {held[0]!r} have no training image")
-    # here calibration still found the class at the lowest thresholds (an untrained row's peaks):
-    # no calibration warning (test_cli has a run where it finds nothing)
-    assert result.calibration.recall == 1 and result.calibration.warning is None
-    assert "warning" not in load_model(tmp_path / "model.pt").settings["calibration"]
+    assert (result.train_images, result.held_out_images) == (3, 0)
+    assert result.warnings[0] == split.warning and result.calibration.images == 3
+    # a single image trains too (it was an error: cannot split)
+    one = dataset.subset([0]).with_classes(["cat"])
+    split = training_split(one, 0.2)
+    assert (len(split.train), split.held_out) == (1, None) and split.warning.startswith("no image is held out")
+    # fewer than asked: 2 of 4 wanted, one of the two cat images held out
+    iio.imwrite(tmp_path / "3.png", np.full((32, 32, 3), 90, np.uint8))
+    (tmp_path / "more.csv").write_text("image,labels\n0.png,cat\n1.png,dog\n3.png,cat\n2.png,bird\n")
+    more = from_csv(tmp_path / "more.csv")
+    split = training_split(more, 0.5, 0)
+    assert (len(split.train), len(split.held_out), split.wanted) == (3, 1, 2)
+    assert split.warning.startswith("only 1 image(s) held out for validation (val_fraction asks for 2): holding "
+                                    "out another image would leave")
+    assert split.warning.endswith("(class(es) with a single image: 'bird', 'cat', 'dog')")
     # nothing held out: every image trains
     split = training_split(dataset, 0.0)
     assert split.held_out is None and split.warning is None

@@ -63,6 +63,36 @@ def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_conf
     assert predict_widget.class_list.count() == 2
 
 
+def test_a_folder_of_one_image_per_class_holds_none_out_and_says_why(make_napari_viewer, qtbot, prm_config,
+                                                                    tmp_path):
+    """The tutorial's folder (one image per class): one image was held out, so its class had
+    no training image. Now every image trains, and the widget says why none is held out."""
+    root = tmp_path / "dataset"
+    for name, image in (("cat", data.chelsea()), ("cup", data.coffee()), ("rocket", data.rocket())):
+        (root / name).mkdir(parents=True)
+        small = (transform.resize(image, (48, 48), anti_aliasing=True) * 255).astype(np.uint8)
+        skio.imsave(root / name / "0.png", small, check_contrast=False)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset_dir.value = root
+    widget._base.value = "tiny"
+    widget._epochs.value = 1
+    widget._batch.value = 2
+    widget._size.value = 32
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "trained.pt"
+    progress = []
+    widget._relay.progressed.connect(progress.append)
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    _, what, warning = progress[0]
+    assert what == "training on 3 images, none held out (the thresholds are calibrated on the training images)"
+    assert warning.startswith("no image is held out for validation (val_fraction asks for 1)")
+    assert "(3 training images, none held out)" in widget.last_message
+    assert "Warning: no image is held out" in widget.last_message
+
+
 def test_train_without_a_dataset_is_refused(make_napari_viewer, prm_config):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")

@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random horizontal flips")
     train.add_argument("--val-fraction", type=float, default=0.2,
                        help="hold out this share of images from training: classification AP per epoch, "
-                            "and the thresholds are calibrated on them at the end")
+                            "and the thresholds are calibrated on them at the end (never an image whose "
+                            "class has no other: fewer, or none, are then held out, and the training "
+                            "images calibrate)")
     train.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                        help="after the last epoch, choose the class and peak thresholds on the held-out "
                             "images (image-level labels only) and store them in the checkpoint")
@@ -943,7 +945,14 @@ def _run_calibrate(args) -> int:
             raise CommandError(f"{args.model} records no held-out share (it was not trained by 'train' with "
                                "--val-fraction > 0): calibrate on images it was not trained on instead")
         # split with the model's classes, as 'train' did: the split keeps a training image of each
-        _, dataset = dataset.split(float(fraction), seed=int(config.get("seed", 0)))
+        from .train import training_split
+
+        held = training_split(dataset, float(fraction), int(config.get("seed", 0))).held_out
+        if held is None:
+            raise CommandError(f"{args.model} held no image out of {args.dataset}: each was the only training "
+                               "image of one of its classes (it was calibrated on its training images); "
+                               "calibrate on images it was not trained on instead")
+        dataset = held
     results = {}
     for tta in ((False, True) if args.tta else (False,)):
         with tqdm(total=len(dataset), desc="calibrate" + (" (TTA)" if tta else ""), unit="image",

@@ -165,26 +165,32 @@ class LabeledImageDataset:
     def split(self, fraction: float, *, seed: int = 0) -> tuple[LabeledImageDataset, LabeledImageDataset]:
         """Random ``(train, validation)`` split with ``fraction`` of the images held out.
 
-        Both parts keep at least one image whenever ``0 < fraction < 1``. Every class
-        with a positive image keeps one in the training part when that is possible:
-        a held-out image that is the only one of a class is swapped for a training
-        image whose classes all have another training image (a split in which every
-        class already has a training image is the plain random one). When it is not
-        possible (e.g. 3 images of 3 classes), the held-out image that leaves the
-        fewest classes out stays held out; :meth:`untrained_classes` names them.
+        :meth:`held_out_size` images are held out (at least one, and one fewer than all,
+        whenever ``0 < fraction < 1``), except that an image is never held out when that
+        leaves one of its classes without a training image: such an image is swapped for a
+        training image whose classes all have another training image (a split in which every
+        class already has a training image is the plain random one). When too few such images
+        exist, fewer are held out, and when none does (e.g. 3 images of 3 classes) none is:
+        the validation part is then empty.
         """
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1); got {fraction}")
         if len(self) < 2:
             raise ValueError(f"cannot split dataset {self.source}: it has {len(self)} image(s)")
         order = np.random.default_rng(seed).permutation(len(self))
-        held_out = min(max(int(round(fraction * len(self))), 1), len(self) - 1)
+        held_out = self.held_out_size(fraction)
         train, val = self._keep_classes_in_training(list(order[held_out:]), list(order[:held_out]))
         return self.subset(np.sort(train)), self.subset(np.sort(val))
 
+    def held_out_size(self, fraction: float) -> int:
+        """How many images :meth:`split` holds out when every class keeps a training image
+        anyway: ``fraction`` of them, at least one and at most all but one."""
+        return min(max(int(round(fraction * len(self))), 1), len(self) - 1)
+
     def _keep_classes_in_training(self, train: list[int], val: list[int]) -> tuple[list[int], list[int]]:
         """Move held-out images that are the only ones of a class into ``train`` and refill
-        ``val`` (to its size) with training images that no class needs; ``val`` keeps one image."""
+        ``val`` (up to its size) with training images that no class needs; ``val`` may end up
+        smaller, or empty."""
         labels = self.labels > 0
         counts = labels[train].sum(0)
         if not (labels.any(0) & (counts == 0)).any():
@@ -202,11 +208,6 @@ class LabeledImageDataset:
                 train.remove(index)
                 val.append(index)
                 counts = counts - labels[index]
-        if not val:  # every image is needed: hold out the one whose classes have the most other images
-            lost = [int(((counts - labels[index]) == 0).sum()) for index in train]
-            index = train[int(np.argmin(lost))]
-            train.remove(index)
-            val.append(index)
         return train, val
 
     def untrained_classes(self, train: LabeledImageDataset) -> list[str]:

@@ -104,8 +104,8 @@ class TrainResult:
     train_images, held_out_images : int
         How many images trained and how many were held out (``val_fraction``).
     warnings : list of str
-        What the run could not do well: classes with no training image (see
-        :func:`training_split`), a calibration that found no class.
+        What the run could not do well: fewer images held out than ``val_fraction``
+        asks (see :func:`training_split`), a calibration that found no class.
     """
 
     model: PRMModel
@@ -126,14 +126,19 @@ class TrainingSplit:
     ----------
     train : LabeledImageDataset
     held_out : LabeledImageDataset or None
-        None when ``val_fraction`` is 0.
-    untrained_classes : list of str
-        Classes whose every image is held out (possible only with very few images).
+        None when ``val_fraction`` is 0, or when no image can be held out without
+        leaving one of its classes without a training image.
+    wanted : int
+        How many images ``val_fraction`` asks to hold out (0 when it is 0).
+    single_image_classes : list of str
+        The classes with a single training image, which kept images from being held
+        out when fewer than ``wanted`` are (empty otherwise).
     """
 
     train: LabeledImageDataset
     held_out: LabeledImageDataset | None
-    untrained_classes: list[str] = field(default_factory=list)
+    wanted: int = 0
+    single_image_classes: list[str] = field(default_factory=list)
 
     def describe(self, calibrate: bool = True) -> str:
         """E.g. ``"training on 102 images, 26 held out for validation and calibration"``."""
@@ -145,23 +150,43 @@ class TrainingSplit:
 
     @property
     def warning(self) -> str | None:
-        """Names the classes that have no training image, None when every class has one."""
-        if not self.untrained_classes:
+        """Says why fewer images are held out than ``val_fraction`` asks, None when they are not."""
+        held = 0 if self.held_out is None else len(self.held_out)
+        if held >= self.wanted:
             return None
-        names = ", ".join(repr(c) for c in self.untrained_classes)
-        return (f"class(es) {names} have no training image: their only image(s) are held out for validation "
-                f"(val_fraction), so the model does not learn them; add images of them or train on every "
-                f"image (--val-fraction 0)")
+        names = ", ".join(repr(c) for c in self.single_image_classes[:5])
+        if len(self.single_image_classes) > 5:
+            names += f" and {len(self.single_image_classes) - 5} more"
+        asked = f"val_fraction asks for {self.wanted}"
+        reason = (f"holding out {'another' if held else 'an'} image would leave one of its classes without a "
+                  f"training image, so the model would not learn it (class(es) with a single image: {names})")
+        if held == 0:
+            return (f"no image is held out for validation ({asked}): {reason}; the thresholds are calibrated on "
+                    f"the training images. Add images of these classes to validate on held-out ones")
+        return f"only {held} image(s) held out for validation ({asked}): {reason}"
 
 
 def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed: int = 0) -> TrainingSplit:
-    """The split :func:`train` makes: ``dataset.split(val_fraction, seed=seed)`` (which keeps a
-    training image of every class when it can), or every image trains when ``val_fraction`` is 0."""
+    """The split :func:`train` makes: ``dataset.split(val_fraction, seed=seed)``, or every image
+    trains when ``val_fraction`` is 0.
+
+    An image is never held out when that leaves one of its classes without a training image:
+    fewer images are then held out, or none (``held_out`` is None, as with ``val_fraction`` 0,
+    and the thresholds are calibrated on the training images), and ``TrainingSplit.warning``
+    says so.
+    """
     val_fraction = check.finite_float("val_fraction", val_fraction, low=0, high=1, high_open=True)
     if val_fraction == 0:
         return TrainingSplit(dataset, None)
-    train_set, held_out = dataset.split(val_fraction, seed=seed)
-    return TrainingSplit(train_set, held_out, dataset.untrained_classes(train_set))
+    if len(dataset) < 2:  # a single image is the only one of its classes: it trains
+        train_set, held_out, wanted = dataset, dataset.subset([]), 1
+    else:
+        train_set, held_out = dataset.split(val_fraction, seed=seed)
+        wanted = dataset.held_out_size(val_fraction)
+    single = []
+    if len(held_out) < wanted:
+        single = [c for c, n in zip(train_set.class_names, train_set.labels.sum(0)) if n == 1]
+    return TrainingSplit(train_set, held_out if len(held_out) else None, wanted, single)
 
 
 def is_cancelled(cancel) -> bool:
@@ -420,9 +445,10 @@ def train(
         Hold out this share of the images from training (0.2 by default): the
         per-class classification AP on them is reported after every epoch, and
         the thresholds are calibrated on them at the end. 0 trains on every
-        image (the calibration then uses the training images themselves). Every
-        class keeps a training image when possible (:func:`training_split`);
-        ``TrainResult.warnings`` names a class that cannot.
+        image (the calibration then uses the training images themselves). An image
+        whose removal leaves one of its classes without a training image is never
+        held out (:func:`training_split`): fewer images are then held out, or none
+        (calibrated on the training images), and ``TrainResult.warnings`` says so.
     calibrate : bool
         After the last epoch, choose the class and peak thresholds from the
         held-out images' image-level labels
