@@ -287,6 +287,21 @@ def test_cli_killed_midway_resumes_with_only_the_missing_images(tmp_path, checkp
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow  # a worker process
+def test_workers_without_bokeh_print_no_dashboard_link(tmp_path, checkpoint, images, capsys):
+    """Without bokeh, `--workers 2` printed `dashboard: http://127.0.0.1:8787/status`, a 404."""
+    import importlib.util
+
+    if importlib.util.find_spec("bokeh") is not None:
+        pytest.skip("bokeh is installed: the dashboard exists")
+    out = tmp_path / "out"
+    assert main(["predict", str(images[0]), "--model", str(checkpoint), "--out", str(out), "--workers", "1",
+                 "--proposals", "none"]) == 0
+    errors = capsys.readouterr().err
+    assert "started 1 worker process(es); dashboard: none (install bokeh to see one)" in errors
+    assert "http://" not in errors
+
+
 def test_cluster_options_are_checked_before_anything_runs(tmp_path, checkpoint, images, capsys):
     image, out = str(images[0]), tmp_path / "out"
     with pytest.raises(SystemExit) as exited:

@@ -786,13 +786,26 @@ def _checkpoint_plugin(sha256: str, data: bytes):
 
 
 # --------------------------------------------------------------------------- clusters
+def dashboard_link(client) -> str | None:
+    """The dashboard of a cluster started by :func:`start_local_cluster`, None when it has none.
+
+    Without bokeh no dashboard is served, yet ``client.dashboard_link`` still gives an
+    address (``http://127.0.0.1:8787/status``, a 404), so it is not asked then.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("bokeh") is None:
+        return None
+    return getattr(client.cluster, "dashboard_link", None) or None
+
+
 def start_local_cluster(n_workers: int, *, dashboard: bool = True, **options):
     """A `distributed.Client` on a new `LocalCluster` of ``n_workers`` one-thread processes.
 
     A task whose worker dies is not re-run by the scheduler (``allowed-failures`` 0):
     `predict_many` retries it itself, so every image has the same number of attempts.
     The dashboard needs bokeh; without it there is none (``client.dashboard_link`` is
-    then meaningless). ``options`` go to `LocalCluster`.
+    then meaningless: :func:`dashboard_link` says None). ``options`` go to `LocalCluster`.
     """
     import importlib.util
     import logging

@@ -681,12 +681,11 @@ def _start_client(args):
             raise CommandError(f"--scheduler: cannot connect to {args.scheduler}: {error}") from error
         _say(f"connected to {args.scheduler} ({len(client.nthreads())} workers)")
         return client
-    from .batch import start_local_cluster
+    from .batch import dashboard_link, start_local_cluster
 
     client = start_local_cluster(args.workers)
-    dashboard = client.cluster.dashboard_link  # "" without bokeh
     _say(f"started {args.workers} worker process(es); dashboard: "
-         + (dashboard or "none (install bokeh to see one)"))
+         + (dashboard_link(client) or "none (install bokeh to see one)"))
     return client
 
 
