@@ -105,3 +105,34 @@ def test_coordinate_mapping_round_trip(factor):
     np.testing.assert_array_equal(back, yx)
     centre = crm_to_image(np.array([[0, 0]]), (14, 10), image_shape)
     np.testing.assert_allclose(centre, [[300 / 28 - 0.5, 451 / 20 - 0.5]])
+
+
+def test_notes_say_which_threshold_nothing_reached():
+    """The README's imagenet-coco on chelsea: 0 peaks and 0 instances with empty notes (the cat's
+    score 6.13 passes its class threshold, but its strongest peak, 8.94, is below the calibrated
+    peak threshold 9.15); preset="original" likewise (peak threshold 30)."""
+    from skimage import data
+
+    from napari_prm import load_model
+
+    model = load_model("imagenet-coco")
+    cat = data.chelsea()
+    prediction = predict(cat, model, proposals=None)
+    assert len(prediction.peaks) == 0
+    assert prediction.notes == ["no peak reached the peak threshold 9.15; the strongest was 8.94 (cat): "
+                                "lower peak_threshold to see it"]
+    original = predict(cat, model, preset="original", proposals=None)
+    assert len(original.peaks) == 0
+    assert original.notes[0].startswith("no peak reached the peak threshold 30; the strongest was ")
+    # no class passes: the class threshold and the best score
+    best = int(np.argmax(prediction.scores))
+    strict = predict(cat, model, class_threshold=50, proposals=None)
+    assert strict.notes == [f"no class reached the class threshold 50; the best score was "
+                            f"{prediction.scores[best]:.3g} (cat): lower class_threshold to see it"]
+    assert model.class_names[best] == "cat"
+    # the peak seen once the threshold is lowered; no note
+    lowered = predict(cat, model, peak_threshold=8.5, proposals=None)
+    assert len(lowered.peaks) == 1 and lowered.notes == []
+    # only the chosen classes count
+    assert predict(cat, model, classes=["dog"], proposals=None).notes[0].startswith(
+        "no class reached the class threshold ")

@@ -280,6 +280,12 @@ def test_nothing_found_is_reported(cat_viewer, qtbot, prm_config, tiny_checkpoin
     widget.peak_threshold.value = 1000.0
     run_and_wait(widget, qtbot)
     assert widget.last_message.startswith("Nothing found")
+    # and the strongest peak there was (Prediction.notes)
+    strongest = float(widget.predictors.get(widget.context.predictor_keys[()]).select_peaks(
+        peak_threshold=None, class_threshold=None).values.max())
+    assert (f"No peak reached the peak threshold 1000; the strongest was {strongest:.3g} ("
+            in widget.last_message)
+    assert widget.last_message.endswith("lower peak_threshold to see it.")
     assert len(cat_viewer.layers["cat peaks"].data) == 0
     assert "cat PRMs" not in cat_viewer.layers
     assert not cat_viewer.layers["cat instances"].data.any()

@@ -218,6 +218,15 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     return s
 
 
+def _distinct(value: float, threshold: float) -> tuple[str, str]:
+    """``value`` and ``threshold`` printed with 3 significant digits, or more when they would read the same."""
+    for digits in range(3, 10):
+        shown, limit = (f"{float(f'{v:.{digits}g}'):g}" for v in (value, threshold))  # 1000, not 1e+03
+        if shown != limit:
+            break
+    return shown, limit
+
+
 def resolve_thresholds(settings: PredictSettings, model_settings: Mapping[str, Any]) -> tuple[float, float | None]:
     """The class and peak thresholds ``settings`` select peaks with, for a model.
 
@@ -615,6 +624,37 @@ class PRMPredictor:
             max_peaks=settings.max_peaks, classes=class_indices(classes, self.model.class_names),
             win_size=net.win_size, peak_filter=net.peak_filter, candidates=candidates)
 
+    def _nothing_selected_notes(self, settings: PredictSettings, classes: Sequence[int | str] | None) -> list[str]:
+        """Why no peak was kept: the threshold nothing reached, and the best there was."""
+        class_threshold, peak_threshold = resolve_thresholds(settings, self.model.settings)
+        names = list(self.model.class_names)
+        chosen = np.arange(len(names)) if classes is None else np.asarray(
+            class_indices(classes, names), dtype=np.int64)
+        if not len(chosen):
+            return []
+        scores = np.asarray(self._scores, dtype=np.float64)
+        best = chosen[int(np.argmax(scores[chosen]))]
+        if scores[best] < class_threshold:
+            shown, threshold = _distinct(scores[best], class_threshold)
+            return [f"no class reached the class threshold {threshold}; the best score was {shown} "
+                    f"({names[best]}): lower class_threshold to see it"]
+        if peak_threshold is None:
+            return []
+        net = self.model.network
+        peaks, values = self._candidates.get((net.win_size, net.peak_filter), (np.zeros((0, 3)), np.zeros(0)))
+        passing = np.zeros(len(names), bool)
+        passing[chosen[scores[chosen] >= class_threshold]] = True
+        keep = passing[peaks[:, 0].astype(np.int64)] if len(peaks) else np.zeros(0, bool)
+        if not keep.any():
+            return []
+        strongest = int(np.flatnonzero(keep)[np.argmax(values[keep])])
+        value = float(values[strongest])
+        if value > peak_threshold:
+            return []
+        shown, threshold = _distinct(value, peak_threshold)
+        return [f"no peak reached the peak threshold {threshold}; the strongest was {shown} "
+                f"({names[int(peaks[strongest, 0])]}): lower peak_threshold to see it"]
+
     def _settings_with(self, overrides: dict) -> PredictSettings:
         unknown = sorted(set(overrides) - set(SETTING_NAMES))
         if unknown:
@@ -748,6 +788,8 @@ class PRMPredictor:
             if selection.capped:
                 notes.append(f"{selection.found} peaks passed the thresholds; the {len(selection)} strongest were "
                              f"kept (max_peaks={settings.max_peaks}). Raise the thresholds or max_peaks.")
+            if not len(selection):
+                notes.extend(self._nothing_selected_notes(settings, classes))
             peaks_crm, values = selection.peaks, selection.values
             runner_classes, runner_values = selection.runner_up_classes, selection.runner_up_values
         _check_cancel(cancel)

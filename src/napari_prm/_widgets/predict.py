@@ -465,6 +465,7 @@ class PredictWidget(PredictForm, QWidget):
                       f"peak threshold {peak_text}"
                       f"{', classes ' + ', '.join(settings['classes']) if settings['classes'] else ''}"
                       "). Lower them or choose other classes."
+                      + "".join(" " + _sentence(note) for note in dict.fromkeys(results.notes))
                       + "".join(" " + note for note in [*hand_notes, kept_note] if note), "warning")
             return
         message = f"{peaks} peaks, {instances} instances"
@@ -579,6 +580,12 @@ def _changed_during_run(sent, now, ran):
         kept.append((mine, from_hand))
         late += [(q.plane, q) for q in plane_now if not any(_same_hand_peak(p, q) for p in plane_sent)]
     return kept, late
+
+
+def _sentence(note: str) -> str:
+    """A prediction's note as a sentence of the status line: capitalised, with a full stop."""
+    note = note[:1].upper() + note[1:]
+    return note if note.endswith(".") else note + "."
 
 
 def _hand_notes(kept: int, missing: list, elsewhere: int, no_instance: list) -> list[str]:
