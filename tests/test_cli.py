@@ -4,6 +4,7 @@ where it exists)."""
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -301,6 +302,13 @@ def test_demo_writes_results_without_display(tmp_path, tiny48_checkpoint, capsys
 
 
 @pytest.mark.slow
+def test_demo_counts_in_the_singular(tmp_path, capsys):
+    """`napari-prm demo` printed "4 peaks, 1 instances" (the widget likewise)."""
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-view", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("; 4 peaks, 1 instance")
+
+
+@pytest.mark.slow
 def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shared_data):
     """The real model: one instance per husky in sample4, and Chelsea is an Egyptian cat."""
     demo = shared_data / "prm_demo"
@@ -323,7 +331,7 @@ def test_predict_and_demo_with_the_builtin_imagenet_model(tmp_path, capsys, shar
     assert main(["demo", "--out", str(out), "--no-view", "--device", "cpu", "--model", "imagenet"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("top classes: Egyptian cat")
-    peaks = int(printed.split(" peaks")[0].split()[-1])
+    peaks = int(re.search(r"(\d+) peaks?, ", printed).group(1))
     assert 1 <= peaks <= 3
     api = COCO(str(out / "chelsea_instances.json"))
     assert len(api.getCatIds()) == 1000

@@ -280,10 +280,13 @@ def test_evaluate_with_retrieval_on_a_dataset_with_an_image_without_instances(tm
     # the report says what was counted, with which thresholds, and where instances got lost
     assert results["settings"]["thresholds"] == {"class": -1e9, "peak": -1e9}
     text = report_markdown(results)
-    assert (f"Evaluated on 2 images ({tmp_path / 'instances.json'}): 1 ground-truth instances of the "
-            f"model's 1 classes, {results['num_peaks']} peaks, {results['num_predicted_instances']} instances") in text
+    peaks, instances = results["num_peaks"], results["num_predicted_instances"]
+    assert (f"Evaluated on 2 images ({tmp_path / 'instances.json'}): 1 ground-truth instance of the "
+            f"model's 1 class, {peaks} peak{'' if peaks == 1 else 's'}, "
+            f"{instances} instance{'' if instances == 1 else 's'}") in text
     assert "Preset default, class threshold -1e+09, peak threshold -1e+09." in text
     funnel = results["funnel"]
-    assert (f"Of the 1 ground-truth instances of at least 32×32 pixels, {funnel['with_peak']} have a peak of "
+    assert (f"Of the 1 ground-truth instance of at least 32×32 pixels, {funnel['with_peak']} "
+            f"{'has' if funnel['with_peak'] == 1 else 'have'} a peak of "
             f"their class inside, {funnel['with_proposal']} a proposal at IoU ≥ 0.5, and "
             f"{funnel['retrieved']} were retrieved") in text

@@ -215,6 +215,7 @@ def test_no_image_is_held_out_when_each_is_the_only_one_of_its_class(tmp_path):
     one = dataset.subset([0]).with_classes(["cat"])
     split = training_split(one, 0.2)
     assert (len(split.train), split.held_out) == (1, None) and split.warning.startswith("no image is held out")
+    assert split.describe(calibrate=False) == "training on 1 image, none held out"
     # fewer than asked: 2 of 4 wanted, one of the two cat images held out
     iio.imwrite(tmp_path / "3.png", np.full((32, 32, 3), 90, np.uint8))
     (tmp_path / "more.csv").write_text("image,labels\n0.png,cat\n1.png,dog\n3.png,cat\n2.png,bird\n")

@@ -83,7 +83,7 @@ def test_remove_small(corrected):
     viewer, widget, labels, _ = corrected
     assert widget.correction.remove_small(20 * 50 + 1)
     assert set(np.unique(labels.data)) == {0, 1} and set(rows(labels)) == {1}
-    assert "Removed 1" in widget.last_message
+    assert widget.last_message == f"Removed 1 instance smaller than {20 * 50 + 1} pixels."  # was "1 instances"
 
 
 def test_a_point_added_or_moved_gets_its_instance(make_napari_viewer, qtbot, prm_config,

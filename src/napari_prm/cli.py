@@ -24,6 +24,7 @@ from typing import Any
 
 from . import __version__
 from . import _validate as check
+from ._text import plural
 from .batch import OTHER_RUN, WITHOUT_PRMS, collect_images, model_label
 from .io import IMAGE_SUFFIXES
 
@@ -679,7 +680,7 @@ def _start_client(args):
             client = Client(args.scheduler, timeout="20s", set_as_default=False)
         except (OSError, TimeoutError, ValueError) as error:
             raise CommandError(f"--scheduler: cannot connect to {args.scheduler}: {error}") from error
-        _say(f"connected to {args.scheduler} ({len(client.nthreads())} workers)")
+        _say(f"connected to {args.scheduler} ({plural(len(client.nthreads()), 'worker')})")
         return client
     from .batch import dashboard_link, start_local_cluster
 
@@ -891,9 +892,9 @@ def _say_split(args, dataset) -> bool:
         split = training_split(dataset, fraction, int(config.get("seed", args.seed)))
     except (ValueError, TypeError):
         # too few images to split, or a bad stored recipe: train() says which
-        _say(f"training on {len(dataset)} images, {len(dataset.class_names)} classes -> {args.out}")
+        _say(f"training on {plural(len(dataset), 'image')}, {plural(len(dataset.class_names), 'class')} -> {args.out}")
         return bool(fraction)
-    _say(f"{split.describe(args.calibrate)}; {len(dataset.class_names)} classes -> {args.out}")
+    _say(f"{split.describe(args.calibrate)}; {plural(len(dataset.class_names), 'class')} -> {args.out}")
     if split.warning:
         _say(f"warning: {split.warning}")
     return split.held_out is not None
@@ -1016,7 +1017,7 @@ def _run_refine(args) -> int:
         except (ValueError, OSError) as error:
             raise CommandError(f"--masks: {error}") from error
         unknown = sum(c.num_unknown for c in corrections)
-        _say(f"{len(corrections)} corrected image(s), {sum(c.num_instances for c in corrections)} instances"
+        _say(f"{len(corrections)} corrected image(s), {plural(sum(c.num_instances for c in corrections), 'instance')}"
              + (f" ({unknown} of no class of the model: they teach boundaries only)" if unknown else ""))
     if not args.self_training and not corrections:
         raise CommandError("nothing to learn from: --no-self-training needs --masks")
@@ -1076,7 +1077,7 @@ def _run_refine(args) -> int:
     finally:
         for bar in bars.values():
             bar.close()
-    _say(f"checkpoint: {result.checkpoint} ({result.history[-1].epoch if result.history else 0} epochs)")
+    _say(f"checkpoint: {result.checkpoint} ({plural(result.history[-1].epoch if result.history else 0, 'epoch')})")
     return 0
 
 
@@ -1148,8 +1149,8 @@ def _run_demo(args) -> int:
         written.append(args.out / file_name)
     order = prediction.scores.argsort()[::-1][:3]
     top = ", ".join(f"{prediction.class_names[i]} {prediction.scores[i]:.2f}" for i in order)
-    print(f"top classes: {top}; {len(prediction.peaks)} peaks, "
-          f"{len(prediction.instances)} instances")
+    print(f"top classes: {top}; {plural(len(prediction.peaks), 'peak')}, "
+          f"{plural(len(prediction.instances), 'instance')}")
     for path in written:
         print(path)
     view = display_available() if args.view is None else args.view
@@ -1195,7 +1196,7 @@ def _run_bench(args) -> int:
     from . import bench
 
     model = _load_model(args.model, args.device)
-    _say(f"timing {args.peaks} peaks at {args.size}x{args.size} on {model.backbone}...")
+    _say(f"timing {plural(args.peaks, 'peak')} at {args.size}x{args.size} on {model.backbone}...")
     figures = bench.benchmark_model(model=model, size=args.size, num_peaks=args.peaks,
                                     device=args.device, peak_batch_size=args.peak_batch_size,
                                     compare_original=args.compare_original)

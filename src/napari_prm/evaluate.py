@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import _validate as check
+from ._text import plural
 from .io.atomic import atomic_write
 from .masks import encode_rle, mask_iou, rle_area, rle_bbox
 
@@ -704,12 +705,13 @@ def _fmt(value) -> str:
 def report_markdown(results: dict[str, Any]) -> str:
     """A Markdown report of :func:`evaluate`'s results (figures in %)."""
     settings = results["settings"]
-    found = [f"{results['num_peaks']} peaks"]
+    found = [plural(results['num_peaks'], "peak")]
     if results.get("num_instances") is not None:
-        found = [f"{results['num_instances']} ground-truth instances of the model's "
-                 f"{len(results['classes'])} classes"] + found + [f"{results['num_predicted_instances']} instances"]
-    lines = [f"Evaluated on {results['num_images']} images ({settings.get('dataset', '')}): {', '.join(found)}; "
-             f"proposals: {settings.get('proposals')}."]
+        truth = plural(results["num_instances"], "ground-truth instance")
+        found = ([f"{truth} of the model's {plural(len(results['classes']), 'class')}"] + found
+                 + [plural(results["num_predicted_instances"], "instance")])
+    lines = [f"Evaluated on {plural(results['num_images'], 'image')} ({settings.get('dataset', '')}): "
+             f"{', '.join(found)}; proposals: {settings.get('proposals')}."]
     predict = settings.get("predict") or {}
     thresholds = settings.get("thresholds")
     if thresholds:
@@ -737,10 +739,11 @@ def report_markdown(results: dict[str, Any]) -> str:
               "ground truth of the class."]
     funnel = results.get("funnel")
     if funnel and funnel["instances"]:
-        lines.append(f"Of the {funnel['instances']} ground-truth instances of at least 32×32 pixels, "
-                     f"{funnel['with_peak']} have a peak of their class inside, {funnel['with_proposal']} a "
-                     f"proposal at IoU ≥ 0.5, and {funnel['retrieved']} were retrieved at IoU ≥ 0.5 from "
-                     "a peak inside them.")
+        with_peak = funnel["with_peak"]
+        lines.append(f"Of the {plural(funnel['instances'], 'ground-truth instance')} of at least 32×32 pixels, "
+                     f"{with_peak} {'has' if with_peak == 1 else 'have'} a peak of their class inside, "
+                     f"{funnel['with_proposal']} a proposal at IoU ≥ 0.5, and {funnel['retrieved']} were "
+                     "retrieved at IoU ≥ 0.5 from a peak inside them.")
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _validate as check
+from ._text import plural
 from .data import LabeledImageDataset, TrainingImages
 from .evaluate import classification_map
 from .model.backbones import BACKBONES
@@ -142,7 +143,7 @@ class TrainingSplit:
 
     def describe(self, calibrate: bool = True) -> str:
         """E.g. ``"training on 102 images, 26 held out for validation and calibration"``."""
-        text = f"training on {len(self.train)} images"
+        text = f"training on {plural(len(self.train), 'image')}"
         if self.held_out is None:
             return text + (", none held out (the thresholds are calibrated on the training images)"
                            if calibrate else ", none held out")

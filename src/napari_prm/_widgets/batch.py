@@ -21,6 +21,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import batch
+from .._text import plural
 from .activity import CloseWatcher
 from .relay import _Relay
 
@@ -142,7 +143,7 @@ class BatchPanel(Container):
         self.worker = worker
         self._run_button.enabled = False
         self._cancel_button.enabled = True
-        self._status.value = f"Predicting {len(images)} images of {inputs}…"
+        self._status.value = f"Predicting {plural(len(images), 'image')} of {inputs}…"
         worker.start()
         return worker
 

@@ -22,6 +22,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, S
 from qtpy.QtCore import QTimer
 
 from .. import edit
+from .._text import plural
 from .history import InstanceHistory, reset_history
 from .layers import features_table, instance_features, layer_names, point_defaults, world_kwargs
 from .points import PointRetrieval
@@ -311,7 +312,7 @@ class CorrectionPanel(PointRetrieval):
         before = len(self.instances.features)
         ok = self._apply(edit.remove_small, int(min_area))
         if ok:
-            self._say(f"Removed {before - len(self.instances.features)} instances smaller "
+            self._say(f"Removed {plural(before - len(self.instances.features), 'instance')} smaller "
                       f"than {min_area} pixels.")
         return ok
 

@@ -18,6 +18,7 @@ from napari.qt.threading import create_worker
 from napari.utils.events import Event
 
 from .. import edit
+from .._text import plural
 from ..predict import Cancelled
 from .layers import (
     HAND_PLACED,
@@ -152,7 +153,7 @@ class PointRetrieval:
         worker.returned.connect(self._show_retrieved)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        owner.status.setText(f"Retrieving instances of {len(rows)} peaks…")
+        owner.status.setText(f"Retrieving instances of {plural(len(rows), 'peak')}…")
         owner.begin_activity(f"Peak Response Maps: {context.image_layer.name} (added peaks)", self.cancel)
         owner._update_rethreshold()
         worker.start()

@@ -25,6 +25,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from .._text import plural
 from ..predict import Cancelled, Prediction, image_to_crm
 from ..predictor import preset_settings, resolve_thresholds
 from .activity import ActivityProgress, CloseWatcher
@@ -468,7 +469,7 @@ class PredictWidget(PredictForm, QWidget):
                       + "".join(" " + _sentence(note) for note in dict.fromkeys(results.notes))
                       + "".join(" " + note for note in [*hand_notes, kept_note] if note), "warning")
             return
-        message = f"{peaks} peaks, {instances} instances"
+        message = f"{plural(peaks, 'peak')}, {plural(instances, 'instance')}"
         if self.last_run_seconds is not None:
             reused = " (the image's maps reused)" if self.last_forward_passes == 0 else ""
             message += f" in {self.last_run_seconds:.1f} s{reused}"
@@ -591,7 +592,7 @@ def _sentence(note: str) -> str:
 def _hand_notes(kept: int, missing: list, elsewhere: int, no_instance: list) -> list[str]:
     """What the status line says about the peaks placed by hand that a run kept or dropped."""
     def peaks(count):
-        return f"{count} hand-placed peak{'' if count == 1 else 's'}"
+        return plural(count, "hand-placed peak")
 
     notes = []
     if kept:

@@ -15,6 +15,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from .._text import plural
 from ..data import load_dataset
 from ..train import train, training_split
 from .activity import ActivityProgress, CloseWatcher
@@ -194,8 +195,8 @@ class TrainWidget(Container):
         last = result.history[-1]
         what = why if result.cancelled else "Done"
         held_out = f", {result.held_out_images} held out" if result.held_out_images else ", none held out"
-        message = (f"{what}: epoch {last.epoch}, loss {last.loss:.4f} ({result.train_images} training "
-                   f"images{held_out}); saved {result.checkpoint}; it is offered in the Peak Response Maps widget.")
+        message = (f"{what}: epoch {last.epoch}, loss {last.loss:.4f} ({plural(result.train_images, 'training image')}"
+                   f"{held_out}); saved {result.checkpoint}; it is offered in the Peak Response Maps widget.")
         if result.warnings:
             message += " Warning: " + " ".join(result.warnings)
         self._say(message, warning=bool(result.warnings))
