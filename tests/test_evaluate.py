@@ -290,3 +290,56 @@ def test_evaluate_with_retrieval_on_a_dataset_with_an_image_without_instances(tm
             f"{'has' if funnel['with_peak'] == 1 else 'have'} a peak of "
             f"their class inside, {funnel['with_proposal']} a proposal at IoU ≥ 0.5, and "
             f"{funnel['retrieved']} were retrieved") in text
+
+
+def _prediction_of(truth, class_names, scores):
+    """Predictions equal to ``truth``: one instance (score 1) and one peak per mask."""
+    masks, classes = truth.masks, truth.class_indices
+    prms = masks / np.maximum(masks.sum((1, 2), keepdims=True), 1)
+    peaks = np.array([np.argwhere(m)[len(np.argwhere(m)) // 2] for m in masks], dtype=np.float64).reshape(-1, 2)
+    instances = [Instance(int(c), 1.0, m, p.astype(np.float32), k) for k, (m, c, p) in
+                 enumerate(zip(masks, classes, prms))]
+    return Prediction(class_names=class_names, scores=np.asarray(scores, np.float32),
+                      crms=np.zeros((len(class_names), 2, 2), np.float32), peaks=peaks, peak_classes=classes,
+                      peak_values=np.ones(len(classes), np.float32), prms=prms.reshape((-1,) + masks.shape[1:])
+                      .astype(np.float32), instances=instances)
+
+
+def test_evaluate_on_given_ground_truth_of_some_images(tmp_path, shapes_scenes):
+    """Corrections of two of three images of a CSV dataset (no masks of its own) as the
+    ground truth: only those two are evaluated, and predictions equal to them score 1."""
+    import imageio.v3 as iio
+
+    from napari_prm.data import GroundTruth, from_csv
+    from napari_prm.refine import Correction
+
+    for number, (image, _, _, _) in enumerate(shapes_scenes):
+        iio.imwrite(tmp_path / f"scene{number}.png", image)
+    (tmp_path / "labels.csv").write_text("image,labels\n" + "".join(f"scene{n}.png,cat;dog\n" for n in range(3)))
+    dataset = from_csv(tmp_path / "labels.csv")
+    with pytest.raises(ValueError, match="needs instance masks"):
+        evaluate([], dataset)
+    image, labels, classes, _ = shapes_scenes[2]
+    painted = labels.copy()
+    painted[:4, :4] = 3  # painted by hand, of no class: left out of the ground truth
+    corrected = Correction(image, painted, classes, "scene2_labels.tif")
+    truth = corrected.instances()
+    assert truth.class_indices.tolist() == [0, 1] and not truth.iscrowd.any()
+    np.testing.assert_array_equal(truth.masks, [labels == 1, labels == 2])
+    first = shapes_scenes[0][1]
+    given = {2: corrected, 0: GroundTruth(np.array([first == 1, first == 2]), np.array([0, 1]), np.zeros(2, bool))}
+    predictions = [_prediction_of(given[0], dataset.class_names, [1, 1]),
+                   _prediction_of(GroundTruth(np.zeros((0, 96, 96), bool), np.zeros(0, int), np.zeros(0, bool)),
+                                  dataset.class_names, [-1, -1]),
+                   _prediction_of(truth, dataset.class_names, [1, 1])]
+    seen = []
+    results = evaluate(predictions, dataset, ground_truth=given, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 2), (2, 2)]
+    assert results["num_images"] == 2 and results["num_instances"] == 4 == results["num_predicted_instances"]
+    assert results["mAP_r"] == pytest.approx({0.25: 1.0, 0.5: 1.0, 0.75: 1.0})
+    assert results["ABO"] == pytest.approx(1.0)
+    assert results["prm_quality"] == pytest.approx(1.0) and results["pointing_accuracy"] == 1.0
+    assert results["classification_mAP"] == pytest.approx(1.0)
+    assert evaluate(predictions, dataset, ground_truth={1: given[0]})["ABO"] == 0.0
+    with pytest.raises(ValueError, match=r"ground_truth: no image 3 in dataset .* \(3 images\)"):
+        evaluate(predictions, dataset, ground_truth={3: corrected})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -451,6 +452,39 @@ def test_corrections_from_coco_json_and_label_folders(tmp_path, shapes_scenes):
         load_corrections(folder, CLASSES)
     with pytest.raises(ValueError, match="COCO .json file or a folder"):
         load_corrections(tmp_path / "scene0.png", CLASSES)
+
+
+def test_match_corrections_pairs_exports_with_the_dataset_images(tmp_path, shapes_scenes):
+    """``evaluate --masks``: exports are matched to the dataset's images only (not looked for
+    beside them); those of no dataset image and a second export of one image are named."""
+    import imageio.v3 as iio
+
+    from napari_prm import io
+    from napari_prm.refine.corrections import match_corrections
+
+    table = {"label": np.array([1, 2]), "class_index": np.array([0, 1]), "class_name": np.array(CLASSES)}
+    folder = tmp_path / "labelled"
+    for number, (image, labels, _, _) in enumerate(shapes_scenes):
+        iio.imwrite(tmp_path / f"scene{number}.png", image)
+        if number:
+            io.export_instances(labels, table, CLASSES, folder, stem=f"scene{number}", formats=("tiff", "png", "csv"),
+                                image_file_name=f"scene{number}.png")
+    iio.imwrite(folder / "beside.png", shapes_scenes[0][0])  # an image in the folder, not in the dataset
+    io.export_instances(shapes_scenes[0][1], table, CLASSES, folder, stem="beside")
+    images = [tmp_path / f"scene{number}.png" for number in range(3)]
+    matched, unmatched = match_corrections(folder, CLASSES, images)
+    assert list(matched) == [1, 2]
+    assert [c.image_path for c in matched.values()] == images[1:]
+    assert [Path(c.source).name for c in matched.values()] == ["scene1_labels.png", "scene2_labels.png"]
+    np.testing.assert_array_equal(matched[2].instances().masks, [shapes_scenes[2][1] == 1, shapes_scenes[2][1] == 2])
+    assert unmatched == ["beside_labels.tif", "scene1_labels.tif (a second export of scene1.png)",
+                         "scene2_labels.tif (a second export of scene2.png)"]
+    assert len(load_corrections(folder, CLASSES, image_paths=images)) == 5  # refine still finds beside.png
+    coco = io.labels_to_coco(shapes_scenes[1][1], table, CLASSES, file_name="scene1.png")
+    coco["images"].append({"id": 2, "file_name": "gone.png", "height": 96, "width": 96})
+    io.write_coco_json(tmp_path / "merged.json", coco)
+    matched, unmatched = match_corrections(tmp_path / "merged.json", CLASSES, images)
+    assert list(matched) == [1] and matched[1].label_classes == {1: 0, 2: 1} and unmatched == ["gone.png"]
 
 
 def test_shapes_scene_is_what_it_says():

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -519,6 +519,11 @@ def _nan_to_none(value):
     return value
 
 
+def _ground_truth(value):
+    """A GroundTruth as given, or a Correction's instances (made one image at a time)."""
+    return value.instances() if callable(getattr(value, "instances", None)) else value
+
+
 def _mean(values: list[np.ndarray]) -> float:
     values = np.concatenate(values) if values else np.zeros(0)
     values = values[~np.isnan(values)]
@@ -537,6 +542,7 @@ def evaluate(
     device: Any = None,
     preset: str = "default",
     only_labeled: bool = False,
+    ground_truth: Mapping[int, Any] | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """All metrics of the PRM paper on a dataset with instance masks.
@@ -547,8 +553,8 @@ def evaluate(
         A model (or ``"imagenet"`` / a checkpoint path) run with
         :func:`napari_prm.predict`, or one Prediction per dataset image, in order.
     dataset : LabeledImageDataset
-        With instance masks (a COCO dataset). It is relabelled to the model's
-        classes, which must all be among its classes.
+        With instance masks (a COCO dataset), unless ``ground_truth`` gives them. It is
+        relabelled to the model's classes, which must all be among its classes.
     proposals : str, ndarray, callable or None
         As in :func:`napari_prm.predict`. None skips instance retrieval: mAP^r and ABO
         are then None.
@@ -567,6 +573,14 @@ def evaluate(
         The inference preset (see :func:`napari_prm.preset_settings`).
     only_labeled : bool
         Evaluate only the images that show at least one of the model's classes.
+    ground_truth : mapping of int to GroundTruth or Correction, optional
+        The instances of some of the dataset's images, by index, instead of the dataset's
+        masks: only these images are evaluated (in index order; ``only_labeled`` and
+        ``max_images`` then choose among them). Class indices index the model's classes;
+        a :class:`~napari_prm.refine.Correction` gives its instances of a known class
+        (:meth:`~napari_prm.refine.Correction.instances`). Corrected exports give such a
+        mapping with :func:`napari_prm.refine.corrections.match_corrections`. The image-level
+        labels (classification mAP) still come from the dataset.
     **settings
         Other fields of :class:`napari_prm.PredictSettings` (e.g. ``tta=True``).
 
@@ -599,8 +613,15 @@ def evaluate(
     if not hasattr(dataset, "has_masks"):
         raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
                          f"got {type(dataset).__name__}")
-    if not dataset.has_masks:
-        raise ValueError(f"evaluation needs instance masks; dataset {dataset.source} has none (use a COCO JSON)")
+    if ground_truth is None and not dataset.has_masks:
+        raise ValueError(f"evaluation needs instance masks; dataset {dataset.source} has none (use a COCO JSON, "
+                         "or give the instances of its images: ground_truth)")
+    if ground_truth is not None:
+        ground_truth = dict(ground_truth)
+        outside = [k for k in ground_truth if not isinstance(k, (int, np.integer)) or not 0 <= k < len(dataset)]
+        if outside:
+            raise ValueError(f"ground_truth: no image {outside[0]!r} in dataset {dataset.source} "
+                             f"({plural(len(dataset), 'image')})")
     model = None
     if isinstance(model_or_predictions, PRMModel) and device is None:
         model = model_or_predictions
@@ -614,7 +635,7 @@ def evaluate(
             raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
         class_names = list(predictions[0].class_names) if predictions else list(dataset.class_names)
     dataset = dataset.with_classes(class_names)
-    indices = list(range(len(dataset)))
+    indices = list(range(len(dataset))) if ground_truth is None else sorted(int(k) for k in ground_truth)
     if only_labeled:
         indices = [i for i in indices if dataset.labels[i].any()]
     if max_images is not None:
@@ -631,7 +652,7 @@ def evaluate(
         predictor = PRMPredictor(model, preset=preset, proposals=proposals, **settings)
     started = time.perf_counter()
     for done, index in enumerate(indices):
-        truth = dataset.instances(index)
+        truth = dataset.instances(index) if ground_truth is None else _ground_truth(ground_truth[index])
         if predictor is not None:
             predictor.set_image(dataset.read_image(index))
             prediction = predictor.predict()
@@ -710,7 +731,10 @@ def report_markdown(results: dict[str, Any]) -> str:
         truth = plural(results["num_instances"], "ground-truth instance")
         found = ([f"{truth} of the model's {plural(len(results['classes']), 'class')}"] + found
                  + [plural(results["num_predicted_instances"], "instance")])
-    lines = [f"Evaluated on {plural(results['num_images'], 'image')} ({settings.get('dataset', '')}): "
+    source = settings.get("dataset", "")
+    if settings.get("ground_truth"):
+        source += f"; ground truth: {settings['ground_truth']}"
+    lines = [f"Evaluated on {plural(results['num_images'], 'image')} ({source}): "
              f"{', '.join(found)}; proposals: {settings.get('proposals')}."]
     predict = settings.get("predict") or {}
     thresholds = settings.get("thresholds")

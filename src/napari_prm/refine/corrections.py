@@ -4,6 +4,8 @@ A :class:`Correction` is one image with its label image and the class of each la
 come from napari Labels layers (:func:`correction_from_layer`: the layer's data and
 features), from label images with their instance CSV (``x_labels.tif`` +
 ``x_instances.csv``, as napari-prm exports them) or from a COCO JSON (:func:`load_corrections`).
+:func:`match_corrections` pairs them with a dataset's images, e.g. to evaluate a model on
+the images a user corrected (:meth:`Correction.instances` gives their ground truth).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import GroundTruth
 from ..io.coco import coco_to_labels
 from ..io.images import IMAGE_SUFFIXES, read_image
 from ..io.labels import read_label_image
@@ -38,12 +41,15 @@ class Correction:
         or mapped to -1, have no known class.
     source : str
         Where it came from (a file, a layer name), for messages.
+    image_path : Path or None
+        The image file it was matched to, when read from files.
     """
 
     image: np.ndarray
     labels: np.ndarray
     label_classes: dict[int, int] = field(default_factory=dict)
     source: str = ""
+    image_path: Path | None = None
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels)
@@ -63,6 +69,23 @@ class Correction:
         """Instances without a known class."""
         values = np.setdiff1d(np.unique(self.labels), [0])
         return int(sum(self.label_classes.get(int(v), -1) < 0 for v in values))
+
+    def instances(self) -> GroundTruth:
+        """The instances of a known class as ground truth, in increasing label order.
+
+        Instances without a known class are left out (as a COCO dataset leaves out the
+        categories a model lacks); none is a crowd region.
+
+        Returns
+        -------
+        GroundTruth
+            ``class_indices`` index the class names the correction was read with.
+        """
+        values = [int(v) for v in np.setdiff1d(np.unique(self.labels), [0])
+                  if self.label_classes.get(int(v), -1) >= 0]
+        masks = np.array([self.labels == v for v in values], dtype=bool).reshape((-1,) + self.labels.shape)
+        return GroundTruth(masks=masks, class_indices=np.array([self.label_classes[v] for v in values], np.int64),
+                           iscrowd=np.zeros(len(values), dtype=bool))
 
 
 def class_lookup(table, class_names: Sequence[str]) -> dict[int, int]:
@@ -105,10 +128,15 @@ def _image_index(image_paths: Sequence[os.PathLike | str]) -> dict[str, Path]:
     return index
 
 
-def _find_image(name: str, index: Mapping[str, Path], folders: Sequence[Path], source: str) -> Path:
+def _find_image(name: str, index: Mapping[str, Path], folders: Sequence[Path], source: str, *,
+                search: bool = True) -> Path | None:
+    """The image of an export: among the dataset's images, else (``search``) in ``folders``;
+    None when not among the dataset's images and not ``search``."""
     for key in (Path(name).name, Path(name).stem):
         if key in index:
             return index[key]
+    if not search:
+        return None
     for folder in folders:
         if (folder / name).is_file():
             return folder / name
@@ -121,13 +149,16 @@ def _find_image(name: str, index: Mapping[str, Path], folders: Sequence[Path], s
 
 def corrections_from_coco(path: str | os.PathLike, class_names: Sequence[str], *,
                           image_paths: Sequence[os.PathLike | str] = (),
-                          image_dir: str | os.PathLike | None = None) -> list[Correction]:
+                          image_dir: str | os.PathLike | None = None,
+                          unmatched: list[str] | None = None) -> list[Correction]:
     """One correction per image of a COCO instances JSON.
 
     Images are found by file name among ``image_paths`` (the dataset's), else in
     ``image_dir``, the JSON's folder or ``<root>/<split>/`` for
     ``<root>/annotations/instances_<split>.json``. Categories are matched to
-    ``class_names`` by name; others count as unknown classes.
+    ``class_names`` by name; others count as unknown classes. With ``unmatched`` (a
+    list), an image entry whose file is not among ``image_paths`` is skipped instead, and
+    its ``file_name`` appended to the list.
     """
     path = Path(path)
     try:
@@ -142,22 +173,30 @@ def corrections_from_coco(path: str | os.PathLike, class_names: Sequence[str], *
     index = _image_index(image_paths)
     corrections = []
     for entry in images:
+        file_name = str(entry.get("file_name", ""))
+        image_path = _find_image(file_name, index, folders, f"{path} (image id {entry['id']})",
+                                 search=unmatched is None)
+        if image_path is None:
+            unmatched.append(file_name or f"image id {entry['id']}")
+            continue
         labels, table, file_classes = coco_to_labels(coco, image_id=entry["id"])
         table = dict(table)
         table["class_name"] = np.array([file_classes[i] if i >= 0 else UNKNOWN_CLASS for i in table["class_index"]],
                                        dtype=object)
-        image_path = _find_image(str(entry.get("file_name", "")), index, folders, f"{path} (image id {entry['id']})")
         corrections.append(Correction(read_image(image_path), labels, class_lookup(table, class_names),
-                                      f"{path} ({image_path.name})"))
+                                      f"{path} ({image_path.name})", image_path))
     return corrections
 
 
 def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str], *,
-                            image_paths: Sequence[os.PathLike | str] = ()) -> list[Correction]:
+                            image_paths: Sequence[os.PathLike | str] = (),
+                            unmatched: list[str] | None = None) -> list[Correction]:
     """Corrections from ``<stem>_labels.tif`` (or ``.tiff``/``.png``) files with ``<stem>_instances.csv``.
 
     The image of ``<stem>_labels.tif`` is ``<stem>.*`` among ``image_paths`` or in the
-    folder. A label image without its CSV has instances of unknown class.
+    folder. A label image without its CSV has instances of unknown class. With
+    ``unmatched`` (a list), a label image whose image is not among ``image_paths`` is
+    skipped instead, and its file name appended to the list.
     """
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff", ".png")
@@ -168,24 +207,74 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
     corrections = []
     for label_path in files:
         stem = label_path.stem[: -len(LABEL_SUFFIX)]
+        image_path = _find_image(stem, index, [folder], str(label_path), search=unmatched is None)
+        if image_path is None:
+            unmatched.append(label_path.name)
+            continue
         table_path = label_path.with_name(f"{stem}_instances.csv")
         table = read_instances_csv(table_path) if table_path.is_file() else None
-        image_path = _find_image(stem, index, [folder], str(label_path))
         labels = read_label_image(label_path)
         if labels.ndim != 2:
             raise ValueError(f"{label_path}: corrections are 2-D label images; got shape {labels.shape}")
         corrections.append(Correction(read_image(image_path), labels, class_lookup(table, class_names),
-                                      str(label_path)))
+                                      str(label_path), image_path))
     return corrections
 
 
 def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
-                     image_paths: Sequence[os.PathLike | str] = ()) -> list[Correction]:
+                     image_paths: Sequence[os.PathLike | str] = (),
+                     unmatched: list[str] | None = None) -> list[Correction]:
     """Corrections from a COCO JSON or a folder of label images (see the two loaders)."""
     path = Path(path)
     if path.is_dir():
-        return corrections_from_folder(path, class_names, image_paths=image_paths)
+        return corrections_from_folder(path, class_names, image_paths=image_paths, unmatched=unmatched)
     if path.is_file() and path.suffix.lower() == ".json":
-        return corrections_from_coco(path, class_names, image_paths=image_paths)
+        return corrections_from_coco(path, class_names, image_paths=image_paths, unmatched=unmatched)
     raise ValueError(f"corrections {path}: expected a COCO .json file or a folder of <stem>{LABEL_SUFFIX}.tif "
                      "label images with their <stem>_instances.csv")
+
+
+def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
+                      image_paths: Sequence[os.PathLike | str]) -> tuple[dict[int, Correction], list[str]]:
+    """The corrections of a COCO JSON or a folder of exports, paired with a dataset's images.
+
+    Each export is matched to an image of ``image_paths`` by file name or stem, as
+    :func:`load_corrections` does; exports of no such image are not looked for elsewhere.
+
+    Parameters
+    ----------
+    path : path-like
+        A COCO instances JSON, or a folder of ``<stem>_labels.tif`` label images with
+        their ``<stem>_instances.csv`` (as napari-prm exports them).
+    class_names : sequence of str
+        The model's classes: the corrections' class indices index them.
+    image_paths : sequence of path-like
+        The dataset's images.
+
+    Returns
+    -------
+    matched : dict of int to Correction
+        By index into ``image_paths``, in increasing order. When several exports match one
+        image (``x_labels.tif`` and ``x_labels.png``), the first (in file name order) is kept.
+    unmatched : list of str
+        The exports matching no image (file names; for a COCO JSON, its images' ``file_name``)
+        and the extra exports of an image already matched.
+
+    Raises
+    ------
+    ValueError
+        ``path`` is neither, holds no export, or an export cannot be read.
+    """
+    unmatched: list[str] = []
+    corrections = load_corrections(path, class_names, image_paths=image_paths, unmatched=unmatched)
+    position: dict[Path, int] = {}
+    for i, image_path in enumerate(map(Path, image_paths)):
+        position.setdefault(image_path, i)
+    matched: dict[int, Correction] = {}
+    for correction in corrections:
+        index = position[correction.image_path]
+        if index in matched:
+            unmatched.append(f"{Path(correction.source).name} (a second export of {correction.image_path.name})")
+        else:
+            matched[index] = correction
+    return dict(sorted(matched.items())), unmatched
