@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = add_command(
         "evaluate", help="the PRM paper's metrics on a dataset",
-        description="Run a model over a dataset with instance masks (COCO JSON) and print "
+        description="Run a model over a dataset with instance masks (COCO JSON), or over the images "
+                    "of any dataset that have corrected exports (--masks), and print "
                     "mAP^r, ABO, PRM quality, peak pointing accuracy and classification mAP "
                     "as Markdown. The model's classes must all be in the dataset.")
     _add_dataset_options(evaluate)
@@ -324,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help=PROPOSAL_HELP.split(", or a folder")[0])
     evaluate.add_argument("--iou-thresholds", type=float, nargs="+", default=[0.25, 0.5, 0.75],
                           metavar="IOU", help="IoU thresholds of mAP^r")
+    evaluate.add_argument("--masks", default=None, type=Path,
+                          help="the ground truth: corrected masks, as for refine: a COCO JSON, or a folder of "
+                               "<stem>_labels.tif label images with their <stem>_instances.csv (the Export "
+                               "widget's files); images are matched to DATASET's by file name and only those "
+                               "are evaluated; DATASET (a CSV, a folder per class or COCO) gives the images and "
+                               "their labels (default: DATASET's instance masks, a COCO JSON)")
     _add_inference_options(evaluate)
     evaluate.add_argument("--max-images", type=int, default=None,
                           help="evaluate the first N images only (default: all)")
@@ -1081,6 +1088,31 @@ def _run_refine(args) -> int:
     return 0
 
 
+def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
+    """``evaluate --masks``: the corrections of DATASET's images, by index; says how many
+    matched, warns of the exports that did not, refuses when none did."""
+    from .refine.corrections import match_corrections
+
+    try:
+        matched, unmatched = match_corrections(masks, class_names, dataset.image_paths)
+    except (ValueError, OSError) as error:
+        raise CommandError(f"--masks: {error}") from error
+    if not matched:
+        raise CommandError(f"--masks: no export in {masks} matches an image of the dataset {dataset.source} "
+                           f"(by file name or stem): {', '.join(unmatched)}")
+    if unmatched:
+        _say(f"warning: --masks: {plural(len(unmatched), 'export')} "
+             f"{'matches' if len(unmatched) == 1 else 'match'} no image of the dataset, left out: "
+             f"{', '.join(unmatched)}")
+    corrections = matched.values()
+    unknown = sum(c.num_unknown for c in corrections)
+    _say(f"{len(matched)} of the dataset's {plural(len(dataset), 'image')} "
+         f"{'has' if len(matched) == 1 else 'have'} corrected instances "
+         f"({plural(sum(c.num_instances for c in corrections) - unknown, 'instance')})"
+         + (f"; {plural(unknown, 'instance')} of no class of the model left out" if unknown else ""))
+    return matched
+
+
 def _run_evaluate(args) -> int:
     from tqdm import tqdm
 
@@ -1088,17 +1120,25 @@ def _run_evaluate(args) -> int:
 
     dataset = _load_dataset(args)
     model = _load_model(args.model, args.device)
-    total = int(dataset.with_classes(model.class_names).labels.any(1).sum()) if args.only_labeled else len(dataset)
+    ground_truth = None if args.masks is None else _corrected_ground_truth(args.masks, dataset, model.class_names)
+    indices = range(len(dataset)) if ground_truth is None else list(ground_truth)
+    try:
+        labels = dataset.with_classes(model.class_names).labels
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    total = sum(1 for i in indices if labels[i].any()) if args.only_labeled else len(indices)
     total = total if args.max_images is None else min(args.max_images, total)
     with tqdm(total=total, desc="evaluate", unit="image", disable=None) as bar:
         try:
             results = evaluate(model, dataset, proposals=args.proposals,
                                iou_thresholds=args.iou_thresholds, max_images=args.max_images,
-                               only_labeled=args.only_labeled,
+                               only_labeled=args.only_labeled, ground_truth=ground_truth,
                                progress=lambda done, _total: bar.update(done - bar.n),
                                **_inference_settings(args))
         except ValueError as error:
             raise CommandError(str(error)) from error
+    if args.masks is not None:
+        results["settings"]["ground_truth"] = str(args.masks)
     print(report_markdown(results), end="")
     if args.json is not None:
         _say(f"results: {report_json(results, args.json)}")

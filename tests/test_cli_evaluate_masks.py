@@ -1,0 +1,106 @@
+"""``napari-prm evaluate DATASET --masks``: ground truth from the corrected exports of some images."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import shapes_scene
+from napari_prm import io
+from napari_prm.cli import main
+from napari_prm.model import build_model, save_model
+
+CLASSES = ["cat", "dog"]
+TABLE = {"label": np.array([1, 2]), "class_index": np.array([0, 1]), "class_name": np.array(CLASSES)}
+#: lets the random tiny model's peaks through, so that it predicts instances to match
+LOW = ["--class-threshold=-1e9", "--peak-threshold=-1e9"]
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """Three shapes scenes with a CSV of their image-level labels; two of them exported as
+    the Export widget writes corrections (``export_instances`` into ``labelled/``), the same
+    two as one merged COCO JSON, and an export of an image that is not in the dataset."""
+    import imageio.v3 as iio
+
+    root = tmp_path_factory.mktemp("labelled")
+    images, exports = root / "images", root / "labelled"
+    images.mkdir()
+    coco = {"images": [], "annotations": [], "categories": []}
+    for number in range(3):
+        image, labels, _, _ = shapes_scene(number)
+        iio.imwrite(images / f"scene{number}.png", image)
+        if number == 2:
+            continue
+        io.export_instances(labels, TABLE, CLASSES, exports, stem=f"scene{number}",
+                            image_file_name=f"scene{number}.png")
+        one = io.labels_to_coco(labels, TABLE, CLASSES, image_id=number + 1, file_name=f"scene{number}.png")
+        coco["images"] += one["images"]
+        coco["annotations"] += [a | {"id": 10 * number + a["id"]} for a in one["annotations"]]
+        coco["categories"] = one["categories"]
+    (images / "labels.csv").write_text("image,labels\n" + "".join(f"scene{n}.png,cat;dog\n" for n in range(3)))
+    io.write_coco_json(images / "merged.json", coco)
+    stray = root / "stray"
+    stray.mkdir()
+    io.export_instances(shapes_scene(7)[1], TABLE, CLASSES, stray, stem="elsewhere")
+    return images / "labels.csv", exports, images / "merged.json", stray
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("tiny", CLASSES, pretrained=False, input_size=(96, 96))
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def _metrics(path):
+    results = json.loads(path.read_text())
+    return {k: v for k, v in results.items() if k not in ("settings", "seconds", "seconds_per_image")}
+
+
+def test_evaluate_on_corrected_exports_equals_evaluating_them_merged(labelled, checkpoint, tmp_path, capsys):
+    dataset, exports, merged, _ = labelled
+    common = ["--model", str(checkpoint), "--device", "cpu", *LOW]
+    assert main(["evaluate", str(merged), *common, "--json", str(tmp_path / "merged.json")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(dataset), *common, "--masks", str(exports),
+                 "--json", str(tmp_path / "folder.json")]) == 0
+    captured = capsys.readouterr()
+    assert "2 of the dataset's 3 images have corrected instances (4 instances)" in captured.err
+    assert "warning" not in captured.err
+    assert "Evaluated on 2 images" in captured.out and f"ground truth: {exports}" in captured.out
+    expected = _metrics(tmp_path / "merged.json")
+    assert expected["num_images"] == 2 and expected["num_instances"] == 4
+    assert expected["num_predicted_instances"] > 0 and expected["mAP_r"] is not None
+    assert _metrics(tmp_path / "folder.json") == expected
+    assert json.loads((tmp_path / "folder.json").read_text())["settings"]["ground_truth"] == str(exports)
+    # the merged COCO JSON as --masks of the CSV dataset: the same again
+    assert main(["evaluate", str(dataset), *common, "--masks", str(merged),
+                 "--json", str(tmp_path / "coco.json")]) == 0
+    assert _metrics(tmp_path / "coco.json") == expected
+
+
+def test_evaluate_masks_name_exports_of_no_dataset_image(labelled, checkpoint, tmp_path, capsys):
+    dataset, exports, _, stray = labelled
+    common = ["evaluate", str(dataset), "--model", str(checkpoint), "--device", "cpu", *LOW]
+    assert main([*common, "--masks", str(stray)]) == 2
+    error = capsys.readouterr().err
+    assert "error: --masks: no export in" in error and str(stray) in error
+    assert "elsewhere_labels.tif" in error
+    # an export of no dataset image beside matching ones: named in a warning, the rest evaluated
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for path in [*exports.iterdir(), *stray.iterdir()]:
+        (mixed / path.name).write_bytes(path.read_bytes())
+    assert main([*common, "--masks", str(mixed), "--max-images", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: --masks: 1 export matches no image of the dataset, left out: elsewhere_labels.tif" \
+        in captured.err
+    assert "Evaluated on 1 image" in captured.out
+
+
+def test_evaluate_masks_reports_a_missing_folder(labelled, checkpoint, tmp_path, capsys):
+    dataset = labelled[0]
+    assert main(["evaluate", str(dataset), "--model", str(checkpoint), "--masks", str(tmp_path / "none")]) == 2
+    assert f"--masks: corrections {tmp_path / 'none'}" in capsys.readouterr().err
