@@ -460,7 +460,7 @@ def test_match_corrections_pairs_exports_with_the_dataset_images(tmp_path, shape
     import imageio.v3 as iio
 
     from napari_prm import io
-    from napari_prm.refine.corrections import match_corrections
+    from napari_prm.refine import match_corrections
 
     table = {"label": np.array([1, 2]), "class_index": np.array([0, 1]), "class_name": np.array(CLASSES)}
     folder = tmp_path / "labelled"

@@ -1091,7 +1091,7 @@ def _run_refine(args) -> int:
 def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
     """``evaluate --masks``: the corrections of DATASET's images, by index; says how many
     matched, warns of the exports that did not, refuses when none did."""
-    from .refine.corrections import match_corrections
+    from .refine import match_corrections
 
     try:
         matched, unmatched = match_corrections(masks, class_names, dataset.image_paths)

@@ -579,7 +579,7 @@ def evaluate(
         ``max_images`` then choose among them). Class indices index the model's classes;
         a :class:`~napari_prm.refine.Correction` gives its instances of a known class
         (:meth:`~napari_prm.refine.Correction.instances`). Corrected exports give such a
-        mapping with :func:`napari_prm.refine.corrections.match_corrections`. The image-level
+        mapping with :func:`napari_prm.refine.match_corrections`. The image-level
         labels (classification mAP) still come from the dataset.
     **settings
         Other fields of :class:`napari_prm.PredictSettings` (e.g. ``tta=True``).

@@ -17,7 +17,8 @@ module                                      holds
 ``napari_prm.refine.head``                  `RefineHead` (the decoder), its saved form
 ``napari_prm.refine.targets``               `pseudo_targets`, `correction_targets`
 ``napari_prm.refine.corrections``           `Correction`, `load_corrections` (COCO JSON,
-                                            label images + instance CSV), napari layers
+                                            label images + instance CSV), napari layers,
+                                            `match_corrections` (to a dataset's images)
 ``napari_prm.refine.samples``               features, prompts and targets per image; cache
 ``napari_prm.refine.training``              `refine`: training, checkpoints, resume
 ``napari_prm.refine.instances``             `head_instances`: one instance per peak
@@ -25,7 +26,7 @@ module                                      holds
 ==========================================  ==============================================
 """
 
-from .corrections import Correction, correction_from_layer, load_corrections
+from .corrections import Correction, correction_from_layer, load_corrections, match_corrections
 from .features import Stage, StageFeatures, find_stages
 from .head import RefineHead
 from .inference import head_logits, refined_instances, stage_features
@@ -38,6 +39,6 @@ from .training import RefineEpoch, RefineProgress, RefineResult, refine
 __all__ = [
     "IGNORE", "Correction", "RefineEpoch", "RefineHead", "RefineProgress", "RefineResult", "Sample", "Stage",
     "StageFeatures", "correction_from_layer", "correction_targets", "find_stages", "head_instances", "head_logits",
-    "load_corrections", "peak_prompts", "prepare_samples", "pseudo_targets", "refine", "refined_instances",
-    "stage_features",
+    "load_corrections", "match_corrections", "peak_prompts", "prepare_samples", "pseudo_targets", "refine",
+    "refined_instances", "stage_features",
 ]
