@@ -592,3 +592,26 @@ def test_a_checkpoint_failing_unexpectedly_is_reported_and_can_be_chosen_again(
     widget.select_model(str(odd))  # chosen again: loaded (and reported) again
     widget.last_message = ""
     qtbot.waitUntil(lambda: "odd.pt" in widget.last_message, timeout=WAIT_MS)
+
+
+def test_all_planes_of_a_stack_deeper_than_the_predictor_cache(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """A stack with more planes than cached predictors (3): planes run before (the current
+    plane, or a previous all-planes run) are evicted by the run's earlier planes before
+    their turn, and must then be computed again, not fail."""
+    viewer = make_napari_viewer()
+    gray = small_cat.mean(axis=-1).astype(np.uint16) * 16
+    stack = np.stack([gray] * 5)  # the same plane: each finds the same peaks
+    viewer.add_image(stack, name="z", scale=(2.0, 0.5, 0.5))
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.peak_threshold.value = peak_threshold_for(gray, tiny_checkpoint, 2)
+    viewer.dims.set_current_step(0, 4)
+    run_and_wait(widget, qtbot)
+    assert set(viewer.layers["z peaks"].data[:, 0]) == {4.0}, widget.last_message
+    widget.planes.value = "all planes"
+    for _ in range(2):  # after the current plane, then after all planes
+        run_and_wait(widget, qtbot)
+        assert "Cannot run" not in widget.last_message, widget.last_message
+        assert set(viewer.layers["z peaks"].data[:, 0]) == {0.0, 1.0, 2.0, 3.0, 4.0}
+        np.testing.assert_allclose(viewer.layers["z instances"].scale, [2.0, 0.5, 0.5])

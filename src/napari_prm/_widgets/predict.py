@@ -315,6 +315,9 @@ class PredictWidget(PredictForm, QWidget):
         hand = hand or [[] for _ in jobs]
         lacking = [p.class_name for plane in hand for p in plane if p.class_name not in names]
         predictions, carried, forwards = [], [], 0
+        # Planes sent without pixels have a cached forward pass; hold on to those predictors,
+        # as this run's earlier planes can push them out of the cache before their turn.
+        held = {key: self.predictors.get(key) for key, image, _ in jobs if image is None}
         for number, (key, image, plane_proposals) in enumerate(jobs, start=1):
             prefix = f"plane {number}/{len(jobs)}: " if len(jobs) > 1 else ""
 
@@ -324,8 +327,15 @@ class PredictWidget(PredictForm, QWidget):
             if rethreshold and not self.predictors.ready(key):
                 return ("The cached maps of this image were dropped meanwhile (its data changed, "
                         "or other images were run since): press Run.")
+            kept = held.pop(key, None)
+            if kept is not None and not self.predictors.ready(key):
+                self.predictors.put(key, kept)
             predictor = self.predictors.checkout(key, model, preset=settings["preset"],
                                                  proposals=plane_proposals)
+            del kept
+            if image is None and not predictor.is_image_set:
+                return ("The cached maps of this image were dropped meanwhile (its data changed, "
+                        "or other images were run since): press Run.")
             try:
                 if not predictor.is_image_set:
                     predictor.set_image(image, progress=report, cancel=self._cancel.is_set)
