@@ -702,3 +702,30 @@ def test_calibrate_refuses_an_existing_out_unless_overwritten(tmp_path, capsys):
     assert main(command + ["--out", str(model)]) == 0  # the --model file itself: updated in place
     assert load_model(model).settings["calibration"]["images"] == 2
     capsys.readouterr()
+
+
+def test_predict_label_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpoint):
+    """A calibrated microscopy TIFF (0.5 µm pixels, ImageJ unit 'um') gives a label TIFF with
+    the same pixel size and unit, so the labels overlay the image in Fiji or napari-aicsimageio
+    and measurements stay in µm; an uncalibrated image gives no resolution unit."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    gray = (data.coins()[:96, :128].astype(np.uint16) * 16)
+    tifffile.imwrite(folder / "calibrated.tif", gray, imagej=True, resolution=(2.0, 4.0),
+                     metadata={"unit": "um"})
+    tifffile.imwrite(folder / "inch.tif", gray, resolution=(300, 300), resolutionunit="INCH")
+    tifffile.imwrite(folder / "plain.tif", gray)
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--model", str(tiny48_checkpoint), "--out", str(out)]) == 0
+    with tifffile.TiffFile(out / "calibrated_labels.tif") as tif:
+        page = tif.pages[0]
+        assert page.shape == gray.shape
+        assert page.get_resolution() == pytest.approx((2.0, 4.0))
+        assert (tif.imagej_metadata or {}).get("unit") == "um"
+    with tifffile.TiffFile(out / "inch_labels.tif") as tif:
+        assert tif.pages[0].get_resolution() == pytest.approx((300, 300))
+        assert tif.pages[0].resolutionunit == tifffile.RESUNIT.INCH
+    with tifffile.TiffFile(out / "plain_labels.tif") as tif:
+        assert tif.pages[0].get_resolution() == pytest.approx((1, 1))
+    np.testing.assert_array_equal(io.read_label_image(out / "calibrated_labels.tif"),
+                                  io.read_label_image(out / "plain_labels.tif"))

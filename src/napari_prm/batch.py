@@ -355,7 +355,8 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     with _PREDICT_LOCK:
         prediction = predict(pixels, model, **settings)
     io.write_prediction(prediction, out, stem, prms_format=prms_format, overwrite=overwrite,
-                        image_file_name=image.name, info={"settings": _describe(settings)}
+                        image_file_name=image.name, pixel_size=io.tiff_pixel_size(image),
+                        info={"settings": _describe(settings)}
                         | ({"model": dict(model_record)} if model_record else {}))
     return ImageResult(str(image), stem, "written", int(len(prediction.peaks)), int(len(prediction.instances)),
                        time.perf_counter() - started, shape=tuple(int(n) for n in pixels.shape[:2]),

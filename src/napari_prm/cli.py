@@ -1178,7 +1178,8 @@ def _run_demo(args) -> int:
         raise CommandError(f"{args.image or file_name}: {error}") from error
     args.out.mkdir(parents=True, exist_ok=True)
     written = io.write_prediction(prediction, args.out, stem, overwrite=True,
-                                  image_file_name=file_name)
+                                  image_file_name=file_name,
+                                  pixel_size=io.tiff_pixel_size(args.image) if args.image else None)
     if args.image is None:
         # The built-in image has no file: write it, so that the file the COCO JSON and the
         # manifest name exists beside them.

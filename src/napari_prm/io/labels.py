@@ -11,7 +11,35 @@ import tifffile
 from .atomic import atomic_write
 from .images import read_array
 
-__all__ = ["write_label_image", "read_label_image"]
+__all__ = ["write_label_image", "read_label_image", "tiff_pixel_size"]
+
+
+def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
+    """The pixel size a TIFF records, to give the label image written from it; else None.
+
+    Returns ``{"resolution": (x, y), "unit": RESUNIT}`` (pixels per unit, from the first
+    page's XResolution, YResolution and ResolutionUnit tags) plus ``"imagej_unit"`` (e.g.
+    ``"um"``) when ImageJ metadata names one. None for other files, for a TIFF without
+    those tags, or one that records only the default 1 pixel per unit without a unit.
+    """
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            x, y = page.get_resolution()
+            unit = page.resolutionunit
+            imagej_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+    except Exception:  # noqa: BLE001 -- no pixel size is known, the labels are written without
+        return None
+    if not (np.isfinite(x) and np.isfinite(y) and x > 0 and y > 0):
+        return None
+    if (x, y) == (1, 1) and unit == tifffile.RESUNIT.NONE and not imagej_unit:
+        return None
+    size = {"resolution": (float(x), float(y)), "unit": unit}
+    if imagej_unit:
+        size["imagej_unit"] = str(imagej_unit)
+    return size
 
 
 def _check_labels(labels, *, ndim: int | None = 2) -> np.ndarray:
@@ -34,7 +62,7 @@ def _storage_dtype(labels: np.ndarray) -> type:
 
 
 def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
-                      overwrite: bool = True) -> Path:
+                      overwrite: bool = True, pixel_size: dict | None = None) -> Path:
     """Write a label image as TIFF (uint16 or uint32) or PNG (8- or 16-bit).
 
     Parameters
@@ -46,6 +74,10 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         0 is background.
     overwrite : bool
         Replace an existing file.
+    pixel_size : dict, optional
+        A TIFF's pixel size, as `tiff_pixel_size` reads it from the image the labels belong
+        to: written into a TIFF (its resolution tags, and ImageJ's unit for uint16 labels),
+        ignored for a PNG.
 
     Returns
     -------
@@ -68,9 +100,15 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         with atomic_write(path, overwrite=overwrite) as temp:
             iio.imwrite(temp, labels.astype(np.uint8 if small else np.uint16))
     else:
+        extra = {}
+        if pixel_size:
+            extra = {"resolution": tuple(pixel_size["resolution"]), "resolutionunit": pixel_size["unit"]}
+            if pixel_size.get("imagej_unit") and dtype is np.uint16 and labels.ndim == 2:
+                extra = {"resolution": extra["resolution"], "imagej": True,
+                         "metadata": {"unit": pixel_size["imagej_unit"]}}
         with atomic_write(path, overwrite=overwrite) as temp:
             tifffile.imwrite(temp, labels.astype(dtype), compression="zlib",
-                             photometric="minisblack")
+                             photometric="minisblack", **extra)
     return path
 
 

@@ -144,9 +144,10 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
     return list(targets.values())
 
 
-def _write_instances_as(kind: str, path: Path, labels, table, class_names, coco) -> None:
+def _write_instances_as(kind: str, path: Path, labels, table, class_names, coco,
+                        pixel_size: dict | None = None) -> None:
     if kind in ("tiff", "png"):
-        write_label_image(path, labels)
+        write_label_image(path, labels, pixel_size=pixel_size if kind == "tiff" else None)
     elif kind == "coco":
         write_coco_json(path, coco)
     else:
@@ -174,7 +175,8 @@ def prediction_paths(out_dir: str | os.PathLike, stem: str, *,
 
 def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
                      prms_format: str | None = None, overwrite: bool = False,
-                     image_file_name: str = "", info: dict | None = None) -> list[Path]:
+                     image_file_name: str = "", info: dict | None = None,
+                     pixel_size: dict | None = None) -> list[Path]:
     """Write what ``napari-prm predict`` saves for one image, all or nothing.
 
     Parameters
@@ -194,6 +196,9 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
         ``file_name`` of the image in the COCO JSON.
     info : dict, optional
         Extra facts for the manifest (e.g. the prediction settings).
+    pixel_size : dict, optional
+        The image's pixel size (`napari_prm.io.tiff_pixel_size` of its file), written into
+        ``<stem>_labels.tif``.
 
     Returns
     -------
@@ -227,7 +232,7 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
             elif kind == "prms":
                 write_prms(temp, prediction.prms)
             else:
-                _write_instances_as(kind, temp, labels, table, prediction.class_names, coco)
+                _write_instances_as(kind, temp, labels, table, prediction.class_names, coco, pixel_size)
     return list(targets.values())
 
 
