@@ -154,3 +154,37 @@ def test_default_file_stem_is_the_source_images_name(make_napari_viewer, tmp_pat
     widget._layer.value = viewer.layers["rocket instances"]
     widget._layer.value = viewer.layers["coffee instances"]
     assert widget._stem.value == "coffee"
+
+
+def test_export_and_save_keep_the_layers_scale_and_translate(make_napari_viewer, tmp_path):
+    """Instances of an image with a pixel size (scale) and stage position (translate) come
+    back where they were: the label TIFF of *Export instances* and of *File > Save* records
+    the layer's scale and translate, and the plugin's reader gives them back (a stack too)."""
+    viewer = make_napari_viewer()
+    labels = np.zeros((60, 80), np.uint16)
+    labels[10:30, 10:40] = 3
+    features = pd.DataFrame({"index": [3], "label": [3], "class_index": [0],
+                             "class_name": ["cat"], "score": [0.8], "peak": [1]})
+    layer = viewer.add_labels(labels, name="cat instances", features=features, scale=(0.5, 0.25),
+                              translate=(3.0, -4.0), metadata={"class_names": ["cat", "dog"]})
+    stack = viewer.add_labels(np.stack([labels, labels]), name="z instances", scale=(2.0, 0.5, 0.5),
+                              translate=(1.0, 0.0, 7.0))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._layer.value = layer
+    written = widget.export(tmp_path, formats=["tiff", "csv"])
+    assert written, widget._status.value
+    viewer.layers.selection = {layer}
+    saved = viewer.layers.save(str(tmp_path / "saved.tif"), selected=True, plugin="napari-prm")
+    assert saved
+    for path in (tmp_path / "cat_labels.tif", tmp_path / "saved.tif"):
+        (reopened,) = viewer.open(str(path), plugin="napari-prm")
+        np.testing.assert_array_equal(reopened.data, labels)
+        np.testing.assert_allclose(reopened.scale, [0.5, 0.25])
+        np.testing.assert_allclose(reopened.translate, [3.0, -4.0])
+    widget._layer.value = stack
+    assert widget.export(tmp_path / "z", formats=["tiff"]), widget._status.value
+    (tmp_path / "z" / "z_instances.csv").write_text(  # an empty table, so the plugin reads it
+        "id,class,class_index,area,bbox_y0,bbox_x0,bbox_y1,bbox_x1,score\n")
+    (reopened,) = viewer.open(str(tmp_path / "z" / "z_labels.tif"), plugin="napari-prm")
+    np.testing.assert_allclose(reopened.scale, [2.0, 0.5, 0.5])
+    np.testing.assert_allclose(reopened.translate, [1.0, 0.0, 7.0])

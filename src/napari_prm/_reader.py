@@ -71,5 +71,7 @@ def read_labels_with_table(path) -> list[tuple]:
     io.settle_outputs(path)
     labels = io.read_label_image(path)
     table = io.read_instances_csv(sidecar_csv(path))
+    # the scale and translate of the layer it was exported from (napari-prm's exports record them)
+    world = io.read_label_world(path)
     return [(labels, {"name": path.stem, "features": _features(table),
-                      "metadata": {"source": str(path)}}, "labels")]
+                      "metadata": {"source": str(path)}, **world}, "labels")]

@@ -11,7 +11,46 @@ import tifffile
 from .atomic import atomic_write
 from .images import read_array
 
-__all__ = ["write_label_image", "read_label_image", "tiff_pixel_size"]
+__all__ = ["write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world"]
+
+#: Keys of a label TIFF's JSON description (tifffile's shaped metadata) holding the napari
+#: layer's ``scale`` and ``translate`` it was exported from.
+_WORLD_KEYS = {"scale": "napari_scale", "translate": "napari_translate"}
+
+
+def _world_metadata(world: dict | None, ndim: int) -> dict:
+    """The ``scale``/``translate`` of ``world`` that fit ``ndim`` axes, as TIFF metadata."""
+    metadata = {}
+    for name, key in _WORLD_KEYS.items():
+        values = (world or {}).get(name)
+        if values is None:
+            continue
+        values = [float(v) for v in np.asarray(values, dtype=float).ravel()]
+        if len(values) == ndim and all(np.isfinite(values)):
+            metadata[key] = values
+    return metadata
+
+
+def read_label_world(path: str | os.PathLike) -> dict:
+    """The napari ``scale`` and ``translate`` a label TIFF was exported with (`write_label_image`'s
+    ``world``), as a dict of the ones it records (empty for other files)."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return {}
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shaped = tif.shaped_metadata or ({},)
+            ndim = len(tif.series[0].shape)
+    except Exception:  # noqa: BLE001 -- unreadable here: the label reader reports it
+        return {}
+    world = {}
+    for name, key in _WORLD_KEYS.items():
+        try:
+            values = tuple(float(v) for v in shaped[0].get(key) or ())
+        except (TypeError, ValueError):
+            continue
+        if len(values) == ndim and all(np.isfinite(values)):
+            world[name] = values
+    return world
 
 
 def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
@@ -62,7 +101,8 @@ def _storage_dtype(labels: np.ndarray) -> type:
 
 
 def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
-                      overwrite: bool = True, pixel_size: dict | None = None) -> Path:
+                      overwrite: bool = True, pixel_size: dict | None = None,
+                      world: dict | None = None) -> Path:
     """Write a label image as TIFF (uint16 or uint32) or PNG (8- or 16-bit).
 
     Parameters
@@ -78,6 +118,10 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         A TIFF's pixel size, as `tiff_pixel_size` reads it from the image the labels belong
         to: written into a TIFF (its resolution tags, and ImageJ's unit for uint16 labels),
         ignored for a PNG.
+    world : dict, optional
+        The napari layer's ``scale`` and ``translate`` (one value per axis), recorded in a
+        TIFF's description for `read_label_world` (napari-prm's reader gives them back);
+        ignored for a PNG, and with an ImageJ ``pixel_size``.
 
     Returns
     -------
@@ -101,8 +145,12 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
             iio.imwrite(temp, labels.astype(np.uint8 if small else np.uint16))
     else:
         extra = {}
+        metadata = _world_metadata(world, labels.ndim)
+        if metadata:
+            extra = {"metadata": metadata}
         if pixel_size:
-            extra = {"resolution": tuple(pixel_size["resolution"]), "resolutionunit": pixel_size["unit"]}
+            extra = {**extra, "resolution": tuple(pixel_size["resolution"]),
+                     "resolutionunit": pixel_size["unit"]}
             if pixel_size.get("imagej_unit") and dtype is np.uint16 and labels.ndim == 2:
                 extra = {"resolution": extra["resolution"], "imagej": True,
                          "metadata": {"unit": pixel_size["imagej_unit"]}}

@@ -83,7 +83,7 @@ def _checked_stem(stem: str | None) -> str | None:
 def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | None,
                      out: str | os.PathLike, *, formats: Sequence[str] | None = None,
                      stem: str | None = None, overwrite: bool = False,
-                     image_file_name: str = "") -> list[Path]:
+                     image_file_name: str = "", world: dict | None = None) -> list[Path]:
     """Export a (corrected) label image with its classes in one or more formats.
 
     Parameters
@@ -108,6 +108,9 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         If False and any target exists, raise ``FileExistsError`` before writing anything.
     image_file_name : str
         ``file_name`` of the image in the COCO JSON.
+    world : dict, optional
+        The napari layer's ``scale`` and ``translate``, recorded in the label TIFF
+        (`napari_prm.io.write_label_image`) so that the plugin's reader puts it back in place.
 
     Returns
     -------
@@ -134,20 +137,20 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
     if len(targets) == 1 and out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir():
         (kind, target), = targets.items()  # one named file: replacing it is one rename already
         with atomic_write(target, overwrite=overwrite) as temp:
-            _write_instances_as(kind, temp, labels, table, class_names, coco)
+            _write_instances_as(kind, temp, labels, table, class_names, coco, world=world)
         return [target]
     info = {"written_by": "export_instances", "image": image_file_name}
     with write_file_set(folder, stem or "labels", {kind: path.name for kind, path in targets.items()},
                         overwrite=overwrite, info=info) as staged:
         for kind, temp in staged.items():
-            _write_instances_as(kind, temp, labels, table, class_names, coco)
+            _write_instances_as(kind, temp, labels, table, class_names, coco, world=world)
     return list(targets.values())
 
 
 def _write_instances_as(kind: str, path: Path, labels, table, class_names, coco,
-                        pixel_size: dict | None = None) -> None:
+                        pixel_size: dict | None = None, world: dict | None = None) -> None:
     if kind in ("tiff", "png"):
-        write_label_image(path, labels, pixel_size=pixel_size if kind == "tiff" else None)
+        write_label_image(path, labels, pixel_size=pixel_size, world=world)
     elif kind == "coco":
         write_coco_json(path, coco)
     else:
