@@ -183,8 +183,9 @@ def test_export_and_save_keep_the_layers_scale_and_translate(make_napari_viewer,
         np.testing.assert_allclose(reopened.translate, [3.0, -4.0])
     widget._layer.value = stack
     assert widget.export(tmp_path / "z", formats=["tiff"]), widget._status.value
-    (tmp_path / "z" / "z_instances.csv").write_text(  # an empty table, so the plugin reads it
-        "id,class,class_index,area,bbox_y0,bbox_x0,bbox_y1,bbox_x1,score\n")
+    # a stack has no instance CSV: the plugin still claims its export, and nothing else
+    assert napari_get_reader(str(tmp_path / "z" / "z_labels.tif")) is not None
     (reopened,) = viewer.open(str(tmp_path / "z" / "z_labels.tif"), plugin="napari-prm")
+    np.testing.assert_array_equal(reopened.data, np.stack([labels, labels]))
     np.testing.assert_allclose(reopened.scale, [2.0, 0.5, 0.5])
     np.testing.assert_allclose(reopened.translate, [1.0, 0.0, 7.0])

@@ -1,10 +1,12 @@
 """napari reader for napari-prm's exports: COCO JSON, and label images with an instance CSV.
 
 A ``.tif``/``.tiff``/``.png`` is claimed only when its instance CSV lies beside it
-(``x_labels.tif`` + ``x_instances.csv``), so other images still open with napari's own
-reader. The formats are :mod:`napari_prm.io`'s. Before reading, an interrupted switch of
-the image's outputs is finished (`napari_prm.io.settle_outputs`), so the label image and
-its table always come from the same run.
+(``x_labels.tif`` + ``x_instances.csv``) or, for a TIFF, when napari-prm exported it from a
+layer (its description records the layer's scale and translate: a stack's export has no
+CSV), so other images still open with napari's own reader. The formats are
+:mod:`napari_prm.io`'s. Before reading, an interrupted switch of the image's outputs is
+finished (`napari_prm.io.settle_outputs`), so the label image and its table always come
+from the same run.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def napari_get_reader(path):
     suffix = path.suffix.lower()
     if suffix == ".json" and path.is_file() and _looks_like_coco(path):
         return read_coco
-    if suffix in (".tif", ".tiff", ".png") and path.is_file() and sidecar_csv(path).is_file():
-        return read_labels_with_table
+    if suffix in (".tif", ".tiff", ".png") and path.is_file() and (
+            sidecar_csv(path).is_file() or io.read_label_world(path)):
+        return read_labels_with_table  # with its table, or a label TIFF napari-prm exported (a stack)
     return None
 
 
@@ -66,12 +69,14 @@ def read_coco(path) -> list[tuple]:
 
 
 def read_labels_with_table(path) -> list[tuple]:
-    """A label image and the instance CSV beside it, as a Labels layer with features."""
+    """A label image and the instance CSV beside it (when there is one: a stack's export has
+    none), as a Labels layer with features."""
     path = Path(path[0] if isinstance(path, (list, tuple)) else path)
     io.settle_outputs(path)
     labels = io.read_label_image(path)
-    table = io.read_instances_csv(sidecar_csv(path))
+    csv = sidecar_csv(path)
+    features = {"features": _features(io.read_instances_csv(csv))} if csv.is_file() else {}
     # the scale and translate of the layer it was exported from (napari-prm's exports record them)
     world = io.read_label_world(path)
-    return [(labels, {"name": path.stem, "features": _features(table),
-                      "metadata": {"source": str(path)}, **world}, "labels")]
+    return [(labels, {"name": path.stem, **features, "metadata": {"source": str(path)}, **world},
+             "labels")]
