@@ -81,3 +81,28 @@ class CloseWatcher(QObject):
         if kind == QEvent.Type.Close or (kind == QEvent.Type.ParentChange and obj.parent() is None):
             self._on_close()
         return False
+
+
+class StopsOnClose:
+    """For a widget with a ``worker`` and a ``_cancel`` event: closing it, or taking it out of
+    its dock, stops the running job like *Cancel* (`CloseWatcher`).
+
+    ``_closed`` says the last job was stopped that way (for its message), ``_deleted`` that
+    the widget's Qt widgets are gone, so nothing more may be written into them. Call
+    `_stop_on_close` once the Qt widget ``native`` exists, and clear ``_closed`` at each start.
+    """
+
+    _closed = False
+    _deleted = False
+
+    def _stop_on_close(self, native) -> None:
+        self._closed = False  # closed or out of its dock: the running job was stopped
+        self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
+        self._close_watcher = CloseWatcher(native, self._on_close)
+
+    def _on_close(self, deleted: bool = False) -> None:
+        """Closed or taken out of its dock: stop a running job like *Cancel*."""
+        self._deleted = self._deleted or deleted
+        if self.worker is not None and not self._cancel.is_set():
+            self._closed = True
+            self._cancel.set()

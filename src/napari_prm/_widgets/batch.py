@@ -22,7 +22,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import batch
 from .._text import plural
-from .activity import CloseWatcher
+from .activity import StopsOnClose
 from .relay import _Relay
 
 DOCK_NAME = "PRM: run on a folder"
@@ -49,7 +49,7 @@ def open_batch_panel(predict_widget) -> BatchPanel:
     return panel
 
 
-class BatchPanel(Container):
+class BatchPanel(StopsOnClose, Container):
     """Predict every image of a folder with the settings of a predict widget.
 
     Parameters
@@ -84,16 +84,7 @@ class BatchPanel(Container):
         self.result: batch.BatchResult | None = None
         self.progress_bar: progress | None = None
         self.last_message = ""
-        self._closed = False  # closed or out of its dock: a running folder run was stopped
-        self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
-        self._close_watcher = CloseWatcher(self.native, self._on_close)
-
-    def _on_close(self, deleted: bool = False) -> None:
-        """The panel was closed or taken out of its dock: stop a running folder run like *Cancel*."""
-        self._deleted = self._deleted or deleted
-        if self.worker is not None and not self._cancel.is_set():
-            self._closed = True
-            self._cancel.set()
+        self._stop_on_close(self.native)
 
     @property
     def running(self) -> bool:

@@ -21,7 +21,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from ..refine import correction_from_layer, load_corrections, refine
-from .activity import CloseWatcher
+from .activity import StopsOnClose
 from .layers import read_plane
 from .models import (
     ModelCache,
@@ -70,7 +70,7 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
     return planes
 
 
-class RefineWidget(Container):
+class RefineWidget(StopsOnClose, Container):
     """Learn a refinement head from corrected Labels layers (or mask files).
 
     Parameters
@@ -109,17 +109,9 @@ class RefineWidget(Container):
         self.result = None
         self.last_message = ""
         self.last_seconds: float | None = None
-        self._closed = False  # closed or out of its dock: a running Learn was stopped
-        self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
-        self._close_watcher = CloseWatcher(self.native, self._on_close)
+        self._stop_on_close(self.native)
         self._follow_predict_widget()
 
-    def _on_close(self, deleted: bool = False) -> None:
-        """The widget was closed or taken out of its dock: stop a running Learn like *Cancel*."""
-        self._deleted = self._deleted or deleted
-        if self.worker is not None and not self._cancel.is_set():
-            self._closed = True
-            self._cancel.set()
 
     # ------------------------------------------------------------------ choices
     def _labels_choices(self, _=None):

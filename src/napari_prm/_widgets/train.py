@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from .._text import plural
 from ..data import load_dataset
 from ..train import train, training_split
-from .activity import ActivityProgress, CloseWatcher
+from .activity import ActivityProgress, StopsOnClose
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
 
@@ -30,7 +30,7 @@ BASE_MODELS = {
 }
 
 
-class TrainWidget(Container):
+class TrainWidget(StopsOnClose, Container):
     """Train a PRM model on an image-level-label dataset.
 
     Parameters
@@ -71,16 +71,7 @@ class TrainWidget(Container):
         self.activity: ActivityProgress | None = None
         self.result = None
         self.last_message = ""
-        self._closed = False  # closed or out of its dock: a running Train was stopped
-        self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
-        self._close_watcher = CloseWatcher(self.native, self._on_close)
-
-    def _on_close(self, deleted: bool = False) -> None:
-        """The widget was closed or taken out of its dock: stop a running Train like *Cancel*."""
-        self._deleted = self._deleted or deleted
-        if self.worker is not None and not self._cancel.is_set():
-            self._closed = True
-            self._cancel.set()
+        self._stop_on_close(self.native)
 
     def _base_choices(self, _=None):
         return list(BASE_MODELS.items()) + [(f"fine-tune {Path(p).name}", p) for p in recent_models()]
