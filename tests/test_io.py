@@ -500,8 +500,45 @@ def test_export_3d_labels_only_as_tiff(tmp_path):
     written = io.export_instances(volume, None, None, tmp_path / "volume.tif")
     np.testing.assert_array_equal(io.read_label_image(written[0]), volume)
     assert io.read_label_image(written[0]).dtype == np.uint32
-    with pytest.raises(ValueError, match="coco, csv export needs 2-D labels"):
+    with pytest.raises(ValueError, match="coco export needs 2-D labels.*label TIFF and an instance CSV"):
         io.export_instances(volume, None, None, tmp_path / "folder")
+    with pytest.raises(ValueError, match="png export needs 2-D labels"):
+        io.export_instances(volume, None, None, tmp_path / "folder", formats=["png"])
+    assert not (tmp_path / "folder").exists() or not any((tmp_path / "folder").iterdir())
+
+
+def test_stack_instance_csv_has_a_row_per_plane_and_label(tmp_path):
+    """A stack's CSV leads with the plane (``plane``; ``plane_0, plane_1`` for two leading
+    axes); a label in two planes has a row in each, with that plane's area and box."""
+    one = synthetic_labels()
+    stack = np.stack([one, np.where(one == 2, 0, one)])  # label 2 in plane 0 only
+    stack[1, 35:38, 0:4] = 9  # painted by hand: no row in the table
+    written = io.export_instances(stack, synthetic_table(), CLASS_NAMES, tmp_path, stem="s",
+                                  formats=["tiff", "csv"])
+    assert [p.name for p in written] == ["s_labels.tif", "s_instances.csv"]
+    lines = (tmp_path / "s_instances.csv").read_text().splitlines()
+    assert lines[0] == "plane," + ",".join(io.INSTANCE_CSV_COLUMNS)
+    # each plane's rows are those of the plane alone, as a 2-D export writes them
+    io.write_instances_csv(tmp_path / "flat.csv", one, synthetic_table(), CLASS_NAMES)
+    flat = (tmp_path / "flat.csv").read_text().splitlines()[1:]
+    assert lines[1:4] == ["0," + line for line in flat]
+    assert lines[4:6] == ["1," + flat[0], "1," + flat[2]]
+    assert lines[6] == "1,9,unknown,-1,12,35,0,38,4,"
+    rows = io.read_instances_csv(tmp_path / "s_instances.csv")
+    assert rows["plane"].tolist() == [[0], [0], [0], [1], [1], [1]]
+    assert rows["label"].tolist() == [1, 2, 3, 1, 3, 9]
+    assert list(rows["class_name"]) == ["cat", "bird", "dog", "cat", "dog", "unknown"]
+
+    hyper = np.stack([stack, stack[::-1]])  # (2, 2, H, W): two leading axes
+    io.write_instances_csv(tmp_path / "h.csv", hyper, synthetic_table(), CLASS_NAMES)
+    assert (tmp_path / "h.csv").read_text().splitlines()[0].startswith("plane_0,plane_1,id,")
+    rows = io.read_instances_csv(tmp_path / "h.csv")
+    assert rows["plane"].tolist() == [[0, 0]] * 3 + [[0, 1]] * 3 + [[1, 0]] * 3 + [[1, 1]] * 3
+    # a label may repeat over planes, not within one
+    text = (tmp_path / "h.csv").read_text().splitlines()
+    (tmp_path / "bad.csv").write_text("\n".join(text + [text[-1]]) + "\n")
+    with pytest.raises(ValueError, match=r"line 14: id 3 is listed twice \(plane \[1, 1\]\)"):
+        io.read_instances_csv(tmp_path / "bad.csv")
 
 
 def test_failed_export_keeps_every_file_of_the_previous_export(tmp_path):

@@ -89,7 +89,8 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
     Parameters
     ----------
     labels : (H, W) integer ndarray
-        Any number of dimensions for a TIFF alone.
+        Or a stack ``(*leading, H, W)`` for a TIFF and a CSV (whose rows name their plane;
+        see `write_instances_csv`); PNG and COCO hold 2-D label images only.
     table : mapping of columns, optional
         Instance table; see the module docstring.
     class_names : sequence of str, optional
@@ -122,10 +123,11 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
     if not (out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir()):
         output_folder("out", out)
     targets = _export_paths(out, formats, _checked_stem(stem or None))
-    flat_only = sorted(set(targets) - {"tiff"})
+    flat_only = sorted(set(targets) - {"tiff", "csv"})
     if flat_only and labels.ndim != 2:
         raise ValueError(f"{', '.join(flat_only)} export needs 2-D labels, got shape "
-                         f"{labels.shape}; export a TIFF instead")
+                         f"{labels.shape}; export a stack as a label TIFF and an instance "
+                         "CSV (its rows name their plane) instead")
     if "png" in targets and int(labels.max(initial=0)) > 65535:
         raise ValueError(f"cannot export PNG {targets['png']}: PNG holds labels up to "
                          f"65535, the largest label is {labels.max()}")

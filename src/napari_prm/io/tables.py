@@ -4,6 +4,11 @@ An *instance table* is a mapping of equal-length columns ``label, class_index, c
 score, peak`` (a dict of arrays or napari's ``Labels.features`` DataFrame). Labels present
 in the image but absent from the table (painted by hand) are exported with class index -1,
 class name ``"unknown"``, no score and peak -1.
+
+The instance CSV of a stack (labels with leading Z/T/... axes) starts with the plane's index:
+one column ``plane`` for one leading axis, ``plane_0, plane_1, ...`` (one per leading axis, in
+axis order) for more; it has one row per (plane, label), with that plane's area and box. The
+CSV of a 2-D label image has no plane column.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -107,6 +113,21 @@ def _table_from_records(records) -> dict[str, np.ndarray]:
             "peak": np.array([r.get("peak", -1) for r in records], dtype=np.int64)}
 
 
+def _plane_columns(leading_ndim: int) -> tuple[str, ...]:
+    """The plane columns of the instance CSV of labels with ``leading_ndim`` leading axes
+    (none for a 2-D image)."""
+    if leading_ndim == 1:
+        return ("plane",)
+    return tuple(f"plane_{axis}" for axis in range(leading_ndim))
+
+
+def _csv_row(record: dict, region) -> list:
+    (rows, cols), area = region
+    score = record["score"]
+    return [record["label"], record["class_name"], record["class_index"], area, rows.start,
+            cols.start, rows.stop, cols.stop, repr(score) if math.isfinite(score) else ""]
+
+
 def write_instances_csv(path: str | os.PathLike, labels: np.ndarray, table=None,
                         class_names: Sequence[str] | None = None, *,
                         overwrite: bool = True) -> Path:
@@ -115,22 +136,24 @@ def write_instances_csv(path: str | os.PathLike, labels: np.ndarray, table=None,
     Columns are ``id`` (label value), ``class`` (name), ``class_index`` (-1 when
     unknown), ``area`` (pixels), ``bbox_y0, bbox_x0, bbox_y1, bbox_x1`` (rows and columns,
     end exclusive, like scikit-image's ``regionprops(...).bbox``) and ``score`` (empty
-    when the instance has none). ``labels`` is 2-D.
+    when the instance has none). ``labels`` is 2-D, or a stack ``(*leading, H, W)``: then the
+    rows are one per (plane, label), led by the plane's index (``plane``, or ``plane_0,
+    plane_1, ...`` for several leading axes; see the module docstring), with the area and
+    box in that plane; the class and score are the label's.
     """
-    labels = _check_labels(labels)
-    regions = _label_regions(labels)
-    records = _instance_rows(regions, table, class_names)
+    labels = _check_labels(labels, ndim=None)
     path = Path(path)
+    leading = labels.shape[:-2]  # () for a 2-D image: one plane, no plane column
+    planes = [(index, _label_regions(labels[index])) for index in np.ndindex(leading)]
+    present = sorted({label for _, regions in planes for label in regions})
+    records = {r["label"]: r for r in _instance_rows(dict.fromkeys(present), table, class_names)}
     with atomic_write(path, overwrite=overwrite) as temp:
         with open(temp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(INSTANCE_CSV_COLUMNS)
-            for record in records:
-                (rows, cols), area = regions[record["label"]]
-                score = record["score"]
-                writer.writerow([record["label"], record["class_name"], record["class_index"],
-                                 area, rows.start, cols.start,
-                                 rows.stop, cols.stop, repr(score) if math.isfinite(score) else ""])
+            writer.writerow(_plane_columns(len(leading)) + INSTANCE_CSV_COLUMNS)
+            for index, regions in planes:
+                for label, region in regions.items():
+                    writer.writerow([*index, *_csv_row(records[label], region)])
     return path
 
 
@@ -141,36 +164,58 @@ def read_instances_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
     -------
     dict of ndarray
         ``label, class_index, class_name, score`` (NaN where empty), ``area`` and
-        ``bbox`` ((N, 4) int: y0, x0, y1, x1).
+        ``bbox`` ((N, 4) int: y0, x0, y1, x1); for a stack's CSV also ``plane`` ((N, k) int:
+        the plane of each row, k leading axes). A stack's label appears in one row per plane
+        it lies in.
     """
     path = Path(path)
     integer_columns = ("id", "class_index", "area", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")
-    rows = []
+    rows, seen = [], {}  # plane -> the ids listed in it
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            missing = set(INSTANCE_CSV_COLUMNS) - set(reader.fieldnames or ())
+            fields = list(reader.fieldnames or ())
+            missing = set(INSTANCE_CSV_COLUMNS) - set(fields)
             if missing:
                 raise ValueError(f"missing columns {sorted(missing)}")
+            planes = _plane_fields(fields)
             for row in reader:
                 try:
                     values = {name: int(row[name]) for name in integer_columns}
                     values["score"] = float(row["score"] or "nan")
+                    plane = tuple(int(row[name]) for name in planes)
                 except (TypeError, ValueError) as error:
                     raise ValueError(f"line {reader.line_num}: {error}") from None
-                problem = _row_problem(values, seen={r["id"] for r in rows})
+                problem = _row_problem(values, seen=seen.setdefault(plane, set()))
+                if not problem and min(plane, default=0) < 0:
+                    problem = f"plane {list(plane)}: expected indices >= 0"
                 if problem:
-                    raise ValueError(f"line {reader.line_num}: {problem}")
-                rows.append(values | {"class": row["class"]})
+                    where = f" (plane {list(plane)})" if planes else ""
+                    raise ValueError(f"line {reader.line_num}: {problem}{where}")
+                seen[plane].add(values["id"])
+                rows.append(values | {"class": row["class"], "plane": plane})
     except (OSError, ValueError, csv.Error) as error:
         raise ValueError(f"cannot read instance CSV {path}: {error}") from error
-    return {"label": np.array([r["id"] for r in rows], dtype=np.int64),
-            "class_index": np.array([r["class_index"] for r in rows], dtype=np.int64),
-            "class_name": np.array([r["class"] for r in rows], dtype=object),
-            "score": np.array([r["score"] for r in rows], dtype=np.float64),
-            "area": np.array([r["area"] for r in rows], dtype=np.int64),
-            "bbox": np.array([[r[c] for c in integer_columns[3:]] for r in rows],
-                             dtype=np.int64).reshape(-1, 4)}
+    table = {"label": np.array([r["id"] for r in rows], dtype=np.int64),
+             "class_index": np.array([r["class_index"] for r in rows], dtype=np.int64),
+             "class_name": np.array([r["class"] for r in rows], dtype=object),
+             "score": np.array([r["score"] for r in rows], dtype=np.float64),
+             "area": np.array([r["area"] for r in rows], dtype=np.int64),
+             "bbox": np.array([[r[c] for c in integer_columns[3:]] for r in rows],
+                              dtype=np.int64).reshape(-1, 4)}
+    if planes:
+        table["plane"] = np.array([r["plane"] for r in rows], dtype=np.int64).reshape(-1, len(planes))
+    return table
+
+
+def _plane_fields(fields: Sequence[str]) -> tuple[str, ...]:
+    """The plane columns among a CSV's ``fields`` (none for a 2-D label image's CSV)."""
+    if "plane" in fields:
+        return ("plane",)
+    named = tuple(name for name in fields if re.fullmatch(r"plane_\d+", name))
+    if named != tuple(f"plane_{axis}" for axis in range(len(named))):
+        raise ValueError(f"plane columns {list(named)}: expected plane_0, plane_1, ... in order")
+    return named
 
 
 def _row_problem(values: dict, seen: set[int]) -> str:
