@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 import tifffile
 
 from napari_prm import io
@@ -46,3 +47,36 @@ def test_label_tiff_with_its_csv(tmp_path, make_napari_viewer):
     assert type(layer).__name__ == "Labels" and np.array_equal(layer.data, labels)
     assert layer.features["class_name"].tolist() == ["dog", "cat"]
     assert layer.features["area"].tolist() == [100, 180]
+
+
+def test_stack_label_tiff_with_its_csv_gives_one_feature_row_per_label(tmp_path):
+    """A stack's CSV has a row per (plane, label); the layer's features have one per label:
+    its class and score, and its area over all planes."""
+    stack = np.zeros((3, 30, 40), np.uint16)
+    stack[0, 2:12, 3:13] = 1
+    stack[2, 0:5, 0:4] = 1  # label 1 lies in planes 0 and 2
+    stack[1, 15:25, 20:38] = 7
+    table = {"label": np.array([1, 7]), "class_index": np.array([1, 0]),
+             "class_name": np.array(["dog", "cat"], object), "score": np.array([0.9, 0.4]),
+             "peak": np.array([0, 1])}
+    io.export_instances(stack, table, ["cat", "dog"], tmp_path, formats=["tiff", "csv"], stem="x")
+    path = str(tmp_path / "x_labels.tif")
+    ((data, meta, kind),) = napari_get_reader(path)(path)
+    assert kind == "labels" and np.array_equal(data, stack)
+    features = pd.DataFrame(meta["features"])
+    assert features["label"].tolist() == [1, 7] and features["index"].tolist() == [1, 7]
+    assert features["class_name"].tolist() == ["dog", "cat"]
+    np.testing.assert_allclose(features["score"], [0.9, 0.4])
+    assert features["area"].tolist() == [120, 180]
+    assert "plane" not in features
+
+    # a CSV whose planes do not fit the image, or that gives a label two classes, is refused
+    csv_path = tmp_path / "x_instances.csv"
+    text = csv_path.read_text()
+    csv_path.write_text(text.replace("2,1,dog,1,", "2,1,cat,0,"))
+    with pytest.raises(ValueError, match="label 1 has different class_index values"):
+        napari_get_reader(path)(path)
+    tifffile.imwrite(tmp_path / "x_labels.tif", stack[0])
+    csv_path.write_text(text)
+    with pytest.raises(ValueError, match="planes of 1 leading axes, but the label image has 0"):
+        napari_get_reader(path)(path)

@@ -1,5 +1,6 @@
 """The "Export instances" widget: a corrected Labels layer to files and back."""
 
+import csv
 import json
 
 import numpy as np
@@ -189,3 +190,40 @@ def test_export_and_save_keep_the_layers_scale_and_translate(make_napari_viewer,
     np.testing.assert_array_equal(reopened.data, np.stack([labels, labels]))
     np.testing.assert_allclose(reopened.scale, [2.0, 0.5, 0.5])
     np.testing.assert_allclose(reopened.translate, [1.0, 0.0, 7.0])
+
+
+def test_stack_exports_tiff_and_csv_that_reopen_with_classes(make_napari_viewer, tmp_path):
+    """A stack's instances (Z/T planes, labels unique over all planes as the predict widget
+    numbers them) export as a label TIFF + an instance CSV naming each instance's plane, and
+    the plugin's reader gives back the labels with their classes and scores."""
+    viewer = make_napari_viewer()
+    stack = np.zeros((3, 40, 50), np.uint16)
+    stack[0, 5:15, 5:20] = 1
+    stack[0, 20:30, 25:45] = 2
+    stack[1, 10:25, 10:30] = 3
+    stack[2, 2:8, 40:48] = 4
+    stack[2, 30:38, 2:12] = 5  # painted by hand, no row
+    features = pd.DataFrame({"index": [1, 2, 3, 4], "label": [1, 2, 3, 4], "class_index": [0, 1, 0, 2],
+                             "class_name": ["cat", "dog", "cat", "bird"],
+                             "score": [0.9, 0.4, 0.7, 0.2], "peak": [0, 1, 2, 3]})
+    layer = viewer.add_labels(stack, name="z instances", features=features,
+                              metadata={"class_names": ["cat", "dog", "bird"]})
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._layer.value = layer
+    written = widget.export(tmp_path, formats=["tiff", "csv"])
+    assert sorted(p.name for p in written) == ["z_instances.csv", "z_labels.tif"], widget._status.value
+    with open(tmp_path / "z_instances.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["plane"], r["id"], r["class"], r["area"]) for r in rows] == [
+        ("0", "1", "cat", "150"), ("0", "2", "dog", "200"), ("1", "3", "cat", "300"),
+        ("2", "4", "bird", "48"), ("2", "5", "unknown", "80")]
+
+    (reopened,) = viewer.open(str(tmp_path / "z_labels.tif"), plugin="napari-prm")
+    np.testing.assert_array_equal(reopened.data, stack)
+    back = reopened.features.set_index("label")
+    assert back["class_name"].to_dict() == {1: "cat", 2: "dog", 3: "cat", 4: "bird", 5: "unknown"}
+    np.testing.assert_allclose(back["score"].to_numpy(), [0.9, 0.4, 0.7, 0.2, np.nan])
+
+    # COCO holds 2-D images: refused for a stack, with the way out
+    assert widget.export(tmp_path / "coco", formats=["coco"]) == []
+    assert "TIFF" in widget._status.value and "CSV" in widget._status.value

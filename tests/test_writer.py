@@ -76,3 +76,15 @@ def test_json_needs_a_2d_layer(tmp_path, instances):
     labels, meta = instances
     with pytest.raises(ValueError, match="2-D"):
         write_labels(str(tmp_path / "stack.json"), np.stack([labels, labels]), meta)
+
+
+def test_tiff_of_a_stack_with_its_instance_csv(tmp_path, instances):
+    """Saving a stack's layer as TIFF writes its instance CSV too, a row per plane and label."""
+    labels, meta = instances
+    stack = np.stack([labels, np.where(labels == 1, 0, labels)])
+    written = write_labels(str(tmp_path / "z_labels.tif"), stack, meta)
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["z_labels.tif", "z_instances.csv"]
+    table = io.read_instances_csv(tmp_path / "z_instances.csv")
+    assert table["plane"].ravel().tolist() == [0, 0, 0, 1, 1]
+    assert table["label"].tolist() == [1, 2, 3, 2, 3]
+    assert list(table["class_name"]) == ["tabby", "coffee mug", "unknown", "coffee mug", "unknown"]

@@ -1,9 +1,10 @@
 """napari reader for napari-prm's exports: COCO JSON, and label images with an instance CSV.
 
 A ``.tif``/``.tiff``/``.png`` is claimed only when its instance CSV lies beside it
-(``x_labels.tif`` + ``x_instances.csv``) or, for a TIFF, when napari-prm exported it from a
-layer (its description records the layer's scale and translate: a stack's export has no
-CSV), so other images still open with napari's own reader. The formats are
+(``x_labels.tif`` + ``x_instances.csv``; a stack's CSV has a row per plane and label, which
+the layer's features fold into one row per label) or, for a TIFF, when napari-prm exported it
+from a layer (its description records the layer's scale and translate; such an export may
+have no CSV), so other images still open with napari's own reader. The formats are
 :mod:`napari_prm.io`'s. Before reading, an interrupted switch of the image's outputs is
 finished (`napari_prm.io.settle_outputs`), so the label image and its table always come
 from the same run.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
 
 from . import io
 from ._writer import sidecar_csv
@@ -40,7 +43,7 @@ def napari_get_reader(path):
         return read_coco
     if suffix in (".tif", ".tiff", ".png") and path.is_file() and (
             sidecar_csv(path).is_file() or io.read_label_world(path)):
-        return read_labels_with_table  # with its table, or a label TIFF napari-prm exported (a stack)
+        return read_labels_with_table  # with its table, or a label TIFF napari-prm exported
     return None
 
 
@@ -48,6 +51,30 @@ def _features(table) -> dict:
     features = {name: values for name, values in table.items() if name != "bbox"}
     features["index"] = table["label"]
     return features
+
+
+def _per_label(table: dict, ndim: int, source) -> dict:
+    """A stack's instance table (one row per plane and label) as one row per label.
+
+    The class and score are the label's (the same in every plane), the area is summed over
+    the planes; ``plane`` and ``bbox`` (per plane) are dropped. A 2-D table is returned as is.
+    """
+    if "plane" not in table:
+        return table
+    if table["plane"].shape[1] != ndim - 2:
+        raise ValueError(f"{source}: its rows name planes of {table['plane'].shape[1]} leading "
+                         f"axes, but the label image has {ndim - 2}")
+    labels, first, inverse = np.unique(table["label"], return_index=True, return_inverse=True)
+    folded = {name: table[name][first] for name in ("label", "class_index", "class_name", "score")}
+    for name in ("class_index", "class_name", "score"):
+        agree = table[name] == folded[name][inverse]
+        if name == "score":
+            agree |= np.isnan(table[name]) & np.isnan(folded[name][inverse])
+        if not agree.all():
+            label = table["label"][np.flatnonzero(~agree)[0]]
+            raise ValueError(f"{source}: label {label} has different {name} values in different planes")
+    folded["area"] = np.bincount(inverse, weights=table["area"], minlength=len(labels)).astype(np.int64)
+    return folded
 
 
 def read_coco(path) -> list[tuple]:
@@ -69,13 +96,14 @@ def read_coco(path) -> list[tuple]:
 
 
 def read_labels_with_table(path) -> list[tuple]:
-    """A label image and the instance CSV beside it (when there is one: a stack's export has
-    none), as a Labels layer with features."""
+    """A label image and the instance CSV beside it (when there is one), as a Labels layer with
+    features: one row per label, also for a stack (see `_per_label`)."""
     path = Path(path[0] if isinstance(path, (list, tuple)) else path)
     io.settle_outputs(path)
     labels = io.read_label_image(path)
     csv = sidecar_csv(path)
-    features = {"features": _features(io.read_instances_csv(csv))} if csv.is_file() else {}
+    features = ({"features": _features(_per_label(io.read_instances_csv(csv), labels.ndim, csv))}
+                if csv.is_file() else {})
     # the scale and translate of the layer it was exported from (napari-prm's exports record them)
     world = io.read_label_world(path)
     return [(labels, {"name": path.stem, **features, "metadata": {"source": str(path)}, **world},

@@ -39,7 +39,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     path : str
         ``.tif``/``.tiff``: the label image (uint16, or uint32 beyond 65535 labels) and,
         when the layer has an instance table in its ``features``, ``<stem>_instances.csv``
-        beside it (2-D layers). ``.json``: a COCO instances file (RLE masks, class names
+        beside it (for a stack, its rows name their plane). ``.json``: a COCO instances file (RLE masks, class names
         from ``metadata["class_names"]`` or the table, scores; the image's ``file_name`` from
         ``metadata["image_file_name"]``, else the layer's name).
     data : integer ndarray
@@ -59,7 +59,8 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     if suffix == ".json":
         if labels.ndim != 2:
             raise ValueError(f"COCO JSON holds 2-D label images; layer {meta.get('name')!r} "
-                             f"has shape {labels.shape}: save it as a TIFF")
+                             f"has shape {labels.shape}: save it as a TIFF (with its instance "
+                             "CSV, whose rows name their plane)")
         # the image the instances belong to, as the plugin records it (else the layer's name)
         image = (meta.get("metadata") or {}).get("image_file_name") or meta.get("name", "")
         written = io.export_instances(labels, table, class_names, path, overwrite=True,
@@ -67,7 +68,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     elif suffix in (".tif", ".tiff"):
         world = {name: meta[name] for name in ("scale", "translate") if meta.get(name) is not None}
         written = io.export_instances(labels, table, class_names, path, overwrite=True, world=world)
-        if table is not None and labels.ndim == 2:
+        if table is not None:
             written.append(io.write_instances_csv(sidecar_csv(path), labels, table, class_names))
     else:
         raise ValueError(f"napari-prm writes labels as .tif, .tiff or .json; got {path}")
