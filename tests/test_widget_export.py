@@ -227,3 +227,13 @@ def test_stack_exports_tiff_and_csv_that_reopen_with_classes(make_napari_viewer,
     # COCO holds 2-D images: refused for a stack, with the way out
     assert widget.export(tmp_path / "coco", formats=["coco"]) == []
     assert "TIFF" in widget._status.value and "CSV" in widget._status.value
+
+    # the widget's own boxes (TIFF, COCO and CSV ticked by default) write what a stack can
+    # hold and say what they left out; COCO alone is refused with the way out
+    written = widget.export(tmp_path / "boxes")
+    assert sorted(p.name for p in written) == ["z_instances.csv", "z_labels.tif"], widget._status.value
+    assert "Not written: COCO JSON (RLE)" in widget._status.value and "3 planes" in widget._status.value
+    for key, box in widget._formats.items():
+        box.value = key == "coco"
+    assert widget.export(tmp_path / "coco_box") == []
+    assert "tick one of them" in widget._status.value

@@ -20,6 +20,8 @@ from .models import unwrap_viewer
 
 FORMATS = {"tiff": "label TIFF", "png": "label PNG (up to 65535 labels)",
            "coco": "COCO JSON (RLE)", "csv": "instance CSV"}
+#: Formats of 2-D labels only: the widget leaves them out of a stack's export, and says so.
+FLAT_FORMATS = ("png", "coco")
 
 
 def default_stem(viewer, labels_layer) -> str:
@@ -91,12 +93,20 @@ class ExportWidget(Container):
             self._say("No Labels layer to export: run a prediction or open labels first.", True)
             return []
         folder = Path(folder if folder is not None else self._folder.value)
-        formats = list(formats) if formats is not None else [
-            key for key, box in self._formats.items() if box.value]
-        if not formats:
-            self._say("Choose at least one format.", True)
-            return []
         labels = np.asarray(layer.data)
+        skipped = []
+        if formats is None:
+            formats = [key for key, box in self._formats.items() if box.value]
+            if labels.ndim > 2:  # a stack: the ticked 2-D formats are left out, and said so
+                skipped = [key for key in formats if key in FLAT_FORMATS]
+                formats = [key for key in formats if key not in FLAT_FORMATS]
+        else:
+            formats = list(formats)
+        flat_only = " and ".join(FORMATS[key] for key in skipped)
+        if not formats:
+            self._say(f"A stack is written as a label TIFF and an instance CSV: tick one of them ({flat_only} "
+                      "hold 2-D labels only)." if skipped else "Choose at least one format.", True)
+            return []
         class_names = (layer.metadata or {}).get("class_names")
         try:
             written = io.export_instances(
@@ -114,5 +124,7 @@ class ExportWidget(Container):
             self._say(f"Export failed: {error}", True)
             return []
         self.last_written = written
-        self._say(f"Wrote {', '.join(p.name for p in written)} to {folder}.")
+        note = (f" Not written: {flat_only}, which hold 2-D labels only (this layer is a stack of "
+                f"{int(np.prod(labels.shape[:-2]))} planes)." if skipped else "")
+        self._say(f"Wrote {', '.join(p.name for p in written)} to {folder}.{note}")
         return written
