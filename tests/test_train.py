@@ -230,3 +230,35 @@ def test_no_image_is_held_out_when_each_is_the_only_one_of_its_class(tmp_path):
     assert split.held_out is None and split.warning is None
     assert split.describe() == ("training on 3 images, none held out (the thresholds are calibrated on the "
                                 "training images)")
+
+
+def test_resume_refuses_a_checkpoint_whose_split_this_version_would_change(tmp_path):
+    """A checkpoint from before the split fix held out a class's only image (3 images of 3 classes,
+    1 held out: its history has validation APs). Resuming it trained on all 3 from then on and
+    calibrated on them, without a word: the epochs before and after saw different images."""
+    from napari_prm.model import load_checkpoint
+    from napari_prm.train import TRAINING_STATE_KEY
+
+    rows = ["image,labels"]
+    for i, name in enumerate(("cat", "dog", "bird")):
+        image = np.zeros((32, 32, 3), np.uint8)
+        image[8 * i:8 * i + 12, 4:16, i] = 255
+        iio.imwrite(tmp_path / f"{i}.png", image)
+        rows.append(f"{i}.png,{name}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    dataset = from_csv(tmp_path / "labels.csv")
+    settings = dict(SETTINGS, epochs=1, input_size=(32, 32), val_fraction=0.2)
+    out = tmp_path / "model.pt"
+    train(dataset, out=out, calibrate=False, **settings)
+    # what the older version wrote: the same run with 'cat' held out, validated every epoch
+    model, extra = load_checkpoint(out)
+    extra[TRAINING_STATE_KEY]["history"][0]["val_ap"] = {"bird": float("nan"), "cat": 1.0, "dog": float("nan")}
+    extra[TRAINING_STATE_KEY]["history"][0]["val_map"] = 1.0
+    save_model(model, out, extra=extra)
+    with pytest.raises(ValueError, match=r"cannot resume .*model\.pt: its epochs were validated on held-out "
+                                         r"images, but this version holds none out of this dataset"):
+        train(dataset, out=out, resume=True, epochs=2)
+    # a checkpoint of this version (nothing held out, no validation) resumes
+    train(dataset, out=tmp_path / "new.pt", calibrate=False, **settings)
+    resumed = train(dataset, out=tmp_path / "new.pt", resume=True, epochs=2, calibrate=False)
+    assert [r.epoch for r in resumed.history] == [1, 2] and resumed.held_out_images == 0

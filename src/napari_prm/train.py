@@ -513,6 +513,14 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
 
     split = training_split(dataset, config["val_fraction"], config["seed"])
+    if split.held_out is None and any(record.val_ap is not None for record in history):
+        # a checkpoint of a version that held out a class's only image: resuming would train on
+        # other images from here on (and calibrate on the training images), silently
+        raise ValueError(
+            f"cannot resume {resume_path}: its epochs were validated on held-out images, but this version holds "
+            f"none out of this dataset (an image whose class has no other is no longer held out), so the "
+            f"resumed epochs would train on different images. Start a new run, or fine-tune from it (model=, "
+            f"the CLI's --model)")
     train_set, val_set = split.train, split.held_out
     warnings = [split.warning] if split.warning else []
     images = TrainingImages(train_set, config["input_size"], model.mean, model.std,
