@@ -211,6 +211,8 @@ def test_no_image_is_held_out_when_each_is_the_only_one_of_its_class(tmp_path):
                                                                val_fraction=0.2))
     assert (result.train_images, result.held_out_images) == (3, 0)
     assert result.warnings[0] == split.warning and result.calibration.images == 3
+    # the checkpoint says the thresholds came from the training images (it said held-out ones)
+    assert load_model(tmp_path / "model.pt").settings["calibration"]["held_out"] is False
     # a single image trains too (it was an error: cannot split)
     one = dataset.subset([0]).with_classes(["cat"])
     split = training_split(one, 0.2)

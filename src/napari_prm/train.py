@@ -300,8 +300,8 @@ def _save(model: PRMModel, out: Path, optimizer, epoch: int, history: list[Epoch
     return save_model(model, out, extra={TRAINING_STATE_KEY: training})
 
 
-def _calibrate(model: PRMModel, dataset: LabeledImageDataset, config: dict, progress, cancel):
-    """Calibrate the thresholds on ``dataset`` and store them in ``model.settings``."""
+def _calibrate(model: PRMModel, dataset: LabeledImageDataset, config: dict, progress, cancel, held_out: bool):
+    """Calibrate the thresholds on ``dataset`` (held-out images or not) and store them in ``model.settings``."""
     from .peaks import calibrate_model
 
     if not dataset.labels.any():
@@ -317,7 +317,7 @@ def _calibrate(model: PRMModel, dataset: LabeledImageDataset, config: dict, prog
     except RuntimeError:
         return None
     model.settings.update(calibration.as_settings())
-    model.settings["calibration"]["held_out"] = bool(config["val_fraction"] > 0)
+    model.settings["calibration"]["held_out"] = bool(held_out)
     try:  # the thresholds of the opt-in test-time augmentation, whose maps are averages
         with_tta = calibrate_model(model, dataset, tta=True, cancel=lambda: is_cancelled(cancel))
         model.settings["tta_calibration"] = with_tta.as_settings()
@@ -580,7 +580,8 @@ def train(
                                        seen / max(record.seconds, 1e-9), record.val_ap))
         if calibrate and not cancelled and history:
             network.sub_pixel_locating_factor = inference_factor
-            calibration = _calibrate(model, val_set if val_set is not None else train_set, config, progress, cancel)
+            calibration = _calibrate(model, val_set if val_set is not None else train_set, config, progress, cancel,
+                                     held_out=val_set is not None)
             if calibration is not None:
                 checkpoint = _save(model, out, optimizer, len(history), history, config)
                 if calibration.warning:
