@@ -510,3 +510,28 @@ def test_bad_arguments_are_refused_by_name(tiny96, shapes_scenes):
     with pytest.raises(ValueError, match="unknown option.*'bogus'"):
         refined_instances(replace(tiny96, head=RefineHead(find_stages(tiny96.network.fcn.features, probe_size=96))),
                           image, predict(image, tiny96, proposals=None), bogus=1)
+
+
+def test_match_corrections_keeps_the_folders_of_a_coco_file_name(tmp_path, shapes_scenes):
+    """A folder-per-class dataset has cat/1.png and dog/1.png. The COCO JSON of dog/1.png's
+    corrections was matched by file name alone to cat/1.png: its masks became cat/1.png's
+    ground truth, silently. An export that matches several images by name alone is refused."""
+    import imageio.v3 as iio
+
+    from napari_prm import io
+    from napari_prm.refine import match_corrections
+
+    table = {"label": np.array([1, 2]), "class_index": np.array([0, 1]), "class_name": np.array(CLASSES)}
+    images = []
+    for number, folder in enumerate(("cat", "dog")):
+        (tmp_path / folder).mkdir()
+        iio.imwrite(tmp_path / folder / "1.png", shapes_scenes[number][0])
+        images.append(tmp_path / folder / "1.png")
+    coco = io.labels_to_coco(shapes_scenes[1][1], table, CLASSES, file_name="dog/1.png")
+    io.write_coco_json(tmp_path / "dog.json", coco)
+    matched, unmatched = match_corrections(tmp_path / "dog.json", CLASSES, images)
+    assert list(matched) == [1] and matched[1].image_path == images[1] and unmatched == []
+    # the folder's exports name only the stem: '1' is either image
+    io.export_instances(shapes_scenes[1][1], table, CLASSES, tmp_path / "labelled", stem="1")
+    with pytest.raises(ValueError, match=r"1_labels\.tif: its image '1' could be any of .*cat.*1\.png.*dog.*1\.png"):
+        match_corrections(tmp_path / "labelled", CLASSES, images)

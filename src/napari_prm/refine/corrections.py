@@ -120,21 +120,36 @@ def correction_from_layer(image: np.ndarray, labels: np.ndarray, features, class
     return Correction(np.asarray(image), np.asarray(labels), class_lookup(features, class_names), source)
 
 
-def _image_index(image_paths: Sequence[os.PathLike | str]) -> dict[str, Path]:
-    index: dict[str, Path] = {}
+def _image_index(image_paths: Sequence[os.PathLike | str]) -> dict[str, list[Path]]:
+    """The dataset's images by file name and by stem (several when names repeat across folders)."""
+    index: dict[str, list[Path]] = {}
     for path in map(Path, image_paths):
-        index.setdefault(path.name, path)
-        index.setdefault(path.stem, path)
+        for key in dict.fromkeys((path.name, path.stem)):
+            paths = index.setdefault(key, [])
+            if path not in paths:
+                paths.append(path)
     return index
 
 
-def _find_image(name: str, index: Mapping[str, Path], folders: Sequence[Path], source: str, *,
+def _find_image(name: str, index: Mapping[str, list[Path]], folders: Sequence[Path], source: str, *,
                 search: bool = True) -> Path | None:
     """The image of an export: among the dataset's images, else (``search``) in ``folders``;
-    None when not among the dataset's images and not ``search``."""
+    None when not among the dataset's images and not ``search``.
+
+    A name with folders (a COCO ``file_name`` such as ``dog/1.png``) picks, among the dataset's
+    images of that file name, the one whose path ends with it; a name that is still several
+    of the dataset's images is refused (ValueError) rather than paired with the first.
+    """
+    parts = Path(name.replace("\\", "/")).parts
     for key in (Path(name).name, Path(name).stem):
-        if key in index:
-            return index[key]
+        candidates = index.get(key, [])
+        if len(candidates) > 1 and len(parts) > 1:
+            candidates = [p for p in candidates if p.parts[-len(parts):] == parts] or candidates
+        if len(candidates) == 1:
+            return candidates[0]
+        if candidates:
+            raise ValueError(f"{source}: its image {name!r} could be any of {[str(p) for p in candidates]} "
+                             "(the dataset's images of that name)")
     if not search:
         return None
     for folder in folders:
