@@ -215,3 +215,24 @@ def test_instances_are_scored_by_confidence_by_default(tiny, image):
     expected = max(first.retrieval_score, 0) / (1 + np.exp(-by_retrieval.scores[first.class_index]))
     assert alone.score == pytest.approx(expected, rel=1e-6) and alone.retrieval_score == first.retrieval_score
     assert rank_by_confidence(by_retrieval, [], 0.0, None) == []
+
+
+def test_changing_the_callers_image_after_set_image_changes_nothing(tiny, image):
+    # The proposals (and a refinement head's features) are made from the image when first
+    # needed: a caller that reuses its buffer (video frames, an edited napari layer) must
+    # still get the instances of the image it set.
+    settings = dict(proposals="default", peak_threshold=-1e9, max_peaks=5)
+    expected = PRMPredictor(tiny, **settings)
+    expected.set_image(image.copy())
+    want = expected.predict()
+    assert want.instances
+
+    buffer = image.copy()
+    predictor = PRMPredictor(tiny, **settings)
+    predictor.set_image(buffer)
+    buffer[:] = 255 - buffer
+    got = predictor.predict()
+    assert np.array_equal(buffer, 255 - image)  # the caller's array is theirs to change
+    assert [(i.peak, i.proposal) for i in got.instances] == [(i.peak, i.proposal) for i in want.instances]
+    for a, b in zip(got.instances, want.instances):
+        assert np.array_equal(a.mask, b.mask)

@@ -545,7 +545,8 @@ class PRMPredictor:
         Parameters
         ----------
         image : (H, W), (H, W, 3) or (H, W, 4) ndarray
-            One plane as napari holds it (see :func:`napari_prm.io.as_rgb_float`).
+            One plane as napari holds it (see :func:`napari_prm.io.as_rgb_float`). The
+            predictor keeps a copy: changing ``image`` afterwards changes nothing.
         progress, cancel : callable, optional
             As in :meth:`predict`.
         """
@@ -565,7 +566,9 @@ class PRMPredictor:
             net = self.model.network
             self._crms = crms
             self._scores = class_scores(crms, win_size=net.win_size, peak_filter=net.peak_filter)
-            self._image = image
+            # a copy: the proposals and a head's features are made from it later, and the
+            # caller may reuse its array (video frames, an edited layer) in the meantime
+            self._image = np.array(image, copy=True)
             self._image_shape = tuple(rgb.shape[:2])
             self.timings["forward"] = time.perf_counter() - started
             report("forward", 1, 1)
