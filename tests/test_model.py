@@ -111,6 +111,13 @@ def test_bad_checkpoints_name_the_file(tmp_path):
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ValueError, match="truncated.pt"):
         load_model(truncated)
+    # cut at any point, a .pt file is said to be truncated or corrupt (torch's zip reader
+    # raises OSError "Invalid argument" past its first bytes, which said nothing)
+    data = good.read_bytes()
+    for fraction in (0.05, 0.3, 0.5, 0.9, 0.99):
+        truncated.write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(ValueError, match=r"truncated.pt: it is truncated, corrupt or not a napari-prm"):
+            load_model(truncated)
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import json
 import os
@@ -371,6 +372,12 @@ def save_model(model: PRMModel, path: str | os.PathLike, *, extra: dict | None =
     return path
 
 
+def _unreadable(path: Path) -> str:
+    return (f"cannot read checkpoint {path}: it is truncated, corrupt or not a napari-prm "
+            "checkpoint (napari-prm writes .pt/.pth files with torch.save and .safetensors "
+            "files with safetensors)")
+
+
 def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist or is not a file")
@@ -399,12 +406,14 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
                          "loads checkpoints with weights_only=True); it was not written by "
                          "napari-prm") from error
     except OSError as error:
-        raise ValueError(f"cannot read checkpoint {path}: {error.strerror or error}") from error
+        # torch's zip reader raises OSError(EINVAL) for a file cut short: that is the content,
+        # not the file system (a permission or I/O error keeps its own words)
+        if error.errno != errno.EINVAL:
+            raise ValueError(f"cannot read checkpoint {path}: {error.strerror or error}") from error
+        raise ValueError(_unreadable(path)) from error
     except Exception as error:
         # The reader's own error (e.g. "pop from empty list") says nothing to a user; it stays chained.
-        raise ValueError(f"cannot read checkpoint {path}: it is truncated, corrupt or not a napari-prm "
-                         "checkpoint (napari-prm writes .pt/.pth files with torch.save and .safetensors "
-                         "files with safetensors)") from error
+        raise ValueError(_unreadable(path)) from error
     if not isinstance(metadata, dict) or metadata.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a napari-prm checkpoint (no '{CHECKPOINT_FORMAT}' metadata)")
     version = metadata.get("format_version")
