@@ -13,6 +13,7 @@ from napari_prm.evaluate import (
     average_precision,
     best_overlaps,
     bootstrap_map,
+    class_pointing,
     classification_map,
     evaluate,
     instance_map,
@@ -343,3 +344,26 @@ def test_evaluate_on_given_ground_truth_of_some_images(tmp_path, shapes_scenes):
     assert evaluate(predictions, dataset, ground_truth={1: given[0]})["ABO"] == 0.0
     with pytest.raises(ValueError, match=r"ground_truth: no image 3 in dataset .* \(3 images\)"):
         evaluate(predictions, dataset, ground_truth={3: corrected})
+
+
+def test_arrays_of_different_lengths_are_refused_naming_them():
+    # zip and numpy broadcasting used to drop or repeat entries silently: two masks with
+    # one score scored one of them, one gt class was taken for every mask, ...
+    masks = _squares()
+    peaks = np.array([[10.0, 10.0], [25.0, 25.0]])
+    with pytest.raises(ValueError, match="pred_scores"):
+        instance_map([(masks, [0, 1])], [(masks, [0, 1], [0.9])])
+    with pytest.raises(ValueError, match="pred_classes"):
+        instance_map([(masks, [0, 1])], [(masks, [0], [0.9, 0.8])])
+    with pytest.raises(ValueError, match="gt_classes"):
+        instance_map([(masks, [0])], [(masks, [0, 1], [0.9, 0.8])])
+    with pytest.raises(ValueError, match="gt_iscrowd"):
+        InstanceMatcher(2).add(masks, [0, 1], masks, [0, 1], [0.9, 0.8], gt_iscrowd=[False])
+    with pytest.raises(ValueError, match="gt_classes"):
+        peak_instances(peaks, [0, 1], masks, [0])
+    with pytest.raises(ValueError, match="gt_iscrowd"):
+        peak_instances(peaks, [0, 1], masks, [0, 1], gt_iscrowd=[True])
+    with pytest.raises(ValueError, match="labels"):
+        average_precision([0.1, 0.2, 0.3], [1, 0])
+    with pytest.raises(ValueError, match="sub_pixel_locating_factor"):
+        class_pointing(np.zeros((2, 10, 10), np.float32), masks, [0, 1], sub_pixel_locating_factor=0)

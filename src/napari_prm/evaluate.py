@@ -34,6 +34,14 @@ def _as_masks(masks, name: str) -> np.ndarray:
     return masks
 
 
+def _per_item(name: str, values, count: int, what: str, dtype=None) -> np.ndarray:
+    """``values`` as a flat array of ``count`` entries, one per ``what``; else a ValueError naming it."""
+    values = np.asarray(values, dtype=dtype).reshape(-1)
+    if len(values) != count:
+        raise ValueError(f"{name}: expected {count} values, one per {what}, got {len(values)}")
+    return values
+
+
 def best_overlaps(gt_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
     """Best IoU of each ground-truth instance with any predicted mask (class-agnostic).
 
@@ -121,10 +129,12 @@ def peak_instances(peaks_yx: np.ndarray, peak_classes: np.ndarray, gt_masks: np.
     gt_masks = _as_masks(gt_masks, "gt_masks")
     if len(peaks_yx) != len(peak_classes):
         raise ValueError(f"{len(peaks_yx)} peaks but {len(peak_classes)} peak classes")
+    gt_classes = _per_item("gt_classes", gt_classes, len(gt_masks), "gt mask")
     owners = np.full(len(peaks_yx), -1, dtype=np.int64)
     if len(gt_masks) == 0:
         return owners
-    usable = np.ones(len(gt_masks), bool) if gt_iscrowd is None else ~np.asarray(gt_iscrowd, bool).reshape(-1)
+    usable = (np.ones(len(gt_masks), bool) if gt_iscrowd is None
+              else ~_per_item("gt_iscrowd", gt_iscrowd, len(gt_masks), "gt mask", bool))
     height, width = gt_masks.shape[1:]
     rows = np.clip(np.rint(peaks_yx[:, 0]).astype(int), 0, height - 1)
     cols = np.clip(np.rint(peaks_yx[:, 1]).astype(int), 0, width - 1)
@@ -182,6 +192,7 @@ def class_pointing(crms: np.ndarray, gt_masks: np.ndarray, gt_classes: np.ndarra
 
     from .predictor import crm_to_image
 
+    sub_pixel_locating_factor = check.positive_int("sub_pixel_locating_factor", sub_pixel_locating_factor)
     crms = np.asarray(crms, dtype=np.float32)
     gt_masks = _as_masks(gt_masks, "gt_masks")
     gt_classes = np.asarray(gt_classes).reshape(-1)
@@ -263,7 +274,8 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     Written with numpy (the definition scikit-learn's ``average_precision_score``
     uses) so that scikit-learn is not a dependency.
     """
-    scores, labels = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(labels).reshape(-1) > 0
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = _per_item("labels", labels, len(scores), "score") > 0
     positives = labels.sum()
     if positives == 0:
         return float("nan")
@@ -320,15 +332,18 @@ class InstanceMatcher:
     def add(self, gt_masks, gt_classes, pred_masks, pred_classes, pred_scores, gt_iscrowd=None) -> None:
         """Add one image: its (M, H, W) instances and its (P, H, W) scored predictions."""
         gt_masks, pred_masks = _as_masks(gt_masks, "gt_masks"), _as_masks(pred_masks, "pred_masks")
+        gt_classes = _per_item("gt_classes", gt_classes, len(gt_masks), "gt mask")
+        crowd = (np.zeros(len(gt_masks), bool) if gt_iscrowd is None
+                 else _per_item("gt_iscrowd", gt_iscrowd, len(gt_masks), "gt mask", bool))
+        pred_classes = _per_item("pred_classes", pred_classes, len(pred_masks), "predicted mask")
+        pred_scores = _per_item("pred_scores", pred_scores, len(pred_masks), "predicted mask")
         image_id = len(self.images) + 1
         shape = gt_masks.shape[1:] if len(gt_masks) else pred_masks.shape[1:]
         self.images.append({"id": image_id, "height": int(shape[0]) if shape else 0,
                             "width": int(shape[1]) if shape else 0})
-        crowd = np.zeros(len(gt_masks), bool) if gt_iscrowd is None else np.asarray(gt_iscrowd, bool).reshape(-1)
-        for mask, cls, is_crowd in zip(gt_masks, np.asarray(gt_classes).reshape(-1), crowd):
+        for mask, cls, is_crowd in zip(gt_masks, gt_classes, crowd):
             self.gt.append(_annotation(mask, image_id, cls, len(self.gt) + 1, iscrowd=int(is_crowd)))
-        for mask, cls, score in zip(pred_masks, np.asarray(pred_classes).reshape(-1),
-                                    np.asarray(pred_scores).reshape(-1)):
+        for mask, cls, score in zip(pred_masks, pred_classes, pred_scores):
             self.dt.append(_annotation(mask, image_id, cls, len(self.dt) + 1, iscrowd=0, score=float(score)))
 
     def add_instances(self, truth, instances: Sequence) -> np.ndarray:
