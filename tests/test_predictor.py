@@ -236,3 +236,21 @@ def test_changing_the_callers_image_after_set_image_changes_nothing(tiny, image)
     assert [(i.peak, i.proposal) for i in got.instances] == [(i.peak, i.proposal) for i in want.instances]
     for a, b in zip(got.instances, want.instances):
         assert np.array_equal(a.mask, b.mask)
+
+
+def test_a_predictions_maps_are_read_only_views_of_the_predictors_cache():
+    """A prediction shares the predictor's class maps and scores without copying them; changing
+    them in place raises instead of silently changing the predictor's later peaks."""
+    model = build_model("tiny", ["a", "b"], pretrained=False, input_size=(64, 64))
+    predictor = PRMPredictor(model, proposals=None)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    first = predictor.predict(class_threshold=-1e9, peak_threshold=-1e9)
+    assert np.shares_memory(first.crms, predictor.crms)
+    with pytest.raises(ValueError, match="read-only"):
+        first.crms[:] = 0
+    with pytest.raises(ValueError, match="read-only"):
+        first.scores[0] = 1e9
+    again = predictor.predict(class_threshold=-1e9, peak_threshold=-1e9)
+    np.testing.assert_array_equal(again.peaks, first.peaks)
+    np.testing.assert_array_equal(again.crms, first.crms)

@@ -263,9 +263,10 @@ class Prediction:
     ----------
     class_names : list of str
     scores : (C,) float32 ndarray
-        Peak-stimulated class scores.
+        Peak-stimulated class scores (read-only: shared with the predictor).
     crms : (C, h, w) float32 ndarray
-        Class response maps, in CRM pixels (upsampled by the sub-pixel factor).
+        Class response maps, in CRM pixels (upsampled by the sub-pixel factor); read-only,
+        shared with the predictor.
     peaks : (K, 2) float64 ndarray
         Peak ``(y, x)`` in image pixels.
     peak_classes : (K,) int64 ndarray
@@ -388,6 +389,14 @@ def image_to_crm(yx: np.ndarray, crm_shape: Sequence[int], image_shape: Sequence
             coord = coord * max(upsampled - 1, 1) / max(base - 1, 1)
         out[:, axis] = np.clip(np.rint(coord), 0, upsampled - 1)
     return out
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of ``array``: a prediction shares the predictor's cached maps without a
+    copy, and changing them in place (which would change the predictor's later peaks) raises."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def resize_prms(prms: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -526,13 +535,13 @@ class PRMPredictor:
     def crms(self) -> np.ndarray:
         """(C, h, w) class response maps of the current image (upsampled by the sub-pixel factor)."""
         self._require_image()
-        return self._crms
+        return _read_only(self._crms)
 
     @property
     def scores(self) -> np.ndarray:
         """(C,) peak-stimulated class scores of the current image."""
         self._require_image()
-        return self._scores
+        return _read_only(self._scores)
 
     def _require_image(self) -> None:
         if self._forward is None:
@@ -801,8 +810,8 @@ class PRMPredictor:
         image_shape = self._image_shape
         prediction = Prediction(
             class_names=list(self.model.class_names),
-            scores=self._scores,
-            crms=self._crms,
+            scores=_read_only(self._scores),  # the predictor's cache: later predictions use it
+            crms=_read_only(self._crms),
             peaks=crm_to_image(peaks_crm[:, 1:], crm_shape, image_shape, factor),
             peak_classes=peaks_crm[:, 0].copy(),
             peak_values=np.asarray(values, dtype=np.float32),
