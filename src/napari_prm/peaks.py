@@ -69,7 +69,7 @@ def class_scores(crms: np.ndarray | torch.Tensor, *, win_size: int = 3,
     -------
     scores : (C,) float32 ndarray
     """
-    crms = torch.as_tensor(np.asarray(crms, dtype=np.float32))
+    crms = torch.tensor(np.asarray(crms, dtype=np.float32))  # a copy: the maps may be read-only
     peak_map = find_peaks(crms[None], win_size, peak_filter)[0]
     counts = peak_map.flatten(1).sum(1).clamp(min=1)
     return ((crms * peak_map).flatten(1).sum(1) / counts).numpy().astype(np.float32)
@@ -92,7 +92,7 @@ def peak_candidates(crms: np.ndarray | torch.Tensor, *, win_size: int = 3,
     values : (K,) float32 ndarray
     """
     crms = np.asarray(crms.detach().cpu() if isinstance(crms, torch.Tensor) else crms, dtype=np.float32)
-    tensor = torch.as_tensor(crms)
+    tensor = torch.tensor(crms)  # a copy: the maps may be read-only (a prediction's)
     peak_map = find_peaks(tensor[None], win_size, peak_filter)[0]
     peaks = torch.nonzero(peak_map).numpy().astype(np.int64)
     values = crms[peaks[:, 0], peaks[:, 1], peaks[:, 2]].astype(np.float32)

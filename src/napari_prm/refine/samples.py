@@ -169,7 +169,7 @@ def pseudo_sample(model: PRMModel, image: np.ndarray, present: Sequence[int], st
 def _instance_points(correction: Correction, crms: np.ndarray, instances: Sequence[int]) -> tuple[np.ndarray, list]:
     """Where a peak of each of these instances would be: its class's CRM maximum inside it."""
     shape = correction.labels.shape
-    resized = F.interpolate(torch.from_numpy(np.asarray(crms, np.float32))[None], size=shape, mode="bilinear",
+    resized = F.interpolate(torch.tensor(np.asarray(crms, np.float32))[None], size=shape, mode="bilinear",
                             align_corners=False)[0].numpy()
     points, classes = [], []
     for label in instances:
