@@ -190,6 +190,26 @@ def runner_up_features(prediction: Prediction) -> dict[str, np.ndarray]:
     return columns
 
 
+def peak_rows(prediction: Prediction, peaks: np.ndarray, labels: np.ndarray, *,
+              hand_placed: bool) -> pd.DataFrame:
+    """The peaks layer's feature rows (`POINT_COLUMNS`) of a prediction's peaks, numbered
+    ``peaks`` (their slices of the PRM layer), with instance ``labels`` (0: none). Points
+    placed by hand (``hand_placed``) have no runners-up: "" and NaN."""
+    count = len(prediction.peak_classes)
+    runners_up = ({column: np.full(count, np.nan) if column.endswith("_value") else np.full(count, "", object)
+                   for column in RUNNER_UP_COLUMNS} if hand_placed else runner_up_features(prediction))
+    return pd.DataFrame({
+        "class_name": np.array([prediction.class_names[c] for c in prediction.peak_classes], object),
+        "class_index": prediction.peak_classes.astype(np.int64),
+        "peak_value": prediction.peak_values.astype(np.float64),
+        "class_score": prediction.scores[prediction.peak_classes].astype(np.float64),
+        "peak": np.asarray(peaks, np.int64),
+        "label": np.asarray(labels, np.int64),
+        **runners_up,
+        HAND_PLACED: np.full(count, hand_placed, bool),
+    })
+
+
 def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Prediction],
                       leading_shape: tuple[int, ...], *, crm_classes=()) -> Results:
     """Merge per-plane predictions into arrays for the three result layers.
@@ -227,16 +247,8 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
             table["peak"] = np.asarray(table["peak"], np.int64) + peak_offset
             tables.append(table)
             peak_label[np.asarray(table["peak"]) - peak_offset] = table["label"]
-        point_rows.append(pd.DataFrame({
-            "class_name": np.array([class_names[c] for c in prediction.peak_classes], object),
-            "class_index": prediction.peak_classes.astype(np.int64),
-            "peak_value": prediction.peak_values.astype(np.float64),
-            "class_score": prediction.scores[prediction.peak_classes].astype(np.float64),
-            "peak": np.arange(peak_offset, peak_offset + k, dtype=np.int64),
-            "label": peak_label,
-            **runner_up_features(prediction),
-            HAND_PLACED: np.zeros(k, bool),
-        }))
+        point_rows.append(peak_rows(prediction, np.arange(peak_offset, peak_offset + k, dtype=np.int64),
+                                    peak_label, hand_placed=False))
         prms.append(prediction.prms)
         prm_planes.append(np.tile(np.asarray(plane, np.int64), (k, 1)).reshape(k, len(plane)))
         peak_offset += k
@@ -384,19 +396,7 @@ def add_hand_peaks(results: Results, hand: list[tuple[tuple, np.ndarray, Predict
         peak_ids = np.arange(next_peak, next_peak + count, dtype=np.int64)
         next_peak += count
         points.append(np.column_stack([np.tile(np.asarray(plane, float), (count, 1)), yx]).reshape(count, leading + 2))
-        names = np.array([prediction.class_names[c] for c in prediction.peak_classes], object)
-        frame = pd.DataFrame({
-            "class_name": names,
-            "class_index": prediction.peak_classes.astype(np.int64),
-            "peak_value": prediction.peak_values.astype(np.float64),
-            "class_score": prediction.scores[prediction.peak_classes].astype(np.float64),
-            "peak": peak_ids,
-            "label": np.zeros(count, np.int64),
-            **{column: (np.full(count, np.nan) if column.endswith("_value") else np.full(count, "", object))
-               for column in RUNNER_UP_COLUMNS},
-            HAND_PLACED: np.ones(count, bool),
-        })
-        rows.append(frame)
+        rows.append(peak_rows(prediction, peak_ids, np.zeros(count, np.int64), hand_placed=True))
         prms.append(prediction.prms.astype(np.float32))
         prm_planes.append(np.tile(np.asarray(plane, np.int64), (count, 1)).reshape(count, leading))
         for m, peak_id in enumerate(peak_ids):
