@@ -281,12 +281,12 @@ def keep_existing_output(widget, options: dict, replaceable: str | os.PathLike |
     """
     from napari.utils.notifications import show_info
 
-    from .._validate import unused_path
+    from .._validate import same_file, unused_path
 
     out = Path(options["out"])
     if options["overwrite"] or not out.is_file():
         return ""
-    if replaceable is not None and Path(replaceable).is_file() and out.resolve() == Path(replaceable).resolve():
+    if replaceable is not None and Path(replaceable).is_file() and same_file(out, replaceable):
         options["overwrite"] = True
         return ""
     options["out"] = unused_path(out)

@@ -66,6 +66,11 @@ class RunContext:
     predictor_keys: dict = field(default_factory=dict)  # plane -> PredictorKey
 
 
+#: Why a re-threshold (or a plane sent without its pixels) cannot go on.
+MAPS_DROPPED = ("The cached maps of this image were dropped meanwhile (its data changed, "
+                "or other images were run since): press Run.")
+
+
 class PredictWidget(PredictForm, QWidget):
     """Run a PRM model on an image layer and show peaks, PRMs and instances.
 
@@ -325,8 +330,7 @@ class PredictWidget(PredictForm, QWidget):
                 self._relay.progressed.emit((prefix + stage, done, total))
 
             if rethreshold and not self.predictors.ready(key):
-                return ("The cached maps of this image were dropped meanwhile (its data changed, "
-                        "or other images were run since): press Run.")
+                return MAPS_DROPPED
             kept = held.pop(key, None)
             if kept is not None and not self.predictors.ready(key):
                 self.predictors.put(key, kept)
@@ -334,8 +338,7 @@ class PredictWidget(PredictForm, QWidget):
                                                  proposals=plane_proposals)
             del kept
             if image is None and not predictor.is_image_set:
-                return ("The cached maps of this image were dropped meanwhile (its data changed, "
-                        "or other images were run since): press Run.")
+                return MAPS_DROPPED
             try:
                 if not predictor.is_image_set:
                     predictor.set_image(image, progress=report, cancel=self._cancel.is_set)
@@ -463,8 +466,8 @@ class PredictWidget(PredictForm, QWidget):
         self.correction.attach(self.context)
         if late:  # retrieved by the correction panel, as a point added now is
             self.correction.add_hand_points([p for _, p in late])
-            hand_notes.append(f"{len(late)} hand-placed peak{'' if len(late) == 1 else 's'} placed or moved "
-                              "during the run: retrieving.")
+            hand_notes.append(f"{plural(len(late), 'hand-placed peak')} placed or moved during the run: "
+                              "retrieving.")
         self.last_run_seconds = None if started is None else time.perf_counter() - started
         self.progress.setValue(self.progress.maximum())
         peaks, instances = len(results.points), len(results.instance_features)

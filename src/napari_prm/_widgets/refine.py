@@ -112,7 +112,6 @@ class RefineWidget(StopsOnClose, Container):
         self._stop_on_close(self.native)
         self._follow_predict_widget()
 
-
     # ------------------------------------------------------------------ choices
     def _labels_choices(self, _=None):
         return [(layer.name, layer) for layer in self._viewer.layers
