@@ -9,6 +9,9 @@ a missing folder fails those tests instead of skipping them.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +88,24 @@ def shapes_scene(seed: int, size: int = 96):
 def shapes_scenes():
     """Three scenes of `shapes_scene` (seeds 0, 1, 2)."""
     return [shapes_scene(seed) for seed in range(3)]
+
+
+def interrupt_after_first_checkpoint(command: list[str], out: Path, env: dict) -> tuple[int, str]:
+    """Run a training ``command`` in a child process, press Ctrl-C (SIGINT) about a second
+    after it first writes ``out``, and return its exit status and stderr."""
+    # A shell starts background jobs with SIGINT ignored, and the child would inherit that:
+    # give it the default disposition, so Python turns Ctrl-C into KeyboardInterrupt.
+    default_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if os.name == "posix" else None
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
+    try:
+        deadline = time.monotonic() + 180
+        while not out.is_file() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert out.is_file(), process.stderr.read() if process.poll() is not None else "no checkpoint in 180 s"
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return process.returncode, err

@@ -16,6 +16,7 @@ import torch
 from pycocotools.coco import COCO
 from skimage import data
 
+from conftest import interrupt_after_first_checkpoint
 from napari_prm import io
 from napari_prm.cli import build_parser, collect_images, main
 from napari_prm.model import build_model, load_model, save_model
@@ -558,9 +559,6 @@ def test_train_refuses_an_existing_out_unless_resumed_or_overwritten(tmp_path, c
 def test_train_ctrl_c_names_the_kept_epoch_and_resume_finishes(tmp_path, capsys):
     """Ctrl-C in ``train`` said only "interrupted": not which epoch the checkpoint keeps, nor
     how to go on. It now reads the epoch from the file, as ``refine`` does."""
-    import signal
-    import time
-
     import imageio.v3 as iio
 
     for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
@@ -571,21 +569,9 @@ def test_train_ctrl_c_names_the_kept_epoch_and_resume_finishes(tmp_path, capsys)
     options = [str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--batch-size", "1",
                "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
-    # a shell starts background jobs with SIGINT ignored: give the child the default disposition
-    process = subprocess.Popen([sys.executable, "-m", "napari_prm", "train", *options, "--epochs", "100000"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 180
-        while not out.is_file() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-        assert out.is_file(), process.stderr.read() if process.poll() is not None else "no checkpoint in 180 s"
-        time.sleep(1.0)
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 130, err
+    returncode, err = interrupt_after_first_checkpoint(
+        [sys.executable, "-m", "napari_prm", "train", *options, "--epochs", "100000"], out, env)
+    assert returncode == 130, err
     done = torch.load(out, weights_only=True)["extra"]["training"]["epoch"]
     assert 1 <= done < 100000
     assert err.strip().splitlines()[-1] == f"interrupted: {out} keeps epoch {done}; continue with --resume"

@@ -3,17 +3,14 @@
 import inspect
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import shapes_scene
+from conftest import interrupt_after_first_checkpoint, shapes_scene
 from napari_prm import io
 from napari_prm.cli import build_parser, main
 from napari_prm.model import build_model, load_checkpoint, load_model, save_model
@@ -142,22 +139,8 @@ def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes(shapes_dataset, tiny_ch
                "--out", str(out), "--masks", str(shapes_dataset), "--no-self-training", "--epochs", "100000",
                "--batch-size", "1"]
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    # A shell starts background jobs with SIGINT ignored, and the child would inherit that:
-    # give it the default disposition, so Python turns Ctrl-C into KeyboardInterrupt.
-    default_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if os.name == "posix" else None
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=default_sigint)
-    try:
-        deadline = time.monotonic() + 180
-        while not out.is_file() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-        assert out.is_file(), process.stderr.read() if process.poll() is not None else "no checkpoint in 180 s"
-        time.sleep(1.0)
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 130, err
+    returncode, err = interrupt_after_first_checkpoint(command, out, env)
+    assert returncode == 130, err
     kept, extra = load_checkpoint(out)  # complete and readable: the atomic write was never half done
     done = extra["refine_training"]["epoch"]
     assert kept.head.info["epochs"] == done  # what the message reads: the file, not the last report

@@ -188,18 +188,23 @@ def test_training_errors(squares, tmp_path):
         train(squares, out=tmp_path / "m.safetensors", **SETTINGS)
 
 
-def test_no_image_is_held_out_when_each_is_the_only_one_of_its_class(tmp_path):
-    """3 images of 3 classes, 1 held out (the tutorial's folder): a class had no training image,
-    and calibration on that image alone chose nonsense thresholds. Now none is held out, the
-    thresholds are calibrated on the training images, and a warning says why."""
+def _one_image_per_class(folder):
+    """The tutorial's kind of folder: 3 images of 3 classes (cat, dog, bird), one each, in a CSV."""
     rows = ["image,labels"]
     for i, name in enumerate(("cat", "dog", "bird")):
         image = np.zeros((32, 32, 3), np.uint8)
         image[8 * i:8 * i + 12, 4:16, i] = 255
-        iio.imwrite(tmp_path / f"{i}.png", image)
+        iio.imwrite(folder / f"{i}.png", image)
         rows.append(f"{i}.png,{name}")
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    dataset = from_csv(tmp_path / "labels.csv")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return from_csv(folder / "labels.csv")
+
+
+def test_no_image_is_held_out_when_each_is_the_only_one_of_its_class(tmp_path):
+    """3 images of 3 classes, 1 held out (the tutorial's folder): a class had no training image,
+    and calibration on that image alone chose nonsense thresholds. Now none is held out, the
+    thresholds are calibrated on the training images, and a warning says why."""
+    dataset = _one_image_per_class(tmp_path)
     split = training_split(dataset, 0.2, 0)
     assert len(split.train) == 3 and split.held_out is None and split.wanted == 1
     assert split.describe() == ("training on 3 images, none held out (the thresholds are calibrated on the "
@@ -241,14 +246,7 @@ def test_resume_refuses_a_checkpoint_whose_split_this_version_would_change(tmp_p
     from napari_prm.model import load_checkpoint
     from napari_prm.train import TRAINING_STATE_KEY
 
-    rows = ["image,labels"]
-    for i, name in enumerate(("cat", "dog", "bird")):
-        image = np.zeros((32, 32, 3), np.uint8)
-        image[8 * i:8 * i + 12, 4:16, i] = 255
-        iio.imwrite(tmp_path / f"{i}.png", image)
-        rows.append(f"{i}.png,{name}")
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    dataset = from_csv(tmp_path / "labels.csv")
+    dataset = _one_image_per_class(tmp_path)
     settings = dict(SETTINGS, epochs=1, input_size=(32, 32), val_fraction=0.2)
     out = tmp_path / "model.pt"
     train(dataset, out=out, calibrate=False, **settings)
