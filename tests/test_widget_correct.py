@@ -164,20 +164,10 @@ def test_adding_many_points_can_be_cancelled(make_napari_viewer, qtbot, prm_conf
     assert (peaks.features["label"].iloc[2:] == 0).all()
 
 
-def test_points_added_one_after_another_get_their_own_peaks(make_napari_viewer, qtbot, prm_config,
-                                                           tiny_checkpoint, small_cat):
+def test_points_added_one_after_another_get_their_own_peaks(candidates_run, qtbot):
     """Setting the peaks' features resets napari's defaults for new points: the panel puts
     the chosen class's defaults back, so each click is a new peak (not a copy of the last)."""
-    viewer = make_napari_viewer()
-    viewer.add_image(small_cat, name="cat")
-    candidates = np.zeros(small_cat.shape[:2], np.uint16)
-    candidates[10:50, 10:60] = 1
-    candidates[55:95, 80:140] = 2
-    viewer.add_labels(candidates, name="candidates")
-    widget = open_predict(viewer, qtbot, tiny_checkpoint)
-    widget.proposals.value = viewer.layers["candidates"]
-    widget.peak_threshold.value = 9999.0  # no peaks of its own
-    run_and_wait(widget, qtbot)
+    viewer, widget, candidates = candidates_run
     peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
     widget.correction.class_choice.value = "bird"
     for count, yx in enumerate(([30.0, 35.0], [75.0, 110.0]), start=1):
