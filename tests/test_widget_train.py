@@ -30,14 +30,8 @@ def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_conf
     _, predict_widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
     qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model", tabify=True)
-    widget._dataset_dir.value = tiny_dataset
-    widget._base.value = "tiny"
-    widget._epochs.value = 1
-    widget._batch.value = 2
-    widget._size.value = 32
-    widget._device.value = "cpu"
     out = tmp_path / "trained.pt"
-    widget._out.value = out
+    quick_training(widget, tiny_dataset, out)
     progress = []
     widget._relay.progressed.connect(progress.append)
     assert widget.start() is not None
@@ -74,13 +68,7 @@ def test_a_folder_of_one_image_per_class_holds_none_out_and_says_why(make_napari
         skio.imsave(root / name / "0.png", small, check_contrast=False)
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
-    widget._dataset_dir.value = root
-    widget._base.value = "tiny"
-    widget._epochs.value = 1
-    widget._batch.value = 2
-    widget._size.value = 32
-    widget._device.value = "cpu"
-    widget._out.value = tmp_path / "trained.pt"
+    quick_training(widget, root, tmp_path / "trained.pt")
     progress = []
     widget._relay.progressed.connect(progress.append)
     assert widget.start() is not None
@@ -122,13 +110,8 @@ def test_an_existing_output_file_is_kept(make_napari_viewer, qtbot, prm_config, 
     file is now kept and the run saves to the next free name, shown in the field."""
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
-    widget._dataset_dir.value = tiny_dataset
-    widget._base.value = "tiny"
-    widget._epochs.value = 1
-    widget._batch.value = 2
-    widget._size.value = 32
-    widget._device.value = "cpu"
     earlier = tmp_path / "trained.pt"
+    quick_training(widget, tiny_dataset, earlier)
     earlier.write_bytes(b"a model trained for 10 epochs")
     (tmp_path / "trained-2.pt").write_bytes(b"another one")
     widget._out.value = earlier
@@ -143,16 +126,22 @@ def test_an_existing_output_file_is_kept(make_napari_viewer, qtbot, prm_config, 
     assert "saved " + str(tmp_path / "trained-3.pt") in widget.last_message
 
 
+def quick_training(widget, dataset, out, *, batch: int = 2) -> None:
+    """Set the Train widget to a run of seconds: the tiny backbone on the CPU at 32 px, 1 epoch."""
+    widget._dataset_dir.value = dataset
+    widget._base.value = "tiny"
+    widget._epochs.value = 1
+    widget._batch.value = batch
+    widget._size.value = 32
+    widget._device.value = "cpu"
+    widget._out.value = out
+
+
 def start_a_long_run(viewer, qtbot, tiny_dataset, out):
     """A Train of the tiny dataset for far more epochs than the test waits for, at least two
     epochs done (each saved)."""
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
-    widget._dataset_dir.value = tiny_dataset
-    widget._base.value = "tiny"
-    widget._batch.value = 1
-    widget._size.value = 32
-    widget._device.value = "cpu"
-    widget._out.value = out
+    quick_training(widget, tiny_dataset, out, batch=1)  # its epochs are start()'s
     epochs = []
     widget._relay.progressed.connect(lambda p: epochs.append(p.epoch) if getattr(p, "stage", "") == "epoch" else None)
     worker = widget.start(epochs=100_000)
