@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: Nouns whose "ch" sounds like "k", so their plural takes only "s".
+_HARD_CH = ("epoch",)
+
 
 def plural(count: int, noun: str, many: str | None = None) -> str:
     """``count`` and ``noun``, singular for 1: ``"1 instance"``, ``"0 instances"``, ``"2 classes"``.
@@ -11,5 +14,6 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
     if count == 1:
         return f"{count} {noun}"
     if many is None:
-        many = noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
+        soft = noun.endswith(("s", "x", "ch", "sh")) and not noun.endswith(_HARD_CH)
+        many = noun + ("es" if soft else "s")
     return f"{count} {many}"
