@@ -510,6 +510,8 @@ def test_train_warns_of_a_calibration_that_finds_nothing(tmp_path, capsys):
                  "--seed", "2"]) == 0
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == f"training on 3 images, 1 held out for validation and calibration; 3 classes -> {out}"
+    # the one held-out image shows one class: the epoch line said "(1 classes)"
+    assert lines[1].startswith("epoch 1/2: loss ") and lines[1].endswith("% (1 class)")
     assert "calibrated the thresholds on 1 held-out image(s)" in lines
     assert lines[-3].endswith("classes found 0 %)")
     assert lines[-2].startswith("warning: calibration found no class") and "more epochs" in lines[-2]

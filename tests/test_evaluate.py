@@ -290,7 +290,10 @@ def test_evaluate_with_retrieval_on_a_dataset_with_an_image_without_instances(tm
     assert (f"Of the 1 ground-truth instance of at least 32×32 pixels, {funnel['with_peak']} "
             f"{'has' if funnel['with_peak'] == 1 else 'have'} a peak of "
             f"their class inside, {funnel['with_proposal']} a proposal at IoU ≥ 0.5, and "
-            f"{funnel['retrieved']} were retrieved") in text
+            f"{funnel['retrieved']} {'was' if funnel['retrieved'] == 1 else 'were'} retrieved") in text
+    # "and 1 were retrieved" on a run that retrieved one instance
+    one = report_markdown({**results, "funnel": {**funnel, "retrieved": 1}})
+    assert "a proposal at IoU ≥ 0.5, and 1 was retrieved at IoU ≥ 0.5" in one
 
 
 def _prediction_of(truth, class_names, scores):

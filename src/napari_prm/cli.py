@@ -839,7 +839,7 @@ def _run_train(args) -> int:
                 f"{update.images_per_second:.1f} images/s")
         defined = [v for v in (update.val_ap or {}).values() if v == v]  # classes with a held-out positive
         if defined:
-            line += f", validation mAP {100 * sum(defined) / len(defined):.1f}% ({len(defined)} classes)"
+            line += f", validation mAP {100 * sum(defined) / len(defined):.1f}% ({plural(len(defined), 'class')})"
         _say(line)
 
     try:

@@ -778,11 +778,11 @@ def report_markdown(results: dict[str, Any]) -> str:
               "ground truth of the class."]
     funnel = results.get("funnel")
     if funnel and funnel["instances"]:
-        with_peak = funnel["with_peak"]
+        with_peak, retrieved = funnel["with_peak"], funnel["retrieved"]
         lines.append(f"Of the {plural(funnel['instances'], 'ground-truth instance')} of at least 32×32 pixels, "
                      f"{with_peak} {'has' if with_peak == 1 else 'have'} a peak of their class inside, "
-                     f"{funnel['with_proposal']} a proposal at IoU ≥ 0.5, and {funnel['retrieved']} were "
-                     "retrieved at IoU ≥ 0.5 from a peak inside them.")
+                     f"{funnel['with_proposal']} a proposal at IoU ≥ 0.5, and {retrieved} "
+                     f"{'was' if retrieved == 1 else 'were'} retrieved at IoU ≥ 0.5 from a peak inside them.")
     return "\n".join(lines) + "\n"
 
 
