@@ -453,6 +453,43 @@ def test_train_resume_refuses_options_that_ask_for_another_recipe(tmp_path, caps
     assert load_model(out).input_size == (32, 32)
 
 
+def test_train_resume_goes_on_to_the_runs_own_total_of_epochs(tmp_path, capsys):
+    """``train --epochs 3`` stopped after epoch 1, then ``train --resume``: it went on to the
+    parser's default 20 epochs, not the run's 3; and ``--resume --epochs 1`` on a run that had
+    finished 3 re-calibrated and reported success without training, its history still at 3."""
+    import imageio.v3 as iio
+
+    from napari_prm.data import from_folders
+    from napari_prm.train import train
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    out = tmp_path / "run.pt"
+    recipe = {"backbone": "tiny", "batch_size": 2, "input_size": (32, 32), "val_fraction": 0, "device": "cpu"}
+    finished = []
+    result = train(from_folders(tmp_path / "data"), out=out, epochs=3, calibrate=False, **recipe,
+                   progress=lambda update: finished.append(update.epoch) if update.stage == "epoch" else None,
+                   cancel=lambda: bool(finished))
+    assert result.cancelled and torch.load(out, weights_only=True)["extra"]["training"]["epoch"] == 1
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--resume", "--no-calibrate"]) == 0
+    errors = capsys.readouterr().err
+    assert "epoch 3/3" in errors and "/20" not in errors
+    state = torch.load(out, weights_only=True)["extra"]["training"]
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3] and state["config"]["epochs"] == 3
+    # fewer epochs than the run has finished: refused, the checkpoint untouched
+    before = out.read_bytes()
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--resume", "--epochs", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"napari-prm train: error: --epochs 1 is fewer than the 3 epochs the run in {out} has "
+                     "finished: --epochs is the new total (3 or more)")
+    assert out.read_bytes() == before
+    with pytest.raises(ValueError, match="epochs 1 is fewer than the 3 epochs the run in"):
+        train(from_folders(tmp_path / "data"), out=out, epochs=1, resume=True)
+
+
 def test_train_holds_out_no_only_image_of_a_class_and_warns(tmp_path, capsys):
     """3 images of 3 classes with the default hold-out (the tutorial's folder): one was held out,
     its class had no training image, and calibration on it alone chose nonsense thresholds.

@@ -121,6 +121,17 @@ def test_refine_refuses_an_existing_out_unless_resumed_or_overwritten(shapes_dat
     assert main(start + ["--epochs", "3", "--resume"]) == 0
     assert "epoch 3/3" in capsys.readouterr().err
     assert [h["epoch"] for h in load_checkpoint(out)[1]["refine_training"]["history"]] == [1, 2, 3]
+    # --resume alone keeps the run's 3 epochs (it went on to the parser's default, 30, with
+    # another learning-rate schedule); fewer than the run finished is refused
+    capsys.readouterr()
+    assert main(start + ["--resume"]) == 0
+    assert "epoch 4/" not in capsys.readouterr().err
+    assert [h["epoch"] for h in load_checkpoint(out)[1]["refine_training"]["history"]] == [1, 2, 3]
+    before = out.read_bytes()
+    assert main(start + ["--epochs", "2", "--resume"]) == 2
+    assert (f"--epochs 2 is fewer than the 3 epochs the run in {out} has finished: --epochs is the new total "
+            "(3 or more)") in capsys.readouterr().err
+    assert out.read_bytes() == before
     assert main(start + ["--epochs", "1", "--overwrite"]) == 0
     assert [h["epoch"] for h in load_checkpoint(out)[1]["refine_training"]["history"]] == [1]
 

@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=("efficientnet_lite0", "resnet50", "vgg16", "tiny"),
                        help="backbone of a new model (ImageNet weights; resnet50/vgg16 are "
                             "downloaded by torchvision)")
-    train.add_argument("--epochs", type=int, default=20, help="total number of epochs")
+    train.add_argument("--epochs", type=int, default=20,
+                       help="total number of epochs (with --resume: the run's own total unless given)")
     train.add_argument("--batch-size", type=int, default=16, help="images per batch")
     train.add_argument("--lr", type=float, default=0.01, help="learning rate of the classifier")
     train.add_argument("--backbone-lr-mult", type=float, default=0.01,
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                        help="continue the run saved in CHECKPOINT, or in --out when given alone, "
                             "with its recipe and model (options asking for others are refused; "
-                            "--epochs sets the new total) (default: start afresh)")
+                            "--epochs sets a new total, not below the epochs done) (default: start afresh)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace an existing --out with a new run (without it, an existing --out is "
                             "refused before anything runs, so a trained model is never lost)")
@@ -290,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=True,
                         help="learn from PRM's instances on DATASET's images; with --no-self-training "
                              "DATASET only locates the corrected images")
-    refine.add_argument("--epochs", type=int, default=30, help="total number of epochs")
+    refine.add_argument("--epochs", type=int, default=30,
+                        help="total number of epochs (with --resume: the run's own total unless given)")
     refine.add_argument("--batch-size", type=int, default=16, help="peaks per batch")
     refine.add_argument("--lr", type=float, default=2e-3, help="learning rate (AdamW, cosine decay)")
     refine.add_argument("--correction-weight", type=float, default=2.0,
@@ -305,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "run, or a resumed one, skips PRM; 'none' keeps nothing (default: <OUT>.cache)")
     refine.add_argument("--resume", action="store_true",
                         help="continue the run saved in --out with its options (options asking for "
-                             "others are refused; --epochs sets the new total)")
+                             "others are refused; --epochs sets a new total, not below the epochs done)")
     refine.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out with a new run (without it, an existing --out is "
                              "refused before anything runs, so a refined model is never lost)")
@@ -761,6 +763,7 @@ def _check_resumed_options(args, path: Path):
     try:
         model, extra = load_checkpoint(path)
         config = dict(extra[key]["config"])
+        finished = int(extra[key]["epoch"])
     except (ValueError, OSError, KeyError, TypeError):
         return None  # reported by train() and refine(): unreadable, or no training state
     args.resumed_config = config
@@ -775,6 +778,11 @@ def _check_resumed_options(args, path: Path):
         return f"--{dest.replace('_', '-')} {text}"
 
     given = _given_options(args)
+    if "epochs" not in given:  # the run's own total, not the parser's default for a new run
+        args.epochs = max(int(config.get("epochs", finished)), finished)
+    elif args.epochs < finished:
+        raise CommandError(f"--epochs {args.epochs} is fewer than the {finished} epochs the run in {path} has "
+                           f"finished: --epochs is the new total ({finished} or more)")
     differ = [f"{shown(dest, getattr(args, dest))} (the run's: {shown(dest, config[dest])})"
               for dest in options if dest in config and dest in given
               and plain(getattr(args, dest)) != plain(config[dest])]

@@ -458,7 +458,8 @@ def train(
     resume : path, True or None
         Continue from a checkpoint written by ``train`` (True: from ``out``):
         finished epochs are skipped and the recipe stored in it is used,
-        except ``epochs``, the total to reach. ``model`` is then ignored.
+        except ``epochs``, the total to reach (not fewer than the finished epochs:
+        ValueError). ``model`` is then ignored.
     progress : callable, optional
         Called with a :class:`TrainProgress` after every batch and epoch.
     cancel : callable or threading.Event, optional
@@ -499,6 +500,9 @@ def train(
             raise ValueError(f"cannot resume {resume_path}: it was trained on classes {model.class_names}, "
                              f"the dataset has {dataset.class_names}")
         config, start_epoch, history = _training_state(resume_path, state)
+        if epochs < start_epoch:
+            raise ValueError(f"epochs {epochs} is fewer than the {start_epoch} epochs the run in {resume_path} "
+                             f"has finished: epochs is the new total ({start_epoch} or more)")
     else:
         config = _recipe(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_mult=backbone_lr_mult,
                          momentum=momentum, weight_decay=weight_decay, input_size=input_size,

@@ -223,7 +223,8 @@ def refine(
         Seeds the head's initialisation, the order of the peaks and the flips.
     resume : bool or path
         Continue the run saved in ``out`` (True) or in this checkpoint: its head, optimiser
-        and finished epochs are kept and training goes on to ``epochs``.
+        and finished epochs are kept and training goes on to ``epochs`` (not fewer than the
+        finished epochs: ValueError).
     progress : callable, optional
         Called with a :class:`RefineProgress` after each prepared image, batch and epoch.
     cancel : callable or threading.Event, optional
@@ -277,6 +278,9 @@ def refine(
                              f"{model.class_names}")
         head = saved.head
         start_epoch = int(state["epoch"])
+        if epochs < start_epoch:
+            raise ValueError(f"epochs {epochs} is fewer than the {start_epoch} epochs the run in {resume_path} "
+                             f"has finished: epochs is the new total ({start_epoch} or more)")
         history = [RefineEpoch(**h) for h in state["history"]]
     elif fine_tune and model.head is not None:
         head = head_from_config(model.head.config())
