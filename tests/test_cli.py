@@ -490,6 +490,33 @@ def test_train_resume_goes_on_to_the_runs_own_total_of_epochs(tmp_path, capsys):
         train(from_folders(tmp_path / "data"), out=out, epochs=1, resume=True)
 
 
+def test_train_warns_of_a_label_typo_and_of_files_it_leaves_out(tmp_path, capsys):
+    """A CSV whose one ``dgo`` made a class of its own, with a BOM and Windows line endings as
+    Excel writes it, and a folder dataset with a nested folder and a text file: nothing said."""
+    import imageio.v3 as iio
+
+    for number, image in enumerate((data.chelsea(), data.coffee(), data.astronaut(), data.chelsea())):
+        iio.imwrite(tmp_path / f"ïmage {number}.PNG", image[:64, :64], extension=".png")
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_bytes("\ufeffimage,labels\r\nïmage 0.PNG,cat\r\nïmage 1.PNG,dog\r\nïmage 2.PNG,dgo\r\n"
+                         "ïmage 3.PNG,cat;dog\r\n".encode())
+    options = ["--out", str(tmp_path / "model.pt"), "--backbone", "tiny", "--epochs", "1", "--batch-size", "2",
+               "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
+    assert main(["train", str(csv_path)] + options) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"warning: class 'dgo' has 1 image ({csv_path}:4): a typo of 'dog' (2 images)?"
+    assert lines[1].startswith("training on 4 images") and "3 classes" in lines[1]
+    for relative in ("cat/a.png", "cat/2023/b.png", "dog/c.png"):
+        (tmp_path / "data" / relative).parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(tmp_path / "data" / relative, data.coffee()[:64, :64])
+    (tmp_path / "data" / "dog" / "notes.txt").write_text("not an image")
+    assert main(["train", str(tmp_path / "data"), "--overwrite"] + options) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"warning: {tmp_path / 'data'}: left out 1 file that is not an image")
+    assert lines[0].endswith("or lies in no class folder: dog/notes.txt")
+    assert lines[1].startswith("training on 3 images")  # cat/2023/b.png is a cat
+
+
 def test_train_holds_out_no_only_image_of_a_class_and_warns(tmp_path, capsys):
     """3 images of 3 classes with the default hold-out (the tutorial's folder): one was held out,
     its class had no training image, and calibration on it alone chose nonsense thresholds.

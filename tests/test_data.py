@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from napari_prm.data import VOC_CLASSES, TrainingImages, from_coco, from_csv, from_folders, load_dataset, voc_view
+from napari_prm.io import IMAGE_SUFFIXES
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,47 @@ def test_folders_single_label_and_image_kinds(tmp_path):
     assert from_folders(tmp_path, require_positives=False).labels.sum(0).tolist() == [2, 0, 1]
     with pytest.raises(ValueError, match=r"has no class sub-folders"):
         from_folders(tmp_path / "empty_class")
+
+
+def test_folders_take_nested_images_and_say_what_they_leave_out(tmp_path):
+    """A class folder's images in a sub-folder (``cat/2023/x.jpg``) were left out without a
+    word, and so were files that are not images and images in no class folder. Nested images
+    belong to their top folder's class (as torchvision's ImageFolder reads them); the rest is
+    named in the dataset's warnings."""
+    for relative in ("cat/a.png", "cat/2023/b.JPG", "cat/2023/deeper/c.png", "dog/Hund Ä.png", "stray.png"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(tmp_path / relative, _rgb(len(relative)), extension=".png")
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    (tmp_path / "dog" / "scan.czi").write_bytes(b"a format napari-prm does not read")
+    (tmp_path / "cat" / ".hidden").mkdir()
+    iio.imwrite(tmp_path / "cat" / ".hidden" / "d.png", _rgb(1))
+    dataset = from_folders(tmp_path)
+    assert dataset.class_names == ["cat", "dog"]
+    assert [p.relative_to(tmp_path).as_posix() for p in dataset.image_paths] == [
+        "cat/2023/b.JPG", "cat/2023/deeper/c.png", "cat/a.png", "dog/Hund Ä.png"]
+    np.testing.assert_array_equal(dataset.labels, [[1, 0], [1, 0], [1, 0], [0, 1]])
+    assert dataset.warnings == [
+        f"{tmp_path}: left out 3 files that are not images ({', '.join(IMAGE_SUFFIXES)}) or lie in "
+        "no class folder: dog/notes.txt, dog/scan.czi, stray.png"]
+    assert from_folders(tmp_path / "cat").warnings[0].endswith("a.png")  # no class folder: a.png
+
+
+def test_a_label_typo_is_a_warning(tmp_path):
+    """A CSV with one ``dgo`` among the ``dog`` labels (or a ``Dog`` folder beside ``dog``)
+    trained a third class from one image without a word."""
+    for name in ("x.png", "y.png", "z.png", "w.png"):
+        iio.imwrite(tmp_path / name, _rgb(len(name)))
+    path = tmp_path / "labels.csv"
+    path.write_text("image,labels\nx.png,dog\ny.png,dgo\nz.png,cat;dog\nw.png,cat\n")
+    dataset = from_csv(path)
+    assert dataset.class_names == ["cat", "dgo", "dog"]
+    assert dataset.warnings == [f"class 'dgo' has 1 image ({path}:3): a typo of 'dog' (2 images)?"]
+    path.write_text("image,labels\nx.png,dogs\ny.png,dog\nz.png,Cat\nw.png,cat\n")
+    assert from_csv(path).warnings == [
+        "classes 'Cat' and 'cat' differ only in case: one class written two ways?",
+        f"class 'dog' has 1 image ({path}:3): a typo of 'dogs' (1 image)?"]
+    path.write_text("image,labels\nx.png,cat\ny.png,dog\n")  # one image each, no near name: fine
+    assert from_csv(path).warnings == []
 
 
 def _write_csv(tmp_path, rows):

@@ -86,7 +86,7 @@ def _add_model_options(parser: argparse.ArgumentParser, *, device_only: bool = F
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", metavar="DATASET",
                         help="a COCO instances .json, a CSV 'image,labels' (labels ';'-separated) "
-                             "or a folder with one sub-folder of images per class")
+                             "or a folder with one sub-folder of images per class (searched at any depth)")
     parser.add_argument("--image-dir", default=None,
                         help="folder of the images (default: for COCO <root>/<split>/ or the "
                              "JSON's folder, for a CSV the CSV's folder)")
@@ -722,6 +722,8 @@ def _load_dataset(args, *, classes=None):
             dataset = dataset.with_classes(classes, drop_unlabeled=False)
     except (ValueError, OSError, TypeError) as error:
         raise CommandError(f"cannot load dataset {path}: {error}") from error
+    for warning in dataset.warnings:
+        _say(f"warning: {warning}")
     return dataset
 
 

@@ -72,6 +72,9 @@ class LabeledImageDataset:
         COCO category id of each class.
     include_crowd : bool
         Whether crowd-only annotations count as labels (COCO).
+    warnings : list of str
+        What loading left out (files that are not images) or found suspicious (a class
+        of one image named like another: a label typo?); the command line prints them.
     """
 
     image_paths: list[Path]
@@ -83,6 +86,7 @@ class LabeledImageDataset:
     image_ids: list[int] | None = None
     category_ids: list[int] | None = None
     include_crowd: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.float32).reshape(len(self.image_paths), len(self.class_names))
@@ -432,8 +436,11 @@ def from_coco(
 def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledImageDataset:
     """One label per image from a folder per class: ``root/<class>/<image>``.
 
-    Classes are the sub-folder names, sorted. Files with other suffixes than
-    those in ``IMAGE_SUFFIXES`` and hidden files are ignored.
+    Classes are the sub-folder names, sorted. A class folder's images may lie in sub-folders
+    of it (``root/<class>/2023/<image>``), as torchvision's ``ImageFolder`` reads them.
+    Hidden files and folders are skipped; other files that are not images (suffixes
+    ``IMAGE_SUFFIXES``) and files in no class folder are left out and named in the
+    dataset's ``warnings``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -441,10 +448,12 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise ValueError(f"dataset folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    left_out = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
     paths, rows = [], []
     for j, class_dir in enumerate(class_dirs):
-        images = sorted(p for p in class_dir.iterdir()
-                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        files = sorted(_visible_files(class_dir))
+        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        left_out += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
         if not images and require_positives:
             raise ValueError(f"class {class_dir.name!r} has no positive image: folder {class_dir} holds no image "
                              f"({', '.join(IMAGE_SUFFIXES)})")
@@ -454,8 +463,70 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
         raise ValueError(f"dataset folder {root} holds no images")
     labels = np.zeros((len(paths), len(class_dirs)), dtype=np.float32)
     labels[np.arange(len(paths)), rows] = 1
-    return LabeledImageDataset(image_paths=paths, labels=labels, class_names=[d.name for d in class_dirs],
-                               source=str(root))
+    dataset = LabeledImageDataset(image_paths=paths, labels=labels, class_names=[d.name for d in class_dirs],
+                                  source=str(root))
+    if left_out:
+        names = sorted(p.relative_to(root).as_posix() for p in left_out)
+        dataset.warnings.append(
+            f"{root}: left out {len(names)} file{'' if len(names) == 1 else 's'} that "
+            f"{'is not an image' if len(names) == 1 else 'are not images'} ({', '.join(IMAGE_SUFFIXES)}) or "
+            f"lie{'s' if len(names) == 1 else ''} in no class folder: {', '.join(names[:10])}"
+            + (f", ... ({len(names) - 10} more)" if len(names) > 10 else ""))
+    dataset.warnings += label_typos(dataset)
+    return dataset
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """The files under ``folder``, at any depth, but none that is hidden or inside a hidden folder."""
+    files = []
+    for path in folder.iterdir():
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            files += _visible_files(path)
+        elif path.is_file():
+            files.append(path)
+    return files
+
+
+def label_typos(dataset: LabeledImageDataset) -> list[str]:
+    """Warnings about class names that look like one class written two ways.
+
+    Two names equal but for case, or a class of one image whose name is one edit (a letter
+    added, dropped, changed or two swapped, ignoring case) from another class's name: most
+    likely a typo in a CSV or a folder name, which makes a class of its own.
+    """
+    counts = dict(zip(dataset.class_names, dataset.labels.sum(0).astype(int)))
+    names = list(counts)
+    warnings, reported = [], set()
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if a.casefold() == b.casefold():
+                warnings.append(f"classes {a!r} and {b!r} differ only in case: one class written two ways?")
+                reported.add(frozenset((a, b)))
+    for name in names:
+        if counts[name] != 1:
+            continue
+        for other in names:
+            pair = frozenset((name, other))
+            if other != name and pair not in reported and _one_edit_apart(name.casefold(), other.casefold()):
+                where = dataset.origins[int(np.flatnonzero(dataset.labels[:, names.index(name)])[0])]
+                warnings.append(f"class {name!r} has 1 image ({where}): a typo of {other!r} "
+                                f"({counts[other]} image{'' if counts[other] == 1 else 's'})?")
+                reported.add(pair)
+    return warnings
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``b`` is ``a`` with one letter added, dropped or changed, or two neighbours swapped."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) == len(b):
+        differ = [k for k in range(len(a)) if a[k] != b[k]]
+        return len(differ) == 1 or (len(differ) == 2 and differ[1] == differ[0] + 1
+                                    and a[differ[0]] == b[differ[1]] and a[differ[1]] == b[differ[0]])
+    short, long = sorted((a, b), key=len)
+    return any(long[:k] + long[k + 1:] == short for k in range(len(long)))
 
 
 def from_csv(
@@ -515,6 +586,7 @@ def from_csv(
         labels[row, [column[n] for n in names]] = 1
     dataset = LabeledImageDataset(image_paths=[e[0] for e in entries], labels=labels, class_names=class_names,
                                   origins=[e[2] for e in entries], source=str(path))
+    dataset.warnings += label_typos(dataset)
     if require_positives:
         dataset.check_positives()
     return dataset
