@@ -693,6 +693,30 @@ def test_refine_resume_refuses_options_that_ask_for_others(tmp_path, capsys):
     assert "epoch 2/2" in capsys.readouterr().err
 
 
+def test_predict_ctrl_c_says_what_is_written_and_how_to_go_on(tmp_path, capsys):
+    """Ctrl-C in ``predict`` said only "napari-prm predict: interrupted": not how many images
+    were written, nor that the same command goes on from there."""
+    import imageio.v3 as iio
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for number in range(40):
+        iio.imwrite(images / f"cat {number:02d}.png", data.chelsea()[number:number + 96, :96])
+    out = tmp_path / "results"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "napari_prm", "predict", str(images), "--out", str(out), "--device", "cpu"]
+    returncode, err = interrupt_after_first_checkpoint(command, out / "cat 00.manifest.json", env)
+    assert returncode == 130, err
+    written = len(list(out.glob("*.manifest.json")))
+    assert 1 <= written < 40
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: {written} of 40 images written to {out} (summary: "
+        f"{out / 'summary.csv'}); the same command goes on with the others")
+    assert "Traceback" not in err
+    statuses = [line.split(",")[1] for line in (out / "summary.csv").read_text().splitlines()[1:]]
+    assert statuses.count("written") == written and statuses.count("pending") == 40 - written
+
+
 def test_predict_on_a_folder_whose_images_are_in_sub_folders_says_so(tmp_path, capsys):
     """A plate/well layout gave "no images in this folder", not why."""
     for well in ("A1", "A2"):

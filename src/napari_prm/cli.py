@@ -25,7 +25,7 @@ from typing import Any
 from . import __version__
 from . import _validate as check
 from ._text import plural
-from .batch import OTHER_RUN, WITHOUT_PRMS, collect_images, model_label
+from .batch import OTHER_RUN, SUMMARY_NAME, WITHOUT_PRMS, collect_images, model_label
 from .io import IMAGE_SUFFIXES
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
@@ -638,8 +638,11 @@ def _run_predict(args) -> int:
     client = _start_client(args)
     args.out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(images), desc="predict", unit="image", disable=None)
+    written = []
 
     def progress(result, done, total) -> None:
+        if result.status == "written":
+            written.append(result.image)
         if result.status == "failed":
             if args.debug and result.details:
                 _say(result.details.rstrip())
@@ -654,6 +657,11 @@ def _run_predict(args) -> int:
         batch = predict_many(images, model, args.out, client, overwrite=args.overwrite,
                              prms_format=args.save_prms, device=args.device, progress=progress,
                              model_name=model_label(args.model), **settings)
+    except KeyboardInterrupt:
+        bar.close()
+        _say(f"interrupted: {len(written)} of {plural(len(images), 'image')} written to {args.out} (summary: "
+             f"{args.out / SUMMARY_NAME}); the same command goes on with the others")
+        return 130
     finally:
         bar.close()
         if client is not None:
