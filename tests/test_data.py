@@ -207,6 +207,28 @@ def test_csv_errors_name_file_and_line(tmp_path):
         load_dataset(tmp_path / "x.png")
 
 
+def test_csv_as_spreadsheets_write_it_is_read_or_explained(tmp_path):
+    """What Excel writes: a BOM and Windows line endings (read), a CSV in the Windows code page
+    (the message was Python's "'utf-8' codec can't decode byte 0xe9"), one separated by ';' (the
+    header was shown without a word on the separators), and labels joined by ',' (a class
+    named 'cat,dog')."""
+    path = _write_csv(tmp_path, [])
+    path.write_bytes("\ufeffimage,labels\r\nx.png,cat\r\ny.png,\r\n".encode())
+    dataset = from_csv(path)
+    assert dataset.class_names == ["cat"] and dataset.labels.tolist() == [[1], [0]]
+    path.write_bytes("image,labels\nx.png,chat\ny.png,caf\xe9\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"labels.csv is not UTF-8 text \(line 3\): save it as UTF-8 \(Excel: "
+                                         r"'CSV UTF-8'\)"):
+        from_csv(path)
+    path.write_text("image;labels\nx.png;cat\n")
+    with pytest.raises(ValueError, match=r"labels.csv:1: expected the header 'image,labels'; got \['image;labels'\]: "
+                                         r"separate the two columns by ',' \(the labels by ';'\)"):
+        from_csv(path)
+    path.write_text('image,labels\nx.png,"cat,dog"\ny.png,dog\n')
+    assert from_csv(path).warnings[0] == (f"{path}:2: label 'cat,dog' holds a ',': labels are separated by ';' "
+                                          "(cat;dog)")
+
+
 def test_split_is_disjoint_and_seeded(coco_train):
     train, val = coco_train.split(0.25, seed=3)
     assert (len(train), len(val)) == (96, 32)

@@ -553,29 +553,40 @@ def from_csv(
         raise ValueError(f"CSV file {path} does not exist")
     image_root = Path(image_root) if image_root is not None else path.parent
     entries: list[tuple[Path, list[str], str]] = []
+    warnings = []
+    content = path.read_bytes()
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None or [h.strip().lower() for h in header[:2]] != ["image", "labels"]:
-                raise ValueError(f"{path}:1: expected the header 'image,labels'; got {header}")
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
-                if not row or all(not cell.strip() for cell in row):
-                    continue
-                if len(row) != 2:
-                    raise ValueError(f"{where}: expected 2 columns (image,labels); got {len(row)}: {row}")
-                image = Path(row[0].strip())
-                image = image if image.is_absolute() else image_root / image
-                if not image.is_file():
-                    raise ValueError(f"{where}: image {image} does not exist")
-                names = [n.strip() for n in row[1].split(";") if n.strip()]
-                if classes is not None:
-                    unknown = [n for n in names if n not in classes]
-                    if unknown:
-                        raise ValueError(f"{where}: unknown class(es) {unknown}; expected one of {list(classes)}")
-                entries.append((image, names, where))
-    except (UnicodeDecodeError, csv.Error) as error:
+        text = content.decode("utf-8-sig")  # a byte-order mark (Excel's 'CSV UTF-8') is fine
+    except UnicodeDecodeError as error:
+        line = content[:error.start].count(b"\n") + 1
+        raise ValueError(f"CSV file {path} is not UTF-8 text (line {line}): save it as UTF-8 (Excel: "
+                         "'CSV UTF-8')") from error
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header[:2]] != ["image", "labels"]:
+            hint = (": separate the two columns by ',' (the labels by ';')"
+                    if header and header[0].strip().lower().startswith("image;") else "")
+            raise ValueError(f"{path}:1: expected the header 'image,labels'; got {header}{hint}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != 2:
+                raise ValueError(f"{where}: expected 2 columns (image,labels); got {len(row)}: {row}")
+            image = Path(row[0].strip())
+            image = image if image.is_absolute() else image_root / image
+            if not image.is_file():
+                raise ValueError(f"{where}: image {image} does not exist")
+            names = [n.strip() for n in row[1].split(";") if n.strip()]
+            warnings += [f"{where}: label {n!r} holds a ',': labels are separated by ';' "
+                         f"({';'.join(part.strip() for part in n.split(','))})" for n in names if "," in n]
+            if classes is not None:
+                unknown = [n for n in names if n not in classes]
+                if unknown:
+                    raise ValueError(f"{where}: unknown class(es) {unknown}; expected one of {list(classes)}")
+            entries.append((image, names, where))
+    except csv.Error as error:
         raise ValueError(f"cannot read CSV file {path}: {error}") from error
     if not entries:
         raise ValueError(f"CSV file {path} lists no images")
@@ -585,7 +596,7 @@ def from_csv(
     for row, (_, names, _) in enumerate(entries):
         labels[row, [column[n] for n in names]] = 1
     dataset = LabeledImageDataset(image_paths=[e[0] for e in entries], labels=labels, class_names=class_names,
-                                  origins=[e[2] for e in entries], source=str(path))
+                                  origins=[e[2] for e in entries], source=str(path), warnings=warnings)
     dataset.warnings += label_typos(dataset)
     if require_positives:
         dataset.check_positives()
