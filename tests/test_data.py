@@ -93,6 +93,24 @@ def test_coco_class_choice_and_errors(tmp_path, coco_train, coco128, train_json)
         from_coco(tmp_path / "bad.json")
 
 
+def test_coco_images_elsewhere_than_the_json_say_where_they_were_looked_for(tmp_path):
+    """A COCO JSON beside an ``images/`` folder said only "image .../x.png listed in ... does
+    not exist", not that images are looked for in the JSON's folder nor how to say where."""
+    (tmp_path / "images").mkdir()
+    iio.imwrite(tmp_path / "images" / "x.png", _rgb(1))
+    coco = {"images": [{"id": 1, "file_name": "x.png", "height": 20, "width": 24}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "cat"}]}
+    (tmp_path / "labels.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError) as error:
+        from_coco(tmp_path / "labels.json")
+    assert str(error.value) == (f"image {tmp_path / 'x.png'} listed in {tmp_path / 'labels.json'} (image id 1) "
+                                f"does not exist; images are looked for in {tmp_path}: pass their folder as "
+                                "image_dir (the command line's --image-dir)")
+    assert from_coco(tmp_path / "labels.json", image_dir=tmp_path / "images").image_paths == [
+        tmp_path / "images" / "x.png"]
+
+
 def test_folders_single_label_and_image_kinds(tmp_path):
     (tmp_path / "cells").mkdir()
     (tmp_path / "nuclei").mkdir()

@@ -379,7 +379,8 @@ def from_coco(
     if not json_path.is_file():
         raise ValueError(f"COCO annotation file {json_path} does not exist")
     coco = _quiet_coco(json_path)
-    image_dir = Path(image_dir) if image_dir is not None else _default_coco_image_dir(json_path)
+    given_dir = image_dir is not None
+    image_dir = Path(image_dir) if given_dir else _default_coco_image_dir(json_path)
     categories = sorted(coco.cats.values(), key=lambda c: c["id"])
     by_name = {c["name"]: c["id"] for c in categories}
     image_ids = sorted(coco.imgs)
@@ -410,7 +411,9 @@ def from_coco(
         file_name = coco.imgs[image_id]["file_name"]
         path = image_dir / file_name
         if not path.is_file():
-            raise ValueError(f"image {path} listed in {json_path} (image id {image_id}) does not exist")
+            hint = "" if given_dir else (f"; images are looked for in {image_dir}: pass their folder as image_dir "
+                                         "(the command line's --image-dir)")
+            raise ValueError(f"image {path} listed in {json_path} (image id {image_id}) does not exist{hint}")
         paths.append(path)
         for cat in present.get(image_id, ()):
             if cat in column:
