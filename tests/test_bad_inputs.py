@@ -604,7 +604,7 @@ CASES = [
         r"cannot read COCO annotations .*bad.json: Expecting property name"),
     api("csv latin-1", lambda ws: (ws.path("l.csv").write_bytes(b"image,labels\n0.png,caf\xe9\n"),
                                    lambda: from_csv(ws.path("l.csv"), ws.data))[1],
-        r"cannot read CSV file .*l.csv: 'utf-8' codec can't decode"),
+        r"CSV file .*l.csv is not UTF-8 text \(line 2\): save it as UTF-8"),
     api("csv without labels", lambda ws: (ws.path("l.csv").write_text("image,labels\n0.png,\n"),
                                           lambda: from_csv(ws.path("l.csv"), ws.data))[1],
         r"dataset .*l.csv has no classes: no image is labelled"),
