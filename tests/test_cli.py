@@ -546,7 +546,7 @@ def test_train_holds_out_no_only_image_of_a_class_and_warns(tmp_path, capsys):
     # calibrate --held-out has no held-out image to use
     assert main(["calibrate", str(tmp_path / "data"), "--model", str(out), "--held-out", "--no-tta",
                  "--device", "cpu"]) == 2
-    assert "held no image out of" in capsys.readouterr().err
+    assert "held no image out: each image is the only one of one of its classes" in capsys.readouterr().err
     # with nothing held out by choice, no warning
     assert main(["train", str(tmp_path / "data"), "--out", str(out), "--overwrite", "--val-fraction", "0"]
                 + options) == 0
@@ -554,6 +554,54 @@ def test_train_holds_out_no_only_image_of_a_class_and_warns(tmp_path, capsys):
     assert errors.startswith("training on 3 images, none held out (the thresholds are calibrated on the "
                              "training images); 3 classes")
     assert "calibrated the thresholds on 3 training image(s)" in errors and "warning: no image" not in errors
+
+
+def test_calibrate_held_out_of_a_checkpoint_from_before_the_split_rule(tmp_path, capsys):
+    """A checkpoint from before 'train' kept a training image of every class may have held out a
+    class's only image. calibrate --held-out said it 'held no image out ... (it was calibrated on its
+    training images)' when this version holds none out, and calibrated on images it trained on when
+    this version holds out others. Now it says which images it held out is unknown."""
+    import imageio.v3 as iio
+
+    from napari_prm.data import load_dataset
+    from napari_prm.train import SPLIT_RULE, TRAINING_STATE_KEY
+
+    sources = {"cat": [data.chelsea()[:64, :64], data.chelsea()[64:128, 64:128]],
+               "coffee": [data.coffee()[:64, :64]], "astronaut": [data.astronaut()[:64, :64]]}
+    for name, images in sources.items():
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for number, image in enumerate(images):
+            iio.imwrite(tmp_path / "data" / name / f"{number}.png", image)
+    dataset = load_dataset(tmp_path / "data")
+    # seed 1: the plain random split holds out the only astronaut; this version holds out a cat
+    plain_train, plain_held = dataset.split(0.25, seed=1, keep_every_class=False)
+    assert dataset.untrained_classes(plain_train) == ["astronaut"]
+    train_part, held = dataset.split(0.25, seed=1)
+    assert len(held) == 1 and held.labels[0].tolist() == [0, 1, 0]  # classes astronaut, cat, coffee
+    model = build_model("tiny", dataset.class_names, pretrained=False, input_size=(32, 32))
+    state = {"epoch": 1, "config": {"val_fraction": 0.25, "seed": 1},
+             "history": [{"epoch": 1, "loss": 0.5, "seconds": 1.0, "val_ap": {"cat": 1.0}, "val_map": 1.0}]}
+    calibrate = ["calibrate", str(tmp_path / "data"), "--held-out", "--no-tta", "--device", "cpu"]
+    old = tmp_path / "old.pt"
+    save_model(model, old, extra={TRAINING_STATE_KEY: state})
+    assert main(calibrate + ["--model", str(old)]) == 2
+    error = capsys.readouterr().err
+    assert "does not record how 'train' chose its held-out images" in error
+    assert "holds out the only image(s) of class(es) 'astronaut'" in error and "holds out other images" in error
+    # the same checkpoint from this version: its held-out cat calibrates
+    new = tmp_path / "new.pt"
+    save_model(model, new, extra={TRAINING_STATE_KEY: {**state, "split_rule": SPLIT_RULE}})
+    assert main(calibrate + ["--model", str(new)]) == 0
+    assert "on 1 image(s)" in capsys.readouterr().out
+    # 3 images of 3 classes: this version holds none out; the old one held one out and validated on it
+    for path in (tmp_path / "data" / "cat").glob("1.png"):
+        path.unlink()
+    assert main(calibrate + ["--model", str(old)]) == 2
+    error = capsys.readouterr().err
+    assert "holds out none" in error and "which images it held out is unknown" in error
+    assert "each image is the only one" not in error
+    assert main(calibrate + ["--model", str(new)]) == 2
+    assert "held no image out: each image is the only one of one of its classes" in capsys.readouterr().err
 
 
 def test_train_warns_of_a_calibration_that_finds_nothing(tmp_path, capsys):

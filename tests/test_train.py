@@ -9,8 +9,8 @@ import torch
 
 from napari_prm import load_model, save_model
 from napari_prm.data import LabeledImageDataset, from_csv
-from napari_prm.model import build_model
-from napari_prm.train import TrainProgress, train, training_split
+from napari_prm.model import build_model, load_checkpoint
+from napari_prm.train import SPLIT_RULE, TRAINING_STATE_KEY, TrainProgress, train, training_split
 
 SETTINGS = dict(backbone="tiny", epochs=3, batch_size=8, lr=0.01, backbone_lr_mult=1.0, input_size=(48, 48),
                 device="cpu", val_fraction=0.25, seed=0)
@@ -77,6 +77,8 @@ def test_training_calibrates_the_thresholds_on_the_held_out_images(full_run):
     assert loaded.settings["class_threshold"] == pytest.approx(calibration.class_threshold)
     assert loaded.settings["peak_threshold"] == pytest.approx(calibration.peak_threshold)
     assert loaded.settings["calibration"]["held_out"] is True
+    # the checkpoint says which rule chose its held-out images (calibrate --held-out trusts it)
+    assert load_checkpoint(result.checkpoint)[1][TRAINING_STATE_KEY]["split_rule"] == SPLIT_RULE
     assert set(loaded.settings["tta_calibration"]) >= {"class_threshold", "peak_threshold"}
 
 

@@ -963,21 +963,13 @@ def _run_calibrate(args) -> int:
     except ValueError as error:
         raise CommandError(f"the dataset does not have the model's classes: {error}") from error
     if args.held_out:
-        state = extra.get(TRAINING_STATE_KEY) or {}
-        config = state.get("config") or {}
-        fraction = config.get("val_fraction") or 0
-        if not fraction:
-            raise CommandError(f"{args.model} records no held-out share (it was not trained by 'train' with "
-                               "--val-fraction > 0): calibrate on images it was not trained on instead")
-        # split with the model's classes, as 'train' did: the split keeps a training image of each
-        from .train import training_split
+        from .train import checkpoint_held_out
 
-        held = training_split(dataset, float(fraction), int(config.get("seed", 0))).held_out
-        if held is None:
-            raise CommandError(f"{args.model} held no image out of {args.dataset}: each was the only training "
-                               "image of one of its classes (it was calibrated on its training images); "
-                               "calibrate on images it was not trained on instead")
-        dataset = held
+        try:  # split with the model's classes, as 'train' did: the split keeps a training image of each
+            dataset = checkpoint_held_out(dataset, extra.get(TRAINING_STATE_KEY))
+        except ValueError as error:
+            raise CommandError(f"--held-out on {args.dataset}: {args.model} {error}; calibrate on images it "
+                               "was not trained on instead") from error
     results = {}
     for tta in ((False, True) if args.tta else (False,)):
         with tqdm(total=len(dataset), desc="calibrate" + (" (TTA)" if tta else ""), unit="image",

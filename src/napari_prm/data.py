@@ -166,7 +166,8 @@ class LabeledImageDataset:
             image_ids=None if self.image_ids is None else [self.image_ids[i] for i in indices],
         )
 
-    def split(self, fraction: float, *, seed: int = 0) -> tuple[LabeledImageDataset, LabeledImageDataset]:
+    def split(self, fraction: float, *, seed: int = 0,
+              keep_every_class: bool = True) -> tuple[LabeledImageDataset, LabeledImageDataset]:
         """Random ``(train, validation)`` split with ``fraction`` of the images held out.
 
         :meth:`held_out_size` images are held out (at least one, and one fewer than all,
@@ -176,6 +177,9 @@ class LabeledImageDataset:
         class already has a training image is the plain random one). When too few such images
         exist, fewer are held out, and when none does (e.g. 3 images of 3 classes) none is:
         the validation part is then empty.
+
+        ``keep_every_class=False`` gives the plain random split, the one ``train`` made
+        before this rule (it may hold out the only image of a class).
         """
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1); got {fraction}")
@@ -183,7 +187,9 @@ class LabeledImageDataset:
             raise ValueError(f"cannot split dataset {self.source}: it has {len(self)} image(s)")
         order = np.random.default_rng(seed).permutation(len(self))
         held_out = self.held_out_size(fraction)
-        train, val = self._keep_classes_in_training(list(order[held_out:]), list(order[:held_out]))
+        train, val = list(order[held_out:]), list(order[:held_out])
+        if keep_every_class:
+            train, val = self._keep_classes_in_training(train, val)
         return self.subset(np.sort(train)), self.subset(np.sort(val))
 
     def held_out_size(self, fraction: float) -> int:

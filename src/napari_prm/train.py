@@ -37,6 +37,10 @@ from .model.checkpoint import (
 )
 
 TRAINING_STATE_KEY = "training"
+# Stored in the training state: which images the run held out. 2: never the only image of a
+# class (:func:`training_split`); a checkpoint without it may come from a version that made the
+# plain random split (``split(..., keep_every_class=False)``), which could hold one out.
+SPLIT_RULE = 2
 
 
 @dataclass
@@ -190,6 +194,41 @@ def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed
     return TrainingSplit(train_set, held_out if len(held_out) else None, wanted, single)
 
 
+def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> LabeledImageDataset:
+    """The images of ``dataset`` that the run whose training state is ``state`` (a checkpoint's
+    ``extra[TRAINING_STATE_KEY]``) held out: the same split again, from its ``val_fraction`` and ``seed``.
+
+    Raises
+    ------
+    ValueError
+        When the run held none out (``val_fraction`` 0, or every image the only one of a class),
+        or when which ones it held out is unknown: a checkpoint without ``split_rule`` may come
+        from a version that held out a class's only image, which this version trains on.
+    """
+    state = state or {}
+    config = state.get("config") or {}
+    fraction = float(config.get("val_fraction") or 0)
+    seed = int(config.get("seed", 0))
+    if not fraction:
+        raise ValueError("records no held-out share (it was not trained by 'train' with a val_fraction above 0)")
+    split = training_split(dataset, fraction, seed)
+    if state.get("split_rule") != SPLIT_RULE and len(dataset) > 1:
+        plain_train, _ = dataset.split(fraction, seed=seed, keep_every_class=False)
+        lost = dataset.untrained_classes(plain_train)
+        if lost:
+            names = ", ".join(repr(c) for c in lost)
+            now = "none" if split.held_out is None else "other images"
+            raise ValueError(
+                f"does not record how 'train' chose its held-out images, and the random split of its "
+                f"val_fraction and seed holds out the only image(s) of class(es) {names}: a version that does "
+                f"not record it may have held those out, where this one trains on them and holds out {now}, "
+                f"so which images it held out is unknown")
+    if split.held_out is None:
+        raise ValueError("held no image out: each image is the only one of one of its classes, and 'train' "
+                         "holds out no such image")
+    return split.held_out
+
+
 def is_cancelled(cancel) -> bool:
     """Whether ``cancel`` (None, a callable or a ``threading.Event``) says stop."""
     if cancel is None:
@@ -290,13 +329,16 @@ def _validation_ap(model: PRMModel, loader, device) -> tuple[dict[str, float], f
     return dict(zip(model.class_names, per_class.tolist())), mean_ap
 
 
-def _save(model: PRMModel, out: Path, optimizer, epoch: int, history: list[EpochRecord], config: dict) -> Path:
+def _save(model: PRMModel, out: Path, optimizer, epoch: int, history: list[EpochRecord], config: dict,
+          split_rule: int | None) -> Path:
     training = {
         "epoch": epoch,
         "optimizer": optimizer.state_dict(),
         "history": [vars(record) for record in history],
         "config": config,
     }
+    if split_rule is not None:
+        training["split_rule"] = split_rule
     return save_model(model, out, extra={TRAINING_STATE_KEY: training})
 
 
@@ -526,6 +568,8 @@ def train(
             f"resumed epochs would train on different images. Start a new run, or fine-tune from it (model=, "
             f"the CLI's --model)")
     train_set, val_set = split.train, split.held_out
+    # a resumed run keeps its checkpoint's rule: its first epochs were split by that one
+    split_rule = SPLIT_RULE if state is None else state.get("split_rule")
     warnings = [split.warning] if split.warning else []
     images = TrainingImages(train_set, config["input_size"], model.mean, model.std,
                             hflip=config["hflip"], seed=config["seed"])
@@ -577,7 +621,7 @@ def train(
             _check_finite_training(model, out, epoch + 1, None, None, config["lr"], checkpoint)
             history.append(record)
             network.sub_pixel_locating_factor = inference_factor
-            checkpoint = _save(model, out, optimizer, epoch + 1, history, config)
+            checkpoint = _save(model, out, optimizer, epoch + 1, history, config, split_rule)
             network.sub_pixel_locating_factor = config["sub_pixel_locating_factor"]
             if progress is not None:
                 progress(TrainProgress("epoch", epoch + 1, config["epochs"], len(loader), len(loader), record.loss,
@@ -587,7 +631,7 @@ def train(
             calibration = _calibrate(model, val_set if val_set is not None else train_set, config, progress, cancel,
                                      held_out=val_set is not None)
             if calibration is not None:
-                checkpoint = _save(model, out, optimizer, len(history), history, config)
+                checkpoint = _save(model, out, optimizer, len(history), history, config, split_rule)
                 if calibration.warning:
                     warnings.append(calibration.warning)
     finally:
