@@ -44,6 +44,32 @@ def test_label_image_round_trip(tmp_path, top_label, dtype, suffix):
     np.testing.assert_array_equal(back, labels)
 
 
+@pytest.mark.parametrize(("top_label", "shape"), [(7, (6, 8)), (70000, (6, 8)), (7, (2, 6, 8))])
+def test_label_tiff_keeps_an_imagej_pixel_size(tmp_path, top_label, shape):
+    """An image 0.5 µm × 0.25 µm per pixel (ImageJ: 2 and 4 pixels per µm). uint32 labels, which an
+    ImageJ file cannot hold, were written with 2 and 4 pixels per no unit: the µm was lost. Now
+    they, and n-D uint16 ones, hold it as pixels per centimetre; 2-D uint16 labels stay ImageJ."""
+    tifffile.imwrite(tmp_path / "image.tif", np.zeros((6, 8), np.uint8), imagej=True, resolution=(2.0, 4.0),
+                     metadata={"unit": "um"})
+    pixel_size = io.tiff_pixel_size(tmp_path / "image.tif")
+    assert pixel_size["resolution"] == pytest.approx((2.0, 4.0)) and pixel_size["imagej_unit"] == "um"
+    labels = np.zeros(shape, np.int64)
+    labels[..., 1, 2] = top_label
+    io.write_label_image(tmp_path / "labels.tif", labels, pixel_size=pixel_size, world={"scale": [1.0] * len(shape)})
+    np.testing.assert_array_equal(io.read_label_image(tmp_path / "labels.tif"), labels)
+    back = io.tiff_pixel_size(tmp_path / "labels.tif")
+    if top_label < 65536 and len(shape) == 2:
+        assert back["resolution"] == pytest.approx((2.0, 4.0)) and back["imagej_unit"] == "um"
+    else:
+        assert back["unit"] == tifffile.RESUNIT.CENTIMETER and "imagej_unit" not in back
+        assert back["resolution"] == pytest.approx((2e4, 4e4))  # pixels per cm: 0.5 µm and 0.25 µm
+        assert io.read_label_world(tmp_path / "labels.tif") == {"scale": (1.0,) * len(shape)}
+    # a label TIFF written from these labels keeps the same size
+    io.write_label_image(tmp_path / "again.tif", labels, pixel_size=back)
+    again = io.tiff_pixel_size(tmp_path / "again.tif")
+    assert again["resolution"] == pytest.approx(back["resolution"]) and again["unit"] == back["unit"]
+
+
 def test_png_refuses_labels_above_65535(tmp_path):
     with pytest.raises(ValueError, match="65535.*70000"):
         io.write_label_image(tmp_path / "labels.png", synthetic_labels(70000))

@@ -53,6 +53,22 @@ def read_label_world(path: str | os.PathLike) -> dict:
     return world
 
 
+#: ImageJ's length units, in centimetres: a label TIFF that cannot be an ImageJ one (uint32, or
+#: not 2-D) keeps such a pixel size in its resolution tags, in pixels per centimetre.
+_IMAGEJ_UNIT_CM = {"nm": 1e-7, "um": 1e-4, "µm": 1e-4, "μm": 1e-4, "\\u00B5m": 1e-4, "micron": 1e-4,
+                   "microns": 1e-4, "mm": 0.1, "cm": 1.0, "m": 100.0, "meter": 100.0, "inch": 2.54}
+
+
+def _standard_resolution(pixel_size: dict) -> tuple[tuple[float, float], object]:
+    """``pixel_size``'s resolution and unit as standard TIFF tags: an ImageJ unit of length
+    becomes pixels per centimetre; any other keeps its numbers and tag."""
+    x, y = pixel_size["resolution"]
+    per_cm = _IMAGEJ_UNIT_CM.get(str(pixel_size.get("imagej_unit") or "").strip())
+    if per_cm is None:
+        return (x, y), pixel_size["unit"]
+    return (x / per_cm, y / per_cm), tifffile.RESUNIT.CENTIMETER
+
+
 def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
     """The pixel size a TIFF records, to give the label image written from it; else None.
 
@@ -116,8 +132,10 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         Replace an existing file.
     pixel_size : dict, optional
         A TIFF's pixel size, as `tiff_pixel_size` reads it from the image the labels belong
-        to: written into a TIFF (its resolution tags, and ImageJ's unit for uint16 labels),
-        ignored for a PNG.
+        to: written into a TIFF, ignored for a PNG. A uint16 2-D TIFF keeps an ImageJ unit
+        (``"imagej_unit"``) as an ImageJ file; a uint32 or n-D one, which ImageJ cannot hold,
+        keeps an ImageJ length unit in its resolution tags as pixels per centimetre (an
+        unknown unit keeps the numbers without it).
     world : dict, optional
         The napari layer's ``scale`` and ``translate`` (one value per axis), recorded in a
         TIFF's description for `read_label_world` (napari-prm's reader gives them back);
@@ -148,12 +166,12 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         metadata = _world_metadata(world, labels.ndim)
         if metadata:
             extra = {"metadata": metadata}
-        if pixel_size:
-            extra = {**extra, "resolution": tuple(pixel_size["resolution"]),
-                     "resolutionunit": pixel_size["unit"]}
-            if pixel_size.get("imagej_unit") and dtype is np.uint16 and labels.ndim == 2:
-                extra = {"resolution": extra["resolution"], "imagej": True,
-                         "metadata": {"unit": pixel_size["imagej_unit"]}}
+        if pixel_size and pixel_size.get("imagej_unit") and dtype is np.uint16 and labels.ndim == 2:
+            extra = {"resolution": tuple(pixel_size["resolution"]), "imagej": True,
+                     "metadata": {"unit": pixel_size["imagej_unit"]}}
+        elif pixel_size:
+            resolution, unit = _standard_resolution(pixel_size)
+            extra = {**extra, "resolution": resolution, "resolutionunit": unit}
         with atomic_write(path, overwrite=overwrite) as temp:
             tifffile.imwrite(temp, labels.astype(dtype), compression="zlib",
                              photometric="minisblack", **extra)
