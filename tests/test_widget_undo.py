@@ -161,8 +161,11 @@ def test_shortcuts_are_listed_in_the_panel(classed):
     assert "Delete" in widget.correction.delete_button.tooltip
 
 
-def test_an_instance_added_from_a_point_undoes(make_napari_viewer, qtbot, prm_config,
-                                                tiny_checkpoint, small_cat):
+def test_an_instance_added_from_a_point_undoes_with_its_point(make_napari_viewer, qtbot, prm_config,
+                                                              tiny_checkpoint, small_cat):
+    """Ctrl+Z of the instance of a point placed by hand left the point, marked hand-placed, so
+    the next Run retrieved the instance again. Now the point goes with it (and comes back
+    with Ctrl+Shift+Z), and a Run after the undo keeps neither."""
     viewer = make_napari_viewer()
     viewer.add_image(small_cat, name="cat")
     candidates = np.zeros(small_cat.shape[:2], np.uint16)
@@ -180,9 +183,16 @@ def test_an_instance_added_from_a_point_undoes(make_napari_viewer, qtbot, prm_co
     assert rows(labels) == {label: (1, "dog")} and peaks.features["label"].tolist() == [label]
     viewer.layers.selection.active = labels
     undo(viewer, qtbot, labels, {})
-    assert not labels.data.any() and peaks.features["label"].tolist() == [0]
+    assert not labels.data.any() and len(peaks.data) == 0 and len(peaks.features) == 0
+    assert widget.last_message.startswith("Undone: the peak placed by hand and its instance (peak 0)")
     redo(viewer, qtbot, labels, {label: (1, "dog")})
-    assert peaks.features["label"].tolist() == [label]
+    np.testing.assert_allclose(peaks.data, [[30.0, 35.0]])
+    assert peaks.features["label"].tolist() == [label] and peaks.features["hand_placed"].tolist() == [True]
+    assert peaks.features["class_name"].tolist() == ["dog"]
+    # undone again, a new Run does not bring it back
+    undo(viewer, qtbot, labels, {})
+    run_and_wait(widget, qtbot)
+    assert len(peaks.data) == 0 and not labels.data.any() and "hand-placed" not in widget.last_message
 
 
 @pytest.mark.parametrize("again", ["rethreshold", "run"])

@@ -68,6 +68,8 @@ class CorrectionPanel(PointRetrieval):
         self._sync_scheduled = False
         self._positions: dict[int, tuple] = {}
         self._pending: set[int] = set()
+        self._clicked: set[int] = set()  # points placed by hand, not retrieved yet
+        self._undone_points: dict[int, tuple] = {}  # points taken away by Ctrl+Z: peak -> (data row, features)
         self._last_label = 0
         self.history = InstanceHistory()
         self._cancel = threading.Event()
@@ -144,6 +146,8 @@ class CorrectionPanel(PointRetrieval):
         self.container.enabled = True
         self._pending.clear()
         self.history.clear()
+        self._clicked.clear()
+        self._undone_points.clear()
         reset_history(context.layers["instances"])  # its data was replaced in place
         self._last_label = 0
         self.class_choice.choices = list(context.class_names)
@@ -223,12 +227,14 @@ class CorrectionPanel(PointRetrieval):
     def _table(self) -> dict:
         return features_table(self.instances.features)
 
-    def _write(self, labels: np.ndarray | None, table: dict, relabel: dict | None = None) -> None:
+    def _write(self, labels: np.ndarray | None, table: dict, relabel: dict | None = None,
+               points=()) -> None:
         """Put edited labels and table into the layer; keep the peaks' ``label`` column true.
 
         Changed pixels go through ``data_setitem`` as one item of the layer's undo history,
         tied to the table before and after (``labels=None``: only the table changes, to
-        follow pixels changed by napari, as after painting or undo).
+        follow pixels changed by napari, as after painting or undo), and to the ``points``
+        placed by hand whose first retrieval it is (undoing it takes them away).
         """
         layer = self.instances
         with self.quiet():
@@ -237,7 +243,7 @@ class CorrectionPanel(PointRetrieval):
                 layer.data = labels  # a new array: its history no longer applies
                 reset_history(layer)
             elif labels is not None:
-                with self.history.edit(layer, self._table(), lambda: table):
+                with self.history.edit(layer, self._table(), lambda: table, points):
                     changed = labels != layer.data
                     if changed.any():
                         layer.data_setitem(np.nonzero(changed), labels[changed])
@@ -387,6 +393,7 @@ class CorrectionPanel(PointRetrieval):
         base = self.history.table_for(self.instances)
         table = edit.sync_table(self.instances.data, self._table() if base is None else base)
         self._write(None, table)
+        self._follow_undone_points()
         self._sync_points(table)
 
     def _sync_points(self, table: dict) -> None:

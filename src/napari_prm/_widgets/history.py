@@ -57,9 +57,11 @@ class InstanceHistory:
         self._records.clear()
 
     @contextmanager
-    def edit(self, layer, before: dict, after_table):
+    def edit(self, layer, before: dict, after_table, points=()):
         """Group the pixel changes made inside into one history item of ``layer`` and tie
-        ``before`` and the table returned by ``after_table()`` to it.
+        ``before`` and the table returned by ``after_table()`` to it, and the ``peak`` numbers
+        of the ``points`` placed by hand that the edit retrieved for the first time
+        (`undone_points`).
 
         If nothing inside changed a pixel, a change that leaves the pixels as they were is
         made, so that the edit still is one step of Ctrl+Z.
@@ -77,7 +79,7 @@ class InstanceHistory:
                 _touch(layer)
             item = _newest_item(layer, count, top)
         if item:
-            record = (tuple(item), before, after_table())
+            record = (tuple(item), before, after_table(), tuple(int(p) for p in points))
             for atom in item:
                 self._records[id(atom)] = record
         self._forget_dropped(layer)
@@ -97,6 +99,19 @@ class InstanceHistory:
             if record is not None:
                 return record[1]
         return None
+
+    def undone_points(self, layer) -> set[int]:
+        """The points (``peak`` numbers) of the plugin's edits now undone: Ctrl+Z of the
+        instance retrieved from a point placed by hand undoes the point too."""
+        stacks = history_stacks(layer)
+        if stacks is None:
+            return set()
+        undone = set()
+        for item in stacks[1]:
+            record = self._record_of(item)
+            if record is not None:
+                undone.update(record[3])
+        return undone
 
     def _record_of(self, item):
         for atom in item:

@@ -59,6 +59,7 @@ class PointRetrieval:
                     next_id, next_id + len(new_rows))
                 features.loc[features.index[new_rows], "label"] = 0
                 self._set_point_features(features)
+            self._clicked.update(range(next_id, next_id + len(new_rows)))
         positions = self._point_positions()
         changed = {p for p, where in positions.items() if self._positions.get(p) != where}
         if changed:
@@ -115,6 +116,8 @@ class PointRetrieval:
         for p, peak in zip(points, ids):
             if p.origin is not None:
                 origins[peak] = (p.origin[0], (*p.plane, *p.origin[1]))
+            else:  # placed during the run: its retrieval is its placing, as for a point placed now
+                self._clicked.add(peak)
         self._positions = self._point_positions()
         if self.redo_points.value:
             self._pending |= set(ids)
@@ -212,13 +215,16 @@ class PointRetrieval:
             return
         context = self.context
         labels, table = self.instances.data, self._table()
-        missed = []
+        missed, placed = [], []
         for plane, peak_ids, prediction in out:
             for k, peak_id in enumerate(peak_ids):
                 self._store_prm(int(peak_id), prediction.prms[k], plane)
                 rows = np.flatnonzero(self.peaks.features["peak"].to_numpy() == peak_id)
                 if not len(rows):
                     continue  # the point was deleted meanwhile
+                if int(peak_id) in self._clicked:
+                    self._clicked.discard(int(peak_id))
+                    placed.append(int(peak_id))
                 old = int(self.peaks.features["label"].iloc[rows[0]])
                 self._update_point_features(rows[0], prediction, k)
                 found = [i for i in prediction.instances if i.peak == k]
@@ -239,7 +245,7 @@ class PointRetrieval:
                     features = self.peaks.features.copy()
                     features.loc[features.index[rows[0]], "label"] = int(table["label"][-1])
                     self._set_point_features(features)
-        self._write(labels, table)
+        self._write(labels, table, points=placed)
         self._on_points_selected()  # a selected new point now has an instance to select
         with self.quiet():
             upsert_layer(self.owner.viewer, "image", layer_names(context.image_layer.name)["prms"],
@@ -250,6 +256,37 @@ class PointRetrieval:
             self._say(f"No instance found for peaks {missed} (their PRMs were added).", "warning")
         else:
             self._say(f"Retrieved instances of peaks {[int(p) for _, ids, _ in out for p in ids]}.")
+
+    def _follow_undone_points(self) -> None:
+        """Ctrl+Z of the instance retrieved from a point placed by hand takes the point away
+        too, so that a new run does not bring the instance back; Ctrl+Shift+Z puts it back."""
+        undone = self.history.undone_points(self.instances)
+        peaks = self.peaks
+        ids = peaks.features["peak"].to_numpy()
+        drop = [row for row, peak in enumerate(ids) if int(peak) in undone]
+        back = [peak for peak in self._undone_points if peak not in undone]
+        if not drop and not back:
+            return
+        data, features = np.asarray(peaks.data, float), peaks.features
+        for row in drop:
+            self._undone_points[int(ids[row])] = (data[row].copy(), features.iloc[[row]])
+        keep = np.setdiff1d(np.arange(len(data)), drop)
+        data, features = data[keep], features.iloc[keep]
+        if back:
+            data = np.concatenate([data.reshape(-1, peaks.data.shape[1]), [self._undone_points[p][0] for p in back]])
+            features = pd.concat([features, *(self._undone_points.pop(p)[1] for p in back)])
+        with self.quiet():
+            peaks.data = data
+            self._set_point_features(features.reset_index(drop=True))
+            peaks.face_color = "class_name"
+        self._positions = self._point_positions()
+        if drop:
+            numbers = ", ".join(str(int(ids[row])) for row in drop)
+            text = ("the peak placed by hand and its instance (peak {}); a new Run no longer keeps it, "
+                    "Ctrl+Shift+Z brings both back" if len(drop) == 1 else
+                    "the peaks placed by hand and their instances (peaks {}); a new Run no longer keeps "
+                    "them, Ctrl+Shift+Z brings them back")
+            self._say(f"Undone: {text.format(numbers)}.")
 
     def _update_point_features(self, row: int, prediction, k: int) -> None:
         """A point placed or moved by hand: its CRM value there, and no runners-up."""
