@@ -241,6 +241,29 @@ def test_no_image_is_held_out_when_each_is_the_only_one_of_its_class(tmp_path):
                                 "training images)")
 
 
+def test_train_uses_a_split_made_already_and_refuses_another(tmp_path):
+    """The Train widget shows the split before training; train() made it a second time. Now it
+    takes the one made (the same images train), and refuses one of another recipe or dataset."""
+    dataset = _one_image_per_class(tmp_path)
+    (tmp_path / "more.csv").write_text("image,labels\n0.png,cat\n1.png,dog\n2.png,bird\n0.png,cat\n")
+    more = from_csv(tmp_path / "more.csv")
+    settings = dict(SETTINGS, epochs=1, input_size=(32, 32), calibrate=False)
+    split = training_split(more, 0.25, 0)
+    assert (len(split.train), len(split.held_out)) == (3, 1)
+    result = train(more, out=tmp_path / "a.pt", split=split, **settings)
+    again = train(more, out=tmp_path / "b.pt", **settings)
+    assert (result.train_images, result.held_out_images) == (again.train_images, again.held_out_images) == (3, 1)
+    assert [r.loss for r in result.history] == [r.loss for r in again.history]
+    for wrong, message in ((training_split(more, 0.5, 0), r"a split with val_fraction 0\.5, seed 0, of 4 images"),
+                           (training_split(more, 0.25, 1), r"a split with val_fraction 0\.25, seed 1, of 4 images"),
+                           (training_split(dataset, 0.25, 0), r"a split with val_fraction 0\.25, seed 0, of 3 images"),
+                           ("0.25", r"a str")):
+        with pytest.raises(ValueError, match=r"split: expected training_split\(dataset, 0\.25, 0\) of the 4 "
+                                             r"images of .*more\.csv, got " + message):
+            train(more, out=tmp_path / "c.pt", split=wrong, **settings)
+    assert not (tmp_path / "c.pt").exists()
+
+
 def test_resume_refuses_a_checkpoint_whose_split_this_version_would_change(tmp_path):
     """A checkpoint from before the split fix held out a class's only image (3 images of 3 classes,
     1 held out: its history has validation APs). Resuming it trained on all 3 from then on and

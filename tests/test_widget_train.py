@@ -25,7 +25,19 @@ def tiny_dataset(tmp_path):
 
 
 def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_config,
-                                             tiny_dataset, tmp_path):
+                                             tiny_dataset, tmp_path, monkeypatch):
+    import napari_prm._widgets.train as widget_module
+    import napari_prm.train as train_module
+
+    splits = []  # the split is made once: shown by the widget, then given to train()
+
+    def counted(*args, **kwargs):
+        splits.append(args)
+        return train_module.training_split.__wrapped__(*args, **kwargs)
+
+    counted.__wrapped__ = train_module.training_split
+    monkeypatch.setattr(train_module, "training_split", counted)
+    monkeypatch.setattr(widget_module, "training_split", counted)
     viewer = make_napari_viewer()
     _, predict_widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
     qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
@@ -47,6 +59,7 @@ def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_conf
     assert [p.stage for p in progress[1:]][-1] == "calibration"
     assert {p.stage for p in progress[1:]} == {"batch", "epoch", "calibration"}
     assert "(3 training images, 1 held out)" in widget.last_message
+    assert len(splits) == 1
     assert "class_threshold" in load_model(out).settings
     assert widget._progress.value == 1
     model = load_model(out)

@@ -829,7 +829,8 @@ def _run_train(args) -> int:
     if args.resume:
         _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
     dataset = _load_dataset(args, classes=args.classes)
-    held_out = _say_split(args, dataset)
+    split = _say_split(args, dataset)
+    held_out = bool(args.val_fraction) if split is None else split.held_out is not None
     bar = None
     written_before = _file_stamp(args.out)
     calibrating, last_epoch_written = False, written_before
@@ -868,7 +869,8 @@ def _run_train(args) -> int:
             input_size=tuple(args.input_size),
             sub_pixel_locating_factor=args.sub_pixel_locating_factor, hflip=args.hflip,
             device=args.device, seed=args.seed, val_fraction=args.val_fraction, calibrate=args.calibrate,
-            resume=args.resume, progress=progress, num_workers=args.num_workers, overwrite=args.overwrite)
+            resume=args.resume, progress=progress, num_workers=args.num_workers, overwrite=args.overwrite,
+            split=split)
     except ValueError as error:
         raise CommandError(str(error)) from error
     except KeyboardInterrupt:
@@ -905,10 +907,10 @@ def _run_train(args) -> int:
     return 0
 
 
-def _say_split(args, dataset) -> bool:
+def _say_split(args, dataset):
     """Says how many images train and how many are held out (the run's own split when resumed),
     with a warning naming any class left without a training image, before training.
-    Returns whether images are held out."""
+    Returns the split (`TrainingSplit`, for train() to use), None when it cannot be made."""
     from .train import training_split
 
     config = getattr(args, "resumed_config", None) or {}
@@ -916,13 +918,13 @@ def _say_split(args, dataset) -> bool:
     try:
         split = training_split(dataset, fraction, int(config.get("seed", args.seed)))
     except (ValueError, TypeError):
-        # too few images to split, or a bad stored recipe: train() says which
+        # a bad fraction, or a bad stored recipe: train() says which
         _say(f"training on {plural(len(dataset), 'image')}, {plural(len(dataset.class_names), 'class')} -> {args.out}")
-        return bool(fraction)
+        return None
     _say(f"{split.describe(args.calibrate)}; {plural(len(dataset.class_names), 'class')} -> {args.out}")
     if split.warning:
         _say(f"warning: {split.warning}")
-    return split.held_out is not None
+    return split
 
 
 def _refuse_existing_calibrate_out(args) -> None:

@@ -138,12 +138,25 @@ class TrainingSplit:
     single_image_classes : list of str
         The classes with a single training image, which kept images from being held
         out when fewer than ``wanted`` are (empty otherwise).
+    val_fraction, seed : float, int
+        What it was made with.
     """
 
     train: LabeledImageDataset
     held_out: LabeledImageDataset | None
     wanted: int = 0
     single_image_classes: list[str] = field(default_factory=list)
+    val_fraction: float = 0.0
+    seed: int = 0
+
+    def is_split_of(self, dataset: LabeledImageDataset, val_fraction: float, seed: int) -> bool:
+        """Whether this is ``training_split(dataset, val_fraction, seed)``: the same recipe, and
+        its parts hold ``dataset``'s images with its classes."""
+        parts = [self.train] + ([] if self.held_out is None else [self.held_out])
+        return (self.val_fraction == val_fraction and self.seed == seed
+                and all(list(part.class_names) == list(dataset.class_names) for part in parts)
+                and sorted(str(p) for part in parts for p in part.image_paths)
+                == sorted(str(p) for p in dataset.image_paths))
 
     def describe(self, calibrate: bool = True) -> str:
         """E.g. ``"training on 102 images, 26 held out for validation and calibration"``."""
@@ -182,7 +195,7 @@ def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed
     """
     val_fraction = check.finite_float("val_fraction", val_fraction, low=0, high=1, high_open=True)
     if val_fraction == 0:
-        return TrainingSplit(dataset, None)
+        return TrainingSplit(dataset, None, seed=seed)
     if len(dataset) < 2:  # a single image is the only one of its classes: it trains
         train_set, held_out, wanted = dataset, dataset.subset([]), 1
     else:
@@ -191,7 +204,7 @@ def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed
     single = []
     if len(held_out) < wanted:
         single = [c for c, n in zip(train_set.class_names, train_set.labels.sum(0)) if n == 1]
-    return TrainingSplit(train_set, held_out if len(held_out) else None, wanted, single)
+    return TrainingSplit(train_set, held_out if len(held_out) else None, wanted, single, val_fraction, seed)
 
 
 def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> LabeledImageDataset:
@@ -450,6 +463,7 @@ def train(
     cancel: Any = None,
     num_workers: int = 0,
     overwrite: bool = True,
+    split: TrainingSplit | None = None,
 ) -> TrainResult:
     """Train a PRM model on image-level labels.
 
@@ -514,6 +528,10 @@ def train(
         False, an existing ``out`` that ``resume`` does not continue is refused with a
         ``FileExistsError`` before anything runs: the command line and the Train widget
         use it, so that a new run never replaces a trained model after its first epoch.
+    split : TrainingSplit, optional
+        ``training_split(dataset, val_fraction, seed)`` made already (the Train widget shows
+        it before training): used instead of making it again. One made with another recipe
+        (a resumed run's own ``val_fraction`` and ``seed``) or of other images is refused.
 
     Returns
     -------
@@ -558,7 +576,15 @@ def train(
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
 
-    split = training_split(dataset, config["val_fraction"], config["seed"])
+    if split is None:
+        split = training_split(dataset, config["val_fraction"], config["seed"])
+    elif not isinstance(split, TrainingSplit) or not split.is_split_of(dataset, config["val_fraction"],
+                                                                        config["seed"]):
+        got = (f"a {type(split).__name__}" if not isinstance(split, TrainingSplit) else
+               f"a split with val_fraction {split.val_fraction}, seed {split.seed}, of "
+               f"{plural(len(split.train) + len(split.held_out or ()), 'image')}")
+        raise ValueError(f"split: expected training_split(dataset, {config['val_fraction']}, {config['seed']}) of "
+                         f"the {plural(len(dataset), 'image')} of {dataset.source or 'the dataset'}, got {got}")
     if split.held_out is None and any(record.val_ap is not None for record in history):
         # a checkpoint of a version that held out a class's only image: resuming would train on
         # other images from here on (and calibrate on the training images), silently

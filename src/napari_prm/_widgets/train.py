@@ -138,11 +138,11 @@ class TrainWidget(StopsOnClose, Container):
         try:
             split = training_split(dataset, *(options.get(k, defaults[k]) for k in ("val_fraction", "seed")))
         except ValueError:
-            pass  # too few images to split: train() says so
+            split = None  # a bad val_fraction: train() says so
         else:
             self._relay.progressed.emit(("split", split.describe(options.get("calibrate", defaults["calibrate"])),
                                          split.warning))
-        return train(dataset, progress=self._relay.progressed.emit, cancel=self._cancel,
+        return train(dataset, progress=self._relay.progressed.emit, cancel=self._cancel, split=split,
                      **options)
 
     def cancel(self) -> None:
