@@ -151,6 +151,12 @@ def test_default_file_stem_is_the_source_images_name(make_napari_viewer, tmp_pat
         **viewer.layers["coffee instances"].metadata, "image_layer": "my photo"}
     widget._layer.value = viewer.layers["coffee instances"]
     assert widget._stem.value == "coffee"
+    # a Labels layer named after the image, without a run's metadata (painted by hand): the image's
+    # file too, as refine finds the image (it was the layer's name, 'my_photo')
+    viewer.add_labels(labels, name="my photo instances")
+    widget.reset_choices()
+    widget._layer.value = viewer.layers["my photo instances"]
+    assert widget._stem.value == "coffee"
     viewer.layers.remove(coffee)  # the image is gone: the file name the instances recorded
     widget._layer.value = viewer.layers["rocket instances"]
     widget._layer.value = viewer.layers["coffee instances"]

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 
 from .. import io
 from .._writer import layer_table
-from .layers import image_file_name
+from .layers import INSTANCES_SUFFIX, image_file_name, image_layer_of
 from .models import unwrap_viewer
 
 FORMATS = {"tiff": "label TIFF", "png": "label PNG (up to 65535 labels)",
@@ -27,23 +27,24 @@ FLAT_FORMATS = ("png", "coco")
 def default_stem(viewer, labels_layer) -> str:
     """The file stem an export of ``labels_layer`` is offered: its source image's name.
 
-    The image layer the instances were computed on (``metadata["image_layer"]``): the stem of
-    the file it was opened from (``chelsea.png`` gives ``chelsea``), else its layer name. Without
-    that layer, the ``image_file_name`` the instances recorded; without either, the Labels
-    layer's name less its `` instances`` suffix. So the files are ``chelsea_labels.tif``,
-    ``chelsea_instances.csv``, …, matched to ``chelsea.png`` by their stem (``refine --masks``).
+    The image layer the instances annotate (`image_layer_of`: the one they were computed on, or
+    the one they are named after): the stem of the file it was opened from (``chelsea.png`` gives
+    ``chelsea``), else its layer name. Without that layer, the ``image_file_name`` the instances
+    recorded; without either, the Labels layer's name less its `` instances`` suffix. So the files
+    are ``chelsea_labels.tif``, ``chelsea_instances.csv``, …, matched to ``chelsea.png`` by their
+    stem (``refine --masks``).
     """
     metadata = labels_layer.metadata or {}
     image_name = metadata.get("image_layer")
     file_name = str(metadata.get("image_file_name") or "")
-    if image_name and image_name in viewer.layers and isinstance(viewer.layers[image_name], Image):
-        image = viewer.layers[image_name]
+    image = image_layer_of(viewer, labels_layer)
+    if image is not None:
         name = image_file_name(image)
         stem = Path(name).stem if name != image.name else name
     elif file_name:  # a file's name, or the layer's name where the image had no file
         stem = file_name if file_name == image_name else Path(file_name).stem
     else:
-        stem = labels_layer.name.removesuffix(" instances")
+        stem = labels_layer.name.removesuffix(INSTANCES_SUFFIX)
     return re.sub(r"[^\w.-]+", "_", stem).strip("_") or "labels"
 
 

@@ -41,12 +41,16 @@ INSTANCE_COLUMNS = ("index", "label", "class_index", "class_name", "score", "pea
 KEPT_SUFFIX = " (corrected)"
 
 
+#: What a run's instances layer adds to its image layer's name (`layer_names`).
+INSTANCES_SUFFIX = " instances"
+
+
 def layer_names(image_name: str) -> dict[str, str]:
     """Names of the result layers of an image layer."""
     return {
         "peaks": f"{image_name} peaks",
         "prms": f"{image_name} PRMs",
-        "instances": f"{image_name} instances",
+        "instances": f"{image_name}{INSTANCES_SUFFIX}",
         "crm": f"{image_name} CRM ",
         "split": f"{image_name} split line",
     }
@@ -523,6 +527,20 @@ def image_file_name(image_layer) -> str:
     path = getattr(getattr(image_layer, "source", None), "path", None)
     name = Path(str(path).rstrip("/\\")).name if path else ""
     return name or image_layer.name
+
+
+def image_layer_of(viewer, labels_layer):
+    """The image layer of ``viewer`` that a Labels layer annotates, None when there is none: the one
+    its metadata names (``image_layer``, as a run records it, else ``image_file_name``), else the
+    one its name is of (``"cat instances"``: ``"cat"``)."""
+    from napari.layers import Image
+
+    metadata = labels_layer.metadata or {}
+    for name in (metadata.get("image_layer"), metadata.get("image_file_name"),
+                 labels_layer.name.removesuffix(INSTANCES_SUFFIX)):
+        if name and name in viewer.layers and isinstance(viewer.layers[name], Image):
+            return viewer.layers[name]
+    return None
 
 
 def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool) -> dict:

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select, SpinBox
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from ..refine import correction_from_layer, load_corrections, refine
 from .activity import StopsOnClose
-from .layers import read_plane
+from .layers import INSTANCES_SUFFIX, image_layer_of, read_plane
 from .models import (
     ModelCache,
     _live_predict_widgets,
@@ -36,26 +36,13 @@ from .models import (
 )
 from .relay import _Relay
 
-INSTANCES_SUFFIX = " instances"
-
-
-def image_of(viewer, labels_layer) -> Image | None:
-    """The image layer a Labels layer annotates: the one named in its metadata, else by its name."""
-    metadata = labels_layer.metadata or {}
-    names = [metadata.get("image_layer"), metadata.get("image_file_name"),
-             labels_layer.name.removesuffix(INSTANCES_SUFFIX)]
-    for name in names:
-        if name and name in viewer.layers and isinstance(viewer.layers[name], Image):
-            return viewer.layers[name]
-    return None
-
 
 def layer_planes(viewer, labels_layer) -> list[tuple]:
     """``(image plane, labels plane, features, source)`` of each plane of a Labels layer holding labels.
 
     Copies what it reads, so a worker thread can use it while the user edits the layer.
     """
-    image_layer = image_of(viewer, labels_layer)
+    image_layer = image_layer_of(viewer, labels_layer)
     if image_layer is None:
         raise ValueError(f"layer {labels_layer.name!r}: no image layer goes with it (name it '<image>"
                          f"{INSTANCES_SUFFIX}' or keep the image layer it was made on)")
@@ -115,7 +102,7 @@ class RefineWidget(StopsOnClose, Container):
     # ------------------------------------------------------------------ choices
     def _labels_choices(self, _=None):
         return [(layer.name, layer) for layer in self._viewer.layers
-                if isinstance(layer, Labels) and image_of(self._viewer, layer) is not None]
+                if isinstance(layer, Labels) and image_layer_of(self._viewer, layer) is not None]
 
     def _predict_widgets(self) -> list:
         return [w for w in list(_live_predict_widgets) if w.viewer is self._viewer]
