@@ -302,6 +302,21 @@ def test_workers_without_bokeh_print_no_dashboard_link(tmp_path, checkpoint, ima
     assert "http://" not in errors
 
 
+@pytest.mark.slow  # a worker process
+def test_predict_with_workers_loads_the_model_once_here(tmp_path, checkpoint, images, monkeypatch):
+    """`predict --workers N` loaded the checkpoint twice in this process (to check --classes, then
+    again in predict_many for its fingerprint) before the workers loaded their own."""
+    from napari_prm.model import checkpoint as checkpoints
+
+    loads, load = [], checkpoints.load_checkpoint
+    monkeypatch.setattr(checkpoints, "load_checkpoint", lambda path: loads.append(Path(path)) or load(path))
+    out = tmp_path / "out"
+    assert main(["predict", str(images[0]), "--model", str(checkpoint), "--out", str(out), "--workers", "1",
+                 "--proposals", "none", "--classes", "cat"]) == 0
+    assert loads == [checkpoint]
+    assert summary_rows(out)[images[0].name]["status"] == "written"
+
+
 def test_cluster_options_are_checked_before_anything_runs(tmp_path, checkpoint, images, capsys):
     image, out = str(images[0]), tmp_path / "out"
     with pytest.raises(SystemExit) as exited:

@@ -527,6 +527,7 @@ def predict_many(
     torch_threads: int | None = 1,
     summary_every: float = 1.0,
     model_name: str | None = None,
+    loaded_model=None,
     **settings: Any,
 ) -> BatchResult:
     """Predict every image of ``paths`` and write its outputs to ``out``.
@@ -578,6 +579,10 @@ def predict_many(
         records the model's fingerprint and the settings. Complete outputs that another
         model or other settings made are skipped all the same (``overwrite`` replaces
         them), with a reason that names the difference.
+    loaded_model : PRMModel, optional
+        ``load_model(model)`` made already (the command line loads it to check ``classes``
+        before a cluster starts): used here instead of loading ``model`` a second time. The
+        run uses it in this process; a cluster's workers still load ``model`` themselves.
     **settings
         Keyword arguments of `napari_prm.predict` for every image (``preset``,
         ``class_threshold``, ``peak_threshold``, ``max_peaks``, ``tta``, ``prm_mode``,
@@ -619,7 +624,8 @@ def predict_many(
 
     # loaded once, here (on the CPU for a cluster, whose workers load their own): its
     # fingerprint is recorded, and earlier outputs are compared with this run
-    loaded = load_model(model, device=device if client is None else "cpu")
+    loaded = load_model(model if loaded_model is None else loaded_model,
+                        device=device if client is None else "cpu")
     record = model_record(loaded, name=model_name or model_label(model))
     if client is None:
         model = loaded

@@ -629,10 +629,12 @@ def _run_predict(args) -> int:
         _say(problem)
     if not images:
         raise CommandError("no images to process")
-    model = _load_model(args.model, args.device)  # a bad model or class fails before any cluster starts
-    classes = _classes_arg(args.classes, model.class_names)
-    if args.workers is not None or args.scheduler is not None:
-        model = args.model  # the workers load it themselves, once each
+    cluster = args.workers is not None or args.scheduler is not None
+    _device(args.device)
+    # a bad model or class fails before any cluster starts; with one, the workers load their own
+    # and this one (on the CPU) records its fingerprint
+    loaded = _load_model(args.model, "cpu" if cluster else args.device)
+    classes = _classes_arg(args.classes, loaded.class_names)
     settings = {"classes": classes, "proposals": args.proposals, "peak_batch_size": args.peak_batch_size,
                 **_inference_settings(args)}
     client = _start_client(args)
@@ -654,9 +656,10 @@ def _run_predict(args) -> int:
         bar.update(1)
 
     try:
-        batch = predict_many(images, model, args.out, client, overwrite=args.overwrite,
-                             prms_format=args.save_prms, device=args.device, progress=progress,
-                             model_name=model_label(args.model), **settings)
+        batch = predict_many(images, args.model if cluster else loaded, args.out, client,
+                             overwrite=args.overwrite, prms_format=args.save_prms, device=args.device,
+                             progress=progress, model_name=model_label(args.model), loaded_model=loaded,
+                             **settings)
     except KeyboardInterrupt:
         bar.close()
         _say(f"interrupted: {len(written)} of {plural(len(images), 'image')} written to {args.out} (summary: "
