@@ -412,6 +412,27 @@ def test_a_hand_placed_peak_survives_rethreshold_and_run_but_not_another_image(
     assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")
 
 
+def test_a_point_added_to_an_image_run_before_another_gets_its_instance_there(candidates_run, qtbot, small_cat):
+    """Back on the first image of a folder after running the second, a point added to its peaks
+    layer is retrieved on its image, into its instances layer."""
+    viewer, widget, candidates = candidates_run
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    viewer.add_image(np.ascontiguousarray(small_cat[::-1]), name="flipped")
+    widget.image.value = viewer.layers["flipped"]
+    run_and_wait(widget, qtbot)
+    flipped = viewer.layers["flipped instances"]
+    flipped_pixels = np.array(flipped.data)
+
+    viewer.layers.selection.active = peaks
+    widget.correction.class_choice.value = "dog"
+    peaks.add([[30.0, 35.0]])  # on the cat's candidate 1
+    qtbot.waitUntil(lambda: not widget.running and peaks.features["label"].iloc[-1] > 0, timeout=WAIT_MS)
+    label = assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")
+    assert np.array_equal(instances.data == label, candidates == 1)
+    np.testing.assert_array_equal(flipped.data, flipped_pixels)
+    assert len(viewer.layers["flipped peaks"].data) == 0
+
+
 def test_a_moved_peak_is_kept_where_it_was_put_and_not_doubled(candidates_run, qtbot, tiny_checkpoint,
                                                                 small_cat):
     """A model's peak moved by hand stays where it was put; the model's peak it was moved

@@ -213,3 +213,33 @@ def test_a_new_run_starts_a_new_undo_history(classed, qtbot, again):
     qtbot.wait(200)  # the table follows undo from the event loop
     assert not labels.data.any(), "Ctrl+Z wrote pixels of the previous run's edits"
     assert rows(labels) == {}
+
+
+def test_corrections_act_on_the_image_they_are_made_on_after_another_image_is_run(
+        classed, qtbot, tiny_checkpoint, small_cat):
+    """Labelling a folder: after a run of a second image, keys, buttons, painting and undo on
+    the first image's instances change that layer, not the second image's."""
+    viewer, widget, labels = classed
+    viewer.add_image(small_cat[:, ::-1].copy(), name="dog")
+    widget.reset_choices()
+    widget.image.value = viewer.layers["dog"]
+    run_and_wait(widget, qtbot)
+    other = viewer.layers["dog instances"]
+    other.data_setitem(np.nonzero(_box(other, 5, 25, 5, 25)), 1)
+    qtbot.waitUntil(lambda: len(other.features) == 1)
+    other_pixels = np.array(other.data)
+
+    viewer.layers.selection.active = labels
+    labels.selected_label = 2
+    press(viewer, qtbot, Qt.Key.Key_Delete)
+    assert not np.any(labels.data == 2) and rows(labels) == {1: (0, "cat")}
+    labels.selected_label = 1
+    assert widget.correction.set_class_of_selected("bird")  # the panel's button
+    assert rows(labels) == {1: (2, "bird")}
+    labels.data_setitem(np.nonzero(_box(labels, 70, 90, 10, 30)), 7)  # painted by hand
+    qtbot.waitUntil(lambda: rows(labels) == {1: (2, "bird"), 7: (-1, "")}, timeout=5000)
+    undo(viewer, qtbot, labels, {1: (2, "bird")})
+    undo(viewer, qtbot, labels, {1: (0, "cat")})
+    undo(viewer, qtbot, labels, BOTH)
+    np.testing.assert_array_equal(other.data, other_pixels)
+    assert rows(other) == {1: (-1, "")}

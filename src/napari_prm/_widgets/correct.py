@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
@@ -56,22 +57,38 @@ def _keys_of(method: str) -> str:
     return " / ".join(next(keys for keys, name, _ in SHORTCUTS if name == method))
 
 
+@dataclass
+class _Run:
+    """What the panel keeps of one image's run: its layers (``context``), the instance tables of
+    its undo history, the positions of its points, the points waiting for retrieval, those placed
+    by hand and not retrieved yet, and those Ctrl+Z took away."""
+
+    context: object  # predict.RunContext
+    history: InstanceHistory = field(default_factory=InstanceHistory)
+    positions: dict = field(default_factory=dict)
+    pending: set = field(default_factory=set)
+    clicked: set = field(default_factory=set)  # points placed by hand, not retrieved yet
+    undone_points: dict = field(default_factory=dict)  # points taken away by Ctrl+Z: peak -> (data row, features)
+
+
 class CorrectionPanel(PointRetrieval):
-    """Instance corrections on the layers of the owner's last run (``.native`` is its Qt widget)."""
+    """Instance corrections on the layers of the owner's runs (``.native`` is its Qt widget).
+
+    The panel keeps every image's last run: an edit, a key or a layer event works on the run
+    whose layer it comes from (the buttons on the run of the active layer), so that after
+    running the next image of a folder, going back to correct the previous one changes that
+    image's layers.
+    """
 
     def __init__(self, owner):
         self.owner = owner
-        self.context = None
         self.worker = None
         self._quiet_depth = 0
         self._linking = False
         self._sync_scheduled = False
-        self._positions: dict[int, tuple] = {}
-        self._pending: set[int] = set()
-        self._clicked: set[int] = set()  # points placed by hand, not retrieved yet
-        self._undone_points: dict[int, tuple] = {}  # points taken away by Ctrl+Z: peak -> (data row, features)
+        self._run: _Run | None = None
+        self._runs: list[_Run] = []
         self._last_label = 0
-        self.history = InstanceHistory()
         self._cancel = threading.Event()
         self._connected: weakref.WeakSet = weakref.WeakSet()  # layers whose events we hear
         self._move_timer = QTimer()
@@ -118,6 +135,105 @@ class CorrectionPanel(PointRetrieval):
     @property
     def native(self):
         return self.container.native
+
+    # ------------------------------------------------------------------ the run worked on
+    @property
+    def context(self):
+        return self._run.context if self._run is not None else None
+
+    @property
+    def history(self) -> InstanceHistory:
+        return self._run.history
+
+    @property
+    def _positions(self) -> dict[int, tuple]:
+        return self._run.positions if self._run is not None else {}
+
+    @_positions.setter
+    def _positions(self, positions: dict[int, tuple]) -> None:
+        if self._run is not None:
+            self._run.positions = positions
+
+    @property
+    def _pending(self) -> set[int]:
+        return self._run.pending if self._run is not None else set()
+
+    @_pending.setter
+    def _pending(self, pending: set[int]) -> None:
+        if self._run is not None:
+            self._run.pending = pending
+
+    @property
+    def _clicked(self) -> set[int]:
+        return self._run.clicked if self._run is not None else set()
+
+    @property
+    def _undone_points(self) -> dict[int, tuple]:
+        return self._run.undone_points if self._run is not None else {}
+
+    def _run_of(self, layer) -> _Run | None:
+        """The run whose peaks, instances or split-line layer ``layer`` is."""
+        for run in self._runs:
+            layers = run.context.layers
+            if (any(layer is mine for mine in layers.values())
+                    or getattr(layer, "name", None) == layer_names(run.context.image_layer.name)["split"]):
+                return run
+        return None
+
+    def focus(self, layer) -> bool:
+        """Work on the run ``layer`` belongs to (a layer of no run changes nothing).
+
+        Returns False when the panel cannot leave its run now: peaks moved there wait for a
+        retrieval that is running.
+        """
+        run = self._run_of(layer)
+        if run is None or run is self._run:
+            return True
+        if self._pending:  # peaks added or moved here: retrieve them before leaving
+            self._move_timer.stop()
+            self._start_pending()
+            if self._pending:
+                return False
+        self._switch(run)
+        return True
+
+    def _switch(self, run: _Run) -> None:
+        self._run = run
+        self._last_label = int(self.instances.selected_label)
+        if list(self.class_choice.choices) != list(run.context.class_names):
+            self.class_choice.choices = list(run.context.class_names)
+        self._on_class_choice(self.class_choice.value)
+
+    def forget(self, layer) -> None:
+        """Forget the runs whose peaks or instances layer ``layer`` was (it left the viewer)."""
+        gone = [run for run in self._runs
+                if any(layer is run.context.layers.get(kind) for kind in ("peaks", "instances"))]
+        self._runs = [run for run in self._runs if run not in gone]
+        if self._run in gone:
+            self._run = None
+            self.container.enabled = False
+
+    @contextmanager
+    def working_on(self, context):
+        """Work on the run of ``context`` inside (a retrieval ending on it), then on the run
+        worked on before; yields False (and changes nothing) when that run is gone."""
+        run = next((run for run in self._runs if run.context is context), None)
+        before = self._run
+        if run is not None and run is not before:
+            self._switch(run)
+        try:
+            yield run is not None
+        finally:
+            if before is not None and before is not run and before in self._runs:
+                self._switch(before)
+
+    def _on(self, layer, handler):
+        """A slot for an event of ``layer``: the panel works on that layer's run first."""
+        def slot(event=None):
+            if not self._quiet_depth and not self.focus(layer):
+                return
+            handler(event)
+        return slot
     # ------------------------------------------------------------------ wiring
     @property
     def running(self) -> bool:
@@ -141,14 +257,14 @@ class CorrectionPanel(PointRetrieval):
         return self.context.layers.get("instances") if self.context else None
 
     def attach(self, context) -> None:
-        """Work on the layers of a new run."""
-        self.context = context
-        self.container.enabled = True
+        """Work on the layers of a new run (it replaces the run of the same layers)."""
         self._pending.clear()
-        self.history.clear()
-        self._clicked.clear()
-        self._undone_points.clear()
-        reset_history(context.layers["instances"])  # its data was replaced in place
+        instances = context.layers["instances"]
+        self._runs = [run for run in self._runs if run.context.layers.get("instances") is not instances]
+        self._run = _Run(context)
+        self._runs.append(self._run)
+        self.container.enabled = True
+        reset_history(instances)  # its data was replaced in place
         self._last_label = 0
         self.class_choice.choices = list(context.class_names)
         found = list(context.layers["peaks"].features["class_name"])
@@ -157,13 +273,13 @@ class CorrectionPanel(PointRetrieval):
         peaks, labels = self.peaks, self.instances
         self._positions = self._point_positions()
         if peaks not in self._connected:
-            peaks.events.data.connect(self._on_points_data)
-            peaks.selected_data.events.items_changed.connect(self._on_points_selected)
+            peaks.events.data.connect(self._on(peaks, self._on_points_data))
+            peaks.selected_data.events.items_changed.connect(self._on(peaks, self._on_points_selected))
             self._connected.add(peaks)
         if labels not in self._connected:
-            labels.events.selected_label.connect(self._on_label_selected)
-            labels.events.paint.connect(self._on_paint)
-            labels.events.set_data.connect(self._on_paint)  # undo and redo emit only this
+            labels.events.selected_label.connect(self._on(labels, self._on_label_selected))
+            labels.events.paint.connect(self._on(labels, self._on_paint))
+            labels.events.set_data.connect(self._on(labels, self._on_paint))  # undo and redo emit only this
             self._connected.add(labels)
         self.bind_shortcuts(labels)
         self._on_class_choice(self.class_choice.value)
@@ -174,8 +290,14 @@ class CorrectionPanel(PointRetrieval):
             if layer is not self.instances and method != "split_selected":
                 continue
             for key in keys:
-                layer.bind_key(key, lambda _layer, method=method: getattr(self, method)(),
+                layer.bind_key(key, lambda layer, method=method: self._shortcut(layer, method),
                                overwrite=True)
+
+    def _shortcut(self, layer, method: str):
+        if not self.focus(layer):
+            self._say("Wait for the retrieval of the added peaks to finish.", "warning")
+            return None
+        return getattr(self, method)()
 
     def _say(self, message: str, kind: str = "info") -> None:
         self.owner._say(message, kind)
@@ -379,22 +501,25 @@ class CorrectionPanel(PointRetrieval):
         if self._quiet_depth or self.instances is None or self._sync_scheduled:
             return
         self._sync_scheduled = True
-        QTimer.singleShot(0, self._sync_table)
+        context = self.context
+        QTimer.singleShot(0, lambda: self._sync_table(context))
 
-    def _sync_table(self) -> None:
-        """Make the table (and the peaks' labels and classes) agree with the pixels.
+    def _sync_table(self, context=None) -> None:
+        """Make the table (and the peaks' labels and classes) of ``context``'s run (default: the
+        run worked on) agree with the pixels.
 
         After an undo or redo the table of the plugin's edit then in force is taken up
         again (classes and scores included); labels painted by hand get rows of their own.
         """
         self._sync_scheduled = False
-        if self.instances is None:
-            return
-        base = self.history.table_for(self.instances)
-        table = edit.sync_table(self.instances.data, self._table() if base is None else base)
-        self._write(None, table)
-        self._follow_undone_points()
-        self._sync_points(table)
+        with self.working_on(context or self.context) as alive:
+            if not alive or self.instances is None:
+                return
+            base = self.history.table_for(self.instances)
+            table = edit.sync_table(self.instances.data, self._table() if base is None else base)
+            self._write(None, table)
+            self._follow_undone_points()
+            self._sync_points(table)
 
     def _sync_points(self, table: dict) -> None:
         """Peaks follow the instance table: their instance's label, and its class."""

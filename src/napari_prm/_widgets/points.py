@@ -38,7 +38,7 @@ class PointRetrieval:
 
     Expects ``context``, ``peaks``, ``instances``, ``owner``, ``redo_points``, ``worker``,
     ``_pending``, ``_positions``, ``_cancel``, ``_move_timer``, ``quiet()``, ``_say``,
-    ``_table`` and ``_write`` from the panel.
+    ``_table``, ``_write`` and ``working_on()`` from the panel.
     """
 
     def _point_positions(self) -> dict[int, tuple]:
@@ -153,7 +153,7 @@ class PointRetrieval:
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
         worker = create_worker(self._retrieve, context, jobs, _start_thread=False, _connect={
             "errored": lambda error: self._say(f"Retrieval failed: {type(error).__name__}: {error}", "error")})
-        worker.returned.connect(self._show_retrieved)
+        worker.returned.connect(lambda out: self._show_retrieved(out, context))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         owner.status.setText(f"Retrieving instances of {plural(len(rows), 'peak')}…")
@@ -210,10 +210,16 @@ class PointRetrieval:
         if self._pending:
             self._start_pending()
 
-    def _show_retrieved(self, out) -> None:
-        if out is None or self.context is None:
+    def _show_retrieved(self, out, context) -> None:
+        """Put the retrieved instances into the layers of ``context``'s run (the run the points
+        were added to; the panel may work on another image's run by now)."""
+        if out is None:
             return
-        context = self.context
+        with self.working_on(context) as alive:
+            if alive:
+                self._show_retrieved_here(out, context)
+
+    def _show_retrieved_here(self, out, context) -> None:
         labels, table = self.instances.data, self._table()
         missed, placed = [], []
         for plane, peak_ids, prediction in out:

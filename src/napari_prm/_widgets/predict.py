@@ -163,6 +163,7 @@ class PredictWidget(PredictForm, QWidget):
         self.form.changed.connect(self._update_rethreshold)
         self.viewer.dims.events.current_step.connect(self._update_rethreshold)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._load_classes()
 
     # ------------------------------------------------------------------ cached images
@@ -213,6 +214,15 @@ class PredictWidget(PredictForm, QWidget):
         layer = event.value
         self._watched_layers.discard(id(layer))
         self._forget(layer)
+        self.correction.forget(layer)
+
+    def _on_active_layer(self, event) -> None:
+        """The correction panel's buttons work on the run of the layer selected."""
+        if event.value is not None:
+            try:
+                self.correction.focus(event.value)
+            except RuntimeError:  # the widget was closed; napari may still emit layer events
+                pass
 
     # ------------------------------------------------------------------ running
     @property
