@@ -390,6 +390,33 @@ def test_builtin_model_on_the_sample_image(make_napari_viewer, qtbot, prm_config
     assert len(viewer.layers) == 4
 
 
+def test_peaks_merged_into_an_instance_link_to_it_through_deletion_and_undo(make_napari_viewer, qtbot, prm_config):
+    """The built-in model finds the cat of the sample image with several peaks whose instances
+    retrieval merges into one: every one of them names that instance (``label``), also after
+    the instance is deleted and the deletion undone."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-prm", "chelsea")
+    image = viewer.layers["chelsea"]
+    image.data = np.ascontiguousarray(image.data[::2, ::2])
+    widget = open_predict(viewer, qtbot)  # before torchvision is imported (see test_triton_guard)
+    expected = predict(image.data, load_model("imagenet-voc"))
+    merged = {peak: instance.peak for instance in expected.instances for peak in instance.merged_peaks}
+    assert merged, "the sample's cat no longer has merged peaks: choose another image"
+    run_and_wait(widget, qtbot)
+    peaks, instances = viewer.layers["chelsea peaks"], viewer.layers["chelsea instances"]
+    point_label = dict(zip(peaks.features["peak"], peaks.features["label"]))
+    for peak, host in merged.items():
+        assert point_label[peak] == point_label[host] > 0
+    label = point_label[next(iter(merged.values()))]
+    instances.selected_label = label
+    assert set(peaks.selected_data) == {row for row, value in enumerate(peaks.features["label"]) if value == label}
+    assert len(peaks.selected_data) == len(merged) + 1
+    assert widget.correction.delete_selected()
+    assert not (peaks.features["label"] == label).any()
+    instances.undo()
+    qtbot.waitUntil(lambda: (peaks.features["label"] == label).sum() == len(merged) + 1, timeout=5000)
+
+
 def test_the_model_list_offers_the_three_builtin_label_spaces(make_napari_viewer, qtbot, prm_config):
     from napari_prm.model.checkpoint import BUILTIN_MODELS, builtin_calibration
 

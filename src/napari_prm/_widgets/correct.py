@@ -522,14 +522,16 @@ class CorrectionPanel(PointRetrieval):
             self._sync_points(table)
 
     def _sync_points(self, table: dict) -> None:
-        """Peaks follow the instance table: their instance's label, and its class."""
+        """Peaks follow the instance table: their instance's label, and its class (a peak whose
+        instance retrieval merged into another's follows that instance)."""
         features = self.peaks.features.copy()
         point_labels = features["label"].to_numpy().astype(np.int64)
         point_peaks = features["peak"].to_numpy()
         rows = {int(peak): row for row, peak in enumerate(table["peak"]) if peak >= 0}
         present = set(np.asarray(table["label"]).tolist())
+        merged_into = self.context.merged_into
         for point, peak in enumerate(point_peaks):
-            row = rows.get(int(peak))
+            row = rows.get(int(peak), rows.get(merged_into.get(int(peak), -1)))
             if row is not None:
                 point_labels[point] = int(table["label"][row])
                 if int(table["class_index"][row]) >= 0:

@@ -126,7 +126,9 @@ class Results:
     """The predictions of the planes of one image, merged into layer-shaped arrays.
 
     Peaks are numbered 0..K-1 over all planes (the ``peak`` column of both tables, and
-    the slice of ``prms``); instance labels are unique over all planes.
+    the slice of ``prms``); instance labels are unique over all planes. A peak whose instance
+    retrieval merged into another's (``Instance.merged_peaks``) has that instance's label;
+    ``merged_into`` maps it to the peak of that instance.
     """
 
     class_names: list[str]
@@ -141,6 +143,7 @@ class Results:
     crms: dict[str, np.ndarray] = field(default_factory=dict)  # class -> (*leading, h, w)
     sub_pixel_locating_factor: int = 1  # of the CRMs
     notes: list[str] = field(default_factory=list)  # the predictions' notes (e.g. the peak cap)
+    merged_into: dict[int, int] = field(default_factory=dict)  # peak -> the peak of its instance
 
 
 def instance_features(table) -> pd.DataFrame:
@@ -235,6 +238,7 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
     count = sum(len(p.instances) for p in predictions)
     labels = np.zeros(leading_shape + (height, width), np.uint16 if count < 65535 else np.uint32)
     points, point_rows, prms, prm_planes, tables = [], [], [], [], []
+    merged_into: dict[int, int] = {}
     peak_offset = label_offset = 0
     for plane, prediction in zip(planes, predictions):
         k = len(prediction.peaks)
@@ -250,6 +254,10 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
             table["label"] = np.asarray(table["label"], np.int64) + label_offset
             table["peak"] = np.asarray(table["peak"], np.int64) + peak_offset
             tables.append(table)
+            for instance, label in zip(prediction.instances, table["label"]):  # instance i is label i + 1
+                for merged in instance.merged_peaks:
+                    peak_label[int(merged)] = label
+                    merged_into[peak_offset + int(merged)] = peak_offset + int(instance.peak)
             peak_label[np.asarray(table["peak"]) - peak_offset] = table["label"]
         point_rows.append(peak_rows(prediction, np.arange(peak_offset, peak_offset + k, dtype=np.int64),
                                     peak_label, hand_placed=False))
@@ -280,6 +288,7 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
         crms=crms,
         sub_pixel_locating_factor=int(predictions[0].sub_pixel_locating_factor),
         notes=[note for prediction in predictions for note in prediction.notes],
+        merged_into=merged_into,
     )
 
 

@@ -64,6 +64,7 @@ class RunContext:
     prm_planes: np.ndarray  # (K, len(leading_shape))
     layers: dict = field(default_factory=dict)  # 'peaks', 'prms', 'instances' -> layer
     predictor_keys: dict = field(default_factory=dict)  # plane -> PredictorKey
+    merged_into: dict = field(default_factory=dict)  # peak -> the peak whose instance took it in
 
 
 #: Why a re-threshold (or a plane sent without its pixels) cannot go on.
@@ -457,7 +458,8 @@ class PredictWidget(PredictForm, QWidget):
                                                for plane, mine, from_hand in carried])
         hand_placed = [(plane, p) for plane, mine, _ in carried for p in mine]
         self.context = RunContext(layer, model, settings, leading, results.class_names,
-                                  results.prms, results.prm_planes, predictor_keys=keys)
+                                  results.prms, results.prm_planes, predictor_keys=keys,
+                                  merged_into=results.merged_into)
         with self.correction.quiet():
             # corrections are never replaced silently: an edited instances layer is kept
             instances_name = layer_names(layer.name)["instances"]
