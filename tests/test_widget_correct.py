@@ -223,6 +223,17 @@ def test_corrections_are_kept_when_a_rethreshold_replaces_them(corrected, qtbot)
     assert "kept as 'cat instances (corrected 2)'" in widget.last_message
 
 
+def test_the_hidden_copy_of_corrections_does_not_take_the_layer_selection(corrected, qtbot):
+    """A Re-threshold that keeps the corrections leaves the layer the user works on selected:
+    the next key goes to the instances layer, not to the hidden copy."""
+    viewer, widget, labels, _ = corrected
+    viewer.layers.selection.active = labels
+    rethreshold_and_wait(widget, qtbot)
+    assert "cat instances (corrected)" in viewer.layers
+    assert viewer.layers.selection.active is labels
+    assert set(viewer.layers.selection) == {labels}
+
+
 def test_an_unedited_run_keeps_no_copy_and_a_class_change_alone_is_kept(
         make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat, tmp_path):
     """Runs with instances on a scaled image: re-running unedited instances (after napari

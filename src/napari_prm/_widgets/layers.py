@@ -664,7 +664,9 @@ def keep_corrections(viewer, name: str):
     The copy, ``<name> (corrected)`` (then ``(corrected 2)``, …: an earlier copy is never
     replaced), has the layer's pixels, features, metadata (class names and image, as export
     and *Learn from corrections* read them), transforms and colours; it is added hidden, so
-    that the new result is what shows. Returns the copy, or None when nothing was kept.
+    that the new result is what shows, and leaves the layer selection as it was (napari
+    selects a layer it adds: the next key would go to the hidden copy). Returns the copy, or
+    None when nothing was kept.
     """
     from napari.layers import Labels
 
@@ -676,7 +678,12 @@ def keep_corrections(viewer, name: str):
         number += 1
         kept_name = f"{name}{KEPT_SUFFIX[:-1]} {number})"
     data = [np.array(level) for level in layer.data] if layer.multiscale else np.array(layer.data)
-    return viewer.add_labels(
+    selected, active = set(viewer.layers.selection), viewer.layers.selection.active
+    kept = viewer.add_labels(
         data, name=kept_name, multiscale=layer.multiscale, features=layer.features.copy(),
         metadata=dict(layer.metadata), opacity=layer.opacity, colormap=layer.colormap,
         visible=False, **world_kwargs(layer))
+    viewer.layers.selection.clear()
+    viewer.layers.selection.update(selected)
+    viewer.layers.selection.active = active
+    return kept
