@@ -116,6 +116,7 @@ def test_a_point_added_or_moved_gets_its_instance(make_napari_viewer, qtbot, prm
     (y, x), = image_to_crm([[30.0, 35.0]], predictor.crms.shape[1:], predictor.image_shape,
                            predictor.settings.sub_pixel_locating_factor)
     assert added["peak_value"] == pytest.approx(float(predictor.crms[1, y, x]))  # its CRM value
+    assert added["class_score"] == pytest.approx(float(predictor.scores[1]))  # as the run's peaks have
     assert added["runner_up_1"] == "" and np.isnan(added["runner_up_1_value"])
     label = int(added["label"])
     assert np.array_equal(instances.data == label, candidates == 1)

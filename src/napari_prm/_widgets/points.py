@@ -295,11 +295,13 @@ class PointRetrieval:
             self._say(f"Undone: {text.format(numbers)}.")
 
     def _update_point_features(self, row: int, prediction, k: int) -> None:
-        """A point placed or moved by hand: its CRM value there, and no runners-up."""
+        """A point placed or moved by hand: its CRM value there, its class's score (as the run's
+        peaks have), and no runners-up."""
         with self.quiet():
             features = self.peaks.features.copy()
             index = features.index[row]
             features.loc[index, "peak_value"] = float(prediction.peak_values[k])
+            features.loc[index, "class_score"] = float(prediction.scores[prediction.peak_classes[k]])
             for column in RUNNER_UP_COLUMNS:
                 features.loc[index, column] = np.nan if column.endswith("_value") else ""
             self._set_point_features(features)
