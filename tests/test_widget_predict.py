@@ -215,6 +215,26 @@ def test_results_follow_a_rotated_sheared_and_affine_image(make_napari_viewer, q
         expected = np.array([image.data_to_world(p) for p in pixels])
 
 
+def test_result_layers_follow_a_renamed_image(cat_viewer, qtbot, prm_config, tiny_checkpoint):
+    """Renaming the image layer renames its result layers (and the image the instances name),
+    so a re-run updates them instead of piling up a second set beside the first."""
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.add_crms.value = True
+    run_and_wait(widget, qtbot)
+    widget.correction.draw_split_line()
+    before = {layer.name for layer in cat_viewer.layers}
+    cat_viewer.layers["cat"].name = "kitty"
+    after = {layer.name for layer in cat_viewer.layers}
+    assert after == {name.replace("cat", "kitty", 1) for name in before}
+    instances = cat_viewer.layers["kitty instances"]
+    assert instances.metadata["image_layer"] == "kitty" and instances.metadata["image_file_name"] == "kitty"
+    widget.class_threshold.value = widget.class_threshold.value - 0.5
+    run_and_wait(widget, qtbot)
+    assert {layer.name for layer in cat_viewer.layers} == after
+    assert cat_viewer.layers["kitty instances"] is instances
+
+
 def test_cancel_leaves_no_layers(cat_viewer, qtbot, prm_config, tiny_checkpoint):
     widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = None  # every peak (about 150): long enough to cancel midway

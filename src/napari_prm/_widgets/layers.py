@@ -552,6 +552,38 @@ def image_layer_of(viewer, labels_layer):
     return None
 
 
+def rename_results(viewer, image_layer, old_name: str) -> None:
+    """Give the result layers of ``image_layer``, named after its ``old_name``, its new name.
+
+    The peaks, PRMs, instances, split-line and CRM layers, and the kept corrections
+    (``<old> instances (corrected…)``); an instances layer also gets the new image name in its
+    metadata (what export and *Learn from corrections* read). A layer whose new name is taken
+    is left as it is.
+    """
+    from napari.layers import Labels
+
+    old, new = layer_names(old_name), layer_names(image_layer.name)
+    kept_prefix = old["instances"] + KEPT_SUFFIX[:-1]
+    renames = []
+    for layer in list(viewer.layers):
+        name = layer.name
+        kind = next((kind for kind in ("peaks", "prms", "instances", "split") if name == old[kind]), None)
+        if kind is not None:
+            renames.append((layer, new[kind]))
+        elif name.startswith(old["crm"]):
+            renames.append((layer, new["crm"] + name[len(old["crm"]):]))
+        elif name.startswith(kept_prefix) and name.endswith(")"):
+            renames.append((layer, new["instances"] + name[len(old["instances"]):]))
+    for layer, name in renames:
+        if name in viewer.layers:
+            continue
+        metadata = layer.metadata or {}
+        if isinstance(layer, Labels) and metadata.get("image_layer") == old_name:
+            layer.metadata = {**metadata, "image_layer": image_layer.name,
+                              "image_file_name": image_file_name(image_layer)}
+        layer.name = name
+
+
 def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool) -> dict:
     """Add or update the result layers of ``image_layer``; return them by kind.
 

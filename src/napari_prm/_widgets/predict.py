@@ -43,6 +43,7 @@ from .layers import (
     merge_predictions,
     read_plane,
     remember_written,
+    rename_results,
     set_moved_from,
     without_peaks,
 )
@@ -202,10 +203,19 @@ class PredictWidget(PredictForm, QWidget):
             pass
 
     def _watch(self, layer) -> None:
-        """Drop the cached maps of ``layer`` when its data changes."""
+        """Drop the cached maps of ``layer`` when its data changes; rename its result layers
+        when it is renamed."""
         if id(layer) not in self._watched_layers:
             self._watched_layers.add(id(layer))
             layer.events.data.connect(lambda event, layer=layer: self._forget(layer))
+            named = {"name": layer.name}
+
+            def renamed(event, layer=layer):
+                old, named["name"] = named["name"], layer.name
+                if old != layer.name:
+                    rename_results(self.viewer, layer, old)
+
+            layer.events.name.connect(renamed)
 
     def _forget(self, layer) -> None:
         self.predictors.forget_layer(layer)
