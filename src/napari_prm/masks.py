@@ -16,6 +16,8 @@ import numpy as np
 from pycocotools import mask as coco_mask
 from scipy import sparse
 
+from .scaled import ScaledStack
+
 __all__ = [
     "mask_iou",
     "greedy_mask_nms",
@@ -225,14 +227,14 @@ def resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return array[..., rows, :][..., columns]
 
 
-class ScaledMasks:
+class ScaledMasks(ScaledStack):
     """An (N, H, W) mask stack held at a lower resolution, enlarged only where needed.
 
     The stack it stands for is ``resize_nearest(masks, shape)``; it is never built
-    whole. Indexing one mask (or an index array) gives it at ``(H, W)``, slicing gives
-    another `ScaledMasks`, and :meth:`resize` gives the stack at any other size exactly
-    as resizing the full stack would, so a 300-mask stack of a 24-megapixel image
-    costs its working size's bytes, not 7 GB.
+    whole. Indexing one mask gives it at ``(H, W)``, slicing (or an index array) gives
+    another `ScaledMasks` (see :class:`napari_prm.scaled.ScaledStack`), and :meth:`resize`
+    gives the stack at any other size exactly as resizing the full stack would, so a
+    300-mask stack of a 24-megapixel image costs its working size's bytes, not 7 GB.
 
     Parameters
     ----------
@@ -262,24 +264,14 @@ class ScaledMasks:
 
     def __init__(self, masks: np.ndarray, shape: tuple[int, int]):
         masks = np.asarray(masks)
-        if masks.ndim != 3:
-            raise ValueError(f"masks: expected an (N, h, w) stack, got shape {masks.shape}")
-        self.masks = masks if masks.dtype == bool else masks != 0
-        height, width = (int(s) for s in shape)
-        self.shape = (len(masks), height, width)
-
-    def __len__(self) -> int:
-        return len(self.masks)
+        super().__init__(masks if masks.dtype == bool else masks != 0, shape)
 
     @property
-    def nbytes(self) -> int:
-        """Bytes held (those of the working-size masks)."""
-        return self.masks.nbytes
+    def masks(self) -> np.ndarray:
+        return self.planes
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return ScaledMasks(self.masks[index], self.shape[1:])
-        return resize_nearest(self.masks[index], self.shape[1:])
+    def _resized(self, planes: np.ndarray) -> np.ndarray:
+        return resize_nearest(planes, self.shape[1:])
 
     def resize(self, shape: tuple[int, int]) -> np.ndarray:
         """The stack at ``shape``: ``resize_nearest(self.to_array(), shape)``, without building

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import _validate as check
 from .io.images import as_rgb_float
@@ -30,12 +29,13 @@ from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
 from .model.transforms import to_network_input
 from .peaks import MAX_PEAKS, PeakSelection, class_scores, peak_candidates, select_peaks
+from .prm_maps import ScaledPRMs, resize_prms  # noqa: F401 (napari_prm.predictor.resize_prms, as before)
 from .retrieval import Instance
 
 ProgressCallback = Callable[[str, int, int], None]
 
-#: The most peaks one prediction may keep: each peak's PRM is an image-sized float32 map
-#: (1000 peaks of a 1024×1024 image hold 4 GiB), and each costs one backward pass.
+#: The most peaks one prediction may keep: each costs one backward pass, and its PRM is a
+#: float32 map at the network's grid (0.8 MB at 448×448; 1000 peaks hold 0.8 GB).
 MAX_PEAKS_LIMIT = 1000
 
 #: Names `PRMPredictor` and `predict` accept for ``preset``.
@@ -73,8 +73,8 @@ class PredictSettings:
         One peak per location: a peak removes weaker peaks of other classes
         within this many CRM cells of the network (before sub-pixel upsampling).
     max_peaks : int
-        Most peaks per image, the strongest (each costs a backward pass and an
-        image-sized map): 50 by default, at most :data:`MAX_PEAKS_LIMIT`. When it
+        Most peaks per image, the strongest (each costs a backward pass and a
+        map at the network's grid): 50 by default, at most :data:`MAX_PEAKS_LIMIT`. When it
         drops peaks, ``Prediction.notes`` says how many passed the thresholds.
     tta : bool
         Average the CRMs over a horizontal flip and input scales 0.75, 1 and 1.25;
@@ -271,9 +271,13 @@ class Prediction:
         Peak ``(y, x)`` in image pixels.
     peak_classes : (K,) int64 ndarray
     peak_values : (K,) float32 ndarray
-    prms : (K, H, W) float32 ndarray
+    prms : (K, H, W) ScaledPRMs or float32 ndarray
         Peak response maps at the image's size, each summing to 1 (0 everywhere
-        when no signal reached the image).
+        when no signal reached the image). The predictor gives a
+        :class:`napari_prm.prm_maps.ScaledPRMs`: the maps at the network's grid, each
+        resized when read (``prms[k]``), so that many peaks of a large image cost little;
+        it reads as a read-only float32 ndarray (``np.asarray(prms)``, ``prms.sum(...)``
+        and the other ndarray methods build the whole stack).
     instances : list of Instance
         Retrieved instances (empty when no proposals were used).
     peaks_crm : (K, 3) int64 ndarray
@@ -295,7 +299,7 @@ class Prediction:
     peaks: np.ndarray
     peak_classes: np.ndarray
     peak_values: np.ndarray
-    prms: np.ndarray
+    prms: np.ndarray | ScaledPRMs
     instances: list[Instance] = field(default_factory=list)
     peaks_crm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
     runner_up_classes: np.ndarray | None = None
@@ -397,22 +401,6 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     view = array.view()
     view.flags.writeable = False
     return view
-
-
-def resize_prms(prms: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of (K, h, w) PRMs to ``shape``, clipped at 0 and renormalised to sum 1."""
-    prms = torch.as_tensor(prms, dtype=torch.float32)
-    if prms.shape[0] == 0:
-        return np.zeros((0,) + tuple(shape), dtype=np.float32)
-    if tuple(prms.shape[-2:]) != tuple(shape):
-        # clamped and divided in place: one (K, H, W) float32 stack at the image's size is
-        # made, not three (50 PRMs of a 12-megapixel image: 2.4 GB each)
-        prms = F.interpolate(prms[:, None], size=tuple(shape), mode="bilinear", align_corners=False)[:, 0].clamp_(min=0)
-    else:
-        prms = prms.clone()  # divided in place below: the caller's maps stay as they are
-    sums = prms.flatten(1).sum(1)
-    prms.div_(torch.where(sums > 0, sums, torch.ones_like(sums))[:, None, None])
-    return prms.numpy().astype(np.float32, copy=False)
 
 
 def class_indices(classes, class_names: Sequence[str]) -> list[int] | None:
@@ -815,7 +803,7 @@ class PRMPredictor:
             peaks=crm_to_image(peaks_crm[:, 1:], crm_shape, image_shape, factor),
             peak_classes=peaks_crm[:, 0].copy(),
             peak_values=np.asarray(values, dtype=np.float32),
-            prms=resize_prms(prms_net, image_shape),
+            prms=ScaledPRMs(prms_net, image_shape),
             peaks_crm=peaks_crm,
             runner_up_classes=runner_classes,
             runner_up_values=runner_values,
@@ -858,9 +846,10 @@ class PRMPredictor:
                 started = time.perf_counter()
                 self._head_features = stage_features(self.model, self._image)
                 self.timings["head_features"] = time.perf_counter() - started
-        logits = head_logits(self.model, self._head_features, prediction.prms, prediction.peak_classes,
+        prms = np.asarray(prediction.prms)  # built once (a ScaledPRMs builds it on each read)
+        logits = head_logits(self.model, self._head_features, prms, prediction.peak_classes,
                              prediction.peaks, prediction.crms)
-        return head_instances(logits, prediction.prms, prediction.peak_classes, **instance_options(self.model))
+        return head_instances(logits, prms, prediction.peak_classes, **instance_options(self.model))
 
     def _confidence(self, prediction: Prediction, settings: PredictSettings) -> list[Instance]:
         """The instances rescored by :func:`rank_by_confidence` against this model's thresholds."""
@@ -903,7 +892,7 @@ class PRMPredictor:
             instances = retrieve_instances(prms_net.numpy(), prediction.peak_classes, self._crms, grid_masks,
                                            peaks_yx=peaks_grid, **options)
             for instance in instances:
-                instance.prm = prediction.prms[instance.peak].copy()
+                instance.prm = prediction.prms[instance.peak]  # a new (H, W) array
                 if instance.merged_peaks:
                     for other in instance.merged_peaks:
                         instance.prm += prediction.prms[other]
@@ -912,7 +901,7 @@ class PRMPredictor:
                 else:
                     instance.mask = resize_nearest(instance.mask[None], image_shape)[0]
             return instances
-        return retrieve_instances(prediction.prms, prediction.peak_classes, self._crms,
+        return retrieve_instances(np.asarray(prediction.prms), prediction.peak_classes, self._crms,
                                   self._prepared(masks, count, image_shape, settings.contour_width),
                                   peaks_yx=prediction.peaks, **options)
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..peaks import RUNNERS_UP
 from ..predict import Prediction, crm_to_image
+from ..scaled import ScaledStack, split_index
 
 #: Colours of the classes' peaks, cycled in order of first appearance (matplotlib tab10).
 CLASS_COLORS = [
@@ -121,6 +122,106 @@ def world_kwargs(image_layer, extra_leading: int = 0) -> dict:
             "affine": np.array(affine.affine_matrix)}
 
 
+class PeakPRMs:
+    """The PRMs of a run's peaks as the PRM layer reads them, holding none at the image's size.
+
+    Slice ``k`` is the PRM of peak ``k``: ``(K, H, W)``, or, placed on the planes of a stack
+    image (`placed`), ``(K, *leading, H, W)`` with PRM ``k`` in its own plane and zeros
+    elsewhere. Each PRM is held as its prediction gave it: a one-map
+    :class:`napari_prm.prm_maps.ScaledPRMs` (the network's grid, resized when napari reads
+    the slice: the prediction's values, bit for bit), or an (H, W) array. Indexing returns
+    ndarrays; ``np.asarray`` builds the whole stack.
+
+    Parameters
+    ----------
+    image_shape : (int, int)
+    maps : list
+        Per peak: a one-map `ScaledStack`, an (H, W) array, or None (zeros).
+    planes : (K, len(leading_shape)) int array, optional
+        The plane of each PRM (default: none, a 2-D image).
+    leading_shape : tuple of int
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, image_shape: tuple[int, int], maps=(), *, planes=None, leading_shape: tuple[int, ...] = ()):
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.maps = list(maps)
+        self.leading_shape = tuple(int(s) for s in leading_shape)
+        planes = np.zeros((len(self.maps), len(self.leading_shape))) if planes is None else planes
+        self.planes = np.asarray(planes, np.int64).reshape(len(self.maps), len(self.leading_shape))
+
+    @classmethod
+    def of(cls, prms, image_shape: tuple[int, int]) -> PeakPRMs:
+        """The PRMs of a prediction (``Prediction.prms``: a ScaledPRMs, kept at its grid, or a
+        (K, H, W) array)."""
+        if isinstance(prms, ScaledStack):
+            return cls(image_shape, [prms[k:k + 1] for k in range(len(prms))])
+        return cls(image_shape, list(np.asarray(prms, np.float32)))
+
+    @classmethod
+    def concatenate(cls, parts: list[PeakPRMs], image_shape: tuple[int, int]) -> PeakPRMs:
+        return cls(image_shape, [source for part in parts for source in part.maps])
+
+    def placed(self, planes: np.ndarray, leading_shape: tuple[int, ...]) -> PeakPRMs:
+        """These PRMs (as they are now) on the planes of a stack image: ``(K, *leading, H, W)``."""
+        return PeakPRMs(self.image_shape, self.maps, planes=planes, leading_shape=leading_shape)
+
+    def store(self, peak: int, prms, index: int) -> None:
+        """Make map ``index`` of a prediction's ``prms`` the PRM of ``peak``; PRMs missing
+        before it are zeros."""
+        source = prms[index:index + 1] if isinstance(prms, ScaledStack) else np.asarray(prms[index], np.float32)
+        self.maps.extend([None] * (peak + 1 - len(self.maps)))
+        self.maps[peak] = source
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.maps), *self.leading_shape, *self.image_shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the network-grid maps, and the arrays of PRMs that came as arrays)."""
+        return sum(source.nbytes for source in self.maps if source is not None)
+
+    def plane(self, peak: int) -> np.ndarray:
+        """The (H, W) PRM of ``peak``."""
+        source = self.maps[peak]
+        if source is None:
+            return np.zeros(self.image_shape, np.float32)
+        return source[0] if isinstance(source, ScaledStack) else source
+
+    def plane_maxima(self) -> np.ndarray:
+        """(K,) the largest value of each PRM (each resized in turn)."""
+        return np.array([self.plane(k).max(initial=0.0) for k in range(len(self))], np.float64)
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = split_index(index, self.ndim)
+        stacked = self.shape[:-2]  # (K, *leading): which PRM, and on which plane
+        cells = np.arange(int(np.prod(stacked)), dtype=np.int64).reshape(stacked)[index[:-2]]
+        yx = index[-2:]
+        out = np.zeros(cells.shape + np.broadcast_to(np.float32(0), self.image_shape)[yx].shape, np.float32)
+        for at in np.ndindex(cells.shape):
+            peak, *plane = np.unravel_index(cells[at], stacked)
+            if tuple(plane) == tuple(self.planes[peak]):
+                out[at] = self.plane(int(peak))[yx]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        array = self[...]
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+
 @dataclass
 class Results:
     """The predictions of the planes of one image, merged into layer-shaped arrays.
@@ -136,7 +237,7 @@ class Results:
     image_shape: tuple[int, int]
     points: np.ndarray  # (K, len(leading) + 2) data coordinates
     point_features: pd.DataFrame
-    prms: np.ndarray  # (K, H, W) float32
+    prms: PeakPRMs  # (K, H, W) float32, each held at the network's grid when it came so
     prm_planes: np.ndarray  # (K, len(leading)) int
     labels: np.ndarray  # (*leading, H, W)
     instance_features: pd.DataFrame
@@ -261,7 +362,7 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
             peak_label[np.asarray(table["peak"]) - peak_offset] = table["label"]
         point_rows.append(peak_rows(prediction, np.arange(peak_offset, peak_offset + k, dtype=np.int64),
                                     peak_label, hand_placed=False))
-        prms.append(prediction.prms)
+        prms.append(PeakPRMs.of(prediction.prms, (height, width)))
         prm_planes.append(np.tile(np.asarray(plane, np.int64), (k, 1)).reshape(k, len(plane)))
         peak_offset += k
         label_offset += int(plane_labels.max(initial=0))
@@ -281,7 +382,7 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
         image_shape=(height, width),
         points=np.concatenate(points) if points else np.zeros((0, len(leading_shape) + 2)),
         point_features=point_features,
-        prms=np.concatenate(prms) if total else np.zeros((0, height, width), np.float32),
+        prms=PeakPRMs.concatenate(prms, (height, width)),
         prm_planes=np.concatenate(prm_planes) if total else np.zeros((0, len(leading_shape)), np.int64),
         labels=labels,
         instance_features=instance_features(table),
@@ -389,8 +490,8 @@ def add_hand_peaks(results: Results, hand: list[tuple[tuple, np.ndarray, Predict
     list of int
         The ``peak`` numbers of the hand-placed points that got no instance.
 
-    Each point's PRM is appended to ``results.prms``; its instance, if it has one, is painted
-    over the run's (:func:`napari_prm.edit.add_instance`: an instance covered entirely loses
+    Each point's PRM is appended to ``results.prms`` (as the prediction holds it); its instance,
+    if it has one, is painted over the run's (:func:`napari_prm.edit.add_instance`: an instance covered entirely loses
     its row, and its peaks their label). Its features are those of an added point:
     ``peak_value`` the CRM value there, no runners-up, `HAND_PLACED` True.
     """
@@ -410,7 +511,7 @@ def add_hand_peaks(results: Results, hand: list[tuple[tuple, np.ndarray, Predict
         next_peak += count
         points.append(np.column_stack([np.tile(np.asarray(plane, float), (count, 1)), yx]).reshape(count, leading + 2))
         rows.append(peak_rows(prediction, peak_ids, np.zeros(count, np.int64), hand_placed=True))
-        prms.append(prediction.prms.astype(np.float32))
+        prms.append(PeakPRMs.of(prediction.prms, results.image_shape))
         prm_planes.append(np.tile(np.asarray(plane, np.int64), (count, 1)).reshape(count, leading))
         for m, peak_id in enumerate(peak_ids):
             found = [instance for instance in prediction.instances if instance.peak == m]
@@ -437,31 +538,18 @@ def add_hand_peaks(results: Results, hand: list[tuple[tuple, np.ndarray, Predict
     features["label"] = point_labels
     results.points = np.concatenate(points)
     results.point_features = features
-    results.prms = np.concatenate(prms)
+    results.prms = PeakPRMs.concatenate(prms, results.image_shape)
     results.prm_planes = np.concatenate(prm_planes)
     results.labels = labels
     results.instance_features = instance_features(table)
     return missed
 
 
-def prm_layer_data(prms: np.ndarray, prm_planes: np.ndarray, leading_shape: tuple[int, ...]):
-    """PRM stack as layer data: (K, H, W), or (K, *leading, H, W) for a stack image.
-
-    For a stack, slice ``k`` holds PRM ``k`` in its own plane and zeros elsewhere; it is a
-    lazy dask array, so the zeros take no memory.
-    """
-    if not leading_shape:
-        return prms
-    import dask.array as da
-
-    height, width = prms.shape[-2:]
-    zeros = da.zeros((height, width), dtype=np.float32, chunks=(height, width))
-    slices = []
-    for prm, plane in zip(prms, prm_planes):
-        planes = [da.from_array(prm, chunks=prm.shape) if index == tuple(plane) else zeros
-                  for index in np.ndindex(*leading_shape)]
-        slices.append(da.stack(planes).reshape(tuple(leading_shape) + (height, width)))
-    return da.stack(slices)
+def prm_layer_data(prms: PeakPRMs, prm_planes: np.ndarray, leading_shape: tuple[int, ...]) -> PeakPRMs:
+    """PRM stack as layer data: (K, H, W), or (K, *leading, H, W) for a stack image, where
+    slice ``k`` holds PRM ``k`` in its own plane and zeros elsewhere (`PeakPRMs.placed`: napari
+    reads one slice, and only that PRM is resized to the image's size)."""
+    return prms.placed(prm_planes, leading_shape)
 
 
 def crm_world_kwargs(image_layer, crm_shape: tuple[int, int], image_shape: tuple[int, int],
@@ -603,7 +691,7 @@ def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool)
                                         results.sub_pixel_locating_factor))
     if len(results.prms):
         # Each PRM sums to 1; saturating at the typical peak keeps every slice visible.
-        top = float(np.median(results.prms.reshape(len(results.prms), -1).max(axis=1)))
+        top = float(np.median(results.prms.plane_maxima()))
         layers["prms"] = upsert_layer(
             viewer, "image", names["prms"],
             prm_layer_data(results.prms, results.prm_planes, results.leading_shape),

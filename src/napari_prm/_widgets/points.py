@@ -224,7 +224,7 @@ class PointRetrieval:
         missed, placed = [], []
         for plane, peak_ids, prediction in out:
             for k, peak_id in enumerate(peak_ids):
-                self._store_prm(int(peak_id), prediction.prms[k], plane)
+                self._store_prm(int(peak_id), prediction.prms, k, plane)
                 rows = np.flatnonzero(self.peaks.features["peak"].to_numpy() == peak_id)
                 if not len(rows):
                     continue  # the point was deleted meanwhile
@@ -306,14 +306,13 @@ class PointRetrieval:
                 features.loc[index, column] = np.nan if column.endswith("_value") else ""
             self._set_point_features(features)
 
-    def _store_prm(self, peak_id: int, prm: np.ndarray, plane: tuple) -> None:
+    def _store_prm(self, peak_id: int, prms, k: int, plane: tuple) -> None:
+        """Make PRM ``k`` of a prediction's ``prms`` that of ``peak_id`` (as the prediction holds it:
+        at the network's grid), on ``plane``."""
         context = self.context
-        if peak_id >= len(context.prms):
-            grow = peak_id + 1 - len(context.prms)
-            context.prms = np.concatenate([context.prms, np.zeros((grow,) + prm.shape, np.float32)])
+        grow = peak_id + 1 - len(context.prm_planes)
+        if grow > 0:
             context.prm_planes = np.concatenate(
                 [context.prm_planes, np.zeros((grow, len(plane)), np.int64)])
-        context.prms[peak_id] = prm
+        context.prms.store(peak_id, prms, k)
         context.prm_planes[peak_id] = plane
-
-

@@ -33,6 +33,7 @@ from .batch import open_batch_panel
 from .correct import CorrectionPanel
 from .form import PredictForm, WidgetSettings, upgrade_saved_settings
 from .layers import (
+    PeakPRMs,
     add_hand_peaks,
     add_result_layers,
     check_image_layer,
@@ -61,7 +62,7 @@ class RunContext:
     settings: dict
     leading_shape: tuple
     class_names: list
-    prms: np.ndarray  # (K, H, W): slice k is the PRM of peak k
+    prms: PeakPRMs  # (K, H, W): slice k is the PRM of peak k, held at the network's grid
     prm_planes: np.ndarray  # (K, len(leading_shape))
     layers: dict = field(default_factory=dict)  # 'peaks', 'prms', 'instances' -> layer
     predictor_keys: dict = field(default_factory=dict)  # plane -> PredictorKey

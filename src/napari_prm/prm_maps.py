@@ -1,0 +1,105 @@
+"""Peak response maps at the image's size: `resize_prms`, and `ScaledPRMs`, which holds them at
+the network's grid and resizes a map when it is read.
+
+Backpropagation gives a PRM on the network's input grid (448×448 by default); a user sees it
+at the image's size. 50 maps of a 12-megapixel image are 2.4 GB at that size, 40 MB at the
+network's: `PRMPredictor` hands them out as a `ScaledPRMs`, and what needs one map at the
+image's size (napari showing a slice, an instance's ``prm``) builds only that one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .scaled import ScaledStack
+
+__all__ = ["ScaledPRMs", "resize_prms"]
+
+
+def resize_prms(prms: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (K, h, w) PRMs to ``shape``, clipped at 0 and renormalised to sum 1.
+
+    Each map's sum is taken row by row (float32 rows, their total in float64), so a map comes
+    out the same, bit for bit, whatever the other maps beside it and the number of threads
+    (a single sum over a whole map is split between threads, and rounds differently).
+
+    Parameters
+    ----------
+    prms : (K, h, w) float ndarray or tensor
+    shape : (int, int)
+        ``(H, W)``.
+
+    Returns
+    -------
+    (K, H, W) float32 ndarray
+        Each map sums to 1, or is 0 everywhere when nothing of it was positive.
+    """
+    prms = torch.as_tensor(prms, dtype=torch.float32)
+    if prms.shape[0] == 0:
+        return np.zeros((0,) + tuple(shape), dtype=np.float32)
+    if tuple(prms.shape[-2:]) != tuple(shape):
+        # clamped and divided in place: one (K, H, W) float32 stack at the image's size is
+        # made, not three (50 PRMs of a 12-megapixel image: 2.4 GB each)
+        prms = F.interpolate(prms[:, None], size=tuple(shape), mode="bilinear", align_corners=False)[:, 0].clamp_(min=0)
+    else:
+        prms = prms.clone()  # divided in place below: the caller's maps stay as they are
+    sums = prms.sum(dim=-1).double().sum(dim=-1).float()
+    prms.div_(torch.where(sums > 0, sums, torch.ones_like(sums))[:, None, None])
+    return prms.numpy().astype(np.float32, copy=False)
+
+
+class ScaledPRMs(ScaledStack):
+    """(K, H, W) peak response maps held at the network's grid: ``resize_prms(maps, shape)``,
+    each map resized when read.
+
+    It reads as that float32 ndarray (see :class:`napari_prm.scaled.ScaledStack`): ``prms[k]``
+    is map ``k`` at ``(H, W)``, equal bit for bit to ``resize_prms(maps, shape)[k]``;
+    ``prms[keep]`` (a slice, an index or boolean array) is another `ScaledPRMs`;
+    ``np.asarray(prms)`` and the ndarray methods build the whole stack. It is read-only.
+
+    Parameters
+    ----------
+    maps : (K, h, w) float32 ndarray
+        The maps at the network's grid (as back-propagated; each summing to 1 or all 0).
+    shape : (int, int)
+        ``(H, W)``: the image's size.
+
+    Attributes
+    ----------
+    maps : (K, h, w) float32 ndarray
+    shape : (int, int, int)
+        ``(K, H, W)``.
+
+    Examples
+    --------
+    >>> maps = np.zeros((1, 2, 2), np.float32); maps[0, 0, 0] = 1
+    >>> prms = ScaledPRMs(maps, (4, 4))
+    >>> prms.shape, prms.nbytes, float(prms[0].sum())
+    ((1, 4, 4), 16, 1.0)
+    """
+
+    read_dtype = np.dtype(np.float32)
+
+    def __init__(self, maps: np.ndarray | torch.Tensor, shape: tuple[int, int]):
+        if isinstance(maps, torch.Tensor):
+            maps = maps.detach().cpu().numpy()
+        super().__init__(np.asarray(maps, dtype=np.float32), shape)
+
+    @property
+    def maps(self) -> np.ndarray:
+        return self.planes
+
+    def _resized(self, planes: np.ndarray) -> np.ndarray:
+        return resize_prms(planes, self.shape[1:])
+
+    @classmethod
+    def concatenate(cls, stacks: list[ScaledPRMs]) -> ScaledPRMs:
+        """One stack of the maps of ``stacks`` in order (all of one grid and image size)."""
+        shapes = {stack.shape[1:] for stack in stacks}
+        grids = {stack.planes.shape[1:] for stack in stacks}
+        if len(shapes) > 1 or len(grids) > 1:
+            raise ValueError(f"ScaledPRMs.concatenate: expected maps of one grid and one image size, got "
+                             f"grids {sorted(grids)} for sizes {sorted(shapes)}")
+        return cls(np.concatenate([stack.planes for stack in stacks]), stacks[0].shape[1:])
