@@ -1,11 +1,15 @@
 """The Qt-free helpers that keep peaks placed by hand through a new run: `without_peaks` and
-`add_hand_peaks` (napari_prm._widgets.layers), on small arrays with numbers worked out by hand."""
+`add_hand_peaks` (napari_prm._widgets.layers), on small arrays with numbers worked out by hand;
+and `PeakPRMs`, the PRM layer's data, which holds a predictor's maps at the network's grid."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from napari_prm._widgets.layers import add_hand_peaks, merge_predictions, without_peaks
+from napari_prm._widgets.layers import add_hand_peaks, merge_predictions, prm_layer_data, without_peaks
 from napari_prm.predictor import Prediction
+from napari_prm.prm_maps import ScaledPRMs, resize_prms
 from napari_prm.retrieval import Instance
 
 NAMES = ["cat", "dog", "bird"]
@@ -130,3 +134,36 @@ def test_add_hand_peaks_of_no_points_changes_nothing():
     np.testing.assert_array_equal(results.points, points)
     np.testing.assert_array_equal(results.labels, labels)
     assert results.point_features["hand_placed"].tolist() == [False]
+
+
+# ---------------------------------------------------------------------- PeakPRMs
+def test_the_prm_layer_holds_a_predictors_maps_at_their_grid_and_shows_them_on_their_plane():
+    """Plane 0's prediction has ScaledPRMs (3 maps on a 3×4 grid), plane 1's a (2, H, W) array:
+    the layer holds the grid maps and that array, reads map k as resize_prms does (bit for bit) in
+    its plane and zeros in the other; without_peaks and a PRM stored later keep them at the grid."""
+    rng = np.random.default_rng(0)
+    maps = rng.random((3, 3, 4), dtype=np.float32)
+    maps /= maps.sum(axis=(1, 2), keepdims=True)
+    scaled = replace(prediction([[1, 1], [2, 2], [4, 6]], [0, 1, 2]), prms=ScaledPRMs(maps, (H, W)))
+    scaled = without_peaks(scaled, [False, True, False])  # maps 0 and 2
+    assert isinstance(scaled.prms, ScaledPRMs) and scaled.prms.maps.shape == (2, 3, 4)
+    given = prediction([[3, 3], [5, 1]], [0, 0])
+    results = merge_predictions([(0,), (1,)], [scaled, given], (2,))
+    eager = resize_prms(maps[[0, 2]], (H, W))
+    assert len(results.prms) == 4 and results.prms.nbytes == 2 * 3 * 4 * 4 + given.prms.nbytes
+    layer = prm_layer_data(results.prms, results.prm_planes, (2,))
+    assert layer.shape == (4, 2, H, W) and layer.dtype == np.float32
+    expected = np.zeros((4, 2, H, W), np.float32)
+    expected[0, 0], expected[1, 0], expected[2:, 1] = eager[0], eager[1], given.prms
+    assert np.array_equal(np.asarray(layer), expected)
+    assert np.array_equal(layer[1, 0], eager[1]) and not layer[1, 1].any()
+    assert np.array_equal(layer[3], expected[3]) and np.array_equal(layer[:, 1, 2:4, ::3], expected[:, 1, 2:4, ::3])
+    maxima = np.array([eager[0].max(), eager[1].max(), given.prms[0].max(), given.prms[1].max()])
+    np.testing.assert_array_equal(results.prms.plane_maxima(), maxima)
+    np.testing.assert_array_equal(results.prms.plane_maxima(budget=1), maxima)  # resized one at a time
+    # a PRM stored for peak 6 (a point added by hand): peaks 4 and 5 are zeros until theirs come
+    results.prms.store(6, ScaledPRMs(maps, (H, W)), 1)
+    assert len(results.prms) == 7 and results.prms.nbytes == 3 * 3 * 4 * 4 + given.prms.nbytes
+    assert np.array_equal(results.prms.plane(6), resize_prms(maps[1:2], (H, W))[0])
+    assert not results.prms.plane(5).any() and not results.prms[4].any()
+    assert len(layer) == 4  # the layer's data as it was shown: a new one shows the stored PRM

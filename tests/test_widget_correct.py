@@ -5,18 +5,14 @@ import pandas as pd
 import pytest
 
 from napari_prm.predict import image_to_crm
-from test_widget_predict import WAIT_MS, forward_counter, open_predict, peak_threshold_for, run_and_wait
+from test_widget_predict import WAIT_MS, forward_counter, open_predict, peak_threshold_for, run_and_wait, run_tiny
 
 
 @pytest.fixture
 def corrected(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
     """A run of the tiny model (3 peaks, no proposals) and two instances painted by hand."""
     viewer = make_napari_viewer()
-    viewer.add_image(small_cat, name="cat")
-    widget = open_predict(viewer, qtbot, tiny_checkpoint)
-    widget.proposals.value = None
-    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
-    run_and_wait(widget, qtbot)
+    widget = run_tiny(viewer, qtbot, tiny_checkpoint, small_cat, "cat", 3)
     labels = viewer.layers["cat instances"]
     left = np.zeros(labels.data.shape, bool)
     left[20:60, 10:70] = True

@@ -30,6 +30,20 @@ def run_and_wait(widget, qtbot):
     return worker
 
 
+def run_tiny(viewer, qtbot, model_path, image, name, count, *, all_planes=False) -> PredictWidget:
+    """Add ``image`` as layer ``name`` and run the widget on it with the model at ``model_path``,
+    without proposals, keeping its ``count`` strongest peaks (of the first plane, ``all_planes``
+    of a stack)."""
+    viewer.add_image(image, name=name)
+    widget = open_predict(viewer, qtbot, model_path)
+    widget.proposals.value = None
+    if all_planes:
+        widget.planes.value = "all planes"
+    widget.peak_threshold.value = peak_threshold_for(image[0] if all_planes else image, model_path, count)
+    run_and_wait(widget, qtbot)
+    return widget
+
+
 def peak_threshold_for(image, model_path, count, class_name=None):
     """A peak threshold that keeps the ``count`` strongest peaks (of one class) of a model."""
     import torch

@@ -891,11 +891,13 @@ class PRMPredictor:
                                       settings.sub_pixel_locating_factor)
             instances = retrieve_instances(prms_net.numpy(), prediction.peak_classes, self._crms, grid_masks,
                                            peaks_yx=peaks_grid, **options)
+            # the PRMs of the instances' peaks at the image's size, resized in one call (not all K)
+            used = sorted({peak for instance in instances for peak in (instance.peak, *instance.merged_peaks)})
+            resized = dict(zip(used, np.asarray(prediction.prms[used]))) if used else {}
             for instance in instances:
-                instance.prm = prediction.prms[instance.peak]  # a new (H, W) array
-                if instance.merged_peaks:
-                    for other in instance.merged_peaks:
-                        instance.prm += prediction.prms[other]
+                instance.prm = resized[instance.peak].copy()
+                for other in instance.merged_peaks:
+                    instance.prm += resized[other]
                 if settings.output_grid == "image":
                     instance.mask = masks[instance.proposal].copy()
                 else:

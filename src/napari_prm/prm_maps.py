@@ -93,13 +93,3 @@ class ScaledPRMs(ScaledStack):
 
     def _resized(self, planes: np.ndarray) -> np.ndarray:
         return resize_prms(planes, self.shape[1:])
-
-    @classmethod
-    def concatenate(cls, stacks: list[ScaledPRMs]) -> ScaledPRMs:
-        """One stack of the maps of ``stacks`` in order (all of one grid and image size)."""
-        shapes = {stack.shape[1:] for stack in stacks}
-        grids = {stack.planes.shape[1:] for stack in stacks}
-        if len(shapes) > 1 or len(grids) > 1:
-            raise ValueError(f"ScaledPRMs.concatenate: expected maps of one grid and one image size, got "
-                             f"grids {sorted(grids)} for sizes {sorted(shapes)}")
-        return cls(np.concatenate([stack.planes for stack in stacks]), stacks[0].shape[1:])

@@ -81,7 +81,7 @@ class ScaledStack(NDArrayOperatorsMixin):
         """(n, h, w) planes of ``self.planes`` → (n, H, W) ndarray."""
         raise NotImplementedError
 
-    def _like(self, planes: np.ndarray) -> ScaledStack:
+    def with_planes(self, planes: np.ndarray) -> ScaledStack:
         """A stack of the same kind holding ``planes``."""
         return type(self)(planes, self.shape[1:])
 
@@ -112,7 +112,7 @@ class ScaledStack(NDArrayOperatorsMixin):
         first, *rest = split_index(index, 3)
         if _is_integer(first):
             return self._resized(self.planes[first][None])[0][tuple(rest)]
-        subset = self._like(self.planes[first])
+        subset = self.with_planes(self.planes[first])
         if all(isinstance(item, slice) and item == slice(None) for item in rest):
             return subset
         return subset.to_array()[(slice(None), *rest)]

@@ -138,7 +138,7 @@ class PeakPRMs:
     maps : list
         Per peak: a one-map `ScaledStack`, an (H, W) array, or None (zeros).
     planes : (K, len(leading_shape)) int array, optional
-        The plane of each PRM (default: none, a 2-D image).
+        The plane of each PRM (a stack image's only).
     leading_shape : tuple of int
     """
 
@@ -148,8 +148,8 @@ class PeakPRMs:
         self.image_shape = tuple(int(s) for s in image_shape)
         self.maps = list(maps)
         self.leading_shape = tuple(int(s) for s in leading_shape)
-        planes = np.zeros((len(self.maps), len(self.leading_shape))) if planes is None else planes
-        self.planes = np.asarray(planes, np.int64).reshape(len(self.maps), len(self.leading_shape))
+        self.planes = (np.asarray(planes, np.int64).reshape(len(self.maps), len(self.leading_shape))
+                       if self.leading_shape else None)
 
     @classmethod
     def of(cls, prms, image_shape: tuple[int, int]) -> PeakPRMs:
@@ -164,7 +164,8 @@ class PeakPRMs:
         return cls(image_shape, [source for part in parts for source in part.maps])
 
     def placed(self, planes: np.ndarray, leading_shape: tuple[int, ...]) -> PeakPRMs:
-        """These PRMs (as they are now) on the planes of a stack image: ``(K, *leading, H, W)``."""
+        """These PRMs (as they are now) on the planes of a stack image: ``(K, *leading, H, W)``
+        (``(K, H, W)`` for a 2-D image, ``leading_shape`` ``()``)."""
         return PeakPRMs(self.image_shape, self.maps, planes=planes, leading_shape=leading_shape)
 
     def store(self, peak: int, prms, index: int) -> None:
@@ -201,9 +202,22 @@ class PeakPRMs:
             return np.zeros(self.image_shape, np.float32)
         return source[0] if isinstance(source, ScaledStack) else source
 
-    def plane_maxima(self) -> np.ndarray:
-        """(K,) the largest value of each PRM (each resized in turn)."""
-        return np.array([self.plane(k).max(initial=0.0) for k in range(len(self))], np.float64)
+    def plane_maxima(self, budget: int = 64 * 2**20) -> np.ndarray:
+        """(K,) the largest value of each PRM; those held at a grid are resized a few at a time
+        (at most ``budget`` bytes at once: one call per plane is slow on a busy machine)."""
+        maxima = np.zeros(len(self), np.float64)
+        groups: dict[tuple, list[int]] = {}
+        for peak, source in enumerate(self.maps):
+            if isinstance(source, ScaledStack):
+                groups.setdefault((type(source), source.planes.shape[1:]), []).append(peak)
+            elif source is not None:
+                maxima[peak] = source.max(initial=0.0)
+        step = max(1, budget // (4 * self.image_shape[0] * self.image_shape[1]))
+        for peaks in groups.values():
+            stack = self.maps[peaks[0]].with_planes(np.concatenate([self.maps[peak].planes for peak in peaks]))
+            for start in range(0, len(peaks), step):
+                maxima[peaks[start:start + step]] = stack[start:start + step].to_array().max(axis=(1, 2), initial=0.0)
+        return maxima
 
     def __getitem__(self, index) -> np.ndarray:
         index = split_index(index, self.ndim)
@@ -213,7 +227,7 @@ class PeakPRMs:
         out = np.zeros(cells.shape + np.broadcast_to(np.float32(0), self.image_shape)[yx].shape, np.float32)
         for at in np.ndindex(cells.shape):
             peak, *plane = np.unravel_index(cells[at], stacked)
-            if tuple(plane) == tuple(self.planes[peak]):
+            if not plane or tuple(plane) == tuple(self.planes[peak]):
                 out[at] = self.plane(int(peak))[yx]
         return out
 
