@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 API_MODULES = ["napari_prm", "napari_prm.model", "napari_prm.proposals", "napari_prm.retrieval",
                "napari_prm.masks", "napari_prm.io", "napari_prm.data", "napari_prm.train",
                "napari_prm.evaluate", "napari_prm.edit", "napari_prm.predict", "napari_prm.batch",
-               "napari_prm.refine", "napari_prm.peaks", "napari_prm.predictor", "napari_prm.model.label_spaces"]
+               "napari_prm.refine", "napari_prm.peaks", "napari_prm.predictor", "napari_prm.model.label_spaces",
+               "napari_prm.prm_maps", "napari_prm.scaled"]
 
 
 def _script(name):

@@ -63,6 +63,10 @@ def test_scaled_prms_read_as_the_eager_stack(maps, threads):
     assert np.array_equal(prms * 2, eager * 2) and np.array_equal(np.maximum(prms, 1e-4), np.maximum(eager, 1e-4))
     assert prms.max() == eager.max() and prms.reshape(6, -1).shape == (6, SHAPE[0] * SHAPE[1])
     assert np.array_equal(np.stack(list(prms)), eager)
+    # a few at a time, in the order asked: each as the eager stack has it
+    for max_bytes in (1, 10**9):
+        planes = list(prms.iter_planes([3, 0, 3], max_bytes=max_bytes))
+        assert len(planes) == 3 and all(np.array_equal(p, eager[k]) for p, k in zip(planes, [3, 0, 3]))
     with pytest.raises(AttributeError, match="no attribute 'peaks'"):
         getattr(prms, "peaks")  # noqa: B009 (the attribute look-up is the test)
 

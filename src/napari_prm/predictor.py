@@ -891,13 +891,11 @@ class PRMPredictor:
                                       settings.sub_pixel_locating_factor)
             instances = retrieve_instances(prms_net.numpy(), prediction.peak_classes, self._crms, grid_masks,
                                            peaks_yx=peaks_grid, **options)
-            # the PRMs of the instances' peaks at the image's size, resized in one call (not all K)
-            used = sorted({peak for instance in instances for peak in (instance.peak, *instance.merged_peaks)})
-            resized = dict(zip(used, np.asarray(prediction.prms[used]))) if used else {}
-            for instance in instances:
-                instance.prm = resized[instance.peak].copy()
-                for other in instance.merged_peaks:
-                    instance.prm += resized[other]
+            for instance in instances:  # its PRM at the image's size, merged peaks' added
+                planes = prediction.prms.iter_planes([instance.peak, *instance.merged_peaks])
+                instance.prm = next(planes).copy()
+                for plane in planes:
+                    instance.prm += plane
                 if settings.output_grid == "image":
                     instance.mask = masks[instance.proposal].copy()
                 else:

@@ -117,6 +117,21 @@ class ScaledStack(NDArrayOperatorsMixin):
             return subset
         return subset.to_array()[(slice(None), *rest)]
 
+    def iter_planes(self, indices=None, *, max_bytes: int = 64 * 2**20):
+        """Planes ``indices`` (default: all) at ``(H, W)``, in order, resized a few at a time:
+        at most ``max_bytes`` of them at once (one at a time for a large image), as few calls
+        as that allows (one call per plane is slow on a busy machine).
+
+        Yields
+        ------
+        (H, W) ndarray
+        """
+        indices = list(range(len(self)) if indices is None else indices)
+        plane_bytes = self.dtype.itemsize * self.shape[1] * self.shape[2]
+        step = max(1, int(max_bytes) // max(plane_bytes, 1))
+        for start in range(0, len(indices), step):
+            yield from self._resized(self.planes[indices[start:start + step]])
+
     def to_array(self) -> np.ndarray:
         """The whole (N, H, W) stack."""
         return self._resized(self.planes)

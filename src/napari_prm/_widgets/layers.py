@@ -204,7 +204,7 @@ class PeakPRMs:
 
     def plane_maxima(self, budget: int = 64 * 2**20) -> np.ndarray:
         """(K,) the largest value of each PRM; those held at a grid are resized a few at a time
-        (at most ``budget`` bytes at once: one call per plane is slow on a busy machine)."""
+        (`ScaledStack.iter_planes`, at most ``budget`` bytes at once)."""
         maxima = np.zeros(len(self), np.float64)
         groups: dict[tuple, list[int]] = {}
         for peak, source in enumerate(self.maps):
@@ -212,11 +212,9 @@ class PeakPRMs:
                 groups.setdefault((type(source), source.planes.shape[1:]), []).append(peak)
             elif source is not None:
                 maxima[peak] = source.max(initial=0.0)
-        step = max(1, budget // (4 * self.image_shape[0] * self.image_shape[1]))
         for peaks in groups.values():
             stack = self.maps[peaks[0]].with_planes(np.concatenate([self.maps[peak].planes for peak in peaks]))
-            for start in range(0, len(peaks), step):
-                maxima[peaks[start:start + step]] = stack[start:start + step].to_array().max(axis=(1, 2), initial=0.0)
+            maxima[peaks] = [plane.max(initial=0.0) for plane in stack.iter_planes(max_bytes=budget)]
         return maxima
 
     def __getitem__(self, index) -> np.ndarray:

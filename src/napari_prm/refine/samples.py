@@ -199,10 +199,11 @@ def correction_sample(model: PRMModel, correction: Correction, stages, *, predic
     predictor = _predictor(model, predict_options, None)
     predictor.set_image(correction.image)
     found = predictor.predict()
-    owners, _ = peak_owners(found.prms, correction.labels)
+    prms = np.asarray(found.prms)  # built once (a ScaledPRMs builds it on each read)
+    owners, _ = peak_owners(prms, correction.labels)
     instances = np.setdiff1d(np.unique(correction.labels), [0])
     missing = np.setdiff1d(instances, owners)
-    prms, classes, peaks = found.prms, found.peak_classes, found.peaks
+    classes, peaks = found.peak_classes, found.peaks
     if len(missing):
         points, point_classes = _instance_points(correction, found.crms, missing)
         added = predictor.predict(points=(points, point_classes))
