@@ -426,3 +426,32 @@ def test_a_rerun_with_another_peak_batch_size_is_the_same_run(tmp_path, checkpoi
     for settings in ({}, {"peak_batch_size": 2}):
         again = predict_many([cat], str(checkpoint), out, **settings, **SETTINGS)
         assert [(r.status, r.error) for r in again.results] == [("skipped", "")]
+
+
+def test_the_summary_keeps_the_rows_of_earlier_images_a_rerun_on_some_does_not_touch(tmp_path, checkpoint, images):
+    """A re-run on a subset replaces those images' rows and keeps the others' (the folder's record)."""
+    good = {p.name: p for p in images if p.name in ("cat.png", "coffee.jpg", "camera16.tif")}
+    out = tmp_path / "out"
+    predict_many([good["camera16.tif"], good["cat.png"], good["coffee.jpg"]], str(checkpoint), out, **SETTINGS)
+    first = summary_rows(out)
+    assert [row["status"] for row in first.values()] == ["written"] * 3
+    assert [row["stem"] for row in first.values()] == ["camera16", "cat", "coffee"]
+
+    predict_many([good["cat.png"]], str(checkpoint), out, overwrite=True, **SETTINGS)
+    again = summary_rows(out)
+    assert list(again) == ["camera16.tif", "cat.png", "coffee.jpg"]  # in their place
+    assert again["camera16.tif"] == first["camera16.tif"] and again["coffee.jpg"] == first["coffee.jpg"]
+    assert again["cat.png"]["status"] == "written" and again["cat.png"]["seconds"] != first["cat.png"]["seconds"]
+
+    # a new image comes after them; outputs deleted by hand drop their row; another image of
+    # an earlier stem ("coffee") replaces the earlier image's row
+    for path in out.glob("camera16*"):
+        path.unlink()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "coffee.png").write_bytes(good["cat.png"].read_bytes())
+    predict_many([good["cat.png"], other / "coffee.png"], str(checkpoint), out, overwrite=True, **SETTINGS)
+    assert list(summary_rows(out)) == ["cat.png", "coffee.png"]
+    with open(out / "summary.csv", newline="", encoding="utf-8") as handle:
+        assert [row["image"] for row in csv.DictReader(handle)] == [str(good["cat.png"]), str(other / "coffee.png")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # written atomically, no temporary left

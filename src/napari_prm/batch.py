@@ -23,7 +23,10 @@ A run is resumable: images whose outputs are complete (`napari_prm.io.complete_p
 are skipped unless ``overwrite=True``. Failures are isolated: an image whose prediction
 raises, or whose worker dies, is tried ``retries`` more times (default once), then
 reported, and the batch goes on. ``<out>/summary.csv`` lists every image with its status
-and is rewritten atomically as results arrive (at most once a second, and at the end).
+and is rewritten atomically as results arrive (at most once a second, and at the end). It
+is the folder's record, not only the run's: the rows of images an earlier run put there
+are kept (in their place), those of the images this run has replace theirs, and rows whose
+outputs are gone (deleted, or their stem now another image's) are dropped.
 """
 
 from __future__ import annotations
@@ -46,12 +49,13 @@ import numpy as np
 
 from .io import IMAGE_SUFFIXES
 from .io.atomic import atomic_write
+from .io.fileset import manifest_path
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
            "output_stems", "start_local_cluster", "label_stack", "label_shapes", "image_stack", "SUMMARY_COLUMNS"]
 
 #: Columns of ``summary.csv``.
-SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts")
+SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts", "stem")
 #: Statuses in ``summary.csv``: outputs written by this run, complete outputs found (or left
 #: as they were), the image failed every attempt, the run was cancelled or killed first.
 STATUSES = ("written", "skipped", "failed", "cancelled", "pending")
@@ -112,7 +116,7 @@ class ImageResult:
                 "peaks": "" if self.peaks is None else self.peaks,
                 "instances": "" if self.instances is None else self.instances,
                 "seconds": "" if self.seconds is None else f"{self.seconds:.3f}",
-                "error": self.error, "attempts": self.attempts}
+                "error": self.error, "attempts": self.attempts, "stem": self.stem}
 
 
 @dataclass
@@ -491,21 +495,57 @@ def _run_task(image: str, stem: str, out: str, spec: ModelSpec, settings: Mappin
 
 # --------------------------------------------------------------------------- summary
 class _Summary:
-    """``summary.csv``: every image's row, rewritten atomically at most once per ``every`` s."""
+    """``summary.csv``: every image's row, rewritten atomically at most once per ``every`` s.
+
+    The rows an earlier ``summary.csv`` holds of images that are not in ``results`` are kept
+    where they were (`_earlier_rows`); the rows of ``results`` replace their images' rows and
+    the new images' come after them, in input order."""
 
     def __init__(self, path: Path, results: list[ImageResult], every: float = 1.0):
         self.path, self.results, self.every = path, results, every
         self.last = -float("inf")
+        self.order = _earlier_rows(path, results)
 
     def update(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.last < self.every:
             return
         with atomic_write(self.path) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", restval="")
             writer.writeheader()
-            writer.writerows(result.row() for result in self.results)
+            writer.writerows(self.results[item].row() if isinstance(item, int) else item for item in self.order)
         self.last = now
+
+
+def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int]:
+    """The rows of ``summary.csv`` in order: earlier rows kept (dicts) and indices of ``results``.
+
+    An earlier row is replaced by its image's result when the image is in ``results``; it is
+    dropped when its stem is now another image's, or when it says outputs were written (or
+    found) and their manifest is gone. A file that is not a summary is replaced."""
+    index: dict[str, list[int]] = {}
+    for i, result in enumerate(results):
+        index.setdefault(os.path.abspath(result.image), []).append(i)
+    stems = {result.stem for result in results}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            earlier = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        earlier = []
+    order: list[dict | int] = []
+    for row in earlier:
+        image, stem = row.get("image"), row.get("stem") or ""
+        if not image or not isinstance(image, str):
+            continue
+        if os.path.abspath(image) in index:
+            order.extend(index.pop(os.path.abspath(image)))
+        elif stem in stems:
+            continue  # this run's image of that stem replaces (or keeps) those outputs
+        elif stem and row.get("status") in ("written", "skipped") and not manifest_path(path.parent, stem).exists():
+            continue
+        else:
+            order.append(row)
+    return order + sorted(i for indices in index.values() for i in indices)
 
 
 # --------------------------------------------------------------------------- the batch
@@ -541,7 +581,9 @@ def predict_many(
         checkpoint, or a loaded model.
     out : path-like
         Output folder (created): per image the files of `napari_prm.io.write_prediction`
-        and ``<stem>.manifest.json``; ``summary.csv`` for the batch.
+        and ``<stem>.manifest.json``; ``summary.csv``, the folder's record: a row per image
+        of this run, and the rows an earlier run wrote of other images whose outputs are
+        still there.
     client : distributed.Client, optional
         Run on this cluster; None runs in this process, one image after the other.
     overwrite : bool
