@@ -163,3 +163,29 @@ def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes(shapes_dataset, tiny_ch
                  "--batch-size", "1", "--resume"]) == 0
     _, extra = load_checkpoint(out)
     assert [h["epoch"] for h in extra["refine_training"]["history"]] == list(range(1, done + 3))
+
+
+def test_refine_masks_leave_out_exports_of_no_dataset_image_naming_them(shapes_dataset, tiny_checkpoint96, tmp_path,
+                                                                         capsys):
+    """As ``evaluate --masks``: a warning names every export of no DATASET image; none matching is refused."""
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    table = {"label": np.array([1, 2]), "class_name": np.array(["cat", "dog"])}
+    for stem, number in (("elsewhere", 0), ("scene1", 1), ("zzz_other", 2)):
+        _, labels, _, _ = shapes_scene(number)
+        io.write_label_image(folder / f"{stem}_labels.tif", labels)
+        io.write_instances_csv(folder / f"{stem}_instances.csv", labels, table)
+    common = ["refine", str(shapes_dataset), "--model", str(tiny_checkpoint96), "--no-self-training",
+              "--epochs", "1", "--batch-size", "1"]
+    out = tmp_path / "refined.pt"
+    assert main([*common, "--out", str(out), "--masks", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --masks: 2 exports match no image of the dataset, left out: elsewhere_labels.tif, " \
+           "zzz_other_labels.tif" in err
+    assert "1 corrected image(s), 2 instances" in err
+    assert load_model(out).head.info["trained_on"]["corrected"] == 1
+    for path in folder.glob("scene1_*"):
+        path.unlink()
+    assert main([*common, "--out", str(tmp_path / "none.pt"), "--masks", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "error: --masks: no export in" in err and "elsewhere_labels.tif, zzz_other_labels.tif" in err

@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--masks", default=None, type=Path,
                         help="corrected masks: a COCO JSON, or a folder of <stem>_labels.tif label images "
                              "with their <stem>_instances.csv; images are matched to DATASET's by file name "
-                             "(default: none)")
+                             "or stem, as for evaluate --masks: exports of no DATASET image are named in a "
+                             "warning and left out, none matching is refused (default: none)")
     refine.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=True,
                         help="learn from PRM's instances on DATASET's images; with --no-self-training "
                              "DATASET only locates the corrected images")
@@ -1027,7 +1028,7 @@ def _kept_epoch(path: Path, command: str = "refine") -> int | None:
 def _run_refine(args) -> int:
     from tqdm import tqdm
 
-    from .refine import load_corrections, refine
+    from .refine import refine
 
     _refuse_existing_out(args)
     if args.resume:
@@ -1036,10 +1037,7 @@ def _run_refine(args) -> int:
     model = _load_model(args.model, args.device)
     corrections = []
     if args.masks is not None:
-        try:
-            corrections = load_corrections(args.masks, model.class_names, image_paths=dataset.image_paths)
-        except (ValueError, OSError) as error:
-            raise CommandError(f"--masks: {error}") from error
+        corrections = list(_dataset_corrections(args.masks, dataset, model.class_names).values())
         unknown = sum(c.num_unknown for c in corrections)
         _say(f"{len(corrections)} corrected image(s), {plural(sum(c.num_instances for c in corrections), 'instance')}"
              + (f" ({unknown} of no class of the model: they teach boundaries only)" if unknown else ""))
@@ -1105,9 +1103,9 @@ def _run_refine(args) -> int:
     return 0
 
 
-def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
-    """``evaluate --masks``: the corrections of DATASET's images, by index; says how many
-    matched, warns of the exports that did not, refuses when none did."""
+def _dataset_corrections(masks: Path, dataset, class_names) -> dict:
+    """``refine``/``evaluate --masks``: the corrections of DATASET's images, by index; warns of
+    the exports that match none (named, left out), refuses only when none matched."""
     from .refine import match_corrections
 
     try:
@@ -1121,6 +1119,12 @@ def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
         _say(f"warning: --masks: {plural(len(unmatched), 'export')} "
              f"{'matches' if len(unmatched) == 1 else 'match'} no image of the dataset, left out: "
              f"{', '.join(unmatched)}")
+    return matched
+
+
+def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
+    """``evaluate --masks``: the corrections of DATASET's images, by index, and how many matched."""
+    matched = _dataset_corrections(masks, dataset, class_names)
     corrections = matched.values()
     unknown = sum(c.num_unknown for c in corrections)
     _say(f"{len(matched)} of the dataset's {plural(len(dataset), 'image')} "
