@@ -5,6 +5,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -853,3 +854,35 @@ def test_predict_label_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpo
         assert tif.pages[0].get_resolution() == pytest.approx((1, 1))
     np.testing.assert_array_equal(io.read_label_image(out / "calibrated_labels.tif"),
                                   io.read_label_image(out / "plain_labels.tif"))
+
+
+def test_calibrate_notes_when_it_calibrates_on_the_training_images(tmp_path, capsys):
+    """``calibrate`` without --held-out calibrated on the images the model trained on, and said
+    nothing of its optimistic thresholds. The checkpoint records its training images."""
+    import imageio.v3 as iio
+
+    from napari_prm.model import load_checkpoint
+    from napari_prm.train import trained_images
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee()), ("astronaut", data.astronaut())):
+        for number in range(2):
+            (tmp_path / "data" / name).mkdir(parents=True, exist_ok=True)
+            iio.imwrite(tmp_path / "data" / name / f"{number}.png", image[number * 32:number * 32 + 64, :64])
+    out = tmp_path / "model.pt"
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--epochs", "1",
+                 "--batch-size", "2", "--input-size", "32", "32", "--device", "cpu", "--val-fraction", "0.34",
+                 "--no-calibrate"]) == 0
+    assert "training on 4 images, 2 held out" in capsys.readouterr().err
+    paths = sorted((tmp_path / "data").rglob("*.png"))
+    assert sum(trained_images(load_checkpoint(out)[1], paths)) == 4
+    calibrate = ["calibrate", str(tmp_path / "data"), "--model", str(out), "--no-tta", "--device", "cpu"]
+    assert main(calibrate) == 0
+    assert ("note: 4 of the 6 images calibrated on were used to train " + str(out) + ": thresholds chosen on "
+            "images a model has learnt are optimistic (too low for new images); --held-out calibrates on the "
+            "images 'train' held out") in capsys.readouterr().err
+    assert main([*calibrate, "--held-out"]) == 0  # the held-out images: no note
+    assert "note:" not in capsys.readouterr().err
+    copy = tmp_path / "copy"  # the same pictures at other paths: new images to this model
+    shutil.copytree(tmp_path / "data", copy)
+    assert main(["calibrate", str(copy), *calibrate[2:]]) == 0
+    assert "note:" not in capsys.readouterr().err

@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "anything runs; --out naming the --model file updates it, as without --out)")
     calibrate.add_argument("--held-out", action="store_true",
                            help="use only the images 'train' held out of this checkpoint's training (its "
-                                "--val-fraction and --seed); otherwise every image of DATASET")
+                                "--val-fraction and --seed); otherwise every image of DATASET, with a note when some "
+                                "of them trained the model (their thresholds are optimistic)")
     calibrate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                            help="also calibrate the thresholds used with --tta")
     _add_model_options(calibrate, device_only=True)
@@ -978,6 +979,8 @@ def _run_calibrate(args) -> int:
         except ValueError as error:
             raise CommandError(f"--held-out on {args.dataset}: {args.model} {error}; calibrate on images it "
                                "was not trained on instead") from error
+    else:
+        _note_trained_images(args, extra, dataset)
     results = {}
     for tta in ((False, True) if args.tta else (False,)):
         with tqdm(total=len(dataset), desc="calibrate" + (" (TTA)" if tta else ""), unit="image",
@@ -1001,6 +1004,23 @@ def _run_calibrate(args) -> int:
             _say(f"warning{' (with TTA)' if tta else ''}: {c.warning}")
     _say(f"checkpoint: {out}")
     return 0
+
+
+def _note_trained_images(args, extra: dict, dataset) -> None:
+    """``calibrate`` without --held-out: a note when images it calibrates on trained the model
+    (the checkpoint's ``train`` run records them): their thresholds are optimistic."""
+    from .train import TRAINING_STATE_KEY, trained_images
+
+    trained = trained_images(extra, dataset.image_paths)
+    if not trained or not any(trained):
+        return
+    count = sum(trained)
+    fraction = ((extra.get(TRAINING_STATE_KEY) or {}).get("config") or {}).get("val_fraction") or 0
+    instead = ("--held-out calibrates on the images 'train' held out" if fraction else
+               "it held none out: calibrate on images it was not trained on")
+    _say(f"note: {count} of the {plural(len(dataset), 'image')} calibrated on "
+         f"{'was' if count == 1 else 'were'} used to train {args.model}: thresholds chosen on images a "
+         f"model has learnt are optimistic (too low for new images); {instead}")
 
 
 def _file_stamp(path: Path) -> tuple[int, int] | None:

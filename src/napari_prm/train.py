@@ -342,13 +342,42 @@ def _validation_ap(model: PRMModel, loader, device) -> tuple[dict[str, float], f
     return dict(zip(model.class_names, per_class.tolist())), mean_ap
 
 
+def image_keys(paths) -> torch.Tensor:
+    """One 64-bit key per image file (a hash of its absolute path), as int64.
+
+    ``train`` stores its training images' keys in the checkpoint (``"images"`` of its
+    training state), 8 bytes an image, so that `trained_images` can tell later which
+    images of a dataset the model was trained on."""
+    import hashlib
+
+    keys = [int.from_bytes(hashlib.blake2b(str(Path(p).resolve()).encode("utf-8", "surrogateescape"),
+                                           digest_size=8).digest(), "little", signed=True) for p in paths]
+    return torch.tensor(keys, dtype=torch.int64)
+
+
+def trained_images(extra: dict, paths) -> list[bool] | None:
+    """Which of ``paths`` the checkpoint's ``train`` run trained on (its held-out images not).
+
+    ``extra`` is `napari_prm.model.load_checkpoint`'s second value. Returns None when the
+    checkpoint does not record its training images (not written by ``train``, or by a
+    version before they were recorded). Images are known by their absolute path: a moved
+    or copied dataset's images count as new."""
+    state = extra.get(TRAINING_STATE_KEY) if isinstance(extra, dict) else None
+    keys = state.get("images") if isinstance(state, dict) else None
+    if not isinstance(keys, torch.Tensor):
+        return None
+    trained = set(keys.tolist())
+    return [key in trained for key in image_keys(paths).tolist()]
+
+
 def _save(model: PRMModel, out: Path, optimizer, epoch: int, history: list[EpochRecord], config: dict,
-          split_rule: int | None) -> Path:
+          split_rule: int | None, images: torch.Tensor) -> Path:
     training = {
         "epoch": epoch,
         "optimizer": optimizer.state_dict(),
         "history": [vars(record) for record in history],
         "config": config,
+        "images": images,  # keys of the training images (image_keys), for trained_images
     }
     if split_rule is not None:
         training["split_rule"] = split_rule
@@ -596,6 +625,7 @@ def train(
     train_set, val_set = split.train, split.held_out
     # a resumed run keeps its checkpoint's rule: its first epochs were split by that one
     split_rule = SPLIT_RULE if state is None else state.get("split_rule")
+    trained_keys = image_keys(train_set.image_paths)
     warnings = [split.warning] if split.warning else []
     images = TrainingImages(train_set, config["input_size"], model.mean, model.std,
                             hflip=config["hflip"], seed=config["seed"])
@@ -647,7 +677,7 @@ def train(
             _check_finite_training(model, out, epoch + 1, None, None, config["lr"], checkpoint)
             history.append(record)
             network.sub_pixel_locating_factor = inference_factor
-            checkpoint = _save(model, out, optimizer, epoch + 1, history, config, split_rule)
+            checkpoint = _save(model, out, optimizer, epoch + 1, history, config, split_rule, trained_keys)
             network.sub_pixel_locating_factor = config["sub_pixel_locating_factor"]
             if progress is not None:
                 progress(TrainProgress("epoch", epoch + 1, config["epochs"], len(loader), len(loader), record.loss,
@@ -657,7 +687,7 @@ def train(
             calibration = _calibrate(model, val_set if val_set is not None else train_set, config, progress, cancel,
                                      held_out=val_set is not None)
             if calibration is not None:
-                checkpoint = _save(model, out, optimizer, len(history), history, config, split_rule)
+                checkpoint = _save(model, out, optimizer, len(history), history, config, split_rule, trained_keys)
                 if calibration.warning:
                     warnings.append(calibration.warning)
     finally:
