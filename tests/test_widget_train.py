@@ -55,7 +55,7 @@ def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_conf
     assert np.isfinite(widget.result.history[0].loss)
     # how the 4 images are split, the batches and epoch, then the calibration of the thresholds
     # on the held-out image
-    assert progress[0] == ("split", "training on 3 images, 1 held out for validation and calibration", None)
+    assert progress[0] == ("split", "training on 3 images, 1 held out for validation and calibration", [])
     assert [p.stage for p in progress[1:]][-1] == "calibration"
     assert {p.stage for p in progress[1:]} == {"batch", "epoch", "calibration"}
     assert "(3 training images, 1 held out)" in widget.last_message
@@ -87,11 +87,33 @@ def test_a_folder_of_one_image_per_class_holds_none_out_and_says_why(make_napari
     assert widget.start() is not None
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert widget.result is not None and not widget.result.cancelled, widget.last_message
-    _, what, warning = progress[0]
+    _, what, warnings = progress[0]
     assert what == "training on 3 images, none held out (the thresholds are calibrated on the training images)"
-    assert warning.startswith("no image is held out for validation (val_fraction asks for 1)")
+    assert len(warnings) == 1
+    assert warnings[0].startswith("no image is held out for validation (val_fraction asks for 1)")
     assert "(3 training images, none held out)" in widget.last_message
     assert "Warning: no image is held out" in widget.last_message
+
+
+def test_the_datasets_warnings_are_shown_as_the_cli_prints_them(make_napari_viewer, qtbot, prm_config,
+                                                                tiny_dataset, tmp_path):
+    """A file left out of the dataset and a likely label typo: the CLI printed them, the widget
+    said nothing. They are shown before training (status and a napari warning) and again at
+    the end."""
+    (tiny_dataset / "cup" / "notes.txt").write_text("not an image")
+    (tiny_dataset / "cta").mkdir()
+    (tiny_dataset / "cta" / "0.png").write_bytes((tiny_dataset / "cat" / "0.png").read_bytes())
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, tmp_path / "trained.pt")
+    shown = []
+    widget._relay.progressed.connect(lambda p: shown.append(widget._status.value) if isinstance(p, tuple) else None)
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    for text in (shown[0], widget.last_message):
+        assert "left out 1 file that is not an image" in text and "cup/notes.txt" in text
+        assert "class 'cta' has 1 image" in text and "'cat'" in text
 
 
 def test_train_without_a_dataset_is_refused(make_napari_viewer, prm_config):

@@ -71,6 +71,7 @@ class TrainWidget(StopsOnClose, Container):
         self.activity: ActivityProgress | None = None
         self.result = None
         self.last_message = ""
+        self._early_warnings: list[str] = []  # the dataset's and the split's, said before training
         self._stop_on_close(self.native)
 
     def _base_choices(self, _=None):
@@ -115,6 +116,7 @@ class TrainWidget(StopsOnClose, Container):
         self._cancel.clear()
         self._closed = False
         self.result = None
+        self._early_warnings = []
         self._progress.max = options["epochs"]
         self._progress.value = 0
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
@@ -135,13 +137,16 @@ class TrainWidget(StopsOnClose, Container):
         """Worker thread: load the dataset, say how it is split, and train."""
         dataset = load_dataset(dataset_path)
         defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
+        # the dataset's warnings (files left out, likely label typos), as the CLI prints them
+        warnings, what = list(dataset.warnings), None
         try:
             split = training_split(dataset, *(options.get(k, defaults[k]) for k in ("val_fraction", "seed")))
         except ValueError:
             split = None  # a bad val_fraction: train() says so
         else:
-            self._relay.progressed.emit(("split", split.describe(options.get("calibrate", defaults["calibrate"])),
-                                         split.warning))
+            what = split.describe(options.get("calibrate", defaults["calibrate"]))
+            warnings += [split.warning] if split.warning else []
+        self._relay.progressed.emit(("split", what, warnings))
         return train(dataset, progress=self._relay.progressed.emit, cancel=self._cancel, split=split,
                      **options)
 
@@ -153,11 +158,12 @@ class TrainWidget(StopsOnClose, Container):
     def _on_progress(self, progress) -> None:
         if self._deleted:
             return
-        if isinstance(progress, tuple):  # ("split", what, warning) before the first batch
-            _, what, warning = progress
-            if warning:
-                self._say(f"Warning: {warning}", warning=True)
-            else:
+        if isinstance(progress, tuple):  # ("split", what, warnings) before the first batch
+            _, what, warnings = progress
+            self._early_warnings = list(warnings)
+            if warnings:
+                self._say("Warning: " + " ".join(warnings), warning=True)
+            elif what:
                 self._status.value = f"{what[0].upper()}{what[1:]}…"
             return
         if progress.stage == "calibration":  # after the last epoch: the held-out images
@@ -188,9 +194,11 @@ class TrainWidget(StopsOnClose, Container):
         held_out = f", {result.held_out_images} held out" if result.held_out_images else ", none held out"
         message = (f"{what}: epoch {last.epoch}, loss {last.loss:.4f} ({plural(result.train_images, 'training image')}"
                    f"{held_out}); saved {result.checkpoint}; it is offered in the Peak Response Maps widget.")
-        if result.warnings:
-            message += " Warning: " + " ".join(result.warnings)
-        self._say(message, warning=bool(result.warnings))
+        # the split's warning is in both: shown before the first batch, and in the result
+        warnings = list(dict.fromkeys(self._early_warnings + list(result.warnings)))
+        if warnings:
+            message += " Warning: " + " ".join(warnings)
+        self._say(message, warning=bool(warnings))
 
     def _on_finished(self) -> None:
         if self.activity is not None:
