@@ -345,7 +345,8 @@ CASES = [
         match=r"cannot load dataset .*out: dataset folder .*out has no class sub-folders"),
     cli("train", "{csv_with_empty_image}", "--backbone", "tiny", "--out", "{out}/new.pt", "--epochs", "1",
         "--batch-size", "2", "--input-size", "16", "16", "--num-workers", "1",
-        match=r"error: cannot read image .*empty.png \(declared at .*broken.csv:3\): the file is empty"),
+        match=r"error: 1 image of .*broken.csv cannot be read; fix or remove it from the dataset \(nothing was "
+              r"trained\):\n  .*empty.png \(declared at .*broken.csv:3\): the file is empty"),
     cli("train", "{csv}", "--model", "alexnet", "--out", "{out}/new.pt",
         match=r"--model: expected a checkpoint file \(.pt, .pth or .safetensors\) to fine-tune, a built-in model "
               r"to fine-tune \(imagenet, imagenet-voc, imagenet-coco\) or a backbone \(.*\); got 'alexnet'"),

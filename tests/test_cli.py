@@ -886,3 +886,26 @@ def test_calibrate_notes_when_it_calibrates_on_the_training_images(tmp_path, cap
     shutil.copytree(tmp_path / "data", copy)
     assert main(["calibrate", str(copy), *calibrate[2:]]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_train_names_every_unreadable_image_before_training(tmp_path, capsys):
+    """A truncated JPEG and a PNG that is not one: training stopped at the first it read, after
+    'training on N images', one file per run. Both are named first, and nothing runs."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for number in range(2):
+            iio.imwrite(tmp_path / "data" / name / f"{number}.jpg", image[number * 32:number * 32 + 64, :64])
+    cut = tmp_path / "data" / "cat" / "1.jpg"
+    cut.write_bytes(cut.read_bytes()[:-300])
+    (tmp_path / "data" / "coffee" / "2.png").write_text("not an image")
+    out = tmp_path / "model.pt"
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--epochs", "1",
+                 "--input-size", "32", "32", "--device", "cpu"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == (f"napari-prm train: error: 2 images of {tmp_path / 'data'} cannot be read; fix or remove "
+                        "them from the dataset (nothing was trained):")
+    assert lines[1].startswith(f"  {cut} (declared at ") and "truncated" in lines[1]
+    assert lines[2].startswith(f"  {tmp_path / 'data' / 'coffee' / '2.png'} (declared at ")
+    assert not any(line.startswith("training on") for line in lines) and not out.exists()

@@ -634,3 +634,38 @@ def test_io_and_masks_import_neither_napari_qt_nor_torch():
             else:
                 continue
             assert not {name.split(".")[0] for name in names} & forbidden, f"{path.name} imports {names}"
+
+
+def test_unreadable_images_finds_truncated_empty_and_foreign_files_without_false_alarms(tmp_path):
+    """Headers and ends only; a file cut short in each format is found, a sound one is not,
+    a JPEG with padding after its end marker is decoded and kept."""
+    import imageio.v3 as iio
+    from skimage import data
+
+    image = data.astronaut()[::8, ::8]
+    sound = []
+    for suffix in (".png", ".jpg", ".tif", ".bmp", ".gif", ".webp"):
+        path = tmp_path / f"sound{suffix}"
+        if suffix == ".tif":
+            tifffile.imwrite(path, image)
+        else:
+            iio.imwrite(path, image)
+        sound.append(path)
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(sound[1].read_bytes() + b"\x00" * 4096)
+    broken = []
+    for path in sound:
+        cut = tmp_path / f"cut{path.suffix}"
+        cut.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+        broken.append(cut)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    broken += [tmp_path / "empty.png", tmp_path / "text.jpg", tmp_path / "missing.png"]
+    seen = []
+    found = io.unreadable_images([*sound, padded, *broken], progress=lambda done, total: seen.append((done, total)))
+    assert [path for path, _ in found] == broken
+    assert all(reason.startswith(f"cannot read image {path}") for path, reason in found)
+    assert seen[-1] == (len(sound) + 1 + len(broken),) * 2
+    for path in broken[:-3]:  # each really is unreadable
+        with pytest.raises(ValueError):
+            io.read_image(path)

@@ -9,6 +9,7 @@ import torch
 
 from napari_prm import load_model, save_model
 from napari_prm.data import LabeledImageDataset, from_csv
+from napari_prm.io import unreadable_images
 from napari_prm.model import build_model, load_checkpoint
 from napari_prm.train import SPLIT_RULE, TRAINING_STATE_KEY, TrainProgress, train, training_split
 
@@ -287,3 +288,55 @@ def test_resume_refuses_a_checkpoint_whose_split_this_version_would_change(tmp_p
     train(dataset, out=tmp_path / "new.pt", calibrate=False, **settings)
     resumed = train(dataset, out=tmp_path / "new.pt", resume=True, epochs=2, calibrate=False)
     assert [r.epoch for r in resumed.history] == [1, 2] and resumed.held_out_images == 0
+
+
+def _copy_of(dataset, folder):
+    """The squares dataset's files and CSV in ``folder`` (a test may damage them)."""
+    folder.mkdir()
+    for path in dataset.image_paths:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "labels.csv").write_bytes((dataset.image_paths[0].parent / "labels.csv").read_bytes())
+    return from_csv(folder / "labels.csv")
+
+
+def test_unreadable_images_are_all_named_before_training(squares, tmp_path):
+    """A broken image was found only when an epoch read it, one per run; now every one is
+    named before the first batch, and nothing is written."""
+    dataset = _copy_of(squares, tmp_path / "data")
+    cut = dataset.image_paths[3]
+    cut.write_bytes(cut.read_bytes()[:200])
+    dataset.image_paths[17].write_text("not an image")
+    out = tmp_path / "model.pt"
+    with pytest.raises(ValueError) as error:
+        train(dataset, out=out, **SETTINGS)
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"2 images of {dataset.source} cannot be read; fix or remove them from the dataset " \
+                       "(nothing was trained):"
+    assert lines[1].startswith(f"  {cut} (declared at {dataset.source}:5): ")
+    assert lines[2].startswith(f"  {dataset.image_paths[17]} (declared at {dataset.source}:19): ")
+    assert not out.exists()
+
+
+def test_an_image_that_fails_during_training_is_named_and_the_last_epoch_is_kept(squares, tmp_path):
+    """Damage the check cannot see (an image changed after the check, here after epoch 1):
+    the error names the file, the epoch it stopped in and the intact checkpoint; resume goes on."""
+    dataset = _copy_of(squares, tmp_path / "data")
+    victim = dataset.image_paths[5]
+    sound = victim.read_bytes()
+
+    def damage(update: TrainProgress) -> None:
+        if update.stage == "epoch" and update.epoch == 1:
+            start = sound.index(b"IDAT") + 8  # the pixel data zeroed; header and end kept
+            victim.write_bytes(sound[:start] + bytes(len(sound) - 24 - start) + sound[-24:])
+
+    out = tmp_path / "model.pt"
+    settings = SETTINGS | {"epochs": 2, "calibrate": False}
+    with pytest.raises(ValueError) as error:
+        train(dataset, out=out, progress=damage, **settings)
+    assert str(error.value).startswith(f"cannot read image {victim} (declared at {dataset.source}:7): ")
+    assert str(error.value).endswith(f"; training stopped in epoch 2: {out} keeps epoch 1, intact: fix or remove "
+                                     "the image, then resume (--resume) goes on")
+    assert not unreadable_images([victim])  # the up-front check cannot see it: header and end intact
+    victim.write_bytes(sound)
+    result = train(dataset, out=out, resume=True, **settings)
+    assert [record.epoch for record in result.history] == [1, 2]

@@ -829,13 +829,17 @@ def _refuse_existing_out(args) -> None:
 def _run_train(args) -> int:
     from tqdm import tqdm
 
-    from .train import train
+    from .train import check_readable, train
 
     _refuse_existing_out(args)
     _device(args.device)  # a missing GPU fails before the dataset is read
     if args.resume:
         _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
     dataset = _load_dataset(args, classes=args.classes)
+    try:  # every unreadable image named before anything else is said
+        check_readable(dataset)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
     split = _say_split(args, dataset)
     held_out = bool(args.val_fraction) if split is None else split.held_out is not None
     bar = None
@@ -877,7 +881,7 @@ def _run_train(args) -> int:
             sub_pixel_locating_factor=args.sub_pixel_locating_factor, hflip=args.hflip,
             device=args.device, seed=args.seed, val_fraction=args.val_fraction, calibrate=args.calibrate,
             resume=args.resume, progress=progress, num_workers=args.num_workers, overwrite=args.overwrite,
-            split=split)
+            split=split, check_images=False)
     except ValueError as error:
         raise CommandError(str(error)) from error
     except KeyboardInterrupt:

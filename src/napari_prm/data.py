@@ -261,6 +261,19 @@ class LabeledImageDataset:
                              for a in self.coco.imgToAnns.get(image_id, [])) for image_id in self.image_ids],
                         dtype=np.float32)
 
+    def unreadable_images(self, progress=None) -> list[str]:
+        """Each image file that cannot be read, named with where it was declared and why.
+
+        Cheap: headers and ends of the files only, a file decoded only when they look
+        wrong (`napari_prm.io.unreadable_images`); ``progress(done, total)`` per file."""
+        from .io import unreadable_images
+
+        where = {}
+        for index, path in enumerate(self.image_paths):
+            where.setdefault(path, self.origins[index])
+        return [f"{path} (declared at {where[path]}): {reason.removeprefix(f'cannot read image {path}: ')}"
+                for path, reason in unreadable_images(list(where), progress=progress)]
+
     def check_positives(self) -> None:
         """Raise ValueError when the dataset is empty or a class has no positive image."""
         if len(self) == 0:

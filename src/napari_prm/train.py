@@ -448,6 +448,28 @@ def _training_state(path: Path, state) -> tuple[dict[str, Any], int, list[EpochR
     return config, start_epoch, history
 
 
+def check_readable(dataset: LabeledImageDataset) -> None:
+    """Raise ValueError naming every image of ``dataset`` that cannot be read (see
+    `LabeledImageDataset.unreadable_images`: headers and ends, no decoding)."""
+    unreadable = dataset.unreadable_images()
+    if unreadable:
+        them = "it" if len(unreadable) == 1 else "them"
+        raise ValueError(f"{plural(len(unreadable), 'image')} of {dataset.source} cannot be read; fix or "
+                         f"remove {them} from the dataset (nothing was trained):\n  " + "\n  ".join(unreadable))
+
+
+def _image_failure(message: str, out: Path, last_good: Path | None, done: int, epoch: int) -> str:
+    """An image that failed while training: which, where training stopped, what is kept."""
+    if last_good is not None:
+        kept = f"{last_good} keeps epoch {done}, intact: fix or remove the image, then resume (--resume) goes on"
+    elif out.exists():
+        kept = f"{out} was left as it was"
+    else:
+        kept = f"nothing was written to {out}"
+    stage = f"in epoch {epoch}" if done < epoch else "after the last epoch (calibrating)"
+    return f"{message}; training stopped {stage}: {kept}"
+
+
 def _check_finite_training(model: PRMModel, out: Path, epoch: int, batch: int | None, loss: float | None,
                            lr: float, last_good: Path | None) -> None:
     """Stop training with a clear message when the loss or the weights stopped being finite.
@@ -493,6 +515,7 @@ def train(
     num_workers: int = 0,
     overwrite: bool = True,
     split: TrainingSplit | None = None,
+    check_images: bool = True,
 ) -> TrainResult:
     """Train a PRM model on image-level labels.
 
@@ -561,6 +584,13 @@ def train(
         ``training_split(dataset, val_fraction, seed)`` made already (the Train widget shows
         it before training): used instead of making it again. One made with another recipe
         (a resumed run's own ``val_fraction`` and ``seed``) or of other images is refused.
+    check_images : bool
+        Before training, find every image file that cannot be read from its header and
+        end (`LabeledImageDataset.unreadable_images`: milliseconds for a hundred images,
+        no decoding) and refuse the run naming them all. An image that fails later
+        anyway (damage inside its pixel data, or a file changed during training) stops
+        training with a ValueError naming it and the last finished epoch, whose
+        checkpoint is intact for ``resume``.
 
     Returns
     -------
@@ -622,6 +652,8 @@ def train(
             f"none out of this dataset (an image whose class has no other is no longer held out), so the "
             f"resumed epochs would train on different images. Start a new run, or fine-tune from it (model=, "
             f"the CLI's --model)")
+    if check_images:
+        check_readable(dataset)
     train_set, val_set = split.train, split.held_out
     # a resumed run keeps its checkpoint's rule: its first epochs were split by that one
     split_rule = SPLIT_RULE if state is None else state.get("split_rule")
@@ -644,6 +676,7 @@ def train(
     cancelled = False
     calibration = None
     try:
+        epoch = start_epoch
         for epoch in range(start_epoch, config["epochs"]):
             # Re-seeding per epoch makes shuffling, flips and dropout independent of where a run resumed.
             generator.manual_seed(config["seed"] * 100003 + epoch)
@@ -690,6 +723,10 @@ def train(
                 checkpoint = _save(model, out, optimizer, len(history), history, config, split_rule, trained_keys)
                 if calibration.warning:
                     warnings.append(calibration.warning)
+    except ValueError as error:
+        if not str(error).startswith(("cannot read image", "cannot use image")):
+            raise
+        raise ValueError(_image_failure(str(error), out, checkpoint, len(history), epoch + 1)) from error
     finally:
         network.sub_pixel_locating_factor = inference_factor
         network.eval()

@@ -13,7 +13,8 @@ module                        holds
 ``napari_prm.io.fileset``     `write_file_set`, `read_file_set`, `recover_file_sets`:
                               one image's files, replaced in one step (a manifest)
 ``napari_prm.io.images``      ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
-                              `read_array`, `as_rgb_float` (the one RGB normaliser)
+                              `read_array`, `as_rgb_float` (the one RGB normaliser),
+                              `unreadable_images` (headers and ends, no decoding)
 ``napari_prm.io.labels``      `write_label_image`, `read_label_image`, `tiff_pixel_size`,
                               `read_label_world`
 ``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
@@ -27,7 +28,8 @@ module                        holds
 - ``napari_prm.io.fileset``: `write_file_set`, `read_file_set`, `recover_file_sets`: one
   image's files, replaced in one step (a manifest);
 - ``napari_prm.io.images``: ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
-  `read_array`, `as_rgb_float` (the one RGB normaliser);
+  `read_array`, `as_rgb_float` (the one RGB normaliser), `unreadable_images` (headers and
+  ends, no decoding);
 - ``napari_prm.io.labels``: `write_label_image`, `read_label_image`, `tiff_pixel_size`,
   `read_label_world`;
 - ``napari_prm.io.tables``: instance tables; `write_instances_csv`, `read_instances_csv`,
@@ -47,7 +49,7 @@ This package imports neither napari/Qt nor torch.
 from .atomic import atomic_write, atomic_writes, remove_stale_temporaries
 from .coco import UNKNOWN_CATEGORY_ID, coco_to_labels, labels_to_coco, write_coco_json
 from .fileset import MANIFEST_SUFFIX, FileSet, listed_files, read_file_set, recover_file_sets, write_file_set
-from .images import IMAGE_SUFFIXES, as_rgb_float, read_array, read_image
+from .images import IMAGE_SUFFIXES, as_rgb_float, read_array, read_image, unreadable_images
 from .labels import read_label_image, read_label_world, tiff_pixel_size, write_label_image
 from .prediction import (
     EXPORT_SUFFIXES,
@@ -63,7 +65,7 @@ from .tables import INSTANCE_CSV_COLUMNS, UNKNOWN_CLASS, read_instances_csv, wri
 __all__ = [
     "atomic_write", "atomic_writes", "remove_stale_temporaries", "write_file_set", "read_file_set",
     "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
-    "read_array", "read_image", "as_rgb_float",
+    "read_array", "read_image", "as_rgb_float", "unreadable_images",
     "write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
     "labels_to_coco", "coco_to_labels", "write_coco_json", "write_instances_csv",
     "read_instances_csv", "write_peaks_csv", "write_prms", "export_instances",

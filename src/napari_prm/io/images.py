@@ -16,7 +16,7 @@ import tifffile
 
 from .._validate import path_like
 
-__all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "as_rgb_float"]
+__all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "as_rgb_float", "unreadable_images"]
 
 #: File name suffixes `read_image` reads: TIFF through tifffile, the others through imageio
 #: (Pillow). Folders given to ``napari-prm predict`` and dataset folders are filtered by them.
@@ -141,6 +141,79 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: it has no pixels "
                          f"({image.shape[0]}×{image.shape[1]})")
     return image
+
+
+def unreadable_images(paths, progress=None) -> list[tuple[os.PathLike, str]]:
+    """The files of ``paths`` that `read_image` cannot read, found without decoding the others.
+
+    Each file's header is parsed (Pillow, or tifffile for a TIFF) and its end checked where
+    the format marks it (a PNG's ``IEND`` chunk, a JPEG's end-of-image marker, a GIF's
+    trailer, the sizes a WebP or BMP header records, the last strip of a TIFF's first page),
+    which finds missing, empty, foreign and truncated files. Only a file that fails one of
+    these is decoded, by `read_image`, which gives its reason: a file that decodes (a JPEG
+    with bytes after its end marker) is not reported. Damage inside the pixel data of a file
+    whose header and end are intact is not found.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+    progress : callable, optional
+        ``progress(done, total)`` after each file.
+
+    Returns
+    -------
+    list of (path, str)
+        Each unreadable file with `read_image`'s message, in the order of ``paths``.
+    """
+    paths = list(paths)
+    found = []
+    for done, path in enumerate(paths, start=1):
+        if _suspect(path):
+            try:
+                read_image(path)
+            except ValueError as error:
+                found.append((path, str(error)))
+        if progress is not None:
+            progress(done, len(paths))
+    return found
+
+
+def _suspect(path) -> bool:
+    """Whether a file may not be a readable image, from its header and its last bytes."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if not path.is_file() or size == 0:
+            return True
+        if _is_tiff(path):
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
+                return not ends or max(ends) > size
+        from PIL import Image
+
+        with Image.open(path):
+            pass
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            handle.seek(max(size - 64, 0))
+            tail = handle.read()
+    except Exception:  # the readers raise many types for a broken file
+        return True
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        return not tail.endswith(b"IEND\xaeB`\x82")
+    if suffix in (".jpg", ".jpeg"):
+        return b"\xff\xd9" not in tail  # bytes after the marker (padding) are decoded to be sure
+    if suffix == ".gif":
+        return not tail.rstrip(b"\x00").endswith(b";")
+    if suffix == ".webp":
+        return head[:4] != b"RIFF" or int.from_bytes(head[4:8], "little") + 8 > size
+    if suffix == ".bmp":
+        return int.from_bytes(head[2:6], "little") > size
+    return False
 
 
 def _is_tiff(path) -> bool:
