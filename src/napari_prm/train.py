@@ -458,14 +458,17 @@ def check_readable(dataset: LabeledImageDataset) -> None:
                          f"remove {them} from the dataset (nothing was trained):\n  " + "\n  ".join(unreadable))
 
 
+def _kept(out: Path, last_good: Path | None, good: str) -> str:
+    """What a stopped run leaves: ``good`` when an epoch's checkpoint was written, else ``out``'s state."""
+    if last_good is not None:
+        return good
+    return f"{out} was left as it was" if out.exists() else f"nothing was written to {out}"
+
+
 def _image_failure(message: str, out: Path, last_good: Path | None, done: int, epoch: int) -> str:
     """An image that failed while training: which, where training stopped, what is kept."""
-    if last_good is not None:
-        kept = f"{last_good} keeps epoch {done}, intact: fix or remove the image, then resume (--resume) goes on"
-    elif out.exists():
-        kept = f"{out} was left as it was"
-    else:
-        kept = f"nothing was written to {out}"
+    kept = _kept(out, last_good, f"{last_good} keeps epoch {done}, intact: fix or remove the image, then resume "
+                                 "(--resume) goes on")
     stage = f"in epoch {epoch}" if done < epoch else "after the last epoch (calibrating)"
     return f"{message}; training stopped {stage}: {kept}"
 
@@ -481,12 +484,7 @@ def _check_finite_training(model: PRMModel, out: Path, epoch: int, batch: int | 
     if loss is None and all(bool(torch.isfinite(p).all()) for p in model.network.parameters()):
         return
     what = f"the loss became {loss} at batch {batch}" if loss is not None else "the weights hold NaN or inf"
-    if last_good is not None:
-        kept = f"the last good checkpoint {last_good} is kept"
-    elif out.exists():
-        kept = f"{out} was left as it was"
-    else:
-        kept = f"nothing was written to {out}"
+    kept = _kept(out, last_good, f"the last good checkpoint {last_good} is kept")
     raise ValueError(f"training diverged in epoch {epoch}: {what} (lr={lr:g}; try a smaller --lr); {kept}")
 
 
