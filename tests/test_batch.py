@@ -455,3 +455,22 @@ def test_the_summary_keeps_the_rows_of_earlier_images_a_rerun_on_some_does_not_t
     with open(out / "summary.csv", newline="", encoding="utf-8") as handle:
         assert [row["image"] for row in csv.DictReader(handle)] == [str(good["cat.png"]), str(other / "coffee.png")]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # written atomically, no temporary left
+
+
+def test_a_folder_whose_sub_folders_hold_images_says_they_are_left_out(tmp_path, checkpoint, images, capsys):
+    from napari_prm.batch import collect_images
+
+    cat = next(p for p in images if p.name == "cat.png")
+    for where in ("top", "top/2023", "top/2024/may", "top/empty"):
+        (tmp_path / where).mkdir(parents=True)
+    for where in ("top/a.png", "top/2023/b.png", "top/2024/may/c.png"):
+        (tmp_path / where).write_bytes(cat.read_bytes())
+    found, problems = collect_images([tmp_path / "top"])
+    assert [p.name for p in found] == ["a.png"]
+    assert problems == [f"note: {tmp_path / 'top'}: the images in its 2 sub-folder(s) (2023, 2024) are left out "
+                        "(folders are not searched recursively): pass the sub-folders as inputs too"]
+    # the command runs the folder's own image and says so; the note is no failure (exit status 0)
+    assert main(["predict", str(tmp_path / "top"), "--out", str(tmp_path / "out"), "--model", str(checkpoint),
+                 "--proposals", "prm", "--peak-threshold", "0", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert problems[0] in err and "1 image(s) written" in err and "0 failed" in err

@@ -60,6 +60,8 @@ SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", 
 #: as they were), the image failed every attempt, the run was cancelled or killed first.
 STATUSES = ("written", "skipped", "failed", "cancelled", "pending")
 SUMMARY_NAME = "summary.csv"
+#: How a message of `collect_images` that is a note, not a problem, starts.
+NOTE = "note: "
 #: How the reason of a skip starts when complete outputs lack the PRMs asked for.
 WITHOUT_PRMS = "outputs are complete but hold no PRMs"
 #: Start of the reason of an image skipped because its outputs come from another model or other settings.
@@ -162,12 +164,18 @@ class BatchResult:
 def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
     """Image files named by ``inputs`` (files, or folders searched one level, sorted).
 
+    A folder's sub-folders are not searched: outputs go to one flat folder, named by each
+    image's file stem, so images of one name in several sub-folders (``cam1/0001.png``,
+    ``cam2/0001.png``) would get stems (``0001``, ``0001_2``) that match neither image by
+    name. A note (in the messages) names the sub-folders that hold images.
+
     A folder's files that a napari-prm manifest there lists are outputs of an earlier
     run (label TIFFs, PRM stacks), not images: they are left out, so a run whose
     ``out`` is its input folder can be run again.
 
     Returns the files (duplicates removed, in order) and a message per input that does
-    not exist or is a folder without images.
+    not exist or is a folder without images, and per folder whose sub-folders hold images
+    (that one starts with ``NOTE``).
     """
     from .io import listed_files
 
@@ -183,6 +191,13 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
                           f"{', ...' if len(folders) > 3 else ''}) are not searched: pass them as inputs"
                           if folders else "")
                 problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder{inside}")
+            else:
+                holding = [p.name for p in sorted(item.iterdir()) if p.is_dir() and not p.name.startswith(".")
+                           and _holds_images(p)]
+                if holding:
+                    problems.append(f"{NOTE}{item}: the images in its {len(holding)} sub-folder(s) "
+                                    f"({', '.join(holding[:3])}{', ...' if len(holding) > 3 else ''}) are left out "
+                                    "(folders are not searched recursively): pass the sub-folders as inputs too")
             images.extend(found)
         elif item.is_file():
             images.append(item)
@@ -190,6 +205,11 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
             problems.append(f"{item}: no such file or folder")
     unique = list(dict.fromkeys(p.resolve() for p in images))
     return [Path(p) for p in unique], problems
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether ``folder`` or a folder in it holds an image file (stops at the first)."""
+    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.rglob("*"))
 
 
 def output_stems(images: Sequence[Path]) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any
 from . import __version__
 from . import _validate as check
 from ._text import plural
-from .batch import OTHER_RUN, SUMMARY_NAME, WITHOUT_PRMS, collect_images, model_label
+from .batch import NOTE, OTHER_RUN, SUMMARY_NAME, WITHOUT_PRMS, collect_images, model_label
 from .io import IMAGE_SUFFIXES
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the same paths.")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help=f"images or folders of images ({', '.join(IMAGE_SUFFIXES)}; "
-                              "8- or 16-bit; folders are not searched recursively)")
+                              "8- or 16-bit); a folder's sub-folders are not searched (a note names those "
+                              "holding images: pass them too, e.g. images/*/)")
     predict.add_argument("--out", required=True, type=Path, help="output folder (created)")
     _add_model_options(predict)
     predict.add_argument("--proposals", default="auto", type=_proposals_arg, help=PROPOSAL_HELP)
@@ -685,7 +686,7 @@ def _run_predict(args) -> int:
              + (f"; {len(other_run)} of them: {other_run[0].error.split('; use overwrite')[0]}"
                 + (" (or similar)" if len({r.error for r in other_run}) > 1 else "") if other_run else "")
              + (f"; {len(incomplete)} of them hold an incomplete set" if incomplete else ""))
-    failed = len(batch.failed) + len(problems)
+    failed = len(batch.failed) + sum(not problem.startswith(NOTE) for problem in problems)
     _say(f"{len(batch.written)} image(s) written to {args.out}, {len(skipped)} skipped, {failed} failed; "
          f"summary: {batch.summary}")
     return 1 if failed else 0
