@@ -14,3 +14,20 @@ def test_layers_segment_menu_opens_the_predict_widget(make_napari_viewer, qtbot,
     widget = viewer.window.dock_widgets[docked[0]]
     qtbot.waitUntil(lambda: widget.classes_loaded, timeout=WAIT_MS)
     assert type(widget).__name__ == "PredictWidget"
+
+
+def test_plugins_menu_has_every_widget_the_manifest_comment_counts(make_napari_viewer):
+    """The manifest's comment said the Plugins menu 'has all three' of its four widgets."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "src" / "napari_prm" / "napari.yaml").read_text()
+    widgets = [entry["display_name"] for entry in yaml.safe_load(text)["contributions"]["widgets"]]
+    viewer = make_napari_viewer()
+    (plugin,) = [action.menu() for action in viewer.window.plugins_menu.actions()
+                 if action.text() == "Peak Response Maps"]
+    assert [action.text() for action in plugin.actions()] == [f"{name} (Peak Response Maps)" for name in widgets]
+    (count,) = re.findall(r"the Plugins menu has all (\w+)", text)
+    assert count == ["one", "two", "three", "four", "five", "six"][len(widgets) - 1]
