@@ -71,6 +71,29 @@ def test_delete_key_then_undo_and_redo_restore_pixels_and_class(classed, qtbot):
     assert not np.any(labels.data == 2)
 
 
+def test_the_status_line_says_what_undo_and_redo_did(classed, qtbot):
+    """After Delete and Ctrl+Z the status line still said "Deleted instance 2."."""
+    viewer, widget, labels = classed
+    labels.selected_label = 2
+    press(viewer, qtbot, Qt.Key.Key_Delete)
+    assert widget.last_message == "Deleted instance 2."
+    undo(viewer, qtbot, labels, BOTH)
+    assert widget.last_message == "Undone: deleted instance 2."
+    redo(viewer, qtbot, labels, {1: (0, "cat")})
+    assert widget.last_message == "Redone: deleted instance 2."
+    undo(viewer, qtbot, labels, BOTH)
+    undo(viewer, qtbot, labels, {1: (0, "cat"), 2: (-1, "")})  # the fixture's set_class
+    assert widget.last_message == "Undone: set the class of instance 2 to 'dog'."
+    assert widget.correction.remove_small(20 * 50 + 1)  # a new edit: nothing left to redo
+    assert widget.last_message == f"Removed 1 instance smaller than {20 * 50 + 1} pixels."
+    undo(viewer, qtbot, labels, {1: (0, "cat"), 2: (-1, "")})
+    assert widget.last_message == f"Undone: removed 1 instance smaller than {20 * 50 + 1} pixels."
+    labels.data_setitem(np.nonzero(_box(labels, 70, 90, 10, 30)), 7)  # painted by hand
+    qtbot.waitUntil(lambda: 7 in rows(labels))
+    undo(viewer, qtbot, labels, {1: (0, "cat"), 2: (-1, "")})  # the painting: not the plugin's to name
+    assert widget.last_message == f"Undone: removed 1 instance smaller than {20 * 50 + 1} pixels."
+
+
 def test_set_class_key_is_one_undo_step(classed, qtbot):
     viewer, widget, labels = classed
     before = labels.data.copy()

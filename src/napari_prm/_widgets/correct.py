@@ -350,13 +350,14 @@ class CorrectionPanel(PointRetrieval):
         return features_table(self.instances.features)
 
     def _write(self, labels: np.ndarray | None, table: dict, relabel: dict | None = None,
-               points=()) -> None:
+               points=(), what: str = "") -> None:
         """Put edited labels and table into the layer; keep the peaks' ``label`` column true.
 
         Changed pixels go through ``data_setitem`` as one item of the layer's undo history,
         tied to the table before and after (``labels=None``: only the table changes, to
         follow pixels changed by napari, as after painting or undo), and to the ``points``
-        placed by hand whose first retrieval it is (undoing it takes them away).
+        placed by hand whose first retrieval it is (undoing it takes them away), and to
+        ``what`` it did (the status line after Ctrl+Z or Ctrl+Shift+Z says it).
         """
         layer = self.instances
         with self.quiet():
@@ -365,7 +366,7 @@ class CorrectionPanel(PointRetrieval):
                 layer.data = labels  # a new array: its history no longer applies
                 reset_history(layer)
             elif labels is not None:
-                with self.history.edit(layer, self._table(), lambda: table, points):
+                with self.history.edit(layer, self._table(), lambda: table, points, what):
                     changed = labels != layer.data
                     if changed.any():
                         layer.data_setitem(np.nonzero(changed), labels[changed])
@@ -389,13 +390,18 @@ class CorrectionPanel(PointRetrieval):
             return None
         return label
 
-    def _apply(self, operation, *args, relabel=None, done: str = "") -> bool:
+    def _apply(self, operation, *args, relabel=None, done="", what: str | None = None) -> bool:
+        """Apply an `napari_prm.edit` operation and say ``done`` (or ``done(new table)``); ``what``
+        it did, as said after Ctrl+Z ("Undone: deleted instance 2."), defaults to ``done``."""
         try:
             labels, table = operation(self.instances.data, self._table(), *args)
         except ValueError as error:
             self._say(str(error), "warning")
             return False
-        self._write(labels, table, relabel)
+        done = done(table) if callable(done) else done
+        if what is None:
+            what = done[:1].lower() + done[1:].rstrip(".")
+        self._write(labels, table, relabel, what=what)
         if done:
             self._say(done)
         return True
@@ -412,7 +418,8 @@ class CorrectionPanel(PointRetrieval):
             return False
         index = self.context.class_names.index(class_name)
         if not self._apply(edit.set_class, label, index, class_name,
-                           done=f"Instance {label} is now {class_name!r}."):
+                           done=f"Instance {label} is now {class_name!r}.",
+                           what=f"set the class of instance {label} to {class_name!r}"):
             return False
         with self.quiet():
             features = self.peaks.features.copy()
@@ -438,11 +445,8 @@ class CorrectionPanel(PointRetrieval):
             self._say("Run a prediction first: there are no instances to correct.", "warning")
             return False
         before = len(self.instances.features)
-        ok = self._apply(edit.remove_small, int(min_area))
-        if ok:
-            self._say(f"Removed {plural(before - len(self.instances.features), 'instance')} smaller "
-                      f"than {min_area} pixels.")
-        return ok
+        return self._apply(edit.remove_small, int(min_area), done=lambda table: (
+            f"Removed {plural(before - len(table['label']), 'instance')} smaller than {min_area} pixels."))
 
     def draw_split_line(self):
         """Add (or pick) the Shapes layer the split line is drawn in, in path mode."""
@@ -518,7 +522,11 @@ class CorrectionPanel(PointRetrieval):
             base = self.history.table_for(self.instances)
             table = edit.sync_table(self.instances.data, self._table() if base is None else base)
             self._write(None, table)
-            self._follow_undone_points()
+            undone, redone = self.history.moves(self.instances)
+            if not self._follow_undone_points():  # which says what its undo took away
+                for word, whats in (("Undone", undone), ("Redone", redone)):
+                    if whats:
+                        self._say(f"{word}: {'; '.join(whats)}.")
             self._sync_points(table)
 
     def _sync_points(self, table: dict) -> None:

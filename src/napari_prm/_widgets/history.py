@@ -51,17 +51,22 @@ class InstanceHistory:
     """The instance tables that go with the plugin's items in a Labels layer's history."""
 
     def __init__(self):
-        self._records: dict[int, tuple] = {}  # id(atom) -> (atoms, table before, table after)
+        # id(atom) -> (atoms, table before, table after, points, what it did, serial)
+        self._records: dict[int, tuple] = {}
+        self._applied: set[int] = set()  # serials of the edits applied when last looked (`moves`)
+        self._serial = 0
 
     def clear(self) -> None:
         self._records.clear()
+        self._applied.clear()
 
     @contextmanager
-    def edit(self, layer, before: dict, after_table, points=()):
+    def edit(self, layer, before: dict, after_table, points=(), what: str = ""):
         """Group the pixel changes made inside into one history item of ``layer`` and tie
-        ``before`` and the table returned by ``after_table()`` to it, and the ``peak`` numbers
+        ``before`` and the table returned by ``after_table()`` to it, the ``peak`` numbers
         of the ``points`` placed by hand that the edit retrieved for the first time
-        (`undone_points`).
+        (`undone_points`), and ``what`` it did, as the status line says it after Ctrl+Z
+        (`moves`: "deleted instance 2").
 
         If nothing inside changed a pixel, a change that leaves the pixels as they were is
         made, so that the edit still is one step of Ctrl+Z.
@@ -79,10 +84,27 @@ class InstanceHistory:
                 _touch(layer)
             item = _newest_item(layer, count, top)
         if item:
-            record = (tuple(item), before, after_table(), tuple(int(p) for p in points))
+            self._serial += 1
+            record = (tuple(item), before, after_table(), tuple(int(p) for p in points), what,
+                      self._serial)
             for atom in item:
                 self._records[id(atom)] = record
+            self._applied.add(self._serial)
         self._forget_dropped(layer)
+
+    def moves(self, layer) -> tuple[list[str], list[str]]:
+        """What the plugin's edits undone and redone since the last look did (their ``what``,
+        newest undone first, oldest redone first); napari's own items (painting) are not
+        counted."""
+        stacks = history_stacks(layer)
+        if stacks is None:
+            return [], []
+        undo, redo = ([record for record in map(self._record_of, items) if record is not None]
+                      for items in stacks)
+        undone = [record[4] for record in reversed(redo) if record[5] in self._applied]
+        redone = [record[4] for record in undo if record[5] not in self._applied]
+        self._applied = {record[5] for record in undo}
+        return undone, redone
 
     def table_for(self, layer) -> dict | None:
         """The table of the plugin's last applied edit, or None when there is none to go by."""

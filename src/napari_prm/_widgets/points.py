@@ -251,7 +251,10 @@ class PointRetrieval:
                     features = self.peaks.features.copy()
                     features.loc[features.index[rows[0]], "label"] = int(table["label"][-1])
                     self._set_point_features(features)
-        self._write(labels, table, points=placed)
+        retrieved = [int(p) for _, ids, _ in out for p in ids]
+        self._write(labels, table, points=placed,
+                    what=f"retrieved the instance{'s' if len(retrieved) > 1 else ''} of "
+                         f"peak{'s' if len(retrieved) > 1 else ''} {', '.join(map(str, retrieved))}")
         self._on_points_selected()  # a selected new point now has an instance to select
         with self.quiet():
             upsert_layer(self.owner.viewer, "image", layer_names(context.image_layer.name)["prms"],
@@ -261,18 +264,19 @@ class PointRetrieval:
         if missed:
             self._say(f"No instance found for peaks {missed} (their PRMs were added).", "warning")
         else:
-            self._say(f"Retrieved instances of peaks {[int(p) for _, ids, _ in out for p in ids]}.")
+            self._say(f"Retrieved instances of peaks {retrieved}.")
 
-    def _follow_undone_points(self) -> None:
+    def _follow_undone_points(self) -> bool:
         """Ctrl+Z of the instance retrieved from a point placed by hand takes the point away
-        too, so that a new run does not bring the instance back; Ctrl+Shift+Z puts it back."""
+        too, so that a new run does not bring the instance back; Ctrl+Shift+Z puts it back.
+        Returns whether points were taken away (the status line says so)."""
         undone = self.history.undone_points(self.instances)
         peaks = self.peaks
         ids = peaks.features["peak"].to_numpy()
         drop = [row for row, peak in enumerate(ids) if int(peak) in undone]
         back = [peak for peak in self._undone_points if peak not in undone]
         if not drop and not back:
-            return
+            return False
         data, features = np.asarray(peaks.data, float), peaks.features
         for row in drop:
             self._undone_points[int(ids[row])] = (data[row].copy(), features.iloc[[row]])
@@ -293,6 +297,7 @@ class PointRetrieval:
                     "the peaks placed by hand and their instances (peaks {}); a new Run no longer keeps "
                     "them, Ctrl+Shift+Z brings them back")
             self._say(f"Undone: {text.format(numbers)}.")
+        return bool(drop)
 
     def _update_point_features(self, row: int, prediction, k: int) -> None:
         """A point placed or moved by hand: its CRM value there, its class's score (as the run's
