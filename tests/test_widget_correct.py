@@ -546,3 +546,33 @@ def test_a_model_peak_moved_during_a_rethreshold_is_kept_where_it_was_put_and_no
     rethreshold_and_wait(widget, qtbot)  # where it came from is remembered: still not doubled
     assert len(peaks.data) == 2 and not any(np.allclose(point, origin) for point in peaks.data)
     assert_hand_peak(peaks, instances, [75.0, 110.0], class_name)
+
+
+def test_a_point_taken_away_takes_its_prm_and_brings_it_back(candidates_run, qtbot):
+    """A point deleted, or taken away by Ctrl+Z of its instance, left its PRM in the PRMs layer
+    until the next Run. The layer's slices now follow the peaks layer's rows."""
+    viewer, widget, _ = candidates_run
+    peaks, labels = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    widget.correction.class_choice.value = "dog"
+    for where in ([30.0, 35.0], [75.0, 110.0]):
+        peaks.add([where])
+        qtbot.waitUntil(lambda: not widget.running and peaks.features["label"].iloc[-1] > 0, timeout=WAIT_MS)
+    prms = viewer.layers["cat PRMs"]
+    first, second = (np.asarray(prms.data[k]) for k in range(2))
+    assert prms.data.shape[0] == 2 and first.sum() == pytest.approx(1.0, rel=1e-4)
+    assert not np.allclose(first, second)
+
+    peaks.selected_data = {0}
+    peaks.remove_selected()  # the first point, deleted
+    assert peaks.features["peak"].tolist() == [1]
+    assert prms.data.shape[0] == 1 and np.allclose(np.asarray(prms.data[0]), second)
+
+    labels.undo()  # the second point's instance: the point goes, and its PRM
+    qtbot.waitUntil(lambda: len(peaks.data) == 0, timeout=5000)
+    assert "cat PRMs" not in viewer.layers
+    labels.redo()
+    qtbot.waitUntil(lambda: len(peaks.data) == 1, timeout=5000)
+    prms = viewer.layers["cat PRMs"]
+    assert prms.data.shape[0] == 1 and np.allclose(np.asarray(prms.data[0]), second)
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("cat PRMs") < names.index("cat instances")  # under the instances, as a run puts it

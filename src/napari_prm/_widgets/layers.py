@@ -168,6 +168,18 @@ class PeakPRMs:
         (``(K, H, W)`` for a 2-D image, ``leading_shape`` ``()``)."""
         return PeakPRMs(self.image_shape, self.maps, planes=planes, leading_shape=leading_shape)
 
+    def rows(self, peaks) -> PeakPRMs:
+        """These PRMs in the order of ``peaks`` (slice ``i`` is the PRM of peak ``peaks[i]``;
+        zeros for a number without a PRM), holding the same maps."""
+        peaks = np.asarray(peaks, np.int64).reshape(-1)
+        known = (peaks >= 0) & (peaks < len(self.maps))
+        maps = [self.maps[peak] if ok else None for peak, ok in zip(peaks, known)]
+        planes = None
+        if self.leading_shape:
+            planes = np.full((len(peaks), len(self.leading_shape)), -1, np.int64)
+            planes[known] = self.planes[peaks[known]]
+        return PeakPRMs(self.image_shape, maps, planes=planes, leading_shape=self.leading_shape)
+
     def store(self, peak: int, prms, index: int) -> None:
         """Make map ``index`` of a prediction's ``prms`` the PRM of ``peak``; PRMs missing
         before it are zeros."""
@@ -557,11 +569,15 @@ def add_hand_peaks(results: Results, hand: list[tuple[tuple, np.ndarray, Predict
     return missed
 
 
-def prm_layer_data(prms: PeakPRMs, prm_planes: np.ndarray, leading_shape: tuple[int, ...]) -> PeakPRMs:
+def prm_layer_data(prms: PeakPRMs, prm_planes: np.ndarray, leading_shape: tuple[int, ...],
+                   peaks=None) -> PeakPRMs:
     """PRM stack as layer data: (K, H, W), or (K, *leading, H, W) for a stack image, where
-    slice ``k`` holds PRM ``k`` in its own plane and zeros elsewhere (`PeakPRMs.placed`: napari
-    reads one slice, and only that PRM is resized to the image's size)."""
-    return prms.placed(prm_planes, leading_shape)
+    slice ``i`` holds the PRM of peak ``peaks[i]`` in its own plane and zeros elsewhere
+    (`PeakPRMs.placed`: napari reads one slice, and only that PRM is resized to the image's
+    size). ``peaks`` are the ``peak`` numbers of the peaks layer's rows, so that the slices
+    follow its rows (a peak without a PRM yet gives zeros); default: slice ``k`` is peak ``k``."""
+    placed = prms.placed(prm_planes, leading_shape)
+    return placed if peaks is None else placed.rows(peaks)
 
 
 def crm_world_kwargs(image_layer, crm_shape: tuple[int, int], image_shape: tuple[int, int],

@@ -47,7 +47,13 @@ class PointRetrieval:
         return {int(p): tuple(np.round(row, 6)) for p, row in zip(ids, peaks.data) if p >= 0}
 
     def _on_points_data(self, event: Event) -> None:
-        if self._quiet_depth or self.peaks is None or str(event.action) not in ("added", "changed"):
+        if self._quiet_depth or self.peaks is None:
+            return
+        if str(event.action) == "removed":  # points deleted: their PRMs leave the PRMs layer
+            self._positions = self._point_positions()
+            self._show_prms(self.context)
+            return
+        if str(event.action) not in ("added", "changed"):
             return
         features = self.peaks.features
         new_rows = np.flatnonzero(features["peak"].to_numpy() < 0)
@@ -256,11 +262,7 @@ class PointRetrieval:
                     what=f"retrieved the instance{'s' if len(retrieved) > 1 else ''} of "
                          f"peak{'s' if len(retrieved) > 1 else ''} {', '.join(map(str, retrieved))}")
         self._on_points_selected()  # a selected new point now has an instance to select
-        with self.quiet():
-            upsert_layer(self.owner.viewer, "image", layer_names(context.image_layer.name)["prms"],
-                         prm_layer_data(context.prms, context.prm_planes, context.leading_shape),
-                         colormap="inferno", blending="additive", opacity=0.8,
-                         **world_kwargs(context.image_layer, extra_leading=1))
+        self._show_prms(context)
         if missed:
             self._say(f"No instance found for peaks {missed} (their PRMs were added).", "warning")
         else:
@@ -290,6 +292,7 @@ class PointRetrieval:
             self._set_point_features(features.reset_index(drop=True))
             peaks.face_color = "class_name"
         self._positions = self._point_positions()
+        self._show_prms(self.context)
         if drop:
             numbers = ", ".join(str(int(ids[row])) for row in drop)
             text = ("the peak placed by hand and its instance (peak {}); a new Run no longer keeps it, "
@@ -298,6 +301,36 @@ class PointRetrieval:
                     "them, Ctrl+Shift+Z brings them back")
             self._say(f"Undone: {text.format(numbers)}.")
         return bool(drop)
+
+    def _show_prms(self, context) -> None:
+        """Show the PRMs of the peaks layer's points in the PRMs layer, slice ``i`` for row ``i``
+        (`prm_layer_data`): a point taken away (deleted, or its instance undone) takes its PRM
+        with it, and one put back brings it back. Without points there is no PRMs layer."""
+        viewer = self.owner.viewer
+        name = layer_names(context.image_layer.name)["prms"]
+        peaks = self.peaks.features["peak"].to_numpy()
+        with self.quiet():
+            if not len(peaks):
+                if name in viewer.layers:
+                    viewer.layers.remove(name)
+                context.layers.pop("prms", None)
+                return
+            added = name not in viewer.layers
+            selected, active = set(viewer.layers.selection), viewer.layers.selection.active
+            layer = upsert_layer(viewer, "image", name,
+                                 prm_layer_data(context.prms, context.prm_planes, context.leading_shape, peaks),
+                                 colormap="inferno", blending="additive", opacity=0.8,
+                                 **world_kwargs(context.image_layer, extra_leading=1))
+            context.layers["prms"] = layer
+            instances = context.layers.get("instances")
+            if added:
+                # under the instances, as a run puts it, and not selected: napari selects a layer
+                # it adds, and the next key (Ctrl+Z) would go to it
+                if instances in viewer.layers:
+                    viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(instances))
+                viewer.layers.selection.clear()
+                viewer.layers.selection.update(selected)
+                viewer.layers.selection.active = active
 
     def _update_point_features(self, row: int, prediction, k: int) -> None:
         """A point placed or moved by hand: its CRM value there, its class's score (as the run's
