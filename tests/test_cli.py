@@ -605,6 +605,27 @@ def test_calibrate_held_out_of_a_checkpoint_from_before_the_split_rule(tmp_path,
     assert "held no image out: each image is the only one of one of its classes" in capsys.readouterr().err
 
 
+def test_train_resume_of_a_checkpoint_from_before_the_split_rule_says_its_own_split(tmp_path, capsys):
+    """``train --resume`` of a checkpoint without a split rule said (and used) this version's split,
+    holding out a cat where the checkpoint's run held out the only dog; it now says the run's own."""
+    from test_train import _from_before_the_split_rule, _two_cats_a_dog_and_a_bird
+
+    (tmp_path / "data").mkdir()
+    _two_cats_a_dog_and_a_bird(tmp_path / "data")
+    csv, out = tmp_path / "data" / "labels.csv", tmp_path / "model.pt"
+    command = ["train", str(csv), "--out", str(out), "--backbone", "tiny", "--batch-size", "2", "--input-size",
+               "32", "32", "--device", "cpu", "--val-fraction", "0.25", "--seed", "0", "--no-calibrate"]
+    assert main(command + ["--epochs", "1"]) == 0
+    _from_before_the_split_rule(out, "dog")
+    capsys.readouterr()
+    assert main(["train", str(csv), "--out", str(out), "--resume", "--epochs", "2", "--no-calibrate"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"training on 3 images, 1 held out for validation; 3 classes -> {out}"
+    assert lines[1].startswith("warning: the run goes on holding out the images its checkpoint's version held out")
+    assert "class(es) 'dog'" in lines[1]
+    assert lines[2].startswith("epoch 2/2: loss ") and lines[2].endswith("% (1 class)")
+
+
 def test_train_warns_of_a_calibration_that_finds_nothing(tmp_path, capsys):
     """Calibration on held-out images that found no class stored the lowest thresholds
     ('classes found 0 %') without a word. Here the one image held out (of the two cats, seed 2)

@@ -265,26 +265,80 @@ def test_train_uses_a_split_made_already_and_refuses_another(tmp_path):
     assert not (tmp_path / "c.pt").exists()
 
 
-def test_resume_refuses_a_checkpoint_whose_split_this_version_would_change(tmp_path):
-    """A checkpoint from before the split fix held out a class's only image (3 images of 3 classes,
-    1 held out: its history has validation APs). Resuming it trained on all 3 from then on and
-    calibrated on them, without a word: the epochs before and after saw different images."""
-    from napari_prm.model import load_checkpoint
-    from napari_prm.train import TRAINING_STATE_KEY
+def _two_cats_a_dog_and_a_bird(folder):
+    """4 images: two cats, one dog, one bird (seed 0: the plain random split holds out the dog)."""
+    rows = ["image,labels"]
+    for i, name in enumerate(("cat", "cat", "dog", "bird")):
+        image = np.zeros((32, 32, 3), np.uint8)
+        image[8 * i:8 * i + 8, 4:16, i % 3] = 255
+        iio.imwrite(folder / f"{i}.png", image)
+        rows.append(f"{i}.png,{name}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return from_csv(folder / "labels.csv")
 
+
+def _from_before_the_split_rule(path, held_out_class):
+    """The checkpoint as a version from before the split rule wrote it: no ``split_rule``, and its
+    epochs validated on the image of ``held_out_class`` that the plain random split held out."""
+    model, extra = load_checkpoint(path)
+    state = extra[TRAINING_STATE_KEY]
+    state.pop("split_rule", None)
+    for record in state["history"]:
+        record["val_ap"] = {name: 1.0 if name == held_out_class else float("nan") for name in model.class_names}
+        record["val_map"] = 1.0
+    save_model(model, path, extra=extra)
+
+
+def _validated_on(record):
+    return sorted(name for name, ap in record.val_ap.items() if ap == ap)  # classes with a held-out positive
+
+
+def test_resume_of_a_checkpoint_from_before_the_split_rule_trains_on_its_own_images(tmp_path):
+    """A checkpoint from before 'never hold out a class's only image' held out the only dog (the
+    plain random split). Resuming it held out a cat instead, without a word: the resumed epochs
+    trained on the dog and validated on a cat the first epoch trained on. Now it goes on with
+    the checkpoint's own split, and says which class that leaves untrained."""
+    dataset = _two_cats_a_dog_and_a_bird(tmp_path)
+    plain_train, plain_held = dataset.split(0.25, seed=0, keep_every_class=False)
+    assert [p.name for p in plain_held.image_paths] == ["2.png"] and dataset.untrained_classes(plain_train) == ["dog"]
+    assert [p.name for p in training_split(dataset, 0.25, 0).held_out.image_paths] == ["0.png"]  # a cat
+    settings = dict(SETTINGS, epochs=1, input_size=(32, 32), batch_size=2, val_fraction=0.25, seed=0)
+    out = tmp_path / "model.pt"
+    train(dataset, out=out, calibrate=False, **settings)
+    _from_before_the_split_rule(out, "dog")
+
+    split = training_split(dataset, 0.25, 0, split_rule=None)
+    assert [p.name for p in split.held_out.image_paths] == ["2.png"] and split.left_untrained == ["dog"]
+    assert "only image(s) of class(es) 'dog'" in split.warning
+    assert split.describe() == "training on 3 images, 1 held out for validation and calibration"
+    resumed = train(dataset, out=out, resume=True, epochs=2, calibrate=False)
+    assert (resumed.train_images, resumed.held_out_images) == (3, 1)
+    assert [_validated_on(record) for record in resumed.history] == [["dog"], ["dog"]]
+    assert any("'dog'" in warning for warning in resumed.warnings)
+    assert "split_rule" not in load_checkpoint(out)[1][TRAINING_STATE_KEY]  # it keeps its own rule
+    # a split made already must be the checkpoint's own
+    with pytest.raises(ValueError, match=r"split: expected training_split\(dataset, 0\.25, 0, split_rule=None\) "
+                                         r"of the 4 images of .*, got a split with val_fraction 0\.25, seed 0, "
+                                         r"split_rule 2, of 4 images"):
+        train(dataset, out=out, resume=True, epochs=3, split=training_split(dataset, 0.25, 0))
+    again = train(dataset, out=out, resume=True, epochs=3, calibrate=False, split=split)
+    assert [_validated_on(record) for record in again.history] == [["dog"]] * 3
+
+
+def test_resume_of_a_checkpoint_from_before_the_split_rule_holding_out_a_class_only_image(tmp_path):
+    """3 images of 3 classes, 1 held out by the plain random split (its history has validation
+    APs), where this version holds none out: resuming was refused. It now goes on holding that one out."""
     dataset = _one_image_per_class(tmp_path)
     settings = dict(SETTINGS, epochs=1, input_size=(32, 32), val_fraction=0.2)
     out = tmp_path / "model.pt"
     train(dataset, out=out, calibrate=False, **settings)
-    # what the older version wrote: the same run with 'cat' held out, validated every epoch
-    model, extra = load_checkpoint(out)
-    extra[TRAINING_STATE_KEY]["history"][0]["val_ap"] = {"bird": float("nan"), "cat": 1.0, "dog": float("nan")}
-    extra[TRAINING_STATE_KEY]["history"][0]["val_map"] = 1.0
-    save_model(model, out, extra=extra)
-    with pytest.raises(ValueError, match=r"cannot resume .*model\.pt: its epochs were validated on held-out "
-                                         r"images, but this version holds none out of this dataset"):
-        train(dataset, out=out, resume=True, epochs=2)
-    # a checkpoint of this version (nothing held out, no validation) resumes
+    _, plain_held = dataset.split(0.2, seed=0, keep_every_class=False)
+    (held_class,) = [name for name, n in zip(dataset.class_names, plain_held.labels.sum(0)) if n]
+    _from_before_the_split_rule(out, held_class)
+    resumed = train(dataset, out=out, resume=True, epochs=2, calibrate=False)
+    assert (resumed.train_images, resumed.held_out_images) == (2, 1)
+    assert [_validated_on(record) for record in resumed.history] == [[held_class], [held_class]]
+    # a checkpoint of this version (nothing held out, no validation) resumes as it was
     train(dataset, out=tmp_path / "new.pt", calibrate=False, **settings)
     resumed = train(dataset, out=tmp_path / "new.pt", resume=True, epochs=2, calibrate=False)
     assert [r.epoch for r in resumed.history] == [1, 2] and resumed.held_out_images == 0

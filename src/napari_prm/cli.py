@@ -785,6 +785,7 @@ def _check_resumed_options(args, path: Path):
     except (ValueError, OSError, KeyError, TypeError):
         return None  # reported by train() and refine(): unreadable, or no training state
     args.resumed_config = config
+    args.resumed_split_rule = extra[key].get("split_rule")  # None: from before the rule
 
     def plain(value):
         return list(value) if isinstance(value, (list, tuple)) else value
@@ -923,12 +924,13 @@ def _say_split(args, dataset):
     """Says how many images train and how many are held out (the run's own split when resumed),
     with a warning naming any class left without a training image, before training.
     Returns the split (`TrainingSplit`, for train() to use), None when it cannot be made."""
-    from .train import training_split
+    from .train import SPLIT_RULE, training_split
 
     config = getattr(args, "resumed_config", None) or {}
     fraction = config.get("val_fraction", args.val_fraction)
     try:
-        split = training_split(dataset, fraction, int(config.get("seed", args.seed)))
+        split = training_split(dataset, fraction, int(config.get("seed", args.seed)),
+                               split_rule=getattr(args, "resumed_split_rule", SPLIT_RULE))
     except (ValueError, TypeError):
         # a bad fraction, or a bad stored recipe: train() says which
         _say(f"training on {plural(len(dataset), 'image')}, {plural(len(dataset.class_names), 'class')} -> {args.out}")

@@ -140,6 +140,11 @@ class TrainingSplit:
         out when fewer than ``wanted`` are (empty otherwise).
     val_fraction, seed : float, int
         What it was made with.
+    split_rule : int or None
+        `SPLIT_RULE`, or None: the plain random split of a checkpoint that records no rule
+        (see :func:`training_split`).
+    left_untrained : list of str
+        The classes the plain random split (``split_rule`` None) left without a training image.
     """
 
     train: LabeledImageDataset
@@ -148,12 +153,15 @@ class TrainingSplit:
     single_image_classes: list[str] = field(default_factory=list)
     val_fraction: float = 0.0
     seed: int = 0
+    split_rule: int | None = SPLIT_RULE
+    left_untrained: list[str] = field(default_factory=list)
 
-    def is_split_of(self, dataset: LabeledImageDataset, val_fraction: float, seed: int) -> bool:
-        """Whether this is ``training_split(dataset, val_fraction, seed)``: the same recipe, and
-        its parts hold ``dataset``'s images with its classes."""
+    def is_split_of(self, dataset: LabeledImageDataset, val_fraction: float, seed: int,
+                    split_rule: int | None = SPLIT_RULE) -> bool:
+        """Whether this is ``training_split(dataset, val_fraction, seed, split_rule=split_rule)``:
+        the same recipe and rule, and its parts hold ``dataset``'s images with its classes."""
         parts = [self.train] + ([] if self.held_out is None else [self.held_out])
-        return (self.val_fraction == val_fraction and self.seed == seed
+        return (self.val_fraction == val_fraction and self.seed == seed and self.split_rule == split_rule
                 and all(list(part.class_names) == list(dataset.class_names) for part in parts)
                 and sorted(str(p) for part in parts for p in part.image_paths)
                 == sorted(str(p) for p in dataset.image_paths))
@@ -168,7 +176,13 @@ class TrainingSplit:
 
     @property
     def warning(self) -> str | None:
-        """Says why fewer images are held out than ``val_fraction`` asks, None when they are not."""
+        """Says why fewer images are held out than ``val_fraction`` asks, or which classes the
+        split of a checkpoint without a split rule leaves untrained; None when neither."""
+        if self.left_untrained:
+            names = ", ".join(repr(c) for c in self.left_untrained)
+            return (f"the run goes on holding out the images its checkpoint's version held out (it records no "
+                    f"split rule: the plain random split), among them the only image(s) of class(es) {names}, "
+                    f"which the model therefore does not learn; start a new run to train on them")
         held = 0 if self.held_out is None else len(self.held_out)
         if held >= self.wanted:
             return None
@@ -184,7 +198,8 @@ class TrainingSplit:
         return f"only {held} image(s) held out for validation ({asked}): {reason}"
 
 
-def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed: int = 0) -> TrainingSplit:
+def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed: int = 0, *,
+                   split_rule: int | None = SPLIT_RULE) -> TrainingSplit:
     """The split :func:`train` makes: ``dataset.split(val_fraction, seed=seed)``, or every image
     trains when ``val_fraction`` is 0.
 
@@ -192,10 +207,22 @@ def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed
     fewer images are then held out, or none (``held_out`` is None, as with ``val_fraction`` 0,
     and the thresholds are calibrated on the training images), and ``TrainingSplit.warning``
     says so.
+
+    ``split_rule=None`` makes the split of a checkpoint that records no ``split_rule`` (one
+    written before `SPLIT_RULE`), which :func:`train` resumes on its own images: the plain random
+    split, ``dataset.split(val_fraction, seed=seed, keep_every_class=False)``, which may hold
+    out the only image of a class (``TrainingSplit.left_untrained``, and ``warning``).
     """
     val_fraction = check.finite_float("val_fraction", val_fraction, low=0, high=1, high_open=True)
+    if split_rule not in (SPLIT_RULE, None):
+        raise ValueError(f"split_rule: expected {SPLIT_RULE} (this version's) or None (a checkpoint's from before "
+                         f"it), got {split_rule!r}")
     if val_fraction == 0:
-        return TrainingSplit(dataset, None, seed=seed)
+        return TrainingSplit(dataset, None, seed=seed, split_rule=split_rule)
+    if split_rule is None and len(dataset) > 1:
+        train_set, held_out = dataset.split(val_fraction, seed=seed, keep_every_class=False)
+        return TrainingSplit(train_set, held_out, len(held_out), [], val_fraction, seed, None,
+                             dataset.untrained_classes(train_set))
     if len(dataset) < 2:  # a single image is the only one of its classes: it trains
         train_set, held_out, wanted = dataset, dataset.subset([]), 1
     else:
@@ -204,7 +231,8 @@ def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed
     single = []
     if len(held_out) < wanted:
         single = [c for c, n in zip(train_set.class_names, train_set.labels.sum(0)) if n == 1]
-    return TrainingSplit(train_set, held_out if len(held_out) else None, wanted, single, val_fraction, seed)
+    return TrainingSplit(train_set, held_out if len(held_out) else None, wanted, single, val_fraction, seed,
+                         split_rule)
 
 
 def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> LabeledImageDataset:
@@ -565,7 +593,9 @@ def train(
         Continue from a checkpoint written by ``train`` (True: from ``out``):
         finished epochs are skipped and the recipe stored in it is used,
         except ``epochs``, the total to reach (not fewer than the finished epochs:
-        ValueError). ``model`` is then ignored.
+        ValueError). ``model`` is then ignored. The run goes on with its checkpoint's split
+        (its ``split_rule``; one without, from before the rule, holds out what the plain random
+        split does: ``training_split(..., split_rule=None)``), so it trains on the same images.
     progress : callable, optional
         Called with a :class:`TrainProgress` after every batch and epoch.
     cancel : callable or threading.Event, optional
@@ -581,7 +611,8 @@ def train(
     split : TrainingSplit, optional
         ``training_split(dataset, val_fraction, seed)`` made already (the Train widget shows
         it before training): used instead of making it again. One made with another recipe
-        (a resumed run's own ``val_fraction`` and ``seed``) or of other images is refused.
+        (a resumed run's own ``val_fraction``, ``seed`` and ``split_rule``) or of other images
+        is refused.
     check_images : bool
         Before training, find every image file that cannot be read from its header and
         end (`LabeledImageDataset.unreadable_images`: milliseconds for a hundred images,
@@ -633,28 +664,29 @@ def train(
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
 
+    # a resumed run keeps its checkpoint's split: its first epochs trained on those images (a
+    # checkpoint from before the rule made the plain random split, which may hold out a class's
+    # only image: this version's would train on other images from there on, silently)
+    split_rule = SPLIT_RULE if state is None else state.get("split_rule")
     if split is None:
-        split = training_split(dataset, config["val_fraction"], config["seed"])
+        try:
+            split = training_split(dataset, config["val_fraction"], config["seed"], split_rule=split_rule)
+        except ValueError as error:
+            if state is None:
+                raise
+            raise ValueError(f"cannot resume {resume_path}: {error}") from None
     elif not isinstance(split, TrainingSplit) or not split.is_split_of(dataset, config["val_fraction"],
-                                                                        config["seed"]):
+                                                                        config["seed"], split_rule):
+        rule = "" if split_rule == SPLIT_RULE else f", split_rule={split_rule!r}"
         got = (f"a {type(split).__name__}" if not isinstance(split, TrainingSplit) else
-               f"a split with val_fraction {split.val_fraction}, seed {split.seed}, of "
-               f"{plural(len(split.train) + len(split.held_out or ()), 'image')}")
-        raise ValueError(f"split: expected training_split(dataset, {config['val_fraction']}, {config['seed']}) of "
-                         f"the {plural(len(dataset), 'image')} of {dataset.source or 'the dataset'}, got {got}")
-    if split.held_out is None and any(record.val_ap is not None for record in history):
-        # a checkpoint of a version that held out a class's only image: resuming would train on
-        # other images from here on (and calibrate on the training images), silently
-        raise ValueError(
-            f"cannot resume {resume_path}: its epochs were validated on held-out images, but this version holds "
-            f"none out of this dataset (an image whose class has no other is no longer held out), so the "
-            f"resumed epochs would train on different images. Start a new run, or fine-tune from it (model=, "
-            f"the CLI's --model)")
+               f"a split with val_fraction {split.val_fraction}, seed {split.seed}"
+               + ("" if split.split_rule == split_rule else f", split_rule {split.split_rule!r}")
+               + f", of {plural(len(split.train) + len(split.held_out or ()), 'image')}")
+        raise ValueError(f"split: expected training_split(dataset, {config['val_fraction']}, {config['seed']}{rule}) "
+                         f"of the {plural(len(dataset), 'image')} of {dataset.source or 'the dataset'}, got {got}")
     if check_images:
         check_readable(dataset)
     train_set, val_set = split.train, split.held_out
-    # a resumed run keeps its checkpoint's rule: its first epochs were split by that one
-    split_rule = SPLIT_RULE if state is None else state.get("split_rule")
     trained_keys = image_keys(train_set.image_paths)
     warnings = [split.warning] if split.warning else []
     images = TrainingImages(train_set, config["input_size"], model.mean, model.std,
