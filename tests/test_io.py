@@ -669,3 +669,16 @@ def test_unreadable_images_finds_truncated_empty_and_foreign_files_without_false
     for path in broken[:-3]:  # each really is unreadable
         with pytest.raises(ValueError):
             io.read_image(path)
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_label_png_and_tiff_record_world_units_and_class_names(tmp_path, suffix):
+    """A label PNG recorded nothing of the layer (the TIFF its scale and translate only)."""
+    labels = np.zeros((6, 7), np.uint16)
+    labels[1:3, 2:5] = 300  # beyond 8 bits: a 16-bit PNG
+    path = io.write_label_image(tmp_path / f"labels{suffix}", labels, class_names=["cat", "chien", "猫"],
+                                world={"scale": (0.5, 2.0), "translate": (1.0, -3.0), "units": ("um", "um")})
+    np.testing.assert_array_equal(io.read_label_image(path), labels)
+    assert io.read_label_world(path) == {"scale": (0.5, 2.0), "translate": (1.0, -3.0), "units": ("um", "um")}
+    assert io.read_label_class_names(path) == ["cat", "chien", "猫"]
+    # napari's default unit is not recorded; nothing recorded reads as nothing
+    bare = io.write_label_image(tmp_path / f"bare{suffix}", labels, world={"units": ("pixel", "pixel")})
+    assert io.read_label_world(bare) == {} and io.read_label_class_names(bare) is None

@@ -243,3 +243,34 @@ def test_stack_exports_tiff_and_csv_that_reopen_with_classes(make_napari_viewer,
         box.value = key == "coco"
     assert widget.export(tmp_path / "coco_box") == []
     assert "tick one of them" in widget._status.value
+
+
+def test_png_and_tiff_exports_reopen_in_place_with_units_and_classes(make_napari_viewer, tmp_path):
+    """The label PNG reopened at scale 1 at the origin (the TIFF kept scale and translate), and
+    neither reopened layer had the class names (COCO's had): exporting it again or *Learn from
+    corrections* lost the classes without a hit. Both files now record scale, translate, units
+    and class names, and the plugin's reader gives them back."""
+    viewer = make_napari_viewer()
+    labels = np.zeros((60, 80), np.uint16)
+    labels[10:30, 10:40] = 3
+    features = pd.DataFrame({"index": [3], "label": [3], "class_index": [1],
+                             "class_name": ["dog"], "score": [0.8], "peak": [1]})
+    layer = viewer.add_labels(labels, name="cat instances", features=features, scale=(0.5, 0.25),
+                              translate=(3.0, -4.0), units=("µm", "µm"),
+                              metadata={"class_names": ["cat", "dog", "bird"]})
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._layer.value = layer
+    assert widget.export(tmp_path, formats=["tiff", "png", "csv"]), widget._status.value
+    for name in ("cat_labels.png", "cat_labels.tif"):
+        (reopened,) = viewer.open(str(tmp_path / name), plugin="napari-prm")
+        np.testing.assert_array_equal(reopened.data, labels)
+        np.testing.assert_allclose(reopened.scale, [0.5, 0.25])
+        np.testing.assert_allclose(reopened.translate, [3.0, -4.0])
+        assert [str(unit) for unit in reopened.units] == ["micrometer", "micrometer"]
+        assert reopened.metadata["class_names"] == ["cat", "dog", "bird"]
+        assert reopened.features["class_name"].tolist() == ["dog"]
+    # exported again from the reopened PNG: the COCO categories are all three classes still
+    widget._layer.value = reopened
+    assert widget.export(tmp_path / "again", formats=["coco"], stem="again"), widget._status.value
+    coco = json.loads((tmp_path / "again" / "again_instances.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["cat", "dog", "bird"]

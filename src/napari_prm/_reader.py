@@ -2,9 +2,10 @@
 
 A ``.tif``/``.tiff``/``.png`` is claimed only when its instance CSV lies beside it
 (``x_labels.tif`` + ``x_instances.csv``; a stack's CSV has a row per plane and label, which
-the layer's features fold into one row per label) or, for a TIFF, when napari-prm exported it
-from a layer (its description records the layer's scale and translate; such an export may
-have no CSV), so other images still open with napari's own reader. The formats are
+the layer's features fold into one row per label) or when napari-prm exported it from a layer
+(a TIFF's description or a PNG's text chunks record the layer's scale, translate and units and
+the class names, which the layer gets back; such an export may have no CSV), so other images
+still open with napari's own reader. The formats are
 :mod:`napari_prm.io`'s. Before reading, an interrupted switch of the image's outputs is
 finished (`napari_prm.io.settle_outputs`), so the label image and its table always come
 from the same run.
@@ -42,8 +43,8 @@ def napari_get_reader(path):
     if suffix == ".json" and path.is_file() and _looks_like_coco(path):
         return read_coco
     if suffix in (".tif", ".tiff", ".png") and path.is_file() and (
-            sidecar_csv(path).is_file() or io.read_label_world(path)):
-        return read_labels_with_table  # with its table, or a label TIFF napari-prm exported
+            sidecar_csv(path).is_file() or io.read_label_world(path) or io.read_label_class_names(path)):
+        return read_labels_with_table  # with its table, or a label image napari-prm exported
     return None
 
 
@@ -104,7 +105,11 @@ def read_labels_with_table(path) -> list[tuple]:
     csv = sidecar_csv(path)
     features = ({"features": _features(_per_label(io.read_instances_csv(csv), labels.ndim, csv))}
                 if csv.is_file() else {})
-    # the scale and translate of the layer it was exported from (napari-prm's exports record them)
+    # the scale, translate, units and classes of the layer it was exported from (napari-prm's
+    # exports record them), so that exporting again or learning from it keeps the classes
     world = io.read_label_world(path)
-    return [(labels, {"name": path.stem, **features, "metadata": {"source": str(path)}, **world},
-             "labels")]
+    metadata = {"source": str(path)}
+    class_names = io.read_label_class_names(path)
+    if class_names is not None:
+        metadata["class_names"] = class_names
+    return [(labels, {"name": path.stem, **features, "metadata": metadata, **world}, "labels")]

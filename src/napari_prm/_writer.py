@@ -66,7 +66,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         written = io.export_instances(labels, table, class_names, path, overwrite=True,
                                       image_file_name=str(image))
     elif suffix in (".tif", ".tiff"):
-        world = {name: meta[name] for name in ("scale", "translate") if meta.get(name) is not None}
+        world = {name: meta[name] for name in ("scale", "translate", "units") if meta.get(name) is not None}
         written = io.export_instances(labels, table, class_names, path, overwrite=True, world=world)
         if table is not None:
             written.append(io.write_instances_csv(sidecar_csv(path), labels, table, class_names))

@@ -115,7 +115,8 @@ class ExportWidget(Container):
                 formats=formats, stem=stem or self._stem.value or "labels",
                 overwrite=self._overwrite.value if overwrite is None else overwrite,
                 image_file_name=str((layer.metadata or {}).get("image_file_name", "")),
-                world={"scale": layer.scale, "translate": layer.translate})
+                world={"scale": layer.scale, "translate": layer.translate,
+                       "units": [str(unit) for unit in getattr(layer, "units", ())]})
         except FileExistsError as error:  # its message speaks to callers of the function
             reason = re.sub(r"; pass overwrite=True to replace( it)?$", "", str(error))
             self._say(f"Export failed: {reason}; tick '{self._overwrite.text}' to replace them, "

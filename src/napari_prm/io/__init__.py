@@ -16,7 +16,7 @@ module                        holds
                               `read_array`, `as_rgb_float` (the one RGB normaliser),
                               `unreadable_images` (headers and ends, no decoding)
 ``napari_prm.io.labels``      `write_label_image`, `read_label_image`, `tiff_pixel_size`,
-                              `read_label_world`
+                              `read_label_world`, `read_label_class_names`
 ``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
                               `write_peaks_csv`
 ``napari_prm.io.coco``        `labels_to_coco`, `coco_to_labels`, `write_coco_json`
@@ -31,7 +31,7 @@ module                        holds
   `read_array`, `as_rgb_float` (the one RGB normaliser), `unreadable_images` (headers and
   ends, no decoding);
 - ``napari_prm.io.labels``: `write_label_image`, `read_label_image`, `tiff_pixel_size`,
-  `read_label_world`;
+  `read_label_world`, `read_label_class_names`;
 - ``napari_prm.io.tables``: instance tables; `write_instances_csv`, `read_instances_csv`,
   `write_peaks_csv`;
 - ``napari_prm.io.coco``: `labels_to_coco`, `coco_to_labels`, `write_coco_json`;
@@ -50,7 +50,7 @@ from .atomic import atomic_write, atomic_writes, remove_stale_temporaries
 from .coco import UNKNOWN_CATEGORY_ID, coco_to_labels, labels_to_coco, write_coco_json
 from .fileset import MANIFEST_SUFFIX, FileSet, listed_files, read_file_set, recover_file_sets, write_file_set
 from .images import IMAGE_SUFFIXES, as_rgb_float, read_array, read_image, unreadable_images
-from .labels import read_label_image, read_label_world, tiff_pixel_size, write_label_image
+from .labels import read_label_class_names, read_label_image, read_label_world, tiff_pixel_size, write_label_image
 from .prediction import (
     EXPORT_SUFFIXES,
     complete_prediction,
@@ -67,6 +67,7 @@ __all__ = [
     "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
     "read_array", "read_image", "as_rgb_float", "unreadable_images",
     "write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
+    "read_label_class_names",
     "labels_to_coco", "coco_to_labels", "write_coco_json", "write_instances_csv",
     "read_instances_csv", "write_peaks_csv", "write_prms", "export_instances",
     "write_prediction", "prediction_paths", "IMAGE_SUFFIXES", "UNKNOWN_CLASS",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,46 +12,86 @@ import tifffile
 from .atomic import atomic_write
 from .images import read_array
 
-__all__ = ["write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world"]
+__all__ = ["write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
+           "read_label_class_names"]
 
-#: Keys of a label TIFF's JSON description (tifffile's shaped metadata) holding the napari
-#: layer's ``scale`` and ``translate`` it was exported from.
-_WORLD_KEYS = {"scale": "napari_scale", "translate": "napari_translate"}
+#: Keys of a label TIFF's JSON description (tifffile's shaped metadata) and of a label PNG's
+#: text chunks (JSON values) holding the napari layer's ``scale``, ``translate`` and ``units``
+#: it was exported from, and the model's class names.
+_WORLD_KEYS = {"scale": "napari_scale", "translate": "napari_translate", "units": "napari_units"}
+_CLASS_NAMES_KEY = "napari_class_names"
 
 
-def _world_metadata(world: dict | None, ndim: int) -> dict:
-    """The ``scale``/``translate`` of ``world`` that fit ``ndim`` axes, as TIFF metadata."""
+def _label_metadata(world: dict | None, ndim: int, class_names=None) -> dict:
+    """The ``scale``/``translate``/``units`` of ``world`` that fit ``ndim`` axes (units only
+    when one is not napari's default ``pixel``) and the ``class_names``, as file metadata."""
     metadata = {}
     for name, key in _WORLD_KEYS.items():
         values = (world or {}).get(name)
         if values is None:
             continue
+        if name == "units":
+            values = [str(v) for v in np.ravel(np.asarray(values, dtype=object))]
+            if len(values) == ndim and any(v != "pixel" for v in values):
+                metadata[key] = values
+            continue
         values = [float(v) for v in np.asarray(values, dtype=float).ravel()]
         if len(values) == ndim and all(np.isfinite(values)):
             metadata[key] = values
+    if class_names is not None and len(class_names):
+        metadata[_CLASS_NAMES_KEY] = [str(name) for name in class_names]
     return metadata
 
 
-def read_label_world(path: str | os.PathLike) -> dict:
-    """The napari ``scale`` and ``translate`` a label TIFF was exported with (`write_label_image`'s
-    ``world``), as a dict of the ones it records (empty for other files)."""
-    if Path(path).suffix.lower() not in (".tif", ".tiff"):
-        return {}
+def _read_metadata(path: str | os.PathLike) -> tuple[dict, int]:
+    """The metadata `write_label_image` recorded in a label TIFF or PNG, and its number of axes
+    (``({}, 0)`` for other files, or when unreadable: the label reader reports that)."""
+    suffix = Path(path).suffix.lower()
     try:
-        with tifffile.TiffFile(path) as tif:
-            shaped = tif.shaped_metadata or ({},)
-            ndim = len(tif.series[0].shape)
+        if suffix in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                return dict((tif.shaped_metadata or ({},))[0]), len(tif.series[0].shape)
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                text = dict(getattr(image, "text", {}) or {})
+            recorded = {}
+            for key in (*_WORLD_KEYS.values(), _CLASS_NAMES_KEY):
+                if key in text:
+                    try:
+                        recorded[key] = json.loads(text[key])
+                    except ValueError:
+                        continue
+            return recorded, 2
     except Exception:  # noqa: BLE001 -- unreadable here: the label reader reports it
-        return {}
+        pass
+    return {}, 0
+
+
+def read_label_world(path: str | os.PathLike) -> dict:
+    """The napari ``scale``, ``translate`` and ``units`` a label TIFF or PNG was exported with
+    (`write_label_image`'s ``world``), as a dict of the ones it records (empty for other files)."""
+    recorded, ndim = _read_metadata(path)
     world = {}
     for name, key in _WORLD_KEYS.items():
         try:
-            values = tuple(float(v) for v in shaped[0].get(key) or ())
+            values = tuple((str if name == "units" else float)(v) for v in recorded.get(key) or ())
         except (TypeError, ValueError):
             continue
-        if len(values) == ndim and all(np.isfinite(values)):
+        if len(values) == ndim and (name == "units" or all(np.isfinite(values))):
             world[name] = values
     return world
+
+
+def read_label_class_names(path: str | os.PathLike) -> list[str] | None:
+    """The class names a label TIFF or PNG was exported with (`write_label_image`'s
+    ``class_names``: all the model's classes, as the layer's ``metadata["class_names"]``), or
+    None when it records none."""
+    names = _read_metadata(path)[0].get(_CLASS_NAMES_KEY)
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return None
+    return names
 
 
 #: ImageJ's length units, in centimetres: a label TIFF that cannot be an ImageJ one (uint32, or
@@ -118,7 +159,7 @@ def _storage_dtype(labels: np.ndarray) -> type:
 
 def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
                       overwrite: bool = True, pixel_size: dict | None = None,
-                      world: dict | None = None) -> Path:
+                      world: dict | None = None, class_names=None) -> Path:
     """Write a label image as TIFF (uint16 or uint32) or PNG (8- or 16-bit).
 
     Parameters
@@ -137,9 +178,12 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         keeps an ImageJ length unit in its resolution tags as pixels per centimetre (an
         unknown unit keeps the numbers without it).
     world : dict, optional
-        The napari layer's ``scale`` and ``translate`` (one value per axis), recorded in a
-        TIFF's description for `read_label_world` (napari-prm's reader gives them back);
-        ignored for a PNG, and with an ImageJ ``pixel_size``.
+        The napari layer's ``scale``, ``translate`` and ``units`` (one value per axis),
+        recorded in a TIFF's description or a PNG's text chunks for `read_label_world`
+        (napari-prm's reader gives them back); not written with an ImageJ ``pixel_size``.
+    class_names : sequence of str, optional
+        All the classes (the layer's ``metadata["class_names"]``), recorded in the same
+        place for `read_label_class_names`.
 
     Returns
     -------
@@ -156,14 +200,17 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         if dtype is not np.uint16:
             raise ValueError(f"cannot write {path}: PNG holds labels up to 65535, the "
                              f"largest label is {labels.max()}; write a TIFF instead")
-        import imageio.v3 as iio
+        from PIL import Image, PngImagePlugin
 
         small = labels.size == 0 or int(labels.max()) <= 255
+        info = PngImagePlugin.PngInfo()
+        for key, value in _label_metadata(world, 2, class_names).items():
+            info.add_itxt(key, json.dumps(value))  # UTF-8: class names of any language
         with atomic_write(path, overwrite=overwrite) as temp:
-            iio.imwrite(temp, labels.astype(np.uint8 if small else np.uint16))
+            Image.fromarray(labels.astype(np.uint8 if small else np.uint16)).save(temp, format="PNG", pnginfo=info)
     else:
         extra = {}
-        metadata = _world_metadata(world, labels.ndim)
+        metadata = _label_metadata(world, labels.ndim, class_names)
         if metadata:
             extra = {"metadata": metadata}
         if pixel_size and pixel_size.get("imagej_unit") and dtype is np.uint16 and labels.ndim == 2:

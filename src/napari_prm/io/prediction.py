@@ -110,8 +110,9 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
     image_file_name : str
         ``file_name`` of the image in the COCO JSON.
     world : dict, optional
-        The napari layer's ``scale`` and ``translate``, recorded in the label TIFF
-        (`napari_prm.io.write_label_image`) so that the plugin's reader puts it back in place.
+        The napari layer's ``scale``, ``translate`` and ``units``, recorded in the label TIFF
+        or PNG (`napari_prm.io.write_label_image`, with ``class_names``) so that the plugin's
+        reader puts it back in place, with its classes.
 
     Returns
     -------
@@ -152,7 +153,7 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
 def _write_instances_as(kind: str, path: Path, labels, table, class_names, coco,
                         pixel_size: dict | None = None, world: dict | None = None) -> None:
     if kind in ("tiff", "png"):
-        write_label_image(path, labels, pixel_size=pixel_size, world=world)
+        write_label_image(path, labels, pixel_size=pixel_size, world=world, class_names=class_names)
     elif kind == "coco":
         write_coco_json(path, coco)
     else:
