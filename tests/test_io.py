@@ -669,6 +669,8 @@ def test_unreadable_images_finds_truncated_empty_and_foreign_files_without_false
     for path in broken[:-3]:  # each really is unreadable
         with pytest.raises(ValueError):
             io.read_image(path)
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_label_png_and_tiff_record_world_units_and_class_names(tmp_path, suffix):
     """A label PNG recorded nothing of the layer (the TIFF its scale and translate only)."""
