@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from skimage import data, transform
 from skimage import io as skio
 
@@ -55,10 +56,15 @@ def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_conf
     assert np.isfinite(widget.result.history[0].loss)
     # how the 4 images are split, the batches and epoch, then the calibration of the thresholds
     # on the held-out image
-    assert progress[0] == ("split", "training on 3 images, 1 held out for validation and calibration", [])
+    note = ("the dataset's 2 classes ('cat', 'cup') are classes of the built-in model 'imagenet-coco' "
+            "(EfficientNet-Lite0): the base model 'built-in imagenet-coco' starts from its ImageNet classifier rows "
+            "for them, where a new classifier learns every class from scratch; that trained to a far higher mAP^r "
+            "on coco128 (docs/accuracy.md)")
+    assert progress[0] == ("split", "training on 3 images, 1 held out for validation and calibration", [], note)
     assert [p.stage for p in progress[1:]][-1] == "calibration"
     assert {p.stage for p in progress[1:]} == {"batch", "epoch", "calibration"}
     assert "(3 training images, 1 held out)" in widget.last_message
+    assert widget.last_message.endswith(" Note: T" + note[1:] + ".")
     assert len(splits) == 1
     assert "class_threshold" in load_model(out).settings
     assert widget._progress.value == 1
@@ -87,7 +93,7 @@ def test_a_folder_of_one_image_per_class_holds_none_out_and_says_why(make_napari
     assert widget.start() is not None
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert widget.result is not None and not widget.result.cancelled, widget.last_message
-    _, what, warnings = progress[0]
+    _, what, warnings, _ = progress[0]
     assert what == "training on 3 images, none held out (the thresholds are calibrated on the training images)"
     assert len(warnings) == 1
     assert warnings[0].startswith("no image is held out for validation (val_fraction asks for 1)")
@@ -114,6 +120,41 @@ def test_the_datasets_warnings_are_shown_as_the_cli_prints_them(make_napari_view
     for text in (shown[0], widget.last_message):
         assert "left out 1 file that is not an image" in text and "cup/notes.txt" in text
         assert "class 'cta' has 1 image" in text and "'cat'" in text
+
+
+def test_a_new_model_is_told_of_the_builtin_rows_and_can_start_from_them(make_napari_viewer, qtbot, prm_config,
+                                                                        tiny_dataset, tmp_path):
+    """A new model for 'cat' and 'cup' learnt them from scratch without a word, and the widget could
+    not start from the built-in model's ImageNet rows for them (the CLI's --model imagenet-coco).
+    Now a note names that choice before training, and choosing it fine-tunes the built-in model."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, tmp_path / "new.pt")
+    shown = []
+    widget._relay.progressed.connect(lambda p: shown.append(widget._status.value) if isinstance(p, tuple) else None)
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    assert shown[0].startswith("Training on 3 images, 1 held out for validation and calibration. Note: The "
+                               "dataset's 2 classes ('cat', 'cup') are classes of the built-in model "
+                               "'imagenet-coco' (EfficientNet-Lite0): the base model 'built-in imagenet-coco' ")
+    widget._base.value = "imagenet-coco"
+    assert widget._base.current_choice.startswith("built-in imagenet-coco (")
+    widget._out.value = tmp_path / "tuned.pt"
+    widget._lr.value = 1e-6
+    widget._size.value = 64  # at 32 px EfficientNet's last maps are 1x1: BatchNorm refuses a batch of one
+    shown.clear()
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    assert shown[0] == "Training on 3 images, 1 held out for validation and calibration…"
+    assert "Note:" not in widget.last_message
+    model = load_model(tmp_path / "tuned.pt")
+    assert model.backbone == "efficientnet_lite0" and model.class_names == ["cat", "cup"]
+    builtin = load_model("imagenet-coco")
+    cat = builtin.class_names.index("cat")
+    assert torch.allclose(model.network.fcn.classifier.weight[0], builtin.network.fcn.classifier.weight[cat],
+                          atol=1e-4)
 
 
 def test_train_without_a_dataset_is_refused(make_napari_viewer, prm_config):

@@ -831,7 +831,7 @@ def _refuse_existing_out(args) -> None:
 def _run_train(args) -> int:
     from tqdm import tqdm
 
-    from .train import check_readable, train
+    from .train import builtin_start_note, check_readable, train
 
     _refuse_existing_out(args)
     _device(args.device)  # a missing GPU fails before the dataset is read
@@ -843,6 +843,9 @@ def _run_train(args) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from error
     split = _say_split(args, dataset)
+    note = None if args.resume else builtin_start_note(dataset.class_names, args.model)
+    if note:
+        _say(f"note: {note}")
     held_out = bool(args.val_fraction) if split is None else split.held_out is not None
     bar = None
     written_before = _file_stamp(args.out)

@@ -30,6 +30,7 @@ from .model.checkpoint import (
     BUILTIN_MODELS,
     PRMModel,
     build_model,
+    builtin_class_names,
     load_checkpoint,
     load_model,
     resolve_device,
@@ -279,6 +280,64 @@ def is_cancelled(cancel) -> bool:
     return bool(cancel())
 
 
+def kept_classes(known: Sequence[str], class_names: Sequence[str]) -> list[str]:
+    """The classes of ``class_names`` whose classifier rows fine-tuning a model of classes
+    ``known`` keeps (:func:`train` with ``model=``): those of the same name, in ``class_names``' order."""
+    known = set(known)
+    return [name for name in class_names if name in known]
+
+
+def starts_new_classifier(model: PRMModel | str | os.PathLike | None) -> bool:
+    """Whether :func:`train` with ``model=`` builds a new model (None or a backbone name,
+    not a file of that name) rather than fine-tuning one (a checkpoint, a PRMModel or a built-in model)."""
+    return model is None or (isinstance(model, str) and model in BACKBONES and not Path(model).is_file())
+
+
+def builtin_start_note(class_names: Sequence[str], model: PRMModel | str | os.PathLike | None = None, *,
+                       option: str = "--model {name}") -> str | None:
+    """A note for a run that starts a new classifier on ``class_names``: the built-in label
+    space that names the most of them, whose ImageNet classifier rows for them fine-tuning
+    keeps (:func:`kept_classes`), so that they need not be learnt from scratch.
+
+    Parameters
+    ----------
+    class_names : sequence of str
+        The dataset's classes.
+    model : PRMModel, str, path or None
+        :func:`train`'s ``model``: no note unless it starts a new classifier
+        (:func:`starts_new_classifier`; a resumed run is the caller's to leave out).
+    option : str
+        How to ask for a built-in model, ``{name}`` standing for its name (the command
+        line's ``--model {name}``; the Train widget names its base-model choice).
+
+    Returns
+    -------
+    str or None
+        The note, naming the space, how many classes and which (the first five), and the
+        option; None when ``model`` fine-tunes one, or when no built-in space names a class. On equal counts the smaller
+        space (earlier in ``imagenet-voc``, ``imagenet-coco``, ``imagenet``) is named:
+        the rows kept are the same.
+    """
+    if not starts_new_classifier(model):
+        return None
+    best_name, best = None, []
+    for name in ("imagenet-voc", "imagenet-coco", "imagenet"):
+        kept = kept_classes(builtin_class_names(name), class_names)
+        if len(kept) > len(best):
+            best_name, best = name, kept
+    if not best:
+        return None
+    names = ", ".join(repr(c) for c in best[:5]) + (f" and {len(best) - 5} more" if len(best) > 5 else "")
+    every = len(best) == len(class_names)
+    which = (f"the dataset's {plural(len(class_names), 'class')}" if every else
+             f"{len(best)} of the dataset's {plural(len(class_names), 'class')}")
+    verb, them = ("is a class", "it") if len(best) == 1 else ("are classes", "them")
+    return (f"{which} ({names}) {verb} of the built-in model {best_name!r} (EfficientNet-Lite0): "
+            f"{option.format(name=best_name)} starts from its ImageNet classifier rows for {them}"
+            f"{'' if every else ' (the others start new)'}, where a new classifier learns every class from "
+            f"scratch; that trained to a far higher mAP^r on coco128 (docs/accuracy.md)")
+
+
 def _adapt_classes(model: PRMModel, class_names: list[str]) -> PRMModel:
     """Give ``model`` a classifier for ``class_names``, keeping the rows of classes it already knows."""
     if list(model.class_names) == class_names:
@@ -287,9 +346,10 @@ def _adapt_classes(model: PRMModel, class_names: list[str]) -> PRMModel:
     new = nn.Conv2d(old.in_channels, len(class_names), kernel_size=1, bias=True).to(old.weight.device)
     nn.init.normal_(new.weight, std=0.01)
     nn.init.zeros_(new.bias)
+    kept = set(kept_classes(model.class_names, class_names))
     with torch.no_grad():
         for row, name in enumerate(class_names):
-            if name in model.class_names:
+            if name in kept:
                 new.weight[row] = old.weight[model.class_names.index(name)]
                 new.bias[row] = old.bias[model.class_names.index(name)]
     model.network.fcn.classifier = new

@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._text import plural
 from ..data import load_dataset
-from ..train import train, training_split
+from ..train import builtin_start_note, train, training_split
 from .activity import ActivityProgress, StopsOnClose
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
@@ -27,7 +27,13 @@ BASE_MODELS = {
     "ResNet-50 (ImageNet weights, downloaded)": "resnet50",
     "VGG-16 (ImageNet weights, downloaded)": "vgg16",
     "tiny (random, for trying things out)": "tiny",
+    # fine-tuned: EfficientNet-Lite0 keeping its ImageNet classifier rows of the dataset's classes
+    "built-in imagenet-voc (its ImageNet rows of the VOC classes kept)": "imagenet-voc",
+    "built-in imagenet-coco (its ImageNet rows of the COCO classes kept)": "imagenet-coco",
+    "built-in imagenet (its rows of ImageNet's 1000 classes kept)": "imagenet",
 }
+#: How the note of :func:`napari_prm.train.builtin_start_note` names the choice above.
+BUILTIN_CHOICE = "the base model 'built-in {name}'"
 
 
 class TrainWidget(StopsOnClose, Container):
@@ -72,6 +78,7 @@ class TrainWidget(StopsOnClose, Container):
         self.result = None
         self.last_message = ""
         self._early_warnings: list[str] = []  # the dataset's and the split's, said before training
+        self._note: str | None = None  # the built-in model's rows of the classes a new model learns anew
         self._stop_on_close(self.native)
 
     def _base_choices(self, _=None):
@@ -117,6 +124,7 @@ class TrainWidget(StopsOnClose, Container):
         self._closed = False
         self.result = None
         self._early_warnings = []
+        self._note = None
         self._progress.max = options["epochs"]
         self._progress.value = 0
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
@@ -146,7 +154,8 @@ class TrainWidget(StopsOnClose, Container):
         else:
             what = split.describe(options.get("calibrate", defaults["calibrate"]))
             warnings += [split.warning] if split.warning else []
-        self._relay.progressed.emit(("split", what, warnings))
+        note = builtin_start_note(dataset.class_names, options.get("model"), option=BUILTIN_CHOICE)
+        self._relay.progressed.emit(("split", what, warnings, note))
         return train(dataset, progress=self._relay.progressed.emit, cancel=self._cancel, split=split,
                      **options)
 
@@ -158,11 +167,14 @@ class TrainWidget(StopsOnClose, Container):
     def _on_progress(self, progress) -> None:
         if self._deleted:
             return
-        if isinstance(progress, tuple):  # ("split", what, warnings) before the first batch
-            _, what, warnings = progress
-            self._early_warnings = list(warnings)
+        if isinstance(progress, tuple):  # ("split", what, warnings, note) before the first batch
+            _, what, warnings, note = progress
+            self._early_warnings, self._note = list(warnings), note
+            noted = f" Note: {note[0].upper()}{note[1:]}." if note else ""
             if warnings:
-                self._say("Warning: " + " ".join(warnings), warning=True)
+                self._say("Warning: " + " ".join(warnings) + noted, warning=True)
+            elif note:
+                self._say(f"{what[0].upper()}{what[1:]}.{noted}" if what else noted.strip())
             elif what:
                 self._status.value = f"{what[0].upper()}{what[1:]}…"
             return
@@ -198,6 +210,8 @@ class TrainWidget(StopsOnClose, Container):
         warnings = list(dict.fromkeys(self._early_warnings + list(result.warnings)))
         if warnings:
             message += " Warning: " + " ".join(warnings)
+        if self._note:
+            message += f" Note: {self._note[0].upper()}{self._note[1:]}."
         self._say(message, warning=bool(warnings))
 
     def _on_finished(self) -> None:

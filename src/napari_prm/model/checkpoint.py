@@ -292,6 +292,21 @@ def imagenet_class_names() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def builtin_class_names(name: str = "imagenet") -> list[str]:
+    """The class names of built-in model ``name`` (one of `BUILTIN_MODELS`), without its weights.
+
+    ImageNet's 1000 for ``"imagenet"``; a grouped label space's own for the others
+    (:mod:`napari_prm.model.label_spaces`).
+    """
+    from .label_spaces import builtin_label_spaces
+
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model {name!r}; built-in models: {BUILTIN_MODELS}")
+    if name == "imagenet":
+        return imagenet_class_names()
+    return list(builtin_label_spaces()[name].class_names)
+
+
 def builtin_calibration() -> dict[str, dict]:
     """The shipped thresholds of the built-in label spaces (``builtin_calibration.json``).
 
