@@ -583,14 +583,14 @@ def test_train_of_a_new_classifier_notes_the_builtin_classes_of_the_dataset(tmp_
 
 
 def test_calibrate_held_out_of_a_checkpoint_from_before_the_split_rule(tmp_path, capsys):
-    """A checkpoint from before 'train' kept a training image of every class may have held out a
-    class's only image. calibrate --held-out said it 'held no image out ... (it was calibrated on its
-    training images)' when this version holds none out, and calibrated on images it trained on when
-    this version holds out others. Now it says which images it held out is unknown."""
+    """A checkpoint from before 'train' kept a training image of every class made the plain random
+    split, which may hold out a class's only image. calibrate --held-out refused it ("which images
+    it held out is unknown") where train --resume goes on with that split; it now calibrates on the
+    images that split held out, as resume does, and notes the class the model was not trained on."""
     import imageio.v3 as iio
 
     from napari_prm.data import load_dataset
-    from napari_prm.train import SPLIT_RULE, TRAINING_STATE_KEY
+    from napari_prm.train import SPLIT_RULE, TRAINING_STATE_KEY, checkpoint_held_out
 
     sources = {"cat": [data.chelsea()[:64, :64], data.chelsea()[64:128, 64:128]],
                "coffee": [data.coffee()[:64, :64]], "astronaut": [data.astronaut()[:64, :64]]}
@@ -602,32 +602,43 @@ def test_calibrate_held_out_of_a_checkpoint_from_before_the_split_rule(tmp_path,
     # seed 1: the plain random split holds out the only astronaut; this version holds out a cat
     plain_train, plain_held = dataset.split(0.25, seed=1, keep_every_class=False)
     assert dataset.untrained_classes(plain_train) == ["astronaut"]
+    assert [p.name for p in plain_held.image_paths] == ["0.png"] and plain_held.labels[0].tolist() == [1, 0, 0]
     train_part, held = dataset.split(0.25, seed=1)
     assert len(held) == 1 and held.labels[0].tolist() == [0, 1, 0]  # classes astronaut, cat, coffee
     model = build_model("tiny", dataset.class_names, pretrained=False, input_size=(32, 32))
     state = {"epoch": 1, "config": {"val_fraction": 0.25, "seed": 1},
              "history": [{"epoch": 1, "loss": 0.5, "seconds": 1.0, "val_ap": {"cat": 1.0}, "val_map": 1.0}]}
+    assert checkpoint_held_out(dataset, state).held_out.image_paths == plain_held.image_paths
+    assert checkpoint_held_out(dataset, {**state, "split_rule": SPLIT_RULE}).held_out.image_paths == held.image_paths
     calibrate = ["calibrate", str(tmp_path / "data"), "--held-out", "--no-tta", "--device", "cpu"]
     old = tmp_path / "old.pt"
     save_model(model, old, extra={TRAINING_STATE_KEY: state})
-    assert main(calibrate + ["--model", str(old)]) == 2
-    error = capsys.readouterr().err
-    assert "does not record how 'train' chose its held-out images" in error
-    assert "holds out the only image(s) of class(es) 'astronaut'" in error and "holds out other images" in error
-    # the same checkpoint from this version: its held-out cat calibrates
+    assert main(calibrate + ["--model", str(old)]) == 0
+    captured = capsys.readouterr()
+    assert "on 1 image(s)" in captured.out
+    assert captured.err.startswith(f"note: {old} records no split rule (a checkpoint from before it): the images "
+                                   "it held out are those of the plain random split, among them the only image(s) "
+                                   "of class(es) 'astronaut', which it was therefore not trained on")
+    # the same checkpoint from this version: its held-out cat calibrates, without a note
     new = tmp_path / "new.pt"
     save_model(model, new, extra={TRAINING_STATE_KEY: {**state, "split_rule": SPLIT_RULE}})
     assert main(calibrate + ["--model", str(new)]) == 0
-    assert "on 1 image(s)" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "on 1 image(s)" in captured.out and "note:" not in captured.err
     # 3 images of 3 classes: this version holds none out; the old one held one out and validated on it
     for path in (tmp_path / "data" / "cat").glob("1.png"):
         path.unlink()
-    assert main(calibrate + ["--model", str(old)]) == 2
-    error = capsys.readouterr().err
-    assert "holds out none" in error and "which images it held out is unknown" in error
-    assert "each image is the only one" not in error
+    assert main(calibrate + ["--model", str(old)]) == 0
+    captured = capsys.readouterr()
+    assert "on 1 image(s)" in captured.out and "records no split rule" in captured.err
     assert main(calibrate + ["--model", str(new)]) == 2
     assert "held no image out: each image is the only one of one of its classes" in capsys.readouterr().err
+    # a split rule of a later version is refused, naming it
+    later = tmp_path / "later.pt"
+    save_model(model, later, extra={TRAINING_STATE_KEY: {**state, "split_rule": SPLIT_RULE + 1}})
+    assert main(calibrate + ["--model", str(later)]) == 2
+    assert (f"{later} records split rule {SPLIT_RULE + 1}, which this version does not know"
+            in capsys.readouterr().err)
 
 
 def test_train_resume_of_a_checkpoint_from_before_the_split_rule_says_its_own_split(tmp_path, capsys):

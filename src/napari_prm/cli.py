@@ -984,11 +984,17 @@ def _run_calibrate(args) -> int:
     if args.held_out:
         from .train import checkpoint_held_out
 
-        try:  # split with the model's classes, as 'train' did: the split keeps a training image of each
-            dataset = checkpoint_held_out(dataset, extra.get(TRAINING_STATE_KEY))
+        try:  # split with the model's classes and the checkpoint's split rule, as 'train' did
+            split = checkpoint_held_out(dataset, extra.get(TRAINING_STATE_KEY))
         except ValueError as error:
             raise CommandError(f"--held-out on {args.dataset}: {args.model} {error}; calibrate on images it "
                                "was not trained on instead") from error
+        dataset = split.held_out
+        if split.left_untrained:
+            names = ", ".join(repr(c) for c in split.left_untrained)
+            _say(f"note: {args.model} records no split rule (a checkpoint from before it): the images it held "
+                 f"out are those of the plain random split, among them the only image(s) of class(es) {names}, "
+                 "which it was therefore not trained on")
     else:
         _note_trained_images(args, extra, dataset)
     results = {}

@@ -236,16 +236,23 @@ def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed
                          split_rule)
 
 
-def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> LabeledImageDataset:
-    """The images of ``dataset`` that the run whose training state is ``state`` (a checkpoint's
-    ``extra[TRAINING_STATE_KEY]``) held out: the same split again, from its ``val_fraction`` and ``seed``.
+def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> TrainingSplit:
+    """The split of ``dataset`` that the run whose training state is ``state`` (a checkpoint's
+    ``extra[TRAINING_STATE_KEY]``) made: the same split again, from its ``val_fraction``, ``seed``
+    and ``split_rule``, as ``train(resume=)`` makes it. A checkpoint without ``split_rule`` (from
+    before the rule) made the plain random split (``training_split(..., split_rule=None)``), which
+    may have held out the only image of a class (``TrainingSplit.left_untrained``).
+
+    Returns
+    -------
+    TrainingSplit
+        Its ``held_out`` holds the images the run held out (never None).
 
     Raises
     ------
     ValueError
-        When the run held none out (``val_fraction`` 0, or every image the only one of a class),
-        or when which ones it held out is unknown: a checkpoint without ``split_rule`` may come
-        from a version that held out a class's only image, which this version trains on.
+        When the run held none out (``val_fraction`` 0, or every image the only one of a
+        class), or records a split rule this version does not know.
     """
     state = state or {}
     config = state.get("config") or {}
@@ -253,22 +260,15 @@ def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> Lab
     seed = int(config.get("seed", 0))
     if not fraction:
         raise ValueError("records no held-out share (it was not trained by 'train' with a val_fraction above 0)")
-    split = training_split(dataset, fraction, seed)
-    if state.get("split_rule") != SPLIT_RULE and len(dataset) > 1:
-        plain_train, _ = dataset.split(fraction, seed=seed, keep_every_class=False)
-        lost = dataset.untrained_classes(plain_train)
-        if lost:
-            names = ", ".join(repr(c) for c in lost)
-            now = "none" if split.held_out is None else "other images"
-            raise ValueError(
-                f"does not record how 'train' chose its held-out images, and the random split of its "
-                f"val_fraction and seed holds out the only image(s) of class(es) {names}: a version that does "
-                f"not record it may have held those out, where this one trains on them and holds out {now}, "
-                f"so which images it held out is unknown")
+    rule = state.get("split_rule")
+    if rule not in (SPLIT_RULE, None):
+        raise ValueError(f"records split rule {rule!r}, which this version does not know (its own is {SPLIT_RULE}): "
+                         f"it was written by a later version")
+    split = training_split(dataset, fraction, seed, split_rule=rule)
     if split.held_out is None:
         raise ValueError("held no image out: each image is the only one of one of its classes, and 'train' "
                          "holds out no such image")
-    return split.held_out
+    return split
 
 
 def is_cancelled(cancel) -> bool:
