@@ -576,3 +576,22 @@ def test_a_point_taken_away_takes_its_prm_and_brings_it_back(candidates_run, qtb
     assert prms.data.shape[0] == 1 and np.allclose(np.asarray(prms.data[0]), second)
     names = [layer.name for layer in viewer.layers]
     assert names.index("cat PRMs") < names.index("cat instances")  # under the instances, as a run puts it
+
+
+def test_a_point_added_to_one_image_while_another_runs_gets_its_instance(candidates_run, qtbot, small_cat):
+    """A point added to the cat's peaks layer while a run of another image goes on waits for
+    that run; the run's end (which makes the other image's run the one worked on) must not
+    drop it: it is retrieved on the cat."""
+    viewer, widget, candidates = candidates_run
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    viewer.add_image(np.ascontiguousarray(small_cat[::-1]), name="flipped")
+    widget.image.value = viewer.layers["flipped"]
+    widget.correction.class_choice.value = "dog"
+    assert widget.run() is not None
+    peaks.add([[30.0, 35.0]])  # on the cat's candidate 1, while the flipped image runs
+    qtbot.waitUntil(lambda: "flipped instances" in viewer.layers and not widget.running
+                    and peaks.features["label"].iloc[-1] > 0, timeout=WAIT_MS)
+    label = assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")
+    assert np.array_equal(instances.data == label, candidates == 1)
+    assert len(viewer.layers["flipped peaks"].data) == 0
+

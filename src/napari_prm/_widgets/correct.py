@@ -94,7 +94,7 @@ class CorrectionPanel(PointRetrieval):
         self._move_timer = QTimer()
         self._move_timer.setSingleShot(True)
         self._move_timer.setInterval(MOVE_SETTLE_MS)
-        self._move_timer.timeout.connect(self._start_pending)
+        self._move_timer.timeout.connect(self._start_waiting)
 
         self.class_choice = ComboBox(label="class", choices=[])
         self.redo_points = CheckBox(text="retrieve instances of added or moved peaks", value=True)
@@ -257,8 +257,8 @@ class CorrectionPanel(PointRetrieval):
         return self.context.layers.get("instances") if self.context else None
 
     def attach(self, context) -> None:
-        """Work on the layers of a new run (it replaces the run of the same layers)."""
-        self._pending.clear()
+        """Work on the layers of a new run (it replaces the run of the same layers, and what
+        waited there; peaks waiting in another image's run are retrieved there next)."""
         instances = context.layers["instances"]
         self._runs = [run for run in self._runs if run.context.layers.get("instances") is not instances]
         self._run = _Run(context)

@@ -37,7 +37,7 @@ class PointRetrieval:
     """Mixin of the correction panel: peaks-layer edits -> PRMs and instances.
 
     Expects ``context``, ``peaks``, ``instances``, ``owner``, ``redo_points``, ``worker``,
-    ``_pending``, ``_positions``, ``_cancel``, ``_move_timer``, ``quiet()``, ``_say``,
+    ``_pending``, ``_positions``, ``_runs``, ``_cancel``, ``_move_timer``, ``quiet()``, ``_say``,
     ``_table``, ``_write`` and ``working_on()`` from the panel.
     """
 
@@ -167,6 +167,17 @@ class PointRetrieval:
         owner._update_rethreshold()
         worker.start()
 
+    def _start_waiting(self) -> None:
+        """Retrieve the peaks waiting in the run worked on, else those waiting in another image's
+        run: peaks added to its layers while a run of this image went on, whose end made this
+        image's run the one worked on."""
+        waiting = next((run for run in self._runs if run.pending), None)
+        if self._pending or waiting is None:
+            self._start_pending()
+            return
+        with self.working_on(waiting.context):
+            self._start_pending()
+
     def _predictor_key(self, plane: tuple):
         """The cached predictor of a plane of the run's image (its forward pass, proposals, PRMs)."""
         context = self.context
@@ -213,8 +224,7 @@ class PointRetrieval:
         if self._cancel.is_set():
             self._say("Cancelled: the added or moved peaks keep their earlier instances.")
         self.owner._update_rethreshold()
-        if self._pending:
-            self._start_pending()
+        self._start_waiting()
 
     def _show_retrieved(self, out, context) -> None:
         """Put the retrieved instances into the layers of ``context``'s run (the run the points
