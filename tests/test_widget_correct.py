@@ -595,3 +595,17 @@ def test_a_point_added_to_one_image_while_another_runs_gets_its_instance(candida
     assert np.array_equal(instances.data == label, candidates == 1)
     assert len(viewer.layers["flipped peaks"].data) == 0
 
+
+def test_the_panel_is_enabled_again_on_a_run_left_after_the_run_worked_on_is_removed(
+        candidates_run, qtbot, small_cat):
+    """Removing the layers of the run worked on disables the panel; selecting a layer of
+    another image's run works on that run, buttons included."""
+    viewer, widget, _ = candidates_run
+    viewer.add_image(np.ascontiguousarray(small_cat[::-1]), name="flipped")
+    widget.image.value = viewer.layers["flipped"]
+    run_and_wait(widget, qtbot)
+    viewer.layers.remove("flipped instances")
+    assert not widget.correction.container.enabled
+    viewer.layers.selection.active = viewer.layers["cat instances"]
+    assert widget.correction.instances is viewer.layers["cat instances"]
+    assert widget.correction.container.enabled

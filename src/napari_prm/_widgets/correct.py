@@ -199,6 +199,7 @@ class CorrectionPanel(PointRetrieval):
 
     def _switch(self, run: _Run) -> None:
         self._run = run
+        self.container.enabled = True  # disabled when the run worked on before left the viewer
         self._last_label = int(self.instances.selected_label)
         if list(self.class_choice.choices) != list(run.context.class_names):
             self.class_choice.choices = list(run.context.class_names)
