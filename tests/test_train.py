@@ -422,3 +422,22 @@ def test_an_image_that_fails_during_training_is_named_and_the_last_epoch_is_kept
     victim.write_bytes(sound)
     result = train(dataset, out=out, resume=True, **settings)
     assert [record.epoch for record in result.history] == [1, 2]
+
+
+def test_an_image_that_fails_in_the_calibration_of_a_resumed_finished_run_is_not_said_to_stop_an_epoch(
+        squares, tmp_path):
+    """``resume`` with ``epochs`` the epochs done trains none and calibrates: an image failing
+    there stopped 'in epoch 2' of a 1-epoch run."""
+    dataset = _copy_of(squares, tmp_path / "data")
+    out = tmp_path / "model.pt"
+    settings = SETTINGS | {"epochs": 1}
+    train(dataset, out=out, calibrate=False, **settings)
+    victim = training_split(dataset, SETTINGS["val_fraction"], SETTINGS["seed"]).held_out.image_paths[0]
+    sound = victim.read_bytes()
+    start = sound.index(b"IDAT") + 8  # the pixel data zeroed; header and end kept
+    victim.write_bytes(sound[:start] + bytes(len(sound) - 24 - start) + sound[-24:])
+    with pytest.raises(ValueError) as error:
+        train(dataset, out=out, resume=True, **settings)
+    assert str(error.value).startswith(f"cannot read image {victim}")
+    assert str(error.value).endswith(f"; training stopped after the last epoch (calibrating): {out} keeps epoch 1, "
+                                     "intact: fix or remove the image, then resume (--resume) goes on")

@@ -766,7 +766,7 @@ def train(
     cancelled = False
     calibration = None
     try:
-        epoch = start_epoch
+        epoch = start_epoch - 1  # the last epoch done, until one starts (a resumed run may train none)
         for epoch in range(start_epoch, config["epochs"]):
             # Re-seeding per epoch makes shuffling, flips and dropout independent of where a run resumed.
             generator.manual_seed(config["seed"] * 100003 + epoch)
