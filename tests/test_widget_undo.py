@@ -266,3 +266,28 @@ def test_corrections_act_on_the_image_they_are_made_on_after_another_image_is_ru
     undo(viewer, qtbot, labels, BOTH)
     np.testing.assert_array_equal(other.data, other_pixels)
     assert rows(other) == {1: (-1, "")}
+
+
+def test_a_key_on_the_instances_of_a_run_whose_peaks_layer_was_removed_changes_no_other_image(
+        classed, qtbot, tiny_checkpoint, small_cat):
+    """Removing an image's peaks layer ends the panel's work on its run; its instances layer
+    keeps its keys, and Delete there deleted the selected instance of the image run last."""
+    viewer, widget, labels = classed
+    viewer.add_image(small_cat[:, ::-1].copy(), name="dog")
+    widget.reset_choices()
+    widget.image.value = viewer.layers["dog"]
+    run_and_wait(widget, qtbot)
+    other = viewer.layers["dog instances"]
+    other.data_setitem(np.nonzero(_box(other, 5, 25, 5, 25)), 1)
+    qtbot.waitUntil(lambda: len(other.features) == 1)
+    other.selected_label = 1
+    other_pixels = np.array(other.data)
+
+    viewer.layers.remove("cat peaks")
+    viewer.layers.selection.active = labels
+    labels.selected_label = 1
+    press(viewer, qtbot, Qt.Key.Key_Delete)
+    qtbot.wait(50)
+    np.testing.assert_array_equal(other.data, other_pixels)
+    assert rows(other) == {1: (-1, "")}
+    assert "run the image again" in widget.last_message

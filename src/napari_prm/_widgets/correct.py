@@ -229,8 +229,11 @@ class CorrectionPanel(PointRetrieval):
                 self._switch(before)
 
     def _on(self, layer, handler):
-        """A slot for an event of ``layer``: the panel works on that layer's run first."""
+        """A slot for an event of ``layer``: the panel works on that layer's run first (none, for
+        a layer of a run it forgot: that run's layers are no other run's business)."""
         def slot(event=None):
+            if self._run_of(layer) is None:
+                return
             if not self._quiet_depth and not self.focus(layer):
                 return
             handler(event)
@@ -295,6 +298,10 @@ class CorrectionPanel(PointRetrieval):
                                overwrite=True)
 
     def _shortcut(self, layer, method: str):
+        if self._run_of(layer) is None:  # a run forgotten: the key must not act on another image's
+            self._say("The correction tools no longer work on this image's layers (its peaks or instances "
+                      "layer was removed): run the image again to correct them.", "warning")
+            return None
         if not self.focus(layer):
             self._say("Wait for the retrieval of the added peaks to finish.", "warning")
             return None
