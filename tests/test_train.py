@@ -169,7 +169,7 @@ def test_a_new_classifier_is_told_of_the_builtin_rows_fine_tuning_keeps(squares,
     named = LabeledImageDataset(image_paths=squares.image_paths, labels=squares.labels, class_names=["cat", "Dog"],
                                 source="squares as cats")
     result = train(named, model="imagenet-voc", out=tmp_path / "cats.pt", epochs=1, batch_size=8, lr=0.0,
-                   backbone_lr_mult=0.0, input_size=(32, 32), device="cpu", val_fraction=0.0, calibrate=False)
+                   backbone_lr_mult=0.0, input_size=(64, 64), device="cpu", val_fraction=0.0, calibrate=False)
     builtin = load_model("imagenet-voc").network.fcn.classifier
     kept = [name for row, name in enumerate(named.class_names)
             if any(torch.equal(result.model.network.fcn.classifier.weight[row], builtin.weight[other])
@@ -441,3 +441,15 @@ def test_an_image_that_fails_in_the_calibration_of_a_resumed_finished_run_is_not
     assert str(error.value).startswith(f"cannot read image {victim}")
     assert str(error.value).endswith(f"; training stopped after the last epoch (calibrating): {out} keeps epoch 1, "
                                      "intact: fix or remove the image, then resume (--resume) goes on")
+
+
+def test_an_input_size_whose_class_maps_have_one_cell_is_refused_before_training(squares, tmp_path):
+    """At 4×4 pixels the tiny backbone (stride 4) gives 1×1 class maps: no location to point at, and a
+    last batch of one image stopped training in BatchNorm ("Expected more than 1 value per channel")."""
+    settings = {**SETTINGS, "input_size": (4, 4), "batch_size": 23, "val_fraction": 0.0, "calibrate": False}
+    with pytest.raises(ValueError, match=r"input_size \(4, 4\) gives class response maps of 1×1 cells .* at least 2×2"):
+        train(squares, out=tmp_path / "small.pt", **settings)
+    assert not (tmp_path / "small.pt").exists()
+    # 8×8 gives 2×2 maps, and trains
+    result = train(squares, out=tmp_path / "eight.pt", **{**settings, "input_size": (8, 8), "epochs": 1})
+    assert len(result.history) == 1 and np.isfinite(result.history[0].loss)

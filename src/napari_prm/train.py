@@ -394,6 +394,28 @@ def _optimizer(model: PRMModel, lr: float, backbone_lr_mult: float, momentum: fl
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def _check_map_size(model: PRMModel, input_size, device) -> None:
+    """Refuse an input size at which the class response maps have a single row or column.
+
+    Peaks are local maxima of a map, and a backbone that learns normalises its batches over the
+    maps' cells: a map of one cell has no location to point at, and a last batch of one image
+    then stops training with an error from BatchNorm. One forward pass of a blank image, in
+    eval mode, finds the maps' size.
+    """
+    height, width = (int(s) for s in input_size)
+    was_training = model.network.training
+    model.network.eval()
+    try:
+        with torch.no_grad():
+            crm_shape = tuple(model.network.fcn(torch.zeros(1, 3, height, width, device=device)).shape[-2:])
+    finally:
+        model.network.train(was_training)
+    if min(crm_shape) < 2:
+        raise ValueError(f"input_size ({height}, {width}) gives class response maps of {crm_shape[0]}×{crm_shape[1]} "
+                         f"cells with this backbone: peaks need maps of at least 2×2; use a larger input size "
+                         f"(the command line's --input-size)")
+
+
 def _set_train_mode(model: PRMModel, backbone_frozen: bool) -> None:
     model.network.train()
     if backbone_frozen:
@@ -720,6 +742,7 @@ def train(
                              config["input_size"], config["seed"])
     config["epochs"] = epochs
     model.to(device)
+    _check_map_size(model, config["input_size"], device)
     optimizer = _optimizer(model, config["lr"], config["backbone_lr_mult"], config["momentum"], config["weight_decay"])
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
