@@ -291,3 +291,20 @@ def test_a_key_on_the_instances_of_a_run_whose_peaks_layer_was_removed_changes_n
     np.testing.assert_array_equal(other.data, other_pixels)
     assert rows(other) == {1: (-1, "")}
     assert "run the image again" in widget.last_message
+
+
+def test_paints_on_two_images_in_one_turn_of_the_event_loop_sync_both_tables(
+        classed, qtbot, tiny_checkpoint, small_cat):
+    """One flag served every run: a paint on the second image's layer before the first one's
+    sync had run (one turn of the event loop) left the second table without its new row."""
+    viewer, widget, labels = classed
+    viewer.add_image(small_cat[:, ::-1].copy(), name="dog")
+    widget.reset_choices()
+    widget.image.value = viewer.layers["dog"]
+    run_and_wait(widget, qtbot)
+    other = viewer.layers["dog instances"]
+    labels.data_setitem(np.nonzero(_box(labels, 70, 90, 10, 30)), 7)
+    other.data_setitem(np.nonzero(_box(other, 5, 25, 5, 25)), 1)  # no event processed in between
+    qtbot.waitUntil(lambda: 7 in rows(labels) and 1 in rows(other), timeout=5000)
+    assert rows(other) == {1: (-1, "")}
+    assert rows(labels)[7] == (-1, "")

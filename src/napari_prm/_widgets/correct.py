@@ -69,6 +69,7 @@ class _Run:
     pending: set = field(default_factory=set)
     clicked: set = field(default_factory=set)  # points placed by hand, not retrieved yet
     undone_points: dict = field(default_factory=dict)  # points taken away by Ctrl+Z: peak -> (data row, features)
+    sync_scheduled: bool = False  # a paint's table sync waits for the event loop
 
 
 class CorrectionPanel(PointRetrieval):
@@ -85,7 +86,6 @@ class CorrectionPanel(PointRetrieval):
         self.worker = None
         self._quiet_depth = 0
         self._linking = False
-        self._sync_scheduled = False
         self._run: _Run | None = None
         self._runs: list[_Run] = []
         self._last_label = 0
@@ -510,11 +510,11 @@ class CorrectionPanel(PointRetrieval):
         ``data_setitem`` announces a paint before it changes the pixels, so the table is
         synced once control is back in the event loop.
         """
-        if self._quiet_depth or self.instances is None or self._sync_scheduled:
+        run = self._run
+        if self._quiet_depth or self.instances is None or run.sync_scheduled:
             return
-        self._sync_scheduled = True
-        context = self.context
-        QTimer.singleShot(0, lambda: self._sync_table(context))
+        run.sync_scheduled = True  # one sync per run: paints on two images' layers sync both
+        QTimer.singleShot(0, lambda: self._sync_table(run.context))
 
     def _sync_table(self, context=None) -> None:
         """Make the table (and the peaks' labels and classes) of ``context``'s run (default: the
@@ -523,8 +523,11 @@ class CorrectionPanel(PointRetrieval):
         After an undo or redo the table of the plugin's edit then in force is taken up
         again (classes and scores included); labels painted by hand get rows of their own.
         """
-        self._sync_scheduled = False
-        with self.working_on(context or self.context) as alive:
+        context = context or self.context
+        for run in self._runs:
+            if run.context is context:
+                run.sync_scheduled = False
+        with self.working_on(context) as alive:
             if not alive or self.instances is None:
                 return
             base = self.history.table_for(self.instances)
