@@ -15,8 +15,11 @@ in one line, and ``--debug`` prints its traceback too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -385,6 +388,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _quiet_after_ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt as usual; once it has, objects it interrupted half-built
+    (an image reader in the middle of opening a file) are not reported as they are deleted.
+
+    Python prints "Exception ignored in ..." with a traceback for an error in ``__del__``, and
+    such a message came after the command's own "interrupted: ..." line. Only in the main
+    thread (where signals are handled); both hooks are restored on the way out.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # signals are not ours to handle here, or Ctrl-C is not Python's KeyboardInterrupt
+        return
+    interrupted = False
+    unraisable_hook = sys.unraisablehook
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+        signal.default_int_handler(signum, frame)
+
+    def on_unraisable(unraisable):
+        if not interrupted:
+            unraisable_hook(unraisable)
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except (ValueError, OSError):  # signals cannot be set here: nothing to quieten
+        yield
+        return
+    sys.unraisablehook = on_unraisable
+    try:
+        yield
+    finally:
+        sys.unraisablehook = unraisable_hook
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``napari-prm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
@@ -396,17 +437,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     check_arguments(args)
-    try:
-        return int(args.run(args) or 0)
-    except CommandError as error:
-        return _report(args, error, 2)
-    except KeyboardInterrupt:
-        print(f"napari-prm {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as error:  # the library's messages name the file or argument
-        return _report(args, error, 2)
-    except Exception as error:  # a bug or an exhausted resource: one line, no traceback
-        return _report(args, error, 1)
+    with _quiet_after_ctrl_c():
+        try:
+            return int(args.run(args) or 0)
+        except CommandError as error:
+            return _report(args, error, 2)
+        except KeyboardInterrupt:
+            print(f"napari-prm {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except (ValueError, OSError) as error:  # the library's messages name the file or argument
+            return _report(args, error, 2)
+        except Exception as error:  # a bug or an exhausted resource: one line, no traceback
+            return _report(args, error, 1)
 
 
 def _report(args, error: BaseException, status: int) -> int:
