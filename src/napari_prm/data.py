@@ -49,6 +49,11 @@ class GroundTruth:
     iscrowd: np.ndarray
 
 
+class UnreadableImage(ValueError):
+    """A dataset's image file that cannot be read or used; its message names the file and where
+    the dataset declares it. A ValueError, as every reader failure is the user's bad file."""
+
+
 @dataclass
 class LabeledImageDataset:
     """Images with multi-hot image-level labels.
@@ -106,15 +111,15 @@ class LabeledImageDataset:
 
         Raises
         ------
-        ValueError
-            When the file cannot be read; names the file and where it was declared.
+        UnreadableImage
+            A ValueError: the file cannot be read; names the file and where it was declared.
         """
         path = self.image_paths[index]
         try:
             return read_image(path)
         except ValueError as error:  # any reader failure is the same user error: a bad file
             reason = str(error).removeprefix(f"cannot read image {path}: ")
-            raise ValueError(f"cannot read image {path} (declared at {self.origins[index]}): {reason}") from error
+            raise UnreadableImage(f"cannot read image {path} (declared at {self.origins[index]}): {reason}") from error
 
     def read_rgb(self, index: int) -> np.ndarray:
         """The image as ``(H, W, 3) float32`` in [0, 1] (see `napari_prm.io.as_rgb_float`)."""
@@ -122,7 +127,7 @@ class LabeledImageDataset:
         try:
             return as_rgb_float(image)
         except ValueError as error:
-            raise ValueError(f"cannot use image {self.image_paths[index]} "
+            raise UnreadableImage(f"cannot use image {self.image_paths[index]} "
                              f"(declared at {self.origins[index]}): {error}") from error
 
     def instances(self, index: int) -> GroundTruth:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from . import _validate as check
 from ._text import plural
-from .data import LabeledImageDataset, TrainingImages
+from .data import LabeledImageDataset, TrainingImages, UnreadableImage
 from .evaluate import classification_map
 from .model.backbones import BACKBONES
 from .model.checkpoint import (
@@ -836,9 +836,7 @@ def train(
                 checkpoint = _save(model, out, optimizer, len(history), history, config, split_rule, trained_keys)
                 if calibration.warning:
                     warnings.append(calibration.warning)
-    except ValueError as error:
-        if not str(error).startswith(("cannot read image", "cannot use image")):
-            raise
+    except UnreadableImage as error:  # its type survives a DataLoader worker, where its message gains a preamble
         raise ValueError(_image_failure(str(error), out, checkpoint, len(history), epoch + 1)) from error
     finally:
         network.sub_pixel_locating_factor = inference_factor
