@@ -185,18 +185,16 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
             outputs = listed_files(item)
             found = sorted(p for p in item.iterdir()
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name not in outputs)
+            folders = sorted(p for p in item.iterdir() if p.is_dir() and not p.name.startswith("."))
             if not found:
-                folders = sorted(p.name for p in item.iterdir() if p.is_dir() and not p.name.startswith("."))
-                inside = (f"; its {len(folders)} sub-folder(s) ({', '.join(folders[:3])}"
-                          f"{', ...' if len(folders) > 3 else ''}) are not searched: pass them as inputs"
-                          if folders else "")
+                inside = (f"; its {len(folders)} sub-folder(s) ({_first_names(folders)}) are not searched: "
+                          "pass them as inputs" if folders else "")
                 problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder{inside}")
             else:
-                holding = [p.name for p in sorted(item.iterdir()) if p.is_dir() and not p.name.startswith(".")
-                           and _holds_images(p)]
+                holding = [folder for folder in folders if _holds_images(folder)]
                 if holding:
                     problems.append(f"{NOTE}{item}: the images in its {len(holding)} sub-folder(s) "
-                                    f"({', '.join(holding[:3])}{', ...' if len(holding) > 3 else ''}) are left out "
+                                    f"({_first_names(holding)}) are left out "
                                     "(folders are not searched recursively): pass the sub-folders as inputs too")
             images.extend(found)
         elif item.is_file():
@@ -205,6 +203,11 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
             problems.append(f"{item}: no such file or folder")
     unique = list(dict.fromkeys(p.resolve() for p in images))
     return [Path(p) for p in unique], problems
+
+
+def _first_names(folders: Sequence[Path]) -> str:
+    """``"a, b, c, ..."``: the names of the first three folders, and whether there are more."""
+    return ", ".join(folder.name for folder in folders[:3]) + (", ..." if len(folders) > 3 else "")
 
 
 def _holds_images(folder: Path) -> bool:
