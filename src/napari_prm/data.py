@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
+from ._text import plural
 from .io.images import IMAGE_SUFFIXES, as_rgb_float, read_image
 
 #: The 20 PASCAL VOC classes under their COCO names, in VOC's order.
@@ -495,7 +496,7 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
     if left_out:
         names = sorted(p.relative_to(root).as_posix() for p in left_out)
         dataset.warnings.append(
-            f"{root}: left out {len(names)} file{'' if len(names) == 1 else 's'} that "
+            f"{root}: left out {plural(len(names), 'file')} that "
             f"{'is not an image' if len(names) == 1 else 'are not images'} ({', '.join(IMAGE_SUFFIXES)}) or "
             f"lie{'s' if len(names) == 1 else ''} in no class folder: {', '.join(names[:10])}"
             + (f", ... ({len(names) - 10} more)" if len(names) > 10 else ""))
@@ -539,7 +540,7 @@ def label_typos(dataset: LabeledImageDataset) -> list[str]:
             if other != name and pair not in reported and _one_edit_apart(name.casefold(), other.casefold()):
                 where = dataset.origins[int(np.flatnonzero(dataset.labels[:, names.index(name)])[0])]
                 warnings.append(f"class {name!r} has 1 image ({where}): a typo of {other!r} "
-                                f"({counts[other]} image{'' if counts[other] == 1 else 's'})?")
+                                f"({plural(counts[other], 'image')})?")
                 reported.add(pair)
     return warnings
 
