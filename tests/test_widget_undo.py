@@ -238,18 +238,26 @@ def test_a_new_run_starts_a_new_undo_history(classed, qtbot, again):
     assert rows(labels) == {}
 
 
-def test_corrections_act_on_the_image_they_are_made_on_after_another_image_is_run(
-        classed, qtbot, tiny_checkpoint, small_cat):
-    """Labelling a folder: after a run of a second image, keys, buttons, painting and undo on
-    the first image's instances change that layer, not the second image's."""
-    viewer, widget, labels = classed
+def _run_a_second_image(viewer, widget, qtbot, small_cat, *, paint: bool = False):
+    """Run a second image, "dog" (the cat mirrored), and return its instances layer; with
+    ``paint``, with instance 1 painted by hand and its table row synced."""
     viewer.add_image(small_cat[:, ::-1].copy(), name="dog")
     widget.reset_choices()
     widget.image.value = viewer.layers["dog"]
     run_and_wait(widget, qtbot)
     other = viewer.layers["dog instances"]
-    other.data_setitem(np.nonzero(_box(other, 5, 25, 5, 25)), 1)
-    qtbot.waitUntil(lambda: len(other.features) == 1)
+    if paint:
+        other.data_setitem(np.nonzero(_box(other, 5, 25, 5, 25)), 1)
+        qtbot.waitUntil(lambda: len(other.features) == 1)
+    return other
+
+
+def test_corrections_act_on_the_image_they_are_made_on_after_another_image_is_run(
+        classed, qtbot, tiny_checkpoint, small_cat):
+    """Labelling a folder: after a run of a second image, keys, buttons, painting and undo on
+    the first image's instances change that layer, not the second image's."""
+    viewer, widget, labels = classed
+    other = _run_a_second_image(viewer, widget, qtbot, small_cat, paint=True)
     other_pixels = np.array(other.data)
 
     viewer.layers.selection.active = labels
@@ -273,13 +281,7 @@ def test_a_key_on_the_instances_of_a_run_whose_peaks_layer_was_removed_changes_n
     """Removing an image's peaks layer ends the panel's work on its run; its instances layer
     keeps its keys, and Delete there deleted the selected instance of the image run last."""
     viewer, widget, labels = classed
-    viewer.add_image(small_cat[:, ::-1].copy(), name="dog")
-    widget.reset_choices()
-    widget.image.value = viewer.layers["dog"]
-    run_and_wait(widget, qtbot)
-    other = viewer.layers["dog instances"]
-    other.data_setitem(np.nonzero(_box(other, 5, 25, 5, 25)), 1)
-    qtbot.waitUntil(lambda: len(other.features) == 1)
+    other = _run_a_second_image(viewer, widget, qtbot, small_cat, paint=True)
     other.selected_label = 1
     other_pixels = np.array(other.data)
 
@@ -298,11 +300,7 @@ def test_paints_on_two_images_in_one_turn_of_the_event_loop_sync_both_tables(
     """One flag served every run: a paint on the second image's layer before the first one's
     sync had run (one turn of the event loop) left the second table without its new row."""
     viewer, widget, labels = classed
-    viewer.add_image(small_cat[:, ::-1].copy(), name="dog")
-    widget.reset_choices()
-    widget.image.value = viewer.layers["dog"]
-    run_and_wait(widget, qtbot)
-    other = viewer.layers["dog instances"]
+    other = _run_a_second_image(viewer, widget, qtbot, small_cat)
     labels.data_setitem(np.nonzero(_box(labels, 70, 90, 10, 30)), 7)
     other.data_setitem(np.nonzero(_box(other, 5, 25, 5, 25)), 1)  # no event processed in between
     qtbot.waitUntil(lambda: 7 in rows(labels) and 1 in rows(other), timeout=5000)
