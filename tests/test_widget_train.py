@@ -101,6 +101,16 @@ def test_a_folder_of_one_image_per_class_holds_none_out_and_says_why(make_napari
     assert "Warning: no image is held out" in widget.last_message
 
 
+def _train_showing_status(widget, qtbot) -> list[str]:
+    """Train to the end; the status line as shown when the split is said, before the first batch."""
+    shown = []
+    widget._relay.progressed.connect(lambda p: shown.append(widget._status.value) if isinstance(p, tuple) else None)
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    return shown
+
+
 def test_the_datasets_warnings_are_shown_as_the_cli_prints_them(make_napari_viewer, qtbot, prm_config,
                                                                 tiny_dataset, tmp_path):
     """A file left out of the dataset and a likely label typo: the CLI printed them, the widget
@@ -112,11 +122,7 @@ def test_the_datasets_warnings_are_shown_as_the_cli_prints_them(make_napari_view
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
     quick_training(widget, tiny_dataset, tmp_path / "trained.pt")
-    shown = []
-    widget._relay.progressed.connect(lambda p: shown.append(widget._status.value) if isinstance(p, tuple) else None)
-    assert widget.start() is not None
-    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
-    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    shown = _train_showing_status(widget, qtbot)
     for text in (shown[0], widget.last_message):
         assert "left out 1 file that is not an image" in text and "cup/notes.txt" in text
         assert "class 'cta' has 1 image" in text and "'cat'" in text
@@ -130,11 +136,7 @@ def test_a_new_model_is_told_of_the_builtin_rows_and_can_start_from_them(make_na
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
     quick_training(widget, tiny_dataset, tmp_path / "new.pt")
-    shown = []
-    widget._relay.progressed.connect(lambda p: shown.append(widget._status.value) if isinstance(p, tuple) else None)
-    assert widget.start() is not None
-    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
-    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    shown = _train_showing_status(widget, qtbot)
     assert shown[0].startswith("Training on 3 images, 1 held out for validation and calibration. Note: The "
                                "dataset's 2 classes ('cat', 'cup') are classes of the built-in model "
                                "'imagenet-coco' (EfficientNet-Lite0): the base model 'built-in imagenet-coco' ")
