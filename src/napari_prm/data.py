@@ -246,8 +246,10 @@ class LabeledImageDataset:
         coco_ids = {} if self.coco is None else {c["name"]: c["id"] for c in self.coco.cats.values()}
         missing = [c for c in class_names if c not in self.class_names and c not in coco_ids]
         if missing:
-            raise ValueError(f"unknown class(es) {missing} for dataset {self.source}; "
-                             f"it has {self.class_names}")
+            # a 1000-class model on a dataset of three classes misses 997: name the first ten
+            shown = ", ".join(repr(c) for c in missing[:10]) + (f", ... ({len(missing) - 10} more)"
+                                                                 if len(missing) > 10 else "")
+            raise ValueError(f"unknown class(es) [{shown}] for dataset {self.source}; it has {self.class_names}")
         columns = [self._label_column(c, coco_ids) for c in class_names]
         relabelled = replace(
             self,
