@@ -209,7 +209,8 @@ def main() -> None:
     parser.add_argument("--model", default="imagenet-voc", help="built-in name or checkpoint")
     parser.add_argument("--out", type=Path, required=True, help="folder for results.json and results.md")
     parser.add_argument("--cache", type=Path, default=None, help="proposal cache (default: <out>/../proposal_cache)")
-    parser.add_argument("--rows", nargs="*", default=None, help="row names to run (default: all)")
+    parser.add_argument("--rows", nargs="*", default=None, choices=[row[0] for row in ROWS], metavar="ROW",
+                        help=f"rows to run, of {[row[0] for row in ROWS]} (default: all)")
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--bootstrap", type=int, default=200,

@@ -1,4 +1,5 @@
-"""Peak backpropagation speed of the built-in model (issue 2). Same as `napari-prm bench --model-only`."""
+"""Peak backpropagation speed of the built-in model (issue 2): the figures of `napari-prm bench`
+(`--no-original` is its `--no-compare-original`)."""
 
 import argparse
 

@@ -410,7 +410,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figure", type=Path, default=FIGURE)
     parser.add_argument("--orders", type=int, default=3, help="loop: orders of the val images averaged")
-    parser.add_argument("--variants", nargs="*", default=None, help="dev: the variants to measure (default: all)")
+    parser.add_argument("--variants", nargs="*", default=None, choices=list(DEV_VARIANTS), metavar="VARIANT",
+                        help=f"dev: the variants to measure, of {list(DEV_VARIANTS)} (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
