@@ -1,10 +1,13 @@
 """The documentation stays true to the code: the generated CLI page, the API pages, the
-README's two commands and the docs environment's dependencies."""
-
+README's two commands, the docs environment's dependencies, and what the pages show a user
+running: napari-prm command lines, benchmark and script invocations, Python snippets, keys and
+system packages."""
 import ast
 import configparser
 import importlib.util
 import re
+import shlex
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -180,3 +183,256 @@ def test_markdown_tables_are_not_broken_by_a_blank_line():
                     and lines[number - 2].startswith("|") and not starts_table):
                 broken.append(f"{page.relative_to(ROOT)}:{number + 1}")
     assert not broken, broken
+
+
+# --------------------------------------------------------------------------- what the pages show
+def _pages():
+    """README.md and the docs' pages, but not docs/cli.md (the parsers' own rendering)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return [page for page in pages if page.name != "cli.md"]
+
+
+_FENCE = re.compile(r"^([ \t]*)```(\w*)\n(.*?)^[ \t]*```", flags=re.S | re.M)
+
+
+def _fenced(text):
+    """``(language, body)`` of each fenced code block (also those indented in a list item)."""
+    return [(language, textwrap.dedent(body)) for _, language, body in _FENCE.findall(text)]
+
+
+def _inline_code(text):
+    """The inline code spans outside fenced blocks, line breaks as spaces."""
+    prose = _FENCE.sub("", text)
+    return [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", prose)]
+
+
+def _shell_lines(body):
+    """The commands of a shell block: continuations joined, comments and prompts' wrappers
+    (``.venv/bin/``, ``xvfb-run -a``, ``/usr/bin/time -v``, ``env X=1``) dropped, ``&&`` split."""
+    for line in body.replace("\\\n", " ").splitlines():
+        line = re.sub(r"(^|\s)#.*", "", line).strip()
+        for command in line.split("&&"):
+            command = re.sub(r"^(xvfb-run -a( -s \"[^\"]*\")?|/usr/bin/time -v|env( \w+=\S+)+|\s)+", "",
+                             command.strip())
+            yield command.replace(".venv/bin/", "")
+
+
+def _napari_prm_parsers():
+    from napari_prm.cli import build_parser
+
+    parser = build_parser()
+    return parser, parser._subparsers._group_actions[0].choices
+
+
+def test_napari_prm_command_lines_of_the_docs_parse():
+    """Every ``napari-prm`` command of a shell block is one the command line accepts, options
+    and values (choices, numbers) included."""
+    parser, _ = _napari_prm_parsers()
+    commands = [(page, command) for page in _pages()
+                for language, body in _fenced(page.read_text(encoding="utf-8")) if language == "bash"
+                for command in _shell_lines(body) if command.startswith("napari-prm ")]
+    assert len(commands) >= 15
+    for page, command in commands:
+        try:
+            parser.parse_args(shlex.split(command)[1:])
+        except SystemExit as error:
+            assert error.code == 0, f"{page.name}: {command}"  # --help
+
+
+def test_options_the_docs_give_a_napari_prm_command_are_its_own():
+    """The options a page writes after ``napari-prm <command>`` (inline, in the README's synopsis
+    or in a shell block) exist for that command, and a value written for an option with
+    choices (``--preset default|original``) is one of them."""
+    _, commands = _napari_prm_parsers()
+    uses = []
+    for page in _pages():
+        text = page.read_text(encoding="utf-8")
+        uses += [(page, span) for span in _inline_code(text)]
+        for language, body in _fenced(text):
+            if language in ("bash", ""):
+                # the README's synopsis continues a command on lines that start with spaces
+                body = re.sub(r"\n[ \t]+(?=\[)", " ", body)
+                uses += [(page, re.sub(r"\s#.*", "", line)) for line in body.replace("\\\n", " ").splitlines()]
+    checked = 0
+    for page, text in uses:
+        for match in re.finditer(r"napari-prm (\w+)((?:\s+[^\s`]+)*)", text):
+            name, rest = match.groups()
+            if name not in commands:
+                continue
+            actions = {flag: action for action in commands[name]._actions for flag in action.option_strings}
+            tokens = rest.replace("[", " ").replace("]", " ").split()
+            for at, token in enumerate(tokens):
+                flag = token.split("=")[0]
+                if not flag.startswith("--"):
+                    continue
+                assert flag in actions, f"{page.name}: napari-prm {name} has no {flag} ({text.strip()[:80]})"
+                checked += 1
+                choices = actions[flag].choices
+                value = tokens[at + 1] if at + 1 < len(tokens) else ""
+                if choices and value and not value.startswith("-") and not value.isupper():
+                    assert set(value.split("|")) <= set(choices), f"{page.name}: {flag} {value}"
+    assert checked >= 40
+
+
+def _script_invocations():
+    """``(page, script, arguments)`` of every benchmarks/ or scripts/ file the pages name, with
+    the arguments they give it (none for a mere mention)."""
+    found = []
+    for page in _pages():
+        text = page.read_text(encoding="utf-8")
+        lines = [line for language, body in _fenced(text) if language in ("bash", "")
+                 for line in _shell_lines(body)] + _inline_code(text)
+        for line in lines:
+            match = re.search(r"((?:benchmarks|scripts)/\w+\.py)( .*)?$", line)
+            if match:
+                arguments = re.sub(r"<[^>]*>", "PLACEHOLDER", match.group(2) or "")
+                found.append((page, match.group(1), shlex.split(arguments)))
+    return found
+
+
+class _Parsed(Exception):
+    """Raised in place of running a script once its arguments are parsed."""
+
+
+def test_benchmark_and_script_commands_of_the_docs_parse(monkeypatch):
+    """Each ``python benchmarks/<script>.py ...`` (and ``scripts/``) that a page gives exists
+    and its own parser accepts the options and values shown; the script is stopped right after
+    parsing, so nothing runs. An unknown ``--rows`` name of accuracy_ablation.py used to run
+    no row at all."""
+    import argparse
+    import runpy
+    import sys
+
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse_args(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    invocations = _script_invocations()
+    assert len({script for _, script, _ in invocations}) >= 15
+    for page, script, arguments in invocations:
+        assert (ROOT / script).is_file(), f"{page.name}: {script}"
+        if not arguments:  # a mention of the script, not a command
+            continue
+        monkeypatch.setattr(sys, "argv", [script, *arguments])
+        monkeypatch.syspath_prepend(str((ROOT / script).parent))  # as `python <script>` sets it
+        with pytest.raises(_Parsed):
+            try:
+                runpy.run_path(str(ROOT / script), run_name="__main__")
+            except SystemExit as error:
+                pytest.fail(f"{page.name}: {script} {' '.join(arguments)}: exit {error.code}")
+
+
+def _resolve(dotted):
+    """What ``dotted`` names: ``napari_prm.predict`` the function the package exports,
+    ``napari_prm.predict.rank_by_confidence`` a function of the module of that name,
+    ``napari_prm.io.read_image`` one of a sub-package."""
+    parts = dotted.split(".")
+    value = importlib.import_module(parts[0])
+    for at, name in enumerate(parts[1:], start=2):
+        if hasattr(value, name):
+            value = getattr(value, name)
+            continue
+        try:
+            value = importlib.import_module(".".join(parts[:at]))
+        except ImportError:
+            value = getattr(importlib.import_module(".".join(parts[:at - 1])), name)
+    return value
+
+
+def _dotted(node):
+    """``a.b.c`` of an attribute chain on a name, else None."""
+    names = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(names)]) if isinstance(node, ast.Name) else None
+
+
+def test_python_snippets_of_the_docs_use_names_and_keywords_that_exist():
+    """Every Python block of the pages compiles; what it imports from napari_prm exists, every
+    ``napari_prm.x.y`` it uses resolves, and every keyword it passes to a napari_prm function or
+    class is one of its parameters. Names the prose gives as ``napari_prm.x.y`` resolve too."""
+    import inspect
+
+    import napari_prm
+    from napari_prm.predictor import SETTING_NAMES
+
+    snippets = [(page, body) for page in _pages()
+                for language, body in _fenced(page.read_text(encoding="utf-8")) if language == "python"]
+    assert len(snippets) >= 10
+    keywords_checked = 0
+    for page, body in snippets:
+        tree = ast.parse(body, filename=page.name)
+        names = {"napari_prm": "napari_prm"}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("napari_prm"):
+                for alias in node.names:
+                    assert hasattr(_resolve(node.module), alias.name), f"{page.name}: {node.module}.{alias.name}"
+                    names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        for node in ast.walk(tree):
+            dotted = _dotted(node) if isinstance(node, (ast.Attribute, ast.Name)) else None
+            if dotted and dotted.split(".")[0] in names and isinstance(node, ast.Attribute):
+                _resolve(names[dotted.split(".")[0]] + dotted[len(dotted.split(".")[0]):])
+            if isinstance(node, ast.Call) and (called := _dotted(node.func)) and called.split(".")[0] in names:
+                function = _resolve(names[called.split(".")[0]] + called[len(called.split(".")[0]):])
+                parameters = inspect.signature(function).parameters.values()
+                known = {p.name for p in parameters}
+                if any(p.kind is p.VAR_KEYWORD for p in parameters):  # predict's **settings, passed on
+                    known |= set(inspect.signature(napari_prm.predict).parameters) | set(SETTING_NAMES)
+                for keyword in node.keywords:
+                    assert keyword.arg in known, f"{page.name}: {called}({keyword.arg}=)"
+                    keywords_checked += 1
+    assert keywords_checked >= 15
+    for page in _pages():
+        for dotted in set(re.findall(r"\bnapari_prm(?:\.\w+)+", page.read_text(encoding="utf-8"))):
+            if not dotted.endswith(".md"):  # api/napari_prm.md, a page
+                _resolve(dotted)
+
+
+def test_a_snippet_that_starts_a_local_cluster_runs_as_a_script():
+    """A local dask cluster's worker processes import the script that started it again: the
+    batch snippet of usage.md, copied into a script, started a cluster in every worker and
+    failed with 'Nanny failed to start' until its work moved under ``if __name__ == "__main__":``."""
+    snippets = [(page, body) for page in _pages()
+                for language, body in _fenced(page.read_text(encoding="utf-8"))
+                if language == "python" and "start_local_cluster(" in body]
+    assert snippets
+    for page, body in snippets:
+        guarded = [ast.unparse(node) for node in ast.parse(body).body if isinstance(node, ast.If)
+                   and ast.unparse(node.test) == "__name__ == '__main__'"]
+        assert any("start_local_cluster(" in block for block in guarded), (
+            f"{page.name}: start_local_cluster outside `if __name__ == '__main__':`")
+
+
+def test_the_shortcut_tables_name_the_keys_the_plugin_binds():
+    """plugin.md's table lists exactly the keys the correction panel binds (its ``SHORTCUTS``,
+    read from the source: the test needs no Qt), and the tutorial's keys are among them."""
+    source = (ROOT / "src" / "napari_prm" / "_widgets" / "correct.py").read_text(encoding="utf-8")
+    shortcuts = next(ast.literal_eval(node.value) for node in ast.parse(source).body
+                     if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["SHORTCUTS"])
+    bound = {key for keys, _, _ in shortcuts for key in keys}
+    plugin = (ROOT / "docs" / "plugin.md").read_text(encoding="utf-8")
+    table = plugin.split("**Keyboard shortcuts.**")[1].split("\n\n")[1]
+    listed = set(re.findall(r"`([^`]+)`", table)) - {"Ctrl+Z", "Ctrl+Shift+Z"}
+    assert listed == bound
+    tutorial = (ROOT / "docs" / "tutorial.md").read_text(encoding="utf-8").split("## 3. Correct")[1].split("\n## ")[0]
+    keys = {key for key in re.findall(r"press `([^`]+)`", tutorial)}
+    assert keys and keys <= bound, keys - bound
+
+
+def test_the_system_packages_the_docs_list_are_those_ci_installs():
+    """installation.md lists the packages `.ci/run` installs for napari's canvas under Xvfb;
+    plugin.md had a list of its own that lacked eight of them, and now points there."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    ci_packages = set(ci.split("--no-install-recommends \\\n")[1].split(">/dev/null")[0].replace("\\", " ").split())
+    installation = (ROOT / "docs" / "installation.md").read_text(encoding="utf-8")
+    listed = re.search(r"sudo apt-get install (xvfb .*?)\nxvfb-run", installation, re.S).group(1)
+    assert set(listed.replace("\\", " ").split()) == ci_packages
+    for page in _pages():
+        text = page.read_text(encoding="utf-8")
+        for package in ("libxcb-icccm4", "libgl1-mesa-dri"):  # in any list of them
+            assert page.name == "installation.md" or package not in text, (
+                f"{page.name} lists system packages: point to installation.md's list")
