@@ -2,6 +2,7 @@
 README's two commands, the docs environment's dependencies, and what the pages show a user
 running: napari-prm command lines, benchmark and script invocations, Python snippets, keys and
 system packages."""
+
 import ast
 import configparser
 import importlib.util
