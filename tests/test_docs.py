@@ -437,3 +437,15 @@ def test_the_system_packages_the_docs_list_are_those_ci_installs():
         for package in ("libxcb-icccm4", "libgl1-mesa-dri"):  # in any list of them
             assert page.name == "installation.md" or package not in text, (
                 f"{page.name} lists system packages: point to installation.md's list")
+
+
+def test_the_installation_table_names_what_each_extra_installs():
+    """Each extra's row in installation.md names every package the extra adds (the testing
+    row left out PyQt6, which it installs for the widget tests)."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    table = (ROOT / "docs" / "installation.md").read_text(encoding="utf-8")
+    for extra, requirements in extras.items():
+        row = next(line for line in table.splitlines() if line.startswith(f'| `pip install ".[{extra}]"`'))
+        for requirement in requirements:
+            name = re.split(r"[\[<>=!~ ]", requirement)[0]
+            assert name.lower() in row.lower(), f"the [{extra}] row does not name {name}"
