@@ -449,3 +449,48 @@ def test_the_installation_table_names_what_each_extra_installs():
         for requirement in requirements:
             name = re.split(r"[\[<>=!~ ]", requirement)[0]
             assert name.lower() in row.lower(), f"the [{extra}] row does not name {name}"
+
+
+def _gui_imports(path):
+    """``(at import time, inside functions)``: whether a module imports napari, magicgui or Qt."""
+    gui = ("napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "vispy")
+    found = [False, False]
+
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                modules = [alias.name for alias in child.names]
+            elif isinstance(child, ast.ImportFrom) and not child.level:
+                modules = [child.module]
+            else:
+                modules = []
+            if any(module.split(".")[0] in gui for module in modules):
+                found[inside] = True
+            visit(child, inside)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), False)
+    return tuple(found)
+
+
+def test_architecture_says_which_modules_import_napari_or_qt():
+    """architecture.md's "Who imports napari or Qt" names every module that does, at import
+    time or inside functions (``_widgets/models.py``, which imports napari's notifications in a
+    function, was missing), and no other module of the package imports them at all."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    paragraph = text.split("**Who imports napari or Qt.**")[1].split("No other module does")[0]
+    eager_part, lazy_part = paragraph.split("at import time")[0], paragraph.split("at import time")[1]
+    lazy_part = lazy_part.split("inside")[0] + " `cli.py`"  # cli.py: "when `napari-prm demo` opens a viewer"
+
+    def modules(part):  # the paragraph names the widgets' modules without their folder after the first
+        return {name if name == "cli.py" else f"_widgets/{name}"
+                for name in re.findall(r"`(?:_widgets/)?(\w+\.py)`", part)}
+
+    names = {"eager": modules(eager_part), "lazy": modules(lazy_part)}
+    package = ROOT / "src" / "napari_prm"
+    actual = {"eager": set(), "lazy": set()}
+    for path in sorted(package.rglob("*.py")):
+        eager, lazy = _gui_imports(path)
+        if eager or lazy:
+            actual["eager" if eager else "lazy"].add(path.relative_to(package).as_posix())
+    assert actual == names
