@@ -494,3 +494,28 @@ def test_architecture_says_which_modules_import_napari_or_qt():
         if eager or lazy:
             actual["eager" if eager else "lazy"].add(path.relative_to(package).as_posix())
     assert actual == names
+
+
+def test_files_and_tests_the_pages_name_exist():
+    """Each repository path a page names (``benchmarks/…``, ``scripts/…``, ``tests/…``, ``.ci/run``,
+    a module of the package as ``refine/head.py``) exists, and each test it names
+    (``test_io.py::test_atomic_write_context``, or a bare ``test_…`` name) is defined in the tests."""
+    package = ROOT / "src" / "napari_prm"
+    tests = {path.name: path.read_text(encoding="utf-8") for path in (ROOT / "tests").glob("test_*.py")}
+    paths = names = 0
+    for page in _pages():
+        text = page.read_text(encoding="utf-8")
+        for path in re.findall(r"(?<![\w./-])((?:benchmarks|scripts|tests|src|docs|\.ci)/[\w./*-]*\w)", text):
+            assert any(ROOT.glob(path)), f"{page.name}: {path}"
+            paths += 1
+        for span in _inline_code(text):
+            if re.fullmatch(r"(?:_widgets|refine|io|proposals|model)/\w+\.(?:py|json)", span):
+                assert (package / span).is_file(), f"{page.name}: {span}"
+                paths += 1
+            match = re.fullmatch(r"(?:tests/)?(?:(test_\w+\.py)::)?(test_\w+)", span)
+            if match:
+                file, name = match.groups()
+                sources = [tests[file]] if file else tests.values()
+                assert any(re.search(rf"^def {name}\(", source, re.M) for source in sources), f"{page.name}: {span}"
+                names += 1
+    assert paths >= 50 and names >= 20, (paths, names)
