@@ -275,6 +275,17 @@ def test_options_the_docs_give_a_napari_prm_command_are_its_own():
     assert checked >= 40
 
 
+def test_lists_of_the_napari_prm_commands_are_complete():
+    """Where a page lists the commands (``predict|train|...``, ``predict / train / ...``), it
+    lists every command of the parser, in its order."""
+    _, commands = _napari_prm_parsers()
+    separator = r"(?:\s*\|\s*|\s+/\s+)"
+    lists = [re.split(separator, match) for page in _pages()
+             for match in re.findall(rf"napari-prm ((?:\w+{separator}){{2,}}\w+)", page.read_text(encoding="utf-8"))]
+    assert len(lists) >= 2
+    for listed in lists:
+        assert listed == list(commands)
+
 def _script_invocations():
     """``(page, script, arguments)`` of every benchmarks/ or scripts/ file the pages name, with
     the arguments they give it (none for a mere mention)."""
