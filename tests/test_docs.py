@@ -324,17 +324,23 @@ def test_benchmark_and_script_commands_of_the_docs_parse(monkeypatch):
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     invocations = _script_invocations()
     assert len({script for _, script, _ in invocations}) >= 15
-    for page, script, arguments in invocations:
-        assert (ROOT / script).is_file(), f"{page.name}: {script}"
-        if not arguments:  # a mention of the script, not a command
-            continue
-        monkeypatch.setattr(sys, "argv", [script, *arguments])
-        monkeypatch.syspath_prepend(str((ROOT / script).parent))  # as `python <script>` sets it
-        with pytest.raises(_Parsed):
-            try:
-                runpy.run_path(str(ROOT / script), run_name="__main__")
-            except SystemExit as error:
-                pytest.fail(f"{page.name}: {script} {' '.join(arguments)}: exit {error.code}")
+    imported_before = set(sys.modules)
+    try:
+        for page, script, arguments in invocations:
+            assert (ROOT / script).is_file(), f"{page.name}: {script}"
+            if not arguments:  # a mention of the script, not a command
+                continue
+            monkeypatch.setattr(sys, "argv", [script, *arguments])
+            monkeypatch.syspath_prepend(str((ROOT / script).parent))  # as `python <script>` sets it
+            with pytest.raises(_Parsed):
+                try:
+                    runpy.run_path(str(ROOT / script), run_name="__main__")
+                except SystemExit as error:
+                    pytest.fail(f"{page.name}: {script} {' '.join(arguments)}: exit {error.code}")
+    finally:  # the scripts' sibling modules (accuracy_ablation, ...) do not outlive the test
+        for name in set(sys.modules) - imported_before:
+            if Path(getattr(sys.modules[name], "__file__", None) or "/").parent.name in ("benchmarks", "scripts"):
+                del sys.modules[name]
 
 
 def _resolve(dotted):
