@@ -999,3 +999,19 @@ def test_after_ctrl_c_an_interrupted_object_is_deleted_without_a_traceback(monke
         assert len(reported) == 2
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_demo_without_qt_bindings_writes_and_says_so(tmp_path, tiny48_checkpoint, capsys, monkeypatch):
+    """README: without the [all] extra napari has no Qt bindings and cannot open. With a display,
+    the demo then wrote its results and failed with "unexpected ImportError ... run with --debug"
+    (exit status 1); it now says what is missing, as it does without a display."""
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setitem(sys.modules, "qtpy", None)  # `from qtpy import ...` raises ImportError
+    image = tmp_path / "sample1.jpg"
+    write_half_size("coffee", image)
+    assert main(["demo", str(image), "--model", str(tiny48_checkpoint),
+                 "--out", str(tmp_path), "--proposals", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "no Qt bindings installed: results written, napari not opened" in err and "unexpected" not in err
+    assert (tmp_path / "sample1_instances.json").is_file()

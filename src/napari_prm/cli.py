@@ -363,8 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--proposals", default="auto", type=_proposals_arg, help=PROPOSAL_HELP)
     _add_inference_options(demo)
     demo.add_argument("--view", action=argparse.BooleanOptionalAction, default=None,
-                      help="open napari with the results; without a display, --view says so and the "
-                           "results are still written (exit status 0) (default: when a display is available)")
+                      help="open napari with the results; without a display or Qt bindings, --view says so "
+                           "and the results are still written (exit status 0) (default: when a display is "
+                           "available)")
     demo.set_defaults(run=_run_demo)
 
     bench = add_command(
@@ -1252,6 +1253,16 @@ def display_available() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def qt_available() -> bool:
+    """Whether napari finds Qt bindings to open a window with (``pip install .`` without the
+    ``[all]`` extra installs napari without any)."""
+    try:
+        from qtpy import QtCore  # noqa: F401
+    except (ImportError, RuntimeError):  # qtpy's QtBindingsNotFoundError is both
+        return False
+    return True
+
+
 def _run_demo(args) -> int:
     from . import io
     from .predictor import PRMPredictor
@@ -1296,6 +1307,9 @@ def _run_demo(args) -> int:
     view = display_available() if args.view is None else args.view
     if view and not display_available():
         _say("no display available: results written, napari not opened")
+    elif view and not qt_available():
+        _say("no Qt bindings installed: results written, napari not opened (pip install \".[all]\" "
+             "in the clone, or napari[pyqt6], gives napari its Qt)")
     elif view:
         _show_in_napari(image, prediction, stem, model, args.model, predictor, {
             "proposals": args.proposals, "class_threshold": args.class_threshold,
