@@ -147,6 +147,17 @@ def test_tta_averages_flips_and_scales(tiny, image):
     np.testing.assert_allclose(prediction.prms.sum(axis=(1, 2)), 1, rtol=1e-4)
 
 
+def test_the_cap_note_speaks_of_one_kept_peak_in_the_singular(tiny, image):
+    """`predict --max-peaks 1` said "4 peaks passed the thresholds; the 1 strongest were kept"."""
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(image)
+    one, two = (predictor.predict(peak_threshold=-1e9, max_peaks=cap) for cap in (1, 2))
+    found = int(one.notes[0].split()[0])
+    assert found > 2
+    assert one.notes == [f"{found} peaks passed the thresholds; the strongest was kept (max_peaks=1). "
+                         "Raise the thresholds or max_peaks."]
+    assert two.notes[0].startswith(f"{found} peaks passed the thresholds; the 2 strongest were kept")
+
 def test_the_network_keeps_its_mode_and_grad_flags(tiny, image):
     tiny.network.train()
     flags = [p.requires_grad for p in tiny.network.parameters()]

@@ -786,8 +786,9 @@ class PRMPredictor:
         else:
             selection = self.select_peaks(classes=classes, **overrides)
             if selection.capped:
-                notes.append(f"{selection.found} peaks passed the thresholds; the {len(selection)} strongest were "
-                             f"kept (max_peaks={settings.max_peaks}). Raise the thresholds or max_peaks.")
+                kept = "the strongest was" if len(selection) == 1 else f"the {len(selection)} strongest were"
+                notes.append(f"{selection.found} peaks passed the thresholds; {kept} kept "
+                             f"(max_peaks={settings.max_peaks}). Raise the thresholds or max_peaks.")
             if not len(selection):
                 notes.extend(self._nothing_selected_notes(settings, classes))
             peaks_crm, values = selection.peaks, selection.values
