@@ -456,16 +456,18 @@ def test_the_summary_keeps_the_rows_of_earlier_images_a_rerun_on_some_does_not_t
     assert again["cat.png"]["status"] == "written" and again["cat.png"]["seconds"] != "999.000"
 
     # a new image comes after them; outputs deleted by hand drop their row; another image of
-    # an earlier stem ("coffee") replaces the earlier image's row
+    # an earlier stem ("coffee") takes the next free stem, even with overwrite: the earlier
+    # image's outputs and row stay
     for path in out.glob("camera16*"):
         path.unlink()
     other = tmp_path / "other"
     other.mkdir()
     (other / "coffee.png").write_bytes(good["cat.png"].read_bytes())
     predict_many([good["cat.png"], other / "coffee.png"], str(checkpoint), out, overwrite=True, **SETTINGS)
-    assert list(summary_rows(out)) == ["cat.png", "coffee.png"]
+    assert list(summary_rows(out)) == ["cat.png", "coffee.jpg", "coffee.png"]
     with open(out / "summary.csv", newline="", encoding="utf-8") as handle:
-        assert [row["image"] for row in csv.DictReader(handle)] == [str(good["cat.png"]), str(other / "coffee.png")]
+        assert [(row["image"], row["stem"]) for row in csv.DictReader(handle)] == [
+            (str(good["cat.png"]), "cat"), (str(good["coffee.jpg"]), "coffee"), (str(other / "coffee.png"), "coffee_2")]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # written atomically, no temporary left
 
 
@@ -479,8 +481,8 @@ def test_a_folder_whose_sub_folders_hold_images_says_they_are_left_out(tmp_path,
         (tmp_path / where).write_bytes(cat.read_bytes())
     found, problems = collect_images([tmp_path / "top"])
     assert [p.name for p in found] == ["a.png"]
-    assert problems == [f"note: {tmp_path / 'top'}: the images in its 2 sub-folder(s) (2023, 2024) are left out "
-                        "(folders are not searched recursively): pass the sub-folders as inputs too"]
+    assert problems == [f"note: {tmp_path / 'top'}: the images in its 2 sub-folder(s) (2023, 2024) are left out: "
+                        "pass --recursive to search sub-folders, or pass them as inputs too"]
     # the command runs the folder's own image and says so; the note is no failure (exit status 0)
     assert main(["predict", str(tmp_path / "top"), "--out", str(tmp_path / "out"), "--model", str(checkpoint),
                  "--proposals", "prm", "--peak-threshold", "0", "--device", "cpu"]) == 0

@@ -833,7 +833,7 @@ def test_predict_on_a_folder_whose_images_are_in_sub_folders_says_so(tmp_path, c
     assert main(["predict", str(tmp_path / "plate"), "--out", str(tmp_path / "out")]) == 2
     errors = capsys.readouterr().err
     assert (f"{tmp_path / 'plate'}: no images (.png, .jpg, .jpeg, .tif, .tiff, .bmp, .gif, .webp) in this "
-            "folder; its 2 sub-folder(s) (A1, A2) are not searched: pass them as inputs") in errors
+            "folder; its 2 sub-folder(s) (A1, A2) are not searched: pass --recursive, or pass them as inputs") in errors
     assert "no images to process" in errors
 
 

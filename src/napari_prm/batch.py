@@ -42,7 +42,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,8 @@ from .io.atomic import atomic_write
 from .io.fileset import manifest_path
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
-           "output_stems", "start_local_cluster", "label_stack", "label_shapes", "image_stack", "SUMMARY_COLUMNS"]
+           "output_stems", "output_place", "start_local_cluster", "label_stack", "label_shapes", "image_stack",
+           "SUMMARY_COLUMNS"]
 
 #: Columns of ``summary.csv``.
 SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts", "stem")
@@ -149,7 +150,7 @@ class BatchResult:
         """Where the label image of ``result``'s image is (or would be)."""
         from .io import prediction_paths
 
-        return prediction_paths(self.out, result.stem)["tiff"]
+        return prediction_paths(*output_place(self.out, result.stem))["tiff"]
 
     def with_outputs(self) -> list[ImageResult]:
         """The images that have outputs (written or skipped, label image present), in order."""
@@ -161,41 +162,52 @@ class BatchResult:
 
 
 # --------------------------------------------------------------------------- inputs
-def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """Image files named by ``inputs`` (files, or folders searched one level, sorted).
+def collect_images(inputs: Sequence[str | os.PathLike], *,
+                   recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """Image files named by ``inputs`` (files, or folders, sorted).
 
-    A folder's sub-folders are not searched: outputs go to one flat folder, named by each
-    image's file stem, so images of one name in several sub-folders (``cam1/0001.png``,
-    ``cam2/0001.png``) would get stems (``0001``, ``0001_2``) that match neither image by
-    name. A note (in the messages) names the sub-folders that hold images.
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        Image files and folders.
+    recursive : bool
+        Search the folders' sub-folders too, at any depth (hidden ones, whose names start
+        with ``.``, are not searched). Without it only a folder's own files are taken, and
+        a note (in the messages) names the sub-folders that hold images. `output_stems`
+        with the folders as ``roots`` names the outputs after each image's path in its
+        folder, so ``cam1/0001.png`` and ``cam2/0001.png`` keep apart.
 
+    Returns
+    -------
+    images : list of Path
+        Resolved, duplicates removed, in order.
+    messages : list of str
+        One per input that does not exist or is a folder without images, and per folder
+        whose sub-folders hold images that were not searched (that one starts with ``NOTE``).
+
+    Notes
+    -----
     A folder's files that a napari-prm manifest there lists are outputs of an earlier
     run (label TIFFs, PRM stacks), not images: they are left out, so a run whose
-    ``out`` is its input folder can be run again.
-
-    Returns the files (duplicates removed, in order) and a message per input that does
-    not exist or is a folder without images, and per folder whose sub-folders hold images
-    (that one starts with ``NOTE``).
+    ``out`` is its input folder, or inside it, can be run again.
     """
-    from .io import listed_files
-
     images, problems = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            outputs = listed_files(item)
-            found = sorted(p for p in item.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name not in outputs)
-            folders = sorted(p for p in item.iterdir() if p.is_dir() and not p.name.startswith("."))
+            found = _images_in(item, recursive=recursive)
+            folders = [] if recursive else sorted(
+                p for p in item.iterdir() if p.is_dir() and not p.name.startswith("."))
             if not found:
                 inside = (f"; its {len(folders)} sub-folder(s) ({_first_names(folders)}) are not searched: "
-                          "pass them as inputs" if folders else "")
-                problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder{inside}")
+                          "pass --recursive, or pass them as inputs" if folders else "")
+                where = " or its sub-folders" if recursive else " in this folder"
+                problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}){where}{inside}")
             else:
                 holding = [folder for folder in folders if _holds_images(folder)]
                 if holding:
                     problems.append(f"{NOTE}{item}: the images in its {len(holding)} sub-folder(s) "
-                                    f"({_first_names(holding)}) are left out "
-                                    "(folders are not searched recursively): pass the sub-folders as inputs too")
+                                    f"({_first_names(holding)}) are left out: pass --recursive to search "
+                                    "sub-folders, or pass them as inputs too")
             images.extend(found)
         elif item.is_file():
             images.append(item)
@@ -203,6 +215,21 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
             problems.append(f"{item}: no such file or folder")
     unique = list(dict.fromkeys(p.resolve() for p in images))
     return [Path(p) for p in unique], problems
+
+
+def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
+    """The image files of ``folder`` (and, if ``recursive``, of its visible sub-folders), sorted,
+    without the outputs that napari-prm manifests list."""
+    from .io import listed_files
+
+    found = []
+    for here, names, files in os.walk(folder):
+        names[:] = sorted(name for name in names if recursive and not name.startswith("."))
+        outputs = listed_files(here)
+        found.extend(sorted(Path(here) / name for name in files
+                            if Path(name).suffix.lower() in IMAGE_SUFFIXES and name not in outputs
+                            and (Path(here) / name).is_file()))
+    return found
 
 
 def _first_names(folders: Sequence[Path]) -> str:
@@ -215,17 +242,88 @@ def _holds_images(folder: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.rglob("*"))
 
 
-def output_stems(images: Sequence[Path]) -> list[str]:
-    """Image stems, made unique (``a/x.png`` and ``b/x.png`` -> ``x``, ``x_2``)."""
+def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | os.PathLike] = (),
+                 out: str | os.PathLike | None = None) -> list[str]:
+    """The output stem of each image: its name, or its path in a root folder; made unique.
+
+    Parameters
+    ----------
+    images : sequence of path-like
+    roots : sequence of path-like
+        Folders given as inputs: an image inside one is named by its path there, in POSIX
+        form (``plate/A1/cat.png`` with root ``plate`` -> ``A1/cat``), so that its outputs
+        mirror the folder tree under the output folder (`output_place`). Other images are
+        named by their file stem.
+    out : path-like, optional
+        The output folder: a stem whose outputs there record another image (their
+        manifest's ``image_path``) is taken, so this image gets the next free stem. A re-run
+        with the images in another order, or another image of the same name, neither skips
+        an image as done because another's outputs are there nor replaces them.
+
+    Returns
+    -------
+    list of str
+        One per image, distinct: ``a/x.png`` and ``b/x.png`` given as files -> ``x``,
+        ``x_2`` (in the order given, after the stems taken in ``out``).
+    """
+    resolved_roots = [Path(root).resolve() for root in roots]
     stems, seen = [], set()
     for image in images:
-        stem, number = Path(image).stem, 1
-        while stem in seen:
+        image = Path(image)
+        wanted = PurePosixPath(image.stem)
+        for root in resolved_roots:
+            if image.resolve().is_relative_to(root):
+                wanted = PurePosixPath(image.resolve().relative_to(root).as_posix()).with_suffix("")
+                break
+        stem, number = str(wanted), 1
+        while stem in seen or (out is not None and _outputs_of_another(out, stem, image)):
             number += 1
-            stem = f"{Path(image).stem}_{number}"
+            stem = str(wanted.with_name(f"{wanted.name}_{number}"))
         seen.add(stem)
         stems.append(stem)
     return stems
+
+
+def output_place(out: str | os.PathLike, stem: str) -> tuple[Path, str]:
+    """The folder and the plain file stem of an output stem: ``A1/cat`` -> ``(out/A1, "cat")``.
+
+    Raises
+    ------
+    ValueError
+        For a stem that is empty, absolute or leads out of ``out`` (``..``).
+    """
+    relative = PurePosixPath(stem)
+    if not relative.name or relative.is_absolute() or ".." in relative.parts or "\\" in stem:
+        raise ValueError(f"output stem {stem!r} is not a file stem or a relative path inside the output folder")
+    return Path(out, *relative.parts[:-1]), relative.name
+
+
+def _image_record(image: Path, out: Path) -> dict[str, str]:
+    """Where the image of outputs is, as their manifest records it: absolute, and from ``out``
+    (which still holds when the images and the outputs were moved together)."""
+    image = Path(image).resolve()
+    try:
+        relative = Path(os.path.relpath(image, Path(out).resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        relative = ""
+    return {"image_path": str(image), "image_from_out": relative}
+
+
+def _outputs_of_another(out, stem: str, image: Path) -> bool:
+    """Whether ``stem``'s outputs in ``out`` record an image other than ``image``."""
+    from .io.fileset import read_file_set
+
+    folder, name = output_place(out, stem)
+    try:
+        file_set = read_file_set(folder, name)
+    except ValueError:  # a broken manifest is replaced
+        return False
+    if file_set is None:
+        return False
+    info = file_set.info
+    if "image_path" not in info:  # written before the path was recorded: known by its name only
+        return bool(info.get("image")) and info["image"] != Path(image).name
+    return not any(info.get(key) and info[key] == value for key, value in _image_record(image, out).items())
 
 
 def proposals_for_image(proposals, image: Path):
@@ -344,7 +442,8 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     ----------
     image : path-like
     stem : str
-        Stem of the output files in ``out``.
+        Stem of the output files in ``out``; a relative POSIX path (``A1/cat``) writes them
+        into that sub-folder of ``out`` (created), see `output_place`.
     out : path-like
         Output folder (it must exist).
     model : PRMModel
@@ -371,8 +470,9 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
 
     started = time.perf_counter()
     image = Path(image)
+    folder, name = output_place(out, stem)
     if not overwrite:
-        existing = io.complete_prediction(out, stem, prms_format=prms_format)
+        existing = io.complete_prediction(folder, name, prms_format=prms_format)
         if existing is not None:
             return _skipped(str(image), stem, existing)
     settings = dict(settings or {})
@@ -381,9 +481,9 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     pixels = io.read_image(image)
     with _PREDICT_LOCK:
         prediction = predict(pixels, model, **settings)
-    io.write_prediction(prediction, out, stem, prms_format=prms_format, overwrite=overwrite,
+    io.write_prediction(prediction, folder, name, prms_format=prms_format, overwrite=overwrite,
                         image_file_name=image.name, pixel_size=io.tiff_pixel_size(image),
-                        info={"settings": _describe(settings)}
+                        info=_image_record(image, out) | {"settings": _describe(settings)}
                         | ({"model": dict(model_record)} if model_record else {}))
     return ImageResult(str(image), stem, "written", int(len(prediction.peaks)), int(len(prediction.instances)),
                        time.perf_counter() - started, shape=tuple(int(n) for n in pixels.shape[:2]),
@@ -564,11 +664,18 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
             order.extend(index.pop(os.path.abspath(image)))
         elif stem in stems:
             continue  # this run's image of that stem replaces (or keeps) those outputs
-        elif stem and row.get("status") in ("written", "skipped") and not manifest_path(path.parent, stem).exists():
+        elif stem and row.get("status") in ("written", "skipped") and not _has_manifest(path.parent, stem):
             continue
         else:
             order.append(row)
     return order + sorted(i for indices in index.values() for i in indices)
+
+
+def _has_manifest(out: Path, stem: str) -> bool:
+    try:
+        return manifest_path(*output_place(out, stem)).exists()
+    except ValueError:  # not a stem this version writes
+        return False
 
 
 # --------------------------------------------------------------------------- the batch
@@ -614,7 +721,9 @@ def predict_many(
     prms_format : {None, "npy", "tiff"}
         Also write each image's PRMs.
     stems : sequence of str, optional
-        Output stems (default: `output_stems` of ``paths``).
+        Output stems, plain (``cat``) or relative paths (``A1/cat``: the outputs go to that
+        sub-folder of ``out``, see `output_place`) (default: `output_stems` of ``paths`` with
+        ``out``: file stems, made unique, none taken by another image's outputs in ``out``).
     device : str, optional
         torch device of the model (None: the best available where it runs).
     progress : callable, optional
@@ -662,10 +771,12 @@ def predict_many(
     from . import io
 
     paths = [Path(p) for p in paths]
-    stems = list(stems) if stems is not None else output_stems(paths)
+    stems = list(stems) if stems is not None else output_stems(paths, out=out)
     if len(stems) != len(paths) or len(set(stems)) != len(stems):
         raise ValueError(f"stems must be {len(paths)} distinct names, one per image; got {len(stems)}"
                          f" ({len(set(stems))} distinct)")
+    for stem in stems:
+        output_place(out, stem)  # refuses a stem that leads out of ``out``
     if prms_format not in (None, "npy", "tiff"):
         raise ValueError(f"prms_format must be None, 'npy' or 'tiff', got {prms_format!r}")
     if retries < 0:
@@ -698,13 +809,14 @@ def predict_many(
         if overwrite:
             todo.append(index)
             continue
-        existing = io.complete_prediction(out, result.stem, prms_format=prms_format)
-        leftovers = [p.name for p in io.prediction_paths(out, result.stem, prms_format=prms_format).values()
+        place = output_place(out, result.stem)
+        existing = io.complete_prediction(*place, prms_format=prms_format)
+        leftovers = [p.name for p in io.prediction_paths(*place, prms_format=prms_format).values()
                      if p.exists()]
         if existing is not None or leftovers:
             if existing is not None:
                 reason = _other_run(existing.info, record, settings, loaded)
-            elif prms_format is not None and io.complete_prediction(out, result.stem) is not None:
+            elif prms_format is not None and io.complete_prediction(*place) is not None:
                 reason = (f"{WITHOUT_PRMS} as {prms_format} (an earlier run wrote none, or another format); "
                           "use overwrite to write them")
             else:

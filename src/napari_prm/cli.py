@@ -22,13 +22,13 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import __version__
 from . import _validate as check
 from ._text import plural
-from .batch import NOTE, OTHER_RUN, SUMMARY_NAME, WITHOUT_PRMS, collect_images, model_label
+from .batch import NOTE, OTHER_RUN, SUMMARY_NAME, WITHOUT_PRMS, collect_images, model_label, output_stems
 from .io import IMAGE_SUFFIXES
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
@@ -169,8 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "the same paths.")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help=f"images or folders of images ({', '.join(IMAGE_SUFFIXES)}; "
-                              "8- or 16-bit); a folder's sub-folders are not searched (a note names those "
-                              "holding images: pass them too, e.g. images/*/)")
+                              "8- or 16-bit); a folder's sub-folders are searched only with --recursive "
+                              "(a note names those holding images)")
+    predict.add_argument("--recursive", "-r", action="store_true",
+                         help="search the folders' sub-folders too, at any depth (not hidden ones); "
+                              "the outputs mirror the tree under --out (plate/A1/cat.png -> "
+                              "OUT/A1/cat_labels.tif ...) and summary.csv's stem column holds that path "
+                              "(default: only the folders' own files)")
     predict.add_argument("--out", required=True, type=Path, help="output folder (created)")
     _add_model_options(predict)
     predict.add_argument("--proposals", default="auto", type=_proposals_arg, help=PROPOSAL_HELP)
@@ -672,11 +677,13 @@ def _run_predict(args) -> int:
 
     from .batch import predict_many
 
-    images, problems = collect_images(args.inputs)
+    images, problems = collect_images(args.inputs, recursive=args.recursive)
     for problem in problems:
         _say(problem)
     if not images:
         raise CommandError("no images to process")
+    stems = output_stems(images, roots=[item for item in args.inputs if Path(item).is_dir()], out=args.out)
+    _say_renamed(images, stems, args)
     cluster = args.workers is not None or args.scheduler is not None
     _device(args.device)
     # a bad model or class fails before any cluster starts; with one, the workers load their own
@@ -704,7 +711,7 @@ def _run_predict(args) -> int:
         bar.update(1)
 
     try:
-        batch = predict_many(images, args.model if cluster else loaded, args.out, client,
+        batch = predict_many(images, args.model if cluster else loaded, args.out, client, stems=stems,
                              overwrite=args.overwrite, prms_format=args.save_prms, device=args.device,
                              progress=progress, model_name=model_label(args.model), loaded_model=loaded,
                              **settings)
@@ -733,6 +740,16 @@ def _run_predict(args) -> int:
     _say(f"{len(batch.written)} image(s) written to {args.out}, {len(skipped)} skipped, {failed} failed; "
          f"summary: {batch.summary}")
     return 1 if failed else 0
+
+
+def _say_renamed(images: Sequence[Path], stems: Sequence[str], args) -> None:
+    """A note per image whose outputs cannot take its own name: another image of this run has
+    it, or the outputs of another image in --out have it."""
+    for image, stem in zip(images, stems):
+        if PurePosixPath(stem).name != image.stem:
+            wanted = PurePosixPath(stem).with_name(image.stem)
+            _say(f"{NOTE}{image}: outputs named {stem}_* in {args.out}, as {wanted}_* are another "
+                 f"image's (same file name)")
 
 
 def _start_client(args):

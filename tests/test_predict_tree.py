@@ -1,0 +1,126 @@
+"""``napari-prm predict`` on a folder tree, and on images that share a file name.
+
+A tiny random checkpoint and small crops of scikit-image photographs; every run is the real
+command (`napari_prm.cli.main`) writing real outputs.
+"""
+
+import csv
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from napari_prm import build_model, io, save_model
+from napari_prm.cli import main
+
+FAST = ["--proposals", "prm", "--peak-threshold", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(48, 48))
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def summary(out: Path) -> list[dict]:
+    with open(out / "summary.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def labels_of(out: Path, stem: str) -> np.ndarray:
+    return io.read_label_image(out / f"{stem}_labels.tif")
+
+
+def write_plate(root: Path) -> dict[str, tuple[int, int]]:
+    """A plate: two wells with a ``cat.png`` each (different crops), a deeper image, an image at
+    the top, and a hidden folder; returns each image's relative stem and its shape."""
+    photo = data.chelsea()
+    images = {"A1/cat": photo[:60, :70], "A2/cat": photo[100:150, 200:290],
+              "B1/day 2/chat été": photo[50:110, 50:100], "top": photo[200:250, :60]}
+    for stem, pixels in images.items():
+        (root / stem).parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(root / f"{stem}.png", pixels)
+    (root / ".thumbnails").mkdir()
+    iio.imwrite(root / ".thumbnails" / "cat.png", photo[:40, :40])
+    return {stem: pixels.shape[:2] for stem, pixels in images.items()}
+
+
+def test_recursive_mirrors_the_tree_and_a_rerun_skips_it_all(tmp_path, checkpoint, capsys):
+    """`predict` searched only a folder's own files; with sub-folders of images of one name
+    (A1/cat.png, A2/cat.png) the outputs could not keep them apart."""
+    plate = tmp_path / "plate"
+    shapes = write_plate(plate)
+    out = plate / "results"  # inside the tree: its outputs must not become inputs of a re-run
+    command = ["predict", str(plate), "--recursive", "--model", str(checkpoint), "--out", str(out), *FAST]
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert "4 image(s) written" in err and "0 failed" in err and ".thumbnails" not in err
+    for stem, shape in shapes.items():
+        assert labels_of(out, stem).shape == shape
+        assert (out / f"{stem}_instances.json").is_file() and (out / f"{stem}.manifest.json").is_file()
+    assert not (out / "cat_labels.tif").exists() and not (out / ".thumbnails").exists()
+    rows = summary(out)
+    assert sorted(row["stem"] for row in rows) == sorted(shapes)
+    assert {row["stem"]: Path(row["image"]).relative_to(plate).with_suffix("").as_posix() for row in rows} == {
+        stem: stem for stem in shapes}
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*_labels.tif")}
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert "0 image(s) written" in err and "4 skipped" in err and "0 failed" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*_labels.tif")} == before
+    assert len(summary(out)) == 4
+
+    # without --recursive the folder's own image runs, and the note says how to get the others
+    assert main(["predict", str(plate), "--model", str(checkpoint), "--out", str(tmp_path / "flat"), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "1 image(s) written" in err and "pass --recursive" in err
+
+
+@pytest.mark.slow  # a worker process
+def test_recursive_with_a_worker_writes_the_same_tree(tmp_path, checkpoint, capsys):
+    plate = tmp_path / "plate"
+    shapes = write_plate(plate)
+    outs = {}
+    for workers in ([], ["--workers", "1"]):
+        outs[bool(workers)] = out = tmp_path / f"out{len(workers)}"
+        assert main(["predict", str(plate), "-r", "--model", str(checkpoint), "--out", str(out), *FAST,
+                     *workers]) == 0
+    for stem in shapes:
+        np.testing.assert_array_equal(labels_of(outs[False], stem), labels_of(outs[True], stem))
+        assert ((outs[False] / f"{stem}_instances.csv").read_bytes()
+                == (outs[True] / f"{stem}_instances.csv").read_bytes())
+
+
+def test_images_of_one_name_never_take_each_others_outputs(tmp_path, checkpoint, capsys):
+    """Two ``x.png`` given as files were named ``x`` and ``x_2`` in the order given: a run on
+    b/x.png after one on a/x.png skipped it as done (a's outputs were there), and a re-run
+    in another order swapped the names."""
+    for folder, crop in (("a", np.s_[:64, :64]), ("b", np.s_[100:140, 200:290])):
+        (tmp_path / folder).mkdir()
+        iio.imwrite(tmp_path / folder / "x.png", data.chelsea()[crop])
+    a, b, out = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "out"
+    model = ["--model", str(checkpoint), "--out", str(out), *FAST]
+
+    assert main(["predict", str(a), *model]) == 0
+    capsys.readouterr()
+    assert labels_of(out, "x").shape == (64, 64)
+    a_outputs = (out / "x_labels.tif").read_bytes()
+
+    assert main(["predict", str(b), *model]) == 0
+    err = capsys.readouterr().err
+    assert "1 image(s) written" in err and "0 skipped" in err
+    assert f"note: {b}: outputs named x_2_* in {out}, as x_* are another image's (same file name)" in err
+    assert labels_of(out, "x_2").shape == (40, 90)
+    assert (out / "x_labels.tif").read_bytes() == a_outputs
+
+    # both again, b first: each finds its own outputs
+    assert main(["predict", str(b), str(a), *model]) == 0
+    err = capsys.readouterr().err
+    assert "0 image(s) written" in err and "2 skipped" in err
+    assert {Path(row["image"]).parent.name: row["stem"] for row in summary(out)} == {"a": "x", "b": "x_2"}
+    assert (out / "x_labels.tif").read_bytes() == a_outputs
