@@ -124,3 +124,36 @@ def test_images_of_one_name_never_take_each_others_outputs(tmp_path, checkpoint,
     assert "0 image(s) written" in err and "2 skipped" in err
     assert {Path(row["image"]).parent.name: row["stem"] for row in summary(out)} == {"a": "x", "b": "x_2"}
     assert (out / "x_labels.tif").read_bytes() == a_outputs
+
+
+def test_ctrl_c_counts_the_images_on_disk_also_those_finished_after_it(tmp_path, checkpoint, capsys, monkeypatch):
+    """After Ctrl-C, `predict` counted the images whose results had come back; one whose
+    outputs were written when the interrupt landed (in this process: while the summary was
+    being updated; on a cluster: in another worker) was on disk but not counted, and its
+    summary row said "pending"."""
+    from napari_prm.io import fileset
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for number in range(3):
+        iio.imwrite(folder / f"cat {number}.png", data.chelsea()[number * 20:number * 20 + 48, :64])
+    out = tmp_path / "out"
+
+    def interrupt_once_written(step: str) -> None:
+        if step == "finished":  # the first image's outputs are all in place: Ctrl-C lands now
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fileset, "_step_hook", interrupt_once_written)
+    assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(out), *FAST]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: 1 of 3 images written to {out} (summary: {out / 'summary.csv'}); "
+        "the same command goes on with the others")
+    assert io.complete_prediction(out, "cat 0") is not None and not (out / "cat 1.manifest.json").exists()
+    assert [(row["stem"], row["status"]) for row in summary(out)] == [
+        ("cat 0", "written"), ("cat 1", "pending"), ("cat 2", "pending")]
+
+    monkeypatch.setattr(fileset, "_step_hook", None)
+    assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "2 image(s) written" in err and "1 skipped" in err

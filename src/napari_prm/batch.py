@@ -52,8 +52,8 @@ from .io.atomic import atomic_write
 from .io.fileset import manifest_path
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
-           "output_stems", "output_place", "start_local_cluster", "label_stack", "label_shapes", "image_stack",
-           "SUMMARY_COLUMNS"]
+           "output_stems", "output_place", "output_states", "written_since", "record_written",
+           "start_local_cluster", "label_stack", "label_shapes", "image_stack", "SUMMARY_COLUMNS"]
 
 #: Columns of ``summary.csv``.
 SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts", "stem")
@@ -669,6 +669,52 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
         else:
             order.append(row)
     return order + sorted(i for indices in index.values() for i in indices)
+
+
+def output_states(out: str | os.PathLike, stems: Sequence[str]) -> dict[str, tuple[int, int, int] | None]:
+    """Each stem's manifest in ``out`` as ``(inode, modification time in ns, size)``, None when
+    it has none: taken before a run, so that `written_since` can tell what the run wrote."""
+    states = {}
+    for stem in stems:
+        try:
+            found = manifest_path(*output_place(out, stem)).stat()
+            states[stem] = (found.st_ino, found.st_mtime_ns, found.st_size)
+        except OSError:
+            states[stem] = None
+    return states
+
+
+def written_since(out: str | os.PathLike, states: Mapping[str, tuple[int, int, int] | None], *,
+                  prms_format: str | None = None) -> list[str]:
+    """The stems of ``states`` (`output_states`) whose outputs are complete in ``out`` and were
+    written since: what an interrupted run put on disk, the images that workers finished
+    after the interrupt included (a switch committed but not finished is finished here)."""
+    from . import io
+
+    now = output_states(out, list(states))
+    return [stem for stem, state in states.items()
+            if now[stem] is not None and now[stem] != state
+            and io.complete_prediction(*output_place(out, stem), prms_format=prms_format) is not None]
+
+
+def record_written(out: str | os.PathLike, stems: Sequence[str]) -> None:
+    """Mark the ``"pending"`` rows of ``stems`` in ``<out>/summary.csv`` as ``"written"``: images
+    that `written_since` found on disk after an interrupt stopped the run's bookkeeping."""
+    path, stems = Path(out) / SUMMARY_NAME, set(stems)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return
+    changed = [row for row in rows if row.get("stem") in stems and row.get("status") == "pending"]
+    if not changed:
+        return
+    for row in changed:
+        row["status"] = "written"
+    with atomic_write(path) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", restval="")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _has_manifest(out: Path, stem: str) -> bool:

@@ -28,7 +28,18 @@ from typing import Any
 from . import __version__
 from . import _validate as check
 from ._text import plural
-from .batch import NOTE, OTHER_RUN, SUMMARY_NAME, WITHOUT_PRMS, collect_images, model_label, output_stems
+from .batch import (
+    NOTE,
+    OTHER_RUN,
+    SUMMARY_NAME,
+    WITHOUT_PRMS,
+    collect_images,
+    model_label,
+    output_states,
+    output_stems,
+    record_written,
+    written_since,
+)
 from .io import IMAGE_SUFFIXES
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
@@ -695,11 +706,9 @@ def _run_predict(args) -> int:
     client = _start_client(args)
     args.out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(images), desc="predict", unit="image", disable=None)
-    written = []
+    before = output_states(args.out, stems)
 
     def progress(result, done, total) -> None:
-        if result.status == "written":
-            written.append(result.image)
         if result.status == "failed":
             if args.debug and result.details:
                 _say(result.details.rstrip())
@@ -716,14 +725,19 @@ def _run_predict(args) -> int:
                              progress=progress, model_name=model_label(args.model), loaded_model=loaded,
                              **settings)
     except KeyboardInterrupt:
-        bar.close()
-        _say(f"interrupted: {len(written)} of {plural(len(images), 'image')} written to {args.out} (summary: "
-             f"{args.out / SUMMARY_NAME}); the same command goes on with the others")
-        return 130
+        batch = None
     finally:
         bar.close()
         if client is not None:
             _close_client(client, local=args.workers is not None)
+    if batch is None:  # Ctrl-C: counted on disk, where the workers' last images are too
+        written = written_since(args.out, before, prms_format=args.save_prms)
+        record_written(args.out, written)
+        still = ("; images the cluster's workers were running may still be written" if args.scheduler is not None
+                 else "")
+        _say(f"interrupted: {len(written)} of {plural(len(images), 'image')} written to {args.out} (summary: "
+             f"{args.out / SUMMARY_NAME}){still}; the same command goes on with the others")
+        return 130
     skipped = batch.skipped
     if skipped:
         names = ", ".join(Path(r.image).name for r in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
