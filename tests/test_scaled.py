@@ -108,3 +108,41 @@ def test_the_predictor_holds_prms_at_the_network_grid(tiny_checkpoint, small_cat
         for other in instance.merged_peaks:
             expected += eager[other]
         np.testing.assert_array_equal(instance.prm, expected)
+
+
+def test_an_instances_prm_is_built_when_read_and_holds_no_image_sized_map(maps, threads):
+    """`Instance.prm` was an image-sized float32 array per instance (48 MB at 3000×4000) while
+    `Prediction.prms` held the maps at the network's grid."""
+    import pickle
+
+    from napari_prm.prm_maps import InstancePRM
+
+    prms = ScaledPRMs(maps, SHAPE)
+    eager = resize_prms(maps, SHAPE)
+    prm = InstancePRM(prms, [4, 0, 2])
+    expected = eager[4] + eager[0] + eager[2]
+    assert prm.shape == SHAPE and prm.dtype == np.float32 and prm.ndim == 2 and prm.nbytes == 0
+    assert np.array_equal(np.asarray(prm), expected) and np.asarray(prm).dtype == np.float32
+    assert np.array_equal(prm[10:20, ::7], expected[10:20, ::7]) and prm[5, 6] == expected[5, 6]
+    assert prm.sum() == expected.sum() and prm.argmax() == expected.argmax()
+    np.testing.assert_array_equal(prm * 2, expected * 2)
+    same = prm
+    same += 1  # a new array; the lazy map stays as it was
+    assert isinstance(same, np.ndarray) and np.array_equal(same, expected + 1)
+    assert np.array_equal(np.asarray(prm), expected)
+    # what it holds of its own is the peaks: pickled with the maps, not with an image-sized map
+    assert len(pickle.dumps((prms, prm))) < len(pickle.dumps(prms)) + 1000
+    with pytest.raises(ValueError, match="at least one peak"):
+        InstancePRM(prms, [])
+
+
+def test_the_predictors_instances_share_its_maps(tiny_checkpoint, small_cat):
+    from napari_prm.prm_maps import InstancePRM
+
+    predictor = PRMPredictor(load_model(tiny_checkpoint), proposals="default")
+    predictor.set_image(small_cat)
+    prediction = predictor.predict(class_threshold=-1e4, peak_threshold=-1e4, max_peaks=6)
+    assert prediction.instances
+    for instance in prediction.instances:
+        assert isinstance(instance.prm, InstancePRM) and instance.prm.prms is prediction.prms
+        assert instance.prm.peaks == (instance.peak, *instance.merged_peaks)

@@ -29,7 +29,7 @@ from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
 from .model.transforms import to_network_input
 from .peaks import MAX_PEAKS, PeakSelection, class_scores, peak_candidates, select_peaks
-from .prm_maps import ScaledPRMs, resize_prms  # noqa: F401 (napari_prm.predictor.resize_prms, as before)
+from .prm_maps import InstancePRM, ScaledPRMs, resize_prms  # noqa: F401 (napari_prm.predictor.resize_prms, as before)
 from .retrieval import Instance
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -892,11 +892,8 @@ class PRMPredictor:
                                       settings.sub_pixel_locating_factor)
             instances = retrieve_instances(prms_net.numpy(), prediction.peak_classes, self._crms, grid_masks,
                                            peaks_yx=peaks_grid, **options)
-            for instance in instances:  # its PRM at the image's size, merged peaks' added
-                planes = prediction.prms.iter_planes([instance.peak, *instance.merged_peaks])
-                instance.prm = next(planes).copy()
-                for plane in planes:
-                    instance.prm += plane
+            for instance in instances:  # its PRM at the image's size, built when read
+                instance.prm = InstancePRM(prediction.prms, [instance.peak, *instance.merged_peaks])
                 if settings.output_grid == "image":
                     instance.mask = masks[instance.proposal].copy()
                 else:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .scaled import ScaledStack
+from .scaled import LazyArray, ScaledStack, split_index
 
-__all__ = ["ScaledPRMs", "resize_prms"]
+__all__ = ["InstancePRM", "ScaledPRMs", "resize_prms"]
 
 
 def resize_prms(prms: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -93,3 +93,62 @@ class ScaledPRMs(ScaledStack):
 
     def _resized(self, planes: np.ndarray) -> np.ndarray:
         return resize_prms(planes, self.shape[1:])
+
+
+class InstancePRM(LazyArray):
+    """An instance's (H, W) peak response map, built from a `ScaledPRMs` when it is read: the
+    map of its peak plus those of the peaks merged into it.
+
+    It reads as that float32 ndarray (see :class:`napari_prm.scaled.LazyArray`), equal bit for
+    bit to summing ``prms.iter_planes(peaks)`` in order; it holds only the stack it shares with
+    `Prediction.prms` and the peaks' indices (an image-sized map of a 12-megapixel image is
+    48 MB). ``prm[index]`` builds the map and indexes it. It is read-only.
+
+    Parameters
+    ----------
+    prms : ScaledPRMs
+        The prediction's maps.
+    peaks : sequence of int
+        Maps of ``prms`` to add, the instance's own first.
+
+    Attributes
+    ----------
+    prms : ScaledPRMs
+    peaks : tuple of int
+    shape : (int, int)
+        ``(H, W)``.
+    """
+
+    def __init__(self, prms: ScaledPRMs, peaks):
+        self.prms, self.peaks = prms, tuple(int(k) for k in peaks)
+        if not self.peaks:
+            raise ValueError("InstancePRM: expected at least one peak")
+        self.shape = tuple(prms.shape[1:])
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes it holds of its own (the maps are `Prediction.prms`'s)."""
+        return 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        return self.to_array()[split_index(index, 2)]
+
+    def to_array(self) -> np.ndarray:
+        planes = self.prms.iter_planes(self.peaks)
+        total = next(planes).copy()
+        for plane in planes:
+            total += plane
+        return total
+
+    def __repr__(self) -> str:
+        return f"InstancePRM(peaks {list(self.peaks)}, {self.shape[0]}×{self.shape[1]})"

@@ -33,8 +33,10 @@ class Instance:
         :func:`instance_confidence` rescored it (the default preset's).
     mask : (H, W) bool ndarray
         Instance mask in image pixels.
-    prm : (H, W) float32 ndarray
-        Peak response map (summed over merged duplicates when NMS merges them).
+    prm : (H, W) float32 ndarray or InstancePRM
+        Peak response map (summed over merged duplicates when NMS merges them). `predict`
+        gives an :class:`napari_prm.prm_maps.InstancePRM`, which reads as that ndarray and is
+        built from `Prediction.prms` when read (``np.asarray(instance.prm)``).
     peak : int
         Index of the peak (row of ``Prediction.peaks``) the instance came from.
     proposal : int

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-__all__ = ["ScaledStack", "split_index"]
+__all__ = ["LazyArray", "ScaledStack", "split_index"]
 
 
 def split_index(index, ndim: int) -> tuple:
@@ -43,7 +43,38 @@ def _is_integer(item) -> bool:
     return isinstance(item, (int, np.integer)) and not isinstance(item, bool)
 
 
-class ScaledStack(NDArrayOperatorsMixin):
+class LazyArray(NDArrayOperatorsMixin):
+    """An array that is built when it is read: subclasses define `to_array`.
+
+    ``np.asarray(lazy)``, the operators, ufuncs and the ndarray's other methods and properties
+    (``lazy.sum()``, ``lazy.max(axis=0)``, ``lazy.T``) work on the array built for the call. An
+    in-place operator (``lazy += 1``) gives a new ndarray, bound to the name, and leaves the lazy
+    array as it was: it is read-only.
+    """
+
+    def to_array(self) -> np.ndarray:
+        """The whole array."""
+        raise NotImplementedError
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.to_array()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = tuple(item.to_array() if isinstance(item, LazyArray) else item for item in inputs)
+        if "out" in kwargs:
+            kwargs["out"] = tuple(item.to_array() if isinstance(item, LazyArray) else item
+                                  for item in kwargs["out"])
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __getattr__(self, name: str):
+        # the ndarray's other methods and properties (sum, max, reshape, astype, T, ...)
+        if not name.startswith("_") and hasattr(np.ndarray, name):
+            return getattr(self.to_array(), name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+class ScaledStack(LazyArray):
     """An (N, H, W) stack held as (N, h, w) planes at a working size; a plane is resized when read.
 
     It reads as the (N, H, W) ndarray it stands for: ``stack[i]`` is plane ``i`` at ``(H, W)``;
@@ -51,7 +82,7 @@ class ScaledStack(NDArrayOperatorsMixin):
     (nothing is resized); a tuple index resizes the planes it selects and returns an ndarray;
     ``np.asarray(stack)``, the operators, ufuncs and the other ndarray methods
     (``stack.sum(axis=(1, 2))``) work on the whole stack, built for the call (N times H × W
-    values). Subclasses define `_resized`.
+    values; see `LazyArray`). Subclasses define `_resized`.
 
     Parameters
     ----------
@@ -135,23 +166,6 @@ class ScaledStack(NDArrayOperatorsMixin):
     def to_array(self) -> np.ndarray:
         """The whole (N, H, W) stack."""
         return self._resized(self.planes)
-
-    def __array__(self, dtype=None, copy=None):
-        array = self.to_array()
-        return array if dtype is None else array.astype(dtype, copy=False)
-
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        inputs = tuple(item.to_array() if isinstance(item, ScaledStack) else item for item in inputs)
-        if "out" in kwargs:
-            kwargs["out"] = tuple(item.to_array() if isinstance(item, ScaledStack) else item
-                                  for item in kwargs["out"])
-        return getattr(ufunc, method)(*inputs, **kwargs)
-
-    def __getattr__(self, name: str):
-        # the ndarray's other methods and properties (sum, max, reshape, astype, T, ...)
-        if not name.startswith("_") and hasattr(np.ndarray, name):
-            return getattr(self.to_array(), name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({len(self)} planes of {self.planes.shape[1]}×{self.planes.shape[2]} "
