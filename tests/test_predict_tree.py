@@ -157,3 +157,24 @@ def test_ctrl_c_counts_the_images_on_disk_also_those_finished_after_it(tmp_path,
     assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
     err = capsys.readouterr().err
     assert "2 image(s) written" in err and "1 skipped" in err
+
+
+def test_a_log_gets_plain_progress_lines_not_a_redrawn_bar(tmp_path, checkpoint, capsys, monkeypatch):
+    """With stderr in a log file the progress bar is off, and a long run said nothing until its
+    end (or redrew a bar with carriage returns, where tqdm took the log for a terminal)."""
+    from napari_prm import cli
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for number in range(3):
+        iio.imwrite(folder / f"cat {number}.png", data.chelsea()[number * 20:number * 20 + 48, :64])
+    (folder / "broken.png").write_bytes(b"not a PNG")
+    monkeypatch.setattr(cli, "LOG_PROGRESS_EVERY", 0.0)  # a line after every image
+    assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(tmp_path / "out"), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("predict: ")]
+    assert lines == ["predict: 1 of 4 images done (0 written, 0 skipped, 1 failed)",
+                     "predict: 2 of 4 images done (1 written, 0 skipped, 1 failed)",
+                     "predict: 3 of 4 images done (2 written, 0 skipped, 1 failed)"]
+    assert err.strip().splitlines()[-1].startswith("3 image(s) written to")

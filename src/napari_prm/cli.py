@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
@@ -64,6 +65,11 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         if isinstance(action.default, bool):
             return f"{text} (default: {'on' if action.default else 'off'})"
         return f"{text} (default: %(default)s)"
+
+
+#: Seconds between the plain progress lines of ``predict`` when stderr is no terminal (a log
+#: file, a pipe), where the progress bar is off.
+LOG_PROGRESS_EVERY = 60.0
 
 
 class CommandError(Exception):
@@ -707,8 +713,10 @@ def _run_predict(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(images), desc="predict", unit="image", disable=None)
     before = output_states(args.out, stems)
+    counts, logged = dict.fromkeys(("written", "skipped", "failed"), 0), [time.monotonic()]
 
     def progress(result, done, total) -> None:
+        counts[result.status] = counts.get(result.status, 0) + 1
         if result.status == "failed":
             if args.debug and result.details:
                 _say(result.details.rstrip())
@@ -718,6 +726,10 @@ def _run_predict(args) -> int:
         for note in result.notes:
             _say(f"{result.image}: {note}")
         bar.update(1)
+        if bar.disable and done < total and time.monotonic() - logged[0] >= LOG_PROGRESS_EVERY:
+            logged[0] = time.monotonic()  # a log gets a line now and then, not a bar redrawn with \r
+            _say(f"predict: {done} of {plural(total, 'image')} done ({counts['written']} written, "
+                 f"{counts['skipped']} skipped, {counts['failed']} failed)")
 
     try:
         batch = predict_many(images, args.model if cluster else loaded, args.out, client, stems=stems,
