@@ -5,6 +5,7 @@ command (`napari_prm.cli.main`) writing real outputs.
 """
 
 import csv
+import json
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -63,6 +64,9 @@ def test_recursive_mirrors_the_tree_and_a_rerun_skips_it_all(tmp_path, checkpoin
         assert labels_of(out, stem).shape == shape
         assert (out / f"{stem}_instances.json").is_file() and (out / f"{stem}.manifest.json").is_file()
     assert not (out / "cat_labels.tif").exists() and not (out / ".thumbnails").exists()
+    # the COCO file_name is the image's path in the tree, so that A1's and A2's cat.png stay apart
+    assert json.loads((out / "A1" / "cat_instances.json").read_text())["images"][0]["file_name"] == "A1/cat.png"
+    assert json.loads((out / "top_instances.json").read_text())["images"][0]["file_name"] == "top.png"
     rows = summary(out)
     assert sorted(row["stem"] for row in rows) == sorted(shapes)
     assert {row["stem"]: Path(row["image"]).relative_to(plate).with_suffix("").as_posix() for row in rows} == {

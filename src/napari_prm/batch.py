@@ -482,7 +482,8 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     with _PREDICT_LOCK:
         prediction = predict(pixels, model, **settings)
     io.write_prediction(prediction, folder, name, prms_format=prms_format, overwrite=overwrite,
-                        image_file_name=image.name, pixel_size=io.tiff_pixel_size(image),
+                        image_file_name=(PurePosixPath(stem).parent / image.name).as_posix(),
+                        pixel_size=io.tiff_pixel_size(image),
                         info=_image_record(image, out) | {"settings": _describe(settings)}
                         | ({"model": dict(model_record)} if model_record else {}))
     return ImageResult(str(image), stem, "written", int(len(prediction.peaks)), int(len(prediction.instances)),
