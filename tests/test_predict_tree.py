@@ -182,3 +182,20 @@ def test_a_log_gets_plain_progress_lines_not_a_redrawn_bar(tmp_path, checkpoint,
                      "predict: 2 of 4 images done (1 written, 0 skipped, 1 failed)",
                      "predict: 3 of 4 images done (2 written, 0 skipped, 1 failed)"]
     assert err.strip().splitlines()[-1].startswith("3 image(s) written to")
+
+
+def test_stems_mirror_the_innermost_folder_given():
+    """``images/ images/A1/`` (how the sub-folder note told users to pass sub-folders) keeps its
+    flat names; only an image below a folder given is named by its path there."""
+    from napari_prm.batch import output_place, output_stems
+
+    here = Path("/data")
+    images = [here / "plate" / "top.png", here / "plate" / "A1" / "cat.png", here / "plate" / "A2" / "cat.png",
+              here / "elsewhere" / "cat.png"]
+    assert output_stems(images, roots=[here / "plate"]) == ["top", "A1/cat", "A2/cat", "cat"]
+    assert output_stems(images, roots=[here / "plate", here / "plate" / "A1"]) == ["top", "cat", "A2/cat", "cat_2"]
+    assert output_stems(images) == ["top", "cat", "cat_2", "cat_3"]
+    assert output_place(Path("/out"), "A2/cat") == (Path("/out/A2"), "cat")
+    for bad in ("../cat", "A1/../../cat", "/cat", ""):
+        with pytest.raises(ValueError, match="output stem"):
+            output_place(Path("/out"), bad)

@@ -250,10 +250,11 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
     ----------
     images : sequence of path-like
     roots : sequence of path-like
-        Folders given as inputs: an image inside one is named by its path there, in POSIX
-        form (``plate/A1/cat.png`` with root ``plate`` -> ``A1/cat``), so that its outputs
-        mirror the folder tree under the output folder (`output_place`). Other images are
-        named by their file stem.
+        Folders given as inputs: an image inside one is named by its path in the innermost
+        of them, in POSIX form (``plate/A1/cat.png`` with root ``plate`` -> ``A1/cat``, with
+        roots ``plate`` and ``plate/A1`` -> ``cat``), so that its outputs mirror the folder
+        tree under the output folder (`output_place`). Other images are named by their file
+        stem.
     out : path-like, optional
         The output folder: a stem whose outputs there record another image (their
         manifest's ``image_path``) is taken, so this image gets the next free stem. A re-run
@@ -270,11 +271,11 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
     stems, seen = [], set()
     for image in images:
         image = Path(image)
+        holding = [root for root in resolved_roots if image.resolve().is_relative_to(root)]
         wanted = PurePosixPath(image.stem)
-        for root in resolved_roots:
-            if image.resolve().is_relative_to(root):
-                wanted = PurePosixPath(image.resolve().relative_to(root).as_posix()).with_suffix("")
-                break
+        if holding:  # the innermost: images/ images/A1/ name A1's images as before, flat
+            root = max(holding, key=lambda folder: len(folder.parts))
+            wanted = PurePosixPath(image.resolve().relative_to(root).as_posix()).with_suffix("")
         stem, number = str(wanted), 1
         while stem in seen or (out is not None and _outputs_of_another(out, stem, image)):
             number += 1
