@@ -199,3 +199,48 @@ def test_stems_mirror_the_innermost_folder_given():
     for bad in ("../cat", "A1/../../cat", "/cat", ""):
         with pytest.raises(ValueError, match="output stem"):
             output_place(Path("/out"), bad)
+
+
+def test_an_image_that_killed_the_run_runs_last_in_the_next(tmp_path, checkpoint, capsys):
+    """An image too large for memory gets the process killed by the kernel; the resumed run
+    started again with that image and was killed at the same place, every time, so the
+    images after it were never done."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from napari_prm.batch import KILLED_ON, RUNNING_NAME
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for number in range(3):
+        iio.imwrite(folder / f"cat {number}.png", data.chelsea()[number * 20:number * 20 + 48, :64])
+    out = tmp_path / "out"
+    command = ["predict", str(folder), "--model", str(checkpoint), "--out", str(out), *FAST]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "napari_prm", *command], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / RUNNING_NAME).is_file() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)  # as the kernel ends a process out of memory
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    killed = Path(json.loads((out / RUNNING_NAME).read_text())["image"])
+    assert killed.parent == folder
+
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert f"{killed}: {KILLED_ON}" in err
+    assert "0 failed" in err and not (out / RUNNING_NAME).exists()
+    rows = {Path(row["image"]): row for row in summary(out)}
+    assert all(row["status"] in ("written", "skipped") for row in rows.values()) and len(rows) == 3
+    ran = [image for image, row in rows.items() if row["status"] == "written"]
+    assert killed in ran
+    written_at = {image: (out / f"{image.stem}.manifest.json").stat().st_mtime_ns for image in ran}
+    assert max(written_at, key=written_at.get) == killed  # after the others

@@ -35,6 +35,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from .io import IMAGE_SUFFIXES
-from .io.atomic import atomic_write
+from .io.atomic import atomic_write, owner_is_gone, owner_tag
 from .io.fileset import manifest_path
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
@@ -68,6 +69,12 @@ WITHOUT_PRMS = "outputs are complete but hold no PRMs"
 #: Start of the reason of an image skipped because its outputs come from another model or other settings.
 OTHER_RUN = "outputs were made with"
 ProgressCallback = Callable[["ImageResult", int, int], None]
+#: While a run in this process predicts an image, ``<out>/<RUNNING_NAME>`` names the image and
+#: the process; a run killed there (by the kernel, out of memory) leaves it behind.
+RUNNING_NAME = ".napari-prm-running.json"
+#: The note of an image that a killed run was predicting.
+KILLED_ON = ("the previous run in this folder was killed while predicting this image (out of memory?), "
+             "so it ran after the others")
 
 
 @dataclass
@@ -837,9 +844,13 @@ def predict_many(
     batch = BatchResult(results, out, summary.path, prms_format)
     todo, done_count = [], 0
 
+    killed = _killed_on(out)
+
     def report(result: ImageResult) -> None:
         nonlocal done_count
         done_count += 1
+        if killed is not None and os.path.abspath(result.image) == killed:
+            result.notes.append(KILLED_ON)
         summary.update()
         if progress is not None:
             progress(result, done_count, len(results))
@@ -874,6 +885,10 @@ def predict_many(
             report(results[index])
         else:
             todo.append(index)
+    # an image that killed the last run (the kernel ends a process out of memory) runs last,
+    # so that it cannot stop a resumed run at the same place again and again
+    last = [index for index in todo if os.path.abspath(results[index].image) == killed]
+    todo = [index for index in todo if index not in last] + last
     summary.update(force=True)
     cancel = cancel or (lambda: False)
     try:
@@ -891,7 +906,29 @@ def predict_many(
             if result.status == "pending" and cancel():
                 result.status = "cancelled"
         summary.update(force=True)
+        if client is None:
+            (out / RUNNING_NAME).unlink(missing_ok=True)  # not killed: nothing to run last next time
     return batch
+
+
+def _mark_running(out: Path, image: str) -> None:
+    """Write ``<out>/<RUNNING_NAME>``: this process is predicting ``image``."""
+    with atomic_write(out / RUNNING_NAME) as temp:
+        temp.write_text(json.dumps({"image": os.path.abspath(image), "owner": owner_tag()}), encoding="utf-8")
+
+
+def _killed_on(out: Path) -> str | None:
+    """The image (absolute path) a killed run in ``out`` was predicting; None when no run was
+    killed there, or its process is still alive (then it is not ours to judge)."""
+    path = out / RUNNING_NAME
+    try:
+        modified = path.stat().st_mtime
+        content = json.loads(path.read_text(encoding="utf-8"))
+        image, owner = str(content["image"]), content.get("owner")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    owner = owner if isinstance(owner, str) and re.fullmatch(r".+-\d+-\d+", owner) else None
+    return image if owner_is_gone(owner, modified) else None
 
 
 def _finish(results, index, result: ImageResult, attempts: int, report) -> None:
@@ -908,6 +945,7 @@ def _run_here(results, todo, model, out, *, settings, overwrite, prms_format, ga
         if cancel():
             return
         image, stem = results[index].image, results[index].stem
+        _mark_running(out, image)
         attempts, result = 0, None
         while result is None or (result.status == "failed" and attempts <= retries):
             attempts += 1
