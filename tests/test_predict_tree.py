@@ -244,3 +244,24 @@ def test_an_image_that_killed_the_run_runs_last_in_the_next(tmp_path, checkpoint
     assert killed in ran
     written_at = {image: (out / f"{image.stem}.manifest.json").stat().st_mtime_ns for image in ran}
     assert max(written_at, key=written_at.get) == killed  # after the others
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, capsys):
+    """A read-only --out failed after the model had loaded, with the raw error of a temporary
+    file (`[Errno 30] Read-only file system: '.../.summary.csv.~host-1-2~x.tmp.csv'`)."""
+    import os
+
+    if os.name == "posix" and os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        out = locked / "out"
+    elif Path("/sys/kernel").is_dir():  # root writes into read-only folders, not into sysfs
+        out = Path("/sys/napari-prm-test-out")
+    else:
+        pytest.skip("no folder this user cannot write into")
+    iio.imwrite(tmp_path / "cat.png", data.chelsea()[:48, :64])
+    assert main(["predict", str(tmp_path / "cat.png"), "--out", str(out),
+                 "--model", str(tmp_path / "no such model.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"napari-prm predict: error: cannot write into folder {out}: ")

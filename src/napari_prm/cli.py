@@ -41,7 +41,7 @@ from .batch import (
     record_written,
     written_since,
 )
-from .io import IMAGE_SUFFIXES
+from .io import IMAGE_SUFFIXES, writable_folder
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
                  "refinement head, else 'default'), 'default', 'prm' (from the PRMs), 'default+prm', "
@@ -188,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"images or folders of images ({', '.join(IMAGE_SUFFIXES)}; "
                               "8- or 16-bit); a folder's sub-folders are searched only with --recursive "
                               "(a note names those holding images)")
-    predict.add_argument("--recursive", "-r", action="store_true",
+    predict.add_argument("-r", "--recursive", action="store_true",
                          help="search the folders' sub-folders too, at any depth (not hidden ones); "
-                              "the outputs mirror the tree under --out (plate/A1/cat.png -> "
+                              "the outputs mirror the tree in the output folder (plate/A1/cat.png -> "
                               "OUT/A1/cat_labels.tif ...) and summary.csv's stem column holds that path "
                               "(default: only the folders' own files)")
     predict.add_argument("--out", required=True, type=Path, help="output folder (created)")
@@ -699,6 +699,7 @@ def _run_predict(args) -> int:
         _say(problem)
     if not images:
         raise CommandError("no images to process")
+    writable_folder(args.out, create=False)  # a read-only --out fails here, before the model loads
     stems = output_stems(images, roots=[item for item in args.inputs if Path(item).is_dir()], out=args.out)
     _say_renamed(images, stems, args)
     cluster = args.workers is not None or args.scheduler is not None

@@ -9,7 +9,8 @@ killed, and ``<stem>.manifest.json`` lists them.
 
 module                        holds
 ============================  ==========================================================
-``napari_prm.io.atomic``      `atomic_write`, `atomic_writes`, `remove_stale_temporaries`
+``napari_prm.io.atomic``      `atomic_write`, `atomic_writes`, `remove_stale_temporaries`,
+                              `writable_folder`
 ``napari_prm.io.fileset``     `write_file_set`, `read_file_set`, `recover_file_sets`:
                               one image's files, replaced in one step (a manifest)
 ``napari_prm.io.images``      ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
@@ -24,7 +25,8 @@ module                        holds
                               `write_prms`, `complete_prediction`, `settle_outputs`
 ============================  ==========================================================
 =======
-- ``napari_prm.io.atomic``: `atomic_write`, `atomic_writes`, `remove_stale_temporaries`;
+- ``napari_prm.io.atomic``: `atomic_write`, `atomic_writes`, `remove_stale_temporaries`,
+  `writable_folder`;
 - ``napari_prm.io.fileset``: `write_file_set`, `read_file_set`, `recover_file_sets`: one
   image's files, replaced in one step (a manifest);
 - ``napari_prm.io.images``: ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
@@ -46,7 +48,7 @@ class name ``"unknown"``, no score and peak -1.
 This package imports neither napari/Qt nor torch.
 """
 
-from .atomic import atomic_write, atomic_writes, remove_stale_temporaries
+from .atomic import atomic_write, atomic_writes, remove_stale_temporaries, writable_folder
 from .coco import UNKNOWN_CATEGORY_ID, coco_to_labels, labels_to_coco, write_coco_json
 from .fileset import MANIFEST_SUFFIX, FileSet, listed_files, read_file_set, recover_file_sets, write_file_set
 from .images import IMAGE_SUFFIXES, as_rgb_float, read_array, read_image, unreadable_images
@@ -63,7 +65,7 @@ from .prediction import (
 from .tables import INSTANCE_CSV_COLUMNS, UNKNOWN_CLASS, read_instances_csv, write_instances_csv, write_peaks_csv
 
 __all__ = [
-    "atomic_write", "atomic_writes", "remove_stale_temporaries", "write_file_set", "read_file_set",
+    "atomic_write", "atomic_writes", "remove_stale_temporaries", "writable_folder", "write_file_set", "read_file_set",
     "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
     "read_array", "read_image", "as_rgb_float", "unreadable_images",
     "write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",

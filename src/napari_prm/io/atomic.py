@@ -22,7 +22,7 @@ from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_writes", "remove_stale_temporaries"]
+__all__ = ["atomic_write", "atomic_writes", "remove_stale_temporaries", "writable_folder"]
 
 #: A temporary whose writer cannot be checked (another host, or no owner tag) is taken
 #: for a leftover once it is this old: no napari-prm write takes an hour.
@@ -58,6 +58,44 @@ def owner_tag() -> str:
     Computed per call of the process id, so a forked child gets its own.
     """
     return _owner_for(os.getpid())
+
+
+def writable_folder(path: str | os.PathLike, *, create: bool = True) -> Path:
+    """Check that files can be written into the folder ``path``: by writing and removing a small
+    temporary file in it, or, when it does not exist and ``create`` is False, a temporary folder
+    in the nearest folder above it that exists (then ``path`` is not created).
+
+    Parameters
+    ----------
+    path : path-like
+    create : bool
+        Create ``path`` (and the folders above it) when it does not exist.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    OSError
+        ``"cannot write into folder <path>: <reason>"`` (read-only file system, no permission,
+        a file in the way), before any work that would have to be thrown away.
+    """
+    path = Path(path)
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            with tempfile.NamedTemporaryFile(dir=path, prefix=f".{owner_tag()}.", suffix=".tmp") as probe:
+                probe.write(b"napari-prm")
+                probe.flush()
+        else:
+            above = next((folder for folder in path.parents if folder.exists()), Path("."))
+            os.rmdir(tempfile.mkdtemp(dir=above, prefix=f".{owner_tag()}.", suffix=".tmp"))
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise type(error)(f"cannot write into folder {path}: {reason}") from error
+    return path
 
 
 def owner_is_gone(tag: str | None, modified: float, *, now: float | None = None) -> bool:
