@@ -265,3 +265,30 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_the_model_loads(
                  "--model", str(tmp_path / "no such model.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"napari-prm predict: error: cannot write into folder {out}: ")
+
+
+def test_recursive_takes_each_images_proposals_from_the_same_place_in_the_tree(tmp_path, checkpoint, capsys):
+    """With --recursive, a proposal folder was searched by file stem only: A1/cat.png and
+    A2/cat.png would both have taken proposals/cat.*."""
+    plate, proposals = tmp_path / "plate", tmp_path / "proposals"
+    masks = {}
+    for well, rows in (("A1", slice(0, 30)), ("A2", slice(18, 48))):
+        (plate / well).mkdir(parents=True)
+        (proposals / well).mkdir(parents=True)
+        iio.imwrite(plate / well / "cat.png", data.chelsea()[:48, :64])
+        mask = np.zeros((1, 48, 64), bool)
+        mask[0, rows, 4:60] = True
+        np.save(proposals / well / "cat.npy", mask)
+        masks[well] = mask[0]
+    out = tmp_path / "out"
+    assert main(["predict", str(plate), "-r", "--model", str(checkpoint), "--out", str(out),
+                 "--proposals", str(proposals), "--peak-threshold", "0", "--device", "cpu"]) == 0
+    for well, mask in masks.items():
+        labels = labels_of(out, f"{well}/cat")
+        assert labels.max() > 0, f"{well}: no instance"
+        np.testing.assert_array_equal(labels > 0, mask)
+    (proposals / "A2" / "cat.npy").unlink()
+    assert main(["predict", str(plate), "-r", "--model", str(checkpoint), "--out", str(tmp_path / "again"),
+                 "--proposals", str(proposals), "--peak-threshold", "0", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"no proposal file named cat.* in {proposals / 'A2'} or {proposals}" in err

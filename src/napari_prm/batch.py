@@ -334,14 +334,24 @@ def _outputs_of_another(out, stem: str, image: Path) -> bool:
     return not any(info.get(key) and info[key] == value for key, value in _image_record(image, out).items())
 
 
-def proposals_for_image(proposals, image: Path):
-    """``proposals`` for one image: a folder of proposal files gives the one named like it."""
+def proposals_for_image(proposals, image: Path, stem: str | None = None):
+    """``proposals`` for one image: a folder of proposal files gives the one named like it.
+
+    With an output ``stem`` that is a path in a tree (``A1/cat``, `output_stems`), the file is
+    looked for where the tree puts it (``<folder>/A1/cat.*``) first, then by the image's name
+    at the top of the folder.
+    """
     if isinstance(proposals, (str, os.PathLike)) and Path(proposals).is_dir():
-        matches = sorted(p for p in Path(proposals).iterdir()
-                         if p.stem == image.stem and p.resolve() != image.resolve())
-        if not matches:
-            raise ValueError(f"no proposal file named {image.stem}.* in {proposals}")
-        return str(matches[0])
+        image = Path(image)
+        parent = PurePosixPath(stem).parent if stem else PurePosixPath(".")
+        places = ([Path(proposals, *parent.parts)] if parent.parts else []) + [Path(proposals)]
+        for place in places:
+            matches = sorted(p for p in (place.iterdir() if place.is_dir() else ())
+                             if p.is_file() and p.stem == image.stem and p.resolve() != image.resolve())
+            if matches:
+                return str(matches[0])
+        where = " or ".join(str(place) for place in places)
+        raise ValueError(f"no proposal file named {image.stem}.* in {where}")
     return proposals
 
 
@@ -485,7 +495,7 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
             return _skipped(str(image), stem, existing)
     settings = dict(settings or {})
     if "proposals" in settings:
-        settings["proposals"] = proposals_for_image(settings["proposals"], image)
+        settings["proposals"] = proposals_for_image(settings["proposals"], image, stem)
     pixels = io.read_image(image)
     with _PREDICT_LOCK:
         prediction = predict(pixels, model, **settings)

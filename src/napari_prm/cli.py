@@ -48,7 +48,8 @@ PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' wh
                  "'refined' (one instance per peak from the model's refinement head, see 'refine'), "
                  "'none' (peaks and PRMs only, no instances), a proposal file, "
                  "or a folder holding one proposal file per image with the image's stem "
-                 "(e.g. sample0.json for sample0.jpg)")
+                 "(e.g. sample0.json for sample0.jpg; with --recursive, where the tree puts it, "
+                 "A1/cat.json for A1/cat.png, else at the folder's top)")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
