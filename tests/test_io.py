@@ -684,3 +684,23 @@ def test_label_png_and_tiff_record_world_units_and_class_names(tmp_path, suffix)
     # napari's default unit is not recorded; nothing recorded reads as nothing
     bare = io.write_label_image(tmp_path / f"bare{suffix}", labels, world={"units": ("pixel", "pixel")})
     assert io.read_label_world(bare) == {} and io.read_label_class_names(bare) is None
+
+
+def test_an_image_too_large_for_pillow_says_so_without_speaking_of_an_attack(tmp_path, monkeypatch):
+    """A 14000×14000 PNG was refused with Pillow's "could be decompression bomb DOS attack", to
+    a user who made it; the message now says what the limit is and the ways round it. Pillow's
+    limit is lowered here so that a small image is over it."""
+    from PIL import Image
+    from skimage import data
+
+    image = data.chelsea()[:60, :80]
+    Image.fromarray(image).save(tmp_path / "large.png")
+    tifffile.imwrite(tmp_path / "large.tif", image)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # refused above 2000 pixels
+    with pytest.raises(ValueError) as error:
+        io.read_image(tmp_path / "large.png")
+    message = str(error.value)
+    assert message.startswith(f"cannot read image {tmp_path / 'large.png'}: Image size (4800 pixels) exceeds")
+    assert "Pillow does not decode images this large" in message and "save it as TIFF" in message
+    assert "attack" not in message
+    np.testing.assert_array_equal(io.read_image(tmp_path / "large.tif"), image)  # as the message says

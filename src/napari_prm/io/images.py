@@ -59,7 +59,13 @@ def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
         return np.asarray(iio.imread(path))
     except Exception as error:  # the readers raise many types for a broken file
         reason = str(error) or type(error).__name__
-        if "backend" in reason or "can not handle" in reason:
+        if type(error).__name__ == "DecompressionBombError":
+            # Pillow refuses images of over twice Image.MAX_IMAGE_PIXELS (179 megapixels by
+            # default), which a small file could make it allocate; its message speaks of an attack
+            reason = (f"{reason.split(', could be')[0]}: Pillow does not decode images this large "
+                      "(a guard against decompression bombs); split it into tiles, or save it as "
+                      "TIFF, which is read whatever its size")
+        elif "backend" in reason or "can not handle" in reason:
             # imageio's "no backend ... pip install ..." means that no reader recognised the
             # content: the file is not an image of its kind, no plugin is missing.
             kind = path.suffix.lstrip(".").upper() or "image"
