@@ -56,9 +56,11 @@ def predict(
 
     Parameters
     ----------
-    image : (H, W), (H, W, 3) or (H, W, 4) ndarray
+    image : (H, W), (H, W, 3) or (H, W, 4) ndarray, PIL image, torch tensor or path
         One plane as napari holds it: grayscale, RGB or RGBA; any integer or float dtype
-        (see :func:`napari_prm.io.as_rgb_float`).
+        (see :func:`napari_prm.io.as_rgb_float`). A PIL image, a torch tensor ``(C, H, W)``
+        or ``(H, W, C)`` or an image file's path (read by :func:`napari_prm.io.read_image`)
+        is made an array first (:func:`napari_prm.io.image_array`).
     model : PRMModel or str
         A loaded model, a built-in name (``"imagenet"``, ``"imagenet-voc"``,
         ``"imagenet-coco"``) or a checkpoint path.
@@ -111,6 +113,8 @@ def predict(
 
     Raises
     ------
+    TypeError
+        ``image`` is none of the kinds above (naming it and what was expected).
     ValueError
         Naming the argument: NaN or infinite thresholds, ``peak_batch_size < 1``, an image
         that is not one 2-D plane of at least 2×2 finite pixels, unknown classes or settings, ...

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
-from .io.images import as_rgb_float
+from .io.images import as_rgb_float, image_array
 from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
 from .model.transforms import to_network_input
@@ -541,12 +541,15 @@ class PRMPredictor:
 
         Parameters
         ----------
-        image : (H, W), (H, W, 3) or (H, W, 4) ndarray
-            One plane as napari holds it (see :func:`napari_prm.io.as_rgb_float`). The
-            predictor keeps a copy: changing ``image`` afterwards changes nothing.
+        image : (H, W), (H, W, 3) or (H, W, 4) ndarray, PIL image, torch tensor or path
+            One plane as napari holds it (see :func:`napari_prm.io.as_rgb_float`); a PIL
+            image, a ``(C, H, W)`` or ``(H, W, C)`` tensor or an image file's path is made
+            an array by :func:`napari_prm.io.image_array`. The predictor keeps a copy:
+            changing ``image`` afterwards changes nothing.
         progress, cancel : callable, optional
             As in :meth:`predict`.
         """
+        image = image_array(image)
         rgb = as_rgb_float(image)
         with self._lock:
             self.reset_image()
@@ -575,7 +578,7 @@ class PRMPredictor:
 
         A plain forward pass without the graph peak backpropagation needs: cheaper
         than :meth:`set_image` when only the maps are wanted (e.g. calibration).
-        The current image is left as it is.
+        The current image is left as it is. ``image`` is what :meth:`set_image` takes.
         """
         rgb = as_rgb_float(image)
         x = to_network_input(rgb, self.model.input_size, self.model.mean, self.model.std).to(self.model.device)

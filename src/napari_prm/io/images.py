@@ -9,6 +9,7 @@ proposals start from.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import tifffile
 
 from .._validate import path_like
 
-__all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "as_rgb_float", "unreadable_images"]
+__all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "image_array", "as_rgb_float", "unreadable_images"]
 
 #: File name suffixes `read_image` reads: TIFF through tifffile, the others through imageio
 #: (Pillow). Folders given to ``napari-prm predict`` and dataset folders are filtered by them.
@@ -292,6 +293,69 @@ def _stack_hint(shape: tuple[int, ...]) -> str:
     return "; it holds several planes or frames: save one 2-D plane" if len(shape) > 2 else ""
 
 
+#: What `image_array` accepts, for its error messages.
+_IMAGE_KINDS = ("an (H, W), (H, W, 3) or (H, W, 4) array, a PIL image, a torch tensor (C, H, W) or (H, W, C), "
+                "or an image file's path")
+
+#: Pillow modes whose bands are not gray, RGB or RGBA values: converted as Pillow converts them.
+_PIL_CONVERSIONS = {"P": "RGB", "PA": "RGBA", "LA": "RGBA", "La": "RGBA", "CMYK": "RGB", "YCbCr": "RGB",
+                    "LAB": "RGB", "HSV": "RGB", "RGBa": "RGBA"}
+
+
+def image_array(image: Any, *, name: str = "image") -> np.ndarray:
+    """An image as a NumPy array ``(H, W)`` or ``(H, W, C)``, from whatever holds it.
+
+    Parameters
+    ----------
+    image : ndarray, PIL.Image.Image, torch.Tensor, str or path-like
+        An array (or anything ``np.asarray`` makes a numeric array of); a PIL image (palette,
+        gray + alpha, CMYK, YCbCr, LAB and HSV images converted to RGB or RGBA as Pillow
+        converts them, a palette with a transparent colour to RGBA); a torch tensor, detached
+        and moved to the CPU, a 3-D one with 1, 3 or 4 leading channels ``(C, H, W)``, as
+        torchvision holds images, moved to channels-last; or a file path, read by
+        `read_image`.
+    name : str
+        The argument's name, for error messages.
+
+    Returns
+    -------
+    ndarray
+        The values as held (no copy when ``image`` is already an array); `as_rgb_float`
+        normalises them.
+
+    Raises
+    ------
+    TypeError
+        Naming ``name``, for anything else (None, a dict, text, ...).
+    ValueError
+        From `read_image`, naming the file.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    pil = sys.modules.get("PIL.Image")  # a PIL image exists only once PIL is imported
+    if pil is not None and isinstance(image, pil.Image):
+        mode = image.mode
+        if mode == "P" and "transparency" in image.info:
+            mode = "PA"
+        return np.asarray(image.convert(_PIL_CONVERSIONS[mode]) if mode in _PIL_CONVERSIONS else image)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16
+            tensor = tensor.float()
+        if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4) and tensor.shape[-1] not in (1, 3, 4):
+            tensor = tensor.permute(1, 2, 0)
+        return tensor.numpy()
+    try:
+        array = np.asarray(image)
+    except (TypeError, ValueError) as error:  # e.g. a ragged list
+        raise TypeError(f"{name}: expected {_IMAGE_KINDS}, got {type(image).__name__}: {error}") from error
+    if array.ndim == 0 or not (array.dtype == bool or np.issubdtype(array.dtype, np.number)):
+        raise TypeError(f"{name}: expected {_IMAGE_KINDS}, got {type(image).__name__}"
+                        + (f" of dtype {array.dtype}" if array.ndim else ""))
+    return array
+
+
 def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
     """Convert an image to RGB floats in [0, 1]: the one normaliser of napari-prm.
 
@@ -300,8 +364,9 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
 
     Parameters
     ----------
-    image : (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) ndarray
-        Grayscale, RGB or RGBA; bool, integer or floating point.
+    image : (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) ndarray, or what `image_array` takes
+        Grayscale, RGB or RGBA; bool, integer or floating point. A PIL image, a torch tensor
+        or a file path becomes an array through `image_array`.
     dtype : float dtype, optional
         Of the result (computations are done in it).
 
@@ -311,6 +376,8 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
 
     Raises
     ------
+    TypeError
+        ``image`` is not an image (see `image_array`).
     ValueError
         Empty or 1-pixel images, NaN or infinite values, unreadable channel counts and
         stacks (3D data with more than 4 trailing channels), other dtypes.
@@ -334,10 +401,7 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
     range (divided by 255 for uint8, 65535 for uint16; floats clipped to [0, 1]).
     Gray and one-channel images are repeated to three channels.
     """
-    if isinstance(image, (str, bytes, os.PathLike)):  # np.asarray makes a 0-D array of it
-        raise ValueError(f"expected an image array, got the path {os.fsdecode(image)!r}: read the file "
-                         "with napari_prm.io.read_image first")
-    image = np.asarray(image)
+    image = image_array(image)
     if image.size == 0:
         raise ValueError(f"the image is empty (shape {image.shape})")
     if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
@@ -347,7 +411,8 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
     elif image.ndim == 3:
         raise ValueError(
             f"expected one 2D plane (H, W) or a colour image (H, W, 3|4); got shape {image.shape}: "
-            "a 3D stack or an image with an unreadable channel count. Pass a single plane."
+            "a 3D stack or an image with an unreadable channel count. Pass a single plane"
+            + (" (channels first? np.moveaxis(image, 0, -1) puts them last)." if image.shape[0] in (3, 4) else ".")
         )
     else:
         raise ValueError(f"expected a 2D grayscale or colour image; got {image.ndim} dimensions, shape {image.shape}")

@@ -1,0 +1,120 @@
+"""Every kind of image a Python user holds reaches the network as the same RGB floats.
+
+`napari_prm.io.image_array` turns PIL images, torch tensors and paths into arrays; what a
+user passes to `predict` or `PRMPredictor.set_image` in one form predicts as in another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_prm import PRMPredictor, build_model, predict
+from napari_prm.io import as_rgb_float, image_array
+
+
+def _scene() -> np.ndarray:
+    """A 40×48 RGB uint8 image: a red square on a blue background, a green bar."""
+    image = np.zeros((40, 48, 3), np.uint8)
+    image[..., 2] = 200
+    image[5:20, 6:22] = (255, 0, 0)
+    image[28:34, 10:44] = (0, 180, 0)
+    return image
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("tiny", ["cat", "dog", "bird"], pretrained=False, input_size=(32, 32))
+
+
+def test_a_palette_image_is_its_colours_not_its_indices():
+    palette = Image.new("P", (3, 2))
+    palette.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)  # index 0 red, 1 green
+    palette.putdata([0, 1, 1, 0, 1, 1])
+    rgb = as_rgb_float(palette)
+    # indices 0/1 read as gray gave black and white
+    np.testing.assert_array_equal(rgb[0, 0], [1, 0, 0])
+    np.testing.assert_array_equal(rgb[0, 1], [0, 1, 0])
+
+
+def test_a_palette_image_with_a_transparent_colour_is_rgba():
+    palette = Image.new("P", (2, 2))
+    palette.putpalette([255, 255, 255, 0, 0, 255] + [0] * 762)
+    palette.putdata([0, 1, 0, 1])
+    palette.info["transparency"] = 0  # white is transparent
+    np.testing.assert_array_equal(image_array(palette)[0, :, 3], [0, 255])
+    np.testing.assert_array_equal(as_rgb_float(palette)[0], [[0, 0, 0], [0, 0, 1]])
+
+
+def test_a_cmyk_pil_image_is_converted_not_read_with_black_ink_as_alpha():
+    white = Image.new("CMYK", (3, 2), (0, 0, 0, 0))  # no ink: white paper
+    cyan = Image.new("CMYK", (3, 2), (255, 0, 0, 0))
+    np.testing.assert_array_equal(as_rgb_float(white), np.ones((2, 3, 3), np.float32))  # was black (alpha 0)
+    np.testing.assert_array_equal(as_rgb_float(cyan)[0, 0], [0, 1, 1])
+
+
+def test_gray_plus_alpha_and_ycbcr_pil_images():
+    gray_alpha = Image.new("LA", (2, 2), (100, 255))
+    assert image_array(gray_alpha).shape == (2, 2, 4)  # np.asarray gave (2, 2, 2): refused
+    np.testing.assert_allclose(as_rgb_float(gray_alpha), 100 / 255)
+    scene = Image.fromarray(_scene())
+    np.testing.assert_array_equal(image_array(scene.convert("YCbCr")), np.asarray(scene.convert("YCbCr").convert("RGB")))
+
+
+def test_torch_tensors_channels_first_or_last_and_requiring_grad():
+    scene = _scene()
+    expected = as_rgb_float(scene)
+    chw = torch.from_numpy(scene).permute(2, 0, 1)
+    np.testing.assert_array_equal(as_rgb_float(chw), expected)  # (3, 40, 48) was refused as a stack
+    np.testing.assert_array_equal(as_rgb_float(torch.from_numpy(scene)), expected)
+    floats = (chw.float() / 255).requires_grad_()  # np.asarray raised "Can't call numpy() ..."
+    np.testing.assert_allclose(as_rgb_float(floats), expected, atol=1e-7)
+    np.testing.assert_allclose(as_rgb_float(floats.to(torch.bfloat16)), expected, atol=4e-3)
+    gray = torch.from_numpy(scene[..., 0]).unsqueeze(0)  # (1, H, W)
+    np.testing.assert_array_equal(as_rgb_float(gray), as_rgb_float(scene[..., 0]))
+
+
+@pytest.mark.parametrize("bad", [None, {"image": 1}, "", 3.5, ["a", "b"]], ids=["None", "dict", "empty-str",
+                                                                               "float", "strings"])
+def test_what_is_not_an_image_is_refused_naming_the_argument(bad, tiny):
+    if bad == "":
+        with pytest.raises(ValueError, match=r"image: expected a file path, got ''"):
+            predict(bad, tiny)
+        return
+    with pytest.raises(TypeError, match=r"^image: expected an \(H, W\), \(H, W, 3\) or \(H, W, 4\) array, a PIL "
+                                        rf"image, a torch tensor .*, got {type(bad).__name__}"):
+        predict(bad, tiny)
+
+
+def test_a_channels_first_array_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"shape \(3, 40, 48\).*channels first\? np\.moveaxis\(image, 0, -1\)"):
+        as_rgb_float(np.moveaxis(_scene(), -1, 0))
+
+
+def test_predict_takes_the_same_image_as_an_array_a_pil_image_a_tensor_or_a_path(tiny, tmp_path):
+    scene = _scene()
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene).save(path)
+    reference = predict(scene, tiny, proposals=None, class_threshold=-1e9)
+    assert len(reference.peaks) > 0
+    for form in (Image.fromarray(scene), torch.from_numpy(scene).permute(2, 0, 1), str(path), Path(path),
+                 np.ascontiguousarray(scene[:, ::-1])[:, ::-1]):  # a negative-stride view
+        pred = predict(form, tiny, proposals=None, class_threshold=-1e9)
+        np.testing.assert_array_equal(pred.peaks, reference.peaks)
+        np.testing.assert_array_equal(np.asarray(pred.prms), np.asarray(reference.prms))
+
+
+def test_the_predictor_keeps_an_array_of_a_pil_image(tiny):
+    scene = _scene()
+    predictor = PRMPredictor(tiny, proposals="default")
+    predictor.set_image(Image.fromarray(scene))
+    assert predictor.image_shape == (40, 48)
+    from_pil = predictor.predict(class_threshold=-1e9)
+    predictor.set_image(scene)
+    from_array = predictor.predict(class_threshold=-1e9)
+    assert [i.mask.sum() for i in from_pil.instances] == [i.mask.sum() for i in from_array.instances]
