@@ -62,8 +62,8 @@ def test_gray_plus_alpha_and_ycbcr_pil_images():
     gray_alpha = Image.new("LA", (2, 2), (100, 255))
     assert image_array(gray_alpha).shape == (2, 2, 4)  # np.asarray gave (2, 2, 2): refused
     np.testing.assert_allclose(as_rgb_float(gray_alpha), 100 / 255)
-    scene = Image.fromarray(_scene())
-    np.testing.assert_array_equal(image_array(scene.convert("YCbCr")), np.asarray(scene.convert("YCbCr").convert("RGB")))
+    ycbcr = Image.fromarray(_scene()).convert("YCbCr")  # its bands are luma and chroma, not R, G, B
+    np.testing.assert_array_equal(image_array(ycbcr), np.asarray(ycbcr.convert("RGB")))
 
 
 def test_torch_tensors_channels_first_or_last_and_requiring_grad():
