@@ -17,3 +17,41 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
         soft = noun.endswith(("s", "x", "ch", "sh")) and not noun.endswith(_HARD_CH)
         many = noun + ("es" if soft else "s")
     return f"{count} {many}"
+
+
+def array_summary(value) -> str:
+    """An array as its dtype and shape, ``"<bool 300×451>"``, for a repr that must not print its values."""
+    shape = "×".join(str(n) for n in value.shape) or "scalar"
+    return f"<{value.dtype} {shape}>"
+
+
+def names_summary(names, shown: int = 3) -> str:
+    """A list of names as its length and first few: ``"19 ['airplane', 'bicycle', 'bird', …]"``."""
+    names = list(names)
+    head = ", ".join(repr(name) for name in names[:shown])
+    return f"{len(names)} [{head}{', …' if len(names) > shown else ''}]"
+
+
+def fields_repr(obj) -> str:
+    """A dataclass's repr with its arrays as :func:`array_summary` and long lists counted.
+
+    For results a notebook prints: the default repr writes every mask and map out.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    parts = []
+    for item in dataclasses.fields(obj):
+        if not item.repr:
+            continue
+        value = getattr(obj, item.name)
+        if isinstance(value, np.ndarray):
+            shown = array_summary(value)
+        elif isinstance(value, (list, tuple)) and len(value) > 6:
+            kinds = sorted({type(v).__name__ for v in value})
+            shown = f"<{plural(len(value), '/'.join(kinds))}>"
+        else:
+            shown = repr(value)
+        parts.append(f"{item.name}={shown}")
+    return f"{type(obj).__name__}({', '.join(parts)})"

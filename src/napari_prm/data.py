@@ -32,7 +32,7 @@ VOC_CLASSES = (
 PathLike = str | Path
 
 
-@dataclass
+@dataclass(repr=False)
 class GroundTruth:
     """Instance masks of one image, restricted to the dataset's classes.
 
@@ -48,6 +48,11 @@ class GroundTruth:
     masks: np.ndarray
     class_indices: np.ndarray
     iscrowd: np.ndarray
+
+    def __repr__(self) -> str:
+        from ._text import fields_repr
+
+        return fields_repr(self)
 
 
 class UnreadableImage(ValueError):

@@ -255,7 +255,7 @@ def resolve_thresholds(settings: PredictSettings, model_settings: Mapping[str, A
     return class_threshold, peak_threshold
 
 
-@dataclass
+@dataclass(repr=False)
 class Prediction:
     """PRM results for one image, in the image's pixel frame.
 
@@ -318,6 +318,31 @@ class Prediction:
     @property
     def image_shape(self) -> tuple[int, int]:
         return tuple(self.prms.shape[-2:])
+
+    def __repr__(self) -> str:
+        # a notebook prints this: counts and classes, not the maps (the default repr wrote out
+        # every CRM, mask and PRM: 6,800 characters for one cat)
+        from ._text import names_summary
+
+        def by_class(indices) -> str:
+            counts: dict[str, int] = {}
+            for index in indices:
+                name = self.class_names[int(index)]
+                counts[name] = counts.get(name, 0) + 1
+            return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+        height, width = self.image_shape
+        peaks = f"peaks={len(self.peak_classes)}"
+        if len(self.peak_classes):
+            peaks += f" ({by_class(self.peak_classes)})"
+        instances = f"instances={len(self.instances)}"
+        if self.instances:
+            scores = [instance.score for instance in self.instances]
+            spread = f"score {scores[0]:.3g}" if len(scores) == 1 else f"scores {max(scores):.3g} to {min(scores):.3g}"
+            instances += f" ({by_class(i.class_index for i in self.instances)}; {spread})"
+        preset = "" if self.settings is None else f", preset={self.settings.preset!r}"
+        return (f"Prediction(image_shape=({height}, {width}), {peaks}, {instances}, "
+                f"class_names={names_summary(self.class_names)}{preset}, notes={self.notes!r})")
 
     def to_labels(self):
         """The instances as ``(labels, table)``; see :func:`napari_prm.retrieval.instances_to_labels`."""

@@ -20,7 +20,7 @@ __all__ = ["Instance", "ProposalMasks", "instance_confidence", "instances_to_lab
            "retrieve_instances"]
 
 
-@dataclass
+@dataclass(repr=False)
 class Instance:
     """One retrieved instance.
 
@@ -56,6 +56,11 @@ class Instance:
     proposal: int = -1
     merged_peaks: list[int] = field(default_factory=list)
     retrieval_score: float | None = None
+
+    def __repr__(self) -> str:
+        from ._text import fields_repr
+
+        return fields_repr(self)
 
     @property
     def base_score(self) -> float:

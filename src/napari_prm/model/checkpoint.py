@@ -65,7 +65,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-@dataclass
+@dataclass(repr=False)
 class PRMModel:
     """A :class:`PeakResponseMapping` network with what is needed to use it on images.
 
@@ -102,6 +102,16 @@ class PRMModel:
     def __post_init__(self):
         self.class_names, self.input_size, self.mean, self.std = _checked_fields(
             "PRMModel", self.class_names, self.input_size, self.mean, self.std)
+
+    def __repr__(self) -> str:
+        # the network's module tree (9,000 characters for EfficientNet-Lite0) is model.network's repr
+        from .._text import names_summary
+
+        thresholds = {key: self.settings[key] for key in ("class_threshold", "peak_threshold") if key in self.settings}
+        head = "None" if self.head is None else type(self.head).__name__
+        return (f"PRMModel(backbone={self.backbone!r}, class_names={names_summary(self.class_names)}, "
+                f"input_size={self.input_size}, device={self.device}, head={head}, "
+                f"thresholds={thresholds})")
 
     @property
     def device(self) -> torch.device:

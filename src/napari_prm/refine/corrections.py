@@ -27,7 +27,7 @@ from ..io.tables import UNKNOWN_CLASS, read_instances_csv
 LABEL_SUFFIX = "_labels"
 
 
-@dataclass
+@dataclass(repr=False)
 class Correction:
     """One corrected image.
 
@@ -50,6 +50,11 @@ class Correction:
     label_classes: dict[int, int] = field(default_factory=dict)
     source: str = ""
     image_path: Path | None = None
+
+    def __repr__(self) -> str:
+        from .._text import fields_repr
+
+        return fields_repr(self)
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels)

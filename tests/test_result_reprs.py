@@ -1,0 +1,66 @@
+"""Results print readably in a notebook: counts, classes, dtypes and shapes, never the arrays."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from napari_prm import build_model, predict
+from napari_prm.data import GroundTruth
+from napari_prm.refine import Correction
+
+
+@pytest.fixture(scope="module")
+def prediction():
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat", "dog", "bird"], pretrained=False, input_size=(64, 64))
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[20:70, 30:90] = (230, 40, 40)
+    image[80:110, 100:150] = (40, 200, 40)
+    return model, predict(image, model, class_threshold=-1e9, max_peaks=5)
+
+
+def test_a_prediction_prints_its_counts_not_its_maps(prediction):
+    model, pred = prediction
+    assert len(pred.peak_classes) == 5 and len(pred.instances) >= 1
+    text = repr(pred)
+    # the dataclass repr wrote out the CRMs, PRMs and every instance's mask: thousands of characters
+    assert len(text) < 400, text
+    assert text.startswith("Prediction(image_shape=(120, 160), peaks=5 (")
+    assert f"instances={len(pred.instances)} (" in text
+    assert "class_names=3 ['cat', 'dog', 'bird']" in text and "preset='default'" in text
+    assert "array(" not in text
+
+
+def test_an_instance_and_a_model_print_shapes(prediction):
+    model, pred = prediction
+    instance = pred.instances[0]
+    text = repr(instance)
+    assert "mask=<bool 120×160>" in text and "prm=<float32 120×160>" in text
+    assert f"class_index={instance.class_index}" in text and len(text) < 300
+    model_text = repr(model)
+    # the network's module tree stays model.network's repr
+    assert model_text == ("PRMModel(backbone='tiny', class_names=3 ['cat', 'dog', 'bird'], input_size=(64, 64), "
+                          "device=cpu, head=None, thresholds={})")
+
+
+def test_ground_truth_and_corrections_print_shapes():
+    truth = GroundTruth(np.zeros((2, 30, 40), bool), np.array([0, 1]), np.zeros(2, bool))
+    assert repr(truth) == ("GroundTruth(masks=<bool 2×30×40>, class_indices=<int64 2>, iscrowd=<bool 2>)")
+    labels = np.zeros((30, 40), np.int32)
+    labels[5:10, 5:10] = 1
+    correction = Correction(np.zeros((30, 40, 3), np.uint8), labels, {1: 0}, "a.png")
+    assert repr(correction) == ("Correction(image=<uint8 30×40×3>, labels=<int32 30×40>, label_classes={1: 0}, "
+                                "source='a.png', image_path=None)")
+
+
+def test_a_prediction_pickles_for_another_process(prediction):
+    _, pred = prediction
+    again = pickle.loads(pickle.dumps(pred))
+    np.testing.assert_array_equal(again.peaks, pred.peaks)
+    np.testing.assert_array_equal(np.asarray(again.prms), np.asarray(pred.prms))
+    assert [i.mask.sum() for i in again.instances] == [i.mask.sum() for i in pred.instances]
+    assert repr(again) == repr(pred)
