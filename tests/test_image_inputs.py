@@ -118,3 +118,21 @@ def test_the_predictor_keeps_an_array_of_a_pil_image(tiny):
     predictor.set_image(scene)
     from_array = predictor.predict(class_threshold=-1e9)
     assert [i.mask.sum() for i in from_pil.instances] == [i.mask.sum() for i in from_array.instances]
+
+
+def test_a_float_copy_of_an_8_bit_image_is_read_as_the_8_bit_image(tiny):
+    from skimage import data
+
+    cat = data.chelsea()[::3, ::3]
+    expected = as_rgb_float(cat)
+    # it was stretched between its percentiles: 1.1 % of its values clipped, others up to 0.22 off
+    np.testing.assert_array_equal(as_rgb_float(cat.astype(np.float32)), expected)
+    np.testing.assert_array_equal(as_rgb_float(cat.astype(np.float64)), expected)
+    tensor = torch.from_numpy(np.ascontiguousarray(cat)).permute(2, 0, 1).float()
+    np.testing.assert_array_equal(as_rgb_float(tensor), expected)
+    reference = predict(cat, tiny, proposals=None, class_threshold=-1e9)
+    np.testing.assert_array_equal(predict(tensor, tiny, proposals=None, class_threshold=-1e9).peaks, reference.peaks)
+    # fractions, or values beyond 255, are not 8-bit: still stretched
+    smooth = cat.astype(np.float32) + 0.5
+    low, high = np.percentile(smooth, (0.5, 99.5))
+    np.testing.assert_allclose(as_rgb_float(smooth), np.clip((smooth - low) / (high - low), 0, 1), atol=1e-6)

@@ -389,6 +389,9 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
     - bool: False 0, True 1;
     - uint8: divided by 255;
     - floats already within [0, 1]: kept;
+    - floats that are all whole numbers within [0, 255] (a float copy of an 8-bit image,
+      ``image.astype(np.float32)`` or a tensor's ``.float()``): divided by 255, as the uint8
+      image;
     - every other integer or float image (uint16 microscopy, 12-bit data, floats outside
       [0, 1]) is stretched linearly between its 0.5th and 99.5th percentiles (taken over
       all colour channels together, so colours keep their balance) and clipped to
@@ -444,6 +447,10 @@ def _unit_range(values: np.ndarray, dtype) -> np.ndarray:
         low, high = values.min(), values.max()
         if low >= 0 and high <= 1:
             return values.astype(dtype)
+        if low >= 0 and high <= 255 and not np.mod(values, 1).any():
+            # a float copy of an 8-bit image (``image.astype(np.float32)``, a tensor's ``.float()``):
+            # read as that image, not stretched
+            return values.astype(dtype) / dtype(255)
     low, high = (float(v) for v in np.percentile(values, STRETCH_PERCENTILES))
     if high <= low:
         low, high = float(values.min()), float(values.max())
