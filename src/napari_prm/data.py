@@ -579,9 +579,15 @@ def from_csv(
 
     Parameters
     ----------
+    path : path-like
+        The CSV file.
+    image_root : path-like, optional
+        The folder relative image paths start from (None: the CSV's folder).
     classes : sequence of str or None
         The class names in order; None: every name used, sorted. With a
         list, a name outside it is an error naming the line.
+    require_positives : bool
+        Refuse a class that no image shows (a ``classes`` name no row uses).
     """
     path = Path(path)
     if not path.is_file():

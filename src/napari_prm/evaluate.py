@@ -234,6 +234,10 @@ def instance_funnel(peaks_yx: np.ndarray, peak_classes: np.ndarray, instances: S
     gt_masks : (M, H, W) bool ndarray
     gt_classes : (M,) int ndarray
     gt_iscrowd : (M,) bool ndarray, optional
+    min_area : int
+        Ground-truth instances smaller than this many pixels are not counted.
+    iou_threshold : float
+        The IoU at which a proposal or a retrieved instance covers a ground-truth instance.
 
     Returns
     -------

@@ -471,11 +471,17 @@ class PRMPredictor:
 
     Examples
     --------
-    >>> predictor = PRMPredictor("imagenet-voc")                 # doctest: +SKIP
-    >>> predictor.set_image(image)                               # doctest: +SKIP
-    >>> prediction = predictor.predict()                         # doctest: +SKIP
-    >>> prediction = predictor.predict(class_threshold=2.0)      # no new forward pass
-    >>> prediction = predictor.predict(points=([[120, 80]], ["cat"]))  # a click: one backward pass
+    >>> from skimage import data
+    >>> predictor = PRMPredictor("imagenet-voc")
+    >>> predictor.set_image(data.chelsea())                      # the forward pass, once
+    >>> prediction = predictor.predict()
+    >>> [prediction.class_names[c] for c in prediction.peak_classes]
+    ['cat', 'cat', 'cat', 'cat']
+    >>> len(predictor.predict(peak_threshold=8.5).peaks)         # no new forward pass
+    1
+    >>> clicked = predictor.predict(points=([[120, 200]], ["cat"]))  # a click: one backward pass
+    >>> clicked.peaks.round(1)                                   # on the CRM's sub-pixel grid
+    array([[120.6, 200.5]])
     """
 
     def __init__(self, model: PRMModel | str, *, preset: str = "default", proposals: Any = "auto",

@@ -1,0 +1,84 @@
+"""The Examples sections of the library's docstrings run and print what they say.
+
+The suite does not run ``--doctest-modules`` (the widgets' modules need a display), so the
+core modules whose docstrings hold examples are run here.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["napari_prm._validate", "napari_prm.masks", "napari_prm.prm_maps", "napari_prm.predictor"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, report=True)
+    assert result.attempted > 0, f"{name} has no examples left: take it off MODULES"
+    assert result.failed == 0
+
+
+PUBLIC_MODULES = ["napari_prm", "napari_prm.predict", "napari_prm.predictor", "napari_prm.train",
+                  "napari_prm.evaluate", "napari_prm.peaks", "napari_prm.batch", "napari_prm.io",
+                  "napari_prm.masks", "napari_prm.retrieval", "napari_prm.proposals", "napari_prm.refine",
+                  "napari_prm.model", "napari_prm.data", "napari_prm.edit", "napari_prm.prm_maps"]
+
+
+def _documented_parameters(doc: str) -> set[str] | None:
+    """The names a numpydoc ``Parameters`` section lists (None without one)."""
+    lines = doc.splitlines()
+    for start in range(len(lines) - 1):
+        if lines[start].strip() == "Parameters" and set(lines[start + 1].strip()) == {"-"}:
+            break
+    else:
+        return None
+    names: set[str] = set()
+    for index in range(start + 2, len(lines)):
+        line = lines[index]
+        following = lines[index + 1].strip() if index + 1 < len(lines) else ""
+        if following and set(following) == {"-"}:  # the next section's title
+            break
+        if line and not line[0].isspace():
+            names.update(name.strip().lstrip("*") for name in line.split(" : ")[0].split(","))
+    return names
+
+
+def _public_callables():
+    import inspect
+
+    seen = set()
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(name)
+        # a module without __all__: the public names it defines
+        names = getattr(module, "__all__", None) or [
+            n for n in vars(module) if not n.startswith("_") and getattr(vars(module)[n], "__module__", "") == name]
+        for attribute in names:
+            item = getattr(module, attribute)
+            if id(item) in seen or not getattr(item, "__module__", "").startswith("napari_prm"):
+                continue
+            seen.add(id(item))
+            if inspect.isfunction(item):
+                yield f"{item.__module__}.{attribute}", item
+            elif inspect.isclass(item):
+                yield f"{item.__module__}.{attribute}", item
+                for method_name, method in vars(item).items():
+                    if inspect.isfunction(method) and not method_name.startswith("_"):
+                        yield f"{item.__module__}.{attribute}.{method_name}", method
+
+
+def test_documented_parameters_are_the_signatures():
+    import inspect
+
+    wrong = []
+    for name, item in _public_callables():
+        documented = _documented_parameters(inspect.getdoc(item) or "")
+        if documented is None:
+            continue
+        actual = {p for p in inspect.signature(item).parameters if p not in ("self", "cls")}
+        if documented != actual:
+            wrong.append(f"{name}: undocumented {sorted(actual - documented)}, stale {sorted(documented - actual)}")
+    assert not wrong, "\n".join(wrong)
