@@ -64,3 +64,15 @@ def test_a_prediction_pickles_for_another_process(prediction):
     np.testing.assert_array_equal(np.asarray(again.prms), np.asarray(pred.prms))
     assert [i.mask.sum() for i in again.instances] == [i.mask.sum() for i in pred.instances]
     assert repr(again) == repr(pred)
+
+
+def test_a_network_level_result_prints_its_tensors_shapes():
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat", "dog", "bird"], pretrained=False, input_size=(32, 32))
+    result = model.network.peak_response_maps(torch.rand(1, 3, 32, 32), class_threshold=-1e9, peak_threshold=None)
+    count = len(result.peaks)
+    assert count > 0
+    crm = "×".join(str(n) for n in result.crms.shape)
+    # the tensors were written out
+    assert repr(result) == (f"PeakResponseResult(scores=<float32 3>, crms=<float32 {crm}>, peaks=<int64 {count}×3>, "
+                            f"peak_values=<float32 {count}>, prms=<float32 {count}×32×32>)")

@@ -20,9 +20,10 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
 
 
 def array_summary(value) -> str:
-    """An array as its dtype and shape, ``"<bool 300×451>"``, for a repr that must not print its values."""
+    """An array or tensor as its dtype and shape, ``"<bool 300×451>"``, for a repr that must not
+    print its values."""
     shape = "×".join(str(n) for n in value.shape) or "scalar"
-    return f"<{value.dtype} {shape}>"
+    return f"<{str(value.dtype).removeprefix('torch.')} {shape}>"
 
 
 def names_summary(names, shown: int = 3) -> str:
@@ -33,20 +34,20 @@ def names_summary(names, shown: int = 3) -> str:
 
 
 def fields_repr(obj) -> str:
-    """A dataclass's repr with its arrays as :func:`array_summary` and long lists counted.
+    """A dataclass's repr with its arrays and tensors as :func:`array_summary` and long lists counted.
 
     For results a notebook prints: the default repr writes every mask and map out.
     """
     import dataclasses
 
-    import numpy as np
+    import numpy as np  # here: _text is imported by modules that need neither NumPy nor torch
 
     parts = []
     for item in dataclasses.fields(obj):
         if not item.repr:
             continue
         value = getattr(obj, item.name)
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray) or (type(value).__name__ == "Tensor" and hasattr(value, "dtype")):
             shown = array_summary(value)
         elif isinstance(value, (list, tuple)) and len(value) > 6:
             kinds = sorted({type(v).__name__ for v in value})

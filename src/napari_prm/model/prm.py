@@ -16,7 +16,7 @@ from .peak_backprop import excitation_backprop, fold_batch_norms
 from .peak_stimulation import PeakFilter, find_peaks, peak_stimulation
 
 
-@dataclass
+@dataclass(repr=False)
 class PeakResponseResult:
     """Peak response maps of one image, in network-input and CRM coordinates.
 
@@ -40,6 +40,11 @@ class PeakResponseResult:
     peaks: torch.Tensor
     peak_values: torch.Tensor
     prms: torch.Tensor
+
+    def __repr__(self) -> str:
+        from .._text import fields_repr
+
+        return fields_repr(self)
 
 
 class ForwardPass:
