@@ -535,3 +535,12 @@ def test_match_corrections_keeps_the_folders_of_a_coco_file_name(tmp_path, shape
     io.export_instances(shapes_scenes[1][1], table, CLASSES, tmp_path / "labelled", stem="1")
     with pytest.raises(ValueError, match=r"1_labels\.tif: its image '1' could be any of .*cat.*1\.png.*dog.*1\.png"):
         match_corrections(tmp_path / "labelled", CLASSES, images)
+
+
+def test_refine_leaves_the_callers_torch_random_state(tiny96, shapes_scenes):
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    refine(tiny96, corrections=corrections_of(shapes_scenes[:1]), epochs=1, device="cpu")
+    # refine seeds the head (seed) and each epoch (seed * 100003 + epoch) with torch.manual_seed
+    torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)

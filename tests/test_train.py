@@ -453,3 +453,12 @@ def test_an_input_size_whose_class_maps_have_one_cell_is_refused_before_training
     # 8×8 gives 2×2 maps, and trains
     result = train(squares, out=tmp_path / "eight.pt", **{**settings, "input_size": (8, 8), "epochs": 1})
     assert len(result.history) == 1 and np.isfinite(result.history[0].loss)
+
+
+def test_train_leaves_the_callers_torch_random_state(squares, tmp_path):
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    train(squares, out=tmp_path / "model.pt", **{**SETTINGS, "epochs": 1, "val_fraction": 0, "calibrate": False})
+    # train's own seeds (seed * 100003 + epoch) made the caller's next numbers fixed
+    torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)

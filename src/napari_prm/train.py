@@ -9,6 +9,7 @@ random horizontal flips; peaks found on CRMs upsampled 8× during training.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -598,6 +599,25 @@ def _check_finite_training(model: PRMModel, out: Path, epoch: int, batch: int | 
     raise ValueError(f"training diverged in epoch {epoch}: {what} (lr={lr:g}; try a smaller --lr); {kept}")
 
 
+def keeps_random_state(function: Callable) -> Callable:
+    """Make ``function``, which seeds torch for repeatable runs, leave the caller's torch random
+    state as it found it.
+
+    torch's CPU generator is restored on return (and the CUDA devices' generators, when CUDA was
+    initialised before the call): ``torch.manual_seed(1); train(...); torch.rand(1)`` draws what
+    ``torch.manual_seed(1); torch.rand(1)`` draws, instead of a number fixed by ``train``'s seed.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@keeps_random_state
 def train(
     dataset: LabeledImageDataset,
     *,
@@ -657,7 +677,8 @@ def train(
         None: CUDA, then MPS, then the CPU.
     seed : int
         Seeds the classifier initialisation, shuffling, flips and split; on the
-        CPU a run is repeatable, and a resumed run equals an uninterrupted one.
+        CPU a run is repeatable, and a resumed run equals an uninterrupted one. The
+        caller's torch random state is left as it was (:func:`keeps_random_state`).
     val_fraction : float
         Hold out this share of the images from training (0.2 by default): the
         per-class classification AP on them is reported after every epoch, and

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import _validate as check
 from ..model.checkpoint import PRMModel, load_checkpoint, resolve_device, save_model
-from ..train import is_cancelled
+from ..train import is_cancelled, keeps_random_state
 from .corrections import Correction
 from .features import find_stages
 from .head import RefineHead, head_from_config
@@ -142,6 +142,7 @@ def _save(model: PRMModel, out: Path, optimizer, epoch: int, history, config: di
     return save_model(model, out, extra={TRAINING_STATE_KEY: state})
 
 
+@keeps_random_state
 def refine(
     model: PRMModel,
     *,
@@ -220,7 +221,8 @@ def refine(
     device : str or torch.device, optional
         Where the backbone and the head run (None: CUDA, then MPS, then the CPU).
     seed : int
-        Seeds the head's initialisation, the order of the peaks and the flips.
+        Seeds the head's initialisation, the order of the peaks and the flips. The caller's
+        torch random state is left as it was (:func:`napari_prm.train.keeps_random_state`).
     resume : bool or path
         Continue the run saved in ``out`` (True) or in this checkpoint: its head, optimiser
         and finished epochs are kept and training goes on to ``epochs`` (not fewer than the
