@@ -49,6 +49,8 @@ def fields_repr(obj) -> str:
         value = getattr(obj, item.name)
         if isinstance(value, np.ndarray) or (type(value).__name__ == "Tensor" and hasattr(value, "dtype")):
             shown = array_summary(value)
+        elif item.name == "class_names" and len(value) > 6:
+            shown = names_summary(value)
         elif isinstance(value, (list, tuple)) and len(value) > 6:
             kinds = sorted({type(v).__name__ for v in value})
             shown = f"<{plural(len(value), '/'.join(kinds))}>"

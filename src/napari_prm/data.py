@@ -60,7 +60,7 @@ class UnreadableImage(ValueError):
     the dataset declares it. A ValueError, as every reader failure is the user's bad file."""
 
 
-@dataclass
+@dataclass(repr=False)
 class LabeledImageDataset:
     """Images with multi-hot image-level labels.
 
@@ -103,6 +103,11 @@ class LabeledImageDataset:
         self.labels = np.asarray(self.labels, dtype=np.float32).reshape(len(self.image_paths), len(self.class_names))
         if not self.origins:
             self.origins = [str(p) for p in self.image_paths]
+
+    def __repr__(self) -> str:
+        from ._text import fields_repr
+
+        return fields_repr(self)
 
     def __len__(self) -> int:
         return len(self.image_paths)
