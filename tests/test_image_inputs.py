@@ -136,3 +136,16 @@ def test_a_float_copy_of_an_8_bit_image_is_read_as_the_8_bit_image(tiny):
     smooth = cat.astype(np.float32) + 0.5
     low, high = np.percentile(smooth, (0.5, 99.5))
     np.testing.assert_allclose(as_rgb_float(smooth), np.clip((smooth - low) / (high - low), 0, 1), atol=1e-6)
+
+
+def test_a_list_of_images_is_refused_with_what_to_do(tiny, tmp_path):
+    scene = _scene()
+    Image.fromarray(scene).save(tmp_path / "scene.png")
+    # np.asarray stacked them: "expected a 2D grayscale or colour image; got 4 dimensions"
+    with pytest.raises(TypeError, match=r"^image: expected one image, got a list of 2 images: pass them one at a "
+                                        r"time .*predict_many"):
+        predict([scene, scene], tiny)
+    with pytest.raises(TypeError, match=r"got a tuple of 2 images"):
+        predict((Image.open(tmp_path / "scene.png"), Image.fromarray(scene[:20])), tiny)  # a PngImageFile too
+    # a nested list of numbers is an array
+    assert as_rgb_float([[0, 255], [255, 0]]).shape == (2, 2, 3)

@@ -302,6 +302,11 @@ _PIL_CONVERSIONS = {"P": "RGB", "PA": "RGBA", "LA": "RGBA", "La": "RGBA", "CMYK"
                     "LAB": "RGB", "HSV": "RGB", "RGBa": "RGBA"}
 
 
+def _is_pil(image: Any) -> bool:
+    pil = sys.modules.get("PIL.Image")  # a PIL image exists only once PIL is imported
+    return pil is not None and isinstance(image, pil.Image)
+
+
 def image_array(image: Any, *, name: str = "image") -> np.ndarray:
     """An image as a NumPy array ``(H, W)`` or ``(H, W, C)``, from whatever holds it.
 
@@ -326,14 +331,13 @@ def image_array(image: Any, *, name: str = "image") -> np.ndarray:
     Raises
     ------
     TypeError
-        Naming ``name``, for anything else (None, a dict, text, ...).
+        Naming ``name``, for anything else (None, a dict, text, ...), and for a list of images.
     ValueError
         From `read_image`, naming the file.
     """
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
-    pil = sys.modules.get("PIL.Image")  # a PIL image exists only once PIL is imported
-    if pil is not None and isinstance(image, pil.Image):
+    if _is_pil(image):
         mode = image.mode
         if mode == "P" and "transparency" in image.info:
             mode = "PA"
@@ -346,6 +350,10 @@ def image_array(image: Any, *, name: str = "image") -> np.ndarray:
         if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4) and tensor.shape[-1] not in (1, 3, 4):
             tensor = tensor.permute(1, 2, 0)
         return tensor.numpy()
+    if isinstance(image, (list, tuple)) and image and all(_is_pil(item) or np.ndim(item) >= 2 for item in image):
+        raise TypeError(f"{name}: expected one image, got a {type(image).__name__} of {len(image)} images: "
+                        "pass them one at a time (a PRMPredictor keeps the model between them; "
+                        "napari_prm.batch.predict_many runs image files)")
     try:
         array = np.asarray(image)
     except (TypeError, ValueError) as error:  # e.g. a ragged list
