@@ -63,7 +63,9 @@ def predict(
         is made an array first (:func:`napari_prm.io.image_array`).
     model : PRMModel or str
         A loaded model, a built-in name (``"imagenet"``, ``"imagenet-voc"``,
-        ``"imagenet-coco"``) or a checkpoint path.
+        ``"imagenet-coco"``) or a checkpoint path. A name or path is loaded on each call
+        (about as long as a prediction on the CPU): for several images, load the model
+        once with :func:`napari_prm.load_model`.
     preset : {'default', 'original'}
         'original' is the official release's inference; 'default' adds calibrated
         thresholds, one peak per location and full-resolution masks

@@ -520,10 +520,15 @@ def load_model(name_or_path: str | os.PathLike | PRMModel, *, device: str | torc
     Parameters
     ----------
     name_or_path : str or path or PRMModel
-        ``"imagenet"`` (built-in, offline), or a ``.pt``/``.pth``/``.safetensors``
-        checkpoint written by :func:`save_model`. A PRMModel is returned as is.
+        A built-in model (``"imagenet"``, ``"imagenet-voc"``, ``"imagenet-coco"``; offline),
+        or a ``.pt``/``.pth``/``.safetensors`` checkpoint written by :func:`save_model`. A
+        PRMModel is moved to ``device`` (in place, as ``PRMModel.to`` does) and returned.
     device : str, torch.device or None
         Where to put the network (None: the best available).
+
+    Returns
+    -------
+    PRMModel
 
     Raises
     ------
