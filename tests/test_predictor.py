@@ -265,3 +265,19 @@ def test_a_predictions_maps_are_read_only_views_of_the_predictors_cache():
     again = predictor.predict(class_threshold=-1e9, peak_threshold=-1e9)
     np.testing.assert_array_equal(again.peaks, first.peaks)
     np.testing.assert_array_equal(again.crms, first.crms)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_network_the_user_converted_to_another_dtype_predicts(image, dtype):
+    torch.manual_seed(0)
+    model = build_model("tiny", ["a", "b", "c"], pretrained=False, input_size=(64, 64))
+    reference = napari_prm.predict(image, model, class_threshold=-1e9, max_peaks=5)
+    model.network.to(dtype)  # the input was float32: "expected scalar type Float but found Double"
+    assert model.dtype == dtype
+    pred = napari_prm.predict(image, model, class_threshold=-1e9, max_peaks=5)
+    assert np.asarray(pred.prms).dtype == np.float32 and pred.peak_values.dtype == np.float32
+    assert len(pred.peaks) == 5 and pred.instances
+    if dtype == torch.float64:  # the same peaks; bfloat16's 8-bit mantissa may order them otherwise
+        np.testing.assert_array_equal(pred.peaks_crm, reference.peaks_crm)
+        np.testing.assert_allclose(np.asarray(pred.prms), np.asarray(reference.prms), atol=1e-5)
+    assert PRMPredictor(model).class_response_maps(image).dtype == np.float32

@@ -27,7 +27,6 @@ from . import _validate as check
 from .io.images import as_rgb_float, image_array
 from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
-from .model.transforms import to_network_input
 from .peaks import MAX_PEAKS, PeakSelection, class_scores, peak_candidates, select_peaks
 from .prm_maps import InstancePRM, ScaledPRMs, resize_prms  # noqa: F401 (napari_prm.predictor.resize_prms, as before)
 from .retrieval import Instance
@@ -588,7 +587,7 @@ class PRMPredictor:
             report = progress or (lambda stage, done, total: None)
             report("forward", 0, 1)
             started = time.perf_counter()
-            x = to_network_input(rgb, self.model.input_size, self.model.mean, self.model.std).to(self.model.device)
+            x = self.model.preprocess(rgb)
             settings = self.settings
             self._forward = self.model.network.forward_pass(
                 x, sub_pixel_locating_factor=settings.sub_pixel_locating_factor, tta=settings.tta,
@@ -612,7 +611,7 @@ class PRMPredictor:
         The current image is left as it is. ``image`` is what :meth:`set_image` takes.
         """
         rgb = as_rgb_float(image)
-        x = to_network_input(rgb, self.model.input_size, self.model.mean, self.model.std).to(self.model.device)
+        x = self.model.preprocess(rgb)
         network = self.model.network
         modes = [(module, module.training) for module in network.modules()]
         network.eval()

@@ -128,9 +128,15 @@ class PRMModel:
             self.head.to(resolve_device(device))
         return self
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The network's floating-point type (float32 unless the user converted it, e.g. ``.half()``)."""
+        return next(self.network.parameters()).dtype
+
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """A napari image plane -> the normalised ``(1, 3, h, w)`` network input on the model's device."""
-        return to_network_input(as_rgb_float(image), self.input_size, self.mean, self.std).to(self.device)
+        """An image (what :func:`napari_prm.io.as_rgb_float` takes) -> the normalised
+        ``(1, 3, h, w)`` network input on the model's device, in its dtype."""
+        return to_network_input(as_rgb_float(image), self.input_size, self.mean, self.std).to(self.device, self.dtype)
 
     def metadata(self) -> dict[str, Any]:
         from .. import __version__
