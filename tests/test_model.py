@@ -141,3 +141,29 @@ def test_unknown_builtin_and_backbone():
         build_model("alexnet", ["a"])
     with pytest.raises(ValueError, match="unique"):
         build_model("tiny", ["a", "a"])
+
+
+def test_a_checkpoints_format_follows_its_suffix_in_any_case_and_other_suffixes_are_refused(tmp_path):
+    from safetensors import safe_open
+
+    from napari_prm.data import LabeledImageDataset
+    from napari_prm.train import train
+
+    model = build_model("tiny", ["a", "b"], pretrained=False, input_size=(32, 32))
+    dataset = LabeledImageDataset([tmp_path / "x.png", tmp_path / "y.png"], [[1, 0], [0, 1]], ["a", "b"])
+    upper = save_model(model, tmp_path / "model.SafeTensors")
+    with safe_open(str(upper), framework="pt") as handle:  # it was a torch pickle under that name
+        assert "napari_prm" in handle.metadata()
+    assert load_model(upper).class_names == ["a", "b"]
+    with pytest.raises(ValueError, match="extra state"):
+        save_model(model, tmp_path / "other.SAFETENSORS", extra={"step": 1})
+    for name in ("model.onnx", "model"):  # a torch pickle was written under any other name
+        with pytest.raises(ValueError, match=rf"^path: expected a file ending in \.pt or \.pth or \.safetensors, "
+                                             rf"got .*{name}$"):
+            save_model(model, tmp_path / name)
+        assert not (tmp_path / name).exists()
+    # train refuses before its first epoch, not when it saves
+    with pytest.raises(ValueError, match=r"^out: training checkpoints hold optimiser state: write a \.pt file"):
+        train(dataset, out=tmp_path / "run.SAFETENSORS")
+    with pytest.raises(ValueError, match=r"^out: expected a file ending in \.pt or \.pth or \.safetensors"):
+        train(dataset, out=tmp_path / "run.ckpt")

@@ -524,11 +524,15 @@ def _positive(name, value):
 
 
 def _train_out(name, value):
-    path = check.output_file(name, value, parent_must_exist=False)
-    if path.suffix.lower() == ".safetensors":
-        raise ValueError(f"{name}: training checkpoints hold optimiser state: write a .pt file, "
-                         f"not {path}")
-    return path
+    from .model.checkpoint import checkpoint_file
+
+    return checkpoint_file(name, value, training=True)
+
+
+def _checkpoint_out(name, value):
+    from .model.checkpoint import checkpoint_file
+
+    return None if value is None else checkpoint_file(name, value)
 
 
 def _train_model(name, value):
@@ -598,11 +602,10 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "num_workers": lambda name, value: check.integer(name, value, low=0),
     },
     "calibrate": {
-        "out": lambda name, value: None if value is None else check.output_file(name, value,
-                                                                                parent_must_exist=False),
+        "out": _checkpoint_out,
     },
     "refine": {
-        "out": lambda name, value: check.output_file(name, value, parent_must_exist=False),
+        "out": _checkpoint_out,
         "epochs": _positive,
         "batch_size": _positive,
         "lr": lambda name, value: check.finite_float(name, value, low=0, low_open=True),
@@ -1048,7 +1051,7 @@ def _refuse_existing_calibrate_out(args) -> None:
 def _run_calibrate(args) -> int:
     from tqdm import tqdm
 
-    from .model.checkpoint import BUILTIN_MODELS, load_checkpoint, load_model, save_model
+    from .model.checkpoint import BUILTIN_MODELS, is_safetensors, load_checkpoint, load_model, save_model
     from .peaks import calibrate_model
     from .train import TRAINING_STATE_KEY
 
@@ -1098,7 +1101,7 @@ def _run_calibrate(args) -> int:
     if True in results:
         model.settings["tta_calibration"] = results[True].as_settings()
     out = args.out or Path(args.model)
-    save_model(model, out, extra=extra if Path(out).suffix != ".safetensors" else None)
+    save_model(model, out, extra=None if is_safetensors(out) else extra)
     for tta, c in results.items():
         print(f"{'with TTA: ' if tta else ''}class threshold {c.class_threshold:.4g}, peak threshold "
               f"{c.peak_threshold:.4g} on {c.images} image(s): {100 * c.precision:.0f} % of the peaks on classes "
@@ -1152,6 +1155,7 @@ def _kept_epoch(path: Path, command: str = "refine") -> int | None:
 def _run_refine(args) -> int:
     from tqdm import tqdm
 
+    from .model.checkpoint import is_safetensors
     from .refine import refine
 
     _refuse_existing_out(args)
@@ -1214,7 +1218,7 @@ def _run_refine(args) -> int:
         kept = kept if kept is not None else (finished[-1] if finished else None)
         if kept is None:
             _say(f"interrupted before an epoch finished; {args.out} was not written by this run")
-        elif args.out.suffix.lower() == ".safetensors":
+        elif is_safetensors(args.out):
             _say(f"interrupted: {args.out} keeps epoch {kept}; a .safetensors file holds no training "
                  f"state, so go on with --model {args.out} (the head is fine-tuned), or write a .pt to resume")
         else:

@@ -32,6 +32,7 @@ from .model.checkpoint import (
     PRMModel,
     build_model,
     builtin_class_names,
+    checkpoint_file,
     load_checkpoint,
     load_model,
     resolve_device,
@@ -731,9 +732,7 @@ def train(
     if not isinstance(dataset, LabeledImageDataset):
         raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
                          f"got {type(dataset).__name__}")
-    out = check.output_file("out", out, parent_must_exist=False)
-    if out.suffix == ".safetensors":
-        raise ValueError(f"training checkpoints hold optimiser state: write a .pt file, not {out}")
+    out = checkpoint_file("out", out, training=True)
     check.new_checkpoint("out", out, overwrite=overwrite, resume=resume)
     epochs = check.positive_int("epochs", epochs)
     num_workers = check.integer("num_workers", num_workers, low=0)

@@ -376,12 +376,34 @@ def builtin_model(name: str = "imagenet", *, reduce: str | None = None) -> PRMMo
                     settings)
 
 
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a safetensors checkpoint: its suffix, in any case (``.SAFETENSORS`` too);
+    every other checkpoint is a torch file."""
+    return Path(path).suffix.lower() == ".safetensors"
+
+
+def checkpoint_file(name: str, path: str | os.PathLike, *, training: bool = False) -> Path:
+    """A checkpoint to write: not a folder, ending in one of :data:`CHECKPOINT_SUFFIXES` (in any
+    case); with ``training``, not ``.safetensors``, which holds no optimiser state.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` and the path.
+    """
+    path = check.output_file(name, path, parent_must_exist=False, suffixes=CHECKPOINT_SUFFIXES)
+    if training and is_safetensors(path):
+        raise ValueError(f"{name}: training checkpoints hold optimiser state: write a .pt file, not {path}")
+    return path
+
+
 def save_model(model: PRMModel, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
-    """Save weights and metadata to ``path`` (``.safetensors`` or a torch file), atomically.
+    """Save weights and metadata to ``path`` (``.safetensors``, or a torch ``.pt``/``.pth`` file), atomically.
 
     ``extra`` is a dict of tensors and plain values stored alongside (torch files only).
+    Another suffix (``model.onnx``, none) is refused: a torch file was written under it.
     """
-    path = check.output_file("path", path, parent_must_exist=False)
+    path = checkpoint_file("path", path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
     if model.head is not None:
         state.update({HEAD_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()})
@@ -390,11 +412,11 @@ def save_model(model: PRMModel, path: str | os.PathLike, *, extra: dict | None =
     metadata = model.metadata()
     _checked_fields(f"cannot save model to {path}", metadata["class_names"], metadata["input_size"],
                     metadata["mean"], metadata["std"])
-    if extra and path.suffix == ".safetensors":
+    if extra and is_safetensors(path):
         raise ValueError("extra state can only be saved in torch checkpoints (.pt/.pth), not .safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as temp:
-        if path.suffix == ".safetensors":
+        if is_safetensors(path):
             from safetensors.torch import save_file
 
             save_file(state, temp, metadata={"napari_prm": json.dumps(metadata)})
@@ -413,7 +435,7 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist or is not a file")
     try:
-        if path.suffix == ".safetensors":
+        if is_safetensors(path):
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as handle:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validate as check
-from ..model.checkpoint import PRMModel, load_checkpoint, resolve_device, save_model
+from ..model.checkpoint import PRMModel, checkpoint_file, is_safetensors, load_checkpoint, resolve_device, save_model
 from ..train import is_cancelled, keeps_random_state
 from .corrections import Correction
 from .features import find_stages
@@ -137,7 +137,7 @@ def _save(model: PRMModel, out: Path, optimizer, epoch: int, history, config: di
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "history": [vars(h) for h in history],
              "config": config}
     model.head.info["epochs"] = int(epoch)  # in either format's metadata: what the file holds
-    if out.suffix == ".safetensors":
+    if is_safetensors(out):
         return save_model(model, out)
     return save_model(model, out, extra={TRAINING_STATE_KEY: state})
 
@@ -252,7 +252,7 @@ def refine(
     seed = check.integer("seed", seed, low=0, high=2**32 - 1)
     if any(not isinstance(c, Correction) for c in corrections):
         raise ValueError("corrections: expected Correction objects (see napari_prm.refine.load_corrections)")
-    out = None if out is None else Path(out)
+    out = None if out is None else checkpoint_file("out", out)
     if out is not None:
         check.new_checkpoint("out", out, overwrite=overwrite, resume=resume)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +271,7 @@ def refine(
         saved, extra = load_checkpoint(resume_path)
         state = extra.get(TRAINING_STATE_KEY)
         if state is None or saved.head is None:
-            if resume_path.suffix.lower() == ".safetensors":
+            if is_safetensors(resume_path):
                 raise ValueError(f"cannot resume from {resume_path}: a .safetensors checkpoint holds no training "
                                  "state; refine writes it to a .pt --out (or fine-tune: use it as the model)")
             raise ValueError(f"{resume_path} holds no refinement training state (it was not written by refine)")
