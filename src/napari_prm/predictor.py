@@ -349,6 +349,31 @@ class Prediction:
 
         return instances_to_labels(self.instances, self.image_shape, class_names=self.class_names)
 
+    def to_coco(self, *, image_id: int = 1, file_name: str = "", category_ids: Sequence[int] | None = None) -> dict:
+        """The instances as a COCO "instances" dataset of one image, each annotation its instance's
+        whole mask (overlaps kept, as evaluation scores them); see
+        :func:`napari_prm.io.instances_to_coco`.
+
+        Parameters
+        ----------
+        image_id : int
+            The image's COCO id (e.g. a dataset's ``image_ids[i]``).
+        file_name : str
+        category_ids : sequence of int, optional
+            Each class's COCO category id (default ``index + 1``).
+
+        Returns
+        -------
+        dict
+            ``images``, ``annotations`` (``segmentation`` as compressed RLE, ``score``,
+            ``bbox`` ``[x, y, width, height]``, ...) and ``categories``; its ``annotations``
+            are a results list for pycocotools' ``COCO.loadRes``.
+        """
+        from .io.coco import instances_to_coco
+
+        return instances_to_coco(self.instances, self.image_shape, self.class_names, image_id=image_id,
+                                 file_name=file_name, category_ids=category_ids)
+
 
 def rank_by_confidence(prediction: Prediction, instances: Sequence[Instance], class_threshold: float,
                        peak_threshold: float | None) -> list[Instance]:

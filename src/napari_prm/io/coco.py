@@ -1,4 +1,4 @@
-"""COCO "instances" JSON: label images to and from RLE annotations."""
+"""COCO "instances" JSON: label images (and instances) to RLE annotations, and back to label images."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .atomic import atomic_write
 from .labels import _check_labels
 from .tables import UNKNOWN_CLASS, _instance_rows, _label_regions, _names_from_records, _table_from_records
 
-__all__ = ["labels_to_coco", "coco_to_labels", "write_coco_json", "UNKNOWN_CATEGORY_ID"]
+__all__ = ["labels_to_coco", "instances_to_coco", "coco_to_labels", "write_coco_json", "UNKNOWN_CATEGORY_ID"]
 
 #: COCO category id of labels without a class (id 0 is not used by COCO's own categories).
 UNKNOWN_CATEGORY_ID = 0
@@ -53,10 +53,64 @@ def labels_to_coco(labels: np.ndarray, table=None, class_names: Sequence[str] | 
         ``peak`` and ``score`` (left out when the instance has none).
     """
     labels = _check_labels(labels)
-    image_id = integer("image_id", image_id)
     regions = _label_regions(labels)
     records = _instance_rows(regions, table, class_names)
     names = list(class_names) if class_names is not None else _names_from_records(records)
+    height, width = labels.shape
+    rles = []
+    for record in records:
+        mask = np.zeros((height, width), dtype=np.uint8, order="F")
+        window = regions[record["label"]][0]
+        mask[window] = labels[window] == record["label"]
+        rles.append(encode_rle(mask))
+    return _coco_dataset(records, rles, names, category_ids, image_id, file_name, (height, width))
+
+
+def instances_to_coco(instances: Sequence, image_shape: tuple[int, int], class_names: Sequence[str], *,
+                      image_id: int = 1, file_name: str = "", category_ids: Sequence[int] | None = None) -> dict:
+    """Describe instances as a COCO "instances" dataset with one image, each with its own mask.
+
+    Unlike `labels_to_coco` of ``prediction.to_labels()``, where a pixel belongs to one
+    label and the higher-scoring of two overlapping instances keeps it, every annotation
+    is its instance's whole mask: the masks `napari_prm.evaluate.evaluate` scores, so that
+    pycocotools' ``COCOeval`` sees the same.
+
+    Parameters
+    ----------
+    instances : sequence of napari_prm.Instance
+        Annotation ``i + 1`` (``id`` and ``label``) is ``instances[i]``.
+    image_shape : (int, int)
+        (H, W) of the image; every mask must have this shape.
+    class_names : sequence of str
+        All the model's classes (``Instance.class_index`` indexes them); each becomes a category.
+    image_id, file_name, category_ids
+        As in `labels_to_coco`.
+
+    Returns
+    -------
+    dict
+        As `labels_to_coco` returns it; ``score`` and ``peak`` are the instances'.
+    """
+    height, width = (integer("image_shape", size, low=1) for size in image_shape)
+    names = [str(name) for name in class_names]
+    records, rles = [], []
+    for number, instance in enumerate(instances, start=1):
+        mask = np.asarray(instance.mask)
+        if mask.shape != (height, width):
+            raise ValueError(f"instances[{number - 1}]: its mask is {mask.shape}, the image {(height, width)}")
+        index = int(instance.class_index)
+        if not 0 <= index < len(names):
+            raise ValueError(f"instances[{number - 1}] has class index {index}, but {len(names)} class names "
+                             "were given")
+        records.append({"label": number, "class_index": index, "class_name": names[index],
+                        "score": float(instance.score), "peak": int(instance.peak)})
+        rles.append(encode_rle(np.asfortranarray(mask, dtype=np.uint8)))
+    return _coco_dataset(records, rles, names, category_ids, image_id, file_name, (height, width))
+
+
+def _coco_dataset(records, rles, names, category_ids, image_id, file_name, shape) -> dict:
+    """The one-image COCO dataset of instance ``records`` (label, class index, score, peak) and their RLEs."""
+    image_id = integer("image_id", image_id)
     ids = list(range(1, len(names) + 1)) if category_ids is None else [int(i) for i in category_ids]
     if len(ids) != len(names) or len(set(ids)) != len(ids) or UNKNOWN_CATEGORY_ID in ids:
         raise ValueError(f"category_ids must be {len(names)} distinct ids other than "
@@ -65,14 +119,10 @@ def labels_to_coco(labels: np.ndarray, table=None, class_names: Sequence[str] | 
     if any(r["class_index"] < 0 for r in records):
         categories.append({"id": UNKNOWN_CATEGORY_ID, "name": UNKNOWN_CLASS,
                            "supercategory": ""})
-    height, width = labels.shape
+    height, width = shape
     annotations = []
-    for record in records:
+    for record, rle in zip(records, rles):
         label = record["label"]
-        mask = np.zeros((height, width), dtype=np.uint8, order="F")
-        window = regions[label][0]
-        mask[window] = labels[window] == label
-        rle = encode_rle(mask)
         annotation = {
             "id": label, "label": label, "image_id": int(image_id),
             "category_id": UNKNOWN_CATEGORY_ID if record["class_index"] < 0
