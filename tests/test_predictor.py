@@ -281,3 +281,15 @@ def test_a_network_the_user_converted_to_another_dtype_predicts(image, dtype):
         np.testing.assert_array_equal(pred.peaks_crm, reference.peaks_crm)
         np.testing.assert_allclose(np.asarray(pred.prms), np.asarray(reference.prms), atol=1e-5)
     assert PRMPredictor(model).class_response_maps(image).dtype == np.float32
+
+
+def test_points_outside_the_image_are_noted(tiny, image):
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(image)  # 70×90
+    inside = predictor.predict(points=([[69.4, 89.4], [-0.5, 0]], ["a", "b"]))
+    assert inside.notes == []
+    # (x, y) given for (y, x): it was moved to the border without a word
+    swapped = predictor.predict(points=([[80, 20], [10, 10]], ["a", "a"]))
+    assert swapped.notes == ["1 point outside the 70×90 image, (80, 20), back-propagated from the nearest "
+                             "place on its border: points are (y, x) in image pixels"]
+    assert swapped.peaks[0, 0] > 65  # the last CRM cell's centre, not 80

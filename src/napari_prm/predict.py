@@ -101,7 +101,8 @@ def predict(
         Back-propagate from these image ``(y, x)`` locations of these classes
         instead of the selected peaks (e.g. a user's click); thresholds and
         ``classes`` do not select them (the thresholds still weigh their
-        instances' confidence, see ``score_by``).
+        instances' confidence, see ``score_by``). A point outside the image
+        back-propagates from the border's nearest place, and ``Prediction.notes`` says so.
     retrieval : dict, optional
         Retrieval settings (any of :data:`RETRIEVAL_OPTIONS`), the same as
         passing them as keywords.

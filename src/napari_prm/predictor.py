@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
+from ._text import plural
 from .io.images import as_rgb_float, image_array
 from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
@@ -817,7 +818,8 @@ class PRMPredictor:
             Back-propagate from these image ``(y, x)`` locations of these classes
             (indices or names) instead of the selected peaks, e.g. a user's
             clicks; thresholds and ``classes`` do not select them (the thresholds
-            still weigh their instances' confidence, see ``score_by``).
+            still weigh their instances' confidence, see ``score_by``). A point outside
+            the image back-propagates from the border's nearest place, with a note.
         classes : sequence of int or str, optional
             Keep only peaks of these classes.
         progress : callable, optional
@@ -841,6 +843,7 @@ class PRMPredictor:
         notes: list[str] = []
         if points is not None:
             peaks_crm, runner_classes, runner_values, values = self._points_to_peaks(points, crm_shape, factor)
+            notes.extend(_outside_notes(points[0], self._image_shape))
         else:
             selection = self.select_peaks(classes=classes, **overrides)
             if selection.capped:
@@ -975,6 +978,20 @@ class PRMPredictor:
                 self._prepared_masks = prepare_proposals(stack, contour_width)
                 self._prepared_source, self._prepared_key = masks, key
             return self._prepared_masks
+
+
+def _outside_notes(points_yx, image_shape: tuple[int, int]) -> list[str]:
+    """A note naming the points that lie outside the image (pixel ``i`` spans ``i ± 0.5``): they
+    back-propagate from the nearest CRM cell, on the image's border, which a click or an
+    (x, y) given for a (y, x) rarely means."""
+    yx = np.asarray(points_yx, dtype=np.float64).reshape(-1, 2)
+    height, width = image_shape
+    outside = (yx[:, 0] < -0.5) | (yx[:, 0] > height - 0.5) | (yx[:, 1] < -0.5) | (yx[:, 1] > width - 0.5)
+    if not outside.any():
+        return []
+    shown = ", ".join(f"({y:g}, {x:g})" for y, x in yx[outside][:3]) + (", …" if outside.sum() > 3 else "")
+    return [f"{plural(int(outside.sum()), 'point')} outside the {height}×{width} image, {shown}, "
+            f"back-propagated from the nearest place on its border: points are (y, x) in image pixels"]
 
 
 def _is_refined(source) -> bool:
