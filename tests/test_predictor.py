@@ -293,3 +293,13 @@ def test_points_outside_the_image_are_noted(tiny, image):
     assert swapped.notes == ["1 point outside the 70×90 image, (80, 20), back-propagated from the nearest "
                              "place on its border: points are (y, x) in image pixels"]
     assert swapped.peaks[0, 0] > 65  # the last CRM cell's centre, not 80
+
+
+def test_one_class_may_be_given_without_a_list(tiny, image):
+    listed = napari_prm.predict(image, tiny, proposals=None, class_threshold=-1e9, classes=["b"])
+    assert len(listed.peaks) > 0 and set(listed.peak_classes) == {1}
+    for one in ("b", 1, np.int64(1)):  # "b" was the classes 'b'; "bc" would be 'b', 'c'; 1 not iterable
+        pred = napari_prm.predict(image, tiny, proposals=None, class_threshold=-1e9, classes=one)
+        np.testing.assert_array_equal(pred.peaks_crm, listed.peaks_crm)
+    with pytest.raises(ValueError, match=r"unknown class 'cat'; the model knows 3 classes"):
+        napari_prm.predict(image, tiny, proposals=None, classes="cat")

@@ -77,8 +77,8 @@ def predict(
     peak_threshold : float, optional
         Peaks whose value is not above this are dropped (None: the model's
         calibrated value; the 'original' preset uses 30).
-    classes : sequence of int or str, optional
-        Keep only peaks of these classes (indices or names).
+    classes : int, str or a sequence of them, optional
+        Keep only peaks of these classes (indices or names; one is a list of one).
     proposals : str, path, ndarray, callable or None
         Segment proposals for instance retrieval (see
         :func:`napari_prm.proposals.make_proposals`): ``"default"``, ``"prm"``,

@@ -454,9 +454,12 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 
 def class_indices(classes, class_names: Sequence[str]) -> list[int] | None:
-    """Class names or indices → indices into ``class_names`` (None stays None)."""
+    """Class names or indices → indices into ``class_names`` (None stays None; one name or
+    index stands for a list of it: ``classes="cat"`` was read as the classes 'c', 'a', 't')."""
     if classes is None:
         return None
+    if isinstance(classes, (str, int, np.integer)):
+        classes = [classes]
     indices = []
     for item in classes:
         if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
@@ -657,7 +660,7 @@ class PRMPredictor:
 
         Parameters
         ----------
-        classes : sequence of int or str, optional
+        classes : int, str or a sequence of them, optional
             Keep only peaks of these classes.
         **overrides
             Fields of :class:`PredictSettings` (thresholds, suppression, cap).
@@ -820,7 +823,7 @@ class PRMPredictor:
             clicks; thresholds and ``classes`` do not select them (the thresholds
             still weigh their instances' confidence, see ``score_by``). A point outside
             the image back-propagates from the border's nearest place, with a note.
-        classes : sequence of int or str, optional
+        classes : int, str or a sequence of them, optional
             Keep only peaks of these classes.
         progress : callable, optional
             ``progress(stage, done, total)`` with stage ``"backprop"``,
