@@ -64,6 +64,8 @@ def test_gray_plus_alpha_and_ycbcr_pil_images():
     np.testing.assert_allclose(as_rgb_float(gray_alpha), 100 / 255)
     ycbcr = Image.fromarray(_scene()).convert("YCbCr")  # its bands are luma and chroma, not R, G, B
     np.testing.assert_array_equal(image_array(ycbcr), np.asarray(ycbcr.convert("RGB")))
+    padded = Image.new("RGBX", (2, 2), (10, 20, 30, 0))  # its 4th band is padding: it was read as opacity 0
+    np.testing.assert_array_equal(image_array(padded)[0, 0], [10, 20, 30])
 
 
 def test_torch_tensors_channels_first_or_last_and_requiring_grad():

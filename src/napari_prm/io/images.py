@@ -299,7 +299,7 @@ _IMAGE_KINDS = ("an (H, W), (H, W, 3) or (H, W, 4) array, a PIL image, a torch t
 
 #: Pillow modes whose bands are not gray, RGB or RGBA values: converted as Pillow converts them.
 _PIL_CONVERSIONS = {"P": "RGB", "PA": "RGBA", "LA": "RGBA", "La": "RGBA", "CMYK": "RGB", "YCbCr": "RGB",
-                    "LAB": "RGB", "HSV": "RGB", "RGBa": "RGBA"}
+                    "LAB": "RGB", "HSV": "RGB", "RGBa": "RGBA", "RGBX": "RGB"}
 
 
 def _is_pil(image: Any) -> bool:
@@ -314,7 +314,7 @@ def image_array(image: Any, *, name: str = "image") -> np.ndarray:
     ----------
     image : ndarray, PIL.Image.Image, torch.Tensor, str or path-like
         An array (or anything ``np.asarray`` makes a numeric array of); a PIL image (palette,
-        gray + alpha, CMYK, YCbCr, LAB and HSV images converted to RGB or RGBA as Pillow
+        gray + alpha, CMYK, YCbCr, LAB, HSV and RGBX images converted to RGB or RGBA as Pillow
         converts them, a palette with a transparent colour to RGBA); a torch tensor, detached
         and moved to the CPU, a 3-D one with 1, 3 or 4 leading channels ``(C, H, W)``, as
         torchvision holds images, moved to channels-last; or a file path, read by
