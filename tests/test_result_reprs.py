@@ -39,7 +39,7 @@ def test_an_instance_and_a_model_print_shapes(prediction):
     model, pred = prediction
     instance = pred.instances[0]
     text = repr(instance)
-    assert "mask=<bool 120×160>" in text and "prm=<float32 120×160>" in text
+    assert "mask=<bool 120×160>" in text and "prm=InstancePRM(peaks [" in text and "], 120×160)" in text
     assert f"class_index={instance.class_index}" in text and len(text) < 300
     model_text = repr(model)
     # the network's module tree stays model.network's repr
