@@ -229,6 +229,49 @@ def test_results_follow_a_rotated_sheared_and_affine_image(make_napari_viewer, q
         expected = np.array([image.data_to_world(p) for p in pixels])
 
 
+def test_results_of_a_micrometre_image_are_in_micrometres_and_export_so(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat, tmp_path):
+    """A 16-bit image of small dynamic range (100-900) at 0.65 µm per pixel: the result layers had
+    the scale but the unit 'pixel', so napari warned "Inconsistent units across layers" and dropped
+    the units (scale bar in pixels), and the exported label TIFF recorded pixels. They now take the
+    image's units and axis names; the PRM stack's slider is called "peak"."""
+    from napari_prm._widgets.export import ExportWidget
+
+    viewer = make_napari_viewer()
+    gray = small_cat[..., 1].astype(np.float64)
+    u16 = np.round(100 + 800 * (gray - gray.min()) / np.ptp(gray)).astype(np.uint16)
+    assert (u16.min(), u16.max()) == (100, 900)
+    viewer.add_image(u16, name="cells", scale=(0.65, 0.65), translate=(12.0, 3.5), units=("µm", "µm"),
+                     axis_labels=("y", "x"))
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = "prm"
+    widget.peak_threshold.value = peak_threshold_for(u16, tiny_checkpoint, 3)
+    widget.add_crms.value = True
+    for _ in range(2):  # a run, then a re-run into the same layers
+        run_and_wait(widget, qtbot)
+        for name in ("cells peaks", "cells instances"):
+            layer = viewer.layers[name]
+            assert [str(unit) for unit in layer.units] == ["micrometer"] * 2, name
+            assert layer.axis_labels == ("y", "x"), name
+            np.testing.assert_allclose(layer.scale, [0.65, 0.65])
+        prms = viewer.layers["cells PRMs"]
+        assert [str(unit) for unit in prms.units] == ["pixel", "micrometer", "micrometer"]
+        assert prms.axis_labels == ("peak", "y", "x")
+        crm = next(layer for layer in viewer.layers if layer.name.startswith("cells CRM "))
+        assert [str(unit) for unit in crm.units] == ["micrometer"] * 2
+        assert [str(unit) for unit in viewer.layers.extent.units] == ["pixel", "micrometer", "micrometer"]
+        assert viewer.dims.axis_labels == ("peak", "y", "x")
+    instances = viewer.layers["cells instances"]
+    assert instances.data.max() > 0, widget.last_message
+    export = ExportWidget(viewer)
+    export._layer.value = instances
+    assert export.export(tmp_path, formats=["tiff", "csv"]), export._status.value
+    (reopened,) = viewer.open(str(tmp_path / "cells_labels.tif"), plugin="napari-prm")
+    assert [str(unit) for unit in reopened.units] == ["micrometer"] * 2
+    np.testing.assert_allclose(reopened.scale, [0.65, 0.65])
+    np.testing.assert_allclose(reopened.translate, [12.0, 3.5])
+
+
 def test_result_layers_follow_a_renamed_image(cat_viewer, qtbot, prm_config, tiny_checkpoint):
     """Renaming the image layer renames its result layers (and the image the instances name),
     so a re-run updates them instead of piling up a second set beside the first."""

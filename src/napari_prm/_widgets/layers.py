@@ -37,6 +37,10 @@ POINT_COLUMNS = ("class_name", "class_index", "peak_value", "class_score", "peak
                  *RUNNER_UP_COLUMNS, HAND_PLACED)
 #: The layer transforms a result layer takes from its image (`world_kwargs`).
 WORLD_TRANSFORMS = ("scale", "translate", "rotate", "shear", "affine")
+#: What else a result layer takes from its image: the units of its axes (µm, s) and their names.
+WORLD_LABELS = ("units", "axis_labels")
+#: The name of the PRM layer's leading axis (one slice per peak), as the dims slider shows it.
+PEAK_AXIS_LABEL = "peak"
 INSTANCE_COLUMNS = ("index", "label", "class_index", "class_name", "score", "peak")
 #: Name of the copy of a corrected instances layer that a new run keeps (`keep_corrections`).
 KEPT_SUFFIX = " (corrected)"
@@ -103,10 +107,13 @@ def read_plane(layer, plane: tuple[int, ...]) -> np.ndarray:
 
 def world_kwargs(image_layer, extra_leading: int = 0) -> dict:
     """``scale``, ``translate``, ``rotate``, ``shear`` and ``affine`` of a result layer
-    aligned with ``image_layer``: each pixel maps to the world where the image's does.
+    aligned with ``image_layer``: each pixel maps to the world where the image's does; and
+    the image's ``units`` and ``axis_labels`` (napari ≥ 0.6), so that a result of an image in
+    µm is in µm too (napari drops the scale bar's units, and warns, when layers disagree).
 
-    ``extra_leading`` axes (e.g. the PRM stack's peak axis) get scale 1, translate 0 and
-    no rotation or shear.
+    ``extra_leading`` axes (e.g. the PRM stack's peak axis) get scale 1, translate 0, no
+    rotation or shear, the unit ``pixel`` and the label `PEAK_AXIS_LABEL` (then
+    ``peak 1``, … for more than one).
     """
     from napari.utils.transforms import CompositeAffine
 
@@ -117,9 +124,17 @@ def world_kwargs(image_layer, extra_leading: int = 0) -> dict:
     if extra_leading:
         axes = list(range(extra_leading))
         transform, affine = transform.expand_dims(axes), affine.expand_dims(axes)
-    return {"scale": list(transform.scale), "translate": list(transform.translate),
-            "rotate": np.array(transform.rotate), "shear": np.array(transform.shear),
-            "affine": np.array(affine.affine_matrix)}
+    kwargs = {"scale": list(transform.scale), "translate": list(transform.translate),
+              "rotate": np.array(transform.rotate), "shear": np.array(transform.shear),
+              "affine": np.array(affine.affine_matrix)}
+    if getattr(image_layer, "units", None) is not None:
+        kwargs["units"] = ["pixel"] * extra_leading + [str(unit) for unit in image_layer.units]
+        leading = [PEAK_AXIS_LABEL] + [f"{PEAK_AXIS_LABEL} {k}" for k in range(1, extra_leading)]
+        labels = [str(label) for label in image_layer.axis_labels]
+        kwargs["axis_labels"] = [label for label in leading[:extra_leading] if label not in labels] + labels
+        if len(kwargs["axis_labels"]) != len(kwargs["units"]):  # the image names an axis "peak"
+            del kwargs["axis_labels"]
+    return kwargs
 
 
 class PeakPRMs:
@@ -608,7 +623,7 @@ def upsert_layer(viewer, layer_type: str, name: str, data, **kwargs):
     """Update the layer called ``name`` in place, or add it; never a second one.
 
     A layer of another type or dimensionality is replaced at the same place in the layer
-    list. ``features``, the `WORLD_TRANSFORMS` and colouring are re-applied.
+    list. ``features``, the `WORLD_TRANSFORMS`, the `WORLD_LABELS` and colouring are re-applied.
     """
     existing = viewer.layers[name] if name in viewer.layers else None
     ndim = np.shape(data)[1] if layer_type == "points" else np.ndim(data)
@@ -618,6 +633,9 @@ def upsert_layer(viewer, layer_type: str, name: str, data, **kwargs):
             now = getattr(existing, name)
             now = now.affine_matrix if name == "affine" else now
             if name in kwargs and not np.allclose(now, kwargs[name]):
+                setattr(existing, name, kwargs[name])
+        for name in WORLD_LABELS:
+            if name in kwargs and [str(v) for v in getattr(existing, name)] != [str(v) for v in kwargs[name]]:
                 setattr(existing, name, kwargs[name])
         if layer_type == "points":
             existing.selected_data = set()
