@@ -272,6 +272,35 @@ def test_results_of_a_micrometre_image_are_in_micrometres_and_export_so(
     np.testing.assert_allclose(reopened.translate, [12.0, 3.5])
 
 
+def test_the_image_to_run_follows_the_layer_selected_and_never_offers_results(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """Opening a second image (or selecting it in the layer list) and pressing Run ran the first
+    image again, and the image chooser offered the run's own PRMs and CRM layers. The chosen image
+    now follows the image layer selected; result layers are neither offered nor followed."""
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    viewer.add_image(np.ascontiguousarray(small_cat[::-1]), name="flipped")  # selected: opened last
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    assert widget.image.value is viewer.layers["flipped"]
+    viewer.layers.selection.active = viewer.layers["cat"]
+    assert widget.image.value is viewer.layers["cat"]
+    widget.proposals.value = None
+    widget.add_crms.value = True
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
+    run_and_wait(widget, qtbot)
+    assert len(viewer.layers["cat peaks"].data) == 3
+    crms = [layer.name for layer in viewer.layers if layer.name.startswith("cat CRM ")]
+    assert crms and [layer.name for layer in widget.image.choices] == ["cat", "flipped"]
+    for name in ("cat PRMs", crms[0], "cat instances", "cat peaks"):  # looked at, not run on
+        viewer.layers.selection.active = viewer.layers[name]
+        assert widget.image.value is viewer.layers["cat"], name
+    dog = viewer.add_image(np.ascontiguousarray(small_cat[:, ::-1]), name="dog")  # opened now
+    assert widget.image.value is dog
+    run_and_wait(widget, qtbot)
+    assert "dog peaks" in viewer.layers and len(viewer.layers["dog peaks"].data) > 0
+    assert "flipped peaks" not in viewer.layers
+
+
 def test_result_layers_follow_a_renamed_image(cat_viewer, qtbot, prm_config, tiny_checkpoint):
     """Renaming the image layer renames its result layers (and the image the instances name),
     so a re-run updates them instead of piling up a second set beside the first."""

@@ -20,6 +20,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidgetItem
 
 from ..predictor import preset_settings, resolve_thresholds
+from .layers import is_result_image
 from .models import BUILTIN_CHOICES, devices, model_choices, remember_model
 from .settings import save_settings
 from .thresholds import CalibratedThreshold
@@ -197,7 +198,19 @@ class PredictForm:
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, _=None):
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+        """The Image layers of the viewer but the plugin's own results (PRMs, CRMs)."""
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if isinstance(layer, Image) and not is_result_image(self.viewer, layer)]
+
+    def follow_image(self, layer) -> None:
+        """Make ``layer`` the chosen image when it is one the form offers (the layer the user
+        selected in the layer list, or opened last); a result layer or a Labels layer changes nothing."""
+        if not isinstance(layer, Image) or layer is self.image.value or is_result_image(self.viewer, layer):
+            return
+        if layer not in self.image.choices:  # selected as it was added, before napari refreshed the form
+            self.image.reset_choices()
+        if layer in self.image.choices:
+            self.image.value = layer
 
     def _proposal_choices(self, _=None):
         choices = list(PROPOSAL_SOURCES.items())

@@ -61,6 +61,20 @@ def layer_names(image_name: str) -> dict[str, str]:
     }
 
 
+def is_result_image(viewer, layer) -> bool:
+    """Whether the Image ``layer`` is a run's PRMs or CRM layer of an image layer of ``viewer``
+    (``<image> PRMs``, ``<image> CRM <class>``): the widget does not offer it as an image to run on."""
+    from napari.layers import Image
+
+    for image in viewer.layers:
+        if image is layer or not isinstance(image, Image):
+            continue
+        names = layer_names(image.name)
+        if layer.name == names["prms"] or layer.name.startswith(names["crm"]):
+            return True
+    return False
+
+
 def check_image_layer(layer) -> tuple[int, ...]:
     """Check that ``layer`` is an image PRM can run on; return its leading (stack) shape.
 

@@ -163,6 +163,7 @@ class PredictWidget(PredictForm, QWidget):
         _live_predict_widgets.add(self)
         self.apply_settings(load_settings(self.SETTINGS_NAME, WidgetSettings, upgrade=upgrade_saved_settings))
         self._restoring = False
+        self.follow_image(self.viewer.layers.selection.active)
         self.form.changed.connect(self._update_rethreshold)
         self.viewer.dims.events.current_step.connect(self._update_rethreshold)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -229,10 +230,12 @@ class PredictWidget(PredictForm, QWidget):
         self.correction.forget(layer)
 
     def _on_active_layer(self, event) -> None:
-        """The correction panel's buttons work on the run of the layer selected."""
+        """The correction panel's buttons work on the run of the layer selected; an image layer
+        selected (or just opened) becomes the image to run on."""
         if event.value is not None:
             try:
                 self.correction.focus(event.value)
+                self.follow_image(event.value)
             except RuntimeError:  # the widget was closed; napari may still emit layer events
                 pass
 
