@@ -45,9 +45,10 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return save_model(model, tmp_path_factory.mktemp("models") / "tiny.pt")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def prm_config(tmp_path, monkeypatch) -> Path:
-    """A private napari-prm config folder (the recent-models list lives there)."""
+    """A private napari-prm config folder for each test (the recent-models list and the widgets'
+    saved choices live there): no test reads another's choices or writes the user's."""
     folder = tmp_path / "napari-prm-config"
     monkeypatch.setenv("NAPARI_PRM_CONFIG_DIR", str(folder))
     return folder

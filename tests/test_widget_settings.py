@@ -2,6 +2,7 @@
 bars in napari's activity dock (with their cancel button)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,40 @@ def test_training_shows_batches_in_the_activity_dock_and_cancels_there(
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert widget.result.cancelled or widget.result.checkpoint is None, widget.last_message
     assert "Cancelled" in widget.last_message
+
+
+def test_export_and_train_choices_come_back_in_a_new_session(make_napari_viewer, prm_config, tmp_path):
+    """The Export widget's folder was the home folder again in every session (and its formats the
+    defaults), and the Train widget forgot its dataset, epochs, learning rate and output. They are
+    kept now, as the predict widget's choices are; a dataset that has gone is not put back."""
+    def open_both(viewer):
+        return (viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")[1],
+                viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")[1])
+
+    exports, dataset = tmp_path / "exports", tmp_path / "cells"
+    exports.mkdir()
+    (dataset / "nucleus").mkdir(parents=True)
+    export, train = open_both(make_napari_viewer())
+    export._folder.value = exports
+    export._formats["png"].value, export._formats["coco"].value = True, False
+    export._overwrite.value = True  # asked for each time: not kept
+    train._dataset_dir.value = dataset
+    train._base.value = "tiny"
+    train._epochs.value, train._lr.value, train._batch.value, train._size.value = 40, 0.003, 4, 224
+    train._out.value = tmp_path / "nuclei.pt"
+    assert json.loads(settings_path("export").read_text())["folder"] == str(exports)
+
+    export, train = open_both(make_napari_viewer())  # a new session, same config folder
+    assert export._folder.value == exports and not export._overwrite.value
+    assert {key: box.value for key, box in export._formats.items()} == {
+        "tiff": True, "png": True, "coco": False, "csv": True}
+    assert train._dataset_dir.value == dataset and train._base.value == "tiny"
+    assert (train._epochs.value, train._lr.value, train._batch.value, train._size.value) == (40, 0.003, 4, 224)
+    assert train._out.value == tmp_path / "nuclei.pt"
+
+    (dataset / "nucleus").rmdir()
+    dataset.rmdir()
+    exports.rmdir()
+    export, train = open_both(make_napari_viewer())
+    assert export._folder.value == Path.home() and train._epochs.value == 40
+    assert str(train._dataset_dir.value) in ("", ".")

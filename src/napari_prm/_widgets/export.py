@@ -6,6 +6,7 @@ All formats are :func:`napari_prm.io.export_instances`'; files are written atomi
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,22 @@ from .. import io
 from .._writer import layer_table
 from .layers import INSTANCES_SUFFIX, image_file_name, image_layer_of
 from .models import unwrap_viewer
+from .settings import persist_fields
 
 FORMATS = {"tiff": "label TIFF", "png": "label PNG (up to 65535 labels)",
            "coco": "COCO JSON (RLE)", "csv": "instance CSV"}
+@dataclass
+class ExportSettings:
+    """The export widget's choices kept between sessions (the file stem and *overwrite* are not:
+    the stem follows the layer, and replacing files is asked for each time)."""
+
+    folder: str = str(Path.home())
+    tiff: bool = True
+    png: bool = False
+    coco: bool = True
+    csv: bool = True
+
+
 #: Formats of 2-D labels only: the widget leaves them out of a stack's export, and says so.
 FLAT_FORMATS = ("png", "coco")
 
@@ -69,6 +83,9 @@ class ExportWidget(Container):
         self._status.native.setWordWrap(True)  # a long message must not widen the dock
         super().__init__(widgets=[self._layer, self._folder, self._stem, *self._formats.values(),
                                   self._overwrite, self._button, self._status])
+        # the folder and formats of the last export come back in the next session
+        persist_fields("export", ExportSettings, {"folder": self._folder, **self._formats},
+                       usable=lambda field, value: field != "folder" or Path(value).is_dir())
         self._layer.changed.connect(self._default_stem)
         self._button.changed.connect(lambda: self.export())
         self._default_stem()

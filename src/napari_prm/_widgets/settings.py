@@ -78,3 +78,36 @@ def save_settings(name: str, settings) -> None:
             temp.write_text(json.dumps(dataclasses.asdict(settings), indent=1), encoding="utf-8")
     except OSError:
         pass  # an unwritable config folder must not stop the widget
+
+
+def persist_fields(name: str, cls: type, fields: dict, *, usable: Callable[[str, object], bool] | None = None) -> None:
+    """Keep the values of a magicgui form's ``fields`` between sessions, as the settings ``name``.
+
+    Each key of ``fields`` is a field of the dataclass ``cls`` and its value the widget that
+    shows it. The saved values are put into the widgets now (a choice no longer offered, a
+    value out of range, or one ``usable(field, value)`` rejects, is left at the widget's own),
+    and every change of one of them saves them all. Paths are saved as text; an empty field
+    (``.``) as ``""``.
+    """
+    saved = load_settings(name, cls)
+    defaults = cls()
+    for field, widget in fields.items():
+        value = getattr(saved, field)
+        if value is None or value == getattr(defaults, field) or (usable is not None and not usable(field, value)):
+            continue
+        if hasattr(widget, "choices") and value not in widget.choices:
+            continue
+        try:
+            widget.value = value
+        except (ValueError, TypeError):
+            pass  # out of range now: keep what the widget has
+
+    def save(*_) -> None:
+        values = {}
+        for field, widget in fields.items():
+            value = widget.value
+            values[field] = ("" if str(value) in ("", ".") else str(value)) if isinstance(value, Path) else value
+        save_settings(name, cls(**values))
+
+    for widget in fields.values():
+        widget.changed.connect(save)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
@@ -21,6 +22,7 @@ from ..train import builtin_start_note, train, training_split
 from .activity import ActivityProgress, StopsOnClose
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
+from .settings import persist_fields
 
 BASE_MODELS = {
     "EfficientNet-Lite0 (ImageNet weights)": "efficientnet_lite0",
@@ -34,6 +36,29 @@ BASE_MODELS = {
 }
 #: How the note of :func:`napari_prm.train.builtin_start_note` names the choice above.
 BUILTIN_CHOICE = "the base model 'built-in {name}'"
+
+
+@dataclass
+class TrainSettings:
+    """The Train widget's choices kept between sessions (a dataset or output folder that has gone
+    is left empty, or at the default)."""
+
+    dataset: str = ""
+    dataset_dir: str = ""
+    base: str = "efficientnet_lite0"
+    epochs: int = 5
+    lr: float = 0.01
+    batch_size: int = 8
+    input_size: int = 448
+    out: str = str(Path.home() / "prm_model.pt")
+    device: str | None = None  # None: the first of `devices()`
+
+
+def _still_there(field: str, value) -> bool:
+    """Whether a saved path of `TrainSettings` can be put back: the dataset exists, the output's folder does."""
+    if field in ("dataset", "dataset_dir"):
+        return Path(value).exists()
+    return field != "out" or Path(value).parent.is_dir()
 
 
 class TrainWidget(StopsOnClose, Container):
@@ -68,6 +93,10 @@ class TrainWidget(StopsOnClose, Container):
             self._size, self._out, self._device, self._train_button, self._cancel_button,
             self._progress, self._status,
         ])
+        persist_fields("train", TrainSettings, {
+            "dataset": self._dataset, "dataset_dir": self._dataset_dir, "base": self._base,
+            "epochs": self._epochs, "lr": self._lr, "batch_size": self._batch, "input_size": self._size,
+            "out": self._out, "device": self._device}, usable=_still_there)
         self._train_button.changed.connect(lambda: self.start())
         self._cancel_button.changed.connect(lambda: self.cancel())
         self._relay = _Relay()
