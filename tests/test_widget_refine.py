@@ -245,3 +245,40 @@ def test_removing_the_layers_while_learning_changes_nothing(make_napari_viewer, 
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert not widget.result.cancelled and len(widget.result.history) == 3
     assert widget.last_message.startswith("Learnt") and widget._learn_button.enabled
+
+
+def test_labels_painted_from_scratch_and_a_reopened_export_are_offered_with_their_image(
+        make_napari_viewer, qtbot, prm_config, tiny_shapes_checkpoint, tmp_path):
+    """A Labels layer the user painted from scratch (napari's "Labels", no run) and an exported
+    ``scene_labels.tif`` opened again were not offered by *Learn from corrections* (only
+    ``<image> instances`` were), and *Export* offered their own names as the file stem. They now go
+    with their image: the only image layer of their shape, or the one the export is named after."""
+    from napari_prm._widgets.export import ExportWidget
+
+    viewer = make_napari_viewer()
+    image, labels, _, _ = shapes_scene(4)
+    viewer.add_image(image, name="scene")
+    predict_widget, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    painted = viewer.add_labels(np.zeros(labels.shape, np.uint8), name="Labels")
+    painted.data = labels.astype(np.uint8)  # painted by hand: no classes, no features
+    widget.reset_choices()
+    assert [layer.name for _, layer in widget._labels_choices()] == ["Labels"]
+    export = ExportWidget(viewer)
+    export._layer.value = painted
+    assert export._stem.value == "scene"
+    assert export.export(tmp_path, formats=["tiff", "csv"]), export._status.value
+    (reopened,) = viewer.open(str(tmp_path / "scene_labels.tif"), plugin="napari-prm")
+    assert reopened.name == "scene_labels"
+    viewer.add_image(image[::-1].copy(), name="other")  # same shape: "Labels" is ambiguous now
+    widget.reset_choices()
+    assert [layer.name for _, layer in widget._labels_choices()] == ["scene_labels"]
+    export._layer.reset_choices()
+    export._layer.value = reopened
+    assert export._stem.value == "scene"
+    widget._layers.value = [reopened]
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "refined.pt"
+    assert widget.start(epochs=2, batch_size=1) is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.last_message.startswith("Learnt from 1 corrected image"), widget.last_message
+    assert load_model(tmp_path / "refined.pt").head is not None

@@ -686,10 +686,17 @@ def image_file_name(image_layer) -> str:
     return name or image_layer.name
 
 
+#: What an exported label image adds to its image's stem (``cells_labels.tif`` for ``cells.tif``).
+LABELS_FILE_SUFFIX = "_labels"
+
+
 def image_layer_of(viewer, labels_layer):
     """The image layer of ``viewer`` that a Labels layer annotates, None when there is none: the one
     its metadata names (``image_layer``, as a run records it, else ``image_file_name``), else the
-    one its name is of (``"cat instances"``: ``"cat"``)."""
+    one its name is of (``"cat instances"``: ``"cat"``; ``"cat_labels"``, an export reopened: the
+    layer ``cat`` or the one opened from ``cat.png``), else the only image layer of its shape (a
+    Labels layer painted from scratch, napari's ``Labels``; not for one whose metadata names an
+    image that has gone)."""
     from napari.layers import Image
 
     metadata = labels_layer.metadata or {}
@@ -697,7 +704,25 @@ def image_layer_of(viewer, labels_layer):
                  labels_layer.name.removesuffix(INSTANCES_SUFFIX)):
         if name and name in viewer.layers and isinstance(viewer.layers[name], Image):
             return viewer.layers[name]
-    return None
+    images = [layer for layer in viewer.layers if isinstance(layer, Image) and not is_result_image(viewer, layer)]
+    if labels_layer.name.endswith(LABELS_FILE_SUFFIX):
+        stem = labels_layer.name.removesuffix(LABELS_FILE_SUFFIX)
+        named = [image for image in images if stem in (image.name, Path(image_file_name(image)).stem)]
+        if len(named) == 1:
+            return named[0]
+    if metadata.get("image_layer") or metadata.get("image_file_name"):
+        return None  # made on an image that has gone: not the one beside it of the same shape
+    data = labels_layer.data[0] if labels_layer.multiscale else labels_layer.data
+    same_shape = []
+    for image in images:
+        try:
+            leading = check_image_layer(image)
+        except ValueError:
+            continue
+        pixels = image.data[0] if image.multiscale else image.data
+        if (*leading, *pixels.shape[len(leading):len(leading) + 2]) == tuple(data.shape):
+            same_shape.append(image)
+    return same_shape[0] if len(same_shape) == 1 else None
 
 
 def rename_results(viewer, image_layer, old_name: str) -> None:

@@ -45,7 +45,8 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
     image_layer = image_layer_of(viewer, labels_layer)
     if image_layer is None:
         raise ValueError(f"layer {labels_layer.name!r}: no image layer goes with it (name it '<image>"
-                         f"{INSTANCES_SUFFIX}' or keep the image layer it was made on)")
+                         f"{INSTANCES_SUFFIX}', keep the image layer it was made on, or keep only one "
+                         "image layer of its shape)")
     data = np.asarray(labels_layer.data[0] if labels_layer.multiscale else labels_layer.data)
     leading = data.shape[:-2]
     planes = []
