@@ -755,10 +755,10 @@ def test_finding_1_the_number_of_peaks_is_capped(ws):
     assert len(prediction.peaks) == 50 and prediction.prms.shape == (50, 128, 128)
     assert len(prediction.notes) == 1 and "the 50 strongest were kept (max_peaks=50)" in prediction.notes[0]
     found = int(prediction.notes[0].split()[0])
-    assert found > 200  # what the thresholds let through, and what the cap kept out
+    assert found > 200 and prediction.peaks_found == found  # what the thresholds let through
     # The strongest peaks are the ones kept.
     everything = predict(image, model, class_threshold=-1e9, proposals=None, max_peaks=1000)
-    assert len(everything.peaks) == found and not everything.notes
+    assert len(everything.peaks) == found and not everything.notes and everything.peaks_found == found
     np.testing.assert_allclose(prediction.peak_values, everything.peak_values[:50])
 
 

@@ -452,6 +452,30 @@ def test_all_planes_of_a_stack(make_napari_viewer, qtbot, prm_config, tiny_check
     assert set(viewer.layers["stack peaks"].data[:, 0]) == {1.0}
 
 
+def test_the_peak_cap_of_a_stacks_planes_is_said_once(make_napari_viewer, qtbot, prm_config,
+                                                      tiny_checkpoint, small_cat):
+    """*All planes* of a float32 z-stack with negative values: the status line repeated the cap's
+    sentence for every plane ("125 peaks passed the thresholds; the 50 strongest were kept ...",
+    then 140, 136, 133: 50 sentences for a 50-plane stack). It now says it once, with the range."""
+    viewer = make_napari_viewer()
+    red = small_cat[..., 0].astype(np.float32)
+    stack = np.stack([red * (k + 1) / 4 - 50 for k in range(3)] + [red[::-1] - 50])
+    assert stack.min() < 0
+    viewer.add_image(stack, name="z", scale=(2.0, 0.65, 0.65))
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.planes.value = "all planes"
+    widget.peak_threshold.value = -1e4  # none: every local maximum, so the cap of 50 bites
+    run_and_wait(widget, qtbot)
+    model = load_model(tiny_checkpoint)
+    found = [predict(plane, model, proposals=None, peak_threshold=None).peaks_found for plane in stack]
+    assert min(found) > 50 and len(viewer.layers["z peaks"].data) == 4 * 50
+    counts = f"{min(found)}" if min(found) == max(found) else f"{min(found)}–{max(found)}"
+    assert widget.last_message.count("strongest") == 1, widget.last_message
+    assert (f"On 4 of 4 planes {counts} peaks passed the thresholds; the 50 strongest of each were kept"
+            in widget.last_message), widget.last_message
+
+
 def test_builtin_model_on_the_sample_image(make_napari_viewer, qtbot, prm_config):
     """The default model (built-in, VOC classes) finds the cat of the sample image with its
     calibrated thresholds, and its class list and thresholds come from the model."""

@@ -255,6 +255,14 @@ def resolve_thresholds(settings: PredictSettings, model_settings: Mapping[str, A
     return class_threshold, peak_threshold
 
 
+def cap_note(found: int, kept: int, max_peaks: int) -> str:
+    """The note of a prediction whose ``max_peaks`` cap bit: ``found`` peaks passed the
+    thresholds and the ``kept`` strongest were kept."""
+    strongest = "the strongest was" if kept == 1 else f"the {kept} strongest were"
+    return (f"{found} peaks passed the thresholds; {strongest} kept (max_peaks={max_peaks}). "
+            "Raise the thresholds or max_peaks.")
+
+
 @dataclass(repr=False)
 class Prediction:
     """PRM results for one image, in the image's pixel frame.
@@ -290,7 +298,10 @@ class Prediction:
     settings : PredictSettings or None
         What produced it.
     notes : list of str
-        What the user should know (for example that the peak cap bit).
+        What the user should know (for example that the peak cap bit: `cap_note`).
+    peaks_found : int or None
+        How many peaks passed the thresholds before the ``max_peaks`` cap kept the strongest
+        (``len(peaks)`` when it did not bite); None for a prediction from given points.
     """
 
     class_names: list[str]
@@ -307,6 +318,7 @@ class Prediction:
     sub_pixel_locating_factor: int = 1
     settings: PredictSettings | None = None
     notes: list[str] = field(default_factory=list)
+    peaks_found: int | None = None
 
     def __post_init__(self):
         count = len(self.peak_classes)
@@ -850,9 +862,7 @@ class PRMPredictor:
         else:
             selection = self.select_peaks(classes=classes, **overrides)
             if selection.capped:
-                kept = "the strongest was" if len(selection) == 1 else f"the {len(selection)} strongest were"
-                notes.append(f"{selection.found} peaks passed the thresholds; {kept} kept "
-                             f"(max_peaks={settings.max_peaks}). Raise the thresholds or max_peaks.")
+                notes.append(cap_note(selection.found, len(selection), settings.max_peaks))
             if not len(selection):
                 notes.extend(self._nothing_selected_notes(settings, classes))
             peaks_crm, values = selection.peaks, selection.values
@@ -875,6 +885,7 @@ class PRMPredictor:
             sub_pixel_locating_factor=factor,
             settings=settings,
             notes=notes,
+            peaks_found=selection.found if points is None else None,
         )
         if _is_refined(self.proposal_source) and len(peaks_crm):
             _check_cancel(cancel)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..peaks import RUNNERS_UP
 from ..predict import Prediction, crm_to_image
+from ..predictor import cap_note
 from ..scaled import ScaledStack, split_index
 
 #: Colours of the classes' peaks, cycled in order of first appearance (matplotlib tab10).
@@ -441,9 +442,29 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
         instance_features=instance_features(table),
         crms=crms,
         sub_pixel_locating_factor=int(predictions[0].sub_pixel_locating_factor),
-        notes=[note for prediction in predictions for note in prediction.notes],
+        notes=plane_notes(planes, predictions),
         merged_into=merged_into,
     )
+
+
+def plane_notes(planes: list[tuple], predictions: list[Prediction]) -> list[str]:
+    """The notes of the predictions of an image's planes, each once; the peak cap's of several
+    planes as one (a 40-plane stack gave 40 sentences that differed in one number)."""
+    notes = [note for prediction in predictions for note in prediction.notes]
+    capped = [(plane, prediction) for plane, prediction in zip(planes, predictions)
+              if prediction.peaks_found is not None and prediction.settings is not None
+              and cap_note(prediction.peaks_found, len(prediction.peaks), prediction.settings.max_peaks)
+              in prediction.notes]
+    if len(capped) > 1:
+        own = {cap_note(p.peaks_found, len(p.peaks), p.settings.max_peaks) for _, p in capped}
+        found = [p.peaks_found for _, p in capped]
+        caps = sorted({p.settings.max_peaks for _, p in capped})
+        notes = [note for note in notes if note not in own]
+        counts = f"{min(found)}" if min(found) == max(found) else f"{min(found)}–{max(found)}"
+        notes.insert(0, f"On {len(capped)} of {len(planes)} planes {counts} peaks passed the "
+                        f"thresholds; the {'/'.join(map(str, caps))} strongest of each were kept (max_peaks). "
+                        "Raise the thresholds or max_peaks.")
+    return list(dict.fromkeys(notes))
 
 
 # ---------------------------------------------------------------------- peaks placed by hand
