@@ -231,6 +231,9 @@ def test_stack_exports_tiff_and_csv_that_reopen_with_classes(make_napari_viewer,
     np.testing.assert_allclose(back["score"].to_numpy(), [0.9, 0.4, 0.7, 0.2, np.nan])
 
     # COCO holds 2-D images: refused for a stack, with the way out
+    assert widget._layer.value is reopened  # it follows the layer opened (selected)
+    assert widget._stem.value == "z"  # not "z_labels", which would write z_labels_labels.tif
+    widget._layer.value = layer
     assert widget.export(tmp_path / "coco", formats=["coco"]) == []
     assert "TIFF" in widget._status.value and "CSV" in widget._status.value
 

@@ -214,3 +214,28 @@ def test_export_and_train_choices_come_back_in_a_new_session(make_napari_viewer,
     export, train = open_both(make_napari_viewer())
     assert export._folder.value == Path.home() and train._epochs.value == 40
     assert str(train._dataset_dir.value) in ("", ".")
+
+
+def test_learn_choices_come_back_and_export_follows_the_labels_layer_selected(make_napari_viewer, tmp_path):
+    """*Learn from corrections* forgot its epochs and output file between sessions; the Export
+    widget exported the first Labels layer of the list whatever layer was selected (after a Run
+    that kept corrections, the hidden copy could be the one written)."""
+    viewer = make_napari_viewer()
+    _, learn = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections")
+    learn._epochs.value = 60
+    learn._out.value = tmp_path / "nuclei_refined.pt"
+    _, learn = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Learn from corrections")
+    assert learn._epochs.value == 60 and learn._out.value == tmp_path / "nuclei_refined.pt"
+
+    labels = np.zeros((30, 40), np.uint16)
+    labels[5:15, 5:20] = 1
+    first = viewer.add_labels(labels, name="a instances")
+    second = viewer.add_labels(labels * 2, name="b instances")
+    _, export = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    assert export._layer.value is second  # selected: added last
+    viewer.layers.selection.active = first
+    assert export._layer.value is first and export._stem.value == "a"
+    viewer.add_image(np.zeros((30, 40), np.float32), name="c")  # an image selected: no change
+    assert export._layer.value is first
+    third = viewer.add_labels(labels * 3, name="c instances")
+    assert export._layer.value is third and export._stem.value == "c"

@@ -16,7 +16,7 @@ from napari.utils.notifications import show_error, show_info
 
 from .. import io
 from .._writer import layer_table
-from .layers import INSTANCES_SUFFIX, image_file_name, image_layer_of
+from .layers import INSTANCES_SUFFIX, LABELS_FILE_SUFFIX, image_file_name, image_layer_of
 from .models import unwrap_viewer
 from .settings import persist_fields
 
@@ -44,7 +44,8 @@ def default_stem(viewer, labels_layer) -> str:
     The image layer the instances annotate (`image_layer_of`: the one they were computed on, or
     the one they are named after): the stem of the file it was opened from (``chelsea.png`` gives
     ``chelsea``), else its layer name. Without that layer, the ``image_file_name`` the instances
-    recorded; without either, the Labels layer's name less its `` instances`` suffix. So the files
+    recorded; without either, the Labels layer's name less its `` instances`` suffix (or the
+    ``_labels`` of an exported label image opened again). So the files
     are ``chelsea_labels.tif``, ``chelsea_instances.csv``, …, matched to ``chelsea.png`` by their
     stem (``refine --masks``).
     """
@@ -58,7 +59,7 @@ def default_stem(viewer, labels_layer) -> str:
     elif file_name:  # a file's name, or the layer's name where the image had no file
         stem = file_name if file_name == image_name else Path(file_name).stem
     else:
-        stem = labels_layer.name.removesuffix(INSTANCES_SUFFIX)
+        stem = labels_layer.name.removesuffix(INSTANCES_SUFFIX).removesuffix(LABELS_FILE_SUFFIX)
     return re.sub(r"[^\w.-]+", "_", stem).strip("_") or "labels"
 
 
@@ -88,11 +89,25 @@ class ExportWidget(Container):
                        usable=lambda field, value: field != "folder" or Path(value).is_dir())
         self._layer.changed.connect(self._default_stem)
         self._button.changed.connect(lambda: self.export())
+        self._follow(self._viewer.layers.selection.active)
+        self._viewer.layers.selection.events.active.connect(lambda event: self._follow(event.value))
         self._default_stem()
         self.last_written: list[Path] = []
 
     def _labels_choices(self, _=None):
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
+
+    def _follow(self, layer) -> None:
+        """Make the Labels layer selected in the layer list (or opened last) the one to export."""
+        if not isinstance(layer, Labels) or layer is self._layer.value:
+            return
+        try:
+            if layer not in self._layer.choices:  # selected as it was added, before napari refreshed the form
+                self._layer.reset_choices()
+            if layer in self._layer.choices:
+                self._layer.value = layer
+        except RuntimeError:  # the widget was closed; napari may still emit layer events
+            pass
 
     def _default_stem(self, *_):
         layer = self._layer.value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from .models import (
     unwrap_viewer,
 )
 from .relay import _Relay
+from .settings import persist_fields
 
 
 def layer_planes(viewer, labels_layer) -> list[tuple]:
@@ -56,6 +58,16 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
             planes.append((read_plane(image_layer, plane), np.array(labels), labels_layer.features.copy(),
                            labels_layer.name + (f" plane {plane}" if plane else "")))
     return planes
+
+
+@dataclass
+class RefineSettings:
+    """The *Learn from corrections* widget's choices kept between sessions (its model follows the
+    Peak Response Maps widget's; an output whose folder has gone is left at the default)."""
+
+    epochs: int = 20
+    out: str = ""  # "": refined_model.pt in the config folder
+    device: str | None = None  # None: the first of `devices()`
 
 
 class RefineWidget(StopsOnClose, Container):
@@ -87,6 +99,8 @@ class RefineWidget(StopsOnClose, Container):
             self._model, self._layers, self._masks_file, self._masks_dir, self._epochs, self._out,
             self._device, self._learn_button, self._cancel_button, self._progress, self._status,
         ])
+        persist_fields("refine", RefineSettings, {"epochs": self._epochs, "out": self._out, "device": self._device},
+                       usable=lambda field, value: field != "out" or Path(value).parent.is_dir())
         self._learn_button.changed.connect(lambda: self.start())
         self._cancel_button.changed.connect(lambda: self.cancel())
         self._relay = _Relay()
