@@ -1,6 +1,8 @@
 """Undo and redo of the correction tools through the Labels layer's own history, and their
 keyboard shortcuts, pressed as keys on napari's canvas."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
@@ -182,6 +184,15 @@ def test_shortcuts_are_listed_in_the_panel(classed):
         assert " / ".join(keys) in text and description in text
     assert "Ctrl+Z" in text
     assert "Delete" in widget.correction.delete_button.tooltip
+    # each key is in a button's tooltip (Shift-N, without a button of its own, was in none) and in
+    # the plugin's page
+    panel = widget.correction
+    tooltips = " ".join(button.tooltip or "" for button in (
+        panel.delete_button, panel.set_class_button, panel.merge_button, panel.split_button, panel.next_button))
+    page = (Path(__file__).resolve().parents[1] / "docs" / "plugin.md").read_text(encoding="utf-8")
+    for keys, _, _ in SHORTCUTS:
+        for key in keys:
+            assert key in tooltips and f"`{key}`" in page, key
 
 
 def test_an_instance_added_from_a_point_undoes_with_its_point(make_napari_viewer, qtbot, prm_config,

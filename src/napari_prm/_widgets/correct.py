@@ -115,6 +115,7 @@ class CorrectionPanel(PointRetrieval):
                                (self.split_button, "split_selected"),
                                (self.next_button, "select_next_by_score")):
             button.tooltip = f"shortcut on the instances layer: {_keys_of(method)}"
+        self.next_button.tooltip += f" ({_keys_of('select_previous_by_score')}: the previous one)"
         self.shortcuts_label = Label(value=shortcuts_help())
         self.container = Container(widgets=[
             Label(value="<b>Correct instances</b>"), self.class_choice, self.redo_points,
