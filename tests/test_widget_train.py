@@ -165,6 +165,21 @@ def test_train_without_a_dataset_is_refused(make_napari_viewer, prm_config):
     assert widget.start() is None and "Choose a dataset" in widget.last_message
 
 
+def test_a_dataset_file_chosen_after_a_folder_is_the_one_trained_on(make_napari_viewer, tmp_path):
+    """With a folder per class chosen once (kept between sessions now), choosing a CSV file trained on
+    the folder all the same, without a word. Choosing one empties the other."""
+    folder, table = tmp_path / "cells", tmp_path / "cells.csv"
+    (folder / "nucleus").mkdir(parents=True)
+    table.write_text("image,labels\n")
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset_dir.value = folder
+    assert widget._dataset_path() == folder
+    widget._dataset.value = table
+    assert widget._dataset_path() == table and str(widget._dataset_dir.value) == "."
+    widget._dataset_dir.value = folder
+    assert widget._dataset_path() == folder and str(widget._dataset.value) == "."
+
+
 def test_a_folder_that_is_no_dataset_is_reported_once(make_napari_viewer, qtbot, prm_config, tmp_path):
     """An existing folder with no class folders in it fails in the worker: the widget says
     so, once, and nothing is re-raised on the Qt thread (pytest-qt fails the test if it is)."""

@@ -61,6 +61,12 @@ def _still_there(field: str, value) -> bool:
     return field != "out" or Path(value).parent.is_dir()
 
 
+def _clear_if_chosen(other, value) -> None:
+    """Empty the FileEdit ``other`` when ``value``, its alternative's, names a path."""
+    if value is not None and str(value) not in ("", "."):
+        other.line_edit.value = ""
+
+
 class TrainWidget(StopsOnClose, Container):
     """Train a PRM model on an image-level-label dataset.
 
@@ -93,6 +99,9 @@ class TrainWidget(StopsOnClose, Container):
             self._size, self._out, self._device, self._train_button, self._cancel_button,
             self._progress, self._status,
         ])
+        # one dataset: choosing a file clears the folder and back (the folder won silently)
+        self._dataset.changed.connect(lambda value: _clear_if_chosen(self._dataset_dir, value))
+        self._dataset_dir.changed.connect(lambda value: _clear_if_chosen(self._dataset, value))
         persist_fields("train", TrainSettings, {
             "dataset": self._dataset, "dataset_dir": self._dataset_dir, "base": self._base,
             "epochs": self._epochs, "lr": self._lr, "batch_size": self._batch, "input_size": self._size,
