@@ -282,3 +282,17 @@ def test_labels_painted_from_scratch_and_a_reopened_export_are_offered_with_thei
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert widget.last_message.startswith("Learnt from 1 corrected image"), widget.last_message
     assert load_model(tmp_path / "refined.pt").head is not None
+
+
+def test_a_masks_file_chosen_after_a_masks_folder_is_the_one_learnt_from(make_napari_viewer, tmp_path):
+    """With a masks folder chosen, choosing a COCO JSON learnt from the folder, without a word.
+    Choosing one now empties the other."""
+    folder, coco = tmp_path / "masks", tmp_path / "masks.json"
+    folder.mkdir()
+    coco.write_text("{}")
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Learn from corrections")
+    widget._masks_dir.value = folder
+    widget._masks_file.value = coco
+    assert widget._masks_path() == coco and str(widget._masks_dir.value) == "."
+    widget._masks_dir.value = folder
+    assert widget._masks_path() == folder and str(widget._masks_file.value) == "."

@@ -36,7 +36,7 @@ from .models import (
     unwrap_viewer,
 )
 from .relay import _Relay
-from .settings import persist_fields
+from .settings import exclusive_paths, persist_fields
 
 
 def layer_planes(viewer, labels_layer) -> list[tuple]:
@@ -99,6 +99,7 @@ class RefineWidget(StopsOnClose, Container):
             self._model, self._layers, self._masks_file, self._masks_dir, self._epochs, self._out,
             self._device, self._learn_button, self._cancel_button, self._progress, self._status,
         ])
+        exclusive_paths(self._masks_file, self._masks_dir)
         persist_fields("refine", RefineSettings, {"epochs": self._epochs, "out": self._out, "device": self._device},
                        usable=lambda field, value: field != "out" or Path(value).parent.is_dir())
         self._learn_button.changed.connect(lambda: self.start())

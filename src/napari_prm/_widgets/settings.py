@@ -111,3 +111,14 @@ def persist_fields(name: str, cls: type, fields: dict, *, usable: Callable[[str,
 
     for widget in fields.values():
         widget.changed.connect(save)
+
+
+def exclusive_paths(first, second) -> None:
+    """Make two magicgui FileEdits alternatives (a dataset file or a folder): choosing a path in
+    one empties the other, so the one chosen last is the one used."""
+    def clear(other, value) -> None:
+        if value is not None and str(value) not in ("", "."):
+            other.line_edit.value = ""
+
+    first.changed.connect(lambda value: clear(second, value))
+    second.changed.connect(lambda value: clear(first, value))

@@ -22,7 +22,7 @@ from ..train import builtin_start_note, train, training_split
 from .activity import ActivityProgress, StopsOnClose
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
-from .settings import persist_fields
+from .settings import exclusive_paths, persist_fields
 
 BASE_MODELS = {
     "EfficientNet-Lite0 (ImageNet weights)": "efficientnet_lite0",
@@ -61,12 +61,6 @@ def _still_there(field: str, value) -> bool:
     return field != "out" or Path(value).parent.is_dir()
 
 
-def _clear_if_chosen(other, value) -> None:
-    """Empty the FileEdit ``other`` when ``value``, its alternative's, names a path."""
-    if value is not None and str(value) not in ("", "."):
-        other.line_edit.value = ""
-
-
 class TrainWidget(StopsOnClose, Container):
     """Train a PRM model on an image-level-label dataset.
 
@@ -99,9 +93,7 @@ class TrainWidget(StopsOnClose, Container):
             self._size, self._out, self._device, self._train_button, self._cancel_button,
             self._progress, self._status,
         ])
-        # one dataset: choosing a file clears the folder and back (the folder won silently)
-        self._dataset.changed.connect(lambda value: _clear_if_chosen(self._dataset_dir, value))
-        self._dataset_dir.changed.connect(lambda value: _clear_if_chosen(self._dataset, value))
+        exclusive_paths(self._dataset, self._dataset_dir)  # one dataset: the folder won silently
         persist_fields("train", TrainSettings, {
             "dataset": self._dataset, "dataset_dir": self._dataset_dir, "base": self._base,
             "epochs": self._epochs, "lr": self._lr, "batch_size": self._batch, "input_size": self._size,
