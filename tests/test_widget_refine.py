@@ -296,3 +296,29 @@ def test_a_masks_file_chosen_after_a_masks_folder_is_the_one_learnt_from(make_na
     assert widget._masks_path() == coco and str(widget._masks_dir.value) == "."
     widget._masks_dir.value = folder
     assert widget._masks_path() == folder and str(widget._masks_file.value) == "."
+
+
+def test_naparis_new_labels_layer_of_one_channel_goes_with_that_channel(make_napari_viewer, qtbot, tmp_path):
+    """Two channels opened with ``channel_axis`` (DAPI, GFP: same shape) and napari's *New labels
+    layer* on GFP ("GFP - Labels", in µm as the channel): the layer was offered by neither *Learn from
+    corrections* nor *Export*'s stem ("GFP_-_Labels"). It goes with GFP now."""
+    from napari_prm._widgets.export import ExportWidget
+    from napari_prm._widgets.refine import layer_planes
+
+    viewer = make_napari_viewer()
+    image, labels, _, _ = shapes_scene(5)
+    channels = np.stack([image[..., 0], image[..., 2]]).astype(np.uint16) * 16
+    viewer.add_image(channels, channel_axis=0, name=["DAPI", "GFP"], scale=(0.65, 0.65), units=("µm", "µm"))
+    viewer.layers.selection.active = viewer.layers["GFP"]
+    viewer._new_labels()  # the layer list's "New labels layer" button
+    painted = viewer.layers["GFP - Labels"]
+    painted.data = labels.astype(painted.data.dtype)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections")
+    assert [layer.name for _, layer in widget._labels_choices()] == ["GFP - Labels"]
+    ((plane, painted_plane, _, _),) = layer_planes(viewer, painted)
+    np.testing.assert_array_equal(plane, channels[1])
+    np.testing.assert_array_equal(painted_plane, labels)
+    export = ExportWidget(viewer)
+    export._layer.value = painted
+    assert export._stem.value == "GFP"
+    assert export.export(tmp_path, formats=["tiff"]) == [tmp_path / "GFP_labels.tif"], export._status.value

@@ -16,7 +16,7 @@ from napari.utils.notifications import show_error, show_info
 
 from .. import io
 from .._writer import layer_table
-from .layers import INSTANCES_SUFFIX, LABELS_FILE_SUFFIX, image_file_name, image_layer_of
+from .layers import INSTANCES_SUFFIX, LABELS_FILE_SUFFIX, NEW_LABELS_SUFFIX, image_file_name, image_layer_of
 from .models import unwrap_viewer
 from .settings import persist_fields
 
@@ -45,7 +45,7 @@ def default_stem(viewer, labels_layer) -> str:
     the one they are named after): the stem of the file it was opened from (``chelsea.png`` gives
     ``chelsea``), else its layer name. Without that layer, the ``image_file_name`` the instances
     recorded; without either, the Labels layer's name less its `` instances`` suffix (or the
-    ``_labels`` of an exported label image opened again). So the files
+    ``_labels`` of an exported label image opened again, or napari's `` - Labels``). So the files
     are ``chelsea_labels.tif``, ``chelsea_instances.csv``, …, matched to ``chelsea.png`` by their
     stem (``refine --masks``).
     """
@@ -59,7 +59,9 @@ def default_stem(viewer, labels_layer) -> str:
     elif file_name:  # a file's name, or the layer's name where the image had no file
         stem = file_name if file_name == image_name else Path(file_name).stem
     else:
-        stem = labels_layer.name.removesuffix(INSTANCES_SUFFIX).removesuffix(LABELS_FILE_SUFFIX)
+        stem = labels_layer.name
+        for suffix in (INSTANCES_SUFFIX, LABELS_FILE_SUFFIX, NEW_LABELS_SUFFIX):
+            stem = stem.removesuffix(suffix)
     return re.sub(r"[^\w.-]+", "_", stem).strip("_") or "labels"
 
 

@@ -709,12 +709,15 @@ def image_file_name(image_layer) -> str:
 
 #: What an exported label image adds to its image's stem (``cells_labels.tif`` for ``cells.tif``).
 LABELS_FILE_SUFFIX = "_labels"
+#: What napari's *New labels layer* button adds to the name of the image layer selected.
+NEW_LABELS_SUFFIX = " - Labels"
 
 
 def image_layer_of(viewer, labels_layer):
     """The image layer of ``viewer`` that a Labels layer annotates, None when there is none: the one
     its metadata names (``image_layer``, as a run records it, else ``image_file_name``), else the
-    one its name is of (``"cat instances"``: ``"cat"``; ``"cat_labels"``, an export reopened: the
+    one its name is of (``"cat instances"``: ``"cat"``; ``"cat - Labels"``, napari's new Labels layer
+    of the image selected; ``"cat_labels"``, an export reopened: the
     layer ``cat`` or the one opened from ``cat.png``), else the only image layer of its shape (a
     Labels layer painted from scratch, napari's ``Labels``; not for one whose metadata names an
     image that has gone)."""
@@ -722,7 +725,7 @@ def image_layer_of(viewer, labels_layer):
 
     metadata = labels_layer.metadata or {}
     for name in (metadata.get("image_layer"), metadata.get("image_file_name"),
-                 labels_layer.name.removesuffix(INSTANCES_SUFFIX)):
+                 labels_layer.name.removesuffix(INSTANCES_SUFFIX), labels_layer.name.removesuffix(NEW_LABELS_SUFFIX)):
         if name and name in viewer.layers and isinstance(viewer.layers[name], Image):
             return viewer.layers[name]
     images = [layer for layer in viewer.layers if isinstance(layer, Image) and not is_result_image(viewer, layer)]
