@@ -12,7 +12,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the testing extra installs tomli
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 API_MODULES = ["napari_prm", "napari_prm.model", "napari_prm.proposals", "napari_prm.retrieval",
