@@ -132,8 +132,9 @@ def test_the_version_has_one_source_and_the_changelog_names_it():
     assert "version" not in project and "version" in project["dynamic"]
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "napari_prm.__version__"}
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
-    first = re.search(r"^## \[([^\]]+)\]", changelog, flags=re.MULTILINE).group(1)
-    assert first == napari_prm.__version__
+    # the newest numbered section (an "[Unreleased]" section above it names no version)
+    newest = re.search(r"^## \[(\d[^\]]*)\]", changelog, flags=re.MULTILINE).group(1)
+    assert newest == napari_prm.__version__
 
 
 def test_the_licence_file_is_the_declared_licence():
