@@ -141,3 +141,24 @@ def test_the_licence_file_is_the_declared_licence():
     assert PYPROJECT["project"]["license"] == "BSD-3-Clause"
     assert PYPROJECT["project"]["license-files"] == ["LICENSE"]
     assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("BSD 3-Clause License")
+
+
+def test_the_sdist_manifest_takes_every_tracked_top_level_entry():
+    """MANIFEST.in names each file and folder of the repository's top level, so the sdist's
+    tests find their conftest.py, the pages and scripts they check, and tox.ini."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip(f"{ROOT} is not a git checkout (an unpacked sdist): nothing to compare with")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    top = {name.split("/")[0] for name in tracked}
+    # setuptools takes these by itself: the package, pyproject, the readme it names, MANIFEST.in
+    top -= {"src", "pyproject.toml", "README.md", "MANIFEST.in"}
+    named = set()
+    for line in (ROOT / "MANIFEST.in").read_text(encoding="utf-8").splitlines():
+        words = line.split("#")[0].split()
+        if words and words[0] in ("include", "graft"):
+            named |= set(words[1:])
+    assert top <= named, f"MANIFEST.in leaves out {sorted(top - named)}"
