@@ -292,3 +292,73 @@ def test_recursive_takes_each_images_proposals_from_the_same_place_in_the_tree(t
                  "--proposals", str(proposals), "--peak-threshold", "0", "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert f"no proposal file named cat.* in {proposals / 'A2'} or {proposals}" in err
+
+
+def _images(folder: Path, count: int = 3) -> list[Path]:
+    folder.mkdir()
+    for number in range(count):
+        iio.imwrite(folder / f"cat {number}.png", data.chelsea()[number * 20:number * 20 + 48, :64])
+    return sorted(folder.iterdir())
+
+
+def _dead_marker(out: Path, image: Path) -> None:
+    """What a run killed while predicting ``image`` leaves: the marker of a process that is gone
+    (this process's id with another start time)."""
+    import os
+
+    from napari_prm.batch import RUNNING_NAME
+    from napari_prm.io.atomic import _host
+
+    out.mkdir(exist_ok=True)
+    gone = f"{_host()}-{os.getpid()}-1"
+    (out / RUNNING_NAME).write_text(json.dumps({"image": os.path.abspath(image), "owner": gone}))
+
+
+SETTINGS = {"proposals": "prm", "peak_threshold": 0, "device": "cpu"}
+
+
+def test_a_killed_runs_marker_is_kept_until_its_image_has_run_again(tmp_path, checkpoint):
+    """The marker of a killed run was removed at the end of any run without a cluster, so a
+    resumed run cancelled (Ctrl-C) before it reached that image, kept for last, forgot it: the
+    next resume ran it first again, and was killed again."""
+    import os
+
+    from napari_prm.batch import KILLED_ON, RUNNING_NAME, _killed_on, predict_many
+
+    images, out = _images(tmp_path / "images"), tmp_path / "out"
+    _dead_marker(out, images[0])
+    done = []
+    batch = predict_many(images, str(checkpoint), out, progress=lambda result, *_: done.append(result),
+                         cancel=lambda: len(done) >= 1, **SETTINGS)
+    assert [r.status for r in batch.results] == ["cancelled", "written", "cancelled"]
+    assert _killed_on(out) == os.path.abspath(images[0])  # the next run still takes it last
+
+    batch = predict_many(images, str(checkpoint), out, **SETTINGS)
+    assert [r.status for r in batch.results] == ["written", "skipped", "written"]
+    assert KILLED_ON in batch.results[0].notes and not (out / RUNNING_NAME).exists()
+
+
+def test_a_killed_runs_image_that_did_not_run_again_gets_no_note_and_a_cluster_clears_the_marker(
+        tmp_path, checkpoint):
+    """An image whose outputs were complete when the marker named it (killed just after writing)
+    was skipped with the note "... so it ran after the others"; a run on a cluster, which writes
+    no marker, left the killed run's in place, so every later cluster run said it again."""
+    from distributed import Client
+
+    from napari_prm.batch import KILLED_ON, RUNNING_NAME, predict_many
+
+    images, out = _images(tmp_path / "images", 2), tmp_path / "out"
+    predict_many(images, str(checkpoint), out, **SETTINGS)
+    _dead_marker(out, images[1])
+    batch = predict_many(images, str(checkpoint), out, **SETTINGS)
+    assert [r.status for r in batch.results] == ["skipped", "skipped"]
+    assert not any(KILLED_ON in r.notes for r in batch.results)
+
+    for path in out.glob("cat 1*"):  # its outputs removed: the cluster runs it again
+        path.unlink()
+    _dead_marker(out, images[1])
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        batch = predict_many(images, str(checkpoint), out, client, overwrite=False, **SETTINGS)
+    assert [r.status for r in batch.results] == ["skipped", "written"]
+    assert KILLED_ON in batch.results[1].notes
+    assert not (out / RUNNING_NAME).exists()

@@ -855,12 +855,16 @@ def predict_many(
     todo, done_count = [], 0
 
     killed = _killed_on(out)
+    try:  # kept, to be put back if that image does not run again in this run
+        killed_marker = ((out / RUNNING_NAME).read_bytes(), (out / RUNNING_NAME).stat().st_mtime) if killed else None
+    except OSError:  # removed meanwhile
+        killed = killed_marker = None
 
     def report(result: ImageResult) -> None:
         nonlocal done_count
         done_count += 1
-        if killed is not None and os.path.abspath(result.image) == killed:
-            result.notes.append(KILLED_ON)
+        if killed is not None and os.path.abspath(result.image) == killed and result.status != "skipped":
+            result.notes.append(KILLED_ON)  # a skipped image did not run, last or otherwise
         summary.update()
         if progress is not None:
             progress(result, done_count, len(results))
@@ -916,9 +920,28 @@ def predict_many(
             if result.status == "pending" and cancel():
                 result.status = "cancelled"
         summary.update(force=True)
-        if client is None:
-            (out / RUNNING_NAME).unlink(missing_ok=True)  # not killed: nothing to run last next time
+        _settle_marker(out, killed, killed_marker, results, here=client is None)
     return batch
+
+
+def _settle_marker(out: Path, killed: str | None, killed_marker: tuple[bytes, float] | None,
+                   results: Sequence[ImageResult], *, here: bool) -> None:
+    """At the end of a run that was not killed: remove ``<out>/<RUNNING_NAME>`` (this run's
+    own, when it ran ``here``), unless the image a killed run left in it has not run again (a
+    cancel came first, or it is not among ``results``): then put the killed run's marker back,
+    so that the next run still takes that image last."""
+    marker = out / RUNNING_NAME
+    pending = killed is not None and not any(
+        os.path.abspath(result.image) == killed and result.status not in ("pending", "cancelled")
+        for result in results)
+    if pending:
+        if here:  # this run's own marker replaced it
+            content, modified = killed_marker
+            with atomic_write(marker) as temp:
+                temp.write_bytes(content)
+            os.utime(marker, (modified, modified))  # a marker of another host is judged by its age
+    elif here or killed is not None:  # a cluster writes none, but clears a killed run's
+        marker.unlink(missing_ok=True)
 
 
 def _mark_running(out: Path, image: str) -> None:
