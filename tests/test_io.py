@@ -704,3 +704,19 @@ def test_an_image_too_large_for_pillow_says_so_without_speaking_of_an_attack(tmp
     assert "Pillow does not decode images this large" in message and "save it as TIFF" in message
     assert "attack" not in message
     np.testing.assert_array_equal(io.read_image(tmp_path / "large.tif"), image)  # as the message says
+
+
+def test_writable_folder_leaves_nothing_behind_and_refuses_a_file(tmp_path):
+    """`writable_folder(create=False)` said a file was a folder it could write into (it probed
+    the folder above the file), though its docstring names "a file in the way"."""
+    assert io.writable_folder(tmp_path / "a" / "b", create=False) == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []  # neither --out nor a probe
+    (tmp_path / "made").mkdir()
+    io.writable_folder(tmp_path / "made", create=False)
+    assert list((tmp_path / "made").iterdir()) == []
+    assert io.writable_folder(tmp_path / "new" / "out").is_dir()
+    (tmp_path / "file").write_text("x")
+    for create in (False, True):
+        with pytest.raises(OSError, match=f"cannot write into folder {tmp_path / 'file'}: "):
+            io.writable_folder(tmp_path / "file", create=create)
+    assert (tmp_path / "file").read_text() == "x"

@@ -12,6 +12,7 @@ writer is gone (a killed run) and never those of a writer still at work.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -85,6 +86,8 @@ def writable_folder(path: str | os.PathLike, *, create: bool = True) -> Path:
     try:
         if create:
             path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():  # the probe below would go to the folder above
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
         if path.is_dir():
             with tempfile.NamedTemporaryFile(dir=path, prefix=f".{owner_tag()}.", suffix=".tmp") as probe:
                 probe.write(b"napari-prm")
