@@ -362,3 +362,32 @@ def test_a_killed_runs_image_that_did_not_run_again_gets_no_note_and_a_cluster_c
     assert [r.status for r in batch.results] == ["skipped", "written"]
     assert KILLED_ON in batch.results[1].notes
     assert not (out / RUNNING_NAME).exists()
+
+
+def test_recursive_follows_linked_sub_folders_and_names_their_images_by_the_tree(tmp_path, checkpoint, capsys):
+    """A sub-folder that is a symbolic link (plate/A1 -> raw/A1, as data trees are often put
+    together) got the note "pass --recursive", and --recursive then left its images out without
+    a word; an image reached through a link was named after where the link points, not by its
+    place in the tree, so A1's and A2's cat.png were cat and cat_2 at the top of --out."""
+    from napari_prm.batch import collect_images, output_stems
+
+    raw, plate = tmp_path / "raw", tmp_path / "plate"
+    for well, crop in (("A1", np.s_[:48, :64]), ("A2", np.s_[60:100, :50])):
+        (raw / well).mkdir(parents=True)
+        iio.imwrite(raw / well / "cat.png", data.chelsea()[crop])
+    plate.mkdir()
+    iio.imwrite(plate / "own.png", data.chelsea()[100:148, 100:164])
+    try:
+        for well in ("A1", "A2"):
+            (plate / well).symlink_to(raw / well, target_is_directory=True)
+        (plate / "again").symlink_to(plate, target_is_directory=True)  # a loop: searched once
+    except OSError:
+        pytest.skip("this file system makes no symbolic links")
+    found, problems = collect_images([plate], recursive=True)
+    assert found == [plate / "own.png", plate / "A1" / "cat.png", plate / "A2" / "cat.png"] and problems == []
+    assert output_stems(found, roots=[plate]) == ["own", "A1/cat", "A2/cat"]
+
+    out = tmp_path / "out"
+    assert main(["predict", str(plate), "-r", "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
+    assert "3 image(s) written" in capsys.readouterr().err
+    assert labels_of(out, "A1/cat").shape == (48, 64) and labels_of(out, "A2/cat").shape == (40, 50)

@@ -187,7 +187,9 @@ def collect_images(inputs: Sequence[str | os.PathLike], *,
     Returns
     -------
     images : list of Path
-        Resolved, duplicates removed, in order.
+        Absolute, as found (an image in a linked sub-folder keeps its path through the link,
+        which `output_stems` names it by), without duplicates (files that resolve to the
+        same file), in order.
     messages : list of str
         One per input that does not exist or is a folder without images, and per folder
         whose sub-folders hold images that were not searched (that one starts with ``NOTE``).
@@ -220,8 +222,10 @@ def collect_images(inputs: Sequence[str | os.PathLike], *,
             images.append(item)
         else:
             problems.append(f"{item}: no such file or folder")
-    unique = list(dict.fromkeys(p.resolve() for p in images))
-    return [Path(p) for p in unique], problems
+    unique = {}
+    for image in images:
+        unique.setdefault(image.resolve(), Path(os.path.abspath(image)))
+    return list(unique.values()), problems
 
 
 def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
@@ -229,9 +233,13 @@ def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
     without the outputs that napari-prm manifests list."""
     from .io import listed_files
 
-    found = []
-    for here, names, files in os.walk(folder):
-        names[:] = sorted(name for name in names if recursive and not name.startswith("."))
+    found, seen = [], {os.path.realpath(folder)}
+    # linked sub-folders are searched (data trees are often put together from links), each
+    # real folder once, so a link to a folder above does not loop
+    for here, names, files in os.walk(folder, followlinks=True):
+        names[:] = [name for name in sorted(names) if recursive and not name.startswith(".")
+                    and os.path.realpath(os.path.join(here, name)) not in seen]
+        seen.update(os.path.realpath(os.path.join(here, name)) for name in names)
         outputs = listed_files(here)
         found.extend(sorted(Path(here) / name for name in files
                             if Path(name).suffix.lower() in IMAGE_SUFFIXES and name not in outputs
@@ -274,15 +282,20 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
         One per image, distinct: ``a/x.png`` and ``b/x.png`` given as files -> ``x``,
         ``x_2`` (in the order given, after the stems taken in ``out``).
     """
+    # as given (made absolute), then resolved: an image in a linked sub-folder of a root is
+    # named by its place in the tree, not by where the link points
+    roots_as_given = [Path(os.path.abspath(root)) for root in roots]
     resolved_roots = [Path(root).resolve() for root in roots]
     stems, seen = [], set()
     for image in images:
         image = Path(image)
-        holding = [root for root in resolved_roots if image.resolve().is_relative_to(root)]
         wanted = PurePosixPath(image.stem)
-        if holding:  # the innermost: images/ images/A1/ name A1's images as before, flat
-            root = max(holding, key=lambda folder: len(folder.parts))
-            wanted = PurePosixPath(image.resolve().relative_to(root).as_posix()).with_suffix("")
+        for place, folders in ((Path(os.path.abspath(image)), roots_as_given), (image.resolve(), resolved_roots)):
+            holding = [root for root in folders if place.is_relative_to(root)]
+            if holding:  # the innermost: images/ images/A1/ name A1's images as before, flat
+                root = max(holding, key=lambda folder: len(folder.parts))
+                wanted = PurePosixPath(place.relative_to(root).as_posix()).with_suffix("")
+                break
         stem, number = str(wanted), 1
         while stem in seen or (out is not None and _outputs_of_another(out, stem, image)):
             number += 1
