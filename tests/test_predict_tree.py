@@ -391,3 +391,23 @@ def test_recursive_follows_linked_sub_folders_and_names_their_images_by_the_tree
     assert main(["predict", str(plate), "-r", "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
     assert "3 image(s) written" in capsys.readouterr().err
     assert labels_of(out, "A1/cat").shape == (48, 64) and labels_of(out, "A2/cat").shape == (40, 50)
+
+
+@pytest.mark.skipif(__import__("os").name == "nt", reason="Windows file names hold no backslash")
+def test_a_file_name_that_is_no_safe_output_stem_gets_one_instead_of_refusing_the_run(tmp_path, checkpoint, capsys):
+    r"""A folder holding ``a\b.png`` (a Windows path kept as a Linux file name) or ``..png`` was
+    refused as a whole: "output stem 'a\\b' is not a file stem or a relative path inside the
+    output folder", though nothing would have gone outside --out."""
+    from napari_prm.batch import output_stems
+
+    folder, out = tmp_path / "images", tmp_path / "out"
+    folder.mkdir()
+    for name in ("a\\b.png", "..png", "cat.png"):
+        iio.imwrite(folder / name, data.chelsea()[:48, :64])
+    images = sorted(folder.iterdir())
+    assert output_stems(images, roots=[folder]) == ["_", "a_b", "cat"]
+    assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "3 image(s) written" in err and "note:" not in err
+    assert {row["stem"] for row in summary(out)} == {"_", "a_b", "cat"}
+    assert labels_of(out, "a_b").shape == (48, 64) and not (tmp_path / "a").exists()

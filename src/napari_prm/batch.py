@@ -53,7 +53,7 @@ from .io.atomic import atomic_write, owner_is_gone, owner_tag
 from .io.fileset import manifest_path
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
-           "output_stems", "output_place", "output_states", "written_since", "record_written",
+           "output_stems", "output_name", "output_place", "output_states", "written_since", "record_written",
            "start_local_cluster", "label_stack", "label_shapes", "image_stack", "SUMMARY_COLUMNS"]
 
 #: Columns of ``summary.csv``.
@@ -289,12 +289,14 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
     stems, seen = [], set()
     for image in images:
         image = Path(image)
-        wanted = PurePosixPath(image.stem)
+        wanted = PurePosixPath(output_name(image.name))
         for place, folders in ((Path(os.path.abspath(image)), roots_as_given), (image.resolve(), resolved_roots)):
             holding = [root for root in folders if place.is_relative_to(root)]
             if holding:  # the innermost: images/ images/A1/ name A1's images as before, flat
                 root = max(holding, key=lambda folder: len(folder.parts))
-                wanted = PurePosixPath(place.relative_to(root).as_posix()).with_suffix("")
+                *folders_between, _ = place.relative_to(root).parts
+                wanted = PurePosixPath(*(output_name(folder, suffix=False) for folder in folders_between),
+                                       wanted)
                 break
         stem, number = str(wanted), 1
         while stem in seen or (out is not None and _outputs_of_another(out, stem, image)):
@@ -303,6 +305,15 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
         seen.add(stem)
         stems.append(stem)
     return stems
+
+
+def output_name(name: str, *, suffix: bool = True) -> str:
+    """The output name of a file (its stem; with ``suffix=False``, of a folder: all of it),
+    made one that `output_place` takes: a backslash (a Windows path kept in a POSIX file
+    name) becomes ``_``, and so does each dot of a name of dots (the stem ``.`` of ``..png``)."""
+    stem = Path(name).stem if suffix else name
+    stem = stem.replace("\\", "_")
+    return "_" * len(stem) if set(stem) <= {"."} else stem
 
 
 def output_place(out: str | os.PathLike, stem: str) -> tuple[Path, str]:

@@ -36,6 +36,7 @@ from .batch import (
     WITHOUT_PRMS,
     collect_images,
     model_label,
+    output_name,
     output_states,
     output_stems,
     record_written,
@@ -777,8 +778,8 @@ def _say_renamed(images: Sequence[Path], stems: Sequence[str], args) -> None:
     """A note per image whose outputs cannot take its own name: another image of this run has
     it, or the outputs of another image in --out have it."""
     for image, stem in zip(images, stems):
-        if PurePosixPath(stem).name != image.stem:
-            wanted = PurePosixPath(stem).with_name(image.stem)
+        if PurePosixPath(stem).name != output_name(image.name):
+            wanted = PurePosixPath(stem).with_name(output_name(image.name))
             _say(f"{NOTE}{image}: outputs named {stem}_* in {args.out}, as {wanted}_* are another "
                  f"image's (same file name)")
 
