@@ -411,3 +411,22 @@ def test_a_file_name_that_is_no_safe_output_stem_gets_one_instead_of_refusing_th
     assert "3 image(s) written" in err and "note:" not in err
     assert {row["stem"] for row in summary(out)} == {"_", "a_b", "cat"}
     assert labels_of(out, "a_b").shape == (48, 64) and not (tmp_path / "a").exists()
+
+
+def test_a_resumed_tree_run_removes_what_a_killed_one_left_in_the_sub_folders(tmp_path, checkpoint):
+    """A run looked for the temporaries of killed writes in the top of --out only: those left
+    in a sub-folder of a --recursive run's tree stayed for good."""
+    import os
+
+    from napari_prm.io.atomic import _host
+
+    plate, out = tmp_path / "plate", tmp_path / "out"
+    write_plate(plate)
+    command = ["predict", str(plate), "-r", "--model", str(checkpoint), "--out", str(out), *FAST]
+    assert main(command) == 0
+    gone = f"{_host()}-{os.getpid()}-1"
+    left = [out / "A1" / f".cat.manifest.json.~{gone}~x1.tmp.json", out / f".top.manifest.json.~{gone}~x2.tmp.json"]
+    for path in left:
+        path.write_text("{")
+    assert main(command) == 0
+    assert not any(path.exists() for path in left)

@@ -872,7 +872,10 @@ def predict_many(
         raise ValueError(f"retries must be >= 0, got {retries}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    io.recover_file_sets(out)  # finish or remove what killed runs left
+    # finish or remove what killed runs left, in each folder of the outputs (a tree's too)
+    for folder in dict.fromkeys([out, *(output_place(out, stem)[0] for stem in stems)]):
+        if folder.is_dir():
+            io.recover_file_sets(folder)
     results = [ImageResult(str(p), s) for p, s in zip(paths, stems)]
     summary = _Summary(out / SUMMARY_NAME, results, summary_every)
     batch = BatchResult(results, out, summary.path, prms_format)
