@@ -430,3 +430,22 @@ def test_a_resumed_tree_run_removes_what_a_killed_one_left_in_the_sub_folders(tm
         path.write_text("{")
     assert main(command) == 0
     assert not any(path.exists() for path in left)
+
+
+def test_an_image_over_pillows_warning_size_is_predicted_without_speaking_of_an_attack(
+        tmp_path, checkpoint, capsys, monkeypatch):
+    """Between Pillow's two limits (89 and 179 megapixels: a 10000×10000 PNG) the image is read,
+    but `predict` printed Pillow's "DecompressionBombWarning: ... could be decompression bomb DOS
+    attack" to the user who made it. The limit is lowered here so that a small image is over it."""
+    import warnings
+
+    from PIL import Image
+
+    iio.imwrite(tmp_path / "large.png", data.chelsea()[:60, :80])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # warned above 3000, refused above 6000
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["predict", str(tmp_path / "large.png"), "--model", str(checkpoint),
+                     "--out", str(tmp_path / "out"), *FAST]) == 0
+    assert not [warning for warning in caught if "decompression bomb" in str(warning.message)]
+    assert "1 image(s) written" in capsys.readouterr().err
