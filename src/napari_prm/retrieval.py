@@ -34,9 +34,11 @@ class Instance:
     mask : (H, W) bool ndarray
         Instance mask in image pixels.
     prm : (H, W) float32 ndarray or InstancePRM
-        Peak response map (summed over merged duplicates when NMS merges them). `predict`
-        gives an :class:`napari_prm.prm_maps.InstancePRM`, which reads as that ndarray and is
-        built from `Prediction.prms` when read (``np.asarray(instance.prm)``).
+        Peak response map (summed over merged duplicates when NMS merges them). `predict`,
+        retrieving on the network's grid (both presets), gives an
+        :class:`napari_prm.prm_maps.InstancePRM`, which reads as that ndarray and is built
+        from `Prediction.prms` when read (``np.asarray(instance.prm)``); with
+        ``retrieval_grid="image"`` or the ``"refined"`` proposals it gives the ndarray.
     peak : int
         Index of the peak (row of ``Prediction.peaks``) the instance came from.
     proposal : int
