@@ -676,11 +676,17 @@ class _Summary:
         now = time.monotonic()
         if not force and now - self.last < self.every:
             return
-        with atomic_write(self.path) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", restval="")
-            writer.writeheader()
-            writer.writerows(self.results[item].row() if isinstance(item, int) else item for item in self.order)
+        _write_summary(self.path, (self.results[item].row() if isinstance(item, int) else item
+                                   for item in self.order))
         self.last = now
+
+
+def _write_summary(path: Path, rows) -> None:
+    """Replace ``summary.csv`` at ``path`` with ``rows`` (dicts of `SUMMARY_COLUMNS`), atomically."""
+    with atomic_write(path) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", restval="")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int]:
@@ -754,10 +760,7 @@ def record_written(out: str | os.PathLike, stems: Sequence[str]) -> None:
         return
     for row in changed:
         row["status"] = "written"
-    with atomic_write(path) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_summary(path, rows)
 
 
 def _has_manifest(out: Path, stem: str) -> bool:
