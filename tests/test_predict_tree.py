@@ -449,3 +449,14 @@ def test_an_image_over_pillows_warning_size_is_predicted_without_speaking_of_an_
                      "--out", str(tmp_path / "out"), *FAST]) == 0
     assert not [warning for warning in caught if "decompression bomb" in str(warning.message)]
     assert "1 image(s) written" in capsys.readouterr().err
+
+
+def test_a_tree_without_images_says_where_none_were_found(tmp_path):
+    """`predict -r` on a tree without images said "plate: no images (.png, ...) or its sub-folders"."""
+    from napari_prm.batch import collect_images
+
+    (tmp_path / "plate" / "A1").mkdir(parents=True)
+    (tmp_path / "plate" / "A1" / "notes.txt").write_text("no image")
+    assert collect_images([tmp_path / "plate"], recursive=True) == ([], [
+        f"{tmp_path / 'plate'}: no images (.png, .jpg, .jpeg, .tif, .tiff, .bmp, .gif, .webp) "
+        "in this folder or its sub-folders"])

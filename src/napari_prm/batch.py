@@ -209,7 +209,7 @@ def collect_images(inputs: Sequence[str | os.PathLike], *,
             if not found:
                 inside = (f"; its {len(folders)} sub-folder(s) ({_first_names(folders)}) are not searched: "
                           "pass --recursive, or pass them as inputs" if folders else "")
-                where = " or its sub-folders" if recursive else " in this folder"
+                where = " in this folder" + (" or its sub-folders" if recursive else "")
                 problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}){where}{inside}")
             else:
                 holding = [folder for folder in folders if _holds_images(folder)]
