@@ -460,3 +460,25 @@ def test_a_tree_without_images_says_where_none_were_found(tmp_path):
     assert collect_images([tmp_path / "plate"], recursive=True) == ([], [
         f"{tmp_path / 'plate'}: no images (.png, .jpg, .jpeg, .tif, .tiff, .bmp, .gif, .webp) "
         "in this folder or its sub-folders"])
+
+
+def test_images_whose_folder_was_renamed_keep_their_outputs(tmp_path, checkpoint, capsys):
+    """Since each manifest records its image's path, a resume after the image folder was renamed
+    or moved (another mount point) took every image for another one of the same name: all were
+    predicted again, as x_2, x_3 ..., with a note that "x_* are another image's"."""
+    images, out = _images(tmp_path / "images", 2), tmp_path / "out"
+    assert main(["predict", str(tmp_path / "images"), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    (tmp_path / "images").rename(tmp_path / "renamed")
+    assert main(["predict", str(tmp_path / "renamed"), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "0 image(s) written" in err and "2 skipped" in err and "note:" not in err
+    assert sorted(p.name for p in out.glob("*.manifest.json")) == [f"{image.stem}.manifest.json" for image in images]
+    assert [Path(row["image"]).parent.name for row in summary(out)] == ["renamed", "renamed"]
+
+    # another image of one of those names is still another image
+    (tmp_path / "other").mkdir()
+    iio.imwrite(tmp_path / "other" / images[0].name, data.chelsea()[100:148, 100:164])
+    assert main(["predict", str(tmp_path / "other"), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
+    assert "1 image(s) written" in capsys.readouterr().err
+    assert (out / f"{images[0].stem}_2.manifest.json").is_file()

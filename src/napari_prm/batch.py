@@ -50,7 +50,7 @@ import numpy as np
 
 from .io import IMAGE_SUFFIXES
 from .io.atomic import atomic_write, owner_is_gone, owner_tag
-from .io.fileset import manifest_path
+from .io.fileset import _sha256, manifest_path
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
            "output_stems", "output_name", "output_place", "output_states", "written_since", "record_written",
@@ -355,7 +355,20 @@ def _outputs_of_another(out, stem: str, image: Path) -> bool:
     info = file_set.info
     if "image_path" not in info:  # written before the path was recorded: known by its name only
         return bool(info.get("image")) and info["image"] != Path(image).name
-    return not any(info.get(key) and info[key] == value for key, value in _image_record(image, out).items())
+    if any(info.get(key) and info[key] == value for key, value in _image_record(image, out).items()):
+        return False
+    # not where it was: the same image when its bytes are (its folder renamed or moved), read
+    # only then, and only when the size agrees
+    try:
+        return not (info.get("image_bytes") == Path(image).stat().st_size
+                    and info.get("image_sha256") == _sha256(Path(image)))
+    except OSError:
+        return True
+
+
+def _image_identity(image: Path) -> dict:
+    """What tells an image from another of the same name wherever it lies: its size and SHA-256."""
+    return {"image_bytes": image.stat().st_size, "image_sha256": _sha256(image)}
 
 
 def proposals_for_image(proposals, image: Path, stem: str | None = None):
@@ -526,7 +539,7 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     io.write_prediction(prediction, folder, name, prms_format=prms_format, overwrite=overwrite,
                         image_file_name=(PurePosixPath(stem).parent / image.name).as_posix(),
                         pixel_size=io.tiff_pixel_size(image),
-                        info=_image_record(image, out) | {"settings": _describe(settings)}
+                        info=_image_record(image, out) | _image_identity(image) | {"settings": _describe(settings)}
                         | ({"model": dict(model_record)} if model_record else {}))
     return ImageResult(str(image), stem, "written", int(len(prediction.peaks)), int(len(prediction.instances)),
                        time.perf_counter() - started, shape=tuple(int(n) for n in pixels.shape[:2]),
