@@ -887,6 +887,30 @@ def test_calibrate_refuses_an_existing_out_unless_overwritten(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_calibrate_updates_a_ckpt_model_in_place(tmp_path, capsys):
+    """load_model reads a torch checkpoint under any name (``model.ckpt``); calibrate without
+    --out then ran the whole calibration and failed saving it: "path: expected a file ending in
+    .pt or .pth or .safetensors". A torch file is written again under its own name; a file
+    that is no torch checkpoint is still refused under a foreign suffix."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        iio.imwrite(tmp_path / "data" / name / "0.png", image[:64, :64])
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat", "coffee"], pretrained=False, input_size=(32, 32))
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(save_model(model, tmp_path / "model.pt").read_bytes())
+    assert main(["calibrate", str(tmp_path / "data"), "--model", str(ckpt), "--no-tta", "--device", "cpu"]) == 0
+    assert load_model(ckpt).settings["calibration"]["images"] == 2
+    capsys.readouterr()
+    foreign = tmp_path / "model.onnx"
+    foreign.write_bytes(b"\x08\x07an ONNX graph")
+    with pytest.raises(ValueError, match=r"^path: expected a file ending in \.pt or \.pth or \.safetensors"):
+        save_model(model, foreign)
+    assert foreign.read_bytes() == b"\x08\x07an ONNX graph"
+
+
 def test_predict_label_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpoint):
     """A calibrated microscopy TIFF (0.5 µm pixels, ImageJ unit 'um') gives a label TIFF with
     the same pixel size and unit, so the labels overlay the image in Fiji or napari-aicsimageio
@@ -1015,3 +1039,19 @@ def test_demo_without_qt_bindings_writes_and_says_so(tmp_path, tiny48_checkpoint
     err = capsys.readouterr().err
     assert "no Qt bindings installed: results written, napari not opened" in err and "unexpected" not in err
     assert (tmp_path / "sample1_instances.json").is_file()
+
+
+def test_an_out_name_too_long_for_the_file_system_is_a_usage_error(tmp_path, capsys):
+    """``--out`` with a 300-character name ended in a traceback ("OSError: [Errno 36] File name
+    too long") from asking whether it exists; it is a usage error naming --out."""
+    out = tmp_path / ("x" * 300)
+    for command in (["predict", str(tmp_path / "cat.png"), "--out", str(out)],
+                    ["train", str(tmp_path), "--out", str(out / "model.pt")]):
+        try:
+            status = main(command)
+        except SystemExit as stop:  # train's --out is checked while parsing
+            status = stop.code
+        assert status == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"napari-prm {command[0]}: error: --out: cannot use {out}")
+        assert err[-1].endswith(": File name too long") and not any("Traceback" in line for line in err)

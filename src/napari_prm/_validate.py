@@ -14,6 +14,7 @@ the dataset and proposal loaders and the exporters call them. No napari, Qt or t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -162,13 +163,24 @@ def keyword_options(name: str, options, allowed: Iterable[str]) -> dict:
     return dict(options)
 
 
+@contextlib.contextmanager
+def _os_errors(name: str, path: Path):
+    """Asking the file system about ``path`` raised for a name it cannot hold (``File name
+    too long``): a ValueError naming the argument instead of a traceback."""
+    try:
+        yield
+    except OSError as error:
+        raise ValueError(f"{name}: cannot use {path}: {error.strerror or error}") from error
+
+
 def output_folder(name: str, path: str | os.PathLike) -> Path:
     """A folder to write into: it may not exist yet, but neither it nor a folder above it
     may be an existing file."""
     path = path_like(name, path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{name}: expected a folder, got {path}, which is an existing file")
-    ancestor = next((folder for folder in path.parents if folder.exists()), None)
+    with _os_errors(name, path):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{name}: expected a folder, got {path}, which is an existing file")
+        ancestor = next((folder for folder in path.parents if folder.exists()), None)
     if ancestor is not None and not ancestor.is_dir():
         raise ValueError(f"{name}: cannot create folder {path}: {ancestor} is a file")
     return path
@@ -179,9 +191,10 @@ def output_file(name: str, path: str | os.PathLike, *, parent_must_exist: bool =
     """A file to write: not an existing folder, in an existing folder (when asked), with
     one of ``suffixes`` (when given)."""
     path = path_like(name, path)
-    if path.is_dir():
-        raise ValueError(f"{name}: expected a file, got {path}, which is a folder")
-    ancestor = next((folder for folder in path.parents if folder.exists()), None)
+    with _os_errors(name, path):
+        if path.is_dir():
+            raise ValueError(f"{name}: expected a file, got {path}, which is a folder")
+        ancestor = next((folder for folder in path.parents if folder.exists()), None)
     if ancestor is not None and not ancestor.is_dir():
         raise ValueError(f"{name}: cannot write {path}: {ancestor} is a file, not a folder")
     if parent_must_exist and not path.parent.is_dir():

@@ -382,16 +382,33 @@ def is_safetensors(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".safetensors"
 
 
+def _holds_torch_file(path: Path) -> bool:
+    """Whether ``path`` is an existing file that starts as ``torch.save`` writes: a zip
+    archive, or a pickle of the legacy format."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
 def checkpoint_file(name: str, path: str | os.PathLike, *, training: bool = False) -> Path:
     """A checkpoint to write: not a folder, ending in one of :data:`CHECKPOINT_SUFFIXES` (in any
     case); with ``training``, not ``.safetensors``, which holds no optimiser state.
+
+    An existing torch checkpoint under another name (``model.ckpt``, which `load_model` reads)
+    may be written again, as a torch file: ``calibrate`` without ``--out`` and *Learn from
+    corrections* replace the model they were given.
 
     Raises
     ------
     ValueError
         Naming ``name`` and the path.
     """
-    path = check.output_file(name, path, parent_must_exist=False, suffixes=CHECKPOINT_SUFFIXES)
+    path = check.output_file(name, path, parent_must_exist=False)
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES and not (path.is_file() and _holds_torch_file(path)):
+        raise ValueError(f"{name}: expected a file ending in {' or '.join(CHECKPOINT_SUFFIXES)}, got {path}")
     if training and is_safetensors(path):
         raise ValueError(f"{name}: training checkpoints hold optimiser state: write a .pt file, not {path}")
     return path
