@@ -445,11 +445,14 @@ def test_all_planes_of_a_stack(make_napari_viewer, qtbot, prm_config, tiny_check
     for index, plane in enumerate(peaks.data[:, 0].astype(int)):
         volume = np.asarray(prms.data[index])
         assert volume[plane].sum() == pytest.approx(1.0, rel=1e-4) and not volume[1 - plane].any()
-    # the current plane only
+    # the current plane only: its results are replaced, plane 0's kept as they were
+    plane_0 = peaks.data[peaks.data[:, 0] == 0].copy()
     viewer.dims.set_current_step(viewer.dims.ndim - 3, 1)  # the stack axis (PRMs add one in front)
     widget.planes.value = "current plane"
     run_and_wait(widget, qtbot)
-    assert set(viewer.layers["stack peaks"].data[:, 0]) == {1.0}
+    after = viewer.layers["stack peaks"].data
+    np.testing.assert_array_equal(after[after[:, 0] == 0], plane_0)
+    assert len(after) == k and "Plane 1 updated" in widget.last_message
 
 
 def test_the_peak_cap_of_a_stacks_planes_is_said_once(make_napari_viewer, qtbot, prm_config,

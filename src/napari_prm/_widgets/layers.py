@@ -798,12 +798,15 @@ def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool)
                      colormap="viridis", blending="additive", opacity=0.6,
                      **crm_world_kwargs(image_layer, crm.shape[-2:], results.image_shape,
                                         results.sub_pixel_locating_factor))
-    if len(results.prms):
+    if len(results.points):
+        # slice i is the PRM of row i of the peaks layer (a run of one plane of a stack keeps
+        # the other planes' peaks, whose numbers need not be 0..K-1)
+        prms = prm_layer_data(results.prms, results.prm_planes, results.leading_shape,
+                              results.point_features["peak"].to_numpy())
         # Each PRM sums to 1; saturating at the typical peak keeps every slice visible.
-        top = float(np.median(results.prms.plane_maxima()))
+        top = float(np.median(prms.plane_maxima()))
         layers["prms"] = upsert_layer(
-            viewer, "image", names["prms"],
-            prm_layer_data(results.prms, results.prm_planes, results.leading_shape),
+            viewer, "image", names["prms"], prms,
             colormap="inferno", blending="additive", opacity=0.8,
             contrast_limits=(0.0, max(top, 1e-12)),
             **world_kwargs(image_layer, extra_leading=1))
@@ -833,11 +836,22 @@ def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool)
 _written: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _pixels_digest(layer) -> str:
-    data = np.ascontiguousarray(layer.data[0] if layer.multiscale else layer.data)
-    digest = hashlib.blake2b(f"{data.dtype.str}{data.shape}".encode(), digest_size=20)
-    digest.update(memoryview(data).cast("B"))
-    return digest.hexdigest()
+def _plane_digests(layer) -> dict[tuple, str]:
+    """A digest of each plane of a Labels layer (``()``: the whole of a 2-D one)."""
+    data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    digests = {}
+    for plane in np.ndindex(*data.shape[:-2]):
+        pixels = np.ascontiguousarray(data[plane])
+        digest = hashlib.blake2b(f"{pixels.dtype.str}{data.shape}".encode(), digest_size=20)
+        digest.update(memoryview(pixels).cast("B"))
+        digests[plane] = digest.hexdigest()
+    return digests
+
+
+def _rows_of(table: dict, labels) -> dict:
+    """The rows of an instance table whose label is one of ``labels``."""
+    rows = np.isin(np.asarray(table.get("label", [])), list(labels))
+    return {name: np.asarray(values)[rows] for name, values in table.items()}
 
 
 def _table_digest(table: dict) -> str:
@@ -858,37 +872,59 @@ def _table_digest(table: dict) -> str:
     return digest.hexdigest()
 
 
-def remember_written(layer) -> None:
-    """Note what the plugin has just written into the instances ``layer``."""
+def remember_written(layer, planes=None) -> None:
+    """Note what the plugin has just written into the instances ``layer``: all of it, or only
+    ``planes`` of a stack (a run of the current plane, spliced into the layer of the earlier runs:
+    what the user changed on the other planes still counts as their corrections)."""
     table = {name: np.array(values, copy=True) for name, values in features_table(layer.features).items()}
-    _written[layer] = (_pixels_digest(layer), table)
+    digests = _plane_digests(layer)
+    record = _written.get(layer)
+    if planes is not None and record is not None:
+        before, written = record
+        planes = {tuple(plane) for plane in planes}
+        digests = {plane: digest if plane in planes else before.get(plane) for plane, digest in digests.items()}
+        data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        new = np.unique([data[plane] for plane in planes])
+        others = _rows_of(written, set(np.asarray(written.get("label", [])).tolist()) - set(new.tolist()))
+        table = {name: np.concatenate([others[name], values]) if name in others else values
+                 for name, values in _rows_of(table, new[new > 0].tolist()).items()}
+    _written[layer] = (digests, table)
 
 
-def has_corrections(layer) -> bool:
-    """Whether a Labels layer holds what the plugin did not write there: its pixels or its
-    instance table (a class set, a row added) differ from the plugin's last write.
+def has_corrections(layer, planes=None) -> bool:
+    """Whether a Labels layer holds what the plugin did not write there (on ``planes`` of a stack
+    only, if given): its pixels or its instance table (a class set, a row added; on ``planes``, the
+    rows of the labels there) differ from the plugin's last write.
 
     A layer the plugin never wrote counts as the user's as soon as it holds a label. The
     correction panel may bring the table in line with unchanged pixels (drop the rows of
     instances hidden under others); that is not a correction.
     """
+    data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
     record = _written.get(layer)
     if record is None:
-        data = layer.data[0] if layer.multiscale else layer.data
-        return bool(np.any(np.asarray(data))) or len(layer.features) > 0
-    pixels, table = record
-    if _pixels_digest(layer) != pixels:
+        if planes is not None:
+            return any(np.any(data[tuple(plane)]) for plane in planes)
+        return bool(np.any(data)) or len(layer.features) > 0
+    before, table = record
+    digests = _plane_digests(layer)
+    checked = list(digests) if planes is None else [tuple(plane) for plane in planes]
+    if any(digests.get(plane) != before.get(plane) for plane in checked):
         return True
-    now = _table_digest(features_table(layer.features))
-    if now == _table_digest(table):
-        return False
+    now = features_table(layer.features)
     from ..edit import sync_table
 
-    return now != _table_digest(sync_table(np.asarray(layer.data), table))
+    synced = sync_table(data, table)
+    if planes is not None:
+        labels = np.unique([data[plane] for plane in checked])
+        now, table, synced = (_rows_of(t, labels[labels > 0].tolist()) for t in (now, table, synced))
+    now = _table_digest(now)
+    return now != _table_digest(table) and now != _table_digest(synced)
 
 
-def keep_corrections(viewer, name: str):
-    """Copy the Labels layer ``name`` before a run replaces it, if it holds corrections.
+def keep_corrections(viewer, name: str, planes=None):
+    """Copy the Labels layer ``name`` before a run replaces it (or, given, its ``planes`` of a
+    stack), if it holds corrections (there).
 
     The copy, ``<name> (corrected)`` (then ``(corrected 2)``, …: an earlier copy is never
     replaced), has the layer's pixels, features, metadata (class names and image, as export
@@ -900,7 +936,7 @@ def keep_corrections(viewer, name: str):
     from napari.layers import Labels
 
     layer = viewer.layers[name] if name in viewer.layers else None
-    if not isinstance(layer, Labels) or not has_corrections(layer):
+    if not isinstance(layer, Labels) or not has_corrections(layer, planes):
         return None
     kept_name, number = name + KEPT_SUFFIX, 1
     while kept_name in viewer.layers:

@@ -34,6 +34,7 @@ from .correct import CorrectionPanel
 from .form import PredictForm, WidgetSettings, upgrade_saved_settings
 from .layers import (
     PeakPRMs,
+    Results,
     add_hand_peaks,
     add_result_layers,
     check_image_layer,
@@ -42,6 +43,7 @@ from .layers import (
     keep_corrections,
     layer_names,
     merge_predictions,
+    moved_from,
     read_plane,
     remember_written,
     rename_results,
@@ -49,6 +51,7 @@ from .layers import (
     without_peaks,
 )
 from .models import ModelCache, PredictorCache, _live_predict_widgets, import_torch_side, unwrap_viewer
+from .planes import splice_planes
 from .relay import _Relay
 from .settings import load_settings
 
@@ -471,24 +474,46 @@ class PredictWidget(PredictForm, QWidget):
         no_instance = add_hand_peaks(results, [(plane, np.array([p.yx for p in mine]), from_hand)
                                                for plane, mine, from_hand in carried])
         hand_placed = [(plane, p) for plane, mine, _ in carried for p in mine]
+        peaks, instances = len(results.points), len(results.instance_features)  # of the planes run
+        # a run of some planes of a stack replaces only their part of the earlier runs' layers
+        previous = self._stack_results(layer, planes, leading, results.class_names)
+        spliced, peak_offset, origins = planes if previous is not None else None, 0, {}
+        if previous is not None:
+            previous, before = previous
+            results, peak_offset = splice_planes(previous, results, planes)
+            hand["elsewhere"] = 0  # kept with their planes' results
+            keys = {**before.predictor_keys, **keys}
+            kept_peaks = set(results.point_features["peak"].tolist())
+            origins = {peak: where for peak, where in moved_from(before.layers["peaks"]).items()
+                       if peak in kept_peaks and peak < peak_offset}
         self.context = RunContext(layer, model, settings, leading, results.class_names,
                                   results.prms, results.prm_planes, predictor_keys=keys,
                                   merged_into=results.merged_into)
         with self.correction.quiet():
-            # corrections are never replaced silently: an edited instances layer is kept
+            # corrections are never replaced silently: an edited instances layer (or, for a run
+            # of some planes of a stack, one edited on those planes) is kept
             instances_name = layer_names(layer.name)["instances"]
-            kept = keep_corrections(self.viewer, instances_name)
+            kept = keep_corrections(self.viewer, instances_name, spliced)
             self.context.layers.update(add_result_layers(
                 self.viewer, layer, results, show_text=bool(self.show_text.value)))
-            remember_written(self.context.layers["instances"])
+            remember_written(self.context.layers["instances"], spliced)
         peaks_layer = self.context.layers["peaks"]
         self._result_peaks[layer] = peaks_layer
         # where the kept moved points came from, under their new peak numbers
-        set_moved_from(peaks_layer, {first_hand + k: (p.origin[0], (*plane, *p.origin[1]))
-                                    for k, (plane, p) in enumerate(hand_placed) if p.origin is not None})
+        set_moved_from(peaks_layer, {**origins, **{
+            peak_offset + first_hand + k: (p.origin[0], (*plane, *p.origin[1]))
+            for k, (plane, p) in enumerate(hand_placed) if p.origin is not None}})
         hand_notes = _hand_notes(len(hand_placed), missing, hand["elsewhere"], no_instance)
-        kept_note = (f"Your corrections of {instances_name!r} were kept as {kept.name!r} (hidden)."
-                     if kept is not None else "")
+        kept_note = ""
+        if kept is not None and spliced is not None:
+            kept_note = (f"Your corrections of {instances_name!r} on {_planes_text(spliced)} were replaced by "
+                         f"this run; the layer as it was is kept as {kept.name!r} (hidden).")
+        elif kept is not None:
+            kept_note = f"Your corrections of {instances_name!r} were kept as {kept.name!r} (hidden)."
+        if spliced is not None:
+            kept_note = " ".join(filter(None, [
+                f"{_planes_text(spliced)[:1].upper()}{_planes_text(spliced)[1:]} updated; the other planes' "
+                "results were kept.", kept_note]))
         self.correction.attach(self.context)
         if late:  # retrieved by the correction panel, as a point added now is
             self.correction.add_hand_points([p for _, p in late])
@@ -496,7 +521,6 @@ class PredictWidget(PredictForm, QWidget):
                               "retrieving.")
         self.last_run_seconds = None if started is None else time.perf_counter() - started
         self.progress.setValue(self.progress.maximum())
-        peaks, instances = len(results.points), len(results.instance_features)
         if peaks == 0:
             class_threshold, peak_threshold = resolve_thresholds(
                 preset_settings(settings["preset"], **self.threshold_overrides(settings)), model.settings)
@@ -516,6 +540,40 @@ class PredictWidget(PredictForm, QWidget):
         warn = notes or missing or hand["elsewhere"] or no_instance
         self._say(" ".join([message + "."] + notes + hand_notes + ([kept_note] if kept_note else [])),
                   "warning" if warn else "info")
+
+    def _stack_results(self, layer, planes, leading, class_names):
+        """What the result layers of ``layer`` hold now, as `Results`, and the `RunContext` of
+        the run that made them, when a run of ``planes`` is to be spliced into them (`splice_planes`):
+        some planes of a stack, whose peaks and instances layers (shaped for this stack, with the
+        same classes) the correction panel still works on. Else None: the run replaces them."""
+        if not leading or len(planes) == int(np.prod(leading)):
+            return None
+        names = layer_names(layer.name)
+        before = next((run.context for run in reversed(self.correction._runs)
+                       if run.context.image_layer is layer), None)
+        if before is None or list(before.class_names) != list(class_names):
+            return None
+        peaks, instances = before.layers.get("peaks"), before.layers.get("instances")
+        if (peaks is None or instances is None or names["peaks"] not in self.viewer.layers
+                or self.viewer.layers[names["peaks"]] is not peaks
+                or names["instances"] not in self.viewer.layers
+                or self.viewer.layers[names["instances"]] is not instances
+                or instances.multiscale or instances.data.shape[:-2] != tuple(leading)
+                or np.asarray(peaks.data).reshape(len(peaks.data), -1).shape[1] != len(leading) + 2):
+            return None
+        crms = {layer_name[len(names["crm"]):]: np.asarray(self.viewer.layers[layer_name].data)
+                for layer_name in [other.name for other in self.viewer.layers]
+                if layer_name.startswith(names["crm"])}
+        previous = Results(
+            class_names=list(class_names), leading_shape=tuple(leading),
+            image_shape=tuple(instances.data.shape[-2:]),
+            points=np.asarray(peaks.data, float).reshape(-1, len(leading) + 2),
+            point_features=peaks.features.reset_index(drop=True),
+            prms=before.prms, prm_planes=before.prm_planes,
+            labels=np.asarray(instances.data), instance_features=instances.features.reset_index(drop=True),
+            crms={name: crm for name, crm in crms.items() if crm.shape[:len(leading)] == tuple(leading)},
+            merged_into=dict(before.merged_into))
+        return previous, before
 
     def show_prediction(self, image_layer: Image, prediction: Prediction, model, *,
                         predictor=None, model_choice: str | None = None, **settings) -> dict:
@@ -620,6 +678,12 @@ def _changed_during_run(sent, now, ran):
         kept.append((mine, from_hand))
         late += [(q.plane, q) for q in plane_now if not any(_same_hand_peak(p, q) for p in plane_sent)]
     return kept, late
+
+
+def _planes_text(planes) -> str:
+    """The planes of a stack as the status line names them: "plane 2", "planes 0, 2", "plane (1, 3)"."""
+    names = [str(plane[0]) if len(plane) == 1 else str(tuple(plane)) for plane in planes]
+    return f"plane{'s' if len(names) > 1 else ''} {', '.join(names)}"
 
 
 def _sentence(note: str) -> str:

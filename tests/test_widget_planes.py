@@ -1,0 +1,125 @@
+"""A run of the current plane of a stack updates that plane only, in the layers a run of all planes makes."""
+
+import numpy as np
+import pytest
+
+from conftest import shapes_scene
+from napari_prm._widgets.layers import features_table
+from test_widget_predict import open_predict, peak_threshold_for, run_and_wait
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    """Three synthetic frames (a red disc and a blue square on noise, moved frame to frame)."""
+    return np.stack([shapes_scene(seed)[0] for seed in range(3)])
+
+
+def show_frame(viewer, qtbot, frame: int):
+    """Move the slider to ``frame`` and let the correction panel bring the peaks in line with the
+    instances it shows (a peak whose instance took it in takes that instance's class)."""
+    viewer.dims.set_current_step(viewer.dims.ndim - 3, frame)  # the stack axis (PRMs add one in front)
+    qtbot.wait(50)
+
+
+def run_frame(widget, viewer, qtbot, frame: int):
+    show_frame(viewer, qtbot, frame)
+    run_and_wait(widget, qtbot)
+
+
+def state(viewer):
+    """What the result layers hold: labels, points, and both feature tables."""
+    peaks, instances = viewer.layers["t peaks"], viewer.layers["t instances"]
+    return (np.array(instances.data), np.array(peaks.data), peaks.features.copy(),
+            features_table(instances.features))
+
+
+def on_plane(viewer, frame: int):
+    """Frame ``frame``'s labels, points, peak rows and instance rows (those of the labels there)."""
+    labels, points, point_rows, table = state(viewer)
+    mine = points[:, 0] == frame
+    present = np.unique(labels[frame])
+    rows = np.isin(table["label"], present[present > 0])
+    return (labels[frame], points[mine], point_rows[mine].reset_index(drop=True),
+            {name: values[rows] for name, values in table.items()})
+
+
+def assert_same_plane(a, b):
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[2].equals(b[2])
+    assert a[3].keys() == b[3].keys()
+    for name in a[3]:
+        np.testing.assert_array_equal(a[3][name], b[3][name])
+
+
+@pytest.fixture
+def stack_widget(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, frames):
+    viewer = make_napari_viewer()
+    viewer.add_image(frames, name="t", rgb=True)
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.peak_threshold.value = peak_threshold_for(frames[0], tiny_checkpoint, 4)
+    widget.class_threshold.value = -1e4  # every class of the random tiny model
+    return viewer, widget
+
+
+def test_a_frame_run_keeps_the_other_frames(stack_widget, qtbot):
+    viewer, widget = stack_widget
+    run_frame(widget, viewer, qtbot, 0)
+    show_frame(viewer, qtbot, 0)
+    first = on_plane(viewer, 0)
+    assert len(first[1]) and len(first[3]["label"]), widget.last_message  # peaks and instances found
+    run_frame(widget, viewer, qtbot, 2)
+    assert_same_plane(on_plane(viewer, 0), first)  # frame 0 as it was, bit for bit
+    labels, points, rows, table = on_plane(viewer, 2)
+    assert len(points) and labels.any()
+    assert not set(np.unique(labels)) & set(np.unique(first[0])) - {0}  # labels of its own
+    assert not on_plane(viewer, 1)[0].any() and not len(on_plane(viewer, 1)[1])
+    assert set(rows["peak"]).isdisjoint(first[2]["peak"])
+    assert "Plane 2 updated" in widget.last_message
+    # the PRMs layer follows the peaks layer's rows: each slice is its peak's PRM, on its own frame
+    prms, peaks = viewer.layers["t PRMs"], viewer.layers["t peaks"]
+    assert prms.data.shape[:2] == (len(peaks.data), 3)
+    for row, frame in enumerate(peaks.data[:, 0].astype(int)):
+        volume = np.asarray(prms.data[row])
+        assert volume[frame].sum() == pytest.approx(1.0, rel=1e-4)
+        assert not np.delete(volume, frame, axis=0).any()
+
+
+def test_rerunning_a_frame_keeps_the_paint_on_another(stack_widget, qtbot):
+    viewer, widget = stack_widget
+    run_frame(widget, viewer, qtbot, 0)
+    run_frame(widget, viewer, qtbot, 2)
+    instances = viewer.layers["t instances"]
+    painted = int(instances.data.max()) + 1
+    data = instances.data.copy()
+    data[2, :10, :10] = painted  # a stroke of a new instance on frame 2
+    instances.data = data
+    qtbot.wait(50)
+    frame2 = np.array(instances.data[2])
+    run_frame(widget, viewer, qtbot, 0)
+    np.testing.assert_array_equal(viewer.layers["t instances"].data[2], frame2)
+    assert "corrected" not in " ".join(layer.name for layer in viewer.layers)  # nothing to keep on frame 0
+    # a re-run of the painted frame replaces it, says so, and keeps the layer as it was
+    run_frame(widget, viewer, qtbot, 2)
+    assert not (viewer.layers["t instances"].data[2, :10, :10] == painted).all()
+    assert "were replaced by this run" in widget.last_message
+    np.testing.assert_array_equal(viewer.layers["t instances (corrected)"].data[2], frame2)
+
+
+def test_frame_by_frame_ends_as_all_planes(stack_widget, qtbot):
+    viewer, widget = stack_widget
+    for frame in range(3):
+        run_frame(widget, viewer, qtbot, frame)
+    show_frame(viewer, qtbot, 0)
+    by_frame = state(viewer)
+    widget.planes.value = "all planes"
+    run_and_wait(widget, qtbot)
+    show_frame(viewer, qtbot, 1)
+    show_frame(viewer, qtbot, 0)
+    at_once = state(viewer)
+    np.testing.assert_array_equal(by_frame[0], at_once[0])
+    assert by_frame[0].dtype == at_once[0].dtype and by_frame[0].any()
+    np.testing.assert_array_equal(by_frame[1], at_once[1])
+    assert by_frame[2].equals(at_once[2])
+    for name in at_once[3]:
+        np.testing.assert_array_equal(by_frame[3][name], at_once[3][name])
