@@ -123,3 +123,51 @@ def test_frame_by_frame_ends_as_all_planes(stack_widget, qtbot):
     assert by_frame[2].equals(at_once[2])
     for name in at_once[3]:
         np.testing.assert_array_equal(by_frame[3][name], at_once[3][name])
+
+
+def test_a_point_placed_on_another_frame_stays_with_its_instance(stack_widget, qtbot):
+    """A peak placed by hand on frame 2 (and its instance) is frame 2's: a run of frame 0 keeps it
+    as it is, and says nothing of points dropped."""
+    viewer, widget = stack_widget
+    run_frame(widget, viewer, qtbot, 2)
+    run_frame(widget, viewer, qtbot, 0)
+    peaks = viewer.layers["t peaks"]
+    peaks.add([[2.0, 30.0, 35.0]])
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    show_frame(viewer, qtbot, 2)
+    frame2 = on_plane(viewer, 2)
+    assert frame2[2]["hand_placed"].sum() == 1
+    run_frame(widget, viewer, qtbot, 0)
+    assert_same_plane(on_plane(viewer, 2), frame2)
+    assert "dropped" not in widget.last_message
+
+
+def test_what_counts_as_a_correction_of_one_plane():
+    """The plugin's record of a stack's planes: a paint or a class set on a plane is a correction of
+    that plane only, and a run that rewrites another plane keeps the record of the others."""
+    from napari.layers import Labels
+
+    from napari_prm._widgets.layers import has_corrections, instance_features, remember_written
+
+    data = np.zeros((3, 20, 30), np.uint16)
+    data[0, 2:8, 3:9], data[2, 10:15, 10:20] = 1, 2
+    table = {"label": np.array([1, 2]), "class_index": np.array([0, 1]),
+             "class_name": np.array(["cat", "dog"], object), "score": np.array([0.9, 0.5]),
+             "peak": np.array([0, 1])}
+    layer = Labels(data.copy(), features=instance_features(table))
+    assert has_corrections(layer, [(0,)]) and not has_corrections(layer, [(1,)])  # never written
+    remember_written(layer)
+    assert not has_corrections(layer)
+    layer.data_setitem((np.array([2]), np.array([0]), np.array([0])), 7)  # a paint on plane 2
+    assert has_corrections(layer) and has_corrections(layer, [(2,)])
+    assert not has_corrections(layer, [(0,)]) and not has_corrections(layer, [(1,)])
+    reclassed = layer.features.copy()
+    reclassed.loc[0, "class_name"] = "bird"  # label 1, on plane 0
+    layer.features = reclassed
+    assert has_corrections(layer, [(0,)]) and not has_corrections(layer, [(1,)])
+    # a run rewrites plane 0 (a new label 8); plane 2's paint is still the user's
+    layer.data_setitem((np.array([0]), np.array([0]), np.array([0])), 8)
+    layer.features = instance_features({**table, "label": np.array([8, 2]), "class_name": table["class_name"]})
+    remember_written(layer, [(0,)])
+    assert not has_corrections(layer, [(0,)])
+    assert has_corrections(layer, [(2,)]) and has_corrections(layer)
