@@ -171,3 +171,17 @@ def test_what_counts_as_a_correction_of_one_plane():
     remember_written(layer, [(0,)])
     assert not has_corrections(layer, [(0,)])
     assert has_corrections(layer, [(2,)]) and has_corrections(layer)
+
+
+def test_crm_layers_follow_the_plane_run(stack_widget, qtbot):
+    viewer, widget = stack_widget
+    widget.add_crms.value = True
+    run_frame(widget, viewer, qtbot, 0)
+    crms = {layer.name: np.array(layer.data) for layer in viewer.layers if layer.name.startswith("t CRM ")}
+    assert crms and all(crm.shape[0] == 3 and crm[0].any() and not crm[1:].any() for crm in crms.values())
+    run_frame(widget, viewer, qtbot, 2)
+    after = {layer.name: np.array(layer.data) for layer in viewer.layers if layer.name.startswith("t CRM ")}
+    assert set(crms) <= set(after)
+    for name, crm in crms.items():
+        np.testing.assert_array_equal(after[name][0], crm[0])
+    assert any(crm[2].any() for crm in after.values()) and not any(crm[1].any() for crm in after.values())
