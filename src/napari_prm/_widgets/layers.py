@@ -911,15 +911,16 @@ def has_corrections(layer, planes=None) -> bool:
     checked = list(digests) if planes is None else [tuple(plane) for plane in planes]
     if any(digests.get(plane) != before.get(plane) for plane in checked):
         return True
-    now = features_table(layer.features)
     from ..edit import sync_table
 
-    synced = sync_table(data, table)
-    if planes is not None:
-        labels = np.unique([data[plane] for plane in checked])
-        now, table, synced = (_rows_of(t, labels[labels > 0].tolist()) for t in (now, table, synced))
-    now = _table_digest(now)
-    return now != _table_digest(table) and now != _table_digest(synced)
+    def rows(table):
+        return table if planes is None else _rows_of(table, on_planes)
+
+    on_planes = np.unique([data[plane] for plane in checked]) if planes is not None else None
+    now = _table_digest(rows(features_table(layer.features)))
+    if now == _table_digest(rows(table)):
+        return False
+    return now != _table_digest(rows(sync_table(data, table)))
 
 
 def keep_corrections(viewer, name: str, planes=None):
