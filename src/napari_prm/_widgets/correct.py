@@ -181,6 +181,10 @@ class CorrectionPanel(PointRetrieval):
                 return run
         return None
 
+    def context_of(self, image_layer):
+        """The `RunContext` of the last run of ``image_layer`` the panel keeps, or None."""
+        return next((run.context for run in reversed(self._runs) if run.context.image_layer is image_layer), None)
+
     def focus(self, layer) -> bool:
         """Work on the run ``layer`` belongs to (a layer of no run changes nothing).
 

@@ -476,7 +476,7 @@ class PredictWidget(PredictForm, QWidget):
         hand_placed = [(plane, p) for plane, mine, _ in carried for p in mine]
         peaks, instances = len(results.points), len(results.instance_features)  # of the planes run
         # a run of some planes of a stack replaces only their part of the earlier runs' layers
-        previous = self._stack_results(layer, planes, leading, results.class_names)
+        previous = self._stack_results(layer, planes, results, crms=bool(settings["crms"]))
         spliced, peak_offset, origins = planes if previous is not None else None, 0, {}
         if previous is not None:
             previous, before = previous
@@ -541,37 +541,36 @@ class PredictWidget(PredictForm, QWidget):
         self._say(" ".join([message + "."] + notes + hand_notes + ([kept_note] if kept_note else [])),
                   "warning" if warn else "info")
 
-    def _stack_results(self, layer, planes, leading, class_names):
+    def _stack_results(self, layer, planes, results: Results, *, crms: bool):
         """What the result layers of ``layer`` hold now, as `Results`, and the `RunContext` of
-        the run that made them, when a run of ``planes`` is to be spliced into them (`splice_planes`):
-        some planes of a stack, whose peaks and instances layers (shaped for this stack, with the
-        same classes) the correction panel still works on. Else None: the run replaces them."""
+        the run that made them, when the ``results`` of ``planes`` are to be spliced into them
+        (`splice_planes`): some planes of a stack, whose peaks and instances layers (of this stack's
+        shape, with the same classes) the correction panel still works on. Else None: the run
+        replaces them. The CRM layers are taken along when the run makes them (``crms``)."""
+        leading = results.leading_shape
         if not leading or len(planes) == int(np.prod(leading)):
             return None
         names = layer_names(layer.name)
-        before = next((run.context for run in reversed(self.correction._runs)
-                       if run.context.image_layer is layer), None)
-        if before is None or list(before.class_names) != list(class_names):
+        before = self.correction.context_of(layer)
+        if before is None or list(before.class_names) != list(results.class_names):
             return None
         peaks, instances = before.layers.get("peaks"), before.layers.get("instances")
         if (peaks is None or instances is None or names["peaks"] not in self.viewer.layers
                 or self.viewer.layers[names["peaks"]] is not peaks
                 or names["instances"] not in self.viewer.layers
                 or self.viewer.layers[names["instances"]] is not instances
-                or instances.multiscale or instances.data.shape[:-2] != tuple(leading)
+                or instances.multiscale or instances.data.shape != leading + results.image_shape
                 or np.asarray(peaks.data).reshape(len(peaks.data), -1).shape[1] != len(leading) + 2):
             return None
-        crms = {layer_name[len(names["crm"]):]: np.asarray(self.viewer.layers[layer_name].data)
-                for layer_name in [other.name for other in self.viewer.layers]
-                if layer_name.startswith(names["crm"])}
+        crm_layers = {other.name[len(names["crm"]):]: np.asarray(other.data) for other in self.viewer.layers
+                      if crms and other.name.startswith(names["crm"])}
         previous = Results(
-            class_names=list(class_names), leading_shape=tuple(leading),
-            image_shape=tuple(instances.data.shape[-2:]),
+            class_names=list(results.class_names), leading_shape=leading, image_shape=results.image_shape,
             points=np.asarray(peaks.data, float).reshape(-1, len(leading) + 2),
             point_features=peaks.features.reset_index(drop=True),
             prms=before.prms, prm_planes=before.prm_planes,
             labels=np.asarray(instances.data), instance_features=instances.features.reset_index(drop=True),
-            crms={name: crm for name, crm in crms.items() if crm.shape[:len(leading)] == tuple(leading)},
+            crms={name: crm for name, crm in crm_layers.items() if crm.shape[:len(leading)] == leading},
             merged_into=dict(before.merged_into))
         return previous, before
 
