@@ -322,3 +322,26 @@ def test_naparis_new_labels_layer_of_one_channel_goes_with_that_channel(make_nap
     export._layer.value = painted
     assert export._stem.value == "GFP"
     assert export.export(tmp_path, formats=["tiff"]) == [tmp_path / "GFP_labels.tif"], export._status.value
+
+
+def test_a_second_new_labels_layer_of_an_image_goes_with_it_too(make_napari_viewer, tmp_path):
+    """napari names a second *New labels layer* of GFP "GFP - Labels [1]" (a taken name gets a
+    count): it went with no image (not offered to learn from, stem "GFP_-_Labels_1"), beside a
+    DAPI channel of the same shape. It goes with GFP, as "GFP - Labels" does."""
+    from napari_prm._widgets.export import ExportWidget, default_stem
+    from napari_prm._widgets.layers import image_layer_of
+
+    viewer = make_napari_viewer()
+    image, labels, _, _ = shapes_scene(6)
+    viewer.add_image(np.stack([image[..., 0], image[..., 2]]), channel_axis=0, name=["DAPI", "GFP"])
+    for _ in range(2):
+        viewer.layers.selection.active = viewer.layers["GFP"]
+        viewer._new_labels()
+    first, second = viewer.layers["GFP - Labels"], viewer.layers["GFP - Labels [1]"]
+    assert image_layer_of(viewer, first) is image_layer_of(viewer, second) is viewer.layers["GFP"]
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections")
+    assert [layer.name for _, layer in widget._labels_choices()] == ["GFP - Labels", "GFP - Labels [1]"]
+    assert ExportWidget(viewer)._stem.value == "GFP"  # follows the layer added last: the second
+    for name in ("GFP", "DAPI"):
+        viewer.layers.remove(name)
+    assert default_stem(viewer, second) == "GFP"  # without an image: the name less the count and suffix

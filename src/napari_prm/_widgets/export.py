@@ -16,7 +16,14 @@ from napari.utils.notifications import show_error, show_info
 
 from .. import io
 from .._writer import layer_table
-from .layers import INSTANCES_SUFFIX, LABELS_FILE_SUFFIX, NEW_LABELS_SUFFIX, image_file_name, image_layer_of
+from .layers import (
+    INSTANCES_SUFFIX,
+    LABELS_FILE_SUFFIX,
+    NEW_LABELS_SUFFIX,
+    image_file_name,
+    image_layer_of,
+    uncounted_name,
+)
 from .models import unwrap_viewer
 from .settings import persist_fields
 
@@ -59,7 +66,7 @@ def default_stem(viewer, labels_layer) -> str:
     elif file_name:  # a file's name, or the layer's name where the image had no file
         stem = file_name if file_name == image_name else Path(file_name).stem
     else:
-        stem = labels_layer.name
+        stem = uncounted_name(labels_layer.name)  # "cells_labels [1]": opened twice
         for suffix in (INSTANCES_SUFFIX, LABELS_FILE_SUFFIX, NEW_LABELS_SUFFIX):
             stem = stem.removesuffix(suffix)
     return re.sub(r"[^\w.-]+", "_", stem).strip("_") or "labels"

@@ -8,6 +8,7 @@ keyword arguments of three layers (peaks, PRMs, instances) in the image's world 
 from __future__ import annotations
 
 import hashlib
+import re
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -713,24 +714,31 @@ LABELS_FILE_SUFFIX = "_labels"
 NEW_LABELS_SUFFIX = " - Labels"
 
 
+def uncounted_name(name: str) -> str:
+    """A layer's name less the `` [1]``, `` [2]``, … napari appends to a name already taken (a
+    second *New labels layer* of ``GFP`` is ``GFP - Labels [1]``)."""
+    return re.sub(r" \[\d+\]$", "", name)
+
+
 def image_layer_of(viewer, labels_layer):
     """The image layer of ``viewer`` that a Labels layer annotates, None when there is none: the one
     its metadata names (``image_layer``, as a run records it, else ``image_file_name``), else the
     one its name is of (``"cat instances"``: ``"cat"``; ``"cat - Labels"``, napari's new Labels layer
-    of the image selected; ``"cat_labels"``, an export reopened: the
+    of the image selected, ``"cat - Labels [1]"`` the next one; ``"cat_labels"``, an export reopened: the
     layer ``cat`` or the one opened from ``cat.png``), else the only image layer of its shape (a
     Labels layer painted from scratch, napari's ``Labels``; not for one whose metadata names an
     image that has gone)."""
     from napari.layers import Image
 
     metadata = labels_layer.metadata or {}
+    own_name = uncounted_name(labels_layer.name)
     for name in (metadata.get("image_layer"), metadata.get("image_file_name"),
-                 labels_layer.name.removesuffix(INSTANCES_SUFFIX), labels_layer.name.removesuffix(NEW_LABELS_SUFFIX)):
+                 own_name.removesuffix(INSTANCES_SUFFIX), own_name.removesuffix(NEW_LABELS_SUFFIX)):
         if name and name in viewer.layers and isinstance(viewer.layers[name], Image):
             return viewer.layers[name]
     images = [layer for layer in viewer.layers if isinstance(layer, Image) and not is_result_image(viewer, layer)]
-    if labels_layer.name.endswith(LABELS_FILE_SUFFIX):
-        stem = labels_layer.name.removesuffix(LABELS_FILE_SUFFIX)
+    if own_name.endswith(LABELS_FILE_SUFFIX):
+        stem = own_name.removesuffix(LABELS_FILE_SUFFIX)
         named = [image for image in images if stem in (image.name, Path(image_file_name(image)).stem)]
         if len(named) == 1:
             return named[0]
