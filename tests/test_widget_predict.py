@@ -479,6 +479,23 @@ def test_the_peak_cap_of_a_stacks_planes_is_said_once(make_napari_viewer, qtbot,
             in widget.last_message), widget.last_message
 
 
+def test_a_stacks_cap_of_one_peak_says_the_strongest_was_kept(tiny_checkpoint, small_cat):
+    """With ``max_peaks=1`` the planes' sentence said "the 1 strongest of each were kept", the
+    wording one image's note had lost ("the strongest was kept")."""
+    from napari_prm._widgets.layers import plane_notes
+
+    model = load_model(tiny_checkpoint)
+    red = small_cat[..., 0].astype(np.float32)
+    predictions = [predict(plane, model, proposals=None, peak_threshold=None, max_peaks=1)
+                   for plane in (red, red[::-1], red[:, ::-1])]
+    found = sorted(prediction.peaks_found for prediction in predictions)
+    assert found[0] > 1 and all(len(prediction.peaks) == 1 for prediction in predictions)
+    counts = f"{found[0]}" if found[0] == found[-1] else f"{found[0]}–{found[-1]}"
+    (note,) = plane_notes([(0,), (1,), (2,)], predictions)
+    assert note == (f"On 3 of 3 planes {counts} peaks passed the thresholds; the strongest of each was "
+                    "kept (max_peaks=1). Raise the thresholds or max_peaks."), note
+
+
 def test_builtin_model_on_the_sample_image(make_napari_viewer, qtbot, prm_config):
     """The default model (built-in, VOC classes) finds the cat of the sample image with its
     calibrated thresholds, and its class list and thresholds come from the model."""

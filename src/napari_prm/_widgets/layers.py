@@ -462,9 +462,10 @@ def plane_notes(planes: list[tuple], predictions: list[Prediction]) -> list[str]
         caps = sorted({p.settings.max_peaks for _, p in capped})
         notes = [note for note in notes if note not in own]
         counts = f"{min(found)}" if min(found) == max(found) else f"{min(found)}–{max(found)}"
-        notes.insert(0, f"On {len(capped)} of {len(planes)} planes {counts} peaks passed the "
-                        f"thresholds; the {'/'.join(map(str, caps))} strongest of each were kept (max_peaks). "
-                        "Raise the thresholds or max_peaks.")
+        cap = "/".join(map(str, caps))
+        strongest = "the strongest of each was" if caps == [1] else f"the {cap} strongest of each were"
+        notes.insert(0, f"On {len(capped)} of {len(planes)} planes {counts} peaks passed the thresholds; "
+                        f"{strongest} kept (max_peaks={cap}). Raise the thresholds or max_peaks.")
     return list(dict.fromkeys(notes))
 
 
