@@ -481,7 +481,8 @@ def test_the_peak_cap_of_a_stacks_planes_is_said_once(make_napari_viewer, qtbot,
 
 def test_a_stacks_cap_of_one_peak_says_the_strongest_was_kept(tiny_checkpoint, small_cat):
     """With ``max_peaks=1`` the planes' sentence said "the 1 strongest of each were kept", the
-    wording one image's note had lost ("the strongest was kept")."""
+    wording one image's note had lost ("the strongest was kept"); the cap biting on one plane of
+    a stack said "N peaks passed the thresholds", as if of the whole stack."""
     from napari_prm._widgets.layers import plane_notes
 
     model = load_model(tiny_checkpoint)
@@ -494,6 +495,14 @@ def test_a_stacks_cap_of_one_peak_says_the_strongest_was_kept(tiny_checkpoint, s
     (note,) = plane_notes([(0,), (1,), (2,)], predictions)
     assert note == (f"On 3 of 3 planes {counts} peaks passed the thresholds; the strongest of each was "
                     "kept (max_peaks=1). Raise the thresholds or max_peaks."), note
+    # one plane of three capped: its sentence read as the whole stack's
+    uncapped = [predict(plane, model, proposals=None, peak_threshold=None, max_peaks=1000)
+                for plane in (red[::-1], red[:, ::-1])]
+    assert not any(prediction.notes for prediction in uncapped)
+    (note,) = plane_notes([(0,), (1,), (2,)], [predictions[0], *uncapped])
+    assert note.startswith(f"On 1 of 3 planes {predictions[0].peaks_found} peaks passed the thresholds; "
+                           "the strongest was kept (max_peaks=1)."), note
+    assert plane_notes([(0,)], predictions[:1]) == predictions[0].notes  # one plane: its own note
 
 
 def test_builtin_model_on_the_sample_image(make_napari_viewer, qtbot, prm_config):

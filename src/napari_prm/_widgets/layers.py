@@ -449,21 +449,23 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
 
 
 def plane_notes(planes: list[tuple], predictions: list[Prediction]) -> list[str]:
-    """The notes of the predictions of an image's planes, each once; the peak cap's of several
-    planes as one (a 40-plane stack gave 40 sentences that differed in one number)."""
+    """The notes of the predictions of an image's planes, each once; the peak cap's of a stack's
+    planes as one that says on how many planes it bit (a 40-plane stack gave 40 sentences that
+    differed in one number; one plane's sentence read as the whole stack's)."""
     notes = [note for prediction in predictions for note in prediction.notes]
     capped = [(plane, prediction) for plane, prediction in zip(planes, predictions)
               if prediction.peaks_found is not None and prediction.settings is not None
               and cap_note(prediction.peaks_found, len(prediction.peaks), prediction.settings.max_peaks)
               in prediction.notes]
-    if len(capped) > 1:
+    if capped and len(planes) > 1:
         own = {cap_note(p.peaks_found, len(p.peaks), p.settings.max_peaks) for _, p in capped}
         found = [p.peaks_found for _, p in capped]
         caps = sorted({p.settings.max_peaks for _, p in capped})
         notes = [note for note in notes if note not in own]
         counts = f"{min(found)}" if min(found) == max(found) else f"{min(found)}–{max(found)}"
         cap = "/".join(map(str, caps))
-        strongest = "the strongest of each was" if caps == [1] else f"the {cap} strongest of each were"
+        each = " of each" if len(capped) > 1 else ""
+        strongest = f"the strongest{each} was" if caps == [1] else f"the {cap} strongest{each} were"
         notes.insert(0, f"On {len(capped)} of {len(planes)} planes {counts} peaks passed the thresholds; "
                         f"{strongest} kept (max_peaks={cap}). Raise the thresholds or max_peaks.")
     return list(dict.fromkeys(notes))
