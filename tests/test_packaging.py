@@ -100,11 +100,28 @@ def test_every_sample_gives_an_rgb_image_layer():
         assert layer_type == "image" and meta["rgb"] and data.ndim == 3 and data.shape[2] == 3, sample.key
 
 
+def _git_tracked(*paths: str) -> list[str] | None:
+    """The files git tracks under ``paths`` (relative to the repository), or None outside a git
+    checkout (an unpacked sdist) or where git cannot read it (no git; a checkout owned by another
+    user, which git refuses as of "dubious ownership")."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        return None
+    listed = subprocess.run(["git", "ls-files", "-z", "--", *paths], cwd=ROOT, capture_output=True, text=True)
+    return [name for name in listed.stdout.split("\0") if name] if listed.returncode == 0 else None
+
+
 def test_package_data_lists_every_file_the_package_reads():
-    """The wheel holds src/napari_prm's .py files and only the data files pyproject lists."""
+    """The wheel holds src/napari_prm's .py files and only the data files pyproject lists. In a
+    checkout the files are git's (a Finder `.DS_Store` or an editor's `napari.yaml~` lying in
+    src/ failed the test)."""
     shipped = set(PYPROJECT["tool"]["setuptools"]["package-data"]["napari_prm"])
-    data_files = {path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*")
-                  if path.is_file() and path.suffix not in (".py", ".pyc")}
+    tracked = _git_tracked("src/napari_prm")
+    files = ([ROOT / name for name in tracked] if tracked is not None
+             else [path for path in PACKAGE.rglob("*") if path.is_file() and "__pycache__" not in path.parts])
+    data_files = {path.relative_to(PACKAGE).as_posix() for path in files if path.suffix != ".py"}
     assert data_files == shipped
 
 
@@ -146,13 +163,9 @@ def test_the_licence_file_is_the_declared_licence():
 def test_the_sdist_manifest_takes_every_tracked_top_level_entry():
     """MANIFEST.in names each file and folder of the repository's top level, so the sdist's
     tests find their conftest.py, the pages and scripts they check, and tox.ini."""
-    import shutil
-    import subprocess
-
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip(f"{ROOT} is not a git checkout (an unpacked sdist): nothing to compare with")
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
+    tracked = _git_tracked()
+    if tracked is None:
+        pytest.skip(f"git cannot list the files of {ROOT} (an unpacked sdist, or no git): nothing to compare with")
     top = {name.split("/")[0] for name in tracked}
     # setuptools takes these by itself: the package, pyproject, the readme it names, MANIFEST.in
     top -= {"src", "pyproject.toml", "README.md", "MANIFEST.in"}
@@ -162,3 +175,33 @@ def test_the_sdist_manifest_takes_every_tracked_top_level_entry():
         if words and words[0] in ("include", "graft"):
             named |= set(words[1:])
     assert top <= named, f"MANIFEST.in leaves out {sorted(top - named)}"
+
+
+def test_the_sdist_takes_nothing_git_ignores(tmp_path, monkeypatch):
+    """MANIFEST.in grafts whole folders (tests, docs, benchmarks, scripts, .ci): a `.tmp` left by
+    an interrupted write, a `site/` that mkdocs built, a `build/` or a `.venv` in one of them went
+    into the sdist. Each .gitignore pattern, planted in each grafted folder, is left out now, and
+    the files the folders hold are taken."""
+    from setuptools.command.egg_info import FileList  # what setuptools' sdist applies MANIFEST.in with
+
+    lines = [line.split("#")[0].strip() for line in (ROOT / "MANIFEST.in").read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    grafted = [word for line in lines if line.startswith("graft ") for word in line.split()[1:]]
+    assert {"tests", "docs", "benchmarks", "scripts"} <= set(grafted)
+    wanted = [f"{folder}/kept.py" for folder in grafted] + ["tests/data/kept.json", "docs/images/kept.png"]
+    ignored = []
+    patterns = [line.strip() for line in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()]
+    for pattern in (pattern for pattern in patterns if pattern and not pattern.startswith(("#", "!"))):
+        name = pattern.strip("/").replace("*", "x")
+        folders = [""] if pattern.startswith("/") else ["", *grafted, f"{grafted[0]}/sub"]
+        ignored += [f"{folder}/{name}/junk" if pattern.endswith("/") else f"{folder}/{name}" for folder in folders]
+    for path in wanted + ignored:
+        (tmp_path / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path.lstrip("/")).touch()
+    monkeypatch.chdir(tmp_path)
+    files = FileList()
+    for line in lines:
+        files.process_template_line(line)
+    taken = set(files.files)
+    assert set(wanted) <= taken
+    assert not taken & {path.lstrip("/") for path in ignored}, sorted(taken & {p.lstrip("/") for p in ignored})
