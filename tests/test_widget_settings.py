@@ -239,3 +239,18 @@ def test_learn_choices_come_back_and_export_follows_the_labels_layer_selected(ma
     assert export._layer.value is first
     third = viewer.add_labels(labels * 3, name="c instances")
     assert export._layer.value is third and export._stem.value == "c"
+
+
+def test_two_export_widgets_open_at_once_each_keep_what_was_changed_in_them(make_napari_viewer, tmp_path):
+    """Two napari windows, an Export widget in each: a format ticked in the second saved that
+    widget's whole form, so the folder chosen in the first was lost for the next session. What is
+    kept is now each field as it was last changed, in whichever window."""
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    first = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Export instances")[1]
+    second = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Export instances")[1]
+    first._folder.value = exports
+    second._formats["png"].value = True
+    reopened = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Export instances")[1]
+    assert reopened._folder.value == exports and reopened._formats["png"].value
+    assert json.loads(settings_path("export").read_text())["folder"] == str(exports)

@@ -86,8 +86,9 @@ def persist_fields(name: str, cls: type, fields: dict, *, usable: Callable[[str,
     Each key of ``fields`` is a field of the dataclass ``cls`` and its value the widget that
     shows it. The saved values are put into the widgets now (a choice no longer offered, a
     value out of range, or one ``usable(field, value)`` rejects, is left at the widget's own),
-    and every change of one of them saves them all. Paths are saved as text; an empty field
-    (``.``) as ``""``.
+    and a change of one of them saves that field into the file as it is on disk (so two such
+    widgets open at once, in two windows, keep what was last changed in each: saving the whole
+    form lost the other's changes). Paths are saved as text; an empty field (``.``) as ``""``.
     """
     saved = load_settings(name, cls)
     defaults = cls()
@@ -102,15 +103,14 @@ def persist_fields(name: str, cls: type, fields: dict, *, usable: Callable[[str,
         except (ValueError, TypeError):
             pass  # out of range now: keep what the widget has
 
-    def save(*_) -> None:
-        values = {}
-        for field, widget in fields.items():
-            value = widget.value
-            values[field] = ("" if str(value) in ("", ".") else str(value)) if isinstance(value, Path) else value
-        save_settings(name, cls(**values))
+    def save(field: str, widget) -> None:
+        value = widget.value
+        if isinstance(value, Path):
+            value = "" if str(value) in ("", ".") else str(value)
+        save_settings(name, dataclasses.replace(load_settings(name, cls), **{field: value}))
 
-    for widget in fields.values():
-        widget.changed.connect(save)
+    for field, widget in fields.items():
+        widget.changed.connect(lambda _=None, field=field, widget=widget: save(field, widget))
 
 
 def exclusive_paths(first, second) -> None:
