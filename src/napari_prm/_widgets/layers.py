@@ -124,7 +124,7 @@ def read_plane(layer, plane: tuple[int, ...]) -> np.ndarray:
 def world_kwargs(image_layer, extra_leading: int = 0) -> dict:
     """``scale``, ``translate``, ``rotate``, ``shear`` and ``affine`` of a result layer
     aligned with ``image_layer``: each pixel maps to the world where the image's does; and
-    the image's ``units`` and ``axis_labels`` (napari ≥ 0.6), so that a result of an image in
+    the image's ``units`` and ``axis_labels`` (napari ≥ 0.5), so that a result of an image in
     µm is in µm too (napari drops the scale bar's units, and warns, when layers disagree).
 
     ``extra_leading`` axes (e.g. the PRM stack's peak axis) get scale 1, translate 0, no
