@@ -345,3 +345,20 @@ def test_a_second_new_labels_layer_of_an_image_goes_with_it_too(make_napari_view
     for name in ("GFP", "DAPI"):
         viewer.layers.remove(name)
     assert default_stem(viewer, second) == "GFP"  # without an image: the name less the count and suffix
+
+
+def test_a_masks_path_that_does_not_exist_is_named_not_left_out(make_napari_viewer, tmp_path):
+    """A masks folder typed with a typo was left out without a word: beside corrected layers it
+    learnt from the layers alone, without them it asked to choose layers or masks. The message
+    names the path that does not exist, and nothing is learnt."""
+    viewer = make_napari_viewer()
+    image, labels, _, _ = shapes_scene(7)
+    viewer.add_image(image, name="scene")
+    viewer.add_labels(labels.astype(np.uint8), name="scene instances")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections")
+    widget._masks_dir.value = tmp_path / "maskss"
+    for layers in ([], [viewer.layers["scene instances"]]):
+        widget._layers.value = layers
+        assert widget.start() is None and not widget.running
+        assert str(tmp_path / "maskss") in widget.last_message and "does not exist" in widget.last_message, \
+            widget.last_message

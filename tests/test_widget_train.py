@@ -282,3 +282,13 @@ def test_deleting_the_widget_stops_training_without_touching_its_qt_widgets(
     qtbot.wait(50)
     assert widget.result.cancelled and widget.last_message.startswith("Stopped as the widget was closed")
     assert widget.activity is None  # its bar left the activity dock
+
+
+def test_a_dataset_path_that_does_not_exist_is_named(make_napari_viewer, tmp_path):
+    """A folder typed with a typo (or one since moved) said only "Choose a dataset", as if none
+    had been given. The message names the path that does not exist."""
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset_dir.value = tmp_path / "celss"
+    assert widget.start() is None
+    assert widget.last_message == (f"Dataset: folder per class {tmp_path / 'celss'} does not exist; choose a "
+                                   "folder per class, a CSV or a COCO JSON."), widget.last_message

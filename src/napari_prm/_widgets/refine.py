@@ -36,7 +36,7 @@ from .models import (
     unwrap_viewer,
 )
 from .relay import _Relay
-from .settings import exclusive_paths, persist_fields
+from .settings import chosen_path, exclusive_paths, persist_fields
 
 
 def layer_planes(viewer, labels_layer) -> list[tuple]:
@@ -148,11 +148,7 @@ class RefineWidget(StopsOnClose, Container):
         (show_error if error else show_info)(message)
 
     def _masks_path(self) -> Path | None:
-        for field in (self._masks_dir, self._masks_file):
-            value = field.value
-            if value is not None and str(value) not in ("", ".") and Path(value).exists():
-                return Path(value)
-        return None
+        return chosen_path(self._masks_dir, self._masks_file)
 
     def start(self, **overrides):
         """Learn from the chosen layers and files; keyword arguments go to :func:`refine`.
@@ -163,7 +159,11 @@ class RefineWidget(StopsOnClose, Container):
             self._say("Learning is already running: wait for it or press Cancel.", True)
             return None
         layers = list(self._layers.value or [])
-        masks = self._masks_path()
+        try:
+            masks = self._masks_path()
+        except FileNotFoundError as error:
+            self._say(f"Corrections: {error}; choose the masks again, or empty the field.", True)
+            return None
         if not layers and masks is None:
             self._say("Choose the corrected Labels layers (or a masks file or folder) to learn from.", True)
             return None

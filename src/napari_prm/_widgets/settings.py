@@ -122,3 +122,24 @@ def exclusive_paths(first, second) -> None:
 
     first.changed.connect(lambda value: clear(second, value))
     second.changed.connect(lambda value: clear(first, value))
+
+
+def chosen_path(*fields) -> Path | None:
+    """The path chosen in one of magicgui FileEdits made alternatives by `exclusive_paths` (the
+    first that holds one), None when all are empty.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the one that holds a path names nothing on disk (a typo, a folder since moved): it
+        is not passed over for another, or for none, without a word.
+    """
+    for field in fields:
+        value = field.value
+        if value is None or str(value) in ("", "."):
+            continue
+        path = Path(value)
+        if not path.exists():
+            raise FileNotFoundError(f"{field.label.removeprefix('or ')} {path} does not exist")
+        return path
+    return None

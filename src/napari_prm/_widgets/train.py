@@ -22,7 +22,7 @@ from ..train import builtin_start_note, train, training_split
 from .activity import ActivityProgress, StopsOnClose
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
-from .settings import exclusive_paths, persist_fields
+from .settings import chosen_path, exclusive_paths, persist_fields
 
 BASE_MODELS = {
     "EfficientNet-Lite0 (ImageNet weights)": "efficientnet_lite0",
@@ -125,18 +125,18 @@ class TrainWidget(StopsOnClose, Container):
         return self.worker is not None
 
     def _dataset_path(self) -> Path | None:
-        for field in (self._dataset_dir, self._dataset):
-            value = field.value
-            if value is not None and str(value) not in ("", ".") and Path(value).exists():
-                return Path(value)
-        return None
+        return chosen_path(self._dataset_dir, self._dataset)
 
     def start(self, **overrides):
         """Start training; keyword arguments go to :func:`train` over the widget's values."""
         if self.running:
             self._say("Training is already running: wait for it or press Cancel.", True)
             return None
-        dataset_path = self._dataset_path()
+        try:
+            dataset_path = self._dataset_path()
+        except FileNotFoundError as error:
+            self._say(f"Dataset: {error}; choose a folder per class, a CSV or a COCO JSON.", True)
+            return None
         if dataset_path is None:
             self._say("Choose a dataset: a folder per class, a CSV or a COCO JSON.", True)
             return None
