@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,20 @@ def test_export_round_trip(labels_viewer, tmp_path):
     ((data, meta, _),) = napari_get_reader(str(tif_path))(str(tif_path))
     assert np.array_equal(data, labels)
     assert meta["features"]["class_name"].tolist() == ["cat", "bird", "unknown"]
+
+
+def test_a_cleared_folder_field_is_refused_not_taken_as_the_working_directory(labels_viewer, tmp_path,
+                                                                              monkeypatch, make_napari_viewer):
+    """Clearing the folder field exported into the directory napari was started from ("Wrote
+    ... to ."), and the cleared field came back in the next session."""
+    monkeypatch.chdir(tmp_path)
+    _, widget = labels_viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._folder.line_edit.value = ""  # the user empties the field
+    assert widget.export() == [] and not list(tmp_path.glob("cat_*"))
+    assert widget._status.value == "Choose a folder to export into."
+    # the next session: the home folder, not the cleared field
+    _, again = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Export instances")
+    assert again._folder.value == Path.home()
 
 
 def test_export_refuses_to_overwrite_and_reports(labels_viewer, tmp_path):

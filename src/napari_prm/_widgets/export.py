@@ -95,7 +95,7 @@ class ExportWidget(Container):
                                   self._overwrite, self._button, self._status])
         # the folder and formats of the last export come back in the next session
         persist_fields("export", ExportSettings, {"folder": self._folder, **self._formats},
-                       usable=lambda field, value: field != "folder" or Path(value).is_dir())
+                       usable=lambda field, value: field != "folder" or (str(value) != "" and Path(value).is_dir()))
         self._layer.changed.connect(self._default_stem)
         self._button.changed.connect(lambda: self.export())
         self._follow(self._viewer.layers.selection.active)
@@ -133,6 +133,10 @@ class ExportWidget(Container):
         layer = self._layer.value
         if layer is None:
             self._say("No Labels layer to export: run a prediction or open labels first.", True)
+            return []
+        if folder is None and not str(self._folder.line_edit.value).strip():
+            # a cleared field: its value would be the working directory, wherever napari started
+            self._say("Choose a folder to export into.", True)
             return []
         folder = Path(folder if folder is not None else self._folder.value)
         labels = np.asarray(layer.data)
