@@ -85,7 +85,7 @@ def test_a_dataset_prints_counts_not_its_paths_and_labels(tmp_path):
     paths = [tmp_path / f"{i}.png" for i in range(30)]
     dataset = LabeledImageDataset(paths, np.eye(30, 8), classes, source="labels.csv")
     # the dataclass repr listed every path, origin and label: 16,649 characters for coco128 val
-    assert repr(dataset) == (f"LabeledImageDataset(image_paths=<30 {type(paths[0]).__name__}s>, labels=<float32 30×8>, "
+    assert repr(dataset) == (f"LabeledImageDataset(image_paths=<30 paths: {paths[0]}, ...>, labels=<float32 30×8>, "
                              "class_names=8 ['class0', 'class1', 'class2', …], origins=<30 strs>, "
                              "source='labels.csv', coco=None, image_ids=None, category_ids=None, "
                              "include_crowd=False, warnings=[])")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 #: Nouns whose "ch" sounds like "k", so their plural takes only "s".
 _HARD_CH = ("epoch",)
 
@@ -52,8 +54,11 @@ def fields_repr(obj) -> str:
         elif item.name == "class_names" and len(value) > 6:
             shown = names_summary(value)
         elif isinstance(value, (list, tuple)) and len(value) > 6:
-            kinds = sorted({type(v).__name__ for v in value})
-            shown = f"<{plural(len(value), '/'.join(kinds))}>"
+            if all(isinstance(v, os.PathLike) for v in value):  # not "<128 PosixPaths>"
+                shown = f"<{plural(len(value), 'path')}: {os.fspath(value[0])}, ...>"
+            else:
+                kinds = sorted({type(v).__name__ for v in value})
+                shown = f"<{plural(len(value), '/'.join(kinds))}>"
         else:
             shown = repr(value)
         parts.append(f"{item.name}={shown}")
