@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -23,13 +24,18 @@ from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_writes", "remove_stale_temporaries", "writable_folder"]
+__all__ = ["atomic_write", "atomic_writes", "remove_stale_temporaries", "replace_file", "writable_folder"]
 
 #: A temporary whose writer cannot be checked (another host, or no owner tag) is taken
 #: for a leftover once it is this old: no napari-prm write takes an hour.
 STALE_AFTER_SECONDS = 3600.0
 
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?:~(?P<owner>[A-Za-z0-9_]+-\d+-\d+)~)?[^.]*\.tmp[^/]*$")
+
+
+#: Pauses (seconds) between the tries of `replace_file` after a refused rename: about 3 s in all.
+REPLACE_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+_WINDOWS = sys.platform == "win32"
 
 
 def _current_umask() -> int:
@@ -135,6 +141,33 @@ def fsync_folder(folder: str | os.PathLike) -> None:
         os.close(handle)
 
 
+def replace_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """``os.replace(source, target)``, tried again for a few seconds while it is refused.
+
+    On Windows a file that another process holds open cannot be replaced, and a file just
+    written may be held for a moment by a virus scanner or the search indexer: the rename
+    then fails with ``PermissionError`` (``WinError 5`` or ``32``) although it would work a
+    moment later. Other errors are raised at once.
+
+    Raises
+    ------
+    PermissionError
+        Still refused after `REPLACE_RETRY_DELAYS`: ``"cannot replace <target>: <reason>"``,
+        on Windows with a hint that a program holding it open (Excel, an image viewer)
+        must close it first. ``source`` is left where it was.
+    """
+    for delay in (*REPLACE_RETRY_DELAYS, None):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError as error:
+            if delay is None:
+                hint = ("; another program may hold it open (Excel, an image viewer, another napari): "
+                        "close it there and try again") if _WINDOWS else ""
+                raise PermissionError(f"cannot replace {target}: {error.strerror or error}{hint}") from error
+            time.sleep(delay)
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files that killed `atomic_write` calls left in ``folder``.
 
@@ -193,7 +226,8 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
     -----
     On an exception inside the block the temporary file is removed and ``path`` is left
     untouched. The data is flushed to disk before the rename (``os.replace``, atomic on
-    POSIX and Windows within one file system). A process killed inside the block leaves
+    POSIX and Windows within one file system; tried again for a few seconds while Windows
+    refuses it, `replace_file`). A process killed inside the block leaves
     its temporary file behind; `remove_stale_temporaries` removes it later.
     """
     path = Path(path)
@@ -212,7 +246,7 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
         with open(temp, "rb+") as written:
             os.fsync(written.fileno())
         os.chmod(temp, _FILE_MODE)
-        os.replace(temp, path)
+        replace_file(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

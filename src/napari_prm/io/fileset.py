@@ -56,7 +56,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import _FILE_MODE, atomic_write, fsync_folder, owner_is_gone, owner_tag, remove_stale_temporaries
+from .atomic import (_FILE_MODE, atomic_write, fsync_folder, owner_is_gone, owner_tag, remove_stale_temporaries,
+                     replace_file)
 
 __all__ = ["FileEntry", "FileSet", "Recovery", "MANIFEST_SUFFIX", "STAGING_FOLDER",
            "manifest_path", "read_file_set", "write_file_set", "recover_file_sets", "listed_files"]
@@ -333,7 +334,7 @@ def _finish(file_set: FileSet | None) -> bool:
     folder, staging = file_set.folder, file_set.folder / file_set.staging
     for entry in file_set.files.values():
         try:
-            os.replace(staging / entry.name, folder / entry.name)
+            replace_file(staging / entry.name, folder / entry.name)
         except FileNotFoundError:  # moved before a kill, by another recovery, or carried over
             continue
         _step(f"moved {entry.name}")

@@ -1,0 +1,88 @@
+"""What differs on Windows and macOS, simulated on Linux: renames refused while another
+program holds a file open, case-insensitive file names, path sorting, the ``spawn`` start
+method of worker processes, consoles with a legacy code page."""
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from napari_prm.io import atomic, atomic_write, read_file_set, recover_file_sets, write_file_set
+
+
+# --------------------------------------------------------------------------- refused renames
+class WindowsHolds:
+    """``os.replace`` as Windows does it: refused (``PermissionError``, WinError 5) while
+    another process holds the target or the source open."""
+
+    def __init__(self, monkeypatch):
+        self.held: set[str] = set()
+        self.refusals = 0
+        self._replace = os.replace
+        monkeypatch.setattr(os, "replace", self.replace)
+
+    def replace(self, source, target):
+        if {os.fspath(source), os.fspath(target)} & self.held:
+            self.refusals += 1
+            raise PermissionError(13, "Access is denied")
+        self._replace(source, target)
+
+    def hold(self, path, *, release_after: float | None = None):
+        self.held.add(os.fspath(path))
+        if release_after is not None:
+            threading.Timer(release_after, self.held.discard, [os.fspath(path)]).start()
+
+
+def test_a_file_held_open_for_a_moment_is_replaced_once_it_is_released(tmp_path, monkeypatch):
+    """A virus scanner or the search indexer opens a file for a moment: the rename waits."""
+    windows = WindowsHolds(monkeypatch)
+    target = tmp_path / "summary.csv"
+    target.write_text("old\n", encoding="utf-8")
+    windows.hold(target, release_after=0.3)
+    with atomic_write(target) as temp:
+        temp.write_text("new\n", encoding="utf-8")
+    assert target.read_text(encoding="utf-8") == "new\n"
+    assert windows.refusals >= 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv"]
+
+
+def test_a_file_kept_open_is_named_and_left_as_it_was(tmp_path, monkeypatch):
+    """Excel keeps a CSV open: after the retries the error names the file and says what to do."""
+    windows = WindowsHolds(monkeypatch)
+    monkeypatch.setattr(atomic, "REPLACE_RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr(atomic, "_WINDOWS", True)
+    target = tmp_path / "summary.csv"
+    target.write_text("old\n", encoding="utf-8")
+    windows.hold(target)
+    with pytest.raises(PermissionError) as error:
+        with atomic_write(target) as temp:
+            temp.write_text("new\n", encoding="utf-8")
+    assert str(error.value) == (f"cannot replace {target}: Access is denied; another program may hold it open "
+                                "(Excel, an image viewer, another napari): close it there and try again")
+    assert windows.refusals == 3
+    assert target.read_text(encoding="utf-8") == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv"]
+
+
+def test_a_file_set_whose_file_is_kept_open_is_finished_by_the_next_writer(tmp_path, monkeypatch):
+    """The switch is committed before the files move: a file held open stops the move with its
+    name, and once it is closed the next napari-prm writer finishes the set (all new)."""
+    windows = WindowsHolds(monkeypatch)
+    monkeypatch.setattr(atomic, "REPLACE_RETRY_DELAYS", (0.01,))
+    names = {"csv": "cat_instances.csv", "peaks": "cat_peaks.csv"}
+
+    def write(version):
+        with write_file_set(tmp_path, "cat", names, overwrite=True) as staged:
+            for path in staged.values():
+                path.write_text(f"{version}\n", encoding="utf-8")
+
+    write(1)
+    windows.hold(tmp_path / "cat_instances.csv")
+    with pytest.raises(PermissionError, match=f"cannot replace {tmp_path / 'cat_instances.csv'}: "):
+        write(2)
+    assert read_file_set(tmp_path, "cat").pending
+    windows.held.clear()
+    assert recover_file_sets(tmp_path).finished == ["cat"]
+    assert {name: (tmp_path / name).read_text(encoding="utf-8") for name in names.values()} == {
+        "cat_instances.csv": "2\n", "cat_peaks.csv": "2\n"}
