@@ -86,3 +86,28 @@ def test_a_file_set_whose_file_is_kept_open_is_finished_by_the_next_writer(tmp_p
     assert recover_file_sets(tmp_path).finished == ["cat"]
     assert {name: (tmp_path / name).read_text(encoding="utf-8") for name in names.values()} == {
         "cat_instances.csv": "2\n", "cat_peaks.csv": "2\n"}
+
+
+# --------------------------------------------------------------------------- case-insensitive names
+def test_output_stems_that_differ_only_in_case_are_made_distinct(tmp_path):
+    from napari_prm.batch import output_stems
+
+    assert output_stems([Path("a/Cat.png"), Path("b/cat.png"), Path("c/CAT.tif")]) == ["Cat", "cat_2", "CAT_3"]
+    plate = tmp_path / "plate"
+    images = [plate / "A1" / "cat.png", plate / "a1" / "cat.png"]
+    assert output_stems(images, roots=[plate]) == ["A1/cat", "a1/cat_2"]
+
+
+def test_outputs_of_another_image_under_a_name_differing_in_case_are_not_taken(tmp_path):
+    """On Linux ``cat.manifest.json`` did not exist beside another image's ``Cat.manifest.json``:
+    ``cat.png`` took the stem ``cat``, and the folder held two sets that Windows and macOS
+    take for one."""
+    from napari_prm.batch import _image_record, output_stems
+
+    out = tmp_path / "out"
+    out.mkdir()
+    first, other = tmp_path / "a" / "Cat.png", tmp_path / "b" / "cat.png"
+    with write_file_set(out, "Cat", {"csv": "Cat_instances.csv"}, info=_image_record(first, out)) as staged:
+        staged["csv"].write_text("label\n", encoding="utf-8")
+    assert output_stems([other], out=out) == ["cat_2"]
+    assert output_stems([first], out=out) == ["Cat"]  # its own outputs

@@ -118,7 +118,7 @@ def test_images_of_one_name_never_take_each_others_outputs(tmp_path, checkpoint,
     assert main(["predict", str(b), *model]) == 0
     err = capsys.readouterr().err
     assert "1 image(s) written" in err and "0 skipped" in err
-    assert f"note: {b}: outputs named x_2_* in {out}, as x_* are another image's (same file name)" in err
+    assert f"note: {b}: outputs named x_2_* in {out}, as x_* are another image's (same file name, upper and lower case alike)" in err
     assert labels_of(out, "x_2").shape == (40, 90)
     assert (out / "x_labels.tif").read_bytes() == a_outputs
 
@@ -482,3 +482,20 @@ def test_images_whose_folder_was_renamed_keep_their_outputs(tmp_path, checkpoint
     assert main(["predict", str(tmp_path / "other"), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
     assert "1 image(s) written" in capsys.readouterr().err
     assert (out / f"{images[0].stem}_2.manifest.json").is_file()
+def test_images_whose_names_differ_only_in_case_never_share_outputs(tmp_path, checkpoint, capsys):
+    """``Cat.png`` and ``cat.png`` (distinct files on Linux) got the stems ``Cat`` and ``cat``:
+    on Windows and macOS, or in the output folder copied there, ``Cat_labels.tif`` and
+    ``cat_labels.tif`` are one file, so one image's outputs replaced the other's."""
+    images = tmp_path / "images"
+    images.mkdir()
+    iio.imwrite(images / "Cat.png", data.chelsea()[:64, :64])
+    iio.imwrite(images / "cat.png", data.chelsea()[100:140, 200:290])
+    out = tmp_path / "out"
+    assert main(["predict", str(images), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {images / 'cat.png'}: outputs named cat_2_* in {out}" in err
+    assert labels_of(out, "Cat").shape == (64, 64) and labels_of(out, "cat_2").shape == (40, 90)
+    names = [p.name for p in out.iterdir()]
+    assert len({name.casefold() for name in names}) == len(names)
+    assert {row["image"]: row["stem"] for row in summary(out)} == {
+        str(images / "Cat.png"): "Cat", str(images / "cat.png"): "cat_2"}

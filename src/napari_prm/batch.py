@@ -271,22 +271,24 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
         tree under the output folder (`output_place`). Other images are named by their file
         stem.
     out : path-like, optional
-        The output folder: a stem whose outputs there record another image (their
-        manifest's ``image_path``) is taken, so this image gets the next free stem. A re-run
+        The output folder: a stem whose outputs there (or outputs of a stem differing only
+        in case) record another image (their manifest's ``image_path``) is taken, so this
+        image gets the next free stem. A re-run
         with the images in another order, or another image of the same name, neither skips
         an image as done because another's outputs are there nor replaces them.
 
     Returns
     -------
     list of str
-        One per image, distinct: ``a/x.png`` and ``b/x.png`` given as files -> ``x``,
-        ``x_2`` (in the order given, after the stems taken in ``out``).
+        One per image, distinct also when upper and lower case are taken for the same (as
+        Windows and macOS do): ``a/x.png``, ``b/x.png`` and ``X.png`` given as files -> ``x``,
+        ``x_2``, ``X_3`` (in the order given, after the stems taken in ``out``).
     """
     # as given (made absolute), then resolved: an image in a linked sub-folder of a root is
     # named by its place in the tree, not by where the link points
     roots_as_given = [Path(os.path.abspath(root)) for root in roots]
     resolved_roots = [Path(root).resolve() for root in roots]
-    stems, seen = [], set()
+    stems, seen, manifests = [], set(), {}
     for image in images:
         image = Path(image)
         wanted = PurePosixPath(output_name(image.name))
@@ -299,10 +301,12 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
                                        wanted)
                 break
         stem, number = str(wanted), 1
-        while stem in seen or (out is not None and _outputs_of_another(out, stem, image)):
+        # Windows and macOS take Cat_labels.tif and cat_labels.tif for one file: stems that
+        # differ only in case would share their outputs there (and in a folder copied there).
+        while stem.casefold() in seen or (out is not None and _outputs_of_another(out, stem, image, manifests)):
             number += 1
             stem = str(wanted.with_name(f"{wanted.name}_{number}"))
-        seen.add(stem)
+        seen.add(stem.casefold())
         stems.append(stem)
     return stems
 
@@ -341,18 +345,45 @@ def _image_record(image: Path, out: Path) -> dict[str, str]:
     return {"image_path": str(image), "image_from_out": relative}
 
 
-def _outputs_of_another(out, stem: str, image: Path) -> bool:
-    """Whether ``stem``'s outputs in ``out`` record an image other than ``image``."""
-    from .io.fileset import read_file_set
+def _outputs_of_another(out, stem: str, image: Path, manifests: dict | None = None) -> bool:
+    """Whether ``stem``'s outputs in ``out`` record an image other than ``image``.
+
+    Outputs whose stem differs only in case count too (``Cat.manifest.json`` for ``cat``):
+    Windows and macOS take their files for the same. ``manifests`` caches each folder's
+    manifest stems by their case-folded form.
+    """
+    from .io.fileset import MANIFEST_SUFFIX, read_file_set
 
     folder, name = output_place(out, stem)
-    try:
-        file_set = read_file_set(folder, name)
-    except ValueError:  # a broken manifest is replaced
-        return False
-    if file_set is None:
-        return False
-    info = file_set.info
+    if manifests is None:
+        manifests = {}
+    if folder not in manifests:
+        manifests[folder] = {}
+        try:
+            names = [entry.name for entry in os.scandir(folder)]
+        except OSError:
+            names = []
+        for found in names:
+            if found.endswith(MANIFEST_SUFFIX):
+                found_stem = found[: -len(MANIFEST_SUFFIX)]
+                manifests[folder].setdefault(found_stem.casefold(), []).append(found_stem)
+    variants = sorted(manifests[folder].get(name.casefold(), []), key=lambda found: found != name)
+    for found_stem in variants:  # the exact stem first: outputs of this image under its own name are its
+        try:
+            file_set = read_file_set(folder, found_stem)
+        except ValueError:  # a broken manifest is replaced
+            continue
+        if file_set is None:
+            continue
+        if _records_another(file_set.info, image, out):
+            return True
+        if found_stem == name:
+            return False
+    return False
+
+
+def _records_another(info: dict, image: Path, out) -> bool:
+    """Whether a manifest's ``info`` records an image other than ``image``."""
     if "image_path" not in info:  # written before the path was recorded: known by its name only
         return bool(info.get("image")) and info["image"] != Path(image).name
     if any(info.get(key) and info[key] == value for key, value in _image_record(image, out).items()):

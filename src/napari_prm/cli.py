@@ -786,7 +786,7 @@ def _say_renamed(images: Sequence[Path], stems: Sequence[str], args) -> None:
         if PurePosixPath(stem).name != output_name(image.name):
             wanted = PurePosixPath(stem).with_name(output_name(image.name))
             _say(f"{NOTE}{image}: outputs named {stem}_* in {args.out}, as {wanted}_* are another "
-                 f"image's (same file name)")
+                 f"image's (same file name, upper and lower case alike)")
 
 
 def _start_client(args):
