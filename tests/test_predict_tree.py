@@ -118,7 +118,8 @@ def test_images_of_one_name_never_take_each_others_outputs(tmp_path, checkpoint,
     assert main(["predict", str(b), *model]) == 0
     err = capsys.readouterr().err
     assert "1 image(s) written" in err and "0 skipped" in err
-    assert f"note: {b}: outputs named x_2_* in {out}, as x_* are another image's (same file name, upper and lower case alike)" in err
+    assert (f"note: {b}: outputs named x_2_* in {out}, as x_* are another image's (same file name, upper and "
+            "lower case alike)") in err
     assert labels_of(out, "x_2").shape == (40, 90)
     assert (out / "x_labels.tif").read_bytes() == a_outputs
 

@@ -56,8 +56,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import (_FILE_MODE, atomic_write, fsync_folder, owner_is_gone, owner_tag, remove_stale_temporaries,
-                     replace_file)
+from .atomic import (
+    _FILE_MODE,
+    atomic_write,
+    fsync_folder,
+    owner_is_gone,
+    owner_tag,
+    remove_stale_temporaries,
+    replace_file,
+)
 
 __all__ = ["FileEntry", "FileSet", "Recovery", "MANIFEST_SUFFIX", "STAGING_FOLDER",
            "manifest_path", "read_file_set", "write_file_set", "recover_file_sets", "listed_files"]
