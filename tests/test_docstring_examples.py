@@ -11,7 +11,8 @@ import importlib
 
 import pytest
 
-MODULES = ["napari_prm._validate", "napari_prm.masks", "napari_prm.prm_maps", "napari_prm.predictor"]
+MODULES = ["napari_prm._validate", "napari_prm.masks", "napari_prm.prm_maps", "napari_prm.predictor",
+           "napari_prm.io.paths"]
 
 
 @pytest.mark.parametrize("name", MODULES)

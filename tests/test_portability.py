@@ -111,3 +111,39 @@ def test_outputs_of_another_image_under_a_name_differing_in_case_are_not_taken(t
         staged["csv"].write_text("label\n", encoding="utf-8")
     assert output_stems([other], out=out) == ["cat_2"]
     assert output_stems([first], out=out) == ["Cat"]  # its own outputs
+
+
+# --------------------------------------------------------------------------- one order of files
+def test_paths_sort_the_same_way_as_windows_paths_and_posix_paths():
+    """Python sorts Windows paths without regard to case: a folder dataset's classes (the
+    model's outputs) and its held-out images came out in another order on Windows."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from napari_prm.io.paths import sorted_paths
+
+    names = ["data/apple", "data/Cat", "data/banana", "Data/zebra"]
+    assert [str(p) for p in sorted(map(PureWindowsPath, names))][:2] == ["data\\apple", "data\\banana"]
+    posix = [p.as_posix() for p in sorted_paths(map(PurePosixPath, names))]
+    assert posix == ["Data/zebra", "data/Cat", "data/apple", "data/banana"]
+    assert [p.as_posix() for p in sorted_paths(map(PureWindowsPath, names))] == posix
+    assert sorted_paths(names) == posix
+
+
+def test_folder_datasets_and_image_folders_list_files_in_that_order(tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+
+    from napari_prm.batch import collect_images
+    from napari_prm.data import from_folders
+
+    for folder in ("apple", "Cat"):
+        for name in ("b.png", "A.png"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            iio.imwrite(tmp_path / folder / name, np.zeros((8, 8, 3), np.uint8))
+    dataset = from_folders(tmp_path)
+    assert dataset.class_names == ["Cat", "apple"]
+    assert [p.relative_to(tmp_path).as_posix() for p in dataset.image_paths] == [
+        "Cat/A.png", "Cat/b.png", "apple/A.png", "apple/b.png"]
+    images, _ = collect_images([tmp_path], recursive=True)
+    assert [p.relative_to(tmp_path.resolve()).as_posix() for p in images] == [
+        "Cat/A.png", "Cat/b.png", "apple/A.png", "apple/b.png"]

@@ -51,6 +51,7 @@ import numpy as np
 from .io import IMAGE_SUFFIXES
 from .io.atomic import atomic_write, owner_is_gone, owner_tag
 from .io.fileset import _sha256, manifest_path
+from .io.paths import sorted_paths
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
            "output_stems", "output_name", "output_place", "output_states", "written_since", "record_written",
@@ -241,9 +242,9 @@ def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
                     and os.path.realpath(os.path.join(here, name)) not in seen]
         seen.update(os.path.realpath(os.path.join(here, name)) for name in names)
         outputs = listed_files(here)
-        found.extend(sorted(Path(here) / name for name in files
-                            if Path(name).suffix.lower() in IMAGE_SUFFIXES and name not in outputs
-                            and (Path(here) / name).is_file()))
+        found.extend(sorted_paths(Path(here) / name for name in files
+                                  if Path(name).suffix.lower() in IMAGE_SUFFIXES and name not in outputs
+                                  and (Path(here) / name).is_file()))
     return found
 
 

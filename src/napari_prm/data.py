@@ -21,6 +21,7 @@ import torch
 from . import _validate as check
 from ._text import plural
 from .io.images import IMAGE_SUFFIXES, as_rgb_float, read_image
+from .io.paths import sorted_paths
 
 #: The 20 PASCAL VOC classes under their COCO names, in VOC's order.
 VOC_CLASSES = (
@@ -485,13 +486,13 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"dataset folder {root} does not exist")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    class_dirs = sorted_paths(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise ValueError(f"dataset folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
     left_out = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
     paths, rows = [], []
     for j, class_dir in enumerate(class_dirs):
-        files = sorted(_visible_files(class_dir))
+        files = sorted_paths(_visible_files(class_dir))
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         left_out += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
         if not images and require_positives:

@@ -17,6 +17,7 @@ module                        holds
                               `read_array`, `image_array` (PIL images, tensors, paths),
                               `as_rgb_float` (the one RGB normaliser),
                               `unreadable_images` (headers and ends, no decoding)
+``napari_prm.io.paths``       `sorted_paths`: one order of files on every operating system
 ``napari_prm.io.labels``      `write_label_image`, `read_label_image`, `tiff_pixel_size`,
                               `read_label_world`, `read_label_class_names`
 ``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
