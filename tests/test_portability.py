@@ -147,3 +147,33 @@ def test_folder_datasets_and_image_folders_list_files_in_that_order(tmp_path):
     images, _ = collect_images([tmp_path], recursive=True)
     assert [p.relative_to(tmp_path.resolve()).as_posix() for p in images] == [
         "Cat/A.png", "Cat/b.png", "apple/A.png", "apple/b.png"]
+
+
+# --------------------------------------------------------------------------- legacy consoles
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from napari_prm import build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(48, 48))
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def test_a_report_on_a_console_with_a_legacy_code_page_is_printed(tmp_path, tiny_checkpoint, monkeypatch):
+    """Windows encodes output redirected to a file with its code page (cp1252): the report's
+    Δ ended the command with "'charmap' codec can't encode character" and no report."""
+    import io
+    import sys
+
+    from napari_prm.cli import main
+
+    console = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="strict", newline="")
+    monkeypatch.setattr(sys, "stdout", console)
+    assert main(["bench", "--model", str(tiny_checkpoint), "--size", "32", "--peaks", "1", "--device", "cpu",
+                 "--no-retrieval", "--out", str(tmp_path / "bench.md")]) == 0
+    console.flush()
+    printed = console.buffer.getvalue().decode("cp1252")
+    assert "| input | 32×32, 1 peaks |" in printed and "max |\\u0394| vs ours" in printed
+    assert "max |Δ| vs ours" in (tmp_path / "bench.md").read_text(encoding="utf-8")  # the file keeps UTF-8

@@ -15,6 +15,7 @@ in one line, and ``--debug`` prints its traceback too.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import os
 import signal
@@ -452,6 +453,24 @@ def _quiet_after_ctrl_c():
         signal.signal(signal.SIGINT, previous)
 
 
+def _console_takes_any_character() -> None:
+    """Characters that the console's encoding lacks are written as escapes (``\\u03a3``).
+
+    On Windows, output redirected to a file or a pipe is encoded with the legacy code page
+    (cp1252 and others): ``napari-prm evaluate > report.md`` ended with "'charmap' codec
+    can't encode character" at the report's first Σ or ≥, and an image path in another
+    script did the same. Streams that encode everything (UTF-8) are left as they are.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            encoding = codecs.lookup(stream.encoding).name
+        except (AttributeError, TypeError, LookupError):  # not a text stream we can inspect
+            continue
+        if (not encoding.startswith("utf") and getattr(stream, "errors", None) == "strict"
+                and hasattr(stream, "reconfigure")):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``napari-prm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
@@ -462,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 10000×10000 PNG) that it still reads: to the user who made the image, that is noise
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, "
                             "could be decompression bomb")
+    _console_takes_any_character()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
