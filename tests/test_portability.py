@@ -177,3 +177,51 @@ def test_a_report_on_a_console_with_a_legacy_code_page_is_printed(tmp_path, tiny
     printed = console.buffer.getvalue().decode("cp1252")
     assert "| input | 32×32, 1 peaks |" in printed and "max |\\u0394| vs ours" in printed
     assert "max |Δ| vs ours" in (tmp_path / "bench.md").read_text(encoding="utf-8")  # the file keeps UTF-8
+
+
+# --------------------------------------------------------------------------- worker processes
+SPAWNING_COMMAND = """
+import multiprocessing
+import sys
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("spawn")  # macOS's and Windows' default
+    from napari_prm.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_train_with_data_loader_workers_started_by_spawn_trains_as_without_workers(tmp_path):
+    """Where worker processes start afresh (``spawn``) instead of forking, everything a data
+    loader worker gets is pickled and its modules imported again: ``train --num-workers 1``
+    there gives the same model as without workers."""
+    import subprocess
+    import sys
+
+    import imageio.v3 as iio
+    import torch
+    from skimage import data
+
+    from napari_prm.model import load_checkpoint
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    script = tmp_path / "spawning.py"
+    script.write_text(SPAWNING_COMMAND, encoding="utf-8")
+    command = ["train", str(tmp_path / "data"), "--backbone", "tiny", "--batch-size", "2", "--input-size", "32",
+               "32", "--val-fraction", "0.25", "--no-calibrate", "--device", "cpu", "--epochs", "1"]
+    env = os.environ | {"OMP_NUM_THREADS": "1",
+                        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                       os.environ.get("PYTHONPATH", "")])}
+    spawned = subprocess.run([sys.executable, str(script), *command, "--out", str(tmp_path / "spawned.pt"),
+                              "--num-workers", "1"], capture_output=True, text=True, env=env, timeout=600)
+    assert spawned.returncode == 0, spawned.stderr
+    in_process = subprocess.run([sys.executable, str(script), *command, "--out", str(tmp_path / "in_process.pt"),
+                                 "--num-workers", "0"], capture_output=True, text=True, env=env, timeout=600)
+    assert in_process.returncode == 0, in_process.stderr
+    models = [load_checkpoint(tmp_path / name)[0] for name in ("spawned.pt", "in_process.pt")]
+    weights = [model.network.state_dict() for model in models]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
