@@ -225,3 +225,42 @@ def test_train_with_data_loader_workers_started_by_spawn_trains_as_without_worke
     weights = [model.network.state_dict() for model in models]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+# --------------------------------------------------------------------------- text files
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "napari_prm"
+
+
+def _text_opens_without_encoding(tree):
+    """Lines calling ``open``, ``<path>.open``, ``read_text`` or ``write_text`` in text mode
+    without ``encoding=`` (``os.open`` and PIL's ``Image.open`` take no encoding)."""
+    import ast
+
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        function = node.func
+        name = function.id if isinstance(function, ast.Name) else getattr(function, "attr", None)
+        owner = getattr(getattr(function, "value", None), "id", None)
+        if name not in ("open", "read_text", "write_text") or (name == "open" and owner in ("os", "Image")):
+            continue
+        keywords = {keyword.arg: keyword.value for keyword in node.keywords}
+        position = 1 if isinstance(function, ast.Name) else 0  # open(path, mode) / path.open(mode)
+        mode = keywords.get("mode", node.args[position] if name == "open" and len(node.args) > position else None)
+        if isinstance(mode, ast.Constant) and "b" in str(mode.value):
+            continue
+        if "encoding" not in keywords:
+            yield node.lineno
+
+
+def test_text_files_are_read_and_written_with_an_encoding():
+    """Without ``encoding=``, Python uses the locale's: cp1252 on most Windows machines, so a
+    JSON or CSV with an accented class name written there could not be read on Linux or macOS
+    (and a UTF-8 file not there)."""
+    import ast
+
+    found = []
+    for path in sorted(SOURCE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found += [f"{path.relative_to(SOURCE).as_posix()}:{line}" for line in _text_opens_without_encoding(tree)]
+    assert found == []

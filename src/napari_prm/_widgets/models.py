@@ -45,7 +45,7 @@ def keep_triton_out_after_mesa_llvm() -> bool:
     if importlib.util.find_spec("triton") is None:
         return False
     try:
-        maps = Path("/proc/self/maps").read_text()
+        maps = Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")  # paths of any bytes
     except OSError:
         return False
     if "libLLVM" not in maps:

@@ -331,7 +331,7 @@ def builtin_calibration() -> dict[str, dict]:
     """
     import importlib.resources
 
-    text = importlib.resources.files(__package__).joinpath("builtin_calibration.json").read_text()
+    text = importlib.resources.files(__package__).joinpath("builtin_calibration.json").read_text(encoding="utf-8")
     return json.loads(text)["spaces"]
 
 
