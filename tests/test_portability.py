@@ -264,3 +264,54 @@ def test_text_files_are_read_and_written_with_an_encoding():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         found += [f"{path.relative_to(SOURCE).as_posix()}:{line}" for line in _text_opens_without_encoding(tree)]
     assert found == []
+
+
+# --------------------------------------------------------------------------- paths stored in files
+def test_datasets_written_on_windows_name_their_images_with_backslashes(tmp_path):
+    """A label CSV typed on Windows (``A1\\cat.png``) or a COCO ``file_name`` written there
+    named no file on Linux or macOS: the backslash was part of the file name."""
+    import json
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    from napari_prm.data import from_coco, from_csv
+
+    (tmp_path / "A1").mkdir()
+    for name in ("cat.png", "dog.png"):
+        iio.imwrite(tmp_path / "A1" / name, np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "labels.csv").write_text("image,labels\nA1\\cat.png,cat\nA1/dog.png,dog\n", encoding="utf-8")
+    dataset = from_csv(tmp_path / "labels.csv")
+    assert dataset.image_paths == [tmp_path / "A1" / "cat.png", tmp_path / "A1" / "dog.png"]
+    coco = {"images": [{"id": 1, "file_name": "A1\\cat.png", "width": 8, "height": 8},
+                       {"id": 2, "file_name": "A1/dog.png", "width": 8, "height": 8}],
+            "annotations": [{"id": k, "image_id": k, "category_id": k, "bbox": [0, 0, 4, 4], "area": 16,
+                             "iscrowd": 0, "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]} for k in (1, 2)],
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
+    (tmp_path / "instances.json").write_text(json.dumps(coco), encoding="utf-8")
+    dataset = from_coco(tmp_path / "instances.json")
+    assert dataset.image_paths == [tmp_path / "A1" / "cat.png", tmp_path / "A1" / "dog.png"]
+    assert dataset.class_names == ["cat", "dog"]
+
+
+def test_the_reader_names_layers_of_a_coco_file_written_on_windows_by_the_image_name(tmp_path):
+    import json
+
+    import numpy as np
+
+    from napari_prm import io
+    from napari_prm._reader import napari_get_reader
+
+    labels = np.zeros((20, 20), np.uint16)
+    labels[2:9, 3:12] = 1
+    table = {"label": np.array([1]), "class_index": np.array([0]), "class_name": np.array(["cat"], object),
+             "score": np.array([0.9]), "peak": np.array([0])}
+    io.export_instances(labels, table, ["cat"], tmp_path, formats=["coco"], stem="x")
+    coco = json.loads((tmp_path / "x_instances.json").read_text(encoding="utf-8"))
+    coco["images"] = [coco["images"][0] | {"id": k, "file_name": name}
+                      for k, name in ((1, "A1\\cat.png"), (2, "B2/dog.png"))]
+    coco["annotations"] += [annotation | {"id": 100 + annotation["id"], "image_id": 2}
+                            for annotation in coco["annotations"]]
+    (tmp_path / "two.json").write_text(json.dumps(coco), encoding="utf-8")
+    layers = napari_get_reader(str(tmp_path / "two.json"))(str(tmp_path / "two.json"))
+    assert [meta["name"] for _, meta, _ in layers] == ["cat", "dog"]

@@ -89,7 +89,8 @@ def read_coco(path) -> list[tuple]:
     layers = []
     for image in images:
         labels, table, class_names = io.coco_to_labels(path, image_id=image["id"])
-        name = Path(image.get("file_name") or path.stem).stem if len(images) > 1 else path.stem
+        stored = str(image.get("file_name") or path.stem).replace("\\", "/")  # as Windows may write it
+        name = Path(stored).stem if len(images) > 1 else path.stem
         layers.append((labels, {"name": name, "features": _features(table),
                                 "metadata": {"class_names": class_names, "source": str(path)}},
                        "labels"))

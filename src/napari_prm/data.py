@@ -21,7 +21,7 @@ import torch
 from . import _validate as check
 from ._text import plural
 from .io.images import IMAGE_SUFFIXES, as_rgb_float, read_image
-from .io.paths import sorted_paths
+from .io.paths import sorted_paths, stored_path
 
 #: The 20 PASCAL VOC classes under their COCO names, in VOC's order.
 VOC_CLASSES = (
@@ -447,7 +447,7 @@ def from_coco(
     paths = []
     for row, image_id in enumerate(image_ids):
         file_name = coco.imgs[image_id]["file_name"]
-        path = image_dir / file_name
+        path = stored_path(image_dir, file_name)
         if not path.is_file():
             hint = "" if given_dir else (f"; images are looked for in {image_dir}: pass their folder as image_dir "
                                          "(the command line's --image-dir)")
@@ -621,8 +621,7 @@ def from_csv(
                 continue
             if len(row) != 2:
                 raise ValueError(f"{where}: expected 2 columns (image,labels); got {len(row)}: {row}")
-            image = Path(row[0].strip())
-            image = image if image.is_absolute() else image_root / image
+            image = stored_path(image_root, row[0].strip())
             if not image.is_file():
                 raise ValueError(f"{where}: image {image} does not exist")
             names = [n.strip() for n in row[1].split(";") if n.strip()]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import TypeVar
 
-__all__ = ["sorted_paths"]
+__all__ = ["sorted_paths", "stored_path"]
 
 P = TypeVar("P", str, os.PathLike)
 
@@ -37,3 +37,36 @@ def sorted_paths(paths: Iterable[P]) -> list[P]:
     [PureWindowsPath('data/Cat'), PureWindowsPath('data/apple')]
     """
     return sorted(paths, key=lambda path: PurePath(path).parts)
+
+
+def stored_path(folder: str | os.PathLike, name: str) -> Path:
+    """The file that a path stored in a CSV or JSON names, relative to ``folder`` unless absolute.
+
+    Files written on Windows may separate folders by ``\\`` (``A1\\cat.png`` in a COCO
+    ``file_name`` or a label CSV typed in Excel); on Linux and macOS that is one file name
+    holding a backslash. Where no such file exists, the backslashes are taken for folder
+    separators. (Windows itself reads ``/`` as a separator too.)
+
+    Parameters
+    ----------
+    folder : path-like
+        Where relative paths start.
+    name : str
+        The path as stored.
+
+    Returns
+    -------
+    Path
+        The existing file when one of the readings names one, else the path as stored.
+
+    Examples
+    --------
+    >>> stored_path("images", "A1/cat.png").as_posix()
+    'images/A1/cat.png'
+    """
+    path = Path(folder) / name
+    if "\\" in name and os.sep != "\\" and not path.exists():
+        windows = Path(folder) / name.replace("\\", "/")
+        if windows.exists():
+            return windows
+    return path
