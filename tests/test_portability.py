@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_prm.io import atomic, atomic_write, read_file_set, recover_file_sets, write_file_set
+from napari_prm.io import atomic, atomic_write, paths, read_file_set, recover_file_sets, write_file_set
 
 
 # --------------------------------------------------------------------------- refused renames
@@ -51,7 +51,7 @@ def test_a_file_kept_open_is_named_and_left_as_it_was(tmp_path, monkeypatch):
     """Excel keeps a CSV open: after the retries the error names the file and says what to do."""
     windows = WindowsHolds(monkeypatch)
     monkeypatch.setattr(atomic, "REPLACE_RETRY_DELAYS", (0.01, 0.01))
-    monkeypatch.setattr(atomic, "_WINDOWS", True)
+    monkeypatch.setattr(paths, "WINDOWS", True)
     target = tmp_path / "summary.csv"
     target.write_text("old\n", encoding="utf-8")
     windows.hold(target)
@@ -315,3 +315,42 @@ def test_the_reader_names_layers_of_a_coco_file_written_on_windows_by_the_image_
     (tmp_path / "two.json").write_text(json.dumps(coco), encoding="utf-8")
     layers = napari_get_reader(str(tmp_path / "two.json"))(str(tmp_path / "two.json"))
     assert [meta["name"] for _, meta, _ in layers] == ["cat", "dog"]
+
+
+# --------------------------------------------------------------------------- names Windows refuses
+def test_a_stem_windows_refuses_is_refused_there_before_anything_is_written(tmp_path, monkeypatch):
+    """A file stem typed in the Export widget, ``cat:1``, wrote on NTFS a hidden stream of a
+    file ``cat`` instead of ``cat:1_labels.tif``."""
+    import numpy as np
+
+    from napari_prm import io
+
+    labels = np.zeros((8, 8), np.uint16)
+    labels[2:5, 2:5] = 1
+    monkeypatch.setattr(paths, "WINDOWS", True)
+    for stem, problem in (("cat:1", "':' is not allowed in Windows file names"),
+                          ("what?", "'?' is not allowed in Windows file names"),
+                          ("nul", "'nul' names a device on Windows")):
+        with pytest.raises(ValueError) as error:
+            io.export_instances(labels, None, ["cat"], tmp_path / "out", stem=stem)
+        assert str(error.value) == f"stem: {stem!r} cannot name files here: {problem}"
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(paths, "WINDOWS", False)  # Linux and macOS take them
+    assert [p.name for p in io.export_instances(labels, None, ["cat"], tmp_path / "out", stem="cat:1",
+                                                 formats=["tiff"])] == ["cat:1_labels.tif"]
+
+
+def test_temporary_names_hold_only_characters_every_file_system_takes(tmp_path, monkeypatch):
+    """The owner tag in temporary names carries the host name, which may hold ':' or '.'."""
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "lab-pc:2.example.org")
+    atomic._owner_for.cache_clear()
+    try:
+        with atomic_write(tmp_path / "x.csv") as temp:
+            name = temp.name
+            temp.write_text("x\n", encoding="utf-8")
+    finally:
+        atomic._owner_for.cache_clear()
+    assert name.startswith(".x.csv.~lab_pc_2_example_org-") and name.endswith(".tmp.csv")
+    assert paths.windows_name_problem(name) is None

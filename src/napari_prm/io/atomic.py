@@ -16,13 +16,14 @@ import errno
 import os
 import re
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
+
+from . import paths
 
 __all__ = ["atomic_write", "atomic_writes", "remove_stale_temporaries", "replace_file", "writable_folder"]
 
@@ -35,7 +36,6 @@ _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?:~(?P<owner>[A-Za-z0-9_]+-\d+-\d+
 
 #: Pauses (seconds) between the tries of `replace_file` after a refused rename: about 3 s in all.
 REPLACE_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
-_WINDOWS = sys.platform == "win32"
 
 
 def _current_umask() -> int:
@@ -163,7 +163,7 @@ def replace_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
         except PermissionError as error:
             if delay is None:
                 hint = ("; another program may hold it open (Excel, an image viewer, another napari): "
-                        "close it there and try again") if _WINDOWS else ""
+                        "close it there and try again") if paths.WINDOWS else ""
                 raise PermissionError(f"cannot replace {target}: {error.strerror or error}{hint}") from error
             time.sleep(delay)
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path, PurePath
 from typing import TypeVar
 
-__all__ = ["sorted_paths", "stored_path"]
+__all__ = ["sorted_paths", "stored_path", "windows_name_problem"]
+
+#: Whether file names follow Windows' rules here (tests set it to check them on Linux).
+WINDOWS = sys.platform == "win32"
+_WINDOWS_FORBIDDEN = re.compile(r'[<>:"|?*\x00-\x1f]')
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)), *(f"LPT{n}" for n in range(1, 10))}
 
 P = TypeVar("P", str, os.PathLike)
 
@@ -70,3 +77,25 @@ def stored_path(folder: str | os.PathLike, name: str) -> Path:
         if windows.exists():
             return windows
     return path
+
+
+def windows_name_problem(name: str) -> str | None:
+    """What makes ``name`` unusable as a file name on Windows; None when nothing does.
+
+    Windows refuses ``< > : " | ? *`` and control characters in file names, and names whose
+    part before the first dot is a device (``CON``, ``NUL``, ``COM1``...). A ``:`` is worse
+    than refused on NTFS: ``cat:1_labels.tif`` writes a hidden stream of a file ``cat``.
+
+    Examples
+    --------
+    >>> windows_name_problem("cat:1_labels.tif")
+    "':' is not allowed in Windows file names"
+    >>> windows_name_problem("cat_labels.tif") is None
+    True
+    """
+    found = _WINDOWS_FORBIDDEN.search(name)
+    if found:
+        return f"{found.group()!r} is not allowed in Windows file names"
+    if name.split(".")[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
+        return f"{name.split('.')[0]!r} names a device on Windows"
+    return None
