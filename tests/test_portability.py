@@ -354,3 +354,14 @@ def test_temporary_names_hold_only_characters_every_file_system_takes(tmp_path, 
         atomic._owner_for.cache_clear()
     assert name.startswith(".x.csv.~lab_pc_2_example_org-") and name.endswith(".tmp.csv")
     assert paths.windows_name_problem(name) is None
+
+
+def test_a_file_name_near_the_file_systems_limit_is_written_through_its_temporary(tmp_path):
+    """The temporary's name is its target's plus ~50 characters: a 230-character name (the
+    outputs of a long image name) failed with 'File name too long' (255 on Linux and Windows)."""
+    for name in ("a" * 230 + "_instances.json", "猫" * 75 + "_peaks.csv"):  # 230 and 225+10 bytes
+        with atomic_write(tmp_path / name) as temp:
+            temp.write_text("x\n", encoding="utf-8")
+        assert (tmp_path / name).read_text(encoding="utf-8") == "x\n"
+    assert len(list(tmp_path.iterdir())) == 2
+    assert atomic.remove_stale_temporaries(tmp_path) == []

@@ -198,6 +198,14 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _name_head(name: str, limit: int = 120) -> str:
+    """``name``, cut to at most ``limit`` bytes of UTF-8: a temporary's name adds about 50
+    characters to its target's, and file systems take 255 (bytes on Linux, UTF-16 units
+    on Windows), so a long file name could be written but not through a temporary."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    return name if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore")
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Give a temporary path to write to; on success rename it onto ``path``.
@@ -237,7 +245,7 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.~{owner_tag()}~",
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{_name_head(path.name)}.~{owner_tag()}~",
                                          suffix=f".tmp{path.suffix}")
     os.close(handle)
     temp = Path(temp_name)
