@@ -365,3 +365,19 @@ def test_a_file_name_near_the_file_systems_limit_is_written_through_its_temporar
         assert (tmp_path / name).read_text(encoding="utf-8") == "x\n"
     assert len(list(tmp_path.iterdir())) == 2
     assert atomic.remove_stale_temporaries(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- the settings folder
+def test_the_settings_folder_on_windows_is_local_app_data_napari_prm(monkeypatch):
+    """platformdirs puts an author folder above the application's on Windows: the settings
+    were in ``AppData\\Local\\napari-prm\\napari-prm``."""
+    import platformdirs
+    from platformdirs import windows
+
+    from napari_prm._widgets.models import config_dir
+
+    monkeypatch.delenv("NAPARI_PRM_CONFIG_DIR", raising=False)
+    monkeypatch.setenv("LOCALAPPDATA", "C:\\Users\\ana\\AppData\\Local")
+    monkeypatch.setattr(windows, "_RESOLVE_WIN_FOLDER", windows.get_win_folder_from_env_vars)
+    monkeypatch.setattr(platformdirs, "PlatformDirs", windows.Windows)
+    assert str(config_dir()).replace("\\", "/") == "C:/Users/ana/AppData/Local/napari-prm"

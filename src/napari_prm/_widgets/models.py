@@ -66,12 +66,15 @@ _live_predict_widgets: weakref.WeakSet = weakref.WeakSet()
 
 
 def config_dir() -> Path:
+    """napari-prm's settings folder: ``$NAPARI_PRM_CONFIG_DIR``, else the platform's
+    (``~/.config/napari-prm``, ``~/Library/Application Support/napari-prm``,
+    ``%LOCALAPPDATA%\\napari-prm``: no author folder above it on Windows)."""
     configured = os.environ.get("NAPARI_PRM_CONFIG_DIR")
     if configured:
         return Path(configured)
     import platformdirs
 
-    return Path(platformdirs.user_config_dir("napari-prm"))
+    return Path(platformdirs.user_config_dir("napari-prm", appauthor=False))
 
 
 def import_torch_side() -> None:
