@@ -381,3 +381,34 @@ def test_the_settings_folder_on_windows_is_local_app_data_napari_prm(monkeypatch
     monkeypatch.setattr(windows, "_RESOLVE_WIN_FOLDER", windows.get_win_folder_from_env_vars)
     monkeypatch.setattr(platformdirs, "PlatformDirs", windows.Windows)
     assert str(config_dir()).replace("\\", "/") == "C:/Users/ana/AppData/Local/napari-prm"
+
+
+# --------------------------------------------------------------------------- modules Windows lacks
+WITHOUT_RESOURCE = """
+import sys
+
+import psutil  # noqa: F401 (psutil's Linux part uses resource; its Windows part does not)
+
+sys.modules["resource"] = None  # as on Windows, where the module does not exist
+from napari_prm.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_bench_runs_where_there_is_no_resource_module(tmp_path, tiny_checkpoint):
+    """``napari-prm bench`` imported ``resource`` (POSIX only): on Windows it ended with
+    ModuleNotFoundError before timing anything."""
+    import re
+    import subprocess
+    import sys
+
+    env = os.environ | {"OMP_NUM_THREADS": "1",
+                        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                       os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", WITHOUT_RESOURCE, "bench", "--model", str(tiny_checkpoint),
+                           "--size", "32", "--peaks", "1", "--device", "cpu", "--no-retrieval",
+                           "--no-compare-original"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    memory = re.search(r"\| peak memory \(process RSS\) \| (\d+) MiB \|", done.stdout)
+    assert memory and 50 < int(memory[1]) < 64 * 1024  # torch alone takes more than 50 MiB

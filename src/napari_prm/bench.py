@@ -6,7 +6,7 @@ Timings live here, never in the tests.
 from __future__ import annotations
 
 import platform
-import resource
+import sys
 import time
 from typing import Callable, Optional
 
@@ -84,8 +84,21 @@ def _time(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> f
 def _peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    # Linux reports ru_maxrss in KiB: the process's resident high-water mark.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    """The process's resident high-water mark in MiB (``ru_maxrss``; on Windows, where there
+    is no ``resource`` module, psutil's peak working set)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        import psutil
+
+        info = psutil.Process().memory_info()
+        return getattr(info, "peak_wset", info.rss) / 2**20
+    # ru_maxrss is in KiB on Linux, in bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def benchmark_model(
