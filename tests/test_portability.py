@@ -412,3 +412,20 @@ def test_bench_runs_where_there_is_no_resource_module(tmp_path, tiny_checkpoint)
     assert done.returncode == 0, done.stderr
     memory = re.search(r"\| peak memory \(process RSS\) \| (\d+) MiB \|", done.stdout)
     assert memory and 50 < int(memory[1]) < 64 * 1024  # torch alone takes more than 50 MiB
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads /proc/self/maps (Linux)")
+def test_a_loaded_safetensors_checkpoint_keeps_no_mapping_of_its_file(tmp_path, tiny_checkpoint):
+    """safetensors maps the file; Windows refuses to replace a file while a mapping of it lives
+    (``calibrate`` without ``--out`` replaces the checkpoint it loaded, ``train --resume`` its
+    ``--out``). The tensors are copied into the model, so no mapping outlives the load."""
+    import gc
+
+    from napari_prm import load_model, save_model
+
+    path = save_model(load_model(tiny_checkpoint), tmp_path / "model.safetensors")
+    model = load_model(path)
+    gc.collect()
+    assert str(path) not in Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")
+    save_model(model, path)  # in place, as calibrate does
+    assert load_model(path).class_names == ["cat", "dog"]
