@@ -274,9 +274,9 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
     out : path-like, optional
         The output folder: a stem whose outputs there (or outputs of a stem differing only
         in case) record another image (their manifest's ``image_path``) is taken, so this
-        image gets the next free stem. A re-run
-        with the images in another order, or another image of the same name, neither skips
-        an image as done because another's outputs are there nor replaces them.
+        image gets the next free stem. A re-run with the images in another order, or another
+        image of the same name, neither skips an image as done because another's outputs are
+        there nor replaces them.
 
     Returns
     -------
@@ -304,7 +304,7 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
         stem, number = str(wanted), 1
         # Windows and macOS take Cat_labels.tif and cat_labels.tif for one file: stems that
         # differ only in case would share their outputs there (and in a folder copied there).
-        while stem.casefold() in seen or (out is not None and _outputs_of_another(out, stem, image, manifests)):
+        while stem.casefold() in seen or (out is not None and _stem_taken(out, stem, image, manifests)):
             number += 1
             stem = str(wanted.with_name(f"{wanted.name}_{number}"))
         seen.add(stem.casefold())
@@ -346,45 +346,43 @@ def _image_record(image: Path, out: Path) -> dict[str, str]:
     return {"image_path": str(image), "image_from_out": relative}
 
 
-def _outputs_of_another(out, stem: str, image: Path, manifests: dict | None = None) -> bool:
-    """Whether ``stem``'s outputs in ``out`` record an image other than ``image``.
+def _stem_taken(out, stem: str, image: Path, manifests: dict) -> bool:
+    """Whether ``stem``'s outputs in ``out``, or else those of a stem differing from it only in
+    case (``Cat`` for ``cat``: one set of files on Windows and macOS), record another image.
 
-    Outputs whose stem differs only in case count too (``Cat.manifest.json`` for ``cat``):
-    Windows and macOS take their files for the same. ``manifests`` caches each folder's
-    manifest stems by their case-folded form.
+    ``manifests`` caches each folder's manifest stems by their case-folded form.
     """
-    from .io.fileset import MANIFEST_SUFFIX, read_file_set
+    from .io.fileset import MANIFEST_SUFFIX
 
     folder, name = output_place(out, stem)
-    if manifests is None:
-        manifests = {}
     if folder not in manifests:
         manifests[folder] = {}
         try:
-            names = [entry.name for entry in os.scandir(folder)]
+            found = [entry.name[: -len(MANIFEST_SUFFIX)] for entry in os.scandir(folder)
+                     if entry.name.endswith(MANIFEST_SUFFIX)]
         except OSError:
-            names = []
-        for found in names:
-            if found.endswith(MANIFEST_SUFFIX):
-                found_stem = found[: -len(MANIFEST_SUFFIX)]
-                manifests[folder].setdefault(found_stem.casefold(), []).append(found_stem)
-    variants = sorted(manifests[folder].get(name.casefold(), []), key=lambda found: found != name)
-    for found_stem in variants:  # the exact stem first: outputs of this image under its own name are its
-        try:
-            file_set = read_file_set(folder, found_stem)
-        except ValueError:  # a broken manifest is replaced
-            continue
-        if file_set is None:
-            continue
-        if _records_another(file_set.info, image, out):
-            return True
-        if found_stem == name:
-            return False
-    return False
+            found = []
+        for found_stem in found:
+            manifests[folder].setdefault(found_stem.casefold(), []).append(found_stem)
+    variants = manifests[folder].get(name.casefold(), [])
+    if name in variants or not variants:  # outputs under its own name are this image's or another's
+        return _outputs_of_another(out, stem, image)
+    parent = PurePosixPath(stem).parent
+    return any(_outputs_of_another(out, str(parent / variant), image) for variant in variants)
 
 
-def _records_another(info: dict, image: Path, out) -> bool:
-    """Whether a manifest's ``info`` records an image other than ``image``."""
+def _outputs_of_another(out, stem: str, image: Path) -> bool:
+    """Whether ``stem``'s outputs in ``out`` record an image other than ``image``."""
+    from .io.fileset import read_file_set
+
+    folder, name = output_place(out, stem)
+    try:
+        file_set = read_file_set(folder, name)
+    except ValueError:  # a broken manifest is replaced
+        return False
+    if file_set is None:
+        return False
+    info = file_set.info
     if "image_path" not in info:  # written before the path was recorded: known by its name only
         return bool(info.get("image")) and info["image"] != Path(image).name
     if any(info.get(key) and info[key] == value for key, value in _image_record(image, out).items()):
