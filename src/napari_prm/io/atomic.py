@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from . import paths
+from .paths import windows_rules
 
 __all__ = ["atomic_write", "atomic_writes", "remove_stale_temporaries", "replace_file", "writable_folder"]
 
@@ -163,7 +163,7 @@ def replace_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
         except PermissionError as error:
             if delay is None:
                 hint = ("; another program may hold it open (Excel, an image viewer, another napari): "
-                        "close it there and try again") if paths.WINDOWS else ""
+                        "close it there and try again") if windows_rules() else ""
                 raise PermissionError(f"cannot replace {target}: {error.strerror or error}{hint}") from error
             time.sleep(delay)
 

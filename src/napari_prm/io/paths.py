@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePath
 from typing import TypeVar
 
-__all__ = ["sorted_paths", "stored_path", "windows_name_problem"]
+__all__ = ["sorted_paths", "stored_path", "windows_name_problem", "windows_rules"]
 
 #: Whether file names follow Windows' rules here (tests set it to check them on Linux).
 WINDOWS = sys.platform == "win32"
@@ -17,6 +17,11 @@ _WINDOWS_FORBIDDEN = re.compile(r'[<>:"|?*\x00-\x1f]')
 _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)), *(f"LPT{n}" for n in range(1, 10))}
 
 P = TypeVar("P", str, os.PathLike)
+
+
+def windows_rules() -> bool:
+    """Whether file names follow Windows' rules here (`WINDOWS`)."""
+    return WINDOWS
 
 
 def sorted_paths(paths: Iterable[P]) -> list[P]:

@@ -15,11 +15,11 @@ import numpy as np
 import tifffile
 
 from .._validate import finite_array, output_file, output_folder
-from . import paths
 from .atomic import atomic_write
 from .coco import labels_to_coco, write_coco_json
 from .fileset import FileSet, read_file_set, recover_file_sets, write_file_set
 from .labels import _check_labels, write_label_image
+from .paths import windows_name_problem, windows_rules
 from .tables import write_instances_csv, write_peaks_csv
 
 __all__ = ["export_instances", "write_prediction", "prediction_paths", "write_prms", "EXPORT_SUFFIXES",
@@ -73,13 +73,13 @@ def _export_paths(out: Path, formats, stem: str | None) -> dict[str, Path]:
 
 def _checked_stem(stem: str | None) -> str | None:
     """A file name stem: no folder separators, so that outputs stay in their folder; on
-    Windows, none of the characters and names it refuses (`paths.windows_name_problem`)."""
+    Windows, none of the characters and names it refuses (`windows_name_problem`)."""
     if stem is None:
         return None
     if not isinstance(stem, str) or not stem or stem in (".", "..") or "/" in stem or "\\" in stem \
             or "\0" in stem:
         raise ValueError(f"stem: expected a file name stem without folder separators, got {stem!r}")
-    problem = paths.windows_name_problem(stem) if paths.WINDOWS else None
+    problem = windows_name_problem(stem) if windows_rules() else None
     if problem:
         raise ValueError(f"stem: {stem!r} cannot name files here: {problem}")
     return stem
