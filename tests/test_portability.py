@@ -429,3 +429,57 @@ def test_a_loaded_safetensors_checkpoint_keeps_no_mapping_of_its_file(tmp_path, 
     assert str(path) not in Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")
     save_model(model, path)  # in place, as calibrate does
     assert load_model(path).class_names == ["cat", "dog"]
+
+
+# --------------------------------------------------------------------------- summary.csv held open
+@pytest.fixture(scope="module")
+def two_images(tmp_path_factory) -> list[Path]:
+    import imageio.v3 as iio
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("images")
+    iio.imwrite(folder / "cat.png", data.chelsea()[:48, :64])
+    iio.imwrite(folder / "coffee.png", data.coffee()[:48, :64])
+    return sorted(folder.iterdir())
+
+
+def test_predict_goes_on_while_summary_csv_is_open_in_another_program(tmp_path, monkeypatch, tiny_checkpoint,
+                                                                     two_images):
+    """Excel showing ``summary.csv`` on Windows: the run's first update of it ended the whole
+    run with PermissionError. Now every image is predicted, and once the file is closed the
+    last update writes it."""
+    import csv
+
+    from napari_prm.batch import predict_many
+
+    windows = WindowsHolds(monkeypatch)
+    monkeypatch.setattr(atomic, "REPLACE_RETRY_DELAYS", (0.01,))
+    out = tmp_path / "out"
+    out.mkdir()
+    windows.hold(out / "summary.csv")
+
+    def close_after_the_last(result, done, total):
+        if done == total:
+            windows.held.clear()
+
+    batch = predict_many(two_images, str(tiny_checkpoint), out, progress=close_after_the_last, summary_every=0,
+                         proposals="prm", peak_threshold=0.0, device="cpu")
+    assert [result.status for result in batch.results] == ["written", "written"]
+    assert windows.refusals >= 2  # tried (twice, with the retry) before the first image, then left
+    with open(out / "summary.csv", newline="", encoding="utf-8") as handle:
+        assert [(row["stem"], row["status"]) for row in csv.DictReader(handle)] == [
+            ("cat", "written"), ("coffee", "written")]
+
+
+def test_a_summary_csv_still_held_at_the_end_is_named(tmp_path, monkeypatch, tiny_checkpoint, two_images):
+    from napari_prm.batch import predict_many
+
+    windows = WindowsHolds(monkeypatch)
+    monkeypatch.setattr(atomic, "REPLACE_RETRY_DELAYS", (0.01,))
+    out = tmp_path / "out"
+    out.mkdir()
+    windows.hold(out / "summary.csv")
+    with pytest.raises(PermissionError, match=f"cannot replace {out / 'summary.csv'}: "):
+        predict_many(two_images, str(tiny_checkpoint), out, summary_every=0, proposals="prm", peak_threshold=0.0,
+                     device="cpu")
+    assert sorted(p.name for p in out.glob("*.manifest.json")) == ["cat.manifest.json", "coffee.manifest.json"]

@@ -763,6 +763,27 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
     return order + sorted(i for indices in index.values() for i in indices)
 
 
+#: Seconds a run waits before it tries again to rewrite a ``summary.csv`` that another program
+#: holds open (`_RunningSummary`).
+SUMMARY_HELD_WAIT = 30.0
+
+
+class _RunningSummary(_Summary):
+    """`_Summary` for a run in progress: on Windows a ``summary.csv`` that another program holds
+    open (Excel showing the progress) cannot be replaced. An update while images are pending
+    then leaves the file as it is and tries again `SUMMARY_HELD_WAIT` seconds later, so the
+    images go on being predicted; the last one (``force``, no image pending) raises, naming
+    the file."""
+
+    def update(self, *, force: bool = False) -> None:
+        try:
+            super().update(force=force)
+        except PermissionError:
+            if force and not any(result.status == "pending" for result in self.results):
+                raise
+            self.last = time.monotonic() + SUMMARY_HELD_WAIT - self.every
+
+
 def output_states(out: str | os.PathLike, stems: Sequence[str]) -> dict[str, tuple[int, int, int] | None]:
     """Each stem's manifest in ``out`` as ``(inode, modification time in ns, size)``, None when
     it has none: taken before a run, so that `written_since` can tell what the run wrote."""
@@ -923,7 +944,7 @@ def predict_many(
         if folder.is_dir():
             io.recover_file_sets(folder)
     results = [ImageResult(str(p), s) for p, s in zip(paths, stems)]
-    summary = _Summary(out / SUMMARY_NAME, results, summary_every)
+    summary = _RunningSummary(out / SUMMARY_NAME, results, summary_every)
     batch = BatchResult(results, out, summary.path, prms_format)
     todo, done_count = [], 0
 
