@@ -500,3 +500,23 @@ def test_images_whose_names_differ_only_in_case_never_share_outputs(tmp_path, ch
     assert len({name.casefold() for name in names}) == len(names)
     assert {row["image"]: row["stem"] for row in summary(out)} == {
         str(images / "Cat.png"): "Cat", str(images / "cat.png"): "cat_2"}
+
+
+def test_a_cluster_worker_does_not_speak_of_an_attack_either(tmp_path, checkpoint, monkeypatch):
+    """The command line silenced Pillow's "could be decompression bomb" warning in its own
+    process only: `--workers` processes, which run `_run_task`, still printed it."""
+    import warnings
+
+    from PIL import Image
+
+    from napari_prm.batch import _run_task, model_spec
+
+    iio.imwrite(tmp_path / "large.png", data.chelsea()[:60, :80])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # warned above 3000, refused above 6000
+    spec, _ = model_spec(str(checkpoint), device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _run_task(str(tmp_path / "large.png"), "large", str(tmp_path / "out"), spec,
+                           {"proposals": "prm", "peak_threshold": 0}, False, None, False)
+    assert result.status == "written", result.error
+    assert not [warning for warning in caught if "decompression bomb" in str(warning.message)]

@@ -51,6 +51,7 @@ import numpy as np
 from .io import IMAGE_SUFFIXES
 from .io.atomic import atomic_write, owner_is_gone, owner_tag
 from .io.fileset import _sha256, manifest_path
+from .io.images import quiet_large_image_warning
 from .io.paths import sorted_paths
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
@@ -694,6 +695,7 @@ def _run_task(image: str, stem: str, out: str, spec: ModelSpec, settings: Mappin
               prms_format: str | None, gather: bool, model_record: Mapping[str, Any] | None = None) -> ImageResult:
     """A cluster task: `predict_image` with the worker's cached model; errors become results."""
     started = time.perf_counter()
+    quiet_large_image_warning()  # as the command line does in its own process
     try:
         return predict_image(image, stem, out, model_for(spec), settings=settings,
                              overwrite=overwrite, prms_format=prms_format, gather=gather,

@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -45,6 +44,7 @@ from .batch import (
     written_since,
 )
 from .io import IMAGE_SUFFIXES, writable_folder
+from .io.images import quiet_large_image_warning
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
                  "refinement head, else 'default'), 'default', 'prm' (from the PRMs), 'default+prm', "
@@ -477,10 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Usage errors (argparse's and the option checks') raise ``SystemExit(2)`` as argparse
     does; every other failure is reported in one line and returned as the exit status.
     """
-    # Pillow warns of a "decompression bomb DOS attack" for every image over 89 megapixels (a
-    # 10000×10000 PNG) that it still reads: to the user who made the image, that is noise
-    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, "
-                            "could be decompression bomb")
+    quiet_large_image_warning()
     _console_takes_any_character()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,15 @@ def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
             kind = path.suffix.lstrip(".").upper() or "image"
             reason = f"not a {kind} image, or a corrupt one (its content is not recognised)"
         raise ValueError(f"cannot read {what} {path}: {reason}") from error
+
+
+def quiet_large_image_warning() -> None:
+    """Ignore, in this process, Pillow's warning for an image between its two size limits (89
+    and 179 megapixels: a 10000×10000 PNG), which it still reads: "... could be decompression
+    bomb DOS attack" is noise to the user who made the image. The command line and its
+    cluster's workers call it; the library leaves the caller's warning filters alone."""
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, "
+                            "could be decompression bomb")
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
