@@ -185,3 +185,19 @@ def test_crm_layers_follow_the_plane_run(stack_widget, qtbot):
     for name, crm in crms.items():
         np.testing.assert_array_equal(after[name][0], crm[0])
     assert any(crm[2].any() for crm in after.values()) and not any(crm[1].any() for crm in after.values())
+
+
+def test_a_frame_run_after_a_frame_without_peaks(stack_widget, qtbot):
+    """The peaks layer of a run that found nothing holds no points (nor does one whose points were all
+    deleted): the next frame's run is spliced into it, not a traceback."""
+    viewer, widget = stack_widget
+    threshold = widget.peak_threshold.value
+    widget.peak_threshold.value = widget.peak_threshold.max  # no peak passes
+    run_frame(widget, viewer, qtbot, 0)
+    assert not len(viewer.layers["t peaks"].data) and "Nothing found" in widget.last_message
+    widget.peak_threshold.value = threshold
+    run_frame(widget, viewer, qtbot, 1)
+    assert "Plane 1 updated" in widget.last_message, widget.last_message
+    labels, points, _, table = on_plane(viewer, 1)
+    assert len(points) and labels.any() and len(table["label"])
+    assert not on_plane(viewer, 0)[0].any() and not len(on_plane(viewer, 0)[1])

@@ -560,7 +560,7 @@ class PredictWidget(PredictForm, QWidget):
                 or names["instances"] not in self.viewer.layers
                 or self.viewer.layers[names["instances"]] is not instances
                 or instances.multiscale or instances.data.shape != leading + results.image_shape
-                or np.asarray(peaks.data).reshape(len(peaks.data), -1).shape[1] != len(leading) + 2):
+                or peaks.ndim != len(leading) + 2):
             return None
         crm_layers = {other.name[len(names["crm"]):]: np.asarray(other.data) for other in self.viewer.layers
                       if crms and other.name.startswith(names["crm"])}
