@@ -201,3 +201,28 @@ def test_a_frame_run_after_a_frame_without_peaks(stack_widget, qtbot):
     labels, points, _, table = on_plane(viewer, 1)
     assert len(points) and labels.any() and len(table["label"])
     assert not on_plane(viewer, 0)[0].any() and not len(on_plane(viewer, 0)[1])
+
+
+def test_labels_widened_to_uint32_leave_the_other_frames_uncorrected(stack_widget, qtbot):
+    """A label painted at the top of uint16 on frame 2 makes the next frame's labels overflow it:
+    the layer becomes uint32. Frame 0, which nobody touched, still holds no corrections (a re-run
+    of it keeps no copy and says nothing was replaced); frame 2's paint is still the user's."""
+    viewer, widget = stack_widget
+    run_frame(widget, viewer, qtbot, 0)
+    run_frame(widget, viewer, qtbot, 2)
+    instances = viewer.layers["t instances"]
+    assert instances.data.dtype == np.uint16
+    data = instances.data.copy()
+    data[2, :5, :5] = np.iinfo(np.uint16).max
+    instances.data = data
+    qtbot.wait(50)
+    run_frame(widget, viewer, qtbot, 1)
+    instances = viewer.layers["t instances"]
+    assert instances.data.dtype == np.uint32 and instances.data[1].max() > np.iinfo(np.uint16).max
+    run_frame(widget, viewer, qtbot, 0)
+    assert "replaced" not in widget.last_message, widget.last_message
+    assert not [layer.name for layer in viewer.layers if "corrected" in layer.name]
+    assert (viewer.layers["t instances"].data[2, :5, :5] == np.iinfo(np.uint16).max).all()
+    run_frame(widget, viewer, qtbot, 2)  # the painted frame: its corrections are kept as a copy
+    assert "were replaced by this run" in widget.last_message
+    assert (viewer.layers["t instances (corrected)"].data[2, :5, :5] == np.iinfo(np.uint16).max).all()

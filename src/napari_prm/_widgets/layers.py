@@ -848,11 +848,17 @@ _written: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _plane_digests(layer) -> dict[tuple, str]:
-    """A digest of each plane of a Labels layer (``()``: the whole of a 2-D one)."""
+    """A digest of each plane of a Labels layer (``()``: the whole of a 2-D one), of its label
+    values, not of the dtype that holds them: a run of another plane that widens the layer from
+    uint16 to uint32 (`splice_planes`) leaves the planes it did not touch as they were."""
     data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
     digests = {}
     for plane in np.ndindex(*data.shape[:-2]):
-        pixels = np.ascontiguousarray(data[plane])
+        pixels = data[plane]
+        if pixels.dtype.kind in "iu" and pixels.size:  # the narrowest dtype that holds the values
+            low, high = int(pixels.min()), int(pixels.max())
+            pixels = pixels.astype(np.min_scalar_type(high) if low >= 0 else np.int64, copy=False)
+        pixels = np.ascontiguousarray(pixels)
         digest = hashlib.blake2b(f"{pixels.dtype.str}{data.shape}".encode(), digest_size=20)
         digest.update(memoryview(pixels).cast("B"))
         digests[plane] = digest.hexdigest()
