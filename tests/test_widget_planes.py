@@ -226,3 +226,22 @@ def test_labels_widened_to_uint32_leave_the_other_frames_uncorrected(stack_widge
     run_frame(widget, viewer, qtbot, 2)  # the painted frame: its corrections are kept as a copy
     assert "were replaced by this run" in widget.last_message
     assert (viewer.layers["t instances (corrected)"].data[2, :5, :5] == np.iinfo(np.uint16).max).all()
+
+
+def test_a_point_placed_on_another_frame_during_a_run_is_retrieved(stack_widget, qtbot):
+    """A point placed on frame 2 while frame 1 runs waits for the run to end; the run's layers keep
+    it (frame 2 is not run), and its instance is retrieved then, as for a point placed after."""
+    viewer, widget = stack_widget
+    run_frame(widget, viewer, qtbot, 2)
+    show_frame(viewer, qtbot, 1)
+    assert widget.run() is not None
+    viewer.layers["t peaks"].add([[2.0, 30.0, 35.0]])
+    assert widget.worker is not None  # placed during the run
+    qtbot.waitUntil(lambda: not widget.running and "Retrieved" in widget.last_message, timeout=60_000)
+    peaks, instances = viewer.layers["t peaks"], viewer.layers["t instances"]
+    (row,) = np.flatnonzero(peaks.features["hand_placed"].to_numpy())
+    label = int(peaks.features["label"].iloc[row])
+    assert peaks.data[row, 0] == 2 and label > 0, widget.last_message
+    assert (instances.data[2] == label).any() and not (instances.data[[0, 1]] == label).any()
+    assert label in features_table(instances.features)["label"]
+    assert np.asarray(viewer.layers["t PRMs"].data[row])[2].sum() == pytest.approx(1.0, rel=1e-4)

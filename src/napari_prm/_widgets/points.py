@@ -130,6 +130,22 @@ class PointRetrieval:
             self._start_pending()
         return ids
 
+    def waiting_in(self, context) -> tuple[set, set]:
+        """The peaks of ``context``'s run that wait for retrieval, and those placed by hand and not
+        retrieved yet (empty sets for a run the panel does not keep)."""
+        run = next((run for run in self._runs if run.context is context), None)
+        return (set(), set()) if run is None else (set(run.pending), set(run.clicked))
+
+    def retrieve_waiting(self, pending: set, clicked: set) -> None:
+        """Retrieve, in the run worked on, the ``pending`` peaks of the run it replaced (``clicked``:
+        those placed by hand): points added or moved on other planes of a stack while a run of
+        some planes went on, which the new run's layers keep as they are."""
+        ids = set(self.peaks.features["peak"].astype(int).tolist()) if self.peaks is not None else set()
+        self._clicked.update(clicked & ids)
+        if pending & ids:
+            self._pending |= pending & ids
+            self._start_pending()
+
     def _start_pending(self) -> None:
         if self.worker is not None or not self._pending or self.context is None:
             return

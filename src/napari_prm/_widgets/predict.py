@@ -478,14 +478,17 @@ class PredictWidget(PredictForm, QWidget):
         # a run of some planes of a stack replaces only their part of the earlier runs' layers
         previous = self._stack_results(layer, planes, results, crms=bool(settings["crms"]))
         spliced, peak_offset, origins = planes if previous is not None else None, 0, {}
+        waiting = set(), set()
         if previous is not None:
             previous, before = previous
             results, peak_offset = splice_planes(previous, results, planes)
             hand["elsewhere"] = 0  # kept with their planes' results
             keys = {**before.predictor_keys, **keys}
-            kept_peaks = set(results.point_features["peak"].tolist())
+            kept_peaks = {peak for peak in results.point_features["peak"].tolist() if peak < peak_offset}
             origins = {peak: where for peak, where in moved_from(before.layers["peaks"]).items()
-                       if peak in kept_peaks and peak < peak_offset}
+                       if peak in kept_peaks}
+            # points added or moved on the other planes during the run wait for their retrieval
+            waiting = tuple(peaks & kept_peaks for peaks in self.correction.waiting_in(before))
         self.context = RunContext(layer, model, settings, leading, results.class_names,
                                   results.prms, results.prm_planes, predictor_keys=keys,
                                   merged_into=results.merged_into)
@@ -515,6 +518,7 @@ class PredictWidget(PredictForm, QWidget):
                 f"{_planes_text(spliced)[:1].upper()}{_planes_text(spliced)[1:]} updated; the other planes' "
                 "results were kept.", kept_note]))
         self.correction.attach(self.context)
+        self.correction.retrieve_waiting(*waiting)
         if late:  # retrieved by the correction panel, as a point added now is
             self.correction.add_hand_points([p for _, p in late])
             hand_notes.append(f"{plural(len(late), 'hand-placed peak')} placed or moved during the run: "
