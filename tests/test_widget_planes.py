@@ -245,3 +245,40 @@ def test_a_point_placed_on_another_frame_during_a_run_is_retrieved(stack_widget,
     assert (instances.data[2] == label).any() and not (instances.data[[0, 1]] == label).any()
     assert label in features_table(instances.features)["label"]
     assert np.asarray(viewer.layers["t PRMs"].data[row])[2].sum() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_a_point_on_a_frame_of_another_model_leaves_that_model_s_maps_alone(stack_widget, qtbot, tmp_path):
+    """Frame 0 run with model A, frame 1 with model B of the same classes (spliced), then a point added
+    on frame 0 is retrieved with B, the run's model. Its forward pass must not be cached as A's: a
+    later run of frame 0 with A finds the peaks A found the first time, not B's."""
+    import torch
+
+    from conftest import TINY_CLASSES
+    from napari_prm import build_model, save_model
+
+    viewer, widget = stack_widget
+    model_a, thresholds = widget.model.value, (widget.class_threshold.value, widget.peak_threshold.value)
+
+    def choose(model):  # a model's choice resets the thresholds to its own
+        widget.select_model(str(model))
+        qtbot.waitUntil(lambda: widget.classes_loaded, timeout=60_000)
+        widget.class_threshold.value, widget.peak_threshold.value = thresholds
+
+    torch.manual_seed(1)
+    model_b = save_model(build_model("tiny", TINY_CLASSES, pretrained=False, input_size=(96, 96)),
+                         tmp_path / "other.pt")
+    widget.predictors.size = 1  # frame 1's maps push frame 0's out
+    run_frame(widget, viewer, qtbot, 0)
+    first = on_plane(viewer, 0)[1]
+    assert len(first)
+    choose(model_b)
+    run_frame(widget, viewer, qtbot, 1)
+    assert "Plane 1 updated" in widget.last_message
+    show_frame(viewer, qtbot, 0)
+    viewer.layers["t peaks"].add([[0.0, 30.0, 35.0]])
+    qtbot.waitUntil(lambda: not widget.running and "Retrieved" in widget.last_message, timeout=60_000)
+    choose(model_a)
+    run_frame(widget, viewer, qtbot, 0)
+    peaks = viewer.layers["t peaks"]
+    found = np.asarray(peaks.data)[(peaks.data[:, 0] == 0) & ~peaks.features["hand_placed"].to_numpy(bool)]
+    np.testing.assert_array_equal(found, first)

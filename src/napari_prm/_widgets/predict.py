@@ -483,7 +483,12 @@ class PredictWidget(PredictForm, QWidget):
             previous, before = previous
             results, peak_offset = splice_planes(previous, results, planes)
             hand["elsewhere"] = 0  # kept with their planes' results
-            keys = {**before.predictor_keys, **keys}
+            # the other planes' cached maps serve the panel's retrievals there only when this run's
+            # model and forward pass made them: else a retrieval (with this run's model) would cache
+            # its maps under an earlier model's key, and a run with that model reuse them
+            ran = next(iter(keys.values()))
+            keys = {**{plane: key for plane, key in before.predictor_keys.items()
+                       if (key.model, key.window, key.forward) == (ran.model, ran.window, ran.forward)}, **keys}
             kept_peaks = {peak for peak in results.point_features["peak"].tolist() if peak < peak_offset}
             origins = {peak: where for peak, where in moved_from(before.layers["peaks"]).items()
                        if peak in kept_peaks}
