@@ -167,3 +167,26 @@ def test_a_checkpoints_format_follows_its_suffix_in_any_case_and_other_suffixes_
         train(dataset, out=tmp_path / "run.SAFETENSORS")
     with pytest.raises(ValueError, match=r"^out: expected a file ending in \.pt or \.pth or \.safetensors"):
         train(dataset, out=tmp_path / "run.ckpt")
+
+
+def test_a_zip_or_pickle_that_is_no_torch_checkpoint_is_not_overwritten(tmp_path):
+    """An existing torch checkpoint under another suffix (``model.ckpt``) is written again; a NumPy
+    ``.npz`` (a zip archive too) or a plain pickle under another suffix is refused, untouched."""
+    import pickle
+
+    model = build_model("tiny", ["a", "b"], pretrained=False, input_size=(32, 32))
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(save_model(model, tmp_path / "model.pt").read_bytes())
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"a": 1}, legacy, _use_new_zipfile_serialization=False)
+    for path in (ckpt, legacy):
+        save_model(model, path)
+        assert load_model(path).class_names == ["a", "b"]
+    arrays, pickled = tmp_path / "arrays.npz", tmp_path / "table.pkl"
+    np.savez(arrays, x=np.arange(3))
+    pickled.write_bytes(pickle.dumps({"x": 1}, protocol=2))
+    for path in (arrays, pickled):
+        before = path.read_bytes()
+        with pytest.raises(ValueError, match=r"expected a file ending in \.pt or \.pth or \.safetensors"):
+            save_model(model, path)
+        assert path.read_bytes() == before

@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -382,15 +383,22 @@ def is_safetensors(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".safetensors"
 
 
+#: How ``torch.save``'s legacy (non-zip) format starts: a pickle of its magic number.
+_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
 def _holds_torch_file(path: Path) -> bool:
-    """Whether ``path`` is an existing file that starts as ``torch.save`` writes: a zip
-    archive, or a pickle of the legacy format."""
+    """Whether ``path`` is an existing file that ``torch.save`` wrote: a zip archive with its
+    ``data.pkl`` (not any zip: a NumPy ``.npz`` is one), or the legacy format."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(4)
-    except OSError:
+            head = handle.read(len(_LEGACY_TORCH_HEAD))
+        if head.startswith(b"PK\x03\x04"):
+            with zipfile.ZipFile(path) as archive:
+                return any(name.rpartition("/")[2] == "data.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
         return False
-    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+    return head == _LEGACY_TORCH_HEAD
 
 
 def checkpoint_file(name: str, path: str | os.PathLike, *, training: bool = False) -> Path:
