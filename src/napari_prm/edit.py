@@ -25,6 +25,7 @@ Table = dict[str, np.ndarray]
 __all__ = [
     "add_instance",
     "delete_instance",
+    "instance_table",
     "merge_instances",
     "remove_small",
     "set_class",
@@ -376,11 +377,11 @@ def add_instance(
     return out, _take(table, np.isin(table["label"], present))
 
 
-def sync_table(labels: np.ndarray, table: Mapping) -> Table:
+def sync_table(labels: np.ndarray, table: Mapping, *, class_name: str = "") -> Table:
     """Make a table agree with a label image edited by hand.
 
     Rows whose label has no pixel are dropped; labels painted without a row get one
-    (class_index -1, empty class_name, NaN score, peak -1). Rows are sorted by label.
+    (class_index -1, ``class_name``, NaN score, peak -1). Rows are sorted by label.
 
     Parameters
     ----------
@@ -388,6 +389,9 @@ def sync_table(labels: np.ndarray, table: Mapping) -> Table:
         Instance label image.
     table : dict of str -> (N,) ndarray
         Instance table with a ``label`` column.
+    class_name : str
+        The class name of the rows added for painted labels (when the table has a
+        ``class_name`` column): ``""``, or ``"unknown"`` as exported tables say it.
 
     Returns
     -------
@@ -399,5 +403,52 @@ def sync_table(labels: np.ndarray, table: Mapping) -> Table:
     present = present[present != 0]
     table = _take(table, np.isin(table["label"], present))
     missing = present[~np.isin(present, table["label"])]
-    table = _append(table, [{"label": int(label)} for label in missing])
+    table = _append(table, [{"label": int(label), "class_name": class_name} for label in missing])
     return _take(table, np.argsort(table["label"], kind="stable"))
+
+
+#: The columns of a complete instance table and the value of each in a row added for a label.
+INSTANCE_DEFAULTS = {"label": np.int64(0), "class_index": np.int64(-1), "class_name": "",
+                     "score": np.float64(np.nan), "peak": np.int64(-1)}
+
+
+def instance_table(labels: np.ndarray, table: Mapping | None = None, *, class_name: str = "") -> Table:
+    """A complete instance table for a label image made without one (painted, or by another tool).
+
+    The rows of ``table`` whose label is in the image are kept (its other columns too); every
+    other non-zero label gets a row (class_index -1, ``class_name``, NaN score, peak -1); the
+    columns ``label, class_index, class_name, score, peak`` are added where missing.
+
+    Parameters
+    ----------
+    labels : (..., H, W) int ndarray
+        Instance label image.
+    table : dict of str -> (N,) ndarray, optional
+        What is known of the instances, with a ``label`` column.
+    class_name : str
+        The class name of the added rows and of rows without one.
+
+    Returns
+    -------
+    dict of str -> ndarray
+        Sorted by label.
+
+    Examples
+    --------
+    >>> labels = np.array([[0, 2], [5, 5]])
+    >>> table = instance_table(labels, class_name="unknown")
+    >>> table["label"].tolist(), table["class_name"].tolist()
+    ([2, 5], ['unknown', 'unknown'])
+    """
+    labels = _check_labels(labels)
+    table = _as_table(table if table is not None else {"label": np.zeros(0, np.int64)}, labels)
+    count = len(table["label"])
+    for name, default in INSTANCE_DEFAULTS.items():
+        if name not in table:
+            table[name] = np.full(count, class_name if name == "class_name" else default,
+                                  dtype=object if name == "class_name" else type(default))
+    names = table["class_name"].astype(object)
+    unnamed = [value is None or value == "" or (isinstance(value, float) and np.isnan(value)) for value in names]
+    names[np.asarray(unnamed, bool)] = class_name
+    table["class_name"] = names
+    return sync_table(labels, table, class_name=class_name)

@@ -24,8 +24,10 @@ from qtpy.QtCore import QTimer
 
 from .. import edit
 from .._text import plural
+from ..io.tables import UNKNOWN_CLASS
 from .history import InstanceHistory, reset_history
 from .layers import features_table, instance_features, layer_names, point_defaults, world_kwargs
+from .painted import PaintedContext, can_correct, painted_context, refresh_classes
 from .points import PointRetrieval
 
 #: Wait this long after the last move of a point before re-doing its instance (ms).
@@ -63,7 +65,7 @@ class _Run:
     its undo history, the positions of its points, the points waiting for retrieval, those placed
     by hand and not retrieved yet, and those Ctrl+Z took away."""
 
-    context: object  # predict.RunContext
+    context: object  # predict.RunContext, or a PaintedContext for a Labels layer no run made
     history: InstanceHistory = field(default_factory=InstanceHistory)
     positions: dict = field(default_factory=dict)
     pending: set = field(default_factory=set)
@@ -177,7 +179,7 @@ class CorrectionPanel(PointRetrieval):
         for run in self._runs:
             layers = run.context.layers
             if (any(layer is mine for mine in layers.values())
-                    or getattr(layer, "name", None) == layer_names(run.context.image_layer.name)["split"]):
+                    or getattr(layer, "name", None) == _split_name(run.context)):
                 return run
         return None
 
@@ -186,12 +188,15 @@ class CorrectionPanel(PointRetrieval):
         return next((run.context for run in reversed(self._runs) if run.context.image_layer is image_layer), None)
 
     def focus(self, layer) -> bool:
-        """Work on the run ``layer`` belongs to (a layer of no run changes nothing).
+        """Work on the run ``layer`` belongs to; a Labels layer no run made becomes one to work
+        on (`napari_prm._widgets.painted`); any other layer changes nothing.
 
         Returns False when the panel cannot leave its run now: peaks moved there wait for a
         retrieval that is running.
         """
         run = self._run_of(layer)
+        if run is None and can_correct(layer):
+            run = self._painted_run(layer)
         if run is None or run is self._run:
             return True
         if self._pending:  # peaks added or moved here: retrieve them before leaving
@@ -206,9 +211,30 @@ class CorrectionPanel(PointRetrieval):
         self._run = run
         self.container.enabled = True  # disabled when the run worked on before left the viewer
         self._last_label = int(self.instances.selected_label)
-        if list(self.class_choice.choices) != list(run.context.class_names):
-            self.class_choice.choices = list(run.context.class_names)
+        self.refresh_classes()
+
+    def refresh_classes(self) -> None:
+        """Offer the classes of the layer worked on (a painted layer's: the model's now loaded)."""
+        context = self.context
+        if context is None:
+            return
+        if isinstance(context, PaintedContext):
+            with self.quiet():
+                refresh_classes(context, self.owner.model_class_names())
+        choices = context.choices() if isinstance(context, PaintedContext) else list(context.class_names)
+        if list(self.class_choice.choices) != choices:
+            self.class_choice.choices = choices
         self._on_class_choice(self.class_choice.value)
+
+    def _painted_run(self, layer) -> _Run:
+        """Start working on a Labels layer no run made (`napari_prm._widgets.painted`): its table
+        is completed, and its edits, keys and undo work as on a run's instances layer."""
+        with self.quiet():
+            run = _Run(painted_context(layer, self.owner.model_class_names()))
+        self._runs.append(run)
+        self._connect_instances(layer)
+        self.bind_shortcuts(layer)
+        return run
 
     def forget(self, layer) -> None:
         """Forget the runs whose peaks or instances layer ``layer`` was (it left the viewer)."""
@@ -285,18 +311,22 @@ class CorrectionPanel(PointRetrieval):
             peaks.events.data.connect(self._on(peaks, self._on_points_data))
             peaks.selected_data.events.items_changed.connect(self._on(peaks, self._on_points_selected))
             self._connected.add(peaks)
+        self._connect_instances(labels)
+        self.bind_shortcuts(labels)
+        self._on_class_choice(self.class_choice.value)
+
+    def _connect_instances(self, labels) -> None:
         if labels not in self._connected:
             labels.events.selected_label.connect(self._on(labels, self._on_label_selected))
             labels.events.paint.connect(self._on(labels, self._on_paint))
             labels.events.set_data.connect(self._on(labels, self._on_paint))  # undo and redo emit only this
             self._connected.add(labels)
-        self.bind_shortcuts(labels)
-        self._on_class_choice(self.class_choice.value)
 
     def bind_shortcuts(self, layer) -> None:
-        """Bind `SHORTCUTS` on ``layer`` (the instances layer, or the split-line layer)."""
+        """Bind `SHORTCUTS` on ``layer`` (an instances layer, or a split-line layer)."""
+        instances = any(layer is run.context.layers.get("instances") for run in self._runs)
         for keys, method, _ in SHORTCUTS:
-            if layer is not self.instances and method != "split_selected":
+            if not instances and method != "split_selected":
                 continue
             for key in keys:
                 layer.bind_key(key, lambda layer, method=method: self._shortcut(layer, method),
@@ -384,6 +414,8 @@ class CorrectionPanel(PointRetrieval):
                     if changed.any():
                         layer.data_setitem(np.nonzero(changed), labels[changed])
             layer.features = instance_features(table)
+            if self.peaks is None:  # a Labels layer no run made
+                return
             features = self.peaks.features.copy()
             point_labels = features["label"].to_numpy().copy()
             for old, new in (relabel or {}).items():
@@ -429,11 +461,14 @@ class CorrectionPanel(PointRetrieval):
         class_name = class_name or self.class_choice.value
         if label is None or class_name is None:
             return False
-        index = self.context.class_names.index(class_name)
+        painted = isinstance(self.context, PaintedContext)
+        index = self.context.class_index(class_name) if painted else self.context.class_names.index(class_name)
         if not self._apply(edit.set_class, label, index, class_name,
                            done=f"Instance {label} is now {class_name!r}.",
                            what=f"set the class of instance {label} to {class_name!r}"):
             return False
+        if painted:
+            return True
         with self.quiet():
             features = self.peaks.features.copy()
             rows = features["label"].to_numpy() == label
@@ -467,7 +502,7 @@ class CorrectionPanel(PointRetrieval):
             self._say("Run a prediction first: there are no instances to split.", "warning")
             return None
         viewer = self.owner.viewer
-        name = layer_names(self.context.image_layer.name)["split"]
+        name = _split_name(self.context)
         if name not in viewer.layers:
             viewer.add_shapes(name=name, ndim=self.instances.ndim, edge_color="yellow",
                               edge_width=2, **world_kwargs(self.instances))
@@ -489,7 +524,7 @@ class CorrectionPanel(PointRetrieval):
         labels_layer = self.instances
         shapes = None
         if line_world is None:
-            name = layer_names(self.context.image_layer.name)["split"]
+            name = _split_name(self.context)
             shapes = self.owner.viewer.layers[name] if name in self.owner.viewer.layers else None
             if shapes is None or not len(shapes.data):
                 self._say("Draw a line across the instance first (Draw split line).", "warning")
@@ -536,10 +571,12 @@ class CorrectionPanel(PointRetrieval):
             if not alive or self.instances is None:
                 return
             base = self.history.table_for(self.instances)
-            table = edit.sync_table(self.instances.data, self._table() if base is None else base)
+            unnamed = UNKNOWN_CLASS if isinstance(context, PaintedContext) else ""
+            table = edit.sync_table(self.instances.data, self._table() if base is None else base,
+                                    class_name=unnamed)
             self._write(None, table)
             undone, redone = self.history.moves(self.instances)
-            if not self._follow_undone_points():  # which says what its undo took away
+            if self.peaks is None or not self._follow_undone_points():  # which says what its undo took away
                 for word, whats in (("Undone", undone), ("Redone", redone)):
                     if whats:
                         self._say(f"{word}: {'; '.join(whats)}.")
@@ -548,6 +585,8 @@ class CorrectionPanel(PointRetrieval):
     def _sync_points(self, table: dict) -> None:
         """Peaks follow the instance table: their instance's label, and its class (a peak whose
         instance retrieval merged into another's follows that instance)."""
+        if self.peaks is None:
+            return
         features = self.peaks.features.copy()
         point_labels = features["label"].to_numpy().astype(np.int64)
         point_peaks = features["peak"].to_numpy()
@@ -612,6 +651,12 @@ class CorrectionPanel(PointRetrieval):
         for axis in range(leading):  # show the instance's plane of a stack
             viewer.dims.set_point(viewer.dims.ndim - layer.ndim + axis, world[axis])
         viewer.camera.center = tuple(world[-2:])
+
+
+def _split_name(context) -> str:
+    """The name of the Shapes layer the split lines of ``context``'s instances are drawn in."""
+    return context.split_name if isinstance(context, PaintedContext) else layer_names(context.image_layer.name)["split"]
+
 
 def _labels_along(labels: np.ndarray, line: np.ndarray) -> dict[int, int]:
     """How many samples of a polyline (label-image pixels) fall on each non-zero label."""

@@ -291,6 +291,15 @@ class PredictForm:
         self.window.value = int(win_size)
         self._loaded_classes_for = key
         self._filter_classes(self.class_filter.text())
+        correction = getattr(self, "correction", None)
+        if correction is not None:  # a Labels layer no run made is offered the model's classes
+            correction.refresh_classes()
+
+    def model_class_names(self) -> list[str]:
+        """The classes of the model chosen, once loaded (else none)."""
+        if not self.classes_loaded:
+            return []
+        return [self.class_list.item(row).text() for row in range(self.class_list.count())]
 
     @property
     def classes_loaded(self) -> bool:

@@ -167,6 +167,7 @@ class PredictWidget(PredictForm, QWidget):
         self.apply_settings(load_settings(self.SETTINGS_NAME, WidgetSettings, upgrade=upgrade_saved_settings))
         self._restoring = False
         self.follow_image(self.viewer.layers.selection.active)
+        self.correction.focus(self.viewer.layers.selection.active)  # a Labels layer selected before
         self.form.changed.connect(self._update_rethreshold)
         self.viewer.dims.events.current_step.connect(self._update_rethreshold)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
