@@ -4,6 +4,7 @@ import pytest
 from napari_prm.edit import (
     add_instance,
     delete_instance,
+    instance_table,
     merge_instances,
     remove_small,
     set_class,
@@ -172,6 +173,33 @@ def test_sync_table_after_hand_painting(scene):
     assert new["class_index"].tolist() == [7, 8, -1]
     assert new["class_name"].tolist() == ["cat", "dog", ""]
     assert_consistent(painted, new)
+
+
+def test_sync_table_names_the_rows_it_adds(scene):
+    labels, table = scene
+    painted = labels.copy()
+    painted[0:2, 0:2] = 9
+    new = sync_table(painted, table, class_name="unknown")
+    assert new["class_name"].tolist() == ["cat", "dog", "cat", "unknown"]
+    assert new["class_index"].tolist() == [7, 8, 7, -1]
+
+
+def test_instance_table_of_a_label_image_made_without_one(scene):
+    labels, table = scene
+    made = instance_table(labels, class_name="unknown")  # painted from scratch: no table at all
+    assert made["label"].tolist() == [1, 2, 3]
+    assert made["class_index"].tolist() == [-1, -1, -1] and made["peak"].tolist() == [-1, -1, -1]
+    assert made["class_name"].tolist() == ["unknown"] * 3 and np.isnan(made["score"]).all()
+    assert_consistent(labels, made)
+    # what another tool knew is kept; unnamed rows, missing labels and missing columns are filled
+    known = {"label": np.array([3, 2, 5]), "class_name": np.array(["cat", None, "dog"], dtype=object)}
+    made = instance_table(labels, known, class_name="unknown")
+    assert made["label"].tolist() == [1, 2, 3]
+    assert made["class_name"].tolist() == ["unknown", "unknown", "cat"]
+    assert made["class_index"].tolist() == [-1, -1, -1]
+    # a complete table comes back as it was
+    same = instance_table(labels, table)
+    assert all(np.array_equal(same[name], table[name]) for name in table)
 
 
 def test_bad_inputs_say_what_arrived():

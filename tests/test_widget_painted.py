@@ -147,6 +147,7 @@ def test_instances_of_another_tool_get_a_table_and_a_run_is_unchanged(make_napar
     panel = widget.correction
     assert panel.instances is masks
     assert rows(masks) == {7: (-1, "unknown"), 12: (-1, "unknown")}
+    assert list(panel.class_choice.choices) == ["cat", "dog", "bird", "unknown"]  # the model loaded since
     assert panel.remove_small(101)
     assert areas(masks) == {12: 200} and set(rows(masks)) == {12}
     assert panel.context_of(viewer.layers["cells"]) is None  # no run of the image: a Run makes its own layers

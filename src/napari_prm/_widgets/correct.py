@@ -223,7 +223,11 @@ class CorrectionPanel(PointRetrieval):
                 refresh_classes(context, self.owner.model_class_names())
         choices = context.choices() if isinstance(context, PaintedContext) else list(context.class_names)
         if list(self.class_choice.choices) != choices:
+            chosen = self.class_choice.value
+            self.class_choice.choices = []  # magicgui keeps the items still offered first: not in order
             self.class_choice.choices = choices
+            if chosen in choices:
+                self.class_choice.value = chosen
         self._on_class_choice(self.class_choice.value)
 
     def _painted_run(self, layer) -> _Run:
