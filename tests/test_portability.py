@@ -21,6 +21,7 @@ class WindowsHolds:
         self.refusals = 0
         self._replace = os.replace
         monkeypatch.setattr(os, "replace", self.replace)
+        monkeypatch.setattr(paths, "WINDOWS", True)
 
     def replace(self, source, target):
         if {os.fspath(source), os.fspath(target)} & self.held:
@@ -63,6 +64,26 @@ def test_a_file_kept_open_is_named_and_left_as_it_was(tmp_path, monkeypatch):
     assert windows.refusals == 3
     assert target.read_text(encoding="utf-8") == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv"]
+
+
+def test_a_rename_refused_on_linux_and_macos_is_reported_at_once(tmp_path, monkeypatch):
+    """There a ``PermissionError`` is the folder's or the file's permissions (a file of another
+    user in a sticky folder, an immutable file): trying again for 3 s on every file helps nothing."""
+    refusals = []
+
+    def refused(source, target):
+        refusals.append(target)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(paths, "WINDOWS", False)
+    monkeypatch.setattr(os, "replace", refused)
+    target = tmp_path / "summary.csv"
+    with pytest.raises(PermissionError) as error:
+        with atomic_write(target) as temp:
+            temp.write_text("new\n", encoding="utf-8")
+    assert str(error.value) == f"cannot replace {target}: Operation not permitted"
+    assert refusals == [target]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_file_set_whose_file_is_kept_open_is_finished_by_the_next_writer(tmp_path, monkeypatch):

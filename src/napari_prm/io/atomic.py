@@ -147,16 +147,19 @@ def replace_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
     On Windows a file that another process holds open cannot be replaced, and a file just
     written may be held for a moment by a virus scanner or the search indexer: the rename
     then fails with ``PermissionError`` (``WinError 5`` or ``32``) although it would work a
-    moment later. Other errors are raised at once.
+    moment later. Other errors, and a refusal elsewhere (on Linux and macOS a
+    ``PermissionError`` is the folder's or the file's permissions, which no wait changes),
+    are raised at once.
 
     Raises
     ------
     PermissionError
-        Still refused after `REPLACE_RETRY_DELAYS`: ``"cannot replace <target>: <reason>"``,
-        on Windows with a hint that a program holding it open (Excel, an image viewer)
-        must close it first. ``source`` is left where it was.
+        Refused (on Windows still after `REPLACE_RETRY_DELAYS`): ``"cannot replace <target>:
+        <reason>"``, on Windows with a hint that a program holding it open (Excel, an image
+        viewer) must close it first. ``source`` is left where it was.
     """
-    for delay in (*REPLACE_RETRY_DELAYS, None):
+    delays = REPLACE_RETRY_DELAYS if windows_rules() else ()
+    for delay in (*delays, None):
         try:
             os.replace(source, target)
             return
