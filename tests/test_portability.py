@@ -134,6 +134,25 @@ def test_outputs_of_another_image_under_a_name_differing_in_case_are_not_taken(t
     assert output_stems([first], out=out) == ["Cat"]  # its own outputs
 
 
+def test_a_resumed_run_finds_outputs_written_on_linux_before_case_was_compared(tmp_path):
+    """Before stems were compared without regard to case, a run on Linux wrote ``Cat_*`` for
+    ``Cat.png`` and ``cat_*`` for ``cat.png`` into one folder: resumed after the upgrade,
+    ``cat.png`` keeps ``cat`` (its outputs are found and kept) instead of being predicted
+    again as ``cat_2``; a new image differing only in case still gets a stem of its own."""
+    from napari_prm.batch import _image_record, output_stems
+
+    out = tmp_path / "out"
+    out.mkdir()
+    upper, lower = tmp_path / "Cat.png", tmp_path / "cat.png"
+    for stem, image in (("Cat", upper), ("cat", lower)):
+        with write_file_set(out, stem, {"csv": f"{stem}_instances.csv"}, info=_image_record(image, out)) as staged:
+            staged["csv"].write_text("label\n", encoding="utf-8")
+    assert output_stems([upper, lower], out=out) == ["Cat", "cat"]
+    assert output_stems([lower, upper], out=out) == ["cat", "Cat"]
+    assert output_stems([upper, lower, tmp_path / "CAT.png"], out=out) == ["Cat", "cat", "CAT_2"]
+    assert output_stems([upper, lower]) == ["Cat", "cat_2"]  # no folder: nothing to resume
+
+
 # --------------------------------------------------------------------------- one order of files
 def test_paths_sort_the_same_way_as_windows_paths_and_posix_paths():
     """Python sorts Windows paths without regard to case: a folder dataset's classes (the

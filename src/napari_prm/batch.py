@@ -284,13 +284,15 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
     list of str
         One per image, distinct also when upper and lower case are taken for the same (as
         Windows and macOS do): ``a/x.png``, ``b/x.png`` and ``X.png`` given as files -> ``x``,
-        ``x_2``, ``X_3`` (in the order given, after the stems taken in ``out``).
+        ``x_2``, ``X_3`` (in the order given, after the stems taken in ``out``), unless
+        ``out`` holds the image's own outputs under its stem (written on Linux before case
+        was compared: ``X.png``'s ``X_*`` beside ``x.png``'s ``x_*``), which it keeps.
     """
     # as given (made absolute), then resolved: an image in a linked sub-folder of a root is
     # named by its place in the tree, not by where the link points
     roots_as_given = [Path(os.path.abspath(root)) for root in roots]
     resolved_roots = [Path(root).resolve() for root in roots]
-    stems, seen, manifests = [], set(), {}
+    stems, seen, seen_folded, manifests = [], set(), set(), {}
     for image in images:
         image = Path(image)
         wanted = PurePosixPath(output_name(image.name))
@@ -305,10 +307,14 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
         stem, number = str(wanted), 1
         # Windows and macOS take Cat_labels.tif and cat_labels.tif for one file: stems that
         # differ only in case would share their outputs there (and in a folder copied there).
-        while stem.casefold() in seen or (out is not None and _stem_taken(out, stem, image, manifests)):
+        # Outputs that an earlier version wrote for this very image under such a stem (on
+        # Linux) keep it, so that a resumed run finds them instead of predicting it again.
+        while stem in seen or (stem.casefold() in seen_folded and not _outputs_of_this(out, stem, image)) \
+                or (out is not None and _stem_taken(out, stem, image, manifests)):
             number += 1
             stem = str(wanted.with_name(f"{wanted.name}_{number}"))
-        seen.add(stem.casefold())
+        seen.add(stem)
+        seen_folded.add(stem.casefold())
         stems.append(stem)
     return stems
 
@@ -370,6 +376,14 @@ def _stem_taken(out, stem: str, image: Path, manifests: dict) -> bool:
         return _outputs_of_another(out, stem, image)
     parent = PurePosixPath(stem).parent
     return any(_outputs_of_another(out, str(parent / variant), image) for variant in variants)
+
+
+def _outputs_of_this(out, stem: str, image: Path) -> bool:
+    """Whether ``stem``'s outputs in ``out`` (None: no folder) are there and record ``image``."""
+    if out is None:
+        return False
+    folder, name = output_place(out, stem)
+    return manifest_path(folder, name).is_file() and not _outputs_of_another(out, stem, image)
 
 
 def _outputs_of_another(out, stem: str, image: Path) -> bool:
