@@ -512,7 +512,10 @@ def test_predict_goes_on_while_summary_csv_is_open_in_another_program(tmp_path, 
 
 
 def test_a_summary_csv_still_held_at_the_end_is_named(tmp_path, monkeypatch, tiny_checkpoint, two_images):
-    from napari_prm.batch import predict_many
+    """The run's last update names the file; the run still ends as a finished run (its marker
+    of the image in progress is removed: left, the next run took coffee.png for the image that
+    killed this one, ran it last and said so)."""
+    from napari_prm.batch import RUNNING_NAME, predict_many
 
     windows = WindowsHolds(monkeypatch)
     monkeypatch.setattr(atomic, "REPLACE_RETRY_DELAYS", (0.01,))
@@ -523,3 +526,4 @@ def test_a_summary_csv_still_held_at_the_end_is_named(tmp_path, monkeypatch, tin
         predict_many(two_images, str(tiny_checkpoint), out, summary_every=0, proposals="prm", peak_threshold=0.0,
                      device="cpu")
     assert sorted(p.name for p in out.glob("*.manifest.json")) == ["cat.manifest.json", "coffee.manifest.json"]
+    assert not (out / RUNNING_NAME).exists()

@@ -1029,8 +1029,10 @@ def predict_many(
             # the images in progress were finished and recorded: the pending ones never started
             if result.status == "pending" and cancel():
                 result.status = "cancelled"
-        summary.update(force=True)
-        _settle_marker(out, killed, killed_marker, results, here=client is None)
+        try:
+            summary.update(force=True)  # raises where another program holds summary.csv (Windows)
+        finally:  # the run ended all the same: left, its marker said it was killed
+            _settle_marker(out, killed, killed_marker, results, here=client is None)
     return batch
 
 
