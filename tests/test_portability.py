@@ -423,6 +423,24 @@ def test_the_settings_folder_on_windows_is_local_app_data_napari_prm(monkeypatch
     assert str(config_dir()).replace("\\", "/") == "C:/Users/ana/AppData/Local/napari-prm"
 
 
+def test_settings_in_an_earlier_versions_folder_on_windows_stay_found(tmp_path, monkeypatch):
+    """Users of an earlier version have their settings, recent models and refined model in
+    ``napari-prm\\napari-prm``: the folder without the author folder started them afresh."""
+    import platformdirs
+    from platformdirs import windows
+
+    from napari_prm._widgets.models import config_dir
+
+    monkeypatch.delenv("NAPARI_PRM_CONFIG_DIR", raising=False)
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path))
+    monkeypatch.setattr(windows, "_RESOLVE_WIN_FOLDER", windows.get_win_folder_from_env_vars)
+    monkeypatch.setattr(platformdirs, "PlatformDirs", windows.Windows)
+    assert config_dir() == tmp_path / "napari-prm"
+    (tmp_path / "napari-prm" / "napari-prm").mkdir(parents=True)
+    (tmp_path / "napari-prm" / "napari-prm" / "predict_widget.json").write_text("{}", encoding="utf-8")
+    assert config_dir() == tmp_path / "napari-prm" / "napari-prm"
+
+
 # --------------------------------------------------------------------------- modules Windows lacks
 WITHOUT_RESOURCE = """
 import sys

@@ -68,13 +68,17 @@ _live_predict_widgets: weakref.WeakSet = weakref.WeakSet()
 def config_dir() -> Path:
     """napari-prm's settings folder: ``$NAPARI_PRM_CONFIG_DIR``, else the platform's
     (``~/.config/napari-prm``, ``~/Library/Application Support/napari-prm``,
-    ``%LOCALAPPDATA%\\napari-prm``: no author folder above it on Windows)."""
+    ``%LOCALAPPDATA%\\napari-prm``: no author folder above it on Windows). Where an earlier
+    version's folder with the author folder (``%LOCALAPPDATA%\\napari-prm\\napari-prm``)
+    exists, that one: its settings, recent models and refined model stay found."""
     configured = os.environ.get("NAPARI_PRM_CONFIG_DIR")
     if configured:
         return Path(configured)
     import platformdirs
 
-    return Path(platformdirs.user_config_dir("napari-prm", appauthor=False))
+    folder = Path(platformdirs.user_config_dir("napari-prm", appauthor=False))
+    earlier = Path(platformdirs.user_config_dir("napari-prm"))  # the same but on Windows
+    return earlier if earlier != folder and earlier.is_dir() else folder
 
 
 def import_torch_side() -> None:
