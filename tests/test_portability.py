@@ -219,6 +219,26 @@ def test_a_report_on_a_console_with_a_legacy_code_page_is_printed(tmp_path, tiny
     assert "max |Δ| vs ours" in (tmp_path / "bench.md").read_text(encoding="utf-8")  # the file keeps UTF-8
 
 
+def test_a_closed_output_stream_is_left_as_it_is(monkeypatch):
+    """A caller of ``main()`` whose ``sys.stdout`` (in a legacy code page) was closed got
+    "I/O operation on closed file" from the console set-up, before the command ran; the
+    other stream is still made to take any character."""
+    import io
+    import sys
+
+    from napari_prm.cli import _console_takes_any_character
+
+    closed = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="strict")
+    closed.close()
+    console = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="strict")
+    monkeypatch.setattr(sys, "stdout", closed)
+    monkeypatch.setattr(sys, "stderr", console)
+    _console_takes_any_character()
+    assert (closed.errors, console.errors) == ("strict", "backslashreplace")
+    _console_takes_any_character()  # main() called again
+    assert console.errors == "backslashreplace"
+
+
 # --------------------------------------------------------------------------- worker processes
 SPAWNING_COMMAND = """
 import multiprocessing

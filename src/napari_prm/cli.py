@@ -468,7 +468,10 @@ def _console_takes_any_character() -> None:
             continue
         if (not encoding.startswith("utf") and getattr(stream, "errors", None) == "strict"
                 and hasattr(stream, "reconfigure")):
-            stream.reconfigure(errors="backslashreplace")
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # closed, or its flush failed: left as it is
+                continue
 
 
 def main(argv: Sequence[str] | None = None) -> int:
