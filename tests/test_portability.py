@@ -154,6 +154,14 @@ def test_a_resumed_run_finds_outputs_written_on_linux_before_case_was_compared(t
 
 
 # --------------------------------------------------------------------------- one order of files
+@pytest.fixture
+def windows_sorting(monkeypatch):
+    """``sorted`` of paths as on Windows, where Python compares paths without regard to case."""
+    import pathlib
+
+    monkeypatch.setattr(pathlib.PurePath, "__lt__", lambda a, b: a.as_posix().casefold() < b.as_posix().casefold())
+
+
 def test_paths_sort_the_same_way_as_windows_paths_and_posix_paths():
     """Python sorts Windows paths without regard to case: a folder dataset's classes (the
     model's outputs) and its held-out images came out in another order on Windows."""
@@ -169,7 +177,7 @@ def test_paths_sort_the_same_way_as_windows_paths_and_posix_paths():
     assert sorted_paths(names) == posix
 
 
-def test_folder_datasets_and_image_folders_list_files_in_that_order(tmp_path):
+def test_folder_datasets_and_image_folders_list_files_in_that_order(tmp_path, windows_sorting):
     import imageio.v3 as iio
     import numpy as np
 
@@ -187,6 +195,31 @@ def test_folder_datasets_and_image_folders_list_files_in_that_order(tmp_path):
     images, _ = collect_images([tmp_path], recursive=True)
     assert [p.relative_to(tmp_path.resolve()).as_posix() for p in images] == [
         "Cat/A.png", "Cat/b.png", "apple/A.png", "apple/b.png"]
+
+
+def test_corrections_and_proposal_files_are_taken_in_that_order_too(tmp_path, windows_sorting):
+    """Learn from corrections read a folder of exports in Windows' order there (the order of
+    the training images), and a proposal folder holding ``cat.Npz`` and ``cat.mat`` gave
+    another file for ``cat.png`` there than on Linux."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from napari_prm.batch import proposals_for_image
+    from napari_prm.io import write_label_image
+    from napari_prm.refine.corrections import corrections_from_folder
+
+    labels = np.zeros((8, 8), np.uint16)
+    labels[2:5, 2:5] = 1
+    for stem in ("apple", "Cat"):
+        iio.imwrite(tmp_path / f"{stem}.png", np.zeros((8, 8, 3), np.uint8))
+        write_label_image(tmp_path / f"{stem}_labels.tif", labels)
+    corrections = corrections_from_folder(tmp_path, ["cat"])
+    assert [Path(c.image_path).name for c in corrections] == ["Cat.png", "apple.png"]
+    proposals = tmp_path / "proposals"
+    proposals.mkdir()
+    for name in ("cat.mat", "cat.Npz"):
+        (proposals / name).write_bytes(b"")
+    assert Path(proposals_for_image(proposals, tmp_path / "cat.png")).name == "cat.Npz"
 
 
 # --------------------------------------------------------------------------- legacy consoles

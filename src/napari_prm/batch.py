@@ -428,8 +428,8 @@ def proposals_for_image(proposals, image: Path, stem: str | None = None):
         parent = PurePosixPath(stem).parent if stem else PurePosixPath(".")
         places = ([Path(proposals, *parent.parts)] if parent.parts else []) + [Path(proposals)]
         for place in places:
-            matches = sorted(p for p in (place.iterdir() if place.is_dir() else ())
-                             if p.is_file() and p.stem == image.stem and p.resolve() != image.resolve())
+            matches = sorted_paths(p for p in (place.iterdir() if place.is_dir() else ())
+                                   if p.is_file() and p.stem == image.stem and p.resolve() != image.resolve())
             if matches:
                 return str(matches[0])
         where = " or ".join(str(place) for place in places)

@@ -22,6 +22,7 @@ from ..data import GroundTruth
 from ..io.coco import coco_to_labels
 from ..io.images import IMAGE_SUFFIXES, read_image
 from ..io.labels import read_label_image
+from ..io.paths import sorted_paths
 from ..io.tables import UNKNOWN_CLASS, read_instances_csv
 
 LABEL_SUFFIX = "_labels"
@@ -219,8 +220,8 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
     skipped instead, and its file name appended to the list.
     """
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff", ".png")
-                   and p.stem.endswith(LABEL_SUFFIX))
+    files = sorted_paths(p for p in folder.iterdir() if p.is_file()
+                         and p.suffix.lower() in (".tif", ".tiff", ".png") and p.stem.endswith(LABEL_SUFFIX))
     if not files:
         raise ValueError(f"no label images (<stem>{LABEL_SUFFIX}.tif) in {folder}")
     index = _image_index(image_paths)
