@@ -387,6 +387,29 @@ def test_datasets_written_on_windows_name_their_images_with_backslashes(tmp_path
     assert dataset.class_names == ["cat", "dog"]
 
 
+def test_corrections_in_a_coco_file_written_on_windows_find_their_image(tmp_path):
+    """Learn from corrections read ``A1\\cat.png`` as one file name: not among the dataset's
+    images (``A1/cat.png``, ``B2/cat.png``) nor beside the JSON."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from napari_prm import io
+    from napari_prm.refine.corrections import corrections_from_coco
+
+    labels = np.zeros((8, 8), np.uint16)
+    labels[2:5, 2:5] = 1
+    images = []
+    for plate in ("A1", "B2"):
+        (tmp_path / plate).mkdir()
+        images.append(tmp_path / plate / "cat.png")
+        iio.imwrite(images[-1], np.full((8, 8, 3), len(images), np.uint8))
+    io.export_instances(labels, None, ["cat"], tmp_path, formats=["coco"], stem="x", image_file_name="A1\\cat.png")
+    coco = tmp_path / "x_instances.json"
+    assert [c.image_path for c in corrections_from_coco(coco, ["cat"], image_paths=images)] == [images[0]]
+    found = corrections_from_coco(coco, ["cat"])
+    assert [c.image_path for c in found] == [images[0]] and found[0].image[0, 0, 0] == 1
+
+
 def test_the_reader_names_layers_of_a_coco_file_written_on_windows_by_the_image_name(tmp_path):
     import json
 

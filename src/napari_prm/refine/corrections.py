@@ -22,7 +22,7 @@ from ..data import GroundTruth
 from ..io.coco import coco_to_labels
 from ..io.images import IMAGE_SUFFIXES, read_image
 from ..io.labels import read_label_image
-from ..io.paths import sorted_paths
+from ..io.paths import sorted_paths, stored_path
 from ..io.tables import UNKNOWN_CLASS, read_instances_csv
 
 LABEL_SUFFIX = "_labels"
@@ -147,7 +147,9 @@ def _find_image(name: str, index: Mapping[str, list[Path]], folders: Sequence[Pa
     of the dataset's images is refused (ValueError) rather than paired with the first.
     """
     parts = Path(name.replace("\\", "/")).parts
-    for key in (Path(name).name, Path(name).stem):
+    # as stored, then with Windows' separators (A1\\cat.png: a file name holding a backslash here)
+    keys = dict.fromkeys((Path(name).name, Path(name).stem, Path(*parts).name, Path(*parts).stem) if parts else ())
+    for key in keys:
         candidates = index.get(key, [])
         if len(candidates) > 1 and len(parts) > 1:
             candidates = [p for p in candidates if p.parts[-len(parts):] == parts] or candidates
@@ -159,8 +161,8 @@ def _find_image(name: str, index: Mapping[str, list[Path]], folders: Sequence[Pa
     if not search:
         return None
     for folder in folders:
-        if (folder / name).is_file():
-            return folder / name
+        if stored_path(folder, name).is_file():
+            return stored_path(folder, name)
         for suffix in IMAGE_SUFFIXES:
             candidate = folder / f"{Path(name).stem}{suffix}"
             if candidate.is_file():
