@@ -118,8 +118,8 @@ def test_images_of_one_name_never_take_each_others_outputs(tmp_path, checkpoint,
     assert main(["predict", str(b), *model]) == 0
     err = capsys.readouterr().err
     assert "1 image(s) written" in err and "0 skipped" in err
-    assert (f"note: {b}: outputs named x_2_* in {out}, as x_* are another image's (same file name, upper and "
-            "lower case alike)") in err
+    assert (f"note: {b}: outputs named x_2_* in {out}, as another image's have the name x_* (upper and lower "
+            "case alike, as Windows and macOS take names)") in err
     assert labels_of(out, "x_2").shape == (40, 90)
     assert (out / "x_labels.tif").read_bytes() == a_outputs
 
@@ -494,7 +494,9 @@ def test_images_whose_names_differ_only_in_case_never_share_outputs(tmp_path, ch
     out = tmp_path / "out"
     assert main(["predict", str(images), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
     err = capsys.readouterr().err
-    assert f"note: {images / 'cat.png'}: outputs named cat_2_* in {out}" in err
+    # the other image's are Cat_*: 'as cat_* are another image's' named files that are not there
+    assert (f"note: {images / 'cat.png'}: outputs named cat_2_* in {out}, as another image's have the name cat_* "
+            "(upper and lower case alike, as Windows and macOS take names)") in err
     assert labels_of(out, "Cat").shape == (64, 64) and labels_of(out, "cat_2").shape == (40, 90)
     names = [p.name for p in out.iterdir()]
     assert len({name.casefold() for name in names}) == len(names)

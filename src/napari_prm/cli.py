@@ -805,8 +805,9 @@ def _say_renamed(images: Sequence[Path], stems: Sequence[str], args) -> None:
     for image, stem in zip(images, stems):
         if PurePosixPath(stem).name != output_name(image.name):
             wanted = PurePosixPath(stem).with_name(output_name(image.name))
-            _say(f"{NOTE}{image}: outputs named {stem}_* in {args.out}, as {wanted}_* are another "
-                 f"image's (same file name, upper and lower case alike)")
+            # on Linux the other image's may be Cat_* for cat_*: name the rule, not a file
+            _say(f"{NOTE}{image}: outputs named {stem}_* in {args.out}, as another image's have the name "
+                 f"{wanted}_* (upper and lower case alike, as Windows and macOS take names)")
 
 
 def _start_client(args):
