@@ -78,8 +78,10 @@ def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
 def quiet_large_image_warning() -> None:
     """Ignore, in this process, Pillow's warning for an image between its two size limits (89
     and 179 megapixels: a 10000×10000 PNG), which it still reads: "... could be decompression
-    bomb DOS attack" is noise to the user who made the image. The command line and its
-    cluster's workers call it; the library leaves the caller's warning filters alone."""
+    bomb DOS attack" is noise to the user who made the image. The command line and
+    each task that `napari_prm.batch.predict_many` runs on a cluster call it (a threaded,
+    in-process cluster runs its tasks in the caller's process, which then ignores this
+    warning too)."""
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, "
                             "could be decompression bomb")
 
