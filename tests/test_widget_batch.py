@@ -182,3 +182,36 @@ def test_run_on_a_folder_after_closing_the_panel_docks_it_again(predict_widget, 
     assert DOCK_NAME not in window.dock_widgets
     predict_widget.batch_button.click()
     assert window.dock_widgets[DOCK_NAME] is panel and panel.native.parent() is not None
+
+
+def test_run_on_a_folder_of_sub_folders_includes_them_when_ticked(predict_widget, qtbot, tmp_path):
+    """The panel had no way to search sub-folders: a plate of well folders gave "no images ...
+    pass --recursive", an option the panel does not have, and a folder with images beside
+    sub-folders left theirs out without a word. 'include sub-folders' searches them, and the
+    outputs mirror the tree, so the two wells' cat.png keep apart."""
+    plate = tmp_path / "plate"
+    for well, rows in (("A1", slice(0, 60)), ("A2", slice(60, 120))):
+        (plate / well).mkdir(parents=True)
+        iio.imwrite(plate / well / "cat.png", data.chelsea()[rows, :90])
+    predict_widget.batch_button.click()
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value, panel._out.value = plate, tmp_path / "out"
+    assert panel.start() is None
+    assert panel.last_message.endswith("2 sub-folder(s) (A1, A2) are not searched: tick 'include sub-folders' "
+                                       "to search them"), panel.last_message
+    assert "--recursive" not in panel.last_message
+
+    panel._recursive.value = True
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == ["written"] * 2, panel.last_message
+    for well in ("A1", "A2"):
+        assert (tmp_path / "out" / well / "cat_labels.tif").is_file()
+    assert predict_widget.viewer.layers[LABELS_LAYER].metadata["plane_names"] == ["A1/cat.png", "A2/cat.png"]
+
+    # images beside sub-folders: the note says what is left out when it is not ticked
+    iio.imwrite(plate / "top.png", data.chelsea()[:60, :90])
+    panel._recursive.value = False
+    assert panel.start() is not None
+    assert "are left out: tick 'include sub-folders' to search them" in panel._status.value
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)

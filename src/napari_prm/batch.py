@@ -171,8 +171,8 @@ class BatchResult:
 
 
 # --------------------------------------------------------------------------- inputs
-def collect_images(inputs: Sequence[str | os.PathLike], *,
-                   recursive: bool = False) -> tuple[list[Path], list[str]]:
+def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = False,
+                   search_hint: str | None = None) -> tuple[list[Path], list[str]]:
     """Image files named by ``inputs`` (files, or folders, sorted).
 
     Parameters
@@ -185,6 +185,9 @@ def collect_images(inputs: Sequence[str | os.PathLike], *,
         a note (in the messages) names the sub-folders that hold images. `output_stems`
         with the folders as ``roots`` names the outputs after each image's path in its
         folder, so ``cam1/0001.png`` and ``cam2/0001.png`` keep apart.
+    search_hint : str, optional
+        How the caller's user asks for sub-folders, ending the messages about those left
+        out (default: the command line's ``--recursive`` and inputs).
 
     Returns
     -------
@@ -210,15 +213,16 @@ def collect_images(inputs: Sequence[str | os.PathLike], *,
                 p for p in item.iterdir() if p.is_dir() and not p.name.startswith("."))
             if not found:
                 inside = (f"; its {len(folders)} sub-folder(s) ({_first_names(folders)}) are not searched: "
-                          "pass --recursive, or pass them as inputs" if folders else "")
+                          + (search_hint or "pass --recursive, or pass them as inputs") if folders else "")
                 where = " in this folder" + (" or its sub-folders" if recursive else "")
                 problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}){where}{inside}")
             else:
                 holding = [folder for folder in folders if _holds_images(folder)]
                 if holding:
                     problems.append(f"{NOTE}{item}: the images in its {len(holding)} sub-folder(s) "
-                                    f"({_first_names(holding)}) are left out: pass --recursive to search "
-                                    "sub-folders, or pass them as inputs too")
+                                    f"({_first_names(holding)}) are left out: "
+                                    + (search_hint or "pass --recursive to search sub-folders, or pass "
+                                                      "them as inputs too"))
             images.extend(found)
         elif item.is_file():
             images.append(item)

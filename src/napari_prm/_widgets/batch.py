@@ -68,12 +68,15 @@ class BatchPanel(StopsOnClose, Container):
         self._workers = SpinBox(label="worker processes", value=0, min=0, max=os.cpu_count() or 1,
                                 tooltip="0: one image after the other in napari's process; "
                                         "N: a local dask cluster of N processes")
+        self._recursive = CheckBox(text="include sub-folders", value=False,
+                                   tooltip="search the image folder's sub-folders too; the outputs "
+                                           "mirror them (plate/A1/cat.png -> out/A1/cat_*)")
         self._overwrite = CheckBox(text="recompute images that already have outputs", value=False)
         self._run_button = PushButton(text="Run on folder")
         self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="")
         self._status.native.setWordWrap(True)  # a long message must not widen the dock
-        super().__init__(widgets=[self._inputs, self._out, self._workers, self._overwrite,
+        super().__init__(widgets=[self._inputs, self._out, self._recursive, self._workers, self._overwrite,
                                   self._run_button, self._cancel_button, self._status])
         self._run_button.changed.connect(lambda: self.start())
         self._cancel_button.changed.connect(lambda: self.cancel())
@@ -81,6 +84,7 @@ class BatchPanel(StopsOnClose, Container):
         self._relay.progressed.connect(self._on_progress)
         self._cancel = threading.Event()
         self.worker = None
+        self._inputs_folder: Path | None = None
         self.result: batch.BatchResult | None = None
         self.progress_bar: progress | None = None
         self.last_message = ""
@@ -109,10 +113,16 @@ class BatchPanel(StopsOnClose, Container):
         if inputs is None or out is None:
             self._say("Choose an image folder and an output folder.", "error")
             return None
-        images, problems = batch.collect_images([inputs])
+        images, problems = batch.collect_images(
+            [inputs], recursive=bool(self._recursive.value),
+            search_hint=f"tick '{self._recursive.text}' to search them")
         if not images:
             self._say("; ".join(problems) or f"No images in {inputs}.", "error")
             return None
+        # named by their path in the folder: a sub-folder's images mirror it under the output folder
+        stems = batch.output_stems(images, roots=[inputs], out=out)
+        self._inputs_folder = inputs
+        left_out = " ".join(problem.removeprefix(batch.NOTE) for problem in problems)
         settings = self._predict._settings()
         if not isinstance(settings["proposals"], (str, type(None))):
             self._say("A Labels layer cannot give proposals for other images: using the built-in ones.",
@@ -126,7 +136,7 @@ class BatchPanel(StopsOnClose, Container):
         self.result = None
         self.progress_bar = progress(total=len(images), desc="napari-prm: folder")
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(self._run, images, out, settings, workers, bool(self._overwrite.value),
+        worker = create_worker(self._run, images, stems, out, settings, workers, bool(self._overwrite.value),
                                _start_thread=False, _connect={"errored": lambda error: self._say(
                                    f"The folder run failed: {type(error).__name__}: {error}", "error")})
         worker.returned.connect(self._on_done)
@@ -134,11 +144,12 @@ class BatchPanel(StopsOnClose, Container):
         self.worker = worker
         self._run_button.enabled = False
         self._cancel_button.enabled = True
-        self._status.value = f"Predicting {plural(len(images), 'image')} of {inputs}…"
+        self._status.value = f"Predicting {plural(len(images), 'image')} of {inputs}…" + (
+            f" Note: {left_out}" if left_out else "")
         worker.start()
         return worker
 
-    def _run(self, images, out: Path, settings: dict, workers: int, overwrite: bool):
+    def _run(self, images, stems, out: Path, settings: dict, workers: int, overwrite: bool):
         """Worker thread: the model with the widget's window size, then `predict_many`."""
         from ..model.checkpoint import load_model
 
@@ -150,7 +161,7 @@ class BatchPanel(StopsOnClose, Container):
         client = batch.start_local_cluster(workers) if workers else None
         try:
             return batch.predict_many(
-                images, model, out, client, overwrite=overwrite, device=settings["device"],
+                images, model, out, client, stems=stems, overwrite=overwrite, device=settings["device"],
                 progress=lambda result, done, total: self._relay.progressed.emit((result, done, total)),
                 cancel=self._cancel.is_set, model_name=batch.model_label(settings["model"]), **options)
         finally:
@@ -193,7 +204,10 @@ class BatchPanel(StopsOnClose, Container):
         images = batch.image_stack([r.image for r in done], batch.label_shapes(label_paths))
         metadata = {"images": [r.image for r in done], "labels": [str(p) for p in label_paths],
                     "summary": str(result.summary)}
-        names = [Path(r.image).name for r in done]
+        folder = self._inputs_folder  # an image in a sub-folder: its path there
+        names = [Path(os.path.relpath(r.image, folder)).as_posix()
+                 if folder is not None and Path(r.image).is_relative_to(folder) else Path(r.image).name
+                 for r in done]
         for name, data, add in ((IMAGES_LAYER, images, self._viewer.add_image),
                                 (LABELS_LAYER, labels, self._viewer.add_labels)):
             if name in self._viewer.layers:  # reuse the layers of an earlier run
