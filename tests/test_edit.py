@@ -207,3 +207,18 @@ def test_bad_inputs_say_what_arrived():
         delete_instance(np.zeros((4, 4)), {"label": np.array([1])}, 1)
     with pytest.raises(ValueError, match="'label' column"):
         delete_instance(np.zeros((4, 4), int), {"id": np.array([1])}, 1)
+
+
+def test_instance_table_makes_class_index_and_class_name_agree(scene):
+    """An export writes ``class_names[class_index]``, Learn goes by ``class_name``: the pair must agree."""
+    labels, _ = scene
+    known = {"label": np.array([1, 2, 3]), "class_index": np.array([0.0, np.nan, 1.0]),
+             "class_name": np.array(["bird", None, "unknown"], dtype=object)}
+    made = instance_table(labels, known, class_name="unknown", class_names=["cat", "dog", "bird"])
+    # named: its position; unnamed with an index: the index's name; unnamed without one: unknown
+    assert made["class_name"].tolist() == ["bird", "unknown", "dog"]
+    assert made["class_index"].tolist() == [2, -1, 1]
+    made = instance_table(labels, {"label": np.array([1]), "class_name": np.array(["zebra"], dtype=object)},
+                          class_name="unknown", class_names=["cat"])
+    assert made["class_name"].tolist() == ["zebra", "unknown", "unknown"]
+    assert made["class_index"].tolist() == [-1, -1, -1]

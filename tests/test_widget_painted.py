@@ -157,3 +157,24 @@ def test_instances_of_another_tool_get_a_table_and_a_run_is_unchanged(make_napar
     lazy = viewer.add_labels(da.from_array(np.stack([data, data])), name="folder labels")
     assert viewer.layers.selection.active is lazy
     assert panel.instances is masks and len(lazy.features) == 0
+
+
+def test_class_names_of_another_tools_table_are_exported_as_the_panel_shows_them(
+        make_napari_viewer, qtbot, tiny_checkpoint, small_cat, tmp_path):
+    """Its class_index is a position in its own classes (bird 0, dog 1), which the layer does
+    not record: the names decide, and the indices become positions in the layer's classes."""
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cells")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    data = np.zeros(small_cat.shape[:2], np.int32)
+    for label, (top, bottom, left, right) in BOXES.items():
+        data[top:bottom, left:right] = label
+    features = pd.DataFrame({"label": [1, 2, 3], "class_index": [0, 1, 0], "class_name": ["bird", "dog", None]})
+    other = viewer.add_labels(data, name="cells_other", features=features)
+    assert widget.correction.instances is other
+    assert other.metadata["class_names"] == ["cat", "dog", "bird"]
+    assert rows(other) == {1: (2, "bird"), 2: (1, "dog"), 3: (-1, "unknown")}
+    export = ExportWidget(viewer)
+    export._layer.value = other
+    export.export(tmp_path, formats=["csv"], stem="cells")
+    assert read_csv(tmp_path / "cells_instances.csv") == {1: "bird", 2: "dog", 3: "unknown"}

@@ -412,7 +412,8 @@ INSTANCE_DEFAULTS = {"label": np.int64(0), "class_index": np.int64(-1), "class_n
                      "score": np.float64(np.nan), "peak": np.int64(-1)}
 
 
-def instance_table(labels: np.ndarray, table: Mapping | None = None, *, class_name: str = "") -> Table:
+def instance_table(labels: np.ndarray, table: Mapping | None = None, *, class_name: str = "",
+                   class_names: Sequence[str] | None = None) -> Table:
     """A complete instance table for a label image made without one (painted, or by another tool).
 
     The rows of ``table`` whose label is in the image are kept (its other columns too); every
@@ -427,6 +428,12 @@ def instance_table(labels: np.ndarray, table: Mapping | None = None, *, class_na
         What is known of the instances, with a ``label`` column.
     class_name : str
         The class name of the added rows and of rows without one.
+    class_names : sequence of str, optional
+        The classes ``class_index`` is a position in. Given, each row's ``class_index`` and
+        ``class_name`` are made to agree: a row named with one of them gets its position, a row
+        without a name (or named ``class_name``) gets the name at its ``class_index``, and any
+        other row gets class_index -1 (an export writes ``class_names[class_index]``, *Learn*
+        goes by the name: a pair that disagrees is two classes).
 
     Returns
     -------
@@ -449,6 +456,16 @@ def instance_table(labels: np.ndarray, table: Mapping | None = None, *, class_na
                                   dtype=object if name == "class_name" else type(default))
     names = table["class_name"].astype(object)
     unnamed = [value is None or value == "" or (isinstance(value, float) and np.isnan(value)) for value in names]
-    names[np.asarray(unnamed, bool)] = class_name
+    unnamed = np.asarray(unnamed, bool) | (names == class_name)
+    names[unnamed] = class_name
+    if class_names is not None:
+        index = np.asarray(table["class_index"], dtype=float)
+        index = np.where(np.isfinite(index), index, -1).astype(np.int64)
+        position = {str(name): i for i, name in enumerate(class_names)}
+        named = np.array([position.get(str(name), -1) for name in names], dtype=np.int64)
+        by_index = unnamed & (index >= 0) & (index < len(class_names))
+        names[by_index] = np.asarray(class_names, dtype=object)[index[by_index]]
+        index = np.where(by_index, index, np.where(unnamed, -1, named))
+        table["class_index"] = index
     table["class_name"] = names
     return sync_table(labels, table, class_name=class_name)

@@ -74,11 +74,18 @@ def class_names_of(labels_layer, model_class_names) -> list[str]:
 def painted_context(labels_layer, model_class_names) -> PaintedContext:
     """Make ``labels_layer`` ready for the correction panel: a complete instance table in its
     ``features`` (a row per label, class `UNKNOWN_CLASS` where it has none) and its classes in
-    ``metadata["class_names"]`` (Export writes them beside the class indices)."""
+    ``metadata["class_names"]`` (Export writes them beside the class indices); each row's
+    ``class_index`` is its ``class_name``'s position there (by its index in the classes the
+    metadata recorded before, for a row without a name)."""
+    recorded = "class_names" in (labels_layer.metadata or {})
     context = PaintedContext({"instances": labels_layer})
     refresh_classes(context, model_class_names)
-    table = edit.instance_table(np.asarray(labels_layer.data), layer_table({"features": labels_layer.features}),
-                                class_name=UNKNOWN_CLASS)
+    table = layer_table({"features": labels_layer.features})
+    if table is not None and not recorded:  # its class indices are positions in no list we know
+        table.pop("class_index", None)
+    # class_index made a position in the classes recorded now, as Export writes it
+    table = edit.instance_table(np.asarray(labels_layer.data), table, class_name=UNKNOWN_CLASS,
+                                class_names=context.class_names)
     features = instance_features(table)
     if not features.equals(labels_layer.features):
         labels_layer.features = features
