@@ -178,3 +178,22 @@ def test_class_names_of_another_tools_table_are_exported_as_the_panel_shows_them
     export._layer.value = other
     export.export(tmp_path, formats=["csv"], stem="cells")
     assert read_csv(tmp_path / "cells_instances.csv") == {1: "bird", 2: "dog", 3: "unknown"}
+
+
+def test_keys_on_the_split_line_of_a_removed_painted_layer_say_what_to_do(
+        make_napari_viewer, qtbot, tiny_checkpoint, small_cat):
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cells")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    panel = widget.correction
+    labels = viewer.add_labels(np.zeros(small_cat.shape[:2], np.int32), name="painted")
+    paint(labels, 1, *BOXES[1])
+    qtbot.waitUntil(lambda: len(labels.features) == 1)
+    labels.selected_label = 1
+    shapes = panel.draw_split_line()
+    viewer.layers.remove(labels)
+    assert panel.instances is None and not panel.container.enabled
+    viewer.layers.selection.active = shapes
+    press(viewer, qtbot, Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)
+    # no run made it: "run the image again" alone would send the user to a Run that does not bring it back
+    assert "select a Labels layer" in widget.last_message

@@ -338,8 +338,9 @@ class CorrectionPanel(PointRetrieval):
 
     def _shortcut(self, layer, method: str):
         if self._run_of(layer) is None:  # a run forgotten: the key must not act on another image's
-            self._say("The correction tools no longer work on this image's layers (its peaks or instances "
-                      "layer was removed): run the image again to correct them.", "warning")
+            self._say("The correction tools no longer work on this layer (its run's peaks layer, or the "
+                      "instances layer, was removed): run the image again, or select a Labels layer, to "
+                      "correct instances.", "warning")
             return None
         if not self.focus(layer):
             self._say("Wait for the retrieval of the added peaks to finish.", "warning")
