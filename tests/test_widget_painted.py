@@ -197,3 +197,20 @@ def test_keys_on_the_split_line_of_a_removed_painted_layer_say_what_to_do(
     press(viewer, qtbot, Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)
     # no run made it: "run the image again" alone would send the user to a Run that does not bring it back
     assert "select a Labels layer" in widget.last_message
+
+
+def test_recorded_classes_with_a_repeat_and_an_unknown_keep_each_rows_class():
+    """A COCO file of another tool may name a category twice, or one ``unknown``: the layer's
+    classes drop them, and each row's class_index follows its name to its new position."""
+    from napari.layers import Labels
+
+    from napari_prm._widgets.painted import painted_context
+
+    data = np.zeros((100, 151), np.int32)
+    for label, (top, bottom, left, right) in BOXES.items():
+        data[top:bottom, left:right] = label
+    features = pd.DataFrame({"label": [1, 2, 3], "class_index": [1, 3, 2], "class_name": [None, "dog", "cat"]})
+    layer = Labels(data, features=features, metadata={"class_names": ["cat", "unknown", "cat", "dog"]})
+    context = painted_context(layer, [])
+    assert context.class_names == ["cat", "dog"] == layer.metadata["class_names"]
+    assert rows(layer) == {1: (-1, "unknown"), 2: (1, "dog"), 3: (0, "cat")}

@@ -77,15 +77,17 @@ def painted_context(labels_layer, model_class_names) -> PaintedContext:
     ``metadata["class_names"]`` (Export writes them beside the class indices); each row's
     ``class_index`` is its ``class_name``'s position there (by its index in the classes the
     metadata recorded before, for a row without a name)."""
-    recorded = "class_names" in (labels_layer.metadata or {})
+    data = np.asarray(labels_layer.data)
+    recorded = (labels_layer.metadata or {}).get("class_names")
     context = PaintedContext({"instances": labels_layer})
     refresh_classes(context, model_class_names)
     table = layer_table({"features": labels_layer.features})
-    if table is not None and not recorded:  # its class indices are positions in no list we know
+    if table is not None and recorded is not None:  # a row without a name: its index's, as recorded
+        table = edit.instance_table(data, table, class_name=UNKNOWN_CLASS, class_names=list(recorded))
+    if table is not None:  # the names decide (the recorded list loses repeats and 'unknown')
         table.pop("class_index", None)
     # class_index made a position in the classes recorded now, as Export writes it
-    table = edit.instance_table(np.asarray(labels_layer.data), table, class_name=UNKNOWN_CLASS,
-                                class_names=context.class_names)
+    table = edit.instance_table(data, table, class_name=UNKNOWN_CLASS, class_names=context.class_names)
     features = instance_features(table)
     if not features.equals(labels_layer.features):
         labels_layer.features = features
