@@ -214,3 +214,19 @@ def test_recorded_classes_with_a_repeat_and_an_unknown_keep_each_rows_class():
     context = painted_context(layer, [])
     assert context.class_names == ["cat", "dog"] == layer.metadata["class_names"]
     assert rows(layer) == {1: (-1, "unknown"), 2: (1, "dog"), 3: (0, "cat")}
+
+
+def test_a_layer_with_labels_beyond_int64_is_not_taken_up(make_napari_viewer, qtbot, tiny_checkpoint, small_cat):
+    """The edits count labels in int64: a uint64 label 2**63 + 5 (hashed ids of another tool) made
+    an OverflowError when the layer was selected."""
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cells")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    small = viewer.add_labels(np.zeros(small_cat.shape[:2], np.uint64), name="small ids")
+    small.data_setitem((np.array([0]), np.array([0])), 2**63 - 1)  # the largest label it takes
+    qtbot.waitUntil(lambda: len(small.features) == 1)
+    data = np.zeros(small_cat.shape[:2], np.uint64)
+    data[10:20, 10:20] = 2**63 + 5
+    big = viewer.add_labels(data, name="hashed ids")
+    assert viewer.layers.selection.active is big
+    assert widget.correction.instances is small and len(big.features) == 0

@@ -54,12 +54,15 @@ def can_correct(layer) -> bool:
     layer whose peaks were removed, or the hidden copy of corrections a new run kept): such a
     layer goes with its run, and a new run of its image brings the tools back. Nor a layer whose
     pixels are not in memory (a lazy stack, such as *Run on a folder*'s results, or a multiscale
-    pyramid): the edits write numpy arrays.
+    pyramid): the edits write numpy arrays. Nor a uint64 layer with labels beyond 2**63 - 1
+    (hashed ids of another tool): the edits count labels in int64.
     """
     from napari.layers import Labels
 
-    return (isinstance(layer, Labels) and isinstance(layer.data, np.ndarray)
-            and not (layer.metadata or {}).get("image_layer") and np.issubdtype(layer.data.dtype, np.integer))
+    if not (isinstance(layer, Labels) and isinstance(layer.data, np.ndarray)
+            and not (layer.metadata or {}).get("image_layer") and np.issubdtype(layer.data.dtype, np.integer)):
+        return False
+    return layer.data.dtype != np.uint64 or not layer.data.size or int(layer.data.max()) <= np.iinfo(np.int64).max
 
 
 def class_names_of(labels_layer, model_class_names) -> list[str]:
