@@ -125,6 +125,14 @@ def test_coco_file_name_is_the_image_file_the_layer_was_opened_from(make_napari_
     # the image is found by that name in its folder (as evaluate --image-dir looks for it)
     assert (tmp_path / coco["images"][0]["file_name"]).is_file()
 
+    # a Labels layer no run made (napari's New labels layer of the image) names it too; it
+    # wrote an empty file_name, though Export already named its files after the image
+    painted = viewer.add_labels(labels, name="chelsea - Labels")
+    widget._layer.value = painted
+    (written,) = widget.export(tmp_path / "painted", formats=["coco"])
+    assert written.name == "chelsea_instances.json"
+    assert [image["file_name"] for image in json.loads(written.read_text())["images"]] == ["chelsea.png"]
+
 
 def test_default_file_stem_is_the_source_images_name(make_napari_viewer, tmp_path):
     """The stem was the Labels layer's name: 'coffee instances' gave coffee_instances_instances.csv

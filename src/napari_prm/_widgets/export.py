@@ -154,12 +154,16 @@ class ExportWidget(Container):
                       "hold 2-D labels only)." if skipped else "Choose at least one format.", True)
             return []
         class_names = (layer.metadata or {}).get("class_names")
+        # a run records its image's file; a Labels layer no run made goes with its image layer
+        file_name = str((layer.metadata or {}).get("image_file_name") or "")
+        if not file_name and (image := image_layer_of(self._viewer, layer)) is not None:
+            file_name = image_file_name(image)
         try:
             written = io.export_instances(
                 labels, layer_table({"features": layer.features}), class_names, folder,
                 formats=formats, stem=stem or self._stem.value or "labels",
                 overwrite=self._overwrite.value if overwrite is None else overwrite,
-                image_file_name=str((layer.metadata or {}).get("image_file_name", "")),
+                image_file_name=file_name,
                 world={"scale": layer.scale, "translate": layer.translate,
                        "units": [str(unit) for unit in getattr(layer, "units", ())]})
         except FileExistsError as error:  # its message speaks to callers of the function
