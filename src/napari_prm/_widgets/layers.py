@@ -305,9 +305,10 @@ class Results:
 def instance_features(table) -> pd.DataFrame:
     """A features DataFrame for a Labels layer from an instance table (adds ``index``)."""
     frame = pd.DataFrame({name: np.asarray(values) for name, values in table.items()})
+    from ..edit import INSTANCE_DEFAULTS
+
     frame["index"] = frame["label"].astype(np.int64) if "label" in frame else []
-    for name, default in (("label", 0), ("class_index", -1), ("class_name", ""),
-                          ("score", np.nan), ("peak", -1)):
+    for name, default in INSTANCE_DEFAULTS.items():
         if name not in frame:
             frame[name] = default
     frame["class_name"] = frame["class_name"].astype(object)
