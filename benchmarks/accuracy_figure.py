@@ -26,18 +26,19 @@ VAL = ROOT.parent / "shared" / "data" / "coco128" / "annotations" / "instances_v
 
 
 def main() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from skimage.segmentation import find_boundaries
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="imagenet-voc")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "accuracy_examples.png")
     parser.add_argument("--count", type=int, default=6)
     parser.add_argument("--preset", default="default", choices=("default", "original"))
     args = parser.parse_args()
+    # after parsing: --help needs no matplotlib, which napari-prm does not install
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
     if not VAL.is_file():
         raise SystemExit(f"coco128 not found: {VAL}")
     model = napari_prm.load_model(args.model)
