@@ -85,6 +85,21 @@ def shapes_scene(seed: int, size: int = 96):
     return image, labels, {1: 0, 2: 1}, np.array([[cy, cx], [y0 + side // 2, x0 + side // 2]], float)
 
 
+def two_box_scene(second: tuple[slice, slice]):
+    """A tiny random network for `TINY_CLASSES` at 64 px (seed 0) and a (120, 160, 3) uint8 image
+    of a red box (rows 20-70, columns 30-90) and a green one at ``second`` on black."""
+    import torch
+
+    from napari_prm import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", TINY_CLASSES, pretrained=False, input_size=(64, 64))
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[20:70, 30:90] = (230, 40, 40)
+    image[second] = (40, 200, 40)
+    return model, image
+
+
 @pytest.fixture(scope="session")
 def shapes_scenes():
     """Three scenes of `shapes_scene` (seeds 0, 1, 2)."""

@@ -8,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from napari_prm import Instance, build_model, predict
+from conftest import two_box_scene
+from napari_prm import Instance, predict
 from napari_prm.io import instances_to_coco, labels_to_coco
 
 
@@ -60,11 +60,7 @@ def test_instances_to_coco_names_what_is_wrong():
 
 
 def test_a_prediction_to_coco_scores_itself_perfectly_in_cocoeval():
-    torch.manual_seed(0)
-    model = build_model("tiny", ["cat", "dog", "bird"], pretrained=False, input_size=(64, 64))
-    image = np.zeros((120, 160, 3), np.uint8)
-    image[20:70, 30:90] = (230, 40, 40)
-    image[60:110, 70:150] = (40, 200, 40)
+    model, image = two_box_scene((slice(60, 110), slice(70, 150)))  # the boxes overlap
     # no merging and a lenient NMS: overlapping instances
     pred = predict(image, model, class_threshold=-1e9, max_peaks=8, merge_contained=None, merge_parts=None,
                    nms_threshold=0.9)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import two_box_scene
 from napari_prm import build_model, predict
 from napari_prm.data import GroundTruth
 from napari_prm.refine import Correction
@@ -15,11 +16,7 @@ from napari_prm.refine import Correction
 
 @pytest.fixture(scope="module")
 def prediction():
-    torch.manual_seed(0)
-    model = build_model("tiny", ["cat", "dog", "bird"], pretrained=False, input_size=(64, 64))
-    image = np.zeros((120, 160, 3), np.uint8)
-    image[20:70, 30:90] = (230, 40, 40)
-    image[80:110, 100:150] = (40, 200, 40)
+    model, image = two_box_scene((slice(80, 110), slice(100, 150)))
     return model, predict(image, model, class_threshold=-1e9, max_peaks=5)
 
 
