@@ -628,7 +628,7 @@ class PRMPredictor:
             report = progress or (lambda stage, done, total: None)
             report("forward", 0, 1)
             started = time.perf_counter()
-            x = self.model.preprocess(rgb)
+            x = self.model.network_input(rgb)
             settings = self.settings
             self._forward = self.model.network.forward_pass(
                 x, sub_pixel_locating_factor=settings.sub_pixel_locating_factor, tta=settings.tta,
@@ -652,7 +652,7 @@ class PRMPredictor:
         The current image is left as it is. ``image`` is what :meth:`set_image` takes.
         """
         rgb = as_rgb_float(image)
-        x = self.model.preprocess(rgb)
+        x = self.model.network_input(rgb)
         network = self.model.network
         modes = [(module, module.training) for module in network.modules()]
         network.eval()

@@ -137,7 +137,12 @@ class PRMModel:
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """An image (what :func:`napari_prm.io.as_rgb_float` takes) -> the normalised
         ``(1, 3, h, w)`` network input on the model's device, in its dtype."""
-        return to_network_input(as_rgb_float(image), self.input_size, self.mean, self.std).to(self.device, self.dtype)
+        return self.network_input(as_rgb_float(image))
+
+    def network_input(self, rgb: np.ndarray) -> torch.Tensor:
+        """:meth:`preprocess` of an image `as_rgb_float` has already made ``(H, W, 3)`` floats in
+        [0, 1] (normalising it again would give the same values, at the cost of passes over it)."""
+        return to_network_input(rgb, self.input_size, self.mean, self.std).to(self.device, self.dtype)
 
     def metadata(self) -> dict[str, Any]:
         from .. import __version__
