@@ -752,6 +752,15 @@ def _write_summary(path: Path, rows) -> None:
         writer.writerows(rows)
 
 
+def _read_summary(path: Path) -> list[dict] | None:
+    """The rows of the summary.csv at ``path``; None when it is missing or not a readable CSV."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+
+
 def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int]:
     """The rows of ``summary.csv`` in order: earlier rows kept (dicts) and indices of ``results``.
 
@@ -762,11 +771,7 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
     for i, result in enumerate(results):
         index.setdefault(os.path.abspath(result.image), []).append(i)
     stems = {result.stem for result in results}
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            earlier = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        earlier = []
+    earlier = _read_summary(path) or []
     order: list[dict | int] = []
     for row in earlier:
         image, stem = row.get("image"), row.get("stem") or ""
@@ -834,10 +839,8 @@ def record_written(out: str | os.PathLike, stems: Sequence[str]) -> None:
     """Mark the ``"pending"`` rows of ``stems`` in ``<out>/summary.csv`` as ``"written"``: images
     that `written_since` found on disk after an interrupt stopped the run's bookkeeping."""
     path, stems = Path(out) / SUMMARY_NAME, set(stems)
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error):
+    rows = _read_summary(path)
+    if rows is None:
         return
     changed = [row for row in rows if row.get("stem") in stems and row.get("status") == "pending"]
     if not changed:

@@ -161,8 +161,9 @@ def _find_image(name: str, index: Mapping[str, list[Path]], folders: Sequence[Pa
     if not search:
         return None
     for folder in folders:
-        if stored_path(folder, name).is_file():
-            return stored_path(folder, name)
+        stored = stored_path(folder, name)
+        if stored.is_file():
+            return stored
         for suffix in IMAGE_SUFFIXES:
             candidate = folder / f"{Path(name).stem}{suffix}"
             if candidate.is_file():
