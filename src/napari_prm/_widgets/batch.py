@@ -24,6 +24,7 @@ from .. import batch
 from .._text import plural
 from .activity import StopsOnClose
 from .relay import _Relay
+from .settings import no_path
 
 DOCK_NAME = "PRM: run on a folder"
 IMAGES_LAYER = "folder images"
@@ -102,7 +103,7 @@ class BatchPanel(StopsOnClose, Container):
 
     def _folder(self, field) -> Path | None:
         value = field.value
-        return Path(value) if value is not None and str(value) not in ("", ".") else None
+        return None if no_path(value) else Path(value)
 
     def start(self):
         """Start the batch; returns the worker (None when refused)."""

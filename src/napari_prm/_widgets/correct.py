@@ -559,19 +559,17 @@ class CorrectionPanel(PointRetrieval):
         if self._quiet_depth or self.instances is None or run.sync_scheduled:
             return
         run.sync_scheduled = True  # one sync per run: paints on two images' layers sync both
-        QTimer.singleShot(0, lambda: self._sync_table(run.context))
+        QTimer.singleShot(0, lambda: self._sync_table(run))
 
-    def _sync_table(self, context=None) -> None:
-        """Make the table (and the peaks' labels and classes) of ``context``'s run (default: the
-        run worked on) agree with the pixels.
+    def _sync_table(self, run) -> None:
+        """Make the table (and the peaks' labels and classes) of ``run`` (the one a paint
+        scheduled it for) agree with the pixels.
 
         After an undo or redo the table of the plugin's edit then in force is taken up
         again (classes and scores included); labels painted by hand get rows of their own.
         """
-        context = context or self.context
-        for run in self._runs:
-            if run.context is context:
-                run.sync_scheduled = False
+        run.sync_scheduled = False
+        context = run.context
         with self.working_on(context) as alive:
             if not alive or self.instances is None:
                 return

@@ -20,6 +20,7 @@ from .layers import (
     INSTANCES_SUFFIX,
     LABELS_FILE_SUFFIX,
     NEW_LABELS_SUFFIX,
+    choose_layer,
     image_file_name,
     image_layer_of,
     uncounted_name,
@@ -111,10 +112,7 @@ class ExportWidget(Container):
         if not isinstance(layer, Labels) or layer is self._layer.value:
             return
         try:
-            if layer not in self._layer.choices:  # selected as it was added, before napari refreshed the form
-                self._layer.reset_choices()
-            if layer in self._layer.choices:
-                self._layer.value = layer
+            choose_layer(self._layer, layer)
         except RuntimeError:  # the widget was closed; napari may still emit layer events
             pass
 

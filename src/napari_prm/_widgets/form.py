@@ -20,7 +20,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidgetItem
 
 from ..predictor import preset_settings, resolve_thresholds
-from .layers import is_result_image
+from .layers import choose_layer, is_result_image
 from .models import BUILTIN_CHOICES, devices, model_choices, remember_model
 from .settings import save_settings
 from .thresholds import CalibratedThreshold
@@ -207,10 +207,7 @@ class PredictForm:
         selected in the layer list, or opened last); a result layer or a Labels layer changes nothing."""
         if not isinstance(layer, Image) or layer is self.image.value or is_result_image(self.viewer, layer):
             return
-        if layer not in self.image.choices:  # selected as it was added, before napari refreshed the form
-            self.image.reset_choices()
-        if layer in self.image.choices:
-            self.image.value = layer
+        choose_layer(self.image, layer)
 
     def _proposal_choices(self, _=None):
         choices = list(PROPOSAL_SOURCES.items())

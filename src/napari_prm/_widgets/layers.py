@@ -106,6 +106,20 @@ def check_image_layer(layer) -> tuple[int, ...]:
     return shape[:-2]
 
 
+def choose_layer(combo, layer) -> None:
+    """Make ``layer`` the value of a magicgui layer ComboBox when it offers it; its choices are
+    refreshed first for a layer selected as it was added, before napari refreshed the form."""
+    if layer not in combo.choices:
+        combo.reset_choices()
+    if layer in combo.choices:
+        combo.value = layer
+
+
+def point_plane(coordinates, leading: int) -> tuple[int, ...]:
+    """The plane of a stack a point lies on: its first ``leading`` data coordinates, rounded."""
+    return tuple(int(round(c)) for c in coordinates[:leading])
+
+
 def current_plane(layer, viewer) -> tuple[int, ...]:
     """Index of the plane of ``layer`` that the viewer shows (``()`` for a 2-D image)."""
     leading = check_image_layer(layer)
@@ -513,12 +527,12 @@ def hand_placed_peaks(peaks_layer, leading: int) -> list[HandPeak]:
     origins = _moved_from.get(peaks_layer, {})
     out = []
     for row in np.flatnonzero(features[HAND_PLACED].to_numpy(bool)):
-        plane = tuple(int(round(c)) for c in data[row, :leading])
+        plane = point_plane(data[row], leading)
         peak = int(features["peak"].iloc[row])
         origin = origins.get(peak)
         if origin is not None:  # the model's peak it replaced, if that was in the same plane
             where = np.asarray(origin[1], np.float64)
-            same_plane = tuple(int(round(c)) for c in where[:leading]) == plane
+            same_plane = point_plane(where, leading) == plane
             origin = (origin[0], where[leading:]) if same_plane else None
         out.append(HandPeak(plane, data[row, leading:].copy(), str(features["class_name"].iloc[row]), origin,
                             peak))
@@ -848,13 +862,14 @@ def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool)
 _written: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _plane_digests(layer) -> dict[tuple, str]:
-    """A digest of each plane of a Labels layer (``()``: the whole of a 2-D one), of its label
-    values, not of the dtype that holds them: a run of another plane that widens the layer from
-    uint16 to uint32 (`splice_planes`) leaves the planes it did not touch as they were."""
+def _plane_digests(layer, planes=None) -> dict[tuple, str]:
+    """A digest of each plane of a Labels layer (``()``: the whole of a 2-D one), or of
+    ``planes`` only, of its label values, not of the dtype that holds them: a run of another
+    plane that widens the layer from uint16 to uint32 (`splice_planes`) leaves the planes it did
+    not touch as they were."""
     data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
     digests = {}
-    for plane in np.ndindex(*data.shape[:-2]):
+    for plane in np.ndindex(*data.shape[:-2]) if planes is None else planes:
         pixels = data[plane]
         if pixels.dtype.kind in "iu" and pixels.size:  # the narrowest dtype that holds the values
             low, high = int(pixels.min()), int(pixels.max())
@@ -895,13 +910,15 @@ def remember_written(layer, planes=None) -> None:
     ``planes`` of a stack (a run of the current plane, spliced into the layer of the earlier runs:
     what the user changed on the other planes still counts as their corrections)."""
     table = {name: np.array(values, copy=True) for name, values in features_table(layer.features).items()}
-    digests = _plane_digests(layer)
     record = _written.get(layer)
-    if planes is not None and record is not None:
+    if planes is None or record is None:
+        digests = _plane_digests(layer)
+    else:  # the planes written get new digests, the others keep theirs: only those are hashed
         before, written = record
         planes = {tuple(plane) for plane in planes}
-        digests = {plane: digest if plane in planes else before.get(plane) for plane, digest in digests.items()}
         data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        digests = {plane: before.get(plane) for plane in np.ndindex(*data.shape[:-2])}
+        digests.update(_plane_digests(layer, [plane for plane in digests if plane in planes]))
         new = np.unique([data[plane] for plane in planes])
         others = _rows_of(written, set(np.asarray(written.get("label", [])).tolist()) - set(new.tolist()))
         table = {name: np.concatenate([others[name], values]) if name in others else values
@@ -925,8 +942,9 @@ def has_corrections(layer, planes=None) -> bool:
             return any(np.any(data[tuple(plane)]) for plane in planes)
         return bool(np.any(data)) or len(layer.features) > 0
     before, table = record
-    digests = _plane_digests(layer)
-    checked = list(digests) if planes is None else [tuple(plane) for plane in planes]
+    checked = None if planes is None else [tuple(plane) for plane in planes]
+    digests = _plane_digests(layer, checked)  # only the planes checked are hashed
+    checked = list(digests) if checked is None else checked
     if any(digests.get(plane) != before.get(plane) for plane in checked):
         return True
     from ..edit import sync_table

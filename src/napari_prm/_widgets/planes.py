@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .layers import PeakPRMs, Results, instance_features
+from .layers import PeakPRMs, Results, instance_features, point_plane
 
 
 def _on_planes(coordinates: np.ndarray, planes: set, leading: int) -> np.ndarray:
     """Which rows of ``coordinates`` (data coordinates, stack axes first) lie on ``planes``."""
-    return np.array([tuple(int(round(c)) for c in row[:leading]) in planes for row in coordinates], bool)
+    return np.array([point_plane(row, leading) in planes for row in coordinates], bool)
 
 
 def splice_planes(previous: Results, results: Results, planes: list[tuple[int, ...]]) -> tuple[Results, int]:

@@ -26,6 +26,7 @@ from .layers import (
     layer_names,
     moved_from,
     point_defaults,
+    point_plane,
     prm_layer_data,
     read_plane,
     upsert_layer,
@@ -161,7 +162,7 @@ class PointRetrieval:
         owner = self.owner
         leading = len(context.leading_shape)
         coords = np.asarray(self.peaks.data)[rows]
-        planes = [tuple(int(round(c)) for c in row[:leading]) for row in coords]
+        planes = [point_plane(row, leading) for row in coords]
         jobs = []
         for plane in sorted(set(planes)):
             mine = [r for r, p in zip(rows, planes) if p == plane]

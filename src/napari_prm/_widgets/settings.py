@@ -106,18 +106,24 @@ def persist_fields(name: str, cls: type, fields: dict, *, usable: Callable[[str,
     def save(field: str, widget) -> None:
         value = widget.value
         if isinstance(value, Path):
-            value = "" if str(value) in ("", ".") else str(value)
+            value = "" if no_path(value) else str(value)
         save_settings(name, dataclasses.replace(load_settings(name, cls), **{field: value}))
 
     for field, widget in fields.items():
         widget.changed.connect(lambda _=None, field=field, widget=widget: save(field, widget))
 
 
+def no_path(value) -> bool:
+    """Whether a magicgui FileEdit's value holds no path: None, or an emptied field (its value
+    is then ``Path("")``, which prints as ``.``)."""
+    return value is None or str(value) in ("", ".")
+
+
 def exclusive_paths(first, second) -> None:
     """Make two magicgui FileEdits alternatives (a dataset file or a folder): choosing a path in
     one empties the other, so the one chosen last is the one used."""
     def clear(other, value) -> None:
-        if value is not None and str(value) not in ("", "."):
+        if not no_path(value):
             other.line_edit.value = ""
 
     first.changed.connect(lambda value: clear(second, value))
@@ -136,7 +142,7 @@ def chosen_path(*fields) -> Path | None:
     """
     for field in fields:
         value = field.value
-        if value is None or str(value) in ("", "."):
+        if no_path(value):
             continue
         path = Path(value)
         if not path.exists():
