@@ -332,7 +332,7 @@ def test_a_killed_runs_marker_is_kept_until_its_image_has_run_again(tmp_path, ch
     batch = predict_many(images, str(checkpoint), out, progress=lambda result, *_: done.append(result),
                          cancel=lambda: len(done) >= 1, **SETTINGS)
     assert [r.status for r in batch.results] == ["cancelled", "written", "cancelled"]
-    assert _killed_on(out) == os.path.abspath(images[0])  # the next run still takes it last
+    assert _killed_on(out).image == os.path.abspath(images[0])  # the next run still takes it last
 
     batch = predict_many(images, str(checkpoint), out, **SETTINGS)
     assert [r.status for r in batch.results] == ["written", "skipped", "written"]

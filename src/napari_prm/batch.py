@@ -971,11 +971,8 @@ def predict_many(
     batch = BatchResult(results, out, summary.path, prms_format)
     todo, done_count = [], 0
 
-    killed = _killed_on(out)
-    try:  # kept, to be put back if that image does not run again in this run
-        killed_marker = ((out / RUNNING_NAME).read_bytes(), (out / RUNNING_NAME).stat().st_mtime) if killed else None
-    except OSError:  # removed meanwhile
-        killed = killed_marker = None
+    killed_run = _killed_on(out)  # kept, to be put back if its image does not run again in this run
+    killed = killed_run.image if killed_run is not None else None
 
     def report(result: ImageResult) -> None:
         nonlocal done_count
@@ -1039,26 +1036,26 @@ def predict_many(
         try:
             summary.update(force=True)  # raises where another program holds summary.csv (Windows)
         finally:  # the run ended all the same: left, its marker said it was killed
-            _settle_marker(out, killed, killed_marker, results, here=client is None)
+            _settle_marker(out, killed_run, results, here=client is None)
     return batch
 
 
-def _settle_marker(out: Path, killed: str | None, killed_marker: tuple[bytes, float] | None,
-                   results: Sequence[ImageResult], *, here: bool) -> None:
+def _settle_marker(out: Path, killed: _KilledRun | None, results: Sequence[ImageResult], *,
+                   here: bool) -> None:
     """At the end of a run that was not killed: remove ``<out>/<RUNNING_NAME>`` (this run's
     own, when it ran ``here``), unless the image a killed run left in it has not run again (a
     cancel came first, or it is not among ``results``): then put the killed run's marker back,
     so that the next run still takes that image last."""
     marker = out / RUNNING_NAME
     pending = killed is not None and not any(
-        os.path.abspath(result.image) == killed and result.status not in ("pending", "cancelled")
+        os.path.abspath(result.image) == killed.image and result.status not in ("pending", "cancelled")
         for result in results)
     if pending:
         if here:  # this run's own marker replaced it
-            content, modified = killed_marker
             with atomic_write(marker) as temp:
-                temp.write_bytes(content)
-            os.utime(marker, (modified, modified))  # a marker of another host is judged by its age
+                temp.write_bytes(killed.content)
+            # a marker of another host is judged by its age
+            os.utime(marker, (killed.modified, killed.modified))
     elif here or killed is not None:  # a cluster writes none, but clears a killed run's
         marker.unlink(missing_ok=True)
 
@@ -1069,18 +1066,29 @@ def _mark_running(out: Path, image: str) -> None:
         temp.write_text(json.dumps({"image": os.path.abspath(image), "owner": owner_tag()}), encoding="utf-8")
 
 
-def _killed_on(out: Path) -> str | None:
-    """The image (absolute path) a killed run in ``out`` was predicting; None when no run was
-    killed there, or its process is still alive (then it is not ours to judge)."""
+@dataclass(frozen=True)
+class _KilledRun:
+    """The ``<out>/<RUNNING_NAME>`` of a killed run: the image (absolute path) it was
+    predicting, and the marker's bytes and modification time, to put it back as it was."""
+
+    image: str
+    content: bytes
+    modified: float
+
+
+def _killed_on(out: Path) -> _KilledRun | None:
+    """The marker of a killed run in ``out``, read once; None when no run was killed there, or
+    its process is still alive (then it is not ours to judge)."""
     path = out / RUNNING_NAME
     try:
         modified = path.stat().st_mtime
-        content = json.loads(path.read_text(encoding="utf-8"))
-        image, owner = str(content["image"]), content.get("owner")
+        content = path.read_bytes()
+        found = json.loads(content.decode("utf-8"))
+        image, owner = str(found["image"]), found.get("owner")
     except (OSError, ValueError, KeyError, TypeError):
         return None
     owner = owner if isinstance(owner, str) and re.fullmatch(r".+-\d+-\d+", owner) else None
-    return image if owner_is_gone(owner, modified) else None
+    return _KilledRun(image, content, modified) if owner_is_gone(owner, modified) else None
 
 
 def _finish(results, index, result: ImageResult, attempts: int, report) -> None:
