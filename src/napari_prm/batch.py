@@ -954,8 +954,7 @@ def predict_many(
     if len(stems) != len(paths) or len(set(stems)) != len(stems):
         raise ValueError(f"stems must be {len(paths)} distinct names, one per image; got {len(stems)}"
                          f" ({len(set(stems))} distinct)")
-    for stem in stems:
-        output_place(out, stem)  # refuses a stem that leads out of ``out``
+    places = [output_place(out, stem) for stem in stems]  # refuses a stem that leads out of ``out``
     if prms_format not in (None, "npy", "tiff"):
         raise ValueError(f"prms_format must be None, 'npy' or 'tiff', got {prms_format!r}")
     if retries < 0:
@@ -963,7 +962,7 @@ def predict_many(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # finish or remove what killed runs left, in each folder of the outputs (a tree's too)
-    for folder in dict.fromkeys([out, *(output_place(out, stem)[0] for stem in stems)]):
+    for folder in dict.fromkeys([out, *(folder for folder, _ in places)]):
         if folder.is_dir():
             io.recover_file_sets(folder)
     results = [ImageResult(str(p), s) for p, s in zip(paths, stems)]
@@ -996,7 +995,7 @@ def predict_many(
         if overwrite:
             todo.append(index)
             continue
-        place = output_place(out, result.stem)
+        place = places[index]
         existing = io.complete_prediction(*place, prms_format=prms_format)
         leftovers = [p.name for p in io.prediction_paths(*place, prms_format=prms_format).values()
                      if p.exists()]
