@@ -723,12 +723,23 @@ def _run_task(image: str, stem: str, out: str, spec: ModelSpec, settings: Mappin
 
 
 # --------------------------------------------------------------------------- summary
+#: Seconds a run waits before it tries again to rewrite a ``summary.csv`` that another program
+#: holds open (`_Summary`).
+SUMMARY_HELD_WAIT = 30.0
+
+
 class _Summary:
-    """``summary.csv``: every image's row, rewritten atomically at most once per ``every`` s.
+    """``summary.csv`` of a run: every image's row, rewritten atomically at most once per
+    ``every`` s.
 
     The rows an earlier ``summary.csv`` holds of images that are not in ``results`` are kept
     where they were (`_earlier_rows`); the rows of ``results`` replace their images' rows and
-    the new images' come after them, in input order."""
+    the new images' come after them, in input order.
+
+    On Windows a ``summary.csv`` that another program holds open (Excel showing the progress)
+    cannot be replaced. An update while images are pending then leaves the file as it is and
+    tries again `SUMMARY_HELD_WAIT` seconds later, so the images go on being predicted; the
+    last one (``force``, no image pending) raises, naming the file."""
 
     def __init__(self, path: Path, results: list[ImageResult], every: float = 1.0):
         self.path, self.results, self.every = path, results, every
@@ -739,8 +750,14 @@ class _Summary:
         now = time.monotonic()
         if not force and now - self.last < self.every:
             return
-        _write_summary(self.path, (self.results[item].row() if isinstance(item, int) else item
-                                   for item in self.order))
+        try:
+            _write_summary(self.path, (self.results[item].row() if isinstance(item, int) else item
+                                       for item in self.order))
+        except PermissionError:
+            if force and not any(result.status == "pending" for result in self.results):
+                raise
+            self.last = time.monotonic() + SUMMARY_HELD_WAIT - self.every
+            return
         self.last = now
 
 
@@ -786,27 +803,6 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
         else:
             order.append(row)
     return order + sorted(i for indices in index.values() for i in indices)
-
-
-#: Seconds a run waits before it tries again to rewrite a ``summary.csv`` that another program
-#: holds open (`_RunningSummary`).
-SUMMARY_HELD_WAIT = 30.0
-
-
-class _RunningSummary(_Summary):
-    """`_Summary` for a run in progress: on Windows a ``summary.csv`` that another program holds
-    open (Excel showing the progress) cannot be replaced. An update while images are pending
-    then leaves the file as it is and tries again `SUMMARY_HELD_WAIT` seconds later, so the
-    images go on being predicted; the last one (``force``, no image pending) raises, naming
-    the file."""
-
-    def update(self, *, force: bool = False) -> None:
-        try:
-            super().update(force=force)
-        except PermissionError:
-            if force and not any(result.status == "pending" for result in self.results):
-                raise
-            self.last = time.monotonic() + SUMMARY_HELD_WAIT - self.every
 
 
 def output_states(out: str | os.PathLike, stems: Sequence[str]) -> dict[str, tuple[int, int, int] | None]:
@@ -966,7 +962,7 @@ def predict_many(
         if folder.is_dir():
             io.recover_file_sets(folder)
     results = [ImageResult(str(p), s) for p, s in zip(paths, stems)]
-    summary = _RunningSummary(out / SUMMARY_NAME, results, summary_every)
+    summary = _Summary(out / SUMMARY_NAME, results, summary_every)
     batch = BatchResult(results, out, summary.path, prms_format)
     todo, done_count = [], 0
 
