@@ -312,9 +312,10 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
         # Windows and macOS take Cat_labels.tif and cat_labels.tif for one file: stems that
         # differ only in case would share their outputs there (and in a folder copied there).
         # Outputs that an earlier version wrote for this very image under such a stem (on
-        # Linux) keep it, so that a resumed run finds them instead of predicting it again.
-        while stem in seen or (stem.casefold() in seen_folded and not _outputs_of_this(out, stem, image)) \
-                or (out is not None and _stem_taken(out, stem, image, manifests)):
+        # Linux) keep it, so that a resumed run finds them instead of predicting it again
+        # (outputs of this image are taken by no other: their manifest is not read again).
+        while stem in seen or (not _outputs_of_this(out, stem, image) if stem.casefold() in seen_folded
+                               else out is not None and _stem_taken(out, stem, image, manifests)):
             number += 1
             stem = str(wanted.with_name(f"{wanted.name}_{number}"))
         seen.add(stem)
