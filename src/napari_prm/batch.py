@@ -243,9 +243,10 @@ def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
     # linked sub-folders are searched (data trees are often put together from links), each
     # real folder once, so a link to a folder above does not loop
     for here, names, files in os.walk(folder, followlinks=True):
-        names[:] = [name for name in sorted(names) if recursive and not name.startswith(".")
-                    and os.path.realpath(os.path.join(here, name)) not in seen]
-        seen.update(os.path.realpath(os.path.join(here, name)) for name in names)
+        real = {name: os.path.realpath(os.path.join(here, name)) for name in sorted(names)
+                if recursive and not name.startswith(".")}
+        names[:] = [name for name, path in real.items() if path not in seen]
+        seen.update(real[name] for name in names)
         outputs = listed_files(here)
         found.extend(sorted_paths(Path(here) / name for name in files
                                   if Path(name).suffix.lower() in IMAGE_SUFFIXES and name not in outputs
