@@ -857,8 +857,9 @@ class PRMPredictor:
         crm_shape = self._crms.shape[1:]
         notes: list[str] = []
         if points is not None:
-            peaks_crm, runner_classes, runner_values, values = self._points_to_peaks(points, crm_shape, factor)
-            notes.extend(_outside_notes(points[0], self._image_shape))
+            peaks_crm, runner_classes, runner_values, values, points_yx = self._points_to_peaks(
+                points, crm_shape, factor)
+            notes.extend(_outside_notes(points_yx, self._image_shape))
         else:
             selection = self.select_peaks(classes=classes, **overrides)
             if selection.capped:
@@ -933,6 +934,8 @@ class PRMPredictor:
         return rank_by_confidence(prediction, prediction.instances, class_threshold, peak_threshold)
 
     def _points_to_peaks(self, points, crm_shape, factor):
+        """The CRM peaks of ``points`` (image locations, classes), their runners-up (none) and
+        values, and the locations checked: a (K, 2) float array."""
         points_yx, point_classes = points
         points_yx = check.finite_array("points", np.asarray(points_yx, dtype=np.float64))
         if points_yx.size % 2:
@@ -945,7 +948,8 @@ class PRMPredictor:
         peaks = np.column_stack([np.asarray(labels, dtype=np.int64), yx]).astype(np.int64).reshape(-1, 3)
         values = self._crms[peaks[:, 0], peaks[:, 1], peaks[:, 2]] if len(peaks) else np.zeros(0, np.float32)
         count = len(peaks)
-        return peaks, np.full((count, 3), -1, np.int64), np.full((count, 3), np.nan, np.float32), values
+        return (peaks, np.full((count, 3), -1, np.int64), np.full((count, 3), np.nan, np.float32), values,
+                points_yx)
 
     def _retrieve(self, prediction: Prediction, prms_net: torch.Tensor, masks: np.ndarray,
                   settings: PredictSettings) -> list[Instance]:
@@ -994,11 +998,11 @@ class PRMPredictor:
             return self._prepared_masks
 
 
-def _outside_notes(points_yx, image_shape: tuple[int, int]) -> list[str]:
-    """A note naming the points that lie outside the image (pixel ``i`` spans ``i ± 0.5``): they
+def _outside_notes(yx: np.ndarray, image_shape: tuple[int, int]) -> list[str]:
+    """A note naming the points ``yx`` ((K, 2) floats, as `PRMPredictor._points_to_peaks`
+    checked them) that lie outside the image (pixel ``i`` spans ``i ± 0.5``): they
     back-propagate from the nearest CRM cell, on the image's border, which a click or an
     (x, y) given for a (y, x) rarely means."""
-    yx = np.asarray(points_yx, dtype=np.float64).reshape(-1, 2)
     height, width = image_shape
     outside = (yx[:, 0] < -0.5) | (yx[:, 0] > height - 0.5) | (yx[:, 1] < -0.5) | (yx[:, 1] > width - 0.5)
     if not outside.any():
