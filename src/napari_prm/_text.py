@@ -21,6 +21,14 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
     return f"{count} {many}"
 
 
+def first_names(names, shown: int = 10) -> str:
+    """The first ``shown`` of ``names`` (strings), and how many more: ``"a, b, ... (3 more)"``.
+
+    For messages about long lists (a 1000-class model's classes missing from a dataset)."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+
 def array_summary(value) -> str:
     """An array or tensor as its dtype and shape, ``"<bool 300×451>"``, for a repr that must not
     print its values."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
-from ._text import plural
+from ._text import first_names, plural
 from .io.images import IMAGE_SUFFIXES, as_rgb_float, read_image
 from .io.paths import sorted_paths, stored_path
 
@@ -258,9 +258,8 @@ class LabeledImageDataset:
         missing = [c for c in class_names if c not in self.class_names and c not in coco_ids]
         if missing:
             # a 1000-class model on a dataset of three classes misses 997: name the first ten
-            shown = ", ".join(repr(c) for c in missing[:10]) + (f", ... ({len(missing) - 10} more)"
-                                                                 if len(missing) > 10 else "")
-            raise ValueError(f"unknown class(es) [{shown}] for dataset {self.source}; it has {self.class_names}")
+            raise ValueError(f"unknown class(es) [{first_names(map(repr, missing))}] for dataset {self.source}; "
+                             f"it has {self.class_names}")
         columns = [self._label_column(c, coco_ids) for c in class_names]
         relabelled = replace(
             self,
@@ -511,8 +510,7 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
         dataset.warnings.append(
             f"{root}: left out {plural(len(names), 'file')} that "
             f"{'is not an image' if len(names) == 1 else 'are not images'} ({', '.join(IMAGE_SUFFIXES)}) or "
-            f"lie{'s' if len(names) == 1 else ''} in no class folder: {', '.join(names[:10])}"
-            + (f", ... ({len(names) - 10} more)" if len(names) > 10 else ""))
+            f"lie{'s' if len(names) == 1 else ''} in no class folder: {first_names(names)}")
     dataset.warnings += label_typos(dataset)
     return dataset
 
