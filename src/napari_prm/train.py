@@ -30,13 +30,13 @@ from .model.backbones import BACKBONES
 from .model.checkpoint import (
     BUILTIN_MODELS,
     PRMModel,
+    _write_model,
     build_model,
     builtin_class_names,
     checkpoint_file,
     load_checkpoint,
     load_model,
     resolve_device,
-    save_model,
 )
 
 TRAINING_STATE_KEY = "training"
@@ -493,7 +493,7 @@ def _save(model: PRMModel, out: Path, optimizer, epoch: int, history: list[Epoch
     }
     if split_rule is not None:
         training["split_rule"] = split_rule
-    return save_model(model, out, extra={TRAINING_STATE_KEY: training})
+    return _write_model(model, out, extra={TRAINING_STATE_KEY: training})
 
 
 def _calibrate(model: PRMModel, dataset: LabeledImageDataset, config: dict, progress, cancel, held_out: bool):

@@ -398,9 +398,9 @@ def _holds_torch_file(path: Path) -> bool:
     try:
         with open(path, "rb") as handle:
             head = handle.read(len(_LEGACY_TORCH_HEAD))
-        if head.startswith(b"PK\x03\x04"):
-            with zipfile.ZipFile(path) as archive:
-                return any(name.rpartition("/")[2] == "data.pkl" for name in archive.namelist())
+            if head.startswith(b"PK\x03\x04"):
+                with zipfile.ZipFile(handle) as archive:  # the file opened once
+                    return any(name.rpartition("/")[2] == "data.pkl" for name in archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
     return head == _LEGACY_TORCH_HEAD
@@ -433,7 +433,12 @@ def save_model(model: PRMModel, path: str | os.PathLike, *, extra: dict | None =
     ``extra`` is a dict of tensors and plain values stored alongside (torch files only).
     Another suffix (``model.onnx``, none) is refused: a torch file was written under it.
     """
-    path = checkpoint_file("path", path)
+    return _write_model(model, checkpoint_file("path", path), extra=extra)
+
+
+def _write_model(model: PRMModel, path: Path, *, extra: dict | None = None) -> Path:
+    """`save_model` to a ``path`` that `checkpoint_file` took already: a training run checks its
+    ``out`` once, not on each epoch's save (for ``model.ckpt``, by reading the file)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
     if model.head is not None:
         state.update({HEAD_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()})

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validate as check
-from ..model.checkpoint import PRMModel, checkpoint_file, is_safetensors, load_checkpoint, resolve_device, save_model
+from ..model.checkpoint import PRMModel, _write_model, checkpoint_file, is_safetensors, load_checkpoint, resolve_device
 from ..train import is_cancelled, keeps_random_state
 from .corrections import Correction
 from .features import find_stages
@@ -138,8 +138,8 @@ def _save(model: PRMModel, out: Path, optimizer, epoch: int, history, config: di
              "config": config}
     model.head.info["epochs"] = int(epoch)  # in either format's metadata: what the file holds
     if is_safetensors(out):
-        return save_model(model, out)
-    return save_model(model, out, extra={TRAINING_STATE_KEY: state})
+        return _write_model(model, out)
+    return _write_model(model, out, extra={TRAINING_STATE_KEY: state})
 
 
 @keeps_random_state
