@@ -222,3 +222,18 @@ def test_instance_table_makes_class_index_and_class_name_agree(scene):
                           class_name="unknown", class_names=["cat"])
     assert made["class_name"].tolist() == ["zebra", "unknown", "unknown"]
     assert made["class_index"].tolist() == [-1, -1, -1]
+
+
+def test_instance_table_names_rows_by_the_classes_their_index_counted(scene):
+    """A painted layer's rows without a name take it from the classes the layer recorded before
+    (``index_names``); then each row's class_index is its name's place in the classes now."""
+    labels, _ = scene
+    known = {"label": np.array([1, 2, 3]), "class_index": np.array([1, 0, 5]),
+             "class_name": np.array([None, "dog", ""], dtype=object)}
+    made = instance_table(labels, known, class_name="unknown", class_names=["dog", "bird"],
+                          index_names=["cat", "bird"])
+    assert made["class_name"].tolist() == ["bird", "dog", "unknown"]
+    assert made["class_index"].tolist() == [1, 0, -1]
+    made = instance_table(labels, known, class_name="unknown", class_names=["dog", "bird"], index_names=[])
+    assert made["class_name"].tolist() == ["unknown", "dog", "unknown"]
+    assert made["class_index"].tolist() == [-1, 0, -1]

@@ -413,7 +413,7 @@ INSTANCE_DEFAULTS = {"label": np.int64(0), "class_index": np.int64(-1), "class_n
 
 
 def instance_table(labels: np.ndarray, table: Mapping | None = None, *, class_name: str = "",
-                   class_names: Sequence[str] | None = None) -> Table:
+                   class_names: Sequence[str] | None = None, index_names: Sequence[str] | None = None) -> Table:
     """A complete instance table for a label image made without one (painted, or by another tool).
 
     The rows of ``table`` whose label is in the image are kept (its other columns too); every
@@ -434,6 +434,11 @@ def instance_table(labels: np.ndarray, table: Mapping | None = None, *, class_na
         without a name (or named ``class_name``) gets the name at its ``class_index``, and any
         other row gets class_index -1 (an export writes ``class_names[class_index]``, *Learn*
         goes by the name: a pair that disagrees is two classes).
+    index_names : sequence of str, optional
+        With ``class_names``: the classes the given ``class_index`` is a position in, when not
+        ``class_names`` (those a layer recorded before its classes changed; ``[]``: an index
+        that names nothing). A row without a name gets the name at its index in them; then
+        every row's ``class_index`` is its name's position in ``class_names``.
 
     Returns
     -------
@@ -449,6 +454,16 @@ def instance_table(labels: np.ndarray, table: Mapping | None = None, *, class_na
     """
     labels = _check_labels(labels)
     table = _as_table(table if table is not None else {"label": np.zeros(0, np.int64)}, labels)
+    if index_names is not None:
+        table = _agreeing_classes(table, class_name, index_names)
+        del table["class_index"]  # the names decide
+    table = _agreeing_classes(table, class_name, class_names)
+    return sync_table(labels, table, class_name=class_name)
+
+
+def _agreeing_classes(table: Table, class_name: str, class_names: Sequence[str] | None) -> Table:
+    """`instance_table`'s columns of ``table`` (its missing ones added), rows without a name
+    named ``class_name``, and, given ``class_names``, class_index and class_name made to agree."""
     count = len(table["label"])
     for name, default in INSTANCE_DEFAULTS.items():
         if name not in table:
@@ -468,4 +483,4 @@ def instance_table(labels: np.ndarray, table: Mapping | None = None, *, class_na
         index = np.where(by_index, index, np.where(unnamed, -1, named))
         table["class_index"] = index
     table["class_name"] = names
-    return sync_table(labels, table, class_name=class_name)
+    return table

@@ -84,13 +84,11 @@ def painted_context(labels_layer, model_class_names) -> PaintedContext:
     recorded = (labels_layer.metadata or {}).get("class_names")
     context = PaintedContext({"instances": labels_layer})
     refresh_classes(context, model_class_names)
-    table = layer_table({"features": labels_layer.features})
-    if table is not None and recorded is not None:  # a row without a name: its index's, as recorded
-        table = edit.instance_table(data, table, class_name=UNKNOWN_CLASS, class_names=list(recorded))
-    if table is not None:  # the names decide (the recorded list loses repeats and 'unknown')
-        table.pop("class_index", None)
-    # class_index made a position in the classes recorded now, as Export writes it
-    table = edit.instance_table(data, table, class_name=UNKNOWN_CLASS, class_names=context.class_names)
+    # a row without a name: its index's, as recorded; then the names decide (the recorded list
+    # loses repeats and 'unknown'): class_index a position in the classes recorded now, as
+    # Export writes it
+    table = edit.instance_table(data, layer_table({"features": labels_layer.features}), class_name=UNKNOWN_CLASS,
+                                class_names=context.class_names, index_names=list(recorded or ()))
     features = instance_features(table)
     if not features.equals(labels_layer.features):
         labels_layer.features = features
