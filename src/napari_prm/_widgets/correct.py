@@ -17,6 +17,7 @@ import threading
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
@@ -24,10 +25,9 @@ from qtpy.QtCore import QTimer
 
 from .. import edit
 from .._text import plural
-from ..io.tables import UNKNOWN_CLASS
 from .history import InstanceHistory, reset_history
-from .layers import features_table, instance_features, layer_names, point_defaults, world_kwargs
-from .painted import PaintedContext, can_correct, painted_context, refresh_classes
+from .layers import features_table, instance_features, point_defaults, world_kwargs
+from .painted import can_correct, painted_context
 from .points import PointRetrieval
 
 #: Wait this long after the last move of a point before re-doing its instance (ms).
@@ -59,13 +59,37 @@ def _keys_of(method: str) -> str:
     return " / ".join(next(keys for keys, name, _ in SHORTCUTS if name == method))
 
 
+class CorrectionContext(Protocol):
+    """What the panel works on: a run's layers (`predict.RunContext`), or a Labels layer no run
+    made (`napari_prm._widgets.painted.PaintedContext`: no peaks, no image layer)."""
+
+    layers: dict  # 'instances' and, of a run, 'peaks' and 'prms' -> layer
+    class_names: list
+    merged_into: dict  # peak -> the peak whose instance took it in
+    image_layer: object  # None for a Labels layer no run made
+    unnamed_class: str  # the class of labels painted without one
+
+    @property
+    def split_name(self) -> str:
+        """The name of the Shapes layer split lines are drawn in."""
+
+    def choices(self) -> list[str]:
+        """The classes the panel offers."""
+
+    def class_index(self, class_name: str) -> int:
+        """The ``class_index`` of ``class_name``, one of `choices`."""
+
+    def refresh_classes(self, model_class_names) -> None:
+        """Take up the classes of the model now loaded, where they are the layer's."""
+
+
 @dataclass
 class _Run:
     """What the panel keeps of one image's run: its layers (``context``), the instance tables of
     its undo history, the positions of its points, the points waiting for retrieval, those placed
     by hand and not retrieved yet, and those Ctrl+Z took away."""
 
-    context: object  # predict.RunContext, or a PaintedContext for a Labels layer no run made
+    context: CorrectionContext
     history: InstanceHistory = field(default_factory=InstanceHistory)
     positions: dict = field(default_factory=dict)
     pending: set = field(default_factory=set)
@@ -179,7 +203,7 @@ class CorrectionPanel(PointRetrieval):
         for run in self._runs:
             layers = run.context.layers
             if (any(layer is mine for mine in layers.values())
-                    or getattr(layer, "name", None) == _split_name(run.context)):
+                    or getattr(layer, "name", None) == run.context.split_name):
                 return run
         return None
 
@@ -218,10 +242,9 @@ class CorrectionPanel(PointRetrieval):
         context = self.context
         if context is None:
             return
-        if isinstance(context, PaintedContext):
-            with self.quiet():
-                refresh_classes(context, self.owner.model_class_names())
-        choices = context.choices() if isinstance(context, PaintedContext) else list(context.class_names)
+        with self.quiet():
+            context.refresh_classes(self.owner.model_class_names())
+        choices = context.choices()
         if list(self.class_choice.choices) != choices:
             chosen = self.class_choice.value
             self.class_choice.choices = []  # magicgui keeps the items still offered first: not in order
@@ -466,13 +489,12 @@ class CorrectionPanel(PointRetrieval):
         class_name = class_name or self.class_choice.value
         if label is None or class_name is None:
             return False
-        painted = isinstance(self.context, PaintedContext)
-        index = self.context.class_index(class_name) if painted else self.context.class_names.index(class_name)
+        index = self.context.class_index(class_name)
         if not self._apply(edit.set_class, label, index, class_name,
                            done=f"Instance {label} is now {class_name!r}.",
                            what=f"set the class of instance {label} to {class_name!r}"):
             return False
-        if painted:
+        if self.peaks is None:  # a Labels layer no run made
             return True
         with self.quiet():
             features = self.peaks.features.copy()
@@ -507,7 +529,7 @@ class CorrectionPanel(PointRetrieval):
             self._say("Run a prediction first: there are no instances to split.", "warning")
             return None
         viewer = self.owner.viewer
-        name = _split_name(self.context)
+        name = self.context.split_name
         if name not in viewer.layers:
             viewer.add_shapes(name=name, ndim=self.instances.ndim, edge_color="yellow",
                               edge_width=2, **world_kwargs(self.instances))
@@ -529,7 +551,7 @@ class CorrectionPanel(PointRetrieval):
         labels_layer = self.instances
         shapes = None
         if line_world is None:
-            name = _split_name(self.context)
+            name = self.context.split_name
             shapes = self.owner.viewer.layers[name] if name in self.owner.viewer.layers else None
             if shapes is None or not len(shapes.data):
                 self._say("Draw a line across the instance first (Draw split line).", "warning")
@@ -574,9 +596,8 @@ class CorrectionPanel(PointRetrieval):
             if not alive or self.instances is None:
                 return
             base = self.history.table_for(self.instances)
-            unnamed = UNKNOWN_CLASS if isinstance(context, PaintedContext) else ""
             table = edit.sync_table(self.instances.data, self._table() if base is None else base,
-                                    class_name=unnamed)
+                                    class_name=context.unnamed_class)
             self._write(None, table)
             undone, redone = self.history.moves(self.instances)
             if self.peaks is None or not self._follow_undone_points():  # which says what its undo took away
@@ -654,11 +675,6 @@ class CorrectionPanel(PointRetrieval):
         for axis in range(leading):  # show the instance's plane of a stack
             viewer.dims.set_point(viewer.dims.ndim - layer.ndim + axis, world[axis])
         viewer.camera.center = tuple(world[-2:])
-
-
-def _split_name(context) -> str:
-    """The name of the Shapes layer the split lines of ``context``'s instances are drawn in."""
-    return context.split_name if isinstance(context, PaintedContext) else layer_names(context.image_layer.name)["split"]
 
 
 def _labels_along(labels: np.ndarray, line: np.ndarray) -> dict[int, int]:

@@ -32,6 +32,7 @@ class PaintedContext:
     class_names: list = field(default_factory=list)
     merged_into: dict = field(default_factory=dict)  # no peaks: nothing is merged into another's
     image_layer = None  # no run of an image: `CorrectionPanel.context_of` never finds it
+    unnamed_class = UNKNOWN_CLASS  # the class of labels no one named
 
     @property
     def split_name(self) -> str:
@@ -45,6 +46,10 @@ class PaintedContext:
     def class_index(self, class_name: str) -> int:
         """The ``class_index`` of ``class_name`` (-1 for `UNKNOWN_CLASS`)."""
         return self.class_names.index(class_name) if class_name in self.class_names else -1
+
+    def refresh_classes(self, model_class_names) -> None:
+        """Take up the classes of the model now loaded (`refresh_classes`)."""
+        refresh_classes(self, model_class_names)
 
 
 def can_correct(layer) -> bool:

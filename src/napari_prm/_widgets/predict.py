@@ -70,6 +70,24 @@ class RunContext:
     layers: dict = field(default_factory=dict)  # 'peaks', 'prms', 'instances' -> layer
     predictor_keys: dict = field(default_factory=dict)  # plane -> PredictorKey
     merged_into: dict = field(default_factory=dict)  # peak -> the peak whose instance took it in
+    #: The class of labels painted by hand: a run's table leaves it empty.
+    unnamed_class = ""
+
+    @property
+    def split_name(self) -> str:
+        """The name of the Shapes layer split lines are drawn in."""
+        return layer_names(self.image_layer.name)["split"]
+
+    def choices(self) -> list[str]:
+        """The classes the correction panel offers: the run's."""
+        return list(self.class_names)
+
+    def class_index(self, class_name: str) -> int:
+        """The ``class_index`` of ``class_name``, one of the run's classes."""
+        return self.class_names.index(class_name)
+
+    def refresh_classes(self, model_class_names) -> None:
+        """Nothing to take up: a run's classes are its model's."""
 
 
 #: Why a re-threshold (or a plane sent without its pixels) cannot go on.
