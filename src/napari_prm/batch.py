@@ -79,7 +79,7 @@ KILLED_ON = ("the previous run in this folder was killed while predicting this i
              "so it ran after the others")
 
 
-@dataclass
+@dataclass(eq=False)
 class ImageResult:
     """What happened to one image of a batch.
 
@@ -131,7 +131,7 @@ class ImageResult:
                 "error": self.error, "attempts": self.attempts, "stem": self.stem}
 
 
-@dataclass
+@dataclass(eq=False)
 class BatchResult:
     """The images of a batch, in input order, and where their outputs went."""
 

@@ -33,7 +33,7 @@ VOC_CLASSES = (
 PathLike = str | Path
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class GroundTruth:
     """Instance masks of one image, restricted to the dataset's classes.
 
@@ -61,7 +61,7 @@ class UnreadableImage(ValueError):
     the dataset declares it. A ValueError, as every reader failure is the user's bad file."""
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class LabeledImageDataset:
     """Images with multi-hot image-level labels.
 

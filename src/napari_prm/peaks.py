@@ -24,7 +24,7 @@ MAX_PEAKS = 50
 RUNNERS_UP = 3
 
 
-@dataclass
+@dataclass(eq=False)
 class PeakSelection:
     """The peaks kept in one image, strongest first.
 

@@ -263,7 +263,7 @@ def cap_note(found: int, kept: int, max_peaks: int) -> str:
             "Raise the thresholds or max_peaks.")
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class Prediction:
     """PRM results for one image, in the image's pixel frame.
 
@@ -302,6 +302,13 @@ class Prediction:
     peaks_found : int or None
         How many peaks passed the thresholds before the ``max_peaks`` cap kept the strongest
         (``len(peaks)`` when it did not bite); None for a prediction from given points.
+
+    Notes
+    -----
+    A prediction (like the other results that hold arrays: `Instance`, ``GroundTruth``,
+    ``Correction``, ...) compares by identity: ``a == b`` only when they are the same object,
+    and it can be a dict key or a set member. Compare two predictions' contents field by
+    field (``np.array_equal(a.peaks, b.peaks)``, ``np.allclose(a.scores, b.scores)``).
     """
 
     class_names: list[str]

@@ -20,7 +20,7 @@ __all__ = ["Instance", "ProposalMasks", "instance_confidence", "instances_to_lab
            "retrieve_instances"]
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class Instance:
     """One retrieved instance.
 
@@ -70,7 +70,7 @@ class Instance:
         return self.score if self.retrieval_score is None else self.retrieval_score
 
 
-@dataclass
+@dataclass(eq=False)
 class ProposalMasks:
     """Proposals with what scoring needs, computed once per image (see :func:`prepare_proposals`).
 

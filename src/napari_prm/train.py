@@ -91,7 +91,7 @@ class EpochRecord:
     val_map: float | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class TrainResult:
     """What :func:`train` returns.
 
@@ -126,7 +126,7 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(eq=False)
 class TrainingSplit:
     """The images :func:`train` trains on and those it holds out (see :func:`training_split`).
 

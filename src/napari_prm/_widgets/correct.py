@@ -83,7 +83,7 @@ class CorrectionContext(Protocol):
         """Take up the classes of the model now loaded, where they are the layer's."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Run:
     """What the panel keeps of one image's run: its layers (``context``), the instance tables of
     its undo history, the positions of its points, the points waiting for retrieval, those placed

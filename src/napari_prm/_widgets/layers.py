@@ -291,7 +291,7 @@ class PeakPRMs:
         return array if dtype is None else array.astype(dtype, copy=False)
 
 
-@dataclass
+@dataclass(eq=False)
 class Results:
     """The predictions of the planes of one image, merged into layer-shaped arrays.
 
@@ -503,7 +503,7 @@ def set_moved_from(peaks_layer, origins: dict) -> None:
     _moved_from[peaks_layer] = dict(origins)
 
 
-@dataclass
+@dataclass(eq=False)
 class HandPeak:
     """A point placed (added or moved) by hand in a peaks layer, to be kept by a new run."""
 

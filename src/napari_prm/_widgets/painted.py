@@ -19,7 +19,7 @@ from ..io.tables import UNKNOWN_CLASS
 from .layers import instance_features
 
 
-@dataclass
+@dataclass(eq=False)
 class PaintedContext:
     """What the correction panel works on for a Labels layer no run made (no peaks, no maps).
 

@@ -56,7 +56,7 @@ from .relay import _Relay
 from .settings import load_settings
 
 
-@dataclass
+@dataclass(eq=False)
 class RunContext:
     """What the last run used and made; the correction tools build on it."""
 

@@ -66,7 +66,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class PRMModel:
     """A :class:`PeakResponseMapping` network with what is needed to use it on images.
 

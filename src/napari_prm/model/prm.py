@@ -16,7 +16,7 @@ from .peak_backprop import excitation_backprop, fold_batch_norms
 from .peak_stimulation import PeakFilter, find_peaks, peak_stimulation
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class PeakResponseResult:
     """Peak response maps of one image, in network-input and CRM coordinates.
 

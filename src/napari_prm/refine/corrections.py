@@ -28,7 +28,7 @@ from ..io.tables import UNKNOWN_CLASS, read_instances_csv
 LABEL_SUFFIX = "_labels"
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class Correction:
     """One corrected image.
 

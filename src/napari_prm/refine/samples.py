@@ -31,7 +31,7 @@ from .targets import IGNORE, correction_targets, peak_owners, pseudo_targets
 PSEUDO_DEFAULTS = {"min_relative_score": 0.5, "min_share": 0.5, "border": 1, "background_threshold": 0.25}
 
 
-@dataclass
+@dataclass(eq=False)
 class Sample:
     """One training image, ready for the head.
 

@@ -68,7 +68,7 @@ class RefineEpoch:
     seconds: float
 
 
-@dataclass
+@dataclass(eq=False)
 class RefineResult:
     """What :func:`refine` returns.
 
