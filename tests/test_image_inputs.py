@@ -81,8 +81,8 @@ def test_torch_tensors_channels_first_or_last_and_requiring_grad():
     np.testing.assert_array_equal(as_rgb_float(gray), as_rgb_float(scene[..., 0]))
 
 
-@pytest.mark.parametrize("bad", [None, {"image": 1}, "", 3.5, ["a", "b"]], ids=["None", "dict", "empty-str",
-                                                                               "float", "strings"])
+@pytest.mark.parametrize("bad", [None, {"image": 1}, "", 3.5, [["a", "b"], ["c", "d"]]],
+                         ids=["None", "dict", "empty-str", "float", "strings"])
 def test_what_is_not_an_image_is_refused_naming_the_argument(bad, tiny):
     if bad == "":
         with pytest.raises(ValueError, match=r"image: expected a file path, got ''"):
@@ -151,3 +151,56 @@ def test_a_list_of_images_is_refused_with_what_to_do(tiny, tmp_path):
         predict((Image.open(tmp_path / "scene.png"), Image.fromarray(scene[:20])), tiny)  # a PngImageFile too
     # a nested list of numbers is an array
     assert as_rgb_float([[0, 255], [255, 0]]).shape == (2, 2, 3)
+    # so is a list of image files' paths
+    with pytest.raises(TypeError, match=r"^image: expected one image, got a list of 2 images"):
+        predict([tmp_path / "scene.png", str(tmp_path / "scene.png")], tiny)
+
+
+def test_a_nested_list_rgb_image_is_one_image(tiny):
+    from skimage import data
+
+    cat = data.chelsea()[::6, ::6]
+    # its rows (W×3 lists) were taken for images: "expected one image, got a list of 50 images"
+    listed = cat.tolist()
+    assert image_array(listed).shape == cat.shape
+    np.testing.assert_array_equal(as_rgb_float(listed), as_rgb_float(cat))
+    np.testing.assert_array_equal(as_rgb_float(tuple(map(tuple, cat[..., 1].tolist()))), as_rgb_float(cat[..., 1]))
+    np.testing.assert_array_equal(as_rgb_float((cat / 255).tolist()), as_rgb_float(cat / 255))
+    reference = predict(cat, tiny, proposals=None, class_threshold=-1e9)
+    from_list = predict(listed, tiny, proposals=None, class_threshold=-1e9)
+    np.testing.assert_array_equal(from_list.peaks, reference.peaks)
+    np.testing.assert_array_equal(from_list.scores, reference.scores)
+
+
+@pytest.mark.parametrize(("ragged", "where"), [
+    ([[1, 2, 3], [4, 5]], r"\[1\] has 2 items, \[0\] has 3"),
+    ([[[1, 2, 3], [4, 5, 6]], [[1, 2, 3], [4, 5]]], r"\[1\]\[1\] has 2 items, \[1\]\[0\] has 3"),
+    ([[1, 2], 3], r"\[1\] is a number, \[0\] a list"),
+], ids=["rows", "pixels", "row-a-number"])
+def test_a_ragged_nested_list_is_refused_naming_the_argument_and_the_place(ragged, where, tiny):
+    # numpy's "setting an array element with a sequence ... inhomogeneous shape" said neither
+    with pytest.raises(ValueError, match=r"^image: expected a nested list of numbers of one shape .*, got a ragged "
+                                         rf"list: {where}$"):
+        predict(ragged, tiny)
+    with pytest.raises(ValueError, match=rf"^labels: .*{where}$"):
+        image_array(ragged, name="labels")
+
+
+def test_a_low_signal_float_image_of_whole_numbers_is_stretched_not_dim():
+    from skimage import data
+
+    # a 32-bit ImageJ image of counts 0..40 (a dim recording of the coins), float32 whole numbers
+    coins = data.coins()[::4, ::4]
+    counts = np.rint(coins.astype(np.float32) * 40 / 255)
+    assert counts.max() == 38 and not np.mod(counts, 1).any()
+    read = as_rgb_float(counts)[..., 0]
+    # read as 8-bit it was counts / 255: the brightest coin at 0.15
+    assert read.max() == 1.0 and np.percentile(read, 99.5) == pytest.approx(1.0)
+    low, high = np.percentile(counts, (0.5, 99.5))
+    np.testing.assert_allclose(read, np.clip((counts - low) / (high - low), 0, 1), atol=1e-6)
+    # as the uint16 image of those counts reads
+    np.testing.assert_allclose(read, as_rgb_float(counts.astype(np.uint16))[..., 0], atol=1e-6)
+    # a float copy of an 8-bit photo reaching 128 still reads as the photo; 0..1 floats are kept
+    np.testing.assert_array_equal(as_rgb_float(coins.astype(np.float32)), as_rgb_float(coins))
+    assert coins.max() >= 128
+    np.testing.assert_array_equal(as_rgb_float(counts / 40)[..., 0], (counts / 40).astype(np.float32))

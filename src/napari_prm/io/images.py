@@ -27,6 +27,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".we
 #: Percentiles between which images other than uint8, bool and [0, 1] floats are stretched.
 STRETCH_PERCENTILES = (0.5, 99.5)
 
+#: The least maximum of a float image of whole numbers within [0, 255] that `as_rgb_float`
+#: reads as an 8-bit image (divided by 255): one using the 8th bit, as every one of 233
+#: photos (coco128, prm_demo) does (their maxima are 239 and above). Below it, the values are
+#: stretched as other float images are (benchmarks/float_image_rule.py).
+EIGHT_BIT_TOP = 128
+
 
 def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
     """A file's array as stored: TIFF through tifffile, other formats through imageio.
@@ -319,13 +325,49 @@ def _is_pil(image: Any) -> bool:
     return pil is not None and isinstance(image, pil.Image)
 
 
+def _is_one_image(item: Any) -> bool:
+    """Whether an item of a list is an image of its own (an array or tensor of 2 or more
+    dimensions, a PIL image or a path), not a row of a nested list of numbers."""
+    if isinstance(item, (list, tuple)):
+        return False
+    return isinstance(item, (str, os.PathLike)) or _is_pil(item) or np.ndim(item) >= 2
+
+
+def _ragged_where(nested: list | tuple, place: tuple = ()) -> str:
+    """Where a nested list first stops having one shape: ``"[3] has 2 items, [0] has 3"``."""
+    items = list(nested)
+    kinds = [isinstance(item, (list, tuple)) or np.ndim(item) > 0 for item in items]
+    if any(kinds) and not all(kinds):
+        return f"{_place(place + (kinds.index(not kinds[0]),))} is {'a list' if not kinds[0] else 'a number'}, " \
+               f"{_place(place + (0,))} {'a list' if kinds[0] else 'a number'}"
+    if not any(kinds):
+        return "its values are not all numbers"
+    lengths = [len(item) for item in items]
+    for index, length in enumerate(lengths):
+        if length != lengths[0]:
+            return f"{_place(place + (index,))} has {length} items, {_place(place + (0,))} has {lengths[0]}"
+    for index, item in enumerate(items):
+        try:
+            np.asarray(item, dtype=float)
+        except (TypeError, ValueError):
+            return _ragged_where(item, place + (index,))
+    return "its items do not make one array"
+
+
+def _place(index: tuple) -> str:
+    return "".join(f"[{i}]" for i in index)
+
+
 def image_array(image: Any, *, name: str = "image") -> np.ndarray:
     """An image as a NumPy array ``(H, W)`` or ``(H, W, C)``, from whatever holds it.
 
     Parameters
     ----------
     image : ndarray, PIL.Image.Image, torch.Tensor, str or path-like
-        An array (or anything ``np.asarray`` makes a numeric array of); a PIL image (palette,
+        An array, or anything ``np.asarray`` makes a numeric array of: a nested list of
+        numbers (``img.tolist()``, H × W or H × W × C) is one image, of float64 values (a
+        list has no dtype); a list whose items are arrays, tensors, PIL images or paths is
+        several, and refused. A PIL image (palette,
         gray + alpha, CMYK, YCbCr, LAB, HSV and RGBX images converted to RGB or RGBA as Pillow
         converts them, a palette with a transparent colour to RGBA); a torch tensor, detached
         and moved to the CPU, a 3-D one with 1, 3 or 4 leading channels ``(C, H, W)``, as
@@ -345,7 +387,8 @@ def image_array(image: Any, *, name: str = "image") -> np.ndarray:
     TypeError
         Naming ``name``, for anything else (None, a dict, text, ...), and for a list of images.
     ValueError
-        From `read_image`, naming the file.
+        From `read_image`, naming the file; naming ``name`` and the first place where a
+        nested list stops having one shape, for a ragged one.
     """
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
@@ -362,13 +405,21 @@ def image_array(image: Any, *, name: str = "image") -> np.ndarray:
         if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4) and tensor.shape[-1] not in (1, 3, 4):
             tensor = tensor.permute(1, 2, 0)
         return tensor.numpy()
-    if isinstance(image, (list, tuple)) and image and all(_is_pil(item) or np.ndim(item) >= 2 for item in image):
+    if isinstance(image, (list, tuple)) and image and all(_is_one_image(item) for item in image):
         raise TypeError(f"{name}: expected one image, got a {type(image).__name__} of {len(image)} images: "
                         "pass them one at a time (a PRMPredictor keeps the model between them; "
                         "napari_prm.batch.predict_many runs image files)")
     try:
         array = np.asarray(image)
+        if isinstance(image, (list, tuple)) and (array.dtype == bool or np.issubdtype(array.dtype, np.integer)):
+            # a list has no dtype: its whole numbers read by the float rule, so that the
+            # list of a uint8 photo is that photo (as int64 it was stretched)
+            array = array.astype(np.float64)
     except (TypeError, ValueError) as error:  # e.g. a ragged list
+        if isinstance(image, (list, tuple)):
+            raise ValueError(f"{name}: expected a nested list of numbers of one shape (rows of equal length, "
+                             f"H × W or H × W × C), got a ragged {type(image).__name__}: "
+                             f"{_ragged_where(image)}") from error
         raise TypeError(f"{name}: expected {_IMAGE_KINDS}, got {type(image).__name__}: {error}") from error
     if array.ndim == 0 or not (array.dtype == bool or np.issubdtype(array.dtype, np.number)):
         raise TypeError(f"{name}: expected {_IMAGE_KINDS}, got {type(image).__name__}"
@@ -409,15 +460,19 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
     - bool: False 0, True 1;
     - uint8: divided by 255;
     - floats already within [0, 1]: kept;
-    - floats that are all whole numbers within [0, 255] (a float copy of an 8-bit image,
-      ``image.astype(np.float32)`` or a tensor's ``.float()``): divided by 255, as the uint8
-      image;
+    - floats that are all whole numbers within [0, 255], the largest at least
+      ``EIGHT_BIT_TOP`` (128) (a float copy of an 8-bit photo, ``image.astype(np.float32)``
+      or a tensor's ``.float()``): divided by 255, as the uint8 image;
     - every other integer or float image (uint16 microscopy, 12-bit data, floats outside
       [0, 1]) is stretched linearly between its 0.5th and 99.5th percentiles (taken over
       all colour channels together, so colours keep their balance) and clipped to
       [0, 1]; when those two percentiles are equal, between its minimum and maximum; a
       constant image gives 0. Such images rarely use their dtype's full range (a 12-bit
-      camera fills 1/16 of uint16).
+      camera fills 1/16 of uint16), and neither do float images of small whole numbers (a
+      32-bit ImageJ image of counts 0..40), which read as 8-bit were dim.
+
+    A nested list of numbers (``image.tolist()``) is read as floats, having no dtype of its
+    own: the list of a uint8 photo reads as the photo.
 
     An RGBA image is composited over black (transparent pixels carry no object
     evidence): colour times opacity, the opacity being the alpha channel in its dtype's
@@ -467,9 +522,10 @@ def _unit_range(values: np.ndarray, dtype) -> np.ndarray:
         low, high = values.min(), values.max()
         if low >= 0 and high <= 1:
             return values.astype(dtype)
-        if low >= 0 and high <= 255 and not np.mod(values, 1).any():
+        if EIGHT_BIT_TOP <= high <= 255 and low >= 0 and not np.mod(values, 1).any():
             # a float copy of an 8-bit image (``image.astype(np.float32)``, a tensor's ``.float()``):
-            # read as that image, not stretched
+            # read as that image, not stretched. Small whole numbers (a 32-bit ImageJ image of
+            # counts) are stretched: read as 8-bit they were dim
             return values.astype(dtype) / dtype(255)
     low, high = (float(v) for v in np.percentile(values, STRETCH_PERCENTILES))
     if high <= low:
