@@ -319,9 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "or replaced (--overwrite)")
     refine.add_argument("--masks", default=None, type=Path,
                         help="corrected masks: a COCO JSON, or a folder of <stem>_labels.tif label images "
-                             "with their <stem>_instances.csv; images are matched to DATASET's by file name "
-                             "or stem, as for evaluate --masks: exports of no DATASET image are named in a "
-                             "warning and left out, none matching is refused (default: none)")
+                             "with their <stem>_instances.csv, sub-folders included (a predict --recursive "
+                             "tree); images are matched to DATASET's by the image an export's manifest "
+                             "records, else by file name or stem and, in a sub-folder, its folders "
+                             "(A1/cat_labels.tif: an image A1/cat.*), as for evaluate --masks: exports of no "
+                             "DATASET image are named in a warning and left out, none matching is refused "
+                             "(default: none)")
     refine.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=True,
                         help="learn from PRM's instances on DATASET's images; with --no-self-training "
                              "DATASET only locates the corrected images")
@@ -364,9 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--masks", default=None, type=Path,
                           help="the ground truth: corrected masks, as for refine: a COCO JSON, or a folder of "
                                "<stem>_labels.tif label images with their <stem>_instances.csv (the Export "
-                               "widget's files); images are matched to DATASET's by file name and only those "
-                               "are evaluated; DATASET (a CSV, a folder per class or COCO) gives the images and "
-                               "their labels (default: DATASET's instance masks, a COCO JSON)")
+                               "widget's files), sub-folders included (a predict --recursive tree); images are "
+                               "matched to DATASET's by manifest, file name and folders, as for refine, and "
+                               "only those are evaluated; DATASET (a CSV, a folder per class or COCO) gives the "
+                               "images and their labels (default: DATASET's instance masks, a COCO JSON)")
     _add_inference_options(evaluate)
     evaluate.add_argument("--max-images", type=int, default=None,
                           help="evaluate the first N images only (default: all)")
@@ -1269,7 +1273,8 @@ def _dataset_corrections(masks: Path, dataset, class_names) -> dict:
         raise CommandError(f"--masks: {error}") from error
     if not matched:
         raise CommandError(f"--masks: no export in {masks} matches an image of the dataset {dataset.source} "
-                           f"(by file name or stem): {', '.join(unmatched)}")
+                           "(by the image its manifest records, else by file name or stem, and in a sub-folder "
+                           f"by its folders too: A1/cat_labels.tif is an image A1/cat.*): {', '.join(unmatched)}")
     if unmatched:
         _say(f"warning: --masks: {plural(len(unmatched), 'export')} "
              f"{'matches' if len(unmatched) == 1 else 'match'} no image of the dataset, left out: "

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..data import GroundTruth
 from ..io.coco import coco_to_labels
+from ..io.fileset import read_file_set
 from ..io.images import IMAGE_SUFFIXES, read_image
 from ..io.labels import read_label_image
 from ..io.paths import sorted_paths, stored_path
@@ -138,21 +139,24 @@ def _image_index(image_paths: Sequence[os.PathLike | str]) -> dict[str, list[Pat
 
 
 def _find_image(name: str, index: Mapping[str, list[Path]], folders: Sequence[Path], source: str, *,
-                search: bool = True) -> Path | None:
+                search: bool = True, same_folders: bool = False) -> Path | None:
     """The image of an export: among the dataset's images, else (``search``) in ``folders``;
     None when not among the dataset's images and not ``search``.
 
-    A name with folders (a COCO ``file_name`` such as ``dog/1.png``) picks, among the dataset's
-    images of that file name, the one whose path ends with it; a name that is still several
-    of the dataset's images is refused (ValueError) rather than paired with the first.
+    A name with folders (a COCO ``file_name`` such as ``dog/1.png``, an export's ``A1/cat``
+    in a tree of exports) picks, among the dataset's images of that file name or stem, the one
+    whose folders end with the name's; a name that is still several of the dataset's images is
+    refused (ValueError) rather than paired with the first. With ``same_folders``, an image in
+    other folders is not the export's even when it is the only one of that name.
     """
     parts = Path(name.replace("\\", "/")).parts
     # as stored, then with Windows' separators (A1\\cat.png: a file name holding a backslash here)
     keys = dict.fromkeys((Path(name).name, Path(name).stem, Path(*parts).name, Path(*parts).stem) if parts else ())
     for key in keys:
         candidates = index.get(key, [])
-        if len(candidates) > 1 and len(parts) > 1:
-            candidates = [p for p in candidates if p.parts[-len(parts):] == parts] or candidates
+        if len(parts) > 1 and (len(candidates) > 1 or same_folders):
+            inside = [p for p in candidates if p.parent.parts[-(len(parts) - 1):] == parts[:-1]]
+            candidates = inside if same_folders else inside or candidates
         if len(candidates) == 1:
             return candidates[0]
         if candidates:
@@ -212,28 +216,75 @@ def corrections_from_coco(path: str | os.PathLike, class_names: Sequence[str], *
     return corrections
 
 
+def _label_files(folder: Path) -> list[Path]:
+    """The ``<stem>_labels.tif`` (``.tiff``, ``.png``) files of ``folder`` and of its visible
+    sub-folders (a ``predict --recursive`` tree; not the staging folders of its writes)."""
+    found = []
+    for here, names, files in os.walk(folder):
+        names[:] = [name for name in names if not name.startswith(".")]
+        found += [Path(here, name) for name in files
+                  if Path(name).suffix.lower() in (".tif", ".tiff", ".png") and Path(name).stem.endswith(LABEL_SUFFIX)]
+    return sorted_paths(found)
+
+
+def _recorded_image(label_path: Path, stem: str, root: Path) -> list[Path]:
+    """Where the manifest beside an export (``<stem>.manifest.json``, as ``napari-prm predict``
+    writes it) says its image is: recorded absolute, and from the output folder (which holds
+    when the images and the outputs moved together). Empty when there is no readable one."""
+    try:
+        file_set = read_file_set(label_path.parent, stem)
+    except ValueError:  # not napari-prm's, or broken: matched by name instead
+        return []
+    info = file_set.info if file_set is not None else {}
+    recorded = [Path(str(info["image_path"]))] if info.get("image_path") else []
+    if info.get("image_from_out"):
+        recorded.append(root / str(info["image_from_out"]))
+    return recorded
+
+
 def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str], *,
                             image_paths: Sequence[os.PathLike | str] = (),
                             unmatched: list[str] | None = None) -> list[Correction]:
-    """Corrections from ``<stem>_labels.tif`` (or ``.tiff``/``.png``) files with ``<stem>_instances.csv``.
+    """Corrections from ``<stem>_labels.tif`` (or ``.tiff``/``.png``) files with ``<stem>_instances.csv``,
+    in ``folder`` and its sub-folders.
 
-    The image of ``<stem>_labels.tif`` is ``<stem>.*`` among ``image_paths`` or in the
-    folder. A label image without its CSV has instances of unknown class. With
-    ``unmatched`` (a list), a label image whose image is not among ``image_paths`` is
-    skipped instead, and its file name appended to the list.
+    The image of ``<stem>_labels.tif`` is the one its manifest records (``<stem>.manifest.json``,
+    as ``napari-prm predict`` writes beside its outputs), else ``<stem>.*`` among
+    ``image_paths``, else in the label image's folder. An export in a sub-folder
+    (``A1/cat_labels.tif``, as ``predict --recursive`` mirrors the image tree) is the image
+    ``cat.*`` of a folder ``A1`` among ``image_paths``, not another folder's ``cat``. A label
+    image without its CSV has instances of unknown class. With ``unmatched`` (a list), a label
+    image whose image is not among ``image_paths`` is skipped instead, and its path in
+    ``folder`` appended to the list.
     """
     folder = Path(folder)
-    files = sorted_paths(p for p in folder.iterdir() if p.is_file()
-                         and p.suffix.lower() in (".tif", ".tiff", ".png") and p.stem.endswith(LABEL_SUFFIX))
+    if not folder.is_dir():
+        raise ValueError(f"corrections {folder}: no such folder")
+    files = _label_files(folder)
     if not files:
-        raise ValueError(f"no label images (<stem>{LABEL_SUFFIX}.tif) in {folder}")
+        raise ValueError(f"no label images (<stem>{LABEL_SUFFIX}.tif) in {folder} or its sub-folders")
     index = _image_index(image_paths)
+    resolved: dict[Path, Path] = {}  # the dataset's images by their resolved paths, once a manifest asks
     corrections = []
     for label_path in files:
         stem = label_path.stem[: -len(LABEL_SUFFIX)]
-        image_path = _find_image(stem, index, [folder], str(label_path), search=unmatched is None)
+        relative = label_path.relative_to(folder)
+        image_path = None
+        recorded = _recorded_image(label_path, stem, folder)
+        if recorded and len(image_paths) and not resolved:
+            resolved = {Path(p).resolve(): Path(p) for p in image_paths}
+        for candidate in recorded:
+            image_path = resolved.get(candidate.resolve())
+            if image_path is None and unmatched is None and candidate.is_file():
+                image_path = candidate
+            if image_path is not None:
+                break
         if image_path is None:
-            unmatched.append(label_path.name)
+            name = relative.with_name(stem).as_posix()
+            image_path = _find_image(name, index, [label_path.parent], str(label_path), search=unmatched is None,
+                                     same_folders=True)
+        if image_path is None:
+            unmatched.append(relative.as_posix())
             continue
         table_path = label_path.with_name(f"{stem}_instances.csv")
         table = read_instances_csv(table_path) if table_path.is_file() else None
@@ -248,7 +299,7 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
 def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
                      image_paths: Sequence[os.PathLike | str] = (),
                      unmatched: list[str] | None = None) -> list[Correction]:
-    """Corrections from a COCO JSON or a folder of label images (see the two loaders)."""
+    """Corrections from a COCO JSON or a folder (and its sub-folders) of label images (see the two loaders)."""
     path = Path(path)
     if path.is_dir():
         return corrections_from_folder(path, class_names, image_paths=image_paths, unmatched=unmatched)
@@ -269,7 +320,10 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
     ----------
     path : path-like
         A COCO instances JSON, or a folder of ``<stem>_labels.tif`` label images with
-        their ``<stem>_instances.csv`` (as napari-prm exports them).
+        their ``<stem>_instances.csv`` (as napari-prm exports them), sub-folders included:
+        the tree ``napari-prm predict --recursive`` writes, each export matched by the image
+        its manifest records or by its path in the folder (``A1/cat_labels.tif``: an image
+        ``A1/cat.*``).
     class_names : sequence of str
         The model's classes: the corrections' class indices index them.
     image_paths : sequence of path-like
@@ -281,7 +335,8 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
         By index into ``image_paths``, in increasing order. When several exports match one
         image (``x_labels.tif`` and ``x_labels.png``), the first (in file name order) is kept.
     unmatched : list of str
-        The exports matching no image (file names; for a COCO JSON, its images' ``file_name``)
+        The exports matching no image (their paths in the folder, ``A1/cat_labels.tif``; for a
+        COCO JSON, its images' ``file_name``)
         and the extra exports of an image already matched.
 
     Raises
@@ -289,6 +344,7 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
     ValueError
         ``path`` is neither, holds no export, or an export cannot be read.
     """
+    path = Path(path)
     unmatched: list[str] = []
     corrections = load_corrections(path, class_names, image_paths=image_paths, unmatched=unmatched)
     position: dict[Path, int] = {}
@@ -298,7 +354,9 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
     for correction in corrections:
         index = position[correction.image_path]
         if index in matched:
-            unmatched.append(f"{Path(correction.source).name} (a second export of {correction.image_path.name})")
+            source = Path(correction.source)
+            name = source.relative_to(path).as_posix() if source.is_relative_to(path) else source.name
+            unmatched.append(f"{name} (a second export of {correction.image_path.name})")
         else:
             matched[index] = correction
     return dict(sorted(matched.items())), unmatched

@@ -1,0 +1,131 @@
+"""``evaluate``/``refine --masks`` on the tree that ``predict --recursive`` writes.
+
+A plate of two wells holding an image of the same file name each (``A1/scene.png``,
+``B2/scene.png``): ``predict --recursive`` writes ``results/A1/scene_labels.tif``, ...,
+the user corrects those label images in place, and the corrected tree is the ground truth
+(``evaluate``) or the supervision (``refine``). Only the folder's top level was read: "no
+label images (<stem>_labels.tif) in results".
+"""
+
+import shutil
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from conftest import shapes_scene
+from napari_prm import io
+from napari_prm.cli import main
+from napari_prm.model import build_model, load_checkpoint, save_model
+from napari_prm.refine import match_corrections
+
+CLASSES = ["cat", "dog"]
+TABLE = {"label": np.array([1, 2]), "class_index": np.array([0, 1]), "class_name": np.array(CLASSES)}
+WELLS = {"A1": 0, "B2": 1}  # well -> the shapes scene of its scene.png
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_model(build_model("tiny", CLASSES, pretrained=False, input_size=(96, 96)),
+                      tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory, checkpoint):
+    """The plate with its labels CSV, and ``predict --recursive``'s results with each label
+    image and CSV replaced by the scene's true instances (the user's corrections)."""
+    root = tmp_path_factory.mktemp("plate")
+    images = root / "plate"
+    for well, number in WELLS.items():
+        (images / well).mkdir(parents=True)
+        iio.imwrite(images / well / "scene.png", shapes_scene(number)[0])
+    dataset = images / "labels.csv"
+    dataset.write_text("image,labels\n" + "".join(f"{well}/scene.png,cat;dog\n" for well in WELLS))
+    results = root / "results"
+    assert main(["predict", str(images), "--recursive", "--out", str(results), "--model", str(checkpoint),
+                 "--device", "cpu", "--proposals", "prm", "--peak-threshold", "0"]) == 0
+    for well, number in WELLS.items():
+        labels = shapes_scene(number)[1]
+        assert (results / well / "scene.manifest.json").is_file()
+        io.write_label_image(results / well / "scene_labels.tif", labels)
+        io.write_instances_csv(results / well / "scene_instances.csv", labels, TABLE)
+    return dataset, results
+
+
+def _copy(results, to, *, manifests=True):
+    shutil.copytree(results, to, ignore=None if manifests else shutil.ignore_patterns("*.manifest.json"))
+    return to
+
+
+@pytest.mark.parametrize("manifests", [True, False], ids=["by-manifest", "by-relative-path"])
+def test_a_predict_recursive_tree_pairs_each_export_with_its_wells_image(plate, tmp_path, manifests):
+    dataset, results = plate
+    tree = _copy(results, tmp_path / "results", manifests=manifests)
+    images = [dataset.parent / well / "scene.png" for well in WELLS]
+    # B2 listed first: the pairing goes by folder, not by order or by the shared file name
+    matched, unmatched = match_corrections(tree, CLASSES, images[::-1])
+    assert unmatched == [] and list(matched) == [0, 1]
+    assert [matched[i].image_path for i in (0, 1)] == images[::-1]
+    for index, number in ((0, 1), (1, 0)):
+        np.testing.assert_array_equal(matched[index].labels, shapes_scene(number)[1])
+        np.testing.assert_array_equal(matched[index].image, shapes_scene(number)[0])
+        assert matched[index].label_classes == {1: 0, 2: 1}
+
+
+def test_a_renamed_well_folder_is_still_paired_by_its_manifest(plate, tmp_path):
+    dataset, results = plate
+    tree = _copy(results, tmp_path / "results")
+    (tree / "A1").rename(tree / "first well")
+    images = [dataset.parent / well / "scene.png" for well in WELLS]
+    matched, unmatched = match_corrections(tree, CLASSES, images)
+    assert unmatched == [] and matched[0].image_path == images[0]
+    np.testing.assert_array_equal(matched[0].labels, shapes_scene(0)[1])
+    # without its manifest, "first well/scene" is no image of the dataset: named by its path, left out
+    (tree / "first well" / "scene.manifest.json").unlink()
+    matched, unmatched = match_corrections(tree, CLASSES, images)
+    assert list(matched) == [1] and unmatched == ["first well/scene_labels.tif"]
+
+
+def test_evaluate_masks_takes_the_tree(plate, checkpoint, tmp_path, capsys):
+    dataset, results = plate
+    common = ["evaluate", str(dataset), "--model", str(checkpoint), "--device", "cpu",
+              "--class-threshold=-1e9", "--peak-threshold=-1e9"]
+    assert main([*common, "--masks", str(results)]) == 0
+    captured = capsys.readouterr()
+    assert "2 of the dataset's 2 images have corrected instances (4 instances)" in captured.err
+    assert "warning" not in captured.err and "Evaluated on 2 images" in captured.out
+    # an export in a folder of no image of the dataset: named by its path in the tree, left out
+    tree = _copy(results, tmp_path / "extra", manifests=False)
+    shutil.copytree(tree / "B2", tree / "C3")
+    assert main([*common, "--masks", str(tree)]) == 0
+    assert "warning: --masks: 1 export matches no image of the dataset, left out: C3/scene_labels.tif" \
+        in capsys.readouterr().err
+
+
+def test_a_tree_matching_nothing_is_refused_naming_the_folder(plate, checkpoint, tmp_path, capsys):
+    dataset, results = plate
+    tree = tmp_path / "elsewhere"
+    shutil.copytree(results / "A1", tree / "Z9", ignore=shutil.ignore_patterns("*.manifest.json"))
+    common = ["evaluate", str(dataset), "--model", str(checkpoint), "--device", "cpu"]
+    assert main([*common, "--masks", str(tree)]) == 2
+    error = capsys.readouterr().err
+    assert f"error: --masks: no export in {tree} matches an image of the dataset" in error
+    assert "A1/cat_labels.tif is an image A1/cat.*): Z9/scene_labels.tif" in error
+    empty = tmp_path / "empty"
+    (empty / "A1").mkdir(parents=True)
+    assert main([*common, "--masks", str(empty)]) == 2
+    assert f"--masks: no label images (<stem>_labels.tif) in {empty} or its sub-folders" in capsys.readouterr().err
+
+
+def test_refine_learns_from_the_tree(plate, checkpoint, tmp_path, capsys):
+    dataset, results = plate
+    out = tmp_path / "refined.pt"
+    status = main(["refine", str(dataset), "--model", str(checkpoint), "--out", str(out), "--masks", str(results),
+                   "--no-self-training", "--epochs", "1", "--cache", "none", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert "2 corrected image(s), 4 instances" in err
+    model, _ = load_checkpoint(out)
+    assert model.head.info["trained_on"]["corrected"] == 2
