@@ -200,6 +200,55 @@ def test_each_peak_seeds_one_instance_and_duplicates_merge():
     assert head_instances(np.zeros((0, 10, 10)), np.zeros((0, 10, 10)), np.zeros(0)) == []
 
 
+def test_maps_read_one_at_a_time_give_the_instances_of_the_whole_stack():
+    """A `ScaledPRMs` (what `predict` holds) is read a map at a time; each instance's ``prm`` is
+    an `InstancePRM` of its peak and the peaks merged into it, not an image-sized copy."""
+    from napari_prm.prm_maps import InstancePRM, ScaledPRMs
+
+    logits = np.full((3, 10, 10), -8.0, np.float32)
+    logits[0, 2:6, 2:6] = 8.0
+    logits[1, 2:6, 2:7] = 6.0  # peak 1: nearly peak 0's square, merged into it
+    logits[2, 7:9, 7:9] = 8.0
+    maps = np.stack([blob((5, 5), 1, 1), blob((5, 5), 2, 2), blob((5, 5), 4, 4)]).astype(np.float32)
+    maps /= maps.sum(axis=(1, 2), keepdims=True)
+    lazy_prms = ScaledPRMs(maps, (10, 10))
+    full = head_instances(logits, np.asarray(lazy_prms), np.array([0, 0, 1]), min_area=2)
+    lazy = head_instances(logits, lazy_prms, np.array([0, 0, 1]), min_area=2)
+    # merged peaks were summed into the PRM but not recorded, and each PRM was a 10×10 copy
+    assert [(i.peak, i.merged_peaks) for i in lazy] == [(0, [1]), (2, [])] == [(i.peak, i.merged_peaks) for i in full]
+    for a, b in zip(lazy, full):
+        assert isinstance(a.prm, InstancePRM) and a.prm.nbytes == 0 and isinstance(b.prm, np.ndarray)
+        np.testing.assert_array_equal(np.asarray(a.prm), b.prm)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert a.score == b.score
+    np.testing.assert_array_equal(np.asarray(lazy[0].prm), lazy_prms[0] + lazy_prms[1])
+
+
+def test_a_refined_prediction_keeps_no_image_sized_prm_per_instance(refined, shapes_scenes):
+    from napari_prm.prm_maps import InstancePRM
+    from napari_prm.refine.inference import head_logits, stage_features
+
+    image, _, classes, centres = shapes_scenes[0]
+    image = np.repeat(np.repeat(image, 2, axis=0), 3, axis=1)[:150, :250]  # PRMs resized to 150×250
+    points = (centres * [2, 3], [classes[1], classes[2]])
+    prediction = predict(image, refined, points=points, proposals="refined", score_by="retrieval")
+    assert len(prediction.instances) == 2
+    stack = np.asarray(prediction.prms)
+    for instance in prediction.instances:
+        assert isinstance(instance.prm, InstancePRM) and instance.prm.shape == (150, 250)
+        np.testing.assert_array_equal(np.asarray(instance.prm), stack[[instance.peak, *instance.merged_peaks]].sum(0))
+    # the prompts and the instances are those of the whole stack at the image's size
+    features = stage_features(refined, image)
+    args = (prediction.peak_classes, prediction.peaks, prediction.crms)
+    np.testing.assert_array_equal(peak_prompts(prediction.prms, *args, (24, 24)), peak_prompts(stack, *args, (24, 24)))
+    logits = head_logits(refined, features, prediction.prms, *args)
+    np.testing.assert_array_equal(logits, head_logits(refined, features, stack, *args))
+    whole = head_instances(logits, stack, prediction.peak_classes)
+    assert [(i.peak, i.score) for i in whole] == [(i.peak, i.score) for i in prediction.instances]
+    for a, b in zip(prediction.instances, whole):
+        np.testing.assert_array_equal(a.mask, b.mask)
+
+
 # --------------------------------------------------------------------------- training
 def test_a_head_learns_the_masks_of_two_corrected_images(tiny96, shapes_scenes):
     torch.manual_seed(0)

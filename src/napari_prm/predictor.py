@@ -930,10 +930,9 @@ class PRMPredictor:
                 started = time.perf_counter()
                 self._head_features = stage_features(self.model, self._image)
                 self.timings["head_features"] = time.perf_counter() - started
-        prms = np.asarray(prediction.prms)  # built once (a ScaledPRMs builds it on each read)
-        logits = head_logits(self.model, self._head_features, prms, prediction.peak_classes,
+        logits = head_logits(self.model, self._head_features, prediction.prms, prediction.peak_classes,
                              prediction.peaks, prediction.crms)
-        return head_instances(logits, prms, prediction.peak_classes, **instance_options(self.model))
+        return head_instances(logits, prediction.prms, prediction.peak_classes, **instance_options(self.model))
 
     def _confidence(self, prediction: Prediction, settings: PredictSettings) -> list[Instance]:
         """The instances rescored by :func:`rank_by_confidence` against this model's thresholds."""

@@ -37,15 +37,15 @@ class Instance:
         Peak response map (summed over merged duplicates when NMS merges them). `predict`,
         retrieving on the network's grid (both presets), gives an
         :class:`napari_prm.prm_maps.InstancePRM`, which reads as that ndarray and is built
-        from `Prediction.prms` when read (``np.asarray(instance.prm)``); with
-        ``retrieval_grid="image"`` or the ``"refined"`` proposals it gives the ndarray.
+        from `Prediction.prms` when read (``np.asarray(instance.prm)``), and so do the
+        ``"refined"`` proposals; with ``retrieval_grid="image"`` it gives the ndarray.
     peak : int
         Index of the peak (row of ``Prediction.peaks``) the instance came from.
     proposal : int
         Index of the chosen proposal in the stack it was chosen from (-1 when unknown).
     merged_peaks : list of int
         Peaks whose instances NMS merged into this one (their PRMs are in ``prm``
-        when ``merge_peak_response`` was on).
+        when ``merge_peak_response`` was on; always for the ``"refined"`` proposals).
     retrieval_score : float or None
         The retrieval score, kept when ``score`` is a confidence (None otherwise).
     """

@@ -87,7 +87,6 @@ def refined_instances(model: PRMModel, image: np.ndarray, prediction, **options)
     """
     if len(prediction.peak_classes) == 0:
         return []
-    prms = np.asarray(prediction.prms)  # built once (a ScaledPRMs builds it on each read)
-    logits = head_logits(model, stage_features(model, image), prms, prediction.peak_classes,
+    logits = head_logits(model, stage_features(model, image), prediction.prms, prediction.peak_classes,
                          prediction.peaks, prediction.crms)
-    return head_instances(logits, prms, prediction.peak_classes, **instance_options(model, options))
+    return head_instances(logits, prediction.prms, prediction.peak_classes, **instance_options(model, options))

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..prm_maps import ScaledPRMs
+
 PROMPT_CHANNELS = 4
 PEAK_SIGMA = 1.5
 
@@ -37,14 +39,19 @@ def to_grid(yx: np.ndarray, image_shape: tuple[int, int], grid: tuple[int, int])
     return (yx + 0.5) * scale - 0.5
 
 
+def _pooled(prms: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """(n, H, W) maps averaged down to ``grid``: (n, gh, gw)."""
+    return F.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(prms, dtype=np.float32))[:, None], grid)[:, 0]
+
+
 def peak_prompts(prms: np.ndarray, peak_classes: np.ndarray, peaks_yx: np.ndarray, crms: np.ndarray,
                  grid: tuple[int, int]) -> np.ndarray:
     """The prompts of K peaks.
 
     Parameters
     ----------
-    prms : (K, H, W) float ndarray
-        Peak response maps at the image's size.
+    prms : (K, H, W) float ndarray or ScaledPRMs
+        Peak response maps at the image's size (a `ScaledPRMs` is read one map at a time).
     peak_classes : (K,) int ndarray
     peaks_yx : (K, 2) float ndarray
         Peak ``(y, x)`` in image pixels.
@@ -57,13 +64,15 @@ def peak_prompts(prms: np.ndarray, peak_classes: np.ndarray, peaks_yx: np.ndarra
     -------
     (K, 4, gh, gw) float32 ndarray
     """
-    prms = np.asarray(prms, dtype=np.float32)
     count = len(prms)
     grid = tuple(int(g) for g in grid)
     if count == 0:
         return np.zeros((0, PROMPT_CHANNELS) + grid, np.float32)
-    image_shape = prms.shape[1:]
-    response = F.adaptive_avg_pool2d(torch.from_numpy(prms)[:, None], grid)[:, 0]
+    image_shape = tuple(prms.shape[1:])
+    if isinstance(prms, ScaledPRMs):  # one map at the image's size at a time, not the whole stack
+        response = torch.cat([_pooled(plane[None], grid) for plane in prms.iter_planes()])
+    else:
+        response = _pooled(prms, grid)
     rows, columns = torch.meshgrid(torch.arange(grid[0], dtype=torch.float32),
                                    torch.arange(grid[1], dtype=torch.float32), indexing="ij")
     centres = torch.from_numpy(to_grid(peaks_yx, image_shape, grid)).float()
