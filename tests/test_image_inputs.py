@@ -204,3 +204,17 @@ def test_a_low_signal_float_image_of_whole_numbers_is_stretched_not_dim():
     np.testing.assert_array_equal(as_rgb_float(coins.astype(np.float32)), as_rgb_float(coins))
     assert coins.max() >= 128
     np.testing.assert_array_equal(as_rgb_float(counts / 40)[..., 0], (counts / 40).astype(np.float32))
+
+
+def test_predict_many_takes_image_files_and_says_what_to_do_with_arrays(tiny, tmp_path):
+    from napari_prm.batch import predict_many
+
+    scene = _scene()
+    # Path(array) raised "expected str, bytes or os.PathLike object, not ndarray", naming nothing
+    with pytest.raises(TypeError, match=r"^paths\[1\]: expected an image file's path, got ndarray: .*napari_prm"
+                                        r"\.predict"):
+        predict_many([tmp_path / "a.png", scene], tiny, tmp_path / "out")
+    # one path was read as its characters, each an image file that does not exist
+    with pytest.raises(TypeError, match=r"^paths: expected a sequence of image files, got one path '.*a\.png'"):
+        predict_many(str(tmp_path / "a.png"), tiny, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -856,6 +856,21 @@ def _has_manifest(out: Path, stem: str) -> bool:
 
 
 # --------------------------------------------------------------------------- the batch
+def _image_paths(paths) -> list[Path]:
+    """`predict_many`'s ``paths`` as Paths, refusing one path (its characters are not images)
+    and items that are not paths (arrays: `napari_prm.predict` takes them one at a time)."""
+    if isinstance(paths, (str, os.PathLike)):
+        raise TypeError(f"paths: expected a sequence of image files, got one path {str(paths)!r}: pass [path] "
+                        "(collect_images lists a folder's images)")
+    items = list(paths)
+    for number, item in enumerate(items):
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"paths[{number}]: expected an image file's path, got {type(item).__name__}: "
+                            "predict_many reads files; predict an image held in memory with napari_prm.predict "
+                            "(or a PRMPredictor, which keeps the model between images)")
+    return [Path(p) for p in items]
+
+
 def predict_many(
     paths: Sequence[str | os.PathLike],
     model,
@@ -882,7 +897,9 @@ def predict_many(
     Parameters
     ----------
     paths : sequence of path-like
-        Image files (see `collect_images` for folders).
+        Image files (see `collect_images` for folders). One path (not in a list) and items
+        that are not paths (arrays: `napari_prm.predict` takes them) are refused (TypeError
+        naming ``paths`` or the item).
     model : str, path-like or PRMModel
         A built-in model (``"imagenet-voc"``, ``"imagenet-coco"``, ``"imagenet"``), a
         checkpoint, or a loaded model.
@@ -947,7 +964,7 @@ def predict_many(
     """
     from . import io
 
-    paths = [Path(p) for p in paths]
+    paths = _image_paths(paths)
     stems = list(stems) if stems is not None else output_stems(paths, out=out)
     if len(stems) != len(paths) or len(set(stems)) != len(stems):
         raise ValueError(f"stems must be {len(paths)} distinct names, one per image; got {len(stems)}"
