@@ -18,7 +18,7 @@ from conftest import shapes_scene
 from napari_prm import io
 from napari_prm.cli import main
 from napari_prm.model import build_model, load_checkpoint, save_model
-from napari_prm.refine import match_corrections
+from napari_prm.refine import load_corrections, match_corrections
 
 CLASSES = ["cat", "dog"]
 TABLE = {"label": np.array([1, 2]), "class_index": np.array([0, 1]), "class_name": np.array(CLASSES)}
@@ -86,6 +86,16 @@ def test_a_renamed_well_folder_is_still_paired_by_its_manifest(plate, tmp_path):
     (tree / "first well" / "scene.manifest.json").unlink()
     matched, unmatched = match_corrections(tree, CLASSES, images)
     assert list(matched) == [1] and unmatched == ["first well/scene_labels.tif"]
+
+
+def test_without_a_dataset_the_images_are_found_where_the_manifests_say(plate):
+    """The Refine widget's *corrected masks* folder: no dataset to match, the images are not
+    beside the exports; their manifests say where they are."""
+    dataset, results = plate
+    corrections = load_corrections(results, CLASSES)
+    assert [c.image_path for c in corrections] == [dataset.parent / well / "scene.png" for well in WELLS]
+    for correction, number in zip(corrections, WELLS.values()):
+        np.testing.assert_array_equal(correction.image, shapes_scene(number)[0])
 
 
 def test_evaluate_masks_takes_the_tree(plate, checkpoint, tmp_path, capsys):
