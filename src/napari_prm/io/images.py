@@ -338,8 +338,8 @@ def _ragged_where(nested: list | tuple, place: tuple = ()) -> str:
     items = list(nested)
     kinds = [isinstance(item, (list, tuple)) or np.ndim(item) > 0 for item in items]
     if any(kinds) and not all(kinds):
-        return f"{_place(place + (kinds.index(not kinds[0]),))} is {'a list' if not kinds[0] else 'a number'}, " \
-               f"{_place(place + (0,))} {'a list' if kinds[0] else 'a number'}"
+        first, other = ("a list", "a number") if kinds[0] else ("a number", "a list")
+        return f"{_place(place + (kinds.index(not kinds[0]),))} is {other}, {_place(place + (0,))} {first}"
     if not any(kinds):
         return "its values are not all numbers"
     lengths = [len(item) for item in items]
