@@ -300,3 +300,23 @@ def test_png_and_tiff_exports_reopen_in_place_with_units_and_classes(make_napari
     assert widget.export(tmp_path / "again", formats=["coco"], stem="again"), widget._status.value
     coco = json.loads((tmp_path / "again" / "again_instances.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["cat", "dog", "bird"]
+
+
+def test_a_typed_stem_stays_when_another_labels_layer_is_selected(make_napari_viewer, small_cat):
+    """Selecting another Labels layer replaced the stem the user had typed with that layer's."""
+    viewer = make_napari_viewer()
+    for name in ("cat", "dog"):
+        viewer.add_image(small_cat, name=name)
+        viewer.add_labels(np.zeros(small_cat.shape[:2], np.uint16), name=f"{name} instances")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    viewer.layers.selection.active = viewer.layers["cat instances"]
+    assert widget._stem.value == "cat"
+    viewer.layers.selection.active = viewer.layers["dog instances"]
+    assert widget._stem.value == "dog"  # an offered stem follows the selection
+    widget._stem.value = "plate1_well_B2"  # typed by the user
+    viewer.layers.selection.active = viewer.layers["cat instances"]
+    assert widget._layer.value is viewer.layers["cat instances"]
+    assert widget._stem.value == "plate1_well_B2"
+    widget._stem.value = ""  # emptied: stems are offered again
+    viewer.layers.selection.active = viewer.layers["dog instances"]
+    assert widget._stem.value == "dog"

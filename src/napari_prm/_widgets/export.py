@@ -33,7 +33,8 @@ FORMATS = {"tiff": "label TIFF", "png": "label PNG (up to 65535 labels)",
 @dataclass
 class ExportSettings:
     """The export widget's choices kept between sessions (the file stem and *overwrite* are not:
-    the stem follows the layer, and replacing files is asked for each time)."""
+    the stem offered follows the layer, one typed stays for the session, and replacing files is
+    asked for each time)."""
 
     folder: str = str(Path.home())
     tiff: bool = True
@@ -86,6 +87,7 @@ class ExportWidget(Container):
         self._layer = ComboBox(label="labels", choices=self._labels_choices)
         self._folder = FileEdit(label="folder", mode="d", value=str(Path.home()))
         self._stem = LineEdit(label="file stem", value="")
+        self._offered_stem = ""  # the stem `_default_stem` put in the field last
         self._formats = {key: CheckBox(text=text, value=key != "png")
                          for key, text in FORMATS.items()}
         self._overwrite = CheckBox(text="overwrite existing files", value=False)
@@ -117,9 +119,13 @@ class ExportWidget(Container):
             pass
 
     def _default_stem(self, *_):
+        """Offer the chosen layer's `default_stem`, unless the user typed a stem of their own
+        (one that is not the stem offered last, nor empty): that one stays for any layer."""
         layer = self._layer.value
-        if layer is not None:
-            self._stem.value = default_stem(self._viewer, layer)
+        if layer is None or self._stem.value not in ("", self._offered_stem):
+            return
+        self._offered_stem = default_stem(self._viewer, layer)
+        self._stem.value = self._offered_stem
 
     def _say(self, message: str, error: bool = False) -> None:
         self._status.value = message
