@@ -197,7 +197,9 @@ def test_corrections_are_kept_when_a_rethreshold_replaces_them(corrected, qtbot)
     kept = viewer.layers["cat instances (corrected)"]
     np.testing.assert_array_equal(kept.data, edited)
     assert kept.data.dtype == edited.dtype and rows(kept) == table
-    assert kept.metadata == {"class_names": ["cat", "dog", "bird"], "image_layer": "cat", "image_file_name": "cat"}
+    metadata = dict(kept.metadata)
+    assert metadata.pop("napari_prm")["role"] == "kept"  # the plugin's mark: a copy kept, not the instances
+    assert metadata == {"class_names": ["cat", "dog", "bird"], "image_layer": "cat", "image_file_name": "cat"}
     assert not kept.visible
     # the instances layer holds the run's result (no proposals: no instances) and no copy else
     assert viewer.layers["cat instances"] is labels and not labels.data.any() and len(labels.features) == 0

@@ -27,6 +27,7 @@ from .. import edit
 from .._text import plural
 from .history import InstanceHistory, reset_history
 from .layers import features_table, instance_features, point_defaults, world_kwargs
+from .marks import is_marked, mark, marker_of
 from .painted import can_correct, painted_context
 from .points import PointRetrieval
 
@@ -202,8 +203,7 @@ class CorrectionPanel(PointRetrieval):
         """The run whose peaks, instances or split-line layer ``layer`` is."""
         for run in self._runs:
             layers = run.context.layers
-            if (any(layer is mine for mine in layers.values())
-                    or getattr(layer, "name", None) == run.context.split_name):
+            if any(layer is mine for mine in layers.values()) or _is_split_layer(layer, run.context):
                 return run
         return None
 
@@ -529,11 +529,11 @@ class CorrectionPanel(PointRetrieval):
             self._say("Run a prediction first: there are no instances to split.", "warning")
             return None
         viewer = self.owner.viewer
-        name = self.context.split_name
-        if name not in viewer.layers:
-            viewer.add_shapes(name=name, ndim=self.instances.ndim, edge_color="yellow",
-                              edge_width=2, **world_kwargs(self.instances))
-        shapes = viewer.layers[name]
+        shapes = _split_layer(viewer, self.context)
+        if shapes is None:
+            shapes = viewer.add_shapes(name=self.context.split_name, ndim=self.instances.ndim,
+                                       edge_color="yellow", edge_width=2,
+                                       metadata=mark("split", self.instances), **world_kwargs(self.instances))
         self.bind_shortcuts(shapes)
         viewer.layers.selection.active = shapes
         shapes.mode = "add_path"
@@ -551,8 +551,7 @@ class CorrectionPanel(PointRetrieval):
         labels_layer = self.instances
         shapes = None
         if line_world is None:
-            name = self.context.split_name
-            shapes = self.owner.viewer.layers[name] if name in self.owner.viewer.layers else None
+            shapes = _split_layer(self.owner.viewer, self.context)
             if shapes is None or not len(shapes.data):
                 self._say("Draw a line across the instance first (Draw split line).", "warning")
                 return False
@@ -675,6 +674,19 @@ class CorrectionPanel(PointRetrieval):
         for axis in range(leading):  # show the instance's plane of a stack
             viewer.dims.set_point(viewer.dims.ndim - layer.ndim + axis, world[axis])
         viewer.camera.center = tuple(world[-2:])
+
+
+def _is_split_layer(layer, context) -> bool:
+    """Whether ``layer`` is the split-line layer of ``context``'s instances: marked for them, or
+    unmarked and bearing its default name (`split_name`)."""
+    if marker_of(layer):
+        return is_marked(layer, context.layers["instances"], "split")
+    return getattr(layer, "name", None) == context.split_name
+
+
+def _split_layer(viewer, context):
+    """The split-line layer of ``context``'s instances in ``viewer`` (renamed or not), or None."""
+    return next((layer for layer in viewer.layers if _is_split_layer(layer, context)), None)
 
 
 def _labels_along(labels: np.ndarray, line: np.ndarray) -> dict[int, int]:

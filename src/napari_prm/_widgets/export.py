@@ -23,7 +23,9 @@ from .layers import (
     choose_layer,
     image_file_name,
     image_layer_of,
+    named_image,
     uncounted_name,
+    unpaired_reason,
 )
 from .models import unwrap_viewer
 from .settings import persist_fields
@@ -160,8 +162,11 @@ class ExportWidget(Container):
         class_names = (layer.metadata or {}).get("class_names")
         # a run records its image's file; a Labels layer no run made goes with its image layer
         file_name = str((layer.metadata or {}).get("image_file_name") or "")
+        unpaired = ""
         if not file_name and (image := image_layer_of(self._viewer, layer)) is not None:
             file_name = image_file_name(image)
+        elif not file_name and named_image(layer):  # its image is gone: no other image is taken for it
+            unpaired = f" No image file name recorded: {unpaired_reason(self._viewer, layer)}."
         try:
             written = io.export_instances(
                 labels, layer_table({"features": layer.features}), class_names, folder,
@@ -181,5 +186,5 @@ class ExportWidget(Container):
         self.last_written = written
         note = (f" Not written: {flat_only}, which hold 2-D labels only (this layer is a stack of "
                 f"{int(np.prod(labels.shape[:-2]))} planes)." if skipped else "")
-        self._say(f"Wrote {', '.join(p.name for p in written)} to {folder}.{note}")
+        self._say(f"Wrote {', '.join(p.name for p in written)} to {folder}.{note}{unpaired}")
         return written

@@ -21,6 +21,7 @@ from qtpy.QtWidgets import QListWidgetItem
 
 from ..predictor import preset_settings, resolve_thresholds
 from .layers import choose_layer, is_result_image
+from .marks import INSTANCES_SUFFIX, marker_of
 from .models import BUILTIN_CHOICES, devices, model_choices, remember_model
 from .settings import save_settings
 from .thresholds import CalibratedThreshold
@@ -211,8 +212,10 @@ class PredictForm:
 
     def _proposal_choices(self, _=None):
         choices = list(PROPOSAL_SOURCES.items())
+        # not a run's instances layer (the run replaces it), renamed or not
         choices += [(LABELS_PREFIX + layer.name, layer) for layer in self.viewer.layers
-                    if isinstance(layer, Labels) and not layer.name.endswith(" instances")]
+                    if isinstance(layer, Labels) and not layer.name.endswith(INSTANCES_SUFFIX)
+                    and marker_of(layer).get("role") != "instances"]
         return choices
 
     def reset_choices(self, *_):

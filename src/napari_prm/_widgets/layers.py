@@ -20,6 +20,19 @@ from ..peaks import RUNNERS_UP
 from ..predict import Prediction, crm_to_image
 from ..predictor import cap_note
 from ..scaled import ScaledStack, split_index
+from .marks import (  # noqa: F401  (layer_names and the suffixes: where the widgets import them)
+    INSTANCES_SUFFIX,
+    KEPT_SUFFIX,
+    ROLES,
+    find_result,
+    find_results,
+    is_marked,
+    layer_names,
+    mark,
+    marked_image,
+    marker_of,
+    remarked,
+)
 
 #: Colours of the classes' peaks, cycled in order of first appearance (matplotlib tab10).
 CLASS_COLORS = [
@@ -44,30 +57,16 @@ WORLD_LABELS = ("units", "axis_labels")
 #: The name of the PRM layer's leading axis (one slice per peak), as the dims slider shows it.
 PEAK_AXIS_LABEL = "peak"
 INSTANCE_COLUMNS = ("index", "label", "class_index", "class_name", "score", "peak")
-#: Name of the copy of a corrected instances layer that a new run keeps (`keep_corrections`).
-KEPT_SUFFIX = " (corrected)"
-
-
-#: What a run's instances layer adds to its image layer's name (`layer_names`).
-INSTANCES_SUFFIX = " instances"
-
-
-def layer_names(image_name: str) -> dict[str, str]:
-    """Names of the result layers of an image layer."""
-    return {
-        "peaks": f"{image_name} peaks",
-        "prms": f"{image_name} PRMs",
-        "instances": f"{image_name}{INSTANCES_SUFFIX}",
-        "crm": f"{image_name} CRM ",
-        "split": f"{image_name} split line",
-    }
 
 
 def is_result_image(viewer, layer) -> bool:
     """Whether the Image ``layer`` is a run's PRMs or CRM layer of an image layer of ``viewer``
-    (``<image> PRMs``, ``<image> CRM <class>``): the widget does not offer it as an image to run on."""
+    (marked so, whatever its name; unmarked, named ``<image> PRMs`` or ``<image> CRM <class>``):
+    the widget does not offer it as an image to run on."""
     from napari.layers import Image
 
+    if marker_of(layer):
+        return marker_of(layer).get("role") in ("prms", "crm")
     for image in viewer.layers:
         if image is layer or not isinstance(image, Image):
             continue
@@ -673,13 +672,21 @@ def crm_world_kwargs(image_layer, crm_shape: tuple[int, int], image_shape: tuple
     return kwargs
 
 
-def upsert_layer(viewer, layer_type: str, name: str, data, **kwargs):
-    """Update the layer called ``name`` in place, or add it; never a second one.
+_BY_NAME = object()
+
+
+def upsert_layer(viewer, layer_type: str, name: str, data, *, existing=_BY_NAME, **kwargs):
+    """Update the layer ``existing`` (default: the one called ``name``) in place, or add one
+    called ``name``; never a second one.
 
     A layer of another type or dimensionality is replaced at the same place in the layer
-    list. ``features``, the `WORLD_TRANSFORMS`, the `WORLD_LABELS` and colouring are re-applied.
+    list, under the name it had (the user's, if they renamed it). ``features``, ``metadata``,
+    the `WORLD_TRANSFORMS`, the `WORLD_LABELS` and colouring are re-applied.
     """
-    existing = viewer.layers[name] if name in viewer.layers else None
+    if existing is _BY_NAME:
+        existing = viewer.layers[name] if name in viewer.layers else None
+    if existing is not None and existing not in viewer.layers:
+        existing = None
     ndim = np.shape(data)[1] if layer_type == "points" else np.ndim(data)
     same_type = type(existing).__name__.lower() == layer_type
     if existing is not None and same_type and existing.ndim == ndim:
@@ -709,7 +716,7 @@ def upsert_layer(viewer, layer_type: str, name: str, data, **kwargs):
         return existing
     index = None
     if existing is not None:
-        index = viewer.layers.index(existing)
+        index, name = viewer.layers.index(existing), existing.name
         viewer.layers.remove(existing)
     layer = getattr(viewer, f"add_{layer_type}")(data, name=name, **kwargs)
     if index is not None:
@@ -738,29 +745,49 @@ def uncounted_name(name: str) -> str:
     return re.sub(r" \[\d+\]$", "", name)
 
 
-def image_layer_of(viewer, labels_layer):
-    """The image layer of ``viewer`` that a Labels layer annotates, None when there is none: the one
-    its metadata names (``image_layer``, as a run records it, else ``image_file_name``), else the
-    one its name is of (``"cat instances"``: ``"cat"``; ``"cat - Labels"``, napari's new Labels layer
-    of the image selected, ``"cat - Labels [1]"`` the next one; ``"cat_labels"``, an export reopened: the
-    layer ``cat`` or the one opened from ``cat.png``), else the only image layer of its shape (a
-    Labels layer painted from scratch, napari's ``Labels``; not for one whose metadata names an
-    image that has gone)."""
-    from napari.layers import Image
+def named_image(labels_layer) -> str:
+    """The name of the image layer a Labels layer says it was made on, "" when it names none: its
+    run's (`marks.mark`, else its metadata's ``image_layer``, else ``image_file_name``), else the
+    one its name is of: ``"cat instances"`` and ``"cat - Labels"`` (napari's new Labels layer of the
+    image selected; ``"cat - Labels [1]"`` the next one) name ``"cat"``. (``"cat_labels"``, an export
+    opened again, names a file stem, which the user may have typed: not an image layer.)"""
+    return next(iter(_named_images(labels_layer)), "")
 
+
+def _named_images(labels_layer) -> list[str]:
+    """The names `named_image` tries, first to last."""
     metadata = labels_layer.metadata or {}
     own_name = uncounted_name(labels_layer.name)
-    for name in (metadata.get("image_layer"), metadata.get("image_file_name"),
-                 own_name.removesuffix(INSTANCES_SUFFIX), own_name.removesuffix(NEW_LABELS_SUFFIX)):
-        if name and name in viewer.layers and isinstance(viewer.layers[name], Image):
+    names = [marker_of(labels_layer).get("image_layer"), metadata.get("image_layer"), metadata.get("image_file_name")]
+    names += [own_name.removesuffix(suffix) for suffix in (INSTANCES_SUFFIX, NEW_LABELS_SUFFIX)
+              if own_name.endswith(suffix)]
+    return list(dict.fromkeys(str(name) for name in names if name))
+
+
+def image_layer_of(viewer, labels_layer):
+    """The image layer of ``viewer`` that a Labels layer annotates, None when there is none: the one
+    a run's mark names (`marks.marked_image`: renamed or not), else the one it names (`named_image`;
+    its metadata's ``image_layer`` or ``image_file_name``, else by its name), else for ``"cat_labels"``,
+    an export reopened, the layer ``cat`` or the one opened from ``cat.png``, else the only image
+    layer of its shape (a Labels layer painted from scratch, napari's ``Labels``). A layer that names
+    an image that is not open gets none (`unpaired_reason` says so): not the one beside it of the
+    same shape."""
+    from napari.layers import Image
+
+    if (image := marked_image(viewer, labels_layer)) is not None:  # made by a run, renamed or not
+        return image
+    named = _named_images(labels_layer)
+    for name in named:
+        if name in viewer.layers and isinstance(viewer.layers[name], Image):
             return viewer.layers[name]
+    own_name = uncounted_name(labels_layer.name)
     images = [layer for layer in viewer.layers if isinstance(layer, Image) and not is_result_image(viewer, layer)]
     if own_name.endswith(LABELS_FILE_SUFFIX):
         stem = own_name.removesuffix(LABELS_FILE_SUFFIX)
-        named = [image for image in images if stem in (image.name, Path(image_file_name(image)).stem)]
-        if len(named) == 1:
-            return named[0]
-    if metadata.get("image_layer") or metadata.get("image_file_name"):
+        matches = [image for image in images if stem in (image.name, Path(image_file_name(image)).stem)]
+        if len(matches) == 1:
+            return matches[0]
+    if named:
         return None  # made on an image that has gone: not the one beside it of the same shape
     data = labels_layer.data[0] if labels_layer.multiscale else labels_layer.data
     same_shape = []
@@ -775,13 +802,27 @@ def image_layer_of(viewer, labels_layer):
     return same_shape[0] if len(same_shape) == 1 else None
 
 
+def unpaired_reason(viewer, labels_layer) -> str:
+    """Why `image_layer_of` finds no image layer for ``labels_layer``, as a sentence naming it ("" when
+    it finds one)."""
+    if image_layer_of(viewer, labels_layer) is not None:
+        return ""
+    named = named_image(labels_layer)
+    if named:
+        return (f"layer {labels_layer.name!r} was made on the image {named!r}, which is not open: open that "
+                f"image again as a layer named {named!r} (another image of the same shape is not taken in its place)")
+    return (f"layer {labels_layer.name!r}: no image layer goes with it (name it '<image>{INSTANCES_SUFFIX}', "
+            "keep the image layer it was made on, or keep only one image layer of its shape)")
+
+
 def rename_results(viewer, image_layer, old_name: str) -> None:
     """Give the result layers of ``image_layer``, named after its ``old_name``, its new name.
 
     The peaks, PRMs, instances, split-line and CRM layers, and the kept corrections
-    (``<old> instances (corrected…)``); an instances layer also gets the new image name in its
-    metadata (what export and *Learn from corrections* read). A layer whose new name is taken
-    is left as it is.
+    (``<old> instances (corrected…)``): those marked for the image (`marks.mark`) and those
+    unmarked that bear its old names; a layer the user renamed keeps the user's name. A layer
+    whose new name is taken is left as it is. Marked layers, and the instances layers, also get
+    the image's new name in their metadata (what export and *Learn from corrections* read).
     """
     from napari.layers import Labels
 
@@ -789,6 +830,12 @@ def rename_results(viewer, image_layer, old_name: str) -> None:
     kept_prefix = old["instances"] + KEPT_SUFFIX[:-1]
     renames = []
     for layer in list(viewer.layers):
+        marked = is_marked(layer, image_layer)
+        if marker_of(layer).get("role") in ROLES and not marked:
+            continue  # another image's (a split line is marked for its Labels layer: by name here)
+        if marked:
+            layer.metadata = {**layer.metadata, **mark(marker_of(layer)["role"], image_layer,
+                                                       marker_of(layer).get("key", ""))}
         name = layer.name
         kind = next((kind for kind in ("peaks", "prms", "instances", "split") if name == old[kind]), None)
         if kind is not None:
@@ -797,8 +844,10 @@ def rename_results(viewer, image_layer, old_name: str) -> None:
             renames.append((layer, new["crm"] + name[len(old["crm"]):]))
         elif name.startswith(kept_prefix) and name.endswith(")"):
             renames.append((layer, new["instances"] + name[len(old["instances"]):]))
+        elif marked and isinstance(layer, Labels):
+            renames.append((layer, name))  # renamed by the user: its metadata follows the image
     for layer, name in renames:
-        if name in viewer.layers:
+        if name != layer.name and name in viewer.layers:
             continue
         metadata = layer.metadata or {}
         if isinstance(layer, Labels) and metadata.get("image_layer") == old_name:
@@ -816,11 +865,13 @@ def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool)
     names = layer_names(image_layer.name)
     height, width = results.image_shape
     layers = {}
-    for old in [layer for layer in viewer.layers if layer.name.startswith(names["crm"])]:
-        if old.name[len(names["crm"]):] not in results.crms:
+    crm_layers = find_results(viewer, image_layer, "crm")
+    for class_name, old in crm_layers.items():
+        if class_name not in results.crms:
             viewer.layers.remove(old)
     for class_name, crm in results.crms.items():
-        upsert_layer(viewer, "image", names["crm"] + class_name, crm,
+        upsert_layer(viewer, "image", names["crm"] + class_name, crm, existing=crm_layers.get(class_name),
+                     metadata=mark("crm", image_layer, class_name),
                      colormap="viridis", blending="additive", opacity=0.6,
                      **crm_world_kwargs(image_layer, crm.shape[-2:], results.image_shape,
                                         results.sub_pixel_locating_factor))
@@ -832,21 +883,24 @@ def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool)
         # Each PRM sums to 1; saturating at the typical peak keeps every slice visible.
         top = float(np.median(prms.plane_maxima()))
         layers["prms"] = upsert_layer(
-            viewer, "image", names["prms"], prms,
+            viewer, "image", names["prms"], prms, existing=find_result(viewer, image_layer, "prms"),
+            metadata=mark("prms", image_layer),
             colormap="inferno", blending="additive", opacity=0.8,
             contrast_limits=(0.0, max(top, 1e-12)),
             **world_kwargs(image_layer, extra_leading=1))
-    elif names["prms"] in viewer.layers:
-        viewer.layers.remove(names["prms"])
+    elif (old := find_result(viewer, image_layer, "prms")) is not None:
+        viewer.layers.remove(old)
     layers["instances"] = upsert_layer(
         viewer, "labels", names["instances"], results.labels,
+        existing=find_result(viewer, image_layer, "instances"),
         features=results.instance_features, opacity=0.5,
         metadata={"class_names": results.class_names, "image_layer": image_layer.name,
-                  "image_file_name": image_file_name(image_layer)},
+                  "image_file_name": image_file_name(image_layer), **mark("instances", image_layer)},
         **world_kwargs(image_layer))
     first_class = int(results.point_features["class_index"].iloc[0]) if len(results.points) else 0
     layers["peaks"] = upsert_layer(
         viewer, "points", names["peaks"], results.points,
+        existing=find_result(viewer, image_layer, "peaks"), metadata=mark("peaks", image_layer),
         features=results.point_features,
         feature_defaults=point_defaults(results.class_names, first_class),
         face_color="class_name", face_color_cycle=CLASS_COLORS,
@@ -959,22 +1013,23 @@ def has_corrections(layer, planes=None) -> bool:
     return now != _table_digest(rows(sync_table(data, table)))
 
 
-def keep_corrections(viewer, name: str, planes=None):
-    """Copy the Labels layer ``name`` before a run replaces it (or, given, its ``planes`` of a
-    stack), if it holds corrections (there).
+def keep_corrections(viewer, layer, planes=None):
+    """Copy the Labels ``layer`` (None: nothing to keep) before a run replaces it (or, given, its
+    ``planes`` of a stack), if it holds corrections (there).
 
     The copy, ``<name> (corrected)`` (then ``(corrected 2)``, …: an earlier copy is never
     replaced), has the layer's pixels, features, metadata (class names and image, as export
-    and *Learn from corrections* read them), transforms and colours; it is added hidden, so
+    and *Learn from corrections* read them; marked as a copy kept, ``kept``), transforms and
+    colours; it is added hidden, so
     that the new result is what shows, and leaves the layer selection as it was (napari
     selects a layer it adds: the next key would go to the hidden copy). Returns the copy, or
     None when nothing was kept.
     """
     from napari.layers import Labels
 
-    layer = viewer.layers[name] if name in viewer.layers else None
-    if not isinstance(layer, Labels) or not has_corrections(layer, planes):
+    if not isinstance(layer, Labels) or layer not in viewer.layers or not has_corrections(layer, planes):
         return None
+    name = layer.name
     kept_name, number = name + KEPT_SUFFIX, 1
     while kept_name in viewer.layers:
         number += 1
@@ -983,7 +1038,7 @@ def keep_corrections(viewer, name: str, planes=None):
     selected, active = set(viewer.layers.selection), viewer.layers.selection.active
     kept = viewer.add_labels(
         data, name=kept_name, multiscale=layer.multiscale, features=layer.features.copy(),
-        metadata=dict(layer.metadata), opacity=layer.opacity, colormap=layer.colormap,
+        metadata=remarked(layer, "kept"), opacity=layer.opacity, colormap=layer.colormap,
         visible=False, **world_kwargs(layer))
     viewer.layers.selection.clear()
     viewer.layers.selection.update(selected)

@@ -32,6 +32,7 @@ from .layers import (
     upsert_layer,
     world_kwargs,
 )
+from .marks import find_result, mark
 
 
 class PointRetrieval:
@@ -334,18 +335,19 @@ class PointRetrieval:
         (`prm_layer_data`): a point taken away (deleted, or its instance undone) takes its PRM
         with it, and one put back brings it back. Without points there is no PRMs layer."""
         viewer = self.owner.viewer
-        name = layer_names(context.image_layer.name)["prms"]
+        existing = find_result(viewer, context.image_layer, "prms")  # renamed or not
         peaks = self.peaks.features["peak"].to_numpy()
         with self.quiet():
             if not len(peaks):
-                if name in viewer.layers:
-                    viewer.layers.remove(name)
+                if existing is not None:
+                    viewer.layers.remove(existing)
                 context.layers.pop("prms", None)
                 return
-            added = name not in viewer.layers
+            added = existing is None
             selected, active = set(viewer.layers.selection), viewer.layers.selection.active
-            layer = upsert_layer(viewer, "image", name,
+            layer = upsert_layer(viewer, "image", layer_names(context.image_layer.name)["prms"],
                                  prm_layer_data(context.prms, context.prm_planes, context.leading_shape, peaks),
+                                 existing=existing, metadata=mark("prms", context.image_layer),
                                  colormap="inferno", blending="additive", opacity=0.8,
                                  **world_kwargs(context.image_layer, extra_leading=1))
             context.layers["prms"] = layer

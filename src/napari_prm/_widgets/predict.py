@@ -50,6 +50,7 @@ from .layers import (
     set_moved_from,
     without_peaks,
 )
+from .marks import find_result, find_results
 from .models import ModelCache, PredictorCache, _live_predict_widgets, import_torch_side, unwrap_viewer
 from .planes import splice_planes
 from .relay import _Relay
@@ -519,8 +520,9 @@ class PredictWidget(PredictForm, QWidget):
         with self.correction.quiet():
             # corrections are never replaced silently: an edited instances layer (or, for a run
             # of some planes of a stack, one edited on those planes) is kept
-            instances_name = layer_names(layer.name)["instances"]
-            kept = keep_corrections(self.viewer, instances_name, spliced)
+            instances_layer = find_result(self.viewer, layer, "instances")  # renamed or not
+            instances_name = layer_names(layer.name)["instances"] if instances_layer is None else instances_layer.name
+            kept = keep_corrections(self.viewer, instances_layer, spliced)
             self.context.layers.update(add_result_layers(
                 self.viewer, layer, results, show_text=bool(self.show_text.value)))
             remember_written(self.context.layers["instances"], spliced)
@@ -578,20 +580,18 @@ class PredictWidget(PredictForm, QWidget):
         leading = results.leading_shape
         if not leading or len(planes) == int(np.prod(leading)):
             return None
-        names = layer_names(layer.name)
         before = self.correction.context_of(layer)
         if before is None or list(before.class_names) != list(results.class_names):
             return None
         peaks, instances = before.layers.get("peaks"), before.layers.get("instances")
-        if (peaks is None or instances is None or names["peaks"] not in self.viewer.layers
-                or self.viewer.layers[names["peaks"]] is not peaks
-                or names["instances"] not in self.viewer.layers
-                or self.viewer.layers[names["instances"]] is not instances
+        if (peaks is None or instances is None
+                or find_result(self.viewer, layer, "peaks") is not peaks
+                or find_result(self.viewer, layer, "instances") is not instances
                 or instances.multiscale or instances.data.shape != leading + results.image_shape
                 or peaks.ndim != len(leading) + 2):
             return None
-        crm_layers = {other.name[len(names["crm"]):]: np.asarray(other.data) for other in self.viewer.layers
-                      if crms and other.name.startswith(names["crm"])}
+        crm_layers = {class_name: np.asarray(other.data)
+                      for class_name, other in (find_results(self.viewer, layer, "crm") if crms else {}).items()}
         previous = Results(
             class_names=list(results.class_names), leading_shape=leading, image_shape=results.image_shape,
             points=np.asarray(peaks.data, float).reshape(-1, len(leading) + 2),

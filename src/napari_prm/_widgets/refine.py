@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..refine import correction_from_layer, load_corrections, refine
 from .activity import StopsOnClose
-from .layers import INSTANCES_SUFFIX, image_layer_of, read_plane
+from .layers import image_layer_of, read_plane, unpaired_reason
 from .models import (
     ModelCache,
     _live_predict_widgets,
@@ -46,9 +46,7 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
     """
     image_layer = image_layer_of(viewer, labels_layer)
     if image_layer is None:
-        raise ValueError(f"layer {labels_layer.name!r}: no image layer goes with it (name it '<image>"
-                         f"{INSTANCES_SUFFIX}', keep the image layer it was made on, or keep only one "
-                         "image layer of its shape)")
+        raise ValueError(unpaired_reason(viewer, labels_layer))
     data = np.asarray(labels_layer.data[0] if labels_layer.multiscale else labels_layer.data)
     leading = data.shape[:-2]
     planes = []
@@ -165,7 +163,11 @@ class RefineWidget(StopsOnClose, Container):
             self._say(f"Corrections: {error}; choose the masks again, or empty the field.", True)
             return None
         if not layers and masks is None:
-            self._say("Choose the corrected Labels layers (or a masks file or folder) to learn from.", True)
+            # a Labels layer without its image is not offered: say which, and why
+            left_out = [unpaired_reason(self._viewer, layer) for layer in self._viewer.layers
+                        if isinstance(layer, Labels) and image_layer_of(self._viewer, layer) is None]
+            self._say("Choose the corrected Labels layers (or a masks file or folder) to learn from."
+                      + "".join(f" Not offered: {reason}." for reason in left_out), True)
             return None
         model_choice = self._model.value
         if model_choice is None:

@@ -1,0 +1,115 @@
+"""The plugin's layers are found by the mark in their metadata, not by their names: a user who
+renames a result layer keeps its pairing with the image, the correction tools, Export, Learn and a
+second Run."""
+
+import numpy as np
+import pytest
+
+from napari_prm._widgets.export import ExportWidget
+from napari_prm._widgets.marks import MARKER, find_result, find_results, mark
+from napari_prm._widgets.refine import layer_planes
+from test_widget_correct import rows
+from test_widget_predict import run_and_wait
+from test_widget_undo import classed  # noqa: F401  (the fixture)
+
+
+def test_renamed_result_layers_keep_working_and_a_second_run_adds_no_duplicate(classed, qtbot, tmp_path):  # noqa: F811
+    viewer, widget, labels = classed
+    peaks, prms = viewer.layers["cat peaks"], viewer.layers["cat PRMs"]
+    assert labels.metadata[MARKER]["role"] == "instances" and peaks.metadata[MARKER]["role"] == "peaks"
+    labels.name, peaks.name, prms.name = "my cats", "my peaks", "maps"
+    panel = widget.correction
+
+    # the correction tools: a split line drawn, renamed, found again and used
+    labels.selected_label = 2
+    line = panel.draw_split_line()
+    line.name = "my line"
+    assert panel.draw_split_line() is line and "cat split line" not in viewer.layers
+    line.add_paths([np.array([[25.0, 115.0], [55.0, 115.0]])])  # across instance 2 (columns 90-140)
+    assert panel.split_selected(), widget.last_message
+    assert set(rows(labels)) == {1, 2, 3}
+
+    # Export and Learn pair it with its image
+    export = ExportWidget(viewer)
+    export._layer.value = labels
+    assert export._stem.value == "cat"
+    written = export.export(tmp_path, formats=["csv"])
+    assert [path.name for path in written] == ["cat_instances.csv"]
+    ((plane, labels_plane, _, _),) = layer_planes(viewer, labels)
+    assert plane.shape[:2] == labels_plane.shape
+
+    # the image to run on never offers the renamed PRMs layer, nor proposals the renamed instances
+    widget.reset_choices()
+    assert prms not in widget.image.choices and labels not in widget.proposals.choices
+
+    # a second run updates the renamed layers in place and keeps the corrections beside them
+    names_before = {layer.name for layer in viewer.layers}
+    run_and_wait(widget, qtbot)
+    names_after = {layer.name for layer in viewer.layers}
+    assert names_after - names_before == {"my cats (corrected)"}, names_after - names_before
+    assert not {"cat instances", "cat peaks", "cat PRMs"} & names_after
+    assert widget.context.layers["instances"] is labels and widget.context.layers["peaks"] is peaks
+    kept = viewer.layers["my cats (corrected)"]
+    assert kept.metadata[MARKER]["role"] == "kept" and not kept.visible
+    assert set(rows(kept)) == {1, 2, 3}
+    assert find_result(viewer, viewer.layers["cat"], "instances") is labels
+
+
+def test_a_layer_is_found_by_its_name_only_without_a_mark(make_napari_viewer, small_cat):
+    viewer = make_napari_viewer()
+    cat = viewer.add_image(small_cat, name="cat")
+    dog = viewer.add_image(small_cat, name="dog")
+    reopened = viewer.add_labels(np.zeros(small_cat.shape[:2], np.uint16), name="cat instances")
+    assert find_result(viewer, cat, "instances") is reopened  # an export opened again: by its name
+    crm = viewer.add_image(small_cat[..., 0], name="cat CRM bird")
+    assert find_results(viewer, cat, "crm") == {"bird": crm}
+
+    # a layer marked for another image is not taken by its name; one marked for this one wins
+    reopened.metadata = mark("instances", dog)
+    assert find_result(viewer, cat, "instances") is None
+    assert find_result(viewer, dog, "instances") is reopened
+    mine = viewer.add_labels(np.zeros(small_cat.shape[:2], np.uint16), name="anything",
+                             metadata=mark("instances", cat))
+    assert find_result(viewer, cat, "instances") is mine
+    # the image renamed: the mark still names it (by its napari id)
+    cat.name = "kitty"
+    assert find_result(viewer, cat, "instances") is mine
+
+
+def test_a_labels_layer_whose_image_was_removed_pairs_with_no_other_image(make_napari_viewer, small_cat, tmp_path):
+    """``cat - Labels`` (napari's *New labels layer* of ``cat``) paired with ``dog``, the image of the same
+    shape left after ``cat`` was removed: Export wrote ``dog`` as its image, Learn trained on dog's pixels."""
+    import json
+
+    from napari_prm._widgets.layers import image_layer_of
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    viewer.add_image(small_cat[:, ::-1].copy(), name="dog")
+    viewer.layers.selection.active = viewer.layers["cat"]
+    viewer._new_labels()
+    labels = viewer.layers["cat - Labels"]
+    labels.data[10:30, 10:40] = 1
+    assert image_layer_of(viewer, labels) is viewer.layers["cat"]
+    viewer.layers.remove("cat")
+    assert image_layer_of(viewer, labels) is None
+
+    with pytest.raises(ValueError, match=r"layer 'cat - Labels' was made on the image 'cat', which is not open"):
+        layer_planes(viewer, labels)
+    _, learn = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections")
+    learn.reset_choices()
+    assert labels not in [layer for _, layer in learn._labels_choices()]
+    assert learn.start() is None
+    assert "Not offered: layer 'cat - Labels' was made on the image 'cat'" in learn._status.value
+
+    export = ExportWidget(viewer)
+    export._layer.value = labels
+    assert export._stem.value == "cat"  # its own name's, not dog's
+    assert export.export(tmp_path, formats=["coco"]) == [tmp_path / "cat_instances.json"]
+    assert json.loads((tmp_path / "cat_instances.json").read_text())["images"][0]["file_name"] != "dog"
+    assert "No image file name recorded: layer 'cat - Labels' was made on the image 'cat'" in export._status.value
+
+    viewer.add_image(small_cat, name="cat")  # opened again: paired again
+    assert image_layer_of(viewer, labels) is viewer.layers["cat"]
+    ((plane, _, _, _),) = layer_planes(viewer, labels)
+    np.testing.assert_array_equal(plane, small_cat)
