@@ -410,11 +410,23 @@ def test_demo_layers_are_the_widgets(make_napari_viewer, qtbot, prm_config, smal
         np.testing.assert_allclose(np.asarray(mine.data), np.asarray(theirs.data), rtol=1e-5)
         if hasattr(mine, "features"):
             assert mine.features.equals(theirs.features), mine.name
-        assert mine.metadata == theirs.metadata and list(mine.scale) == list(theirs.scale)
+        # the same metadata, each viewer's marker naming its own image layer
+        assert _marked_for(mine, demo_viewer) == _marked_for(theirs, viewer)
+        assert list(mine.scale) == list(theirs.scale)
     # the demo's layers are the widget's to correct
     instances = demo_viewer.layers["cat instances"]
     instances.selected_label = int(instances.features["label"].iloc[0])
     assert demo_widget.correction.delete_selected()
+
+
+def _marked_for(layer, viewer) -> dict:
+    """``layer``'s metadata, its plugin marker's image id checked against ``viewer``'s image and
+    left out (two viewers' image layers have different ids)."""
+    metadata = dict(layer.metadata)
+    marker = dict(metadata.get("napari_prm", {}))
+    if "image_id" in marker:
+        assert marker.pop("image_id") == str(viewer.layers[marker["image_layer"]].unique_id)
+    return {**metadata, "napari_prm": marker}
 
 
 def test_train_resume_refuses_options_that_ask_for_another_recipe(tmp_path, capsys):
