@@ -218,3 +218,19 @@ def test_predict_many_takes_image_files_and_says_what_to_do_with_arrays(tiny, tm
     with pytest.raises(TypeError, match=r"^paths: expected a sequence of image files, got one path '.*a\.png'"):
         predict_many(str(tmp_path / "a.png"), tiny, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_half_transparent_rgba_photo_reads_alike_as_floats_and_as_a_nested_list():
+    from skimage import data
+
+    rgba = np.dstack([data.chelsea()[::12, ::12], np.full(data.chelsea()[::12, ::12].shape[:2], 128, np.uint8)])
+    photo = as_rgb_float(rgba)
+    assert photo.max() <= 128 / 255 + 1e-6  # half opaque over black
+    # the list (and a float copy) of that photo: its alpha of whole numbers 0..255 was clipped to
+    # [0, 1], so every pixel read as fully opaque, twice as bright as the photo
+    np.testing.assert_allclose(as_rgb_float(rgba.tolist()), photo, atol=1e-6)
+    np.testing.assert_allclose(as_rgb_float(rgba.astype(np.float32)), photo, atol=1e-6)
+    # an alpha already within [0, 1] is kept
+    unit = rgba.astype(np.float32)
+    unit[..., 3] = 0.5
+    np.testing.assert_allclose(as_rgb_float(unit), as_rgb_float(rgba[..., :3]) * 0.5, atol=1e-6)

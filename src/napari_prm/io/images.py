@@ -476,7 +476,8 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
 
     An RGBA image is composited over black (transparent pixels carry no object
     evidence): colour times opacity, the opacity being the alpha channel in its dtype's
-    range (divided by 255 for uint8, 65535 for uint16; floats clipped to [0, 1]).
+    range (divided by 255 for uint8, 65535 for uint16; floats within [0, 1] kept, floats of
+    whole numbers within [0, 255] divided by 255, other floats clipped to [0, 1]).
     Gray and one-channel images are repeated to three channels.
     """
     image = image_array(image)
@@ -536,10 +537,15 @@ def _unit_range(values: np.ndarray, dtype) -> np.ndarray:
 
 
 def _opacity(alpha: np.ndarray, dtype) -> np.ndarray:
-    """An alpha channel as opacity in [0, 1]: its dtype's range for integers."""
+    """An alpha channel as opacity in [0, 1]: its dtype's range for integers; floats within
+    [0, 1] kept, floats of whole numbers within [0, 255] (a float copy or the nested list of an
+    8-bit image's alpha) divided by 255, others clipped."""
     if alpha.dtype == bool:
         return alpha.astype(dtype)
     if np.issubdtype(alpha.dtype, np.integer):
         info = np.iinfo(alpha.dtype)
         return (alpha.astype(dtype) - dtype(info.min)) / dtype(info.max - info.min)
+    low, high = alpha.min(), alpha.max()
+    if high > 1 and low >= 0 and high <= 255 and not np.mod(alpha, 1).any():
+        return alpha.astype(dtype) / dtype(255)  # was clipped: any alpha from 1 up read as opaque
     return np.clip(alpha.astype(dtype), 0, 1)
