@@ -139,3 +139,25 @@ def test_refine_learns_from_the_tree(plate, checkpoint, tmp_path, capsys):
     assert "2 corrected image(s), 4 instances" in err
     model, _ = load_checkpoint(out)
     assert model.head.info["trained_on"]["corrected"] == 2
+
+
+def test_an_export_over_predicts_outputs_keeps_the_image_their_manifest_recorded(plate, tmp_path):
+    """Correcting in napari and exporting over ``predict``'s outputs (the Export widget, same stem)
+    rewrote the manifest with the image's file name only: the Refine widget's folder no longer
+    found the image ("no image 'A1/scene' ... in results/A1"), a renamed well no longer paired."""
+    dataset, results = plate
+    tree = _copy(results, tmp_path / "results")
+    corrected = shapes_scene(0)[1]
+    io.export_instances(corrected, TABLE, CLASSES, tree / "A1", stem="scene", overwrite=True,
+                        image_file_name="scene.png")
+    images = [dataset.parent / well / "scene.png" for well in WELLS]
+    assert [c.image_path for c in load_corrections(tree, CLASSES)] == images
+    (tree / "A1").rename(tree / "first well")
+    matched, unmatched = match_corrections(tree, CLASSES, images)
+    assert unmatched == [] and matched[0].image_path == images[0]
+    np.testing.assert_array_equal(matched[0].labels, corrected)
+    # an export of another image under that stem does not inherit the record
+    io.export_instances(corrected, TABLE, CLASSES, tree / "first well", stem="scene", overwrite=True,
+                        image_file_name="other.png")
+    matched, unmatched = match_corrections(tree, CLASSES, images)
+    assert list(matched) == [1] and unmatched == ["first well/scene_labels.tif"]

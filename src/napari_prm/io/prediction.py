@@ -148,11 +148,34 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
             _write_instances_as(kind, temp, labels, table, class_names, coco, world=world)
         return [target]
     info = {"written_by": "export_instances", "image": image_file_name}
+    info |= _kept_image_record(folder, stem or "labels", image_file_name)
     with write_file_set(folder, stem or "labels", {kind: path.name for kind, path in targets.items()},
                         overwrite=overwrite, info=info) as staged:
         for kind, temp in staged.items():
             _write_instances_as(kind, temp, labels, table, class_names, coco, world=world)
     return list(targets.values())
+
+
+#: What ``napari-prm predict`` records in a manifest of where its image is (`napari_prm.batch`).
+IMAGE_RECORD = ("image_path", "image_from_out", "image_bytes", "image_sha256")
+
+
+def _kept_image_record(folder: Path, stem: str, image_file_name: str) -> dict:
+    """Where the image is, as the manifest an export replaces recorded it (`IMAGE_RECORD`), when
+    that manifest names an image of the file name ``image_file_name``: corrections exported over
+    ``predict``'s outputs keep the record by which `napari_prm.refine.load_corrections` finds
+    their image (their tree's well folder renamed, or no dataset given). ``{}`` otherwise."""
+    if not image_file_name:
+        return {}
+    try:
+        previous = read_file_set(folder, stem)
+    except ValueError:  # broken or foreign: replaced
+        return {}
+    if previous is None or not previous.info.get("image_path"):
+        return {}
+    if Path(str(previous.info.get("image", ""))).name != Path(image_file_name).name:
+        return {}  # another image's outputs, replaced by an export of this one
+    return {key: previous.info[key] for key in IMAGE_RECORD if key in previous.info}
 
 
 def _write_instances_as(kind: str, path: Path, labels, table, class_names, coco,
