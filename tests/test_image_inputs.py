@@ -176,7 +176,9 @@ def test_a_nested_list_rgb_image_is_one_image(tiny):
     ([[1, 2, 3], [4, 5]], r"\[1\] has 2 items, \[0\] has 3"),
     ([[[1, 2, 3], [4, 5, 6]], [[1, 2, 3], [4, 5]]], r"\[1\]\[1\] has 2 items, \[1\]\[0\] has 3"),
     ([[1, 2], 3], r"\[1\] is a number, \[0\] a list"),
-], ids=["rows", "pixels", "row-a-number"])
+    # rows of equal length whose pixels differ between rows: "its items do not make one array"
+    ([[[1, 2], [3, 4]], [[1, 2, 3], [4, 5, 6]]], r"\[1\] is 2 × 3, \[0\] is 2 × 2"),
+], ids=["rows", "pixels", "row-a-number", "pixels-of-rows"])
 def test_a_ragged_nested_list_is_refused_naming_the_argument_and_the_place(ragged, where, tiny):
     # numpy's "setting an array element with a sequence ... inhomogeneous shape" said neither
     with pytest.raises(ValueError, match=r"^image: expected a nested list of numbers of one shape .*, got a ragged "

@@ -346,11 +346,16 @@ def _ragged_where(nested: list | tuple, place: tuple = ()) -> str:
     for index, length in enumerate(lengths):
         if length != lengths[0]:
             return f"{_place(place + (index,))} has {length} items, {_place(place + (0,))} has {lengths[0]}"
+    shapes = []
     for index, item in enumerate(items):
         try:
-            np.asarray(item, dtype=float)
+            shapes.append(np.shape(np.asarray(item, dtype=float)))
         except (TypeError, ValueError):
             return _ragged_where(item, place + (index,))
+    for index, shape in enumerate(shapes):  # each item one array, not all of one shape
+        if shape != shapes[0]:
+            return (f"{_place(place + (index,))} is {' × '.join(map(str, shape))}, "
+                    f"{_place(place + (0,))} is {' × '.join(map(str, shapes[0]))}")
     return "its items do not make one array"
 
 
