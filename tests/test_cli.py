@@ -1067,3 +1067,30 @@ def test_an_out_name_too_long_for_the_file_system_is_a_usage_error(tmp_path, cap
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith(f"napari-prm {command[0]}: error: --out: cannot use {out}")
         assert err[-1].endswith(": File name too long") and not any("Traceback" in line for line in err)
+
+
+def test_train_resume_of_a_named_checkpoint_goes_on_in_that_file(tmp_path, capsys, monkeypatch):
+    """``train DATA --resume run.pt`` (no --out) went on training into ./prm_model.pt, the
+    --out default, and left run.pt at its epoch; it now writes on in run.pt."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run.pt"
+    options = [str(tmp_path / "data"), "--backbone", "tiny", "--batch-size", "2", "--input-size", "32", "32",
+               "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
+    assert main(["train", *options, "--out", str(run), "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "data"), "--resume", str(run), "--epochs", "2", "--no-calibrate"]) == 0
+    assert f"-> {run}" in capsys.readouterr().err
+    assert not (tmp_path / "prm_model.pt").exists()
+    assert [h["epoch"] for h in torch.load(run, weights_only=True)["extra"]["training"]["history"]] == [1, 2]
+    # an --out given with it still forks the run into that file
+    fork = tmp_path / "fork.pt"
+    assert main(["train", str(tmp_path / "data"), "--resume", str(run), "--out", str(fork), "--epochs", "3",
+                 "--no-calibrate"]) == 0
+    assert [h["epoch"] for h in torch.load(fork, weights_only=True)["extra"]["training"]["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in torch.load(run, weights_only=True)["extra"]["training"]["history"]] == [1, 2]

@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: every class of the dataset)")
     train.add_argument("--out", default="prm_model.pt", type=Path,
                        help="checkpoint (.pt); an existing file is refused, unless continued (--resume) "
-                            "or replaced (--overwrite)")
+                            "or replaced (--overwrite) (default: prm_model.pt; with --resume CHECKPOINT: "
+                            "CHECKPOINT)")
     train.add_argument("--model", default=None,
                        help="fine-tune this checkpoint (.pt/.safetensors) or built-in model ('imagenet-voc', "
                             "'imagenet-coco', 'imagenet': EfficientNet-Lite0 whose ImageNet classifier rows "
@@ -265,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "images (image-level labels only) and store them in the checkpoint")
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                       help="continue the run saved in CHECKPOINT, or in --out when given alone, "
+                       help="continue the run saved in CHECKPOINT (written on in CHECKPOINT itself "
+                            "unless --out is given), or in --out when given alone, "
                             "with its recipe and model (options asking for others are refused; "
                             "--epochs sets a new total, not below the epochs done) (default: start afresh)")
     train.add_argument("--overwrite", action="store_true",
@@ -955,6 +957,8 @@ def _run_train(args) -> int:
 
     from .train import builtin_start_note, check_readable, train
 
+    if args.resume not in (None, True) and "out" not in _given_options(args):
+        args.out = Path(args.resume)  # the run goes on in its own file, not in ./prm_model.pt
     _refuse_existing_out(args)
     _device(args.device)  # a missing GPU fails before the dataset is read
     if args.resume:
