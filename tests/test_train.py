@@ -462,3 +462,25 @@ def test_train_leaves_the_callers_torch_random_state(squares, tmp_path):
     train(squares, out=tmp_path / "model.pt", **{**SETTINGS, "epochs": 1, "val_fraction": 0, "calibrate": False})
     # train's own seeds (seed * 100003 + epoch) made the caller's next numbers fixed
     torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_training(squares, tmp_path):
+    """An --out in a read-only folder failed after the first epoch (a whole epoch's work lost),
+    with the raw error of a temporary file (`No such file or directory: '/proc/.m.pt.~…tmp.pt'`)."""
+    import os
+    from pathlib import Path
+
+    if os.name == "posix" and os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        out = locked / "sub" / "model.pt"
+    elif Path("/sys/kernel").is_dir():  # root writes into read-only folders, not into sysfs
+        out = Path("/sys/napari-prm-test-out/model.pt")
+    else:
+        pytest.skip("no folder this user cannot write into")
+    events = []
+    with pytest.raises(OSError, match=f"cannot write into folder {out.parent}: "):
+        train(squares, out=out, progress=events.append, **SETTINGS)
+    assert events == []  # not a batch ran
+    assert not out.parent.exists()

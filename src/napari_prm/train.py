@@ -26,6 +26,7 @@ from . import _validate as check
 from ._text import plural
 from .data import LabeledImageDataset, TrainingImages, UnreadableImage
 from .evaluate import classification_map
+from .io import writable_folder
 from .model.backbones import BACKBONES
 from .model.checkpoint import (
     BUILTIN_MODELS,
@@ -728,12 +729,19 @@ def train(
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    OSError
+        ``out``'s folder (or the nearest existing folder above it) cannot be written into:
+        checked before anything runs (`napari_prm.io.writable_folder`).
     """
     if not isinstance(dataset, LabeledImageDataset):
         raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
                          f"got {type(dataset).__name__}")
     out = checkpoint_file("out", out, training=True)
     check.new_checkpoint("out", out, overwrite=overwrite, resume=resume)
+    writable_folder(out.parent, create=False)  # not after the first epoch, with a temporary file's name
     epochs = check.positive_int("epochs", epochs)
     num_workers = check.integer("num_workers", num_workers, low=0)
     dataset.check_positives()
