@@ -671,7 +671,9 @@ def test_train_resume_of_a_checkpoint_from_before_the_split_rule_says_its_own_sp
     assert lines[0] == f"training on 3 images, 1 held out for validation; 3 classes -> {out}"
     assert lines[1].startswith("warning: the run goes on holding out the images its checkpoint's version held out")
     assert "class(es) 'dog'" in lines[1]
-    assert lines[2].startswith("epoch 2/2: loss ") and lines[2].endswith("% (1 class)")
+    # the one held-out image shows its class: an AP of 1 whatever the scores is no figure
+    assert lines[2].startswith("epoch 2/2: loss ") and lines[2].endswith(
+        ", validation mAP not defined (each class is on every held-out image or on none)")
 
 
 def test_train_warns_of_a_calibration_that_finds_nothing(tmp_path, capsys):
@@ -693,8 +695,10 @@ def test_train_warns_of_a_calibration_that_finds_nothing(tmp_path, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == f"training on 3 images, 1 held out for validation and calibration; 3 classes -> {out}"
     assert lines[1].startswith("note: 1 of the dataset's 3 classes ('cat') is a class of the built-in model")
-    # the one held-out image shows one class: the epoch line said "(1 classes)"
-    assert lines[2].startswith("epoch 1/2: loss ") and lines[2].endswith("% (1 class)")
+    # the one held-out image shows one class: the epoch line said "(1 classes)", then
+    # "validation mAP 100.0% (1 class)", an AP of 1 whatever the scores
+    assert lines[2].startswith("epoch 1/2: loss ") and lines[2].endswith("validation mAP not defined (each class "
+                                                                         "is on every held-out image or on none)")
     assert "calibrated the thresholds on 1 held-out image(s)" in lines
     assert lines[-3].endswith("classes found 0 %)")
     assert lines[-2].startswith("warning: calibration found no class") and "more epochs" in lines[-2]

@@ -317,8 +317,12 @@ def _from_before_the_split_rule(path, held_out_class):
     save_model(model, path, extra=extra)
 
 
-def _validated_on(record):
-    return sorted(name for name, ap in record.val_ap.items() if ap == ap)  # classes with a held-out positive
+def _held_out(path, dataset):
+    """The names of ``dataset``'s images that the run in checkpoint ``path`` did not train on."""
+    from napari_prm.train import trained_images
+
+    trained = trained_images(load_checkpoint(path)[1], dataset.image_paths)
+    return [p.name for p, was in zip(dataset.image_paths, trained) if not was]
 
 
 def test_resume_of_a_checkpoint_from_before_the_split_rule_trains_on_its_own_images(tmp_path):
@@ -341,7 +345,9 @@ def test_resume_of_a_checkpoint_from_before_the_split_rule_trains_on_its_own_ima
     assert split.describe() == "training on 3 images, 1 held out for validation and calibration"
     resumed = train(dataset, out=out, resume=True, epochs=2, calibrate=False)
     assert (resumed.train_images, resumed.held_out_images) == (3, 1)
-    assert [_validated_on(record) for record in resumed.history] == [["dog"], ["dog"]]
+    assert _held_out(out, dataset) == ["2.png"]  # the dog
+    # one held-out image shows its class: AP 1 whatever the scores, so not defined
+    assert all(np.isnan(ap) for ap in resumed.history[1].val_ap.values())
     assert any("'dog'" in warning for warning in resumed.warnings)
     assert "split_rule" not in load_checkpoint(out)[1][TRAINING_STATE_KEY]  # it keeps its own rule
     # a split made already must be the checkpoint's own
@@ -350,7 +356,7 @@ def test_resume_of_a_checkpoint_from_before_the_split_rule_trains_on_its_own_ima
                                          r"split_rule 2, of 4 images"):
         train(dataset, out=out, resume=True, epochs=3, split=training_split(dataset, 0.25, 0))
     again = train(dataset, out=out, resume=True, epochs=3, calibrate=False, split=split)
-    assert [_validated_on(record) for record in again.history] == [["dog"]] * 3
+    assert [r.epoch for r in again.history] == [1, 2, 3] and _held_out(out, dataset) == ["2.png"]
 
 
 def test_resume_of_a_checkpoint_from_before_the_split_rule_holding_out_a_class_only_image(tmp_path):
@@ -365,7 +371,7 @@ def test_resume_of_a_checkpoint_from_before_the_split_rule_holding_out_a_class_o
     _from_before_the_split_rule(out, held_class)
     resumed = train(dataset, out=out, resume=True, epochs=2, calibrate=False)
     assert (resumed.train_images, resumed.held_out_images) == (2, 1)
-    assert [_validated_on(record) for record in resumed.history] == [[held_class], [held_class]]
+    assert _held_out(out, dataset) == [p.name for p in plain_held.image_paths]
     # a checkpoint of this version (nothing held out, no validation) resumes as it was
     train(dataset, out=tmp_path / "new.pt", calibrate=False, **settings)
     resumed = train(dataset, out=tmp_path / "new.pt", resume=True, epochs=2, calibrate=False)
@@ -484,3 +490,33 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_training(squares
         train(squares, out=out, progress=events.append, **SETTINGS)
     assert events == []  # not a batch ran
     assert not out.parent.exists()
+
+
+def test_a_class_every_image_shows_is_warned_of_and_has_no_validation_ap(squares, tmp_path):
+    """A dataset of one class folder trained with "validation mAP 100.0%" and a calibration of
+    "peak precision 100 %": every image shows the class, so the AP is 1 whatever the model
+    scores. It is warned of before training, and its validation AP is NaN (not defined)."""
+    from napari_prm.data import from_folders
+    from napari_prm.train import no_negative_warning
+
+    (tmp_path / "data" / "red").mkdir(parents=True)
+    reds = [i for i in range(len(squares)) if squares.labels[i, squares.class_names.index("red")]][:8]
+    for i in reds:
+        iio.imwrite(tmp_path / "data" / "red" / f"{i}.png", squares.read_image(i))
+    single = from_folders(tmp_path / "data")
+    assert single.class_names == ["red"] and len(single) == 8
+    warning = no_negative_warning(single)
+    assert warning.startswith(f"every image of {tmp_path / 'data'} shows class(es) 'red': ")
+    assert no_negative_warning(squares) is None  # a third of the images shows no red, a third no blue
+    result = train(single, out=tmp_path / "one.pt", **dict(SETTINGS, epochs=1))
+    assert result.held_out_images == 2
+    record = result.history[0]
+    assert list(record.val_ap) == ["red"] and np.isnan(record.val_ap["red"]) and np.isnan(record.val_map)
+    # two classes: the held-out images that all show blue leave only red's AP defined
+    blue_everywhere = squares.subset([i for i in range(len(squares))
+                                      if squares.labels[i, squares.class_names.index("blue")]])
+    assert no_negative_warning(blue_everywhere).startswith(f"every image of {squares.source} shows class(es) 'blue'")
+    result = train(blue_everywhere, out=tmp_path / "two.pt", **dict(SETTINGS, epochs=1))
+    record = result.history[0]
+    assert np.isnan(record.val_ap["blue"]) and 0 <= record.val_ap["red"] <= 1
+    assert record.val_map == record.val_ap["red"]

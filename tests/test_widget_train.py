@@ -292,3 +292,53 @@ def test_a_dataset_path_that_does_not_exist_is_named(make_napari_viewer, tmp_pat
     assert widget.start() is None
     assert widget.last_message == (f"Dataset: folder per class {tmp_path / 'celss'} does not exist; choose a "
                                    "folder per class, a CSV or a COCO JSON."), widget.last_message
+
+
+def test_the_epochs_validation_and_the_thresholds_are_shown(make_napari_viewer, qtbot, prm_config, tmp_path):
+    """The widget showed the batch loss only: not an epoch's validation mAP, which the command
+    line prints, nor the calibrated thresholds at the end. A dataset of one class folder (no
+    image without the class) trained to "Done" without a word."""
+    from napari_prm.train import validation_summary
+
+    root = tmp_path / "dataset"
+    for name, image in (("cat", data.chelsea()), ("cup", data.coffee())):
+        (root / name).mkdir(parents=True)
+        for number in range(4):
+            crop = image[number * 40:number * 40 + 200, number * 40:number * 40 + 200]
+            small = (transform.resize(crop, (32, 32), anti_aliasing=True) * 255).astype(np.uint8)
+            skio.imsave(root / name / f"{number}.png", small, check_contrast=False)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, root, tmp_path / "trained.pt")
+    widget._epochs.value = 2
+    shown = []
+    widget._relay.progressed.connect(
+        lambda p: shown.append(widget._status.value) if getattr(p, "stage", "") in ("epoch", "batch") else None)
+    assert widget.start(val_fraction=0.5) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    result = widget.result
+    assert result is not None and not result.cancelled, widget.last_message
+    assert result.held_out_images == 4
+    first, second = result.history
+    assert not np.isnan(first.val_map)  # the 4 held-out images show both classes
+    epoch_1 = f"epoch 1: loss {first.loss:.4f}, validation mAP {100 * first.val_map:.1f}% (2 classes)"
+    assert validation_summary(first.val_ap) == f"validation mAP {100 * first.val_map:.1f}% (2 classes)"
+    assert "E" + epoch_1[1:] + "." in shown
+    # the next epoch's batches keep the finished epoch's figures in view
+    assert any(text.startswith("epoch 2/2, batch 1/") and text.endswith(f"(finished {epoch_1})") for text in shown)
+    c = result.calibration
+    assert c.images == 4
+    assert (f"Done: epoch 2, loss {second.loss:.4f}, validation mAP {100 * second.val_map:.1f}% (2 classes) "
+            f"(4 training images, 4 held out); thresholds calibrated on 4 image(s): class threshold "
+            f"{c.class_threshold:.3g}, peak threshold {c.peak_threshold:.3g}") in widget.last_message
+
+    # one class folder: every image shows it
+    for number in range(4):
+        (root / "cup" / f"{number}.png").unlink()
+    (root / "cup").rmdir()
+    quick_training(widget, root, tmp_path / "cats.pt")
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    assert f"Warning: every image of {root} shows class(es) 'cat'" in widget.last_message
+    assert "validation mAP not defined" in widget.last_message

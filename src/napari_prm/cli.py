@@ -231,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: every class of the dataset)")
     train.add_argument("--out", default="prm_model.pt", type=Path,
                        help="checkpoint (.pt); an existing file is refused, unless continued (--resume) "
-                            "or replaced (--overwrite) (default: prm_model.pt; with --resume CHECKPOINT: "
-                            "CHECKPOINT)")
+                            "or replaced (--overwrite) (default: prm_model.pt; when resuming a named checkpoint: "
+                            "that checkpoint)")
     train.add_argument("--model", default=None,
                        help="fine-tune this checkpoint (.pt/.safetensors) or built-in model ('imagenet-voc', "
                             "'imagenet-coco', 'imagenet': EfficientNet-Lite0 whose ImageNet classifier rows "
@@ -955,7 +955,7 @@ def _refuse_existing_out(args) -> None:
 def _run_train(args) -> int:
     from tqdm import tqdm
 
-    from .train import builtin_start_note, check_readable, train
+    from .train import builtin_start_note, check_readable, train, validation_summary
 
     if args.resume not in (None, True) and "out" not in _given_options(args):
         args.out = Path(args.resume)  # the run goes on in its own file, not in ./prm_model.pt
@@ -998,9 +998,8 @@ def _run_train(args) -> int:
         last_epoch_written = _file_stamp(args.out)  # reported after the epoch's checkpoint
         line = (f"epoch {update.epoch}/{update.num_epochs}: loss {update.loss:.4f}, "
                 f"{update.images_per_second:.1f} images/s")
-        defined = [v for v in (update.val_ap or {}).values() if v == v]  # classes with a held-out positive
-        if defined:
-            line += f", validation mAP {100 * sum(defined) / len(defined):.1f}% ({plural(len(defined), 'class')})"
+        if update.val_ap is not None:
+            line += f", {validation_summary(update.val_ap)}"
         _say(line)
 
     try:
@@ -1039,21 +1038,19 @@ def _run_train(args) -> int:
         if bar is not None:
             bar.close()
     if result.calibration is not None:
-        c = result.calibration
-        _say(f"calibrated on {c.images} image(s): class threshold {c.class_threshold:.3g}, peak threshold "
-             f"{c.peak_threshold:.3g} (peak precision {100 * c.precision:.0f} %, classes found "
-             f"{100 * c.recall:.0f} %)")
-        if c.warning:
-            _say(f"warning: {c.warning}")
+        _say(result.calibration.describe())
+        if result.calibration.warning:
+            _say(f"warning: {result.calibration.warning}")
     _say(f"checkpoint: {result.checkpoint}")
     return 0
 
 
 def _say_split(args, dataset):
     """Says how many images train and how many are held out (the run's own split when resumed),
-    with a warning naming any class left without a training image, before training.
+    with a warning naming any class left without a training image or shown by every image
+    (`no_negative_warning`), before training.
     Returns the split (`TrainingSplit`, for train() to use), None when it cannot be made."""
-    from .train import SPLIT_RULE, training_split
+    from .train import SPLIT_RULE, no_negative_warning, training_split
 
     config = getattr(args, "resumed_config", None) or {}
     fraction = config.get("val_fraction", args.val_fraction)
@@ -1065,8 +1062,9 @@ def _say_split(args, dataset):
         _say(f"training on {plural(len(dataset), 'image')}, {plural(len(dataset.class_names), 'class')} -> {args.out}")
         return None
     _say(f"{split.describe(args.calibrate)}; {plural(len(dataset.class_names), 'class')} -> {args.out}")
-    if split.warning:
-        _say(f"warning: {split.warning}")
+    for warning in (split.warning, no_negative_warning(dataset)):
+        if warning:
+            _say(f"warning: {warning}")
     return split
 
 

@@ -249,6 +249,13 @@ class Calibration:
                 "ones. Calibrate on more images (hold out more: --val-fraction, or more images per class) "
                 "or train for more epochs, then calibrate again ('napari-prm calibrate').")
 
+    def describe(self) -> str:
+        """E.g. ``"calibrated on 26 image(s): class threshold 1.2, peak threshold 0.8 (peak precision
+        71 %, classes found 88 %)"``: what ``train`` says at its end."""
+        return (f"calibrated on {self.images} image(s): class threshold {self.class_threshold:.3g}, peak threshold "
+                f"{self.peak_threshold:.3g} (peak precision {100 * self.precision:.0f} %, classes found "
+                f"{100 * self.recall:.0f} %)")
+
     def as_settings(self) -> dict:
         """The thresholds as model settings (``model.settings``; under ``"tta_calibration"`` for TTA);
         ``"calibration"`` holds how they scored, and the :attr:`warning` when there is one."""

@@ -83,7 +83,11 @@ class TrainProgress:
 
 @dataclass
 class EpochRecord:
-    """One finished epoch: mean loss, validation AP (per class and mean) and wall time in seconds."""
+    """One finished epoch: mean loss, validation AP (per class and mean) and wall time in seconds.
+
+    A class's validation AP is NaN when the held-out images do not tell it apart: none shows
+    it, or every one does (its AP would be 1 whatever the scores); the mean is over the others
+    (NaN when none is left)."""
 
     epoch: int
     loss: float
@@ -237,6 +241,38 @@ def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed
         single = [c for c, n in zip(train_set.class_names, train_set.labels.sum(0)) if n == 1]
     return TrainingSplit(train_set, held_out if len(held_out) else None, wanted, single, val_fraction, seed,
                          split_rule)
+
+
+def validation_summary(val_ap: dict[str, float]) -> str:
+    """An epoch's validation AP in words (the command line's epoch line, the Train widget's status).
+
+    ``"validation mAP 62.5% (2 classes)"``, over the classes whose AP is defined; when none is
+    (the held-out images show each class on all of them or on none, e.g. a single held-out
+    image), says that the mAP is not defined rather than a mean of nothing, or of APs of 1.
+    """
+    defined = [v for v in val_ap.values() if v == v]
+    if not defined:
+        return "validation mAP not defined (each class is on every held-out image or on none)"
+    return f"validation mAP {100 * sum(defined) / len(defined):.1f}% ({plural(len(defined), 'class')})"
+
+
+def no_negative_warning(dataset: LabeledImageDataset) -> str | None:
+    """A warning naming the classes that every image of ``dataset`` shows, or None.
+
+    The loss learns a class from the images that show it against those that do not: a
+    class every image shows (a dataset of one class folder, say) has nothing to be told
+    apart from, so its score says nothing, its validation AP is not defined (see
+    :func:`train`) and its calibrated thresholds are not tested against an image without it.
+    """
+    if len(dataset) == 0:
+        return None
+    every = [c for c, n in zip(dataset.class_names, dataset.labels.sum(0)) if n == len(dataset)]
+    if not every:
+        return None
+    names = ", ".join(repr(c) for c in every[:5]) + (f" and {len(every) - 5} more" if len(every) > 5 else "")
+    return (f"every image of {dataset.source or 'the dataset'} shows class(es) {names}: the model has no image "
+            "without them to learn what sets them apart, so their scores and peaks mean little. Add images "
+            "without them (another class folder, or CSV rows with empty labels, 'x.png,')")
 
 
 def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> TrainingSplit:
@@ -451,8 +487,13 @@ def _validation_ap(model: PRMModel, loader, device) -> tuple[dict[str, float], f
     for images, targets in _batches(loader):
         scores.append(model.network(images.to(device)).float().cpu())
         labels.append(targets)
-    mean_ap, per_class = classification_map(torch.cat(scores).numpy(), torch.cat(labels).numpy())
-    return dict(zip(model.class_names, per_class.tolist())), mean_ap
+    labels = torch.cat(labels).numpy()
+    # a class every held-out image shows has an AP of 1 whatever the scores: not defined here
+    defined = labels.any(0) & ~labels.all(0)
+    mean_ap, per_class = classification_map(torch.cat(scores).numpy()[:, defined], labels[:, defined])
+    per_class_all = np.full(len(model.class_names), np.nan)
+    per_class_all[defined] = per_class
+    return dict(zip(model.class_names, per_class_all.tolist())), mean_ap
 
 
 def image_keys(paths) -> torch.Tensor:

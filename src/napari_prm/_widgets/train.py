@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._text import plural
 from ..data import load_dataset
-from ..train import builtin_start_note, train, training_split
+from ..train import builtin_start_note, no_negative_warning, train, training_split, validation_summary
 from .activity import ActivityProgress, StopsOnClose
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
@@ -109,6 +109,7 @@ class TrainWidget(StopsOnClose, Container):
         self.last_message = ""
         self._early_warnings: list[str] = []  # the dataset's and the split's, said before training
         self._note: str | None = None  # the built-in model's rows of the classes a new model learns anew
+        self._last_epoch = ""  # the last finished epoch's loss and validation mAP, shown until the next
         self._stop_on_close(self.native)
 
     def _base_choices(self, _=None):
@@ -155,6 +156,7 @@ class TrainWidget(StopsOnClose, Container):
         self.result = None
         self._early_warnings = []
         self._note = None
+        self._last_epoch = ""
         self._progress.max = options["epochs"]
         self._progress.value = 0
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
@@ -184,6 +186,7 @@ class TrainWidget(StopsOnClose, Container):
         else:
             what = split.describe(options.get("calibrate", defaults["calibrate"]))
             warnings += [split.warning] if split.warning else []
+        warnings += [w for w in [no_negative_warning(dataset)] if w]
         note = builtin_start_note(dataset.class_names, options.get("model"), option=BUILTIN_CHOICE)
         self._relay.progressed.emit(("split", what, warnings, note))
         return train(dataset, progress=self._relay.progressed.emit, cancel=self._cancel, split=split,
@@ -217,8 +220,14 @@ class TrainWidget(StopsOnClose, Container):
         done = progress.epoch - 1 + progress.batch / max(progress.num_batches, 1)
         self._progress.max = progress.num_epochs
         self._progress.value = min(done, progress.num_epochs)
-        self._status.value = (f"epoch {progress.epoch}/{progress.num_epochs}, batch "
-                              f"{progress.batch}/{progress.num_batches}, loss {progress.loss:.4f}")
+        if progress.stage == "epoch":
+            self._last_epoch = f"epoch {progress.epoch}: loss {progress.loss:.4f}" + (
+                "" if progress.val_ap is None else f", {validation_summary(progress.val_ap)}")
+            self._status.value = f"{self._last_epoch[0].upper()}{self._last_epoch[1:]}."
+        else:
+            self._status.value = (f"epoch {progress.epoch}/{progress.num_epochs}, batch {progress.batch}/"
+                                  f"{progress.num_batches}, loss {progress.loss:.4f}"
+                                  + (f" (finished {self._last_epoch})" if self._last_epoch else ""))
         if self.activity is not None:  # counted in batches over all epochs
             self.activity.update(f"epoch {progress.epoch}/{progress.num_epochs}",
                                  (progress.epoch - 1) * progress.num_batches + progress.batch,
@@ -234,8 +243,11 @@ class TrainWidget(StopsOnClose, Container):
         last = result.history[-1]
         what = why if result.cancelled else "Done"
         held_out = f", {result.held_out_images} held out" if result.held_out_images else ", none held out"
-        message = (f"{what}: epoch {last.epoch}, loss {last.loss:.4f} ({plural(result.train_images, 'training image')}"
-                   f"{held_out}); saved {result.checkpoint}; it is offered in the Peak Response Maps widget.")
+        validation = "" if last.val_ap is None else f", {validation_summary(last.val_ap)}"
+        calibrated = "" if result.calibration is None else f"; thresholds {result.calibration.describe()}"
+        message = (f"{what}: epoch {last.epoch}, loss {last.loss:.4f}{validation} "
+                   f"({plural(result.train_images, 'training image')}{held_out}){calibrated}; saved "
+                   f"{result.checkpoint}; it is offered in the Peak Response Maps widget, to run on an image.")
         # the split's warning is in both: shown before the first batch, and in the result
         warnings = list(dict.fromkeys(self._early_warnings + list(result.warnings)))
         if warnings:
