@@ -5,6 +5,7 @@ import inspect
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -700,9 +701,9 @@ def test_train_warns_of_a_calibration_that_finds_nothing(tmp_path, capsys):
     assert lines[2].startswith("epoch 1/2: loss ") and lines[2].endswith("validation mAP not defined (each class "
                                                                          "is on every held-out image or on none)")
     assert "calibrated the thresholds on 1 held-out image(s)" in lines
-    assert lines[-3].endswith("classes found 0 %)")
-    assert lines[-2].startswith("warning: calibration found no class") and "more epochs" in lines[-2]
-    assert load_model(out).settings["calibration"]["warning"] == lines[-2].removeprefix("warning: ")
+    assert lines[-4].endswith("classes found 0 %)")
+    assert lines[-3].startswith("warning: calibration found no class") and "more epochs" in lines[-3]
+    assert load_model(out).settings["calibration"]["warning"] == lines[-3].removeprefix("warning: ")
     # calibrating on the held-out image again says so too
     assert main(["calibrate", str(tmp_path / "data"), "--model", str(out), "--held-out", "--no-tta",
                  "--device", "cpu"]) == 0
@@ -1098,3 +1099,31 @@ def test_train_resume_of_a_named_checkpoint_goes_on_in_that_file(tmp_path, capsy
                  "--no-calibrate"]) == 0
     assert [h["epoch"] for h in torch.load(fork, weights_only=True)["extra"]["training"]["history"]] == [1, 2, 3]
     assert [h["epoch"] for h in torch.load(run, weights_only=True)["extra"]["training"]["history"]] == [1, 2]
+
+
+def test_train_ends_saying_what_to_do_next(tmp_path, capsys):
+    """``train`` ended with "checkpoint: model.pt": nothing on how to use it, nor, with
+    --no-calibrate, that its thresholds were never chosen. It now ends with the next command."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "my data" / name).mkdir(parents=True)
+        for i in range(3):
+            iio.imwrite(tmp_path / "my data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    out = tmp_path / "model.pt"
+    options = ["train", str(tmp_path / "my data"), "--backbone", "tiny", "--epochs", "1", "--batch-size", "2",
+               "--input-size", "32", "32", "--device", "cpu"]
+    assert main(options + ["--out", str(out)]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-2:] == [f"checkpoint: {out}",
+                          f"next: napari-prm predict IMAGES --model {out} --out results/, or choose it in napari's "
+                          "Peak Response Maps widget"]
+    assert "class_threshold" in load_model(out).settings
+    uncalibrated = tmp_path / "raw.pt"
+    assert main(options + ["--out", str(uncalibrated), "--no-calibrate"]) == 0
+    next_line = capsys.readouterr().err.strip().splitlines()[-1]
+    command = f"napari-prm calibrate '{tmp_path / 'my data'}' --model {uncalibrated} --held-out"
+    assert next_line.startswith(f"next: choose its class and peak thresholds, {command} (or on images")
+    # the command it gives runs, on the images the run held out
+    assert main(shlex.split(command)[1:] + ["--no-tta"]) == 0
+    assert "class_threshold" in load_model(uncalibrated).settings

@@ -19,6 +19,7 @@ import codecs
 import contextlib
 import os
 import signal
+import shlex
 import sys
 import threading
 import time
@@ -1042,7 +1043,20 @@ def _run_train(args) -> int:
         if result.calibration.warning:
             _say(f"warning: {result.calibration.warning}")
     _say(f"checkpoint: {result.checkpoint}")
+    _say(_after_training(args, result))
     return 0
+
+
+def _after_training(args, result) -> str:
+    """What to do with a trained checkpoint: calibrate it when it was not, then predict (or the plugin)."""
+    checkpoint = shlex.quote(str(result.checkpoint))
+    predict = (f"napari-prm predict IMAGES --model {checkpoint} --out results/, or choose it in napari's Peak "
+               "Response Maps widget")
+    if result.calibration is not None:
+        return f"next: {predict}"
+    held_out = " --held-out" if result.held_out_images else ""
+    return (f"next: choose its class and peak thresholds, napari-prm calibrate {shlex.quote(str(args.dataset))} "
+            f"--model {checkpoint}{held_out} (or on images it did not train on), then {predict}")
 
 
 def _say_split(args, dataset):
