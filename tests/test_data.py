@@ -353,3 +353,25 @@ def test_training_images_resize_and_seeded_flips(tmp_path):
     assert 0 < sum(flips) < 8
     flipping.set_epoch(5)
     assert (flipping[0][0] == flipping[0][0]).all()
+
+
+def test_csv_names_every_missing_image_and_every_comma_label_in_one_message(tmp_path):
+    """A CSV with two typo'd file names stopped at the first ("labels.csv:3: image … does not
+    exist"): fix, rerun, fail at the next. Labels written 'cat, dog' gave one warning per line:
+    300 lines in the Train widget's status line. Both now come as one message."""
+    path = _write_csv(tmp_path, ["x.png,cat", "y.jpg,dog", "x.png,cat", "z.tiff,dog"])
+    with pytest.raises(ValueError) as error:
+        from_csv(path)
+    assert str(error.value) == (f"2 of the 4 images listed in {path} do not exist: {path}:3: image "
+                                f"{tmp_path / 'y.jpg'}, {path}:5: image {tmp_path / 'z.tiff'}")
+    # none found: the images lie elsewhere
+    path.write_text("image,labels\na.png,cat\nb.png,dog\n")
+    with pytest.raises(ValueError, match=r"2 of the 2 images listed in .* do not exist; image paths are relative "
+                                         r"to the CSV's folder .*: pass the images' folder as image_root \(the "
+                                         r"command line's --image-dir\): "):
+        from_csv(path)
+    path.write_text('image,labels\nx.png,"cat, dog"\nx.png,cat\nx.png,"cat, dog"\nx.png,"dog,cat"\n')
+    dataset = from_csv(path)
+    assert dataset.warnings[0] == (f"{path}: 3 labels hold a ',' (lines 2, 4, 5; line 2: 'cat, dog'): labels are "
+                                   "separated by ';' (cat;dog)")
+    assert len([w for w in dataset.warnings if "','" in w]) == 1

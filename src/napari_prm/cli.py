@@ -18,8 +18,8 @@ import argparse
 import codecs
 import contextlib
 import os
-import signal
 import shlex
+import signal
 import sys
 import threading
 import time

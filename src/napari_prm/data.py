@@ -596,9 +596,10 @@ def from_csv(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"CSV file {path} does not exist")
-    image_root = Path(image_root) if image_root is not None else path.parent
+    given_root = image_root is not None
+    image_root = Path(image_root) if given_root else path.parent
     entries: list[tuple[Path, list[str], str]] = []
-    warnings = []
+    warnings, missing, commas = [], [], []
     content = path.read_bytes()
     try:
         text = content.decode("utf-8-sig")  # a byte-order mark (Excel's 'CSV UTF-8') is fine
@@ -621,10 +622,10 @@ def from_csv(
                 raise ValueError(f"{where}: expected 2 columns (image,labels); got {len(row)}: {row}")
             image = stored_path(image_root, row[0].strip())
             if not image.is_file():
-                raise ValueError(f"{where}: image {image} does not exist")
+                missing.append(f"{where}: image {image}")
+                continue
             names = [n.strip() for n in row[1].split(";") if n.strip()]
-            warnings += [f"{where}: label {n!r} holds a ',': labels are separated by ';' "
-                         f"({';'.join(part.strip() for part in n.split(','))})" for n in names if "," in n]
+            commas += [(reader.line_num, n) for n in names if "," in n]
             if classes is not None:
                 unknown = [n for n in names if n not in classes]
                 if unknown:
@@ -632,6 +633,22 @@ def from_csv(
             entries.append((image, names, where))
     except csv.Error as error:
         raise ValueError(f"cannot read CSV file {path}: {error}") from error
+    if missing:  # every one named at once: a typo'd name is seldom alone
+        hint = ("" if entries or given_root else
+                f"; image paths are relative to the CSV's folder {image_root}: pass the images' folder as "
+                "image_root (the command line's --image-dir)")
+        if len(missing) == 1:
+            raise ValueError(f"{missing[0]} does not exist{hint}")
+        raise ValueError(f"{len(missing)} of the {len(missing) + len(entries)} images listed in {path} do not "
+                         f"exist{hint}: {first_names(missing)}")
+    if commas:  # one warning, not one a line
+        line, label = commas[0]
+        joined = ";".join(part.strip() for part in label.split(","))
+        lines = first_names(str(number) for number, _ in commas)
+        warnings.append(f"{path}:{line}: label {label!r} holds a ',': labels are separated by ';' ({joined})"
+                        if len(commas) == 1 else
+                        f"{path}: {len(commas)} labels hold a ',' (lines {lines}; line {line}: {label!r}): labels "
+                        f"are separated by ';' ({joined})")
     if not entries:
         raise ValueError(f"CSV file {path} lists no images")
     class_names = list(classes) if classes is not None else sorted({n for _, names, _ in entries for n in names})
