@@ -1316,6 +1316,10 @@ def _run_evaluate(args) -> int:
     from .evaluate import evaluate, report_json, report_markdown
 
     dataset = _load_dataset(args)
+    if args.masks is None and not dataset.has_masks:  # evaluate() names its Python argument
+        raise CommandError(f"evaluation needs instance masks; dataset {dataset.source} has none: give a COCO JSON "
+                           "with segmentations, or corrected masks of its images with --masks (a COCO JSON, or "
+                           "a folder of the Export widget's <stem>_labels.tif and <stem>_instances.csv)")
     model = _load_model(args.model, args.device)
     ground_truth = None if args.masks is None else _corrected_ground_truth(args.masks, dataset, model.class_names)
     indices = range(len(dataset)) if ground_truth is None else list(ground_truth)
