@@ -375,3 +375,20 @@ def test_csv_names_every_missing_image_and_every_comma_label_in_one_message(tmp_
     assert dataset.warnings[0] == (f"{path}: 3 labels hold a ',' (lines 2, 4, 5; line 2: 'cat, dog'): labels are "
                                    "separated by ';' (cat;dog)")
     assert len([w for w in dataset.warnings if "','" in w]) == 1
+
+
+def test_load_dataset_takes_the_images_folder_of_a_csv_or_coco_json(tmp_path):
+    """One place maps the command line's --image-dir (and the Train widget's images folder) to
+    the loader's argument; a folder per class given one said "from_folders() got an unexpected
+    keyword argument 'image_root'"."""
+    (tmp_path / "images").mkdir()
+    _write_csv(tmp_path / "images", [])
+    (tmp_path / "labels.csv").write_text("image,labels\nx.png,cat\ny.png,dog\n")
+    dataset = load_dataset(tmp_path / "labels.csv", tmp_path / "images")
+    assert [p.name for p in dataset.image_paths] == ["x.png", "y.png"] and dataset.class_names == ["cat", "dog"]
+    assert dataset.image_paths[0].parent == tmp_path / "images"
+    (tmp_path / "classes" / "cat").mkdir(parents=True)
+    iio.imwrite(tmp_path / "classes" / "cat" / "x.png", _rgb(1))
+    with pytest.raises(ValueError, match=r"image_folder \(the command line's --image-dir\) .*images is for a COCO "
+                                         r"JSON's or a CSV's images: the folder per class .*classes holds its own"):
+        load_dataset(tmp_path / "classes", tmp_path / "images")

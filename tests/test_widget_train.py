@@ -342,3 +342,37 @@ def test_the_epochs_validation_and_the_thresholds_are_shown(make_napari_viewer, 
     assert widget.result is not None and not widget.result.cancelled, widget.last_message
     assert f"Warning: every image of {root} shows class(es) 'cat'" in widget.last_message
     assert "validation mAP not defined" in widget.last_message
+
+
+def test_a_coco_json_whose_images_lie_in_another_folder_trains(make_napari_viewer, qtbot, prm_config,
+                                                                tiny_dataset, tmp_path):
+    """A COCO JSON (or CSV) whose file names are relative to another folder than its own could
+    not be trained in the widget: it had no images folder (the command line's --image-dir), and
+    the error said "pass their folder as image_dir"."""
+    import json
+
+    images = sorted(tiny_dataset.rglob("*.png"))
+    coco = {"images": [{"id": i + 1, "file_name": p.relative_to(tiny_dataset).as_posix(), "height": 48, "width": 48}
+                       for i, p in enumerate(images)],
+            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1 if p.parent.name == "cat" else 2,
+                             "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 0} for i, p in enumerate(images)],
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "cup"}]}
+    (tmp_path / "annotations").mkdir()
+    json_path = tmp_path / "annotations" / "labels.json"
+    json_path.write_text(json.dumps(coco))
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, tmp_path / "trained.pt")
+    assert not widget._image_dir.enabled  # a folder per class holds its own images
+    widget._dataset.value = json_path
+    assert widget._image_dir.enabled and widget._dataset_path() == json_path
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.last_message.startswith("Training failed") and "does not exist" in widget.last_message
+    widget._image_dir.value = tmp_path / "no such folder"
+    assert widget.start() is None and widget.last_message.startswith("Images folder: ")
+    widget._image_dir.value = tiny_dataset
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    assert load_model(tmp_path / "trained.pt").class_names == ["cat", "cup"]

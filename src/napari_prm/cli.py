@@ -852,11 +852,8 @@ def _load_dataset(args, *, classes=None):
     from .data import load_dataset, voc_view
 
     path = Path(args.dataset)
-    options = {}
-    if args.image_dir is not None:
-        options["image_dir" if path.suffix.lower() == ".json" else "image_root"] = args.image_dir
     try:
-        dataset = load_dataset(path, **options)
+        dataset = load_dataset(path, args.image_dir)
         if args.voc:
             dataset = voc_view(dataset)
         if classes:

@@ -664,13 +664,20 @@ def from_csv(
     return dataset
 
 
-def load_dataset(path: PathLike, **kwargs) -> LabeledImageDataset:
+def load_dataset(path: PathLike, image_folder: PathLike | None = None, **kwargs) -> LabeledImageDataset:
     """Load a dataset, choosing the format from ``path``.
 
     A ``.json`` file is COCO, a ``.csv`` file is a label CSV, a folder is a
-    folder per class. Keyword arguments go to the loader.
+    folder per class. ``image_folder`` is the folder of a COCO JSON's or a CSV's images
+    (their ``image_dir`` / ``image_root``; the command line's ``--image-dir``); a folder per
+    class holds its own. Other keyword arguments go to the loader.
     """
     path = check.path_like("dataset", path)
+    if image_folder is not None and path.is_dir():
+        raise ValueError(f"image_folder (the command line's --image-dir) {image_folder} is for a COCO JSON's or a "
+                         f"CSV's images: the folder per class {path} holds its own")
+    if image_folder is not None:
+        kwargs["image_dir" if path.suffix.lower() == ".json" else "image_root"] = image_folder
     if path.is_dir():
         return from_folders(path, **kwargs)
     if path.suffix.lower() == ".json":

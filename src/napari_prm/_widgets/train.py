@@ -22,7 +22,7 @@ from ..train import builtin_start_note, no_negative_warning, train, training_spl
 from .activity import ActivityProgress, StopsOnClose
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
-from .settings import chosen_path, exclusive_paths, persist_fields
+from .settings import chosen_path, exclusive_paths, no_path, persist_fields
 
 BASE_MODELS = {
     "EfficientNet-Lite0 (ImageNet weights)": "efficientnet_lite0",
@@ -45,6 +45,7 @@ class TrainSettings:
 
     dataset: str = ""
     dataset_dir: str = ""
+    image_dir: str = ""
     base: str = "efficientnet_lite0"
     epochs: int = 5
     lr: float = 0.01
@@ -56,7 +57,7 @@ class TrainSettings:
 
 def _still_there(field: str, value) -> bool:
     """Whether a saved path of `TrainSettings` can be put back: the dataset exists, the output's folder does."""
-    if field in ("dataset", "dataset_dir"):
+    if field in ("dataset", "dataset_dir", "image_dir"):
         return Path(value).exists()
     return field != "out" or Path(value).parent.is_dir()
 
@@ -75,6 +76,8 @@ class TrainWidget(StopsOnClose, Container):
         self._dataset = FileEdit(label="dataset file", mode="r",
                                  filter="COCO JSON or CSV (*.json *.csv)")
         self._dataset_dir = FileEdit(label="or folder per class", mode="d")
+        # a CSV's or COCO JSON's images may lie elsewhere (the command line's --image-dir)
+        self._image_dir = FileEdit(label="images folder (CSV, COCO; default: the file's)", mode="d", value="")
         self._base = ComboBox(label="base model", choices=self._base_choices)
         self._epochs = SpinBox(label="epochs", value=5, min=1, max=1000)
         self._lr = FloatSpinBox(label="learning rate", value=0.01, min=1e-6, max=1.0, step=0.001)
@@ -89,15 +92,19 @@ class TrainWidget(StopsOnClose, Container):
         self._status = Label(value="")
         self._status.native.setWordWrap(True)  # a long message must not widen the dock
         super().__init__(widgets=[
-            self._dataset, self._dataset_dir, self._base, self._epochs, self._lr, self._batch,
+            self._dataset, self._dataset_dir, self._image_dir, self._base, self._epochs, self._lr, self._batch,
             self._size, self._out, self._device, self._train_button, self._cancel_button,
             self._progress, self._status,
         ])
         exclusive_paths(self._dataset, self._dataset_dir)  # one dataset: the folder won silently
         persist_fields("train", TrainSettings, {
-            "dataset": self._dataset, "dataset_dir": self._dataset_dir, "base": self._base,
+            "dataset": self._dataset, "dataset_dir": self._dataset_dir, "image_dir": self._image_dir,
+            "base": self._base,
             "epochs": self._epochs, "lr": self._lr, "batch_size": self._batch, "input_size": self._size,
             "out": self._out, "device": self._device}, usable=_still_there)
+        for field in (self._dataset, self._dataset_dir):  # a folder per class names its own images
+            field.changed.connect(self._sync_image_dir)
+        self._sync_image_dir()
         self._train_button.changed.connect(lambda: self.start())
         self._cancel_button.changed.connect(lambda: self.cancel())
         self._relay = _Relay()
@@ -121,6 +128,9 @@ class TrainWidget(StopsOnClose, Container):
             self._status.value = message
         (show_error if error else show_warning if warning else show_info)(message)
 
+    def _sync_image_dir(self, _=None) -> None:
+        self._image_dir.enabled = no_path(self._dataset_dir.value)
+
     @property
     def running(self) -> bool:
         return self.worker is not None
@@ -141,6 +151,11 @@ class TrainWidget(StopsOnClose, Container):
         if dataset_path is None:
             self._say("Choose a dataset: a folder per class, a CSV or a COCO JSON.", True)
             return None
+        images = None if dataset_path.is_dir() or no_path(self._image_dir.value) else Path(self._image_dir.value)
+        if images is not None and not images.is_dir():
+            self._say(f"Images folder: {images} is not a folder; choose the folder of the dataset's images, or "
+                      "empty the field for the dataset file's own.", True)
+            return None
         base = self._base.value
         options = {
             "model": base,  # a backbone name starts from its ImageNet weights, a file fine-tunes
@@ -160,7 +175,7 @@ class TrainWidget(StopsOnClose, Container):
         self._progress.max = options["epochs"]
         self._progress.value = 0
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(self._train, dataset_path, options, _start_thread=False, _connect={
+        worker = create_worker(self._train, dataset_path, options, images, _start_thread=False, _connect={
             "errored": lambda error: self._say(f"Training failed: {type(error).__name__}: {error}", True)})
         worker.returned.connect(self._on_done)
         worker.finished.connect(self._on_finished)
@@ -173,9 +188,10 @@ class TrainWidget(StopsOnClose, Container):
         worker.start()
         return worker
 
-    def _train(self, dataset_path: Path, options: dict):
-        """Worker thread: load the dataset, say how it is split, and train."""
-        dataset = load_dataset(dataset_path)
+    def _train(self, dataset_path: Path, options: dict, images: Path | None = None):
+        """Worker thread: load the dataset (a CSV's or COCO JSON's images from ``images``, when
+        given), say how it is split, and train."""
+        dataset = load_dataset(dataset_path, images)
         defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
         # the dataset's warnings (files left out, likely label typos), as the CLI prints them
         warnings, what = list(dataset.warnings), None
