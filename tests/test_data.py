@@ -392,3 +392,21 @@ def test_load_dataset_takes_the_images_folder_of_a_csv_or_coco_json(tmp_path):
     with pytest.raises(ValueError, match=r"image_folder \(the command line's --image-dir\) .*images is for a COCO "
                                          r"JSON's or a CSV's images: the folder per class .*classes holds its own"):
         load_dataset(tmp_path / "classes", tmp_path / "images")
+
+
+def test_a_file_browsers_files_in_class_folders_are_not_warned_of(tmp_path):
+    """Windows leaves Thumbs.db and desktop.ini in picture folders (as macOS leaves .DS_Store,
+    which was skipped): each was named in a warning, "left out 2 files that are not images",
+    beside the user's real mistakes."""
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        iio.imwrite(tmp_path / name / "0.png", _rgb(len(name)))
+    (tmp_path / "cat" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (tmp_path / "dog" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    (tmp_path / "DESKTOP.INI").write_text("[.ShellClassInfo]\n")
+    (tmp_path / "dog" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    assert from_folders(tmp_path).warnings == []
+    (tmp_path / "dog" / "notes.txt").write_text("the dogs of plate 2")
+    assert from_folders(tmp_path).warnings == [
+        f"{tmp_path}: left out 1 file that is not an image ({', '.join(IMAGE_SUFFIXES)}) or lies in no class "
+        "folder: dog/notes.txt"]

@@ -21,7 +21,7 @@ import torch
 from . import _validate as check
 from ._text import first_names, plural
 from .io.images import IMAGE_SUFFIXES, as_rgb_float, read_image
-from .io.paths import sorted_paths, stored_path
+from .io.paths import is_system_file, sorted_paths, stored_path
 
 #: The 20 PASCAL VOC classes under their COCO names, in VOC's order.
 VOC_CLASSES = (
@@ -478,17 +478,18 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
 
     Classes are the sub-folder names, sorted. A class folder's images may lie in sub-folders
     of it (``root/<class>/2023/<image>``), as torchvision's ``ImageFolder`` reads them.
-    Hidden files and folders are skipped; other files that are not images (suffixes
+    Hidden files and folders, and the files file browsers leave (``Thumbs.db``,
+    ``desktop.ini``), are skipped; other files that are not images (suffixes
     ``IMAGE_SUFFIXES``) and files in no class folder are left out and named in the
     dataset's ``warnings``.
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"dataset folder {root} does not exist")
-    class_dirs = sorted_paths(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    class_dirs = sorted_paths(d for d in root.iterdir() if d.is_dir() and not is_system_file(d.name))
     if not class_dirs:
         raise ValueError(f"dataset folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
-    left_out = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    left_out = [p for p in root.iterdir() if p.is_file() and not is_system_file(p.name)]
     paths, rows = [], []
     for j, class_dir in enumerate(class_dirs):
         files = sorted_paths(_visible_files(class_dir))
@@ -516,10 +517,11 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
 
 
 def _visible_files(folder: Path) -> list[Path]:
-    """The files under ``folder``, at any depth, but none that is hidden or inside a hidden folder."""
+    """The files under ``folder``, at any depth, but none that is hidden or inside a hidden folder,
+    nor a file browser's (``Thumbs.db``, ``desktop.ini``: `napari_prm.io.paths.is_system_file`)."""
     files = []
     for path in folder.iterdir():
-        if path.name.startswith("."):
+        if is_system_file(path.name):
             continue
         if path.is_dir():
             files += _visible_files(path)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePath
 from typing import TypeVar
 
-__all__ = ["sorted_paths", "stored_path", "windows_name_problem", "windows_rules"]
+__all__ = ["is_system_file", "sorted_paths", "stored_path", "windows_name_problem", "windows_rules"]
 
 #: Whether file names follow Windows' rules here (tests set it to check them on Linux).
 WINDOWS = sys.platform == "win32"
@@ -18,10 +18,20 @@ _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10
 
 P = TypeVar("P", str, os.PathLike)
 
+#: Files an operating system's file browser leaves in folders (Windows' thumbnail caches and
+#: folder settings, macOS's custom folder icon), compared without regard to case.
+_SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"}
+
 
 def windows_rules() -> bool:
     """Whether file names follow Windows' rules here (`WINDOWS`)."""
     return WINDOWS
+
+
+def is_system_file(name: str) -> bool:
+    """Whether a file or folder named ``name`` is hidden (``.DS_Store``, ``.git``) or one that a
+    file browser leaves in folders (``Thumbs.db``, ``desktop.ini``): not a user's data."""
+    return name.startswith(".") or name.casefold() in _SYSTEM_FILES
 
 
 def sorted_paths(paths: Iterable[P]) -> list[P]:
