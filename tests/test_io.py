@@ -720,3 +720,18 @@ def test_writable_folder_leaves_nothing_behind_and_refuses_a_file(tmp_path):
         with pytest.raises(OSError, match=f"cannot write into folder {tmp_path / 'file'}: "):
             io.writable_folder(tmp_path / "file", create=create)
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_tiff_cut_short_says_so(tmp_path):
+    """A 16-bit TIFF whose copy stopped part-way was named with tifffile's "failed to read 18432
+    bytes, got 2744", which does not say what is wrong with the file."""
+    image = (np.arange(96 * 96, dtype=np.uint16).reshape(96, 96) * 7)
+    tifffile.imwrite(tmp_path / "whole.tif", image)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes((tmp_path / "whole.tif").read_bytes()[:3000])
+    with pytest.raises(ValueError) as error:
+        io.read_image(cut)
+    assert str(error.value).startswith(f"cannot read image {cut}: the file is cut short (tifffile: failed to read ")
+    assert str(error.value).endswith("): copy or save it again")
+    ((path, reason),) = io.unreadable_images([tmp_path / "whole.tif", cut])
+    assert path == cut and "cut short" in reason

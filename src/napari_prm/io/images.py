@@ -73,6 +73,8 @@ def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
             reason = (f"{reason.split(', could be')[0]}: Pillow does not decode images this large "
                       "(a guard against decompression bombs); split it into tiles, or save it as "
                       "TIFF, which is read whatever its size")
+        elif reason.startswith("failed to read ") and ", got " in reason:
+            reason = f"the file is cut short (tifffile: {reason}): copy or save it again"  # a TIFF's data
         elif "backend" in reason or "can not handle" in reason:
             # imageio's "no backend ... pip install ..." means that no reader recognised the
             # content: the file is not an image of its kind, no plugin is missing.
