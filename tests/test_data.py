@@ -410,3 +410,23 @@ def test_a_file_browsers_files_in_class_folders_are_not_warned_of(tmp_path):
     assert from_folders(tmp_path).warnings == [
         f"{tmp_path}: left out 1 file that is not an image ({', '.join(IMAGE_SUFFIXES)}) or lies in no class "
         "folder: dog/notes.txt"]
+
+
+def test_csv_columns_a_spreadsheet_adds_are_read_past(tmp_path):
+    """Excel writes 'x.png,cat,' once a third column held something, and users keep a notes
+    column: the header 'image,labels,' or 'image,labels,notes' was accepted, then every row was
+    refused ("expected 2 columns"). Labels split by ',' without quotes still are, with the fix."""
+    path = _write_csv(tmp_path, [])
+    path.write_text("image,labels,\nx.png,cat,\ny.png,dog;cat,\nz.png,,\n")
+    dataset = from_csv(path)
+    assert dataset.class_names == ["cat", "dog"] and dataset.labels.tolist() == [[1, 0], [1, 1], [0, 0]]
+    path.write_text("image,labels,notes\nx.png,cat,blurry\ny.png,dog,\n")
+    assert from_csv(path).labels.tolist() == [[1, 0], [0, 1]]
+    path.write_text("image,labels\nx.png,cat,dog\n")
+    with pytest.raises(ValueError) as error:
+        from_csv(path)
+    assert str(error.value) == (f"{path}:2: expected 2 columns (image,labels); got 3: ['x.png', 'cat', 'dog']: labels "
+                                "are separated by ';' (cat;dog)")
+    path.write_text("image,labels,notes\nx.png,cat,blurry,dog\n")
+    with pytest.raises(ValueError, match=r"labels.csv:2: expected 3 columns \(image,labels,notes\); got 4: "):
+        from_csv(path)

@@ -616,12 +616,18 @@ def from_csv(
             hint = (": separate the two columns by ',' (the labels by ';')"
                     if header and header[0].strip().lower().startswith("image;") else "")
             raise ValueError(f"{path}:1: expected the header 'image,labels'; got {header}{hint}")
+        # columns after 'labels' that the header names (a spreadsheet's notes) are not read
+        columns = 2 + sum(1 for name in header[2:] if name.strip())
         for row in reader:
             where = f"{path}:{reader.line_num}"
             if not row or all(not cell.strip() for cell in row):
                 continue
-            if len(row) != 2:
-                raise ValueError(f"{where}: expected 2 columns (image,labels); got {len(row)}: {row}")
+            while len(row) > 2 and not row[-1].strip():  # empty cells a spreadsheet adds at the end
+                row = row[:-1]
+            if len(row) < 2 or len(row) > columns:
+                hint = f": labels are separated by ';' ({';'.join(c.strip() for c in row[1:])})" if len(row) > 2 else ""
+                raise ValueError(f"{where}: expected {columns} columns "
+                                 f"({','.join(h.strip() for h in header[:columns])}); got {len(row)}: {row}{hint}")
             image = stored_path(image_root, row[0].strip())
             if not image.is_file():
                 missing.append(f"{where}: image {image}")
