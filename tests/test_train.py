@@ -311,6 +311,7 @@ def _from_before_the_split_rule(path, held_out_class):
     model, extra = load_checkpoint(path)
     state = extra[TRAINING_STATE_KEY]
     state.pop("split_rule", None)
+    state.pop("images", None)  # recorded since after the rule
     for record in state["history"]:
         record["val_ap"] = {name: 1.0 if name == held_out_class else float("nan") for name in model.class_names}
         record["val_map"] = 1.0
@@ -520,3 +521,33 @@ def test_a_class_every_image_shows_is_warned_of_and_has_no_validation_ap(squares
     record = result.history[0]
     assert np.isnan(record.val_ap["blue"]) and 0 <= record.val_ap["red"] <= 1
     assert record.val_map == record.val_ap["red"]
+
+
+def test_a_resumed_run_on_a_changed_dataset_says_which_held_out_images_trained(squares, tmp_path):
+    """Images added to a dataset between a run and its resume give another split: images the
+    first epochs trained on were held out without a word (their validation AP and thresholds
+    optimistic), and the checkpoint then recorded only the new split's training images, so
+    `calibrate` said nothing of the others either."""
+    from napari_prm.train import trained_held_out_warning, trained_images
+
+    first = squares.subset(range(16))
+    out = tmp_path / "model.pt"
+    train(first, out=out, calibrate=False, **dict(SETTINGS, epochs=1))
+    trained_first = [p for p, was in zip(first.image_paths, trained_images(load_checkpoint(out)[1],
+                                                                          first.image_paths)) if was]
+    assert len(trained_first) == 12
+    grown = squares.subset(range(24))  # 8 images added
+    state = load_checkpoint(out)[1][TRAINING_STATE_KEY]
+    split = training_split(grown, SETTINGS["val_fraction"], SETTINGS["seed"])
+    seen = [p for p in split.held_out.image_paths if p in trained_first]
+    assert len(seen) >= 1  # the new split holds out images the first epoch learnt
+    warning = trained_held_out_warning(state, split, out)
+    assert warning.startswith(f"{len(seen)} of the {len(split.held_out)} held-out images trained the 1 finished "
+                              f"epoch(s) of {out} (the dataset changed since the run started")
+    assert trained_held_out_warning(state, training_split(first, SETTINGS["val_fraction"], SETTINGS["seed"]),
+                                    out) is None  # the same dataset: the same split
+    result = train(grown, out=out, resume=True, epochs=2, calibrate=False)
+    assert warning in result.warnings
+    # the checkpoint still names every image an epoch trained on
+    trained = trained_images(load_checkpoint(out)[1], grown.image_paths)
+    assert {p for p, was in zip(grown.image_paths, trained) if was} == set(trained_first) | set(split.train.image_paths)

@@ -908,6 +908,7 @@ def _check_resumed_options(args, path: Path):
         return None  # reported by train() and refine(): unreadable, or no training state
     args.resumed_config = config
     args.resumed_split_rule = extra[key].get("split_rule")  # None: from before the rule
+    args.resumed_state = extra[key]
 
     def plain(value):
         return list(value) if isinstance(value, (list, tuple)) else value
@@ -1035,6 +1036,9 @@ def _run_train(args) -> int:
     finally:
         if bar is not None:
             bar.close()
+    for warning in result.warnings:  # what the run found; the split's were said before it
+        if warning not in getattr(args, "said", []) and warning != getattr(result.calibration, "warning", None):
+            _say(f"warning: {warning}")
     if result.calibration is not None:
         _say(result.calibration.describe())
         if result.calibration.warning:
@@ -1061,7 +1065,7 @@ def _say_split(args, dataset):
     with a warning naming any class left without a training image or shown by every image
     (`no_negative_warning`), before training.
     Returns the split (`TrainingSplit`, for train() to use), None when it cannot be made."""
-    from .train import SPLIT_RULE, no_negative_warning, training_split
+    from .train import SPLIT_RULE, no_negative_warning, trained_held_out_warning, training_split
 
     config = getattr(args, "resumed_config", None) or {}
     fraction = config.get("val_fraction", args.val_fraction)
@@ -1073,9 +1077,13 @@ def _say_split(args, dataset):
         _say(f"training on {plural(len(dataset), 'image')}, {plural(len(dataset.class_names), 'class')} -> {args.out}")
         return None
     _say(f"{split.describe(args.calibrate)}; {plural(len(dataset.class_names), 'class')} -> {args.out}")
-    for warning in (split.warning, no_negative_warning(dataset)):
-        if warning:
-            _say(f"warning: {warning}")
+    resumed = None
+    if getattr(args, "resumed_state", None) is not None:
+        resumed = trained_held_out_warning(args.resumed_state, split, args.resume if args.resume is not True
+                                           else args.out)
+    args.said = [w for w in (split.warning, no_negative_warning(dataset), resumed) if w]
+    for warning in args.said:
+        _say(f"warning: {warning}")
     return split
 
 

@@ -275,6 +275,35 @@ def no_negative_warning(dataset: LabeledImageDataset) -> str | None:
             "without them (another class folder, or CSV rows with empty labels, 'x.png,')")
 
 
+def trained_held_out_warning(state: dict | None, split: TrainingSplit, checkpoint) -> str | None:
+    """A warning when a resumed run's split holds out images that its checkpoint's epochs trained on.
+
+    A run is resumed on its dataset as it is now: images added or removed since it started
+    give another split (:func:`training_split`), which may hold out images the finished epochs
+    learnt, so that their validation AP and calibrated thresholds are optimistic.
+
+    Parameters
+    ----------
+    state : dict or None
+        The checkpoint's training state (``extra[TRAINING_STATE_KEY]``); None (a new run), or one
+        that records no training images, gives None.
+    split : TrainingSplit
+        The resumed run's split.
+    checkpoint : path
+        Named in the warning.
+    """
+    if not state or split.held_out is None or not isinstance(state.get("images"), torch.Tensor):
+        return None
+    paths = split.held_out.image_paths
+    seen = [p for p, was in zip(paths, trained_images({TRAINING_STATE_KEY: state}, paths)) if was]
+    if not seen:
+        return None
+    return (f"{len(seen)} of the {plural(len(paths), 'held-out image')} trained the {state.get('epoch', 0)} "
+            f"finished epoch(s) of {checkpoint} (the dataset changed since the run started, so it is split anew; "
+            f"e.g. {seen[0]}): their validation AP and calibrated thresholds are optimistic. Start a new run on "
+            "the dataset as it is now, or calibrate on images the model has not seen ('napari-prm calibrate')")
+
+
 def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> TrainingSplit:
     """The split of ``dataset`` that the run whose training state is ``state`` (a checkpoint's
     ``extra[TRAINING_STATE_KEY]``) made: the same split again, from its ``val_fraction``, ``seed``
@@ -841,6 +870,12 @@ def train(
     train_set, val_set = split.train, split.held_out
     trained_keys = image_keys(train_set.image_paths)
     warnings = [split.warning] if split.warning else []
+    if state is not None and isinstance(state.get("images"), torch.Tensor):
+        # a dataset changed since the run started splits anew: images its epochs trained on may
+        # now be held out, and the checkpoint must go on naming them as trained (trained_images)
+        before = state["images"]
+        trained_keys = torch.unique(torch.cat([before, trained_keys]))
+        warnings += [w for w in [trained_held_out_warning(state, split, resume_path)] if w]
     images = TrainingImages(train_set, config["input_size"], model.mean, model.std,
                             hflip=config["hflip"], seed=config["seed"])
     generator = torch.Generator()
