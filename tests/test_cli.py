@@ -1127,3 +1127,20 @@ def test_train_ends_saying_what_to_do_next(tmp_path, capsys):
     # the command it gives runs, on the images the run held out
     assert main(shlex.split(command)[1:] + ["--no-tta"]) == 0
     assert "class_threshold" in load_model(uncalibrated).settings
+
+
+def test_calibrate_on_images_that_all_show_the_class_says_its_thresholds_are_the_lowest(tmp_path, capsys):
+    """``calibrate`` on a folder of one class chose the lowest thresholds ("100 % of the peaks on
+    classes the images show", every peak kept) without a word: no peak could be wrong there."""
+    import imageio.v3 as iio
+
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    for i in range(3):
+        iio.imwrite(tmp_path / "data" / "cat" / f"{i}.png", data.chelsea()[i * 20:i * 20 + 64, :64])
+    torch.manual_seed(0)
+    model = save_model(build_model("tiny", ["cat"], pretrained=False, input_size=(32, 32)), tmp_path / "cat.pt")
+    assert main(["calibrate", str(tmp_path / "data"), "--model", str(model), "--no-tta", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert (f"warning: every image of {tmp_path / 'data'} shows class(es) 'cat': no peak of theirs can be wrong on "
+            "these images, so their thresholds are chosen as low as they go") in captured.err
+    assert "100 % of the peaks on classes the images show" in captured.out

@@ -1105,7 +1105,7 @@ def _run_calibrate(args) -> int:
 
     from .model.checkpoint import BUILTIN_MODELS, is_safetensors, load_checkpoint, load_model, save_model
     from .peaks import calibrate_model
-    from .train import TRAINING_STATE_KEY
+    from .train import TRAINING_STATE_KEY, no_negative_warning
 
     _refuse_existing_calibrate_out(args)
     if args.model in BUILTIN_MODELS and not Path(args.model).is_file():
@@ -1140,6 +1140,9 @@ def _run_calibrate(args) -> int:
                  "which it was therefore not trained on")
     else:
         _note_trained_images(args, extra, dataset)
+    warning = no_negative_warning(dataset, calibrating=True)
+    if warning:
+        _say(f"warning: {warning}")
     results = {}
     for tta in ((False, True) if args.tta else (False,)):
         with tqdm(total=len(dataset), desc="calibrate" + (" (TTA)" if tta else ""), unit="image",

@@ -256,13 +256,15 @@ def validation_summary(val_ap: dict[str, float]) -> str:
     return f"validation mAP {100 * sum(defined) / len(defined):.1f}% ({plural(len(defined), 'class')})"
 
 
-def no_negative_warning(dataset: LabeledImageDataset) -> str | None:
+def no_negative_warning(dataset: LabeledImageDataset, *, calibrating: bool = False) -> str | None:
     """A warning naming the classes that every image of ``dataset`` shows, or None.
 
     The loss learns a class from the images that show it against those that do not: a
     class every image shows (a dataset of one class folder, say) has nothing to be told
     apart from, so its score says nothing, its validation AP is not defined (see
     :func:`train`) and its calibrated thresholds are not tested against an image without it.
+    ``calibrating=True`` words it for `napari_prm.peaks.calibrate_model` on ``dataset``: no
+    peak of those classes can be wrong there, so the thresholds come out at their lowest.
     """
     if len(dataset) == 0:
         return None
@@ -270,9 +272,13 @@ def no_negative_warning(dataset: LabeledImageDataset) -> str | None:
     if not every:
         return None
     names = ", ".join(repr(c) for c in every[:5]) + (f" and {len(every) - 5} more" if len(every) > 5 else "")
-    return (f"every image of {dataset.source or 'the dataset'} shows class(es) {names}: the model has no image "
-            "without them to learn what sets them apart, so their scores and peaks mean little. Add images "
-            "without them (another class folder, or CSV rows with empty labels, 'x.png,')")
+    which = f"every image of {dataset.source or 'the dataset'} shows class(es) {names}"
+    if calibrating:
+        return (f"{which}: no peak of theirs can be wrong on these images, so their thresholds are chosen "
+                "as low as they go (every peak kept). Calibrate on images that include some without them")
+    return (f"{which}: the model has no image without them to learn what sets them apart, so their scores "
+            "and peaks mean little. Add images without them (another class folder, or CSV rows with empty "
+            "labels, 'x.png,')")
 
 
 def trained_held_out_warning(state: dict | None, split: TrainingSplit, checkpoint) -> str | None:
