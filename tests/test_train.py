@@ -551,3 +551,29 @@ def test_a_resumed_run_on_a_changed_dataset_says_which_held_out_images_trained(s
     # the checkpoint still names every image an epoch trained on
     trained = trained_images(load_checkpoint(out)[1], grown.image_paths)
     assert {p for p, was in zip(grown.image_paths, trained) if was} == set(trained_first) | set(split.train.image_paths)
+
+
+def test_a_fine_tuned_model_that_is_not_calibrated_keeps_no_thresholds_of_its_base(full_run, squares, tmp_path):
+    """A model fine-tuned from a calibrated checkpoint (or a built-in model) with calibrate=False,
+    or cancelled, kept its base's calibrated thresholds, chosen for other weights (and classes):
+    predict used them as the new model's own. Only this run's calibration is kept."""
+    base = full_run[0].checkpoint
+    assert "class_threshold" in load_model(base).settings
+    result = train(squares, model=base, out=tmp_path / "tuned.pt", calibrate=False, **dict(SETTINGS, epochs=1))
+    settings = load_model(result.checkpoint).settings
+    assert not {"class_threshold", "peak_threshold", "calibration", "tta_calibration"} & set(settings)
+    assert result.model.settings == settings
+    # calibrated, it stores its own
+    result = train(squares, model=base, out=tmp_path / "calibrated.pt", **dict(SETTINGS, epochs=1))
+    assert load_model(result.checkpoint).settings["class_threshold"] == result.calibration.class_threshold
+    # a finished, calibrated run resumed for more epochs and cancelled keeps none of its old ones
+    stop = threading.Event()
+    events = []
+
+    def cancel_after_first_batch(update):
+        events.append(update)
+        stop.set()
+
+    out = tmp_path / "calibrated.pt"
+    resumed = train(squares, out=out, resume=True, epochs=2, progress=cancel_after_first_batch, cancel=stop)
+    assert resumed.cancelled and "class_threshold" not in resumed.model.settings

@@ -260,6 +260,8 @@ def test_closing_the_widget_stops_training_like_cancel(make_napari_viewer, qtbot
     result = widget.result
     assert result.cancelled and 2 <= len(result.history) < 1000
     assert widget.last_message.startswith(f"Stopped as the widget was closed: epoch {len(result.history)},")
+    # stopped before the calibration: the model offered has no thresholds of its own, and says so
+    assert "its thresholds are not calibrated (class threshold 0, no peak threshold" in widget.last_message
     _, extra = load_checkpoint(out)
     assert extra[TRAINING_STATE_KEY]["epoch"] == len(result.history)
     assert predict_widget.model.value == str(out.resolve())

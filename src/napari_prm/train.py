@@ -45,6 +45,9 @@ TRAINING_STATE_KEY = "training"
 # class (:func:`training_split`); a checkpoint without it may come from a version that made the
 # plain random split (``split(..., keep_every_class=False)``), which could hold one out.
 SPLIT_RULE = 2
+#: The model settings a calibration writes (`napari_prm.peaks.Calibration.as_settings`, and its
+#: TTA pair): a run that trains drops them, as they were chosen for other weights.
+CALIBRATION_SETTINGS = ("class_threshold", "peak_threshold", "calibration", "tta_calibration")
 
 
 @dataclass
@@ -845,6 +848,11 @@ def train(
         model = _start_model(model if model is not None else backbone, list(dataset.class_names),
                              config["input_size"], config["seed"])
     config["epochs"] = epochs
+    if start_epoch < epochs:
+        # thresholds chosen for the weights training changes (a fine-tuned model's, or those of a
+        # finished run that goes on) would be kept by a checkpoint this run does not calibrate
+        for key in CALIBRATION_SETTINGS:
+            model.settings.pop(key, None)
     model.to(device)
     _check_map_size(model, config["input_size"], device)
     optimizer = _optimizer(model, config["lr"], config["backbone_lr_mult"], config["momentum"], config["weight_decay"])

@@ -260,7 +260,9 @@ class TrainWidget(StopsOnClose, Container):
         what = why if result.cancelled else "Done"
         held_out = f", {result.held_out_images} held out" if result.held_out_images else ", none held out"
         validation = "" if last.val_ap is None else f", {validation_summary(last.val_ap)}"
-        calibrated = "" if result.calibration is None else f"; thresholds {result.calibration.describe()}"
+        calibrated = (f"; thresholds {result.calibration.describe()}" if result.calibration is not None else
+                      "; its thresholds are not calibrated (class threshold 0, no peak threshold until "
+                      "'napari-prm calibrate' chooses them)")
         message = (f"{what}: epoch {last.epoch}, loss {last.loss:.4f}{validation} "
                    f"({plural(result.train_images, 'training image')}{held_out}){calibrated}; saved "
                    f"{result.checkpoint}; it is offered in the Peak Response Maps widget, to run on an image.")
