@@ -415,6 +415,28 @@ def test_missing_image_and_bad_checkpoint_are_reported(
         check_image_layer(viewer.add_image(np.zeros((1, 5)), name="line"))
 
 
+def test_a_channels_last_image_napari_did_not_take_as_rgb_is_refused_with_the_fix(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """A 2-channel (H, W, 2) fluorescence image is, to napari, 100 planes of 151×2 pixels: Run
+    predicted on the 151×2 strip of the plane shown (2 peaks, an instance on it). It is refused,
+    saying how to open it; a (C, H, W) stack and the channels opened with channel_axis run."""
+    viewer = make_napari_viewer()
+    u16 = small_cat[..., :2].astype(np.uint16) * 40 + 300
+    two = viewer.add_image(u16, name="two")
+    four = viewer.add_image(np.concatenate([u16, u16], axis=-1), name="four", rgb=False)
+    assert not two.rgb and two.data.shape == (100, 151, 2)
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    for layer, channels in ((two, 2), (four, 4)):
+        widget.image.value = layer
+        assert widget.run() is None
+        assert f"looks like {channels} colour or fluorescence channels" in widget.last_message
+        assert "100 planes of 151×" in widget.last_message and "channel_axis=-1" in widget.last_message
+        assert not widget.rethreshold_button.isEnabled()
+    assert [layer.name for layer in viewer.layers] == ["two", "four"]
+    assert check_image_layer(viewer.add_image(np.moveaxis(u16, -1, 0), name="c_first")) == (2,)
+    assert check_image_layer(viewer.add_image(u16, channel_axis=-1, name=["a", "b"])[0]) == ()
+
+
 def test_recent_checkpoints_are_remembered(make_napari_viewer, qtbot, prm_config, tiny_checkpoint):
     viewer = make_napari_viewer()
     widget = open_predict(viewer, qtbot, tiny_checkpoint)

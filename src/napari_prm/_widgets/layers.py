@@ -57,6 +57,9 @@ WORLD_LABELS = ("units", "axis_labels")
 #: The name of the PRM layer's leading axis (one slice per peak), as the dims slider shows it.
 PEAK_AXIS_LABEL = "peak"
 INSTANCE_COLUMNS = ("index", "label", "class_index", "class_name", "score", "peak")
+#: A non-RGB layer whose last axis is this short, under two longer ones, is an (H, W, C) image
+#: of channels (`check_image_layer` refuses it), not H planes a few pixels wide.
+MAX_CHANNELS = 4
 
 
 def is_result_image(viewer, layer) -> bool:
@@ -102,6 +105,14 @@ def check_image_layer(layer) -> tuple[int, ...]:
     if len(shape) < 2 or min(shape[-2:]) < 2:
         raise ValueError(f"layer {layer.name!r} has shape {tuple(data.shape)}; PRM needs a "
                          "2-D grayscale or RGB image (or a stack of them)")
+    if not layer.rgb and len(shape) >= 3 and shape[-1] <= MAX_CHANNELS < min(shape[-3:-1]):
+        # (H, W, C) that napari did not take as RGB: H planes of W×C pixels, not an image
+        channels = shape[-1]
+        raise ValueError(
+            f"layer {layer.name!r} has shape {shape}: its last axis looks like {channels} colour or "
+            f"fluorescence channels, which napari shows as {shape[-3]} planes of {shape[-2]}×{channels} "
+            "pixels. Open it with channel_axis=-1 (one layer per channel) and run on a channel"
+            + (", or with rgb=True" if channels in (3, 4) else ""))
     return shape[:-2]
 
 
