@@ -76,3 +76,28 @@ def test_an_enlarged_photo_keeps_small_proposals_and_the_same_instances(model):
     predictor.set_proposals(default_proposals(big, max_proposals=100))
     # identical, not only within nearest-neighbour rounding: the resizes are composed exactly
     _assert_same_instances(scaled, predictor.predict(**LOW))
+
+
+def test_a_large_image_is_shrunk_for_its_proposals_without_blurring_it_whole():
+    """The built-in proposals of a 2560×2560 photo: the anti-aliasing Gaussian ran on the whole
+    image's floats (a second copy of them, traced peak 2.0× their size; 14 s on a 6000×6000
+    image), now on 4×4 block means (peak 1.0×). The proposals still match the photo's own: the
+    50 best of the 512×512 original each find one of the enlarged image's at a mean IoU of 0.88
+    (0.87 before)."""
+    photo = data.astronaut()
+    big = np.repeat(np.repeat(photo, 5, axis=0), 5, axis=1)
+    floats = big.size * 8  # as_rgb_float's float64 copy, which the proposals start from
+    tracemalloc.start()
+    try:
+        enlarged = default_proposals(big, scaled=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * floats, peak / floats
+    own = default_proposals(photo, scaled=True)
+    assert enlarged.masks.shape == own.masks.shape == (300, 320, 320)
+    best = own.masks[:50].reshape(50, -1).astype(np.float64)
+    found = enlarged.masks.reshape(len(enlarged.masks), -1).astype(np.float64)
+    inter = best @ found.T
+    iou = inter / (best.sum(1)[:, None] + found.sum(1)[None] - inter)
+    assert iou.max(axis=1).mean() > 0.85
