@@ -447,6 +447,42 @@ def test_recent_checkpoints_are_remembered(make_napari_viewer, qtbot, prm_config
     assert widget.model.value == str(tiny_checkpoint.resolve())
 
 
+def test_a_lazy_stack_is_read_in_the_worker_not_when_run_is_pressed(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """A dask stack (as a zarr or a delayed reader gives) was read whole on the Qt thread by
+    *Run* (np.array of every plane for ``all planes``), freezing napari for as long as the
+    reads took, with no progress or cancel. Run reads nothing there now; the worker reads each plane
+    once, in its own thread, when its turn comes."""
+    import threading
+
+    import dask
+    import dask.array as da
+
+    reads = []
+
+    def read(frame, block_info=None):
+        reads.append((threading.get_ident(), block_info[0]["chunk-location"][0]))
+        return frame
+
+    frames = np.stack([small_cat, small_cat[:, ::-1], small_cat[::-1]])
+    lazy = da.from_array(frames, chunks=(1, 100, 151, 3)).map_blocks(read, dtype=frames.dtype)
+    with dask.config.set(scheduler="synchronous"):  # a chunk is read in the thread that asks for it
+        viewer = make_napari_viewer()
+        viewer.add_image(lazy, name="lazy", rgb=True)
+        widget = open_predict(viewer, qtbot, tiny_checkpoint)
+        widget.proposals.value = None
+        widget.planes.value = "all planes"
+        main = threading.get_ident()
+        reads.clear()  # napari's own, for the canvas
+        worker = widget.run()
+        assert worker is not None, widget.last_message
+        assert [frame for thread, frame in reads if thread == main] == []
+        qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert sorted(frame for thread, frame in reads if thread != main) == [0, 1, 2], reads
+    assert viewer.layers["lazy instances"].data.shape == (3, 100, 151)
+    assert len(viewer.layers["lazy peaks"].data) > 0, widget.last_message
+
+
 def test_all_planes_of_a_stack(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
     viewer = make_napari_viewer()
     gray = small_cat.mean(axis=-1).astype(np.uint8)

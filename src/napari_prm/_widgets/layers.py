@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import re
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -139,10 +141,26 @@ def current_plane(layer, viewer) -> tuple[int, ...]:
     return tuple(int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position, leading))
 
 
+def plane_reader(layer, plane: tuple[int, ...]) -> Callable[[], np.ndarray]:
+    """What reads one plane of an image layer when called, as `read_plane` does.
+
+    The widgets call it in their worker thread: a lazy image (dask, zarr: read from disk or
+    computed when indexed) is then read there, one plane at a time, not on the Qt thread when
+    *Run* is pressed, which froze napari for the whole read (of every plane, for ``all
+    planes``) and held all the planes at once. It reads the array the layer holds now (level
+    0 of a multiscale image), even if the layer's data is replaced meanwhile.
+    """
+    data = layer.data[0] if layer.multiscale else layer.data
+    return partial(_array_plane, data, tuple(plane))
+
+
+def _array_plane(data, plane: tuple[int, ...]) -> np.ndarray:
+    return np.array(data[plane] if plane else data)
+
+
 def read_plane(layer, plane: tuple[int, ...]) -> np.ndarray:
     """One plane of an image layer as an in-memory array ((H, W) or (H, W, C))."""
-    data = layer.data[0] if layer.multiscale else layer.data
-    return np.array(data[plane] if plane else data)
+    return plane_reader(layer, plane)()
 
 
 def world_kwargs(image_layer, extra_leading: int = 0) -> dict:

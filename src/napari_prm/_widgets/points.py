@@ -28,7 +28,7 @@ from .layers import (
     point_defaults,
     point_plane,
     prm_layer_data,
-    read_plane,
+    plane_reader,
     upsert_layer,
     world_kwargs,
 )
@@ -168,7 +168,7 @@ class PointRetrieval:
         for plane in sorted(set(planes)):
             mine = [r for r, p in zip(rows, planes) if p == plane]
             key = self._predictor_key(plane)
-            jobs.append((key, None if owner.predictors.ready(key) else read_plane(context.image_layer, plane),
+            jobs.append((key, None if owner.predictors.ready(key) else plane_reader(context.image_layer, plane),
                          owner.proposals_for(context.settings["proposals"], plane), plane,
                          np.asarray(self.peaks.data)[mine][:, leading:],
                          features["class_index"].to_numpy()[mine].astype(np.int64),
@@ -221,8 +221,8 @@ class PointRetrieval:
             try:
                 if not predictor.is_image_set:
                     if image is None:  # dropped since the job was made
-                        image = read_plane(context.image_layer, plane)
-                    predictor.set_image(image, progress=report, cancel=self._cancel.is_set)
+                        image = plane_reader(context.image_layer, plane)
+                    predictor.set_image(image(), progress=report, cancel=self._cancel.is_set)
                 prediction = predictor.predict(points=(yx, classes), progress=report,
                                                cancel=self._cancel.is_set, **overrides)
             except Cancelled:

@@ -44,7 +44,7 @@ from .layers import (
     layer_names,
     merge_predictions,
     moved_from,
-    read_plane,
+    plane_reader,
     remember_written,
     rename_results,
     set_moved_from,
@@ -308,8 +308,9 @@ class PredictWidget(PredictForm, QWidget):
                       "and window first.", "warning")
             return None
         self._watch(layer)
-        # a plane whose forward pass is cached needs no copy of its pixels
-        images = [None if self.predictors.ready(key) else read_plane(layer, plane)
+        # a plane whose forward pass is cached needs no copy of its pixels; the others are read
+        # in the worker, one at a time (a lazy image's reads must not freeze napari)
+        images = [None if self.predictors.ready(key) else plane_reader(layer, plane)
                   for key, plane in zip(keys, planes)]
         proposals = [self.proposals_for(settings["proposals"], plane) for plane in planes]
         hand, _ = self._hand_peaks(layer, leading, planes)
@@ -389,7 +390,7 @@ class PredictWidget(PredictForm, QWidget):
                 return MAPS_DROPPED
             try:
                 if not predictor.is_image_set:
-                    predictor.set_image(image, progress=report, cancel=self._cancel.is_set)
+                    predictor.set_image(image(), progress=report, cancel=self._cancel.is_set)
                     forwards += 1
                 prediction = predictor.predict(
                     classes=settings["classes"], progress=report, cancel=self._cancel.is_set,
