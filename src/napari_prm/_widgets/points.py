@@ -25,10 +25,10 @@ from .layers import (
     RUNNER_UP_COLUMNS,
     layer_names,
     moved_from,
+    plane_reader,
     point_defaults,
     point_plane,
     prm_layer_data,
-    plane_reader,
     upsert_layer,
     world_kwargs,
 )
