@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from napari_prm import PRMPredictor, build_model, predict
-from napari_prm.io import as_rgb_float, image_array
+from napari_prm.io import as_rgb_float, image_array, opacity_note
 
 
 def _scene() -> np.ndarray:
@@ -236,3 +236,30 @@ def test_a_half_transparent_rgba_photo_reads_alike_as_floats_and_as_a_nested_lis
     unit = rgba.astype(np.float32)
     unit[..., 3] = 0.5
     np.testing.assert_allclose(as_rgb_float(unit), as_rgb_float(rgba[..., :3]) * 0.5, atol=1e-6)
+
+
+def test_a_mostly_transparent_rgba_image_is_noted_as_darkened(tiny):
+    """Four 16-bit fluorescence channels (H, W, 4), as napari shows them (RGBA): the 4th, at
+    300-900 of 65535, is read as opacity and the network saw the image at 0.9 % of its
+    brightness, without a word. The prediction says so, with the mean opacity; an opaque or
+    mostly opaque RGBA image gets no note."""
+    from skimage import data
+
+    cat = data.chelsea()[::3, ::3].astype(np.uint16)
+    channels = np.concatenate([cat * 40 + 300, cat[..., :1] * 2 + 300], axis=-1)
+    assert channels.shape == (100, 151, 4) and 300 <= channels[..., 3].min() < channels[..., 3].max() <= 900
+    assert as_rgb_float(channels).max() < 0.014  # colours stretched to [0, 1], times the opacity
+    prediction = predict(channels, tiny, proposals=None, class_threshold=-1e9)
+    (note,) = [note for note in prediction.notes if "opacity" in note]
+    assert "averages 0.01: most of the image was darkened" in note and "pass one channel" in note
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(channels)
+    assert note in predictor.predict(class_threshold=-1e9).notes
+    assert note in predictor.predict(points=([[50.0, 75.0]], [0])).notes
+    opaque = np.concatenate([cat.astype(np.uint8), np.full((100, 151, 1), 255, np.uint8)], axis=-1)
+    cut_out = opaque.copy()
+    cut_out[:40, ..., 3] = 0  # 40 % transparent: mean opacity 0.6
+    for image in (opaque, cut_out):
+        predictor.set_image(image)
+        assert not [note for note in predictor.predict(class_threshold=-1e9).notes if "opacity" in note]
+    assert opacity_note(cat) is None and opacity_note(opaque[..., :3]) is None

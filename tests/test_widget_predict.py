@@ -419,7 +419,8 @@ def test_a_channels_last_image_napari_did_not_take_as_rgb_is_refused_with_the_fi
         make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
     """A 2-channel (H, W, 2) fluorescence image is, to napari, 100 planes of 151×2 pixels: Run
     predicted on the 151×2 strip of the plane shown (2 peaks, an instance on it). It is refused,
-    saying how to open it; a (C, H, W) stack and the channels opened with channel_axis run."""
+    saying how to open it; a (C, H, W) stack and the channels opened with channel_axis run. Four
+    channels that napari shows as RGBA run, with a note that the 4th was read as opacity."""
     viewer = make_napari_viewer()
     u16 = small_cat[..., :2].astype(np.uint16) * 40 + 300
     two = viewer.add_image(u16, name="two")
@@ -435,6 +436,11 @@ def test_a_channels_last_image_napari_did_not_take_as_rgb_is_refused_with_the_fi
     assert [layer.name for layer in viewer.layers] == ["two", "four"]
     assert check_image_layer(viewer.add_image(np.moveaxis(u16, -1, 0), name="c_first")) == (2,)
     assert check_image_layer(viewer.add_image(u16, channel_axis=-1, name=["a", "b"])[0]) == ()
+    # 4 channels napari takes as RGBA: the 4th, at 4.8 k of 65535 on average, darkened the image unsaid
+    widget.image.value = viewer.add_image(np.concatenate([u16, u16], axis=-1), name="rgba")
+    assert widget.image.value.rgb
+    run_and_wait(widget, qtbot)
+    assert "4th channel was read as its opacity (RGBA), which averages 0.07" in widget.last_message
 
 
 def test_recent_checkpoints_are_remembered(make_napari_viewer, qtbot, prm_config, tiny_checkpoint):

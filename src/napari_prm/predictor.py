@@ -25,7 +25,7 @@ import torch
 
 from . import _validate as check
 from ._text import plural
-from .io.images import as_rgb_float, image_array
+from .io.images import as_rgb_float, image_array, opacity_note
 from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
 from .peaks import MAX_PEAKS, PeakSelection, class_scores, peak_candidates, select_peaks
@@ -298,7 +298,8 @@ class Prediction:
     settings : PredictSettings or None
         What produced it.
     notes : list of str
-        What the user should know (for example that the peak cap bit: `cap_note`).
+        What the user should know (for example that the peak cap bit: `cap_note`, or that an
+        RGBA image was mostly transparent: `napari_prm.io.opacity_note`).
     peaks_found : int or None
         How many peaks passed the thresholds before the ``max_peaks`` cap kept the strongest
         (``len(peaks)`` when it did not bite); None for a prediction from given points.
@@ -553,6 +554,7 @@ class PRMPredictor:
     def reset_image(self) -> None:
         """Forget the current image (its graph, maps, PRMs and proposals)."""
         self._image = None
+        self._image_notes: list[str] = []
         self._forward = None
         self._prm_cache: dict[tuple[int, int, int], torch.Tensor] = {}
         self._proposals: np.ndarray | None = None
@@ -648,6 +650,7 @@ class PRMPredictor:
             # caller may reuse its array (video frames, an edited layer) in the meantime
             self._image = np.array(image, copy=True)
             self._image_shape = tuple(rgb.shape[:2])
+            self._image_notes = list(filter(None, [opacity_note(image)]))
             self.timings["forward"] = time.perf_counter() - started
             report("forward", 1, 1)
 
@@ -862,7 +865,7 @@ class PRMPredictor:
         report = progress or (lambda stage, done, total: None)
         factor = settings.sub_pixel_locating_factor
         crm_shape = self._crms.shape[1:]
-        notes: list[str] = []
+        notes: list[str] = list(self._image_notes)
         if points is not None:
             peaks_crm, runner_classes, runner_values, values, points_yx = self._points_to_peaks(
                 points, crm_shape, factor)

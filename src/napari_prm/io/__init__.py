@@ -15,7 +15,7 @@ module                        holds
                               one image's files, replaced in one step (a manifest)
 ``napari_prm.io.images``      ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
                               `read_array`, `image_array` (PIL images, tensors, paths),
-                              `as_rgb_float` (the one RGB normaliser),
+                              `as_rgb_float` (the one RGB normaliser), `opacity_note`,
                               `unreadable_images` (headers and ends, no decoding)
 ``napari_prm.io.paths``       `sorted_paths`: one order of files on every operating system
 ``napari_prm.io.labels``      `write_label_image`, `read_label_image`, `tiff_pixel_size`,
@@ -39,7 +39,7 @@ This package imports neither napari/Qt nor torch.
 from .atomic import atomic_write, atomic_writes, remove_stale_temporaries, writable_folder
 from .coco import UNKNOWN_CATEGORY_ID, coco_to_labels, instances_to_coco, labels_to_coco, write_coco_json
 from .fileset import MANIFEST_SUFFIX, FileSet, listed_files, read_file_set, recover_file_sets, write_file_set
-from .images import IMAGE_SUFFIXES, as_rgb_float, image_array, read_array, read_image, unreadable_images
+from .images import IMAGE_SUFFIXES, as_rgb_float, image_array, opacity_note, read_array, read_image, unreadable_images
 from .labels import read_label_class_names, read_label_image, read_label_world, tiff_pixel_size, write_label_image
 from .prediction import (
     EXPORT_SUFFIXES,
@@ -55,7 +55,7 @@ from .tables import INSTANCE_CSV_COLUMNS, UNKNOWN_CLASS, read_instances_csv, wri
 __all__ = [
     "atomic_write", "atomic_writes", "remove_stale_temporaries", "writable_folder", "write_file_set", "read_file_set",
     "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
-    "read_array", "read_image", "image_array", "as_rgb_float", "unreadable_images",
+    "read_array", "read_image", "image_array", "as_rgb_float", "opacity_note", "unreadable_images",
     "write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
     "read_label_class_names",
     "labels_to_coco", "instances_to_coco", "coco_to_labels", "write_coco_json", "write_instances_csv",

@@ -18,7 +18,8 @@ import tifffile
 
 from .._validate import path_like
 
-__all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "image_array", "as_rgb_float", "unreadable_images"]
+__all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "image_array", "as_rgb_float", "opacity_note",
+           "unreadable_images"]
 
 #: File name suffixes `read_image` reads: TIFF through tifffile, the others through imageio
 #: (Pillow). Folders given to ``napari-prm predict`` and dataset folders are filtered by them.
@@ -518,6 +519,42 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
     elif channels == 4:
         rgb = rgb * _opacity(image[..., 3:4], dtype)
     return np.ascontiguousarray(rgb, dtype=dtype)
+
+
+#: Mean opacity below which `opacity_note` speaks of an RGBA image.
+LOW_MEAN_OPACITY = 0.5
+
+
+def opacity_note(image: np.ndarray) -> str | None:
+    """A note for an RGBA image that `as_rgb_float` darkened for the most part, else None.
+
+    Its 4th channel is the opacity, and transparent pixels become black; a mean opacity under
+    `LOW_MEAN_OPACITY` means that most of what the network sees is darkened. That is right
+    for a cut-out photo, and a misreading of 4 channels that are not colours and opacity: 4
+    fluorescence channels of 16 bits (napari shows an ``(H, W, 4)`` array as RGBA), whose 4th
+    channel, at a few hundred of 65535, made the image nearly black.
+
+    Parameters
+    ----------
+    image : ndarray
+        What `as_rgb_float` takes (checked by it, not here).
+
+    Returns
+    -------
+    str or None
+        Saying the mean opacity and what to pass instead, for ``(H, W, 4)`` images whose mean
+        opacity is under `LOW_MEAN_OPACITY`.
+    """
+    image = image_array(image)
+    if image.ndim != 3 or image.shape[-1] != 4 or image.size == 0:
+        return None
+    mean = float(_opacity(image[..., 3], np.float32).mean(dtype=np.float64))
+    if mean >= LOW_MEAN_OPACITY:
+        return None
+    return (f"The image's 4th channel was read as its opacity (RGBA), which averages {mean:.2f}: "
+            f"{'most' if mean > 0 else 'all'} of the image was darkened toward black. If its 4 "
+            "channels are not colours and opacity (4 fluorescence channels), pass one channel or "
+            "an RGB image.")
 
 
 def _unit_range(values: np.ndarray, dtype) -> np.ndarray:
