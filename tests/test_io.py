@@ -336,6 +336,17 @@ def test_read_image_channels_first_tiff_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"two\.tif.*\(12, 10, 2\); it has 2 channels: save one channel or "
                                          r"an RGB image$"):
         io.read_image(tmp_path / "two.tif")
+    # an ImageJ or OME-TIFF of 2 fluorescence channels, or 5 time points, named "planes or frames"
+    tifffile.imwrite(tmp_path / "dapi_gfp.tif", np.zeros((2, 12, 10), np.uint16), imagej=True,
+                     metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "dapi_gfp.ome.tif", np.zeros((2, 12, 10), np.uint16), metadata={"axes": "CYX"})
+    for name in ("dapi_gfp.tif", "dapi_gfp.ome.tif"):
+        with pytest.raises(ValueError, match=r"\(2, 12, 10\); its first axis holds 2 channels \(the file's axes "
+                                             r"say so\): save each channel as a 2-D image, or 3 of them as an RGB"):
+            io.read_image(tmp_path / name)
+    tifffile.imwrite(tmp_path / "movie.ome.tif", np.zeros((5, 12, 10), np.uint16), metadata={"axes": "TYX"})
+    with pytest.raises(ValueError, match=r"\(5, 12, 10\); its first axis holds 5 time points: save one 2-D plane$"):
+        io.read_image(tmp_path / "movie.ome.tif")
 
 
 def test_read_image_refuses_tiff_stacks_of_three_or_four_planes(tmp_path):

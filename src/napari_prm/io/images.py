@@ -164,7 +164,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                              "or an RGB image")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
         raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA "
-                         f"image, got an array of shape {image.shape}{_stack_hint(image.shape)}")
+                         f"image, got an array of shape {image.shape}"
+                         f"{_stack_hint(image.shape, _tiff_leading_axis(path, image.ndim))}")
     if image.size == 0:
         raise ValueError(f"cannot read image {path}: it has no pixels "
                          f"({image.shape[0]}×{image.shape[1]})")
@@ -308,9 +309,15 @@ def _tiff_leading_axis(path, ndim: int) -> str | None:
     return axes[0] if len(axes) == ndim else None
 
 
-def _stack_hint(shape: tuple[int, ...]) -> str:
+def _stack_hint(shape: tuple[int, ...], leading_axis: str | None = None) -> str:
+    """What a refused array holds, by its shape and the first axis its TIFF names (tifffile's code)."""
     if len(shape) == 3 and shape[-1] < min(shape[:2]):  # (H, W, C): channels last
         return f"; it has {shape[-1]} channels: save one channel or an RGB image"
+    if leading_axis == "C" and len(shape) == 3:  # an ImageJ or OME-TIFF of fluorescence channels
+        return (f"; its first axis holds {shape[0]} channels (the file's axes say so): save each channel "
+                "as a 2-D image, or 3 of them as an RGB image")
+    if leading_axis in _NOT_COLOUR_AXES and len(shape) == 3:
+        return f"; its first axis holds {shape[0]} {_NOT_COLOUR_AXES[leading_axis]}: save one 2-D plane"
     return "; it holds several planes or frames: save one 2-D plane" if len(shape) > 2 else ""
 
 
