@@ -929,8 +929,8 @@ def test_calibrate_updates_a_ckpt_model_in_place(tmp_path, capsys):
 
 
 def test_predict_label_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpoint):
-    """A calibrated microscopy TIFF (0.5 µm pixels, ImageJ unit 'um') gives a label TIFF with
-    the same pixel size and unit, so the labels overlay the image in Fiji or napari-aicsimageio
+    """A calibrated microscopy TIFF (0.5 µm pixels, ImageJ unit 'um', or an OME-TIFF's physical
+    size) gives a label TIFF with the same pixel size and unit, so the labels overlay the image in Fiji or napari-aicsimageio
     and measurements stay in µm; an uncalibrated image gives no resolution unit."""
     folder = tmp_path / "images"
     folder.mkdir()
@@ -939,8 +939,15 @@ def test_predict_label_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpo
                      metadata={"unit": "um"})
     tifffile.imwrite(folder / "inch.tif", gray, resolution=(300, 300), resolutionunit="INCH")
     tifffile.imwrite(folder / "plain.tif", gray)
+    # an OME-TIFF keeps its pixel size in its OME-XML only: its labels were written without one
+    tifffile.imwrite(folder / "cells.ome.tif", gray, metadata={"axes": "YX", "PhysicalSizeX": 0.65,
+                                                               "PhysicalSizeY": 0.5, "PhysicalSizeXUnit": "µm",
+                                                               "PhysicalSizeYUnit": "µm"})
     out = tmp_path / "out"
     assert main(["predict", str(folder), "--model", str(tiny48_checkpoint), "--out", str(out)]) == 0
+    with tifffile.TiffFile(out / "cells.ome_labels.tif") as tif:
+        assert tif.pages[0].get_resolution() == pytest.approx((1 / 0.65, 1 / 0.5))
+        assert (tif.imagej_metadata or {}).get("unit") == "um"
     with tifffile.TiffFile(out / "calibrated_labels.tif") as tif:
         page = tif.pages[0]
         assert page.shape == gray.shape

@@ -70,6 +70,34 @@ def test_label_tiff_keeps_an_imagej_pixel_size(tmp_path, top_label, shape):
     assert again["resolution"] == pytest.approx(back["resolution"]) and again["unit"] == back["unit"]
 
 
+def test_an_ome_tiffs_physical_pixel_size_is_read_and_written_as_imagej(tmp_path):
+    """An OME-TIFF records its pixel size in its OME-XML, without resolution tags: its labels had
+    none. It is read (in µm by default, as OME's), and an ImageJ unit that is not ASCII ("µm"),
+    which ImageJ's description cannot hold, no longer fails the write (a UnicodeEncodeError)."""
+    image = np.zeros((6, 8), np.uint16)
+    tifffile.imwrite(tmp_path / "um.ome.tif", image, metadata={"axes": "YX", "PhysicalSizeX": 0.65,
+                                                                "PhysicalSizeY": 0.65, "PhysicalSizeXUnit": "µm",
+                                                                "PhysicalSizeYUnit": "µm"})
+    tifffile.imwrite(tmp_path / "default.ome.tif", image, metadata={"axes": "YX", "PhysicalSizeX": 0.2,
+                                                                     "PhysicalSizeY": 0.4})
+    tifffile.imwrite(tmp_path / "nm.ome.tif", image, metadata={"axes": "YX", "PhysicalSizeX": 100,
+                                                                "PhysicalSizeY": 100, "PhysicalSizeXUnit": "nm",
+                                                                "PhysicalSizeYUnit": "nm"})
+    tifffile.imwrite(tmp_path / "none.ome.tif", image, metadata={"axes": "YX"})
+    for name, resolution, unit in (("um", (1 / 0.65, 1 / 0.65), "um"), ("default", (5.0, 2.5), "um"),
+                                   ("nm", (0.01, 0.01), "nm")):
+        size = io.tiff_pixel_size(tmp_path / f"{name}.ome.tif")
+        assert size["resolution"] == pytest.approx(resolution) and size["imagej_unit"] == unit, name
+        io.write_label_image(tmp_path / f"{name}_labels.tif", image + 1, pixel_size=size)
+        back = io.tiff_pixel_size(tmp_path / f"{name}_labels.tif")
+        assert back["resolution"] == pytest.approx(resolution) and back["imagej_unit"] == unit, name
+    assert io.tiff_pixel_size(tmp_path / "none.ome.tif") is None
+    micro = {"resolution": (2.0, 4.0), "unit": tifffile.RESUNIT.NONE, "imagej_unit": "µm"}
+    io.write_label_image(tmp_path / "micro.tif", image + 1, pixel_size=micro)
+    back = io.tiff_pixel_size(tmp_path / "micro.tif")
+    assert back["unit"] == tifffile.RESUNIT.CENTIMETER and back["resolution"] == pytest.approx((2e4, 4e4))
+
+
 def test_png_refuses_labels_above_65535(tmp_path):
     with pytest.raises(ValueError, match="65535.*70000"):
         io.write_label_image(tmp_path / "labels.png", synthetic_labels(70000))

@@ -115,8 +115,11 @@ def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
 
     Returns ``{"resolution": (x, y), "unit": RESUNIT}`` (pixels per unit, from the first
     page's XResolution, YResolution and ResolutionUnit tags) plus ``"imagej_unit"`` (e.g.
-    ``"um"``) when ImageJ metadata names one. None for other files, for a TIFF without
-    those tags, or one that records only the default 1 pixel per unit without a unit.
+    ``"um"``) when ImageJ metadata names one. An OME-TIFF records its pixel size in its
+    OME-XML instead (``PhysicalSizeX``, ``PhysicalSizeY`` and their unit, µm by default),
+    usually without those tags: that one is returned then, as pixels per ``"imagej_unit"``.
+    None for other files, for a TIFF without either, or one that records only the default 1
+    pixel per unit without a unit.
     """
     if Path(path).suffix.lower() not in (".tif", ".tiff"):
         return None
@@ -126,16 +129,45 @@ def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
             x, y = page.get_resolution()
             unit = page.resolutionunit
             imagej_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+            ome = _ome_pixel_size(tif.ome_metadata) if tif.is_ome else None
     except Exception:  # noqa: BLE001 -- no pixel size is known, the labels are written without
         return None
     if not (np.isfinite(x) and np.isfinite(y) and x > 0 and y > 0):
-        return None
+        return ome
     if (x, y) == (1, 1) and unit == tifffile.RESUNIT.NONE and not imagej_unit:
-        return None
+        return ome
     size = {"resolution": (float(x), float(y)), "unit": unit}
     if imagej_unit:
         size["imagej_unit"] = str(imagej_unit)
     return size
+
+
+def _ome_pixel_size(ome_xml: str | None) -> dict | None:
+    """`tiff_pixel_size`'s answer from an OME-XML's first ``Pixels``: its physical pixel size in a
+    unit of length `write_label_image` knows (µm when the file names none, as OME's default)."""
+    import xml.etree.ElementTree as ElementTree
+
+    if not ome_xml:
+        return None
+    pixels = next((element for element in ElementTree.fromstring(ome_xml).iter()
+                   if element.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+    sizes, units = [], set()
+    for axis in ("X", "Y"):
+        try:
+            sizes.append(float(pixels.get(f"PhysicalSize{axis}", "nan")))
+        except ValueError:
+            return None
+        units.add(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+    if len(units) != 1 or not all(np.isfinite(size) and size > 0 for size in sizes):
+        return None
+    (unit,) = units
+    if unit not in _IMAGEJ_UNIT_CM:  # a unit that is not a length (or one we cannot name)
+        return None
+    # an ImageJ description is ASCII: "um" for µm, as ImageJ itself reads it
+    unit = unit.replace("µ", "u").replace("μ", "u")
+    return {"resolution": (1 / sizes[0], 1 / sizes[1]), "unit": tifffile.RESUNIT.NONE, "imagej_unit": unit}
 
 
 def _check_labels(labels, *, ndim: int | None = 2) -> np.ndarray:
@@ -213,7 +245,8 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         metadata = _label_metadata(world, labels.ndim, class_names)
         if metadata:
             extra = {"metadata": metadata}
-        if pixel_size and pixel_size.get("imagej_unit") and dtype is np.uint16 and labels.ndim == 2:
+        imagej_unit = str((pixel_size or {}).get("imagej_unit") or "")
+        if imagej_unit and imagej_unit.isascii() and dtype is np.uint16 and labels.ndim == 2:
             extra = {"resolution": tuple(pixel_size["resolution"]), "imagej": True,
                      "metadata": {"unit": pixel_size["imagej_unit"]}}
         elif pixel_size:
