@@ -930,8 +930,9 @@ def test_calibrate_updates_a_ckpt_model_in_place(tmp_path, capsys):
 
 def test_predict_label_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpoint):
     """A calibrated microscopy TIFF (0.5 µm pixels, ImageJ unit 'um', or an OME-TIFF's physical
-    size) gives a label TIFF with the same pixel size and unit, so the labels overlay the image in Fiji or napari-aicsimageio
-    and measurements stay in µm; an uncalibrated image gives no resolution unit."""
+    size) gives a label TIFF with the same pixel size and unit, so the labels overlay the image in
+    Fiji or napari-aicsimageio and measurements stay in µm; an uncalibrated image gives no
+    resolution unit."""
     folder = tmp_path / "images"
     folder.mkdir()
     gray = (data.coins()[:96, :128].astype(np.uint16) * 16)
