@@ -130,7 +130,7 @@ def test_a_reopened_export_keeps_its_classes_and_its_edits_reach_export_and_lear
     export.export(second, formats=["csv"], stem="cells")
     assert read_csv(second / "cells_instances.csv") == {1: "unknown", 3: "dog"}
     ((plane, labels_plane, table, _),) = layer_planes(viewer, reopened)  # what Learn from corrections takes
-    assert plane.shape[:2] == labels_plane.shape and set(np.unique(labels_plane)) == {0, 1, 3}
+    assert plane().shape[:2] == labels_plane.shape and set(np.unique(labels_plane)) == {0, 1, 3}
     assert dict(zip(table["label"], table["class_name"])) == {1: "unknown", 3: "dog"}
 
 

@@ -316,7 +316,7 @@ def test_naparis_new_labels_layer_of_one_channel_goes_with_that_channel(make_nap
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections")
     assert [layer.name for _, layer in widget._labels_choices()] == ["GFP - Labels"]
     ((plane, painted_plane, _, _),) = layer_planes(viewer, painted)
-    np.testing.assert_array_equal(plane, channels[1])
+    np.testing.assert_array_equal(plane(), channels[1])
     np.testing.assert_array_equal(painted_plane, labels)
     export = ExportWidget(viewer)
     export._layer.value = painted
@@ -362,3 +362,41 @@ def test_a_masks_path_that_does_not_exist_is_named_not_left_out(make_napari_view
         assert widget.start() is None and not widget.running
         assert str(tmp_path / "maskss") in widget.last_message and "does not exist" in widget.last_message, \
             widget.last_message
+
+
+def test_the_image_of_corrections_is_read_in_the_worker_not_when_learn_is_pressed(make_napari_viewer, tmp_path):
+    """The planes of a lazy (dask) image that corrected labels go with were read on the Qt thread
+    when *Learn* was pressed, freezing napari for the reads. `layer_planes` reads none now: each is
+    read, once, when the worker takes it; a plane without labels is never read."""
+    import threading
+
+    import dask
+    import dask.array as da
+
+    from napari_prm._widgets.refine import layer_planes
+
+    reads = []
+
+    def read(frame, block_info=None):
+        reads.append((threading.get_ident(), block_info[0]["chunk-location"][0]))
+        return frame
+
+    image, labels, _, _ = shapes_scene(5)
+    frames = np.stack([image, image[::-1], image[:, ::-1]])
+    with dask.config.set(scheduler="synchronous"):  # a chunk is read in the thread that asks for it
+        viewer = make_napari_viewer()
+        viewer.add_image(da.from_array(frames, chunks=(1, *image.shape)).map_blocks(read, dtype=frames.dtype),
+                         name="movie", rgb=True)
+        painted = viewer.add_labels(np.zeros((3, *labels.shape), np.int32), name="movie instances")
+        painted.data[0], painted.data[2] = labels, labels[:, ::-1]
+        reads.clear()  # napari's own, for the canvas
+        planes = layer_planes(viewer, painted)
+        assert reads == []
+        assert [source for _, _, _, source in planes] == ["movie instances plane (0,)", "movie instances plane (2,)"]
+        worker_reads = []
+        worker = threading.Thread(target=lambda: worker_reads.extend(reader() for reader, _, _, _ in planes))
+        worker.start()
+        worker.join()
+    np.testing.assert_array_equal(worker_reads[0], frames[0])
+    np.testing.assert_array_equal(worker_reads[1], frames[2])
+    assert sorted(frame for _, frame in reads) == [0, 2] and threading.get_ident() not in {t for t, _ in reads}

@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..refine import correction_from_layer, load_corrections, refine
 from .activity import StopsOnClose
-from .layers import image_layer_of, read_plane, unpaired_reason
+from .layers import image_layer_of, plane_reader, unpaired_reason
 from .models import (
     ModelCache,
     _live_predict_widgets,
@@ -40,9 +40,12 @@ from .settings import chosen_path, exclusive_paths, persist_fields
 
 
 def layer_planes(viewer, labels_layer) -> list[tuple]:
-    """``(image plane, labels plane, features, source)`` of each plane of a Labels layer holding labels.
+    """``(image plane reader, labels plane, features, source)`` of each plane of a Labels layer
+    holding labels.
 
-    Copies what it reads, so a worker thread can use it while the user edits the layer.
+    Copies the labels and features, so a worker thread can use them while the user edits the
+    layer. The image plane is read when its `plane_reader` is called, in the worker: a lazy
+    (dask, zarr) image is not read on the Qt thread.
     """
     image_layer = image_layer_of(viewer, labels_layer)
     if image_layer is None:
@@ -53,7 +56,7 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
     for plane in np.ndindex(*leading) if leading else [()]:
         labels = data[plane] if plane else data
         if labels.any():
-            planes.append((read_plane(image_layer, plane), np.array(labels), labels_layer.features.copy(),
+            planes.append((plane_reader(image_layer, plane), np.array(labels), labels_layer.features.copy(),
                            labels_layer.name + (f" plane {plane}" if plane else "")))
     return planes
 
@@ -176,7 +179,7 @@ class RefineWidget(StopsOnClose, Container):
         for widget in self._predict_widgets():
             self.models = widget.models  # share the loaded model with the predict widget
             break
-        # Layers are read here, on the Qt thread; the worker gets copies.
+        # Labels layers are read here, on the Qt thread (the worker gets copies); images in the worker.
         try:
             planes = [plane for layer in layers for plane in layer_planes(self._viewer, layer)]
         except ValueError as error:
@@ -213,7 +216,7 @@ class RefineWidget(StopsOnClose, Container):
     def _learn(self, model_choice: str, device: str, planes, masks: Path | None, options: dict):
         """Worker thread: gather the corrections, then train."""
         model = self.models.get(model_choice, device)
-        corrections = [correction_from_layer(image, labels, features, model.class_names, source=source)
+        corrections = [correction_from_layer(image(), labels, features, model.class_names, source=source)
                        for image, labels, features, source in planes]
         if masks is not None:
             corrections += load_corrections(masks, model.class_names)
