@@ -442,7 +442,7 @@ def image_array(image: Any, *, name: str = "image") -> np.ndarray:
     return array
 
 
-def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
+def as_rgb_float(image: np.ndarray, *, dtype=np.float32, keep_gray: bool = False) -> np.ndarray:
     """Convert an image to RGB floats in [0, 1]: the one normaliser of napari-prm.
 
     The network input (`napari_prm.predict`, training) and the built-in proposals both
@@ -455,10 +455,15 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
         or a file path becomes an array through `image_array`.
     dtype : float dtype, optional
         Of the result (computations are done in it).
+    keep_gray : bool, optional
+        Return a gray or one-channel image as ``(H, W, 1)``, its one channel not yet repeated:
+        the same values in a third of the memory, for a caller that shrinks it before
+        repeating it (the built-in proposals of a large gray image).
 
     Returns
     -------
     rgb : (H, W, 3) ndarray of ``dtype``, values in [0, 1]
+        ``(H, W, 1)`` for a gray image with ``keep_gray``.
 
     Raises
     ------
@@ -520,9 +525,9 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32) -> np.ndarray:
     colour = image[..., :3] if channels == 4 else image
     rgb = _unit_range(colour, dtype)
     if channels == 0:
-        rgb = np.repeat(rgb[..., None], 3, axis=-1)
+        rgb = rgb[..., None] if keep_gray else np.repeat(rgb[..., None], 3, axis=-1)
     elif channels == 1:
-        rgb = np.repeat(rgb, 3, axis=-1)
+        rgb = rgb if keep_gray else np.repeat(rgb, 3, axis=-1)
     elif channels == 4:
         rgb = rgb * _opacity(image[..., 3:4], dtype)
     return np.ascontiguousarray(rgb, dtype=dtype)

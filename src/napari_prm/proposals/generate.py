@@ -243,7 +243,8 @@ def default_proposals(
     across hierarchies are dropped.
     """
     height, width = _image_shape(image)
-    rgb = as_rgb_float(image, dtype=np.float64)
+    # a gray image is shrunk before its channel is repeated: the same values, a third of the work
+    rgb = as_rgb_float(image, dtype=np.float64, keep_gray=True)
     max_proposals = check.positive_int("max_proposals", max_proposals)
     working_size = check.positive_int("working_size", working_size)
     check.finite_floats("scales", scales, low=0, low_open=True)
@@ -253,6 +254,8 @@ def default_proposals(
     if unknown or not colour_spaces:
         raise ValueError(f"colour_spaces: expected some of 'lab', 'hsv', 'rgb', got {colour_spaces}")
     small = _shrink(rgb, working_size)
+    if small.shape[-1] == 1:
+        small = np.repeat(small, 3, axis=-1)
     small_shape = small.shape[:2]
     lab = color.rgb2lab(small)
     edges = sum(filters.sobel(lab[..., c]) for c in range(3))
