@@ -119,3 +119,22 @@ def test_a_large_gray_image_is_shrunk_before_its_channel_is_repeated():
     from_rgb = default_proposals(np.repeat(gray[..., None], 3, axis=-1), scaled=True)
     assert from_gray.masks.shape == (300, 320, 320)
     np.testing.assert_array_equal(from_gray.masks, from_rgb.masks)
+
+
+def test_a_gray_image_reaches_the_network_without_an_rgb_copy(model):
+    """The forward pass of a 2560×2560 gray image made it RGB floats at full size first (a
+    traced peak of 4.0 times one float32 copy of it); its one channel is resized now and
+    repeated at the network's size (1.25 times), and the maps are those of its RGB, bit for bit."""
+    gray = np.repeat(np.repeat(data.camera(), 5, axis=0), 5, axis=1)
+    predictor = PRMPredictor(model, proposals=None)
+    tracemalloc.start()
+    try:
+        predictor.set_image(gray)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * gray.size * 4, peak / (gray.size * 4)
+    from_gray = predictor.crms.copy()
+    predictor.set_image(np.repeat(gray[..., None], 3, axis=-1))
+    np.testing.assert_array_equal(from_gray, predictor.crms)
+    np.testing.assert_array_equal(predictor.class_response_maps(gray), predictor.crms)

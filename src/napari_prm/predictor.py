@@ -630,7 +630,7 @@ class PRMPredictor:
             As in :meth:`predict`.
         """
         image = image_array(image)
-        rgb = as_rgb_float(image)
+        rgb = as_rgb_float(image, keep_gray=True)  # a gray image's channel repeated once small
         with self._lock:
             self.reset_image()
             _check_cancel(cancel)
@@ -661,7 +661,7 @@ class PRMPredictor:
         than :meth:`set_image` when only the maps are wanted (e.g. calibration).
         The current image is left as it is. ``image`` is what :meth:`set_image` takes.
         """
-        rgb = as_rgb_float(image)
+        rgb = as_rgb_float(image, keep_gray=True)
         x = self.model.network_input(rgb)
         network = self.model.network
         modes = [(module, module.training) for module in network.modules()]

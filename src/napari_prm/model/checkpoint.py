@@ -141,7 +141,8 @@ class PRMModel:
 
     def network_input(self, rgb: np.ndarray) -> torch.Tensor:
         """:meth:`preprocess` of an image `as_rgb_float` has already made ``(H, W, 3)`` floats in
-        [0, 1] (normalising it again would give the same values, at the cost of passes over it)."""
+        [0, 1] (normalising it again would give the same values, at the cost of passes over it),
+        or ``(H, W, 1)`` for a gray image (``keep_gray=True``): the same input."""
         return to_network_input(rgb, self.input_size, self.mean, self.std).to(self.device, self.dtype)
 
     def metadata(self) -> dict[str, Any]:

@@ -28,7 +28,10 @@ def to_network_input(
 
     Parameters
     ----------
-    rgb : (H, W, 3) float32 ndarray in [0, 1]
+    rgb : (H, W, 3) or (H, W, 1) float32 ndarray in [0, 1]
+        A gray image as ``as_rgb_float(image, keep_gray=True)`` gives it is resized as one
+        channel, then repeated: the same tensor as from its RGB, without holding the image
+        three times over.
     input_size : (h, w) or None
         Network input size (bilinear resize, antialiased); None keeps the size.
     mean, std : 3 floats
@@ -38,6 +41,7 @@ def to_network_input(
     if input_size is not None and tuple(tensor.shape[-2:]) != tuple(input_size):
         tensor = F.interpolate(tensor, size=tuple(int(s) for s in input_size), mode="bilinear",
                                align_corners=False, antialias=True)
+    tensor = tensor.expand(-1, 3, -1, -1)  # a gray image's one channel, now that it is small
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (tensor - mean_t) / std_t
