@@ -458,7 +458,7 @@ def test_a_lazy_stack_is_read_in_the_worker_not_when_run_is_pressed(
     """A dask stack (as a zarr or a delayed reader gives) was read whole on the Qt thread by
     *Run* (np.array of every plane for ``all planes``), freezing napari for as long as the
     reads took, with no progress or cancel. Run reads nothing there now; the worker reads each plane
-    once, in its own thread, when its turn comes."""
+    once, in its own thread, when its turn comes, and its progress says so."""
     import threading
 
     import dask
@@ -480,11 +480,16 @@ def test_a_lazy_stack_is_read_in_the_worker_not_when_run_is_pressed(
         widget.planes.value = "all planes"
         main = threading.get_ident()
         reads.clear()  # napari's own, for the canvas
+        stages = []
+        widget.progressed.connect(lambda stage, done, total: stages.append((stage, done)))
         worker = widget.run()
         assert worker is not None, widget.last_message
         assert [frame for thread, frame in reads if thread == main] == []
         qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert sorted(frame for thread, frame in reads if thread != main) == [0, 1, 2], reads
+    # the progress says which plane is being read
+    assert sorted(stage for stage in stages if "reading" in stage[0]) == [
+        (f"plane {n}/3: reading", done) for n in (1, 2, 3) for done in (0, 1)]
     assert viewer.layers["lazy instances"].data.shape == (3, 100, 151)
     assert len(viewer.layers["lazy peaks"].data) > 0, widget.last_message
 

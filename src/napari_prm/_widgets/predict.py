@@ -390,7 +390,11 @@ class PredictWidget(PredictForm, QWidget):
                 return MAPS_DROPPED
             try:
                 if not predictor.is_image_set:
-                    predictor.set_image(image(), progress=report, cancel=self._cancel.is_set)
+                    report("reading", 0, 1)  # a lazy image's plane may take a while
+                    pixels = image()
+                    report("reading", 1, 1)
+                    predictor.set_image(pixels, progress=report, cancel=self._cancel.is_set)
+                    del pixels
                     forwards += 1
                 prediction = predictor.predict(
                     classes=settings["classes"], progress=report, cancel=self._cancel.is_set,
