@@ -434,6 +434,8 @@ def test_a_channels_last_image_napari_did_not_take_as_rgb_is_refused_with_the_fi
         assert "100 planes of 151×" in widget.last_message and "channel_axis=-1" in widget.last_message
         assert not widget.rethreshold_button.isEnabled()
     assert [layer.name for layer in viewer.layers] == ["two", "four"]
+    with pytest.raises(ValueError, match=r"shape \(3, 100, 151, 2\): .* shows as 300 planes of 151×2 pixels"):
+        check_image_layer(Image(np.stack([u16] * 3), name="z_two"))
     assert check_image_layer(viewer.add_image(np.moveaxis(u16, -1, 0), name="c_first")) == (2,)
     assert check_image_layer(viewer.add_image(u16, channel_axis=-1, name=["a", "b"])[0]) == ()
     # 4 channels napari takes as RGBA: the 4th, at 4.8 k of 65535 on average, darkened the image unsaid

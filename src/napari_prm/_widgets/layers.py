@@ -112,7 +112,7 @@ def check_image_layer(layer) -> tuple[int, ...]:
         channels = shape[-1]
         raise ValueError(
             f"layer {layer.name!r} has shape {shape}: its last axis looks like {channels} colour or "
-            f"fluorescence channels, which napari shows as {shape[-3]} planes of {shape[-2]}×{channels} "
+            f"fluorescence channels, which napari shows as {int(np.prod(shape[:-2]))} planes of {shape[-2]}×{channels} "
             "pixels. Open it with channel_axis=-1 (one layer per channel) and run on a channel"
             + (", or with rgb=True" if channels in (3, 4) else ""))
     return shape[:-2]
