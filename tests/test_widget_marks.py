@@ -36,7 +36,7 @@ def test_renamed_result_layers_keep_working_and_a_second_run_adds_no_duplicate(c
     written = export.export(tmp_path, formats=["csv"])
     assert [path.name for path in written] == ["cat_instances.csv"]
     ((plane, labels_plane, _, _),) = layer_planes(viewer, labels)
-    assert plane.shape[:2] == labels_plane.shape
+    assert plane().shape[:2] == labels_plane.shape
 
     # the image to run on never offers the renamed PRMs layer, nor proposals the renamed instances
     widget.reset_choices()
@@ -112,4 +112,4 @@ def test_a_labels_layer_whose_image_was_removed_pairs_with_no_other_image(make_n
     viewer.add_image(small_cat, name="cat")  # opened again: paired again
     assert image_layer_of(viewer, labels) is viewer.layers["cat"]
     ((plane, _, _, _),) = layer_planes(viewer, labels)
-    np.testing.assert_array_equal(plane, small_cat)
+    np.testing.assert_array_equal(plane(), small_cat)
