@@ -898,6 +898,7 @@ def _check_resumed_options(args, path: Path):
     if not path.is_file():
         return None  # train() and refine() report a missing checkpoint
     from .model.checkpoint import load_checkpoint
+    from .train import recipe_conflicts
 
     key, options = RESUMED_OPTIONS[args.command]
     try:
@@ -909,9 +910,6 @@ def _check_resumed_options(args, path: Path):
     args.resumed_config = config
     args.resumed_split_rule = extra[key].get("split_rule")  # None: from before the rule
     args.resumed_state = extra[key]
-
-    def plain(value):
-        return list(value) if isinstance(value, (list, tuple)) else value
 
     def shown(dest, value) -> str:
         if dest == "hflip":
@@ -925,9 +923,9 @@ def _check_resumed_options(args, path: Path):
     elif args.epochs < finished:
         raise CommandError(f"--epochs {args.epochs} is fewer than the {finished} epochs the run in {path} has "
                            f"finished: --epochs is the new total ({finished} or more)")
-    differ = [f"{shown(dest, getattr(args, dest))} (the run's: {shown(dest, config[dest])})"
-              for dest in options if dest in config and dest in given
-              and plain(getattr(args, dest)) != plain(config[dest])]
+    asked = {dest: getattr(args, dest) for dest in options if dest in given}
+    differ = [f"{shown(dest, value)} (the run's: {shown(dest, theirs)})"
+              for dest, value, theirs in recipe_conflicts(config, asked)]
     if args.command == "train":
         if "backbone" in given and args.backbone != model.backbone:
             differ.append(f"--backbone {args.backbone} (the run's: {model.backbone})")
@@ -1105,7 +1103,7 @@ def _run_calibrate(args) -> int:
 
     from .model.checkpoint import BUILTIN_MODELS, is_safetensors, load_checkpoint, load_model, save_model
     from .peaks import calibrate_model
-    from .train import TRAINING_STATE_KEY, no_negative_warning
+    from .train import calibration_images, no_negative_warning
 
     _refuse_existing_calibrate_out(args)
     if args.model in BUILTIN_MODELS and not Path(args.model).is_file():
@@ -1124,22 +1122,19 @@ def _run_calibrate(args) -> int:
         dataset = dataset.with_classes(model.class_names)
     except ValueError as error:
         raise CommandError(f"the dataset does not have the model's classes: {error}") from error
-    if args.held_out:
-        from .train import checkpoint_held_out
-
-        try:  # split with the model's classes and the checkpoint's split rule, as 'train' did
-            split = checkpoint_held_out(dataset, extra.get(TRAINING_STATE_KEY))
-        except ValueError as error:
-            raise CommandError(f"--held-out on {args.dataset}: {args.model} {error}; calibrate on images it "
-                               "was not trained on instead") from error
-        dataset = split.held_out
-        if split.left_untrained:
-            names = ", ".join(repr(c) for c in split.left_untrained)
-            _say(f"note: {args.model} records no split rule (a checkpoint from before it): the images it held "
-                 f"out are those of the plain random split, among them the only image(s) of class(es) {names}, "
-                 "which it was therefore not trained on")
-    else:
-        _note_trained_images(args, extra, dataset)
+    try:  # --held-out: split with the model's classes and the checkpoint's split rule, as 'train' did
+        chosen = calibration_images(dataset, extra, held_out=args.held_out)
+    except ValueError as error:
+        raise CommandError(f"--held-out on {args.dataset}: {args.model} {error}; calibrate on images it "
+                           "was not trained on instead") from error
+    dataset = chosen.dataset
+    if chosen.left_untrained:
+        names = ", ".join(repr(c) for c in chosen.left_untrained)
+        _say(f"note: {args.model} records no split rule (a checkpoint from before it): the images it held "
+             f"out are those of the plain random split, among them the only image(s) of class(es) {names}, "
+             "which it was therefore not trained on")
+    elif not chosen.held_out:
+        _note_trained_images(args, extra, chosen)
     warning = no_negative_warning(dataset, calibrating=True)
     if warning:
         _say(f"warning: {warning}")
@@ -1168,15 +1163,15 @@ def _run_calibrate(args) -> int:
     return 0
 
 
-def _note_trained_images(args, extra: dict, dataset) -> None:
-    """``calibrate`` without --held-out: a note when images it calibrates on trained the model
-    (the checkpoint's ``train`` run records them): their thresholds are optimistic."""
-    from .train import TRAINING_STATE_KEY, trained_images
+def _note_trained_images(args, extra: dict, chosen) -> None:
+    """``calibrate`` without --held-out: a note when images it calibrates on (``chosen``, a
+    `napari_prm.train.CalibrationImages`) trained the model (the checkpoint's ``train`` run
+    records them): their thresholds are optimistic."""
+    from .train import TRAINING_STATE_KEY
 
-    trained = trained_images(extra, dataset.image_paths)
-    if not trained or not any(trained):
+    count, dataset = chosen.trained, chosen.dataset
+    if not count:
         return
-    count = sum(trained)
     fraction = ((extra.get(TRAINING_STATE_KEY) or {}).get("config") or {}).get("val_fraction") or 0
     instead = ("--held-out calibrates on the images 'train' held out" if fraction else
                "it held none out: calibrate on images it was not trained on")

@@ -348,6 +348,134 @@ def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> Tra
     return split
 
 
+def recipe_conflicts(config: dict, asked: dict) -> list[tuple[str, Any, Any]]:
+    """The values of ``asked`` that differ from a run's recipe ``config`` (a checkpoint's
+    ``extra[TRAINING_STATE_KEY]["config"]``): ``(name, asked, the run's)`` for each.
+
+    ``train(resume=)`` goes on with its checkpoint's recipe whatever else it is given; the
+    command line and the Train widget refuse a resume that asks for another, naming these.
+    Keys that ``config`` lacks are not compared; sequences compare as lists.
+    """
+    def plain(value):
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    return [(name, value, config[name]) for name, value in asked.items()
+            if name in config and plain(value) != plain(config[name])]
+
+
+@dataclass
+class UnfinishedRun:
+    """A checkpoint of :func:`train` whose run stopped before the epochs it was started for
+    (cancelled, interrupted): ``train(resume=path)`` continues it (see :func:`unfinished_run`).
+
+    Attributes
+    ----------
+    path : Path
+    epochs_done : int
+        The epochs finished and saved.
+    epochs : int
+        The total the run was started for (more than ``epochs_done``).
+    config : dict
+        Its recipe (:func:`recipe_conflicts` compares another with it).
+    split_rule : int or None
+        The rule of its split (`SPLIT_RULE`; None from before the rule): ``training_split(dataset,
+        config["val_fraction"], config["seed"], split_rule=split_rule)`` is the split it goes on with.
+    """
+
+    path: Path
+    epochs_done: int
+    epochs: int
+    config: dict
+    split_rule: int | None = SPLIT_RULE
+
+
+def unfinished_run(path: str | os.PathLike, dataset: LabeledImageDataset) -> UnfinishedRun | None:
+    """The unfinished run of ``dataset`` saved in ``path``, or None.
+
+    None when ``path`` is not a readable checkpoint of :func:`train`, when its run finished
+    its epochs, or when it is a run of another dataset: other classes, or none of
+    ``dataset``'s images among those it trained on (a checkpoint that records no training
+    images is judged by its classes alone).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        model, extra = load_checkpoint(path)
+        state = extra.get(TRAINING_STATE_KEY)
+        config, done, _ = _training_state(path, state)
+    except (ValueError, OSError, TypeError, AttributeError):
+        return None
+    if done >= config["epochs"] or list(model.class_names) != list(dataset.class_names):
+        return None
+    trained = trained_images(extra, dataset.image_paths)
+    if trained is not None and not any(trained):
+        return None
+    return UnfinishedRun(path, done, config["epochs"], config, state.get("split_rule"))
+
+
+@dataclass(eq=False)
+class CalibrationImages:
+    """The images to calibrate a checkpoint on (:func:`calibration_images`).
+
+    Attributes
+    ----------
+    dataset : LabeledImageDataset
+        The images chosen: the share ``train`` held out, or every image given.
+    held_out : bool
+        Whether they are the share ``train`` held out of this checkpoint's run.
+    trained : int
+        How many of ``dataset``'s images trained the model (by path; 0 when the checkpoint
+        does not record its training images): their thresholds are optimistic.
+    left_untrained : list of str
+        The classes whose only image a checkpoint without a split rule held out (see
+        `TrainingSplit.left_untrained`): the model was not trained on them.
+    """
+
+    dataset: LabeledImageDataset
+    held_out: bool = False
+    trained: int = 0
+    left_untrained: list[str] = field(default_factory=list)
+
+
+def calibration_images(dataset: LabeledImageDataset, extra: dict | None, *,
+                       held_out: bool | None = None) -> CalibrationImages:
+    """The images of ``dataset`` to calibrate a checkpoint on, as ``napari-prm calibrate`` chooses them.
+
+    Parameters
+    ----------
+    dataset : LabeledImageDataset
+        Labelled with the model's classes (``dataset.with_classes(model.class_names)``).
+    extra : dict or None
+        The checkpoint's extra dict (`napari_prm.model.load_checkpoint`'s second value).
+    held_out : bool or None
+        True: the share ``train`` held out of this checkpoint's run (:func:`checkpoint_held_out`;
+        the command line's ``--held-out``). False: every image. None (the Train widget): the
+        held-out share when the run trained on some of ``dataset``'s images and held some out,
+        else every image (a model not trained on them, or a run that held none out).
+
+    Raises
+    ------
+    ValueError
+        With ``held_out=True``, from :func:`checkpoint_held_out` (no image held out, an unknown
+        split rule); the message starts with what the checkpoint records.
+    """
+    trained = trained_images(extra or {}, dataset.image_paths) or []
+    state = (extra or {}).get(TRAINING_STATE_KEY)
+    if held_out is None:
+        held_out = any(trained)
+        if held_out:
+            try:
+                checkpoint_held_out(dataset, state)
+            except ValueError:
+                held_out = False
+    if not held_out:
+        return CalibrationImages(dataset, False, sum(trained))
+    split = checkpoint_held_out(dataset, state)
+    kept = trained_images(extra or {}, split.held_out.image_paths) or []
+    return CalibrationImages(split.held_out, True, sum(kept), list(split.left_untrained))
+
+
 def is_cancelled(cancel) -> bool:
     """Whether ``cancel`` (None, a callable or a ``threading.Event``) says stop."""
     if cancel is None:

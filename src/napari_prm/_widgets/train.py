@@ -12,14 +12,33 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._text import plural
 from ..data import load_dataset
-from ..train import builtin_start_note, no_negative_warning, train, training_split, validation_summary
+from ..train import (
+    builtin_start_note,
+    no_negative_warning,
+    recipe_conflicts,
+    train,
+    training_split,
+    unfinished_run,
+    validation_summary,
+)
 from .activity import ActivityProgress, StopsOnClose
+from .calibrate import CalibrateSection
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
 from .settings import chosen_path, exclusive_paths, no_path, persist_fields
@@ -53,17 +72,21 @@ class TrainSettings:
     input_size: int = 448
     out: str = str(Path.home() / "prm_model.pt")
     device: str | None = None  # None: the first of `devices()`
+    continue_run: bool = True  # continue the unfinished run in the output file, when it holds one
+    calibrate_model: str = ""
+    calibrate_to: str = "new"
 
 
 def _still_there(field: str, value) -> bool:
     """Whether a saved path of `TrainSettings` can be put back: the dataset exists, the output's folder does."""
-    if field in ("dataset", "dataset_dir", "image_dir"):
+    if field in ("dataset", "dataset_dir", "image_dir", "calibrate_model"):
         return Path(value).exists()
     return field != "out" or Path(value).parent.is_dir()
 
 
-class TrainWidget(StopsOnClose, Container):
-    """Train a PRM model on an image-level-label dataset.
+class TrainWidget(StopsOnClose, CalibrateSection, Container):
+    """Train a PRM model on an image-level-label dataset; continue an unfinished run; calibrate
+    a checkpoint's thresholds on the dataset (`CalibrateSection`).
 
     Parameters
     ----------
@@ -86,6 +109,9 @@ class TrainWidget(StopsOnClose, Container):
         self._out = FileEdit(label="output file", mode="w", filter="PyTorch checkpoint (*.pt)",
                              value=str(Path.home() / "prm_model.pt"))
         self._device = ComboBox(label="device", choices=devices())
+        # shown when the output file holds an unfinished run of the dataset (`_find_unfinished_run`)
+        self._continue = CheckBox(text="Continue the unfinished run", value=True)
+        self._continue.hide()
         self._train_button = PushButton(text="Train")
         self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
@@ -93,18 +119,22 @@ class TrainWidget(StopsOnClose, Container):
         self._status.native.setWordWrap(True)  # a long message must not widen the dock
         super().__init__(widgets=[
             self._dataset, self._dataset_dir, self._image_dir, self._base, self._epochs, self._lr, self._batch,
-            self._size, self._out, self._device, self._train_button, self._cancel_button,
-            self._progress, self._status,
+            self._size, self._out, self._device, self._continue, self._train_button,
+            *self._build_calibrate(), self._cancel_button, self._progress, self._status,
         ])
         exclusive_paths(self._dataset, self._dataset_dir)  # one dataset: the folder won silently
         persist_fields("train", TrainSettings, {
             "dataset": self._dataset, "dataset_dir": self._dataset_dir, "image_dir": self._image_dir,
             "base": self._base,
             "epochs": self._epochs, "lr": self._lr, "batch_size": self._batch, "input_size": self._size,
-            "out": self._out, "device": self._device}, usable=_still_there)
+            "out": self._out, "device": self._device, "continue_run": self._continue,
+            "calibrate_model": self._calibrate_model, "calibrate_to": self._calibrate_to}, usable=_still_there)
         for field in (self._dataset, self._dataset_dir):  # a folder per class names its own images
             field.changed.connect(self._sync_image_dir)
         self._sync_image_dir()
+        self.unfinished = None  # the unfinished run the output file holds (napari_prm.train.UnfinishedRun)
+        for field in (self._dataset, self._dataset_dir, self._image_dir, self._out):
+            field.changed.connect(self._find_unfinished_run)
         self._train_button.changed.connect(lambda: self.start())
         self._cancel_button.changed.connect(lambda: self.cancel())
         self._relay = _Relay()
@@ -118,6 +148,7 @@ class TrainWidget(StopsOnClose, Container):
         self._note: str | None = None  # the built-in model's rows of the classes a new model learns anew
         self._last_epoch = ""  # the last finished epoch's loss and validation mAP, shown until the next
         self._stop_on_close(self.native)
+        self._find_unfinished_run()
 
     def _base_choices(self, _=None):
         return list(BASE_MODELS.items()) + [(f"fine-tune {Path(p).name}", p) for p in recent_models()]
@@ -138,11 +169,8 @@ class TrainWidget(StopsOnClose, Container):
     def _dataset_path(self) -> Path | None:
         return chosen_path(self._dataset_dir, self._dataset)
 
-    def start(self, **overrides):
-        """Start training; keyword arguments go to :func:`train` over the widget's values."""
-        if self.running:
-            self._say("Training is already running: wait for it or press Cancel.", True)
-            return None
+    def _chosen_dataset(self) -> tuple[Path, Path | None] | None:
+        """The dataset chosen and its images folder (None: the dataset's own); None, said, when unusable."""
         try:
             dataset_path = self._dataset_path()
         except FileNotFoundError as error:
@@ -156,6 +184,50 @@ class TrainWidget(StopsOnClose, Container):
             self._say(f"Images folder: {images} is not a folder; choose the folder of the dataset's images, or "
                       "empty the field for the dataset file's own.", True)
             return None
+        return dataset_path, images
+
+    def _find_unfinished_run(self, _=None) -> None:
+        """Offer to continue the output file's run when it is an unfinished run of the dataset
+        (:func:`napari_prm.train.unfinished_run`): *Continue the unfinished run* shows, with the
+        epochs done, and the epochs field takes the run's total."""
+        self.unfinished = None
+        out = None if no_path(self._out.value) else Path(self._out.value)
+        if out is not None and out.is_file() and not self.running:
+            try:
+                dataset_path = self._dataset_path()
+                images = None if dataset_path is None or dataset_path.is_dir() or no_path(self._image_dir.value) \
+                    else Path(self._image_dir.value)
+                dataset = None if dataset_path is None else load_dataset(dataset_path, images)
+            except (OSError, ValueError):
+                dataset = None  # Train says what is wrong with it
+            self.unfinished = None if dataset is None else unfinished_run(out, dataset)
+        if self._deleted:
+            return
+        if self.unfinished is None:
+            self._continue.hide()
+            return
+        run = self.unfinished
+        self._continue.text = (f"Continue the unfinished run ({run.epochs_done} of {run.epochs} epochs done; "
+                               "its own model and settings)")
+        self._continue.show()
+        self._epochs.max = max(self._epochs.max, run.epochs)  # a command-line run may ask for more
+        self._epochs.value = run.epochs
+
+    def start(self, **overrides):
+        """Start training; keyword arguments go to :func:`train` over the widget's values.
+
+        When the output file holds an unfinished run of the dataset and *Continue the unfinished
+        run* is ticked, the run goes on in that file (``resume``); settings that differ from the
+        run's are refused. Otherwise an existing output file is kept and the run saves to the next
+        free name.
+        """
+        if self.running:
+            self._say("Training or calibration is already running: wait for it or press Cancel.", True)
+            return None
+        chosen = self._chosen_dataset()
+        if chosen is None:
+            return None
+        dataset_path, images = chosen
         base = self._base.value
         options = {
             "model": base,  # a backbone name starts from its ImageNet weights, a file fine-tunes
@@ -165,9 +237,23 @@ class TrainWidget(StopsOnClose, Container):
             "overwrite": False,  # train() refuses an existing file: a trained model is never replaced
         }
         options.update(overrides)
-        kept = keep_existing_output(self, options)  # an existing output file is kept: next free name
-        self._cancel.clear()
-        self._closed = False
+        self._find_unfinished_run()
+        resumed = self.unfinished if self._continue.value else None
+        if resumed is not None:
+            labels = {"lr": "learning rate", "batch_size": "batch size", "input_size": "input size"}
+            asked = {name: options[name] for name in labels}
+            differ = [f"{labels[name]} {value[0] if name == 'input_size' else value} (the run's: "
+                      f"{theirs[0] if name == 'input_size' else theirs})"
+                      for name, value, theirs in recipe_conflicts(resumed.config, asked)]
+            if differ:
+                self._say(f"The unfinished run in {resumed.path.name} goes on with the settings it was started with, "
+                          f"but these ask for others: {'; '.join(differ)}. Set them back, or untick 'Continue the "
+                          "unfinished run' to start a new run in a new file.", True)
+                return None
+            options["resume"] = True
+            kept = f"Continuing the run in {resumed.path.name} from epoch {resumed.epochs_done}."
+        else:
+            kept = keep_existing_output(self, options)  # an existing output file is kept: next free name
         self.result = None
         self._early_warnings = []
         self._note = None
@@ -175,35 +261,46 @@ class TrainWidget(StopsOnClose, Container):
         self._progress.max = options["epochs"]
         self._progress.value = 0
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(self._train, dataset_path, options, images, _start_thread=False, _connect={
+        worker = create_worker(self._train, dataset_path, options, images, resumed, _start_thread=False, _connect={
             "errored": lambda error: self._say(f"Training failed: {type(error).__name__}: {error}", True)})
         worker.returned.connect(self._on_done)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self._train_button.enabled = False
-        self._cancel_button.enabled = True
-        self._status.value = f"{kept} Loading {dataset_path}…" if kept else f"Loading {dataset_path}…"
-        self.activity = ActivityProgress(f"Train PRM model: {Path(options['out']).name}",
-                                         on_cancel=self.cancel)
-        worker.start()
+        self._run_started(worker, f"{kept} Loading {dataset_path}…" if kept else f"Loading {dataset_path}…",
+                          ActivityProgress(f"Train PRM model: {Path(options['out']).name}", on_cancel=self.cancel))
         return worker
 
-    def _train(self, dataset_path: Path, options: dict, images: Path | None = None):
+    def _run_started(self, worker, status: str, activity: ActivityProgress) -> None:
+        """Start ``worker`` (training or calibrating): the buttons, the status and the activity bar."""
+        self._cancel.clear()
+        self._closed = False
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._train_button.enabled = self._calibrate_button.enabled = False
+        self._cancel_button.enabled = True
+        self._continue.hide()
+        self._status.value = status
+        self.activity = activity
+        worker.start()
+
+    def _train(self, dataset_path: Path, options: dict, images: Path | None = None, resumed=None):
         """Worker thread: load the dataset (a CSV's or COCO JSON's images from ``images``, when
-        given), say how it is split, and train."""
+        given), say how it is split (the run's own split when ``resumed``), and train."""
         dataset = load_dataset(dataset_path, images)
         defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
+        recipe = {k: options.get(k, defaults[k]) for k in ("val_fraction", "seed")}
+        if resumed is not None:
+            recipe = {k: resumed.config[k] for k in recipe} | {"split_rule": resumed.split_rule}
         # the dataset's warnings (files left out, likely label typos), as the CLI prints them
         warnings, what = list(dataset.warnings), None
         try:
-            split = training_split(dataset, *(options.get(k, defaults[k]) for k in ("val_fraction", "seed")))
+            split = training_split(dataset, **recipe)
         except ValueError:
             split = None  # a bad val_fraction: train() says so
         else:
             what = split.describe(options.get("calibrate", defaults["calibrate"]))
             warnings += [split.warning] if split.warning else []
         warnings += [w for w in [no_negative_warning(dataset)] if w]
-        note = builtin_start_note(dataset.class_names, options.get("model"), option=BUILTIN_CHOICE)
+        note = None if resumed is not None else builtin_start_note(dataset.class_names, options.get("model"),
+                                                                   option=BUILTIN_CHOICE)
         self._relay.progressed.emit(("split", what, warnings, note))
         return train(dataset, progress=self._relay.progressed.emit, cancel=self._cancel, split=split,
                      **options)
@@ -215,6 +312,9 @@ class TrainWidget(StopsOnClose, Container):
 
     def _on_progress(self, progress) -> None:
         if self._deleted:
+            return
+        if isinstance(progress, tuple) and progress[0] == "calibrate":  # ("calibrate", stage, done, total)
+            self._show_calibration_progress(*progress[1:])
             return
         if isinstance(progress, tuple):  # ("split", what, warnings, note) before the first batch
             _, what, warnings, note = progress
@@ -256,13 +356,15 @@ class TrainWidget(StopsOnClose, Container):
             self._say(f"{why} before the first epoch ended: no checkpoint was written.")
             return
         offer_model(self._viewer, result.checkpoint)
+        if not self._deleted:
+            self._calibrate_model.value = str(result.checkpoint)  # ready for *Calibrate*
         last = result.history[-1]
         what = why if result.cancelled else "Done"
         held_out = f", {result.held_out_images} held out" if result.held_out_images else ", none held out"
         validation = "" if last.val_ap is None else f", {validation_summary(last.val_ap)}"
         calibrated = (f"; thresholds {result.calibration.describe()}" if result.calibration is not None else
                       "; its thresholds are not calibrated (class threshold 0, no peak threshold until "
-                      "'napari-prm calibrate' chooses them)")
+                      "*Calibrate* below chooses them on the dataset)")
         message = (f"{what}: epoch {last.epoch}, loss {last.loss:.4f}{validation} "
                    f"({plural(result.train_images, 'training image')}{held_out}){calibrated}; saved "
                    f"{result.checkpoint}; it is offered in the Peak Response Maps widget, to run on an image.")
@@ -280,5 +382,6 @@ class TrainWidget(StopsOnClose, Container):
             self.activity = None
         self.worker = None
         if not self._deleted:
-            self._train_button.enabled = True
+            self._train_button.enabled = self._calibrate_button.enabled = True
             self._cancel_button.enabled = False
+            self._find_unfinished_run()  # a cancelled run can go on
