@@ -1,0 +1,149 @@
+"""The Train widget continues an unfinished run (cancelled, or napari closed mid-run) in its own file."""
+
+import numpy as np
+import pytest
+import torch
+from qtpy.QtCore import Qt
+from skimage import data, transform
+from skimage import io as skio
+from test_widget_train import WAIT_MS, quick_training
+
+from napari_prm.model import load_checkpoint
+from napari_prm.train import TRAINING_STATE_KEY
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """A folder per class, two 48x48 images each."""
+    root = tmp_path / "dataset"
+    sources = {"cat": [data.chelsea(), data.chelsea()[:, ::-1]],
+               "cup": [data.coffee(), data.coffee()[:, ::-1]]}
+    for name, images in sources.items():
+        (root / name).mkdir(parents=True)
+        for number, image in enumerate(images):
+            small = (transform.resize(image, (48, 48), anti_aliasing=True) * 255).astype(np.uint8)
+            skio.imsave(root / name / f"{number}.png", small, check_contrast=False)
+    return root
+
+
+def stop_after_epochs(widget, epochs: int):
+    """Cancel the widget's run once ``epochs`` epochs are saved, from the worker thread itself (a
+    direct connection), so that it stops exactly there; returns the disconnecting function."""
+    def stop(progress):
+        if getattr(progress, "stage", "") == "epoch" and progress.epoch >= epochs:
+            widget._cancel.set()
+
+    widget._relay.progressed.connect(stop, Qt.ConnectionType.DirectConnection)
+    return lambda: widget._relay.progressed.disconnect(stop)
+
+
+def run_to_end(widget, qtbot, **overrides):
+    assert widget.start(**overrides) is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    return widget.result
+
+
+def saved_epoch(path) -> int:
+    return load_checkpoint(path)[1][TRAINING_STATE_KEY]["epoch"]
+
+
+def test_a_cancelled_run_is_continued_in_its_own_file(make_napari_viewer, qtbot, prm_config, tiny_dataset,
+                                                      tmp_path):
+    """After Cancel, pressing Train started a new run in trained-2.pt. The widget now offers to continue
+    the run (with its epochs done), goes on in the same file, and ends where an uninterrupted run
+    ends; a finished run is not offered, and a new run goes to a new file."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    out = tmp_path / "trained.pt"
+    quick_training(widget, tiny_dataset, out, batch=1)
+    widget._epochs.value = 4
+    assert widget.unfinished is None and widget._continue.native.isHidden()
+    undo = stop_after_epochs(widget, 2)
+    result = run_to_end(widget, qtbot)
+    undo()
+    assert result.cancelled and [r.epoch for r in result.history] == [1, 2] and saved_epoch(out) == 2
+    assert "*Calibrate* below chooses them" in widget.last_message  # the run stopped before calibrating
+
+    # offered: the epochs done and the run's total
+    assert widget.unfinished is not None and (widget.unfinished.epochs_done, widget.unfinished.epochs) == (2, 4)
+    assert not widget._continue.native.isHidden() and widget._continue.value
+    assert widget._continue.text.startswith("Continue the unfinished run (2 of 4 epochs done")
+    widget._epochs.value = 1
+    widget._out.value = tmp_path / "elsewhere.pt"
+    assert widget.unfinished is None and widget._continue.native.isHidden()
+    widget._out.value = out
+    assert widget._epochs.value == 4  # the run's total again
+
+    shown = []
+    widget._relay.progressed.connect(lambda p: shown.append(widget._status.value) if isinstance(p, tuple) else None)
+    result = run_to_end(widget, qtbot)
+    assert not result.cancelled and result.checkpoint == out, widget.last_message
+    assert [r.epoch for r in result.history] == [1, 2, 3, 4] and saved_epoch(out) == 4
+    assert result.calibration is not None and not (tmp_path / "trained-2.pt").exists()
+    assert widget.last_message.startswith("Done: epoch 4,")
+
+    # it ends as a run that was never stopped (the CPU repeats a run exactly)
+    straight = tmp_path / "straight.pt"
+    widget._out.value = straight
+    run_to_end(widget, qtbot)
+    resumed, uninterrupted = load_checkpoint(out)[0], load_checkpoint(straight)[0]
+    for name, value in uninterrupted.network.state_dict().items():
+        assert torch.allclose(resumed.network.state_dict()[name], value, atol=1e-6), name
+
+    # a finished run is not offered: a new run goes to a new file
+    widget._out.value = out
+    assert widget.unfinished is None and widget._continue.native.isHidden()
+    before = out.read_bytes()
+    result = run_to_end(widget, qtbot, epochs=1)
+    assert result.checkpoint == tmp_path / "trained-2.pt" and out.read_bytes() == before
+
+
+def test_continuing_with_other_settings_is_refused(make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path):
+    """A continued run goes on with its own recipe (train() ignores another): settings that ask for
+    another are refused, naming them; unticked, a new run starts in a new file and the unfinished
+    one is kept. Fewer epochs than done are refused with the core's message."""
+    from napari_prm._widgets.settings import load_settings
+    from napari_prm._widgets.train import TrainSettings
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    out = tmp_path / "trained.pt"
+    quick_training(widget, tiny_dataset, out, batch=1)
+    widget._epochs.value = 5
+    undo = stop_after_epochs(widget, 2)
+    run_to_end(widget, qtbot)
+    undo()
+    assert widget.unfinished is not None
+    kept = out.read_bytes()
+
+    widget._lr.value = 0.02
+    widget._size.value = 64
+    assert widget.start() is None
+    assert widget.last_message == (
+        "The unfinished run in trained.pt goes on with the settings it was started with, but these ask for "
+        "others: learning rate 0.02 (the run's: 0.01); input size 64 (the run's: 32). Set them back, or untick "
+        "'Continue the unfinished run' to start a new run in a new file.")
+    widget._lr.value, widget._size.value = 0.01, 32
+    widget._epochs.value = 1
+    result = run_to_end(widget, qtbot)
+    assert result is None and widget.last_message == (
+        f"Training failed: ValueError: epochs 1 is fewer than the 2 epochs the run in {out} has finished: epochs "
+        "is the new total (2 or more)")
+    assert out.read_bytes() == kept
+
+    # another dataset (other classes) is not this run's
+    other = tmp_path / "other"
+    (other / "rocket").mkdir(parents=True)
+    (other / "cat").mkdir(parents=True)
+    for folder, image in ((other / "rocket", data.rocket()), (other / "cat", data.chelsea())):
+        small = (transform.resize(image, (48, 48), anti_aliasing=True) * 255).astype(np.uint8)
+        skio.imsave(folder / "0.png", small, check_contrast=False)
+    widget._dataset_dir.value = other
+    assert widget.unfinished is None and widget._continue.native.isHidden()
+    widget._dataset_dir.value = tiny_dataset
+    assert widget.unfinished is not None
+
+    widget._continue.value = False
+    assert load_settings("train", TrainSettings).continue_run is False  # kept for the next session
+    result = run_to_end(widget, qtbot, epochs=1)
+    assert result.checkpoint == tmp_path / "trained-2.pt" and out.read_bytes() == kept
