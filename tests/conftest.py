@@ -33,6 +33,23 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    """A folder per class ('cat': chelsea, 'cup': coffee), two 48x48 images each (one mirrored)."""
+    from skimage import data, transform
+    from skimage import io as skio
+
+    root = tmp_path / "dataset"
+    sources = {"cat": [data.chelsea(), data.chelsea()[:, ::-1]],
+               "cup": [data.coffee(), data.coffee()[:, ::-1]]}
+    for name, images in sources.items():
+        (root / name).mkdir(parents=True)
+        for number, image in enumerate(images):
+            small = (transform.resize(image, (48, 48), anti_aliasing=True) * 255).astype(np.uint8)
+            skio.imsave(root / name / f"{number}.png", small, check_contrast=False)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A saved 'tiny' model (random weights, seed 0, 96x96 input): fast on the CPU."""

@@ -1,7 +1,6 @@
 """The "Train PRM model" widget: one epoch of the tiny backbone on a tiny dataset."""
 
 import numpy as np
-import pytest
 import torch
 from skimage import data, transform
 from skimage import io as skio
@@ -9,20 +8,6 @@ from skimage import io as skio
 from napari_prm import load_model
 
 WAIT_MS = 300_000
-
-
-@pytest.fixture
-def tiny_dataset(tmp_path):
-    """A folder per class, two 48x48 images each."""
-    root = tmp_path / "dataset"
-    sources = {"cat": [data.chelsea(), data.chelsea()[:, ::-1]],
-               "cup": [data.coffee(), data.coffee()[:, ::-1]]}
-    for name, images in sources.items():
-        (root / name).mkdir(parents=True)
-        for number, image in enumerate(images):
-            small = (transform.resize(image, (48, 48), anti_aliasing=True) * 255).astype(np.uint8)
-            skio.imsave(root / name / f"{number}.png", small, check_contrast=False)
-    return root
 
 
 def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_config,

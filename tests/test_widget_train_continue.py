@@ -1,29 +1,14 @@
 """The Train widget continues an unfinished run (cancelled, or napari closed mid-run) in its own file."""
 
 import numpy as np
-import pytest
 import torch
 from qtpy.QtCore import Qt
 from skimage import data, transform
 from skimage import io as skio
-from test_widget_train import WAIT_MS, quick_training
 
 from napari_prm.model import load_checkpoint
 from napari_prm.train import TRAINING_STATE_KEY
-
-
-@pytest.fixture
-def tiny_dataset(tmp_path):
-    """A folder per class, two 48x48 images each."""
-    root = tmp_path / "dataset"
-    sources = {"cat": [data.chelsea(), data.chelsea()[:, ::-1]],
-               "cup": [data.coffee(), data.coffee()[:, ::-1]]}
-    for name, images in sources.items():
-        (root / name).mkdir(parents=True)
-        for number, image in enumerate(images):
-            small = (transform.resize(image, (48, 48), anti_aliasing=True) * 255).astype(np.uint8)
-            skio.imsave(root / name / f"{number}.png", small, check_contrast=False)
-    return root
+from test_widget_train import WAIT_MS, quick_training
 
 
 def stop_after_epochs(widget, epochs: int):

@@ -1,0 +1,117 @@
+"""*Calibrate* in the Train widget: a checkpoint's thresholds chosen on the widget's dataset, as
+``napari-prm calibrate`` chooses them, and the calibrated model offered for prediction."""
+
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_prm import load_model
+from napari_prm.cli import main
+from napari_prm.model import build_model, save_model
+from test_widget_train import WAIT_MS, quick_training
+
+
+def calibrate_to_end(widget, qtbot):
+    assert widget.calibrate() is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    return widget.calibrated
+
+
+def test_calibrate_a_trained_model_on_its_held_out_images(make_napari_viewer, qtbot, prm_config,
+                                                          tiny_dataset, tmp_path):
+    """A run that did not calibrate (cancelled, or --no-calibrate) had to leave napari for
+    'napari-prm calibrate'. *Calibrate* chooses the thresholds on the images its run held out, as
+    ``calibrate --held-out`` does (the same thresholds), writes them to a new file (the trained one
+    is kept) and offers it in the Peak Response Maps widget."""
+    viewer = make_napari_viewer()
+    _, predict_widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model", tabify=True)
+    out = tmp_path / "trained.pt"
+    quick_training(widget, tiny_dataset, out)
+    assert widget.start(calibrate=False) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert "its thresholds are not calibrated (class threshold 0, no peak threshold until *Calibrate* below " \
+           "chooses them on the dataset)" in widget.last_message
+    assert "class_threshold" not in load_model(out).settings
+    assert str(widget._calibrate_model.value) == str(out)  # the model just trained is the one to calibrate
+    trained = out.read_bytes()
+
+    stages = []
+    widget._relay.progressed.connect(lambda p: stages.append(p[1]) if p[0] == "calibrate" else None)
+    outcome = calibrate_to_end(widget, qtbot)
+    assert outcome is not None, widget.last_message
+    written = tmp_path / "trained-calibrated.pt"
+    assert outcome.checkpoint == written and out.read_bytes() == trained
+    assert outcome.held_out and outcome.calibration.images == 1  # 4 images, 1 held out by train
+    assert stages == ["image", "with test-time augmentation"]
+    model = load_model(written)
+    assert model.settings["class_threshold"] == pytest.approx(outcome.calibration.class_threshold)
+    assert model.settings["peak_threshold"] == pytest.approx(outcome.calibration.peak_threshold)
+    assert model.settings["tta_calibration"]["class_threshold"] == pytest.approx(
+        outcome.tta_calibration.class_threshold)
+    assert widget.last_message.startswith("Calibrated on the images train held out: thresholds calibrated on 1 "
+                                          f"image(s): class threshold {outcome.calibration.class_threshold:.3g}")
+    assert f"Saved {written}; it is offered in the Peak Response Maps widget." in widget.last_message
+    assert predict_widget.model.value == str(written.resolve())
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+    assert predict_widget.class_threshold.value == pytest.approx(outcome.calibration.class_threshold, abs=1e-6)
+
+    # the command line's calibrate --held-out chooses the same thresholds
+    cli_out = tmp_path / "cli.pt"
+    assert main(["calibrate", str(tiny_dataset), "--model", str(out), "--held-out", "--out", str(cli_out),
+                 "--device", "cpu"]) == 0
+    by_cli = load_model(cli_out).settings
+    for name in ("class_threshold", "peak_threshold"):
+        assert by_cli[name] == pytest.approx(model.settings[name])
+    assert by_cli["tta_calibration"]["class_threshold"] == pytest.approx(
+        model.settings["tta_calibration"]["class_threshold"])
+
+    # again: the next free name, never the file written before
+    assert calibrate_to_end(widget, qtbot).checkpoint == tmp_path / "trained-calibrated-2.pt"
+
+
+def test_a_model_not_trained_on_the_dataset_calibrates_on_every_image_in_place(
+        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path):
+    """A checkpoint from elsewhere (no training state) calibrates on every image of the dataset, as
+    ``calibrate`` without --held-out; "the checkpoint itself" updates it in place. A model of other
+    classes is refused, naming them; *Cancel* stops it and writes nothing."""
+    from napari_prm._widgets.settings import load_settings
+    from napari_prm._widgets.train import TrainSettings
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, tmp_path / "unused.pt")
+    elsewhere = tmp_path / "elsewhere.pt"
+    save_model(build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(32, 32)), elsewhere)
+    widget._calibrate_model.value = elsewhere
+    widget._calibrate_to.value = "in place"
+    assert load_settings("train", TrainSettings).calibrate_to == "in place"  # kept for the next session
+    assert load_settings("train", TrainSettings).calibrate_model == str(elsewhere)
+    outcome = calibrate_to_end(widget, qtbot)
+    assert outcome is not None, widget.last_message
+    assert outcome.checkpoint == elsewhere and not outcome.held_out and outcome.calibration.images == 4
+    assert widget.last_message.startswith("Calibrated on every image of the dataset:")
+    assert load_model(elsewhere).settings["class_threshold"] == pytest.approx(outcome.calibration.class_threshold)
+
+    # cancelled after its first image: nothing written
+    widget._calibrate_to.value = "new"
+
+    def stop(progress):
+        if progress[0] == "calibrate":
+            widget._cancel.set()
+
+    widget._relay.progressed.connect(stop, Qt.ConnectionType.DirectConnection)
+    assert calibrate_to_end(widget, qtbot) is None
+    widget._relay.progressed.disconnect(stop)
+    assert widget.last_message == "Cancelled while calibrating: nothing was written."
+    assert not (tmp_path / "elsewhere-calibrated.pt").exists()
+
+    dogs = tmp_path / "dogs.pt"
+    save_model(build_model("tiny", ["dog"], pretrained=False, input_size=(32, 32)), dogs)
+    widget._calibrate_model.value = dogs
+    assert calibrate_to_end(widget, qtbot) is None
+    assert widget.last_message.startswith("Calibration failed: ValueError: the dataset does not have the model's "
+                                          "classes:") and "dog" in widget.last_message
+    widget._calibrate_model.value = tmp_path / "missing.pt"
+    assert widget.calibrate() is None
+    assert widget.last_message == (f"Choose the model to calibrate: a checkpoint file (.pt, .safetensors); "
+                                   f"{tmp_path / 'missing.pt'} is not a file.")
