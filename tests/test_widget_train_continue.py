@@ -114,7 +114,7 @@ def test_continuing_with_other_settings_is_refused(make_napari_viewer, qtbot, pr
     assert result is None and widget.last_message == (
         f"Training failed: ValueError: epochs 1 is fewer than the 2 epochs the run in {out} has finished: epochs "
         "is the new total (2 or more)")
-    assert out.read_bytes() == kept
+    assert out.read_bytes() == kept and widget._epochs.value == 1  # the total the user set is left
 
     # another dataset (other classes) is not this run's
     other = tmp_path / "other"

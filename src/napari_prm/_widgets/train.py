@@ -190,7 +190,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         """Offer to continue the output file's run when it is an unfinished run of the dataset
         (:func:`napari_prm.train.unfinished_run`): *Continue the unfinished run* shows, with the
         epochs done, and the epochs field takes the run's total."""
-        self.unfinished = None
+        before, self.unfinished = self.unfinished, None
         out = None if no_path(self._out.value) else Path(self._out.value)
         if out is not None and out.is_file() and not self.running:
             try:
@@ -210,8 +210,10 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._continue.text = (f"Continue the unfinished run ({run.epochs_done} of {run.epochs} epochs done; "
                                "its own model and settings)")
         self._continue.show()
-        self._epochs.max = max(self._epochs.max, run.epochs)  # a command-line run may ask for more
-        self._epochs.value = run.epochs
+        if before is None or (before.path, before.epochs_done) != (run.path, run.epochs_done):
+            # a run newly found: its own total (a total the user set since is left alone)
+            self._epochs.max = max(self._epochs.max, run.epochs)  # a command-line run may ask for more
+            self._epochs.value = run.epochs
 
     def start(self, **overrides):
         """Start training; keyword arguments go to :func:`train` over the widget's values.
