@@ -100,6 +100,10 @@ def test_continuing_with_other_settings_is_refused(make_napari_viewer, qtbot, pr
     undo()
     assert widget.unfinished is not None
     kept = out.read_bytes()
+    # napari opened again (the choices kept): the run is offered there too
+    _, again = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    assert again.unfinished is not None and again.unfinished.epochs_done == 2 and again._epochs.value == 5
+    assert not again._continue.native.isHidden()
 
     widget._lr.value = 0.02
     widget._size.value = 64

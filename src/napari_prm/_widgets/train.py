@@ -1,5 +1,9 @@
 """The "Train PRM model" dock widget: :func:`napari_prm.train.train` in a worker thread.
 
+When the output file holds an unfinished run of the dataset (:func:`napari_prm.train.unfinished_run`),
+*Continue the unfinished run* goes on with it (``train(resume=True)``); *Calibrate*
+(`napari_prm._widgets.calibrate.CalibrateSection`) chooses a checkpoint's thresholds on the dataset.
+
 Progress shows in the widget and as a bar in napari's activity dock, whose cancel button
 stops the run like *Cancel* (after the current batch; the last epoch's checkpoint stays).
 Closing the widget, or taking it out of its dock, stops the run in the same way.
@@ -179,12 +183,16 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         if dataset_path is None:
             self._say("Choose a dataset: a folder per class, a CSV or a COCO JSON.", True)
             return None
-        images = None if dataset_path.is_dir() or no_path(self._image_dir.value) else Path(self._image_dir.value)
+        images = self._images_folder(dataset_path)
         if images is not None and not images.is_dir():
             self._say(f"Images folder: {images} is not a folder; choose the folder of the dataset's images, or "
                       "empty the field for the dataset file's own.", True)
             return None
         return dataset_path, images
+
+    def _images_folder(self, dataset_path: Path) -> Path | None:
+        """The images folder of a CSV or COCO JSON (None: the file's own; a folder per class holds its own)."""
+        return None if dataset_path.is_dir() or no_path(self._image_dir.value) else Path(self._image_dir.value)
 
     def _find_unfinished_run(self, _=None) -> None:
         """Offer to continue the output file's run when it is an unfinished run of the dataset
@@ -195,9 +203,8 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         if out is not None and out.is_file() and not self.running:
             try:
                 dataset_path = self._dataset_path()
-                images = None if dataset_path is None or dataset_path.is_dir() or no_path(self._image_dir.value) \
-                    else Path(self._image_dir.value)
-                dataset = None if dataset_path is None else load_dataset(dataset_path, images)
+                dataset = None if dataset_path is None else load_dataset(dataset_path,
+                                                                         self._images_folder(dataset_path))
             except (OSError, ValueError):
                 dataset = None  # Train says what is wrong with it
             self.unfinished = None if dataset is None else unfinished_run(out, dataset)
