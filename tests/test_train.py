@@ -577,3 +577,42 @@ def test_a_fine_tuned_model_that_is_not_calibrated_keeps_no_thresholds_of_its_ba
     out = tmp_path / "calibrated.pt"
     resumed = train(squares, out=out, resume=True, epochs=2, progress=cancel_after_first_batch, cancel=stop)
     assert resumed.cancelled and "class_threshold" not in resumed.model.settings
+
+
+def test_unfinished_runs_and_the_images_a_checkpoint_calibrates_on(tmp_path):
+    """What the Train widget offers to continue (`unfinished_run`) and calibrates on
+    (`calibration_images` without ``held_out``: the command line's rules, chosen for the user)."""
+    from napari_prm.train import calibration_images, image_keys, recipe_conflicts, unfinished_run
+
+    dataset = _two_cats_a_dog_and_a_bird(tmp_path)
+    out = tmp_path / "run.pt"
+    recipe = {**SETTINGS, "input_size": (32, 32), "batch_size": 2, "val_fraction": 0.25}
+    result = train(dataset, out=out, **{**recipe, "epochs": 1}, calibrate=False)
+    assert result.held_out_images == 1 and unfinished_run(out, dataset) is None  # its epochs are done
+    model, extra = load_checkpoint(out)
+    extra[TRAINING_STATE_KEY]["config"]["epochs"] = 3  # as a 3-epoch run cancelled after its first
+    save_model(model, out, extra=extra)
+    run = unfinished_run(out, dataset)
+    assert (run.epochs_done, run.epochs, run.split_rule) == (1, 3, SPLIT_RULE)
+    assert recipe_conflicts(run.config, {"lr": 0.01, "input_size": (32, 32), "batch_size": 4}) == [
+        ("batch_size", 4, 2)]
+    assert unfinished_run(out, dataset.with_classes(["cat", "dog"])) is None  # other classes
+    elsewhere = tmp_path / "copy"
+    elsewhere.mkdir()
+    for path in dataset.image_paths:
+        (elsewhere / path.name).write_bytes(path.read_bytes())
+    (elsewhere / "labels.csv").write_text((tmp_path / "labels.csv").read_text())
+    assert unfinished_run(out, from_csv(elsewhere / "labels.csv")) is None  # none of its images trained it
+    assert unfinished_run(tmp_path / "labels.csv", dataset) is None  # not a checkpoint
+
+    chosen = calibration_images(dataset, extra)  # trained on it: the share held out
+    assert chosen.held_out and len(chosen.dataset) == 1 and chosen.trained == 0
+    assert calibration_images(dataset, extra, held_out=False).trained == 3
+    fresh = calibration_images(from_csv(elsewhere / "labels.csv"), extra)  # not trained on these paths
+    assert not fresh.held_out and len(fresh.dataset) == 4 and fresh.trained == 0
+    extra[TRAINING_STATE_KEY]["config"]["val_fraction"] = 0.0  # held none out: every image, 4 trained it
+    extra[TRAINING_STATE_KEY]["images"] = image_keys(dataset.image_paths)
+    chosen = calibration_images(dataset, extra)
+    assert not chosen.held_out and len(chosen.dataset) == 4 and chosen.trained == 4
+    with pytest.raises(ValueError, match="records no held-out share"):
+        calibration_images(dataset, extra, held_out=True)
