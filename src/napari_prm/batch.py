@@ -59,7 +59,7 @@ __all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_i
            "start_local_cluster", "label_stack", "label_shapes", "image_stack", "SUMMARY_COLUMNS"]
 
 #: Columns of ``summary.csv``.
-SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts", "stem")
+SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts", "stem", "planes")
 #: Statuses in ``summary.csv``: outputs written by this run, complete outputs found (or left
 #: as they were), the image failed every attempt, the run was cancelled or killed first.
 STATUSES = ("written", "skipped", "failed", "cancelled", "pending")
@@ -91,7 +91,7 @@ class ImageResult:
         Stem of its output files in the output folder.
     status : {"written", "skipped", "failed", "cancelled", "pending"}
     peaks, instances : int or None
-        Counts of the written (or found) outputs.
+        Counts of the written (or found) outputs (over all planes of a stack).
     seconds : float or None
         Time spent on the image (reading, prediction, writing) where it ran.
     error : str
@@ -99,7 +99,11 @@ class ImageResult:
     attempts : int
         Times it was run (0 when skipped).
     shape : (int, int) or None
-        ``(H, W)`` of the image and of its label image.
+        ``(H, W)`` of the image (of each plane of a stack) and of its label image.
+    planes : int or None
+        The image's planes: 1 for a 2-D image, N for a stack of z-planes or time points
+        (`napari_prm.io.read_stack`), predicted one by one; None where unknown (it failed
+        before it was read).
     prediction : Prediction or None
         Only with ``predict_many(..., gather=True)``.
     details : str
@@ -118,6 +122,7 @@ class ImageResult:
     error: str = ""
     attempts: int = 0
     shape: tuple[int, int] | None = None
+    planes: int | None = None
     prediction: Any = None
     details: str = ""
     notes: list[str] = field(default_factory=list)
@@ -128,7 +133,8 @@ class ImageResult:
                 "peaks": "" if self.peaks is None else self.peaks,
                 "instances": "" if self.instances is None else self.instances,
                 "seconds": "" if self.seconds is None else f"{self.seconds:.3f}",
-                "error": self.error, "attempts": self.attempts, "stem": self.stem}
+                "error": self.error, "attempts": self.attempts, "stem": self.stem,
+                "planes": "" if self.planes is None else self.planes}
 
 
 @dataclass(eq=False)
@@ -541,8 +547,16 @@ def _load(spec: ModelSpec, checkpoint: bytes | None):
 def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, model, *,
                   settings: Mapping[str, Any] | None = None, overwrite: bool = False,
                   prms_format: str | None = None, gather: bool = False,
-                  model_record: Mapping[str, Any] | None = None) -> ImageResult:
+                  model_record: Mapping[str, Any] | None = None,
+                  plane_done: Callable[[int, int], None] | None = None) -> ImageResult:
     """Read one image, predict, and write its outputs all-or-nothing: one batch task.
+
+    A TIFF stack of z-planes or time points (`napari_prm.io.read_stack`: its ImageJ or OME
+    axes say so) is predicted plane by plane, as the plugin's ``all planes`` runs do, each
+    plane getting exactly what ``predict(plane, model, **settings)`` gives; its outputs are
+    written together once every plane is done (`napari_prm.io.write_stack_prediction`: the
+    label stack, a CSV row per plane and label, peaks with their plane, no COCO JSON), so an
+    interrupt between planes leaves the previous outputs as they were.
 
     Parameters
     ----------
@@ -561,10 +575,12 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
         or an earlier attempt) are left and reported as ``"skipped"``.
     prms_format : {None, "npy", "tiff"}
     gather : bool
-        Keep the `Prediction` in the result.
+        Keep the `Prediction` in the result (a list of them, one per plane, for a stack).
     model_record : mapping, optional
         What the manifest records of the model (`model_record`), so that a later run can
         tell its outputs from another model's.
+    plane_done : callable, optional
+        ``plane_done(done, planes)`` after each plane is predicted (once for a 2-D image).
 
     Returns
     -------
@@ -584,17 +600,38 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     settings = dict(settings or {})
     if "proposals" in settings:
         settings["proposals"] = proposals_for_image(settings["proposals"], image, stem)
-    pixels = io.read_image(image)
-    with _PREDICT_LOCK:
-        prediction = predict(pixels, model, **settings)
-    io.write_prediction(prediction, folder, name, prms_format=prms_format, overwrite=overwrite,
-                        image_file_name=(PurePosixPath(stem).parent / image.name).as_posix(),
-                        pixel_size=io.tiff_pixel_size(image),
-                        info=_image_record(image, out) | _image_identity(image) | {"settings": _describe(settings)}
-                        | ({"model": dict(model_record)} if model_record else {}))
-    return ImageResult(str(image), stem, "written", int(len(prediction.peaks)), int(len(prediction.instances)),
-                       time.perf_counter() - started, shape=tuple(int(n) for n in pixels.shape[:2]),
-                       prediction=prediction if gather else None, notes=list(prediction.notes))
+    stack = io.read_stack(image)
+    if stack is not None and isinstance(settings.get("proposals"), (str, os.PathLike)) \
+            and Path(settings["proposals"]).is_file():
+        raise ValueError(f"cannot predict {image}: it is a stack of {len(stack)} planes (axes {stack.axes}), "
+                         f"and the proposal file {settings['proposals']} holds one 2-D image's proposals; "
+                         "predict a stack with built-in proposals")
+    planes = stack.planes if stack is not None else [io.read_image(image)]
+    predictions = []
+    for pixels in planes:
+        with _PREDICT_LOCK:
+            predictions.append(predict(pixels, model, **settings))
+        if plane_done is not None:
+            plane_done(len(predictions), len(planes))
+    info = (_image_record(image, out) | _image_identity(image) | {"settings": _describe(settings)}
+            | ({"model": dict(model_record)} if model_record else {}))
+    if stack is not None:
+        info |= {"axes": stack.axes, "stack_shape": list(stack.shape)}
+    write = io.write_prediction if stack is None else io.write_stack_prediction
+    write(predictions[0] if stack is None else predictions, folder, name, prms_format=prms_format,
+          overwrite=overwrite, image_file_name=(PurePosixPath(stem).parent / image.name).as_posix(),
+          pixel_size=io.tiff_pixel_size(image), info=info)
+    notes = [note if stack is None else f"plane {plane}: {note}"
+             for plane, prediction in enumerate(predictions) for note in prediction.notes]
+    if stack is not None:
+        notes.append(f"a stack of {len(stack)} planes (axes {stack.axes}), predicted plane by plane: no COCO JSON "
+                     "written (it holds 2-D label images only); the label TIFF stack and the instance CSV "
+                     "(a row per plane and label) hold its instances")
+    kept = (predictions[0] if stack is None else predictions) if gather else None
+    return ImageResult(str(image), stem, "written", sum(len(p.peaks) for p in predictions),
+                       sum(len(p.instances) for p in predictions), time.perf_counter() - started,
+                       shape=tuple(int(n) for n in planes[0].shape[:2]), planes=len(planes),
+                       prediction=kept, notes=notes)
 
 
 def _describe(settings: Mapping[str, Any]) -> dict:
@@ -696,8 +733,9 @@ def _other_run(info: Mapping[str, Any], record: Mapping[str, str], settings: Map
 def _skipped(image: str, stem: str, file_set, error: str = "") -> ImageResult:
     info = file_set.info if file_set is not None else {}
     shape = info.get("image_shape")
+    planes = info.get("planes", 1 if file_set is not None else None)  # a 2-D image's manifest has none
     return ImageResult(image, stem, "skipped", info.get("peaks"), info.get("instances"), None, error,
-                       shape=tuple(shape) if shape else None)
+                       shape=tuple(shape) if shape else None, planes=planes)
 
 
 def _describe_error(error: BaseException) -> str:
@@ -890,6 +928,7 @@ def predict_many(
     summary_every: float = 1.0,
     model_name: str | None = None,
     loaded_model=None,
+    plane_progress: Callable[[str, int, int], None] | None = None,
     **settings: Any,
 ) -> BatchResult:
     """Predict every image of ``paths`` and write its outputs to ``out``.
@@ -899,7 +938,8 @@ def predict_many(
     paths : sequence of path-like
         Image files (see `collect_images` for folders). One path (not in a list) and items
         that are not paths (arrays: `napari_prm.predict` takes them) are refused (TypeError
-        naming ``paths`` or the item).
+        naming ``paths`` or the item). A TIFF stack of z-planes or time points (ImageJ or
+        OME axes ``Z``/``T``) is predicted plane by plane (`predict_image`).
     model : str, path-like or PRMModel
         A built-in model (``"imagenet-voc"``, ``"imagenet-coco"``, ``"imagenet"``), a
         checkpoint, or a loaded model.
@@ -951,6 +991,10 @@ def predict_many(
         ``load_model(model)`` made already (the command line loads it to check ``classes``
         before a cluster starts): used here instead of loading ``model`` a second time. The
         run uses it in this process; a cluster's workers still load ``model`` themselves.
+    plane_progress : callable, optional
+        ``plane_progress(image, done, planes)`` after each plane predicted in this process
+        (once for a 2-D image, N times for a stack of N planes, `predict_image`); a
+        cluster's images are counted by ``progress`` only (`ImageResult.planes`).
     **settings
         Keyword arguments of `napari_prm.predict` for every image (``preset``,
         ``class_threshold``, ``peak_threshold``, ``max_peaks``, ``tta``, ``prm_mode``,
@@ -1036,7 +1080,8 @@ def predict_many(
     try:
         if client is None:
             _run_here(results, todo, model, out, settings=settings, overwrite=overwrite, prms_format=prms_format,
-                      gather=gather, retries=retries, cancel=cancel, report=report, record=record)
+                      gather=gather, retries=retries, cancel=cancel, report=report, record=record,
+                      plane_progress=plane_progress)
         else:
             _run_on_cluster(results, todo, client, model, out, device=device, torch_threads=torch_threads,
                             settings=settings, overwrite=overwrite, prms_format=prms_format, gather=gather,
@@ -1114,7 +1159,7 @@ def _finish(results, index, result: ImageResult, attempts: int, report) -> None:
 
 
 def _run_here(results, todo, model, out, *, settings, overwrite, prms_format, gather, retries,
-              cancel, report, record) -> None:
+              cancel, report, record, plane_progress=None) -> None:
     for index in todo:
         if cancel():
             return
@@ -1124,9 +1169,12 @@ def _run_here(results, todo, model, out, *, settings, overwrite, prms_format, ga
         while result is None or (result.status == "failed" and attempts <= retries):
             attempts += 1
             started = time.perf_counter()
+            on_plane = None if plane_progress is None else (
+                lambda done, total, image=image: plane_progress(image, done, total))
             try:
                 result = predict_image(image, stem, out, model, settings=settings, overwrite=overwrite,
-                                       prms_format=prms_format, gather=gather, model_record=record)
+                                       prms_format=prms_format, gather=gather, model_record=record,
+                                       plane_done=on_plane)
             except Exception as error:  # one bad image must not stop the batch
                 result = _failed(image, stem, error, started)
         _finish(results, index, result, attempts, report)

@@ -45,7 +45,7 @@ from .batch import (
     written_since,
 )
 from .io import IMAGE_SUFFIXES, writable_folder
-from .io.images import quiet_large_image_warning
+from .io.images import plane_count, quiet_large_image_warning
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
                  "refinement head, else 'default'), 'default', 'prm' (from the PRMs), 'default+prm', "
@@ -179,9 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "<stem>_instances.json (COCO, RLE masks with class and score), "
                     "<stem>_instances.csv, <stem>_peaks.csv and optionally <stem>_prms.npy/.tif, "
                     "all replaced in one step (<stem>.manifest.json lists them); and summary.csv "
-                    "(image, status, peaks, instances, seconds, error, attempts, stem), the output "
+                    "(image, status, peaks, instances, seconds, error, attempts, stem, planes), the output "
                     "folder's record: a re-run on some of the images replaces their rows and keeps "
                     "the rows of the other images whose outputs are there."
+                    "\nA TIFF stack of z-planes or time points (ImageJ or OME axes Z and/or T, of gray "
+                    "or RGB planes) is predicted plane by plane, as the napari plugin does: its "
+                    "<stem>_labels.tif is the label stack, <stem>_instances.csv has a row per plane and "
+                    "label, <stem>_peaks.csv a plane column, and no COCO JSON is written (it holds 2-D "
+                    "labels only). The progress bar counts planes."
                     "\nAn unreadable image is tried twice, reported and skipped (exit status 1); "
                     "images with complete outputs are skipped unless --overwrite, so a re-run "
                     "after a crash or Ctrl-C does only what is missing; outputs that another model "
@@ -749,9 +754,15 @@ def _run_predict(args) -> int:
                 **_inference_settings(args)}
     client = _start_client(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(images), desc="predict", unit="image", disable=None)
+    planes = {str(image): plane_count(image) for image in images}  # TIFF headers only
+    bar = tqdm(total=sum(planes.values()), desc="predict", unit="plane", disable=None)
     before = output_states(args.out, stems)
     counts, logged = dict.fromkeys(("written", "skipped", "failed"), 0), [time.monotonic()]
+    counted = dict.fromkeys(planes, 0)  # planes of each image the bar has counted
+
+    def plane_done(image, done, total) -> None:
+        bar.update(min(done, planes[image]) - counted[image])
+        counted[image] = min(done, planes[image])
 
     def progress(result, done, total) -> None:
         counts[result.status] = counts.get(result.status, 0) + 1
@@ -763,7 +774,8 @@ def _run_predict(args) -> int:
             _say(f"{result.image}: failed: {result.error}{hint}")
         for note in result.notes:
             _say(f"{result.image}: {note}")
-        bar.update(1)
+        bar.update(planes[result.image] - counted[result.image])  # skipped, failed or run on a cluster
+        counted[result.image] = planes[result.image]
         if bar.disable and done < total and time.monotonic() - logged[0] >= LOG_PROGRESS_EVERY:
             logged[0] = time.monotonic()  # a log gets a line now and then, not a bar redrawn with \r
             _say(f"predict: {done} of {plural(total, 'image')} done ({counts['written']} written, "
@@ -773,7 +785,7 @@ def _run_predict(args) -> int:
         batch = predict_many(images, args.model if cluster else loaded, args.out, client, stems=stems,
                              overwrite=args.overwrite, prms_format=args.save_prms, device=args.device,
                              progress=progress, model_name=model_label(args.model), loaded_model=loaded,
-                             **settings)
+                             plane_progress=plane_done, **settings)
     except KeyboardInterrupt:
         batch = None
     finally:

@@ -14,6 +14,7 @@ module                        holds
 ``napari_prm.io.fileset``     `write_file_set`, `read_file_set`, `recover_file_sets`:
                               one image's files, replaced in one step (a manifest)
 ``napari_prm.io.images``      ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
+                              `read_stack`, `stack_planes` (TIFF stacks of Z/T planes),
                               `read_array`, `image_array` (PIL images, tensors, paths),
                               `as_rgb_float` (the one RGB normaliser), `opacity_note`,
                               `unreadable_images` (headers and ends, no decoding)
@@ -21,10 +22,11 @@ module                        holds
 ``napari_prm.io.labels``      `write_label_image`, `read_label_image`, `tiff_pixel_size`,
                               `read_label_world`, `read_label_class_names`
 ``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
-                              `write_peaks_csv`
+                              `write_peaks_csv`, `write_stack_peaks_csv`
 ``napari_prm.io.coco``        `labels_to_coco`, `instances_to_coco`, `coco_to_labels`,
                               `write_coco_json`
-``napari_prm.io.prediction``  `export_instances`, `write_prediction`, `prediction_paths`,
+``napari_prm.io.prediction``  `export_instances`, `write_prediction`, `write_stack_prediction`,
+                              `stack_labels`, `prediction_paths`,
                               `write_prms`, `complete_prediction`, `settle_outputs`
 ============================  ==========================================================
 
@@ -39,7 +41,18 @@ This package imports neither napari/Qt nor torch.
 from .atomic import atomic_write, atomic_writes, remove_stale_temporaries, writable_folder
 from .coco import UNKNOWN_CATEGORY_ID, coco_to_labels, instances_to_coco, labels_to_coco, write_coco_json
 from .fileset import MANIFEST_SUFFIX, FileSet, listed_files, read_file_set, recover_file_sets, write_file_set
-from .images import IMAGE_SUFFIXES, as_rgb_float, image_array, opacity_note, read_array, read_image, unreadable_images
+from .images import (
+    IMAGE_SUFFIXES,
+    ImageStack,
+    as_rgb_float,
+    image_array,
+    opacity_note,
+    read_array,
+    read_image,
+    read_stack,
+    stack_planes,
+    unreadable_images,
+)
 from .labels import read_label_class_names, read_label_image, read_label_world, tiff_pixel_size, write_label_image
 from .prediction import (
     EXPORT_SUFFIXES,
@@ -47,19 +60,29 @@ from .prediction import (
     export_instances,
     prediction_paths,
     settle_outputs,
+    stack_labels,
     write_prediction,
     write_prms,
+    write_stack_prediction,
 )
-from .tables import INSTANCE_CSV_COLUMNS, UNKNOWN_CLASS, read_instances_csv, write_instances_csv, write_peaks_csv
+from .tables import (
+    INSTANCE_CSV_COLUMNS,
+    UNKNOWN_CLASS,
+    read_instances_csv,
+    write_instances_csv,
+    write_peaks_csv,
+    write_stack_peaks_csv,
+)
 
 __all__ = [
     "atomic_write", "atomic_writes", "remove_stale_temporaries", "writable_folder", "write_file_set", "read_file_set",
     "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
-    "read_array", "read_image", "image_array", "as_rgb_float", "opacity_note", "unreadable_images",
+    "read_array", "read_image", "read_stack", "stack_planes", "ImageStack", "image_array", "as_rgb_float",
+    "opacity_note", "unreadable_images",
     "write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
     "read_label_class_names",
     "labels_to_coco", "instances_to_coco", "coco_to_labels", "write_coco_json", "write_instances_csv",
-    "read_instances_csv", "write_peaks_csv", "write_prms", "export_instances",
-    "write_prediction", "prediction_paths", "IMAGE_SUFFIXES", "UNKNOWN_CLASS",
+    "read_instances_csv", "write_peaks_csv", "write_stack_peaks_csv", "write_prms", "export_instances",
+    "write_prediction", "write_stack_prediction", "stack_labels", "prediction_paths", "IMAGE_SUFFIXES", "UNKNOWN_CLASS",
     "UNKNOWN_CATEGORY_ID", "INSTANCE_CSV_COLUMNS", "EXPORT_SUFFIXES",
 ]

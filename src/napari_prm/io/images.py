@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,8 @@ import tifffile
 
 from .._validate import path_like
 
-__all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "image_array", "as_rgb_float", "opacity_note",
-           "unreadable_images"]
+__all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "read_stack", "stack_planes", "ImageStack", "image_array",
+           "as_rgb_float", "opacity_note", "unreadable_images"]
 
 #: File name suffixes `read_image` reads: TIFF through tifffile, the others through imageio
 #: (Pillow). Folders given to ``napari-prm predict`` and dataset folders are filtered by them.
@@ -170,6 +171,144 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: it has no pixels "
                          f"({image.shape[0]}×{image.shape[1]})")
     return image
+
+
+#: Axes of a TIFF series (tifffile's codes) whose planes are predicted one by one: a stack.
+STACK_AXES = "ZT"
+#: What tifffile's axis codes hold, for messages.
+_AXIS_NAMES = {"Z": "z-planes", "T": "time points", "C": "channels", "S": "samples", "Q": "unnamed pages",
+               "I": "unnamed pages", "R": "tiles", "E": "lambda", "H": "lifetime", "A": "angles",
+               "P": "phases", "L": "exposures", "V": "views", "M": "mosaic tiles"}
+
+
+@dataclass(eq=False)
+class ImageStack:
+    """The planes of a TIFF stack of z-planes or time points (`read_stack`).
+
+    Attributes
+    ----------
+    planes : (N, H, W) or (N, H, W, 3) ndarray
+        The gray or RGB planes in file order (Z×T flattened as the file stores them), in
+        the file's dtype.
+    axes : str
+        tifffile's axes of the file's series (``"ZYX"``, ``"TZYX"``, ``"TYXS"``, ...).
+    shape : tuple of int
+        The series' shape: its leading (plane) axes' lengths multiply to N.
+    """
+
+    planes: np.ndarray
+    axes: str
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.planes)
+
+
+def stack_planes(path: str | os.PathLike) -> tuple[str, tuple[int, ...]] | None:
+    """Whether an image file is a stack of gray or RGB planes, from the TIFF's header only.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    (axes, shape) or None
+        tifffile's axes and shape of the TIFF's first series when its leading axes (those
+        before ``YX`` or, for RGB planes, ``YXS``) are z-planes or time points (``Z``, ``T``;
+        ImageJ hyperstacks and OME-TIFFs name them, so does tifffile's own metadata) and
+        hold more than one plane. None for any other file (`read_image` reads it, or
+        refuses it as it does a 2-D image's: channels, unnamed pages).
+
+    Raises
+    ------
+    ValueError
+        Naming the file and its axes, for a TIFF whose planes are z-planes or time points
+        but which holds something else too (channels: which ones to use is not said), or
+        whose planes are neither gray nor RGB.
+    """
+    path = path_like("image", path)
+    if not _is_tiff(path) or not path.is_file():
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape = str(series.axes), tuple(int(n) for n in series.shape)
+    except Exception:  # noqa: BLE001 -- read_image reports what is wrong with the file
+        return None
+    leading = _plane_axes(axes)
+    if not any(axis in STACK_AXES for axis in leading) or int(np.prod(shape[:len(leading)])) < 2:
+        return None
+    where = f"cannot read image {path}: its axes {axes} (shape {shape})"
+    others = [axis for axis in leading if axis not in STACK_AXES]
+    if others or leading == axes:
+        held = ", ".join(dict.fromkeys(_AXIS_NAMES.get(axis, axis) for axis in others)) or "no Y and X axes"
+        raise ValueError(f"{where} hold {', '.join(_AXIS_NAMES[a] for a in dict.fromkeys(leading) if a in STACK_AXES)}"
+                         f" and {held}: napari-prm predicts a stack of gray or RGB planes one by one "
+                         "(axes Z and/or T, then YX, or YXS with 3 samples); save one channel, or the "
+                         "channels as RGB planes")
+    if axes.endswith("YXS") and shape[-1] != 3:
+        raise ValueError(f"{where} hold planes of {shape[-1]} samples: napari-prm predicts a stack of gray "
+                         "or RGB planes (3 samples); save gray or RGB planes")
+    return axes, shape
+
+
+def plane_count(path: str | os.PathLike) -> int:
+    """The planes ``napari-prm predict`` runs on an image file, from a TIFF's header only: a
+    stack's N (`stack_planes`), else 1 (also for a file that is refused or unreadable: it
+    fails as one image)."""
+    try:
+        found = stack_planes(path)
+    except ValueError:
+        return 1
+    if found is None:
+        return 1
+    axes, shape = found
+    return int(np.prod(shape[:len(_plane_axes(axes))]))
+
+
+def _plane_axes(axes: str) -> str:
+    """The leading (plane) axes of a TIFF series' axes: those before ``YX`` or ``YXS``."""
+    return axes[:-3] if axes.endswith("YXS") else axes[:-2] if axes.endswith("YX") else axes
+
+
+def read_stack(path: str | os.PathLike) -> ImageStack | None:
+    """Read a TIFF stack of z-planes or time points as its planes; None for another image.
+
+    A multi-page TIFF is a stack when its axes say so (`stack_planes`: ImageJ or OME axes
+    ``Z`` and/or ``T`` before ``YX``, or ``YXS`` for RGB planes); its planes are then the
+    2-D gray or RGB images that ``napari-prm predict`` and the plugin predict one by one.
+    Any other file (a 2-D image, a multi-channel image without Z or T) gives None: read
+    it with `read_image`, whose rules and messages apply to it.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    ImageStack or None
+
+    Raises
+    ------
+    ValueError
+        Naming the file: it cannot be read, or its axes are not those of a stack of gray or
+        RGB planes (see `stack_planes`), or a plane has fewer than 2×2 pixels.
+    """
+    found = stack_planes(path)
+    if found is None:
+        return None
+    axes, shape = found
+    path = path_like("image", path)
+    data = read_array(path, what="image")
+    if data.shape != shape:
+        raise ValueError(f"cannot read image {path}: its axes {axes} say shape {shape}, its data has shape "
+                         f"{data.shape}; save it again")
+    plane_ndim = 3 if axes.endswith("YXS") else 2
+    planes = data.reshape((-1, *shape[-plane_ndim:]))
+    if min(planes.shape[1:3]) < 1:
+        raise ValueError(f"cannot read image {path}: its planes have no pixels (shape {shape})")
+    return ImageStack(planes, axes, shape)
 
 
 def unreadable_images(paths, progress=None) -> list[tuple[os.PathLike, str]]:

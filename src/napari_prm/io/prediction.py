@@ -20,10 +20,10 @@ from .coco import labels_to_coco, write_coco_json
 from .fileset import FileSet, read_file_set, recover_file_sets, write_file_set
 from .labels import _check_labels, write_label_image
 from .paths import windows_name_problem, windows_rules
-from .tables import write_instances_csv, write_peaks_csv
+from .tables import write_instances_csv, write_peaks_csv, write_stack_peaks_csv
 
-__all__ = ["export_instances", "write_prediction", "prediction_paths", "write_prms", "EXPORT_SUFFIXES",
-           "complete_prediction", "settle_outputs"]
+__all__ = ["export_instances", "write_prediction", "write_stack_prediction", "stack_labels", "prediction_paths",
+           "write_prms", "EXPORT_SUFFIXES", "complete_prediction", "settle_outputs", "STACK_LEFT_OUT"]
 
 #: File name endings of each export format, after the stem.
 EXPORT_SUFFIXES = {"tiff": "_labels.tif", "png": "_labels.png",
@@ -270,12 +270,114 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
     return list(targets.values())
 
 
+#: The outputs of `write_prediction` that a stack's (`write_stack_prediction`) leave out: COCO
+#: holds 2-D label images only, as the plugin's Export says.
+STACK_LEFT_OUT = ("coco",)
+
+
+def stack_labels(predictions) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The instances of a stack's planes as one label stack and one instance table.
+
+    Parameters
+    ----------
+    predictions : sequence of Prediction
+        One per plane, in plane order, all of one image size.
+
+    Returns
+    -------
+    labels : (N, H, W) uint16 or uint32 ndarray
+        Each plane's `Prediction.to_labels`, its labels raised above every label of the
+        planes before it, so that a label is one instance of one plane (as the plugin's
+        ``all planes`` run lays them out).
+    table : dict of ndarray
+        The planes' instance tables, concatenated, ``label`` raised as in ``labels`` and
+        ``peak`` numbered over all planes (`write_stack_peaks_csv` numbers them so).
+    """
+    planes = [prediction.to_labels() for prediction in predictions]
+    top = sum(int(labels.max(initial=0)) for labels, _ in planes)
+    stack = np.zeros((len(planes), *predictions[0].image_shape), np.uint16 if top <= 65535 else np.uint32)
+    tables, label_offset, peak_offset = [], 0, 0
+    for plane, ((labels, table), prediction) in enumerate(zip(planes, predictions)):
+        stack[plane] = np.where(labels > 0, labels.astype(np.int64) + label_offset, 0)
+        table = {name: np.asarray(values) for name, values in table.items()}
+        table["label"] = table["label"].astype(np.int64) + label_offset
+        if "peak" in table:
+            table["peak"] = np.where(table["peak"] >= 0, table["peak"].astype(np.int64) + peak_offset, -1)
+        tables.append(table)
+        label_offset += int(labels.max(initial=0))
+        peak_offset += len(prediction.peaks)
+    names = [name for name in tables[0] if all(name in table for table in tables)] if tables else ["label"]
+    table = {name: np.concatenate([t[name] for t in tables]) for name in names} if tables else \
+        {"label": np.zeros(0, np.int64)}
+    return stack, table
+
+
+def write_stack_prediction(predictions, out_dir: str | os.PathLike, stem: str, *,
+                           prms_format: str | None = None, overwrite: bool = False,
+                           image_file_name: str = "", info: dict | None = None,
+                           pixel_size: dict | None = None) -> list[Path]:
+    """Write what ``napari-prm predict`` saves for a stack predicted plane by plane, all or nothing.
+
+    As `write_prediction`, with the planes' results put together as the plugin's Export
+    writes a stack: ``<stem>_labels.tif`` is the (N, H, W) label stack (`stack_labels`, with
+    the class names and ``pixel_size``), ``<stem>_instances.csv`` has one row per (plane,
+    label), ``<stem>_peaks.csv`` a ``plane`` column (`write_stack_peaks_csv`), and the PRMs
+    are those of all planes' peaks, in that order. No COCO JSON is written (`STACK_LEFT_OUT`:
+    it holds 2-D label images only). The manifest records ``planes`` (N) besides the totals of
+    peaks and instances, by which `complete_prediction` knows the set complete without COCO.
+
+    Parameters
+    ----------
+    predictions : sequence of Prediction
+        One per plane, in plane order (at least one), all of one image size.
+    out_dir, stem, prms_format, overwrite, image_file_name, info, pixel_size
+        As for `write_prediction`.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    predictions = list(predictions)
+    if not predictions:
+        raise ValueError("predictions: expected one prediction per plane, got none")
+    targets = prediction_paths(out_dir, stem, prms_format=prms_format)
+    for kind in STACK_LEFT_OUT:
+        del targets[kind]
+    peaks = sum(len(prediction.peaks) for prediction in predictions)
+    if prms_format == "tiff" and peaks == 0:
+        del targets["prms"]
+    labels, table = stack_labels(predictions)
+    class_names = predictions[0].class_names
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    names = {kind: path.name for kind, path in targets.items()}
+    replaced = {path.name for fmt in ("npy", "tiff")
+                for path in prediction_paths(out_dir, stem, prms_format=fmt).values()} - set(names.values())
+    facts = {"written_by": "write_stack_prediction", "image": image_file_name, "planes": len(predictions),
+             "peaks": int(peaks), "instances": int(sum(len(p.instances) for p in predictions)),
+             "plane_peaks": [int(len(p.peaks)) for p in predictions],
+             "plane_instances": [int(len(p.instances)) for p in predictions],
+             "image_shape": [int(n) for n in predictions[0].image_shape], **(info or {})}
+    with write_file_set(out_dir, stem, names, overwrite=overwrite, removes=replaced, info=facts) as staged:
+        for kind, temp in staged.items():
+            if kind == "peaks":
+                write_stack_peaks_csv(temp, predictions)
+            elif kind == "prms":
+                prms = [np.asarray(p.prms, np.float32) for p in predictions]
+                write_prms(temp, np.concatenate(prms) if peaks else np.zeros((0, *labels.shape[1:]), np.float32))
+            else:
+                _write_instances_as(kind, temp, labels, table, class_names, None, pixel_size)
+    return list(targets.values())
+
+
 def complete_prediction(out_dir: str | os.PathLike, stem: str, *,
                         prms_format: str | None = None) -> FileSet | None:
-    """The outputs of ``stem`` when `write_prediction` wrote them completely, else None.
+    """The outputs of ``stem`` when `write_prediction` (or `write_stack_prediction`) wrote them
+    completely, else None.
 
     Complete means: ``<stem>.manifest.json`` lists every file ``prms_format`` asks for
-    (the PRM file may be absent when there were no peaks and TIFF was asked for), every
+    (the PRM file may be absent when there were no peaks and TIFF was asked for, the COCO
+    JSON when the manifest records a stack's ``planes``), every
     listed file exists, and no switch is left unfinished (one a killed writer committed
     is finished here first). Resuming runs skip the images whose outputs are complete.
     """
@@ -287,6 +389,8 @@ def complete_prediction(out_dir: str | os.PathLike, stem: str, *,
     if file_set is None or file_set.missing():
         return None
     wanted = set(prediction_paths(out_dir, stem, prms_format=prms_format))
+    if file_set.info.get("planes"):  # a stack's outputs (`write_stack_prediction`)
+        wanted -= set(STACK_LEFT_OUT)
     if prms_format == "tiff" and file_set.info.get("peaks") == 0:
         wanted.discard("prms")
     if not wanted <= set(file_set.files):

@@ -26,7 +26,8 @@ from scipy import ndimage
 from .atomic import atomic_write
 from .labels import _check_labels
 
-__all__ = ["write_instances_csv", "read_instances_csv", "write_peaks_csv", "UNKNOWN_CLASS"]
+__all__ = ["write_instances_csv", "read_instances_csv", "write_peaks_csv", "write_stack_peaks_csv",
+           "UNKNOWN_CLASS"]
 
 UNKNOWN_CLASS = "unknown"
 INSTANCE_CSV_COLUMNS = ("id", "class", "class_index", "area",
@@ -240,19 +241,34 @@ def write_peaks_csv(path: str | os.PathLike, prediction, *, overwrite: bool = Tr
     """Write a prediction's peaks: peak, y, x (image pixels), class, class_index, value.
 
     ``value`` is the CRM value at the peak; ``class_score`` the peak-stimulated score of
-    the peak's class.
+    the peak's class. A stack's peaks (`write_stack_peaks_csv`) have a ``plane`` column first.
     """
-    peaks = np.asarray(prediction.peaks, dtype=np.float64).reshape(-1, 2)
-    classes = np.asarray(prediction.peak_classes).reshape(-1)
-    values = np.asarray(prediction.peak_values).reshape(-1)
-    scores = np.asarray(prediction.scores).reshape(-1)
+    return write_stack_peaks_csv(path, [prediction], overwrite=overwrite, plane_column=False)
+
+
+def write_stack_peaks_csv(path: str | os.PathLike, predictions, *, overwrite: bool = True,
+                          plane_column: bool = True) -> Path:
+    """Write the peaks of a stack's planes, one prediction per plane, as `write_peaks_csv` does.
+
+    The rows are led by ``plane`` (the prediction's index in ``predictions``); the peaks are
+    numbered over all planes, in plane order (the ``peak`` column of the stack's instance
+    table, and the slices of its PRM stack, count the same way).
+    """
     path = Path(path)
     with atomic_write(path, overwrite=overwrite) as temp:
         with open(temp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["peak", "y", "x", "class", "class_index", "value", "class_score"])
-            for number, ((y, x), index, value) in enumerate(zip(peaks, classes, values)):
-                writer.writerow([number, repr(float(y)), repr(float(x)),
-                                 prediction.class_names[int(index)], int(index),
-                                 repr(float(value)), repr(float(scores[int(index)]))])
+            writer.writerow(["plane"] * plane_column + ["peak", "y", "x", "class", "class_index", "value",
+                                                        "class_score"])
+            number = 0
+            for plane, prediction in enumerate(predictions):
+                peaks = np.asarray(prediction.peaks, dtype=np.float64).reshape(-1, 2)
+                classes = np.asarray(prediction.peak_classes).reshape(-1)
+                values = np.asarray(prediction.peak_values).reshape(-1)
+                scores = np.asarray(prediction.scores).reshape(-1)
+                for (y, x), index, value in zip(peaks, classes, values):
+                    writer.writerow([plane] * plane_column + [
+                        number, repr(float(y)), repr(float(x)), prediction.class_names[int(index)], int(index),
+                        repr(float(value)), repr(float(scores[int(index)]))])
+                    number += 1
     return path

@@ -1,0 +1,197 @@
+"""``napari-prm predict`` on TIFF stacks: z-planes and time points predicted plane by plane.
+
+A tiny random checkpoint, a 3-plane 16-bit ImageJ z-stack (ZYX, with a pixel size in µm) and
+a 2-frame RGB OME-TIFF time-lapse (TYXS), cut from scikit-image's samples. Each plane's
+outputs must be exactly what ``predict`` gives for that plane alone.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_prm import build_model, io, load_model, predict, save_model
+from napari_prm.batch import predict_many, start_local_cluster
+from napari_prm.cli import main
+
+SETTINGS = {"proposals": "prm", "peak_threshold": 0.0, "class_threshold": 0.0}
+CLI_SETTINGS = ["--proposals", "prm", "--peak-threshold", "0", "--class-threshold", "0"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(64, 64))
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory) -> Path:
+    """zstack.tif: (3, 48, 40) uint16, ImageJ ZYX at 0.5 µm per pixel; movie.ome.tif: (2, 40, 48, 3)
+    uint8, OME TYXS; flat.png: a 2-D photo beside them."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("stacks")
+    camera = data.camera()[::8, ::8]  # 64 × 64
+    planes = np.stack([camera[i * 8:i * 8 + 48, i * 4:i * 4 + 40] for i in range(3)]).astype(np.uint16) * 40
+    tifffile.imwrite(folder / "zstack.tif", planes, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "unit": "um"})
+    cat = data.chelsea()[::6, ::6]  # 50 × 76 × 3
+    frames = np.stack([cat[:40, :48], cat[5:45, 20:68]])
+    tifffile.imwrite(folder / "movie.ome.tif", frames, ome=True, photometric="rgb", metadata={"axes": "TYXS"})
+    import imageio.v3 as iio
+
+    iio.imwrite(folder / "flat.png", cat[:32, :32])
+    return folder
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_read_stack_takes_the_axes_of_imagej_and_ome_files(stacks, tmp_path):
+    z = io.read_stack(stacks / "zstack.tif")
+    assert (z.axes, z.shape, z.planes.shape, z.planes.dtype) == ("ZYX", (3, 48, 40), (3, 48, 40), np.uint16)
+    movie = io.read_stack(stacks / "movie.ome.tif")
+    assert (movie.axes, movie.planes.shape, movie.planes.dtype) == ("TYXS", (2, 40, 48, 3), np.uint8)
+    np.testing.assert_array_equal(movie.planes, tifffile.imread(stacks / "movie.ome.tif"))
+    assert io.read_stack(stacks / "flat.png") is None
+    # Z×T is flattened in file order (T outer, Z inner as ImageJ stores them)
+    hyper = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5)
+    tifffile.imwrite(tmp_path / "tz.tif", hyper, imagej=True, metadata={"axes": "TZYX"})
+    tz = io.read_stack(tmp_path / "tz.tif")
+    assert (tz.axes, len(tz)) == ("TZYX", 6)
+    np.testing.assert_array_equal(tz.planes[4], hyper[1, 1])
+    # not stacks: channels without Z or T keep read_image's rules; unnamed pages are refused by it as before
+    tifffile.imwrite(tmp_path / "c3.tif", hyper[0, :, :, :], imagej=True, metadata={"axes": "CYX"})
+    assert io.read_stack(tmp_path / "c3.tif") is None
+    tifffile.imwrite(tmp_path / "pages.tif", hyper.reshape(6, 4, 5))
+    assert io.read_stack(tmp_path / "pages.tif") is None
+    with pytest.raises(ValueError, match=r"pages\.tif.*\(6, 4, 5\); it holds several planes or frames"):
+        io.read_image(tmp_path / "pages.tif")
+    # ambiguous: z-planes and channels
+    tifffile.imwrite(tmp_path / "zc.tif", hyper, imagej=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(ValueError, match=r"zc\.tif: its axes ZCYX \(shape \(2, 3, 4, 5\)\) hold z-planes and "
+                                         r"channels: napari-prm predicts a stack of gray or RGB planes"):
+        io.read_stack(tmp_path / "zc.tif")
+    assert io.images.plane_count(tmp_path / "zc.tif") == 1  # it fails as one image
+    assert io.images.plane_count(stacks / "zstack.tif") == 3
+    assert io.images.plane_count(tmp_path / "tz.tif") == 6
+
+
+def test_predict_runs_a_stack_plane_by_plane(stacks, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", str(stacks), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",
+                 "--save-prms", "npy", *CLI_SETTINGS]) == 0
+    model = load_model(checkpoint, device="cpu")
+    summary = {Path(row["image"]).name: row for row in rows(out / "summary.csv")}
+    assert {name: (row["status"], row["planes"]) for name, row in summary.items()} == {
+        "flat.png": ("written", "1"), "movie.ome.tif": ("written", "2"), "zstack.tif": ("written", "3")}
+    total_instances = 0
+    for name, stem in (("zstack.tif", "zstack"), ("movie.ome.tif", "movie.ome")):
+        planes = io.read_stack(stacks / name).planes
+        alone = [predict(plane, model, **SETTINGS) for plane in planes]
+        labels = io.read_label_image(out / f"{stem}_labels.tif")
+        assert labels.shape == (len(planes), *planes.shape[1:3])
+        assert not (out / f"{stem}_instances.json").exists()  # COCO holds 2-D labels only
+        table = rows(out / f"{stem}_instances.csv")
+        peaks = rows(out / f"{stem}_peaks.csv")
+        offset = peak_offset = 0
+        for plane, prediction in enumerate(alone):
+            expected, expected_table = prediction.to_labels()
+            np.testing.assert_array_equal(labels[plane], np.where(expected > 0, expected.astype(np.int64) + offset, 0))
+            mine = [row for row in table if row["plane"] == str(plane)]
+            assert [int(row["id"]) for row in mine] == [int(v) + offset for v in expected_table["label"]]
+            assert [row["class"] for row in mine] == list(expected_table["class_name"])
+            np.testing.assert_allclose([float(row["score"]) for row in mine], expected_table["score"], rtol=1e-6)
+            plane_peaks = [row for row in peaks if row["plane"] == str(plane)]
+            numbers = list(range(peak_offset, peak_offset + len(prediction.peaks)))
+            assert [int(row["peak"]) for row in plane_peaks] == numbers
+            np.testing.assert_allclose([[float(row["y"]), float(row["x"])] for row in plane_peaks],
+                                       prediction.peaks.reshape(-1, 2))
+            offset += int(expected.max(initial=0))
+            peak_offset += len(prediction.peaks)
+        instances = sum(len(p.instances) for p in alone)
+        total_instances += instances
+        assert len(table) == instances and len(peaks) == peak_offset
+        assert (summary[name]["instances"], summary[name]["peaks"]) == (str(instances), str(peak_offset))
+        prms = np.load(out / f"{stem}_prms.npy")
+        np.testing.assert_allclose(prms, np.concatenate([np.asarray(p.prms) for p in alone]), atol=1e-6)
+        manifest = json.loads((out / f"{stem}.manifest.json").read_text(encoding="utf-8"))
+        assert (manifest["info"]["planes"], manifest["info"]["axes"]) == (
+            len(planes), "ZYX" if stem == "zstack" else "TYXS")
+    assert total_instances > 0  # the comparison above compared instances, not only empty planes
+    # the z-stack's pixel size (0.5 µm) is kept in its label stack
+    size = io.tiff_pixel_size(out / "zstack_labels.tif")
+    assert size["resolution"] == pytest.approx((2e4, 2e4))  # pixels per cm
+    # a second run skips them, touching nothing
+    state = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "summary.csv"}
+    assert main(["predict", str(stacks), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",
+                 "--save-prms", "npy", *CLI_SETTINGS]) == 0
+    again = {Path(row["image"]).name: (row["status"], row["planes"]) for row in rows(out / "summary.csv")}
+    assert again == {"flat.png": ("skipped", "1"), "movie.ome.tif": ("skipped", "2"),
+                     "zstack.tif": ("skipped", "3")}
+    assert state == {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "summary.csv"}
+
+
+def test_the_plugin_reader_opens_a_stacks_outputs_with_features(stacks, checkpoint, tmp_path):
+    from napari_prm._reader import napari_get_reader
+
+    batch = predict_many([stacks / "zstack.tif"], checkpoint, tmp_path, device="cpu", **SETTINGS)
+    assert batch.results[0].status == "written" and batch.results[0].planes == 3
+    reader = napari_get_reader(str(tmp_path / "zstack_labels.tif"))
+    assert reader is not None
+    (labels, meta, kind), = reader(str(tmp_path / "zstack_labels.tif"))
+    assert (kind, labels.shape) == ("labels", (3, 48, 40))
+    present = np.unique(labels[labels > 0])
+    assert list(meta["features"]["label"]) == list(present)  # one row per label
+    assert meta["metadata"]["class_names"] == ["cat", "dog"]
+
+
+def test_an_interrupt_between_planes_leaves_no_outputs(stacks, checkpoint, tmp_path):
+    def stop(image, done, total):
+        if Path(image).name == "zstack.tif" and done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_many([stacks / "flat.png", stacks / "zstack.tif"], checkpoint, tmp_path, device="cpu",
+                     plane_progress=stop, **SETTINGS)
+    assert (tmp_path / "flat_labels.tif").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("zstack")) == []
+    assert io.complete_prediction(tmp_path, "zstack") is None
+    # the same run goes on with it
+    batch = predict_many([stacks / "flat.png", stacks / "zstack.tif"], checkpoint, tmp_path, device="cpu",
+                         **SETTINGS)
+    assert [(r.status, r.planes) for r in batch.results] == [("skipped", 1), ("written", 3)]
+
+
+def test_a_stack_refuses_one_images_proposal_file(stacks, checkpoint, tmp_path):
+    proposals = tmp_path / "zstack.npz"
+    np.savez(proposals, masks=np.zeros((1, 48, 40), bool))
+    batch = predict_many([stacks / "zstack.tif"], checkpoint, tmp_path / "out", device="cpu", retries=0,
+                         proposals=str(proposals), peak_threshold=0.0)
+    result, = batch.results
+    assert result.status == "failed"
+    assert "it is a stack of 3 planes (axes ZYX), and the proposal file" in result.error
+
+
+def test_workers_run_a_stack_as_this_process_does(stacks, checkpoint, tmp_path):
+    here = predict_many([stacks / "movie.ome.tif"], checkpoint, tmp_path / "here", device="cpu", **SETTINGS)
+    client = start_local_cluster(1, dashboard=False, processes=False)
+    try:
+        there = predict_many([stacks / "movie.ome.tif"], checkpoint, tmp_path / "there", client, device="cpu",
+                             **SETTINGS)
+    finally:
+        client.close()
+        client.cluster.close()
+    assert [(r.status, r.planes, r.instances) for r in there.results] == [
+        (r.status, r.planes, r.instances) for r in here.results]
+    np.testing.assert_array_equal(io.read_label_image(tmp_path / "there" / "movie.ome_labels.tif"),
+                                  io.read_label_image(tmp_path / "here" / "movie.ome_labels.tif"))
+    assert (rows(tmp_path / "there" / "movie.ome_instances.csv")
+            == rows(tmp_path / "here" / "movie.ome_instances.csv"))
