@@ -195,3 +195,23 @@ def test_workers_run_a_stack_as_this_process_does(stacks, checkpoint, tmp_path):
                                   io.read_label_image(tmp_path / "here" / "movie.ome_labels.tif"))
     assert (rows(tmp_path / "there" / "movie.ome_instances.csv")
             == rows(tmp_path / "here" / "movie.ome_instances.csv"))
+
+
+def test_lazy_result_stacks_hold_a_stacks_planes(stacks, checkpoint, tmp_path):
+    """The Batch panel shows the outputs as lazy stacks, one plane per image: a TIFF stack's
+    outputs add one plane per plane (its label stack was padded into one 2-D plane: an error)."""
+    from napari_prm.batch import image_stack, label_planes, label_shapes, label_stack
+
+    batch = predict_many([stacks / "flat.png", stacks / "zstack.tif"], checkpoint, tmp_path, device="cpu",
+                         **SETTINGS)
+    paths = batch.label_paths()
+    assert label_planes(paths) == [1, 3]
+    labels = label_stack(paths)
+    assert labels.shape == (4, 48, 40)
+    computed = np.asarray(labels)
+    np.testing.assert_array_equal(computed[0, :32, :32], io.read_label_image(paths[0]))
+    np.testing.assert_array_equal(computed[1:], io.read_label_image(paths[1]))
+    images = np.asarray(image_stack([r.image for r in batch.with_outputs()], label_shapes(paths), label_planes(paths)))
+    assert images.shape == (4, 48, 40, 3)
+    planes = io.read_stack(stacks / "zstack.tif").planes
+    np.testing.assert_array_equal(images[3], (io.as_rgb_float(planes[2]) * 255).round().astype(np.uint8))

@@ -215,3 +215,30 @@ def test_run_on_a_folder_of_sub_folders_includes_them_when_ticked(predict_widget
     assert panel.start() is not None
     assert "are left out: tick 'include sub-folders' to search them" in panel._status.value
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+
+
+def test_a_tiff_stacks_outputs_open_as_one_plane_per_plane(predict_widget, qtbot, tmp_path, tiny_checkpoint):
+    """A z-stack in the folder is predicted plane by plane; its planes are planes of the lazy
+    result stacks, named by their image and plane."""
+    import tifffile
+
+    from napari_prm.batch import predict_many
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    iio.imwrite(folder / "a_cat.png", data.chelsea()[::6, ::6])
+    camera = data.camera()[::8, ::8]
+    tifffile.imwrite(folder / "b_z.tif", np.stack([camera, camera[::-1], camera[:, ::-1]]).astype(np.uint16),
+                     imagej=True, metadata={"axes": "ZYX"})
+    result = predict_many(sorted(folder.iterdir()), tiny_checkpoint, tmp_path / "out", device="cpu",
+                          proposals="prm", peak_threshold=0.0)
+    assert [(r.status, r.planes) for r in result.results] == [("written", 1), ("written", 3)]
+    predict_widget.batch_button.click()
+    panel = open_batch_panel(predict_widget)
+    panel.open_results(result)
+    labels = predict_widget.viewer.layers[LABELS_LAYER]
+    assert labels.data.shape[0] == 4 and predict_widget.viewer.layers[IMAGES_LAYER].data.shape[0] == 4
+    assert labels.metadata["plane_names"] == ["a_cat.png", "b_z.tif (plane 1 of 3)", "b_z.tif (plane 2 of 3)",
+                                              "b_z.tif (plane 3 of 3)"]
+    np.testing.assert_array_equal(np.asarray(labels.data[1:])[:, :64, :64],
+                                  io.read_label_image(tmp_path / "out" / "b_z_labels.tif"))

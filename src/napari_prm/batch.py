@@ -56,7 +56,7 @@ from .io.paths import sorted_paths
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
            "output_stems", "output_name", "output_place", "output_states", "written_since", "record_written",
-           "start_local_cluster", "label_stack", "label_shapes", "image_stack", "SUMMARY_COLUMNS"]
+           "start_local_cluster", "label_stack", "label_shapes", "label_planes", "image_stack", "SUMMARY_COLUMNS"]
 
 #: Columns of ``summary.csv``.
 SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts", "stem", "planes")
@@ -1316,15 +1316,15 @@ def start_local_cluster(n_workers: int, *, dashboard: bool = True, **options):
 
 
 # --------------------------------------------------------------------------- lazy results
-def _padded(read, path, shape, dtype):
-    data = np.asarray(read(path))
+def _padded(read, shape, dtype, *args):
+    data = np.asarray(read(*args))
     padded = np.zeros(shape, dtype)
     padded[tuple(slice(0, n) for n in data.shape)] = data
     return padded
 
 
 def label_shapes(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
-    """``(H, W)`` of label TIFFs, from their headers only."""
+    """``(H, W)`` of label TIFFs (of each plane of a label stack), from their headers only."""
     import tifffile
 
     shapes = []
@@ -1334,30 +1334,51 @@ def label_shapes(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
     return shapes
 
 
+def label_planes(paths: Sequence[str | os.PathLike]) -> list[int]:
+    """The planes of label TIFFs: 1 for a 2-D label image, N for a stack's (``(N, H, W)``), from
+    their headers only."""
+    import tifffile
+
+    planes = []
+    for path in paths:
+        with tifffile.TiffFile(path) as tiff:
+            planes.append(int(np.prod(tiff.series[0].shape[:-2])))
+    return planes
+
+
+def _label_plane(path, plane: int) -> np.ndarray:
+    from .io import read_label_image
+
+    labels = read_label_image(path)
+    return labels.reshape(-1, *labels.shape[-2:])[plane]
+
+
 def label_stack(paths: Sequence[str | os.PathLike]):
     """The label images as one lazy (N, H, W) uint32 dask array, each read when viewed.
 
-    Images of other sizes are padded with 0 at the bottom and right to the largest
-    ``H`` and ``W``. Only the TIFF headers are read here.
+    A label stack (a TIFF stack's outputs) gives one plane per plane. Images of other sizes
+    are padded with 0 at the bottom and right to the largest ``H`` and ``W``. Only the TIFF
+    headers are read here.
     """
     import dask
     import dask.array as da
-
-    from .io import read_label_image
 
     shapes = label_shapes(paths)
     if not shapes:
         return da.zeros((0, 1, 1), np.uint32)
     shape = tuple(int(n) for n in np.max(shapes, axis=0))
-    planes = [da.from_delayed(dask.delayed(_padded)(read_label_image, path, shape, np.uint32), shape, np.uint32)
-              for path in paths]
+    planes = [da.from_delayed(dask.delayed(_padded)(_label_plane, shape, np.uint32, path, plane), shape, np.uint32)
+              for path, count in zip(paths, label_planes(paths)) for plane in range(count)]
     return da.stack(planes)
 
 
-def image_stack(paths: Sequence[str | os.PathLike], shapes: Sequence[tuple[int, int]]):
+def image_stack(paths: Sequence[str | os.PathLike], shapes: Sequence[tuple[int, int]],
+                planes: Sequence[int] | None = None):
     """The images as one lazy (N, H, W, 3) uint8 RGB dask array (padded like `label_stack`).
 
-    ``shapes`` are the images' ``(H, W)`` (those of their label images).
+    ``shapes`` are the images' ``(H, W)`` (those of their label images); ``planes`` their
+    planes (`label_planes`; default 1 each): a TIFF stack's planes (`napari_prm.io.read_stack`)
+    are planes of the result, as in `label_stack`.
     """
     import dask
     import dask.array as da
@@ -1365,12 +1386,15 @@ def image_stack(paths: Sequence[str | os.PathLike], shapes: Sequence[tuple[int, 
     if not len(paths):
         return da.zeros((0, 1, 1, 3), np.uint8)
     shape = tuple(int(n) for n in np.max(np.asarray(shapes), axis=0)) + (3,)
-    planes = [da.from_delayed(dask.delayed(_padded)(_rgb8, path, shape, np.uint8), shape, np.uint8)
-              for path in paths]
-    return da.stack(planes)
+    planes = [1] * len(paths) if planes is None else planes
+    layers = [da.from_delayed(dask.delayed(_padded)(_rgb8, shape, np.uint8, path, None if count == 1 else plane),
+                              shape, np.uint8)
+              for path, count in zip(paths, planes) for plane in range(count)]
+    return da.stack(layers)
 
 
-def _rgb8(path) -> np.ndarray:
-    from .io import as_rgb_float, read_image
+def _rgb8(path, plane: int | None = None) -> np.ndarray:
+    from .io import as_rgb_float, read_image, read_stack
 
-    return (as_rgb_float(read_image(path)) * 255).round().astype(np.uint8)
+    image = read_image(path) if plane is None else read_stack(path).planes[plane]
+    return (as_rgb_float(image) * 255).round().astype(np.uint8)

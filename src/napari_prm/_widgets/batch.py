@@ -196,19 +196,23 @@ class BatchPanel(StopsOnClose, Container):
         self._say(message, "warning" if counts["failed"] else "info")
 
     def open_results(self, result: batch.BatchResult) -> None:
-        """Show the images with outputs and their labels as lazy stacks, one plane each."""
+        """Show the images with outputs and their labels as lazy stacks, one plane each (a TIFF
+        stack's planes one each)."""
         done = result.with_outputs()
         if not done:
             return
         label_paths = [result.labels_path(r) for r in done]
         labels = batch.label_stack(label_paths)
-        images = batch.image_stack([r.image for r in done], batch.label_shapes(label_paths))
+        planes = batch.label_planes(label_paths)  # a stack's planes are planes here too
+        images = batch.image_stack([r.image for r in done], batch.label_shapes(label_paths), planes)
         metadata = {"images": [r.image for r in done], "labels": [str(p) for p in label_paths],
                     "summary": str(result.summary)}
         folder = self._inputs_folder  # an image in a sub-folder: its path there
         names = [Path(os.path.relpath(r.image, folder)).as_posix()
                  if folder is not None and Path(r.image).is_relative_to(folder) else Path(r.image).name
                  for r in done]
+        names = [name if count == 1 else f"{name} (plane {plane + 1} of {count})"
+                 for name, count in zip(names, planes) for plane in range(count)]
         for name, data, add in ((IMAGES_LAYER, images, self._viewer.add_image),
                                 (LABELS_LAYER, labels, self._viewer.add_labels)):
             if name in self._viewer.layers:  # reuse the layers of an earlier run
