@@ -104,8 +104,8 @@ class ImageResult:
         The image's planes: 1 for a 2-D image, N for a stack of z-planes or time points
         (`napari_prm.io.read_stack`), predicted one by one; None where unknown (it failed
         before it was read).
-    prediction : Prediction or None
-        Only with ``predict_many(..., gather=True)``.
+    prediction : Prediction, list of Prediction, or None
+        Only with ``predict_many(..., gather=True)``: a stack's is a list, one per plane.
     details : str
         The traceback of the last failure (not in ``summary.csv``).
     notes : list of str
