@@ -165,10 +165,13 @@ def test_an_interrupt_between_planes_leaves_no_outputs(stacks, checkpoint, tmp_p
     assert (tmp_path / "flat_labels.tif").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("zstack")) == []
     assert io.complete_prediction(tmp_path, "zstack") is None
-    # the same run goes on with it
+    # the same run goes on with it, counting its planes
+    counted = []
     batch = predict_many([stacks / "flat.png", stacks / "zstack.tif"], checkpoint, tmp_path, device="cpu",
+                         plane_progress=lambda image, done, total: counted.append((Path(image).name, done, total)),
                          **SETTINGS)
     assert [(r.status, r.planes) for r in batch.results] == [("skipped", 1), ("written", 3)]
+    assert counted == [("zstack.tif", 1, 3), ("zstack.tif", 2, 3), ("zstack.tif", 3, 3)]
 
 
 def test_a_stack_refuses_one_images_proposal_file(stacks, checkpoint, tmp_path):
