@@ -219,3 +219,16 @@ def test_lazy_result_stacks_hold_a_stacks_planes(stacks, checkpoint, tmp_path):
     assert images.shape == (4, 48, 40, 3)
     planes = io.read_stack(stacks / "zstack.tif").planes
     np.testing.assert_array_equal(images[3], (io.as_rgb_float(planes[2]) * 255).round().astype(np.uint8))
+
+
+def test_a_stack_without_peaks_is_complete_without_its_prm_tiff(stacks, checkpoint, tmp_path):
+    """As for a 2-D image, a TIFF of no PRMs is left out, and the outputs still count as complete."""
+    settings = {**SETTINGS, "class_threshold": 1e9}  # no class passes: no peaks in any plane
+    first = predict_many([stacks / "zstack.tif"], checkpoint, tmp_path, device="cpu", prms_format="tiff", **settings)
+    assert [(r.status, r.planes, r.peaks, r.instances) for r in first.results] == [("written", 3, 0, 0)]
+    assert sorted(p.name for p in tmp_path.glob("zstack*")) == [
+        "zstack.manifest.json", "zstack_instances.csv", "zstack_labels.tif", "zstack_peaks.csv"]
+    assert io.read_label_image(tmp_path / "zstack_labels.tif").shape == (3, 48, 40)
+    assert rows(tmp_path / "zstack_peaks.csv") == []
+    again = predict_many([stacks / "zstack.tif"], checkpoint, tmp_path, device="cpu", prms_format="tiff", **settings)
+    assert [(r.status, r.error) for r in again.results] == [("skipped", "")]
