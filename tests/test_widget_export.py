@@ -302,8 +302,10 @@ def test_png_and_tiff_exports_reopen_in_place_with_units_and_classes(make_napari
     assert [c["name"] for c in coco["categories"]] == ["cat", "dog", "bird"]
 
 
-def test_a_typed_stem_stays_when_another_labels_layer_is_selected(make_napari_viewer, small_cat):
-    """Selecting another Labels layer replaced the stem the user had typed with that layer's."""
+def test_a_typed_stem_stays_with_its_labels_layer(make_napari_viewer, small_cat):
+    """Selecting another Labels layer replaced the stem the user had typed with that layer's. A
+    typed stem now stays with the layer it was typed for: it comes back when that layer is
+    selected again, and another layer is offered its own."""
     viewer = make_napari_viewer()
     for name in ("cat", "dog"):
         viewer.add_image(small_cat, name=name)
@@ -313,10 +315,55 @@ def test_a_typed_stem_stays_when_another_labels_layer_is_selected(make_napari_vi
     assert widget._stem.value == "cat"
     viewer.layers.selection.active = viewer.layers["dog instances"]
     assert widget._stem.value == "dog"  # an offered stem follows the selection
-    widget._stem.value = "plate1_well_B2"  # typed by the user
+    widget._stem.value = "plate1_well_B2"  # typed by the user for the dog's labels
     viewer.layers.selection.active = viewer.layers["cat instances"]
     assert widget._layer.value is viewer.layers["cat instances"]
-    assert widget._stem.value == "plate1_well_B2"
-    widget._stem.value = ""  # emptied: stems are offered again
+    assert widget._stem.value == "cat"
+    viewer.layers.selection.active = viewer.layers["dog instances"]
+    assert widget._stem.value == "plate1_well_B2"  # back with its layer
+    widget._stem.value = ""  # emptied: the layer's stem is offered again
+    viewer.layers.selection.active = viewer.layers["cat instances"]
     viewer.layers.selection.active = viewer.layers["dog instances"]
     assert widget._stem.value == "dog"
+
+
+def test_a_typed_stem_and_overwrite_do_not_carry_over_to_another_layer(make_napari_viewer, small_cat,
+                                                                       tmp_path):
+    """Type a stem, tick *overwrite*, export layer A, select layer B: the stem and *overwrite*
+    stayed, so the next Export wrote B's labels over A's files."""
+    import tifffile
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    first = np.zeros(small_cat.shape[:2], np.uint16)
+    first[10:40, 20:60] = 1
+    viewer.add_labels(first, name="cat instances")
+    viewer.add_labels(np.zeros_like(first), name="cat - Labels")  # napari's New labels layer: stem "cat" too
+    viewer.add_image(small_cat, name="dog")
+    viewer.add_labels(np.full_like(first, 2), name="dog instances")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._folder.value = tmp_path
+    viewer.layers.selection.active = viewer.layers["cat instances"]
+    widget._stem.value = "plate1_well_B2"
+    widget._overwrite.value = True
+    (tmp_path / "plate1_well_B2_labels.tif").write_bytes(b"an older export")
+    assert widget.export(formats=["tiff"]), widget._status.value
+    viewer.layers.selection.active = viewer.layers["dog instances"]
+    assert widget._stem.value == "dog" and not widget._overwrite.value
+    assert [p.name for p in widget.export(formats=["tiff"])] == ["dog_labels.tif"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "plate1_well_B2_labels.tif"), first)
+    # the same offered stem: the cat's files are not replaced without ticking overwrite again
+    viewer.layers.selection.active = viewer.layers["cat instances"]
+    assert widget._stem.value == "plate1_well_B2"
+    widget._stem.value = "cat"
+    widget._overwrite.value = True
+    assert widget.export(formats=["tiff"])
+    viewer.layers.selection.active = viewer.layers["cat - Labels"]
+    assert widget._stem.value == "cat" and not widget._overwrite.value
+    assert widget.export(formats=["tiff"]) == []
+    assert "tick 'overwrite existing files'" in widget._status.value
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "cat_labels.tif"), first)
+    # re-exporting the same layer after more corrections keeps overwrite: those are its own files
+    viewer.layers.selection.active = viewer.layers["cat instances"]
+    widget._overwrite.value = True
+    assert widget.export(formats=["tiff"]) and widget.export(formats=["tiff"])

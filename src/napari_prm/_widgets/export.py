@@ -6,6 +6,7 @@ All formats are :func:`napari_prm.io.export_instances`'; files are written atomi
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,8 @@ FORMATS = {"tiff": "label TIFF", "png": "label PNG (up to 65535 labels)",
 @dataclass
 class ExportSettings:
     """The export widget's choices kept between sessions (the file stem and *overwrite* are not:
-    the stem offered follows the layer, one typed stays for the session, and replacing files is
-    asked for each time)."""
+    the stem offered follows the layer, one typed stays with its layer for the session, and
+    replacing files is asked for each layer)."""
 
     folder: str = str(Path.home())
     tiff: bool = True
@@ -90,6 +91,10 @@ class ExportWidget(Container):
         self._folder = FileEdit(label="folder", mode="d", value=str(Path.home()))
         self._stem = LineEdit(label="file stem", value="")
         self._offered_stem = ""  # the stem `_default_stem` put in the field last
+        self._stem_layer = None  # the layer whose stem the field holds
+        # stems the user typed, each kept for its own layer: one typed for layer A and left in the
+        # field when B is selected would write B's labels under A's name
+        self._typed_stems: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._formats = {key: CheckBox(text=text, value=key != "png")
                          for key, text in FORMATS.items()}
         self._overwrite = CheckBox(text="overwrite existing files", value=False)
@@ -121,13 +126,24 @@ class ExportWidget(Container):
             pass
 
     def _default_stem(self, *_):
-        """Offer the chosen layer's `default_stem`, unless the user typed a stem of their own
-        (one that is not the stem offered last, nor empty): that one stays for any layer."""
+        """Show the chosen layer's stem: the one the user typed for that layer, else its
+        `default_stem`. A stem typed (one that is not the stem offered, nor empty) is kept for
+        the layer left, and *overwrite* unticks: it was asked for that layer's files."""
         layer = self._layer.value
-        if layer is None or self._stem.value not in ("", self._offered_stem):
+        if layer is self._stem_layer:
+            return
+        left, typed = self._stem_layer, self._stem.value
+        if left is not None:
+            if typed not in ("", self._offered_stem):
+                self._typed_stems[left] = typed
+            else:
+                self._typed_stems.pop(left, None)
+            self._overwrite.value = False
+        self._stem_layer = layer
+        if layer is None:
             return
         self._offered_stem = default_stem(self._viewer, layer)
-        self._stem.value = self._offered_stem
+        self._stem.value = self._typed_stems.get(layer, self._offered_stem)
 
     def _say(self, message: str, error: bool = False) -> None:
         self._status.value = message
