@@ -113,3 +113,31 @@ def test_a_labels_layer_whose_image_was_removed_pairs_with_no_other_image(make_n
     assert image_layer_of(viewer, labels) is viewer.layers["cat"]
     ((plane, _, _, _),) = layer_planes(viewer, labels)
     np.testing.assert_array_equal(plane(), small_cat)
+
+
+def test_new_labels_layers_follow_their_renamed_image(make_napari_viewer, small_cat, qtbot, prm_config,
+                                                      tiny_checkpoint):
+    """Renaming image ``cat`` to ``cat2`` left napari's *New labels layer* ``cat - Labels`` unpaired, and
+    the message said ``'cat'`` was not open though it was, under a new name."""
+    from napari_prm._widgets.layers import image_layer_of, unpaired_reason
+    from test_widget_predict import run_tiny
+
+    viewer = make_napari_viewer()
+    run_tiny(viewer, qtbot, tiny_checkpoint, small_cat, "cat", 2)
+    cat = viewer.layers["cat"]
+    for _ in range(2):
+        viewer.layers.selection.active = cat
+        viewer._new_labels()
+    painted, second = viewer.layers["cat - Labels"], viewer.layers["cat - Labels [1]"]
+    painted.data[10:30, 10:40] = 1
+    other = viewer.add_labels(np.zeros((7, 9), np.uint16), name="cat - Labels [2]")  # not the image's shape
+    cat.name = "cat2"
+    assert (painted.name, second.name, other.name) == ("cat2 - Labels", "cat2 - Labels [1]", "cat - Labels [2]")
+    assert image_layer_of(viewer, painted) is cat and image_layer_of(viewer, second) is cat
+    ((plane, _, _, _),) = layer_planes(viewer, painted)  # what Learn trains on
+    np.testing.assert_array_equal(plane(), small_cat)
+    assert image_layer_of(viewer, other) is None
+    assert "which is not open under that name (it may have been closed, or renamed)" in unpaired_reason(viewer, other)
+    export = ExportWidget(viewer)
+    export._layer.value = painted
+    assert export._stem.value == "cat2"

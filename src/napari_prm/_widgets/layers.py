@@ -818,17 +818,20 @@ def image_layer_of(viewer, labels_layer):
             return matches[0]
     if named:
         return None  # made on an image that has gone: not the one beside it of the same shape
-    data = labels_layer.data[0] if labels_layer.multiscale else labels_layer.data
-    same_shape = []
-    for image in images:
-        try:
-            leading = check_image_layer(image)
-        except ValueError:
-            continue
-        pixels = image.data[0] if image.multiscale else image.data
-        if (*leading, *pixels.shape[len(leading):len(leading) + 2]) == tuple(data.shape):
-            same_shape.append(image)
+    same_shape = [image for image in images if _same_shape(image, labels_layer)]
     return same_shape[0] if len(same_shape) == 1 else None
+
+
+def _same_shape(image_layer, labels_layer) -> bool:
+    """Whether ``labels_layer`` has the shape of labels of ``image_layer`` (its leading axes and
+    its rows and columns, without the colour axis): the shape napari's *New labels layer* gives."""
+    data = labels_layer.data[0] if labels_layer.multiscale else labels_layer.data
+    try:
+        leading = check_image_layer(image_layer)
+    except ValueError:
+        return False
+    pixels = image_layer.data[0] if image_layer.multiscale else image_layer.data
+    return (*leading, *pixels.shape[len(leading):len(leading) + 2]) == tuple(data.shape)
 
 
 def unpaired_reason(viewer, labels_layer) -> str:
@@ -838,8 +841,10 @@ def unpaired_reason(viewer, labels_layer) -> str:
         return ""
     named = named_image(labels_layer)
     if named:
-        return (f"layer {labels_layer.name!r} was made on the image {named!r}, which is not open: open that "
-                f"image again as a layer named {named!r} (another image of the same shape is not taken in its place)")
+        return (f"layer {labels_layer.name!r} was made on the image {named!r}, which is not open under that "
+                f"name (it may have been closed, or renamed): name its image layer {named!r} again, or open "
+                f"that image again as a layer named {named!r} (another image of the same shape is not taken "
+                "in its place)")
     return (f"layer {labels_layer.name!r}: no image layer goes with it (name it '<image>{INSTANCES_SUFFIX}', "
             "keep the image layer it was made on, or keep only one image layer of its shape)")
 
@@ -849,7 +854,9 @@ def rename_results(viewer, image_layer, old_name: str) -> None:
 
     The peaks, PRMs, instances, split-line and CRM layers, and the kept corrections
     (``<old> instances (corrected…)``): those marked for the image (`marks.mark`) and those
-    unmarked that bear its old names; a layer the user renamed keeps the user's name. A layer
+    unmarked that bear its old names; a layer the user renamed keeps the user's name. Also
+    napari's *New labels layer* of the image, ``<old> - Labels`` (``<old> - Labels [1]``, …), when it
+    has the image's shape (`image_layer_of` pairs such a layer by its name). A layer
     whose new name is taken is left as it is. Marked layers, and the instances layers, also get
     the image's new name in their metadata (what export and *Learn from corrections* read).
     """
@@ -875,6 +882,9 @@ def rename_results(viewer, image_layer, old_name: str) -> None:
             renames.append((layer, new["instances"] + name[len(old["instances"]):]))
         elif marked and isinstance(layer, Labels):
             renames.append((layer, name))  # renamed by the user: its metadata follows the image
+        elif (isinstance(layer, Labels) and uncounted_name(name) == old_name + NEW_LABELS_SUFFIX
+              and named_image(layer) == old_name and _same_shape(image_layer, layer)):
+            renames.append((layer, image_layer.name + name[len(old_name):]))  # " - Labels [1]" kept
     for layer, name in renames:
         if name != layer.name and name in viewer.layers:
             continue
