@@ -161,3 +161,48 @@ def test_an_export_over_predicts_outputs_keeps_the_image_their_manifest_recorded
                         image_file_name="other.png")
     matched, unmatched = match_corrections(tree, CLASSES, images)
     assert list(matched) == [1] and unmatched == ["first well/scene_labels.tif"]
+
+
+def test_a_backup_sub_folder_does_not_beat_the_corrected_export(plate, checkpoint, tmp_path, capsys):
+    """``A1/A_old/`` (a copy of the well's outputs kept before correcting again, its manifest naming
+    the same image) came before ``A1/scene_labels.tif`` in path order: ``match_corrections`` kept the
+    old labels and ``load_corrections`` (Learn's folder) trained on both. The most recently written
+    export of an image is used, by both, and the others are named."""
+    import os
+
+    dataset, results = plate
+    tree = _copy(results, tmp_path / "results")
+    backup = tree / "A1" / "A_old"
+    backup.mkdir()
+    for name in ("scene.manifest.json", "scene_instances.csv"):
+        shutil.copy2(tree / "A1" / name, backup / name)
+    old = np.where(shapes_scene(0)[1] == 1, 1, 0).astype(np.uint16)  # before the dog was painted
+    io.write_label_image(backup / "scene_labels.tif", old)
+    corrected = (tree / "A1" / "scene_labels.tif").stat().st_mtime
+    os.utime(backup / "scene_labels.tif", (corrected - 3600, corrected - 3600))
+    images = [dataset.parent / well / "scene.png" for well in WELLS]
+    left_out = "A1/A_old/scene_labels.tif (written before A1/scene_labels.tif, the export kept)"
+
+    matched, unmatched = match_corrections(tree, CLASSES, images)
+    np.testing.assert_array_equal(matched[0].labels, shapes_scene(0)[1])
+    assert unmatched == [left_out]  # without a list for them: named with the unmatched
+    superseded = []
+    matched, unmatched = match_corrections(tree, CLASSES, images, superseded=superseded)
+    assert unmatched == [] and superseded == [left_out] and list(matched) == [0, 1]
+    with pytest.warns(UserWarning, match=r"most recently written of each is used, left out: A1/A_old/scene_labels"):
+        corrections = load_corrections(tree, CLASSES)
+    assert [c.image_path for c in corrections] == images
+    np.testing.assert_array_equal(corrections[0].labels, shapes_scene(0)[1])
+
+    assert main(["evaluate", str(dataset), "--model", str(checkpoint), "--device", "cpu",
+                 "--class-threshold=-1e9", "--peak-threshold=-1e9", "--masks", str(tree)]) == 0
+    err = capsys.readouterr().err
+    assert ("several exports of one image: the most recently written of each is used, "
+            f"1 export left out: {left_out}") in err
+    assert "4 instances" in err  # the corrected well's two, not the backup's one
+
+    # the rule is the time, not the folder: a backup written later is the export used
+    os.utime(backup / "scene_labels.tif", (corrected + 3600, corrected + 3600))
+    matched, unmatched = match_corrections(tree, CLASSES, images)
+    np.testing.assert_array_equal(matched[0].labels, old)
+    assert unmatched == ["A1/scene_labels.tif (written before A1/A_old/scene_labels.tif, the export kept)"]

@@ -400,3 +400,44 @@ def test_the_image_of_corrections_is_read_in_the_worker_not_when_learn_is_presse
     np.testing.assert_array_equal(worker_reads[0], frames[0])
     np.testing.assert_array_equal(worker_reads[1], frames[2])
     assert sorted(frame for _, frame in reads) == [0, 2] and threading.get_ident() not in {t for t, _ in reads}
+
+
+def test_learning_from_a_folder_with_a_backup_copy_uses_the_newest_export(make_napari_viewer, qtbot, prm_config,
+                                                                           tiny_shapes_checkpoint, tmp_path):
+    """A corrections folder holding ``scene_labels.tif`` and an older copy in ``A_old/`` (its manifest
+    naming the same image): Learn trained on both, the old labels too. It learns from the most
+    recently written export and names the one it left out."""
+    import os
+    import shutil
+
+    import imageio.v3 as iio
+
+    from napari_prm import io
+    from napari_prm.cli import main
+
+    image, labels, _, _ = shapes_scene(4)
+    (tmp_path / "images").mkdir()
+    iio.imwrite(tmp_path / "images" / "scene.png", image)
+    results = tmp_path / "results"
+    assert main(["predict", str(tmp_path / "images"), "--out", str(results), "--model", str(tiny_shapes_checkpoint),
+                 "--device", "cpu", "--proposals", "prm", "--peak-threshold", "0"]) == 0
+    (results / "A_old").mkdir()
+    for name in ("scene.manifest.json", "scene_labels.tif", "scene_instances.csv"):
+        shutil.copy2(results / name, results / "A_old" / name)  # the uncorrected outputs, kept
+    table = {"label": np.array([1, 2]), "class_index": np.array([0, 1]), "class_name": np.array(["cat", "dog"])}
+    io.write_label_image(results / "scene_labels.tif", labels)  # corrected afterwards
+    io.write_instances_csv(results / "scene_instances.csv", labels, table)
+    corrected = (results / "scene_labels.tif").stat().st_mtime
+    os.utime(results / "A_old" / "scene_labels.tif", (corrected - 3600, corrected - 3600))
+
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="scene")
+    _, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    widget._masks_dir.value = results
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "refined.pt"
+    assert widget.start(epochs=1, batch_size=1) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and widget.result.samples == 1, widget.last_message
+    assert ("the most recently written of each was used; left out: A_old/scene_labels.tif (written before "
+            "scene_labels.tif, the export kept)") in widget.last_message

@@ -331,8 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "tree); images are matched to DATASET's by the image an export's manifest "
                              "records, else by file name or stem and, in a sub-folder, its folders "
                              "(A1/cat_labels.tif: an image A1/cat.*), as for evaluate --masks: exports of no "
-                             "DATASET image are named in a warning and left out, none matching is refused "
-                             "(default: none)")
+                             "DATASET image are named in a warning and left out, none matching is refused; "
+                             "of several exports of one image (a backup copy in a sub-folder) the most "
+                             "recently written is used, the others named in a warning (default: none)")
     refine.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=True,
                         help="learn from PRM's instances on DATASET's images; with --no-self-training "
                              "DATASET only locates the corrected images")
@@ -1295,11 +1296,13 @@ def _run_refine(args) -> int:
 
 def _dataset_corrections(masks: Path, dataset, class_names) -> dict:
     """``refine``/``evaluate --masks``: the corrections of DATASET's images, by index; warns of
-    the exports that match none (named, left out), refuses only when none matched."""
+    the exports that match none and of those left out for a newer export of their image (named),
+    refuses only when none matched."""
     from .refine import match_corrections
 
+    superseded: list[str] = []
     try:
-        matched, unmatched = match_corrections(masks, class_names, dataset.image_paths)
+        matched, unmatched = match_corrections(masks, class_names, dataset.image_paths, superseded=superseded)
     except (ValueError, OSError) as error:
         raise CommandError(f"--masks: {error}") from error
     if not matched:
@@ -1310,6 +1313,9 @@ def _dataset_corrections(masks: Path, dataset, class_names) -> dict:
         _say(f"warning: --masks: {plural(len(unmatched), 'export')} "
              f"{'matches' if len(unmatched) == 1 else 'match'} no image of the dataset, left out: "
              f"{', '.join(unmatched)}")
+    if superseded:
+        _say(f"warning: --masks: several exports of one image: the most recently written of each is used, "
+             f"{plural(len(superseded), 'export')} left out: {', '.join(superseded)}")
     return matched
 
 

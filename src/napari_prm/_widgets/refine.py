@@ -113,6 +113,7 @@ class RefineWidget(StopsOnClose, Container):
         self.result = None
         self.last_message = ""
         self.last_seconds: float | None = None
+        self._superseded: list[str] = []  # exports of the corrections folder left out for a newer one
         self._stop_on_close(self.native)
         self._follow_predict_widget()
 
@@ -197,6 +198,7 @@ class RefineWidget(StopsOnClose, Container):
         self._cancel.clear()
         self._closed = False
         self.result = None
+        self._superseded = []  # the worker names the exports it left out here
         self._progress.value = 0
         self._activity = progress(total=0, desc="Learning from corrections")
         started = time.perf_counter()
@@ -219,7 +221,7 @@ class RefineWidget(StopsOnClose, Container):
         corrections = [correction_from_layer(image(), labels, features, model.class_names, source=source)
                        for image, labels, features, source in planes]
         if masks is not None:
-            corrections += load_corrections(masks, model.class_names)
+            corrections += load_corrections(masks, model.class_names, superseded=self._superseded)
         Path(options["out"]).parent.mkdir(parents=True, exist_ok=True)
         return refine(model, corrections=corrections, device=device, progress=self._relay.progressed.emit,
                       cancel=self._cancel, **options)
@@ -261,8 +263,11 @@ class RefineWidget(StopsOnClose, Container):
             self._model.reset_choices()
             self._model.value = str(Path(result.checkpoint).resolve())
         what = why if result.cancelled else "Learnt"
+        superseded = self._superseded
+        left_out = (f" Several exports of one image in the corrections folder: the most recently written of "
+                    f"each was used; left out: {', '.join(superseded)}." if superseded else "")
         self._say(f"{what} from {result.samples} corrected image(s) in {self.last_seconds:.1f} s; saved "
-                  f"{result.checkpoint}. The next Run of Peak Response Maps uses it.")
+                  f"{result.checkpoint}. The next Run of Peak Response Maps uses it.{left_out}")
 
     def _on_finished(self) -> None:
         self.worker = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,7 +245,8 @@ def _recorded_image(label_path: Path, stem: str, root: Path) -> list[Path]:
 
 def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str], *,
                             image_paths: Sequence[os.PathLike | str] = (),
-                            unmatched: list[str] | None = None) -> list[Correction]:
+                            unmatched: list[str] | None = None,
+                            superseded: list[str] | None = None) -> list[Correction]:
     """Corrections from ``<stem>_labels.tif`` (or ``.tiff``/``.png``) files with ``<stem>_instances.csv``,
     in ``folder`` and its sub-folders.
 
@@ -256,6 +258,13 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
     image without its CSV has instances of unknown class. With ``unmatched`` (a list), a label
     image whose image is not among ``image_paths`` is skipped instead, and its path in
     ``folder`` appended to the list.
+
+    One image gets one correction: when several exports pair with it (``results/cat_labels.tif``
+    and a copy kept in ``results/old/``), the most recently written is kept (the modification
+    time of its label image) and the others are left out, named in ``superseded`` (a list), or
+    in a ``UserWarning`` without one. The label images of one export in several formats
+    (``cat_labels.tif`` and ``cat_labels.png`` of one folder) are one export: the first by name
+    is read.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -265,7 +274,7 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
         raise ValueError(f"no label images (<stem>{LABEL_SUFFIX}.tif) in {folder} or its sub-folders")
     index = _image_index(image_paths)
     resolved: dict[Path, Path] = {}  # the dataset's images by their resolved paths, once a manifest asks
-    corrections = []
+    pairs: list[tuple[Path, Path]] = []  # (label image, its image)
     for label_path in files:
         stem = label_path.stem[: -len(LABEL_SUFFIX)]
         relative = label_path.relative_to(folder)
@@ -286,6 +295,11 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
         if image_path is None:
             unmatched.append(relative.as_posix())
             continue
+        pairs.append((label_path, image_path))
+    left_out: list[str] = []
+    corrections = []
+    for label_path, image_path in _newest_per_image(pairs, folder, left_out):
+        stem = label_path.stem[: -len(LABEL_SUFFIX)]
         table_path = label_path.with_name(f"{stem}_instances.csv")
         table = read_instances_csv(table_path) if table_path.is_file() else None
         labels = read_label_image(label_path)
@@ -293,16 +307,57 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
             raise ValueError(f"{label_path}: corrections are 2-D label images; got shape {labels.shape}")
         corrections.append(Correction(read_image(image_path), labels, class_lookup(table, class_names),
                                       str(label_path), image_path))
+    if superseded is not None:
+        superseded += left_out
+    elif left_out:
+        warnings.warn(f"corrections {folder}: several exports of one image; the most recently written of "
+                      f"each is used, left out: {', '.join(left_out)}", UserWarning, stacklevel=3)
     return corrections
+
+
+def _newest_per_image(pairs: Sequence[tuple[Path, Path]], folder: Path,
+                      left_out: list[str]) -> list[tuple[Path, Path]]:
+    """Of the ``(label image, image)`` pairs, one per image: that of its most recently written
+    export (an export is a folder and stem: its label images in several formats are one, the
+    first by name standing for it; ties go to the first in path order). The others are described
+    in ``left_out``, by their paths in ``folder``."""
+    exports: dict[Path, dict[tuple[Path, str], list[Path]]] = {}
+    for label_path, image_path in pairs:
+        key = (label_path.parent, label_path.stem)
+        exports.setdefault(image_path.resolve(), {}).setdefault(key, []).append(label_path)
+
+    def name(path: Path) -> str:
+        return path.relative_to(folder).as_posix()
+
+    chosen: set[Path] = set()
+    for by_export in exports.values():
+        newest = max(by_export.values(), key=lambda paths: max(p.stat().st_mtime_ns for p in paths))
+        chosen.add(newest[0])
+        for paths in by_export.values():
+            kept = paths[0] if paths is newest else None
+            for path in paths:
+                if path in chosen:
+                    continue
+                if kept is not None:
+                    left_out.append(f"{name(path)} (the same export as {name(kept)}, in another format)")
+                else:
+                    left_out.append(f"{name(path)} (written before {name(newest[0])}, the export kept)")
+    return [(label_path, image_path) for label_path, image_path in pairs if label_path in chosen]
 
 
 def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
                      image_paths: Sequence[os.PathLike | str] = (),
-                     unmatched: list[str] | None = None) -> list[Correction]:
-    """Corrections from a COCO JSON or a folder (and its sub-folders) of label images (see the two loaders)."""
+                     unmatched: list[str] | None = None,
+                     superseded: list[str] | None = None) -> list[Correction]:
+    """Corrections from a COCO JSON or a folder (and its sub-folders) of label images (see the two loaders).
+
+    In a folder, an image with several exports gets its most recently written one; the others
+    are named in ``superseded`` (a list), else in a ``UserWarning`` (`corrections_from_folder`).
+    """
     path = Path(path)
     if path.is_dir():
-        return corrections_from_folder(path, class_names, image_paths=image_paths, unmatched=unmatched)
+        return corrections_from_folder(path, class_names, image_paths=image_paths, unmatched=unmatched,
+                                       superseded=superseded)
     if path.is_file() and path.suffix.lower() == ".json":
         return corrections_from_coco(path, class_names, image_paths=image_paths, unmatched=unmatched)
     raise ValueError(f"corrections {path}: expected a COCO .json file or a folder of <stem>{LABEL_SUFFIX}.tif "
@@ -310,7 +365,8 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
 
 
 def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
-                      image_paths: Sequence[os.PathLike | str]) -> tuple[dict[int, Correction], list[str]]:
+                      image_paths: Sequence[os.PathLike | str], *,
+                      superseded: list[str] | None = None) -> tuple[dict[int, Correction], list[str]]:
     """The corrections of a COCO JSON or a folder of exports, paired with a dataset's images.
 
     Each export is matched to an image of ``image_paths`` by file name or stem, as
@@ -328,16 +384,23 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
         The model's classes: the corrections' class indices index them.
     image_paths : sequence of path-like
         The dataset's images.
+    superseded : list, optional
+        Where the exports left out for a newer export of their image are named; without it
+        they are named in ``unmatched``.
 
     Returns
     -------
     matched : dict of int to Correction
-        By index into ``image_paths``, in increasing order. When several exports match one
-        image (``x_labels.tif`` and ``x_labels.png``), the first (in file name order) is kept.
+        By index into ``image_paths``, in increasing order. When several exports in the folder
+        match one image (``results/x_labels.tif`` and an old copy ``results/old/x_labels.tif``),
+        the most recently written (its label image's modification time) is kept, as
+        :func:`load_corrections` keeps it; one export in several formats (``x_labels.tif`` and
+        ``x_labels.png``) is read from the first by name. Of a COCO JSON naming one image
+        twice, the first entry is kept.
     unmatched : list of str
         The exports matching no image (their paths in the folder, ``A1/cat_labels.tif``; for a
         COCO JSON, its images' ``file_name``)
-        and the extra exports of an image already matched.
+        and, without ``superseded``, the exports left out for another of the same image.
 
     Raises
     ------
@@ -346,7 +409,9 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
     """
     path = Path(path)
     unmatched: list[str] = []
-    corrections = load_corrections(path, class_names, image_paths=image_paths, unmatched=unmatched)
+    left_out = superseded if superseded is not None else unmatched
+    corrections = load_corrections(path, class_names, image_paths=image_paths, unmatched=unmatched,
+                                   superseded=left_out)
     position: dict[Path, int] = {}
     for i, image_path in enumerate(map(Path, image_paths)):
         position.setdefault(image_path, i)
@@ -356,7 +421,7 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
         if index in matched:
             source = Path(correction.source)
             name = source.relative_to(path).as_posix() if source.is_relative_to(path) else source.name
-            unmatched.append(f"{name} (a second export of {correction.image_path.name})")
+            left_out.append(f"{name} (a second entry of {correction.image_path.name})")
         else:
             matched[index] = correction
     return dict(sorted(matched.items())), unmatched
