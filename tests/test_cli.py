@@ -254,7 +254,11 @@ def test_train_then_evaluate_on_coco128(tmp_path, capsys, shared_data):
     assert status == 0
     errors = capsys.readouterr().err
     assert "training on 3 images, 3 held out for validation and calibration; 2 classes" in errors
-    assert "epoch 1/1: loss" in errors and "warning" not in errors
+    assert "epoch 1/1: loss" in errors
+    # the only warning: thresholds chosen on 3 images are not to be relied on
+    assert [line for line in errors.splitlines() if "warning" in line] == [
+        line for line in errors.splitlines() if line.startswith("warning: the thresholds were calibrated on only 3")]
+    assert "warning: the thresholds were calibrated on only 3 image(s)" in errors
     assert "validation mAP" in errors and "calibrated the thresholds on 3 held-out image(s)" in errors
     model = load_model(checkpoint)
     assert model.class_names == ["person", "bear"] and model.backbone == "tiny"
@@ -1152,3 +1156,35 @@ def test_calibrate_on_images_that_all_show_the_class_says_its_thresholds_are_the
     assert (f"warning: every image of {tmp_path / 'data'} shows class(es) 'cat': no peak of theirs can be wrong on "
             "these images, so their thresholds are chosen as low as they go") in captured.err
     assert "100 % of the peaks on classes the images show" in captured.out
+
+
+def test_calibrate_on_few_images_warns_that_its_thresholds_are_unreliable(tmp_path, capsys):
+    """Thresholds chosen on 1-3 images were reported as calibrated like any others. Below
+    ``MIN_CALIBRATION_IMAGES`` (10) images, ``calibrate`` says they are unreliable and what to do,
+    once (the TTA thresholds, chosen on the same images, do not repeat it)."""
+    import imageio.v3 as iio
+
+    from napari_prm.peaks import MIN_CALIBRATION_IMAGES
+
+    assert MIN_CALIBRATION_IMAGES == 10  # the figure the docs give
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(5):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 30:i * 30 + 64, i * 30:i * 30 + 64])
+    torch.manual_seed(0)
+    model = save_model(build_model("tiny", ["cat", "coffee"], pretrained=False, input_size=(32, 32)),
+                       tmp_path / "model.pt")
+    few = tmp_path / "few.csv"
+    few.write_text("image,labels\ndata/cat/0.png,cat\ndata/coffee/0.png,coffee\ndata/cat/1.png,cat\n")
+    assert main(["calibrate", str(few), "--model", str(model), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "on 3 image(s)" in captured.out and "classes found 0 %" not in captured.out
+    assert captured.err.count("warning: the thresholds were calibrated on only 3 image(s), fewer than 10") == 1
+    assert "'napari-prm calibrate DATASET --model MODEL --held-out'" in captured.err
+    assert "set the thresholds by hand" in captured.err
+    assert "calibrated on only 3" in load_model(model).settings["calibration"]["warning"]
+    # ten images: no such warning
+    assert main(["calibrate", str(tmp_path / "data"), "--model", str(model), "--no-tta", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "on 10 image(s)" in captured.out and "calibrated on only" not in captured.err
+    assert "warning" not in load_model(model).settings["calibration"]

@@ -98,6 +98,19 @@ def test_calibration_separates_present_from_absent_classes():
     assert calibration.warning is None and "warning" not in settings["calibration"]
 
 
+def test_calibration_on_fewer_than_ten_images_says_its_thresholds_are_unreliable():
+    """Thresholds chosen on three images that they separate perfectly were reported as any
+    others: "classes found 100 %" and no word of how few images chose them."""
+    maps = [bumps((40, 40), [(c, 20, 20, 8.0 if c == i % 2 else 2.0) for c in range(2)]) for i in range(3)]
+    labels = np.array([[i % 2 == 0, i % 2 == 1] for i in range(3)])
+    calibration = calibrate_thresholds(maps, labels)
+    assert calibration.recall == 1.0 and calibration.precision == 1.0
+    assert calibration.warning.startswith("the thresholds were calibrated on only 3 image(s), fewer than 10")
+    assert calibration.as_settings()["calibration"]["warning"] == calibration.warning
+    many = calibrate_thresholds(maps * 4, np.concatenate([labels] * 4))
+    assert many.images == 12 and many.warning is None
+
+
 def test_calibration_that_finds_no_class_says_so():
     """Images that show class 0, whose maps are flat at -1, far below the class-1 bump
     (relative_threshold 0.5 drops their peaks): no threshold pair finds a class. The

@@ -66,7 +66,10 @@ def test_training_lowers_the_loss_and_reports(full_run, squares):
     assert [e.val_ap is not None for e in events if e.stage == "epoch"] == [True] * 3
     # then the thresholds are calibrated on the 6 held-out images, one report each
     assert [(e.batch, e.num_batches) for e in events if e.stage == "calibration"] == [(i, 6) for i in range(1, 7)]
-    assert (result.train_images, result.held_out_images, result.warnings) == (18, 6, [])
+    assert (result.train_images, result.held_out_images) == (18, 6)
+    # the only warning: 6 images are too few to rely on the thresholds they chose
+    assert result.warnings == [result.calibration.warning]
+    assert result.calibration.warning.startswith("the thresholds were calibrated on only 6 image(s), fewer than 10")
 
 
 def test_training_calibrates_the_thresholds_on_the_held_out_images(full_run):

@@ -49,6 +49,9 @@ def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_conf
     assert [p.stage for p in progress[1:]][-1] == "calibration"
     assert {p.stage for p in progress[1:]} == {"batch", "epoch", "calibration"}
     assert "(3 training images, 1 held out)" in widget.last_message
+    # thresholds chosen on one image were reported as if reliable
+    assert " Warning: the thresholds were calibrated on only 1 image(s), fewer than 10" in widget.last_message
+    assert "--held-out" in widget.last_message and "set the thresholds by hand" in widget.last_message
     assert widget.last_message.endswith(" Note: T" + note[1:] + ".")
     assert len(splits) == 1
     assert "class_threshold" in load_model(out).settings

@@ -1170,7 +1170,7 @@ def _run_calibrate(args) -> int:
               f"{c.peak_threshold:.4g} on {c.images} image(s): {100 * c.precision:.0f} % of the peaks on classes "
               f"the images show, {100 * c.recall:.0f} % of the shown classes found, {c.peaks_per_image:.1f} "
               "peaks per image")
-        if c.warning:
+        if c.warning and not (tta and c.warning == results[False].warning):  # said once when the same
             _say(f"warning{' (with TTA)' if tta else ''}: {c.warning}")
     _say(f"checkpoint: {out}")
     return 0

@@ -22,6 +22,12 @@ from .model.peak_stimulation import PeakFilter, find_peaks
 MAX_PEAKS = 50
 #: How many suppressed classes are remembered per kept peak.
 RUNNERS_UP = 3
+#: Fewest calibration images whose thresholds are not flagged as unreliable (`Calibration.warning`).
+#: The thresholds are those of the best score over (image, class shown) pairs and peaks: below 10
+#: images each image weighs more than a tenth of that score, so one or two images decide the pair
+#: chosen, and a dataset's classes (usually several) are each shown on a handful of them at most.
+#: ``train``'s default ``val_fraction`` of 0.2 reaches it from 50 images.
+MIN_CALIBRATION_IMAGES = 10
 
 
 @dataclass(eq=False)
@@ -229,7 +235,8 @@ class Calibration:
     images : int
     warning : str or None
         Set when no threshold pair found any class the images show (``recall`` 0):
-        the thresholds are then the lowest tried, not calibrated ones.
+        the thresholds are then the lowest tried, not calibrated ones; else when they were
+        chosen on fewer than `MIN_CALIBRATION_IMAGES` images, too few to rely on.
     """
 
     class_threshold: float
@@ -243,7 +250,15 @@ class Calibration:
     @property
     def warning(self) -> str | None:
         if self.recall > 0:
-            return None
+            if self.images >= MIN_CALIBRATION_IMAGES:
+                return None
+            return (f"the thresholds were calibrated on only {self.images} image(s), fewer than "
+                    f"{MIN_CALIBRATION_IMAGES}: chosen on so few, they fit those images and may not hold on "
+                    "others. Calibrate on more images (hold out more: --val-fraction, or add images, then "
+                    "'napari-prm calibrate DATASET --model MODEL --held-out'; or 'napari-prm calibrate' on a "
+                    "larger labelled set the model was not trained on), or set the thresholds by hand "
+                    "(predict's --class-threshold and --peak-threshold, or the Peak Response Maps widget's "
+                    "thresholds).")
         return (f"calibration found no class: at no threshold pair was a peak of a class that the {self.images} "
                 "calibration image(s) show kept, so the stored thresholds are the lowest tried, not calibrated "
                 "ones. Calibrate on more images (hold out more: --val-fraction, or more images per class) "
