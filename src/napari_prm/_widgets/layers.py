@@ -59,6 +59,10 @@ WORLD_LABELS = ("units", "axis_labels")
 #: The name of the PRM layer's leading axis (one slice per peak), as the dims slider shows it.
 PEAK_AXIS_LABEL = "peak"
 INSTANCE_COLUMNS = ("index", "label", "class_index", "class_name", "score", "peak")
+#: The longest side (pixels) of the pyramid level a run reads of a 2-D multiscale image
+#: (`run_level`): the finest level within it. The network sees 448 px and the built-in proposals
+#: about 320 px, so a finer level costs memory and time (level 0 of a slide: gigabytes) for nothing.
+MAX_RUN_SIDE = 4096
 #: A non-RGB layer whose last axis is this short, under two longer ones, is an (H, W, C) image
 #: of channels (`check_image_layer` refuses it), not H planes a few pixels wide.
 MAX_CHANNELS = 4
@@ -141,16 +145,81 @@ def current_plane(layer, viewer) -> tuple[int, ...]:
     return tuple(int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position, leading))
 
 
-def plane_reader(layer, plane: tuple[int, ...]) -> Callable[[], np.ndarray]:
+def level_planes(layer) -> np.ndarray:
+    """(levels, 2) the (H, W) of each level of a multiscale image layer (RGB: less the channels;
+    from the arrays' shapes, none of them read)."""
+    shapes = [tuple(level.shape) for level in layer.data]
+    return np.array([shape[-3:-1] if layer.rgb else shape[-2:] for shape in shapes], np.int64)
+
+
+def _flat_pyramid(layer) -> bool:
+    """Whether ``layer`` is a 2-D multiscale image PRM can run on."""
+    if not getattr(layer, "multiscale", False):
+        return False
+    try:
+        return not check_image_layer(layer)
+    except ValueError:
+        return False
+
+
+def run_level(layer) -> int:
+    """The level of ``layer`` that a run reads: the finest whose long side is at most
+    `MAX_RUN_SIDE` (the coarsest when none is), for a 2-D multiscale (pyramid) image; 0 for
+    any other layer.
+
+    A multiscale stack keeps level 0, read one plane at a time: the levels of a stack pyramid
+    (OME-Zarr) often shrink its leading axes too, so that a plane of level 0 has no plane of
+    its own at the other levels.
+    """
+    if not _flat_pyramid(layer):
+        return 0
+    sides = level_planes(layer).max(axis=1)
+    small = np.flatnonzero(sides <= MAX_RUN_SIDE)
+    return int(small[0]) if len(small) else int(np.argmin(sides))
+
+
+def level_factors(layer, level: int) -> np.ndarray:
+    """(2,) how many pixels of level 0 of ``layer`` one pixel of ``level`` spans along y and x
+    (from the levels' shapes; ``[1, 1]`` for level 0 or a single-scale layer)."""
+    if not getattr(layer, "multiscale", False) or level == 0:
+        return np.ones(2)
+    planes = level_planes(layer).astype(float)
+    return planes[0] / planes[level]
+
+
+def level_text(layer) -> str:
+    """``"pyramid level 2 of 4, 2048×2048"``: the level a run of ``layer`` reads (`run_level`);
+    "" for a single-scale layer, or a multiscale stack (read at level 0)."""
+    if not _flat_pyramid(layer):
+        return ""
+    level = run_level(layer)
+    height, width = (int(s) for s in level_planes(layer)[level])
+    return f"pyramid level {level} of {len(layer.data)}, {height}×{width}"
+
+
+def level_of_shape(layer, shape) -> int | None:
+    """The level of a multiscale image layer whose (H, W) is ``shape``'s last two (the finest
+    when several are), 0 for a single-scale layer, None when none is."""
+    if not getattr(layer, "multiscale", False):
+        return 0
+    match = np.flatnonzero((level_planes(layer) == np.asarray(tuple(shape)[-2:])).all(axis=1))
+    return int(match[0]) if len(match) else None
+
+
+def plane_reader(layer, plane: tuple[int, ...], level: int | None = None) -> Callable[[], np.ndarray]:
     """What reads one plane of an image layer when called, as `read_plane` does.
 
     The widgets call it in their worker thread: a lazy image (dask, zarr: read from disk or
     computed when indexed) is then read there, one plane at a time, not on the Qt thread when
     *Run* is pressed, which froze napari for the whole read (of every plane, for ``all
-    planes``) and held all the planes at once. It reads the array the layer holds now (level
-    0 of a multiscale image), even if the layer's data is replaced meanwhile.
+    planes``) and held all the planes at once. It reads the array the layer holds now, even if
+    the layer's data is replaced meanwhile: of a multiscale image, ``level`` (default: the level
+    a run reads, `run_level`; only that level is read).
     """
-    data = layer.data[0] if layer.multiscale else layer.data
+    if layer.multiscale:
+        data = layer.data[run_level(layer) if level is None else level]
+    else:
+        data = layer.data
     return partial(_array_plane, data, tuple(plane))
 
 
@@ -165,7 +234,8 @@ def read_plane(layer, plane: tuple[int, ...]) -> np.ndarray:
 
 def world_kwargs(image_layer, extra_leading: int = 0) -> dict:
     """``scale``, ``translate``, ``rotate``, ``shear`` and ``affine`` of a result layer
-    aligned with ``image_layer``: each pixel maps to the world where the image's does; and
+    aligned with ``image_layer``: each pixel maps to the world where the image's does (of a
+    multiscale image, a pixel of the level a run reads, `run_level`); and
     the image's ``units`` and ``axis_labels`` (napari ≥ 0.5), so that a result of an image in
     µm is in µm too (napari drops the scale bar's units, and warns, when layers disagree).
 
@@ -173,11 +243,22 @@ def world_kwargs(image_layer, extra_leading: int = 0) -> dict:
     rotation or shear, the unit ``pixel`` and the label `PEAK_AXIS_LABEL` (then
     ``peak 1``, … for more than one).
     """
+    from napari.layers import Image
     from napari.utils.transforms import CompositeAffine
 
     transform = CompositeAffine(scale=image_layer.scale, translate=image_layer.translate,
                                 rotate=image_layer.rotate, shear=image_layer.shear,
                                 ndim=len(image_layer.scale))
+    if isinstance(image_layer, Image) and (level := run_level(image_layer)):
+        # a pixel of the level spans `factors` of level 0's; its centre lies (factor - 1) / 2
+        # level-0 pixels past the centre of the first it spans (where napari draws the level)
+        factors = level_factors(image_layer, level)
+        offset = np.zeros(len(image_layer.scale))
+        offset[-2:] = (factors - 1) / 2
+        scale = np.array(image_layer.scale, float)
+        scale[-2:] *= factors
+        transform = CompositeAffine(scale=scale, translate=transform(offset), rotate=image_layer.rotate,
+                                    shear=image_layer.shear, ndim=len(image_layer.scale))
     affine = image_layer.affine
     if extra_leading:
         axes = list(range(extra_leading))

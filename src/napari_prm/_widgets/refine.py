@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..refine import correction_from_layer, load_corrections, refine
 from .activity import StopsOnClose
-from .layers import image_layer_of, plane_reader, unpaired_reason
+from .layers import image_layer_of, level_of_shape, level_planes, plane_reader, unpaired_reason
 from .models import (
     ModelCache,
     _live_predict_widgets,
@@ -52,11 +52,18 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
         raise ValueError(unpaired_reason(viewer, labels_layer))
     data = np.asarray(labels_layer.data[0] if labels_layer.multiscale else labels_layer.data)
     leading = data.shape[:-2]
+    # of a multiscale image, the level the labels were made at (a run's: the level it read)
+    level = level_of_shape(image_layer, data.shape)
+    if level is None:
+        sizes = ", ".join("×".join(map(str, shape)) for shape in level_planes(image_layer))
+        raise ValueError(f"layer {labels_layer.name!r} is {'×'.join(map(str, data.shape[-2:]))} pixels; no level of "
+                         f"its multiscale image {image_layer.name!r} ({sizes}) is: paint the labels at the size of "
+                         "one of its levels (a run's instances layer is at the level the run read)")
     planes = []
     for plane in np.ndindex(*leading) if leading else [()]:
         labels = data[plane] if plane else data
         if labels.any():
-            planes.append((plane_reader(image_layer, plane), np.array(labels), labels_layer.features.copy(),
+            planes.append((plane_reader(image_layer, plane, level), np.array(labels), labels_layer.features.copy(),
                            labels_layer.name + (f" plane {plane}" if plane else "")))
     return planes
 
