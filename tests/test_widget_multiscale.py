@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_prm._widgets import layers as layer_module
-from napari_prm._widgets.layers import level_text, plane_reader, run_level
+from napari_prm._widgets.layers import level_note, level_text, plane_reader, run_level
 from napari_prm._widgets.refine import layer_planes
 from test_widget_predict import WAIT_MS, open_predict, peak_threshold_for, run_and_wait
 
@@ -42,6 +42,8 @@ def test_the_finest_level_within_the_limit_is_chosen(slide, monkeypatch, small_c
     assert run_level(layer) == 1
     monkeypatch.setattr(layer_module, "MAX_RUN_SIDE", 40)  # none is within: the coarsest
     assert run_level(layer) == 3
+    assert level_note(layer) == ("Ran on pyramid level 3 of 4, 50×76 (no level is at most 40 px long: the "
+                                 "coarsest); the result layers are at its resolution.")
     monkeypatch.setattr(layer_module, "MAX_RUN_SIDE", 4096)
     assert run_level(layer) == 0 and level_text(layer) == "pyramid level 0 of 4, 400×604"
     single = slide.add_image(small_cat, name="single")
@@ -65,7 +67,8 @@ def test_a_run_reads_one_level_and_its_layers_overlay_the_image(slide, qtbot, pr
     widget.add_crms.value = True
     widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
     run_and_wait(widget, qtbot)
-    assert "Ran on pyramid level 2 of 4, 100×151" in widget.last_message
+    assert ("Ran on pyramid level 2 of 4, 100×151 (the finest level at most 160 px long); the result layers "
+            "are at its resolution.") in widget.last_message
     peaks, prms, instances = (viewer.layers[f"slide {kind}"] for kind in ("peaks", "PRMs", "instances"))
     assert len(peaks.data) == 3, widget.last_message
     assert instances.data.shape == (100, 151) and prms.data.shape == (3, 100, 151)

@@ -197,6 +197,16 @@ def level_text(layer) -> str:
     return f"pyramid level {level} of {len(layer.data)}, {height}×{width}"
 
 
+def level_note(layer) -> str:
+    """The sentence a run's message says of the pyramid level it read ("" when `level_text` is)."""
+    if not (text := level_text(layer)):
+        return ""
+    side = int(level_planes(layer)[run_level(layer)].max())
+    why = (f"the finest level at most {MAX_RUN_SIDE} px long" if side <= MAX_RUN_SIDE
+           else f"no level is at most {MAX_RUN_SIDE} px long: the coarsest")
+    return f"Ran on {text} ({why}); the result layers are at its resolution."
+
+
 def level_of_shape(layer, shape) -> int | None:
     """The level of a multiscale image layer whose (H, W) is ``shape``'s last two (the finest
     when several are), 0 for a single-scale layer, None when none is."""

@@ -32,7 +32,6 @@ from .activity import ActivityProgress, CloseWatcher
 from .batch import open_batch_panel
 from .correct import CorrectionPanel
 from .form import PredictForm, WidgetSettings, upgrade_saved_settings
-from . import layers as layer_module
 from .layers import (
     PeakPRMs,
     Results,
@@ -43,9 +42,10 @@ from .layers import (
     hand_placed_peaks,
     keep_corrections,
     layer_names,
+    level_note,
+    level_text,
     merge_predictions,
     moved_from,
-    level_text,
     plane_reader,
     remember_written,
     rename_results,
@@ -541,9 +541,8 @@ class PredictWidget(PredictForm, QWidget):
             peak_offset + first_hand + k: (p.origin[0], (*plane, *p.origin[1]))
             for k, (plane, p) in enumerate(hand_placed) if p.origin is not None}})
         hand_notes = _hand_notes(len(hand_placed), missing, hand["elsewhere"], no_instance)
-        if level := level_text(layer):
-            hand_notes.insert(0, f"Ran on {level} (the finest level at most {layer_module.MAX_RUN_SIDE} px long; "
-                                 "the result layers are at its resolution).")
+        if note := level_note(layer):
+            hand_notes.insert(0, note)
         kept_note = ""
         if kept is not None and spliced is not None:
             kept_note = (f"Your corrections of {instances_name!r} on {_planes_text(spliced)} were replaced by "
