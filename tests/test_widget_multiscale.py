@@ -150,3 +150,23 @@ def test_a_point_added_on_a_slide_gets_the_instance_where_it_was_put(slide, qtbo
     label = int(peaks.features["label"].iloc[-1])
     assert np.array_equal(instances.data == label, candidates == 2)
     assert instances.get_value(instances.world_to_data(world)) == label
+
+
+def test_labels_of_a_levels_size_go_with_the_pyramid_and_a_prediction_of_another_size_is_refused(
+        slide, qtbot, prm_config, tiny_checkpoint, small_cat):
+    from napari_prm import load_model, predict
+    from napari_prm._widgets.layers import image_layer_of
+
+    viewer = slide
+    image = viewer.layers["slide"]
+    assert image_layer_of(viewer, viewer.add_labels(np.zeros((50, 76), np.uint16), name="Labels")) is image
+    assert image_layer_of(viewer, viewer.add_labels(np.zeros((60, 76), np.uint16), name="other")) is None
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    model = load_model(tiny_checkpoint)
+    whole = predict(pyramid(small_cat)[1], model, proposals=None)  # level 1: not the level a run reads
+    with pytest.raises(ValueError, match=r"level 2 \(100×151\) a run reads .* of a 200×302 image: predict on "
+                                         r"image_layer.data\[2\]"):
+        widget.show_prediction(image, whole, model)
+    layers = widget.show_prediction(image, predict(small_cat, model, proposals=None), model)
+    np.testing.assert_allclose(layers["instances"].scale, LEVEL_SCALE)
+    np.testing.assert_allclose(layers["instances"].translate, LEVEL_TRANSLATE)

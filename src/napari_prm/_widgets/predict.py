@@ -43,12 +43,14 @@ from .layers import (
     keep_corrections,
     layer_names,
     level_note,
+    level_planes,
     level_text,
     merge_predictions,
     moved_from,
     plane_reader,
     remember_written,
     rename_results,
+    run_level,
     set_moved_from,
     without_peaks,
 )
@@ -647,6 +649,13 @@ class PredictWidget(PredictForm, QWidget):
         if leading:
             raise ValueError(f"layer {image_layer.name!r} is a stack; show_prediction takes "
                              "the prediction of a 2-D image")
+        level = run_level(image_layer)
+        level_shape = tuple(int(s) for s in level_planes(image_layer)[level]) if image_layer.multiscale else None
+        if level_shape is not None and tuple(prediction.image_shape) != level_shape:
+            raise ValueError(f"layer {image_layer.name!r} is a pyramid whose level {level} ({level_shape[0]}×"
+                             f"{level_shape[1]}) a run reads and its layers show; the prediction is of a "
+                             f"{prediction.image_shape[0]}×{prediction.image_shape[1]} image: predict on "
+                             f"image_layer.data[{level}]")
         self.reset_choices()
         self.image.value = image_layer
         preset = prediction.settings.preset if prediction.settings is not None else self.preset.value
