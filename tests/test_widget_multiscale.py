@@ -66,7 +66,9 @@ def test_a_run_reads_one_level_and_its_layers_overlay_the_image(slide, qtbot, pr
     widget.proposals.value = "prm"
     widget.add_crms.value = True
     widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
-    run_and_wait(widget, qtbot)
+    assert widget.run() is not None
+    assert widget.status.text() == "Running on 'slide' (pyramid level 2 of 4, 100×151)…"
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert ("Ran on pyramid level 2 of 4, 100×151 (the finest level at most 160 px long); the result layers "
             "are at its resolution.") in widget.last_message
     peaks, prms, instances = (viewer.layers[f"slide {kind}"] for kind in ("peaks", "PRMs", "instances"))
