@@ -56,8 +56,8 @@ def test_the_finest_level_within_the_limit_is_chosen(slide, monkeypatch, small_c
     assert plane_reader(stack, (1,))().shape == (400, 604, 3)
 
 
-def test_a_run_reads_one_level_and_its_layers_overlay_the_image(slide, qtbot, prm_config, tiny_checkpoint,
-                                                                small_cat, tmp_path):
+def test_a_run_reads_one_level_and_its_layers_overlay_the_image(slide, qtbot, monkeypatch, prm_config,
+                                                                tiny_checkpoint, small_cat, tmp_path):
     from napari_prm._widgets.export import ExportWidget
 
     viewer = slide
@@ -79,6 +79,12 @@ def test_a_run_reads_one_level_and_its_layers_overlay_the_image(slide, qtbot, pr
         np.testing.assert_allclose(layer.translate, LEVEL_TRANSLATE)
     np.testing.assert_allclose(prms.scale, [1.0, *LEVEL_SCALE])
     np.testing.assert_allclose(prms.translate, [0.0, *LEVEL_TRANSLATE])
+    # the run's maps are of level 2: another limit (another level) does not re-threshold them
+    assert widget.can_rethreshold()
+    monkeypatch.setattr(layer_module, "MAX_RUN_SIDE", 302)
+    assert not widget.can_rethreshold()
+    monkeypatch.setattr(layer_module, "MAX_RUN_SIDE", 160)
+    assert widget.can_rethreshold()
 
     # the same pixels as a single-scale layer placed where level 2 lies give the same layers
     viewer.add_image(small_cat, name="level", scale=LEVEL_SCALE, translate=LEVEL_TRANSLATE)

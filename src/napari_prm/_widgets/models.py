@@ -174,11 +174,13 @@ class ModelCache:
 class PredictorKey:
     """What a set image's forward pass depends on.
 
-    ``layer`` is the image layer's ``(id, generation)``: the generation changes when the
-    layer's data does. ``forward`` is ``(sub_pixel_locating_factor, tta, prm_mode)``.
+    ``layer`` is the image layer's ``(id, generation, level)``: the generation changes when the
+    layer's data does; the level is the pyramid level a run reads (`layers.run_level`: 0 but for
+    a 2-D multiscale image), which `layers.MAX_RUN_SIDE` decides. ``forward`` is
+    ``(sub_pixel_locating_factor, tta, prm_mode)``.
     """
 
-    layer: tuple[int, int]
+    layer: tuple[int, int, int]
     plane: tuple[int, ...]
     model: tuple
     window: int
@@ -210,8 +212,10 @@ class PredictorCache:
         `napari_prm.PredictSettings`: only the fields that change the forward pass count)."""
         with self._lock:
             generation = self._generations.get(id(layer), 0)
+        from .layers import run_level
+
         forward = (int(settings.sub_pixel_locating_factor), bool(settings.tta), str(settings.prm_mode))
-        return PredictorKey((id(layer), generation), tuple(int(i) for i in plane), tuple(model_key),
+        return PredictorKey((id(layer), generation, run_level(layer)), tuple(int(i) for i in plane), tuple(model_key),
                             int(window), forward)
 
     def get(self, key: PredictorKey):
