@@ -178,3 +178,16 @@ def test_labels_of_a_levels_size_go_with_the_pyramid_and_a_prediction_of_another
     layers = widget.show_prediction(image, predict(small_cat, model, proposals=None), model)
     np.testing.assert_allclose(layers["instances"].scale, LEVEL_SCALE)
     np.testing.assert_allclose(layers["instances"].translate, LEVEL_TRANSLATE)
+
+
+def test_proposals_of_level_0s_size_are_refused_with_the_level_run(slide, qtbot, prm_config, tiny_checkpoint):
+    viewer = slide
+    viewer.add_labels(np.ones((400, 604), np.uint16), name="big candidates")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.image.value = viewer.layers["slide"]
+    widget.proposals.value = viewer.layers["big candidates"]
+    assert widget.run() is None
+    assert widget.last_message == (
+        "Cannot run on 'slide': the proposals 'big candidates' are 400×604 pixels, and a run of this pyramid "
+        "reads its level 2 (100×151); give proposals of that size, or another proposals source.")
+    assert "slide peaks" not in viewer.layers

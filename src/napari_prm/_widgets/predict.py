@@ -306,6 +306,9 @@ class PredictWidget(PredictForm, QWidget):
             self._say(str(error), "error")
             return None
         settings = self._settings()
+        if refusal := _pyramid_proposals_refusal(layer, settings["proposals"]):
+            self._say(refusal, "error")
+            return None
         keys = [self.predictor_key(layer, plane, settings) for plane in planes]
         if rethreshold and not all(self.predictors.ready(key) for key in keys):
             self._say("Nothing to re-threshold: run this image (plane) with this model, preset "
@@ -686,6 +689,21 @@ class PredictWidget(PredictForm, QWidget):
     def _on_show_text(self, visible: bool) -> None:
         if self.context is not None and "peaks" in self.context.layers:
             self.context.layers["peaks"].text.visible = bool(visible)
+
+
+def _pyramid_proposals_refusal(layer, proposals) -> str:
+    """Why a Labels layer of ``proposals`` cannot serve a run of the pyramid ``layer`` ("" when it
+    can, or either is not one): its masks are not of the size of the level a run reads."""
+    if not (isinstance(proposals, Labels) and level_text(layer)):
+        return ""
+    data = proposals.data[0] if proposals.multiscale else proposals.data
+    level = run_level(layer)
+    height, width = (int(s) for s in level_planes(layer)[level])
+    if tuple(data.shape[-2:]) == (height, width):
+        return ""
+    return (f"Cannot run on {layer.name!r}: the proposals {proposals.name!r} are {data.shape[-2]}×{data.shape[-1]} "
+            f"pixels, and a run of this pyramid reads its level {level} ({height}×{width}); give proposals of "
+            "that size, or another proposals source.")
 
 
 def _replaced_by_hand(prediction, from_hand, hand, names) -> np.ndarray:
