@@ -366,7 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a model over a dataset with instance masks (COCO JSON), or over the images "
                     "of any dataset that have corrected exports (--masks), and print "
                     "mAP^r, ABO, PRM quality, peak pointing accuracy and classification mAP "
-                    "as Markdown. The model's classes must all be in the dataset.")
+                    "as Markdown. On a dataset with image-level labels only (a folder per class, a CSV, "
+                    "a COCO JSON without segmentations) and no --masks, print what the labels tell: "
+                    "classification AP (as training's validation) and peak precision by image labels. "
+                    "The model's classes must all be in the dataset.")
     _add_dataset_options(evaluate)
     _add_model_options(evaluate)
     evaluate.add_argument("--proposals", default="auto", type=_proposals_arg,
@@ -1334,13 +1337,13 @@ def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
 def _run_evaluate(args) -> int:
     from tqdm import tqdm
 
-    from .evaluate import evaluate, report_json, report_markdown
+    from .evaluate import evaluate, evaluate_labels, report_json, report_markdown
 
     dataset = _load_dataset(args)
-    if args.masks is None and not dataset.has_masks:  # evaluate() names its Python argument
-        raise CommandError(f"evaluation needs instance masks; dataset {dataset.source} has none: give a COCO JSON "
-                           "with segmentations, or corrected masks of its images with --masks (a COCO JSON, or "
-                           "a folder of the Export widget's <stem>_labels.tif and <stem>_instances.csv)")
+    labels_only = args.masks is None and not dataset.has_masks
+    if labels_only:
+        _say(f"dataset {dataset.source} has image-level labels only: classification AP and peak precision; "
+             "instance metrics need masks (--masks)")
     model = _load_model(args.model, args.device)
     ground_truth = None if args.masks is None else _corrected_ground_truth(args.masks, dataset, model.class_names)
     indices = range(len(dataset)) if ground_truth is None else list(ground_truth)
@@ -1352,11 +1355,17 @@ def _run_evaluate(args) -> int:
     total = total if args.max_images is None else min(args.max_images, total)
     with tqdm(total=total, desc="evaluate", unit="image", disable=None) as bar:
         try:
-            results = evaluate(model, dataset, proposals=args.proposals,
-                               iou_thresholds=args.iou_thresholds, max_images=args.max_images,
-                               only_labeled=args.only_labeled, ground_truth=ground_truth,
-                               progress=lambda done, _total: bar.update(done - bar.n),
-                               **_inference_settings(args))
+            def progress(done: int, _total: int) -> None:
+                bar.update(done - bar.n)
+
+            if labels_only:
+                results = evaluate_labels(model, dataset, max_images=args.max_images, only_labeled=args.only_labeled,
+                                          progress=progress, **_inference_settings(args))
+            else:
+                results = evaluate(model, dataset, proposals=args.proposals,
+                                   iou_thresholds=args.iou_thresholds, max_images=args.max_images,
+                                   only_labeled=args.only_labeled, ground_truth=ground_truth,
+                                   progress=progress, **_inference_settings(args))
         except ValueError as error:
             raise CommandError(str(error)) from error
     if args.masks is not None:

@@ -115,8 +115,9 @@ class LabeledImageDataset:
 
     @property
     def has_masks(self) -> bool:
-        """Whether instance masks are available (COCO datasets with segmentations)."""
-        return self.coco is not None
+        """Whether instance masks are available: a COCO dataset with segmentations (one whose
+        annotations carry none, boxes only say, has image-level labels only)."""
+        return self.coco is not None and any("segmentation" in a for a in self.coco.anns.values())
 
     def read_image(self, index: int) -> np.ndarray:
         """The image as `napari_prm.io.read_image` reads it (gray, RGB or RGBA; its dtype).
@@ -705,7 +706,8 @@ class TrainingImages(torch.utils.data.Dataset):
     Parameters
     ----------
     dataset : LabeledImageDataset
-    input_size : (h, w)
+    input_size : (h, w) or None
+        None keeps each image's size (batches of one).
     mean, std : 3 floats
         The backbone's normalisation.
     hflip : bool
@@ -718,7 +720,7 @@ class TrainingImages(torch.utils.data.Dataset):
     def __init__(self, dataset: LabeledImageDataset, input_size: Sequence[int], mean: Sequence[float],
                  std: Sequence[float], *, hflip: bool = True, seed: int = 0):
         self.dataset = dataset
-        self.input_size = tuple(int(s) for s in input_size)
+        self.input_size = None if input_size is None else tuple(int(s) for s in input_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.hflip = hflip
         self.seed = int(seed)

@@ -315,6 +315,33 @@ def classification_map(scores: np.ndarray, labels: np.ndarray) -> tuple[float, n
     return (float(per_class[valid].mean()) if valid.any() else float("nan")), per_class
 
 
+def defined_classification_map(scores: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Classification mAP over the classes whose AP says something, as training's validation reports it.
+
+    A class that every image shows has an AP of 1 whatever the scores, and one no image
+    shows has none: both are left out (NaN), and the mean is over the others.
+
+    Parameters
+    ----------
+    scores : (N, C) float ndarray
+    labels : (N, C) 0/1 ndarray
+
+    Returns
+    -------
+    mean_ap : float
+        NaN when no class is shown by some images and not by others.
+    per_class : (C,) float64 ndarray
+        AP of each class, NaN where not defined.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels) > 0
+    if scores.ndim != 2 or scores.shape != labels.shape:
+        raise ValueError(f"scores and labels must both be (N, C); got {scores.shape} and {labels.shape}")
+    defined = labels.any(0) & ~labels.all(0)
+    per_class = np.full(scores.shape[1], np.nan)
+    mean_ap, per_class[defined] = classification_map(scores[:, defined], labels[:, defined])
+    return mean_ap, per_class
+
+
 def _annotation(mask: np.ndarray, image_id: int, class_index: int, ann_id: int, **more) -> dict:
     rle = encode_rle(mask)
     return {"id": ann_id, "image_id": image_id, "category_id": int(class_index) + 1, "segmentation": rle,
@@ -731,6 +758,110 @@ def evaluate(
     return results
 
 
+#: What the results of :func:`evaluate_labels` say in place of the instance metrics.
+INSTANCE_METRICS_NEED_MASKS = (
+    "instance metrics (mAP^r, ABO, PRM quality, peak pointing) need instance masks, which this dataset has "
+    "none of: give corrected masks of its images with --masks (a COCO JSON, or a folder of the Export "
+    "widget's <stem>_labels.tif and <stem>_instances.csv), or evaluate a COCO JSON with segmentations")
+
+
+def evaluate_labels(
+    model: Any,
+    dataset,
+    *,
+    class_threshold: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    max_images: int | None = None,
+    device: Any = None,
+    preset: str = "default",
+    only_labeled: bool = False,
+    **settings: Any,
+) -> dict[str, Any]:
+    """What image-level labels alone tell of a model: classification AP and peak precision.
+
+    For a dataset without instance masks (a folder per class, a CSV, a COCO JSON without
+    segmentations). Each image's class scores, and the peaks :meth:`napari_prm.PRMPredictor.predict`
+    would keep with these settings (no peak response maps, no instances), are compared with its labels.
+
+    Parameters
+    ----------
+    model : PRMModel, str or path
+        A model, or ``"imagenet"`` / a checkpoint path.
+    dataset : LabeledImageDataset
+        Relabelled to the model's classes, which must all be among its classes.
+    class_threshold, progress, max_images, device, preset, only_labeled, **settings
+        As in :func:`evaluate`.
+
+    Returns
+    -------
+    dict
+        :func:`evaluate`'s keys, the instance metrics None, and ``classification_mAP`` /
+        ``classification_AP`` as training's validation reports them
+        (:func:`napari_prm.train.validation_ap`: the network's class scores at the model's input
+        size, without TTA; a class every image shows, or none, is left out);
+        ``peak_precision`` (share of the kept peaks of a class their image shows),
+        ``classes_found`` (share of the (image, shown class) pairs with a kept peak of it),
+        ``peak_precision_per_class``, ``peaks_per_image`` (see `napari_prm.peaks.LabelHits`)
+        and ``instance_metrics``, which says they need masks.
+    """
+    from .model.checkpoint import PRMModel, load_model
+    from .peaks import label_hits
+    from .predictor import PRMPredictor, resolve_thresholds
+    from .train import validation_ap
+
+    class_threshold = check.finite_float("class_threshold", class_threshold, optional=True)
+    max_images = check.positive_int("max_images", max_images, optional=True)
+    if not hasattr(dataset, "labels"):
+        raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
+                         f"got {type(dataset).__name__}")
+    if not isinstance(model, PRMModel) or device is not None:
+        model = load_model(model, device=device)
+    class_names = list(model.class_names)
+    dataset = dataset.with_classes(class_names)
+    indices = [i for i in range(len(dataset)) if not only_labeled or dataset.labels[i].any()][:max_images]
+    if not indices:
+        raise ValueError(f"no image of dataset {dataset.source} to evaluate: none shows a class of the model "
+                         f"({', '.join(class_names)})")
+    if class_threshold is not None:
+        settings["class_threshold"] = class_threshold
+    predictor = PRMPredictor(model, preset=preset, proposals=None, **settings)
+    peak_classes = []
+    started = time.perf_counter()
+    for done, index in enumerate(indices):
+        predictor.set_image(dataset.read_image(index))
+        peak_classes.append(predictor.select_peaks().peaks[:, 0])
+        if progress is not None:
+            progress(done + 1, len(indices))
+    predictor.reset_image()
+    labels = dataset.labels[indices]
+    per_class_ap, mean_ap = validation_ap(model, dataset.subset(indices))
+    hits = label_hits(peak_classes, labels)
+    per_class_precision = {}
+    for c, name in enumerate(class_names):
+        of_class = label_hits([k[k == c] for k in peak_classes], labels)
+        per_class_precision[name] = of_class.precision
+    results: dict[str, Any] = {
+        "num_images": len(indices), "num_instances": None, "num_peaks": hits.peaks,
+        "num_predicted_instances": None, "classes": class_names,
+        "mAP_r": None, "AP_r_per_class": None, "ABO": None, "prm_quality": None, "pointing_accuracy": None,
+        "class_pointing": None, "funnel": None,
+        "classification_mAP": mean_ap,
+        "classification_AP": per_class_ap,
+        "peak_precision": hits.precision, "classes_found": hits.recall,
+        "peak_precision_per_class": per_class_precision,
+        "peaks_per_image": hits.peaks / len(indices) if indices else None,
+        "instance_metrics": INSTANCE_METRICS_NEED_MASKS,
+        "settings": {"proposals": None, "class_threshold": class_threshold, "dataset": dataset.source,
+                     "only_labeled": bool(only_labeled),
+                     "predict": _settings_dict(predictor.settings),
+                     "thresholds": dict(zip(("class", "peak"), resolve_thresholds(predictor.settings,
+                                                                                  model.settings)))},
+    }
+    results["seconds"] = time.perf_counter() - started
+    results["seconds_per_image"] = results["seconds"] / len(indices) if indices else None
+    return results
+
+
 def _settings_dict(settings) -> dict:
     import dataclasses
 
@@ -753,14 +884,20 @@ def report_markdown(results: dict[str, Any]) -> str:
     source = settings.get("dataset", "")
     if settings.get("ground_truth"):
         source += f"; ground truth: {settings['ground_truth']}"
-    lines = [f"Evaluated on {plural(results['num_images'], 'image')} ({source}): "
-             f"{', '.join(found)}; proposals: {settings.get('proposals')}."]
+    if results.get("instance_metrics"):
+        lines = [f"Evaluated on {plural(results['num_images'], 'image')} ({source}; image-level labels only): "
+                 f"{', '.join(found)}."]
+    else:
+        lines = [f"Evaluated on {plural(results['num_images'], 'image')} ({source}): "
+                 f"{', '.join(found)}; proposals: {settings.get('proposals')}."]
     predict = settings.get("predict") or {}
     thresholds = settings.get("thresholds")
     if thresholds:
         peak = "none" if thresholds["peak"] is None else f"{thresholds['peak']:.4g}"
         lines.append(f"Preset {predict.get('preset')}, class threshold {thresholds['class']:.4g}, peak threshold "
                      f"{peak}{', TTA' if predict.get('tta') else ''}.")
+    if results.get("instance_metrics"):
+        return "\n".join(lines + _labels_report(results)) + "\n"
     lines += ["", "| metric | value (%) |", "| --- | --- |"]
     for threshold, value in (results.get("mAP_r") or {}).items():
         lines.append(f"| mAP^r@{threshold:g} | {_fmt(value)} |")
@@ -788,6 +925,26 @@ def report_markdown(results: dict[str, Any]) -> str:
                      f"{funnel['with_proposal']} a proposal at IoU ≥ 0.5, and {retrieved} "
                      f"{'was' if retrieved == 1 else 'were'} retrieved at IoU ≥ 0.5 from a peak inside them.")
     return "\n".join(lines) + "\n"
+
+
+def _labels_report(results: dict[str, Any]) -> list[str]:
+    """The tables of :func:`evaluate_labels`'s results, and the line that instance metrics need masks."""
+    lines = ["", "| metric | value (%) |", "| --- | --- |",
+             f"| classification mAP | {_fmt(results['classification_mAP'])} |",
+             f"| peak precision (by image labels) | {_fmt(results['peak_precision'])} |",
+             f"| classes found (by a peak) | {_fmt(results['classes_found'])} |", "",
+             "| class | classification AP | peak precision |", "| --- | --- | --- |"]
+    for name in results["classes"]:
+        lines.append(f"| {name} | {_fmt(results['classification_AP'][name])} | "
+                     f"{_fmt(results['peak_precision_per_class'][name])} |")
+    peaks = results.get("peaks_per_image")
+    lines += ["", "Image-level labels only: classification AP of each class that some images show and others "
+              "do not, as training's validation reports it (–: a class every image shows, or none); peak "
+              "precision: share of the kept peaks of a class their image shows (–: no peak); classes found: "
+              "share of the (image, class it shows) pairs with a kept peak of the class"
+              + ("." if peaks is None else f"; {peaks:.3g} peaks per image."),
+              f"Not measured: {results['instance_metrics']}."]
+    return lines
 
 
 def report_json(results: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -219,6 +219,72 @@ def select_peaks(
                          found=found, capped=found > limit)
 
 
+@dataclass(frozen=True)
+class LabelHits:
+    """How the peaks kept in some images agree with their image-level labels (no masks needed).
+
+    A kept peak of a class the image does not show is wrong; an (image, class) pair the
+    image shows is found when at least one peak of that class is kept in it. The figures
+    :func:`calibrate_thresholds` chooses thresholds by, and ``napari-prm evaluate`` reports
+    on a dataset without masks (:func:`napari_prm.evaluate.evaluate_labels`).
+
+    Attributes
+    ----------
+    images : int
+    peaks : int
+        Peaks kept.
+    correct : int
+        Of them, peaks of a class their image shows.
+    shown : int
+        (image, class) pairs the labels show.
+    found : int
+        Of them, pairs with at least one kept peak of the class.
+    """
+
+    images: int
+    peaks: int
+    correct: int
+    shown: int
+    found: int
+
+    @property
+    def precision(self) -> float:
+        """Peak precision: share of the kept peaks whose class the image shows (NaN without peaks)."""
+        return self.correct / self.peaks if self.peaks else float("nan")
+
+    @property
+    def recall(self) -> float:
+        """Classes found: share of the (image, shown class) pairs with a kept peak (NaN without any)."""
+        return self.found / self.shown if self.shown else float("nan")
+
+
+def label_hits(peak_classes: Sequence[np.ndarray], labels: np.ndarray) -> LabelHits:
+    """Count how the peaks kept in each image agree with the images' labels (see :class:`LabelHits`).
+
+    Parameters
+    ----------
+    peak_classes : sequence of (K_n,) int arrays
+        The class of each peak kept in image n.
+    labels : (N, C) array
+        1 where image n shows class c (multi-hot image-level labels).
+
+    Returns
+    -------
+    LabelHits
+    """
+    labels = np.asarray(labels, dtype=bool)
+    if labels.ndim != 2 or labels.shape[0] != len(peak_classes):
+        raise ValueError(f"labels: expected ({len(peak_classes)}, C) image-level labels, got shape {labels.shape}")
+    peaks = correct = found = 0
+    for classes, present in zip(peak_classes, labels):
+        classes = np.asarray(classes, dtype=np.int64).reshape(-1)
+        right = present[classes]
+        peaks += len(classes)
+        correct += int(right.sum())
+        found += len(np.unique(classes[right]))
+    return LabelHits(len(labels), peaks, correct, int(labels.sum()), found)
+
+
 @dataclass
 class Calibration:
     """Thresholds chosen by :func:`calibrate_thresholds`, with how they scored.
@@ -326,7 +392,7 @@ def calibrate_thresholds(
     if not labels.any():
         raise ValueError("calibration needs at least one image that shows a class")
     per_image = []
-    for crm, present in zip(crms, labels, strict=True):
+    for crm in crms:
         crm = np.asarray(crm, dtype=np.float32)
         if crm.shape[0] != labels.shape[1]:
             raise ValueError(f"crms have {crm.shape[0]} classes but labels have {labels.shape[1]}")
@@ -335,31 +401,26 @@ def calibrate_thresholds(
                                  suppression_radius=suppression_radius, max_peaks=None,
                                  win_size=win_size, peak_filter=peak_filter)
         classes = selection.peaks[:, 0]
-        per_image.append((classes, selection.values, scores[classes], present[classes]))
-    all_scores = np.concatenate([s for _, _, s, _ in per_image])
-    all_values = np.concatenate([v for _, v, _, _ in per_image])
+        per_image.append((classes, selection.values, scores[classes]))
+    all_scores = np.concatenate([s for _, _, s in per_image])
+    all_values = np.concatenate([v for _, v, _ in per_image])
     if not len(all_values):
         raise ValueError("no peaks in the calibration images")
     quantiles = np.linspace(0.0, 1.0, int(grid), endpoint=False)
     class_grid = np.unique(np.quantile(all_scores, quantiles))
     peak_grid = np.unique(np.quantile(all_values, quantiles)) - 1e-6
-    positives = int(labels.sum())
     best: Calibration | None = None
     for class_threshold in class_grid:
         for peak_threshold in peak_grid:
-            kept = found = pairs = 0
-            for classes, values, scores, correct in per_image:
-                keep = (scores >= class_threshold) & (values > peak_threshold)
-                kept += int(keep.sum())
-                found += int(correct[keep].sum())
-                pairs += len(np.unique(classes[keep & correct]))
-            precision = found / kept if kept else 0.0
-            recall = pairs / positives
+            hits = label_hits([classes[(scores >= class_threshold) & (values > peak_threshold)]
+                               for classes, values, scores in per_image], labels)
+            precision = hits.precision if hits.peaks else 0.0
+            recall = hits.recall
             denominator = beta**2 * precision + recall
             f_score = (1 + beta**2) * precision * recall / denominator if denominator > 0 else 0.0
             if best is None or f_score > best.f_score:
                 best = Calibration(float(class_threshold), float(peak_threshold), precision, recall, f_score,
-                                   kept / len(crms), len(crms))
+                                   hits.peaks / len(crms), len(crms))
     return best
 
 

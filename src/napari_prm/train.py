@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import _validate as check
 from ._text import plural
 from .data import LabeledImageDataset, TrainingImages, UnreadableImage
-from .evaluate import classification_map
+from .evaluate import defined_classification_map
 from .io import writable_folder
 from .model.backbones import BACKBONES
 from .model.checkpoint import (
@@ -646,6 +646,33 @@ def _batches(loader):
         yield batch
 
 
+def validation_ap(model: PRMModel, dataset: LabeledImageDataset, *,
+                  batch_size: int = 8) -> tuple[dict[str, float], float]:
+    """Classification AP of ``model`` on ``dataset``, as :func:`train` reports its held-out images.
+
+    The network's class scores of each image at the model's input size (no TTA),
+    against the image-level labels, by :func:`napari_prm.evaluate.defined_classification_map`:
+    a class every image shows, or none, is left out (NaN).
+
+    Parameters
+    ----------
+    model : PRMModel
+    dataset : LabeledImageDataset
+        Relabelled to the model's classes, which must all be among its classes.
+    batch_size : int
+        Images per forward pass (1 for a model without an input size).
+
+    Returns
+    -------
+    per_class : dict of str to float
+    mean_ap : float
+    """
+    dataset = dataset.with_classes(model.class_names)
+    images = TrainingImages(dataset, model.input_size, model.mean, model.std, hflip=False)
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size if model.input_size is not None else 1)
+    return _validation_ap(model, loader, model.device)
+
+
 @torch.no_grad()
 def _validation_ap(model: PRMModel, loader, device) -> tuple[dict[str, float], float]:
     model.network.eval()
@@ -653,13 +680,8 @@ def _validation_ap(model: PRMModel, loader, device) -> tuple[dict[str, float], f
     for images, targets in _batches(loader):
         scores.append(model.network(images.to(device)).float().cpu())
         labels.append(targets)
-    labels = torch.cat(labels).numpy()
-    # a class every held-out image shows has an AP of 1 whatever the scores: not defined here
-    defined = labels.any(0) & ~labels.all(0)
-    mean_ap, per_class = classification_map(torch.cat(scores).numpy()[:, defined], labels[:, defined])
-    per_class_all = np.full(len(model.class_names), np.nan)
-    per_class_all[defined] = per_class
-    return dict(zip(model.class_names, per_class_all.tolist())), mean_ap
+    mean_ap, per_class = defined_classification_map(torch.cat(scores).numpy(), torch.cat(labels).numpy())
+    return dict(zip(model.class_names, per_class.tolist())), mean_ap
 
 
 def image_keys(paths) -> torch.Tensor:
