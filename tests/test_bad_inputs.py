@@ -365,9 +365,6 @@ CASES = [
     cli(*EVALUATE, "--class-threshold", "nan", match=r"--class-threshold: expected a finite number, got nan"),
     cli(*EVALUATE, "--json", "{data}", match=r"--json: expected a file, got .*data, which is a folder"),
     cli(*EVALUATE, "--json", "{afile}/x.json", match=r"--json: cannot write .*afile/x.json: .*afile is a file"),
-    cli("evaluate", "{csv}", "--model", "{model}",
-        match=r"evaluation needs instance masks; dataset .*labels.csv has none: give a COCO JSON "
-              r"with segmentations, or corrected masks of its images with --masks"),
     cli(*EVALUATE[:-2], "--proposals", "bogus", match=r"--proposals: expected 'none'.* got 'bogus'"),
     cli("evaluate", "{coco_without_segmentation}", "--image-dir", "{data}", "--model", "{model}",
         "--proposals", "none", match=r"bad.json \(image id 1\): annotation id 1 has no 'segmentation'"),
