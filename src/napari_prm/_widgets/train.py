@@ -32,19 +32,12 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._text import plural
 from ..data import load_dataset
-from ..train import (
-    builtin_start_note,
-    no_negative_warning,
-    recipe_conflicts,
-    train,
-    training_split,
-    unfinished_run,
-    validation_summary,
-)
+from ..train import builtin_start_note, no_negative_warning, recipe_conflicts, train, training_split, validation_summary
 from .activity import ActivityProgress, StopsOnClose
 from .calibrate import CalibrateSection
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
 from .relay import _Relay
+from .run_check import UnfinishedRunCheck
 from .settings import chosen_path, exclusive_paths, no_path, persist_fields
 
 BASE_MODELS = {
@@ -137,6 +130,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             field.changed.connect(self._sync_image_dir)
         self._sync_image_dir()
         self.unfinished = None  # the unfinished run the output file holds (napari_prm.train.UnfinishedRun)
+        self._run_check = UnfinishedRunCheck()
         for field in (self._dataset, self._dataset_dir, self._image_dir, self._out):
             field.changed.connect(self._find_unfinished_run)
         self._train_button.changed.connect(lambda: self.start())
@@ -203,11 +197,11 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         if out is not None and out.is_file() and not self.running:
             try:
                 dataset_path = self._dataset_path()
-                dataset = None if dataset_path is None else load_dataset(dataset_path,
-                                                                         self._images_folder(dataset_path))
             except (OSError, ValueError):
-                dataset = None  # Train says what is wrong with it
-            self.unfinished = None if dataset is None else unfinished_run(out, dataset)
+                dataset_path = None  # Train says what is wrong with it
+            if dataset_path is not None:
+                # loads the dataset and the checkpoint again only when their files changed
+                self.unfinished = self._run_check(out, dataset_path, self._images_folder(dataset_path))
         if self._deleted:
             return
         if self.unfinished is None:
@@ -393,4 +387,5 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         if not self._deleted:
             self._train_button.enabled = self._calibrate_button.enabled = True
             self._cancel_button.enabled = False
+            self._run_check.forget()  # the run wrote the checkpoint, maybe within the file time's resolution
             self._find_unfinished_run()  # a cancelled run can go on
