@@ -12,6 +12,7 @@ module         holds
 ``layers``     the result layers: names, features, adding and reusing them
 ``models``     model choices, remembered checkpoints, the model cache, the triton guard
 ``train``      `TrainWidget`: the "Train PRM model" dock widget
+``run_check``  `UnfinishedRunCheck`: the Train widget's unfinished-run check, cached by file
 ``export``     `ExportWidget`: the "Export instances" dock widget
 ``refine``     `RefineWidget`: the "Learn from corrections" dock widget
 ``relay``      `_Relay`: worker-thread progress to the Qt thread
