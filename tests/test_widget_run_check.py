@@ -71,3 +71,19 @@ def test_a_second_check_of_unchanged_files_reads_neither_and_a_changed_file_is_r
     touch(csv)
     widget._find_unfinished_run()
     assert widget.unfinished is None and widget._continue.native.isHidden()
+
+
+def test_a_folder_per_class_changes_with_its_class_folders(tiny_dataset):
+    """A folder per class is read again when an image is added to a class folder (its time
+    changes), not on each check; a CSV's images folder only by its own entries."""
+    import shutil
+
+    from napari_prm._widgets.run_check import file_signature
+
+    before = file_signature(tiny_dataset, class_folders=True)
+    assert before == file_signature(tiny_dataset, class_folders=True)
+    shutil.copy(tiny_dataset / "cat" / "0.png", tiny_dataset / "cat" / "2.png")
+    touch(tiny_dataset / "cat")  # the copy may land within the folder time's resolution
+    assert file_signature(tiny_dataset, class_folders=True) != before
+    assert file_signature(tiny_dataset) == file_signature(tiny_dataset)
+    assert file_signature(tiny_dataset / "missing") is None

@@ -15,11 +15,12 @@ from ..data import LabeledImageDataset, load_dataset
 from ..train import UnfinishedRun, unfinished_run
 
 
-def file_signature(path: Path | None) -> tuple | None:
+def file_signature(path: Path | None, *, class_folders: bool = False) -> tuple | None:
     """What tells that ``path`` changed: its size and modification time (None: no such path).
 
-    A folder per class changes with its class folders (an image added, removed or renamed
-    in one changes that folder's time); images in deeper sub-folders are not looked at.
+    With ``class_folders``, a folder per class changes with its class folders too (an image
+    added, removed or renamed in one changes that folder's time); images in deeper
+    sub-folders are not looked at. Without it a folder changes with its own entries only.
     """
     if path is None:
         return None
@@ -28,7 +29,7 @@ def file_signature(path: Path | None) -> tuple | None:
     except OSError:
         return None
     signature: tuple = (str(path), status.st_size, status.st_mtime_ns)
-    if path.is_dir():
+    if class_folders and path.is_dir():
         try:
             signature += tuple(sorted((child.name, child.stat().st_mtime_ns) for child in path.iterdir()
                                       if child.is_dir()))
@@ -51,7 +52,8 @@ class UnfinishedRunCheck:
     def __call__(self, out: Path, dataset_path: Path, images: Path | None) -> UnfinishedRun | None:
         """The unfinished run of the dataset at ``dataset_path`` (its images in ``images``; None: its
         own) saved in ``out``, or None (also when the dataset cannot be loaded: Train says why)."""
-        dataset_key = (file_signature(dataset_path), None if images is None else file_signature(images),
+        dataset_key = (file_signature(dataset_path, class_folders=True),
+                       None if images is None else file_signature(images),
                        None if images is None else str(images))
         if dataset_key != self._dataset_key:
             self._dataset_key, self._run_key = dataset_key, None
