@@ -316,30 +316,16 @@ def classification_map(scores: np.ndarray, labels: np.ndarray) -> tuple[float, n
 
 
 def defined_classification_map(scores: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
-    """Classification mAP over the classes whose AP says something, as training's validation reports it.
+    """:func:`classification_map` over the classes whose AP says something, as training's validation reports it.
 
     A class that every image shows has an AP of 1 whatever the scores, and one no image
-    shows has none: both are left out (NaN), and the mean is over the others.
-
-    Parameters
-    ----------
-    scores : (N, C) float ndarray
-    labels : (N, C) 0/1 ndarray
-
-    Returns
-    -------
-    mean_ap : float
-        NaN when no class is shown by some images and not by others.
-    per_class : (C,) float64 ndarray
-        AP of each class, NaN where not defined.
+    shows has none: both are NaN in ``per_class`` and left out of ``mean_ap`` (NaN when no
+    class is shown by some images and not by others). Arguments as :func:`classification_map`.
     """
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels) > 0
-    if scores.ndim != 2 or scores.shape != labels.shape:
-        raise ValueError(f"scores and labels must both be (N, C); got {scores.shape} and {labels.shape}")
-    defined = labels.any(0) & ~labels.all(0)
-    per_class = np.full(scores.shape[1], np.nan)
-    mean_ap, per_class[defined] = classification_map(scores[:, defined], labels[:, defined])
-    return mean_ap, per_class
+    _, per_class = classification_map(scores, labels)
+    per_class[(np.asarray(labels) > 0).all(0)] = np.nan
+    defined = ~np.isnan(per_class)
+    return (float(per_class[defined].mean()) if defined.any() else float("nan")), per_class
 
 
 def _annotation(mask: np.ndarray, image_id: int, class_index: int, ann_id: int, **more) -> dict:
