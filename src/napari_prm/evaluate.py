@@ -835,7 +835,7 @@ def evaluate_labels(
         "classification_AP": per_class_ap,
         "peak_precision": hits.precision, "classes_found": hits.recall,
         "peak_precision_per_class": per_class_precision,
-        "peaks_per_image": hits.peaks / len(indices) if indices else None,
+        "peaks_per_image": hits.peaks / len(indices),
         "instance_metrics": INSTANCE_METRICS_NEED_MASKS,
         "settings": {"proposals": None, "class_threshold": class_threshold, "dataset": dataset.source,
                      "only_labeled": bool(only_labeled),
@@ -844,7 +844,7 @@ def evaluate_labels(
                                                                                   model.settings)))},
     }
     results["seconds"] = time.perf_counter() - started
-    results["seconds_per_image"] = results["seconds"] / len(indices) if indices else None
+    results["seconds_per_image"] = results["seconds"] / len(indices)
     return results
 
 
