@@ -232,3 +232,31 @@ def test_a_stack_without_peaks_is_complete_without_its_prm_tiff(stacks, checkpoi
     assert rows(tmp_path / "zstack_peaks.csv") == []
     again = predict_many([stacks / "zstack.tif"], checkpoint, tmp_path, device="cpu", prms_format="tiff", **settings)
     assert [(r.status, r.error) for r in again.results] == [("skipped", "")]
+
+
+def test_a_resumed_run_says_a_stack_re_saved_since_is_not_the_one_its_outputs_hold(stacks, checkpoint, tmp_path,
+                                                                                   capsys):
+    """A stack re-saved with more planes (another size), or with other pixels of the same size
+    (its content), is skipped with the reason, never silently taken for complete; the old outputs stay."""
+    image = tmp_path / "z.tif"
+    planes = io.read_stack(stacks / "zstack.tif").planes
+    tifffile.imwrite(image, planes[:2], imagej=True, metadata={"axes": "ZYX"})
+    out = tmp_path / "out"
+    assert [r.status for r in predict_many([image], checkpoint, out, **SETTINGS).results] == ["written"]
+    again = predict_many([image], checkpoint, out, **SETTINGS).results
+    assert [(r.status, r.error) for r in again] == [("skipped", "")]  # unchanged: complete
+
+    tifffile.imwrite(image, planes, imagej=True, metadata={"axes": "ZYX"})  # 3 planes now
+    (result,) = predict_many([image], checkpoint, out, **SETTINGS).results
+    assert result.status == "skipped" and result.error.startswith("the image changed since its outputs were written")
+    assert "bytes then" in result.error
+    assert tifffile.imread(out / "z_labels.tif").shape == (2, 48, 40)  # left as they were
+
+    assert main(["predict", str(image), "--model", str(checkpoint), "--out", str(out), *CLI_SETTINGS]) == 0
+    assert "1 of them: the image changed since its outputs were written (z.tif)" in capsys.readouterr().err
+    (written,) = predict_many([image], checkpoint, out, overwrite=True, **SETTINGS).results
+    assert written.status == "written" and tifffile.imread(out / "z_labels.tif").shape == (3, 48, 40)
+
+    tifffile.imwrite(image, planes[::-1], imagej=True, metadata={"axes": "ZYX"})  # same size, other pixels
+    (result,) = predict_many([image], checkpoint, out, **SETTINGS).results
+    assert result.status == "skipped" and "(its content differs)" in result.error

@@ -70,6 +70,8 @@ NOTE = "note: "
 WITHOUT_PRMS = "outputs are complete but hold no PRMs"
 #: Start of the reason of an image skipped because its outputs come from another model or other settings.
 OTHER_RUN = "outputs were made with"
+#: Why complete outputs are skipped whose image file changed since they were written (`_image_changed`).
+IMAGE_CHANGED = "the image changed since its outputs were written"
 ProgressCallback = Callable[["ImageResult", int, int], None]
 #: While a run in this process predicts an image, ``<out>/<RUNNING_NAME>`` names the image and
 #: the process; a run killed there (by the kernel, out of memory) leaves it behind.
@@ -424,8 +426,33 @@ def _outputs_of_another(out, stem: str, image: Path) -> bool:
 
 
 def _image_identity(image: Path) -> dict:
-    """What tells an image from another of the same name wherever it lies: its size and SHA-256."""
-    return {"image_bytes": image.stat().st_size, "image_sha256": _sha256(image)}
+    """What tells an image from another of the same name wherever it lies: its size and SHA-256
+    (and its modification time, by which `_image_changed` reads only a file that may have changed)."""
+    stat = image.stat()
+    return {"image_bytes": stat.st_size, "image_sha256": _sha256(image), "image_mtime_ns": stat.st_mtime_ns}
+
+
+def _image_changed(info: Mapping[str, Any], image: str | os.PathLike) -> str:
+    """Why complete outputs whose manifest is ``info`` are not those of ``image`` as it is now
+    ('' when they are, or when the manifest does not say): its size differs from the one
+    recorded, or, modified since, its SHA-256 does (a stack re-saved with more planes, an
+    image replaced under its name). The file is read only when its size agrees and its
+    modification time does not."""
+    recorded = info.get("image_bytes")
+    try:
+        stat = Path(image).stat()
+    except OSError:
+        return ""
+    if not isinstance(recorded, int):
+        return ""
+    if recorded != stat.st_size:
+        return (f"{IMAGE_CHANGED} ({recorded} bytes then, {stat.st_size} now); "
+                "use overwrite to replace them")
+    if info.get("image_mtime_ns") == stat.st_mtime_ns or not info.get("image_sha256"):
+        return ""
+    if info["image_sha256"] != _sha256(Path(image)):
+        return f"{IMAGE_CHANGED} (its content differs); use overwrite to replace them"
+    return ""
 
 
 def proposals_for_image(proposals, image: Path, stem: str | None = None):
@@ -1060,7 +1087,8 @@ def predict_many(
                      if p.exists()]
         if existing is not None or leftovers:
             if existing is not None:
-                reason = _other_run(existing.info, record, settings, loaded)
+                reason = (_image_changed(existing.info, result.image)
+                          or _other_run(existing.info, record, settings, loaded))
             elif prms_format is not None and io.complete_prediction(*place) is not None:
                 reason = (f"{WITHOUT_PRMS} as {prms_format} (an earlier run wrote none, or another format); "
                           "use overwrite to write them")

@@ -32,6 +32,7 @@ from . import __version__
 from . import _validate as check
 from ._text import plural
 from .batch import (
+    IMAGE_CHANGED,
     NOTE,
     OTHER_RUN,
     SUMMARY_NAME,
@@ -190,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "\nAn unreadable image is tried twice, reported and skipped (exit status 1); "
                     "images with complete outputs are skipped unless --overwrite, so a re-run "
                     "after a crash or Ctrl-C does only what is missing; outputs that another model "
-                    "or other settings made are skipped too, and the run says so."
+                    "or other settings made, or those of an image file changed since (its size, or its "
+                    "content when modified since), are skipped too, and the run says so."
                     "\nWith --workers or --scheduler the images are spread over a dask.distributed "
                     "cluster; the workers read the images and write the outputs, so they must see "
                     "the same paths.")
@@ -809,12 +811,16 @@ def _run_predict(args) -> int:
         names = ", ".join(Path(r.image).name for r in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         without_prms = [r for r in skipped if r.error.startswith(WITHOUT_PRMS)]
         other_run = [r for r in skipped if r.error.startswith(OTHER_RUN)]
-        incomplete = [r for r in skipped if r.error and r not in without_prms and r not in other_run]
+        changed = [r for r in skipped if r.error.startswith(IMAGE_CHANGED)]
+        incomplete = [r for r in skipped if r.error and r not in without_prms and r not in other_run
+                      and r not in changed]
         _say(f"{len(skipped)} image(s) skipped, outputs exist ({names}); use --overwrite to replace them"
              + (f"; {len(without_prms)} of them are complete without the PRMs --save-prms asks for"
                 if without_prms else "")
              + (f"; {len(other_run)} of them: {other_run[0].error.split('; use overwrite')[0]}"
                 + (" (or similar)" if len({r.error for r in other_run}) > 1 else "") if other_run else "")
+             + (f"; {len(changed)} of them: {IMAGE_CHANGED} ({', '.join(Path(r.image).name for r in changed[:5])}"
+                + (", ..." if len(changed) > 5 else "") + ")" if changed else "")
              + (f"; {len(incomplete)} of them hold an incomplete set" if incomplete else ""))
     failed = len(batch.failed) + sum(not problem.startswith(NOTE) for problem in problems)
     _say(f"{len(batch.written)} image(s) written to {args.out}, {len(skipped)} skipped, {failed} failed; "
