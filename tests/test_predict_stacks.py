@@ -79,6 +79,10 @@ def test_read_stack_takes_the_axes_of_imagej_and_ome_files(stacks, tmp_path):
     assert io.images.plane_count(tmp_path / "zc.tif") == 1  # it fails as one image
     assert io.images.plane_count(stacks / "zstack.tif") == 3
     assert io.images.plane_count(tmp_path / "tz.tif") == 6
+    # planes one pixel high: refused naming the file, as read_stack's docstring says (not left to predict)
+    tifffile.imwrite(tmp_path / "thin.tif", hyper[0, :, :1], imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(ValueError, match=r"thin\.tif: its planes are 1×5 pixels .*at least 2×2"):
+        io.read_stack(tmp_path / "thin.tif")
 
 
 def test_predict_runs_a_stack_plane_by_plane(stacks, checkpoint, tmp_path):

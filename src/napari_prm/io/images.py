@@ -306,8 +306,9 @@ def read_stack(path: str | os.PathLike) -> ImageStack | None:
                          f"{data.shape}; save it again")
     plane_ndim = 3 if axes.endswith("YXS") else 2
     planes = data.reshape((-1, *shape[-plane_ndim:]))
-    if min(planes.shape[1:3]) < 1:
-        raise ValueError(f"cannot read image {path}: its planes have no pixels (shape {shape})")
+    if min(planes.shape[1:3]) < 2:
+        raise ValueError(f"cannot read image {path}: its planes are {planes.shape[1]}×{planes.shape[2]} pixels "
+                         f"(shape {shape}); a plane must be at least 2×2 pixels")
     return ImageStack(planes, axes, shape)
 
 
