@@ -136,3 +136,36 @@ def test_continuing_with_other_settings_is_refused(make_napari_viewer, qtbot, pr
     assert load_settings("train", TrainSettings).continue_run is False  # kept for the next session
     result = run_to_end(widget, qtbot, epochs=1)
     assert result.checkpoint == tmp_path / "trained-2.pt" and out.read_bytes() == kept
+
+
+def test_a_command_line_run_with_settings_the_fields_cannot_hold_is_continued(make_napari_viewer, qtbot, prm_config,
+                                                                              tiny_dataset, tmp_path):
+    """A run started by ``napari-prm train --lr 0.0005 --input-size 32 48`` (a learning rate finer
+    than the field's 3 decimals, a size that is not square) was refused for ever: the fields could
+    not be set back to it. Found, the run's settings fill the fields, and the field's rounding of
+    the run's own is the run's."""
+    import threading
+
+    from napari_prm.data import load_dataset
+    from napari_prm.train import train
+
+    out = tmp_path / "cli.pt"
+    stop = threading.Event()
+    train(load_dataset(tiny_dataset), model="tiny", out=out, epochs=3, lr=0.0005, batch_size=1,
+          input_size=(32, 48), device="cpu", cancel=stop,
+          progress=lambda p: stop.set() if getattr(p, "stage", "") == "epoch" else None)
+    assert saved_epoch(out) == 1
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, out, batch=4)
+    assert widget.unfinished is not None and widget.unfinished.epochs_done == 1
+    assert (widget._epochs.value, widget._batch.value, widget._size.value) == (3, 1, 32)
+    widget._size.value = 64
+    assert widget.start() is None and "input size 64 (the run's: 32×48)" in widget.last_message
+    widget._size.value = 32
+    result = run_to_end(widget, qtbot)
+    assert result is not None and result.checkpoint == out, widget.last_message
+    assert [r.epoch for r in result.history] == [1, 2, 3] and saved_epoch(out) == 3
+    config = load_checkpoint(out)[1][TRAINING_STATE_KEY]["config"]
+    assert (config["lr"], list(config["input_size"])) == (0.0005, [32, 48])

@@ -131,6 +131,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._sync_image_dir()
         self.unfinished = None  # the unfinished run the output file holds (napari_prm.train.UnfinishedRun)
         self._run_check = UnfinishedRunCheck()
+        self._shown_of_run: dict = {}  # the fields' values given of its recipe (`_asked_of_run`)
         for field in (self._dataset, self._dataset_dir, self._image_dir, self._out):
             field.changed.connect(self._find_unfinished_run)
         self._train_button.changed.connect(lambda: self.start())
@@ -212,9 +213,28 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
                                "its own model and settings)")
         self._continue.show()
         if before is None or (before.path, before.epochs_done) != (run.path, run.epochs_done):
-            # a run newly found: its own total (a total the user set since is left alone)
+            # a run newly found: its own total and recipe (values the user set since are left alone)
             self._epochs.max = max(self._epochs.max, run.epochs)  # a command-line run may ask for more
             self._epochs.value = run.epochs
+            config = run.config
+            for field, value in ((self._lr, config.get("lr")), (self._batch, config.get("batch_size")),
+                                 (self._size, (config.get("input_size") or [None])[0])):
+                if value is not None:
+                    field.min, field.max = min(field.min, value), max(field.max, value)
+                    field.value = value
+            # what the fields show of the run's recipe: the learning rate to the field's decimals, the
+            # height of a non-square size (a command-line run's); a field left so asks for the run's
+            self._shown_of_run = {"lr": float(self._lr.value), "input_size": (int(self._size.value),) * 2}
+
+    def _asked_of_run(self, options: dict, config: dict) -> dict:
+        """The learning rate, batch size and input size ``options`` ask of the unfinished run whose
+        recipe is ``config``: one that is what the field was given of the run's (`_find_unfinished_run`;
+        a learning rate finer than the field's decimals, a non-square size) asks for the run's own."""
+        asked = {name: options[name] for name in ("lr", "batch_size", "input_size")}
+        for name, shown in self._shown_of_run.items():
+            if name in config and asked[name] == shown:
+                asked[name] = config[name]
+        return asked
 
     def start(self, **overrides):
         """Start training; keyword arguments go to :func:`train` over the widget's values.
@@ -244,9 +264,14 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         resumed = self.unfinished if self._continue.value else None
         if resumed is not None:
             labels = {"lr": "learning rate", "batch_size": "batch size", "input_size": "input size"}
-            asked = {name: options[name] for name in labels}
-            differ = [f"{labels[name]} {value[0] if name == 'input_size' else value} (the run's: "
-                      f"{theirs[0] if name == 'input_size' else theirs})"
+            asked = self._asked_of_run(options, resumed.config)
+
+            def shown(name, value):  # a size by its side, a non-square one (a command-line run's) as H×W
+                if name != "input_size":
+                    return value
+                return value[0] if value[0] == value[1] else "×".join(map(str, value))
+
+            differ = [f"{labels[name]} {shown(name, value)} (the run's: {shown(name, theirs)})"
                       for name, value, theirs in recipe_conflicts(resumed.config, asked)]
             if differ:
                 self._say(f"The unfinished run in {resumed.path.name} goes on with the settings it was started with, "
