@@ -206,3 +206,29 @@ def test_a_backup_sub_folder_does_not_beat_the_corrected_export(plate, checkpoin
     matched, unmatched = match_corrections(tree, CLASSES, images)
     np.testing.assert_array_equal(matched[0].labels, old)
     assert unmatched == ["A1/scene_labels.tif (written before A1/A_old/scene_labels.tif, the export kept)"]
+
+
+def test_of_one_export_in_two_formats_the_file_written_last_is_read(tmp_path):
+    """``scene_labels.png`` and ``scene_labels.tif`` exported together, then the corrected labels
+    exported again as TIFF only: the export counted as the newest, but its first file by name (the
+    old PNG) was read, losing the corrections. The file written last is read, and the older named."""
+    import os
+
+    image = tmp_path / "scene.png"
+    iio.imwrite(image, shapes_scene(0)[0])
+    before = np.where(shapes_scene(0)[1] == 1, 1, 0).astype(np.uint16)
+    corrected = shapes_scene(0)[1]
+    io.export_instances(before, TABLE, CLASSES, tmp_path / "out", stem="scene", formats=("tiff", "png", "csv"),
+                        image_file_name="scene.png")
+    io.export_instances(corrected, TABLE, CLASSES, tmp_path / "out", stem="scene", formats=("tiff", "csv"),
+                        overwrite=True, image_file_name="scene.png")
+    png, tif = tmp_path / "out" / "scene_labels.png", tmp_path / "out" / "scene_labels.tif"
+    later = tif.stat().st_mtime
+    os.utime(png, (later - 3600, later - 3600))
+    superseded = []
+    matched, unmatched = match_corrections(tmp_path / "out", CLASSES, [image], superseded=superseded)
+    np.testing.assert_array_equal(matched[0].labels, corrected)
+    assert unmatched == [] and superseded == ["scene_labels.png (the same export as scene_labels.tif, in another "
+                                              "format)"]
+    (correction,) = load_corrections(tmp_path / "out", CLASSES, image_paths=[image], superseded=[])
+    np.testing.assert_array_equal(correction.labels, corrected)

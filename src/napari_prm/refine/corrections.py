@@ -263,8 +263,8 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
     and a copy kept in ``results/old/``), the most recently written is kept (the modification
     time of its label image) and the others are left out, named in ``superseded`` (a list), or
     in a ``UserWarning`` without one. The label images of one export in several formats
-    (``cat_labels.tif`` and ``cat_labels.png`` of one folder) are one export: the first by name
-    is read.
+    (``cat_labels.tif`` and ``cat_labels.png`` of one folder) are one export: the file written last is read (a format
+    exported again alone; the first by name of those written together).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -319,12 +319,15 @@ def _newest_per_image(pairs: Sequence[tuple[Path, Path]], folder: Path,
                       left_out: list[str]) -> list[tuple[Path, Path]]:
     """Of the ``(label image, image)`` pairs, one per image: that of its most recently written
     export (an export is a folder and stem: its label images in several formats are one, the
-    first by name standing for it; ties go to the first in path order). The others are described
-    in ``left_out``, by their paths in ``folder``."""
+    one written last standing for it, the first by name of those written together; ties go to
+    the first in path order). The others are described in ``left_out``, by their paths in ``folder``."""
     exports: dict[Path, dict[tuple[Path, str], list[Path]]] = {}
     for label_path, image_path in pairs:
         key = (label_path.parent, label_path.stem)
         exports.setdefault(image_path.resolve(), {}).setdefault(key, []).append(label_path)
+    for by_export in exports.values():  # an export's newest file first (a format exported again alone)
+        for paths in by_export.values():
+            paths.sort(key=lambda path: -path.stat().st_mtime_ns)
 
     def name(path: Path) -> str:
         return path.relative_to(folder).as_posix()
@@ -395,7 +398,8 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
         match one image (``results/x_labels.tif`` and an old copy ``results/old/x_labels.tif``),
         the most recently written (its label image's modification time) is kept, as
         :func:`load_corrections` keeps it; one export in several formats (``x_labels.tif`` and
-        ``x_labels.png``) is read from the first by name. Of a COCO JSON naming one image
+        ``x_labels.png``) is read from the file written last (the first by name of those
+        written together). Of a COCO JSON naming one image
         twice, the first entry is kept.
     unmatched : list of str
         The exports matching no image (their paths in the folder, ``A1/cat_labels.tif``; for a
