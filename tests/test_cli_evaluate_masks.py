@@ -104,3 +104,40 @@ def test_evaluate_masks_reports_a_missing_folder(labelled, checkpoint, tmp_path,
     dataset = labelled[0]
     assert main(["evaluate", str(dataset), "--model", str(checkpoint), "--masks", str(tmp_path / "none")]) == 2
     assert f"--masks: corrections {tmp_path / 'none'}" in capsys.readouterr().err
+
+
+def test_evaluate_and_refine_masks_refuse_a_stacks_export_naming_it(labelled, checkpoint, tmp_path, capsys):
+    """A z-stack's export (a (3, H, W) label TIFF and its CSV, as Export and predict write a stack) beside
+    a 2-D image's: the dataset reads its images as 2-D images, so both commands refuse the stack's export
+    by name, saying what they read."""
+    import tifffile
+
+    dataset, exports, _, _ = labelled
+    images = tmp_path / "images"
+    images.mkdir()
+    for n in range(3):
+        (images / f"scene{n}.png").write_bytes((dataset.parent / f"scene{n}.png").read_bytes())
+    planes = np.stack([shapes_scene(n)[0].mean(axis=-1).astype(np.uint8) for n in (3, 4, 5)])
+    tifffile.imwrite(images / "zstack.tif", planes, imagej=True, metadata={"axes": "ZYX"})
+    stack_dataset = images / "labels.csv"
+    stack_dataset.write_text(dataset.read_text() + "zstack.tif,cat\n")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for path in exports.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    label_stack = np.stack([shapes_scene(n)[1] for n in (3, 4, 5)])
+    stack_table = {"label": np.array([1, 2]), "class_name": np.array(CLASSES)}
+    io.export_instances(label_stack, stack_table, CLASSES, folder, formats=("tiff", "csv"), stem="zstack",
+                        image_file_name="zstack.tif")
+    common = ["--model", str(checkpoint), "--device", "cpu", "--masks", str(folder)]
+    shape = label_stack.shape
+    for command in (["evaluate", str(stack_dataset), *common],
+                    ["refine", str(stack_dataset), *common, "--out", str(tmp_path / "refined.pt"), "--epochs", "1"]):
+        assert main(command) == 2
+        error = capsys.readouterr().err
+        assert f"error: --masks: {folder / 'zstack_labels.tif'}: a label stack of 3 planes of " \
+               f"{shape[1]}×{shape[2]}" in error, error
+        assert f"the export of the z-stack or time-lapse {images / 'zstack.tif'}" in error
+        assert "corrections are 2-D label images of 2-D images" in error
+        assert "stacks are not read plane by plane" in error
+    assert not (tmp_path / "refined.pt").exists()

@@ -304,7 +304,7 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
         table = read_instances_csv(table_path) if table_path.is_file() else None
         labels = read_label_image(label_path)
         if labels.ndim != 2:
-            raise ValueError(f"{label_path}: corrections are 2-D label images; got shape {labels.shape}")
+            raise ValueError(_not_a_2d_export(label_path, image_path, labels.shape))
         corrections.append(Correction(read_image(image_path), labels, class_lookup(table, class_names),
                                       str(label_path), image_path))
     if superseded is not None:
@@ -313,6 +313,19 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
         warnings.warn(f"corrections {folder}: several exports of one image; the most recently written of "
                       f"each is used, left out: {', '.join(left_out)}", UserWarning, stacklevel=3)
     return corrections
+
+
+def _not_a_2d_export(label_path: Path, image_path: Path, shape: tuple[int, ...]) -> str:
+    """Why a label image that is not 2-D (a stack's export: predict's or Export's of a z-stack or
+    time-lapse) is no correction, and what is."""
+    if len(shape) < 3:
+        return f"{label_path}: corrections are 2-D label images; got shape {shape}"
+    planes = int(np.prod(shape[:-2]))
+    return (f"{label_path}: a label stack of {planes} planes of {shape[-2]}×{shape[-1]} (shape {shape}), the "
+            f"export of the z-stack or time-lapse {image_path}: corrections are 2-D label images of 2-D images, "
+            "one per image of the dataset (whose images are read as single 2-D images); stacks are not read "
+            "plane by plane. Move the stack's export out of the folder, or save each plane of the image and of "
+            f"its labels as 2-D files (<plane>.tif with <plane>{LABEL_SUFFIX}.tif and <plane>_instances.csv)")
 
 
 def _newest_per_image(pairs: Sequence[tuple[Path, Path]], folder: Path,
