@@ -264,3 +264,17 @@ def test_a_resumed_run_says_a_stack_re_saved_since_is_not_the_one_its_outputs_ho
     tifffile.imwrite(image, planes[::-1], imagej=True, metadata={"axes": "ZYX"})  # same size, other pixels
     (result,) = predict_many([image], checkpoint, out, **SETTINGS).results
     assert result.status == "skipped" and "(its content differs)" in result.error
+
+
+def test_plane_tally_counts_a_stacks_planes_from_its_header(stacks):
+    """The tally behind ``predict``'s and the folder panel's progress bars: 3 + 2 + 1 planes."""
+    from napari_prm.batch import PlaneTally
+
+    images = [stacks / "zstack.tif", stacks / "movie.ome.tif", stacks / "flat.png"]
+    tally = PlaneTally(images)
+    assert tally.planes == {str(images[0]): 3, str(images[1]): 2, str(images[2]): 1} and tally.total == 6
+    assert tally.plane_done(images[0], 2) == 2
+    assert tally.plane_done(images[0], 1) == 2  # a repeated (retried) plane does not count back
+    assert tally.image_done(images[2]) == 3  # a 2-D image, or a stack from a worker: all its planes
+    assert tally.plane_done(images[0], 5) == 4  # never more than its header's planes
+    assert tally.image_done(images[0]) == 4 and tally.image_done(images[1]) == 6 == tally.done

@@ -242,3 +242,27 @@ def test_a_tiff_stacks_outputs_open_as_one_plane_per_plane(predict_widget, qtbot
                                               "b_z.tif (plane 3 of 3)"]
     np.testing.assert_array_equal(np.asarray(labels.data[1:])[:, :64, :64],
                                   io.read_label_image(tmp_path / "out" / "b_z_labels.tif"))
+
+
+def test_the_progress_bar_counts_a_stacks_planes(predict_widget, qtbot, tmp_path):
+    """A 2-D image and a 3-plane z-stack: the bar's total is 4 planes and it moves after each
+    plane of the stack, as ``napari-prm predict``'s bar does."""
+    import tifffile
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    iio.imwrite(folder / "a_cat.png", data.chelsea()[::6, ::6])
+    camera = data.camera()[::8, ::8]
+    tifffile.imwrite(folder / "b_z.tif", np.stack([camera, camera[::-1], camera[:, ::-1]]).astype(np.uint16),
+                     imagej=True, metadata={"axes": "ZYX"})
+    predict_widget.batch_button.click()
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value = folder
+    panel._out.value = tmp_path / "out"
+    assert panel.start() is not None
+    counts = []  # the reports reach the bar on this (Qt) thread: none came before this line
+    panel.progress_bar.events.value.connect(lambda event: counts.append(event.value))
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == ["written", "written"], panel.last_message
+    assert panel.progress_bar.total == 4 and panel.progress_bar.n == 4
+    assert sorted(set(counts)) == [1, 2, 3, 4]

@@ -54,7 +54,7 @@ from .io.fileset import _sha256, manifest_path
 from .io.images import quiet_large_image_warning
 from .io.paths import sorted_paths
 
-__all__ = ["ImageResult", "BatchResult", "ModelSpec", "predict_many", "predict_image", "collect_images",
+__all__ = ["ImageResult", "BatchResult", "ModelSpec", "PlaneTally", "predict_many", "predict_image", "collect_images",
            "output_stems", "output_name", "output_place", "output_states", "written_since", "record_written",
            "start_local_cluster", "label_stack", "label_shapes", "label_planes", "image_stack", "SUMMARY_COLUMNS"]
 
@@ -921,6 +921,49 @@ def _has_manifest(out: Path, stem: str) -> bool:
 
 
 # --------------------------------------------------------------------------- the batch
+class PlaneTally:
+    """The planes done of a `predict_many` run, for a progress bar that counts planes (a TIFF
+    stack's N, a 2-D image's 1), as ``napari-prm predict``'s bar and the plugin's folder run count.
+
+    Parameters
+    ----------
+    images : sequence of path-like
+        The run's images; a stack's planes are read from its TIFF header (`io.images.plane_count`).
+
+    Attributes
+    ----------
+    planes : dict of str to int
+        The planes of each image, by ``str(path)`` (as `ImageResult.image` names it).
+    total : int
+        The planes of all images.
+    """
+
+    def __init__(self, images: Sequence[str | os.PathLike]):
+        from .io.images import plane_count
+
+        self.planes = {str(image): plane_count(image) for image in images}
+        self.total = sum(self.planes.values())
+        self._counted = dict.fromkeys(self.planes, 0)
+
+    @property
+    def done(self) -> int:
+        """The planes counted so far, over all images."""
+        return sum(self._counted.values())
+
+    def plane_done(self, image: str | os.PathLike, done: int) -> int:
+        """Count ``done`` planes of ``image`` (``predict_many``'s ``plane_progress``); returns `done`
+        (over all images). A stack read with more planes than its header said counts its header's."""
+        image = str(image)
+        self._counted[image] = max(self._counted[image], min(done, self.planes[image]))
+        return self.done
+
+    def image_done(self, image: str | os.PathLike) -> int:
+        """Count all planes of ``image`` (``predict_many``'s ``progress``: it was written, skipped,
+        failed or run on a cluster, which reports no planes); returns `done` (over all images)."""
+        self._counted[str(image)] = self.planes[str(image)]
+        return self.done
+
+
 def _image_paths(paths) -> list[Path]:
     """`predict_many`'s ``paths`` as Paths, refusing one path (its characters are not images)
     and items that are not paths (arrays: `napari_prm.predict` takes them one at a time)."""

@@ -37,6 +37,7 @@ from .batch import (
     OTHER_RUN,
     SUMMARY_NAME,
     WITHOUT_PRMS,
+    PlaneTally,
     collect_images,
     model_label,
     output_name,
@@ -46,7 +47,7 @@ from .batch import (
     written_since,
 )
 from .io import IMAGE_SUFFIXES, writable_folder
-from .io.images import plane_count, quiet_large_image_warning
+from .io.images import quiet_large_image_warning
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
                  "refinement head, else 'default'), 'default', 'prm' (from the PRMs), 'default+prm', "
@@ -760,15 +761,13 @@ def _run_predict(args) -> int:
                 **_inference_settings(args)}
     client = _start_client(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    planes = {str(image): plane_count(image) for image in images}  # TIFF headers only
-    bar = tqdm(total=sum(planes.values()), desc="predict", unit="plane", disable=None)
+    tally = PlaneTally(images)  # TIFF headers only
+    bar = tqdm(total=tally.total, desc="predict", unit="plane", disable=None)
     before = output_states(args.out, stems)
     counts, logged = dict.fromkeys(("written", "skipped", "failed"), 0), [time.monotonic()]
-    counted = dict.fromkeys(planes, 0)  # planes of each image the bar has counted
 
     def plane_done(image, done, total) -> None:
-        bar.update(min(done, planes[image]) - counted[image])
-        counted[image] = min(done, planes[image])
+        bar.update(tally.plane_done(image, done) - bar.n)
 
     def progress(result, done, total) -> None:
         counts[result.status] = counts.get(result.status, 0) + 1
@@ -780,8 +779,7 @@ def _run_predict(args) -> int:
             _say(f"{result.image}: failed: {result.error}{hint}")
         for note in result.notes:
             _say(f"{result.image}: {note}")
-        bar.update(planes[result.image] - counted[result.image])  # skipped, failed or run on a cluster
-        counted[result.image] = planes[result.image]
+        bar.update(tally.image_done(result.image) - bar.n)  # skipped, failed or run on a cluster
         if bar.disable and done < total and time.monotonic() - logged[0] >= LOG_PROGRESS_EVERY:
             logged[0] = time.monotonic()  # a log gets a line now and then, not a bar redrawn with \r
             _say(f"predict: {done} of {plural(total, 'image')} done ({counts['written']} written, "

@@ -1,11 +1,13 @@
 """"Run on a folder…": the predict widget's model and settings on every image of a folder.
 
 `napari_prm.batch.predict_many` runs in a worker thread, in napari's process or on a local
-dask cluster of worker processes; a napari ``progress`` bar in the activity dock follows it
-and Cancel stops it between images (so does closing the panel, or taking it out of its
-dock; a closed panel opens no layers). The results open lazily: the images and their label
-images as two dask-backed stacks (one plane per image, read when shown), so stepping
-through a thousand results reads only the planes looked at.
+dask cluster of worker processes; a napari ``progress`` bar in the activity dock follows it,
+counting planes as ``napari-prm predict``'s bar does (a TIFF stack's one by one in napari's
+process, all at once when a worker process ran it), and Cancel stops it between images (so
+does closing the panel, or taking it out of its dock; a closed panel opens no layers). The
+results open lazily: the images and their label images as two dask-backed stacks (one plane
+per image, read when shown), so stepping through a thousand results reads only the planes
+looked at.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class BatchPanel(StopsOnClose, Container):
         self._inputs_folder: Path | None = None
         self.result: batch.BatchResult | None = None
         self.progress_bar: progress | None = None
+        self._tally: batch.PlaneTally | None = None
         self.last_message = ""
         self._stop_on_close(self.native)
 
@@ -135,7 +138,9 @@ class BatchPanel(StopsOnClose, Container):
         self._cancel.clear()
         self._closed = False
         self.result = None
-        self.progress_bar = progress(total=len(images), desc="napari-prm: folder")
+        # the bar counts planes, as predict's does: a TIFF stack's N (from its header), a 2-D image's 1
+        self._tally = batch.PlaneTally(images)
+        self.progress_bar = progress(total=self._tally.total, desc="napari-prm: folder")
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
         worker = create_worker(self._run, images, stems, out, settings, workers, bool(self._overwrite.value),
                                _start_thread=False, _connect={"errored": lambda error: self._say(
@@ -164,6 +169,7 @@ class BatchPanel(StopsOnClose, Container):
             return batch.predict_many(
                 images, model, out, client, stems=stems, overwrite=overwrite, device=settings["device"],
                 progress=lambda result, done, total: self._relay.progressed.emit((result, done, total)),
+                plane_progress=lambda image, done, _planes: self._relay.progressed.emit((image, done)),
                 cancel=self._cancel.is_set, model_name=batch.model_label(settings["model"]), **options)
         finally:
             if client is not None:
@@ -177,11 +183,19 @@ class BatchPanel(StopsOnClose, Container):
             self._cancel.set()
 
     def _on_progress(self, report) -> None:
+        """A plane done, ``(image, planes done of it)``, or an image, ``(ImageResult, images done, images)``."""
+        if len(report) == 2:
+            image, planes_done = report
+            self._count(self._tally.plane_done(image, planes_done))
+            return
         result, done, total = report
-        if self.progress_bar is not None:
-            self.progress_bar.update(done - self.progress_bar.n)
+        self._count(self._tally.image_done(result.image))
         if not self._deleted:
             self._status.value = f"{done}/{total}: {Path(result.image).name} {result.status}"
+
+    def _count(self, planes_done: int) -> None:
+        if self.progress_bar is not None:
+            self.progress_bar.update(planes_done - self.progress_bar.n)
 
     def _on_done(self, result: batch.BatchResult) -> None:
         self.result = result
