@@ -278,3 +278,26 @@ def test_plane_tally_counts_a_stacks_planes_from_its_header(stacks):
     assert tally.image_done(images[2]) == 3  # a 2-D image, or a stack from a worker: all its planes
     assert tally.plane_done(images[0], 5) == 4  # never more than its header's planes
     assert tally.image_done(images[0]) == 4 and tally.image_done(images[1]) == 6 == tally.done
+
+
+def test_the_plugins_stack_layers_are_the_label_stack_predict_writes(stacks, checkpoint):
+    """The plugin's *all planes* run merges its planes' labels with `io.stack_labels`, the rule
+    ``predict`` writes a stack by: the same label stack and instance table, each peak labelled
+    with its instance's label; a run of one plane numbers its labels from 1."""
+    from napari_prm._widgets.layers import merge_predictions
+
+    model = load_model(checkpoint, device="cpu")
+    alone = [predict(plane, model, **SETTINGS) for plane in io.read_stack(stacks / "zstack.tif").planes]
+    assert sum(len(p.instances) for p in alone) > 1
+    labels, table = io.stack_labels(alone)
+    merged = merge_predictions([(0,), (1,), (2,)], alone, (3,))
+    np.testing.assert_array_equal(merged.labels, labels)
+    assert merged.labels.dtype == labels.dtype == np.uint16
+    features = merged.instance_features
+    for name, column in table.items():
+        assert list(features[name]) == list(column), name
+    peak_labels = merged.point_features["label"].to_numpy()
+    np.testing.assert_array_equal(peak_labels[table["peak"]], table["label"])
+    one = merge_predictions([(2,)], alone[2:], (3,))
+    np.testing.assert_array_equal(one.labels[2], alone[2].to_labels()[0])
+    assert not one.labels[:2].any()

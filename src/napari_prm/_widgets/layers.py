@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..io.prediction import stack_labels
 from ..peaks import RUNNERS_UP
 from ..predict import Prediction, crm_to_image
 from ..predictor import cap_note
@@ -525,38 +526,29 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
     class_names = predictions[0].class_names
     height, width = predictions[0].image_shape
     total = sum(len(p.peaks) for p in predictions)
-    count = sum(len(p.instances) for p in predictions)
-    labels = np.zeros(leading_shape + (height, width), np.uint16 if count < 65535 else np.uint32)
-    points, point_rows, prms, prm_planes, tables = [], [], [], [], []
+    # the planes' labels and instance table put together as `napari-prm predict` writes a stack
+    stack, table = stack_labels(predictions)
+    labels = _laid_out(stack, planes, tuple(leading_shape))
+    points, point_rows, prms, prm_planes = [], [], [], []
     merged_into: dict[int, int] = {}
-    peak_offset = label_offset = 0
+    peak_offset = row = 0
     for plane, prediction in zip(planes, predictions):
-        k = len(prediction.peaks)
+        k, rows = len(prediction.peaks), len(prediction.instances)  # a table row per instance, in order
         points.append(np.column_stack([np.tile(np.asarray(plane, float), (k, 1)), prediction.peaks])
                       if k else np.zeros((0, len(plane) + 2)))
+        plane_labels = table["label"][row:row + rows]
         peak_label = np.zeros(k, np.int64)
-        plane_labels = np.zeros((height, width), np.uint16)
-        if prediction.instances:
-            plane_labels, table = prediction.to_labels()
-            nonzero = plane_labels > 0
-            labels[plane][nonzero] = plane_labels[nonzero] + label_offset
-            table = dict(table)
-            table["label"] = np.asarray(table["label"], np.int64) + label_offset
-            table["peak"] = np.asarray(table["peak"], np.int64) + peak_offset
-            tables.append(table)
-            for instance, label in zip(prediction.instances, table["label"]):  # instance i is label i + 1
-                for merged in instance.merged_peaks:
-                    peak_label[int(merged)] = label
-                    merged_into[peak_offset + int(merged)] = peak_offset + int(instance.peak)
-            peak_label[np.asarray(table["peak"]) - peak_offset] = table["label"]
+        for instance, label in zip(prediction.instances, plane_labels):
+            for merged in instance.merged_peaks:
+                peak_label[int(merged)] = label
+                merged_into[peak_offset + int(merged)] = peak_offset + int(instance.peak)
+        peak_label[table["peak"][row:row + rows] - peak_offset] = plane_labels
         point_rows.append(peak_rows(prediction, np.arange(peak_offset, peak_offset + k, dtype=np.int64),
                                     peak_label, hand_placed=False))
         prms.append(PeakPRMs.of(prediction.prms, (height, width)))
         prm_planes.append(np.tile(np.asarray(plane, np.int64), (k, 1)).reshape(k, len(plane)))
         peak_offset += k
-        label_offset += int(plane_labels.max(initial=0))
-    table = ({name: np.concatenate([t[name] for t in tables]) for name in tables[0]}
-             if tables else {"label": np.zeros(0, np.int64)})
+        row += rows
     crms = {}
     for index in crm_classes:
         crm_shape = predictions[0].crms.shape[1:]
@@ -580,6 +572,17 @@ def merge_predictions(planes: list[tuple[int, ...]], predictions: list[Predictio
         notes=plane_notes(planes, predictions),
         merged_into=merged_into,
     )
+
+
+def _laid_out(stack: np.ndarray, planes: list[tuple[int, ...]], leading_shape: tuple[int, ...]) -> np.ndarray:
+    """The (N, H, W) label stack of the ``planes`` run as an image's ``leading_shape + (H, W)``:
+    a view when they are all its planes in order (a 2-D image's one), else its other planes 0."""
+    if list(planes) == list(np.ndindex(*leading_shape)):
+        return stack.reshape(leading_shape + stack.shape[1:])
+    labels = np.zeros(leading_shape + stack.shape[1:], stack.dtype)
+    for plane, plane_labels in zip(planes, stack):
+        labels[plane] = plane_labels
+    return labels
 
 
 def plane_notes(planes: list[tuple], predictions: list[Prediction]) -> list[str]:
