@@ -217,12 +217,10 @@ def test_run_on_a_folder_of_sub_folders_includes_them_when_ticked(predict_widget
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
 
 
-def test_a_tiff_stacks_outputs_open_as_one_plane_per_plane(predict_widget, qtbot, tmp_path, tiny_checkpoint):
-    """A z-stack in the folder is predicted plane by plane; its planes are planes of the lazy
-    result stacks, named by their image and plane."""
+@pytest.fixture
+def stack_folder(tmp_path):
+    """A 2-D photo and a 3-plane 16-bit ImageJ z-stack (ZYX) of 64 × 64 planes."""
     import tifffile
-
-    from napari_prm.batch import predict_many
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -230,6 +228,16 @@ def test_a_tiff_stacks_outputs_open_as_one_plane_per_plane(predict_widget, qtbot
     camera = data.camera()[::8, ::8]
     tifffile.imwrite(folder / "b_z.tif", np.stack([camera, camera[::-1], camera[:, ::-1]]).astype(np.uint16),
                      imagej=True, metadata={"axes": "ZYX"})
+    return folder
+
+
+def test_a_tiff_stacks_outputs_open_as_one_plane_per_plane(predict_widget, qtbot, tmp_path, tiny_checkpoint,
+                                                           stack_folder):
+    """A z-stack in the folder is predicted plane by plane; its planes are planes of the lazy
+    result stacks, named by their image and plane."""
+    from napari_prm.batch import predict_many
+
+    folder = stack_folder
     result = predict_many(sorted(folder.iterdir()), tiny_checkpoint, tmp_path / "out", device="cpu",
                           proposals="prm", peak_threshold=0.0)
     assert [(r.status, r.planes) for r in result.results] == [("written", 1), ("written", 3)]
@@ -244,20 +252,12 @@ def test_a_tiff_stacks_outputs_open_as_one_plane_per_plane(predict_widget, qtbot
                                   io.read_label_image(tmp_path / "out" / "b_z_labels.tif"))
 
 
-def test_the_progress_bar_counts_a_stacks_planes(predict_widget, qtbot, tmp_path):
+def test_the_progress_bar_counts_a_stacks_planes(predict_widget, qtbot, tmp_path, stack_folder):
     """A 2-D image and a 3-plane z-stack: the bar's total is 4 planes and it moves after each
     plane of the stack, as ``napari-prm predict``'s bar does."""
-    import tifffile
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    iio.imwrite(folder / "a_cat.png", data.chelsea()[::6, ::6])
-    camera = data.camera()[::8, ::8]
-    tifffile.imwrite(folder / "b_z.tif", np.stack([camera, camera[::-1], camera[:, ::-1]]).astype(np.uint16),
-                     imagej=True, metadata={"axes": "ZYX"})
     predict_widget.batch_button.click()
     panel = open_batch_panel(predict_widget)
-    panel._inputs.value = folder
+    panel._inputs.value = stack_folder
     panel._out.value = tmp_path / "out"
     assert panel.start() is not None
     counts = []  # the reports reach the bar on this (Qt) thread: none came before this line
