@@ -936,6 +936,8 @@ class PlaneTally:
         The planes of each image, by ``str(path)`` (as `ImageResult.image` names it).
     total : int
         The planes of all images.
+    done : int
+        The planes counted so far, over all images.
     """
 
     def __init__(self, images: Sequence[str | os.PathLike]):
@@ -943,25 +945,24 @@ class PlaneTally:
 
         self.planes = {str(image): plane_count(image) for image in images}
         self.total = sum(self.planes.values())
+        self.done = 0  # the planes counted so far, over all images (kept: a sum per report is slow for many)
         self._counted = dict.fromkeys(self.planes, 0)
 
-    @property
-    def done(self) -> int:
-        """The planes counted so far, over all images."""
-        return sum(self._counted.values())
+    def _set(self, image: str, counted: int) -> int:
+        self.done += counted - self._counted[image]
+        self._counted[image] = counted
+        return self.done
 
     def plane_done(self, image: str | os.PathLike, done: int) -> int:
         """Count ``done`` planes of ``image`` (``predict_many``'s ``plane_progress``); returns `done`
         (over all images). A stack read with more planes than its header said counts its header's."""
         image = str(image)
-        self._counted[image] = max(self._counted[image], min(done, self.planes[image]))
-        return self.done
+        return self._set(image, max(self._counted[image], min(done, self.planes[image])))
 
     def image_done(self, image: str | os.PathLike) -> int:
         """Count all planes of ``image`` (``predict_many``'s ``progress``: it was written, skipped,
         failed or run on a cluster, which reports no planes); returns `done` (over all images)."""
-        self._counted[str(image)] = self.planes[str(image)]
-        return self.done
+        return self._set(str(image), self.planes[str(image)])
 
 
 def _image_paths(paths) -> list[Path]:
