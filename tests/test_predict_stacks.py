@@ -201,8 +201,11 @@ def test_workers_run_a_stack_as_this_process_does(stacks, checkpoint, tmp_path):
         (r.status, r.planes, r.instances) for r in here.results]
     np.testing.assert_array_equal(io.read_label_image(tmp_path / "there" / "movie.ome_labels.tif"),
                                   io.read_label_image(tmp_path / "here" / "movie.ome_labels.tif"))
-    assert (rows(tmp_path / "there" / "movie.ome_instances.csv")
-            == rows(tmp_path / "here" / "movie.ome_instances.csv"))
+    # the same instances; a score may differ in its last digits (a worker thread's float sums)
+    there_rows, here_rows = (rows(tmp_path / place / "movie.ome_instances.csv") for place in ("there", "here"))
+    assert [{**row, "score": None} for row in there_rows] == [{**row, "score": None} for row in here_rows]
+    np.testing.assert_allclose([float(row["score"]) for row in there_rows],
+                               [float(row["score"]) for row in here_rows], rtol=1e-6)
 
 
 def test_lazy_result_stacks_hold_a_stacks_planes(stacks, checkpoint, tmp_path):
