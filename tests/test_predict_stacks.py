@@ -269,6 +269,29 @@ def test_a_resumed_run_says_a_stack_re_saved_since_is_not_the_one_its_outputs_ho
     assert result.status == "skipped" and "(its content differs)" in result.error
 
 
+def test_predict_image_alone_says_an_image_changed_since_its_outputs_were_written(stacks, checkpoint, tmp_path):
+    """`predict_image` called on its own (not through `predict_many`) tells a re-saved stack from
+    the one its complete outputs hold, as `predict_many` does, and leaves those outputs."""
+    from napari_prm.batch import IMAGE_CHANGED, predict_image
+
+    image = tmp_path / "z.tif"
+    planes = io.read_stack(stacks / "zstack.tif").planes
+    tifffile.imwrite(image, planes[:2], imagej=True, metadata={"axes": "ZYX"})
+    out = tmp_path / "out"
+    out.mkdir()
+    model = load_model(checkpoint)
+    assert predict_image(image, "z", out, model, settings=SETTINGS).status == "written"
+    again = predict_image(image, "z", out, model, settings=SETTINGS)
+    assert (again.status, again.error) == ("skipped", "")  # unchanged: complete
+
+    tifffile.imwrite(image, planes, imagej=True, metadata={"axes": "ZYX"})  # 3 planes now
+    result = predict_image(image, "z", out, model, settings=SETTINGS)
+    assert result.status == "skipped" and result.error.startswith(IMAGE_CHANGED) and "bytes then" in result.error
+    assert tifffile.imread(out / "z_labels.tif").shape == (2, 48, 40)  # left as they were
+    written = predict_image(image, "z", out, model, settings=SETTINGS, overwrite=True)
+    assert written.status == "written" and tifffile.imread(out / "z_labels.tif").shape == (3, 48, 40)
+
+
 def test_plane_tally_counts_a_stacks_planes_from_its_header(stacks):
     """The tally behind ``predict``'s and the folder panel's progress bars: 3 + 2 + 1 planes."""
     from napari_prm.batch import PlaneTally

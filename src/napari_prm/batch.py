@@ -599,7 +599,8 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
         gives each image the proposal file of its stem.
     overwrite : bool
         Replace complete outputs. Without it, complete outputs (written by an earlier run
-        or an earlier attempt) are left and reported as ``"skipped"``.
+        or an earlier attempt) are left and reported as ``"skipped"``, with the reason
+        (``error``) when the image changed since they were written (`IMAGE_CHANGED`).
     prms_format : {None, "npy", "tiff"}
     gather : bool
         Keep the `Prediction` in the result (a list of them, one per plane, for a stack).
@@ -623,7 +624,7 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     if not overwrite:
         existing = io.complete_prediction(folder, name, prms_format=prms_format)
         if existing is not None:
-            return _skipped(str(image), stem, existing)
+            return _skipped(str(image), stem, existing, _image_changed(existing.info, image))
     settings = dict(settings or {})
     if "proposals" in settings:
         settings["proposals"] = proposals_for_image(settings["proposals"], image, stem)
