@@ -266,3 +266,28 @@ def test_the_progress_bar_counts_a_stacks_planes(predict_widget, qtbot, tmp_path
     assert [r.status for r in panel.result.results] == ["written", "written"], panel.last_message
     assert panel.progress_bar.total == 4 and panel.progress_bar.n == 4
     assert sorted(set(counts)) == [1, 2, 3, 4]
+
+
+def test_the_done_message_says_why_images_were_skipped(predict_widget, qtbot, tmp_path, stack_folder):
+    """Skipped images are grouped by their reason in the panel's message (not only in summary.csv):
+    a complete image as such, a stack re-saved with fewer planes since as changed."""
+    import tifffile
+
+    predict_widget.batch_button.click()
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value = stack_folder
+    panel._out.value = tmp_path / "out"
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == ["written", "written"], panel.last_message
+
+    stack = stack_folder / "b_z.tif"
+    tifffile.imwrite(stack, tifffile.imread(stack)[:2], imagej=True, metadata={"axes": "ZYX"})
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == ["skipped", "skipped"]
+    assert panel.last_message.startswith(
+        "Done: 0 written, 2 skipped, 0 failed; 1 skipped: outputs exist (a_cat.png); 1 skipped: the image changed "
+        "since its outputs were written (b_z.tif) — tick 'recompute images that already have outputs' to replace "
+        "them; summary: "), panel.last_message
+    assert panel._status.value == panel.last_message

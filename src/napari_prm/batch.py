@@ -163,6 +163,27 @@ class BatchResult:
     def failed(self) -> list[ImageResult]:
         return self.with_status("failed")
 
+    def skip_reasons(self) -> dict[str, list[ImageResult]]:
+        """The skipped images grouped by why, in order of first appearance.
+
+        Returns
+        -------
+        dict
+            Reason -> the skipped results that give it: ``"outputs exist"`` (complete outputs
+            of this run's model and settings), or the reason of `ImageResult.error` less its
+            advice to overwrite and its per-image details (`IMAGE_CHANGED`'s sizes, the files
+            of an incomplete set), so that images skipped for one reason share one group.
+        """
+        groups: dict[str, list[ImageResult]] = {}
+        for result in self.skipped:
+            reason = result.error.split("; use overwrite")[0] or "outputs exist"
+            if reason.startswith(IMAGE_CHANGED):
+                reason = IMAGE_CHANGED
+            elif reason.startswith("outputs exist ("):  # the files of an incomplete set
+                reason = re.sub(r"^outputs exist \([^)]*\)", "outputs exist", reason)
+            groups.setdefault(reason, []).append(result)
+        return groups
+
     def labels_path(self, result: ImageResult) -> Path:
         """Where the label image of ``result``'s image is (or would be)."""
         from .io import prediction_paths

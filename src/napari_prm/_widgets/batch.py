@@ -204,10 +204,27 @@ class BatchPanel(StopsOnClose, Container):
         why = "Stopped as the panel was closed" if self._closed else "Cancelled"
         message = (f"{why if cancelled else 'Done'}: {counts['written']} written, "
                    f"{counts['skipped']} skipped, {counts['failed']} failed"
-                   + (f", {cancelled} not done" if cancelled else "") + f"; summary: {result.summary}")
+                   + (f", {cancelled} not done" if cancelled else "") + self._skip_reasons(result)
+                   + f"; summary: {result.summary}")
         if not self._closed:  # a closed panel adds no layers; what was written stays on disk
             self.open_results(result)
         self._say(message, "warning" if counts["failed"] else "info")
+
+    def _name(self, image: str) -> str:
+        """An image's name in messages and plane names: its path in the image folder."""
+        folder = self._inputs_folder
+        return (Path(os.path.relpath(image, folder)).as_posix()
+                if folder is not None and Path(image).is_relative_to(folder) else Path(image).name)
+
+    def _skip_reasons(self, result: batch.BatchResult) -> str:
+        """Why images were skipped, a group per reason naming (up to five of) its images."""
+        groups = result.skip_reasons()
+        if not groups:
+            return ""
+        parts = [f"{len(skipped)} skipped: {reason} ("
+                 + ", ".join(self._name(r.image) for r in skipped[:5]) + (", ..." if len(skipped) > 5 else "") + ")"
+                 for reason, skipped in groups.items()]
+        return f"; {'; '.join(parts)} — tick '{self._overwrite.text}' to replace them"
 
     def open_results(self, result: batch.BatchResult) -> None:
         """Show the images with outputs and their labels as lazy stacks, one plane each (a TIFF
@@ -221,10 +238,7 @@ class BatchPanel(StopsOnClose, Container):
         images = batch.image_stack([r.image for r in done], batch.label_shapes(label_paths), planes)
         metadata = {"images": [r.image for r in done], "labels": [str(p) for p in label_paths],
                     "summary": str(result.summary)}
-        folder = self._inputs_folder  # an image in a sub-folder: its path there
-        names = [Path(os.path.relpath(r.image, folder)).as_posix()
-                 if folder is not None and Path(r.image).is_relative_to(folder) else Path(r.image).name
-                 for r in done]
+        names = [self._name(r.image) for r in done]  # an image in a sub-folder: its path there
         names = [name if count == 1 else f"{name} (plane {plane + 1} of {count})"
                  for name, count in zip(names, planes) for plane in range(count)]
         for name, data, add in ((IMAGES_LAYER, images, self._viewer.add_image),
