@@ -228,6 +228,49 @@ def test_lazy_result_stacks_hold_a_stacks_planes(stacks, checkpoint, tmp_path):
     np.testing.assert_array_equal(images[3], (io.as_rgb_float(planes[2]) * 255).round().astype(np.uint8))
 
 
+def _spoil_page(path: Path, index: int) -> None:
+    """Overwrite the compressed data of page ``index`` of the TIFF's first series with bytes
+    that do not decompress: reading that page, or the whole stack, fails; other pages read."""
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.series[0].pages[index]
+        offset, count = page.dataoffsets[0], page.databytecounts[0]
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xff" * count)
+
+
+def test_showing_a_plane_of_the_lazy_result_stacks_reads_only_that_plane(stacks, checkpoint, tmp_path):
+    """The panel's lazy stacks read the page of the plane shown, not the whole stack file: with
+    the last plane's data spoilt in the image stack and in its label stack (both compressed),
+    the first planes still show what was written, and only the spoilt plane fails, naming it."""
+    from napari_prm.batch import image_stack, label_planes, label_shapes, label_stack
+
+    planes = io.read_stack(stacks / "zstack.tif").planes
+    image = tmp_path / "z.tif"
+    tifffile.imwrite(image, planes, imagej=True, compression="zlib", metadata={"axes": "ZYX"})
+    batch = predict_many([image], checkpoint, tmp_path / "out", device="cpu", **SETTINGS)
+    paths = batch.label_paths()
+    written = io.read_label_image(paths[0])
+    assert written.shape == (3, 48, 40) and written.max() > 0
+    _spoil_page(paths[0], 2)
+    _spoil_page(image, 2)
+    with pytest.raises(ValueError):  # the whole files cannot be read any more
+        io.read_label_image(paths[0])
+    with pytest.raises(ValueError):
+        io.read_stack(image)
+
+    labels = label_stack(paths)
+    images = image_stack([image], label_shapes(paths), label_planes(paths))
+    for plane in (0, 1):
+        np.testing.assert_array_equal(np.asarray(labels[plane]), written[plane])
+        np.testing.assert_array_equal(np.asarray(images[plane]),
+                                      (io.as_rgb_float(planes[plane]) * 255).round().astype(np.uint8))
+    with pytest.raises(ValueError, match=r"cannot read plane 2 of label image .*z_labels\.tif"):
+        np.asarray(labels[2])
+    with pytest.raises(ValueError, match=r"cannot read plane 2 of image .*z\.tif"):
+        np.asarray(images[2])
+
+
 def test_a_stack_without_peaks_is_complete_without_its_prm_tiff(stacks, checkpoint, tmp_path):
     """As for a 2-D image, a TIFF of no PRMs is left out, and the outputs still count as complete."""
     settings = {**SETTINGS, "class_threshold": 1e9}  # no class passes: no peaks in any plane

@@ -1441,18 +1441,22 @@ def label_planes(paths: Sequence[str | os.PathLike]) -> list[int]:
 
 
 def _label_plane(path, plane: int) -> np.ndarray:
-    from .io import read_label_image
+    """One plane of a label image or stack, reading only its page (`napari_prm.io.read_plane`)."""
+    from .io import read_label_image, read_plane
 
-    labels = read_label_image(path)
-    return labels.reshape(-1, *labels.shape[-2:])[plane]
+    labels = read_plane(path, plane, what="label image")
+    if labels is None:  # not one page per plane: read whole
+        labels = read_label_image(path)
+        labels = labels.reshape(-1, *labels.shape[-2:])[plane]
+    return labels
 
 
 def label_stack(paths: Sequence[str | os.PathLike]):
     """The label images as one lazy (N, H, W) uint32 dask array, each read when viewed.
 
-    A label stack (a TIFF stack's outputs) gives one plane per plane. Images of other sizes
-    are padded with 0 at the bottom and right to the largest ``H`` and ``W``. Only the TIFF
-    headers are read here.
+    A label stack (a TIFF stack's outputs) gives one plane per plane, and showing a plane reads
+    that plane's page only (`napari_prm.io.read_plane`). Images of other sizes are padded with
+    0 at the bottom and right to the largest ``H`` and ``W``. Only the TIFF headers are read here.
     """
     import dask
     import dask.array as da
@@ -1472,7 +1476,7 @@ def image_stack(paths: Sequence[str | os.PathLike], shapes: Sequence[tuple[int, 
 
     ``shapes`` are the images' ``(H, W)`` (those of their label images); ``planes`` their
     planes (`label_planes`; default 1 each): a TIFF stack's planes (`napari_prm.io.read_stack`)
-    are planes of the result, as in `label_stack`.
+    are planes of the result, as in `label_stack`, each read from its own page when shown.
     """
     import dask
     import dask.array as da
@@ -1488,7 +1492,10 @@ def image_stack(paths: Sequence[str | os.PathLike], shapes: Sequence[tuple[int, 
 
 
 def _rgb8(path, plane: int | None = None) -> np.ndarray:
-    from .io import as_rgb_float, read_image, read_stack
+    from .io import as_rgb_float, read_image, read_plane, read_stack
 
-    image = read_image(path) if plane is None else read_stack(path).planes[plane]
+    # a stack's plane: its page only (`read_plane`), else the stack read whole
+    image = read_image(path) if plane is None else read_plane(path, plane)
+    if image is None:
+        image = read_stack(path).planes[plane]
     return (as_rgb_float(image) * 255).round().astype(np.uint8)

@@ -49,6 +49,7 @@ from .images import (
     opacity_note,
     read_array,
     read_image,
+    read_plane,
     read_stack,
     stack_planes,
     unreadable_images,
@@ -77,7 +78,7 @@ from .tables import (
 __all__ = [
     "atomic_write", "atomic_writes", "remove_stale_temporaries", "writable_folder", "write_file_set", "read_file_set",
     "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
-    "read_array", "read_image", "read_stack", "stack_planes", "ImageStack", "image_array", "as_rgb_float",
+    "read_array", "read_image", "read_plane", "read_stack", "stack_planes", "ImageStack", "image_array", "as_rgb_float",
     "opacity_note", "unreadable_images",
     "write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
     "read_label_class_names",

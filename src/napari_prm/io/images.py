@@ -85,6 +85,49 @@ def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
         raise ValueError(f"cannot read {what} {path}: {reason}") from error
 
 
+def read_plane(path: str | os.PathLike, plane: int, *, what: str = "image") -> np.ndarray | None:
+    """One plane of a TIFF's first series, reading that plane's page only (not the whole stack).
+
+    Parameters
+    ----------
+    path : path-like
+    plane : int
+        The plane, in file order: ``read_stack(path).planes[plane]`` for an image stack, the
+        ``plane``-th (H, W) of an (N, H, W) label stack; 0 for a 2-D TIFF.
+    what : str
+        What the file holds, for the error message.
+
+    Returns
+    -------
+    ndarray or None
+        The plane as stored (``(H, W)`` or ``(H, W, S)``); None for a file that is not a TIFF,
+        or whose series does not store one page per plane (read it whole then).
+
+    Raises
+    ------
+    ValueError
+        Naming the file and plane, when the plane cannot be read or is out of range.
+    """
+    path = path_like(what, path)
+    if not _is_tiff(path) or not path.is_file():
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            page = tuple(int(n) for n in series.keyframe.shape)
+            shape = tuple(int(n) for n in series.shape)
+            if (not page or shape[len(shape) - len(page):] != page
+                    or len(series.pages) * int(np.prod(page)) != int(np.prod(shape))):
+                return None
+            if not 0 <= plane < len(series.pages):
+                raise ValueError(f"cannot read plane {plane} of {what} {path}: it has {len(series.pages)}")
+            return np.asarray(series.pages[plane].asarray()).reshape(page)
+    except ValueError:
+        raise
+    except Exception as error:  # the readers raise many types for a broken file
+        raise ValueError(f"cannot read plane {plane} of {what} {path}: {error or type(error).__name__}") from error
+
+
 def quiet_large_image_warning() -> None:
     """Ignore, in this process, Pillow's warning for an image between its two size limits (89
     and 179 megapixels: a 10000×10000 PNG), which it still reads: "... could be decompression
