@@ -84,8 +84,7 @@ def test_a_model_not_trained_on_the_dataset_calibrates_on_every_image_in_place(
     save_model(build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(32, 32)), elsewhere)
     widget._calibrate_model.value = elsewhere
     widget._calibrate_to.value = "in place"
-    assert load_settings("train", TrainSettings).calibrate_to == "in place"  # kept for the next session
-    assert load_settings("train", TrainSettings).calibrate_model == str(elsewhere)
+    assert load_settings("train", TrainSettings).calibrate_model == str(elsewhere)  # kept for the next session
     outcome = calibrate_to_end(widget, qtbot)
     assert outcome is not None, widget.last_message
     assert outcome.checkpoint == elsewhere and not outcome.held_out and outcome.calibration.images == 4
@@ -115,3 +114,29 @@ def test_a_model_not_trained_on_the_dataset_calibrates_on_every_image_in_place(
     assert widget.calibrate() is None
     assert widget.last_message == (f"Choose the model to calibrate: a checkpoint file (.pt, .safetensors); "
                                    f"{tmp_path / 'missing.pt'} is not a file.")
+
+
+def test_writing_into_the_checkpoint_itself_is_not_kept_for_the_next_session(make_napari_viewer, prm_config,
+                                                                              tmp_path):
+    """"The checkpoint itself" chosen for one checkpoint must not apply to another (the model just
+    trained) in a later session: a new widget starts on "a new file", also after a session of an
+    earlier version that saved the choice; the model to calibrate is kept."""
+    import json
+
+    from napari_prm._widgets.settings import settings_path
+
+    model = tmp_path / "elsewhere.pt"
+    save_model(build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(32, 32)), model)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    assert widget._calibrate_to.value == "new"
+    widget._calibrate_model.value = model
+    widget._calibrate_to.value = "in place"
+    saved = json.loads(settings_path("train").read_text(encoding="utf-8"))
+    assert saved["calibrate_model"] == str(model) and "calibrate_to" not in saved
+
+    saved["calibrate_to"] = "in place"  # as an earlier version saved it
+    settings_path("train").write_text(json.dumps(saved), encoding="utf-8")
+    _, again = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    assert again._calibrate_to.value == "new"
+    assert str(again._calibrate_model.value) == str(model)

@@ -71,7 +71,8 @@ class TrainSettings:
     device: str | None = None  # None: the first of `devices()`
     continue_run: bool = True  # continue the unfinished run in the output file, when it holds one
     calibrate_model: str = ""
-    calibrate_to: str = "new"
+    # where *Calibrate* writes is not kept: "the checkpoint itself" chosen for one checkpoint must
+    # not apply to another (the model just trained) in a later session; it starts on "a new file"
 
 
 def _still_there(field: str, value) -> bool:
@@ -125,7 +126,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             "base": self._base,
             "epochs": self._epochs, "lr": self._lr, "batch_size": self._batch, "input_size": self._size,
             "out": self._out, "device": self._device, "continue_run": self._continue,
-            "calibrate_model": self._calibrate_model, "calibrate_to": self._calibrate_to}, usable=_still_there)
+            "calibrate_model": self._calibrate_model}, usable=_still_there)
         for field in (self._dataset, self._dataset_dir):  # a folder per class names its own images
             field.changed.connect(self._sync_image_dir)
         self._sync_image_dir()
