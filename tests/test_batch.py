@@ -488,3 +488,17 @@ def test_a_folder_whose_sub_folders_hold_images_says_they_are_left_out(tmp_path,
                  "--proposals", "prm", "--peak-threshold", "0", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert problems[0] in err and "1 image(s) written" in err and "0 failed" in err
+
+
+def test_skip_reasons_group_the_skipped_images_by_why(tmp_path, checkpoint, images):
+    """`BatchResult.skip_reasons`, behind the folder panel's message: complete outputs in one group,
+    an incomplete set (a file removed) in another, whatever files each one lacks."""
+    chosen = [p for p in images if p.name in ("astronaut.png", "cat.png", "coffee.jpg")]
+    out = tmp_path / "out"
+    assert [r.status for r in predict_many(chosen, checkpoint, out, device="cpu", **SETTINGS).results] == [
+        "written"] * 3
+    (out / "cat_peaks.csv").unlink()
+    again = predict_many(chosen, checkpoint, out, device="cpu", **SETTINGS)
+    groups = {reason: [Path(r.image).name for r in skipped] for reason, skipped in again.skip_reasons().items()}
+    assert groups == {"outputs exist": ["astronaut.png", "coffee.jpg"],
+                      "outputs exist but are not a complete set": ["cat.png"]}
