@@ -370,3 +370,21 @@ def test_the_plugins_stack_layers_are_the_label_stack_predict_writes(stacks, che
     one = merge_predictions([(2,)], alone[2:], (3,))
     np.testing.assert_array_equal(one.labels[2], alone[2].to_labels()[0])
     assert not one.labels[:2].any()
+
+
+def test_an_image_re_saved_while_it_is_predicted_is_not_recorded_as_its_outputs_image(stacks, checkpoint, tmp_path):
+    """A stack re-saved while its planes are predicted (an acquisition still writing it): the
+    manifest records the file as it was read, so the next run says it changed, not complete."""
+    image = tmp_path / "z.tif"
+    planes = io.read_stack(stacks / "zstack.tif").planes
+    tifffile.imwrite(image, planes[:2], imagej=True, metadata={"axes": "ZYX"})
+
+    def re_save(_image, done, _planes):
+        if done == 1:
+            tifffile.imwrite(image, planes, imagej=True, metadata={"axes": "ZYX"})  # 3 planes now
+
+    out = tmp_path / "out"
+    (written,) = predict_many([image], checkpoint, out, plane_progress=re_save, **SETTINGS).results
+    assert written.status == "written" and tifffile.imread(out / "z_labels.tif").shape == (2, 48, 40)
+    (again,) = predict_many([image], checkpoint, out, **SETTINGS).results
+    assert again.status == "skipped" and again.error.startswith("the image changed since its outputs were written")

@@ -649,6 +649,9 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     settings = dict(settings or {})
     if "proposals" in settings:
         settings["proposals"] = proposals_for_image(settings["proposals"], image, stem)
+    # the file as it is before it is read: one re-saved while it is predicted (a stack still
+    # being written) is then known for changed by the next run (`_image_changed`)
+    identity = _image_identity(image)
     stack = io.read_stack(image)
     if stack is not None and isinstance(settings.get("proposals"), (str, os.PathLike)) \
             and Path(settings["proposals"]).is_file():
@@ -662,7 +665,7 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
             predictions.append(predict(pixels, model, **settings))
         if plane_done is not None:
             plane_done(len(predictions), len(planes))
-    info = (_image_record(image, out) | _image_identity(image) | {"settings": _describe(settings)}
+    info = (_image_record(image, out) | identity | {"settings": _describe(settings)}
             | ({"model": dict(model_record)} if model_record else {}))
     if stack is not None:
         info |= {"axes": stack.axes, "stack_shape": list(stack.shape)}
