@@ -232,3 +232,19 @@ def test_of_one_export_in_two_formats_the_file_written_last_is_read(tmp_path):
                                               "format)"]
     (correction,) = load_corrections(tmp_path / "out", CLASSES, image_paths=[image], superseded=[])
     np.testing.assert_array_equal(correction.labels, corrected)
+
+
+def test_the_colours_of_a_2d_images_labels_are_not_called_a_stack(tmp_path):
+    """An RGB rendering of a 2-D image's labels (``scene_labels.png`` of shape (H, W, 3)) was
+    refused as "a label stack of H planes of W×3, the export of the z-stack or time-lapse
+    scene.png"; it is refused as colours, not labels, naming the file."""
+    image = tmp_path / "scene.png"
+    iio.imwrite(image, shapes_scene(0)[0])
+    labels = shapes_scene(0)[1]
+    colours = np.stack([np.where(labels == 1, 255, 0), np.where(labels == 2, 255, 0), np.zeros_like(labels)],
+                       axis=-1).astype(np.uint8)
+    iio.imwrite(tmp_path / "scene_labels.png", colours)
+    with pytest.raises(ValueError, match=r"scene_labels\.png: 3 channels per pixel \(shape \(\d+, \d+, 3\)\), "
+                                         r"the colours of a label image") as raised:
+        load_corrections(tmp_path, CLASSES, image_paths=[image])
+    assert "stack" not in str(raised.value)

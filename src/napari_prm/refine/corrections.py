@@ -22,7 +22,7 @@ import numpy as np
 from ..data import GroundTruth
 from ..io.coco import coco_to_labels
 from ..io.fileset import read_file_set
-from ..io.images import IMAGE_SUFFIXES, read_image
+from ..io.images import IMAGE_SUFFIXES, plane_count, read_image
 from ..io.labels import read_label_image
 from ..io.paths import sorted_paths, stored_path
 from ..io.tables import UNKNOWN_CLASS, read_instances_csv
@@ -317,9 +317,13 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
 
 def _not_a_2d_export(label_path: Path, image_path: Path, shape: tuple[int, ...]) -> str:
     """Why a label image that is not 2-D (a stack's export: predict's or Export's of a z-stack or
-    time-lapse) is no correction, and what is."""
+    time-lapse; or the RGB(A) colours of a 2-D image's labels) is no correction, and what is."""
     if len(shape) < 3:
         return f"{label_path}: corrections are 2-D label images; got shape {shape}"
+    if len(shape) == 3 and shape[-1] in (3, 4) and plane_count(image_path) == 1:  # a 2-D image's: colours
+        return (f"{label_path}: {shape[-1]} channels per pixel (shape {shape}), the colours of a label image, "
+                f"not its labels: corrections are 2-D label images of integer labels (0 the background, one "
+                f"number per instance), as Export writes them; export {image_path.name}'s labels again")
     planes = int(np.prod(shape[:-2]))
     return (f"{label_path}: a label stack of {planes} planes of {shape[-2]}×{shape[-1]} (shape {shape}), the "
             f"export of the z-stack or time-lapse {image_path}: corrections are 2-D label images of 2-D images, "
