@@ -388,3 +388,18 @@ def test_an_image_re_saved_while_it_is_predicted_is_not_recorded_as_its_outputs_
     assert written.status == "written" and tifffile.imread(out / "z_labels.tif").shape == (2, 48, 40)
     (again,) = predict_many([image], checkpoint, out, **SETTINGS).results
     assert again.status == "skipped" and again.error.startswith("the image changed since its outputs were written")
+
+
+def test_plane_tally_knows_an_image_by_the_name_predict_many_gives_it(stacks, checkpoint, tmp_path, monkeypatch):
+    """Images given as ``"./zstack.tif"``: `ImageResult.image` names them ``"zstack.tif"`` (a Path's
+    string), and the tally counted by that name (a KeyError before)."""
+    from napari_prm.batch import PlaneTally
+
+    monkeypatch.chdir(stacks)
+    images = ["./zstack.tif", "./flat.png"]
+    tally = PlaneTally(images)
+    batch = predict_many(images, checkpoint, tmp_path,
+                         plane_progress=lambda image, done, _: tally.plane_done(image, done),
+                         progress=lambda result, *_: tally.image_done(result.image), **SETTINGS)
+    assert [r.image for r in batch.results] == ["zstack.tif", "flat.png"]
+    assert tally.done == tally.total == 4

@@ -958,7 +958,8 @@ class PlaneTally:
     Attributes
     ----------
     planes : dict of str to int
-        The planes of each image, by ``str(path)`` (as `ImageResult.image` names it).
+        The planes of each image, by ``str(Path(path))`` (as `ImageResult.image` names it:
+        ``"./a.png"`` is ``"a.png"``).
     total : int
         The planes of all images.
     done : int
@@ -968,7 +969,7 @@ class PlaneTally:
     def __init__(self, images: Sequence[str | os.PathLike]):
         from .io.images import plane_count
 
-        self.planes = {str(image): plane_count(image) for image in images}
+        self.planes = {str(Path(image)): plane_count(image) for image in images}  # as predict_many names it
         self.total = sum(self.planes.values())
         self.done = 0  # the planes counted so far, over all images (kept: a sum per report is slow for many)
         self._counted = dict.fromkeys(self.planes, 0)
@@ -981,13 +982,14 @@ class PlaneTally:
     def plane_done(self, image: str | os.PathLike, done: int) -> int:
         """Count ``done`` planes of ``image`` (``predict_many``'s ``plane_progress``); returns `done`
         (over all images). A stack read with more planes than its header said counts its header's."""
-        image = str(image)
+        image = str(Path(image))
         return self._set(image, max(self._counted[image], min(done, self.planes[image])))
 
     def image_done(self, image: str | os.PathLike) -> int:
         """Count all planes of ``image`` (``predict_many``'s ``progress``: it was written, skipped,
         failed or run on a cluster, which reports no planes); returns `done` (over all images)."""
-        return self._set(str(image), self.planes[str(image)])
+        image = str(Path(image))
+        return self._set(image, self.planes[image])
 
 
 def _image_paths(paths) -> list[Path]:
