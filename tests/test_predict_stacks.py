@@ -403,3 +403,25 @@ def test_plane_tally_knows_an_image_by_the_name_predict_many_gives_it(stacks, ch
                          progress=lambda result, *_: tally.image_done(result.image), **SETTINGS)
     assert [r.image for r in batch.results] == ["zstack.tif", "flat.png"]
     assert tally.done == tally.total == 4
+
+
+def test_a_stacks_labels_are_one_instance_each_when_one_is_painted_over(stacks, checkpoint):
+    """A plane whose last instance is painted over by a higher-scoring one keeps its table row and
+    label; the next plane's labels started at that same number (two rows, plane 0's and plane 1's,
+    of one label, and the plugin's peaks of one took the other's label). Labels are now unique."""
+    import dataclasses
+
+    from napari_prm._widgets.layers import merge_predictions
+    from napari_prm.retrieval import Instance
+
+    model = load_model(checkpoint, device="cpu")
+    alone = [predict(plane, model, **SETTINGS) for plane in io.read_stack(stacks / "zstack.tif").planes[:2]]
+    assert all(p.instances for p in alone)
+    first = alone[0].instances[0]
+    hidden = Instance(first.class_index, -1.0, first.mask.copy(), first.prm, peak=first.peak)  # under `first`
+    alone[0] = dataclasses.replace(alone[0], instances=[*alone[0].instances, hidden])
+    labels, table = io.stack_labels(alone)
+    assert len(set(table["label"])) == len(table["label"]) == sum(len(p.instances) for p in alone)
+    assert labels[1].min(initial=0) == 0 and labels[1][labels[1] > 0].min() == len(alone[0].instances) + 1
+    merged = merge_predictions([(0,), (1,)], alone, (2,))
+    assert list(merged.instance_features["label"]) == list(table["label"])

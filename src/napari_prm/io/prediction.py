@@ -287,24 +287,27 @@ def stack_labels(predictions) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     -------
     labels : (N, H, W) uint16 or uint32 ndarray
         Each plane's `Prediction.to_labels`, its labels raised above every label of the
-        planes before it, so that a label is one instance of one plane (as the plugin's
-        ``all planes`` run lays them out).
+        planes before it (also those of instances painted over, which keep a table row), so
+        that a label is one instance of one plane (as the plugin's ``all planes`` run lays them out).
     table : dict of ndarray
         The planes' instance tables, concatenated, ``label`` raised as in ``labels`` and
         ``peak`` numbered over all planes (`write_stack_peaks_csv` numbers them so).
     """
     planes = [prediction.to_labels() for prediction in predictions]
-    top = sum(int(labels.max(initial=0)) for labels, _ in planes)
+    # a plane's labels take the numbers of all its instances: one painted over by others (no
+    # pixels) keeps its table row and label, which the next plane's must not take again
+    spans = [max(int(labels.max(initial=0)), int(np.max(table["label"], initial=0))) for labels, table in planes]
+    top = sum(spans)
     stack = np.zeros((len(planes), *predictions[0].image_shape), np.uint16 if top <= 65535 else np.uint32)
     tables, label_offset, peak_offset = [], 0, 0
-    for plane, ((labels, table), prediction) in enumerate(zip(planes, predictions)):
+    for plane, ((labels, table), prediction, span) in enumerate(zip(planes, predictions, spans)):
         stack[plane] = np.where(labels > 0, labels.astype(np.int64) + label_offset, 0)
         table = {name: np.asarray(values) for name, values in table.items()}
         table["label"] = table["label"].astype(np.int64) + label_offset
         if "peak" in table:
             table["peak"] = np.where(table["peak"] >= 0, table["peak"].astype(np.int64) + peak_offset, -1)
         tables.append(table)
-        label_offset += int(labels.max(initial=0))
+        label_offset += span
         peak_offset += len(prediction.peaks)
     names = [name for name in tables[0] if all(name in table for table in tables)] if tables else ["label"]
     table = {name: np.concatenate([t[name] for t in tables]) for name in names} if tables else \
