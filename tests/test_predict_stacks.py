@@ -425,3 +425,22 @@ def test_a_stacks_labels_are_one_instance_each_when_one_is_painted_over(stacks, 
     assert labels[1].min(initial=0) == 0 and labels[1][labels[1] > 0].min() == len(alone[0].instances) + 1
     merged = merge_predictions([(0,), (1,)], alone, (2,))
     assert list(merged.instance_features["label"]) == list(table["label"])
+
+
+def test_an_export_over_predicts_outputs_keeps_the_images_modification_time(stacks, checkpoint, tmp_path):
+    """Corrections exported over ``predict``'s outputs keep its record of the image, its
+    modification time too: without it a resumed run read (hashed) the whole image file again,
+    each time, to find it unchanged."""
+    from napari_prm.io.fileset import read_file_set
+
+    image = stacks / "flat.png"
+    (written,) = predict_many([image], checkpoint, tmp_path, **SETTINGS).results
+    recorded = read_file_set(tmp_path, "flat").info
+    labels = io.read_label_image(tmp_path / "flat_labels.tif")
+    io.export_instances(labels, {"label": np.unique(labels[labels > 0])}, ["cat"], tmp_path, stem="flat",
+                        formats=("tiff", "csv"), overwrite=True, image_file_name="flat.png")
+    kept = read_file_set(tmp_path, "flat").info
+    assert kept["written_by"] == "export_instances"
+    assert kept["image_mtime_ns"] == recorded["image_mtime_ns"] == image.stat().st_mtime_ns
+    (again,) = predict_many([image], checkpoint, tmp_path, **SETTINGS).results
+    assert again.status == "skipped" and "changed" not in again.error

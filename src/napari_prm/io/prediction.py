@@ -157,7 +157,7 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
 
 
 #: What ``napari-prm predict`` records in a manifest of where its image is (`napari_prm.batch`).
-IMAGE_RECORD = ("image_path", "image_from_out", "image_bytes", "image_sha256")
+IMAGE_RECORD = ("image_path", "image_from_out", "image_bytes", "image_sha256", "image_mtime_ns")
 
 
 def _kept_image_record(folder: Path, stem: str, image_file_name: str) -> dict:
