@@ -78,6 +78,16 @@ def test_an_enlarged_photo_keeps_small_proposals_and_the_same_instances(model):
     _assert_same_instances(scaled, predictor.predict(**LOW))
 
 
+def _traced_proposals(image):
+    """The built-in proposals of ``image`` and the peak of the memory Python traced making them."""
+    tracemalloc.start()
+    try:
+        proposals = default_proposals(image, scaled=True)
+        return proposals, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_large_image_is_shrunk_for_its_proposals_without_blurring_it_whole():
     """The built-in proposals of a 2560×2560 photo: the anti-aliasing Gaussian ran on the whole
     image's floats (a second copy of them, traced peak 2.0× their size; 14 s on a 6000×6000
@@ -87,12 +97,7 @@ def test_a_large_image_is_shrunk_for_its_proposals_without_blurring_it_whole():
     photo = data.astronaut()
     big = np.repeat(np.repeat(photo, 5, axis=0), 5, axis=1)
     floats = big.size * 8  # as_rgb_float's float64 copy, which the proposals start from
-    tracemalloc.start()
-    try:
-        enlarged = default_proposals(big, scaled=True)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    enlarged, peak = _traced_proposals(big)
     assert peak < 1.5 * floats, peak / floats
     own = default_proposals(photo, scaled=True)
     assert enlarged.masks.shape == own.masks.shape == (300, 320, 320)
@@ -109,12 +114,7 @@ def test_a_large_gray_image_is_shrunk_before_its_channel_is_repeated():
     normalisation's copies), and its proposals are those of the same image given as RGB."""
     gray = np.repeat(np.repeat(data.camera(), 5, axis=0), 5, axis=1)
     one_copy = gray.size * 8
-    tracemalloc.start()
-    try:
-        from_gray = default_proposals(gray, scaled=True)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    from_gray, peak = _traced_proposals(gray)
     assert peak < 3 * one_copy, peak / one_copy
     from_rgb = default_proposals(np.repeat(gray[..., None], 3, axis=-1), scaled=True)
     assert from_gray.masks.shape == (300, 320, 320)

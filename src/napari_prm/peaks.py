@@ -258,6 +258,14 @@ class LabelHits:
         return self.found / self.shown if self.shown else float("nan")
 
 
+def _image_labels(labels, images: int) -> np.ndarray:
+    """``labels`` as an (``images``, C) bool array of image-level labels, or a ValueError naming it."""
+    labels = np.asarray(labels, dtype=bool)
+    if labels.ndim != 2 or labels.shape[0] != images:
+        raise ValueError(f"labels: expected ({images}, C) image-level labels, got shape {labels.shape}")
+    return labels
+
+
 def label_hits(peak_classes: Sequence[np.ndarray], labels: np.ndarray) -> LabelHits:
     """Count how the peaks kept in each image agree with the images' labels (see :class:`LabelHits`).
 
@@ -272,9 +280,7 @@ def label_hits(peak_classes: Sequence[np.ndarray], labels: np.ndarray) -> LabelH
     -------
     LabelHits
     """
-    labels = np.asarray(labels, dtype=bool)
-    if labels.ndim != 2 or labels.shape[0] != len(peak_classes):
-        raise ValueError(f"labels: expected ({len(peak_classes)}, C) image-level labels, got shape {labels.shape}")
+    labels = _image_labels(labels, len(peak_classes))
     peaks = correct = found = 0
     for classes, present in zip(peak_classes, labels):
         classes = np.asarray(classes, dtype=np.int64).reshape(-1)
@@ -384,9 +390,7 @@ def calibrate_thresholds(
     -------
     Calibration
     """
-    labels = np.asarray(labels, dtype=bool)
-    if labels.ndim != 2 or labels.shape[0] != len(crms):
-        raise ValueError(f"labels: expected ({len(crms)}, C) image-level labels, got shape {labels.shape}")
+    labels = _image_labels(labels, len(crms))
     if not len(crms):
         raise ValueError("calibration needs at least one image")
     if not labels.any():
