@@ -462,16 +462,19 @@ def calibration_images(dataset: LabeledImageDataset, extra: dict | None, *,
     """
     trained = trained_images(extra or {}, dataset.image_paths) or []
     state = (extra or {}).get(TRAINING_STATE_KEY)
+    split = None
     if held_out is None:
-        held_out = any(trained)
-        if held_out:
+        held_out = False
+        if any(trained):
             try:
-                checkpoint_held_out(dataset, state)
+                split = checkpoint_held_out(dataset, state)
+                held_out = True
             except ValueError:
-                held_out = False
+                pass
     if not held_out:
         return CalibrationImages(dataset, False, sum(trained))
-    split = checkpoint_held_out(dataset, state)
+    if split is None:
+        split = checkpoint_held_out(dataset, state)
     kept = trained_images(extra or {}, split.held_out.image_paths) or []
     return CalibrationImages(split.held_out, True, sum(kept), list(split.left_untrained))
 
