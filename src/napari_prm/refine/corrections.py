@@ -338,20 +338,21 @@ def _newest_per_image(pairs: Sequence[tuple[Path, Path]], folder: Path,
     export (an export is a folder and stem: its label images in several formats are one, the
     one written last standing for it, the first by name of those written together; ties go to
     the first in path order). The others are described in ``left_out``, by their paths in ``folder``."""
+    written = {label_path: label_path.stat().st_mtime_ns for label_path, _ in pairs}  # one stat each
     exports: dict[Path, dict[tuple[Path, str], list[Path]]] = {}
     for label_path, image_path in pairs:
         key = (label_path.parent, label_path.stem)
         exports.setdefault(image_path.resolve(), {}).setdefault(key, []).append(label_path)
     for by_export in exports.values():  # an export's newest file first (a format exported again alone)
         for paths in by_export.values():
-            paths.sort(key=lambda path: -path.stat().st_mtime_ns)
+            paths.sort(key=lambda path: -written[path])
 
     def name(path: Path) -> str:
         return path.relative_to(folder).as_posix()
 
     chosen: set[Path] = set()
     for by_export in exports.values():
-        newest = max(by_export.values(), key=lambda paths: max(p.stat().st_mtime_ns for p in paths))
+        newest = max(by_export.values(), key=lambda paths: written[paths[0]])  # each sorted newest first
         chosen.add(newest[0])
         for paths in by_export.values():
             kept = paths[0] if paths is newest else None
