@@ -762,7 +762,7 @@ def _unit_range(values: np.ndarray, dtype) -> np.ndarray:
         low, high = values.min(), values.max()
         if low >= 0 and high <= 1:
             return values.astype(dtype)
-        if high >= EIGHT_BIT_TOP and _whole_bytes(values):
+        if high >= EIGHT_BIT_TOP and _whole_bytes(values, low, high):
             # a float copy of an 8-bit image (``image.astype(np.float32)``, a tensor's ``.float()``):
             # read as that image, not stretched. Small whole numbers (a 32-bit ImageJ image of
             # counts) are stretched: read as 8-bit they were dim
@@ -775,9 +775,10 @@ def _unit_range(values: np.ndarray, dtype) -> np.ndarray:
     return np.clip((values.astype(dtype) - dtype(low)) / dtype(high - low), 0, 1)
 
 
-def _whole_bytes(values: np.ndarray) -> bool:
-    """Whether float ``values`` are all whole numbers within [0, 255], as an 8-bit image's."""
-    return bool(values.min() >= 0 and values.max() <= 255 and not np.mod(values, 1).any())
+def _whole_bytes(values: np.ndarray, low, high) -> bool:
+    """Whether float ``values``, of smallest ``low`` and largest ``high``, are all whole numbers
+    within [0, 255], as an 8-bit image's."""
+    return bool(low >= 0 and high <= 255 and not np.mod(values, 1).any())
 
 
 def _opacity(alpha: np.ndarray, dtype) -> np.ndarray:
@@ -789,6 +790,7 @@ def _opacity(alpha: np.ndarray, dtype) -> np.ndarray:
     if np.issubdtype(alpha.dtype, np.integer):
         info = np.iinfo(alpha.dtype)
         return (alpha.astype(dtype) - dtype(info.min)) / dtype(info.max - info.min)
-    if alpha.max() > 1 and _whole_bytes(alpha):
+    high = alpha.max()
+    if high > 1 and _whole_bytes(alpha, alpha.min(), high):
         return alpha.astype(dtype) / dtype(255)  # was clipped: any alpha from 1 up read as opaque
     return np.clip(alpha.astype(dtype), 0, 1)
