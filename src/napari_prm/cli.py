@@ -810,8 +810,8 @@ def _run_predict(args) -> int:
         without_prms = [r for r in skipped if r.error.startswith(WITHOUT_PRMS)]
         other_run = [r for r in skipped if r.error.startswith(OTHER_RUN)]
         changed = [r for r in skipped if r.error.startswith(IMAGE_CHANGED)]
-        incomplete = [r for r in skipped if r.error and r not in without_prms and r not in other_run
-                      and r not in changed]
+        incomplete = [r for r in skipped
+                      if r.error and not r.error.startswith((WITHOUT_PRMS, OTHER_RUN, IMAGE_CHANGED))]
         _say(f"{len(skipped)} image(s) skipped, outputs exist ({names}); use --overwrite to replace them"
              + (f"; {len(without_prms)} of them are complete without the PRMs --save-prms asks for"
                 if without_prms else "")
