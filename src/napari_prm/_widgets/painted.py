@@ -48,8 +48,11 @@ class PaintedContext:
         return self.class_names.index(class_name) if class_name in self.class_names else -1
 
     def refresh_classes(self, model_class_names) -> None:
-        """Take up the classes of the model now loaded (`refresh_classes`)."""
-        refresh_classes(self, model_class_names)
+        """Take up the classes of the model now loaded (and those the layer's table names)."""
+        layer = self.layers["instances"]
+        self.class_names = class_names_of(layer, model_class_names)
+        if list((layer.metadata or {}).get("class_names", ())) != self.class_names:
+            layer.metadata = {**(layer.metadata or {}), "class_names": list(self.class_names)}
 
 
 def can_correct(layer) -> bool:
@@ -88,7 +91,7 @@ def painted_context(labels_layer, model_class_names) -> PaintedContext:
     data = np.asarray(labels_layer.data)
     recorded = (labels_layer.metadata or {}).get("class_names")
     context = PaintedContext({"instances": labels_layer})
-    refresh_classes(context, model_class_names)
+    context.refresh_classes(model_class_names)
     # a row without a name: its index's, as recorded; then the names decide (the recorded list
     # loses repeats and 'unknown'): class_index a position in the classes recorded now, as
     # Export writes it
@@ -98,11 +101,3 @@ def painted_context(labels_layer, model_class_names) -> PaintedContext:
     if not features.equals(labels_layer.features):
         labels_layer.features = features
     return context
-
-
-def refresh_classes(context: PaintedContext, model_class_names) -> None:
-    """Take up the classes of the model now loaded (and those the layer's table names)."""
-    layer = context.layers["instances"]
-    context.class_names = class_names_of(layer, model_class_names)
-    if list((layer.metadata or {}).get("class_names", ())) != context.class_names:
-        layer.metadata = {**(layer.metadata or {}), "class_names": list(context.class_names)}
