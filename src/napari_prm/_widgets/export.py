@@ -26,7 +26,7 @@ from .layers import (
     image_layer_of,
     named_image,
     uncounted_name,
-    unpaired_reason,
+    unpaired_message,
 )
 from .models import unwrap_viewer
 from .settings import persist_fields
@@ -182,7 +182,7 @@ class ExportWidget(Container):
         if not file_name and (image := image_layer_of(self._viewer, layer)) is not None:
             file_name = image_file_name(image)
         elif not file_name and named_image(layer):  # its image is gone: no other image is taken for it
-            unpaired = f" No image file name recorded: {unpaired_reason(self._viewer, layer)}."
+            unpaired = f" No image file name recorded: {unpaired_message(layer)}."
         try:
             written = io.export_instances(
                 labels, layer_table({"features": layer.features}), class_names, folder,

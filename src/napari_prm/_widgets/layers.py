@@ -934,8 +934,11 @@ def _same_shape(image_layer, labels_layer) -> bool:
 def unpaired_reason(viewer, labels_layer) -> str:
     """Why `image_layer_of` finds no image layer for ``labels_layer``, as a sentence naming it ("" when
     it finds one)."""
-    if image_layer_of(viewer, labels_layer) is not None:
-        return ""
+    return "" if image_layer_of(viewer, labels_layer) is not None else unpaired_message(labels_layer)
+
+
+def unpaired_message(labels_layer) -> str:
+    """`unpaired_reason`'s sentence, for a ``labels_layer`` already known to have no image layer."""
     named = named_image(labels_layer)
     if named:
         return (f"layer {labels_layer.name!r} was made on the image {named!r}, which is not open under that "

@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..refine import correction_from_layer, load_corrections, refine
 from .activity import StopsOnClose
-from .layers import image_layer_of, level_of_shape, level_planes, plane_reader, unpaired_reason
+from .layers import image_layer_of, level_of_shape, level_planes, plane_reader, unpaired_message
 from .models import (
     ModelCache,
     _live_predict_widgets,
@@ -49,7 +49,7 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
     """
     image_layer = image_layer_of(viewer, labels_layer)
     if image_layer is None:
-        raise ValueError(unpaired_reason(viewer, labels_layer))
+        raise ValueError(unpaired_message(labels_layer))
     data = np.asarray(labels_layer.data[0] if labels_layer.multiscale else labels_layer.data)
     leading = data.shape[:-2]
     # of a multiscale image, the level the labels were made at (a run's: the level it read)
@@ -175,7 +175,7 @@ class RefineWidget(StopsOnClose, Container):
             return None
         if not layers and masks is None:
             # a Labels layer without its image is not offered: say which, and why
-            left_out = [unpaired_reason(self._viewer, layer) for layer in self._viewer.layers
+            left_out = [unpaired_message(layer) for layer in self._viewer.layers
                         if isinstance(layer, Labels) and image_layer_of(self._viewer, layer) is None]
             self._say("Choose the corrected Labels layers (or a masks file or folder) to learn from."
                       + "".join(f" Not offered: {reason}." for reason in left_out), True)
