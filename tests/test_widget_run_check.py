@@ -1,10 +1,14 @@
-"""The Train widget's unfinished-run check reads the dataset and the checkpoint again only when they change."""
+"""The Train widget's unfinished-run check reads the dataset and the checkpoint in a worker thread, and again
+only when they change."""
 
 import os
+import threading
+from pathlib import Path
 
 from napari_prm.data import load_dataset
 from napari_prm.model import load_checkpoint, save_model
 from napari_prm.train import TRAINING_STATE_KEY, train
+from test_widget_train import WAIT_MS, checked
 
 
 def unfinished_checkpoint(dataset, out):
@@ -29,16 +33,22 @@ def touch(path):
     os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + 2_000_000_000))
 
 
-def test_a_second_check_of_unchanged_files_reads_neither_and_a_changed_file_is_read(
-        make_napari_viewer, prm_config, tiny_dataset, tmp_path):
-    """Each change of the dataset, images folder or output field checked for an unfinished run by
-    loading the dataset and the checkpoint on the Qt thread (a large COCO JSON stalled napari)."""
+def csv_and_unfinished_run(tiny_dataset, tmp_path):
+    """A CSV of the tiny dataset (its images in ``tiny_dataset``) and an unfinished run of it, run.pt."""
     images = sorted(tiny_dataset.glob("*/*.png"))
     csv = tmp_path / "labels.csv"
     csv.write_text("image,labels\n" + "".join(f"{p.relative_to(tiny_dataset).as_posix()},{p.parent.name}\n"
                                               for p in images))
     out = tmp_path / "run.pt"
     unfinished_checkpoint(load_dataset(csv, tiny_dataset), out)
+    return csv, out
+
+
+def test_a_second_check_of_unchanged_files_reads_neither_and_a_changed_file_is_read(
+        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path):
+    """Each change of the dataset, images folder or output field checked for an unfinished run by
+    loading the dataset and the checkpoint on the Qt thread (a large COCO JSON stalled napari)."""
+    csv, out = csv_and_unfinished_run(tiny_dataset, tmp_path)
     checkpoint = out.read_bytes()
 
     viewer = make_napari_viewer()
@@ -46,31 +56,97 @@ def test_a_second_check_of_unchanged_files_reads_neither_and_a_changed_file_is_r
     widget._dataset.value = csv
     widget._image_dir.value = tiny_dataset
     widget._out.value = out
+    checked(widget, qtbot)
     assert widget.unfinished is not None and (widget.unfinished.epochs_done, widget.unfinished.epochs) == (1, 3)
 
-    # neither file can be loaded now, but neither looks changed: the checks read neither again
+    # neither file can be loaded now, but neither looks changed: the checks read neither again,
+    # and answer at once (no worker)
     spoil_keeping_size_and_time(out)
     spoil_keeping_size_and_time(csv)
     widget._out.value = tmp_path / "elsewhere.pt"
     assert widget.unfinished is None and widget._continue.native.isHidden()
     widget._out.value = out
     widget._find_unfinished_run()
-    assert widget.unfinished is not None and not widget._continue.native.isHidden()
+    assert not widget.checking and widget.unfinished is not None and not widget._continue.native.isHidden()
 
     # a checkpoint that changed is read again: it cannot be loaded, no run to continue
     touch(out)
     widget._find_unfinished_run()
+    checked(widget, qtbot)
     assert widget.unfinished is None and widget._continue.native.isHidden()
     # the good checkpoint written again is read again, with the dataset as it was read (the spoilt
     # CSV, which looks unchanged, is not read)
     out.write_bytes(checkpoint)
     touch(out)
     widget._find_unfinished_run()
+    checked(widget, qtbot)
     assert widget.unfinished is not None and widget.unfinished.epochs_done == 1
     # a dataset file that changed is read again: it cannot be loaded, no run to continue
     touch(csv)
     widget._find_unfinished_run()
+    checked(widget, qtbot)
     assert widget.unfinished is None and widget._continue.native.isHidden()
+
+
+def test_the_qt_thread_loads_no_checkpoint_and_a_check_overtaken_is_dropped(
+        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, monkeypatch):
+    """The first check of a checkpoint loaded it on the Qt thread: a 48 MB COCO-trained one froze
+    napari for 2 s. It is now loaded in a worker thread; the controls follow when it returns, and
+    the answer of a check overtaken by another (the output field changed meanwhile) is dropped."""
+    import napari_prm.train as train_module
+    from napari_prm.model import load_checkpoint
+
+    csv, first = csv_and_unfinished_run(tiny_dataset, tmp_path)
+    second = tmp_path / "second.pt"  # another unfinished run of the dataset: 1 of 4 epochs done
+    model, extra = load_checkpoint(first)
+    extra[TRAINING_STATE_KEY]["config"]["epochs"] = 4
+    save_model(model, second, extra=extra)
+
+    loads = []  # (the file, whether on the Qt thread) of each checkpoint loaded
+    gate = threading.Event()  # held shut, the workers' loads wait: the checks are under way
+
+    def load_in_view(path, *args, **kwargs):
+        loads.append((Path(path).name, threading.current_thread() is threading.main_thread()))
+        if not loads[-1][1]:
+            assert gate.wait(WAIT_MS / 1000)
+        return load_checkpoint(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "load_checkpoint", load_in_view)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset.value = csv
+    widget._image_dir.value = tiny_dataset
+    epochs = []
+    widget._epochs.changed.connect(epochs.append)
+
+    widget._out.value = first  # the call returns while the worker loads the checkpoint
+    assert widget.checking and widget.unfinished is None and widget._continue.native.isHidden()
+    assert widget._run_check.cached(first, csv, tiny_dataset) == (False, None)  # nothing known yet
+    qtbot.waitUntil(lambda: loads == [("run.pt", False)], timeout=WAIT_MS)
+    # Train pressed meanwhile waits for the answer; Cancel drops it
+    assert widget.start() is None and widget.last_message.startswith("Checking whether run.pt holds")
+    assert widget._cancel_button.enabled
+    widget.cancel()
+    assert widget.last_message == "Cancelled: training did not start." and not widget._cancel_button.enabled
+
+    widget._out.value = second  # its own check, behind the first
+    assert widget.checking and widget._run_check.cached(second, csv, tiny_dataset) == (False, None)
+    gate.set()
+    checked(widget, qtbot)
+    assert loads == [("run.pt", False), ("second.pt", False)]  # none on the Qt thread
+    assert widget.unfinished is not None and widget.unfinished.path == second
+    assert (widget.unfinished.epochs_done, widget.unfinished.epochs) == (1, 4)
+    assert widget._continue.text.startswith("Continue the unfinished run (1 of 4 epochs done")
+    assert not widget._continue.native.isHidden()
+    assert epochs == [4]  # the first check's answer (3 epochs) was never shown
+    assert widget._run_check.cached(second, csv, tiny_dataset) == (True, widget.unfinished)
+    assert not widget.running and widget.result is None  # the cancelled start did not start
+
+    # the first file again: loaded again (the check keeps one answer), its own total shown
+    widget._out.value = first
+    checked(widget, qtbot)
+    assert widget.unfinished.path == first and epochs == [4, 3]
+    assert [on_qt for _, on_qt in loads] == [False] * 3
 
 
 def test_a_folder_per_class_changes_with_its_class_folders(tiny_dataset):
@@ -87,3 +163,28 @@ def test_a_folder_per_class_changes_with_its_class_folders(tiny_dataset):
     assert file_signature(tiny_dataset, class_folders=True) != before
     assert file_signature(tiny_dataset) == file_signature(tiny_dataset)
     assert file_signature(tiny_dataset / "missing") is None
+
+
+def test_a_check_that_fails_raises_on_the_qt_thread_and_train_waiting_for_it_does_not_start(
+        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, monkeypatch):
+    """An unexpected error of the check reaches the Qt thread, as when the check ran there (napari
+    shows it); a Train waiting for the answer does not start on an unknown one, and says so."""
+    import napari_prm._widgets.run_check as run_check
+
+    def broken(path, dataset):
+        raise RuntimeError(f"cannot read {path.name}")
+
+    monkeypatch.setattr(run_check, "unfinished_run", broken)
+    out = tmp_path / "run.pt"
+    out.write_bytes(b"a checkpoint")
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset_dir.value = tiny_dataset
+    with qtbot.capture_exceptions() as raised:
+        widget._out.value = out
+        assert widget.checking and widget.start() is None
+        checked(widget, qtbot)
+    assert [(type(error), str(error)) for _, error, _ in raised] == [(RuntimeError, "cannot read run.pt")]
+    assert widget.last_message == ("Training did not start: checking the output file for an unfinished run failed. "
+                                   "Press Train again, or choose another output file.")
+    assert not widget.running and widget.unfinished is None and not widget._cancel_button.enabled

@@ -196,7 +196,12 @@ def test_an_existing_output_file_is_kept(make_napari_viewer, qtbot, prm_config, 
     earlier.write_bytes(b"a model trained for 10 epochs")
     (tmp_path / "trained-2.pt").write_bytes(b"another one")
     widget._out.value = earlier
-    assert widget.start() is not None
+    # trained.pt appeared since the field was set: it is checked for an unfinished run (in a
+    # worker thread) first, and the run starts when that is known
+    assert widget.start() is None and widget.checking
+    assert widget.last_message == ("Checking whether trained.pt holds an unfinished run of the dataset; training "
+                                   "starts once that is known.")
+    qtbot.waitUntil(lambda: widget.running, timeout=WAIT_MS)
     assert widget.last_message == "trained.pt exists and is kept: saving to trained-3.pt."
     assert str(widget._out.value) == str(tmp_path / "trained-3.pt")
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
@@ -216,6 +221,11 @@ def quick_training(widget, dataset, out, *, batch: int = 2) -> None:
     widget._size.value = 32
     widget._device.value = "cpu"
     widget._out.value = out
+
+
+def checked(widget, qtbot) -> None:
+    """Wait for the Train widget's check of its output file for an unfinished run (a worker thread)."""
+    qtbot.waitUntil(lambda: not widget.checking, timeout=WAIT_MS)
 
 
 def start_a_long_run(viewer, qtbot, tiny_dataset, out):

@@ -8,7 +8,7 @@ from skimage import io as skio
 
 from napari_prm.model import load_checkpoint
 from napari_prm.train import TRAINING_STATE_KEY
-from test_widget_train import WAIT_MS, quick_training
+from test_widget_train import WAIT_MS, checked, quick_training
 
 
 def stop_after_epochs(widget, epochs: int):
@@ -25,6 +25,7 @@ def stop_after_epochs(widget, epochs: int):
 def run_to_end(widget, qtbot, **overrides):
     assert widget.start(**overrides) is not None, widget.last_message
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    checked(widget, qtbot)  # the output file is checked again for an unfinished run
     return widget.result
 
 
@@ -77,6 +78,7 @@ def test_a_cancelled_run_is_continued_in_its_own_file(make_napari_viewer, qtbot,
 
     # a finished run is not offered: a new run goes to a new file
     widget._out.value = out
+    checked(widget, qtbot)
     assert widget.unfinished is None and widget._continue.native.isHidden()
     before = out.read_bytes()
     result = run_to_end(widget, qtbot, epochs=1)
@@ -102,6 +104,7 @@ def test_continuing_with_other_settings_is_refused(make_napari_viewer, qtbot, pr
     kept = out.read_bytes()
     # napari opened again (the choices kept): the run is offered there too
     _, again = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    checked(again, qtbot)
     assert again.unfinished is not None and again.unfinished.epochs_done == 2 and again._epochs.value == 5
     assert not again._continue.native.isHidden()
 
@@ -128,8 +131,10 @@ def test_continuing_with_other_settings_is_refused(make_napari_viewer, qtbot, pr
         small = (transform.resize(image, (48, 48), anti_aliasing=True) * 255).astype(np.uint8)
         skio.imsave(folder / "0.png", small, check_contrast=False)
     widget._dataset_dir.value = other
+    checked(widget, qtbot)
     assert widget.unfinished is None and widget._continue.native.isHidden()
     widget._dataset_dir.value = tiny_dataset
+    checked(widget, qtbot)
     assert widget.unfinished is not None
 
     widget._continue.value = False
@@ -159,6 +164,7 @@ def test_a_command_line_run_with_settings_the_fields_cannot_hold_is_continued(ma
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
     quick_training(widget, tiny_dataset, out, batch=4)
+    checked(widget, qtbot)
     assert widget.unfinished is not None and widget.unfinished.epochs_done == 1
     assert (widget._epochs.value, widget._batch.value, widget._size.value) == (3, 1, 32)
     widget._size.value = 64

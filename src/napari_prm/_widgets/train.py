@@ -1,7 +1,9 @@
 """The "Train PRM model" dock widget: :func:`napari_prm.train.train` in a worker thread.
 
 When the output file holds an unfinished run of the dataset (:func:`napari_prm.train.unfinished_run`),
-*Continue the unfinished run* goes on with it (``train(resume=True)``); *Calibrate*
+*Continue the unfinished run* goes on with it (``train(resume=True)``). Whether it does is found in
+a worker thread (loading the dataset and the checkpoint froze napari for seconds), again only when a
+file changed (`napari_prm._widgets.run_check.UnfinishedRunCheck`); *Calibrate*
 (`napari_prm._widgets.calibrate.CalibrateSection`) chooses a checkpoint's thresholds on the dataset.
 
 Progress shows in the widget and as a bar in napari's activity dock, whose cancel button
@@ -132,6 +134,10 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._sync_image_dir()
         self.unfinished = None  # the unfinished run the output file holds (napari_prm.train.UnfinishedRun)
         self._run_check = UnfinishedRunCheck()
+        self._found = None  # the run the last answer of the check found (`_show_unfinished`)
+        self._check_generation = 0  # counts the checks asked for: the answer of an older one is dropped
+        self._checking = None  # (out, dataset, images) whose check runs in a worker, for the latest ask
+        self._start_pending = None  # start()'s keyword arguments, waiting for that check
         self._shown_of_run: dict = {}  # the fields' values given of its recipe (`_asked_of_run`)
         for field in (self._dataset, self._dataset_dir, self._image_dir, self._out):
             field.changed.connect(self._find_unfinished_run)
@@ -190,26 +196,92 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         """The images folder of a CSV or COCO JSON (None: the file's own; a folder per class holds its own)."""
         return None if dataset_path.is_dir() or no_path(self._image_dir.value) else Path(self._image_dir.value)
 
+    def _run_request(self) -> tuple[Path, Path, Path | None] | None:
+        """The output file, the dataset and its images folder to check for an unfinished run (None:
+        no output file, no usable dataset, or training or calibration is running)."""
+        out = None if no_path(self._out.value) else Path(self._out.value)
+        if out is None or not out.is_file() or self.running:
+            return None
+        try:
+            dataset_path = self._dataset_path()
+        except (OSError, ValueError):
+            return None  # Train says what is wrong with it
+        return None if dataset_path is None else (out, dataset_path, self._images_folder(dataset_path))
+
+    @property
+    def checking(self) -> bool:
+        """Whether the output file is being checked for an unfinished run in a worker thread."""
+        return self._checking is not None
+
     def _find_unfinished_run(self, _=None) -> None:
         """Offer to continue the output file's run when it is an unfinished run of the dataset
         (:func:`napari_prm.train.unfinished_run`): *Continue the unfinished run* shows, with the
-        epochs done, and the epochs field takes the run's total."""
-        before, self.unfinished = self.unfinished, None
-        out = None if no_path(self._out.value) else Path(self._out.value)
-        if out is not None and out.is_file() and not self.running:
-            try:
-                dataset_path = self._dataset_path()
-            except (OSError, ValueError):
-                dataset_path = None  # Train says what is wrong with it
-            if dataset_path is not None:
-                # loads the dataset and the checkpoint again only when their files changed
-                self.unfinished = self._run_check(out, dataset_path, self._images_folder(dataset_path))
+        epochs done, and the epochs field takes the run's total.
+
+        The answer is known at once when neither file changed since it was found; otherwise a
+        worker thread loads them (the Qt thread loads neither) and the controls follow when
+        it returns, unless another check was asked for meanwhile (its answer is then the one shown).
+        Its unexpected errors are raised on the Qt thread, as napari shows them.
+        """
+        request = self._run_request()
+        if request is not None and request == self._checking:
+            return  # its check is under way
+        self._check_generation += 1
+        self._checking = None
+        known, run = (True, None) if request is None else self._run_check.cached(*request)
+        if known:
+            self._show_unfinished(run)
+            self._start_if_pending()
+            return
+        self.unfinished = None  # unknown until the worker returns
+        if not self._deleted:
+            self._continue.hide()
+        generation = self._check_generation
+        worker = create_worker(self._run_check.__call__, *request, _start_thread=False)
+        worker.returned.connect(lambda found: self._on_checked(found, generation))
+        worker.finished.connect(lambda: self._on_check_finished(generation))
+        self._checking = request
+        worker.start()
+
+    def _on_checked(self, run, generation: int) -> None:
+        """A worker's answer: shown when it is of the latest check asked for, else dropped."""
+        if generation != self._check_generation:
+            return
+        self._checking = None
+        self._show_unfinished(run)
+        self._start_if_pending()
+
+    def _on_check_finished(self, generation: int) -> None:
+        """After the answer, or the error (raised on the Qt thread), of a worker's check."""
+        if generation != self._check_generation or self._checking is None:
+            return
+        self._checking = None  # it failed: Train does not start on an unknown answer
+        if self._start_pending is not None:
+            self._set_pending(None)
+            self._say("Training did not start: checking the output file for an unfinished run failed. Press "
+                      "Train again, or choose another output file.", True)
+
+    def _set_pending(self, overrides: dict | None) -> None:
+        """Wait with start(**overrides) for the check under way (None: no longer); Cancel drops it."""
+        self._start_pending = overrides
+        if not self._deleted and not self.running:
+            self._cancel_button.enabled = overrides is not None
+
+    def _start_if_pending(self) -> None:
+        if self._start_pending is not None and not self._deleted:
+            overrides = self._start_pending
+            self._set_pending(None)
+            self.start(**overrides)
+
+    def _show_unfinished(self, run) -> None:
+        """Show the check's answer ``run`` (an `UnfinishedRun`, or None)."""
+        before, self._found = self._found, run
+        self.unfinished = run
         if self._deleted:
             return
-        if self.unfinished is None:
+        if run is None:
             self._continue.hide()
             return
-        run = self.unfinished
         self._continue.text = (f"Continue the unfinished run ({run.epochs_done} of {run.epochs} epochs done; "
                                "its own model and settings)")
         self._continue.show()
@@ -244,14 +316,26 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         run* is ticked, the run goes on in that file (``resume``); settings that differ from the
         run's are refused. Otherwise an existing output file is kept and the run saves to the next
         free name.
+
+        Returns the training worker; None when refused (said), or when whether the output file
+        holds an unfinished run is still being found in a worker thread (`checking`): training
+        then starts when it is known (*Cancel* drops it).
         """
         if self.running:
             self._say("Training or calibration is already running: wait for it or press Cancel.", True)
             return None
+        self._set_pending(None)  # this call takes the place of one waiting for the check
         chosen = self._chosen_dataset()
         if chosen is None:
             return None
         dataset_path, images = chosen
+        self._find_unfinished_run()
+        if self.checking:
+            self._set_pending(dict(overrides))
+            self.last_message = self._status.value = (
+                f"Checking whether {Path(self._out.value).name} holds an unfinished run of the dataset; "
+                "training starts once that is known.")
+            return None
         base = self._base.value
         options = {
             "model": base,  # a backbone name starts from its ImageNet weights, a file fine-tunes
@@ -261,7 +345,6 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             "overwrite": False,  # train() refuses an existing file: a trained model is never replaced
         }
         options.update(overrides)
-        self._find_unfinished_run()
         resumed = self.unfinished if self._continue.value else None
         if resumed is not None:
             labels = {"lr": "learning rate", "batch_size": "batch size", "input_size": "input size"}
@@ -299,6 +382,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
 
     def _run_started(self, worker, status: str, activity: ActivityProgress) -> None:
         """Start ``worker`` (training or calibrating): the buttons, the status and the activity bar."""
+        self._start_pending = None  # a Train waiting for the output file's check: calibrating instead
         self._cancel.clear()
         self._closed = False
         worker.finished.connect(self._on_finished)
@@ -335,9 +419,17 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
                      **options)
 
     def cancel(self) -> None:
-        """Stop after the current batch; the last finished epoch's checkpoint stays."""
+        """Stop after the current batch; the last finished epoch's checkpoint stays. A start
+        waiting for the output file's check (`start`) is dropped."""
+        if self._start_pending is not None:
+            self._set_pending(None)
+            self._say("Cancelled: training did not start.")
         if self.worker is not None:
             self._cancel.set()
+
+    def _on_close(self, deleted: bool = False) -> None:
+        self._start_pending = None  # closed while the output file was checked: training does not start
+        super()._on_close(deleted)
 
     def _on_progress(self, progress) -> None:
         if self._deleted:
