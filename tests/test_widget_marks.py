@@ -141,3 +141,28 @@ def test_new_labels_layers_follow_their_renamed_image(make_napari_viewer, small_
     export = ExportWidget(viewer)
     export._layer.value = painted
     assert export._stem.value == "cat2"
+
+
+def test_a_split_line_marked_for_the_labels_wins_over_one_bearing_its_name(make_napari_viewer, small_cat):
+    """The split line was looked up apart from `find_results`, by each layer in turn: an unmarked
+    layer bearing the default name, lower in the layer list, was taken before the line marked for
+    the Labels layer. The mark wins now, wherever each lies; an unmarked one only by its name."""
+    from napari_prm._widgets.correct import _split_layer
+    from napari_prm._widgets.painted import painted_context
+
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(np.zeros(small_cat.shape[:2], np.uint16), name="cells")
+    context = painted_context(labels, [])
+    named = viewer.add_shapes(name="cells split line")  # e.g. opened from a file: no mark
+    assert _split_layer(viewer, context) is named
+    marked = viewer.add_shapes(name="my line", metadata=mark("split", labels))
+    assert list(viewer.layers).index(named) < list(viewer.layers).index(marked)
+    assert _split_layer(viewer, context) is marked
+    labels.name = "my cells"  # renamed: the marked line is still its own, the unmarked one is not
+    assert _split_layer(viewer, context) is marked
+    viewer.layers.remove(marked)
+    assert _split_layer(viewer, context) is None
+    # another Labels layer's marked line is never taken, even bearing this one's default name
+    other = viewer.add_labels(np.zeros(small_cat.shape[:2], np.uint16), name="other")
+    viewer.add_shapes(name="my cells split line", metadata=mark("split", other))
+    assert _split_layer(viewer, context) is None

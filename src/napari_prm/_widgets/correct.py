@@ -27,7 +27,7 @@ from .. import edit
 from .._text import plural
 from .history import InstanceHistory, reset_history
 from .layers import features_table, instance_features, point_defaults, world_kwargs
-from .marks import is_marked, mark, marker_of
+from .marks import find_result, mark
 from .painted import can_correct, painted_context
 from .points import PointRetrieval
 
@@ -203,7 +203,7 @@ class CorrectionPanel(PointRetrieval):
         """The run whose peaks, instances or split-line layer ``layer`` is."""
         for run in self._runs:
             layers = run.context.layers
-            if any(layer is mine for mine in layers.values()) or _is_split_layer(layer, run.context):
+            if any(layer is mine for mine in layers.values()) or layer is _split_layer(self.owner.viewer, run.context):
                 return run
         return None
 
@@ -676,17 +676,10 @@ class CorrectionPanel(PointRetrieval):
         viewer.camera.center = tuple(world[-2:])
 
 
-def _is_split_layer(layer, context) -> bool:
-    """Whether ``layer`` is the split-line layer of ``context``'s instances: marked for them, or
-    unmarked and bearing its default name (`split_name`)."""
-    if marker_of(layer):
-        return is_marked(layer, context.layers["instances"], "split")
-    return getattr(layer, "name", None) == context.split_name
-
-
 def _split_layer(viewer, context):
-    """The split-line layer of ``context``'s instances in ``viewer`` (renamed or not), or None."""
-    return next((layer for layer in viewer.layers if _is_split_layer(layer, context)), None)
+    """The split-line layer of ``context``'s instances in ``viewer`` (renamed or not), or None: one
+    marked for them, else an unmarked one bearing its default name (`split_name`)."""
+    return find_result(viewer, context.layers["instances"], "split", name=context.split_name)
 
 
 def _labels_along(labels: np.ndarray, line: np.ndarray) -> dict[int, int]:

@@ -66,30 +66,33 @@ def is_marked(layer, owner, role: str | None = None) -> bool:
     return bool(entry) and entry.get("image_id") == layer_id(owner) and role in (None, entry.get("role"))
 
 
-def find_results(viewer, image_layer, role: str) -> dict[str, object]:
+def find_results(viewer, image_layer, role: str, *, name: str | None = None) -> dict[str, object]:
     """The layers of ``viewer`` of ``role`` made for ``image_layer``, by key (``""``; a CRM's class).
 
-    Marked layers first; an unmarked layer by its default name (`layer_names`) only for a key no
-    marked layer holds.
+    Marked layers first; an unmarked layer by its default name only for a key no marked layer
+    holds: ``name`` (of a CRM: the prefix its class follows), by default the one `layer_names`
+    gives ``image_layer``'s name (a split line of a run's Labels layer is named after the run's
+    image instead: its context gives ``name``).
     """
     found = {}
     for layer in viewer.layers:
         if is_marked(layer, image_layer, role):
             found.setdefault(marker_of(layer).get("key", ""), layer)
-    names = layer_names(image_layer.name)
+    default = layer_names(image_layer.name).get(role) if name is None else name
     for layer in viewer.layers:
-        if marker_of(layer):
+        if marker_of(layer) or default is None:
             continue
-        if role == "crm" and layer.name.startswith(names["crm"]):
-            found.setdefault(layer.name[len(names["crm"]):], layer)
-        elif role in names and role != "crm" and layer.name == names[role]:
+        if role == "crm" and layer.name.startswith(default):
+            found.setdefault(layer.name[len(default):], layer)
+        elif role != "crm" and layer.name == default:
             found.setdefault("", layer)
     return found
 
 
-def find_result(viewer, image_layer, role: str, key: str = ""):
-    """The layer of ``role`` (and ``key``) made for ``image_layer``, None when there is none (`find_results`)."""
-    return find_results(viewer, image_layer, role).get(key)
+def find_result(viewer, image_layer, role: str, key: str = "", *, name: str | None = None):
+    """The layer of ``role`` (and ``key``) made for ``image_layer``, None when there is none (`find_results`;
+    ``name``: an unmarked layer's default name)."""
+    return find_results(viewer, image_layer, role, name=name).get(key)
 
 
 def marked_image(viewer, layer):
