@@ -173,6 +173,7 @@ def test_training_shows_batches_in_the_activity_dock_and_cancels_there(
 
     widget._relay.progressed.connect(
         lambda report: None if isinstance(report, tuple) else widget.activity.bar.cancel())
+    qtbot.waitUntil(lambda: not widget.checking, timeout=120_000)  # model.pt checked for an unfinished run
     widget.start(epochs=2, batch_size=1, resume=None, val_fraction=0.0, calibrate=False)
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert widget.result.cancelled or widget.result.checkpoint is None, widget.last_message

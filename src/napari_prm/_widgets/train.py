@@ -244,10 +244,13 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         worker.start()
 
     def _on_checked(self, run, generation: int) -> None:
-        """A worker's answer: shown when it is of the latest check asked for, else dropped."""
+        """A worker's answer: shown when it is of the latest check asked for, else dropped (also
+        while training or calibrating, which checks again when it ends)."""
         if generation != self._check_generation:
             return
         self._checking = None
+        if self.running:
+            return
         self._show_unfinished(run)
         self._start_if_pending()
 
