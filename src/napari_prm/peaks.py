@@ -28,6 +28,9 @@ RUNNERS_UP = 3
 #: chosen, and a dataset's classes (usually several) are each shown on a handful of them at most.
 #: ``train``'s default ``val_fraction`` of 0.2 reaches it from 50 images.
 MIN_CALIBRATION_IMAGES = 10
+#: The ``model.settings`` key of the thresholds calibrated with test-time augmentation (a
+#: `Calibration.as_settings` dict), which ``PredictSettings(tta=True)`` uses.
+TTA_CALIBRATION = "tta_calibration"
 
 
 @dataclass(eq=False)
@@ -319,6 +322,10 @@ class Calibration:
     peaks_per_image: float
     images: int
 
+    #: The keys of ``model.settings`` that :meth:`as_settings` writes, in its order: the two
+    #: thresholds, and how they scored (``"calibration"``).
+    SETTINGS = ("class_threshold", "peak_threshold", "calibration")
+
     @property
     def warning(self) -> str | None:
         if self.recall > 0:
@@ -350,8 +357,8 @@ class Calibration:
                   "peaks_per_image": self.peaks_per_image, "images": self.images}
         if self.warning is not None:
             scores["warning"] = self.warning
-        return {"class_threshold": float(self.class_threshold), "peak_threshold": float(self.peak_threshold),
-                "calibration": scores}
+        return dict(zip(self.SETTINGS, (float(self.class_threshold), float(self.peak_threshold), scores),
+                        strict=True))
 
 
 def calibrate_thresholds(

@@ -28,7 +28,7 @@ from ._text import plural
 from .io.images import as_rgb_float, image_array, opacity_note
 from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
-from .peaks import MAX_PEAKS, PeakSelection, class_scores, peak_candidates, select_peaks
+from .peaks import MAX_PEAKS, TTA_CALIBRATION, PeakSelection, class_scores, peak_candidates, select_peaks
 from .prm_maps import InstancePRM, ScaledPRMs, resize_prms  # noqa: F401 (napari_prm.predictor.resize_prms, as before)
 from .retrieval import Instance
 
@@ -244,9 +244,9 @@ def resolve_thresholds(settings: PredictSettings, model_settings: Mapping[str, A
     peak_threshold : float or None
         The setting, else the model's calibrated value, else None (no peak threshold).
     """
-    if settings.tta and isinstance(model_settings.get("tta_calibration"), Mapping):
+    if settings.tta and isinstance(model_settings.get(TTA_CALIBRATION), Mapping):
         # TTA averages six maps: its peaks are lower, and calibrated on their own.
-        model_settings = model_settings["tta_calibration"]
+        model_settings = model_settings[TTA_CALIBRATION]
     class_threshold, peak_threshold = settings.class_threshold, settings.peak_threshold
     if class_threshold is None:
         class_threshold = float(model_settings.get("class_threshold", 0.0))
