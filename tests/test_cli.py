@@ -565,6 +565,11 @@ def test_train_holds_out_no_only_image_of_a_class_and_warns(tmp_path, capsys):
     assert main(["calibrate", str(tmp_path / "data"), "--model", str(out), "--held-out", "--no-tta",
                  "--device", "cpu"]) == 2
     assert "held no image out: each image is the only one of one of its classes" in capsys.readouterr().err
+    # on every image, all 3 of which trained it: the note pointed to --held-out, which has none
+    assert main(["calibrate", str(tmp_path / "data"), "--model", str(out), "--no-tta", "--device", "cpu"]) == 0
+    assert ("note: 3 of the 3 images calibrated on were used to train " + str(out) + ": thresholds chosen on "
+            "images a model has learnt are optimistic (too low for new images); calibrate on images it was not "
+            "trained on\n") in capsys.readouterr().err
     # with nothing held out by choice, no warning
     assert main(["train", str(tmp_path / "data"), "--out", str(out), "--overwrite", "--val-fraction", "0"]
                 + options) == 0
@@ -997,6 +1002,47 @@ def test_calibrate_notes_when_it_calibrates_on_the_training_images(tmp_path, cap
     shutil.copytree(tmp_path / "data", copy)
     assert main(["calibrate", str(copy), *calibrate[2:]]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_calibrate_records_its_held_out_images_and_notes_those_that_trained_it(tmp_path, capsys):
+    """``calibrate`` stored the thresholds without ``settings["calibration"]["held_out"]``, which
+    ``train`` and the Train widget's *Calibrate* store; and with --held-out it said nothing of held-out
+    images that trained the model (its dataset changed since: the split is made anew), where
+    *Calibrate* noted them. Both now come from `napari_prm.train.calibrate_checkpoint`."""
+    import imageio.v3 as iio
+
+    from napari_prm.data import load_dataset
+    from napari_prm.train import SPLIT_RULE, TRAINING_STATE_KEY, image_keys, training_split
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for number in range(3):
+            iio.imwrite(tmp_path / "data" / name / f"{number}.png", image[number * 32:number * 32 + 64, :64])
+    dataset = load_dataset(tmp_path / "data")
+    split = training_split(dataset, 0.34, 0)
+    assert (len(split.train), len(split.held_out)) == (4, 2)
+    torch.manual_seed(0)
+    model = build_model("tiny", dataset.class_names, pretrained=False, input_size=(32, 32))
+    state = {"epoch": 1, "config": {"val_fraction": 0.34, "seed": 0}, "split_rule": SPLIT_RULE,
+             "images": image_keys(split.train.image_paths)}
+    trained = save_model(model, tmp_path / "trained.pt", extra={TRAINING_STATE_KEY: state})
+    calibrate = ["calibrate", str(tmp_path / "data"), "--model", str(trained), "--no-tta", "--device", "cpu"]
+    assert main([*calibrate, "--held-out", "--out", str(tmp_path / "held_out.pt")]) == 0
+    assert "on 2 image(s)" in capsys.readouterr().out
+    assert main([*calibrate, "--out", str(tmp_path / "every.pt")]) == 0
+    assert "on 6 image(s)" in capsys.readouterr().out
+    assert load_model(tmp_path / "held_out.pt").settings["calibration"]["held_out"] is True
+    assert load_model(tmp_path / "every.pt").settings["calibration"]["held_out"] is False
+
+    # a run that trained on every image of the dataset as it is now: its held-out share trained it
+    changed = save_model(model, tmp_path / "changed.pt",
+                         extra={TRAINING_STATE_KEY: {**state, "images": image_keys(dataset.image_paths)}})
+    assert main([*calibrate[:3], str(changed), *calibrate[4:], "--held-out"]) == 0
+    assert (f"note: 2 of the 2 images calibrated on were used to train {changed}: thresholds chosen on images a "
+            "model has learnt are optimistic (too low for new images); the dataset changed since it was trained, "
+            "so its held-out share is not the one the run held out: calibrate on images it was not trained on"
+            ) in capsys.readouterr().err
+    assert load_model(changed).settings["calibration"]["held_out"] is True
 
 
 def test_train_names_every_unreadable_image_before_training(tmp_path, capsys):

@@ -619,3 +619,50 @@ def test_unfinished_runs_and_the_images_a_checkpoint_calibrates_on(tmp_path):
     assert not chosen.held_out and len(chosen.dataset) == 4 and chosen.trained == 4
     with pytest.raises(ValueError, match="records no held-out share"):
         calibration_images(dataset, extra, held_out=True)
+
+
+def test_calibrate_checkpoint_says_what_it_knows_before_the_images_run(tmp_path):
+    """`calibrate_checkpoint`, what ``napari-prm calibrate`` and the Train widget's *Calibrate* run:
+    its notes come through ``report`` before the first image, its calibrations' warnings after the
+    last; ``progress`` counts each pass; every calibration setting is written (and `CALIBRATION_SETTINGS`,
+    which training drops, names them); a cancelled run writes nothing."""
+    from napari_prm.peaks import Calibration
+    from napari_prm.train import CALIBRATION_SETTINGS, calibrate_checkpoint, image_keys
+
+    dataset = _two_cats_a_dog_and_a_bird(tmp_path)
+    torch.manual_seed(0)
+    model = build_model("tiny", dataset.class_names, pretrained=False, input_size=(32, 32))
+    state = {"epoch": 1, "config": {"val_fraction": 0.0, "seed": 0}, "split_rule": SPLIT_RULE,
+             "images": image_keys(dataset.image_paths)}  # trained on every image, held none out
+    path = save_model(model, tmp_path / "model.pt", extra={TRAINING_STATE_KEY: state})
+    events = []
+    outcome = calibrate_checkpoint(path, dataset, tmp_path / "out.pt", device="cpu",
+                                   progress=lambda *p: events.append(("progress", *p)),
+                                   report=lambda kind, text: events.append((kind, text)))
+    note = (f"4 of the 4 images calibrated on were used to train {path}: thresholds chosen on images a model has "
+            "learnt are optimistic (too low for new images); it held none out: calibrate on images it was not "
+            "trained on")
+    assert outcome.notes == [note] and not outcome.held_out
+    warning = outcome.calibration.warning
+    assert warning.startswith("the thresholds were calibrated on only 4 image(s)")
+    assert outcome.tta_calibration.warning == warning and outcome.warnings == [warning]  # said once
+    assert events == [("note", note)] + [("progress", tta, done, 4) for tta in (False, True) for done in (1, 2, 3, 4)] \
+        + [("warning", warning)]
+    settings = load_model(outcome.checkpoint).settings
+    assert tuple(outcome.calibration.as_settings()) == Calibration.SETTINGS
+    assert CALIBRATION_SETTINGS == (*Calibration.SETTINGS, "tta_calibration")
+    assert all(key in settings for key in CALIBRATION_SETTINGS)
+    assert settings["calibration"]["held_out"] is False and settings["calibration"]["images"] == 4
+    assert settings["tta_calibration"]["class_threshold"] == pytest.approx(outcome.tta_calibration.class_threshold)
+    assert load_checkpoint(outcome.checkpoint)[1][TRAINING_STATE_KEY]["epoch"] == 1  # the training state kept
+
+    stop = threading.Event()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        calibrate_checkpoint(path, dataset, tmp_path / "cancelled.pt", tta=False, device="cpu", cancel=stop,
+                             progress=lambda *_: stop.set())
+    assert not (tmp_path / "cancelled.pt").exists() and "calibration" not in load_model(path).settings
+    with pytest.raises(ValueError, match=r"^no held-out images of .*labels\.csv to calibrate on: .*model\.pt records "
+                                         "no held-out share"):
+        calibrate_checkpoint(path, dataset, held_out=True, device="cpu")
+    with pytest.raises(ValueError, match="^imagenet-voc is a built-in model: give out"):
+        calibrate_checkpoint("imagenet-voc", dataset)

@@ -112,8 +112,9 @@ def test_a_model_not_trained_on_the_dataset_calibrates_on_every_image_in_place(
                                           "classes:") and "dog" in widget.last_message
     widget._calibrate_model.value = tmp_path / "missing.pt"
     assert widget.calibrate() is None
-    assert widget.last_message == (f"Choose the model to calibrate: a checkpoint file (.pt, .safetensors); "
-                                   f"{tmp_path / 'missing.pt'} is not a file.")
+    assert widget.last_message == (f"Choose the model to calibrate: a checkpoint file (.pt, .safetensors) or a "
+                                   f"built-in model (imagenet, imagenet-voc, imagenet-coco); {tmp_path / 'missing.pt'} "
+                                   "is not a file.")
 
 
 def test_writing_into_the_checkpoint_itself_is_not_kept_for_the_next_session(make_napari_viewer, prm_config,
@@ -140,3 +141,54 @@ def test_writing_into_the_checkpoint_itself_is_not_kept_for_the_next_session(mak
     _, again = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Train PRM model")
     assert again._calibrate_to.value == "new"
     assert str(again._calibrate_model.value) == str(model)
+
+
+def test_calibrate_a_builtin_model_into_a_new_file_beside_the_output(make_napari_viewer, qtbot, prm_config,
+                                                                    tmp_path):
+    """*Calibrate* took checkpoint files only: a built-in model ("imagenet-voc") was "not a file",
+    where ``napari-prm calibrate --model imagenet-voc --out`` calibrates it. Its name is now taken:
+    the calibrated model goes to ``<name>-calibrated.pt`` beside the output file (never "the
+    checkpoint itself", which is refused), with the thresholds ``calibrate`` chooses."""
+    import imageio.v3 as iio
+    from skimage import data
+    from skimage.transform import rescale
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        small = rescale(getattr(data, name)(), 0.5, channel_axis=-1, preserve_range=True, anti_aliasing=True)
+        iio.imwrite(folder / f"{name}.png", small.round().astype("uint8"))
+    builtin = load_model("imagenet-voc")
+    others = ";".join(c for c in builtin.class_names if c != "cat")  # every class of the model is needed
+    (folder / "labels.csv").write_text(f"image,labels\nchelsea.png,cat\ncoffee.png,{others}\nrocket.png,\n")
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset.value = folder / "labels.csv"
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "models" / "prm_model.pt"
+    widget._calibrate_model.line_edit.value = "imagenet-voc"  # typed (its value would make it a path)
+    widget._calibrate_to.value = "in place"
+    assert widget.calibrate() is None
+    assert widget.last_message == ("imagenet-voc is a built-in model, which cannot be replaced: write the calibrated "
+                                   "model to a new file.")
+    widget._calibrate_to.value = "new"
+    outcome = calibrate_to_end(widget, qtbot)
+    assert outcome is not None, widget.last_message
+    written = tmp_path / "models" / "imagenet-voc-calibrated.pt"  # the folder is made
+    assert outcome.checkpoint == written and not outcome.held_out and outcome.calibration.images == 3
+    model = load_model(written)
+    assert model.class_names == builtin.class_names
+    assert model.settings["class_threshold"] == pytest.approx(outcome.calibration.class_threshold)
+    assert model.settings["class_threshold"] != pytest.approx(builtin.settings["class_threshold"])
+    assert model.settings["calibration"]["held_out"] is False
+    assert widget.last_message.startswith("Calibrated on every image of the dataset: thresholds calibrated on 3 ")
+
+    # the command line chooses the same thresholds
+    cli_out = tmp_path / "cli.pt"
+    assert main(["calibrate", str(folder / "labels.csv"), "--model", "imagenet-voc", "--out", str(cli_out),
+                 "--device", "cpu"]) == 0
+    by_cli = load_model(cli_out).settings
+    for name in ("class_threshold", "peak_threshold"):
+        assert by_cli[name] == pytest.approx(model.settings[name])
+    assert by_cli["tta_calibration"]["peak_threshold"] == pytest.approx(
+        model.settings["tta_calibration"]["peak_threshold"])

@@ -1121,83 +1121,40 @@ def _refuse_existing_calibrate_out(args) -> None:
 def _run_calibrate(args) -> int:
     from tqdm import tqdm
 
-    from .model.checkpoint import BUILTIN_MODELS, is_safetensors, load_checkpoint, load_model, save_model
-    from .peaks import calibrate_model
-    from .train import calibration_images, no_negative_warning
+    from .model.checkpoint import BUILTIN_MODELS
+    from .train import calibrate_checkpoint
 
     _refuse_existing_calibrate_out(args)
-    if args.model in BUILTIN_MODELS and not Path(args.model).is_file():
-        if args.out is None:  # nothing to replace: it is built in
-            raise CommandError(f"--model {args.model} is a built-in model: pass --out to write the calibrated "
-                               "model to a new checkpoint")
-        model, extra = load_model(args.model), {}
-    else:
-        try:
-            model, extra = load_checkpoint(args.model)
-        except ValueError as error:
-            raise CommandError(str(error)) from error
-    model.to(_device(args.device))
+    if args.model in BUILTIN_MODELS and not Path(args.model).is_file() and args.out is None:
+        # nothing to replace: it is built in
+        raise CommandError(f"--model {args.model} is a built-in model: pass --out to write the calibrated "
+                           "model to a new checkpoint")
+    device = _device(args.device)
     dataset = _load_dataset(args)
+    bars: dict = {}
+
+    def progress(tta: bool, done: int, total: int) -> None:
+        if tta not in bars:
+            bars[tta] = tqdm(total=total, desc="calibrate" + (" (TTA)" if tta else ""), unit="image", disable=None)
+        bars[tta].update(done - bars[tta].n)
+        if done == total:  # before what is said after it
+            bars[tta].close()
+
     try:
-        dataset = dataset.with_classes(model.class_names)
-    except ValueError as error:
-        raise CommandError(f"the dataset does not have the model's classes: {error}") from error
-    try:  # --held-out: split with the model's classes and the checkpoint's split rule, as 'train' did
-        chosen = calibration_images(dataset, extra, held_out=args.held_out)
-    except ValueError as error:
-        raise CommandError(f"--held-out on {args.dataset}: {args.model} {error}; calibrate on images it "
-                           "was not trained on instead") from error
-    dataset = chosen.dataset
-    if chosen.left_untrained:
-        names = ", ".join(repr(c) for c in chosen.left_untrained)
-        _say(f"note: {args.model} records no split rule (a checkpoint from before it): the images it held "
-             f"out are those of the plain random split, among them the only image(s) of class(es) {names}, "
-             "which it was therefore not trained on")
-    elif not chosen.held_out:
-        _note_trained_images(args, extra, chosen)
-    warning = no_negative_warning(dataset, calibrating=True)
-    if warning:
-        _say(f"warning: {warning}")
-    results = {}
-    for tta in ((False, True) if args.tta else (False,)):
-        with tqdm(total=len(dataset), desc="calibrate" + (" (TTA)" if tta else ""), unit="image",
-                  disable=None) as bar:
-            try:
-                results[tta] = calibrate_model(model, dataset, tta=tta,
-                                               progress=lambda done, _total: bar.update(done - bar.n))
-            except ValueError as error:
-                raise CommandError(f"cannot calibrate on {args.dataset}: {error}") from error
-    model.settings.update(results[False].as_settings())
-    if True in results:
-        model.settings["tta_calibration"] = results[True].as_settings()
-    out = args.out or Path(args.model)
-    save_model(model, out, extra=None if is_safetensors(out) else extra)
-    for tta, c in results.items():
-        print(f"{'with TTA: ' if tta else ''}class threshold {c.class_threshold:.4g}, peak threshold "
-              f"{c.peak_threshold:.4g} on {c.images} image(s): {100 * c.precision:.0f} % of the peaks on classes "
-              f"the images show, {100 * c.recall:.0f} % of the shown classes found, {c.peaks_per_image:.1f} "
-              "peaks per image")
-        if c.warning and not (tta and c.warning == results[False].warning):  # said once when the same
-            _say(f"warning{' (with TTA)' if tta else ''}: {c.warning}")
-    _say(f"checkpoint: {out}")
+        outcome = calibrate_checkpoint(args.model, dataset, args.out, held_out=args.held_out, tta=args.tta,
+                                       device=device, progress=progress,
+                                       report=lambda kind, text: _say(f"{kind}: {text}"))
+    finally:
+        for bar in bars.values():
+            bar.close()
+    for tta, c in ((False, outcome.calibration), (True, outcome.tta_calibration)):
+        if c is not None:
+            print(f"{'with TTA: ' if tta else ''}class threshold {c.class_threshold:.4g}, peak threshold "
+                  f"{c.peak_threshold:.4g} on {c.images} image(s): {100 * c.precision:.0f} % of the peaks on "
+                  f"classes the images show, {100 * c.recall:.0f} % of the shown classes found, "
+                  f"{c.peaks_per_image:.1f} peaks per image")
+    _say(f"checkpoint: {outcome.checkpoint}")
     return 0
-
-
-def _note_trained_images(args, extra: dict, chosen) -> None:
-    """``calibrate`` without --held-out: a note when images it calibrates on (``chosen``, a
-    `napari_prm.train.CalibrationImages`) trained the model (the checkpoint's ``train`` run
-    records them): their thresholds are optimistic."""
-    from .train import TRAINING_STATE_KEY
-
-    count, dataset = chosen.trained, chosen.dataset
-    if not count:
-        return
-    fraction = ((extra.get(TRAINING_STATE_KEY) or {}).get("config") or {}).get("val_fraction") or 0
-    instead = ("--held-out calibrates on the images 'train' held out" if fraction else
-               "it held none out: calibrate on images it was not trained on")
-    _say(f"note: {count} of the {plural(len(dataset), 'image')} calibrated on "
-         f"{'was' if count == 1 else 'were'} used to train {args.model}: thresholds chosen on images a "
-         f"model has learnt are optimistic (too low for new images); {instead}")
 
 
 def _file_stamp(path: Path) -> tuple[int, int] | None:

@@ -35,10 +35,12 @@ from .model.checkpoint import (
     build_model,
     builtin_class_names,
     checkpoint_file,
+    is_safetensors,
     load_checkpoint,
     load_model,
     resolve_device,
 )
+from .peaks import TTA_CALIBRATION, Calibration
 
 TRAINING_STATE_KEY = "training"
 # Stored in the training state: which images the run held out. 2: never the only image of a
@@ -47,7 +49,7 @@ TRAINING_STATE_KEY = "training"
 SPLIT_RULE = 2
 #: The model settings a calibration writes (`napari_prm.peaks.Calibration.as_settings`, and its
 #: TTA pair): a run that trains drops them, as they were chosen for other weights.
-CALIBRATION_SETTINGS = ("class_threshold", "peak_threshold", "calibration", "tta_calibration")
+CALIBRATION_SETTINGS = (*Calibration.SETTINGS, TTA_CALIBRATION)
 
 
 @dataclass
@@ -479,6 +481,182 @@ def calibration_images(dataset: LabeledImageDataset, extra: dict | None, *,
     return CalibrationImages(split.held_out, True, sum(kept), list(split.left_untrained))
 
 
+@dataclass(eq=False)
+class CheckpointCalibration:
+    """What :func:`calibrate_checkpoint` did.
+
+    Attributes
+    ----------
+    checkpoint : Path
+        The file written.
+    calibration : napari_prm.peaks.Calibration
+        The thresholds chosen without test-time augmentation (the model's ``class_threshold``
+        and ``peak_threshold`` settings, with ``settings["calibration"]``).
+    tta_calibration : napari_prm.peaks.Calibration or None
+        Those chosen with it (``settings["tta_calibration"]``); None with ``tta=False``.
+    held_out : bool
+        Whether the images calibrated on were the share ``train`` held out of the checkpoint's
+        run (see :func:`calibration_images`); stored as ``settings["calibration"]["held_out"]``.
+    notes : list of str
+        What to know of the images chosen: some trained the model (optimistic thresholds), or
+        a checkpoint from before the split rule held out a class's only image.
+    warnings : list of str
+        Classes every image shows (`no_negative_warning`), then the calibrations' own
+        (`napari_prm.peaks.Calibration.warning`; the one with test-time augmentation when it differs).
+    """
+
+    checkpoint: Path
+    calibration: Calibration
+    tta_calibration: Calibration | None
+    held_out: bool
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
+                         out: str | os.PathLike | None = None, *, held_out: bool | None = None, tta: bool = True,
+                         device: str | torch.device | None = None,
+                         progress: Callable[[bool, int, int], None] | None = None, cancel=None,
+                         report: Callable[[str, str], None] | None = None) -> CheckpointCalibration:
+    """Choose a checkpoint's class and peak thresholds on ``dataset`` and write the calibrated model.
+
+    What ``napari-prm calibrate`` and the Train widget's *Calibrate* do: the images are chosen
+    by :func:`calibration_images`, the thresholds by `napari_prm.peaks.calibrate_model` without
+    and (``tta``) with test-time augmentation; they are stored in the model's settings (with
+    ``settings["calibration"]["held_out"]``) and the model, with the checkpoint's training
+    state, is written to ``out``.
+
+    Parameters
+    ----------
+    model : path or str
+        A checkpoint file, or the name of a built-in model (``"imagenet-voc"``, see
+        `napari_prm.model.load_model`), which needs ``out``.
+    dataset : LabeledImageDataset
+        Images with image-level labels of every class of the model (others are dropped).
+    out : path, optional
+        The checkpoint to write (``.pt``, ``.pth`` or ``.safetensors``; missing folders are
+        made); default: ``model`` itself, updated in place.
+    held_out : bool or None
+        Which images, as :func:`calibration_images` takes it: True the share ``train`` held out
+        of the checkpoint's run, False every image, None (default) the held-out share when the
+        run trained on some of ``dataset``'s images and held some out, else every image.
+    tta : bool
+        Also calibrate the thresholds used with test-time augmentation.
+    device : str or torch.device, optional
+        See `napari_prm.model.resolve_device` (None: the first available).
+    progress : callable, optional
+        ``progress(tta, done, total)`` after each image, ``tta`` False for the first pass and
+        True for the one with test-time augmentation.
+    cancel : callable or threading.Event, optional
+        Checked after each image (see :func:`is_cancelled`); when it says stop, RuntimeError
+        is raised and nothing is written.
+    report : callable, optional
+        ``report(kind, text)``, ``kind`` ``"note"`` or ``"warning"``, for each of the outcome's
+        notes and warnings as soon as it is known: the notes and `no_negative_warning` before
+        any image runs, the calibrations' warnings after.
+
+    Returns
+    -------
+    CheckpointCalibration
+
+    Raises
+    ------
+    ValueError
+        A built-in ``model`` without ``out``, an unreadable checkpoint, a bad ``out`` or
+        ``device``, a dataset without the model's classes, no held-out share (``held_out=True``,
+        see :func:`checkpoint_held_out`), or images that cannot calibrate (none shows a class).
+    RuntimeError
+        When ``cancel`` said stop.
+    """
+    from .peaks import calibrate_model
+
+    name = str(model)
+    builtin = isinstance(model, str) and model in BUILTIN_MODELS and not Path(model).is_file()
+    if out is None:
+        if builtin:
+            raise ValueError(f"{name} is a built-in model: give out, the new checkpoint to write the calibrated "
+                             "model to")
+        out = model
+    out = checkpoint_file("out", out)
+    device = resolve_device(device)
+    model, extra = (load_model(name), {}) if builtin else load_checkpoint(model)
+    model.to(device)
+    source = dataset.source or "the dataset"
+    try:
+        dataset = dataset.with_classes(model.class_names)
+    except ValueError as error:
+        raise ValueError(f"the dataset does not have the model's classes: {error}") from None
+    try:
+        chosen = calibration_images(dataset, extra, held_out=held_out)
+    except ValueError as error:
+        raise ValueError(f"no held-out images of {source} to calibrate on: {name} {error}; calibrate on images it "
+                         "was not trained on instead") from None
+    notes = _calibration_notes(name, extra, chosen)
+    warnings = [w for w in [no_negative_warning(chosen.dataset, calibrating=True)] if w]
+    if report is not None:
+        for kind, texts in (("note", notes), ("warning", warnings)):
+            for text in texts:
+                report(kind, text)
+    results = {}
+    for with_tta in (False, True) if tta else (False,):
+        try:
+            results[with_tta] = calibrate_model(
+                model, chosen.dataset, tta=with_tta, cancel=None if cancel is None else lambda: is_cancelled(cancel),
+                progress=None if progress is None else functools.partial(progress, with_tta))
+        except ValueError as error:
+            raise ValueError(f"cannot calibrate on {source}: {error}") from error
+    _store_calibration(model, results[False], results.get(True), chosen.held_out)
+    _write_model(model, out, extra=None if is_safetensors(out) else extra)
+    after = [w for w in [results[False].warning] if w]
+    if True in results and results[True].warning and results[True].warning != results[False].warning:
+        after.append(f"with test-time augmentation, {results[True].warning}")
+    if report is not None:
+        for text in after:
+            report("warning", text)
+    return CheckpointCalibration(out, results[False], results.get(True), chosen.held_out, notes,
+                                 warnings + after)
+
+
+def _calibration_notes(name: str, extra: dict, chosen: CalibrationImages) -> list[str]:
+    """What :func:`calibrate_checkpoint` notes of the images ``chosen`` for the checkpoint ``name``
+    (whose extra dict is ``extra``): a class the checkpoint's old split left untrained, and images
+    that trained the model (their thresholds are optimistic), with what to calibrate on instead."""
+    notes = []
+    if chosen.left_untrained:
+        names = ", ".join(repr(c) for c in chosen.left_untrained)
+        notes.append(f"{name} records no split rule (a checkpoint from before it): the images it held out are "
+                     f"those of the plain random split, among them the only image(s) of class(es) {names}, which "
+                     "it was therefore not trained on")
+    count = chosen.trained
+    if not count:
+        return notes
+    state = (extra or {}).get(TRAINING_STATE_KEY)
+    if chosen.held_out:  # held out by the split as made on the dataset now: it changed since the run
+        instead = ("the dataset changed since it was trained, so its held-out share is not the one the run held "
+                   "out: calibrate on images it was not trained on")
+    else:
+        try:
+            checkpoint_held_out(chosen.dataset, state)
+            instead = "--held-out calibrates on the images 'train' held out"
+        except ValueError:
+            fraction = ((state or {}).get("config") or {}).get("val_fraction") or 0
+            instead = ("" if fraction else "it held none out: ") + "calibrate on images it was not trained on"
+    notes.append(f"{count} of the {plural(len(chosen.dataset), 'image')} calibrated on "
+                 f"{'was' if count == 1 else 'were'} used to train {name}: thresholds chosen on images a model "
+                 f"has learnt are optimistic (too low for new images); {instead}")
+    return notes
+
+
+def _store_calibration(model: PRMModel, calibration: Calibration, with_tta: Calibration | None,
+                       held_out: bool) -> None:
+    """Store calibrated thresholds in ``model.settings``: ``calibration``'s, whether they were chosen
+    on held-out images, and ``with_tta``'s under `napari_prm.peaks.TTA_CALIBRATION` (when given)."""
+    model.settings.update(calibration.as_settings())
+    model.settings["calibration"]["held_out"] = bool(held_out)
+    if with_tta is not None:
+        model.settings[TTA_CALIBRATION] = with_tta.as_settings()
+
+
 def is_cancelled(cancel) -> bool:
     """Whether ``cancel`` (None, a callable or a ``threading.Event``) says stop."""
     if cancel is None:
@@ -745,13 +923,11 @@ def _calibrate(model: PRMModel, dataset: LabeledImageDataset, config: dict, prog
         calibration = calibrate_model(model, dataset, progress=report, cancel=lambda: is_cancelled(cancel))
     except RuntimeError:
         return None
-    model.settings.update(calibration.as_settings())
-    model.settings["calibration"]["held_out"] = bool(held_out)
     try:  # the thresholds of the opt-in test-time augmentation, whose maps are averages
         with_tta = calibrate_model(model, dataset, tta=True, cancel=lambda: is_cancelled(cancel))
-        model.settings["tta_calibration"] = with_tta.as_settings()
     except RuntimeError:
-        pass
+        with_tta = None
+    _store_calibration(model, calibration, with_tta, held_out)
     return calibration
 
 

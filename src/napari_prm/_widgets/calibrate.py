@@ -1,23 +1,25 @@
-"""*Calibrate* in the Train widget: choose a checkpoint's class and peak thresholds on the widget's
-dataset, as ``napari-prm calibrate`` does, in a worker that *Cancel* stops.
+"""*Calibrate* in the Train widget: choose a checkpoint's thresholds on the widget's dataset, as
+``napari-prm calibrate`` does, in a worker that *Cancel* stops.
 
-The images are chosen by :func:`napari_prm.train.calibration_images` (the share ``train`` held out
-when the model was trained on the dataset, else every image); the thresholds come from
-:func:`napari_prm.peaks.calibrate_model`, with and without test-time augmentation. The calibrated
-model is written to a new file ``<name>-calibrated.pt`` (the next free name), or into the
-checkpoint itself when the user chooses that, and is offered in the Peak Response Maps widget.
+The work is :func:`napari_prm.train.calibrate_checkpoint`'s (the command line's too): the images
+are chosen by :func:`napari_prm.train.calibration_images` (the share ``train`` held out when the
+model was trained on the dataset, else every image), the thresholds with and without test-time
+augmentation. The calibrated model is written to a new file ``<name>-calibrated.pt`` (the next
+free name), or into the checkpoint itself when the user chooses that, and is offered in the Peak
+Response Maps widget. A built-in model (``imagenet-voc``) is written to a new file beside the
+Train widget's output file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, FileEdit, PushButton
 from napari.qt.threading import create_worker
 
-from .._text import plural
 from ..data import load_dataset
+from ..model.checkpoint import BUILTIN_MODELS
+from ..train import CheckpointCalibration, calibrate_checkpoint
 from .activity import ActivityProgress
 from .models import offer_model
 from .settings import no_path
@@ -29,87 +31,66 @@ CALIBRATE_TO = {
 }
 
 
-@dataclass
-class CalibrateOutcome:
-    """What a *Calibrate* run did (the widget's ``calibrated``)."""
-
-    checkpoint: Path
-    calibration: object  # napari_prm.peaks.Calibration
-    tta_calibration: object
-    held_out: bool
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+def is_builtin(model: str | Path) -> bool:
+    """Whether *model to calibrate* names a built-in model (``imagenet-voc``), not a file of that name."""
+    return str(model) in BUILTIN_MODELS and not Path(model).is_file()
 
 
-def calibrated_path(model_path: Path, where: str) -> Path:
+def calibrated_path(model: Path | str, where: str, folder: Path) -> Path:
     """The file *Calibrate* writes: the checkpoint itself (``"in place"``) or the next free
-    ``<stem>-calibrated<suffix>`` beside it."""
+    ``<stem>-calibrated<suffix>`` beside it; for a built-in model (never in place), the next free
+    ``<name>-calibrated.pt`` in ``folder``.
+
+    Raises
+    ------
+    ValueError
+        ``"in place"`` for a built-in model.
+    """
     from .._validate import unused_path
 
+    if is_builtin(model):
+        if where == "in place":
+            raise ValueError(f"{model} is a built-in model, which cannot be replaced")
+        return unused_path(Path(folder) / f"{model}-calibrated.pt")
+    model = Path(model)
     if where == "in place":
-        return model_path
-    return unused_path(model_path.with_name(f"{model_path.stem}-calibrated{model_path.suffix}"))
+        return model
+    return unused_path(model.with_name(f"{model.stem}-calibrated{model.suffix}"))
 
 
-def calibrate_checkpoint(model_path: Path, dataset_path: Path, images: Path | None, device: str, out: Path, *,
-                         progress=None, cancel=None) -> CalibrateOutcome:
-    """Calibrate the checkpoint ``model_path`` on the dataset and write it to ``out`` (worker thread).
-
-    ``progress(stage, done, total)`` after each image; ``cancel()`` true stops it (RuntimeError,
-    nothing written). ValueError says what does not fit (the dataset's classes, the checkpoint).
-    """
-    from ..model.checkpoint import is_safetensors, load_checkpoint, resolve_device, save_model
-    from ..peaks import calibrate_model
-    from ..train import calibration_images, no_negative_warning
-
-    model, extra = load_checkpoint(model_path)
-    model.to(resolve_device(device))
+def _calibrate(model: Path | str, dataset_path: Path, images: Path | None, device: str, out: Path, *,
+               progress=None, cancel=None) -> CheckpointCalibration:
+    """Load the dataset and calibrate ``model`` on it into ``out`` (worker thread); the dataset's own
+    warnings come first in the outcome's. ``progress(stage, done, total)`` after each image."""
     dataset = load_dataset(dataset_path, images)
-    try:
-        dataset = dataset.with_classes(model.class_names)
-    except ValueError as error:
-        raise ValueError(f"the dataset does not have the model's classes: {error}") from None
-    chosen = calibration_images(dataset, extra)
-    notes, warnings = [], list(dataset.warnings)
-    if chosen.left_untrained:
-        names = ", ".join(repr(c) for c in chosen.left_untrained)
-        notes.append(f"{model_path.name} records no split rule (a checkpoint from before it): the images it held "
-                     f"out are those of the plain random split, among them the only image(s) of class(es) {names}, "
-                     "which it was therefore not trained on")
-    if chosen.trained:
-        notes.append(f"{chosen.trained} of the {plural(len(chosen.dataset), 'image')} calibrated on trained "
-                     f"{model_path.name} (it held none of them out): thresholds chosen on images a model has "
-                     "learnt are optimistic (too low for new images); calibrate on images it was not trained on")
-    warnings += [w for w in [no_negative_warning(chosen.dataset, calibrating=True)] if w]
-    results = {}
-    for tta in (False, True):
-        stage = "with test-time augmentation" if tta else "image"
-        results[tta] = calibrate_model(
-            model, chosen.dataset, tta=tta, cancel=cancel,
-            progress=None if progress is None else lambda done, total, stage=stage: progress(stage, done, total))
-    model.settings.update(results[False].as_settings())
-    model.settings["calibration"]["held_out"] = chosen.held_out
-    model.settings["tta_calibration"] = results[True].as_settings()
-    save_model(model, out, extra=None if is_safetensors(out) else extra)
-    warnings += [w for w in [results[False].warning] if w]
-    return CalibrateOutcome(out, results[False], results[True], chosen.held_out, notes, warnings)
+
+    def relay(tta: bool, done: int, total: int) -> None:
+        progress("with test-time augmentation" if tta else "image", done, total)
+
+    outcome = calibrate_checkpoint(model, dataset, out, device=device, cancel=cancel,
+                                   progress=None if progress is None else relay)
+    outcome.warnings[:0] = dataset.warnings
+    return outcome
 
 
 class CalibrateSection:
     """Mixin of `TrainWidget`: the *Calibrate* controls and their worker.
 
-    Expects ``worker``, ``running``, ``_cancel``, ``_viewer``, ``_device``, ``_say``,
+    Expects ``worker``, ``running``, ``_cancel``, ``_viewer``, ``_device``, ``_out``, ``_say``,
     ``_dataset_path``, ``_images_folder``, ``_status``, ``_deleted``, ``_closed`` and
     ``_run_started``/``_on_finished`` from the widget.
     """
 
     def _build_calibrate(self) -> list:
         self._calibrate_model = FileEdit(label="model to calibrate", mode="r",
-                                         filter="PRM checkpoints (*.pt *.pth *.safetensors)", value="")
+                                         filter="PRM checkpoints (*.pt *.pth *.safetensors)", value="",
+                                         tooltip="a checkpoint file, or type the name of a built-in model "
+                                                 f"({', '.join(BUILTIN_MODELS)}): it is written to a new file "
+                                                 "beside the output file")
         self._calibrate_to = ComboBox(label="write calibrated model to", choices=list(CALIBRATE_TO.items()))
         self._calibrate_button = PushButton(text="Calibrate")
         self._calibrate_button.changed.connect(lambda: self.calibrate())
-        self.calibrated: CalibrateOutcome | None = None
+        self.calibrated: CheckpointCalibration | None = None
         return [self._calibrate_model, self._calibrate_to, self._calibrate_button]
 
     def calibrate(self):
@@ -117,25 +98,35 @@ class CalibrateSection:
         if self.running:
             self._say("Training or calibration is already running: wait for it or press Cancel.", True)
             return None
-        model_path = None if no_path(self._calibrate_model.value) else Path(self._calibrate_model.value)
-        if model_path is None or not model_path.is_file():
-            self._say("Choose the model to calibrate: a checkpoint file (.pt, .safetensors)"
-                      + ("" if model_path is None else f"; {model_path} is not a file") + ".", True)
+        # a built-in model's name as typed (the field's value makes it a path in the current folder)
+        typed = self._calibrate_model.line_edit.value.strip()
+        model = typed if is_builtin(typed) else \
+            None if no_path(self._calibrate_model.value) else Path(self._calibrate_model.value)
+        if model is None or not (isinstance(model, str) or model.is_file()):
+            self._say(f"Choose the model to calibrate: a checkpoint file (.pt, .safetensors) or a built-in model "
+                      f"({', '.join(BUILTIN_MODELS)})" + ("" if model is None else f"; {model} is not a file")
+                      + ".", True)
+            return None
+        try:  # a built-in model goes beside the output file (the home folder when there is none)
+            out = calibrated_path(model, self._calibrate_to.value,
+                                  Path.home() if no_path(self._out.value) else Path(self._out.value).parent)
+        except ValueError as error:
+            self._say(f"{error}: write the calibrated model to a new file.", True)
             return None
         chosen = self._chosen_dataset()
         if chosen is None:
             return None
         dataset_path, images = chosen
-        out = calibrated_path(model_path, self._calibrate_to.value)
         self.calibrated = None
         self._progress.max, self._progress.value = 1, 0
-        worker = create_worker(calibrate_checkpoint, model_path, dataset_path, images, self._device.value, out,
+        worker = create_worker(_calibrate, model, dataset_path, images, self._device.value, out,
                                progress=lambda *p: self._relay.progressed.emit(("calibrate", *p)),
                                cancel=self._cancel.is_set, _start_thread=False,
                                _connect={"errored": self._calibration_failed})
         worker.returned.connect(self._on_calibrated)
-        self._run_started(worker, f"Calibrating {model_path.name} on {dataset_path}…",
-                          ActivityProgress(f"Calibrate PRM model: {model_path.name}", on_cancel=self.cancel))
+        name = Path(model).name
+        self._run_started(worker, f"Calibrating {name} on {dataset_path}…",
+                          ActivityProgress(f"Calibrate PRM model: {name}", on_cancel=self.cancel))
         return worker
 
     def _calibration_failed(self, error) -> None:
@@ -152,7 +143,7 @@ class CalibrateSection:
         if self.activity is not None:
             self.activity.update(f"calibrating ({stage})", done, total)
 
-    def _on_calibrated(self, outcome: CalibrateOutcome) -> None:
+    def _on_calibrated(self, outcome: CheckpointCalibration) -> None:
         self.calibrated = outcome
         offer_model(self._viewer, outcome.checkpoint)
         which = "the images train held out" if outcome.held_out else "every image of the dataset"
