@@ -1039,9 +1039,9 @@ def test_calibrate_records_its_held_out_images_and_notes_those_that_trained_it(t
                          extra={TRAINING_STATE_KEY: {**state, "images": image_keys(dataset.image_paths)}})
     assert main([*calibrate[:3], str(changed), *calibrate[4:], "--held-out"]) == 0
     assert (f"note: 2 of the 2 images calibrated on were used to train {changed}: thresholds chosen on images a "
-            "model has learnt are optimistic (too low for new images); the dataset changed since it was trained, "
-            "so its held-out share is not the one the run held out: calibrate on images it was not trained on"
-            ) in capsys.readouterr().err
+            "model has learnt are optimistic (too low for new images); its run did not hold them out (the dataset "
+            "as it is now splits otherwise: images were added or removed since): calibrate on images it was not "
+            "trained on") in capsys.readouterr().err
     assert load_model(changed).settings["calibration"]["held_out"] is True
 
 

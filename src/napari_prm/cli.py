@@ -1121,12 +1121,10 @@ def _refuse_existing_calibrate_out(args) -> None:
 def _run_calibrate(args) -> int:
     from tqdm import tqdm
 
-    from .model.checkpoint import BUILTIN_MODELS
-    from .train import calibrate_checkpoint
+    from .train import calibrate_checkpoint, calibrates_builtin
 
     _refuse_existing_calibrate_out(args)
-    if args.model in BUILTIN_MODELS and not Path(args.model).is_file() and args.out is None:
-        # nothing to replace: it is built in
+    if calibrates_builtin(args.model) and args.out is None:  # nothing to replace: it is built in
         raise CommandError(f"--model {args.model} is a built-in model: pass --out to write the calibrated "
                            "model to a new checkpoint")
     device = _device(args.device)

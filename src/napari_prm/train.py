@@ -40,7 +40,7 @@ from .model.checkpoint import (
     load_model,
     resolve_device,
 )
-from .peaks import TTA_CALIBRATION, Calibration
+from .peaks import TTA_CALIBRATION, Calibration, calibrate_model
 
 TRAINING_STATE_KEY = "training"
 # Stored in the training state: which images the run held out. 2: never the only image of a
@@ -513,6 +513,12 @@ class CheckpointCalibration:
     warnings: list[str] = field(default_factory=list)
 
 
+def calibrates_builtin(model: str | os.PathLike) -> bool:
+    """Whether :func:`calibrate_checkpoint` takes ``model`` for a built-in model (a str of
+    `napari_prm.model.checkpoint.BUILTIN_MODELS`, ``"imagenet-voc"``), not a file of that name."""
+    return isinstance(model, str) and model in BUILTIN_MODELS and not Path(model).is_file()
+
+
 def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
                          out: str | os.PathLike | None = None, *, held_out: bool | None = None, tta: bool = True,
                          device: str | torch.device | None = None,
@@ -530,7 +536,7 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
     ----------
     model : path or str
         A checkpoint file, or the name of a built-in model (``"imagenet-voc"``, see
-        `napari_prm.model.load_model`), which needs ``out``.
+        `napari_prm.model.load_model`; :func:`calibrates_builtin`), which needs ``out``.
     dataset : LabeledImageDataset
         Images with image-level labels of every class of the model (others are dropped).
     out : path, optional
@@ -568,10 +574,8 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
     RuntimeError
         When ``cancel`` said stop.
     """
-    from .peaks import calibrate_model
-
     name = str(model)
-    builtin = isinstance(model, str) and model in BUILTIN_MODELS and not Path(model).is_file()
+    builtin = calibrates_builtin(model)
     if out is None:
         if builtin:
             raise ValueError(f"{name} is a built-in model: give out, the new checkpoint to write the calibrated "
@@ -631,9 +635,9 @@ def _calibration_notes(name: str, extra: dict, chosen: CalibrationImages) -> lis
     if not count:
         return notes
     state = (extra or {}).get(TRAINING_STATE_KEY)
-    if chosen.held_out:  # held out by the split as made on the dataset now: it changed since the run
-        instead = ("the dataset changed since it was trained, so its held-out share is not the one the run held "
-                   "out: calibrate on images it was not trained on")
+    if chosen.held_out:  # held out by the split made again on the dataset as it is now
+        instead = ("its run did not hold them out (the dataset as it is now splits otherwise: images were added or "
+                   "removed since): calibrate on images it was not trained on")
     else:
         try:
             checkpoint_held_out(chosen.dataset, state)
@@ -909,8 +913,6 @@ def _save(model: PRMModel, out: Path, optimizer, epoch: int, history: list[Epoch
 
 def _calibrate(model: PRMModel, dataset: LabeledImageDataset, config: dict, progress, cancel, held_out: bool):
     """Calibrate the thresholds on ``dataset`` (held-out images or not) and store them in ``model.settings``."""
-    from .peaks import calibrate_model
-
     if not dataset.labels.any():
         return None
     total = config["epochs"]

@@ -19,7 +19,7 @@ from napari.qt.threading import create_worker
 
 from ..data import load_dataset
 from ..model.checkpoint import BUILTIN_MODELS
-from ..train import CheckpointCalibration, calibrate_checkpoint
+from ..train import CheckpointCalibration, calibrate_checkpoint, calibrates_builtin
 from .activity import ActivityProgress
 from .models import offer_model
 from .settings import no_path
@@ -29,11 +29,6 @@ CALIBRATE_TO = {
     "a new file (<name>-calibrated.pt)": "new",
     "the checkpoint itself (its thresholds replaced)": "in place",
 }
-
-
-def is_builtin(model: str | Path) -> bool:
-    """Whether *model to calibrate* names a built-in model (``imagenet-voc``), not a file of that name."""
-    return str(model) in BUILTIN_MODELS and not Path(model).is_file()
 
 
 def calibrated_path(model: Path | str, where: str, folder: Path) -> Path:
@@ -48,7 +43,7 @@ def calibrated_path(model: Path | str, where: str, folder: Path) -> Path:
     """
     from .._validate import unused_path
 
-    if is_builtin(model):
+    if calibrates_builtin(model):
         if where == "in place":
             raise ValueError(f"{model} is a built-in model, which cannot be replaced")
         return unused_path(Path(folder) / f"{model}-calibrated.pt")
@@ -100,7 +95,7 @@ class CalibrateSection:
             return None
         # a built-in model's name as typed (the field's value makes it a path in the current folder)
         typed = self._calibrate_model.line_edit.value.strip()
-        model = typed if is_builtin(typed) else \
+        model = typed if calibrates_builtin(typed) else \
             None if no_path(self._calibrate_model.value) else Path(self._calibrate_model.value)
         if model is None or not (isinstance(model, str) or model.is_file()):
             self._say(f"Choose the model to calibrate: a checkpoint file (.pt, .safetensors) or a built-in model "
