@@ -16,6 +16,16 @@ def calibrate_to_end(widget, qtbot):
     return widget.calibrated
 
 
+def assert_calibrate_chooses(model, arguments, out):
+    """``napari-prm calibrate`` with ``arguments`` (the dataset, --model) into ``out`` stores the
+    thresholds of ``model``, with and without test-time augmentation."""
+    assert main(["calibrate", *arguments, "--out", str(out), "--device", "cpu"]) == 0
+    by_cli = load_model(out).settings
+    for settings, mine in ((by_cli, model.settings), (by_cli["tta_calibration"], model.settings["tta_calibration"])):
+        for name in ("class_threshold", "peak_threshold"):
+            assert settings[name] == pytest.approx(mine[name])
+
+
 def test_calibrate_a_trained_model_on_its_held_out_images(make_napari_viewer, qtbot, prm_config,
                                                           tiny_dataset, tmp_path):
     """A run that did not calibrate (cancelled, or --no-calibrate) had to leave napari for
@@ -56,14 +66,7 @@ def test_calibrate_a_trained_model_on_its_held_out_images(make_napari_viewer, qt
     assert predict_widget.class_threshold.value == pytest.approx(outcome.calibration.class_threshold, abs=1e-6)
 
     # the command line's calibrate --held-out chooses the same thresholds
-    cli_out = tmp_path / "cli.pt"
-    assert main(["calibrate", str(tiny_dataset), "--model", str(out), "--held-out", "--out", str(cli_out),
-                 "--device", "cpu"]) == 0
-    by_cli = load_model(cli_out).settings
-    for name in ("class_threshold", "peak_threshold"):
-        assert by_cli[name] == pytest.approx(model.settings[name])
-    assert by_cli["tta_calibration"]["class_threshold"] == pytest.approx(
-        model.settings["tta_calibration"]["class_threshold"])
+    assert_calibrate_chooses(model, [str(tiny_dataset), "--model", str(out), "--held-out"], tmp_path / "cli.pt")
 
     # again: the next free name, never the file written before
     assert calibrate_to_end(widget, qtbot).checkpoint == tmp_path / "trained-calibrated-2.pt"
@@ -184,11 +187,4 @@ def test_calibrate_a_builtin_model_into_a_new_file_beside_the_output(make_napari
     assert widget.last_message.startswith("Calibrated on every image of the dataset: thresholds calibrated on 3 ")
 
     # the command line chooses the same thresholds
-    cli_out = tmp_path / "cli.pt"
-    assert main(["calibrate", str(folder / "labels.csv"), "--model", "imagenet-voc", "--out", str(cli_out),
-                 "--device", "cpu"]) == 0
-    by_cli = load_model(cli_out).settings
-    for name in ("class_threshold", "peak_threshold"):
-        assert by_cli[name] == pytest.approx(model.settings[name])
-    assert by_cli["tta_calibration"]["peak_threshold"] == pytest.approx(
-        model.settings["tta_calibration"]["peak_threshold"])
+    assert_calibrate_chooses(model, [str(folder / "labels.csv"), "--model", "imagenet-voc"], tmp_path / "cli.pt")
