@@ -656,6 +656,16 @@ def test_calibrate_checkpoint_says_what_it_knows_before_the_images_run(tmp_path)
     assert settings["tta_calibration"]["class_threshold"] == pytest.approx(outcome.tta_calibration.class_threshold)
     assert load_checkpoint(outcome.checkpoint)[1][TRAINING_STATE_KEY]["epoch"] == 1  # the training state kept
 
+    # without TTA, the earlier calibration's TTA thresholds stay, and a note says they were not chosen here
+    again = calibrate_checkpoint(outcome.checkpoint, dataset, tmp_path / "again.pt", tta=False, device="cpu")
+    assert again.tta_calibration is None
+    assert again.notes[-1] == (f"{outcome.checkpoint}'s thresholds for test-time augmentation are kept from an "
+                               "earlier calibration (on 4 images), not chosen on these images: calibrate with "
+                               "test-time augmentation too (without --no-tta, or tta=True) to choose them here")
+    assert load_model(again.checkpoint).settings["tta_calibration"] == settings["tta_calibration"]
+    fresh = calibrate_checkpoint(path, dataset, tmp_path / "fresh.pt", tta=False, device="cpu")
+    assert not any("test-time" in note for note in fresh.notes)  # none to keep: nothing said
+
     stop = threading.Event()
     with pytest.raises(RuntimeError, match="cancelled"):
         calibrate_checkpoint(path, dataset, tmp_path / "cancelled.pt", tta=False, device="cpu", cancel=stop,

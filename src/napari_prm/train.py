@@ -12,7 +12,7 @@ import copy
 import functools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -499,7 +499,9 @@ class CheckpointCalibration:
         run (see :func:`calibration_images`); stored as ``settings["calibration"]["held_out"]``.
     notes : list of str
         What to know of the images chosen: some trained the model (optimistic thresholds), or
-        a checkpoint from before the split rule held out a class's only image.
+        a checkpoint from before the split rule held out a class's only image; and, with
+        ``tta=False``, that the checkpoint's thresholds for test-time augmentation, if any, are
+        an earlier calibration's (kept, not chosen on these images).
     warnings : list of str
         Classes every image shows (`no_negative_warning`), then the calibrations' own
         (`napari_prm.peaks.Calibration.warning`; the one with test-time augmentation when it differs).
@@ -596,6 +598,13 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
         raise ValueError(f"no held-out images of {source} to calibrate on: {name} {error}; calibrate on images it "
                          "was not trained on instead") from None
     notes = _calibration_notes(name, extra, chosen)
+    earlier = model.settings.get(TTA_CALIBRATION)
+    if not tta and isinstance(earlier, Mapping):  # not replaced: say whose they are
+        images = (earlier.get("calibration") or {}).get("images")
+        notes.append(f"{name}'s thresholds for test-time augmentation are kept from an earlier calibration"
+                     + (f" (on {plural(int(images), 'image')})" if images else "")
+                     + ", not chosen on these images: calibrate with test-time augmentation too (without "
+                     "--no-tta, or tta=True) to choose them here")
     warnings = [w for w in [no_negative_warning(chosen.dataset, calibrating=True)] if w]
     if report is not None:
         for kind, texts in (("note", notes), ("warning", warnings)):
