@@ -192,8 +192,11 @@ def test_coco_custom_category_ids_and_bad_class_index():
     labels = synthetic_labels()
     coco = io.labels_to_coco(labels, synthetic_table(), CLASS_NAMES, category_ids=[17, 18, 16])
     assert {a["label"]: a["category_id"] for a in coco["annotations"]} == {1: 17, 2: 16, 3: 18}
-    with pytest.raises(ValueError, match="category_ids"):
+    # the ids, with no "..." after the whole list (it always ended so) and the first ten of a long one
+    with pytest.raises(ValueError, match=r"category_ids must be 3 distinct ids other than 0, got \[0, 1, 2\]$"):
         io.labels_to_coco(labels, synthetic_table(), CLASS_NAMES, category_ids=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"got \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, \.\.\. \(2 more\)\]$"):
+        io.labels_to_coco(labels, synthetic_table(), CLASS_NAMES, category_ids=list(range(1, 13)))
     with pytest.raises(ValueError, match="class index 2.*2 class names"):
         io.labels_to_coco(labels, synthetic_table(), ["cat", "dog"])
 

@@ -273,6 +273,31 @@ def test_no_image_is_held_out_when_each_is_the_only_one_of_its_class(tmp_path):
                                 "training images)")
 
 
+def test_long_class_lists_name_the_first_five_and_count_the_others(tmp_path):
+    """The training warnings wrote "'a', ..., 'e' and 2 more" by hand beside `first_names`; they
+    now name the first five as every long list of names does: "'a', ..., 'e', ... (2 more)"."""
+    from napari_prm.model.checkpoint import builtin_class_names
+    from napari_prm.train import builtin_start_note, no_negative_warning
+
+    names = [f"c{i}" for i in range(7)]
+    rows = ["image,labels"]
+    for i, name in enumerate(names):
+        iio.imwrite(tmp_path / f"{i}.png", np.full((16, 16, 3), 30 * i, np.uint8))
+        rows.append(f"{i}.png,{name}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    single = from_csv(tmp_path / "labels.csv")  # 7 classes of one image each: none can be held out
+    assert ("(class(es) with a single image: 'c0', 'c1', 'c2', 'c3', 'c4', ... (2 more)); the thresholds "
+            in training_split(single, 0.5).warning)
+    everywhere = LabeledImageDataset(image_paths=single.image_paths, labels=np.ones((7, 7), np.float32),
+                                     class_names=names, source="seven")
+    assert no_negative_warning(everywhere).startswith(
+        "every image of seven shows class(es) 'c0', 'c1', 'c2', 'c3', 'c4', ... (2 more): ")
+    voc = list(builtin_class_names("imagenet-voc"))[:7]
+    assert builtin_start_note(voc).startswith(
+        f"the dataset's 7 classes ({', '.join(map(repr, voc[:5]))}, ... (2 more)) are classes of the built-in model "
+        "'imagenet-voc'")
+
+
 def test_train_uses_a_split_made_already_and_refuses_another(tmp_path):
     """The Train widget shows the split before training; train() made it a second time. Now it
     takes the one made (the same images train), and refuses one of another recipe or dataset."""

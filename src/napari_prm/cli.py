@@ -30,7 +30,7 @@ from typing import Any
 
 from . import __version__
 from . import _validate as check
-from ._text import plural
+from ._text import first_names, plural
 from .batch import (
     IMAGE_CHANGED,
     NOTE,
@@ -806,7 +806,7 @@ def _run_predict(args) -> int:
         return 130
     skipped = batch.skipped
     if skipped:
-        names = ", ".join(Path(r.image).name for r in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        names = first_names((Path(r.image).name for r in skipped), shown=5)
         without_prms = [r for r in skipped if r.error.startswith(WITHOUT_PRMS)]
         other_run = [r for r in skipped if r.error.startswith(OTHER_RUN)]
         changed = [r for r in skipped if r.error.startswith(IMAGE_CHANGED)]
@@ -817,8 +817,8 @@ def _run_predict(args) -> int:
                 if without_prms else "")
              + (f"; {len(other_run)} of them: {other_run[0].error.split('; use overwrite')[0]}"
                 + (" (or similar)" if len({r.error for r in other_run}) > 1 else "") if other_run else "")
-             + (f"; {len(changed)} of them: {IMAGE_CHANGED} ({', '.join(Path(r.image).name for r in changed[:5])}"
-                + (", ..." if len(changed) > 5 else "") + ")" if changed else "")
+             + (f"; {len(changed)} of them: {IMAGE_CHANGED} ({first_names((Path(r.image).name for r in changed), 5)})"
+                if changed else "")
              + (f"; {len(incomplete)} of them hold an incomplete set" if incomplete else ""))
     failed = len(batch.failed) + sum(not problem.startswith(NOTE) for problem in problems)
     _say(f"{len(batch.written)} image(s) written to {args.out}, {len(skipped)} skipped, {failed} failed; "

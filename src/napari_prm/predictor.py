@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
-from ._text import plural
+from ._text import first_names, plural
 from .io.images import as_rgb_float, image_array, opacity_note
 from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
@@ -1016,7 +1016,7 @@ def _outside_notes(yx: np.ndarray, image_shape: tuple[int, int]) -> list[str]:
     outside = (yx[:, 0] < -0.5) | (yx[:, 0] > height - 0.5) | (yx[:, 1] < -0.5) | (yx[:, 1] > width - 0.5)
     if not outside.any():
         return []
-    shown = ", ".join(f"({y:g}, {x:g})" for y, x in yx[outside][:3]) + (", …" if outside.sum() > 3 else "")
+    shown = first_names((f"({y:g}, {x:g})" for y, x in yx[outside]), shown=3)
     return [f"{plural(int(outside.sum()), 'point')} outside the {height}×{width} image, {shown}, "
             f"back-propagated from the nearest place on its border: points are (y, x) in image pixels"]
 

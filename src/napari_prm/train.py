@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _validate as check
-from ._text import plural
+from ._text import first_names, plural
 from .data import LabeledImageDataset, TrainingImages, UnreadableImage
 from .evaluate import defined_classification_map
 from .io import writable_folder
@@ -199,9 +199,7 @@ class TrainingSplit:
         held = 0 if self.held_out is None else len(self.held_out)
         if held >= self.wanted:
             return None
-        names = ", ".join(repr(c) for c in self.single_image_classes[:5])
-        if len(self.single_image_classes) > 5:
-            names += f" and {len(self.single_image_classes) - 5} more"
+        names = first_names(map(repr, self.single_image_classes), shown=5)
         asked = f"val_fraction asks for {self.wanted}"
         reason = (f"holding out {'another' if held else 'an'} image would leave one of its classes without a "
                   f"training image, so the model would not learn it (class(es) with a single image: {names})")
@@ -276,7 +274,7 @@ def no_negative_warning(dataset: LabeledImageDataset, *, calibrating: bool = Fal
     every = [c for c, n in zip(dataset.class_names, dataset.labels.sum(0)) if n == len(dataset)]
     if not every:
         return None
-    names = ", ".join(repr(c) for c in every[:5]) + (f" and {len(every) - 5} more" if len(every) > 5 else "")
+    names = first_names(map(repr, every), shown=5)
     which = f"every image of {dataset.source or 'the dataset'} shows class(es) {names}"
     if calibrating:
         return (f"{which}: no peak of theirs can be wrong on these images, so their thresholds are chosen "
@@ -726,7 +724,7 @@ def builtin_start_note(class_names: Sequence[str], model: PRMModel | str | os.Pa
             best_name, best = name, kept
     if not best:
         return None
-    names = ", ".join(repr(c) for c in best[:5]) + (f" and {len(best) - 5} more" if len(best) > 5 else "")
+    names = first_names(map(repr, best), shown=5)
     every = len(best) == len(class_names)
     which = (f"the dataset's {plural(len(class_names), 'class')}" if every else
              f"{len(best)} of the dataset's {plural(len(class_names), 'class')}")

@@ -23,7 +23,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import batch
-from .._text import plural
+from .._text import first_names, plural
 from .activity import StopsOnClose
 from .relay import _Relay
 from .settings import no_path
@@ -221,8 +221,7 @@ class BatchPanel(StopsOnClose, Container):
         groups = result.skip_reasons()
         if not groups:
             return ""
-        parts = [f"{len(skipped)} skipped: {reason} ("
-                 + ", ".join(self._name(r.image) for r in skipped[:5]) + (", ..." if len(skipped) > 5 else "") + ")"
+        parts = [f"{len(skipped)} skipped: {reason} ({first_names((self._name(r.image) for r in skipped), 5)})"
                  for reason, skipped in groups.items()]
         return f"; {'; '.join(parts)} — tick '{self._overwrite.text}' to replace them"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._text import first_names
 from .._validate import finite_float, integer, output_file, path_like
 from ..masks import decode_rle, encode_rle, rle_area, rle_bbox, segmentation_to_rle
 from .atomic import atomic_write
@@ -114,7 +115,7 @@ def _coco_dataset(records, rles, names, category_ids, image_id, file_name, shape
     ids = list(range(1, len(names) + 1)) if category_ids is None else [int(i) for i in category_ids]
     if len(ids) != len(names) or len(set(ids)) != len(ids) or UNKNOWN_CATEGORY_ID in ids:
         raise ValueError(f"category_ids must be {len(names)} distinct ids other than "
-                         f"{UNKNOWN_CATEGORY_ID}, got {list(ids)[:10]}...")
+                         f"{UNKNOWN_CATEGORY_ID}, got [{first_names(map(str, ids))}]")
     categories = [{"id": i, "name": str(n), "supercategory": ""} for i, n in zip(ids, names)]
     if any(r["class_index"] < 0 for r in records):
         categories.append({"id": UNKNOWN_CATEGORY_ID, "name": UNKNOWN_CLASS,
@@ -183,7 +184,7 @@ def coco_to_labels(coco: Mapping | str | os.PathLike, image_id: int | None = Non
     if image_id is None:
         if len(images) != 1:
             raise ValueError(f"{source} holds {len(images)} images; pass image_id "
-                             f"(one of {sorted(images)[:10]})")
+                             f"(one of {first_names(map(str, sorted(images)))})")
         image_id = next(iter(images))
     if int(image_id) not in images:
         raise ValueError(f"{source} has no image with id {image_id}")
