@@ -551,10 +551,12 @@ def test_train_holds_out_no_only_image_of_a_class_and_warns(tmp_path, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == (f"training on 3 images, none held out (the thresholds are calibrated on the training "
                         f"images); 3 classes -> {out}")
-    assert lines[1].startswith("warning: no image is held out for validation (val_fraction asks for 1): "
+    assert lines[1].startswith("note: 1 of the dataset's 3 classes ('cat') is a class of the built-in model")
+    # said by train() (its warn) once it has the model and the split, before the first epoch
+    assert lines[2].startswith("warning: no image is held out for validation (val_fraction asks for 1): "
                                "holding out an image would leave one of its classes without a training "
                                "image")
-    assert "'astronaut', 'cat', 'coffee'" in lines[1]
+    assert "'astronaut', 'cat', 'coffee'" in lines[2] and lines[3].startswith("epoch 1/2")
     assert "calibrated the thresholds on 3 training image(s)" in lines
     # the same split on --resume: still none held out
     assert main(["train", str(tmp_path / "data"), "--out", str(out), "--resume"] + options[:2]
@@ -577,6 +579,30 @@ def test_train_holds_out_no_only_image_of_a_class_and_warns(tmp_path, capsys):
     assert errors.startswith("training on 3 images, none held out (the thresholds are calibrated on the "
                              "training images); 3 classes")
     assert "calibrated the thresholds on 3 training image(s)" in errors and "warning: no image" not in errors
+
+
+def test_train_says_each_warning_once(tmp_path, capsys):
+    """The command line made the split's and the dataset's warnings before training, and after it
+    said those of train()'s result whose text it had not said. Now train() says them (its
+    ``warn``) before the first epoch, and the calibration's follows its thresholds: each once."""
+    from test_train import _a_cat_on_every_image
+
+    (tmp_path / "data").mkdir()
+    _a_cat_on_every_image(tmp_path / "data")
+    csv, out = tmp_path / "data" / "labels.csv", tmp_path / "model.pt"
+    assert main(["train", str(csv), "--out", str(out), "--backbone", "tiny", "--epochs", "1", "--batch-size", "3",
+                 "--input-size", "32", "32", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().err.replace(str(tmp_path), "TMP").splitlines()  # its name says "warning"
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert len(warnings) == len(set(warnings)) == 3
+    assert [line for line in lines if "warning" in line.lower() and line not in warnings] == []
+    assert warnings[0].startswith("warning: no image is held out for validation (val_fraction asks for 1)")
+    assert warnings[1].startswith("warning: every image of TMP/data/labels.csv shows class(es) 'cat': ")
+    assert warnings[2].startswith("warning: the thresholds were calibrated on only 3 image(s)")
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/1"))
+    assert lines.index(warnings[0]) < lines.index(warnings[1]) < first_epoch
+    assert lines[lines.index(warnings[2]) - 1].startswith("calibrated on 3 image(s): class threshold ")
+    assert lines[-2] == "checkpoint: TMP/model.pt" and lines[-1].startswith("next: ")
 
 
 def test_train_of_a_new_classifier_notes_the_builtin_classes_of_the_dataset(tmp_path, capsys):

@@ -333,6 +333,44 @@ def _two_cats_a_dog_and_a_bird(folder):
     return from_csv(folder / "labels.csv")
 
 
+def _a_cat_on_every_image(folder):
+    """3 images, each of a cat and of a class of its own (dog, bird, fish): every image shows the
+    cat (`no_negative_warning`), and holding out any image leaves its other class untrained (the
+    split's warning, none held out)."""
+    rows = ["image,labels"]
+    for i, name in enumerate(("dog", "bird", "fish")):
+        image = np.zeros((32, 32, 3), np.uint8)
+        image[4:12, 4:12] = 255
+        image[16:28, 8 * i:8 * i + 8, i] = 255
+        iio.imwrite(folder / f"{i}.png", image)
+        rows.append(f"{i}.png,cat;{name}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return from_csv(folder / "labels.csv")
+
+
+def test_train_warns_of_its_split_once_before_the_first_epoch(tmp_path):
+    """The split's and the dataset's warnings were made by train() (in its result) and again by
+    the command line and the Train widget (said before the run), which then left out of the
+    result's those whose text they had said; train() left out the classes every image shows.
+    Now train() makes them all, and says them through ``warn`` before its first epoch."""
+    dataset = _a_cat_on_every_image(tmp_path)
+    events = []
+    result = train(dataset, out=tmp_path / "m.pt", **dict(SETTINGS, epochs=1, input_size=(32, 32)),
+                   warn=lambda warning: events.append(("warn", warning)),
+                   progress=lambda update: events.append(("progress", update.stage)))
+    said = [text for kind, text in events if kind == "warn"]
+    assert len(said) == 2
+    assert said[0].startswith("no image is held out for validation (val_fraction asks for 1)")
+    assert said[0].endswith("(class(es) with a single image: 'bird', 'dog', 'fish'); the thresholds are "
+                            "calibrated on the training images. Add images of these classes to validate on "
+                            "held-out ones")
+    assert said[1].startswith(f"every image of {tmp_path / 'labels.csv'} shows class(es) 'cat': ")
+    assert events[:2] == [("warn", said[0]), ("warn", said[1])] and events[2] == ("progress", "batch")
+    # the result holds them, and the calibration's (3 images), which is not said through warn
+    assert result.calibration.warning.startswith("the thresholds were calibrated on only 3 image(s)")
+    assert result.warnings == said + [result.calibration.warning]
+
+
 def _from_before_the_split_rule(path, held_out_class):
     """The checkpoint as a version from before the split rule wrote it: no ``split_rule``, and its
     epochs validated on the image of ``held_out_class`` that the plain random split held out."""

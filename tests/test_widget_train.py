@@ -45,7 +45,7 @@ def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_conf
             "(EfficientNet-Lite0): the base model 'built-in imagenet-coco' starts from its ImageNet classifier rows "
             "for them, where a new classifier learns every class from scratch; that trained to a far higher mAP^r "
             "on coco128 (docs/accuracy.md)")
-    assert progress[0] == ("split", "training on 3 images, 1 held out for validation and calibration", [], note)
+    assert progress[0] == ("split", "training on 3 images, 1 held out for validation and calibration", [], note, [])
     assert [p.stage for p in progress[1:]][-1] == "calibration"
     assert {p.stage for p in progress[1:]} == {"batch", "epoch", "calibration"}
     assert "(3 training images, 1 held out)" in widget.last_message
@@ -81,7 +81,7 @@ def test_a_folder_of_one_image_per_class_holds_none_out_and_says_why(make_napari
     assert widget.start() is not None
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert widget.result is not None and not widget.result.cancelled, widget.last_message
-    _, what, warnings, _ = progress[0]
+    _, what, warnings, _, _ = progress[0]
     assert what == "training on 3 images, none held out (the thresholds are calibrated on the training images)"
     assert len(warnings) == 1
     assert warnings[0].startswith("no image is held out for validation (val_fraction asks for 1)")

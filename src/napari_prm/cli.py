@@ -929,7 +929,6 @@ def _check_resumed_options(args, path: Path):
         return None  # reported by train() and refine(): unreadable, or no training state
     args.resumed_config = config
     args.resumed_split_rule = extra[key].get("split_rule")  # None: from before the rule
-    args.resumed_state = extra[key]
 
     def shown(dest, value) -> str:
         if dest == "hflip":
@@ -1028,7 +1027,7 @@ def _run_train(args) -> int:
             sub_pixel_locating_factor=args.sub_pixel_locating_factor, hflip=args.hflip,
             device=args.device, seed=args.seed, val_fraction=args.val_fraction, calibrate=args.calibrate,
             resume=args.resume, progress=progress, num_workers=args.num_workers, overwrite=args.overwrite,
-            split=split, check_images=False)
+            split=split, check_images=False, warn=lambda warning: _say(f"warning: {warning}"))
     except ValueError as error:
         raise CommandError(str(error)) from error
     except KeyboardInterrupt:
@@ -1054,10 +1053,7 @@ def _run_train(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    for warning in result.warnings:  # what the run found; the split's were said before it
-        if warning not in getattr(args, "said", []) and warning != getattr(result.calibration, "warning", None):
-            _say(f"warning: {warning}")
-    if result.calibration is not None:
+    if result.calibration is not None:  # the run's other warnings were said before its first epoch (warn)
         _say(result.calibration.describe())
         if result.calibration.warning:
             _say(f"warning: {result.calibration.warning}")
@@ -1080,10 +1076,9 @@ def _after_training(args, result) -> str:
 
 def _say_split(args, dataset):
     """Says how many images train and how many are held out (the run's own split when resumed),
-    with a warning naming any class left without a training image or shown by every image
-    (`no_negative_warning`), before training.
+    before training; train() warns of what the split leaves out (its ``warn``).
     Returns the split (`TrainingSplit`, for train() to use), None when it cannot be made."""
-    from .train import SPLIT_RULE, no_negative_warning, trained_held_out_warning, training_split
+    from .train import SPLIT_RULE, training_split
 
     config = getattr(args, "resumed_config", None) or {}
     fraction = config.get("val_fraction", args.val_fraction)
@@ -1095,13 +1090,6 @@ def _say_split(args, dataset):
         _say(f"training on {plural(len(dataset), 'image')}, {plural(len(dataset.class_names), 'class')} -> {args.out}")
         return None
     _say(f"{split.describe(args.calibrate)}; {plural(len(dataset.class_names), 'class')} -> {args.out}")
-    resumed = None
-    if getattr(args, "resumed_state", None) is not None:
-        resumed = trained_held_out_warning(args.resumed_state, split, args.resume if args.resume is not True
-                                           else args.out)
-    args.said = [w for w in (split.warning, no_negative_warning(dataset), resumed) if w]
-    for warning in args.said:
-        _say(f"warning: {warning}")
     return split
 
 

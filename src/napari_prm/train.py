@@ -123,7 +123,11 @@ class TrainResult:
         How many images trained and how many were held out (``val_fraction``).
     warnings : list of str
         What the run could not do well: fewer images held out than ``val_fraction``
-        asks (see :func:`training_split`), a calibration that found no class.
+        asks (see :func:`training_split`), classes every image shows
+        (:func:`no_negative_warning`), held-out images a resumed run's epochs trained on
+        (:func:`trained_held_out_warning`), a calibration that found no class. All but the
+        calibration's are known before the first epoch, when ``train(warn=...)`` is called
+        with each.
     """
 
     model: PRMModel
@@ -311,6 +315,16 @@ def trained_held_out_warning(state: dict | None, split: TrainingSplit, checkpoin
             f"finished epoch(s) of {checkpoint} (the dataset changed since the run started, so it is split anew; "
             f"e.g. {seen[0]}): their validation AP and calibrated thresholds are optimistic. Start a new run on "
             "the dataset as it is now, or calibrate on images the model has not seen ('napari-prm calibrate')")
+
+
+def split_warnings(dataset: LabeledImageDataset, split: TrainingSplit, state: dict | None = None,
+                   checkpoint=None) -> list[str]:
+    """What :func:`train` warns of before its first epoch (``train(warn=...)``, and the
+    ``TrainResult.warnings`` but the calibration's): ``split.warning``,
+    :func:`no_negative_warning` of ``dataset`` and, for a resumed run (its checkpoint's
+    training ``state`` and path), :func:`trained_held_out_warning`."""
+    return [w for w in (split.warning, no_negative_warning(dataset), trained_held_out_warning(state, split, checkpoint))
+            if w]
 
 
 def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> TrainingSplit:
@@ -1063,6 +1077,7 @@ def train(
     overwrite: bool = True,
     split: TrainingSplit | None = None,
     check_images: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a PRM model on image-level labels.
 
@@ -1142,6 +1157,10 @@ def train(
         anyway (damage inside its pixel data, or a file changed during training) stops
         training with a ValueError naming it and the last finished epoch, whose
         checkpoint is intact for ``resume``.
+    warn : callable, optional
+        Called with each warning about the dataset and its split (``TrainResult.warnings``
+        but the calibration's, which is ``TrainResult.calibration.warning``) once they are
+        known, before the first epoch: a caller says them there, while the run may take hours.
 
     Returns
     -------
@@ -1221,13 +1240,14 @@ def train(
         check_readable(dataset)
     train_set, val_set = split.train, split.held_out
     trained_keys = image_keys(train_set.image_paths)
-    warnings = [split.warning] if split.warning else []
+    warnings = split_warnings(dataset, split, state, resume_path if state is not None else None)
     if state is not None and isinstance(state.get("images"), torch.Tensor):
         # a dataset changed since the run started splits anew: images its epochs trained on may
         # now be held out, and the checkpoint must go on naming them as trained (trained_images)
-        before = state["images"]
-        trained_keys = torch.unique(torch.cat([before, trained_keys]))
-        warnings += [w for w in [trained_held_out_warning(state, split, resume_path)] if w]
+        trained_keys = torch.unique(torch.cat([state["images"], trained_keys]))
+    if warn is not None:
+        for warning in warnings:
+            warn(warning)
     images = TrainingImages(train_set, config["input_size"], model.mean, model.std,
                             hflip=config["hflip"], seed=config["seed"])
     generator = torch.Generator()

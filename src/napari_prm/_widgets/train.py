@@ -34,7 +34,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._text import plural
 from ..data import load_dataset
-from ..train import builtin_start_note, no_negative_warning, recipe_conflicts, train, training_split, validation_summary
+from ..train import builtin_start_note, recipe_conflicts, split_warnings, train, training_split, validation_summary
 from .activity import ActivityProgress, StopsOnClose
 from .calibrate import CalibrateSection
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
@@ -150,7 +150,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self.activity: ActivityProgress | None = None
         self.result = None
         self.last_message = ""
-        self._early_warnings: list[str] = []  # the dataset's and the split's, said before training
+        self._dataset_warnings: list[str] = []  # the dataset's (train()'s are in its result), said before training
         self._note: str | None = None  # the built-in model's rows of the classes a new model learns anew
         self._last_epoch = ""  # the last finished epoch's loss and validation mAP, shown until the next
         self._stop_on_close(self.native)
@@ -370,7 +370,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         else:
             kept = keep_existing_output(self, options)  # an existing output file is kept: next free name
         self.result = None
-        self._early_warnings = []
+        self._dataset_warnings = []
         self._note = None
         self._last_epoch = ""
         self._progress.max = options["epochs"]
@@ -405,7 +405,8 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         recipe = {k: options.get(k, defaults[k]) for k in ("val_fraction", "seed")}
         if resumed is not None:
             recipe = {k: resumed.config[k] for k in recipe} | {"split_rule": resumed.split_rule}
-        # the dataset's warnings (files left out, likely label typos), as the CLI prints them
+        # the dataset's warnings (files left out, likely label typos), as the CLI prints them, and
+        # those train() returns about its split, shown before the run, which may take hours
         warnings, what = list(dataset.warnings), None
         try:
             split = training_split(dataset, **recipe)
@@ -413,11 +414,10 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             split = None  # a bad val_fraction: train() says so
         else:
             what = split.describe(options.get("calibrate", defaults["calibrate"]))
-            warnings += [split.warning] if split.warning else []
-        warnings += [w for w in [no_negative_warning(dataset)] if w]
+            warnings += split_warnings(dataset, split)
         note = None if resumed is not None else builtin_start_note(dataset.class_names, options.get("model"),
                                                                    option=BUILTIN_CHOICE)
-        self._relay.progressed.emit(("split", what, warnings, note))
+        self._relay.progressed.emit(("split", what, warnings, note, list(dataset.warnings)))
         return train(dataset, progress=self._relay.progressed.emit, cancel=self._cancel, split=split,
                      **options)
 
@@ -440,9 +440,9 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         if isinstance(progress, tuple) and progress[0] == "calibrate":  # ("calibrate", stage, done, total)
             self._show_calibration_progress(*progress[1:])
             return
-        if isinstance(progress, tuple):  # ("split", what, warnings, note) before the first batch
-            _, what, warnings, note = progress
-            self._early_warnings, self._note = list(warnings), note
+        if isinstance(progress, tuple):  # ("split", what, warnings, note, dataset's warnings) before the first batch
+            _, what, warnings, note, self._dataset_warnings = progress
+            self._note = note
             noted = f" Note: {note[0].upper()}{note[1:]}." if note else ""
             if warnings:
                 self._say("Warning: " + " ".join(warnings) + noted, warning=True)
@@ -492,8 +492,8 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         message = (f"{what}: epoch {last.epoch}, loss {last.loss:.4f}{validation} "
                    f"({plural(result.train_images, 'training image')}{held_out}){calibrated}; saved "
                    f"{result.checkpoint}; it is offered in the Peak Response Maps widget, to run on an image.")
-        # the split's warning is in both: shown before the first batch, and in the result
-        warnings = list(dict.fromkeys(self._early_warnings + list(result.warnings)))
+        # shown before the first batch too: the dataset's, and train()'s about its split
+        warnings = self._dataset_warnings + list(result.warnings)
         if warnings:
             message += " Warning: " + " ".join(warnings)
         if self._note:
