@@ -224,6 +224,25 @@ def test_instance_table_makes_class_index_and_class_name_agree(scene):
     assert made["class_index"].tolist() == [-1, -1, -1]
 
 
+def test_a_missing_cell_is_missing_whatever_its_float_type(scene):
+    """Two rules said which cells of an instance table are missing: `napari_prm.io.tables` took
+    None and NaN of any float type, `instance_table` (and `correction_from_layer`) only a
+    Python float's NaN, so a float32 NaN stayed a class name ('nan') and, as a label, raised
+    "cannot convert float NaN to integer". One rule now (`napari_prm.io.tables.missing_cell`)."""
+    from napari_prm.refine import correction_from_layer
+
+    labels, _ = scene
+    known = {"label": np.array([1, 2, 3]),
+             "class_name": np.array(["dog", np.float32("nan"), ""], dtype=object)}
+    made = instance_table(labels, known, class_name="unknown", class_names=["dog", "bird"])
+    assert made["class_name"].tolist() == ["dog", "unknown", "unknown"]
+    assert made["class_index"].tolist() == [0, -1, -1]
+    features = {"label": np.array([1, np.nan, 3], np.float32),
+                "class_name": np.array(["bird", "dog", np.float32("nan")], dtype=object)}
+    correction = correction_from_layer(np.zeros(labels.shape), labels, features, ["dog", "bird"])
+    assert correction.label_classes == {1: 1, 3: -1}
+
+
 def test_instance_table_names_rows_by_the_classes_their_index_counted(scene):
     """A painted layer's rows without a name take it from the classes the layer recorded before
     (``index_names``); then each row's class_index is its name's place in the classes now."""

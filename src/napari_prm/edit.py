@@ -20,6 +20,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.draw import line as draw_line
 
+from .io.tables import missing_cell
+
 Table = dict[str, np.ndarray]
 
 __all__ = [
@@ -470,8 +472,7 @@ def _agreeing_classes(table: Table, class_name: str, class_names: Sequence[str] 
             table[name] = np.full(count, class_name if name == "class_name" else default,
                                   dtype=object if name == "class_name" else type(default))
     names = table["class_name"].astype(object)
-    unnamed = [value is None or value == "" or (isinstance(value, float) and np.isnan(value)) for value in names]
-    unnamed = np.asarray(unnamed, bool) | (names == class_name)
+    unnamed = np.asarray([missing_cell(value) or value == "" for value in names], bool) | (names == class_name)
     names[unnamed] = class_name
     if class_names is not None:
         index = np.asarray(table["class_index"], dtype=float)

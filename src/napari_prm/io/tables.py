@@ -49,19 +49,21 @@ def _table_rows(table) -> dict[int, tuple[int, str, float, int]]:
                                                columns["class_name"], columns["score"],
                                                columns["peak"]):
         # an edited napari features table may hold NaN/None where a value is missing
-        if _missing(label):
+        if missing_cell(label):
             continue
-        rows[int(label)] = (_int_or(index, -1), UNKNOWN_CLASS if _missing(name) else str(name),
-                            math.nan if _missing(score) else float(score), _int_or(peak, -1))
+        rows[int(label)] = (_int_or(index, -1), UNKNOWN_CLASS if missing_cell(name) else str(name),
+                            math.nan if missing_cell(score) else float(score), _int_or(peak, -1))
     return rows
 
 
-def _missing(value) -> bool:
+def missing_cell(value) -> bool:
+    """Whether a cell of an instance table holds no value: None or NaN (of any float type), as
+    an edited napari features table (a DataFrame) holds where a value is missing."""
     return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
 
 
 def _int_or(value, default: int) -> int:
-    return default if _missing(value) else int(value)
+    return default if missing_cell(value) else int(value)
 
 
 def _label_regions(labels: np.ndarray) -> dict[int, tuple[tuple[slice, ...], int]]:

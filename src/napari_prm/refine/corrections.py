@@ -25,7 +25,7 @@ from ..io.fileset import read_file_set
 from ..io.images import IMAGE_SUFFIXES, plane_count, read_image
 from ..io.labels import read_label_image
 from ..io.paths import sorted_paths, stored_path
-from ..io.tables import UNKNOWN_CLASS, read_instances_csv
+from ..io.tables import UNKNOWN_CLASS, missing_cell, read_instances_csv
 
 LABEL_SUFFIX = "_labels"
 
@@ -115,9 +115,9 @@ def class_lookup(table, class_names: Sequence[str]) -> dict[int, int]:
     position = {str(name): i for i, name in enumerate(class_names)}
     lookup = {}
     for label, name in zip(np.asarray(table[label_column]), np.asarray(table["class_name"], dtype=object)):
-        if label is None or (isinstance(label, float) and np.isnan(label)):
+        if missing_cell(label):
             continue
-        name = None if name is None or (isinstance(name, float) and np.isnan(name)) else str(name)
+        name = None if missing_cell(name) else str(name)
         lookup[int(label)] = -1 if name in (None, UNKNOWN_CLASS) else position.get(name, -1)
     return lookup
 
