@@ -669,8 +669,9 @@ def test_io_and_masks_import_neither_napari_qt_nor_torch():
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 names = [node.module]
-            elif isinstance(node, ast.ImportFrom):  # relative: io's own modules, masks, _validate; masks' scaled
-                allowed = {(1, sibling) for sibling in siblings} | {(2, "masks"), (2, "_validate"), (1, "scaled")}
+            elif isinstance(node, ast.ImportFrom):  # relative: io's own modules, masks, _validate, _text; masks' scaled
+                allowed = ({(1, sibling) for sibling in siblings}
+                           | {(2, "masks"), (2, "_validate"), (2, "_text"), (1, "scaled")})
                 assert (node.level, node.module) in allowed, f"{path.name} imports {'.' * node.level}{node.module}"
                 continue
             else:
