@@ -49,7 +49,7 @@ import torch
 from napari_prm.data import from_coco, voc_view
 from napari_prm.evaluate import InstanceMatcher, bootstrap_map, evaluate, peak_instances
 from napari_prm.masks import decode_rle, encode_rle, mask_iou
-from napari_prm.model.checkpoint import BUILTIN_MODELS
+from napari_prm.model.checkpoint import is_builtin_name
 from napari_prm.predict import Prediction, predict, rank_by_confidence
 from napari_prm.predictor import preset_settings, resolve_thresholds
 from napari_prm.refine import Correction, refine, refined_instances
@@ -67,7 +67,7 @@ def prm_model(name: str = "imagenet-voc"):
     measured with it (its defaults) and how the report names it."""
     from napari_prm import load_model
 
-    kind = "built-in, calibrated thresholds" if name in BUILTIN_MODELS else "its calibrated thresholds"
+    kind = "built-in, calibrated thresholds" if is_builtin_name(name) else "its calibrated thresholds"
     return load_model(name), {}, f"{name} ({kind}), preset 'default'"
 
 

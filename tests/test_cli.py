@@ -911,6 +911,49 @@ def test_calibrate_a_builtin_model_into_a_new_checkpoint(tmp_path, capsys):
     assert model.settings["class_threshold"] != load_model("imagenet-voc").settings["class_threshold"]
 
 
+def test_a_builtin_name_means_the_builtin_model_beside_a_file_of_that_name(tmp_path, monkeypatch, capsys):
+    """A checkpoint named like a built-in model in the current folder ("imagenet-voc", no suffix)
+    took over ``calibrate --model imagenet-voc``, which calibrated the file in place, where
+    predict and ``load_model`` meant the built-in model. The name now means the built-in model
+    for every command (`napari_prm.model.is_builtin_name`); the file is ``--model ./imagenet-voc``."""
+    import imageio.v3 as iio
+
+    from napari_prm.model.checkpoint import model_fingerprint
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        iio.imwrite(tmp_path / "data" / name / "0.png", image[:64, :64])
+    torch.manual_seed(0)
+    save_model(build_model("tiny", ["cat", "coffee"], pretrained=False, input_size=(32, 32)),
+               tmp_path / "mine.pt").rename(tmp_path / "imagenet-voc")
+    monkeypatch.chdir(tmp_path)
+    mine = (tmp_path / "imagenet-voc").read_bytes()
+
+    # calibrate: the name is the built-in model, which needs --out (the file is left alone) and the
+    # VOC classes, which this dataset lacks; ./imagenet-voc calibrates the file in place
+    assert main(["calibrate", "data", "--model", "imagenet-voc", "--no-tta", "--device", "cpu"]) == 2
+    assert ("--model imagenet-voc is a built-in model (the file of that name here is --model ./imagenet-voc): "
+            "pass --out") in capsys.readouterr().err
+    assert main(["calibrate", "data", "--model", "imagenet-voc", "--out", "voc.pt", "--no-tta",
+                 "--device", "cpu"]) == 2
+    assert "the dataset does not have the model's classes" in capsys.readouterr().err
+    assert (tmp_path / "imagenet-voc").read_bytes() == mine and not (tmp_path / "voc.pt").exists()
+    assert main(["calibrate", "data", "--model", "./imagenet-voc", "--no-tta", "--device", "cpu"]) == 0
+    calibrated = load_model(tmp_path / "imagenet-voc")
+    assert calibrated.class_names == ["cat", "coffee"] and calibrated.settings["calibration"]["images"] == 2
+
+    # predict: the name runs the built-in model, ./imagenet-voc the file, as their manifests record (the
+    # file by its path: its name alone is the built-in model's)
+    for model, out, expected, name in (("imagenet-voc", "voc", load_model("imagenet-voc"), "imagenet-voc"),
+                                       ("./imagenet-voc", "mine", calibrated, str(tmp_path / "imagenet-voc"))):
+        assert main(["predict", "data/cat/0.png", "--out", out, "--model", model, "--device", "cpu",
+                     "--proposals", "none"]) == 0
+        recorded = json.loads((tmp_path / out / "0.manifest.json").read_text(encoding="utf-8"))["info"]["model"]
+        assert recorded == {"name": name, "fingerprint": model_fingerprint(expected, head=True)}
+        categories = json.loads((tmp_path / out / "0_instances.json").read_text(encoding="utf-8"))["categories"]
+        assert [c["name"] for c in categories] == expected.class_names
+
+
 def test_calibrate_refuses_an_existing_out_unless_overwritten(tmp_path, capsys):
     """``calibrate --out other.pt`` replaced an existing other.pt without a word; it is now
     refused before anything runs, as train and refine refuse theirs. Without --out, and with

@@ -190,3 +190,38 @@ def test_a_zip_or_pickle_that_is_no_torch_checkpoint_is_not_overwritten(tmp_path
         with pytest.raises(ValueError, match=r"expected a file ending in \.pt or \.pth or \.safetensors"):
             save_model(model, path)
         assert path.read_bytes() == before
+
+
+def test_a_builtin_name_means_the_builtin_model_and_a_file_of_that_name_is_given_as_a_path(
+        tmp_path, monkeypatch, tiny_checkpoint):
+    """One rule for every model argument (`is_builtin_name`): a str that is exactly a built-in
+    model's name means the built-in model, even with a file of that name in the current folder;
+    that file is ``./imagenet-voc``, its absolute path or a `Path`. `load_model` kept to it, but
+    ``calibrate`` took the file, and ``train`` took a file named like a backbone ("tiny") for a
+    checkpoint to fine-tune."""
+    import shutil
+    from pathlib import Path
+
+    from napari_prm.model import BACKBONES, is_builtin_name
+    from napari_prm.model.checkpoint import builtin_class_names
+    from napari_prm.train import _start_model, starts_new_classifier
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("imagenet-voc", "tiny"):  # a tiny checkpoint of cat, dog and bird under either name
+        shutil.copyfile(tiny_checkpoint, tmp_path / name)
+    assert is_builtin_name("imagenet-voc") and is_builtin_name("tiny", BACKBONES)
+    assert not any(is_builtin_name(p) for p in ("./imagenet-voc", Path("imagenet-voc"), "imagenet-vooc", None))
+    assert not is_builtin_name("tiny") and not is_builtin_name(Path("tiny"), BACKBONES)
+
+    voc = builtin_class_names("imagenet-voc")
+    assert len(voc) == 19 and load_model("imagenet-voc").class_names == voc
+    for path in ("./imagenet-voc", Path("imagenet-voc"), str(tmp_path / "imagenet-voc")):
+        assert load_model(path).class_names == ["cat", "dog", "bird"], path
+
+    # train: "tiny" starts a new tiny model from ImageNet weights, ./tiny fine-tunes the file
+    assert starts_new_classifier("tiny") and not starts_new_classifier("./tiny")
+    fresh, fine_tuned = _start_model("tiny", ["cat", "cow"], None, 0), _start_model("./tiny", ["cat", "cow"], None, 0)
+    checkpoint = load_model("./tiny")
+    assert fine_tuned.input_size == checkpoint.input_size == (96, 96) and fresh.input_size != (96, 96)
+    assert torch.equal(fine_tuned.network.fcn.classifier.weight[0], checkpoint.network.fcn.classifier.weight[0])
+    assert not torch.equal(fresh.network.fcn.classifier.weight[0], checkpoint.network.fcn.classifier.weight[0])

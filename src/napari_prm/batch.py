@@ -540,13 +540,13 @@ def model_spec(model, *, device: str | None = None,
     ``model`` is a built-in name, a checkpoint path, or a loaded `PRMModel` (saved to a
     temporary checkpoint first, so that it travels as bytes too).
     """
-    from .model.checkpoint import BUILTIN_MODELS, PRMModel, save_model
+    from .model.checkpoint import BUILTIN_MODELS, PRMModel, is_builtin_name, save_model
 
     if isinstance(model, PRMModel):
         with tempfile.TemporaryDirectory() as folder:
             data = save_model(model, Path(folder) / "model.pt").read_bytes()
         return ModelSpec("<a loaded model>.pt", hashlib.sha256(data).hexdigest(), device, torch_threads), data
-    if isinstance(model, str) and model in BUILTIN_MODELS:
+    if is_builtin_name(model):
         return ModelSpec(model, None, device, torch_threads), None
     path = Path(model)
     if not path.is_file():
@@ -702,14 +702,20 @@ def model_label(model) -> str:
     Returns
     -------
     str
-        A built-in model's name, a checkpoint's file name, or a loaded model's label space
+        A built-in model's name, a checkpoint's file name (its absolute path when the name is a
+        built-in model's, `napari_prm.model.is_builtin_name`), or a loaded model's label space
         (``"a loaded model"`` without one).
     """
-    from .model.checkpoint import PRMModel
+    from .model.checkpoint import PRMModel, is_builtin_name
 
     if isinstance(model, PRMModel):
         return str(model.settings.get("label_space") or "a loaded model")
-    return str(model) if isinstance(model, str) and not Path(model).is_file() else Path(model).name
+    if is_builtin_name(model):
+        return model
+    if isinstance(model, str) and not Path(model).is_file():
+        return model
+    # a file named like a built-in model (./imagenet-voc) by its whole path: the name alone is the built-in's
+    return str(Path(model).resolve()) if is_builtin_name(Path(model).name) else Path(model).name
 
 
 def model_record(model, *, name: str | None = None) -> dict[str, str]:

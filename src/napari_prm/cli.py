@@ -99,12 +99,17 @@ def _proposals_arg(value: str):
     return None if value.lower() == "none" else value
 
 
+#: How --model help says that a name means the built-in model (`napari_prm.model.is_builtin_name`).
+NAMED_LIKE_BUILTIN = "a file named like a built-in model is given as a path: ./imagenet-voc"
+
+
 def _add_model_options(parser: argparse.ArgumentParser, *, device_only: bool = False) -> None:
     if not device_only:
         parser.add_argument("--model", default="imagenet-voc",
                             help="a built-in model, offline: EfficientNet-Lite0 with the VOC classes ImageNet "
                                  "covers ('imagenet-voc'), the COCO classes it covers ('imagenet-coco') or its 1000 "
-                                 "ImageNet classes ('imagenet'); or a checkpoint (.pt/.safetensors)")
+                                 "ImageNet classes ('imagenet'); or a checkpoint (.pt/.safetensors); "
+                                 + NAMED_LIKE_BUILTIN)
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda, cuda:1, mps (default: CUDA, then "
                              "MPS, then the CPU)")
@@ -246,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fine-tune this checkpoint (.pt/.safetensors) or built-in model ('imagenet-voc', "
                             "'imagenet-coco', 'imagenet': EfficientNet-Lite0 whose ImageNet classifier rows "
                             "for the dataset's classes of the same name are kept), or start from this "
-                            "backbone's ImageNet weights (default: a new --backbone model)")
+                            "backbone's ImageNet weights (default: a new --backbone model); a file named like a "
+                            "built-in model or backbone is given as a path: ./imagenet-voc")
     train.add_argument("--backbone", default="efficientnet_lite0",
                        choices=("efficientnet_lite0", "resnet50", "vgg16", "tiny"),
                        help="backbone of a new model (ImageNet weights; resnet50/vgg16 are "
@@ -296,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_options(calibrate)
     calibrate.add_argument("--model", required=True,
                            help="checkpoint (.pt/.safetensors) to calibrate, or a built-in model "
-                                "('imagenet-voc', 'imagenet-coco', 'imagenet') with --out")
+                                "('imagenet-voc', 'imagenet-coco', 'imagenet') with --out; " + NAMED_LIKE_BUILTIN)
     calibrate.add_argument("--out", type=Path, default=None,
                            help="write the calibrated checkpoint here; missing folders are created "
                                 "(default: replace --model)")
@@ -323,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_options(refine)
     refine.add_argument("--model", required=True,
                         help="the PRM model: a checkpoint (.pt/.safetensors) or a built-in name; a model "
-                             "with a head is fine-tuned")
+                             "with a head is fine-tuned; " + NAMED_LIKE_BUILTIN)
     refine.add_argument("--out", required=True, type=Path,
                         help="refined checkpoint (.pt keeps the training state for --resume); missing "
                              "folders are created; an existing file is refused, unless continued (--resume) "
@@ -583,9 +589,9 @@ def _checkpoint_out(name, value):
 def _train_model(name, value):
     """``train --model``: a checkpoint file, a built-in model or a backbone name."""
     from .model.backbones import BACKBONES
-    from .model.checkpoint import BUILTIN_MODELS, CHECKPOINT_SUFFIXES
+    from .model.checkpoint import BUILTIN_MODELS, CHECKPOINT_SUFFIXES, is_builtin_name
 
-    if value is None or value in BUILTIN_MODELS or value in BACKBONES or Path(value).is_file():
+    if value is None or is_builtin_name(value) or is_builtin_name(value, BACKBONES) or Path(value).is_file():
         return value
     if Path(value).suffix.lower() in CHECKPOINT_SUFFIXES:
         raise ValueError(f"{name}: no such checkpoint file: {value}")
@@ -1100,7 +1106,9 @@ def _refuse_existing_calibrate_out(args) -> None:
     out = args.out
     if out is None or args.overwrite or not out.exists():
         return
-    if Path(args.model).is_file() and check.same_file(args.model, out):
+    from .model.checkpoint import is_builtin_name
+
+    if not is_builtin_name(args.model) and Path(args.model).is_file() and check.same_file(args.model, out):
         return
     raise CommandError(f"--out {out} exists: pass --overwrite to replace it, or choose another path "
                        f"(without --out, calibrate updates --model {args.model} in place)")
@@ -1109,11 +1117,13 @@ def _refuse_existing_calibrate_out(args) -> None:
 def _run_calibrate(args) -> int:
     from tqdm import tqdm
 
-    from .train import calibrate_checkpoint, calibrates_builtin
+    from .model.checkpoint import is_builtin_name
+    from .train import calibrate_checkpoint
 
     _refuse_existing_calibrate_out(args)
-    if calibrates_builtin(args.model) and args.out is None:  # nothing to replace: it is built in
-        raise CommandError(f"--model {args.model} is a built-in model: pass --out to write the calibrated "
+    if is_builtin_name(args.model) and args.out is None:  # nothing to replace: it is built in
+        the_file = f" (the file of that name here is --model ./{args.model})" if Path(args.model).is_file() else ""
+        raise CommandError(f"--model {args.model} is a built-in model{the_file}: pass --out to write the calibrated "
                            "model to a new checkpoint")
     device = _device(args.device)
     dataset = _load_dataset(args)

@@ -30,11 +30,13 @@ from .io import writable_folder
 from .model.backbones import BACKBONES
 from .model.checkpoint import (
     BUILTIN_MODELS,
+    CHECKPOINT_SUFFIXES,
     PRMModel,
     _write_model,
     build_model,
     builtin_class_names,
     checkpoint_file,
+    is_builtin_name,
     is_safetensors,
     load_checkpoint,
     load_model,
@@ -527,12 +529,6 @@ class CheckpointCalibration:
     warnings: list[str] = field(default_factory=list)
 
 
-def calibrates_builtin(model: str | os.PathLike) -> bool:
-    """Whether :func:`calibrate_checkpoint` takes ``model`` for a built-in model (a str of
-    `napari_prm.model.checkpoint.BUILTIN_MODELS`, ``"imagenet-voc"``), not a file of that name."""
-    return isinstance(model, str) and model in BUILTIN_MODELS and not Path(model).is_file()
-
-
 def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
                          out: str | os.PathLike | None = None, *, held_out: bool | None = None, tta: bool = True,
                          device: str | torch.device | None = None,
@@ -550,7 +546,10 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
     ----------
     model : path or str
         A checkpoint file, or the name of a built-in model (``"imagenet-voc"``, see
-        `napari_prm.model.load_model`; :func:`calibrates_builtin`), which needs ``out``.
+        `napari_prm.model.load_model`), which needs ``out``. A built-in name means the
+        built-in model even when a file of that name lies in the current folder: give such a
+        file as a path (``"./imagenet-voc"``, a `pathlib.Path`;
+        `napari_prm.model.is_builtin_name`).
     dataset : LabeledImageDataset
         Images with image-level labels of every class of the model (others are dropped).
     out : path, optional
@@ -589,11 +588,12 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
         When ``cancel`` said stop.
     """
     name = str(model)
-    builtin = calibrates_builtin(model)
+    builtin = is_builtin_name(model)
     if out is None:
         if builtin:
-            raise ValueError(f"{name} is a built-in model: give out, the new checkpoint to write the calibrated "
-                             "model to")
+            the_file = f" (the file of that name here is './{name}' or a Path)" if Path(name).is_file() else ""
+            raise ValueError(f"{name} is a built-in model{the_file}: give out, the new checkpoint to write the "
+                             "calibrated model to")
         out = model
     out = checkpoint_file("out", out)
     device = resolve_device(device)
@@ -699,9 +699,10 @@ def kept_classes(known: Sequence[str], class_names: Sequence[str]) -> list[str]:
 
 
 def starts_new_classifier(model: PRMModel | str | os.PathLike | None) -> bool:
-    """Whether :func:`train` with ``model=`` builds a new model (None or a backbone name,
-    not a file of that name) rather than fine-tuning one (a checkpoint, a PRMModel or a built-in model)."""
-    return model is None or (isinstance(model, str) and model in BACKBONES and not Path(model).is_file())
+    """Whether :func:`train` with ``model=`` builds a new model (None or a backbone name, even when
+    a file of that name lies in the current folder: `napari_prm.model.is_builtin_name`) rather than
+    fine-tuning one (a checkpoint, a PRMModel or a built-in model)."""
+    return model is None or is_builtin_name(model, BACKBONES)
 
 
 def builtin_start_note(class_names: Sequence[str], model: PRMModel | str | os.PathLike | None = None, *,
@@ -772,13 +773,13 @@ def _start_model(base, class_names: list[str], input_size, seed: int) -> PRMMode
     torch.manual_seed(seed)  # the new classifier's initial weights
     if isinstance(base, PRMModel):
         model = copy.deepcopy(base)
-    elif isinstance(base, (str, os.PathLike)) and (Path(base).suffix in (".pt", ".pth", ".safetensors")
+    elif is_builtin_name(base):  # a name, even with a file of that name here (./imagenet-voc is the file)
+        model = load_model(base)  # fine-tune the built-in ImageNet model: its classifier rows are kept
+    elif is_builtin_name(base, BACKBONES):
+        return build_model(base, class_names, pretrained=True, input_size=input_size)
+    elif isinstance(base, (str, os.PathLike)) and (Path(base).suffix in CHECKPOINT_SUFFIXES
                                                    or Path(base).is_file()):
         model, _ = load_checkpoint(base)
-    elif isinstance(base, str) and base in BUILTIN_MODELS:
-        model = load_model(base)  # fine-tune the built-in ImageNet model: its classifier rows are kept
-    elif isinstance(base, str) and base in BACKBONES:
-        return build_model(base, class_names, pretrained=True, input_size=input_size)
     elif isinstance(base, str):
         raise ValueError(f"model: expected a checkpoint file (.pt, .pth or .safetensors), a built-in model "
                          f"({', '.join(BUILTIN_MODELS)}) or a backbone ({', '.join(sorted(BACKBONES))}); "
@@ -1090,7 +1091,10 @@ def train(
         backbone name does the same for that backbone; a PRMModel, a
         checkpoint path or a built-in model (``"imagenet-voc"``,
         ``"imagenet-coco"``, ``"imagenet"``: EfficientNet-Lite0 with its ImageNet
-        classifier rows for those classes) fine-tunes a copy of it. When its classes differ from the
+        classifier rows for those classes) fine-tunes a copy of it. A built-in or
+        backbone name means that even when a file of that name lies in the current
+        folder: give such a file as a path (``"./imagenet-voc"``, a `pathlib.Path`;
+        `napari_prm.model.is_builtin_name`). When its classes differ from the
         dataset's, the classifier is re-initialised for the dataset's
         classes, keeping the weights of classes with the same name.
     backbone : str

@@ -18,8 +18,8 @@ from magicgui.widgets import ComboBox, FileEdit, PushButton
 from napari.qt.threading import create_worker
 
 from ..data import load_dataset
-from ..model.checkpoint import BUILTIN_MODELS
-from ..train import CheckpointCalibration, calibrate_checkpoint, calibrates_builtin
+from ..model.checkpoint import BUILTIN_MODELS, is_builtin_name
+from ..train import CheckpointCalibration, calibrate_checkpoint
 from .activity import ActivityProgress
 from .models import offer_model
 from .settings import no_path
@@ -43,7 +43,7 @@ def calibrated_path(model: Path | str, where: str, folder: Path) -> Path:
     """
     from .._validate import unused_path
 
-    if calibrates_builtin(model):
+    if is_builtin_name(model):
         if where == "in place":
             raise ValueError(f"{model} is a built-in model, which cannot be replaced")
         return unused_path(Path(folder) / f"{model}-calibrated.pt")
@@ -95,7 +95,7 @@ class CalibrateSection:
             return None
         # a built-in model's name as typed (the field's value makes it a path in the current folder)
         typed = self._calibrate_model.line_edit.value.strip()
-        model = typed if calibrates_builtin(typed) else \
+        model = typed if is_builtin_name(typed) else \
             None if no_path(self._calibrate_model.value) else Path(self._calibrate_model.value)
         if model is None or not (isinstance(model, str) or model.is_file()):
             self._say(f"Choose the model to calibrate: a checkpoint file (.pt, .safetensors) or a built-in model "

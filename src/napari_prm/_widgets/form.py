@@ -224,7 +224,9 @@ class PredictForm:
 
     def select_model(self, value: str) -> None:
         """Make ``value`` (a built-in name or a checkpoint path) the chosen model."""
-        if Path(value).is_file():
+        from ..model.checkpoint import is_builtin_name
+
+        if not is_builtin_name(value) and Path(value).is_file():
             value = str(Path(value).resolve())
             remember_model(value)
         self.model.reset_choices()

@@ -144,8 +144,11 @@ class ModelCache:
     @staticmethod
     def key(name_or_path: str, device: str) -> tuple:
         """What identifies a loaded model: a checkpoint's file time changes it."""
+        from ..model.checkpoint import is_builtin_name
+
         try:
-            stamp = Path(name_or_path).stat().st_mtime_ns if Path(name_or_path).is_file() else 0
+            stamp = 0 if is_builtin_name(name_or_path) or not Path(name_or_path).is_file() else \
+                Path(name_or_path).stat().st_mtime_ns
         except (OSError, ValueError):
             stamp = 0
         return (name_or_path, stamp, device)

@@ -664,7 +664,9 @@ class PredictWidget(PredictForm, QWidget):
         preset = prediction.settings.preset if prediction.settings is not None else self.preset.value
         run_settings = {**self._settings(), "preset": preset, **settings}
         if model_choice is not None:
-            if Path(model_choice).is_file():
+            from ..model.checkpoint import is_builtin_name
+
+            if not is_builtin_name(model_choice) and Path(model_choice).is_file():
                 model_choice = str(Path(model_choice).resolve())  # as the form names it
             device = model.device.type
             run_settings.update(model=model_choice, device=device,

@@ -1,7 +1,7 @@
 """The network side of PRM: backbones, peak stimulation, peak backpropagation, checkpoints."""
 
 from .backbones import BACKBONES, FullyConvolutionalClassifier, build_fcn
-from .checkpoint import PRMModel, build_model, load_checkpoint, load_model, resolve_device, save_model
+from .checkpoint import PRMModel, build_model, is_builtin_name, load_checkpoint, load_model, resolve_device, save_model
 from .cpu_memory import reuse_freed_memory
 from .peak_backprop import excitation_backprop, patch_convolutions
 from .peak_stimulation import find_peaks, peak_stimulation
@@ -17,6 +17,7 @@ __all__ = [
     "build_model",
     "excitation_backprop",
     "find_peaks",
+    "is_builtin_name",
     "load_checkpoint",
     "load_model",
     "patch_convolutions",

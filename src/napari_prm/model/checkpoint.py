@@ -11,7 +11,7 @@ import pickle
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,31 @@ PRM_SETTINGS = ("win_size", "peak_filter", "sub_pixel_locating_factor")
 #: Key prefix of the refinement head's tensors in a checkpoint (see napari_prm.refine).
 HEAD_PREFIX = "refine."
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def is_builtin_name(model: object, names: Collection[str] = BUILTIN_MODELS) -> bool:
+    """Whether a model argument names a built-in model rather than a file: the one rule.
+
+    A ``str`` that is exactly one of ``names`` (`BUILTIN_MODELS`: ``"imagenet-voc"``) means
+    the built-in model, even when a file of that name lies in the current folder; such a
+    file is taken when given as a path: ``"./imagenet-voc"``, an absolute path, or a
+    `pathlib.Path`. `load_model`, `napari_prm.train.calibrate_checkpoint`, `napari_prm.train.train`
+    (whose backbone names, ``names=BACKBONES``, follow the same rule), the command line's
+    ``--model`` and the widgets all decide by it, so that a stray file named like a built-in
+    model never changes what a name means.
+
+    Parameters
+    ----------
+    model : object
+        A model argument: a name, a path, a `PRMModel`...
+    names : collection of str
+        The names that mean something built in (default: `BUILTIN_MODELS`).
+
+    Returns
+    -------
+    bool
+    """
+    return isinstance(model, str) and model in names
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -586,7 +611,10 @@ def load_model(name_or_path: str | os.PathLike | PRMModel, *, device: str | torc
     name_or_path : str or path or PRMModel
         A built-in model (``"imagenet"``, ``"imagenet-voc"``, ``"imagenet-coco"``; offline),
         or a ``.pt``/``.pth``/``.safetensors`` checkpoint written by :func:`save_model`. A
-        PRMModel is moved to ``device`` (in place, as ``PRMModel.to`` does) and returned.
+        built-in name means the built-in model even when a file of that name lies in the
+        current folder: give such a file as a path (``"./imagenet-voc"``, a `pathlib.Path`;
+        :func:`is_builtin_name`). A PRMModel is moved to ``device`` (in place, as
+        ``PRMModel.to`` does) and returned.
     device : str, torch.device or None
         Where to put the network (None: the best available).
 
@@ -602,7 +630,7 @@ def load_model(name_or_path: str | os.PathLike | PRMModel, *, device: str | torc
     if isinstance(name_or_path, PRMModel):
         return name_or_path.to(device)
     check.path_like("model", name_or_path)
-    if isinstance(name_or_path, str) and name_or_path in BUILTIN_MODELS:
+    if is_builtin_name(name_or_path):
         model = builtin_model(name_or_path)
     elif not Path(name_or_path).exists() and Path(name_or_path).suffix.lower() not in CHECKPOINT_SUFFIXES:
         close = difflib.get_close_matches(str(name_or_path).lower(), BUILTIN_MODELS, n=1)
