@@ -255,3 +255,33 @@ def test_two_export_widgets_open_at_once_each_keep_what_was_changed_in_them(make
     reopened = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Export instances")[1]
     assert reopened._folder.value == exports and reopened._formats["png"].value
     assert json.loads(settings_path("export").read_text())["folder"] == str(exports)
+
+
+def test_a_builtin_model_typed_to_calibrate_comes_back_in_a_new_session(make_napari_viewer, prm_config, tmp_path,
+                                                                       monkeypatch):
+    """The Train widget's *model to calibrate* takes a built-in model's name typed in
+    (``imagenet-voc``), but a new session dropped it (not a file here), or, with a file of that
+    name in the current folder, put back that file's absolute path (a FileEdit makes its value
+    absolute). The name now comes back as typed, and still means the built-in model; that file,
+    typed as ``./imagenet-voc``, still comes back as its path."""
+    def open_train():
+        return make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Train PRM model")[1]
+
+    monkeypatch.chdir(tmp_path)
+    train = open_train()
+    train._calibrate_model.line_edit.value = "imagenet-voc"
+    assert json.loads(settings_path("train").read_text())["calibrate_model"] == "imagenet-voc"
+
+    for file_here in (False, True):
+        if file_here:
+            (tmp_path / "imagenet-voc").write_bytes(b"not the built-in model")
+        train = open_train()  # a new session, same config folder
+        assert train._calibrate_model.line_edit.value == "imagenet-voc"
+        train._calibrate_to.value = "in place"
+        assert train.calibrate() is None
+        assert train.last_message == ("imagenet-voc is a built-in model, which cannot be replaced: write the "
+                                      "calibrated model to a new file.")
+
+    train._calibrate_model.line_edit.value = "./imagenet-voc"  # the file
+    assert json.loads(settings_path("train").read_text())["calibrate_model"] == str(tmp_path / "imagenet-voc")
+    assert open_train()._calibrate_model.value == tmp_path / "imagenet-voc"

@@ -80,7 +80,8 @@ def save_settings(name: str, settings) -> None:
         pass  # an unwritable config folder must not stop the widget
 
 
-def persist_fields(name: str, cls: type, fields: dict, *, usable: Callable[[str, object], bool] | None = None) -> None:
+def persist_fields(name: str, cls: type, fields: dict, *, usable: Callable[[str, object], bool] | None = None,
+                   typed: Callable[[str, object], bool] | None = None) -> None:
     """Keep the values of a magicgui form's ``fields`` between sessions, as the settings ``name``.
 
     Each key of ``fields`` is a field of the dataclass ``cls`` and its value the widget that
@@ -88,7 +89,10 @@ def persist_fields(name: str, cls: type, fields: dict, *, usable: Callable[[str,
     value out of range, or one ``usable(field, value)`` rejects, is left at the widget's own),
     and a change of one of them saves that field into the file as it is on disk (so two such
     widgets open at once, in two windows, keep what was last changed in each: saving the whole
-    form lost the other's changes). Paths are saved as text; an empty field (``.``) as ``""``.
+    form lost the other's changes). Paths are saved as absolute paths (a FileEdit makes them
+    absolute when they come back); an empty field (``.``) as ``""``. A FileEdit's text that
+    ``typed(field, text)`` accepts is saved and put back as typed instead: a built-in model's
+    name (``imagenet-voc``) typed into a model field, which a path in the current folder is not.
     """
     saved = load_settings(name, cls)
     defaults = cls()
@@ -99,14 +103,20 @@ def persist_fields(name: str, cls: type, fields: dict, *, usable: Callable[[str,
         if hasattr(widget, "choices") and value not in widget.choices:
             continue
         try:
-            widget.value = value
+            if typed is not None and typed(field, value):
+                widget.line_edit.value = value
+            else:
+                widget.value = value
         except (ValueError, TypeError):
             pass  # out of range now: keep what the widget has
 
     def save(field: str, widget) -> None:
         value = widget.value
         if isinstance(value, Path):
-            value = "" if no_path(value) else str(value)
+            if typed is not None and typed(field, widget.line_edit.value.strip()):
+                value = widget.line_edit.value.strip()
+            else:  # absolute as it comes back: ./imagenet-voc (a Path drops the ./) stays that file
+                value = "" if no_path(value) else str(value.absolute())
         save_settings(name, dataclasses.replace(load_settings(name, cls), **{field: value}))
 
     for field, widget in fields.items():

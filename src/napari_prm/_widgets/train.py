@@ -34,6 +34,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._text import plural
 from ..data import load_dataset
+from ..model.checkpoint import is_builtin_name
 from ..train import builtin_start_note, recipe_conflicts, split_warnings, train, training_split, validation_summary
 from .activity import ActivityProgress, StopsOnClose
 from .calibrate import CalibrateSection
@@ -77,8 +78,18 @@ class TrainSettings:
     # not apply to another (the model just trained) in a later session; it starts on "a new file"
 
 
+def _typed_name(field: str, value) -> bool:
+    """Whether a saved value of `TrainSettings` is put back as typed: a built-in model's name
+    (``imagenet-voc``) in *model to calibrate*, which a path in the current folder is not
+    (`napari_prm.model.is_builtin_name`)."""
+    return field == "calibrate_model" and is_builtin_name(value)
+
+
 def _still_there(field: str, value) -> bool:
-    """Whether a saved path of `TrainSettings` can be put back: the dataset exists, the output's folder does."""
+    """Whether a saved path of `TrainSettings` can be put back: the dataset exists, the output's
+    folder does; a built-in model's name to calibrate (`_typed_name`) is always there."""
+    if _typed_name(field, value):
+        return True
     if field in ("dataset", "dataset_dir", "image_dir", "calibrate_model"):
         return Path(value).exists()
     return field != "out" or Path(value).parent.is_dir()
@@ -128,7 +139,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             "base": self._base,
             "epochs": self._epochs, "lr": self._lr, "batch_size": self._batch, "input_size": self._size,
             "out": self._out, "device": self._device, "continue_run": self._continue,
-            "calibrate_model": self._calibrate_model}, usable=_still_there)
+            "calibrate_model": self._calibrate_model}, usable=_still_there, typed=_typed_name)
         for field in (self._dataset, self._dataset_dir):  # a folder per class names its own images
             field.changed.connect(self._sync_image_dir)
         self._sync_image_dir()
