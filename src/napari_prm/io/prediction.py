@@ -247,26 +247,48 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
     PRMs are no longer saved) are removed in the same step. ``<stem>.manifest.json``
     lists the files with the numbers of peaks and instances.
     """
-    targets = prediction_paths(out_dir, stem, prms_format=prms_format)
-    if prms_format == "tiff" and len(prediction.prms) == 0:
-        del targets["prms"]
+    targets = _prediction_targets(out_dir, stem, prms_format, prms=len(prediction.prms))
     labels, table = prediction.to_labels()
     coco = labels_to_coco(labels, table, prediction.class_names, file_name=image_file_name)
+    facts = {"written_by": "write_prediction", "image": image_file_name,
+             "peaks": int(len(prediction.peaks)), "instances": int(len(prediction.instances)),
+             "image_shape": [int(n) for n in prediction.image_shape], **(info or {})}
+
+    def write(kind: str, temp: Path) -> None:
+        if kind == "peaks":
+            write_peaks_csv(temp, prediction)
+        elif kind == "prms":
+            write_prms(temp, prediction.prms)
+        else:
+            _write_instances_as(kind, temp, labels, table, prediction.class_names, coco, pixel_size)
+
+    return _write_targets(out_dir, stem, targets, write, overwrite=overwrite, facts=facts)
+
+
+def _prediction_targets(out_dir, stem: str, prms_format: str | None, *, prms: int,
+                        left_out: Sequence[str] = ()) -> dict[str, Path]:
+    """The files `write_prediction` (or `write_stack_prediction`, less ``left_out``) writes, by kind:
+    `prediction_paths`, without a TIFF of PRMs when there are none (``prms``: how many)."""
+    targets = prediction_paths(out_dir, stem, prms_format=prms_format)
+    for kind in left_out:
+        del targets[kind]
+    if prms_format == "tiff" and prms == 0:
+        del targets["prms"]
+    return targets
+
+
+def _write_targets(out_dir, stem: str, targets: dict[str, Path], write, *, overwrite: bool,
+                   facts: dict) -> list[Path]:
+    """Write ``targets`` as ``stem``'s file set, ``write(kind, temp)`` writing each: the other
+    outputs of `prediction_paths` (a PRM file of another format) are removed in the same switch,
+    and the manifest records ``facts``. Returns the files written."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     names = {kind: path.name for kind, path in targets.items()}
     replaced = {path.name for fmt in ("npy", "tiff")
                 for path in prediction_paths(out_dir, stem, prms_format=fmt).values()} - set(names.values())
-    facts = {"written_by": "write_prediction", "image": image_file_name,
-             "peaks": int(len(prediction.peaks)), "instances": int(len(prediction.instances)),
-             "image_shape": [int(n) for n in prediction.image_shape], **(info or {})}
     with write_file_set(out_dir, stem, names, overwrite=overwrite, removes=replaced, info=facts) as staged:
         for kind, temp in staged.items():
-            if kind == "peaks":
-                write_peaks_csv(temp, prediction)
-            elif kind == "prms":
-                write_prms(temp, prediction.prms)
-            else:
-                _write_instances_as(kind, temp, labels, table, prediction.class_names, coco, pixel_size)
+            write(kind, temp)
     return list(targets.values())
 
 
@@ -344,33 +366,26 @@ def write_stack_prediction(predictions, out_dir: str | os.PathLike, stem: str, *
     predictions = list(predictions)
     if not predictions:
         raise ValueError("predictions: expected one prediction per plane, got none")
-    targets = prediction_paths(out_dir, stem, prms_format=prms_format)
-    for kind in STACK_LEFT_OUT:
-        del targets[kind]
     peaks = sum(len(prediction.peaks) for prediction in predictions)
-    if prms_format == "tiff" and peaks == 0:
-        del targets["prms"]
+    targets = _prediction_targets(out_dir, stem, prms_format, prms=peaks, left_out=STACK_LEFT_OUT)
     labels, table = stack_labels(predictions)
     class_names = predictions[0].class_names
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    names = {kind: path.name for kind, path in targets.items()}
-    replaced = {path.name for fmt in ("npy", "tiff")
-                for path in prediction_paths(out_dir, stem, prms_format=fmt).values()} - set(names.values())
     facts = {"written_by": "write_stack_prediction", "image": image_file_name, "planes": len(predictions),
              "peaks": int(peaks), "instances": int(sum(len(p.instances) for p in predictions)),
              "plane_peaks": [int(len(p.peaks)) for p in predictions],
              "plane_instances": [int(len(p.instances)) for p in predictions],
              "image_shape": [int(n) for n in predictions[0].image_shape], **(info or {})}
-    with write_file_set(out_dir, stem, names, overwrite=overwrite, removes=replaced, info=facts) as staged:
-        for kind, temp in staged.items():
-            if kind == "peaks":
-                write_stack_peaks_csv(temp, predictions)
-            elif kind == "prms":
-                prms = [np.asarray(p.prms, np.float32) for p in predictions]
-                write_prms(temp, np.concatenate(prms) if peaks else np.zeros((0, *labels.shape[1:]), np.float32))
-            else:
-                _write_instances_as(kind, temp, labels, table, class_names, None, pixel_size)
-    return list(targets.values())
+
+    def write(kind: str, temp: Path) -> None:
+        if kind == "peaks":
+            write_stack_peaks_csv(temp, predictions)
+        elif kind == "prms":
+            prms = [np.asarray(p.prms, np.float32) for p in predictions]
+            write_prms(temp, np.concatenate(prms) if peaks else np.zeros((0, *labels.shape[1:]), np.float32))
+        else:
+            _write_instances_as(kind, temp, labels, table, class_names, None, pixel_size)
+
+    return _write_targets(out_dir, stem, targets, write, overwrite=overwrite, facts=facts)
 
 
 def complete_prediction(out_dir: str | os.PathLike, stem: str, *,
