@@ -502,3 +502,19 @@ def test_skip_reasons_group_the_skipped_images_by_why(tmp_path, checkpoint, imag
     groups = {reason: [Path(r.image).name for r in skipped] for reason, skipped in again.skip_reasons().items()}
     assert groups == {"outputs exist": ["astronaut.png", "coffee.jpg"],
                       "outputs exist but are not a complete set": ["cat.png"]}
+
+
+def test_folders_left_out_are_named_as_other_long_lists_are(tmp_path):
+    """`collect_images` names the first three sub-folders it did not search and counts the others,
+    with the wording of every long list (`napari_prm._text.first_names`)."""
+    from napari_prm.batch import collect_images
+    from napari_prm.io import IMAGE_SUFFIXES
+
+    for name in ("a", "b", "c", "d", "e"):
+        (tmp_path / "top" / name).mkdir(parents=True)
+        iio.imwrite(tmp_path / "top" / name / "x.png", np.zeros((4, 4), np.uint8))
+    found, problems = collect_images([tmp_path / "top"])
+    assert found == []
+    assert problems == [f"{tmp_path / 'top'}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder;"
+                        " its 5 sub-folder(s) (a, b, c, ... (2 more)) are not searched: pass --recursive, or pass "
+                        "them as inputs"]

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from ._text import first_names
 from .io import IMAGE_SUFFIXES
 from .io.atomic import atomic_write, owner_is_gone, owner_tag
 from .io.fileset import _sha256, manifest_path
@@ -241,7 +242,8 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
             folders = [] if recursive else sorted(
                 p for p in item.iterdir() if p.is_dir() and not p.name.startswith("."))
             if not found:
-                inside = (f"; its {len(folders)} sub-folder(s) ({_first_names(folders)}) are not searched: "
+                inside = (f"; its {len(folders)} sub-folder(s) ({first_names((f.name for f in folders), shown=3)}) "
+                          "are not searched: "
                           + (search_hint or "pass --recursive, or pass them as inputs") if folders else "")
                 where = " in this folder" + (" or its sub-folders" if recursive else "")
                 problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}){where}{inside}")
@@ -249,7 +251,7 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
                 holding = [folder for folder in folders if _holds_images(folder)]
                 if holding:
                     problems.append(f"{NOTE}{item}: the images in its {len(holding)} sub-folder(s) "
-                                    f"({_first_names(holding)}) are left out: "
+                                    f"({first_names((f.name for f in holding), shown=3)}) are left out: "
                                     + (search_hint or "pass --recursive to search sub-folders, or pass "
                                                       "them as inputs too"))
             images.extend(found)
@@ -281,11 +283,6 @@ def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
                                   if Path(name).suffix.lower() in IMAGE_SUFFIXES and name not in outputs
                                   and (Path(here) / name).is_file()))
     return found
-
-
-def _first_names(folders: Sequence[Path]) -> str:
-    """``"a, b, c, ..."``: the names of the first three folders, and whether there are more."""
-    return ", ".join(folder.name for folder in folders[:3]) + (", ..." if len(folders) > 3 else "")
 
 
 def _holds_images(folder: Path) -> bool:
