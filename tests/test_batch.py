@@ -360,7 +360,8 @@ def test_asking_for_prms_on_a_rerun_says_the_outputs_lack_them(tmp_path, checkpo
     assert main(["predict", str(cat), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",
                  "--proposals", "prm", "--peak-threshold", "0", "--save-prms", "npy"]) == 0
     printed = capsys.readouterr().err
-    assert "1 of them are complete without the PRMs --save-prms asks for" in printed
+    assert ("1 skipped: outputs are complete but hold no PRMs as npy (an earlier run wrote none, or another "
+            "format) (cat.png); use --overwrite to replace them") in printed
     assert "incomplete" not in printed
     assert "hold no PRMs as npy" in summary_rows(out)["cat.png"]["error"]
     # --overwrite adds them
@@ -407,7 +408,7 @@ def test_a_rerun_with_another_model_or_settings_says_so_instead_of_skipping_sile
     assert main(["predict", str(cat), "--out", str(out), "--model", str(retrained), "--device", "cpu",
                  "--proposals", "prm", "--peak-threshold", "0"]) == 0
     printed = capsys.readouterr().err
-    assert "1 of them: outputs were made with another model 'tiny.pt'" in printed
+    assert "1 skipped: outputs were made with another model 'tiny.pt' (cat.png); use --overwrite" in printed
     assert "incomplete" not in printed
     assert main(["predict", str(cat), "--out", str(out), "--model", str(retrained), "--device", "cpu",
                  "--proposals", "prm", "--peak-threshold", "0", "--overwrite"]) == 0
@@ -490,9 +491,9 @@ def test_a_folder_whose_sub_folders_hold_images_says_they_are_left_out(tmp_path,
     assert problems[0] in err and "1 image(s) written" in err and "0 failed" in err
 
 
-def test_skip_reasons_group_the_skipped_images_by_why(tmp_path, checkpoint, images):
-    """`BatchResult.skip_reasons`, behind the folder panel's message: complete outputs in one group,
-    an incomplete set (a file removed) in another, whatever files each one lacks."""
+def test_skip_reasons_group_the_skipped_images_by_why(tmp_path, checkpoint, images, capsys):
+    """`BatchResult.skip_reasons`, behind the folder panel's message and the command line's: complete
+    outputs in one group, an incomplete set (a file removed) in another, whatever files each one lacks."""
     chosen = [p for p in images if p.name in ("astronaut.png", "cat.png", "coffee.jpg")]
     out = tmp_path / "out"
     assert [r.status for r in predict_many(chosen, checkpoint, out, device="cpu", **SETTINGS).results] == [
@@ -502,6 +503,15 @@ def test_skip_reasons_group_the_skipped_images_by_why(tmp_path, checkpoint, imag
     groups = {reason: [Path(r.image).name for r in skipped] for reason, skipped in again.skip_reasons().items()}
     assert groups == {"outputs exist": ["astronaut.png", "coffee.jpg"],
                       "outputs exist but are not a complete set": ["cat.png"]}
+    said = ("2 skipped: outputs exist (astronaut.png, coffee.jpg); 1 skipped: outputs exist but are not a "
+            "complete set (cat.png)")
+    assert again.skip_summary() == said
+    assert again.skip_summary(lambda image: Path(image).stem, shown=1).startswith(
+        "2 skipped: outputs exist (astronaut, ...); 1 skipped: ")
+    capsys.readouterr()
+    assert main(["predict", *map(str, chosen), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",
+                 "--proposals", "prm", "--peak-threshold", "0"]) == 0
+    assert f"{said}; use --overwrite to replace them\n" in capsys.readouterr().err
 
 
 def test_folders_left_out_are_named_as_other_long_lists_are(tmp_path):

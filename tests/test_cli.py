@@ -125,8 +125,8 @@ def test_predict_keeps_existing_outputs_unless_overwrite(tmp_path, tiny48_checkp
     assert main(["predict", image, "--model", str(tiny48_checkpoint), "--out", str(out),
                  "--proposals", "none"]) == 0
     printed = capsys.readouterr().err
-    assert "skipped, outputs exist" in printed
-    assert "1 of them: outputs were made with other settings (proposals: 'prm' -> None)" in printed
+    assert ("1 skipped: outputs were made with other settings (proposals: 'prm' -> None) (sample3.jpg); "
+            "use --overwrite to replace them") in printed
     assert (out / "sample3_peaks.csv").read_text() == "kept"
     assert (out / "sample3_instances.json").read_bytes() == first["sample3_instances.json"]
     assert main(["predict", image, "--model", str(tiny48_checkpoint), "--out", str(out),

@@ -303,7 +303,8 @@ def test_a_resumed_run_says_a_stack_re_saved_since_is_not_the_one_its_outputs_ho
     assert tifffile.imread(out / "z_labels.tif").shape == (2, 48, 40)  # left as they were
 
     assert main(["predict", str(image), "--model", str(checkpoint), "--out", str(out), *CLI_SETTINGS]) == 0
-    assert "1 of them: the image changed since its outputs were written (z.tif)" in capsys.readouterr().err
+    assert ("1 skipped: the image changed since its outputs were written (z.tif); use --overwrite to replace "
+            "them") in capsys.readouterr().err
     (written,) = predict_many([image], checkpoint, out, overwrite=True, **SETTINGS).results
     assert written.status == "written" and tifffile.imread(out / "z_labels.tif").shape == (3, 48, 40)
 

@@ -185,6 +185,23 @@ class BatchResult:
             groups.setdefault(reason, []).append(result)
         return groups
 
+    def skip_summary(self, name: Callable[[str], str] | None = None, *, shown: int = 5) -> str:
+        """Why images were skipped, a group per reason (`skip_reasons`) naming (up to ``shown`` of) its
+        images: ``"1 skipped: outputs exist (a.png); 1 skipped: the image changed since its outputs
+        were written (b.tif)"``; '' when none was. The command line and the folder panel end it with
+        how their user replaces the outputs.
+
+        Parameters
+        ----------
+        name : callable, optional
+            ``name(image)``: how an image is named (default: its file name).
+        shown : int
+            The images named per reason; ``", ... (N more)"`` counts the others (`first_names`).
+        """
+        name = name or (lambda image: Path(image).name)
+        return "; ".join(f"{len(skipped)} skipped: {reason} ({first_names((name(r.image) for r in skipped), shown)})"
+                         for reason, skipped in self.skip_reasons().items())
+
     def labels_path(self, result: ImageResult) -> Path:
         """Where the label image of ``result``'s image is (or would be)."""
         from .io import prediction_paths

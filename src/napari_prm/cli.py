@@ -30,13 +30,10 @@ from typing import Any
 
 from . import __version__
 from . import _validate as check
-from ._text import first_names, plural
+from ._text import plural
 from .batch import (
-    IMAGE_CHANGED,
     NOTE,
-    OTHER_RUN,
     SUMMARY_NAME,
-    WITHOUT_PRMS,
     PlaneTally,
     collect_images,
     model_label,
@@ -812,20 +809,7 @@ def _run_predict(args) -> int:
         return 130
     skipped = batch.skipped
     if skipped:
-        names = first_names((Path(r.image).name for r in skipped), shown=5)
-        without_prms = [r for r in skipped if r.error.startswith(WITHOUT_PRMS)]
-        other_run = [r for r in skipped if r.error.startswith(OTHER_RUN)]
-        changed = [r for r in skipped if r.error.startswith(IMAGE_CHANGED)]
-        incomplete = [r for r in skipped
-                      if r.error and not r.error.startswith((WITHOUT_PRMS, OTHER_RUN, IMAGE_CHANGED))]
-        _say(f"{len(skipped)} image(s) skipped, outputs exist ({names}); use --overwrite to replace them"
-             + (f"; {len(without_prms)} of them are complete without the PRMs --save-prms asks for"
-                if without_prms else "")
-             + (f"; {len(other_run)} of them: {other_run[0].error.split('; use overwrite')[0]}"
-                + (" (or similar)" if len({r.error for r in other_run}) > 1 else "") if other_run else "")
-             + (f"; {len(changed)} of them: {IMAGE_CHANGED} ({first_names((Path(r.image).name for r in changed), 5)})"
-                if changed else "")
-             + (f"; {len(incomplete)} of them hold an incomplete set" if incomplete else ""))
+        _say(f"{batch.skip_summary()}; use --overwrite to replace them")
     failed = len(batch.failed) + sum(not problem.startswith(NOTE) for problem in problems)
     _say(f"{len(batch.written)} image(s) written to {args.out}, {len(skipped)} skipped, {failed} failed; "
          f"summary: {batch.summary}")

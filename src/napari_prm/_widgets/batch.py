@@ -23,7 +23,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import batch
-from .._text import first_names, plural
+from .._text import plural
 from .activity import StopsOnClose
 from .relay import _Relay
 from .settings import no_path
@@ -218,12 +218,8 @@ class BatchPanel(StopsOnClose, Container):
 
     def _skip_reasons(self, result: batch.BatchResult) -> str:
         """Why images were skipped, a group per reason naming (up to five of) its images."""
-        groups = result.skip_reasons()
-        if not groups:
-            return ""
-        parts = [f"{len(skipped)} skipped: {reason} ({first_names((self._name(r.image) for r in skipped), 5)})"
-                 for reason, skipped in groups.items()]
-        return f"; {'; '.join(parts)} — tick '{self._overwrite.text}' to replace them"
+        skipped = result.skip_summary(self._name)
+        return f"; {skipped} — tick '{self._overwrite.text}' to replace them" if skipped else ""
 
     def open_results(self, result: batch.BatchResult) -> None:
         """Show the images with outputs and their labels as lazy stacks, one plane each (a TIFF
