@@ -5,9 +5,11 @@ and worker processes: two in a `LocalCluster`, or a scheduler and a worker start
 separate processes for ``--scheduler``.
 """
 
+import collections
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -528,3 +530,68 @@ def test_folders_left_out_are_named_as_other_long_lists_are(tmp_path):
     assert problems == [f"{tmp_path / 'top'}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder;"
                         " its 5 sub-folder(s) (a, b, c, ... (2 more)) are not searched: pass --recursive, or pass "
                         "them as inputs"]
+
+
+def test_a_run_reads_each_image_and_its_manifest_once(tmp_path, checkpoint, images, monkeypatch):
+    """Outputs whose images were copied elsewhere (newer files, the same bytes): `output_stems` and
+    `predict_many` both compare an image with what its manifest records, and read its SHA-256 and the
+    manifest once between them (counted around the real functions); `output_stems` looks up no
+    manifest for a stem that has none; the skips and their reasons are those of the first run's images."""
+    import napari_prm.batch as batch_module
+    import napari_prm.io.fileset as fileset
+    from napari_prm.batch import output_stems
+
+    def backdate(folder: Path, seconds: int) -> None:
+        for path in folder.iterdir():
+            os.utime(path, ns=(time.time_ns() - seconds * 10**9,) * 2)
+
+    first, copied, out = tmp_path / "first", tmp_path / "copied", tmp_path / "out"
+    first.mkdir()
+    for name in ("cat.png", "coffee.jpg"):
+        shutil.copyfile(next(p for p in images if p.name == name), first / name)
+    backdate(first, 3600)
+    assert [r.status for r in predict_many(sorted(first.iterdir()), checkpoint, out, **SETTINGS).results] == [
+        "written"] * 2
+    backdate(out, 1800)
+    shutil.copytree(first, copied)  # new modification times: compared by content
+    backdate(copied, 60)
+    batch_module._READ.clear()  # as a new process
+
+    hashed, manifests = collections.Counter(), collections.Counter()
+    real_sha256, real_read_text = fileset._sha256, Path.read_text
+
+    def counted_sha256(path):
+        hashed[Path(path).name] += 1
+        return real_sha256(path)
+
+    def counted_read_text(path, *args, **kwargs):
+        if path.name.endswith(".manifest.json"):
+            manifests[path.name] += 1
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(batch_module, "_sha256", counted_sha256)
+    monkeypatch.setattr(Path, "read_text", counted_read_text)
+    assert output_stems([copied / "new.png"], out=out) == ["new"] and not manifests  # no manifest, no look
+    paths = sorted(copied.iterdir())
+    stems = output_stems(paths, out=out)
+    again = predict_many(paths, checkpoint, out, stems=stems, **SETTINGS)
+    assert stems == ["cat", "coffee"]
+    assert [(r.status, r.error) for r in again.results] == [("skipped", "")] * 2
+    assert hashed == {"cat.png": 1, "coffee.jpg": 1}
+    assert manifests == {"cat.manifest.json": 1, "coffee.manifest.json": 1}
+
+    # an image written within the last seconds may still be written to: it is read again each time;
+    # once it is older, once, until it changes
+    hashed.clear()
+    fresh = copied / "fresh.png"
+    shutil.copyfile(copied / "cat.png", fresh)
+    identities = [batch_module._image_identity(fresh) for _ in range(2)]
+    assert hashed == {"fresh.png": 2}
+    os.utime(fresh, ns=(time.time_ns() - 10**10,) * 2)
+    identities += [batch_module._image_identity(fresh) for _ in range(2)]
+    assert hashed == {"fresh.png": 3}
+    assert len({identity["image_sha256"] for identity in identities}) == 1
+    fresh.write_bytes(fresh.read_bytes()[::-1])
+    os.utime(fresh, ns=(identities[-1]["image_mtime_ns"],) * 2)  # the same size and time, other bytes
+    assert batch_module._image_identity(fresh)["image_sha256"] != identities[0]["image_sha256"]
+    assert hashed == {"fresh.png": 4}

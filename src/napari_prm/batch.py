@@ -406,22 +406,29 @@ def _stem_taken(out, stem: str, image: Path, manifests: dict) -> bool:
     """Whether ``stem``'s outputs in ``out``, or else those of a stem differing from it only in
     case (``Cat`` for ``cat``: one set of files on Windows and macOS), record another image.
 
-    ``manifests`` caches each folder's manifest stems by their case-folded form.
+    ``manifests`` caches each folder's manifest stems by their case-folded form (None: the folder
+    could not be listed); a stem with no manifest there, in any case, is free without a look.
     """
     from .io.fileset import MANIFEST_SUFFIX
 
     folder, name = output_place(out, stem)
     if folder not in manifests:
-        manifests[folder] = {}
         try:
             found = [entry.name[: -len(MANIFEST_SUFFIX)] for entry in os.scandir(folder)
                      if entry.name.endswith(MANIFEST_SUFFIX)]
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):  # no folder, no outputs
             found = []
-        for found_stem in found:
+        except OSError:  # not listed: each stem's manifest is looked up
+            found = None
+        manifests[folder] = None if found is None else {}
+        for found_stem in found or ():
             manifests[folder].setdefault(found_stem.casefold(), []).append(found_stem)
+    if manifests[folder] is None:
+        return _outputs_of_another(out, stem, image)
     variants = manifests[folder].get(name.casefold(), [])
-    if name in variants or not variants:  # outputs under its own name are this image's or another's
+    if not variants:
+        return False
+    if name in variants:  # outputs under its own name are this image's or another's
         return _outputs_of_another(out, stem, image)
     parent = PurePosixPath(stem).parent
     return any(_outputs_of_another(out, str(parent / variant), image) for variant in variants)
@@ -437,11 +444,8 @@ def _outputs_of_this(out, stem: str, image: Path) -> bool:
 
 def _outputs_of_another(out, stem: str, image: Path) -> bool:
     """Whether ``stem``'s outputs in ``out`` record an image other than ``image``."""
-    from .io.fileset import read_file_set
-
-    folder, name = output_place(out, stem)
     try:
-        file_set = read_file_set(folder, name)
+        file_set = _manifest(*output_place(out, stem))
     except ValueError:  # a broken manifest is replaced
         return False
     if file_set is None:
@@ -454,8 +458,7 @@ def _outputs_of_another(out, stem: str, image: Path) -> bool:
     # not where it was: the same image when its bytes are (its folder renamed or moved), read
     # only then, and only when the size agrees
     try:
-        return not (info.get("image_bytes") == Path(image).stat().st_size
-                    and info.get("image_sha256") == _sha256(Path(image)))
+        return not _same_bytes(info, Path(image), Path(image).stat())
     except OSError:
         return True
 
@@ -464,7 +467,8 @@ def _image_identity(image: Path) -> dict:
     """What tells an image from another of the same name wherever it lies: its size and SHA-256
     (and its modification time, by which `_image_changed` reads only a file that may have changed)."""
     stat = image.stat()
-    return {"image_bytes": stat.st_size, "image_sha256": _sha256(image), "image_mtime_ns": stat.st_mtime_ns}
+    return {"image_bytes": stat.st_size, "image_sha256": _image_sha256(image, stat),
+            "image_mtime_ns": stat.st_mtime_ns}
 
 
 def _image_changed(info: Mapping[str, Any], image: str | os.PathLike) -> str:
@@ -485,9 +489,67 @@ def _image_changed(info: Mapping[str, Any], image: str | os.PathLike) -> str:
                 "use overwrite to replace them")
     if info.get("image_mtime_ns") == stat.st_mtime_ns or not info.get("image_sha256"):
         return ""
-    if info["image_sha256"] != _sha256(Path(image)):
+    if not _same_bytes(info, Path(image), stat):
         return f"{IMAGE_CHANGED} (its content differs); use overwrite to replace them"
     return ""
+
+
+def _same_bytes(info: Mapping[str, Any], image: Path, stat: os.stat_result) -> bool:
+    """Whether ``image`` (``stat``: its `os.stat`) has the size and SHA-256 that the manifest
+    ``info`` records (`_image_identity`); it is read only when the size agrees."""
+    return info.get("image_bytes") == stat.st_size and info.get("image_sha256") == _image_sha256(image, stat)
+
+
+#: What this process read of files that a run may read again (`_read_once`): by kind and path (as
+#: given), the file's `_file_state` when it was read and what was read. Oldest first, at most `_READ_KEPT`.
+_READ: dict[tuple[str, str], tuple[tuple, Any]] = {}
+_READ_KEPT = 4096
+#: A file modified less than this many nanoseconds before it was read is read again the next time:
+#: its writer may still be at work, within the file system's clock tick, without changing its state.
+_SETTLED_NS = 2_000_000_000
+
+
+def _file_state(stat: os.stat_result) -> tuple:
+    """What changes when a file is written, replaced or touched: device, inode, size, modification
+    and change times."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def _read_once(kind: str, path: Path, stat: os.stat_result, read: Callable[[], Any]) -> Any:
+    """``read()`` of the file ``path`` (``stat``: its `os.stat` before it is read), or what it gave
+    when this process read the file before and its `_file_state` is the same now: the steps of a
+    run (`output_stems`, `predict_many`, `predict_image`) each read a file that none of them
+    changes only once (an image's SHA-256, its outputs' manifest)."""
+    key, state = (kind, os.fspath(path)), _file_state(stat)  # as given: a relative path read the same way
+    known = _READ.get(key)
+    if known is not None and known[0] == state:
+        return known[1]
+    started = time.time_ns()
+    value = read()
+    _READ.pop(key, None)
+    if stat.st_mtime_ns < started - _SETTLED_NS:
+        _READ[key] = (state, value)
+        if len(_READ) > _READ_KEPT:
+            del _READ[next(iter(_READ))]
+    return value
+
+
+def _image_sha256(image: Path, stat: os.stat_result) -> str:
+    """The SHA-256 of ``image`` (``stat``: its `os.stat`), read once while the file stays as it is (`_read_once`)."""
+    return _read_once("sha256", image, stat, lambda: _sha256(image))
+
+
+def _manifest(folder: Path, name: str):
+    """`napari_prm.io.fileset.read_file_set` of ``name``'s outputs in ``folder`` (None: no manifest),
+    read once while the manifest stays as it is (`_read_once`); not to be changed."""
+    from .io.fileset import read_file_set
+
+    path = manifest_path(folder, name)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return _read_once("manifest", path, stat, lambda: read_file_set(folder, name))
 
 
 def proposals_for_image(proposals, image: Path, stem: str | None = None):
@@ -1125,6 +1187,7 @@ def predict_many(
     BatchResult
     """
     from . import io
+    from .io.prediction import _complete_set
 
     paths = _image_paths(paths)
     stems = list(stems) if stems is not None else output_stems(paths, out=out)
@@ -1173,14 +1236,18 @@ def predict_many(
             todo.append(index)
             continue
         place = places[index]
-        existing = io.complete_prediction(*place, prms_format=prms_format)
+        try:  # recovered above; read once in the run (`output_stems` may have read it)
+            found = _manifest(*place)
+        except ValueError:  # broken: replaced
+            found = None
+        existing = _complete_set(found, *place, prms_format=prms_format)
         leftovers = [p.name for p in io.prediction_paths(*place, prms_format=prms_format).values()
                      if p.exists()]
         if existing is not None or leftovers:
             if existing is not None:
                 reason = (_image_changed(existing.info, result.image)
                           or _other_run(existing.info, record, settings, loaded))
-            elif prms_format is not None and io.complete_prediction(*place) is not None:
+            elif prms_format is not None and _complete_set(found, *place) is not None:
                 reason = (f"{WITHOUT_PRMS} as {prms_format} (an earlier run wrote none, or another format); "
                           "use overwrite to write them")
             else:

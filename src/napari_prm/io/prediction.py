@@ -404,17 +404,23 @@ def complete_prediction(out_dir: str | os.PathLike, stem: str, *,
         file_set = read_file_set(out_dir, stem)
     except ValueError:
         return None
+    return _complete_set(file_set, out_dir, stem, prms_format=prms_format)
+
+
+def _complete_set(file_set: FileSet | None, out_dir, stem: str, *, prms_format: str | None = None) -> FileSet | None:
+    """``file_set`` (`read_file_set` of ``stem`` in ``out_dir``, after `recover_file_sets`) when it
+    holds the complete outputs `complete_prediction` says, else None."""
     if file_set is None or file_set.missing():
         return None
-    wanted = set(prediction_paths(out_dir, stem, prms_format=prms_format))
+    paths = prediction_paths(out_dir, stem, prms_format=prms_format)
+    wanted = set(paths)
     if file_set.info.get("planes"):  # a stack's outputs (`write_stack_prediction`)
         wanted -= set(STACK_LEFT_OUT)
     if prms_format == "tiff" and file_set.info.get("peaks") == 0:
         wanted.discard("prms")
     if not wanted <= set(file_set.files):
         return None
-    if "prms" in wanted and file_set.files["prms"].name != prediction_paths(
-            out_dir, stem, prms_format=prms_format)["prms"].name:
+    if "prms" in wanted and file_set.files["prms"].name != paths["prms"].name:
         return None
     return file_set
 
