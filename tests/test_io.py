@@ -778,3 +778,74 @@ def test_a_tiff_cut_short_says_so(tmp_path):
     assert str(error.value).endswith("): copy or save it again")
     ((path, reason),) = io.unreadable_images([tmp_path / "whole.tif", cut])
     assert path == cut and "cut short" in reason
+
+
+def test_predict_reads_a_tiff_once_as_the_readers_of_its_parts_do(tmp_path, monkeypatch):
+    """`napari_prm.batch.predict_image` read a TIFF three times (whether it is a stack, its pixels, its
+    pixel size) and four or five when its samples needed a look at its header; `_read_image_file`
+    opens it once and gives what `read_stack` or `read_image`, and `tiff_pixel_size`, give, or raises
+    their error."""
+    from napari_prm.io.images import _read_image_file
+
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 255, (4, 24, 20), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "gray16.tif", planes[0].astype(np.uint16) * 200, resolution=(3.0, 3.0),
+                     imagej=True, metadata={"unit": "um"})
+    tifffile.imwrite(tmp_path / "rgb_first.tif", planes[:3], photometric="minisblack")  # channels first
+    tifffile.imwrite(tmp_path / "rgba.tif", np.moveaxis(planes, 0, -1), photometric="rgb", extrasamples=["unassalpha"])
+    tifffile.imwrite(tmp_path / "rgbx.tif", np.moveaxis(planes, 0, -1), photometric="rgb", extrasamples=["unspecified"])
+    tifffile.imwrite(tmp_path / "cmyk.tif", np.moveaxis(planes, 0, -1), photometric="separated")
+    tifffile.imwrite(tmp_path / "gray_alpha.tif", np.moveaxis(planes[:2], 0, -1), photometric="minisblack",
+                     extrasamples=["unassalpha"])
+    tifffile.imwrite(tmp_path / "four_gray.tif", np.moveaxis(planes, 0, -1), photometric="minisblack",
+                     planarconfig="contig")
+    tifffile.imwrite(tmp_path / "z.tif", planes, imagej=True, metadata={"axes": "ZYX", "unit": "um"},
+                     resolution=(2.0, 2.0))
+    tifffile.imwrite(tmp_path / "movie.ome.tif", rng.integers(0, 255, (2, 24, 20, 3), dtype=np.uint8), ome=True,
+                     photometric="rgb", metadata={"axes": "TYXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    tifffile.imwrite(tmp_path / "zcyx.tif", planes.reshape(2, 2, 24, 20), imagej=True, metadata={"axes": "ZCYX"})
+    tifffile.imwrite(tmp_path / "z_of_3.tif", planes[:3], imagej=True, metadata={"axes": "ZYX"})
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "gray16.tif").read_bytes()[:600])
+    (tmp_path / "empty.tif").write_bytes(b"")
+    (tmp_path / "text.tif").write_text("not a TIFF")
+
+    opened = []
+    real_init = tifffile.TiffFile.__init__
+
+    def counted_init(self, arg, *args, **kwargs):
+        opened.append(Path(str(arg)).name)
+        real_init(self, arg, *args, **kwargs)
+
+    kinds = set()
+    for path in sorted(tmp_path.glob("*.tif")):
+        try:
+            expected = (io.read_stack(path), io.tiff_pixel_size(path))
+            if expected[0] is None:
+                expected = (io.read_image(path), expected[1])
+        except ValueError as error:
+            expected = error
+        monkeypatch.setattr(tifffile.TiffFile, "__init__", counted_init)
+        opened.clear()
+        try:
+            got = _read_image_file(path)
+        except ValueError as error:
+            got = error
+        monkeypatch.undo()
+        assert opened == ([] if path.name == "empty.tif" else [path.name])
+        if isinstance(expected, ValueError):
+            assert isinstance(got, ValueError) and str(got) == str(expected), path.name
+            kinds.add("refused")
+            continue
+        (image, pixel_size), (expected_image, expected_pixel_size) = got, expected
+        assert pixel_size == expected_pixel_size, path.name
+        if isinstance(expected_image, io.ImageStack):
+            assert (image.axes, image.shape) == (expected_image.axes, expected_image.shape)
+            np.testing.assert_array_equal(image.planes, expected_image.planes)
+            kinds.add("stack")
+        else:
+            np.testing.assert_array_equal(image, expected_image)
+            assert image.dtype == expected_image.dtype
+            kinds.add("image")
+    assert kinds == {"stack", "image", "refused"}
+    assert io.tiff_pixel_size(tmp_path / "gray16.tif") is not None
+    assert io.tiff_pixel_size(tmp_path / "movie.ome.tif") is not None

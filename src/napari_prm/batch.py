@@ -713,6 +713,7 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
         ``"written"`` or ``"skipped"``; errors propagate (the caller retries and reports).
     """
     from . import io
+    from .io.images import _read_image_file
     from .predict import predict
 
     started = time.perf_counter()
@@ -728,13 +729,14 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     # the file as it is before it is read: one re-saved while it is predicted (a stack still
     # being written) is then known for changed by the next run (`_image_changed`)
     identity = _image_identity(image)
-    stack = io.read_stack(image)
+    read, pixel_size = _read_image_file(image)  # a TIFF opened once
+    stack = read if isinstance(read, io.ImageStack) else None
     if stack is not None and isinstance(settings.get("proposals"), (str, os.PathLike)) \
             and Path(settings["proposals"]).is_file():
         raise ValueError(f"cannot predict {image}: it is a stack of {len(stack)} planes (axes {stack.axes}), "
                          f"and the proposal file {settings['proposals']} holds one 2-D image's proposals; "
                          "predict a stack with built-in proposals")
-    planes = stack.planes if stack is not None else [io.read_image(image)]
+    planes = stack.planes if stack is not None else [read]
     predictions = []
     for pixels in planes:
         with _PREDICT_LOCK:
@@ -748,7 +750,7 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     write = io.write_prediction if stack is None else io.write_stack_prediction
     write(predictions[0] if stack is None else predictions, folder, name, prms_format=prms_format,
           overwrite=overwrite, image_file_name=(PurePosixPath(stem).parent / image.name).as_posix(),
-          pixel_size=io.tiff_pixel_size(image), info=info)
+          pixel_size=pixel_size, info=info)
     notes = [note if stack is None else f"plane {plane}: {note}"
              for plane, prediction in enumerate(predictions) for note in prediction.notes]
     if stack is not None:

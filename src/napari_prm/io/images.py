@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,11 +57,7 @@ def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
         ``"cannot read <what> <path>: <reason>"`` when the file cannot be read.
     """
     path = path_like(what, path)
-    if not path.is_file():
-        reason = "it is a folder" if path.is_dir() else "no such file"
-        raise ValueError(f"cannot read {what} {path}: {reason}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"cannot read {what} {path}: the file is empty (0 bytes)")
+    _check_file(path, what)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             return np.asarray(tifffile.imread(path))
@@ -68,21 +65,35 @@ def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
 
         return np.asarray(iio.imread(path))
     except Exception as error:  # the readers raise many types for a broken file
-        reason = str(error) or type(error).__name__
-        if type(error).__name__ == "DecompressionBombError":
-            # Pillow refuses images of over twice Image.MAX_IMAGE_PIXELS (179 megapixels by
-            # default), which a small file could make it allocate; its message speaks of an attack
-            reason = (f"{reason.split(', could be')[0]}: Pillow does not decode images this large "
-                      "(a guard against decompression bombs); split it into tiles, or save it as "
-                      "TIFF, which is read whatever its size")
-        elif reason.startswith("failed to read ") and ", got " in reason:
-            reason = f"the file is cut short (tifffile: {reason}): copy or save it again"  # a TIFF's data
-        elif "backend" in reason or "can not handle" in reason:
-            # imageio's "no backend ... pip install ..." means that no reader recognised the
-            # content: the file is not an image of its kind, no plugin is missing.
-            kind = path.suffix.lstrip(".").upper() or "image"
-            reason = f"not a {kind} image, or a corrupt one (its content is not recognised)"
-        raise ValueError(f"cannot read {what} {path}: {reason}") from error
+        raise _unreadable(what, path, error) from error
+
+
+def _check_file(path, what: str) -> None:
+    """Refuse (ValueError) a path that is no file, or an empty one: `read_array` reads neither."""
+    if not path.is_file():
+        reason = "it is a folder" if path.is_dir() else "no such file"
+        raise ValueError(f"cannot read {what} {path}: {reason}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read {what} {path}: the file is empty (0 bytes)")
+
+
+def _unreadable(what: str, path, error: Exception) -> ValueError:
+    """`read_array`'s error for a file that a reader failed on: ``"cannot read <what> <path>: <reason>"``."""
+    reason = str(error) or type(error).__name__
+    if type(error).__name__ == "DecompressionBombError":
+        # Pillow refuses images of over twice Image.MAX_IMAGE_PIXELS (179 megapixels by
+        # default), which a small file could make it allocate; its message speaks of an attack
+        reason = (f"{reason.split(', could be')[0]}: Pillow does not decode images this large "
+                  "(a guard against decompression bombs); split it into tiles, or save it as "
+                  "TIFF, which is read whatever its size")
+    elif reason.startswith("failed to read ") and ", got " in reason:
+        reason = f"the file is cut short (tifffile: {reason}): copy or save it again"  # a TIFF's data
+    elif "backend" in reason or "can not handle" in reason:
+        # imageio's "no backend ... pip install ..." means that no reader recognised the
+        # content: the file is not an image of its kind, no plugin is missing.
+        kind = path.suffix.lstrip(".").upper() or "image"
+        reason = f"not a {kind} image, or a corrupt one (its content is not recognised)"
+    return ValueError(f"cannot read {what} {path}: {reason}")
 
 
 def read_plane(path: str | os.PathLike, plane: int, *, what: str = "image") -> np.ndarray | None:
@@ -174,13 +185,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     result into network input with `as_rgb_float`, which needs at least 2×2 pixels.
     """
     path = path_like("image", path)
-    image = read_array(path, what="image")
+    return _one_image(path, read_array(path, what="image"), lambda: _tiff_header(path))
+
+
+def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarray:
+    """`read_image`'s image from the array ``image`` read from ``path``; ``header()`` gives the
+    TIFF's `_tiff_header`, asked for only when a rule needs it."""
     if image.ndim == 4 and image.shape[0] == 1:  # one frame of a (frames, H, W, C) stack
         image = image[0]
     if image.ndim == 3 and image.shape[0] == 1 and image.shape[-1] not in (1, 3, 4):
         image = image[0]  # one plane of a (planes, H, W) stack
     if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (1, 3, 4):
-        axis = _tiff_leading_axis(path, image.ndim)
+        axis = _tiff_leading_axis(path, image.ndim, header)
         if axis in _NOT_COLOUR_AXES or (image.shape[0] == 4 and axis not in (None, "S")):
             what = (f"holds {image.shape[0]} {_NOT_COLOUR_AXES[axis]}, not colour channels"
                     if axis in _NOT_COLOUR_AXES else
@@ -192,12 +208,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         image = np.moveaxis(image, 0, -1)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    if image.ndim == 3 and image.shape[-1] == 2 and (not _is_tiff(path) or _tiff_marks_alpha(path)):
+    if image.ndim == 3 and image.shape[-1] == 2 and (not _is_tiff(path) or _marks_alpha(header()[2])):
         # Pillow's only two-band mode is gray + alpha (a PNG's "LA"): RGBA with the gray repeated;
         # a TIFF's second sample only when the file marks it as alpha
         image = np.concatenate([image[..., :1]] * 3 + [image[..., 1:]], axis=-1)
     elif image.ndim == 3 and image.shape[-1] == 4:
-        kind = _four_channels(path)
+        kind = _four_channels(path, header)
         if kind == "CMYK":
             image = _cmyk_to_rgb(image)
         elif kind == "RGBX":  # the 4th sample is padding or unspecified data, not opacity
@@ -209,7 +225,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
         raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA "
                          f"image, got an array of shape {image.shape}"
-                         f"{_stack_hint(image.shape, _tiff_leading_axis(path, image.ndim))}")
+                         f"{_stack_hint(image.shape, _tiff_leading_axis(path, image.ndim, header))}")
     if image.size == 0:
         raise ValueError(f"cannot read image {path}: it has no pixels "
                          f"({image.shape[0]}×{image.shape[1]})")
@@ -275,10 +291,20 @@ def stack_planes(path: str | os.PathLike) -> tuple[str, tuple[int, ...]] | None:
         return None
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes, shape = str(series.axes), tuple(int(n) for n in series.shape)
+            axes, shape = _series_of(tif)
     except Exception:  # noqa: BLE001 -- read_image reports what is wrong with the file
         return None
+    return _stack_of(path, axes, shape)
+
+
+def _series_of(tif: tifffile.TiffFile) -> tuple[str, tuple[int, ...]]:
+    """tifffile's axes and shape of an open TIFF's first series."""
+    series = tif.series[0]
+    return str(series.axes), tuple(int(n) for n in series.shape)
+
+
+def _stack_of(path, axes: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]] | None:
+    """`stack_planes`'s answer for the TIFF ``path`` whose first series has ``axes`` and ``shape``."""
     leading = _plane_axes(axes)
     if not any(axis in STACK_AXES for axis in leading) or int(np.prod(shape[:len(leading)])) < 2:
         return None
@@ -341,9 +367,12 @@ def read_stack(path: str | os.PathLike) -> ImageStack | None:
     found = stack_planes(path)
     if found is None:
         return None
-    axes, shape = found
     path = path_like("image", path)
-    data = read_array(path, what="image")
+    return _planes_of(path, *found, read_array(path, what="image"))
+
+
+def _planes_of(path, axes: str, shape: tuple[int, ...], data: np.ndarray) -> ImageStack:
+    """`read_stack`'s stack from the data ``data`` of the TIFF stack ``path`` (`stack_planes`: ``axes``, ``shape``)."""
     if data.shape != shape:
         raise ValueError(f"cannot read image {path}: its axes {axes} say shape {shape}, its data has shape "
                          f"{data.shape}; save it again")
@@ -353,6 +382,45 @@ def read_stack(path: str | os.PathLike) -> ImageStack | None:
         raise ValueError(f"cannot read image {path}: its planes are {planes.shape[1]}×{planes.shape[2]} pixels "
                          f"(shape {shape}); a plane must be at least 2×2 pixels")
     return ImageStack(planes, axes, shape)
+
+
+def _read_image_file(path: str | os.PathLike) -> tuple[ImageStack | np.ndarray, dict | None]:
+    """An image file as ``napari-prm predict`` reads it, a TIFF opened once: its stack of z-planes
+    or time points (`read_stack`), else its one 2-D image (`read_image`), and the pixel size it
+    records (`napari_prm.io.tiff_pixel_size`; None for other formats).
+
+    Returns
+    -------
+    image : ImageStack or ndarray
+    pixel_size : dict or None
+
+    Raises
+    ------
+    ValueError
+        Naming the file, as `read_stack` and `read_image` do.
+    """
+    from .labels import _pixel_size_of
+
+    path = path_like("image", path)
+    if not _is_tiff(path) or not path.is_file():
+        return read_image(path), None
+    _check_file(path, "image")
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as error:  # the readers raise many types for a broken file
+        raise _unreadable("image", path, error) from error
+    with tif:
+        try:
+            series = _series_of(tif)
+        except Exception:  # noqa: BLE001 -- reading its data says what is wrong with the file
+            series = None
+        found = None if series is None else _stack_of(path, *series)  # as stack_planes
+        try:
+            data = np.asarray(tif.asarray())  # what tifffile.imread(path) reads
+        except Exception as error:  # the readers raise many types for a broken file
+            raise _unreadable("image", path, error) from error
+        image = _planes_of(path, *found, data) if found else _one_image(path, data, lambda: _header_of(tif))
+        return image, _pixel_size_of(tif)
 
 
 def unreadable_images(paths, progress=None) -> list[tuple[os.PathLike, str]]:
@@ -436,16 +504,21 @@ def _tiff_header(path) -> tuple[str, Any, tuple]:
     """``(axes of its first series, photometric, extra samples)`` of a TIFF's first page:
     what the file says its axes and samples are."""
     with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        return tif.series[0].axes, page.photometric, tuple(page.extrasamples or ())
+        return _header_of(tif)
 
 
-def _four_channels(path) -> str:
+def _header_of(tif: tifffile.TiffFile) -> tuple[str, Any, tuple]:
+    """`_tiff_header` of an open TIFF."""
+    page = tif.pages[0]
+    return tif.series[0].axes, page.photometric, tuple(page.extrasamples or ())
+
+
+def _four_channels(path, header: Callable[[], tuple]) -> str:
     """What a file's 4 channels are, by its own description: "RGBA", "CMYK" (print ink),
     "RGBX" (RGB and an extra sample that is not marked as alpha: Pillow's padding) or, for a
-    TIFF, its photometric name (e.g. "MINISBLACK": 4 gray channels)."""
+    TIFF, its photometric name (e.g. "MINISBLACK": 4 gray channels; ``header()``: its `_tiff_header`)."""
     if _is_tiff(path):
-        _, photometric, extra = _tiff_header(path)
+        _, photometric, extra = header()
         if photometric == tifffile.PHOTOMETRIC.SEPARATED:
             return "CMYK"
         if photometric == tifffile.PHOTOMETRIC.RGB:
@@ -465,10 +538,6 @@ def _marks_alpha(extra_samples: tuple) -> bool:
     return bool(extra_samples) and extra_samples[0] in _TIFF_ALPHA
 
 
-def _tiff_marks_alpha(path) -> bool:
-    return _marks_alpha(_tiff_header(path)[2])
-
-
 def _cmyk_to_rgb(image: np.ndarray) -> np.ndarray:
     """CMYK ink to RGB in the image's dtype, as Pillow converts it: R = (1 - C)(1 - K), ..."""
     top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
@@ -483,12 +552,13 @@ def _cmyk_to_rgb(image: np.ndarray) -> np.ndarray:
 _NOT_COLOUR_AXES = {"Z": "z-planes", "T": "time points"}
 
 
-def _tiff_leading_axis(path, ndim: int) -> str | None:
+def _tiff_leading_axis(path, ndim: int, header: Callable[[], tuple]) -> str | None:
     """tifffile's code of the first axis of a TIFF's image (``S``: samples of one page,
-    ``C``: channels, ``Z``, ``T``, ``Q``: unknown pages, ...); None for other formats."""
+    ``C``: channels, ``Z``, ``T``, ``Q``: unknown pages, ...; ``header()``: its `_tiff_header`);
+    None for other formats."""
     if not _is_tiff(path):
         return None
-    axes = _tiff_header(path)[0]
+    axes = header()[0]
     return axes[0] if len(axes) == ndim else None
 
 

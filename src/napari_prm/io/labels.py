@@ -125,11 +125,19 @@ def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
         return None
     try:
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            x, y = page.get_resolution()
-            unit = page.resolutionunit
-            imagej_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
-            ome = _ome_pixel_size(tif.ome_metadata) if tif.is_ome else None
+            return _pixel_size_of(tif)
+    except Exception:  # noqa: BLE001 -- no pixel size is known, the labels are written without
+        return None
+
+
+def _pixel_size_of(tif: tifffile.TiffFile) -> dict | None:
+    """`tiff_pixel_size` of an open TIFF."""
+    try:
+        page = tif.pages.first
+        x, y = page.get_resolution()
+        unit = page.resolutionunit
+        imagej_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+        ome = _ome_pixel_size(tif.ome_metadata) if tif.is_ome else None
     except Exception:  # noqa: BLE001 -- no pixel size is known, the labels are written without
         return None
     if not (np.isfinite(x) and np.isfinite(y) and x > 0 and y > 0):
