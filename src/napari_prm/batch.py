@@ -504,6 +504,7 @@ def _same_bytes(info: Mapping[str, Any], image: Path, stat: os.stat_result) -> b
 #: given), the file's `_file_state` when it was read and what was read. Oldest first, at most `_READ_KEPT`.
 _READ: dict[tuple[str, str], tuple[tuple, Any]] = {}
 _READ_KEPT = 4096
+_READ_LOCK = threading.Lock()
 #: A file modified less than this many nanoseconds before it was read is read again the next time:
 #: its writer may still be at work, within the file system's clock tick, without changing its state.
 _SETTLED_NS = 2_000_000_000
@@ -517,20 +518,22 @@ def _file_state(stat: os.stat_result) -> tuple:
 
 def _read_once(kind: str, path: Path, stat: os.stat_result, read: Callable[[], Any]) -> Any:
     """``read()`` of the file ``path`` (``stat``: its `os.stat` before it is read), or what it gave
-    when this process read the file before and its `_file_state` is the same now: the steps of a
-    run (`output_stems`, `predict_many`, `predict_image`) each read a file that none of them
-    changes only once (an image's SHA-256, its outputs' manifest)."""
+    when this process read the file before and its `_file_state` is the same now: an image's
+    SHA-256 and its outputs' manifest, which `output_stems`, `predict_many` and `predict_image`
+    each need, are read once between them."""
     key, state = (kind, os.fspath(path)), _file_state(stat)  # as given: a relative path read the same way
-    known = _READ.get(key)
+    with _READ_LOCK:  # a cluster's worker runs tasks in threads
+        known = _READ.get(key)
     if known is not None and known[0] == state:
         return known[1]
     started = time.time_ns()
     value = read()
-    _READ.pop(key, None)
-    if stat.st_mtime_ns < started - _SETTLED_NS:
-        _READ[key] = (state, value)
-        if len(_READ) > _READ_KEPT:
-            del _READ[next(iter(_READ))]
+    with _READ_LOCK:
+        _READ.pop(key, None)
+        if stat.st_mtime_ns < started - _SETTLED_NS:
+            _READ[key] = (state, value)
+            if len(_READ) > _READ_KEPT:
+                del _READ[next(iter(_READ))]
     return value
 
 
