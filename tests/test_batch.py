@@ -509,7 +509,7 @@ def test_skip_reasons_group_the_skipped_images_by_why(tmp_path, checkpoint, imag
             "complete set (cat.png)")
     assert again.skip_summary() == said
     assert again.skip_summary(lambda image: Path(image).stem, shown=1).startswith(
-        "2 skipped: outputs exist (astronaut, ...); 1 skipped: ")
+        "2 skipped: outputs exist (astronaut, ... (1 more)); 1 skipped: ")
     capsys.readouterr()
     assert main(["predict", *map(str, chosen), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",
                  "--proposals", "prm", "--peak-threshold", "0"]) == 0
