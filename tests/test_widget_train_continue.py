@@ -175,3 +175,44 @@ def test_a_command_line_run_with_settings_the_fields_cannot_hold_is_continued(ma
     assert [r.epoch for r in result.history] == [1, 2, 3] and saved_epoch(out) == 3
     config = load_checkpoint(out)[1][TRAINING_STATE_KEY]["config"]
     assert (config["lr"], list(config["input_size"])) == (0.0005, [32, 48])
+
+
+def test_continuing_from_another_base_model_is_refused(make_napari_viewer, qtbot, prm_config, tiny_dataset,
+                                                       tmp_path):
+    """A continued run goes on from its own model (``train(resume=)`` takes no ``model=``): a base
+    model chosen since the run was found was ignored without a word; it is refused, naming both.
+    Found, a run whose backbone is not the field's shows its own there."""
+    import threading
+
+    from napari_prm.data import load_dataset
+    from napari_prm.train import train
+
+    out = tmp_path / "run.pt"
+    stop = threading.Event()
+    train(load_dataset(tiny_dataset), model="tiny", out=out, epochs=2, batch_size=1, input_size=(32, 32),
+          device="cpu", cancel=stop, progress=lambda p: stop.set() if getattr(p, "stage", "") == "epoch" else None)
+    assert saved_epoch(out) == 1
+    kept = out.read_bytes()
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, tmp_path / "none-yet.pt", batch=1)
+    widget._base.value = "efficientnet_lite0"
+    widget._out.value = out
+    checked(widget, qtbot)
+    assert widget.unfinished is not None and widget.unfinished.backbone == "tiny"
+    assert widget._base.value == "tiny"  # the run's backbone, as its learning rate and sizes are shown
+
+    widget._base.value = "resnet50"
+    assert widget.start() is None
+    assert widget.last_message == (
+        "The unfinished run in run.pt goes on with the settings it was started with, but these ask for others: "
+        "base model 'ResNet-50 (ImageNet weights, downloaded)' (the run goes on from its own tiny model, shown as "
+        "'tiny (random, for trying things out)'). Set them back, or untick 'Continue the unfinished run' to start "
+        "a new run in a new file.")
+    assert out.read_bytes() == kept
+
+    widget._base.value = "tiny"
+    result = run_to_end(widget, qtbot)
+    assert result is not None and result.checkpoint == out, widget.last_message
+    assert [r.epoch for r in result.history] == [1, 2] and saved_epoch(out) == 2

@@ -396,6 +396,9 @@ class UnfinishedRun:
     split_rule : int or None
         The rule of its split (`SPLIT_RULE`; None from before the rule): ``training_split(dataset,
         config["val_fraction"], config["seed"], split_rule=split_rule)`` is the split it goes on with.
+    backbone : str or None
+        The backbone of its model (the checkpoint records no more of the base it started from:
+        a backbone's ImageNet weights, a built-in model or another checkpoint); None: not known.
     """
 
     path: Path
@@ -403,6 +406,7 @@ class UnfinishedRun:
     epochs: int
     config: dict
     split_rule: int | None = SPLIT_RULE
+    backbone: str | None = None
 
 
 def unfinished_run(path: str | os.PathLike, dataset: LabeledImageDataset) -> UnfinishedRun | None:
@@ -427,7 +431,7 @@ def unfinished_run(path: str | os.PathLike, dataset: LabeledImageDataset) -> Unf
     trained = trained_images(extra, dataset.image_paths)
     if trained is not None and not any(trained):
         return None
-    return UnfinishedRun(path, done, config["epochs"], config, state.get("split_rule"))
+    return UnfinishedRun(path, done, config["epochs"], config, state.get("split_rule"), model.backbone)
 
 
 @dataclass(eq=False)

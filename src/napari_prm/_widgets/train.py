@@ -35,7 +35,15 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from .._text import plural
 from ..data import load_dataset
 from ..model.checkpoint import is_builtin_name
-from ..train import builtin_start_note, recipe_conflicts, split_warnings, train, training_split, validation_summary
+from ..train import (
+    builtin_start_note,
+    recipe_conflicts,
+    split_warnings,
+    starts_new_classifier,
+    train,
+    training_split,
+    validation_summary,
+)
 from .activity import ActivityProgress, StopsOnClose
 from .calibrate import CalibrateSection
 from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
@@ -150,6 +158,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._checking = None  # (out, dataset, images) whose check runs in a worker, for the latest ask
         self._start_pending = None  # start()'s keyword arguments, waiting for that check
         self._shown_of_run: dict = {}  # the fields' values given of its recipe (`_asked_of_run`)
+        self._base_of_run = None  # the base model field's (value, text) when the run was found
         for field in (self._dataset, self._dataset_dir, self._image_dir, self._out):
             field.changed.connect(self._find_unfinished_run)
         self._train_button.changed.connect(lambda: self.start())
@@ -312,6 +321,13 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             # what the fields show of the run's recipe: the learning rate to the field's decimals, the
             # height of a non-square size (a command-line run's); a field left so asks for the run's
             self._shown_of_run = {"lr": float(self._lr.value), "input_size": (int(self._size.value),) * 2}
+            # the base: a backbone other than the run's shows the run's (the checkpoint records its
+            # backbone, not whether it started from ImageNet weights, a built-in model or a file);
+            # a base chosen since asks for another start than the run's own model (`start`)
+            if (starts_new_classifier(self._base.value) and run.backbone != self._base.value
+                    and run.backbone in BASE_MODELS.values()):
+                self._base.value = run.backbone
+            self._base_of_run = (self._base.value, self._base.current_choice)
 
     def _asked_of_run(self, options: dict, config: dict) -> dict:
         """The learning rate, batch size and input size ``options`` ask of the unfinished run whose
@@ -327,9 +343,9 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         """Start training; keyword arguments go to :func:`train` over the widget's values.
 
         When the output file holds an unfinished run of the dataset and *Continue the unfinished
-        run* is ticked, the run goes on in that file (``resume``); settings that differ from the
-        run's are refused. Otherwise an existing output file is kept and the run saves to the next
-        free name.
+        run* is ticked, the run goes on in that file (``resume``) from its own model; settings that
+        differ from the run's are refused, and so is a base model chosen since the run was found.
+        Otherwise an existing output file is kept and the run saves to the next free name.
 
         Returns the training worker; None when refused (said), or when whether the output file
         holds an unfinished run is still being found in a worker thread (`checking`): training
@@ -371,6 +387,12 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
 
             differ = [f"{labels[name]} {shown(name, value)} (the run's: {shown(name, theirs)})"
                       for name, value, theirs in recipe_conflicts(resumed.config, asked)]
+            if self._base_of_run is not None and options["model"] != self._base_of_run[0]:
+                # train(resume=) goes on from the run's own model, whatever model= says
+                own = f"its own {resumed.backbone} model" if resumed.backbone else "its own model"
+                asked_base = self._base.current_choice if options["model"] == self._base.value else options["model"]
+                differ.insert(0, f"base model {asked_base!r} (the run goes on from {own}, "
+                                 f"shown as {self._base_of_run[1]!r})")
             if differ:
                 self._say(f"The unfinished run in {resumed.path.name} goes on with the settings it was started with, "
                           f"but these ask for others: {'; '.join(differ)}. Set them back, or untick 'Continue the "
