@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 from napari.layers import Image, Labels, Points
+from qtpy.QtCore import Qt
 
 from napari_prm import load_model, predict
 from napari_prm._widgets.layers import check_image_layer
@@ -321,17 +322,52 @@ def test_result_layers_follow_a_renamed_image(cat_viewer, qtbot, prm_config, tin
     assert cat_viewer.layers["kitty instances"] is instances
 
 
+class HeldRun:
+    """The widget's run held in its worker thread at the first peak back-propagated, until
+    `release`: a direct connection to the progress relay runs in the worker's thread, before the
+    cancel check that follows each peak. Without it, a loaded machine's Qt thread could see that
+    first report only once the worker had done every peak, and cancel a run already finished.
+
+    ``reports`` lists the worker's ``(stage, done, total)`` reports; ``held`` is set once it waits.
+    """
+
+    def __init__(self, widget):
+        self.reports: list[tuple] = []
+        self.held = threading.Event()
+        self._released = threading.Event()
+        widget._relay.progressed.connect(self._report, Qt.ConnectionType.DirectConnection)
+
+    def _report(self, report) -> None:
+        self.reports.append(report)
+        stage, done, _ = report
+        if stage == "backprop" and done > 0 and not self.held.is_set():
+            self.held.set()
+            self._released.wait(WAIT_MS / 1000)
+
+    def release(self) -> None:
+        self._released.set()
+
+    def backprops(self) -> tuple[int, int]:
+        """The peaks back-propagated, of how many."""
+        done, total = max((done, total) for stage, done, total in self.reports if stage == "backprop")
+        return done, total
+
+
 def test_cancel_leaves_no_layers(cat_viewer, qtbot, prm_config, tiny_checkpoint):
+    """Cancel while the run is midway (held after its first peak of about 50): it stops at the
+    next peak and adds no layer."""
     widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
-    widget.proposals.value = None  # every peak (about 150): long enough to cancel midway
-    stages = []
-    widget.progressed.connect(lambda stage, done, total: stages.append((stage, done, total)))
+    widget.proposals.value = None  # every peak, one at a time
+    run = HeldRun(widget)
     widget.run()
-    qtbot.waitUntil(lambda: any(s[0] == "backprop" and s[1] > 0 for s in stages), timeout=WAIT_MS)
-    widget.cancel()
+    try:
+        qtbot.waitUntil(run.held.is_set, timeout=WAIT_MS)
+        widget.cancel()
+    finally:
+        run.release()
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
-    done = max(s[1] for s in stages if s[0] == "backprop")
-    assert done < stages[-1][2]  # stopped before the last peak
+    done, total = run.backprops()
+    assert 0 < done < total and total > 10  # stopped before the last peak
     assert [layer.name for layer in cat_viewer.layers] == ["cat"]
     assert "Cancelled" in widget.last_message
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
@@ -341,15 +377,18 @@ def test_closing_the_widget_stops_its_run(cat_viewer, qtbot, prm_config, tiny_ch
     """The dock's close button and ``remove_dock_widget`` take the widget out of its dock
     without closing it: the run went on, and added its layers afterwards."""
     widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
-    widget.proposals.value = None  # every peak (about 150): long enough to stop midway
-    stages = []
-    widget.progressed.connect(lambda stage, done, total: stages.append((stage, done, total)))
+    widget.proposals.value = None  # every peak, one at a time
+    run = HeldRun(widget)
     worker = widget.run()
-    qtbot.waitUntil(lambda: any(s[0] == "backprop" and s[1] > 0 for s in stages), timeout=WAIT_MS)
-    cat_viewer.window.remove_dock_widget(widget)
+    try:
+        qtbot.waitUntil(run.held.is_set, timeout=WAIT_MS)
+        cat_viewer.window.remove_dock_widget(widget)
+    finally:
+        run.release()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
     qtbot.wait(50)
-    assert max(s[1] for s in stages if s[0] == "backprop") < stages[-1][2]  # stopped before the last peak
+    done, total = run.backprops()
+    assert 0 < done < total  # stopped before the last peak
     assert [layer.name for layer in cat_viewer.layers] == ["cat"]
 
 
