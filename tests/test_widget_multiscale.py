@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_prm._widgets import layers as layer_module
-from napari_prm._widgets.layers import level_note, level_text, plane_reader, run_level
+from napari_prm._widgets.layers import level_note, level_text, plane_reader, run_level, run_shape
 from napari_prm._widgets.refine import layer_planes
 from test_widget_predict import WAIT_MS, open_predict, peak_threshold_for, run_and_wait
 
@@ -35,7 +35,7 @@ LEVEL_TRANSLATE = [t + 1.5 * s for t, s in zip(TRANSLATE, SCALE)]
 
 def test_the_finest_level_within_the_limit_is_chosen(slide, monkeypatch, small_cat):
     layer = slide.layers["slide"]
-    assert run_level(layer) == 2
+    assert run_level(layer) == 2 and run_shape(layer) == (100, 151)  # RGB: less the channels
     assert level_text(layer) == "pyramid level 2 of 4, 100×151"
     np.testing.assert_array_equal(plane_reader(layer, ())(), small_cat)
     monkeypatch.setattr(layer_module, "MAX_RUN_SIDE", 302)
@@ -52,7 +52,7 @@ def test_the_finest_level_within_the_limit_is_chosen(slide, monkeypatch, small_c
     stack = slide.add_image([np.stack([level] * 2) for level in pyramid(small_cat)[:2]], name="stack",
                             multiscale=True, rgb=True)
     monkeypatch.setattr(layer_module, "MAX_RUN_SIDE", 160)
-    assert run_level(stack) == 0 and level_text(stack) == ""
+    assert run_level(stack) == 0 and level_text(stack) == "" and run_shape(stack) == (400, 604)
     assert plane_reader(stack, (1,))().shape == (400, 604, 3)
 
 

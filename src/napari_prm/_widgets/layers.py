@@ -179,6 +179,13 @@ def run_level(layer) -> int:
     return int(small[0]) if len(small) else int(np.argmin(sides))
 
 
+def run_shape(layer) -> tuple[int, int]:
+    """``(height, width)`` of the level of the multiscale image ``layer`` that a run reads
+    (`run_level`; level 0 of a multiscale stack), from the arrays' shapes."""
+    height, width = (int(s) for s in level_planes(layer)[run_level(layer)])
+    return height, width
+
+
 def level_factors(layer, level: int) -> np.ndarray:
     """(2,) how many pixels of level 0 of ``layer`` one pixel of ``level`` spans along y and x
     (from the levels' shapes; ``[1, 1]`` for level 0 or a single-scale layer)."""
@@ -193,16 +200,15 @@ def level_text(layer) -> str:
     "" for a single-scale layer, or a multiscale stack (read at level 0)."""
     if not _flat_pyramid(layer):
         return ""
-    level = run_level(layer)
-    height, width = (int(s) for s in level_planes(layer)[level])
-    return f"pyramid level {level} of {len(layer.data)}, {height}×{width}"
+    height, width = run_shape(layer)
+    return f"pyramid level {run_level(layer)} of {len(layer.data)}, {height}×{width}"
 
 
 def level_note(layer) -> str:
     """The sentence a run's message says of the pyramid level it read ("" when `level_text` is)."""
     if not (text := level_text(layer)):
         return ""
-    side = int(level_planes(layer)[run_level(layer)].max())
+    side = max(run_shape(layer))
     why = (f"the finest level at most {MAX_RUN_SIDE} px long" if side <= MAX_RUN_SIDE
            else f"no level is at most {MAX_RUN_SIDE} px long: the coarsest")
     return f"Ran on {text} ({why}); the result layers are at its resolution."

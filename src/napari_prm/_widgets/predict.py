@@ -43,7 +43,6 @@ from .layers import (
     keep_corrections,
     layer_names,
     level_note,
-    level_planes,
     level_text,
     merge_predictions,
     moved_from,
@@ -51,6 +50,7 @@ from .layers import (
     remember_written,
     rename_results,
     run_level,
+    run_shape,
     set_moved_from,
     without_peaks,
 )
@@ -653,7 +653,7 @@ class PredictWidget(PredictForm, QWidget):
             raise ValueError(f"layer {image_layer.name!r} is a stack; show_prediction takes "
                              "the prediction of a 2-D image")
         level = run_level(image_layer)
-        level_shape = tuple(int(s) for s in level_planes(image_layer)[level]) if image_layer.multiscale else None
+        level_shape = run_shape(image_layer) if image_layer.multiscale else None
         if level_shape is not None and tuple(prediction.image_shape) != level_shape:
             raise ValueError(f"layer {image_layer.name!r} is a pyramid whose level {level} ({level_shape[0]}×"
                              f"{level_shape[1]}) a run reads and its layers show; the prediction is of a "
@@ -700,7 +700,7 @@ def _pyramid_proposals_refusal(layer, proposals) -> str:
         return ""
     data = proposals.data[0] if proposals.multiscale else proposals.data
     level = run_level(layer)
-    height, width = (int(s) for s in level_planes(layer)[level])
+    height, width = run_shape(layer)
     if tuple(data.shape[-2:]) == (height, width):
         return ""
     return (f"Cannot run on {layer.name!r}: the proposals {proposals.name!r} are {data.shape[-2]}×{data.shape[-1]} "
