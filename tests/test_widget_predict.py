@@ -373,6 +373,38 @@ def test_cancel_leaves_no_layers(cat_viewer, qtbot, prm_config, tiny_checkpoint)
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
+def test_cancel_once_the_layers_are_added_says_nothing_of_a_cancel(cat_viewer, qtbot, prm_config,
+                                                                   tiny_checkpoint):
+    """The worker sends its results, then says it finished: a Cancel pressed between the two,
+    once the result layers were added, said "Cancelled; the layers were left as they were"
+    beside the new layers. The run had ended: that Cancel changes nothing."""
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    run = HeldRun(widget)
+    worker = widget.run()
+    sent, finish = threading.Event(), threading.Event()
+
+    def hold(_):  # in the worker's thread, after the results were sent to the Qt thread
+        sent.set()
+        finish.wait(WAIT_MS / 1000)
+
+    worker.returned.connect(hold, Qt.ConnectionType.DirectConnection)
+    try:
+        qtbot.waitUntil(run.held.is_set, timeout=WAIT_MS)
+        run.release()
+        qtbot.waitUntil(lambda: sent.is_set() and len(cat_viewer.layers) > 1, timeout=WAIT_MS)
+        shown = [layer.name for layer in cat_viewer.layers]
+        said = widget.last_message
+        assert widget.running and "peaks" in said
+        widget.cancel()
+    finally:
+        finish.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert [layer.name for layer in cat_viewer.layers] == shown and len(shown) > 1
+    assert widget.last_message == said
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
 def test_closing_the_widget_stops_its_run(cat_viewer, qtbot, prm_config, tiny_checkpoint):
     """The dock's close button and ``remove_dock_widget`` take the widget out of its dock
     without closing it: the run went on, and added its layers afterwards."""

@@ -127,6 +127,7 @@ class PredictWidget(PredictForm, QWidget):
         #: Forward passes the last run or re-threshold made (0: the image's maps were reused).
         self.last_forward_passes = 0
         self._cancel = threading.Event()
+        self._outcome_taken = False  # the running worker's outcome is being shown: Cancel is too late
         # closed, or taken out of its dock (no close event then): a running job stops
         self._close_watcher = CloseWatcher(self, lambda deleted=False: self.cancel())
         self._relay = _Relay()
@@ -322,6 +323,7 @@ class PredictWidget(PredictForm, QWidget):
         proposals = [self.proposals_for(settings["proposals"], plane) for plane in planes]
         hand, _ = self._hand_peaks(layer, leading, planes)
         self._cancel.clear()
+        self._outcome_taken = False
         started = time.perf_counter()
         # errored connected here: an unexpected error is reported by the widget (and by
         # napari's notifications, with its traceback), not re-raised on the Qt thread
@@ -423,8 +425,11 @@ class PredictWidget(PredictForm, QWidget):
         return model, predictions, forwards, {"planes": carried, "missing": lacking}
 
     def cancel(self) -> None:
-        """Stop the running prediction (between peaks); the layers stay as they were."""
-        if self.worker is not None:
+        """Stop the running prediction (between peaks); the layers stay as they were.
+
+        Nothing to stop once its outcome is shown: the worker sends it before it says it finished.
+        """
+        if self.worker is not None and not self._outcome_taken:
             self._cancel.set()
             self.worker.quit()
         self.correction.cancel()
@@ -466,6 +471,8 @@ class PredictWidget(PredictForm, QWidget):
         (the peaks layer may hold others by now: the user can place, move and delete points meanwhile)."""
         if out is None or self._cancel.is_set():
             return
+        self._outcome_taken = True
+        self.cancel_button.setEnabled(False)
         if isinstance(out, str):
             self._say(out, "error")
             return
