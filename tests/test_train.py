@@ -659,7 +659,7 @@ def test_unfinished_runs_and_the_images_a_checkpoint_calibrates_on(tmp_path):
     extra[TRAINING_STATE_KEY]["config"]["epochs"] = 3  # as a 3-epoch run cancelled after its first
     save_model(model, out, extra=extra)
     run = unfinished_run(out, dataset)
-    assert (run.epochs_done, run.epochs, run.split_rule) == (1, 3, SPLIT_RULE)
+    assert (run.epochs_done, run.epochs, run.split_rule, run.backbone) == (1, 3, SPLIT_RULE, "tiny")
     assert recipe_conflicts(run.config, {"lr": 0.01, "input_size": (32, 32), "batch_size": 4}) == [
         ("batch_size", 4, 2)]
     assert unfinished_run(out, dataset.with_classes(["cat", "dog"])) is None  # other classes
