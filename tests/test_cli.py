@@ -168,6 +168,27 @@ def test_predict_reports_missing_inputs_and_bad_model(tmp_path, tiny48_checkpoin
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate", "demo"])
+def test_tta_with_the_fast_prm_mode_is_refused_before_anything_runs(command, tmp_path, tiny48_checkpoint,
+                                                                    capsys):
+    """--tta and --prm-mode fast cannot go together: a usage error (exit status 2) naming both,
+    not a failure of every image, each tried twice (predict: exit status 1 and a summary.csv of
+    failed rows) or an error after the model and dataset loaded (evaluate, demo)."""
+    image = tmp_path / "chelsea.png"
+    write_half_size("chelsea", image)
+    out = tmp_path / "out"
+    argv = {"predict": ["predict", str(image), "--out", str(out)],
+            "evaluate": ["evaluate", str(tmp_path / "labels.csv")],
+            "demo": ["demo", str(image), "--out", str(out), "--no-view"]}[command]
+    (tmp_path / "labels.csv").write_text("image,labels\nchelsea.png,cat\n")
+    with pytest.raises(SystemExit) as exit_status:
+        main(argv + ["--model", str(tiny48_checkpoint), "--tta", "--prm-mode", "fast"])
+    assert exit_status.value.code == 2
+    error = capsys.readouterr().err
+    assert "--tta" in error and "--prm-mode fast" in error and "cannot be combined" in error
+    assert not out.exists()
+
+
 def test_collect_images_sorted_unique_and_same_stems(tmp_path, image_folder):
     images, problems = collect_images([image_folder, image_folder / "coffee.jpg",
                                        tmp_path])

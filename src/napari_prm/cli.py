@@ -147,7 +147,8 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                        help="test-time augmentation: average the CRMs over a flip and scales 0.75/1/1.25 "
                             "(about 6x the time) (default: off)")
     group.add_argument("--prm-mode", choices=("exact", "fast"), default=None,
-                       help="'fast' back-propagates to the stride-8 features and upsamples (default: exact)")
+                       help="'fast' back-propagates to the stride-8 features and upsamples; not with --tta "
+                            "(default: exact)")
 
 
 def _inference_settings(args) -> dict:
@@ -703,6 +704,27 @@ def check_arguments(args: argparse.Namespace) -> None:
             if subparser is None:
                 raise CommandError(str(error)) from None
             subparser.error(str(error))
+    if hasattr(args, "prm_mode"):  # predict, evaluate, demo: options that cannot go together
+        try:
+            _check_inference_settings(args)
+        except ValueError as error:
+            if subparser is None:
+                raise CommandError(str(error)) from None
+            subparser.error(str(error))
+
+
+def _check_inference_settings(args: argparse.Namespace) -> None:
+    """The inference options together, as `napari_prm.preset_settings` checks them, so that a
+    combination it refuses (``--tta`` with ``--prm-mode fast``) stops before anything runs."""
+    from .predictor import preset_settings
+
+    settings = _inference_settings(args)
+    try:
+        preset_settings(**settings)
+    except ValueError as error:
+        given = " ".join(f"--{name.replace('_', '-')}" + ("" if value is True else f" {value}")
+                         for name, value in settings.items() if name in ("tta", "prm_mode"))
+        raise ValueError(f"{given}: {error}") from None
 
 
 # --------------------------------------------------------------------------- predict
