@@ -1,5 +1,6 @@
 """The napari reader for napari-prm exports."""
 
+import imageio.v3 as iio
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,6 +28,29 @@ def test_plain_files_are_left_to_other_readers(tmp_path):
     assert napari_get_reader(str(tmp_path / "notes.json")) is None
     assert napari_get_reader(str(tmp_path / "missing.json")) is None
 
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_photo_beside_its_instance_csv_is_left_to_napari(tmp_path, suffix):
+    """`napari-prm demo` writes chelsea.png beside chelsea_instances.csv (and `predict --out`
+    into the image folder does the same): the photo is an image, not a label image of shape
+    (H, W, 3), so napari's own reader opens it; its label image still opens with the table."""
+    from skimage import data
+
+    from napari_prm.cli import main
+
+    photo = tmp_path / f"chelsea{suffix}"
+    image = data.chelsea()[::4, ::4]
+    if suffix == ".tif":
+        tifffile.imwrite(photo, image, photometric="rgb")
+    else:
+        iio.imwrite(photo, image)
+    assert main(["predict", str(photo), "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert (tmp_path / "chelsea_instances.csv").is_file()
+    assert napari_get_reader(str(photo)) is None
+    ((labels, meta, kind),) = napari_get_reader(str(tmp_path / "chelsea_labels.tif"))(
+        str(tmp_path / "chelsea_labels.tif"))
+    assert kind == "labels" and labels.shape == image.shape[:2] and "features" in meta
 
 def test_coco_json_reads_as_labels_with_classes(tmp_path):
     labels = make_export(tmp_path, ["coco"])
