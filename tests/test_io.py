@@ -729,6 +729,26 @@ def test_label_png_and_tiff_record_world_units_and_class_names(tmp_path, suffix)
     assert io.read_label_world(bare) == {} and io.read_label_class_names(bare) is None
 
 
+def test_an_imagej_label_tiff_records_the_class_names_too(tmp_path):
+    """The label TIFF of a calibrated ImageJ image (2-D, uint16: `predict` on a µm TIFF) is an ImageJ
+    file, to overlay the image in Fiji; it recorded no class names, so the plugin's reader opened it
+    without the model's classes (the label TIFFs of other images and stacks record them)."""
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(image, np.zeros((6, 7), np.uint16), imagej=True, resolution=(2.0, 4.0),
+                     metadata={"unit": "um"})
+    labels = np.zeros((6, 7), np.uint16)
+    labels[1:3, 2:5] = 3
+    path = io.write_label_image(tmp_path / "cells_labels.tif", labels, pixel_size=io.tiff_pixel_size(image),
+                                class_names=["cat", "chien", "猫"])
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej and tif.imagej_metadata["unit"] == "um"
+        assert tif.pages[0].get_resolution() == pytest.approx((2.0, 4.0))
+    np.testing.assert_array_equal(io.read_label_image(path), labels)
+    assert io.read_label_class_names(path) == ["cat", "chien", "猫"]
+    plain = io.write_label_image(tmp_path / "plain_labels.tif", labels, pixel_size=io.tiff_pixel_size(image))
+    assert io.read_label_class_names(plain) is None and io.read_label_world(plain) == {}
+
+
 def test_an_image_too_large_for_pillow_says_so_without_speaking_of_an_attack(tmp_path, monkeypatch):
     """A 14000×14000 PNG was refused with Pillow's "could be decompression bomb DOS attack", to
     a user who made it; the message now says what the limit is and the ways round it. Pillow's

@@ -50,7 +50,14 @@ def _read_metadata(path: str | os.PathLike) -> tuple[dict, int]:
     try:
         if suffix in (".tif", ".tiff"):
             with tifffile.TiffFile(path) as tif:
-                return dict((tif.shaped_metadata or ({},))[0]), len(tif.series[0].shape)
+                recorded = dict((tif.shaped_metadata or ({},))[0])
+                imagej = tif.imagej_metadata or {}
+                if _CLASS_NAMES_KEY in imagej:  # an ImageJ label TIFF keeps them as a JSON string
+                    try:
+                        recorded[_CLASS_NAMES_KEY] = json.loads(imagej[_CLASS_NAMES_KEY])
+                    except (TypeError, ValueError):
+                        pass
+                return recorded, len(tif.series[0].shape)
         if suffix == ".png":
             from PIL import Image
 
@@ -223,7 +230,7 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         (napari-prm's reader gives them back); not written with an ImageJ ``pixel_size``.
     class_names : sequence of str, optional
         All the classes (the layer's ``metadata["class_names"]``), recorded in the same
-        place for `read_label_class_names`.
+        place for `read_label_class_names` (in an ImageJ file, as a key of its description).
 
     Returns
     -------
@@ -255,8 +262,10 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
             extra = {"metadata": metadata}
         imagej_unit = str((pixel_size or {}).get("imagej_unit") or "")
         if imagej_unit and imagej_unit.isascii() and dtype is np.uint16 and labels.ndim == 2:
+            names = metadata.get(_CLASS_NAMES_KEY)  # an ImageJ description holds strings: JSON, ASCII
             extra = {"resolution": tuple(pixel_size["resolution"]), "imagej": True,
-                     "metadata": {"unit": pixel_size["imagej_unit"]}}
+                     "metadata": {"unit": pixel_size["imagej_unit"],
+                                  **({_CLASS_NAMES_KEY: json.dumps(names)} if names else {})}}
         elif pixel_size:
             resolution, unit = _standard_resolution(pixel_size)
             extra = {**extra, "resolution": resolution, "resolutionunit": unit}
