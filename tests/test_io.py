@@ -427,6 +427,18 @@ def test_read_image_gray_alpha_png_is_rgba(tmp_path):
     assert not rgb[:, 5:].any()  # transparent half: black
 
 
+@pytest.mark.parametrize("height", [3, 4])
+def test_read_image_gray_alpha_png_of_3_or_4_rows_keeps_its_height_and_width(tmp_path, height):
+    """A PNG is never channels-first, but a gray + alpha strip of 3 or 4 rows, (H, W, 2), was
+    taken as TIFF's (C, H, W) and moved: a 3×500 "LA" PNG became 500×2 pixels of 3 channels."""
+    from PIL import Image
+
+    gray = np.random.default_rng(7).integers(0, 255, (height, 500)).astype(np.uint8)
+    alpha = np.full((height, 500), 200, np.uint8)
+    Image.fromarray(np.stack([gray, alpha], -1), "LA").save(tmp_path / "strip.png")
+    np.testing.assert_array_equal(io.read_image(tmp_path / "strip.png"), np.stack([gray, gray, gray, alpha], -1))
+
+
 def test_read_image_gray_alpha_tiff_is_rgba_only_when_marked(tmp_path):
     """A gray + alpha TIFF (Pillow's "LA", alpha marked as an extra sample) is read like the
     PNG; two samples without that mark are refused as 2 channels."""

@@ -195,7 +195,8 @@ def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarr
         image = image[0]
     if image.ndim == 3 and image.shape[0] == 1 and image.shape[-1] not in (1, 3, 4):
         image = image[0]  # one plane of a (planes, H, W) stack
-    if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (1, 3, 4):
+    if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (1, 3, 4) and _is_tiff(path):
+        # channels first: only a TIFF stores that (a gray + alpha PNG of 3 rows is (3, W, 2))
         axis = _tiff_leading_axis(path, image.ndim, header)
         if axis in _NOT_COLOUR_AXES or (image.shape[0] == 4 and axis not in (None, "S")):
             what = (f"holds {image.shape[0]} {_NOT_COLOUR_AXES[axis]}, not colour channels"
