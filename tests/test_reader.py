@@ -30,19 +30,22 @@ def test_plain_files_are_left_to_other_readers(tmp_path):
 
 
 
-@pytest.mark.parametrize("suffix", [".png", ".tif"])
-def test_a_photo_beside_its_instance_csv_is_left_to_napari(tmp_path, suffix):
+@pytest.mark.parametrize("suffix, gray", [(".png", False), (".tif", False), (".tif", True)])
+def test_an_image_beside_its_instance_csv_is_left_to_napari(tmp_path, suffix, gray):
     """`napari-prm demo` writes chelsea.png beside chelsea_instances.csv (and `predict --out`
-    into the image folder does the same): the photo is an image, not a label image of shape
-    (H, W, 3), so napari's own reader opens it; its label image still opens with the table."""
+    into the image folder does the same): the image is not a label image (of shape (H, W, 3), or
+    a gray microscopy TIFF), so napari's own reader opens it; its label image still opens with
+    the table."""
     from skimage import data
 
     from napari_prm.cli import main
 
     photo = tmp_path / f"chelsea{suffix}"
     image = data.chelsea()[::4, ::4]
+    if gray:
+        image = (image.mean(-1) * 16).astype(np.uint16)
     if suffix == ".tif":
-        tifffile.imwrite(photo, image, photometric="rgb")
+        tifffile.imwrite(photo, image, photometric="minisblack" if gray else "rgb")
     else:
         iio.imwrite(photo, image)
     assert main(["predict", str(photo), "--out", str(tmp_path), "--device", "cpu"]) == 0

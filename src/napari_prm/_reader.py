@@ -1,7 +1,7 @@
 """napari reader for napari-prm's exports: COCO JSON, and label images with an instance CSV.
 
-A ``.tif``/``.tiff``/``.png`` is claimed only when its instance CSV lies beside it and it holds
-one sample per pixel (``x_labels.tif`` + ``x_instances.csv``; not the photo ``x.png`` beside its
+A ``.tif``/``.tiff``/``.png`` is claimed only when it is a ``<stem>_labels`` file with its
+instance CSV beside it (``x_labels.tif`` + ``x_instances.csv``; not the image ``x.png`` beside its
 outputs; a stack's CSV has a row per plane and label, which
 the layer's features fold into one row per label) or when napari-prm exported it from a layer
 (a TIFF's description or a PNG's text chunks record the layer's scale, translate and units and
@@ -44,28 +44,18 @@ def napari_get_reader(path):
     if suffix == ".json" and path.is_file() and _looks_like_coco(path):
         return read_coco
     if suffix in (".tif", ".tiff", ".png") and path.is_file() and (
-            sidecar_csv(path).is_file() and _one_sample_per_pixel(path)
-            or io.read_label_world(path) or io.read_label_class_names(path)):
+            _paired_with_its_csv(path) or io.read_label_world(path) or io.read_label_class_names(path)):
         return read_labels_with_table  # with its table, or a label image napari-prm exported
     return None
 
 
-def _one_sample_per_pixel(path: Path) -> bool:
-    """Whether a TIFF or PNG holds one sample per pixel, as a label image does, from its header:
-    a photo beside its outputs (``chelsea.png`` beside ``chelsea_instances.csv``, as the demo
-    and ``predict --out`` into the image folder leave them) is an image, not labels."""
-    try:
-        if path.suffix.lower() == ".png":
-            from PIL import Image
-
-            with Image.open(path) as image:
-                return image.mode in ("1", "L", "I", "I;16", "I;16B")
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            return tif.pages[0].samplesperpixel == 1
-    except Exception:  # noqa: BLE001 -- unreadable here: the label reader reports it
-        return True
+def _paired_with_its_csv(path: Path) -> bool:
+    """Whether ``path`` is an exported label image, ``<stem>_labels.*``, with its
+    ``<stem>_instances.csv`` beside it. An image beside its own outputs (``chelsea.png`` beside
+    ``chelsea_instances.csv``, as the demo and ``predict --out`` into the image folder leave
+    them) is not labels; a label image saved under another name records napari-prm's metadata."""
+    stem = path.name[: -len(path.suffix)]
+    return stem.endswith("_labels") and sidecar_csv(path).is_file()
 
 
 def _features(table) -> dict:
