@@ -661,8 +661,9 @@ def _calibration_notes(name: str, extra: dict, chosen: CalibrationImages) -> lis
         return notes
     state = (extra or {}).get(TRAINING_STATE_KEY)
     if chosen.held_out:  # held out by the split made again on the dataset as it is now
-        instead = ("its run did not hold them out (the dataset as it is now splits otherwise: images were added or "
-                   "removed since): calibrate on images it was not trained on")
+        instead = ("its run did not hold them out (the dataset given is not the one 'train' split: images were added "
+                   "or removed since, or it is another view of them, e.g. without --voc): calibrate on the dataset "
+                   "'train' had, or on images it was not trained on")
     else:
         try:
             checkpoint_held_out(chosen.dataset, state)
