@@ -461,8 +461,9 @@ def test_the_summary_keeps_the_rows_of_earlier_images_a_rerun_on_some_does_not_t
     # a new image comes after them; outputs deleted by hand drop their row; another image of
     # an earlier stem ("coffee") takes the next free stem, even with overwrite: the earlier
     # image's outputs and row stay
-    for path in out.glob("camera16*"):
+    for path in out.glob("camera16_*"):  # as `rm out/camera16_*` does: its manifest stays
         path.unlink()
+    assert (out / "camera16.manifest.json").is_file()
     other = tmp_path / "other"
     other.mkdir()
     (other / "coffee.png").write_bytes(good["cat.png"].read_bytes())

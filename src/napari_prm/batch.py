@@ -962,7 +962,7 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
 
     An earlier row is replaced by its image's result when the image is in ``results``; it is
     dropped when its stem is now another image's, or when it says outputs were written (or
-    found) and their manifest is gone. A file that is not a summary is replaced."""
+    found) and their manifest or label image is gone. A file that is not a summary is replaced."""
     index: dict[str, list[int]] = {}
     for i, result in enumerate(results):
         index.setdefault(os.path.abspath(result.image), []).append(i)
@@ -977,7 +977,7 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
             order.extend(index.pop(os.path.abspath(image)))
         elif stem in stems:
             continue  # this run's image of that stem replaces (or keeps) those outputs
-        elif stem and row.get("status") in ("written", "skipped") and not _has_manifest(path.parent, stem):
+        elif stem and row.get("status") in ("written", "skipped") and not _has_outputs(path.parent, stem):
             continue
         else:
             order.append(row)
@@ -1025,9 +1025,14 @@ def record_written(out: str | os.PathLike, stems: Sequence[str]) -> None:
     _write_summary(path, rows)
 
 
-def _has_manifest(out: Path, stem: str) -> bool:
+def _has_outputs(out: Path, stem: str) -> bool:
+    """Whether ``stem``'s outputs are still in ``out``: its manifest and its label image (deleting
+    the ``<stem>_*`` files by hand leaves the manifest)."""
+    from .io import prediction_paths
+
     try:
-        return manifest_path(*output_place(out, stem)).exists()
+        return (manifest_path(*output_place(out, stem)).exists()
+                and prediction_paths(*output_place(out, stem))["tiff"].exists())
     except ValueError:  # not a stem this version writes
         return False
 
