@@ -533,6 +533,30 @@ def test_folders_left_out_are_named_as_other_long_lists_are(tmp_path):
                         "them as inputs"]
 
 
+def test_read_once_reads_again_a_file_changed_in_the_last_seconds(tmp_path, monkeypatch):
+    """A file whose modification time is old but which changed just now (a copy that keeps its
+    source's time: ``cp -p``, `shutil.copy2`, an archive) is read each time until its change time
+    is `_SETTLED_NS` old: within a clock tick (a second on some file systems) a rewrite of the same
+    size and modification time leaves its state as it was; once settled, it is read once."""
+    import napari_prm.batch as batch_module
+
+    monkeypatch.setattr(batch_module, "_SETTLED_NS", 300_000_000)
+    path = tmp_path / "a.png"
+    path.write_bytes(b"first")
+    os.utime(path, ns=(time.time_ns() - 3600 * 10**9,) * 2)  # modified an hour ago, changed now
+    reads = []
+
+    def read():
+        reads.append(path.read_bytes())
+        return reads[-1]
+
+    assert [batch_module._read_once("test", path, path.stat(), read) for _ in range(2)] == [b"first"] * 2
+    assert len(reads) == 2
+    time.sleep(0.4)
+    assert [batch_module._read_once("test", path, path.stat(), read) for _ in range(2)] == [b"first"] * 2
+    assert len(reads) == 3
+
+
 def test_a_run_reads_each_image_and_its_manifest_once(tmp_path, checkpoint, images, monkeypatch):
     """Outputs whose images were copied elsewhere (newer files, the same bytes): `output_stems` and
     `predict_many` both compare an image with what its manifest records, and read its SHA-256 and the
@@ -556,6 +580,9 @@ def test_a_run_reads_each_image_and_its_manifest_once(tmp_path, checkpoint, imag
     backdate(out, 1800)
     shutil.copytree(first, copied)  # new modification times: compared by content
     backdate(copied, 60)
+    # a file changed (its change time, which backdating sets) within `_SETTLED_NS` is read each time
+    monkeypatch.setattr(batch_module, "_SETTLED_NS", 300_000_000)
+    time.sleep(0.4)
     batch_module._READ.clear()  # as a new process
 
     hashed, manifests = collections.Counter(), collections.Counter()
@@ -589,6 +616,7 @@ def test_a_run_reads_each_image_and_its_manifest_once(tmp_path, checkpoint, imag
     identities = [batch_module._image_identity(fresh) for _ in range(2)]
     assert hashed == {"fresh.png": 2}
     os.utime(fresh, ns=(time.time_ns() - 10**10,) * 2)
+    time.sleep(0.4)  # its change time settled too
     identities += [batch_module._image_identity(fresh) for _ in range(2)]
     assert hashed == {"fresh.png": 3}
     assert len({identity["image_sha256"] for identity in identities}) == 1

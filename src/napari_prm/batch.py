@@ -505,8 +505,10 @@ def _same_bytes(info: Mapping[str, Any], image: Path, stat: os.stat_result) -> b
 _READ: dict[tuple[str, str], tuple[tuple, Any]] = {}
 _READ_KEPT = 4096
 _READ_LOCK = threading.Lock()
-#: A file modified less than this many nanoseconds before it was read is read again the next time:
-#: its writer may still be at work, within the file system's clock tick, without changing its state.
+#: A file modified or changed (its modification or change time) less than this many nanoseconds before
+#: it was read is read again the next time: its writer may still be at work, within the file system's
+#: clock tick (a second on some), without changing its state. The change time counts as well: a copy
+#: that keeps its source's modification time (``cp -p``, an archive, `shutil.copy2`) is new all the same.
 _SETTLED_NS = 2_000_000_000
 
 
@@ -530,7 +532,7 @@ def _read_once(kind: str, path: Path, stat: os.stat_result, read: Callable[[], A
     value = read()
     with _READ_LOCK:
         _READ.pop(key, None)
-        if stat.st_mtime_ns < started - _SETTLED_NS:
+        if max(stat.st_mtime_ns, stat.st_ctime_ns) < started - _SETTLED_NS:
             _READ[key] = (state, value)
             if len(_READ) > _READ_KEPT:
                 del _READ[next(iter(_READ))]
