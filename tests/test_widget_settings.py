@@ -285,3 +285,26 @@ def test_a_builtin_model_typed_to_calibrate_comes_back_in_a_new_session(make_nap
     train._calibrate_model.line_edit.value = "./imagenet-voc"  # the file
     assert json.loads(settings_path("train").read_text())["calibrate_model"] == str(tmp_path / "imagenet-voc")
     assert open_train()._calibrate_model.value == tmp_path / "imagenet-voc"
+
+
+def test_a_path_typed_from_the_home_folder_comes_back_in_a_new_session(make_napari_viewer, prm_config, tmp_path,
+                                                                       monkeypatch):
+    """A path typed as ``~/labels.csv`` was saved as ``<current folder>/~/labels.csv`` (made
+    absolute without expanding ``~``, as the FileEdit itself does), which a new session dropped
+    as gone; it is saved as the file in the home folder."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir(), elsewhere.mkdir()
+    (home / "labels.csv").write_text("image,labels\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+
+    def open_train():
+        return make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Train PRM model")[1]
+
+    train = open_train()
+    train._dataset.line_edit.value = "~/labels.csv"
+    train._out.line_edit.value = "~/model.pt"
+    saved = json.loads(settings_path("train").read_text())
+    assert (saved["dataset"], saved["out"]) == (str(home / "labels.csv"), str(home / "model.pt"))
+    reopened = open_train()
+    assert (reopened._dataset.value, reopened._out.value) == (home / "labels.csv", home / "model.pt")

@@ -89,8 +89,8 @@ def persist_fields(name: str, cls: type, fields: dict, *, usable: Callable[[str,
     value out of range, or one ``usable(field, value)`` rejects, is left at the widget's own),
     and a change of one of them saves that field into the file as it is on disk (so two such
     widgets open at once, in two windows, keep what was last changed in each: saving the whole
-    form lost the other's changes). Paths are saved as absolute paths (a FileEdit makes them
-    absolute when they come back); an empty field (``.``) as ``""``. A FileEdit's text that
+    form lost the other's changes). Paths are saved as absolute paths, ``~`` expanded (as a
+    FileEdit makes them when they come back); an empty field (``.``) as ``""``. A FileEdit's text that
     ``typed(field, text)`` accepts is saved and put back as typed instead: a built-in model's
     name (``imagenet-voc``) typed into a model field, which a path in the current folder is not.
     """
@@ -115,8 +115,8 @@ def persist_fields(name: str, cls: type, fields: dict, *, usable: Callable[[str,
         if isinstance(value, Path):
             if typed is not None and typed(field, widget.line_edit.value.strip()):
                 value = widget.line_edit.value.strip()
-            else:  # absolute as it comes back: ./imagenet-voc (a Path drops the ./) stays that file
-                value = "" if no_path(value) else str(value.absolute())
+            else:  # absolute, ~ expanded, as a FileEdit makes it: ./imagenet-voc (a Path drops ./) stays the file
+                value = "" if no_path(value) else str(value.expanduser().absolute())
         save_settings(name, dataclasses.replace(load_settings(name, cls), **{field: value}))
 
     for field, widget in fields.items():
