@@ -188,3 +188,38 @@ def test_a_check_that_fails_raises_on_the_qt_thread_and_train_waiting_for_it_doe
     assert widget.last_message == ("Training did not start: checking the output file for an unfinished run failed. "
                                    "Press Train again, or choose another output file.")
     assert not widget.running and widget.unfinished is None and not widget._cancel_button.enabled
+
+
+def test_train_pressed_before_the_check_finds_a_run_does_not_start_it_with_settings_the_user_never_saw(
+        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, monkeypatch):
+    """Train pressed while the output file was checked started once the answer came, but an answer
+    that found an unfinished run first put the run's total and recipe into the fields: the epochs
+    typed meanwhile (5) were replaced by the run's (3) and the run was continued, though the user
+    had never seen *Continue the unfinished run*. Training now waits for Train pressed again."""
+    import napari_prm.train as train_module
+
+    csv, out = csv_and_unfinished_run(tiny_dataset, tmp_path)
+    gate = threading.Event()
+
+    def gated_load(path, *args, **kwargs):
+        assert gate.wait(WAIT_MS / 1000)
+        return load_checkpoint(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "load_checkpoint", gated_load)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset.value = csv
+    widget._image_dir.value = tiny_dataset
+    widget._device.value = "cpu"
+    widget._out.value = out  # its check waits at the gate
+    assert widget.checking
+    widget._epochs.value = 5
+    assert widget.start() is None and widget.last_message.startswith("Checking whether run.pt holds")
+    gate.set()
+    checked(widget, qtbot)
+    assert not widget.running and widget.worker is None
+    assert widget.unfinished is not None and not widget._continue.native.isHidden()
+    assert widget.last_message == ("Training did not start: run.pt holds an unfinished run of the dataset (1 of 3 "
+                                   "epochs done), whose settings the fields now show. Press Train to continue it, or "
+                                   "untick 'Continue the unfinished run' to start a new run in a new file.")
+    assert not widget._cancel_button.enabled and widget._train_button.enabled

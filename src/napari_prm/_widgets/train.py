@@ -250,8 +250,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._checking = None
         known, run = (True, None) if request is None else self._run_check.cached(*request)
         if known:
-            self._show_unfinished(run)
-            self._start_if_pending()
+            self._answered(run)
             return
         self.unfinished = None  # unknown until the worker returns
         if not self._deleted:
@@ -271,7 +270,22 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._checking = None
         if self.running:
             return
+        self._answered(run)
+
+    def _answered(self, run) -> None:
+        """Show the check's answer ``run`` and start a Train waiting for it, unless the answer is a
+        run newly found: its total and recipe then replace what the fields held when Train was
+        pressed, and *Continue the unfinished run* was not shown, so Train is to be pressed again."""
+        found = self._found
+        newly = run is not None and (found is None or (found.path, found.epochs_done) != (run.path, run.epochs_done))
         self._show_unfinished(run)
+        if newly and self._start_pending is not None:
+            self._set_pending(None)
+            self._say(f"Training did not start: {run.path.name} holds an unfinished run of the dataset "
+                      f"({run.epochs_done} of {run.epochs} epochs done), whose settings the fields now show. Press "
+                      "Train to continue it, or untick 'Continue the unfinished run' to start a new run in a new "
+                      "file.", warning=True)
+            return
         self._start_if_pending()
 
     def _on_check_finished(self, generation: int) -> None:
@@ -349,7 +363,8 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
 
         Returns the training worker; None when refused (said), or when whether the output file
         holds an unfinished run is still being found in a worker thread (`checking`): training
-        then starts when it is known (*Cancel* drops it).
+        then starts when it is known (*Cancel* drops it), unless it is an unfinished run newly
+        found, whose settings then fill the fields: Train is pressed again (`_answered`).
         """
         if self.running:
             self._say("Training or calibration is already running: wait for it or press Cancel.", True)
