@@ -223,3 +223,31 @@ def test_train_pressed_before_the_check_finds_a_run_does_not_start_it_with_setti
                                    "epochs done), whose settings the fields now show. Press Train to continue it, or "
                                    "untick 'Continue the unfinished run' to start a new run in a new file.")
     assert not widget._cancel_button.enabled and widget._train_button.enabled
+
+
+def test_closing_the_widget_while_train_waits_for_the_check_says_training_did_not_start(
+        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, monkeypatch):
+    """Taken out of its dock while Train waited for the output file's check, the widget dropped the
+    start but still said "training starts once that is known", with *Cancel* enabled for nothing."""
+    import napari_prm.train as train_module
+
+    csv, out = csv_and_unfinished_run(tiny_dataset, tmp_path)
+    gate = threading.Event()
+
+    def gated_load(path, *args, **kwargs):
+        assert gate.wait(WAIT_MS / 1000)
+        return load_checkpoint(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "load_checkpoint", gated_load)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset.value = csv
+    widget._image_dir.value = tiny_dataset
+    widget._out.value = out
+    assert widget.start() is None and widget._cancel_button.enabled
+    viewer.window.remove_dock_widget(widget.native)
+    assert widget.last_message == "Stopped as the widget was closed: training did not start."
+    assert not widget._cancel_button.enabled
+    gate.set()
+    checked(widget, qtbot)
+    assert not widget.running and widget.last_message == "Stopped as the widget was closed: training did not start."

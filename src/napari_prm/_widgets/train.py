@@ -479,7 +479,11 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             self._cancel.set()
 
     def _on_close(self, deleted: bool = False) -> None:
-        self._start_pending = None  # closed while the output file was checked: training does not start
+        self._deleted = self._deleted or deleted  # its Qt widgets are gone: _set_pending leaves them be
+        if self._start_pending is not None:  # closed while the output file was checked: training does not start
+            self._set_pending(None)
+            if not self._deleted:
+                self.last_message = self._status.value = "Stopped as the widget was closed: training did not start."
         super()._on_close(deleted)
 
     def _on_progress(self, progress) -> None:
