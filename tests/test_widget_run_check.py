@@ -220,8 +220,9 @@ def test_train_pressed_before_the_check_finds_a_run_does_not_start_it_with_setti
     assert not widget.running and widget.worker is None
     assert widget.unfinished is not None and not widget._continue.native.isHidden()
     assert widget.last_message == ("Training did not start: run.pt holds an unfinished run of the dataset (1 of 3 "
-                                   "epochs done), whose settings the fields now show. Press Train to continue it, or "
-                                   "untick 'Continue the unfinished run' to start a new run in a new file.")
+                                   "epochs done), whose settings the fields now show: check them and press Train again "
+                                   "('Continue the unfinished run' ticked goes on with it, unticked starts a new run "
+                                   "in a new file).")
     assert not widget._cancel_button.enabled and widget._train_button.enabled
 
 

@@ -282,9 +282,9 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         if newly and self._start_pending is not None:
             self._set_pending(None)
             self._say(f"Training did not start: {run.path.name} holds an unfinished run of the dataset "
-                      f"({run.epochs_done} of {run.epochs} epochs done), whose settings the fields now show. Press "
-                      "Train to continue it, or untick 'Continue the unfinished run' to start a new run in a new "
-                      "file.", warning=True)
+                      f"({run.epochs_done} of {run.epochs} epochs done), whose settings the fields now show: check "
+                      "them and press Train again ('Continue the unfinished run' ticked goes on with it, unticked "
+                      "starts a new run in a new file).", warning=True)
             return
         self._start_if_pending()
 
