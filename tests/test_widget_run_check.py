@@ -252,3 +252,36 @@ def test_closing_the_widget_while_train_waits_for_the_check_says_training_did_no
     gate.set()
     checked(widget, qtbot)
     assert not widget.running and widget.last_message == "Stopped as the widget was closed: training did not start."
+
+
+def test_train_waiting_for_the_check_does_not_start_on_fields_changed_meanwhile(
+        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, monkeypatch):
+    """Train pressed while the output file was checked started at the next answer, that of whatever
+    the fields held then: a path being typed into the output field (``other.p``, on its way to
+    ``other.pt``) answered at once (no such file) and started training into it. A change of the
+    dataset, its images folder or the output file now drops the waiting start, and says so."""
+    import napari_prm.train as train_module
+
+    csv, out = csv_and_unfinished_run(tiny_dataset, tmp_path)
+    gate = threading.Event()
+
+    def gated_load(path, *args, **kwargs):
+        assert gate.wait(WAIT_MS / 1000)
+        return load_checkpoint(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "load_checkpoint", gated_load)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    widget._dataset.value = csv
+    widget._image_dir.value = tiny_dataset
+    widget._device.value = "cpu"
+    widget._out.value = out
+    assert widget.start() is None and widget.checking
+    widget._out.value = tmp_path / "other.p"
+    assert not widget.running and widget.worker is None
+    assert widget.last_message == ("Training did not start: the dataset or the output file changed while run.pt "
+                                   "was checked for an unfinished run. Press Train again.")
+    assert not widget._cancel_button.enabled
+    gate.set()
+    checked(widget, qtbot)
+    assert not widget.running and not (tmp_path / "other.p").exists()

@@ -246,6 +246,11 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         request = self._run_request()
         if request is not None and request == self._checking:
             return  # its check is under way
+        if self._start_pending is not None:  # a field changed (maybe half typed): not what Train was pressed on
+            waited = self._checking[0].name if self._checking is not None else "the output file"
+            self._set_pending(None)
+            self._say(f"Training did not start: the dataset or the output file changed while {waited} was checked "
+                      "for an unfinished run. Press Train again.", warning=True)
         self._check_generation += 1
         self._checking = None
         known, run = (True, None) if request is None else self._run_check.cached(*request)
@@ -364,7 +369,8 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         Returns the training worker; None when refused (said), or when whether the output file
         holds an unfinished run is still being found in a worker thread (`checking`): training
         then starts when it is known (*Cancel* drops it), unless it is an unfinished run newly
-        found, whose settings then fill the fields: Train is pressed again (`_answered`).
+        found, whose settings then fill the fields, or the dataset or output field changes
+        meanwhile: Train is pressed again (`_answered`, `_find_unfinished_run`).
         """
         if self.running:
             self._say("Training or calibration is already running: wait for it or press Cancel.", True)
