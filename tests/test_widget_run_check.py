@@ -190,12 +190,9 @@ def test_a_check_that_fails_raises_on_the_qt_thread_and_train_waiting_for_it_doe
     assert not widget.running and widget.unfinished is None and not widget._cancel_button.enabled
 
 
-def test_train_pressed_before_the_check_finds_a_run_does_not_start_it_with_settings_the_user_never_saw(
-        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, monkeypatch):
-    """Train pressed while the output file was checked started once the answer came, but an answer
-    that found an unfinished run first put the run's total and recipe into the fields: the epochs
-    typed meanwhile (5) were replaced by the run's (3) and the run was continued, though the user
-    had never seen *Continue the unfinished run*. Training now waits for Train pressed again."""
+def widget_checking_a_run(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch):
+    """A Train widget whose output file (an unfinished run of its dataset, run.pt) is being checked:
+    the worker's checkpoint load waits for the gate returned to open. Returns (viewer, widget, gate)."""
     import napari_prm.train as train_module
 
     csv, out = csv_and_unfinished_run(tiny_dataset, tmp_path)
@@ -211,8 +208,18 @@ def test_train_pressed_before_the_check_finds_a_run_does_not_start_it_with_setti
     widget._dataset.value = csv
     widget._image_dir.value = tiny_dataset
     widget._device.value = "cpu"
-    widget._out.value = out  # its check waits at the gate
+    widget._out.value = out
     assert widget.checking
+    return viewer, widget, gate
+
+
+def test_train_pressed_before_the_check_finds_a_run_does_not_start_it_with_settings_the_user_never_saw(
+        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, monkeypatch):
+    """Train pressed while the output file was checked started once the answer came, but an answer
+    that found an unfinished run first put the run's total and recipe into the fields: the epochs
+    typed meanwhile (5) were replaced by the run's (3) and the run was continued, though the user
+    had never seen *Continue the unfinished run*. Training now waits for Train pressed again."""
+    viewer, widget, gate = widget_checking_a_run(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch)
     widget._epochs.value = 5
     assert widget.start() is None and widget.last_message.startswith("Checking whether run.pt holds")
     gate.set()
@@ -230,21 +237,7 @@ def test_closing_the_widget_while_train_waits_for_the_check_says_training_did_no
         make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, monkeypatch):
     """Taken out of its dock while Train waited for the output file's check, the widget dropped the
     start but still said "training starts once that is known", with *Cancel* enabled for nothing."""
-    import napari_prm.train as train_module
-
-    csv, out = csv_and_unfinished_run(tiny_dataset, tmp_path)
-    gate = threading.Event()
-
-    def gated_load(path, *args, **kwargs):
-        assert gate.wait(WAIT_MS / 1000)
-        return load_checkpoint(path, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "load_checkpoint", gated_load)
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
-    widget._dataset.value = csv
-    widget._image_dir.value = tiny_dataset
-    widget._out.value = out
+    viewer, widget, gate = widget_checking_a_run(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch)
     assert widget.start() is None and widget._cancel_button.enabled
     viewer.window.remove_dock_widget(widget.native)
     assert widget.last_message == "Stopped as the widget was closed: training did not start."
@@ -260,22 +253,7 @@ def test_train_waiting_for_the_check_does_not_start_on_fields_changed_meanwhile(
     the fields held then: a path being typed into the output field (``other.p``, on its way to
     ``other.pt``) answered at once (no such file) and started training into it. A change of the
     dataset, its images folder or the output file now drops the waiting start, and says so."""
-    import napari_prm.train as train_module
-
-    csv, out = csv_and_unfinished_run(tiny_dataset, tmp_path)
-    gate = threading.Event()
-
-    def gated_load(path, *args, **kwargs):
-        assert gate.wait(WAIT_MS / 1000)
-        return load_checkpoint(path, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "load_checkpoint", gated_load)
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
-    widget._dataset.value = csv
-    widget._image_dir.value = tiny_dataset
-    widget._device.value = "cpu"
-    widget._out.value = out
+    viewer, widget, gate = widget_checking_a_run(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch)
     assert widget.start() is None and widget.checking
     widget._out.value = tmp_path / "other.p"
     assert not widget.running and widget.worker is None
