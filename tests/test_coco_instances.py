@@ -14,7 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from conftest import two_box_scene
 from napari_prm import Instance, predict
-from napari_prm.io import instances_to_coco, labels_to_coco
+from napari_prm.io import coco_results, instances_to_coco, labels_to_coco, write_coco_json
 
 
 def _coco(dataset: dict) -> COCO:
@@ -78,3 +78,65 @@ def test_a_prediction_to_coco_scores_itself_perfectly_in_cocoeval():
         evaluation.accumulate()
         evaluation.summarize()
     assert evaluation.stats[0] == pytest.approx(1.0)  # AP over IoU .5:.95
+
+
+def _user_dataset() -> dict:
+    """A user's COCO JSON: its own image ids (139, 42) and COCO's category ids (cat 17, dog 18)."""
+    masks = [np.zeros((20, 30), np.uint8) for _ in range(3)]
+    masks[0][2:12, 2:14] = 1   # image 139, a cat
+    masks[1][5:15, 10:25] = 1  # image 42, a dog
+    masks[2][0:4, 0:4] = 1     # image 42, a cat
+    annotations = [{"id": n + 1, "image_id": image_id, "category_id": category, "iscrowd": 0,
+                    "segmentation": (rle := {**mask_utils.encode(np.asfortranarray(mask)),
+                                             "counts": mask_utils.encode(np.asfortranarray(mask))["counts"].decode()}),
+                    "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist()}
+                   for n, (mask, image_id, category) in enumerate(zip(masks, (139, 42, 42), (17, 18, 17)))]
+    return {"images": [{"id": 139, "file_name": "a.jpg", "height": 20, "width": 30},
+                       {"id": 42, "file_name": "sub/b.jpg", "height": 20, "width": 30}],
+            "categories": [{"id": 18, "name": "dog"}, {"id": 17, "name": "cat"}, {"id": 1, "name": "person"}],
+            "annotations": annotations}, masks
+
+
+def test_coco_results_give_exports_the_user_datasets_ids(tmp_path):
+    dataset, masks = _user_dataset()
+    write_coco_json(tmp_path / "gt.json", dataset)
+    # exports as predict writes them: image_id 1, category ids by the model's class order (cat 1, dog 2)
+    out = tmp_path / "results"
+    (out / ".napari-prm-staging" / "old").mkdir(parents=True)
+    for stem, file_name, image_masks, classes in (("a", "a.jpg", [masks[0]], [0]),
+                                                  ("b", "b.jpg", [masks[1], masks[2]], [1, 0])):
+        labels = np.zeros((20, 30), np.uint16)
+        for label, mask in enumerate(image_masks, start=1):
+            labels[mask.astype(bool)] = label
+        table = {"label": np.arange(1, len(classes) + 1), "class_index": np.array(classes),
+                 "class_name": np.array([["cat", "dog"][c] for c in classes]),
+                 "score": np.array([0.9, 0.5][: len(classes)]), "peak": np.arange(len(classes))}
+        export = labels_to_coco(labels, table, ["cat", "dog"], file_name=file_name)
+        assert export["images"][0]["id"] == 1 and {a["category_id"] for a in export["annotations"]} <= {1, 2}
+        write_coco_json(out / f"{stem}_instances.json", export)
+    write_coco_json(out / ".napari-prm-staging" / "old" / "a_instances.json", {})  # left by a killed run
+    results = coco_results(out, tmp_path / "gt.json")
+    assert sorted((r["image_id"], r["category_id"], r["score"]) for r in results) == [
+        (42, 17, 0.5), (42, 18, 0.9), (139, 17, 0.9)]
+    truth = _coco(dataset)
+    with contextlib.redirect_stdout(text_io.StringIO()):
+        evaluation = COCOeval(truth, truth.loadRes(results), "segm")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(1.0)  # every mask, image and class round-trips
+
+
+def test_coco_results_name_an_image_or_class_the_dataset_lacks(tmp_path):
+    dataset, masks = _user_dataset()
+    labels = masks[0].astype(np.uint16)
+    table = {"label": np.array([1]), "class_index": np.array([0]), "class_name": np.array(["motorbike"]),
+             "score": np.array([0.9]), "peak": np.array([0])}
+    write_coco_json(tmp_path / "a_instances.json", labels_to_coco(labels, table, ["motorbike"], file_name="a.jpg"))
+    with pytest.raises(ValueError, match=r"a_instances.json: class\(es\) \['motorbike'\] are not categories of "
+                                         r"the COCO dict \(names must match exactly"):
+        coco_results(tmp_path, dataset)
+    write_coco_json(tmp_path / "a_instances.json", labels_to_coco(labels, {**table, "class_name": np.array(["cat"])},
+                                                                  ["cat"], file_name="c.jpg"))
+    with pytest.raises(ValueError, match=r"a_instances.json: its image 'c.jpg' is none of the COCO dict's images"):
+        coco_results([tmp_path / "a_instances.json"], dataset)

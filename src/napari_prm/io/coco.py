@@ -17,7 +17,8 @@ from .atomic import atomic_write
 from .labels import _check_labels
 from .tables import UNKNOWN_CLASS, _instance_rows, _label_regions, _names_from_records, _table_from_records
 
-__all__ = ["labels_to_coco", "instances_to_coco", "coco_to_labels", "write_coco_json", "UNKNOWN_CATEGORY_ID"]
+__all__ = ["labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_results", "write_coco_json",
+           "UNKNOWN_CATEGORY_ID"]
 
 #: COCO category id of labels without a class (id 0 is not used by COCO's own categories).
 UNKNOWN_CATEGORY_ID = 0
@@ -260,3 +261,101 @@ def write_coco_json(path: str | os.PathLike, coco: Mapping, *, overwrite: bool =
     except ValueError as error:  # NaN or infinity
         raise ValueError(f"cannot write COCO JSON {path}: {error}") from error
     return path
+
+
+def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
+                 coco: Mapping | str | os.PathLike) -> list[dict]:
+    """The instances of ``<stem>_instances.json`` exports as one pycocotools results list, in the
+    ids of the user's COCO JSON.
+
+    Each export (``napari-prm predict``'s, the plugin's) describes one image with ``image_id``
+    1 and category ids ``class index + 1``: its own numbering, not the dataset's. This gives
+    each annotation the ``image_id`` of the dataset's image of the same ``file_name`` and the
+    ``category_id`` of the dataset's category of the same name, ready for
+    ``COCO.loadRes`` and ``COCOeval`` with the dataset as ground truth.
+
+    Parameters
+    ----------
+    exports : path-like or sequence of path-like
+        A folder (its ``*_instances.json`` files, sub-folders included, as ``predict
+        --recursive`` writes them) or the export files.
+    coco : dict or path-like
+        The dataset's COCO instances JSON (the ground truth).
+
+    Returns
+    -------
+    list of dict
+        ``image_id``, ``category_id``, ``segmentation`` (compressed RLE), ``area``, ``bbox``
+        and ``score`` of every instance of a class (unscored ones get score 1.0; labels
+        without a class, category ``"unknown"``, are left out).
+
+    Raises
+    ------
+    ValueError
+        Naming the export: its image is not in the dataset (by ``file_name``, else by the
+        file name alone when that is unique), or its classes are not the dataset's categories
+        (names must match exactly: a VOC model's ``motorbike`` is COCO's ``motorcycle``).
+
+    Notes
+    -----
+    An export's masks are its label image's: where two instances overlapped, the
+    higher-scoring one kept the pixels. ``napari_prm.evaluate.evaluate`` scores the whole
+    masks (``Prediction.to_coco``), so its mAP^r can differ slightly from these.
+    """
+    source = str(path_like("coco", coco)) if not isinstance(coco, Mapping) else "the COCO dict"
+    if not isinstance(coco, Mapping):
+        try:
+            with open(coco, encoding="utf-8") as handle:
+                coco = json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read COCO JSON {source}: {error}") from error
+    try:
+        by_name = {str(image["file_name"]).replace("\\", "/"): int(image["id"]) for image in coco["images"]}
+        category_of = {str(c["name"]): int(c["id"]) for c in coco["categories"]}
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{source} is not a COCO instances dataset: {error!r}") from error
+    by_base: dict[str, list[int]] = {}
+    for name, image_id in by_name.items():
+        by_base.setdefault(name.rsplit("/", 1)[-1], []).append(image_id)
+    if isinstance(exports, (str, os.PathLike)):
+        folder = Path(path_like("exports", exports))
+        files = ([f for f in sorted(folder.rglob("*_instances.json"))
+                  if not any(part.startswith(".") for part in f.relative_to(folder).parts)]  # staging
+                 if folder.is_dir() else [folder])
+        if not files:
+            raise ValueError(f"exports: no *_instances.json in folder {folder}")
+    else:
+        files = [Path(path_like("exports", f)) for f in exports]
+    results = []
+    for file in files:
+        try:
+            with open(file, encoding="utf-8") as handle:
+                export = json.load(handle)
+            (image,) = export["images"]
+            name = str(image["file_name"]).replace("\\", "/")
+            names = {int(c["id"]): str(c["name"]) for c in export["categories"]}
+            annotations = export["annotations"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"cannot read {file} as a one-image COCO export: {error!r}") from error
+        image_id = by_name.get(name)
+        if image_id is None:
+            candidates = by_base.get(name.rsplit("/", 1)[-1], [])
+            if len(candidates) != 1:
+                raise ValueError(f"{file}: its image {name!r} is {'several' if candidates else 'none'} of "
+                                 f"{source}'s images (matched by file_name)")
+            image_id = candidates[0]
+        # labels painted without a class (category 0, "unknown") have none to score
+        annotations = [a for a in annotations if int(a["category_id"]) != UNKNOWN_CATEGORY_ID]
+        unknown = sorted({names.get(int(a["category_id"]), str(a["category_id"])) for a in annotations}
+                         - set(category_of))
+        if unknown:
+            raise ValueError(f"{file}: class(es) [{first_names(map(repr, unknown))}] are not categories of "
+                             f"{source} (names must match exactly, e.g. COCO's 'motorcycle' for VOC's "
+                             f"'motorbike'); it has [{first_names(map(repr, category_of))}]")
+        for annotation in annotations:
+            score = annotation.get("score")
+            results.append({"image_id": image_id,
+                            "category_id": category_of[names[int(annotation["category_id"])]],
+                            "segmentation": annotation["segmentation"], "area": annotation["area"],
+                            "bbox": annotation["bbox"], "score": 1.0 if score is None else float(score)})
+    return results
