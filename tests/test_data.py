@@ -430,3 +430,36 @@ def test_csv_columns_a_spreadsheet_adds_are_read_past(tmp_path):
     path.write_text("image,labels,notes\nx.png,cat,blurry,dog\n")
     with pytest.raises(ValueError, match=r"labels.csv:2: expected 3 columns \(image,labels,notes\); got 4: "):
         from_csv(path)
+
+
+def _voc_spelled(train_json, coco128, tmp_path) -> Path:
+    """coco128 train with its categories named as PASCAL VOC names them (a VOC set converted to COCO)."""
+    data = json.loads(Path(train_json).read_text())
+    voc = {"airplane": "aeroplane", "dining table": "diningtable", "motorcycle": "motorbike",
+           "potted plant": "pottedplant", "couch": "sofa", "tv": "tvmonitor"}
+    for category in data["categories"]:
+        category["name"] = voc.get(category["name"], category["name"])
+    path = tmp_path / "instances_voc_names.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_voc_view_takes_pascal_vocs_own_spelling(train_json, coco128, tmp_path):
+    dataset = from_coco(_voc_spelled(train_json, coco128, tmp_path), coco128 / "train2017")
+    voc = voc_view(dataset)
+    # all 18 VOC classes coco128 train shows are kept (6 of them were dropped without a word), in VOC's order
+    assert voc.class_names == [{"airplane": "aeroplane", "dining table": "diningtable", "motorcycle": "motorbike",
+                                "potted plant": "pottedplant", "couch": "sofa", "tv": "tvmonitor"}.get(c, c)
+                               for c in VOC_CLASSES if c not in ("cow", "sheep")]
+    assert len(voc) == 97
+    np.testing.assert_array_equal(voc.labels, voc_view(from_coco(train_json)).labels)
+
+
+def test_a_model_class_spelt_otherwise_is_named_with_the_datasets_spelling(train_json, coco128, tmp_path):
+    dataset = from_coco(_voc_spelled(train_json, coco128, tmp_path), coco128 / "train2017")
+    with pytest.raises(ValueError, match=r"unknown class\(es\) \['motorcycle', 'tv'\] for dataset .*; it spells 2 of "
+                                         r"them otherwise \('motorbike' for 'motorcycle', 'tvmonitor' for 'tv': "):
+        dataset.with_classes(["cat", "motorcycle", "tv"])
+    with pytest.raises(ValueError, match=r"unknown class\(es\) \['tvmonitor'\] for dataset .*; it spells 1 of them "
+                                         r"otherwise \('tv' for 'tvmonitor'"):
+        from_coco(train_json).with_classes(["tvmonitor"])

@@ -30,6 +30,23 @@ VOC_CLASSES = (
     "train", "tv",
 )
 
+#: PASCAL VOC's own spelling of the VOC classes COCO names otherwise (VOC name: COCO name).
+VOC_SPELLINGS = {
+    "aeroplane": "airplane", "diningtable": "dining table", "motorbike": "motorcycle",
+    "pottedplant": "potted plant", "sofa": "couch", "tvmonitor": "tv",
+}
+
+
+def spelling_hint(missing: Sequence[str], present: Sequence[str]) -> str:
+    """``" (... spells them ...)"`` naming the classes of ``missing`` that ``present`` holds in
+    PASCAL VOC's or COCO's other spelling (``motorbike`` for ``motorcycle``), else ``""``."""
+    other = {**VOC_SPELLINGS, **{coco: voc for voc, coco in VOC_SPELLINGS.items()}}
+    pairs = [f"{other[name]!r} for {name!r}" for name in missing if other.get(name) in set(present)]
+    if not pairs:
+        return ""
+    return (f"; it spells {len(pairs)} of them otherwise ({', '.join(pairs)}: PASCAL VOC's and COCO's "
+            "names): rename its categories, or the classes, to one spelling")
+
 PathLike = str | Path
 
 
@@ -259,8 +276,8 @@ class LabeledImageDataset:
         missing = [c for c in class_names if c not in self.class_names and c not in coco_ids]
         if missing:
             # a 1000-class model on a dataset of three classes misses 997: name the first ten
-            raise ValueError(f"unknown class(es) [{first_names(map(repr, missing))}] for dataset {self.source}; "
-                             f"it has {self.class_names}")
+            raise ValueError(f"unknown class(es) [{first_names(map(repr, missing))}] for dataset {self.source}"
+                             f"{spelling_hint(missing, [*self.class_names, *coco_ids])}; it has {self.class_names}")
         columns = [self._label_column(c, coco_ids) for c in class_names]
         relabelled = replace(
             self,
@@ -310,10 +327,13 @@ def voc_view(dataset: LabeledImageDataset, *, drop_unlabeled: bool = True) -> La
 
     Keeps those of the 20 VOC classes that the dataset has, in VOC's order
     (a COCO dataset loaded with ``classes=None`` has only the categories that
-    occur). Images showing none of them are dropped unless
-    ``drop_unlabeled=False`` (every VOC image shows at least one).
+    occur), by COCO's names or PASCAL VOC's own (``motorbike``, ``tvmonitor``, ...:
+    `VOC_SPELLINGS`; the dataset's spelling is kept). Images showing none of them are
+    dropped unless ``drop_unlabeled=False`` (every VOC image shows at least one).
     """
-    classes = [c for c in VOC_CLASSES if c in dataset.class_names]
+    voc_name = {coco: voc for voc, coco in VOC_SPELLINGS.items()}
+    classes = [c if c in dataset.class_names else voc_name.get(c, c) for c in VOC_CLASSES]
+    classes = [c for c in classes if c in dataset.class_names]
     if not classes:
         raise ValueError(f"dataset {dataset.source} has none of the VOC classes {list(VOC_CLASSES)}")
     return dataset.with_classes(classes, drop_unlabeled=drop_unlabeled)
