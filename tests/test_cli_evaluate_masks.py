@@ -141,3 +141,15 @@ def test_evaluate_and_refine_masks_refuse_a_stacks_export_naming_it(labelled, ch
         assert "corrections are 2-D label images of 2-D images" in error
         assert "stacks are not read plane by plane" in error
     assert not (tmp_path / "refined.pt").exists()
+
+
+def test_evaluate_in_a_log_says_how_far_it_is(labelled, checkpoint, tmp_path, capsys, monkeypatch):
+    """With stderr in a log file (no progress bar), evaluate said nothing until its end."""
+    from napari_prm import cli
+
+    dataset, _, merged, _ = labelled
+    monkeypatch.setattr(cli, "LOG_PROGRESS_EVERY", 0.0)  # a line after every image but the last
+    assert main(["evaluate", str(merged), "--model", str(checkpoint), "--device", "cpu", *LOW]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert [line for line in err.splitlines() if line.startswith("evaluate: ")] == ["evaluate: 1 of 2 images done"]

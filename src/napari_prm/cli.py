@@ -71,8 +71,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-#: Seconds between the plain progress lines of ``predict`` when stderr is no terminal (a log
-#: file, a pipe), where the progress bar is off.
+#: Seconds between the plain progress lines of ``predict`` and ``evaluate`` when stderr is no
+#: terminal (a log file, a pipe), where the progress bar is off.
 LOG_PROGRESS_EVERY = 60.0
 
 
@@ -1316,10 +1316,14 @@ def _run_evaluate(args) -> int:
         raise CommandError(str(error)) from error
     total = sum(1 for i in indices if labels[i].any()) if args.only_labeled else len(indices)
     total = total if args.max_images is None else min(args.max_images, total)
+    logged = [time.monotonic()]
     with tqdm(total=total, desc="evaluate", unit="image", disable=None) as bar:
         try:
             def progress(done: int, _total: int) -> None:
                 bar.update(done - bar.n)
+                if bar.disable and done < total and time.monotonic() - logged[0] >= LOG_PROGRESS_EVERY:
+                    logged[0] = time.monotonic()  # a log gets a line now and then, as predict's does
+                    _say(f"evaluate: {done} of {plural(total, 'image')} done")
 
             if labels_only:
                 results = evaluate_labels(model, dataset, max_images=args.max_images, only_labeled=args.only_labeled,
