@@ -153,3 +153,26 @@ def test_evaluate_in_a_log_says_how_far_it_is(labelled, checkpoint, tmp_path, ca
     err = capsys.readouterr().err
     assert "\r" not in err
     assert [line for line in err.splitlines() if line.startswith("evaluate: ")] == ["evaluate: 1 of 2 images done"]
+
+
+def test_evaluate_masks_warns_of_predicts_outputs_as_written(labelled, checkpoint, tmp_path, capsys):
+    """``--masks`` of a predict output folder scored the model against its own predictions
+    (mAP^r near 100) without a word: a researcher's way to 'evaluate the predictions'."""
+    dataset, exports, _, _ = labelled
+    out = tmp_path / "results"
+    assert main(["predict", str(dataset.parent), "--model", str(checkpoint), "--out", str(out), "--device", "cpu",
+                 *LOW]) == 0
+    capsys.readouterr()
+    common = ["evaluate", str(dataset), "--model", str(checkpoint), "--device", "cpu", *LOW]
+    assert main([*common, "--masks", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: 3 exports in {out} (scene0_labels.tif, scene1_labels.tif, scene2_labels.tif) are napari-prm "
+            "predict's output as written, not corrected") in err
+    # a label image corrected in another editor is a correction; the Export widget's files are too
+    labels = io.read_label_image(out / "scene1_labels.tif")
+    labels[:4, :4] = labels.max() + 1
+    io.write_label_image(out / "scene1_labels.tif", labels)
+    assert main([*common, "--masks", str(out)]) == 0
+    assert "warning: 2 exports in" in capsys.readouterr().err
+    assert main([*common, "--masks", str(exports)]) == 0
+    assert "predict's output as written" not in capsys.readouterr().err

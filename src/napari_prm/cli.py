@@ -30,7 +30,7 @@ from typing import Any
 
 from . import __version__
 from . import _validate as check
-from ._text import plural
+from ._text import first_names, plural
 from .batch import (
     NOTE,
     SUMMARY_NAME,
@@ -1289,6 +1289,15 @@ def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
     """``evaluate --masks``: the corrections of DATASET's images, by index, and how many matched."""
     matched = _dataset_corrections(masks, dataset, class_names)
     corrections = matched.values()
+    if masks.is_dir():
+        from .refine.corrections import uncorrected_predictions
+
+        unchanged = uncorrected_predictions(masks)
+        if unchanged:
+            _say(f"warning: {plural(len(unchanged), 'export')} in {masks} ({first_names(unchanged, 3)}) "
+                 f"{'is' if len(unchanged) == 1 else 'are'} napari-prm predict's output as written, not corrected: "
+                 "the figures measure agreement with those predictions, not accuracy. Correct them first; to score "
+                 "predictions against a COCO JSON, see napari_prm.io.coco_results (docs/usage.md)")
     unknown = sum(c.num_unknown for c in corrections)
     _say(f"{len(matched)} of the dataset's {plural(len(dataset), 'image')} "
          f"{'has' if len(matched) == 1 else 'have'} corrected instances "

@@ -243,6 +243,36 @@ def _recorded_image(label_path: Path, stem: str, root: Path) -> list[Path]:
     return recorded
 
 
+def uncorrected_predictions(folder: str | os.PathLike) -> list[str]:
+    """The label images of ``folder`` (sub-folders included) that are ``napari-prm predict``'s
+    outputs as it wrote them: their manifest says ``predict`` wrote them, and the label image
+    and its instance CSV still have the SHA-256 it recorded.
+
+    Such exports are predictions, not corrections: evaluating a model against them measures
+    its agreement with them, not its accuracy.
+
+    Returns
+    -------
+    list of str
+        Their paths in ``folder`` (``A1/cat_labels.tif``), in `_label_files` order.
+    """
+    folder = Path(folder)
+    found = []
+    for label_path in _label_files(folder):
+        try:
+            file_set = read_file_set(label_path.parent, label_path.stem[: -len(LABEL_SUFFIX)])
+        except ValueError:  # not napari-prm's, or broken
+            continue
+        if file_set is None or file_set.info.get("written_by") != "write_prediction":
+            continue
+        stem = label_path.stem[: -len(LABEL_SUFFIX)]
+        listed = {entry.name for entry in file_set.files.values()}
+        ours = {label_path.name, f"{stem}_instances.csv"} & listed
+        if label_path.name in listed and not ours & set(file_set.verify()):
+            found.append(label_path.relative_to(folder).as_posix())
+    return found
+
+
 def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str], *,
                             image_paths: Sequence[os.PathLike | str] = (),
                             unmatched: list[str] | None = None,
