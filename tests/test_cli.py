@@ -1325,3 +1325,19 @@ def test_calibrate_on_few_images_warns_that_its_thresholds_are_unreliable(tmp_pa
     captured = capsys.readouterr()
     assert "on 10 image(s)" in captured.out and "calibrated on only" not in captured.err
     assert "warning" not in load_model(model).settings["calibration"]
+
+
+def test_train_with_voc_says_to_calibrate_with_voc(shared_data, tmp_path, capsys):
+    """``train COCO.json --voc --no-calibrate`` said ``calibrate COCO.json --held-out`` without
+    ``--voc``: that dataset (all 128 images, not the 97 VOC ones) splits otherwise, so the
+    command calibrated on 26 images, 17 of which had trained the model."""
+    coco = shared_data / "coco128" / "annotations" / "instances_train2017.json"
+    out = tmp_path / "voc.pt"
+    assert main(["train", str(coco), "--voc", "--backbone", "tiny", "--epochs", "1", "--input-size", "32", "32",
+                 "--no-calibrate", "--device", "cpu", "--out", str(out)]) == 0
+    next_line = capsys.readouterr().err.strip().splitlines()[-1]
+    command = f"napari-prm calibrate {coco} --voc --model {out} --held-out"
+    assert next_line.startswith(f"next: choose its class and peak thresholds, {command} (or on images")
+    assert main(shlex.split(command)[1:] + ["--no-tta", "--device", "cpu"]) == 0
+    said = "".join(capsys.readouterr())
+    assert "used to train" not in said and "on 19 image(s)" in said

@@ -1082,8 +1082,11 @@ def _after_training(args, result) -> str:
     if result.calibration is not None:
         return f"next: {predict}"
     held_out = " --held-out" if result.held_out_images else ""
-    return (f"next: choose its class and peak thresholds, napari-prm calibrate {shlex.quote(str(args.dataset))} "
-            f"--model {checkpoint}{held_out} (or on images it did not train on), then {predict}")
+    # the dataset as the run read it: without --voc (or --image-dir) calibrate splits other images
+    image_dir = "" if args.image_dir is None else f" --image-dir {shlex.quote(str(args.image_dir))}"
+    voc = " --voc" if args.voc else ""
+    return (f"next: choose its class and peak thresholds, napari-prm calibrate {shlex.quote(str(args.dataset))}"
+            f"{image_dir}{voc} --model {checkpoint}{held_out} (or on images it did not train on), then {predict}")
 
 
 def _say_split(args, dataset):
