@@ -143,6 +143,18 @@ def _coco_dataset(records, rles, names, category_ids, image_id, file_name, shape
             "annotations": annotations, "categories": categories}
 
 
+def _read_coco(coco: Mapping | str | os.PathLike) -> tuple[str, Mapping]:
+    """``(what to call it in errors, the COCO dict)`` of a COCO dict or JSON file."""
+    source = str(path_like("coco", coco)) if not isinstance(coco, Mapping) else "the COCO dict"
+    if not isinstance(coco, Mapping):
+        try:
+            with open(coco, encoding="utf-8") as handle:
+                coco = json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read COCO JSON {source}: {error}") from error
+    return source, coco
+
+
 def coco_to_labels(coco: Mapping | str | os.PathLike, image_id: int | None = None):
     """Paint the instances of one image of a COCO dataset into a label image.
 
@@ -169,13 +181,7 @@ def coco_to_labels(coco: Mapping | str | os.PathLike, image_id: int | None = Non
     written by this module), else 1, 2, ... in annotation order. Where masks overlap,
     later annotations cover earlier ones.
     """
-    source = str(path_like("coco", coco)) if not isinstance(coco, Mapping) else "the COCO dict"
-    if not isinstance(coco, Mapping):
-        try:
-            with open(coco, encoding="utf-8") as handle:
-                coco = json.load(handle)
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read COCO JSON {source}: {error}") from error
+    source, coco = _read_coco(coco)
     try:
         images = {int(image["id"]): image for image in coco["images"]}
         categories = list(coco["categories"])
@@ -302,13 +308,7 @@ def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
     higher-scoring one kept the pixels. ``napari_prm.evaluate.evaluate`` scores the whole
     masks (``Prediction.to_coco``), so its mAP^r can differ slightly from these.
     """
-    source = str(path_like("coco", coco)) if not isinstance(coco, Mapping) else "the COCO dict"
-    if not isinstance(coco, Mapping):
-        try:
-            with open(coco, encoding="utf-8") as handle:
-                coco = json.load(handle)
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read COCO JSON {source}: {error}") from error
+    source, coco = _read_coco(coco)
     try:
         by_name = {str(image["file_name"]).replace("\\", "/"): int(image["id"]) for image in coco["images"]}
         category_of = {str(c["name"]): int(c["id"]) for c in coco["categories"]}
