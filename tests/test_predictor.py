@@ -97,6 +97,19 @@ def test_settings_that_change_the_forward_pass_need_a_new_image(tiny, image):
         PRMPredictor(tiny, proposals=None).predict()
 
 
+def test_an_argument_of_predict_given_to_the_constructor_says_where_it_goes(tiny):
+    """``PRMPredictor(model, classes=[...])`` said "unknown setting(s) ['classes']", as if
+    the predictor could not keep only some classes: it can, per prediction."""
+    with pytest.raises(ValueError, match=r"^classes is an argument of predict\(\), not of PRMPredictor") as error:
+        PRMPredictor(tiny, proposals=None, classes=["c"])
+    assert "predictor.predict(classes=...)" in str(error.value) and "unknown setting" not in str(error.value)
+    with pytest.raises(ValueError, match=r"^classes and points are arguments of predict\(\)") as error:
+        PRMPredictor(tiny, proposals=None, points=([[1, 1]], ["c"]), classes=["c"], max_peaks=3)
+    assert "predict(classes=..., points=...)" in str(error.value)
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['peak_treshold'\]"):
+        PRMPredictor(tiny, proposals=None, peak_treshold=1.0)
+
+
 def test_presets():
     original = preset_settings("original")
     assert (original.sub_pixel_locating_factor, original.class_threshold, original.peak_threshold) == (8, 0.0, 30.0)

@@ -13,6 +13,7 @@ it, so only new peaks cost a backward pass.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -515,7 +516,9 @@ class PRMPredictor:
     peak_batch_size : int, optional
         Peaks back-propagated at once (None: 1 on the CPU, 16 on a GPU).
     **settings
-        Fields of :class:`PredictSettings` that differ from the preset.
+        Fields of :class:`PredictSettings` that differ from the preset. The arguments of
+        :meth:`predict` (``classes``, ``points``, ...) are given to it, per prediction; the
+        constructor refuses them with a ``ValueError`` that says so.
 
     Examples
     --------
@@ -540,6 +543,14 @@ class PRMPredictor:
         elif device is not None and resolve_device(device) != model.device:
             model.to(device)
         self.model = model
+        per_call = sorted(set(settings) & set(_PREDICT_ARGUMENTS))
+        if per_call:
+            given = ", ".join(f"{name}=..." for name in per_call)
+            what = "is an argument" if len(per_call) == 1 else "are arguments"
+            raise ValueError(f"{' and '.join(per_call)} {what} of predict(), not of PRMPredictor: give "
+                             f"{'it' if len(per_call) == 1 else 'them'} to each prediction, "
+                             f"predictor.set_image(image); predictor.predict({given}) "
+                             f"(or napari_prm.predict(image, model, {given}))")
         self.settings = preset_settings(preset, **settings)
         from .proposals import resolve_source
 
@@ -1005,6 +1016,12 @@ class PRMPredictor:
                 self._prepared_masks = prepare_proposals(stack, contour_width)
                 self._prepared_source, self._prepared_key = masks, key
             return self._prepared_masks
+
+
+#: The arguments of :meth:`PRMPredictor.predict` that are not settings (``classes``, ``points``, ...):
+#: the constructor refuses them by name, saying where they go.
+_PREDICT_ARGUMENTS = tuple(name for name, parameter in inspect.signature(PRMPredictor.predict).parameters.items()
+                           if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def _outside_notes(yx: np.ndarray, image_shape: tuple[int, int]) -> list[str]:
