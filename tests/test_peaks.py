@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_prm.model.peak_stimulation import peak_stimulation
-from napari_prm.peaks import calibrate_thresholds, class_scores, peak_candidates, select_peaks
+from napari_prm.peaks import MAX_PEAKS, calibrate_thresholds, class_scores, peak_candidates, select_peaks
 
 
 def bumps(shape, spots):
@@ -123,6 +123,28 @@ def test_calibration_that_finds_no_class_says_so():
     assert calibration.warning.startswith("calibration found no class")
     assert "3 calibration image(s)" in calibration.warning and "more epochs" in calibration.warning
     assert calibration.as_settings()["calibration"]["warning"] == calibration.warning
+
+
+def test_calibration_that_keeps_more_peaks_than_the_cap_says_so():
+    """A barely trained model's maps: 64 peaks of the class each image shows. Calibration kept
+    them all (64 per image, over MAX_PEAKS = 50) and said nothing, so predict's cap silently
+    kept the strongest 50 of each image."""
+    spots = [(0, 6 + 10 * (i // 8), 6 + 10 * (i % 8), 1.0 + 0.1 * i) for i in range(64)]
+    maps = [bumps((84, 84), spots) for _ in range(12)]
+    labels = np.ones((12, 1))
+    calibration = calibrate_thresholds(maps, labels)
+    assert calibration.recall == 1.0 and calibration.precision == 1.0
+    assert calibration.peaks_per_image == 64.0 > MAX_PEAKS
+    assert calibration.warning.startswith("the calibrated thresholds keep 64 peaks per image on the 12 calibration "
+                                          "image(s), more than predict's default cap of 50 (max_peaks)")
+    assert "strongest 50 per image" in calibration.warning and "more epochs" in calibration.warning
+    assert calibration.as_settings()["calibration"]["warning"] == calibration.warning
+    # 48 peaks per image: under the cap, no warning; on 3 images, both warnings, one after the other
+    few = [bumps((84, 84), spots[:48]) for _ in range(12)]
+    assert calibrate_thresholds(few, labels).warning is None
+    both = calibrate_thresholds(maps[:3], labels[:3])
+    assert both.warning.startswith("the thresholds were calibrated on only 3 image(s)")
+    assert "the calibrated thresholds keep 64 peaks per image on the 3" in both.warning
 
 
 def test_calibration_refuses_what_it_cannot_use():

@@ -311,7 +311,10 @@ class Calibration:
     warning : str or None
         Set when no threshold pair found any class the images show (``recall`` 0):
         the thresholds are then the lowest tried, not calibrated ones; else when they were
-        chosen on fewer than `MIN_CALIBRATION_IMAGES` images, too few to rely on.
+        chosen on fewer than `MIN_CALIBRATION_IMAGES` images, too few to rely on, and (one after
+        the other) when they keep more than `MAX_PEAKS` peaks per image on the calibration
+        images (``peaks_per_image``, counted before any cap): a barely trained model's, whose
+        predictions the ``max_peaks`` cap would cut to the strongest peaks.
     """
 
     class_threshold: float
@@ -329,19 +332,34 @@ class Calibration:
     @property
     def warning(self) -> str | None:
         if self.recall > 0:
-            if self.images >= MIN_CALIBRATION_IMAGES:
-                return None
-            return (f"the thresholds were calibrated on only {self.images} image(s), fewer than "
-                    f"{MIN_CALIBRATION_IMAGES}: chosen on so few, they fit those images and may not hold on "
-                    "others. Calibrate on more images (hold out more: --val-fraction, or add images, then "
-                    "'napari-prm calibrate DATASET --model MODEL --held-out'; or 'napari-prm calibrate' on a "
-                    "larger labelled set the model was not trained on), or set the thresholds by hand "
-                    "(predict's --class-threshold and --peak-threshold, or the Peak Response Maps widget's "
-                    "thresholds).")
+            warnings = [w for w in (self._few_images_warning(), self._too_many_peaks_warning()) if w]
+            return " ".join(warnings) if warnings else None
         return (f"calibration found no class: at no threshold pair was a peak of a class that the {self.images} "
                 "calibration image(s) show kept, so the stored thresholds are the lowest tried, not calibrated "
                 "ones. Calibrate on more images (hold out more: --val-fraction, or more images per class) "
                 "or train for more epochs, then calibrate again ('napari-prm calibrate').")
+
+    def _too_many_peaks_warning(self) -> str | None:
+        # peaks_per_image counts the peaks the thresholds keep before any max_peaks cap
+        # (calibrate_thresholds selects with max_peaks=None)
+        if self.peaks_per_image <= MAX_PEAKS:
+            return None
+        return (f"the calibrated thresholds keep {self.peaks_per_image:.0f} peaks per image on the {self.images} "
+                f"calibration image(s), more than predict's default cap of {MAX_PEAKS} (max_peaks): predict will keep "
+                f"only the strongest {MAX_PEAKS} per image (a barely trained model's many weak peaks lead "
+                "calibration to low thresholds). Train for more epochs and calibrate again, or raise the "
+                "thresholds (predict's --class-threshold and --peak-threshold).")
+
+    def _few_images_warning(self) -> str | None:
+        if self.images >= MIN_CALIBRATION_IMAGES:
+            return None
+        return (f"the thresholds were calibrated on only {self.images} image(s), fewer than "
+                f"{MIN_CALIBRATION_IMAGES}: chosen on so few, they fit those images and may not hold on "
+                "others. Calibrate on more images (hold out more: --val-fraction, or add images, then "
+                "'napari-prm calibrate DATASET --model MODEL --held-out'; or 'napari-prm calibrate' on a "
+                "larger labelled set the model was not trained on), or set the thresholds by hand "
+                "(predict's --class-threshold and --peak-threshold, or the Peak Response Maps widget's "
+                "thresholds).")
 
     def describe(self) -> str:
         """E.g. ``"calibrated on 26 image(s): class threshold 1.2, peak threshold 0.8 (peak precision
