@@ -517,6 +517,36 @@ def test_skip_reasons_group_the_skipped_images_by_why(tmp_path, checkpoint, imag
     assert f"{said}; use --overwrite to replace them\n" in capsys.readouterr().err
 
 
+def test_skipped_images_of_one_file_name_in_two_folders_are_named_by_their_paths(tmp_path, checkpoint, images,
+                                                                                 capsys):
+    """A ``--recursive`` run over ``plate/A1/cat.png`` and ``plate/A2/cat.png``: both skipped
+    images were named ``cat.png`` ("2 skipped: outputs exist (cat.png, cat.png)")."""
+    from napari_prm.batch import image_names, output_stems
+
+    cat = next(p for p in images if p.name == "cat.png")
+    chosen = []
+    for well in ("A1", "A2"):
+        (tmp_path / "plate" / well).mkdir(parents=True)
+        chosen.append(tmp_path / "plate" / well / "cat.png")
+        chosen[-1].write_bytes(cat.read_bytes())
+    out, stems = tmp_path / "out", output_stems(chosen, roots=[tmp_path / "plate"])  # as --recursive names them
+    assert stems == ["A1/cat", "A2/cat"]
+    first = predict_many(chosen, checkpoint, out, device="cpu", stems=stems, **SETTINGS)
+    assert [r.status for r in first.results] == ["written"] * 2
+    again = predict_many(chosen, checkpoint, out, device="cpu", stems=stems, **SETTINGS)
+    assert again.skip_summary() == "2 skipped: outputs exist (A1/cat.png, A2/cat.png)"
+    # a given name (the folder panel's) is still used
+    assert again.skip_summary(lambda image: Path(image).stem) == "2 skipped: outputs exist (cat, cat)"
+    # file names that do not repeat stay plain, wherever the images are
+    assert image_names([chosen[0], tmp_path / "plate" / "dog.png"]) == {
+        str(chosen[0]): "cat.png", str(tmp_path / "plate" / "dog.png"): "dog.png"}
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "plate"), "--recursive", "--out", str(out), "--model", str(checkpoint),
+                 "--device", "cpu", "--proposals", "prm", "--peak-threshold", "0"]) == 0
+    assert ("2 skipped: outputs exist (A1/cat.png, A2/cat.png); use --overwrite to replace them\n"
+            in capsys.readouterr().err)
+
+
 def test_folders_left_out_are_named_as_other_long_lists_are(tmp_path):
     """`collect_images` names the first three sub-folders it did not search and counts the others,
     with the wording of every long list (`napari_prm._text.first_names`)."""

@@ -56,8 +56,9 @@ from .io.images import quiet_large_image_warning
 from .io.paths import sorted_paths
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "PlaneTally", "predict_many", "predict_image", "collect_images",
-           "output_stems", "output_name", "output_place", "output_states", "written_since", "record_written",
-           "start_local_cluster", "label_stack", "label_shapes", "label_planes", "image_stack", "SUMMARY_COLUMNS"]
+           "image_names", "output_stems", "output_name", "output_place", "output_states", "written_since",
+           "record_written", "start_local_cluster", "label_stack", "label_shapes", "label_planes", "image_stack",
+           "SUMMARY_COLUMNS"]
 
 #: Columns of ``summary.csv``.
 SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts", "stem", "planes")
@@ -194,11 +195,14 @@ class BatchResult:
         Parameters
         ----------
         name : callable, optional
-            ``name(image)``: how an image is named (default: its file name).
+            ``name(image)``: how an image is named (default: `image_names` of the run's images:
+            its file name, or where two of the run's images share one, e.g. ``A1/cat.png`` and
+            ``A2/cat.png`` of a ``--recursive`` run, its path in their common folder).
         shown : int
             The images named per reason; ``", ... (N more)"`` counts the others (`first_names`).
         """
-        name = name or (lambda image: Path(image).name)
+        if name is None:
+            name = image_names([r.image for r in self.results]).__getitem__
         return "; ".join(f"{len(skipped)} skipped: {reason} ({first_names((name(r.image) for r in skipped), shown)})"
                          for reason, skipped in self.skip_reasons().items())
 
@@ -215,6 +219,35 @@ class BatchResult:
     def label_paths(self) -> list[Path]:
         """The label images of `with_outputs`, in order."""
         return [self.labels_path(r) for r in self.with_outputs()]
+
+
+def image_names(images: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """How messages name a run's images: by file name, or, when two of them share a file
+    name, by their paths in the images' common folder.
+
+    Parameters
+    ----------
+    images : sequence of path-like
+        The run's images (all of them: a name is told apart from those of images not named
+        beside it too).
+
+    Returns
+    -------
+    dict
+        ``str(image)`` -> its name: ``plate/A1/cat.png`` and ``plate/A2/cat.png`` ->
+        ``A1/cat.png`` and ``A2/cat.png``; ``a/cat.png`` and ``b/dog.png`` -> ``cat.png`` and
+        ``dog.png``. Paths on different drives (no common folder) are named in full.
+    """
+    images = [str(image) for image in images]
+    names = {image: Path(image).name for image in images}
+    if len(set(names.values())) == len(names):
+        return names
+    absolute = {image: os.path.abspath(image) for image in images}
+    try:
+        common = os.path.commonpath([os.path.dirname(path) for path in absolute.values()])
+    except ValueError:  # Windows: images on different drives
+        return {image: Path(path).as_posix() for image, path in absolute.items()}
+    return {image: Path(os.path.relpath(path, common)).as_posix() for image, path in absolute.items()}
 
 
 # --------------------------------------------------------------------------- inputs
