@@ -176,3 +176,24 @@ def test_evaluate_masks_warns_of_predicts_outputs_as_written(labelled, checkpoin
     assert "warning: 2 exports in" in capsys.readouterr().err
     assert main([*common, "--masks", str(exports)]) == 0
     assert "predict's output as written" not in capsys.readouterr().err
+
+
+def test_evaluate_masks_warns_only_of_predicts_outputs_it_scores(labelled, checkpoint, tmp_path, capsys):
+    """The warning named predict's unchanged outputs that evaluate left out (of an image not in
+    the dataset): only the scored exports' make the figures agreement, not accuracy."""
+    dataset, _, _, _ = labelled
+    out = tmp_path / "results"
+    assert main(["predict", str(dataset.parent), "--model", str(checkpoint), "--out", str(out), "--device", "cpu",
+                 *LOW]) == 0
+    for number in (0, 1):  # corrected in another editor
+        labels = io.read_label_image(out / f"scene{number}_labels.tif")
+        labels[:4, :4] = labels.max() + 1
+        io.write_label_image(out / f"scene{number}_labels.tif", labels)
+    two = tmp_path / "two.csv"  # the dataset without scene2
+    two.write_text("image,labels\n" + "".join(f"{dataset.parent / f'scene{n}.png'},cat;dog\n" for n in (0, 1)))
+    capsys.readouterr()
+    assert main(["evaluate", str(two), "--model", str(checkpoint), "--device", "cpu", *LOW,
+                 "--masks", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "1 export matches no image of the dataset, left out: scene2_labels.tif" in err
+    assert "predict's output as written" not in err

@@ -1295,7 +1295,9 @@ def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
     if masks.is_dir():
         from .refine.corrections import uncorrected_predictions
 
-        unchanged = uncorrected_predictions(masks)
+        # only the exports scored: those left out (no image of the dataset, superseded) measure nothing
+        scored = {os.path.abspath(c.source) for c in corrections}
+        unchanged = [name for name in uncorrected_predictions(masks) if os.path.abspath(masks / name) in scored]
         if unchanged:
             _say(f"warning: {plural(len(unchanged), 'export')} in {masks} ({first_names(unchanged, 3)}) "
                  f"{'is' if len(unchanged) == 1 else 'are'} napari-prm predict's output as written, not corrected: "
