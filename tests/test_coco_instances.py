@@ -140,3 +140,30 @@ def test_coco_results_name_an_image_or_class_the_dataset_lacks(tmp_path):
                                                                   ["cat"], file_name="c.jpg"))
     with pytest.raises(ValueError, match=r"a_instances.json: its image 'c.jpg' is none of the COCO dict's images"):
         coco_results([tmp_path / "a_instances.json"], dataset)
+
+
+def test_coco_results_match_an_export_by_its_path_in_a_sub_folder(tmp_path):
+    """predict --recursive on val2017/ names its images A1/cat.jpg and A2/cat.jpg; the dataset
+    names them val2017/A1/cat.jpg and val2017/A2/cat.jpg: the file name alone is two images'
+    (it refused), the path in the sub-folder is one's."""
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:8, 2:8] = 1
+    table = {"label": np.array([1]), "class_index": np.array([0]), "class_name": np.array(["cat"]),
+             "score": np.array([0.9]), "peak": np.array([0])}
+    dataset = {"images": [{"id": 5, "file_name": "val2017/A1/cat.jpg", "height": 20, "width": 30},
+                          {"id": 6, "file_name": "val2017\\A2\\cat.jpg", "height": 20, "width": 30}],
+               "categories": [{"id": 17, "name": "cat"}], "annotations": []}
+    for well in ("A1", "A2"):
+        (tmp_path / well).mkdir()
+        write_coco_json(tmp_path / well / "cat_instances.json",
+                        labels_to_coco(mask.astype(np.uint16), table, ["cat"], file_name=f"{well}/cat.jpg"))
+    assert [r["image_id"] for r in coco_results(tmp_path, dataset)] == [5, 6]
+    # predict run on the folder above: its names end with the dataset's
+    write_coco_json(tmp_path / "A2" / "cat_instances.json",
+                    labels_to_coco(mask.astype(np.uint16), table, ["cat"], file_name="data/val2017/A2/cat.jpg"))
+    assert [r["image_id"] for r in coco_results(tmp_path, dataset)] == [5, 6]
+    # a file name of two images, with no folder to tell them apart, is still refused
+    write_coco_json(tmp_path / "A2" / "cat_instances.json",
+                    labels_to_coco(mask.astype(np.uint16), table, ["cat"], file_name="cat.jpg"))
+    with pytest.raises(ValueError, match=r"its image 'cat.jpg' is several of the COCO dict's images"):
+        coco_results(tmp_path, dataset)

@@ -299,8 +299,9 @@ def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
     ------
     ValueError
         Naming the export: its image is not in the dataset (by ``file_name``, else by the
-        file name alone when that is unique), or its classes are not the dataset's categories
-        (names must match exactly: a VOC model's ``motorbike`` is COCO's ``motorcycle``).
+        longest trailing path, down to the file name alone, that ends file_names of the dataset
+        when they are one image's: ``A1/cat.jpg`` is ``val2017/A1/cat.jpg``), or its classes are
+        not the dataset's categories (names must match exactly: a VOC model's ``motorbike`` is COCO's ``motorcycle``).
 
     Notes
     -----
@@ -314,9 +315,14 @@ def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
         category_of = {str(c["name"]): int(c["id"]) for c in coco["categories"]}
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{source} is not a COCO instances dataset: {error!r}") from error
-    by_base: dict[str, list[int]] = {}
+    # each file_name by its trailing paths too (val2017/A1/cat.jpg, A1/cat.jpg, cat.jpg): predict run
+    # on a sub-folder of the dataset's image folder, or on a folder above it, names its images by a
+    # path that ends the dataset's, or that the dataset's ends
+    by_suffix: dict[str, set[int]] = {}
     for name, image_id in by_name.items():
-        by_base.setdefault(name.rsplit("/", 1)[-1], []).append(image_id)
+        parts = name.split("/")
+        for start in range(len(parts)):
+            by_suffix.setdefault("/".join(parts[start:]), set()).add(image_id)
     if isinstance(exports, (str, os.PathLike)):
         folder = Path(path_like("exports", exports))
         files = ([f for f in sorted(folder.rglob("*_instances.json"))
@@ -339,11 +345,14 @@ def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
             raise ValueError(f"cannot read {file} as a one-image COCO export: {error!r}") from error
         image_id = by_name.get(name)
         if image_id is None:
-            candidates = by_base.get(name.rsplit("/", 1)[-1], [])
+            parts = name.split("/")
+            # the longest trailing path of the export's name that some file_names end with
+            candidates = next((by_suffix[suffix] for suffix in ("/".join(parts[start:]) for start in range(len(parts)))
+                               if suffix in by_suffix), set())
             if len(candidates) != 1:
                 raise ValueError(f"{file}: its image {name!r} is {'several' if candidates else 'none'} of "
                                  f"{source}'s images (matched by file_name)")
-            image_id = candidates[0]
+            (image_id,) = candidates
         # labels painted without a class (category 0, "unknown") have none to score
         annotations = [a for a in annotations if int(a["category_id"]) != UNKNOWN_CATEGORY_ID]
         unknown = sorted({names.get(int(a["category_id"]), str(a["category_id"])) for a in annotations}
