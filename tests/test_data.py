@@ -463,3 +463,20 @@ def test_a_model_class_spelt_otherwise_is_named_with_the_datasets_spelling(train
     with pytest.raises(ValueError, match=r"unknown class\(es\) \['tvmonitor'\] for dataset .*; it spells 1 of them "
                                          r"otherwise \('tv' for 'tvmonitor'"):
         from_coco(train_json).with_classes(["tvmonitor"])
+
+
+def test_voc_view_refuses_a_class_under_both_spellings(train_json, coco128, tmp_path):
+    """A JSON with both 'motorcycle' and 'motorbike' kept only 'motorcycle': the images labelled
+    'motorbike' alone lost their motorbike (2 of coco128 train's 4 here)."""
+    data = json.loads(Path(train_json).read_text())
+    motorcycle = next(c["id"] for c in data["categories"] if c["name"] == "motorcycle")
+    data["categories"].append({"id": 999, "name": "motorbike", "supercategory": "vehicle"})
+    images = sorted({a["image_id"] for a in data["annotations"] if a["category_id"] == motorcycle})
+    assert len(images) == 4
+    for annotation in data["annotations"]:
+        if annotation["category_id"] == motorcycle and annotation["image_id"] in images[:2]:
+            annotation["category_id"] = 999
+    path = tmp_path / "both.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"has one VOC class under two names \('motorcycle' and 'motorbike': "):
+        voc_view(from_coco(path, coco128 / "train2017"))

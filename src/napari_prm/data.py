@@ -328,10 +328,16 @@ def voc_view(dataset: LabeledImageDataset, *, drop_unlabeled: bool = True) -> La
     Keeps those of the 20 VOC classes that the dataset has, in VOC's order
     (a COCO dataset loaded with ``classes=None`` has only the categories that
     occur), by COCO's names or PASCAL VOC's own (``motorbike``, ``tvmonitor``, ...:
-    `VOC_SPELLINGS`; the dataset's spelling is kept). Images showing none of them are
-    dropped unless ``drop_unlabeled=False`` (every VOC image shows at least one).
+    `VOC_SPELLINGS`; the dataset's spelling is kept; a dataset with both spellings of one
+    class is refused, ValueError). Images showing none of them are dropped unless
+    ``drop_unlabeled=False`` (every VOC image shows at least one).
     """
     voc_name = {coco: voc for voc, coco in VOC_SPELLINGS.items()}
+    both = [(coco, voc) for coco, voc in voc_name.items() if coco in dataset.class_names and voc in dataset.class_names]
+    if both:  # one of the two would be dropped, and the images labelled only with it lose the class
+        pairs = ", ".join(f"{coco!r} and {voc!r}" for coco, voc in both)
+        raise ValueError(f"dataset {dataset.source} has one VOC class under two names ({pairs}: COCO's and "
+                         "PASCAL VOC's spelling): rename its categories to one spelling")
     classes = [c if c in dataset.class_names else voc_name.get(c, c) for c in VOC_CLASSES]
     classes = [c for c in classes if c in dataset.class_names]
     if not classes:
