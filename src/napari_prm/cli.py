@@ -1293,11 +1293,12 @@ def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
     matched = _dataset_corrections(masks, dataset, class_names)
     corrections = matched.values()
     if masks.is_dir():
+        from .io.paths import sorted_paths
         from .refine.corrections import uncorrected_predictions
 
         # only the exports scored: those left out (no image of the dataset, superseded) measure nothing
-        scored = {os.path.abspath(c.source) for c in corrections}
-        unchanged = [name for name in uncorrected_predictions(masks) if os.path.abspath(masks / name) in scored]
+        unchanged = [Path(os.path.relpath(path, masks)).as_posix()
+                     for path in uncorrected_predictions(sorted_paths(Path(c.source) for c in corrections))]
         if unchanged:
             _say(f"warning: {plural(len(unchanged), 'export')} in {masks} ({first_names(unchanged, 3)}) "
                  f"{'is' if len(unchanged) == 1 else 'are'} napari-prm predict's output as written, not corrected: "

@@ -51,7 +51,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,11 +135,12 @@ class FileSet:
         """Names of the listed files that do not exist."""
         return [entry.name for entry in self.files.values() if not (self.folder / entry.name).is_file()]
 
-    def verify(self) -> list[str]:
-        """Names of the listed files that are missing or differ from what was written."""
+    def verify(self, names: Collection[str] | None = None) -> list[str]:
+        """Names of the listed files (of ``names`` only, when given: the others are not read) that
+        are missing or differ from what was written."""
         return [entry.name for entry in self.files.values()
-                if not (self.folder / entry.name).is_file()
-                or _sha256(self.folder / entry.name) != entry.sha256]
+                if (names is None or entry.name in names)
+                and (not (self.folder / entry.name).is_file() or _sha256(self.folder / entry.name) != entry.sha256)]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,33 +243,34 @@ def _recorded_image(label_path: Path, stem: str, root: Path) -> list[Path]:
     return recorded
 
 
-def uncorrected_predictions(folder: str | os.PathLike) -> list[str]:
-    """The label images of ``folder`` (sub-folders included) that are ``napari-prm predict``'s
-    outputs as it wrote them: their manifest says ``predict`` wrote them, and the label image
-    and its instance CSV still have the SHA-256 it recorded.
+def uncorrected_predictions(label_files: Iterable[str | os.PathLike]) -> list[Path]:
+    """Of the export label images ``label_files`` (``<stem>_labels.tif``, ``.png``), those that
+    are ``napari-prm predict``'s outputs as it wrote them: their manifest says ``predict`` wrote
+    them, and the label image and its instance CSV still have the SHA-256 it recorded (only
+    those two files are read).
 
     Such exports are predictions, not corrections: evaluating a model against them measures
     its agreement with them, not its accuracy.
 
     Returns
     -------
-    list of str
-        Their paths in ``folder`` (``A1/cat_labels.tif``), in `_label_files` order.
+    list of Path
+        Those of ``label_files``, in their order.
     """
-    folder = Path(folder)
     found = []
-    for label_path in _label_files(folder):
+    for label_path in map(Path, label_files):
+        if not label_path.stem.endswith(LABEL_SUFFIX):
+            continue
+        stem = label_path.stem[: -len(LABEL_SUFFIX)]
         try:
-            file_set = read_file_set(label_path.parent, label_path.stem[: -len(LABEL_SUFFIX)])
+            file_set = read_file_set(label_path.parent, stem)
         except ValueError:  # not napari-prm's, or broken
             continue
         if file_set is None or file_set.info.get("written_by") != "write_prediction":
             continue
-        stem = label_path.stem[: -len(LABEL_SUFFIX)]
         listed = {entry.name for entry in file_set.files.values()}
-        ours = {label_path.name, f"{stem}_instances.csv"} & listed
-        if label_path.name in listed and not ours & set(file_set.verify()):
-            found.append(label_path.relative_to(folder).as_posix())
+        if label_path.name in listed and not file_set.verify({label_path.name, f"{stem}_instances.csv"}):
+            found.append(label_path)
     return found
 
 
