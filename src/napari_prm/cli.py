@@ -76,6 +76,17 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 LOG_PROGRESS_EVERY = 60.0
 
 
+def _log_line_due(bar, done: int, total: int, logged: list[float]) -> bool:
+    """Whether a plain progress line is due (``predict``, ``evaluate``): the progress bar ``bar``
+    is off (stderr is a log file or a pipe, which gets a line now and then, not a bar redrawn
+    with \\r), ``done`` is short of ``total``, and `LOG_PROGRESS_EVERY` seconds passed since
+    ``logged[0]`` (the last line's `time.monotonic`, updated when one is due)."""
+    if bar.disable and done < total and time.monotonic() - logged[0] >= LOG_PROGRESS_EVERY:
+        logged[0] = time.monotonic()
+        return True
+    return False
+
+
 class CommandError(Exception):
     """A failure that ends a command with a message and exit status 2."""
 
@@ -805,8 +816,7 @@ def _run_predict(args) -> int:
         for note in result.notes:
             _say(f"{result.image}: {note}")
         bar.update(tally.image_done(result.image) - bar.n)  # skipped, failed or run on a cluster
-        if bar.disable and done < total and time.monotonic() - logged[0] >= LOG_PROGRESS_EVERY:
-            logged[0] = time.monotonic()  # a log gets a line now and then, not a bar redrawn with \r
+        if _log_line_due(bar, done, total, logged):
             _say(f"predict: {done} of {plural(total, 'image')} done ({counts['written']} written, "
                  f"{counts['skipped']} skipped, {counts['failed']} failed)")
 
@@ -1336,8 +1346,7 @@ def _run_evaluate(args) -> int:
         try:
             def progress(done: int, _total: int) -> None:
                 bar.update(done - bar.n)
-                if bar.disable and done < total and time.monotonic() - logged[0] >= LOG_PROGRESS_EVERY:
-                    logged[0] = time.monotonic()  # a log gets a line now and then, as predict's does
+                if _log_line_due(bar, done, total, logged):
                     _say(f"evaluate: {done} of {plural(total, 'image')} done")
 
             if labels_only:
