@@ -103,6 +103,12 @@ def _still_there(field: str, value) -> bool:
     return field != "out" or Path(value).parent.is_dir()
 
 
+def _newly_found(before, run) -> bool:
+    """Whether the check's answer ``run`` is an unfinished run other than ``before``, the one the
+    last answer found (another file, or more epochs done): its total and recipe go to the fields."""
+    return run is not None and (before is None or (before.path, before.epochs_done) != (run.path, run.epochs_done))
+
+
 class TrainWidget(StopsOnClose, CalibrateSection, Container):
     """Train a PRM model on an image-level-label dataset; continue an unfinished run; calibrate
     a checkpoint's thresholds on the dataset (`CalibrateSection`).
@@ -281,8 +287,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         """Show the check's answer ``run`` and start a Train waiting for it, unless the answer is a
         run newly found: its total and recipe then replace what the fields held when Train was
         pressed, and *Continue the unfinished run* was not shown, so Train is to be pressed again."""
-        found = self._found
-        newly = run is not None and (found is None or (found.path, found.epochs_done) != (run.path, run.epochs_done))
+        newly = _newly_found(self._found, run)
         self._show_unfinished(run)
         if newly and self._start_pending is not None:
             self._set_pending(None)
@@ -327,7 +332,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._continue.text = (f"Continue the unfinished run ({run.epochs_done} of {run.epochs} epochs done; "
                                "its own model and settings)")
         self._continue.show()
-        if before is None or (before.path, before.epochs_done) != (run.path, run.epochs_done):
+        if _newly_found(before, run):
             # a run newly found: its own total and recipe (values the user set since are left alone)
             self._epochs.max = max(self._epochs.max, run.epochs)  # a command-line run may ask for more
             self._epochs.value = run.epochs
