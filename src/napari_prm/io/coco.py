@@ -15,6 +15,7 @@ from .._validate import finite_float, integer, output_file, path_like
 from ..masks import decode_rle, encode_rle, rle_area, rle_bbox, segmentation_to_rle
 from .atomic import atomic_write
 from .labels import _check_labels
+from .paths import tree_files
 from .tables import UNKNOWN_CLASS, _instance_rows, _label_regions, _names_from_records, _table_from_records
 
 __all__ = ["labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_results", "write_coco_json",
@@ -325,8 +326,7 @@ def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
             by_suffix.setdefault("/".join(parts[start:]), set()).add(image_id)
     if isinstance(exports, (str, os.PathLike)):
         folder = Path(path_like("exports", exports))
-        files = ([f for f in sorted(folder.rglob("*_instances.json"))
-                  if not any(part.startswith(".") for part in f.relative_to(folder).parts)]  # staging
+        files = (tree_files(folder, lambda name: name.endswith("_instances.json") and not name.startswith("."))
                  if folder.is_dir() else [folder])
         if not files:
             raise ValueError(f"exports: no *_instances.json in folder {folder}")

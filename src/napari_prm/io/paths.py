@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath
 from typing import TypeVar
 
@@ -32,6 +32,28 @@ def is_system_file(name: str) -> bool:
     """Whether a file or folder named ``name`` is hidden (``.DS_Store``, ``.git``) or one that a
     file browser leaves in folders (``Thumbs.db``, ``desktop.ini``): not a user's data."""
     return name.startswith(".") or name.casefold() in _SYSTEM_FILES
+
+
+def tree_files(folder: str | os.PathLike, keep: Callable[[str], bool]) -> list[Path]:
+    """The files of ``folder`` and of its visible sub-folders whose name ``keep`` takes, in
+    `sorted_paths` order: a ``predict --recursive`` tree's outputs, without the sub-folders whose
+    name starts with a dot (the staging folders of its writes).
+
+    Parameters
+    ----------
+    folder : path-like
+    keep : callable
+        ``keep(file_name)``: whether a file of that name is wanted.
+
+    Returns
+    -------
+    list of Path
+    """
+    found = []
+    for here, names, files in os.walk(folder):
+        names[:] = [name for name in names if not name.startswith(".")]
+        found += [Path(here, name) for name in files if keep(name)]
+    return sorted_paths(found)
 
 
 def sorted_paths(paths: Iterable[P]) -> list[P]:

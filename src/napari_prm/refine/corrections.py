@@ -24,7 +24,7 @@ from ..io.coco import coco_to_labels
 from ..io.fileset import read_file_set
 from ..io.images import IMAGE_SUFFIXES, plane_count, read_image
 from ..io.labels import read_label_image
-from ..io.paths import sorted_paths, stored_path
+from ..io.paths import stored_path, tree_files
 from ..io.tables import UNKNOWN_CLASS, missing_cell, read_instances_csv
 
 LABEL_SUFFIX = "_labels"
@@ -220,12 +220,8 @@ def corrections_from_coco(path: str | os.PathLike, class_names: Sequence[str], *
 def _label_files(folder: Path) -> list[Path]:
     """The ``<stem>_labels.tif`` (``.tiff``, ``.png``) files of ``folder`` and of its visible
     sub-folders (a ``predict --recursive`` tree; not the staging folders of its writes)."""
-    found = []
-    for here, names, files in os.walk(folder):
-        names[:] = [name for name in names if not name.startswith(".")]
-        found += [Path(here, name) for name in files
-                  if Path(name).suffix.lower() in (".tif", ".tiff", ".png") and Path(name).stem.endswith(LABEL_SUFFIX)]
-    return sorted_paths(found)
+    return tree_files(folder, lambda name: Path(name).suffix.lower() in (".tif", ".tiff", ".png")
+                      and Path(name).stem.endswith(LABEL_SUFFIX))
 
 
 def _recorded_image(label_path: Path, stem: str, root: Path) -> list[Path]:
