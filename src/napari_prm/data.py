@@ -35,12 +35,14 @@ VOC_SPELLINGS = {
     "aeroplane": "airplane", "diningtable": "dining table", "motorbike": "motorcycle",
     "pottedplant": "potted plant", "sofa": "couch", "tvmonitor": "tv",
 }
+#: The other way round (COCO name: VOC name).
+_VOC_NAME = {coco: voc for voc, coco in VOC_SPELLINGS.items()}
 
 
 def spelling_hint(missing: Sequence[str], present: Sequence[str]) -> str:
     """``" (... spells them ...)"`` naming the classes of ``missing`` that ``present`` holds in
     PASCAL VOC's or COCO's other spelling (``motorbike`` for ``motorcycle``), else ``""``."""
-    other = {**VOC_SPELLINGS, **{coco: voc for voc, coco in VOC_SPELLINGS.items()}}
+    other = {**VOC_SPELLINGS, **_VOC_NAME}
     pairs = [f"{other[name]!r} for {name!r}" for name in missing if other.get(name) in set(present)]
     if not pairs:
         return ""
@@ -332,13 +334,13 @@ def voc_view(dataset: LabeledImageDataset, *, drop_unlabeled: bool = True) -> La
     class is refused, ValueError). Images showing none of them are dropped unless
     ``drop_unlabeled=False`` (every VOC image shows at least one).
     """
-    voc_name = {coco: voc for voc, coco in VOC_SPELLINGS.items()}
-    both = [(coco, voc) for coco, voc in voc_name.items() if coco in dataset.class_names and voc in dataset.class_names]
+    names = set(dataset.class_names)
+    both = [(coco, voc) for coco, voc in _VOC_NAME.items() if coco in names and voc in names]
     if both:  # one of the two would be dropped, and the images labelled only with it lose the class
         pairs = ", ".join(f"{coco!r} and {voc!r}" for coco, voc in both)
         raise ValueError(f"dataset {dataset.source} has one VOC class under two names ({pairs}: COCO's and "
                          "PASCAL VOC's spelling): rename its categories to one spelling")
-    classes = [c if c in dataset.class_names else voc_name.get(c, c) for c in VOC_CLASSES]
+    classes = [c if c in dataset.class_names else _VOC_NAME.get(c, c) for c in VOC_CLASSES]
     classes = [c for c in classes if c in dataset.class_names]
     if not classes:
         raise ValueError(f"dataset {dataset.source} has none of the VOC classes {list(VOC_CLASSES)}")
