@@ -14,7 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from conftest import two_box_scene
 from napari_prm import Instance, predict
-from napari_prm.io import coco_results, instances_to_coco, labels_to_coco, write_coco_json
+from napari_prm.io import coco_results, instances_to_coco, labels_to_coco, match_exports, write_coco_json
 
 
 def _coco(dataset: dict) -> COCO:
@@ -166,4 +166,33 @@ def test_coco_results_match_an_export_by_its_path_in_a_sub_folder(tmp_path):
     write_coco_json(tmp_path / "A2" / "cat_instances.json",
                     labels_to_coco(mask.astype(np.uint16), table, ["cat"], file_name="cat.jpg"))
     with pytest.raises(ValueError, match=r"its image 'cat.jpg' is several of the COCO dict's images"):
+        coco_results(tmp_path, dataset)
+
+
+def test_match_exports_refuse_two_exports_of_one_image_and_another_size(tmp_path):
+    """A backup copy of an output folder inside it (coco_results counted its instances twice) and an
+    export of another image size are refused, naming the files; exports of no image are returned."""
+    dataset, masks = _user_dataset()
+    table = {"label": np.array([1]), "class_index": np.array([0]), "class_name": np.array(["cat"]),
+             "score": np.array([0.9]), "peak": np.array([0])}
+    export = labels_to_coco(masks[0].astype(np.uint16), table, ["cat", "dog"], file_name="a.jpg")
+    write_coco_json(tmp_path / "a_instances.json", export)
+    write_coco_json(tmp_path / "stray_instances.json", {**export, "images": [{**export["images"][0],
+                                                                              "file_name": "zebra.jpg"}]})
+    matched, unmatched = match_exports(tmp_path, dataset)
+    assert [(m.path.name, m.image_id, m.class_names, len(m.results)) for m in matched] == [
+        ("a_instances.json", 139, ["cat", "dog"], 1)]
+    assert unmatched == [f"{tmp_path / 'stray_instances.json'}: its image 'zebra.jpg' is none of the COCO dict's "
+                         "images (matched by file_name)"]
+    (tmp_path / "stray_instances.json").unlink()
+    (tmp_path / "old").mkdir()
+    write_coco_json(tmp_path / "old" / "a_instances.json", export)
+    with pytest.raises(ValueError, match=r"a_instances.json and .*old/a_instances.json are both exports of image 139 "
+                                         r"\('a.jpg'\) of the COCO dict"):
+        coco_results(tmp_path, dataset)
+    (tmp_path / "old" / "a_instances.json").unlink()
+    small = labels_to_coco(masks[0][:10].astype(np.uint16), table, ["cat", "dog"], file_name="a.jpg")
+    write_coco_json(tmp_path / "a_instances.json", small)
+    with pytest.raises(ValueError, match=r"a_instances.json: its image 'a.jpg' is 10×30 pixels, but the COCO "
+                                         r"dict's image 139 is 20×30"):
         coco_results(tmp_path, dataset)

@@ -24,7 +24,8 @@ module                        holds
 ``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
                               `write_peaks_csv`, `write_stack_peaks_csv`
 ``napari_prm.io.coco``        `labels_to_coco`, `instances_to_coco`, `coco_to_labels`,
-                              `coco_results` (exports in a dataset's ids), `write_coco_json`
+                              `coco_results` (exports in a dataset's ids),
+                              `match_exports`, `write_coco_json`
 ``napari_prm.io.prediction``  `export_instances`, `write_prediction`, `write_stack_prediction`,
                               `stack_labels`, `prediction_paths`,
                               `write_prms`, `complete_prediction`, `settle_outputs`
@@ -39,7 +40,16 @@ This package imports neither napari/Qt nor torch.
 """
 
 from .atomic import atomic_write, atomic_writes, remove_stale_temporaries, writable_folder
-from .coco import UNKNOWN_CATEGORY_ID, coco_results, coco_to_labels, instances_to_coco, labels_to_coco, write_coco_json
+from .coco import (
+    UNKNOWN_CATEGORY_ID,
+    MatchedExport,
+    coco_results,
+    coco_to_labels,
+    instances_to_coco,
+    labels_to_coco,
+    match_exports,
+    write_coco_json,
+)
 from .fileset import MANIFEST_SUFFIX, FileSet, listed_files, read_file_set, recover_file_sets, write_file_set
 from .images import (
     IMAGE_SUFFIXES,
@@ -82,7 +92,8 @@ __all__ = [
     "opacity_note", "unreadable_images",
     "write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
     "read_label_class_names",
-    "labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_results", "write_coco_json", "write_instances_csv",
+    "labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_results", "match_exports", "MatchedExport",
+    "write_coco_json", "write_instances_csv",
     "read_instances_csv", "write_peaks_csv", "write_stack_peaks_csv", "write_prms", "export_instances",
     "write_prediction", "write_stack_prediction", "stack_labels", "prediction_paths", "IMAGE_SUFFIXES", "UNKNOWN_CLASS",
     "UNKNOWN_CATEGORY_ID", "INSTANCE_CSV_COLUMNS", "EXPORT_SUFFIXES",

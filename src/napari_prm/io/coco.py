@@ -6,6 +6,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ from .labels import _check_labels
 from .paths import tree_files
 from .tables import UNKNOWN_CLASS, _instance_rows, _label_regions, _names_from_records, _table_from_records
 
-__all__ = ["labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_results", "write_coco_json",
-           "UNKNOWN_CATEGORY_ID"]
+__all__ = ["labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_results", "match_exports",
+           "MatchedExport", "write_coco_json", "UNKNOWN_CATEGORY_ID"]
 
 #: COCO category id of labels without a class (id 0 is not used by COCO's own categories).
 UNKNOWN_CATEGORY_ID = 0
@@ -270,6 +271,149 @@ def write_coco_json(path: str | os.PathLike, coco: Mapping, *, overwrite: bool =
     return path
 
 
+@dataclass(repr=False, eq=False)
+class MatchedExport:
+    """One ``<stem>_instances.json`` export, matched to an image of a COCO dataset (`match_exports`).
+
+    Attributes
+    ----------
+    path : Path
+        The export file.
+    image_id : int
+        The dataset's id of its image.
+    class_names : list of str
+        The classes of the model that made it, in its order (the export's categories but
+        ``"unknown"``).
+    results : list of dict
+        Its instances of a class, in the dataset's ids (as `coco_results` gives them).
+    """
+
+    path: Path
+    image_id: int
+    class_names: list[str]
+    results: list[dict]
+
+    def __repr__(self) -> str:
+        return (f"MatchedExport(path={str(self.path)!r}, image_id={self.image_id}, "
+                f"{len(self.class_names)} classes, {len(self.results)} instances)")
+
+
+def match_exports(exports: str | os.PathLike | Sequence[str | os.PathLike],
+                  coco: Mapping | str | os.PathLike, *,
+                  source: str | None = None) -> tuple[list[MatchedExport], list[str]]:
+    """Match ``<stem>_instances.json`` exports to the images of a COCO dataset; the one reader
+    behind `coco_results` and `napari_prm.evaluate.evaluate_exports`.
+
+    Parameters
+    ----------
+    exports : path-like or sequence of path-like
+        A folder (its ``*_instances.json`` files, sub-folders included, as ``predict
+        --recursive`` writes them, its staging folders left out) or the export files.
+    coco : dict or path-like
+        The dataset's COCO instances JSON.
+    source : str, optional
+        What messages call the dataset (default: its path, or "the COCO dict"): the file a
+        dict was read from.
+
+    Returns
+    -------
+    matched : list of MatchedExport
+        In the exports' order (`napari_prm.io.paths.sorted_paths` for a folder).
+    unmatched : list of str
+        The exports whose image is none of the dataset's, each as ``"<file>: <why>"``.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: an export that cannot be read, whose image is several of the
+        dataset's, whose image size is not the dataset's image's, or whose classes of
+        instances are not categories of the dataset (names must match exactly); two
+        exports of one image (a copy of an output folder inside another), naming both; a
+        folder without any export.
+    """
+    from .prediction import settle_outputs  # prediction imports this module
+
+    read_as, coco = _read_coco(coco)
+    source = read_as if source is None else str(source)
+    try:
+        images = {int(image["id"]): image for image in coco["images"]}
+        by_name = {str(image["file_name"]).replace("\\", "/"): int(image["id"]) for image in coco["images"]}
+        category_of = {str(c["name"]): int(c["id"]) for c in coco["categories"]}
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{source} is not a COCO instances dataset: {error!r}") from error
+    # each file_name by its trailing paths too (val2017/A1/cat.jpg, A1/cat.jpg, cat.jpg): predict run
+    # on a sub-folder of the dataset's image folder, or on a folder above it, names its images by a
+    # path that ends the dataset's, or that the dataset's ends
+    by_suffix: dict[str, set[int]] = {}
+    for name, image_id in by_name.items():
+        parts = name.split("/")
+        for start in range(len(parts)):
+            by_suffix.setdefault("/".join(parts[start:]), set()).add(image_id)
+    if isinstance(exports, (str, os.PathLike)):
+        folder = Path(path_like("exports", exports))
+        files = (tree_files(folder, lambda name: name.endswith("_instances.json") and not name.startswith("."))
+                 if folder.is_dir() else [folder])
+        if not files:
+            raise ValueError(f"exports: no *_instances.json in folder {folder}")
+    else:
+        files = [Path(path_like("exports", f)) for f in exports]
+    matched: list[MatchedExport] = []
+    unmatched: list[str] = []
+    export_of: dict[int, Path] = {}
+    for file in files:
+        settle_outputs(file)
+        try:
+            with open(file, encoding="utf-8") as handle:
+                export = json.load(handle)
+            (image,) = export["images"]
+            name = str(image["file_name"]).replace("\\", "/")
+            size = (image.get("height"), image.get("width"))
+            names = {int(c["id"]): str(c["name"]) for c in export["categories"]}
+            annotations = export["annotations"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"cannot read {file} as a one-image COCO export: {error!r}") from error
+        image_id = by_name.get(name)
+        if image_id is None:
+            parts = name.split("/")
+            # the longest trailing path of the export's name that some file_names end with
+            candidates = next((by_suffix[suffix] for suffix in ("/".join(parts[start:]) for start in range(len(parts)))
+                               if suffix in by_suffix), set())
+            if not candidates:
+                unmatched.append(f"{file}: its image {name!r} is none of {source}'s images (matched by file_name)")
+                continue
+            if len(candidates) > 1:
+                raise ValueError(f"{file}: its image {name!r} is several of {source}'s images (matched by "
+                                 "file_name)")
+            (image_id,) = candidates
+        if image_id in export_of:
+            raise ValueError(f"{export_of[image_id]} and {file} are both exports of image {image_id} "
+                             f"({images[image_id].get('file_name')!r}) of {source}: keep one (a copy of an "
+                             "output folder inside another?)")
+        export_of[image_id] = file
+        expected = (images[image_id].get("height"), images[image_id].get("width"))
+        if None not in size and None not in expected and tuple(map(int, size)) != tuple(map(int, expected)):
+            raise ValueError(f"{file}: its image {name!r} is {size[0]}×{size[1]} pixels, but {source}'s image "
+                             f"{image_id} is {expected[0]}×{expected[1]}")
+        # labels painted without a class (category 0, "unknown") have none to score
+        annotations = [a for a in annotations if int(a["category_id"]) != UNKNOWN_CATEGORY_ID]
+        unknown = sorted({names.get(int(a["category_id"]), str(a["category_id"])) for a in annotations}
+                         - set(category_of))
+        if unknown:
+            raise ValueError(f"{file}: class(es) [{first_names(map(repr, unknown))}] are not categories of "
+                             f"{source} (names must match exactly, e.g. COCO's 'motorcycle' for VOC's "
+                             f"'motorbike'); it has [{first_names(map(repr, category_of))}]")
+        results = []
+        for annotation in annotations:
+            score = annotation.get("score")
+            results.append({"image_id": image_id,
+                            "category_id": category_of[names[int(annotation["category_id"])]],
+                            "segmentation": annotation["segmentation"], "area": annotation["area"],
+                            "bbox": annotation["bbox"], "score": 1.0 if score is None else float(score)})
+        class_names = [n for i, n in names.items() if i != UNKNOWN_CATEGORY_ID]
+        matched.append(MatchedExport(file, image_id, class_names, results))
+    return matched, unmatched
+
+
 def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
                  coco: Mapping | str | os.PathLike) -> list[dict]:
     """The instances of ``<stem>_instances.json`` exports as one pycocotools results list, in the
@@ -279,7 +423,8 @@ def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
     1 and category ids ``class index + 1``: its own numbering, not the dataset's. This gives
     each annotation the ``image_id`` of the dataset's image of the same ``file_name`` and the
     ``category_id`` of the dataset's category of the same name, ready for
-    ``COCO.loadRes`` and ``COCOeval`` with the dataset as ground truth.
+    ``COCO.loadRes`` and ``COCOeval`` with the dataset as ground truth (`match_exports`
+    matches them; ``napari-prm evaluate DATASET --predictions FOLDER`` scores them).
 
     Parameters
     ----------
@@ -301,7 +446,8 @@ def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
     ValueError
         Naming the export: its image is not in the dataset (by ``file_name``, else by the
         longest trailing path, down to the file name alone, that ends file_names of the dataset
-        when they are one image's: ``A1/cat.jpg`` is ``val2017/A1/cat.jpg``), or its classes are
+        when they are one image's: ``A1/cat.jpg`` is ``val2017/A1/cat.jpg``), its size is not
+        the dataset's image's, another export is of the same image, or its classes are
         not the dataset's categories (names must match exactly: a VOC model's ``motorbike`` is COCO's ``motorcycle``).
 
     Notes
@@ -310,61 +456,7 @@ def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
     higher-scoring one kept the pixels. ``napari_prm.evaluate.evaluate`` scores the whole
     masks (``Prediction.to_coco``), so its mAP^r can differ slightly from these.
     """
-    source, coco = _read_coco(coco)
-    try:
-        by_name = {str(image["file_name"]).replace("\\", "/"): int(image["id"]) for image in coco["images"]}
-        category_of = {str(c["name"]): int(c["id"]) for c in coco["categories"]}
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{source} is not a COCO instances dataset: {error!r}") from error
-    # each file_name by its trailing paths too (val2017/A1/cat.jpg, A1/cat.jpg, cat.jpg): predict run
-    # on a sub-folder of the dataset's image folder, or on a folder above it, names its images by a
-    # path that ends the dataset's, or that the dataset's ends
-    by_suffix: dict[str, set[int]] = {}
-    for name, image_id in by_name.items():
-        parts = name.split("/")
-        for start in range(len(parts)):
-            by_suffix.setdefault("/".join(parts[start:]), set()).add(image_id)
-    if isinstance(exports, (str, os.PathLike)):
-        folder = Path(path_like("exports", exports))
-        files = (tree_files(folder, lambda name: name.endswith("_instances.json") and not name.startswith("."))
-                 if folder.is_dir() else [folder])
-        if not files:
-            raise ValueError(f"exports: no *_instances.json in folder {folder}")
-    else:
-        files = [Path(path_like("exports", f)) for f in exports]
-    results = []
-    for file in files:
-        try:
-            with open(file, encoding="utf-8") as handle:
-                export = json.load(handle)
-            (image,) = export["images"]
-            name = str(image["file_name"]).replace("\\", "/")
-            names = {int(c["id"]): str(c["name"]) for c in export["categories"]}
-            annotations = export["annotations"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"cannot read {file} as a one-image COCO export: {error!r}") from error
-        image_id = by_name.get(name)
-        if image_id is None:
-            parts = name.split("/")
-            # the longest trailing path of the export's name that some file_names end with
-            candidates = next((by_suffix[suffix] for suffix in ("/".join(parts[start:]) for start in range(len(parts)))
-                               if suffix in by_suffix), set())
-            if len(candidates) != 1:
-                raise ValueError(f"{file}: its image {name!r} is {'several' if candidates else 'none'} of "
-                                 f"{source}'s images (matched by file_name)")
-            (image_id,) = candidates
-        # labels painted without a class (category 0, "unknown") have none to score
-        annotations = [a for a in annotations if int(a["category_id"]) != UNKNOWN_CATEGORY_ID]
-        unknown = sorted({names.get(int(a["category_id"]), str(a["category_id"])) for a in annotations}
-                         - set(category_of))
-        if unknown:
-            raise ValueError(f"{file}: class(es) [{first_names(map(repr, unknown))}] are not categories of "
-                             f"{source} (names must match exactly, e.g. COCO's 'motorcycle' for VOC's "
-                             f"'motorbike'); it has [{first_names(map(repr, category_of))}]")
-        for annotation in annotations:
-            score = annotation.get("score")
-            results.append({"image_id": image_id,
-                            "category_id": category_of[names[int(annotation["category_id"])]],
-                            "segmentation": annotation["segmentation"], "area": annotation["area"],
-                            "bbox": annotation["bbox"], "score": 1.0 if score is None else float(score)})
-    return results
+    matched, unmatched = match_exports(exports, coco)
+    if unmatched:
+        raise ValueError(unmatched[0])
+    return [result for export in matched for result in export.results]
