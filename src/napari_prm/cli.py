@@ -387,7 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "as Markdown. On a dataset with image-level labels only (a folder per class, a CSV, "
                     "a COCO JSON without segmentations) and no --masks, print what the labels tell: "
                     "classification AP (as training's validation) and peak precision by image labels. "
-                    "The model's classes must all be in the dataset.")
+                    "The model's classes must all be in the dataset."
+                    "\nWith --predictions, no model runs: the outputs of earlier predict runs are scored "
+                    "against a COCO JSON (mAP^r and ABO, a row per folder) and, for several folders, "
+                    "compared with the first by a paired bootstrap.")
     _add_dataset_options(evaluate)
     _add_model_options(evaluate)
     evaluate.add_argument("--proposals", default="auto", type=_proposals_arg,
@@ -406,9 +409,23 @@ def build_parser() -> argparse.ArgumentParser:
                           help="evaluate the first N images only (default: all)")
     evaluate.add_argument("--only-labeled", action="store_true",
                           help="evaluate only the images that show one of the model's classes")
+    evaluate.add_argument("--predictions", type=Path, nargs="+", default=None, metavar="FOLDER",
+                          help="score these predict --out folders instead of running a model: each folder's "
+                               "<stem>_instances.json exports (sub-folders included) against DATASET's instance "
+                               "masks (a COCO JSON), images matched by file_name and classes by name as "
+                               "napari_prm.io.coco_results matches them, on the images with an export; one row "
+                               "per folder (mAP^r, ABO; what needs the model is not measured); with two or more, "
+                               "a paired bootstrap of each against the first at IoU 0.5 on the images all of "
+                               "them scored. Not with the options that run a model (--model, --device, "
+                               "--proposals, --preset, the thresholds, --max-peaks, --tta, --prm-mode) nor with "
+                               "--masks (default: run --model)")
+    evaluate.add_argument("--resamples", type=int, default=200,
+                          help="bootstrap resamples of the images when comparing --predictions folders "
+                               "(seed 0)")
     evaluate.add_argument("--json", type=Path, default=None,
-                          help="also write the full results to this JSON file "
-                               "(default: not written)")
+                          help="also write the full results to this JSON file (with --predictions: one "
+                               "folder's results as without, several as {\"results\": [one per folder], "
+                               "\"comparison\": ...}) (default: not written)")
     evaluate.set_defaults(run=_run_evaluate)
 
     demo = add_command(
@@ -682,6 +699,7 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "max_images": _optional_positive,
         "json": _json_out,
         "proposals": lambda name, value: _proposal_source(name, value, folders=False),
+        "resamples": _positive,
     },
     "demo": {
         "image": _existing_image,
@@ -717,11 +735,39 @@ def check_arguments(args: argparse.Namespace) -> None:
             subparser.error(str(error))
     if hasattr(args, "prm_mode"):  # predict, evaluate, demo: options that cannot go together
         try:
+            _check_predictions_options(args)
             _check_inference_settings(args)
         except ValueError as error:
             if subparser is None:
                 raise CommandError(str(error)) from None
             subparser.error(str(error))
+
+
+#: ``evaluate``'s options (``dest``) that run a model, which ``--predictions`` does not.
+MODEL_OPTIONS = ("model", "device", "proposals", "preset", "class_threshold", "peak_threshold", "max_peaks",
+                 "tta", "prm_mode")
+
+
+def _check_predictions_options(args: argparse.Namespace) -> None:
+    """``evaluate --predictions`` scores a run already made: the options that run a model, and
+    ``--masks``, are refused with it, and ``--resamples`` is refused without it."""
+    if args.command != "evaluate":
+        return
+    given = _given_options(args)
+    if args.predictions is None:
+        if "resamples" in given:
+            raise ValueError("--resamples: the bootstrap compares --predictions folders; give two or more")
+        return
+    names = {action.dest: "/".join(action.option_strings) for action in args.parser._actions}
+    running = [names[dest] for dest in MODEL_OPTIONS if dest in given]
+    if running:
+        raise ValueError(f"--predictions scores the outputs of runs already made, no model runs: "
+                         f"{', '.join(running)} {'is' if len(running) == 1 else 'are'} for running one; drop "
+                         f"{'it' if len(running) == 1 else 'them'}")
+    if args.masks is not None:
+        raise ValueError("--predictions with --masks: predictions are scored against the instance masks of "
+                         "DATASET, a COCO JSON; corrected exports as ground truth are not supported here (run "
+                         "--model with --masks instead)")
 
 
 def _check_inference_settings(args: argparse.Namespace) -> None:
@@ -890,12 +936,12 @@ def _close_client(client, *, local: bool) -> None:
 
 
 # --------------------------------------------------------------------------- train / evaluate
-def _load_dataset(args, *, classes=None):
+def _load_dataset(args, *, classes=None, **options):
     from .data import load_dataset, voc_view
 
     path = Path(args.dataset)
     try:
-        dataset = load_dataset(path, args.image_dir)
+        dataset = load_dataset(path, args.image_dir, **options)
         if args.voc:
             dataset = voc_view(dataset)
         if classes:
@@ -1327,6 +1373,8 @@ def _run_evaluate(args) -> int:
 
     from .evaluate import evaluate, evaluate_labels, report_json, report_markdown
 
+    if args.predictions is not None:
+        return _run_evaluate_predictions(args)
     dataset = _load_dataset(args)
     labels_only = args.masks is None and not dataset.has_masks
     if labels_only:
@@ -1365,6 +1413,67 @@ def _run_evaluate(args) -> int:
     if args.json is not None:
         _say(f"results: {report_json(results, args.json)}")
     return 0
+
+
+def _run_evaluate_predictions(args) -> int:
+    """``evaluate --predictions``: predict output folders scored against DATASET, compared with the first."""
+    from tqdm import tqdm
+
+    from .evaluate import evaluate_exports, report_exports_markdown, report_json
+
+    if Path(args.dataset).suffix.lower() != ".json":
+        raise CommandError(f"--predictions: DATASET {args.dataset} is not a COCO JSON: predictions are scored "
+                           "against a COCO JSON's instance masks")
+    dataset = _load_dataset(args, check_images=False)  # the JSON is the ground truth: no image is read
+    bars: dict = {}
+    logged = [time.monotonic()]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc="evaluate" if stage == "score" else stage,
+                                     unit="image" if stage == "score" else "resample", disable=None)
+        bar.update(done - bar.n)
+        if _log_line_due(bar, done, total, logged):
+            _say(f"{'evaluate' if stage == 'score' else stage}: {done} of {total} done")
+        if done == total:
+            bar.close()
+
+    try:
+        evaluation = evaluate_exports(args.predictions, dataset, iou_thresholds=args.iou_thresholds,
+                                      only_labeled=args.only_labeled, max_images=args.max_images,
+                                      resamples=args.resamples, progress=progress)
+    except ValueError as error:
+        raise CommandError(f"--predictions: {error}") from error
+    finally:
+        for bar in bars.values():
+            bar.close()
+    for row in evaluation["results"]:
+        _say_exports(row, len(dataset))
+    print(report_exports_markdown(evaluation), end="")
+    if args.json is not None:
+        rows = evaluation["results"]
+        _say(f"results: {report_json(rows[0] if len(rows) == 1 else evaluation, args.json)}")
+    return 0
+
+
+def _say_exports(row: dict, dataset_images: int) -> None:
+    """What ``evaluate --predictions`` scored of one folder, and what it left out (named)."""
+    exports, folder = row["exports"], row["settings"]["predictions"]
+    missing = exports["images_without_export"]
+    _say(f"{folder}: {plural(row['num_images'], 'image')} scored; "
+         + (f"{len(missing)} of the dataset's {plural(dataset_images, 'image')} "
+            f"{'has' if len(missing) == 1 else 'have'} no export there ({first_names(missing, 5)})" if missing
+            else "every image of the dataset has an export there"))
+    if exports["unmatched"]:
+        _say(f"warning: {folder}: {plural(len(exports['unmatched']), 'export')} of no image of the dataset, "
+             f"left out: {first_names(exports['unmatched'], 3)}")
+    if exports["outside"]:
+        _say(f"note: {folder}: {plural(len(exports['outside']), 'export')} of images --voc leaves out (no VOC "
+             f"class): {first_names(exports['outside'], 3)}")
+    if exports["stacks"]:
+        _say(f"warning: {folder}: the outputs of {plural(len(exports['stacks']), 'stack')} hold no COCO JSON "
+             f"(predict writes none for a Z/T stack), left out: {first_names(exports['stacks'], 3)}")
 
 
 # --------------------------------------------------------------------------- demo / bench

@@ -417,6 +417,7 @@ def from_coco(
     classes: None | str | Sequence[str] = None,
     include_crowd: bool = False,
     require_positives: bool = True,
+    check_images: bool = True,
 ) -> LabeledImageDataset:
     """Image-level labels from a COCO "instances" JSON.
 
@@ -435,6 +436,9 @@ def from_coco(
         given to evaluation, flagged.
     require_positives : bool
         Raise when a class has no positive image.
+    check_images : bool
+        Raise when an image file does not exist. Off, the images need not be there (scoring
+        predictions already made reads the JSON only); ``read_image`` then fails for them.
 
     Returns
     -------
@@ -476,7 +480,7 @@ def from_coco(
     for row, image_id in enumerate(image_ids):
         file_name = coco.imgs[image_id]["file_name"]
         path = stored_path(image_dir, file_name)
-        if not path.is_file():
+        if check_images and not path.is_file():
             hint = "" if given_dir else (f"; images are looked for in {image_dir}: pass their folder as image_dir "
                                          "(the command line's --image-dir)")
             raise ValueError(f"image {path} listed in {json_path} (image id {image_id}) does not exist{hint}")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import _validate as check
-from ._text import plural
+from ._text import first_names, plural
 from .io.atomic import atomic_write
 from .masks import encode_rle, mask_iou, rle_area, rle_bbox
 
@@ -455,7 +455,7 @@ class InstanceMatcher:
 
 
 def bootstrap_map(matchers: Sequence[InstanceMatcher], *, iou_threshold: float = 0.5, resamples: int = 200,
-                  seed: int = 0) -> np.ndarray:
+                  seed: int = 0, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """mAP^r of several methods on the same bootstrap resamples of their images (paired).
 
     Parameters
@@ -469,6 +469,8 @@ def bootstrap_map(matchers: Sequence[InstanceMatcher], *, iou_threshold: float =
     seed : int or None
         Seed of the resampling (the same draws for every matcher); None: fresh entropy, so
         the result differs from call to call.
+    progress : callable, optional
+        ``progress(done, resamples)`` after each resample.
 
     Returns
     -------
@@ -505,6 +507,8 @@ def bootstrap_map(matchers: Sequence[InstanceMatcher], *, iou_threshold: float =
         draw = rng.integers(0, count, count)
         for j, matcher in enumerate(matchers):
             out[r, j] = matcher.subset(draw).evaluate((iou_threshold,))[0][0]
+        if progress is not None:
+            progress(r + 1, resamples)
     return out
 
 
@@ -846,6 +850,319 @@ def evaluate_labels(
     results["seconds"] = time.perf_counter() - started
     results["seconds_per_image"] = results["seconds"] / len(indices)
     return results
+
+
+#: What scoring a predict output folder leaves out, and why (its results and report say it).
+NOT_FROM_EXPORTS = ("PRM quality, peak pointing, class-level pointing and classification mAP need the model (its "
+                    "peak response maps, peaks and class scores), which an output folder does not hold: "
+                    "evaluate --model runs it")
+
+#: IoU threshold of the paired comparison of `evaluate_exports`.
+COMPARISON_IOU = 0.5
+
+
+class _FolderExports:
+    """A predict output folder's ``<stem>_instances.json`` exports, matched to a dataset's images."""
+
+    def __init__(self, folder, dataset):
+        from .data import spelling_hint
+        from .io.coco import match_exports
+
+        self.folder = folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(f"{folder} does not exist" if not folder.exists() else
+                             f"{folder} is a file, not a predict output folder (predict's --out)")
+        self.stacks = _stack_outputs(folder)
+        coco = dataset.coco.dataset
+        try:
+            matched, self.unmatched = match_exports(folder, coco, source=dataset.source)
+        except ValueError as error:
+            if not str(error).startswith("exports: no *_instances.json"):
+                raise
+            if self.stacks:
+                raise ValueError(f"{folder} holds only the outputs of {plural(len(self.stacks), 'stack')} "
+                                 f"({first_names(self.stacks, 3)}): predict writes no COCO JSON for a Z/T stack, "
+                                 "and the exports of 2-D images are what is scored") from None
+            raise ValueError(f"{folder} holds no <stem>_instances.json (sub-folders included): not a "
+                             "napari-prm predict output folder (predict --out writes one per 2-D image)") from None
+        if not matched:
+            raise ValueError(f"no export in {folder} is of an image of {dataset.source} (matched by "
+                             f"the file_name its image has there): {first_names(self.unmatched, 3)}")
+        self.class_names = matched[0].class_names
+        other = next((m for m in matched if m.class_names != self.class_names), None)
+        if other is not None:
+            raise ValueError(f"{folder} mixes the outputs of models of different classes "
+                             f"({matched[0].path}: {first_names(self.class_names, 5)}; {other.path}: "
+                             f"{first_names(other.class_names, 5)}): give each run its own folder")
+        categories = [str(c["name"]) for c in coco["categories"]]
+        missing = [name for name in self.class_names if name not in categories]
+        if missing:
+            raise ValueError(f"the classes of the model that made {folder} are not all categories of "
+                             f"{dataset.source}: [{first_names(map(repr, missing))}] are missing"
+                             f"{spelling_hint(missing, categories)} (names must match exactly)")
+        index_of = {int(image_id): i for i, image_id in enumerate(dataset.image_ids)}
+        self.by_index = {index_of[m.image_id]: m for m in matched if m.image_id in index_of}
+        #: exports of images of the JSON that the dataset's view (--voc) leaves out
+        self.outside = [str(m.path) for m in matched if m.image_id not in index_of]
+
+    def indices(self, dataset, *, only_labeled: bool, max_images: int | None) -> list[int]:
+        """The dataset indices scored: those with an export (showing one of the model's classes, with
+        ``only_labeled``), the first ``max_images``."""
+        indices = sorted(self.by_index)
+        if only_labeled:
+            labels = dataset.with_classes(self.class_names).labels
+            indices = [i for i in indices if labels[i].any()]
+        return indices[:max_images]
+
+    def matcher(self, dataset, indices: Sequence[int], class_names: Sequence[str],
+                progress: Callable[[], None] | None = None) -> tuple[InstanceMatcher, list[np.ndarray]]:
+        """The ground truth and these exports' instances of ``class_names`` on the images ``indices``,
+        and each image's best overlaps (ABO)."""
+        from .masks import decode_rles
+
+        dataset = dataset.with_classes(class_names)
+        class_of = {int(category): c for c, category in enumerate(dataset.category_ids)}
+        matcher, overlaps = InstanceMatcher(len(class_names)), []
+        for index in indices:
+            truth = dataset.instances(index)
+            kept = [r for r in self.by_index[index].results if int(r["category_id"]) in class_of]
+            masks = decode_rles([r["segmentation"] for r in kept], truth.masks.shape[1:])
+            matcher.add(truth.masks, truth.class_indices, masks, [class_of[int(r["category_id"])] for r in kept],
+                        [r["score"] for r in kept], gt_iscrowd=truth.iscrowd)
+            overlaps.append(best_overlaps(truth.masks[~truth.iscrowd], masks))
+            if progress is not None:
+                progress()
+        return matcher, overlaps
+
+
+def _stack_outputs(folder: Path) -> list[str]:
+    """The stems (relative to ``folder``) of the Z/T stacks whose outputs ``folder`` holds: their
+    manifest records planes."""
+    from .io.fileset import MANIFEST_SUFFIX, read_file_set
+    from .io.paths import tree_files
+
+    stacks = []
+    for manifest in tree_files(folder, lambda name: name.endswith(MANIFEST_SUFFIX) and not name.startswith(".")):
+        stem = manifest.name[: -len(MANIFEST_SUFFIX)]
+        try:
+            file_set = read_file_set(manifest.parent, stem)
+        except ValueError:
+            continue
+        if file_set is not None and file_set.info.get("planes"):
+            stacks.append(Path(os.path.relpath(manifest.parent / stem, folder)).as_posix())
+    return stacks
+
+
+def evaluate_exports(
+    folders: Sequence[str | os.PathLike],
+    dataset,
+    *,
+    iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+    only_labeled: bool = False,
+    max_images: int | None = None,
+    resamples: int = 200,
+    seed: int | None = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Score ``napari-prm predict`` output folders against a COCO dataset's instance masks; no model runs.
+
+    Each folder's ``<stem>_instances.json`` exports (sub-folders included: a ``predict
+    --recursive`` tree) are matched to the dataset's images and categories as
+    :func:`napari_prm.io.coco_results` matches them (image by ``file_name``, class by exact
+    name: `napari_prm.io.match_exports`), and scored as :func:`evaluate` scores a model's
+    instances: mAP^r is pycocotools' COCOeval (``segm``) over the model's classes, on the
+    images with an export. With two folders or more, their mAP^r at IoU 0.5 is compared on
+    the images they all scored, over the classes they share, by a paired bootstrap
+    (:func:`bootstrap_map`).
+
+    Parameters
+    ----------
+    folders : sequence of path-like
+        ``predict --out`` folders, one run each.
+    dataset : LabeledImageDataset
+        A COCO dataset with instance masks (:func:`napari_prm.data.load_dataset` of the JSON,
+        :func:`napari_prm.data.voc_view` of it for its VOC images only). Every class of a
+        folder's model must be one of its categories, by name.
+    iou_thresholds : sequence of float
+    only_labeled : bool
+        Score only the images that show one of the folder's model's classes.
+    max_images : int, optional
+        Score the first ``max_images`` images with an export only.
+    resamples : int
+        Bootstrap resamples of the comparison (two folders or more).
+    seed : int or None
+        Seed of the resampling.
+    progress : callable, optional
+        ``progress(stage, done, total)``: stage ``"score"`` after each image of each folder,
+        ``"bootstrap"`` after each resample.
+
+    Returns
+    -------
+    dict
+        ``results``: per folder, :func:`evaluate`'s keys (``mAP_r``, ``AP_r_per_class``,
+        ``ABO``, counts; the metrics that need the model are None and ``not_measured`` says
+        so), ``exports`` (``scored``; ``images_without_export``, the dataset's file names of
+        the images with no export; ``unmatched``, exports of no image of the dataset;
+        ``outside``, exports of JSON images the dataset leaves out (its VOC view); ``stacks``,
+        stacks' outputs, which hold no COCO JSON) and ``settings`` (``predictions``: the
+        folder). ``comparison``: None for one folder, else ``iou_threshold``, ``resamples``,
+        ``seed``, ``classes`` (shared), ``images`` (how many all folders scored),
+        ``left_out`` (the file names of the others) and ``rows``: per folder ``predictions``,
+        ``mAP_r`` (on those images and classes), ``median``, ``low``, ``high`` (5th and 95th
+        percentiles over the resamples) and ``difference`` to the first folder (None for
+        the first; else ``median``, ``low``, ``high``, ``share_above_0``). Figures are
+        fractions, not %.
+
+    Raises
+    ------
+    ValueError
+        Naming the folder or file: not a folder, no export, none of an image of the dataset,
+        classes not among the dataset's categories, two exports of one image, an export's
+        image of another size; for a comparison, no image or class the folders share.
+    """
+    iou_thresholds = check.finite_floats("iou_thresholds", iou_thresholds, low=0, high=1,
+                                         low_open=True, unique=True)
+    max_images = check.positive_int("max_images", max_images, optional=True)
+    resamples = check.positive_int("resamples", resamples)
+    folders = [Path(check.path_like("folders", f)) for f in folders]
+    if not folders:
+        raise ValueError("folders: expected at least one predict output folder")
+    if not hasattr(dataset, "has_masks"):
+        raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
+                         f"got {type(dataset).__name__}")
+    if dataset.coco is None or not dataset.has_masks:
+        raise ValueError(f"predictions are scored against a COCO JSON's instance masks; dataset {dataset.source} "
+                         + ("is not a COCO JSON" if dataset.coco is None else "has no segmentations"))
+    started = time.perf_counter()
+    read = [_FolderExports(folder, dataset) for folder in folders]
+    chosen = [exports.indices(dataset, only_labeled=only_labeled, max_images=max_images) for exports in read]
+    for exports, indices in zip(read, chosen):
+        if not indices:
+            raise ValueError(f"no image of {exports.folder} to score: none of its "
+                             f"{plural(len(exports.by_index), 'image')} shows a class of its model "
+                             f"({first_names(exports.class_names, 5)})")
+    total, done = sum(map(len, chosen)), [0]
+
+    def one_done() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress("score", done[0], total)
+
+    file_name = [str(dataset.coco.imgs[image_id]["file_name"]) for image_id in dataset.image_ids]
+    rows = []
+    for exports, indices in zip(read, chosen):
+        matcher, overlaps = exports.matcher(dataset, indices, exports.class_names, one_done)
+        mean, per_class = matcher.evaluate(iou_thresholds)
+        names = exports.class_names
+        rows.append({
+            "num_images": len(indices), "num_instances": len(matcher.gt), "num_peaks": None,
+            "num_predicted_instances": len(matcher.dt), "classes": list(names),
+            "mAP_r": {float(t): float(m) for t, m in zip(iou_thresholds, mean)},
+            "AP_r_per_class": {name: {float(t): float(per_class[i, c]) for i, t in enumerate(iou_thresholds)}
+                               for c, name in enumerate(names)},
+            "ABO": _mean(overlaps), "prm_quality": None, "pointing_accuracy": None, "class_pointing": None,
+            "funnel": None, "classification_mAP": None, "classification_AP": None,
+            "not_measured": NOT_FROM_EXPORTS,
+            "exports": {"scored": len(indices),
+                        "images_without_export": [file_name[i] for i in range(len(dataset))
+                                                  if i not in exports.by_index],
+                        "unmatched": exports.unmatched, "outside": exports.outside, "stacks": exports.stacks},
+            "settings": {"predictions": str(exports.folder), "dataset": dataset.source, "proposals": None,
+                         "iou_thresholds": [float(t) for t in iou_thresholds], "only_labeled": bool(only_labeled),
+                         "predict": None, "thresholds": None},
+        })
+    comparison = None
+    if len(read) > 1:
+        comparison = _compare_exports(read, chosen, dataset, file_name, resamples=resamples, seed=seed,
+                                      progress=None if progress is None else
+                                      (lambda done, total: progress("bootstrap", done, total)))
+    seconds = time.perf_counter() - started
+    for row in rows:
+        row["seconds"] = seconds
+        row["seconds_per_image"] = seconds / max(total, 1)
+    return {"results": rows, "comparison": comparison}
+
+
+def _compare_exports(read: Sequence[_FolderExports], chosen: Sequence[Sequence[int]], dataset,
+                     file_name: Sequence[str], *, resamples: int, seed, progress) -> dict[str, Any]:
+    """`evaluate_exports`'s paired bootstrap of the folders against the first."""
+    shared = [name for name in read[0].class_names if all(name in other.class_names for other in read[1:])]
+    if not shared:
+        raise ValueError(f"the folders' models share no class ({read[0].folder}: "
+                         f"{first_names(read[0].class_names, 5)}; {read[1].folder}: "
+                         f"{first_names(read[1].class_names, 5)}): there is nothing to compare")
+    common = sorted(set(chosen[0]).intersection(*map(set, chosen[1:])))
+    left_out = sorted(set().union(*map(set, chosen)) - set(common))
+    if not common:
+        raise ValueError(f"no image is scored in every folder ({', '.join(str(r.folder) for r in read)}): "
+                         "there is nothing to compare")
+    matchers = [exports.matcher(dataset, common, shared)[0] for exports in read]
+    draws = bootstrap_map(matchers, iou_threshold=COMPARISON_IOU, resamples=resamples, seed=seed,
+                          progress=progress)
+    rows = []
+    for column, (exports, matcher) in enumerate(zip(read, matchers)):
+        low, middle, high = np.nanpercentile(draws[:, column], [5, 50, 95])
+        row = {"predictions": str(exports.folder), "mAP_r": float(matcher.evaluate((COMPARISON_IOU,))[0][0]),
+               "median": float(middle), "low": float(low), "high": float(high), "difference": None}
+        if column:
+            difference = draws[:, column] - draws[:, 0]
+            low, middle, high = np.nanpercentile(difference, [5, 50, 95])
+            row["difference"] = {"median": float(middle), "low": float(low), "high": float(high),
+                                 "share_above_0": float(np.mean(difference > 0))}
+        rows.append(row)
+    return {"iou_threshold": COMPARISON_IOU, "resamples": resamples, "seed": seed, "classes": shared,
+            "images": len(common), "left_out": [file_name[i] for i in left_out], "rows": rows}
+
+
+def report_exports_markdown(evaluation: Mapping[str, Any]) -> str:
+    """A Markdown report of :func:`evaluate_exports`: a row per folder (figures in %), AP^r per
+    class, what was not measured and, for two folders or more, the paired comparison."""
+    rows = evaluation["results"]
+    thresholds = list(rows[0]["mAP_r"])
+    source = rows[0]["settings"]["dataset"]
+    lines = [f"Predictions scored against {source} ({plural(len(rows), 'folder')}; no model run):", "",
+             "| predictions | images | ground-truth instances | instances |"
+             + "".join(f" mAP^r@{t:g} |" for t in thresholds) + " ABO |",
+             "| --- |" + " --- |" * (4 + len(thresholds))]
+    for row in rows:
+        lines.append(f"| {row['settings']['predictions']} | {row['num_images']} | {row['num_instances']} | "
+                     f"{row['num_predicted_instances']} |" + "".join(f" {_fmt(row['mAP_r'][t])} |" for t in thresholds)
+                     + f" {_fmt(row['ABO'])} |")
+    classes = list(dict.fromkeys(name for row in rows for name in row["classes"]))
+    labelled = len(rows) > 1
+    header = "| class |" + "".join(f" {row['settings']['predictions'] + ' ' if labelled else ''}AP^r@{t:g} |"
+                                   for row in rows for t in thresholds)
+    lines += ["", header, "| --- |" + " --- |" * (len(rows) * len(thresholds))]
+    for name in classes:
+        cells = "".join(f" {_fmt(row['AP_r_per_class'][name][t]) if name in row['AP_r_per_class'] else '–'} |"
+                        for row in rows for t in thresholds)
+        lines.append(f"| {name} |{cells}")
+    lines += ["", "Figures in %. mAP^r: mean over the model's classes of the instance masks' average precision "
+              "at each IoU (COCOeval, segm); ABO: mean best IoU of a ground-truth instance with any predicted "
+              "mask; –: the images hold no ground truth of the class (or the model has no such class). "
+              "The masks are the exports' label images' (where two instances overlapped, the higher score "
+              "kept the pixels).", f"Not measured: {rows[0]['not_measured']}."]
+    comparison = evaluation.get("comparison")
+    if comparison:
+        first = comparison["rows"][0]["predictions"]
+        left_out = comparison["left_out"]
+        lines += ["", f"Paired bootstrap of mAP^r@{comparison['iou_threshold']:g}: {comparison['resamples']} "
+                      f"resamples of the {plural(comparison['images'], 'image')} every folder scored"
+                  + (f" ({plural(len(left_out), 'image')} scored by some folders only left out: "
+                     f"{first_names(left_out, 5)})" if left_out else "")
+                  + f", over the {plural(len(comparison['classes']), 'class')} the folders' models share; "
+                    "interval: 5th to 95th percentile; share > 0: of the resamples where the difference is "
+                    "above 0.", "",
+                  f"| predictions | mAP^r@{comparison['iou_threshold']:g} | median (90 % interval) | "
+                  f"minus {first}: median (90 % interval), share > 0 |", "| --- | --- | --- | --- |"]
+        for row in comparison["rows"]:
+            difference = row["difference"]
+            delta = "—" if difference is None else (
+                f"{100 * difference['median']:+.1f} ({100 * difference['low']:+.1f} to "
+                f"{100 * difference['high']:+.1f}), {difference['share_above_0']:.0%}")
+            lines.append(f"| {row['predictions']} | {_fmt(row['mAP_r'])} | {_fmt(row['median'])} "
+                         f"({_fmt(row['low'])}–{_fmt(row['high'])}) | {delta} |")
+    return "\n".join(lines) + "\n"
 
 
 def _settings_dict(settings) -> dict:

@@ -1,0 +1,220 @@
+"""``napari-prm evaluate DATASET --predictions FOLDER ...``: predict's output folders scored against a COCO JSON,
+no model run, and compared by a paired bootstrap."""
+
+import contextlib
+import io as text_io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from conftest import shapes_scene
+from napari_prm import io
+from napari_prm.cli import main
+from napari_prm.model import build_model, save_model
+
+CLASSES = ["cat", "dog"]
+#: the user's own ids: not the exports' (image 1, categories 1 and 2), and a category no model has
+CATEGORIES = [{"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}, {"id": 3, "name": "car"}]
+TABLE = {"label": np.array([1, 2]), "class_index": np.array([0, 1]), "class_name": np.array(CLASSES),
+         "score": np.array([0.9, 0.8]), "peak": np.array([0, 1])}
+#: lets the random tiny model's peaks through, so that it predicts instances to score
+LOW = ["--class-threshold=-1e9", "--peak-threshold=-1e9"]
+IOUS = (0.25, 0.5, 0.75)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A COCO JSON of four shapes scenes (ids 100-103, categories 17/18) with their images in
+    another folder, and two real ``predict`` runs of a tiny model: ``runA`` on the first three
+    images, ``runB`` (one peak per image) on all four."""
+    import imageio.v3 as iio
+
+    root = tmp_path_factory.mktemp("predictions")
+    images = root / "images"
+    images.mkdir()
+    coco = {"images": [], "annotations": [], "categories": CATEGORIES}
+    for number in range(4):
+        image, labels, _, _ = shapes_scene(number)
+        iio.imwrite(images / f"scene{number}.png", image)
+        one = io.labels_to_coco(labels, TABLE, CLASSES, image_id=100 + number, file_name=f"scene{number}.png",
+                                category_ids=[17, 18])
+        coco["images"] += one["images"]
+        coco["annotations"] += [{key: value for key, value in a.items() if key not in ("score", "peak", "label")}
+                                | {"id": 10 * number + a["id"]} for a in one["annotations"]]
+    (root / "gt.json").write_text(json.dumps(coco))
+    torch.manual_seed(0)
+    checkpoint = save_model(build_model("tiny", CLASSES, pretrained=False, input_size=(96, 96)), root / "tiny.pt")
+    common = ["predict", "--model", str(checkpoint), "--device", "cpu", *LOW]
+    assert main([*common, *(str(images / f"scene{n}.png") for n in range(3)), "--out", str(root / "runA")]) == 0
+    assert main([*common, "--max-peaks", "1", str(images), "--out", str(root / "runB")]) == 0
+    return root
+
+
+def _cocoeval(gt_json, results, image_ids, ious=IOUS):
+    """pycocotools' COCOeval on ``coco_results``' list as evaluate scores: the two classes, one area
+    range, 100 detections: (mAP per IoU, AP per IoU and class)."""
+    with contextlib.redirect_stdout(text_io.StringIO()):
+        truth = COCO(str(gt_json))
+        evaluation = COCOeval(truth, truth.loadRes(results), "segm")
+        evaluation.params.imgIds = list(image_ids)
+        evaluation.params.catIds = [17, 18]
+        evaluation.params.iouThrs = np.array(ious)
+        evaluation.params.areaRng, evaluation.params.areaRngLbl = [[0, 1e10]], ["all"]
+        evaluation.params.maxDets = [100]
+        evaluation.evaluate()
+        evaluation.accumulate()
+    precision = evaluation.eval["precision"][:, :, :, 0, 0]  # (IoU, recall, class)
+    mean = [float(p[p > -1].mean()) for p in precision]
+    per_class = [[float(precision[t, :, c].mean()) for c in range(2)] for t in range(len(ious))]
+    return mean, per_class
+
+
+def test_a_predict_folder_scores_as_cocoeval_on_coco_results(runs, tmp_path, capsys):
+    gt = runs / "gt.json"
+    assert main(["evaluate", str(gt), "--predictions", str(runs / "runA"), "--json", str(tmp_path / "a.json")]) == 0
+    captured = capsys.readouterr()
+    results = json.loads((tmp_path / "a.json").read_text())
+    mean, per_class = _cocoeval(gt, io.coco_results(runs / "runA", gt), [100, 101, 102])
+    assert 0 < mean[1] < 1  # the random model finds some instances, not all: a figure worth checking
+    assert [results["mAP_r"][str(t)] for t in IOUS] == pytest.approx(mean, abs=1e-12)
+    for c, name in enumerate(CLASSES):
+        assert [results["AP_r_per_class"][name][str(t)] for t in IOUS] == pytest.approx(
+            [row[c] for row in per_class], abs=1e-12)
+    assert results["num_images"] == 3 and results["num_instances"] == 6
+    assert results["num_predicted_instances"] == len(io.coco_results(runs / "runA", gt))
+    assert results["prm_quality"] is None and "need the model" in results["not_measured"]
+    assert results["exports"]["images_without_export"] == ["scene3.png"]
+    # the images are not read: the JSON beside no image folder, no --image-dir, is enough
+    assert "1 of the dataset's 4 images has no export there (scene3.png)" in captured.err
+    row = f"| {runs / 'runA'} | 3 | 6 | {results['num_predicted_instances']} | " + " | ".join(
+        f"{100 * m:.1f}" for m in mean)
+    assert row in captured.out
+    assert "Not measured: PRM quality" in captured.out
+
+
+def test_exports_rewritten_to_the_ground_truth_score_100(runs, tmp_path, capsys):
+    perfect = _perfect_copy(runs, tmp_path / "perfect")
+    assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(perfect), "--json",
+                 str(tmp_path / "p.json")]) == 0
+    results = json.loads((tmp_path / "p.json").read_text())
+    assert results["mAP_r"] == {str(t): 1.0 for t in IOUS}
+    assert results["ABO"] == 1.0 and results["num_predicted_instances"] == results["num_instances"] == 6
+    assert "| 100.0 | 100.0 | 100.0 | 100.0 |" in capsys.readouterr().out
+
+
+def _perfect_copy(runs, folder, drop=()):
+    """``runA`` copied, each export's instances replaced by its image's ground truth (in the exports'
+    own numbering, as predict writes them); the images ``drop`` lose their exports."""
+    shutil.copytree(runs / "runA", folder)
+    for number in range(3):
+        if number in drop:
+            for path in folder.glob(f"scene{number}[._]*"):
+                path.unlink()
+            continue
+        io.write_coco_json(folder / f"scene{number}_instances.json",
+                           io.labels_to_coco(shapes_scene(number)[1], TABLE, CLASSES, file_name=f"scene{number}.png"))
+    return folder
+
+
+def test_two_folders_compare_with_the_right_sign(runs, tmp_path, capsys):
+    gt = runs / "gt.json"
+    perfect = _perfect_copy(runs, tmp_path / "perfect", drop=(2,))
+    assert main(["evaluate", str(gt), "--predictions", str(runs / "runA"), str(perfect), str(runs / "runB"),
+                 "--resamples", "40", "--json", str(tmp_path / "c.json")]) == 0
+    captured = capsys.readouterr()
+    evaluation = json.loads((tmp_path / "c.json").read_text())
+    assert [r["settings"]["predictions"] for r in evaluation["results"]] == [
+        str(runs / "runA"), str(perfect), str(runs / "runB")]
+    comparison = evaluation["comparison"]
+    assert comparison["images"] == 2 and comparison["left_out"] == ["scene2.png", "scene3.png"]
+    first, best, _ = comparison["rows"]
+    assert best["mAP_r"] == 1.0 and best["low"] == 1.0
+    # on the two common images, as COCOeval scores them
+    assert first["mAP_r"] == pytest.approx(
+        _cocoeval(gt, [r for r in io.coco_results(runs / "runA", gt) if r["image_id"] < 102], [100, 101],
+                  (0.5,))[0][0], abs=1e-12)
+    assert first["difference"] is None
+    assert best["difference"]["median"] > 0 and best["difference"]["low"] >= 0
+    assert best["difference"]["share_above_0"] > 0.5
+    assert "2 images every folder scored (2 images scored by some folders only left out: scene2.png, " \
+           "scene3.png)" in captured.out
+    assert f"| {perfect} | 100.0 | 100.0 (100.0–100.0) | +" in captured.out
+    # the other way round: the first is the perfect one, so the difference is negative
+    assert main(["evaluate", str(gt), "--predictions", str(perfect), str(runs / "runA"), "--resamples", "40",
+                 "--json", str(tmp_path / "d.json")]) == 0
+    reverse = json.loads((tmp_path / "d.json").read_text())["comparison"]["rows"][1]["difference"]
+    assert reverse["median"] < 0 and reverse["share_above_0"] == 0
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--model", "imagenet-voc"], "--model"),
+    (["--tta", "--class-threshold", "0.5"], "--class-threshold, --tta/--no-tta"),
+    (["--no-tta"], "--tta/--no-tta"),
+    (["--device", "cpu", "--proposals", "none"], "--device, --proposals"),
+    (["--masks", "corrections/"], "--predictions with --masks"),
+])
+def test_options_that_run_a_model_are_usage_errors(runs, options, named, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["evaluate", str(runs / "gt.json"), "--predictions", str(runs / "runA"), *options])
+    assert stopped.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_resamples_without_predictions_is_a_usage_error(runs, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["evaluate", str(runs / "gt.json"), "--resamples", "10"])
+    assert stopped.value.code == 2 and "--resamples" in capsys.readouterr().err
+
+
+def test_folders_that_cannot_be_scored_are_named(runs, tmp_path, capsys):
+    gt = str(runs / "gt.json")
+
+    def error(*folders, dataset=gt):
+        assert main(["evaluate", dataset, "--predictions", *map(str, folders)]) == 2
+        return capsys.readouterr().err
+
+    (tmp_path / "empty").mkdir()
+    assert f"--predictions: {tmp_path / 'empty'} holds no <stem>_instances.json" in error(tmp_path / "empty")
+    assert "not a napari-prm predict output folder" in error(runs / "images")
+    assert f"--predictions: {tmp_path / 'none'} does not exist" in error(tmp_path / "none")
+    assert "is not a COCO JSON" in error(runs / "runA", dataset=str(tmp_path / "labels.csv"))
+    # a stack's outputs: predict writes no COCO JSON for them
+    import tifffile
+
+    planes = np.stack([shapes_scene(n)[0].mean(axis=-1).astype(np.uint8) for n in (0, 1)])
+    tifffile.imwrite(tmp_path / "zstack.tif", planes, imagej=True, metadata={"axes": "ZYX"})
+    assert main(["predict", str(tmp_path / "zstack.tif"), "--model", str(runs / "tiny.pt"), "--device", "cpu",
+                 "--out", str(tmp_path / "stacks")]) == 0
+    capsys.readouterr()
+    assert "holds only the outputs of 1 stack (zstack): predict writes no COCO JSON" in error(tmp_path / "stacks")
+    # a model whose classes are not the JSON's categories
+    voc = tmp_path / "voc"
+    shutil.copytree(runs / "runA", voc)
+    for path in voc.glob("*_instances.json"):
+        export = json.loads(path.read_text())
+        for category in export["categories"]:
+            category["name"] = {"cat": "cat", "dog": "motorbike"}[category["name"]]
+        path.write_text(json.dumps(export))
+    message = error(voc)
+    assert str(voc) in message and "'motorbike'" in message
+    # a copy of an output folder inside another: two exports of one image
+    nested = tmp_path / "nested"
+    shutil.copytree(runs / "runA", nested)
+    shutil.copytree(runs / "runA", nested / "backup")
+    message = error(nested)
+    assert f"{nested / 'backup' / 'scene0_instances.json'} and {nested / 'scene0_instances.json'} are both " \
+           "exports of image 100" in message
+    # an export of no image of the JSON: named, left out
+    stray = tmp_path / "stray"
+    shutil.copytree(runs / "runA", stray)
+    export = json.loads((stray / "scene0_instances.json").read_text())
+    export["images"][0]["file_name"] = "elsewhere.png"
+    (stray / "elsewhere_instances.json").write_text(json.dumps(export))
+    assert main(["evaluate", gt, "--predictions", str(stray)]) == 0
+    assert f"warning: {stray}: 1 export of no image of the dataset, left out: {stray / 'elsewhere_instances.json'}" \
+        in capsys.readouterr().err
