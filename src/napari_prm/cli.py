@@ -1359,7 +1359,7 @@ def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
             _say(f"warning: {plural(len(unchanged), 'export')} in {masks} ({first_names(unchanged, 3)}) "
                  f"{'is' if len(unchanged) == 1 else 'are'} napari-prm predict's output as written, not corrected: "
                  "the figures measure agreement with those predictions, not accuracy. Correct them first; to score "
-                 "predictions against a COCO JSON, see napari_prm.io.coco_results (docs/usage.md)")
+                 "predictions against a COCO JSON, use evaluate COCO_JSON --predictions FOLDER")
     unknown = sum(c.num_unknown for c in corrections)
     _say(f"{len(matched)} of the dataset's {plural(len(dataset), 'image')} "
          f"{'has' if len(matched) == 1 else 'have'} corrected instances "
