@@ -1004,8 +1004,9 @@ def evaluate_exports(
         so), ``exports`` (``scored``; ``images_without_export``, the dataset's file names of
         the images with no export; ``unmatched``, exports of no image of the dataset;
         ``outside``, exports of JSON images the dataset leaves out (its VOC view); ``stacks``,
-        stacks' outputs, which hold no COCO JSON) and ``settings`` (``predictions``: the
-        folder). ``comparison``: None for one folder, else ``iou_threshold``, ``resamples``,
+        stacks' outputs, which hold no COCO JSON), ``seconds`` (reading and scoring that
+        folder, the comparison not included) and ``settings`` (``predictions``: the folder).
+        ``comparison``: None for one folder, else ``iou_threshold``, ``resamples``,
         ``seed``, ``classes`` (shared), ``images`` (how many all folders scored),
         ``left_out`` (the file names of the others) and ``rows``: per folder ``predictions``,
         ``mAP_r`` (on those images and classes), ``median``, ``low``, ``high`` (5th and 95th
@@ -1033,8 +1034,11 @@ def evaluate_exports(
     if dataset.coco is None or not dataset.has_masks:
         raise ValueError(f"predictions are scored against a COCO JSON's instance masks; dataset {dataset.source} "
                          + ("is not a COCO JSON" if dataset.coco is None else "has no segmentations"))
-    started = time.perf_counter()
-    read = [_FolderExports(folder, dataset) for folder in folders]
+    read, seconds = [], []
+    for folder in folders:
+        started = time.perf_counter()
+        read.append(_FolderExports(folder, dataset))
+        seconds.append(time.perf_counter() - started)
     chosen = [exports.indices(dataset, only_labeled=only_labeled, max_images=max_images) for exports in read]
     for exports, indices in zip(read, chosen):
         if not indices:
@@ -1050,7 +1054,8 @@ def evaluate_exports(
 
     file_name = [str(dataset.coco.imgs[image_id]["file_name"]) for image_id in dataset.image_ids]
     rows = []
-    for exports, indices in zip(read, chosen):
+    for exports, indices, read_seconds in zip(read, chosen, seconds):
+        started = time.perf_counter()
         matcher, overlaps = exports.matcher(dataset, indices, exports.class_names, one_done)
         mean, per_class = matcher.evaluate(iou_thresholds)
         names = exports.class_names
@@ -1060,6 +1065,7 @@ def evaluate_exports(
             "mAP_r": {float(t): float(m) for t, m in zip(iou_thresholds, mean)},
             "AP_r_per_class": {name: {float(t): float(per_class[i, c]) for i, t in enumerate(iou_thresholds)}
                                for c, name in enumerate(names)},
+            "seconds": read_seconds + time.perf_counter() - started,
             "ABO": _mean(overlaps), "prm_quality": None, "pointing_accuracy": None, "class_pointing": None,
             "funnel": None, "classification_mAP": None, "classification_AP": None,
             "not_measured": NOT_FROM_EXPORTS,
@@ -1076,10 +1082,8 @@ def evaluate_exports(
         comparison = _compare_exports(read, chosen, dataset, file_name, resamples=resamples, seed=seed,
                                       progress=None if progress is None else
                                       (lambda done, total: progress("bootstrap", done, total)))
-    seconds = time.perf_counter() - started
     for row in rows:
-        row["seconds"] = seconds
-        row["seconds_per_image"] = seconds / max(total, 1)
+        row["seconds_per_image"] = row["seconds"] / row["num_images"]
     return {"results": rows, "comparison": comparison}
 
 
