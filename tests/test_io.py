@@ -104,6 +104,22 @@ def test_png_refuses_labels_above_65535(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_palette_label_png_is_read_as_its_indices(tmp_path):
+    """PASCAL VOC's SegmentationObject/SegmentationClass PNGs are palette images: the pixel values
+    are the palette indices (instance or class numbers, 255 void); imageio gave their colours."""
+    from PIL import Image
+
+    indices = np.zeros((3, 4), np.uint8)
+    indices[0, 1], indices[1, 2], indices[2, 3] = 1, 2, 255
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [224, 224, 192] * 253)  # VOC's colours; 255 cream
+    image.save(tmp_path / "2007_000032.png")
+    labels = io.read_label_image(tmp_path / "2007_000032.png")
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, indices)
+    assert io.read_image(tmp_path / "2007_000032.png").shape == (3, 4, 3)  # an image's colours, as before
+
+
 def test_label_image_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="integer"):
         io.write_label_image(tmp_path / "a.tif", np.zeros((4, 4), np.float32))

@@ -37,7 +37,7 @@ STRETCH_PERCENTILES = (0.5, 99.5)
 EIGHT_BIT_TOP = 128
 
 
-def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
+def read_array(path: str | os.PathLike, *, what: str = "image", indices: bool = False) -> np.ndarray:
     """A file's array as stored: TIFF through tifffile, other formats through imageio.
 
     Parameters
@@ -45,6 +45,10 @@ def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
     path : path-like
     what : str
         What the file holds, for the error message (``"label image"``, ...).
+    indices : bool
+        Read a palette image (a PNG or GIF of Pillow's mode ``P``, as PASCAL VOC's
+        segmentation PNGs are) as its palette indices, ``(H, W)`` integers, rather than as
+        the colours they stand for (the default, as images are shown). For label images.
 
     Returns
     -------
@@ -63,6 +67,8 @@ def read_array(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
             return np.asarray(tifffile.imread(path))
         import imageio.v3 as iio
 
+        if indices and iio.immeta(path).get("mode") in ("P", "PA"):
+            return np.asarray(iio.imread(path, mode="P"))  # imageio otherwise gives the colours
         return np.asarray(iio.imread(path))
     except Exception as error:  # the readers raise many types for a broken file
         raise _unreadable(what, path, error) from error

@@ -276,7 +276,8 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
 
 
 def read_label_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a label image written by `write_label_image` (or any integer TIFF/PNG).
+    """Read a label image written by `write_label_image` (or any integer TIFF/PNG; a palette
+    PNG, as PASCAL VOC's ``SegmentationObject/<id>.png``, gives its palette indices).
 
     Raises
     ------
@@ -284,7 +285,7 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
         Naming the file, when it cannot be read or does not hold integer labels.
     """
     path = Path(path)
-    labels = read_array(path, what="label image")
+    labels = read_array(path, what="label image", indices=True)
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer) or labels.ndim < 2:
         raise ValueError(f"{path} is not a label image: expected integers with at least "
