@@ -46,7 +46,7 @@ def test_an_instance_and_a_model_print_shapes(prediction):
 
 def test_ground_truth_and_corrections_print_shapes():
     truth = GroundTruth(np.zeros((2, 30, 40), bool), np.array([0, 1]), np.zeros(2, bool))
-    assert repr(truth) == ("GroundTruth(masks=<bool 2×30×40>, class_indices=<int64 2>, iscrowd=<bool 2>)")
+    assert repr(truth) == ("GroundTruth(masks=<bool 2×30×40>, class_indices=<int64 2>, iscrowd=<bool 2>, ignore=None)")
     labels = np.zeros((30, 40), np.int32)
     labels[5:10, 5:10] = 1
     correction = Correction(np.zeros((30, 40, 3), np.uint8), labels, {1: 0}, "a.png")
@@ -85,4 +85,4 @@ def test_a_dataset_prints_counts_not_its_paths_and_labels(tmp_path):
     assert repr(dataset) == (f"LabeledImageDataset(image_paths=<30 paths: {paths[0]}, ...>, labels=<float32 30×8>, "
                              "class_names=8 ['class0', 'class1', 'class2', …], origins=<30 strs>, "
                              "source='labels.csv', coco=None, image_ids=None, category_ids=None, "
-                             "include_crowd=False, warnings=[])")
+                             "include_crowd=False, voc=None, warnings=[])")

@@ -1380,9 +1380,14 @@ def _run_evaluate(args) -> int:
     if labels_only:
         _say(f"dataset {dataset.source} has image-level labels only: classification AP and peak precision; "
              "instance metrics need masks (--masks)")
+    without = set() if labels_only or args.masks is not None else set(dataset.images_without_masks())
+    if without:  # evaluate() leaves them out: a PASCAL VOC image the devkit has not segmented
+        verb, names = "has" if len(without) == 1 else "have", [dataset.image_paths[i].name for i in sorted(without)]
+        _say(f"{len(without)} of the dataset's {plural(len(dataset), 'image')} {verb} no instance masks (no "
+             f"SegmentationObject PNG), left out: {first_names(names, 3)}")
     model = _load_model(args.model, args.device)
     ground_truth = None if args.masks is None else _corrected_ground_truth(args.masks, dataset, model.class_names)
-    indices = range(len(dataset)) if ground_truth is None else list(ground_truth)
+    indices = [i for i in range(len(dataset)) if i not in without] if ground_truth is None else list(ground_truth)
     try:
         labels = dataset.with_classes(model.class_names).labels
     except ValueError as error:

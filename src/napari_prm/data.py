@@ -1,9 +1,10 @@
 """Datasets with image-level labels: the weak supervision PRM trains from.
 
-Three sources give the same :class:`LabeledImageDataset`: a COCO JSON (labels
+Four sources give the same :class:`LabeledImageDataset`: a COCO JSON (labels
 are the categories present; instance masks, when present, serve evaluation
-only), a folder per class (one label per image) and a CSV ``image,labels``
-with ``;``-separated labels. Images are read lazily.
+only), a PASCAL VOC devkit (labels from its XML annotations; instance masks from its
+segmentation PNGs, for evaluation only), a folder per class (one label per image) and a
+CSV ``image,labels`` with ``;``-separated labels. Images are read lazily.
 """
 
 from __future__ import annotations
@@ -37,17 +38,16 @@ VOC_SPELLINGS = {
 }
 #: The other way round (COCO name: VOC name).
 _VOC_NAME = {coco: voc for voc, coco in VOC_SPELLINGS.items()}
+#: The VOC classes as PASCAL VOC names them, in VOC's order: class ``k + 1`` of its
+#: ``SegmentationClass`` PNGs.
+_VOC_OWN_NAMES = tuple(_VOC_NAME.get(name, name) for name in VOC_CLASSES)
 
 
-def spelling_hint(missing: Sequence[str], present: Sequence[str]) -> str:
-    """``" (... spells them ...)"`` naming the classes of ``missing`` that ``present`` holds in
-    PASCAL VOC's or COCO's other spelling (``motorbike`` for ``motorcycle``), else ``""``."""
-    other = {**VOC_SPELLINGS, **_VOC_NAME}
-    pairs = [f"{other[name]!r} for {name!r}" for name in missing if other.get(name) in set(present)]
-    if not pairs:
-        return ""
-    return (f"; it spells {len(pairs)} of them otherwise ({', '.join(pairs)}: PASCAL VOC's and COCO's "
-            "names): rename its categories, or the classes, to one spelling")
+def _other_spelling(name: str) -> str | None:
+    """The VOC class ``name`` under PASCAL VOC's or COCO's other name (``motorbike`` for
+    ``motorcycle`` and back), else None."""
+    return VOC_SPELLINGS.get(name) or _VOC_NAME.get(name)
+
 
 PathLike = str | Path
 
@@ -63,16 +63,67 @@ class GroundTruth:
         Index into the dataset's class names.
     iscrowd : (M,) bool ndarray
         COCO crowd regions (several objects under one mask).
+    ignore : (H, W) bool ndarray or None
+        Pixels that are neither an instance nor background (PASCAL VOC's void, 255: object
+        outlines and unclear regions): evaluation takes them out of predicted masks before
+        matching (`napari_prm.evaluate.InstanceMatcher.add_instances`), so that they count
+        for and against no prediction. None: every pixel counts.
     """
 
     masks: np.ndarray
     class_indices: np.ndarray
     iscrowd: np.ndarray
+    ignore: np.ndarray | None = None
 
     def __repr__(self) -> str:
         from ._text import fields_repr
 
         return fields_repr(self)
+
+
+@dataclass(repr=False, eq=False)
+class VocAnnotations:
+    """What a PASCAL VOC devkit says of a dataset's images (`from_voc`), one entry per image.
+
+    Attributes
+    ----------
+    root : Path
+        The devkit's year folder (``VOCdevkit/VOC2012``).
+    objects : list of tuple of (str, bool)
+        Each image's objects as its ``Annotations/<id>.xml`` lists them: ``(name, difficult)``.
+    segmentations : list of (Path, Path) or None
+        Each image's ``SegmentationObject/<id>.png`` and ``SegmentationClass/<id>.png``, None
+        for an image the devkit has no segmentation of.
+    include_difficult : bool
+        Whether objects marked ``difficult`` alone make a label.
+    """
+
+    root: Path
+    objects: list[tuple[tuple[str, bool], ...]]
+    segmentations: list[tuple[Path, Path] | None]
+    include_difficult: bool = False
+
+    def __repr__(self) -> str:
+        from ._text import plural
+
+        masked = sum(s is not None for s in self.segmentations)
+        return (f"VocAnnotations(root={str(self.root)!r}, {plural(len(self.objects), 'image')}, "
+                f"{masked} segmented, include_difficult={self.include_difficult})")
+
+    def subset(self, indices: Sequence[int]) -> VocAnnotations:
+        return replace(self, objects=[self.objects[i] for i in indices],
+                       segmentations=[self.segmentations[i] for i in indices])
+
+    def names(self) -> list[str]:
+        """The classes it knows: the 20 VOC classes in PASCAL VOC's spelling, then the other
+        names its XML files use (a devkit of other classes), sorted."""
+        used = {name for objects in self.objects for name, _ in objects}
+        return [*_VOC_OWN_NAMES, *sorted(used - set(_VOC_OWN_NAMES))]
+
+    def label(self, index: int, name: str) -> bool:
+        """Whether image ``index`` shows class ``name`` (an object of it not marked difficult,
+        or any with ``include_difficult``)."""
+        return any(n == name and (self.include_difficult or not difficult) for n, difficult in self.objects[index])
 
 
 class UnreadableImage(ValueError):
@@ -103,6 +154,8 @@ class LabeledImageDataset:
         COCO category id of each class.
     include_crowd : bool
         Whether crowd-only annotations count as labels (COCO).
+    voc : VocAnnotations or None
+        The annotations of a PASCAL VOC devkit dataset (gives instance masks).
     warnings : list of str
         What loading left out (files that are not images) or found suspicious (a class
         of one image named like another: a label typo?); the command line prints them.
@@ -117,6 +170,7 @@ class LabeledImageDataset:
     image_ids: list[int] | None = None
     category_ids: list[int] | None = None
     include_crowd: bool = False
+    voc: VocAnnotations | None = None
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -135,8 +189,20 @@ class LabeledImageDataset:
     @property
     def has_masks(self) -> bool:
         """Whether instance masks are available: a COCO dataset with segmentations (one whose
-        annotations carry none, boxes only say, has image-level labels only)."""
+        annotations carry none, boxes only say, has image-level labels only), or a PASCAL VOC
+        dataset with a segmentation of at least one image (see :meth:`images_without_masks`)."""
+        if self.voc is not None:
+            return any(s is not None for s in self.voc.segmentations)
         return self.coco is not None and any("segmentation" in a for a in self.coco.anns.values())
+
+    def images_without_masks(self) -> list[int]:
+        """The indices of the images that have no instance masks in a dataset that has some
+        (:attr:`has_masks`): a PASCAL VOC image without ``SegmentationObject/<id>.png``.
+        Evaluation leaves them out. Empty for other datasets (a COCO image without
+        annotations has no instances: it is evaluated)."""
+        if self.voc is None:
+            return []
+        return [i for i, s in enumerate(self.voc.segmentations) if s is None]
 
     def read_image(self, index: int) -> np.ndarray:
         """The image as `napari_prm.io.read_image` reads it (gray, RGB or RGBA; its dtype).
@@ -163,9 +229,12 @@ class LabeledImageDataset:
                              f"(declared at {self.origins[index]}): {error}") from error
 
     def instances(self, index: int) -> GroundTruth:
-        """Ground-truth instance masks of image ``index`` (COCO datasets only)."""
+        """Ground-truth instance masks of image ``index`` (COCO and PASCAL VOC datasets only)."""
+        if self.voc is not None:
+            return self._voc_instances(index)
         if self.coco is None:
-            raise ValueError(f"dataset {self.source} has no instance masks (only COCO JSON datasets do)")
+            raise ValueError(f"dataset {self.source} has no instance masks (only COCO JSON and PASCAL VOC "
+                             "datasets do)")
         from .masks import decode_rle, segmentation_to_rle
 
         image_id = self.image_ids[index]
@@ -192,6 +261,46 @@ class LabeledImageDataset:
             iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
         )
 
+    def _voc_instances(self, index: int) -> GroundTruth:
+        """A PASCAL VOC image's instances: each value 1..254 of its ``SegmentationObject`` PNG,
+        of the class its ``SegmentationClass`` PNG gives those pixels (1..20, VOC's order; the
+        most frequent value, should the two disagree); value 255 is void (:attr:`GroundTruth.ignore`).
+        Instances of classes the dataset lacks are left out."""
+        from .io.labels import read_label_image
+
+        if self.voc.segmentations[index] is None:
+            raise ValueError(f"image {self.image_paths[index]} (declared at {self.origins[index]}) has no instance "
+                             f"masks: no PNG of it in {self.voc.root / 'SegmentationObject'}")
+        object_path, class_path = self.voc.segmentations[index]
+        objects, classes = read_label_image(object_path), read_label_image(class_path)
+        for path, values in ((object_path, objects), (class_path, classes)):
+            if values.ndim != 2:
+                raise ValueError(f"{path}: expected a 2-D label image (a palette PNG), got shape {values.shape}")
+        if objects.shape != classes.shape:
+            raise ValueError(f"{object_path} is {objects.shape} but {class_path} is {classes.shape}")
+        column = {name: i for i, name in enumerate(self.class_names)}
+        masks, class_indices = [], []
+        for value in np.setdiff1d(np.unique(objects), [0, 255]):
+            pixels = objects == value
+            found = classes[pixels]
+            found = found[(found > 0) & (found != 255)]
+            if not len(found):
+                raise ValueError(f"{object_path}: instance {value} has no class in {class_path} (its pixels are "
+                                 "background or void there)")
+            number = int(np.bincount(found).argmax())
+            if number > len(_VOC_OWN_NAMES):
+                raise ValueError(f"{class_path}: class {number} is none of the {len(_VOC_OWN_NAMES)} VOC classes "
+                                 "(1..20 in VOC's order, 0 background, 255 void)")
+            name = _VOC_OWN_NAMES[number - 1]
+            if name not in column:
+                name = _other_spelling(name)
+            if name in column:
+                masks.append(pixels)
+                class_indices.append(column[name])
+        return GroundTruth(masks=np.array(masks, dtype=bool).reshape((-1,) + objects.shape),
+                           class_indices=np.array(class_indices, dtype=np.int64),
+                           iscrowd=np.zeros(len(masks), dtype=bool), ignore=objects == 255)
+
     def subset(self, indices: Sequence[int]) -> LabeledImageDataset:
         """The images at ``indices`` (same classes)."""
         indices = [int(i) for i in indices]
@@ -201,6 +310,7 @@ class LabeledImageDataset:
             labels=self.labels[indices],
             origins=[self.origins[i] for i in indices],
             image_ids=None if self.image_ids is None else [self.image_ids[i] for i in indices],
+            voc=None if self.voc is None else self.voc.subset(indices),
         )
 
     def split(self, fraction: float, *, seed: int = 0,
@@ -269,31 +379,43 @@ class LabeledImageDataset:
         ----------
         class_names : sequence of str
             Every name must be one of this dataset's classes or, for a COCO
-            dataset, one of its file's categories (labelled from its annotations).
+            dataset, one of its file's categories (labelled from its annotations), or, for a
+            PASCAL VOC dataset, one of the 20 VOC classes or a name its XML files use. A VOC
+            class the dataset names by PASCAL VOC's or COCO's other name (``motorbike`` for
+            ``motorcycle``: `VOC_SPELLINGS`) is that class, under the name asked for:
+            a built-in model's (COCO's) names fit a dataset in VOC's spelling.
         drop_unlabeled : bool
             Drop images that show none of ``class_names``.
         """
         class_names = [str(c) for c in class_names]
         coco_ids = {} if self.coco is None else {c["name"]: c["id"] for c in self.coco.cats.values()}
-        missing = [c for c in class_names if c not in self.class_names and c not in coco_ids]
+        known = {*self.class_names, *coco_ids, *([] if self.voc is None else self.voc.names())}
+        sources = {c: c if c in known or _other_spelling(c) not in known else _other_spelling(c) for c in class_names}
+        missing = [c for c in class_names if sources[c] not in known]
         if missing:
             # a 1000-class model on a dataset of three classes misses 997: name the first ten
-            raise ValueError(f"unknown class(es) [{first_names(map(repr, missing))}] for dataset {self.source}"
-                             f"{spelling_hint(missing, [*self.class_names, *coco_ids])}; it has {self.class_names}")
-        columns = [self._label_column(c, coco_ids) for c in class_names]
+            raise ValueError(f"unknown class(es) [{first_names(map(repr, missing))}] for dataset {self.source}; "
+                             f"it has {self.class_names}")
+        columns = [self._label_column(sources[c], coco_ids) for c in class_names]
         relabelled = replace(
             self,
             labels=np.stack(columns, axis=1) if columns else np.zeros((len(self), 0), np.float32),
             class_names=class_names,
-            category_ids=None if self.coco is None else [coco_ids[c] for c in class_names],
+            category_ids=None if self.coco is None else [self._category_id(sources[c], coco_ids) for c in class_names],
         )
         if drop_unlabeled:
             relabelled = relabelled.subset(np.flatnonzero(relabelled.labels.sum(1) > 0))
         return relabelled
 
+    def _category_id(self, name: str, coco_ids: dict[str, int]) -> int:
+        """The COCO category of class ``name`` (one relabelled under its other spelling keeps its own)."""
+        return self.category_ids[self.class_names.index(name)] if name in self.class_names else coco_ids[name]
+
     def _label_column(self, name: str, coco_ids: dict[str, int]) -> np.ndarray:
         if name in self.class_names:
             return self.labels[:, self.class_names.index(name)]
+        if self.voc is not None:
+            return np.array([self.voc.label(i, name) for i in range(len(self))], dtype=np.float32)
         category = coco_ids[name]
         return np.array([any(a["category_id"] == category and (self.include_crowd or not a.get("iscrowd", 0))
                              for a in self.coco.imgToAnns.get(image_id, [])) for image_id in self.image_ids],
@@ -506,6 +628,141 @@ def from_coco(
     return dataset
 
 
+def is_voc_folder(path: PathLike) -> bool:
+    """Whether ``path`` is a PASCAL VOC devkit's year folder (``VOCdevkit/VOC2012``): one
+    holding ``JPEGImages/`` and ``Annotations/``."""
+    path = Path(path)
+    return (path / "JPEGImages").is_dir() and (path / "Annotations").is_dir()
+
+
+def voc_split_root(path: PathLike) -> Path | None:
+    """The year folder of a PASCAL VOC split list ``<year>/ImageSets/<task>/<split>.txt``
+    (its ``parents[2]``), or None when ``path`` lies in no devkit's ``ImageSets``."""
+    path = Path(path)
+    if len(path.parents) < 3 or path.parents[1].name != "ImageSets":
+        return None
+    return path.parents[2] if is_voc_folder(path.parents[2]) else None
+
+
+def from_voc(path: PathLike, *, include_difficult: bool = False, require_positives: bool = True) -> LabeledImageDataset:
+    """Image-level labels, and instance masks, from a PASCAL VOC devkit (``VOCdevkit/VOC2012``).
+
+    Parameters
+    ----------
+    path : path-like
+        A split list, ``<year>/ImageSets/Segmentation/val.txt`` or ``.../ImageSets/Main/train.txt``
+        (an image id a line; a line's further columns, as the per-class lists
+        ``Main/<class>_train.txt`` have, are not read), or the year folder itself: then
+        every image that has an ``Annotations/<id>.xml``, in id order.
+    include_difficult : bool
+        Count objects marked ``<difficult>1</difficult>`` alone as labels (off by default, as
+        crowd-only annotations of a COCO JSON: PASCAL VOC's own classification lists mark
+        such an image 0, neither positive nor negative, and here it is a negative).
+        Their instances are evaluated either way: the segmentation PNGs do not mark them.
+    require_positives : bool
+        Raise when a class has no positive image.
+
+    Returns
+    -------
+    LabeledImageDataset
+        With ``voc`` set. Classes are the names the XML files use (PASCAL VOC's own:
+        ``aeroplane``, ``tvmonitor``; `LabeledImageDataset.with_classes` takes COCO's names
+        of them too), the VOC classes in VOC's order first. Images are ``JPEGImages/<id>.jpg``
+        (else the file the XML's ``<filename>`` names there). Instance masks
+        (`LabeledImageDataset.instances`) come from ``SegmentationObject/<id>.png`` and
+        ``SegmentationClass/<id>.png`` where the devkit has them.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: a list with no images, an id without XML or image, an XML that
+        cannot be read or lacks an object's name, one segmentation PNG without the other.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not is_voc_folder(path):
+            raise ValueError(f"{path} is no PASCAL VOC year folder: it holds no JPEGImages/ and Annotations/")
+        root = path
+        ids = sorted(xml.stem for xml in (root / "Annotations").glob("*.xml") if not is_system_file(xml.name))
+        origins = [str(root / "Annotations" / f"{i}.xml") for i in ids]
+        if not ids:
+            raise ValueError(f"PASCAL VOC folder {root}: {root / 'Annotations'} holds no .xml annotation")
+    else:
+        root = voc_split_root(path)
+        if root is None:
+            raise ValueError(f"{path} is no PASCAL VOC split list: expected <year>/ImageSets/<task>/<split>.txt in a "
+                             "year folder that holds JPEGImages/ and Annotations/")
+        if not path.is_file():
+            raise ValueError(f"PASCAL VOC split list {path} does not exist")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read PASCAL VOC split list {path}: {error}") from error
+        entries = [(line.split()[0], f"{path}:{number}") for number, line in enumerate(lines, 1) if line.strip()]
+        if not entries:
+            raise ValueError(f"PASCAL VOC split list {path} lists no images")
+        ids, origins = [e[0] for e in entries], [e[1] for e in entries]
+    no_xml = [f"{where}: {root / 'Annotations' / f'{i}.xml'}" for i, where in zip(ids, origins)
+              if not (root / "Annotations" / f"{i}.xml").is_file()]
+    if no_xml:
+        raise ValueError(f"{plural(len(no_xml), 'image id')} of {path} {'has' if len(no_xml) == 1 else 'have'} no "
+                         f"annotation file: {first_names(no_xml, 3)}")
+    objects, paths, segmentations, no_image = [], [], [], []
+    for image_id, where in zip(ids, origins):
+        xml = root / "Annotations" / f"{image_id}.xml"
+        found, file_name = _voc_objects(xml)
+        objects.append(found)
+        image = root / "JPEGImages" / f"{image_id}.jpg"
+        if not image.is_file() and file_name and (root / "JPEGImages" / file_name).is_file():
+            image = root / "JPEGImages" / file_name
+        if not image.is_file():
+            no_image.append(f"{where}: {image}")
+        paths.append(image)
+        pair = (root / "SegmentationObject" / f"{image_id}.png", root / "SegmentationClass" / f"{image_id}.png")
+        if pair[0].is_file() != pair[1].is_file():
+            have, lack = pair if pair[0].is_file() else pair[::-1]
+            raise ValueError(f"PASCAL VOC folder {root}: {have} has no companion {lack} (an instance's class is "
+                             "read from SegmentationClass, its pixels from SegmentationObject)")
+        segmentations.append(pair if pair[0].is_file() else None)
+    if no_image:
+        raise ValueError(f"{plural(len(no_image), 'image')} of {path} {'does' if len(no_image) == 1 else 'do'} not "
+                         f"exist: {first_names(no_image, 3)}")
+    voc = VocAnnotations(root=root, objects=objects, segmentations=segmentations, include_difficult=include_difficult)
+    used = {name for index in range(len(ids)) for name, _ in objects[index] if voc.label(index, name)}
+    class_names = [name for name in voc.names() if name in used]
+    if not class_names:
+        raise ValueError(f"PASCAL VOC dataset {path}: no image has an object" +
+                         ("" if include_difficult else " not marked difficult") + ", so there is no class to learn")
+    labels = np.array([[voc.label(i, name) for name in class_names] for i in range(len(ids))], dtype=np.float32)
+    dataset = LabeledImageDataset(image_paths=paths, labels=labels, class_names=class_names, origins=origins,
+                                  source=str(path), voc=voc)
+    if require_positives:
+        dataset.check_positives()
+    return dataset
+
+
+def _voc_objects(xml: Path) -> tuple[tuple[tuple[str, bool], ...], str | None]:
+    """The ``(name, difficult)`` of each ``<object>`` of a PASCAL VOC XML, and its ``<filename>``."""
+    from xml.etree import ElementTree
+
+    try:
+        tree = ElementTree.parse(xml)
+    except (ElementTree.ParseError, OSError) as error:
+        raise ValueError(f"cannot read PASCAL VOC annotation {xml}: {error}") from error
+    found = []
+    for number, item in enumerate(tree.getroot().iter("object"), 1):
+        name = (item.findtext("name") or "").strip()
+        if not name:
+            raise ValueError(f"PASCAL VOC annotation {xml}: object {number} has no <name>")
+        difficult = (item.findtext("difficult") or "0").strip()
+        if difficult not in ("0", "1"):
+            raise ValueError(f"PASCAL VOC annotation {xml}: object {number} ({name}) has <difficult>{difficult}"
+                             "</difficult>; expected 0 or 1")
+        found.append((name, difficult == "1"))
+    file_name = (tree.getroot().findtext("filename") or "").strip()
+    return tuple(found), file_name or None
+
+
 def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledImageDataset:
     """One label per image from a folder per class: ``root/<class>/<image>``.
 
@@ -520,6 +777,10 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
     if not root.is_dir():
         raise ValueError(f"dataset folder {root} does not exist")
     class_dirs = sorted_paths(d for d in root.iterdir() if d.is_dir() and not is_system_file(d.name))
+    devkits = [d for d in [root, *class_dirs] if is_voc_folder(d)]
+    if devkits:  # its JPEGImages, segmentation PNGs, ... are no classes, nor are its year folders
+        raise ValueError(f"{root} is no folder per class: {devkits[0]} is a PASCAL VOC devkit's year folder; give it "
+                         f"(or a split list, {devkits[0] / 'ImageSets' / 'Segmentation' / 'val.txt'}) as the dataset")
     if not class_dirs:
         raise ValueError(f"dataset folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
     left_out = [p for p in root.iterdir() if p.is_file() and not is_system_file(p.name)]
@@ -708,17 +969,23 @@ def from_csv(
 def load_dataset(path: PathLike, image_folder: PathLike | None = None, **kwargs) -> LabeledImageDataset:
     """Load a dataset, choosing the format from ``path``.
 
-    A ``.json`` file is COCO, a ``.csv`` file is a label CSV, a folder is a
-    folder per class. ``image_folder`` is the folder of a COCO JSON's or a CSV's images
-    (their ``image_dir`` / ``image_root``; the command line's ``--image-dir``); a folder per
-    class holds its own. Other keyword arguments go to the loader.
+    A ``.json`` file is COCO, a ``.csv`` file is a label CSV, a PASCAL VOC year folder (one
+    holding ``JPEGImages/`` and ``Annotations/``) or a ``.txt`` split list in its
+    ``ImageSets/<task>/`` is PASCAL VOC (`from_voc`), another folder is a folder per class.
+    ``image_folder`` is the folder of a COCO JSON's or a CSV's images (their ``image_dir`` /
+    ``image_root``; the command line's ``--image-dir``); a folder per class and a PASCAL VOC
+    devkit hold their own. Other keyword arguments go to the loader.
     """
     path = check.path_like("dataset", path)
-    if image_folder is not None and path.is_dir():
+    voc = is_voc_folder(path) or (path.suffix.lower() == ".txt" and voc_split_root(path) is not None)
+    if image_folder is not None and (path.is_dir() or voc):
+        kind = "PASCAL VOC dataset" if voc else "folder per class"
         raise ValueError(f"image_folder (the command line's --image-dir) {image_folder} is for a COCO JSON's or a "
-                         f"CSV's images: the folder per class {path} holds its own")
+                         f"CSV's images: the {kind} {path} holds its own")
     if image_folder is not None:
         kwargs["image_dir" if path.suffix.lower() == ".json" else "image_root"] = image_folder
+    if voc:
+        return from_voc(path, **kwargs)
     if path.is_dir():
         return from_folders(path, **kwargs)
     if path.suffix.lower() == ".json":
@@ -727,7 +994,8 @@ def load_dataset(path: PathLike, image_folder: PathLike | None = None, **kwargs)
         return from_csv(path, **kwargs)
     if not path.exists():
         raise ValueError(f"dataset {path} does not exist")
-    raise ValueError(f"cannot tell the dataset format of {path}: expected a COCO .json, a .csv or a folder per class")
+    raise ValueError(f"cannot tell the dataset format of {path}: expected a COCO .json, a .csv, a PASCAL VOC year "
+                     "folder or split list (<year>/ImageSets/<task>/<split>.txt) or a folder per class")
 
 
 class TrainingImages(torch.utils.data.Dataset):

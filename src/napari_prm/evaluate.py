@@ -376,9 +376,12 @@ class InstanceMatcher:
         Returns
         -------
         (P, H, W) bool ndarray
-            The instances' masks, stacked.
+            The instances' masks, stacked, less the pixels ``truth.ignore`` marks (PASCAL
+            VOC's void): those count neither for nor against a prediction.
         """
         masks = np.array([i.mask for i in instances], bool).reshape((-1,) + truth.masks.shape[1:])
+        if getattr(truth, "ignore", None) is not None:
+            masks &= ~np.asarray(truth.ignore, bool)
         self.add(truth.masks, truth.class_indices, masks, [i.class_index for i in instances],
                  [i.score for i in instances], gt_iscrowd=truth.iscrowd)
         return masks
@@ -589,7 +592,9 @@ def evaluate(
         A model (or ``"imagenet"`` / a checkpoint path) run with
         :func:`napari_prm.predict`, or one Prediction per dataset image, in order.
     dataset : LabeledImageDataset
-        With instance masks (a COCO dataset), unless ``ground_truth`` gives them. It is
+        With instance masks (a COCO or PASCAL VOC dataset), unless ``ground_truth`` gives
+        them; its images without masks (:meth:`~napari_prm.data.LabeledImageDataset.images_without_masks`:
+        a PASCAL VOC image the devkit has no segmentation of) are left out. It is
         relabelled to the model's classes, which must all be among its classes.
     proposals : str, ndarray, callable or None
         As in :func:`napari_prm.predict`. None skips instance retrieval: mAP^r and ABO
@@ -637,7 +642,9 @@ def evaluate(
     Notes
     -----
     Crowd regions are ignored by mAP^r (COCO's rule) and ABO, but count as
-    the class's area for pointing and PRM quality.
+    the class's area for pointing and PRM quality. PASCAL VOC's void pixels (255) are taken
+    out of predicted masks for mAP^r and ABO, so they count for and against no prediction; for
+    pointing and PRM quality they are background.
     """
     from .model.checkpoint import PRMModel, load_model
     from .predictor import PRMPredictor, resolve_thresholds
@@ -671,7 +678,11 @@ def evaluate(
             raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
         class_names = list(predictions[0].class_names) if predictions else list(dataset.class_names)
     dataset = dataset.with_classes(class_names)
-    indices = list(range(len(dataset))) if ground_truth is None else sorted(int(k) for k in ground_truth)
+    if ground_truth is None:  # a PASCAL VOC image without segmentation PNGs has no instances to score
+        without = set(dataset.images_without_masks())
+        indices = [i for i in range(len(dataset)) if i not in without]
+    else:
+        indices = sorted(int(k) for k in ground_truth)
     if only_labeled:
         indices = [i for i in indices if dataset.labels[i].any()]
     if max_images is not None:

@@ -257,10 +257,7 @@ def refine(
         check.new_checkpoint("out", out, overwrite=overwrite, resume=resume)
         out.parent.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
-    if dataset is not None:
-        missing = [c for c in model.class_names if c not in dataset.class_names]
-        if missing and dataset.coco is None:
-            raise ValueError(f"dataset {dataset.source} lacks the model's class(es) {missing}")
+    if dataset is not None:  # a model class the dataset lacks (under either VOC spelling) is refused here
         dataset = dataset.with_classes(model.class_names)
     start_epoch, history, state = 0, [], None
     head = None
