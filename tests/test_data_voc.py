@@ -267,3 +267,20 @@ def test_cli_evaluate_of_imagenet_voc_on_a_voc_split(devkit, capsys):
     assert "motorcycle" in results["classes"] and "motorbike" not in results["classes"]
     assert 0 < results["classification_AP"]["motorcycle"] <= 1  # 2007_000002 is its positive
     assert results["classification_AP"]["cow"] is None  # no cow: no AP
+
+
+def test_fine_tuning_a_built_in_model_keeps_its_rows_of_the_voc_spelt_classes():
+    """train --model imagenet-voc on a devkit kept the rows of 'cat' only: 'aeroplane' and
+    'motorbike' (the built-in model's 'airplane', 'motorcycle') started from scratch."""
+    from napari_prm import load_model
+    from napari_prm.train import _start_model, builtin_start_note, kept_classes
+
+    classes = ["aeroplane", "cat", "motorbike", "person"]
+    builtin = load_model("imagenet-voc")
+    assert kept_classes(builtin.class_names, classes) == ["aeroplane", "cat", "motorbike"]
+    model = _start_model("imagenet-voc", classes, None, 0)
+    rows, old = model.network.fcn.classifier.weight, builtin.network.fcn.classifier.weight
+    for row, name in ((0, "airplane"), (1, "cat"), (2, "motorcycle")):
+        np.testing.assert_array_equal(rows[row].detach().numpy(), old[builtin.class_names.index(name)].detach().numpy())
+    assert not np.allclose(rows[3].detach().numpy(), old[0].detach().numpy())
+    assert builtin_start_note(classes).startswith("3 of the dataset's 4 classes ('aeroplane', 'cat', 'motorbike') are")

@@ -49,6 +49,17 @@ def _other_spelling(name: str) -> str | None:
     return VOC_SPELLINGS.get(name) or _VOC_NAME.get(name)
 
 
+def class_in(name: str, names) -> str | None:
+    """The name class ``name`` has among ``names``: itself, else a VOC class's other spelling
+    (``motorbike`` for ``motorcycle``: `VOC_SPELLINGS`), else None. How a model's classes meet a
+    dataset's (`LabeledImageDataset.with_classes`, fine-tuning's kept classifier rows)."""
+    names = names if isinstance(names, (set, frozenset, dict)) else set(names)
+    if name in names:
+        return name
+    other = _other_spelling(name)
+    return other if other in names else None
+
+
 PathLike = str | Path
 
 
@@ -291,10 +302,8 @@ class LabeledImageDataset:
             if number > len(_VOC_OWN_NAMES):
                 raise ValueError(f"{class_path}: class {number} is none of the {len(_VOC_OWN_NAMES)} VOC classes "
                                  "(1..20 in VOC's order, 0 background, 255 void)")
-            name = _VOC_OWN_NAMES[number - 1]
-            if name not in column:
-                name = _other_spelling(name)
-            if name in column:
+            name = class_in(_VOC_OWN_NAMES[number - 1], column)
+            if name is not None:
                 masks.append(pixels)
                 class_indices.append(column[name])
         return GroundTruth(masks=np.array(masks, dtype=bool).reshape((-1,) + objects.shape),
@@ -390,8 +399,8 @@ class LabeledImageDataset:
         class_names = [str(c) for c in class_names]
         coco_ids = {} if self.coco is None else {c["name"]: c["id"] for c in self.coco.cats.values()}
         known = {*self.class_names, *coco_ids, *([] if self.voc is None else self.voc.names())}
-        sources = {c: c if c in known or _other_spelling(c) not in known else _other_spelling(c) for c in class_names}
-        missing = [c for c in class_names if sources[c] not in known]
+        sources = {c: class_in(c, known) for c in class_names}
+        missing = [c for c in class_names if sources[c] is None]
         if missing:
             # a 1000-class model on a dataset of three classes misses 997: name the first ten
             raise ValueError(f"unknown class(es) [{first_names(map(repr, missing))}] for dataset {self.source}; "

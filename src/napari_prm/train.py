@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import _validate as check
 from ._text import first_names, plural
-from .data import LabeledImageDataset, TrainingImages, UnreadableImage
+from .data import LabeledImageDataset, TrainingImages, UnreadableImage, class_in
 from .evaluate import defined_classification_map
 from .io import writable_folder
 from .model.backbones import BACKBONES
@@ -698,9 +698,11 @@ def is_cancelled(cancel) -> bool:
 
 def kept_classes(known: Sequence[str], class_names: Sequence[str]) -> list[str]:
     """The classes of ``class_names`` whose classifier rows fine-tuning a model of classes
-    ``known`` keeps (:func:`train` with ``model=``): those of the same name, in ``class_names``' order."""
+    ``known`` keeps (:func:`train` with ``model=``): those of the same name, a VOC class by
+    either spelling too (``motorbike`` keeps ``motorcycle``'s row: `napari_prm.data.class_in`), in
+    ``class_names``' order."""
     known = set(known)
-    return [name for name in class_names if name in known]
+    return [name for name in class_names if class_in(name, known) is not None]
 
 
 def starts_new_classifier(model: PRMModel | str | os.PathLike | None) -> bool:
@@ -767,8 +769,9 @@ def _adapt_classes(model: PRMModel, class_names: list[str]) -> PRMModel:
     with torch.no_grad():
         for row, name in enumerate(class_names):
             if name in kept:
-                new.weight[row] = old.weight[model.class_names.index(name)]
-                new.bias[row] = old.bias[model.class_names.index(name)]
+                source = model.class_names.index(class_in(name, model.class_names))
+                new.weight[row] = old.weight[source]
+                new.bias[row] = old.bias[source]
     model.network.fcn.classifier = new
     model.class_names = list(class_names)
     return model
