@@ -291,7 +291,8 @@ def test_a_dataset_path_that_does_not_exist_is_named(make_napari_viewer, tmp_pat
     widget._dataset_dir.value = tmp_path / "celss"
     assert widget.start() is None
     assert widget.last_message == (f"Dataset: folder per class {tmp_path / 'celss'} does not exist; choose a "
-                                   "folder per class, a CSV or a COCO JSON."), widget.last_message
+                                   "folder per class, a CSV, a COCO JSON or a PASCAL VOC split list or year "
+                                   "folder."), widget.last_message
 
 
 def test_the_epochs_validation_and_the_thresholds_are_shown(make_napari_viewer, qtbot, prm_config, tmp_path):

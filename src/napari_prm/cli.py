@@ -125,11 +125,14 @@ def _add_model_options(parser: argparse.ArgumentParser, *, device_only: bool = F
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", metavar="DATASET",
-                        help="a COCO instances .json, a CSV 'image,labels' (labels ';'-separated) "
+                        help="a COCO instances .json, a CSV 'image,labels' (labels ';'-separated), a PASCAL VOC "
+                             "split list (VOC2012/ImageSets/Segmentation/val.txt: its ids' XML labels, "
+                             "segmentation masks and JPEGs) or year folder (VOC2012: every image with an XML), "
                              "or a folder with one sub-folder of images per class (searched at any depth)")
     parser.add_argument("--image-dir", default=None,
                         help="folder of the images (default: for COCO <root>/<split>/ or the "
-                             "JSON's folder, for a CSV the CSV's folder)")
+                             "JSON's folder, for a CSV the CSV's folder; a PASCAL VOC devkit and a folder per "
+                             "class hold their own)")
     parser.add_argument("--voc", action="store_true",
                         help="keep only the 20 PASCAL VOC classes (the PRM paper's label space)")
 
@@ -259,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default=None,
                        help="fine-tune this checkpoint (.pt/.safetensors) or built-in model ('imagenet-voc', "
                             "'imagenet-coco', 'imagenet': EfficientNet-Lite0 whose ImageNet classifier rows "
-                            "for the dataset's classes of the same name are kept), or start from this "
+                            "for the dataset's classes of the same name, a VOC class by either spelling "
+                            "(motorbike: motorcycle), are kept), or start from this "
                             "backbone's ImageNet weights (default: a new --backbone model); a file named like a "
                             "built-in model or backbone is given as a path: ./imagenet-voc")
     train.add_argument("--backbone", default="efficientnet_lite0",
@@ -381,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = add_command(
         "evaluate", help="the PRM paper's metrics on a dataset",
-        description="Run a model over a dataset with instance masks (COCO JSON), or over the images "
+        description="Run a model over a dataset with instance masks (a COCO JSON with segmentations; a "
+                    "PASCAL VOC split or year folder: its images with SegmentationObject PNGs, the others "
+                    "named and left out, void pixels ignored), or over the images "
                     "of any dataset that have corrected exports (--masks), and print "
                     "mAP^r, ABO, PRM quality, peak pointing accuracy and classification mAP "
                     "as Markdown. On a dataset with image-level labels only (a folder per class, a CSV, "
@@ -402,8 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "<stem>_labels.tif label images with their <stem>_instances.csv (the Export "
                                "widget's files), sub-folders included (a predict --recursive tree); images are "
                                "matched to DATASET's by manifest, file name and folders, as for refine, and "
-                               "only those are evaluated; DATASET (a CSV, a folder per class or COCO) gives the "
-                               "images and their labels (default: DATASET's instance masks, a COCO JSON)")
+                               "only those are evaluated; DATASET (a CSV, a folder per class, COCO or PASCAL "
+                               "VOC) gives the images and their labels (default: DATASET's instance masks, a "
+                               "COCO JSON's or a PASCAL VOC devkit's)")
     _add_inference_options(evaluate)
     evaluate.add_argument("--max-images", type=int, default=None,
                           help="evaluate the first N images only (default: all)")

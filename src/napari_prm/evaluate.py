@@ -657,8 +657,8 @@ def evaluate(
         raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
                          f"got {type(dataset).__name__}")
     if ground_truth is None and not dataset.has_masks:
-        raise ValueError(f"evaluation needs instance masks; dataset {dataset.source} has none (use a COCO JSON, "
-                         "or give the instances of its images: ground_truth)")
+        raise ValueError(f"evaluation needs instance masks; dataset {dataset.source} has none (use a COCO JSON or "
+                         "a PASCAL VOC devkit, or give the instances of its images: ground_truth)")
     if ground_truth is not None:
         ground_truth = dict(ground_truth)
         outside = [k for k in ground_truth if not isinstance(k, (int, np.integer)) or not 0 <= k < len(dataset)]
@@ -763,7 +763,8 @@ def evaluate(
 INSTANCE_METRICS_NEED_MASKS = (
     "instance metrics (mAP^r, ABO, PRM quality, peak pointing) need instance masks, which this dataset has "
     "none of: give corrected masks of its images with --masks (a COCO JSON, or a folder of the Export "
-    "widget's <stem>_labels.tif and <stem>_instances.csv), or evaluate a COCO JSON with segmentations")
+    "widget's <stem>_labels.tif and <stem>_instances.csv), or evaluate a COCO JSON with segmentations or a "
+    "PASCAL VOC split with SegmentationObject PNGs")
 
 
 def evaluate_labels(

@@ -122,8 +122,13 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         import_torch_side()
         self._viewer = unwrap_viewer(napari_viewer)
         self._dataset = FileEdit(label="dataset file", mode="r",
-                                 filter="COCO JSON or CSV (*.json *.csv)")
-        self._dataset_dir = FileEdit(label="or folder per class", mode="d")
+                                 filter="COCO JSON, CSV or PASCAL VOC split list (*.json *.csv *.txt)",
+                                 tooltip="a COCO instances JSON, a CSV 'image,labels' (labels ';'-separated) or a "
+                                         "PASCAL VOC split list (VOC2012/ImageSets/Segmentation/train.txt)")
+        self._dataset_dir = FileEdit(label="or folder per class", mode="d",
+                                     tooltip="a folder of one sub-folder of images per class, or a PASCAL VOC "
+                                             "year folder (VOC2012, holding JPEGImages and Annotations: every "
+                                             "image with an XML)")
         # a CSV's or COCO JSON's images may lie elsewhere (the command line's --image-dir)
         self._image_dir = FileEdit(label="images folder (CSV, COCO; default: the file's)", mode="d", value="")
         self._base = ComboBox(label="base model", choices=self._base_choices)
@@ -206,10 +211,12 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         try:
             dataset_path = self._dataset_path()
         except FileNotFoundError as error:
-            self._say(f"Dataset: {error}; choose a folder per class, a CSV or a COCO JSON.", True)
+            self._say(f"Dataset: {error}; choose a folder per class, a CSV, a COCO JSON or a PASCAL VOC split list "
+                      "or year folder.", True)
             return None
         if dataset_path is None:
-            self._say("Choose a dataset: a folder per class, a CSV or a COCO JSON.", True)
+            self._say("Choose a dataset: a folder per class, a CSV, a COCO JSON or a PASCAL VOC split list or year "
+                      "folder.", True)
             return None
         images = self._images_folder(dataset_path)
         if images is not None and not images.is_dir():
