@@ -134,8 +134,12 @@ def test_coco_results_name_an_image_or_class_the_dataset_lacks(tmp_path):
              "score": np.array([0.9]), "peak": np.array([0])}
     write_coco_json(tmp_path / "a_instances.json", labels_to_coco(labels, table, ["motorbike"], file_name="a.jpg"))
     with pytest.raises(ValueError, match=r"a_instances.json: class\(es\) \['motorbike'\] are not categories of "
-                                         r"the COCO dict \(names must match exactly"):
+                                         r"the COCO dict \(names must match, a PASCAL VOC class in either"):
         coco_results(tmp_path, dataset)
+    # a PASCAL VOC class in its other spelling is the same class (a model's motorbike, a JSON's motorcycle)
+    with_motorcycle = {**dataset, "categories": [*dataset["categories"], {"id": 4, "name": "motorcycle"}]}
+    (result,) = coco_results(tmp_path, with_motorcycle)
+    assert (result["image_id"], result["category_id"], result["score"]) == (139, 4, pytest.approx(0.9))
     write_coco_json(tmp_path / "a_instances.json", labels_to_coco(labels, {**table, "class_name": np.array(["cat"])},
                                                                   ["cat"], file_name="c.jpg"))
     with pytest.raises(ValueError, match=r"a_instances.json: its image 'c.jpg' is none of the COCO dict's images"):

@@ -877,7 +877,7 @@ class _FolderExports:
     """A predict output folder's ``<stem>_instances.json`` exports, matched to a dataset's images."""
 
     def __init__(self, folder, dataset):
-        from .data import spelling_hint
+        from .data import class_in
         from .io.coco import match_exports
 
         self.folder = folder = Path(folder)
@@ -907,11 +907,11 @@ class _FolderExports:
                              f"({matched[0].path}: {first_names(self.class_names, 5)}; {other.path}: "
                              f"{first_names(other.class_names, 5)}): give each run its own folder")
         categories = [str(c["name"]) for c in coco["categories"]]
-        missing = [name for name in self.class_names if name not in categories]
+        missing = [name for name in self.class_names if class_in(name, categories) is None]
         if missing:
             raise ValueError(f"the classes of the model that made {folder} are not all categories of "
-                             f"{dataset.source}: [{first_names(map(repr, missing))}] are missing"
-                             f"{spelling_hint(missing, categories)} (names must match exactly)")
+                             f"{dataset.source}: [{first_names(map(repr, missing))}] are missing (names must "
+                             "match, a PASCAL VOC class in either VOC's or COCO's spelling)")
         index_of = {int(image_id): i for i, image_id in enumerate(dataset.image_ids)}
         self.by_index = {index_of[m.image_id]: m for m in matched if m.image_id in index_of}
         #: exports of images of the JSON that the dataset's view (--voc) leaves out

@@ -327,10 +327,12 @@ def match_exports(exports: str | os.PathLike | Sequence[str | os.PathLike],
     ValueError
         Naming the file: an export that cannot be read, whose image is several of the
         dataset's, whose image size is not the dataset's image's, or whose classes of
-        instances are not categories of the dataset (names must match exactly); two
+        instances are not categories of the dataset (names must match, a PASCAL VOC class
+        in either spelling: `napari_prm.data.class_in`); two
         exports of one image (a copy of an output folder inside another), naming both; a
         folder without any export.
     """
+    from ..data import class_in  # data imports napari_prm.io
     from .prediction import settle_outputs  # prediction imports this module
 
     read_as, coco = _read_coco(coco)
@@ -396,17 +398,19 @@ def match_exports(exports: str | os.PathLike | Sequence[str | os.PathLike],
                              f"{image_id} is {expected[0]}×{expected[1]}")
         # labels painted without a class (category 0, "unknown") have none to score
         annotations = [a for a in annotations if int(a["category_id"]) != UNKNOWN_CATEGORY_ID]
-        unknown = sorted({names.get(int(a["category_id"]), str(a["category_id"])) for a in annotations}
-                         - set(category_of))
+        # a PASCAL VOC class in either spelling (motorbike, motorcycle), as a model's classes meet a dataset's
+        category_name = {name: class_in(name, category_of) for name in names.values()}
+        unknown = sorted({names.get(int(a["category_id"]), str(a["category_id"])) for a in annotations
+                          if category_name.get(names.get(int(a["category_id"]))) is None})
         if unknown:
             raise ValueError(f"{file}: class(es) [{first_names(map(repr, unknown))}] are not categories of "
-                             f"{source} (names must match exactly, e.g. COCO's 'motorcycle' for VOC's "
-                             f"'motorbike'); it has [{first_names(map(repr, category_of))}]")
+                             f"{source} (names must match, a PASCAL VOC class in either VOC's or COCO's "
+                             f"spelling); it has [{first_names(map(repr, category_of))}]")
         results = []
         for annotation in annotations:
             score = annotation.get("score")
             results.append({"image_id": image_id,
-                            "category_id": category_of[names[int(annotation["category_id"])]],
+                            "category_id": category_of[category_name[names[int(annotation["category_id"])]]],
                             "segmentation": annotation["segmentation"], "area": annotation["area"],
                             "bbox": annotation["bbox"], "score": 1.0 if score is None else float(score)})
         class_names = [n for i, n in names.items() if i != UNKNOWN_CATEGORY_ID]
@@ -448,7 +452,8 @@ def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
         longest trailing path, down to the file name alone, that ends file_names of the dataset
         when they are one image's: ``A1/cat.jpg`` is ``val2017/A1/cat.jpg``), its size is not
         the dataset's image's, another export is of the same image, or its classes are
-        not the dataset's categories (names must match exactly: a VOC model's ``motorbike`` is COCO's ``motorcycle``).
+        not the dataset's categories (names must match; a PASCAL VOC class in either spelling,
+        ``motorbike`` or ``motorcycle``, is the same class).
 
     Notes
     -----
