@@ -218,3 +218,33 @@ def test_folders_that_cannot_be_scored_are_named(runs, tmp_path, capsys):
     assert main(["evaluate", gt, "--predictions", str(stray)]) == 0
     assert f"warning: {stray}: 1 export of no image of the dataset, left out: {stray / 'elsewhere_instances.json'}" \
         in capsys.readouterr().err
+
+
+def test_a_folder_given_twice_is_refused_naming_it(runs, capsys, monkeypatch):
+    # compared with itself, a folder showed a difference of +0.0 (0 % of resamples above 0) as a finding
+    monkeypatch.chdir(runs)
+    assert main(["evaluate", "gt.json", "--predictions", "runA", "runB", "./runA/", "--resamples", "5"]) == 2
+    captured = capsys.readouterr()
+    assert "--predictions: runA is given twice: give each run's folder once" in captured.err
+    assert captured.out == ""
+    assert main(["evaluate", "gt.json", "--predictions", "runA", str(runs / "runA"), "--resamples", "5"]) == 2
+    assert f"is given twice (as runA and {runs / 'runA'})" in capsys.readouterr().err
+
+
+def test_a_model_of_other_classes_is_refused_for_the_folder_with_its_count(runs, tmp_path, capsys):
+    # an ImageNet model's run (1000 classes, a few of them COCO's names): the first export with an
+    # instance of another class was refused alone, its one class named, with a hint about VOC spellings
+    other = tmp_path / "imagenet"
+    shutil.copytree(runs / "runA", other)
+    for path in sorted(other.glob("*_instances.json")):
+        export = json.loads(path.read_text())
+        export["categories"] = [{"id": 1, "name": "tench"}, {"id": 2, "name": "goldfish"},
+                                {"id": 3, "name": "cat"}, {"id": 4, "name": "dog"}]
+        for number, annotation in enumerate(export["annotations"]):
+            annotation["category_id"] = 1 if number == 0 else annotation["category_id"] + 2
+        path.write_text(json.dumps(export))
+    assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(other)]) == 2
+    message = capsys.readouterr().err
+    assert f"the classes of the model that made {other} are not all categories of {runs / 'gt.json'}: " \
+           "['tench', 'goldfish'] (2 of its 4 classes) are missing" in message
+    assert "motorcycle" not in message

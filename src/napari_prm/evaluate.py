@@ -887,7 +887,7 @@ class _FolderExports:
         self.stacks = _stack_outputs(folder)
         coco = dataset.coco.dataset
         try:
-            matched, self.unmatched = match_exports(folder, coco, source=dataset.source)
+            matched, self.unmatched = match_exports(folder, coco, source=dataset.source, check_classes=False)
         except ValueError as error:
             if not str(error).startswith("exports: no *_instances.json"):
                 raise
@@ -910,8 +910,9 @@ class _FolderExports:
         missing = [name for name in self.class_names if class_in(name, categories) is None]
         if missing:
             raise ValueError(f"the classes of the model that made {folder} are not all categories of "
-                             f"{dataset.source}: [{first_names(map(repr, missing))}] are missing (names must "
-                             "match, a PASCAL VOC class in either VOC's or COCO's spelling)")
+                             f"{dataset.source}: [{first_names(map(repr, missing))}] ({len(missing)} of its "
+                             f"{plural(len(self.class_names), 'class')}) are missing (names must match, a PASCAL "
+                             "VOC class in either VOC's or COCO's spelling)")
         index_of = {int(image_id): i for i, image_id in enumerate(dataset.image_ids)}
         self.by_index = {index_of[m.image_id]: m for m in matched if m.image_id in index_of}
         #: exports of images of the JSON that the dataset's view (--voc) leaves out
@@ -1029,7 +1030,7 @@ def evaluate_exports(
     Raises
     ------
     ValueError
-        Naming the folder or file: not a folder, no export, none of an image of the dataset,
+        Naming the folder or file: a folder given twice, not a folder, no export, none of an image of the dataset,
         classes not among the dataset's categories, two exports of one image, an export's
         image of another size; for a comparison, no image or class the folders share.
     """
@@ -1040,6 +1041,13 @@ def evaluate_exports(
     folders = [Path(check.path_like("folders", f)) for f in folders]
     if not folders:
         raise ValueError("folders: expected at least one predict output folder")
+    seen: dict[Path, Path] = {}
+    for folder in folders:
+        earlier = seen.setdefault(folder.resolve(), folder)
+        if earlier is not folder:  # compared with itself, it would show a difference of 0 as a finding
+            raise ValueError(f"{folder} is given twice"
+                             + ("" if str(earlier) == str(folder) else f" (as {earlier} and {folder})")
+                             + ": give each run's folder once")
     if not hasattr(dataset, "has_masks"):
         raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
                          f"got {type(dataset).__name__}")

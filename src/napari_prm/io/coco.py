@@ -300,7 +300,7 @@ class MatchedExport:
 
 def match_exports(exports: str | os.PathLike | Sequence[str | os.PathLike],
                   coco: Mapping | str | os.PathLike, *,
-                  source: str | None = None) -> tuple[list[MatchedExport], list[str]]:
+                  source: str | None = None, check_classes: bool = True) -> tuple[list[MatchedExport], list[str]]:
     """Match ``<stem>_instances.json`` exports to the images of a COCO dataset; the one reader
     behind `coco_results` and `napari_prm.evaluate.evaluate_exports`.
 
@@ -314,6 +314,11 @@ def match_exports(exports: str | os.PathLike | Sequence[str | os.PathLike],
     source : str, optional
         What messages call the dataset (default: its path, or "the COCO dict"): the file a
         dict was read from.
+    check_classes : bool
+        Refuse an export with an instance of a class that is not a category of the dataset.
+        False: such instances are left out of its results, for a caller that checks the
+        classes itself (`napari_prm.evaluate.evaluate_exports` checks all of the model's, and
+        names the folder).
 
     Returns
     -------
@@ -328,7 +333,7 @@ def match_exports(exports: str | os.PathLike | Sequence[str | os.PathLike],
         Naming the file: an export that cannot be read, whose image is several of the
         dataset's, whose image size is not the dataset's image's, or whose classes of
         instances are not categories of the dataset (names must match, a PASCAL VOC class
-        in either spelling: `napari_prm.data.class_in`); two
+        in either spelling: `napari_prm.data.class_in`; unless not ``check_classes``); two
         exports of one image (a copy of an output folder inside another), naming both; a
         folder without any export.
     """
@@ -402,12 +407,14 @@ def match_exports(exports: str | os.PathLike | Sequence[str | os.PathLike],
         category_name = {name: class_in(name, category_of) for name in names.values()}
         unknown = sorted({names.get(int(a["category_id"]), str(a["category_id"])) for a in annotations
                           if category_name.get(names.get(int(a["category_id"]))) is None})
-        if unknown:
+        if unknown and check_classes:
             raise ValueError(f"{file}: class(es) [{first_names(map(repr, unknown))}] are not categories of "
                              f"{source} (names must match, a PASCAL VOC class in either VOC's or COCO's "
                              f"spelling); it has [{first_names(map(repr, category_of))}]")
         results = []
         for annotation in annotations:
+            if category_name.get(names.get(int(annotation["category_id"]))) is None:
+                continue  # not check_classes: the caller checks them
             score = annotation.get("score")
             results.append({"image_id": image_id,
                             "category_id": category_of[category_name[names[int(annotation["category_id"])]]],
