@@ -248,3 +248,25 @@ def test_a_model_of_other_classes_is_refused_for_the_folder_with_its_count(runs,
     assert f"the classes of the model that made {other} are not all categories of {runs / 'gt.json'}: " \
            "['tench', 'goldfish'] (2 of its 4 classes) are missing" in message
     assert "motorcycle" not in message
+
+
+def test_what_a_folder_leaves_unscored_is_said_and_why(runs, tmp_path, capsys):
+    gt = str(runs / "gt.json")
+    # an export deleted by hand, its label image and manifest kept: said apart from the images never predicted
+    partial = tmp_path / "partial"
+    shutil.copytree(runs / "runB", partial)
+    (partial / "scene1_instances.json").unlink()
+    assert main(["evaluate", gt, "--predictions", str(partial), "--json", str(tmp_path / "p.json")]) == 0
+    err = capsys.readouterr().err
+    exports = json.loads((tmp_path / "p.json").read_text())["exports"]
+    assert exports["lacking"] == ["scene1_instances.json"] and exports["images_without_export"] == ["scene1.png"]
+    assert f"warning: {partial}: 1 export that the manifests list is not there, so its image is not scored: " \
+           "scene1_instances.json (predict --overwrite writes an image's outputs again)" in err
+    # the images with an export that --max-images leaves out are counted and named, not silently dropped
+    assert main(["evaluate", gt, "--predictions", str(runs / "runB"), "--max-images", "1", "--json",
+                 str(tmp_path / "m.json")]) == 0
+    err = capsys.readouterr().err
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["num_images"] == 1 and result["exports"]["left_out"] == ["scene1.png", "scene2.png", "scene3.png"]
+    assert f"{runs / 'runB'}: 1 image scored; 3 more with an export left out by --max-images (scene1.png, " \
+           "scene2.png, scene3.png); every image of the dataset has an export there" in err

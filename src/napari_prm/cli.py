@@ -1460,8 +1460,10 @@ def _run_evaluate_predictions(args) -> int:
     finally:
         for bar in bars.values():
             bar.close()
+    choosing = " and ".join(option for option, given in (("--only-labeled", args.only_labeled),
+                                                           ("--max-images", args.max_images is not None)) if given)
     for row in evaluation["results"]:
-        _say_exports(row, len(dataset))
+        _say_exports(row, len(dataset), choosing)
     print(report_exports_markdown(evaluation), end="")
     if args.json is not None:
         rows = evaluation["results"]
@@ -1469,11 +1471,14 @@ def _run_evaluate_predictions(args) -> int:
     return 0
 
 
-def _say_exports(row: dict, dataset_images: int) -> None:
-    """What ``evaluate --predictions`` scored of one folder, and what it left out (named)."""
+def _say_exports(row: dict, dataset_images: int, choosing: str) -> None:
+    """What ``evaluate --predictions`` scored of one folder, and what it left out (named);
+    ``choosing``: the options that chose among the images with an export, as the user gave them."""
     exports, folder = row["exports"], row["settings"]["predictions"]
-    missing = exports["images_without_export"]
+    missing, left_out = exports["images_without_export"], exports["left_out"]
     _say(f"{folder}: {plural(row['num_images'], 'image')} scored; "
+         + (f"{len(left_out)} more with an export left out by {choosing} ({first_names(left_out, 5)}); "
+            if left_out else "")
          + (f"{len(missing)} of the dataset's {plural(dataset_images, 'image')} "
             f"{'has' if len(missing) == 1 else 'have'} no export there ({first_names(missing, 5)})" if missing
             else "every image of the dataset has an export there"))
@@ -1483,6 +1488,11 @@ def _say_exports(row: dict, dataset_images: int) -> None:
     if exports["outside"]:
         _say(f"note: {folder}: {plural(len(exports['outside']), 'export')} of images --voc leaves out (no VOC "
              f"class): {first_names(exports['outside'], 3)}")
+    if exports["lacking"]:
+        lacking = exports["lacking"]
+        _say(f"warning: {folder}: {plural(len(lacking), 'export')} that the manifests list "
+             + ("is not there, so its image is" if len(lacking) == 1 else "are not there, so their images are")
+             + f" not scored: {first_names(lacking, 3)} (predict --overwrite writes an image's outputs again)")
     if exports["stacks"]:
         _say(f"warning: {folder}: the outputs of {plural(len(exports['stacks']), 'stack')} hold no COCO JSON "
              f"(predict writes none for a Z/T stack), left out: {first_names(exports['stacks'], 3)}")

@@ -884,7 +884,7 @@ class _FolderExports:
         if not folder.is_dir():
             raise ValueError(f"{folder} does not exist" if not folder.exists() else
                              f"{folder} is a file, not a predict output folder (predict's --out)")
-        self.stacks = _stack_outputs(folder)
+        self.stacks, self.lacking = _manifest_outputs(folder)
         coco = dataset.coco.dataset
         try:
             matched, self.unmatched = match_exports(folder, coco, source=dataset.source, check_classes=False)
@@ -948,22 +948,28 @@ class _FolderExports:
         return matcher, overlaps
 
 
-def _stack_outputs(folder: Path) -> list[str]:
-    """The stems (relative to ``folder``) of the Z/T stacks whose outputs ``folder`` holds: their
-    manifest records planes."""
+def _manifest_outputs(folder: Path) -> tuple[list[str], list[str]]:
+    """What the manifests in ``folder`` (sub-folders included) say of its outputs: the stems
+    (relative to ``folder``) of the Z/T stacks (their manifest records planes), and the
+    ``<stem>_instances.json`` that a 2-D image's manifest lists and that is not there (deleted
+    by hand: its image is not scored), both as paths relative to ``folder``."""
     from .io.fileset import MANIFEST_SUFFIX, read_file_set
     from .io.paths import tree_files
 
-    stacks = []
+    stacks, lacking = [], []
     for manifest in tree_files(folder, lambda name: name.endswith(MANIFEST_SUFFIX) and not name.startswith(".")):
         stem = manifest.name[: -len(MANIFEST_SUFFIX)]
         try:
             file_set = read_file_set(manifest.parent, stem)
         except ValueError:
             continue
-        if file_set is not None and file_set.info.get("planes"):
+        if file_set is None:
+            continue
+        if file_set.info.get("planes"):
             stacks.append(Path(os.path.relpath(manifest.parent / stem, folder)).as_posix())
-    return stacks
+        elif "coco" in file_set.files and not (manifest.parent / file_set.files["coco"].name).is_file():
+            lacking.append(Path(os.path.relpath(manifest.parent / file_set.files["coco"].name, folder)).as_posix())
+    return stacks, lacking
 
 
 def evaluate_exports(
@@ -1014,10 +1020,12 @@ def evaluate_exports(
     dict
         ``results``: per folder, :func:`evaluate`'s keys (``mAP_r``, ``AP_r_per_class``,
         ``ABO``, counts; the metrics that need the model are None and ``not_measured`` says
-        so), ``exports`` (``scored``; ``images_without_export``, the dataset's file names of
+        so), ``exports`` (``scored``; ``left_out``, the file names of the images with an
+        export that ``only_labeled`` or ``max_images`` left out; ``images_without_export``, the dataset's file names of
         the images with no export; ``unmatched``, exports of no image of the dataset;
         ``outside``, exports of JSON images the dataset leaves out (its VOC view); ``stacks``,
-        stacks' outputs, which hold no COCO JSON), ``seconds`` (reading and scoring that
+        stacks' outputs, which hold no COCO JSON; ``lacking``, the exports that the manifests
+        list and that are not there, deleted by hand), ``seconds`` (reading and scoring that
         folder, the comparison not included) and ``settings`` (``predictions``: the folder).
         ``comparison``: None for one folder, else ``iou_threshold``, ``resamples``,
         ``seed``, ``classes`` (shared), ``images`` (how many all folders scored),
@@ -1090,9 +1098,11 @@ def evaluate_exports(
             "funnel": None, "classification_mAP": None, "classification_AP": None,
             "not_measured": NOT_FROM_EXPORTS,
             "exports": {"scored": len(indices),
+                        "left_out": [file_name[i] for i in sorted(set(exports.by_index) - set(indices))],
                         "images_without_export": [file_name[i] for i in range(len(dataset))
                                                   if i not in exports.by_index],
-                        "unmatched": exports.unmatched, "outside": exports.outside, "stacks": exports.stacks},
+                        "unmatched": exports.unmatched, "outside": exports.outside, "stacks": exports.stacks,
+                        "lacking": exports.lacking},
             "settings": {"predictions": str(exports.folder), "dataset": dataset.source, "proposals": None,
                          "iou_thresholds": [float(t) for t in iou_thresholds], "only_labeled": bool(only_labeled),
                          "predict": None, "thresholds": None},
