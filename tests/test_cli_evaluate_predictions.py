@@ -270,3 +270,34 @@ def test_what_a_folder_leaves_unscored_is_said_and_why(runs, tmp_path, capsys):
     assert result["num_images"] == 1 and result["exports"]["left_out"] == ["scene1.png", "scene2.png", "scene3.png"]
     assert f"{runs / 'runB'}: 1 image scored; 3 more with an export left out by --max-images (scene1.png, " \
            "scene2.png, scene3.png); every image of the dataset has an export there" in err
+
+
+def test_ctrl_c_during_the_comparison_keeps_the_folders_scores(runs, tmp_path, capsys, monkeypatch):
+    # Ctrl-C in a long bootstrap printed "interrupted" alone: the folders' scores, done, were lost
+    import _thread
+
+    from napari_prm import evaluate as evaluate_module
+
+    gt, folders = str(runs / "gt.json"), [str(runs / "runA"), str(runs / "runB")]
+    assert main(["evaluate", gt, "--predictions", *folders, "--resamples", "5"]) == 0
+    whole = capsys.readouterr().out
+    bootstrap = evaluate_module.bootstrap_map
+
+    def ctrl_c_after_3(matchers, **options):
+        def progress(done, total):
+            options["progress"](done, total)
+            if done == 3:
+                _thread.interrupt_main()  # as a SIGINT arriving in the main thread
+
+        return bootstrap(matchers, **{**options, "progress": progress})
+
+    monkeypatch.setattr(evaluate_module, "bootstrap_map", ctrl_c_after_3)
+    assert main(["evaluate", gt, "--predictions", *folders, "--resamples", "1000", "--json",
+                 str(tmp_path / "c.json")]) == 130
+    captured = capsys.readouterr()
+    table = whole[:whole.index("Paired bootstrap")].rstrip()
+    assert captured.out.startswith(table)  # the folders' rows and classes, as without Ctrl-C
+    assert captured.out.rstrip().endswith("No comparison of the folders: it was interrupted.")
+    assert "interrupted during the comparison (3 of 1000 resamples drawn): the folders' scores above are " \
+           f"complete, the comparison is not given, and {tmp_path / 'c.json'} is not written" in captured.err
+    assert not (tmp_path / "c.json").exists()

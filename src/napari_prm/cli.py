@@ -1431,16 +1431,18 @@ def _run_evaluate_predictions(args) -> int:
     """``evaluate --predictions``: predict output folders scored against DATASET, compared with the first."""
     from tqdm import tqdm
 
-    from .evaluate import evaluate_exports, report_exports_markdown, report_json
+    from .evaluate import ComparisonInterrupted, evaluate_exports, report_exports_markdown, report_json
 
     if Path(args.dataset).suffix.lower() != ".json":
         raise CommandError(f"--predictions: DATASET {args.dataset} is not a COCO JSON: predictions are scored "
                            "against a COCO JSON's instance masks")
     dataset = _load_dataset(args, check_images=False)  # the JSON is the ground truth: no image is read
     bars: dict = {}
+    reached: dict[str, int] = {}  # a stage's count: a disabled bar (stderr not a terminal) counts nothing
     logged = [time.monotonic()]
 
     def progress(stage: str, done: int, total: int) -> None:
+        reached[stage] = done
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(total=total, desc="evaluate" if stage == "score" else stage,
@@ -1457,6 +1459,8 @@ def _run_evaluate_predictions(args) -> int:
                                       resamples=args.resamples, progress=progress)
     except ValueError as error:
         raise CommandError(f"--predictions: {error}") from error
+    except ComparisonInterrupted as stopped:  # the folders' scores are complete: reported, not lost
+        evaluation = stopped.evaluation
     finally:
         for bar in bars.values():
             bar.close()
@@ -1465,6 +1469,13 @@ def _run_evaluate_predictions(args) -> int:
     for row in evaluation["results"]:
         _say_exports(row, len(dataset), choosing)
     print(report_exports_markdown(evaluation), end="")
+    if evaluation["comparison"] is None and len(evaluation["results"]) > 1:
+        _say(f"interrupted during the comparison ({reached.get('bootstrap', 0)} of "
+             f"{plural(args.resamples, 'resample')} drawn): the folders' scores above are complete, the "
+             "comparison is not given"
+             + ("" if args.json is None else f", and {args.json} is not written")
+             + "; fewer --resamples take less time")
+        return 130
     if args.json is not None:
         rows = evaluation["results"]
         _say(f"results: {report_json(rows[0] if len(rows) == 1 else evaluation, args.json)}")

@@ -972,6 +972,21 @@ def _manifest_outputs(folder: Path) -> tuple[list[str], list[str]]:
     return stacks, lacking
 
 
+class ComparisonInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `evaluate_exports`' comparison of folders (its bootstrap): the folders'
+    own scores were complete, and are kept.
+
+    Attributes
+    ----------
+    evaluation : dict
+        `evaluate_exports`' result with ``comparison`` None.
+    """
+
+    def __init__(self, evaluation: dict[str, Any]):
+        super().__init__("the comparison of the folders was interrupted")
+        self.evaluation = evaluation
+
+
 def evaluate_exports(
     folders: Sequence[str | os.PathLike],
     dataset,
@@ -1037,6 +1052,8 @@ def evaluate_exports(
 
     Raises
     ------
+    ComparisonInterrupted
+        Ctrl-C (KeyboardInterrupt) during the comparison: it holds the folders' scores.
     ValueError
         Naming the folder or file: a folder given twice, not a folder, no export, none of an image of the dataset,
         classes not among the dataset's categories, two exports of one image, an export's
@@ -1107,14 +1124,17 @@ def evaluate_exports(
                          "iou_thresholds": [float(t) for t in iou_thresholds], "only_labeled": bool(only_labeled),
                          "predict": None, "thresholds": None},
         })
-    comparison = None
-    if len(read) > 1:
-        comparison = _compare_exports(read, chosen, dataset, file_name, resamples=resamples, seed=seed,
-                                      progress=None if progress is None else
-                                      (lambda done, total: progress("bootstrap", done, total)))
     for row in rows:
         row["seconds_per_image"] = row["seconds"] / row["num_images"]
-    return {"results": rows, "comparison": comparison}
+    evaluation = {"results": rows, "comparison": None}
+    if len(read) > 1:
+        try:
+            evaluation["comparison"] = _compare_exports(
+                read, chosen, dataset, file_name, resamples=resamples, seed=seed,
+                progress=None if progress is None else (lambda done, total: progress("bootstrap", done, total)))
+        except KeyboardInterrupt:
+            raise ComparisonInterrupted(evaluation) from None
+    return evaluation
 
 
 def _compare_exports(read: Sequence[_FolderExports], chosen: Sequence[Sequence[int]], dataset,
@@ -1177,6 +1197,8 @@ def report_exports_markdown(evaluation: Mapping[str, Any]) -> str:
               "The masks are the exports' label images' (where two instances overlapped, the higher score "
               "kept the pixels).", f"Not measured: {rows[0]['not_measured']}."]
     comparison = evaluation.get("comparison")
+    if comparison is None and len(rows) > 1:
+        lines += ["", "No comparison of the folders: it was interrupted."]
     if comparison:
         first = comparison["rows"][0]["predictions"]
         left_out = comparison["left_out"]
