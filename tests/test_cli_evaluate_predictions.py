@@ -301,3 +301,15 @@ def test_ctrl_c_during_the_comparison_keeps_the_folders_scores(runs, tmp_path, c
     assert "interrupted during the comparison (3 of 1000 resamples drawn): the folders' scores above are " \
            f"complete, the comparison is not given, and {tmp_path / 'c.json'} is not written" in captured.err
     assert not (tmp_path / "c.json").exists()
+
+
+def test_the_comparison_says_its_iou_when_the_table_has_others(runs, tmp_path, capsys):
+    gt, folders = str(runs / "gt.json"), [str(runs / "runA"), str(runs / "runB")]
+    assert main(["evaluate", gt, "--predictions", *folders, "--iou-thresholds", "0.75", "--resamples", "5",
+                 "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads((tmp_path / "c.json").read_text())["comparison"]["iou_threshold"] == 0.5
+    assert "| mAP^r@0.75 | ABO |" in out
+    assert "Paired bootstrap of mAP^r@0.5 (the comparison is at IoU 0.5 always, not at the table's 0.75): " in out
+    assert main(["evaluate", gt, "--predictions", *folders, "--resamples", "5"]) == 0
+    assert "Paired bootstrap of mAP^r@0.5: 5 resamples" in capsys.readouterr().out

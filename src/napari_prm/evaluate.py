@@ -1202,7 +1202,12 @@ def report_exports_markdown(evaluation: Mapping[str, Any]) -> str:
     if comparison:
         first = comparison["rows"][0]["predictions"]
         left_out = comparison["left_out"]
-        lines += ["", f"Paired bootstrap of mAP^r@{comparison['iou_threshold']:g}: {comparison['resamples']} "
+        at = comparison["iou_threshold"]
+        lines += ["", f"Paired bootstrap of mAP^r@{at:g}"
+                  + ("" if at in thresholds else
+                     f" (the comparison is at IoU {at:g} always, not at the table's "
+                     f"{', '.join(f'{t:g}' for t in thresholds)})")
+                  + f": {comparison['resamples']} "
                       f"resamples of the {plural(comparison['images'], 'image')} every folder scored"
                   + (f" ({plural(len(left_out), 'image')} scored by some folders only left out: "
                      f"{first_names(left_out, 5)})" if left_out else "")
