@@ -313,3 +313,17 @@ def test_the_comparison_says_its_iou_when_the_table_has_others(runs, tmp_path, c
     assert "Paired bootstrap of mAP^r@0.5 (the comparison is at IoU 0.5 always, not at the table's 0.75): " in out
     assert main(["evaluate", gt, "--predictions", *folders, "--resamples", "5"]) == 0
     assert "Paired bootstrap of mAP^r@0.5: 5 resamples" in capsys.readouterr().out
+
+
+def test_a_run_without_instances_is_warned_of(runs, tmp_path, capsys):
+    # predict --proposals none writes peaks and exports without instances: its 0.0 was given without a word
+    assert main(["predict", str(runs / "images"), "--model", str(runs / "tiny.pt"), "--device", "cpu", *LOW,
+                 "--proposals", "none", "--out", str(tmp_path / "peaks")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(tmp_path / "peaks")]) == 0
+    captured = capsys.readouterr()
+    assert f"| {tmp_path / 'peaks'} | 4 | 8 | 0 | 0.0 | 0.0 | 0.0 | 0.0 |" in captured.out
+    assert f"warning: {tmp_path / 'peaks'}: its exports of the 4 images scored hold no instance (predict " \
+           "--proposals none writes peaks only), so mAP^r and ABO are 0" in captured.err
+    assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(runs / "runA")]) == 0
+    assert "hold no instance" not in capsys.readouterr().err

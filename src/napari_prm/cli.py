@@ -1493,6 +1493,9 @@ def _say_exports(row: dict, dataset_images: int, choosing: str) -> None:
          + (f"{len(missing)} of the dataset's {plural(dataset_images, 'image')} "
             f"{'has' if len(missing) == 1 else 'have'} no export there ({first_names(missing, 5)})" if missing
             else "every image of the dataset has an export there"))
+    if not row["num_predicted_instances"]:
+        _say(f"warning: {folder}: its exports of the {plural(row['num_images'], 'image')} scored hold no instance "
+             "(predict --proposals none writes peaks only), so mAP^r and ABO are 0")
     if exports["unmatched"]:
         _say(f"warning: {folder}: {plural(len(exports['unmatched']), 'export')} of no image of the dataset, "
              f"left out: {first_names(exports['unmatched'], 3)}")
