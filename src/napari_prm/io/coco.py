@@ -413,8 +413,8 @@ def match_exports(exports: str | os.PathLike | Sequence[str | os.PathLike],
                              f"spelling); it has [{first_names(map(repr, category_of))}]")
         results = []
         for annotation in annotations:
-            if category_name.get(names.get(int(annotation["category_id"]))) is None:
-                continue  # not check_classes: the caller checks them
+            if names.get(int(annotation["category_id"]), str(annotation["category_id"])) in unknown:
+                continue  # not check_classes: the caller checks the classes
             score = annotation.get("score")
             results.append({"image_id": image_id,
                             "category_id": category_of[category_name[names[int(annotation["category_id"])]]],
