@@ -772,6 +772,48 @@ def _voc_objects(xml: Path) -> tuple[tuple[tuple[str, bool], ...], str | None]:
     return tuple(found), file_name or None
 
 
+def voc_image_table(dataset: LabeledImageDataset) -> dict:
+    """A PASCAL VOC dataset's images and classes as a COCO JSON lists them, to match files of its
+    images as a COCO JSON's are matched (`napari_prm.io.match_exports`: predict's exports).
+
+    Parameters
+    ----------
+    dataset : LabeledImageDataset
+        Of a PASCAL VOC devkit (`from_voc`).
+
+    Returns
+    -------
+    dict
+        ``images``: per image, in the dataset's order, ``id`` (its index + 1), ``file_name`` (its
+        path in the year folder, ``JPEGImages/2007_000033.jpg``), ``height`` and ``width`` (from the
+        file's header; the image is not decoded). ``categories``: ``id`` (1, 2, ...) and ``name``
+        of the dataset's classes, then of the other classes it knows (`VocAnnotations.names`,
+        the other spelling of a class it has left out): those `LabeledImageDataset.with_classes` takes.
+
+    Raises
+    ------
+    ValueError
+        The dataset is no PASCAL VOC dataset; `UnreadableImage`: an image's header cannot be read.
+    """
+    from PIL import Image
+
+    if dataset.voc is None:
+        raise ValueError(f"dataset {dataset.source} is no PASCAL VOC dataset (see from_voc)")
+    images = []
+    for index, path in enumerate(dataset.image_paths):
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+            raise UnreadableImage(f"cannot read image {path} (declared at {dataset.origins[index]}): "
+                                  f"{error}") from error
+        images.append({"id": index + 1, "file_name": path.relative_to(dataset.voc.root).as_posix(),
+                       "height": height, "width": width})
+    names = [*dataset.class_names,
+             *(name for name in dataset.voc.names() if class_in(name, dataset.class_names) is None)]
+    return {"images": images, "categories": [{"id": k, "name": name} for k, name in enumerate(names, 1)]}
+
+
 def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledImageDataset:
     """One label per image from a folder per class: ``root/<class>/<image>``.
 

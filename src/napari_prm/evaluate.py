@@ -346,9 +346,20 @@ class InstanceMatcher:
         self.gt: list[dict] = []
         self.dt: list[dict] = []
 
-    def add(self, gt_masks, gt_classes, pred_masks, pred_classes, pred_scores, gt_iscrowd=None) -> None:
-        """Add one image: its (M, H, W) instances and its (P, H, W) scored predictions."""
+    def add(self, gt_masks, gt_classes, pred_masks, pred_classes, pred_scores, gt_iscrowd=None,
+            ignore=None) -> np.ndarray:
+        """Add one image: its (M, H, W) instances and its (P, H, W) scored predictions.
+
+        ``ignore``, an (H, W) bool array or None: pixels taken out of the predicted masks before
+        matching (`GroundTruth.ignore`, PASCAL VOC's void), so that they count for and against no
+        prediction. Returns the predicted masks as matched (those pixels taken out).
+        """
         gt_masks, pred_masks = _as_masks(gt_masks, "gt_masks"), _as_masks(pred_masks, "pred_masks")
+        if ignore is not None:
+            ignore = np.asarray(ignore, bool)
+            if ignore.shape != pred_masks.shape[1:]:
+                raise ValueError(f"ignore is {ignore.shape}, the predicted masks {pred_masks.shape[1:]}")
+            pred_masks = pred_masks & ~ignore
         gt_classes = _per_item("gt_classes", gt_classes, len(gt_masks), "gt mask")
         crowd = (np.zeros(len(gt_masks), bool) if gt_iscrowd is None
                  else _per_item("gt_iscrowd", gt_iscrowd, len(gt_masks), "gt mask", bool))
@@ -362,6 +373,7 @@ class InstanceMatcher:
             self.gt.append(_annotation(mask, image_id, cls, len(self.gt) + 1, iscrowd=int(is_crowd)))
         for mask, cls, score in zip(pred_masks, pred_classes, pred_scores):
             self.dt.append(_annotation(mask, image_id, cls, len(self.dt) + 1, iscrowd=0, score=float(score)))
+        return pred_masks
 
     def add_instances(self, truth, instances: Sequence) -> np.ndarray:
         """Add one image: its ground truth and its instances (``Instance`` objects, scored).
@@ -380,11 +392,8 @@ class InstanceMatcher:
             VOC's void): those count neither for nor against a prediction.
         """
         masks = np.array([i.mask for i in instances], bool).reshape((-1,) + truth.masks.shape[1:])
-        if getattr(truth, "ignore", None) is not None:
-            masks &= ~np.asarray(truth.ignore, bool)
-        self.add(truth.masks, truth.class_indices, masks, [i.class_index for i in instances],
-                 [i.score for i in instances], gt_iscrowd=truth.iscrowd)
-        return masks
+        return self.add(truth.masks, truth.class_indices, masks, [i.class_index for i in instances],
+                        [i.score for i in instances], gt_iscrowd=truth.iscrowd, ignore=getattr(truth, "ignore", None))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -873,10 +882,23 @@ NOT_FROM_EXPORTS = ("PRM quality, peak pointing, class-level pointing and classi
 COMPARISON_IOU = 0.5
 
 
-class _FolderExports:
-    """A predict output folder's ``<stem>_instances.json`` exports, matched to a dataset's images."""
+def _image_table(dataset) -> tuple[dict, list[int]]:
+    """The COCO dict that a dataset's images and classes are matched in (`napari_prm.io.match_exports`),
+    and each of its images' id there: a COCO dataset's JSON, a PASCAL VOC dataset's
+    `napari_prm.data.voc_image_table`."""
+    if dataset.coco is not None:
+        return dataset.coco.dataset, [int(i) for i in dataset.image_ids]
+    from .data import voc_image_table
 
-    def __init__(self, folder, dataset):
+    table = voc_image_table(dataset)
+    return table, [image["id"] for image in table["images"]]
+
+
+class _FolderExports:
+    """A predict output folder's ``<stem>_instances.json`` exports, matched to a dataset's images
+    (``table``, ``image_ids``: `_image_table`)."""
+
+    def __init__(self, folder, dataset, table: Mapping[str, Any], image_ids: Sequence[int]):
         from .data import class_in
         from .io.coco import match_exports
 
@@ -885,7 +907,7 @@ class _FolderExports:
             raise ValueError(f"{folder} does not exist" if not folder.exists() else
                              f"{folder} is a file, not a predict output folder (predict's --out)")
         self.stacks, self.lacking = _manifest_outputs(folder)
-        coco = dataset.coco.dataset
+        coco = table
         try:
             matched, self.unmatched = match_exports(folder, coco, source=dataset.source, check_classes=False)
         except ValueError as error:
@@ -906,17 +928,25 @@ class _FolderExports:
             raise ValueError(f"{folder} mixes the outputs of models of different classes "
                              f"({matched[0].path}: {first_names(self.class_names, 5)}; {other.path}: "
                              f"{first_names(other.class_names, 5)}): give each run its own folder")
-        categories = [str(c["name"]) for c in coco["categories"]]
-        missing = [name for name in self.class_names if class_in(name, categories) is None]
+        #: category id of each category name, as match_exports gives the results theirs
+        self.category_of = {str(c["name"]): int(c["id"]) for c in coco["categories"]}
+        missing = [name for name in self.class_names if class_in(name, self.category_of) is None]
         if missing:
             raise ValueError(f"the classes of the model that made {folder} are not all categories of "
                              f"{dataset.source}: [{first_names(map(repr, missing))}] ({len(missing)} of its "
                              f"{plural(len(self.class_names), 'class')}) are missing (names must match, a PASCAL "
                              "VOC class in either VOC's or COCO's spelling)")
-        index_of = {int(image_id): i for i, image_id in enumerate(dataset.image_ids)}
-        self.by_index = {index_of[m.image_id]: m for m in matched if m.image_id in index_of}
+        index_of = {int(image_id): i for i, image_id in enumerate(image_ids)}
+        without = set(dataset.images_without_masks())
+        self.by_index = {index_of[m.image_id]: m for m in matched
+                         if m.image_id in index_of and index_of[m.image_id] not in without}
         #: exports of images of the JSON that the dataset's view (--voc) leaves out
         self.outside = [str(m.path) for m in matched if m.image_id not in index_of]
+        #: exports of images without instance masks (PASCAL VOC's without segmentation PNGs): left out
+        self.without_masks = [str(m.path) for m in matched if index_of.get(m.image_id) in without]
+        if not self.by_index and self.without_masks:
+            raise ValueError(f"every export in {folder} of an image of {dataset.source} is of an image without "
+                             f"instance masks (no SegmentationObject PNG): {first_names(self.without_masks, 3)}")
 
     def indices(self, dataset, *, only_labeled: bool, max_images: int | None) -> list[int]:
         """The dataset indices scored: those with an export (showing one of the model's classes, with
@@ -931,17 +961,20 @@ class _FolderExports:
                 progress: Callable[[], None] | None = None) -> tuple[InstanceMatcher, list[np.ndarray]]:
         """The ground truth and these exports' instances of ``class_names`` on the images ``indices``,
         and each image's best overlaps (ABO)."""
+        from .data import class_in
         from .masks import decode_rles
 
         dataset = dataset.with_classes(class_names)
-        class_of = {int(category): c for c, category in enumerate(dataset.category_ids)}
+        # each class's category, resolved by name as match_exports resolved the results'
+        class_of = {self.category_of[class_in(name, self.category_of)]: c for c, name in enumerate(class_names)}
         matcher, overlaps = InstanceMatcher(len(class_names)), []
         for index in indices:
             truth = dataset.instances(index)
             kept = [r for r in self.by_index[index].results if int(r["category_id"]) in class_of]
-            masks = decode_rles([r["segmentation"] for r in kept], truth.masks.shape[1:])
-            matcher.add(truth.masks, truth.class_indices, masks, [class_of[int(r["category_id"])] for r in kept],
-                        [r["score"] for r in kept], gt_iscrowd=truth.iscrowd)
+            masks = matcher.add(truth.masks, truth.class_indices,
+                                decode_rles([r["segmentation"] for r in kept], truth.masks.shape[1:]),
+                                [class_of[int(r["category_id"])] for r in kept], [r["score"] for r in kept],
+                                gt_iscrowd=truth.iscrowd, ignore=truth.ignore)
             overlaps.append(best_overlaps(truth.masks[~truth.iscrowd], masks))
             if progress is not None:
                 progress()
@@ -998,16 +1031,19 @@ def evaluate_exports(
     seed: int | None = 0,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Score ``napari-prm predict`` output folders against a COCO dataset's instance masks; no model runs.
+    """Score ``napari-prm predict`` output folders against the instance masks of a COCO JSON or a
+    PASCAL VOC devkit; no model runs.
 
     Each folder's ``<stem>_instances.json`` exports (sub-folders included: a ``predict
     --recursive`` tree) are matched to the dataset's images and categories as
     :func:`napari_prm.io.coco_results` matches them (image by ``file_name``, class by exact
-    name: `napari_prm.io.match_exports`), and scored as :func:`evaluate` scores a model's
-    instances: mAP^r is pycocotools' COCOeval (``segm``) over the model's classes, on the
-    images with an export. With two folders or more, their mAP^r at IoU 0.5 is compared on
-    the images they all scored, over the classes they share, by a paired bootstrap
-    (:func:`bootstrap_map`).
+    name: `napari_prm.io.match_exports`; a PASCAL VOC dataset's images and classes as
+    :func:`napari_prm.data.voc_image_table` lists them, ``JPEGImages/<id>.jpg``), and scored as
+    :func:`evaluate` scores a model's instances: mAP^r is pycocotools' COCOeval (``segm``) over
+    the model's classes, on the images with an export (a PASCAL VOC image without segmentation
+    PNGs left out; void pixels taken out of the predicted masks). With two folders or more,
+    their mAP^r at IoU 0.5 is compared on the images they all scored, over the classes they
+    share, by a paired bootstrap (:func:`bootstrap_map`).
 
     Parameters
     ----------
@@ -1015,8 +1051,9 @@ def evaluate_exports(
         ``predict --out`` folders, one run each.
     dataset : LabeledImageDataset
         A COCO dataset with instance masks (:func:`napari_prm.data.load_dataset` of the JSON,
-        :func:`napari_prm.data.voc_view` of it for its VOC images only). Every class of a
-        folder's model must be one of its categories, by name.
+        :func:`napari_prm.data.voc_view` of it for its VOC images only) or a PASCAL VOC one
+        (of a split list or year folder: :func:`napari_prm.data.from_voc`). Every class of a
+        folder's model must be one of its categories (a VOC dataset's: the 20 VOC classes), by name.
     iou_thresholds : sequence of float
     only_labeled : bool
         Score only the images that show one of the folder's model's classes.
@@ -1037,7 +1074,9 @@ def evaluate_exports(
         ``ABO``, counts; the metrics that need the model are None and ``not_measured`` says
         so), ``exports`` (``scored``; ``left_out``, the file names of the images with an
         export that ``only_labeled`` or ``max_images`` left out; ``images_without_export``, the dataset's file names of
-        the images with no export; ``unmatched``, exports of no image of the dataset;
+        the images with instance masks and no export; ``without_masks``, the exports of images
+        without instance masks (a PASCAL VOC image without segmentation PNGs), left out;
+        ``unmatched``, exports of no image of the dataset;
         ``outside``, exports of JSON images the dataset leaves out (its VOC view); ``stacks``,
         stacks' outputs, which hold no COCO JSON; ``lacking``, the exports that the manifests
         list and that are not there, deleted by hand), ``seconds`` (reading and scoring that
@@ -1055,8 +1094,8 @@ def evaluate_exports(
     ComparisonInterrupted
         Ctrl-C (KeyboardInterrupt) during the comparison: it holds the folders' scores.
     ValueError
-        Naming the folder or file: a folder given twice, not a folder, no export, none of an image of the dataset,
-        classes not among the dataset's categories, two exports of one image, an export's
+        Naming the folder or file: a folder given twice, not a folder, no export, none of an image of the dataset
+        (with instance masks), classes not among the dataset's categories, two exports of one image, an export's
         image of another size; for a comparison, no image or class the folders share.
     """
     iou_thresholds = check.finite_floats("iou_thresholds", iou_thresholds, low=0, high=1,
@@ -1076,13 +1115,17 @@ def evaluate_exports(
     if not hasattr(dataset, "has_masks"):
         raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
                          f"got {type(dataset).__name__}")
-    if dataset.coco is None or not dataset.has_masks:
-        raise ValueError(f"predictions are scored against a COCO JSON's instance masks; dataset {dataset.source} "
-                         + ("is not a COCO JSON" if dataset.coco is None else "has no segmentations"))
+    if (dataset.coco is None and dataset.voc is None) or not dataset.has_masks:
+        raise ValueError("predictions are scored against the instance masks of a COCO JSON or a PASCAL VOC devkit; "
+                         f"dataset {dataset.source} " + (
+                             "is neither" if dataset.coco is None and dataset.voc is None else
+                             "has no segmentations" if dataset.coco is not None else
+                             "has no segmentation PNGs (SegmentationObject) of its images"))
+    table, image_ids = _image_table(dataset)
     read, seconds = [], []
     for folder in folders:
         started = time.perf_counter()
-        read.append(_FolderExports(folder, dataset))
+        read.append(_FolderExports(folder, dataset, table, image_ids))
         seconds.append(time.perf_counter() - started)
     chosen = [exports.indices(dataset, only_labeled=only_labeled, max_images=max_images) for exports in read]
     for exports, indices in zip(read, chosen):
@@ -1097,7 +1140,9 @@ def evaluate_exports(
         if progress is not None:
             progress("score", done[0], total)
 
-    file_name = [str(dataset.coco.imgs[image_id]["file_name"]) for image_id in dataset.image_ids]
+    image_of = {int(image["id"]): image for image in table["images"]}
+    file_name = [str(image_of[image_id]["file_name"]) for image_id in image_ids]
+    without = set(dataset.images_without_masks())
     rows = []
     for exports, indices, read_seconds in zip(read, chosen, seconds):
         started = time.perf_counter()
@@ -1117,7 +1162,8 @@ def evaluate_exports(
             "exports": {"scored": len(indices),
                         "left_out": [file_name[i] for i in sorted(set(exports.by_index) - set(indices))],
                         "images_without_export": [file_name[i] for i in range(len(dataset))
-                                                  if i not in exports.by_index],
+                                                  if i not in exports.by_index and i not in without],
+                        "without_masks": exports.without_masks,
                         "unmatched": exports.unmatched, "outside": exports.outside, "stacks": exports.stacks,
                         "lacking": exports.lacking},
             "settings": {"predictions": str(exports.folder), "dataset": dataset.source, "proposals": None,
