@@ -182,7 +182,8 @@ def test_folders_that_cannot_be_scored_are_named(runs, tmp_path, capsys):
     assert f"--predictions: {tmp_path / 'empty'} holds no <stem>_instances.json" in error(tmp_path / "empty")
     assert "not a napari-prm predict output folder" in error(runs / "images")
     assert f"--predictions: {tmp_path / 'none'} does not exist" in error(tmp_path / "none")
-    assert "is not a COCO JSON" in error(runs / "runA", dataset=str(tmp_path / "labels.csv"))
+    assert "labels.csv is neither a COCO JSON nor a PASCAL VOC devkit" in error(runs / "runA",
+                                                                        dataset=str(tmp_path / "labels.csv"))
     # a stack's outputs: predict writes no COCO JSON for them
     import tifffile
 

@@ -395,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "classification AP (as training's validation) and peak precision by image labels. "
                     "The model's classes must all be in the dataset."
                     "\nWith --predictions, no model runs: the outputs of earlier predict runs are scored "
-                    "against a COCO JSON (mAP^r and ABO, a row per folder) and, for several folders, "
-                    "compared with the first by a paired bootstrap.")
+                    "against a COCO JSON or a PASCAL VOC devkit (mAP^r and ABO, a row per folder) and, for "
+                    "several folders, compared with the first by a paired bootstrap.")
     _add_dataset_options(evaluate)
     _add_model_options(evaluate)
     evaluate.add_argument("--proposals", default="auto", type=_proposals_arg,
@@ -419,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--predictions", type=Path, nargs="+", default=None, metavar="FOLDER",
                           help="score these predict --out folders instead of running a model: each folder's "
                                "<stem>_instances.json exports (sub-folders included) against DATASET's instance "
-                               "masks (a COCO JSON), images matched by file_name and classes by name as "
+                               "masks (a COCO JSON, or a PASCAL VOC split list or year folder: its images' file "
+                               "names are JPEGImages/<id>.jpg, those without SegmentationObject PNGs left out, "
+                               "void ignored), images matched by file_name and classes by name as "
                                "napari_prm.io.coco_results matches them, on the images with an export; one row "
                                "per folder (mAP^r, ABO; what needs the model is not measured); with two or more, "
                                "a paired bootstrap of each against the first at IoU 0.5 on the images all of "
@@ -773,8 +775,8 @@ def _check_predictions_options(args: argparse.Namespace) -> None:
                          f"{'it' if len(running) == 1 else 'them'}")
     if args.masks is not None:
         raise ValueError("--predictions with --masks: predictions are scored against the instance masks of "
-                         "DATASET, a COCO JSON; corrected exports as ground truth are not supported here (run "
-                         "--model with --masks instead)")
+                         "DATASET, a COCO JSON or a PASCAL VOC devkit; corrected exports as ground truth are not "
+                         "supported here (run --model with --masks instead)")
 
 
 def _check_inference_settings(args: argparse.Namespace) -> None:
@@ -1366,7 +1368,7 @@ def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
             _say(f"warning: {plural(len(unchanged), 'export')} in {masks} ({first_names(unchanged, 3)}) "
                  f"{'is' if len(unchanged) == 1 else 'are'} napari-prm predict's output as written, not corrected: "
                  "the figures measure agreement with those predictions, not accuracy. Correct them first; to score "
-                 "predictions against a COCO JSON, use evaluate COCO_JSON --predictions FOLDER")
+                 "predictions against a COCO JSON or a PASCAL VOC devkit, use evaluate DATASET --predictions FOLDER")
     unknown = sum(c.num_unknown for c in corrections)
     _say(f"{len(matched)} of the dataset's {plural(len(dataset), 'image')} "
          f"{'has' if len(matched) == 1 else 'have'} corrected instances "
@@ -1387,11 +1389,7 @@ def _run_evaluate(args) -> int:
     if labels_only:
         _say(f"dataset {dataset.source} has image-level labels only: classification AP and peak precision; "
              "instance metrics need masks (--masks)")
-    without = set() if labels_only or args.masks is not None else set(dataset.images_without_masks())
-    if without:  # evaluate() leaves them out: a PASCAL VOC image the devkit has not segmented
-        verb, names = "has" if len(without) == 1 else "have", [dataset.image_paths[i].name for i in sorted(without)]
-        _say(f"{len(without)} of the dataset's {plural(len(dataset), 'image')} {verb} no instance masks (no "
-             f"SegmentationObject PNG), left out: {first_names(names, 3)}")
+    without = set() if labels_only or args.masks is not None else _say_without_masks(dataset)
     model = _load_model(args.model, args.device)
     ground_truth = None if args.masks is None else _corrected_ground_truth(args.masks, dataset, model.class_names)
     indices = [i for i in range(len(dataset)) if i not in without] if ground_truth is None else list(ground_truth)
@@ -1427,16 +1425,35 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _say_without_masks(dataset) -> set[int]:
+    """Say which images of a dataset with instance masks have none (a PASCAL VOC image the devkit
+    has not segmented), which evaluation leaves out; returns their indices."""
+    without = set(dataset.images_without_masks())
+    if without:
+        verb, names = "has" if len(without) == 1 else "have", [dataset.image_paths[i].name for i in sorted(without)]
+        _say(f"{len(without)} of the dataset's {plural(len(dataset), 'image')} {verb} no instance masks (no "
+             f"SegmentationObject PNG), left out: {first_names(names, 3)}")
+    return without
+
+
 def _run_evaluate_predictions(args) -> int:
     """``evaluate --predictions``: predict output folders scored against DATASET, compared with the first."""
     from tqdm import tqdm
 
+    from .data import is_voc_folder, voc_split_root
     from .evaluate import ComparisonInterrupted, evaluate_exports, report_exports_markdown, report_json
 
-    if Path(args.dataset).suffix.lower() != ".json":
-        raise CommandError(f"--predictions: DATASET {args.dataset} is not a COCO JSON: predictions are scored "
-                           "against a COCO JSON's instance masks")
-    dataset = _load_dataset(args, check_images=False)  # the JSON is the ground truth: no image is read
+    path = Path(args.dataset)
+    neither = (f"--predictions: DATASET {args.dataset} is neither a COCO JSON nor a PASCAL VOC devkit (a split list "
+               "such as VOC2012/ImageSets/Segmentation/val.txt, or the year folder): predictions are scored against "
+               "their instance masks")
+    if path.suffix.lower() != ".json" and not (is_voc_folder(path) or voc_split_root(path) is not None):
+        raise CommandError(neither)
+    # a COCO JSON is the ground truth: no image is read; a PASCAL VOC devkit's image sizes are read from their headers
+    dataset = _load_dataset(args, check_images=False) if path.suffix.lower() == ".json" else _load_dataset(args)
+    if dataset.coco is None and dataset.voc is None:
+        raise CommandError(neither)
+    without = _say_without_masks(dataset) if dataset.has_masks else set()
     bars: dict = {}
     reached: dict[str, int] = {}  # a stage's count: a disabled bar (stderr not a terminal) counts nothing
     logged = [time.monotonic()]
@@ -1466,8 +1483,9 @@ def _run_evaluate_predictions(args) -> int:
             bar.close()
     choosing = " and ".join(option for option, given in (("--only-labeled", args.only_labeled),
                                                            ("--max-images", args.max_images is not None)) if given)
+    masked = " with instance masks" if without else ""  # the others are left out, said above
     for row in evaluation["results"]:
-        _say_exports(row, len(dataset), choosing)
+        _say_exports(row, len(dataset) - len(without), choosing, masked)
     print(report_exports_markdown(evaluation), end="")
     if evaluation["comparison"] is None and len(evaluation["results"]) > 1:
         _say(f"interrupted during the comparison ({reached.get('bootstrap', 0)} of "
@@ -1482,17 +1500,19 @@ def _run_evaluate_predictions(args) -> int:
     return 0
 
 
-def _say_exports(row: dict, dataset_images: int, choosing: str) -> None:
+def _say_exports(row: dict, dataset_images: int, choosing: str, masked: str = "") -> None:
     """What ``evaluate --predictions`` scored of one folder, and what it left out (named);
-    ``choosing``: the options that chose among the images with an export, as the user gave them."""
+    ``dataset_images``: how many of the dataset's images could be scored (``masked``: ``" with
+    instance masks"`` when some have none); ``choosing``: the options that chose among the images
+    with an export, as the user gave them."""
     exports, folder = row["exports"], row["settings"]["predictions"]
     missing, left_out = exports["images_without_export"], exports["left_out"]
     _say(f"{folder}: {plural(row['num_images'], 'image')} scored; "
          + (f"{len(left_out)} more with an export left out by {choosing} ({first_names(left_out, 5)}); "
             if left_out else "")
-         + (f"{len(missing)} of the dataset's {plural(dataset_images, 'image')} "
+         + (f"{len(missing)} of the dataset's {plural(dataset_images, 'image')}{masked} "
             f"{'has' if len(missing) == 1 else 'have'} no export there ({first_names(missing, 5)})" if missing
-            else "every image of the dataset has an export there"))
+            else f"every image of the dataset{masked} has an export there"))
     if not row["num_predicted_instances"]:
         _say(f"warning: {folder}: its exports of the {plural(row['num_images'], 'image')} scored hold no instance "
              "(predict --proposals none writes peaks only), so mAP^r and ABO are 0")
