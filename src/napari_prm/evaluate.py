@@ -907,9 +907,8 @@ class _FolderExports:
             raise ValueError(f"{folder} does not exist" if not folder.exists() else
                              f"{folder} is a file, not a predict output folder (predict's --out)")
         self.stacks, self.lacking = _manifest_outputs(folder)
-        coco = table
         try:
-            matched, self.unmatched = match_exports(folder, coco, source=dataset.source, check_classes=False)
+            matched, self.unmatched = match_exports(folder, table, source=dataset.source, check_classes=False)
         except ValueError as error:
             if not str(error).startswith("exports: no *_instances.json"):
                 raise
@@ -929,7 +928,7 @@ class _FolderExports:
                              f"({matched[0].path}: {first_names(self.class_names, 5)}; {other.path}: "
                              f"{first_names(other.class_names, 5)}): give each run its own folder")
         #: category id of each category name, as match_exports gives the results theirs
-        self.category_of = {str(c["name"]): int(c["id"]) for c in coco["categories"]}
+        self.category_of = {str(c["name"]): int(c["id"]) for c in table["categories"]}
         missing = [name for name in self.class_names if class_in(name, self.category_of) is None]
         if missing:
             raise ValueError(f"the classes of the model that made {folder} are not all categories of "
