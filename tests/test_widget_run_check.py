@@ -8,7 +8,7 @@ from pathlib import Path
 from napari_prm.data import load_dataset
 from napari_prm.model import load_checkpoint, save_model
 from napari_prm.train import TRAINING_STATE_KEY, train
-from test_widget_train import WAIT_MS, checked
+from test_widget_train import WAIT_MS, checked, quick_training
 
 
 def unfinished_checkpoint(dataset, out):
@@ -263,3 +263,39 @@ def test_train_waiting_for_the_check_does_not_start_on_fields_changed_meanwhile(
     gate.set()
     checked(widget, qtbot)
     assert not widget.running and not (tmp_path / "other.p").exists()
+
+
+def test_calibrate_pressed_while_train_waits_for_the_check_is_refused_and_the_train_still_starts(
+        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, monkeypatch):
+    """*Calibrate* pressed while Train waited for the output file's check started calibrating and
+    dropped the waiting Train without a word (the status said "Calibrating …"). It is now refused,
+    saying that training waits and how to calibrate instead; the Train starts once the answer comes."""
+    import napari_prm.train as train_module
+
+    finished = tmp_path / "finished.pt"  # a finished run of the dataset: nothing to continue
+    train(load_dataset(tiny_dataset), backbone="tiny", out=finished, epochs=1, batch_size=2, input_size=(32, 32),
+          device="cpu", val_fraction=0.0, calibrate=False)
+    gate = threading.Event()
+
+    def gated_load(path, *args, **kwargs):
+        assert gate.wait(WAIT_MS / 1000)
+        return load_checkpoint(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "load_checkpoint", gated_load)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, finished)
+    assert widget.checking
+    assert widget.start() is None and widget.last_message.startswith("Checking whether finished.pt holds")
+    widget._calibrate_model.value = finished
+    assert widget.calibrate() is None
+    assert widget.last_message == (
+        "Train was pressed: training starts once it is known whether finished.pt holds an unfinished run of the "
+        "dataset. Calibrate after it, or press Cancel to drop the training, then Calibrate.")
+    assert not widget.running and widget.checking and widget._cancel_button.enabled
+    gate.set()
+    checked(widget, qtbot)
+    assert widget.running, widget.last_message  # the Train waiting started
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and widget.result.checkpoint == tmp_path / "finished-2.pt", widget.last_message
+    assert widget.calibrated is None and not (tmp_path / "finished-calibrated.pt").exists()

@@ -71,7 +71,7 @@ def _calibrate(model: Path | str, dataset_path: Path, images: Path | None, devic
 class CalibrateSection:
     """Mixin of `TrainWidget`: the *Calibrate* controls and their worker.
 
-    Expects ``worker``, ``running``, ``_cancel``, ``_viewer``, ``_device``, ``_out``, ``_say``,
+    Expects ``worker``, ``running``, ``_start_pending``, ``_cancel``, ``_viewer``, ``_device``, ``_out``, ``_say``,
     ``_dataset_path``, ``_images_folder``, ``_status``, ``_deleted``, ``_closed`` and
     ``_run_started``/``_on_finished`` from the widget.
     """
@@ -89,9 +89,15 @@ class CalibrateSection:
         return [self._calibrate_model, self._calibrate_to, self._calibrate_button]
 
     def calibrate(self):
-        """Calibrate the chosen checkpoint on the widget's dataset in a worker; returns it (None when refused)."""
+        """Calibrate the chosen checkpoint on the widget's dataset in a worker; returns it (None when refused,
+        said: also while a Train waits for the output file's check, which it would otherwise drop)."""
         if self.running:
             self._say("Training or calibration is already running: wait for it or press Cancel.", True)
+            return None
+        if self._start_pending is not None:  # Train pressed, waiting for the output file's check: kept
+            self._say(f"Train was pressed: training starts once it is known whether {Path(self._out.value).name} "
+                      "holds an unfinished run of the dataset. Calibrate after it, or press Cancel to drop the "
+                      "training, then Calibrate.", True)
             return None
         # a built-in model's name as typed (the field's value makes it a path in the current folder)
         typed = self._calibrate_model.line_edit.value.strip()

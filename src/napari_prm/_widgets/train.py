@@ -451,7 +451,6 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
 
     def _run_started(self, worker, status: str, activity: ActivityProgress) -> None:
         """Start ``worker`` (training or calibrating): the buttons, the status and the activity bar."""
-        self._start_pending = None  # a Train waiting for the output file's check: calibrating instead
         self._cancel.clear()
         self._closed = False
         worker.finished.connect(self._on_finished)
