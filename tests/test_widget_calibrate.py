@@ -188,3 +188,38 @@ def test_calibrate_a_builtin_model_into_a_new_file_beside_the_output(make_napari
 
     # the command line chooses the same thresholds
     assert_calibrate_chooses(model, [str(folder / "labels.csv"), "--model", "imagenet-voc"], tmp_path / "cli.pt")
+
+
+def test_a_checkpoint_named_without_a_suffix_calibrates_into_a_new_pt_file(make_napari_viewer, qtbot, prm_config,
+                                                                          tiny_dataset, tmp_path):
+    """A checkpoint renamed without its suffix (``mymodel``), which `load_model` reads by its content,
+    was calibrated into "a new file" named ``mymodel-calibrated``, and *Calibrate* failed with
+    "out: expected a file ending in .pt or .pth or .safetensors". The new file is now
+    ``mymodel-calibrated.pt`` (the whole name kept: ``model.ckpt`` gives ``model.ckpt-calibrated.pt``),
+    with the thresholds ``calibrate`` chooses; the original is left as it was."""
+    from napari_prm._widgets.calibrate import calibrated_path
+
+    saved = save_model(build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(32, 32)),
+                       tmp_path / "mymodel.pt")
+    mine = saved.rename(tmp_path / "mymodel")
+    before = mine.read_bytes()
+    assert load_model(mine).class_names == ["cat", "cup"]  # read by its content
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, tmp_path / "unused.pt")
+    widget._calibrate_model.value = mine
+    assert widget._calibrate_to.value == "new"
+    outcome = calibrate_to_end(widget, qtbot)
+    assert outcome is not None, widget.last_message
+    written = tmp_path / "mymodel-calibrated.pt"
+    assert outcome.checkpoint == written and outcome.calibration.images == 4
+    model = load_model(written)
+    assert model.settings["class_threshold"] == pytest.approx(outcome.calibration.class_threshold)
+    assert mine.read_bytes() == before
+    assert_calibrate_chooses(model, [str(tiny_dataset), "--model", str(mine)], tmp_path / "cli.pt")
+    # the next free name, and the suffixes a checkpoint is saved with kept, in any case
+    assert calibrated_path(mine, "new", tmp_path) == tmp_path / "mymodel-calibrated-2.pt"
+    assert calibrated_path(tmp_path / "model.ckpt", "new", tmp_path) == tmp_path / "model.ckpt-calibrated.pt"
+    assert calibrated_path(tmp_path / "m.PTH", "new", tmp_path) == tmp_path / "m-calibrated.PTH"
+    assert calibrated_path(tmp_path / "m.safetensors", "new", tmp_path) == tmp_path / "m-calibrated.safetensors"
+    assert calibrated_path(mine, "in place", tmp_path) == mine

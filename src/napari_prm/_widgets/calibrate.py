@@ -5,9 +5,9 @@ The work is :func:`napari_prm.train.calibrate_checkpoint`'s (the command line's 
 are chosen by :func:`napari_prm.train.calibration_images` (the share ``train`` held out when the
 model was trained on the dataset, else every image), the thresholds with and without test-time
 augmentation. The calibrated model is written to a new file ``<name>-calibrated.pt`` (the next
-free name), or into the checkpoint itself when the user chooses that, and is offered in the Peak
-Response Maps widget. A built-in model (``imagenet-voc``) is written to a new file beside the
-Train widget's output file.
+free name; a ``.pth`` or ``.safetensors`` checkpoint keeps its suffix), or into the checkpoint
+itself when the user chooses that, and is offered in the Peak Response Maps widget. A built-in
+model (``imagenet-voc``) is written to a new file beside the Train widget's output file.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from magicgui.widgets import ComboBox, FileEdit, PushButton
 from napari.qt.threading import create_worker
 
 from ..data import load_dataset
-from ..model.checkpoint import BUILTIN_MODELS, is_builtin_name
+from ..model.checkpoint import BUILTIN_MODELS, CHECKPOINT_SUFFIXES, is_builtin_name
 from ..train import CheckpointCalibration, calibrate_checkpoint
 from .activity import ActivityProgress
 from .models import offer_model
@@ -36,6 +36,11 @@ def calibrated_path(model: Path | str, where: str, folder: Path) -> Path:
     ``<stem>-calibrated<suffix>`` beside it; for a built-in model (never in place), the next free
     ``<name>-calibrated.pt`` in ``folder``.
 
+    A checkpoint named without one of `napari_prm.model.checkpoint.CHECKPOINT_SUFFIXES`
+    (``mymodel``, ``model.ckpt``: a torch file, which `napari_prm.load_model` reads by its
+    content) goes to ``<name>-calibrated.pt``, its whole name kept: a checkpoint is written only
+    under those suffixes.
+
     Raises
     ------
     ValueError
@@ -50,6 +55,8 @@ def calibrated_path(model: Path | str, where: str, folder: Path) -> Path:
     model = Path(model)
     if where == "in place":
         return model
+    if model.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        return unused_path(model.with_name(f"{model.name}-calibrated.pt"))
     return unused_path(model.with_name(f"{model.stem}-calibrated{model.suffix}"))
 
 
