@@ -135,16 +135,82 @@ def test_calibration_that_keeps_more_peaks_than_the_cap_says_so():
     calibration = calibrate_thresholds(maps, labels)
     assert calibration.recall == 1.0 and calibration.precision == 1.0
     assert calibration.peaks_per_image == 64.0 > MAX_PEAKS
-    assert calibration.warning.startswith("the calibrated thresholds keep 64 peaks per image on the 12 calibration "
-                                          "image(s), more than predict's default cap of 50 (max_peaks)")
-    assert "strongest 50 per image" in calibration.warning and "more epochs" in calibration.warning
+    assert calibration.image_peaks == (64,) * 12 and calibration.over_cap == 12
+    assert calibration.warning.startswith("the calibrated thresholds keep more than 50 peaks (predict's default cap, "
+                                          "max_peaks) on 12 of the 12 calibration image(s) (up to 64)")
+    assert "strongest 50 of such an image" in calibration.warning and "more epochs" in calibration.warning
     assert calibration.as_settings()["calibration"]["warning"] == calibration.warning
     # 48 peaks per image: under the cap, no warning; on 3 images, both warnings, one after the other
     few = [bumps((84, 84), spots[:48]) for _ in range(12)]
     assert calibrate_thresholds(few, labels).warning is None
     both = calibrate_thresholds(maps[:3], labels[:3])
     assert both.warning.startswith("the thresholds were calibrated on only 3 image(s)")
-    assert "the calibrated thresholds keep 64 peaks per image on the 3" in both.warning
+    assert "the calibrated thresholds keep more than 50 peaks (predict's default cap, max_peaks) on 3 of the 3" \
+        in both.warning
+
+
+def test_a_few_crowded_images_over_the_cap_are_counted_not_averaged_away():
+    """The warning compared the average of the kept peaks per image with the default cap: two crowded
+    images of 64 peaks among ten of one averaged 11.5 and said nothing, though predict cut both to
+    their strongest 50. The images over the cap are now counted, and said "2 of the 12"."""
+    crowded = [(0, 6 + 10 * (i // 8), 6 + 10 * (i % 8), 1.0 + 0.1 * i) for i in range(64)]
+    maps = [bumps((84, 84), crowded) for _ in range(2)] + [bumps((84, 84), crowded[:1]) for _ in range(10)]
+    labels = np.ones((12, 1))
+    calibration = calibrate_thresholds(maps, labels)
+    assert calibration.recall == 1.0 and calibration.peaks_per_image == pytest.approx(138 / 12)  # under 50
+    assert calibration.image_peaks == (64, 64) + (1,) * 10 and calibration.over_cap == 2
+    # the images predict cuts at these thresholds, selecting as it does
+    cut = [select_peaks(m, class_threshold=calibration.class_threshold,
+                        peak_threshold=calibration.peak_threshold, suppression_radius=None).capped for m in maps]
+    assert cut == [True, True] + [False] * 10
+    assert calibration.warning.startswith("the calibrated thresholds keep more than 50 peaks (predict's default "
+                                          "cap, max_peaks) on 2 of the 12 calibration image(s) (up to 64): predict "
+                                          "will keep only the strongest 50 of such an image.")
+    assert "--max-peaks" in calibration.warning
+
+
+def test_the_cap_compared_with_is_the_max_peaks_predict_is_given():
+    """30 peaks per image are under the default cap (no warning) but over ``max_peaks=20``, which the
+    warning compared with 50 regardless; no cap (None) warns of none."""
+    spots = [(0, 6 + 10 * (i // 6), 6 + 10 * (i % 6), 1.0 + 0.1 * i) for i in range(30)]
+    maps = [bumps((64, 64), spots) for _ in range(12)]
+    labels = np.ones((12, 1))
+    assert calibrate_thresholds(maps, labels).warning is None
+    capped = calibrate_thresholds(maps, labels, max_peaks=20)
+    assert capped.max_peaks == 20 and capped.over_cap == 12
+    assert capped.warning.startswith("the calibrated thresholds keep more than 20 peaks (the max_peaks given) on 12 "
+                                     "of the 12 calibration image(s) (up to 30): predict will keep only the strongest "
+                                     "20 of such an image.")
+    uncapped = calibrate_thresholds(maps, labels, max_peaks=None)
+    assert uncapped.over_cap == 0 and uncapped.warning is None
+
+
+def test_a_model_s_calibration_counts_the_images_predict_cuts(tiny_dataset):
+    """On a random tiny model's maps, whose calibrated thresholds keep (64, 59, 27, 32) peaks on the 4
+    images, 45 on average, the old rule (the average over 50) said nothing while predict cut two images
+    to 50. The counts are predict's own, and the cap the one ``calibrate_model`` is given."""
+    from napari_prm import PRMPredictor, build_model
+    from napari_prm.data import load_dataset
+    from napari_prm.peaks import calibrate_model
+    from napari_prm.predictor import MAX_PEAKS_LIMIT
+
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(64, 64))
+    dataset = load_dataset(tiny_dataset)
+    calibration = calibrate_model(model, dataset)
+    model.settings.update(calibration.as_settings())
+    predictor = PRMPredictor(model, proposals=None)
+    found, cut = [], []
+    for index in range(len(dataset)):
+        predictor.set_image(dataset.read_image(index))
+        found.append(predictor.select_peaks(max_peaks=MAX_PEAKS_LIMIT).found)
+        cut.append(predictor.select_peaks().capped)
+    assert calibration.image_peaks == tuple(found)
+    assert calibration.peaks_per_image < MAX_PEAKS < max(found)  # the case the average hid
+    assert calibration.over_cap == sum(cut) > 0
+    assert f"on {sum(cut)} of the 4 calibration image(s) (up to {max(found)})" in calibration.warning
+    smallest = min(found)
+    assert calibrate_model(model, dataset, max_peaks=smallest).over_cap == sum(n > smallest for n in found)
 
 
 def test_calibration_refuses_what_it_cannot_use():

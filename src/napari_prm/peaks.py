@@ -11,7 +11,7 @@ only image-level labels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -308,13 +308,21 @@ class Calibration:
     f_score : float
     peaks_per_image : float
     images : int
+    max_peaks : int or None
+        The cap predict keeps the strongest peaks of an image to (the ``max_peaks`` of the
+        settings calibrated with, `MAX_PEAKS` by default; None: no cap).
+    image_peaks : tuple of int
+        The peaks predict finds on each calibration image at these thresholds (`select_peaks`),
+        before its cap (empty when not counted).
+    over_cap : int
+        How many calibration images keep more than ``max_peaks`` peaks (`image_peaks`).
     warning : str or None
         Set when no threshold pair found any class the images show (``recall`` 0):
         the thresholds are then the lowest tried, not calibrated ones; else when they were
         chosen on fewer than `MIN_CALIBRATION_IMAGES` images, too few to rely on, and (one after
-        the other) when they keep more than `MAX_PEAKS` peaks per image on the calibration
-        images (``peaks_per_image``, counted before any cap): a barely trained model's, whose
-        predictions the ``max_peaks`` cap would cut to the strongest peaks.
+        the other) when they keep more than ``max_peaks`` peaks on some calibration images
+        (``over_cap``; a barely trained model's many weak peaks, or crowded images), whose
+        predictions the cap would cut to the strongest peaks.
     """
 
     class_threshold: float
@@ -324,6 +332,8 @@ class Calibration:
     f_score: float
     peaks_per_image: float
     images: int
+    max_peaks: int | None = MAX_PEAKS
+    image_peaks: tuple[int, ...] = ()
 
     #: The keys of ``model.settings`` that :meth:`as_settings` writes, in its order: the two
     #: thresholds, and how they scored (``"calibration"``).
@@ -339,16 +349,24 @@ class Calibration:
                 "ones. Calibrate on more images (hold out more: --val-fraction, or more images per class) "
                 "or train for more epochs, then calibrate again ('napari-prm calibrate').")
 
+    @property
+    def over_cap(self) -> int:
+        if self.max_peaks is None:
+            return 0
+        return sum(count > self.max_peaks for count in self.image_peaks)
+
     def _too_many_peaks_warning(self) -> str | None:
-        # peaks_per_image counts the peaks the thresholds keep before any max_peaks cap
-        # (calibrate_thresholds selects with max_peaks=None)
-        if self.peaks_per_image <= MAX_PEAKS:
+        over = self.over_cap
+        if not over:
             return None
-        return (f"the calibrated thresholds keep {self.peaks_per_image:.0f} peaks per image on the {self.images} "
-                f"calibration image(s), more than predict's default cap of {MAX_PEAKS} (max_peaks): predict will keep "
-                f"only the strongest {MAX_PEAKS} per image (a barely trained model's many weak peaks lead "
-                "calibration to low thresholds). Train for more epochs and calibrate again, or raise the "
-                "thresholds (predict's --class-threshold and --peak-threshold).")
+        cap = self.max_peaks
+        which = "predict's default cap, max_peaks" if cap == MAX_PEAKS else "the max_peaks given"
+        return (f"the calibrated thresholds keep more than {cap} peaks ({which}) on {over} of the "
+                f"{self.images} calibration image(s) (up to {max(self.image_peaks)}): predict will keep only the "
+                f"strongest {cap} of such an image. A barely trained "
+                "model's many weak peaks lead calibration to low thresholds: train for more epochs and calibrate "
+                "again. Otherwise raise the thresholds (predict's --class-threshold and --peak-threshold) or the cap "
+                "(predict's --max-peaks).")
 
     def _few_images_warning(self) -> str | None:
         if self.images >= MIN_CALIBRATION_IMAGES:
@@ -389,6 +407,7 @@ def calibrate_thresholds(
     grid: int = 60,
     win_size: int = 3,
     peak_filter: PeakFilter = "median",
+    max_peaks: int | None = MAX_PEAKS,
 ) -> Calibration:
     """Choose the class and peak thresholds from image-level labels only.
 
@@ -410,6 +429,10 @@ def calibrate_thresholds(
     grid : int
         Candidate thresholds per axis: quantiles of the observed class scores
         and peak values.
+    max_peaks : int or None
+        The cap predict will keep each image's strongest peaks to (its ``max_peaks``); it does
+        not change the thresholds chosen (peaks are counted before it): the images whose kept
+        peaks exceed it are counted (`Calibration.over_cap`) and warned of.
 
     Returns
     -------
@@ -426,13 +449,14 @@ def calibrate_thresholds(
         if crm.shape[0] != labels.shape[1]:
             raise ValueError(f"crms have {crm.shape[0]} classes but labels have {labels.shape[1]}")
         scores = class_scores(crm, win_size=win_size, peak_filter=peak_filter)
+        candidates = peak_candidates(crm, win_size=win_size, peak_filter=peak_filter)
         selection = select_peaks(crm, scores=scores, relative_threshold=relative_threshold,
                                  suppression_radius=suppression_radius, max_peaks=None,
-                                 win_size=win_size, peak_filter=peak_filter)
+                                 win_size=win_size, peak_filter=peak_filter, candidates=candidates)
         classes = selection.peaks[:, 0]
-        per_image.append((classes, selection.values, scores[classes]))
-    all_scores = np.concatenate([s for _, _, s in per_image])
-    all_values = np.concatenate([v for _, v, _ in per_image])
+        per_image.append((classes, selection.values, scores[classes], (crm, scores, candidates)))
+    all_scores = np.concatenate([s for _, _, s, _ in per_image])
+    all_values = np.concatenate([v for _, v, _, _ in per_image])
     if not len(all_values):
         raise ValueError("no peaks in the calibration images")
     quantiles = np.linspace(0.0, 1.0, int(grid), endpoint=False)
@@ -442,15 +466,22 @@ def calibrate_thresholds(
     for class_threshold in class_grid:
         for peak_threshold in peak_grid:
             hits = label_hits([classes[(scores >= class_threshold) & (values > peak_threshold)]
-                               for classes, values, scores in per_image], labels)
+                               for classes, values, scores, _ in per_image], labels)
             precision = hits.precision if hits.peaks else 0.0
             recall = hits.recall
             denominator = beta**2 * precision + recall
             f_score = (1 + beta**2) * precision * recall / denominator if denominator > 0 else 0.0
             if best is None or f_score > best.f_score:
                 best = Calibration(float(class_threshold), float(peak_threshold), precision, recall, f_score,
-                                   hits.peaks / len(crms), len(crms))
-    return best
+                                   hits.peaks / len(crms), len(crms), max_peaks)
+    # the peaks predict finds at the chosen thresholds, selecting as it does (the thresholds before
+    # the suppression across classes, which the search above applies first), before its cap
+    image_peaks = tuple(
+        select_peaks(crm, scores=scores, class_threshold=best.class_threshold, peak_threshold=best.peak_threshold,
+                     relative_threshold=relative_threshold, suppression_radius=suppression_radius, max_peaks=None,
+                     win_size=win_size, peak_filter=peak_filter, candidates=candidates).found
+        for _, _, _, (crm, scores, candidates) in per_image)
+    return replace(best, image_peaks=image_peaks)
 
 
 def calibrate_model(model, dataset, *, beta: float = 1.0, progress=None, cancel=None, **settings) -> Calibration:
@@ -472,7 +503,8 @@ def calibrate_model(model, dataset, *, beta: float = 1.0, progress=None, cancel=
     cancel : callable, optional
         Checked after each image; when it returns True, ``RuntimeError`` is raised.
     **settings
-        Fields of :class:`napari_prm.PredictSettings`.
+        Fields of :class:`napari_prm.PredictSettings`; their ``max_peaks`` (default `MAX_PEAKS`)
+        is the cap the calibration images' kept peaks are compared with (`Calibration.over_cap`).
 
     Returns
     -------
@@ -497,4 +529,4 @@ def calibrate_model(model, dataset, *, beta: float = 1.0, progress=None, cancel=
     return calibrate_thresholds(
         maps, dataset.labels, beta=beta, relative_threshold=predictor.settings.relative_threshold,
         suppression_radius=None if radius is None else radius * factor,
-        win_size=network.win_size, peak_filter=network.peak_filter)
+        win_size=network.win_size, peak_filter=network.peak_filter, max_peaks=predictor.settings.max_peaks)
