@@ -190,12 +190,10 @@ def test_a_check_that_fails_raises_on_the_qt_thread_and_train_waiting_for_it_doe
     assert not widget.running and widget.unfinished is None and not widget._cancel_button.enabled
 
 
-def widget_checking_a_run(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch):
-    """A Train widget whose output file (an unfinished run of its dataset, run.pt) is being checked:
-    the worker's checkpoint load waits for the gate returned to open. Returns (viewer, widget, gate)."""
+def gate_checkpoint_loads(monkeypatch) -> threading.Event:
+    """Make the check's checkpoint loads wait for the gate returned to open."""
     import napari_prm.train as train_module
 
-    csv, out = csv_and_unfinished_run(tiny_dataset, tmp_path)
     gate = threading.Event()
 
     def gated_load(path, *args, **kwargs):
@@ -203,6 +201,14 @@ def widget_checking_a_run(make_napari_viewer, tiny_dataset, tmp_path, monkeypatc
         return load_checkpoint(path, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "load_checkpoint", gated_load)
+    return gate
+
+
+def widget_checking_a_run(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch):
+    """A Train widget whose output file (an unfinished run of its dataset, run.pt) is being checked:
+    the worker's checkpoint load waits for the gate returned to open. Returns (viewer, widget, gate)."""
+    csv, out = csv_and_unfinished_run(tiny_dataset, tmp_path)
+    gate = gate_checkpoint_loads(monkeypatch)
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
     widget._dataset.value = csv
@@ -270,18 +276,10 @@ def test_calibrate_pressed_while_train_waits_for_the_check_is_refused_and_the_tr
     """*Calibrate* pressed while Train waited for the output file's check started calibrating and
     dropped the waiting Train without a word (the status said "Calibrating …"). It is now refused,
     saying that training waits and how to calibrate instead; the Train starts once the answer comes."""
-    import napari_prm.train as train_module
-
     finished = tmp_path / "finished.pt"  # a finished run of the dataset: nothing to continue
     train(load_dataset(tiny_dataset), backbone="tiny", out=finished, epochs=1, batch_size=2, input_size=(32, 32),
           device="cpu", val_fraction=0.0, calibrate=False)
-    gate = threading.Event()
-
-    def gated_load(path, *args, **kwargs):
-        assert gate.wait(WAIT_MS / 1000)
-        return load_checkpoint(path, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "load_checkpoint", gated_load)
+    gate = gate_checkpoint_loads(monkeypatch)
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
     quick_training(widget, tiny_dataset, finished)
