@@ -284,3 +284,53 @@ def test_fine_tuning_a_built_in_model_keeps_its_rows_of_the_voc_spelt_classes():
         np.testing.assert_array_equal(rows[row].detach().numpy(), old[builtin.class_names.index(name)].detach().numpy())
     assert not np.allclose(rows[3].detach().numpy(), old[0].detach().numpy())
     assert builtin_start_note(classes).startswith("3 of the dataset's 4 classes ('aeroplane', 'cat', 'motorbike') are")
+
+
+def test_a_voc_devkit_gives_corrections_with_its_void_ignored(devkit, tmp_path):
+    """refine/evaluate --masks VOC2012 was refused (no <stem>_labels.tif in it): its segmentation
+    PNGs are corrections, void their ignored pixels; scored as such they give evaluate's figures."""
+    from napari_prm.refine import IGNORE, correction_targets, match_corrections
+
+    images = load_dataset(devkit / "ImageSets" / "Main" / "train.txt")  # 4 images, one not segmented
+    classes = ["cat", "motorcycle", "dog"]  # a model's: motorcycle is the devkit's motorbike
+    matched, unmatched = match_corrections(devkit, classes, images.image_paths)
+    assert sorted(matched) == [0, 1, 2] and unmatched == []  # 2008_000004 has no PNG: no correction
+    for index, image_id in enumerate(SEGMENTED):
+        correction = matched[index]
+        masks, void = instance_masks(image_id)
+        np.testing.assert_array_equal(correction.ignore, void)
+        assert correction.image_path == images.image_paths[index]
+        names = [item[0] for item in IMAGES[image_id][1]]
+        expected = [{"cat": 0, "motorbike": 1}.get(name, -1) for name in names]
+        assert [correction.label_classes[n] for n in range(1, len(names) + 1)] == expected
+        np.testing.assert_array_equal(correction.labels[void], 0)
+        truth = correction.instances()
+        keep = [k for k, c in enumerate(expected) if c >= 0]
+        np.testing.assert_array_equal(truth.masks, masks[keep])
+        np.testing.assert_array_equal(truth.ignore, void)
+    # a split list gives its images only; images of no DATASET image are unmatched, by file name
+    val = devkit / "ImageSets" / "Segmentation" / "val.txt"
+    partial, unmatched = match_corrections(val, classes, images.image_paths[1:2])
+    assert list(partial) == [0] and unmatched == ["2007_000001.jpg", "2007_000003.jpg"]
+    # evaluated against them, predictions that cover the void score as against the devkit itself
+    dataset = load_dataset(val).with_classes(classes)
+    grown = [_prediction(dataset.instances(i), classes, masks=dataset.instances(i).masks | instance_masks(image_id)[1])
+             for i, image_id in enumerate(SEGMENTED)]
+    direct = evaluate(grown, dataset)
+    corrected = evaluate(grown, dataset, ground_truth=match_corrections(val, classes, dataset.image_paths)[0])
+    assert direct["ABO"] == pytest.approx(1.0) == corrected["ABO"]
+    assert corrected["mAP_r"] == direct["mAP_r"] == pytest.approx({0.25: 1.0, 0.5: 1.0, 0.75: 1.0})
+    # the head learns nothing on the void
+    correction = matched[0]
+    targets = correction_targets(correction.labels, correction.label_classes, np.ones((1, *SIZE), np.float32) *
+                                 (correction.labels == 1)[None], [0], SIZE, ignore=correction.ignore)
+    assert (targets[0][correction.ignore] == IGNORE).all() and targets[0][correction.labels == 1].all()
+
+
+def test_cli_refine_takes_a_voc_devkit_as_masks(devkit, tiny_checkpoint, capsys):
+    """The repro: refine DS --masks VOCdevkit/VOC2012 said it held no <stem>_labels.tif."""
+    out = devkit.parent / "refined.pt"
+    assert main(["refine", str(devkit / "ImageSets" / "Main" / "train.txt"), "--model", str(tiny_checkpoint),
+                 "--masks", str(devkit), "--no-self-training", "--epochs", "1", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "3 corrected image(s)" in captured.err + captured.out and out.is_file()

@@ -499,7 +499,7 @@ def test_corrections_from_coco_json_and_label_folders(tmp_path, shapes_scenes):
         np.testing.assert_array_equal(target, resize_nearest(square, (24, 24)))  # unknown class: learnt by any peak
     with pytest.raises(ValueError, match="no image 'scene0'"):
         load_corrections(folder, CLASSES)
-    with pytest.raises(ValueError, match="COCO .json file or a folder"):
+    with pytest.raises(ValueError, match="COCO .json file, a folder of .* or a PASCAL VOC year folder or split list"):
         load_corrections(tmp_path / "scene0.png", CLASSES)
 
 

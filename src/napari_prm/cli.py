@@ -348,14 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "folders are created; an existing file is refused, unless continued (--resume) "
                              "or replaced (--overwrite)")
     refine.add_argument("--masks", default=None, type=Path,
-                        help="corrected masks: a COCO JSON, or a folder of <stem>_labels.tif label images "
+                        help="corrected masks: a COCO JSON, a folder of <stem>_labels.tif label images "
                              "with their <stem>_instances.csv, sub-folders included (a predict --recursive "
-                             "tree); images are matched to DATASET's by the image an export's manifest "
-                             "records, else by file name or stem and, in a sub-folder, its folders "
-                             "(A1/cat_labels.tif: an image A1/cat.*), as for evaluate --masks: exports of no "
-                             "DATASET image are named in a warning and left out, none matching is refused; "
-                             "of several exports of one image (a backup copy in a sub-folder) the most "
-                             "recently written is used, the others named in a warning (default: none)")
+                             "tree), or a PASCAL VOC year folder or split list (its SegmentationObject PNGs, "
+                             "void ignored; images matched by file name); images are matched to DATASET's by "
+                             "the image an export's manifest records, else by file name or stem and, in a "
+                             "sub-folder, its folders (A1/cat_labels.tif: an image A1/cat.*), as for "
+                             "evaluate --masks: exports of no DATASET image are named in a warning and left "
+                             "out, none matching is refused; of several exports of one image (a backup copy "
+                             "in a sub-folder) the most recently written is used, the others named in a "
+                             "warning (default: none)")
     refine.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=True,
                         help="learn from PRM's instances on DATASET's images; with --no-self-training "
                              "DATASET only locates the corrected images")
@@ -404,9 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--iou-thresholds", type=float, nargs="+", default=[0.25, 0.5, 0.75],
                           metavar="IOU", help="IoU thresholds of mAP^r")
     evaluate.add_argument("--masks", default=None, type=Path,
-                          help="the ground truth: corrected masks, as for refine: a COCO JSON, or a folder of "
+                          help="the ground truth: corrected masks, as for refine: a COCO JSON, a folder of "
                                "<stem>_labels.tif label images with their <stem>_instances.csv (the Export "
-                               "widget's files), sub-folders included (a predict --recursive tree); images are "
+                               "widget's files), sub-folders included (a predict --recursive tree), or a PASCAL "
+                               "VOC year folder or split list (its SegmentationObject PNGs); images are "
                                "matched to DATASET's by manifest, file name and folders, as for refine, and "
                                "only those are evaluated; DATASET (a CSV, a folder per class, COCO or PASCAL "
                                "VOC) gives the images and their labels (default: DATASET's instance masks, a "
@@ -1342,11 +1345,11 @@ def _dataset_corrections(masks: Path, dataset, class_names) -> dict:
     if not matched:
         raise CommandError(f"--masks: no export in {masks} matches an image of the dataset {dataset.source} "
                            "(by the image its manifest records, else by file name or stem, and in a sub-folder "
-                           f"by its folders too: A1/cat_labels.tif is an image A1/cat.*): {', '.join(unmatched)}")
+                           f"by its folders too: A1/cat_labels.tif is an image A1/cat.*): {first_names(unmatched)}")
     if unmatched:
         _say(f"warning: --masks: {plural(len(unmatched), 'export')} "
              f"{'matches' if len(unmatched) == 1 else 'match'} no image of the dataset, left out: "
-             f"{', '.join(unmatched)}")
+             f"{first_names(unmatched)}")
     if superseded:
         _say(f"warning: --masks: several exports of one image: the most recently written of each is used, "
              f"{plural(len(superseded), 'export')} left out: {', '.join(superseded)}")

@@ -273,42 +273,22 @@ class LabeledImageDataset:
         )
 
     def _voc_instances(self, index: int) -> GroundTruth:
-        """A PASCAL VOC image's instances: each value 1..254 of its ``SegmentationObject`` PNG,
-        of the class its ``SegmentationClass`` PNG gives those pixels (1..20, VOC's order; the
-        most frequent value, should the two disagree); value 255 is void (:attr:`GroundTruth.ignore`).
-        Instances of classes the dataset lacks are left out."""
-        from .io.labels import read_label_image
-
+        """A PASCAL VOC image's instances (`read_voc_segmentation`); value 255 is void
+        (:attr:`GroundTruth.ignore`). Instances of classes the dataset lacks are left out."""
         if self.voc.segmentations[index] is None:
             raise ValueError(f"image {self.image_paths[index]} (declared at {self.origins[index]}) has no instance "
                              f"masks: no PNG of it in {self.voc.root / 'SegmentationObject'}")
-        object_path, class_path = self.voc.segmentations[index]
-        objects, classes = read_label_image(object_path), read_label_image(class_path)
-        for path, values in ((object_path, objects), (class_path, classes)):
-            if values.ndim != 2:
-                raise ValueError(f"{path}: expected a 2-D label image (a palette PNG), got shape {values.shape}")
-        if objects.shape != classes.shape:
-            raise ValueError(f"{object_path} is {objects.shape} but {class_path} is {classes.shape}")
+        objects, names = read_voc_segmentation(*self.voc.segmentations[index])
         column = {name: i for i, name in enumerate(self.class_names)}
         masks, class_indices = [], []
-        for value in np.setdiff1d(np.unique(objects), [0, 255]):
-            pixels = objects == value
-            found = classes[pixels]
-            found = found[(found > 0) & (found != 255)]
-            if not len(found):
-                raise ValueError(f"{object_path}: instance {value} has no class in {class_path} (its pixels are "
-                                 "background or void there)")
-            number = int(np.bincount(found).argmax())
-            if number > len(_VOC_OWN_NAMES):
-                raise ValueError(f"{class_path}: class {number} is none of the {len(_VOC_OWN_NAMES)} VOC classes "
-                                 "(1..20 in VOC's order, 0 background, 255 void)")
-            name = class_in(_VOC_OWN_NAMES[number - 1], column)
+        for value, voc_name in names.items():
+            name = class_in(voc_name, column)
             if name is not None:
-                masks.append(pixels)
+                masks.append(objects == value)
                 class_indices.append(column[name])
         return GroundTruth(masks=np.array(masks, dtype=bool).reshape((-1,) + objects.shape),
                            class_indices=np.array(class_indices, dtype=np.int64),
-                           iscrowd=np.zeros(len(masks), dtype=bool), ignore=objects == 255)
+                           iscrowd=np.zeros(len(masks), dtype=bool), ignore=objects == VOC_VOID)
 
     def subset(self, indices: Sequence[int]) -> LabeledImageDataset:
         """The images at ``indices`` (same classes)."""
@@ -635,6 +615,58 @@ def from_coco(
     if require_positives:
         dataset.check_positives()
     return dataset
+
+
+#: The value of PASCAL VOC's segmentation PNGs for void (object outlines, unclear regions).
+VOC_VOID = 255
+
+
+def read_voc_segmentation(object_path: PathLike, class_path: PathLike) -> tuple[np.ndarray, dict[int, str]]:
+    """A PASCAL VOC image's instances from its ``SegmentationObject`` and ``SegmentationClass`` PNGs.
+
+    Parameters
+    ----------
+    object_path, class_path : path-like
+        ``SegmentationObject/<id>.png`` (0 background, 1, 2, ... one value per instance,
+        `VOC_VOID` void) and ``SegmentationClass/<id>.png`` (0 background, 1..20 the VOC
+        classes in VOC's order, `VOC_VOID` void), read as their palette indices.
+
+    Returns
+    -------
+    objects : (H, W) int ndarray
+        ``SegmentationObject`` as stored (void stays `VOC_VOID`).
+    names : dict of int to str
+        The PASCAL VOC name (``aeroplane``, ``tvmonitor``) of each instance value, in
+        increasing order: the class ``SegmentationClass`` gives its pixels (the most frequent,
+        should they disagree).
+
+    Raises
+    ------
+    ValueError
+        Naming the file: not a 2-D label image, the two of different sizes, an instance whose
+        pixels are background or void in ``SegmentationClass``, a class beyond the 20.
+    """
+    from .io.labels import read_label_image
+
+    objects, classes = read_label_image(object_path), read_label_image(class_path)
+    for path, values in ((object_path, objects), (class_path, classes)):
+        if values.ndim != 2:
+            raise ValueError(f"{path}: expected a 2-D label image (a palette PNG), got shape {values.shape}")
+    if objects.shape != classes.shape:
+        raise ValueError(f"{object_path} is {objects.shape} but {class_path} is {classes.shape}")
+    names = {}
+    for value in np.setdiff1d(np.unique(objects), [0, VOC_VOID]):
+        found = classes[objects == value]
+        found = found[(found > 0) & (found != VOC_VOID)]
+        if not len(found):
+            raise ValueError(f"{object_path}: instance {value} has no class in {class_path} (its pixels are "
+                             "background or void there)")
+        number = int(np.bincount(found).argmax())
+        if number > len(_VOC_OWN_NAMES):
+            raise ValueError(f"{class_path}: class {number} is none of the {len(_VOC_OWN_NAMES)} VOC classes "
+                             "(1..20 in VOC's order, 0 background, 255 void)")
+        names[int(value)] = _VOC_OWN_NAMES[number - 1]
+    return objects, names
 
 
 def is_voc_folder(path: PathLike) -> bool:

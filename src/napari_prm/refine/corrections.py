@@ -3,7 +3,8 @@
 A :class:`Correction` is one image with its label image and the class of each label. They
 come from napari Labels layers (:func:`correction_from_layer`: the layer's data and
 features), from label images with their instance CSV (``x_labels.tif`` +
-``x_instances.csv``, as napari-prm exports them) or from a COCO JSON (:func:`load_corrections`).
+``x_instances.csv``, as napari-prm exports them), from a COCO JSON or from a PASCAL VOC
+devkit's segmentation PNGs (:func:`load_corrections`).
 :func:`match_corrections` pairs them with a dataset's images, e.g. to evaluate a model on
 the images a user corrected (:meth:`Correction.instances` gives their ground truth).
 """
@@ -46,6 +47,10 @@ class Correction:
         Where it came from (a file, a layer name), for messages.
     image_path : Path or None
         The image file it was matched to, when read from files.
+    ignore : (H, W) bool ndarray or None
+        Pixels that are neither an instance nor background (a PASCAL VOC devkit's void):
+        no part of the head's targets, and taken out of predicted masks when evaluated
+        (:attr:`napari_prm.data.GroundTruth.ignore`). None: every pixel counts.
     """
 
     image: np.ndarray
@@ -53,6 +58,7 @@ class Correction:
     label_classes: dict[int, int] = field(default_factory=dict)
     source: str = ""
     image_path: Path | None = None
+    ignore: np.ndarray | None = None
 
     def __repr__(self) -> str:
         from .._text import fields_repr
@@ -67,6 +73,11 @@ class Correction:
         if tuple(np.shape(self.image)[:2]) != self.labels.shape:
             raise ValueError(f"correction {self.source}: the labels are {self.labels.shape}, the image "
                              f"{tuple(np.shape(self.image)[:2])}")
+        if self.ignore is not None:
+            self.ignore = np.asarray(self.ignore, dtype=bool)
+            if self.ignore.shape != self.labels.shape:
+                raise ValueError(f"correction {self.source}: the ignored pixels are {self.ignore.shape}, the labels "
+                                 f"{self.labels.shape}")
 
     @property
     def num_instances(self) -> int:
@@ -82,7 +93,8 @@ class Correction:
         """The instances of a known class as ground truth, in increasing label order.
 
         Instances without a known class are left out (as a COCO dataset leaves out the
-        categories a model lacks); none is a crowd region.
+        categories a model lacks); none is a crowd region. Its :attr:`ignore` pixels are the
+        ground truth's.
 
         Returns
         -------
@@ -93,7 +105,7 @@ class Correction:
                   if self.label_classes.get(int(v), -1) >= 0]
         masks = np.array([self.labels == v for v in values], dtype=bool).reshape((-1,) + self.labels.shape)
         return GroundTruth(masks=masks, class_indices=np.array([self.label_classes[v] for v in values], np.int64),
-                           iscrowd=np.zeros(len(values), dtype=bool))
+                           iscrowd=np.zeros(len(values), dtype=bool), ignore=self.ignore)
 
 
 def class_lookup(table, class_names: Sequence[str]) -> dict[int, int]:
@@ -214,6 +226,48 @@ def corrections_from_coco(path: str | os.PathLike, class_names: Sequence[str], *
                                        dtype=object)
         corrections.append(Correction(read_image(image_path), labels, class_lookup(table, class_names),
                                       f"{path} ({image_path.name})", image_path))
+    return corrections
+
+
+def corrections_from_voc(path: str | os.PathLike, class_names: Sequence[str], *,
+                         image_paths: Sequence[os.PathLike | str] = (),
+                         unmatched: list[str] | None = None) -> list[Correction]:
+    """One correction per segmented image of a PASCAL VOC devkit.
+
+    ``path`` is a split list (``VOC2012/ImageSets/Segmentation/train.txt``) or the year
+    folder (``VOC2012``: every image with an XML), as `napari_prm.data.from_voc` reads it;
+    images without a ``SegmentationObject`` PNG give none. Each instance of the PNGs is
+    labelled with its class (`napari_prm.data.read_voc_segmentation`), matched to
+    ``class_names`` by name, a VOC class in either spelling (``motorbike`` is ``motorcycle``;
+    others count as unknown classes); void (255) is the correction's :attr:`Correction.ignore`.
+    An image is the one of the same file name among ``image_paths``, else the devkit's
+    ``JPEGImages/<id>.jpg``; with ``unmatched`` (a list), an image not among ``image_paths``
+    is skipped instead, and its ``JPEGImages/`` file name appended to the list.
+    """
+    from ..data import VOC_VOID, class_in, from_voc, read_voc_segmentation
+
+    devkit = from_voc(path, require_positives=False)
+    index = _image_index(image_paths)
+    position = {name: i for i, name in enumerate(class_names)}
+    corrections = []
+    for i, pair in enumerate(devkit.voc.segmentations):
+        if pair is None:
+            continue
+        own = devkit.image_paths[i]
+        image_path = _find_image(own.name, index, [], f"{pair[0]} (of {path})", search=False)
+        if image_path is None and unmatched is not None:
+            unmatched.append(own.name)
+            continue
+        image_path = image_path or own
+        objects, names = read_voc_segmentation(*pair)
+        classes = {}
+        for value, name in names.items():
+            found = class_in(name, position)
+            classes[value] = -1 if found is None else position[found]
+        void = objects == VOC_VOID
+        corrections.append(Correction(read_image(image_path), np.where(void, 0, objects), classes,
+                                      f"{pair[0]} ({image_path.name})", image_path,
+                                      ignore=void if void.any() else None))
     return corrections
 
 
@@ -397,19 +451,25 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
                      image_paths: Sequence[os.PathLike | str] = (),
                      unmatched: list[str] | None = None,
                      superseded: list[str] | None = None) -> list[Correction]:
-    """Corrections from a COCO JSON or a folder (and its sub-folders) of label images (see the two loaders).
+    """Corrections from a COCO JSON, a folder (and its sub-folders) of label images or a PASCAL VOC
+    devkit's split list or year folder (see the three loaders).
 
     In a folder, an image with several exports gets its most recently written one; the others
     are named in ``superseded`` (a list), else in a ``UserWarning`` (`corrections_from_folder`).
     """
+    from ..data import is_voc_folder, voc_split_root
+
     path = Path(path)
+    if is_voc_folder(path) or (path.suffix.lower() == ".txt" and voc_split_root(path) is not None):
+        return corrections_from_voc(path, class_names, image_paths=image_paths, unmatched=unmatched)
     if path.is_dir():
         return corrections_from_folder(path, class_names, image_paths=image_paths, unmatched=unmatched,
                                        superseded=superseded)
     if path.is_file() and path.suffix.lower() == ".json":
         return corrections_from_coco(path, class_names, image_paths=image_paths, unmatched=unmatched)
-    raise ValueError(f"corrections {path}: expected a COCO .json file or a folder of <stem>{LABEL_SUFFIX}.tif "
-                     "label images with their <stem>_instances.csv")
+    raise ValueError(f"corrections {path}: expected a COCO .json file, a folder of <stem>{LABEL_SUFFIX}.tif "
+                     "label images with their <stem>_instances.csv, or a PASCAL VOC year folder or split list "
+                     "(VOC2012/ImageSets/Segmentation/train.txt)")
 
 
 def match_corrections(path: str | os.PathLike, class_names: Sequence[str],

@@ -212,7 +212,7 @@ def correction_sample(model: PRMModel, correction: Correction, stages, *, predic
         peaks = np.concatenate([peaks, added.peaks])
     grid = tuple(features[0].shape[-2:])
     targets = correction_targets(correction.labels, correction.label_classes, prms, classes, grid,
-                                 negatives=negatives)
+                                 negatives=negatives, ignore=correction.ignore)
     return _sample(features, found, targets, prms, classes, peaks, weight, correction.source, "correction")
 
 

@@ -75,7 +75,7 @@ def _near_edges(labels: np.ndarray, radius: int) -> np.ndarray:
 
 def correction_targets(labels: np.ndarray, label_classes: Mapping[int, int], prms: np.ndarray,
                        peak_classes: Sequence[int], grid: tuple[int, int], *,
-                       negatives: bool = False) -> np.ndarray:
+                       negatives: bool = False, ignore: np.ndarray | None = None) -> np.ndarray:
     """Targets of the peaks of a corrected image.
 
     Parameters
@@ -92,6 +92,9 @@ def correction_targets(labels: np.ndarray, label_classes: Mapping[int, int], prm
     negatives : bool
         A peak whose PRM lies mostly on the background or on an instance of another known
         class learns an empty mask (all 0) instead of nothing (all :data:`IGNORE`).
+    ignore : (H, W) bool ndarray, optional
+        Pixels the correction says nothing of (a PASCAL VOC devkit's void: object outlines):
+        :data:`IGNORE` in every target.
 
     Returns
     -------
@@ -116,6 +119,8 @@ def correction_targets(labels: np.ndarray, label_classes: Mapping[int, int], prm
         owner_class = label_classes.get(int(owner), -1)
         if owner and (owner_class < 0 or owner_class == int(peak_class)):
             targets[k] = small == owner
+    if ignore is not None:
+        targets[:, resize_nearest(np.asarray(ignore, bool), grid)] = IGNORE
     return targets
 
 
