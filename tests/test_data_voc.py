@@ -334,3 +334,68 @@ def test_cli_refine_takes_a_voc_devkit_as_masks(devkit, tiny_checkpoint, capsys)
                  "--masks", str(devkit), "--no-self-training", "--epochs", "1", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "3 corrected image(s)" in captured.err + captured.out and out.is_file()
+
+
+def test_a_segmentation_png_of_another_size_than_its_jpeg_is_named(devkit, tiny_checkpoint):
+    """evaluate said 'masks differ in size: (24, 32) and (48, 64)', naming no file."""
+    for folder in ("SegmentationObject", "SegmentationClass"):
+        path = devkit / folder / "2007_000002.png"
+        Image.open(path).resize((32, 24), Image.Resampling.NEAREST).save(path)
+    dataset = load_dataset(devkit / "ImageSets" / "Segmentation" / "val.txt")
+    with pytest.raises(ValueError, match=r"image .*2007_000002.jpg is 48×64 but its instance masks "
+                                         r"\(.*SegmentationObject/2007_000002.png\) are 24×32"):
+        evaluate(str(tiny_checkpoint), dataset, proposals="prm")
+
+
+def test_a_split_list_that_repeats_ids_takes_each_image_once(devkit):
+    """A list repeating ids (lists concatenated) gave the image twice: counted twice by evaluate,
+    and possibly held out and trained on."""
+    lists = devkit / "ImageSets" / "Segmentation"
+    (lists / "trainval.txt").write_text("2007_000001\n2007_000002\n2007_000001\n2007_000003\n2007_000002\n")
+    dataset = load_dataset(lists / "trainval.txt")
+    assert [p.stem for p in dataset.image_paths] == list(SEGMENTED)
+    assert dataset.origins[2] == f"{lists / 'trainval.txt'}:4"
+    assert dataset.warnings == [f"{lists / 'trainval.txt'} lists 2 image ids again, each image taken once (a repeat "
+                                "would count twice in evaluation, and could be held out and trained on): "
+                                "2007_000001 at line 3 (first at line 1), 2007_000002 at line 5 (first at line 2)"]
+    assert load_dataset(lists / "val.txt").warnings == []
+
+
+def test_voc_keeps_a_devkit_image_of_difficult_objects_only(devkit):
+    """--voc dropped the images whose objects are all difficult (no label), and with them their
+    instances from evaluation; without --voc they were evaluated."""
+    xml = devkit / "Annotations" / "2007_000003.xml"
+    xml.write_text(xml.read_text().replace("<difficult>0</difficult>", "<difficult>1</difficult>"))
+    val = load_dataset(devkit / "ImageSets" / "Segmentation" / "val.txt")
+    assert val.labels[2].sum() == 0  # person and aeroplane both difficult: no label
+    view = voc_view(val)
+    assert [p.stem for p in view.image_paths] == list(SEGMENTED) and view.class_names == ["cat", "motorbike"]
+    assert len(view.with_classes(["cat", "motorbike", "person"]).instances(2).masks) == 1  # its person
+    assert [p.stem for p in voc_view(val, drop_unlabeled=False).image_paths] == list(SEGMENTED)
+
+
+def test_a_class_name_written_two_ways_in_the_xmls_is_warned_of(devkit):
+    xml = devkit / "Annotations" / "2007_000003.xml"
+    xml.write_text(xml.read_text().replace("<name>person</name>", "<name>Person</name>"))
+    dataset = load_dataset(devkit)
+    assert dataset.class_names == ["aeroplane", "cat", "motorbike", "Person"]  # 2007_000001's person is difficult
+    (devkit / "ImageSets" / "Main" / "two.txt").write_text("2007_000001\n2007_000003\n")
+    xml = devkit / "Annotations" / "2007_000001.xml"
+    xml.write_text(xml.read_text().replace("<difficult>1</difficult>", "<difficult>0</difficult>"))
+    dataset = load_dataset(devkit / "ImageSets" / "Main" / "two.txt")
+    assert dataset.warnings == ["classes 'person' and 'Person' differ only in case: one class written two ways?"]
+    # VOC's own classes one edit apart (a car in one image, cats in two) are no typo
+    xml = devkit / "Annotations" / "2008_000004.xml"
+    xml.write_text(xml.read_text().replace("<name>aeroplane</name>", "<name>car</name>"))
+    assert load_dataset(devkit).class_names == ["car", "cat", "motorbike", "person", "Person"]
+    assert load_dataset(devkit).warnings == ["classes 'person' and 'Person' differ only in case: one class written "
+                                             "two ways?"]
+
+
+def test_cli_evaluate_of_a_main_list_without_segmentations_says_where_they_are(devkit, tiny_checkpoint, capsys):
+    (devkit / "ImageSets" / "Main" / "unsegmented.txt").write_text("2008_000004\n")
+    assert main(["evaluate", str(devkit / "ImageSets" / "Main" / "unsegmented.txt"), "--model",
+                 str(tiny_checkpoint)]) == 0
+    captured = capsys.readouterr()
+    assert (f"image-level labels only (none of its images has a SegmentationObject PNG: the devkit segments those "
+            f"of {devkit / 'ImageSets' / 'Segmentation'}'s lists)") in captured.err + captured.out

@@ -1390,8 +1390,11 @@ def _run_evaluate(args) -> int:
     dataset = _load_dataset(args)
     labels_only = args.masks is None and not dataset.has_masks
     if labels_only:
-        _say(f"dataset {dataset.source} has image-level labels only: classification AP and peak precision; "
-             "instance metrics need masks (--masks)")
+        segmented = "" if dataset.voc is None else (
+            f" (none of its images has a SegmentationObject PNG: the devkit segments those of "
+            f"{dataset.voc.root / 'ImageSets' / 'Segmentation'}'s lists)")
+        _say(f"dataset {dataset.source} has image-level labels only{segmented}: classification AP and peak "
+             "precision; instance metrics need masks (--masks)")
     without = set() if labels_only or args.masks is not None else _say_without_masks(dataset)
     model = _load_model(args.model, args.device)
     ground_truth = None if args.masks is None else _corrected_ground_truth(args.masks, dataset, model.class_names)

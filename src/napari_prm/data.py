@@ -443,7 +443,9 @@ def voc_view(dataset: LabeledImageDataset, *, drop_unlabeled: bool = True) -> La
     occur), by COCO's names or PASCAL VOC's own (``motorbike``, ``tvmonitor``, ...:
     `VOC_SPELLINGS`; the dataset's spelling is kept; a dataset with both spellings of one
     class is refused, ValueError). Images showing none of them are dropped unless
-    ``drop_unlabeled=False`` (every VOC image shows at least one).
+    ``drop_unlabeled=False`` (every VOC image shows at least one); of a PASCAL VOC devkit
+    (`from_voc`), images with an object of a VOC class are kept, difficult or not (an image of
+    difficult objects only has no label, but its instances are the devkit's ground truth).
     """
     names = set(dataset.class_names)
     both = [(coco, voc) for coco, voc in _VOC_NAME.items() if coco in names and voc in names]
@@ -455,7 +457,13 @@ def voc_view(dataset: LabeledImageDataset, *, drop_unlabeled: bool = True) -> La
     classes = [c for c in classes if c in dataset.class_names]
     if not classes:
         raise ValueError(f"dataset {dataset.source} has none of the VOC classes {list(VOC_CLASSES)}")
-    return dataset.with_classes(classes, drop_unlabeled=drop_unlabeled)
+    if dataset.voc is None or not drop_unlabeled:
+        return dataset.with_classes(classes, drop_unlabeled=drop_unlabeled)
+    # a PASCAL VOC image whose objects are all difficult has no label but is one of the devkit's images (its
+    # instances are evaluated): only images of other classes alone go
+    own = set(_VOC_OWN_NAMES)
+    return dataset.with_classes(classes).subset(
+        [i for i, objects in enumerate(dataset.voc.objects) if any(name in own for name, _ in objects)])
 
 
 def _quiet_coco(json_path: Path):
@@ -720,6 +728,7 @@ def from_voc(path: PathLike, *, include_difficult: bool = False, require_positiv
         cannot be read or lacks an object's name, one segmentation PNG without the other.
     """
     path = Path(path)
+    repeats: list[str] = []
     if path.is_dir():
         if not is_voc_folder(path):
             raise ValueError(f"{path} is no PASCAL VOC year folder: it holds no JPEGImages/ and Annotations/")
@@ -742,7 +751,13 @@ def from_voc(path: PathLike, *, include_difficult: bool = False, require_positiv
         entries = [(line.split()[0], f"{path}:{number}") for number, line in enumerate(lines, 1) if line.strip()]
         if not entries:
             raise ValueError(f"PASCAL VOC split list {path} lists no images")
-        ids, origins = [e[0] for e in entries], [e[1] for e in entries]
+        first: dict[str, str] = {}
+        for image_id, where in entries:  # lists concatenated (train + val): each image once
+            if image_id in first:
+                repeats.append(f"{image_id} at line {where.rsplit(':', 1)[1]} (first at line "
+                               f"{first[image_id].rsplit(':', 1)[1]})")
+            first.setdefault(image_id, where)
+        ids, origins = list(first), list(first.values())
     no_xml = [f"{where}: {root / 'Annotations' / f'{i}.xml'}" for i, where in zip(ids, origins)
               if not (root / "Annotations" / f"{i}.xml").is_file()]
     if no_xml:
@@ -777,6 +792,11 @@ def from_voc(path: PathLike, *, include_difficult: bool = False, require_positiv
     labels = np.array([[voc.label(i, name) for name in class_names] for i in range(len(ids))], dtype=np.float32)
     dataset = LabeledImageDataset(image_paths=paths, labels=labels, class_names=class_names, origins=origins,
                                   source=str(path), voc=voc)
+    if repeats:
+        dataset.warnings.append(f"{path} lists {plural(len(repeats), 'image id')} again, each image taken once "
+                                f"(a repeat would count twice in evaluation, and could be held out and trained "
+                                f"on): {first_names(repeats, 3)}")
+    dataset.warnings += label_typos(dataset, known=_VOC_OWN_NAMES)
     if require_positives:
         dataset.check_positives()
     return dataset
@@ -907,19 +927,21 @@ def _visible_files(folder: Path) -> list[Path]:
     return files
 
 
-def label_typos(dataset: LabeledImageDataset) -> list[str]:
+def label_typos(dataset: LabeledImageDataset, *, known: Sequence[str] = ()) -> list[str]:
     """Warnings about class names that look like one class written two ways.
 
     Two names equal but for case, or a class of one image whose name is one edit (a letter
     added, dropped, changed or two swapped, ignoring case) from another class's name: most
-    likely a typo in a CSV or a folder name, which makes a class of its own.
+    likely a typo in a CSV or a folder name, which makes a class of its own. Two names both
+    ``known`` (PASCAL VOC's ``cat`` and ``car``) are never one class written two ways.
     """
     counts = dict(zip(dataset.class_names, dataset.labels.sum(0).astype(int)))
     names = list(counts)
-    warnings, reported = [], set()
+    known = set(known)
+    warnings, reported = [], {frozenset((a, b)) for a in names for b in names if a in known and b in known}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if a.casefold() == b.casefold():
+            if a.casefold() == b.casefold() and frozenset((a, b)) not in reported:
                 warnings.append(f"classes {a!r} and {b!r} differ only in case: one class written two ways?")
                 reported.add(frozenset((a, b)))
     for name in names:

@@ -572,6 +572,18 @@ def _ground_truth(value):
     return value.instances() if callable(getattr(value, "instances", None)) else value
 
 
+def _masks_source(dataset, index: int, given) -> str:
+    """Where image ``index``'s instance masks come from, for a message: a correction's file,
+    a PASCAL VOC ``SegmentationObject`` PNG, a COCO JSON's image entry."""
+    if given is not None:
+        return getattr(given, "source", "") or f"ground_truth[{index}]"
+    if dataset.voc is not None:
+        return str(dataset.voc.segmentations[index][0])
+    if dataset.image_ids is not None:
+        return f"{dataset.source}, image id {dataset.image_ids[index]}"
+    return str(dataset.source)
+
+
 def _mean(values: list[np.ndarray]) -> float:
     values = np.concatenate(values) if values else np.zeros(0)
     values = values[~np.isnan(values)]
@@ -710,7 +722,12 @@ def evaluate(
     for done, index in enumerate(indices):
         truth = dataset.instances(index) if ground_truth is None else _ground_truth(ground_truth[index])
         if predictor is not None:
-            predictor.set_image(dataset.read_image(index))
+            image = dataset.read_image(index)
+            if tuple(image.shape[:2]) != tuple(truth.masks.shape[1:]):  # a mask PNG's or a JSON's size
+                source = _masks_source(dataset, index, None if ground_truth is None else ground_truth[index])
+                raise ValueError(f"image {dataset.image_paths[index]} is {image.shape[0]}×{image.shape[1]} but its "
+                                 f"instance masks ({source}) are {truth.masks.shape[1]}×{truth.masks.shape[2]}")
+            predictor.set_image(image)
             prediction = predictor.predict()
             pointing.append(class_pointing(prediction.crms, truth.masks, truth.class_indices,
                                            sub_pixel_locating_factor=prediction.sub_pixel_locating_factor))
