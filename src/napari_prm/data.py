@@ -112,7 +112,7 @@ class VocAnnotations:
     root: Path
     objects: list[tuple[tuple[str, bool], ...]]
     segmentations: list[tuple[Path, Path] | None]
-    include_difficult: bool = False
+    include_difficult: bool = True
 
     def __repr__(self) -> str:
         from ._text import plural
@@ -445,7 +445,8 @@ def voc_view(dataset: LabeledImageDataset, *, drop_unlabeled: bool = True) -> La
     class is refused, ValueError). Images showing none of them are dropped unless
     ``drop_unlabeled=False`` (every VOC image shows at least one); of a PASCAL VOC devkit
     (`from_voc`), images with an object of a VOC class are kept, difficult or not (an image of
-    difficult objects only has no label, but its instances are the devkit's ground truth).
+    difficult objects only has no label with ``include_difficult=False``, but its instances are
+    the devkit's ground truth).
     """
     names = set(dataset.class_names)
     both = [(coco, voc) for coco, voc in _VOC_NAME.items() if coco in names and voc in names]
@@ -459,7 +460,8 @@ def voc_view(dataset: LabeledImageDataset, *, drop_unlabeled: bool = True) -> La
         raise ValueError(f"dataset {dataset.source} has none of the VOC classes {list(VOC_CLASSES)}")
     if dataset.voc is None or not drop_unlabeled:
         return dataset.with_classes(classes, drop_unlabeled=drop_unlabeled)
-    # a PASCAL VOC image whose objects are all difficult has no label but is one of the devkit's images (its
+    # a PASCAL VOC image whose objects are all difficult (without include_difficult) has no label but is one of the
+    # devkit's images (its
     # instances are evaluated): only images of other classes alone go
     own = set(_VOC_OWN_NAMES)
     return dataset.with_classes(classes).subset(
@@ -693,7 +695,7 @@ def voc_split_root(path: PathLike) -> Path | None:
     return path.parents[2] if is_voc_folder(path.parents[2]) else None
 
 
-def from_voc(path: PathLike, *, include_difficult: bool = False, require_positives: bool = True) -> LabeledImageDataset:
+def from_voc(path: PathLike, *, include_difficult: bool = True, require_positives: bool = True) -> LabeledImageDataset:
     """Image-level labels, and instance masks, from a PASCAL VOC devkit (``VOCdevkit/VOC2012``).
 
     Parameters
@@ -704,10 +706,12 @@ def from_voc(path: PathLike, *, include_difficult: bool = False, require_positiv
         ``Main/<class>_train.txt`` have, are not read), or the year folder itself: then
         every image that has an ``Annotations/<id>.xml``, in id order.
     include_difficult : bool
-        Count objects marked ``<difficult>1</difficult>`` alone as labels (off by default, as
-        crowd-only annotations of a COCO JSON: PASCAL VOC's own classification lists mark
-        such an image 0, neither positive nor negative, and here it is a negative).
-        Their instances are evaluated either way: the segmentation PNGs do not mark them.
+        Count objects marked ``<difficult>1</difficult>`` as labels (on by default: a difficult
+        object is there, only hard to recognise; PASCAL VOC's classification lists mark such an
+        image 0, and WILDCAT's training, which PRM's follows, takes 0 as present). Off, a class
+        an image shows only as difficult objects is a negative of it, as crowd-only annotations
+        of a COCO JSON are. Their instances are evaluated either way: the segmentation PNGs do
+        not mark them.
     require_positives : bool
         Raise when a class has no positive image.
 
