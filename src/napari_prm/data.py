@@ -20,45 +20,10 @@ import numpy as np
 import torch
 
 from . import _validate as check
+from ._classes import _VOC_NAME, _VOC_OWN_NAMES, VOC_CLASSES, VOC_SPELLINGS, class_in  # noqa: F401 (napari_prm.data gives them)
 from ._text import first_names, plural
 from .io.images import IMAGE_SUFFIXES, as_rgb_float, read_image
 from .io.paths import is_system_file, sorted_paths, stored_path
-
-#: The 20 PASCAL VOC classes under their COCO names, in VOC's order.
-VOC_CLASSES = (
-    "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "dining table", "dog", "horse", "motorcycle", "person", "potted plant", "sheep", "couch",
-    "train", "tv",
-)
-
-#: PASCAL VOC's own spelling of the VOC classes COCO names otherwise (VOC name: COCO name).
-VOC_SPELLINGS = {
-    "aeroplane": "airplane", "diningtable": "dining table", "motorbike": "motorcycle",
-    "pottedplant": "potted plant", "sofa": "couch", "tvmonitor": "tv",
-}
-#: The other way round (COCO name: VOC name).
-_VOC_NAME = {coco: voc for voc, coco in VOC_SPELLINGS.items()}
-#: The VOC classes as PASCAL VOC names them, in VOC's order: class ``k + 1`` of its
-#: ``SegmentationClass`` PNGs.
-_VOC_OWN_NAMES = tuple(_VOC_NAME.get(name, name) for name in VOC_CLASSES)
-
-
-def _other_spelling(name: str) -> str | None:
-    """The VOC class ``name`` under PASCAL VOC's or COCO's other name (``motorbike`` for
-    ``motorcycle`` and back), else None."""
-    return VOC_SPELLINGS.get(name) or _VOC_NAME.get(name)
-
-
-def class_in(name: str, names) -> str | None:
-    """The name class ``name`` has among ``names``: itself, else a VOC class's other spelling
-    (``motorbike`` for ``motorcycle``: `VOC_SPELLINGS`), else None. How a model's classes meet a
-    dataset's (`LabeledImageDataset.with_classes`, fine-tuning's kept classifier rows)."""
-    names = names if isinstance(names, (set, frozenset, dict)) else set(names)
-    if name in names:
-        return name
-    other = _other_spelling(name)
-    return other if other in names else None
-
 
 PathLike = str | Path
 

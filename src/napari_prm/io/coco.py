@@ -337,7 +337,7 @@ def match_exports(exports: str | os.PathLike | Sequence[str | os.PathLike],
         exports of one image (a copy of an output folder inside another), naming both; a
         folder without any export.
     """
-    from ..data import class_in  # data imports napari_prm.io
+    from .._classes import class_in  # torch-free: napari_prm.data imports torch
     from .prediction import settle_outputs  # prediction imports this module
 
     read_as, coco = _read_coco(coco)
