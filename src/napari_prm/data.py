@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -652,12 +653,25 @@ def is_voc_folder(path: PathLike) -> bool:
 
 
 def voc_split_root(path: PathLike) -> Path | None:
-    """The year folder of a PASCAL VOC split list ``<year>/ImageSets/<task>/<split>.txt``
-    (its ``parents[2]``), or None when ``path`` lies in no devkit's ``ImageSets``."""
+    """The year folder of a PASCAL VOC split list ``<year>/ImageSets/<task>/<split>.txt``.
+
+    Parameters
+    ----------
+    path : path-like
+        The list; a relative path is taken from the working folder (``val.txt`` given in
+        ``ImageSets/Segmentation``, ``../Main/train.txt``).
+
+    Returns
+    -------
+    Path or None
+        Its ``parents[2]`` (absolute when ``path`` does not reach that far up itself), or None
+        when ``path`` lies in no devkit's ``ImageSets``.
+    """
     path = Path(path)
-    if len(path.parents) < 3 or path.parents[1].name != "ImageSets":
-        return None
-    return path.parents[2] if is_voc_folder(path.parents[2]) else None
+    for candidate in (path, Path(os.path.abspath(path))):  # abspath: "val.txt", "../Main/train.txt"
+        if len(candidate.parents) >= 3 and candidate.parents[1].name == "ImageSets":
+            return candidate.parents[2] if is_voc_folder(candidate.parents[2]) else None
+    return None
 
 
 def from_voc(path: PathLike, *, include_difficult: bool = True, require_positives: bool = True) -> LabeledImageDataset:
@@ -714,7 +728,7 @@ def from_voc(path: PathLike, *, include_difficult: bool = True, require_positive
         if not path.is_file():
             raise ValueError(f"PASCAL VOC split list {path} does not exist")
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM, as Notepad writes
         except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"cannot read PASCAL VOC split list {path}: {error}") from error
         entries = [(line.split()[0], f"{path}:{number}") for number, line in enumerate(lines, 1) if line.strip()]
