@@ -20,11 +20,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import _classes
 from . import _validate as check
-from ._classes import _VOC_NAME, _VOC_OWN_NAMES, VOC_CLASSES, VOC_SPELLINGS, class_in  # noqa: F401 (napari_prm.data gives them)
+from ._classes import _VOC_NAME, _VOC_OWN_NAMES
 from ._text import first_names, plural
 from .io.images import IMAGE_SUFFIXES, as_rgb_float, read_image
 from .io.paths import is_system_file, sorted_paths, stored_path
+
+#: The 20 PASCAL VOC classes under their COCO names, in VOC's order.
+VOC_CLASSES = _classes.VOC_CLASSES
+#: PASCAL VOC's own spelling of the VOC classes COCO names otherwise (VOC name: COCO name).
+VOC_SPELLINGS = _classes.VOC_SPELLINGS
+#: ``class_in(name, names)``: the name class ``name`` has among ``names``: itself, else a VOC
+#: class's other spelling (``motorbike`` for ``motorcycle`` and back: `VOC_SPELLINGS`), else None.
+#: How a model's classes meet a dataset's (`LabeledImageDataset.with_classes`, fine-tuning's kept
+#: classifier rows, `napari_prm.io.match_exports`). Defined in a torch-free module, for
+#: `napari_prm.io`.
+class_in = _classes.class_in
 
 PathLike = str | Path
 

@@ -1202,7 +1202,11 @@ def evaluate_exports(
 def _compare_exports(read: Sequence[_FolderExports], chosen: Sequence[Sequence[int]], dataset,
                      file_name: Sequence[str], *, resamples: int, seed, progress) -> dict[str, Any]:
     """`evaluate_exports`'s paired bootstrap of the folders against the first."""
-    shared = [name for name in read[0].class_names if all(name in other.class_names for other in read[1:])]
+    from ._classes import class_in
+
+    # a VOC class in either spelling: a model trained on a devkit names 'motorbike' what a built-in one 'motorcycle'
+    shared = [name for name in read[0].class_names
+              if all(class_in(name, other.class_names) is not None for other in read[1:])]
     if not shared:
         raise ValueError(f"the folders' models share no class ({read[0].folder}: "
                          f"{first_names(read[0].class_names, 5)}; {read[1].folder}: "
