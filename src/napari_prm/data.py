@@ -100,6 +100,7 @@ class VocAnnotations:
                 f"{masked} segmented, include_difficult={self.include_difficult})")
 
     def subset(self, indices: Sequence[int]) -> VocAnnotations:
+        """The annotations of the images at ``indices``, in that order (`LabeledImageDataset.subset`)."""
         return replace(self, objects=[self.objects[i] for i in indices],
                        segmentations=[self.segmentations[i] for i in indices])
 

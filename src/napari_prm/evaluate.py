@@ -350,9 +350,35 @@ class InstanceMatcher:
             ignore=None) -> np.ndarray:
         """Add one image: its (M, H, W) instances and its (P, H, W) scored predictions.
 
-        ``ignore``, an (H, W) bool array or None: pixels taken out of the predicted masks before
-        matching (`GroundTruth.ignore`, PASCAL VOC's void), so that they count for and against no
-        prediction. Returns the predicted masks as matched (those pixels taken out).
+        Parameters
+        ----------
+        gt_masks : (M, H, W) bool array
+            The ground-truth instances.
+        gt_classes : (M,) int array
+            Their class indices.
+        pred_masks : (P, H, W) bool array
+            The predicted instances.
+        pred_classes : (P,) int array
+            Their class indices.
+        pred_scores : (P,) float array
+            Their scores (the order of matching).
+        gt_iscrowd : (M,) bool array, optional
+            Crowd regions among the ground truth (ignored by mAP^r, COCO's rule).
+        ignore : (H, W) bool array, optional
+            Pixels taken out of the predicted masks before matching
+            (`napari_prm.data.GroundTruth.ignore`, PASCAL VOC's void), so that they count for
+            and against no prediction.
+
+        Returns
+        -------
+        (P, H, W) bool ndarray
+            The predicted masks as matched (the ``ignore`` pixels taken out).
+
+        Raises
+        ------
+        ValueError
+            Naming the argument: masks that are not (N, H, W), per-item arrays of another
+            length, an ``ignore`` of another shape than the predicted masks'.
         """
         gt_masks, pred_masks = _as_masks(gt_masks, "gt_masks"), _as_masks(pred_masks, "pred_masks")
         if ignore is not None:
@@ -1235,8 +1261,19 @@ def _compare_exports(read: Sequence[_FolderExports], chosen: Sequence[Sequence[i
 
 
 def report_exports_markdown(evaluation: Mapping[str, Any]) -> str:
-    """A Markdown report of :func:`evaluate_exports`: a row per folder (figures in %), AP^r per
-    class, what was not measured and, for two folders or more, the paired comparison."""
+    """A Markdown report of :func:`evaluate_exports`.
+
+    Parameters
+    ----------
+    evaluation : dict
+        :func:`evaluate_exports`' result (or a `ComparisonInterrupted`'s ``evaluation``).
+
+    Returns
+    -------
+    str
+        A row per folder (figures in %), AP^r per class, what was not measured and, for two
+        folders or more, the paired comparison (or that it was interrupted).
+    """
     rows = evaluation["results"]
     thresholds = list(rows[0]["mAP_r"])
     source = rows[0]["settings"]["dataset"]
