@@ -10,7 +10,7 @@ from PIL import Image
 from skimage import data, transform
 
 from napari_prm.cli import main
-from napari_prm.data import GroundTruth, from_folders, from_voc, load_dataset, voc_view
+from napari_prm.data import GroundTruth, from_folders, from_voc, load_dataset, voc_colour_map, voc_view
 from napari_prm.evaluate import evaluate
 from napari_prm.predict import Prediction
 from napari_prm.retrieval import Instance
@@ -147,7 +147,7 @@ def test_instances_from_the_segmentation_pngs(devkit):
         truth = val.instances(index)
         masks, void = instance_masks(image_id)
         names = [item[0] for item in IMAGES[image_id][1]]
-        keep = [k for k, name in enumerate(names) if name in val.class_names]  # aeroplane is no class of val
+        keep = [k for k, name in enumerate(names) if name in val.class_names]
         np.testing.assert_array_equal(truth.masks, masks[keep])
         assert truth.class_indices.tolist() == [val.class_names.index(names[k]) for k in keep]
         np.testing.assert_array_equal(truth.ignore, void)
@@ -159,6 +159,30 @@ def test_instances_from_the_segmentation_pngs(devkit):
     assert everything.subset([3]).has_masks is False
     assert everything.subset([3, 0]).images_without_masks() == [0]
 
+
+
+def test_segmentation_pngs_saved_as_rgb_colours_are_read_through_the_colour_map(devkit):
+    """Some converters save VOC's segmentation PNGs as RGB colours, not palette indices: they were
+    refused ("expected a 2-D label image"); they give the same instances and void as the palette PNGs."""
+    assert voc_colour_map().ravel().tolist() == voc_palette()  # the tests' own writing of VOC's colour map
+    val = load_dataset(devkit / "ImageSets" / "Segmentation" / "val.txt")
+    before = val.instances(1)
+    for folder in ("SegmentationObject", "SegmentationClass"):
+        path = devkit / folder / "2007_000002.png"
+        Image.open(path).convert("RGB").save(path)
+        assert np.asarray(Image.open(path)).ndim == 3
+    after = val.instances(1)
+    np.testing.assert_array_equal(after.masks, before.masks)
+    np.testing.assert_array_equal(after.class_indices, before.class_indices)
+    np.testing.assert_array_equal(after.ignore, before.ignore)
+    assert len(after.masks) == 2 and after.ignore.any()
+    path = devkit / "SegmentationObject" / "2007_000002.png"
+    rgb = np.asarray(Image.open(path)).copy()
+    rgb[0, 0] = (1, 2, 3)
+    Image.fromarray(rgb).save(path)
+    with pytest.raises(ValueError, match=r"SegmentationObject/2007_000002.png: an RGB segmentation PNG whose colours "
+                                         r"are not all PASCAL VOC's colour map \(1 others: \(1, 2, 3\)\)"):
+        val.instances(1)
 
 def _prediction(truth: GroundTruth, class_names, masks=None, classes=None) -> Prediction:
     """A prediction of ``masks`` (default: the ground truth's), one instance (score 1) and one peak each."""

@@ -610,6 +610,44 @@ def from_coco(
 VOC_VOID = 255
 
 
+def voc_colour_map() -> np.ndarray:
+    """PASCAL VOC's colour map: the (256, 3) uint8 RGB colour of each palette index of its
+    segmentation PNGs (index 255, void, is (224, 224, 192)).
+
+    Examples
+    --------
+    >>> voc_colour_map()[[1, 15, 255]].tolist()
+    [[128, 0, 0], [192, 128, 128], [224, 224, 192]]
+    """
+    index = np.arange(256)
+    colours = np.zeros((256, 3), np.uint8)
+    for bit in range(8):
+        for channel in range(3):
+            colours[:, channel] |= (((index >> (3 * bit + channel)) & 1) << (7 - bit)).astype(np.uint8)
+    return colours
+
+
+def _voc_indices(values: np.ndarray, path: PathLike) -> np.ndarray:
+    """A VOC segmentation PNG's palette indices: as read, or, for one saved as RGB(A) colours
+    (some converters write them so), the index of each pixel's colour in `voc_colour_map`."""
+    if values.ndim == 3 and values.shape[-1] in (3, 4):
+        rgb = values[..., :3].astype(np.int64)
+        codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        palette = voc_colour_map().astype(np.int64)
+        index_of = {int(code): i for i, code in enumerate((palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2])}
+        unique, inverse = np.unique(codes, return_inverse=True)
+        unknown = [int(code) for code in unique if int(code) not in index_of]
+        if unknown:
+            shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in unknown[:3])
+            raise ValueError(f"{path}: an RGB segmentation PNG whose colours are not all PASCAL VOC's colour map "
+                             f"({len(unknown)} others: {shown}{', ...' if len(unknown) > 3 else ''}); save it as "
+                             "a palette PNG of indices")
+        return np.array([index_of[int(code)] for code in unique])[inverse].reshape(codes.shape)
+    if values.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D label image (a palette PNG), got shape {values.shape}")
+    return values
+
+
 def read_voc_segmentation(object_path: PathLike, class_path: PathLike) -> tuple[np.ndarray, dict[int, str]]:
     """A PASCAL VOC image's instances from its ``SegmentationObject`` and ``SegmentationClass`` PNGs.
 
@@ -618,7 +656,8 @@ def read_voc_segmentation(object_path: PathLike, class_path: PathLike) -> tuple[
     object_path, class_path : path-like
         ``SegmentationObject/<id>.png`` (0 background, 1, 2, ... one value per instance,
         `VOC_VOID` void) and ``SegmentationClass/<id>.png`` (0 background, 1..20 the VOC
-        classes in VOC's order, `VOC_VOID` void), read as their palette indices.
+        classes in VOC's order, `VOC_VOID` void), read as their palette indices; a PNG saved
+        as RGB colours is read through `voc_colour_map`.
 
     Returns
     -------
@@ -637,10 +676,7 @@ def read_voc_segmentation(object_path: PathLike, class_path: PathLike) -> tuple[
     """
     from .io.labels import read_label_image
 
-    objects, classes = read_label_image(object_path), read_label_image(class_path)
-    for path, values in ((object_path, objects), (class_path, classes)):
-        if values.ndim != 2:
-            raise ValueError(f"{path}: expected a 2-D label image (a palette PNG), got shape {values.shape}")
+    objects, classes = (_voc_indices(read_label_image(path), path) for path in (object_path, class_path))
     if objects.shape != classes.shape:
         raise ValueError(f"{object_path} is {objects.shape} but {class_path} is {classes.shape}")
     names = {}
