@@ -352,6 +352,31 @@ def test_a_voc_devkit_gives_corrections_with_its_void_ignored(devkit, tmp_path):
     assert (targets[0][correction.ignore] == IGNORE).all() and targets[0][correction.labels == 1].all()
 
 
+def test_a_prm_on_an_object_and_its_void_outline_is_the_objects(devkit):
+    """A peak whose PRM lay on an object and on its void outline counted the outline as background:
+    with more of its mass there, the peak stood for the background, so it learnt nothing (an empty
+    mask with negatives) and its object got a peak added as unrepresented. Void counts for none."""
+    from napari_prm.refine import IGNORE, correction_targets, match_corrections
+    from napari_prm.refine.targets import peak_owners
+
+    classes = ["cat", "motorcycle"]
+    (correction,) = match_corrections(devkit, classes, [devkit / "JPEGImages" / "2007_000001.jpg"])[0].values()
+    cat = correction.labels == 1  # 26×26 pixels
+    # 169 on the cat, 8 on each void pixel (the outlines of the cat and of the person): most on the void
+    prm = np.where(correction.ignore, 8.0, 0.0) + np.where(cat, 0.25, 0.0)
+    prms = prm[None].astype(np.float32)
+    assert prm[cat].sum() == 169 and prm[correction.ignore].sum() > 169
+    owners, shares = peak_owners(prms, correction.labels, ignore=correction.ignore)
+    assert owners.tolist() == [1] and shares.tolist() == [1.0]
+    assert peak_owners(prms, correction.labels)[0].tolist() == [0]  # the outline as background
+    for negatives in (False, True):
+        (target,) = correction_targets(correction.labels, correction.label_classes, prms, [0], SIZE,
+                                       negatives=negatives, ignore=correction.ignore)
+        np.testing.assert_array_equal(target[cat], 1)
+        np.testing.assert_array_equal(target[correction.ignore], IGNORE)
+        np.testing.assert_array_equal(target[~cat & ~correction.ignore], 0)
+
+
 def test_cli_refine_takes_a_voc_devkit_as_masks(devkit, tiny_checkpoint, capsys):
     """The repro: refine DS --masks VOCdevkit/VOC2012 said it held no <stem>_labels.tif."""
     out = devkit.parent / "refined.pt"

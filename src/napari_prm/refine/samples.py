@@ -200,7 +200,7 @@ def correction_sample(model: PRMModel, correction: Correction, stages, *, predic
     predictor.set_image(correction.image)
     found = predictor.predict()
     prms = np.asarray(found.prms)  # built once (a ScaledPRMs builds it on each read)
-    owners, _ = peak_owners(prms, correction.labels)
+    owners, _ = peak_owners(prms, correction.labels, ignore=correction.ignore)
     instances = np.setdiff1d(np.unique(correction.labels), [0])
     missing = np.setdiff1d(instances, owners)
     classes, peaks = found.peak_classes, found.peaks

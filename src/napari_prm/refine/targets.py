@@ -37,7 +37,8 @@ def paint_instances(masks: np.ndarray, order: Sequence[int] | None = None) -> np
     return labels
 
 
-def peak_owners(prms: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def peak_owners(prms: np.ndarray, labels: np.ndarray, *,
+                ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For each peak, the label holding the largest share of its PRM, and that share.
 
     Parameters
@@ -45,19 +46,25 @@ def peak_owners(prms: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     prms : (K, H, W) float ndarray
     labels : (H, W) int ndarray
         0 is background (it can be the owner).
+    ignore : (H, W) bool ndarray, optional
+        Pixels that belong to no label, background included (a PASCAL VOC devkit's void: the
+        outlines of its objects): their PRM mass counts for none, so that a PRM spread over an
+        object and its outline is the object's, not the background's.
 
     Returns
     -------
     owners : (K,) int64 ndarray
     shares : (K,) float64 ndarray
-        0 for a PRM without mass (its owner is then 0).
+        Of the PRM's mass outside ``ignore``; 0 for a PRM without such mass (its owner is then 0).
     """
     prms = np.asarray(prms, dtype=np.float64)
     flat = np.asarray(labels, dtype=np.int64).ravel()
+    counted = None if ignore is None else ~np.asarray(ignore, bool).ravel()
     count = int(flat.max(initial=0)) + 1
     owners, shares = np.zeros(len(prms), np.int64), np.zeros(len(prms))
     for k, prm in enumerate(prms):
-        mass = np.bincount(flat, weights=prm.ravel(), minlength=count)
+        weights = prm.ravel() if counted is None else prm.ravel() * counted
+        mass = np.bincount(flat, weights=weights, minlength=count)
         total = mass.sum()
         if total > 0:
             owners[k] = int(mass.argmax())
@@ -94,7 +101,8 @@ def correction_targets(labels: np.ndarray, label_classes: Mapping[int, int], prm
         class learns an empty mask (all 0) instead of nothing (all :data:`IGNORE`).
     ignore : (H, W) bool ndarray, optional
         Pixels the correction says nothing of (a PASCAL VOC devkit's void: object outlines):
-        :data:`IGNORE` in every target.
+        :data:`IGNORE` in every target, and of no instance nor the background when a peak's
+        instance is chosen (`peak_owners`).
 
     Returns
     -------
@@ -112,7 +120,7 @@ def correction_targets(labels: np.ndarray, label_classes: Mapping[int, int], prm
     class is right is for its instance's confidence to judge.
     """
     labels = np.asarray(labels)
-    owners, _ = peak_owners(prms, labels)
+    owners, _ = peak_owners(prms, labels, ignore=ignore)
     small = resize_nearest(labels, grid)
     targets = np.full((len(owners),) + tuple(grid), 0 if negatives else IGNORE, np.uint8)
     for k, (owner, peak_class) in enumerate(zip(owners, peak_classes)):
