@@ -167,6 +167,10 @@ def test_a_few_crowded_images_over_the_cap_are_counted_not_averaged_away():
                                           "cap, max_peaks) on 2 of the 12 calibration image(s) (up to 64): predict "
                                           "will keep only the strongest 50 of such an image.")
     assert "--max-peaks" in calibration.warning
+    # crowded images, not a barely trained model: raising the thresholds for them would lose the others' peaks
+    assert calibration.warning.endswith("To keep all the peaks of crowded images, raise the cap (predict's "
+                                        "--max-peaks).")
+    assert "more epochs" not in calibration.warning and "--peak-threshold" not in calibration.warning
 
 
 def test_the_cap_compared_with_is_the_max_peaks_predict_is_given():

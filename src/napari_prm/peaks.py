@@ -321,8 +321,10 @@ class Calibration:
         the thresholds are then the lowest tried, not calibrated ones; else when they were
         chosen on fewer than `MIN_CALIBRATION_IMAGES` images, too few to rely on, and (one after
         the other) when they keep more than ``max_peaks`` peaks on some calibration images
-        (``over_cap``; a barely trained model's many weak peaks, or crowded images), whose
-        predictions the cap would cut to the strongest peaks.
+        (``over_cap``), whose predictions the cap would cut to the strongest peaks: on
+        half of them or more, a barely trained model's many weak peaks (train longer, or raise the
+        thresholds); on fewer, crowded images (raise the cap: thresholds raised for them would
+        lose the other images' peaks).
     """
 
     class_threshold: float
@@ -351,6 +353,7 @@ class Calibration:
 
     @property
     def over_cap(self) -> int:
+        """How many calibration images keep more than ``max_peaks`` peaks (`image_peaks`; 0 without a cap)."""
         if self.max_peaks is None:
             return 0
         return sum(count > self.max_peaks for count in self.image_peaks)
@@ -361,12 +364,14 @@ class Calibration:
             return None
         cap = self.max_peaks
         which = "predict's default cap, max_peaks" if cap == MAX_PEAKS else "the max_peaks given"
-        return (f"the calibrated thresholds keep more than {cap} peaks ({which}) on {over} of the "
+        said = (f"the calibrated thresholds keep more than {cap} peaks ({which}) on {over} of the "
                 f"{self.images} calibration image(s) (up to {max(self.image_peaks)}): predict will keep only the "
-                f"strongest {cap} of such an image. A barely trained "
-                "model's many weak peaks lead calibration to low thresholds: train for more epochs and calibrate "
-                "again. Otherwise raise the thresholds (predict's --class-threshold and --peak-threshold) or the cap "
-                "(predict's --max-peaks).")
+                f"strongest {cap} of such an image.")
+        if 2 * over < self.images:  # a few crowded images: thresholds raised for them would cost the others
+            return f"{said} To keep all the peaks of crowded images, raise the cap (predict's --max-peaks)."
+        return (f"{said} A barely trained model's many weak peaks lead calibration to low thresholds: train for more "
+                "epochs and calibrate again. Otherwise raise the thresholds (predict's --class-threshold and "
+                "--peak-threshold) or the cap (predict's --max-peaks).")
 
     def _few_images_warning(self) -> str | None:
         if self.images >= MIN_CALIBRATION_IMAGES:
