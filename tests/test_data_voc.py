@@ -395,6 +395,12 @@ def test_a_segmentation_png_of_another_size_than_its_jpeg_is_named(devkit, tiny_
     with pytest.raises(ValueError, match=r"image .*2007_000002.jpg is 48×64 but its instance masks "
                                          r"\(.*SegmentationObject/2007_000002.png\) are 24×32"):
         evaluate(str(tiny_checkpoint), dataset, proposals="prm")
+    # predictions given (evaluate --predictions) said the image was the PNG's size: "image ...jpg is (24, 32)"
+    predictions = [_prediction(GroundTruth(np.zeros((0, *SIZE), bool), np.zeros(0, np.int64), np.zeros(0, bool)),
+                               dataset.class_names) for _ in range(len(dataset))]
+    with pytest.raises(ValueError, match=r"prediction 1 is 48×64 but the instance masks of image .*2007_000002.jpg "
+                                         r"\(.*SegmentationObject/2007_000002.png\) are 24×32"):
+        evaluate(predictions, dataset)
 
 
 def test_a_split_list_that_repeats_ids_takes_each_image_once(devkit):

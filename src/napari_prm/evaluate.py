@@ -768,9 +768,11 @@ def evaluate(
                                                        truth.iscrowd)["instances"]
         else:
             prediction = predictions[index]
-        if prediction.prms.shape[1:] != truth.masks.shape[1:]:
-            raise ValueError(f"prediction {index} is {prediction.prms.shape[1:]} but image "
-                             f"{dataset.image_paths[index]} is {truth.masks.shape[1:]}")
+        if prediction.prms.shape[1:] != truth.masks.shape[1:]:  # the masks' size, not the image's, is known
+            source = _masks_source(dataset, index, None if ground_truth is None else ground_truth[index])
+            raise ValueError(f"prediction {index} is {prediction.prms.shape[1]}×{prediction.prms.shape[2]} but the "
+                             f"instance masks of image {dataset.image_paths[index]} ({source}) are "
+                             f"{truth.masks.shape[1]}×{truth.masks.shape[2]}")
         scores.append(prediction.scores)
         qualities.append(prm_quality(prediction.prms, prediction.peak_classes, truth.masks, truth.class_indices))
         hits.append(peak_hits(prediction.peaks, prediction.peak_classes, truth.masks, truth.class_indices))
