@@ -455,3 +455,15 @@ def test_cli_evaluate_of_a_main_list_without_segmentations_says_where_they_are(d
     captured = capsys.readouterr()
     assert (f"image-level labels only (none of its images has a SegmentationObject PNG: the devkit segments those "
             f"of {devkit / 'ImageSets' / 'Segmentation'}'s lists)") in captured.err + captured.out
+
+
+def test_masks_of_a_devkit_list_without_segmentations_says_where_they_are(devkit, tiny_checkpoint, capsys):
+    """evaluate/refine --masks of an ImageSets/Main list of unsegmented images said that no export
+    matched an image of the dataset, followed by an empty list of names."""
+    unsegmented = devkit / "ImageSets" / "Main" / "unsegmented.txt"
+    unsegmented.write_text("2008_000004\n")
+    assert main(["evaluate", str(devkit / "ImageSets" / "Main" / "train.txt"), "--model", str(tiny_checkpoint),
+                 "--masks", str(unsegmented)]) == 2
+    captured = capsys.readouterr()
+    assert (f"--masks: PASCAL VOC {unsegmented}: none of its 1 image(s) has a SegmentationObject PNG (the devkit "
+            f"segments those of {devkit / 'ImageSets' / 'Segmentation'}'s lists)") in captured.err

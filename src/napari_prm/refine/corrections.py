@@ -243,10 +243,35 @@ def corrections_from_voc(path: str | os.PathLike, class_names: Sequence[str], *,
     An image is the one of the same file name among ``image_paths``, else the devkit's
     ``JPEGImages/<id>.jpg``; with ``unmatched`` (a list), an image not among ``image_paths``
     is skipped instead, and its ``JPEGImages/`` file name appended to the list.
+
+    Parameters
+    ----------
+    path : path-like
+        The devkit's split list or year folder.
+    class_names : sequence of str
+        The model's classes: the corrections' class indices index them.
+    image_paths : sequence of path-like
+        The dataset's images.
+    unmatched : list, optional
+        Where the images of no ``image_paths`` are named, instead of taken from the devkit.
+
+    Returns
+    -------
+    list of Correction
+        In the devkit's order.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: the devkit cannot be read (`napari_prm.data.from_voc`), none of its
+        images is segmented (an ``ImageSets/Main`` list), a segmentation PNG cannot be used.
     """
     from ..data import VOC_VOID, class_in, from_voc, read_voc_segmentation
 
     devkit = from_voc(path, require_positives=False)
+    if not any(devkit.voc.segmentations):
+        raise ValueError(f"PASCAL VOC {path}: none of its {len(devkit)} image(s) has a SegmentationObject PNG "
+                         f"(the devkit segments those of {devkit.voc.root / 'ImageSets' / 'Segmentation'}'s lists)")
     index = _image_index(image_paths)
     position = {name: i for i, name in enumerate(class_names)}
     corrections = []
