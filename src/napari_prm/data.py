@@ -440,8 +440,7 @@ def voc_view(dataset: LabeledImageDataset, *, drop_unlabeled: bool = True) -> La
     if dataset.voc is None or not drop_unlabeled:
         return dataset.with_classes(classes, drop_unlabeled=drop_unlabeled)
     # a PASCAL VOC image whose objects are all difficult (without include_difficult) has no label but is one of the
-    # devkit's images (its
-    # instances are evaluated): only images of other classes alone go
+    # devkit's images (its instances are evaluated): only images of other classes alone go
     own = set(_VOC_OWN_NAMES)
     return dataset.with_classes(classes).subset(
         [i for i, objects in enumerate(dataset.voc.objects) if any(name in own for name, _ in objects)])

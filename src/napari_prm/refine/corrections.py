@@ -500,7 +500,7 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
 def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
                       image_paths: Sequence[os.PathLike | str], *,
                       superseded: list[str] | None = None) -> tuple[dict[int, Correction], list[str]]:
-    """The corrections of a COCO JSON or a folder of exports, paired with a dataset's images.
+    """The corrections of a COCO JSON, a folder of exports or a PASCAL VOC devkit, paired with a dataset's images.
 
     Each export is matched to an image of ``image_paths`` by file name or stem, as
     :func:`load_corrections` does; exports of no such image are not looked for elsewhere.
@@ -512,7 +512,7 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
         their ``<stem>_instances.csv`` (as napari-prm exports them), sub-folders included:
         the tree ``napari-prm predict --recursive`` writes, each export matched by the image
         its manifest records or by its path in the folder (``A1/cat_labels.tif``: an image
-        ``A1/cat.*``).
+        ``A1/cat.*``); or a PASCAL VOC year folder or split list (`corrections_from_voc`).
     class_names : sequence of str
         The model's classes: the corrections' class indices index them.
     image_paths : sequence of path-like
