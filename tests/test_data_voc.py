@@ -467,3 +467,21 @@ def test_masks_of_a_devkit_list_without_segmentations_says_where_they_are(devkit
     captured = capsys.readouterr()
     assert (f"--masks: PASCAL VOC {unsegmented}: none of its 1 image(s) has a SegmentationObject PNG (the devkit "
             f"segments those of {devkit / 'ImageSets' / 'Segmentation'}'s lists)") in captured.err
+
+
+def test_masks_of_a_devkit_name_the_first_ten_images_of_no_dataset_image(devkit, tiny_checkpoint, capsys):
+    """--masks VOC2012 on a DATASET of a few of its images named each of the devkit's other segmented
+    images in the warning (a devkit's thousands); the first ten are named, and how many more."""
+    import shutil
+
+    copies = [f"2009_{n:06d}" for n in range(12)]
+    for image_id in copies:  # 2007_000001 again under other ids
+        for folder, suffix in (("JPEGImages", "jpg"), ("Annotations", "xml"), ("SegmentationObject", "png"),
+                               ("SegmentationClass", "png")):
+            shutil.copy(devkit / folder / f"2007_000001.{suffix}", devkit / folder / f"{image_id}.{suffix}")
+    (devkit / "ImageSets" / "Main" / "one.txt").write_text("2007_000002\n")
+    assert main(["evaluate", str(devkit / "ImageSets" / "Main" / "one.txt"), "--model", str(tiny_checkpoint),
+                 "--masks", str(devkit), "--proposals", "prm"]) == 0
+    unmatched = ["2007_000001.jpg", "2007_000003.jpg", *(f"{i}.jpg" for i in copies)]  # 14, in id order
+    assert (f"warning: --masks: 14 exports match no image of the dataset, left out: {', '.join(unmatched[:10])}, "
+            "... (4 more)\n") in capsys.readouterr().err
