@@ -187,6 +187,10 @@ def test_the_cap_compared_with_is_the_max_peaks_predict_is_given():
                                      "20 of such an image.")
     uncapped = calibrate_thresholds(maps, labels, max_peaks=None)
     assert uncapped.over_cap == 0 and uncapped.warning is None
+    # a cap predict refuses (it keeps at least one peak) was taken, and every image was over it
+    for wrong in (0, -5, 2.5):
+        with pytest.raises(ValueError, match=r"max_peaks: expected an integer"):
+            calibrate_thresholds(maps, labels, max_peaks=wrong)
 
 
 def test_a_model_s_calibration_counts_the_images_predict_cuts(tiny_dataset):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from . import _validate as check
 from .model.peak_stimulation import PeakFilter, find_peaks
 
 #: Default most peaks per image (each costs one backward pass and one instance).
@@ -437,12 +438,14 @@ def calibrate_thresholds(
     max_peaks : int or None
         The cap predict will keep each image's strongest peaks to (its ``max_peaks``); it does
         not change the thresholds chosen (peaks are counted before it): the images whose kept
-        peaks exceed it are counted (`Calibration.over_cap`) and warned of.
+        peaks exceed it are counted (`Calibration.over_cap`) and warned of. At least 1, as
+        predict takes it (ValueError).
 
     Returns
     -------
     Calibration
     """
+    max_peaks = check.positive_int("max_peaks", max_peaks, optional=True)  # as predict takes it
     labels = _image_labels(labels, len(crms))
     if not len(crms):
         raise ValueError("calibration needs at least one image")
