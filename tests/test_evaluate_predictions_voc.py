@@ -11,7 +11,7 @@ from scipy import ndimage
 from napari_prm import io
 from napari_prm.cli import main
 from napari_prm.data import load_dataset, voc_image_table
-from napari_prm.evaluate import evaluate_exports
+from napari_prm.evaluate import evaluate_exports, report_exports_markdown
 from test_data_voc import IMAGES, SEGMENTED, SIZE, instance_masks, write_voc_devkit
 
 #: the classes of the exports written by hand: VOC's spelling of one class, COCO's of another
@@ -165,7 +165,8 @@ def test_the_voc_image_table_and_what_is_refused(devkit, capsys):
 def test_folders_of_models_spelling_a_voc_class_otherwise_compare_over_it(devkit):
     """A built-in model's run ('motorcycle') against one of a model trained on the devkit ('motorbike'):
     the comparison left the class out of the classes the folders share (4 of 5), so a second run that
-    misses the motorbike compared as perfect (mAP^r .5 1.0, +0.0)."""
+    misses the motorbike compared as perfect (mAP^r .5 1.0, +0.0). The report's table per class gave
+    the class two rows, each with one folder's AP^r ('motorcycle': 100 and –; 'motorbike': – and 0)."""
     val = load_dataset(devkit / "ImageSets" / "Segmentation" / "val.txt")
     builtin = _write_exports(devkit.parent / "builtin", list(SEGMENTED))
     trained = devkit.parent / "trained"
@@ -186,3 +187,7 @@ def test_folders_of_models_spelling_a_voc_class_otherwise_compare_over_it(devkit
     # aeroplane, cat, person found, the motorbike missed (cow: no ground truth, no AP)
     assert first["mAP_r"] == 1.0 and second["mAP_r"] == pytest.approx(0.75)
     assert second["difference"]["high"] <= 0 and second["difference"]["median"] < 0
+    table = report_exports_markdown(evaluation).split("| class |")[1].split("\n\n")[0]
+    assert "| motorcycle | 100.0 | 100.0 | 100.0 | 0.0 | 0.0 | 0.0 |" in table
+    assert "motorbike" not in table
+    assert "| cow | – | – | – | – | – | – |" in table and table.count("\n| ") == len(HAND_CLASSES) + 1
