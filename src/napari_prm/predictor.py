@@ -73,6 +73,13 @@ class PredictSettings:
     suppression_radius : float or None
         One peak per location: a peak removes weaker peaks of other classes
         within this many CRM cells of the network (before sub-pixel upsampling).
+    input_size : (int, int) or None
+        The network input ``(height, width)`` the image is resized to; None: the model's
+        (``model.input_size``, the size it was trained and calibrated at). The class response
+        maps have one cell per 32 input pixels (EfficientNet-Lite0), so a larger input gives
+        small, crowded objects (cells, nuclei) cells, and peaks, of their own, at the cost of
+        time (about 4× per peak for twice the side); the thresholds stay those calibrated at
+        the model's size (calibrate again at this one when the peaks differ much).
     max_peaks : int
         Most peaks per image, the strongest (each costs a backward pass and a
         map at the network's grid): 50 by default, at most :data:`MAX_PEAKS_LIMIT`. When it
@@ -132,6 +139,7 @@ class PredictSettings:
     peak_threshold: float | None = None
     relative_threshold: float | None = None
     suppression_radius: float | None = 1.5
+    input_size: tuple[int, int] | None = None
     max_peaks: int = MAX_PEAKS
     tta: bool = False
     prm_mode: str = "exact"
@@ -198,6 +206,8 @@ def preset_settings(preset: str = "default", **overrides: Any) -> PredictSetting
 
 def _checked(settings: PredictSettings) -> PredictSettings:
     s = settings
+    if s.input_size is not None:
+        s = replace(s, input_size=_input_size(s.input_size))
     check.integer("sub_pixel_locating_factor", s.sub_pixel_locating_factor, low=1)
     check.finite_float("class_threshold", s.class_threshold, optional=True)
     check.finite_float("peak_threshold", s.peak_threshold, optional=True)
@@ -217,6 +227,15 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     if s.tta and s.prm_mode == "fast":
         raise ValueError("tta and prm_mode='fast' cannot be combined: the fast mode stops inside one branch")
     return s
+
+
+def _input_size(value) -> tuple[int, int]:
+    """``input_size`` as ``(height, width)`` positive ints (an int is a square)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"input_size: expected (height, width) or None, got {value!r}")
+    return tuple(check.integer(f"input_size[{i}]", v, low=1) for i, v in enumerate(value))
 
 
 def _distinct(value: float, threshold: float) -> tuple[str, str]:
@@ -648,8 +667,8 @@ class PRMPredictor:
             report = progress or (lambda stage, done, total: None)
             report("forward", 0, 1)
             started = time.perf_counter()
-            x = self.model.network_input(rgb)
             settings = self.settings
+            x = self.model.network_input(rgb, settings.input_size)
             self._forward = self.model.network.forward_pass(
                 x, sub_pixel_locating_factor=settings.sub_pixel_locating_factor, tta=settings.tta,
                 mode=settings.prm_mode)
@@ -673,7 +692,7 @@ class PRMPredictor:
         The current image is left as it is. ``image`` is what :meth:`set_image` takes.
         """
         rgb = as_rgb_float(image, keep_gray=True)
-        x = self.model.network_input(rgb)
+        x = self.model.network_input(rgb, self.settings.input_size)
         network = self.model.network
         modes = [(module, module.training) for module in network.modules()]
         network.eval()
@@ -754,7 +773,7 @@ class PRMPredictor:
         unknown = sorted(set(overrides) - set(SETTING_NAMES))
         if unknown:
             raise ValueError(f"unknown setting(s) {unknown}; known: {list(SETTING_NAMES)}")
-        fixed = ("sub_pixel_locating_factor", "tta", "prm_mode")
+        fixed = ("sub_pixel_locating_factor", "tta", "prm_mode", "input_size")
         changed = [k for k in fixed if k in overrides and overrides[k] != getattr(self.settings, k)]
         if changed:
             raise ValueError(f"{changed} change the forward pass: create a new PRMPredictor (or set predictor.settings "

@@ -164,11 +164,14 @@ class PRMModel:
         ``(1, 3, h, w)`` network input on the model's device, in its dtype."""
         return self.network_input(as_rgb_float(image))
 
-    def network_input(self, rgb: np.ndarray) -> torch.Tensor:
+    def network_input(self, rgb: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
         """:meth:`preprocess` of an image `as_rgb_float` has already made ``(H, W, 3)`` floats in
         [0, 1] (normalising it again would give the same values, at the cost of passes over it),
-        or ``(H, W, 1)`` for a gray image (``keep_gray=True``): the same input."""
-        return to_network_input(rgb, self.input_size, self.mean, self.std).to(self.device, self.dtype)
+        or ``(H, W, 1)`` for a gray image (``keep_gray=True``): the same input.
+
+        ``size`` ``(h, w)`` resizes to it instead of :attr:`input_size` (None: ``input_size``)."""
+        size = self.input_size if size is None else size
+        return to_network_input(rgb, size, self.mean, self.std).to(self.device, self.dtype)
 
     def metadata(self) -> dict[str, Any]:
         from .. import __version__
