@@ -943,3 +943,33 @@ def test_all_planes_of_a_stack_deeper_than_the_predictor_cache(
         assert "Cannot run" not in widget.last_message, widget.last_message
         assert set(viewer.layers["z peaks"].data[:, 0]) == {0.0, 1.0, 2.0, 3.0, 4.0}
         np.testing.assert_allclose(viewer.layers["z instances"].scale, [2.0, 0.5, 0.5])
+
+
+def test_max_peaks_and_input_size_of_the_form(cat_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """The form's *max peaks* caps the peaks as ``predict(max_peaks=)`` does, re-thresholding
+    applies a new cap without a forward pass, and *input size* runs the network at that size
+    (``predict(input_size=)``), remembered for the next session."""
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    model = widget.models.get(str(tiny_checkpoint.resolve()), "cpu")
+    widget.proposals.value = None
+    widget.class_threshold.value = -1e3
+    widget.peak_threshold.value = -1e3
+    widget.max_peaks.value = 7
+    run_and_wait(widget, qtbot)
+    capped = predict(small_cat, model, proposals=None, class_threshold=-1e3, peak_threshold=-1e3, max_peaks=7)
+    assert capped.peaks_found > 7
+    np.testing.assert_allclose(cat_viewer.layers["cat peaks"].data, capped.peaks)
+    widget.max_peaks.value = 9
+    worker = widget.rethreshold()
+    assert worker is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert len(cat_viewer.layers["cat peaks"].data) == 9
+    widget.input_size.value = 160
+    run_and_wait(widget, qtbot)
+    larger = predict(small_cat, model, proposals=None, class_threshold=-1e3, peak_threshold=-1e3, max_peaks=9,
+                     input_size=(160, 160))
+    np.testing.assert_allclose(cat_viewer.layers["cat peaks"].data, larger.peaks)
+    assert not np.allclose(larger.peaks, predict(small_cat, model, proposals=None, class_threshold=-1e3,
+                                                 peak_threshold=-1e3, max_peaks=9).peaks)
+    saved = json.loads((prm_config / "predict_widget.json").read_text())
+    assert (saved["max_peaks"], saved["input_size"]) == (9, 160)

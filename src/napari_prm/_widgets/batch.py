@@ -164,6 +164,8 @@ class BatchPanel(StopsOnClose, Container):
         # as the widget's Run: the preset, and the thresholds the user set (else the calibrated ones)
         options = {"preset": settings["preset"], "classes": settings["classes"], "proposals": settings["proposals"],
                    **self._predict.threshold_overrides(settings)}
+        if settings.get("input_size") is not None:
+            options["input_size"] = settings["input_size"]
         client = batch.start_local_cluster(workers) if workers else None
         try:
             return batch.predict_many(

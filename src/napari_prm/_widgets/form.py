@@ -19,7 +19,8 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidgetItem
 
-from ..predictor import preset_settings, resolve_thresholds
+from ..peaks import MAX_PEAKS
+from ..predictor import MAX_PEAKS_LIMIT, preset_settings, resolve_thresholds
 from .layers import choose_layer, is_result_image
 from .marks import INSTANCES_SUFFIX, marker_of
 from .models import BUILTIN_CHOICES, devices, model_choices, remember_model
@@ -59,6 +60,8 @@ class WidgetSettings:
     preset: str = next(iter(PRESET_CHOICES))
     class_threshold: float | None = None  # None: the chosen model's calibrated value
     peak_threshold: float | None = None  # None: the model's; PEAK_THRESHOLD_MIN: none
+    max_peaks: int = MAX_PEAKS
+    input_size: int = 0  # the network input's side; 0: the model's own input size
     proposals: str = next(iter(PROPOSAL_SOURCES))  # a Labels layer of candidates is not remembered
     device: str | None = None  # None: the first of `devices()`
     show_text: bool = False
@@ -106,6 +109,14 @@ class PredictForm:
         self.peak_control = CalibratedThreshold(self.peak_threshold, self.save_settings,
                                                 none_text="none")
         self.window = SpinBox(label="window size", value=3, min=1, max=31, step=2)
+        self.max_peaks = self._persist("max_peaks", SpinBox(
+            label="max peaks", value=MAX_PEAKS, min=1, max=MAX_PEAKS_LIMIT,
+            tooltip="keep at most this many peaks per image, the strongest (each costs a backward pass)"))
+        self.input_size = self._persist("input_size", SpinBox(
+            label="input size", value=0, min=0, max=4096, step=32,
+            tooltip="the network's input side in pixels (square); 0: the model's own size. Larger gives "
+                    "small, crowded objects (cells, nuclei) peaks of their own, at about 4x the time per "
+                    "peak for twice the side; the thresholds stay those calibrated at the model's size"))
         self.proposals = self._persist("proposals", ComboBox(
             label="proposals", choices=self._proposal_choices))
         self.device = self._persist("device", ComboBox(label="device", choices=devices()))
@@ -120,7 +131,8 @@ class PredictForm:
         self.show_text.changed.connect(self._on_show_text)
         return Container(widgets=[
             self.image, self.planes, self.model, self.checkpoint, self.preset,
-            self.class_threshold, self.peak_threshold, self.window, self.proposals,
+            self.class_threshold, self.peak_threshold, self.max_peaks, self.window, self.input_size,
+            self.proposals,
             self.device, self.show_text, self.add_crms,
         ])
 
@@ -336,12 +348,16 @@ class PredictForm:
             "peak_threshold": self.peak_control.override,
             "classes": self.selected_classes() or None,
             "window": int(self.window.value),
+            "max_peaks": int(self.max_peaks.value),
+            # None: the model's own input size
+            "input_size": (int(self.input_size.value),) * 2 if self.input_size.value else None,
             "proposals": self.proposals.value,
             "crms": bool(self.add_crms.value),
         }
 
     @staticmethod
     def threshold_overrides(settings: dict) -> dict:
-        """The thresholds a run passes to ``PRMPredictor.predict`` (those set by the user)."""
-        return {name: settings[name] for name in ("class_threshold", "peak_threshold")
+        """The peak selection a run passes to ``PRMPredictor.predict``: the thresholds set by the
+        user, and the peak cap."""
+        return {name: settings[name] for name in ("class_threshold", "peak_threshold", "max_peaks")
                 if settings.get(name) is not None}

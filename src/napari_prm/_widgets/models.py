@@ -217,7 +217,8 @@ class PredictorCache:
             generation = self._generations.get(id(layer), 0)
         from .layers import run_level
 
-        forward = (int(settings.sub_pixel_locating_factor), bool(settings.tta), str(settings.prm_mode))
+        size = None if settings.input_size is None else tuple(int(side) for side in settings.input_size)
+        forward = (int(settings.sub_pixel_locating_factor), bool(settings.tta), str(settings.prm_mode), size)
         return PredictorKey((id(layer), generation, run_level(layer)), tuple(int(i) for i in plane), tuple(model_key),
                             int(window), forward)
 
@@ -251,8 +252,9 @@ class PredictorCache:
         and ``proposals``; thresholds are passed to its ``predict`` call by call."""
         from ..predictor import PRMPredictor, preset_settings
 
-        factor, tta, prm_mode = key.forward
-        settings = preset_settings(preset, sub_pixel_locating_factor=factor, tta=tta, prm_mode=prm_mode)
+        factor, tta, prm_mode, input_size = key.forward
+        settings = preset_settings(preset, sub_pixel_locating_factor=factor, tta=tta, prm_mode=prm_mode,
+                                   input_size=input_size)
         with self._lock:
             predictor = self._predictors.get(key)
             if predictor is None:

@@ -211,7 +211,8 @@ class PredictWidget(PredictForm, QWidget):
         device, window and preset (or ``settings["predict_settings"]``, a shown prediction's)."""
         settings = settings or self._settings()
         model_key = settings.get("model_key") or self.models.key(settings["model"], settings["device"])
-        forward = settings.get("predict_settings") or preset_settings(settings["preset"])
+        forward = settings.get("predict_settings") or preset_settings(settings["preset"],
+                                                                       input_size=settings.get("input_size"))
         return self.predictors.key(layer, plane, model_key, settings["window"], forward)
 
     def can_rethreshold(self) -> bool:
