@@ -434,8 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "per folder (mAP^r, ABO; what needs the model is not measured); with two or more, "
                                "a paired bootstrap of each against the first at IoU 0.5 on the images all of "
                                "them scored. Not with the options that run a model (--model, --device, "
-                               "--proposals, --preset, the thresholds, --max-peaks, --tta, --prm-mode) nor with "
-                               "--masks (default: run --model)")
+                               "--proposals, --preset, the thresholds, --max-peaks, --input-size, --tta, --prm-mode) "
+                               "nor with --masks (default: run --model)")
     evaluate.add_argument("--resamples", type=int, default=200,
                           help="bootstrap resamples of the images when comparing --predictions folders "
                                "(seed 0)")
