@@ -51,7 +51,7 @@ def test_ground_truth_and_corrections_print_shapes():
     labels[5:10, 5:10] = 1
     correction = Correction(np.zeros((30, 40, 3), np.uint8), labels, {1: 0}, "a.png")
     assert repr(correction) == ("Correction(image=<uint8 30×40×3>, labels=<int32 30×40>, label_classes={1: 0}, "
-                                "source='a.png', image_path=None)")
+                                "source='a.png', image_path=None, ignore=None)")
 
 
 def test_a_prediction_pickles_for_another_process(prediction):
