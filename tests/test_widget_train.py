@@ -186,7 +186,7 @@ def test_a_folder_that_is_no_dataset_is_reported_once(make_napari_viewer, qtbot,
     assert widget._train_button.enabled and not (tmp_path / "never.pt").exists()
 
 
-def test_an_existing_output_file_is_kept(make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path):
+def test_an_existing_output_file_is_kept(make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, capsys):
     """*Train* replaced the model at "output file" (a 10-epoch model, after one epoch); the
     file is now kept and the run saves to the next free name, shown in the field."""
     viewer = make_napari_viewer()
@@ -196,13 +196,15 @@ def test_an_existing_output_file_is_kept(make_napari_viewer, qtbot, prm_config, 
     earlier.write_bytes(b"a model trained for 10 epochs")
     (tmp_path / "trained-2.pt").write_bytes(b"another one")
     widget._out.value = earlier
+    capsys.readouterr()
     # trained.pt appeared since the field was set: it is checked for an unfinished run (in a
     # worker thread) first, and the run starts when that is known
     assert widget.start() is None and widget.checking
     assert widget.last_message == ("Checking whether trained.pt holds an unfinished run of the dataset; training "
                                    "starts once that is known.")
     qtbot.waitUntil(lambda: widget.running, timeout=WAIT_MS)
-    assert widget.last_message == "trained.pt exists and is kept: saving to trained-3.pt."
+    # shown as a notification (the status may already say training's first message)
+    assert "trained.pt exists and is kept: saving to trained-3.pt." in capsys.readouterr().out
     assert str(widget._out.value) == str(tmp_path / "trained-3.pt")
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert widget.result is not None and widget.result.checkpoint == tmp_path / "trained-3.pt", widget.last_message
