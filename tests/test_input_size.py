@@ -68,6 +68,27 @@ def test_input_size_is_checked_and_fixed_per_image(tiny, blobs):
         predictor.predict(input_size=(96, 96))
 
 
+def test_one_input_size_rule_for_model_predict_and_training(tiny, blobs, tiny_dataset, tmp_path):
+    from napari_prm.data import from_folders
+    from napari_prm.train import train
+
+    # build_model, PRMModel, predict and train read an input size through one check
+    assert build_model("tiny", ["a"], pretrained=False, input_size=80).input_size == (80, 80)
+    assert build_model("tiny", ["a"], pretrained=False, input_size=np.array([80, 96])).input_size == (80, 96)
+    for bad, message in (((0, 64), r"input_size\[0\]: expected an integer >= 1, got 0"),
+                         ((64, 64, 3), r"input_size: expected \(height, width\) or an int or None, got \(64, 64, 3\)"),
+                         ("64", r"input_size: expected \(height, width\) or an int or None, got '64'")):
+        with pytest.raises(ValueError, match=message):
+            build_model("tiny", ["a"], pretrained=False, input_size=bad)
+    with pytest.raises(ValueError, match=r"PRMModel: input_size: expected \(height, width\) or None, got 64"):
+        napari_prm.PRMModel(tiny.network, ["a", "b"], "tiny", 64, tiny.mean, tiny.std)
+    with pytest.raises(ValueError, match=r"^input_size\[1\]: expected an integer >= 1, got -2"):
+        napari_prm.predict(blobs, tiny, proposals=None, input_size=(64, -2))
+    with pytest.raises(ValueError, match=r"^input_size: expected \(height, width\), got 64"):
+        train(from_folders(tiny_dataset), model="tiny", input_size=64, out=tmp_path / "m.pt", epochs=1)
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_cli_input_size(tmp_path, tiny, blobs, capsys):
     from skimage.io import imsave
 

@@ -18,7 +18,7 @@ import contextlib
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +127,24 @@ def integer(name: str, value, *, low: int | None = None, high: int | None = None
 def positive_int(name: str, value, *, optional: bool = False) -> int | None:
     """``value`` as an int >= 1 (None passes when optional)."""
     return integer(name, value, low=1, optional=optional)
+
+
+def input_size(name: str, value, *, square: bool = True, optional: bool = False) -> tuple[int, int] | None:
+    """``value`` as an ``(height, width)`` of positive ints: the one check of an input size.
+
+    A single int is a square when ``square`` is true; None passes when ``optional``.
+    """
+    if value is None and optional:
+        return None
+    if square and isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        value = (value, value)
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        expected = "(height, width)" + (" or an int" if square else "") + (" or None" if optional else "")
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    height, width = (positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+    return height, width
 
 
 def finite_array(name: str, array, *, ndim: int | None = None) -> np.ndarray:

@@ -644,7 +644,7 @@ def _train_model(name, value):
 
 
 def _input_size(name, value):
-    return [check.positive_int(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    return list(check.input_size(name, value, square=False))
 
 
 def _optional_input_size(name, value):

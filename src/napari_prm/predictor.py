@@ -207,7 +207,7 @@ def preset_settings(preset: str = "default", **overrides: Any) -> PredictSetting
 def _checked(settings: PredictSettings) -> PredictSettings:
     s = settings
     if s.input_size is not None:
-        s = replace(s, input_size=_input_size(s.input_size))
+        s = replace(s, input_size=check.input_size("input_size", s.input_size))
     check.integer("sub_pixel_locating_factor", s.sub_pixel_locating_factor, low=1)
     check.finite_float("class_threshold", s.class_threshold, optional=True)
     check.finite_float("peak_threshold", s.peak_threshold, optional=True)
@@ -227,15 +227,6 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     if s.tta and s.prm_mode == "fast":
         raise ValueError("tta and prm_mode='fast' cannot be combined: the fast mode stops inside one branch")
     return s
-
-
-def _input_size(value) -> tuple[int, int]:
-    """``input_size`` as ``(height, width)`` positive ints (an int is a square)."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (value, value)
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ValueError(f"input_size: expected (height, width) or None, got {value!r}")
-    return tuple(check.integer(f"input_size[{i}]", v, low=1) for i, v in enumerate(value))
 
 
 def _distinct(value: float, threshold: float) -> tuple[str, str]:

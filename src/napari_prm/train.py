@@ -966,8 +966,6 @@ def _calibrate(model: PRMModel, dataset: LabeledImageDataset, config: dict, prog
 def _recipe(*, epochs, batch_size, lr, backbone_lr_mult, momentum, weight_decay, input_size,
             sub_pixel_locating_factor, hflip, seed, val_fraction, where: str = "") -> dict[str, Any]:
     """The training recipe, every number checked (ValueError names the argument)."""
-    if isinstance(input_size, (str, bytes)) or not isinstance(input_size, Sequence) or len(input_size) != 2:
-        raise ValueError(f"{where}input_size: expected (height, width), got {input_size!r}")
     return dict(
         epochs=check.positive_int(f"{where}epochs", epochs),
         batch_size=check.positive_int(f"{where}batch_size", batch_size),
@@ -975,7 +973,7 @@ def _recipe(*, epochs, batch_size, lr, backbone_lr_mult, momentum, weight_decay,
         backbone_lr_mult=check.finite_float(f"{where}backbone_lr_mult", backbone_lr_mult, low=0),
         momentum=check.finite_float(f"{where}momentum", momentum, low=0, high=1, high_open=True),
         weight_decay=check.finite_float(f"{where}weight_decay", weight_decay, low=0),
-        input_size=[check.positive_int(f"{where}input_size[{i}]", v) for i, v in enumerate(input_size)],
+        input_size=list(check.input_size(f"{where}input_size", input_size, square=False)),
         sub_pixel_locating_factor=check.positive_int(f"{where}sub_pixel_locating_factor",
                                                      sub_pixel_locating_factor),
         hflip=bool(hflip),

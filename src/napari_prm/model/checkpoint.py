@@ -235,13 +235,7 @@ def _checked_fields(where: str, class_names, input_size, mean, std):
     duplicates = sorted(name for name, count in Counter(class_names).items() if count > 1)
     if duplicates:
         raise ValueError(f"{where}: class_names: expected unique names, got duplicates {duplicates}")
-    if input_size is not None:
-        if isinstance(input_size, (str, bytes)) or not isinstance(input_size, Sequence) \
-                or len(input_size) != 2:
-            raise ValueError(f"{where}: input_size: expected (height, width) or None, "
-                             f"got {input_size!r}")
-        input_size = tuple(check.positive_int(f"{where}: input_size[{i}]", v)
-                           for i, v in enumerate(input_size))
+    input_size = check.input_size(f"{where}: input_size", input_size, square=False, optional=True)
     mean = check.finite_floats(f"{where}: mean", mean, length=3)
     std = check.finite_floats(f"{where}: std", std, length=3, low=0, low_open=True)
     return list(class_names), input_size, mean, std
@@ -323,17 +317,9 @@ def build_model(
     if not callable(peak_filter):
         settings = _checked_settings("build_model", settings)
     fcn, mean, std = build_fcn(backbone, len(class_names), pretrained=pretrained)
-    return PRMModel(_network(fcn, settings), class_names, backbone, _size(input_size), tuple(mean), tuple(std),
+    return PRMModel(_network(fcn, settings), class_names, backbone,
+                    check.input_size("input_size", input_size, optional=True), tuple(mean), tuple(std),
                     settings)
-
-
-def _size(input_size) -> tuple[int, int] | None:
-    if input_size is None:
-        return None
-    if isinstance(input_size, int):
-        return (input_size, input_size)
-    height, width = (int(s) for s in input_size)
-    return (height, width)
 
 
 def imagenet_class_names() -> list[str]:
