@@ -328,3 +328,22 @@ def test_a_run_without_instances_is_warned_of(runs, tmp_path, capsys):
            "--proposals none writes peaks only), so mAP^r and ABO are 0" in captured.err
     assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(runs / "runA")]) == 0
     assert "hold no instance" not in capsys.readouterr().err
+
+
+def test_a_comparison_on_the_rows_images_reads_each_ground_truth_once_per_folder(runs, tmp_path, monkeypatch):
+    """Two folders scored on the same images and classes: the comparison reuses each row's matching
+    (its decoded exports and the ground truth it read) and gives the rows' figures."""
+    from napari_prm.data import LabeledImageDataset, from_coco
+    from napari_prm.evaluate import evaluate_exports
+
+    perfect = _perfect_copy(runs, tmp_path / "perfect")
+    read = []
+    real = LabeledImageDataset.instances
+    monkeypatch.setattr(LabeledImageDataset, "instances", lambda self, index: read.append(index) or real(self, index))
+    evaluation = evaluate_exports([runs / "runA", perfect], from_coco(runs / "gt.json", image_dir=runs / "images"), resamples=20)
+    assert sorted(read) == [0, 0, 1, 1, 2, 2]  # once per image and folder, not again for the comparison
+    comparison = evaluation["comparison"]
+    assert comparison["images"] == 3
+    for row, result in zip(comparison["rows"], evaluation["results"]):
+        assert row["mAP_r"] == result["mAP_r"][0.5]
+    assert comparison["rows"][1]["mAP_r"] == 1.0

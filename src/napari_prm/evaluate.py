@@ -1187,10 +1187,11 @@ def evaluate_exports(
     image_of = {int(image["id"]): image for image in table["images"]}
     file_name = [str(image_of[image_id]["file_name"]) for image_id in image_ids]
     without = set(dataset.images_without_masks())
-    rows = []
+    rows, scored = [], []
     for exports, indices, read_seconds in zip(read, chosen, seconds):
         started = time.perf_counter()
         matcher, overlaps = exports.matcher(dataset, indices, exports.class_names, one_done)
+        scored.append((list(indices), list(exports.class_names), matcher))
         mean, per_class = matcher.evaluate(iou_thresholds)
         names = exports.class_names
         rows.append({
@@ -1220,7 +1221,7 @@ def evaluate_exports(
     if len(read) > 1:
         try:
             evaluation["comparison"] = _compare_exports(
-                read, chosen, dataset, file_name, resamples=resamples, seed=seed,
+                read, chosen, dataset, file_name, scored, resamples=resamples, seed=seed,
                 progress=None if progress is None else (lambda done, total: progress("bootstrap", done, total)))
         except KeyboardInterrupt:
             raise ComparisonInterrupted(evaluation) from None
@@ -1228,8 +1229,11 @@ def evaluate_exports(
 
 
 def _compare_exports(read: Sequence[_FolderExports], chosen: Sequence[Sequence[int]], dataset,
-                     file_name: Sequence[str], *, resamples: int, seed, progress) -> dict[str, Any]:
-    """`evaluate_exports`'s paired bootstrap of the folders against the first."""
+                     file_name: Sequence[str], scored: Sequence[tuple], *, resamples: int, seed,
+                     progress) -> dict[str, Any]:
+    """`evaluate_exports`'s paired bootstrap of the folders against the first. ``scored`` holds each
+    folder's (images, classes, matcher) of its row: reused where the comparison's images and classes
+    are the row's, so that its exports are not decoded, nor the ground truth read, again."""
     from ._classes import class_in
 
     # a VOC class in either spelling: a model trained on a devkit names 'motorbike' what a built-in one 'motorcycle'
@@ -1244,7 +1248,8 @@ def _compare_exports(read: Sequence[_FolderExports], chosen: Sequence[Sequence[i
     if not common:
         raise ValueError(f"no image is scored in every folder ({', '.join(str(r.folder) for r in read)}): "
                          "there is nothing to compare")
-    matchers = [exports.matcher(dataset, common, shared)[0] for exports in read]
+    matchers = [matcher if (indices, names) == (common, shared) else exports.matcher(dataset, common, shared)[0]
+                for exports, (indices, names, matcher) in zip(read, scored)]
     draws = bootstrap_map(matchers, iou_threshold=COMPARISON_IOU, resamples=resamples, seed=seed,
                           progress=progress)
     rows = []
