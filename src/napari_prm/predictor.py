@@ -131,6 +131,11 @@ class PredictSettings:
         otherwise (0.95, the original's).
     proposal_count, contour_width, size_limits, nms_threshold, penalty, balance
         Retrieval parameters (:func:`napari_prm.retrieval.retrieve_instances`).
+    alternatives : int
+        Give each instance up to this many other proposals its peak's PRM fits, larger
+        around its mask or smaller inside it (``Instance.alternatives``, indices into
+        :meth:`PRMPredictor.proposals`): the masks a user swaps in when retrieval took a
+        part of the object. 0 (none) in both presets; the napari widget asks for 3.
     """
 
     preset: str = "default"
@@ -159,6 +164,7 @@ class PredictSettings:
     bg_threshold: float = 0.3
     penalty: float = 1e-5
     balance: float = 0.8
+    alternatives: int = 0
 
 
 #: The official inference (Zhou et al.'s demo): thresholds 0 / 30 on its CRMs' scale.
@@ -218,6 +224,7 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     check.finite_float("bg_threshold", s.bg_threshold, low=0)
     check.integer("max_peaks", s.max_peaks, low=1, high=MAX_PEAKS_LIMIT)
     check.positive_int("proposal_count", s.proposal_count)
+    check.integer("alternatives", s.alternatives, low=0, high=20)
     for name, allowed in (("prm_mode", ("exact", "fast")), ("retrieval_grid", ("network", "image")),
                           ("output_grid", ("network", "image")), ("background", ("byte", "float", "range")),
                           ("contain", (None, "peak", "mass")), ("nms", ("agnostic", "class")),
@@ -992,7 +999,8 @@ class PRMPredictor:
                        bg_threshold=settings.bg_threshold, penalty=settings.penalty, balance=settings.balance,
                        background=settings.background, contain=settings.contain,
                        class_aware_nms=settings.nms == "class", rank_by=settings.rank_by,
-                       merge_contained=settings.merge_contained, merge_parts=settings.merge_parts)
+                       merge_contained=settings.merge_contained, merge_parts=settings.merge_parts,
+                       alternatives=settings.alternatives)
         count = settings.proposal_count
         if settings.retrieval_grid == "network":
             grid = tuple(prms_net.shape[-2:])

@@ -48,6 +48,13 @@ class Instance:
         when ``merge_peak_response`` was on; always for the ``"refined"`` proposals).
     retrieval_score : float or None
         The retrieval score, kept when ``score`` is a confidence (None otherwise).
+    alternatives : list of int
+        Other proposals (indices into the same stack as ``proposal``) that this instance's
+        PRM also fits, best first: each at least 1.5× larger and holding 80 % of the chosen
+        mask, or at least 1.5× smaller and lying 80 % inside it, none overlapping the
+        chosen mask or an earlier alternative by IoU 0.5 or more. What a user swaps in when
+        retrieval took a part of the object, or a region around it (see
+        ``retrieve_instances(alternatives=)``; empty unless asked for).
     """
 
     class_index: int
@@ -58,6 +65,7 @@ class Instance:
     proposal: int = -1
     merged_peaks: list[int] = field(default_factory=list)
     retrieval_score: float | None = None
+    alternatives: list[int] = field(default_factory=list)
 
     def __repr__(self) -> str:
         from ._text import fields_repr
@@ -266,6 +274,7 @@ def retrieve_instances(
     rank_by: str = "score",
     merge_contained: float | None = None,
     merge_parts: float | None = None,
+    alternatives: int = 0,
 ) -> list[Instance]:
     """Choose one segment proposal per peak response map, then suppress duplicates.
 
@@ -323,6 +332,12 @@ def retrieve_instances(
         the class puts little mass there. Only a host at least as large as the
         part takes it, and the merged instance keeps the host's mask (as NMS
         does): the part's own pixels outside it are dropped. None keeps them.
+    alternatives : int, optional
+        Give each instance up to this many other proposals its PRM fits
+        (``Instance.alternatives``): a larger proposal holding the chosen mask, or a
+        smaller one inside it, in order of the same score without ``contain``'s
+        restriction. Retrieval's commonest miss is a part of a large object, or a
+        region around a small one, where such a proposal is the right mask.
     rank_by : {'score', 'gain'}, optional
         What orders the instances (for NMS, and as ``Instance.score``): the
         retrieval score (the original), or the PRM's gain in the chosen mask,
@@ -365,6 +380,7 @@ def retrieve_instances(
     merge_contained = check.finite_float("merge_contained", merge_contained, low=0, high=1, low_open=True,
                                          optional=True)
     merge_parts = check.finite_float("merge_parts", merge_parts, low=0, high=1, low_open=True, optional=True)
+    alternatives = check.integer("alternatives", alternatives, low=0)
     if rank_by not in ("score", "gain"):
         raise ValueError(f"rank_by: expected 'score' or 'gain', got {rank_by!r}")
     if contain not in (None, "peak", "mass"):
@@ -432,6 +448,7 @@ def retrieve_instances(
     # A PRM without mass carries no evidence of where its object is (the original's
     # 0/0 normalisation made every score NaN, so it never chose a proposal).
     scores[:, prms.reshape(n_peaks, -1).sum(1) <= 0] = -np.inf
+    open_scores = scores.copy() if alternatives else None
     if contain is not None:
         flat = proposals.reshape(len(proposals), -1)
         if contain == "peak":
@@ -477,9 +494,37 @@ def retrieve_instances(
                 peak=int(k),
                 proposal=int(best[k]),
                 merged_peaks=[int(candidates[other]) for other in merged],
+                alternatives=_alternatives(open_scores[:, k], int(best[k]), inside, areas, alternatives)
+                if alternatives else [],
             )
         )
     return instances
+
+
+#: An alternative differs from the chosen mask by this factor of area at least, and nests with it
+#: by this share of the smaller one's area; alternatives overlap each other below ``_ALTERNATIVE_IOU``.
+_ALTERNATIVE_SCALE, _ALTERNATIVE_NESTING, _ALTERNATIVE_IOU = 1.5, 0.8, 0.5
+
+
+def _alternatives(scores: np.ndarray, chosen: int, inside: sparse.csr_array, areas: np.ndarray,
+                  count: int) -> list[int]:
+    """Up to ``count`` proposals nesting with ``chosen`` (larger around it or smaller inside it), by score."""
+    overlap = (inside @ inside[[chosen]].T).toarray().ravel()
+    area, chosen_area = areas.astype(np.float64), float(areas[chosen])
+    larger = (area >= _ALTERNATIVE_SCALE * chosen_area) & (overlap >= _ALTERNATIVE_NESTING * chosen_area)
+    smaller = (chosen_area >= _ALTERNATIVE_SCALE * area) & (overlap >= _ALTERNATIVE_NESTING * area) & (area > 0)
+    eligible = np.flatnonzero((larger | smaller) & np.isfinite(scores))
+    picked: list[int] = []
+    for j in eligible[np.argsort(-scores[eligible], kind="stable")]:
+        if len(picked) == count:
+            break
+        if picked:
+            shared = (inside[picked] @ inside[[j]].T).toarray().ravel()
+            union = area[picked] + area[j] - shared
+            if np.any(shared >= _ALTERNATIVE_IOU * union):
+                continue
+        picked.append(int(j))
+    return picked
 
 
 def instance_confidence(retrieval_scores: np.ndarray, class_margins: np.ndarray,
