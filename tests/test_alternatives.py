@@ -23,7 +23,8 @@ def box(shape, rows, cols) -> np.ndarray:
 def part_of_an_object():
     """A 40x40 object whose PRM covers a 10x10 part of it (retrieval picks the part), and
     proposals: the part, the object, a near copy of the object, a region around the object, a
-    sub-part, a neighbour that only touches the part, and a region far away."""
+    sub-part, a neighbour that only touches the part, a region far away, and the part with a
+    little more."""
     shape = (80, 80)
     prm = np.zeros(shape, np.float32)
     prm[20:30, 20:30] = 1.0
@@ -36,6 +37,7 @@ def part_of_an_object():
         box(shape, (23, 27), (23, 27)),  # 4 a sub-part inside the part
         box(shape, (25, 45), (25, 45)),  # 5 overlaps the part by a quarter of it: not nested
         box(shape, (60, 78), (60, 78)),  # 6 far away
+        box(shape, (20, 30), (20, 36)),  # 7 the part and a bit: 1.6x larger, IoU .62 with it
     ])
     return prm, proposals
 
@@ -49,7 +51,8 @@ def test_alternatives_are_the_nesting_proposals_best_first(part_of_an_object):
     assert instance.proposal == 0
     # by score: the object (its contour holds the part's edge), the region around it, the
     # sub-part; the near copy of the object is left out (IoU .95 with an earlier alternative),
-    # and neither the neighbour nor the far region nests with the part
+    # the part with a little more too (IoU .62 with the part itself, though it nests and
+    # holds the PRM), and neither the neighbour nor the far region nests with the part
     assert instance.alternatives == [1, 3, 4]
     two, = retrieve_instances(prm[None], np.array([0]), crms, proposals, nms_threshold=None, alternatives=2)
     assert two.alternatives == [1, 3]
@@ -65,14 +68,14 @@ def test_alternatives_are_the_nesting_proposals_best_first(part_of_an_object):
 def test_alternatives_ignore_contain_but_keep_size_limits(part_of_an_object):
     prm, proposals = part_of_an_object
     crms = np.ones((1, *prm.shape), np.float32)
-    # a size floor of 150 px leaves the object as the best choice
-    floor = 150 / prm.size
+    # a size floor of 200 px leaves the object as the best choice
+    floor = 200 / prm.size
     instance, = retrieve_instances(prm[None], np.array([0]), crms, proposals, nms_threshold=None,
                                    size_limits=(floor, 0.6), alternatives=5, contain="mass")
     assert instance.proposal == 1
     # its alternatives: the region around it, then the neighbour (inside the object, 4x
-    # smaller); the part and the sub-part are below the floor, and the near copy is not 1.5x
-    # smaller. Nesting is all they need: contain='mass' restricts the choice, not them
+    # smaller); the part, the sub-part and the part with a little more are below the floor, and
+    # the near copy is not 1.5x smaller. Nesting is all they need: contain='mass' restricts the choice, not them
     assert instance.alternatives == [3, 5]
     assert not proposals[5][np.unravel_index(prm.argmax(), prm.shape)]
     # a ceiling of half the image takes the region around the object out
@@ -97,6 +100,10 @@ def test_predict_gives_alternatives_indexing_the_predictors_proposals(shapes_sce
         assert len(instance.alternatives) <= 3
         assert instance.proposal not in instance.alternatives
         np.testing.assert_array_equal(instance.mask, stack[instance.proposal])
+        masks = predictor.alternative_masks(instance)
+        assert len(masks) == len(instance.alternatives)
+        for mask, j in zip(masks, instance.alternatives):
+            np.testing.assert_array_equal(mask, stack[j])
         if instance.alternatives:
             overlaps = mask_iou(stack[instance.alternatives], stack[instance.alternatives])
             assert np.all(overlaps[~np.eye(len(instance.alternatives), dtype=bool)] < 0.5)
@@ -104,5 +111,9 @@ def test_predict_gives_alternatives_indexing_the_predictors_proposals(shapes_sce
     without = predictor.predict(alternatives=0)
     assert [i.proposal for i in without.instances] == [i.proposal for i in prediction.instances]
     assert all(i.alternatives == [] for i in without.instances)
+    with_many = next(i for i in prediction.instances if i.alternatives)
+    with_many.alternatives = [len(stack)]
+    with pytest.raises(ValueError, match=rf"do not index this image's {len(stack)} proposals"):
+        predictor.alternative_masks(with_many)
     with pytest.raises(ValueError, match=r"alternatives: expected an integer in \[0, 20\], got 21"):
         predictor.predict(alternatives=21)

@@ -7,6 +7,7 @@ from napari_prm.edit import (
     instance_table,
     merge_instances,
     remove_small,
+    replace_mask,
     set_class,
     split_instance,
     sync_table,
@@ -154,6 +155,30 @@ def test_add_instance_replaces_an_existing_label(scene):
     out, new = add_instance(labels, table, mask, label=2, class_index=8, class_name="dog", peak=5)
     assert np.count_nonzero(out == 2) == 4
     assert new["label"].tolist() == [1, 3, 2] and new["peak"].tolist() == [0, 2, 5]
+
+
+def test_replace_mask_keeps_the_row_and_takes_over_pixels(scene):
+    labels, table = scene
+    mask = np.zeros(labels.shape, bool)
+    mask[15:31, 15:39] = True  # around instance 2, and over instance 3's one pixel
+    out, new = replace_mask(labels, table, 2, mask)
+    assert np.count_nonzero(out == 2) == 16 * 24
+    assert np.all(out[2:12, 5:25] == 1) and out[30, 38] == 2
+    # the row stays where it was, with its class, score and peak; instance 3 lost its pixel and row
+    assert new["label"].tolist() == [1, 2] and new["class_name"].tolist() == ["cat", "dog"]
+    assert new["score"].tolist() == [np.float32(0.9), np.float32(0.5)] and new["peak"].tolist() == [0, 1]
+    assert_consistent(out, new)
+    # a smaller mask: the old pixels outside it become background
+    inside = np.zeros(labels.shape, bool)
+    inside[21:23, 21:23] = True
+    out, new = replace_mask(labels, table, 2, inside)
+    assert np.count_nonzero(out == 2) == 4 and np.count_nonzero(out[20:25, 20:25]) == 4
+    with pytest.raises(ValueError, match="mask is empty"):
+        replace_mask(labels, table, 2, np.zeros(labels.shape, bool))
+    with pytest.raises(ValueError, match="label 9 is neither"):
+        replace_mask(labels, table, 9, mask)
+    with pytest.raises(ValueError, match=r"mask shape \(2, 2\) does not match"):
+        replace_mask(labels, table, 2, np.ones((2, 2), bool))
 
 
 def test_add_instance_widens_the_dtype():

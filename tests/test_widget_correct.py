@@ -611,3 +611,61 @@ def test_the_panel_is_enabled_again_on_a_run_left_after_the_run_worked_on_is_rem
     viewer.layers.selection.active = viewer.layers["cat instances"]
     assert widget.correction.instances is viewer.layers["cat instances"]
     assert widget.correction.container.enabled
+
+
+def test_next_alternative_mask_cycles_and_undoes(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """Shift-A gives the selected instance the proposals its peak also fits, larger around its mask or
+    smaller inside it, as the library gives them (`PRMPredictor.alternative_masks`), then its own
+    mask back; each step is one undo step; an instance painted by hand has none."""
+    import napari_prm
+    from napari_prm import load_model
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = "default"
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
+    run_and_wait(widget, qtbot)
+    labels, peaks = viewer.layers["cat instances"], viewer.layers["cat peaks"]
+    panel = widget.correction
+    # the library, on its own: each peak's alternatives, as masks
+    predictor = napari_prm.PRMPredictor(load_model(tiny_checkpoint), peak_threshold=widget.peak_threshold.value)
+    predictor.set_image(small_cat)
+    expected = {}
+    for row in labels.features.itertuples():
+        point = peaks.data[peaks.features["peak"].to_numpy() == row.peak][0]
+        found = predictor.predict(points=(point[None], [int(row.class_index)]), alternatives=3,
+                                  peak_threshold=widget.peak_threshold.value).instances
+        if found and found[0].alternatives:
+            expected[int(row.label)] = [found[0].mask, *predictor.alternative_masks(found[0])]
+    label = next(iter(expected), None)
+    assert label is not None, "no instance of the run has an alternative mask"
+    own = labels.data == label
+    choices = [m for m in expected[label] if not np.array_equal(m, own)]
+    labels.selected_label = label
+    shown = []
+    for _ in choices:
+        position = panel.next_alternative_of_selected()
+        shown.append(labels.data == label)
+        assert position == len(shown)
+        assert f"alternative mask {position}/{len(choices)}" in widget.last_message
+    for mask, choice in zip(shown, choices):
+        np.testing.assert_array_equal(mask, choice)
+    for mask in shown[1:] if np.array_equal(expected[label][0], own) else shown:
+        inter = np.count_nonzero(mask & own)
+        small, large = sorted((np.count_nonzero(mask), np.count_nonzero(own)))
+        assert inter >= 0.8 * small and large >= 1.5 * small  # nested with the run's mask
+    assert panel.next_alternative_of_selected() == 0  # back to its own
+    np.testing.assert_array_equal(labels.data == label, own)
+    assert "its own mask again" in widget.last_message
+    assert panel.next_alternative_of_selected() == 1
+    labels.undo()  # one undo step each
+    np.testing.assert_array_equal(labels.data == label, own)
+    # an instance painted by hand has no peak to take alternatives from
+    painted = np.zeros(labels.data.shape, bool)
+    painted[:5, :5] = True
+    labels.data_setitem(np.nonzero(painted), 99)
+    qtbot.waitUntil(lambda: 99 in labels.features["label"].tolist())
+    labels.selected_label = 99
+    assert panel.next_alternative_of_selected() is None
+    assert "Instance 99 has no peak" in widget.last_message

@@ -30,6 +30,7 @@ __all__ = [
     "instance_table",
     "merge_instances",
     "remove_small",
+    "replace_mask",
     "set_class",
     "split_instance",
     "sync_table",
@@ -132,6 +133,39 @@ def delete_instance(labels: np.ndarray, table: Mapping, label: int) -> tuple[np.
     out = labels.copy()
     out[out == label] = 0
     return out, _take(table, table["label"] != label)
+
+
+def replace_mask(labels: np.ndarray, table: Mapping, label: int, mask: np.ndarray) -> tuple[np.ndarray, Table]:
+    """Give an instance other pixels, keeping its row (class, score, peak).
+
+    Parameters
+    ----------
+    labels : (..., H, W) int ndarray
+        Instance label image.
+    table : dict of str -> (N,) ndarray
+        Instance table with a ``label`` column.
+    label : int
+        The instance, present in both.
+    mask : bool ndarray, same shape as ``labels``
+        Its new pixels: they take over what was there (an instance left without pixels
+        loses its row), and its old pixels outside become background.
+
+    Returns
+    -------
+    labels, table
+    """
+    labels = _check_labels(labels)
+    table = _as_table(table, labels)
+    label = _check_label(labels, table, label)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != labels.shape:
+        raise ValueError(f"mask shape {mask.shape} does not match labels shape {labels.shape}")
+    if not mask.any():
+        raise ValueError("mask is empty: an instance needs at least one pixel")
+    out = labels.copy()
+    out[out == label] = 0
+    out[mask] = label
+    return out, _take(table, np.isin(table["label"], np.unique(out)))
 
 
 def set_class(

@@ -831,6 +831,27 @@ class PRMPredictor:
         masks = self._proposal_stack(prms, prediction)
         return masks.to_array() if isinstance(masks, ScaledMasks) else masks
 
+    def alternative_masks(self, instance: Instance) -> list[np.ndarray]:
+        """The masks of ``instance.alternatives`` at the image's size, best first.
+
+        ``instance`` comes from this predictor's current image, predicted with
+        ``alternatives`` above 0 (``predict(alternatives=3)``); its alternatives index this
+        image's proposals (not the ``"refined"`` head's, which gives none).
+
+        Examples
+        --------
+        >>> predictor.set_image(image)  # doctest: +SKIP
+        >>> instance = predictor.predict(alternatives=3).instances[0]  # doctest: +SKIP
+        >>> larger_or_smaller = predictor.alternative_masks(instance)  # doctest: +SKIP
+        """
+        if not instance.alternatives:
+            return []
+        stack = self._proposal_stack()
+        if stack is None or max(instance.alternatives) >= len(stack):
+            raise ValueError(f"instance.alternatives {instance.alternatives} do not index this image's "
+                             f"{0 if stack is None else len(stack)} proposals: predict the instance on this image")
+        return [np.array(stack[int(j)], dtype=bool) for j in instance.alternatives]
+
     def _proposal_stack(self, prms: np.ndarray | None = None, prediction: Prediction | None = None):
         """`proposals`, with the built-in ones as held: a ScaledMasks at their working size."""
         self._require_image()

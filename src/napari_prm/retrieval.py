@@ -508,7 +508,8 @@ _ALTERNATIVE_SCALE, _ALTERNATIVE_NESTING, _ALTERNATIVE_IOU = 1.5, 0.8, 0.5
 
 def _alternatives(scores: np.ndarray, chosen: int, inside: sparse.csr_array, areas: np.ndarray,
                   count: int) -> list[int]:
-    """Up to ``count`` proposals nesting with ``chosen`` (larger around it or smaller inside it), by score."""
+    """Up to ``count`` proposals nesting with ``chosen`` (larger around it or smaller inside it), by score,
+    each overlapping ``chosen`` and the earlier ones by IoU below ``_ALTERNATIVE_IOU``."""
     overlap = (inside @ inside[[chosen]].T).toarray().ravel()
     area, chosen_area = areas.astype(np.float64), float(areas[chosen])
     larger = (area >= _ALTERNATIVE_SCALE * chosen_area) & (overlap >= _ALTERNATIVE_NESTING * chosen_area)
@@ -518,11 +519,10 @@ def _alternatives(scores: np.ndarray, chosen: int, inside: sparse.csr_array, are
     for j in eligible[np.argsort(-scores[eligible], kind="stable")]:
         if len(picked) == count:
             break
-        if picked:
-            shared = (inside[picked] @ inside[[j]].T).toarray().ravel()
-            union = area[picked] + area[j] - shared
-            if np.any(shared >= _ALTERNATIVE_IOU * union):
-                continue
+        seen = [chosen, *picked]
+        shared = (inside[seen] @ inside[[j]].T).toarray().ravel()
+        if np.any(shared >= _ALTERNATIVE_IOU * (area[seen] + area[j] - shared)):
+            continue
         picked.append(int(j))
     return picked
 

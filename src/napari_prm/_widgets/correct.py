@@ -26,7 +26,7 @@ from qtpy.QtCore import QTimer
 from .. import edit
 from .._text import plural
 from .history import InstanceHistory, reset_history
-from .layers import features_table, instance_features, point_defaults, world_kwargs
+from .layers import features_table, instance_features, point_defaults, point_plane, world_kwargs
 from .marks import find_result, mark
 from .painted import can_correct, painted_context
 from .points import PointRetrieval
@@ -42,10 +42,26 @@ SHORTCUTS = (
      "merge the previously selected instance into the selected one"),
     (("Shift-S",), "split_selected", "split the selected instance at the drawn line"),
     (("Shift-C",), "set_class_of_selected", "give the selected instance the chosen class"),
+    (("Shift-A",), "next_alternative_of_selected",
+     "give the selected instance its next alternative mask (a larger proposal around it or a smaller one "
+     "inside it that its peak fits; again: the next, and back to its own)"),
     (("N",), "select_next_by_score", "select the next instance by score (highest first)"),
     (("Shift-N",), "select_previous_by_score", "select the previous instance by score"),
 )
 UNDO_KEYS = "Ctrl+Z / Ctrl+Shift+Z"
+#: How many alternative masks an instance offers (``PRMPredictor.predict(alternatives=)``).
+ALTERNATIVES = 3
+
+
+@dataclass(eq=False)
+class AlternativeCycle:
+    """The masks *Next alternative mask* cycles through for one instance: its own, as it was
+    when the cycle began (painting included), then its alternatives."""
+
+    layer: object
+    label: int
+    masks: list
+    at: int = 0
 
 
 def shortcuts_help() -> str:
@@ -136,10 +152,13 @@ class CorrectionPanel(PointRetrieval):
         self.min_area = SpinBox(label="min. area (pixels)", min=0, max=10**9, value=50)
         self.remove_small_button = PushButton(text="Remove smaller instances")
         self.next_button = PushButton(text="Next instance by score")
+        self.alternative_button = PushButton(text="Next alternative mask of selected")
+        self._cycle: AlternativeCycle | None = None
         for button, method in ((self.delete_button, "delete_selected"),
                                (self.set_class_button, "set_class_of_selected"),
                                (self.merge_button, "merge_previous_into_selected"),
                                (self.split_button, "split_selected"),
+                               (self.alternative_button, "next_alternative_of_selected"),
                                (self.next_button, "select_next_by_score")):
             button.tooltip = f"shortcut on the instances layer: {_keys_of(method)}"
         self.next_button.tooltip += f" ({_keys_of('select_previous_by_score')}: the previous one)"
@@ -148,7 +167,7 @@ class CorrectionPanel(PointRetrieval):
             Label(value="<b>Correct instances</b>"), self.class_choice, self.redo_points,
             self.delete_button, self.set_class_button, self.merge_with, self.merge_button,
             self.draw_line_button, self.split_button, self.min_area, self.remove_small_button,
-            self.next_button, self.shortcuts_label,
+            self.alternative_button, self.next_button, self.shortcuts_label,
         ])
         self.class_choice.changed.connect(self._on_class_choice)
         self.delete_button.changed.connect(lambda: self.delete_selected())
@@ -158,6 +177,7 @@ class CorrectionPanel(PointRetrieval):
         self.split_button.changed.connect(lambda: self.split_selected())
         self.remove_small_button.changed.connect(lambda: self.remove_small(self.min_area.value))
         self.next_button.changed.connect(lambda: self.select_next_by_score())
+        self.alternative_button.changed.connect(lambda: self.next_alternative_of_selected())
         self.container.enabled = False
 
     @property
@@ -633,6 +653,84 @@ class CorrectionPanel(PointRetrieval):
                 self.peaks.face_color = "class_name"
 
     # ------------------------------------------------------------------ review
+    def next_alternative_of_selected(self) -> int | None:
+        """Give the selected instance its next alternative mask, as one undo step.
+
+        The alternatives are the proposals its peak's PRM also fits, larger around its mask or
+        smaller inside it (``PRMPredictor.predict(alternatives=)``): retrieval's commonest miss is
+        a part of a large object. Pressed again, the next one, then the instance's own mask as it
+        was when the cycle began (painting included). Returns the position shown (0: its own).
+        """
+        label = self._selected()
+        if label is None:
+            return None
+        layer = self.instances
+        current = np.asarray(layer.data) == label
+        cycle = self._cycle
+        if (cycle is None or cycle.layer is not layer or cycle.label != label
+                or not np.array_equal(cycle.masks[cycle.at], current)):
+            masks = self._alternatives_of(label, current)
+            if masks is None:
+                return None
+            cycle = self._cycle = AlternativeCycle(layer, label, [current, *masks])
+        cycle.at = (cycle.at + 1) % len(cycle.masks)
+        count = len(cycle.masks) - 1
+        done = (f"Instance {label}: alternative mask {cycle.at}/{count} "
+                f"({np.count_nonzero(cycle.masks[cycle.at])} px; {_keys_of('next_alternative_of_selected')}: "
+                f"{'the next' if cycle.at < count else 'back to its own'})." if cycle.at
+                else f"Instance {label}: its own mask again.")
+        if not self._apply(edit.replace_mask, label, cycle.masks[cycle.at], done=done,
+                           what=f"gave instance {label} another mask"):
+            return None
+        return cycle.at
+
+    def _alternatives_of(self, label: int, current: np.ndarray) -> list | None:
+        """The alternative masks of instance ``label`` (full layer shape), from the cached predictor
+        of its plane: its peak's retrieval again, asked for alternatives (no forward pass; a
+        backward pass only when the peak's map is not cached). None, said why, when there are none."""
+        table = self._table()
+        rows = np.flatnonzero(np.asarray(table["label"]) == label)
+        peak = int(table["peak"][rows[0]]) if len(rows) else -1
+        where = (np.flatnonzero(self.peaks.features["peak"].to_numpy() == peak)
+                 if self.peaks is not None and peak >= 0 else [])
+        if not len(where):
+            self._say(f"Instance {label} has no peak (painted by hand, or its peak was deleted): alternative "
+                      "masks come from its peak's response.", "warning")
+            return None
+        if self.owner.worker is not None or self.worker is not None:
+            self._say("Wait for the run (or the retrieval of added peaks) to finish.", "warning")
+            return None
+        context = self.context
+        leading = len(context.leading_shape)
+        coords = np.asarray(self.peaks.data)[where[0]]
+        plane = point_plane(coords, leading)
+        key = self._predictor_key(plane)
+        if not self.owner.predictors.ready(key):
+            self._say("The cached maps of this image were dropped (its data changed, or other images were "
+                      "run since): press Run to get alternative masks.", "warning")
+            return None
+        predictor = self.owner.predictors.get(key)
+        class_index = int(self.peaks.features["class_index"].iloc[where[0]])
+        try:
+            prediction = predictor.predict(points=(coords[None, leading:], [class_index]),
+                                           alternatives=ALTERNATIVES,
+                                           **self.owner.threshold_overrides(context.settings))
+        except ValueError as error:
+            self._say(f"No alternative masks for instance {label}: {error}", "warning")
+            return None
+        masks = []
+        for instance in prediction.instances[:1]:
+            for mask in [instance.mask, *predictor.alternative_masks(instance)]:
+                full = np.zeros(current.shape, bool)
+                full[plane] = mask
+                if not np.array_equal(full, current) and not any(np.array_equal(full, m) for m in masks):
+                    masks.append(full)
+        if not masks:
+            self._say(f"Instance {label} has no alternative mask: no proposal its peak fits is larger "
+                      "around it or smaller inside it.", "warning")
+            return None
+        return masks
+
     def select_next_by_score(self, step: int = 1) -> int | None:
         """Select the instance after the selected one in order of score (highest first,
         unscored last) and centre the view on it; ``step=-1`` goes back. Returns its label.
