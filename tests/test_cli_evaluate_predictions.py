@@ -340,7 +340,8 @@ def test_a_comparison_on_the_rows_images_reads_each_ground_truth_once_per_folder
     read = []
     real = LabeledImageDataset.instances
     monkeypatch.setattr(LabeledImageDataset, "instances", lambda self, index: read.append(index) or real(self, index))
-    evaluation = evaluate_exports([runs / "runA", perfect], from_coco(runs / "gt.json", image_dir=runs / "images"), resamples=20)
+    dataset = from_coco(runs / "gt.json", image_dir=runs / "images")
+    evaluation = evaluate_exports([runs / "runA", perfect], dataset, resamples=20)
     assert sorted(read) == [0, 0, 1, 1, 2, 2]  # once per image and folder, not again for the comparison
     comparison = evaluation["comparison"]
     assert comparison["images"] == 3
