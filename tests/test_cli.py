@@ -1341,3 +1341,39 @@ def test_train_with_voc_says_to_calibrate_with_voc(shared_data, tmp_path, capsys
     assert main(shlex.split(command)[1:] + ["--no-tta", "--device", "cpu"]) == 0
     said = "".join(capsys.readouterr())
     assert "used to train" not in said and "on 19 image(s)" in said
+
+
+def test_calibrate_at_another_input_size_writes_the_model_to_run_there(tmp_path, capsys):
+    """``calibrate --input-size``: thresholds chosen at a predict-time size were only in Python
+    (``calibrate_model(input_size=)``), and the checkpoint kept its own size, so predict ran at a size
+    its thresholds were not chosen at. The model is now calibrated at, and written to run at, the size."""
+    import imageio.v3 as iio
+
+    from napari_prm.data import load_dataset
+    from napari_prm.peaks import calibrate_model
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        for number, crop in enumerate((image[:96, :96], image[-96:, -96:], image[:96, -96:])):
+            (tmp_path / "data" / name).mkdir(parents=True, exist_ok=True)
+            iio.imwrite(tmp_path / "data" / name / f"{number}.png", crop)
+    torch.manual_seed(0)
+    path = save_model(build_model("tiny", ["cat", "coffee"], pretrained=False, input_size=(32, 32)),
+                      tmp_path / "m.pt")
+    dataset = load_dataset(tmp_path / "data")
+    out = tmp_path / "m64.pt"
+    assert main(["calibrate", str(tmp_path / "data"), "--model", str(path), "--out", str(out), "--no-tta",
+                 "--device", "cpu", "--input-size", "64", "80"]) == 0
+    assert "is calibrated at, and written to run at, 64×80 (it ran at 32×32)" in capsys.readouterr().err
+    model = load_model(out)
+    assert model.input_size == (64, 80)
+    expected = calibrate_model(load_model(path), dataset, input_size=(64, 80))
+    at_own_size = calibrate_model(load_model(path), dataset)
+    assert (model.settings["class_threshold"], model.settings["peak_threshold"]) == pytest.approx(
+        (expected.class_threshold, expected.peak_threshold))
+    assert (expected.class_threshold, expected.peak_threshold) != (at_own_size.class_threshold,
+                                                                   at_own_size.peak_threshold)
+    with pytest.raises(SystemExit) as usage_error:
+        main(["calibrate", str(tmp_path / "data"), "--model", str(path), "--out", str(out), "--overwrite",
+              "--input-size", "0", "64"])
+    assert usage_error.value.code == 2
+    assert "--input-size[0]: expected an integer >= 1, got 0" in capsys.readouterr().err

@@ -333,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "of them trained the model (their thresholds are optimistic)")
     calibrate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                            help="also calibrate the thresholds used with --tta")
+    calibrate.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
+                           help="calibrate at this network input size and write the model with it as its own, "
+                                "so that predict runs at the size its thresholds were chosen at (a larger input "
+                                "gives small, crowded objects peaks of their own) (default: the model's size)")
     _add_model_options(calibrate, device_only=True)
     calibrate.set_defaults(run=_run_calibrate)
 
@@ -702,6 +706,7 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     },
     "calibrate": {
         "out": _checkpoint_out,
+        "input_size": _optional_input_size,
     },
     "refine": {
         "out": _checkpoint_out,
@@ -1227,7 +1232,7 @@ def _run_calibrate(args) -> int:
 
     try:
         outcome = calibrate_checkpoint(args.model, dataset, args.out, held_out=args.held_out, tta=args.tta,
-                                       device=device, progress=progress,
+                                       device=device, progress=progress, input_size=args.input_size,
                                        report=lambda kind, text: _say(f"{kind}: {text}"))
     finally:
         for bar in bars.values():

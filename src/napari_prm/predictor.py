@@ -79,7 +79,7 @@ class PredictSettings:
         maps have one cell per 32 input pixels (EfficientNet-Lite0), so a larger input gives
         small, crowded objects (cells, nuclei) cells, and peaks, of their own, at the cost of
         time (about 4× per peak for twice the side); the thresholds stay those calibrated at
-        the model's size (calibrate again at this one when the peaks differ much).
+        the model's size (``napari-prm calibrate --input-size`` chooses them at this one).
     max_peaks : int
         Most peaks per image, the strongest (each costs a backward pass and a
         map at the network's grid): 50 by default, at most :data:`MAX_PEAKS_LIMIT`. When it

@@ -537,7 +537,8 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
                          out: str | os.PathLike | None = None, *, held_out: bool | None = None, tta: bool = True,
                          device: str | torch.device | None = None,
                          progress: Callable[[bool, int, int], None] | None = None, cancel=None,
-                         report: Callable[[str, str], None] | None = None) -> CheckpointCalibration:
+                         report: Callable[[str, str], None] | None = None,
+                         input_size: int | Sequence[int] | None = None) -> CheckpointCalibration:
     """Choose a checkpoint's class and peak thresholds on ``dataset`` and write the calibrated model.
 
     What ``napari-prm calibrate`` and the Train widget's *Calibrate* do: the images are chosen
@@ -577,6 +578,11 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
         ``report(kind, text)``, ``kind`` ``"note"`` or ``"warning"``, for each of the outcome's
         notes and warnings as soon as it is known: the notes and `no_negative_warning` before
         any image runs, the calibrations' warnings after.
+    input_size : (int, int) or int, optional
+        Calibrate at this network input ``(height, width)`` and write the model with it as its
+        input size, so that ``predict`` runs at the size its thresholds were chosen at (a larger
+        input gives small, crowded objects peaks of their own; see ``predict(input_size=)``).
+        Default: the model's own size.
 
     Returns
     -------
@@ -600,6 +606,7 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
                              "calibrated model to")
         out = model
     out = checkpoint_file("out", out)
+    input_size = check.input_size("input_size", input_size, optional=True)
     device = resolve_device(device)
     model, extra = (load_model(name), {}) if builtin else load_checkpoint(model)
     model.to(device)
@@ -614,6 +621,11 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
         raise ValueError(f"no held-out images of {source} to calibrate on: {name} {error}; calibrate on images it "
                          "was not trained on instead") from None
     notes = _calibration_notes(name, extra, chosen)
+    if input_size is not None and input_size != model.input_size:
+        was = "each image's own size" if model.input_size is None else "×".join(map(str, model.input_size))
+        notes.append(f"{name} is calibrated at, and written to run at, {input_size[0]}×{input_size[1]} (it ran at "
+                     f"{was}): predict, evaluate and the plugin use that size with these thresholds")
+        model.input_size = input_size
     earlier = model.settings.get(TTA_CALIBRATION)
     if not tta and isinstance(earlier, Mapping):  # not replaced: say whose they are
         images = (earlier.get("calibration") or {}).get("images")
