@@ -169,7 +169,7 @@ def test_a_few_crowded_images_over_the_cap_are_counted_not_averaged_away():
     assert "--max-peaks" in calibration.warning
     # crowded images, not a barely trained model: raising the thresholds for them would lose the others' peaks
     assert calibration.warning.endswith("To keep all the peaks of crowded images, raise the cap (predict's "
-                                        "--max-peaks).")
+                                        "--max-peaks; the napari widget's max peaks).")
     assert "more epochs" not in calibration.warning and "--peak-threshold" not in calibration.warning
 
 

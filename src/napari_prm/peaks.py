@@ -369,10 +369,12 @@ class Calibration:
                 f"{self.images} calibration image(s) (up to {max(self.image_peaks)}): predict will keep only the "
                 f"strongest {cap} of such an image.")
         if 2 * over < self.images:  # a few crowded images: thresholds raised for them would cost the others
-            return f"{said} To keep all the peaks of crowded images, raise the cap (predict's --max-peaks)."
+            return (f"{said} To keep all the peaks of crowded images, raise the cap (predict's --max-peaks; the "
+                    "napari widget's max peaks).")
         return (f"{said} A barely trained model's many weak peaks lead calibration to low thresholds: train for more "
                 "epochs and calibrate again. Otherwise raise the thresholds (predict's --class-threshold and "
-                "--peak-threshold) or the cap (predict's --max-peaks).")
+                "--peak-threshold; the napari widget's class threshold and peak threshold) or the cap (predict's "
+                "--max-peaks; the widget's max peaks).")
 
     def _few_images_warning(self) -> str | None:
         if self.images >= MIN_CALIBRATION_IMAGES:
