@@ -286,6 +286,11 @@ def test_evaluate_with_retrieval_on_a_dataset_with_an_image_without_instances(tm
             f"model's 1 class, {peaks} peak{'' if peaks == 1 else 's'}, "
             f"{instances} instance{'' if instances == 1 else 's'}") in text
     assert "Preset default, class threshold -1e+09, peak threshold -1e+09." in text
+    # a network input other than the model's is said: the figures hold at that size
+    resized = evaluate(model, dataset, class_threshold=-1e9, peak_threshold=-1e9, input_size=(64, 48))
+    assert resized["settings"]["predict"]["input_size"] == [64, 48]
+    assert ("Preset default, class threshold -1e+09, peak threshold -1e+09, network input 64×48 (not the "
+            "model's own).") in report_markdown(resized)
     funnel = results["funnel"]
     assert (f"Of the 1 ground-truth instance of at least 32×32 pixels, {funnel['with_peak']} "
             f"{'has' if funnel['with_peak'] == 1 else 'have'} a peak of "

@@ -1373,8 +1373,10 @@ def report_markdown(results: dict[str, Any]) -> str:
     thresholds = settings.get("thresholds")
     if thresholds:
         peak = "none" if thresholds["peak"] is None else f"{thresholds['peak']:.4g}"
+        size = predict.get("input_size")
         lines.append(f"Preset {predict.get('preset')}, class threshold {thresholds['class']:.4g}, peak threshold "
-                     f"{peak}{', TTA' if predict.get('tta') else ''}.")
+                     f"{peak}{', TTA' if predict.get('tta') else ''}"
+                     + (f", network input {size[0]}×{size[1]} (not the model's own)" if size else "") + ".")
     if results.get("instance_metrics"):
         return "\n".join(lines + _labels_report(results)) + "\n"
     lines += ["", "| metric | value (%) |", "| --- | --- |"]
