@@ -485,3 +485,29 @@ def test_masks_of_a_devkit_name_the_first_ten_images_of_no_dataset_image(devkit,
     unmatched = ["2007_000001.jpg", "2007_000003.jpg", *(f"{i}.jpg" for i in copies)]  # 14, in id order
     assert (f"warning: --masks: 14 exports match no image of the dataset, left out: {', '.join(unmatched[:10])}, "
             "... (4 more)\n") in capsys.readouterr().err
+
+
+def test_masks_of_a_devkit_list_say_what_its_reading_warns_of(devkit, tiny_checkpoint, capsys):
+    """evaluate --masks LIST of a devkit list repeating ids said nothing of it (from_voc's warnings were
+    read only for DATASET); they are said once, also when DATASET is the same list."""
+    from napari_prm.refine import load_corrections
+
+    lists = devkit / "ImageSets" / "Segmentation"
+    (lists / "twice.txt").write_text("2007_000001\n2007_000002\n2007_000001\n")
+    dataset = devkit / "ImageSets" / "Main" / "train.txt"
+    assert main(["evaluate", str(dataset), "--model", str(tiny_checkpoint), "--masks", str(lists / "twice.txt"),
+                 "--proposals", "prm"]) == 0
+    said = (f"warning: --masks: {lists / 'twice.txt'} lists 1 image id again, each image taken once (a repeat "
+            "would count twice in evaluation, and could be held out and trained on): 2007_000001 at line 3 "
+            "(first at line 1)")
+    assert said in capsys.readouterr().err
+    assert main(["evaluate", str(lists / "twice.txt"), "--model", str(tiny_checkpoint), "--masks",
+                 str(lists / "twice.txt"), "--proposals", "prm"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("lists 1 image id again") == 1 and said not in err
+    # in Python: a list to collect them, else a UserWarning
+    collected = []
+    load_corrections(lists / "twice.txt", ["cat"], warnings_to=collected)
+    assert collected == [said.removeprefix("warning: --masks: ")]
+    with pytest.warns(UserWarning, match="lists 1 image id again"):
+        load_corrections(lists / "twice.txt", ["cat"])

@@ -1355,10 +1355,15 @@ def _dataset_corrections(masks: Path, dataset, class_names) -> dict:
     from .refine import match_corrections
 
     superseded: list[str] = []
+    devkit_warnings: list[str] = []
     try:
-        matched, unmatched = match_corrections(masks, class_names, dataset.image_paths, superseded=superseded)
+        matched, unmatched = match_corrections(masks, class_names, dataset.image_paths, superseded=superseded,
+                                               warnings_to=devkit_warnings)
     except (ValueError, OSError) as error:
         raise CommandError(f"--masks: {error}") from error
+    for text in devkit_warnings:
+        if text not in getattr(dataset, "warnings", ()):  # the same devkit as DATASET: said once
+            _say(f"warning: --masks: {text}")
     if not matched:
         raise CommandError(f"--masks: no export in {masks} matches an image of the dataset {dataset.source} "
                            "(by the image its manifest records, else by file name or stem, and in a sub-folder "

@@ -231,7 +231,8 @@ def corrections_from_coco(path: str | os.PathLike, class_names: Sequence[str], *
 
 def corrections_from_voc(path: str | os.PathLike, class_names: Sequence[str], *,
                          image_paths: Sequence[os.PathLike | str] = (),
-                         unmatched: list[str] | None = None) -> list[Correction]:
+                         unmatched: list[str] | None = None,
+                         warnings_to: list[str] | None = None) -> list[Correction]:
     """One correction per segmented image of a PASCAL VOC devkit.
 
     ``path`` is a split list (``VOC2012/ImageSets/Segmentation/train.txt``) or the year
@@ -254,6 +255,9 @@ def corrections_from_voc(path: str | os.PathLike, class_names: Sequence[str], *,
         The dataset's images.
     unmatched : list, optional
         Where the images of no ``image_paths`` are named, instead of taken from the devkit.
+    warnings_to : list, optional
+        Where what `napari_prm.data.from_voc` warns of the devkit (an image id listed twice, a
+        class name that looks like a typo) is put; without it, each is a ``UserWarning``.
 
     Returns
     -------
@@ -269,6 +273,11 @@ def corrections_from_voc(path: str | os.PathLike, class_names: Sequence[str], *,
     from ..data import VOC_VOID, class_in, from_voc, read_voc_segmentation
 
     devkit = from_voc(path, require_positives=False)
+    if warnings_to is not None:
+        warnings_to.extend(devkit.warnings)
+    else:
+        for text in devkit.warnings:
+            warnings.warn(text, UserWarning, stacklevel=2)
     if not any(devkit.voc.segmentations):
         raise ValueError(f"PASCAL VOC {path}: none of its {len(devkit)} image(s) has a SegmentationObject PNG "
                          f"(the devkit segments those of {devkit.voc.root / 'ImageSets' / 'Segmentation'}'s lists)")
@@ -475,18 +484,22 @@ def _newest_per_image(pairs: Sequence[tuple[Path, Path]], folder: Path,
 def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
                      image_paths: Sequence[os.PathLike | str] = (),
                      unmatched: list[str] | None = None,
-                     superseded: list[str] | None = None) -> list[Correction]:
+                     superseded: list[str] | None = None,
+                     warnings_to: list[str] | None = None) -> list[Correction]:
     """Corrections from a COCO JSON, a folder (and its sub-folders) of label images or a PASCAL VOC
     devkit's split list or year folder (see the three loaders).
 
     In a folder, an image with several exports gets its most recently written one; the others
     are named in ``superseded`` (a list), else in a ``UserWarning`` (`corrections_from_folder`).
+    What a devkit's reading warns of goes to ``warnings_to`` (a list), else to a ``UserWarning``
+    (`corrections_from_voc`).
     """
     from ..data import is_voc_folder, voc_split_root
 
     path = Path(path)
     if is_voc_folder(path) or (path.suffix.lower() == ".txt" and voc_split_root(path) is not None):
-        return corrections_from_voc(path, class_names, image_paths=image_paths, unmatched=unmatched)
+        return corrections_from_voc(path, class_names, image_paths=image_paths, unmatched=unmatched,
+                                    warnings_to=warnings_to)
     if path.is_dir():
         return corrections_from_folder(path, class_names, image_paths=image_paths, unmatched=unmatched,
                                        superseded=superseded)
@@ -499,7 +512,8 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
 
 def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
                       image_paths: Sequence[os.PathLike | str], *,
-                      superseded: list[str] | None = None) -> tuple[dict[int, Correction], list[str]]:
+                      superseded: list[str] | None = None,
+                      warnings_to: list[str] | None = None) -> tuple[dict[int, Correction], list[str]]:
     """The corrections of a COCO JSON, a folder of exports or a PASCAL VOC devkit, paired with a dataset's images.
 
     Each export is matched to an image of ``image_paths`` by file name or stem, as
@@ -520,6 +534,8 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
     superseded : list, optional
         Where the exports left out for a newer export of their image are named; without it
         they are named in ``unmatched``.
+    warnings_to : list, optional
+        Where what a PASCAL VOC devkit's reading warns of is put (see `corrections_from_voc`).
 
     Returns
     -------
@@ -545,7 +561,7 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
     unmatched: list[str] = []
     left_out = superseded if superseded is not None else unmatched
     corrections = load_corrections(path, class_names, image_paths=image_paths, unmatched=unmatched,
-                                   superseded=left_out)
+                                   superseded=left_out, warnings_to=warnings_to)
     position: dict[Path, int] = {}
     for i, image_path in enumerate(map(Path, image_paths)):
         position.setdefault(image_path, i)
