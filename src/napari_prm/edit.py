@@ -67,6 +67,16 @@ def _check_label(labels: np.ndarray, table: Table, label: int) -> int:
     return label
 
 
+def _check_mask(mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """An instance's new pixels, as bool, of the label image's shape and not empty."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != labels.shape:
+        raise ValueError(f"mask shape {mask.shape} does not match labels shape {labels.shape}")
+    if not mask.any():
+        raise ValueError("mask is empty: an instance needs at least one pixel")
+    return mask
+
+
 def _take(table: Table, rows: np.ndarray) -> Table:
     return {name: values[rows] for name, values in table.items()}
 
@@ -157,11 +167,7 @@ def replace_mask(labels: np.ndarray, table: Mapping, label: int, mask: np.ndarra
     labels = _check_labels(labels)
     table = _as_table(table, labels)
     label = _check_label(labels, table, label)
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != labels.shape:
-        raise ValueError(f"mask shape {mask.shape} does not match labels shape {labels.shape}")
-    if not mask.any():
-        raise ValueError("mask is empty: an instance needs at least one pixel")
+    mask = _check_mask(mask, labels)
     out = labels.copy()
     out[out == label] = 0
     out[mask] = label
@@ -393,11 +399,7 @@ def add_instance(
     """
     labels = _check_labels(labels)
     table = _as_table(table, labels)
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != labels.shape:
-        raise ValueError(f"mask shape {mask.shape} does not match labels shape {labels.shape}")
-    if not mask.any():
-        raise ValueError("mask is empty: an instance needs at least one pixel")
+    mask = _check_mask(mask, labels)
     unknown = set(row) - set(table)
     if unknown:
         raise ValueError(f"columns {sorted(unknown)} are not in the table ({list(table)})")
