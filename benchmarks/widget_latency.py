@@ -1,5 +1,5 @@
 """How long the "Peak Response Maps" widget makes a user wait: first Run, Run again,
-Re-threshold, and a click that adds an instance.
+Re-threshold, a click that adds an instance, and Shift-A (an instance's next alternative mask).
 
 Drives the widget as a user would (napari viewer, Qt event loop) on scikit-image's chelsea
 resized to SIZE×SIZE with the built-in ``imagenet-voc`` model and the widget's defaults
@@ -125,6 +125,18 @@ def time_widget(image, model_name: str, clicks) -> list[tuple[str, float]]:
         times.append(time.perf_counter() - started)
         print("click:", widget.last_message)
     rows.append((f"widget: click -> instance (median of {len(times)})", statistics.median(times)))
+    instances = viewer.layers["chelsea instances"]
+    first, again = [], []
+    for label in instances.features["label"].tolist()[:3]:  # Shift-A: the first press finds the alternatives
+        instances.selected_label = int(label)
+        for times in (first, again):
+            started = time.perf_counter()
+            position = widget.correction.next_alternative_of_selected()
+            times.append(time.perf_counter() - started)
+            print("Shift-A:", position, widget.last_message)
+    if first:
+        rows.append((f"widget: Shift-A, first press (median of {len(first)} instances)", statistics.median(first)))
+        rows.append((f"widget: Shift-A, next press (median of {len(again)})", statistics.median(again)))
     assert layer is viewer.layers["chelsea"]
     viewer.close()
     return rows
