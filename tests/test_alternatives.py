@@ -117,3 +117,28 @@ def test_predict_gives_alternatives_indexing_the_predictors_proposals(shapes_sce
         predictor.alternative_masks(with_many)
     with pytest.raises(ValueError, match=r"alternatives: expected an integer in \[0, 20\], got 21"):
         predictor.predict(alternatives=21)
+
+
+@pytest.mark.parametrize("source", ["prm", "default+prm"])
+def test_alternative_masks_of_proposals_made_from_the_prms(shapes_scenes, source):
+    """PRM-guided proposals are made from a prediction's PRMs: the alternatives index the stack
+    made from the prediction's, which alternative_masks makes again from it (it raised, asking
+    for prms, though the instance had alternatives)."""
+    torch.manual_seed(0)
+    model = build_model("tiny", ["a", "b"], pretrained=False, input_size=(96, 96))
+    with torch.no_grad():
+        model.network.fcn.classifier.weight.normal_(std=0.5)
+    predictor = napari_prm.PRMPredictor(model, class_threshold=-1e9, alternatives=3, proposals=source)
+    predictor.set_image(shapes_scenes[0][0])
+    prediction = predictor.predict()
+    stack = predictor.proposals(prediction.prms, prediction)
+    with_alternatives = [i for i in prediction.instances if i.alternatives]
+    assert with_alternatives
+    for instance in with_alternatives:
+        np.testing.assert_array_equal(instance.mask, stack[instance.proposal])
+        masks = predictor.alternative_masks(instance, prediction)
+        assert len(masks) == len(instance.alternatives)
+        for mask, j in zip(masks, instance.alternatives):
+            np.testing.assert_array_equal(mask, stack[j])
+    with pytest.raises(ValueError, match=r"made from the prediction's PRMs: pass the prediction"):
+        predictor.alternative_masks(with_alternatives[0])

@@ -669,3 +669,41 @@ def test_next_alternative_mask_cycles_and_undoes(make_napari_viewer, qtbot, prm_
     labels.selected_label = 99
     assert panel.next_alternative_of_selected() is None
     assert "Instance 99 has no peak" in widget.last_message
+
+
+def test_next_alternative_mask_of_prm_guided_proposals(make_napari_viewer, qtbot, prm_config, tiny_checkpoint,
+                                                       small_cat):
+    """With PRM-guided proposals (made from the PRMs), Shift-A gives the masks the library gives
+    for the peak (`alternative_masks(instance, prediction)`); it raised a ValueError asking for
+    the PRMs, out of the Qt event loop."""
+    import napari_prm
+    from napari_prm import load_model
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = "prm"
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
+    run_and_wait(widget, qtbot)
+    labels, peaks = viewer.layers["cat instances"], viewer.layers["cat peaks"]
+    predictor = napari_prm.PRMPredictor(load_model(tiny_checkpoint), proposals="prm",
+                                        peak_threshold=widget.peak_threshold.value)
+    predictor.set_image(small_cat)
+    expected = {}
+    for row in labels.features.itertuples():
+        point = peaks.data[peaks.features["peak"].to_numpy() == row.peak][0]
+        prediction = predictor.predict(points=(point[None], [int(row.class_index)]), alternatives=3)
+        if prediction.instances and prediction.instances[0].alternatives:
+            found = prediction.instances[0]
+            expected[int(row.label)] = [found.mask, *predictor.alternative_masks(found, prediction)]
+    label = next(iter(expected), None)
+    assert label is not None, "no instance of the run has an alternative mask"
+    own = labels.data == label
+    choices = [m for m in expected[label] if not np.array_equal(m, own)]
+    labels.selected_label = label
+    for position, choice in enumerate(choices, 1):
+        assert widget.correction.next_alternative_of_selected() == position
+        np.testing.assert_array_equal(labels.data == label, choice)
+    assert widget.correction.next_alternative_of_selected() == 0
+    np.testing.assert_array_equal(labels.data == label, own)
+

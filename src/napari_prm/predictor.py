@@ -831,26 +831,49 @@ class PRMPredictor:
         masks = self._proposal_stack(prms, prediction)
         return masks.to_array() if isinstance(masks, ScaledMasks) else masks
 
-    def alternative_masks(self, instance: Instance) -> list[np.ndarray]:
+    def alternative_masks(self, instance: Instance, prediction: Prediction | None = None) -> list[np.ndarray]:
         """The masks of ``instance.alternatives`` at the image's size, best first.
 
         ``instance`` comes from this predictor's current image, predicted with
         ``alternatives`` above 0 (``predict(alternatives=3)``); its alternatives index this
         image's proposals (not the ``"refined"`` head's, which gives none).
 
+        Parameters
+        ----------
+        instance : Instance
+            An instance of ``prediction``.
+        prediction : Prediction, optional
+            The prediction ``instance`` comes from: needed when the proposals are made from its
+            PRMs (``"prm"``, or a combination with ``"prm"`` or ``"refined"``), which are then
+            made again from them.
+
         Examples
         --------
         >>> predictor.set_image(image)  # doctest: +SKIP
-        >>> instance = predictor.predict(alternatives=3).instances[0]  # doctest: +SKIP
-        >>> larger_or_smaller = predictor.alternative_masks(instance)  # doctest: +SKIP
+        >>> prediction = predictor.predict(alternatives=3)  # doctest: +SKIP
+        >>> larger_or_smaller = predictor.alternative_masks(prediction.instances[0], prediction)  # doctest: +SKIP
         """
         if not instance.alternatives:
             return []
-        stack = self._proposal_stack()
+        if prediction is None and self._proposals_need_prms():
+            raise ValueError(f"proposals {self.proposal_source!r} are made from the prediction's PRMs: pass the "
+                             "prediction the instance comes from, alternative_masks(instance, prediction)")
+        stack = (self._proposal_stack() if prediction is None
+                 else self._proposal_stack(prediction.prms, prediction))
         if stack is None or max(instance.alternatives) >= len(stack):
             raise ValueError(f"instance.alternatives {instance.alternatives} do not index this image's "
                              f"{0 if stack is None else len(stack)} proposals: predict the instance on this image")
         return [np.array(stack[int(j)], dtype=bool) for j in instance.alternatives]
+
+    def _proposals_need_prms(self) -> bool:
+        """Whether the proposal source is made from a prediction's PRMs (``"prm"``, ``"refined"``)."""
+        from .proposals import resolve_source
+
+        source = self.proposal_source
+        if not isinstance(source, str):
+            return False
+        parts = [resolve_source(part.strip(), self.model).lower() for part in source.split("+")]
+        return "prm" in parts or "refined" in parts
 
     def _proposal_stack(self, prms: np.ndarray | None = None, prediction: Prediction | None = None):
         """`proposals`, with the built-in ones as held: a ScaledMasks at their working size."""

@@ -720,7 +720,7 @@ class CorrectionPanel(PointRetrieval):
             return None
         masks = []
         for instance in prediction.instances[:1]:
-            for mask in [instance.mask, *predictor.alternative_masks(instance)]:
+            for mask in [instance.mask, *predictor.alternative_masks(instance, prediction)]:
                 full = np.zeros(current.shape, bool)
                 full[plane] = mask
                 if not np.array_equal(full, current) and not any(np.array_equal(full, m) for m in masks):
