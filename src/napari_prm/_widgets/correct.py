@@ -288,6 +288,8 @@ class CorrectionPanel(PointRetrieval):
         gone = [run for run in self._runs
                 if any(layer is run.context.layers.get(kind) for kind in ("peaks", "instances"))]
         self._runs = [run for run in self._runs if run not in gone]
+        if self._cycle is not None and self._cycle.layer is layer:
+            self._cycle = None
         if self._run in gone:
             self._run = None
             self.container.enabled = False
@@ -348,6 +350,7 @@ class CorrectionPanel(PointRetrieval):
         self.container.enabled = True
         reset_history(instances)  # its data was replaced in place
         self._last_label = 0
+        self._cycle = None  # the alternatives of the run it replaced
         self.class_choice.choices = list(context.class_names)
         found = list(context.layers["peaks"].features["class_name"])
         if found:  # new points most likely belong to a class already found
@@ -667,8 +670,11 @@ class CorrectionPanel(PointRetrieval):
         layer = self.instances
         current = np.asarray(layer.data) == label
         cycle = self._cycle
-        if (cycle is None or cycle.layer is not layer or cycle.label != label
-                or not np.array_equal(cycle.masks[cycle.at], current)):
+        if cycle is not None and cycle.layer is layer and cycle.label == label:
+            # where the instance stands in its cycle: moved by Ctrl+Z / Ctrl+Shift+Z too; its
+            # mask painted, or another's pixels taken, begins a new cycle from it
+            cycle.at = next((at for at, mask in enumerate(cycle.masks) if np.array_equal(mask, current)), -1)
+        if cycle is None or cycle.layer is not layer or cycle.label != label or cycle.at < 0:
             masks = self._alternatives_of(label, current)
             if masks is None:
                 return None
