@@ -720,3 +720,34 @@ def test_next_alternative_mask_of_prm_guided_proposals(make_napari_viewer, qtbot
     assert widget.correction.next_alternative_of_selected() == 0
     np.testing.assert_array_equal(labels.data == label, own)
 
+
+def test_next_alternative_mask_of_a_learnt_head_says_it_has_none(make_napari_viewer, qtbot, prm_config, tmp_path,
+                                                                 small_cat, shapes_scenes):
+    """The learnt head (proposals "refined") cuts one mask per peak: Shift-A says so, and what to
+    choose instead (it said that no proposal nests with the mask, as if there had been some)."""
+    import torch
+
+    from conftest import TINY_CLASSES
+    from napari_prm import build_model, save_model
+    from napari_prm.refine import Correction, refine
+
+    torch.manual_seed(0)
+    model = build_model("tiny", TINY_CLASSES, pretrained=False, input_size=(96, 96))
+    image, truth, classes, _ = shapes_scenes[0]
+    head = refine(model, corrections=[Correction(image, truth, classes, "scene")], epochs=1, batch_size=4,
+                  device="cpu").model
+    path = save_model(head, tmp_path / "head.pt")
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    widget = open_predict(viewer, qtbot, path)
+    widget.proposals.value = "refined"
+    widget.peak_threshold.value = peak_threshold_for(small_cat, path, 2)
+    run_and_wait(widget, qtbot)
+    labels = viewer.layers["cat instances"]
+    assert len(labels.features), widget.last_message
+    before = labels.data.copy()
+    labels.selected_label = int(labels.features["label"].iloc[0])
+    assert widget.correction.next_alternative_of_selected() is None
+    assert "has no alternative masks: the learnt head (refined) cuts one mask per peak" in widget.last_message
+    assert "Choose built-in or PRM-guided proposals" in widget.last_message
+    np.testing.assert_array_equal(labels.data, before)

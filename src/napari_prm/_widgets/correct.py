@@ -25,6 +25,7 @@ from qtpy.QtCore import QTimer
 
 from .. import edit
 from .._text import plural
+from ..predictor import _is_refined
 from .history import InstanceHistory, reset_history
 from .layers import features_table, instance_features, point_defaults, point_plane, world_kwargs
 from .marks import find_result, mark
@@ -712,10 +713,16 @@ class CorrectionPanel(PointRetrieval):
         plane = point_plane(coords, leading)
         key = self._predictor_key(plane)
         if not self.owner.predictors.ready(key):
-            self._say("The cached maps of this image were dropped (its data changed, or other images were "
-                      "run since): press Run to get alternative masks.", "warning")
+            self._say("The cached maps of this plane were dropped (the image's data changed, or other images or "
+                      "planes were run since): press Run to get alternative masks.", "warning")
             return None
         predictor = self.owner.predictors.get(key)
+        if predictor.proposal_source is None or _is_refined(predictor.proposal_source):
+            why = ("the run made no proposals" if predictor.proposal_source is None
+                   else "the learnt head (refined) cuts one mask per peak")
+            self._say(f"Instance {label} has no alternative masks: {why}, and they are other proposals its "
+                      "peak fits. Choose built-in or PRM-guided proposals and press Run.", "warning")
+            return None
         class_index = int(self.peaks.features["class_index"].iloc[where[0]])
         try:
             prediction = predictor.predict(points=(coords[None, leading:], [class_index]),
