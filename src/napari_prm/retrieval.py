@@ -510,21 +510,35 @@ def _alternatives(scores: np.ndarray, chosen: int, inside: sparse.csr_array, are
                   count: int) -> list[int]:
     """Up to ``count`` proposals nesting with ``chosen`` (larger around it or smaller inside it), by score,
     each overlapping ``chosen`` and the earlier ones by IoU below ``_ALTERNATIVE_IOU``."""
-    overlap = (inside @ inside[[chosen]].T).toarray().ravel()
+    overlap = _overlaps(inside, chosen)
     area, chosen_area = areas.astype(np.float64), float(areas[chosen])
     larger = (area >= _ALTERNATIVE_SCALE * chosen_area) & (overlap >= _ALTERNATIVE_NESTING * chosen_area)
     smaller = (chosen_area >= _ALTERNATIVE_SCALE * area) & (overlap >= _ALTERNATIVE_NESTING * area) & (area > 0)
     eligible = np.flatnonzero((larger | smaller) & np.isfinite(scores))
+    order = eligible[np.argsort(-scores[eligible], kind="stable")]
+    # a candidate stays open while its IoU with the chosen mask and each mask taken is below the
+    # bound: one sparse-dense product per mask taken, not one product per candidate
+    sizes, shared = area[order], overlap[order]
+    open_ = shared < _ALTERNATIVE_IOU * (sizes + chosen_area - shared)
     picked: list[int] = []
-    for j in eligible[np.argsort(-scores[eligible], kind="stable")]:
+    for position in np.flatnonzero(open_) if count else []:
+        if not open_[position]:
+            continue
+        j = int(order[position])
+        picked.append(j)
         if len(picked) == count:
             break
-        seen = [chosen, *picked]
-        shared = (inside[seen] @ inside[[j]].T).toarray().ravel()
-        if np.any(shared >= _ALTERNATIVE_IOU * (area[seen] + area[j] - shared)):
-            continue
-        picked.append(int(j))
+        shared = _overlaps(inside, j)[order]
+        open_ &= shared < _ALTERNATIVE_IOU * (sizes + area[j] - shared)
     return picked
+
+
+def _overlaps(inside: sparse.csr_array, j: int) -> np.ndarray:
+    """(N,) the pixels each proposal shares with proposal ``j``: a sparse-dense product (a
+    sparse-sparse one costs about as much, once per call, and slicing rows more)."""
+    pixels = np.zeros(inside.shape[1], inside.dtype)
+    pixels[inside.indices[inside.indptr[j]:inside.indptr[j + 1]]] = 1
+    return np.asarray(inside @ pixels).ravel()
 
 
 def instance_confidence(retrieval_scores: np.ndarray, class_margins: np.ndarray,
