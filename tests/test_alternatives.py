@@ -144,12 +144,10 @@ def test_alternative_masks_of_proposals_made_from_the_prms(shapes_scenes, source
         predictor.alternative_masks(with_alternatives[0])
 
 
-def test_alternatives_match_their_definition_and_take_one_product_per_mask_taken():
+def test_alternatives_match_their_definition():
     """300 nested near-copies of one region (proposals often hold many): the alternatives are
-    those of the definition, counted on dense masks, and take one product per mask taken (the
-    loop made two sparse products per candidate: 0.45 s an instance here, against 0.02)."""
-    import time
-
+    those of the definition, counted on dense masks (the seconds of the old and new loops are
+    in the commit that made it one product per mask taken, not in a test)."""
     from napari_prm.retrieval import _alternatives, _sparse_masks
 
     rng = np.random.default_rng(0)
@@ -181,6 +179,3 @@ def test_alternatives_match_their_definition_and_take_one_product_per_mask_taken
         for count in (0, 1, 3, 20):
             assert _alternatives(scores, chosen, inside, areas, count) == expected(chosen, count)
     assert len(_alternatives(scores, 0, inside, areas, 3)) == 2  # the region, one near-copy
-    started = time.perf_counter()
-    _alternatives(scores, 0, inside, areas, 3)
-    assert time.perf_counter() - started < 0.2

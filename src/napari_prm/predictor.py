@@ -135,7 +135,7 @@ class PredictSettings:
         Give each instance up to this many other proposals its peak's PRM fits, larger
         around its mask or smaller inside it (``Instance.alternatives``, indices into
         :meth:`PRMPredictor.proposals`): the masks a user swaps in when retrieval took a
-        part of the object. 0 (none) in both presets; the napari widget asks for 3.
+        part of the object. 0 (none) in both presets; the napari widget's ``Shift-A`` asks for 3.
     """
 
     preset: str = "default"
