@@ -751,3 +751,44 @@ def test_next_alternative_mask_of_a_learnt_head_says_it_has_none(make_napari_vie
     assert "has no alternative masks: the learnt head (refined) cuts one mask per peak" in widget.last_message
     assert "Choose built-in or PRM-guided proposals" in widget.last_message
     np.testing.assert_array_equal(labels.data, before)
+
+
+def test_next_alternative_mask_on_a_plane_of_a_stack(make_napari_viewer, qtbot, prm_config, tiny_checkpoint,
+                                                     small_cat):
+    """Shift-A on an instance of a stack's second plane changes that plane only: its alternatives are
+    those of that plane's image, and what the label holds on another plane (painted there) stays."""
+    import napari_prm
+    from napari_prm import load_model
+
+    viewer = make_napari_viewer()
+    stack = np.stack([small_cat[::-1], small_cat])
+    viewer.add_image(stack, name="stack", rgb=True)
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = "default"
+    widget.planes.value = "all planes"
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
+    run_and_wait(widget, qtbot)
+    labels, peaks = viewer.layers["stack instances"], viewer.layers["stack peaks"]
+    predictor = napari_prm.PRMPredictor(load_model(tiny_checkpoint), peak_threshold=widget.peak_threshold.value)
+    predictor.set_image(small_cat)
+    chosen = None
+    for row in labels.features.itertuples():
+        point = peaks.data[peaks.features["peak"].to_numpy() == row.peak][0]
+        if round(point[0]) != 1:
+            continue
+        found = predictor.predict(points=(point[None, 1:], [int(row.class_index)]), alternatives=3).instances
+        if found and found[0].alternatives:
+            chosen = int(row.label), [found[0].mask, *predictor.alternative_masks(found[0])]
+            break
+    assert chosen is not None, "no instance of the second plane has an alternative mask"
+    label, expected = chosen
+    painted = np.zeros(labels.data.shape, bool)
+    painted[0, :4, :4] = True  # the label painted on the first plane too
+    labels.data_setitem(np.nonzero(painted), label)
+    own = labels.data[1] == label
+    first = next(m for m in expected if not np.array_equal(m, own))
+    before = labels.data[0].copy()
+    labels.selected_label = label
+    assert widget.correction.next_alternative_of_selected() == 1, widget.last_message
+    np.testing.assert_array_equal(labels.data[1] == label, first)
+    np.testing.assert_array_equal(labels.data[0], before)

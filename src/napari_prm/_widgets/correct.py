@@ -57,11 +57,13 @@ ALTERNATIVES = 3
 @dataclass(eq=False)
 class AlternativeCycle:
     """The masks *Next alternative mask* cycles through for one instance: its own, as it was
-    when the cycle began (painting included), then its alternatives."""
+    when the cycle began (painting included), then its alternatives; each of its plane's shape
+    (``plane``: the leading index of a stack's plane, ``()`` for a 2-D image)."""
 
     layer: object
     label: int
     masks: list
+    plane: tuple = ()
     at: int = 0
 
 
@@ -669,32 +671,34 @@ class CorrectionPanel(PointRetrieval):
         if label is None:
             return None
         layer = self.instances
-        current = np.asarray(layer.data) == label
         cycle = self._cycle
         if cycle is not None and cycle.layer is layer and cycle.label == label:
             # where the instance stands in its cycle: moved by Ctrl+Z / Ctrl+Shift+Z too; its
             # mask painted, or another's pixels taken, begins a new cycle from it
+            current = np.asarray(layer.data[cycle.plane]) == label
             cycle.at = next((at for at, mask in enumerate(cycle.masks) if np.array_equal(mask, current)), -1)
         if cycle is None or cycle.layer is not layer or cycle.label != label or cycle.at < 0:
-            masks = self._alternatives_of(label, current)
-            if masks is None:
+            found = self._alternatives_of(label)
+            if found is None:
                 return None
-            cycle = self._cycle = AlternativeCycle(layer, label, [current, *masks])
+            cycle = self._cycle = AlternativeCycle(layer, label, found[1], plane=found[0])
         cycle.at = (cycle.at + 1) % len(cycle.masks)
         count = len(cycle.masks) - 1
         done = (f"Instance {label}: alternative mask {cycle.at}/{count} "
                 f"({np.count_nonzero(cycle.masks[cycle.at])} px; {_keys_of('next_alternative_of_selected')}: "
                 f"{'the next' if cycle.at < count else 'back to its own'})." if cycle.at
                 else f"Instance {label}: its own mask again.")
-        if not self._apply(edit.replace_mask, label, cycle.masks[cycle.at], done=done,
-                           what=f"gave instance {label} another mask"):
+        mask = np.asarray(layer.data) == label  # its pixels on other planes (painted there) stay
+        mask[cycle.plane] = cycle.masks[cycle.at]
+        if not self._apply(edit.replace_mask, label, mask, done=done, what=f"gave instance {label} another mask"):
             return None
         return cycle.at
 
-    def _alternatives_of(self, label: int, current: np.ndarray) -> list | None:
-        """The alternative masks of instance ``label`` (full layer shape), from the cached predictor
-        of its plane: its peak's retrieval again, asked for alternatives (no forward pass; a
-        backward pass only when the peak's map is not cached). None, said why, when there are none."""
+    def _alternatives_of(self, label: int) -> tuple[tuple, list] | None:
+        """The plane of instance ``label`` and its masks there: its own as it is, then its
+        alternatives, from the cached predictor of the plane: its peak's retrieval again, asked
+        for alternatives (no forward pass; a backward pass only when the peak's map is not
+        cached). None, said why, when there are none."""
         table = self._table()
         rows = np.flatnonzero(np.asarray(table["label"]) == label)
         peak = int(table["peak"][rows[0]]) if len(rows) else -1
@@ -711,6 +715,7 @@ class CorrectionPanel(PointRetrieval):
         leading = len(context.leading_shape)
         coords = np.asarray(self.peaks.data)[where[0]]
         plane = point_plane(coords, leading)
+        current = np.asarray(self.instances.data[plane]) == label
         key = self._predictor_key(plane)
         if not self.owner.predictors.ready(key):
             self._say("The cached maps of this plane were dropped (the image's data changed, or other images or "
@@ -731,18 +736,16 @@ class CorrectionPanel(PointRetrieval):
         except ValueError as error:
             self._say(f"No alternative masks for instance {label}: {error}", "warning")
             return None
-        masks = []
+        masks = [current]
         for instance in prediction.instances[:1]:
             for mask in [instance.mask, *predictor.alternative_masks(instance, prediction)]:
-                full = np.zeros(current.shape, bool)
-                full[plane] = mask
-                if not np.array_equal(full, current) and not any(np.array_equal(full, m) for m in masks):
-                    masks.append(full)
-        if not masks:
+                if not any(np.array_equal(mask, m) for m in masks):
+                    masks.append(np.asarray(mask, bool))
+        if len(masks) == 1:
             self._say(f"Instance {label} has no alternative mask: no proposal its peak fits is larger "
                       "around it or smaller inside it.", "warning")
             return None
-        return masks
+        return plane, masks
 
     def select_next_by_score(self, step: int = 1) -> int | None:
         """Select the instance after the selected one in order of score (highest first,
