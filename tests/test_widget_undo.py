@@ -188,7 +188,8 @@ def test_shortcuts_are_listed_in_the_panel(classed):
     # the plugin's page
     panel = widget.correction
     tooltips = " ".join(button.tooltip or "" for button in (
-        panel.delete_button, panel.set_class_button, panel.merge_button, panel.split_button, panel.next_button))
+        panel.delete_button, panel.set_class_button, panel.merge_button, panel.split_button, panel.next_button,
+        panel.alternative_button))
     page = (Path(__file__).resolve().parents[1] / "docs" / "plugin.md").read_text(encoding="utf-8")
     for keys, _, _ in SHORTCUTS:
         for key in keys:
