@@ -115,7 +115,8 @@ def prepare_proposals(proposals: np.ndarray, contour_width: int = 5) -> Proposal
     proposals = np.asarray(proposals)
     if proposals.ndim != 3:
         raise ValueError(f"proposals: expected an (N, H, W) mask stack, got shape {proposals.shape}")
-    masks = proposals if proposals.dtype == bool else proposals != 0
+    # C order: retrieval flattens each mask (a transposed stack, as a resize may give, is copied on each use)
+    masks = np.ascontiguousarray(proposals if proposals.dtype == bool else proposals != 0)
     contour_width = check.positive_int("contour_width", contour_width)
     inside, contour = _sparse_masks(masks, contour_width)
     return ProposalMasks(masks, inside, contour, contour_width)
