@@ -613,6 +613,17 @@ def test_the_panel_is_enabled_again_on_a_run_left_after_the_run_worked_on_is_rem
     assert widget.correction.container.enabled
 
 
+def run_cat_with_proposals(viewer, qtbot, tiny_checkpoint, small_cat, proposals):
+    """The tiny model's 3 strongest peaks on the cat, with these proposals: the viewer, the widget
+    and the run's instances and peaks layers."""
+    viewer.add_image(small_cat, name="cat")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = proposals
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
+    run_and_wait(widget, qtbot)
+    return viewer, widget, viewer.layers["cat instances"], viewer.layers["cat peaks"]
+
+
 def test_next_alternative_mask_cycles_and_undoes(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
     """Shift-A gives the selected instance the proposals its peak also fits, larger around its mask or
     smaller inside it, as the library gives them (`PRMPredictor.alternative_masks`), then its own
@@ -620,13 +631,8 @@ def test_next_alternative_mask_cycles_and_undoes(make_napari_viewer, qtbot, prm_
     import napari_prm
     from napari_prm import load_model
 
-    viewer = make_napari_viewer()
-    viewer.add_image(small_cat, name="cat")
-    widget = open_predict(viewer, qtbot, tiny_checkpoint)
-    widget.proposals.value = "default"
-    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
-    run_and_wait(widget, qtbot)
-    labels, peaks = viewer.layers["cat instances"], viewer.layers["cat peaks"]
+    viewer, widget, labels, peaks = run_cat_with_proposals(make_napari_viewer(), qtbot, tiny_checkpoint, small_cat,
+                                                           "default")
     panel = widget.correction
     # the library, on its own: each peak's alternatives, as masks
     predictor = napari_prm.PRMPredictor(load_model(tiny_checkpoint), peak_threshold=widget.peak_threshold.value)
@@ -692,13 +698,8 @@ def test_next_alternative_mask_of_prm_guided_proposals(make_napari_viewer, qtbot
     import napari_prm
     from napari_prm import load_model
 
-    viewer = make_napari_viewer()
-    viewer.add_image(small_cat, name="cat")
-    widget = open_predict(viewer, qtbot, tiny_checkpoint)
-    widget.proposals.value = "prm"
-    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
-    run_and_wait(widget, qtbot)
-    labels, peaks = viewer.layers["cat instances"], viewer.layers["cat peaks"]
+    viewer, widget, labels, peaks = run_cat_with_proposals(make_napari_viewer(), qtbot, tiny_checkpoint, small_cat,
+                                                           "prm")
     predictor = napari_prm.PRMPredictor(load_model(tiny_checkpoint), proposals="prm",
                                         peak_threshold=widget.peak_threshold.value)
     predictor.set_image(small_cat)
