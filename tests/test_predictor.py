@@ -316,3 +316,16 @@ def test_one_class_may_be_given_without_a_list(tiny, image):
         np.testing.assert_array_equal(pred.peaks_crm, listed.peaks_crm)
     with pytest.raises(ValueError, match=r"unknown class 'cat'; the model knows 3 classes"):
         napari_prm.predict(image, tiny, proposals=None, classes="cat")
+
+
+def test_uses_refined_proposals_follows_the_proposal_source(tiny):
+    """The public form of "the learnt head cuts the masks" (the widget's Shift-A asks it): a
+    combination with the head and the other sources are not it, and it follows set_proposals."""
+    predictor = PRMPredictor(tiny, proposals="auto")  # no head: "default"
+    assert predictor.proposal_source == "default" and not predictor.uses_refined_proposals
+    for source, refined in ((" Refined ", True), ("refined+default", False), (None, False), ("prm", False),
+                            ("refined", True)):
+        predictor.set_proposals(source)
+        assert predictor.uses_refined_proposals is refined, source
+    with pytest.raises(AttributeError):
+        predictor.uses_refined_proposals = False  # read-only

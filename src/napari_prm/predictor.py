@@ -618,6 +618,14 @@ class PRMPredictor:
         return self._forward is not None
 
     @property
+    def uses_refined_proposals(self) -> bool:
+        """Whether the proposal source is the model's learnt head (``"refined"``, or ``"auto"``
+        for a model with one): it cuts one mask per peak, so an instance has no alternative
+        masks (``predict(alternatives=)``) from it. Read-only: see :meth:`set_proposals`."""
+        source = self.proposal_source
+        return isinstance(source, str) and source.strip().lower() == "refined"
+
+    @property
     def cached_peak_count(self) -> int:
         """How many peaks of the current image have their PRM cached."""
         return len(self._prm_cache)
@@ -970,7 +978,7 @@ class PRMPredictor:
             notes=notes,
             peaks_found=selection.found if points is None else None,
         )
-        if _is_refined(self.proposal_source) and len(peaks_crm):
+        if self.uses_refined_proposals and len(peaks_crm):
             _check_cancel(cancel)
             report("retrieval", 0, 1)
             prediction.instances = self.refined_instances(prediction)
@@ -1098,10 +1106,6 @@ def _outside_notes(yx: np.ndarray, image_shape: tuple[int, int]) -> list[str]:
     shown = first_names((f"({y:g}, {x:g})" for y, x in yx[outside]), shown=3)
     return [f"{plural(int(outside.sum()), 'point')} outside the {height}×{width} image, {shown}, "
             f"back-propagated from the nearest place on its border: points are (y, x) in image pixels"]
-
-
-def _is_refined(source) -> bool:
-    return isinstance(source, str) and source.strip().lower() == "refined"
 
 
 def _check_cancel(cancel: Callable[[], bool] | None) -> None:

@@ -25,7 +25,6 @@ from qtpy.QtCore import QTimer
 
 from .. import edit
 from .._text import plural
-from ..predictor import _is_refined
 from .history import InstanceHistory, reset_history
 from .layers import features_table, instance_features, point_defaults, point_plane, world_kwargs
 from .marks import find_result, mark
@@ -722,7 +721,7 @@ class CorrectionPanel(PointRetrieval):
                       "planes were run since): press Run to get alternative masks.", "warning")
             return None
         predictor = self.owner.predictors.get(key)
-        if predictor.proposal_source is None or _is_refined(predictor.proposal_source):
+        if predictor.proposal_source is None or predictor.uses_refined_proposals:
             why = ("the run made no proposals" if predictor.proposal_source is None
                    else "the learnt head (refined) cuts one mask per peak")
             self._say(f"Instance {label} has no alternative masks: {why}, and they are other proposals its "
