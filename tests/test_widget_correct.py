@@ -624,6 +624,18 @@ def run_cat_with_proposals(viewer, qtbot, tiny_checkpoint, small_cat, proposals)
     return viewer, widget, viewer.layers["cat instances"], viewer.layers["cat peaks"]
 
 
+def press_shift_a(widget, qtbot):
+    """Shift-A on the selected instance, as a user presses it: a press that begins a cycle finds the
+    alternatives in the panel's worker, shown when it is done (the press returns None and the panel
+    runs meanwhile). Returns the position shown (0: its own), None when refused."""
+    panel = widget.correction
+    position = panel.next_alternative_of_selected()
+    if position is None and panel.running:
+        qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+        return 1 if "alternative mask 1/" in widget.last_message else None
+    return position
+
+
 def test_next_alternative_mask_cycles_and_undoes(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
     """Shift-A gives the selected instance the proposals its peak also fits, larger around its mask or
     smaller inside it, as the library gives them (`PRMPredictor.alternative_masks`), then its own
@@ -651,7 +663,7 @@ def test_next_alternative_mask_cycles_and_undoes(make_napari_viewer, qtbot, prm_
     labels.selected_label = label
     shown = []
     for _ in choices:
-        position = panel.next_alternative_of_selected()
+        position = press_shift_a(widget, qtbot)
         shown.append(labels.data == label)
         assert position == len(shown)
         assert f"alternative mask {position}/{len(choices)}" in widget.last_message
@@ -662,19 +674,19 @@ def test_next_alternative_mask_cycles_and_undoes(make_napari_viewer, qtbot, prm_
         inter = np.count_nonzero(mask & own)
         small, large = sorted((np.count_nonzero(mask), np.count_nonzero(own)))
         assert inter >= 0.8 * small and large >= 1.5 * small  # nested with the run's mask
-    assert panel.next_alternative_of_selected() == 0  # back to its own
+    assert press_shift_a(widget, qtbot) == 0  # back to its own
     np.testing.assert_array_equal(labels.data == label, own)
     assert "its own mask again" in widget.last_message
-    assert panel.next_alternative_of_selected() == 1
+    assert press_shift_a(widget, qtbot) == 1
     labels.undo()  # one undo step each
     np.testing.assert_array_equal(labels.data == label, own)
     # Ctrl+Z moves the cycle back with the mask: the next press gives the one after the mask shown
     # (it began a new cycle from the mask undone to, its first "alternative" the run's own mask)
     assert len(choices) > 1
-    assert panel.next_alternative_of_selected() == 1 and panel.next_alternative_of_selected() == 2
+    assert press_shift_a(widget, qtbot) == 1 and press_shift_a(widget, qtbot) == 2
     labels.undo()
     np.testing.assert_array_equal(labels.data == label, choices[0])
-    assert panel.next_alternative_of_selected() == 2
+    assert press_shift_a(widget, qtbot) == 2
     np.testing.assert_array_equal(labels.data == label, choices[1])
     assert f"alternative mask 2/{len(choices)}" in widget.last_message
     labels.undo()
@@ -686,7 +698,7 @@ def test_next_alternative_mask_cycles_and_undoes(make_napari_viewer, qtbot, prm_
     labels.data_setitem(np.nonzero(painted), 99)
     qtbot.waitUntil(lambda: 99 in labels.features["label"].tolist())
     labels.selected_label = 99
-    assert panel.next_alternative_of_selected() is None
+    assert press_shift_a(widget, qtbot) is None
     assert "Instance 99 has no peak" in widget.last_message
 
 
@@ -716,9 +728,9 @@ def test_next_alternative_mask_of_prm_guided_proposals(make_napari_viewer, qtbot
     choices = [m for m in expected[label] if not np.array_equal(m, own)]
     labels.selected_label = label
     for position, choice in enumerate(choices, 1):
-        assert widget.correction.next_alternative_of_selected() == position
+        assert press_shift_a(widget, qtbot) == position
         np.testing.assert_array_equal(labels.data == label, choice)
-    assert widget.correction.next_alternative_of_selected() == 0
+    assert press_shift_a(widget, qtbot) == 0
     np.testing.assert_array_equal(labels.data == label, own)
 
 
@@ -748,7 +760,7 @@ def test_next_alternative_mask_of_a_learnt_head_says_it_has_none(make_napari_vie
     assert len(labels.features), widget.last_message
     before = labels.data.copy()
     labels.selected_label = int(labels.features["label"].iloc[0])
-    assert widget.correction.next_alternative_of_selected() is None
+    assert press_shift_a(widget, qtbot) is None
     assert "has no alternative masks: the learnt head (refined) cuts one mask per peak" in widget.last_message
     assert "Choose built-in or PRM-guided proposals" in widget.last_message
     np.testing.assert_array_equal(labels.data, before)
@@ -790,6 +802,6 @@ def test_next_alternative_mask_on_a_plane_of_a_stack(make_napari_viewer, qtbot, 
     first = next(m for m in expected if not np.array_equal(m, own))
     before = labels.data[0].copy()
     labels.selected_label = label
-    assert widget.correction.next_alternative_of_selected() == 1, widget.last_message
+    assert press_shift_a(widget, qtbot) == 1, widget.last_message
     np.testing.assert_array_equal(labels.data[1] == label, first)
     np.testing.assert_array_equal(labels.data[0], before)

@@ -25,8 +25,9 @@ from qtpy.QtCore import QTimer
 
 from .. import edit
 from .._text import plural
+from ..predict import Cancelled
 from .history import InstanceHistory, reset_history
-from .layers import features_table, instance_features, point_defaults, point_plane, world_kwargs
+from .layers import features_table, instance_features, plane_reader, point_defaults, point_plane, world_kwargs
 from .marks import find_result, mark
 from .painted import can_correct, painted_context
 from .points import PointRetrieval
@@ -156,6 +157,8 @@ class CorrectionPanel(PointRetrieval):
         self.next_button = PushButton(text="Next instance by score")
         self.alternative_button = PushButton(text="Next alternative mask of selected")
         self._cycle: AlternativeCycle | None = None
+        self._computing: tuple | None = None  # (layer, label) whose alternatives the worker finds
+        self._cancelled_message = ""  # said when the worker is cancelled (`_start_worker`)
         for button, method in ((self.delete_button, "delete_selected"),
                                (self.set_class_button, "set_class_of_selected"),
                                (self.merge_button, "merge_previous_into_selected"),
@@ -663,8 +666,12 @@ class CorrectionPanel(PointRetrieval):
 
         The alternatives are the proposals its peak's PRM also fits, larger around its mask or
         smaller inside it (``PRMPredictor.predict(alternatives=)``): retrieval's commonest miss is
-        a part of a large object. Pressed again, the next one, then the instance's own mask as it
-        was when the cycle began (painting included). Returns the position shown (0: its own).
+        a part of a large object. The first press finds them in the panel's worker
+        (`_find_alternatives`) and shows the first when it is done; pressed again, the next one
+        at once, then the instance's own mask as it was when the cycle began (painting included).
+
+        Returns the position shown (0: its own); None when nothing is shown now: refused (the
+        status line says why), or the alternatives are being found (`running` is then true).
         """
         label = self._selected()
         if label is None:
@@ -677,11 +684,14 @@ class CorrectionPanel(PointRetrieval):
             current = np.asarray(layer.data[cycle.plane]) == label
             cycle.at = next((at for at, mask in enumerate(cycle.masks) if np.array_equal(mask, current)), -1)
         if cycle is None or cycle.layer is not layer or cycle.label != label or cycle.at < 0:
-            found = self._alternatives_of(label)
-            if found is None:
-                return None
-            cycle = self._cycle = AlternativeCycle(layer, label, found[1], plane=found[0])
-        cycle.at = (cycle.at + 1) % len(cycle.masks)
+            self._find_alternatives(label)
+            return None
+        return self._show_alternative(cycle, cycle.at + 1)
+
+    def _show_alternative(self, cycle: AlternativeCycle, at: int) -> int | None:
+        """Give ``cycle``'s instance its mask ``at`` (modulo their number), as one undo step."""
+        label, layer = cycle.label, cycle.layer
+        cycle.at = at % len(cycle.masks)
         count = len(cycle.masks) - 1
         done = (f"Instance {label}: alternative mask {cycle.at}/{count} "
                 f"({np.count_nonzero(cycle.masks[cycle.at])} px; {_keys_of('next_alternative_of_selected')}: "
@@ -693,11 +703,20 @@ class CorrectionPanel(PointRetrieval):
             return None
         return cycle.at
 
-    def _alternatives_of(self, label: int) -> tuple[tuple, list] | None:
-        """The plane of instance ``label`` and its masks there: its own as it is, then its
-        alternatives, from the cached predictor of the plane: its peak's retrieval again, asked
-        for alternatives (no forward pass; a backward pass only when the peak's map is not
-        cached). None, said why, when there are none."""
+    def _find_alternatives(self, label: int) -> bool:
+        """Start finding the masks instance ``label`` cycles through, in the panel's worker (the
+        added peaks' retrieval's): its peak's retrieval again, asked for alternatives, from the
+        cached predictor of its plane (no forward pass; a backward pass when the peak's map is
+        not cached), whose forward pass is made again when the cache dropped it (other planes
+        or images run since). When done, the first is shown (`_show_found_alternatives`).
+
+        Returns whether it started; if not, the status line says why (no peak, a worker already
+        running, the image's data changed since the run, or proposals that give none).
+        """
+        if self._computing is not None:
+            self._say(f"The alternative masks of instance {self._computing[1]} are being found: wait for "
+                      "them to be shown (then press again for the next).", "warning")
+            return False
         table = self._table()
         rows = np.flatnonzero(np.asarray(table["label"]) == label)
         peak = int(table["peak"][rows[0]]) if len(rows) else -1
@@ -706,45 +725,90 @@ class CorrectionPanel(PointRetrieval):
         if not len(where):
             self._say(f"Instance {label} has no peak (painted by hand, or its peak was deleted): alternative "
                       "masks come from its peak's response.", "warning")
-            return None
+            return False
         if self.owner.worker is not None or self.worker is not None:
             self._say("Wait for the run (or the retrieval of added peaks) to finish.", "warning")
-            return None
-        context = self.context
+            return False
+        context, owner = self.context, self.owner
         leading = len(context.leading_shape)
         coords = np.asarray(self.peaks.data)[where[0]]
         plane = point_plane(coords, leading)
-        current = np.asarray(self.instances.data[plane]) == label
         key = self._predictor_key(plane)
-        if not self.owner.predictors.ready(key):
-            self._say("The cached maps of this plane were dropped (the image's data changed, or other images or "
-                      "planes were run since): press Run to get alternative masks.", "warning")
-            return None
-        predictor = self.owner.predictors.get(key)
-        if predictor.proposal_source is None or predictor.uses_refined_proposals:
-            why = ("the run made no proposals" if predictor.proposal_source is None
-                   else "the learnt head (refined) cuts one mask per peak")
-            self._say(f"Instance {label} has no alternative masks: {why}, and they are other proposals its "
-                      "peak fits. Choose built-in or PRM-guided proposals and press Run.", "warning")
-            return None
-        class_index = int(self.peaks.features["class_index"].iloc[where[0]])
+        image = None
+        if owner.predictors.ready(key):
+            if refusal := _without_alternatives(label, owner.predictors.get(key)):
+                self._say(refusal, "warning")
+                return False
+        elif owner.predictors.outdated(key):
+            self._say(f"No alternative masks for instance {label}: the image's data changed since the run "
+                      "(its cached maps were dropped), and masks found now would be of other pixels than "
+                      "its instances'. Press Run to predict the image again.", "warning")
+            return False
+        else:  # dropped by the cache: its forward pass is made again in the worker
+            image = plane_reader(context.image_layer, plane)
+        layer = self.instances
+        job = (key, image, owner.proposals_for(context.settings["proposals"], plane), plane, coords[leading:],
+               int(self.peaks.features["class_index"].iloc[where[0]]), label)
+        self._computing = (layer, label)
+        self._start_worker(self._alternatives, (context, job),
+                           lambda out: self._show_found_alternatives(out, context, layer, label, plane),
+                           status=f"Finding the alternative masks of instance {label}…",
+                           activity=f"Peak Response Maps: {context.image_layer.name} "
+                                    f"(alternative masks of instance {label})",
+                           failed=f"Finding the alternative masks of instance {label} failed",
+                           cancelled=f"Cancelled: instance {label} keeps its mask.")
+        return True
+
+    def _alternatives(self, context, job):
+        """Worker thread: the mask of the peak's instance predicted again and its alternatives
+        (possibly none); a str says why there are none; None: cancelled."""
+        key, image, proposals, plane, yx, class_index, label = job
         try:
-            prediction = predictor.predict(points=(coords[None, leading:], [class_index]),
-                                           alternatives=ALTERNATIVES,
+            predictor = self._predictor_of(context, key, image, proposals, plane, self._report)
+            if refusal := _without_alternatives(label, predictor):
+                return refusal
+            prediction = predictor.predict(points=(yx[None], [class_index]), alternatives=ALTERNATIVES,
+                                           progress=self._report, cancel=self._cancel.is_set,
                                            **self.owner.threshold_overrides(context.settings))
+            return [np.asarray(mask, bool) for instance in prediction.instances[:1]
+                    for mask in (instance.mask, *predictor.alternative_masks(instance, prediction))]
+        except Cancelled:
+            return None
         except ValueError as error:
-            self._say(f"No alternative masks for instance {label}: {error}", "warning")
-            return None
-        masks = [current]
-        for instance in prediction.instances[:1]:
-            for mask in [instance.mask, *predictor.alternative_masks(instance, prediction)]:
+            return f"No alternative masks for instance {label}: {error}"
+
+    def _show_found_alternatives(self, out, context, layer, label: int, plane: tuple) -> None:
+        """Begin the cycle of instance ``label`` of ``layer`` (those of the press, whatever is selected
+        now) with the masks the worker found (``out``), and show the first alternative."""
+        if out is None:  # cancelled: said when the worker ends
+            return
+        if isinstance(out, str):
+            self._say(out, "warning")
+            return
+        with self.working_on(context) as alive:
+            if not alive or self.instances is not layer:
+                self._say(f"The alternative masks of instance {label} were dropped: its layer {layer.name!r} "
+                          "was removed (or its image run again) meanwhile.", "warning")
+                return
+            current = np.asarray(layer.data[plane]) == label
+            if not current.any():
+                self._say(f"The alternative masks of instance {label} were dropped: the instance was deleted "
+                          "(or erased from its plane) meanwhile.", "warning")
+                return
+            masks = [current]
+            for mask in out:
                 if not any(np.array_equal(mask, m) for m in masks):
-                    masks.append(np.asarray(mask, bool))
-        if len(masks) == 1:
-            self._say(f"Instance {label} has no alternative mask: no proposal its peak fits is larger "
-                      "around it or smaller inside it.", "warning")
-            return None
-        return plane, masks
+                    masks.append(mask)
+            if len(masks) == 1:
+                self._say(f"Instance {label} has no alternative mask: no proposal its peak fits is larger "
+                          "around it or smaller inside it.", "warning")
+                return
+            self._cycle = AlternativeCycle(layer, label, masks, plane=plane)
+            self._show_alternative(self._cycle, 1)
+
+    def _on_finished(self) -> None:
+        self._computing = None
+        super()._on_finished()
 
     def select_next_by_score(self, step: int = 1) -> int | None:
         """Select the instance after the selected one in order of score (highest first,
@@ -787,6 +851,16 @@ class CorrectionPanel(PointRetrieval):
         for axis in range(leading):  # show the instance's plane of a stack
             viewer.dims.set_point(viewer.dims.ndim - layer.ndim + axis, world[axis])
         viewer.camera.center = tuple(world[-2:])
+
+
+def _without_alternatives(label: int, predictor) -> str | None:
+    """Why instance ``label`` has no alternative masks from ``predictor``'s proposals, or None."""
+    if predictor.proposal_source is not None and not predictor.uses_refined_proposals:
+        return None
+    why = ("the run made no proposals" if predictor.proposal_source is None
+           else "the learnt head (refined) cuts one mask per peak")
+    return (f"Instance {label} has no alternative masks: {why}, and they are other proposals its peak fits. "
+            "Choose built-in or PRM-guided proposals and press Run.")
 
 
 def _split_layer(viewer, context):

@@ -236,6 +236,12 @@ class PredictorCache:
             predictor = self._predictors.get(key)
             return predictor is not None and predictor.is_image_set
 
+    def outdated(self, key: PredictorKey) -> bool:
+        """Whether the data of ``key``'s image layer changed (or the layer was removed) since
+        ``key`` was made: a forward pass made now would be of other pixels than its run's."""
+        with self._lock:
+            return self._generations.get(key.layer[0], 0) != key.layer[1]
+
     def put(self, key: PredictorKey, predictor) -> None:
         """Keep ``predictor`` under ``key``, dropping the least recently used beyond ``size``."""
         with self._lock:

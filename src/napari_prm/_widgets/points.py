@@ -40,7 +40,8 @@ class PointRetrieval:
 
     Expects ``context``, ``peaks``, ``instances``, ``owner``, ``redo_points``, ``worker``,
     ``_pending``, ``_positions``, ``_runs``, ``_cancel``, ``_move_timer``, ``quiet()``, ``_say``,
-    ``_table``, ``_write`` and ``working_on()`` from the panel.
+    ``_table``, ``_write`` and ``working_on()`` from the panel. Its worker (`_start_worker`,
+    `_predictor_of`) serves the panel's other model calls too (Shift-A's alternative masks).
     """
 
     def _point_positions(self) -> dict[int, tuple]:
@@ -173,16 +174,29 @@ class PointRetrieval:
                          np.asarray(self.peaks.data)[mine][:, leading:],
                          features["class_index"].to_numpy()[mine].astype(np.int64),
                          features["peak"].to_numpy()[mine].astype(np.int64)))
+        self._start_worker(self._retrieve, (context, jobs), lambda out: self._show_retrieved(out, context),
+                           status=f"Retrieving instances of {plural(len(rows), 'peak')}…",
+                           activity=f"Peak Response Maps: {context.image_layer.name} (added peaks)",
+                           failed="Retrieval failed",
+                           cancelled="Cancelled: the added or moved peaks keep their earlier instances.")
+
+    def _start_worker(self, function, args: tuple, shown, *, status: str, activity: str, failed: str,
+                      cancelled: str) -> None:
+        """Run ``function(*args)`` in the panel's worker (one at a time: `worker`), ``shown(its
+        result)`` then on the Qt thread; the status line says ``status`` and napari's activity
+        dock ``activity`` (its cancel button: `cancel`) meanwhile. An error is said as
+        ``failed: ...``; a cancelled one says ``cancelled`` when it ends."""
         self._cancel.clear()
+        self._cancelled_message = cancelled
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(self._retrieve, context, jobs, _start_thread=False, _connect={
-            "errored": lambda error: self._say(f"Retrieval failed: {type(error).__name__}: {error}", "error")})
-        worker.returned.connect(lambda out: self._show_retrieved(out, context))
+        worker = create_worker(function, *args, _start_thread=False, _connect={
+            "errored": lambda error: self._say(f"{failed}: {type(error).__name__}: {error}", "error")})
+        worker.returned.connect(shown)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        owner.status.setText(f"Retrieving instances of {plural(len(rows), 'peak')}…")
-        owner.begin_activity(f"Peak Response Maps: {context.image_layer.name} (added peaks)", self.cancel)
-        owner._update_rethreshold()
+        self.owner.status.setText(status)
+        self.owner.begin_activity(activity, self.cancel)
+        self.owner._update_rethreshold()
         worker.start()
 
     def _start_waiting(self) -> None:
@@ -208,27 +222,35 @@ class PointRetrieval:
     def _retrieve(self, context, jobs):
         """Worker thread: back-propagate from the points and retrieve their instances."""
         out = []
-        preset = context.settings["preset"]
         # the run's thresholds: they do not select clicked points, but their instances' confidence
         # is measured against them, as the run's instances' is
         overrides = self.owner.threshold_overrides(context.settings)
-
-        def report(stage, done, total):
-            self.owner._relay.progressed.emit((stage, done, total))
-
+        report = self._report
         for key, image, proposals, plane, yx, classes, peak_ids in jobs:
-            predictor = self.owner.predictors.checkout(key, context.model, preset=preset, proposals=proposals)
             try:
-                if not predictor.is_image_set:
-                    if image is None:  # dropped since the job was made
-                        image = plane_reader(context.image_layer, plane)
-                    predictor.set_image(image(), progress=report, cancel=self._cancel.is_set)
+                predictor = self._predictor_of(context, key, image, proposals, plane, report)
                 prediction = predictor.predict(points=(yx, classes), progress=report,
                                                cancel=self._cancel.is_set, **overrides)
             except Cancelled:
                 return None
             out.append((plane, peak_ids, prediction))
         return out
+
+    def _report(self, stage: str, done: int, total: int) -> None:
+        """Worker thread: progress, shown by the owner (status line, activity dock)."""
+        self.owner._relay.progressed.emit((stage, done, total))
+
+    def _predictor_of(self, context, key, image, proposals, plane: tuple, report):
+        """Worker thread: the cached predictor of ``plane`` of ``context``'s image (``key``), with
+        ``proposals``; its forward pass made again from ``image`` (a `plane_reader`; None: read
+        it now) when the cache dropped it (other planes or images run since). Raises `Cancelled`."""
+        predictor = self.owner.predictors.checkout(key, context.model, preset=context.settings["preset"],
+                                                   proposals=proposals)
+        if not predictor.is_image_set:
+            if image is None:  # dropped since the job was made
+                image = plane_reader(context.image_layer, plane)
+            predictor.set_image(image(), progress=report, cancel=self._cancel.is_set)
+        return predictor
 
     def cancel(self) -> None:
         self._pending.clear()
@@ -240,7 +262,7 @@ class PointRetrieval:
         self.worker = None
         self.owner.end_activity()
         if self._cancel.is_set():
-            self._say("Cancelled: the added or moved peaks keep their earlier instances.")
+            self._say(self._cancelled_message)
         self.owner._update_rethreshold()
         self._start_waiting()
 
