@@ -636,26 +636,38 @@ def press_shift_a(widget, qtbot):
     return position
 
 
+def library_alternatives(checkpoint, image, labels, peaks, peak_threshold, plane=()):
+    """What the library, on its own, gives the run's instances of ``plane`` for Shift-A: {label: [the
+    mask of its peak predicted again, *its alternatives]}, for those with alternatives."""
+    import napari_prm
+    from napari_prm import load_model
+
+    predictor = napari_prm.PRMPredictor(load_model(checkpoint), peak_threshold=peak_threshold)
+    predictor.set_image(image)
+    found = {}
+    for row in labels.features.itertuples():
+        point = peaks.data[peaks.features["peak"].to_numpy() == row.peak][0]
+        if tuple(np.round(point[:len(plane)]).astype(int)) != tuple(plane):
+            continue
+        instances = predictor.predict(points=(point[None, len(plane):], [int(row.class_index)]), alternatives=3,
+                                      peak_threshold=peak_threshold).instances
+        if instances and instances[0].alternatives:
+            found[int(row.label)] = [instances[0].mask, *predictor.alternative_masks(instances[0])]
+    return found
+
+
+def iou(a, b) -> float:
+    return np.count_nonzero(a & b) / max(np.count_nonzero(a | b), 1)
+
+
 def test_next_alternative_mask_cycles_and_undoes(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
     """Shift-A gives the selected instance the proposals its peak also fits, larger around its mask or
     smaller inside it, as the library gives them (`PRMPredictor.alternative_masks`), then its own
     mask back; each step is one undo step; an instance painted by hand has none."""
-    import napari_prm
-    from napari_prm import load_model
-
     viewer, widget, labels, peaks = run_cat_with_proposals(make_napari_viewer(), qtbot, tiny_checkpoint, small_cat,
                                                            "default")
-    panel = widget.correction
     # the library, on its own: each peak's alternatives, as masks
-    predictor = napari_prm.PRMPredictor(load_model(tiny_checkpoint), peak_threshold=widget.peak_threshold.value)
-    predictor.set_image(small_cat)
-    expected = {}
-    for row in labels.features.itertuples():
-        point = peaks.data[peaks.features["peak"].to_numpy() == row.peak][0]
-        found = predictor.predict(points=(point[None], [int(row.class_index)]), alternatives=3,
-                                  peak_threshold=widget.peak_threshold.value).instances
-        if found and found[0].alternatives:
-            expected[int(row.label)] = [found[0].mask, *predictor.alternative_masks(found[0])]
+    expected = library_alternatives(tiny_checkpoint, small_cat, labels, peaks, widget.peak_threshold.value)
     label = next(iter(expected), None)
     assert label is not None, "no instance of the run has an alternative mask"
     own = labels.data == label
@@ -770,9 +782,6 @@ def test_next_alternative_mask_on_a_plane_of_a_stack(make_napari_viewer, qtbot, 
                                                      small_cat):
     """Shift-A on an instance of a stack's second plane changes that plane only: its alternatives are
     those of that plane's image, and what the label holds on another plane (painted there) stays."""
-    import napari_prm
-    from napari_prm import load_model
-
     viewer = make_napari_viewer()
     stack = np.stack([small_cat[::-1], small_cat])
     viewer.add_image(stack, name="stack", rgb=True)
@@ -782,19 +791,9 @@ def test_next_alternative_mask_on_a_plane_of_a_stack(make_napari_viewer, qtbot, 
     widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
     run_and_wait(widget, qtbot)
     labels, peaks = viewer.layers["stack instances"], viewer.layers["stack peaks"]
-    predictor = napari_prm.PRMPredictor(load_model(tiny_checkpoint), peak_threshold=widget.peak_threshold.value)
-    predictor.set_image(small_cat)
-    chosen = None
-    for row in labels.features.itertuples():
-        point = peaks.data[peaks.features["peak"].to_numpy() == row.peak][0]
-        if round(point[0]) != 1:
-            continue
-        found = predictor.predict(points=(point[None, 1:], [int(row.class_index)]), alternatives=3).instances
-        if found and found[0].alternatives:
-            chosen = int(row.label), [found[0].mask, *predictor.alternative_masks(found[0])]
-            break
-    assert chosen is not None, "no instance of the second plane has an alternative mask"
-    label, expected = chosen
+    found = library_alternatives(tiny_checkpoint, small_cat, labels, peaks, widget.peak_threshold.value, (1,))
+    assert found, "no instance of the second plane has an alternative mask"
+    label, expected = next(iter(found.items()))
     painted = np.zeros(labels.data.shape, bool)
     painted[0, :4, :4] = True  # the label painted on the first plane too
     labels.data_setitem(np.nonzero(painted), label)
@@ -805,3 +804,112 @@ def test_next_alternative_mask_on_a_plane_of_a_stack(make_napari_viewer, qtbot, 
     assert press_shift_a(widget, qtbot) == 1, widget.last_message
     np.testing.assert_array_equal(labels.data[1] == label, first)
     np.testing.assert_array_equal(labels.data[0], before)
+
+
+def test_next_alternative_mask_is_found_in_a_worker(make_napari_viewer, qtbot, prm_config, tiny_checkpoint,
+                                                    small_cat):
+    """The first press of Shift-A finds the alternatives in the panel's worker (the viewer does not wait
+    for the backward pass) and shows the first when done, as one undo step; a press meanwhile starts no
+    second worker; the masks go to the instance selected when pressed, and are dropped (said so) when
+    that instance, or its layer, is gone meanwhile."""
+    viewer, widget, labels, peaks = run_cat_with_proposals(make_napari_viewer(), qtbot, tiny_checkpoint, small_cat,
+                                                           "default")
+    panel = widget.correction
+    expected = library_alternatives(tiny_checkpoint, small_cat, labels, peaks, widget.peak_threshold.value)
+    label = next(iter(expected), None)
+    assert label is not None, "no instance of the run has an alternative mask"
+    own = labels.data == label
+    first = next(m for m in expected[label] if not np.array_equal(m, own))
+    painted = np.zeros(labels.data.shape, bool)
+    painted[:5, :5] = True
+    assert not np.any(labels.data[painted])
+    labels.data_setitem(np.nonzero(painted), 99)  # an instance painted by hand
+    qtbot.waitUntil(lambda: 99 in labels.features["label"].tolist())
+    before = labels.data.copy()
+    labels.selected_label = label
+    assert panel.next_alternative_of_selected() is None
+    worker = panel.worker
+    assert worker is not None and widget.running
+    assert widget.status.text() == f"Finding the alternative masks of instance {label}…"
+    np.testing.assert_array_equal(labels.data, before)  # nothing shown yet
+    # pressed again (or on another instance) while it runs: no second worker
+    assert panel.next_alternative_of_selected() is None and panel.worker is worker
+    assert f"The alternative masks of instance {label} are being found" in widget.last_message
+    labels.selected_label = 99  # the result still goes to the instance pressed
+    assert panel.next_alternative_of_selected() is None and panel.worker is worker
+    assert f"The alternative masks of instance {label} are being found" in widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    shown = labels.data == label
+    np.testing.assert_array_equal(shown, first)
+    assert iou(shown, own) < 0.9 and np.count_nonzero(shown) != np.count_nonzero(own)
+    assert widget.last_message.startswith(f"Instance {label}: alternative mask 1/{len(expected[label]) - 1} "
+                                          f"({np.count_nonzero(first)} px;")
+    np.testing.assert_array_equal(labels.data == 99, painted)
+    labels.undo()  # one undo step for the press
+    np.testing.assert_array_equal(labels.data, before)
+    # its mask painted over the painted instance: a new cycle, found in the worker; the instance is
+    # deleted meanwhile: its alternatives are dropped, nothing else changes
+    labels.data_setitem(np.nonzero(painted), label)
+    qtbot.waitUntil(lambda: 99 not in labels.features["label"].tolist())
+    grown = labels.data.copy()
+    labels.selected_label = label
+    assert panel.next_alternative_of_selected() is None and panel.worker is not None
+    assert panel.delete_selected()
+    deleted = labels.data.copy()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert (f"The alternative masks of instance {label} were dropped: the instance was deleted"
+            in widget.last_message)
+    np.testing.assert_array_equal(labels.data, deleted)
+    labels.undo()  # the deletion, the only step since
+    np.testing.assert_array_equal(labels.data, grown)
+    qtbot.waitUntil(lambda: label in labels.features["label"].tolist())  # its row (and peak) back
+    # the instances layer removed meanwhile
+    labels.selected_label = label
+    assert panel.next_alternative_of_selected() is None and panel.worker is not None
+    viewer.layers.remove(labels)
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert f"The alternative masks of instance {label} were dropped: its layer" in widget.last_message
+    np.testing.assert_array_equal(labels.data, grown)
+
+
+def test_next_alternative_mask_of_a_plane_the_cache_dropped(make_napari_viewer, qtbot, prm_config,
+                                                            tiny_checkpoint, small_cat):
+    """Shift-A on a plane of a stack whose cached maps the predictor cache dropped (more planes than it
+    holds) remakes the plane's forward pass in the worker, as a peak added there does (it said "press
+    Run"); after the image's data changed it refuses, saying so: the masks would be of other pixels."""
+    viewer = make_napari_viewer()
+    stack = np.stack([small_cat, small_cat[::-1]])
+    viewer.add_image(stack, name="stack", rgb=True)
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.predictors.size = 1  # the second plane's maps push the first's out
+    widget.proposals.value = "default"
+    widget.planes.value = "all planes"
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 3)
+    run_and_wait(widget, qtbot)
+    labels, peaks = viewer.layers["stack instances"], viewer.layers["stack peaks"]
+    assert not widget.predictors.ready(widget.context.predictor_keys[(0,)])
+    expected = library_alternatives(tiny_checkpoint, small_cat, labels, peaks, widget.peak_threshold.value, (0,))
+    label = next(iter(expected), None)
+    assert label is not None, "no instance of the first plane has an alternative mask"
+    own, before = labels.data[0] == label, labels.data.copy()
+    first = next(m for m in expected[label] if not np.array_equal(m, own))
+    forwards, hook = forward_counter(widget.context.model)
+    try:
+        labels.selected_label = label
+        assert press_shift_a(widget, qtbot) == 1, widget.last_message
+    finally:
+        hook.remove()
+    assert len(forwards) == 1  # the first plane's forward pass, made again
+    assert widget.predictors.ready(widget.context.predictor_keys[(0,)])
+    np.testing.assert_array_equal(labels.data[0] == label, first)
+    assert iou(labels.data[0] == label, own) < 0.9
+    np.testing.assert_array_equal(labels.data[1], before[1])
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
+    # the image's data changed since the run: its maps are not made again from other pixels
+    viewer.layers["stack"].data = stack[:, ::-1].copy()
+    assert not widget.predictors.ready(widget.context.predictor_keys[(0,)])
+    labels.selected_label = next(int(other) for other in labels.features["label"] if int(other) != label)
+    assert widget.correction.next_alternative_of_selected() is None and not widget.running
+    assert "the image's data changed since the run" in widget.last_message
+    np.testing.assert_array_equal(labels.data, before)
