@@ -863,6 +863,13 @@ def test_next_alternative_mask_is_found_in_a_worker(make_napari_viewer, qtbot, p
     labels.undo()  # the deletion, the only step since
     np.testing.assert_array_equal(labels.data, grown)
     qtbot.waitUntil(lambda: label in labels.features["label"].tolist())  # its row (and peak) back
+    # cancelled (the activity dock's button, or the widget's Cancel): nothing changes
+    labels.selected_label = label
+    assert panel.next_alternative_of_selected() is None and panel.worker is not None
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.last_message == f"Cancelled: instance {label} keeps its mask."
+    np.testing.assert_array_equal(labels.data, grown)
     # the instances layer removed meanwhile
     labels.selected_label = label
     assert panel.next_alternative_of_selected() is None and panel.worker is not None

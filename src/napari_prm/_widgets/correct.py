@@ -780,7 +780,7 @@ class CorrectionPanel(PointRetrieval):
     def _show_found_alternatives(self, out, context, layer, label: int, plane: tuple) -> None:
         """Begin the cycle of instance ``label`` of ``layer`` (those of the press, whatever is selected
         now) with the masks the worker found (``out``), and show the first alternative."""
-        if out is None:  # cancelled: said when the worker ends
+        if out is None or self._cancel.is_set():  # cancelled (maybe once done): said when the worker ends
             return
         if isinstance(out, str):
             self._say(out, "warning")
