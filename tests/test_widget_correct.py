@@ -863,20 +863,27 @@ def test_next_alternative_mask_is_found_in_a_worker(make_napari_viewer, qtbot, p
     labels.undo()  # the deletion, the only step since
     np.testing.assert_array_equal(labels.data, grown)
     qtbot.waitUntil(lambda: label in labels.features["label"].tolist())  # its row (and peak) back
-    # cancelled (the activity dock's button, or the widget's Cancel): nothing changes
+    # cancelled with the activity dock's button: nothing changes, and a point added meanwhile (which
+    # waited for the worker) is still retrieved after it
     labels.selected_label = label
     assert panel.next_alternative_of_selected() is None and panel.worker is not None
-    widget.cancel()
-    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
-    assert widget.last_message == f"Cancelled: instance {label} keeps its mask."
-    np.testing.assert_array_equal(labels.data, grown)
+    cancelled = []
+    panel.worker.finished.connect(lambda: cancelled.append(widget.last_message))
+    peaks.add([[100.0, 20.0]])
+    assert widget.activity is not None
+    widget.activity.bar.cancel()
+    qtbot.waitUntil(lambda: not widget.running and len(peaks.data) == len(peaks.features)
+                    and widget.last_message.startswith(("Retrieved", "No instance")), timeout=WAIT_MS)
+    assert cancelled == [f"Cancelled: instance {label} keeps its mask."]
+    np.testing.assert_array_equal(labels.data == label, grown == label)
+    after = labels.data.copy()
     # the instances layer removed meanwhile
     labels.selected_label = label
     assert panel.next_alternative_of_selected() is None and panel.worker is not None
     viewer.layers.remove(labels)
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert f"The alternative masks of instance {label} were dropped: its layer" in widget.last_message
-    np.testing.assert_array_equal(labels.data, grown)
+    np.testing.assert_array_equal(labels.data, after)
 
 
 def test_next_alternative_mask_of_a_plane_the_cache_dropped(make_napari_viewer, qtbot, prm_config,

@@ -756,7 +756,7 @@ class CorrectionPanel(PointRetrieval):
                            activity=f"Peak Response Maps: {context.image_layer.name} "
                                     f"(alternative masks of instance {label})",
                            failed=f"Finding the alternative masks of instance {label} failed",
-                           cancelled=f"Cancelled: instance {label} keeps its mask.")
+                           cancelled=f"Cancelled: instance {label} keeps its mask.", on_cancel=self._cancel_worker)
         return True
 
     def _alternatives(self, context, job):

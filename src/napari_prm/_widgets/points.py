@@ -181,11 +181,11 @@ class PointRetrieval:
                            cancelled="Cancelled: the added or moved peaks keep their earlier instances.")
 
     def _start_worker(self, function, args: tuple, shown, *, status: str, activity: str, failed: str,
-                      cancelled: str) -> None:
+                      cancelled: str, on_cancel=None) -> None:
         """Run ``function(*args)`` in the panel's worker (one at a time: `worker`), ``shown(its
         result)`` then on the Qt thread; the status line says ``status`` and napari's activity
-        dock ``activity`` (its cancel button: `cancel`) meanwhile. An error is said as
-        ``failed: ...``; a cancelled one says ``cancelled`` when it ends."""
+        dock ``activity`` (its cancel button calls ``on_cancel``, `cancel` by default) meanwhile.
+        An error is said as ``failed: ...``; a cancelled one says ``cancelled`` when it ends."""
         self._cancel.clear()
         self._cancelled_message = cancelled
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
@@ -195,7 +195,7 @@ class PointRetrieval:
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.owner.status.setText(status)
-        self.owner.begin_activity(activity, self.cancel)
+        self.owner.begin_activity(activity, on_cancel or self.cancel)
         self.owner._update_rethreshold()
         worker.start()
 
@@ -253,7 +253,13 @@ class PointRetrieval:
         return predictor
 
     def cancel(self) -> None:
+        """Stop the worker, and forget the peaks waiting for retrieval."""
         self._pending.clear()
+        self._cancel_worker()
+
+    def _cancel_worker(self) -> None:
+        """Stop the worker only (the activity dock's cancel of Shift-A's: peaks added meanwhile
+        are still retrieved when it ends)."""
         if self.worker is not None:
             self._cancel.set()
             self.worker.quit()
