@@ -141,6 +141,35 @@ def test_a_point_added_or_moved_gets_its_instance(make_napari_viewer, qtbot, prm
     hook.remove()
 
 
+def test_a_point_added_after_the_image_data_changed_is_not_retrieved_from_other_pixels(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """A peak added once the image layer's data changed since the run is not retrieved on the new
+    pixels (the run's instances are of the old ones): the point stays, unretrieved, and the panel
+    says to press Run; no forward pass is made."""
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    candidates = np.zeros(small_cat.shape[:2], np.uint16)
+    candidates[10:50, 10:60] = 1
+    viewer.add_labels(candidates, name="candidates")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = viewer.layers["candidates"]
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
+    run_and_wait(widget, qtbot)
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    before, count = instances.data.copy(), len(peaks.data)
+    viewer.layers["cat"].data = small_cat[::-1].copy()
+    forwards, hook = forward_counter(widget.context.model)
+    try:
+        peaks.add([[30.0, 35.0]])
+        qtbot.waitUntil(lambda: "not retrieved" in (widget.last_message or ""), timeout=10_000)
+    finally:
+        hook.remove()
+    assert not forwards and not widget.running
+    assert "1 added or moved peak not retrieved: the image's data changed" in widget.last_message
+    assert len(peaks.data) == count + 1 and int(peaks.features["label"].iloc[-1]) == 0
+    np.testing.assert_array_equal(instances.data, before)
+
+
 def test_adding_many_points_can_be_cancelled(make_napari_viewer, qtbot, prm_config, tiny_checkpoint,
                                              small_cat):
     viewer = make_napari_viewer()

@@ -165,15 +165,25 @@ class PointRetrieval:
         leading = len(context.leading_shape)
         coords = np.asarray(self.peaks.data)[rows]
         planes = [point_plane(row, leading) for row in coords]
-        jobs = []
+        jobs, outdated = [], 0
         for plane in sorted(set(planes)):
             mine = [r for r, p in zip(rows, planes) if p == plane]
             key = self._predictor_key(plane)
+            if not owner.predictors.ready(key) and owner.predictors.outdated(key):
+                outdated += len(mine)  # its instances would be cut from other pixels than the run's
+                continue
             jobs.append((key, None if owner.predictors.ready(key) else plane_reader(context.image_layer, plane),
                          owner.proposals_for(context.settings["proposals"], plane), plane,
                          np.asarray(self.peaks.data)[mine][:, leading:],
                          features["class_index"].to_numpy()[mine].astype(np.int64),
                          features["peak"].to_numpy()[mine].astype(np.int64)))
+        if outdated:
+            self._say(f"{plural(outdated, 'added or moved peak')} not retrieved: the image's data changed since "
+                      "the run (its cached maps were dropped), and instances found now would be of other pixels "
+                      "than the run's. The points stay; press Run to predict the image again.", "warning")
+        if not jobs:
+            return
+        rows = [r for r, p in zip(rows, planes) if any(p == job[3] for job in jobs)]
         self._start_worker(self._retrieve, (context, jobs), lambda out: self._show_retrieved(out, context),
                            status=f"Retrieving instances of {plural(len(rows), 'peak')}…",
                            activity=f"Peak Response Maps: {context.image_layer.name} (added peaks)",
