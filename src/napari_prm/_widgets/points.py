@@ -284,8 +284,9 @@ class PointRetrieval:
 
     def _show_retrieved(self, out, context) -> None:
         """Put the retrieved instances into the layers of ``context``'s run (the run the points
-        were added to; the panel may work on another image's run by now)."""
-        if out is None:
+        were added to; the panel may work on another image's run by now). Nothing when it was
+        cancelled, even once they were found: the cancel says the points keep their instances."""
+        if out is None or self._cancel.is_set():
             return
         with self.working_on(context) as alive:
             if alive:
