@@ -83,3 +83,44 @@ def test_documented_parameters_are_the_signatures():
         if documented != actual:
             wrong.append(f"{name}: undocumented {sorted(actual - documented)}, stale {sorted(documented - actual)}")
     assert not wrong, "\n".join(wrong)
+
+
+def _has_section(doc: str, title: str) -> bool:
+    lines = doc.splitlines()
+    return any(lines[i].strip() == title and set(lines[i + 1].strip()) == {"-"} for i in range(len(lines) - 1))
+
+
+def test_the_top_level_api_documents_its_parameters_and_returns():
+    """Every function and public method ``napari_prm`` exports (and ``train``, ``refine``,
+    ``evaluate``) that takes arguments has a numpydoc ``Parameters`` section, and one that
+    returns something a ``Returns`` section: ``PRMPredictor.set_proposals``,
+    ``class_response_maps``, ``save_model`` and ``PRMModel.to`` had only prose, so the
+    parameter check above skipped them."""
+    import inspect
+
+    import napari_prm
+    from napari_prm.evaluate import evaluate, evaluate_labels
+    from napari_prm.refine import refine
+    from napari_prm.train import calibrate_checkpoint, train
+
+    items = [(f"napari_prm.{name}", getattr(napari_prm, name)) for name in napari_prm.__all__]
+    items += [(f.__module__ + "." + f.__name__, f) for f in (train, calibrate_checkpoint, refine, evaluate,
+                                                              evaluate_labels)]
+    callables = []
+    for name, item in items:
+        if inspect.isfunction(item):
+            callables.append((name, item))
+        elif inspect.isclass(item):
+            callables += [(f"{name}.{method_name}", method) for method_name, method in vars(item).items()
+                          if inspect.isfunction(method) and not method_name.startswith("_")]
+    assert len(callables) >= 30
+    missing = []
+    for name, function in callables:
+        doc = inspect.getdoc(function) or ""
+        signature = inspect.signature(function)
+        if [p for p in signature.parameters if p not in ("self", "cls")] and not _has_section(doc, "Parameters"):
+            missing.append(f"{name}: no Parameters")
+        if signature.return_annotation not in (None, "None", inspect.Signature.empty) and not (
+                _has_section(doc, "Returns") or _has_section(doc, "Yields")):
+            missing.append(f"{name}: no Returns")
+    assert not missing, "\n".join(missing)

@@ -600,6 +600,12 @@ class PRMPredictor:
         The current image's proposals are computed again when next needed, unless
         ``proposals`` is the source already in use (the same object, or an equal name
         or path); the forward pass and the cached PRMs are kept.
+
+        Parameters
+        ----------
+        proposals : str, path, ndarray, callable or None
+            As :class:`PRMPredictor`'s ``proposals`` (see
+            :func:`napari_prm.proposals.make_proposals`); None gives peaks and PRMs only.
         """
         from .proposals import resolve_source
 
@@ -695,7 +701,17 @@ class PRMPredictor:
 
         A plain forward pass without the graph peak backpropagation needs: cheaper
         than :meth:`set_image` when only the maps are wanted (e.g. calibration).
-        The current image is left as it is. ``image`` is what :meth:`set_image` takes.
+        The current image is left as it is.
+
+        Parameters
+        ----------
+        image : ndarray
+            What :meth:`set_image` takes.
+
+        Returns
+        -------
+        (C, h, w) float32 ndarray
+            One map per class of the model, upsampled by the sub-pixel locating factor.
         """
         rgb = as_rgb_float(image, keep_gray=True)
         x = self.model.network_input(rgb, self.settings.input_size)
@@ -722,6 +738,11 @@ class PRMPredictor:
             Keep only peaks of these classes.
         **overrides
             Fields of :class:`PredictSettings` (thresholds, suppression, cap).
+
+        Returns
+        -------
+        napari_prm.peaks.PeakSelection
+            The kept peaks ``(class, y, x)`` in CRM pixels, strongest first, with their values.
         """
         self._require_image()
         settings = self._settings_with(overrides)
@@ -827,7 +848,14 @@ class PRMPredictor:
     def proposals(self, prms: np.ndarray | None = None, prediction: Prediction | None = None) -> np.ndarray | None:
         """The segment proposals of the current image (computed once unless they depend on the peaks).
 
-        ``"refined"`` in a combination needs ``prediction`` (its peaks and PRMs).
+        Parameters
+        ----------
+        prms : (K, H, W) ndarray, optional
+            The PRMs that ``"prm"`` proposals are made from (a source without ``"prm"`` or
+            ``"refined"`` ignores it).
+        prediction : Prediction, optional
+            The prediction whose peaks and PRMs ``"refined"`` (alone or in a combination)
+            needs.
 
         Returns
         -------
@@ -854,6 +882,11 @@ class PRMPredictor:
             The prediction ``instance`` comes from: needed when the proposals are made from its
             PRMs (``"prm"``, or a combination with ``"prm"`` or ``"refined"``), which are then
             made again from them.
+
+        Returns
+        -------
+        list of (H, W) bool ndarray
+            One mask per index of ``instance.alternatives``, in its order; empty when it has none.
 
         Examples
         --------
@@ -1003,6 +1036,15 @@ class PRMPredictor:
 
         The backbone's maps the head reads are computed once per image; see
         :func:`napari_prm.refine.refined_instances`.
+
+        Parameters
+        ----------
+        prediction : Prediction
+            A prediction of the current image (its peaks, PRMs and CRMs prompt the head).
+
+        Returns
+        -------
+        list of Instance
         """
         from .refine.inference import head_logits, instance_options, stage_features
         from .refine.instances import head_instances

@@ -148,7 +148,18 @@ class PRMModel:
         return len(self.class_names)
 
     def to(self, device: str | torch.device | None) -> PRMModel:
-        """Move the network to ``device`` (None: the best available) and return self."""
+        """Move the network (and its refinement head) to ``device`` and return self.
+
+        Parameters
+        ----------
+        device : str, torch.device or None
+            None: the best available (see :func:`resolve_device`).
+
+        Returns
+        -------
+        PRMModel
+            This model.
+        """
         self.network.to(resolve_device(device))
         if self.head is not None:
             self.head.to(resolve_device(device))
@@ -160,20 +171,49 @@ class PRMModel:
         return next(self.network.parameters()).dtype
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """An image (what :func:`napari_prm.io.as_rgb_float` takes) -> the normalised
-        ``(1, 3, h, w)`` network input on the model's device, in its dtype."""
+        """The normalised network input of an image, on the model's device, in its dtype.
+
+        Parameters
+        ----------
+        image : ndarray
+            What :func:`napari_prm.io.as_rgb_float` takes.
+
+        Returns
+        -------
+        (1, 3, h, w) torch.Tensor
+            Resized to :attr:`input_size` (None keeps the image's size).
+        """
         return self.network_input(as_rgb_float(image))
 
     def network_input(self, rgb: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """:meth:`preprocess` of an image `as_rgb_float` has already made ``(H, W, 3)`` floats in
-        [0, 1] (normalising it again would give the same values, at the cost of passes over it),
-        or ``(H, W, 1)`` for a gray image (``keep_gray=True``): the same input.
+        """:meth:`preprocess` of an image `as_rgb_float` has already made.
 
-        ``size`` ``(h, w)`` resizes to it instead of :attr:`input_size` (None: ``input_size``)."""
+        Normalising it again would give the same values, at the cost of passes over it.
+
+        Parameters
+        ----------
+        rgb : (H, W, 3) or (H, W, 1) float ndarray
+            Floats in [0, 1]; ``(H, W, 1)`` for a gray image (``keep_gray=True``): the same input.
+        size : (int, int), optional
+            ``(h, w)`` to resize to instead of :attr:`input_size` (None: ``input_size``).
+
+        Returns
+        -------
+        (1, 3, h, w) torch.Tensor
+        """
         size = self.input_size if size is None else size
         return to_network_input(rgb, size, self.mean, self.std).to(self.device, self.dtype)
 
     def metadata(self) -> dict[str, Any]:
+        """What a checkpoint records beside the weights.
+
+        Returns
+        -------
+        dict
+            Format and package version, backbone, class names, input size, normalisation,
+            the model's settings (calibrated thresholds included) and, with a refinement
+            head, its ``refine`` entry.
+        """
         from .. import __version__
 
         return {
@@ -304,6 +344,11 @@ def build_model(
         offline; ResNet-50 / VGG-16: torchvision download). The classifier is new.
     input_size, win_size, peak_filter, sub_pixel_locating_factor
         Saved with the model; see :class:`PRMModel` and :class:`PeakResponseMapping`.
+
+    Returns
+    -------
+    PRMModel
+        Untrained classifier rows and no calibrated thresholds, on the CPU.
     """
     if isinstance(class_names, (str, bytes)):
         raise ValueError(f"class_names: expected a list of names, got the string {class_names!r}")
@@ -445,8 +490,20 @@ def checkpoint_file(name: str, path: str | os.PathLike, *, training: bool = Fals
 def save_model(model: PRMModel, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
     """Save weights and metadata to ``path`` (``.safetensors``, or a torch ``.pt``/``.pth`` file), atomically.
 
-    ``extra`` is a dict of tensors and plain values stored alongside (torch files only).
-    Another suffix (``model.onnx``, none) is refused: a torch file was written under it.
+    Parameters
+    ----------
+    model : PRMModel
+    path : path-like
+        Ending in ``.safetensors``, ``.pt`` or ``.pth``. Another suffix (``model.onnx``,
+        none) is refused: a torch file was written under it.
+    extra : dict, optional
+        Tensors and plain values stored alongside (torch files only: a ``ValueError`` for
+        ``.safetensors``).
+
+    Returns
+    -------
+    Path
+        The file written.
     """
     return _write_model(model, checkpoint_file("path", path), extra=extra)
 

@@ -152,6 +152,11 @@ class PeakResponseMapping(nn.Module):
             :data:`TTA_SCALES` (each resized bilinearly to the scale-1 maps' size).
             Every step is differentiable, so peak backpropagation goes through
             all six branches to ``x``.
+
+        Returns
+        -------
+        (B, C, h, w) torch.Tensor
+            ``h, w``: the backbone's output grid times the factor.
         """
         factor = self.sub_pixel_locating_factor if sub_pixel_locating_factor is None else int(sub_pixel_locating_factor)
         if factor < 1:
@@ -185,7 +190,17 @@ class PeakResponseMapping(nn.Module):
         return torch.stack(branches).mean(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Peak-stimulated class scores ``(B, C)``."""
+        """Peak-stimulated class scores (what training's loss takes).
+
+        Parameters
+        ----------
+        x : (B, 3, H, W) float tensor
+            Normalised network input.
+
+        Returns
+        -------
+        (B, C) torch.Tensor
+        """
         scores, _ = peak_stimulation(self.class_response_maps(x), self.win_size, self.peak_filter)
         return scores
 
