@@ -662,7 +662,8 @@ def load_model(name_or_path: str | os.PathLike | PRMModel, *, device: str | torc
         :func:`is_builtin_name`). A PRMModel is moved to ``device`` (in place, as
         ``PRMModel.to`` does) and returned.
     device : str, torch.device or None
-        Where to put the network (None: the best available).
+        Where to put the network: the CPU by default; None: the best available (CUDA, then MPS,
+        then the CPU).
 
     Returns
     -------
