@@ -540,3 +540,18 @@ def test_files_and_tests_the_pages_name_exist():
                 assert any(re.search(rf"^def {name}\(", source, re.M) for source in sources), f"{page.name}: {span}"
                 names += 1
     assert paths >= 50 and names >= 20, (paths, names)
+
+
+def test_architecture_contracts_list_the_fields_of_prediction_and_instance():
+    """architecture.md's "Contracts between modules" names every field of ``Prediction`` (its
+    table) and of ``Instance`` (its signature), in order: ``Instance.alternatives`` was missing."""
+    import dataclasses
+
+    from napari_prm import Instance, Prediction
+
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8").split("## Contracts between modules")[1]
+    table = text.split("`Prediction` (from `predict`)")[1].split("\n\n")[1]
+    listed = [name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split("|")[1])]
+    assert listed == [f.name for f in dataclasses.fields(Prediction)]
+    signature = re.search(r"`Instance\(([^)]*)\)`", text).group(1)
+    assert [name.strip() for name in signature.split(",")] == [f.name for f in dataclasses.fields(Instance)]
