@@ -555,3 +555,15 @@ def test_architecture_contracts_list_the_fields_of_prediction_and_instance():
     assert listed == [f.name for f in dataclasses.fields(Prediction)]
     signature = re.search(r"`Instance\(([^)]*)\)`", text).group(1)
     assert [name.strip() for name in signature.split(",")] == [f.name for f in dataclasses.fields(Instance)]
+
+
+def test_the_top_level_api_page_names_every_export():
+    """docs/api/napari_prm.md's table of what the package re-exports names each name of
+    ``napari_prm.__all__`` (``PRMPredictor``, ``PredictSettings`` and ``preset_settings`` were
+    missing) and nothing else."""
+    import napari_prm
+
+    text = (ROOT / "docs" / "api" / "napari_prm.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    listed = [name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])]
+    assert sorted(listed) == sorted(napari_prm.__all__)
