@@ -194,12 +194,29 @@ def preset_settings(preset: str = "default", **overrides: Any) -> PredictSetting
         peaks across classes and masks at the image's resolution (see
         docs/accuracy.md for what each change measured).
     **overrides
-        Fields of :class:`PredictSettings`, as given (None included: ``max_peaks=None``
-        removes the cap; ``class_threshold=None`` means the model's calibrated value).
+        Fields of :class:`PredictSettings`, as given (None included: ``class_threshold=None``
+        means the model's calibrated value, ``suppression_radius=None`` turns the suppression
+        off). ``max_peaks`` is an integer from 1 to :data:`MAX_PEAKS_LIMIT`: None is refused.
 
     Returns
     -------
     PredictSettings
+
+    Raises
+    ------
+    ValueError
+        An unknown preset or setting, or a value out of its range (naming it).
+
+    Examples
+    --------
+    >>> preset_settings("original").peak_threshold
+    30.0
+    >>> preset_settings(max_peaks=20).max_peaks
+    20
+    >>> preset_settings(max_peaks=None)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_peaks: expected an integer in [1, 1000], got None
     """
     if preset not in PRESETS:
         raise ValueError(f"preset: expected one of {PRESETS}, got {preset!r}")
