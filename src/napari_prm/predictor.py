@@ -399,8 +399,20 @@ class Prediction:
         return (f"Prediction(image_shape=({height}, {width}), {peaks}, {instances}, "
                 f"class_names={names_summary(self.class_names)}{preset}, notes={self.notes!r})")
 
-    def to_labels(self):
-        """The instances as ``(labels, table)``; see :func:`napari_prm.retrieval.instances_to_labels`."""
+    def to_labels(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The instances as one label image and a table of its labels.
+
+        Where instances overlap, the higher-scoring one keeps the pixels; see
+        :func:`napari_prm.retrieval.instances_to_labels`.
+
+        Returns
+        -------
+        labels : (H, W) uint16 ndarray
+            0 for background, instance i labelled i + 1 (uint32 above 65535 instances).
+        table : dict of str to ndarray
+            Columns ``label``, ``class_index``, ``class_name``, ``score``, ``peak``, one row
+            per instance.
+        """
         from .retrieval import instances_to_labels
 
         return instances_to_labels(self.instances, self.image_shape, class_names=self.class_names)
@@ -415,6 +427,7 @@ class Prediction:
         image_id : int
             The image's COCO id (e.g. a dataset's ``image_ids[i]``).
         file_name : str
+            ``file_name`` of the image entry (empty by default).
         category_ids : sequence of int, optional
             Each class's COCO category id (default ``index + 1``).
 
