@@ -567,3 +567,47 @@ def test_the_top_level_api_page_names_every_export():
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     listed = [name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])]
     assert sorted(listed) == sorted(napari_prm.__all__)
+
+
+def test_the_defaults_the_pages_state_are_the_codes():
+    """Numbers the prose gives as defaults or limits are the code's: the peak cap and its
+    limit, the suppression radius, the held-out share, the calibration warning's image count,
+    the original preset's thresholds, the built-in proposals' area range and what the widgets
+    remember and cache."""
+    import inspect
+
+    from napari_prm._widgets.models import MAX_RECENT, PredictorCache
+    from napari_prm.peaks import MAX_PEAKS, MIN_CALIBRATION_IMAGES
+    from napari_prm.predictor import DEFAULT, MAX_PEAKS_LIMIT, ORIGINAL
+    from napari_prm.proposals import default_proposals
+    from napari_prm.train import train
+
+    def text(name):
+        return " ".join((ROOT / "docs" / name).read_text(encoding="utf-8").split())
+
+    def number(value):
+        return f"{value:g}"
+
+    cached = {3: "three"}[inspect.signature(PredictorCache).parameters["size"].default]
+    area = inspect.signature(default_proposals).parameters["area_range"].default
+    claims = {
+        "usage.md": [
+            f"within {number(DEFAULT.suppression_radius)} CRM cells",
+            f"at most {MAX_PEAKS} per image (`max_peaks`)",
+            f"(`--val-fraction`, default {number(inspect.signature(train).parameters['val_fraction'].default)})",
+            f"fewer than {MIN_CALIBRATION_IMAGES} images (`napari_prm.peaks.MIN_CALIBRATION_IMAGES`)",
+            f"the official release's {number(ORIGINAL.class_threshold)} and {number(ORIGINAL.peak_threshold)}",
+            f"`default_proposals(area_range=({number(area[0])}, {number(area[1])}))`",
+            f"the widget's *max peaks* field, up to {MAX_PEAKS_LIMIT})",
+        ],
+        "plugin.md": [
+            f"({MAX_PEAKS} by default, up to {MAX_PEAKS_LIMIT};",
+            f"(the last {MAX_RECENT} are remembered)",
+            f"the predictors of the last {cached} image planes",
+            f"when fewer than {MIN_CALIBRATION_IMAGES} images calibrated them",
+        ],
+        "tutorial.md": [f"the last {MAX_RECENT} checkpoints"],
+    }
+    for page, phrases in claims.items():
+        for phrase in phrases:
+            assert phrase in text(page), f"{page}: {phrase}"
