@@ -124,3 +124,25 @@ def test_the_top_level_api_documents_its_parameters_and_returns():
                 _has_section(doc, "Returns") or _has_section(doc, "Yields")):
             missing.append(f"{name}: no Returns")
     assert not missing, "\n".join(missing)
+
+
+def test_a_parameter_documented_optional_can_be_left_out():
+    """numpydoc's ``, optional`` means the argument has a default: ``export_instances`` said so of
+    ``table`` and ``class_names``, which must be given (None is accepted)."""
+    import inspect
+
+    wrong = []
+    for name, item in _public_callables():
+        doc = inspect.getdoc(item) or ""
+        if _documented_parameters(doc) is None:
+            continue
+        parameters = inspect.signature(item).parameters
+        section = doc.split("Parameters\n----------\n", 1)[1]
+        for line in section.splitlines():
+            if line and not line[0].isspace() and " : " in line and line.rstrip().endswith("optional"):
+                for parameter in (p.strip().lstrip("*") for p in line.split(" : ")[0].split(",")):
+                    if parameter in parameters and parameters[parameter].default is inspect.Parameter.empty \
+                            and parameters[parameter].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                                   inspect.Parameter.VAR_KEYWORD):
+                        wrong.append(f"{name}: {parameter}")
+    assert not wrong, wrong

@@ -96,10 +96,10 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
     labels : (H, W) integer ndarray
         Or a stack ``(*leading, H, W)`` for a TIFF and a CSV (whose rows name their plane;
         see `write_instances_csv`); PNG and COCO hold 2-D label images only.
-    table : mapping of columns, optional
-        Instance table; see the module docstring.
-    class_names : sequence of str, optional
-        All classes (COCO categories); defaults to those in ``table``.
+    table : mapping of columns or None
+        Instance table; see the module docstring. None: every label of class ``unknown``.
+    class_names : sequence of str or None
+        All classes (COCO categories); None: those in ``table``.
     out : path-like
         A file ending in ``.tif``/``.tiff``, ``.png``, ``.json`` (COCO) or ``.csv``: that one
         file is written. Otherwise a folder (created if needed) that receives
