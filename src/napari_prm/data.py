@@ -1105,12 +1105,29 @@ def from_csv(
 def load_dataset(path: PathLike, image_folder: PathLike | None = None, **kwargs) -> LabeledImageDataset:
     """Load a dataset, choosing the format from ``path``.
 
-    A ``.json`` file is COCO, a ``.csv`` file is a label CSV, a PASCAL VOC year folder (one
-    holding ``JPEGImages/`` and ``Annotations/``) or a ``.txt`` split list in its
-    ``ImageSets/<task>/`` is PASCAL VOC (`from_voc`), another folder is a folder per class.
-    ``image_folder`` is the folder of a COCO JSON's or a CSV's images (their ``image_dir`` /
-    ``image_root``; the command line's ``--image-dir``); a folder per class and a PASCAL VOC
-    devkit hold their own. Other keyword arguments go to the loader.
+    Parameters
+    ----------
+    path : path-like
+        A ``.json`` file is COCO (`from_coco`), a ``.csv`` file is a label CSV (`from_csv`), a
+        PASCAL VOC year folder (one holding ``JPEGImages/`` and ``Annotations/``) or a ``.txt``
+        split list in its ``ImageSets/<task>/`` is PASCAL VOC (`from_voc`), another folder is a
+        folder per class (`from_folders`).
+    image_folder : path-like, optional
+        The folder of a COCO JSON's or a CSV's images (their ``image_dir`` / ``image_root``;
+        the command line's ``--image-dir``); refused for a folder per class and a PASCAL VOC
+        devkit, which hold their own.
+    **kwargs
+        Keyword arguments of the loader (``include_crowd=``, ``include_difficult=``, ...).
+
+    Returns
+    -------
+    LabeledImageDataset
+
+    Raises
+    ------
+    ValueError
+        ``path`` does not exist or is of no known format, or ``image_folder`` is given for a
+        dataset that holds its images.
     """
     path = check.path_like("dataset", path)
     voc = is_voc_folder(path) or (path.suffix.lower() == ".txt" and voc_split_root(path) is not None)
