@@ -159,6 +159,11 @@ def quiet_large_image_warning() -> None:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read one 2-D image (gray, RGB or RGBA; 8- or 16-bit) from any of ``IMAGE_SUFFIXES``.
 
+    Parameters
+    ----------
+    path : path-like
+        The image file: read with tifffile for a ``.tif``/``.tiff`` suffix, else with imageio.
+
     Returns
     -------
     (H, W) or (H, W, C) ndarray

@@ -163,6 +163,11 @@ def write_instances_csv(path: str | os.PathLike, labels: np.ndarray, table=None,
 def read_instances_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a CSV written by `write_instances_csv` into columns.
 
+    Parameters
+    ----------
+    path : path-like
+        An ``<stem>_instances.csv`` (of `export_instances`, ``napari-prm predict`` or the plugin).
+
     Returns
     -------
     dict of ndarray

@@ -489,10 +489,34 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
     """Corrections from a COCO JSON, a folder (and its sub-folders) of label images or a PASCAL VOC
     devkit's split list or year folder (see the three loaders).
 
-    In a folder, an image with several exports gets its most recently written one; the others
-    are named in ``superseded`` (a list), else in a ``UserWarning`` (`corrections_from_folder`).
-    What a devkit's reading warns of goes to ``warnings_to`` (a list), else to a ``UserWarning``
-    (`corrections_from_voc`).
+    Parameters
+    ----------
+    path : path-like
+        A COCO instances JSON (`corrections_from_coco`), a folder of ``<stem>_labels.tif``
+        exports with their ``<stem>_instances.csv``, sub-folders included
+        (`corrections_from_folder`), or a PASCAL VOC year folder or split list
+        (`corrections_from_voc`).
+    class_names : sequence of str
+        The model's classes: the corrections' class indices index them.
+    image_paths : sequence of path-like
+        The dataset's images, among which each export's image is looked for first.
+    unmatched : list, optional
+        With it, an export whose image is not among ``image_paths`` is skipped and named
+        here (its path in the folder; for a COCO JSON, its image's ``file_name``).
+    superseded : list, optional
+        In a folder, an image with several exports gets its most recently written one; the
+        others are named here, else in a ``UserWarning``.
+    warnings_to : list, optional
+        What a devkit's reading warns of, else a ``UserWarning``.
+
+    Returns
+    -------
+    list of Correction
+
+    Raises
+    ------
+    ValueError
+        ``path`` is none of these, or an export cannot be read.
     """
     from ..data import is_voc_folder, voc_split_root
 
