@@ -356,7 +356,9 @@ def retrieve_instances(
     Notes
     -----
     For peak k of class c, with M the resized CRM of class c, the background is
-    ``Q = M < min(M) + bg_threshold[c] * (mean(M) - min(M))`` and a proposal S scores
+    ``Q = M < min(M) + bg_threshold[c] * (mean(M) - min(M))`` (``background='float'``, the
+    default; 'range' takes ``M' < bg_threshold[c] * 255`` of the byte-scaled map M') and a
+    proposal S scores
 
         balance[c] * sum_S(R_k) + sum_contour(S)(R_k) - penalty[c] * sum_S(Q)
 
