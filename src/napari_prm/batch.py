@@ -1527,8 +1527,20 @@ def start_local_cluster(n_workers: int, *, dashboard: bool = True, **options):
 
     A task whose worker dies is not re-run by the scheduler (``allowed-failures`` 0):
     `predict_many` retries it itself, so every image has the same number of attempts.
-    The dashboard needs bokeh; without it there is none (``client.dashboard_link`` is
-    then meaningless: :func:`dashboard_link` says None). ``options`` go to `LocalCluster`.
+    Parameters
+    ----------
+    n_workers : int
+        Worker processes (at least 1), each with one thread.
+    dashboard : bool
+        Serve the dashboard on a free port. It needs bokeh; without it there is none
+        (``client.dashboard_link`` is then meaningless: :func:`dashboard_link` says None).
+    **options
+        Given to `LocalCluster` (they replace the settings above).
+
+    Returns
+    -------
+    distributed.Client
+        Close it and its cluster when done: ``client.close(); client.cluster.close()``.
     """
     import importlib.util
     import logging
@@ -1594,6 +1606,16 @@ def label_stack(paths: Sequence[str | os.PathLike]):
     A label stack (a TIFF stack's outputs) gives one plane per plane, and showing a plane reads
     that plane's page only (`napari_prm.io.read_plane`). Images of other sizes are padded with
     0 at the bottom and right to the largest ``H`` and ``W``. Only the TIFF headers are read here.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Label images (``BatchResult.label_paths()``).
+
+    Returns
+    -------
+    (N, H, W) uint32 dask array
+        One plane per 2-D image or stack plane; ``(0, 1, 1)`` for no paths.
     """
     import dask
     import dask.array as da
