@@ -468,9 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = add_command(
         "bench", help="time the pipeline on this machine",
-        description="Time the forward pass, the peak response maps (against the original "
-                    "one-backward-per-peak loop) and instance retrieval on random input; "
-                    "print a Markdown table.")
+        description="Time the model's forward pass and peak response maps (against the original "
+                    "one-backward-per-peak loop) on scikit-image's chelsea resized to --size, at its "
+                    "--peaks strongest CRM maxima, and instance retrieval on random maps and disc "
+                    "proposals; print a Markdown table.")
     _add_model_options(bench)
     bench.add_argument("--size", type=int, default=448, help="input side in pixels (at least 32)")
     bench.add_argument("--peaks", type=int, default=20, help="number of peaks back-propagated")
