@@ -611,3 +611,36 @@ def test_the_defaults_the_pages_state_are_the_codes():
     for page, phrases in claims.items():
         for phrase in phrases:
             assert phrase in text(page), f"{page}: {phrase}"
+
+
+def _dataclass_fields(path, name):
+    """The field names of dataclass ``name`` in ``path``, read from the source (the widgets'
+    modules import Qt)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+    return [item.target.id for item in node.body if isinstance(item, ast.AnnAssign)]
+
+
+def test_plugin_page_lists_the_choices_each_widget_keeps():
+    """plugin.md names what the Peak Response Maps and Train widgets keep between sessions,
+    field by field of their settings dataclasses: it said the Train widget kept where
+    *Calibrate* writes, which starts on *a new file* in each session (not a field)."""
+    text = " ".join((ROOT / "docs" / "plugin.md").read_text(encoding="utf-8").split())
+    widgets = ROOT / "src" / "napari_prm" / "_widgets"
+    predict = text.split("The choices of the form are kept between sessions")[1].split("A model file")[0]
+    phrases = {"planes": "planes", "model": "model", "preset": "preset", "class_threshold": "class and peak thresholds",
+               "peak_threshold": "class and peak thresholds", "max_peaks": "max peaks", "input_size": "input size",
+               "proposals": "proposals", "device": "device", "show_text": "the two check boxes",
+               "add_crms": "the two check boxes"}
+    assert _dataclass_fields(widgets / "form.py", "WidgetSettings") == list(phrases)
+    for phrase in phrases.values():
+        assert phrase in predict, phrase
+    train = text.split("The form's choices (dataset,")[1].split("are kept for the next session")[0]
+    phrases = {"dataset": "dataset", "dataset_dir": "dataset", "image_dir": "images folder", "base": "base model",
+               "epochs": "epochs", "lr": "learning rate", "batch_size": "batch size", "input_size": "input size",
+               "out": "output file", "device": "device", "continue_run": "*Continue the unfinished run*",
+               "calibrate_model": "the model to calibrate"}
+    assert _dataclass_fields(widgets / "train.py", "TrainSettings") == list(phrases)
+    for phrase in phrases.values():
+        assert phrase in "dataset," + train, phrase
+    assert "not where *Calibrate* writes" in train
