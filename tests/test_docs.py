@@ -644,3 +644,12 @@ def test_plugin_page_lists_the_choices_each_widget_keeps():
     for phrase in phrases.values():
         assert phrase in "dataset," + train, phrase
     assert "not where *Calibrate* writes" in train
+
+
+def test_plugin_page_names_every_function_of_edit():
+    """plugin.md's list of the correction panel's array work is ``napari_prm.edit.__all__``."""
+    import napari_prm.edit
+
+    text = " ".join((ROOT / "docs" / "plugin.md").read_text(encoding="utf-8").split())
+    listed = text.split("The array work is `napari_prm.edit` (")[1].split(")")[0]
+    assert sorted(re.findall(r"`(\w+)`", listed)) == sorted(napari_prm.edit.__all__)
