@@ -146,3 +146,45 @@ def test_a_parameter_documented_optional_can_be_left_out():
                                                                    inspect.Parameter.VAR_KEYWORD):
                         wrong.append(f"{name}: {parameter}")
     assert not wrong, wrong
+
+
+def _documented_attributes(doc: str) -> set[str] | None:
+    """The names a numpydoc ``Attributes`` section lists (None without one)."""
+    lines = doc.splitlines()
+    for start in range(len(lines) - 1):
+        if lines[start].strip() == "Attributes" and set(lines[start + 1].strip()) == {"-"}:
+            break
+    else:
+        return None
+    names: set[str] = set()
+    for index in range(start + 2, len(lines)):
+        line = lines[index]
+        following = lines[index + 1].strip() if index + 1 < len(lines) else ""
+        if following and set(following) == {"-"}:
+            break
+        if line and not line[0].isspace():
+            names.update(name.strip() for name in line.split(" : ")[0].split(","))
+    return names
+
+
+def test_public_dataclasses_document_their_fields():
+    """Each public dataclass has an ``Attributes`` section naming every field (properties may be
+    listed too): ``BatchResult`` (what ``predict_many`` returns), ``EpochRecord`` and ``RefineEpoch``
+    had none."""
+    import dataclasses
+    import inspect
+
+    wrong = []
+    for name, item in _public_callables():
+        if not (inspect.isclass(item) and dataclasses.is_dataclass(item)):
+            continue
+        documented = _documented_attributes(inspect.getdoc(item) or "")
+        fields = {field.name for field in dataclasses.fields(item)}
+        if documented is None:
+            wrong.append(f"{name}: no Attributes")
+            continue
+        properties = {n for n, v in inspect.getmembers(item) if isinstance(v, property)}
+        if not fields <= documented or not documented <= fields | properties:
+            wrong.append(f"{name}: undocumented {sorted(fields - documented)}, "
+                         f"stale {sorted(documented - fields - properties)}")
+    assert not wrong, "\n".join(wrong)

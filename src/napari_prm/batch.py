@@ -143,7 +143,20 @@ class ImageResult:
 
 @dataclass(eq=False)
 class BatchResult:
-    """The images of a batch, in input order, and where their outputs went."""
+    """The images of a batch, in input order, and where their outputs went.
+
+    Attributes
+    ----------
+    results : list of ImageResult
+        One per image, in input order (``written``, ``skipped`` and ``failed`` select them by
+        status).
+    out : Path
+        The output folder.
+    summary : Path
+        ``summary.csv`` in it.
+    prms_format : {None, 'npy', 'tiff'}
+        Whether, and how, the PRMs were saved (`predict_many`'s ``prms_format``).
+    """
 
     results: list[ImageResult]
     out: Path

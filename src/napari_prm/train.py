@@ -94,7 +94,20 @@ class EpochRecord:
 
     A class's validation AP is NaN when the held-out images do not tell it apart: none shows
     it, or every one does (its AP would be 1 whatever the scores); the mean is over the others
-    (NaN when none is left)."""
+    (NaN when none is left).
+
+    Attributes
+    ----------
+    epoch : int
+        Its number, from 1.
+    loss : float
+        The mean training loss of its batches.
+    seconds : float
+    val_ap : dict of str to float, or None
+        Each class's classification AP on the held-out images; None when none was held out.
+    val_map : float or None
+        Their mean.
+    """
 
     epoch: int
     loss: float

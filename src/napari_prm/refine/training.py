@@ -61,7 +61,15 @@ class RefineProgress:
 
 @dataclass
 class RefineEpoch:
-    """One finished epoch: mean loss and wall time in seconds."""
+    """One finished epoch: mean loss and wall time in seconds.
+
+    Attributes
+    ----------
+    epoch : int
+        Its number, from 1.
+    loss : float
+    seconds : float
+    """
 
     epoch: int
     loss: float
