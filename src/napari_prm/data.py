@@ -197,6 +197,15 @@ class LabeledImageDataset:
     def read_image(self, index: int) -> np.ndarray:
         """The image as `napari_prm.io.read_image` reads it (gray, RGB or RGBA; its dtype).
 
+        Parameters
+        ----------
+        index : int
+            Position in ``image_paths``.
+
+        Returns
+        -------
+        (H, W) or (H, W, C) ndarray
+
         Raises
         ------
         UnreadableImage
@@ -210,7 +219,23 @@ class LabeledImageDataset:
             raise UnreadableImage(f"cannot read image {path} (declared at {self.origins[index]}): {reason}") from error
 
     def read_rgb(self, index: int) -> np.ndarray:
-        """The image as ``(H, W, 3) float32`` in [0, 1] (see `napari_prm.io.as_rgb_float`)."""
+        """The image as RGB floats, as the network and the proposals take it.
+
+        Parameters
+        ----------
+        index : int
+            Position in ``image_paths``.
+
+        Returns
+        -------
+        (H, W, 3) float32 ndarray
+            In [0, 1] (see `napari_prm.io.as_rgb_float`).
+
+        Raises
+        ------
+        UnreadableImage
+            The file cannot be read or its values cannot be used (NaN, too small).
+        """
         image = self.read_image(index)
         try:
             return as_rgb_float(image)
@@ -219,7 +244,24 @@ class LabeledImageDataset:
                              f"(declared at {self.origins[index]}): {error}") from error
 
     def instances(self, index: int) -> GroundTruth:
-        """Ground-truth instance masks of image ``index`` (COCO and PASCAL VOC datasets only)."""
+        """Ground-truth instance masks of image ``index`` (COCO and PASCAL VOC datasets only).
+
+        Parameters
+        ----------
+        index : int
+            Position in ``image_paths``.
+
+        Returns
+        -------
+        GroundTruth
+            Of the dataset's classes only.
+
+        Raises
+        ------
+        ValueError
+            The dataset has no instance masks (a folder per class, a CSV), or the image's are
+            malformed (naming the file or the JSON's image id).
+        """
         if self.voc is not None:
             return self._voc_instances(index)
         if self.coco is None:
@@ -293,8 +335,19 @@ class LabeledImageDataset:
         exist, fewer are held out, and when none does (e.g. 3 images of 3 classes) none is:
         the validation part is then empty.
 
-        ``keep_every_class=False`` gives the plain random split, the one ``train`` made
-        before this rule (it may hold out the only image of a class).
+        Parameters
+        ----------
+        fraction : float
+            The share of images to hold out, in (0, 1); a dataset of at least 2 images.
+        seed : int
+            Seed of the random order.
+        keep_every_class : bool
+            False gives the plain random split, the one ``train`` made before this rule (it
+            may hold out the only image of a class).
+
+        Returns
+        -------
+        train, validation : LabeledImageDataset
         """
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1); got {fraction}")
