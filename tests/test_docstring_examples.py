@@ -29,11 +29,11 @@ PUBLIC_MODULES = ["napari_prm", "napari_prm.predict", "napari_prm.predictor", "n
                   "napari_prm.model", "napari_prm.data", "napari_prm.edit", "napari_prm.prm_maps"]
 
 
-def _documented_parameters(doc: str) -> set[str] | None:
-    """The names a numpydoc ``Parameters`` section lists (None without one)."""
+def _documented_names(doc: str, title: str = "Parameters") -> set[str] | None:
+    """The names a numpydoc section (``Parameters``, ``Attributes``) lists (None without one)."""
     lines = doc.splitlines()
     for start in range(len(lines) - 1):
-        if lines[start].strip() == "Parameters" and set(lines[start + 1].strip()) == {"-"}:
+        if lines[start].strip() == title and set(lines[start + 1].strip()) == {"-"}:
             break
     else:
         return None
@@ -46,6 +46,11 @@ def _documented_parameters(doc: str) -> set[str] | None:
         if line and not line[0].isspace():
             names.update(name.strip().lstrip("*") for name in line.split(" : ")[0].split(","))
     return names
+
+
+def _documented_parameters(doc: str) -> set[str] | None:
+    """The names a numpydoc ``Parameters`` section lists (None without one)."""
+    return _documented_names(doc, "Parameters")
 
 
 def _public_callables():
@@ -148,25 +153,6 @@ def test_a_parameter_documented_optional_can_be_left_out():
     assert not wrong, wrong
 
 
-def _documented_attributes(doc: str) -> set[str] | None:
-    """The names a numpydoc ``Attributes`` section lists (None without one)."""
-    lines = doc.splitlines()
-    for start in range(len(lines) - 1):
-        if lines[start].strip() == "Attributes" and set(lines[start + 1].strip()) == {"-"}:
-            break
-    else:
-        return None
-    names: set[str] = set()
-    for index in range(start + 2, len(lines)):
-        line = lines[index]
-        following = lines[index + 1].strip() if index + 1 < len(lines) else ""
-        if following and set(following) == {"-"}:
-            break
-        if line and not line[0].isspace():
-            names.update(name.strip() for name in line.split(" : ")[0].split(","))
-    return names
-
-
 def test_public_dataclasses_document_their_fields():
     """Each public dataclass has an ``Attributes`` section naming every field (properties may be
     listed too): ``BatchResult`` (what ``predict_many`` returns), ``EpochRecord`` and ``RefineEpoch``
@@ -178,7 +164,7 @@ def test_public_dataclasses_document_their_fields():
     for name, item in _public_callables():
         if not (inspect.isclass(item) and dataclasses.is_dataclass(item)):
             continue
-        documented = _documented_attributes(inspect.getdoc(item) or "")
+        documented = _documented_names(inspect.getdoc(item) or "", "Attributes")
         fields = {field.name for field in dataclasses.fields(item)}
         if documented is None:
             wrong.append(f"{name}: no Attributes")
