@@ -879,6 +879,19 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(ws, capsy
         assert stderr.endswith("napari-prm bench: error: unexpected RuntimeError: boom\n")
 
 
+
+def test_debug_shows_a_user_errors_traceback_too(ws, capsys):
+    """``--debug`` prints the traceback of a user error as well (where the message came from),
+    as its help and the docs now say (they said: of an unexpected error); without it, one line."""
+    argv = ["predict", str(ws.image), "--out", str(ws.path("o")), "--model", "no-such-model"]
+    status, stderr = run_cli(argv, capsys)
+    assert status == 2 and "Traceback" not in stderr
+    assert stderr.endswith("'no-such-model' is neither a built-in model ('imagenet', 'imagenet-voc', "
+                           "'imagenet-coco') nor an existing checkpoint file (.pt, .pth or .safetensors)\n")
+    status, stderr = run_cli([*argv, "--debug"], capsys)
+    assert status == 2
+    assert "Traceback (most recent call last)" in stderr and "in load_model" in stderr
+
 def test_a_failing_image_says_why_without_a_traceback(ws, capsys):
     """One bad image among good ones: exit 1, its reason on one line, the others written."""
     ws.path("empty.png").write_bytes(b"")

@@ -9,7 +9,7 @@ Exit status: 0 on success; 1 when some inputs failed (``predict``: an unreadable
 the others are still written) or on an unexpected internal error; 2 for bad arguments or
 inputs, or when nothing could run (no images, model or dataset not loadable); 130 when
 interrupted. No user error prints a Python traceback: an unexpected exception is reported
-in one line, and ``--debug`` prints its traceback too.
+in one line, and ``--debug`` prints the traceback of any error, a user error's included.
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
                         help="keep only the 20 PASCAL VOC classes (the PRM paper's label space)")
 
 
-DEBUG_HELP = "on an unexpected error, also print its Python traceback (default: off)"
+DEBUG_HELP = ("on an error, also print its Python traceback: an unexpected error's, and a user error's "
+              "too (default: off)")
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
