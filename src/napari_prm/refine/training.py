@@ -225,7 +225,7 @@ def refine(
     cache_dir : path, optional
         Folder where the pseudo-labelled samples are kept, keyed by the image file, the
         model's weights and the options, so a second run (or ``resume``) skips PRM and
-        the backbone.
+        the backbone. None keeps none (``napari-prm refine`` uses ``<OUT>.cache``).
     device : str or torch.device, optional
         Where the backbone and the head run (None: CUDA, then MPS, then the CPU).
     seed : int
