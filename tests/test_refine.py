@@ -503,6 +503,25 @@ def test_corrections_from_coco_json_and_label_folders(tmp_path, shapes_scenes):
         load_corrections(tmp_path / "scene0.png", CLASSES)
 
 
+
+def test_a_coco_export_without_a_file_name_says_how_to_pair_it(tmp_path, shapes_scenes):
+    """``export_instances`` writes an empty COCO ``file_name`` unless given ``image_file_name``:
+    ``load_corrections`` of such a JSON said "no image '' among the dataset's images"; it says
+    why and what to do instead. The folder of the same export pairs by stem."""
+    import imageio.v3 as iio
+
+    from napari_prm import io
+
+    image, labels, _, _ = shapes_scenes[0]
+    iio.imwrite(tmp_path / "scene0.png", image)
+    table = {"label": np.array([1, 2]), "class_index": np.array([0, 1]), "class_name": np.array(["cat", "dog"])}
+    io.export_instances(labels, table, CLASSES, tmp_path / "out", stem="scene0")
+    with pytest.raises(ValueError, match=r"\(image id 1\): its file_name is empty, so no image can be paired "
+                                         r"with it: .*image_file_name=.*<stem>_labels.tif"):
+        load_corrections(tmp_path / "out" / "scene0_instances.json", CLASSES, image_paths=[tmp_path / "scene0.png"])
+    (correction,) = load_corrections(tmp_path / "out", CLASSES, image_paths=[tmp_path / "scene0.png"])
+    assert correction.label_classes == {1: 0, 2: 1}
+
 def test_match_corrections_pairs_exports_with_the_dataset_images(tmp_path, shapes_scenes):
     """``evaluate --masks``: exports are matched to the dataset's images only (not looked for
     beside them); those of no dataset image and a second format of one export are named."""

@@ -185,6 +185,10 @@ def _find_image(name: str, index: Mapping[str, list[Path]], folders: Sequence[Pa
             candidate = folder / f"{Path(name).stem}{suffix}"
             if candidate.is_file():
                 return candidate
+    if not name:
+        raise ValueError(f"{source}: its file_name is empty, so no image can be paired with it: write the JSON "
+                         "with the image's file name (export_instances(..., image_file_name=...)), or give the "
+                         "folder of <stem>_labels.tif exports, which pair by stem")
     raise ValueError(f"{source}: no image {name!r} among the dataset's images or in {[str(f) for f in folders]}")
 
 
