@@ -433,6 +433,10 @@ CASES = [
                                            lambda: io.read_image(ws.path("text.png")))[1],
         r"cannot read image .*text.png: not a PNG image, or a corrupt one \(its content is not recognised\)$"),
     api("read_image folder", lambda ws: lambda: io.read_image(ws.data), r"cannot read image .*data: it is a folder"),
+    # a TIFF header whose first page offset points nowhere: tifffile gives an empty array, no error
+    api("read_image tiff without page", lambda ws: (ws.path("broken.tif").write_bytes(b"II*\x00garbage" * 10),
+                                                    lambda: io.read_image(ws.path("broken.tif")))[1],
+        r"cannot read image .*broken.tif: it holds no image: the TIFF header points to no readable page"),
     api("read_image 4-D stack", lambda ws: (tifffile.imwrite(ws.path("s.tif"), np.zeros((2, 3, 5, 6), np.uint8)),
                                             lambda: io.read_image(ws.path("s.tif")))[1],
         r"s.tif: expected one 2-D gray, RGB or RGBA image, got an array of shape \(2, 3, 5, 6\); it holds "

@@ -858,6 +858,7 @@ def test_predict_reads_a_tiff_once_as_the_readers_of_its_parts_do(tmp_path, monk
     (tmp_path / "cut.tif").write_bytes((tmp_path / "gray16.tif").read_bytes()[:600])
     (tmp_path / "empty.tif").write_bytes(b"")
     (tmp_path / "text.tif").write_text("not a TIFF")
+    (tmp_path / "no_page.tif").write_bytes(b"II*\x00garbage" * 10)  # a header pointing to no page
 
     opened = []
     real_init = tifffile.TiffFile.__init__

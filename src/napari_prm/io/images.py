@@ -64,7 +64,8 @@ def read_array(path: str | os.PathLike, *, what: str = "image", indices: bool = 
     _check_file(path, what)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tif:
+                return _tiff_data(tif)
         import imageio.v3 as iio
 
         if indices and iio.immeta(path).get("mode") in ("P", "PA"):
@@ -72,6 +73,15 @@ def read_array(path: str | os.PathLike, *, what: str = "image", indices: bool = 
         return np.asarray(iio.imread(path))
     except Exception as error:  # the readers raise many types for a broken file
         raise _unreadable(what, path, error) from error
+
+
+def _tiff_data(tif: tifffile.TiffFile) -> np.ndarray:
+    """An open TIFF's array (what ``tifffile.imread`` reads); ValueError for a file in which
+    tifffile finds no page: a damaged header gives it an empty array, not an error."""
+    if len(tif.pages) == 0:
+        raise ValueError("it holds no image: the TIFF header points to no readable page (a damaged "
+                         "file, or not a TIFF): copy or save it again")
+    return np.asarray(tif.asarray())
 
 
 def _check_file(path, what: str) -> None:
@@ -428,7 +438,7 @@ def _read_image_file(path: str | os.PathLike) -> tuple[ImageStack | np.ndarray, 
             series = None
         found = None if series is None else _stack_of(path, *series)  # as stack_planes
         try:
-            data = np.asarray(tif.asarray())  # what tifffile.imread(path) reads
+            data = _tiff_data(tif)  # what read_array reads
         except Exception as error:  # the readers raise many types for a broken file
             raise _unreadable("image", path, error) from error
         image = _planes_of(path, *found, data) if found else _one_image(path, data, lambda: _header_of(tif))
