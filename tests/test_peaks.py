@@ -145,7 +145,8 @@ def test_calibration_that_keeps_more_peaks_than_the_cap_says_so():
     assert calibrate_thresholds(few, labels).warning is None
     both = calibrate_thresholds(maps[:3], labels[:3])
     assert both.warning.startswith("the thresholds were calibrated on only 3 image(s)")
-    assert "the calibrated thresholds keep more than 50 peaks (predict's default cap, max_peaks) on 3 of the 3" \
+    # two sentences: the second starts with a capital ("... thresholds). the calibrated ..." before)
+    assert ". The calibrated thresholds keep more than 50 peaks (predict's default cap, max_peaks) on 3 of the 3" \
         in both.warning
 
 
