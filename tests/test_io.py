@@ -744,6 +744,33 @@ def test_unreadable_images_finds_truncated_empty_and_foreign_files_without_false
             io.read_image(path)
 
 
+def test_unreadable_images_finds_tiff_stacks_that_read_image_refuses(tmp_path):
+    """A z-stack, a time series or a 2-channel TIFF in a dataset passed the check (its header and
+    end are sound), and training stopped at it in epoch 1 ("nothing was written"); each is named
+    before training now. TIFFs `read_image` reads (one plane, 3 RGB planes, an RGB page, a
+    one-plane ImageJ file) are still not reported."""
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 4000, (4, 24, 20), dtype=np.uint16)
+    readable = {"gray.tif": dict(data=planes[0]), "rgb_first.tif": dict(data=planes[:3].astype(np.uint8)),
+                "rgb.tif": dict(data=np.moveaxis(planes[:3], 0, -1).astype(np.uint8), photometric="rgb"),
+                "one_z.tif": dict(data=planes[:1], imagej=True, metadata={"axes": "ZYX"})}
+    stacks = {"z.tif": dict(data=planes, imagej=True, metadata={"axes": "ZYX"}),
+              "t.tif": dict(data=planes[:3], imagej=True, metadata={"axes": "TYX"}),
+              "two_channels.tif": dict(data=planes[:2], imagej=True, metadata={"axes": "CYX"}),
+              "pages.tif": dict(data=np.concatenate([planes, planes[:1]]))}  # 5 pages without axes
+    for name, kwargs in {**readable, **stacks}.items():
+        tifffile.imwrite(tmp_path / name, **kwargs)
+    paths = [tmp_path / name for name in (*readable, *stacks)]
+    found = io.unreadable_images(paths)
+    assert [path.name for path, _ in found] == list(stacks)
+    for path, reason in found:  # read_image's own message, naming the file
+        with pytest.raises(ValueError) as error:
+            io.read_image(path)
+        assert reason == str(error.value) and reason.startswith(f"cannot read image {path}")
+    for name in readable:
+        io.read_image(tmp_path / name)
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_label_png_and_tiff_record_world_units_and_class_names(tmp_path, suffix):
     """A label PNG recorded nothing of the layer (the TIFF its scale and translate only)."""

@@ -451,9 +451,10 @@ def unreadable_images(paths, progress=None) -> list[tuple[os.PathLike, str]]:
     Each file's header is parsed (Pillow, or tifffile for a TIFF) and its end checked where
     the format marks it (a PNG's ``IEND`` chunk, a JPEG's end-of-image marker, a GIF's
     trailer, the sizes a WebP or BMP header records, the last strip of a TIFF's first page),
-    which finds missing, empty, foreign and truncated files. Only a file that fails one of
+    which finds missing, empty, foreign and truncated files; a TIFF whose shape holds planes
+    (a z-stack, a time series, channels first) is checked too. Only a file that fails one of
     these is decoded, by `read_image`, which gives its reason: a file that decodes (a JPEG
-    with bytes after its end marker) is not reported. Damage inside the pixel data of a file
+    with bytes after its end marker, a TIFF of 3 RGB planes) is not reported. Damage inside the pixel data of a file
     whose header and end are intact is not found.
 
     Parameters
@@ -493,7 +494,10 @@ def _suspect(path) -> bool:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages.first
                 ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
-                return not ends or max(ends) > size
+                # several planes (a z-stack, a time series, channels) may be no single 2-D image
+                shape = [side for side in tif.series[0].shape if side != 1]
+                planes = len(shape) > 3 or (len(shape) == 3 and shape[-1] not in (2, 3, 4))
+                return not ends or max(ends) > size or planes
         from PIL import Image
 
         with Image.open(path):
