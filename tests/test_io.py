@@ -786,6 +786,39 @@ def test_label_png_and_tiff_record_world_units_and_class_names(tmp_path, suffix)
     assert io.read_label_world(bare) == {} and io.read_label_class_names(bare) is None
 
 
+def test_the_label_stack_of_an_imagej_stack_keeps_its_axis_and_plane_interval(tmp_path):
+    """The label stack of an ImageJ z-stack (or time series) of 16-bit planes was a plain TIFF of
+    unnamed pages ("QYX"), its pixel size in pixels per cm and its z-spacing (frame interval) lost:
+    Fiji took 1 cm between planes. It is an ImageJ stack of the image's axes now, with its unit,
+    pixel size, interval and class names; other stacks are written as before."""
+    planes = np.zeros((3, 6, 7), np.uint16)
+    labels = np.zeros((3, 6, 7), np.uint16)
+    labels[1, 1:3, 2:5] = 4
+    tifffile.imwrite(tmp_path / "z.tif", planes, imagej=True, resolution=(2.0, 4.0),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 0.3})
+    tifffile.imwrite(tmp_path / "t.tif", planes, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "TYX", "unit": "um", "finterval": 5.0})
+    tifffile.imwrite(tmp_path / "pages.tif", planes, resolution=(2.0, 2.0))  # no ImageJ axes
+    for name, axes, key, interval in (("z", "ZYX", "spacing", 0.3), ("t", "TYX", "finterval", 5.0)):
+        size = io.tiff_pixel_size(tmp_path / f"{name}.tif")
+        assert size["plane_axis"] == axes[0] and size[key] == interval
+        path = io.write_label_image(tmp_path / f"{name}_labels.tif", labels, pixel_size=size, class_names=["a", "b"])
+        with tifffile.TiffFile(path) as tif:
+            assert tif.series[0].axes == axes and tif.imagej_metadata[key] == interval
+            assert tif.imagej_metadata["unit"] == "um"
+        assert io.tiff_pixel_size(path) == size  # the label stack says what the image says
+        np.testing.assert_array_equal(io.read_label_image(path), labels)
+        assert io.read_label_class_names(path) == ["a", "b"]
+    plain = io.tiff_pixel_size(tmp_path / "pages.tif")
+    assert "plane_axis" not in plain
+    path = io.write_label_image(tmp_path / "pages_labels.tif", labels, pixel_size=plain)
+    with tifffile.TiffFile(path) as tif:
+        assert not tif.is_imagej
+    # a 2-D image's pixel size says nothing of planes
+    tifffile.imwrite(tmp_path / "flat.tif", planes[0], imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"})
+    assert "plane_axis" not in io.tiff_pixel_size(tmp_path / "flat.tif")
+
+
 def test_an_imagej_label_tiff_records_the_class_names_too(tmp_path):
     """The label TIFF of a calibrated ImageJ image (2-D, uint16: `predict` on a µm TIFF) is an ImageJ
     file, to overlay the image in Fiji; it recorded no class names, so the plugin's reader opened it

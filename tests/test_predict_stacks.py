@@ -36,7 +36,7 @@ def stacks(tmp_path_factory) -> Path:
     camera = data.camera()[::8, ::8]  # 64 × 64
     planes = np.stack([camera[i * 8:i * 8 + 48, i * 4:i * 4 + 40] for i in range(3)]).astype(np.uint16) * 40
     tifffile.imwrite(folder / "zstack.tif", planes, imagej=True, resolution=(2.0, 2.0),
-                     metadata={"axes": "ZYX", "unit": "um"})
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 2.5})
     cat = data.chelsea()[::6, ::6]  # 50 × 76 × 3
     frames = np.stack([cat[:40, :48], cat[5:45, 20:68]])
     tifffile.imwrite(folder / "movie.ome.tif", frames, ome=True, photometric="rgb", metadata={"axes": "TYXS"})
@@ -131,9 +131,13 @@ def test_predict_runs_a_stack_plane_by_plane(stacks, checkpoint, tmp_path):
         assert (manifest["info"]["planes"], manifest["info"]["axes"]) == (
             len(planes), "ZYX" if stem == "zstack" else "TYXS")
     assert total_instances > 0  # the comparison above compared instances, not only empty planes
-    # the z-stack's pixel size (0.5 µm) is kept in its label stack
+    # the z-stack's pixel size (0.5 µm) and z-spacing (2.5 µm) are kept in its label stack, an ImageJ
+    # z-stack as the image is (it was a plain TIFF of unnamed pages in pixels per cm, the spacing lost)
     size = io.tiff_pixel_size(out / "zstack_labels.tif")
-    assert size["resolution"] == pytest.approx((2e4, 2e4))  # pixels per cm
+    assert size == {"resolution": pytest.approx((2.0, 2.0)), "unit": tifffile.RESUNIT.NONE, "imagej_unit": "um",
+                    "plane_axis": "Z", "spacing": 2.5}
+    with tifffile.TiffFile(out / "zstack_labels.tif") as tif:
+        assert tif.series[0].axes == "ZYX" and tif.imagej_metadata["spacing"] == 2.5
     # a second run skips them, touching nothing
     state = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "summary.csv"}
     assert main(["predict", str(stacks), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",

@@ -122,7 +122,9 @@ def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
 
     Returns ``{"resolution": (x, y), "unit": RESUNIT}`` (pixels per unit, from the first
     page's XResolution, YResolution and ResolutionUnit tags) plus ``"imagej_unit"`` (e.g.
-    ``"um"``) when ImageJ metadata names one. An OME-TIFF records its pixel size in its
+    ``"um"``) when ImageJ metadata names one, and for an ImageJ stack of gray z-planes or
+    time points (``ZYX``, ``TYX``) ``"plane_axis"`` (``"Z"`` or ``"T"``) and the interval
+    between its planes it records (``"spacing"`` or ``"finterval"``). An OME-TIFF records its pixel size in its
     OME-XML instead (``PhysicalSizeX``, ``PhysicalSizeY`` and their unit, µm by default),
     usually without those tags: that one is returned then, as pixels per ``"imagej_unit"``.
     None for other files, for a TIFF without either, or one that records only the default 1
@@ -154,7 +156,33 @@ def _pixel_size_of(tif: tifffile.TiffFile) -> dict | None:
     size = {"resolution": (float(x), float(y)), "unit": unit}
     if imagej_unit:
         size["imagej_unit"] = str(imagej_unit)
+        size.update(_imagej_planes_of(tif))
     return size
+
+
+#: The ImageJ key of the interval between a stack's planes, by the planes' axis.
+_IMAGEJ_INTERVAL = {"Z": "spacing", "T": "finterval"}
+
+
+def _imagej_planes_of(tif: tifffile.TiffFile) -> dict:
+    """What an ImageJ stack of gray z-planes or time points (axes ``ZYX`` or ``TYX``) says of its
+    planes, for its label stack: ``{"plane_axis": "Z", "spacing": 0.29}`` (µm between z-planes,
+    or ``"T"`` and ``"finterval"``, the seconds between frames, when recorded); else nothing."""
+    try:
+        axes = tif.series[0].axes
+    except Exception:  # noqa: BLE001 -- no axes known: the planes are written without
+        return {}
+    if axes not in ("ZYX", "TYX"):
+        return {}
+    planes = {"plane_axis": axes[0]}
+    key = _IMAGEJ_INTERVAL[axes[0]]
+    try:
+        interval = float((tif.imagej_metadata or {}).get(key, "nan"))
+    except (TypeError, ValueError):
+        interval = float("nan")
+    if np.isfinite(interval) and interval > 0:
+        planes[key] = interval
+    return planes
 
 
 def _ome_pixel_size(ome_xml: str | None) -> dict | None:
@@ -221,9 +249,11 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
     pixel_size : dict, optional
         A TIFF's pixel size, as `tiff_pixel_size` reads it from the image the labels belong
         to: written into a TIFF, ignored for a PNG. A uint16 2-D TIFF keeps an ImageJ unit
-        (``"imagej_unit"``) as an ImageJ file; a uint32 or n-D one, which ImageJ cannot hold,
-        keeps an ImageJ length unit in its resolution tags as pixels per centimetre (an
-        unknown unit keeps the numbers without it).
+        (``"imagej_unit"``) as an ImageJ file, and so does a uint16 (N, H, W) stack of an
+        ImageJ ``ZYX`` or ``TYX`` stack's planes (``"plane_axis"``, with its ``"spacing"`` or
+        ``"finterval"``); a uint32 or other n-D one, which ImageJ cannot hold as such, keeps an
+        ImageJ length unit in its resolution tags as pixels per centimetre (an unknown unit
+        keeps the numbers without it).
     world : dict, optional
         The napari layer's ``scale``, ``translate`` and ``units`` (one value per axis),
         recorded in a TIFF's description or a PNG's text chunks for `read_label_world`
@@ -261,10 +291,18 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         if metadata:
             extra = {"metadata": metadata}
         imagej_unit = str((pixel_size or {}).get("imagej_unit") or "")
-        if imagej_unit and imagej_unit.isascii() and dtype is np.uint16 and labels.ndim == 2:
+        # a stack of an ImageJ stack's planes (z-planes or time points) is one too, with their interval
+        plane_axis = (pixel_size or {}).get("plane_axis") if labels.ndim == 3 else None
+        if (imagej_unit and imagej_unit.isascii() and dtype is np.uint16
+                and (labels.ndim == 2 or plane_axis in _IMAGEJ_INTERVAL)):
             names = metadata.get(_CLASS_NAMES_KEY)  # an ImageJ description holds strings: JSON, ASCII
+            planes = {}
+            if plane_axis:
+                interval = _IMAGEJ_INTERVAL[plane_axis]
+                planes = {"axes": f"{plane_axis}YX",
+                          **({interval: pixel_size[interval]} if interval in pixel_size else {})}
             extra = {"resolution": tuple(pixel_size["resolution"]), "imagej": True,
-                     "metadata": {"unit": pixel_size["imagej_unit"],
+                     "metadata": {"unit": pixel_size["imagej_unit"], **planes,
                                   **({_CLASS_NAMES_KEY: json.dumps(names)} if names else {})}}
         elif pixel_size:
             resolution, unit = _standard_resolution(pixel_size)
