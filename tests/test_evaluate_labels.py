@@ -144,6 +144,23 @@ def test_cli_evaluates_a_folder_per_class_and_says_instance_metrics_need_masks(f
     assert "--masks" in report
 
 
+def test_cli_names_the_models_classes_a_dataset_lacks(folders, model, tmp_path, capsys):
+    """A model of other classes than the dataset's said "unknown class(es) ['cat'] for dataset ...", as
+    for a typo in --classes; it says that the dataset lacks the model's classes, as calibrate says it,
+    also with --masks (before reading them)."""
+    checkpoint = save_model(model, tmp_path / "tiny.pt")
+    other = tmp_path / "other"
+    for name in ("cats", "cup", "rocket"):
+        (other / name).mkdir(parents=True)
+        for image in sorted((folders / ("cat" if name == "cats" else name)).iterdir()):
+            (other / name / image.name).write_bytes(image.read_bytes())
+    for masks in ([], ["--masks", str(tmp_path / "nothing.json")]):
+        assert main(["evaluate", str(other), "--model", str(checkpoint), "--device", "cpu", *masks]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error == ("napari-prm evaluate: error: the dataset does not have the model's classes: unknown "
+                         f"class(es) ['cat'] for dataset {other}; it has ['cats', 'cup', 'rocket']")
+
+
 def test_a_coco_json_without_segmentations_is_evaluated_by_its_labels(folders, model, tmp_path, capsys):
     images = sorted(folders.glob("*/*.png"))
     coco = {"images": [{"id": i + 1, "file_name": p.relative_to(folders).as_posix(), "height": 48, "width": 48}

@@ -1421,12 +1421,12 @@ def _run_evaluate(args) -> int:
              "precision; instance metrics need masks (--masks)")
     without = set() if labels_only or args.masks is not None else _say_without_masks(dataset)
     model = _load_model(args.model, args.device)
+    try:  # before the masks are read: a model of other classes is the first thing to say
+        labels = dataset.with_classes(model.class_names).labels
+    except ValueError as error:  # as calibrate says it
+        raise CommandError(f"the dataset does not have the model's classes: {error}") from error
     ground_truth = None if args.masks is None else _corrected_ground_truth(args.masks, dataset, model.class_names)
     indices = [i for i in range(len(dataset)) if i not in without] if ground_truth is None else list(ground_truth)
-    try:
-        labels = dataset.with_classes(model.class_names).labels
-    except ValueError as error:
-        raise CommandError(str(error)) from error
     total = sum(1 for i in indices if labels[i].any()) if args.only_labeled else len(indices)
     total = total if args.max_images is None else min(args.max_images, total)
     logged = [time.monotonic()]
