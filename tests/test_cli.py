@@ -329,6 +329,23 @@ def test_demo_writes_results_without_display(tmp_path, tiny48_checkpoint, capsys
     check_outputs(out, "cows", shape, ["cat", "dog"])
 
 
+def test_demo_of_a_stack_points_to_predict(tmp_path, capsys):
+    """`demo` of a 16-bit ImageJ z-stack said only "save one 2-D plane", though `predict` and the
+    plugin run such a stack plane by plane; it says so. Another refusal (channels) gets no such hint."""
+    planes = np.random.default_rng(0).integers(0, 4000, (3, 24, 20), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "z.tif", planes, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "c.tif", planes[:2], imagej=True, metadata={"axes": "CYX"})
+    assert main(["demo", str(tmp_path / "z.tif"), "--out", str(tmp_path / "out"), "--no-view"]) == 2
+    error = capsys.readouterr().err
+    assert f"cannot read image {tmp_path / 'z.tif'}: " in error and "holds 3 z-planes" in error
+    assert error.rstrip().endswith("demo runs one 2-D image: 'napari-prm predict' runs a stack plane by plane, "
+                                   "and napari's Peak Response Maps widget runs its planes (open the file in napari)")
+    assert main(["demo", str(tmp_path / "c.tif"), "--out", str(tmp_path / "out"), "--no-view"]) == 2
+    error = capsys.readouterr().err
+    assert "2 channels" in error and "napari-prm predict" not in error
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_demo_counts_in_the_singular(tmp_path, capsys):
     """`napari-prm demo` printed "4 peaks, 1 instances" (the widget likewise)."""

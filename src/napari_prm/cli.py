@@ -1580,6 +1580,20 @@ def qt_available() -> bool:
     return True
 
 
+def _demo_stack_hint(path) -> str:
+    """What to use for a TIFF stack of z-planes or time points, which ``demo`` (one 2-D image) refuses."""
+    from . import io
+
+    try:
+        stack = io.stack_planes(path)
+    except (ValueError, OSError):
+        return ""
+    if stack is None:
+        return ""
+    return ("; demo runs one 2-D image: 'napari-prm predict' runs a stack plane by plane, and napari's Peak "
+            "Response Maps widget runs its planes (open the file in napari)")
+
+
 def _run_demo(args) -> int:
     from . import io
     from .predictor import PRMPredictor
@@ -1592,7 +1606,7 @@ def _run_demo(args) -> int:
         try:
             image = io.read_image(args.image)
         except ValueError as error:
-            raise CommandError(str(error)) from error
+            raise CommandError(f"{error}{_demo_stack_hint(args.image)}") from error
         stem, file_name = Path(args.image).stem, Path(args.image).name
     model = _load_model(args.model, args.device)
     try:
