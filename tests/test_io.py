@@ -819,6 +819,29 @@ def test_the_label_stack_of_an_imagej_stack_keeps_its_axis_and_plane_interval(tm
     assert "plane_axis" not in io.tiff_pixel_size(tmp_path / "flat.tif")
 
 
+def test_a_label_tiff_of_a_layer_in_micrometres_carries_its_pixel_size_as_resolution_tags(tmp_path):
+    """The Export widget's label TIFF of a layer at 0.26 µm per pixel recorded the scale in napari-prm's
+    JSON description only: Fiji (and any TIFF reader) saw 1 pixel per unit. Its resolution tags hold it now,
+    in pixels per centimetre (a stack's too); a layer in pixels, or of two units, gets none."""
+    labels = np.zeros((2, 6, 7), np.uint16)
+    labels[0, 1:3, 2:5] = 3
+    world = {"scale": (2.0, 0.26, 0.5), "translate": (0.0, 1.0, 2.0), "units": ("micrometer",) * 3}
+    for name, data, axes in (("plane", labels[0], slice(1, None)), ("stack", labels, slice(None))):
+        part = {key: values[axes] for key, values in world.items()}
+        path = io.write_label_image(tmp_path / f"{name}.tif", data, world=part)
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            assert page.resolutionunit == tifffile.RESUNIT.CENTIMETER
+            assert page.get_resolution() == pytest.approx((1 / 0.5e-4, 1 / 0.26e-4))  # x, y
+        assert io.read_label_world(path) == part  # napari-prm's reader still gets the layer's world
+        size = io.tiff_pixel_size(path)
+        assert size["resolution"] == pytest.approx((2e4, 1 / 0.26e-4))
+    for name, units in (("pixels", ("pixel", "pixel")), ("mixed", ("micrometer", "nanometer"))):
+        path = io.write_label_image(tmp_path / f"{name}.tif", labels[0],
+                                    world={"scale": (0.26, 0.5), "units": units})
+        assert io.tiff_pixel_size(path) is None
+
+
 def test_an_imagej_label_tiff_records_the_class_names_too(tmp_path):
     """The label TIFF of a calibrated ImageJ image (2-D, uint16: `predict` on a µm TIFF) is an ImageJ
     file, to overlay the image in Fiji; it recorded no class names, so the plugin's reader opened it

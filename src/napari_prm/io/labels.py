@@ -117,6 +117,23 @@ def _standard_resolution(pixel_size: dict) -> tuple[tuple[float, float], object]
     return (x / per_cm, y / per_cm), tifffile.RESUNIT.CENTIMETER
 
 
+#: napari's (pint's) names of units of length, in centimetres.
+_NAPARI_UNIT_CM = {"nanometer": 1e-7, "micrometer": 1e-4, "millimeter": 0.1, "centimeter": 1.0, "meter": 100.0}
+
+
+def _world_resolution(metadata: dict) -> tuple[float, float] | None:
+    """The TIFF resolution (pixels per centimetre, x then y) of a label image whose recorded
+    ``world`` (`_label_metadata`) gives its last two axes a scale in one unit of length; else None."""
+    units, scale = metadata.get(_WORLD_KEYS["units"]), metadata.get(_WORLD_KEYS["scale"])
+    if not units or not scale or len(set(units[-2:])) != 1 or units[-1] not in _NAPARI_UNIT_CM:
+        return None
+    per_cm = _NAPARI_UNIT_CM[units[-1]]
+    y, x = scale[-2:]
+    if not (x > 0 and y > 0):
+        return None
+    return 1 / (x * per_cm), 1 / (y * per_cm)
+
+
 def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
     """The pixel size a TIFF records, to give the label image written from it; else None.
 
@@ -258,6 +275,9 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         The napari layer's ``scale``, ``translate`` and ``units`` (one value per axis),
         recorded in a TIFF's description or a PNG's text chunks for `read_label_world`
         (napari-prm's reader gives them back); not written with an ImageJ ``pixel_size``.
+        Without a ``pixel_size``, a TIFF whose last two axes have a scale in one unit of
+        length (``micrometer``, ...) also gets it as its resolution tags, in pixels per
+        centimetre, for Fiji and other TIFF readers.
     class_names : sequence of str, optional
         All the classes (the layer's ``metadata["class_names"]``), recorded in the same
         place for `read_label_class_names` (in an ImageJ file, as a key of its description).
@@ -307,6 +327,9 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         elif pixel_size:
             resolution, unit = _standard_resolution(pixel_size)
             extra = {**extra, "resolution": resolution, "resolutionunit": unit}
+        elif _world_resolution(metadata) is not None:  # a layer's pixel size, for Fiji and other readers
+            extra = {**extra, "resolution": _world_resolution(metadata),
+                     "resolutionunit": tifffile.RESUNIT.CENTIMETER}
         with atomic_write(path, overwrite=overwrite) as temp:
             tifffile.imwrite(temp, labels.astype(dtype), compression="zlib",
                              photometric="minisblack", **extra)
