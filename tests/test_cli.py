@@ -329,6 +329,27 @@ def test_demo_writes_results_without_display(tmp_path, tiny48_checkpoint, capsys
     check_outputs(out, "cows", shape, ["cat", "dog"])
 
 
+def test_predict_of_a_damaged_tiff_names_it_without_tifffiles_own_lines(tmp_path, tiny48_checkpoint, capsys,
+                                                                         caplog):
+    """A TIFF whose header points to no page failed with "unexpected IndexError: index 0 out of range(0)",
+    after three lines of tifffile's log ("<tifffile.TiffPages @1651663207> invalid offset to first page
+    ..."); the failure names the file and what to do, and tifffile's lines show with --debug only."""
+    (tmp_path / "images").mkdir()
+    broken = tmp_path / "images" / "broken.tif"
+    broken.write_bytes(b"II*\x00garbage" * 10)
+    out = tmp_path / "out"
+    assert main(["predict", str(broken), "--out", str(out), "--model", str(tiny48_checkpoint)]) == 1
+    error = capsys.readouterr().err
+    assert (f"{broken}: failed: cannot read image {broken}: it holds no image: the TIFF header points to no "
+            "readable page (a damaged file, or not a TIFF): copy or save it again") in error
+    assert "tifffile" not in error and "IndexError" not in error
+    assert not [record for record in caplog.records if record.name == "tifffile"]  # logged nowhere
+    assert main(["predict", str(broken), "--out", str(out), "--model", str(tiny48_checkpoint), "--debug",
+                 "--overwrite"]) == 1
+    assert any("invalid offset to first page" in record.getMessage() for record in caplog.records
+               if record.name == "tifffile")
+
+
 def test_demo_of_a_stack_points_to_predict(tmp_path, capsys):
     """`demo` of a 16-bit ImageJ z-stack said only "save one 2-D plane", though `predict` and the
     plugin run such a stack plane by plane; it says so. Another refusal (channels) gets no such hint."""

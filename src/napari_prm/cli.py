@@ -137,8 +137,8 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
                         help="keep only the 20 PASCAL VOC classes (the PRM paper's label space)")
 
 
-DEBUG_HELP = ("on an error, also print its Python traceback: an unexpected error's, and a user error's "
-              "too (default: off)")
+DEBUG_HELP = ("on an error, also print its Python traceback (an unexpected error's, and a user error's too); "
+              "show the warnings of tifffile, the TIFF reader (default: off)")
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
@@ -490,6 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
+def _quiet_tifffile(debug: bool):
+    """Keep tifffile's warnings off the terminal unless ``--debug``: a damaged TIFF printed
+    "<tifffile.TiffPages @1651663207> invalid offset to first page ..." (once per reading,
+    without the file's name) beside the command's own message naming the file and the fix."""
+    import logging
+
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    if not debug:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def _quiet_after_ctrl_c():
     """Ctrl-C raises KeyboardInterrupt as usual; once it has, objects it interrupted half-built
     (an image reader in the middle of opening a file) are not reported as they are deleted.
@@ -561,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     check_arguments(args)
-    with _quiet_after_ctrl_c():
+    with _quiet_after_ctrl_c(), _quiet_tifffile(getattr(args, "debug", False)):
         try:
             return int(args.run(args) or 0)
         except CommandError as error:
