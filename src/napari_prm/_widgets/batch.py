@@ -207,7 +207,7 @@ class BatchPanel(StopsOnClose, Container):
         message = (f"{why if cancelled else 'Done'}: {counts['written']} written, "
                    f"{counts['skipped']} skipped, {counts['failed']} failed"
                    + (f", {cancelled} not done" if cancelled else "") + self._skip_reasons(result)
-                   + f"; summary: {result.summary}")
+                   + self._failures(result) + f"; summary: {result.summary}")
         if not self._closed:  # a closed panel adds no layers; what was written stays on disk
             self.open_results(result)
         self._say(message, "warning" if counts["failed"] else "info")
@@ -217,6 +217,15 @@ class BatchPanel(StopsOnClose, Container):
         folder = self._inputs_folder
         return (Path(os.path.relpath(image, folder)).as_posix()
                 if folder is not None and Path(image).is_relative_to(folder) else Path(image).name)
+
+    def _failures(self, result: batch.BatchResult, shown: int = 3) -> str:
+        """Which images failed and why (up to ``shown`` of them; summary.csv has all), as the
+        command line prints each failure."""
+        failed = result.with_status("failed")
+        if not failed:
+            return ""
+        more = f"; ... ({len(failed) - shown} more)" if len(failed) > shown else ""
+        return "; failed: " + "; ".join(f"{self._name(r.image)}: {r.error}" for r in failed[:shown]) + more
 
     def _skip_reasons(self, result: batch.BatchResult) -> str:
         """Why images were skipped, a group per reason naming (up to five of) its images."""
