@@ -100,6 +100,39 @@ def test_evaluate_masks_name_exports_of_no_dataset_image(labelled, checkpoint, t
     assert "Evaluated on 1 image" in captured.out
 
 
+def test_evaluate_masks_warns_of_instances_of_a_class_the_model_lacks(labelled, checkpoint, tmp_path, capsys):
+    """A class mistyped in a corrected instance CSV ("dgo") made its instance leave the ground truth
+    without a word, as an unknown one; the command names the class, the CSV and the model's classes.
+    The figures stay those of the instance marked unknown."""
+    from napari_prm.refine import load_corrections
+
+    dataset, exports, _, _ = labelled
+    runs = {}
+    for name, written in (("typo", "dgo"), ("unknown", "unknown")):
+        folder = tmp_path / name
+        folder.mkdir()
+        for path in exports.iterdir():
+            (folder / path.name).write_bytes(path.read_bytes())
+        table = folder / "scene0_instances.csv"
+        lines = table.read_text(encoding="utf-8").splitlines()
+        assert sum(",dog," in line for line in lines) == 1
+        table.write_text("\n".join(line.replace(",dog,", f",{written},") for line in lines) + "\n", encoding="utf-8")
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", str(dataset), "--model", str(checkpoint), "--device", "cpu", *LOW,
+                     "--masks", str(folder), "--json", str(out)]) == 0
+        runs[name] = (_metrics(out), capsys.readouterr().err)
+    warning = (f"warning: --masks: corrections {tmp_path / 'typo'}: 1 instance of classes the model does not "
+               "have, left out of the ground truth as unknown ones are: 'dgo' (1 instance: scene0_instances.csv); "
+               "the model's classes are 'cat', 'dog' (a class name mistyped in an instance CSV?)")
+    assert warning in runs["typo"][1].splitlines()
+    assert "does not have" not in runs["unknown"][1]
+    assert runs["typo"][0] == runs["unknown"][0]
+    # in Python, without a list to collect it, a UserWarning says it
+    images = sorted(dataset.parent.glob("scene*.png"))
+    with pytest.warns(UserWarning, match=r"'dgo' \(1 instance: scene0_instances.csv\)"):
+        load_corrections(tmp_path / "typo", CLASSES, image_paths=images)
+
+
 def test_evaluate_masks_reports_a_missing_folder(labelled, checkpoint, tmp_path, capsys):
     dataset = labelled[0]
     assert main(["evaluate", str(dataset), "--model", str(checkpoint), "--masks", str(tmp_path / "none")]) == 2

@@ -487,7 +487,8 @@ def test_corrections_from_coco_json_and_label_folders(tmp_path, shapes_scenes):
     (tmp_path / "corrected.json").write_text(json.dumps(coco))
     images = [tmp_path / "scene0.png", tmp_path / "scene1.png"]
     from_json = load_corrections(tmp_path / "corrected.json", CLASSES)
-    from_folder = load_corrections(folder, CLASSES, image_paths=images)
+    with pytest.warns(UserWarning, match=r"'zebra' \(1 instance: scene1_instances.csv\)"):  # the class is named
+        from_folder = load_corrections(folder, CLASSES, image_paths=images)
     for corrections in (from_json, from_folder):
         assert [c.labels.shape for c in corrections] == [(96, 96), (96, 96)]
         np.testing.assert_array_equal(corrections[0].image, shapes_scenes[0][0])

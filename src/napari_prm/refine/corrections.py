@@ -134,6 +134,29 @@ def class_lookup(table, class_names: Sequence[str]) -> dict[int, int]:
     return lookup
 
 
+def _other_classes(table, class_names: Sequence[str]) -> list[str]:
+    """The class names of an instance table's rows (one per row) that are neither ``unknown`` nor
+    empty nor among ``class_names``: instances `class_lookup` gives no class."""
+    if table is None or len(table) == 0 or "class_name" not in table:
+        return []
+    known = {str(name) for name in class_names}
+    names = (None if missing_cell(name) else str(name) for name in np.asarray(table["class_name"], dtype=object))
+    return [name for name in names if name is not None and name != UNKNOWN_CLASS and name not in known]
+
+
+def other_class_warning(folder, others: Mapping[str, Sequence[str]], class_names: Sequence[str]) -> str:
+    """The warning of `corrections_from_folder` on instances of classes the model lacks: ``others``
+    maps each such class to the instance CSVs naming it, one entry per instance."""
+    from .._text import first_names, plural
+
+    count = sum(len(files) for files in others.values())
+    named = "; ".join(f"'{name}' ({plural(len(files), 'instance')}: {first_names(sorted(set(files)), 3)})"
+                      for name, files in sorted(others.items()))
+    return (f"corrections {folder}: {plural(count, 'instance')} of classes the model does not have, left out of "
+            f"the ground truth as unknown ones are: {named}; the model's classes are "
+            f"{first_names(map(repr, class_names))} (a class name mistyped in an instance CSV?)")
+
+
 def correction_from_layer(image: np.ndarray, labels: np.ndarray, features, class_names: Sequence[str], *,
                           source: str = "") -> Correction:
     """A correction from a Labels layer's data and features (napari-free: plain arrays and a table)."""
@@ -365,7 +388,8 @@ def uncorrected_predictions(label_files: Iterable[str | os.PathLike]) -> list[Pa
 def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str], *,
                             image_paths: Sequence[os.PathLike | str] = (),
                             unmatched: list[str] | None = None,
-                            superseded: list[str] | None = None) -> list[Correction]:
+                            superseded: list[str] | None = None,
+                            warnings_to: list[str] | None = None) -> list[Correction]:
     """Corrections from ``<stem>_labels.tif`` (or ``.tiff``/``.png``) files with ``<stem>_instances.csv``,
     in ``folder`` and its sub-folders.
 
@@ -384,6 +408,11 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
     in a ``UserWarning`` without one. The label images of one export in several formats
     (``cat_labels.tif`` and ``cat_labels.png`` of one folder) are one export: the file written last is read (a format
     exported again alone; the first by name of those written together).
+
+    Instances whose CSV names a class that ``class_names`` lacks (a class of another model, or
+    one mistyped by hand: ``rond`` for ``round``) have no class and are left out of the ground
+    truth, as ``unknown`` ones are; they are named in ``warnings_to`` (a list), else in a
+    ``UserWarning`` (`other_class_warning`).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -417,6 +446,7 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
         pairs.append((label_path, image_path))
     left_out: list[str] = []
     corrections = []
+    others: dict[str, list[str]] = {}  # a class the model lacks: the CSVs naming it, once per instance
     for label_path, image_path in _newest_per_image(pairs, folder, left_out):
         stem = label_path.stem[: -len(LABEL_SUFFIX)]
         table_path = label_path.with_name(f"{stem}_instances.csv")
@@ -424,8 +454,16 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
         labels = read_label_image(label_path)
         if labels.ndim != 2:
             raise ValueError(_not_a_2d_export(label_path, image_path, labels.shape))
+        for name in _other_classes(table, class_names):
+            others.setdefault(name, []).append(table_path.relative_to(folder).as_posix())
         corrections.append(Correction(read_image(image_path), labels, class_lookup(table, class_names),
                                       str(label_path), image_path))
+    if others:
+        text = other_class_warning(folder, others, class_names)
+        if warnings_to is not None:
+            warnings_to.append(text)
+        else:
+            warnings.warn(text, UserWarning, stacklevel=3)
     if superseded is not None:
         superseded += left_out
     elif left_out:
@@ -511,7 +549,8 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
         In a folder, an image with several exports gets its most recently written one; the
         others are named here, else in a ``UserWarning``.
     warnings_to : list, optional
-        What a devkit's reading warns of, else a ``UserWarning``.
+        What a devkit's reading warns of, and a folder's instances of classes the model lacks
+        (a class name mistyped in an export's CSV), else a ``UserWarning``.
 
     Returns
     -------
@@ -530,7 +569,7 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
                                     warnings_to=warnings_to)
     if path.is_dir():
         return corrections_from_folder(path, class_names, image_paths=image_paths, unmatched=unmatched,
-                                       superseded=superseded)
+                                       superseded=superseded, warnings_to=warnings_to)
     if path.is_file() and path.suffix.lower() == ".json":
         return corrections_from_coco(path, class_names, image_paths=image_paths, unmatched=unmatched)
     raise ValueError(f"corrections {path}: expected a COCO .json file, a folder of <stem>{LABEL_SUFFIX}.tif "
@@ -563,7 +602,8 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
         Where the exports left out for a newer export of their image are named; without it
         they are named in ``unmatched``.
     warnings_to : list, optional
-        Where what a PASCAL VOC devkit's reading warns of is put (see `corrections_from_voc`).
+        Where what a PASCAL VOC devkit's reading warns of is put (see `corrections_from_voc`), and
+        the warning of a folder's instances of classes the model lacks (`corrections_from_folder`).
 
     Returns
     -------
