@@ -34,6 +34,17 @@ def predict_widget(make_napari_viewer, qtbot, prm_config, tiny_checkpoint):
     return widget
 
 
+def run_folder(predict_widget, qtbot, folder, out):
+    """Open the panel from the widget's button, run it on ``folder`` into ``out`` and wait for the end."""
+    predict_widget.batch_button.click()
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value = folder
+    panel._out.value = out
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    return panel
+
+
 def test_run_on_a_folder_opens_the_results_as_lazy_stacks(predict_widget, qtbot, image_folder, tmp_path):
     predict_widget.preset.value = "original"  # the folder run takes the widget's preset and thresholds
     predict_widget.peak_threshold.value = 0.0
@@ -103,12 +114,7 @@ def test_the_done_message_names_the_images_that_failed_and_why(predict_widget, q
     """"Done: 3 written, 0 skipped, 1 failed; summary: ..." named neither the image nor the reason (the
     command line prints both): the user had to open summary.csv. The message names them."""
     (image_folder / "d_broken.tif").write_bytes(b"II*\x00garbage" * 10)
-    predict_widget.batch_button.click()
-    panel = open_batch_panel(predict_widget)
-    panel._inputs.value = image_folder
-    panel._out.value = tmp_path / "out"
-    assert panel.start() is not None
-    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    panel = run_folder(predict_widget, qtbot, image_folder, tmp_path / "out")
     assert [r.status for r in panel.result.results] == ["written"] * 3 + ["failed"]
     assert panel.last_message.startswith(
         "Done: 3 written, 0 skipped, 1 failed; failed: d_broken.tif: cannot read image "
@@ -290,12 +296,7 @@ def test_the_done_message_says_why_images_were_skipped(predict_widget, qtbot, tm
     a complete image as such, a stack re-saved with fewer planes since as changed."""
     import tifffile
 
-    predict_widget.batch_button.click()
-    panel = open_batch_panel(predict_widget)
-    panel._inputs.value = stack_folder
-    panel._out.value = tmp_path / "out"
-    assert panel.start() is not None
-    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    panel = run_folder(predict_widget, qtbot, stack_folder, tmp_path / "out")
     assert [r.status for r in panel.result.results] == ["written", "written"], panel.last_message
 
     stack = stack_folder / "b_z.tif"
