@@ -16,6 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torchvision.models  # noqa: F401  (see below)
+
+# torchvision is imported here, before any test makes a napari canvas: its first import
+# loads triton, and loading triton's LLVM once the canvas has loaded Mesa's (llvmpipe under
+# Xvfb) segfaults the process. A CLI or library call, which is not a widget and so does not
+# guard itself (napari_prm._widgets.models.keep_triton_out_after_mesa_llvm), made the first
+# import of torchvision in a test run after a widget test: the whole run crashed, or not,
+# depending on which test files were chosen. tests/test_triton_guard.py checks the widgets'
+# guard in fresh interpreters.
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_CLASSES = ["cat", "dog", "bird"]
