@@ -142,25 +142,17 @@ def test_a_point_added_or_moved_gets_its_instance(make_napari_viewer, qtbot, prm
 
 
 def test_a_point_added_after_the_image_data_changed_is_not_retrieved_from_other_pixels(
-        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+        candidates_run, qtbot, small_cat):
     """A peak added once the image layer's data changed since the run is not retrieved on the new
     pixels (the run's instances are of the old ones): the point stays, unretrieved, and the panel
     says to press Run; no forward pass is made."""
-    viewer = make_napari_viewer()
-    viewer.add_image(small_cat, name="cat")
-    candidates = np.zeros(small_cat.shape[:2], np.uint16)
-    candidates[10:50, 10:60] = 1
-    viewer.add_labels(candidates, name="candidates")
-    widget = open_predict(viewer, qtbot, tiny_checkpoint)
-    widget.proposals.value = viewer.layers["candidates"]
-    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
-    run_and_wait(widget, qtbot)
+    viewer, widget, candidates = candidates_run
     peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
     before, count = instances.data.copy(), len(peaks.data)
     viewer.layers["cat"].data = small_cat[::-1].copy()
     forwards, hook = forward_counter(widget.context.model)
     try:
-        peaks.add([[30.0, 35.0]])
+        peaks.add([[30.0, 35.0]])  # on candidate 1
         qtbot.waitUntil(lambda: "not retrieved" in (widget.last_message or ""), timeout=10_000)
     finally:
         hook.remove()
