@@ -973,3 +973,12 @@ def test_max_peaks_and_input_size_of_the_form(cat_viewer, qtbot, prm_config, tin
                                                  peak_threshold=-1e3, max_peaks=9).peaks)
     saved = json.loads((prm_config / "predict_widget.json").read_text())
     assert (saved["max_peaks"], saved["input_size"]) == (9, 160)
+
+
+def test_the_dock_leaves_room_for_the_canvas(make_napari_viewer, qtbot, prm_config):
+    """The correction panel's list of keys was one unwrapped line per key: the Shift-A line made
+    the dock at least 1268 px wide, leaving no canvas on a 1280 px wide screen. It wraps now."""
+    viewer = make_napari_viewer()
+    widget = open_predict(viewer, qtbot)
+    assert widget.correction.shortcuts_label.native.wordWrap()
+    assert widget.minimumSizeHint().width() < 640

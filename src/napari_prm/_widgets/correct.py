@@ -168,6 +168,7 @@ class CorrectionPanel(PointRetrieval):
             button.tooltip = f"shortcut on the instances layer: {_keys_of(method)}"
         self.next_button.tooltip += f" ({_keys_of('select_previous_by_score')}: the previous one)"
         self.shortcuts_label = Label(value=shortcuts_help())
+        self.shortcuts_label.native.setWordWrap(True)  # the list's long lines must not widen the dock
         self.container = Container(widgets=[
             Label(value="<b>Correct instances</b>"), self.class_choice, self.redo_points,
             self.delete_button, self.set_class_button, self.merge_with, self.merge_button,
