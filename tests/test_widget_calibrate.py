@@ -1,6 +1,8 @@
 """*Calibrate* in the Train widget: a checkpoint's thresholds chosen on the widget's dataset, as
 ``napari-prm calibrate`` chooses them, and the calibrated model offered for prediction."""
 
+import re
+
 import pytest
 from qtpy.QtCore import Qt
 
@@ -61,6 +63,9 @@ def test_calibrate_a_trained_model_on_its_held_out_images(make_napari_viewer, qt
     assert widget.last_message.startswith("Calibrated on the images train held out: thresholds calibrated on 1 "
                                           f"image(s): class threshold {outcome.calibration.class_threshold:.3g}")
     assert f"Saved {written}; it is offered in the Peak Response Maps widget." in widget.last_message
+    # the warnings are sentences: they ran on as "... include some without them. the thresholds were ..."
+    assert "include some without them. The thresholds were calibrated on only 1 image(s)" in widget.last_message
+    assert re.search(r"\.\. |\. [a-z]", widget.last_message) is None, widget.last_message
     assert predict_widget.model.value == str(written.resolve())
     qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
     assert predict_widget.class_threshold.value == pytest.approx(outcome.calibration.class_threshold, abs=1e-6)

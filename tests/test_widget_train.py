@@ -113,7 +113,8 @@ def test_the_datasets_warnings_are_shown_as_the_cli_prints_them(make_napari_view
     shown = _train_showing_status(widget, qtbot)
     for text in (shown[0], widget.last_message):
         assert "left out 1 file that is not an image" in text and "cup/notes.txt" in text
-        assert "class 'cta' has 1 image" in text and "'cat'" in text
+        # one sentence each (the second ran on after the first's file names)
+        assert "cup/notes.txt. Class 'cta' has 1 image" in text and "'cat'" in text
 
 
 def test_a_new_model_is_told_of_the_builtin_rows_and_can_start_from_them(make_napari_viewer, qtbot, prm_config,

@@ -21,6 +21,21 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
     return f"{count} {many}"
 
 
+def sentence(text: str, *, capital: bool = True) -> str:
+    """``text`` as a sentence: ending with a full stop (unless it ends with ``.``, ``!`` or ``?``), and
+    capitalised unless ``capital`` is False."""
+    if capital:
+        text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def sentences(texts) -> str:
+    """Messages (warnings, notes) joined as the sentences of one line, after a label such as
+    ``"Warning: "``: each ends with a full stop, and all but the first (which follows the label and
+    keeps its case) start with a capital. ``["a", "b"]`` gives ``"a. B."``."""
+    return " ".join(sentence(text, capital=number > 0) for number, text in enumerate(texts))
+
+
 def first_names(names, shown: int = 10) -> str:
     """The first ``shown`` of ``names`` (strings), and how many more: ``"a, b, ... (3 more)"``.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from magicgui.widgets import ComboBox, FileEdit, PushButton
 from napari.qt.threading import create_worker
 
+from .._text import sentence, sentences
 from ..data import load_dataset
 from ..model.checkpoint import BUILTIN_MODELS, CHECKPOINT_SUFFIXES, is_builtin_name
 from ..train import CheckpointCalibration, calibrate_checkpoint
@@ -160,7 +161,7 @@ class CalibrateSection:
                    f"{outcome.tta_calibration.peak_threshold:.3g}. Saved {outcome.checkpoint}; it is offered in "
                    "the Peak Response Maps widget.")
         if outcome.notes:
-            message += " Note: " + " ".join(f"{n[0].upper()}{n[1:]}." for n in outcome.notes)
+            message += " Note: " + " ".join(sentence(note) for note in outcome.notes)
         if outcome.warnings:
-            message += " Warning: " + " ".join(outcome.warnings)
+            message += " Warning: " + sentences(outcome.warnings)
         self._say(message, warning=bool(outcome.warnings))

@@ -25,7 +25,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from .._text import plural
+from .._text import plural, sentence
 from ..predict import Cancelled, Prediction, image_to_crm
 from ..predictor import preset_settings, resolve_thresholds
 from .activity import ActivityProgress, CloseWatcher
@@ -582,7 +582,7 @@ class PredictWidget(PredictForm, QWidget):
                       f"peak threshold {peak_text}"
                       f"{', classes ' + ', '.join(settings['classes']) if settings['classes'] else ''}"
                       "). Lower them or choose other classes."
-                      + "".join(" " + _sentence(note) for note in dict.fromkeys(results.notes))
+                      + "".join(" " + sentence(note) for note in dict.fromkeys(results.notes))
                       + "".join(" " + note for note in [*hand_notes, kept_note] if note), "warning")
             return
         message = f"{plural(peaks, 'peak')}, {plural(instances, 'instance')}"
@@ -758,12 +758,6 @@ def _planes_text(planes) -> str:
     """The planes of a stack as the status line names them: "plane 2", "planes 0, 2", "plane (1, 3)"."""
     names = [str(plane[0]) if len(plane) == 1 else str(tuple(plane)) for plane in planes]
     return f"plane{'s' if len(names) > 1 else ''} {', '.join(names)}"
-
-
-def _sentence(note: str) -> str:
-    """A prediction's note as a sentence of the status line: capitalised, with a full stop."""
-    note = note[:1].upper() + note[1:]
-    return note if note.endswith(".") else note + "."
 
 
 def _hand_notes(kept: int, missing: list, elsewhere: int, no_instance: list) -> list[str]:

@@ -32,7 +32,7 @@ from magicgui.widgets import (
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from .._text import plural
+from .._text import plural, sentence, sentences
 from ..data import load_dataset
 from ..model.checkpoint import is_builtin_name
 from ..train import (
@@ -514,7 +514,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             self._note = note
             noted = f" Note: {note[0].upper()}{note[1:]}." if note else ""
             if warnings:
-                self._say("Warning: " + " ".join(warnings) + noted, warning=True)
+                self._say("Warning: " + sentences(warnings) + noted, warning=True)
             elif note:
                 self._say(f"{what[0].upper()}{what[1:]}.{noted}" if what else noted.strip())
             elif what:
@@ -564,9 +564,9 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         # shown before the first batch too: the dataset's, and train()'s about its split
         warnings = self._dataset_warnings + list(result.warnings)
         if warnings:
-            message += " Warning: " + " ".join(warnings)
+            message += " Warning: " + sentences(warnings)
         if self._note:
-            message += f" Note: {self._note[0].upper()}{self._note[1:]}."
+            message += f" Note: {sentence(self._note)}"
         self._say(message, warning=bool(warnings))
 
     def _on_finished(self) -> None:
