@@ -982,3 +982,16 @@ def test_the_dock_leaves_room_for_the_canvas(make_napari_viewer, qtbot, prm_conf
     widget = open_predict(viewer, qtbot)
     assert widget.correction.shortcuts_label.native.wordWrap()
     assert widget.minimumSizeHint().width() < 640
+
+
+def test_without_an_image_the_message_names_the_sample_menu(make_napari_viewer, qtbot, prm_config):
+    """The message named a File > Open Sample > napari-prm menu; napari lists the samples under the
+    manifest's display name."""
+    viewer = make_napari_viewer()
+    widget = open_predict(viewer, qtbot)
+    assert widget.run() is None
+    (sample_menu,) = [action.menu() for action in viewer.window.file_menu.actions()
+                      if action.menu() is not None and "Sample" in action.text()]
+    plugin_menus = [action.text() for action in sample_menu.actions() if action.menu() is not None]
+    named = widget.last_message.split("File > Open Sample > ")[1].removesuffix(" offers one)")
+    assert named in plugin_menus, (widget.last_message, plugin_menus)

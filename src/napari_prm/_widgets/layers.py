@@ -86,6 +86,10 @@ def is_result_image(viewer, layer) -> bool:
     return False
 
 
+#: Where napari lists the plugin's sample images: File > Open Sample > the manifest's display name.
+SAMPLE_MENU = "Peak Response Maps"
+
+
 def check_image_layer(layer) -> tuple[int, ...]:
     """Check that ``layer`` is an image PRM can run on; return its leading (stack) shape.
 
@@ -98,7 +102,7 @@ def check_image_layer(layer) -> tuple[int, ...]:
 
     if layer is None:
         raise ValueError("no image layer chosen: open an image first (File > Open Sample > "
-                         "napari-prm offers one)")
+                         f"{SAMPLE_MENU} offers one)")
     if not isinstance(layer, Image):
         raise ValueError(f"layer {layer.name!r} is a {type(layer).__name__} layer; "
                          "PRM runs on Image layers")
