@@ -308,3 +308,25 @@ def test_a_path_typed_from_the_home_folder_comes_back_in_a_new_session(make_napa
     assert (saved["dataset"], saved["out"]) == (str(home / "labels.csv"), str(home / "model.pt"))
     reopened = open_train()
     assert (reopened._dataset.value, reopened._out.value) == (home / "labels.csv", home / "model.pt")
+
+
+def test_a_threshold_edited_while_the_chosen_model_loads_is_kept(make_napari_viewer, qtbot, prm_config,
+                                                                 tiny_checkpoint):
+    """Choosing another model shows its calibrated thresholds once it is loaded; a threshold typed
+    in while it loaded was then overwritten by the model's (and the settings file forgot it). The
+    user's value is kept and used; the field not edited shows the new model's."""
+    viewer = make_napari_viewer()
+    widget = open_predict(viewer, qtbot)  # the built-in imagenet-voc
+    widget.select_model(str(tiny_checkpoint))
+    assert not widget.classes_loaded
+    widget.peak_threshold.value = 2.5
+    qtbot.waitUntil(lambda: widget.classes_loaded, timeout=60_000)
+    assert widget.peak_threshold.value == 2.5 and widget.peak_control.override == 2.5
+    assert widget.class_control.override is None and widget.class_threshold.value == 0  # tiny's: uncalibrated
+    assert json.loads(settings_path("predict").read_text())["peak_threshold"] == 2.5
+    # choosing a model again shows its calibrated value in both
+    widget.select_model("imagenet-voc")
+    qtbot.waitUntil(lambda: widget.classes_loaded, timeout=60_000)
+    calibration = builtin_calibration()["imagenet-voc"]
+    assert widget.peak_control.override is None
+    assert widget.peak_threshold.value == pytest.approx(calibration["peak_threshold"], abs=1e-6)

@@ -125,6 +125,7 @@ class PredictForm:
         self.add_crms = self._persist("add_crms", CheckBox(
             text="CRM layers of the peaks' classes", value=False))
 
+        self.model.changed.connect(self._model_chosen)
         self.model.changed.connect(self._load_classes)
         self.preset.changed.connect(self._show_calibrated_thresholds)
         self.checkpoint.changed.connect(self._on_checkpoint_chosen)
@@ -253,6 +254,11 @@ class PredictForm:
             self.select_model(str(path))
 
     # ------------------------------------------------------------------ classes
+    def _model_chosen(self, *_) -> None:
+        """A newly chosen model: runs use its calibrated thresholds again, shown once it is loaded;
+        a threshold edited while it loads keeps the user's value."""
+        self.class_control.from_model = self.peak_control.from_model = True
+
     def _load_classes(self, *_):
         """Load the chosen model in a worker; list its classes and show its thresholds."""
         choice, device = self.model.value, self.device.value
@@ -279,10 +285,9 @@ class PredictForm:
             self._say(model, "error")
         elif key == current != self._loaded_classes_for:
             self._fill_classes(model.class_names, key, win_size=model.network.win_size)
-            # a newly chosen model: runs use its calibrated thresholds again (unless
-            # restored settings hold the user's)
+            # the fields not edited since the model was chosen (`_model_chosen`) show its
+            # calibrated thresholds (unless restored settings hold the user's)
             self._model_settings = dict(model.settings)
-            self.class_control.from_model = self.peak_control.from_model = True
             self._show_calibrated_thresholds()
             self._update_rethreshold()
 
