@@ -451,6 +451,26 @@ def test_an_image_removed_during_the_run_gets_no_result_layers(cat_viewer, qtbot
     assert len(widget.predictors) == 0  # nothing kept for an image that is gone
 
 
+def test_an_image_whose_data_changes_during_the_run_gets_no_stale_results(cat_viewer, qtbot, prm_config,
+                                                                          tiny_checkpoint, small_cat):
+    """New pixels set on the image layer while a run went on (here one that reused the cached maps)
+    got the old pixels' layers, of the old shape, with a success message. They are dropped, saying
+    so, and the next Run makes a forward pass of the new pixels."""
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    run_and_wait(widget, qtbot)
+    assert cat_viewer.layers["cat instances"].data.shape == (100, 151)
+    bigger = np.concatenate([small_cat, small_cat])
+    widget.run()
+    cat_viewer.layers["cat"].data = bigger  # the worker's results arrive afterwards
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert "changed during the run" in widget.last_message and "press Run again" in widget.last_message
+    assert cat_viewer.layers["cat instances"].data.shape == (100, 151)  # the first run's, left as they were
+    run_and_wait(widget, qtbot)
+    assert widget.last_forward_passes == 1
+    assert cat_viewer.layers["cat instances"].data.shape == (200, 151)
+
+
 def test_nothing_found_is_reported(cat_viewer, qtbot, prm_config, tiny_checkpoint):
     widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = None

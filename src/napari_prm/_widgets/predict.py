@@ -482,6 +482,10 @@ class PredictWidget(PredictForm, QWidget):
             self._say(f"The image layer {layer.name!r} was removed during the run; its results "
                       "were dropped.", "warning")
             return
+        if any(self.predictors.outdated(key) for key in keys):  # its results are of the pixels it had
+            self._say(f"The data of the image layer {layer.name!r} changed during the run; its results were "
+                      "dropped: press Run again.", "warning")
+            return
         model, predictions, forwards, hand = out
         self.last_forward_passes = forwards
         # the hand-placed points as the peaks layer holds them now, not as they were sent
