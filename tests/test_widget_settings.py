@@ -330,3 +330,22 @@ def test_a_threshold_edited_while_the_chosen_model_loads_is_kept(make_napari_vie
     calibration = builtin_calibration()["imagenet-voc"]
     assert widget.peak_control.override is None
     assert widget.peak_threshold.value == pytest.approx(calibration["peak_threshold"], abs=1e-6)
+
+
+def test_a_file_that_is_no_checkpoint_is_not_remembered(make_napari_viewer, qtbot, prm_config, tmp_path):
+    """Choosing a file that cannot be loaded said so, but kept it among the recent models and as the
+    chosen one: every new session started on it, with the error. It is taken off the list: the next
+    session starts on the default model."""
+    from napari_prm._widgets.models import recent_models
+
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    viewer = make_napari_viewer()
+    widget = open_predict(viewer, qtbot)
+    widget.checkpoint.value = str(junk)
+    qtbot.waitUntil(lambda: widget._loading is None and "Cannot load the model" in widget.last_message,
+                    timeout=60_000)
+    assert str(junk) in widget.last_message
+    assert str(junk.resolve()) not in recent_models()
+    again = open_predict(make_napari_viewer(), qtbot)
+    assert again.model.value == "imagenet-voc" and again.classes_loaded

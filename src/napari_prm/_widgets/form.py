@@ -23,7 +23,7 @@ from ..peaks import MAX_PEAKS
 from ..predictor import MAX_PEAKS_LIMIT, preset_settings, resolve_thresholds
 from .layers import choose_layer, is_result_image
 from .marks import INSTANCES_SUFFIX, marker_of
-from .models import BUILTIN_CHOICES, devices, model_choices, remember_model
+from .models import BUILTIN_CHOICES, devices, forget_model, model_choices, remember_model
 from .settings import save_settings
 from .thresholds import CalibratedThreshold
 
@@ -296,6 +296,10 @@ class PredictForm:
         try:
             return self.models.get(choice, device)
         except ValueError as error:  # a bad checkpoint names its file
+            from ..model.checkpoint import is_builtin_name
+
+            if not is_builtin_name(choice):  # not offered again, nor chosen in the next session
+                forget_model(choice)
             return f"Cannot load the model: {error}"
 
     def _fill_classes(self, class_names, key, *, win_size: int) -> None:

@@ -118,6 +118,21 @@ def remember_model(path: str | os.PathLike) -> None:
         pass  # an unwritable config folder must not stop a prediction
 
 
+def forget_model(path: str | os.PathLike) -> None:
+    """Take a checkpoint file off the recent list (one that cannot be loaded)."""
+    from ..io import atomic_write
+
+    path = str(Path(path).resolve())
+    paths = recent_models()
+    if path not in paths:
+        return
+    try:
+        with atomic_write(config_dir() / "recent_models.json") as temp:
+            temp.write_text(json.dumps([p for p in paths if p != path], indent=1), encoding="utf-8")
+    except OSError:
+        pass
+
+
 def model_choices() -> list[tuple[str, str]]:
     """(label, value) pairs for a model ComboBox: built-in models, then recent files."""
     choices = list(BUILTIN_CHOICES.items())
