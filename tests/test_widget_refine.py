@@ -225,7 +225,9 @@ def test_closing_the_widget_stops_learning_like_cancel(make_napari_viewer, qtbot
     viewer.window.remove_dock_widget(widget.native)
     qtbot.waitUntil(lambda: not worker.is_running and not widget.running, timeout=30_000)
     assert widget.result.cancelled and 2 <= len(widget.result.history) < 1000
-    assert widget.last_message.startswith("Stopped as the widget was closed from 1 corrected image(s)")
+    # it said "Stopped as the widget was closed from 1 corrected image(s)"
+    assert widget.last_message.startswith(
+        f"Stopped as the widget was closed after {len(widget.result.history)} epochs: learnt from 1 corrected image(s)")
     # as after Cancel, the last finished epoch's model is saved and offered
     assert load_model(tmp_path / "refined.pt").head.info["epochs"] == len(widget.result.history)
     assert predict_widget.model.value == str((tmp_path / "refined.pt").resolve())

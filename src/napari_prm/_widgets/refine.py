@@ -21,6 +21,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
+from .._text import plural
 from ..refine import correction_from_layer, load_corrections, refine
 from .activity import StopsOnClose
 from .layers import image_layer_of, level_of_shape, level_planes, plane_reader, unpaired_message
@@ -269,7 +270,7 @@ class RefineWidget(StopsOnClose, Container):
         if not self._deleted:
             self._model.reset_choices()
             self._model.value = str(Path(result.checkpoint).resolve())
-        what = why if result.cancelled else "Learnt"
+        what = f"{why} after {plural(len(result.history), 'epoch')}: learnt" if result.cancelled else "Learnt"
         superseded = self._superseded
         left_out = (f" Several exports of one image in the corrections folder: the most recently written of "
                     f"each was used; left out: {', '.join(superseded)}." if superseded else "")
