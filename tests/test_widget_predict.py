@@ -477,6 +477,8 @@ def test_nothing_found_is_reported(cat_viewer, qtbot, prm_config, tiny_checkpoin
     widget.peak_threshold.value = 1000.0
     run_and_wait(widget, qtbot)
     assert widget.last_message.startswith("Nothing found")
+    # no class ticked is every class: other classes would not help
+    assert "Lower them." in widget.last_message and "choose other classes" not in widget.last_message
     # and the strongest peak there was (Prediction.notes)
     strongest = float(widget.predictors.get(widget.context.predictor_keys[()]).select_peaks(
         peak_threshold=None, class_threshold=None).values.max())
@@ -1002,6 +1004,22 @@ def test_the_dock_leaves_room_for_the_canvas(make_napari_viewer, qtbot, prm_conf
     widget = open_predict(viewer, qtbot)
     assert widget.correction.shortcuts_label.native.wordWrap()
     assert widget.minimumSizeHint().width() < 640
+
+
+def test_the_dock_scrolls_up_and_down(make_napari_viewer, qtbot, prm_config):
+    """The form and the correction panel are about 1400 px tall: the dock needed all of it, and at
+    1280 x 1024 napari's window grew past the screen, the panel's last buttons out of reach. They
+    scroll in the dock now, up and down only (the dock is as wide as the form needs)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer()
+    widget = open_predict(viewer, qtbot)
+    assert widget.content.minimumSizeHint().height() > 800
+    assert widget.minimumSizeHint().height() < 200
+    assert isinstance(widget.correction.native.parent().parent().parent(), QScrollArea)
+    assert widget.minimumSizeHint().width() >= widget.content.minimumSizeHint().width()
+    assert widget.scroll.horizontalScrollBarPolicy() == Qt.ScrollBarPolicy.ScrollBarAlwaysOff
 
 
 def test_without_an_image_the_message_names_the_sample_menu(make_napari_viewer, qtbot, prm_config):

@@ -22,8 +22,19 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QSize, Qt, Signal
+from qtpy.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .._text import plural, sentence
 from ..predict import Cancelled, Prediction, image_to_crm
@@ -175,7 +186,17 @@ class PredictWidget(PredictForm, QWidget):
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.rethreshold_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        # the form and the correction panel are taller than a laptop's screen: they scroll in
+        # the dock (napari does not scroll dock widgets), so the window need not grow past it
+        self.content = QWidget()
+        self.scroll = _VerticalScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setWidget(self.content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
+        layout = QVBoxLayout(self.content)
         layout.addWidget(self.form.native)
         layout.addWidget(self.restore_defaults_button)
         layout.addWidget(QLabel("classes to keep (none ticked: every class above the threshold)"))
@@ -585,7 +606,7 @@ class PredictWidget(PredictForm, QWidget):
             self._say(f"Nothing found: no peak above the thresholds (class threshold {class_threshold:g}, "
                       f"peak threshold {peak_text}"
                       f"{', classes ' + ', '.join(settings['classes']) if settings['classes'] else ''}"
-                      "). Lower them or choose other classes."
+                      f"). Lower them{' or choose other classes' if settings['classes'] else ''}."
                       + "".join(" " + sentence(note) for note in dict.fromkeys(results.notes))
                       + "".join(" " + note for note in [*hand_notes, kept_note] if note), "warning")
             return
@@ -756,6 +777,28 @@ def _changed_during_run(sent, now, ran):
         kept.append((mine, from_hand))
         late += [(q.plane, q) for q in plane_now if not any(_same_hand_peak(p, q) for p in plane_sent)]
     return kept, late
+
+
+class _VerticalScrollArea(QScrollArea):
+    """A scroll area that scrolls up and down only: at least as wide as its widget needs
+    beside the vertical scroll bar, and as tall as the dock lets it be."""
+
+    def __init__(self):
+        super().__init__()
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is None:
+            return hint
+        return QSize(inner.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+                     + 2 * self.frameWidth(), hint.height())
+
+    def eventFilter(self, watched, event) -> bool:
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # its widget needs another width: the dock's minimum follows
+        return super().eventFilter(watched, event)
 
 
 def _planes_text(planes) -> str:
