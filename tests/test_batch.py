@@ -81,7 +81,8 @@ def test_cluster_writes_the_one_process_outputs_reports_the_corrupt_image_and_re
                          **SETTINGS)
     rows = summary_rows(out)
     assert list(rows) == [p.name for p in images]
-    assert rows["broken.png"]["status"] == "failed" and rows["broken.png"]["attempts"] == "2"
+    # a file that cannot be read is not tried again: another attempt cannot mend it
+    assert rows["broken.png"]["status"] == "failed" and rows["broken.png"]["attempts"] == "1"
     assert "cannot read image" in rows["broken.png"]["error"] and "broken.png" in rows["broken.png"]["error"]
     good = [p for p in images if p.name != "broken.png"]
     assert [rows[p.name]["status"] for p in good] == ["written"] * 4
@@ -234,6 +235,28 @@ def test_a_cluster_cancel_reports_what_was_written_as_written(tmp_path, checkpoi
     resumed = predict_many(order, str(checkpoint), out, client, **SETTINGS)
     assert [r.status for r in resumed.results] == [
         "skipped" if statuses[p.name] == "written" else "written" for p in order]
+
+
+def test_an_input_error_is_not_tried_again_but_an_unexpected_one_is(tmp_path, checkpoint, images):
+    """A file that cannot be read fails the same way every time: it is reported after one
+    attempt (it was tried twice). An unexpected error (here the proposals raise) is tried again."""
+    broken = next(p for p in images if p.name == "broken.png")
+    good = next(p for p in images if p.name != "broken.png")
+    calls = []
+
+    def failing_once(image):
+        calls.append(image.shape)
+        if len(calls) == 1:
+            raise RuntimeError("a passing failure")
+        from napari_prm.proposals import default_proposals
+
+        return default_proposals(image)
+
+    batch = predict_many([broken, good], str(checkpoint), tmp_path / "out", retries=1,
+                         **{**SETTINGS, "proposals": failing_once})
+    assert [(r.status, r.attempts) for r in batch.results] == [("failed", 1), ("written", 2)]
+    assert not batch.results[0].retriable and "cannot read image" in batch.results[0].error
+    assert len(calls) == 2
 
 
 def test_in_process_batch_cancels_gathers_and_stacks_the_labels_lazily(tmp_path, checkpoint, images):

@@ -22,7 +22,9 @@ Both call the same per-image function, `predict_image`. On a cluster:
 A run is resumable: images whose outputs are complete (`napari_prm.io.complete_prediction`)
 are skipped unless ``overwrite=True``. Failures are isolated: an image whose prediction
 raises, or whose worker dies, is tried ``retries`` more times (default once), then
-reported, and the batch goes on. ``<out>/summary.csv`` lists every image with its status
+reported, and the batch goes on; an input error (a ``ValueError`` naming the file: it cannot
+be read, or its axes are not supported) is reported at once, as trying again cannot mend it.
+``<out>/summary.csv`` lists every image with its status
 and is rewritten atomically as results arrive (at most once a second, and at the end). It
 is the folder's record, not only the run's: the rows of images an earlier run put there
 are kept (in their place), those of the images this run has replace theirs, and rows whose
@@ -112,6 +114,9 @@ class ImageResult:
         Only with ``predict_many(..., gather=True)``: a stack's is a list, one per plane.
     details : str
         The traceback of the last failure (not in ``summary.csv``).
+    retriable : bool
+        Whether trying a failed image again may help: False for an input error (a
+        ``ValueError``: the file or its content), which is reported after one attempt.
     notes : list of str
         What the prediction noted (`Prediction.notes`, e.g. peaks left out by
         ``max_peaks``); not in ``summary.csv``.
@@ -130,6 +135,7 @@ class ImageResult:
     prediction: Any = None
     details: str = ""
     notes: list[str] = field(default_factory=list)
+    retriable: bool = field(default=True, repr=False)
 
     def row(self) -> dict:
         """The image's row of ``summary.csv``."""
@@ -933,7 +939,8 @@ def _describe_error(error: BaseException) -> str:
 
 def _failed(image: str, stem: str, error: BaseException, started: float) -> ImageResult:
     return ImageResult(image, stem, "failed", seconds=time.perf_counter() - started, error=_describe_error(error),
-                       details="".join(traceback.format_exception(error)))
+                       details="".join(traceback.format_exception(error)),
+                       retriable=not isinstance(error, ValueError))
 
 
 def _run_task(image: str, stem: str, out: str, spec: ModelSpec, settings: Mapping[str, Any], overwrite: bool,
@@ -1210,7 +1217,8 @@ def predict_many(
     max_in_flight : int, optional
         Tasks submitted to the cluster at a time (default: twice the workers' threads).
     retries : int
-        Further attempts for an image that failed or whose worker died.
+        Further attempts for an image that failed or whose worker died; not for an input
+        error (a ``ValueError`` naming the file), which trying again cannot mend.
     gather : bool
         Bring each `Prediction` (PRMs included) back in the results; memory grows with
         the batch.
@@ -1410,7 +1418,7 @@ def _run_here(results, todo, model, out, *, settings, overwrite, prms_format, ga
         image, stem = results[index].image, results[index].stem
         _mark_running(out, image)
         attempts, result = 0, None
-        while result is None or (result.status == "failed" and attempts <= retries):
+        while result is None or (result.status == "failed" and result.retriable and attempts <= retries):
             attempts += 1
             started = time.perf_counter()
             on_plane = None if plane_progress is None else (
@@ -1468,7 +1476,7 @@ def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads,
                               if type(error).__name__ == "KilledWorker" else _describe_error(error))
                     result = ImageResult(results[index].image, results[index].stem, "failed", error=reason)
                 future.release()
-                if result.status == "failed" and attempts[index] <= retries and not stopping:
+                if result.status == "failed" and result.retriable and attempts[index] <= retries and not stopping:
                     queue.appendleft(index)
                     continue
                 _finish(results, index, result, attempts[index], report)
