@@ -69,7 +69,8 @@ def test_read_stack_takes_the_axes_of_imagej_and_ome_files(stacks, tmp_path):
     assert io.read_stack(tmp_path / "c3.tif") is None
     tifffile.imwrite(tmp_path / "pages.tif", hyper.reshape(6, 4, 5))
     assert io.read_stack(tmp_path / "pages.tif") is None
-    with pytest.raises(ValueError, match=r"pages\.tif.*\(6, 4, 5\); it holds several planes or frames"):
+    with pytest.raises(ValueError, match=r"pages\.tif.*\(6, 4, 5\); it holds several planes or frames: save one "
+                       r"2-D plane, or save the stack with ImageJ axes ZYX or TYX .* plane by plane"):
         io.read_image(tmp_path / "pages.tif")
     # ambiguous: z-planes and channels
     tifffile.imwrite(tmp_path / "zc.tif", hyper, imagej=True, metadata={"axes": "ZCYX"})

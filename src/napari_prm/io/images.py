@@ -597,6 +597,10 @@ def _stack_hint(shape: tuple[int, ...], leading_axis: str | None = None) -> str:
                 "as a 2-D image, or 3 of them as an RGB image")
     if leading_axis in _NOT_COLOUR_AXES and len(shape) == 3:
         return f"; its first axis holds {shape[0]} {_NOT_COLOUR_AXES[leading_axis]}: save one 2-D plane"
+    if len(shape) == 3 and leading_axis in ("Q", "I"):  # a TIFF of pages its axes do not name
+        return ("; it holds several planes or frames: save one 2-D plane, or save the stack with ImageJ "
+                "axes ZYX or TYX (tifffile.imwrite(path, data, imagej=True, metadata={'axes': 'ZYX'})), "
+                "which `napari-prm predict` and the plugin run plane by plane")
     return "; it holds several planes or frames: save one 2-D plane" if len(shape) > 2 else ""
 
 
