@@ -27,7 +27,7 @@ from .. import edit
 from .._text import plural
 from ..predict import Cancelled
 from .history import InstanceHistory, reset_history
-from .layers import features_table, instance_features, plane_reader, point_defaults, point_plane, world_kwargs
+from .layers import features_table, instance_features, point_defaults, point_plane, world_kwargs
 from .marks import find_result, mark
 from .painted import can_correct, painted_context
 from .points import PointRetrieval
@@ -735,18 +735,15 @@ class CorrectionPanel(PointRetrieval):
         coords = np.asarray(self.peaks.data)[where[0]]
         plane = point_plane(coords, leading)
         key = self._predictor_key(plane)
-        image = None
-        if owner.predictors.ready(key):
-            if refusal := _without_alternatives(label, owner.predictors.get(key)):
-                self._say(refusal, "warning")
-                return False
-        elif owner.predictors.outdated(key):
+        image, changed = self._job_image(context, key, plane)  # a reader: the worker makes the forward pass again
+        if changed:
             self._say(f"No alternative masks for instance {label}: the image's data changed since the run "
                       "(its cached maps were dropped), and masks found now would be of other pixels than "
                       "its instances'. Press Run to predict the image again.", "warning")
             return False
-        else:  # dropped by the cache: its forward pass is made again in the worker
-            image = plane_reader(context.image_layer, plane)
+        if image is None and (refusal := _without_alternatives(label, owner.predictors.get(key))):
+            self._say(refusal, "warning")
+            return False
         layer = self.instances
         job = (key, image, owner.proposals_for(context.settings["proposals"], plane), plane, coords[leading:],
                int(self.peaks.features["class_index"].iloc[where[0]]), label)

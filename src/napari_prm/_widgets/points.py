@@ -169,11 +169,11 @@ class PointRetrieval:
         for plane in sorted(set(planes)):
             mine = [r for r, p in zip(rows, planes) if p == plane]
             key = self._predictor_key(plane)
-            if not owner.predictors.ready(key) and owner.predictors.outdated(key):
+            image, changed = self._job_image(context, key, plane)
+            if changed:
                 outdated += len(mine)  # its instances would be cut from other pixels than the run's
                 continue
-            jobs.append((key, None if owner.predictors.ready(key) else plane_reader(context.image_layer, plane),
-                         owner.proposals_for(context.settings["proposals"], plane), plane,
+            jobs.append((key, image, owner.proposals_for(context.settings["proposals"], plane), plane,
                          np.asarray(self.peaks.data)[mine][:, leading:],
                          features["class_index"].to_numpy()[mine].astype(np.int64),
                          features["peak"].to_numpy()[mine].astype(np.int64)))
@@ -183,9 +183,8 @@ class PointRetrieval:
                       "than the run's. The points stay; press Run to predict the image again.", "warning")
         if not jobs:
             return
-        rows = [r for r, p in zip(rows, planes) if any(p == job[3] for job in jobs)]
         self._start_worker(self._retrieve, (context, jobs), lambda out: self._show_retrieved(out, context),
-                           status=f"Retrieving instances of {plural(len(rows), 'peak')}…",
+                           status=f"Retrieving instances of {plural(len(rows) - outdated, 'peak')}…",
                            activity=f"Peak Response Maps: {context.image_layer.name} (added peaks)",
                            failed="Retrieval failed",
                            cancelled="Cancelled: the added or moved peaks keep their earlier instances.")
@@ -245,6 +244,19 @@ class PointRetrieval:
                 return None
             out.append((plane, peak_ids, prediction))
         return out
+
+    def _job_image(self, context, key, plane: tuple) -> tuple:
+        """Where a worker job on ``plane`` of ``context``'s image (``key``) gets its maps:
+        ``(None, False)`` when they are cached, ``(a plane_reader, False)`` when the cache dropped
+        them (other planes or images run since: `_predictor_of` makes the forward pass again),
+        ``(None, True)`` when the image's data changed since the run (nothing may be made from
+        its new pixels for the run's layers: the caller refuses, saying so)."""
+        predictors = self.owner.predictors
+        if predictors.ready(key):
+            return None, False
+        if predictors.outdated(key):
+            return None, True
+        return plane_reader(context.image_layer, plane), False
 
     def _report(self, stage: str, done: int, total: int) -> None:
         """Worker thread: progress, shown by the owner (status line, activity dock)."""
