@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
+from ._text import sentences
 from .model.peak_stimulation import PeakFilter, find_peaks
 
 #: Default most peaks per image (each costs one backward pass and one instance).
@@ -346,8 +347,8 @@ class Calibration:
     def warning(self) -> str | None:
         if self.recall > 0:
             warnings = [w for w in (self._few_images_warning(), self._too_many_peaks_warning()) if w]
-            # each starts in lower case (after "warning: "); the second is a sentence of its own
-            return " ".join(warnings[:1] + [w[0].upper() + w[1:] for w in warnings[1:]]) if warnings else None
+            # the first starts in lower case (after "warning: "); the second is a sentence of its own
+            return sentences(warnings) if warnings else None
         return (f"calibration found no class: at no threshold pair was a peak of a class that the {self.images} "
                 "calibration image(s) show kept, so the stored thresholds are the lowest tried, not calibrated "
                 "ones. Calibrate on more images (hold out more: --val-fraction, or more images per class) "

@@ -512,11 +512,11 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         if isinstance(progress, tuple):  # ("split", what, warnings, note, dataset's warnings) before the first batch
             _, what, warnings, note, self._dataset_warnings = progress
             self._note = note
-            noted = f" Note: {note[0].upper()}{note[1:]}." if note else ""
+            noted = f" Note: {sentence(note)}" if note else ""
             if warnings:
                 self._say("Warning: " + sentences(warnings) + noted, warning=True)
             elif note:
-                self._say(f"{what[0].upper()}{what[1:]}.{noted}" if what else noted.strip())
+                self._say(f"{sentence(what)}{noted}" if what else noted.strip())
             elif what:
                 self._status.value = f"{what[0].upper()}{what[1:]}…"
             return
@@ -532,7 +532,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         if progress.stage == "epoch":
             self._last_epoch = f"epoch {progress.epoch}: loss {progress.loss:.4f}" + (
                 "" if progress.val_ap is None else f", {validation_summary(progress.val_ap)}")
-            self._status.value = f"{self._last_epoch[0].upper()}{self._last_epoch[1:]}."
+            self._status.value = sentence(self._last_epoch)
         else:
             self._status.value = (f"epoch {progress.epoch}/{progress.num_epochs}, batch {progress.batch}/"
                                   f"{progress.num_batches}, loss {progress.loss:.4f}"
