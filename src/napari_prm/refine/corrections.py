@@ -108,7 +108,7 @@ class Correction:
                            iscrowd=np.zeros(len(values), dtype=bool), ignore=self.ignore)
 
 
-def class_lookup(table, class_names: Sequence[str]) -> dict[int, int]:
+def class_lookup(table, class_names: Sequence[str], *, others: list[str] | None = None) -> dict[int, int]:
     """Map each label of an instance table to an index into ``class_names`` (by class name).
 
     Parameters
@@ -118,6 +118,9 @@ def class_lookup(table, class_names: Sequence[str]) -> dict[int, int]:
         name, with ``"unknown"`` or with a name the model lacks map to -1.
     class_names : sequence of str
         The model's classes.
+    others : list of str, optional
+        Where the names the model lacks are put, one per row that has one (not the rows
+        without a name or with ``"unknown"``).
     """
     if table is None or len(table) == 0:
         return {}
@@ -131,17 +134,9 @@ def class_lookup(table, class_names: Sequence[str]) -> dict[int, int]:
             continue
         name = None if missing_cell(name) else str(name)
         lookup[int(label)] = -1 if name in (None, UNKNOWN_CLASS) else position.get(name, -1)
+        if others is not None and name not in (None, UNKNOWN_CLASS) and name not in position:
+            others.append(name)
     return lookup
-
-
-def _other_classes(table, class_names: Sequence[str]) -> list[str]:
-    """The class names of an instance table's rows (one per row) that are neither ``unknown`` nor
-    empty nor among ``class_names``: instances `class_lookup` gives no class."""
-    if table is None or len(table) == 0 or "class_name" not in table:
-        return []
-    known = {str(name) for name in class_names}
-    names = (None if missing_cell(name) else str(name) for name in np.asarray(table["class_name"], dtype=object))
-    return [name for name in names if name is not None and name != UNKNOWN_CLASS and name not in known]
 
 
 def other_class_warning(folder, others: Mapping[str, Sequence[str]], class_names: Sequence[str]) -> str:
@@ -454,10 +449,11 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
         labels = read_label_image(label_path)
         if labels.ndim != 2:
             raise ValueError(_not_a_2d_export(label_path, image_path, labels.shape))
-        for name in _other_classes(table, class_names):
+        lacking: list[str] = []
+        label_classes = class_lookup(table, class_names, others=lacking)
+        for name in lacking:
             others.setdefault(name, []).append(table_path.relative_to(folder).as_posix())
-        corrections.append(Correction(read_image(image_path), labels, class_lookup(table, class_names),
-                                      str(label_path), image_path))
+        corrections.append(Correction(read_image(image_path), labels, label_classes, str(label_path), image_path))
     if others:
         text = other_class_warning(folder, others, class_names)
         if warnings_to is not None:
