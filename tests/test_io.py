@@ -98,6 +98,29 @@ def test_an_ome_tiffs_physical_pixel_size_is_read_and_written_as_imagej(tmp_path
     assert back["unit"] == tifffile.RESUNIT.CENTIMETER and back["resolution"] == pytest.approx((2e4, 4e4))
 
 
+
+def test_an_ome_stacks_pixel_size_names_its_planes_axis_and_interval(tmp_path):
+    """An OME z-stack or time series (gray or RGB planes) gives its label stack the planes' axis and
+    the z-spacing (PhysicalSizeZ, in the pixel size's unit) or the frame interval (TimeIncrement, in
+    seconds), as an ImageJ ZYX or TYX stack does: its labels were a stack of unnamed pages (QYX)
+    with the pixel size only."""
+    planes = np.zeros((3, 6, 8), np.uint16)
+    pixels = {"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.25, "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"}
+    tifffile.imwrite(tmp_path / "z.ome.tif", planes, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeZ": 1500, "PhysicalSizeZUnit": "nm", **pixels})
+    tifffile.imwrite(tmp_path / "t.ome.tif", np.zeros((2, 6, 8, 3), np.uint8), ome=True, photometric="rgb",
+                     metadata={"axes": "TYXS", "TimeIncrement": 1.5, "TimeIncrementUnit": "min", **pixels})
+    tifffile.imwrite(tmp_path / "t_unknown.ome.tif", planes, ome=True,
+                     metadata={"axes": "TYX", "TimeIncrement": 2, "TimeIncrementUnit": "fortnight", **pixels})
+    flat = {"resolution": pytest.approx((2.0, 4.0)), "unit": tifffile.RESUNIT.NONE, "imagej_unit": "um"}
+    assert io.tiff_pixel_size(tmp_path / "z.ome.tif") == {**flat, "plane_axis": "Z", "spacing": pytest.approx(1.5)}
+    assert io.tiff_pixel_size(tmp_path / "t.ome.tif") == {**flat, "plane_axis": "T", "finterval": pytest.approx(90)}
+    assert io.tiff_pixel_size(tmp_path / "t_unknown.ome.tif") == {**flat, "plane_axis": "T"}  # no interval
+    io.write_label_image(tmp_path / "z_labels.tif", planes + 1, pixel_size=io.tiff_pixel_size(tmp_path / "z.ome.tif"))
+    with tifffile.TiffFile(tmp_path / "z_labels.tif") as tif:
+        assert tif.series[0].axes == "ZYX" and tif.imagej_metadata["spacing"] == pytest.approx(1.5)
+        assert tif.imagej_metadata["unit"] == "um" and tif.pages.first.get_resolution() == pytest.approx((2, 4))
+
 def test_png_refuses_labels_above_65535(tmp_path):
     with pytest.raises(ValueError, match="65535.*70000"):
         io.write_label_image(tmp_path / "labels.png", synthetic_labels(70000))

@@ -163,7 +163,7 @@ def _pixel_size_of(tif: tifffile.TiffFile) -> dict | None:
         x, y = page.get_resolution()
         unit = page.resolutionunit
         imagej_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
-        ome = _ome_pixel_size(tif.ome_metadata) if tif.is_ome else None
+        ome = _ome_pixel_size(tif.ome_metadata, _series_axes(tif)) if tif.is_ome else None
     except Exception:  # noqa: BLE001 -- no pixel size is known, the labels are written without
         return None
     if not (np.isfinite(x) and np.isfinite(y) and x > 0 and y > 0):
@@ -185,10 +185,7 @@ def _imagej_planes_of(tif: tifffile.TiffFile) -> dict:
     """What an ImageJ stack of gray z-planes or time points (axes ``ZYX`` or ``TYX``) says of its
     planes, for its label stack: ``{"plane_axis": "Z", "spacing": 0.29}`` (µm between z-planes,
     or ``"T"`` and ``"finterval"``, the seconds between frames, when recorded); else nothing."""
-    try:
-        axes = tif.series[0].axes
-    except Exception:  # noqa: BLE001 -- no axes known: the planes are written without
-        return {}
+    axes = _series_axes(tif)
     if axes not in ("ZYX", "TYX"):
         return {}
     planes = {"plane_axis": axes[0]}
@@ -202,9 +199,27 @@ def _imagej_planes_of(tif: tifffile.TiffFile) -> dict:
     return planes
 
 
-def _ome_pixel_size(ome_xml: str | None) -> dict | None:
+def _series_axes(tif: tifffile.TiffFile) -> str:
+    """tifffile's axes of an open TIFF's first series ("" when they cannot be read)."""
+    try:
+        return str(tif.series[0].axes)
+    except Exception:  # noqa: BLE001 -- no axes known: the planes are written without
+        return ""
+
+
+#: OME's units of time, in seconds (``TimeIncrementUnit``; an ImageJ ``finterval`` is in seconds).
+_OME_TIME_S = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
+
+
+def _ome_pixel_size(ome_xml: str | None, axes: str = "") -> dict | None:
     """`tiff_pixel_size`'s answer from an OME-XML's first ``Pixels``: its physical pixel size in a
-    unit of length `write_label_image` knows (µm when the file names none, as OME's default)."""
+    unit of length `write_label_image` knows (µm when the file names none, as OME's default).
+
+    For a stack of z-planes or time points (tifffile's ``axes`` of the series ``ZYX`` or ``TYX``,
+    of gray or RGB planes: ``ZYXS``, ``TYXS``) also ``"plane_axis"`` and, when recorded, the
+    interval between its planes as an ImageJ file keeps it: ``"spacing"`` (``PhysicalSizeZ``,
+    in the unit of the pixel size) or ``"finterval"`` (``TimeIncrement``, in seconds); so its
+    label stack is an ImageJ ``ZYX`` or ``TYX`` stack as that of an ImageJ stack is."""
     import xml.etree.ElementTree as ElementTree
 
     if not ome_xml:
@@ -225,9 +240,31 @@ def _ome_pixel_size(ome_xml: str | None) -> dict | None:
     (unit,) = units
     if unit not in _IMAGEJ_UNIT_CM:  # a unit that is not a length (or one we cannot name)
         return None
-    # an ImageJ description is ASCII: "um" for µm, as ImageJ itself reads it
-    unit = unit.replace("µ", "u").replace("μ", "u")
-    return {"resolution": (1 / sizes[0], 1 / sizes[1]), "unit": tifffile.RESUNIT.NONE, "imagej_unit": unit}
+    size = {"resolution": (1 / sizes[0], 1 / sizes[1]), "unit": tifffile.RESUNIT.NONE,
+            # an ImageJ description is ASCII: "um" for µm, as ImageJ itself reads it
+            "imagej_unit": unit.replace("µ", "u").replace("μ", "u")}
+    plane_axis = axes.removesuffix("S")[:-2] if axes.removesuffix("S") in ("ZYX", "TYX") else ""
+    if plane_axis:
+        size["plane_axis"] = plane_axis
+        interval = (_ome_number(pixels, "PhysicalSizeZ", "µm", _IMAGEJ_UNIT_CM, _IMAGEJ_UNIT_CM[unit])
+                    if plane_axis == "Z" else _ome_number(pixels, "TimeIncrement", "s", _OME_TIME_S, 1.0))
+        if interval is not None:
+            size[_IMAGEJ_INTERVAL[plane_axis]] = interval
+    return size
+
+
+def _ome_number(pixels, name: str, default_unit: str, units: dict, per: float) -> float | None:
+    """The positive value of the attribute ``name`` of an OME ``Pixels`` element, in units of ``per``
+    (its unit ``<name>Unit``, else ``default_unit``, found in ``units``); None when it is not there,
+    not a positive number, or in a unit not in ``units``."""
+    try:
+        value = float(pixels.get(name, "nan"))
+    except ValueError:
+        return None
+    scale = units.get(pixels.get(f"{name}Unit", default_unit))
+    if scale is None or not (np.isfinite(value) and value > 0):
+        return None
+    return value * scale / per
 
 
 def _check_labels(labels, *, ndim: int | None = 2) -> np.ndarray:
