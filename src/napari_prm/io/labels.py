@@ -143,7 +143,9 @@ def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
     time points (``ZYX``, ``TYX``) ``"plane_axis"`` (``"Z"`` or ``"T"``) and the interval
     between its planes it records (``"spacing"`` or ``"finterval"``). An OME-TIFF records its pixel size in its
     OME-XML instead (``PhysicalSizeX``, ``PhysicalSizeY`` and their unit, µm by default),
-    usually without those tags: that one is returned then, as pixels per ``"imagej_unit"``.
+    usually without those tags: that one is returned then, as pixels per ``"imagej_unit"``,
+    and for an OME stack of z-planes or time points (``ZYX``, ``TYX``, of gray or RGB planes) with
+    its ``"plane_axis"`` and ``"spacing"`` or ``"finterval"`` as an ImageJ stack's.
     None for other files, for a TIFF without either, or one that records only the default 1
     pixel per unit without a unit.
     """
