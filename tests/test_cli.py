@@ -1078,12 +1078,13 @@ def test_predict_label_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpo
     tifffile.imwrite(folder / "inch.tif", gray, resolution=(300, 300), resolutionunit="INCH")
     tifffile.imwrite(folder / "plain.tif", gray)
     # an OME-TIFF keeps its pixel size in its OME-XML only: its labels were written without one
+    # (and its outputs are named by its stem without .ome.tif: cells_labels.tif)
     tifffile.imwrite(folder / "cells.ome.tif", gray, metadata={"axes": "YX", "PhysicalSizeX": 0.65,
                                                                "PhysicalSizeY": 0.5, "PhysicalSizeXUnit": "µm",
                                                                "PhysicalSizeYUnit": "µm"})
     out = tmp_path / "out"
     assert main(["predict", str(folder), "--model", str(tiny48_checkpoint), "--out", str(out)]) == 0
-    with tifffile.TiffFile(out / "cells.ome_labels.tif") as tif:
+    with tifffile.TiffFile(out / "cells_labels.tif") as tif:
         assert tif.pages[0].get_resolution() == pytest.approx((1 / 0.65, 1 / 0.5))
         assert (tif.imagej_metadata or {}).get("unit") == "um"
     with tifffile.TiffFile(out / "calibrated_labels.tif") as tif:

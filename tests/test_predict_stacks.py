@@ -95,7 +95,7 @@ def test_predict_runs_a_stack_plane_by_plane(stacks, checkpoint, tmp_path):
     assert {name: (row["status"], row["planes"]) for name, row in summary.items()} == {
         "flat.png": ("written", "1"), "movie.ome.tif": ("written", "2"), "zstack.tif": ("written", "3")}
     total_instances = 0
-    for name, stem in (("zstack.tif", "zstack"), ("movie.ome.tif", "movie.ome")):
+    for name, stem in (("zstack.tif", "zstack"), ("movie.ome.tif", "movie")):
         planes = io.read_stack(stacks / name).planes
         alone = [predict(plane, model, **SETTINGS) for plane in planes]
         labels = io.read_label_image(out / f"{stem}_labels.tif")
@@ -204,10 +204,10 @@ def test_workers_run_a_stack_as_this_process_does(stacks, checkpoint, tmp_path):
         client.cluster.close()
     assert [(r.status, r.planes, r.instances) for r in there.results] == [
         (r.status, r.planes, r.instances) for r in here.results]
-    np.testing.assert_array_equal(io.read_label_image(tmp_path / "there" / "movie.ome_labels.tif"),
-                                  io.read_label_image(tmp_path / "here" / "movie.ome_labels.tif"))
+    np.testing.assert_array_equal(io.read_label_image(tmp_path / "there" / "movie_labels.tif"),
+                                  io.read_label_image(tmp_path / "here" / "movie_labels.tif"))
     # the same instances; a score may differ in its last digits (a worker thread's float sums)
-    there_rows, here_rows = (rows(tmp_path / place / "movie.ome_instances.csv") for place in ("there", "here"))
+    there_rows, here_rows = (rows(tmp_path / place / "movie_instances.csv") for place in ("there", "here"))
     assert [{**row, "score": None} for row in there_rows] == [{**row, "score": None} for row in here_rows]
     np.testing.assert_allclose([float(row["score"]) for row in there_rows],
                                [float(row["score"]) for row in here_rows], rtol=1e-6)

@@ -100,7 +100,7 @@ def read_coco(path) -> list[tuple]:
     for image in images:
         labels, table, class_names = io.coco_to_labels(path, image_id=image["id"])
         stored = str(image.get("file_name") or path.stem).replace("\\", "/")  # as Windows may write it
-        name = Path(stored).stem if len(images) > 1 else path.stem
+        name = io.image_stem(stored) if len(images) > 1 else path.stem  # cells.ome.tif: cells
         layers.append((labels, {"name": name, "features": _features(table),
                                 "metadata": {"class_names": class_names, "source": str(path)}},
                        "labels"))

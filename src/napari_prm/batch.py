@@ -55,7 +55,7 @@ from .io import IMAGE_SUFFIXES
 from .io.atomic import atomic_write, owner_is_gone, owner_tag
 from .io.fileset import _sha256, manifest_path
 from .io.images import quiet_large_image_warning
-from .io.paths import sorted_paths
+from .io.paths import image_stem, sorted_paths
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "PlaneTally", "predict_many", "predict_image", "collect_images",
            "image_names", "output_stems", "output_name", "output_place", "output_states", "written_since",
@@ -387,23 +387,34 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
         ``x_2``, ``X_3`` (in the order given, after the stems taken in ``out``), unless
         ``out`` holds the image's own outputs under its stem (written on Linux before case
         was compared: ``X.png``'s ``X_*`` beside ``x.png``'s ``x_*``), which it keeps.
+        An OME-TIFF ``cells.ome.tif`` is named ``cells`` (`napari_prm.io.paths.image_stem`), but
+        keeps the ``cells.ome`` that earlier versions gave it when another of ``images`` has
+        the plain stem in the same place (``cells.tif`` is ``cells``, whatever the order), or
+        when ``out`` holds this image's outputs under it (a folder an earlier version ran): a
+        resumed run finds them and skips the image, rather than writing a second set.
     """
     # as given (made absolute), then resolved: an image in a linked sub-folder of a root is
     # named by its place in the tree, not by where the link points
     roots_as_given = [Path(os.path.abspath(root)) for root in roots]
     resolved_roots = [Path(root).resolve() for root in roots]
-    stems, seen, seen_folded, manifests = [], set(), set(), {}
+    entries = []  # (image, the stem it wants, the stem earlier versions gave it)
     for image in images:
         image = Path(image)
-        wanted = PurePosixPath(output_name(image.name))
+        folders_between: Sequence[str] = ()
         for place, folders in ((Path(os.path.abspath(image)), roots_as_given), (image.resolve(), resolved_roots)):
             holding = [root for root in folders if place.is_relative_to(root)]
             if holding:  # the innermost: images/ images/A1/ name A1's images as before, flat
                 root = max(holding, key=lambda folder: len(folder.parts))
                 *folders_between, _ = place.relative_to(root).parts
-                wanted = PurePosixPath(*(output_name(folder, suffix=False) for folder in folders_between),
-                                       wanted)
                 break
+        parent = PurePosixPath(*(output_name(folder, suffix=False) for folder in folders_between))
+        entries.append((image, parent / output_name(image.name), parent / _plain_stem(image.name)))
+    # cells.tif keeps cells_*; cells.ome.tif beside it keeps the cells.ome_* of earlier versions
+    plain = {str(wanted).casefold() for _, wanted, legacy in entries if wanted == legacy}
+    stems, seen, seen_folded, manifests = [], set(), set(), {}
+    for image, wanted, legacy in entries:
+        if wanted != legacy and (str(wanted).casefold() in plain or _outputs_of_this(out, str(legacy), image)):
+            wanted = legacy  # and a folder an earlier version ran keeps this image's outputs, not a second set
         stem, number = str(wanted), 1
         # Windows and macOS take Cat_labels.tif and cat_labels.tif for one file: stems that
         # differ only in case would share their outputs there (and in a folder copied there).
@@ -421,10 +432,20 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
 
 
 def output_name(name: str, *, suffix: bool = True) -> str:
-    """The output name of a file (its stem; with ``suffix=False``, of a folder: all of it),
-    made one that `output_place` takes: a backslash (a Windows path kept in a POSIX file
-    name) becomes ``_``, and so does each dot of a name of dots (the stem ``.`` of ``..png``)."""
-    stem = Path(name).stem if suffix else name
+    """The output name of a file (its stem, `napari_prm.io.paths.image_stem`: ``cells`` for
+    ``cells.ome.tif``; with ``suffix=False``, of a folder: all of it), made one that
+    `output_place` takes: a backslash (a Windows path kept in a POSIX file name) becomes ``_``,
+    and so does each dot of a name of dots (the stem ``.`` of ``..png``)."""
+    return _usable_stem(image_stem(name) if suffix else name)
+
+
+def _plain_stem(name: str) -> str:
+    """`output_name` of a file by its last extension only (``cells.ome`` for ``cells.ome.tif``):
+    the name earlier versions gave an OME-TIFF's outputs, which `output_stems` keeps where they are."""
+    return _usable_stem(Path(name).stem)
+
+
+def _usable_stem(stem: str) -> str:
     stem = stem.replace("\\", "_")
     return "_" * len(stem) if set(stem) <= {"."} else stem
 
@@ -614,20 +635,35 @@ def proposals_for_image(proposals, image: Path, stem: str | None = None):
 
     With an output ``stem`` that is a path in a tree (``A1/cat``, `output_stems`), the file is
     looked for where the tree puts it (``<folder>/A1/cat.*``) first, then by the image's name
-    at the top of the folder.
+    at the top of the folder. An OME-TIFF ``cells.ome.tif`` takes ``cells.ome.*``, else
+    ``cells.*`` (`_proposal_stems`).
     """
     if isinstance(proposals, (str, os.PathLike)) and Path(proposals).is_dir():
         image = Path(image)
         parent = PurePosixPath(stem).parent if stem else PurePosixPath(".")
         places = ([Path(proposals, *parent.parts)] if parent.parts else []) + [Path(proposals)]
+        names = _proposal_stems(image)
         for place in places:
-            matches = sorted_paths(p for p in (place.iterdir() if place.is_dir() else ())
-                                   if p.is_file() and p.stem == image.stem and p.resolve() != image.resolve())
-            if matches:
-                return str(matches[0])
+            files = [p for p in (place.iterdir() if place.is_dir() else ())
+                     if p.is_file() and p.resolve() != image.resolve()]
+            for name in names:
+                matches = sorted_paths(p for p in files if p.stem == name)
+                if matches:
+                    return str(matches[0])
         where = " or ".join(str(place) for place in places)
-        raise ValueError(f"no proposal file named {image.stem}.* in {where}")
+        raise ValueError(f"no proposal file named {' or '.join(f'{name}.*' for name in names)} in {where}")
     return proposals
+
+
+def _proposal_stems(image: Path) -> list[str]:
+    """The stems a proposal file of ``image`` may have: its name less its last extension
+    (``cells.ome`` for ``cells.ome.tif``, which names no other image), then its `image_stem`
+    (``cells``) unless an image of that plain stem lies beside it (``cells.tif``, whose they are)."""
+    names = [image.stem]
+    short = image_stem(image.name)
+    if short != image.stem and not any(image.with_name(short + suffix).is_file() for suffix in IMAGE_SUFFIXES):
+        names.append(short)
+    return names
 
 
 # --------------------------------------------------------------------------- the model on workers

@@ -944,10 +944,17 @@ def _run_predict(args) -> int:
 
 def _say_renamed(images: Sequence[Path], stems: Sequence[str], args) -> None:
     """A note per image whose outputs cannot take its own name: another image of this run has
-    it, or the outputs of another image in --out have it."""
+    it, or the outputs of another image in --out have it; or an OME-TIFF keeps the name an earlier
+    version gave its outputs (`napari_prm.batch.output_stems`)."""
+    taken = {stem.casefold() for stem in stems}
     for image, stem in zip(images, stems):
         if PurePosixPath(stem).name != output_name(image.name):
             wanted = PurePosixPath(stem).with_name(output_name(image.name))
+            if PurePosixPath(stem).name == Path(image.name).stem:  # cells.ome_* for cells.ome.tif
+                why = (f"as another image's are named {wanted}_*" if str(wanted).casefold() in taken else
+                       f"as an earlier version named them there: they are kept, not written again as {wanted}_*")
+                _say(f"{NOTE}{image}: outputs named {stem}_* in {args.out}, {why}")
+                continue
             # on Linux the other image's may be Cat_* for cat_*: name the rule, not a file
             _say(f"{NOTE}{image}: outputs named {stem}_* in {args.out}, as another image's have the name "
                  f"{wanted}_* (upper and lower case alike, as Windows and macOS take names)")
@@ -1624,7 +1631,7 @@ def _run_demo(args) -> int:
             image = io.read_image(args.image)
         except ValueError as error:
             raise CommandError(f"{error}{_demo_stack_hint(args.image)}") from error
-        stem, file_name = Path(args.image).stem, Path(args.image).name
+        stem, file_name = output_name(args.image), Path(args.image).name
     model = _load_model(args.model, args.device)
     try:
         # the predictor keeps the image's forward pass: clicks in napari then cost one

@@ -55,9 +55,10 @@ def default_stem(viewer, labels_layer) -> str:
 
     The image layer the instances annotate (`image_layer_of`: the one they were computed on, or
     the one they are named after): the stem of the file it was opened from (``chelsea.png`` gives
-    ``chelsea``), else its layer name. Without that layer, the ``image_file_name`` the instances
-    recorded; without either, the Labels layer's name less its `` instances`` suffix (or the
-    ``_labels`` of an exported label image opened again, or napari's `` - Labels``). So the files
+    ``chelsea``, ``cells.ome.tif`` ``cells``: `napari_prm.io.image_stem`), else its layer name.
+    Without that layer, the ``image_file_name`` the instances recorded; without either, the Labels
+    layer's name less its `` instances`` suffix (or the ``_labels`` of an exported label image
+    opened again, or napari's `` - Labels``). So the files
     are ``chelsea_labels.tif``, ``chelsea_instances.csv``, …, matched to ``chelsea.png`` by their
     stem (``refine --masks``).
     """
@@ -67,9 +68,9 @@ def default_stem(viewer, labels_layer) -> str:
     image = image_layer_of(viewer, labels_layer)
     if image is not None:
         name = image_file_name(image)
-        stem = Path(name).stem if name != image.name else name
+        stem = io.image_stem(name) if name != image.name else name  # cells.ome.tif: cells
     elif file_name:  # a file's name, or the layer's name where the image had no file
-        stem = file_name if file_name == image_name else Path(file_name).stem
+        stem = file_name if file_name == image_name else io.image_stem(file_name)
     else:
         stem = uncounted_name(labels_layer.name)  # "cells_labels [1]": opened twice
         for suffix in (INSTANCES_SUFFIX, LABELS_FILE_SUFFIX, NEW_LABELS_SUFFIX):

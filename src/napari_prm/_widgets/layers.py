@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..io.paths import image_stem
 from ..io.prediction import stack_labels
 from ..peaks import RUNNERS_UP
 from ..predict import Prediction, crm_to_image
@@ -917,7 +918,8 @@ def image_layer_of(viewer, labels_layer):
     images = [layer for layer in viewer.layers if isinstance(layer, Image) and not is_result_image(viewer, layer)]
     if own_name.endswith(LABELS_FILE_SUFFIX):
         stem = own_name.removesuffix(LABELS_FILE_SUFFIX)
-        matches = [image for image in images if stem in (image.name, Path(image_file_name(image)).stem)]
+        matches = [image for image in images if stem in (image.name, Path(image_file_name(image)).stem,
+                                                         image_stem(image_file_name(image)))]
         if len(matches) == 1:
             return matches[0]
     if named:

@@ -18,7 +18,8 @@ module                        holds
                               `read_array`, `image_array` (PIL images, tensors, paths),
                               `as_rgb_float` (the one RGB normaliser), `opacity_note`,
                               `unreadable_images` (headers and ends, no decoding)
-``napari_prm.io.paths``       `sorted_paths`: one order of files on every operating system
+``napari_prm.io.paths``       `sorted_paths`: one order of files on every operating system;
+                              `image_stem` (``cells.ome.tif`` -> ``cells``), which names outputs
 ``napari_prm.io.labels``      `write_label_image`, `read_label_image`, `tiff_pixel_size`,
                               `read_label_world`, `read_label_class_names`
 ``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
@@ -65,6 +66,7 @@ from .images import (
     unreadable_images,
 )
 from .labels import read_label_class_names, read_label_image, read_label_world, tiff_pixel_size, write_label_image
+from .paths import image_stem
 from .prediction import (
     EXPORT_SUFFIXES,
     complete_prediction,
@@ -96,5 +98,5 @@ __all__ = [
     "write_coco_json", "write_instances_csv",
     "read_instances_csv", "write_peaks_csv", "write_stack_peaks_csv", "write_prms", "export_instances",
     "write_prediction", "write_stack_prediction", "stack_labels", "prediction_paths", "IMAGE_SUFFIXES", "UNKNOWN_CLASS",
-    "UNKNOWN_CATEGORY_ID", "INSTANCE_CSV_COLUMNS", "EXPORT_SUFFIXES",
+    "UNKNOWN_CATEGORY_ID", "INSTANCE_CSV_COLUMNS", "EXPORT_SUFFIXES", "image_stem",
 ]

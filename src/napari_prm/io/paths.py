@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath
 from typing import TypeVar
 
-__all__ = ["is_system_file", "sorted_paths", "stored_path", "windows_name_problem", "windows_rules"]
+__all__ = ["COMPOUND_SUFFIXES", "image_stem", "is_system_file", "sorted_paths", "stored_path", "windows_name_problem",
+           "windows_rules"]
 
 #: Whether file names follow Windows' rules here (tests set it to check them on Linux).
 WINDOWS = sys.platform == "win32"
@@ -21,6 +22,44 @@ P = TypeVar("P", str, os.PathLike)
 #: Files an operating system's file browser leaves in folders (Windows' thumbnail caches and
 #: folder settings, macOS's custom folder icon), compared without regard to case.
 _SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"}
+
+
+#: Image file extensions of two parts (an OME-TIFF's), which name the format together: the stem
+#: of ``cells.ome.tif`` is ``cells``. Only those the image readers take (``IMAGE_SUFFIXES``' TIFF).
+COMPOUND_SUFFIXES = (".ome.tif", ".ome.tiff")
+
+
+def image_stem(name: str | os.PathLike) -> str:
+    """The stem of an image file: its name without its extension, a compound one
+    (`COMPOUND_SUFFIXES`: ``.ome.tif``, ``.ome.tiff``, in any case) included.
+
+    Outputs are named by it (``cells.ome.tif`` gives ``cells_labels.tif``, not
+    ``cells.ome_labels.tif``), and files are paired with images by it. Earlier versions named
+    an OME-TIFF's outputs by ``Path(name).stem`` (``cells.ome``): matching also accepts that one.
+
+    Parameters
+    ----------
+    name : str or path-like
+        A file name or path (only its last part counts).
+
+    Returns
+    -------
+    str
+        ``Path(name).stem`` for other names, and for a name that is only the compound extension.
+
+    Examples
+    --------
+    >>> image_stem("data/cells.ome.tif"), image_stem("cells.OME.TIFF"), image_stem("cells.tif")
+    ('cells', 'cells', 'cells')
+    >>> image_stem("v1.2.png"), image_stem(".ome.tif")
+    ('v1.2', '.ome')
+    """
+    file_name = PurePath(name).name
+    folded = file_name.casefold()
+    for suffix in COMPOUND_SUFFIXES:
+        if folded.endswith(suffix) and len(file_name) > len(suffix):
+            return file_name[: -len(suffix)]
+    return PurePath(file_name).stem
 
 
 def windows_rules() -> bool:

@@ -25,7 +25,7 @@ from ..io.coco import coco_to_labels
 from ..io.fileset import read_file_set
 from ..io.images import IMAGE_SUFFIXES, plane_count, read_image
 from ..io.labels import read_label_image
-from ..io.paths import stored_path, tree_files
+from ..io.paths import COMPOUND_SUFFIXES, image_stem, stored_path, tree_files
 from ..io.tables import UNKNOWN_CLASS, missing_cell, read_instances_csv
 
 LABEL_SUFFIX = "_labels"
@@ -159,10 +159,12 @@ def correction_from_layer(image: np.ndarray, labels: np.ndarray, features, class
 
 
 def _image_index(image_paths: Sequence[os.PathLike | str]) -> dict[str, list[Path]]:
-    """The dataset's images by file name and by stem (several when names repeat across folders)."""
+    """The dataset's images by file name and by stem (several when names repeat across folders):
+    an OME-TIFF ``cells.ome.tif`` by ``cells`` (`image_stem`, as its outputs are named) and by
+    ``cells.ome`` (as earlier versions named them)."""
     index: dict[str, list[Path]] = {}
     for path in map(Path, image_paths):
-        for key in dict.fromkeys((path.name, path.stem)):
+        for key in dict.fromkeys((path.name, path.stem, image_stem(path.name))):
             paths = index.setdefault(key, [])
             if path not in paths:
                 paths.append(path)
@@ -188,6 +190,8 @@ def _find_image(name: str, index: Mapping[str, list[Path]], folders: Sequence[Pa
         if len(parts) > 1 and (len(candidates) > 1 or same_folders):
             inside = [p for p in candidates if p.parent.parts[-(len(parts) - 1):] == parts[:-1]]
             candidates = inside if same_folders else inside or candidates
+        if len(candidates) > 1:  # cells.tif is cells, before cells.ome.tif (cells.ome, or cells when alone)
+            candidates = [p for p in candidates if key in (p.name, p.stem)] or candidates
         if len(candidates) == 1:
             return candidates[0]
         if candidates:
@@ -199,10 +203,13 @@ def _find_image(name: str, index: Mapping[str, list[Path]], folders: Sequence[Pa
         stored = stored_path(folder, name)
         if stored.is_file():
             return stored
-        for suffix in IMAGE_SUFFIXES:
-            candidate = folder / f"{Path(name).stem}{suffix}"
-            if candidate.is_file():
-                return candidate
+        # the stem as given (cells.ome of an earlier version's cells.ome_labels.tif is cells.ome.tif's),
+        # then less an image extension (a COCO file_name cat.png whose cat.jpg is there)
+        for stem in dict.fromkeys((Path(name).name, image_stem(name))):
+            for suffix in (*IMAGE_SUFFIXES, *COMPOUND_SUFFIXES):
+                candidate = folder / f"{stem}{suffix}"
+                if candidate.is_file():
+                    return candidate
     if not name:
         raise ValueError(f"{source}: its file_name is empty, so no image can be paired with it: write the JSON "
                          "with the image's file name (export_instances(..., image_file_name=...)), or give the "
