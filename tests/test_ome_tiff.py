@@ -213,3 +213,13 @@ def test_napari_names_an_ome_tiffs_exports_and_layers_by_its_stem(make_napari_vi
                             for annotation in second["annotations"]]
     (tmp_path / "both.json").write_text(json.dumps(coco))
     assert [layer[1]["name"] for layer in read_coco(tmp_path / "both.json")] == ["cells", "nuclei"]
+
+
+def test_demo_names_an_ome_tiffs_outputs_by_its_stem(ome_folder, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", str(ome_folder / "rgb.ome.tif"), "--model", str(tiny_checkpoint), "--out", str(out),
+                 "--device", "cpu", "--no-view"]) == 0
+    assert str(out / "rgb_labels.tif") in capsys.readouterr().out.splitlines()
+    assert sorted(path.name for path in out.glob("*_labels.tif")) == ["rgb_labels.tif"]
+    with tifffile.TiffFile(out / "rgb_labels.tif") as tif:
+        assert tif.pages.first.get_resolution() == pytest.approx((2.0, 4.0))
