@@ -298,6 +298,47 @@ def world_kwargs(image_layer, extra_leading: int = 0) -> dict:
     return kwargs
 
 
+def prm_world_kwargs(viewer, image_layer, prms_layer=None) -> dict:
+    """`world_kwargs` of the PRM layer of ``image_layer`` (its peak axis in front), its peak axis
+    fitted to the other layers of ``viewer`` that reach that world axis.
+
+    napari lines up layers' axes from the last: the peak axis of the PRMs of a 2-D image shares
+    its world axis with the z (or time) axis of a stack beside it. In ``pixel``, beside a stack in
+    µm (or s), napari found the layers' units inconsistent: it warned ("Inconsistent units across
+    layers"), drew the scale bar in pixels, and the slider of that axis was named ``peak`` (the
+    stack's ``z`` gone). So when the layers reaching that axis agree on a kind of unit, the peak
+    axis takes the first one's unit, scale and translate there (one peak per plane of the stack,
+    the slider moving both), and the label ``z / peak`` where that layer names the axis ``z``.
+    Without such a layer, or when those layers disagree (napari warns of them anyway), it is
+    `world_kwargs`'s: ``pixel``, scale 1, translate 0, ``peak``. ``prms_layer``, the layer the
+    result replaces, is not one of them.
+    """
+    kwargs = world_kwargs(image_layer, extra_leading=1)
+    if "units" not in kwargs:
+        return kwargs
+    ndim = len(kwargs["units"])
+    beside = [layer for layer in viewer.layers
+              if layer is not prms_layer and layer.ndim >= ndim and layer.units is not None]
+    if not beside:
+        return kwargs
+    axis = [layer.ndim - ndim for layer in beside]  # the axis of each that the peak axis lines up with
+    units = [layer.units[k] for layer, k in zip(beside, axis)]
+    if len({unit.dimensionality for unit in units}) != 1:
+        return kwargs
+    first, k = beside[0], axis[0]
+    kwargs["units"][0] = str(units[0])
+    kwargs["scale"][0] = float(first.scale[k])
+    kwargs["translate"][0] = float(first.translate[k])
+    named = next((str(layer.axis_labels[k]) for layer, k in zip(beside, axis)
+                  if str(layer.axis_labels[k]) not in (str(k - layer.ndim), PEAK_AXIS_LABEL)
+                  and not str(layer.axis_labels[k]).endswith(f" / {PEAK_AXIS_LABEL}")), None)
+    if named is not None and "axis_labels" in kwargs:
+        label = f"{named} / {PEAK_AXIS_LABEL}"
+        if label not in kwargs["axis_labels"][1:]:
+            kwargs["axis_labels"][0] = label
+    return kwargs
+
+
 class PeakPRMs:
     """The PRMs of a run's peaks as the PRM layer reads them, holding none at the image's size.
 
@@ -1033,12 +1074,13 @@ def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool)
                               results.point_features["peak"].to_numpy())
         # Each PRM sums to 1; saturating at the typical peak keeps every slice visible.
         top = float(np.median(prms.plane_maxima()))
+        existing = find_result(viewer, image_layer, "prms")
         layers["prms"] = upsert_layer(
-            viewer, "image", names["prms"], prms, existing=find_result(viewer, image_layer, "prms"),
+            viewer, "image", names["prms"], prms, existing=existing,
             metadata=mark("prms", image_layer),
             colormap="inferno", blending="additive", opacity=0.8,
             contrast_limits=(0.0, max(top, 1e-12)),
-            **world_kwargs(image_layer, extra_leading=1))
+            **prm_world_kwargs(viewer, image_layer, existing))
     elif (old := find_result(viewer, image_layer, "prms")) is not None:
         viewer.layers.remove(old)
     layers["instances"] = upsert_layer(

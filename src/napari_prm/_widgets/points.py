@@ -29,8 +29,8 @@ from .layers import (
     point_defaults,
     point_plane,
     prm_layer_data,
+    prm_world_kwargs,
     upsert_layer,
-    world_kwargs,
 )
 from .marks import find_result, mark
 
@@ -400,7 +400,7 @@ class PointRetrieval:
                                  prm_layer_data(context.prms, context.prm_planes, context.leading_shape, peaks),
                                  existing=existing, metadata=mark("prms", context.image_layer),
                                  colormap="inferno", blending="additive", opacity=0.8,
-                                 **world_kwargs(context.image_layer, extra_leading=1))
+                                 **prm_world_kwargs(viewer, context.image_layer, existing))
             context.layers["prms"] = layer
             instances = context.layers.get("instances")
             if added:

@@ -1,0 +1,147 @@
+"""The result layers of a stack in µm (ZYX, TYX) and of a 2-D image beside one keep the image's world:
+scale, translate, units and axis names, without napari's "Inconsistent units" (real runs, tiny model)."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import shapes_scene
+from test_widget_predict import WAIT_MS, open_predict, peak_threshold_for, run_and_wait
+
+ZYX = {"scale": (2.0, 0.5, 0.5), "translate": (4.0, 10.0, -4.0), "units": ("µm", "µm", "µm"),
+       "axis_labels": ("z", "y", "x")}
+TYX = {"scale": (3.0, 0.5, 0.5), "translate": (6.0, 10.0, -4.0), "units": ("s", "µm", "µm"),
+       "axis_labels": ("t", "y", "x")}
+PINT = {"µm": "micrometer", "s": "second"}
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """Three frames of `shapes_scene` (RGB), their label images and the disc's centre on each."""
+    made = [shapes_scene(seed) for seed in range(3)]
+    return (np.stack([m[0] for m in made]), np.stack([m[1] for m in made]).astype(np.uint16),
+            np.array([m[3][0] for m in made]))
+
+
+def units_of(layer):
+    return [str(unit) for unit in layer.units]
+
+
+def napari_warnings(record):
+    """The warnings napari and napari-prm gave (not the deprecations of their dependencies)."""
+    return [str(w.message) for w in record if not issubclass(w.category, DeprecationWarning)]
+
+
+@pytest.mark.parametrize("world", [ZYX, TYX], ids=["zyx-um", "tyx-s-um"])
+@pytest.mark.parametrize("planes", ["current plane", "all planes"])
+def test_a_stack_in_micrometres_keeps_its_world_in_every_result_layer(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, scenes, world, planes, tmp_path):
+    """A stack whose plane spacing (2 µm, 3 s) is not its pixel size (0.5 µm), moved off the origin:
+    the peaks, instances and PRMs layers (and the dims) carry its scale, translate, units and axis
+    names, on a run of one plane and of all planes, and after a point added by hand on plane 2; the
+    point sits on its object in the world, and the exported label TIFF reopens in place."""
+    from napari_prm._widgets.export import ExportWidget
+
+    frames, candidates, discs = scenes
+    viewer = make_napari_viewer()
+    image = viewer.add_image(frames, name="t", rgb=True, **world)
+    viewer.add_labels(candidates, name="candidates", **world)
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = viewer.layers["candidates"]
+    widget.planes.value = planes
+    widget.peak_threshold.value = peak_threshold_for(frames[0], tiny_checkpoint, 2)
+    widget.class_threshold.value = -1e4
+    viewer.dims.set_current_step(0, 2)  # plane 2 (before the PRMs put their peak axis in front)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run_and_wait(widget, qtbot)
+    assert not napari_warnings(record)
+    peaks, instances, prms = (viewer.layers[f"t {kind}"] for kind in ("peaks", "instances", "PRMs"))
+    assert len(peaks.data), widget.last_message
+    units = [PINT[unit] for unit in world["units"]]
+    for layer in (peaks, instances):
+        np.testing.assert_allclose(layer.scale, world["scale"])
+        np.testing.assert_allclose(layer.translate, world["translate"])
+        assert units_of(layer) == units and layer.axis_labels == world["axis_labels"]
+    np.testing.assert_allclose(prms.scale, (1.0, *world["scale"]))
+    np.testing.assert_allclose(prms.translate, (0.0, *world["translate"]))
+    assert units_of(prms) == ["pixel", *units] and prms.axis_labels == ("peak", *world["axis_labels"])
+    assert viewer.dims.axis_labels == ("peak", *world["axis_labels"])
+    assert [str(unit) for unit in viewer.layers.extent.units] == ["pixel", *units]  # None: napari warns
+    run_planes = {0, 1, 2} if planes == "all planes" else {2}
+    assert set(np.round(peaks.data[:, 0]).astype(int)) <= run_planes
+
+    # a point added by hand on the disc of plane 2: its instance is that disc, where the image has it
+    widget.correction.class_choice.value = "dog"
+    cy, cx = discs[2]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        peaks.add([[2.0, cy, cx]])
+        qtbot.waitUntil(lambda: not widget.running and peaks.features["label"].iloc[-1] > 0, timeout=WAIT_MS)
+    assert not napari_warnings(record)
+    label = int(peaks.features["label"].iloc[-1])
+    np.testing.assert_array_equal(instances.data[2] == label, candidates[2] == 1)
+    z0, y0, x0 = world["translate"]
+    dz, dy, dx = world["scale"]
+    expected = [z0 + 2 * dz, y0 + cy * dy, x0 + cx * dx]  # e.g. z 8 µm, y 10 + 0.5 cy µm
+    np.testing.assert_allclose(peaks.data_to_world(peaks.data[-1]), expected)
+    np.testing.assert_allclose(image.data_to_world([2, cy, cx]), expected)
+    np.testing.assert_allclose(instances.data_to_world([2, cy, cx]), expected)
+    row = len(peaks.data) - 1  # its PRM: slice `row` of the PRMs layer, on plane 2 only
+    np.testing.assert_allclose(prms.data_to_world([row, 2, cy, cx])[1:], expected)
+    assert np.asarray(prms.data[row])[2].sum() == pytest.approx(1.0, rel=1e-4)
+    assert not np.asarray(prms.data[row])[[0, 1]].any()
+    assert units_of(prms) == ["pixel", *units] and viewer.dims.axis_labels == ("peak", *world["axis_labels"])
+
+    export = ExportWidget(viewer)
+    export._layer.value = instances
+    assert export.export(tmp_path, formats=["tiff"]), export._status.value
+    (reopened,) = viewer.open(str(tmp_path / "t_labels.tif"), plugin="napari-prm")
+    np.testing.assert_array_equal(reopened.data, instances.data)
+    np.testing.assert_allclose(reopened.scale, world["scale"])
+    np.testing.assert_allclose(reopened.translate, world["translate"])
+    assert units_of(reopened) == units
+
+
+def test_the_prms_of_a_2d_image_beside_a_micrometre_stack_keep_the_units(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, scenes):
+    """napari lines up axes from the last: the PRMs layer (peaks, y, x) of a 2-D µm image put its peak
+    axis, in 'pixel', on the z axis of a µm stack open beside it. napari found the units inconsistent
+    (its warning; extent units None: scale bar in pixels) and named the stack's z slider 'peak'. The
+    peak axis now takes the stack's unit, spacing and origin there, and the slider is 'z / peak';
+    deleting a point (the correction panel redoes the PRMs layer) keeps it so."""
+    frames, _, _ = scenes
+    viewer = make_napari_viewer()
+    viewer.add_image(frames[..., 0], name="stack", **ZYX)
+    flat = viewer.add_image(frames[0], name="flat", scale=(0.5, 0.5), translate=(10.0, -4.0),
+                            units=("µm", "µm"), axis_labels=("y", "x"))
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.image.value = flat
+    widget.proposals.value = None
+    widget.peak_threshold.value = peak_threshold_for(frames[0], tiny_checkpoint, 3)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run_and_wait(widget, qtbot)
+    assert not napari_warnings(record)
+    peaks, prms = viewer.layers["flat peaks"], viewer.layers["flat PRMs"]
+    assert len(peaks.data) == 3, widget.last_message
+    for layer in (peaks, viewer.layers["flat instances"]):
+        np.testing.assert_allclose(layer.scale, [0.5, 0.5])
+        np.testing.assert_allclose(layer.translate, [10.0, -4.0])
+        assert units_of(layer) == ["micrometer"] * 2 and layer.axis_labels == ("y", "x")
+    for _ in range(2):  # the run's layer, then the one the correction panel redoes
+        np.testing.assert_allclose(prms.scale, [2.0, 0.5, 0.5])  # a peak per z-plane of the stack
+        np.testing.assert_allclose(prms.translate, [4.0, 10.0, -4.0])
+        assert units_of(prms) == ["micrometer"] * 3
+        assert prms.axis_labels == ("z / peak", "y", "x")
+        assert [str(unit) for unit in viewer.layers.extent.units] == ["micrometer"] * 3
+        assert viewer.dims.axis_labels == ("z / peak", "y", "x")
+        # peak k shows where the stack shows plane k; each point stays on its own pixels
+        np.testing.assert_allclose(prms.data_to_world([1, 20, 30]), [6.0, 20.0, 11.0])
+        np.testing.assert_allclose(peaks.data_to_world(peaks.data[0]), flat.data_to_world(peaks.data[0]))
+        peaks.selected_data = {0}
+        peaks.remove_selected()
+        qtbot.wait(50)
+        prms = viewer.layers["flat PRMs"]
+        assert prms.data.shape[0] == len(peaks.data)
