@@ -845,9 +845,10 @@ def test_the_label_stack_of_an_imagej_stack_keeps_its_axis_and_plane_interval(tm
 def test_a_label_tiff_of_a_layer_in_micrometres_carries_its_pixel_size_as_resolution_tags(tmp_path):
     """The Export widget's label TIFF of a layer at 0.26 µm per pixel recorded the scale in napari-prm's
     JSON description only: Fiji (and any TIFF reader) saw 1 pixel per unit. Its resolution tags hold it now,
-    in pixels per centimetre (a stack's too); a layer in pixels, or of two units, gets none."""
-    labels = np.zeros((2, 6, 7), np.uint16)
-    labels[0, 1:3, 2:5] = 3
+    in pixels per centimetre (a uint32 stack's too: a uint16 one is an ImageJ stack, see below); a layer in
+    pixels, or of two units, gets none."""
+    labels = np.zeros((2, 6, 7), np.uint32)
+    labels[0, 1:3, 2:5] = 70_000
     world = {"scale": (2.0, 0.26, 0.5), "translate": (0.0, 1.0, 2.0), "units": ("micrometer",) * 3}
     for name, data, axes in (("plane", labels[0], slice(1, None)), ("stack", labels, slice(None))):
         part = {key: values[axes] for key, values in world.items()}
@@ -863,6 +864,37 @@ def test_a_label_tiff_of_a_layer_in_micrometres_carries_its_pixel_size_as_resolu
         path = io.write_label_image(tmp_path / f"{name}.tif", labels[0],
                                     world={"scale": (0.26, 0.5), "units": units})
         assert io.tiff_pixel_size(path) is None
+
+
+@pytest.mark.parametrize(("units", "scale", "axes", "interval"), [
+    (("micrometer",) * 3, (2.0, 0.26, 0.5), "ZYX", {"spacing": 2.0}),
+    (("nanometer", "micrometer", "micrometer"), (500.0, 0.26, 0.5), "ZYX", {"spacing": 0.5}),
+    (("second", "micrometer", "micrometer"), (3.0, 0.26, 0.5), "TYX", {"finterval": 3.0}),
+    (("minute", "micrometer", "micrometer"), (0.5, 0.26, 0.5), "TYX", {"finterval": 30.0}),
+])
+def test_the_label_stack_of_a_layer_in_micrometres_is_an_imagej_stack_with_its_spacing(
+        tmp_path, units, scale, axes, interval):
+    """The Export widget's label TIFF of a ZYX stack at 0.26 × 0.5 µm per pixel, 2 µm between planes (or a
+    TYX one, 3 s between frames) gave Fiji its xy pixel size in centimetres and no z spacing (voxel depth
+    1) or frame interval. A uint16 stack is now an ImageJ ZYX (TYX) stack in µm with its spacing (seconds
+    between frames), as the label stack of an ImageJ stack is; napari-prm's reader still gets the layer's
+    scale, translate and units, and the class names."""
+    labels = np.zeros((3, 6, 7), np.uint16)
+    labels[1, 1:3, 2:5] = 3
+    world = {"scale": scale, "translate": (4.0, 1.0, 2.0), "units": units}
+    path = io.write_label_image(tmp_path / "stack.tif", labels, world=world, class_names=["cat", "dog"])
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej and tif.series[0].axes == axes
+        assert tif.imagej_metadata["unit"] == "um"
+        assert {key: tif.imagej_metadata[key] for key in interval} == pytest.approx(interval)
+        assert tif.pages.first.get_resolution() == pytest.approx((1 / 0.5, 1 / 0.26))  # pixels per µm
+        np.testing.assert_array_equal(tif.asarray(), labels)
+    assert io.read_label_world(path) == world
+    assert io.read_label_class_names(path) == ["cat", "dog"]
+    size = io.tiff_pixel_size(path)  # what `predict` gives the labels of this file
+    assert size.pop("resolution") == pytest.approx((2.0, 1 / 0.26))
+    assert size == pytest.approx({"unit": tifffile.RESUNIT.NONE, "imagej_unit": "um", "plane_axis": axes[0],
+                                  **interval})
 
 
 def test_an_imagej_label_tiff_records_the_class_names_too(tmp_path):

@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import tifffile
 
 from conftest import shapes_scene
 from test_widget_predict import WAIT_MS, open_predict, peak_threshold_for, run_and_wait
@@ -40,7 +41,8 @@ def test_a_stack_in_micrometres_keeps_its_world_in_every_result_layer(
     """A stack whose plane spacing (2 µm, 3 s) is not its pixel size (0.5 µm), moved off the origin:
     the peaks, instances and PRMs layers (and the dims) carry its scale, translate, units and axis
     names, on a run of one plane and of all planes, and after a point added by hand on plane 2; the
-    point sits on its object in the world, and the exported label TIFF reopens in place."""
+    point sits on its object in the world. The exported label TIFF reopens in place, and is an ImageJ
+    stack with the spacing (frame interval) Fiji reads: it gave Fiji no z spacing before."""
     from napari_prm._widgets.export import ExportWidget
 
     frames, candidates, discs = scenes
@@ -102,6 +104,11 @@ def test_a_stack_in_micrometres_keeps_its_world_in_every_result_layer(
     np.testing.assert_allclose(reopened.scale, world["scale"])
     np.testing.assert_allclose(reopened.translate, world["translate"])
     assert units_of(reopened) == units
+    with tifffile.TiffFile(tmp_path / "t_labels.tif") as tif:  # Fiji's voxel depth, or frame interval
+        axes, key = ("ZYX", "spacing") if world is ZYX else ("TYX", "finterval")
+        assert tif.is_imagej and tif.series[0].axes == axes and tif.imagej_metadata["unit"] == "um"
+        assert tif.imagej_metadata[key] == pytest.approx(world["scale"][0])
+        assert tif.pages.first.get_resolution() == pytest.approx((2.0, 2.0))  # pixels per µm
 
 
 def test_the_prms_of_a_2d_image_beside_a_micrometre_stack_keep_the_units(

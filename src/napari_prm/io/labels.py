@@ -52,11 +52,12 @@ def _read_metadata(path: str | os.PathLike) -> tuple[dict, int]:
             with tifffile.TiffFile(path) as tif:
                 recorded = dict((tif.shaped_metadata or ({},))[0])
                 imagej = tif.imagej_metadata or {}
-                if _CLASS_NAMES_KEY in imagej:  # an ImageJ label TIFF keeps them as a JSON string
-                    try:
-                        recorded[_CLASS_NAMES_KEY] = json.loads(imagej[_CLASS_NAMES_KEY])
-                    except (TypeError, ValueError):
-                        pass
+                for key in (_CLASS_NAMES_KEY, *_WORLD_KEYS.values()):
+                    if key in imagej:  # an ImageJ label TIFF keeps them as JSON strings
+                        try:
+                            recorded[key] = json.loads(imagej[key])
+                        except (TypeError, ValueError):
+                            pass
                 return recorded, len(tif.series[0].shape)
         if suffix == ".png":
             from PIL import Image
@@ -132,6 +133,33 @@ def _world_resolution(metadata: dict) -> tuple[float, float] | None:
     if not (x > 0 and y > 0):
         return None
     return 1 / (x * per_cm), 1 / (y * per_cm)
+
+
+#: ImageJ's names of napari's (pint's) units of length (an ImageJ description is ASCII).
+_IMAGEJ_UNIT_NAME = {"nanometer": "nm", "micrometer": "um", "millimeter": "mm", "centimeter": "cm", "meter": "m"}
+#: napari's (pint's) units of time, in seconds (ImageJ's frame interval is in seconds).
+_NAPARI_UNIT_S = {"millisecond": 1e-3, "second": 1.0, "minute": 60.0, "hour": 3600.0}
+
+
+def _world_stack_pixel_size(metadata: dict, ndim: int) -> dict | None:
+    """The ImageJ pixel size (as `tiff_pixel_size` gives one) of a label stack whose recorded
+    ``world`` (`_label_metadata`) is a ZYX stack in units of length (the z spacing in the rows' unit)
+    or a TYX one in a unit of time then length (the frame interval in seconds), so that Fiji sees
+    its voxel size or frame interval; None for other labels (2-D ones keep `_world_resolution`)."""
+    units, scale = metadata.get(_WORLD_KEYS["units"]), metadata.get(_WORLD_KEYS["scale"])
+    if ndim != 3 or not units or not scale or (resolution := _world_resolution(metadata)) is None:
+        return None
+    per_cm = _NAPARI_UNIT_CM[units[-1]]
+    if units[0] in _NAPARI_UNIT_CM:
+        planes = {"plane_axis": "Z", "spacing": round(scale[0] * _NAPARI_UNIT_CM[units[0]] / per_cm, 12)}
+    elif units[0] in _NAPARI_UNIT_S:
+        planes = {"plane_axis": "T", "finterval": scale[0] * _NAPARI_UNIT_S[units[0]]}
+    else:
+        return None
+    if not scale[0] > 0:
+        return None
+    return {"resolution": (resolution[0] * per_cm, resolution[1] * per_cm), "unit": tifffile.RESUNIT.NONE,
+            "imagej_unit": _IMAGEJ_UNIT_NAME[units[-1]], **planes}
 
 
 def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
@@ -312,11 +340,14 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         keeps the numbers without it).
     world : dict, optional
         The napari layer's ``scale``, ``translate`` and ``units`` (one value per axis),
-        recorded in a TIFF's description or a PNG's text chunks for `read_label_world`
-        (napari-prm's reader gives them back); not written with an ImageJ ``pixel_size``.
-        Without a ``pixel_size``, a TIFF whose last two axes have a scale in one unit of
-        length (``micrometer``, ...) also gets it as its resolution tags, in pixels per
-        centimetre, for Fiji and other TIFF readers.
+        recorded in a TIFF's description (an ImageJ one's too, as JSON strings) or a PNG's text
+        chunks for `read_label_world` (napari-prm's reader gives them back). Without a
+        ``pixel_size``, a TIFF whose last two axes have a scale in one unit of length
+        (``micrometer``, ...) also gets it as its resolution tags, in pixels per centimetre, for
+        Fiji and other TIFF readers; a uint16 (N, H, W) stack whose first axis is in a unit of
+        length or time is written as an ImageJ ``ZYX`` or ``TYX`` stack in the rows' unit, with
+        its z spacing or frame interval (seconds), which Fiji reads as the voxel depth or
+        frame interval.
     class_names : sequence of str, optional
         All the classes (the layer's ``metadata["class_names"]``), recorded in the same
         place for `read_label_class_names` (in an ImageJ file, as a key of its description).
@@ -349,6 +380,8 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         metadata = _label_metadata(world, labels.ndim, class_names)
         if metadata:
             extra = {"metadata": metadata}
+        if pixel_size is None and dtype is np.uint16:  # a layer's ZYX / TYX stack: ImageJ's, for Fiji
+            pixel_size = _world_stack_pixel_size(metadata, labels.ndim)
         imagej_unit = str((pixel_size or {}).get("imagej_unit") or "")
         # a stack of an ImageJ stack's planes (z-planes or time points) is one too, with their interval
         plane_axis = (pixel_size or {}).get("plane_axis") if labels.ndim == 3 else None
@@ -360,8 +393,9 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
                 interval = _IMAGEJ_INTERVAL[plane_axis]
                 planes = {"axes": f"{plane_axis}YX",
                           **({interval: pixel_size[interval]} if interval in pixel_size else {})}
+            world_keys = {key: json.dumps(metadata[key]) for key in _WORLD_KEYS.values() if key in metadata}
             extra = {"resolution": tuple(pixel_size["resolution"]), "imagej": True,
-                     "metadata": {"unit": pixel_size["imagej_unit"], **planes,
+                     "metadata": {"unit": pixel_size["imagej_unit"], **planes, **world_keys,
                                   **({_CLASS_NAMES_KEY: json.dumps(names)} if names else {})}}
         elif pixel_size:
             resolution, unit = _standard_resolution(pixel_size)
