@@ -95,6 +95,11 @@ def test_a_stack_in_micrometres_keeps_its_world_in_every_result_layer(
     assert np.asarray(prms.data[row])[2].sum() == pytest.approx(1.0, rel=1e-4)
     assert not np.asarray(prms.data[row])[[0, 1]].any()
     assert units_of(prms) == ["pixel", *units] and viewer.dims.axis_labels == ("peak", *world["axis_labels"])
+    split = widget.correction.draw_split_line()  # the correction panel's Shapes layer, over the instances
+    np.testing.assert_allclose(split.scale, world["scale"])
+    np.testing.assert_allclose(split.translate, world["translate"])
+    assert units_of(split) == units and split.axis_labels == world["axis_labels"]
+    assert [str(unit) for unit in viewer.layers.extent.units] == ["pixel", *units]
 
     export = ExportWidget(viewer)
     export._layer.value = instances
