@@ -450,3 +450,36 @@ def test_an_export_over_predicts_outputs_keeps_the_images_modification_time(stac
     assert kept["image_mtime_ns"] == recorded["image_mtime_ns"] == image.stat().st_mtime_ns
     (again,) = predict_many([image], checkpoint, tmp_path, **SETTINGS).results
     assert again.status == "skipped" and "changed" not in again.error
+
+
+def test_an_imagej_rgb_stacks_label_stack_is_an_imagej_stack_with_its_spacing_or_interval(checkpoint, tmp_path):
+    """An ImageJ stack of RGB planes (tifffile's axes ZYXS, TYXS: ImageJ's RGB z-stack or time
+    series) gets its labels as an ImageJ ZYX or TYX stack with the unit, the pixel size and the
+    z-spacing or frame interval, as a gray ImageJ stack does: they were unnamed pages (QYX) in
+    pixels per centimetre, the spacing and interval lost."""
+    from skimage import data
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cat = data.chelsea()[::6, ::6]  # 50 × 76 × 3
+    planes = np.stack([cat[:40, :48], cat[5:45, 20:68], cat[10:50, 28:76]])
+    tifffile.imwrite(folder / "rgb_z.tif", planes, imagej=True, photometric="rgb", resolution=(2.0, 4.0),
+                     metadata={"axes": "ZYXS", "spacing": 3.0, "unit": "um"})
+    tifffile.imwrite(folder / "rgb_t.tif", planes[:2], imagej=True, photometric="rgb", resolution=(2.0, 4.0),
+                     metadata={"axes": "TYXS", "finterval": 2.5, "unit": "um"})
+    for name, axes in (("rgb_z.tif", "ZYXS"), ("rgb_t.tif", "TYXS")):  # what tifffile reads them as
+        with tifffile.TiffFile(folder / name) as tif:
+            assert tif.series[0].axes == axes
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",
+                 *CLI_SETTINGS]) == 0
+    for stem, axes, interval, planes_count in (("rgb_z", "ZYX", ("spacing", 3.0), 3),
+                                               ("rgb_t", "TYX", ("finterval", 2.5), 2)):
+        with tifffile.TiffFile(out / f"{stem}_labels.tif") as tif:
+            assert (tif.series[0].axes, tif.series[0].shape) == (axes, (planes_count, 40, 48)), stem
+            assert tif.imagej_metadata["unit"] == "um"
+            assert tif.imagej_metadata[interval[0]] == pytest.approx(interval[1])
+            assert tif.pages.first.get_resolution() == pytest.approx((2.0, 4.0))  # pixels per µm
+        assert io.tiff_pixel_size(out / f"{stem}_labels.tif") == {
+            "resolution": pytest.approx((2.0, 4.0)), "unit": tifffile.RESUNIT.NONE, "imagej_unit": "um",
+            "plane_axis": axes[0], interval[0]: pytest.approx(interval[1])}

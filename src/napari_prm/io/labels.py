@@ -167,13 +167,14 @@ def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
 
     Returns ``{"resolution": (x, y), "unit": RESUNIT}`` (pixels per unit, from the first
     page's XResolution, YResolution and ResolutionUnit tags) plus ``"imagej_unit"`` (e.g.
-    ``"um"``) when ImageJ metadata names one, and for an ImageJ stack of gray z-planes or
-    time points (``ZYX``, ``TYX``) ``"plane_axis"`` (``"Z"`` or ``"T"``) and the interval
-    between its planes it records (``"spacing"`` or ``"finterval"``). An OME-TIFF records its pixel size in its
-    OME-XML instead (``PhysicalSizeX``, ``PhysicalSizeY`` and their unit, µm by default),
-    usually without those tags: that one is returned then, as pixels per ``"imagej_unit"``,
-    and for an OME stack of z-planes or time points (``ZYX``, ``TYX``, of gray or RGB planes) with
-    its ``"plane_axis"`` and ``"spacing"`` or ``"finterval"`` as an ImageJ stack's.
+    ``"um"``) when ImageJ metadata names one, and for an ImageJ stack of z-planes or time
+    points (``ZYX``, ``TYX``, of gray or RGB planes: ``ZYXS``, ``TYXS``) ``"plane_axis"``
+    (``"Z"`` or ``"T"``) and the interval between its planes it records (``"spacing"`` or
+    ``"finterval"``). An OME-TIFF records its pixel size in its OME-XML instead
+    (``PhysicalSizeX``, ``PhysicalSizeY`` and their unit, µm by default), usually without those
+    tags: that one is returned then, as pixels per ``"imagej_unit"``, and for an OME stack of
+    z-planes or time points (the same axes) with its ``"plane_axis"`` and ``"spacing"`` or
+    ``"finterval"`` as an ImageJ stack's.
     None for other files, for a TIFF without either, or one that records only the default 1
     pixel per unit without a unit.
     """
@@ -211,15 +212,22 @@ def _pixel_size_of(tif: tifffile.TiffFile) -> dict | None:
 _IMAGEJ_INTERVAL = {"Z": "spacing", "T": "finterval"}
 
 
+def _plane_axis(axes: str) -> str:
+    """The axis of a stack of z-planes or time points, by tifffile's axes of its series: ``"Z"``
+    for ``ZYX`` (gray planes) or ``ZYXS`` (RGB planes), ``"T"`` for ``TYX`` or ``TYXS``; else ``""``."""
+    return axes[0] if axes.removesuffix("S") in ("ZYX", "TYX") else ""
+
+
 def _imagej_planes_of(tif: tifffile.TiffFile) -> dict:
-    """What an ImageJ stack of gray z-planes or time points (axes ``ZYX`` or ``TYX``) says of its
-    planes, for its label stack: ``{"plane_axis": "Z", "spacing": 0.29}`` (µm between z-planes,
-    or ``"T"`` and ``"finterval"``, the seconds between frames, when recorded); else nothing."""
-    axes = _series_axes(tif)
-    if axes not in ("ZYX", "TYX"):
+    """What an ImageJ stack of z-planes or time points, gray or RGB (axes ``ZYX``, ``TYX``,
+    ``ZYXS`` or ``TYXS``), says of its planes, for its label stack: ``{"plane_axis": "Z",
+    "spacing": 0.29}`` (µm between z-planes, or ``"T"`` and ``"finterval"``, the seconds between
+    frames, when recorded); else nothing."""
+    plane_axis = _plane_axis(_series_axes(tif))
+    if not plane_axis:
         return {}
-    planes = {"plane_axis": axes[0]}
-    key = _IMAGEJ_INTERVAL[axes[0]]
+    planes = {"plane_axis": plane_axis}
+    key = _IMAGEJ_INTERVAL[plane_axis]
     try:
         interval = float((tif.imagej_metadata or {}).get(key, "nan"))
     except (TypeError, ValueError):
@@ -273,7 +281,7 @@ def _ome_pixel_size(ome_xml: str | None, axes: str = "") -> dict | None:
     size = {"resolution": (1 / sizes[0], 1 / sizes[1]), "unit": tifffile.RESUNIT.NONE,
             # an ImageJ description is ASCII: "um" for µm, as ImageJ itself reads it
             "imagej_unit": unit.replace("µ", "u").replace("μ", "u")}
-    plane_axis = axes.removesuffix("S")[:-2] if axes.removesuffix("S") in ("ZYX", "TYX") else ""
+    plane_axis = _plane_axis(axes)
     if plane_axis:
         size["plane_axis"] = plane_axis
         interval = (_ome_number(pixels, "PhysicalSizeZ", "µm", _IMAGEJ_UNIT_CM, _IMAGEJ_UNIT_CM[unit])
