@@ -309,3 +309,41 @@ def test_the_done_message_says_why_images_were_skipped(predict_widget, qtbot, tm
         "since its outputs were written (b_z.tif) — tick 'recompute images that already have outputs' to replace "
         "them; summary: "), panel.last_message
     assert panel._status.value == panel.last_message
+
+
+def test_the_panel_notes_an_ome_tiff_that_keeps_the_name_an_earlier_version_gave_its_outputs(
+        predict_widget, qtbot, tmp_path, tiny_checkpoint):
+    """Outputs an earlier version wrote for cells.ome.tif (cells.ome_*) are kept and the image is
+    skipped, not predicted again as cells_*: the panel says so with the command line's note (it
+    said nothing, the outputs being found under a name the user did not expect)."""
+    import tifffile
+    from napari.utils.notifications import notification_manager
+
+    from napari_prm.batch import predict_many
+
+    folder, out = tmp_path / "images", tmp_path / "out"
+    folder.mkdir()
+    image = folder / "cells.ome.tif"
+    tifffile.imwrite(image, data.camera()[::8, ::8], ome=True, metadata={"axes": "YX"})
+    earlier = predict_many([image], tiny_checkpoint, out, device="cpu", stems=["cells.ome"])  # earlier versions' stem
+    assert [r.status for r in earlier.results] == ["written"]
+    shown = []
+
+    def record(notification):
+        shown.append(notification.message)
+
+    predict_widget.batch_button.click()
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value, panel._out.value = folder, out
+    notification_manager.notification_ready.connect(record)
+    try:
+        assert panel.start() is not None
+    finally:
+        notification_manager.notification_ready.disconnect(record)
+    note = (f"{image}: outputs named cells.ome_* in {out}, as an earlier version named them there: they are kept, "
+            f"not written again as cells_*")
+    assert panel._status.value.endswith(f"… Note: {note}"), panel._status.value
+    assert f"Note: {note}" in shown
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [(r.status, r.stem) for r in panel.result.results] == [("skipped", "cells.ome")], panel.last_message
+    assert not list(out.glob("cells_*"))

@@ -58,9 +58,9 @@ from .io.images import quiet_large_image_warning
 from .io.paths import image_stem, sorted_paths
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "PlaneTally", "predict_many", "predict_image", "collect_images",
-           "image_names", "output_stems", "output_name", "output_place", "output_states", "written_since",
-           "record_written", "start_local_cluster", "label_stack", "label_shapes", "label_planes", "image_stack",
-           "SUMMARY_COLUMNS"]
+           "image_names", "output_stems", "renamed_notes", "output_name", "output_place", "output_states",
+           "written_since", "record_written", "start_local_cluster", "label_stack", "label_shapes", "label_planes",
+           "image_stack", "SUMMARY_COLUMNS"]
 
 #: Columns of ``summary.csv``.
 SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts", "stem", "planes")
@@ -429,6 +429,31 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
         seen_folded.add(stem.casefold())
         stems.append(stem)
     return stems
+
+
+def renamed_notes(images: Sequence[str | os.PathLike], stems: Sequence[str],
+                  out: str | os.PathLike) -> list[str]:
+    """A note (starting with `NOTE`) per image whose outputs do not take its own name in ``out``.
+
+    ``stems`` are `output_stems` of ``images``: an image's name is taken by another image of this
+    run, or by the outputs of another image in ``out`` (or one differing only in case); or an
+    OME-TIFF ``cells.ome.tif`` keeps the ``cells.ome_*`` an earlier version gave its outputs.
+    ``napari-prm predict`` prints these notes, and *Run on a folder…* shows them.
+    """
+    taken = {stem.casefold() for stem in stems}
+    notes = []
+    for image, stem in zip(map(Path, images), stems):
+        if PurePosixPath(stem).name == output_name(image.name):
+            continue
+        wanted = PurePosixPath(stem).with_name(output_name(image.name))
+        if PurePosixPath(stem).name == _plain_stem(image.name):  # cells.ome_* for cells.ome.tif
+            why = (f"as another image's are named {wanted}_*" if str(wanted).casefold() in taken else
+                   f"as an earlier version named them there: they are kept, not written again as {wanted}_*")
+        else:  # on Linux the other image's may be Cat_* for cat_*: name the rule, not a file
+            why = (f"as another image's have the name {wanted}_* (upper and lower case alike, as Windows and "
+                   f"macOS take names)")
+        notes.append(f"{NOTE}{image}: outputs named {stem}_* in {out}, {why}")
+    return notes
 
 
 def output_name(name: str, *, suffix: bool = True) -> str:

@@ -25,7 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -41,6 +41,7 @@ from .batch import (
     output_states,
     output_stems,
     record_written,
+    renamed_notes,
     written_since,
 )
 from .io import IMAGE_SUFFIXES, writable_folder
@@ -880,7 +881,8 @@ def _run_predict(args) -> int:
         raise CommandError("no images to process")
     writable_folder(args.out, create=False)  # a read-only --out fails here, before the model loads
     stems = output_stems(images, roots=[item for item in args.inputs if Path(item).is_dir()], out=args.out)
-    _say_renamed(images, stems, args)
+    for note in renamed_notes(images, stems, args.out):  # an image whose outputs cannot take its name
+        _say(note)
     cluster = args.workers is not None or args.scheduler is not None
     _device(args.device)
     # a bad model or class fails before any cluster starts; with one, the workers load their own
@@ -940,24 +942,6 @@ def _run_predict(args) -> int:
     _say(f"{len(batch.written)} image(s) written to {args.out}, {len(skipped)} skipped, {failed} failed; "
          f"summary: {batch.summary}")
     return 1 if failed else 0
-
-
-def _say_renamed(images: Sequence[Path], stems: Sequence[str], args) -> None:
-    """A note per image whose outputs cannot take its own name: another image of this run has
-    it, or the outputs of another image in --out have it; or an OME-TIFF keeps the name an earlier
-    version gave its outputs (`napari_prm.batch.output_stems`)."""
-    taken = {stem.casefold() for stem in stems}
-    for image, stem in zip(images, stems):
-        if PurePosixPath(stem).name != output_name(image.name):
-            wanted = PurePosixPath(stem).with_name(output_name(image.name))
-            if PurePosixPath(stem).name == Path(image.name).stem:  # cells.ome_* for cells.ome.tif
-                why = (f"as another image's are named {wanted}_*" if str(wanted).casefold() in taken else
-                       f"as an earlier version named them there: they are kept, not written again as {wanted}_*")
-                _say(f"{NOTE}{image}: outputs named {stem}_* in {args.out}, {why}")
-                continue
-            # on Linux the other image's may be Cat_* for cat_*: name the rule, not a file
-            _say(f"{NOTE}{image}: outputs named {stem}_* in {args.out}, as another image's have the name "
-                 f"{wanted}_* (upper and lower case alike, as Windows and macOS take names)")
 
 
 def _start_client(args):

@@ -126,7 +126,9 @@ class BatchPanel(StopsOnClose, Container):
         # named by their path in the folder: a sub-folder's images mirror it under the output folder
         stems = batch.output_stems(images, roots=[inputs], out=out)
         self._inputs_folder = inputs
-        left_out = " ".join(problem.removeprefix(batch.NOTE) for problem in problems)
+        # the command line's notes: sub-folders left out, outputs that do not take their image's name
+        left_out = "; ".join(problem.removeprefix(batch.NOTE) for problem in problems)
+        renamed = "; ".join(note.removeprefix(batch.NOTE) for note in batch.renamed_notes(images, stems, out))
         settings = self._predict._settings()
         if not isinstance(settings["proposals"], (str, type(None))):
             self._say("A Labels layer cannot give proposals for other images: using the built-in ones.",
@@ -150,8 +152,11 @@ class BatchPanel(StopsOnClose, Container):
         self.worker = worker
         self._run_button.enabled = False
         self._cancel_button.enabled = True
+        notes = "; ".join(note for note in (left_out, renamed) if note)
         self._status.value = f"Predicting {plural(len(images), 'image')} of {inputs}…" + (
-            f" Note: {left_out}" if left_out else "")
+            f" Note: {notes}" if notes else "")
+        if renamed:  # where the outputs go: still there in the notifications when the status moves on
+            show_info(f"Note: {renamed}")
         worker.start()
         return worker
 
