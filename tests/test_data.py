@@ -432,6 +432,22 @@ def test_csv_columns_a_spreadsheet_adds_are_read_past(tmp_path):
         from_csv(path)
 
 
+
+def test_csv_image_on_several_lines_is_one_image_with_the_labels_of_all(tmp_path):
+    """One row per (image, class), as a long-format table is written, or rows pasted twice: each
+    row was an image of its own, so x.png trained twice (as a cat, then as a dog: each row told the
+    loss the other class was absent) and could be held out and trained on at once."""
+    path = _write_csv(tmp_path, ["x.png,cat", "y.png,dog", "x.png,dog", "./y.png,dog", "z.png,"])
+    dataset = from_csv(path)
+    assert [p.name for p in dataset.image_paths] == ["x.png", "y.png", "z.png"]
+    assert dataset.labels.tolist() == [[1, 1], [0, 1], [0, 0]]
+    assert dataset.origins == [f"{path}:2", f"{path}:3", f"{path}:6"]
+    assert dataset.warnings == [f"{path} lists 2 images again, each image taken once with the labels of all its "
+                                "lines (a repeat would be trained on twice, and could be held out and trained on): "
+                                "x.png at line 4 (first at line 2; labels cat;dog), y.png at line 5 (first at line 3)"]
+    path.write_text("image,labels\nx.png,cat\ny.png,dog\n")
+    assert from_csv(path).warnings == []
+
 def _voc_spelled(train_json, coco128, tmp_path) -> Path:
     """coco128 train with its categories named as PASCAL VOC names them (a VOC set converted to COCO)."""
     data = json.loads(Path(train_json).read_text())

@@ -1064,7 +1064,8 @@ def from_csv(
 
     ``labels`` holds ``;``-separated class names (empty: an image with none
     of the classes). Image paths are relative to ``image_root`` (default: the
-    CSV's folder) unless absolute.
+    CSV's folder) unless absolute. An image listed on several lines is one
+    image with the labels of all of them (a warning names the lines).
 
     Parameters
     ----------
@@ -1142,6 +1143,11 @@ def from_csv(
                         f"are separated by ';' ({joined})")
     if not entries:
         raise ValueError(f"CSV file {path} lists no images")
+    entries, repeats = _merged_rows(entries)
+    if repeats:  # one row per (image, class), or rows pasted twice: trained twice, held out and trained on
+        warnings.append(f"{path} lists {plural(len(repeats), 'image')} again, each image taken once with the "
+                        f"labels of all its lines (a repeat would be trained on twice, and could be held out and "
+                        f"trained on): {first_names(repeats, 3)}")
     class_names = list(classes) if classes is not None else sorted({n for _, names, _ in entries for n in names})
     column = {c: j for j, c in enumerate(class_names)}
     labels = np.zeros((len(entries), len(class_names)), dtype=np.float32)
@@ -1153,6 +1159,29 @@ def from_csv(
     if require_positives:
         dataset.check_positives()
     return dataset
+
+
+def _merged_rows(entries: list[tuple[Path, list[str], str]]) -> tuple[list[tuple[Path, list[str], str]], list[str]]:
+    """A label CSV's rows ``(image, labels, 'file:line')`` with each image once (``a.png`` and
+    ``./a.png`` are one), holding the labels of all its lines, at its first line; and the
+    repeats, each as ``"a.png at line 9 (first at line 2)"``, with the labels taken when a line
+    added some."""
+    first: dict[Path, int] = {}
+    merged: list[tuple[Path, list[str], str]] = []
+    repeats: list[str] = []
+    for image, names, where in entries:
+        key = image.resolve()
+        if key not in first:
+            first[key] = len(merged)
+            merged.append((image, list(names), where))
+            continue
+        kept = merged[first[key]]
+        added = [name for name in names if name not in kept[1]]
+        kept[1].extend(added)
+        line, first_line = where.rsplit(":", 1)[1], kept[2].rsplit(":", 1)[1]
+        repeats.append(f"{image.name} at line {line} (first at line {first_line}"
+                       + (f"; labels {';'.join(kept[1])}" if added else "") + ")")
+    return merged, repeats
 
 
 def load_dataset(path: PathLike, image_folder: PathLike | None = None, **kwargs) -> LabeledImageDataset:
