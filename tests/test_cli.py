@@ -530,6 +530,51 @@ def test_train_resume_refuses_options_that_ask_for_another_recipe(tmp_path, caps
     assert load_model(out).input_size == (32, 32)
 
 
+
+def test_train_base_model_and_resumed_checkpoint_are_checked_before_anything_runs(tmp_path, capsys,
+                                                                                   tiny48_checkpoint):
+    """``--model imagenet-voc --backbone tiny`` trained the built-in EfficientNet-Lite0 and
+    dropped ``--backbone`` without a word; a truncated ``--model`` checkpoint, and a ``--resume``
+    checkpoint that does not exist or cannot be read, were reported after the dataset was read and
+    'training on N images' said, without naming the option."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(Path(tiny48_checkpoint).read_bytes()[:5000])
+    out = tmp_path / "run.pt"
+    train = ["train", str(tmp_path / "data"), "--out", str(out), "--epochs", "1", "--batch-size", "2",
+             "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
+    capsys.readouterr()
+    refused = {
+        ("--model", "imagenet-voc", "--backbone", "tiny"):
+            "--backbone tiny and --model imagenet-voc ask for different models: --model fine-tunes the built-in "
+            "model, an efficientnet_lite0, and a run has one backbone; drop --backbone (fine-tuning keeps the "
+            "model's backbone), or drop --model to start a new tiny model",
+        ("--model", "tiny", "--backbone", "resnet50"):
+            "--backbone resnet50 and --model tiny ask for different models: --model names a new model's backbone",
+        ("--model", str(tiny48_checkpoint), "--backbone", "efficientnet_lite0"):
+            "--model fine-tunes a checkpoint of backbone tiny, and a run has one backbone",
+        ("--model", str(truncated)): f"--model: cannot read checkpoint {truncated}: it is truncated",
+        ("--resume", str(tmp_path / "none.pt")):
+            f"--resume: checkpoint {tmp_path / 'none.pt'} does not exist: name the run's checkpoint, or start a "
+            "new run without --resume",
+        ("--resume", str(truncated)): f"--resume: cannot read checkpoint {truncated}: it is truncated",
+        ("--resume", str(tmp_path / "data")): f"--resume: {tmp_path / 'data'} is a folder, not a checkpoint",
+    }
+    for options, message in refused.items():
+        assert main(train + list(options)) == 2, options
+        error = capsys.readouterr().err
+        assert error.startswith("napari-prm train: error: --") and message in error, (options, error)
+        assert "training on" not in error and not out.exists()
+    # the same backbone as the model's, given or not, trains
+    assert main(train + ["--model", str(tiny48_checkpoint), "--backbone", "tiny"]) == 0
+    assert load_model(out).backbone == "tiny"
+    assert main(train + ["--model", "tiny", "--backbone", "tiny", "--overwrite"]) == 0
+
 def test_train_resume_goes_on_to_the_runs_own_total_of_epochs(tmp_path, capsys):
     """``train --epochs 3`` stopped after epoch 1, then ``train --resume``: it went on to the
     parser's default 20 epochs, not the run's 3; and ``--resume --epochs 1`` on a run that had

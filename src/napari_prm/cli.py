@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", default="efficientnet_lite0",
                        choices=("efficientnet_lite0", "resnet50", "vgg16", "tiny"),
                        help="backbone of a new model (ImageNet weights; resnet50/vgg16 are "
-                            "downloaded by torchvision)")
+                            "downloaded by torchvision); refused with a --model of another backbone, "
+                            "whose own it keeps")
     train.add_argument("--epochs", type=int, default=20,
                        help="total number of epochs (with --resume: the run's own total unless given)")
     train.add_argument("--batch-size", type=int, default=16, help="images per batch")
@@ -1022,18 +1023,24 @@ def _check_resumed_options(args, path: Path):
     """``train --resume`` and ``refine --resume`` continue the run's own recipe (and model):
     options given with them that ask for another were ignored without a word
     (``--input-size 96 96`` went on training at 64×64). Returns the resumed model, or None."""
-    if not path.is_file():
-        return None  # train() and refine() report a missing checkpoint
     from .model.checkpoint import load_checkpoint
     from .train import recipe_conflicts
 
+    # a missing or unreadable checkpoint was reported after the dataset was read (and, by train,
+    # after its 'training on ...' line), without naming --resume
+    if not path.is_file():
+        missing = f"{path} is a folder, not a checkpoint" if path.is_dir() else f"checkpoint {path} does not exist"
+        raise CommandError(f"--resume: {missing}: name the run's checkpoint, or start a new run without --resume")
     key, options = RESUMED_OPTIONS[args.command]
     try:
         model, extra = load_checkpoint(path)
+    except (ValueError, OSError) as error:
+        raise CommandError(f"--resume: {error}") from error
+    try:
         config = dict(extra[key]["config"])
         finished = int(extra[key]["epoch"])
-    except (ValueError, OSError, KeyError, TypeError):
-        return None  # reported by train() and refine(): unreadable, or no training state
+    except (KeyError, TypeError):
+        return None  # reported by train() and refine(): no training state
     args.resumed_config = config
     args.resumed_split_rule = extra[key].get("split_rule")  # None: from before the rule
 
@@ -1064,6 +1071,32 @@ def _check_resumed_options(args, path: Path):
     return model
 
 
+def _check_train_base(args) -> None:
+    """``train --model`` (a new run): a checkpoint that cannot be read was reported after the
+    dataset was read and 'training on ...' said, without naming --model; and ``--backbone``
+    given with a --model of another backbone was ignored without a word (the run trained
+    --model's). Both are refused before anything runs."""
+    if args.model is None:
+        return
+    from .model.backbones import BACKBONES
+    from .model.checkpoint import is_builtin_name, load_checkpoint
+
+    if is_builtin_name(args.model, BACKBONES):
+        base, what = args.model, "names a new model's backbone"
+    elif is_builtin_name(args.model):
+        base, what = "efficientnet_lite0", "fine-tunes the built-in model, an efficientnet_lite0"
+    else:
+        try:
+            base = load_checkpoint(args.model)[0].backbone
+        except (ValueError, OSError) as error:
+            raise CommandError(f"--model: {error}") from error
+        what = f"fine-tunes a checkpoint of backbone {base}"
+    if "backbone" in _given_options(args) and args.backbone != base:
+        raise CommandError(f"--backbone {args.backbone} and --model {args.model} ask for different models: --model "
+                           f"{what}, and a run has one backbone; drop --backbone (fine-tuning keeps the model's "
+                           f"backbone), or drop --model to start a new {args.backbone} model")
+
+
 def _refuse_existing_out(args) -> None:
     """``train`` and ``refine`` write --out after every epoch: a new run replaced an existing
     (e.g. a 10-epoch) model after its first epoch. Refused before anything runs, unless
@@ -1086,6 +1119,8 @@ def _run_train(args) -> int:
     _device(args.device)  # a missing GPU fails before the dataset is read
     if args.resume:
         _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
+    else:
+        _check_train_base(args)
     dataset = _load_dataset(args, classes=args.classes)
     try:  # every unreadable image named before anything else is said
         check_readable(dataset)
