@@ -136,6 +136,40 @@ def test_predict_keeps_existing_outputs_unless_overwrite(tmp_path, tiny48_checkp
     assert coco["annotations"] == [] and coco["images"][0]["file_name"] == "sample3.jpg"
 
 
+
+def test_predict_and_evaluate_say_when_a_checkpoint_has_no_calibrated_thresholds(tmp_path, tiny48_checkpoint,
+                                                                                  capsys):
+    """A checkpoint trained with --no-calibrate (or interrupted while calibrating) ran at class
+    threshold 0 and no peak threshold without a word, and --help said the default was "the
+    model's calibrated value"."""
+    import imageio.v3 as iio
+
+    image = tmp_path / "cat.png"
+    iio.imwrite(image, data.chelsea()[::8, ::8])
+    iio.imwrite(tmp_path / "dog.png", data.coffee()[::8, ::8])
+    (tmp_path / "labels.csv").write_text("image,labels\ncat.png,cat\ndog.png,dog\n")
+    note = (f"note: {tiny48_checkpoint} has no calibrated thresholds, so class threshold 0 and no peak threshold "
+            f"apply: 'napari-prm calibrate DATASET --model {tiny48_checkpoint}' chooses them from images with "
+            "image-level labels; or give --class-threshold and --peak-threshold")
+    predict = ["predict", str(image), "--model", str(tiny48_checkpoint), "--out", str(tmp_path / "out")]
+    capsys.readouterr()
+    assert main(predict) == 0
+    assert note in capsys.readouterr().err.splitlines()
+    assert main(["evaluate", "--model", str(tiny48_checkpoint), str(tmp_path / "labels.csv")]) == 0
+    assert note in capsys.readouterr().err.splitlines()
+    assert main(predict + ["--overwrite", "--class-threshold", "0.5"]) == 0
+    assert (f"note: {tiny48_checkpoint} has no calibrated thresholds, so no peak threshold applies: "
+            in capsys.readouterr().err)
+    # thresholds given, the original preset's own, or a calibrated model: nothing to say
+    for options in (["--class-threshold", "0.5", "--peak-threshold", "1"], ["--preset", "original"]):
+        assert main(predict + ["--overwrite"] + options) == 0
+        assert "calibrated" not in capsys.readouterr().err
+    calibrated = load_model(tiny48_checkpoint)
+    calibrated.settings.update(class_threshold=0.1, peak_threshold=0.2)
+    save_model(calibrated, tmp_path / "calibrated.pt")
+    assert main(predict[:3] + [str(tmp_path / "calibrated.pt"), "--out", str(tmp_path / "out2")]) == 0
+    assert "calibrated" not in capsys.readouterr().err
+
 def test_predict_with_proposal_folder_classes_and_prm_tiff(tmp_path, tiny48_checkpoint, shared_data):
     """MCG proposals of the original demo are found by the image's stem."""
     demo = shared_data / "prm_demo"

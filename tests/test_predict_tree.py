@@ -17,7 +17,7 @@ from skimage import data
 from napari_prm import build_model, io, save_model
 from napari_prm.cli import main
 
-FAST = ["--proposals", "prm", "--peak-threshold", "0", "--device", "cpu"]
+FAST = ["--proposals", "prm", "--class-threshold", "0", "--peak-threshold", "0", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

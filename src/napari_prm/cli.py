@@ -153,10 +153,10 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                             "(docs/accuracy.md)")
     group.add_argument("--class-threshold", type=float, default=None,
                        help="drop peaks of classes whose score is below this (default: the model's calibrated "
-                            "value; the original preset: 0)")
+                            "value, 0 for a checkpoint without one; the original preset: 0)")
     group.add_argument("--peak-threshold", type=float, default=None,
                        help="drop peaks whose response is not above this (default: the model's calibrated "
-                            "value; the original preset: 30)")
+                            "value, none for a checkpoint without one; the original preset: 30)")
     group.add_argument("--max-peaks", type=int, default=None,
                        help="keep at most this many peaks per image, the strongest (default: 50; at most 1000)")
     group.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
@@ -870,6 +870,23 @@ def _load_model(name: str, device):
         raise CommandError(f"cannot put model {name!r} on device {device!r}: {error}") from error
 
 
+def _say_uncalibrated(args, model) -> None:
+    """A note when a checkpoint has no calibrated thresholds (trained with ``--no-calibrate``,
+    interrupted while calibrating, trained on after calibrating) and the command falls back to
+    class threshold 0 and no peak threshold: predict and evaluate ran so without a word, though
+    a barely trained model's scores and peaks lie far from 0."""
+    if args.preset != "default" or "class_threshold" in model.settings:
+        return
+    fallback = [text for option, text in (("class_threshold", "class threshold 0"),
+                                          ("peak_threshold", "no peak threshold"))
+                if getattr(args, option, None) is None]
+    if fallback:
+        _say(f"note: {args.model} has no calibrated thresholds, so {' and '.join(fallback)} "
+             f"{'apply' if len(fallback) > 1 else 'applies'}: 'napari-prm "
+             f"calibrate DATASET --model {shlex.quote(str(args.model))}' chooses them from images with image-level "
+             "labels; or give --class-threshold and --peak-threshold")
+
+
 def _run_predict(args) -> int:
     from tqdm import tqdm
 
@@ -890,6 +907,7 @@ def _run_predict(args) -> int:
     # and this one (on the CPU) records its fingerprint
     loaded = _load_model(args.model, "cpu" if cluster else args.device)
     classes = _classes_arg(args.classes, loaded.class_names)
+    _say_uncalibrated(args, loaded)
     settings = {"classes": classes, "proposals": args.proposals, "peak_batch_size": args.peak_batch_size,
                 **_inference_settings(args)}
     client = _start_client(args)
@@ -1468,6 +1486,7 @@ def _run_evaluate(args) -> int:
         labels = dataset.with_classes(model.class_names).labels
     except ValueError as error:  # as calibrate says it
         raise CommandError(f"the dataset does not have the model's classes: {error}") from error
+    _say_uncalibrated(args, model)
     ground_truth = None if args.masks is None else _corrected_ground_truth(args.masks, dataset, model.class_names)
     indices = [i for i in range(len(dataset)) if i not in without] if ground_truth is None else list(ground_truth)
     total = sum(1 for i in indices if labels[i].any()) if args.only_labeled else len(indices)
