@@ -255,6 +255,9 @@ def test_csv_as_spreadsheets_write_it_is_read_or_explained(tmp_path):
     with pytest.raises(ValueError, match=r"labels.csv:1: expected the header 'image,labels'; got \['image;labels'\]: "
                                          r"separate the two columns by ',' \(the labels by ';'\)"):
         from_csv(path)
+    path.write_text("image\tlabels\nx.png\tcat\n")  # a spreadsheet's 'tab-delimited text' saved as .csv
+    with pytest.raises(ValueError, match=r"got \['image\\tlabels'\]: separate the two columns by ','"):
+        from_csv(path)
     path.write_text('image,labels\nx.png,"cat,dog"\ny.png,dog\n')
     assert from_csv(path).warnings[0] == (f"{path}:2: label 'cat,dog' holds a ',': labels are separated by ';' "
                                           "(cat;dog)")

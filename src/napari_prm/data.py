@@ -1098,7 +1098,7 @@ def from_csv(
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header[:2]] != ["image", "labels"]:
             hint = (": separate the two columns by ',' (the labels by ';')"
-                    if header and header[0].strip().lower().startswith("image;") else "")
+                    if header and header[0].strip().lower().startswith(("image;", "image\t")) else "")
             raise ValueError(f"{path}:1: expected the header 'image,labels'; got {header}{hint}")
         # columns after 'labels' that the header names (a spreadsheet's notes) are not read
         columns = 2 + sum(1 for name in header[2:] if name.strip())
