@@ -436,6 +436,33 @@ def test_csv_columns_a_spreadsheet_adds_are_read_past(tmp_path):
 
 
 
+
+def test_csv_missing_image_names_the_file_it_likely_means(tmp_path):
+    """A CSV (or COCO JSON) typed on Windows or macOS (whose file names ignore case) names X.PNG for x.png, and
+    a spreadsheet of sample ids names x for x.png: on Linux each "does not exist", with nothing
+    to tell why."""
+    path = _write_csv(tmp_path, ["X.PNG,cat", "y.png,dog"])
+    with pytest.raises(ValueError) as error:
+        from_csv(path)
+    assert str(error.value) == (f"{path}:2: image {tmp_path / 'X.PNG'} does not exist; x.png does: file names "
+                                "differ in upper and lower case here")
+    path.write_text("image,labels\nX.PNG,cat\ny,dog\nw.png,cat\nz.png,\n")
+    with pytest.raises(ValueError) as error:
+        from_csv(path)
+    assert str(error.value) == (
+        f"3 of the 4 images listed in {path} do not exist: {path}:2: image {tmp_path / 'X.PNG'} (x.png does: file "
+        f"names differ in upper and lower case here), {path}:3: image {tmp_path / 'y'} (y.png does: give the file "
+        f"name with its suffix), {path}:4: image {tmp_path / 'w.png'}")
+    coco = tmp_path / "instances.json"
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "X.png", "width": 24, "height": 20}],
+                                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4],
+                                                 "area": 16, "iscrowd": 0}],
+                                "categories": [{"id": 1, "name": "cat"}]}))
+    with pytest.raises(ValueError) as error:
+        from_coco(coco)
+    assert str(error.value) == (f"image {tmp_path / 'X.png'} listed in {coco} (image id 1) does not exist; x.png "
+                                "does: file names differ in upper and lower case here")
+
 def test_csv_image_on_several_lines_is_one_image_with_the_labels_of_all(tmp_path):
     """One row per (image, class), as a long-format table is written, or rows pasted twice: each
     row was an image of its own, so x.png trained twice (as a cat, then as a dog: each row told the

@@ -633,9 +633,11 @@ def from_coco(
         file_name = coco.imgs[image_id]["file_name"]
         path = stored_path(image_dir, file_name)
         if check_images and not path.is_file():
-            hint = "" if given_dir else (f"; images are looked for in {image_dir}: pass their folder as image_dir "
-                                         "(the command line's --image-dir)")
-            raise ValueError(f"image {path} listed in {json_path} (image id {image_id}) does not exist{hint}")
+            near = _near_name(path, {})
+            hint = "" if given_dir or near else (f"; images are looked for in {image_dir}: pass their folder as "
+                                                 "image_dir (the command line's --image-dir)")
+            raise ValueError(f"image {path} listed in {json_path} (image id {image_id}) does not exist"
+                             f"{f'; {near}' if near else ''}{hint}")
         paths.append(path)
         for cat in present.get(image_id, ()):
             if cat in column:
@@ -1086,6 +1088,7 @@ def from_csv(
     image_root = Path(image_root) if given_root else path.parent
     entries: list[tuple[Path, list[str], str]] = []
     warnings, missing, commas = [], [], []
+    listed: dict[Path, list[str]] = {}  # a folder's file names, read once for the missing images' hints
     content = path.read_bytes()
     try:
         text = content.decode("utf-8-sig")  # a byte-order mark (Excel's 'CSV UTF-8') is fine
@@ -1114,7 +1117,7 @@ def from_csv(
                                  f"({','.join(h.strip() for h in header[:columns])}); got {len(row)}: {row}{hint}")
             image = stored_path(image_root, row[0].strip())
             if not image.is_file():
-                missing.append(f"{where}: image {image}")
+                missing.append((f"{where}: image {image}", _near_name(image, listed)))
                 continue
             names = [n.strip() for n in row[1].split(";") if n.strip()]
             commas += [(reader.line_num, n) for n in names if "," in n]
@@ -1130,9 +1133,10 @@ def from_csv(
                 f"; image paths are relative to the CSV's folder {image_root}: pass the images' folder as "
                 "image_root (the command line's --image-dir)")
         if len(missing) == 1:
-            raise ValueError(f"{missing[0]} does not exist{hint}")
+            (text, near), = missing
+            raise ValueError(f"{text} does not exist{f'; {near}' if near else ''}{hint}")
         raise ValueError(f"{len(missing)} of the {len(missing) + len(entries)} images listed in {path} do not "
-                         f"exist{hint}: {first_names(missing)}")
+                         f"exist{hint}: {first_names(text + (f' ({near})' if near else '') for text, near in missing)}")
     if commas:  # one warning, not one a line
         line, label = commas[0]
         joined = ";".join(part.strip() for part in label.split(","))
@@ -1159,6 +1163,26 @@ def from_csv(
     if require_positives:
         dataset.check_positives()
     return dataset
+
+
+def _near_name(image: Path, listed: dict[Path, list[str]]) -> str:
+    """A hint for a CSV's missing ``image``: the file of its folder it likely means, one whose
+    name differs only in case (a CSV written on Windows or macOS, whose file names ignore case)
+    or that adds an image suffix to a name given without one, as ``"x.png does: ..."``; else
+    ``""``. ``listed`` caches each folder's file names."""
+    folder = image.parent
+    if folder not in listed:
+        try:
+            listed[folder] = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        except OSError:
+            listed[folder] = []
+    wanted = image.name.lower()
+    for name in listed[folder]:
+        if name.lower() == wanted:
+            return f"{name} does: file names differ in upper and lower case here"
+        if Path(name).stem.lower() == wanted and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            return f"{name} does: give the file name with its suffix"
+    return ""
 
 
 def _merged_rows(entries: list[tuple[Path, list[str], str]]) -> tuple[list[tuple[Path, list[str], str]], list[str]]:
