@@ -302,7 +302,8 @@ def test_train_uses_a_split_made_already_and_refuses_another(tmp_path):
     """The Train widget shows the split before training; train() made it a second time. Now it
     takes the one made (the same images train), and refuses one of another recipe or dataset."""
     dataset = _one_image_per_class(tmp_path)
-    (tmp_path / "more.csv").write_text("image,labels\n0.png,cat\n1.png,dog\n2.png,bird\n0.png,cat\n")
+    (tmp_path / "3.png").write_bytes((tmp_path / "0.png").read_bytes())  # a second cat (a line repeated is one)
+    (tmp_path / "more.csv").write_text("image,labels\n0.png,cat\n1.png,dog\n2.png,bird\n3.png,cat\n")
     more = from_csv(tmp_path / "more.csv")
     settings = dict(SETTINGS, epochs=1, input_size=(32, 32), calibrate=False)
     split = training_split(more, 0.25, 0)
