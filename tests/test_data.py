@@ -395,6 +395,12 @@ def test_load_dataset_takes_the_images_folder_of_a_csv_or_coco_json(tmp_path):
     with pytest.raises(ValueError, match=r"image_folder \(the command line's --image-dir\) .*images is for a COCO "
                                          r"JSON's or a CSV's images: the folder per class .*classes holds its own"):
         load_dataset(tmp_path / "classes", tmp_path / "images")
+    # a mistyped folder was taken as given: every image of the CSV was named as missing in it
+    with pytest.raises(ValueError) as error:
+        load_dataset(tmp_path / "labels.csv", tmp_path / "imgs")
+    assert str(error.value) == f"image_folder (the command line's --image-dir) {tmp_path / 'imgs'} does not exist"
+    with pytest.raises(ValueError, match=r"--image-dir\) .*labels.csv is not a folder$"):
+        load_dataset(tmp_path / "labels.csv", tmp_path / "labels.csv")
 
 
 def test_a_file_browsers_files_in_class_folders_are_not_warned_of(tmp_path):

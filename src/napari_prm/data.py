@@ -1233,7 +1233,7 @@ def load_dataset(path: PathLike, image_folder: PathLike | None = None, **kwargs)
     ------
     ValueError
         ``path`` does not exist or is of no known format, or ``image_folder`` is given for a
-        dataset that holds its images.
+        dataset that holds its images, or is not a folder.
     """
     path = check.path_like("dataset", path)
     voc = is_voc_folder(path) or (path.suffix.lower() == ".txt" and voc_split_root(path) is not None)
@@ -1242,6 +1242,9 @@ def load_dataset(path: PathLike, image_folder: PathLike | None = None, **kwargs)
         raise ValueError(f"image_folder (the command line's --image-dir) {image_folder} is for a COCO JSON's or a "
                          f"CSV's images: the {kind} {path} holds its own")
     if image_folder is not None:
+        if not Path(image_folder).is_dir():  # else each image was named as missing in it
+            state = "is not a folder" if Path(image_folder).exists() else "does not exist"
+            raise ValueError(f"image_folder (the command line's --image-dir) {image_folder} {state}")
         kwargs["image_dir" if path.suffix.lower() == ".json" else "image_root"] = image_folder
     if voc:
         return from_voc(path, **kwargs)
