@@ -609,6 +609,33 @@ def test_train_base_model_and_resumed_checkpoint_are_checked_before_anything_run
     assert load_model(out).backbone == "tiny"
     assert main(train + ["--model", "tiny", "--backbone", "tiny", "--overwrite"]) == 0
 
+
+def test_train_resume_no_calibrate_of_a_calibrated_finished_run_says_to_predict(tmp_path, capsys):
+    """``--resume --no-calibrate`` on a run that had finished and calibrated trains no epoch and
+    keeps its thresholds, but its last line said to choose them first ('napari-prm calibrate')."""
+    import imageio.v3 as iio
+
+    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    out = tmp_path / "run.pt"
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--epochs", "1",
+                 "--batch-size", "2", "--input-size", "32", "32", "--val-fraction", "0", "--device", "cpu"]) == 0
+    thresholds = {k: load_model(out).settings[k] for k in ("class_threshold", "peak_threshold")}
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--resume", "--no-calibrate"]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"next: napari-prm predict IMAGES --model {out} --out results/, or choose it in napari's Peak "
+                    "Response Maps widget")
+    assert {k: load_model(out).settings[k] for k in thresholds} == thresholds
+    # an epoch trained since drops them: calibrate first
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--resume", "--no-calibrate",
+                 "--epochs", "2"]) == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "next: choose its class and peak thresholds, napari-prm calibrate ")
+    assert "class_threshold" not in load_model(out).settings
+
 def test_train_resume_goes_on_to_the_runs_own_total_of_epochs(tmp_path, capsys):
     """``train --epochs 3`` stopped after epoch 1, then ``train --resume``: it went on to the
     parser's default 20 epochs, not the run's 3; and ``--resume --epochs 1`` on a run that had

@@ -1227,8 +1227,8 @@ def _after_training(args, result) -> str:
     checkpoint = shlex.quote(str(result.checkpoint))
     predict = (f"napari-prm predict IMAGES --model {checkpoint} --out results/, or choose it in napari's Peak "
                "Response Maps widget")
-    if result.calibration is not None:
-        return f"next: {predict}"
+    if result.calibration is not None or "class_threshold" in result.model.settings:
+        return f"next: {predict}"  # calibrated now, or earlier with no epoch trained since
     held_out = " --held-out" if result.held_out_images else ""
     # the dataset as the run read it: without --voc (or --image-dir) calibrate splits other images
     image_dir = "" if args.image_dir is None else f" --image-dir {shlex.quote(str(args.image_dir))}"
