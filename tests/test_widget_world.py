@@ -116,6 +116,23 @@ def test_a_stack_in_micrometres_keeps_its_world_in_every_result_layer(
         assert tif.pages.first.get_resolution() == pytest.approx((2.0, 2.0))  # pixels per µm
 
 
+def run_on_flat(viewer, qtbot, tiny_checkpoint, frame):
+    """Open ``frame`` as the 2-D µm image "flat" (0.5 µm pixels, moved off the origin) and run on it
+    without proposals, at the threshold that finds 3 peaks; return the widget, the image layer and
+    the warnings napari gave during the run."""
+    flat = viewer.add_image(frame, name="flat", scale=(0.5, 0.5), translate=(10.0, -4.0),
+                            units=("µm", "µm"), axis_labels=("y", "x"))
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.image.value = flat
+    widget.proposals.value = None
+    widget.peak_threshold.value = peak_threshold_for(frame, tiny_checkpoint, 3)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run_and_wait(widget, qtbot)
+    assert len(viewer.layers["flat peaks"].data) == 3, widget.last_message
+    return widget, flat, napari_warnings(record)
+
+
 def test_the_prms_of_a_2d_image_beside_a_micrometre_stack_keep_the_units(
         make_napari_viewer, qtbot, prm_config, tiny_checkpoint, scenes):
     """napari lines up axes from the last: the PRMs layer (peaks, y, x) of a 2-D µm image put its peak
@@ -126,18 +143,9 @@ def test_the_prms_of_a_2d_image_beside_a_micrometre_stack_keep_the_units(
     frames, _, _ = scenes
     viewer = make_napari_viewer()
     viewer.add_image(frames[..., 0], name="stack", **ZYX)
-    flat = viewer.add_image(frames[0], name="flat", scale=(0.5, 0.5), translate=(10.0, -4.0),
-                            units=("µm", "µm"), axis_labels=("y", "x"))
-    widget = open_predict(viewer, qtbot, tiny_checkpoint)
-    widget.image.value = flat
-    widget.proposals.value = None
-    widget.peak_threshold.value = peak_threshold_for(frames[0], tiny_checkpoint, 3)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        run_and_wait(widget, qtbot)
-    assert not napari_warnings(record)
+    widget, flat, said = run_on_flat(viewer, qtbot, tiny_checkpoint, frames[0])
+    assert not said
     peaks, prms = viewer.layers["flat peaks"], viewer.layers["flat PRMs"]
-    assert len(peaks.data) == 3, widget.last_message
     for layer in (peaks, viewer.layers["flat instances"]):
         np.testing.assert_allclose(layer.scale, [0.5, 0.5])
         np.testing.assert_allclose(layer.translate, [10.0, -4.0])
@@ -157,3 +165,68 @@ def test_the_prms_of_a_2d_image_beside_a_micrometre_stack_keep_the_units(
         qtbot.wait(50)
         prms = viewer.layers["flat PRMs"]
         assert prms.data.shape[0] == len(peaks.data)
+
+
+def test_the_prms_peak_axis_follows_a_stack_opened_or_removed_after_the_run(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, scenes):
+    """Run on a 2-D µm image first, then open a µm stack: the PRMs layer kept its 'pixel' peak axis
+    until the next Run (napari: "Inconsistent units", extent units None, the z slider named 'peak').
+    It now follows the viewer's layers: the stack opened, its spacing changed, the stack removed
+    (the plain peak axis again); the widget taken out of its dock stops following."""
+    frames, _, _ = scenes
+    viewer = make_napari_viewer()
+    widget, _, _ = run_on_flat(viewer, qtbot, tiny_checkpoint, frames[0])
+    prms = viewer.layers["flat PRMs"]
+
+    def assert_plain():
+        np.testing.assert_allclose(prms.scale, [1.0, 0.5, 0.5])
+        np.testing.assert_allclose(prms.translate, [0.0, 10.0, -4.0])
+        assert units_of(prms) == ["pixel", "micrometer", "micrometer"] and prms.axis_labels == ("peak", "y", "x")
+        assert [str(unit) for unit in viewer.layers.extent.units] == ["pixel", "micrometer", "micrometer"]
+        assert viewer.dims.axis_labels == ("peak", "y", "x")
+
+    def assert_on_stack(spacing):
+        np.testing.assert_allclose(prms.scale, [spacing, 0.5, 0.5])  # a peak per z-plane of the stack
+        np.testing.assert_allclose(prms.translate, [4.0, 10.0, -4.0])
+        assert units_of(prms) == ["micrometer"] * 3 and prms.axis_labels == ("z / peak", "y", "x")
+        assert [str(unit) for unit in viewer.layers.extent.units] == ["micrometer"] * 3  # None: inconsistent
+        assert viewer.dims.axis_labels == ("z", "y", "x")  # napari names it after the newest layer: the stack
+
+    assert_plain()
+    stack = viewer.add_image(frames[..., 0], name="stack", **ZYX)
+    assert_on_stack(2.0)
+    stack.scale = (3.0, 0.5, 0.5)
+    assert_on_stack(3.0)
+    viewer.layers.remove(stack)
+    assert viewer.layers["flat PRMs"] is prms
+    assert_plain()
+
+    callbacks = len(viewer.layers.events.inserted.callbacks)
+    viewer.window.remove_dock_widget(widget)  # out of its dock: it lets go of the viewer's events
+    assert len(viewer.layers.events.inserted.callbacks) == callbacks - 1
+    viewer.add_image(frames[..., 0], name="stack", **ZYX)
+    np.testing.assert_allclose(prms.scale, [1.0, 0.5, 0.5])
+
+
+def test_two_prms_layers_let_go_of_the_stack_together(make_napari_viewer, scenes):
+    """The PRMs layers of two 2-D µm images both fitted to a µm stack: removed, the stack takes their
+    fitted axis with it (each of them counted the other as a layer beside it, and kept its µm)."""
+    from napari_prm._widgets.layers import PeakAxisFollower, mark, prm_world_kwargs
+
+    frames, _, _ = scenes
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(frames[..., 0], name="stack", **ZYX)
+    prms = []
+    for name in ("a", "b"):
+        image = viewer.add_image(frames[0, ..., 0], name=name, scale=(0.5, 0.5), units=("µm", "µm"))
+        prms.append(viewer.add_image(np.zeros((2, *frames.shape[1:3]), np.float32), name=f"{name} PRMs",
+                                     metadata=mark("prms", image), **prm_world_kwargs(viewer, image)))
+    follower = PeakAxisFollower(viewer)
+    follower.connect()
+    assert [units_of(layer)[0] for layer in prms] == ["micrometer"] * 2
+    assert [layer.scale[0] for layer in prms] == [2.0, 2.0]
+    viewer.layers.remove(stack)
+    assert [units_of(layer)[0] for layer in prms] == ["pixel"] * 2
+    assert [layer.scale[0] for layer in prms] == [1.0, 1.0]
+    assert [layer.axis_labels[0] for layer in prms] == ["peak"] * 2
+    follower.disconnect()

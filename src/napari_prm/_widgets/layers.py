@@ -311,14 +311,17 @@ def prm_world_kwargs(viewer, image_layer, prms_layer=None) -> dict:
     the slider moving both), and the label ``z / peak`` where that layer names the axis ``z``.
     Without such a layer, or when those layers disagree (napari warns of them anyway), it is
     `world_kwargs`'s: ``pixel``, scale 1, translate 0, ``peak``. ``prms_layer``, the layer the
-    result replaces, is not one of them.
+    result replaces, is not one of them, nor are the plugin's other PRMs layers (they follow,
+    never lead: two of them would otherwise keep each other's fitted axis once the stack left).
+    `PeakAxisFollower` applies it again as layers enter or leave the viewer.
     """
     kwargs = world_kwargs(image_layer, extra_leading=1)
     if "units" not in kwargs:
         return kwargs
     ndim = len(kwargs["units"])
     beside = [layer for layer in viewer.layers
-              if layer is not prms_layer and layer.ndim >= ndim and layer.units is not None]
+              if layer is not prms_layer and marker_of(layer).get("role") != "prms"
+              and layer.ndim >= ndim and layer.units is not None]
     if not beside:
         return kwargs
     axis = [layer.ndim - ndim for layer in beside]  # the axis of each that the peak axis lines up with
@@ -337,6 +340,85 @@ def prm_world_kwargs(viewer, image_layer, prms_layer=None) -> dict:
         if label not in kwargs["axis_labels"][1:]:
             kwargs["axis_labels"][0] = label
     return kwargs
+
+
+def fit_prm_layers(viewer) -> None:
+    """Give each PRMs layer the plugin made in ``viewer`` (marked so, `marks.mark`) the world
+    `prm_world_kwargs` gives it now: its peak axis fitted to the layers beside it, as a run
+    would. A layer whose image has left the viewer, or no longer matches it, is left as it is."""
+    for layer in list(viewer.layers):
+        if marker_of(layer).get("role") != "prms" or (image := marked_image(viewer, layer)) is None:
+            continue
+        kwargs = prm_world_kwargs(viewer, image, layer)
+        if len(kwargs["scale"]) == layer.ndim:
+            set_world(layer, kwargs)
+
+
+class PeakAxisFollower:
+    """Keeps the peak axis of the plugin's PRMs layers in ``viewer`` fitted to the layers beside it
+    (`fit_prm_layers`) while layers enter, leave or move in the viewer, or change their world (scale,
+    translate, units, axis names): a µm stack opened after the run of a 2-D µm image, or removed,
+    took effect only at the next run (napari: "Inconsistent units across layers", the slider of
+    the stack's z named ``peak``).
+
+    `connect` once (again: nothing happens), `disconnect` when the widget closes.
+    """
+
+    #: The events of a layer that move its axes in the world (`WORLD_TRANSFORMS`, `WORLD_LABELS`).
+    EVENTS = (*WORLD_TRANSFORMS, *WORLD_LABELS)
+
+    def __init__(self, viewer):
+        self.viewer = viewer
+        self.connected = False
+        self._fitting = False
+
+    def connect(self) -> None:
+        self._connect(True)
+
+    def disconnect(self) -> None:
+        self._connect(False)
+
+    def _connect(self, on: bool) -> None:
+        if self.connected == on:
+            return
+        self.connected = on
+        events = self.viewer.layers.events
+        for emitter, callback in ((events.inserted, self._on_inserted), (events.removed, self._on_removed),
+                                  (events.moved, self._on_moved)):
+            (emitter.connect if on else emitter.disconnect)(callback)
+        for layer in self.viewer.layers:
+            self._watch(layer, on)
+
+    def _watch(self, layer, on: bool) -> None:
+        for name in self.EVENTS:
+            emitter = getattr(layer.events, name, None)
+            if emitter is not None:
+                (emitter.connect if on else emitter.disconnect)(self._on_world)
+
+    def _on_inserted(self, event) -> None:
+        self._watch(event.value, True)
+        self.fit()
+
+    def _on_removed(self, event) -> None:
+        self._watch(event.value, False)
+        self.fit()
+
+    def _on_moved(self, event) -> None:  # the first layer beside the peak axis leads it
+        self.fit()
+
+    def _on_world(self, event) -> None:
+        if marker_of(event.source).get("role") != "prms":  # a PRMs layer's own world moves no other
+            self.fit()
+
+    def fit(self) -> None:
+        """`fit_prm_layers` (not again from within: its own changes are events too)."""
+        if self._fitting:
+            return
+        self._fitting = True
+        try:
+            fit_prm_layers(self.viewer)
+        finally:
+            self._fitting = False
 
 
 class PeakPRMs:
@@ -865,14 +947,7 @@ def upsert_layer(viewer, layer_type: str, name: str, data, *, existing=_BY_NAME,
     ndim = np.shape(data)[1] if layer_type == "points" else np.ndim(data)
     same_type = type(existing).__name__.lower() == layer_type
     if existing is not None and same_type and existing.ndim == ndim:
-        for name in WORLD_TRANSFORMS:  # each change re-checks the viewer's dims
-            now = getattr(existing, name)
-            now = now.affine_matrix if name == "affine" else now
-            if name in kwargs and not np.allclose(now, kwargs[name]):
-                setattr(existing, name, kwargs[name])
-        for name in WORLD_LABELS:
-            if name in kwargs and [str(v) for v in getattr(existing, name)] != [str(v) for v in kwargs[name]]:
-                setattr(existing, name, kwargs[name])
+        set_world(existing, kwargs)
         if layer_type == "points":
             existing.selected_data = set()
         existing.data = data
@@ -897,6 +972,19 @@ def upsert_layer(viewer, layer_type: str, name: str, data, *, existing=_BY_NAME,
     if index is not None:
         viewer.layers.move(viewer.layers.index(layer), index)
     return layer
+
+
+def set_world(layer, kwargs: dict) -> None:
+    """Give ``layer`` the `WORLD_TRANSFORMS` and `WORLD_LABELS` of ``kwargs`` (those it holds)
+    that differ from the layer's (each change re-checks the viewer's dims)."""
+    for name in WORLD_TRANSFORMS:
+        now = getattr(layer, name)
+        now = now.affine_matrix if name == "affine" else now
+        if name in kwargs and not np.allclose(now, kwargs[name]):
+            setattr(layer, name, kwargs[name])
+    for name in WORLD_LABELS:
+        if name in kwargs and [str(v) for v in getattr(layer, name)] != [str(v) for v in kwargs[name]]:
+            setattr(layer, name, kwargs[name])
 
 
 def image_file_name(image_layer) -> str:

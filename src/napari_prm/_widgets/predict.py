@@ -44,6 +44,7 @@ from .batch import open_batch_panel
 from .correct import CorrectionPanel
 from .form import PredictForm, WidgetSettings, upgrade_saved_settings
 from .layers import (
+    PeakAxisFollower,
     PeakPRMs,
     Results,
     add_hand_peaks,
@@ -140,7 +141,9 @@ class PredictWidget(PredictForm, QWidget):
         self._cancel = threading.Event()
         self._outcome_taken = False  # the running worker's outcome is being shown: Cancel is too late
         # closed, or taken out of its dock (no close event then): a running job stops
-        self._close_watcher = CloseWatcher(self, lambda deleted=False: self.cancel())
+        self._close_watcher = CloseWatcher(self, self._on_close)
+        #: the peak axis of the PRMs layers follows the layers opened, removed or moved beside them
+        self._peak_axes = PeakAxisFollower(self.viewer)
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
         self._class_loader = None
@@ -217,6 +220,7 @@ class PredictWidget(PredictForm, QWidget):
         self.viewer.dims.events.current_step.connect(self._update_rethreshold)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self._peak_axes.connect()
         self._load_classes()
 
     # ------------------------------------------------------------------ cached images
@@ -445,6 +449,12 @@ class PredictWidget(PredictForm, QWidget):
             except ValueError as error:  # the image (or its proposals) cannot be used as given
                 return f"Cannot run on {image_name!r}{' ' + prefix.rstrip(': ') if prefix else ''}: {error}"
         return model, predictions, forwards, {"planes": carried, "missing": lacking}
+
+    def _on_close(self, deleted: bool = False) -> None:
+        """Closed, or taken out of its dock: stop a running job; the PRMs layers' peak axis stops
+        following the viewer's layers (`PeakAxisFollower`)."""
+        self.cancel()
+        self._peak_axes.disconnect()
 
     def cancel(self) -> None:
         """Stop the running prediction (between peaks); the layers stay as they were.
