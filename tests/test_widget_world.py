@@ -1,6 +1,7 @@
 """The result layers of a stack in µm (ZYX, TYX) and of a 2-D image beside one keep the image's world:
 scale, translate, units and axis names, without napari's "Inconsistent units" (real runs, tiny model)."""
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -29,9 +30,20 @@ def units_of(layer):
     return [str(unit) for unit in layer.units]
 
 
-def napari_warnings(record):
-    """The warnings napari and napari-prm gave (not the deprecations of their dependencies)."""
-    return [str(w.message) for w in record if not issubclass(w.category, DeprecationWarning)]
+@contextlib.contextmanager
+def napari_warned():
+    """The warnings napari and napari-prm gave in the block: Python's (not the deprecations of their
+    dependencies) and napari's notifications of a warning or error, such as "Inconsistent units
+    across layers" (a notification, not a Python warning)."""
+    from napari.utils.notifications import notification_manager
+
+    said, start = [], len(notification_manager.records)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        yield said
+    said += [str(w.message) for w in record if not issubclass(w.category, DeprecationWarning)]
+    said += [str(n.message) for n in notification_manager.records[start:]
+             if str(n.severity).lower() in ("warning", "error")]
 
 
 @pytest.mark.parametrize("world", [ZYX, TYX], ids=["zyx-um", "tyx-s-um"])
@@ -55,10 +67,9 @@ def test_a_stack_in_micrometres_keeps_its_world_in_every_result_layer(
     widget.peak_threshold.value = peak_threshold_for(frames[0], tiny_checkpoint, 2)
     widget.class_threshold.value = -1e4
     viewer.dims.set_current_step(0, 2)  # plane 2 (before the PRMs put their peak axis in front)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
+    with napari_warned() as said:
         run_and_wait(widget, qtbot)
-    assert not napari_warnings(record)
+    assert not said
     peaks, instances, prms = (viewer.layers[f"t {kind}"] for kind in ("peaks", "instances", "PRMs"))
     assert len(peaks.data), widget.last_message
     units = [PINT[unit] for unit in world["units"]]
@@ -77,11 +88,10 @@ def test_a_stack_in_micrometres_keeps_its_world_in_every_result_layer(
     # a point added by hand on the disc of plane 2: its instance is that disc, where the image has it
     widget.correction.class_choice.value = "dog"
     cy, cx = discs[2]
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
+    with napari_warned() as said:
         peaks.add([[2.0, cy, cx]])
         qtbot.waitUntil(lambda: not widget.running and peaks.features["label"].iloc[-1] > 0, timeout=WAIT_MS)
-    assert not napari_warnings(record)
+    assert not said
     label = int(peaks.features["label"].iloc[-1])
     np.testing.assert_array_equal(instances.data[2] == label, candidates[2] == 1)
     z0, y0, x0 = world["translate"]
@@ -126,11 +136,10 @@ def run_on_flat(viewer, qtbot, tiny_checkpoint, frame):
     widget.image.value = flat
     widget.proposals.value = None
     widget.peak_threshold.value = peak_threshold_for(frame, tiny_checkpoint, 3)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
+    with napari_warned() as said:
         run_and_wait(widget, qtbot)
     assert len(viewer.layers["flat peaks"].data) == 3, widget.last_message
-    return widget, flat, napari_warnings(record)
+    return widget, flat, said
 
 
 def test_the_prms_of_a_2d_image_beside_a_micrometre_stack_keep_the_units(
