@@ -443,3 +443,64 @@ def test_learning_from_a_folder_with_a_backup_copy_uses_the_newest_export(make_n
     assert widget.result is not None and widget.result.samples == 1, widget.last_message
     assert ("the most recently written of each was used; left out: A_old/scene_labels.tif (written before "
             "scene_labels.tif, the export kept)") in widget.last_message
+
+
+def test_learn_follows_the_model_chosen_in_the_predict_widget(make_napari_viewer, qtbot, prm_config,
+                                                              tiny_shapes_checkpoint, tmp_path):
+    """The docs say *Learn* trains the head of the model chosen in the Peak Response Maps widget,
+    but the Learn widget took that model only when it opened: a model chosen there afterwards
+    (another checkpoint, to correct its instances) was not the one learnt from. It follows now."""
+    viewer = make_napari_viewer()
+    image, labels, _, _ = shapes_scene(2)
+    viewer.add_image(image, name="scene")
+    predict_widget, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    torch.manual_seed(1)
+    other = save_model(build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(96, 96)),
+                       tmp_path / "other.pt")
+    predict_widget.select_model(str(other))
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+    assert widget._model.value == str(other.resolve())
+    layer = viewer.add_labels(np.zeros_like(labels), name="scene instances")
+    correct(layer, labels)
+    widget.reset_choices()
+    widget._layers.value = [layer]
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "refined.pt"
+    assert widget.start(batch_size=1, epochs=1) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    refined, started_from = load_model(tmp_path / "refined.pt"), load_model(other)
+    for name, value in started_from.network.state_dict().items():  # the backbone learnt from is other.pt's
+        assert torch.equal(refined.network.state_dict()[name], value), name
+    # a model chosen here afterwards is kept until the predict widget's choice changes again
+    widget._model.value = str(tiny_shapes_checkpoint.resolve())
+    assert predict_widget.model.value == str((tmp_path / "refined.pt").resolve())
+    assert widget._model.value == str(tiny_shapes_checkpoint.resolve())
+
+
+def test_instances_of_classes_the_model_lacks_are_named_with_their_layer(make_napari_viewer, qtbot, prm_config,
+                                                                         tiny_shapes_checkpoint, tmp_path):
+    """A corrected layer whose features name a class the model lacks ('zebra': classes set for
+    another model) was learnt from without a word, the instance left out as an unknown one; a
+    corrections folder says so. The final message now names the class and the layer; a label
+    painted without a class (class_name "") is no such class."""
+    viewer = make_napari_viewer()
+    image, labels, _, _ = shapes_scene(3)
+    viewer.add_image(image, name="scene")
+    _, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    layer = viewer.add_labels(labels.copy(), name="scene instances")
+    layer.data[:4, :4] = 3  # painted by hand, no class yet
+    layer.features = pd.DataFrame({"index": [1, 2, 3], "label": [1, 2, 3], "class_index": [0, 5, -1],
+                                   "class_name": ["cat", "zebra", ""], "score": [np.nan] * 3, "peak": [-1] * 3})
+    widget.reset_choices()
+    widget._layers.value = [layer]
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "refined.pt"
+    assert widget.start(batch_size=1, epochs=1) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    assert widget.last_message.startswith("Learnt from 1 corrected image(s)")
+    assert ("Note: corrected layers: 1 instance of classes the model does not have, left out of the ground truth "
+            "as unknown ones are: 'zebra' (1 instance: scene instances); the model's classes are 'cat', 'dog'"
+            ) in widget.last_message, widget.last_message
+    assert "''" not in widget.last_message

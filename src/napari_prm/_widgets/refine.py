@@ -23,6 +23,7 @@ from napari.utils.notifications import show_error, show_info
 
 from .._text import plural
 from ..refine import correction_from_layer, load_corrections, refine
+from ..refine.corrections import other_class_warning
 from .activity import StopsOnClose
 from .layers import image_layer_of, level_of_shape, level_planes, plane_reader, unpaired_message
 from .models import (
@@ -122,6 +123,7 @@ class RefineWidget(StopsOnClose, Container):
         self.last_message = ""
         self.last_seconds: float | None = None
         self._superseded: list[str] = []  # exports of the corrections folder left out for a newer one
+        self._notes: list[str] = []  # what the worker found worth saying (classes the model lacks)
         self._stop_on_close(self.native)
         self._follow_predict_widget()
 
@@ -134,13 +136,19 @@ class RefineWidget(StopsOnClose, Container):
         return [w for w in list(_live_predict_widgets) if w.viewer is self._viewer]
 
     def _follow_predict_widget(self) -> None:
-        """Start from the model the "Peak Response Maps" widget runs."""
+        """Start from the model the "Peak Response Maps" widget runs, and follow its choice: the
+        model chosen there is the one learnt from (another may still be chosen here afterwards)."""
         for widget in self._predict_widgets():
-            value = widget.model.value
-            self._model.reset_choices()
-            if value in self._model.choices:
-                self._model.value = value
+            self._take_model(widget.model.value)
+            widget.model.changed.connect(self._take_model)
             return
+
+    def _take_model(self, value) -> None:
+        if self._deleted:
+            return
+        self._model.reset_choices()
+        if value in self._model.choices:
+            self._model.value = value
 
     def reset_choices(self, *_):
         """Refresh the layer list (napari calls this when layers are added or removed)."""
@@ -207,13 +215,13 @@ class RefineWidget(StopsOnClose, Container):
         self._closed = False
         self.result = None
         self._superseded = []  # the worker names the exports it left out here
+        self._notes = []
         self._progress.value = 0
         self._activity = progress(total=0, desc="Learning from corrections")
         started = time.perf_counter()
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
         worker = create_worker(self._learn, model_choice, self._device.value, planes, masks, options,
-                               _start_thread=False, _connect={"errored": lambda error: self._say(
-                                   f"Learning failed: {type(error).__name__}: {error}", True)})
+                               _start_thread=False, _connect={"errored": self._on_error})
         worker.returned.connect(lambda result: self._on_done(result, started))
         worker.finished.connect(self._on_finished)
         self.worker = worker
@@ -226,10 +234,20 @@ class RefineWidget(StopsOnClose, Container):
     def _learn(self, model_choice: str, device: str, planes, masks: Path | None, options: dict):
         """Worker thread: gather the corrections, then train."""
         model = self.models.get(model_choice, device)
-        corrections = [correction_from_layer(image(), labels, features, model.class_names, source=source)
-                       for image, labels, features, source in planes]
+        corrections, lacking = [], {}  # a class the model lacks: the layers (planes) naming it, once per instance
+        for image, labels, features, source in planes:
+            others: list[str] = []
+            corrections.append(correction_from_layer(image(), labels, features, model.class_names, source=source,
+                                                     others=others))
+            for name in others:
+                lacking.setdefault(name, []).append(source)
+        if lacking:
+            self._notes.append(other_class_warning(
+                "corrected layers", lacking, model.class_names,
+                hint="classes set for another model, or typed in the features table?"))
         if masks is not None:
-            corrections += load_corrections(masks, model.class_names, superseded=self._superseded)
+            corrections += load_corrections(masks, model.class_names, superseded=self._superseded,
+                                            warnings_to=self._notes)
         Path(options["out"]).parent.mkdir(parents=True, exist_ok=True)
         return refine(model, corrections=corrections, device=device, progress=self._relay.progressed.emit,
                       cancel=self._cancel, **options)
@@ -274,8 +292,13 @@ class RefineWidget(StopsOnClose, Container):
         superseded = self._superseded
         left_out = (f" Several exports of one image in the corrections folder: the most recently written of "
                     f"each was used; left out: {', '.join(superseded)}." if superseded else "")
+        notes = "".join(f" Note: {note}." for note in self._notes)
         self._say(f"{what} from {result.samples} corrected image(s) in {self.last_seconds:.1f} s; saved "
-                  f"{result.checkpoint}. The next Run of Peak Response Maps uses it.{left_out}")
+                  f"{result.checkpoint}. The next Run of Peak Response Maps uses it.{left_out}{notes}")
+
+    def _on_error(self, error: Exception) -> None:
+        notes = "".join(f" Note: {note}." for note in self._notes)  # why nothing was left to learn, say
+        self._say(f"Learning failed: {type(error).__name__}: {error}{notes}", True)
 
     def _on_finished(self) -> None:
         self.worker = None

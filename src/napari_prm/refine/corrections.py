@@ -115,7 +115,8 @@ def class_lookup(table, class_names: Sequence[str], *, others: list[str] | None 
     ----------
     table : mapping of columns or DataFrame, or None
         With ``label`` (or napari's ``index``) and ``class_name`` columns; rows without a
-        name, with ``"unknown"`` or with a name the model lacks map to -1.
+        name (missing or ``""``, as the correction panel leaves a label painted by hand), with
+        ``"unknown"`` or with a name the model lacks map to -1.
     class_names : sequence of str
         The model's classes.
     others : list of str, optional
@@ -132,30 +133,41 @@ def class_lookup(table, class_names: Sequence[str], *, others: list[str] | None 
     for label, name in zip(np.asarray(table[label_column]), np.asarray(table["class_name"], dtype=object)):
         if missing_cell(label):
             continue
-        name = None if missing_cell(name) else str(name)
+        name = None if missing_cell(name) or str(name) == "" else str(name)
         lookup[int(label)] = -1 if name in (None, UNKNOWN_CLASS) else position.get(name, -1)
         if others is not None and name not in (None, UNKNOWN_CLASS) and name not in position:
             others.append(name)
     return lookup
 
 
-def other_class_warning(folder, others: Mapping[str, Sequence[str]], class_names: Sequence[str]) -> str:
-    """The warning of `corrections_from_folder` on instances of classes the model lacks: ``others``
-    maps each such class to the instance CSVs naming it, one entry per instance."""
+def other_class_warning(where: str, others: Mapping[str, Sequence[str]], class_names: Sequence[str], *,
+                        hint: str = "a class name mistyped in an instance CSV?") -> str:
+    """The warning on corrected instances of classes the model lacks.
+
+    ``where`` starts it (``corrections <folder>`` for `corrections_from_folder`); ``others``
+    maps each such class to where it is named (the instance CSVs, or the corrected Labels
+    layers), one entry per instance; ``hint`` ends it, in brackets.
+    """
     from .._text import first_names, plural
 
     count = sum(len(files) for files in others.values())
     named = "; ".join(f"'{name}' ({plural(len(files), 'instance')}: {first_names(sorted(set(files)), 3)})"
                       for name, files in sorted(others.items()))
-    return (f"corrections {folder}: {plural(count, 'instance')} of classes the model does not have, left out of "
+    return (f"{where}: {plural(count, 'instance')} of classes the model does not have, left out of "
             f"the ground truth as unknown ones are: {named}; the model's classes are "
-            f"{first_names(map(repr, class_names))} (a class name mistyped in an instance CSV?)")
+            f"{first_names(map(repr, class_names))} ({hint})")
 
 
 def correction_from_layer(image: np.ndarray, labels: np.ndarray, features, class_names: Sequence[str], *,
-                          source: str = "") -> Correction:
-    """A correction from a Labels layer's data and features (napari-free: plain arrays and a table)."""
-    return Correction(np.asarray(image), np.asarray(labels), class_lookup(features, class_names), source)
+                          source: str = "", others: list[str] | None = None) -> Correction:
+    """A correction from a Labels layer's data and features (napari-free: plain arrays and a table).
+
+    An instance whose ``class_name`` the model lacks has no class (as one without a name);
+    with ``others`` (a list), each such name is appended to it, once per instance
+    (see `class_lookup`).
+    """
+    return Correction(np.asarray(image), np.asarray(labels), class_lookup(features, class_names, others=others),
+                      source)
 
 
 def _image_index(image_paths: Sequence[os.PathLike | str]) -> dict[str, list[Path]]:
@@ -462,7 +474,7 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
             others.setdefault(name, []).append(table_path.relative_to(folder).as_posix())
         corrections.append(Correction(read_image(image_path), labels, label_classes, str(label_path), image_path))
     if others:
-        text = other_class_warning(folder, others, class_names)
+        text = other_class_warning(f"corrections {folder}", others, class_names)
         if warnings_to is not None:
             warnings_to.append(text)
         else:
