@@ -504,3 +504,23 @@ def test_instances_of_classes_the_model_lacks_are_named_with_their_layer(make_na
             "as unknown ones are: 'zebra' (1 instance: scene instances); the model's classes are 'cat', 'dog'"
             ) in widget.last_message, widget.last_message
     assert "''" not in widget.last_message
+
+
+def test_a_predict_widget_opened_after_learn_is_followed(make_napari_viewer, qtbot, prm_config,
+                                                         tiny_shapes_checkpoint):
+    """*Learn from corrections* opened before the Peak Response Maps widget kept the default model
+    (the built-in imagenet-voc): after a run with a checkpoint, *Learn* refined the built-in model
+    and then selected it in the Peak Response Maps widget in place of the user's. It follows the
+    widget once it is there (when layers change, or at *Learn*)."""
+    viewer = make_napari_viewer()
+    image, _, _, _ = shapes_scene(2)
+    viewer.add_image(image, name="scene")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections")
+    assert widget._model.value == "imagenet-voc"
+    _, predict_widget = viewer.window.add_plugin_dock_widget("napari-prm", "Peak Response Maps", tabify=True)
+    predict_widget.select_model(str(tiny_shapes_checkpoint))
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+    viewer.add_labels(np.zeros(image.shape[:2], np.uint8), name="scene instances")  # napari resets choices
+    assert widget._model.value == str(tiny_shapes_checkpoint.resolve())
+    predict_widget.select_model("imagenet-coco")
+    assert widget._model.value == "imagenet-coco"

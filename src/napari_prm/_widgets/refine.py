@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,8 @@ class RefineWidget(StopsOnClose, Container):
     napari_viewer : napari.viewer.Viewer
     """
 
+    _followed = None  # a weak reference to the Peak Response Maps widget whose model is followed
+
     def __init__(self, napari_viewer):
         import_torch_side()
         self._viewer = unwrap_viewer(napari_viewer)
@@ -137,8 +140,15 @@ class RefineWidget(StopsOnClose, Container):
 
     def _follow_predict_widget(self) -> None:
         """Start from the model the "Peak Response Maps" widget runs, and follow its choice: the
-        model chosen there is the one learnt from (another may still be chosen here afterwards)."""
+        model chosen there is the one learnt from (another may still be chosen here afterwards).
+
+        Called when this widget opens, and again (`reset_choices`, `start`) while it follows
+        none: a Peak Response Maps widget opened after this one is followed too.
+        """
+        if self._followed is not None and self._followed() is not None:
+            return
         for widget in self._predict_widgets():
+            self._followed = weakref.ref(widget)
             self._take_model(widget.model.value)
             widget.model.changed.connect(self._take_model)
             return
@@ -151,8 +161,10 @@ class RefineWidget(StopsOnClose, Container):
             self._model.value = value
 
     def reset_choices(self, *_):
-        """Refresh the layer list (napari calls this when layers are added or removed)."""
+        """Refresh the layer list (napari calls this when layers are added or removed), and follow
+        a Peak Response Maps widget opened since."""
         super().reset_choices()
+        self._follow_predict_widget()
 
     # ------------------------------------------------------------------ running
     @property
@@ -189,6 +201,7 @@ class RefineWidget(StopsOnClose, Container):
             self._say("Choose the corrected Labels layers (or a masks file or folder) to learn from."
                       + "".join(f" Not offered: {reason}." for reason in left_out), True)
             return None
+        self._follow_predict_widget()
         model_choice = self._model.value
         if model_choice is None:
             self._say("Choose a model.", True)
