@@ -524,3 +524,26 @@ def test_a_predict_widget_opened_after_learn_is_followed(make_napari_viewer, qtb
     assert widget._model.value == str(tiny_shapes_checkpoint.resolve())
     predict_widget.select_model("imagenet-coco")
     assert widget._model.value == "imagenet-coco"
+
+
+def test_a_layer_named_after_an_image_of_another_shape_is_refused_at_learn(make_napari_viewer, qtbot, prm_config,
+                                                                         tiny_shapes_checkpoint, tmp_path):
+    """``small instances`` (96×96) goes with the image ``small`` (80×70) by its name: *Learn* started,
+    read the model and failed in the worker ("Learning failed: ValueError: correction small
+    instances: the labels are (96, 96), the image (80, 70)"). It is refused when *Learn* is
+    pressed, naming the layer, its image and both sizes."""
+    viewer = make_napari_viewer()
+    image, labels, _, _ = shapes_scene(2)
+    viewer.add_image(image[:80, :70], name="small")
+    _, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    layer = viewer.add_labels(np.zeros_like(labels), name="small instances")
+    correct(layer, labels)
+    widget.reset_choices()
+    widget._layers.value = [layer]
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "refined.pt"
+    assert widget.start(batch_size=1, epochs=1) is None and not widget.running
+    assert widget.last_message == (
+        "layer 'small instances' is 96×96 pixels, its image 'small' 80×70: correct the instances on a Labels "
+        "layer of the image's shape (a run's instances layer, or napari's New labels layer of the image)")
+    assert not (tmp_path / "refined.pt").exists()

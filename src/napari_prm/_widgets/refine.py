@@ -62,6 +62,13 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
         raise ValueError(f"layer {labels_layer.name!r} is {'×'.join(map(str, data.shape[-2:]))} pixels; no level of "
                          f"its multiscale image {image_layer.name!r} ({sizes}) is: paint the labels at the size of "
                          "one of its levels (a run's instances layer is at the level the run read)")
+    if not image_layer.multiscale:  # a layer paired by name with an image of another shape: say so here
+        expected = tuple(image_layer.data.shape[:-1] if image_layer.rgb else image_layer.data.shape)
+        if data.shape != expected:
+            raise ValueError(f"layer {labels_layer.name!r} is {'×'.join(map(str, data.shape))} pixels, its image "
+                             f"{image_layer.name!r} {'×'.join(map(str, expected))}: correct the instances on a Labels "
+                             "layer of the image's shape (a run's instances layer, or napari's New labels layer of "
+                             "the image)")
     planes = []
     for plane in np.ndindex(*leading) if leading else [()]:
         labels = data[plane] if plane else data
