@@ -547,3 +547,41 @@ def test_a_layer_named_after_an_image_of_another_shape_is_refused_at_learn(make_
         "layer 'small instances' is 96×96 pixels, its image 'small' 80×70: correct the instances on a Labels "
         "layer of the image's shape (a run's instances layer, or napari's New labels layer of the image)")
     assert not (tmp_path / "refined.pt").exists()
+
+
+def test_a_layer_run_again_after_its_corrections_is_refused_naming_the_copy(make_napari_viewer, qtbot, prm_config,
+                                                                           tiny_shapes_checkpoint, tmp_path):
+    """Run, correct, *Learn*, then *Run* the same image again (with the refined model): the run keeps
+    the corrections as the hidden ``scene instances (corrected)`` and fills ``scene instances``, still
+    ticked in *Learn*, with its own instances. The next *Learn* learnt those as corrections and left
+    the user's out. It is refused, naming the copy to tick; ticking it learns from the corrections."""
+    viewer = make_napari_viewer()
+    image, labels, _, _ = shapes_scene(2)
+    viewer.add_image(image, name="scene")
+    predict_widget, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    run(predict_widget, qtbot)
+    layer = viewer.layers["scene instances"]
+    correct(layer, labels)
+    widget.reset_choices()
+    widget._layers.value = [layer]
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "refined.pt"
+    assert widget.start(batch_size=1, epochs=1) is not None  # corrected, run-made: learnt from
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.last_message.startswith("Learnt"), widget.last_message
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+    run(predict_widget, qtbot)  # the same image again
+    kept = viewer.layers["scene instances (corrected)"]
+    np.testing.assert_array_equal(kept.data, labels)
+    assert not np.array_equal(layer.data, labels)
+    widget.reset_choices()
+    assert [chosen.name for chosen in widget._layers.value] == ["scene instances"]
+    assert widget.start(batch_size=1, epochs=1) is None and not widget.running
+    assert widget.last_message == (
+        "Layer 'scene instances' holds the instances of its last run, not corrected; the corrections made on it "
+        "before that run were kept as 'scene instances (corrected)' (hidden): tick that layer instead of "
+        "'scene instances' (or correct 'scene instances' again).")
+    widget._layers.value = [kept]
+    assert widget.start(batch_size=1, epochs=1) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.last_message.startswith("Learnt from 1 corrected image(s)"), widget.last_message

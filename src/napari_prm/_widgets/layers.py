@@ -1294,6 +1294,22 @@ def has_corrections(layer, planes=None) -> bool:
     return now != _table_digest(rows(sync_table(data, table)))
 
 
+def corrections_kept_of(viewer, layer) -> list:
+    """The copies of corrections (`keep_corrections`) kept of the instances ``layer`` when it
+    holds its last run's instances as the run left them (no correction since), else ``[]``.
+
+    Such a layer is no correction: the user's are in the copies (*Learn from corrections*
+    refuses it, naming them).
+    """
+    from napari.layers import Labels
+
+    entry = marker_of(layer)
+    if layer not in _written or not entry or has_corrections(layer):
+        return []
+    return [other for other in viewer.layers if isinstance(other, Labels) and other is not layer
+            and marker_of(other).get("role") == "kept" and marker_of(other).get("image_id") == entry.get("image_id")]
+
+
 def keep_corrections(viewer, layer, planes=None):
     """Copy the Labels ``layer`` (None: nothing to keep) before a run replaces it (or, given, its
     ``planes`` of a stack), if it holds corrections (there).

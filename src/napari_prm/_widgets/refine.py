@@ -26,7 +26,7 @@ from .._text import plural
 from ..refine import correction_from_layer, load_corrections, refine
 from ..refine.corrections import other_class_warning
 from .activity import StopsOnClose
-from .layers import image_layer_of, level_of_shape, level_planes, plane_reader, unpaired_message
+from .layers import corrections_kept_of, image_layer_of, level_of_shape, level_planes, plane_reader, unpaired_message
 from .models import (
     ModelCache,
     _live_predict_widgets,
@@ -209,6 +209,14 @@ class RefineWidget(StopsOnClose, Container):
                       + "".join(f" Not offered: {reason}." for reason in left_out), True)
             return None
         self._follow_predict_widget()
+        for layer in layers:  # re-run after its corrections: they are in the copy the run kept
+            kept = corrections_kept_of(self._viewer, layer)
+            if kept:
+                names = " or ".join(repr(copy.name) for copy in kept)
+                self._say(f"Layer {layer.name!r} holds the instances of its last run, not corrected; the corrections "
+                          f"made on it before that run were kept as {names} (hidden): tick that layer instead of "
+                          f"{layer.name!r} (or correct {layer.name!r} again).", True)
+                return None
         model_choice = self._model.value
         if model_choice is None:
             self._say("Choose a model.", True)
