@@ -445,6 +445,21 @@ def test_learning_from_a_folder_with_a_backup_copy_uses_the_newest_export(make_n
             "scene_labels.tif, the export kept)") in widget.last_message
 
 
+def choose(widget, layers, out):
+    """Tick ``layers`` in *Learn from corrections*, on the CPU, saving to ``out``."""
+    widget.reset_choices()
+    widget._layers.value = layers
+    widget._device.value = "cpu"
+    widget._out.value = out
+
+
+def learn(widget, qtbot, **options):
+    """*Learn* (one epoch, one peak a batch, unless ``options`` say otherwise) to its end."""
+    assert widget.start(**({"batch_size": 1, "epochs": 1} | options)) is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+
+
 def test_learn_follows_the_model_chosen_in_the_predict_widget(make_napari_viewer, qtbot, prm_config,
                                                               tiny_shapes_checkpoint, tmp_path):
     """The docs say *Learn* trains the head of the model chosen in the Peak Response Maps widget,
@@ -462,13 +477,8 @@ def test_learn_follows_the_model_chosen_in_the_predict_widget(make_napari_viewer
     assert widget._model.value == str(other.resolve())
     layer = viewer.add_labels(np.zeros_like(labels), name="scene instances")
     correct(layer, labels)
-    widget.reset_choices()
-    widget._layers.value = [layer]
-    widget._device.value = "cpu"
-    widget._out.value = tmp_path / "refined.pt"
-    assert widget.start(batch_size=1, epochs=1) is not None
-    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
-    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    choose(widget, [layer], tmp_path / "refined.pt")
+    learn(widget, qtbot)
     refined, started_from = load_model(tmp_path / "refined.pt"), load_model(other)
     for name, value in started_from.network.state_dict().items():  # the backbone learnt from is other.pt's
         assert torch.equal(refined.network.state_dict()[name], value), name
@@ -492,13 +502,8 @@ def test_instances_of_classes_the_model_lacks_are_named_with_their_layer(make_na
     layer.data[:4, :4] = 3  # painted by hand, no class yet
     layer.features = pd.DataFrame({"index": [1, 2, 3], "label": [1, 2, 3], "class_index": [0, 5, -1],
                                    "class_name": ["cat", "zebra", ""], "score": [np.nan] * 3, "peak": [-1] * 3})
-    widget.reset_choices()
-    widget._layers.value = [layer]
-    widget._device.value = "cpu"
-    widget._out.value = tmp_path / "refined.pt"
-    assert widget.start(batch_size=1, epochs=1) is not None
-    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
-    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    choose(widget, [layer], tmp_path / "refined.pt")
+    learn(widget, qtbot)
     assert widget.last_message.startswith("Learnt from 1 corrected image(s)")
     assert ("Note: corrected layers: 1 instance of classes the model does not have, left out of the ground truth "
             "as unknown ones are: 'zebra' (1 instance: scene instances); the model's classes are 'cat', 'dog'"
@@ -538,10 +543,7 @@ def test_a_layer_named_after_an_image_of_another_shape_is_refused_at_learn(make_
     _, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
     layer = viewer.add_labels(np.zeros_like(labels), name="small instances")
     correct(layer, labels)
-    widget.reset_choices()
-    widget._layers.value = [layer]
-    widget._device.value = "cpu"
-    widget._out.value = tmp_path / "refined.pt"
+    choose(widget, [layer], tmp_path / "refined.pt")
     assert widget.start(batch_size=1, epochs=1) is None and not widget.running
     assert widget.last_message == (
         "layer 'small instances' is 96×96 pixels, its image 'small' 80×70: correct the instances on a Labels "
@@ -562,13 +564,8 @@ def test_a_layer_run_again_after_its_corrections_is_refused_naming_the_copy(make
     run(predict_widget, qtbot)
     layer = viewer.layers["scene instances"]
     correct(layer, labels)
-    widget.reset_choices()
-    widget._layers.value = [layer]
-    widget._device.value = "cpu"
-    widget._out.value = tmp_path / "refined.pt"
-    assert widget.start(batch_size=1, epochs=1) is not None  # corrected, run-made: learnt from
-    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
-    assert widget.last_message.startswith("Learnt"), widget.last_message
+    choose(widget, [layer], tmp_path / "refined.pt")
+    learn(widget, qtbot)  # corrected, run-made: learnt from
     qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
     run(predict_widget, qtbot)  # the same image again
     kept = viewer.layers["scene instances (corrected)"]
@@ -582,6 +579,5 @@ def test_a_layer_run_again_after_its_corrections_is_refused_naming_the_copy(make
         "before that run were kept as 'scene instances (corrected)' (hidden): tick that layer instead of "
         "'scene instances' (or correct 'scene instances' again).")
     widget._layers.value = [kept]
-    assert widget.start(batch_size=1, epochs=1) is not None
-    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    learn(widget, qtbot)
     assert widget.last_message.startswith("Learnt from 1 corrected image(s)"), widget.last_message
