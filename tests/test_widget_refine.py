@@ -581,3 +581,27 @@ def test_a_layer_run_again_after_its_corrections_is_refused_naming_the_copy(make
     widget._layers.value = [kept]
     learn(widget, qtbot)
     assert widget.last_message.startswith("Learnt from 1 corrected image(s)"), widget.last_message
+
+
+def test_a_folders_instances_of_classes_the_model_lacks_are_named_in_the_final_message(
+        make_napari_viewer, qtbot, prm_config, tiny_shapes_checkpoint, tmp_path):
+    """The warning on a corrections folder's instances of classes the model lacks went to a napari
+    notification of its own, apart from the widget's message; the final message now says it."""
+    import imageio.v3 as iio
+
+    from napari_prm import io
+
+    image, labels, _, _ = shapes_scene(4)
+    folder = tmp_path / "corrections"
+    folder.mkdir()
+    iio.imwrite(folder / "scene.png", image)
+    io.write_label_image(folder / "scene_labels.tif", labels)
+    io.write_instances_csv(folder / "scene_instances.csv", labels, {
+        "label": np.array([1, 2]), "class_index": np.array([0, 5]), "class_name": np.array(["cat", "zebra"])})
+    viewer = make_napari_viewer()
+    _, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    choose(widget, [], tmp_path / "refined.pt")
+    widget._masks_dir.value = folder
+    learn(widget, qtbot)
+    assert f"Note: corrections {folder}: 1 instance of classes the model does not have" in widget.last_message
+    assert "'zebra' (1 instance: scene_instances.csv)" in widget.last_message, widget.last_message
