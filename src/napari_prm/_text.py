@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 
 #: Nouns whose "ch" sounds like "k", so their plural takes only "s".
@@ -86,3 +87,38 @@ def fields_repr(obj) -> str:
             shown = repr(value)
         parts.append(f"{item.name}={shown}")
     return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+def close_match(name: str, choices) -> str | None:
+    """The one of ``choices`` that ``name`` likely means: the one that differs from it only in
+    upper and lower case, else the closest near spelling (`difflib.get_close_matches`); None when
+    none is near. The one place the messages' "did you mean" hints come from."""
+    choices = [str(c) for c in choices]
+    wanted = str(name).lower()
+    for choice in choices:
+        if choice.lower() == wanted:
+            return choice
+    by_lower = {}
+    for choice in choices:
+        by_lower.setdefault(choice.lower(), choice)
+    close = difflib.get_close_matches(wanted, list(by_lower), n=1)
+    return by_lower[close[0]] if close else None
+
+
+def did_you_mean(names, choices) -> str:
+    """A hint for ``names`` that are not among ``choices``: ``"; did you mean 'Mitosis'?"`` (with
+    ``for 'mitosis'`` when several names are asked about), saying when only the case differs;
+    ``""`` when none of them is near a choice (`close_match`)."""
+    names = [str(n) for n in names]
+    hints = []
+    for name in names:
+        match = close_match(name, choices)
+        if match is None or match == name:
+            continue
+        hint = repr(match) + (f" for {name!r}" if len(names) > 1 else "")
+        if match.lower() == name.lower():
+            hint += " (names differ in upper and lower case)"
+        hints.append(hint)
+        if len(hints) == 3:  # a 1000-class model's classes missing from a dataset: the first few
+            break
+    return f"; did you mean {', '.join(hints)}?" if hints else ""

@@ -23,7 +23,7 @@ import torch
 from . import _classes
 from . import _validate as check
 from ._classes import _VOC_NAME, _VOC_OWN_NAMES
-from ._text import first_names, plural
+from ._text import did_you_mean, first_names, plural
 from .io.images import IMAGE_SUFFIXES, as_rgb_float, read_image
 from .io.paths import is_system_file, sorted_paths, stored_path
 
@@ -416,7 +416,7 @@ class LabeledImageDataset:
         if missing:
             # a 1000-class model on a dataset of three classes misses 997: name the first ten
             raise ValueError(f"unknown class(es) [{first_names(map(repr, missing))}] for dataset {self.source}; "
-                             f"it has {self.class_names}")
+                             f"it has {self.class_names}{did_you_mean(missing, known)}")
         columns = [self._label_column(sources[c], coco_ids) for c in class_names]
         relabelled = replace(
             self,
@@ -620,7 +620,8 @@ def from_coco(
             raise ValueError(f"classes must be None, 'all' or a list of names; got {classes!r}")
         unknown = [c for c in classes if c not in by_name]
         if unknown:
-            raise ValueError(f"unknown class(es) {unknown} in {json_path}; its categories are {list(by_name)}")
+            raise ValueError(f"unknown class(es) {unknown} in {json_path}; its categories are {list(by_name)}"
+                             f"{did_you_mean(unknown, by_name)}")
         category_ids = [by_name[c] for c in classes]
     if not category_ids:
         raise ValueError(f"COCO file {json_path}: no annotation uses any of its {len(categories)} "
@@ -1124,7 +1125,8 @@ def from_csv(
             if classes is not None:
                 unknown = [n for n in names if n not in classes]
                 if unknown:
-                    raise ValueError(f"{where}: unknown class(es) {unknown}; expected one of {list(classes)}")
+                    raise ValueError(f"{where}: unknown class(es) {unknown}; expected one of {list(classes)}"
+                                     f"{did_you_mean(unknown, classes)}")
             entries.append((image, names, where))
     except csv.Error as error:
         raise ValueError(f"cannot read CSV file {path}: {error}") from error

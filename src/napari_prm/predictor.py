@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
-from ._text import first_names, plural
+from ._text import did_you_mean, first_names, plural
 from .io.images import as_rgb_float, image_array, opacity_note
 from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
@@ -538,7 +538,7 @@ def class_indices(classes, class_names: Sequence[str]) -> list[int] | None:
             indices.append(list(class_names).index(item))
         else:
             raise ValueError(f"unknown class {item!r}; the model knows {len(class_names)} classes, "
-                             f"e.g. {list(class_names)[:5]}")
+                             f"e.g. {list(class_names)[:5]}{did_you_mean([item], class_names)}")
     return indices
 
 

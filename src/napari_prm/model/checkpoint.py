@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import errno
 import hashlib
 import json
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import _validate as check
+from .._text import close_match
 from ..io.atomic import atomic_write
 from .backbones import BACKBONES, build_fcn, imagenet_lite0_fcn
 from .efficientnet_lite import LITE_MEAN, LITE_STD
@@ -680,9 +680,9 @@ def load_model(name_or_path: str | os.PathLike | PRMModel, *, device: str | torc
     if is_builtin_name(name_or_path):
         model = builtin_model(name_or_path)
     elif not Path(name_or_path).exists() and Path(name_or_path).suffix.lower() not in CHECKPOINT_SUFFIXES:
-        close = difflib.get_close_matches(str(name_or_path).lower(), BUILTIN_MODELS, n=1)
-        as_str = " (a str, not a path)" if close and close[0] == str(name_or_path) else ""
-        hint = f"; did you mean {close[0]!r}{as_str}?" if close else ""
+        close = close_match(str(name_or_path), BUILTIN_MODELS)
+        as_str = " (a str, not a path)" if close == str(name_or_path) else ""
+        hint = f"; did you mean {close!r}{as_str}?" if close else ""
         raise ValueError(f"{str(name_or_path)!r} is neither a built-in model {BUILTIN_MODELS} nor an existing "
                          f"checkpoint file (.pt, .pth or .safetensors){hint}")
     else:
