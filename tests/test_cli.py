@@ -35,6 +35,17 @@ def tiny48_checkpoint(tmp_path_factory):
     return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
+def _class_folders(root, names):
+    """A dataset of a folder per class: two 64×64 crops of chelsea in ``names[0]``, of coffee in
+    ``names[1]``."""
+    import imageio.v3 as iio
+
+    for name, image in zip(names, (data.chelsea(), data.coffee())):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(root / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+
+
 def write_half_size(source, target):
     """A real image (a file, or the name of a scikit-image sample) at half its size (keeps
     the tests quick), saved by extension."""
@@ -571,12 +582,8 @@ def test_train_base_model_and_resumed_checkpoint_are_checked_before_anything_run
     dropped ``--backbone`` without a word; a truncated ``--model`` checkpoint, and a ``--resume``
     checkpoint that does not exist or cannot be read, were reported after the dataset was read and
     'training on N images' said, without naming the option."""
-    import imageio.v3 as iio
 
-    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(2):
-            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(Path(tiny48_checkpoint).read_bytes()[:5000])
     out = tmp_path / "run.pt"
@@ -613,12 +620,8 @@ def test_train_base_model_and_resumed_checkpoint_are_checked_before_anything_run
 def test_train_resume_no_calibrate_of_a_calibrated_finished_run_says_to_predict(tmp_path, capsys):
     """``--resume --no-calibrate`` on a run that had finished and calibrated trains no epoch and
     keeps its thresholds, but its last line said to choose them first ('napari-prm calibrate')."""
-    import imageio.v3 as iio
 
-    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(2):
-            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
     out = tmp_path / "run.pt"
     assert main(["train", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--epochs", "1",
                  "--batch-size", "2", "--input-size", "32", "32", "--val-fraction", "0", "--device", "cpu"]) == 0
@@ -640,15 +643,11 @@ def test_train_resume_goes_on_to_the_runs_own_total_of_epochs(tmp_path, capsys):
     """``train --epochs 3`` stopped after epoch 1, then ``train --resume``: it went on to the
     parser's default 20 epochs, not the run's 3; and ``--resume --epochs 1`` on a run that had
     finished 3 re-calibrated and reported success without training, its history still at 3."""
-    import imageio.v3 as iio
 
     from napari_prm.data import from_folders
     from napari_prm.train import train
 
-    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(2):
-            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
     out = tmp_path / "run.pt"
     recipe = {"backbone": "tiny", "batch_size": 2, "input_size": (32, 32), "val_fraction": 0, "device": "cpu"}
     finished = []
@@ -914,12 +913,8 @@ def test_train_warns_of_a_calibration_that_finds_nothing(tmp_path, capsys):
 
 def test_train_refuses_an_existing_out_unless_resumed_or_overwritten(tmp_path, capsys):
     """A second ``train ds --out model.pt`` replaced a 2-epoch model after one epoch."""
-    import imageio.v3 as iio
 
-    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(2):
-            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
     out = tmp_path / "model.pt"
     start = ["train", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--batch-size", "2",
              "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
@@ -949,12 +944,8 @@ def test_train_refuses_an_existing_out_unless_resumed_or_overwritten(tmp_path, c
 def test_train_ctrl_c_names_the_kept_epoch_and_resume_finishes(tmp_path, capsys):
     """Ctrl-C in ``train`` said only "interrupted": not which epoch the checkpoint keeps, nor
     how to go on. It now reads the epoch from the file, as ``refine`` does."""
-    import imageio.v3 as iio
 
-    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(2):
-            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
     out = tmp_path / "interrupted.pt"
     options = [str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--batch-size", "1",
                "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
@@ -1371,12 +1362,8 @@ def test_an_out_name_too_long_for_the_file_system_is_a_usage_error(tmp_path, cap
 def test_train_resume_of_a_named_checkpoint_goes_on_in_that_file(tmp_path, capsys, monkeypatch):
     """``train DATA --resume run.pt`` (no --out) went on training into ./prm_model.pt, the
     --out default, and left run.pt at its epoch; it now writes on in run.pt."""
-    import imageio.v3 as iio
 
-    for name, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(2):
-            iio.imwrite(tmp_path / "data" / name / f"{i}.png", image[i * 20:i * 20 + 64, :64])
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run.pt"
     options = [str(tmp_path / "data"), "--backbone", "tiny", "--batch-size", "2", "--input-size", "32", "32",
@@ -1522,3 +1509,35 @@ def test_calibrate_at_another_input_size_writes_the_model_to_run_there(tmp_path,
               "--input-size", "0", "64"])
     assert usage_error.value.code == 2
     assert "--input-size[0]: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_train_classes_case_hint_and_small_input_size_refused_before_the_dataset(tmp_path, capsys,
+                                                                                  tiny48_checkpoint, image_folder):
+    """``train --classes mitosis`` on a dataset of class ``Mitosis`` showed both lists and not that
+    only the case differs; ``--input-size 32 32`` (1×1 maps with EfficientNet-Lite0) was refused
+    after 'training on N images' was said; ``predict --classes Cat`` showed no hint either."""
+
+    _class_folders(tmp_path / "data", ("Mitosis", "interphase"))
+    out = tmp_path / "run.pt"
+    train = ["train", str(tmp_path / "data"), "--out", str(out), "--epochs", "1", "--batch-size", "2",
+             "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
+    capsys.readouterr()
+    assert main(train + ["--backbone", "tiny", "--input-size", "32", "32", "--classes", "mitosis"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown class(es) ['mitosis']" in error
+    assert error.rstrip().endswith("did you mean 'Mitosis' (names differ in upper and lower case)?"), error
+    assert main(train + ["--backbone", "tiny", "--input-size", "32", "32", "--classes", "interfase"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("; did you mean 'interphase'?")
+
+    for model in ([], ["--model", "imagenet-voc"]):
+        assert main(train + model + ["--input-size", "32", "32"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("napari-prm train: error: --input-size (32, 32) gives class response maps of "
+                                "1×1 cells with the efficientnet_lite0 backbone: peaks need maps of at least "
+                                "2×2; use a larger input size"), error
+        assert "training on" not in error and not out.exists()
+
+    assert main(["predict", str(image_folder), "--model", str(tiny48_checkpoint), "--out", str(tmp_path / "p"),
+                 "--classes", "Cat"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith(
+        "did you mean 'cat' (names differ in upper and lower case)?")

@@ -30,7 +30,7 @@ from typing import Any
 
 from . import __version__
 from . import _validate as check
-from ._text import first_names, plural
+from ._text import did_you_mean, first_names, plural
 from .batch import (
     NOTE,
     SUMMARY_NAME,
@@ -844,7 +844,8 @@ def _classes_arg(classes, class_names: Sequence[str]):
                and not (isinstance(c, int) and 0 <= c < len(class_names))]
     if unknown:
         raise CommandError(f"--classes: the model has no class {unknown}; it has "
-                           f"{len(class_names)} classes, e.g. {list(class_names[:5])}")
+                           f"{len(class_names)} classes, e.g. {list(class_names[:5])}"
+                           f"{did_you_mean([c for c in unknown if isinstance(c, str)], class_names)}")
     return chosen
 
 
@@ -1093,8 +1094,10 @@ def _check_train_base(args) -> None:
     """``train --model`` (a new run): a checkpoint that cannot be read was reported after the
     dataset was read and 'training on ...' said, without naming --model; and ``--backbone``
     given with a --model of another backbone was ignored without a word (the run trained
-    --model's). Both are refused before anything runs."""
+    --model's). Both are refused before anything runs, and so is an ``--input-size`` too small
+    for the run's backbone (it was refused after the dataset was read)."""
     if args.model is None:
+        _check_input_size(args, args.backbone)
         return
     from .model.backbones import BACKBONES
     from .model.checkpoint import is_builtin_name, load_checkpoint
@@ -1113,6 +1116,17 @@ def _check_train_base(args) -> None:
         raise CommandError(f"--backbone {args.backbone} and --model {args.model} ask for different models: --model "
                            f"{what}, and a run has one backbone; drop --backbone (fine-tuning keeps the model's "
                            f"backbone), or drop --model to start a new {args.backbone} model")
+    _check_input_size(args, base)
+
+
+def _check_input_size(args, backbone: str) -> None:
+    """``train --input-size`` too small for ``backbone`` (`napari_prm.train.check_map_size`)."""
+    from .train import check_map_size
+
+    try:
+        check_map_size(backbone, args.input_size, name="--input-size")
+    except ValueError as error:
+        raise CommandError(str(error)) from None
 
 
 def _refuse_existing_out(args) -> None:

@@ -27,7 +27,7 @@ from ._text import first_names, plural
 from .data import LabeledImageDataset, TrainingImages, UnreadableImage, class_in
 from .evaluate import defined_classification_map
 from .io import writable_folder
-from .model.backbones import BACKBONES
+from .model.backbones import BACKBONES, build_fcn
 from .model.checkpoint import (
     BUILTIN_MODELS,
     CHECKPOINT_SUFFIXES,
@@ -839,26 +839,49 @@ def _optimizer(model: PRMModel, lr: float, backbone_lr_mult: float, momentum: fl
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def _check_map_size(model: PRMModel, input_size, device) -> None:
+def check_map_size(network: PRMModel | str, input_size, *, name: str = "input_size", device=None) -> None:
     """Refuse an input size at which the class response maps have a single row or column.
 
     Peaks are local maxima of a map, and a backbone that learns normalises its batches over the
     maps' cells: a map of one cell has no location to point at, and a last batch of one image
     then stops training with an error from BatchNorm. One forward pass of a blank image, in
-    eval mode, finds the maps' size.
+    eval mode, finds the maps' size: the one place the smallest input a backbone takes is known.
+
+    Parameters
+    ----------
+    network : PRMModel or str
+        The model to train, or the name of a backbone (`BACKBONES`: a new one, without weights,
+        on the CPU), so that the command line refuses ``--input-size`` before the dataset is read.
+    input_size : (int, int)
+        Height and width.
+    name : str
+        What the message calls the size (``"--input-size"`` on the command line).
+    device : torch.device or str, optional
+        Where ``network`` (a PRMModel) is.
+
+    Raises
+    ------
+    ValueError
+        The maps would be smaller than 2×2 cells.
     """
     height, width = (int(s) for s in input_size)
-    was_training = model.network.training
-    model.network.eval()
+    if isinstance(network, str):
+        backbone, fcn = network, build_fcn(network, 1, pretrained=False)[0]
+        device = "cpu"
+    else:
+        backbone, fcn = network.backbone, network.network.fcn
+    was_training = fcn.training
+    fcn.eval()
     try:
         with torch.no_grad():
-            crm_shape = tuple(model.network.fcn(torch.zeros(1, 3, height, width, device=device)).shape[-2:])
+            crm_shape = tuple(fcn(torch.zeros(1, 3, height, width, device=device)).shape[-2:])
     finally:
-        model.network.train(was_training)
+        fcn.train(was_training)
     if min(crm_shape) < 2:
-        raise ValueError(f"input_size ({height}, {width}) gives class response maps of {crm_shape[0]}×{crm_shape[1]} "
-                         f"cells with this backbone: peaks need maps of at least 2×2; use a larger input size "
-                         f"(the command line's --input-size)")
+        where = "" if name.startswith("--") else " (the command line's --input-size)"
+        raise ValueError(f"{name} ({height}, {width}) gives class response maps of {crm_shape[0]}×{crm_shape[1]} "
+                         f"cells with the {backbone} backbone: peaks need maps of at least 2×2; use a larger "
+                         f"input size{where}")
 
 
 def _set_train_mode(model: PRMModel, backbone_frozen: bool) -> None:
@@ -1246,7 +1269,7 @@ def train(
         for key in CALIBRATION_SETTINGS:
             model.settings.pop(key, None)
     model.to(device)
-    _check_map_size(model, config["input_size"], device)
+    check_map_size(model, config["input_size"], device=device)
     optimizer = _optimizer(model, config["lr"], config["backbone_lr_mult"], config["momentum"], config["weight_decay"])
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
