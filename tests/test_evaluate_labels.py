@@ -158,7 +158,8 @@ def test_cli_names_the_models_classes_a_dataset_lacks(folders, model, tmp_path, 
         assert main(["evaluate", str(other), "--model", str(checkpoint), "--device", "cpu", *masks]) == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert error == ("napari-prm evaluate: error: the dataset does not have the model's classes: unknown "
-                         f"class(es) ['cat'] for dataset {other}; it has ['cats', 'cup', 'rocket']")
+                         f"class(es) ['cat'] for dataset {other}; it has ['cats', 'cup', 'rocket']; "
+                         "did you mean 'cats'?")
 
 
 def test_a_coco_json_without_segmentations_is_evaluated_by_its_labels(folders, model, tmp_path, capsys):
