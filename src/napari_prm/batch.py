@@ -667,10 +667,11 @@ def proposals_for_image(proposals, image: Path, stem: str | None = None):
         image = Path(image)
         parent = PurePosixPath(stem).parent if stem else PurePosixPath(".")
         places = ([Path(proposals, *parent.parts)] if parent.parts else []) + [Path(proposals)]
-        names = _proposal_stems(image)
+        names, itself = _proposal_stems(image), image.resolve()
         for place in places:
-            files = [p for p in (place.iterdir() if place.is_dir() else ())
-                     if p.is_file() and p.resolve() != image.resolve()]
+            # by name first: a folder of many proposal files is not resolved file by file for each image
+            files = [p for p in (place.iterdir() if place.is_dir() else ()) if p.stem in names]
+            files = [p for p in files if p.is_file() and p.resolve() != itself]
             for name in names:
                 matches = sorted_paths(p for p in files if p.stem == name)
                 if matches:
