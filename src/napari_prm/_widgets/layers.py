@@ -1057,17 +1057,22 @@ def image_layer_of(viewer, labels_layer):
     return same_shape[0] if len(same_shape) == 1 else None
 
 
+def labels_shape(image_layer) -> tuple[int, ...]:
+    """The shape of labels of ``image_layer`` (of its finest level): its leading axes and its rows
+    and columns, without the colour axis; the shape napari's *New labels layer* gives."""
+    pixels = image_layer.data[0] if image_layer.multiscale else image_layer.data
+    return tuple(pixels.shape[:-1] if image_layer.rgb else pixels.shape)
+
+
 def _same_shape(image_layer, labels_layer) -> bool:
-    """Whether ``labels_layer`` has the shape of labels of ``image_layer`` (its leading axes and
-    its rows and columns, without the colour axis): the shape napari's *New labels layer* gives, or
+    """Whether ``labels_layer`` has the shape of labels of ``image_layer`` (`labels_shape`), or
     for a 2-D pyramid the size of a coarser level (a run's labels, exported and reopened)."""
     data = labels_layer.data[0] if labels_layer.multiscale else labels_layer.data
     try:
         leading = check_image_layer(image_layer)
     except ValueError:
         return False
-    pixels = image_layer.data[0] if image_layer.multiscale else image_layer.data
-    if (*leading, *pixels.shape[len(leading):len(leading) + 2]) == tuple(data.shape):
+    if labels_shape(image_layer) == tuple(data.shape):
         return True
     return bool(image_layer.multiscale and not leading and data.ndim == 2 and level_of_shape(image_layer, data.shape))
 

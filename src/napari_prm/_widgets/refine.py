@@ -26,7 +26,15 @@ from .._text import plural
 from ..refine import correction_from_layer, load_corrections, refine
 from ..refine.corrections import other_class_warning
 from .activity import StopsOnClose
-from .layers import corrections_kept_of, image_layer_of, level_of_shape, level_planes, plane_reader, unpaired_message
+from .layers import (
+    corrections_kept_of,
+    image_layer_of,
+    labels_shape,
+    level_of_shape,
+    level_planes,
+    plane_reader,
+    unpaired_message,
+)
 from .models import (
     ModelCache,
     _live_predict_widgets,
@@ -63,7 +71,7 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
                          f"its multiscale image {image_layer.name!r} ({sizes}) is: paint the labels at the size of "
                          "one of its levels (a run's instances layer is at the level the run read)")
     if not image_layer.multiscale:  # a layer paired by name with an image of another shape: say so here
-        expected = tuple(image_layer.data.shape[:-1] if image_layer.rgb else image_layer.data.shape)
+        expected = labels_shape(image_layer)
         if data.shape != expected:
             raise ValueError(f"layer {labels_layer.name!r} is {'×'.join(map(str, data.shape))} pixels, its image "
                              f"{image_layer.name!r} {'×'.join(map(str, expected))}: correct the instances on a Labels "
@@ -320,13 +328,15 @@ class RefineWidget(StopsOnClose, Container):
         superseded = self._superseded
         left_out = (f" Several exports of one image in the corrections folder: the most recently written of "
                     f"each was used; left out: {', '.join(superseded)}." if superseded else "")
-        notes = "".join(f" Note: {note}." for note in self._notes)
         self._say(f"{what} from {result.samples} corrected image(s) in {self.last_seconds:.1f} s; saved "
-                  f"{result.checkpoint}. The next Run of Peak Response Maps uses it.{left_out}{notes}")
+                  f"{result.checkpoint}. The next Run of Peak Response Maps uses it.{left_out}{self._notes_text()}")
 
-    def _on_error(self, error: Exception) -> None:
-        notes = "".join(f" Note: {note}." for note in self._notes)  # why nothing was left to learn, say
-        self._say(f"Learning failed: {type(error).__name__}: {error}{notes}", True)
+    def _on_error(self, error: Exception) -> None:  # the notes may say why nothing was left to learn
+        self._say(f"Learning failed: {type(error).__name__}: {error}{self._notes_text()}", True)
+
+    def _notes_text(self) -> str:
+        """What the worker found worth saying (`_notes`), as sentences ending a message."""
+        return "".join(f" Note: {note}." for note in self._notes)
 
     def _on_finished(self) -> None:
         self.worker = None
