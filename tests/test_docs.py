@@ -79,20 +79,98 @@ def test_every_public_module_has_an_api_page_in_the_nav():
         assert (ROOT / "docs" / page).is_file(), page
 
 
-@pytest.mark.parametrize("module", [m for m in API_MODULES if m != "napari_prm"])
-def test_public_functions_and_classes_of_api_modules_are_documented(module):
-    """What an API page lists (``__all__``, else the module's public definitions) has a
-    numpydoc docstring, so that the page says what it does."""
+def _api_page_names(module):
+    """``(module object, names)``: what the module's API page lists (``__all__``, else the
+    module's public callable definitions)."""
     mod = importlib.import_module(module)
     names = getattr(mod, "__all__", None) or [
         name for name, value in vars(mod).items()
         if not name.startswith("_") and getattr(value, "__module__", None) == module
         and callable(value)]
+    return mod, names
+
+
+@pytest.mark.parametrize("module", [m for m in API_MODULES if m != "napari_prm"])
+def test_public_functions_and_classes_of_api_modules_are_documented(module):
+    """What an API page lists (``__all__``, else the module's public definitions) has a
+    numpydoc docstring, so that the page says what it does."""
+    mod, names = _api_page_names(module)
     assert names
     for name in names:
         value = getattr(mod, name)
         if callable(value):
             assert (value.__doc__ or "").strip(), f"{module}.{name} has no docstring"
+
+
+
+# numpydoc's checks (numpydoc.validate) that say whether a page tells a user the truth: no
+# docstring (GL08), a parameter left out (PR01) or one that is not the code's (PR02), a type
+# written other than as Python names it (PR06: ``integer`` for ``int``) or without a space
+# before its colon (PR10, which makes numpydoc read ``name:type`` as the name). Style-only
+# codes (summary wording, missing examples, See Also) are not checked.
+NUMPYDOC_CHECKS = {"GL08", "PR01", "PR02", "PR06", "PR10"}
+
+
+def _api_objects():
+    """``(dotted name, object)`` of each public function, class, method and property that the
+    API pages show (mkdocstrings lists a class's members not starting with ``_``), once each."""
+    import inspect
+
+    seen = set()
+    for module in API_MODULES:
+        mod, names = _api_page_names(module)
+        for name in names:
+            value = getattr(mod, name)
+            if not (inspect.isfunction(value) or inspect.isclass(value)) or id(value) in seen \
+                    or not value.__module__.startswith("napari_prm"):
+                continue
+            seen.add(id(value))
+            dotted = f"{value.__module__}.{value.__qualname__}"
+            yield dotted, value
+            if inspect.isclass(value):
+                for member_name, member in vars(value).items():
+                    if isinstance(member, (staticmethod, classmethod)):
+                        member = member.__func__
+                    if not member_name.startswith("_") and (inspect.isfunction(member)
+                                                            or isinstance(member, property)):
+                        yield f"{dotted}.{member_name}", member
+
+
+def _numpydoc_errors(obj):
+    """numpydoc's ``(code, message)`` errors of ``obj``'s docstring. A dataclass or named tuple
+    may document its fields, which are its constructor's parameters, as ``Attributes`` (as
+    this project's do; test_docstring_examples.py checks that section against the fields)."""
+    import dataclasses
+
+    from numpydoc.docscrape import get_doc_object
+    from numpydoc.validate import Validator, validate
+
+    class RecordValidator(Validator):
+        def __init__(self, obj_name, obj):
+            super().__init__(get_doc_object(obj))
+
+        @property
+        def doc_all_parameters(self):
+            parameters = super().doc_all_parameters
+            is_record = isinstance(self.obj, type) and (
+                dataclasses.is_dataclass(self.obj) or issubclass(self.obj, tuple) and hasattr(self.obj, "_fields"))
+            if is_record and not parameters:
+                fields = set(self.signature_parameters)
+                parameters = {name: value for name, value in self._doc_parameters(["Attributes"]).items()
+                              if name in fields}
+            return parameters
+
+    return validate(getattr(obj, "__qualname__", ""), validator_cls=RecordValidator, obj=obj)["errors"]
+
+
+def test_api_docstrings_pass_numpydoc_validation():
+    """numpydoc's validator finds no docstring left out and no parameter missing, stale or
+    mistyped in what the API pages show."""
+    objects = list(_api_objects())
+    assert len(objects) >= 300
+    wrong = [f"{name}: {code} {message}" for name, obj in objects
+             for code, message in _numpydoc_errors(obj) if code in NUMPYDOC_CHECKS]
+    assert not wrong, f"{len(wrong)} numpydoc errors:\n" + "\n".join(wrong)
 
 
 def test_docs_env_installs_the_docs_extra():

@@ -76,20 +76,6 @@ def _public_callables():
                         yield f"{item.__module__}.{attribute}.{method_name}", method
 
 
-def test_documented_parameters_are_the_signatures():
-    import inspect
-
-    wrong = []
-    for name, item in _public_callables():
-        documented = _documented_parameters(inspect.getdoc(item) or "")
-        if documented is None:
-            continue
-        actual = {p for p in inspect.signature(item).parameters if p not in ("self", "cls")}
-        if documented != actual:
-            wrong.append(f"{name}: undocumented {sorted(actual - documented)}, stale {sorted(documented - actual)}")
-    assert not wrong, "\n".join(wrong)
-
-
 def _has_section(doc: str, title: str) -> bool:
     lines = doc.splitlines()
     return any(lines[i].strip() == title and set(lines[i + 1].strip()) == {"-"} for i in range(len(lines) - 1))
