@@ -277,6 +277,13 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     Tied scores form one operating point. Returns NaN without positives.
     Written with numpy (the definition scikit-learn's ``average_precision_score``
     uses) so that scikit-learn is not a dependency.
+
+    Parameters
+    ----------
+    scores : (N,) float array
+        The score of each item.
+    labels : (N,) array
+        The items of the class: positive values (others are negatives).
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = _per_item("labels", labels, len(scores), "score") > 0
@@ -321,6 +328,13 @@ def defined_classification_map(scores: np.ndarray, labels: np.ndarray) -> tuple[
     A class that every image shows has an AP of 1 whatever the scores, and one no image
     shows has none: both are NaN in ``per_class`` and left out of ``mean_ap`` (NaN when no
     class is shown by some images and not by others). Arguments as :func:`classification_map`.
+
+    Parameters
+    ----------
+    scores : (N, C) float ndarray
+        Each image's class scores.
+    labels : (N, C) 0/1 ndarray
+        The classes each image shows.
     """
     _, per_class = classification_map(scores, labels)
     per_class[(np.asarray(labels) > 0).all(0)] = np.nan
@@ -338,6 +352,11 @@ class InstanceMatcher:
     """Collects ground truth and predictions image by image, then runs COCOeval (``iouType='segm'``).
 
     Masks are stored as RLE at once, so a whole dataset fits in memory.
+
+    Parameters
+    ----------
+    num_classes : int
+        The number of classes; a class index is in ``[0, num_classes)``.
     """
 
     def __init__(self, num_classes: int):
@@ -429,6 +448,11 @@ class InstanceMatcher:
 
         An index may repeat (a bootstrap resample): each repeat becomes an image of its own.
 
+        Parameters
+        ----------
+        indices : sequence of int
+            Indices of added images, in ``[0, len(self))``; they may repeat.
+
         Raises
         ------
         TypeError
@@ -464,6 +488,13 @@ class InstanceMatcher:
 
         COCO's definition: 101-point interpolated precision, crowd regions
         ignored, all object sizes, at most ``max_detections`` per image.
+
+        Parameters
+        ----------
+        iou_thresholds : sequence of float
+            The mask IoU thresholds (T values).
+        max_detections : int
+            At most this many predictions (the highest scored) are matched per image.
         """
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
@@ -1053,6 +1084,11 @@ class ComparisonInterrupted(KeyboardInterrupt):
     """Ctrl-C during `evaluate_exports`' comparison of folders (its bootstrap): the folders'
     own scores were complete, and are kept.
 
+    Parameters
+    ----------
+    evaluation : dict
+        `evaluate_exports`' result with ``comparison`` None, kept as ``evaluation``.
+
     Attributes
     ----------
     evaluation : dict
@@ -1353,7 +1389,13 @@ def _fmt(value) -> str:
 
 
 def report_markdown(results: dict[str, Any]) -> str:
-    """A Markdown report of :func:`evaluate`'s results (figures in %)."""
+    """A Markdown report of :func:`evaluate`'s results (figures in %).
+
+    Parameters
+    ----------
+    results : dict
+        What :func:`evaluate` or :func:`evaluate_labels` returned.
+    """
     settings = results["settings"]
     found = [plural(results['num_peaks'], "peak")]
     if results.get("num_instances") is not None:
@@ -1429,7 +1471,15 @@ def _labels_report(results: dict[str, Any]) -> list[str]:
 
 
 def report_json(results: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write the results as JSON (NaN as null), atomically; returns the path."""
+    """Write the results as JSON (NaN as null), atomically; returns the path.
+
+    Parameters
+    ----------
+    results : dict
+        The results to write (e.g. :func:`evaluate`'s); NaN is written as null.
+    path : path-like
+        The JSON file to write; missing folders are created.
+    """
     path = check.output_file("path", path, parent_must_exist=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as temp:

@@ -292,7 +292,17 @@ def resolve_thresholds(settings: PredictSettings, model_settings: Mapping[str, A
 
 def cap_note(found: int, kept: int, max_peaks: int) -> str:
     """The note of a prediction whose ``max_peaks`` cap bit: ``found`` peaks passed the
-    thresholds and the ``kept`` strongest were kept."""
+    thresholds and the ``kept`` strongest were kept.
+
+    Parameters
+    ----------
+    found : int
+        The peaks that passed the thresholds.
+    kept : int
+        The peaks kept.
+    max_peaks : int
+        The cap, named in the note.
+    """
     strongest = "the strongest was" if kept == 1 else f"the {kept} strongest were"
     return (f"{found} peaks passed the thresholds; {strongest} kept (max_peaks={max_peaks}). "
             "Raise the thresholds or max_peaks.")
@@ -372,6 +382,7 @@ class Prediction:
 
     @property
     def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the image predicted: the last two axes of ``prms``."""
         return tuple(self.prms.shape[-2:])
 
     def __repr__(self) -> str:
@@ -488,7 +499,19 @@ def rank_by_confidence(prediction: Prediction, instances: Sequence[Instance], cl
 
 
 def crm_to_image(yx: np.ndarray, crm_shape: Sequence[int], image_shape: Sequence[int], factor: int = 1) -> np.ndarray:
-    """Map ``(y, x)`` CRM pixels (possibly upsampled by ``factor``, align_corners) to image pixels."""
+    """Map ``(y, x)`` CRM pixels (possibly upsampled by ``factor``, align_corners) to image pixels.
+
+    Parameters
+    ----------
+    yx : (N, 2) array
+        Points in CRM pixels (rows, columns).
+    crm_shape : sequence of int
+        (h, w) of the CRM the points are in (the upsampled one when ``factor`` > 1).
+    image_shape : sequence of int
+        (H, W) of the image.
+    factor : int
+        The sub-pixel upsampling factor of the CRM.
+    """
     yx = np.asarray(yx, dtype=np.float64).reshape(-1, 2)
     out = np.empty_like(yx)
     for axis in range(2):
@@ -500,7 +523,19 @@ def crm_to_image(yx: np.ndarray, crm_shape: Sequence[int], image_shape: Sequence
 
 
 def image_to_crm(yx: np.ndarray, crm_shape: Sequence[int], image_shape: Sequence[int], factor: int = 1) -> np.ndarray:
-    """Nearest CRM pixel (int64) of image ``(y, x)`` points: the inverse of :func:`crm_to_image`."""
+    """Nearest CRM pixel (int64) of image ``(y, x)`` points: the inverse of :func:`crm_to_image`.
+
+    Parameters
+    ----------
+    yx : (N, 2) array
+        Points in image pixels (rows, columns).
+    crm_shape : sequence of int
+        (h, w) of the CRM (the upsampled one when ``factor`` > 1).
+    image_shape : sequence of int
+        (H, W) of the image.
+    factor : int
+        The sub-pixel upsampling factor of the CRM.
+    """
     yx = np.asarray(yx, dtype=np.float64).reshape(-1, 2)
     out = np.empty(yx.shape, dtype=np.int64)
     for axis in range(2):
@@ -523,7 +558,15 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 def class_indices(classes, class_names: Sequence[str]) -> list[int] | None:
     """Class names or indices → indices into ``class_names`` (None stays None; one name or
-    index stands for a list of it: ``classes="cat"`` was read as the classes 'c', 'a', 't')."""
+    index stands for a list of it: ``classes="cat"`` was read as the classes 'c', 'a', 't').
+
+    Parameters
+    ----------
+    classes : None, str, int or sequence of str or int
+        Class names or indices into ``class_names``.
+    class_names : sequence of str
+        The model's classes.
+    """
     if classes is None:
         return None
     if isinstance(classes, (str, int, np.integer)):
@@ -651,6 +694,7 @@ class PRMPredictor:
 
     @property
     def is_image_set(self) -> bool:
+        """Whether an image is set (`set_image` ran its forward pass)."""
         return self._forward is not None
 
     @property
@@ -668,6 +712,13 @@ class PRMPredictor:
 
     @property
     def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the current image.
+
+        Raises
+        ------
+        RuntimeError
+            When no image is set.
+        """
         self._require_image()
         return self._image_shape
 

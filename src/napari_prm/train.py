@@ -191,7 +191,20 @@ class TrainingSplit:
     def is_split_of(self, dataset: LabeledImageDataset, val_fraction: float, seed: int,
                     split_rule: int | None = SPLIT_RULE) -> bool:
         """Whether this is ``training_split(dataset, val_fraction, seed, split_rule=split_rule)``:
-        the same recipe and rule, and its parts hold ``dataset``'s images with its classes."""
+        the same recipe and rule, and its parts hold ``dataset``'s images with its classes.
+
+        Parameters
+        ----------
+        dataset : LabeledImageDataset
+            The dataset the split should be of.
+        val_fraction : float
+            The held-out share of the recipe.
+        seed : int
+            The seed of the recipe.
+        split_rule : int or None
+            The split rule (`SPLIT_RULE`, or None for the plain random split of a checkpoint from
+            before the rule).
+        """
         parts = [self.train] + ([] if self.held_out is None else [self.held_out])
         return (self.val_fraction == val_fraction and self.seed == seed and self.split_rule == split_rule
                 and all(list(part.class_names) == list(dataset.class_names) for part in parts)
@@ -199,7 +212,14 @@ class TrainingSplit:
                 == sorted(str(p) for p in dataset.image_paths))
 
     def describe(self, calibrate: bool = True) -> str:
-        """E.g. ``"training on 102 images, 26 held out for validation and calibration"``."""
+        """E.g. ``"training on 102 images, 26 held out for validation and calibration"``.
+
+        Parameters
+        ----------
+        calibrate : bool
+            Whether the thresholds are calibrated after training, so that the held-out images (or
+            the training images, when none is held out) are said to serve for calibration too.
+        """
         text = f"training on {plural(len(self.train), 'image')}"
         if self.held_out is None:
             return text + (", none held out (the thresholds are calibrated on the training images)"
@@ -242,6 +262,18 @@ def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed
     written before `SPLIT_RULE`), which :func:`train` resumes on its own images: the plain random
     split, ``dataset.split(val_fraction, seed=seed, keep_every_class=False)``, which may hold
     out the only image of a class (``TrainingSplit.left_untrained``, and ``warning``).
+
+    Parameters
+    ----------
+    dataset : LabeledImageDataset
+        The images to split.
+    val_fraction : float
+        The share of images to hold out, in [0, 1); 0 holds none out.
+    seed : int
+        Seed of the random split.
+    split_rule : int or None
+        `SPLIT_RULE` (this version's rule) or None (the plain random split); other values raise
+        ``ValueError``.
     """
     val_fraction = check.finite_float("val_fraction", val_fraction, low=0, high=1, high_open=True)
     if split_rule not in (SPLIT_RULE, None):
@@ -271,6 +303,11 @@ def validation_summary(val_ap: dict[str, float]) -> str:
     ``"validation mAP 62.5% (2 classes)"``, over the classes whose AP is defined; when none is
     (the held-out images show each class on all of them or on none, e.g. a single held-out
     image), says that the mAP is not defined rather than a mean of nothing, or of APs of 1.
+
+    Parameters
+    ----------
+    val_ap : dict of str to float
+        Each class's validation AP (NaN where it is not defined).
     """
     defined = [v for v in val_ap.values() if v == v]
     if not defined:
@@ -287,6 +324,13 @@ def no_negative_warning(dataset: LabeledImageDataset, *, calibrating: bool = Fal
     :func:`train`) and its calibrated thresholds are not tested against an image without it.
     ``calibrating=True`` words it for `napari_prm.peaks.calibrate_model` on ``dataset``: no
     peak of those classes can be wrong there, so the thresholds come out at their lowest.
+
+    Parameters
+    ----------
+    dataset : LabeledImageDataset
+        The images the model is trained or calibrated on.
+    calibrating : bool
+        Word the warning for calibration rather than training.
     """
     if len(dataset) == 0:
         return None
@@ -337,7 +381,19 @@ def split_warnings(dataset: LabeledImageDataset, split: TrainingSplit, state: di
     """What :func:`train` warns of before its first epoch (``train(warn=...)``, and the
     ``TrainResult.warnings`` but the calibration's): ``split.warning``,
     :func:`no_negative_warning` of ``dataset`` and, for a resumed run (its checkpoint's
-    training ``state`` and path), :func:`trained_held_out_warning`."""
+    training ``state`` and path), :func:`trained_held_out_warning`.
+
+    Parameters
+    ----------
+    dataset : LabeledImageDataset
+        The whole dataset.
+    split : TrainingSplit
+        Its split (`training_split`).
+    state : dict, optional
+        A resumed checkpoint's training state (``extra[TRAINING_STATE_KEY]``); None for a new run.
+    checkpoint : path-like, optional
+        The resumed checkpoint's path, named in the warning.
+    """
     return [w for w in (split.warning, no_negative_warning(dataset), trained_held_out_warning(state, split, checkpoint))
             if w]
 
@@ -348,6 +404,13 @@ def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> Tra
     and ``split_rule``, as ``train(resume=)`` makes it. A checkpoint without ``split_rule`` (from
     before the rule) made the plain random split (``training_split(..., split_rule=None)``), which
     may have held out the only image of a class (``TrainingSplit.left_untrained``).
+
+    Parameters
+    ----------
+    dataset : LabeledImageDataset
+        The dataset the run was trained on.
+    state : dict or None
+        The checkpoint's training state; None is read as an empty one (and raises).
 
     Returns
     -------
@@ -384,6 +447,13 @@ def recipe_conflicts(config: dict, asked: dict) -> list[tuple[str, Any, Any]]:
     ``train(resume=)`` goes on with its checkpoint's recipe whatever else it is given; the
     command line and the Train widget refuse a resume that asks for another, naming these.
     Keys that ``config`` lacks are not compared; sequences compare as lists.
+
+    Parameters
+    ----------
+    config : dict
+        The run's recipe.
+    asked : dict
+        The values asked for now, by recipe key.
     """
     def plain(value):
         return list(value) if isinstance(value, (list, tuple)) else value
@@ -429,6 +499,13 @@ def unfinished_run(path: str | os.PathLike, dataset: LabeledImageDataset) -> Unf
     its epochs, or when it is a run of another dataset: other classes, or none of
     ``dataset``'s images among those it trained on (a checkpoint that records no training
     images is judged by its classes alone).
+
+    Parameters
+    ----------
+    path : path-like
+        A checkpoint file (a missing file gives None).
+    dataset : LabeledImageDataset
+        The dataset the run should be of.
     """
     path = Path(path)
     if not path.is_file():
@@ -713,7 +790,13 @@ def _store_calibration(model: PRMModel, calibration: Calibration, with_tta: Cali
 
 
 def is_cancelled(cancel) -> bool:
-    """Whether ``cancel`` (None, a callable or a ``threading.Event``) says stop."""
+    """Whether ``cancel`` (None, a callable or a ``threading.Event``) says stop.
+
+    Parameters
+    ----------
+    cancel : None, callable or threading.Event
+        None never stops; an event stops once set; a callable stops when it returns true.
+    """
     if cancel is None:
         return False
     if hasattr(cancel, "is_set"):
@@ -725,7 +808,15 @@ def kept_classes(known: Sequence[str], class_names: Sequence[str]) -> list[str]:
     """The classes of ``class_names`` whose classifier rows fine-tuning a model of classes
     ``known`` keeps (:func:`train` with ``model=``): those of the same name, a VOC class by
     either spelling too (``motorbike`` keeps ``motorcycle``'s row: `napari_prm.data.class_in`), in
-    ``class_names``' order."""
+    ``class_names``' order.
+
+    Parameters
+    ----------
+    known : sequence of str
+        The classes of the model being fine-tuned.
+    class_names : sequence of str
+        The classes of the new model.
+    """
     known = set(known)
     return [name for name in class_names if class_in(name, known) is not None]
 
@@ -733,7 +824,13 @@ def kept_classes(known: Sequence[str], class_names: Sequence[str]) -> list[str]:
 def starts_new_classifier(model: PRMModel | str | os.PathLike | None) -> bool:
     """Whether :func:`train` with ``model=`` builds a new model (None or a backbone name, even when
     a file of that name lies in the current folder: `napari_prm.model.is_builtin_name`) rather than
-    fine-tuning one (a checkpoint, a PRMModel or a built-in model)."""
+    fine-tuning one (a checkpoint, a PRMModel or a built-in model).
+
+    Parameters
+    ----------
+    model : PRMModel, str, path-like or None
+        What is given as :func:`train`'s ``model``.
+    """
     return model is None or is_builtin_name(model, BACKBONES)
 
 
@@ -952,7 +1049,13 @@ def image_keys(paths) -> torch.Tensor:
 
     ``train`` stores its training images' keys in the checkpoint (``"images"`` of its
     training state), 8 bytes an image, so that `trained_images` can tell later which
-    images of a dataset the model was trained on."""
+    images of a dataset the model was trained on.
+
+    Parameters
+    ----------
+    paths : iterable of path-like
+        The image files.
+    """
     import hashlib
 
     keys = [int.from_bytes(hashlib.blake2b(str(Path(p).resolve()).encode("utf-8", "surrogateescape"),
@@ -966,7 +1069,15 @@ def trained_images(extra: dict, paths) -> list[bool] | None:
     ``extra`` is `napari_prm.model.load_checkpoint`'s second value. Returns None when the
     checkpoint does not record its training images (not written by ``train``, or by a
     version before they were recorded). Images are known by their absolute path: a moved
-    or copied dataset's images count as new."""
+    or copied dataset's images count as new.
+
+    Parameters
+    ----------
+    extra : dict
+        The checkpoint's extra content (anything else reads as a checkpoint without a record).
+    paths : iterable of path-like
+        The image files to look up.
+    """
     state = extra.get(TRAINING_STATE_KEY) if isinstance(extra, dict) else None
     keys = state.get("images") if isinstance(state, dict) else None
     if not isinstance(keys, torch.Tensor):
@@ -1049,7 +1160,13 @@ def _training_state(path: Path, state) -> tuple[dict[str, Any], int, list[EpochR
 
 def check_readable(dataset: LabeledImageDataset) -> None:
     """Raise ValueError naming every image of ``dataset`` that cannot be read (see
-    `LabeledImageDataset.unreadable_images`: headers and ends, no decoding)."""
+    `LabeledImageDataset.unreadable_images`: headers and ends, no decoding).
+
+    Parameters
+    ----------
+    dataset : LabeledImageDataset
+        The images to check.
+    """
     unreadable = dataset.unreadable_images()
     if unreadable:
         them = "it" if len(unreadable) == 1 else "them"
@@ -1094,6 +1211,11 @@ def keeps_random_state(function: Callable) -> Callable:
     torch's CPU generator is restored on return (and the CUDA devices' generators, when CUDA was
     initialised before the call): ``torch.manual_seed(1); train(...); torch.rand(1)`` draws what
     ``torch.manual_seed(1); torch.rand(1)`` draws, instead of a number fixed by ``train``'s seed.
+
+    Parameters
+    ----------
+    function : callable
+        The function to wrap.
     """
 
     @functools.wraps(function)

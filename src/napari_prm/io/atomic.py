@@ -177,6 +177,11 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     Only files named like `atomic_write`'s temporaries (``.<name>.~<owner>~<random>.tmp<suffix>``)
     whose writer is gone (`owner_is_gone`) are removed; a live writer's are kept.
 
+    Parameters
+    ----------
+    folder : path-like
+        The folder to clean (its subfolders are not looked into); a missing folder removes nothing.
+
     Returns
     -------
     list of Path
@@ -276,6 +281,13 @@ def atomic_writes(paths: Sequence[str | os.PathLike], *,
     The files are renamed one after the other: a process *killed* between two renames
     leaves some files new and some old. Where that matters (one image's outputs), use
     `napari_prm.io.fileset.write_file_set`, which switches a set in one step.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        The files to write, in order; one temporary path is yielded for each.
+    overwrite : bool
+        If False and any target exists, raise ``FileExistsError`` before writing anything.
     """
     paths = [Path(p) for p in paths]
     existing = [str(p) for p in paths if p.exists()]

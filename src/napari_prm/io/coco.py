@@ -33,7 +33,7 @@ def labels_to_coco(labels: np.ndarray, table=None, class_names: Sequence[str] | 
 
     Parameters
     ----------
-    labels : (H, W) integer ndarray
+    labels : (H, W) int ndarray
         0 is background; every other value is one instance.
     table : mapping of columns, optional
         Instance table (``label, class_index, class_name, score, peak``).
@@ -254,6 +254,15 @@ def _segmentation_rle(segmentation, height: int, width: int, source: str) -> dic
 
 def write_coco_json(path: str | os.PathLike, coco: Mapping, *, overwrite: bool = True) -> Path:
     """Write a COCO dict (e.g. from `labels_to_coco`) as JSON; NaN is refused.
+
+    Parameters
+    ----------
+    path : path-like
+        The JSON file to write.
+    coco : mapping
+        The COCO dataset, e.g. from `labels_to_coco`.
+    overwrite : bool
+        If False and ``path`` exists, raise ``FileExistsError``.
 
     Raises
     ------

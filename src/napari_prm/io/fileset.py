@@ -137,7 +137,13 @@ class FileSet:
 
     def verify(self, names: Collection[str] | None = None) -> list[str]:
         """Names of the listed files (of ``names`` only, when given: the others are not read) that
-        are missing or differ from what was written."""
+        are missing or differ from what was written.
+
+        Parameters
+        ----------
+        names : collection of str, optional
+            File names to check; None checks every listed file.
+        """
         return [entry.name for entry in self.files.values()
                 if (names is None or entry.name in names)
                 and (not (self.folder / entry.name).is_file() or _sha256(self.folder / entry.name) != entry.sha256)]
@@ -158,6 +164,13 @@ def manifest_path(folder: str | os.PathLike, stem: str) -> Path:
 
 def read_file_set(folder: str | os.PathLike, stem: str) -> FileSet | None:
     """The set described by ``<stem>.manifest.json`` in ``folder``; None when there is none.
+
+    Parameters
+    ----------
+    folder : path-like
+        The folder that holds the set.
+    stem : str
+        The set's stem: its manifest is ``<stem>.manifest.json``.
 
     Raises
     ------
@@ -190,6 +203,11 @@ def listed_files(folder: str | os.PathLike) -> set[str]:
     """Names of the files that the committed manifests in ``folder`` list (its outputs).
 
     Unreadable or foreign manifests are ignored.
+
+    Parameters
+    ----------
+    folder : path-like
+        The folder whose ``*.manifest.json`` files are read.
     """
     folder = Path(folder)
     names: set[str] = set()

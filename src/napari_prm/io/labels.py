@@ -79,7 +79,13 @@ def _read_metadata(path: str | os.PathLike) -> tuple[dict, int]:
 
 def read_label_world(path: str | os.PathLike) -> dict:
     """The napari ``scale``, ``translate`` and ``units`` a label TIFF or PNG was exported with
-    (`write_label_image`'s ``world``), as a dict of the ones it records (empty for other files)."""
+    (`write_label_image`'s ``world``), as a dict of the ones it records (empty for other files).
+
+    Parameters
+    ----------
+    path : path-like
+        A label TIFF or PNG.
+    """
     recorded, ndim = _read_metadata(path)
     world = {}
     for name, key in _WORLD_KEYS.items():
@@ -95,7 +101,13 @@ def read_label_world(path: str | os.PathLike) -> dict:
 def read_label_class_names(path: str | os.PathLike) -> list[str] | None:
     """The class names a label TIFF or PNG was exported with (`write_label_image`'s
     ``class_names``: all the model's classes, as the layer's ``metadata["class_names"]``), or
-    None when it records none."""
+    None when it records none.
+
+    Parameters
+    ----------
+    path : path-like
+        A label TIFF or PNG.
+    """
     names = _read_metadata(path)[0].get(_CLASS_NAMES_KEY)
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         return None
@@ -177,6 +189,11 @@ def tiff_pixel_size(path: str | os.PathLike) -> dict | None:
     ``"finterval"`` as an ImageJ stack's.
     None for other files, for a TIFF without either, or one that records only the default 1
     pixel per unit without a unit.
+
+    Parameters
+    ----------
+    path : path-like
+        The image file; only ``.tif`` and ``.tiff`` files are read.
     """
     if Path(path).suffix.lower() not in (".tif", ".tiff"):
         return None
@@ -334,7 +351,7 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
     path : path-like
         ``.tif``/``.tiff`` (any number of dimensions >= 2, zlib-compressed) or ``.png``
         (2-D only, labels up to 65535).
-    labels : integer ndarray
+    labels : int ndarray
         0 is background.
     overwrite : bool
         Replace an existing file.
@@ -420,6 +437,11 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
 def read_label_image(path: str | os.PathLike) -> np.ndarray:
     """Read a label image written by `write_label_image` (or any integer TIFF/PNG; a palette
     PNG, as PASCAL VOC's ``SegmentationObject/<id>.png``, gives its palette indices).
+
+    Parameters
+    ----------
+    path : path-like
+        A TIFF or PNG file.
 
     Raises
     ------

@@ -35,7 +35,17 @@ _SUFFIX_FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".json": "coc
 
 
 def write_prms(path: str | os.PathLike, prms: np.ndarray, *, overwrite: bool = True) -> Path:
-    """Write peak response maps (K, H, W) as ``.npy`` or a float32 TIFF stack (K >= 1)."""
+    """Write peak response maps (K, H, W) as ``.npy`` or a float32 TIFF stack (K >= 1).
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.npy``, ``.tif`` or ``.tiff`` file.
+    prms : (K, H, W) ndarray
+        The maps, written as float32; they must be finite.
+    overwrite : bool
+        If False and ``path`` exists, raise ``FileExistsError``.
+    """
     prms = finite_array("prms", np.asarray(prms, dtype=np.float32))
     path = output_file("path", path)
     suffix = path.suffix.lower()
@@ -93,7 +103,7 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
 
     Parameters
     ----------
-    labels : (H, W) integer ndarray
+    labels : (H, W) int ndarray
         Or a stack ``(*leading, H, W)`` for a TIFF and a CSV (whose rows name their plane;
         see `write_instances_csv`); PNG and COCO hold 2-D label images only.
     table : mapping of columns or None
@@ -195,6 +205,15 @@ def prediction_paths(out_dir: str | os.PathLike, stem: str, *,
     Kinds ``tiff`` (``<stem>_labels.tif``), ``coco`` (``<stem>_instances.json``), ``csv``
     (``<stem>_instances.csv``), ``peaks`` (``<stem>_peaks.csv``) and, with ``prms_format``
     ``"npy"`` or ``"tiff"``, ``prms`` (``<stem>_prms.npy`` or ``.tif``).
+
+    Parameters
+    ----------
+    out_dir : path-like
+        The output folder.
+    stem : str
+        The image's output stem.
+    prms_format : {None, "npy", "tiff"}, optional
+        The PRM file written; None for none.
     """
     if prms_format not in (None, "npy", "tiff"):
         raise ValueError(f"prms_format must be None, 'npy' or 'tiff', got {prms_format!r}")
@@ -398,6 +417,15 @@ def complete_prediction(out_dir: str | os.PathLike, stem: str, *,
     JSON when the manifest records a stack's ``planes``), every
     listed file exists, and no switch is left unfinished (one a killed writer committed
     is finished here first). Resuming runs skip the images whose outputs are complete.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        The output folder.
+    stem : str
+        The image's output stem.
+    prms_format : {None, "npy", "tiff"}, optional
+        The PRM file the run writes; None asks for none.
     """
     recover_file_sets(out_dir, stem=stem)
     try:
@@ -431,6 +459,11 @@ def settle_outputs(path: str | os.PathLike) -> None:
     Readers call it before opening ``<stem>_labels.tif`` or ``<stem>_instances.json``,
     so that they see all-new outputs after a writer was killed between its commit and
     the renames (`napari_prm.io.fileset`). Nothing happens for other files.
+
+    Parameters
+    ----------
+    path : path-like
+        An output file of napari-prm (``<stem>_labels.tif``, ``<stem>_instances.json``, ...).
     """
     path = Path(path)
     for suffix in (*EXPORT_SUFFIXES.values(), "_peaks.csv", "_prms.npy", "_prms.tif"):

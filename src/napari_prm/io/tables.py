@@ -143,6 +143,20 @@ def write_instances_csv(path: str | os.PathLike, labels: np.ndarray, table=None,
     rows are one per (plane, label), led by the plane's index (``plane``, or ``plane_0,
     plane_1, ...`` for several leading axes; see the module docstring), with the area and
     box in that plane; the class and score are the label's.
+
+    Parameters
+    ----------
+    path : path-like
+        The CSV file to write.
+    labels : int ndarray
+        The label image (H, W), or a stack (*leading, H, W); 0 is background.
+    table : mapping of columns, optional
+        Instance table (see the module docstring); None: every label of class ``unknown``.
+    class_names : sequence of str, optional
+        All the model's classes: when given, a label's class name is the one of its class index
+        in the table (else the table's ``class_name``).
+    overwrite : bool
+        If False and ``path`` exists, raise ``FileExistsError``.
     """
     labels = _check_labels(labels, ndim=None)
     path = Path(path)
@@ -249,6 +263,15 @@ def write_peaks_csv(path: str | os.PathLike, prediction, *, overwrite: bool = Tr
 
     ``value`` is the CRM value at the peak; ``class_score`` the peak-stimulated score of
     the peak's class. A stack's peaks (`write_stack_peaks_csv`) have a ``plane`` column first.
+
+    Parameters
+    ----------
+    path : path-like
+        The CSV file to write.
+    prediction : Prediction
+        The prediction whose peaks are written.
+    overwrite : bool
+        If False and ``path`` exists, raise ``FileExistsError``.
     """
     return write_stack_peaks_csv(path, [prediction], overwrite=overwrite, plane_column=False)
 
@@ -260,6 +283,17 @@ def write_stack_peaks_csv(path: str | os.PathLike, predictions, *, overwrite: bo
     The rows are led by ``plane`` (the prediction's index in ``predictions``); the peaks are
     numbered over all planes, in plane order (the ``peak`` column of the stack's instance
     table, and the slices of its PRM stack, count the same way).
+
+    Parameters
+    ----------
+    path : path-like
+        The CSV file to write.
+    predictions : sequence of Prediction
+        One prediction per plane, in plane order.
+    overwrite : bool
+        If False and ``path`` exists, raise ``FileExistsError``.
+    plane_column : bool
+        Lead each row with its ``plane``; False leaves the column out (`write_peaks_csv`).
     """
     path = Path(path)
     with atomic_write(path, overwrite=overwrite) as temp:
