@@ -170,18 +170,33 @@ class BatchResult:
     prms_format: str | None = None
 
     def with_status(self, status: str) -> list[ImageResult]:
+        """The results whose ``status`` is ``status`` (``"written"``, ``"skipped"``, ``"failed"``...).
+
+        Parameters
+        ----------
+        status : str
+            The status to keep.
+
+        Returns
+        -------
+        list of ImageResult
+            In the order of ``results``.
+        """
         return [result for result in self.results if result.status == status]
 
     @property
     def written(self) -> list[ImageResult]:
+        """The results of the images whose outputs were written."""
         return self.with_status("written")
 
     @property
     def skipped(self) -> list[ImageResult]:
+        """The results of the images whose complete outputs were left as they were."""
         return self.with_status("skipped")
 
     @property
     def failed(self) -> list[ImageResult]:
+        """The results of the images that failed."""
         return self.with_status("failed")
 
     def skip_reasons(self) -> dict[str, list[ImageResult]]:
@@ -226,7 +241,13 @@ class BatchResult:
                          for reason, skipped in self.skip_reasons().items())
 
     def labels_path(self, result: ImageResult) -> Path:
-        """Where the label image of ``result``'s image is (or would be)."""
+        """Where the label image of ``result``'s image is (or would be).
+
+        Parameters
+        ----------
+        result : ImageResult
+            One of ``results``.
+        """
         from .io import prediction_paths
 
         return prediction_paths(*output_place(self.out, result.stem))["tiff"]
@@ -439,6 +460,15 @@ def renamed_notes(images: Sequence[str | os.PathLike], stems: Sequence[str],
     run, or by the outputs of another image in ``out`` (or one differing only in case); or an
     OME-TIFF ``cells.ome.tif`` keeps the ``cells.ome_*`` an earlier version gave its outputs.
     ``napari-prm predict`` prints these notes, and *Run on a folder…* shows them.
+
+    Parameters
+    ----------
+    images : sequence of path-like
+        The run's images.
+    stems : sequence of str
+        Their output stems (`output_stems`), in the same order.
+    out : path-like
+        The output folder, named in the notes.
     """
     taken = {stem.casefold() for stem in stems}
     notes = []
@@ -460,7 +490,15 @@ def output_name(name: str, *, suffix: bool = True) -> str:
     """The output name of a file (its stem, `napari_prm.io.paths.image_stem`: ``cells`` for
     ``cells.ome.tif``; with ``suffix=False``, of a folder: all of it), made one that
     `output_place` takes: a backslash (a Windows path kept in a POSIX file name) becomes ``_``,
-    and so does each dot of a name of dots (the stem ``.`` of ``..png``)."""
+    and so does each dot of a name of dots (the stem ``.`` of ``..png``).
+
+    Parameters
+    ----------
+    name : str
+        A file or folder name.
+    suffix : bool
+        Whether ``name`` is a file's, whose suffixes are dropped.
+    """
     return _usable_stem(image_stem(name) if suffix else name)
 
 
@@ -477,6 +515,13 @@ def _usable_stem(stem: str) -> str:
 
 def output_place(out: str | os.PathLike, stem: str) -> tuple[Path, str]:
     """The folder and the plain file stem of an output stem: ``A1/cat`` -> ``(out/A1, "cat")``.
+
+    Parameters
+    ----------
+    out : path-like
+        The output folder.
+    stem : str
+        An output stem: a plain stem or a relative POSIX path (``A1/cat``).
 
     Raises
     ------
@@ -718,6 +763,7 @@ class ModelSpec:
 
     @property
     def key(self) -> tuple:
+        """What tells two models apart: ``(sha256, or source without one, device)``."""
         return (self.sha256 or self.source, self.device)
 
 
@@ -1103,7 +1149,15 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
 
 def output_states(out: str | os.PathLike, stems: Sequence[str]) -> dict[str, tuple[int, int, int] | None]:
     """Each stem's manifest in ``out`` as ``(inode, modification time in ns, size)``, None when
-    it has none: taken before a run, so that `written_since` can tell what the run wrote."""
+    it has none: taken before a run, so that `written_since` can tell what the run wrote.
+
+    Parameters
+    ----------
+    out : path-like
+        The output folder.
+    stems : sequence of str
+        Output stems.
+    """
     states = {}
     for stem in stems:
         try:
@@ -1118,7 +1172,17 @@ def written_since(out: str | os.PathLike, states: Mapping[str, tuple[int, int, i
                   prms_format: str | None = None) -> list[str]:
     """The stems of ``states`` (`output_states`) whose outputs are complete in ``out`` and were
     written since: what an interrupted run put on disk, the images that workers finished
-    after the interrupt included (a switch committed but not finished is finished here)."""
+    after the interrupt included (a switch committed but not finished is finished here).
+
+    Parameters
+    ----------
+    out : path-like
+        The output folder.
+    states : mapping of str to tuple or None
+        What `output_states` gave before the run, by stem.
+    prms_format : {None, "npy", "tiff"}, optional
+        The PRM file the run writes (`napari_prm.io.complete_prediction`).
+    """
     from . import io
 
     now = output_states(out, list(states))
@@ -1129,7 +1193,15 @@ def written_since(out: str | os.PathLike, states: Mapping[str, tuple[int, int, i
 
 def record_written(out: str | os.PathLike, stems: Sequence[str]) -> None:
     """Mark the ``"pending"`` rows of ``stems`` in ``<out>/summary.csv`` as ``"written"``: images
-    that `written_since` found on disk after an interrupt stopped the run's bookkeeping."""
+    that `written_since` found on disk after an interrupt stopped the run's bookkeeping.
+
+    Parameters
+    ----------
+    out : path-like
+        The output folder; nothing happens without a readable ``summary.csv`` in it.
+    stems : sequence of str
+        The output stems to mark.
+    """
     path, stems = Path(out) / SUMMARY_NAME, set(stems)
     rows = _read_summary(path)
     if rows is None:
@@ -1190,13 +1262,27 @@ class PlaneTally:
 
     def plane_done(self, image: str | os.PathLike, done: int) -> int:
         """Count ``done`` planes of ``image`` (``predict_many``'s ``plane_progress``); returns `done`
-        (over all images). A stack read with more planes than its header said counts its header's."""
+        (over all images). A stack read with more planes than its header said counts its header's.
+
+        Parameters
+        ----------
+        image : path-like
+            One of the tallied images.
+        done : int
+            The planes of it done so far.
+        """
         image = str(Path(image))
         return self._set(image, max(self._counted[image], min(done, self.planes[image])))
 
     def image_done(self, image: str | os.PathLike) -> int:
         """Count all planes of ``image`` (``predict_many``'s ``progress``: it was written, skipped,
-        failed or run on a cluster, which reports no planes); returns `done` (over all images)."""
+        failed or run on a cluster, which reports no planes); returns `done` (over all images).
+
+        Parameters
+        ----------
+        image : path-like
+            One of the tallied images.
+        """
         image = str(Path(image))
         return self._set(image, self.planes[image])
 
@@ -1610,6 +1696,7 @@ def start_local_cluster(n_workers: int, *, dashboard: bool = True, **options):
 
     A task whose worker dies is not re-run by the scheduler (``allowed-failures`` 0):
     `predict_many` retries it itself, so every image has the same number of attempts.
+
     Parameters
     ----------
     n_workers : int
@@ -1650,7 +1737,13 @@ def _padded(read, shape, dtype, *args):
 
 
 def label_shapes(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
-    """``(H, W)`` of label TIFFs (of each plane of a label stack), from their headers only."""
+    """``(H, W)`` of label TIFFs (of each plane of a label stack), from their headers only.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Label TIFFs.
+    """
     import tifffile
 
     shapes = []
@@ -1662,7 +1755,13 @@ def label_shapes(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
 
 def label_planes(paths: Sequence[str | os.PathLike]) -> list[int]:
     """The planes of label TIFFs: 1 for a 2-D label image, N for a stack's (``(N, H, W)``), from
-    their headers only."""
+    their headers only.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Label TIFFs.
+    """
     import tifffile
 
     planes = []
@@ -1719,6 +1818,15 @@ def image_stack(paths: Sequence[str | os.PathLike], shapes: Sequence[tuple[int, 
     ``shapes`` are the images' ``(H, W)`` (those of their label images); ``planes`` their
     planes (`label_planes`; default 1 each): a TIFF stack's planes (`napari_prm.io.read_stack`)
     are planes of the result, as in `label_stack`, each read from its own page when shown.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        The image files.
+    shapes : sequence of (int, int)
+        Their ``(H, W)``.
+    planes : sequence of int, optional
+        Their planes; default 1 each.
     """
     import dask
     import dask.array as da

@@ -81,6 +81,7 @@ class Correction:
 
     @property
     def num_instances(self) -> int:
+        """The number of instances: distinct non-zero values of ``labels``."""
         return len(np.setdiff1d(np.unique(self.labels), [0]))
 
     @property
@@ -165,6 +166,21 @@ def correction_from_layer(image: np.ndarray, labels: np.ndarray, features, class
     An instance whose ``class_name`` the model lacks has no class (as one without a name);
     with ``others`` (a list), each such name is appended to it, once per instance
     (see `class_lookup`).
+
+    Parameters
+    ----------
+    image : ndarray
+        The image the labels were painted on.
+    labels : (H, W) int ndarray
+        The Labels layer's data.
+    features : mapping of columns or DataFrame, or None
+        The layer's features (`class_lookup`'s ``table``).
+    class_names : sequence of str
+        The model's classes.
+    source : str
+        Where it came from (a layer name), for messages.
+    others : list of str, optional
+        Where the class names the model lacks are appended.
     """
     return Correction(np.asarray(image), np.asarray(labels), class_lookup(features, class_names, others=others),
                       source)

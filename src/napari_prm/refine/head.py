@@ -82,7 +82,13 @@ class RefineHead(nn.Module):
         return self.stages[0].stride
 
     def lateral_maps(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Each stage standardised and projected: what all prompts of an image share."""
+        """Each stage standardised and projected: what all prompts of an image share.
+
+        Parameters
+        ----------
+        features : sequence of torch.Tensor
+            One feature map per stage of the head (``stages``), finest first.
+        """
         if len(features) != len(self.stages):
             raise ValueError(f"the head reads {len(self.stages)} feature maps; got {len(features)}")
         dtype = self.mask.weight.dtype

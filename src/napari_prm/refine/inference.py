@@ -28,7 +28,15 @@ def require_head(model: PRMModel, what: str = "refined proposals") -> torch.nn.M
 
 
 def stage_features(model: PRMModel, image: np.ndarray) -> list[torch.Tensor]:
-    """The backbone's feature maps the model's head reads, ``[(1, channels, h, w)]`` finest first."""
+    """The backbone's feature maps the model's head reads, ``[(1, channels, h, w)]`` finest first.
+
+    Parameters
+    ----------
+    model : PRMModel
+        A model with a refinement head.
+    image : ndarray
+        The image (what `PRMModel.preprocess` takes).
+    """
     head = require_head(model)
     return StageFeatures(model.network.fcn.features, head.stages)(model.preprocess(image))
 
@@ -84,6 +92,17 @@ def refined_instances(model: PRMModel, image: np.ndarray, prediction, **options)
 
     ``options`` go to :func:`napari_prm.refine.instances.head_instances` over the head's
     saved ones.
+
+    Parameters
+    ----------
+    model : PRMModel
+        A model with a refinement head.
+    image : ndarray
+        The image predicted.
+    prediction : Prediction
+        Its prediction, whose peaks, PRMs and CRMs the head reads.
+    **options
+        Options of :func:`napari_prm.refine.instances.head_instances`.
     """
     if len(prediction.peak_classes) == 0:
         return []

@@ -59,6 +59,7 @@ class Sample:
 
     @property
     def num_peaks(self) -> int:
+        """The number of peaks: the rows of ``prompts``."""
         return int(self.prompts.shape[0])
 
 
@@ -247,6 +248,33 @@ def prepare_samples(model: PRMModel, stages, *, dataset=None, corrections: Seque
 
     See :func:`napari_prm.refine.refine` for the parameters. ``progress`` is called with
     ``(done, total)`` after each image.
+
+    Parameters
+    ----------
+    model : PRMModel
+        The PRM model.
+    stages : sequence of Stage
+        The feature maps the head reads (`napari_prm.refine.features.find_stages`).
+    dataset : LabeledImageDataset, optional
+        Images with image-level labels for self-training.
+    corrections : sequence of Correction
+        Corrected images.
+    predict_options : dict, optional
+        Keyword arguments of :func:`napari_prm.predict` for the pseudo-labels and the peaks of
+        corrected images.
+    target_options : dict, optional
+        Keyword arguments of :func:`napari_prm.refine.targets.pseudo_targets` over
+        :data:`PSEUDO_DEFAULTS`.
+    correction_weight : float
+        Weight of a corrected image's peaks against a pseudo-labelled one's.
+    negatives : bool
+        Peaks on no instance of their class learn empty masks.
+    cache_dir : path-like, optional
+        Folder where the dataset's samples are kept and read back; None keeps none.
+    progress : callable, optional
+        Called with ``(done, total)`` after each image.
+    cancel : callable or threading.Event, optional
+        Checked before each image.
 
     Raises
     ------
