@@ -100,7 +100,13 @@ class VocAnnotations:
                 f"{masked} segmented, include_difficult={self.include_difficult})")
 
     def subset(self, indices: Sequence[int]) -> VocAnnotations:
-        """The annotations of the images at ``indices``, in that order (`LabeledImageDataset.subset`)."""
+        """The annotations of the images at ``indices``, in that order (`LabeledImageDataset.subset`).
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Image indices.
+        """
         return replace(self, objects=[self.objects[i] for i in indices],
                        segmentations=[self.segmentations[i] for i in indices])
 
@@ -112,7 +118,15 @@ class VocAnnotations:
 
     def label(self, index: int, name: str) -> bool:
         """Whether image ``index`` shows class ``name`` (an object of it not marked difficult,
-        or any with ``include_difficult``)."""
+        or any with ``include_difficult``).
+
+        Parameters
+        ----------
+        index : int
+            The image's index.
+        name : str
+            A class name as the devkit writes it.
+        """
         return any(n == name and (self.include_difficult or not difficult) for n, difficult in self.objects[index])
 
 
@@ -312,7 +326,13 @@ class LabeledImageDataset:
                            iscrowd=np.zeros(len(masks), dtype=bool), ignore=objects == VOC_VOID)
 
     def subset(self, indices: Sequence[int]) -> LabeledImageDataset:
-        """The images at ``indices`` (same classes)."""
+        """The images at ``indices`` (same classes).
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Image indices; they may repeat.
+        """
         indices = [int(i) for i in indices]
         return replace(
             self,
@@ -362,7 +382,13 @@ class LabeledImageDataset:
 
     def held_out_size(self, fraction: float) -> int:
         """How many images :meth:`split` holds out when every class keeps a training image
-        anyway: ``fraction`` of them, at least one and at most all but one."""
+        anyway: ``fraction`` of them, at least one and at most all but one.
+
+        Parameters
+        ----------
+        fraction : float
+            The share of images to hold out.
+        """
         return min(max(int(round(fraction * len(self))), 1), len(self) - 1)
 
     def _keep_classes_in_training(self, train: list[int], val: list[int]) -> tuple[list[int], list[int]]:
@@ -389,7 +415,13 @@ class LabeledImageDataset:
         return train, val
 
     def untrained_classes(self, train: LabeledImageDataset) -> list[str]:
-        """The classes with a positive image here but none in ``train`` (a part of this dataset)."""
+        """The classes with a positive image here but none in ``train`` (a part of this dataset).
+
+        Parameters
+        ----------
+        train : LabeledImageDataset
+            The training part, with the same classes.
+        """
         return [c for c, everywhere, trained in zip(self.class_names, self.labels.sum(0), train.labels.sum(0))
                 if everywhere > 0 and trained == 0]
 
@@ -446,7 +478,13 @@ class LabeledImageDataset:
         """Each image file that cannot be read, named with where it was declared and why.
 
         Cheap: headers and ends of the files only, a file decoded only when they look
-        wrong (`napari_prm.io.unreadable_images`); ``progress(done, total)`` per file."""
+        wrong (`napari_prm.io.unreadable_images`); ``progress(done, total)`` per file.
+
+        Parameters
+        ----------
+        progress : callable, optional
+            Called as ``progress(done, total)`` after each file.
+        """
         from .io import unreadable_images
 
         where = {}
@@ -479,6 +517,13 @@ def voc_view(dataset: LabeledImageDataset, *, drop_unlabeled: bool = True) -> La
     (`from_voc`), images with an object of a VOC class are kept, difficult or not (an image of
     difficult objects only has no label with ``include_difficult=False``, but its instances are
     the devkit's ground truth).
+
+    Parameters
+    ----------
+    dataset : LabeledImageDataset
+        A COCO dataset, or a PASCAL VOC devkit's.
+    drop_unlabeled : bool
+        Drop the images that show none of the VOC classes kept.
     """
     names = set(dataset.class_names)
     both = [(coco, voc) for coco, voc in _VOC_NAME.items() if coco in names and voc in names]
@@ -751,7 +796,13 @@ def read_voc_segmentation(object_path: PathLike, class_path: PathLike) -> tuple[
 
 def is_voc_folder(path: PathLike) -> bool:
     """Whether ``path`` is a PASCAL VOC devkit's year folder (``VOCdevkit/VOC2012``): one
-    holding ``JPEGImages/`` and ``Annotations/``."""
+    holding ``JPEGImages/`` and ``Annotations/``.
+
+    Parameters
+    ----------
+    path : path-like
+        A folder.
+    """
     path = Path(path)
     return (path / "JPEGImages").is_dir() and (path / "Annotations").is_dir()
 
@@ -962,6 +1013,14 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
     ``desktop.ini``), are skipped; other files that are not images (suffixes
     ``IMAGE_SUFFIXES``) and files in no class folder are left out and named in the
     dataset's ``warnings``.
+
+    Parameters
+    ----------
+    root : path-like
+        The folder of class folders.
+    require_positives : bool
+        Refuse (``ValueError``) a class folder that holds no image; False keeps it as a class
+        without images.
     """
     root = Path(root)
     if not root.is_dir():
@@ -1021,6 +1080,13 @@ def label_typos(dataset: LabeledImageDataset, *, known: Sequence[str] = ()) -> l
     added, dropped, changed or two swapped, ignoring case) from another class's name: most
     likely a typo in a CSV or a folder name, which makes a class of its own. Two names both
     ``known`` (PASCAL VOC's ``cat`` and ``car``) are never one class written two ways.
+
+    Parameters
+    ----------
+    dataset : LabeledImageDataset
+        The dataset whose classes are compared.
+    known : sequence of str
+        Class names known to be distinct classes (e.g. PASCAL VOC's); a pair of them is never reported.
     """
     counts = dict(zip(dataset.class_names, dataset.labels.sum(0).astype(int)))
     names = list(counts)
@@ -1291,6 +1357,13 @@ class TrainingImages(torch.utils.data.Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch whose flips the images get (see ``seed``).
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch about to run.
+        """
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

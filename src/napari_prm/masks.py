@@ -192,6 +192,13 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
     and shrinking samples the pixel under the centre of each block (after it, for an even
     block).
 
+    Parameters
+    ----------
+    size_in : int
+        Pixels of the input axis.
+    size_out : int
+        Pixels of the output axis.
+
     Returns
     -------
     (size_out,) int64 ndarray
@@ -268,6 +275,7 @@ class ScaledMasks(ScaledStack):
 
     @property
     def masks(self) -> np.ndarray:
+        """(N, h, w) bool ndarray: the masks at their working size (``planes``)."""
         return self.planes
 
     def _resized(self, planes: np.ndarray) -> np.ndarray:
@@ -276,6 +284,11 @@ class ScaledMasks(ScaledStack):
     def resize(self, shape: tuple[int, int]) -> np.ndarray:
         """The stack at ``shape``: ``resize_nearest(self.to_array(), shape)``, without building
         the full stack (the two nearest-neighbour index maps are composed).
+
+        Parameters
+        ----------
+        shape : (int, int)
+            ``(height, width)`` of the result.
 
         Returns
         -------
@@ -295,6 +308,11 @@ class ScaledMasks(ScaledStack):
 def encode_rle(mask: np.ndarray) -> dict:
     """COCO compressed RLE of one (H, W) mask, ready for JSON.
 
+    Parameters
+    ----------
+    mask : (H, W) array
+        The mask; any non-zero value is inside.
+
     Returns
     -------
     dict
@@ -305,12 +323,26 @@ def encode_rle(mask: np.ndarray) -> dict:
 
 
 def decode_rle(rle: Mapping) -> np.ndarray:
-    """(H, W) bool mask of one compressed RLE (``counts`` as str or bytes)."""
+    """(H, W) bool mask of one compressed RLE (``counts`` as str or bytes).
+
+    Parameters
+    ----------
+    rle : mapping
+        ``{"size": [H, W], "counts": str or bytes}``.
+    """
     return coco_mask.decode(rle).astype(bool)
 
 
 def decode_rles(rles: Sequence[Mapping], shape: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) bool stack of N compressed RLEs of size ``shape``; (0, H, W) for none."""
+    """(N, H, W) bool stack of N compressed RLEs of size ``shape``; (0, H, W) for none.
+
+    Parameters
+    ----------
+    rles : sequence of mapping
+        Compressed RLEs, all of size ``shape``.
+    shape : (int, int)
+        ``(H, W)``, for the empty stack of no RLE.
+    """
     if not len(rles):
         return np.zeros((0, *shape), bool)
     return np.ascontiguousarray(coco_mask.decode(list(rles)).transpose(2, 0, 1)).astype(bool)
@@ -438,10 +470,22 @@ def _compressed_counts(counts: bytes) -> list[int]:
 
 
 def rle_area(rle: Mapping) -> int:
-    """Pixels inside a compressed RLE."""
+    """Pixels inside a compressed RLE.
+
+    Parameters
+    ----------
+    rle : mapping
+        A compressed RLE.
+    """
     return int(coco_mask.area(rle))
 
 
 def rle_bbox(rle: Mapping) -> list[float]:
-    """Bounding box ``[x, y, width, height]`` (COCO's order) of a compressed RLE."""
+    """Bounding box ``[x, y, width, height]`` (COCO's order) of a compressed RLE.
+
+    Parameters
+    ----------
+    rle : mapping
+        A compressed RLE.
+    """
     return [float(v) for v in coco_mask.toBbox(rle)]
