@@ -345,6 +345,12 @@ class Calibration:
 
     @property
     def warning(self) -> str | None:
+        """What a user should know of this calibration, or None.
+
+        That it found no class (no threshold pair kept a peak of a class the images show); else that
+        it ran on fewer than `MIN_CALIBRATION_IMAGES` images, or that its thresholds keep more than
+        ``max_peaks`` peaks on some images, or both; None when neither.
+        """
         if self.recall > 0:
             warnings = [w for w in (self._few_images_warning(), self._too_many_peaks_warning()) if w]
             # the first starts in lower case (after "warning: "); the second is a sentence of its own

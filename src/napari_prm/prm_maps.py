@@ -89,6 +89,7 @@ class ScaledPRMs(ScaledStack):
 
     @property
     def maps(self) -> np.ndarray:
+        """(K, h, w) float32 ndarray: the maps at the network's grid (``planes``)."""
         return self.planes
 
     def _resized(self, planes: np.ndarray) -> np.ndarray:
@@ -130,6 +131,7 @@ class InstancePRM(LazyArray):
 
     @property
     def size(self) -> int:
+        """The number of pixels: ``H * W``."""
         return int(np.prod(self.shape))
 
     @property
@@ -144,6 +146,7 @@ class InstancePRM(LazyArray):
         return self.to_array()[split_index(index, 2)]
 
     def to_array(self) -> np.ndarray:
+        """The map as a new (H, W) float32 ndarray: the sum of the maps of ``peaks``, in order."""
         planes = self.prms.iter_planes(self.peaks)
         total = next(planes).copy()
         for plane in planes:

@@ -20,6 +20,13 @@ def split_index(index, ndim: int) -> tuple:
     """``index`` of an ``ndim``-dimensional array as a tuple of ``ndim`` entries (``...`` expanded,
     missing trailing axes ``slice(None)``).
 
+    Parameters
+    ----------
+    index : object
+        An index as ``array[index]`` takes it (an int, a slice, an array, ``...`` or a tuple of them).
+    ndim : int
+        The number of axes of the array.
+
     Raises
     ------
     IndexError
@@ -113,7 +120,13 @@ class ScaledStack(LazyArray):
         raise NotImplementedError
 
     def with_planes(self, planes: np.ndarray) -> ScaledStack:
-        """A stack of the same kind holding ``planes``."""
+        """A stack of the same kind holding ``planes``.
+
+        Parameters
+        ----------
+        planes : (n, h, w) ndarray
+            The planes, at this stack's working size.
+        """
         return type(self)(planes, self.shape[1:])
 
     def __len__(self) -> int:
@@ -124,14 +137,17 @@ class ScaledStack(LazyArray):
 
     @property
     def ndim(self) -> int:
+        """3, as an (N, H, W) ndarray's."""
         return 3
 
     @property
     def size(self) -> int:
+        """The number of elements: ``N * H * W``."""
         return int(np.prod(self.shape))
 
     @property
     def dtype(self) -> np.dtype:
+        """The dtype of the planes as read: ``read_dtype``, else that of ``planes``."""
         return np.dtype(self.read_dtype or self.planes.dtype)
 
     @property
@@ -152,6 +168,13 @@ class ScaledStack(LazyArray):
         """Planes ``indices`` (default: all) at ``(H, W)``, in order, resized a few at a time:
         at most ``max_bytes`` of them at once (one at a time for a large image), as few calls
         as that allows (one call per plane is slow on a busy machine).
+
+        Parameters
+        ----------
+        indices : sequence of int, optional
+            The planes to give, in that order; None gives all.
+        max_bytes : int
+            The most bytes of resized planes made at once.
 
         Yields
         ------

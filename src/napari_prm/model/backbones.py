@@ -14,7 +14,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class FullyConvolutionalClassifier(nn.Module):
-    """``classifier(features(x))``: (B, 3, H, W) -> class response maps (B, C, h, w)."""
+    """``classifier(features(x))``: (B, 3, H, W) -> class response maps (B, C, h, w).
+
+    Parameters
+    ----------
+    features : nn.Module
+        The backbone's convolutional part: (B, 3, H, W) images to feature maps.
+    classifier : nn.Conv2d
+        The classifier as a convolution over the features: one output channel per class.
+    """
 
     def __init__(self, features: nn.Module, classifier: nn.Conv2d):
         super().__init__()
@@ -23,9 +31,22 @@ class FullyConvolutionalClassifier(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """The number of classes: the classifier's output channels."""
         return self.classifier.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class response maps of a batch of images.
+
+        Parameters
+        ----------
+        x : (B, 3, H, W) torch.Tensor
+            Normalised images.
+
+        Returns
+        -------
+        (B, C, h, w) torch.Tensor
+            ``classifier(features(x))``.
+        """
         return self.classifier(self.features(x))
 
 

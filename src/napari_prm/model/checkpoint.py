@@ -64,6 +64,11 @@ def is_builtin_name(model: object, names: Collection[str] = BUILTIN_MODELS) -> b
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` as a torch.device; None picks CUDA, then MPS, then the CPU.
 
+    Parameters
+    ----------
+    device : str, torch.device or None
+        A device (``"cpu"``, ``"cuda:1"``, ``"mps"``...); None picks one.
+
     Raises
     ------
     ValueError
@@ -141,10 +146,12 @@ class PRMModel:
 
     @property
     def device(self) -> torch.device:
+        """The torch device the network's weights are on."""
         return next(self.network.parameters()).device
 
     @property
     def num_classes(self) -> int:
+        """The number of classes: ``len(class_names)``."""
         return len(self.class_names)
 
     def to(self, device: str | torch.device | None) -> PRMModel:
@@ -609,6 +616,11 @@ def _checked_metadata(path: Path, metadata: dict) -> dict:
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[PRMModel, dict]:
     """Load a checkpoint: the model and the ``extra`` dict saved with it.
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint file.
 
     Raises
     ------

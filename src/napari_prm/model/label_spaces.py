@@ -151,7 +151,13 @@ def _space(name: str, order: Sequence[str], table: dict[str, list[int]], reduce:
 
 
 def builtin_label_spaces(reduce: str = "mean") -> dict[str, LabelSpace]:
-    """The grouped label spaces of the built-in model, by name."""
+    """The grouped label spaces of the built-in model, by name.
+
+    Parameters
+    ----------
+    reduce : {'mean', 'max', 'lse'}
+        How a group's member classes are reduced (see `GroupedClassifier`).
+    """
     return {
         "imagenet-voc": _space("imagenet-voc", _VOC_ORDER, _SHARED, reduce),
         "imagenet-coco": _space("imagenet-coco", _COCO_ORDER, {**_SHARED, **_COCO_ONLY}, reduce),
@@ -201,9 +207,21 @@ class GroupedClassifier(nn.Module):
 
     @property
     def out_channels(self) -> int:
+        """The number of groups: one output channel each."""
         return len(self.group_sizes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Each group's map: the members' maps reduced as ``reduce`` says.
+
+        Parameters
+        ----------
+        features : (B, channels, h, w) torch.Tensor
+            The backbone's features, which ``conv`` reads.
+
+        Returns
+        -------
+        (B, groups, h, w) torch.Tensor
+        """
         maps = self.conv(features)
         if self.reduce == "mean":
             return maps

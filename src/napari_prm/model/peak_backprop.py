@@ -193,6 +193,13 @@ def patch_convolutions(module: nn.Module, conv_forward: Callable) -> Iterator[nn
     ``conv_forward(conv, input, weight, bias)`` is bound to each convolution
     instance (the class is untouched). The patch is removed on exit, even after an
     exception; a process-wide lock keeps two threads from patching at once.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network whose convolutions are patched (it is yielded).
+    conv_forward : callable
+        The replacement of ``Conv2d._conv_forward``.
     """
     with _lock:
         convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
@@ -213,6 +220,11 @@ def excitation_backprop(module: nn.Module) -> Iterator[nn.Module]:
     :func:`fold_batch_norms` can fold. The patch is per instance and removed on exit, even after an exception, so
     the module computes ordinary gradients again afterwards. A process-wide lock
     keeps two threads from patching at once.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network whose convolutions are patched (it is yielded).
     """
     with patch_convolutions(module, _excitation_conv_forward):
         norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

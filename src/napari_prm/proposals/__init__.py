@@ -43,7 +43,15 @@ PROPOSAL_KEYWORDS = ("auto", "default", "builtin", "prm", "refined")
 
 
 def resolve_source(source, model=None):
-    """``"auto"`` as the source it stands for: ``"refined"`` for a model with a head, else ``"default"``."""
+    """``"auto"`` as the source it stands for: ``"refined"`` for a model with a head, else ``"default"``.
+
+    Parameters
+    ----------
+    source : str, path-like or other proposal source
+        A proposal source; anything but ``"auto"`` is returned as it is.
+    model : PRMModel, optional
+        The model the proposals are for: ``"auto"`` is ``"refined"`` when it has a head.
+    """
     if isinstance(source, str) and source.strip().lower() == "auto":
         return "refined" if getattr(model, "head", None) is not None else "default"
     return source

@@ -23,7 +23,7 @@ def proposals_from_labels(label_image) -> np.ndarray:
 
     Parameters
     ----------
-    label_image : (H, W) integer array-like, or an object with such a ``.data``
+    label_image : (H, W) int array-like, or an object with such a ``.data``
         0 is background; labels become proposals in increasing label order.
 
     Returns
@@ -45,7 +45,13 @@ def proposals_from_labels(label_image) -> np.ndarray:
 
 
 def proposals_from_masks(stack) -> np.ndarray:
-    """An (N, H, W) stack (or a sequence of (H, W) masks) as bool proposals, order kept."""
+    """An (N, H, W) stack (or a sequence of (H, W) masks) as bool proposals, order kept.
+
+    Parameters
+    ----------
+    stack : (N, H, W) array-like
+        The masks; any non-zero value is inside (NaN is refused).
+    """
     masks = np.asarray(stack)
     if masks.ndim != 3:
         raise ValueError(f"mask stack: expected (N, H, W), got shape {masks.shape}")
