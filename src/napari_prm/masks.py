@@ -310,8 +310,8 @@ def encode_rle(mask: np.ndarray) -> dict:
 
     Parameters
     ----------
-    mask : (H, W) array
-        The mask; any non-zero value is inside.
+    mask : (H, W) bool or 0/1 array
+        The mask.
 
     Returns
     -------

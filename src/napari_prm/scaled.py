@@ -174,7 +174,7 @@ class ScaledStack(LazyArray):
         indices : sequence of int, optional
             The planes to give, in that order; None gives all.
         max_bytes : int
-            The most bytes of resized planes made at once.
+            How many bytes of resized planes to make at once (at least one plane).
 
         Yields
         ------
