@@ -137,9 +137,9 @@ def _api_objects():
 
 
 def _numpydoc_errors(obj):
-    """numpydoc's ``(code, message)`` errors of ``obj``'s docstring. A dataclass or named tuple
-    may document its fields, which are its constructor's parameters, as ``Attributes`` (as
-    this project's do; test_docstring_examples.py checks that section against the fields)."""
+    """numpydoc's ``(code, message)`` errors of ``obj``'s docstring. A dataclass may document
+    its fields, which are its constructor's parameters, as ``Attributes`` (as this project's
+    do; test_docstring_examples.py checks that section against the fields)."""
     import dataclasses
 
     from numpydoc.docscrape import get_doc_object
@@ -152,9 +152,7 @@ def _numpydoc_errors(obj):
         @property
         def doc_all_parameters(self):
             parameters = super().doc_all_parameters
-            is_record = isinstance(self.obj, type) and (
-                dataclasses.is_dataclass(self.obj) or issubclass(self.obj, tuple) and hasattr(self.obj, "_fields"))
-            if is_record and not parameters:
+            if isinstance(self.obj, type) and dataclasses.is_dataclass(self.obj) and not parameters:
                 fields = set(self.signature_parameters)
                 parameters = {name: value for name, value in self._doc_parameters(["Attributes"]).items()
                               if name in fields}
