@@ -132,9 +132,10 @@ def shapes_scenes():
     return [shapes_scene(seed) for seed in range(3)]
 
 
-def interrupt_after_first_checkpoint(command: list[str], out: Path, env: dict) -> tuple[int, str]:
-    """Run a training ``command`` in a child process, press Ctrl-C (SIGINT) about a second
-    after it first writes ``out``, and return its exit status and stderr."""
+def interrupt_after_first_checkpoint(command: list[str], out: Path, env: dict,
+                                     signum: int = signal.SIGINT) -> tuple[int, str]:
+    """Run a training ``command`` in a child process, press Ctrl-C (SIGINT; or send ``signum``)
+    about a second after it first writes ``out``, and return its exit status and stderr."""
     # A shell starts background jobs with SIGINT ignored, and the child would inherit that:
     # give it the default disposition, so Python turns Ctrl-C into KeyboardInterrupt.
     default_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if os.name == "posix" else None
@@ -146,7 +147,7 @@ def interrupt_after_first_checkpoint(command: list[str], out: Path, env: dict) -
             time.sleep(0.2)
         assert out.is_file(), process.stderr.read() if process.poll() is not None else "no checkpoint in 180 s"
         time.sleep(1.0)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         _, err = process.communicate(timeout=120)
     finally:
         process.kill()

@@ -1032,6 +1032,42 @@ def test_predict_ctrl_c_says_what_is_written_and_how_to_go_on(tmp_path, capsys):
     assert statuses.count("written") == written and statuses.count("pending") == 40 - written
 
 
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM ends a Windows process without a handler")
+def test_predict_sigterm_stops_as_ctrl_c_does(tmp_path, capsys):
+    """SIGTERM (``kill``, ``timeout``, a batch system's time limit) ended ``predict`` at once:
+    no line said what was written, the status was the signal's, and the marker of the image in
+    progress stayed, so the next run put that image last and said that it had killed the run
+    ("out of memory?"). It now stops as on Ctrl-C, with exit status 143."""
+    import signal
+
+    import imageio.v3 as iio
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for number in range(12):
+        iio.imwrite(images / f"cat {number:02d}.png", data.chelsea()[number:number + 96, :96])
+    out = tmp_path / "results"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "napari_prm", "predict", str(images), "--out", str(out), "--device", "cpu"]
+    returncode, err = interrupt_after_first_checkpoint(command, out / "cat 00.manifest.json", env,
+                                                       signum=signal.SIGTERM)
+    assert returncode == 143, err
+    written = len(list(out.glob("*.manifest.json")))
+    assert 1 <= written < 12
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: {written} of 12 images written to {out} (summary: "
+        f"{out / 'summary.csv'}); the same command goes on with the others")
+    assert "Traceback" not in err
+    assert not (out / ".napari-prm-running.json").exists()
+    statuses = [line.split(",")[1] for line in (out / "summary.csv").read_text().splitlines()[1:]]
+    assert statuses.count("written") == written and statuses.count("pending") == 12 - written
+    capsys.readouterr()
+    assert main(["predict", str(images), "--out", str(out), "--device", "cpu"]) == 0
+    resumed = capsys.readouterr().err
+    assert "killed" not in resumed
+    assert f"{12 - written} image(s) written to {out}, {written} skipped, 0 failed" in resumed
+
+
 def test_predict_on_a_folder_whose_images_are_in_sub_folders_says_so(tmp_path, capsys):
     """A plate/well layout gave "no images in this folder", not why."""
     for well in ("A1", "A2"):

@@ -8,8 +8,10 @@ modules are imported only when a command runs, so ``--help`` stays quick.
 Exit status: 0 on success; 1 when some inputs failed (``predict``: an unreadable image;
 the others are still written) or on an unexpected internal error; 2 for bad arguments or
 inputs, or when nothing could run (no images, model or dataset not loadable); 130 when
-interrupted. No user error prints a Python traceback: an unexpected exception is reported
-in one line, and ``--debug`` prints the traceback of any error, a user error's included.
+interrupted (Ctrl-C); 143 when ended by SIGTERM (``kill``, ``timeout``, a batch system's time
+limit), which stops a command as Ctrl-C does. No user error prints a Python traceback: an
+unexpected exception is reported in one line, and ``--debug`` prints the traceback of any
+error, a user error's included.
 """
 
 from __future__ import annotations
@@ -508,18 +510,31 @@ def _quiet_tifffile(debug: bool):
         logger.setLevel(level)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where Ctrl-C raises KeyboardInterrupt, so that a command
+    stops as it does on Ctrl-C (`_quiet_after_ctrl_c`)."""
+
+
 @contextlib.contextmanager
-def _quiet_after_ctrl_c():
+def _quiet_after_ctrl_c(*, sigterm: bool = True):
     """Ctrl-C raises KeyboardInterrupt as usual; once it has, objects it interrupted half-built
     (an image reader in the middle of opening a file) are not reported as they are deleted.
 
     Python prints "Exception ignored in ..." with a traceback for an error in ``__del__``, and
     such a message came after the command's own "interrupted: ..." line. Only in the main
     thread (where signals are handled); both hooks are restored on the way out.
+
+    With ``sigterm``, SIGTERM (``kill PID``, ``timeout``, a batch system's time limit,
+    ``systemctl stop``) raises `Terminated`, a KeyboardInterrupt, so that the command stops as
+    on Ctrl-C: ``predict`` records the images done in ``summary.csv`` and leaves no marker of
+    an image that seemed to kill it, ``train`` says which epoch its checkpoint keeps. SIGTERM's
+    default ended the process at once. A second SIGTERM while the first is handled is ignored
+    (SIGKILL still ends the process). Yields a list that holds the signal's number once SIGTERM
+    came (the exit status is then 143, 128 + 15, as a shell reports a process it ended).
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield  # signals are not ours to handle here, or Ctrl-C is not Python's KeyboardInterrupt
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signals are not ours to handle here
         return
     interrupted = False
     unraisable_hook = sys.unraisablehook
@@ -529,21 +544,40 @@ def _quiet_after_ctrl_c():
         interrupted = True
         signal.default_int_handler(signum, frame)
 
+    def on_sigterm(signum, frame):
+        nonlocal interrupted
+        if received:  # the first one's cleanup goes on
+            return
+        interrupted = True
+        received.append(signum)
+        raise Terminated(f"terminated (signal {signum})")
+
     def on_unraisable(unraisable):
         if not interrupted:
             unraisable_hook(unraisable)
 
-    try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    except (ValueError, OSError):  # signals cannot be set here: nothing to quieten
-        yield
+    # only where Python's own handling is in place: Ctrl-C as KeyboardInterrupt (not ignored,
+    # as a shell starts background jobs), SIGTERM's default (not ignored, nor a caller's handler)
+    wanted = [(signal.SIGINT, signal.default_int_handler, on_sigint)]
+    if sigterm:
+        wanted.append((signal.SIGTERM, signal.SIG_DFL, on_sigterm))
+    previous = {}
+    for number, default, handler in wanted:
+        try:
+            if signal.getsignal(number) == default:
+                previous[number] = signal.signal(number, handler)
+        except (ValueError, OSError):  # signals cannot be set here
+            continue
+    if not previous:
+        yield received
         return
     sys.unraisablehook = on_unraisable
     try:
-        yield
+        yield received
     finally:
         sys.unraisablehook = unraisable_hook
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _console_takes_any_character() -> None:
@@ -580,18 +614,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     check_arguments(args)
-    with _quiet_after_ctrl_c(), _quiet_tifffile(getattr(args, "debug", False)):
+    # the demo's napari window ends on SIGTERM as any Qt application does
+    with (_quiet_after_ctrl_c(sigterm=args.command != "demo") as terminated,
+          _quiet_tifffile(getattr(args, "debug", False))):
         try:
-            return int(args.run(args) or 0)
+            status = int(args.run(args) or 0)
         except CommandError as error:
             return _report(args, error, 2)
         except KeyboardInterrupt:
-            print(f"napari-prm {args.command}: interrupted", file=sys.stderr)
-            return 130
+            print(f"napari-prm {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+            status = 130
         except (ValueError, OSError) as error:  # the library's messages name the file or argument
             return _report(args, error, 2)
         except Exception as error:  # a bug or an exhausted resource: one line, no traceback
             return _report(args, error, 1)
+    # SIGTERM's status, as a shell reports a process it ended, once the command stopped as on Ctrl-C
+    return 128 + signal.SIGTERM if terminated and status == 130 else status
 
 
 def _report(args, error: BaseException, status: int) -> int:
