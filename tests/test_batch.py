@@ -498,6 +498,27 @@ def test_the_summary_keeps_the_rows_of_earlier_images_a_rerun_on_some_does_not_t
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # written atomically, no temporary left
 
 
+def test_the_summary_drops_the_failed_row_of_an_image_since_deleted(tmp_path, checkpoint, images):
+    """A corrupt image that failed, then deleted by the user, kept its ``failed`` row in every
+    later summary: the folder's record counted a failure that no image could have any more.
+    A failed row whose image still exists (a re-run on other images) is kept."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("cat.png", "broken.png", "coffee.jpg"):
+        shutil.copy(next(p for p in images if p.name == name), folder / name)
+    out = tmp_path / "out"
+    predict_many(sorted(folder.iterdir()), str(checkpoint), out, **SETTINGS)
+    assert {name: row["status"] for name, row in summary_rows(out).items()} == {
+        "broken.png": "failed", "cat.png": "written", "coffee.jpg": "written"}
+
+    predict_many([folder / "cat.png"], str(checkpoint), out, **SETTINGS)  # broken.png is still there
+    assert list(summary_rows(out)) == ["broken.png", "cat.png", "coffee.jpg"]
+    (folder / "broken.png").unlink()
+    predict_many(sorted(folder.iterdir()), str(checkpoint), out, **SETTINGS)
+    assert {name: row["status"] for name, row in summary_rows(out).items()} == {
+        "cat.png": "skipped", "coffee.jpg": "skipped"}
+
+
 def test_a_folder_whose_sub_folders_hold_images_says_they_are_left_out(tmp_path, checkpoint, images, capsys):
     from napari_prm.batch import collect_images
 

@@ -28,7 +28,8 @@ be read, or its axes are not supported) is reported at once, as trying again can
 and is rewritten atomically as results arrive (at most once a second, and at the end). It
 is the folder's record, not only the run's: the rows of images an earlier run put there
 are kept (in their place), those of the images this run has replace theirs, and rows whose
-outputs are gone (deleted, or their stem now another image's) are dropped.
+outputs are gone (deleted, or their stem now another image's), or that have none (failed,
+cancelled) and whose image file is gone, are dropped.
 """
 
 from __future__ import annotations
@@ -1124,8 +1125,9 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
     """The rows of ``summary.csv`` in order: earlier rows kept (dicts) and indices of ``results``.
 
     An earlier row is replaced by its image's result when the image is in ``results``; it is
-    dropped when its stem is now another image's, or when it says outputs were written (or
-    found) and their manifest or label image is gone. A file that is not a summary is replaced."""
+    dropped when its stem is now another image's, when it says outputs were written (or
+    found) and their manifest or label image is gone, or when it has none (failed, pending,
+    cancelled) and its image file is gone. A file that is not a summary is replaced."""
     index: dict[str, list[int]] = {}
     for i, result in enumerate(results):
         index.setdefault(os.path.abspath(result.image), []).append(i)
@@ -1142,6 +1144,8 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
             continue  # this run's image of that stem replaces (or keeps) those outputs
         elif stem and row.get("status") in ("written", "skipped") and not _has_outputs(path.parent, stem):
             continue
+        elif row.get("status") not in ("written", "skipped") and not os.path.exists(image):
+            continue  # no outputs, and its image is gone (a file that failed, since deleted)
         else:
             order.append(row)
     return order + sorted(i for indices in index.values() for i in indices)
