@@ -538,6 +538,34 @@ def test_a_folder_whose_sub_folders_hold_images_says_they_are_left_out(tmp_path,
     assert problems[0] in err and "1 image(s) written" in err and "0 failed" in err
 
 
+def test_an_out_folder_inside_the_input_folder_is_not_said_to_hold_images(tmp_path, checkpoint, images, capsys):
+    """With ``--out`` inside the input folder, the re-run's note said that the images of
+    ``results`` were left out and to pass ``--recursive``: its label TIFFs counted as images,
+    although ``--recursive`` (and the folder run) take no output of a manifest as an image."""
+    from napari_prm.batch import collect_images
+
+    top = tmp_path / "top"
+    (top / "2023").mkdir(parents=True)
+    for where in ("a.png", "2023/b.png"):
+        shutil.copy(next(p for p in images if p.name == "cat.png"), top / where)
+    command = ["predict", str(top), "--out", str(top / "results"), "--model", str(checkpoint),
+               "--proposals", "prm", "--peak-threshold", "0", "--device", "cpu"]
+    assert main(command) == 0
+    assert (top / "results" / "a_labels.tif").is_file()
+    note = (f"note: {top}: the images in its 1 sub-folder(s) (2023) are left out: "
+            "pass --recursive to search sub-folders, or pass them as inputs too")
+    assert collect_images([top])[1] == [note]
+    capsys.readouterr()
+    assert main(command) == 0
+    assert note in capsys.readouterr().err
+    # a tree's outputs under results/ are no images either; an image put there is one
+    assert main([*command, "--recursive"]) == 0
+    assert (top / "results" / "2023" / "b_labels.tif").is_file()
+    assert collect_images([top])[1] == [note]
+    shutil.copy(top / "a.png", top / "results" / "2023" / "new.png")
+    assert collect_images([top])[1] == [note.replace("1 sub-folder(s) (2023)", "2 sub-folder(s) (2023, results)")]
+
+
 def test_skip_reasons_group_the_skipped_images_by_why(tmp_path, checkpoint, images, capsys):
     """`BatchResult.skip_reasons`, behind the folder panel's message and the command line's: complete
     outputs in one group, an incomplete set (a file removed) in another, whatever files each one lacks."""

@@ -377,8 +377,19 @@ def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
 
 
 def _holds_images(folder: Path) -> bool:
-    """Whether ``folder`` or a folder in it holds an image file (stops at the first)."""
-    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.rglob("*"))
+    """Whether ``folder`` or a visible folder in it holds an image file that ``--recursive``
+    would take (stops at the first): not the outputs napari-prm manifests list, so that an
+    ``--out`` inside the input folder is not said to hold images left out."""
+    from .io import listed_files
+
+    for here, names, files in os.walk(folder):
+        names[:] = [name for name in names if not name.startswith(".")]
+        candidates = [name for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+        if candidates:
+            outputs = listed_files(here)
+            if any(name not in outputs and (Path(here) / name).is_file() for name in candidates):
+                return True
+    return False
 
 
 def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | os.PathLike] = (),
