@@ -566,6 +566,29 @@ def test_an_out_folder_inside_the_input_folder_is_not_said_to_hold_images(tmp_pa
     assert collect_images([top])[1] == [note.replace("1 sub-folder(s) (2023)", "2 sub-folder(s) (2023, results)")]
 
 
+def test_the_command_ends_by_naming_the_failed_images(tmp_path, checkpoint, images, capsys):
+    """Each failure is said as it happens; at the end only their count was, so in the log of a
+    night's run (a line per note of thousands of images) the failed images had to be searched
+    for. The end names them, and where their errors are, before the count."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(next(p for p in images if p.name == "cat.png"), folder / "cat.png")
+    for name in ("broken.png", "empty.jpg"):
+        shutil.copy(next(p for p in images if p.name == "broken.png"), folder / name)
+    out = tmp_path / "out"
+    command = ["predict", str(folder), "--out", str(out), "--model", str(checkpoint), "--proposals", "prm",
+               "--peak-threshold", "0", "--device", "cpu"]
+    assert main(command) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-2:] == [
+        f"2 failed: broken.png, empty.jpg (why: the error column of {out / 'summary.csv'})",
+        f"1 image(s) written to {out}, 0 skipped, 2 failed; summary: {out / 'summary.csv'}"]
+    assert main(command) == 1  # tried again on a re-run, and named again
+    assert capsys.readouterr().err.strip().splitlines()[-3:] == [
+        "1 skipped: outputs exist (cat.png); use --overwrite to replace them",
+        f"2 failed: broken.png, empty.jpg (why: the error column of {out / 'summary.csv'})",
+        f"0 image(s) written to {out}, 1 skipped, 2 failed; summary: {out / 'summary.csv'}"]
+
+
 def test_skip_reasons_group_the_skipped_images_by_why(tmp_path, checkpoint, images, capsys):
     """`BatchResult.skip_reasons`, behind the folder panel's message and the command line's: complete
     outputs in one group, an incomplete set (a file removed) in another, whatever files each one lacks."""

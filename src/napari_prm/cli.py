@@ -38,6 +38,7 @@ from .batch import (
     SUMMARY_NAME,
     PlaneTally,
     collect_images,
+    image_names,
     model_label,
     output_name,
     output_states,
@@ -996,6 +997,10 @@ def _run_predict(args) -> int:
     skipped = batch.skipped
     if skipped:
         _say(f"{batch.skip_summary()}; use --overwrite to replace them")
+    if batch.failed:  # each said why as it failed, maybe thousands of lines above in a log
+        name = image_names([result.image for result in batch.results]).__getitem__
+        _say(f"{len(batch.failed)} failed: {first_names((name(r.image) for r in batch.failed), shown=10)} "
+             f"(why: the error column of {batch.summary})")
     failed = len(batch.failed) + sum(not problem.startswith(NOTE) for problem in problems)
     _say(f"{len(batch.written)} image(s) written to {args.out}, {len(skipped)} skipped, {failed} failed; "
          f"summary: {batch.summary}")
