@@ -566,6 +566,35 @@ def test_an_out_folder_inside_the_input_folder_is_not_said_to_hold_images(tmp_pa
     assert collect_images([top])[1] == [note.replace("1 sub-folder(s) (2023)", "2 sub-folder(s) (2023, results)")]
 
 
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, checkpoint, images, capsys):
+    """Two runs into one folder (a nightly job started while the last night's still runs)
+    predicted the same images side by side, and the last to rewrite ``summary.csv`` called the
+    images the other wrote "skipped", and those it found done "written". While a run writes
+    into a folder, another is refused, naming the run; the folder is free again when it ends."""
+    good = [p for p in images if p.name in ("cat.png", "coffee.jpg")]
+    out = tmp_path / "out"
+    refused = []
+
+    def meanwhile(result, done, total):  # a second run while the first has images to go
+        if done == 1:
+            with pytest.raises(OSError) as error:  # napari_prm.batch.FolderInUse
+                predict_many(good, str(checkpoint), out, **SETTINGS)
+            refused.append(str(error.value))
+            status = main(["predict", *map(str, good), "--model", str(checkpoint), "--out", str(out),
+                           "--proposals", "prm", "--peak-threshold", "0", "--device", "cpu"])
+            refused.append((status, capsys.readouterr().err))
+
+    batch = predict_many(good, str(checkpoint), out, progress=meanwhile, **SETTINGS)
+    assert [r.status for r in batch.results] == ["written", "written"]
+    assert refused[0].startswith(f"another napari-prm run is writing into {out} (process {os.getpid()} on ")
+    assert refused[0].endswith("wait until it ends, or write into another folder")
+    assert refused[1][0] == 2 and refused[1][1].splitlines()[-1] == f"napari-prm predict: error: {refused[0]}"
+    assert [row["status"] for row in summary_rows(out).values()] == ["written", "written"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    again = predict_many(good, str(checkpoint), out, **SETTINGS)  # free once the first run ended
+    assert [r.status for r in again.results] == ["skipped", "skipped"]
+
+
 def test_the_command_ends_by_naming_the_failed_images(tmp_path, checkpoint, images, capsys):
     """Each failure is said as it happens; at the end only their count was, so in the log of a
     night's run (a line per note of thousands of images) the failed images had to be searched

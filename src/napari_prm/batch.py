@@ -34,11 +34,14 @@ cancelled) and whose image file is gone, are dropped.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -58,10 +61,10 @@ from .io.fileset import _sha256, manifest_path
 from .io.images import quiet_large_image_warning
 from .io.paths import image_stem, sorted_paths
 
-__all__ = ["ImageResult", "BatchResult", "ModelSpec", "PlaneTally", "predict_many", "predict_image", "collect_images",
-           "image_names", "output_stems", "renamed_notes", "output_name", "output_place", "output_states",
-           "written_since", "record_written", "start_local_cluster", "label_stack", "label_shapes", "label_planes",
-           "image_stack", "SUMMARY_COLUMNS"]
+__all__ = ["ImageResult", "BatchResult", "ModelSpec", "PlaneTally", "FolderInUse", "predict_many", "predict_image",
+           "collect_images", "image_names", "output_stems", "renamed_notes", "output_name", "output_place",
+           "output_states", "written_since", "record_written", "start_local_cluster", "label_stack", "label_shapes",
+           "label_planes", "image_stack", "SUMMARY_COLUMNS"]
 
 #: Columns of ``summary.csv``.
 SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts", "stem", "planes")
@@ -81,6 +84,8 @@ ProgressCallback = Callable[["ImageResult", int, int], None]
 #: While a run in this process predicts an image, ``<out>/<RUNNING_NAME>`` names the image and
 #: the process; a run killed there (by the kernel, out of memory) leaves it behind.
 RUNNING_NAME = ".napari-prm-running.json"
+#: While a run writes into a folder it holds a lock on ``<out>/<LOCK_NAME>`` (`_folder_lock`).
+LOCK_NAME = ".napari-prm-lock"
 #: The note of an image that a killed run was predicting.
 KILLED_ON = ("the previous run in this folder was killed while predicting this image (out of memory?), "
              "so it ran after the others")
@@ -1414,6 +1419,12 @@ def predict_many(
     Returns
     -------
     BatchResult
+
+    Raises
+    ------
+    FolderInUse
+        Another run (in this process or another, on any host that sees ``out``) is writing
+        into ``out``: it holds ``<out>/.napari-prm-lock`` until it ends (a killed one lets it go).
     """
     from . import io
     from .io.prediction import _complete_set
@@ -1430,88 +1441,171 @@ def predict_many(
         raise ValueError(f"retries must be >= 0, got {retries}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    # finish or remove what killed runs left, in each folder of the outputs (a tree's too)
-    for folder in dict.fromkeys([out, *(folder for folder, _ in places)]):
-        if folder.is_dir():
-            io.recover_file_sets(folder)
-    results = [ImageResult(str(p), s) for p, s in zip(paths, stems)]
-    summary = _Summary(out / SUMMARY_NAME, results, summary_every)
-    batch = BatchResult(results, out, summary.path, prms_format)
-    todo, done_count = [], 0
+    with _folder_lock(out):  # one run at a time writes into a folder
+        # finish or remove what killed runs left, in each folder of the outputs (a tree's too)
+        for folder in dict.fromkeys([out, *(folder for folder, _ in places)]):
+            if folder.is_dir():
+                io.recover_file_sets(folder)
+        results = [ImageResult(str(p), s) for p, s in zip(paths, stems)]
+        summary = _Summary(out / SUMMARY_NAME, results, summary_every)
+        batch = BatchResult(results, out, summary.path, prms_format)
+        todo, done_count = [], 0
 
-    killed_run = _killed_on(out)  # kept, to be put back if its image does not run again in this run
-    killed = killed_run.image if killed_run is not None else None
+        killed_run = _killed_on(out)  # kept, to be put back if its image does not run again in this run
+        killed = killed_run.image if killed_run is not None else None
 
-    def report(result: ImageResult) -> None:
-        nonlocal done_count
-        done_count += 1
-        if killed is not None and os.path.abspath(result.image) == killed and result.status != "skipped":
-            result.notes.append(KILLED_ON)  # a skipped image did not run, last or otherwise
-        summary.update()
-        if progress is not None:
-            progress(result, done_count, len(results))
+        def report(result: ImageResult) -> None:
+            nonlocal done_count
+            done_count += 1
+            if killed is not None and os.path.abspath(result.image) == killed and result.status != "skipped":
+                result.notes.append(KILLED_ON)  # a skipped image did not run, last or otherwise
+            summary.update()
+            if progress is not None:
+                progress(result, done_count, len(results))
 
-    from .model.checkpoint import load_model
+        from .model.checkpoint import load_model
 
-    # loaded once, here (on the CPU for a cluster, whose workers load their own): its
-    # fingerprint is recorded, and earlier outputs are compared with this run
-    loaded = load_model(model if loaded_model is None else loaded_model,
-                        device=device if client is None else "cpu")
-    record = model_record(loaded, name=model_name or model_label(model))
-    if client is None:
-        model = loaded
-    for index, result in enumerate(results):  # resume: complete outputs are kept
-        if overwrite:
-            todo.append(index)
-            continue
-        place = places[index]
-        try:  # recovered above; read once in the run (`output_stems` may have read it)
-            found = _manifest(*place)
-        except ValueError:  # broken: replaced
-            found = None
-        existing = _complete_set(found, *place, prms_format=prms_format)
-        leftovers = [p.name for p in io.prediction_paths(*place, prms_format=prms_format).values()
-                     if p.exists()]
-        if existing is not None or leftovers:
-            if existing is not None:
-                reason = (_image_changed(existing.info, result.image)
-                          or _other_run(existing.info, record, settings, loaded))
-            elif prms_format is not None and _complete_set(found, *place) is not None:
-                reason = (f"{WITHOUT_PRMS} as {prms_format} (an earlier run wrote none, or another format); "
-                          "use overwrite to write them")
-            else:
-                reason = (f"outputs exist ({', '.join(leftovers)}) but are not a complete set; "
-                          "use overwrite to replace them")
-            results[index] = _skipped(result.image, result.stem, existing, reason)
-            report(results[index])
-        else:
-            todo.append(index)
-    # an image that killed the last run (the kernel ends a process out of memory) runs last,
-    # so that it cannot stop a resumed run at the same place again and again
-    last = [index for index in todo if os.path.abspath(results[index].image) == killed]
-    todo = [index for index in todo if index not in last] + last
-    summary.update(force=True)
-    cancel = cancel or (lambda: False)
-    try:
+        # loaded once, here (on the CPU for a cluster, whose workers load their own): its
+        # fingerprint is recorded, and earlier outputs are compared with this run
+        loaded = load_model(model if loaded_model is None else loaded_model,
+                            device=device if client is None else "cpu")
+        record = model_record(loaded, name=model_name or model_label(model))
         if client is None:
-            _run_here(results, todo, model, out, settings=settings, overwrite=overwrite, prms_format=prms_format,
-                      gather=gather, retries=retries, cancel=cancel, report=report, record=record,
-                      plane_progress=plane_progress)
-        else:
-            _run_on_cluster(results, todo, client, model, out, device=device, torch_threads=torch_threads,
-                            settings=settings, overwrite=overwrite, prms_format=prms_format, gather=gather,
-                            retries=retries, cancel=cancel, report=report, max_in_flight=max_in_flight,
-                            record=record)
-    finally:
-        for result in results:
-            # the images in progress were finished and recorded: the pending ones never started
-            if result.status == "pending" and cancel():
-                result.status = "cancelled"
+            model = loaded
+        for index, result in enumerate(results):  # resume: complete outputs are kept
+            if overwrite:
+                todo.append(index)
+                continue
+            place = places[index]
+            try:  # recovered above; read once in the run (`output_stems` may have read it)
+                found = _manifest(*place)
+            except ValueError:  # broken: replaced
+                found = None
+            existing = _complete_set(found, *place, prms_format=prms_format)
+            leftovers = [p.name for p in io.prediction_paths(*place, prms_format=prms_format).values()
+                         if p.exists()]
+            if existing is not None or leftovers:
+                if existing is not None:
+                    reason = (_image_changed(existing.info, result.image)
+                              or _other_run(existing.info, record, settings, loaded))
+                elif prms_format is not None and _complete_set(found, *place) is not None:
+                    reason = (f"{WITHOUT_PRMS} as {prms_format} (an earlier run wrote none, or another format); "
+                              "use overwrite to write them")
+                else:
+                    reason = (f"outputs exist ({', '.join(leftovers)}) but are not a complete set; "
+                              "use overwrite to replace them")
+                results[index] = _skipped(result.image, result.stem, existing, reason)
+                report(results[index])
+            else:
+                todo.append(index)
+        # an image that killed the last run (the kernel ends a process out of memory) runs last,
+        # so that it cannot stop a resumed run at the same place again and again
+        last = [index for index in todo if os.path.abspath(results[index].image) == killed]
+        todo = [index for index in todo if index not in last] + last
+        summary.update(force=True)
+        cancel = cancel or (lambda: False)
         try:
-            summary.update(force=True)  # raises where another program holds summary.csv (Windows)
-        finally:  # the run ended all the same: left, its marker said it was killed
-            _settle_marker(out, killed_run, results, here=client is None)
-    return batch
+            if client is None:
+                _run_here(results, todo, model, out, settings=settings, overwrite=overwrite, prms_format=prms_format,
+                          gather=gather, retries=retries, cancel=cancel, report=report, record=record,
+                          plane_progress=plane_progress)
+            else:
+                _run_on_cluster(results, todo, client, model, out, device=device, torch_threads=torch_threads,
+                                settings=settings, overwrite=overwrite, prms_format=prms_format, gather=gather,
+                                retries=retries, cancel=cancel, report=report, max_in_flight=max_in_flight,
+                                record=record)
+        finally:
+            for result in results:
+                # the images in progress were finished and recorded: the pending ones never started
+                if result.status == "pending" and cancel():
+                    result.status = "cancelled"
+            try:
+                summary.update(force=True)  # raises where another program holds summary.csv (Windows)
+            finally:  # the run ended all the same: left, its marker said it was killed
+                _settle_marker(out, killed_run, results, here=client is None)
+        return batch
+
+
+class FolderInUse(OSError):
+    """Another run (of this process or another, on this host or another) is writing into the
+    output folder (`predict_many`); its message names the folder and, where it can, the run."""
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path):
+    """Hold ``<out>/<LOCK_NAME>`` exclusively while a run writes into ``out``; `FolderInUse` when
+    another run holds it.
+
+    Two runs into one folder (a nightly job started while the last night's still runs) each
+    predicted the images the other was predicting, and each rewrote ``summary.csv`` with its
+    own view: the last one's said "written" of images it found done, and "skipped" of those the
+    other wrote. The lock is the operating system's (``flock``; ``msvcrt.locking`` on
+    Windows): a process that is killed lets it go, so no stale lock is left to remove. Where
+    the file system has no locks, the run goes on without one.
+    """
+    path = out / LOCK_NAME
+    while True:
+        handle = open(path, "a+b")
+        locked = _try_lock(handle)
+        if locked is False:
+            holder = _lock_holder(handle)
+            handle.close()
+            raise FolderInUse(f"another napari-prm run is writing into {out}{holder}: wait until it ends, "
+                              "or write into another folder")
+        try:  # the file this run locked may have been removed by the run before, which let it go
+            if locked is None or os.path.samestat(os.fstat(handle.fileno()), os.stat(path)):
+                break
+        except OSError:
+            pass
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"owner": owner_tag(), "pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode("utf-8"))
+        handle.flush()
+    except OSError:  # who holds it is only for the message
+        pass
+    try:
+        yield
+    finally:
+        if os.name != "nt":  # removed while locked: a run that opens it next opens a new file
+            with contextlib.suppress(OSError):
+                path.unlink()
+        handle.close()
+        if os.name == "nt":  # an open file cannot be removed there: another run may hold it now
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _try_lock(handle) -> bool | None:
+    """Lock the open file ``handle`` without waiting: True, False (another holds it), or None
+    (the file system has no locks)."""
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK):
+            return False
+        return None
+    return True
+
+
+def _lock_holder(handle) -> str:
+    """`` (process 123 on host, since 2026-01-01 02:00:00)``: who holds a lock, as its holder wrote; '' unknown."""
+    try:
+        handle.seek(0)
+        found = json.loads(handle.read().decode("utf-8"))
+        return f" (process {int(found['pid'])} on {found['host']}, since {found['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def _settle_marker(out: Path, killed: _KilledRun | None, results: Sequence[ImageResult], *,
