@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -1008,26 +1009,34 @@ def test_refine_resume_refuses_options_that_ask_for_others(tmp_path, capsys):
     assert "epoch 2/2" in capsys.readouterr().err
 
 
-def test_predict_ctrl_c_says_what_is_written_and_how_to_go_on(tmp_path, capsys):
-    """Ctrl-C in ``predict`` said only "napari-prm predict: interrupted": not how many images
-    were written, nor that the same command goes on from there."""
+def _interrupted_predict(tmp_path, count: int, signum: int, status: int) -> tuple[Path, Path, int]:
+    """``napari-prm predict`` on ``count`` images in a child process, sent ``signum`` after its
+    first image, must end with exit ``status`` saying what it wrote: the images folder, ``--out``
+    and the images written."""
     import imageio.v3 as iio
 
     images = tmp_path / "images"
     images.mkdir()
-    for number in range(40):
+    for number in range(count):
         iio.imwrite(images / f"cat {number:02d}.png", data.chelsea()[number:number + 96, :96])
     out = tmp_path / "results"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "napari_prm", "predict", str(images), "--out", str(out), "--device", "cpu"]
-    returncode, err = interrupt_after_first_checkpoint(command, out / "cat 00.manifest.json", env)
-    assert returncode == 130, err
+    returncode, err = interrupt_after_first_checkpoint(command, out / "cat 00.manifest.json", env, signum=signum)
+    assert returncode == status, err
     written = len(list(out.glob("*.manifest.json")))
-    assert 1 <= written < 40
+    assert 1 <= written < count
     assert err.strip().splitlines()[-1] == (
-        f"interrupted: {written} of 40 images written to {out} (summary: "
+        f"interrupted: {written} of {count} images written to {out} (summary: "
         f"{out / 'summary.csv'}); the same command goes on with the others")
     assert "Traceback" not in err
+    return images, out, written
+
+
+def test_predict_ctrl_c_says_what_is_written_and_how_to_go_on(tmp_path, capsys):
+    """Ctrl-C in ``predict`` said only "napari-prm predict: interrupted": not how many images
+    were written, nor that the same command goes on from there."""
+    images, out, written = _interrupted_predict(tmp_path, 40, signal.SIGINT, 130)
     statuses = [line.split(",")[1] for line in (out / "summary.csv").read_text().splitlines()[1:]]
     assert statuses.count("written") == written and statuses.count("pending") == 40 - written
 
@@ -1038,26 +1047,7 @@ def test_predict_sigterm_stops_as_ctrl_c_does(tmp_path, capsys):
     no line said what was written, the status was the signal's, and the marker of the image in
     progress stayed, so the next run put that image last and said that it had killed the run
     ("out of memory?"). It now stops as on Ctrl-C, with exit status 143."""
-    import signal
-
-    import imageio.v3 as iio
-
-    images = tmp_path / "images"
-    images.mkdir()
-    for number in range(12):
-        iio.imwrite(images / f"cat {number:02d}.png", data.chelsea()[number:number + 96, :96])
-    out = tmp_path / "results"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "napari_prm", "predict", str(images), "--out", str(out), "--device", "cpu"]
-    returncode, err = interrupt_after_first_checkpoint(command, out / "cat 00.manifest.json", env,
-                                                       signum=signal.SIGTERM)
-    assert returncode == 143, err
-    written = len(list(out.glob("*.manifest.json")))
-    assert 1 <= written < 12
-    assert err.strip().splitlines()[-1] == (
-        f"interrupted: {written} of 12 images written to {out} (summary: "
-        f"{out / 'summary.csv'}); the same command goes on with the others")
-    assert "Traceback" not in err
+    images, out, written = _interrupted_predict(tmp_path, 12, signal.SIGTERM, 143)
     assert not (out / ".napari-prm-running.json").exists()
     statuses = [line.split(",")[1] for line in (out / "summary.csv").read_text().splitlines()[1:]]
     assert statuses.count("written") == written and statuses.count("pending") == 12 - written
