@@ -162,7 +162,10 @@ def test_a_killed_worker_is_retried_once_then_reported(tmp_path, checkpoint, ima
     batch = predict_many([images[[p.name for p in images].index("coffee.jpg")], good[0]], str(checkpoint),
                          tmp_path / "always", client, max_in_flight=1,
                          proposals=DieOnWorker(tmp_path, always=[shapes["coffee.jpg"]]))
-    assert [(r.status, r.attempts) for r in batch.results] == [("failed", 2), ("written", 1)]
+    # the next image is written; on a loaded machine it may reach a worker the scheduler has not
+    # yet seen die, and then take a second attempt itself
+    assert (batch.results[0].status, batch.results[0].attempts) == ("failed", 2)
+    assert batch.results[1].status == "written" and batch.results[1].attempts in (1, 2)
     assert "worker died" in summary_rows(tmp_path / "always")["coffee.jpg"]["error"]
     assert io.complete_prediction(tmp_path / "always", "coffee") is None
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed workers
