@@ -48,6 +48,45 @@ def test_empty_prediction_has_map_zero():
     np.testing.assert_array_equal(best_overlaps(masks, np.zeros((0, 40, 40), bool)), [0, 0])
 
 
+def test_an_image_without_predictions_may_give_empty_lists():
+    # [i.mask for i in prediction.instances] of an image where nothing was found is []: it was
+    # refused as "pred_masks must be an (N, H, W) stack of masks; got shape (0,)"
+    masks = _squares()
+    assert instance_map([(masks, [0, 0])], [([], [], [])]) == {0.25: 0.0, 0.5: 0.0, 0.75: 0.0}
+    perfect_and_empty = instance_map([(masks, [0, 1]), (masks, [0, 1])], [(masks, [0, 1], [0.9, 0.8]), ([], [], [])])
+    # half the instances found, at precision 1: 51 of COCO's 101 recall points (0 to 0.5)
+    assert perfect_and_empty == pytest.approx({0.25: 51 / 101, 0.5: 51 / 101, 0.75: 51 / 101})
+
+
+def test_predicted_masks_of_another_size_than_the_ground_truth_are_refused():
+    # masks predicted on a resized image: COCOeval matched nothing and reported mAP 0 silently
+    masks = _squares()
+    doubled = masks.repeat(2, axis=1).repeat(2, axis=2)
+    with pytest.raises(ValueError, match=r"pred_masks are 80×80 but gt_masks 40×40"):
+        instance_map([(masks, [0, 1])], [(doubled, [0, 1], [0.9, 0.8])])
+    with pytest.raises(ValueError, match=r"pred_masks are 80×80 but gt_masks 40×40"):
+        InstanceMatcher(2).add(masks, [0, 1], doubled, [0, 1], [0.9, 0.8])
+
+
+def test_class_indices_outside_the_classes_and_scores_not_finite_are_refused():
+    # COCOeval matches only the categories it is given: instances of another index were left
+    # out (mAP 0 or NaN), a class name failed inside numpy, a NaN score ranked anywhere
+    masks = _squares()
+    with pytest.raises(ValueError, match=r"pred_classes: class index 5 is outside \[0, 2\)"):
+        InstanceMatcher(2).add(masks, [0, 1], masks, [0, 5], [0.9, 0.8])
+    with pytest.raises(ValueError, match=r"gt_classes: class index -1 is outside"):
+        InstanceMatcher(2).add(masks, [0, -1], masks, [0, 1], [0.9, 0.8])
+    with pytest.raises(ValueError, match=r"gt_classes: expected class indices \(whole numbers\), got \['cat', 'dog'\]"):
+        instance_map([(masks, ["cat", "dog"])], [(masks, ["cat", "dog"], [0.9, 0.8])])
+    with pytest.raises(ValueError, match=r"pred_classes: expected class indices"):
+        InstanceMatcher(2).add(masks, [0, 1], masks, [0.5, 1], [0.9, 0.8])
+    with pytest.raises(ValueError, match=r"pred_scores: expected finite numbers, got nan"):
+        instance_map([(masks, [0, 1])], [(masks, [0, 1], [np.nan, 0.8])])
+    # whole numbers given as floats are indices
+    assert instance_map([(masks, [0.0, 1.0])], [(masks, [0, 1], [0.9, 0.8])]) == pytest.approx(
+        {0.25: 1.0, 0.5: 1.0, 0.75: 1.0})
+
+
 def test_half_shifted_square():
     # A 10×10 square shifted by half its width: intersection 50, union 150, IoU 1/3.
     masks = _squares()[:1]

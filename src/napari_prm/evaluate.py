@@ -42,6 +42,34 @@ def _per_item(name: str, values, count: int, what: str, dtype=None) -> np.ndarra
     return values
 
 
+def _empty_like(masks, other):
+    """An empty ``masks`` (``[]``: an image without predictions, ``[i.mask for i in
+    prediction.instances]``) as ``(0, H, W)`` of ``other``'s size; any other as given."""
+    if np.size(masks) == 0 and np.ndim(masks) != 3:
+        shape = np.shape(other)
+        return np.zeros((0,) + (tuple(shape[1:]) if len(shape) == 3 else (0, 0)), bool)
+    return masks
+
+
+def _class_indices(name: str, values, count: int, what: str, num_classes: int) -> np.ndarray:
+    """``values`` as ``count`` class indices in ``[0, num_classes)``; else a ValueError naming ``name``.
+
+    COCOeval matches only the categories it is given, so an index outside them (a class name,
+    -1, an index from another label space) dropped its instances without a word."""
+    values = _per_item(name, values, count, what)
+    if not count:
+        return values.astype(np.int64)
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)) \
+            or not np.isfinite(values.astype(np.float64)).all() or np.mod(values.astype(np.float64), 1).any():
+        raise ValueError(f"{name}: expected class indices (whole numbers), got {values[:5].tolist()}")
+    indices = values.astype(np.int64)
+    outside = indices[(indices < 0) | (indices >= num_classes)]
+    if len(outside):
+        raise ValueError(f"{name}: class index {int(outside[0])} is outside [0, {num_classes}) "
+                         f"({plural(num_classes, 'class')})")
+    return indices
+
+
 def best_overlaps(gt_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
     """Best IoU of each ground-truth instance with any predicted mask (class-agnostic).
 
@@ -376,7 +404,8 @@ class InstanceMatcher:
         gt_classes : (M,) int array
             Their class indices.
         pred_masks : (P, H, W) bool array
-            The predicted instances.
+            The predicted instances; none (``[]``, or ``np.zeros((0, H, W))``) for an image
+            without any.
         pred_classes : (P,) int array
             Their class indices.
         pred_scores : (P,) float array
@@ -396,20 +425,32 @@ class InstanceMatcher:
         Raises
         ------
         ValueError
-            Naming the argument: masks that are not (N, H, W), per-item arrays of another
-            length, an ``ignore`` of another shape than the predicted masks'.
+            Naming the argument: masks that are not (N, H, W), predicted masks of another
+            size than the ground truth's (COCOeval matched them with nothing: mAP 0), class
+            indices that are not whole numbers in ``[0, num_classes)`` (their instances were
+            left out), scores that are not finite, per-item arrays of another length, an
+            ``ignore`` of another shape than the predicted masks'.
         """
+        gt_masks, pred_masks = _empty_like(gt_masks, pred_masks), _empty_like(pred_masks, gt_masks)
         gt_masks, pred_masks = _as_masks(gt_masks, "gt_masks"), _as_masks(pred_masks, "pred_masks")
+        if len(gt_masks) and len(pred_masks) and gt_masks.shape[1:] != pred_masks.shape[1:]:
+            # COCOeval compared the masks' RLEs as they were: a prediction of another size matched nothing
+            raise ValueError(f"pred_masks are {pred_masks.shape[1]}×{pred_masks.shape[2]} but gt_masks "
+                             f"{gt_masks.shape[1]}×{gt_masks.shape[2]}: predict on the image the ground truth "
+                             "describes, or resize the masks to its size (napari_prm.masks.resize_nearest)")
         if ignore is not None:
             ignore = np.asarray(ignore, bool)
             if ignore.shape != pred_masks.shape[1:]:
                 raise ValueError(f"ignore is {ignore.shape}, the predicted masks {pred_masks.shape[1:]}")
             pred_masks = pred_masks & ~ignore
-        gt_classes = _per_item("gt_classes", gt_classes, len(gt_masks), "gt mask")
+        gt_classes = _class_indices("gt_classes", gt_classes, len(gt_masks), "gt mask", self.num_classes)
         crowd = (np.zeros(len(gt_masks), bool) if gt_iscrowd is None
                  else _per_item("gt_iscrowd", gt_iscrowd, len(gt_masks), "gt mask", bool))
-        pred_classes = _per_item("pred_classes", pred_classes, len(pred_masks), "predicted mask")
-        pred_scores = _per_item("pred_scores", pred_scores, len(pred_masks), "predicted mask")
+        pred_classes = _class_indices("pred_classes", pred_classes, len(pred_masks), "predicted mask",
+                                      self.num_classes)
+        pred_scores = _per_item("pred_scores", pred_scores, len(pred_masks), "predicted mask", np.float64)
+        if not np.isfinite(pred_scores).all():
+            raise ValueError(f"pred_scores: expected finite numbers, got {pred_scores[~np.isfinite(pred_scores)][0]}")
         image_id = len(self.images) + 1
         shape = gt_masks.shape[1:] if len(gt_masks) else pred_masks.shape[1:]
         self.images.append({"id": image_id, "height": int(shape[0]) if shape else 0,
@@ -597,6 +638,13 @@ def instance_map(gt: Sequence[tuple], predictions: Sequence[tuple], *, num_class
     -------
     dict
         ``{threshold: mAP}``; classes without ground truth are left out of the mean.
+
+    Raises
+    ------
+    ValueError
+        As :meth:`InstanceMatcher.add`, naming the argument: an image's predicted masks of
+        another size than its ground truth's, class indices that are not whole numbers in
+        ``[0, num_classes)``, scores that are not finite, per-item arrays of another length.
     """
     iou_thresholds = check.finite_floats("iou_thresholds", iou_thresholds, low=0, high=1,
                                          low_open=True, unique=True)
@@ -604,7 +652,9 @@ def instance_map(gt: Sequence[tuple], predictions: Sequence[tuple], *, num_class
         raise ValueError(f"{len(gt)} ground-truth images but {len(predictions)} prediction images")
     if num_classes is None:
         seen = [np.asarray(g[1]).reshape(-1) for g in gt] + [np.asarray(p[1]).reshape(-1) for p in predictions]
-        num_classes = int(max((c.max() for c in seen if c.size), default=0)) + 1
+        # classes that are not numbers (names) are refused by InstanceMatcher.add, naming them
+        num_classes = int(max((c.max() for c in seen if c.size and np.issubdtype(c.dtype, np.number)),
+                              default=0)) + 1
     matcher = InstanceMatcher(num_classes)
     for (gt_masks, gt_classes), (pred_masks, pred_classes, pred_scores) in zip(gt, predictions):
         matcher.add(gt_masks, gt_classes, pred_masks, pred_classes, pred_scores)
