@@ -308,6 +308,26 @@ def test_points_outside_the_image_are_noted(tiny, image):
     assert swapped.peaks[0, 0] > 65  # the last CRM cell's centre, not 80
 
 
+def test_points_that_are_not_a_pair_of_locations_and_classes_are_refused_naming_them(tiny, image):
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(image)
+    pair = r"points: expected a pair \(locations, classes\)"
+    # locations alone: one row was "not enough values to unpack (expected 2, got 1)", three rows
+    # "too many values to unpack", two rows a point and its "classes" 30 and 40
+    with pytest.raises(ValueError, match=pair + r".*got ndarray of shape \(1, 2\)"):
+        predictor.predict(points=np.array([[10.0, 20.0]]))
+    with pytest.raises(ValueError, match=pair + r".*got ndarray of shape \(2, 2\)"):
+        predictor.predict(points=np.array([[10.0, 20.0], [30.0, 40.0]]))
+    with pytest.raises(ValueError, match=pair + r".*got list of 3"):
+        predictor.predict(points=[[10, 20], [30, 40], [50, 60]])
+    with pytest.raises(ValueError, match=r"^points: class index 30 is out of range .*\(points is a pair"):
+        napari_prm.predict(image, tiny, proposals=None, points=[[10, 20], [30, 40]])
+    with pytest.raises(ValueError, match=r"^points: unknown class 'cat'"):
+        predictor.predict(points=([[10, 20]], ["cat"]))
+    one = predictor.predict(points=([10, 20], "b"))  # one point, one class: no lists needed
+    assert len(one.peaks) == 1 and one.peak_classes.tolist() == [1]
+
+
 def test_one_class_may_be_given_without_a_list(tiny, image):
     listed = napari_prm.predict(image, tiny, proposals=None, class_threshold=-1e9, classes=["b"])
     assert len(listed.peaks) > 0 and set(listed.peak_classes) == {1}

@@ -120,7 +120,8 @@ def predict(
         ``image`` is none of the kinds above (naming it and what was expected).
     ValueError
         Naming the argument: NaN or infinite thresholds, ``peak_batch_size < 1``, an image
-        that is not one 2-D plane of at least 2×2 finite pixels, unknown classes or settings, ...
+        that is not one 2-D plane of at least 2×2 finite pixels, ``points`` that is not a pair
+        (locations, classes), unknown classes or settings, ...
     """
     class_threshold = check.finite_float("class_threshold", class_threshold, optional=True)
     peak_threshold = check.finite_float("peak_threshold", peak_threshold, optional=True)

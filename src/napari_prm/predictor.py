@@ -1053,6 +1053,12 @@ class PRMPredictor:
         Returns
         -------
         Prediction
+
+        Raises
+        ------
+        ValueError
+            Naming the argument: ``points`` that is not a pair (locations, classes) (an array
+            of locations alone), unknown classes or settings, ...
         """
         self._require_image()
         settings = self._settings_with(overrides)
@@ -1148,12 +1154,26 @@ class PRMPredictor:
     def _points_to_peaks(self, points, crm_shape, factor):
         """The CRM peaks of ``points`` (image locations, classes), their runners-up (none) and
         values, and the locations checked: a (K, 2) float array."""
+        pair = "a pair (locations, classes): (K, 2) image (y, x) and K class names or indices, " \
+               "e.g. (np.array([[120.0, 80.0]]), ['cat'])"
+        if not isinstance(points, (tuple, list)) or len(points) != 2:
+            # an array of locations alone was unpacked as (first row, second row): "not enough
+            # values to unpack", or a second point read as classes
+            what = (f"{type(points).__name__} of shape {tuple(points.shape)}" if hasattr(points, "shape")
+                    else f"{type(points).__name__} of {len(points)}" if isinstance(points, (tuple, list))
+                    else type(points).__name__)
+            raise ValueError(f"points: expected {pair}; got {what}")
         points_yx, point_classes = points
         points_yx = check.finite_array("points", np.asarray(points_yx, dtype=np.float64))
         if points_yx.size % 2:
             raise ValueError(f"points: expected (K, 2) image (y, x) locations, got shape {points_yx.shape}")
         points_yx = points_yx.reshape(-1, 2)
-        labels = class_indices(list(np.asarray(point_classes, dtype=object).reshape(-1)), self.model.class_names)
+        point_classes = list(np.asarray(point_classes, dtype=object).reshape(-1))
+        try:
+            labels = class_indices(point_classes, self.model.class_names)
+        except ValueError as error:
+            numbers = all(isinstance(c, (int, np.integer)) for c in point_classes)  # a 2nd point read as classes?
+            raise ValueError(f"points: {error}" + (f" (points is {pair})" if numbers else "")) from None
         if len(labels) != len(points_yx):
             raise ValueError(f"points: {len(points_yx)} locations but {len(labels)} classes")
         yx = image_to_crm(points_yx, crm_shape, self._image_shape, factor)
