@@ -47,6 +47,29 @@ def test_mask_iou_checks_sizes():
     assert mask_iou(np.zeros((0, 4, 4), bool), stack(TOP)).shape == (0, 1)
 
 
+def test_mask_iou_of_single_masks_is_refused_pointing_to_a_stack():
+    # two (H, W) masks were read as H masks of W pixels: TOP and LEFT gave a 4 × 4 matrix
+    top, left = stack(TOP, LEFT)
+    with pytest.raises(ValueError, match=r"masks_a: expected an \(N, H, W\) stack of masks, got shape \(4, 4\) "
+                                         r"\(one \(H, W\) mask\? mask\[None\]"):
+        mask_iou(top, left)
+    with pytest.raises(ValueError, match=r"masks_b: expected an \(N, H, W\) stack"):
+        mask_iou(top[None], left)
+    np.testing.assert_allclose(mask_iou(top[None], left[None]), [[4 / 12]])
+
+
+def test_encode_rle_takes_any_non_zero_value_as_inside_and_refuses_a_stack():
+    # values were cast to uint8: 256 (a label image's) became 0 and 0.5 became 0, outside
+    top = stack(TOP)[0]
+    for values in (top * 256, top * 0.5, top.astype(np.int64) * -1, top * 255):
+        rle = encode_rle(values)
+        assert rle_area(rle) == 8
+        np.testing.assert_array_equal(decode_rle(rle), top)
+    with pytest.raises(ValueError, match=r"mask: expected one \(H, W\) mask, got shape \(2, 4, 4\): "
+                                         r"for a stack, \[encode_rle\(m\) for m in masks\]"):
+        encode_rle(stack(TOP, LEFT))  # was "TypeError: list indices must be integers or slices, not str"
+
+
 def test_greedy_nms_keeps_first_of_each_overlapping_group():
     masks = stack(TOP, TOP_LEFT, BOTTOM, LEFT, EMPTY, EMPTY)
     # TOP_LEFT has IoU 0.75 with TOP; LEFT has 1/3 with TOP, 0.4 with TOP_LEFT, 1/3 with BOTTOM.

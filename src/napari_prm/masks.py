@@ -37,10 +37,12 @@ __all__ = [
 _DENSE_KEPT_VALUES = 16 * 2**20
 
 
-def _flat(masks: np.ndarray, name: str) -> np.ndarray:
+def _flat(masks: np.ndarray, name: str, *, stack: bool = False) -> np.ndarray:
+    """``masks`` as (N, pixels) bool rows; ``stack``: only an (N, H, W) stack (or more axes) is taken."""
     masks = np.asarray(masks)
-    if masks.ndim < 2:
-        raise ValueError(f"{name}: expected an (N, H, W) stack of masks, got shape {masks.shape}")
+    if masks.ndim < (3 if stack else 2):
+        one = " (one (H, W) mask? mask[None] is a stack of it)" if masks.ndim == 2 else ""
+        raise ValueError(f"{name}: expected an (N, H, W) stack of masks, got shape {masks.shape}{one}")
     flat = masks.reshape(len(masks), int(np.prod(masks.shape[1:])))
     return flat if flat.dtype == bool else flat != 0
 
@@ -65,6 +67,12 @@ def mask_iou(masks_a: np.ndarray, masks_b: np.ndarray | None = None) -> np.ndarr
     iou : (M, K) float64 ndarray
         0 for two empty masks.
 
+    Raises
+    ------
+    ValueError
+        Naming the argument: not a stack (one ``(H, W)`` mask: pass ``mask[None]``), or
+        stacks of masks of different sizes.
+
     Examples
     --------
     >>> a = np.zeros((1, 2, 2), bool); a[0, 0] = True          # top row: 2 pixels
@@ -72,8 +80,9 @@ def mask_iou(masks_a: np.ndarray, masks_b: np.ndarray | None = None) -> np.ndarr
     >>> mask_iou(a, b)
     array([[0.33333333]])
     """
-    flat_a = _flat(masks_a, "masks_a")
-    flat_b = flat_a if masks_b is None else _flat(masks_b, "masks_b")
+    # two (H, W) masks were taken as H masks of W pixels each: an H × H matrix of nonsense
+    flat_a = _flat(masks_a, "masks_a", stack=True)
+    flat_b = flat_a if masks_b is None else _flat(masks_b, "masks_b", stack=True)
     if flat_a.shape[1] != flat_b.shape[1]:
         raise ValueError(f"masks differ in size: {np.shape(masks_a)[1:]} and {np.shape(masks_b)[1:]}")
     rows_a = sparse.csr_array(flat_a, dtype=np.float64)
@@ -310,14 +319,27 @@ def encode_rle(mask: np.ndarray) -> dict:
 
     Parameters
     ----------
-    mask : (H, W) bool or 0/1 array
-        The mask.
+    mask : (H, W) ndarray
+        Any dtype; non-zero values are inside.
 
     Returns
     -------
     dict
         ``{"size": [H, W], "counts": str}``.
+
+    Raises
+    ------
+    ValueError
+        ``mask`` is not 2-D (a stack: ``[encode_rle(m) for m in masks]``).
     """
+    shape = np.shape(mask)
+    if len(shape) != 2:
+        # pycocotools encodes a stack as a list, which failed here as "list indices must be integers"
+        raise ValueError(f"mask: expected one (H, W) mask, got shape {shape}"
+                         + (": for a stack, [encode_rle(m) for m in masks]" if len(shape) == 3 else ""))
+    mask = np.asarray(mask)
+    if mask.dtype != bool:
+        mask = mask != 0
     rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
