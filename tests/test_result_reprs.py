@@ -86,3 +86,50 @@ def test_a_dataset_prints_counts_not_its_paths_and_labels(tmp_path):
                              "class_names=8 ['class0', 'class1', 'class2', …], origins=<30 strs>, "
                              "source='labels.csv', coco=None, image_ids=None, category_ids=None, "
                              "include_crowd=False, voc=None, warnings=[])")
+
+
+def test_a_peak_selection_prints_shapes(prediction):
+    from napari_prm import PRMPredictor
+
+    model, _ = prediction
+    _, image = two_box_scene((slice(80, 110), slice(100, 150)))
+    predictor = PRMPredictor(model, proposals=None)
+    predictor.set_image(image)
+    selection = predictor.select_peaks(class_threshold=-1e9, peak_threshold=None, max_peaks=20)
+    count = len(selection)
+    assert count == 20 and selection.capped
+    # four arrays were written out: 5,448 characters for 50 peaks of skimage's astronaut
+    assert repr(selection) == (f"PeakSelection(peaks=<int64 {count}×3>, values=<float32 {count}>, "
+                               f"runner_up_classes=<int64 {count}×3>, runner_up_values=<float32 {count}×3>, "
+                               f"found={selection.found}, capped=True)")
+
+
+def test_a_training_result_counts_its_epochs_and_their_class_aps():
+    from pathlib import Path
+
+    from napari_prm.train import EpochRecord, TrainResult
+
+    model = build_model("tiny", ["cat", "dog", "bird"], pretrained=False, input_size=(32, 32))
+    classes = [f"class{i}" for i in range(80)]
+    history = [EpochRecord(epoch, 1 / epoch, 60.0, dict.fromkeys(classes, 0.5), 0.5) for epoch in range(1, 21)]
+    result = TrainResult(model, history, Path("model.pt"), train_images=100, held_out_images=28)
+    # every epoch's AP of every class was written out: 27,011 characters for 20 epochs of 80 classes
+    assert repr(result) == (f"TrainResult(model={model!r}, history=<20 EpochRecords>, checkpoint={Path('model.pt')!r}, "
+                            "cancelled=False, calibration=None, train_images=100, held_out_images=28, warnings=[])")
+    assert repr(history[1]) == "EpochRecord(epoch=2, loss=0.5, seconds=60.0, val_ap=<80 entries>, val_map=0.5)"
+    few = EpochRecord(1, 0.5, 1.0, {"cat": 1.0, "dog": 0.5}, 0.75)
+    assert repr(few) == "EpochRecord(epoch=1, loss=0.5, seconds=1.0, val_ap={'cat': 1.0, 'dog': 0.5}, val_map=0.75)"
+
+
+def test_a_batch_result_counts_its_images_by_status(tmp_path):
+    from napari_prm.batch import BatchResult, ImageResult
+
+    results = [ImageResult(f"img{i}.png", f"img{i}", "written", 3, 2, 0.5, attempts=1, shape=(512, 512), planes=1)
+               for i in range(1000)]
+    results.append(ImageResult("bad.png", "bad", "failed", error="ValueError: bad.png", attempts=1,
+                               details="Traceback (most recent call last):\n" * 40))
+    batch = BatchResult(results, tmp_path, tmp_path / "summary.csv")
+    # every ImageResult was written out, tracebacks included: 196,645 characters for these 1001 images
+    assert repr(batch) == (f"BatchResult(results=<1001 images: 1000 written, 1 failed>, out={tmp_path!r}, "
+                           f"summary={tmp_path / 'summary.csv'!r}, prms_format=None)")
+    assert repr(BatchResult([], tmp_path, tmp_path / "summary.csv")).startswith("BatchResult(results=<0 images>, ")

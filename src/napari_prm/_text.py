@@ -60,7 +60,8 @@ def names_summary(names, shown: int = 3) -> str:
 
 
 def fields_repr(obj) -> str:
-    """A dataclass's repr with its arrays and tensors as :func:`array_summary` and long lists counted.
+    """A dataclass's repr with its arrays and tensors as :func:`array_summary` and long lists and
+    dicts counted (``<20 EpochRecords>``, ``<80 entries>``).
 
     For results a notebook prints: the default repr writes every mask and map out.
     """
@@ -83,6 +84,8 @@ def fields_repr(obj) -> str:
             else:
                 kinds = sorted({type(v).__name__ for v in value})
                 shown = f"<{plural(len(value), '/'.join(kinds))}>"
+        elif isinstance(value, dict) and len(value) > 6:  # an epoch's AP of each of 80 classes
+            shown = f"<{plural(len(value), 'entry', 'entries')}>"
         else:
             shown = repr(value)
         parts.append(f"{item.name}={shown}")

@@ -175,6 +175,16 @@ class BatchResult:
     summary: Path
     prms_format: str | None = None
 
+    def __repr__(self) -> str:
+        # the images counted by status: the default repr wrote out every ImageResult (a
+        # failure's traceback included) of a batch of thousands
+        counts: dict[str, int] = {}
+        for result in self.results:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        statuses = ", ".join(f"{count} {status}" for status, count in counts.items())
+        return (f"BatchResult(results=<{len(self.results)} images{': ' + statuses if statuses else ''}>, "
+                f"out={self.out!r}, summary={self.summary!r}, prms_format={self.prms_format!r})")
+
     def with_status(self, status: str) -> list[ImageResult]:
         """The results whose ``status`` is ``status`` (``"written"``, ``"skipped"``, ``"failed"``...).
 

@@ -65,6 +65,11 @@ class PeakSelection:
     def __len__(self) -> int:
         return len(self.peaks)
 
+    def __repr__(self) -> str:
+        from ._text import fields_repr
+
+        return fields_repr(self)  # shapes, not 50 peaks' values in four arrays
+
 
 def class_scores(crms: np.ndarray | torch.Tensor, *, win_size: int = 3,
                  peak_filter: PeakFilter = "median") -> np.ndarray:

@@ -115,6 +115,11 @@ class EpochRecord:
     val_ap: dict[str, float] | None = None
     val_map: float | None = None
 
+    def __repr__(self) -> str:
+        from ._text import fields_repr
+
+        return fields_repr(self)  # val_ap counted: 80 classes' APs for each epoch filled a notebook
+
 
 @dataclass(eq=False)
 class TrainResult:
@@ -153,6 +158,11 @@ class TrainResult:
     train_images: int = 0
     held_out_images: int = 0
     warnings: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        from ._text import fields_repr
+
+        return fields_repr(self)  # the epochs counted, each with its classes' APs counted
 
 
 @dataclass(eq=False)
