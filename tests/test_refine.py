@@ -583,6 +583,27 @@ def test_bad_arguments_are_refused_by_name(tiny96, shapes_scenes):
                           image, predict(image, tiny96, proposals=None), bogus=1)
 
 
+def test_a_correction_takes_the_images_predict_takes_and_refuses_class_names(shapes_scenes):
+    from PIL import Image
+
+    image, labels, classes, _ = shapes_scenes[0]
+    plain = Correction(image, labels, classes, "array")
+    # a (C, H, W) tensor, as predict takes it, was compared with the labels as (C, H) and refused
+    for given in (torch.from_numpy(image).permute(2, 0, 1), Image.fromarray(image)):
+        correction = Correction(given, labels, classes, "other")
+        assert isinstance(correction.image, np.ndarray)
+        np.testing.assert_array_equal(correction.image, plain.image)
+        np.testing.assert_array_equal(correction.instances().masks, plain.instances().masks)
+    # a class name failed in num_unknown as "'<' not supported between instances of 'str' and 'int'"
+    with pytest.raises(ValueError, match=r"correction named: label_classes maps labels to class indices .*"
+                                         r"got 1: 'cat' \(model.class_names.index\(name\)"):
+        Correction(image, labels, {1: "cat"}, "named")
+    with pytest.raises(ValueError, match=r"label_classes must be a dict of label to class index, got list"):
+        Correction(image, labels, [0, 1], "listed")
+    numpy_keys = Correction(image, labels, {np.int64(k): np.int32(v) for k, v in classes.items()}, "numpy")
+    assert numpy_keys.label_classes == classes and all(type(k) is int for k in numpy_keys.label_classes)
+
+
 def test_match_corrections_keeps_the_folders_of_a_coco_file_name(tmp_path, shapes_scenes):
     """A folder-per-class dataset has cat/1.png and dog/1.png. The COCO JSON of dog/1.png's
     corrections was matched by file name alone to cat/1.png: its masks became cat/1.png's

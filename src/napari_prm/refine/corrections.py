@@ -23,12 +23,29 @@ import numpy as np
 from ..data import GroundTruth
 from ..io.coco import coco_to_labels
 from ..io.fileset import read_file_set
-from ..io.images import IMAGE_SUFFIXES, plane_count, read_image
+from ..io.images import IMAGE_SUFFIXES, image_array, plane_count, read_image
 from ..io.labels import read_label_image
 from ..io.paths import COMPOUND_SUFFIXES, image_stem, stored_path, tree_files
 from ..io.tables import UNKNOWN_CLASS, missing_cell, read_instances_csv
 
 LABEL_SUFFIX = "_labels"
+
+
+def _label_classes(label_classes, source: str) -> dict[int, int]:
+    """``label_classes`` as a dict of int label to int class index, else a ValueError naming it
+    (a class name failed later as "'<' not supported between instances of 'str' and 'int'")."""
+    if not isinstance(label_classes, Mapping):
+        raise ValueError(f"correction {source}: label_classes must be a dict of label to class index, "
+                         f"got {type(label_classes).__name__}")
+    checked = {}
+    for label, index in label_classes.items():
+        for value in (label, index):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                hint = " (model.class_names.index(name) gives a class's index)" if isinstance(index, str) else ""
+                raise ValueError(f"correction {source}: label_classes maps labels to class indices (-1: no "
+                                 f"known class), got {label!r}: {index!r}{hint}")
+        checked[int(label)] = int(index)
+    return checked
 
 
 @dataclass(repr=False, eq=False)
@@ -38,11 +55,15 @@ class Correction:
     Attributes
     ----------
     image : (H, W), (H, W, 3) or (H, W, 4) ndarray
+        Given as `napari_prm.predict` takes it: an array, a PIL image, a torch tensor
+        ``(C, H, W)`` or ``(H, W, C)`` or a file path, made an array
+        (`napari_prm.io.image_array`).
     labels : (H, W) int ndarray
         Every non-zero value is one instance; 0 is background.
     label_classes : dict of int to int
         Class index (into the model's classes) of each label; labels missing from it,
-        or mapped to -1, have no known class.
+        or mapped to -1, have no known class. A class name is refused (a ValueError naming
+        it): ``model.class_names.index("cat")`` gives its index.
     source : str
         Where it came from (a file, a layer name), for messages.
     image_path : Path or None
@@ -66,6 +87,9 @@ class Correction:
         return fields_repr(self)
 
     def __post_init__(self):
+        # a (C, H, W) tensor, which predict takes, was compared with the labels as (C, H)
+        self.image = image_array(self.image, name=f"correction {self.source}: image" if self.source else "image")
+        self.label_classes = _label_classes(self.label_classes, self.source)
         self.labels = np.asarray(self.labels)
         if self.labels.ndim != 2 or not np.issubdtype(self.labels.dtype, np.integer):
             raise ValueError(f"correction {self.source}: labels must be a 2-D integer array; got "
