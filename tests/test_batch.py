@@ -262,6 +262,16 @@ def test_an_input_error_is_not_tried_again_but_an_unexpected_one_is(tmp_path, ch
     assert len(calls) == 2
 
 
+def test_a_set_threading_event_cancels_every_image(tmp_path, checkpoint, images):
+    import threading
+
+    event = threading.Event()
+    event.set()  # failed as "'Event' object is not callable"
+    good = [p for p in images if p.name != "broken.png"]
+    batch = predict_many(good, str(checkpoint), tmp_path / "out", cancel=event, **SETTINGS)
+    assert [r.status for r in batch.results] == ["cancelled"] * len(good)
+
+
 def test_in_process_batch_cancels_gathers_and_stacks_the_labels_lazily(tmp_path, checkpoint, images):
     good = [p for p in images if p.name != "broken.png"]
     out = tmp_path / "out"

@@ -96,6 +96,37 @@ def test_cancel_stops_before_the_work(tiny):
     assert "forward" in stages
 
 
+def test_a_threading_event_cancels_as_train_s_does(tiny, tmp_path):
+    # train and refine took a threading.Event; predict, PRMPredictor, calibrate_model and
+    # predict_many failed on one with "'Event' object is not callable"
+    import threading
+
+    from napari_prm import PRMPredictor
+    from napari_prm.data import LabeledImageDataset
+    from napari_prm.peaks import calibrate_model
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    event = threading.Event()
+    quiet = predict(image, tiny, proposals=None, cancel=event, class_threshold=-1e9, max_peaks=2)
+    np.testing.assert_array_equal(quiet.peaks, predict(image, tiny, proposals=None, class_threshold=-1e9,
+                                                       max_peaks=2).peaks)
+    event.set()
+    with pytest.raises(Cancelled):
+        predict(image, tiny, proposals=None, cancel=event)
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(image)
+    with pytest.raises(Cancelled):
+        predictor.predict(cancel=event)
+    from PIL import Image
+
+    paths = [tmp_path / "one.png", tmp_path / "two.png"]
+    for path in paths:
+        Image.fromarray(image).save(path)
+    dataset = LabeledImageDataset(paths, np.eye(2, 3), ["a", "b", "c"])
+    with pytest.raises(RuntimeError, match="calibration cancelled"):
+        calibrate_model(tiny, dataset, cancel=event)
+
+
 @pytest.mark.parametrize("factor", [1, 4])
 def test_coordinate_mapping_round_trip(factor):
     crm_shape = (14 * factor, 10 * factor)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "is_cancelled",
     "finite_float",
     "finite_floats",
     "integer",
@@ -52,6 +53,19 @@ def _outside(number: float, low, high, low_open: bool, high_open: bool) -> bool:
     if low is not None and (number < low or (low_open and number == low)):
         return True
     return high is not None and (number > high or (high_open and number == high))
+
+
+def is_cancelled(cancel) -> bool:
+    """Whether ``cancel`` says stop: None (never), a callable returning True, or a
+    ``threading.Event`` that is set. The one reading of every ``cancel`` argument
+    (`napari_prm.predict`, `PRMPredictor`, `predict_many`, `calibrate_model`, `train`,
+    `refine`): an Event given to ``predict`` failed as "'Event' object is not callable".
+    """
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
 
 
 def finite_float(name: str, value, *, low: float | None = None, high: float | None = None,

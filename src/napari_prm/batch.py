@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _validate as check
 from ._text import first_names
 from .io import IMAGE_SUFFIXES
 from .io.atomic import atomic_write, owner_is_gone, owner_tag
@@ -1386,8 +1387,8 @@ def predict_many(
     progress : callable, optional
         ``progress(result, done, total)`` after each image (skipped ones included), in
         the calling thread.
-    cancel : callable, optional
-        Checked while waiting; when it returns True the images not yet done are marked
+    cancel : callable or threading.Event, optional
+        Checked while waiting; when it returns True (or the Event is set) the images not yet done are marked
         ``"cancelled"`` and the batch returns. In this process the image being computed
         finishes first; on a cluster, the images already sent to the workers (at most
         ``max_in_flight``) finish first and are recorded, so that no output appears after
@@ -1513,7 +1514,8 @@ def predict_many(
         last = [index for index in todo if os.path.abspath(results[index].image) == killed]
         todo = [index for index in todo if index not in last] + last
         summary.update(force=True)
-        cancel = cancel or (lambda: False)
+        given_cancel = cancel
+        cancel = lambda: check.is_cancelled(given_cancel)  # noqa: E731 (a callable or a threading.Event)
         try:
             if client is None:
                 _run_here(results, todo, model, out, settings=settings, overwrite=overwrite, prms_format=prms_format,

@@ -523,7 +523,7 @@ def calibrate_model(model, dataset, *, beta: float = 1.0, progress=None, cancel=
         See :func:`calibrate_thresholds`.
     progress : callable, optional
         ``progress(done, total)`` after each image.
-    cancel : callable, optional
+    cancel : callable or threading.Event, optional
         Checked after each image; when it returns True, ``RuntimeError`` is raised.
     **settings
         Fields of :class:`napari_prm.PredictSettings`; their ``max_peaks`` (default `MAX_PEAKS`)
@@ -544,7 +544,7 @@ def calibrate_model(model, dataset, *, beta: float = 1.0, progress=None, cancel=
         maps.append(predictor.class_response_maps(dataset.read_image(index)))
         if progress is not None:
             progress(index + 1, len(dataset))
-        if cancel is not None and cancel():
+        if check.is_cancelled(cancel):
             raise RuntimeError("calibration cancelled")
     factor = predictor.settings.sub_pixel_locating_factor
     radius = predictor.settings.suppression_radius

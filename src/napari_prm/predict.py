@@ -93,8 +93,9 @@ def predict(
     progress : callable, optional
         ``progress(stage, done, total)`` with stage ``"forward"``,
         ``"backprop"``, ``"proposals"`` or ``"retrieval"``.
-    cancel : callable, optional
-        Checked between steps and peaks; when it returns True, :class:`Cancelled` is raised.
+    cancel : callable or threading.Event, optional
+        Checked between steps and peaks; when it returns True (or the Event is set),
+        :class:`Cancelled` is raised.
     peak_batch_size : int, optional
         Peaks back-propagated at once (default: 1 on CPU, 16 on GPU).
     points : ((K, 2) float array, (K,) classes), optional

@@ -749,7 +749,9 @@ class PRMPredictor:
             image, a ``(C, H, W)`` or ``(H, W, C)`` tensor or an image file's path is made
             an array by :func:`napari_prm.io.image_array`. The predictor keeps a copy:
             changing ``image`` afterwards changes nothing.
-        progress, cancel : callable, optional
+        progress : callable, optional
+            As in :meth:`predict`.
+        cancel : callable or threading.Event, optional
             As in :meth:`predict`.
         """
         image = image_array(image)
@@ -897,7 +899,7 @@ class PRMPredictor:
         peaks : (K, 3) int array
         progress : callable, optional
             ``progress(done, total)`` over the peaks not yet cached.
-        cancel : callable, optional
+        cancel : callable or threading.Event, optional
             Checked after each backward pass.
 
         Returns
@@ -1044,7 +1046,7 @@ class PRMPredictor:
         progress : callable, optional
             ``progress(stage, done, total)`` with stage ``"backprop"``,
             ``"proposals"`` or ``"retrieval"``.
-        cancel : callable, optional
+        cancel : callable or threading.Event, optional
             Checked between steps and peaks; raises :class:`Cancelled`.
         **overrides
             Fields of :class:`PredictSettings` for this call (thresholds, retrieval);
@@ -1252,5 +1254,5 @@ def _outside_notes(yx: np.ndarray, image_shape: tuple[int, int]) -> list[str]:
 
 
 def _check_cancel(cancel: Callable[[], bool] | None) -> None:
-    if cancel is not None and cancel():
+    if check.is_cancelled(cancel):
         raise Cancelled("prediction cancelled")

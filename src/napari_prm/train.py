@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from . import _validate as check
 from ._text import first_names, plural
+from ._validate import is_cancelled  # its one place; napari_prm.train.is_cancelled as before
 from .data import LabeledImageDataset, TrainingImages, UnreadableImage, class_in
 from .evaluate import defined_classification_map
 from .io import writable_folder
@@ -797,21 +798,6 @@ def _store_calibration(model: PRMModel, calibration: Calibration, with_tta: Cali
     model.settings["calibration"]["held_out"] = bool(held_out)
     if with_tta is not None:
         model.settings[TTA_CALIBRATION] = with_tta.as_settings()
-
-
-def is_cancelled(cancel) -> bool:
-    """Whether ``cancel`` (None, a callable or a ``threading.Event``) says stop.
-
-    Parameters
-    ----------
-    cancel : None, callable or threading.Event
-        None never stops; an event stops once set; a callable stops when it returns true.
-    """
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
 
 
 def kept_classes(known: Sequence[str], class_names: Sequence[str]) -> list[str]:
