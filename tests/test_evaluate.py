@@ -414,3 +414,21 @@ def test_arrays_of_different_lengths_are_refused_naming_them():
         average_precision([0.1, 0.2, 0.3], [1, 0])
     with pytest.raises(ValueError, match="sub_pixel_locating_factor"):
         class_pointing(np.zeros((2, 10, 10), np.float32), masks, [0, 1], sub_pixel_locating_factor=0)
+
+
+def test_per_image_helpers_name_peaks_of_another_shape_and_classes_that_are_no_indices():
+    masks = _squares()
+    # a prediction's peaks_crm (class, y, x) for its peaks: "cannot reshape array of size 3 into shape (2)"
+    for helper in (peak_hits, peak_instances):
+        with pytest.raises(ValueError, match=r"peaks_yx: expected \(K, 2\) peak \(y, x\) .*got shape \(2, 3\)"):
+            helper([[0, 10, 10], [1, 25, 25]], [0, 1], masks, [0, 1])
+    assert peak_hits([[10.0, 10.0], [25.0, 25.0]], [0, 1], masks, [0, 1]).tolist() == [True, True]
+    assert peak_hits(np.zeros((0, 2)), [], masks, [0, 1]).tolist() == []
+    crms = np.zeros((2, 10, 10), np.float32)
+    crms[0, 2, 2] = crms[1, 6, 6] = 1  # each map's maximum on its square (image pixels 10 and 26)
+    assert class_pointing(crms, masks, [0.0, 1.0]).tolist() == [True, True]  # whole numbers are indices
+    # 0.5 failed in numpy as "only integers, slices (`:`), ... are valid indices"
+    with pytest.raises(ValueError, match=r"gt_classes: expected class indices \(whole numbers\), got \[0.5, 1.0\]"):
+        class_pointing(crms, masks, [0.5, 1.0])
+    with pytest.raises(ValueError, match=r"gt_classes: class index 2 is outside \[0, 2\)"):
+        class_pointing(crms, masks, [0, 2])

@@ -42,6 +42,16 @@ def _per_item(name: str, values, count: int, what: str, dtype=None) -> np.ndarra
     return values
 
 
+def _peaks_yx(peaks_yx) -> np.ndarray:
+    """``peaks_yx`` as a (K, 2) float array, else a ValueError naming it (a prediction's
+    ``peaks_crm``, (K, 3), failed as "cannot reshape array of size 3 into shape (2)")."""
+    peaks_yx = np.asarray(peaks_yx, dtype=np.float64)
+    if peaks_yx.size % 2 or (peaks_yx.ndim == 2 and peaks_yx.shape[1] != 2) or peaks_yx.ndim > 2:
+        raise ValueError(f"peaks_yx: expected (K, 2) peak (y, x) in image pixels (Prediction.peaks), "
+                         f"got shape {peaks_yx.shape}")
+    return peaks_yx.reshape(-1, 2)
+
+
 def _empty_like(masks, other):
     """An empty ``masks`` (``[]``: an image without predictions, ``[i.mask for i in
     prediction.instances]``) as ``(0, H, W)`` of ``other``'s size; any other as given."""
@@ -152,7 +162,7 @@ def peak_instances(peaks_yx: np.ndarray, peak_classes: np.ndarray, gt_masks: np.
     (K,) int64 ndarray
         The index of the first such instance, -1 where the peak lies on none.
     """
-    peaks_yx = np.asarray(peaks_yx, dtype=np.float64).reshape(-1, 2)
+    peaks_yx = _peaks_yx(peaks_yx)
     peak_classes, gt_classes = np.asarray(peak_classes).reshape(-1), np.asarray(gt_classes).reshape(-1)
     gt_masks = _as_masks(gt_masks, "gt_masks")
     if len(peaks_yx) != len(peak_classes):
@@ -223,13 +233,9 @@ def class_pointing(crms: np.ndarray, gt_masks: np.ndarray, gt_classes: np.ndarra
     sub_pixel_locating_factor = check.positive_int("sub_pixel_locating_factor", sub_pixel_locating_factor)
     crms = np.asarray(crms, dtype=np.float32)
     gt_masks = _as_masks(gt_masks, "gt_masks")
-    gt_classes = np.asarray(gt_classes).reshape(-1)
-    if len(gt_classes) != len(gt_masks):
-        raise ValueError(f"{len(gt_masks)} gt masks but {len(gt_classes)} gt classes")
+    gt_classes = _class_indices("gt_classes", gt_classes, len(gt_masks), "gt mask", len(crms))
     hits = []
     for cls in np.unique(gt_classes):
-        if not 0 <= cls < len(crms):
-            raise ValueError(f"gt class {cls} has no class response map ({len(crms)} maps)")
         y, x = np.unravel_index(int(np.argmax(crms[cls])), crms[cls].shape)
         shape = gt_masks.shape[1:]
         yx = crm_to_image(np.array([[y, x]]), crms.shape[1:], shape, sub_pixel_locating_factor)[0]
@@ -280,7 +286,7 @@ def instance_funnel(peaks_yx: np.ndarray, peak_classes: np.ndarray, instances: S
     if not big.any():
         return counts
     shape = gt_masks.shape[1:]
-    peaks_yx = np.asarray(peaks_yx, dtype=np.float64).reshape(-1, 2)
+    peaks_yx = _peaks_yx(peaks_yx)
     peak_classes = np.asarray(peak_classes).reshape(-1)
     rows = np.clip(np.rint(peaks_yx[:, 0]).astype(np.int64), 0, shape[0] - 1)
     cols = np.clip(np.rint(peaks_yx[:, 1]).astype(np.int64), 0, shape[1] - 1)
