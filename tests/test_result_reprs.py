@@ -133,3 +133,19 @@ def test_a_batch_result_counts_its_images_by_status(tmp_path):
     assert repr(batch) == (f"BatchResult(results=<1001 images: 1000 written, 1 failed>, out={tmp_path!r}, "
                            f"summary={tmp_path / 'summary.csv'!r}, prms_format=None)")
     assert repr(BatchResult([], tmp_path, tmp_path / "summary.csv")).startswith("BatchResult(results=<0 images>, ")
+
+
+def test_a_predictor_prints_its_model_settings_and_image():
+    from napari_prm import PRMPredictor
+
+    model, image = two_box_scene((slice(80, 110), slice(100, 150)))
+    predictor = PRMPredictor(model, max_peaks=3, class_threshold=-1e9)
+    # it printed "<napari_prm.predictor.PRMPredictor object at 0x...>"
+    start = f"PRMPredictor(model={model!r}, preset='default', proposals='default', "
+    assert repr(predictor) == start + "settings={'class_threshold': -1000000000.0, 'max_peaks': 3}, image=None)"
+    predictor.set_image(image)
+    predictor.predict()
+    assert repr(predictor).endswith(f"max_peaks': 3}}, image=<120×160, {predictor.cached_peak_count} PRMs cached>)")
+    assert predictor.cached_peak_count == 3
+    stack = PRMPredictor(model, proposals=np.zeros((300, 120, 160), bool))
+    assert "proposals=<bool 300×120×160>, settings={}, image=None)" in repr(stack) and len(repr(stack)) < 300

@@ -650,6 +650,27 @@ class PRMPredictor:
         self._lock = threading.RLock()
         self.reset_image()
 
+    def __repr__(self) -> str:
+        # a notebook printed "<napari_prm.predictor.PRMPredictor object at 0x...>"
+        from ._text import array_summary, plural
+
+        source = self.proposal_source
+        if isinstance(source, np.ndarray):
+            proposals = array_summary(source)
+        elif source is None or isinstance(source, (str, os.PathLike)):
+            proposals = repr(source)
+        else:  # a callable, a ScaledMasks, ...
+            proposals = f"<{getattr(source, '__name__', type(source).__name__)}>"
+        preset = preset_settings(self.settings.preset)
+        changed = {f.name: getattr(self.settings, f.name) for f in fields(self.settings)
+                   if getattr(self.settings, f.name) != getattr(preset, f.name)}
+        image = "None"
+        if self.is_image_set:
+            height, width = self._image_shape
+            image = f"<{height}×{width}, {plural(self.cached_peak_count, 'PRM')} cached>"
+        return (f"PRMPredictor(model={self.model!r}, preset={self.settings.preset!r}, proposals={proposals}, "
+                f"settings={changed}, image={image})")
+
     # ------------------------------------------------------------------ image state
 
     def reset_image(self) -> None:
