@@ -127,6 +127,32 @@ def test_a_threading_event_cancels_as_train_s_does(tiny, tmp_path):
         calibrate_model(tiny, dataset, cancel=event)
 
 
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_prediction_inside_torch_inference_mode_is_the_same(tiny, mode):
+    # a notebook's `with torch.inference_mode():` failed with "element 0 of tensors does not
+    # require grad and does not have a grad_fn" (torch.no_grad() was already undone inside)
+    from napari_prm import PRMPredictor
+
+    image = (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
+    options = {"class_threshold": -1e9, "max_peaks": 4, "proposals": "prm", "prm_mode": mode}
+    reference = predict(image, tiny, **options)
+    assert len(reference.peaks) == 4 and reference.instances
+    predictor = PRMPredictor(tiny, **{k: v for k, v in options.items() if k != "max_peaks"})
+    with torch.inference_mode():
+        inside = predict(image, tiny, **options)
+        predictor.set_image(image)
+    later = predictor.predict(max_peaks=4)  # the forward pass of inference mode, back-propagated outside it
+    for pred in (inside, later):
+        np.testing.assert_array_equal(pred.peaks, reference.peaks)
+        np.testing.assert_allclose(np.asarray(pred.prms), np.asarray(reference.prms), atol=1e-6)
+        assert [i.mask.sum() for i in pred.instances] == [i.mask.sum() for i in reference.instances]
+    x = torch.rand(1, 3, 64, 64)
+    expected = tiny.network.peak_response_maps(x, class_threshold=-1e9, peak_threshold=None)
+    with torch.inference_mode():
+        network_level = tiny.network.peak_response_maps(x, class_threshold=-1e9, peak_threshold=None)
+    torch.testing.assert_close(network_level.prms, expected.prms)
+
+
 @pytest.mark.parametrize("factor", [1, 4])
 def test_coordinate_mapping_round_trip(factor):
     crm_shape = (14 * factor, 10 * factor)

@@ -90,7 +90,7 @@ class ForwardPass:
         batch_size = check.positive_int("batch_size", batch_size, optional=True)
         peaks = PeakResponseMapping._check_peaks(peaks, self.crm_values.shape[1:])
         memory = reuse_freed_memory() if self._target.device.type == "cpu" else nullcontext()
-        with torch.enable_grad(), memory:
+        with torch.inference_mode(False), torch.enable_grad(), memory:  # see forward_pass
             return self._network._backprop_peaks(self._target, self._crms, peaks, batch_size, progress,
                                                  self.input_size)
 
@@ -322,8 +322,11 @@ class PeakResponseMapping(nn.Module):
             p.requires_grad_(False)
         try:
             layer = self.feature_layer(x, fast_stride) if mode == "fast" else None
-            with torch.enable_grad(), excitation_backprop(self), _capture_input(layer) as captured:
-                x = x.detach().requires_grad_(True)
+            # a caller's torch.inference_mode() (a notebook's inference idiom) recorded no graph, as
+            # torch.no_grad() would have but for enable_grad: "element 0 of tensors does not require grad"
+            with torch.inference_mode(False), torch.enable_grad(), excitation_backprop(self), \
+                    _capture_input(layer) as captured:
+                x = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
                 crms = self.class_response_maps(x, sub_pixel_locating_factor=sub_pixel_locating_factor, tta=tta)
                 fold_batch_norms(crms)
         finally:
