@@ -636,3 +636,12 @@ def test_refine_leaves_the_callers_torch_random_state(tiny96, shapes_scenes):
     refine(tiny96, corrections=corrections_of(shapes_scenes[:1]), epochs=1, device="cpu")
     # refine seeds the head (seed) and each epoch (seed * 100003 + epoch) with torch.manual_seed
     torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
+
+
+def test_refine_inside_torch_no_grad_is_the_same(tiny96, shapes_scenes):
+    # refine failed inside `torch.no_grad()` with "element 0 of tensors does not require grad"
+    corrections = corrections_of(shapes_scenes[:1])
+    outside = refine(tiny96, corrections=corrections, epochs=1, device="cpu")
+    with torch.no_grad():
+        inside = refine(tiny96, corrections=corrections, epochs=1, device="cpu")
+    assert [r.loss for r in inside.history] == [r.loss for r in outside.history]

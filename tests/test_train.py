@@ -740,3 +740,17 @@ def test_calibrate_checkpoint_says_what_it_knows_before_the_images_run(tmp_path)
         calibrate_checkpoint(path, dataset, held_out=True, device="cpu")
     with pytest.raises(ValueError, match="^imagenet-voc is a built-in model: give out"):
         calibrate_checkpoint("imagenet-voc", dataset)
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_training_inside_a_no_gradient_block_is_the_same(squares, tmp_path, context):
+    # a notebook's `with torch.no_grad():` or `torch.inference_mode()` (or set_grad_enabled(False)
+    # at its top) made train fail with "element 0 of tensors does not require grad"
+    settings = {**SETTINGS, "epochs": 1, "val_fraction": 0, "calibrate": False}
+    outside = train(squares, out=tmp_path / "outside.pt", **settings)
+    with context():
+        inside = train(squares, out=tmp_path / "inside.pt", **settings)
+        assert not torch.is_grad_enabled()  # the caller's block is as it was
+    assert inside.history[0].loss == outside.history[0].loss
+    for name, value in _weights(outside.model).items():
+        torch.testing.assert_close(_weights(inside.model)[name], value, rtol=0, atol=0)

@@ -1223,7 +1223,22 @@ def keeps_random_state(function: Callable) -> Callable:
     return wrapper
 
 
+def with_gradients(function: Callable) -> Callable:
+    """Make ``function``, which trains, record gradients whatever its caller turned off: inside
+    ``torch.no_grad()``, ``torch.set_grad_enabled(False)`` or ``torch.inference_mode()`` (a
+    notebook's inference block) training failed with "element 0 of tensors does not require
+    grad and does not have a grad_fn", as `napari_prm.predict` did not."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 @keeps_random_state
+@with_gradients
 def train(
     dataset: LabeledImageDataset,
     *,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import _validate as check
 from ..model.checkpoint import PRMModel, _write_model, checkpoint_file, is_safetensors, load_checkpoint, resolve_device
-from ..train import is_cancelled, keeps_random_state
+from ..train import is_cancelled, keeps_random_state, with_gradients
 from .corrections import Correction
 from .features import find_stages
 from .head import RefineHead, head_from_config
@@ -151,6 +151,7 @@ def _save(model: PRMModel, out: Path, optimizer, epoch: int, history, config: di
 
 
 @keeps_random_state
+@with_gradients
 def refine(
     model: PRMModel,
     *,
