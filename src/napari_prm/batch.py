@@ -1388,8 +1388,8 @@ def predict_many(
         ``progress(result, done, total)`` after each image (skipped ones included), in
         the calling thread.
     cancel : callable or threading.Event, optional
-        Checked while waiting; when it returns True (or the Event is set) the images not yet done are marked
-        ``"cancelled"`` and the batch returns. In this process the image being computed
+        Checked while waiting; when it returns True (or the Event is set) the images not yet
+        done are marked ``"cancelled"`` and the batch returns. In this process the image being computed
         finishes first; on a cluster, the images already sent to the workers (at most
         ``max_in_flight``) finish first and are recorded, so that no output appears after
         the batch returned.
