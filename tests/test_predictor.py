@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -349,3 +350,12 @@ def test_uses_refined_proposals_follows_the_proposal_source(tiny):
         assert predictor.uses_refined_proposals is refined, source
     with pytest.raises(AttributeError):
         predictor.uses_refined_proposals = False  # read-only
+
+
+def test_tta_that_is_not_a_bool_is_refused(tiny, image):
+    # tta="no" (a configuration file's string) was true: six forward passes, settings.tta == "no"
+    for value in ("no", "False", 1, None):
+        with pytest.raises(ValueError, match=rf"^tta: expected True or False, got {re.escape(repr(value))}$"):
+            napari_prm.predict(image, tiny, proposals=None, tta=value)
+    assert preset_settings(tta=np.bool_(True)).tta is True
+    assert PRMPredictor(tiny, proposals=None, tta=False).settings.tta is False

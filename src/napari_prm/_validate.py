@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "is_cancelled",
+    "boolean",
     "finite_float",
     "finite_floats",
     "integer",
@@ -66,6 +67,14 @@ def is_cancelled(cancel) -> bool:
     if hasattr(cancel, "is_set"):
         return bool(cancel.is_set())
     return bool(cancel())
+
+
+def boolean(name: str, value) -> bool:
+    """``value`` as a bool: True or False (NumPy's too); anything else, a string ``"no"`` read
+    as true, is refused naming ``name``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{name}: expected True or False, got {value!r}")
 
 
 def finite_float(name: str, value, *, low: float | None = None, high: float | None = None,

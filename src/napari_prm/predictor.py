@@ -231,6 +231,8 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     s = settings
     if s.input_size is not None:
         s = replace(s, input_size=check.input_size("input_size", s.input_size))
+    # tta="no" (a configuration file's string) was true: six forward passes, and settings.tta "no"
+    s = replace(s, tta=check.boolean("tta", s.tta))
     check.integer("sub_pixel_locating_factor", s.sub_pixel_locating_factor, low=1)
     check.finite_float("class_threshold", s.class_threshold, optional=True)
     check.finite_float("peak_threshold", s.peak_threshold, optional=True)
