@@ -220,6 +220,11 @@ def test_training_errors(squares, tmp_path):
         train(squares, out=tmp_path / "m.pt", resume=plain)
     with pytest.raises(ValueError, match=r"write a .pt file"):
         train(squares, out=tmp_path / "m.safetensors", **SETTINGS)
+    # a configuration file's strings were true: hflip="no" flipped, calibrate="False" calibrated
+    for name in ("hflip", "calibrate", "overwrite", "check_images"):
+        with pytest.raises(ValueError, match=rf"^{name}: expected True or False, got 'no'$"):
+            train(squares, out=tmp_path / "m.pt", **{**SETTINGS, name: "no"})
+    assert not (tmp_path / "m.pt").exists()
 
 
 def _one_image_per_class(folder):

@@ -1366,6 +1366,9 @@ def train(
     if not isinstance(dataset, LabeledImageDataset):
         raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
                          f"got {type(dataset).__name__}")
+    # hflip="no" or calibrate="False" (a configuration file's strings) were true
+    hflip, calibrate, overwrite, check_images = (check.boolean(name, value) for name, value in (
+        ("hflip", hflip), ("calibrate", calibrate), ("overwrite", overwrite), ("check_images", check_images)))
     out = checkpoint_file("out", out, training=True)
     check.new_checkpoint("out", out, overwrite=overwrite, resume=resume)
     writable_folder(out.parent, create=False)  # not after the first epoch, with a temporary file's name
