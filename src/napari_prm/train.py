@@ -1227,7 +1227,18 @@ def with_gradients(function: Callable) -> Callable:
     """Make ``function``, which trains, record gradients whatever its caller turned off: inside
     ``torch.no_grad()``, ``torch.set_grad_enabled(False)`` or ``torch.inference_mode()`` (a
     notebook's inference block) training failed with "element 0 of tensors does not require
-    grad and does not have a grad_fn", as `napari_prm.predict` did not."""
+    grad and does not have a grad_fn", as `napari_prm.predict` did not.
+
+    Parameters
+    ----------
+    function : callable
+        The training function (`train`, `napari_prm.refine.refine`).
+
+    Returns
+    -------
+    callable
+        ``function``, run with gradients enabled and outside inference mode.
+    """
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
