@@ -1108,6 +1108,35 @@ def test_predict_sigterm_stops_as_ctrl_c_does(tmp_path, capsys):
     assert f"{12 - written} image(s) written to {out}, {written} skipped, 0 failed" in resumed
 
 
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM ends a Windows process without a handler")
+def test_sigterm_that_lands_where_python_ignores_errors_still_stops_the_command():
+    """Python ignores an exception raised in an object's ``__del__`` or in a fork handler (logging's
+    runs as ``train --num-workers`` starts a data-loader worker): a SIGTERM that came there was lost,
+    and, the second one being ignored as the first one's cleanup, the command ran on until SIGKILL
+    (``timeout -k``, a batch system). It is sent again, and stops the command once out of there."""
+    import time
+
+    from napari_prm.cli import Terminated, _quiet_after_ctrl_c
+
+    class Closing:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # Python code: the handler runs here, in __del__
+                pass
+
+    stopped_after = None
+    with _quiet_after_ctrl_c() as terminated:
+        start = time.monotonic()
+        try:
+            Closing()
+            while time.monotonic() - start < 5:
+                time.sleep(0.01)
+        except Terminated:
+            stopped_after = time.monotonic() - start
+    assert stopped_after is not None and stopped_after < 1
+    assert terminated == [signal.SIGTERM]
+
+
 def test_predict_on_a_folder_whose_images_are_in_sub_folders_says_so(tmp_path, capsys):
     """A plate/well layout gave "no images in this folder", not why."""
     for well in ("A1", "A2"):

@@ -530,7 +530,8 @@ def _quiet_after_ctrl_c(*, sigterm: bool = True):
     on Ctrl-C: ``predict`` records the images done in ``summary.csv`` and leaves no marker of
     an image that seemed to kill it, ``train`` says which epoch its checkpoint keeps. SIGTERM's
     default ended the process at once. A second SIGTERM while the first is handled is ignored
-    (SIGKILL still ends the process). Yields a list that holds the signal's number once SIGTERM
+    (SIGKILL still ends the process); one that Python ignored (raised in an object's ``__del__``
+    or a fork handler) is sent again. Yields a list that holds the signal's number once SIGTERM
     came (the exit status is then 143, 128 + 15, as a shell reports a process it ended).
     """
     received: list[int] = []
@@ -545,16 +546,26 @@ def _quiet_after_ctrl_c(*, sigterm: bool = True):
         interrupted = True
         signal.default_int_handler(signum, frame)
 
+    lost: list[threading.Timer] = []  # a SIGTERM raised where Python ignores it, sent again
+
     def on_sigterm(signum, frame):
         nonlocal interrupted
-        if received:  # the first one's cleanup goes on
+        if received and not lost:  # the first one's cleanup goes on
             return
+        lost.clear()
         interrupted = True
-        received.append(signum)
+        received[:] = [signum]
         raise Terminated(f"terminated (signal {signum})")
 
     def on_unraisable(unraisable):
-        if not interrupted:
+        if isinstance(unraisable.exc_value, Terminated) and not lost:
+            # raised in an object's __del__ or a fork handler (logging's, as a data-loader worker
+            # starts), where Python ignores it: the command would run on, deaf to the next SIGTERM
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
+            timer.daemon = True
+            lost.append(timer)
+            timer.start()
+        elif not interrupted:
             unraisable_hook(unraisable)
 
     # only where Python's own handling is in place: Ctrl-C as KeyboardInterrupt (not ignored,
@@ -576,6 +587,8 @@ def _quiet_after_ctrl_c(*, sigterm: bool = True):
     try:
         yield received
     finally:
+        for timer in lost:  # the command ended before it was sent again
+            timer.cancel()
         sys.unraisablehook = unraisable_hook
         for number, handler in previous.items():
             signal.signal(number, handler)
