@@ -172,6 +172,29 @@ def test_a_killed_worker_is_retried_once_then_reported(tmp_path, checkpoint, ima
 
 
 @pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
+def test_an_interrupt_after_the_cluster_died_is_not_replaced_by_the_clusters_error(tmp_path, checkpoint, images):
+    """`timeout` and batch systems signal every process of ``predict --workers``: the workers and
+    the scheduler were gone when the interrupt's cleanup cancelled their tasks, and its
+    ClosedClientError ("Client is closed") replaced the interrupt, so that the command did not
+    say what it had written. Here the cluster closes as the first image is reported."""
+    good = [p for p in images if p.name != "broken.png"] * 2
+    client = start_local_cluster(2, dashboard=False)
+    cluster = client.cluster
+
+    def interrupt(result, done, total):
+        if done == 1:
+            cluster.close()
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            predict_many(good, str(checkpoint), tmp_path / "out", client, progress=interrupt, overwrite=True)
+    finally:
+        client.close()
+        cluster.close()
+
+
+@pytest.mark.slow  # worker processes: 7-12 s on a loaded 2-core machine
 def test_scheduler_option_uses_a_cluster_started_separately(tmp_path, checkpoint, images, capsys):
     """``napari-prm predict --scheduler`` against ``dask scheduler`` + ``dask worker`` processes,
     with the predict options passed through: the outputs are those of the one-process command."""

@@ -1704,6 +1704,7 @@ def _run_here(results, todo, model, out, *, settings, overwrite, prms_format, ga
 def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads, settings, overwrite,
                     prms_format, gather, retries, cancel, report, max_in_flight, record) -> None:
     from distributed import as_completed
+    from distributed.client import ClosedClientError
 
     if not todo:
         return
@@ -1758,10 +1759,14 @@ def _run_on_cluster(results, todo, client, model, out, *, device, torch_threads,
             if not finished:  # the workers have queued tasks: a short wait idles none of them
                 time.sleep(0.05)
     finally:
-        if in_flight:
-            client.cancel(list(in_flight))
-        if plugin is not None and client.status == "running":
-            client.unregister_worker_plugin(plugin)
+        # the cluster may be gone (`timeout` and batch systems signal every process of the
+        # command, the workers and the scheduler too): its error must not replace the
+        # interrupt that ended the loop, so that the command still says what it wrote
+        with contextlib.suppress(OSError, ClosedClientError):
+            if in_flight:
+                client.cancel(list(in_flight))
+            if plugin is not None and client.status == "running":
+                client.unregister_worker_plugin(plugin)
 
 
 _PLUGIN_CLASS = None
