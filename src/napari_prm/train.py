@@ -11,8 +11,6 @@ from __future__ import annotations
 import copy
 import functools
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -986,31 +984,6 @@ def _set_train_mode(model: PRMModel, backbone_frozen: bool) -> None:
         model.network.fcn.features.eval()
 
 
-def _quiet_worker(worker_id: int) -> None:
-    """A data-loader worker's ``worker_init_fn``: SIGTERM from another process than its parent
-    is ignored; its parent's ends it quietly, as torch's own handler does.
-
-    ``timeout``, a batch system's time limit and ``systemctl stop`` signal each process of a
-    command, the workers too. torch's handler ended a worker that another process signalled
-    by the signal, and the parent then raised "DataLoader worker (pid N) is killed by signal"
-    (or "exited unexpectedly") wherever it was: ``train`` failed instead of stopping as on
-    Ctrl-C, or, stopping, took its checkpoint for a corrupt one. The parent, stopping, ends its
-    workers itself (a killed parent's are ended by torch's watchdog). A thread waits for the
-    signal, blocked in the others, where it can be told (``sigwaitinfo``: not on macOS or Windows).
-    """
-    if not hasattr(signal, "sigwaitinfo"):
-        return
-    parent = os.getppid()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit it
-
-    def wait() -> None:
-        while True:
-            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-                os._exit(0)
-
-    threading.Thread(target=wait, name="napari-prm SIGTERM", daemon=True).start()
-
-
 def _batches(loader):
     """The loader's batches; a worker process's ValueError (an unreadable image) comes back
     with its own message, not with the worker's traceback that torch puts in it."""
@@ -1484,12 +1457,11 @@ def train(
                             hflip=config["hflip"], seed=config["seed"])
     generator = torch.Generator()
     loader = torch.utils.data.DataLoader(images, batch_size=config["batch_size"], shuffle=True,
-                                         num_workers=num_workers, generator=generator, worker_init_fn=_quiet_worker)
+                                         num_workers=num_workers, generator=generator)
     val_loader = None
     if val_set is not None:
         val_images = TrainingImages(val_set, config["input_size"], model.mean, model.std, hflip=False)
-        val_loader = torch.utils.data.DataLoader(val_images, batch_size=config["batch_size"], num_workers=num_workers,
-                                                 worker_init_fn=_quiet_worker)
+        val_loader = torch.utils.data.DataLoader(val_images, batch_size=config["batch_size"], num_workers=num_workers)
 
     network = model.network
     inference_factor = network.sub_pixel_locating_factor
