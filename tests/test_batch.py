@@ -631,6 +631,45 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, checkpoint, imag
     assert [r.status for r in again.results] == ["skipped", "skipped"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file modes and user ids of POSIX")
+def test_a_lock_file_of_another_user_is_locked_read_only(tmp_path):
+    """A killed run leaves ``<out>/.napari-prm-lock``; where it was another user's (mode 0644),
+    the next run, of this user, failed to open it for writing ("Permission denied") and could not
+    write into the folder. It opens it read-only, and its lock holds all the same: another run is
+    refused while it holds it. Root writes any file: as root, the run is user nobody's."""
+    import tempfile
+
+    from napari_prm.batch import LOCK_NAME, FolderInUse, _folder_lock
+
+    root = os.geteuid() == 0
+    out = Path(tempfile.mkdtemp()) if root else tmp_path  # pytest's folders are root's alone
+    try:
+        out.chmod(0o777)
+        (out / LOCK_NAME).write_bytes(b"")
+        (out / LOCK_NAME).chmod(0o644 if root else 0o444)  # not writable by the run below
+        # setpriv (util-linux) drops root's rights once the interpreter is started (it may lie in root's home)
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if root else []
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+        if root and (shutil.which("setpriv") is None or subprocess.run(
+                [*nobody, sys.executable, "-c", "import napari_prm.batch"], env=env).returncode):
+            pytest.skip("no setpriv, or user nobody cannot read this checkout")
+        hold = ("import sys; from pathlib import Path; from napari_prm.batch import _folder_lock\n"
+                "with _folder_lock(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.readline()")
+        with subprocess.Popen([*nobody, sys.executable, "-c", hold, str(out)], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+            held = child.stdout.readline().strip()
+            if held == "held":
+                with pytest.raises(FolderInUse), _folder_lock(out):
+                    pass
+            child.stdin.close()
+            assert held == "held" and child.wait(timeout=60) == 0, child.stderr.read()
+        with _folder_lock(out):  # free once it ended
+            pass
+    finally:
+        if root:
+            shutil.rmtree(out)
+
+
 def test_the_command_ends_by_naming_the_failed_images(tmp_path, checkpoint, images, capsys):
     """Each failure is said as it happens; at the end only their count was, so in the log of a
     night's run (a line per note of thousands of images) the failed images had to be searched

@@ -1557,7 +1557,7 @@ def _folder_lock(out: Path):
     """
     path = out / LOCK_NAME
     while True:
-        handle = open(path, "a+b")
+        handle = _open_lock(path)
         locked = _try_lock(handle)
         if locked is False:
             holder = _lock_holder(handle)
@@ -1588,6 +1588,24 @@ def _folder_lock(out: Path):
         if os.name == "nt":  # an open file cannot be removed there: another run may hold it now
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _open_lock(path: Path):
+    """``path`` opened to be locked (created where missing): for writing, so that the holder can
+    say who it is (`_lock_holder`); else read-only, where a run of another user left it and it
+    is not writable here (a lock needs no write access)."""
+    try:
+        return open(path, "a+b")
+    except PermissionError as error:
+        if not path.exists():  # the folder is not writable
+            raise
+        denied = error
+    try:
+        return open(path, "rb")
+    except OSError as error:
+        raise PermissionError(f"cannot open {path}, the lock of the runs that write into {path.parent} "
+                              f"({denied.strerror}): if no run is writing there, remove it (a run of another "
+                              "user may have left it), or write into another folder") from error
 
 
 def _try_lock(handle) -> bool | None:
