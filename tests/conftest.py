@@ -136,11 +136,14 @@ def interrupt_after_first_checkpoint(command: list[str], out: Path, env: dict,
                                      signum: int = signal.SIGINT) -> tuple[int, str]:
     """Run a training ``command`` in a child process, press Ctrl-C (SIGINT; or send ``signum``)
     about a second after it first writes ``out``, and return its exit status and stderr."""
-    # A shell starts background jobs with SIGINT ignored, and the child would inherit that:
-    # give it the default disposition, so Python turns Ctrl-C into KeyboardInterrupt.
-    default_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if os.name == "posix" else None
+    # A shell starts background jobs with SIGINT ignored (nohup, SIGHUP), and the child would inherit
+    # that: give it the default dispositions, so Python turns Ctrl-C into KeyboardInterrupt.
+    def default_signals() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=default_sigint)
+                               preexec_fn=default_signals if os.name == "posix" else None)
     try:
         deadline = time.monotonic() + 180
         while not out.is_file() and time.monotonic() < deadline and process.poll() is None:

@@ -1026,8 +1026,9 @@ def _interrupted_predict(tmp_path, count: int, signum: int, status: int) -> tupl
     assert returncode == status, err
     written = len(list(out.glob("*.manifest.json")))
     assert 1 <= written < count
+    stopped = "interrupted" if signum == signal.SIGINT else f"terminated by {signal.Signals(signum).name}"
     assert err.strip().splitlines()[-1] == (
-        f"interrupted: {written} of {count} images written to {out} (summary: "
+        f"{stopped}: {written} of {count} images written to {out} (summary: "
         f"{out / 'summary.csv'}); the same command goes on with the others")
     assert "Traceback" not in err
     return images, out, written
@@ -1056,6 +1057,94 @@ def test_predict_sigterm_stops_as_ctrl_c_does(tmp_path, capsys):
     resumed = capsys.readouterr().err
     assert "killed" not in resumed
     assert f"{12 - written} image(s) written to {out}, {written} skipped, 0 failed" in resumed
+
+
+@pytest.mark.skipif(os.name != "posix", reason="no SIGHUP on Windows")
+def test_predict_sighup_stops_as_sigterm_does(tmp_path):
+    """SIGHUP (the ssh connection dropped, the terminal closed) ended ``predict`` at once, as
+    SIGTERM did: no line said what was written, ``summary.csv`` was not updated, and the marker
+    of the image in progress stayed (the next run called that image the killer). It now stops
+    as on SIGTERM, saying so, with exit status 129 (128 + 1)."""
+    images, out, written = _interrupted_predict(tmp_path, 12, signal.SIGHUP, 129)
+    assert not (out / ".napari-prm-running.json").exists()
+    statuses = [line.split(",")[1] for line in (out / "summary.csv").read_text().splitlines()[1:]]
+    assert statuses.count("written") == written and statuses.count("pending") == 12 - written
+
+
+@pytest.mark.skipif(os.name != "posix", reason="no terminals to close on Windows")
+def test_predict_stops_as_on_sigterm_when_its_terminal_closes(tmp_path):
+    """The terminal that runs ``predict`` closes (the ssh connection drops): the kernel sends
+    SIGHUP, and every later write to the terminal fails (EIO). The command stopped as on SIGTERM,
+    but its last lines failed there, and it ended with status 1; they go nowhere now, and it
+    ends with 129 as on a SIGHUP, having updated ``summary.csv``."""
+    import fcntl
+    import select
+    import termios
+    import time
+
+    import imageio.v3 as iio
+
+    images, out = tmp_path / "images", tmp_path / "results"
+    images.mkdir()
+    for number in range(12):
+        iio.imwrite(images / f"cat {number:02d}.png", data.chelsea()[number:number + 96, :96])
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    terminal, its_end = os.openpty()
+
+    def on_the_terminal() -> None:  # as a login shell starts a command: the terminal is its own
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen([sys.executable, "-m", "napari_prm", "predict", str(images), "--out", str(out),
+                                "--device", "cpu"], env=env, stdin=its_end, stdout=its_end, stderr=its_end,
+                               start_new_session=True, preexec_fn=on_the_terminal)
+    os.close(its_end)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "cat 00.manifest.json").is_file() and time.monotonic() < deadline and process.poll() is None:
+            if select.select([terminal], [], [], 0.2)[0]:
+                os.read(terminal, 65536)  # what the command shows
+        assert (out / "cat 00.manifest.json").is_file(), process.poll()
+        time.sleep(1.0)
+    finally:
+        os.close(terminal)  # the terminal closes
+        try:
+            status = process.wait(timeout=120)
+        finally:
+            process.kill()
+    assert status == 129
+    assert not (out / ".napari-prm-running.json").exists()
+    statuses = [line.split(",")[1] for line in (out / "summary.csv").read_text().splitlines()[1:]]
+    written = len(list(out.glob("*.manifest.json")))
+    assert 1 <= written < 12 and statuses.count("written") == written and statuses.count("pending") == 12 - written
+
+
+@pytest.mark.skipif(os.name != "posix", reason="no SIGHUP on Windows")
+@pytest.mark.parametrize("ignored", [False, True])
+def test_sighup_stops_a_command_unless_nohup_ignores_it(ignored):
+    """A command stops on SIGHUP as on SIGTERM (`Terminated`); started with SIGHUP ignored
+    (``nohup``, to outlive the terminal) it is left ignored, and the command runs on."""
+    import time
+
+    from napari_prm.cli import Terminated, _quiet_after_ctrl_c
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN if ignored else signal.SIG_DFL)
+    try:
+        with _quiet_after_ctrl_c() as terminated:
+            handler = signal.getsignal(signal.SIGHUP)
+            assert (handler is signal.SIG_IGN) == ignored and handler is not signal.SIG_DFL
+            try:
+                os.kill(os.getpid(), signal.SIGHUP)
+                for _ in range(100):  # Python code: the handler runs here
+                    time.sleep(0.001)
+                stopped = None
+            except Terminated as error:
+                stopped = error.signum
+        assert signal.getsignal(signal.SIGHUP) is (signal.SIG_IGN if ignored else signal.SIG_DFL)
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert stopped == (None if ignored else signal.SIGHUP) and terminated == ([] if ignored else [signal.SIGHUP])
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGTERM ends a Windows process without a handler")

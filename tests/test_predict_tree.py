@@ -522,3 +522,48 @@ def test_a_cluster_worker_does_not_speak_of_an_attack_either(tmp_path, checkpoin
                            {"proposals": "prm", "peak_threshold": 0}, False, None, False)
     assert result.status == "written", result.error
     assert not [warning for warning in caught if "decompression bomb" in str(warning.message)]
+
+
+def test_an_interrupted_run_writes_its_summary_before_it_lets_the_folder_go(tmp_path, checkpoint, capsys,
+                                                                          monkeypatch):
+    """After Ctrl-C, `predict` marked the images it found written on disk in ``summary.csv`` once
+    the run had let the folder's lock go: a run started then (the next job of a queue) could
+    rewrite ``summary.csv`` side by side with it, and lose its rows or have them replaced. Each
+    write of ``summary.csv`` is here met by a second run, started in another thread: it must be
+    refused, the folder still being this run's."""
+    import threading
+
+    from napari_prm import batch
+    from napari_prm.io import fileset
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for number in range(3):
+        iio.imwrite(folder / f"cat {number}.png", data.chelsea()[number * 20:number * 20 + 48, :64])
+    out = tmp_path / "out"
+    write_summary, second_runs = batch._write_summary, []
+
+    def second_run() -> None:
+        try:
+            with batch._folder_lock(out):
+                second_runs.append("got the folder")
+        except batch.FolderInUse:
+            second_runs.append("refused")
+
+    def write_summary_meanwhile(path, rows) -> None:
+        thread = threading.Thread(target=second_run)
+        thread.start()
+        thread.join()
+        write_summary(path, rows)
+
+    def interrupt_once_written(step: str) -> None:
+        if step == "finished":  # the first image's outputs are all in place: Ctrl-C lands now
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "_write_summary", write_summary_meanwhile)
+    monkeypatch.setattr(fileset, "_step_hook", interrupt_once_written)
+    assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(out), *FAST]) == 130
+    assert "interrupted: 1 of 3 images written" in capsys.readouterr().err
+    assert [(row["stem"], row["status"]) for row in summary(out)] == [
+        ("cat 0", "written"), ("cat 1", "pending"), ("cat 2", "pending")]
+    assert len(second_runs) >= 3 and set(second_runs) == {"refused"}, second_runs

@@ -1543,10 +1543,20 @@ class FolderInUse(OSError):
     output folder (`predict_many`); its message names the folder and, where it can, the run."""
 
 
+#: The folders whose lock a caller holds for the next run into it in this thread (`_folder_lock`).
+_LENT = threading.local()
+
+
 @contextlib.contextmanager
-def _folder_lock(out: Path):
+def _folder_lock(out: Path, *, lend: bool = False):
     """Hold ``<out>/<LOCK_NAME>`` exclusively while a run writes into ``out``; `FolderInUse` when
     another run holds it.
+
+    With ``lend``, the caller holds it around a run (`predict_many`) in this thread: the run goes
+    on under it, and a run that one starts (from its ``progress``) is refused as any other. The
+    command line so records what an interrupted run left on disk (`record_written`) before it
+    lets the folder go, once the cluster's workers stopped: a run started at the interrupt could
+    otherwise rewrite ``summary.csv`` side by side with it.
 
     Two runs into one folder (a nightly job started while the last night's still runs) each
     predicted the images the other was predicting, and each rewrote ``summary.csv`` with its
@@ -1555,6 +1565,14 @@ def _folder_lock(out: Path):
     Windows): a process that is killed lets it go, so no stale lock is left to remove. Where
     the file system has no locks, the run goes on without one.
     """
+    lent, key = _LENT.__dict__.setdefault("folders", set()), os.path.realpath(out)
+    if key in lent:  # the caller's, lent to one run at a time
+        lent.remove(key)
+        try:
+            yield
+        finally:
+            lent.add(key)
+        return
     path = out / LOCK_NAME
     while True:
         handle = _open_lock(path)
@@ -1578,9 +1596,12 @@ def _folder_lock(out: Path):
         handle.flush()
     except OSError:  # who holds it is only for the message
         pass
+    if lend:
+        lent.add(key)
     try:
         yield
     finally:
+        lent.discard(key)
         if os.name != "nt":  # removed while locked: a run that opens it next opens a new file
             with contextlib.suppress(OSError):
                 path.unlink()

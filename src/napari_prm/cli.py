@@ -9,7 +9,8 @@ Exit status: 0 on success; 1 when some inputs failed (``predict``: an unreadable
 the others are still written) or on an unexpected internal error; 2 for bad arguments or
 inputs, or when nothing could run (no images, model or dataset not loadable); 130 when
 interrupted (Ctrl-C); 143 when ended by SIGTERM (``kill``, ``timeout``, a batch system's time
-limit), which stops a command as Ctrl-C does. No user error prints a Python traceback: an
+limit), 129 by SIGHUP (the terminal closed, the ssh connection dropped; not under ``nohup``),
+which stop a command as Ctrl-C does. No user error prints a Python traceback: an
 unexpected exception is reported in one line, and ``--debug`` prints the traceback of any
 error, a user error's included.
 """
@@ -37,6 +38,7 @@ from .batch import (
     NOTE,
     SUMMARY_NAME,
     PlaneTally,
+    _folder_lock,
     collect_images,
     image_names,
     model_label,
@@ -512,8 +514,42 @@ def _quiet_tifffile(debug: bool):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread where Ctrl-C raises KeyboardInterrupt, so that a command
-    stops as it does on Ctrl-C (`_quiet_after_ctrl_c`)."""
+    """SIGTERM or SIGHUP (its ``signum``), raised in the main thread where Ctrl-C raises
+    KeyboardInterrupt, so that a command stops as it does on Ctrl-C (`_quiet_after_ctrl_c`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated (signal {signum})")
+        self.signum = signum
+
+
+def _terminals() -> list[int]:
+    """The standard output and error (file descriptors 1, 2) that write to a terminal."""
+    found = []
+    for fd in (1, 2):
+        with contextlib.suppress(OSError, ValueError):
+            if os.isatty(fd):
+                found.append(fd)
+    return found
+
+
+def _off_closed_terminal(terminals: Sequence[int]) -> None:
+    """Send what goes to ``terminals`` (`_terminals`) that are closed now to /dev/null: a
+    terminal that hung up (SIGHUP) fails every write (EIO), and the command's cleanup and
+    last lines with it, ending it with status 1 after all."""
+    closed = [fd for fd in terminals if not os.isatty(fd)]  # no longer a terminal once hung up
+    if not closed:
+        return
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in closed:
+            os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def _stopped_by(signum: int | None) -> str:
+    """How a command stopped, for its last line: "interrupted" (Ctrl-C, ``signum`` None), or
+    "terminated by SIGTERM" (by SIGHUP)."""
+    return "interrupted" if signum is None else f"terminated by {signal.Signals(signum).name}"
 
 
 @contextlib.contextmanager
@@ -527,12 +563,14 @@ def _quiet_after_ctrl_c(*, sigterm: bool = True):
 
     With ``sigterm``, SIGTERM (``kill PID``, ``timeout``, a batch system's time limit,
     ``systemctl stop``) raises `Terminated`, a KeyboardInterrupt, so that the command stops as
-    on Ctrl-C: ``predict`` records the images done in ``summary.csv`` and leaves no marker of
+    on Ctrl-C; so does SIGHUP (the ssh connection dropped, the terminal closed), unless it is
+    ignored (``nohup``): ``predict`` records the images done in ``summary.csv`` and leaves no marker of
     an image that seemed to kill it, ``train`` says which epoch its checkpoint keeps. SIGTERM's
     default ended the process at once. A second SIGTERM while the first is handled is ignored
     (SIGKILL still ends the process); one that Python ignored (raised in an object's ``__del__``
     or a fork handler) is sent again. Yields a list that holds the signal's number once SIGTERM
-    came (the exit status is then 143, 128 + 15, as a shell reports a process it ended).
+    or SIGHUP came (the exit status is then 128 + that number, as a shell reports a process it
+    ended: 143 for SIGTERM, 129 for SIGHUP).
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
@@ -546,7 +584,8 @@ def _quiet_after_ctrl_c(*, sigterm: bool = True):
         interrupted = True
         signal.default_int_handler(signum, frame)
 
-    lost: list[threading.Timer] = []  # a SIGTERM raised where Python ignores it, sent again
+    lost: list[threading.Timer] = []  # a SIGTERM (SIGHUP) raised where Python ignores it, sent again
+    terminals = _terminals()
 
     def on_sigterm(signum, frame):
         nonlocal interrupted
@@ -555,13 +594,15 @@ def _quiet_after_ctrl_c(*, sigterm: bool = True):
         lost.clear()
         interrupted = True
         received[:] = [signum]
-        raise Terminated(f"terminated (signal {signum})")
+        if signum == getattr(signal, "SIGHUP", None):
+            _off_closed_terminal(terminals)
+        raise Terminated(signum)
 
     def on_unraisable(unraisable):
         if isinstance(unraisable.exc_value, Terminated) and not lost:
             # raised in an object's __del__ or a fork handler (logging's, as a data-loader worker
             # starts), where Python ignores it: the command would run on, deaf to the next SIGTERM
-            timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), unraisable.exc_value.signum))
             timer.daemon = True
             lost.append(timer)
             timer.start()
@@ -569,10 +610,13 @@ def _quiet_after_ctrl_c(*, sigterm: bool = True):
             unraisable_hook(unraisable)
 
     # only where Python's own handling is in place: Ctrl-C as KeyboardInterrupt (not ignored,
-    # as a shell starts background jobs), SIGTERM's default (not ignored, nor a caller's handler)
+    # as a shell starts background jobs), SIGTERM's and SIGHUP's default (not ignored, as nohup
+    # does SIGHUP, nor a caller's handler)
     wanted = [(signal.SIGINT, signal.default_int_handler, on_sigint)]
     if sigterm:
         wanted.append((signal.SIGTERM, signal.SIG_DFL, on_sigterm))
+        if hasattr(signal, "SIGHUP"):  # not on Windows
+            wanted.append((signal.SIGHUP, signal.SIG_DFL, on_sigterm))
     previous = {}
     for number, default, handler in wanted:
         try:
@@ -628,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     check_arguments(args)
-    # the demo's napari window ends on SIGTERM as any Qt application does
+    # the demo's napari window ends on SIGTERM (SIGHUP) as any Qt application does
     with (_quiet_after_ctrl_c(sigterm=args.command != "demo") as terminated,
           _quiet_tifffile(getattr(args, "debug", False))):
         try:
@@ -636,14 +680,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CommandError as error:
             return _report(args, error, 2)
         except KeyboardInterrupt:
-            print(f"napari-prm {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+            print(f"napari-prm {args.command}: {_stopped_by(terminated[0] if terminated else None)}", file=sys.stderr)
             status = 130
         except (ValueError, OSError) as error:  # the library's messages name the file or argument
             return _report(args, error, 2)
         except Exception as error:  # a bug or an exhausted resource: one line, no traceback
             return _report(args, error, 1)
-    # SIGTERM's status, as a shell reports a process it ended, once the command stopped as on Ctrl-C
-    return 128 + signal.SIGTERM if terminated and status == 130 else status
+    # the signal's status (SIGTERM's 143), as a shell reports a process it ended, once the command
+    # stopped as on Ctrl-C
+    return 128 + terminated[0] if terminated and status == 130 else status
 
 
 def _report(args, error: BaseException, status: int) -> int:
@@ -964,49 +1009,57 @@ def _run_predict(args) -> int:
     settings = {"classes": classes, "proposals": args.proposals, "peak_batch_size": args.peak_batch_size,
                 **_inference_settings(args)}
     client = _start_client(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tally = PlaneTally(images)  # TIFF headers only
-    bar = tqdm(total=tally.total, desc="predict", unit="plane", disable=None)
-    before = output_states(args.out, stems)
-    counts, logged = dict.fromkeys(("written", "skipped", "failed"), 0), [time.monotonic()]
-
-    def plane_done(image, done, total) -> None:
-        bar.update(tally.plane_done(image, done) - bar.n)
-
-    def progress(result, done, total) -> None:
-        counts[result.status] = counts.get(result.status, 0) + 1
-        if result.status == "failed":
-            if args.debug and result.details:
-                _say(result.details.rstrip())
-            unexpected = result.error.startswith("unexpected") and not args.debug
-            hint = "; run with --debug for the traceback" if unexpected else ""
-            _say(f"{result.image}: failed: {result.error}{hint}")
-        for note in result.notes:
-            _say(f"{result.image}: {note}")
-        bar.update(tally.image_done(result.image) - bar.n)  # skipped, failed or run on a cluster
-        if _log_line_due(bar, done, total, logged):
-            _say(f"predict: {done} of {plural(total, 'image')} done ({counts['written']} written, "
-                 f"{counts['skipped']} skipped, {counts['failed']} failed)")
-
     try:
-        batch = predict_many(images, args.model if cluster else loaded, args.out, client, stems=stems,
-                             overwrite=args.overwrite, prms_format=args.save_prms, device=args.device,
-                             progress=progress, model_name=model_label(args.model), loaded_model=loaded,
-                             plane_progress=plane_done, **settings)
-    except KeyboardInterrupt:
-        batch = None
+        args.out.mkdir(parents=True, exist_ok=True)
+        # held until an interrupted run's last images are recorded, its cluster closed: a run started
+        # at the interrupt is refused, and cannot rewrite summary.csv side by side with this one
+        with _folder_lock(args.out, lend=True):
+            tally = PlaneTally(images)  # TIFF headers only
+            bar = tqdm(total=tally.total, desc="predict", unit="plane", disable=None)
+            before = output_states(args.out, stems)
+            counts, logged = dict.fromkeys(("written", "skipped", "failed"), 0), [time.monotonic()]
+
+            def plane_done(image, done, total) -> None:
+                bar.update(tally.plane_done(image, done) - bar.n)
+
+            def progress(result, done, total) -> None:
+                counts[result.status] = counts.get(result.status, 0) + 1
+                if result.status == "failed":
+                    if args.debug and result.details:
+                        _say(result.details.rstrip())
+                    unexpected = result.error.startswith("unexpected") and not args.debug
+                    hint = "; run with --debug for the traceback" if unexpected else ""
+                    _say(f"{result.image}: failed: {result.error}{hint}")
+                for note in result.notes:
+                    _say(f"{result.image}: {note}")
+                bar.update(tally.image_done(result.image) - bar.n)  # skipped, failed or run on a cluster
+                if _log_line_due(bar, done, total, logged):
+                    _say(f"predict: {done} of {plural(total, 'image')} done ({counts['written']} written, "
+                         f"{counts['skipped']} skipped, {counts['failed']} failed)")
+
+            try:
+                batch = predict_many(images, args.model if cluster else loaded, args.out, client, stems=stems,
+                                     overwrite=args.overwrite, prms_format=args.save_prms, device=args.device,
+                                     progress=progress, model_name=model_label(args.model), loaded_model=loaded,
+                                     plane_progress=plane_done, **settings)
+            except KeyboardInterrupt as stop:
+                batch, stopped = None, _stopped_by(getattr(stop, "signum", None))
+            finally:
+                bar.close()
+                if client is not None:  # before the folder is let go: its workers write no more
+                    _close_client(client, local=args.workers is not None)
+                    client = None
+            if batch is None:  # Ctrl-C: counted on disk, where the workers' last images are too
+                written = written_since(args.out, before, prms_format=args.save_prms)
+                record_written(args.out, written)
+                still = ("; images the cluster's workers were running may still be written"
+                         if args.scheduler is not None else "")
+                _say(f"{stopped}: {len(written)} of {plural(len(images), 'image')} written to {args.out} (summary: "
+                     f"{args.out / SUMMARY_NAME}){still}; the same command goes on with the others")
+                return 130
     finally:
-        bar.close()
-        if client is not None:
+        if client is not None:  # the folder was in use
             _close_client(client, local=args.workers is not None)
-    if batch is None:  # Ctrl-C: counted on disk, where the workers' last images are too
-        written = written_since(args.out, before, prms_format=args.save_prms)
-        record_written(args.out, written)
-        still = ("; images the cluster's workers were running may still be written" if args.scheduler is not None
-                 else "")
-        _say(f"interrupted: {len(written)} of {plural(len(images), 'image')} written to {args.out} (summary: "
-             f"{args.out / SUMMARY_NAME}){still}; the same command goes on with the others")
-        return 130
     skipped = batch.skipped
     if skipped:
         _say(f"{batch.skip_summary()}; use --overwrite to replace them")
