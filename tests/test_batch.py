@@ -665,6 +665,14 @@ def test_a_lock_file_of_another_user_is_locked_read_only(tmp_path):
             assert held == "held" and child.wait(timeout=60) == 0, child.stderr.read()
         with _folder_lock(out):  # free once it ended
             pass
+        (out / LOCK_NAME).write_bytes(b"")
+        (out / LOCK_NAME).chmod(0o600 if root else 0o000)  # not readable either: the error says what to do
+        refused = subprocess.run([*nobody, sys.executable, "-c", hold, str(out)], env=env, capture_output=True,
+                                 text=True)
+        assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
+            f"PermissionError: cannot lock {out / LOCK_NAME}, the lock of the runs that write into {out} "
+            "(Permission denied): if no run is writing there, remove it (a run of another user may have left "
+            "it), or write into another folder")
     finally:
         if root:
             shutil.rmtree(out)

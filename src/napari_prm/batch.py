@@ -1577,6 +1577,9 @@ def _folder_lock(out: Path, *, lend: bool = False):
     while True:
         handle = _open_lock(path)
         locked = _try_lock(handle)
+        if locked is None and handle.mode == "rb":  # NFS locks only a file open for writing (flock(2))
+            handle.close()
+            raise _unusable_lock(path, "not writable here, and this file system locks only a writable file")
         if locked is False:
             holder = _lock_holder(handle)
             handle.close()
@@ -1624,9 +1627,14 @@ def _open_lock(path: Path):
     try:
         return open(path, "rb")
     except OSError as error:
-        raise PermissionError(f"cannot open {path}, the lock of the runs that write into {path.parent} "
-                              f"({denied.strerror}): if no run is writing there, remove it (a run of another "
-                              "user may have left it), or write into another folder") from error
+        raise _unusable_lock(path, denied.strerror) from error
+
+
+def _unusable_lock(path: Path, reason: str) -> PermissionError:
+    """The error of a lock file that this user cannot lock (`_open_lock`), naming it and the fix."""
+    return PermissionError(f"cannot lock {path}, the lock of the runs that write into {path.parent} ({reason}): "
+                           "if no run is writing there, remove it (a run of another user may have left it), "
+                           "or write into another folder")
 
 
 def _try_lock(handle) -> bool | None:
