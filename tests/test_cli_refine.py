@@ -136,6 +136,30 @@ def test_refine_refuses_an_existing_out_unless_resumed_or_overwritten(shapes_dat
     assert [h["epoch"] for h in load_checkpoint(out)[1]["refine_training"]["history"]] == [1]
 
 
+def test_refine_resume_refuses_another_model(shapes_dataset, tiny_checkpoint96, tmp_path, capsys):
+    """``refine --resume --model OTHER`` went on training the run's head on OTHER's features and
+    wrote OTHER's backbone and classifier with it, without a word."""
+    out = tmp_path / "refined.pt"
+    start = ["refine", str(shapes_dataset), "--out", str(out), "--masks", str(shapes_dataset), "--no-self-training",
+             "--batch-size", "4", "--device", "cpu"]
+    assert main(start + ["--model", str(tiny_checkpoint96), "--epochs", "1"]) == 0
+    torch.manual_seed(1)  # same classes, backbone and input size: other weights only
+    other = save_model(build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(96, 96)),
+                       tmp_path / "other.pt")
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(start + ["--model", str(other), "--epochs", "2", "--resume"]) == 2
+    assert (f"cannot resume {out}: its run refines another model (its backbone or classifier weights are not those "
+            "of model, the command line's --model)") in capsys.readouterr().err
+    assert out.read_bytes() == before
+    # the run's own model, or the refined checkpoint itself (the same network), goes on
+    assert main(start + ["--model", str(out), "--epochs", "2", "--resume"]) == 0
+    assert load_checkpoint(out)[1]["refine_training"]["epoch"] == 2
+    refined = load_model(out)
+    for name, tensor in load_model(tiny_checkpoint96).network.state_dict().items():
+        assert torch.equal(refined.network.state_dict()[name], tensor), name
+
+
 def test_refine_defaults_match_the_library():
     defaults = vars(build_parser()._subparsers._group_actions[0].choices["refine"].parse_args(
         ["data.json", "--model", "m.pt", "--out", "o.pt"]))

@@ -393,8 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder keeping each image's features and pseudo-labels, so that a second "
                              "run, or a resumed one, skips PRM; 'none' keeps nothing (default: <OUT>.cache)")
     refine.add_argument("--resume", action="store_true",
-                        help="continue the run saved in --out with its options (options asking for "
-                             "others are refused; --epochs sets a new total, not below the epochs done)")
+                        help="continue the run saved in --out with its options and its --model (options "
+                             "asking for others, and a --model of other weights, are refused; --epochs sets a "
+                             "new total, not below the epochs done)")
     refine.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out with a new run (without it, an existing --out is "
                              "refused before anything runs, so a refined model is never lost)")

@@ -235,7 +235,8 @@ def refine(
     resume : bool or path
         Continue the run saved in ``out`` (True) or in this checkpoint: its head, optimiser
         and finished epochs are kept and training goes on to ``epochs`` (not fewer than the
-        finished epochs: ValueError).
+        finished epochs: ValueError). ``model`` must be the model the run refines (its network
+        weights; another is refused with a ValueError: the head learnt that model's features).
     progress : callable, optional
         Called with a :class:`RefineProgress` after each prepared image, batch and epoch.
     cancel : callable or threading.Event, optional
@@ -284,6 +285,10 @@ def refine(
         if list(saved.class_names) != list(model.class_names):
             raise ValueError(f"cannot resume {resume_path}: its classes {saved.class_names} are not the model's "
                              f"{model.class_names}")
+        if not _same_network(saved, model):  # the head learnt another backbone's features and PRMs
+            raise ValueError(f"cannot resume {resume_path}: its run refines another model (its backbone or "
+                             "classifier weights are not those of model, the command line's --model): give the "
+                             "model the run started from, or start a new run")
         head = saved.head
         start_epoch = int(state["epoch"])
         if epochs < start_epoch:
@@ -349,6 +354,14 @@ def refine(
         head.eval()
         result.train_seconds = time.perf_counter() - training_started
     return result
+
+
+def _same_network(first: PRMModel, second: PRMModel) -> bool:
+    """Whether two models have the same network weights (and buffers), wherever they lie."""
+    ours, theirs = first.network.state_dict(), second.network.state_dict()
+    return ours.keys() == theirs.keys() and all(
+        ours[name].shape == theirs[name].shape and torch.equal(ours[name].detach().cpu(), theirs[name].detach().cpu())
+        for name in ours)
 
 
 def _plain(value):
