@@ -618,6 +618,39 @@ def test_train_base_model_and_resumed_checkpoint_are_checked_before_anything_run
     assert main(train + ["--model", "tiny", "--backbone", "tiny", "--overwrite"]) == 0
 
 
+def test_train_fine_tunes_the_model_checkpoint_it_checked(tmp_path, capsys, monkeypatch, tiny48_checkpoint):
+    """``train --model CKPT`` read the checkpoint to check it before the dataset was read, and again
+    to fine-tune it: a file replaced meanwhile (a new version copied over it, a sync) trained a
+    model other than the one checked. The file is read once; the run fine-tunes what was checked."""
+    from napari_prm import cli
+
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
+    base = tmp_path / "base.pt"
+    shutil.copyfile(tiny48_checkpoint, base)
+    torch.manual_seed(1)
+    other = save_model(build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(48, 48)),
+                       tmp_path / "other.pt")
+    real_load_dataset = cli._load_dataset
+
+    def load_dataset_then_replace_base(*args, **kwargs):
+        dataset = real_load_dataset(*args, **kwargs)
+        shutil.copyfile(other, base)  # after --model's check, before training starts
+        return dataset
+
+    monkeypatch.setattr(cli, "_load_dataset", load_dataset_then_replace_base)
+    out = tmp_path / "run.pt"
+    # a frozen backbone (--backbone-lr-mult 0) keeps the weights it starts from
+    assert main(["train", str(tmp_path / "data"), "--model", str(base), "--out", str(out), "--epochs", "1",
+                 "--batch-size", "2", "--backbone-lr-mult", "0", "--val-fraction", "0", "--no-calibrate",
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    trained = load_model(out).network.fcn.features.state_dict()
+    checked = load_model(tiny48_checkpoint).network.fcn.features.state_dict()
+    replaced = load_model(other).network.fcn.features.state_dict()
+    assert any(not torch.equal(checked[name], replaced[name]) for name in checked)
+    for name, tensor in checked.items():
+        assert torch.equal(trained[name], tensor), name
+
+
 def test_train_resume_no_calibrate_of_a_calibrated_finished_run_says_to_predict(tmp_path, capsys):
     """``--resume --no-calibrate`` on a run that had finished and calibrated trains no epoch and
     keeps its thresholds, but its last line said to choose them first ('napari-prm calibrate')."""

@@ -29,7 +29,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from . import _validate as check
@@ -51,6 +51,9 @@ from .batch import (
 )
 from .io import IMAGE_SUFFIXES, writable_folder
 from .io.images import quiet_large_image_warning
+
+if TYPE_CHECKING:
+    from .model import PRMModel
 
 PROPOSAL_HELP = ("segment proposals for instance retrieval: 'auto' ('refined' when the model has a "
                  "refinement head, else 'default'), 'default', 'prm' (from the PRMs), 'default+prm', "
@@ -1200,33 +1203,36 @@ def _check_resumed_options(args, path: Path):
     return model
 
 
-def _check_train_base(args) -> None:
+def _check_train_base(args) -> PRMModel | None:
     """``train --model`` (a new run): a checkpoint that cannot be read was reported after the
     dataset was read and 'training on ...' said, without naming --model; and ``--backbone``
     given with a --model of another backbone was ignored without a word (the run trained
     --model's). Both are refused before anything runs, and so is an ``--input-size`` too small
-    for the run's backbone (it was refused after the dataset was read)."""
+    for the run's backbone (it was refused after the dataset was read). Returns the checkpoint's
+    model, which the run fine-tunes (the file read once), or None for a name."""
     if args.model is None:
         _check_input_size(args, args.backbone)
-        return
+        return None
     from .model.backbones import BACKBONES
     from .model.checkpoint import is_builtin_name, load_checkpoint
 
+    checkpoint = None
     if is_builtin_name(args.model, BACKBONES):
         base, what = args.model, "names a new model's backbone"
     elif is_builtin_name(args.model):
         base, what = "efficientnet_lite0", "fine-tunes the built-in model, an efficientnet_lite0"
     else:
         try:
-            base = load_checkpoint(args.model)[0].backbone
+            checkpoint = load_checkpoint(args.model)[0]
         except (ValueError, OSError) as error:
             raise CommandError(f"--model: {error}") from error
-        what = f"fine-tunes a checkpoint of backbone {base}"
+        base, what = checkpoint.backbone, f"fine-tunes a checkpoint of backbone {checkpoint.backbone}"
     if "backbone" in _given_options(args) and args.backbone != base:
         raise CommandError(f"--backbone {args.backbone} and --model {args.model} ask for different models: --model "
                            f"{what}, and a run has one backbone; drop --backbone (fine-tuning keeps the model's "
                            f"backbone), or drop --model to start a new {args.backbone} model")
     _check_input_size(args, base)
+    return checkpoint
 
 
 def _check_input_size(args, backbone: str) -> None:
@@ -1259,10 +1265,11 @@ def _run_train(args) -> int:
         args.out = Path(args.resume)  # the run goes on in its own file, not in ./prm_model.pt
     _refuse_existing_out(args)
     _device(args.device)  # a missing GPU fails before the dataset is read
+    base = None
     if args.resume:
         _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
-    else:
-        _check_train_base(args)
+    else:  # a checkpoint is read here only: the one checked is the one fine-tuned, even if the file is replaced
+        base = _check_train_base(args)
     dataset = _load_dataset(args, classes=args.classes)
     try:  # every unreadable image named before anything else is said
         check_readable(dataset)
@@ -1304,7 +1311,8 @@ def _run_train(args) -> int:
 
     try:
         result = train(
-            dataset, model=args.model, backbone=args.backbone, out=args.out, epochs=args.epochs,
+            dataset, model=args.model if base is None else base, backbone=args.backbone, out=args.out,
+            epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
             momentum=args.momentum, weight_decay=args.weight_decay,
             input_size=tuple(args.input_size),
