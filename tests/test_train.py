@@ -651,6 +651,31 @@ def test_a_fine_tuned_model_that_is_not_calibrated_keeps_no_thresholds_of_its_ba
     assert resumed.cancelled and "class_threshold" not in resumed.model.settings
 
 
+def test_fine_tuning_a_refined_model_drops_its_head_when_the_backbone_trains(squares, tmp_path):
+    """A refined checkpoint fine-tuned kept its refinement head, which decodes the features of the
+    backbone the run trained: predict's default proposals were then that head's masks from
+    features it never learnt. It is dropped with a warning; a frozen backbone keeps it."""
+    from dataclasses import replace
+
+    from napari_prm.refine.features import find_stages
+    from napari_prm.refine.head import RefineHead
+
+    torch.manual_seed(0)
+    model = build_model("tiny", ["red", "blue"], pretrained=False, input_size=(48, 48))
+    refined = save_model(replace(model, head=RefineHead(find_stages(model.network.fcn.features, probe_size=64))),
+                         tmp_path / "refined.pt")
+    assert load_model(refined).head is not None
+    options = dict(SETTINGS, epochs=1, calibrate=False)
+    tuned = train(squares, model=refined, out=tmp_path / "tuned.pt", **options)
+    assert tuned.model.head is None and load_model(tuned.checkpoint).head is None
+    assert any(w.startswith("the starting model's refinement head was dropped") for w in tuned.warnings)
+    frozen = train(squares, model=refined, out=tmp_path / "frozen.pt", **dict(options, backbone_lr_mult=0))
+    kept = load_model(frozen.checkpoint).head
+    assert kept is not None and not any("refinement head" in w for w in frozen.warnings)
+    for name, tensor in load_model(refined).head.state_dict().items():
+        assert torch.equal(kept.state_dict()[name], tensor), name
+
+
 def test_unfinished_runs_and_the_images_a_checkpoint_calibrates_on(tmp_path):
     """What the Train widget offers to continue (`unfinished_run`) and calibrates on
     (`calibration_images` without ``held_out``: the command line's rules, chosen for the user)."""

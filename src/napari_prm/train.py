@@ -1294,7 +1294,10 @@ def train(
         folder: give such a file as a path (``"./imagenet-voc"``, a `pathlib.Path`;
         `napari_prm.model.is_builtin_name`). When its classes differ from the
         dataset's, the classifier is re-initialised for the dataset's
-        classes, keeping the weights of classes with the same name.
+        classes, keeping the weights of classes with the same name. A refinement
+        head (``napari_prm.refine``) is kept only with ``backbone_lr_mult=0``: it
+        decodes the backbone's features, so a run that trains the backbone drops it,
+        with a warning (refine the trained model again).
     backbone : str
         Used when ``model`` is None.
     out : path
@@ -1387,7 +1390,7 @@ def train(
     num_workers = check.integer("num_workers", num_workers, low=0)
     dataset.check_positives()
     device = resolve_device(device)
-    start_epoch, history, state = 0, [], None
+    start_epoch, history, state, head_warning = 0, [], None, None
     if resume:
         resume_path = out if resume is True else Path(resume)
         model, extra = load_checkpoint(resume_path)
@@ -1409,6 +1412,14 @@ def train(
                          val_fraction=val_fraction)
         model = _start_model(model if model is not None else backbone, list(dataset.class_names),
                              config["input_size"], config["seed"])
+        if model.head is not None and config["backbone_lr_mult"] > 0:
+            # the head decodes the backbone's features, which this run changes: kept, predict's
+            # default proposals would be its masks from features it never saw
+            model.head = None
+            head_warning = ("the starting model's refinement head was dropped: it decodes the backbone's "
+                            "features, which this run trains; refine the "
+                            "trained model again (napari-prm refine), or train with a frozen backbone "
+                            "(backbone_lr_mult=0, the command line's --backbone-lr-mult 0) to keep it")
     config["epochs"] = epochs
     if start_epoch < epochs:
         # thresholds chosen for the weights training changes (a fine-tuned model's, or those of a
@@ -1446,6 +1457,8 @@ def train(
     train_set, val_set = split.train, split.held_out
     trained_keys = image_keys(train_set.image_paths)
     warnings = split_warnings(dataset, split, state, resume_path if state is not None else None)
+    if head_warning:
+        warnings.append(head_warning)
     if state is not None and isinstance(state.get("images"), torch.Tensor):
         # a dataset changed since the run started splits anew: images its epochs trained on may
         # now be held out, and the checkpoint must go on naming them as trained (trained_images)
