@@ -651,6 +651,28 @@ def test_train_fine_tunes_the_model_checkpoint_it_checked(tmp_path, capsys, monk
         assert torch.equal(trained[name], tensor), name
 
 
+def test_train_resume_of_a_run_on_chosen_classes_names_them(tmp_path, capsys):
+    """A run started with ``--classes`` resumed without them was refused after 'training on ...'
+    was said, listing every class of the dataset, without saying how to go on."""
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
+    out = tmp_path / "run.pt"
+    train = ["train", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--batch-size", "2",
+             "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
+    assert main(train + ["--classes", "coffee", "--classes", "cat", "--epochs", "1"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "data"), "--resume", str(out), "--epochs", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "training on" not in error
+    assert error.strip() == (f"napari-prm train: error: --resume: the run in {out} trains 2 classes (coffee, cat), "
+                             "the dataset gives 2 classes (cat, coffee): resume with the classes it started with, "
+                             "in its order: --classes coffee --classes cat")
+    assert out.read_bytes() == before
+    assert main(["train", str(tmp_path / "data"), "--resume", str(out), "--epochs", "2", "--classes", "coffee",
+                 "--classes", "cat"]) == 0
+    assert load_model(out).class_names == ["coffee", "cat"]
+
+
 def test_train_resume_no_calibrate_of_a_calibrated_finished_run_says_to_predict(tmp_path, capsys):
     """``--resume --no-calibrate`` on a run that had finished and calibrated trains no epoch and
     keeps its thresholds, but its last line said to choose them first ('napari-prm calibrate')."""

@@ -1265,12 +1265,14 @@ def _run_train(args) -> int:
         args.out = Path(args.resume)  # the run goes on in its own file, not in ./prm_model.pt
     _refuse_existing_out(args)
     _device(args.device)  # a missing GPU fails before the dataset is read
-    base = None
+    base = resumed = None
     if args.resume:
-        _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
+        resumed = _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
     else:  # a checkpoint is read here only: the one checked is the one fine-tuned, even if the file is replaced
         base = _check_train_base(args)
     dataset = _load_dataset(args, classes=args.classes)
+    if resumed is not None and list(resumed.class_names) != list(dataset.class_names):
+        _refuse_resumed_classes(args, resumed.class_names, dataset.class_names)
     try:  # every unreadable image named before anything else is said
         check_readable(dataset)
     except ValueError as error:
@@ -1352,6 +1354,19 @@ def _run_train(args) -> int:
     _say(f"checkpoint: {result.checkpoint}")
     _say(_after_training(args, result))
     return 0
+
+
+def _refuse_resumed_classes(args, trained: Sequence[str], classes: Sequence[str]) -> None:
+    """``train --resume`` of a run started with ``--classes`` (or ``--voc``) but resumed without
+    them was refused after 'training on N images ... 71 classes' was said, listing every class of
+    the dataset and not how to go on: refused before, naming the options that give the run's classes."""
+    path = args.out if args.resume is True else args.resume
+    message = (f"--resume: the run in {path} trains {plural(len(trained), 'class')} ({first_names(trained)}), "
+               f"the dataset gives {plural(len(classes), 'class')} ({first_names(classes)})")
+    if set(trained) <= set(classes):  # the run's classes are the dataset's, chosen (and ordered) by --classes
+        again = " ".join(f"--classes {shlex.quote(name)}" for name in trained)
+        raise CommandError(f"{message}: resume with the classes it started with, in its order: {again}")
+    raise CommandError(f"{message}: name the dataset the run trained on, or start a new run without --resume")
 
 
 def _after_training(args, result) -> str:
