@@ -422,7 +422,12 @@ CASES = [
         r"cannot read image .*cat\.png: no such file$"),
     api("predict image nan", lambda ws: lambda: predict(np.full((8, 8), np.nan), _tiny_model()),
         r"the image contains NaN or infinite values"),
-    api("predict model int", lambda ws: lambda: predict(_image(), 123), r"model: expected a file path, got 123"),
+    api("predict model int", lambda ws: lambda: predict(_image(), 123),
+        r"model: expected a PRMModel, a built-in model name \(imagenet, imagenet-voc, imagenet-coco\) or a checkpoint "
+        r"path, got 123$"),
+    # the arguments swapped: the image's values were printed as the "file path" expected
+    api("predict model and image swapped", lambda ws: lambda: predict(_tiny_model(), _image()),
+        r"model: expected a PRMModel, .* or a checkpoint path, got <uint8 24×30×3>$"),
     api("peak_response_maps class_threshold nan", lambda ws: lambda: _tiny_model().network.peak_response_maps(
         torch.zeros(1, 3, 16, 16), class_threshold=float("nan")), r"class_threshold: expected a finite number"),
     # ---- read_image

@@ -52,6 +52,12 @@ def array_summary(value) -> str:
     return f"<{str(value.dtype).removeprefix('torch.')} {shape}>"
 
 
+def value_text(value) -> str:
+    """``repr(value)``, but an array or tensor as :func:`array_summary`: a message naming a value
+    given where a path or name was expected must not print an image's values."""
+    return array_summary(value) if hasattr(value, "shape") and hasattr(value, "dtype") else repr(value)
+
+
 def names_summary(names, shown: int = 3) -> str:
     """A list of names as its length and first few: ``"19 ['airplane', 'bicycle', 'bird', …]"``."""
     names = list(names)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._text import value_text
+
 __all__ = [
     "is_cancelled",
     "boolean",
@@ -188,7 +190,7 @@ def path_like(name: str, value) -> Path:
     """``value`` (a str or path-like) as a Path."""
     if isinstance(value, (str, os.PathLike)) and str(value) != "":
         return Path(value)
-    raise ValueError(f"{name}: expected a file path, got {value!r}")
+    raise ValueError(f"{name}: expected a file path, got {value_text(value)}")
 
 
 def keyword_options(name: str, options, allowed: Iterable[str]) -> dict:

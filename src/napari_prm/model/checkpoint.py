@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import _validate as check
-from .._text import close_match
+from .._text import close_match, value_text
 from ..io.atomic import atomic_write
 from .backbones import BACKBONES, build_fcn, imagenet_lite0_fcn
 from .efficientnet_lite import LITE_MEAN, LITE_STD
@@ -684,11 +684,16 @@ def load_model(name_or_path: str | os.PathLike | PRMModel, *, device: str | torc
     Raises
     ------
     ValueError
-        The file is missing, truncated, corrupt or not a napari-prm checkpoint.
+        The file is missing, truncated, corrupt or not a napari-prm checkpoint, or
+        ``name_or_path`` is no PRMModel, str or path (an image array: the message shows its
+        dtype and shape, not its values).
     """
     if isinstance(name_or_path, PRMModel):
         return name_or_path.to(device)
-    check.path_like("model", name_or_path)
+    if not isinstance(name_or_path, (str, os.PathLike)) or str(name_or_path) == "":
+        # predict(model, image) printed the image's values as the "file path" expected
+        raise ValueError(f"model: expected a PRMModel, a built-in model name ({', '.join(BUILTIN_MODELS)}) or a "
+                         f"checkpoint path, got {value_text(name_or_path)}")
     if is_builtin_name(name_or_path):
         model = builtin_model(name_or_path)
     elif not Path(name_or_path).exists() and Path(name_or_path).suffix.lower() not in CHECKPOINT_SUFFIXES:
