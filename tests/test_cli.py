@@ -1337,6 +1337,31 @@ def test_calibrate_refuses_an_existing_out_unless_overwritten(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_calibrate_evaluate_and_refine_name_every_unreadable_image_before_running(tmp_path, capsys,
+                                                                                   tiny48_checkpoint):
+    """As train does: calibrate, evaluate and refine stopped at the first unreadable image they reached
+    (evaluate after running the model on every image before it, its work lost), naming only that one."""
+    _class_folders(tmp_path / "data", ("cat", "dog"))
+    broken = [tmp_path / "data" / "cat" / "1.png", tmp_path / "data" / "dog" / "1.png"]
+    for path in broken:
+        path.write_bytes(path.read_bytes()[:300])
+    data = str(tmp_path / "data")
+    runs = {
+        "calibrated": ["calibrate", data, "--model", str(tiny48_checkpoint), "--out", str(tmp_path / "c.pt")],
+        "evaluated": ["evaluate", data, "--model", str(tiny48_checkpoint)],
+        "refined": ["refine", data, "--model", str(tiny48_checkpoint), "--out", str(tmp_path / "r.pt")],
+    }
+    for done, command in runs.items():
+        capsys.readouterr()
+        assert main(command + ["--device", "cpu"]) == 2, command
+        error = capsys.readouterr().err
+        assert f"error: 2 images of {data} cannot be read; fix or remove them from the dataset (nothing was {done})" \
+            in error, error
+        for path in broken:
+            assert f"{path} (declared at {path}): image file is truncated" in error, error
+    assert not (tmp_path / "c.pt").exists() and not (tmp_path / "r.pt").exists()
+
+
 def test_calibrate_updates_a_ckpt_model_in_place(tmp_path, capsys):
     """load_model reads a torch checkpoint under any name (``model.ckpt``); calibrate without
     --out then ran the whole calibration and failed saving it: "path: expected a file ending in

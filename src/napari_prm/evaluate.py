@@ -821,6 +821,10 @@ def evaluate(
         indices = [i for i in indices if dataset.labels[i].any()]
     if max_images is not None:
         indices = indices[: int(max_images)]
+    if model is not None:
+        from .train import check_readable
+
+        check_readable(dataset.subset(indices), done="nothing was evaluated")
     total = len(indices)
     with_instances = proposals is not None
     matcher = InstanceMatcher(len(class_names))
@@ -965,6 +969,9 @@ def evaluate_labels(
     if not indices:
         raise ValueError(f"no image of dataset {dataset.source} to evaluate: none shows a class of the model "
                          f"({', '.join(class_names)})")
+    from .train import check_readable
+
+    check_readable(dataset.subset(indices), done="nothing was evaluated")
     if class_threshold is not None:
         settings["class_threshold"] = class_threshold
     predictor = PRMPredictor(model, preset=preset, proposals=None, **settings)

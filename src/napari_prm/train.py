@@ -721,6 +721,7 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
     except ValueError as error:
         raise ValueError(f"no held-out images of {source} to calibrate on: {name} {error}; calibrate on images it "
                          "was not trained on instead") from None
+    check_readable(chosen.dataset, done="nothing was calibrated")
     notes = _calibration_notes(name, extra, chosen)
     if input_size is not None and input_size != model.input_size:
         was = "each image's own size" if model.input_size is None else "×".join(map(str, model.input_size))
@@ -1154,20 +1155,26 @@ def _training_state(path: Path, state) -> tuple[dict[str, Any], int, list[EpochR
     return config, start_epoch, history
 
 
-def check_readable(dataset: LabeledImageDataset) -> None:
+def check_readable(dataset: LabeledImageDataset, *, done: str = "nothing was trained") -> None:
     """Raise ValueError naming every image of ``dataset`` that cannot be read (see
     `LabeledImageDataset.unreadable_images`: headers and ends, no decoding).
+
+    Training, calibration, evaluation and refinement check their images before the first
+    one runs: the first unreadable image found on the way stopped them, and an evaluation's
+    or a calibration's work on the images before it was lost.
 
     Parameters
     ----------
     dataset : LabeledImageDataset
         The images to check.
+    done : str
+        What the message says of the work, e.g. ``"nothing was calibrated"``.
     """
     unreadable = dataset.unreadable_images()
     if unreadable:
         them = "it" if len(unreadable) == 1 else "them"
         raise ValueError(f"{plural(len(unreadable), 'image')} of {dataset.source} cannot be read; fix or "
-                         f"remove {them} from the dataset (nothing was trained):\n  " + "\n  ".join(unreadable))
+                         f"remove {them} from the dataset ({done}):\n  " + "\n  ".join(unreadable))
 
 
 def _kept(out: Path, last_good: Path | None, good: str) -> str:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import _validate as check
 from ..model.checkpoint import PRMModel, _write_model, checkpoint_file, is_safetensors, load_checkpoint, resolve_device
-from ..train import is_cancelled, keeps_random_state, with_gradients
+from ..train import check_readable, is_cancelled, keeps_random_state, with_gradients
 from .corrections import Correction
 from .features import find_stages
 from .head import RefineHead, head_from_config
@@ -269,6 +269,7 @@ def refine(
     device = resolve_device(device)
     if dataset is not None:  # a model class the dataset lacks (under either VOC spelling) is refused here
         dataset = dataset.with_classes(model.class_names)
+        check_readable(dataset, done="nothing was refined")
     start_epoch, history, state = 0, [], None
     head = None
     if resume:
