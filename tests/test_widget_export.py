@@ -367,3 +367,44 @@ def test_a_typed_stem_and_overwrite_do_not_carry_over_to_another_layer(make_napa
     viewer.layers.selection.active = viewer.layers["cat instances"]
     widget._overwrite.value = True
     assert widget.export(formats=["tiff"]) and widget.export(formats=["tiff"])
+
+
+def test_a_coco_export_reopens_over_its_micrometre_image(make_napari_viewer, tmp_path):
+    """The COCO JSON of instances of an image in µm (0.5 × 0.25 µm pixels, moved off the origin)
+    reopened at scale 1 at the origin, in pixels, beside its image: 2-4 times too large and out of
+    place (the label TIFF and PNG kept their world). *Export instances* and *File > Save* now record
+    the layer's scale, translate and units in the COCO image entry, and the plugin's reader gives
+    them back; the file stays a plain COCO file (pycocotools reads it)."""
+    from pycocotools.coco import COCO
+
+    viewer = make_napari_viewer()
+    labels = np.zeros((60, 80), np.uint16)
+    labels[10:30, 10:40] = 3
+    labels[35:55, 45:75] = 9
+    features = pd.DataFrame({"index": [3, 9], "label": [3, 9], "class_index": [1, 0],
+                             "class_name": ["dog", "cat"], "score": [0.8, 0.6], "peak": [1, 0]})
+    layer = viewer.add_labels(labels, name="cat instances", features=features, scale=(0.5, 0.25),
+                              translate=(3.0, -4.0), units=("µm", "µm"),
+                              metadata={"class_names": ["cat", "dog", "bird"]})
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._layer.value = layer
+    assert widget.export(tmp_path, formats=["coco"]), widget._status.value
+    viewer.layers.selection = {layer}
+    assert viewer.layers.save(str(tmp_path / "saved.json"), selected=True, plugin="napari-prm")
+    for name in ("cat_instances.json", "saved.json"):
+        (reopened,) = viewer.open(str(tmp_path / name), plugin="napari-prm")
+        np.testing.assert_array_equal(reopened.data, labels)
+        np.testing.assert_allclose(reopened.scale, [0.5, 0.25])
+        np.testing.assert_allclose(reopened.translate, [3.0, -4.0])
+        assert [str(unit) for unit in reopened.units] == ["micrometer", "micrometer"]
+        np.testing.assert_allclose(reopened.data_to_world([10, 10]), [8.0, -1.5])  # as the layer's pixel
+        assert reopened.features.set_index("label")["class_name"].to_dict() == {3: "dog", 9: "cat"}
+        coco = COCO(str(tmp_path / name))
+        assert sorted(coco.getAnnIds()) == [3, 9] and coco.imgs[1]["height"] == 60
+    # a layer in pixels at the origin: its scale 1 and translate 0, and no units
+    plain = viewer.add_labels(labels, name="plain instances", metadata={"class_names": ["cat", "dog", "bird"]})
+    widget._layer.value = plain
+    assert widget.export(tmp_path / "plain", formats=["coco"]), widget._status.value
+    (image,) = json.loads((tmp_path / "plain" / "plain_instances.json").read_text())["images"]
+    assert set(image) == {"id", "file_name", "height", "width", "napari_scale", "napari_translate"}
+    assert image["napari_scale"] == [1.0, 1.0] and image["napari_translate"] == [0.0, 0.0]

@@ -101,8 +101,11 @@ def read_coco(path) -> list[tuple]:
         labels, table, class_names = io.coco_to_labels(path, image_id=image["id"])
         stored = str(image.get("file_name") or path.stem).replace("\\", "/")  # as Windows may write it
         name = io.image_stem(stored) if len(images) > 1 else path.stem  # cells.ome.tif: cells
+        # the scale, translate and units of the layer it was exported from (napari-prm's exports
+        # record them in the image entry), so that it opens over its image
         layers.append((labels, {"name": name, "features": _features(table),
-                                "metadata": {"class_names": class_names, "source": str(path)}},
+                                "metadata": {"class_names": class_names, "source": str(path)},
+                                **io.coco_image_world(image)},
                        "labels"))
     return layers
 

@@ -41,7 +41,8 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         when the layer has an instance table in its ``features``, ``<stem>_instances.csv``
         beside it (for a stack, its rows name their plane). ``.json``: a COCO instances file (RLE masks, class names
         from ``metadata["class_names"]`` or the table, scores; the image's ``file_name`` from
-        ``metadata["image_file_name"]``, else the layer's name).
+        ``metadata["image_file_name"]``, else the layer's name; the layer's scale, translate and
+        units in its image entry, which the plugin's reader gives back).
     data : integer ndarray
         The layer's labels.
     meta : dict
@@ -56,6 +57,8 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     table = layer_table(meta)
     class_names = (meta.get("metadata") or {}).get("class_names")
     suffix = Path(path).suffix.lower()
+    # where the layer lies (pixel size, stage position, units): the reader puts it back there
+    world = {name: meta[name] for name in ("scale", "translate", "units") if meta.get(name) is not None}
     if suffix == ".json":
         if labels.ndim != 2:
             raise ValueError(f"COCO JSON holds 2-D label images; layer {meta.get('name')!r} "
@@ -64,9 +67,8 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         # the image the instances belong to, as the plugin records it (else the layer's name)
         image = (meta.get("metadata") or {}).get("image_file_name") or meta.get("name", "")
         written = io.export_instances(labels, table, class_names, path, overwrite=True,
-                                      image_file_name=str(image))
+                                      image_file_name=str(image), world=world)
     elif suffix in (".tif", ".tiff"):
-        world = {name: meta[name] for name in ("scale", "translate", "units") if meta.get(name) is not None}
         written = io.export_instances(labels, table, class_names, path, overwrite=True, world=world)
         if table is not None:
             written.append(io.write_instances_csv(sidecar_csv(path), labels, table, class_names))

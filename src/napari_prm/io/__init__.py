@@ -24,7 +24,7 @@ module                        holds
                               `read_label_world`, `read_label_class_names`
 ``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
                               `write_peaks_csv`, `write_stack_peaks_csv`
-``napari_prm.io.coco``        `labels_to_coco`, `instances_to_coco`, `coco_to_labels`,
+``napari_prm.io.coco``        `labels_to_coco`, `instances_to_coco`, `coco_to_labels`, `coco_image_world`,
                               `coco_results` (exports in a dataset's ids),
                               `match_exports`, `write_coco_json`
 ``napari_prm.io.prediction``  `export_instances`, `write_prediction`, `write_stack_prediction`,
@@ -44,6 +44,7 @@ from .atomic import atomic_write, atomic_writes, remove_stale_temporaries, writa
 from .coco import (
     UNKNOWN_CATEGORY_ID,
     MatchedExport,
+    coco_image_world,
     coco_results,
     coco_to_labels,
     instances_to_coco,
@@ -94,7 +95,8 @@ __all__ = [
     "opacity_note", "unreadable_images",
     "write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
     "read_label_class_names",
-    "labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_results", "match_exports", "MatchedExport",
+    "labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_image_world", "coco_results", "match_exports",
+    "MatchedExport",
     "write_coco_json", "write_instances_csv",
     "read_instances_csv", "write_peaks_csv", "write_stack_peaks_csv", "write_prms", "export_instances",
     "write_prediction", "write_stack_prediction", "stack_labels", "prediction_paths", "IMAGE_SUFFIXES", "UNKNOWN_CLASS",

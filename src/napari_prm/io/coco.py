@@ -15,12 +15,12 @@ from .._text import first_names
 from .._validate import finite_float, integer, output_file, path_like
 from ..masks import decode_rle, encode_rle, rle_area, rle_bbox, segmentation_to_rle
 from .atomic import atomic_write
-from .labels import _check_labels
+from .labels import _check_labels, _label_metadata, _recorded_world
 from .paths import tree_files
 from .tables import UNKNOWN_CLASS, _instance_rows, _label_regions, _names_from_records, _table_from_records
 
-__all__ = ["labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_results", "match_exports",
-           "MatchedExport", "write_coco_json", "UNKNOWN_CATEGORY_ID"]
+__all__ = ["labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_image_world", "coco_results",
+           "match_exports", "MatchedExport", "write_coco_json", "UNKNOWN_CATEGORY_ID"]
 
 #: COCO category id of labels without a class (id 0 is not used by COCO's own categories).
 UNKNOWN_CATEGORY_ID = 0
@@ -28,7 +28,7 @@ UNKNOWN_CATEGORY_ID = 0
 
 def labels_to_coco(labels: np.ndarray, table=None, class_names: Sequence[str] | None = None,
                    *, image_id: int = 1, file_name: str = "",
-                   category_ids: Sequence[int] | None = None) -> dict:
+                   category_ids: Sequence[int] | None = None, world: Mapping | None = None) -> dict:
     """Describe a 2-D label image as a COCO "instances" dataset with one image.
 
     Parameters
@@ -47,6 +47,11 @@ def labels_to_coco(labels: np.ndarray, table=None, class_names: Sequence[str] | 
     category_ids : sequence of int, optional
         Category id of each class (e.g. the official COCO ids); default ``index + 1``.
         Id 0 is reserved for labels without a class (``"unknown"``).
+    world : mapping, optional
+        The napari layer's ``scale``, ``translate`` and ``units`` (two values each), recorded
+        in the image entry as ``napari_scale``, ``napari_translate`` and ``napari_units``
+        (units only when not ``pixel``): `coco_image_world` gives them back, and the plugin's
+        reader opens the instances where the layer was (COCO readers ignore such keys).
 
     Returns
     -------
@@ -67,7 +72,21 @@ def labels_to_coco(labels: np.ndarray, table=None, class_names: Sequence[str] | 
         window = regions[record["label"]][0]
         mask[window] = labels[window] == record["label"]
         rles.append(encode_rle(mask))
-    return _coco_dataset(records, rles, names, category_ids, image_id, file_name, (height, width))
+    coco = _coco_dataset(records, rles, names, category_ids, image_id, file_name, (height, width))
+    coco["images"][0].update(_label_metadata(world, 2))
+    return coco
+
+
+def coco_image_world(image: Mapping) -> dict:
+    """The napari ``scale``, ``translate`` and ``units`` an image entry of a COCO dataset records
+    (`labels_to_coco`'s ``world``), as a dict of those it records (empty for other COCO files).
+
+    Parameters
+    ----------
+    image : mapping
+        One of the dataset's ``images``.
+    """
+    return _recorded_world(image, 2) if isinstance(image, Mapping) else {}
 
 
 def instances_to_coco(instances: Sequence, image_shape: tuple[int, int], class_names: Sequence[str], *,

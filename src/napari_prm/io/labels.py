@@ -87,6 +87,12 @@ def read_label_world(path: str | os.PathLike) -> dict:
         A label TIFF or PNG.
     """
     recorded, ndim = _read_metadata(path)
+    return _recorded_world(recorded, ndim)
+
+
+def _recorded_world(recorded, ndim: int) -> dict:
+    """The ``scale``, ``translate`` and ``units`` of ``ndim`` axes that metadata `_label_metadata`
+    made (a file's, or a COCO image entry's) records, as a dict of those it records."""
     world = {}
     for name, key in _WORLD_KEYS.items():
         try:

@@ -126,8 +126,9 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         ``file_name`` of the image in the COCO JSON.
     world : dict, optional
         The napari layer's ``scale``, ``translate`` and ``units``, recorded in the label TIFF
-        or PNG (`napari_prm.io.write_label_image`, with ``class_names``) so that the plugin's
-        reader puts it back in place, with its classes.
+        or PNG (`napari_prm.io.write_label_image`, with ``class_names``) and in the COCO
+        JSON's image entry (`labels_to_coco`), so that the plugin's reader puts it back in
+        place, with its classes.
 
     Returns
     -------
@@ -149,7 +150,7 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
                          f"65535, the largest label is {labels.max()}")
     coco = None
     if "coco" in targets:  # computed first: a bad table fails before any file is written
-        coco = labels_to_coco(labels, table, class_names, file_name=image_file_name)
+        coco = labels_to_coco(labels, table, class_names, file_name=image_file_name, world=world)
     folder = next(iter(targets.values())).parent
     folder.mkdir(parents=True, exist_ok=True)
     if len(targets) == 1 and out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir():
