@@ -239,3 +239,56 @@ def test_two_prms_layers_let_go_of_the_stack_together(make_napari_viewer, scenes
     assert [layer.scale[0] for layer in prms] == [1.0, 1.0]
     assert [layer.axis_labels[0] for layer in prms] == ["peak"] * 2
     follower.disconnect()
+
+
+def test_result_layers_follow_a_pixel_size_and_position_set_on_the_image_after_the_run(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, scenes):
+    """A pixel size (µm) and stage position set on the image after a run (left out when it was
+    opened, fixed in its layer properties): only the PRMs layer followed it; the peaks, instances, CRM
+    and split-line layers stayed at the old scale and place, so the instances lay off their objects
+    (at half their size here) and a point put on the disc in the image landed on another pixel of
+    the peaks layer and was retrieved there. They now follow the image; the corrected copy a run
+    keeps too."""
+    frames, candidates, discs = scenes
+    viewer = make_napari_viewer()
+    image = viewer.add_image(frames[0], name="f", rgb=True)
+    viewer.add_labels(candidates[0], name="candidates")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = viewer.layers["candidates"]
+    widget.peak_threshold.value = peak_threshold_for(frames[0], tiny_checkpoint, 2)
+    widget.class_threshold.value = -1e4
+    widget.add_crms.value = True
+    run_and_wait(widget, qtbot)
+    instances, peaks = viewer.layers["f instances"], viewer.layers["f peaks"]
+    instances.data_setitem(np.nonzero(candidates[0] == 2), 7)  # a correction: a run keeps a copy of it
+    run_and_wait(widget, qtbot)
+    kept = viewer.layers["f instances (corrected)"]
+    split = widget.correction.draw_split_line()
+    crms = [layer for layer in viewer.layers if layer.name.startswith("f CRM ")]
+    assert crms, widget.last_message
+    crm_before = [(layer.data_to_world([0, 0]), layer.data_to_world([1, 1])) for layer in crms]
+
+    world = {"scale": (0.5, 0.25), "translate": (10.0, -4.0), "units": ("µm", "µm")}
+    with napari_warned() as said:
+        for name, value in world.items():
+            setattr(image, name, value)
+    assert not said
+    for layer in (peaks, instances, kept, split):
+        np.testing.assert_allclose(layer.scale, world["scale"], err_msg=layer.name)
+        np.testing.assert_allclose(layer.translate, world["translate"], err_msg=layer.name)
+        assert units_of(layer) == ["micrometer"] * 2, layer.name
+    np.testing.assert_allclose(viewer.layers["f PRMs"].scale[1:], world["scale"])
+    for layer, (origin, step) in zip(crms, crm_before):  # each CRM cell over the same image pixels
+        np.testing.assert_allclose(layer.data_to_world([0, 0]), image.data_to_world(origin))
+        np.testing.assert_allclose(layer.data_to_world([1, 1]), image.data_to_world(step))
+        assert units_of(layer) == ["micrometer"] * 2
+
+    # a point put on the disc as the image shows it now: its instance is the disc
+    widget.correction.class_choice.value = "dog"
+    disc = image.data_to_world(discs[0])
+    peaks.add([peaks.world_to_data(disc)])
+    qtbot.waitUntil(lambda: not widget.running and peaks.features["label"].iloc[-1] > 0, timeout=WAIT_MS)
+    np.testing.assert_allclose(peaks.data[-1], discs[0])
+    label = int(peaks.features["label"].iloc[-1])
+    np.testing.assert_array_equal(instances.data == label, candidates[0] == 1)
+

@@ -27,10 +27,12 @@ from ..scaled import ScaledStack, split_index
 from .marks import (  # noqa: F401  (layer_names and the suffixes: where the widgets import them)
     INSTANCES_SUFFIX,
     KEPT_SUFFIX,
+    MARKER,
     ROLES,
     find_result,
     find_results,
     is_marked,
+    layer_id,
     layer_names,
     mark,
     marked_image,
@@ -354,6 +356,46 @@ def fit_prm_layers(viewer) -> None:
             set_world(layer, kwargs)
 
 
+#: The result layers that lie over their image pixel for pixel: `world_kwargs` of the image
+#: (``kept``: the copy of corrections a run kept).
+_OVER_THE_IMAGE = ("peaks", "instances", "kept")
+
+
+def fit_results_to_image(viewer, image_layer) -> None:
+    """Give the result layers of ``image_layer`` in ``viewer`` (marked for it, `marks.mark`) the
+    world it has now: its peaks, instances and the copies of corrections a run kept
+    (`world_kwargs`), its CRMs (`crm_world_kwargs`, of the grid recorded in their mark), and the
+    split lines drawn over its instances. Its PRMs layer follows in `fit_prm_layers`.
+
+    A pixel size or stage position set on the image after a run (a wrong or missing one, fixed in
+    the layer's properties or by a script) left those layers where they were while the PRMs
+    moved: the instances no longer lay over their objects, and a point added over an object in
+    the image was retrieved at another pixel. A layer whose axes no longer match is left as it is.
+    """
+    from napari.layers import Image
+
+    if not isinstance(image_layer, Image) or not image_layer.ndim:
+        return
+    for layer in list(viewer.layers):
+        entry = marker_of(layer)
+        if entry.get("image_id") != layer_id(image_layer):
+            continue
+        role = entry.get("role")
+        if role in _OVER_THE_IMAGE:
+            kwargs = world_kwargs(image_layer)
+        elif role == "crm" and len(grid := entry.get("grid") or ()) == 5:
+            kwargs = crm_world_kwargs(image_layer, tuple(grid[:2]), tuple(grid[2:4]), int(grid[4]))
+        else:
+            continue
+        if len(kwargs["scale"]) != layer.ndim:
+            continue
+        set_world(layer, kwargs)
+        if role == "instances":  # its split lines lie over it (marked for the instances layer)
+            for split in list(viewer.layers):
+                if is_marked(split, layer, "split") and split.ndim == layer.ndim:
+                    set_world(split, world_kwargs(layer))
+
+
 class PeakAxisFollower:
     """Keeps the peak axis of the plugin's PRMs layers in ``viewer`` fitted to the layers beside it
     (`fit_prm_layers`) while layers enter, leave or move in the viewer, or change their world (scale,
@@ -408,6 +450,7 @@ class PeakAxisFollower:
 
     def _on_world(self, event) -> None:
         if marker_of(event.source).get("role") != "prms":  # a PRMs layer's own world moves no other
+            fit_results_to_image(self.viewer, event.source)  # an image's results go where it goes
             self.fit()
 
     def fit(self) -> None:
@@ -1141,6 +1184,15 @@ def rename_results(viewer, image_layer, old_name: str) -> None:
         layer.name = name
 
 
+def _crm_mark(image_layer, class_name: str, crm_shape, results: Results) -> dict:
+    """The mark of the CRM layer of ``class_name``, with the grid `crm_world_kwargs` places it by:
+    ``[CRM height, width, image height, width, sub-pixel factor]`` (`fit_results_to_image`)."""
+    marked = mark("crm", image_layer, class_name)
+    marked[MARKER]["grid"] = [*(int(n) for n in crm_shape), *(int(n) for n in results.image_shape),
+                              int(results.sub_pixel_locating_factor)]
+    return marked
+
+
 def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool) -> dict:
     """Add or update the result layers of ``image_layer``; return them by kind.
 
@@ -1156,7 +1208,7 @@ def add_result_layers(viewer, image_layer, results: Results, *, show_text: bool)
             viewer.layers.remove(old)
     for class_name, crm in results.crms.items():
         upsert_layer(viewer, "image", names["crm"] + class_name, crm, existing=crm_layers.get(class_name),
-                     metadata=mark("crm", image_layer, class_name),
+                     metadata=_crm_mark(image_layer, class_name, crm.shape[-2:], results),
                      colormap="viridis", blending="additive", opacity=0.6,
                      **crm_world_kwargs(image_layer, crm.shape[-2:], results.image_shape,
                                         results.sub_pixel_locating_factor))
