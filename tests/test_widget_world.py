@@ -292,3 +292,42 @@ def test_result_layers_follow_a_pixel_size_and_position_set_on_the_image_after_t
     label = int(peaks.features["label"].iloc[-1])
     np.testing.assert_array_equal(instances.data == label, candidates[0] == 1)
 
+
+def test_next_instance_by_score_looks_at_it_in_3d_and_in_a_transposed_view(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, scenes):
+    """*Next instance by score* (N) centres the camera on the instance: it set the camera's centre to
+    the instance's (y, x) whatever the axes shown. In 3-D the centre's z was left at 0 (this stack
+    lies at z 4-8 µm: the view turned about a point off the stack), and in a transposed view (z, x
+    shown, y on the slider) its y went to the z axis and the slider stayed where it was, so the
+    instance was not in view. It now looks at the instance along the axes shown, its other axes'
+    sliders on it."""
+    frames, candidates, _ = scenes
+    viewer = make_napari_viewer()
+    viewer.add_image(frames, name="t", rgb=True, **ZYX)
+    viewer.add_labels(candidates, name="candidates", **ZYX)
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = viewer.layers["candidates"]
+    widget.planes.value = "all planes"
+    widget.peak_threshold.value = peak_threshold_for(frames[0], tiny_checkpoint, 2)
+    widget.class_threshold.value = -1e4
+    run_and_wait(widget, qtbot)
+    instances = viewer.layers["t instances"]
+    assert viewer.dims.ndim == 4  # the PRMs' peak axis in front of z, y, x
+
+    def centre_of(label):
+        where = np.argwhere(np.asarray(instances.data) == label)
+        return instances.data_to_world((where.min(axis=0) + where.max(axis=0)) / 2)
+
+    viewer.dims.ndisplay = 3
+    label = widget.correction.select_next_by_score()
+    assert label is not None, widget.last_message
+    np.testing.assert_allclose(viewer.camera.center, centre_of(label))  # z, y, x
+
+    viewer.dims.ndisplay = 2
+    viewer.dims.order = (0, 2, 1, 3)  # z and x shown, y on a slider
+    label = widget.correction.select_next_by_score()
+    z, y, x = centre_of(label)
+    np.testing.assert_allclose(viewer.camera.center[-2:], (z, x))
+    assert viewer.dims.point[2] == pytest.approx(y, abs=ZYX["scale"][1])  # the y slider at the instance
+    pixel = tuple(np.round(instances.world_to_data([z, viewer.dims.point[2], x])).astype(int))
+    assert instances.data[pixel] == label  # under the camera's centre, on the plane the slider shows

@@ -845,10 +845,15 @@ class CorrectionPanel(PointRetrieval):
         centre = (where.min(axis=0) + where.max(axis=0)) / 2
         world = np.asarray(layer.data_to_world(centre))
         viewer = self.owner.viewer
-        leading = layer.ndim - 2
-        for axis in range(leading):  # show the instance's plane of a stack
-            viewer.dims.set_point(viewer.dims.ndim - layer.ndim + axis, world[axis])
-        viewer.camera.center = tuple(world[-2:])
+        first = viewer.dims.ndim - layer.ndim  # the layer's axes are the viewer's last
+        displayed = list(viewer.dims.displayed)
+        for axis in range(layer.ndim):  # the sliders of its axes not shown (a stack's planes) go to the instance
+            if first + axis not in displayed:
+                viewer.dims.set_point(first + axis, world[axis])
+        # the camera looks at it along the axes shown: in 3-D (its plane's z too) or a transposed view, not
+        # always along the layer's last two
+        viewer.camera.center = tuple(float(world[axis - first]) if axis >= first else float(viewer.dims.point[axis])
+                                     for axis in displayed)
 
 
 def _without_alternatives(label: int, predictor) -> str | None:
