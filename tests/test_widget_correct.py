@@ -75,6 +75,21 @@ def test_split_at_a_drawn_line(corrected):
     assert "crosses no instance" in widget.last_message
 
 
+def test_draw_split_line_in_a_3d_view_says_to_switch_to_2d(corrected):
+    """napari draws shapes in 2-D only: in a 3-D view *Draw split line* added the line layer, whose
+    mode stayed pan/zoom, and said nothing, so no line could be drawn and nothing told why. It now
+    says to switch the view to 2-D, and adds no layer."""
+    viewer, widget, labels, _ = corrected
+    labels.selected_label = 1
+    viewer.dims.ndisplay = 3
+    assert widget.correction.draw_split_line() is None
+    assert "2-D view" in widget.last_message
+    assert "cat split line" not in viewer.layers
+    viewer.dims.ndisplay = 2
+    shapes = widget.correction.draw_split_line()
+    assert shapes.mode == "add_path" and shapes.name == "cat split line"
+
+
 def test_remove_small(corrected):
     viewer, widget, labels, _ = corrected
     assert widget.correction.remove_small(20 * 50 + 1)

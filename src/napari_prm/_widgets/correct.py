@@ -558,6 +558,10 @@ class CorrectionPanel(PointRetrieval):
             self._say("Run a prediction first: there are no instances to split.", "warning")
             return None
         viewer = self.owner.viewer
+        if viewer.dims.ndisplay != 2:  # napari draws shapes in 2-D only: the layer would take no line
+            self._say("Split lines are drawn in a 2-D view: switch the viewer to 2-D (its 2D/3D button) and "
+                      "draw across the instance on its plane.", "warning")
+            return None
         shapes = _split_layer(viewer, self.context)
         if shapes is None:
             shapes = viewer.add_shapes(name=self.context.split_name, ndim=self.instances.ndim,
