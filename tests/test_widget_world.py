@@ -331,3 +331,28 @@ def test_next_instance_by_score_looks_at_it_in_3d_and_in_a_transposed_view(
     assert viewer.dims.point[2] == pytest.approx(y, abs=ZYX["scale"][1])  # the y slider at the instance
     pixel = tuple(np.round(instances.world_to_data([z, viewer.dims.point[2], x])).astype(int))
     assert instances.data[pixel] == label  # under the camera's centre, on the plane the slider shows
+
+
+def test_a_run_of_the_current_plane_in_a_3d_view_says_which_plane_it_ran_on(
+        make_napari_viewer, qtbot, prm_config, tiny_checkpoint, scenes):
+    """In a 3-D view every plane of the stack is shown, and no slider says which is current: a run of
+    the current plane ran on the plane the slider was last on and said only "2 peaks, 2 instances",
+    as if of the stack, while the other planes got nothing. It now names the plane and the way to
+    run on all."""
+    frames, candidates, _ = scenes
+    viewer = make_napari_viewer()
+    viewer.add_image(frames, name="t", rgb=True, **ZYX)
+    viewer.add_labels(candidates, name="candidates", **ZYX)
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = viewer.layers["candidates"]
+    widget.peak_threshold.value = peak_threshold_for(frames[2], tiny_checkpoint, 2)
+    widget.class_threshold.value = -1e4
+    viewer.dims.set_current_step(0, 2)
+    viewer.dims.ndisplay = 3
+    run_and_wait(widget, qtbot)
+    instances = np.asarray(viewer.layers["t instances"].data)
+    assert instances[2].any() and not instances[[0, 1]].any()
+    assert "Ran on plane 2 only" in widget.last_message and "'all planes'" in widget.last_message
+    viewer.dims.ndisplay = 2  # shown plane by plane: the slider says which
+    run_and_wait(widget, qtbot)
+    assert "Ran on plane" not in widget.last_message, widget.last_message

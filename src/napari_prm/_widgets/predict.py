@@ -591,6 +591,10 @@ class PredictWidget(PredictForm, QWidget):
         hand_notes = _hand_notes(len(hand_placed), missing, hand["elsewhere"], no_instance)
         if note := level_note(layer):
             hand_notes.insert(0, note)
+        if leading and len(planes) < int(np.prod(leading)) and self.viewer.dims.ndisplay == 3:
+            # the 3-D view shows every plane: the results of the one run would seem to be the stack's
+            hand_notes.insert(0, f"Ran on {_planes_text(planes)} only, the one the slider was last on (the 3-D view "
+                                 "shows every plane): choose 'all planes' to run on all of them.")
         kept_note = ""
         if kept is not None and spliced is not None:
             kept_note = (f"Your corrections of {instances_name!r} on {_planes_text(spliced)} were replaced by "
