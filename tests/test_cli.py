@@ -1020,6 +1020,56 @@ def test_train_ctrl_c_names_the_kept_epoch_and_resume_finishes(tmp_path, capsys)
     assert [h["epoch"] for h in history] == list(range(1, done + 2))
 
 
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM ends a Windows process without a handler")
+def test_train_sigterm_to_its_data_loader_workers_too_stops_as_ctrl_c_does(tmp_path):
+    """``timeout``, a batch system's time limit and ``systemctl stop`` send SIGTERM to each process
+    of the command, ``--num-workers``' data-loader workers included. torch ends a worker signalled
+    by another process than its parent by the signal, and the parent's SIGCHLD handler then raised
+    "DataLoader worker (pid N) is killed by signal: Terminated" wherever the run was: train failed
+    with that error (exit 1), or, stopping, read the checkpoint as corrupt and said that it was not
+    written when it kept an epoch. A worker now ends quietly, and the run stops as on Ctrl-C. The
+    workers are signalled first, as a batch system may: the error came at once then."""
+    import time
+
+    import imageio.v3 as iio
+    import psutil
+
+    root = tmp_path / "data"
+    for name, image in (("cat", data.chelsea()), ("cup", data.coffee())):
+        (root / name).mkdir(parents=True)
+        for i in range(30):  # an epoch long enough to find its workers at work
+            iio.imwrite(root / name / f"{i}.png", image[i:i + 64, i:i + 64])
+    out = tmp_path / "terminated.pt"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "napari_prm", "train", str(root), "--out", str(out), "--backbone", "tiny",
+               "--batch-size", "1", "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate",
+               "--device", "cpu", "--num-workers", "2", "--epochs", "100000"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not out.is_file() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert out.is_file(), process.stderr.read() if process.poll() is not None else "no checkpoint in 180 s"
+        workers = []
+        while not workers and time.monotonic() < deadline and process.poll() is None:
+            workers = psutil.Process(process.pid).children()
+        assert workers, "no data-loader workers found"
+        for worker in workers:
+            try:
+                worker.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:  # an epoch's end took it meanwhile
+                pass
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    done = torch.load(out, weights_only=True)["extra"]["training"]["epoch"]
+    assert err.strip().splitlines()[-1] == f"interrupted: {out} keeps epoch {done}; continue with --resume", err
+    assert "DataLoader" not in err and "Traceback" not in err, err
+
+
 def test_train_fine_tunes_a_builtin_model(tmp_path, capsys):
     """``train --model imagenet-voc`` said "unknown backbone 'imagenet-voc'"; the built-in model
     is a starting point like a checkpoint (its classifier rows of the dataset's classes are kept)."""

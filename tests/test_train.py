@@ -784,3 +784,91 @@ def test_training_inside_a_no_gradient_block_is_the_same(squares, tmp_path, cont
     assert inside.history[0].loss == outside.history[0].loss
     for name, value in _weights(outside.model).items():
         torch.testing.assert_close(_weights(inside.model)[name], value, rtol=0, atol=0)
+
+
+def _start_after(flag, init, worker_id):
+    """A worker_init_fn that waits for ``flag`` to exist before ``init`` runs: a worker that
+    starts slowly (its imports, a loaded machine), signalled meanwhile."""
+    import time
+    from pathlib import Path
+
+    while not Path(flag).exists():
+        time.sleep(0.01)
+    init(worker_id)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "sigwaitinfo"),
+                    reason="a worker can tell who sent it SIGTERM only where there is sigwaitinfo (Linux)")
+def test_data_loader_workers_ignore_sigterm_from_another_process_from_their_start(tmp_path):
+    """``timeout``, a batch system's time limit and ``systemctl stop`` send SIGTERM to every
+    process of ``train --num-workers N``. A worker so signalled was ended by it, and torch raised
+    "DataLoader worker ... exited unexpectedly" in the training process, which failed instead of
+    stopping as on Ctrl-C. Filtering the signal in the worker's init left a window: a worker
+    signalled before its init ran (each epoch starts new ones) still died. The workers now start
+    with SIGTERM blocked, so one signalled before its init keeps the signal for the init to drop.
+    The signal is sent here while the workers wait, before their init, for the test to go on."""
+    import functools
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from napari_prm.train import _batches, _data_loader, _start_workers
+
+    flag = tmp_path / "go"
+    loader = _data_loader(list(range(40)), batch_size=1, num_workers=2)
+    loader.worker_init_fn = functools.partial(_start_after, str(flag), loader.worker_init_fn)
+    iterator = _start_workers(loader)
+    workers = list(iterator._workers)
+    # another process signals the workers (not the training process, whose SIGTERM ends them)
+    # SIGHUP too: the terminal closed (the command line stops on it as on SIGTERM)
+    subprocess.run([sys.executable, "-c", "import os, signal, sys\n"
+                    "for pid in sys.argv[1:]: os.kill(int(pid), signal.SIGTERM); os.kill(int(pid), signal.SIGHUP)",
+                    *(str(w.pid) for w in workers)], check=True)
+    flag.touch()
+    assert sorted(int(batch) for batch in iterator) == list(range(40))
+    assert all(w.exitcode is None or w.exitcode == 0 for w in workers)
+
+    # the training process's SIGTERM (torch's, ending a worker that does not stop) still ends one
+    batches = _batches(loader)
+    next(batches)
+    worker = batches.gi_frame.f_locals["iterator"]._workers[0]
+    os.kill(worker.pid, signal.SIGTERM)
+    worker.join(timeout=30)
+    assert worker.exitcode == 0
+    batches.close()
+
+
+class _ReportsLikeTheResourceSharer(torch.utils.data.Dataset):
+    """Each item reports an error as multiprocessing's resource sharer does in a worker: by
+    ``sys.excepthook``, from the thread that hands a batch's memory over to the parent."""
+
+    def __init__(self, errors):
+        self.errors = errors
+
+    def __len__(self):
+        return len(self.errors)
+
+    def __getitem__(self, index):
+        import sys
+
+        try:
+            raise self.errors[index]
+        except Exception:
+            sys.excepthook(*sys.exc_info())
+        return index
+
+
+def test_data_loader_workers_do_not_report_a_hand_over_their_stopping_parent_broke_off(capfd):
+    """Ctrl-C or SIGTERM while ``train --num-workers N`` took a batch from a worker broke off
+    the batch's hand-over, and the worker printed a ConnectionResetError's traceback under the
+    run's "interrupted: ... keeps epoch N" line. A worker now reports other errors only."""
+    from napari_prm.train import _batches, _data_loader
+
+    errors = [ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError(32, "Broken pipe"),
+              EOFError(), ValueError("a real error")]
+    loader = _data_loader(_ReportsLikeTheResourceSharer(errors), batch_size=1, num_workers=1)
+    assert [int(batch) for batch in _batches(loader)] == [0, 1, 2, 3]
+    err = capfd.readouterr().err
+    assert "ValueError: a real error" in err
+    assert "ConnectionResetError" not in err and "BrokenPipeError" not in err and "EOFError" not in err

@@ -11,6 +11,9 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -985,10 +988,89 @@ def _set_train_mode(model: PRMModel, backbone_frozen: bool) -> None:
         model.network.fcn.features.eval()
 
 
+#: Whether a data-loader worker can tell who sent it SIGTERM (`_init_worker`): Linux, not
+#: macOS or Windows.
+_FILTERS_SIGTERM = hasattr(signal, "sigwaitinfo") and hasattr(signal, "pthread_sigmask")
+#: The signals a data-loader worker starts with blocked (`_start_workers`) and then ignores
+#: from others than its parent (SIGTERM) or from all (SIGHUP) (`_init_worker`).
+_WORKER_SIGNALS = (({signal.SIGTERM} if _FILTERS_SIGTERM else set())
+                   | ({signal.SIGHUP} if hasattr(signal, "SIGHUP") and hasattr(signal, "pthread_sigmask") else set()))
+
+
+def _init_worker(parent: int, worker_id: int) -> None:
+    """A data-loader worker's ``worker_init_fn``: quiet when its run stops.
+
+    - SIGTERM from any process but ``parent`` is ignored; the parent's ends the worker quietly,
+      as torch's own use of it does (Linux: where ``sigwaitinfo`` tells who sent it).
+      ``timeout``, a batch system's time limit and ``systemctl stop`` signal each process of a
+      command, the workers too. A worker ended by the signal made torch raise "DataLoader
+      worker (pid N) is killed by signal" (or "exited unexpectedly") in the parent wherever it
+      was, and ``train`` failed instead of stopping as on Ctrl-C. The parent, stopping, ends its
+      workers itself (a killed parent's are ended by torch's watchdog). SIGTERM is blocked from
+      the worker's start (`_start_workers` forks it so), and a thread takes each one with its
+      sender: one sent before this function ran waits for it instead of ending the worker.
+    - SIGHUP (the terminal closed, the ssh connection dropped) is ignored: the command line
+      stops on it as on SIGTERM, and ends its workers itself.
+    - A batch's hand-over that the parent broke off as it stopped (Ctrl-C, SIGTERM) is not
+      reported: multiprocessing's thread that hands the batch's memory over printed a
+      ConnectionResetError's (EOFError's) traceback under the run's "interrupted" line.
+
+    Parameters
+    ----------
+    parent : int
+        The process id of the training process (the workers' parent under ``fork``, not under
+        ``forkserver``).
+    worker_id : int
+        torch's number of the worker (unused).
+    """
+    report = sys.excepthook
+
+    def excepthook(kind, value, traceback) -> None:
+        if not issubclass(kind, (ConnectionResetError, BrokenPipeError, EOFError)):
+            report(kind, value, traceback)
+
+    sys.excepthook = excepthook  # multiprocessing's resource sharer reports by it
+    if getattr(signal, "SIGHUP", None) in _WORKER_SIGNALS:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # drops one sent since the start, blocked till now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    if not _FILTERS_SIGTERM:
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # already, where forked by `_start_workers`
+
+    def wait() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=wait, name="napari-prm SIGTERM", daemon=True).start()
+
+
+def _data_loader(dataset, **options) -> torch.utils.data.DataLoader:
+    """A DataLoader whose worker processes (``num_workers`` > 0) stay quiet as its run stops
+    (`_init_worker`); iterate it with `_batches`."""
+    if options.get("num_workers"):
+        options["worker_init_fn"] = functools.partial(_init_worker, os.getpid())
+    return torch.utils.data.DataLoader(dataset, **options)
+
+
+def _start_workers(loader):
+    """``iter(loader)``, which starts its worker processes, with SIGTERM and SIGHUP
+    (`_WORKER_SIGNALS`) blocked in this thread meanwhile: a forked worker starts with them
+    blocked, so one sent to it before its `_init_worker` ran waits for that instead of ending it
+    (one sent to this process waits for the end of this call, or goes to another of its threads)."""
+    if not loader.num_workers or not _WORKER_SIGNALS:
+        return iter(loader)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _batches(loader):
     """The loader's batches; a worker process's ValueError (an unreadable image) comes back
     with its own message, not with the worker's traceback that torch puts in it."""
-    iterator = iter(loader)
+    iterator = _start_workers(loader)
     while True:
         try:
             batch = next(iterator)
@@ -1476,12 +1558,12 @@ def train(
     images = TrainingImages(train_set, config["input_size"], model.mean, model.std,
                             hflip=config["hflip"], seed=config["seed"])
     generator = torch.Generator()
-    loader = torch.utils.data.DataLoader(images, batch_size=config["batch_size"], shuffle=True,
-                                         num_workers=num_workers, generator=generator)
+    loader = _data_loader(images, batch_size=config["batch_size"], shuffle=True, num_workers=num_workers,
+                          generator=generator)
     val_loader = None
     if val_set is not None:
         val_images = TrainingImages(val_set, config["input_size"], model.mean, model.std, hflip=False)
-        val_loader = torch.utils.data.DataLoader(val_images, batch_size=config["batch_size"], num_workers=num_workers)
+        val_loader = _data_loader(val_images, batch_size=config["batch_size"], num_workers=num_workers)
 
     network = model.network
     inference_factor = network.sub_pixel_locating_factor
