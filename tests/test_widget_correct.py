@@ -1,5 +1,7 @@
 """Correction tools of the "Peak Response Maps" widget, on the layers of a real run."""
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -843,7 +845,7 @@ def test_next_alternative_mask_on_a_plane_of_a_stack(make_napari_viewer, qtbot, 
 
 
 def test_next_alternative_mask_is_found_in_a_worker(make_napari_viewer, qtbot, prm_config, tiny_checkpoint,
-                                                    small_cat):
+                                                    small_cat, monkeypatch):
     """The first press of Shift-A finds the alternatives in the panel's worker (the viewer does not wait
     for the backward pass) and shows the first when done, as one undo step; a press meanwhile starts no
     second worker; the masks go to the instance selected when pressed, and are dropped (said so) when
@@ -901,6 +903,16 @@ def test_next_alternative_mask_is_found_in_a_worker(make_napari_viewer, qtbot, p
     qtbot.waitUntil(lambda: label in labels.features["label"].tolist())  # its row (and peak) back
     # cancelled with the activity dock's button: nothing changes, and a point added meanwhile (which
     # waited for the worker) is still retrieved after it
+    # (the worker waits for the cancel before its work: the tiny network's could end before it, and its
+    # end before the test listens for it)
+    cancel_pressed = threading.Event()
+    predictor_of = panel._predictor_of
+
+    def after_the_cancel(*args, **kwargs):
+        cancel_pressed.wait(WAIT_MS / 1000)
+        return predictor_of(*args, **kwargs)
+
+    monkeypatch.setattr(panel, "_predictor_of", after_the_cancel)
     labels.selected_label = label
     assert panel.next_alternative_of_selected() is None and panel.worker is not None
     cancelled = []
@@ -908,6 +920,7 @@ def test_next_alternative_mask_is_found_in_a_worker(make_napari_viewer, qtbot, p
     peaks.add([[100.0, 20.0]])
     assert widget.activity is not None
     widget.activity.bar.cancel()
+    cancel_pressed.set()
     qtbot.waitUntil(lambda: not widget.running and len(peaks.data) == len(peaks.features)
                     and widget.last_message.startswith(("Retrieved", "No instance")), timeout=WAIT_MS)
     assert cancelled == [f"Cancelled: instance {label} keeps its mask."]
