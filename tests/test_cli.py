@@ -651,6 +651,27 @@ def test_train_fine_tunes_the_model_checkpoint_it_checked(tmp_path, capsys, monk
         assert torch.equal(trained[name], tensor), name
 
 
+def test_train_model_without_input_size_keeps_the_models_size(tmp_path, capsys, tiny48_checkpoint):
+    """``train --model CKPT`` without ``--input-size`` trained at the parser's 448×448 and wrote that
+    size into the new model, not the 48×48 the checkpoint was trained and calibrated at. It keeps
+    the checkpoint's size; a given ``--input-size`` still wins."""
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
+    train = ["train", str(tmp_path / "data"), "--model", str(tiny48_checkpoint), "--epochs", "1",
+             "--batch-size", "4", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
+    assert main(train + ["--out", str(tmp_path / "a.pt")]) == 0, capsys.readouterr().err
+    assert load_model(tmp_path / "a.pt").input_size == (48, 48)
+    assert main(train + ["--out", str(tmp_path / "b.pt"), "--input-size", "32", "64"]) == 0
+    assert load_model(tmp_path / "b.pt").input_size == (32, 64)
+    # a checkpoint too small for its backbone is refused before the dataset is read, naming --input-size
+    small = save_model(build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(4, 4)), tmp_path / "s.pt")
+    capsys.readouterr()
+    assert main(train[:2] + ["--model", str(small), "--out", str(tmp_path / "c.pt"), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("napari-prm train: error: the --model's own input size (4, 4) gives class response "
+                            "maps of 1×1 cells") and error.rstrip().endswith("(the command line's --input-size)")
+    assert "training on" not in error and not (tmp_path / "c.pt").exists()
+
+
 def test_train_resume_of_a_run_on_chosen_classes_names_them(tmp_path, capsys):
     """A run started with ``--classes`` resumed without them was refused after 'training on ...'
     was said, listing every class of the dataset, without saying how to go on."""

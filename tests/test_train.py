@@ -872,3 +872,21 @@ def test_data_loader_workers_do_not_report_a_hand_over_their_stopping_parent_bro
     err = capfd.readouterr().err
     assert "ValueError: a real error" in err
     assert "ConnectionResetError" not in err and "BrokenPipeError" not in err and "EOFError" not in err
+
+
+def test_fine_tuning_without_input_size_keeps_the_starting_models_size(full_run, squares, tmp_path):
+    """``train(model=...)`` without ``input_size`` trained at 448×448 and wrote that size into the
+    fine-tuned model, not the 48×48 the starting model was trained and calibrated at. It keeps the
+    starting model's size (448×448 for one without a size); a given ``input_size`` still wins."""
+    settings = dict(SETTINGS, epochs=1, calibrate=False)
+    del settings["input_size"]
+    base = full_run[0].checkpoint
+    assert load_model(base).input_size == (48, 48)
+    result = train(squares, model=base, out=tmp_path / "tuned.pt", **settings)
+    assert result.model.input_size == (48, 48) and load_model(result.checkpoint).input_size == (48, 48)
+    assert load_checkpoint(result.checkpoint)[1][TRAINING_STATE_KEY]["config"]["input_size"] == [48, 48]
+    result = train(squares, model=base, out=tmp_path / "sized.pt", input_size=(32, 64), **settings)
+    assert load_model(result.checkpoint).input_size == (32, 64)
+    sizeless = build_model("tiny", squares.class_names, pretrained=False, input_size=None)
+    result = train(squares, model=sizeless, out=tmp_path / "sizeless.pt", **dict(settings, batch_size=24))
+    assert result.model.input_size == (448, 448)

@@ -294,8 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the backbone learns at lr times this")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     train.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
-    train.add_argument("--input-size", type=int, nargs=2, default=[448, 448],
-                       metavar=("HEIGHT", "WIDTH"), help="network input size")
+    train.add_argument("--input-size", type=int, nargs=2, default=None,
+                       metavar=("HEIGHT", "WIDTH"),
+                       help="network input size (default: the input size of the --model fine-tuned, which its "
+                            "thresholds were calibrated at; 448 448 for a new model, the built-in models "
+                            "and a model without one)")
     train.add_argument("--sub-pixel-locating-factor", type=int, default=8,
                        help="CRM upsampling for peak stimulation while training")
     train.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
@@ -819,7 +822,7 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "momentum": lambda name, value: check.finite_float(name, value, low=0, high=1,
                                                            high_open=True),
         "weight_decay": lambda name, value: check.finite_float(name, value, low=0),
-        "input_size": _input_size,
+        "input_size": _optional_input_size,
         "sub_pixel_locating_factor": _positive,
         "val_fraction": lambda name, value: check.finite_float(name, value, low=0, high=1,
                                                                high_open=True),
@@ -1211,7 +1214,7 @@ def _check_train_base(args) -> PRMModel | None:
     for the run's backbone (it was refused after the dataset was read). Returns the checkpoint's
     model, which the run fine-tunes (the file read once), or None for a name."""
     if args.model is None:
-        _check_input_size(args, args.backbone)
+        _check_input_size(args, args.backbone, None)
         return None
     from .model.backbones import BACKBONES
     from .model.checkpoint import is_builtin_name, load_checkpoint
@@ -1231,16 +1234,19 @@ def _check_train_base(args) -> PRMModel | None:
         raise CommandError(f"--backbone {args.backbone} and --model {args.model} ask for different models: --model "
                            f"{what}, and a run has one backbone; drop --backbone (fine-tuning keeps the model's "
                            f"backbone), or drop --model to start a new {args.backbone} model")
-    _check_input_size(args, base)
+    _check_input_size(args, base, checkpoint)
     return checkpoint
 
 
-def _check_input_size(args, backbone: str) -> None:
-    """``train --input-size`` too small for ``backbone`` (`napari_prm.train.check_map_size`)."""
-    from .train import check_map_size
+def _check_input_size(args, backbone: str, checkpoint: PRMModel | None) -> None:
+    """``train --input-size`` too small for ``backbone`` (`napari_prm.train.check_map_size`);
+    without it, the size the run takes (``checkpoint``'s own, or 448×448)."""
+    from .train import DEFAULT_INPUT_SIZE, check_map_size
 
+    own = None if args.input_size is not None or checkpoint is None else checkpoint.input_size
+    size = args.input_size or own or DEFAULT_INPUT_SIZE
     try:
-        check_map_size(backbone, args.input_size, name="--input-size")
+        check_map_size(backbone, size, name="the --model's own input size" if own else "--input-size")
     except ValueError as error:
         raise CommandError(str(error)) from None
 
@@ -1317,7 +1323,7 @@ def _run_train(args) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
             momentum=args.momentum, weight_decay=args.weight_decay,
-            input_size=tuple(args.input_size),
+            input_size=None if args.input_size is None else tuple(args.input_size),
             sub_pixel_locating_factor=args.sub_pixel_locating_factor, hflip=args.hflip,
             device=args.device, seed=args.seed, val_fraction=args.val_fraction, calibrate=args.calibrate,
             resume=args.resume, progress=progress, num_workers=args.num_workers, overwrite=args.overwrite,

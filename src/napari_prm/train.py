@@ -53,6 +53,8 @@ TRAINING_STATE_KEY = "training"
 # class (:func:`training_split`); a checkpoint without it may come from a version that made the
 # plain random split (``split(..., keep_every_class=False)``), which could hold one out.
 SPLIT_RULE = 2
+#: The input size a new model trains at, and a starting model without one of its own.
+DEFAULT_INPUT_SIZE = (448, 448)
 #: The model settings a calibration writes (`napari_prm.peaks.Calibration.as_settings`, and its
 #: TTA pair): a run that trains drops them, as they were chosen for other weights.
 CALIBRATION_SETTINGS = (*Calibration.SETTINGS, TTA_CALIBRATION)
@@ -906,7 +908,7 @@ def _start_model(base, class_names: list[str], input_size, seed: int) -> PRMMode
     elif is_builtin_name(base):  # a name, even with a file of that name here (./imagenet-voc is the file)
         model = load_model(base)  # fine-tune the built-in ImageNet model: its classifier rows are kept
     elif is_builtin_name(base, BACKBONES):
-        return build_model(base, class_names, pretrained=True, input_size=input_size)
+        return build_model(base, class_names, pretrained=True, input_size=tuple(input_size or DEFAULT_INPUT_SIZE))
     elif isinstance(base, (str, os.PathLike)) and (Path(base).suffix in CHECKPOINT_SUFFIXES
                                                    or Path(base).is_file()):
         model, _ = load_checkpoint(base)
@@ -918,8 +920,8 @@ def _start_model(base, class_names: list[str], input_size, seed: int) -> PRMMode
         raise ValueError(f"model must be a PRMModel, a built-in model or backbone name or a checkpoint path; "
                          f"got {type(base).__name__}")
     model = _adapt_classes(model, class_names)
-    if input_size is not None:
-        model.input_size = tuple(int(s) for s in input_size)
+    # None: the starting model's own size (its thresholds were calibrated at it)
+    model.input_size = tuple(int(s) for s in (input_size or model.input_size or DEFAULT_INPUT_SIZE))
     return model
 
 
@@ -1351,7 +1353,7 @@ def train(
     backbone_lr_mult: float = 0.01,
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
-    input_size: Sequence[int] = (448, 448),
+    input_size: Sequence[int] | None = None,
     sub_pixel_locating_factor: int = 8,
     hflip: bool = True,
     device: str | torch.device | None = None,
@@ -1396,7 +1398,10 @@ def train(
     epochs, batch_size, lr, backbone_lr_mult, momentum, weight_decay, input_size, hflip
         The recipe: the backbone learns at ``lr * backbone_lr_mult``;
         ``backbone_lr_mult=0`` freezes it (no gradients, BatchNorm statistics
-        kept), which makes CPU training several times faster.
+        kept), which makes CPU training several times faster. ``input_size`` None (the
+        default) trains at the starting model's input size when ``model`` is a PRMModel, a
+        checkpoint or a built-in model (448×448 for one without a size), and at 448×448 for
+        a new model.
     sub_pixel_locating_factor : int
         CRM upsampling used for peak stimulation during training only. The
         saved model keeps its inference setting (1 for a new model), which
@@ -1496,11 +1501,14 @@ def train(
                              f"has finished: epochs is the new total ({start_epoch} or more)")
     else:
         config = _recipe(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_mult=backbone_lr_mult,
-                         momentum=momentum, weight_decay=weight_decay, input_size=input_size,
+                         momentum=momentum, weight_decay=weight_decay,
+                         input_size=DEFAULT_INPUT_SIZE if input_size is None else input_size,
                          sub_pixel_locating_factor=sub_pixel_locating_factor, hflip=hflip, seed=seed,
                          val_fraction=val_fraction)
         model = _start_model(model if model is not None else backbone, list(dataset.class_names),
-                             config["input_size"], config["seed"])
+                             None if input_size is None else config["input_size"], config["seed"])
+        # a fine-tuned model trains at its own size unless input_size is given (it trained at 448)
+        config["input_size"] = list(check.input_size("input_size", model.input_size, square=False))
         if model.head is not None and config["backbone_lr_mult"] > 0:
             # the head decodes the backbone's features, which this run changes: kept, predict's
             # default proposals would be its masks from features it never saw
