@@ -300,6 +300,26 @@ def test_python_m_napari_prm_and_usage_errors(capsys):
     assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
 
 
+def test_an_unknown_option_of_a_command_is_reported_with_the_commands_usage(capsys):
+    """An unknown option after the command was reported with the top-level usage, 'usage: napari-prm
+    [-h] [--version] [--debug] COMMAND ...' and 'napari-prm: error:', not the command's. One before
+    the command is still the top level's."""
+    cases = {
+        ("refine", "ds", "--model", "m.pt", "--out", "r.pt", "--proposals", "prm"):
+            ("usage: napari-prm refine ", "napari-prm refine: error: unrecognized arguments: --proposals prm"),
+        ("--debug", "predict", "x.png", "--out", "o", "--bogus=1"):
+            ("usage: napari-prm predict ", "napari-prm predict: error: unrecognized arguments: --bogus=1"),
+        ("--bogus", "predict", "x.png", "--out", "o"):
+            ("usage: napari-prm [-h]", "napari-prm: error: unrecognized arguments: --bogus"),
+    }
+    for argv, (usage, message) in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(argv))
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and error.startswith(usage), (argv, error)
+        assert error.rstrip().endswith(message), (argv, error)
+
+
 def test_train_then_evaluate_on_coco128(tmp_path, capsys, shared_data):
     """A tiny network trains one epoch on image-level labels of coco128, then is evaluated."""
     train_json = shared_data / "coco128/annotations/instances_train2017.json"

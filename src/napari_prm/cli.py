@@ -676,7 +676,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _console_takes_any_character()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse reports a command's unknown arguments with the top-level usage ('usage: napari-prm
+        # [-h] ...'): those after the command are the command's, said with its own usage
+        command_at = next((i for i, word in enumerate(argv) if not word.startswith("-")), len(argv))
+        before = set(argv[:command_at]) & set(unknown)
+        (parser if before else args.parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = argv
     check_arguments(args)
     # the demo's napari window ends on SIGTERM (SIGHUP) as any Qt application does
