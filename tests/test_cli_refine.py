@@ -213,3 +213,26 @@ def test_refine_masks_leave_out_exports_of_no_dataset_image_naming_them(shapes_d
     assert main([*common, "--out", str(tmp_path / "none.pt"), "--masks", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "error: --masks: no export in" in err and "elsewhere_labels.tif, zzz_other_labels.tif" in err
+
+
+def test_refine_says_it_runs_only_once_its_checks_passed(shapes_dataset, tiny_checkpoint96, tmp_path, capsys):
+    """'refining M on N pseudo-labelled ... -> OUT' was said before the refusals that come from the refine
+    step (a model class the dataset lacks, a --resume of another model), as if the run had started."""
+    torch.manual_seed(0)
+    bird = save_model(build_model("tiny", ["cat", "bird"], pretrained=False, input_size=(96, 96)), tmp_path / "c1.pt")
+    out = tmp_path / "x.pt"
+    assert main(["refine", str(shapes_dataset), "--model", str(bird), "--out", str(out), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert "bird" in error and "refining" not in error, error
+    start = ["refine", str(shapes_dataset), "--out", str(out), "--masks", str(shapes_dataset), "--no-self-training",
+             "--batch-size", "4", "--device", "cpu", "--epochs", "1"]
+    assert main(start + ["--model", str(tiny_checkpoint96)]) == 0
+    error = capsys.readouterr().err
+    assert f"refining {tiny_checkpoint96} on 0 pseudo-labelled and 4 corrected image(s) -> {out}" in error
+    assert error.index("refining") < error.index("epoch 1/1")
+    torch.manual_seed(1)
+    other = save_model(build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(96, 96)),
+                       tmp_path / "other.pt")
+    assert main(start + ["--model", str(other), "--epochs", "2", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "its run refines another model" in error and "refining" not in error, error

@@ -1514,13 +1514,18 @@ def _run_refine(args) -> int:
         Path(args.cache) if args.cache is not None else args.out.with_name(args.out.name + ".cache")
     predict_options = {k: v for k, v in (("class_threshold", args.class_threshold),
                                          ("peak_threshold", args.peak_threshold)) if v is not None}
-    _say(f"refining {args.model} on {len(dataset) if args.self_training else 0} pseudo-labelled and "
-         f"{len(corrections)} corrected image(s) -> {args.out}")
+    started: list[bool] = []
     bars: dict = {}
     finished: list[int] = []  # epochs this run wrote to --out
     written_before = _file_stamp(args.out)
 
     def progress(update) -> None:
+        # said once refine() has checked the classes, images and --resume: the line came before its
+        # refusals, as if the run had started
+        if not started:
+            started.append(True)
+            _say(f"refining {args.model} on {len(dataset) if args.self_training else 0} pseudo-labelled and "
+                 f"{len(corrections)} corrected image(s) -> {args.out}")
         if update.stage == "prepare":
             bar = bars.setdefault("prepare", tqdm(total=update.total, desc="features and pseudo-labels",
                                                   unit="image", disable=None))
