@@ -3,6 +3,7 @@ import pytest
 
 from napari_prm.edit import (
     add_instance,
+    covered_instances,
     delete_instance,
     instance_table,
     merge_instances,
@@ -281,3 +282,18 @@ def test_instance_table_names_rows_by_the_classes_their_index_counted(scene):
     made = instance_table(labels, known, class_name="unknown", class_names=["dog", "bird"], index_names=[])
     assert made["class_name"].tolist() == ["unknown", "dog", "unknown"]
     assert made["class_index"].tolist() == [-1, 0, -1]
+
+
+def test_covered_instances_counts_what_add_instance_paints_over(scene):
+    """The instances a new mask paints over, with the pixels it covers and their areas: the one
+    covered entirely is the one `add_instance` drops; ``ignore`` leaves out the instance redone."""
+    labels, table = scene
+    mask = np.zeros(labels.shape, bool)
+    mask[10:26, 20:30] = True  # rows 10:12 of instance 1 (2 x 5 pixels) and all of instance 2
+    assert covered_instances(labels, mask) == {1: (10, 200), 2: (25, 25)}
+    assert covered_instances(labels, mask, ignore=2) == {1: (10, 200)}
+    out, made = add_instance(labels, table, mask)
+    assert made["label"].tolist() == [1, 3, 4] and int((out == 1).sum()) == 190
+    background = np.zeros(labels.shape, bool)
+    background[0, 0] = True
+    assert covered_instances(labels, background) == {}

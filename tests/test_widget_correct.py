@@ -976,3 +976,60 @@ def test_next_alternative_mask_of_a_plane_the_cache_dropped(make_napari_viewer, 
     assert widget.correction.next_alternative_of_selected() is None and not widget.running
     assert "the image's data changed since the run" in widget.last_message
     np.testing.assert_array_equal(labels.data, before)
+
+
+def place_point(widget, qtbot, peaks, yx, class_name) -> int:
+    """Add a point of ``class_name`` at ``yx`` as a user does; returns its instance's label once retrieved."""
+    widget.correction.class_choice.value = class_name
+    peaks.add([yx])
+    qtbot.waitUntil(lambda: not widget.running and peaks.features["label"].iloc[-1] > 0, timeout=WAIT_MS)
+    return int(peaks.features["label"].iloc[-1])
+
+
+def test_a_point_added_on_an_instance_says_which_instance_it_replaced_or_cut(candidates_run, qtbot):
+    """A point of another class added on an instance: the new instance paints over it (the last one
+    placed wins, as painting does), and the status line names the instance it replaced (all its
+    pixels: its peak is left without one) or cut (some pixels: it keeps the rest), and that Ctrl+Z
+    undoes it. It said only "Retrieved instances of peaks [1]."."""
+    viewer, widget, candidates = candidates_run
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    dog = place_point(widget, qtbot, peaks, [30.0, 35.0], "dog")  # on candidate 1
+    assert np.array_equal(instances.data == dog, candidates == 1)
+    bird = place_point(widget, qtbot, peaks, [32.0, 40.0], "bird")  # on the dog: the same candidate
+    assert np.array_equal(instances.data == bird, candidates == 1)
+    assert peaks.features["label"].tolist() == [0, bird]
+    assert instances.features["class_name"].tolist() == ["bird"]
+    message = widget.last_message
+    assert "Retrieved instances of peaks [1]" in message
+    assert (f"it replaced instance {dog} (dog, peak 0), all of whose {int((candidates == 1).sum())} pixels it "
+            "covers, so peak 0 is left without an instance") in message
+    assert "Ctrl+Z undoes it" in message
+
+    instances.undo()  # the dog comes back, with its peak's label; the bird's point goes
+    qtbot.waitUntil(lambda: len(peaks.data) == 1, timeout=5000)
+    assert np.array_equal(instances.data == dog, candidates == 1)
+    assert peaks.features["label"].tolist() == [dog]
+    assert instances.features["class_name"].tolist() == ["dog"]
+
+
+def test_a_point_added_on_part_of_an_instance_says_how_many_pixels_it_took(candidates_run, qtbot):
+    """An instance that loses only some pixels to a point's instance keeps the rest, and the
+    status line says how many it lost."""
+    viewer, widget, candidates = candidates_run
+    peaks, instances = viewer.layers["cat peaks"], viewer.layers["cat instances"]
+    dog = place_point(widget, qtbot, peaks, [30.0, 35.0], "dog")  # on candidate 1
+    painted = np.zeros(instances.data.shape, bool)
+    painted[50:60, 80:100] = True  # the dog painted further, into candidate 2's rows 55:60
+    instances.data_setitem(np.nonzero(painted), dog)
+    qtbot.waitUntil(lambda: int((instances.data == dog).sum()) == int((candidates == 1).sum()) + 200,
+                    timeout=5000)
+    bird = place_point(widget, qtbot, peaks, [75.0, 110.0], "bird")  # on candidate 2
+    assert np.array_equal(instances.data == bird, candidates == 2)
+    lost = int((painted & (candidates == 2)).sum())
+    assert lost == 100
+    assert int((instances.data == dog).sum()) == int((candidates == 1).sum()) + 200 - lost
+    assert peaks.features["label"].tolist() == [dog, bird]
+    assert (f"it took {lost} of the {int((candidates == 1).sum()) + 200} pixels of instance {dog} "
+            "(dog, peak 0)") in widget.last_message
+    assert "Ctrl+Z undoes it" in widget.last_message
+

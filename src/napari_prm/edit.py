@@ -26,6 +26,7 @@ Table = dict[str, np.ndarray]
 
 __all__ = [
     "add_instance",
+    "covered_instances",
     "delete_instance",
     "instance_table",
     "merge_instances",
@@ -413,6 +414,42 @@ def add_instance(
     table = _append(table, [{**row, "label": label}])
     present = np.unique(out)
     return out, _take(table, np.isin(table["label"], present))
+
+
+def covered_instances(labels: np.ndarray, mask: np.ndarray, *, ignore: int = 0) -> dict[int, tuple[int, int]]:
+    """The instances a mask paints over (as `add_instance` does), and how much of each.
+
+    Parameters
+    ----------
+    labels : (..., H, W) int ndarray
+        Instance label image.
+    mask : bool ndarray, same shape as ``labels``
+        The pixels about to be painted.
+    ignore : int
+        A label not to count (the instance whose mask ``mask`` replaces); 0 counts every instance.
+
+    Returns
+    -------
+    dict of int -> (int, int)
+        ``label -> (pixels covered, pixels of the instance)``, by label, for every instance
+        that ``mask`` overlaps; an instance all of whose pixels are covered loses its row in
+        `add_instance`.
+
+    Examples
+    --------
+    >>> labels = np.array([[1, 1, 2, 0]])
+    >>> covered_instances(labels, np.array([[False, True, True, True]]))
+    {1: (1, 2), 2: (1, 1)}
+    """
+    labels = _check_labels(labels)
+    mask = _check_mask(mask, labels)
+    under = labels[mask]
+    found = np.unique(under[(under != 0) & (under != ignore)])
+    if not len(found):
+        return {}
+    areas = {int(label): int(count) for label, count in zip(*np.unique(labels[np.isin(labels, found)],
+                                                                        return_counts=True))}
+    return {int(label): (int(np.count_nonzero(under == label)), areas[int(label)]) for label in found}
 
 
 def sync_table(labels: np.ndarray, table: Mapping, *, class_name: str = "") -> Table:

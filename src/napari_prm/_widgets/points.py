@@ -306,7 +306,7 @@ class PointRetrieval:
 
     def _show_retrieved_here(self, out, context) -> None:
         labels, table = self.instances.data, self._table()
-        missed, placed = [], []
+        missed, placed, painted_over = [], [], []
         for plane, peak_ids, prediction in out:
             for k, peak_id in enumerate(peak_ids):
                 self._store_prm(int(peak_id), prediction.prms, k, plane)
@@ -327,6 +327,9 @@ class PointRetrieval:
                 instance = found[0]
                 mask = np.zeros(labels.shape, bool)
                 mask[plane] = instance.mask
+                covered = edit.covered_instances(labels, mask, ignore=old)
+                if covered:
+                    painted_over.append(_painted_over(int(peak_id), covered, table))
                 labels, table = edit.add_instance(
                     labels, table, mask, label=old if old > 0 else None,
                     class_index=instance.class_index,
@@ -342,10 +345,13 @@ class PointRetrieval:
                          f"peak{'s' if len(retrieved) > 1 else ''} {', '.join(map(str, retrieved))}")
         self._on_points_selected()  # a selected new point now has an instance to select
         self._show_prms(context)
+        over = " ".join(text for text, _ in painted_over)
+        over = f" {over} Ctrl+Z undoes it." if over else ""
         if missed:
-            self._say(f"No instance found for peaks {missed} (their PRMs were added).", "warning")
+            self._say(f"No instance found for peaks {missed} (their PRMs were added).{over}", "warning")
         else:
-            self._say(f"Retrieved instances of peaks {retrieved}.")
+            replaced = any(lost for _, lost in painted_over)
+            self._say(f"Retrieved instances of peaks {retrieved}.{over}", "warning" if replaced else "info")
 
     def _follow_undone_points(self) -> bool:
         """Ctrl+Z of the instance retrieved from a point placed by hand takes the point away
@@ -434,3 +440,25 @@ class PointRetrieval:
                 [context.prm_planes, np.zeros((grow, len(plane)), np.int64)])
         context.prms.store(peak_id, prms, k)
         context.prm_planes[peak_id] = plane
+
+
+def _painted_over(peak: int, covered: dict, table: dict) -> tuple[str, bool]:
+    """What the instance retrieved for ``peak`` did to the instances it was painted over
+    (`napari_prm.edit.covered_instances`, of the instance ``table`` before it was added): a
+    sentence, and whether it replaced one (covered all its pixels: its row is gone)."""
+    parts, replaced = [], False
+    for label, (pixels, area) in covered.items():
+        row = np.flatnonzero(np.asarray(table["label"]) == label)
+        other = int(table["peak"][row[0]]) if len(row) else -1
+        class_name = table["class_name"][row[0]] if len(row) else ""
+        details = [class_name] if isinstance(class_name, str) and class_name else []
+        details += [f"peak {other}"] if other >= 0 else []
+        name = f"instance {label}" + (f" ({', '.join(details)})" if details else "")
+        if pixels == area:
+            replaced = True
+            left = f", so peak {other} is left without an instance" if other >= 0 else ""
+            parts.append(f"it replaced {name}, all of whose {area} pixels it covers{left}")
+        else:
+            parts.append(f"it took {pixels} of the {area} pixels of {name}, which keeps the rest")
+    others = "another" if len(covered) == 1 else "others"
+    return f"Peak {peak}'s instance is painted over {others}: {'; '.join(parts)}.", replaced
