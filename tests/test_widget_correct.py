@@ -1033,3 +1033,26 @@ def test_a_point_added_on_part_of_an_instance_says_how_many_pixels_it_took(candi
             "(dog, peak 0)") in widget.last_message
     assert "Ctrl+Z undoes it" in widget.last_message
 
+
+def test_a_point_added_after_the_instances_layer_was_removed_says_to_run_again(candidates_run, qtbot):
+    """With the run's instances layer removed, a point added to its peaks layer did nothing and the
+    status line said nothing. It says the instances layer was removed and to press Run, which keeps
+    the point and retrieves its instance into a new instances layer."""
+    viewer, widget, candidates = candidates_run
+    peaks = viewer.layers["cat peaks"]
+    widget.correction.class_choice.value = "dog"  # new points' class (the panel is disabled once the layer is gone)
+    viewer.layers.remove(viewer.layers["cat instances"])
+    before = widget.last_message
+    peaks.add([[30.0, 35.0]])  # on candidate 1
+    qtbot.waitUntil(lambda: widget.last_message != before, timeout=5000)
+    assert not widget.running
+    assert widget.last_message == (
+        "The point is not retrieved: the instances layer of this run ('cat instances') was removed. The point "
+        "stays; press Run to predict the image again (the new run keeps the points you added and retrieves "
+        "their instances).")
+    assert len(peaks.data) == 1 and int(peaks.features["label"].iloc[0]) == 0
+
+    run_and_wait(widget, qtbot)
+    instances = viewer.layers["cat instances"]
+    label = assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")
+    assert np.array_equal(instances.data == label, candidates == 1)

@@ -137,6 +137,8 @@ class CorrectionPanel(PointRetrieval):
         self._last_label = 0
         self._cancel = threading.Event()
         self._connected: weakref.WeakSet = weakref.WeakSet()  # layers whose events we hear
+        # peaks layers of runs forgotten because their instances layer was removed -> its name
+        self._orphaned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._move_timer = QTimer()
         self._move_timer.setSingleShot(True)
         self._move_timer.setInterval(MOVE_SETTLE_MS)
@@ -293,6 +295,10 @@ class CorrectionPanel(PointRetrieval):
         """Forget the runs whose peaks or instances layer ``layer`` was (it left the viewer)."""
         gone = [run for run in self._runs
                 if any(layer is run.context.layers.get(kind) for kind in ("peaks", "instances"))]
+        for run in gone:
+            peaks = run.context.layers.get("peaks")
+            if peaks is not None and layer is run.context.layers.get("instances") and peaks in self.owner.viewer.layers:
+                self._orphaned[peaks] = layer.name  # its points can no longer be retrieved: `_on_orphaned_points`
         self._runs = [run for run in self._runs if run not in gone]
         if self._cycle is not None and self._cycle.layer is layer:
             self._cycle = None
@@ -314,11 +320,14 @@ class CorrectionPanel(PointRetrieval):
             if before is not None and before is not run and before in self._runs:
                 self._switch(before)
 
-    def _on(self, layer, handler):
+    def _on(self, layer, handler, orphaned=None):
         """A slot for an event of ``layer``: the panel works on that layer's run first (none, for
-        a layer of a run it forgot: that run's layers are no other run's business)."""
+        a layer of a run it forgot: that run's layers are no other run's business; ``orphaned``,
+        if given, hears the event then)."""
         def slot(event=None):
             if self._run_of(layer) is None:
+                if orphaned is not None:  # said of a layer whose run was forgotten
+                    orphaned(layer, event)
                 return
             if not self._quiet_depth and not self.focus(layer):
                 return
@@ -362,14 +371,27 @@ class CorrectionPanel(PointRetrieval):
         if found:  # new points most likely belong to a class already found
             self.class_choice.value = found[0]
         peaks, labels = self.peaks, self.instances
+        self._orphaned.pop(peaks, None)
         self._positions = self._point_positions()
         if peaks not in self._connected:
-            peaks.events.data.connect(self._on(peaks, self._on_points_data))
+            peaks.events.data.connect(self._on(peaks, self._on_points_data, self._on_orphaned_points))
             peaks.selected_data.events.items_changed.connect(self._on(peaks, self._on_points_selected))
             self._connected.add(peaks)
         self._connect_instances(labels)
         self.bind_shortcuts(labels)
         self._on_class_choice(self.class_choice.value)
+
+    def _on_orphaned_points(self, peaks, event) -> None:
+        """A point added or moved in the peaks layer of a run whose instances layer was removed
+        (the panel forgot that run): nothing retrieves it, so the status line says so."""
+        name = self._orphaned.get(peaks)
+        if name is None or self._quiet_depth or str(event.action) not in ("added", "changed"):
+            return
+        message = (f"The point is not retrieved: the instances layer of this run ({name!r}) was removed. The point "
+                   "stays; press Run to predict the image again (the new run keeps the points you added and "
+                   "retrieves their instances).")
+        if self.owner.last_message != message:  # once, not at every step of a drag
+            self._say(message, "warning")
 
     def _connect_instances(self, labels) -> None:
         if labels not in self._connected:
