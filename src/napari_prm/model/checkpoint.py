@@ -408,6 +408,10 @@ def builtin_calibration() -> dict[str, dict]:
     return json.loads(text)["spaces"]
 
 
+#: The input size of the built-in models (:func:`builtin_model`).
+BUILTIN_INPUT_SIZE = (448, 448)
+
+
 def builtin_model(name: str = "imagenet", *, reduce: str | None = None) -> PRMModel:
     """The built-in model: EfficientNet-Lite0 with its ImageNet classifier as a 1×1 conv.
 
@@ -445,7 +449,7 @@ def builtin_model(name: str = "imagenet", *, reduce: str | None = None) -> PRMMo
         class_names = list(space.class_names)
         settings["reduce"] = space.reduce
     network = _network(fcn, settings)
-    return PRMModel(network.eval(), class_names, "efficientnet_lite0", (448, 448), LITE_MEAN, LITE_STD,
+    return PRMModel(network.eval(), class_names, "efficientnet_lite0", BUILTIN_INPUT_SIZE, LITE_MEAN, LITE_STD,
                     settings)
 
 
@@ -612,6 +616,31 @@ def _checked_metadata(path: Path, metadata: dict) -> dict:
     settings = _checked_settings(where, metadata.get("settings", {}))
     return {"backbone": metadata["backbone"], "class_names": class_names, "input_size": input_size,
             "mean": mean, "std": std, "settings": settings}
+
+
+def model_input_size(name_or_path: str | os.PathLike) -> tuple[int, int] | None:
+    """The input size of a built-in model or of a checkpoint, from its metadata (checked as
+    :func:`load_checkpoint` checks it; no network is built).
+
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        A built-in model's name (:func:`is_builtin_name`) or a checkpoint file.
+
+    Returns
+    -------
+    (h, w) or None
+        None: the model resizes no image (each is run at its own size).
+
+    Raises
+    ------
+    ValueError
+        As :func:`load_checkpoint`, naming the file, for one that is no napari-prm checkpoint.
+    """
+    if is_builtin_name(name_or_path):
+        return BUILTIN_INPUT_SIZE
+    path = check.path_like("checkpoint", name_or_path)
+    return _checked_metadata(path, _read_checkpoint(path)[0])["input_size"]
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[PRMModel, dict]:
