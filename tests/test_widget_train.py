@@ -380,3 +380,49 @@ def test_a_coco_json_whose_images_lie_in_another_folder_trains(make_napari_viewe
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert widget.result is not None and not widget.result.cancelled, widget.last_message
     assert load_model(tmp_path / "trained.pt").class_names == ["cat", "cup"]
+
+
+def test_fine_tuning_a_checkpoint_trains_at_its_own_input_size(make_napari_viewer, qtbot, prm_config,
+                                                              tiny_dataset, tmp_path):
+    """Choosing a checkpoint to fine-tune left the input size field as it was (448, or the last
+    session's), always passed to train(): a 32×32 model was trained and written at 448×448. The
+    field now shows a square checkpoint's size; a non-square one is said and kept unless the field
+    is changed."""
+    from napari_prm._widgets.models import remember_model
+    from napari_prm.model import build_model, save_model
+
+    square = save_model(build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(32, 32)),
+                        tmp_path / "square.pt")
+    oblong = save_model(build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(32, 48)),
+                        tmp_path / "oblong.pt")
+    for path in (square, oblong):
+        remember_model(path)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, tmp_path / "a.pt", batch=1)
+    widget._size.value = 64
+    widget._base.reset_choices()
+
+    def trained(out) -> tuple:
+        widget._out.value = out
+        checked(widget, qtbot)
+        assert widget.start() is not None, widget.last_message
+        qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+        assert widget.result is not None and not widget.result.cancelled, widget.last_message
+        return load_model(out).input_size
+
+    widget._base.value = str(square.resolve())
+    assert widget._size.value == 32
+    assert trained(tmp_path / "a.pt") == (32, 32)
+
+    widget._base.value = str(oblong.resolve())
+    assert widget._size.value == 32  # the field cannot show 32×48: it is left, and that is said
+    note = ("The base model oblong.pt runs at 32×48 pixels, which the input size field cannot show: a new run "
+            "trains at its size unless you change the field.")
+    assert widget._status.value == note and note in widget._size.tooltip
+    assert trained(tmp_path / "b.pt") == (32, 48)
+
+    widget._size.value = 64  # the user's size wins
+    assert trained(tmp_path / "c.pt") == (64, 64)
+    widget._base.value = "tiny"  # a new model: the field is left as it is
+    assert widget._size.value == 64 and note not in widget._size.tooltip and widget._status.value != note

@@ -34,7 +34,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._text import plural, sentence, sentences
 from ..data import load_dataset
-from ..model.checkpoint import is_builtin_name
+from ..model.checkpoint import is_builtin_name, model_input_size
 from ..train import (
     builtin_start_note,
     recipe_conflicts,
@@ -63,6 +63,9 @@ BASE_MODELS = {
 }
 #: How the note of :func:`napari_prm.train.builtin_start_note` names the choice above.
 BUILTIN_CHOICE = "the base model 'built-in {name}'"
+#: The input size field's tooltip (`TrainWidget._show_model_size` adds a model's non-square size).
+SIZE_TOOLTIP = ("the side of the square network input the images are resized to; choosing a built-in model or a "
+                "checkpoint to fine-tune shows its own size")
 
 
 @dataclass
@@ -135,7 +138,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._epochs = SpinBox(label="epochs", value=5, min=1, max=1000)
         self._lr = FloatSpinBox(label="learning rate", value=0.01, min=1e-6, max=1.0, step=0.001)
         self._batch = SpinBox(label="batch size", value=8, min=1, max=512)
-        self._size = SpinBox(label="input size (pixels)", value=448, min=32, max=2048, step=32)
+        self._size = SpinBox(label="input size (pixels)", value=448, min=32, max=2048, step=32, tooltip=SIZE_TOOLTIP)
         self._out = FileEdit(label="output file", mode="w", filter="PyTorch checkpoint (*.pt)",
                              value=str(Path.home() / "prm_model.pt"))
         self._device = ComboBox(label="device", choices=devices())
@@ -170,6 +173,11 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._start_pending = None  # start()'s keyword arguments, waiting for that check
         self._shown_of_run: dict = {}  # the fields' values given of its recipe (`_asked_of_run`)
         self._base_of_run = None  # the base model field's (value, text) when the run was found
+        # (base model, input size field) when the base model's own size is not square (`_show_model_size`)
+        self._own_size: tuple | None = None
+        self._size_note = ""  # the status line's words on that size
+        self._base.changed.connect(self._show_model_size)
+        self._show_model_size()  # the base model kept from the last session (before an unfinished run's size)
         for field in (self._dataset, self._dataset_dir, self._image_dir, self._out):
             field.changed.connect(self._find_unfinished_run)
         self._train_button.changed.connect(lambda: self.start())
@@ -360,6 +368,37 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
                 self._base.value = run.backbone
             self._base_of_run = (self._base.value, self._base.current_choice)
 
+    def _show_model_size(self, _=None) -> None:
+        """Show the chosen base model's input size (a built-in model's, a checkpoint's metadata's) in the
+        input size field; a new model (a backbone) leaves the field as it is. A size the field cannot show
+        (not square, or each image's own) is said in the status line and the field's tooltip, and a new
+        run keeps it unless the field is changed (`start`); an unreadable checkpoint is Train's to report."""
+        base = self._base.value
+        self._own_size = None
+        if not self._deleted:
+            self._size.tooltip = SIZE_TOOLTIP
+            if self._size_note and self._status.value == self._size_note:
+                self._status.value = ""
+        self._size_note = ""
+        if base is None or starts_new_classifier(base):
+            return
+        try:
+            size = model_input_size(base)
+        except (OSError, ValueError):
+            return
+        if self._deleted:
+            return
+        if size is not None and size[0] == size[1]:
+            self._size.min, self._size.max = min(self._size.min, size[0]), max(self._size.max, size[0])
+            self._size.value = size[0]
+            return
+        own = "each image's own size" if size is None else f"{size[0]}×{size[1]} pixels"
+        self._own_size = (base, int(self._size.value))
+        self._size_note = (f"The base model {Path(base).name} runs at {own}, which the input size field cannot "
+                           "show: a new run trains at its size unless you change the field.")
+        self._size.tooltip = f"{SIZE_TOOLTIP}. {self._size_note}"
+        self.last_message = self._status.value = self._size_note
+
     def _asked_of_run(self, options: dict, config: dict) -> dict:
         """The learning rate, batch size and input size ``options`` ask of the unfinished run whose
         recipe is ``config``: one that is what the field was given of the run's (`_find_unfinished_run`;
@@ -434,6 +473,8 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             options["resume"] = True
             kept = f"Continuing the run in {resumed.path.name} from epoch {resumed.epochs_done}."
         else:
+            if "input_size" not in overrides and self._own_size == (options["model"], int(self._size.value)):
+                options["input_size"] = None  # the base model's own size, which the field cannot show
             kept = keep_existing_output(self, options)  # an existing output file is kept: next free name
         self.result = None
         self._dataset_warnings = []
