@@ -799,7 +799,8 @@ def _start_after(flag, init, worker_id):
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "sigwaitinfo"),
                     reason="a worker can tell who sent it SIGTERM only where there is sigwaitinfo (Linux)")
-def test_data_loader_workers_ignore_sigterm_from_another_process_from_their_start(tmp_path):
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_data_loader_workers_ignore_sigterm_from_another_process_from_their_start(tmp_path, method):
     """``timeout``, a batch system's time limit and ``systemctl stop`` send SIGTERM to every
     process of ``train --num-workers N``. A worker so signalled was ended by it, and torch raised
     "DataLoader worker ... exited unexpectedly" in the training process, which failed instead of
@@ -816,7 +817,8 @@ def test_data_loader_workers_ignore_sigterm_from_another_process_from_their_star
     from napari_prm.train import _batches, _data_loader, _start_workers
 
     flag = tmp_path / "go"
-    loader = _data_loader(list(range(40)), batch_size=1, num_workers=2)
+    # (the start method: Python 3.14's default on Linux is forkserver, and spawn elsewhere)
+    loader = _data_loader(list(range(40)), batch_size=1, num_workers=2, multiprocessing_context=method)
     loader.worker_init_fn = functools.partial(_start_after, str(flag), loader.worker_init_fn)
     iterator = _start_workers(loader)
     workers = list(iterator._workers)
@@ -890,3 +892,50 @@ def test_fine_tuning_without_input_size_keeps_the_starting_models_size(full_run,
     sizeless = build_model("tiny", squares.class_names, pretrained=False, input_size=None)
     result = train(squares, model=sizeless, out=tmp_path / "sizeless.pt", **dict(settings, batch_size=24))
     assert result.model.input_size == (448, 448)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "sigtimedwait"),
+                    reason="a worker watches its parent where there is sigtimedwait (Linux)")
+def test_data_loader_workers_end_once_their_training_process_is_killed(tmp_path):
+    """Under forkserver (Python 3.14's default on Linux) a worker's parent is the server, so
+    torch's watchdog did not see the training process killed (SIGKILL, the OOM killer), and the
+    workers, ignoring SIGTERM from others, stayed; they now end within seconds of it."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    def running(worker) -> bool:
+        try:
+            return worker.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    script = ("import sys, time\n"
+              "from napari_prm.train import _data_loader, _start_workers\n"
+              "loader = _data_loader(list(range(10**6)), batch_size=1, num_workers=2, "
+              "multiprocessing_context='forkserver')\n"
+              "iterator = _start_workers(loader)\n"
+              "next(iterator)\n"
+              "print(*(w.pid for w in iterator._workers), flush=True)\n"
+              "time.sleep(600)\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        workers = [psutil.Process(int(pid)) for pid in process.stdout.readline().split()]
+        assert len(workers) == 2
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 60
+        while any(running(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(running(w) for w in workers)
+    finally:
+        process.kill()
+        for worker in workers:
+            if running(worker):
+                worker.kill()

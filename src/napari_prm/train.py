@@ -1041,7 +1041,10 @@ def _init_worker(parent: int, worker_id: int) -> None:
 
     def wait() -> None:
         while True:
-            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            # the parent's SIGTERM; or any, once the parent is gone (killed, SIGKILL: torch's
+            # watchdog misses it under forkserver, whose workers' parent is the server)
+            received = signal.sigtimedwait({signal.SIGTERM}, 5.0)
+            if (received is not None and received.si_pid == parent) or not _alive(parent):
                 os._exit(0)
 
     threading.Thread(target=wait, name="napari-prm SIGTERM", daemon=True).start()
@@ -1055,15 +1058,40 @@ def _data_loader(dataset, **options) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, **options)
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's
+        return True
+    return True
+
+
 def _start_workers(loader):
     """``iter(loader)``, which starts its worker processes, with SIGTERM and SIGHUP
-    (`_WORKER_SIGNALS`) blocked in this thread meanwhile: a forked worker starts with them
-    blocked, so one sent to it before its `_init_worker` ran waits for that instead of ending it
-    (one sent to this process waits for the end of this call, or goes to another of its threads)."""
+    (`_WORKER_SIGNALS`) blocked in this thread meanwhile: a worker starts with them blocked, so
+    one sent to it before its `_init_worker` ran waits for that instead of ending it (one sent
+    to this process waits for the end of this call, or goes to another of its threads).
+
+    A forked or spawned worker inherits this thread's mask. Under ``forkserver`` the server
+    forks them, so it is started here with the signals blocked (where this process had none
+    yet); multiprocessing's resource tracker is started before, as its start unblocks them.
+    """
     if not loader.num_workers or not _WORKER_SIGNALS:
         return iter(loader)
+    method = (loader.multiprocessing_context or torch.multiprocessing).get_start_method()
+    if method != "fork":
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
     try:
+        if method == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
         return iter(loader)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
