@@ -349,9 +349,8 @@ class PointRetrieval:
         over = f" {over} Ctrl+Z undoes it." if over else ""
         if missed:
             self._say(f"No instance found for peaks {missed} (their PRMs were added).{over}", "warning")
-        else:
-            replaced = any(lost for _, lost in painted_over)
-            self._say(f"Retrieved instances of peaks {retrieved}.{over}", "warning" if replaced else "info")
+        else:  # said, not warned: painting a new class over an instance is the usual way to reclassify it
+            self._say(f"Retrieved instances of peaks {retrieved}.{over}", "info")
 
     def _follow_undone_points(self) -> bool:
         """Ctrl+Z of the instance retrieved from a point placed by hand takes the point away
