@@ -345,7 +345,7 @@ class PointRetrieval:
                          f"peak{'s' if len(retrieved) > 1 else ''} {', '.join(map(str, retrieved))}")
         self._on_points_selected()  # a selected new point now has an instance to select
         self._show_prms(context)
-        over = " ".join(text for text, _ in painted_over)
+        over = " ".join(painted_over)
         over = f" {over} Ctrl+Z undoes it." if over else ""
         if missed:
             self._say(f"No instance found for peaks {missed} (their PRMs were added).{over}", "warning")
@@ -441,11 +441,11 @@ class PointRetrieval:
         context.prm_planes[peak_id] = plane
 
 
-def _painted_over(peak: int, covered: dict, table: dict) -> tuple[str, bool]:
+def _painted_over(peak: int, covered: dict, table: dict) -> str:
     """What the instance retrieved for ``peak`` did to the instances it was painted over
-    (`napari_prm.edit.covered_instances`, of the instance ``table`` before it was added): a
-    sentence, and whether it replaced one (covered all its pixels: its row is gone)."""
-    parts, replaced = [], False
+    (`napari_prm.edit.covered_instances`, of the instance ``table`` before it was added), as a
+    sentence: one it covered entirely is replaced (its row is gone)."""
+    parts = []
     for label, (pixels, area) in covered.items():
         row = np.flatnonzero(np.asarray(table["label"]) == label)
         other = int(table["peak"][row[0]]) if len(row) else -1
@@ -454,10 +454,9 @@ def _painted_over(peak: int, covered: dict, table: dict) -> tuple[str, bool]:
         details += [f"peak {other}"] if other >= 0 else []
         name = f"instance {label}" + (f" ({', '.join(details)})" if details else "")
         if pixels == area:
-            replaced = True
             left = f", so peak {other} is left without an instance" if other >= 0 else ""
             parts.append(f"it replaced {name}, all of whose {area} pixels it covers{left}")
         else:
             parts.append(f"it took {pixels} of the {area} pixels of {name}, which keeps the rest")
     others = "another" if len(covered) == 1 else "others"
-    return f"Peak {peak}'s instance is painted over {others}: {'; '.join(parts)}.", replaced
+    return f"Peak {peak}'s instance is painted over {others}: {'; '.join(parts)}."
