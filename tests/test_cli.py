@@ -1062,6 +1062,25 @@ def test_train_ctrl_c_names_the_kept_epoch_and_resume_finishes(tmp_path, capsys)
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGTERM ends a Windows process without a handler")
+def test_train_sigterm_names_the_signal_in_its_last_line(tmp_path):
+    """After SIGTERM (``kill``, ``timeout``, a batch system's time limit) ``train`` ended with
+    "interrupted: ... keeps epoch N", as after Ctrl-C, where ``predict`` said "terminated by
+    SIGTERM: ...". Its last line now names the signal, the rest of the sentence as after Ctrl-C."""
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
+    out = tmp_path / "terminated.pt"
+    options = [str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--batch-size", "1",
+               "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    returncode, err = interrupt_after_first_checkpoint(
+        [sys.executable, "-m", "napari_prm", "train", *options, "--epochs", "100000"], out, env, signum=signal.SIGTERM)
+    assert returncode == 143, err
+    done = torch.load(out, weights_only=True)["extra"]["training"]["epoch"]
+    assert 1 <= done < 100000
+    assert err.strip().splitlines()[-1] == f"terminated by SIGTERM: {out} keeps epoch {done}; continue with --resume"
+    assert "Traceback" not in err and "interrupted" not in err, err
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM ends a Windows process without a handler")
 def test_train_sigterm_to_its_data_loader_workers_too_stops_as_ctrl_c_does(tmp_path):
     """``timeout``, a batch system's time limit and ``systemctl stop`` send SIGTERM to each process
     of the command, ``--num-workers``' data-loader workers included. torch ends a worker signalled
@@ -1107,7 +1126,8 @@ def test_train_sigterm_to_its_data_loader_workers_too_stops_as_ctrl_c_does(tmp_p
         process.kill()
     assert process.returncode == 143, err
     done = torch.load(out, weights_only=True)["extra"]["training"]["epoch"]
-    assert err.strip().splitlines()[-1] == f"interrupted: {out} keeps epoch {done}; continue with --resume", err
+    last = err.strip().splitlines()[-1]
+    assert last == f"terminated by SIGTERM: {out} keeps epoch {done}; continue with --resume", err
     assert "DataLoader" not in err and "Traceback" not in err, err
 
 

@@ -3,6 +3,7 @@
 import inspect
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -187,6 +188,23 @@ def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes(shapes_dataset, tiny_ch
                  "--batch-size", "1", "--resume"]) == 0
     _, extra = load_checkpoint(out)
     assert [h["epoch"] for h in extra["refine_training"]["history"]] == list(range(1, done + 3))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM ends a Windows process without a handler")
+def test_sigterm_names_the_signal_in_the_last_line(shapes_dataset, tiny_checkpoint96, tmp_path):
+    """After SIGTERM ``refine`` ended with "interrupted: ... keeps epoch N", as after Ctrl-C (exit
+    status 143 all the same); its last line now names the signal, as ``predict``'s does."""
+    out = tmp_path / "terminated.pt"
+    command = [sys.executable, "-m", "napari_prm", "refine", str(shapes_dataset), "--model", str(tiny_checkpoint96),
+               "--out", str(out), "--masks", str(shapes_dataset), "--no-self-training", "--epochs", "100000",
+               "--batch-size", "1"]
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    returncode, err = interrupt_after_first_checkpoint(command, out, env, signum=signal.SIGTERM)
+    assert returncode == 143, err
+    done = load_checkpoint(out)[1]["refine_training"]["epoch"]
+    assert 1 <= done < 100000
+    assert err.strip().splitlines()[-1] == f"terminated by SIGTERM: {out} keeps epoch {done}; continue with --resume"
+    assert "Traceback" not in err and "interrupted" not in err, err
 
 
 def test_refine_masks_leave_out_exports_of_no_dataset_image_naming_them(shapes_dataset, tiny_checkpoint96, tmp_path,

@@ -10,7 +10,9 @@ the others are still written) or on an unexpected internal error; 2 for bad argu
 inputs, or when nothing could run (no images, model or dataset not loadable); 130 when
 interrupted (Ctrl-C); 143 when ended by SIGTERM (``kill``, ``timeout``, a batch system's time
 limit), 129 by SIGHUP (the terminal closed, the ssh connection dropped; not under ``nohup``),
-which stop a command as Ctrl-C does. No user error prints a Python traceback: an
+which stop a command as Ctrl-C does, its last line naming the signal ("terminated by SIGTERM:
+model.pt keeps epoch 3; continue with --resume" where Ctrl-C says "interrupted: ..."). No
+user error prints a Python traceback: an
 unexpected exception is reported in one line, and ``--debug`` prints the traceback of any
 error, a user error's included.
 """
@@ -1336,25 +1338,26 @@ def _run_train(args) -> int:
             split=split, check_images=False, warn=lambda warning: _say(f"warning: {warning}"))
     except ValueError as error:
         raise CommandError(str(error)) from error
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if bar is not None:
             bar.close()
             bar = None
+        stopped = _stopped_by(getattr(stop, "signum", None))  # Ctrl-C, SIGTERM or SIGHUP
         # the file is the truth: Ctrl-C can land after an epoch's checkpoint is written and before
         # its progress report
         stamp, epoch = _file_stamp(args.out), _kept_epoch(args.out, "train")
         kept = epoch if stamp != written_before else None
         if calibrating and stamp != last_epoch_written:  # calibrated and saved
-            _say(f"interrupted: {args.out} keeps epoch {epoch} and its calibrated thresholds")
+            _say(f"{stopped}: {args.out} keeps epoch {epoch} and its calibrated thresholds")
         elif calibrating:  # after the last epoch's checkpoint
-            _say(f"interrupted while calibrating: {args.out} keeps epoch {epoch}, its "
+            _say(f"{stopped} while calibrating: {args.out} keeps epoch {epoch}, its "
                  "thresholds not calibrated; --resume calibrates them")
         elif kept is not None:
-            _say(f"interrupted: {args.out} keeps epoch {kept}; continue with --resume")
+            _say(f"{stopped}: {args.out} keeps epoch {kept}; continue with --resume")
         elif args.resume and written_before is not None:
-            _say(f"interrupted before an epoch finished; {args.out} is unchanged: continue with --resume")
+            _say(f"{stopped} before an epoch finished; {args.out} is unchanged: continue with --resume")
         else:
-            _say(f"interrupted before an epoch finished; {args.out} was not written by this run")
+            _say(f"{stopped} before an epoch finished; {args.out} was not written by this run")
         return 130
     finally:
         if bar is not None:
@@ -1555,18 +1558,19 @@ def _run_refine(args) -> int:
                         resume=args.resume, progress=progress, overwrite=args.overwrite)
     except ValueError as error:
         raise CommandError(str(error)) from error
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        stopped = _stopped_by(getattr(stop, "signum", None))  # Ctrl-C, SIGTERM or SIGHUP
         # the file is the truth: Ctrl-C can land after an epoch's checkpoint is written and before
         # its progress report
         kept = _kept_epoch(args.out) if _file_stamp(args.out) != written_before else None
         kept = kept if kept is not None else (finished[-1] if finished else None)
         if kept is None:
-            _say(f"interrupted before an epoch finished; {args.out} was not written by this run")
+            _say(f"{stopped} before an epoch finished; {args.out} was not written by this run")
         elif is_safetensors(args.out):
-            _say(f"interrupted: {args.out} keeps epoch {kept}; a .safetensors file holds no training "
+            _say(f"{stopped}: {args.out} keeps epoch {kept}; a .safetensors file holds no training "
                  f"state, so go on with --model {args.out} (the head is fine-tuned), or write a .pt to resume")
         else:
-            _say(f"interrupted: {args.out} keeps epoch {kept}; continue with --resume")
+            _say(f"{stopped}: {args.out} keeps epoch {kept}; continue with --resume")
         return 130
     finally:
         for bar in bars.values():
@@ -1726,14 +1730,15 @@ def _run_evaluate_predictions(args) -> int:
         if done == total:
             bar.close()
 
+    stopped = None  # how the comparison stopped, if it did
     try:
         evaluation = evaluate_exports(args.predictions, dataset, iou_thresholds=args.iou_thresholds,
                                       only_labeled=args.only_labeled, max_images=args.max_images,
                                       resamples=args.resamples, progress=progress)
     except ValueError as error:
         raise CommandError(f"--predictions: {error}") from error
-    except ComparisonInterrupted as stopped:  # the folders' scores are complete: reported, not lost
-        evaluation = stopped.evaluation
+    except ComparisonInterrupted as stop:  # the folders' scores are complete: reported, not lost
+        evaluation, stopped = stop.evaluation, _stopped_by(stop.signum)
     finally:
         for bar in bars.values():
             bar.close()
@@ -1743,8 +1748,8 @@ def _run_evaluate_predictions(args) -> int:
     for row in evaluation["results"]:
         _say_exports(row, len(dataset) - len(without), choosing, masked)
     print(report_exports_markdown(evaluation), end="")
-    if evaluation["comparison"] is None and len(evaluation["results"]) > 1:
-        _say(f"interrupted during the comparison ({reached.get('bootstrap', 0)} of "
+    if stopped is not None:
+        _say(f"{stopped} during the comparison ({reached.get('bootstrap', 0)} of "
              f"{plural(args.resamples, 'resample')} drawn): the folders' scores above are complete, the "
              "comparison is not given"
              + ("" if args.json is None else f", and {args.json} is not written")

@@ -1144,23 +1144,30 @@ def _manifest_outputs(folder: Path) -> tuple[list[str], list[str]]:
 
 
 class ComparisonInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `evaluate_exports`' comparison of folders (its bootstrap): the folders'
-    own scores were complete, and are kept.
+    """Ctrl-C during `evaluate_exports`' comparison of folders (its bootstrap), or another
+    KeyboardInterrupt (the command line's SIGTERM and SIGHUP): the folders' own scores were
+    complete, and are kept.
 
     Parameters
     ----------
     evaluation : dict
         `evaluate_exports`' result with ``comparison`` None, kept as ``evaluation``.
+    signum : int or None
+        The signal that stopped the comparison (the ``signum`` of the KeyboardInterrupt that
+        did, as the command line's SIGTERM and SIGHUP carry); None for Ctrl-C.
 
     Attributes
     ----------
     evaluation : dict
         `evaluate_exports`' result with ``comparison`` None.
+    signum : int or None
+        As given.
     """
 
-    def __init__(self, evaluation: dict[str, Any]):
+    def __init__(self, evaluation: dict[str, Any], signum: int | None = None):
         super().__init__("the comparison of the folders was interrupted")
         self.evaluation = evaluation
+        self.signum = signum
 
 
 def evaluate_exports(
@@ -1322,8 +1329,8 @@ def evaluate_exports(
             evaluation["comparison"] = _compare_exports(
                 read, chosen, dataset, file_name, scored, resamples=resamples, seed=seed,
                 progress=None if progress is None else (lambda done, total: progress("bootstrap", done, total)))
-        except KeyboardInterrupt:
-            raise ComparisonInterrupted(evaluation) from None
+        except KeyboardInterrupt as stop:
+            raise ComparisonInterrupted(evaluation, getattr(stop, "signum", None)) from None
     return evaluation
 
 
