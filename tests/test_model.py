@@ -136,6 +136,71 @@ def test_bad_checkpoints_name_the_file(tmp_path):
         load_model(evil)
 
 
+@pytest.mark.parametrize("kind", [".pt", ".safetensors", "legacy .pt"])
+def test_checkpoint_metadata_is_what_loading_the_model_gives(tmp_path, kind):
+    """`checkpoint_metadata` reads the metadata without the weights: the same fields the loaded
+    model has, for either format and for torch.save's legacy (non-zip) format, read whole."""
+    from napari_prm.model.checkpoint import checkpoint_metadata, model_input_size
+
+    model = build_model("tiny", ["cell", "nucleus"], input_size=(64, 48), win_size=5, peak_filter="mean")
+    model.settings.update(class_threshold=0.25, peak_threshold=1.5)
+    path = save_model(model, tmp_path / f"model{kind.split()[-1]}")
+    if kind.startswith("legacy"):
+        torch.save(torch.load(path, weights_only=True), path, _use_new_zipfile_serialization=False)
+        assert not path.read_bytes().startswith(b"PK")
+    loaded = load_model(path)
+    metadata = checkpoint_metadata(path)
+    assert metadata == {"backbone": "tiny", "class_names": ["cell", "nucleus"], "input_size": (64, 48),
+                        "mean": loaded.mean, "std": loaded.std, "settings": loaded.settings}
+    assert loaded.settings["class_threshold"] == 0.25 and loaded.settings["win_size"] == 5
+    assert model_input_size(path) == (64, 48) and model_input_size(str(path)) == (64, 48)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="bytes read are counted in /proc (Linux)")
+def test_a_checkpoints_input_size_is_read_without_its_weights(tmp_path):
+    """The Train widget shows a chosen checkpoint's input size on napari's Qt thread, and
+    `model_input_size` read the whole file for it (a large checkpoint froze napari). The
+    tensors of a .pt file are mapped now, not read: of a 40 MB file, well under 1 MB is read."""
+    from napari_prm.model.checkpoint import model_input_size
+
+    model = build_model("tiny", ["cell", "nucleus"], input_size=(64, 48))
+    path = save_model(model, tmp_path / "large.pt", extra={"state": torch.ones(10_000_000)})
+    assert path.stat().st_size > 40e6
+
+    def bytes_read() -> int:
+        with open("/proc/self/io") as counts:
+            return int(next(line for line in counts if line.startswith("rchar:")).split()[1])
+
+    before = bytes_read()
+    assert model_input_size(path) == (64, 48)
+    assert bytes_read() - before < 1e6
+    before = bytes_read()
+    load_model(path)  # the count does see a whole read
+    assert bytes_read() - before > 40e6
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_damaged_checkpoints_metadata_gives_the_loaders_error(tmp_path, suffix):
+    """Truncated at any point, or garbage, a checkpoint's metadata read fails as loading it
+    does: with the message naming the file."""
+    from napari_prm.model.checkpoint import checkpoint_metadata, load_checkpoint, model_input_size
+
+    data = save_model(build_model("tiny", ["a", "b"]), tmp_path / f"good{suffix}").read_bytes()
+    damaged = tmp_path / f"damaged{suffix}"
+    contents = [data[: int(len(data) * fraction)] for fraction in (0, 0.001, 0.05, 0.3, 0.5, 0.9, 0.99)]
+    for content in [*contents, np.random.default_rng(0).bytes(len(data)), b"hello"]:
+        damaged.write_bytes(content)
+        with pytest.raises(ValueError) as loading:
+            load_checkpoint(damaged)
+        for read in (checkpoint_metadata, model_input_size):
+            with pytest.raises(ValueError) as reading:
+                read(damaged)
+            assert str(reading.value) == str(loading.value)
+            assert str(reading.value).startswith(f"cannot read checkpoint {damaged}: it is ")
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'missing.pt'} does not exist"):
+        checkpoint_metadata(tmp_path / "missing.pt")
+
+
 def test_unknown_builtin_and_backbone():
     with pytest.raises(ValueError, match="backbone"):
         build_model("alexnet", ["a"])

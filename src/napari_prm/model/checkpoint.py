@@ -549,7 +549,14 @@ def _unreadable(path: Path) -> str:
             "files with safetensors)")
 
 
-def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
+def _read_checkpoint(path: Path, *, tensors: bool = True) -> tuple[dict, dict, dict]:
+    """A checkpoint's raw metadata, state dict and extra dict, each checked for its kind.
+
+    With ``tensors`` False, the metadata alone is read (the state and extra dicts returned are
+    empty): a ``.safetensors`` file's header; a torch file's pickle, its tensors mapped from
+    the zip archive (``mmap``), never read. A file in ``torch.save``'s legacy format (no zip)
+    cannot be mapped and is read whole. The errors are the same.
+    """
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist or is not a file")
     try:
@@ -558,11 +565,16 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
 
             with safe_open(str(path), framework="pt") as handle:
                 raw = (handle.metadata() or {}).get("napari_prm")
-                state = {key: handle.get_tensor(key) for key in handle.keys()}
+                state = {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
             metadata = json.loads(raw) if raw else None
             extra: dict = {}
         else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
+            if tensors:
+                lazy = False
+            else:  # only a zip archive (torch.save's format since torch 1.6) can be mapped
+                with open(path, "rb") as handle:
+                    lazy = handle.read(4) == b"PK\x03\x04"
+            content = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
             if not isinstance(content, dict) or "metadata" not in content or "state_dict" not in content:
                 raise ValueError("no napari-prm metadata in it")
             metadata, state, extra = content["metadata"], content["state_dict"], content.get("extra", {})
@@ -599,6 +611,8 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
                          f"{type(state).__name__}")
     if not isinstance(extra, dict):
         raise ValueError(f"checkpoint {path}: extra: expected a dict, got {type(extra).__name__}")
+    if not tensors:  # no mapped tensor outlives the read (a mapped file cannot be replaced on Windows)
+        return metadata, {}, {}
     return metadata, state, extra
 
 
@@ -618,9 +632,40 @@ def _checked_metadata(path: Path, metadata: dict) -> dict:
             "mean": mean, "std": std, "settings": settings}
 
 
+def checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's metadata, checked as :func:`load_checkpoint` checks it, without reading its
+    weights: quick for a large checkpoint (what a widget shows of a file it was given).
+
+    A ``.safetensors`` file's header alone is read; a ``.pt``/``.pth`` file's pickle, with
+    ``torch.load(weights_only=True, mmap=True)``, which maps its tensors from the zip archive
+    but does not read them. A file in ``torch.save``'s legacy (non-zip) format is read whole.
+    The weights are not checked (:func:`load_checkpoint` refuses NaN or infinite ones).
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint file.
+
+    Returns
+    -------
+    dict
+        ``backbone`` (str), ``class_names`` (list of str), ``input_size`` ((h, w) or None: each
+        image runs at its own size), ``mean`` and ``std`` (3 floats each) and ``settings``
+        (dict), as the model :func:`load_checkpoint` returns has them.
+
+    Raises
+    ------
+    ValueError
+        As :func:`load_checkpoint`, naming the file: missing, truncated or foreign files, a
+        pickle that is not plain tensors and values, metadata that is incomplete or wrong.
+    """
+    path = check.path_like("checkpoint", path)
+    return _checked_metadata(path, _read_checkpoint(path, tensors=False)[0])
+
+
 def model_input_size(name_or_path: str | os.PathLike) -> tuple[int, int] | None:
-    """The input size of a built-in model or of a checkpoint, from its metadata (checked as
-    :func:`load_checkpoint` checks it; no network is built).
+    """The input size of a built-in model or of a checkpoint, from its metadata
+    (:func:`checkpoint_metadata`: its weights are not read, no network is built).
 
     Parameters
     ----------
@@ -639,8 +684,7 @@ def model_input_size(name_or_path: str | os.PathLike) -> tuple[int, int] | None:
     """
     if is_builtin_name(name_or_path):
         return BUILTIN_INPUT_SIZE
-    path = check.path_like("checkpoint", name_or_path)
-    return _checked_metadata(path, _read_checkpoint(path)[0])["input_size"]
+    return checkpoint_metadata(name_or_path)["input_size"]
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[PRMModel, dict]:
