@@ -282,3 +282,42 @@ def test_a_point_on_a_frame_of_another_model_leaves_that_model_s_maps_alone(stac
     peaks = viewer.layers["t peaks"]
     found = np.asarray(peaks.data)[(peaks.data[:, 0] == 0) & ~peaks.features["hand_placed"].to_numpy(bool)]
     np.testing.assert_array_equal(found, first)
+
+
+def test_a_rolled_view_is_refused_and_a_transposed_one_runs_the_plane_shown(stack_widget, qtbot):
+    """With the view's axes rolled (napari's 'Roll dimensions' button), the 2-D view shows a (t, y)
+    plane and the slider is on x; a run of "the current plane" ran the (y, x) frame the t slider was
+    last on, which the view did not show. It is refused, saying how to put the view back; the
+    transposed view (napari's 'Transpose' button: the frame shown as (x, y)) runs the frame shown."""
+    viewer, widget = stack_widget
+    show_frame(viewer, qtbot, 2)
+    viewer.dims.roll()
+    assert tuple(viewer.dims.displayed) == (0, 1)  # t and y shown, the slider on x
+    assert widget.run() is None
+    assert widget.last_message == (
+        "cannot run on the current plane of 't': the view shows its axes 0 and 1, and a run works on planes "
+        "of its last two axes, 1 and 2 (where the result layers place a plane's results). Roll the view's axes "
+        "back with napari's 'Roll dimensions' button until it shows axes 1 and 2 (viewer.dims.order = "
+        "(0, 1, 2)), or choose 'all planes'")
+    assert "t instances" not in viewer.layers and not widget.can_rethreshold()
+
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.transpose()  # the frame shown as (x, y): still frame 2
+    assert tuple(viewer.dims.displayed) == (2, 1)
+    run_and_wait(widget, qtbot)
+    assert "Plane 2 updated" not in widget.last_message and "t instances" in viewer.layers
+    points = viewer.layers["t peaks"].data
+    assert len(points) and set(points[:, 0]) == {2.0}
+    labels = viewer.layers["t instances"].data
+    assert labels[2].any() and not labels[[0, 1]].any()
+
+    first = viewer.dims.ndim - 3  # the PRMs layer's peak axis is the viewer's first now
+    viewer.dims.order = (*range(first), first + 1, first + 2, first)  # x and t shown: refused again
+    viewer.dims.axis_labels = (*viewer.dims.axis_labels[:first], "t", "y", "x")  # named axes are named so
+    assert widget.run() is None
+    assert "the view shows its axes 2 (x) and 0 (t), and a run works on planes of its last two axes, 1 (y) and 2 (x)" \
+        in widget.last_message
+    assert f"viewer.dims.order = {tuple(range(first + 3))}" in widget.last_message
+    widget.planes.value = "all planes"  # every frame: the view's axes do not matter
+    run_and_wait(widget, qtbot)
+    assert set(viewer.layers["t peaks"].data[:, 0]) == {0.0, 1.0, 2.0}

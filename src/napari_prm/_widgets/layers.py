@@ -145,10 +145,38 @@ def point_plane(coordinates, leading: int) -> tuple[int, ...]:
 
 
 def current_plane(layer, viewer) -> tuple[int, ...]:
-    """Index of the plane of ``layer`` that the viewer shows (``()`` for a 2-D image)."""
+    """Index of the plane of ``layer`` that the viewer shows (``()`` for a 2-D image).
+
+    A plane of a stack is one of its last two axes (those a run's result layers place a plane's
+    results on): in a 2-D view, it is the one the sliders of the other axes are on, shown as it is
+    or transposed. In a 3-D view, it is the one the sliders were last on.
+
+    Raises
+    ------
+    ValueError
+        When the 2-D view shows another plane (its axes' order was rolled: one of the stack axes
+        is shown, and a slider is on an axis of the image plane), saying how to put it back.
+    """
     leading = check_image_layer(layer)
     if not leading:
         return ()
+    dims = viewer.dims
+    first = dims.ndim - layer.ndim  # the layer's axes are the viewer's last
+    plane_axes = (first + len(leading), first + len(leading) + 1)
+    shown = tuple(int(axis) for axis in dims.displayed)
+    if dims.ndisplay == 2 and set(shown) != set(plane_axes):
+        def axes(numbers):  # the layer's axes, numbered from 0 (with the names the user gave them)
+            labels = [str(dims.axis_labels[axis]) for axis in numbers]
+            named = not all(label.lstrip("-").isdigit() for label in labels)
+            return " and ".join(f"{axis - first}" + (f" ({label})" if named else "")
+                                for axis, label in zip(numbers, labels))
+
+        restore = tuple(int(axis) for axis in dims.order if axis not in plane_axes) + plane_axes
+        raise ValueError(
+            f"cannot run on the current plane of {layer.name!r}: the view shows its axes {axes(shown)}, and a run "
+            f"works on planes of its last two axes, {axes(plane_axes)} (where the result layers place a plane's "
+            "results). Roll the view's axes back with napari's 'Roll dimensions' button until it shows axes "
+            f"{axes(plane_axes)} (viewer.dims.order = {restore}), or choose 'all planes'")
     position = layer.world_to_data(viewer.dims.point)[: len(leading)]
     return tuple(int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position, leading))
 
