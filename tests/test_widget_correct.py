@@ -638,17 +638,18 @@ def test_a_point_added_to_one_image_while_another_runs_gets_its_instance(candida
 
 def test_the_panel_is_enabled_again_on_a_run_left_after_the_run_worked_on_is_removed(
         candidates_run, qtbot, small_cat):
-    """Removing the layers of the run worked on disables the panel; selecting a layer of
-    another image's run works on that run, buttons included."""
+    """Removing the instances layer of the run worked on disables the panel's tools (its class picker
+    serves the peaks layer left); selecting a layer of another image's run works on that run, buttons
+    included."""
     viewer, widget, _ = candidates_run
     viewer.add_image(np.ascontiguousarray(small_cat[::-1]), name="flipped")
     widget.image.value = viewer.layers["flipped"]
     run_and_wait(widget, qtbot)
     viewer.layers.remove("flipped instances")
-    assert not widget.correction.container.enabled
+    assert not widget.correction.tools_enabled
     viewer.layers.selection.active = viewer.layers["cat instances"]
     assert widget.correction.instances is viewer.layers["cat instances"]
-    assert widget.correction.container.enabled
+    assert widget.correction.tools_enabled
 
 
 def run_cat_with_proposals(viewer, qtbot, tiny_checkpoint, small_cat, proposals):
@@ -1040,19 +1041,98 @@ def test_a_point_added_after_the_instances_layer_was_removed_says_to_run_again(c
     the point and retrieves its instance into a new instances layer."""
     viewer, widget, candidates = candidates_run
     peaks = viewer.layers["cat peaks"]
-    widget.correction.class_choice.value = "dog"  # new points' class (the panel is disabled once the layer is gone)
+    widget.correction.class_choice.value = "dog"  # new points' class
     viewer.layers.remove(viewer.layers["cat instances"])
     before = widget.last_message
     peaks.add([[30.0, 35.0]])  # on candidate 1
     qtbot.waitUntil(lambda: widget.last_message != before, timeout=5000)
     assert not widget.running
     assert widget.last_message == (
-        "The point is not retrieved: the instances layer of this run ('cat instances') was removed. The point "
-        "stays; press Run to predict the image again (the new run keeps the points you added and retrieves "
-        "their instances).")
+        "The point is not retrieved now: the instances layer of this run ('cat instances') was removed. The point "
+        "stays where you put it; press Run to predict the image again (the new run keeps the points you added or "
+        "moved and retrieves their instances).")
     assert len(peaks.data) == 1 and int(peaks.features["label"].iloc[0]) == 0
 
     run_and_wait(widget, qtbot)
     instances = viewer.layers["cat instances"]
     label = assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")
     assert np.array_equal(instances.data == label, candidates == 1)
+
+
+def test_after_the_instances_layer_is_removed_the_class_picker_gives_new_points_their_class(candidates_run, qtbot):
+    """With the run's instances layer removed, the whole correction panel was greyed out, the class
+    picker too, and nothing said why; a point added then took the class chosen before. The picker stays
+    usable (the class of the points added, which the next Run keeps and retrieves), the other tools are
+    off, and the panel says why; the next Run brings them back."""
+    viewer, widget, candidates = candidates_run
+    panel, peaks = widget.correction, viewer.layers["cat peaks"]
+    panel.class_choice.value = "dog"
+    viewer.layers.remove(viewer.layers["cat instances"])
+    assert panel.container.enabled and panel.class_choice.enabled
+    assert not panel.tools_enabled and not panel.delete_button.enabled and not panel.redo_points.enabled
+    assert not panel.off_label.native.isHidden()
+    assert panel.off_label.value == (
+        "The instances layer 'cat instances' was removed: the tools below the class picker are off. Points you "
+        "add to 'cat peaks' (of the class picked) or move there stay, and the next Run keeps them and retrieves "
+        "their instances into a new instances layer.")
+    panel.class_choice.value = "bird"
+    peaks.add([[75.0, 110.0]])  # on candidate 2
+    assert peaks.features["class_name"].tolist() == ["bird"]
+    assert "The point is not retrieved now" in widget.last_message
+
+    run_and_wait(widget, qtbot)
+    instances = viewer.layers["cat instances"]
+    label = assert_hand_peak(peaks, instances, [75.0, 110.0], "bird")
+    assert np.array_equal(instances.data == label, candidates == 2)
+    assert panel.tools_enabled and panel.off_label.native.isHidden()
+
+
+def test_the_class_picker_serves_the_orphaned_peaks_layer_selected(candidates_run, qtbot, small_cat):
+    """Another image's run worked on, then the orphaned peaks layer selected: the picker gives the
+    points added there their class (not the other run's peaks layer), and the tools stay off."""
+    viewer, widget, _ = candidates_run
+    panel, peaks = widget.correction, viewer.layers["cat peaks"]
+    viewer.layers.remove(viewer.layers["cat instances"])
+    viewer.add_image(np.ascontiguousarray(small_cat[::-1]), name="flipped")
+    widget.image.value = viewer.layers["flipped"]
+    run_and_wait(widget, qtbot)
+    assert panel.tools_enabled and panel.peaks is viewer.layers["flipped peaks"]
+    viewer.layers.selection.active = peaks
+    assert panel.context is None and not panel.tools_enabled and panel.class_choice.enabled
+    assert "'cat instances' was removed" in panel.off_label.value
+    panel.class_choice.value = "bird"
+    peaks.add([[75.0, 110.0]])
+    assert peaks.features["class_name"].tolist() == ["bird"]
+    viewer.layers.selection.active = viewer.layers["flipped instances"]
+    assert panel.tools_enabled and panel.off_label.native.isHidden()
+    panel.class_choice.value = "cat"
+    assert viewer.layers["flipped peaks"].feature_defaults["class_name"][0] == "cat"
+    assert peaks.feature_defaults["class_name"][0] == "bird"
+
+
+def test_a_model_peak_moved_after_the_instances_layer_was_removed_is_kept_where_it_was_put(
+        candidates_run, qtbot, tiny_checkpoint, small_cat):
+    """With the run's instances layer removed, a model's peak moved was not marked as placed by hand:
+    the next Run found the model's peak where it was again and the move was lost. It is kept where it
+    was put (retrieved there), and the model's peak it was moved from is not selected again beside it."""
+    viewer, widget, candidates = candidates_run
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
+    run_and_wait(widget, qtbot)
+    peaks = viewer.layers["cat peaks"]
+    assert len(peaks.data) == 2 and not peaks.features["hand_placed"].any()
+    origin = peaks.data[0].copy()
+    class_name = peaks.features["class_name"].iloc[0]
+    viewer.layers.remove(viewer.layers["cat instances"])
+    data = peaks.data.copy()
+    data[0] = [75.0, 110.0]  # onto candidate 2
+    peaks.data = data
+    assert peaks.features["hand_placed"].tolist() == [True, False]
+    assert "The point is not retrieved now" in widget.last_message
+
+    run_and_wait(widget, qtbot)
+    instances = viewer.layers["cat instances"]
+    assert len(peaks.data) == 2, peaks.data
+    label = assert_hand_peak(peaks, instances, [75.0, 110.0], class_name)
+    assert np.array_equal(instances.data == label, candidates == 2)
+    assert not any(np.allclose(point, origin) for point in peaks.data)
+    assert "1 hand-placed peak kept" in widget.last_message

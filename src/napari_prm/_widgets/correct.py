@@ -27,7 +27,15 @@ from .. import edit
 from .._text import plural
 from ..predict import Cancelled
 from .history import InstanceHistory, reset_history
-from .layers import features_table, instance_features, point_defaults, point_plane, world_kwargs
+from .layers import (
+    features_table,
+    instance_features,
+    mark_hand_placed,
+    peak_positions,
+    point_defaults,
+    point_plane,
+    world_kwargs,
+)
 from .marks import find_result, mark
 from .painted import can_correct, painted_context
 from .points import PointRetrieval
@@ -104,6 +112,16 @@ class CorrectionContext(Protocol):
 
 
 @dataclass(eq=False)
+class _Orphan:
+    """The peaks layer of a run the panel forgot because its instances layer was removed: nothing
+    retrieves its points now, but a new *Run* keeps those added or moved there (`HAND_PLACED`)."""
+
+    instances_name: str  # the removed instances layer's
+    context: CorrectionContext  # the forgotten run's: its classes are the class picker's
+    positions: dict  # where its numbered points were (`peak_positions`): a model's peak moved is seen
+
+
+@dataclass(eq=False)
 class _Run:
     """What the panel keeps of one image's run: its layers (``context``), the instance tables of
     its undo history, the positions of its points, the points waiting for retrieval, those placed
@@ -137,8 +155,9 @@ class CorrectionPanel(PointRetrieval):
         self._last_label = 0
         self._cancel = threading.Event()
         self._connected: weakref.WeakSet = weakref.WeakSet()  # layers whose events we hear
-        # peaks layers of runs forgotten because their instances layer was removed -> its name
+        # peaks layers of runs forgotten because their instances layer was removed -> `_Orphan`
         self._orphaned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._orphan = None  # the orphaned peaks layer the class picker serves (no run worked on)
         self._move_timer = QTimer()
         self._move_timer.setSingleShot(True)
         self._move_timer.setInterval(MOVE_SETTLE_MS)
@@ -171,11 +190,16 @@ class CorrectionPanel(PointRetrieval):
         self.next_button.tooltip += f" ({_keys_of('select_previous_by_score')}: the previous one)"
         self.shortcuts_label = Label(value=shortcuts_help())
         self.shortcuts_label.native.setWordWrap(True)  # the list's long lines must not widen the dock
+        #: why the tools are off while the class picker serves a run's orphaned peaks layer (`_show_state`)
+        self.off_label = Label(value="")
+        self.off_label.native.setWordWrap(True)
+        self.off_label.visible = False
+        #: what works on a run's instances (all but the class picker, which serves added points too)
+        self.tools = (self.redo_points, self.delete_button, self.set_class_button, self.merge_with,
+                      self.merge_button, self.draw_line_button, self.split_button, self.min_area,
+                      self.remove_small_button, self.alternative_button, self.next_button, self.shortcuts_label)
         self.container = Container(widgets=[
-            Label(value="<b>Correct instances</b>"), self.class_choice, self.redo_points,
-            self.delete_button, self.set_class_button, self.merge_with, self.merge_button,
-            self.draw_line_button, self.split_button, self.min_area, self.remove_small_button,
-            self.alternative_button, self.next_button, self.shortcuts_label,
+            Label(value="<b>Correct instances</b>"), self.off_label, self.class_choice, *self.tools,
         ])
         self.class_choice.changed.connect(self._on_class_choice)
         self.delete_button.changed.connect(lambda: self.delete_selected())
@@ -186,11 +210,16 @@ class CorrectionPanel(PointRetrieval):
         self.remove_small_button.changed.connect(lambda: self.remove_small(self.min_area.value))
         self.next_button.changed.connect(lambda: self.select_next_by_score())
         self.alternative_button.changed.connect(lambda: self.next_alternative_of_selected())
-        self.container.enabled = False
+        self._show_state()
 
     @property
     def native(self):
         return self.container.native
+
+    @property
+    def tools_enabled(self) -> bool:
+        """Whether the tools that work on a run's instances can be used (the class picker aside)."""
+        return self.container.enabled and all(widget.enabled for widget in self.tools)
 
     # ------------------------------------------------------------------ the run worked on
     @property
@@ -249,19 +278,53 @@ class CorrectionPanel(PointRetrieval):
         run = self._run_of(layer)
         if run is None and can_correct(layer):
             run = self._painted_run(layer)
-        if run is None or run is self._run:
+        orphan = run is None and layer in self._orphaned and layer is not self._orphan
+        if (run is None and not orphan) or (run is not None and run is self._run):
             return True
         if self._pending:  # peaks added or moved here: retrieve them before leaving
             self._move_timer.stop()
             self._start_pending()
             if self._pending:
                 return False
-        self._switch(run)
+        if orphan:  # the class picker serves the points added there
+            self._serve_orphan(layer)
+        else:
+            self._switch(run)
         return True
 
+    def _serve_orphan(self, peaks) -> None:
+        """Work on no run: the class picker gives the points added to ``peaks`` (the peaks layer of a
+        run forgotten when its instances layer was removed) their class, which a new *Run* retrieves;
+        the other tools are off, the panel saying why (`_show_state`)."""
+        self._run = None
+        self._orphan = peaks
+        choices = self._orphaned[peaks].context.choices()
+        if list(self.class_choice.choices) != choices:
+            chosen = self.class_choice.value
+            self.class_choice.choices = []  # magicgui keeps the items still offered first: not in order
+            self.class_choice.choices = choices
+            if chosen in choices:
+                self.class_choice.value = chosen
+        self._show_state()
+        self._on_class_choice(self.class_choice.value)
+
+    def _show_state(self) -> None:
+        """Enable the panel for the run worked on; with none, only the class picker for an orphaned
+        peaks layer (`_serve_orphan`), the panel saying why the rest is off; else nothing."""
+        orphan = self._orphaned.get(self._orphan) if self._run is None and self._orphan is not None else None
+        self.container.enabled = self._run is not None or orphan is not None
+        for widget in self.tools:
+            widget.enabled = self._run is not None
+        why = "" if orphan is None else (
+            f"The instances layer {orphan.instances_name!r} was removed: the tools below the class picker are "
+            f"off. Points you add to {self._orphan.name!r} (of the class picked) or move there stay, and the next "
+            "Run keeps them and retrieves their instances into a new instances layer.")
+        self.off_label.value = why
+        self.off_label.visible = bool(why)
     def _switch(self, run: _Run) -> None:
         self._run = run
-        self.container.enabled = True  # disabled when the run worked on before left the viewer
+        self._orphan = None
+        self._show_state()  # disabled when the run worked on before left the viewer
         self._last_label = int(self.instances.selected_label)
         self.refresh_classes()
 
@@ -298,13 +361,19 @@ class CorrectionPanel(PointRetrieval):
         for run in gone:
             peaks = run.context.layers.get("peaks")
             if peaks is not None and layer is run.context.layers.get("instances") and peaks in self.owner.viewer.layers:
-                self._orphaned[peaks] = layer.name  # its points can no longer be retrieved: `_on_orphaned_points`
+                # its points can no longer be retrieved, but a new Run keeps them: `_on_orphaned_points`
+                self._orphaned[peaks] = _Orphan(layer.name, run.context, dict(run.positions))
         self._runs = [run for run in self._runs if run not in gone]
         if self._cycle is not None and self._cycle.layer is layer:
             self._cycle = None
+        if self._orphaned.pop(layer, None) is not None and layer is self._orphan:
+            self._orphan = None  # the orphaned peaks layer itself left
         if self._run in gone:
+            peaks = self._run.context.layers.get("peaks")
             self._run = None
-            self.container.enabled = False
+            if peaks in self._orphaned:
+                self._serve_orphan(peaks)
+        self._show_state()
 
     @contextmanager
     def working_on(self, context):
@@ -362,7 +431,9 @@ class CorrectionPanel(PointRetrieval):
         self._runs = [run for run in self._runs if run.context.layers.get("instances") is not instances]
         self._run = _Run(context)
         self._runs.append(self._run)
-        self.container.enabled = True
+        self._orphaned.pop(context.layers["peaks"], None)
+        self._orphan = None
+        self._show_state()
         reset_history(instances)  # its data was replaced in place
         self._last_label = 0
         self._cycle = None  # the alternatives of the run it replaced
@@ -383,13 +454,25 @@ class CorrectionPanel(PointRetrieval):
 
     def _on_orphaned_points(self, peaks, event) -> None:
         """A point added or moved in the peaks layer of a run whose instances layer was removed
-        (the panel forgot that run): nothing retrieves it, so the status line says so."""
-        name = self._orphaned.get(peaks)
-        if name is None or self._quiet_depth or str(event.action) not in ("added", "changed"):
+        (the panel forgot that run): nothing retrieves it now, so the status line says so. A model's
+        peak moved is marked `HAND_PLACED` as in a run's peaks layer, so that the next run keeps it
+        where it was put (an added point is so marked by the layer's defaults)."""
+        orphan = self._orphaned.get(peaks)
+        if orphan is None or self._quiet_depth or str(event.action) not in ("added", "changed"):
             return
-        message = (f"The point is not retrieved: the instances layer of this run ({name!r}) was removed. The point "
-                   "stays; press Run to predict the image again (the new run keeps the points you added and "
-                   "retrieves their instances).")
+        positions = peak_positions(peaks)
+        moved = {p for p, where in positions.items() if orphan.positions.get(p) not in (None, where)}
+        if moved:
+            features = mark_hand_placed(peaks, moved, orphan.positions)
+            if features is not None:
+                with self.quiet():
+                    peaks.features = features
+                    if peaks is self._orphan:  # napari resets the defaults of new points
+                        self._on_class_choice(self.class_choice.value)
+        orphan.positions = positions
+        message = (f"The point is not retrieved now: the instances layer of this run ({orphan.instances_name!r}) "
+                   "was removed. The point stays where you put it; press Run to predict the image again (the new "
+                   "run keeps the points you added or moved and retrieves their instances).")
         if self.owner.last_message != message:  # once, not at every step of a drag
             self._say(message, "warning")
 
@@ -431,10 +514,18 @@ class CorrectionPanel(PointRetrieval):
         self._on_class_choice(self.class_choice.value)
 
     def _on_class_choice(self, name) -> None:
-        if self.peaks is None or name is None:
+        """The class of the points added next: to the run's peaks layer, or to the orphaned one the
+        picker serves (`_serve_orphan`)."""
+        if name is None:
             return
-        self.peaks.feature_defaults = point_defaults(self.context.class_names,
-                                                     self.context.class_names.index(name))
+        if self.peaks is not None:
+            peaks, class_names = self.peaks, self.context.class_names
+        elif self._orphan in self._orphaned:
+            peaks, class_names = self._orphan, self._orphaned[self._orphan].context.class_names
+        else:
+            return
+        if name in class_names:
+            peaks.feature_defaults = point_defaults(class_names, class_names.index(name))
 
     # ------------------------------------------------------------------ selection link
     def _on_points_selected(self, event=None) -> None:

@@ -830,6 +830,38 @@ def set_moved_from(peaks_layer, origins: dict) -> None:
     _moved_from[peaks_layer] = dict(origins)
 
 
+def peak_positions(peaks_layer) -> dict[int, tuple]:
+    """Where each numbered point (``peak`` >= 0) of ``peaks_layer`` is: ``{peak: data coordinates}``,
+    rounded to 6 decimals (a point placed by hand has no number until the correction panel gives it one)."""
+    ids = peaks_layer.features["peak"].to_numpy()
+    return {int(p): tuple(np.round(row, 6)) for p, row in zip(ids, peaks_layer.data) if p >= 0}
+
+
+def mark_hand_placed(peaks_layer, peak_ids, positions: dict) -> pd.DataFrame | None:
+    """The features of ``peaks_layer`` with its points ``peak_ids`` (added or moved by hand) marked
+    `HAND_PLACED`, which a new run keeps; None when they all are already.
+
+    A model's peak moved for the first time (one of ``positions``, `peak_positions` before the move)
+    leaves its class and place in `moved_from`, so that the new run does not select that peak
+    again beside the moved point.
+    """
+    features = peaks_layer.features
+    if HAND_PLACED not in features:
+        features = features.assign(**{HAND_PLACED: False})
+    rows = np.flatnonzero(np.isin(features["peak"].to_numpy(), list(peak_ids)))
+    marked = features[HAND_PLACED].to_numpy(bool)
+    origins = moved_from(peaks_layer)
+    for row in rows[~marked[rows]]:
+        peak = int(features["peak"].iloc[row])
+        if peak in positions:  # a model's peak, moved
+            origins.setdefault(peak, (str(features["class_name"].iloc[row]), positions[peak]))
+    if marked[rows].all() and HAND_PLACED in peaks_layer.features:
+        return None
+    features = features.copy()
+    features.loc[features.index[rows], HAND_PLACED] = True
+    return features.astype({HAND_PLACED: bool})
+
+
 @dataclass(eq=False)
 class HandPeak:
     """A point placed (added or moved) by hand in a peaks layer, to be kept by a new run."""

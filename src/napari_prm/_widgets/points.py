@@ -24,7 +24,9 @@ from .layers import (
     HAND_PLACED,
     RUNNER_UP_COLUMNS,
     layer_names,
+    mark_hand_placed,
     moved_from,
+    peak_positions,
     plane_reader,
     point_defaults,
     point_plane,
@@ -45,9 +47,7 @@ class PointRetrieval:
     """
 
     def _point_positions(self) -> dict[int, tuple]:
-        peaks = self.peaks
-        ids = peaks.features["peak"].to_numpy()
-        return {int(p): tuple(np.round(row, 6)) for p, row in zip(ids, peaks.data) if p >= 0}
+        return peak_positions(self.peaks)
 
     def _on_points_data(self, event: Event) -> None:
         if self._quiet_depth or self.peaks is None:
@@ -83,25 +83,12 @@ class PointRetrieval:
             self._move_timer.start()  # a drag emits many moves: wait until it settles
 
     def _mark_hand_placed(self, peak_ids: set[int]) -> None:
-        """Mark points added or moved by hand (`HAND_PLACED`): a new run of the image keeps
-        them. A model's peak moved for the first time leaves its origin behind, so that the
-        new run does not select that peak again beside the moved point."""
-        features = self.peaks.features
-        if HAND_PLACED not in features:
-            features = features.assign(**{HAND_PLACED: False})
-        rows = np.flatnonzero(np.isin(features["peak"].to_numpy(), list(peak_ids)))
-        marked = features[HAND_PLACED].to_numpy(bool)
-        origins = moved_from(self.peaks)
-        for row in rows[~marked[rows]]:
-            peak = int(features["peak"].iloc[row])
-            if peak in self._positions:  # a model's peak, moved
-                origins.setdefault(peak, (str(features["class_name"].iloc[row]), self._positions[peak]))
-        if marked[rows].all() and HAND_PLACED in self.peaks.features:
-            return
-        with self.quiet():
-            features = features.copy()
-            features.loc[features.index[rows], HAND_PLACED] = True
-            self._set_point_features(features.astype({HAND_PLACED: bool}))
+        """Mark points added or moved by hand (`mark_hand_placed`): a new run of the image keeps
+        them, and a model's peak moved does not come back beside it."""
+        features = mark_hand_placed(self.peaks, peak_ids, self._positions)
+        if features is not None:
+            with self.quiet():
+                self._set_point_features(features)
 
     def add_hand_points(self, points) -> list[int]:
         """Add points placed by hand elsewhere (`HandPeak` s: in the peaks layer while a run went
