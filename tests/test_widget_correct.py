@@ -1108,6 +1108,14 @@ def test_the_class_picker_serves_the_orphaned_peaks_layer_selected(candidates_ru
     panel.class_choice.value = "cat"
     assert viewer.layers["flipped peaks"].feature_defaults["class_name"][0] == "cat"
     assert peaks.feature_defaults["class_name"][0] == "bird"
+    # a retrieval or paint sync ending on another run (`working_on`) leaves the picker serving the orphaned layer
+    viewer.layers.selection.active = peaks
+    with panel.working_on(panel.context_of(viewer.layers["flipped"])) as alive:
+        assert alive and panel.peaks is viewer.layers["flipped peaks"]
+    assert panel.context is None and not panel.tools_enabled and "'cat instances'" in panel.off_label.value
+    panel.class_choice.value = "dog"
+    assert peaks.feature_defaults["class_name"][0] == "dog"
+    assert viewer.layers["flipped peaks"].feature_defaults["class_name"][0] == "cat"
 
 
 def test_a_model_peak_moved_after_the_instances_layer_was_removed_is_kept_where_it_was_put(

@@ -117,7 +117,7 @@ class _Orphan:
     retrieves its points now, but a new *Run* keeps those added or moved there (`HAND_PLACED`)."""
 
     instances_name: str  # the removed instances layer's
-    context: CorrectionContext  # the forgotten run's: its classes are the class picker's
+    class_names: list  # the forgotten run's, which the class picker offers (not its context: its PRMs go)
     positions: dict  # where its numbered points were (`peak_positions`): a model's peak moved is seen
 
 
@@ -298,7 +298,7 @@ class CorrectionPanel(PointRetrieval):
         the other tools are off, the panel saying why (`_show_state`)."""
         self._run = None
         self._orphan = peaks
-        choices = self._orphaned[peaks].context.choices()
+        choices = list(self._orphaned[peaks].class_names)
         if list(self.class_choice.choices) != choices:
             chosen = self.class_choice.value
             self.class_choice.choices = []  # magicgui keeps the items still offered first: not in order
@@ -362,7 +362,7 @@ class CorrectionPanel(PointRetrieval):
             peaks = run.context.layers.get("peaks")
             if peaks is not None and layer is run.context.layers.get("instances") and peaks in self.owner.viewer.layers:
                 # its points can no longer be retrieved, but a new Run keeps them: `_on_orphaned_points`
-                self._orphaned[peaks] = _Orphan(layer.name, run.context, dict(run.positions))
+                self._orphaned[peaks] = _Orphan(layer.name, list(run.context.class_names), dict(run.positions))
         self._runs = [run for run in self._runs if run not in gone]
         if self._cycle is not None and self._cycle.layer is layer:
             self._cycle = None
@@ -381,6 +381,7 @@ class CorrectionPanel(PointRetrieval):
         worked on before; yields False (and changes nothing) when that run is gone."""
         run = next((run for run in self._runs if run.context is context), None)
         before = self._run
+        orphan = self._orphan if before is None else None  # the orphaned peaks layer the class picker served
         if run is not None and run is not before:
             self._switch(run)
         try:
@@ -388,6 +389,8 @@ class CorrectionPanel(PointRetrieval):
         finally:
             if before is not None and before is not run and before in self._runs:
                 self._switch(before)
+            elif orphan is not None and run is not None and orphan in self._orphaned and self._run is run:
+                self._serve_orphan(orphan)
 
     def _on(self, layer, handler, orphaned=None):
         """A slot for an event of ``layer``: the panel works on that layer's run first (none, for
@@ -521,7 +524,7 @@ class CorrectionPanel(PointRetrieval):
         if self.peaks is not None:
             peaks, class_names = self.peaks, self.context.class_names
         elif self._orphan in self._orphaned:
-            peaks, class_names = self._orphan, self._orphaned[self._orphan].context.class_names
+            peaks, class_names = self._orphan, self._orphaned[self._orphan].class_names
         else:
             return
         if name in class_names:
