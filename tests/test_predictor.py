@@ -111,6 +111,52 @@ def test_an_argument_of_predict_given_to_the_constructor_says_where_it_goes(tiny
         PRMPredictor(tiny, proposals=None, peak_treshold=1.0)
 
 
+def test_a_misspelt_keyword_is_answered_with_the_setting_or_argument_it_likely_means(tiny, image):
+    """``predict(peak_thresh=3)`` listed the 26 settings and left the user to find
+    ``peak_threshold`` among them; ``class_names=`` (for ``classes``) and a predictor's
+    ``predict(image=...)`` (the image goes to ``set_image``) got the same list."""
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['peak_thresh'\]; did you mean 'peak_threshold'\?"):
+        napari_prm.predict(image, tiny, proposals=None, peak_thresh=3.0)
+    with pytest.raises(ValueError, match=r"\['max_peak'\]; did you mean 'max_peaks'\?"):
+        PRMPredictor(tiny, proposals=None, max_peak=3)
+    with pytest.raises(ValueError, match=r"\['max_peak'\]; did you mean 'max_peaks'\?"):
+        preset_settings(max_peak=3)
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(image)
+    with pytest.raises(ValueError, match=r"\['class_names'\]; did you mean 'classes'\?"):
+        predictor.predict(class_names=["a"])
+    with pytest.raises(ValueError, match=r"\['image'\]; the image is given to predictor\.set_image\(image\)"):
+        predictor.predict(image=image)
+    with pytest.raises(ValueError, match=r"\['clases'\]; did you mean 'classes'\?"):
+        napari_prm.predict(image, tiny, proposals=None, clases=["a"])
+
+
+def test_the_predictor_takes_retrieval_settings_as_a_dict_as_predict_does(tiny, image):
+    """``napari_prm.predict(..., retrieval={...})`` worked, while ``PRMPredictor(model,
+    retrieval={...})`` and ``predictor.predict(retrieval={...})`` said "unknown setting(s)
+    ['retrieval']": the one-shot form and the predictor took different arguments."""
+    assert PRMPredictor(tiny, proposals=None, retrieval={"rank_by": "gain"}).settings.rank_by == "gain"
+    with pytest.raises(ValueError, match=r"retrieval: unknown option\(s\) \['peak_threshold'\]"):
+        PRMPredictor(tiny, proposals=None, retrieval={"peak_threshold": 1.0})
+
+    def proposals(img):
+        masks = np.zeros((3,) + img.shape[:2], bool)
+        masks[0, :35], masks[1, :, :45], masks[2, 20:50, 30:70] = True, True, True
+        return masks
+
+    predictor = PRMPredictor(tiny, proposals=proposals)
+    predictor.set_image(image)
+    by_dict = predictor.predict(peak_threshold=-1e9, max_peaks=5, retrieval={"rank_by": "gain", "nms": "class"})
+    by_keywords = predictor.predict(peak_threshold=-1e9, max_peaks=5, rank_by="gain", nms="class")
+    assert by_dict.settings == by_keywords.settings and by_dict.settings.rank_by == "gain"
+    assert len(by_dict.instances) == len(by_keywords.instances) > 0
+    assert [i.proposal for i in by_dict.instances] == [i.proposal for i in by_keywords.instances]
+    one_shot = napari_prm.predict(image, tiny, proposals=proposals, peak_threshold=-1e9, max_peaks=5,
+                                  retrieval={"rank_by": "gain", "nms": "class"})
+    assert one_shot.settings == by_dict.settings
+    assert [i.score for i in one_shot.instances] == [i.score for i in by_dict.instances]
+
+
 def test_presets():
     original = preset_settings("original")
     assert (original.sub_pixel_locating_factor, original.class_threshold, original.peak_threshold) == (8, 0.0, 30.0)

@@ -7,6 +7,7 @@ Use the predictor itself to re-threshold or add points without re-running the ne
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from . import _validate as check
 from .model.checkpoint import PRMModel
 from .predictor import (
+    RETRIEVAL_OPTIONS,
     SETTING_NAMES,
     Cancelled,
     Prediction,
@@ -25,14 +27,13 @@ from .predictor import (
     image_to_crm,
     rank_by_confidence,
     resize_prms,
+    unknown_settings_error,
 )
 
 __all__ = ["Cancelled", "Prediction", "crm_to_image", "image_to_crm", "predict", "rank_by_confidence", "resize_prms"]
-
-#: The keyword arguments ``predict(retrieval=...)`` passes on as retrieval settings.
-RETRIEVAL_OPTIONS = ("contour_width", "size_limits", "proposal_count", "nms_threshold", "bg_threshold",
-                     "penalty", "balance", "background", "contain", "nms", "rank_by", "score_by", "merge_contained",
-                     "merge_parts", "retrieval_grid", "output_grid")
+#: The keyword arguments ``predict(retrieval=...)`` passes on as retrieval settings (also
+#: ``napari_prm.predictor.RETRIEVAL_OPTIONS``: `PRMPredictor` takes ``retrieval=`` too).
+RETRIEVAL_OPTIONS = RETRIEVAL_OPTIONS
 
 
 def predict(
@@ -136,8 +137,12 @@ def predict(
         merged["peak_threshold"] = peak_threshold
     unknown = sorted(set(merged) - set(SETTING_NAMES))
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; known: {list(SETTING_NAMES)}")
+        raise unknown_settings_error(unknown, arguments=_ARGUMENTS)
     predictor = PRMPredictor(model, preset=preset, proposals=proposals, device=device,
                              peak_batch_size=peak_batch_size, **merged)
     predictor.set_image(image, progress=progress, cancel=cancel)
     return predictor.predict(points=points, classes=classes, progress=progress, cancel=cancel)
+
+
+#: `predict`'s own keyword arguments, suggested beside the settings for a misspelt keyword.
+_ARGUMENTS = tuple(name for name in inspect.signature(predict).parameters if name not in ("image", "model", "settings"))

@@ -178,6 +178,44 @@ DEFAULT = PredictSettings()
 
 SETTING_NAMES = tuple(f.name for f in fields(PredictSettings) if f.name != "preset")
 
+#: The settings that ``retrieval={...}`` may hold (`napari_prm.predict`, `PRMPredictor` and its
+#: ``predict``): the same as passing them as keywords.
+RETRIEVAL_OPTIONS = ("contour_width", "size_limits", "proposal_count", "nms_threshold", "bg_threshold",
+                     "penalty", "balance", "background", "contain", "nms", "rank_by", "score_by", "merge_contained",
+                     "merge_parts", "retrieval_grid", "output_grid")
+
+
+def unknown_settings_error(unknown: Sequence[str], *, arguments: Sequence[str] = (),
+                           predictor: bool = False) -> ValueError:
+    """The error for keywords that are neither settings nor arguments of the call.
+
+    It names them, suggests the setting or argument a misspelt one likely means
+    (``peak_thresh``: ``peak_threshold``; ``class_names``: ``classes``), says where an image
+    goes on a predictor (`PRMPredictor.set_image`), then lists the settings.
+
+    Parameters
+    ----------
+    unknown : sequence of str
+        The keywords given that are not known.
+    arguments : sequence of str
+        The call's own keyword arguments, suggested beside the settings.
+    predictor : bool
+        Whether the call is a `PRMPredictor`'s, which takes its image in ``set_image``.
+
+    Examples
+    --------
+    >>> print(unknown_settings_error(["peak_thresh"]))  # doctest: +ELLIPSIS
+    unknown setting(s) ['peak_thresh']; did you mean 'peak_threshold'? (known settings: [...])
+    """
+    unknown = sorted(str(name) for name in unknown)
+    parts = [f"unknown setting(s) {unknown}"]
+    close = did_you_mean([n for n in unknown if not (predictor and n == "image")], [*SETTING_NAMES, *arguments])
+    if close:
+        parts.append(close.removeprefix("; "))  # "did you mean 'peak_threshold'?"
+    if predictor and "image" in unknown:
+        parts.append("the image is given to predictor.set_image(image), and predictor.predict() predicts it")
+    return ValueError("; ".join(parts) + f" (known settings: {list(SETTING_NAMES)})")
+
 
 def preset_settings(preset: str = "default", **overrides: Any) -> PredictSettings:
     """The settings of a preset, with some fields replaced.
@@ -223,7 +261,7 @@ def preset_settings(preset: str = "default", **overrides: Any) -> PredictSetting
     base = ORIGINAL if preset == "original" else DEFAULT
     unknown = sorted(set(overrides) - set(SETTING_NAMES))
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; known: {list(SETTING_NAMES)}")
+        raise unknown_settings_error(unknown)
     return _checked(replace(base, **overrides))
 
 
@@ -607,6 +645,9 @@ class PRMPredictor:
         Where to run (None: the model's device).
     peak_batch_size : int, optional
         Peaks back-propagated at once (None: 1 on the CPU, 16 on a GPU).
+    retrieval : dict, optional
+        Retrieval settings (any of :data:`RETRIEVAL_OPTIONS`), the same as passing them as
+        keywords, as :func:`napari_prm.predict` takes them.
     **settings
         Fields of :class:`PredictSettings` that differ from the preset. The arguments of
         :meth:`predict` (``classes``, ``points``, ...) are given to it, per prediction; the
@@ -629,12 +670,13 @@ class PRMPredictor:
 
     def __init__(self, model: PRMModel | str, *, preset: str = "default", proposals: Any = "auto",
                  device: str | torch.device | None = None, peak_batch_size: int | None = None,
-                 **settings: Any):
+                 retrieval: Mapping[str, Any] | None = None, **settings: Any):
         if not isinstance(model, PRMModel):
             model = load_model(model, device=device)
         elif device is not None and resolve_device(device) != model.device:
             model.to(device)
         self.model = model
+        settings = _with_retrieval(retrieval, settings)
         per_call = sorted(set(settings) & set(_PREDICT_ARGUMENTS))
         if per_call:
             given = ", ".join(f"{name}=..." for name in per_call)
@@ -643,6 +685,9 @@ class PRMPredictor:
                              f"{'it' if len(per_call) == 1 else 'them'} to each prediction, "
                              f"predictor.set_image(image); predictor.predict({given}) "
                              f"(or napari_prm.predict(image, model, {given}))")
+        unknown = sorted(set(settings) - set(SETTING_NAMES))
+        if unknown:
+            raise unknown_settings_error(unknown, predictor=True)
         self.settings = preset_settings(preset, **settings)
         from .proposals import resolve_source
 
@@ -905,7 +950,7 @@ class PRMPredictor:
     def _settings_with(self, overrides: dict) -> PredictSettings:
         unknown = sorted(set(overrides) - set(SETTING_NAMES))
         if unknown:
-            raise ValueError(f"unknown setting(s) {unknown}; known: {list(SETTING_NAMES)}")
+            raise unknown_settings_error(unknown, arguments=(*_PREDICT_ARGUMENTS, "retrieval"), predictor=True)
         fixed = ("sub_pixel_locating_factor", "tta", "prm_mode", "input_size")
         changed = [k for k in fixed if k in overrides and overrides[k] != getattr(self.settings, k)]
         if changed:
@@ -1052,6 +1097,7 @@ class PRMPredictor:
         classes: Sequence[int | str] | None = None,
         progress: ProgressCallback | None = None,
         cancel: Callable[[], bool] | None = None,
+        retrieval: Mapping[str, Any] | None = None,
         **overrides: Any,
     ) -> Prediction:
         """Peaks, PRMs and instances of the current image.
@@ -1071,6 +1117,9 @@ class PRMPredictor:
             ``"proposals"`` or ``"retrieval"``.
         cancel : callable or threading.Event, optional
             Checked between steps and peaks; raises :class:`Cancelled`.
+        retrieval : dict, optional
+            Retrieval settings for this call (any of :data:`RETRIEVAL_OPTIONS`), the same as
+            passing them as keywords.
         **overrides
             Fields of :class:`PredictSettings` for this call (thresholds, retrieval);
             those that change the forward pass need a new :meth:`set_image`.
@@ -1086,6 +1135,7 @@ class PRMPredictor:
             of locations alone), unknown classes or settings, ...
         """
         self._require_image()
+        overrides = _with_retrieval(retrieval, overrides)
         settings = self._settings_with(overrides)
         report = progress or (lambda stage, done, total: None)
         factor = settings.sub_pixel_locating_factor
@@ -1259,7 +1309,14 @@ class PRMPredictor:
 #: The arguments of :meth:`PRMPredictor.predict` that are not settings (``classes``, ``points``, ...):
 #: the constructor refuses them by name, saying where they go.
 _PREDICT_ARGUMENTS = tuple(name for name, parameter in inspect.signature(PRMPredictor.predict).parameters.items()
-                           if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
+                           if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "retrieval")
+
+
+def _with_retrieval(retrieval: Mapping[str, Any] | None, settings: dict) -> dict:
+    """``settings`` with the ``retrieval`` dict's settings added (checked: only
+    :data:`RETRIEVAL_OPTIONS`); a keyword given both ways keeps the keyword's value, as
+    `napari_prm.predict` does."""
+    return {**check.keyword_options("retrieval", retrieval, RETRIEVAL_OPTIONS), **settings}
 
 
 def _outside_notes(yx: np.ndarray, image_shape: tuple[int, int]) -> list[str]:
