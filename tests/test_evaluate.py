@@ -393,6 +393,37 @@ def test_evaluate_on_given_ground_truth_of_some_images(tmp_path, shapes_scenes):
         evaluate(predictions, dataset, ground_truth={3: corrected})
 
 
+def test_predictions_of_fewer_images_than_evaluated_are_refused_naming_the_argument(tmp_path, shapes_scenes):
+    """Predictions of the first images were indexed by dataset index: when ``only_labeled`` or
+    ``ground_truth`` chose an image past the last one predicted, ``evaluate`` failed with
+    ``IndexError: list index out of range``; too few for the whole dataset said only
+    "2 predictions for 3 images"."""
+    import imageio.v3 as iio
+
+    from napari_prm.data import GroundTruth, from_csv
+
+    for number, (image, _, _, _) in enumerate(shapes_scenes):
+        iio.imwrite(tmp_path / f"scene{number}.png", image)
+    # scene1 shows neither class: only_labeled skips it
+    (tmp_path / "labels.csv").write_text("image,labels\nscene0.png,cat;dog\nscene1.png,\nscene2.png,cat;dog\n")
+    dataset = from_csv(tmp_path / "labels.csv", require_positives=False)
+    truths = {n: GroundTruth(np.array([labels == 1, labels == 2]), np.array([0, 1]), np.zeros(2, bool))
+              for n, (_, labels, _, _) in enumerate(shapes_scenes)}
+    predictions = [_prediction_of(truths[n], dataset.class_names, [1, 1]) for n in range(2)]
+    message = (r"model_or_predictions: 2 predictions, one per image of dataset .*labels\.csv in its order, but "
+               r"image 2 \(.*scene2\.png\) is to be evaluated: .*dataset\.subset\(range\(2\)\)")
+    with pytest.raises(ValueError, match=message):  # IndexError
+        evaluate(predictions, dataset, ground_truth=truths, max_images=2, only_labeled=True)
+    with pytest.raises(ValueError, match=message):  # IndexError
+        evaluate(predictions, dataset, ground_truth={2: truths[2]})
+    with pytest.raises(ValueError, match=message):
+        evaluate(predictions, dataset, ground_truth=truths)
+    # what the message says to do: the images predicted
+    results = evaluate(predictions, dataset.subset(range(2)), ground_truth={0: truths[0], 1: truths[1]},
+                       only_labeled=True)
+    assert results["num_images"] == 1 and results["mAP_r"] == pytest.approx({0.25: 1.0, 0.5: 1.0, 0.75: 1.0})
+
+
 def test_arrays_of_different_lengths_are_refused_naming_them():
     # zip and numpy broadcasting used to drop or repeat entries silently: two masks with
     # one score scored one of them, one gt class was taken for every mask, ...

@@ -724,7 +724,9 @@ def evaluate(
     ----------
     model_or_predictions : PRMModel, str, path or sequence of Prediction
         A model (or ``"imagenet"`` / a checkpoint path) run with
-        :func:`napari_prm.predict`, or one Prediction per dataset image, in order.
+        :func:`napari_prm.predict`, or one Prediction per dataset image, in order
+        (``predictions[i]`` is of ``dataset``'s image ``i``: for the first N images only, give
+        ``dataset.subset(range(N))``).
     dataset : LabeledImageDataset
         With instance masks (a COCO or PASCAL VOC dataset), unless ``ground_truth`` gives
         them; its images without masks (:meth:`~napari_prm.data.LabeledImageDataset.images_without_masks`:
@@ -808,8 +810,6 @@ def evaluate(
         class_names, predictions = list(model.class_names), None
     else:
         predictions = list(model_or_predictions)
-        if len(predictions) < min(len(dataset), max_images or len(dataset)):
-            raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
         class_names = list(predictions[0].class_names) if predictions else list(dataset.class_names)
     dataset = dataset.with_classes(class_names)
     if ground_truth is None:  # a PASCAL VOC image without segmentation PNGs has no instances to score
@@ -821,6 +821,14 @@ def evaluate(
         indices = [i for i in indices if dataset.labels[i].any()]
     if max_images is not None:
         indices = indices[: int(max_images)]
+    if predictions is not None and indices and indices[-1] >= len(predictions):
+        # predictions[index] failed with an IndexError when only_labeled or ground_truth chose an
+        # image past the last one predicted
+        count = len(predictions)
+        raise ValueError(f"model_or_predictions: {plural(count, 'prediction')}, one per image of dataset "
+                         f"{dataset.source} in its order, but image {indices[-1]} "
+                         f"({dataset.image_paths[indices[-1]]}) is to be evaluated: evaluate the images "
+                         f"predicted, evaluate(predictions, dataset.subset(range({count})), ...)")
     if model is not None:
         from .train import check_readable
 
