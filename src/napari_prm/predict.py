@@ -90,7 +90,10 @@ def predict(
         proposals. ``"auto"`` (the default) is ``"refined"`` for a model with
         a head, else ``"default"``.
     device : str or torch.device, optional
-        Where to run (None: the model's device).
+        Where to run. None: a PRMModel runs where it is; a name or path is loaded onto the
+        best device available (CUDA, then MPS, then the CPU), unlike
+        :func:`napari_prm.load_model`, whose default is the CPU. A PRMModel given another
+        device is moved there (in place, as ``PRMModel.to`` does).
     progress : callable, optional
         ``progress(stage, done, total)`` with stage ``"forward"``,
         ``"backprop"``, ``"proposals"`` or ``"retrieval"``.

@@ -642,7 +642,10 @@ class PRMPredictor:
         instance per peak with the model's refinement head (:mod:`napari_prm.refine`);
         ``"auto"`` (the default) is ``"refined"`` for a model with a head, else ``"default"``.
     device : str or torch.device, optional
-        Where to run (None: the model's device).
+        Where to run. None: a PRMModel runs where it is; a name or path is loaded onto the
+        best device available (CUDA, then MPS, then the CPU), unlike
+        :func:`napari_prm.load_model`, whose default is the CPU. A PRMModel given another
+        device is moved there (in place, as ``PRMModel.to`` does).
     peak_batch_size : int, optional
         Peaks back-propagated at once (None: 1 on the CPU, 16 on a GPU).
     retrieval : dict, optional
