@@ -385,6 +385,37 @@ def test_one_class_may_be_given_without_a_list(tiny, image):
         napari_prm.predict(image, tiny, proposals=None, classes="cat")
 
 
+def test_a_class_the_model_lacks_names_the_built_in_models_that_know_it(tiny, image):
+    """``classes=["cup"]`` with ``imagenet-voc`` (whose 19 classes lack it; ``imagenet-coco`` finds
+    the coffee cup) said only "unknown class 'cup'; the model knows 19 classes, e.g. [...]"."""
+    from napari_prm.model.checkpoint import builtin_class_names
+    from napari_prm.predictor import class_indices
+
+    voc = builtin_class_names("imagenet-voc")
+    with pytest.raises(ValueError, match=r"unknown class 'cup'; the model knows 19 classes, .*; the built-in models "
+                                         r"'imagenet-coco' and 'imagenet' know it: "
+                                         r"napari_prm\.load_model\('imagenet-coco'\)$"):
+        class_indices(["cat", "cup"], voc)
+    with pytest.raises(ValueError, match=r"unknown class 'tabby'.*; the built-in model 'imagenet' knows it: "
+                                         r"napari_prm\.load_model\('imagenet'\)$"):
+        class_indices("tabby", builtin_class_names("imagenet-coco"))
+    with pytest.raises(ValueError, match=r"unknown class 'person'; the model knows 19 classes, e\.g\. \[[^\]]*\]$"):
+        class_indices(["person"], voc)  # no built-in model knows it: nothing to add
+    with pytest.raises(ValueError, match=r"^points: unknown class 'cup'; .*the built-in models 'imagenet-coco'"):
+        napari_prm.predict(image, tiny, proposals=None, points=([[10, 20]], ["cup"]))
+
+
+def test_an_empty_classes_list_says_that_no_class_was_asked_for(tiny, image):
+    """``classes=[]`` (a filter that kept no class) gave no peak and no note, where every other
+    prediction without peaks says why."""
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(image)
+    assert len(predictor.predict(class_threshold=-1e9).peaks) > 0
+    empty = predictor.predict(class_threshold=-1e9, classes=[])
+    assert len(empty.peaks) == 0
+    assert empty.notes == ["classes is empty: no class was asked for, so no peak was kept"]
+
+
 def test_uses_refined_proposals_follows_the_proposal_source(tiny):
     """The public form of "the learnt head cuts the masks" (the widget's Shift-A asks it): a
     combination with the head and the other sources are not it, and it follows set_proposals."""

@@ -621,8 +621,26 @@ def class_indices(classes, class_names: Sequence[str]) -> list[int] | None:
             indices.append(list(class_names).index(item))
         else:
             raise ValueError(f"unknown class {item!r}; the model knows {len(class_names)} classes, "
-                             f"e.g. {list(class_names)[:5]}{did_you_mean([item], class_names)}")
+                             f"e.g. {list(class_names)[:5]}{did_you_mean([item], class_names)}"
+                             f"{_builtin_models_with(item, class_names)}")
     return indices
+
+
+def _builtin_models_with(name: object, class_names: Sequence[str]) -> str:
+    """A hint naming the built-in models that know class ``name`` when the model asked
+    (``class_names``) does not: ``classes=["cup"]`` of ``imagenet-voc``, whose 19 classes
+    lack it, is a class of ``imagenet-coco``; ``""`` when none does."""
+    from .model.checkpoint import builtin_class_names
+
+    if not isinstance(name, str):
+        return ""
+    names = [space for space in ("imagenet-voc", "imagenet-coco", "imagenet")
+             if name in builtin_class_names(space) and list(builtin_class_names(space)) != list(class_names)]
+    if not names:
+        return ""
+    which = " and ".join(repr(space) for space in names)
+    return (f"; the built-in model{'s' if len(names) > 1 else ''} {which} "
+            f"{'know' if len(names) > 1 else 'knows'} it: napari_prm.load_model({names[0]!r})")
 
 
 class PRMPredictor:
@@ -925,8 +943,8 @@ class PRMPredictor:
         names = list(self.model.class_names)
         chosen = np.arange(len(names)) if classes is None else np.asarray(
             class_indices(classes, names), dtype=np.int64)
-        if not len(chosen):
-            return []
+        if not len(chosen):  # classes=[]: a filtered list that kept nothing gave nothing, and no note
+            return ["classes is empty: no class was asked for, so no peak was kept"]
         scores = np.asarray(self._scores, dtype=np.float64)
         best = chosen[int(np.argmax(scores[chosen]))]
         if scores[best] < class_threshold:
