@@ -413,7 +413,7 @@ CASES = [
     api("predict unknown setting", lambda ws: lambda: predict(_image(), _tiny_model(), peak_treshold=3),
         r"unknown setting\(s\) \['peak_treshold'\]"),
     api("predict preset", lambda ws: lambda: predict(_image(), _tiny_model(), preset="paper"),
-        r"preset: expected one of \('default', 'original'\), got 'paper'"),
+        r"preset: expected one of \('default', 'original'\) or a PredictSettings, got 'paper'"),
     api("predict points nan", lambda ws: lambda: predict(
         _image(), _tiny_model(), points=(np.array([[np.nan, 1.0]]), np.array([0]))),
         r"points: expected finite values, got 1 NaN"),

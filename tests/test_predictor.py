@@ -157,6 +157,30 @@ def test_the_predictor_takes_retrieval_settings_as_a_dict_as_predict_does(tiny, 
     assert [i.score for i in one_shot.instances] == [i.score for i in by_dict.instances]
 
 
+def test_a_predictions_settings_predict_another_image_as_it_was_predicted(tiny, image):
+    """``Prediction.settings`` records what made a prediction, and `preset_settings` builds a
+    `PredictSettings`, but neither could be given back: ``preset=`` took only 'default' or
+    'original', and ``settings=`` was an unknown setting (only ``**dataclasses.asdict(...)`` did)."""
+    first = napari_prm.predict(image, tiny, proposals=None, preset="original", peak_threshold=-1e9, max_peaks=4,
+                               suppression_radius=2.0)
+    other = np.ascontiguousarray(image[::-1])
+    again = napari_prm.predict(other, tiny, proposals=None, preset=first.settings)
+    by_keywords = napari_prm.predict(other, tiny, proposals=None, preset="original", peak_threshold=-1e9,
+                                     max_peaks=4, suppression_radius=2.0)
+    assert again.settings == first.settings == by_keywords.settings and again.settings.preset == "original"
+    assert len(again.peaks) == 4
+    np.testing.assert_array_equal(again.peaks_crm, by_keywords.peaks_crm)
+    # keywords still override it, and are checked
+    assert napari_prm.predict(other, tiny, proposals=None, preset=first.settings, max_peaks=2).settings.max_peaks == 2
+    predictor = PRMPredictor(tiny, proposals=None, preset=first.settings, max_peaks=3)
+    assert predictor.settings == replace(first.settings, max_peaks=3)
+    with pytest.raises(ValueError, match=r"max_peaks: expected an integer in \[1, 1000\], got 0"):
+        preset_settings(first.settings, max_peaks=0)
+    with pytest.raises(ValueError, match=r"preset: expected one of \('default', 'original'\) or a PredictSettings, "
+                                         r"got 'paper'"):
+        PRMPredictor(tiny, proposals=None, preset="paper")
+
+
 def test_presets():
     original = preset_settings("original")
     assert (original.sub_pixel_locating_factor, original.class_threshold, original.peak_threshold) == (8, 0.0, 30.0)

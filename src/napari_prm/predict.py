@@ -21,6 +21,7 @@ from .predictor import (
     SETTING_NAMES,
     Cancelled,
     Prediction,
+    PredictSettings,
     PRMPredictor,
     ProgressCallback,
     crm_to_image,
@@ -40,7 +41,7 @@ def predict(
     image: np.ndarray,
     model: PRMModel | str,
     *,
-    preset: str = "default",
+    preset: str | PredictSettings = "default",
     class_threshold: float | None = None,
     peak_threshold: float | None = None,
     classes: Sequence[int | str] | None = None,
@@ -67,10 +68,13 @@ def predict(
         ``"imagenet-coco"``) or a checkpoint path. A name or path is loaded on each call
         (about as long as a prediction on the CPU): for several images, load the model
         once with :func:`napari_prm.load_model`.
-    preset : {'default', 'original'}
+    preset : {'default', 'original'} or PredictSettings
         'original' is the official release's inference; 'default' adds calibrated
         thresholds, one peak per location and full-resolution masks
-        (:func:`napari_prm.predictor.preset_settings`).
+        (:func:`napari_prm.predictor.preset_settings`). A :class:`PredictSettings`, such as an
+        earlier prediction's ``settings``, gives every setting at once: ``predict(other_image,
+        model, preset=prediction.settings)`` predicts as that prediction was made (keywords
+        still override it).
     class_threshold : float, optional
         Peaks of classes whose score is below this are dropped (None: the
         model's calibrated value, ``model.settings["class_threshold"]``, or 0;

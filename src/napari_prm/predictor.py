@@ -52,7 +52,9 @@ class PredictSettings:
     """Every choice between an image and its instances.
 
     Build one with :func:`preset_settings` and change fields with
-    :func:`dataclasses.replace` (or pass them as keywords to :func:`napari_prm.predict`).
+    :func:`dataclasses.replace` (or pass them as keywords to :func:`napari_prm.predict`); give
+    one, or a prediction's ``settings``, as the ``preset`` of :func:`napari_prm.predict` or
+    :class:`PRMPredictor` to predict with all of it.
 
     Attributes
     ----------
@@ -217,7 +219,7 @@ def unknown_settings_error(unknown: Sequence[str], *, arguments: Sequence[str] =
     return ValueError("; ".join(parts) + f" (known settings: {list(SETTING_NAMES)})")
 
 
-def preset_settings(preset: str = "default", **overrides: Any) -> PredictSettings:
+def preset_settings(preset: str | PredictSettings = "default", **overrides: Any) -> PredictSettings:
     """The settings of a preset, with some fields replaced.
 
     Parameters
@@ -230,7 +232,9 @@ def preset_settings(preset: str = "default", **overrides: Any) -> PredictSetting
         background map, class-agnostic NMS, and no instance for a PRM without
         mass. 'default' adds the model's calibrated thresholds, suppression of
         peaks across classes and masks at the image's resolution (see
-        docs/accuracy.md for what each change measured).
+        docs/accuracy.md for what each change measured). A :class:`PredictSettings` (a
+        prediction's ``settings``, one made here and changed with :func:`dataclasses.replace`)
+        is taken as it is, its ``preset`` kept.
     **overrides
         Fields of :class:`PredictSettings`, as given (None included: ``class_threshold=None``
         means the model's calibrated value, ``suppression_radius=None`` turns the suppression
@@ -255,10 +259,15 @@ def preset_settings(preset: str = "default", **overrides: Any) -> PredictSetting
     Traceback (most recent call last):
     ...
     ValueError: max_peaks: expected an integer in [1, 1000], got None
+    >>> preset_settings(preset_settings("original", peak_threshold=5.0), max_peaks=3).peak_threshold
+    5.0
     """
-    if preset not in PRESETS:
-        raise ValueError(f"preset: expected one of {PRESETS}, got {preset!r}")
-    base = ORIGINAL if preset == "original" else DEFAULT
+    if isinstance(preset, PredictSettings):
+        base = preset
+    elif isinstance(preset, str) and preset in PRESETS:
+        base = ORIGINAL if preset == "original" else DEFAULT
+    else:
+        raise ValueError(f"preset: expected one of {PRESETS} or a PredictSettings, got {preset!r}")
     unknown = sorted(set(overrides) - set(SETTING_NAMES))
     if unknown:
         raise unknown_settings_error(unknown)
@@ -651,8 +660,9 @@ class PRMPredictor:
     model : PRMModel or str
         A loaded model, a built-in name (``"imagenet"``, ``"imagenet-voc"``,
         ``"imagenet-coco"``) or a checkpoint path.
-    preset : {'default', 'original'}
-        See :func:`preset_settings`.
+    preset : {'default', 'original'} or PredictSettings
+        See :func:`preset_settings`: a :class:`PredictSettings`, such as an earlier
+        prediction's ``settings``, gives every setting at once (keywords still override it).
     proposals : str, path, ndarray, callable or None
         Segment proposals for instance retrieval (see
         :func:`napari_prm.proposals.make_proposals`); None gives peaks and PRMs only.
@@ -689,7 +699,7 @@ class PRMPredictor:
     array([[120.6, 200.5]])
     """
 
-    def __init__(self, model: PRMModel | str, *, preset: str = "default", proposals: Any = "auto",
+    def __init__(self, model: PRMModel | str, *, preset: str | PredictSettings = "default", proposals: Any = "auto",
                  device: str | torch.device | None = None, peak_batch_size: int | None = None,
                  retrieval: Mapping[str, Any] | None = None, **settings: Any):
         if not isinstance(model, PRMModel):
