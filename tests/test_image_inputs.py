@@ -98,6 +98,27 @@ def test_a_channels_first_array_is_refused_with_the_fix():
         as_rgb_float(np.moveaxis(_scene(), -1, 0))
 
 
+def test_a_batch_of_one_image_is_refused_with_the_fix(tiny):
+    """A network's batch of one, ``(1, 3, H, W)`` as a model takes it, said only "got 4 dimensions"."""
+    import torch
+
+    scene = _scene()
+    batch = torch.from_numpy(np.moveaxis(scene, -1, 0)).unsqueeze(0)
+    with pytest.raises(ValueError, match=r"got 4 dimensions, shape \(1, 3, 40, 48\) \(a batch of one image: pass "
+                                         r"image\[0\]\)$"):
+        predict(batch, tiny, proposals=None)
+    with pytest.raises(ValueError, match=r"shape \(1, 40, 48, 3\) \(a batch of one image: pass image\[0\]\)$"):
+        as_rgb_float(scene[None])
+    with pytest.raises(ValueError, match=r"shape \(1, 40, 48\): .*\(a stack of one plane: image\[0\]\)\.$"):
+        as_rgb_float(scene[None, ..., 0])
+    # what the message says to do works
+    reference = predict(scene, tiny, proposals=None, class_threshold=-1e9)
+    np.testing.assert_array_equal(predict(batch[0], tiny, proposals=None, class_threshold=-1e9).peaks,
+                                  reference.peaks)
+    with pytest.raises(ValueError, match=r"got 4 dimensions, shape \(2, 3, 40, 48\)$"):  # a batch of two: no hint
+        as_rgb_float(np.concatenate([batch.numpy()] * 2))
+
+
 def test_predict_takes_the_same_image_as_an_array_a_pil_image_a_tensor_or_a_path(tiny, tmp_path):
     scene = _scene()
     path = tmp_path / "scene.png"

@@ -794,10 +794,14 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32, keep_gray: bool = False
         raise ValueError(
             f"expected one 2D plane (H, W) or a colour image (H, W, 3|4); got shape {image.shape}: "
             "a 3D stack or an image with an unreadable channel count. Pass a single plane"
-            + (" (channels first? np.moveaxis(image, 0, -1) puts them last)." if image.shape[0] in (3, 4) else ".")
+            + (" (channels first? np.moveaxis(image, 0, -1) puts them last)." if image.shape[0] in (3, 4)
+               else " (a stack of one plane: image[0])." if image.shape[0] == 1 else ".")
         )
     else:
-        raise ValueError(f"expected a 2D grayscale or colour image; got {image.ndim} dimensions, shape {image.shape}")
+        # a network's batch of one, (1, 3, H, W) or (1, H, W, 3), said only "got 4 dimensions"
+        batch = " (a batch of one image: pass image[0])" if image.ndim == 4 and image.shape[0] == 1 else ""
+        raise ValueError(f"expected a 2D grayscale or colour image; got {image.ndim} dimensions, shape "
+                         f"{image.shape}{batch}")
     height, width = image.shape[:2]
     if height < 2 or width < 2:
         raise ValueError(f"the image must be at least 2×2 pixels; got {height}×{width}")
