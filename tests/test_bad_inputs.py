@@ -437,6 +437,11 @@ CASES = [
     api("read_image text png", lambda ws: (ws.path("text.png").write_text("hello"),
                                            lambda: io.read_image(ws.path("text.png")))[1],
         r"cannot read image .*text.png: not a PNG image, or a corrupt one \(its content is not recognised\)$"),
+    # a file of no image format (a script given by mistake) said "not a PY image"
+    api("read_image script", lambda ws: (ws.path("run.py").write_text("print(1)\n"),
+                                         lambda: io.read_image(ws.path("run.py")))[1],
+        r"cannot read image .*run.py: not an image: a '\.py' file, whose content no image reader recognises "
+        r"\(images are \.png, \.jpg, .*\.webp\)$"),
     api("read_image folder", lambda ws: lambda: io.read_image(ws.data), r"cannot read image .*data: it is a folder"),
     # a TIFF header whose first page offset points nowhere: tifffile gives an empty array, no error
     api("read_image tiff without page", lambda ws: (ws.path("broken.tif").write_bytes(b"II*\x00garbage" * 10),

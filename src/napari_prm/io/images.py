@@ -107,8 +107,11 @@ def _unreadable(what: str, path, error: Exception) -> ValueError:
     elif "backend" in reason or "can not handle" in reason:
         # imageio's "no backend ... pip install ..." means that no reader recognised the
         # content: the file is not an image of its kind, no plugin is missing.
-        kind = path.suffix.lstrip(".").upper() or "image"
-        reason = f"not a {kind} image, or a corrupt one (its content is not recognised)"
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            reason = f"not a {path.suffix.lstrip('.').upper()} image, or a corrupt one (its content is not recognised)"
+        else:  # "not a PY image" for a script given by mistake
+            reason = (f"not an image: {'a ' + repr(path.suffix) + ' file' if path.suffix else 'a file without suffix'}"
+                      f", whose content no image reader recognises (images are {', '.join(IMAGE_SUFFIXES)})")
     return ValueError(f"cannot read {what} {path}: {reason}")
 
 
