@@ -396,6 +396,12 @@ def test_points_that_are_not_a_pair_of_locations_and_classes_are_refused_naming_
     with pytest.raises(ValueError, match=r"^points: unknown class 'cat'"):
         predictor.predict(points=([[10, 20]], ["cat"]))
     one = predictor.predict(points=([10, 20], "b"))  # one point, one class: no lists needed
+    # two points and one class said "2 locations but 1 classes"
+    with pytest.raises(ValueError, match=r"^points: 2 locations but 1 class: give one class per location "
+                                         r"\(e\.g\. \['b'\] \* 2\)$"):
+        predictor.predict(points=([[10, 20], [30, 40]], "b"))
+    with pytest.raises(ValueError, match=r"^points: 1 location but 2 classes: give one class per location$"):
+        predictor.predict(points=([[10, 20]], ["b", "c"]))
     assert len(one.peaks) == 1 and one.peak_classes.tolist() == [1]
 
 

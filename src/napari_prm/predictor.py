@@ -1281,7 +1281,10 @@ class PRMPredictor:
             numbers = all(isinstance(c, (int, np.integer)) for c in point_classes)  # a 2nd point read as classes?
             raise ValueError(f"points: {error}" + (f" (points is {pair})" if numbers else "")) from None
         if len(labels) != len(points_yx):
-            raise ValueError(f"points: {len(points_yx)} locations but {len(labels)} classes")
+            # "2 locations but 1 classes" for points=(two locations, "cat"): one class per location
+            example = f" (e.g. [{point_classes[0]!r}] * {len(points_yx)})" if len(labels) == 1 else ""
+            raise ValueError(f"points: {plural(len(points_yx), 'location')} but {plural(len(labels), 'class')}: "
+                             f"give one class per location{example}")
         yx = image_to_crm(points_yx, crm_shape, self._image_shape, factor)
         peaks = np.column_stack([np.asarray(labels, dtype=np.int64), yx]).astype(np.int64).reshape(-1, 3)
         values = self._crms[peaks[:, 0], peaks[:, 1], peaks[:, 2]] if len(peaks) else np.zeros(0, np.float32)
