@@ -214,6 +214,20 @@ def test_with_classes_names_at_most_ten_missing_classes(tmp_path):
     with pytest.raises(ValueError, match=r"unknown class\(es\) \['zebra'\] for dataset .*labels.csv; it has"):
         dataset.with_classes(["cat", "zebra"])
 
+def test_with_classes_suggests_no_class_that_is_asked_for_itself(tmp_path):
+    """``imagenet-coco`` on a CSV of five of its classes said "did you mean 'toilet' for 'tie',
+    'couch' for 'clock'?": 'toilet' and 'couch' are classes the model has too, not misspellings."""
+    dataset = load_dataset(_write_csv(tmp_path, ["x.png,bear;couch", "y.png,toilet"]))
+    with pytest.raises(ValueError) as error:
+        dataset.with_classes(["bear", "clock", "couch", "tie", "toilet"])
+    message = str(error.value)
+    assert message.startswith("unknown class(es) ['clock', 'tie'] for dataset ")
+    assert message.endswith("; it has ['bear', 'couch', 'toilet']") and "did you mean" not in message
+    # a misspelling is still answered
+    with pytest.raises(ValueError, match=r"; did you mean 'toilet'\?$"):
+        dataset.with_classes(["bear", "toliet"])
+
+
 def test_csv_errors_name_file_and_line(tmp_path):
     path = _write_csv(tmp_path, ["x.png,cat", "missing.png,dog"])
     with pytest.raises(ValueError, match=r"labels.csv:3: image .*missing.png does not exist"):
