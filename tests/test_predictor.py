@@ -131,6 +131,21 @@ def test_a_misspelt_keyword_is_answered_with_the_setting_or_argument_it_likely_m
         napari_prm.predict(image, tiny, proposals=None, clases=["a"])
 
 
+def test_another_librarys_keyword_is_answered_with_the_settings_that_do_its_job(tiny, image):
+    """The nearest spelling answered ``threshold`` (the commonest such keyword) and
+    ``iou_threshold`` with ``bg_threshold``, the background rule's level, which neither means."""
+    with pytest.raises(ValueError, match=r"\['threshold'\]; did you mean 'peak_threshold' or 'class_threshold'\? "
+                                         r"\(known settings"):
+        napari_prm.predict(image, tiny, proposals=None, threshold=3.0)
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(image)
+    with pytest.raises(ValueError, match=r"\['iou_threshold', 'top_k'\]; did you mean 'nms_threshold' for "
+                                         r"'iou_threshold', 'max_peaks' for 'top_k'\?"):
+        predictor.predict(iou_threshold=0.5, top_k=5)
+    with pytest.raises(ValueError, match=r"\['score_threshold'\]; did you mean 'peak_threshold' or 'class_threshold'"):
+        PRMPredictor(tiny, proposals=None, score_threshold=0.5)
+
+
 def test_the_predictor_takes_retrieval_settings_as_a_dict_as_predict_does(tiny, image):
     """``napari_prm.predict(..., retrieval={...})`` worked, while ``PRMPredictor(model,
     retrieval={...})`` and ``predictor.predict(retrieval={...})`` said "unknown setting(s)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
-from ._text import did_you_mean, first_names, plural
+from ._text import close_match, did_you_mean, first_names, plural
 from .io.images import as_rgb_float, image_array, opacity_note
 from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
@@ -187,13 +187,27 @@ RETRIEVAL_OPTIONS = ("contour_width", "size_limits", "proposal_count", "nms_thre
                      "merge_parts", "retrieval_grid", "output_grid")
 
 
+#: Keywords that other detection and segmentation libraries use, and the settings that do their job
+#: here: a near spelling would answer ``threshold`` with ``bg_threshold`` and ``iou_threshold`` with
+#: ``bg_threshold`` too, neither of which it means.
+SETTING_ALIASES = {
+    **dict.fromkeys(("threshold", "thresh", "score_threshold", "conf_threshold", "confidence_threshold",
+                     "min_score", "score_thresh", "detection_threshold"), ("peak_threshold", "class_threshold")),
+    **dict.fromkeys(("iou_threshold", "nms_iou", "iou_thresh", "nms_thresh"), ("nms_threshold",)),
+    **dict.fromkeys(("top_k", "topk", "num_peaks", "n_peaks", "max_detections", "max_dets", "max_instances"),
+                    ("max_peaks",)),
+}
+
+
 def unknown_settings_error(unknown: Sequence[str], *, arguments: Sequence[str] = (),
                            predictor: bool = False) -> ValueError:
     """The error for keywords that are neither settings nor arguments of the call.
 
     It names them, suggests the setting or argument a misspelt one likely means
-    (``peak_thresh``: ``peak_threshold``; ``class_names``: ``classes``), says where an image
-    goes on a predictor (`PRMPredictor.set_image`), then lists the settings.
+    (``peak_thresh``: ``peak_threshold``; ``class_names``: ``classes``) or, for another
+    library's keyword, the settings that do its job (`SETTING_ALIASES`: ``threshold``:
+    ``peak_threshold`` or ``class_threshold``), says where an image goes on a predictor
+    (`PRMPredictor.set_image`), then lists the settings.
 
     Parameters
     ----------
@@ -208,12 +222,21 @@ def unknown_settings_error(unknown: Sequence[str], *, arguments: Sequence[str] =
     --------
     >>> print(unknown_settings_error(["peak_thresh"]))  # doctest: +ELLIPSIS
     unknown setting(s) ['peak_thresh']; did you mean 'peak_threshold'? (known settings: [...])
+    >>> print(unknown_settings_error(["threshold"]))  # doctest: +ELLIPSIS
+    unknown setting(s) ['threshold']; did you mean 'peak_threshold' or 'class_threshold'? (known settings: [...])
     """
     unknown = sorted(str(name) for name in unknown)
+    hints = []
+    for name in unknown:
+        if predictor and name == "image":
+            continue
+        meant = SETTING_ALIASES.get(name.lower()) or [m for m in [close_match(name, [*SETTING_NAMES, *arguments])]
+                                                      if m is not None and m != name]
+        if meant:
+            hints.append(" or ".join(map(repr, meant)) + (f" for {name!r}" if len(unknown) > 1 else ""))
     parts = [f"unknown setting(s) {unknown}"]
-    close = did_you_mean([n for n in unknown if not (predictor and n == "image")], [*SETTING_NAMES, *arguments])
-    if close:
-        parts.append(close.removeprefix("; "))  # "did you mean 'peak_threshold'?"
+    if hints:
+        parts.append(f"did you mean {', '.join(hints)}?")
     if predictor and "image" in unknown:
         parts.append("the image is given to predictor.set_image(image), and predictor.predict() predicts it")
     return ValueError("; ".join(parts) + f" (known settings: {list(SETTING_NAMES)})")
