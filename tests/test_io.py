@@ -579,6 +579,31 @@ def test_as_rgb_float_rule():
         io.as_rgb_float(np.array([[0.0, np.inf], [1.0, 2.0]]))
 
 
+def test_a_dim_fluorescence_channel_is_stretched_by_its_own_percentiles():
+    """3 fluorescence channels read as RGB (DAPI bright, GFP, a dim mCherry): each channel spans
+    [0, 1] by its own 0.5-99.5 percentiles. Stretched together by the brightest, the mCherry
+    channel (counts 20..80 beside DAPI's 100..3100) stayed under 0.03: the network saw no signal."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:64, :64]
+    blob = ((yy - 32) ** 2 + (xx - 32) ** 2 < 100).astype(float)
+    dapi = rng.poisson(100 + 3000 * blob)
+    gfp = rng.poisson(60 + 400 * np.roll(blob, 10, axis=1))
+    mcherry = rng.poisson(20 + 60 * np.roll(blob, -12, axis=0))
+    image = np.stack([dapi, gfp, mcherry], axis=-1).astype(np.uint16)
+    rgb = io.as_rgb_float(image)
+    for channel in range(3):
+        values = image[..., channel].astype(np.float64)
+        low, high = np.percentile(values, (0.5, 99.5))
+        np.testing.assert_allclose(rgb[..., channel], np.clip((values - low) / (high - low), 0, 1), atol=1e-6)
+    inside = np.roll(blob, -12, axis=0) > 0
+    assert rgb[..., 2][inside].mean() > 0.5 > rgb[..., 2][~inside].mean() + 0.3
+    # an empty channel (zeros, or constant) stays 0, not stretched noise
+    image[..., 1] = 0
+    assert io.as_rgb_float(image)[..., 1].max() == 0
+    # floats outside [0, 1] by channel too; a 12-bit RGB of an 8-bit photo still reads as the photo (below)
+    np.testing.assert_allclose(io.as_rgb_float(image.astype(np.float32) * 1.5), io.as_rgb_float(image), atol=1e-6)
+
+
 def test_12_bit_image_gives_the_network_input_of_its_8_bit_version():
     """A uint16 image using 0..4095 is not read as nearly black (65535 would be white)."""
     from skimage import data

@@ -770,10 +770,11 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32, keep_gray: bool = False
       ``EIGHT_BIT_TOP`` (128) (a float copy of an 8-bit photo, ``image.astype(np.float32)``
       or a tensor's ``.float()``): divided by 255, as the uint8 image;
     - every other integer or float image (uint16 microscopy, 12-bit data, floats outside
-      [0, 1]) is stretched linearly between its 0.5th and 99.5th percentiles (taken over
-      all colour channels together, so colours keep their balance) and clipped to
-      [0, 1]; when those two percentiles are equal, between its minimum and maximum; a
-      constant image gives 0. Such images rarely use their dtype's full range (a 12-bit
+      [0, 1]) is stretched linearly between its 0.5th and 99.5th percentiles, each colour
+      channel by its own (3 fluorescence channels read as RGB keep a dim channel visible;
+      a 16-bit RGB photo's colour balance is levelled as an "auto levels" would), and
+      clipped to [0, 1]; when those two percentiles are equal, between its minimum and
+      maximum; a constant channel gives 0. Such images rarely use their dtype's full range (a 12-bit
       camera fills 1/16 of uint16), and neither do float images of small whole numbers (a
       32-bit ImageJ image of counts 0..40), which read as 8-bit were dim.
 
@@ -874,6 +875,16 @@ def _unit_range(values: np.ndarray, dtype) -> np.ndarray:
             # read as that image, not stretched. Small whole numbers (a 32-bit ImageJ image of
             # counts) are stretched: read as 8-bit they were dim
             return values.astype(dtype) / dtype(255)
+    if values.ndim == 3 and values.shape[-1] > 1:
+        # each colour channel by its own percentiles: 2-3 fluorescence channels (DAPI, GFP, a dim
+        # mCherry) taken together were stretched by the brightest, the dim one left near 0
+        return np.stack([_stretch(values[..., c], dtype) for c in range(values.shape[-1])], axis=-1)
+    return _stretch(values, dtype)
+
+
+def _stretch(values: np.ndarray, dtype) -> np.ndarray:
+    """``values`` stretched linearly between their `STRETCH_PERCENTILES` (min–max when those are
+    equal; 0 when constant), clipped to [0, 1]."""
     low, high = (float(v) for v in np.percentile(values, STRETCH_PERCENTILES))
     if high <= low:
         low, high = float(values.min()), float(values.max())
