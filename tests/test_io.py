@@ -412,8 +412,23 @@ def test_read_image_channels_first_tiff_and_errors(tmp_path):
     tifffile.imwrite(tmp_path / "dapi_gfp.ome.tif", np.zeros((2, 12, 10), np.uint16), metadata={"axes": "CYX"})
     for name in ("dapi_gfp.tif", "dapi_gfp.ome.tif"):
         with pytest.raises(ValueError, match=r"\(2, 12, 10\); its first axis holds 2 channels \(the file's axes "
-                                             r"say so\): save each channel as a 2-D image, or 3 of them as an RGB"):
+                                             r"say so\): save each channel as a 2-D image .*, or up to 3 as one RGB"):
             io.read_image(tmp_path / name)
+    # 2 pages a plain tifffile.imwrite wrote (DAPI, GFP, no axes) were "several planes or frames" to
+    # be saved as a ZYX stack: as likely channels, the message says what to do for both
+    dapi_gfp = np.random.default_rng(4).integers(0, 4095, (2, 12, 10)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "plain.tif", dapi_gfp)
+    with pytest.raises(ValueError, match=r"plain\.tif.*\(2, 12, 10\); its first axis holds 2 pages the file does "
+                                         r"not name: if they are channels, save each channel as a 2-D image .*"
+                                         r"np\.stack\(\[data\[0\], data\[1\], "
+                                         r"np\.zeros_like\(data\[0\]\)\], axis=-1\).*; "
+                                         r"if they are z-planes or time points, save the stack with ImageJ axes ZYX"):
+        io.read_image(tmp_path / "plain.tif")
+    # the advice read: an RGB image of DAPI, GFP and an empty 3rd channel, each channel by its own stretch
+    data = dapi_gfp
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([data[0], data[1], np.zeros_like(data[0])], axis=-1))
+    rgb = io.as_rgb_float(io.read_image(tmp_path / "rgb.tif"))
+    assert rgb.shape == (12, 10, 3) and rgb[..., :2].max() == 1 and rgb[..., 2].max() == 0
     tifffile.imwrite(tmp_path / "movie.ome.tif", np.zeros((5, 12, 10), np.uint16), metadata={"axes": "TYX"})
     with pytest.raises(ValueError, match=r"\(5, 12, 10\); its first axis holds 5 time points: save one 2-D plane$"):
         io.read_image(tmp_path / "movie.ome.tif")

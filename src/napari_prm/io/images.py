@@ -591,19 +591,30 @@ def _tiff_leading_axis(path, ndim: int, header: Callable[[], tuple]) -> str | No
     return axes[0] if len(axes) == ndim else None
 
 
+#: What to do with a TIFF of 2 to 4 fluorescence channels `read_image` refuses (one image is
+#: gray, RGB or RGBA: the network sees 3 colour channels).
+_CHANNELS_ADVICE = ("save each channel as a 2-D image (tifffile.imwrite('dapi.tif', data[0])), or up to 3 as "
+                    "one RGB image, channels last, which the network sees as red, green and blue (2 channels "
+                    "and an empty 3rd: np.stack([data[0], data[1], np.zeros_like(data[0])], axis=-1)); "
+                    "each channel is stretched by its own percentiles")
+
+
 def _stack_hint(shape: tuple[int, ...], leading_axis: str | None = None) -> str:
     """What a refused array holds, by its shape and the first axis its TIFF names (tifffile's code)."""
     if len(shape) == 3 and shape[-1] < min(shape[:2]):  # (H, W, C): channels last
         return f"; it has {shape[-1]} channels: save one channel or an RGB image"
     if leading_axis == "C" and len(shape) == 3:  # an ImageJ or OME-TIFF of fluorescence channels
-        return (f"; its first axis holds {shape[0]} channels (the file's axes say so): save each channel "
-                "as a 2-D image, or 3 of them as an RGB image")
+        return f"; its first axis holds {shape[0]} channels (the file's axes say so): " + _CHANNELS_ADVICE
     if leading_axis in _NOT_COLOUR_AXES and len(shape) == 3:
         return f"; its first axis holds {shape[0]} {_NOT_COLOUR_AXES[leading_axis]}: save one 2-D plane"
     if len(shape) == 3 and leading_axis in ("Q", "I"):  # a TIFF of pages its axes do not name
-        return ("; it holds several planes or frames: save one 2-D plane, or save the stack with ImageJ "
-                "axes ZYX or TYX (tifffile.imwrite(path, data, imagej=True, metadata={'axes': 'ZYX'})), "
-                "which `napari-prm predict` and the plugin run plane by plane")
+        stack = ("save the stack with ImageJ axes ZYX or TYX (tifffile.imwrite(path, data, imagej=True, "
+                 "metadata={'axes': 'ZYX'})), which `napari-prm predict` and the plugin run plane by plane")
+        if shape[0] > 4:
+            return "; it holds several planes or frames: save one 2-D plane, or " + stack
+        # 2 (or 4 unmarked) pages are as often fluorescence channels (DAPI, GFP) as z-planes
+        return (f"; its first axis holds {shape[0]} pages the file does not name: if they are channels, "
+                + _CHANNELS_ADVICE + "; if they are z-planes or time points, " + stack)
     return "; it holds several planes or frames: save one 2-D plane" if len(shape) > 2 else ""
 
 
