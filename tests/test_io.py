@@ -462,9 +462,34 @@ def test_read_image_refuses_tiff_stacks_of_three_or_four_planes(tmp_path):
     # Still colour: 3 ImageJ channels, and planar RGB(A) whose alpha is a marked extra sample.
     tifffile.imwrite(tmp_path / "c3.tif", planes[:3], imagej=True, metadata={"axes": "CYX"})
     np.testing.assert_array_equal(io.read_image(tmp_path / "c3.tif"), np.moveaxis(planes[:3], 0, -1))
-    tifffile.imwrite(tmp_path / "rgba.tif", planes, photometric="rgb", planarconfig="separate",
+    rgba = planes.copy()
+    rgba[3] = np.where(np.arange(10) < 5, 65535, 20000)  # an opacity: opaque somewhere
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", planarconfig="separate",
                      extrasamples=["unassalpha"])
-    np.testing.assert_array_equal(io.read_image(tmp_path / "rgba.tif"), np.moveaxis(planes, 0, -1))
+    np.testing.assert_array_equal(io.read_image(tmp_path / "rgba.tif"), np.moveaxis(rgba, 0, -1))
+
+
+def test_read_image_refuses_4_channels_whose_alpha_is_nowhere_half_opaque(tmp_path):
+    """tifffile.imwrite marks the 4th channel of a (4, H, W) or (H, W, 4) array as alpha by default:
+    4 fluorescence channels of 12-bit counts were read as RGBA, the 4th (at most 4095 of 65535)
+    the opacity, and the network saw a black image (predict, and training, which said nothing)."""
+    channels = np.random.default_rng(8).integers(100, 4095, (4, 12, 10)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "dapi_gfp_mcherry_far_red.tif", channels)
+    tifffile.imwrite(tmp_path / "last.tif", np.moveaxis(channels, 0, -1))
+    assert tifffile.TiffFile(tmp_path / "last.tif").pages[0].extrasamples == (tifffile.EXTRASAMPLE.UNASSALPHA,)
+    for name in ("dapi_gfp_mcherry_far_red.tif", "last.tif"):
+        with pytest.raises(ValueError, match=rf"cannot read image .*{name}: .*got 4 channels whose 4th, marked as "
+                                             r"alpha .*is not even half opaque anywhere \(largest value \d+ in "
+                                             r"uint16\).* save each channel as a 2-D image"):
+            io.read_image(tmp_path / name)
+    # an 8-bit or 16-bit RGBA whose alpha is opaque somewhere is still RGBA
+    channels[3, :, :5] = 65535
+    tifffile.imwrite(tmp_path / "cut_out.tif", channels)
+    assert io.read_image(tmp_path / "cut_out.tif").shape == (12, 10, 4)
+    photo = np.random.default_rng(9).integers(0, 255, (12, 10, 4)).astype(np.uint8)
+    photo[..., 3] = 128
+    tifffile.imwrite(tmp_path / "half.tif", photo)
+    np.testing.assert_array_equal(io.read_image(tmp_path / "half.tif"), photo)
 
 
 def test_read_image_gray_alpha_png_is_rgba(tmp_path):
@@ -541,6 +566,7 @@ def test_read_image_fourth_tiff_sample_is_opacity_only_when_marked_alpha(tmp_pat
                                          r"them marked as alpha"):
         io.read_image(tmp_path / "gray4.tif")
     rgba = np.concatenate([rgb, fourth], -1)
+    rgba[:, :4, 3] = 255  # marked, and opaque somewhere (nowhere half opaque: 4 channels, see below)
     tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
     np.testing.assert_array_equal(io.read_image(tmp_path / "rgba.tif"), rgba)
 
