@@ -441,7 +441,9 @@ def test_read_image_refuses_tiff_stacks_of_three_or_four_planes(tmp_path):
     planes = np.random.default_rng(5).integers(0, 4095, (4, 12, 10)).astype(np.uint16)
     cases = {"z3.tif": (planes[:3], "ZYX", r"\(3, 12, 10\) whose first axis holds 3 z-planes"),
              "t4.tif": (planes, "TYX", r"\(4, 12, 10\) whose first axis holds 4 time points"),
-             "c4.tif": (planes, "CYX", r"4 planes or channels, none of them an alpha channel")}
+             "c4.tif": (planes, "CYX", r"4 planes or channels, none of them an alpha channel \(an RGBA TIFF "
+                                       r"marks it as an extra sample\); save each channel as a 2-D image .*"
+                                       r"or up to 3 as one RGB image, channels last")}
     for name, (data, axes, message) in cases.items():
         tifffile.imwrite(tmp_path / name, data, imagej=True, metadata={"axes": axes})
         with pytest.raises(ValueError, match=rf"cannot read image .*{name}: .*{message}"):

@@ -227,9 +227,9 @@ def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarr
                     if axis in _NOT_COLOUR_AXES else
                     "holds 4 planes or channels, none of them an alpha channel (an RGBA TIFF "
                     "marks it as an extra sample)")
+            advice = _CHANNELS_ADVICE if axis == "C" else "save one 2-D plane or an RGB image"
             raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA image, "
-                             f"got an array of shape {image.shape} whose first axis {what}; "
-                             "save one 2-D plane or an RGB image")
+                             f"got an array of shape {image.shape} whose first axis {what}; {advice}")
         image = np.moveaxis(image, 0, -1)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
