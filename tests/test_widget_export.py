@@ -408,3 +408,75 @@ def test_a_coco_export_reopens_over_its_micrometre_image(make_napari_viewer, tmp
     (image,) = json.loads((tmp_path / "plain" / "plain_instances.json").read_text())["images"]
     assert set(image) == {"id", "file_name", "height", "width", "napari_scale", "napari_translate"}
     assert image["napari_scale"] == [1.0, 1.0] and image["napari_translate"] == [0.0, 0.0]
+
+
+def _gated_export(monkeypatch, request):
+    """`io.export_instances` as the widget calls it, held until ``gate`` is set; ``threads`` records
+    the thread that wrote."""
+    import threading
+
+    from napari_prm import io
+
+    gate, threads, real = threading.Event(), [], io.export_instances
+
+    def export_instances(*args, **kwargs):
+        threads.append(threading.current_thread())
+        assert gate.wait(30), "the test never let the export go on"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(io, "export_instances", export_instances)
+    request.addfinalizer(gate.set)  # a failed test leaves no worker waiting
+    return gate, threads
+
+
+def test_the_export_button_writes_in_a_worker_thread(labels_viewer, tmp_path, qtbot, monkeypatch, request):
+    """Writing a large label image's COCO RLE or CSV took tens of seconds on the Qt thread, napari frozen:
+    the button's export returns at once, and the files and the message come from a worker."""
+    import threading
+
+    _, widget = labels_viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    layer = labels_viewer.layers["cat instances"]
+    before = layer.data.copy()
+    gate, threads = _gated_export(monkeypatch, request)
+    out = tmp_path / "out"
+    out.mkdir()
+    widget._folder.value = out
+    widget._stem.value = "cells"
+    widget._button.native.click()  # returns while the export is held
+    qtbot.waitUntil(lambda: bool(threads), timeout=10_000)
+    assert threads[0] is not threading.main_thread()
+    assert widget.running and not widget._button.enabled and "Exporting cells" in widget._status.value
+    assert not list(out.iterdir())
+    # a second export while busy is refused, and said; an edit now is not in the files being written
+    assert widget.start(out, formats=["csv"]) is None
+    assert "already being written" in widget._status.value
+    layer.data[layer.data == 9] = 0
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert widget._button.enabled and widget._status.value.startswith("Wrote cells_labels.tif")
+    assert sorted(p.name for p in widget.last_written) == [
+        "cells_instances.csv", "cells_instances.json", "cells_labels.tif"]
+    ((data, _, _),) = napari_get_reader(str(out / "cells_labels.tif"))(str(out / "cells_labels.tif"))
+    assert np.array_equal(data, before)
+    assert len(threads) == 1
+
+
+def test_a_background_exports_errors_reach_the_status_line(labels_viewer, tmp_path, qtbot, monkeypatch):
+    _, widget = labels_viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    assert widget.start(tmp_path, formats=["tiff"]) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    # the file exists: refused in the worker, said as the button's export says it
+    assert widget.start(tmp_path, formats=["tiff"]) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert widget._status.value.startswith("Export failed: ") and "tick 'overwrite existing files'" in \
+        widget._status.value and widget._button.enabled
+
+    from napari_prm import io
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(io, "export_instances", broken)
+    assert widget.start(tmp_path / "other", formats=["tiff"]) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert widget._status.value == "Export failed: RuntimeError: disk on fire" and widget._button.enabled

@@ -13,10 +13,13 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 from napari.layers import Labels
+from napari.qt.threading import create_worker
+from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from .. import io
 from .._writer import layer_table
+from .activity import CloseWatcher
 from .layers import (
     INSTANCES_SUFFIX,
     LABELS_FILE_SUFFIX,
@@ -108,11 +111,15 @@ class ExportWidget(Container):
         persist_fields("export", ExportSettings, {"folder": self._folder, **self._formats},
                        usable=lambda field, value: field != "folder" or (str(value) != "" and Path(value).is_dir()))
         self._layer.changed.connect(self._default_stem)
-        self._button.changed.connect(lambda: self.export())
+        self._button.changed.connect(lambda: self.start())  # written in a worker thread
         self._follow(self._viewer.layers.selection.active)
         self._viewer.layers.selection.events.active.connect(lambda event: self._follow(event.value))
         self._default_stem()
         self.last_written: list[Path] = []
+        self.worker = None  # the export being written in a worker thread (`start`)
+        self.progress_bar: progress | None = None
+        self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
+        self._close_watcher = CloseWatcher(self.native, self._on_close)
 
     def _labels_choices(self, _=None):
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
@@ -147,20 +154,80 @@ class ExportWidget(Container):
         self._stem.value = self._typed_stems.get(layer, self._offered_stem)
 
     def _say(self, message: str, error: bool = False) -> None:
-        self._status.value = message
+        if not self._deleted:
+            self._status.value = message
         (show_error if error else show_info)(message)
+
+    @property
+    def running(self) -> bool:
+        """Whether an export started by the *Export* button is being written (in a worker thread)."""
+        return self.worker is not None
 
     def export(self, folder=None, *, formats=None, stem: str | None = None,
                overwrite: bool | None = None) -> list[Path]:
-        """Write the chosen layer; arguments override the widget's fields (for scripts)."""
+        """Write the chosen layer and return the files written; arguments override the widget's
+        fields (for scripts). Written here, on the calling thread: the *Export* button writes in a
+        worker thread instead (`start`)."""
+        job = self._job(folder, formats=formats, stem=stem, overwrite=overwrite)
+        if job is None:
+            return []
+        try:
+            written = _write(job)
+        except (ValueError, OSError) as error:
+            self._failed(job, error)
+            return []
+        return self._done(job, written)
+
+    def start(self, folder=None, *, formats=None, stem: str | None = None, overwrite: bool | None = None):
+        """Write the chosen layer in a worker thread, as the *Export* button does: napari stays
+        responsive while a large label image's COCO RLE or CSV is written. The labels are copied
+        first, so edits made meanwhile are not in the files.
+
+        Returns the worker (its ``returned`` gives the files written); None when refused (said),
+        also while an export is being written."""
+        if self.running:
+            self._say("An export is already being written: wait for it to finish.", True)
+            return None
+        job = self._job(folder, formats=formats, stem=stem, overwrite=overwrite)
+        if job is None:
+            return None
+        if np.shares_memory(job.labels, self._layer.value.data):  # the pixels as they are now
+            job.labels = job.labels.copy()
+        # errored connected at creation: an error is reported here, not re-raised on the Qt thread
+        worker = create_worker(_write, job, _start_thread=False, _connect={
+            "errored": lambda error: self._failed(job, error)})
+        worker.returned.connect(lambda written: self._done(job, written))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._button.enabled = False
+        self.progress_bar = progress(desc=f"napari-prm: exporting {job.stem}")  # no total: busy
+        self._status.value = f"Exporting {job.stem} to {job.folder}…"
+        worker.start()
+        return worker
+
+    def _on_finished(self) -> None:
+        if self.progress_bar is not None:
+            self.progress_bar.close()
+            self.progress_bar = None
+        self.worker = None
+        if not self._deleted:
+            self._button.enabled = True
+
+    def _on_close(self, deleted: bool = False) -> None:
+        """Closed or out of its dock: an export being written is finished (its files are written
+        together); once the Qt widgets are gone, its outcome is said in a notification only."""
+        self._deleted = self._deleted or deleted
+
+    def _job(self, folder, *, formats, stem, overwrite) -> _Job | None:
+        """What to write, from the fields and the arguments; None when refused (said)."""
         layer = self._layer.value
         if layer is None:
             self._say("No Labels layer to export: run a prediction or open labels first.", True)
-            return []
+            return None
         if folder is None and not str(self._folder.line_edit.value).strip():
             # a cleared field: its value would be the working directory, wherever napari started
             self._say("Choose a folder to export into.", True)
-            return []
+            return None
         folder = Path(folder if folder is not None else self._folder.value)
         labels = np.asarray(layer.data)
         skipped = []
@@ -175,7 +242,7 @@ class ExportWidget(Container):
         if not formats:
             self._say(f"A stack is written as a label TIFF and an instance CSV: tick one of them ({flat_only} "
                       "hold 2-D labels only)." if skipped else "Choose at least one format.", True)
-            return []
+            return None
         class_names = (layer.metadata or {}).get("class_names")
         # a run records its image's file; a Labels layer no run made goes with its image layer
         file_name = str((layer.metadata or {}).get("image_file_name") or "")
@@ -184,24 +251,49 @@ class ExportWidget(Container):
             file_name = image_file_name(image)
         elif not file_name and named_image(layer):  # its image is gone: no other image is taken for it
             unpaired = f" No image file name recorded: {unpaired_message(layer)}."
-        try:
-            written = io.export_instances(
-                labels, layer_table({"features": layer.features}), class_names, folder,
-                formats=formats, stem=stem or self._stem.value or "labels",
-                overwrite=self._overwrite.value if overwrite is None else overwrite,
-                image_file_name=file_name,
-                world={"scale": layer.scale, "translate": layer.translate,
-                       "units": [str(unit) for unit in getattr(layer, "units", ())]})
-        except FileExistsError as error:  # its message speaks to callers of the function
+        note = (f" Not written: {flat_only}, which hold 2-D labels only (this layer is a stack of "
+                f"{int(np.prod(labels.shape[:-2]))} planes)." if skipped else "")
+        return _Job(labels=labels, table=layer_table({"features": layer.features}), class_names=class_names,
+                    folder=folder, formats=formats, stem=stem or self._stem.value or "labels",
+                    overwrite=self._overwrite.value if overwrite is None else overwrite, file_name=file_name,
+                    world={"scale": layer.scale, "translate": layer.translate,
+                           "units": [str(unit) for unit in getattr(layer, "units", ())]},
+                    note=note + unpaired)
+
+    def _failed(self, job: _Job, error: Exception) -> None:
+        if isinstance(error, FileExistsError):  # its message speaks to callers of the function
             reason = re.sub(r"; pass overwrite=True to replace( it)?$", "", str(error))
             self._say(f"Export failed: {reason}; tick '{self._overwrite.text}' to replace them, "
                       "or choose another file stem.", True)
-            return []
-        except (ValueError, OSError) as error:
+        elif isinstance(error, (ValueError, OSError)):
             self._say(f"Export failed: {error}", True)
-            return []
+        else:  # unexpected (a worker's): its type says what went wrong
+            self._say(f"Export failed: {type(error).__name__}: {error}", True)
+
+    def _done(self, job: _Job, written: list[Path]) -> list[Path]:
         self.last_written = written
-        note = (f" Not written: {flat_only}, which hold 2-D labels only (this layer is a stack of "
-                f"{int(np.prod(labels.shape[:-2]))} planes)." if skipped else "")
-        self._say(f"Wrote {', '.join(p.name for p in written)} to {folder}.{note}{unpaired}")
+        self._say(f"Wrote {', '.join(p.name for p in written)} to {job.folder}.{job.note}")
         return written
+
+
+@dataclass
+class _Job:
+    """One export: the labels (a copy, for a worker thread) and what `io.export_instances` is given."""
+
+    labels: np.ndarray
+    table: dict | None
+    class_names: list | None
+    folder: Path
+    formats: list
+    stem: str
+    overwrite: bool
+    file_name: str
+    world: dict
+    note: str  # said after the files written: formats left out, an image file name not recorded
+
+
+def _write(job: _Job) -> list[Path]:
+    """Write ``job`` (on any thread: no Qt here)."""
+    return io.export_instances(job.labels, job.table, job.class_names, job.folder, formats=job.formats,
+                               stem=job.stem, overwrite=job.overwrite, image_file_name=job.file_name,
+                               world=job.world)
