@@ -297,3 +297,19 @@ def test_covered_instances_counts_what_add_instance_paints_over(scene):
     background = np.zeros(labels.shape, bool)
     background[0, 0] = True
     assert covered_instances(labels, background) == {}
+
+
+def test_split_cuts_where_the_line_is_drawn_away_from_the_image_origin():
+    """The split works in the instance's bounding box (fast on a large image): a vertex half-way between
+    pixels is rounded where it was drawn (x 35.5 is column 36, as on the whole image), not in the box."""
+    labels = np.zeros((50, 60), np.uint16)
+    labels[11:21, 31:41] = 4  # columns 31..40
+    labels[30:40, 0:10] = 2
+    out, table = split_instance(labels, {"label": np.array([2, 4])}, 4, np.array([[0.0, 35.5], [49.0, 35.5]]))
+    (new,) = set(table["label"]) - {2, 4}
+    new_columns = set(np.nonzero(out == new)[1].tolist())
+    # the line is column 36: 31..35 keep label 4 (with the line's pixels, equally near both pieces), 37..40
+    # are the new piece (rounded in the box, 4.5 is 4: the line was column 35, and 36..40 the new piece)
+    assert new_columns == {37, 38, 39, 40}
+    assert set(np.nonzero(out == 4)[1].tolist()) == {31, 32, 33, 34, 35, 36}
+    assert np.array_equal(out == 2, labels == 2) and np.count_nonzero(out) == np.count_nonzero(labels)
