@@ -122,12 +122,49 @@ def test_the_done_message_names_the_images_that_failed_and_why(predict_widget, q
     assert panel.last_message.endswith(f"; summary: {tmp_path / 'out' / 'summary.csv'}")
 
 
-def test_run_on_a_folder_needs_both_folders(predict_widget, tmp_path):
+def test_run_on_a_folder_needs_both_folders(predict_widget, qtbot, tmp_path):
     panel = open_batch_panel(predict_widget)
     assert panel.start() is None and "Choose an image folder" in panel.last_message
     panel._inputs.value = tmp_path
     panel._out.value = tmp_path / "out"
-    assert panel.start() is None and "no images" in panel.last_message
+    assert panel.start() is not None  # the folder is searched in the worker
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert "no images" in panel.last_message and not panel.last_message.startswith("The folder run failed")
+    assert panel._status.value == panel.last_message and panel._run_button.enabled and panel.result is None
+
+
+def test_the_folder_is_searched_in_the_worker_not_on_the_qt_thread(predict_widget, qtbot, image_folder, tmp_path,
+                                                                   monkeypatch):
+    """Listing a folder of thousands of images, naming their outputs and reading their TIFF headers took
+    seconds on the Qt thread when Run was pressed (longer on a network share), napari frozen: it is the
+    worker's first step, the bar busy until the planes are counted."""
+    import threading
+
+    from napari_prm import batch
+
+    gate, threads, real = threading.Event(), [], batch.collect_images
+
+    def collect_images(*args, **kwargs):
+        threads.append(threading.current_thread())
+        assert gate.wait(30), "the test never let the search go on"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "collect_images", collect_images)
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value, panel._out.value = image_folder, tmp_path / "out"
+    try:
+        assert panel.start() is not None
+        qtbot.waitUntil(lambda: bool(threads), timeout=WAIT_MS)
+        assert threads[0] is not threading.main_thread()
+        assert panel._status.value == f"Looking for images in {image_folder}…"
+        assert panel.progress_bar.total == 0 and not panel._run_button.enabled  # busy: no total yet
+        assert panel.start() is None and "already" in panel.last_message
+    finally:
+        gate.set()
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert panel.found_message == f"Predicting 3 images of {image_folder}…"
+    assert [r.status for r in panel.result.results] == ["written"] * 3, panel.last_message
+    assert panel.progress_bar.total == 3 and panel.progress_bar.n == 3
 
 
 @pytest.mark.slow  # a dask worker process: about 7 s
@@ -219,7 +256,9 @@ def test_run_on_a_folder_of_sub_folders_includes_them_when_ticked(predict_widget
     predict_widget.batch_button.click()
     panel = open_batch_panel(predict_widget)
     panel._inputs.value, panel._out.value = plate, tmp_path / "out"
-    assert panel.start() is None
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert panel.result is None
     assert panel.last_message.endswith("2 sub-folder(s) (A1, A2) are not searched: tick 'include sub-folders' "
                                        "to search them"), panel.last_message
     assert "--recursive" not in panel.last_message
@@ -236,8 +275,8 @@ def test_run_on_a_folder_of_sub_folders_includes_them_when_ticked(predict_widget
     iio.imwrite(plate / "top.png", data.chelsea()[:60, :90])
     panel._recursive.value = False
     assert panel.start() is not None
-    assert "are left out: tick 'include sub-folders' to search them" in panel._status.value
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert "are left out: tick 'include sub-folders' to search them" in panel.found_message
 
 
 @pytest.fixture
@@ -338,12 +377,12 @@ def test_the_panel_notes_an_ome_tiff_that_keeps_the_name_an_earlier_version_gave
     notification_manager.notification_ready.connect(record)
     try:
         assert panel.start() is not None
+        qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
     finally:
         notification_manager.notification_ready.disconnect(record)
     note = (f"{image}: outputs named cells.ome_* in {out}, as an earlier version named them there: they are kept, "
             f"not written again as cells_*")
-    assert panel._status.value.endswith(f"… Note: {note}"), panel._status.value
+    assert panel.found_message.endswith(f"… Note: {note}"), panel.found_message
     assert f"Note: {note}" in shown
-    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
     assert [(r.status, r.stem) for r in panel.result.results] == [("skipped", "cells.ome")], panel.last_message
     assert not list(out.glob("cells_*"))

@@ -1,6 +1,7 @@
 """"Run on a folder…": the predict widget's model and settings on every image of a folder.
 
-`napari_prm.batch.predict_many` runs in a worker thread, in napari's process or on a local
+The folder is searched (`napari_prm.batch.collect_images`, the outputs' names, the planes of its
+TIFF stacks) and `napari_prm.batch.predict_many` runs in a worker thread, in napari's process or on a local
 dask cluster of worker processes; a napari ``progress`` bar in the activity dock follows it,
 counting planes as ``napari-prm predict``'s bar does (a TIFF stack's one by one in napari's
 process, all at once when a worker process ran it), and Cancel stops it between images (so
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton, SpinBox
@@ -50,6 +52,20 @@ def open_batch_panel(predict_widget) -> BatchPanel:
         dock.show()
         dock.raise_()
     return panel
+
+
+class _NoImages(ValueError):
+    """The image folder holds no image (its message says so, and why)."""
+
+
+@dataclass
+class _Found:
+    """The worker's first report: the images found, their planes, and the notes on them."""
+
+    count: int
+    tally: batch.PlaneTally
+    left_out: str  # sub-folders not searched
+    renamed: str  # outputs that do not take their image's name
 
 
 class BatchPanel(StopsOnClose, Container):
@@ -92,6 +108,7 @@ class BatchPanel(StopsOnClose, Container):
         self.progress_bar: progress | None = None
         self._tally: batch.PlaneTally | None = None
         self.last_message = ""
+        self.found_message = ""  # the status line once the images were found: their count and the notes
         self._stop_on_close(self.native)
 
     @property
@@ -117,18 +134,7 @@ class BatchPanel(StopsOnClose, Container):
         if inputs is None or out is None:
             self._say("Choose an image folder and an output folder.", "error")
             return None
-        images, problems = batch.collect_images(
-            [inputs], recursive=bool(self._recursive.value),
-            search_hint=f"tick '{self._recursive.text}' to search them")
-        if not images:
-            self._say("; ".join(problems) or f"No images in {inputs}.", "error")
-            return None
-        # named by their path in the folder: a sub-folder's images mirror it under the output folder
-        stems = batch.output_stems(images, roots=[inputs], out=out)
         self._inputs_folder = inputs
-        # the command line's notes: sub-folders left out, outputs that do not take their image's name
-        left_out = "; ".join(problem.removeprefix(batch.NOTE) for problem in problems)
-        renamed = "; ".join(note.removeprefix(batch.NOTE) for note in batch.renamed_notes(images, stems, out))
         settings = self._predict._settings()
         if not isinstance(settings["proposals"], (str, type(None))):
             self._say("A Labels layer cannot give proposals for other images: using the built-in ones.",
@@ -140,30 +146,39 @@ class BatchPanel(StopsOnClose, Container):
         self._cancel.clear()
         self._closed = False
         self.result = None
-        # the bar counts planes, as predict's does: a TIFF stack's N (from its header), a 2-D image's 1
-        self._tally = batch.PlaneTally(images)
-        self.progress_bar = progress(total=self._tally.total, desc="napari-prm: folder")
+        self._tally = None
+        self.found_message = ""
+        # busy (no total) until the worker has found the images and counted their planes
+        self.progress_bar = progress(total=0, desc="napari-prm: folder")
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(self._run, images, stems, out, settings, workers, bool(self._overwrite.value),
-                               _start_thread=False, _connect={"errored": lambda error: self._say(
-                                   f"The folder run failed: {type(error).__name__}: {error}", "error")})
+        worker = create_worker(self._run, inputs, bool(self._recursive.value), out, settings, workers,
+                               bool(self._overwrite.value), _start_thread=False, _connect={"errored": self._on_error})
         worker.returned.connect(self._on_done)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._run_button.enabled = False
         self._cancel_button.enabled = True
-        notes = "; ".join(note for note in (left_out, renamed) if note)
-        self._status.value = f"Predicting {plural(len(images), 'image')} of {inputs}…" + (
-            f" Note: {notes}" if notes else "")
-        if renamed:  # where the outputs go: still there in the notifications when the status moves on
-            show_info(f"Note: {renamed}")
+        self._status.value = f"Looking for images in {inputs}…"
         worker.start()
         return worker
 
-    def _run(self, images, stems, out: Path, settings: dict, workers: int, overwrite: bool):
-        """Worker thread: the model with the widget's window size, then `predict_many`."""
+    def _run(self, inputs: Path, recursive: bool, out: Path, settings: dict, workers: int, overwrite: bool):
+        """Worker thread: the folder's images (a folder of thousands, or on a network share, takes
+        seconds to list, name and count the planes of), the model with the widget's window size,
+        then `predict_many`."""
         from ..model.checkpoint import load_model
 
+        images, problems = batch.collect_images(
+            [inputs], recursive=recursive, search_hint=f"tick '{self._recursive.text}' to search them")
+        if not images:
+            raise _NoImages("; ".join(problems) or f"No images in {inputs}.")
+        # named by their path in the folder: a sub-folder's images mirror it under the output folder
+        stems = batch.output_stems(images, roots=[inputs], out=out)
+        # the command line's notes: sub-folders left out, outputs that do not take their image's name
+        left_out = "; ".join(problem.removeprefix(batch.NOTE) for problem in problems)
+        renamed = "; ".join(note.removeprefix(batch.NOTE) for note in batch.renamed_notes(images, stems, out))
+        # the bar counts planes, as predict's does: a TIFF stack's N (from its header), a 2-D image's 1
+        self._relay.progressed.emit(_Found(len(images), batch.PlaneTally(images), left_out, renamed))
         model = load_model(settings["model"], device=settings["device"])
         model.network.win_size = model.settings["win_size"] = settings["window"]
         # as the widget's Run: the preset, and the thresholds the user set (else the calibrated ones)
@@ -184,13 +199,36 @@ class BatchPanel(StopsOnClose, Container):
                 client.close()
                 cluster.close()
 
+    def _on_error(self, error: Exception) -> None:
+        if isinstance(error, _NoImages):  # the folder's fault, said as it is
+            self._say(str(error), "error")
+        else:
+            self._say(f"The folder run failed: {type(error).__name__}: {error}", "error")
+
+    def _on_found(self, found: _Found) -> None:
+        """The worker found the images: the bar's total, and the notes in the status line."""
+        self._tally = found.tally
+        if self.progress_bar is not None:
+            self.progress_bar.total = found.tally.total
+        notes = "; ".join(note for note in (found.left_out, found.renamed) if note)
+        self.found_message = f"Predicting {plural(found.count, 'image')} of {self._inputs_folder}…" + (
+            f" Note: {notes}" if notes else "")
+        if not self._deleted:
+            self._status.value = self.found_message
+        if found.renamed:  # where the outputs go: still there in the notifications when the status moves on
+            show_info(f"Note: {found.renamed}")
+
     def cancel(self) -> None:
         """Stop between images; what was written stays, and a new run resumes from there."""
         if self.worker is not None:
             self._cancel.set()
 
     def _on_progress(self, report) -> None:
-        """A plane done, ``(image, planes done of it)``, or an image, ``(ImageResult, images done, images)``."""
+        """The images found (`_Found`), a plane done, ``(image, planes done of it)``, or an image,
+        ``(ImageResult, images done, images)``."""
+        if isinstance(report, _Found):
+            self._on_found(report)
+            return
         if len(report) == 2:
             image, planes_done = report
             self._count(self._tally.plane_done(image, planes_done))
