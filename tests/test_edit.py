@@ -313,3 +313,18 @@ def test_split_cuts_where_the_line_is_drawn_away_from_the_image_origin():
     assert new_columns == {37, 38, 39, 40}
     assert set(np.nonzero(out == 4)[1].tolist()) == {31, 32, 33, 34, 35, 36}
     assert np.array_equal(out == 2, labels == 2) and np.count_nonzero(out) == np.count_nonzero(labels)
+
+
+@pytest.mark.parametrize("huge", [False, True])
+def test_remove_small_counts_areas_alike_by_look_up_and_for_huge_labels(huge):
+    """Areas are counted by look-up (fast on a large image), or sorted when a label is too large to index."""
+    labels = np.zeros((2, 20, 20), np.uint64)
+    labels[0, :10, :10] = 1  # 100 pixels
+    labels[0, 15, 15:18] = 2  # 3 pixels
+    labels[1, 5:7, 5:10] = 7  # 10 pixels, on the other plane
+    big = 2**40 if huge else 9
+    labels[1, 19, 19] = big  # 1 pixel
+    out, table = remove_small(labels, {"label": np.array([1, 2, 7, big, 30]), "score": np.arange(5.0)}, 5)
+    assert sorted(np.unique(out).tolist()) == [0, 1, 7] and out.dtype == np.uint64
+    assert np.array_equal(out[labels == 1], np.ones(100)) and np.count_nonzero(out == 7) == 10
+    assert table["label"].tolist() == [1, 7] and table["score"].tolist() == [0.0, 2.0]  # label 30: no pixel

@@ -365,10 +365,21 @@ def remove_small(
     table = _as_table(table, labels)
     if min_area < 0:
         raise ValueError(f"min_area must be >= 0; got {min_area}")
-    present, areas = np.unique(labels, return_counts=True)
-    small = present[(areas < min_area) & (present != 0)]
     out = labels.copy()
-    out[np.isin(out, small)] = 0
+    top = int(labels.max(initial=0))
+    if labels.size and labels.min() >= 0 and top <= max(labels.size, 1 << 16):
+        # counted and removed by look-up: sorting a 4096² image's pixels (np.unique, np.isin) took ~1 s
+        counts = np.bincount(labels.ravel(), minlength=top + 1)
+        present = np.flatnonzero(counts)
+        areas = counts[present]
+        small = present[(areas < min_area) & (present != 0)]
+        drop = np.zeros(top + 1, dtype=bool)
+        drop[small] = True
+        out[drop[labels]] = 0
+    else:  # negative or sparse huge labels
+        present, areas = np.unique(labels, return_counts=True)
+        small = present[(areas < min_area) & (present != 0)]
+        out[np.isin(out, small)] = 0
     keep = np.isin(table["label"], present[present != 0]) & ~np.isin(table["label"], small)
     return out, _take(table, keep)
 
