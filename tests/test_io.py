@@ -1106,3 +1106,20 @@ def test_predict_reads_a_tiff_once_as_the_readers_of_its_parts_do(tmp_path, monk
     assert kinds == {"stack", "image", "refused"}
     assert io.tiff_pixel_size(tmp_path / "gray16.tif") is not None
     assert io.tiff_pixel_size(tmp_path / "movie.ome.tif") is not None
+
+
+@pytest.mark.parametrize("huge", [False, True])
+def test_label_regions_alike_by_label_value_and_for_huge_labels(huge):
+    """Boxes and areas are found by the label values (fast on a large image), or by their ranks when a
+    label is too large to index by: the same either way."""
+    from napari_prm.io.tables import _label_regions
+
+    labels = np.zeros((30, 40), np.uint64)
+    labels[2:5, 3:9] = 4
+    labels[10:20, 30:32] = 2**40 if huge else 11
+    labels[29, 39] = 1
+    big = 2**40 if huge else 11
+    assert _label_regions(labels) == {1: ((slice(29, 30), slice(39, 40)), 1),
+                                      4: ((slice(2, 5), slice(3, 9)), 18),
+                                      big: ((slice(10, 20), slice(30, 32)), 20)}
+    assert list(_label_regions(labels)) == [1, 4, big] and _label_regions(np.zeros((3, 3), np.uint8)) == {}

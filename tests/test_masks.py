@@ -137,3 +137,23 @@ def test_segmentation_to_rle_polygon_and_uncompressed():
     assert rle_area(segmentation_to_rle(polygon, 4, 4)) == 8
     compressed = encode_rle(stack(TOP)[0])
     np.testing.assert_array_equal(decode_rle(segmentation_to_rle(compressed, 4, 4)), stack(TOP)[0])
+
+
+def test_encode_rle_window_is_encode_rle_of_the_whole_mask():
+    """A mask given by its window only encodes as the whole mask does (a COCO export of a large label image
+    encodes each instance's bounding box, not the whole image): runs that go on into the next column (a
+    window as tall as the image), a window at the last row and column, an empty and a full one."""
+    from napari_prm.masks import encode_rle, encode_rle_window
+
+    shape = (7, 9)
+    cases = [((0, 2), np.array([[0, 1], [1, 1], [1, 1], [1, 1], [1, 1], [1, 1], [1, 0]])),  # runs join columns
+             ((5, 7), np.array([[1, 0], [0, 1]])),  # ends on the mask's last pixel
+             ((2, 3), np.zeros((3, 3), int)),
+             ((0, 0), np.ones(shape, int)),
+             ((3, 4), np.array([[2, 0, 5], [0, 0, 0], [7, 7, 0]]))]  # any non-zero value is inside
+    for origin, window in cases:
+        whole = np.zeros(shape, bool)
+        whole[origin[0]:origin[0] + window.shape[0], origin[1]:origin[1] + window.shape[1]] = window != 0
+        assert encode_rle_window(window, origin, shape) == encode_rle(whole), origin
+    with pytest.raises(ValueError, match="does not fit"):
+        encode_rle_window(np.ones((2, 2)), (6, 0), shape)

@@ -25,6 +25,7 @@ __all__ = [
     "resize_nearest",
     "ScaledMasks",
     "encode_rle",
+    "encode_rle_window",
     "decode_rle",
     "decode_rles",
     "segmentation_to_rle",
@@ -342,6 +343,50 @@ def encode_rle(mask: np.ndarray) -> dict:
         mask = mask != 0
     rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def encode_rle_window(window: np.ndarray, origin: tuple[int, int], shape: tuple[int, int]) -> dict:
+    """`encode_rle` of a (H, W) mask that is zero outside ``window``, given only that window.
+
+    As fast as the window is small: a mask of a large image is neither made nor scanned (a COCO
+    export of a 4096 × 4096 label image with 2,000 instances encoded 2,000 whole images).
+
+    Parameters
+    ----------
+    window : (h, w) ndarray
+        The mask's pixels in its window; non-zero values are inside.
+    origin : (int, int)
+        The window's first row and column in the mask.
+    shape : (int, int)
+        ``(H, W)`` of the mask.
+
+    Returns
+    -------
+    dict
+        ``{"size": [H, W], "counts": str}``, the same as `encode_rle` of the whole mask.
+    """
+    height, width = (int(v) for v in shape)
+    top, left = (int(v) for v in origin)
+    window = np.asarray(window) != 0
+    if window.ndim != 2 or top < 0 or left < 0 or top + window.shape[0] > height or left + window.shape[1] > width:
+        raise ValueError(f"window: a {window.shape} window at {origin} does not fit a {shape} mask")
+    # runs down each column (COCO RLE is column-major), then joined where one column's run ends
+    # at the image's last row and the next column's starts at its first
+    edges = np.diff(np.pad(window.T.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    columns, rows = np.nonzero(edges == 1)
+    starts = (left + columns).astype(np.int64) * height + top + rows
+    columns, rows = np.nonzero(edges == -1)
+    ends = (left + columns).astype(np.int64) * height + top + rows
+    if len(starts):
+        apart = ends[:-1] != starts[1:]
+        starts, ends = starts[np.r_[True, apart]], ends[np.r_[apart, True]]
+    bounds = np.empty(2 * len(starts), dtype=np.int64)
+    bounds[0::2], bounds[1::2] = starts, ends
+    counts = np.diff(np.r_[0, bounds, height * width])
+    if len(counts) > 1 and counts[-1] == 0:  # ends inside: no empty last run, as pycocotools encodes it
+        counts = counts[:-1]
+    rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
 def decode_rle(rle: Mapping) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._text import first_names
 from .._validate import finite_float, integer, output_file, path_like
-from ..masks import decode_rle, encode_rle, rle_area, rle_bbox, segmentation_to_rle
+from ..masks import decode_rle, encode_rle, encode_rle_window, rle_area, rle_bbox, segmentation_to_rle
 from .atomic import atomic_write
 from .labels import _check_labels, _label_metadata, _recorded_world
 from .paths import tree_files
@@ -67,11 +67,10 @@ def labels_to_coco(labels: np.ndarray, table=None, class_names: Sequence[str] | 
     names = list(class_names) if class_names is not None else _names_from_records(records)
     height, width = labels.shape
     rles = []
-    for record in records:
-        mask = np.zeros((height, width), dtype=np.uint8, order="F")
+    for record in records:  # each encoded from its bounding box only (a whole image each took a minute for 2,000)
         window = regions[record["label"]][0]
-        mask[window] = labels[window] == record["label"]
-        rles.append(encode_rle(mask))
+        rles.append(encode_rle_window(labels[window] == record["label"],
+                                      (window[0].start, window[1].start), (height, width)))
     coco = _coco_dataset(records, rles, names, category_ids, image_id, file_name, (height, width))
     coco["images"][0].update(_label_metadata(world, 2))
     return coco
