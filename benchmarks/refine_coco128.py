@@ -223,7 +223,7 @@ def train_head(model, dataset, settings, *, cache, corrections=(), log, **option
     """Self-train (and learn the corrections) with napari_prm.refine.refine; samples kept in ``cache``."""
     started = time.perf_counter()
     result = refine(model, dataset=dataset, corrections=corrections, cache_dir=cache,
-                    out=options.pop("out", None), predict_options=settings, device="cpu",
+                    out=options.pop("out", None), overwrite=True, predict_options=settings, device="cpu",
                     progress=lambda u: log(f"epoch {u.epoch}: loss {u.loss:.4f}") if u.stage == "epoch" else None,
                     **options)
     log(f"head trained: {result.samples} images, prepare {result.prepare_seconds:.0f} s, "

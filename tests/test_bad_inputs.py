@@ -817,7 +817,7 @@ def test_finding_5_a_diverging_training_keeps_the_last_good_checkpoint(ws, capsy
     good = out.read_bytes()
     with pytest.raises(ValueError, match=r"training diverged in epoch 1: the loss became nan at batch 2 "
                                          r"\(lr=1e\+30; try a smaller --lr\); .*model.pt was left as it was"):
-        train(dataset, out=out, epochs=3, lr=1e30, **settings)
+        train(dataset, out=out, epochs=3, lr=1e30, overwrite=True, **settings)
     assert out.read_bytes() == good
     model = load_model(out)
     assert all(bool(torch.isfinite(p).all()) for p in model.network.parameters())

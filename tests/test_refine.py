@@ -272,15 +272,15 @@ def refined(tiny96, shapes_scenes):
                   device="cpu").model
 
 
-def test_refine_with_overwrite_false_keeps_an_existing_out(tiny96, shapes_scenes, tmp_path):
+def test_refine_keeps_an_existing_out_unless_overwrite(tiny96, shapes_scenes, tmp_path):
     out = tmp_path / "refined.pt"
     out.write_bytes(b"an earlier refined model")
     corrections = corrections_of(shapes_scenes[:1])
     with pytest.raises(FileExistsError, match=r"out .*refined.pt exists: pass resume=True to continue it, "
                                               r"overwrite=True to replace it"):
-        refine(tiny96, corrections=corrections, out=out, epochs=1, device="cpu", overwrite=False)
+        refine(tiny96, corrections=corrections, out=out, epochs=1, device="cpu")  # the default
     assert out.read_bytes() == b"an earlier refined model"
-    result = refine(tiny96, corrections=corrections, out=out, epochs=1, device="cpu")  # the default replaces
+    result = refine(tiny96, corrections=corrections, out=out, epochs=1, device="cpu", overwrite=True)
     assert result.checkpoint == out and load_model(out).head is not None
 
 

@@ -193,19 +193,20 @@ def test_an_unknown_starting_model_names_what_is_accepted(squares, tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_an_existing_out_is_refused_with_overwrite_false(squares, tmp_path):
-    """``overwrite=False`` (the CLI's and the widget's) keeps an existing checkpoint; the default replaces it."""
+def test_an_existing_out_is_refused_by_default(squares, tmp_path):
+    """An existing checkpoint is kept unless ``overwrite=True`` (the default is the CLI's and the
+    widget's): a notebook cell run twice with the default ``out`` must not replace the first model."""
     settings = dict(SETTINGS, epochs=1, val_fraction=0.0, calibrate=False)
     out = tmp_path / "m.pt"
     train(squares, out=out, **settings)
     before = out.read_bytes()
     with pytest.raises(FileExistsError, match=r"out .*m.pt exists: pass resume=True to continue it, "
                                               r"overwrite=True to replace it, or choose another path"):
-        train(squares, out=out, overwrite=False, **settings)
+        train(squares, out=out, **settings)
     assert out.read_bytes() == before
-    resumed = train(squares, out=out, overwrite=False, resume=True, **dict(settings, epochs=2))
+    resumed = train(squares, out=out, resume=True, **dict(settings, epochs=2))
     assert [r.epoch for r in resumed.history] == [1, 2]
-    train(squares, out=out, **settings)  # the library's default: replaced
+    train(squares, out=out, overwrite=True, **settings)  # replaced
     assert [h["epoch"] for h in torch.load(out, weights_only=True)["extra"]["training"]["history"]] == [1]
 
 

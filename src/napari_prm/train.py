@@ -1392,7 +1392,7 @@ def train(
     progress: Callable[[TrainProgress], None] | None = None,
     cancel: Any = None,
     num_workers: int = 0,
-    overwrite: bool = True,
+    overwrite: bool = False,
     split: TrainingSplit | None = None,
     check_images: bool = True,
     warn: Callable[[str], None] | None = None,
@@ -1468,10 +1468,11 @@ def train(
     num_workers : int
         DataLoader worker processes.
     overwrite : bool
-        Whether an existing ``out`` may be replaced (True by default, as before). With
-        False, an existing ``out`` that ``resume`` does not continue is refused with a
-        ``FileExistsError`` before anything runs: the command line and the Train widget
-        use it, so that a new run never replaces a trained model after its first epoch.
+        Whether an existing ``out`` may be replaced. False (the default, as on the command
+        line and in the Train widget): an existing ``out`` that ``resume`` does not continue
+        is refused with a ``FileExistsError`` before anything runs, so that a second run (a
+        notebook cell run again, with ``out`` left at ``prm_model.pt``) never replaces a
+        trained model after its first epoch. True replaces it.
     split : TrainingSplit, optional
         ``training_split(dataset, val_fraction, seed)`` made already (the Train widget shows
         it before training): used instead of making it again. One made with another recipe

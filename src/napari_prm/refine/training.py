@@ -175,7 +175,7 @@ def refine(
     resume: bool | str | os.PathLike = False,
     progress: Callable[[RefineProgress], None] | None = None,
     cancel: Any = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> RefineResult:
     """Learn a refinement head from PRM's own instances and from corrected masks.
 
@@ -243,9 +243,10 @@ def refine(
         Checked between images and batches; when true, training stops and
         ``RefineResult.cancelled`` is True (the checkpoint keeps the last finished epoch).
     overwrite : bool
-        Whether an existing ``out`` may be replaced (True by default, as before). With
-        False, an existing ``out`` that ``resume`` does not continue is refused with a
-        ``FileExistsError`` before anything runs (the command line uses it).
+        Whether an existing ``out`` may be replaced. False (the default, as on the command
+        line and in the widget): an existing ``out`` that ``resume`` does not continue is
+        refused with a ``FileExistsError`` before anything runs, so that a second run never
+        replaces a refined model after its first epoch. True replaces it.
 
     Returns
     -------
