@@ -886,7 +886,9 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     model : PRMModel
     settings : mapping, optional
         Keyword arguments of `napari_prm.predict`, passed through; a ``proposals`` folder
-        gives each image the proposal file of its stem.
+        gives each image the proposal file of its stem; ``channels`` (those of a
+        multichannel image read as red, green and blue) default to the model's
+        (``model.settings["channels"]``).
     overwrite : bool
         Replace complete outputs. Without it, complete outputs (written by an earlier run
         or an earlier attempt) are left and reported as ``"skipped"``, with the reason
@@ -922,7 +924,9 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     # the file as it is before it is read: one re-saved while it is predicted (a stack still
     # being written) is then known for changed by the next run (`_image_changed`)
     identity = _image_identity(image)
-    read, pixel_size = _read_image_file(image)  # a TIFF opened once
+    # the channels given, else those the model was trained on (none: the image as it is)
+    channels, _ = io.channels_for(settings.get("channels"), model.settings.get("channels"))
+    read, pixel_size = _read_image_file(image, channels)  # a TIFF opened once
     stack = read if isinstance(read, io.ImageStack) else None
     if stack is not None and isinstance(settings.get("proposals"), (str, os.PathLike)) \
             and Path(settings["proposals"]).is_file():
@@ -931,9 +935,10 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
                          "predict a stack with built-in proposals")
     planes = stack.planes if stack is not None else [read]
     predictions = []
+    arguments = {key: value for key, value in settings.items() if key != "channels"}  # read above
     for pixels in planes:
         with _PREDICT_LOCK:
-            predictions.append(predict(pixels, model, **settings))
+            predictions.append(predict(pixels, model, **arguments))
         if plane_done is not None:
             plane_done(len(predictions), len(planes))
     info = (_image_record(image, out) | identity | {"settings": _describe(settings)}

@@ -118,6 +118,62 @@ def _proposals_arg(value: str):
     return None if value.lower() == "none" else value
 
 
+def _channels_arg(value: str) -> list[int]:
+    """One word of ``--channels``: ``2`` or ``0,2``."""
+    try:
+        return [int(word) for word in value.split(",") if word.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected channel indices such as 0 2 or 0,2, got {value!r}") from None
+
+
+CHANNELS_HELP = ("of a multichannel image (TIFF: ImageJ/OME C axis, or unnamed (C, Y, X) or (Y, X, C)), read "
+                 "these 1 to 3 channels, from 0, as the network's red, green and blue: 0 2 or 0,2 (1 channel: "
+                 "gray; 2: red, green and an empty blue); each channel is stretched by its own percentiles")
+
+
+def _add_channels_option(parser: argparse.ArgumentParser, *, training: bool = False) -> None:
+    default = ("(default: those of a fine-tuned or resumed --model that recorded them, else the images as they "
+               "are); recorded in the checkpoint, which predict, calibrate, evaluate and refine then read "
+               "images with" if training else
+               "(default: those the model was trained on, which its checkpoint records, else the images as they "
+               "are; channels that differ from the model's are noted)")
+    parser.add_argument("--channels", nargs="+", type=_channels_arg, default=None, metavar="INDEX",
+                        help=f"{CHANNELS_HELP} {default}")
+
+
+def _channels(args, recorded) -> list[int] | None:
+    """The channels to read images with: ``--channels``, else ``recorded`` (the model's); says a
+    note when they differ, and which ones are read when they come from the model."""
+    from .io import channels_for
+
+    given = None if args.channels is None else [c for word in args.channels for c in word]
+    try:
+        channels, note = channels_for(given, recorded)
+    except ValueError as error:
+        raise CommandError(f"--channels: {str(error).removeprefix('channels: ')}") from error
+    if note:
+        _say(f"note: {note}")
+    elif given is None and channels is not None:
+        _say(f"reading image channels {','.join(map(str, channels))} as red, green and blue: those the model was "
+             "trained on (--channels picks others)")
+    return channels
+
+
+def _model_channels(model) -> list[int] | None:
+    """The channels a model (a PRMModel, a checkpoint's path or a built-in name) records; None
+    for none, and for a checkpoint that cannot be read (loading it says why)."""
+    from .model.checkpoint import PRMModel, checkpoint_metadata, is_builtin_name
+
+    if isinstance(model, PRMModel):
+        return model.settings.get("channels")
+    if model is None or is_builtin_name(model):
+        return None
+    try:
+        return checkpoint_metadata(model)["settings"].get("channels")
+    except (ValueError, OSError):
+        return None
+
+
 #: How --model help says that a name means the built-in model (`napari_prm.model.is_builtin_name`).
 NAMED_LIKE_BUILTIN = "a file named like a built-in model is given as a path: ./imagenet-voc"
 
@@ -243,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, type=Path, help="output folder (created)")
     _add_model_options(predict)
     predict.add_argument("--proposals", default="auto", type=_proposals_arg, help=PROPOSAL_HELP)
+    _add_channels_option(predict)
     _add_inference_options(predict)
     predict.add_argument("--classes", action="append", default=None, metavar="NAME",
                          help="keep only peaks of this class (name or index); repeat for more "
@@ -322,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace an existing --out with a new run (without it, an existing --out is "
                             "refused before anything runs, so a trained model is never lost)")
+    _add_channels_option(train, training=True)
     train.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     _add_model_options(train, device_only=True)
     train.set_defaults(run=_run_train)
@@ -353,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="calibrate at this network input size and write the model with it as its own, "
                                 "so that predict runs at the size its thresholds were chosen at (a larger input "
                                 "gives small, crowded objects peaks of their own) (default: the model's size)")
+    _add_channels_option(calibrate)
     _add_model_options(calibrate, device_only=True)
     calibrate.set_defaults(run=_run_calibrate)
 
@@ -407,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out with a new run (without it, an existing --out is "
                              "refused before anything runs, so a refined model is never lost)")
+    _add_channels_option(refine)
     refine.add_argument("--seed", type=int, default=0, help="random seed")
     _add_model_options(refine, device_only=True)
     refine.set_defaults(run=_run_refine)
@@ -440,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "only those are evaluated; DATASET (a CSV, a folder per class, COCO or PASCAL "
                                "VOC) gives the images and their labels (default: DATASET's instance masks, a "
                                "COCO JSON's or a PASCAL VOC devkit's)")
+    _add_channels_option(evaluate)
     _add_inference_options(evaluate)
     evaluate.add_argument("--max-images", type=int, default=None,
                           help="evaluate the first N images only (default: all)")
@@ -455,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "per folder (mAP^r, ABO; what needs the model is not measured); with two or more, "
                                "a paired bootstrap of each against the first at IoU 0.5 on the images all of "
                                "them scored. Not with the options that run a model (--model, --device, "
-                               "--proposals, --preset, the thresholds, --max-peaks, --input-size, --tta, --prm-mode) "
+                               "--proposals, --preset, the thresholds, --max-peaks, --input-size, --tta, --prm-mode, "
+                               "--channels) "
                                "nor with --masks (default: run --model)")
     evaluate.add_argument("--resamples", type=int, default=200,
                           help="bootstrap resamples of the images when comparing --predictions folders "
@@ -476,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("napari-prm-demo"), help="output folder")
     _add_model_options(demo)
     demo.add_argument("--proposals", default="auto", type=_proposals_arg, help=PROPOSAL_HELP)
+    _add_channels_option(demo)
     _add_inference_options(demo)
     demo.add_argument("--view", action=argparse.BooleanOptionalAction, default=None,
                       help="open napari with the results; without a display or Qt bindings, --view says so "
@@ -907,7 +970,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 #: ``evaluate``'s options (``dest``) that run a model, which ``--predictions`` does not.
 MODEL_OPTIONS = ("model", "device", "proposals", "preset", "class_threshold", "peak_threshold", "max_peaks",
-                 "input_size", "tta", "prm_mode")
+                 "input_size", "tta", "prm_mode", "channels")
 
 
 def _check_predictions_options(args: argparse.Namespace) -> None:
@@ -1023,6 +1086,9 @@ def _run_predict(args) -> int:
     _say_uncalibrated(args, loaded)
     settings = {"classes": classes, "proposals": args.proposals, "peak_batch_size": args.peak_batch_size,
                 **_inference_settings(args)}
+    channels = _channels(args, loaded.settings.get("channels"))
+    if channels is not None:
+        settings["channels"] = channels
     client = _start_client(args)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -1285,6 +1351,7 @@ def _run_train(args) -> int:
     else:  # a checkpoint is read here only: the one checked is the one fine-tuned, even if the file is replaced
         base = _check_train_base(args)
     dataset = _load_dataset(args, classes=args.classes)
+    dataset.channels = _channels(args, _model_channels(resumed if resumed is not None else base))
     if resumed is not None and list(resumed.class_names) != list(dataset.class_names):
         _refuse_resumed_classes(args, resumed.class_names, dataset.class_names)
     try:  # every unreadable image named before anything else is said
@@ -1446,6 +1513,7 @@ def _run_calibrate(args) -> int:
                            "model to a new checkpoint")
     device = _device(args.device)
     dataset = _load_dataset(args)
+    dataset.channels = _channels(args, _model_channels(args.model))
     bars: dict = {}
 
     def progress(tta: bool, done: int, total: int) -> None:
@@ -1505,6 +1573,7 @@ def _run_refine(args) -> int:
         _check_resumed_options(args, args.out)
     dataset = _load_dataset(args)
     model = _load_model(args.model, args.device)
+    dataset.channels = _channels(args, model.settings.get("channels"))
     corrections = []
     if args.masks is not None:
         corrections = list(_dataset_corrections(args.masks, dataset, model.class_names).values())
@@ -1650,6 +1719,7 @@ def _run_evaluate(args) -> int:
              "precision; instance metrics need masks (--masks)")
     without = set() if labels_only or args.masks is not None else _say_without_masks(dataset)
     model = _load_model(args.model, args.device)
+    dataset.channels = _channels(args, model.settings.get("channels"))
     try:  # before the masks are read: a model of other classes is the first thing to say
         labels = dataset.with_classes(model.class_names).labels
     except ValueError as error:  # as calibrate says it
@@ -1835,7 +1905,7 @@ def _run_demo(args) -> int:
         image, stem, file_name = data.chelsea(), "chelsea", "chelsea.png"
     else:
         try:
-            image = io.read_image(args.image)
+            image = io.read_image(args.image, channels=_channels(args, _model_channels(args.model)))
         except ValueError as error:
             raise CommandError(f"{error}{_demo_stack_hint(args.image)}") from error
         stem, file_name = output_name(args.image), Path(args.image).name

@@ -24,7 +24,7 @@ from . import _classes
 from . import _validate as check
 from ._classes import _VOC_NAME, _VOC_OWN_NAMES
 from ._text import did_you_mean, first_names, plural
-from .io.images import IMAGE_SUFFIXES, as_rgb_float, read_image
+from .io.images import IMAGE_SUFFIXES, as_rgb_float, checked_channels, read_image
 from .io.paths import is_system_file, sorted_paths, stored_path
 
 #: The 20 PASCAL VOC classes under their COCO names, in VOC's order.
@@ -163,6 +163,10 @@ class LabeledImageDataset:
     warnings : list of str
         What loading left out (files that are not images) or found suspicious (a class
         of one image named like another: a label typo?); the command line prints them.
+    channels : list of int or None
+        The channels of multichannel images read as the network's red, green and blue
+        (`napari_prm.io.read_image`'s ``channels``); None reads each image as it is.
+        Training records them in the model (``model.settings["channels"]``).
     """
 
     image_paths: list[Path]
@@ -176,8 +180,10 @@ class LabeledImageDataset:
     include_crowd: bool = False
     voc: VocAnnotations | None = None
     warnings: list[str] = field(default_factory=list)
+    channels: list[int] | None = None
 
     def __post_init__(self):
+        self.channels = checked_channels(self.channels)
         self.labels = np.asarray(self.labels, dtype=np.float32).reshape(len(self.image_paths), len(self.class_names))
         if not self.origins:
             self.origins = [str(p) for p in self.image_paths]
@@ -209,7 +215,8 @@ class LabeledImageDataset:
         return [i for i, s in enumerate(self.voc.segmentations) if s is None]
 
     def read_image(self, index: int) -> np.ndarray:
-        """The image as `napari_prm.io.read_image` reads it (gray, RGB or RGBA; its dtype).
+        """The image as `napari_prm.io.read_image` reads it (gray, RGB or RGBA; its dtype), of
+        :attr:`channels` when they are set.
 
         Parameters
         ----------
@@ -227,7 +234,7 @@ class LabeledImageDataset:
         """
         path = self.image_paths[index]
         try:
-            return read_image(path)
+            return read_image(path, channels=self.channels)
         except ValueError as error:  # any reader failure is the same user error: a bad file
             reason = str(error).removeprefix(f"cannot read image {path}: ")
             raise UnreadableImage(f"cannot read image {path} (declared at {self.origins[index]}): {reason}") from error
@@ -493,7 +500,7 @@ class LabeledImageDataset:
         for index, path in enumerate(self.image_paths):
             where.setdefault(path, self.origins[index])
         return [f"{path} (declared at {where[path]}): {reason.removeprefix(f'cannot read image {path}: ')}"
-                for path, reason in unreadable_images(list(where), progress=progress)]
+                for path, reason in unreadable_images(list(where), progress=progress, channels=self.channels)]
 
     def check_positives(self) -> None:
         """Raise ValueError when the dataset is empty or a class has no positive image."""
@@ -1278,7 +1285,8 @@ def _merged_rows(entries: list[tuple[Path, list[str], str]]) -> tuple[list[tuple
     return merged, repeats
 
 
-def load_dataset(path: PathLike, image_folder: PathLike | None = None, **kwargs) -> LabeledImageDataset:
+def load_dataset(path: PathLike, image_folder: PathLike | None = None, *, channels: Sequence[int] | None = None,
+                 **kwargs) -> LabeledImageDataset:
     """Load a dataset, choosing the format from ``path``.
 
     Parameters
@@ -1292,6 +1300,9 @@ def load_dataset(path: PathLike, image_folder: PathLike | None = None, **kwargs)
         The folder of a COCO JSON's or a CSV's images (their ``image_dir`` / ``image_root``;
         the command line's ``--image-dir``); refused for a folder per class and a PASCAL VOC
         devkit, which hold their own.
+    channels : sequence of 1 to 3 int, optional
+        The channels of multichannel images read as the network's red, green and blue
+        (`LabeledImageDataset.channels`; the command line's ``--channels``).
     **kwargs
         Keyword arguments of the loader (``include_crowd=``, ``include_difficult=``, ...).
 
@@ -1316,14 +1327,13 @@ def load_dataset(path: PathLike, image_folder: PathLike | None = None, **kwargs)
             state = "is not a folder" if Path(image_folder).exists() else "does not exist"
             raise ValueError(f"image_folder (the command line's --image-dir) {image_folder} {state}")
         kwargs["image_dir" if path.suffix.lower() == ".json" else "image_root"] = image_folder
-    if voc:
-        return from_voc(path, **kwargs)
-    if path.is_dir():
-        return from_folders(path, **kwargs)
-    if path.suffix.lower() == ".json":
-        return from_coco(path, **kwargs)
-    if path.suffix.lower() == ".csv":
-        return from_csv(path, **kwargs)
+    channels = checked_channels(channels)
+    loader = (from_voc if voc else from_folders if path.is_dir() else from_coco if path.suffix.lower() == ".json"
+              else from_csv if path.suffix.lower() == ".csv" else None)
+    if loader is not None:
+        dataset = loader(path, **kwargs)
+        dataset.channels = channels
+        return dataset
     if not path.exists():
         raise ValueError(f"dataset {path} does not exist")
     raise ValueError(f"cannot tell the dataset format of {path}: expected a COCO .json, a .csv, a PASCAL VOC year "

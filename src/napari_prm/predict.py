@@ -8,6 +8,7 @@ Use the predictor itself to re-threshold or add points without re-running the ne
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
+from .io.images import channels_for, image_array, pick_channels, read_image
 from .model.checkpoint import PRMModel
 from .predictor import (
     RETRIEVAL_OPTIONS,
@@ -51,6 +53,7 @@ def predict(
     cancel: Callable[[], bool] | None = None,
     peak_batch_size: int | None = None,
     points: tuple[np.ndarray, np.ndarray] | None = None,
+    channels: Sequence[int] | None = None,
     retrieval: dict | None = None,
     **settings: Any,
 ) -> Prediction:
@@ -112,6 +115,14 @@ def predict(
         ``classes`` do not select them (the thresholds still weigh their
         instances' confidence, see ``score_by``). A point outside the image
         back-propagates from the border's nearest place, and ``Prediction.notes`` says so.
+    channels : sequence of 1 to 3 int, optional
+        The channels of a multichannel image read as the network's red, green and blue
+        (:func:`napari_prm.io.read_image`'s ``channels``: 1 gray, 2 red and green with an
+        empty blue, 3 RGB). For an image file, the default is the channels the model was
+        trained on (``model.settings["channels"]``, recorded by training; none for older
+        models: the image as it is); channels given that differ from those add a note to
+        ``Prediction.notes``. For an array (channels last, ``(H, W, C)``), only those given
+        are picked: an array is otherwise the network's image as it is.
     retrieval : dict, optional
         Retrieval settings (any of :data:`RETRIEVAL_OPTIONS`), the same as
         passing them as keywords.
@@ -147,8 +158,17 @@ def predict(
         raise unknown_settings_error(unknown, arguments=_ARGUMENTS)
     predictor = PRMPredictor(model, preset=preset, proposals=proposals, device=device,
                              peak_batch_size=peak_batch_size, **merged)
+    note = None
+    if isinstance(image, (str, os.PathLike)):  # read with the channels the model was trained on, or those given
+        channels, note = channels_for(channels, predictor.model.settings.get("channels"))
+        image = read_image(image, channels=channels)
+    elif channels is not None:
+        image = pick_channels(image_array(image), channels, name="image")
     predictor.set_image(image, progress=progress, cancel=cancel)
-    return predictor.predict(points=points, classes=classes, progress=progress, cancel=cancel)
+    prediction = predictor.predict(points=points, classes=classes, progress=progress, cancel=cancel)
+    if note is not None:
+        prediction.notes.append(note)
+    return prediction
 
 
 #: `predict`'s own keyword arguments, suggested beside the settings for a misspelt keyword.

@@ -1402,7 +1402,10 @@ def train(
     Parameters
     ----------
     dataset : LabeledImageDataset
-        Every class needs a positive image. Its class names and order become the model's.
+        Every class needs a positive image. Its class names and order become the model's,
+        and its ``channels`` (the image channels read as red, green and blue; None: images as
+        they are) are recorded in ``model.settings["channels"]``, which `napari_prm.predict`
+        and the command line read images with by default. A resumed run needs the same.
     model : PRMModel, str, path or None
         Where to start: None builds ``backbone`` from ImageNet weights; a
         backbone name does the same for that backbone; a PRMModel, a
@@ -1547,6 +1550,16 @@ def train(
                             "trained model again (napari-prm refine), or train with a frozen backbone "
                             "(backbone_lr_mult=0, the command line's --backbone-lr-mult 0) to keep it")
     config["epochs"] = epochs
+    # the image channels it learns from (`LabeledImageDataset.channels`), which predict then reads
+    recorded = model.settings.get("channels")
+    if state is not None and recorded != dataset.channels:
+        raise ValueError(f"cannot resume {resume_path}: it was trained on image channels "
+                         f"{recorded if recorded is not None else 'None (images as they are)'}, the dataset "
+                         f"reads channels {dataset.channels}: give the same channels")
+    if dataset.channels is None:
+        model.settings.pop("channels", None)
+    else:
+        model.settings["channels"] = list(dataset.channels)
     if start_epoch < epochs:
         # thresholds chosen for the weights training changes (a fine-tuned model's, or those of a
         # finished run that goes on) would be kept by a checkpoint this run does not calibrate

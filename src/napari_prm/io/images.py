@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,8 @@ import tifffile
 
 from .._validate import path_like
 
-__all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "read_stack", "stack_planes", "ImageStack", "image_array",
+__all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "pick_channels", "checked_channels", "channels_for",
+           "read_stack", "stack_planes", "ImageStack", "image_array",
            "as_rgb_float", "opacity_note", "unreadable_images"]
 
 #: File name suffixes `read_image` reads: TIFF through tifffile, the others through imageio
@@ -169,13 +170,22 @@ def quiet_large_image_warning() -> None:
                             "could be decompression bomb")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, channels: Sequence[int] | None = None) -> np.ndarray:
     """Read one 2-D image (gray, RGB or RGBA; 8- or 16-bit) from any of ``IMAGE_SUFFIXES``.
 
     Parameters
     ----------
     path : path-like
         The image file: read with tifffile for a ``.tif``/``.tiff`` suffix, else with imageio.
+    channels : sequence of 1 to 3 int, optional
+        Pick these channels of a multichannel image (2 or more fluorescence channels) as the
+        network's red, green and blue, in this order (see `pick_channels`): 1 channel gives a
+        gray ``(H, W)`` image, 2 give ``(H, W, 3)`` with an empty (zero) blue, 3 give
+        ``(H, W, 3)``. The channels are found on a TIFF's ``C`` (ImageJ, OME) or ``S``
+        (samples) axis, else on the shorter of its first and last axes (an unnamed
+        ``(C, Y, X)`` or ``(Y, X, C)``); on the last axis of other formats (RGB: 0, 1, 2).
+        A gray image has one channel, 0. None (the default) reads the image as it is, by
+        the rules below.
 
     Returns
     -------
@@ -209,7 +219,148 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     result into network input with `as_rgb_float`, which needs at least 2×2 pixels.
     """
     path = path_like("image", path)
+    if channels is not None:
+        channels = checked_channels(channels)
+        return _picked_channels(path, read_array(path, what="image"), lambda: _tiff_header(path), channels)
     return _one_image(path, read_array(path, what="image"), lambda: _tiff_header(path))
+
+
+#: The most channels `read_image` picks: the network's red, green and blue.
+MAX_CHANNELS = 3
+
+
+def checked_channels(channels: Any, *, name: str = "channels") -> list[int] | None:
+    """``channels`` as a list of 1 to 3 channel indices (None stays None).
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``: not a sequence of 1 to 3 whole numbers from 0.
+    """
+    if channels is None:
+        return None
+    if isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):
+        channels = [channels]
+    try:
+        values = list(channels)
+    except TypeError:
+        values = None
+    if (values is None or isinstance(channels, (str, bytes)) or not 1 <= len(values) <= MAX_CHANNELS
+            or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in values)):
+        raise ValueError(f"{name}: expected 1 to {MAX_CHANNELS} channel indices from 0 (the network's red, "
+                         f"green and blue; 0,2 picks the 1st and 3rd channels), got {channels!r}")
+    return [int(c) for c in values]
+
+
+def channels_for(given: Sequence[int] | None, recorded: Sequence[int] | None) -> tuple[list[int] | None, str | None]:
+    """The channels to read images with, from those given and those a model was trained on.
+
+    Parameters
+    ----------
+    given : sequence of int or None
+        Those asked for (``--channels``, ``channels=``).
+    recorded : sequence of int or None
+        Those the model's checkpoint records (``model.settings["channels"]``; None for a
+        model trained without them).
+
+    Returns
+    -------
+    channels : list of int or None
+        ``given`` when given, else ``recorded``.
+    note : str or None
+        When both are given and differ: the model was trained on other channels.
+    """
+    given, recorded = checked_channels(given), checked_channels(recorded, name="the model's channels")
+    if given is None:
+        return recorded, None
+    if recorded is not None and given != recorded:
+        return given, (f"channels {_channel_list(given)} differ from those the model was trained on "
+                       f"({_channel_list(recorded)}): its results may not mean what they did in training")
+    return given, None
+
+
+def _channel_list(channels: Sequence[int]) -> str:
+    return ",".join(str(c) for c in channels)
+
+
+def pick_channels(image: np.ndarray, channels: Sequence[int], *, name: str = "image",
+                  channel_axis: int = -1) -> np.ndarray:
+    """Channels of a multichannel array laid out as the network's red, green and blue.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) ndarray
+        A 2-D image is one channel (0); ``channel_axis`` says where the channels are in a
+        3-D one.
+    channels : sequence of 1 to 3 int
+        The channels, in the order red, green, blue.
+    name : str
+        What the image is (``"image <path>"``), for the error message.
+    channel_axis : int
+        The channel axis of a 3-D ``image``.
+
+    Returns
+    -------
+    (H, W) or (H, W, 3) ndarray
+        In ``image``'s dtype: one channel as a gray image; 2 as red and green and a blue of
+        zeros (which `as_rgb_float` leaves at 0, stretching the others each by its own
+        percentiles); 3 as red, green and blue.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``, the channels it has and those asked for, for an index out of range;
+        for an array of other than 2 or 3 dimensions.
+    """
+    channels = checked_channels(channels)
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    elif image.ndim == 3:
+        image = np.moveaxis(image, channel_axis, -1)
+    else:
+        raise ValueError(f"cannot pick channels {_channel_list(channels)} of {name}: expected one 2-D image with "
+                         f"channels, got an array of shape {image.shape}")
+    count = image.shape[-1]
+    outside = [c for c in channels if c >= count]
+    if outside:
+        has = "1 channel (0: a gray image)" if count == 1 else f"{count} channels (0 to {count - 1})"
+        raise ValueError(f"cannot read {name}: channel {outside[0]} of channels {_channel_list(channels)} "
+                         f"(channels=, --channels) is out of range: it has {has}")
+    picked = image[..., channels]
+    if len(channels) == 1:
+        return np.ascontiguousarray(picked[..., 0])
+    if len(channels) == 2:
+        picked = np.concatenate([picked, np.zeros_like(picked[..., :1])], axis=-1)
+    return np.ascontiguousarray(picked)
+
+
+def _picked_channels(path, image: np.ndarray, header: Callable[[], tuple], channels: list[int]) -> np.ndarray:
+    """`read_image`'s image of ``channels`` from the array ``image`` read from ``path``."""
+    axes = header()[0] if _is_tiff(path) else None
+    if axes is not None and len(axes) != image.ndim:
+        axes = None
+    while image.ndim > 3 and image.shape[0] == 1:  # one frame, one plane
+        image, axes = image[0], axes[1:] if axes else None
+    axis = -1
+    if image.ndim == 3:
+        if axes and axes[0] in _NOT_COLOUR_AXES:
+            raise ValueError(f"cannot read image {path}: channels {_channel_list(channels)} are picked from one "
+                             f"2-D image, and its first axis holds {image.shape[0]} {_NOT_COLOUR_AXES[axes[0]]} "
+                             f"(axes {axes}): save one plane with its channels")
+        named = [i for i, a in enumerate(axes or "") if a in "CS"]
+        if named:  # ImageJ/OME channels, or a page's samples
+            axis = named[0]
+        elif _is_tiff(path):  # unnamed pages: (C, Y, X) or (Y, X, C), the channels the shorter axis
+            axis = 0 if image.shape[0] <= image.shape[-1] else -1
+    elif image.ndim != 2:
+        raise ValueError(f"cannot read image {path}: channels {_channel_list(channels)} are picked from one 2-D "
+                         f"image, got an array of shape {image.shape}"
+                         + (f" (axes {axes})" if axes else "") + ": save one plane with its channels")
+    picked = pick_channels(image, channels, name=f"image {path}", channel_axis=axis)
+    if min(picked.shape[:2]) == 0:
+        raise ValueError(f"cannot read image {path}: it has no pixels ({picked.shape[0]}×{picked.shape[1]})")
+    return picked
 
 
 def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarray:
@@ -417,7 +568,8 @@ def _planes_of(path, axes: str, shape: tuple[int, ...], data: np.ndarray) -> Ima
     return ImageStack(planes, axes, shape)
 
 
-def _read_image_file(path: str | os.PathLike) -> tuple[ImageStack | np.ndarray, dict | None]:
+def _read_image_file(path: str | os.PathLike, channels: Sequence[int] | None = None
+                     ) -> tuple[ImageStack | np.ndarray, dict | None]:
     """An image file as ``napari-prm predict`` reads it, a TIFF opened once: its stack of z-planes
     or time points (`read_stack`), else its one 2-D image (`read_image`), and the pixel size it
     records (`napari_prm.io.tiff_pixel_size`; None for other formats).
@@ -435,8 +587,9 @@ def _read_image_file(path: str | os.PathLike) -> tuple[ImageStack | np.ndarray, 
     from .labels import _pixel_size_of
 
     path = path_like("image", path)
+    channels = checked_channels(channels)
     if not _is_tiff(path) or not path.is_file():
-        return read_image(path), None
+        return read_image(path, channels=channels), None
     _check_file(path, "image")
     try:
         tif = tifffile.TiffFile(path)
@@ -447,16 +600,21 @@ def _read_image_file(path: str | os.PathLike) -> tuple[ImageStack | np.ndarray, 
             series = _series_of(tif)
         except Exception:  # noqa: BLE001 -- reading its data says what is wrong with the file
             series = None
-        found = None if series is None else _stack_of(path, *series)  # as stack_planes
+        # as stack_planes; with channels, one 2-D image of them (`_picked_channels` refuses a stack)
+        found = None if series is None or channels is not None else _stack_of(path, *series)
         try:
             data = _tiff_data(tif)  # what read_array reads
         except Exception as error:  # the readers raise many types for a broken file
             raise _unreadable("image", path, error) from error
-        image = _planes_of(path, *found, data) if found else _one_image(path, data, lambda: _header_of(tif))
+        if channels is not None:
+            image = _picked_channels(path, data, lambda: _header_of(tif), channels)
+        else:
+            image = _planes_of(path, *found, data) if found else _one_image(path, data, lambda: _header_of(tif))
         return image, _pixel_size_of(tif)
 
 
-def unreadable_images(paths, progress=None) -> list[tuple[os.PathLike, str]]:
+def unreadable_images(paths, progress=None, *, channels: Sequence[int] | None = None
+                      ) -> list[tuple[os.PathLike, str]]:
     """The files of ``paths`` that `read_image` cannot read, found without decoding the others.
 
     Each file's header is parsed (Pillow, or tifffile for a TIFF) and its end checked where
@@ -473,6 +631,8 @@ def unreadable_images(paths, progress=None) -> list[tuple[os.PathLike, str]]:
     paths : sequence of path-like
     progress : callable, optional
         ``progress(done, total)`` after each file.
+    channels : sequence of int, optional
+        The channels the files are read with (`read_image`'s ``channels``).
 
     Returns
     -------
@@ -482,9 +642,9 @@ def unreadable_images(paths, progress=None) -> list[tuple[os.PathLike, str]]:
     paths = list(paths)
     found = []
     for done, path in enumerate(paths, start=1):
-        if _suspect(path):
+        if channels is not None or _suspect(path):  # any file may lack a channel asked for
             try:
-                read_image(path)
+                read_image(path, channels=channels)
             except ValueError as error:
                 found.append((path, str(error)))
         if progress is not None:

@@ -311,6 +311,10 @@ def _checked_settings(where: str, settings) -> dict[str, Any]:
     if "class_threshold" in settings:
         settings["class_threshold"] = check.finite_float(f"{where}: settings.class_threshold",
                                                          settings["class_threshold"])
+    if settings.get("channels") is not None:  # the image channels it was trained on; older checkpoints have none
+        from ..io.images import checked_channels
+
+        settings["channels"] = checked_channels(settings["channels"], name=f"{where}: settings.channels")
     return settings
 
 

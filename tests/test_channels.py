@@ -1,0 +1,168 @@
+"""Choosing which channels of a multichannel image feed the RGB network (``channels=``,
+``--channels``), and the checkpoint recording those a model was trained on."""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_prm import load_model, predict
+from napari_prm.cli import main
+from napari_prm.io import as_rgb_float, read_image
+from napari_prm.model.checkpoint import checkpoint_metadata
+
+SIZE = 40
+
+
+def four_channels(seed: int = 0, bright: int = 3000) -> np.ndarray:
+    """(4, 40, 40) uint16 counts: noise near 100 everywhere, a bright square in channel 2 only,
+    a dimmer one elsewhere in channel 0."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(90, 110, size=(4, SIZE, SIZE)).astype(np.uint16)
+    data[2, 10:20, 12:22] = bright
+    data[0, 25:35, 5:15] = 800
+    return data
+
+
+LAYOUTS = {
+    "imagej_cyx": lambda path, data: tifffile.imwrite(path, data, imagej=True, metadata={"axes": "CYX"}),
+    "ome_cyx": lambda path, data: tifffile.imwrite(path, data, ome=True, metadata={"axes": "CYX"}),
+    "unnamed_cyx": lambda path, data: tifffile.imwrite(path, data),
+    "yxc": lambda path, data: tifffile.imwrite(path, np.moveaxis(data, 0, -1)),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_read_image_picks_channels_of_every_tiff_layout(tmp_path, layout):
+    data = four_channels()
+    path = tmp_path / f"{layout}.tif"
+    LAYOUTS[layout](path, data)
+    one = read_image(path, channels=[2])
+    assert one.shape == (SIZE, SIZE) and one.dtype == np.uint16
+    np.testing.assert_array_equal(one, data[2])  # the objects' channel, as stored
+    two = read_image(path, channels=[2, 0])
+    assert two.shape == (SIZE, SIZE, 3)
+    np.testing.assert_array_equal(two[..., 0], data[2])
+    np.testing.assert_array_equal(two[..., 1], data[0])
+    assert not two[..., 2].any()  # an empty blue
+    three = read_image(path, channels=(3, 2, 1))
+    np.testing.assert_array_equal(three, np.moveaxis(data[[3, 2, 1]], 0, -1))
+    # each channel stretched by its own percentiles; the empty blue stays 0
+    rgb = as_rgb_float(two)
+    assert rgb[15, 15, 0] == 1.0 and rgb[30, 10, 1] == 1.0 and rgb[30, 10, 0] < 0.2
+    assert not rgb[..., 2].any()
+
+
+def test_read_image_channels_of_three_unnamed_pages_and_plain_images(tmp_path):
+    data = four_channels()[:3]
+    tifffile.imwrite(tmp_path / "three.tif", data)  # (3, H, W): tifffile's planar RGB
+    np.testing.assert_array_equal(read_image(tmp_path / "three.tif", channels=[2]), data[2])
+    rgb = np.moveaxis(data[:3], 0, -1).astype(np.uint8)
+    iio.imwrite(tmp_path / "rgb.png", rgb)
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb.png", channels=[2, 1, 0]), rgb[..., ::-1])
+    iio.imwrite(tmp_path / "gray.png", rgb[..., 0])
+    np.testing.assert_array_equal(read_image(tmp_path / "gray.png", channels=[0]), rgb[..., 0])
+    with pytest.raises(ValueError, match=r"gray\.png: channel 1 of channels 0,1 \(channels=, --channels\) is out "
+                                         r"of range: it has 1 channel \(0: a gray image\)"):
+        read_image(tmp_path / "gray.png", channels=[0, 1])
+
+
+def test_read_image_channel_out_of_range_names_the_file_its_channels_and_the_argument(tmp_path):
+    path = tmp_path / "cells.tif"
+    LAYOUTS["imagej_cyx"](path, four_channels())
+    with pytest.raises(ValueError) as error:
+        read_image(path, channels=[0, 4])
+    assert str(error.value) == (f"cannot read image {path}: channel 4 of channels 0,4 (channels=, --channels) is "
+                                "out of range: it has 4 channels (0 to 3)")
+    for bad in ([0, 1, 2, 3], [], [-1], ["a"]):
+        with pytest.raises(ValueError, match=r"channels: expected 1 to 3 channel indices"):
+            read_image(path, channels=bad)
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, four_channels(), imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(ValueError, match=r"stack\.tif: .*its first axis holds 4 z-planes \(axes ZYX\)"):
+        read_image(stack, channels=[0])
+
+
+def test_old_checkpoint_without_channels_loads_and_predicts_the_channels_given(tmp_path, tiny_checkpoint):
+    """A checkpoint saved before channels were recorded has none: it loads, reads files as they
+    are, and ``predict(..., channels=)`` picks those given."""
+    assert "channels" not in checkpoint_metadata(tiny_checkpoint)["settings"]
+    model = load_model(tiny_checkpoint)
+    assert "channels" not in model.settings
+    path = tmp_path / "cells.tif"
+    LAYOUTS["imagej_cyx"](path, four_channels())
+    picked = predict(path, model, channels=[2], proposals=None)
+    expected = predict(four_channels()[2], model, proposals=None)
+    np.testing.assert_allclose(picked.crms, expected.crms, rtol=1e-5, atol=1e-6)
+    other = predict(path, model, channels=[0], proposals=None)
+    assert not np.allclose(other.crms, expected.crms)
+    assert picked.notes == expected.notes  # nothing recorded: no note about channels
+    # an array's channels (last axis) are picked only when given
+    array = np.moveaxis(four_channels(), 0, -1)
+    np.testing.assert_allclose(predict(array, model, channels=[2], proposals=None).crms, expected.crms,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_with_bad_channels_is_refused_naming_the_field(tmp_path, tiny_checkpoint):
+    import torch
+
+    content = torch.load(tiny_checkpoint, weights_only=False)
+    content["metadata"]["settings"]["channels"] = [0, 1, 2, 3]
+    torch.save(content, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad\.pt.*settings\.channels: expected 1 to 3 channel indices"):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_train_records_channels_and_predict_reads_with_them(tmp_path, capsys):
+    """``train --channels 2`` writes them into the checkpoint; ``predict`` and `napari_prm.predict`
+    then read multichannel images with them by default, and note channels given that differ."""
+    root = tmp_path / "data"
+    for name, bright in (("bright", 3000), ("dim", 400)):
+        (root / name).mkdir(parents=True)
+        for seed in range(3):
+            LAYOUTS["imagej_cyx"](root / name / f"{seed}.tif", four_channels(seed, bright))
+    out = tmp_path / "model.pt"
+    assert main(["train", str(root), "--out", str(out), "--backbone", "tiny", "--batch-size", "2",
+                 "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--epochs", "1",
+                 "--device", "cpu", "--channels", "2"]) == 0
+    assert checkpoint_metadata(out)["settings"]["channels"] == [2]
+    model = load_model(out)
+    assert model.settings["channels"] == [2]
+    image = root / "bright" / "0.tif"
+    by_default = predict(image, model, proposals=None)
+    expected = predict(read_image(image, channels=[2]), model, proposals=None)
+    np.testing.assert_allclose(by_default.crms, expected.crms, rtol=1e-5, atol=1e-6)
+    assert not any("channels" in note for note in by_default.notes)
+    other = predict(image, model, channels=[0], proposals=None)
+    assert not np.allclose(other.crms, expected.crms)
+    assert any("channels 0 differ from those the model was trained on (2)" in note for note in other.notes)
+
+    capsys.readouterr()
+    assert main(["predict", str(image), "--model", str(out), "--out", str(tmp_path / "a"), "--proposals", "none",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "reading image channels 2 as red, green and blue: those the model was trained on" in err
+    assert main(["predict", str(image), "--model", str(out), "--out", str(tmp_path / "b"), "--proposals", "none",
+                 "--device", "cpu", "--channels", "0,1"]) == 0
+    assert "note: channels 0,1 differ from those the model was trained on (2)" in capsys.readouterr().err
+    # without channels the 4-channel TIFF is refused, as before: the model's channels were used
+    assert main(["predict", str(image), "--model", "imagenet-voc", "--out", str(tmp_path / "c"),
+                 "--proposals", "none", "--device", "cpu"]) == 1
+
+
+def test_channels_option_takes_spaces_or_commas(tmp_path, capsys):
+    from napari_prm.cli import build_parser
+
+    parser = build_parser()
+    for words in (["0", "2"], ["0,2"]):
+        args = parser.parse_args(["predict", "x.png", "--out", "o", "--channels", *words])
+        assert [c for word in args.channels for c in word] == [0, 2]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "x.png", "--out", "o", "--channels", "a"])
+    path = tmp_path / "cells.tif"
+    LAYOUTS["imagej_cyx"](path, four_channels())
+    assert main(["predict", str(path), "--model", "imagenet-voc", "--out", str(tmp_path / "o"),
+                 "--proposals", "none", "--device", "cpu", "--channels", "0", "1", "2", "3"]) == 2
+    assert "--channels: expected 1 to 3 channel indices" in capsys.readouterr().err
