@@ -17,7 +17,8 @@ module                        holds
                               `read_stack`, `stack_planes` (TIFF stacks of Z/T planes),
                               `read_array`, `image_array` (PIL images, tensors, paths),
                               `as_rgb_float` (the one RGB normaliser), `opacity_note`,
-                              `unreadable_images` (headers and ends, no decoding)
+                              `unreadable_images` (headers and ends, no decoding),
+                              `pick_channels`, `channels_for` (channels read as RGB)
 ``napari_prm.io.paths``       `sorted_paths`: one order of files on every operating system;
                               `image_stem` (``cells.ome.tif`` -> ``cells``), which names outputs
 ``napari_prm.io.labels``      `write_label_image`, `read_label_image`, `tiff_pixel_size`,
