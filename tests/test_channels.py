@@ -147,6 +147,13 @@ def test_train_records_channels_and_predict_reads_with_them(tmp_path, capsys):
     assert main(["predict", str(image), "--model", str(out), "--out", str(tmp_path / "b"), "--proposals", "none",
                  "--device", "cpu", "--channels", "0,1"]) == 0
     assert "note: channels 0,1 differ from those the model was trained on (2)" in capsys.readouterr().err
+    # calibrate and evaluate read the dataset with the model's channels too (4 channels are refused without)
+    calibrated = tmp_path / "calibrated.pt"
+    assert main(["calibrate", str(root), "--model", str(out), "--out", str(calibrated), "--no-tta",
+                 "--device", "cpu"]) == 0
+    assert checkpoint_metadata(calibrated)["settings"]["channels"] == [2]
+    assert main(["evaluate", str(root), "--model", str(calibrated), "--device", "cpu"]) == 0
+    assert "reading image channels 2 as red, green and blue" in capsys.readouterr().err
     # without channels the 4-channel TIFF is refused, as before: the model's channels were used
     assert main(["predict", str(image), "--model", "imagenet-voc", "--out", str(tmp_path / "c"),
                  "--proposals", "none", "--device", "cpu"]) == 1

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -662,7 +662,8 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
         file as a path (``"./imagenet-voc"``, a `pathlib.Path`;
         `napari_prm.model.is_builtin_name`).
     dataset : LabeledImageDataset
-        Images with image-level labels of every class of the model (others are dropped).
+        Images with image-level labels of every class of the model (others are dropped). Without
+        ``channels`` of its own, its images are read with those the model records.
     out : path, optional
         The checkpoint to write (``.pt``, ``.pth`` or ``.safetensors``; missing folders are
         made); default: ``model`` itself, updated in place.
@@ -721,6 +722,9 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
         dataset = dataset.with_classes(model.class_names)
     except ValueError as error:
         raise ValueError(f"the dataset does not have the model's classes: {error}") from None
+    if dataset.channels is None and model.settings.get("channels") is not None:
+        # the images read as the model was trained on them, as predict reads them
+        dataset = replace(dataset, channels=list(model.settings["channels"]))
     try:
         chosen = calibration_images(dataset, extra, held_out=held_out)
     except ValueError as error:
