@@ -173,3 +173,24 @@ def test_channels_option_takes_spaces_or_commas(tmp_path, capsys):
     assert main(["predict", str(path), "--model", "imagenet-voc", "--out", str(tmp_path / "o"),
                  "--proposals", "none", "--device", "cpu", "--channels", "0", "1", "2", "3"]) == 2
     assert "--channels: expected 1 to 3 channel indices" in capsys.readouterr().err
+
+
+def test_corrections_are_read_with_the_channels(tmp_path):
+    """``refine --masks`` / ``evaluate --masks`` read the corrected images with the dataset's channels:
+    a 4-channel TIFF was refused (read as it is)."""
+    import json
+
+    from napari_prm.refine.corrections import match_corrections
+
+    image = tmp_path / "cells.tif"
+    LAYOUTS["imagej_cyx"](image, four_channels())
+    square = [12.0, 10.0, 22.0, 10.0, 22.0, 20.0, 12.0, 20.0]
+    coco = {"images": [{"id": 1, "file_name": "cells.tif", "height": SIZE, "width": SIZE}],
+            "categories": [{"id": 1, "name": "nucleus"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [square], "area": 100.0,
+                             "bbox": [12.0, 10.0, 10.0, 10.0], "iscrowd": 0}]}
+    (tmp_path / "corrected.json").write_text(json.dumps(coco), encoding="utf-8")
+    matched, unmatched = match_corrections(tmp_path / "corrected.json", ["nucleus"], [image], channels=[2])
+    assert unmatched == [] and list(matched) == [0]
+    np.testing.assert_array_equal(matched[0].image, four_channels()[2])
+    assert matched[0].labels.shape == (SIZE, SIZE) and matched[0].labels[15, 15] > 0

@@ -1658,7 +1658,7 @@ def _dataset_corrections(masks: Path, dataset, class_names) -> dict:
     devkit_warnings: list[str] = []
     try:
         matched, unmatched = match_corrections(masks, class_names, dataset.image_paths, superseded=superseded,
-                                               warnings_to=devkit_warnings)
+                                               warnings_to=devkit_warnings, channels=dataset.channels)
     except (ValueError, OSError) as error:
         raise CommandError(f"--masks: {error}") from error
     for text in devkit_warnings:

@@ -272,7 +272,8 @@ def _find_image(name: str, index: Mapping[str, list[Path]], folders: Sequence[Pa
 def corrections_from_coco(path: str | os.PathLike, class_names: Sequence[str], *,
                           image_paths: Sequence[os.PathLike | str] = (),
                           image_dir: str | os.PathLike | None = None,
-                          unmatched: list[str] | None = None) -> list[Correction]:
+                          unmatched: list[str] | None = None,
+                          channels: Sequence[int] | None = None) -> list[Correction]:
     """One correction per image of a COCO instances JSON.
 
     Images are found by file name among ``image_paths`` (the dataset's), else in
@@ -305,15 +306,16 @@ def corrections_from_coco(path: str | os.PathLike, class_names: Sequence[str], *
         table = dict(table)
         table["class_name"] = np.array([file_classes[i] if i >= 0 else UNKNOWN_CLASS for i in table["class_index"]],
                                        dtype=object)
-        corrections.append(Correction(read_image(image_path), labels, class_lookup(table, class_names),
-                                      f"{path} ({image_path.name})", image_path))
+        corrections.append(Correction(read_image(image_path, channels=channels), labels,
+                                      class_lookup(table, class_names), f"{path} ({image_path.name})", image_path))
     return corrections
 
 
 def corrections_from_voc(path: str | os.PathLike, class_names: Sequence[str], *,
                          image_paths: Sequence[os.PathLike | str] = (),
                          unmatched: list[str] | None = None,
-                         warnings_to: list[str] | None = None) -> list[Correction]:
+                         warnings_to: list[str] | None = None,
+                         channels: Sequence[int] | None = None) -> list[Correction]:
     """One correction per segmented image of a PASCAL VOC devkit.
 
     ``path`` is a split list (``VOC2012/ImageSets/Segmentation/train.txt``) or the year
@@ -380,7 +382,7 @@ def corrections_from_voc(path: str | os.PathLike, class_names: Sequence[str], *,
             found = class_in(name, position)
             classes[value] = -1 if found is None else position[found]
         void = objects == VOC_VOID
-        corrections.append(Correction(read_image(image_path), np.where(void, 0, objects), classes,
+        corrections.append(Correction(read_image(image_path, channels=channels), np.where(void, 0, objects), classes,
                                       f"{pair[0]} ({image_path.name})", image_path,
                                       ignore=void if void.any() else None))
     return corrections
@@ -443,7 +445,8 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
                             image_paths: Sequence[os.PathLike | str] = (),
                             unmatched: list[str] | None = None,
                             superseded: list[str] | None = None,
-                            warnings_to: list[str] | None = None) -> list[Correction]:
+                            warnings_to: list[str] | None = None,
+                            channels: Sequence[int] | None = None) -> list[Correction]:
     """Corrections from ``<stem>_labels.tif`` (or ``.tiff``/``.png``) files with ``<stem>_instances.csv``,
     in ``folder`` and its sub-folders.
 
@@ -512,7 +515,8 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
         label_classes = class_lookup(table, class_names, others=lacking)
         for name in lacking:
             others.setdefault(name, []).append(table_path.relative_to(folder).as_posix())
-        corrections.append(Correction(read_image(image_path), labels, label_classes, str(label_path), image_path))
+        corrections.append(Correction(read_image(image_path, channels=channels), labels, label_classes,
+                                      str(label_path), image_path))
     if others:
         text = other_class_warning(f"corrections {folder}", others, class_names)
         if warnings_to is not None:
@@ -582,7 +586,8 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
                      image_paths: Sequence[os.PathLike | str] = (),
                      unmatched: list[str] | None = None,
                      superseded: list[str] | None = None,
-                     warnings_to: list[str] | None = None) -> list[Correction]:
+                     warnings_to: list[str] | None = None,
+                     channels: Sequence[int] | None = None) -> list[Correction]:
     """Corrections from a COCO JSON, a folder (and its sub-folders) of label images or a PASCAL VOC
     devkit's split list or year folder (see the three loaders).
 
@@ -606,6 +611,9 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
     warnings_to : list, optional
         What a devkit's reading warns of, and a folder's instances of classes the model lacks
         (a class name mistyped in an export's CSV), else a ``UserWarning``.
+    channels : sequence of int, optional
+        The channels the images are read with (`napari_prm.io.read_image`'s ``channels``: the
+        dataset's and the model's); the three loaders take it too.
 
     Returns
     -------
@@ -621,12 +629,13 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
     path = Path(path)
     if is_voc_folder(path) or (path.suffix.lower() == ".txt" and voc_split_root(path) is not None):
         return corrections_from_voc(path, class_names, image_paths=image_paths, unmatched=unmatched,
-                                    warnings_to=warnings_to)
+                                    warnings_to=warnings_to, channels=channels)
     if path.is_dir():
         return corrections_from_folder(path, class_names, image_paths=image_paths, unmatched=unmatched,
-                                       superseded=superseded, warnings_to=warnings_to)
+                                       superseded=superseded, warnings_to=warnings_to, channels=channels)
     if path.is_file() and path.suffix.lower() == ".json":
-        return corrections_from_coco(path, class_names, image_paths=image_paths, unmatched=unmatched)
+        return corrections_from_coco(path, class_names, image_paths=image_paths, unmatched=unmatched,
+                                     channels=channels)
     raise ValueError(f"corrections {path}: expected a COCO .json file, a folder of <stem>{LABEL_SUFFIX}.tif "
                      "label images with their <stem>_instances.csv, or a PASCAL VOC year folder or split list "
                      "(VOC2012/ImageSets/Segmentation/train.txt)")
@@ -635,7 +644,8 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
 def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
                       image_paths: Sequence[os.PathLike | str], *,
                       superseded: list[str] | None = None,
-                      warnings_to: list[str] | None = None) -> tuple[dict[int, Correction], list[str]]:
+                      warnings_to: list[str] | None = None,
+                      channels: Sequence[int] | None = None) -> tuple[dict[int, Correction], list[str]]:
     """The corrections of a COCO JSON, a folder of exports or a PASCAL VOC devkit, paired with a dataset's images.
 
     Each export is matched to an image of ``image_paths`` by file name or stem, as
@@ -659,6 +669,8 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
     warnings_to : list, optional
         Where what a PASCAL VOC devkit's reading warns of is put (see `corrections_from_voc`), and
         the warning of a folder's instances of classes the model lacks (`corrections_from_folder`).
+    channels : sequence of int, optional
+        The channels the images are read with (`load_corrections`).
 
     Returns
     -------
@@ -684,7 +696,7 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
     unmatched: list[str] = []
     left_out = superseded if superseded is not None else unmatched
     corrections = load_corrections(path, class_names, image_paths=image_paths, unmatched=unmatched,
-                                   superseded=left_out, warnings_to=warnings_to)
+                                   superseded=left_out, warnings_to=warnings_to, channels=channels)
     position: dict[Path, int] = {}
     for i, image_path in enumerate(map(Path, image_paths)):
         position.setdefault(image_path, i)
