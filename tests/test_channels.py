@@ -154,6 +154,14 @@ def test_train_records_channels_and_predict_reads_with_them(tmp_path, capsys):
     assert checkpoint_metadata(calibrated)["settings"]["channels"] == [2]
     assert main(["evaluate", str(root), "--model", str(calibrated), "--device", "cpu"]) == 0
     assert "reading image channels 2 as red, green and blue" in capsys.readouterr().err
+    # in Python too, a dataset without channels of its own is read with the model's
+    from napari_prm.data import load_dataset
+    from napari_prm.evaluate import evaluate_labels
+
+    plain = load_dataset(root)
+    assert plain.channels is None and plain.with_model_channels([2]).channels == [2]
+    assert load_dataset(root, channels=[0, 1]).with_model_channels([2]).channels == [0, 1]
+    assert evaluate_labels(load_model(calibrated), plain)  # 4 channels read as they are were refused
     # without channels the 4-channel TIFF is refused, as before: the model's channels were used
     assert main(["predict", str(image), "--model", "imagenet-voc", "--out", str(tmp_path / "c"),
                  "--proposals", "none", "--device", "cpu"]) == 1

@@ -239,6 +239,15 @@ class LabeledImageDataset:
             reason = str(error).removeprefix(f"cannot read image {path}: ")
             raise UnreadableImage(f"cannot read image {path} (declared at {self.origins[index]}): {reason}") from error
 
+    def with_model_channels(self, recorded: Sequence[int] | None) -> LabeledImageDataset:
+        """This dataset, reading the channels a model was trained on (``recorded``:
+        ``model.settings.get("channels")``) unless it has :attr:`channels` of its own; itself
+        when it has, or when ``recorded`` is None. Calibration, evaluation and refinement
+        read images as predict does."""
+        if self.channels is not None or recorded is None:
+            return self
+        return replace(self, channels=checked_channels(recorded))
+
     def read_rgb(self, index: int) -> np.ndarray:
         """The image as RGB floats, as the network and the proposals take it.
 

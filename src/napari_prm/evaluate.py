@@ -812,6 +812,8 @@ def evaluate(
         predictions = list(model_or_predictions)
         class_names = list(predictions[0].class_names) if predictions else list(dataset.class_names)
     dataset = dataset.with_classes(class_names)
+    if model is not None:  # read as predict reads them
+        dataset = dataset.with_model_channels(model.settings.get("channels"))
     if ground_truth is None:  # a PASCAL VOC image without segmentation PNGs has no instances to score
         without = set(dataset.images_without_masks())
         indices = [i for i in range(len(dataset)) if i not in without]
@@ -972,7 +974,7 @@ def evaluate_labels(
     if not isinstance(model, PRMModel) or device is not None:
         model = load_model(model, device=device)
     class_names = list(model.class_names)
-    dataset = dataset.with_classes(class_names)
+    dataset = dataset.with_classes(class_names).with_model_channels(model.settings.get("channels"))
     indices = [i for i in range(len(dataset)) if not only_labeled or dataset.labels[i].any()][:max_images]
     if not indices:
         raise ValueError(f"no image of dataset {dataset.source} to evaluate: none shows a class of the model "

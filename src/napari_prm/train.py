@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -722,9 +722,7 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
         dataset = dataset.with_classes(model.class_names)
     except ValueError as error:
         raise ValueError(f"the dataset does not have the model's classes: {error}") from None
-    if dataset.channels is None and model.settings.get("channels") is not None:
-        # the images read as the model was trained on them, as predict reads them
-        dataset = replace(dataset, channels=list(model.settings["channels"]))
+    dataset = dataset.with_model_channels(model.settings.get("channels"))  # as predict reads them
     try:
         chosen = calibration_images(dataset, extra, held_out=held_out)
     except ValueError as error:

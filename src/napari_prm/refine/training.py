@@ -269,7 +269,8 @@ def refine(
         out.parent.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
     if dataset is not None:  # a model class the dataset lacks (under either VOC spelling) is refused here
-        dataset = dataset.with_classes(model.class_names)
+        # read with the model's channels unless it has its own, as predict reads them
+        dataset = dataset.with_classes(model.class_names).with_model_channels(model.settings.get("channels"))
         check_readable(dataset, done="nothing was refined")
     start_epoch, history, state = 0, [], None
     head = None
