@@ -240,10 +240,21 @@ class LabeledImageDataset:
             raise UnreadableImage(f"cannot read image {path} (declared at {self.origins[index]}): {reason}") from error
 
     def with_model_channels(self, recorded: Sequence[int] | None) -> LabeledImageDataset:
-        """This dataset, reading the channels a model was trained on (``recorded``:
-        ``model.settings.get("channels")``) unless it has :attr:`channels` of its own; itself
-        when it has, or when ``recorded`` is None. Calibration, evaluation and refinement
-        read images as predict does."""
+        """This dataset, reading the channels a model was trained on unless it has :attr:`channels` of its own.
+
+        Calibration, evaluation and refinement read images as predict does.
+
+        Parameters
+        ----------
+        recorded : sequence of int or None
+            The model's channels, ``model.settings.get("channels")``.
+
+        Returns
+        -------
+        LabeledImageDataset
+            Itself when it has channels, or when ``recorded`` is None; else a copy reading
+            ``recorded``.
+        """
         if self.channels is not None or recorded is None:
             return self
         return replace(self, channels=checked_channels(recorded))
