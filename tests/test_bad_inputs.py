@@ -816,7 +816,8 @@ def test_finding_5_a_diverging_training_keeps_the_last_good_checkpoint(ws, capsy
     train(dataset, out=out, epochs=1, **settings)
     good = out.read_bytes()
     with pytest.raises(ValueError, match=r"training diverged in epoch 1: the loss became nan at batch 2 "
-                                         r"\(lr=1e\+30; try a smaller --lr\); .*model.pt was left as it was"):
+                                         r"\(lr=1e\+30; try a smaller lr, the command line's --lr\); "
+                                         r".*model.pt was left as it was"):
         train(dataset, out=out, epochs=3, lr=1e30, overwrite=True, **settings)
     assert out.read_bytes() == good
     model = load_model(out)

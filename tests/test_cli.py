@@ -1552,8 +1552,8 @@ def test_calibrate_notes_when_it_calibrates_on_the_training_images(tmp_path, cap
     calibrate = ["calibrate", str(tmp_path / "data"), "--model", str(out), "--no-tta", "--device", "cpu"]
     assert main(calibrate) == 0
     assert ("note: 4 of the 6 images calibrated on were used to train " + str(out) + ": thresholds chosen on "
-            "images a model has learnt are optimistic (too low for new images); --held-out calibrates on the "
-            "images 'train' held out") in capsys.readouterr().err
+            "images a model has learnt are optimistic (too low for new images); held_out=True (the command line's "
+            "--held-out) calibrates on the images 'train' held out") in capsys.readouterr().err
     assert main([*calibrate, "--held-out"]) == 0  # the held-out images: no note
     assert "note:" not in capsys.readouterr().err
     copy = tmp_path / "copy"  # the same pictures at other paths: new images to this model

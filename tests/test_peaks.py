@@ -106,6 +106,11 @@ def test_calibration_on_fewer_than_ten_images_says_its_thresholds_are_unreliable
     calibration = calibrate_thresholds(maps, labels)
     assert calibration.recall == 1.0 and calibration.precision == 1.0
     assert calibration.warning.startswith("the thresholds were calibrated on only 3 image(s), fewer than 10")
+    # read from Python, from the command line and in the model's settings: it names both terms
+    assert ("hold out more: train's val_fraction, the command line's --val-fraction" in calibration.warning
+            and "calibrate_checkpoint(MODEL, DATASET, held_out=True)" in calibration.warning
+            and "predict's class_threshold and peak_threshold, the command line's --class-threshold and "
+            "--peak-threshold" in calibration.warning)
     assert calibration.as_settings()["calibration"]["warning"] == calibration.warning
     many = calibrate_thresholds(maps * 4, np.concatenate([labels] * 4))
     assert many.images == 12 and many.warning is None
@@ -122,6 +127,7 @@ def test_calibration_that_finds_no_class_says_so():
     assert calibration.recall == 0 and calibration.precision == 0
     assert calibration.warning.startswith("calibration found no class")
     assert "3 calibration image(s)" in calibration.warning and "more epochs" in calibration.warning
+    assert "train's val_fraction, the command line's --val-fraction" in calibration.warning
     assert calibration.as_settings()["calibration"]["warning"] == calibration.warning
 
 
@@ -170,7 +176,7 @@ def test_a_few_crowded_images_over_the_cap_are_counted_not_averaged_away():
     assert "--max-peaks" in calibration.warning
     # crowded images, not a barely trained model: raising the thresholds for them would lose the others' peaks
     assert calibration.warning.endswith("To keep all the peaks of crowded images, raise the cap (predict's "
-                                        "--max-peaks; the napari widget's max peaks).")
+                                        "max_peaks, the command line's --max-peaks; the napari widget's max peaks).")
     assert "more epochs" not in calibration.warning and "--peak-threshold" not in calibration.warning
 
 

@@ -497,7 +497,7 @@ def test_an_image_that_fails_during_training_is_named_and_the_last_epoch_is_kept
         train(dataset, out=out, progress=damage, **settings)
     assert str(error.value).startswith(f"cannot read image {victim} (declared at {dataset.source}:7): ")
     assert str(error.value).endswith(f"; training stopped in epoch 2: {out} keeps epoch 1, intact: fix or remove "
-                                     "the image, then resume (--resume) goes on")
+                                     "the image, then resume (resume=True, the command line's --resume) goes on")
     assert not unreadable_images([victim])  # the up-front check cannot see it: header and end intact
     victim.write_bytes(sound)
     result = train(dataset, out=out, resume=True, **settings)
@@ -520,7 +520,8 @@ def test_an_image_that_fails_in_the_calibration_of_a_resumed_finished_run_is_not
         train(dataset, out=out, resume=True, **settings)
     assert str(error.value).startswith(f"cannot read image {victim}")
     assert str(error.value).endswith(f"; training stopped after the last epoch (calibrating): {out} keeps epoch 1, "
-                                     "intact: fix or remove the image, then resume (--resume) goes on")
+                                     "intact: fix or remove the image, then resume (resume=True, the command line's "
+                                     "--resume) goes on")
 
 
 def test_an_input_size_whose_class_maps_have_one_cell_is_refused_before_training(squares, tmp_path):

@@ -362,8 +362,9 @@ class Calibration:
             return sentences(warnings) if warnings else None
         return (f"calibration found no class: at no threshold pair was a peak of a class that the {self.images} "
                 "calibration image(s) show kept, so the stored thresholds are the lowest tried, not calibrated "
-                "ones. Calibrate on more images (hold out more: --val-fraction, or more images per class) "
-                "or train for more epochs, then calibrate again ('napari-prm calibrate').")
+                "ones. Calibrate on more images (hold out more: train's val_fraction, the command line's "
+                "--val-fraction; or more images per class) or train for more epochs, then calibrate again "
+                "(calibrate_checkpoint, or 'napari-prm calibrate').")
 
     @property
     def over_cap(self) -> int:
@@ -382,11 +383,12 @@ class Calibration:
                 f"{self.images} calibration image(s) (up to {max(self.image_peaks)}): predict will keep only the "
                 f"strongest {cap} of such an image.")
         if 2 * over < self.images:  # a few crowded images: thresholds raised for them would cost the others
-            return (f"{said} To keep all the peaks of crowded images, raise the cap (predict's --max-peaks; the "
-                    "napari widget's max peaks).")
+            return (f"{said} To keep all the peaks of crowded images, raise the cap (predict's max_peaks, the "
+                    "command line's --max-peaks; the napari widget's max peaks).")
         return (f"{said} A barely trained model's many weak peaks lead calibration to low thresholds: train for more "
-                "epochs and calibrate again. Otherwise raise the thresholds (predict's --class-threshold and "
-                "--peak-threshold; the napari widget's class threshold and peak threshold) or the cap (predict's "
+                "epochs and calibrate again. Otherwise raise the thresholds (predict's class_threshold and "
+                "peak_threshold, the command line's --class-threshold and --peak-threshold; the napari widget's "
+                "class threshold and peak threshold) or the cap (predict's max_peaks, the command line's "
                 "--max-peaks; the widget's max peaks).")
 
     def _few_images_warning(self) -> str | None:
@@ -394,11 +396,12 @@ class Calibration:
             return None
         return (f"the thresholds were calibrated on only {self.images} image(s), fewer than "
                 f"{MIN_CALIBRATION_IMAGES}: chosen on so few, they fit those images and may not hold on "
-                "others. Calibrate on more images (hold out more: --val-fraction, or add images, then "
-                "'napari-prm calibrate DATASET --model MODEL --held-out'; or 'napari-prm calibrate' on a "
-                "larger labelled set the model was not trained on), or set the thresholds by hand "
-                "(predict's --class-threshold and --peak-threshold, or the Peak Response Maps widget's "
-                "thresholds).")
+                "others. Calibrate on more images (hold out more: train's val_fraction, the command line's "
+                "--val-fraction; or add images, then calibrate_checkpoint(MODEL, DATASET, held_out=True), "
+                "'napari-prm calibrate DATASET --model MODEL --held-out'; or calibrate on a larger labelled set "
+                "the model was not trained on), or set the thresholds by hand (predict's class_threshold and "
+                "peak_threshold, the command line's --class-threshold and --peak-threshold, or the Peak "
+                "Response Maps widget's thresholds).")
 
     def describe(self) -> str:
         """E.g. ``"calibrated on 26 image(s): class threshold 1.2, peak threshold 0.8 (peak precision

@@ -783,12 +783,13 @@ def _calibration_notes(name: str, extra: dict, chosen: CalibrationImages) -> lis
     state = (extra or {}).get(TRAINING_STATE_KEY)
     if chosen.held_out:  # held out by the split made again on the dataset as it is now
         instead = ("its run did not hold them out (the dataset given is not the one 'train' split: images were added "
-                   "or removed since, or it is another view of them, e.g. without --voc): calibrate on the dataset "
-                   "'train' had, or on images it was not trained on")
+                   "or removed since, or it is another view of them, e.g. without --voc, voc_view in Python): "
+                   "calibrate on the dataset 'train' had, or on images it was not trained on")
     else:
         try:
             checkpoint_held_out(chosen.dataset, state)
-            instead = "--held-out calibrates on the images 'train' held out"
+            instead = ("held_out=True (the command line's --held-out) calibrates on the images 'train' held "
+                       "out")
         except ValueError:
             fraction = ((state or {}).get("config") or {}).get("val_fraction") or 0
             instead = ("" if fraction else "it held none out: ") + "calibrate on images it was not trained on"
@@ -1301,7 +1302,7 @@ def _kept(out: Path, last_good: Path | None, good: str) -> str:
 def _image_failure(message: str, out: Path, last_good: Path | None, done: int, epoch: int) -> str:
     """An image that failed while training: which, where training stopped, what is kept."""
     kept = _kept(out, last_good, f"{last_good} keeps epoch {done}, intact: fix or remove the image, then resume "
-                                 "(--resume) goes on")
+                                 "(resume=True, the command line's --resume) goes on")
     stage = f"in epoch {epoch}" if done < epoch else "after the last epoch (calibrating)"
     return f"{message}; training stopped {stage}: {kept}"
 
@@ -1318,7 +1319,8 @@ def _check_finite_training(model: PRMModel, out: Path, epoch: int, batch: int | 
         return
     what = f"the loss became {loss} at batch {batch}" if loss is not None else "the weights hold NaN or inf"
     kept = _kept(out, last_good, f"the last good checkpoint {last_good} is kept")
-    raise ValueError(f"training diverged in epoch {epoch}: {what} (lr={lr:g}; try a smaller --lr); {kept}")
+    raise ValueError(f"training diverged in epoch {epoch}: {what} (lr={lr:g}; try a smaller lr, "
+                     f"the command line's --lr); {kept}")
 
 
 def keeps_random_state(function: Callable) -> Callable:

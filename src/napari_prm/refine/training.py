@@ -283,7 +283,8 @@ def refine(
         if state is None or saved.head is None:
             if is_safetensors(resume_path):
                 raise ValueError(f"cannot resume from {resume_path}: a .safetensors checkpoint holds no training "
-                                 "state; refine writes it to a .pt --out (or fine-tune: use it as the model)")
+                                 "state; refine writes it to a .pt out (the command line's --out), or "
+                                 "fine-tune: use it as the model")
             raise ValueError(f"{resume_path} holds no refinement training state (it was not written by refine)")
         if list(saved.class_names) != list(model.class_names):
             raise ValueError(f"cannot resume {resume_path}: its classes {saved.class_names} are not the model's "
