@@ -1,6 +1,8 @@
 """Stacks held small and resized when read (`napari_prm.scaled`): `ScaledPRMs` reads as the
 eager `resize_prms` stack bit for bit, and `ScaledMasks` as `resize_nearest`'s."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,25 @@ def test_the_predictors_instances_share_its_maps(tiny_checkpoint, small_cat):
     for instance in prediction.instances:
         assert isinstance(instance.prm, InstancePRM) and instance.prm.prms is prediction.prms
         assert instance.prm.peaks == (instance.peak, *instance.merged_peaks)
+
+
+def test_lazy_stacks_convert_to_numpy_and_torch_in_one_piece(maps, threads):
+    """``torch.as_tensor(prediction.prms)`` read the stack as a sequence of planes, item by item,
+    with torch's warning "Creating a tensor from a list of numpy.ndarrays is extremely slow";
+    ``__dlpack__`` gives torch the array built for the call."""
+    prms = ScaledPRMs(maps, SHAPE)
+    eager = resize_prms(maps, SHAPE)
+    masks = ScaledMasks(maps > 1e-3, SHAPE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's slow-path warning fails the test
+        assert np.array_equal(np.asarray(prms), eager) and np.asarray(prms).dtype == np.float32
+        assert np.asarray(prms, dtype=np.float64).dtype == np.float64
+        copied = np.array(prms, copy=True)
+        copied[0] = -1  # a new array: the stack is unchanged
+        assert np.array_equal(np.asarray(prms[0]), eager[0])
+        tensor = torch.as_tensor(prms)
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, torch.from_numpy(eager))
+        assert torch.equal(torch.from_dlpack(prms), tensor) and torch.equal(torch.tensor(prms), tensor)
+        assert torch.as_tensor(prms, dtype=torch.float64).dtype == torch.float64
+        assert torch.equal(torch.as_tensor(prms[1:3]), tensor[1:3])
+        assert torch.equal(torch.as_tensor(masks), torch.from_numpy(resize_nearest(maps > 1e-3, SHAPE)))

@@ -402,7 +402,8 @@ class Prediction:
         :class:`napari_prm.prm_maps.ScaledPRMs`: the maps at the network's grid, each
         resized when read (``prms[k]``), so that many peaks of a large image cost little;
         it reads as a read-only float32 ndarray (``np.asarray(prms)``, ``prms.sum(...)``
-        and the other ndarray methods build the whole stack).
+        and the other ndarray methods build the whole stack; so does ``torch.as_tensor(prms)``,
+        while ``torch.from_numpy`` takes ndarrays only: ``torch.from_numpy(np.asarray(prms))``).
     instances : list of Instance
         Retrieved instances (empty when no proposals were used).
     peaks_crm : (K, 3) int64 ndarray

@@ -50,11 +50,17 @@ def _is_integer(item) -> bool:
     return isinstance(item, (int, np.integer)) and not isinstance(item, bool)
 
 
+#: ``__dlpack_device__`` of an array in the CPU's memory: (kDLCPU, 0)
+_CPU_DLPACK_DEVICE = (1, 0)
+
+
 class LazyArray(NDArrayOperatorsMixin):
     """An array that is built when it is read: subclasses define `to_array`.
 
     ``np.asarray(lazy)``, the operators, ufuncs and the ndarray's other methods and properties
-    (``lazy.sum()``, ``lazy.max(axis=0)``, ``lazy.T``) work on the array built for the call. An
+    (``lazy.sum()``, ``lazy.max(axis=0)``, ``lazy.T``) work on the array built for the call, and so
+    do ``torch.as_tensor(lazy)`` and ``torch.from_dlpack(lazy)`` (through ``__dlpack__``);
+    ``torch.from_numpy`` takes ndarrays only: ``torch.from_numpy(np.asarray(lazy))``. An
     in-place operator (``lazy += 1``) gives a new ndarray, bound to the name, and leaves the lazy
     array as it was: it is read-only.
     """
@@ -64,8 +70,20 @@ class LazyArray(NDArrayOperatorsMixin):
         raise NotImplementedError
 
     def __array__(self, dtype=None, copy=None):
+        # NumPy 2's signature: the array is built for the call, a new one each time, so that
+        # ``copy`` asks for nothing more (np.asarray(lazy), np.array(lazy, copy=True) alike)
         array = self.to_array()
         return array if dtype is None else array.astype(dtype, copy=False)
+
+    def __dlpack__(self, **options):
+        # torch.as_tensor(lazy), torch.tensor(lazy) and torch.from_dlpack(lazy) take the array built
+        # for the call in one piece; without it, torch read a stack as a sequence of planes, item by
+        # item, and warned "Creating a tensor from a list of numpy.ndarrays is extremely slow"
+        options = {key: value for key, value in options.items() if value is not None}
+        return self.to_array().__dlpack__(**options)
+
+    def __dlpack_device__(self):
+        return _CPU_DLPACK_DEVICE
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         inputs = tuple(item.to_array() if isinstance(item, LazyArray) else item for item in inputs)
