@@ -1465,8 +1465,11 @@ def test_calibrate_evaluate_and_refine_name_every_unreadable_image_before_runnin
         error = capsys.readouterr().err
         assert f"error: 2 images of {data} cannot be read; fix or remove them from the dataset (nothing was {done})" \
             in error, error
+        # one reason, said once (then the files), in each command's error
+        assert error.count("image file is truncated") == 1, error
+        assert "  2 images: image file is truncated" in error, error
         for path in broken:
-            assert f"{path} (declared at {path}): image file is truncated" in error, error
+            assert f"\n    {path} (declared at {path})\n" in error, error
     assert not (tmp_path / "c.pt").exists() and not (tmp_path / "r.pt").exists()
 
 

@@ -479,6 +479,38 @@ def test_unreadable_images_are_all_named_before_training(squares, tmp_path):
     assert not out.exists()
 
 
+def test_images_unreadable_for_one_reason_are_grouped(tmp_path):
+    """12 two-channel TIFFs repeated read_image's 600-character advice 12 times, one per file: the
+    reason is now said once, then the first 10 files and how many more; a file unreadable for
+    another reason keeps its own line."""
+    import tifffile
+
+    from napari_prm.data import load_dataset
+
+    folder = tmp_path / "data" / "cells"
+    folder.mkdir(parents=True)
+    channels = [folder / f"{number:02d}.tif" for number in range(12)]
+    for path in channels:
+        tifffile.imwrite(path, np.zeros((2, 32, 32), np.uint8))
+    iio.imwrite(folder / "good.png", np.zeros((32, 32), np.uint8))
+    (folder / "text.png").write_text("not an image")
+    dataset = load_dataset(tmp_path / "data")
+    out = tmp_path / "model.pt"
+    with pytest.raises(ValueError) as error:
+        train(dataset, out=out, **SETTINGS)
+    message = str(error.value)
+    lines = message.splitlines()
+    assert lines[0] == (f"13 images of {dataset.source} cannot be read; fix or remove them from the dataset "
+                        "(nothing was trained):")
+    assert lines[1].startswith("  12 images: expected one 2-D gray, RGB or RGBA image, got an array of shape "
+                               "(2, 32, 32); its first axis holds 2 pages") and lines[1].endswith(":")
+    assert message.count("its first axis holds 2 pages") == 1
+    assert lines[2:12] == [f"    {path} (declared at {path})" for path in channels[:10]]
+    assert lines[12] == "    ... (2 more)"
+    assert lines[13].startswith(f"  {folder / 'text.png'} (declared at {folder / 'text.png'}): ")
+    assert len(lines) == 14 and not out.exists()
+
+
 def test_an_image_that_fails_during_training_is_named_and_the_last_epoch_is_kept(squares, tmp_path):
     """Damage the check cannot see (an image changed after the check, here after epoch 1):
     the error names the file, the epoch it stopped in and the intact checkpoint; resume goes on."""

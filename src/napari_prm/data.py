@@ -514,12 +514,23 @@ class LabeledImageDataset:
         progress : callable, optional
             Called as ``progress(done, total)`` after each file.
         """
+        return [f"{name}: {reason}" for name, reason in self.unreadable_reasons(progress)]
+
+    def unreadable_reasons(self, progress=None) -> list[tuple[str, str]]:
+        """`unreadable_images` as pairs: each unreadable file, named with where it was declared
+        (``"<path> (declared at <origin>)"``), and why it cannot be read.
+
+        Parameters
+        ----------
+        progress : callable, optional
+            Called as ``progress(done, total)`` after each file.
+        """
         from .io import unreadable_images
 
         where = {}
         for index, path in enumerate(self.image_paths):
             where.setdefault(path, self.origins[index])
-        return [f"{path} (declared at {where[path]}): {reason.removeprefix(f'cannot read image {path}: ')}"
+        return [(f"{path} (declared at {where[path]})", reason.removeprefix(f"cannot read image {path}: "))
                 for path, reason in unreadable_images(list(where), progress=progress, channels=self.channels)]
 
     def check_positives(self) -> None:

@@ -1270,13 +1270,15 @@ def _training_state(path: Path, state) -> tuple[dict[str, Any], int, list[EpochR
     return config, start_epoch, history
 
 
-def check_readable(dataset: LabeledImageDataset, *, done: str = "nothing was trained") -> None:
+def check_readable(dataset: LabeledImageDataset, *, done: str = "nothing was trained", shown: int = 10) -> None:
     """Raise ValueError naming every image of ``dataset`` that cannot be read (see
     `LabeledImageDataset.unreadable_images`: headers and ends, no decoding).
 
     Training, calibration, evaluation and refinement check their images before the first
     one runs: the first unreadable image found on the way stopped them, and an evaluation's
-    or a calibration's work on the images before it was lost.
+    or a calibration's work on the images before it was lost. Images unreadable for one
+    reason are grouped: the reason once, then the first ``shown`` of them and how many more
+    (12 two-channel TIFFs repeated a 600-character explanation 12 times).
 
     Parameters
     ----------
@@ -1284,12 +1286,27 @@ def check_readable(dataset: LabeledImageDataset, *, done: str = "nothing was tra
         The images to check.
     done : str
         What the message says of the work, e.g. ``"nothing was calibrated"``.
+    shown : int
+        How many images of one reason are listed; the others are counted.
     """
-    unreadable = dataset.unreadable_images()
-    if unreadable:
-        them = "it" if len(unreadable) == 1 else "them"
-        raise ValueError(f"{plural(len(unreadable), 'image')} of {dataset.source} cannot be read; fix or "
-                         f"remove {them} from the dataset ({done}):\n  " + "\n  ".join(unreadable))
+    unreadable = dataset.unreadable_reasons()
+    if not unreadable:
+        return
+    them = "it" if len(unreadable) == 1 else "them"
+    lines = [f"{plural(len(unreadable), 'image')} of {dataset.source} cannot be read; fix or remove {them} from "
+             f"the dataset ({done}):"]
+    groups: dict[str, list[str]] = {}
+    for name, reason in unreadable:
+        groups.setdefault(reason, []).append(name)
+    for reason, names in groups.items():
+        if len(names) == 1:
+            lines.append(f"  {names[0]}: {reason}")
+            continue
+        lines.append(f"  {len(names)} images: {reason}:")
+        lines += [f"    {name}" for name in names[:shown]]
+        if len(names) > shown:
+            lines.append(f"    ... ({len(names) - shown} more)")
+    raise ValueError("\n".join(lines))
 
 
 def _kept(out: Path, last_good: Path | None, good: str) -> str:
