@@ -910,6 +910,30 @@ def test_the_label_stack_of_an_imagej_stack_keeps_its_axis_and_plane_interval(tm
     assert "plane_axis" not in io.tiff_pixel_size(tmp_path / "flat.tif")
 
 
+def test_write_label_image_names_the_axes_it_is_given(tmp_path):
+    """A label stack without an ImageJ unit (uint32 labels, or no pixel size) was written with
+    tifffile's unnamed axes, QYX: ``axes=`` names them, and a ``pixel_size`` of a z-stack names
+    the planes by default; axes that do not fit the labels are refused."""
+    labels = np.zeros((3, 6, 7), np.uint32)
+    labels[1, 1:3, 2:5] = 70000  # over uint16: no ImageJ file
+    size = {"resolution": (2.0, 2.0), "unit": tifffile.RESUNIT.NONE, "imagej_unit": "um", "plane_axis": "Z"}
+    for given, pixel_size, expected in (("TYX", None, "TYX"), (None, size, "ZYX"), ("zyx", size, "ZYX"),
+                                        (None, None, "QYX")):
+        path = io.write_label_image(tmp_path / "labels.tif", labels, pixel_size=pixel_size, axes=given,
+                                    class_names=["a"])
+        with tifffile.TiffFile(path) as tif:
+            assert tif.series[0].axes == expected and not tif.is_imagej
+        np.testing.assert_array_equal(io.read_label_image(path), labels)
+        assert io.read_label_class_names(path) == ["a"]
+    path = io.write_label_image(tmp_path / "small.tif", labels.astype(np.uint16) % 7, axes="TYX")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].axes == "TYX"
+    for wrong in ("YX", "ZZX", "ZXY", "Z1X"):
+        with pytest.raises(ValueError, match=rf"axes: expected 3 distinct axis letters ending in YX .*got '{wrong}'"):
+            io.write_label_image(tmp_path / "wrong.tif", labels, axes=wrong)
+    assert not (tmp_path / "wrong.tif").exists()
+
+
 def test_a_label_tiff_of_a_layer_in_micrometres_carries_its_pixel_size_as_resolution_tags(tmp_path):
     """The Export widget's label TIFF of a layer at 0.26 µm per pixel recorded the scale in napari-prm's
     JSON description only: Fiji (and any TIFF reader) saw 1 pixel per unit. Its resolution tags hold it now,

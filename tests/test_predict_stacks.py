@@ -139,6 +139,9 @@ def test_predict_runs_a_stack_plane_by_plane(stacks, checkpoint, tmp_path):
                     "plane_axis": "Z", "spacing": 2.5}
     with tifffile.TiffFile(out / "zstack_labels.tif") as tif:
         assert tif.series[0].axes == "ZYX" and tif.imagej_metadata["spacing"] == 2.5
+    # the OME time-lapse records no pixel size: its label stack still names its time axis (it was QYX)
+    with tifffile.TiffFile(out / "movie_labels.tif") as tif:
+        assert tif.series[0].axes == "TYX"
     # a second run skips them, touching nothing
     state = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "summary.csv"}
     assert main(["predict", str(stacks), "--out", str(out), "--model", str(checkpoint), "--device", "cpu",
@@ -147,6 +150,25 @@ def test_predict_runs_a_stack_plane_by_plane(stacks, checkpoint, tmp_path):
     assert again == {"flat.png": ("skipped", "1"), "movie.ome.tif": ("skipped", "2"),
                      "zstack.tif": ("skipped", "3")}
     assert state == {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "summary.csv"}
+
+
+def test_the_label_stack_of_a_stack_without_a_unit_keeps_its_axis_names(checkpoint, tmp_path):
+    """An ImageJ ZYX (TYX) stack whose ImageJ metadata names no unit, or no pixel size at all: its
+    label stack was written with tifffile's unnamed axes, QYX, the Z (T) lost though the pixel size
+    was kept. It names the image's axes now."""
+    planes = (np.arange(3 * 24 * 20, dtype=np.uint16).reshape(3, 24, 20) % 97) * 30
+    tifffile.imwrite(tmp_path / "z.tif", planes, imagej=True, resolution=(2.0, 4.0), metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "t.tif", planes, imagej=True, metadata={"axes": "TYX"})
+    out = tmp_path / "out"
+    for name in ("z", "t"):
+        assert main(["predict", str(tmp_path / f"{name}.tif"), "--out", str(out), "--model", str(checkpoint),
+                     "--device", "cpu", *CLI_SETTINGS]) == 0
+    with tifffile.TiffFile(out / "z_labels.tif") as tif:
+        assert tif.series[0].axes == "ZYX" and tif.series[0].shape == (3, 24, 20)
+        assert tif.pages.first.get_resolution() == pytest.approx((2.0, 4.0))  # the pixel size, kept as before
+    with tifffile.TiffFile(out / "t_labels.tif") as tif:
+        assert tif.series[0].axes == "TYX"
+    assert io.read_label_image(out / "z_labels.tif").shape == (3, 24, 20)
 
 
 def test_the_plugin_reader_opens_a_stacks_outputs_with_features(stacks, checkpoint, tmp_path):

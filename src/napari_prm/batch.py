@@ -948,7 +948,7 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     write = io.write_prediction if stack is None else io.write_stack_prediction
     write(predictions[0] if stack is None else predictions, folder, name, prms_format=prms_format,
           overwrite=overwrite, image_file_name=(PurePosixPath(stem).parent / image.name).as_posix(),
-          pixel_size=pixel_size, info=info)
+          pixel_size=pixel_size, info=info, **({} if stack is None else {"axes": stack.label_axes}))
     notes = [note if stack is None else f"plane {plane}: {note}"
              for plane, prediction in enumerate(predictions) for note in prediction.notes]
     if stack is not None:

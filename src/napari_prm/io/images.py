@@ -446,6 +446,13 @@ class ImageStack:
     def __len__(self) -> int:
         return len(self.planes)
 
+    @property
+    def label_axes(self) -> str | None:
+        """The axes of its (N, H, W) label stack: ``"ZYX"`` or ``"TYX"`` for a stack of one plane axis
+        (``ZYX``, ``TYX``, ``ZYXS``, ``TYXS``); None when its planes flatten two (``TZYX``)."""
+        plane_axes = _plane_axes(self.axes)
+        return f"{plane_axes}YX" if len(plane_axes) == 1 else None
+
 
 def stack_planes(path: str | os.PathLike) -> tuple[str, tuple[int, ...]] | None:
     """Whether an image file is a stack of gray or RGB planes, from the TIFF's header only.

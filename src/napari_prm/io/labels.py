@@ -349,7 +349,7 @@ def _storage_dtype(labels: np.ndarray) -> type:
 
 def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
                       overwrite: bool = True, pixel_size: dict | None = None,
-                      world: dict | None = None, class_names=None) -> Path:
+                      world: dict | None = None, class_names=None, axes: str | None = None) -> Path:
     """Write a label image as TIFF (uint16 or uint32) or PNG (8- or 16-bit).
 
     Parameters
@@ -382,6 +382,12 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
     class_names : sequence of str, optional
         All the classes (the layer's ``metadata["class_names"]``), recorded in the same
         place for `read_label_class_names` (in an ImageJ file, as a key of its description).
+    axes : str, optional
+        The names of the labels' axes, tifffile's codes ending in ``YX`` (``"ZYX"``, ``"TYX"``: an
+        image stack's, `napari_prm.io.ImageStack.label_axes`), written into a TIFF so that readers
+        (tifffile, napari's, Fiji's for an ImageJ file) name them; ignored for a PNG. Default: a
+        3-D stack's ``pixel_size["plane_axis"]`` then ``YX``, else none (tifffile names a 3-D
+        stack's first axis ``Q``, unnamed).
 
     Returns
     -------
@@ -394,6 +400,13 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
         raise ValueError(f"label images are written as .tif, .tiff or .png, got {path}")
     labels = _check_labels(labels, ndim=2 if suffix == ".png" else None)
     dtype = _storage_dtype(labels)
+    if axes is not None:
+        axes = str(axes).upper()
+        if len(axes) != labels.ndim or not axes.endswith("YX") or len(set(axes)) != len(axes) \
+                or not axes.isalpha() or not axes.isascii():
+            raise ValueError(f"axes: expected {labels.ndim} distinct axis letters ending in YX (e.g. "
+                             f"{'ZYX' if labels.ndim == 3 else 'YX'}), one per axis of the labels of shape "
+                             f"{labels.shape}, got {axes!r}")
     if suffix == ".png":
         if dtype is not np.uint16:
             raise ValueError(f"cannot write {path}: PNG holds labels up to 65535, the "
@@ -409,13 +422,19 @@ def write_label_image(path: str | os.PathLike, labels: np.ndarray, *,
     else:
         extra = {}
         metadata = _label_metadata(world, labels.ndim, class_names)
-        if metadata:
-            extra = {"metadata": metadata}
         if pixel_size is None and dtype is np.uint16:  # a layer's ZYX / TYX stack: ImageJ's, for Fiji
             pixel_size = _world_stack_pixel_size(metadata, labels.ndim)
         imagej_unit = str((pixel_size or {}).get("imagej_unit") or "")
         # a stack of an ImageJ stack's planes (z-planes or time points) is one too, with their interval
         plane_axis = (pixel_size or {}).get("plane_axis") if labels.ndim == 3 else None
+        if axes is None:
+            axes = f"{plane_axis}YX" if plane_axis else None
+        elif labels.ndim == 3:  # the axes given name the planes
+            plane_axis = axes[0] if axes[0] in _IMAGEJ_INTERVAL else None
+        if axes is not None and axes != "YX":  # tifffile's shaped description names them
+            metadata = {"axes": axes, **metadata}
+        if metadata:
+            extra = {"metadata": metadata}
         if (imagej_unit and imagej_unit.isascii() and dtype is np.uint16
                 and (labels.ndim == 2 or plane_axis in _IMAGEJ_INTERVAL)):
             names = metadata.get(_CLASS_NAMES_KEY)  # an ImageJ description holds strings: JSON, ASCII

@@ -190,9 +190,9 @@ def _kept_image_record(folder: Path, stem: str, image_file_name: str) -> dict:
 
 
 def _write_instances_as(kind: str, path: Path, labels, table, class_names, coco,
-                        pixel_size: dict | None = None, world: dict | None = None) -> None:
+                        pixel_size: dict | None = None, world: dict | None = None, axes: str | None = None) -> None:
     if kind in ("tiff", "png"):
-        write_label_image(path, labels, pixel_size=pixel_size, world=world, class_names=class_names)
+        write_label_image(path, labels, pixel_size=pixel_size, world=world, class_names=class_names, axes=axes)
     elif kind == "coco":
         write_coco_json(path, coco)
     else:
@@ -360,7 +360,7 @@ def stack_labels(predictions) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 def write_stack_prediction(predictions, out_dir: str | os.PathLike, stem: str, *,
                            prms_format: str | None = None, overwrite: bool = False,
                            image_file_name: str = "", info: dict | None = None,
-                           pixel_size: dict | None = None) -> list[Path]:
+                           pixel_size: dict | None = None, axes: str | None = None) -> list[Path]:
     """Write what ``napari-prm predict`` saves for a stack predicted plane by plane, all or nothing.
 
     As `write_prediction`, with the planes' results put together as the plugin's Export
@@ -377,6 +377,11 @@ def write_stack_prediction(predictions, out_dir: str | os.PathLike, stem: str, *
         One per plane, in plane order (at least one), all of one image size.
     out_dir, stem, prms_format, overwrite, image_file_name, info, pixel_size
         As for `write_prediction`.
+    axes : str, optional
+        The label stack's axes (``"ZYX"``, ``"TYX"``: the image stack's
+        `napari_prm.io.ImageStack.label_axes`), written into ``<stem>_labels.tif``
+        (`napari_prm.io.write_label_image`); without them a stack is written with tifffile's
+        unnamed ``QYX`` unless ``pixel_size`` names its plane axis.
 
     Returns
     -------
@@ -403,7 +408,7 @@ def write_stack_prediction(predictions, out_dir: str | os.PathLike, stem: str, *
             prms = [np.asarray(p.prms, np.float32) for p in predictions]
             write_prms(temp, np.concatenate(prms) if peaks else np.zeros((0, *labels.shape[1:]), np.float32))
         else:
-            _write_instances_as(kind, temp, labels, table, class_names, None, pixel_size)
+            _write_instances_as(kind, temp, labels, table, class_names, None, pixel_size, axes=axes)
 
     return _write_targets(out_dir, stem, targets, write, overwrite=overwrite, facts=facts)
 
