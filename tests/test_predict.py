@@ -193,3 +193,25 @@ def test_notes_say_which_threshold_nothing_reached():
     # only the chosen classes count
     assert predict(cat, model, classes=["dog"], proposals=None).notes[0].startswith(
         "no class reached the class threshold ")
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_a_tiny_image_without_proposals_says_why_its_peaks_have_no_instance(tiny_checkpoint, size):
+    """A 2×2 to 4×4 image is one region to the built-in proposals, which keep none that large: its
+    peaks passed the thresholds and got no instance, and no note said why. The same image enlarged 8
+    times (the note's advice) gets instances and no such note."""
+    from napari_prm import load_model
+
+    model = load_model(tiny_checkpoint, device="cpu")
+    image = (np.random.default_rng(size).random((size, size, 3)) * 255).astype(np.uint8)
+    settings = dict(proposals="default", class_threshold=-1e4, peak_threshold=-1e4, max_peaks=3)
+    prediction = predict(image, model, **settings)
+    assert len(prediction.peaks) == 3 and prediction.instances == []
+    assert prediction.notes[-1] == (
+        f"the proposals gave no mask for this {size}×{size} image, so none of its 3 peaks got an instance (the "
+        "peaks and their PRMs are kept); an image this small is a single region to the proposals: enlarge it "
+        "(e.g. 8 times, nearest neighbour) or predict on the larger image it was cut from")
+    enlarged = predict(image.repeat(8, axis=0).repeat(8, axis=1), model, **settings)
+    assert enlarged.instances and not any("proposals gave no mask" in note for note in enlarged.notes)
+    assert not any("proposals gave no mask" in note for note in predict(image, model, **settings | {
+        "proposals": None}).notes)  # no proposals asked for: nothing to explain

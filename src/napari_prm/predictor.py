@@ -1238,6 +1238,8 @@ class PRMPredictor:
             report("proposals", 0, 1)
             masks = self._proposal_stack(prediction.prms, prediction)
             report("proposals", 1, 1)
+            if not len(masks):  # every peak goes without an instance: say why
+                prediction.notes.append(_no_proposals_note(image_shape, len(peaks_crm)))
             _check_cancel(cancel)
             report("retrieval", 0, 1)
             started = time.perf_counter()
@@ -1368,6 +1370,23 @@ class PRMPredictor:
 #: the constructor refuses them by name, saying where they go.
 _PREDICT_ARGUMENTS = tuple(name for name, parameter in inspect.signature(PRMPredictor.predict).parameters.items()
                            if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "retrieval")
+
+
+#: Below this many pixels on its short side, an image is said to be too small for proposals when
+#: they give none (the built-in ones give none up to 4×4 pixels: the image is one region to them,
+#: larger than the 85 % of it they keep).
+_SMALL_FOR_PROPOSALS = 8
+
+
+def _no_proposals_note(image_shape: tuple[int, int], peaks: int) -> str:
+    """The note of a prediction whose proposals gave no mask: none of its ``peaks`` got an instance."""
+    height, width = image_shape
+    note = (f"the proposals gave no mask for this {height}×{width} image, so none of its {plural(peaks, 'peak')} "
+            "got an instance (the peaks and their PRMs are kept)")
+    if min(height, width) < _SMALL_FOR_PROPOSALS:
+        note += ("; an image this small is a single region to the proposals: enlarge it (e.g. 8 times, nearest "
+                 "neighbour) or predict on the larger image it was cut from")
+    return note
 
 
 def _with_retrieval(retrieval: Mapping[str, Any] | None, settings: dict) -> dict:
