@@ -1602,7 +1602,7 @@ def test_calibrate_records_its_held_out_images_and_notes_those_that_trained_it(t
     assert (f"note: 2 of the 2 images calibrated on were used to train {changed}: thresholds chosen on images a "
             "model has learnt are optimistic (too low for new images); its run did not hold them out (the dataset "
             "given is not the one 'train' split: images were added or removed since, or it is another view of them, "
-            "e.g. without --voc): calibrate on the dataset 'train' had, or on images it was not "
+            "e.g. without --voc, voc_view in Python): calibrate on the dataset 'train' had, or on images it was not "
             "trained on") in capsys.readouterr().err
     assert load_model(changed).settings["calibration"]["held_out"] is True
 
