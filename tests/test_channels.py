@@ -202,3 +202,48 @@ def test_corrections_are_read_with_the_channels(tmp_path):
     assert unmatched == [] and list(matched) == [0]
     np.testing.assert_array_equal(matched[0].image, four_channels()[2])
     assert matched[0].labels.shape == (SIZE, SIZE) and matched[0].labels[15, 15] > 0
+
+
+def _with_channels(checkpoint, path, channels):
+    """A copy of ``checkpoint`` whose settings record ``channels`` (as ``train --channels`` writes)."""
+    import torch
+
+    content = torch.load(checkpoint, weights_only=False)
+    content["metadata"]["settings"]["channels"] = list(channels)
+    torch.save(content, path)
+    return path
+
+
+def test_widget_says_which_channels_the_model_was_trained_on_for_a_gray_layer(
+        make_napari_viewer, qtbot, tmp_path, tiny_checkpoint):
+    """The widget runs on a layer as it is: for a model whose checkpoint records channels, a run
+    on a layer that is not RGB says which channels and how to add them as one RGB layer."""
+    from test_widget_predict import open_predict, run_and_wait
+
+    data = four_channels()
+    viewer = make_napari_viewer()
+    viewer.add_image(data[2], name="channel 2")
+    viewer.add_image(np.moveaxis(data[:3], 0, -1), name="three", rgb=True)
+    two = _with_channels(tiny_checkpoint, tmp_path / "two.pt", [2, 0])
+    widget = open_predict(viewer, qtbot, two)
+    widget.proposals.value = None
+    widget.image.value = viewer.layers["channel 2"]
+    run_and_wait(widget, qtbot)
+    assert ("The model was trained on image channels 2,0 as red, green and blue (its checkpoint records them), "
+            "but 'channel 2' is not an RGB layer") in widget.last_message
+    assert "viewer.add_image(np.stack([c2.data, c0.data, np.zeros_like(c2.data)], axis=-1), rgb=True)" \
+        in widget.last_message
+    widget.image.value = viewer.layers["three"]  # an RGB layer: nothing to say
+    run_and_wait(widget, qtbot)
+    assert "trained on image channel" not in widget.last_message
+    # a model that records one channel: the gray layer should be that channel
+    widget.select_model(str(_with_channels(tiny_checkpoint, tmp_path / "one.pt", [2])))
+    qtbot.waitUntil(lambda: widget.classes_loaded, timeout=60_000)
+    widget.image.value = viewer.layers["channel 2"]
+    run_and_wait(widget, qtbot)
+    assert "trained on image channel 2 alone (read as gray" in widget.last_message
+    # a model that records none: no note
+    widget.select_model(str(tiny_checkpoint))
+    qtbot.waitUntil(lambda: widget.classes_loaded, timeout=60_000)
+    run_and_wait(widget, qtbot)
+    assert "trained on image channel" not in widget.last_message

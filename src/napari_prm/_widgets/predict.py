@@ -591,6 +591,11 @@ class PredictWidget(PredictForm, QWidget):
         hand_notes = _hand_notes(len(hand_placed), missing, hand["elsewhere"], no_instance)
         if note := level_note(layer):
             hand_notes.insert(0, note)
+        recorded = model.settings.get("channels")
+        channel_note = channels_note(layer, recorded)
+        if channel_note:
+            hand_notes.insert(0, channel_note)
+        unmatched = bool(channel_note) and len(recorded) > 1  # a gray layer run by a model of 2-3 channels
         if leading and len(planes) < int(np.prod(leading)) and self.viewer.dims.ndisplay == 3:
             # the 3-D view shows every plane: the results of the one run would seem to be the stack's
             hand_notes.insert(0, f"Ran on {_planes_text(planes)} only, the one the slider was last on (the 3-D view "
@@ -629,7 +634,7 @@ class PredictWidget(PredictForm, QWidget):
             reused = " (the image's maps reused)" if self.last_forward_passes == 0 else ""
             message += f" in {self.last_run_seconds:.1f} s{reused}"
         notes = list(dict.fromkeys(results.notes))
-        warn = notes or missing or hand["elsewhere"] or no_instance
+        warn = notes or missing or hand["elsewhere"] or no_instance or unmatched
         self._say(" ".join([message + "."] + notes + hand_notes + ([kept_note] if kept_note else [])),
                   "warning" if warn else "info")
 
@@ -838,3 +843,41 @@ def _hand_notes(kept: int, missing: list, elsewhere: int, no_instance: list) -> 
     if no_instance:
         notes.append(f"No instance found for hand-placed peaks {no_instance} (their PRMs were added).")
     return notes
+
+
+def channels_note(layer, channels) -> str:
+    """What a run's message says when the model records the image ``channels`` it was trained
+    on (``settings["channels"]`` of its checkpoint) and ``layer`` is not an RGB layer.
+
+    The widget runs on the layer's pixels as they are: it cannot pick channels from a gray
+    layer (one channel of an image opened with ``channel_axis`` is a layer of its own), nor
+    combine layers. The note names the channels and says how to add them as one RGB layer
+    (docs/plugin.md, *image*). "" when nothing is recorded or the layer is RGB(A).
+
+    Parameters
+    ----------
+    layer : napari.layers.Image
+        The layer run on.
+    channels : sequence of int or None
+        The channels the model's checkpoint records.
+
+    Returns
+    -------
+    str
+        The note, or "".
+    """
+    if not channels or getattr(layer, "rgb", False):
+        return ""
+    listed = ",".join(str(int(c)) for c in channels)
+    if len(channels) == 1:
+        return (f"The model was trained on image channel {listed} alone (read as gray, its checkpoint records it): "
+                f"{layer.name!r} should be that channel (the widget runs on a layer as it is).")
+    names = [f"c{int(c)}" for c in channels]
+    parts = [f"{name}.data" for name in names] + ([f"np.zeros_like({names[0]}.data)"] if len(names) == 2 else [])
+    stacked = ", ".join(parts)
+    return (f"The model was trained on image channels {listed} as red, green and blue (its checkpoint records "
+            f"them), but {layer.name!r} is not an RGB layer: it ran on this layer's pixels alone. To run it as "
+            f"trained, add those channels' layers as one RGB layer from napari's console, "
+            f"viewer.add_image(np.stack([{stacked}], axis=-1), rgb=True), where "
+            + ", ".join(names) + f" are the layers of channels {listed} (see the plugin docs, 'image'), "
+            "and run on that.")
