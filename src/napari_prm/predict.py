@@ -77,7 +77,9 @@ def predict(
         (:func:`napari_prm.predictor.preset_settings`). A :class:`PredictSettings`, such as an
         earlier prediction's ``settings``, gives every setting at once: ``predict(other_image,
         model, preset=prediction.settings)`` predicts as that prediction was made (keywords
-        still override it).
+        still override it). It does not hold ``channels``, which choose how a file is read,
+        not how it is predicted: channels given to that prediction that differ from the
+        model's must be given again.
     class_threshold : float, optional
         Peaks of classes whose score is below this are dropped (None: the
         model's calibrated value, ``model.settings["class_threshold"]``, or 0;

@@ -56,6 +56,14 @@ class PredictSettings:
     one, or a prediction's ``settings``, as the ``preset`` of :func:`napari_prm.predict` or
     :class:`PRMPredictor` to predict with all of it.
 
+    The channels an image file is read with (``channels=`` of :func:`napari_prm.predict`,
+    ``--channels``) are not among them: they are a reading option, which chooses the image's
+    pixels before any of these apply (:class:`PRMPredictor` is given pixels, not a file). A
+    file is read with the channels the model was trained on (``model.settings["channels"]``)
+    unless others are given, so ``preset=prediction.settings`` predicts another file as
+    that prediction was made when it used the model's channels; give ``channels=`` again
+    for others.
+
     Attributes
     ----------
     preset : {'default', 'original'}
@@ -414,7 +422,8 @@ class Prediction:
         Their peak values (NaN where none).
     sub_pixel_locating_factor : int
     settings : PredictSettings or None
-        What produced it.
+        What produced it (not the channels an image file was read with: a reading option,
+        see :class:`PredictSettings`).
     notes : list of str
         What the user should know (for example that the peak cap bit: `cap_note`, or that an
         RGBA image was mostly transparent: `napari_prm.io.opacity_note`).
