@@ -247,3 +247,32 @@ def test_widget_says_which_channels_the_model_was_trained_on_for_a_gray_layer(
     qtbot.waitUntil(lambda: widget.classes_loaded, timeout=60_000)
     run_and_wait(widget, qtbot)
     assert "trained on image channel" not in widget.last_message
+
+
+def test_batch_manifest_records_the_channels_read_so_cli_and_python_runs_know_each_other(
+        tmp_path, tiny_checkpoint, capsys):
+    """A batch records the channels it read (the model's when none are given): a run that gives
+    them and one that leaves them to the model take each other's outputs for their own."""
+    import json
+
+    from napari_prm.batch import predict_many
+
+    model = _with_channels(tiny_checkpoint, tmp_path / "two.pt", [2])
+    image = tmp_path / "cells.tif"
+    LAYOUTS["imagej_cyx"](image, four_channels())
+    out = tmp_path / "out"
+    settings = {"proposals": "prm", "peak_threshold": 0.0}
+    first = predict_many([image], str(model), out, **settings)  # none given: the model's
+    assert [r.status for r in first.results] == ["written"]
+    assert json.loads((out / "cells.manifest.json").read_text())["info"]["settings"]["channels"] == [2]
+    given = predict_many([image], str(model), out, channels=[2], **settings)
+    assert [(r.status, r.error) for r in given.results] == [("skipped", "")]
+    other = predict_many([image], str(model), out, channels=[0], **settings)
+    assert "other settings (channels: [2] -> [0])" in other.results[0].error
+    # the command line's outputs (it records the model's channels) are the Python run's
+    cli = tmp_path / "cli"
+    assert main(["predict", str(image), "--out", str(cli), "--model", str(model), "--device", "cpu",
+                 "--proposals", "prm", "--peak-threshold", "0"]) == 0
+    capsys.readouterr()
+    again = predict_many([image], str(model), cli, **settings)
+    assert [(r.status, r.error) for r in again.results] == [("skipped", "")]

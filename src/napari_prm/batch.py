@@ -888,7 +888,7 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
         Keyword arguments of `napari_prm.predict`, passed through; a ``proposals`` folder
         gives each image the proposal file of its stem; ``channels`` (those of a
         multichannel image read as red, green and blue) default to the model's
-        (``model.settings["channels"]``).
+        (``model.settings["channels"]``); the manifest records those read.
     overwrite : bool
         Replace complete outputs. Without it, complete outputs (written by an earlier run
         or an earlier attempt) are left and reported as ``"skipped"``, with the reason
@@ -941,7 +941,10 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
             predictions.append(predict(pixels, model, **arguments))
         if plane_done is not None:
             plane_done(len(predictions), len(planes))
-    info = (_image_record(image, out) | identity | {"settings": _describe(settings)}
+    # the manifest records the channels read (the model's when none were given), so that a run that
+    # gives them and one that leaves them to the model know each other's outputs for their own
+    used = {**settings, "channels": channels} if channels is not None else settings
+    info = (_image_record(image, out) | identity | {"settings": _describe(used)}
             | ({"model": dict(model_record)} if model_record else {}))
     if stack is not None:
         info |= {"axes": stack.axes, "stack_shape": list(stack.shape)}
@@ -1026,8 +1029,10 @@ _SAME_OUTPUTS = ("peak_batch_size",)
 def _comparable(settings: Mapping[str, Any], model) -> dict:
     """Settings as they decide the outputs: None is the default (but ``proposals=None`` asks
     for no retrieval), and so is a missing preset or proposal source; ``"auto"`` is the
-    source it stands for with ``model``, classes are their names, and settings that do not
-    change the outputs (`_SAME_OUTPUTS`) are left out."""
+    source it stands for with ``model``, classes are their names, channels those read (none
+    given: the model's, as an earlier manifest may not have recorded them), and settings that
+    do not change the outputs (`_SAME_OUTPUTS`) are left out."""
+    from .io import channels_for
     from .predictor import class_indices
     from .proposals import resolve_source
 
@@ -1035,6 +1040,14 @@ def _comparable(settings: Mapping[str, Any], model) -> dict:
                                            | json.loads(json.dumps(_describe(settings), default=str))).items()
              if (value is not None or key == "proposals") and key not in _SAME_OUTPUTS}
     plain["proposals"] = resolve_source(plain["proposals"], model)
+    try:
+        channels, _ = channels_for(plain.get("channels"), model.settings.get("channels"))
+    except (TypeError, ValueError):  # not channels: compared as written
+        pass
+    else:
+        plain.pop("channels", None)
+        if channels is not None:
+            plain["channels"] = channels
     if "classes" in plain:
         try:
             plain["classes"] = sorted(model.class_names[i] for i in class_indices(plain["classes"], model.class_names))
