@@ -328,3 +328,14 @@ def test_remove_small_counts_areas_alike_by_look_up_and_for_huge_labels(huge):
     assert sorted(np.unique(out).tolist()) == [0, 1, 7] and out.dtype == np.uint64
     assert np.array_equal(out[labels == 1], np.ones(100)) and np.count_nonzero(out == 7) == 10
     assert table["label"].tolist() == [1, 7] and table["score"].tolist() == [0.0, 2.0]  # label 30: no pixel
+
+
+def test_a_split_where_the_instance_has_no_pixel_is_refused_as_a_miss():
+    """The split works in the instance's bounding box: an instance absent from the line's plane of a stack
+    (or only in the table) has none, and failed with an IndexError instead of saying that the line misses it."""
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[0, 2:6, 2:6] = 1
+    with pytest.raises(ValueError, match=r"does not cut instance 1 .*no pixel in plane \(1,\)"):
+        split_instance(labels, {"label": np.array([1])}, 1, np.array([[1, 0, 4], [1, 7, 4]]))
+    with pytest.raises(ValueError, match=r"does not cut instance 2 .*no pixel in the label image"):
+        split_instance(labels[0], {"label": np.array([1, 2])}, 2, np.array([[0, 4], [7, 4]]))

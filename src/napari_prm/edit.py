@@ -285,7 +285,8 @@ def split_instance(
     Raises
     ------
     ValueError
-        When the line does not cut the instance into two or more 4-connected pieces.
+        When the line does not cut the instance into two or more 4-connected pieces (an
+        instance without pixels in the line's plane included).
     """
     labels = _check_labels(labels)
     table = _as_table(table, labels)
@@ -313,6 +314,9 @@ def split_instance(
     # the instance's bounding box only: a distance transform of a whole 4096² image took seconds
     mask = view == label
     ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(ys):  # in the table, or on another plane of a stack, but not where the line is
+        where = f" in plane {tuple(int(i) for i in plane)}" if plane else " in the label image"
+        raise ValueError(f"the line does not cut instance {label} into two or more pieces: it has no pixel{where}")
     window = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
     mask = mask[window]
     on_line = _rasterize_polyline(line, mask.shape, origin=(ys[0], xs[0])) & mask
