@@ -191,7 +191,10 @@ class ExportWidget(Container):
         job = self._job(folder, formats=formats, stem=stem, overwrite=overwrite)
         if job is None:
             return None
-        if np.shares_memory(job.labels, self._layer.value.data):  # the pixels as they are now
+        data = self._layer.value.data
+        # the pixels as they are now; a lazy layer's (a folder run's dask stack) were read into a new array
+        # by `_job`, and np.shares_memory would read them all again here, on the Qt thread
+        if isinstance(data, np.ndarray) and np.shares_memory(job.labels, data):
             job.labels = job.labels.copy()
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
         worker = create_worker(_write, job, _start_thread=False, _connect={
