@@ -378,7 +378,8 @@ def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarr
                     if axis in _NOT_COLOUR_AXES else
                     "holds 4 planes or channels, none of them an alpha channel (an RGBA TIFF "
                     "marks it as an extra sample)")
-            advice = _CHANNELS_ADVICE if axis == "C" else "save one 2-D plane or an RGB image"
+            advice = (_CHANNELS_ADVICE if axis == "C" else _unnamed_pages_advice() if axis in ("Q", "I")
+                      else "save one 2-D plane or an RGB image")
             raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA image, "
                              f"got an array of shape {image.shape} whose first axis {what}; {advice}")
         image = np.moveaxis(image, 0, -1)
@@ -774,6 +775,16 @@ _CHANNELS_ADVICE = ("save each channel as a 2-D image (tifffile.imwrite('dapi.ti
                     "each channel is stretched by its own percentiles")
 
 
+_STACK_ADVICE = ("save the stack with ImageJ axes ZYX or TYX (tifffile.imwrite(path, data, imagej=True, "
+                 "metadata={'axes': 'ZYX'})), which `napari-prm predict` and the plugin run plane by plane")
+
+
+def _unnamed_pages_advice() -> str:
+    """What to do with 2 or 4 pages a TIFF does not name (axes Q or I), which are as often fluorescence
+    channels (DAPI, GFP) as z-planes."""
+    return "if they are channels, " + _CHANNELS_ADVICE + "; if they are z-planes or time points, " + _STACK_ADVICE
+
+
 def _stack_hint(shape: tuple[int, ...], leading_axis: str | None = None) -> str:
     """What a refused array holds, by its shape and the first axis its TIFF names (tifffile's code)."""
     if len(shape) == 3 and shape[-1] < min(shape[:2]):  # (H, W, C): channels last
@@ -783,13 +794,9 @@ def _stack_hint(shape: tuple[int, ...], leading_axis: str | None = None) -> str:
     if leading_axis in _NOT_COLOUR_AXES and len(shape) == 3:
         return f"; its first axis holds {shape[0]} {_NOT_COLOUR_AXES[leading_axis]}: save one 2-D plane"
     if len(shape) == 3 and leading_axis in ("Q", "I"):  # a TIFF of pages its axes do not name
-        stack = ("save the stack with ImageJ axes ZYX or TYX (tifffile.imwrite(path, data, imagej=True, "
-                 "metadata={'axes': 'ZYX'})), which `napari-prm predict` and the plugin run plane by plane")
         if shape[0] > 4:
-            return "; it holds several planes or frames: save one 2-D plane, or " + stack
-        # 2 (or 4 unmarked) pages are as often fluorescence channels (DAPI, GFP) as z-planes
-        return (f"; its first axis holds {shape[0]} pages the file does not name: if they are channels, "
-                + _CHANNELS_ADVICE + "; if they are z-planes or time points, " + stack)
+            return "; it holds several planes or frames: save one 2-D plane, or " + _STACK_ADVICE
+        return f"; its first axis holds {shape[0]} pages the file does not name: " + _unnamed_pages_advice()
     return "; it holds several planes or frames: save one 2-D plane" if len(shape) > 2 else ""
 
 
