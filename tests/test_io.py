@@ -485,8 +485,16 @@ def test_read_image_refuses_4_channels_whose_alpha_is_nowhere_half_opaque(tmp_pa
     for name in ("dapi_gfp_mcherry_far_red.tif", "last.tif"):
         with pytest.raises(ValueError, match=rf"cannot read image .*{name}: .*got 4 channels whose 4th, marked as "
                                              r"alpha .*is not even half opaque anywhere \(largest value \d+ in "
-                                             r"uint16\).* save each channel as a 2-D image"):
+                                             r"uint16\): read as RGBA, the image would keep at most [0-6]% of its "
+                                             r"brightness .* save each channel as a 2-D image"):
             io.read_image(tmp_path / name)
+    # an image at 39% is dim, not black, as the message said of every such file
+    dim = np.random.default_rng(9).integers(0, 255, (12, 10, 4)).astype(np.uint8)
+    dim[..., 3] = 100
+    tifffile.imwrite(tmp_path / "dim.tif", dim)
+    with pytest.raises(ValueError, match=r"\(largest value 100 in uint8\): read as RGBA, the image would keep at most "
+                                         r"39% of its brightness \(none where the 4th channel is 0\); as 4 channels"):
+        io.read_image(tmp_path / "dim.tif")
     # an 8-bit or 16-bit RGBA whose alpha is opaque somewhere is still RGBA
     channels[3, :, :5] = 65535
     tifffile.imwrite(tmp_path / "cut_out.tif", channels)

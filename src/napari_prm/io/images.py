@@ -395,14 +395,15 @@ def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarr
             image = _cmyk_to_rgb(image)
         elif kind == "RGBX":  # the 4th sample is padding or unspecified data, not opacity
             image = image[..., :3]
-        elif kind == "RGBA" and _is_tiff(path) and float(_opacity(image[..., 3].max(), np.float64)) < 0.5:
+        elif kind == "RGBA" and _is_tiff(path) and (most := float(_opacity(image[..., 3].max(), np.float64))) < 0.5:
             # tifffile.imwrite marks a 4th sample as alpha by default: 4 fluorescence channels
             # (12-bit counts in uint16) read as RGBA left the network a black image
             raise ValueError(
                 f"cannot read image {path}: expected one 2-D gray, RGB or RGBA image, got 4 channels whose "
                 f"4th, marked as alpha (tifffile.imwrite marks a 4th channel so by default), is not even half "
                 f"opaque anywhere (largest value {image[..., 3].max()} in {image.dtype}): read as RGBA, the "
-                f"image would be black; as 4 channels (DAPI, GFP, ...) it is not one image: " + _CHANNELS_ADVICE)
+                f"image would keep at most {most:.0%} of its brightness (none where the 4th channel is 0); as 4 "
+                "channels (DAPI, GFP, ...) it is not one image: " + _CHANNELS_ADVICE)
         elif kind != "RGBA":
             raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA image, got "
                              f"4 channels (photometric {kind}), none of them marked as alpha; save one channel "
