@@ -482,16 +482,20 @@ def test_a_background_exports_errors_reach_the_status_line(labels_viewer, tmp_pa
     assert widget._status.value == "Export failed: RuntimeError: disk on fire" and widget._button.enabled
 
 
-def test_the_export_button_reads_a_lazy_labels_layer_once(make_napari_viewer, tmp_path, qtbot):
-    """A folder run's Labels layer is a lazy dask stack, each plane read from its file when needed: the
-    button's export read every plane twice on the Qt thread (np.shares_memory computes a dask array)."""
+def test_the_export_button_reads_a_lazy_labels_layer_once_in_its_worker(make_napari_viewer, tmp_path, qtbot):
+    """A folder run's Labels layer is a lazy dask stack, each plane read from its file when needed (thousands
+    of files): the button's export read every plane on the Qt thread, twice (np.shares_memory computes a dask
+    array), napari frozen; they are read once, in the worker."""
+    import threading
+
     import dask
     import dask.array as da
 
-    reads = []
+    reads, threads = [], []
 
     def plane(value):
         reads.append(value)
+        threads.append(threading.current_thread())
         out = np.zeros((20, 30), np.uint32)
         out[2:8, 3:9] = value
         return out
@@ -502,9 +506,14 @@ def test_the_export_button_reads_a_lazy_labels_layer_once(make_napari_viewer, tm
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
     widget._layer.value = viewer.layers["folder labels"]
     reads.clear()  # napari read the plane it shows
-    assert widget.start(tmp_path, formats=["tiff"], stem="folder") is not None
+    threads.clear()
+    for key, box in widget._formats.items():
+        box.value = key in ("tiff", "coco")
+    assert widget.start(tmp_path, stem="folder") is not None
+    assert not reads  # none on the Qt thread
     qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
     assert widget._status.value.startswith("Wrote folder_labels.tif")
-    assert sorted(reads) == [1, 2, 3]
+    assert "Not written: COCO JSON" in widget._status.value  # a stack: the 2-D formats left out, as ever
+    assert sorted(reads) == [1, 2, 3] and threading.main_thread() not in threads
     ((data, _, _),) = napari_get_reader(str(tmp_path / "folder_labels.tif"))(str(tmp_path / "folder_labels.tif"))
     assert data.shape == (3, 20, 30) and [int(data[i].max()) for i in range(3)] == [1, 2, 3]

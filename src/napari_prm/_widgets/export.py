@@ -191,10 +191,8 @@ class ExportWidget(Container):
         job = self._job(folder, formats=formats, stem=stem, overwrite=overwrite)
         if job is None:
             return None
-        data = self._layer.value.data
-        # the pixels as they are now; a lazy layer's (a folder run's dask stack) were read into a new array
-        # by `_job`, and np.shares_memory would read them all again here, on the Qt thread
-        if isinstance(data, np.ndarray) and np.shares_memory(job.labels, data):
+        # the pixels as they are now (a lazy layer's, a folder run's dask stack, are read in the worker)
+        if isinstance(job.labels, np.ndarray) and np.shares_memory(job.labels, self._layer.value.data):
             job.labels = job.labels.copy()
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
         worker = create_worker(_write, job, _start_thread=False, _connect={
@@ -232,7 +230,10 @@ class ExportWidget(Container):
             self._say("Choose a folder to export into.", True)
             return None
         folder = Path(folder if folder is not None else self._folder.value)
-        labels = np.asarray(layer.data)
+        labels = layer.data
+        if isinstance(labels, np.ndarray) or layer.multiscale or not hasattr(labels, "__array__"):
+            labels = np.asarray(labels)
+        # else a lazy array (a folder run's dask stack of label files): read by `_write`, in the worker
         skipped = []
         if formats is None:
             formats = [key for key, box in self._formats.items() if box.value]
@@ -283,7 +284,7 @@ class ExportWidget(Container):
 class _Job:
     """One export: the labels (a copy, for a worker thread) and what `io.export_instances` is given."""
 
-    labels: np.ndarray
+    labels: np.ndarray  # or a lazy array (dask), read in `_write`
     table: dict | None
     class_names: list | None
     folder: Path
@@ -296,7 +297,7 @@ class _Job:
 
 
 def _write(job: _Job) -> list[Path]:
-    """Write ``job`` (on any thread: no Qt here)."""
-    return io.export_instances(job.labels, job.table, job.class_names, job.folder, formats=job.formats,
+    """Write ``job`` (on any thread: no Qt here); lazy labels are read here."""
+    return io.export_instances(np.asarray(job.labels), job.table, job.class_names, job.folder, formats=job.formats,
                                stem=job.stem, overwrite=job.overwrite, image_file_name=job.file_name,
                                world=job.world)
