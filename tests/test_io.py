@@ -424,6 +424,13 @@ def test_read_image_channels_first_tiff_and_errors(tmp_path):
                                          r"np\.zeros_like\(data\[0\]\)\], axis=-1\).*; "
                                          r"if they are z-planes or time points, save the stack with ImageJ axes ZYX"):
         io.read_image(tmp_path / "plain.tif")
+    # the advice says which channels are stretched: 8-bit ones are not (a dim one stays dim)
+    with pytest.raises(ValueError, match=r"each channel of 16 bits \(or floats beyond \[0, 1\]\) is stretched by its "
+                                         r"own percentiles, while 8-bit channels are read as they are"):
+        io.read_image(tmp_path / "plain.tif")
+    dim8 = np.stack([np.full((12, 10), value, np.uint8) for value in (200, 20, 0)], axis=-1)
+    dim8[0, 0, :2] = 0
+    assert io.as_rgb_float(dim8)[..., 1].max() == pytest.approx(20 / 255)
     # the advice read: an RGB image of DAPI, GFP and an empty 3rd channel, each channel by its own stretch
     data = dapi_gfp
     tifffile.imwrite(tmp_path / "rgb.tif", np.stack([data[0], data[1], np.zeros_like(data[0])], axis=-1))

@@ -773,7 +773,8 @@ def _tiff_leading_axis(path, ndim: int, header: Callable[[], tuple]) -> str | No
 _CHANNELS_ADVICE = ("save each channel as a 2-D image (tifffile.imwrite('dapi.tif', data[0])), or up to 3 as "
                     "one RGB image, channels last, which the network sees as red, green and blue (2 channels "
                     "and an empty 3rd: np.stack([data[0], data[1], np.zeros_like(data[0])], axis=-1)); "
-                    "each channel is stretched by its own percentiles")
+                    "each channel of 16 bits (or floats beyond [0, 1]) is stretched by its own percentiles, "
+                    "while 8-bit channels are read as they are (a dim one stays dim)")
 
 
 _STACK_ADVICE = ("save the stack with ImageJ axes ZYX or TYX (tifffile.imwrite(path, data, imagej=True, "
