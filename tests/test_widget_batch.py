@@ -386,3 +386,25 @@ def test_the_panel_notes_an_ome_tiff_that_keeps_the_name_an_earlier_version_gave
     assert f"Note: {note}" in shown
     assert [(r.status, r.stem) for r in panel.result.results] == [("skipped", "cells.ome")], panel.last_message
     assert not list(out.glob("cells_*"))
+
+
+def test_the_folder_search_reads_no_qt_widget_in_the_worker(predict_widget, qtbot, image_folder, tmp_path,
+                                                            monkeypatch):
+    """The search moved into the worker read the 'search sub-folders' check box's text there (for the note on
+    sub-folders left out): a Qt widget is read on the Qt thread only."""
+    import threading
+
+    panel = open_batch_panel(predict_widget)
+    box, readers = type(panel._recursive), []
+    text = box.text
+
+    def recorded(self):
+        readers.append(threading.current_thread())
+        return text.fget(self)
+
+    monkeypatch.setattr(box, "text", property(recorded, text.fset))
+    (image_folder / "more").mkdir()
+    iio.imwrite(image_folder / "more" / "d.png", data.chelsea()[::8, ::8])
+    panel = run_folder(predict_widget, qtbot, image_folder, tmp_path / "out")
+    assert "tick 'include sub-folders' to search them" in panel.found_message, panel.found_message
+    assert readers and set(readers) == {threading.main_thread()}

@@ -151,7 +151,9 @@ class BatchPanel(StopsOnClose, Container):
         # busy (no total) until the worker has found the images and counted their planes
         self.progress_bar = progress(total=0, desc="napari-prm: folder")
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(self._run, inputs, bool(self._recursive.value), out, settings, workers,
+        # the check box's text read here: the worker reads no Qt widget
+        recursive = (bool(self._recursive.value), f"tick '{self._recursive.text}' to search them")
+        worker = create_worker(self._run, inputs, recursive, out, settings, workers,
                                bool(self._overwrite.value), _start_thread=False, _connect={"errored": self._on_error})
         worker.returned.connect(self._on_done)
         worker.finished.connect(self._on_finished)
@@ -162,14 +164,16 @@ class BatchPanel(StopsOnClose, Container):
         worker.start()
         return worker
 
-    def _run(self, inputs: Path, recursive: bool, out: Path, settings: dict, workers: int, overwrite: bool):
+    def _run(self, inputs: Path, recursive: tuple[bool, str], out: Path, settings: dict, workers: int,
+             overwrite: bool):
         """Worker thread: the folder's images (a folder of thousands, or on a network share, takes
         seconds to list, name and count the planes of), the model with the widget's window size,
-        then `predict_many`."""
+        then `predict_many`. ``recursive``: whether sub-folders are searched, and what to tick to
+        search those left out (read from the check box by `start`)."""
         from ..model.checkpoint import load_model
 
         images, problems = batch.collect_images(
-            [inputs], recursive=recursive, search_hint=f"tick '{self._recursive.text}' to search them")
+            [inputs], recursive=recursive[0], search_hint=recursive[1])
         if not images:
             raise _NoImages("; ".join(problems) or f"No images in {inputs}.")
         # named by their path in the folder: a sub-folder's images mirror it under the output folder
