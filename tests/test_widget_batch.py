@@ -408,3 +408,37 @@ def test_the_folder_search_reads_no_qt_widget_in_the_worker(predict_widget, qtbo
     panel = run_folder(predict_widget, qtbot, image_folder, tmp_path / "out")
     assert "tick 'include sub-folders' to search them" in panel.found_message, panel.found_message
     assert readers and set(readers) == {threading.main_thread()}
+
+
+def test_cancel_during_the_folder_search_starts_no_worker_processes(predict_widget, qtbot, image_folder, tmp_path,
+                                                                    monkeypatch):
+    """Cancel pressed while the worker searched the folder (its first step, seconds for a large folder) was seen
+    only between images: a local cluster of worker processes was started first, taking seconds more."""
+    import threading
+
+    from napari_prm import batch
+
+    gate, real, clusters = threading.Event(), batch.collect_images, []
+
+    def collect_images(*args, **kwargs):
+        assert gate.wait(30), "the test never let the search go on"
+        return real(*args, **kwargs)
+
+    def start_local_cluster(workers):
+        clusters.append(workers)
+        raise RuntimeError("a cluster was started")
+
+    monkeypatch.setattr(batch, "collect_images", collect_images)
+    monkeypatch.setattr(batch, "start_local_cluster", start_local_cluster)
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value, panel._out.value = image_folder, tmp_path / "out"
+    panel._workers.value = 2
+    try:
+        assert panel.start() is not None
+        panel.cancel()
+    finally:
+        gate.set()
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert not clusters, panel.last_message
+    assert [r.status for r in panel.result.results] == ["cancelled"] * 3
+    assert panel.last_message.startswith("Cancelled: 0 written, 0 skipped, 0 failed, 3 not done")

@@ -190,7 +190,8 @@ class BatchPanel(StopsOnClose, Container):
                    **self._predict.threshold_overrides(settings)}
         if settings.get("input_size") is not None:
             options["input_size"] = settings["input_size"]
-        client = batch.start_local_cluster(workers) if workers else None
+        # cancelled during the search: no cluster is started (seconds) only to mark every image not done
+        client = batch.start_local_cluster(workers) if workers and not self._cancel.is_set() else None
         try:
             return batch.predict_many(
                 images, model, out, client, stems=stems, overwrite=overwrite, device=settings["device"],
