@@ -499,6 +499,14 @@ def test_demo_without_display_writes_and_says_so(tmp_path, tiny48_checkpoint, ca
                  "--out", str(tmp_path), "--proposals", "none", "--view"]) == 0
     assert "no display available" in capsys.readouterr().err
     assert (tmp_path / "sample1_instances.json").is_file()
+    # without --view (README's command on a machine without a display) it says so too
+    assert main(["demo", str(image), "--model", str(tiny48_checkpoint),
+                 "--out", str(tmp_path / "again"), "--proposals", "none"]) == 0
+    assert "no display available: results written, napari not opened" in capsys.readouterr().err
+    # and demo's --proposals help names no option demo lacks
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "--recursive" not in capsys.readouterr().out
 
 
 def test_demo_layers_are_the_widgets(make_napari_viewer, qtbot, prm_config, small_cat,

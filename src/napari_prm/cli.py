@@ -537,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="image file (default: skimage.data.chelsea())")
     demo.add_argument("--out", type=Path, default=Path("napari-prm-demo"), help="output folder")
     _add_model_options(demo)
-    demo.add_argument("--proposals", default="auto", type=_proposals_arg, help=PROPOSAL_HELP)
+    demo.add_argument("--proposals", default="auto", type=_proposals_arg,  # one image: no --recursive here
+                      help=PROPOSAL_HELP.split("; with --recursive")[0] + ")")
     _add_channels_option(demo)
     _add_inference_options(demo)
     demo.add_argument("--view", action=argparse.BooleanOptionalAction, default=None,
@@ -1937,7 +1938,10 @@ def _run_demo(args) -> int:
     for path in written:
         print(path)
     view = display_available() if args.view is None else args.view
-    if view and not display_available():
+    if args.view is None and not view:
+        _say("no display available: results written, napari not opened (run it where a display is, "
+             "or open the files above in napari)")
+    elif view and not display_available():
         _say("no display available: results written, napari not opened")
     elif view and not qt_available():
         _say("no Qt bindings installed: results written, napari not opened (pip install \".[all]\" "
