@@ -276,3 +276,15 @@ def test_batch_manifest_records_the_channels_read_so_cli_and_python_runs_know_ea
     capsys.readouterr()
     again = predict_many([image], str(model), cli, **settings)
     assert [(r.status, r.error) for r in again.results] == [("skipped", "")]
+
+
+def test_channels_written_as_text_are_read_as_the_command_line_reads_them():
+    """`parse_channels` reads the Train widget's field with the words of ``--channels``."""
+    from napari_prm.io import parse_channels
+
+    assert parse_channels("0 2") == parse_channels("0,2") == parse_channels(" 0, 2 ") == [0, 2]
+    assert parse_channels("") is None and parse_channels("  ") is None
+    with pytest.raises(ValueError, match=r"^the field: expected channel indices such as 0 2 or 0,2, got '0 x'$"):
+        parse_channels("0 x", name="the field")
+    with pytest.raises(ValueError, match=r"^the field: expected 1 to 3 channel indices"):
+        parse_channels("0 1 2 3", name="the field")

@@ -119,11 +119,14 @@ def _proposals_arg(value: str):
 
 
 def _channels_arg(value: str) -> list[int]:
-    """One word of ``--channels``: ``2`` or ``0,2``."""
+    """One word of ``--channels``: ``2`` or ``0,2`` (`napari_prm.io.channel_words`, which reads the
+    Train widget's field too)."""
+    from .io import channel_words
+
     try:
-        return [int(word) for word in value.split(",") if word.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected channel indices such as 0 2 or 0,2, got {value!r}") from None
+        return channel_words(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 CHANNELS_HELP = ("of a multichannel image (TIFF: ImageJ/OME C axis, or unnamed (C, Y, X) or (Y, X, C)), read "
@@ -162,16 +165,11 @@ def _channels(args, recorded) -> list[int] | None:
 def _model_channels(model) -> list[int] | None:
     """The channels a model (a PRMModel, a checkpoint's path or a built-in name) records; None
     for none, and for a checkpoint that cannot be read (loading it says why)."""
-    from .model.checkpoint import PRMModel, checkpoint_metadata, is_builtin_name
+    from .model.checkpoint import PRMModel, model_channels
 
     if isinstance(model, PRMModel):
         return model.settings.get("channels")
-    if model is None or is_builtin_name(model):
-        return None
-    try:
-        return checkpoint_metadata(model)["settings"].get("channels")
-    except (ValueError, OSError):
-        return None
+    return model_channels(model)
 
 
 #: How --model help says that a name means the built-in model (`napari_prm.model.is_builtin_name`).

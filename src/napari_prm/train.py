@@ -498,6 +498,9 @@ class UnfinishedRun:
     backbone : str or None
         The backbone of its model (the checkpoint records no more of the base it started from:
         a backbone's ImageNet weights, a built-in model or another checkpoint); None: not known.
+    channels : list of int or None
+        The image channels it trains on (``settings["channels"]``), which a resume must read
+        too; None: the images as they are.
     """
 
     path: Path
@@ -506,6 +509,7 @@ class UnfinishedRun:
     config: dict
     split_rule: int | None = SPLIT_RULE
     backbone: str | None = None
+    channels: list[int] | None = None
 
 
 def unfinished_run(path: str | os.PathLike, dataset: LabeledImageDataset) -> UnfinishedRun | None:
@@ -537,7 +541,8 @@ def unfinished_run(path: str | os.PathLike, dataset: LabeledImageDataset) -> Unf
     trained = trained_images(extra, dataset.image_paths)
     if trained is not None and not any(trained):
         return None
-    return UnfinishedRun(path, done, config["epochs"], config, state.get("split_rule"), model.backbone)
+    return UnfinishedRun(path, done, config["epochs"], config, state.get("split_rule"), model.backbone,
+                         model.settings.get("channels"))
 
 
 @dataclass(eq=False)

@@ -25,6 +25,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -34,7 +35,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._text import plural, sentence, sentences
 from ..data import load_dataset
-from ..model.checkpoint import is_builtin_name, model_input_size
+from ..io import channels_for, parse_channels
+from ..model.checkpoint import is_builtin_name, model_channels, model_input_size
 from ..train import (
     builtin_start_note,
     recipe_conflicts,
@@ -64,6 +66,12 @@ BASE_MODELS = {
 #: How the note of :func:`napari_prm.train.builtin_start_note` names the choice above.
 BUILTIN_CHOICE = "the base model 'built-in {name}'"
 #: The input size field's tooltip (`TrainWidget._show_model_size` adds a model's non-square size).
+#: The image channels field's label, which its errors name.
+CHANNELS_LABEL = "image channels"
+CHANNELS_TOOLTIP = ("of multichannel images (e.g. fluorescence TIFFs), the 1 to 3 channels, from 0, to train on as the "
+                    "network's red, green and blue: 0 2 or 0,2 (as the command line's --channels); recorded in the "
+                    "checkpoint, which predicts with them. Empty: the images as they are (a fine-tuned checkpoint or "
+                    "an unfinished run that records channels: those)")
 SIZE_TOOLTIP = ("the side of the square network input the images are resized to; choosing a built-in model or a "
                 "checkpoint to fine-tune shows its own size")
 
@@ -81,6 +89,7 @@ class TrainSettings:
     lr: float = 0.01
     batch_size: int = 8
     input_size: int = 448
+    channels: str = ""  # as typed: "0 2", "0,2"; "" reads the images as they are
     out: str = str(Path.home() / "prm_model.pt")
     device: str | None = None  # None: the first of `devices()`
     continue_run: bool = True  # continue the unfinished run in the output file, when it holds one
@@ -104,6 +113,11 @@ def _still_there(field: str, value) -> bool:
     if field in ("dataset", "dataset_dir", "image_dir", "calibrate_model"):
         return Path(value).exists()
     return field != "out" or Path(value).parent.is_dir()
+
+
+def _channel_text(channels) -> str:
+    """Image channels as the field takes them (``0,2``); None as what it means."""
+    return "none, the images as they are" if channels is None else ",".join(str(c) for c in channels)
 
 
 def _newly_found(before, run) -> bool:
@@ -139,6 +153,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._lr = FloatSpinBox(label="learning rate", value=0.01, min=1e-6, max=1.0, step=0.001)
         self._batch = SpinBox(label="batch size", value=8, min=1, max=512)
         self._size = SpinBox(label="input size (pixels)", value=448, min=32, max=2048, step=32, tooltip=SIZE_TOOLTIP)
+        self._channels = LineEdit(label=CHANNELS_LABEL, value="", tooltip=CHANNELS_TOOLTIP)
         self._out = FileEdit(label="output file", mode="w", filter="PyTorch checkpoint (*.pt)",
                              value=str(Path.home() / "prm_model.pt"))
         self._device = ComboBox(label="device", choices=devices())
@@ -152,7 +167,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._status.native.setWordWrap(True)  # a long message must not widen the dock
         super().__init__(widgets=[
             self._dataset, self._dataset_dir, self._image_dir, self._base, self._epochs, self._lr, self._batch,
-            self._size, self._out, self._device, self._continue, self._train_button,
+            self._size, self._channels, self._out, self._device, self._continue, self._train_button,
             *self._build_calibrate(), self._cancel_button, self._progress, self._status,
         ])
         exclusive_paths(self._dataset, self._dataset_dir)  # one dataset: the folder won silently
@@ -160,7 +175,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             "dataset": self._dataset, "dataset_dir": self._dataset_dir, "image_dir": self._image_dir,
             "base": self._base,
             "epochs": self._epochs, "lr": self._lr, "batch_size": self._batch, "input_size": self._size,
-            "out": self._out, "device": self._device, "continue_run": self._continue,
+            "channels": self._channels, "out": self._out, "device": self._device, "continue_run": self._continue,
             "calibrate_model": self._calibrate_model}, usable=_still_there, typed=_typed_name)
         for field in (self._dataset, self._dataset_dir):  # a folder per class names its own images
             field.changed.connect(self._sync_image_dir)
@@ -427,6 +442,11 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             self._say("Training or calibration is already running: wait for it or press Cancel.", True)
             return None
         self._set_pending(None)  # this call takes the place of one waiting for the check
+        try:  # read as the command line reads --channels
+            channels = parse_channels(self._channels.value, name=f"the {CHANNELS_LABEL!r} field")
+        except ValueError as error:
+            self._say(f"Training did not start: {error}.", True)
+            return None
         chosen = self._chosen_dataset()
         if chosen is None:
             return None
@@ -459,6 +479,9 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
 
             differ = [f"{labels[name]} {shown(name, value)} (the run's: {shown(name, theirs)})"
                       for name, value, theirs in recipe_conflicts(resumed.config, asked)]
+            if channels is not None and channels != resumed.channels:  # train() refuses them too
+                differ.append(f"image channels {_channel_text(channels)} (the run's: "
+                              f"{_channel_text(resumed.channels)})")
             if self._base_of_run is not None and options["model"] != self._base_of_run[0]:
                 # train(resume=) goes on from the run's own model, whatever model= says
                 own = f"its own {resumed.backbone} model" if resumed.backbone else "its own model"
@@ -483,8 +506,9 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._progress.max = options["epochs"]
         self._progress.value = 0
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(self._train, dataset_path, options, images, resumed, _start_thread=False, _connect={
-            "errored": lambda error: self._say(f"Training failed: {type(error).__name__}: {error}", True)})
+        worker = create_worker(
+            self._train, dataset_path, options, images, resumed, channels, _start_thread=False, _connect={
+                "errored": lambda error: self._say(f"Training failed: {type(error).__name__}: {error}", True)})
         worker.returned.connect(self._on_done)
         self._run_started(worker, f"{kept} Loading {dataset_path}…" if kept else f"Loading {dataset_path}…",
                           ActivityProgress(f"Train PRM model: {Path(options['out']).name}", on_cancel=self.cancel))
@@ -503,10 +527,19 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self.activity = activity
         worker.start()
 
-    def _train(self, dataset_path: Path, options: dict, images: Path | None = None, resumed=None):
+    def _train(self, dataset_path: Path, options: dict, images: Path | None = None, resumed=None,
+                channels: list[int] | None = None):
         """Worker thread: load the dataset (a CSV's or COCO JSON's images from ``images``, when
-        given), say how it is split (the run's own split when ``resumed``), and train."""
+        given) to read ``channels`` of its images (None: those the unfinished run ``resumed`` or the
+        fine-tuned checkpoint records, else the images as they are: as the command line's
+        ``--channels``), say how it is split (the run's own split when ``resumed``), and train."""
         dataset = load_dataset(dataset_path, images)
+        recorded = resumed.channels if resumed is not None else model_channels(options.get("model"))
+        dataset.channels, channel_note = channels_for(channels, recorded)
+        if channels is None and recorded is not None:
+            channel_note = (f"reading image channels {_channel_text(recorded)} as red, green and blue: those the "
+                            f"{'run' if resumed is not None else 'base model'} was trained on (the "
+                            f"{CHANNELS_LABEL!r} field picks others)")
         defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
         recipe = {k: options.get(k, defaults[k]) for k in ("val_fraction", "seed")}
         if resumed is not None:
@@ -523,6 +556,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             warnings += split_warnings(dataset, split)
         note = None if resumed is not None else builtin_start_note(dataset.class_names, options.get("model"),
                                                                    option=BUILTIN_CHOICE)
+        note = "; ".join(n for n in (note, channel_note) if n) or None
         self._relay.progressed.emit(("split", what, warnings, note, list(dataset.warnings)))
         return train(dataset, progress=self._relay.progressed.emit, cancel=self._cancel, split=split,
                      **options)

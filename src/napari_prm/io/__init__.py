@@ -18,7 +18,7 @@ module                        holds
                               `read_array`, `image_array` (PIL images, tensors, paths),
                               `as_rgb_float` (the one RGB normaliser), `opacity_note`,
                               `unreadable_images` (headers and ends, no decoding),
-                              `pick_channels`, `channels_for` (channels read as RGB)
+                              `pick_channels`, `channels_for`, `parse_channels` (channels read as RGB)
 ``napari_prm.io.paths``       `sorted_paths`: one order of files on every operating system;
                               `image_stem` (``cells.ome.tif`` -> ``cells``), which names outputs
 ``napari_prm.io.labels``      `write_label_image`, `read_label_image`, `tiff_pixel_size`,
@@ -58,9 +58,11 @@ from .images import (
     IMAGE_SUFFIXES,
     ImageStack,
     as_rgb_float,
+    channel_words,
     channels_for,
     image_array,
     opacity_note,
+    parse_channels,
     pick_channels,
     read_array,
     read_image,
@@ -95,7 +97,7 @@ __all__ = [
     "atomic_write", "atomic_writes", "remove_stale_temporaries", "writable_folder", "write_file_set", "read_file_set",
     "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
     "read_array", "read_image", "read_plane", "read_stack", "stack_planes", "ImageStack", "image_array", "as_rgb_float",
-    "pick_channels", "channels_for",
+    "pick_channels", "channels_for", "channel_words", "parse_channels",
     "opacity_note", "unreadable_images",
     "write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
     "read_label_class_names",

@@ -9,6 +9,7 @@ proposals start from.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -250,6 +251,38 @@ def checked_channels(channels: Any, *, name: str = "channels") -> list[int] | No
         raise ValueError(f"{name}: expected 1 to {MAX_CHANNELS} channel indices from 0 (the network's red, "
                          f"green and blue; 0,2 picks the 1st and 3rd channels), got {channels!r}")
     return [int(c) for c in values]
+
+
+def channel_words(text: str) -> list[int]:
+    """The channel indices written in ``text``, separated by spaces or commas (``"0 2"``,
+    ``"0,2"``): how the command line's ``--channels`` and the Train widget's *channels* field
+    are read. Empty text gives ``[]``; `checked_channels` checks how many there are.
+
+    Raises
+    ------
+    ValueError
+        When a word is not a whole number; the message quotes ``text``.
+    """
+    try:
+        return [int(word) for word in re.split(r"[\s,]+", text) if word]
+    except ValueError:
+        raise ValueError(f"expected channel indices such as 0 2 or 0,2, got {text!r}") from None
+
+
+def parse_channels(text: str, *, name: str = "channels") -> list[int] | None:
+    """Channels written as text (`channel_words`) as `checked_channels` gives them; None for
+    empty text (the images as they are, or a model's channels).
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``: not 1 to 3 whole numbers from 0.
+    """
+    try:
+        words = channel_words(text)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    return checked_channels(words, name=name) if words else None
 
 
 def channels_for(given: Sequence[int] | None, recorded: Sequence[int] | None) -> tuple[list[int] | None, str | None]:

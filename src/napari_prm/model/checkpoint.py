@@ -691,6 +691,19 @@ def model_input_size(name_or_path: str | os.PathLike) -> tuple[int, int] | None:
     return checkpoint_metadata(name_or_path)["input_size"]
 
 
+def model_channels(name_or_path: str | os.PathLike | None) -> list[int] | None:
+    """The image channels a checkpoint records (``settings["channels"]``, from its metadata: its
+    weights are not read), which ``train`` reads a fine-tuned or resumed model's images with
+    unless others are given; None for a built-in name, a backbone's name, None, a checkpoint
+    that records none, and one that cannot be read (loading it says why)."""
+    if name_or_path is None or is_builtin_name(name_or_path):
+        return None
+    try:
+        return checkpoint_metadata(name_or_path)["settings"].get("channels")
+    except (ValueError, OSError):
+        return None
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[PRMModel, dict]:
     """Load a checkpoint: the model and the ``extra`` dict saved with it.
 
