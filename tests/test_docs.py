@@ -714,7 +714,8 @@ def test_plugin_page_lists_the_choices_each_widget_keeps():
     train = text.split("The form's choices (dataset,")[1].split("are kept for the next session")[0]
     phrases = {"dataset": "dataset", "dataset_dir": "dataset", "image_dir": "images folder", "base": "base model",
                "epochs": "epochs", "lr": "learning rate", "batch_size": "batch size", "input_size": "input size",
-               "out": "output file", "device": "device", "continue_run": "*Continue the unfinished run*",
+               "channels": "image channels", "out": "output file", "device": "device",
+               "continue_run": "*Continue the unfinished run*",
                "calibrate_model": "the model to calibrate"}
     assert _dataclass_fields(widgets / "train.py", "TrainSettings") == list(phrases)
     for phrase in phrases.values():

@@ -258,6 +258,15 @@ def channel_words(text: str) -> list[int]:
     ``"0,2"``): how the command line's ``--channels`` and the Train widget's *channels* field
     are read. Empty text gives ``[]``; `checked_channels` checks how many there are.
 
+    Parameters
+    ----------
+    text : str
+        The indices, e.g. ``"0 2"`` or ``"0,2"``.
+
+    Returns
+    -------
+    list of int
+
     Raises
     ------
     ValueError
@@ -272,6 +281,17 @@ def channel_words(text: str) -> list[int]:
 def parse_channels(text: str, *, name: str = "channels") -> list[int] | None:
     """Channels written as text (`channel_words`) as `checked_channels` gives them; None for
     empty text (the images as they are, or a model's channels).
+
+    Parameters
+    ----------
+    text : str
+        The indices, e.g. ``"0 2"`` or ``"0,2"``.
+    name : str
+        What the text is (a field, an argument), which errors start with.
+
+    Returns
+    -------
+    list of int or None
 
     Raises
     ------
