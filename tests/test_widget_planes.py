@@ -321,3 +321,28 @@ def test_a_rolled_view_is_refused_and_a_transposed_one_runs_the_plane_shown(stac
     widget.planes.value = "all planes"  # every frame: the view's axes do not matter
     run_and_wait(widget, qtbot)
     assert set(viewer.layers["t peaks"].data[:, 0]) == {0.0, 1.0, 2.0}
+
+
+def test_a_rolled_view_with_a_layer_of_more_axes_names_the_axes_the_layer_has(stack_widget, qtbot):
+    """With a layer of more axes open, the viewer's first axis is none of the stack's (its axes are
+    the viewer's last three): a rolled view showing it was named the stack's axis "-1". The
+    refusal names it as the viewer's axis, which the stack does not have, and the stack's axes
+    from 0."""
+    viewer, widget = stack_widget
+    viewer.add_image(np.zeros((2, 3, 8, 8), np.float32), name="volume")  # a 4-D layer: the viewer has 4 axes
+    widget.image.value = viewer.layers["t"]
+    assert viewer.dims.ndim == 4
+    viewer.dims.order = (2, 3, 0, 1)  # the viewer's axes 0 (volume's only) and 1 (the stack's t) shown
+    assert widget.run() is None
+    assert widget.last_message.startswith(
+        "cannot run on the current plane of 't': the view shows the viewer's axis 0, which 't' does not have "
+        "(another layer has more axes), and its axis 0, and a run works on planes of its last two axes, 1 and 2")
+    assert "-1" not in widget.last_message
+    assert "viewer.dims.order = (0, 1, 2, 3)" in widget.last_message
+    viewer.dims.axis_labels = ("c", "t", "y", "x")
+    viewer.dims.order = (3, 1, 2, 0)  # the stack's y and the viewer's c shown
+    assert widget.run() is None
+    assert ("the view shows the viewer's axis 0 (c), which 't' does not have (another layer has more axes), "
+            "and its axis 1 (y), and a run works on planes of its last two axes, 1 (y) and 2 (x)"
+            ) in widget.last_message
+    assert "t instances" not in viewer.layers

@@ -165,15 +165,22 @@ def current_plane(layer, viewer) -> tuple[int, ...]:
     plane_axes = (first + len(leading), first + len(leading) + 1)
     shown = tuple(int(axis) for axis in dims.displayed)
     if dims.ndisplay == 2 and set(shown) != set(plane_axes):
-        def axes(numbers):  # the layer's axes, numbered from 0 (with the names the user gave them)
+        def axes(numbers, start=first):  # axes numbered from ``start`` (with the names the user gave them)
             labels = [str(dims.axis_labels[axis]) for axis in numbers]
-            named = not all(label.lstrip("-").isdigit() for label in labels)
-            return " and ".join(f"{axis - first}" + (f" ({label})" if named else "")
+            return " and ".join(f"{axis - start}" + ("" if label.lstrip("-").isdigit() else f" ({label})")
                                 for axis, label in zip(numbers, labels))
 
+        # the layer's axes are the viewer's last layer.ndim: a viewer axis before them (of a layer
+        # with more axes) is none of this layer's, named as the viewer's
+        mine, others = [a for a in shown if a >= first], [a for a in shown if a < first]
+        described = f"its ax{'e' if len(mine) > 1 else 'i'}s {axes(mine)}" if mine else ""
+        if others:
+            described = (f"the viewer's axis{'es' if len(others) > 1 else ''} {axes(others, 0)}, which "
+                         f"{layer.name!r} does not have (another layer has more axes)"
+                         + (f", and {described}" if described else ""))
         restore = tuple(int(axis) for axis in dims.order if axis not in plane_axes) + plane_axes
         raise ValueError(
-            f"cannot run on the current plane of {layer.name!r}: the view shows its axes {axes(shown)}, and a run "
+            f"cannot run on the current plane of {layer.name!r}: the view shows {described}, and a run "
             f"works on planes of its last two axes, {axes(plane_axes)} (where the result layers place a plane's "
             "results). Roll the view's axes back with napari's 'Roll dimensions' button until it shows axes "
             f"{axes(plane_axes)} (viewer.dims.order = {restore}), or choose 'all planes'")
