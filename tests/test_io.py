@@ -952,6 +952,24 @@ def test_write_label_image_names_the_axes_it_is_given(tmp_path):
     assert not (tmp_path / "wrong.tif").exists()
 
 
+def test_label_axes_from_names_and_export_instances_axes(tmp_path):
+    """napari's axis names of a label stack give the axes its label TIFF names: leading z or t (time),
+    any case, then y and x or unnamed; anything else (a 2-D image, an unnamed or other leading axis,
+    a name twice, swapped y and x) gives None. ``export_instances(axes=)`` names them in the TIFF."""
+    assert io.label_axes_from_names(("z", "y", "x")) == "ZYX"
+    assert io.label_axes_from_names(("Time", "-2", "-1")) == "TYX"
+    assert io.label_axes_from_names(("t", "Z", "y", "x")) == "TZYX"
+    for names in (("y", "x"), ("-3", "-2", "-1"), ("c", "y", "x"), ("z", "z", "y", "x"), ("z", "x", "y")):
+        assert io.label_axes_from_names(names) is None, names
+    assert io.label_axes_from_names(("", "y", "x")) is None  # an empty leading name is unnamed
+    labels = np.zeros((2, 6, 7), np.uint16)
+    labels[1, 1:3, 2:5] = 4
+    (path,) = io.export_instances(labels, None, None, tmp_path, formats=["tiff"], stem="s", axes="TYX")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].axes == "TYX"
+    np.testing.assert_array_equal(io.read_label_image(path), labels)
+
+
 def test_a_label_tiff_of_a_layer_in_micrometres_carries_its_pixel_size_as_resolution_tags(tmp_path):
     """The Export widget's label TIFF of a layer at 0.26 µm per pixel recorded the scale in napari-prm's
     JSON description only: Fiji (and any TIFF reader) saw 1 pixel per unit. Its resolution tags hold it now,

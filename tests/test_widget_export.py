@@ -517,3 +517,39 @@ def test_the_export_button_reads_a_lazy_labels_layer_once_in_its_worker(make_nap
     assert sorted(reads) == [1, 2, 3] and threading.main_thread() not in threads
     ((data, _, _),) = napari_get_reader(str(tmp_path / "folder_labels.tif"))(str(tmp_path / "folder_labels.tif"))
     assert data.shape == (3, 20, 30) and [int(data[i].max()) for i in range(3)] == [1, 2, 3]
+
+
+def test_a_stack_with_named_axes_exports_a_tiff_that_names_them(make_napari_viewer, tmp_path):
+    """A (3, 16, 16) Labels layer without units whose axes the viewer names z, y, x was written with
+    tifffile's unnamed QYX (the command line writes its stacks' ZYX or TYX): its label TIFF names
+    them now; so do the layer's own axis labels, a time axis' name, and a viewer with more axes
+    (the layer's are its last ones). Unnamed axes keep QYX."""
+    import tifffile
+
+    viewer = make_napari_viewer()
+    stack = np.zeros((3, 16, 16), np.uint16)
+    stack[0, 2:6, 2:6], stack[2, 8:12, 4:9] = 1, 2
+    layer = viewer.add_labels(stack, name="Labels")  # painted in napari: no image of its own
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._layer.value = layer
+
+    def exported_axes(folder):
+        (tif,) = [path for path in widget.export(tmp_path / folder, formats=["tiff"]) if path.suffix == ".tif"]
+        with tifffile.TiffFile(tif) as handle:
+            np.testing.assert_array_equal(handle.asarray(), stack)
+            return handle.series[0].axes
+
+    assert exported_axes("unnamed") == "QYX"  # nothing says what the planes are
+    viewer.dims.axis_labels = ("z", "y", "x")
+    assert tuple(layer.axis_labels) == ("-3", "-2", "-1")  # the viewer's names only
+    assert exported_axes("viewer") == "ZYX"
+    viewer.dims.axis_labels = ("-3", "-2", "-1")
+    layer.axis_labels = ("Time", "y", "x")  # the layer's own names
+    assert exported_axes("layer") == "TYX"
+    viewer.add_image(np.zeros((2, 3, 16, 16), np.float32), name="volume")  # the viewer gets a 4th axis
+    layer.axis_labels = ("-3", "-2", "-1")  # (napari gives the viewer the layers' names again)
+    viewer.dims.axis_labels = ("c", "z", "-2", "-1")
+    widget._layer.value = layer
+    assert exported_axes("more") == "ZYX"  # the viewer's last three axes are the layer's
+    viewer.dims.axis_labels = ("c", "channel", "-2", "-1")
+    assert exported_axes("other") == "QYX"  # a name that is no plane axis: unnamed, as before

@@ -88,3 +88,15 @@ def test_tiff_of_a_stack_with_its_instance_csv(tmp_path, instances):
     assert table["plane"].ravel().tolist() == [0, 0, 0, 1, 1]
     assert table["label"].tolist() == [1, 2, 3, 2, 3]
     assert list(table["class_name"]) == ["tabby", "coffee mug", "unknown", "coffee mug", "unknown"]
+
+
+def test_tiff_of_a_stack_names_the_axes_the_layer_names(tmp_path, instances):
+    """*File → Save* of a (T, Y, X) layer whose axes are named t, y, x wrote tifffile's unnamed QYX:
+    its TIFF names them TYX now; a layer of unnamed axes keeps QYX."""
+    labels, meta = instances
+    stack = np.stack([labels, labels])
+    for names, expected in ((("t", "y", "x"), "TYX"), (("-3", "-2", "-1"), "QYX")):
+        (tif, _) = write_labels(str(tmp_path / f"{expected}_labels.tif"), stack, {**meta, "axis_labels": names})
+        with tifffile.TiffFile(tif) as handle:
+            assert handle.series[0].axes == expected
+        np.testing.assert_array_equal(io.read_label_image(tif), stack)

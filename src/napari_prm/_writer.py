@@ -39,14 +39,16 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     path : str
         ``.tif``/``.tiff``: the label image (uint16, or uint32 beyond 65535 labels) and,
         when the layer has an instance table in its ``features``, ``<stem>_instances.csv``
-        beside it (for a stack, its rows name their plane). ``.json``: a COCO instances file (RLE masks, class names
-        from ``metadata["class_names"]`` or the table, scores; the image's ``file_name`` from
-        ``metadata["image_file_name"]``, else the layer's name; the layer's scale, translate and
-        units in its image entry, which the plugin's reader gives back).
+        beside it (for a stack, its rows name their plane; a stack whose ``axis_labels`` name
+        its leading axes z or t is written with axes ``ZYX`` or ``TYX``). ``.json``: a COCO
+        instances file (RLE masks, class names from ``metadata["class_names"]`` or the table,
+        scores; the image's ``file_name`` from ``metadata["image_file_name"]``, else the layer's
+        name; the layer's scale, translate and units in its image entry, which the plugin's
+        reader gives back).
     data : integer ndarray
         The layer's labels.
     meta : dict
-        The layer's attributes (``features``, ``metadata``, ``name``).
+        The layer's attributes (``features``, ``metadata``, ``name``, ``axis_labels``).
 
     Returns
     -------
@@ -69,7 +71,10 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         written = io.export_instances(labels, table, class_names, path, overwrite=True,
                                       image_file_name=str(image), world=world)
     elif suffix in (".tif", ".tiff"):
-        written = io.export_instances(labels, table, class_names, path, overwrite=True, world=world)
+        # a stack's axes the layer names (z, t): named in the TIFF, as the command line's
+        axes = io.label_axes_from_names(meta.get("axis_labels") or ())
+        written = io.export_instances(labels, table, class_names, path, overwrite=True, world=world,
+                                      axes=axes if axes is not None and len(axes) == labels.ndim else None)
         if table is not None:
             written.append(io.write_instances_csv(sidecar_csv(path), labels, table, class_names))
     else:

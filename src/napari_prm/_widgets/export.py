@@ -262,7 +262,7 @@ class ExportWidget(Container):
                     overwrite=self._overwrite.value if overwrite is None else overwrite, file_name=file_name,
                     world={"scale": layer.scale, "translate": layer.translate,
                            "units": [str(unit) for unit in getattr(layer, "units", ())]},
-                    note=note + unpaired)
+                    axes=label_axes(self._viewer, layer), note=note + unpaired)
 
     def _failed(self, job: _Job, error: Exception) -> None:
         if isinstance(error, FileExistsError):  # its message speaks to callers of the function
@@ -280,6 +280,21 @@ class ExportWidget(Container):
         return written
 
 
+def label_axes(viewer, layer) -> str | None:
+    """The axes a Labels layer's label TIFF names (``"ZYX"``, ``"TYX"``; None: unnamed), from the
+    names of its axes (`napari_prm.io.label_axes_from_names`): its own ``axis_labels`` where the
+    user named them, else those of the viewer's axes it is on (its axes are the viewer's last
+    ``layer.ndim``, as napari places them)."""
+    if layer.ndim < 3:
+        return None
+    own = [str(name) for name in layer.axis_labels]
+    viewers = [str(name) for name in viewer.dims.axis_labels][viewer.dims.ndim - layer.ndim:]
+    if len(viewers) != len(own):  # not on this viewer's axes
+        viewers = own
+    return io.label_axes_from_names([theirs if re.fullmatch(r"-?\d+", mine) else mine
+                                     for mine, theirs in zip(own, viewers)])
+
+
 @dataclass
 class _Job:
     """One export: the labels (a copy, for a worker thread) and what `io.export_instances` is given."""
@@ -293,6 +308,7 @@ class _Job:
     overwrite: bool
     file_name: str
     world: dict
+    axes: str | None  # a stack's, named in its label TIFF (None: tifffile's unnamed Q)
     note: str  # said after the files written: formats left out, an image file name not recorded
 
 
@@ -300,4 +316,4 @@ def _write(job: _Job) -> list[Path]:
     """Write ``job`` (on any thread: no Qt here); lazy labels are read here."""
     return io.export_instances(np.asarray(job.labels), job.table, job.class_names, job.folder, formats=job.formats,
                                stem=job.stem, overwrite=job.overwrite, image_file_name=job.file_name,
-                               world=job.world)
+                               world=job.world, axes=job.axes)

@@ -22,7 +22,8 @@ module                        holds
 ``napari_prm.io.paths``       `sorted_paths`: one order of files on every operating system;
                               `image_stem` (``cells.ome.tif`` -> ``cells``), which names outputs
 ``napari_prm.io.labels``      `write_label_image`, `read_label_image`, `tiff_pixel_size`,
-                              `read_label_world`, `read_label_class_names`
+                              `read_label_world`, `read_label_class_names`,
+                              `label_axes_from_names`
 ``napari_prm.io.tables``      instance tables; `write_instances_csv`, `read_instances_csv`,
                               `write_peaks_csv`, `write_stack_peaks_csv`
 ``napari_prm.io.coco``        `labels_to_coco`, `instances_to_coco`, `coco_to_labels`, `coco_image_world`,
@@ -71,7 +72,14 @@ from .images import (
     stack_planes,
     unreadable_images,
 )
-from .labels import read_label_class_names, read_label_image, read_label_world, tiff_pixel_size, write_label_image
+from .labels import (
+    label_axes_from_names,
+    read_label_class_names,
+    read_label_image,
+    read_label_world,
+    tiff_pixel_size,
+    write_label_image,
+)
 from .paths import image_stem
 from .prediction import (
     EXPORT_SUFFIXES,
@@ -99,7 +107,7 @@ __all__ = [
     "read_array", "read_image", "read_plane", "read_stack", "stack_planes", "ImageStack", "image_array", "as_rgb_float",
     "pick_channels", "channels_for", "channel_words", "parse_channels",
     "opacity_note", "unreadable_images",
-    "write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
+    "write_label_image", "label_axes_from_names", "read_label_image", "tiff_pixel_size", "read_label_world",
     "read_label_class_names",
     "labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_image_world", "coco_results", "match_exports",
     "MatchedExport",

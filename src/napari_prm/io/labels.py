@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -326,6 +327,40 @@ def _ome_number(pixels, name: str, default_unit: str, units: dict, per: float) -
     if scale is None or not (np.isfinite(value) and value > 0):
         return None
     return value * scale / per
+
+
+#: The names of a label stack's leading axes (napari's axis labels, any case) that name tifffile axes.
+_AXIS_NAME_CODES = {"z": "Z", "t": "T", "time": "T"}
+
+
+def label_axes_from_names(names) -> str | None:
+    """The axes of a label stack, as `write_label_image`'s ``axes``, from the names of its axes.
+
+    Parameters
+    ----------
+    names : sequence of str
+        One name per axis (a napari layer's ``axis_labels``): the leading axes named ``z`` or
+        ``t`` (``time``), in any case; the last two ``y`` and ``x``, or unnamed (napari's
+        default names, ``"-2"`` and ``"-1"``: a label image's last two axes are its rows and
+        columns).
+
+    Returns
+    -------
+    str or None
+        ``"ZYX"``, ``"TYX"``, ``"TZYX"``, ...; None for 2-D labels, or when a leading axis is
+        unnamed or named otherwise, or two axes are named alike (tifffile then names the
+        leading axes ``Q``, unnamed).
+    """
+    names = [str(name).strip().lower() for name in names]
+    if len(names) < 3:
+        return None
+    unnamed = [re.fullmatch(r"-?\d+", name) is not None or not name for name in names]
+    if any(not unnamed[i] and names[i] != letter for i, letter in ((-2, "y"), (-1, "x"))):
+        return None
+    leading = [_AXIS_NAME_CODES.get(name) for name in names[:-2]]
+    if None in leading or len(set(leading)) != len(leading):
+        return None
+    return "".join(leading) + "YX"
 
 
 def _check_labels(labels, *, ndim: int | None = 2) -> np.ndarray:

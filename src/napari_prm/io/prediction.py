@@ -98,7 +98,8 @@ def _checked_stem(stem: str | None) -> str | None:
 def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | None,
                      out: str | os.PathLike, *, formats: Sequence[str] | None = None,
                      stem: str | None = None, overwrite: bool = False,
-                     image_file_name: str = "", world: dict | None = None) -> list[Path]:
+                     image_file_name: str = "", world: dict | None = None,
+                     axes: str | None = None) -> list[Path]:
     """Export a (corrected) label image with its classes in one or more formats.
 
     Parameters
@@ -129,6 +130,11 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         or PNG (`napari_prm.io.write_label_image`, with ``class_names``) and in the COCO
         JSON's image entry (`labels_to_coco`), so that the plugin's reader puts it back in
         place, with its classes.
+    axes : str, optional
+        The names of a stack's axes (``"ZYX"``, ``"TYX"``; `napari_prm.io.label_axes_from_names` of a layer's
+        axis labels), written into the label TIFF (`napari_prm.io.write_label_image`); without
+        them tifffile names a stack's leading axes ``Q``, unnamed, unless ``world`` gives its
+        first axis a unit of length or time.
 
     Returns
     -------
@@ -156,14 +162,16 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
     if len(targets) == 1 and out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir():
         (kind, target), = targets.items()  # one named file: replacing it is one rename already
         with atomic_write(target, overwrite=overwrite) as temp:
-            _write_instances_as(kind, temp, labels, table, class_names, coco, world=world)
+            _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
+                                axes=axes if kind == "tiff" else None)
         return [target]
     info = {"written_by": "export_instances", "image": image_file_name}
     info |= _kept_image_record(folder, stem or "labels", image_file_name)
     with write_file_set(folder, stem or "labels", {kind: path.name for kind, path in targets.items()},
                         overwrite=overwrite, info=info) as staged:
         for kind, temp in staged.items():
-            _write_instances_as(kind, temp, labels, table, class_names, coco, world=world)
+            _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
+                                axes=axes if kind == "tiff" else None)
     return list(targets.values())
 
 
