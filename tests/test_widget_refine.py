@@ -605,3 +605,93 @@ def test_a_folders_instances_of_classes_the_model_lacks_are_named_in_the_final_m
     learn(widget, qtbot)
     assert f"Note: corrections {folder}: 1 instance of classes the model does not have" in widget.last_message
     assert "'zebra' (1 instance: scene_instances.csv)" in widget.last_message, widget.last_message
+
+
+def lazy_label_files(viewer, tmp_path, record):
+    """A *Run on folder*-like scene: three images as one stack (``scene``) and their label files
+    as one lazy stack (``scene instances``, `batch.label_stack`), plane 1 without labels; each
+    plane read is recorded in ``record`` as (thread, plane)."""
+    import dask.array as da
+
+    from napari_prm import batch, io
+
+    scenes = [shapes_scene(seed) for seed in (2, 3, 4)]
+    paths = []
+    for index, (_, labels, _, _) in enumerate(scenes):
+        paths.append(tmp_path / f"scene{index}_labels.tif")
+        io.write_label_image(paths[-1], labels if index != 1 else np.zeros_like(labels))
+
+    def read(plane, block_info=None):
+        import threading
+
+        record.append((threading.get_ident(), block_info[0]["chunk-location"][0]))
+        return plane
+
+    stack = batch.label_stack(paths)
+    lazy = stack.map_blocks(read, dtype=stack.dtype)
+    assert isinstance(lazy, da.Array)
+    viewer.add_image(np.stack([image for image, _, _, _ in scenes]), name="scene", rgb=True)
+    layer = viewer.add_labels(lazy, name="scene instances")
+    layer.features = pd.DataFrame({"index": [1, 2], "label": [1, 2], "class_index": [0, 1],
+                                   "class_name": ["cat", "dog"], "score": [np.nan, np.nan], "peak": [-1, -1]})
+    return layer, paths
+
+
+def test_lazy_labels_are_read_in_the_worker_not_when_learn_is_pressed(make_napari_viewer, qtbot, prm_config,
+                                                                     tiny_shapes_checkpoint, tmp_path):
+    """Ticking a lazy Labels layer (label files opened as one lazy stack, one file a plane, as *Run on
+    folder* opens them) and pressing *Learn* read every plane on the Qt thread (200 planes of 1024² took 13 s, napari
+    frozen). The planes are read in the worker now, each once; a plane without labels is left out."""
+    import threading
+
+    import dask
+
+    reads = []
+    with dask.config.set(scheduler="synchronous"):  # a plane is read in the thread that asks for it
+        viewer = make_napari_viewer()
+        layer, _ = lazy_label_files(viewer, tmp_path, reads)
+        _, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+        choose(widget, [layer], tmp_path / "refined.pt")
+        assert layer in widget._layers.value
+        reads.clear()  # napari's own, for the canvas
+        labels_seen = []
+        widget._relay.progressed.connect(lambda update: labels_seen.append(update) if isinstance(update, tuple)
+                                         else None)
+        worker = widget.start(batch_size=1, epochs=1)
+        assert worker is not None, widget.last_message
+        main = threading.get_ident()
+        assert main not in {thread for thread, _ in reads}
+        qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is not None and not widget.result.cancelled, widget.last_message
+    assert main not in {thread for thread, _ in reads}
+    assert sorted(plane for _, plane in reads) == [0, 1, 2]
+    assert widget.result.samples == 2  # plane 1 holds no labels
+    assert labels_seen == [("labels", 1, 3), ("labels", 2, 3), ("labels", 3, 3)]
+
+
+def test_a_lazy_labels_file_deleted_before_learn_is_named(make_napari_viewer, qtbot, prm_config,
+                                                          tiny_shapes_checkpoint, tmp_path):
+    """A label file of a lazy Labels layer deleted after the layer was opened: *Learn* fails in the
+    worker with a message naming the layer's plane and the file; an all-empty lazy layer says it
+    has no labels yet."""
+    viewer = make_napari_viewer()
+    layer, paths = lazy_label_files(viewer, tmp_path, [])
+    _, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    choose(widget, [layer], tmp_path / "refined.pt")
+    paths[2].unlink()
+    assert widget.start(batch_size=1, epochs=1) is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.result is None
+    assert widget.last_message.startswith(
+        "Learning failed: ValueError: cannot read the labels of scene instances plane (2,): ")
+    assert str(paths[2]) in widget.last_message
+    assert not (tmp_path / "refined.pt").exists()
+
+    layer.data = layer.data[1:2]  # plane 1 only: no labels
+    viewer.layers["scene"].data = viewer.layers["scene"].data[1:2]
+    choose(widget, [layer], tmp_path / "refined.pt")
+    assert widget.start(batch_size=1, epochs=1) is not None, widget.last_message
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.last_message == ("Learning failed: ValueError: scene instances: no labels yet; correct some "
+                                   "instances first (paint them, and set their class in the Peak Response Maps "
+                                   "widget)")

@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,11 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from .._text import plural
-from ..refine import correction_from_layer, load_corrections, refine
+from ..refine import RefineResult, correction_from_layer, load_corrections, refine
 from ..refine.corrections import other_class_warning
 from .activity import StopsOnClose
 from .layers import (
+    _array_plane,
     corrections_kept_of,
     image_layer_of,
     labels_shape,
@@ -56,12 +58,16 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
 
     Copies the labels and features, so a worker thread can use them while the user edits the
     layer. The image plane is read when its `plane_reader` is called, in the worker: a lazy
-    (dask, zarr) image is not read on the Qt thread.
+    (dask, zarr) image is not read on the Qt thread. Nor are lazy labels (label files opened as
+    one lazy stack, one file a plane): each of their planes is given as a reader
+    (`plane_reader`'s kind) of the array the layer holds now, and `read_labels` in the worker
+    reads it and leaves it out when it holds no labels.
     """
     image_layer = image_layer_of(viewer, labels_layer)
     if image_layer is None:
         raise ValueError(unpaired_message(labels_layer))
-    data = np.asarray(labels_layer.data[0] if labels_layer.multiscale else labels_layer.data)
+    data = labels_layer.data[0] if labels_layer.multiscale else labels_layer.data
+    lazy = not isinstance(data, np.ndarray)  # dask, zarr: read in the worker, a plane at a time
     leading = data.shape[:-2]
     # of a multiscale image, the level the labels were made at (a run's: the level it read)
     level = level_of_shape(image_layer, data.shape)
@@ -79,11 +85,41 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
                              "the image)")
     planes = []
     for plane in np.ndindex(*leading) if leading else [()]:
-        labels = data[plane] if plane else data
-        if labels.any():
-            planes.append((plane_reader(image_layer, plane, level), np.array(labels), labels_layer.features.copy(),
-                           labels_layer.name + (f" plane {plane}" if plane else "")))
+        if lazy:
+            labels = partial(_array_plane, data, plane)
+        else:
+            labels = data[plane] if plane else data
+            if not labels.any():
+                continue
+            labels = np.array(labels)
+        planes.append((plane_reader(image_layer, plane, level), labels, labels_layer.features.copy(),
+                       labels_layer.name + (f" plane {plane}" if plane else "")))
     return planes
+
+
+def read_labels(labels, source: str) -> np.ndarray:
+    """The labels of a plane of `layer_planes`: a copy made on the Qt thread, or, of lazy labels,
+    the plane read now (in the worker).
+
+    Raises
+    ------
+    ValueError
+        Naming the layer's plane, when a lazy plane cannot be read (its file deleted or broken:
+        the reader's error, naming the file, follows).
+    """
+    if not callable(labels):
+        return labels
+    try:
+        return np.asarray(labels())
+    except Exception as error:  # dask's readers raise many types: say which plane, and why
+        raise ValueError(f"cannot read the labels of {source}: {error or type(error).__name__}") from error
+
+
+def no_labels_message(layers) -> str:
+    """Corrected layers (or their names) hold no labels: what to do."""
+    names = ", ".join(layer if isinstance(layer, str) else layer.name for layer in layers)
+    return (f"{names}: no labels yet; correct some instances first (paint them, and set their class in the "
+            "Peak Response Maps widget)")
 
 
 @dataclass
@@ -232,15 +268,15 @@ class RefineWidget(StopsOnClose, Container):
         for widget in self._predict_widgets():
             self.models = widget.models  # share the loaded model with the predict widget
             break
-        # Labels layers are read here, on the Qt thread (the worker gets copies); images in the worker.
+        # Labels layers are copied here, on the Qt thread (the worker gets copies); lazy ones and
+        # images are read in the worker.
         try:
             planes = [plane for layer in layers for plane in layer_planes(self._viewer, layer)]
         except ValueError as error:
             self._say(str(error), True)
             return None
         if layers and not planes and masks is None:
-            self._say(f"{', '.join(layer.name for layer in layers)}: no labels yet; correct some instances "
-                      "first (paint them, and set their class in the Peak Response Maps widget)", True)
+            self._say(no_labels_message(layers), True)
             return None
         options = {"epochs": int(self._epochs.value), "out": Path(self._out.value), "overwrite": False}
         options.update(overrides)
@@ -252,6 +288,7 @@ class RefineWidget(StopsOnClose, Container):
         self.result = None
         self._superseded = []  # the worker names the exports it left out here
         self._notes = []
+        self._chosen_names = [layer.name for layer in layers]  # for the worker's "no labels yet"
         self._progress.value = 0
         self._activity = progress(total=0, desc="Learning from corrections")
         started = time.perf_counter()
@@ -271,7 +308,17 @@ class RefineWidget(StopsOnClose, Container):
         """Worker thread: gather the corrections, then train."""
         model = self.models.get(model_choice, device)
         corrections, lacking = [], {}  # a class the model lacks: the layers (planes) naming it, once per instance
+        lazy = sum(callable(labels) for _, labels, _, _ in planes)
+        read = 0
         for image, labels, features, source in planes:
+            if callable(labels):  # lazy labels (one file a plane): read here, a plane at a time
+                if self._cancel.is_set():  # as a cancel while the features are read: the model is left as it was
+                    return RefineResult(model=model, cancelled=True)
+                labels = read_labels(labels, source)
+                read += 1
+                self._relay.progressed.emit(("labels", read, lazy))
+                if not labels.any():
+                    continue
             others: list[str] = []
             corrections.append(correction_from_layer(image(), labels, features, model.class_names, source=source,
                                                      others=others))
@@ -281,6 +328,8 @@ class RefineWidget(StopsOnClose, Container):
             self._notes.append(other_class_warning(
                 "corrected layers", lacking, model.class_names,
                 hint="classes set for another model, or typed in the features table?"))
+        if not corrections and masks is None:
+            raise ValueError(no_labels_message(self._chosen_names))
         if masks is not None:
             corrections += load_corrections(masks, model.class_names, superseded=self._superseded,
                                             warnings_to=self._notes)
@@ -296,7 +345,11 @@ class RefineWidget(StopsOnClose, Container):
     def _on_progress(self, update) -> None:
         if self._deleted:
             return
-        if update.stage == "prepare":
+        if isinstance(update, tuple):  # ("labels", done, total): lazy labels read in the worker
+            _, done, total = update
+            self._progress.max, self._progress.value = total, done
+            self._status.value = f"labels of plane {done}/{total}"
+        elif update.stage == "prepare":
             self._progress.max, self._progress.value = update.total, update.done
             self._status.value = f"features of image {update.done}/{update.total}"
             total, done = update.total, update.done
