@@ -298,15 +298,18 @@ class CorrectionPanel(PointRetrieval):
         the other tools are off, the panel saying why (`_show_state`)."""
         self._run = None
         self._orphan = peaks
-        choices = list(self._orphaned[peaks].class_names)
+        self._offer_classes(list(self._orphaned[peaks].class_names))
+        self._show_state()
+        self._on_class_choice(self.class_choice.value)
+
+    def _offer_classes(self, choices: list[str]) -> None:
+        """Offer ``choices`` in the class picker, in their order, keeping the class picked where offered."""
         if list(self.class_choice.choices) != choices:
             chosen = self.class_choice.value
             self.class_choice.choices = []  # magicgui keeps the items still offered first: not in order
             self.class_choice.choices = choices
             if chosen in choices:
                 self.class_choice.value = chosen
-        self._show_state()
-        self._on_class_choice(self.class_choice.value)
 
     def _show_state(self) -> None:
         """Enable the panel for the run worked on; with none, only the class picker for an orphaned
@@ -321,6 +324,7 @@ class CorrectionPanel(PointRetrieval):
             "Run keeps them and retrieves their instances into a new instances layer.")
         self.off_label.value = why
         self.off_label.visible = bool(why)
+
     def _switch(self, run: _Run) -> None:
         self._run = run
         self._orphan = None
@@ -335,13 +339,7 @@ class CorrectionPanel(PointRetrieval):
             return
         with self.quiet():
             context.refresh_classes(self.owner.model_class_names())
-        choices = context.choices()
-        if list(self.class_choice.choices) != choices:
-            chosen = self.class_choice.value
-            self.class_choice.choices = []  # magicgui keeps the items still offered first: not in order
-            self.class_choice.choices = choices
-            if chosen in choices:
-                self.class_choice.value = chosen
+        self._offer_classes(context.choices())
         self._on_class_choice(self.class_choice.value)
 
     def _painted_run(self, layer) -> _Run:
