@@ -105,6 +105,18 @@ def test_old_checkpoint_without_channels_loads_and_predicts_the_channels_given(t
                                rtol=1e-5, atol=1e-6)
 
 
+def test_channels_of_a_channels_first_array_are_refused_not_picked_from_its_width(tiny_checkpoint):
+    """``predict(array, channels=)`` picks from the last axis: a (C, H, W) array had its width
+    read as channels, and the network was given a C×H image (4×40 here) without a word."""
+    model = load_model(tiny_checkpoint)
+    with pytest.raises(ValueError, match=r"shape \(4, 40, 40\), whose first axis looks like its channels: "
+                                         r"pass np\.moveaxis\(image, 0, -1\)"):
+        predict(four_channels(), model, channels=[0, 2], proposals=None)
+    # channels last (and a small RGB image, whose first axis is no shorter than its others) are picked
+    assert predict(np.moveaxis(four_channels(), 0, -1), model, channels=[0, 2], proposals=None).crms.size
+    assert predict(np.zeros((2, 2, 3), np.uint8), model, channels=[1], proposals=None).crms.size
+
+
 def test_checkpoint_with_bad_channels_is_refused_naming_the_field(tmp_path, tiny_checkpoint):
     import torch
 

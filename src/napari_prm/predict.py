@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
-from .io.images import channels_for, image_array, pick_channels, read_image
+from .io.images import channels_for, checked_channels, image_array, pick_channels, read_image
 from .model.checkpoint import PRMModel
 from .predictor import (
     RETRIEVAL_OPTIONS,
@@ -124,7 +124,8 @@ def predict(
         trained on (``model.settings["channels"]``, recorded by training; none for older
         models: the image as it is); channels given that differ from those add a note to
         ``Prediction.notes``. For an array (channels last, ``(H, W, C)``), only those given
-        are picked: an array is otherwise the network's image as it is.
+        are picked: an array is otherwise the network's image as it is. An array that looks
+        channels-first (its first axis the shortest, its last longer than 4) is refused.
     retrieval : dict, optional
         Retrieval settings (any of :data:`RETRIEVAL_OPTIONS`), the same as
         passing them as keywords.
@@ -165,7 +166,14 @@ def predict(
         channels, note = channels_for(channels, predictor.model.settings.get("channels"))
         image = read_image(image, channels=channels)
     elif channels is not None:
-        image = pick_channels(image_array(image), channels, name="image")
+        channels, image = checked_channels(channels), image_array(image)
+        if image.ndim == 3 and image.shape[0] < min(image.shape[1:]) and image.shape[-1] > 4:
+            # (C, H, W): its last axis, the width, would have been read as its channels, and the
+            # network given a C×H image without a word
+            raise ValueError(f"channels {','.join(map(str, channels))} of an array are picked from its last axis "
+                             f"(H, W, C), but image has shape {image.shape}, whose first axis looks like its "
+                             "channels: pass np.moveaxis(image, 0, -1)")
+        image = pick_channels(image, channels, name="image")
     predictor.set_image(image, progress=progress, cancel=cancel)
     prediction = predictor.predict(points=points, classes=classes, progress=progress, cancel=cancel)
     if note is not None:
