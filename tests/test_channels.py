@@ -69,6 +69,16 @@ def test_read_image_channels_of_three_unnamed_pages_and_plain_images(tmp_path):
         read_image(tmp_path / "gray.png", channels=[0, 1])
 
 
+def test_unnamed_pages_with_no_axis_shorter_than_the_sides_are_refused_not_read_across(tmp_path):
+    """50 unnamed pages of 48×48 (a z-stack saved without ImageJ axes): the shorter of the first and
+    last axes was the width, so channels=[0] gave a 50×48 image of each page's first column."""
+    data = np.random.default_rng(0).integers(0, 4000, size=(50, 48, 48)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "pages.tif", data)
+    with pytest.raises(ValueError, match=r"pages\.tif: channels 0 are picked from the shortest axis .* neither its "
+                                         r"first nor its last axis is shorter than its sides \(shape \(50, 48, 48\)\)"):
+        read_image(tmp_path / "pages.tif", channels=[0])
+
+
 def test_read_image_channel_out_of_range_names_the_file_its_channels_and_the_argument(tmp_path):
     path = tmp_path / "cells.tif"
     LAYOUTS["imagej_cyx"](path, four_channels())

@@ -184,7 +184,8 @@ def read_image(path: str | os.PathLike, *, channels: Sequence[int] | None = None
         gray ``(H, W)`` image, 2 give ``(H, W, 3)`` with an empty (zero) blue, 3 give
         ``(H, W, 3)``. The channels are found on a TIFF's ``C`` (ImageJ, OME) or ``S``
         (samples) axis, else on the shorter of its first and last axes (an unnamed
-        ``(C, Y, X)`` or ``(Y, X, C)``); on the last axis of other formats (RGB: 0, 1, 2).
+        ``(C, Y, X)`` or ``(Y, X, C)``), which must be shorter than the image's sides (50
+        unnamed pages of 48×48 are refused); on the last axis of other formats (RGB: 0, 1, 2).
         A gray image has one channel, 0. None (the default) reads the image as it is, by
         the rules below.
 
@@ -406,6 +407,15 @@ def _picked_channels(path, image: np.ndarray, header: Callable[[], tuple], chann
             axis = named[0]
         elif _is_tiff(path):  # unnamed pages: (C, Y, X) or (Y, X, C), the channels the shorter axis
             axis = 0 if image.shape[0] <= image.shape[-1] else -1
+            if image.shape[axis] >= min(np.delete(image.shape, axis)):
+                # no axis shorter than the image's sides: (50, 48, 48), 50 unnamed pages of 48×48, had
+                # their width read as channels, the network given a 50×48 image of first columns
+                raise ValueError(f"cannot read image {path}: channels {_channel_list(channels)} are picked from "
+                                 f"the shortest axis of an unnamed (C, Y, X) or (Y, X, C) TIFF, and neither its first "
+                                 f"nor its last axis is shorter than its sides (shape {image.shape}): z-planes or time "
+                                 "points are not channels (save one plane with its channels); save channels with "
+                                 "ImageJ axes CYX (tifffile.imwrite(path, data, imagej=True, "
+                                 "metadata={'axes': 'CYX'}))")
     elif image.ndim != 2:
         raise ValueError(f"cannot read image {path}: channels {_channel_list(channels)} are picked from one 2-D "
                          f"image, got an array of shape {image.shape}"
