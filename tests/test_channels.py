@@ -137,6 +137,19 @@ def test_checkpoint_with_bad_channels_is_refused_naming_the_field(tmp_path, tiny
         load_model(tmp_path / "bad.pt")
 
 
+def test_a_model_with_bad_channels_is_not_saved_as_a_checkpoint_no_one_can_load(tmp_path, tiny_checkpoint):
+    """Channels set by hand that loading refuses were saved: the file could not be loaded again."""
+    from napari_prm import save_model
+
+    model = load_model(tiny_checkpoint)
+    model.settings["channels"] = [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"cannot save model to .*bad\.pt: settings\.channels: expected 1 to 3"):
+        save_model(model, tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()
+    model.settings["channels"] = (np.int64(0), 2)  # numpy integers are saved as plain ones
+    assert load_model(save_model(model, tmp_path / "good.pt")).settings["channels"] == [0, 2]
+
+
 def test_train_records_channels_and_predict_reads_with_them(tmp_path, capsys):
     """``train --channels 2`` writes them into the checkpoint; ``predict`` and `napari_prm.predict`
     then read multichannel images with them by default, and note channels given that differ."""

@@ -519,6 +519,13 @@ def save_model(model: PRMModel, path: str | os.PathLike, *, extra: dict | None =
     -------
     Path
         The file written.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``, for NaN or infinite weights and for metadata or settings that
+        :func:`load_checkpoint` would refuse (``settings["channels"]`` of 4 indices): nothing
+        is written.
     """
     return _write_model(model, checkpoint_file("path", path), extra=extra)
 
@@ -534,6 +541,9 @@ def _write_model(model: PRMModel, path: Path, *, extra: dict | None = None) -> P
     metadata = model.metadata()
     _checked_fields(f"cannot save model to {path}", metadata["class_names"], metadata["input_size"],
                     metadata["mean"], metadata["std"])
+    # settings that loading refuses (channels [0, 1, 2, 3] set by hand) are refused before a file is
+    # written that no one can load
+    metadata["settings"] = _checked_settings(f"cannot save model to {path}", metadata["settings"])
     if extra and is_safetensors(path):
         raise ValueError("extra state can only be saved in torch checkpoints (.pt/.pth), not .safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
