@@ -323,3 +323,17 @@ def test_channels_written_as_text_are_read_as_the_command_line_reads_them():
         parse_channels("0 x", name="the field")
     with pytest.raises(ValueError, match=r"^the field: expected 1 to 3 channel indices"):
         parse_channels("0 1 2 3", name="the field")
+
+
+def test_channels_help_says_8_bit_channels_are_not_stretched_as_they_are_not(tmp_path):
+    """``--channels`` help said every channel is stretched by its own percentiles; 8-bit ones are read as
+    they are (a dim one stays dim), as the refusal's advice and docs/usage.md say."""
+    from napari_prm.cli import CHANNELS_HELP
+
+    data = np.zeros((3, SIZE, SIZE), np.uint8)
+    data[0, :20], data[1, 20:] = 200, 20  # a bright and a dim 8-bit channel
+    tifffile.imwrite(tmp_path / "cells.tif", data, imagej=True, metadata={"axes": "CYX"})
+    rgb = as_rgb_float(read_image(tmp_path / "cells.tif", channels=[0, 1]))
+    assert rgb[..., 0].max() == pytest.approx(200 / 255) and rgb[..., 1].max() == pytest.approx(20 / 255)
+    assert "8-bit ones are read as they are" in CHANNELS_HELP
+    assert "each channel is stretched" not in CHANNELS_HELP
