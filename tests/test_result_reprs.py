@@ -85,7 +85,7 @@ def test_a_dataset_prints_counts_not_its_paths_and_labels(tmp_path):
     assert repr(dataset) == (f"LabeledImageDataset(image_paths=<30 paths: {paths[0]}, ...>, labels=<float32 30×8>, "
                              "class_names=8 ['class0', 'class1', 'class2', …], origins=<30 strs>, "
                              "source='labels.csv', coco=None, image_ids=None, category_ids=None, "
-                             "include_crowd=False, voc=None, warnings=[])")
+                             "include_crowd=False, voc=None, warnings=[], channels=None)")
 
 
 def test_a_peak_selection_prints_shapes(prediction):
