@@ -1043,15 +1043,22 @@ def test_train_refuses_an_existing_out_unless_resumed_or_overwritten(tmp_path, c
     assert [h["epoch"] for h in torch.load(out, weights_only=True)["extra"]["training"]["history"]] == [1]
 
 
+def _tiny_train_run(tmp_path, out):
+    """The options of a ``train`` of the tiny network on two class folders written in ``tmp_path``,
+    into ``out``, and the environment its subprocess runs in."""
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
+    options = [str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--batch-size", "1",
+               "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    return options, env
+
+
 def test_train_ctrl_c_names_the_kept_epoch_and_resume_finishes(tmp_path, capsys):
     """Ctrl-C in ``train`` said only "interrupted": not which epoch the checkpoint keeps, nor
     how to go on. It now reads the epoch from the file, as ``refine`` does."""
 
-    _class_folders(tmp_path / "data", ("cat", "coffee"))
     out = tmp_path / "interrupted.pt"
-    options = [str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--batch-size", "1",
-               "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    options, env = _tiny_train_run(tmp_path, out)
     returncode, err = interrupt_after_first_checkpoint(
         [sys.executable, "-m", "napari_prm", "train", *options, "--epochs", "100000"], out, env)
     assert returncode == 130, err
@@ -1071,11 +1078,8 @@ def test_train_sigterm_names_the_signal_in_its_last_line(tmp_path):
     """After SIGTERM (``kill``, ``timeout``, a batch system's time limit) ``train`` ended with
     "interrupted: ... keeps epoch N", as after Ctrl-C, where ``predict`` said "terminated by
     SIGTERM: ...". Its last line now names the signal, the rest of the sentence as after Ctrl-C."""
-    _class_folders(tmp_path / "data", ("cat", "coffee"))
     out = tmp_path / "terminated.pt"
-    options = [str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--batch-size", "1",
-               "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    options, env = _tiny_train_run(tmp_path, out)
     returncode, err = interrupt_after_first_checkpoint(
         [sys.executable, "-m", "napari_prm", "train", *options, "--epochs", "100000"], out, env, signum=signal.SIGTERM)
     assert returncode == 143, err
