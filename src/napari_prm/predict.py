@@ -26,6 +26,7 @@ from .predictor import (
     PredictSettings,
     PRMPredictor,
     ProgressCallback,
+    _with_retrieval,
     crm_to_image,
     image_to_crm,
     rank_by_confidence,
@@ -149,8 +150,7 @@ def predict(
     class_threshold = check.finite_float("class_threshold", class_threshold, optional=True)
     peak_threshold = check.finite_float("peak_threshold", peak_threshold, optional=True)
     peak_batch_size = check.positive_int("peak_batch_size", peak_batch_size, optional=True)
-    retrieval = check.keyword_options("retrieval", retrieval, RETRIEVAL_OPTIONS)
-    merged = {**retrieval, **settings}
+    merged = _with_retrieval(retrieval, settings)
     # None thresholds mean "the preset's (or the model's calibrated) value": not an override.
     if class_threshold is not None:
         merged["class_threshold"] = class_threshold
