@@ -337,3 +337,64 @@ def test_channels_help_says_8_bit_channels_are_not_stretched_as_they_are_not(tmp
     assert rgb[..., 0].max() == pytest.approx(200 / 255) and rgb[..., 1].max() == pytest.approx(20 / 255)
     assert "8-bit ones are read as they are" in CHANNELS_HELP
     assert "each channel is stretched" not in CHANNELS_HELP
+
+
+def _four_channel_dataset(root):
+    """Classes 'bright' and 'dim', three 4-channel ImageJ TIFFs each (read as they are, refused)."""
+    for name, bright in (("bright", 3000), ("dim", 400)):
+        (root / name).mkdir(parents=True)
+        for seed in range(3):
+            LAYOUTS["imagej_cyx"](root / name / f"{seed}.tif", four_channels(seed, bright))
+    return root
+
+
+def _tiny_model_with_channels(path, channels):
+    """A saved 'tiny' model of the classes of `_four_channel_dataset` recording ``channels``."""
+    import torch
+
+    from napari_prm import build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", ["bright", "dim"], pretrained=False, input_size=(32, 32))
+    model.settings["channels"] = list(channels)
+    return save_model(model, path)
+
+
+TINY_RUN = {"epochs": 1, "batch_size": 2, "val_fraction": 0, "calibrate": False, "device": "cpu"}
+
+
+def test_python_train_fine_tuning_a_model_with_channels_reads_them_as_the_command_line_does(tmp_path, capsys):
+    """``train(dataset, model=CKPT)`` read the images as they are and recorded no channels, where
+    ``train --model CKPT`` and the Train widget read (and record) the model's: a fine-tuned
+    4-channel model was refused its own images, and one of RGB images lost its channels."""
+    from napari_prm.data import load_dataset
+    from napari_prm.train import train, training_split
+
+    root = _four_channel_dataset(tmp_path / "data")
+    start = _tiny_model_with_channels(tmp_path / "start.pt", [2])
+    plain = load_dataset(root)  # no channels of its own: the model's
+    result = train(plain, model=start, out=tmp_path / "tuned.pt", **TINY_RUN)
+    assert result.model.settings["channels"] == [2] and result.notes == []
+    assert checkpoint_metadata(tmp_path / "tuned.pt")["settings"]["channels"] == [2]
+    assert plain.channels is None  # the caller's dataset is left as it was
+    # a split of the dataset as given (as the Train widget shows one) reads the run's channels too
+    split = training_split(plain, 0, 0)
+    assert train(plain, model=start, out=tmp_path / "split.pt", split=split,
+                 **TINY_RUN).model.settings["channels"] == [2]
+    # a resumed run goes on with its own channels (it was refused: 'give the same channels')
+    resumed = train(plain, resume=tmp_path / "tuned.pt", out=tmp_path / "tuned.pt", **TINY_RUN | {"epochs": 2})
+    assert len(resumed.history) == 2 and resumed.model.settings["channels"] == [2]
+    # channels of its own win, with the command line's note
+    own = train(load_dataset(root, channels=[0, 1]), model=start, out=tmp_path / "own.pt", **TINY_RUN)
+    assert own.model.settings["channels"] == [0, 1]
+    assert checkpoint_metadata(tmp_path / "own.pt")["settings"]["channels"] == [0, 1]
+    capsys.readouterr()
+    assert main(["train", str(root), "--model", str(start), "--out", str(tmp_path / "cli.pt"), "--batch-size", "2",
+                 "--val-fraction", "0", "--no-calibrate", "--epochs", "1", "--device", "cpu",
+                 "--channels", "0,1"]) == 0
+    assert own.notes == ["channels 0,1 differ from those the model was trained on (2): its results may not mean "
+                         "what they did in training"]
+    assert f"note: {own.notes[0]}" in capsys.readouterr().err
+    assert checkpoint_metadata(tmp_path / "cli.pt")["settings"]["channels"] == [0, 1]
+
+

@@ -115,7 +115,8 @@ def test_a_training_result_counts_its_epochs_and_their_class_aps():
     result = TrainResult(model, history, Path("model.pt"), train_images=100, held_out_images=28)
     # every epoch's AP of every class was written out: 27,011 characters for 20 epochs of 80 classes
     assert repr(result) == (f"TrainResult(model={model!r}, history=<20 EpochRecords>, checkpoint={Path('model.pt')!r}, "
-                            "cancelled=False, calibration=None, train_images=100, held_out_images=28, warnings=[])")
+                            "cancelled=False, calibration=None, train_images=100, held_out_images=28, warnings=[], "
+                            "notes=[])")
     assert repr(history[1]) == "EpochRecord(epoch=2, loss=0.5, seconds=60.0, val_ap=<80 entries>, val_map=0.5)"
     few = EpochRecord(1, 0.5, 1.0, {"cat": 1.0, "dog": 0.5}, 0.75)
     assert repr(few) == "EpochRecord(epoch=1, loss=0.5, seconds=1.0, val_ap={'cat': 1.0, 'dog': 0.5}, val_map=0.75)"

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from ._text import first_names, plural
 from ._validate import is_cancelled  # its one place; napari_prm.train.is_cancelled as before
 from .data import LabeledImageDataset, TrainingImages, UnreadableImage, class_in
 from .evaluate import defined_classification_map
-from .io import writable_folder
+from .io import channels_for, writable_folder
 from .model.backbones import BACKBONES, build_fcn
 from .model.checkpoint import (
     BUILTIN_MODELS,
@@ -154,6 +154,10 @@ class TrainResult:
         (:func:`trained_held_out_warning`), a calibration that found no class. All but the
         calibration's are known before the first epoch, when ``train(warn=...)`` is called
         with each.
+    notes : list of str
+        What the run did that a caller may not expect: the dataset's ``channels`` differ from
+        those the starting model was trained on (the run learns from and records the dataset's;
+        the command line says this note as it starts).
     """
 
     model: PRMModel
@@ -164,6 +168,7 @@ class TrainResult:
     train_images: int = 0
     held_out_images: int = 0
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         from ._text import fields_repr
@@ -1429,9 +1434,13 @@ def train(
     ----------
     dataset : LabeledImageDataset
         Every class needs a positive image. Its class names and order become the model's,
-        and its ``channels`` (the image channels read as red, green and blue; None: images as
-        they are) are recorded in ``model.settings["channels"]``, which `napari_prm.predict`
-        and the command line read images with by default. A resumed run needs the same.
+        and its ``channels`` (the image channels read as red, green and blue) are recorded in
+        ``model.settings["channels"]``, which `napari_prm.predict` and the command line read
+        images with by default. Without channels of its own (None), the run reads those the
+        starting ``model`` (or the resumed run) records, as ``train --model`` and the Train
+        widget do, else the images as they are; channels of its own that differ from the
+        starting model's are used and recorded, with a note in ``TrainResult.notes``. A resumed
+        run refuses other channels than its own.
     model : PRMModel, str, path or None
         Where to start: None builds ``backbone`` from ImageNet weights; a
         backbone name does the same for that backbone; a PRMModel, a
@@ -1506,7 +1515,7 @@ def train(
         ``training_split(dataset, val_fraction, seed)`` made already (the Train widget shows
         it before training): used instead of making it again. One made with another recipe
         (a resumed run's own ``val_fraction``, ``seed`` and ``split_rule``) or of other images
-        is refused.
+        is refused. Its images are read with the run's channels (see ``dataset``).
     check_images : bool
         Before training, find every image file that cannot be read from its header and
         end (`LabeledImageDataset.unreadable_images`: milliseconds for a hundred images,
@@ -1576,12 +1585,17 @@ def train(
                             "trained model again (napari-prm refine), or train with a frozen backbone "
                             "(backbone_lr_mult=0, the command line's --backbone-lr-mult 0) to keep it")
     config["epochs"] = epochs
-    # the image channels it learns from (`LabeledImageDataset.channels`), which predict then reads
+    # the image channels it learns from, which predict then reads: the dataset's own
+    # (`LabeledImageDataset.channels`), else the starting or resumed model's, as the command line
+    # and the Train widget read them (train(dataset, model=CKPT) read the images as they are)
     recorded = model.settings.get("channels")
-    if state is not None and recorded != dataset.channels:
+    channels, channel_note = channels_for(dataset.channels, recorded)
+    if state is not None and recorded != channels:
         raise ValueError(f"cannot resume {resume_path}: it was trained on image channels "
                          f"{recorded if recorded is not None else 'None (images as they are)'}, the dataset "
-                         f"reads channels {dataset.channels}: give the same channels")
+                         f"reads channels {channels}: give the same channels")
+    notes = [] if channel_note is None else [channel_note]  # the command line's note
+    dataset = dataset.with_model_channels(recorded)
     if dataset.channels is None:
         model.settings.pop("channels", None)
     else:
@@ -1617,6 +1631,10 @@ def train(
                + f", of {plural(len(split.train) + len(split.held_out or ()), 'image')}")
         raise ValueError(f"split: expected training_split(dataset, {config['val_fraction']}, {config['seed']}{rule}) "
                          f"of the {plural(len(dataset), 'image')} of {dataset.source or 'the dataset'}, got {got}")
+    if split.train.channels != dataset.channels:  # a split of the dataset as given: its images read as the run's
+        split = replace(split, train=replace(split.train, channels=dataset.channels),
+                        held_out=None if split.held_out is None else replace(split.held_out,
+                                                                             channels=dataset.channels))
     if check_images:
         check_readable(dataset)
     train_set, val_set = split.train, split.held_out
@@ -1704,4 +1722,4 @@ def train(
             parameter.requires_grad_(True)
     return TrainResult(model=model, history=history, checkpoint=checkpoint, cancelled=cancelled,
                        calibration=calibration, train_images=len(train_set),
-                       held_out_images=0 if val_set is None else len(val_set), warnings=warnings)
+                       held_out_images=0 if val_set is None else len(val_set), warnings=warnings, notes=notes)
