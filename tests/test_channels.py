@@ -398,3 +398,24 @@ def test_python_train_fine_tuning_a_model_with_channels_reads_them_as_the_comman
     assert checkpoint_metadata(tmp_path / "cli.pt")["settings"]["channels"] == [0, 1]
 
 
+def test_a_repeated_channel_is_refused_naming_the_argument_and_the_value(tmp_path, capsys):
+    """``--channels 0 0`` read one channel as red and green (a yellow image) without a word."""
+    from napari_prm.data import load_dataset
+    from napari_prm.io import parse_channels
+
+    path = tmp_path / "cells.tif"
+    LAYOUTS["imagej_cyx"](path, four_channels())
+    with pytest.raises(ValueError, match=r"^channels: channel 0 is given more than once in 0,0: give each channel "
+                                         r"once"):
+        read_image(path, channels=[0, 0])
+    with pytest.raises(ValueError, match=r"^channels: channel 2 is given more than once in 2,1,2"):
+        load_dataset(_four_channel_dataset(tmp_path / "data"), channels=[2, 1, 2])
+    with pytest.raises(ValueError, match=r"^the field: channel 1 is given more than once in 1,1"):
+        parse_channels("1, 1", name="the field")
+    assert read_image(path, channels=[2, 0]).shape == (SIZE, SIZE, 3)  # distinct ones are read
+    assert main(["predict", str(path), "--model", "imagenet-voc", "--out", str(tmp_path / "o"),
+                 "--proposals", "none", "--device", "cpu", "--channels", "0", "0"]) == 2
+    assert "--channels: channel 0 is given more than once in 0,0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+

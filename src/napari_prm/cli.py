@@ -130,9 +130,9 @@ def _channels_arg(value: str) -> list[int]:
 
 
 CHANNELS_HELP = ("of a multichannel image (TIFF: ImageJ/OME C axis, or unnamed (C, Y, X) or (Y, X, C)), read "
-                 "these 1 to 3 channels, from 0, as the network's red, green and blue: 0 2 or 0,2 (1 channel: "
-                 "gray; 2: red, green and an empty blue); each channel of 16 bits (or floats beyond [0, 1]) is "
-                 "stretched by its own percentiles, 8-bit ones are read as they are")
+                 "these 1 to 3 different channels, from 0, as the network's red, green and blue: 0 2 or 0,2 "
+                 "(1 channel: gray; 2: red, green and an empty blue); each channel of 16 bits (or floats beyond "
+                 "[0, 1]) is stretched by its own percentiles, 8-bit ones are read as they are")
 
 
 def _add_channels_option(parser: argparse.ArgumentParser, *, training: bool = False) -> None:

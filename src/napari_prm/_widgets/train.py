@@ -68,10 +68,10 @@ BUILTIN_CHOICE = "the base model 'built-in {name}'"
 #: The input size field's tooltip (`TrainWidget._show_model_size` adds a model's non-square size).
 #: The image channels field's label, which its errors name.
 CHANNELS_LABEL = "image channels"
-CHANNELS_TOOLTIP = ("of multichannel images (e.g. fluorescence TIFFs), the 1 to 3 channels, from 0, to train on as the "
-                    "network's red, green and blue: 0 2 or 0,2 (as the command line's --channels); recorded in the "
-                    "checkpoint, which predicts with them. Empty: the images as they are (a fine-tuned checkpoint or "
-                    "an unfinished run that records channels: those)")
+CHANNELS_TOOLTIP = ("of multichannel images (e.g. fluorescence TIFFs), the 1 to 3 different channels, from 0, to "
+                    "train on as the network's red, green and blue: 0 2 or 0,2 (as the command line's --channels); "
+                    "recorded in the checkpoint, which predicts with them. Empty: the images as they are (a "
+                    "fine-tuned checkpoint or an unfinished run that records channels: those)")
 SIZE_TOOLTIP = ("the side of the square network input the images are resized to; choosing a built-in model or a "
                 "checkpoint to fine-tune shows its own size")
 

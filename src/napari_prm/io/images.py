@@ -237,7 +237,8 @@ def checked_channels(channels: Any, *, name: str = "channels") -> list[int] | No
     Raises
     ------
     ValueError
-        Naming ``name``: not a sequence of 1 to 3 whole numbers from 0.
+        Naming ``name``: not a sequence of 1 to 3 whole numbers from 0, or a channel given twice
+        (``[0, 0]``: each of red, green and blue takes its own channel).
     """
     if channels is None:
         return None
@@ -251,7 +252,12 @@ def checked_channels(channels: Any, *, name: str = "channels") -> list[int] | No
             or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in values)):
         raise ValueError(f"{name}: expected 1 to {MAX_CHANNELS} channel indices from 0 (the network's red, "
                          f"green and blue; 0,2 picks the 1st and 3rd channels), got {channels!r}")
-    return [int(c) for c in values]
+    values = [int(c) for c in values]
+    repeated = next((c for i, c in enumerate(values) if c in values[:i]), None)
+    if repeated is not None:  # [0, 0] read one channel as red and green: a yellow image, not two channels
+        raise ValueError(f"{name}: channel {repeated} is given more than once in {_channel_list(values)}: give each "
+                         f"channel once, as red, green and blue in this order (1 channel alone is read as gray)")
+    return values
 
 
 def channel_words(text: str) -> list[int]:
@@ -297,7 +303,7 @@ def parse_channels(text: str, *, name: str = "channels") -> list[int] | None:
     Raises
     ------
     ValueError
-        Naming ``name``: not 1 to 3 whole numbers from 0.
+        Naming ``name``: not 1 to 3 whole numbers from 0, or a channel written twice.
     """
     try:
         words = channel_words(text)
