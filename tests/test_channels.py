@@ -419,3 +419,15 @@ def test_a_repeated_channel_is_refused_naming_the_argument_and_the_value(tmp_pat
     assert not (tmp_path / "o").exists()
 
 
+def test_demo_channels_without_an_image_are_refused_not_ignored(tmp_path, capsys):
+    """``demo --channels 0`` without IMAGE ran the built-in cat as it is, the option ignored."""
+    assert main(["demo", "--channels", "0", "--out", str(tmp_path / "demo"), "--device", "cpu", "--no-view"]) == 2
+    err = capsys.readouterr().err
+    assert "--channels 0: picks channels of an image file, and none is given: give IMAGE" in err
+    assert not (tmp_path / "demo").exists()
+    path = tmp_path / "cells.tif"  # with IMAGE they are read
+    LAYOUTS["imagej_cyx"](path, four_channels())
+    assert main(["demo", str(path), "--channels", "2", "--out", str(tmp_path / "demo"), "--device", "cpu",
+                 "--no-view", "--proposals", "none"]) == 0
+
+

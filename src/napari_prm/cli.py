@@ -135,14 +135,14 @@ CHANNELS_HELP = ("of a multichannel image (TIFF: ImageJ/OME C axis, or unnamed (
                  "[0, 1]) is stretched by its own percentiles, 8-bit ones are read as they are")
 
 
-def _add_channels_option(parser: argparse.ArgumentParser, *, training: bool = False) -> None:
+def _add_channels_option(parser: argparse.ArgumentParser, *, training: bool = False, more: str = "") -> None:
     default = ("(default: those of a fine-tuned or resumed --model that recorded them, else the images as they "
                "are); recorded in the checkpoint, which predict, calibrate, evaluate and refine then read "
                "images with" if training else
                "(default: those the model was trained on, which its checkpoint records, else the images as they "
                "are; channels that differ from the model's are noted)")
     parser.add_argument("--channels", nargs="+", type=_channels_arg, default=None, metavar="INDEX",
-                        help=f"{CHANNELS_HELP} {default}")
+                        help=f"{CHANNELS_HELP} {default}{more}")
 
 
 def _channels(args, recorded) -> list[int] | None:
@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(demo)
     demo.add_argument("--proposals", default="auto", type=_proposals_arg,  # one image: no --recursive here
                       help=PROPOSAL_HELP.split("; with --recursive")[0] + ")")
-    _add_channels_option(demo)
+    _add_channels_option(demo, more="; with IMAGE only (refused without it: the built-in image is RGB, read as it is)")
     _add_inference_options(demo)
     demo.add_argument("--view", action=argparse.BooleanOptionalAction, default=None,
                       help="open napari with the results; without a display or Qt bindings, --view says so "
@@ -1900,6 +1900,11 @@ def _run_demo(args) -> int:
     from .predictor import PRMPredictor
 
     if args.image is None:
+        if args.channels is not None:  # they were ignored without a word: the cat was run as it is
+            words = " ".join(",".join(map(str, word)) for word in args.channels)
+            raise CommandError(f"--channels {words}: picks channels of an image file, and none is given: give "
+                               "IMAGE (a multichannel TIFF), or drop --channels to run the built-in image "
+                               "(scikit-image's Chelsea, RGB) as it is")
         from skimage import data
 
         image, stem, file_name = data.chelsea(), "chelsea", "chelsea.png"
