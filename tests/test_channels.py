@@ -398,6 +398,65 @@ def test_python_train_fine_tuning_a_model_with_channels_reads_them_as_the_comman
     assert checkpoint_metadata(tmp_path / "cli.pt")["settings"]["channels"] == [0, 1]
 
 
+def test_refine_records_the_channels_its_head_learnt_from(tmp_path, capsys):
+    """``refine --channels 0`` of a model trained on channel 2 learnt from channel 0 and recorded 2,
+    which predict then read: the refined checkpoint records those it learnt from, as train does."""
+    from napari_prm.data import load_dataset
+    from napari_prm.refine import refine
+
+    root = _four_channel_dataset(tmp_path / "data")
+    start = _tiny_model_with_channels(tmp_path / "start.pt", [2])
+    model = load_model(start)
+    loose = {"class_threshold": 0, "peak_threshold": 0}
+    options = {"epochs": 1, "device": "cpu", "predict_options": loose}
+    result = refine(model, dataset=load_dataset(root, channels=[0]), out=tmp_path / "r0.pt", **options)
+    assert result.model.settings["channels"] == [0] and model.settings["channels"] == [2]
+    assert checkpoint_metadata(tmp_path / "r0.pt")["settings"]["channels"] == [0]
+    assert result.notes == ["channels 0 differ from those the model was trained on (2): its results may not mean "
+                            "what they did in training"]
+    # a dataset without channels of its own is read with the model's, which stay recorded
+    kept = refine(model, dataset=load_dataset(root), **options)
+    assert kept.model.settings["channels"] == [2] and kept.notes == []
+    # corrections alone: channels= says which they were read with
+    from napari_prm.refine import Correction
+
+    labels = np.ones((SIZE, SIZE), np.int32)  # one instance of "dim", on which every peak of the random model lies
+    correction = Correction(read_image(root / "bright" / "0.tif", channels=[0]), labels, {1: 1}, "bright 0")
+    alone = refine(model, corrections=[correction], channels=[0], **options)
+    assert alone.model.settings["channels"] == [0]
+    with pytest.raises(ValueError, match=r"^channels \[1\] and the dataset's channels \[0\] differ"):
+        refine(model, dataset=load_dataset(root, channels=[0]), channels=[1], **options)
+    # the command line: recorded, and a resumed run goes on with its own channels
+    capsys.readouterr()
+    cli = ["refine", str(root), "--model", str(start), "--out", str(tmp_path / "cli.pt"), "--device", "cpu",
+           "--class-threshold", "0", "--peak-threshold", "0"]
+    assert main([*cli, "--epochs", "1", "--channels", "0"]) == 0
+    assert "note: channels 0 differ from those the model was trained on (2)" in capsys.readouterr().err
+    assert checkpoint_metadata(tmp_path / "cli.pt")["settings"]["channels"] == [0]
+    assert main([*cli, "--epochs", "2", "--resume"]) == 0
+    assert checkpoint_metadata(tmp_path / "cli.pt")["settings"]["channels"] == [0]
+    assert main([*cli, "--epochs", "3", "--resume", "--channels", "1"]) == 2
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def test_refine_caches_the_samples_of_each_channels_apart(tmp_path):
+    """The samples cache was keyed by the file and the model, not the channels read: a run on
+    channel 1 after one on channel 0 took channel 0's features and pseudo-labels."""
+    from napari_prm.data import load_dataset
+    from napari_prm.refine import refine
+
+    root = _four_channel_dataset(tmp_path / "data")
+    model = load_model(_tiny_model_with_channels(tmp_path / "start.pt", [2]))
+    options = {"epochs": 1, "device": "cpu", "predict_options": {"class_threshold": 0, "peak_threshold": 0},
+               "cache_dir": tmp_path / "cache"}
+    refine(model, dataset=load_dataset(root, channels=[0]), **options)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 6
+    refine(model, dataset=load_dataset(root, channels=[1]), **options)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 12
+    refine(model, dataset=load_dataset(root, channels=[0]), **options)  # read back
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 12
+
+
 def test_a_repeated_channel_is_refused_naming_the_argument_and_the_value(tmp_path, capsys):
     """``--channels 0 0`` read one channel as red and green (a yellow image) without a word."""
     from napari_prm.data import load_dataset
@@ -431,3 +490,24 @@ def test_demo_channels_without_an_image_are_refused_not_ignored(tmp_path, capsys
                  "--no-view", "--proposals", "none"]) == 0
 
 
+def test_learn_from_corrections_reads_a_masks_folder_with_the_models_channels(make_napari_viewer, qtbot, tmp_path):
+    """The widget read a masks folder's images as they are, where ``refine --masks`` reads them with
+    the model's channels: a 4-channel TIFF corrected for a model trained on channel 2 was refused."""
+    from napari_prm import io
+    from test_widget_refine import choose, learn, open_widgets
+
+    folder = tmp_path / "corrections"
+    folder.mkdir()
+    LAYOUTS["imagej_cyx"](folder / "cells.tif", four_channels())
+    labels = np.ones((SIZE, SIZE), np.int32)  # one instance of "dim", on which every peak of the random model lies
+    io.write_label_image(folder / "cells_labels.tif", labels)
+    io.write_instances_csv(folder / "cells_instances.csv", labels, {
+        "label": np.array([1]), "class_index": np.array([1]), "class_name": np.array(["dim"])})
+    start = _tiny_model_with_channels(tmp_path / "start.pt", [2])
+    viewer = make_napari_viewer()
+    _, widget = open_widgets(viewer, qtbot, start)
+    choose(widget, [], tmp_path / "refined.pt")
+    widget._masks_dir.value = folder
+    learn(widget, qtbot)
+    assert widget.result.samples == 1
+    assert checkpoint_metadata(tmp_path / "refined.pt")["settings"]["channels"] == [2]

@@ -465,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out with a new run (without it, an existing --out is "
                              "refused before anything runs, so a refined model is never lost)")
-    _add_channels_option(refine)
+    _add_channels_option(refine, more="; the refined checkpoint records them, as train does (a --resume run: its own)")
     refine.add_argument("--seed", type=int, default=0, help="random seed")
     _add_model_options(refine, device_only=True)
     refine.set_defaults(run=_run_refine)
@@ -1569,11 +1569,11 @@ def _run_refine(args) -> int:
     from .refine import refine
 
     _refuse_existing_out(args)
-    if args.resume:
-        _check_resumed_options(args, args.out)
+    resumed = _check_resumed_options(args, args.out) if args.resume else None
     dataset = _load_dataset(args)
     model = _load_model(args.model, args.device)
-    dataset.channels = _channels(args, model.settings.get("channels"))
+    # those the head learns from, which the refined checkpoint records (a resumed run: its own)
+    dataset.channels = _channels(args, (resumed if resumed is not None else model).settings.get("channels"))
     corrections = []
     if args.masks is not None:
         corrections = list(_dataset_corrections(args.masks, dataset, model.class_names).values())
@@ -1621,8 +1621,8 @@ def _run_refine(args) -> int:
 
     try:
         result = refine(model, dataset=dataset if args.self_training else None, corrections=corrections,
-                        out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        correction_weight=args.correction_weight, predict_options=predict_options,
+                        channels=dataset.channels, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+                        lr=args.lr, correction_weight=args.correction_weight, predict_options=predict_options,
                         cache_dir=cache if args.self_training else None, device=args.device, seed=args.seed,
                         resume=args.resume, progress=progress, overwrite=args.overwrite)
     except ValueError as error:

@@ -331,8 +331,10 @@ class RefineWidget(StopsOnClose, Container):
         if not corrections and masks is None:
             raise ValueError(no_labels_message(self._chosen_names))
         if masks is not None:
+            # their image files read with the model's channels, as refine --masks reads them (the
+            # layers are taken as they are); the refined model records those channels
             corrections += load_corrections(masks, model.class_names, superseded=self._superseded,
-                                            warnings_to=self._notes)
+                                            warnings_to=self._notes, channels=model.settings.get("channels"))
         Path(options["out"]).parent.mkdir(parents=True, exist_ok=True)
         return refine(model, corrections=corrections, device=device, progress=self._relay.progressed.emit,
                       cancel=self._cancel, **options)

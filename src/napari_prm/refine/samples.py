@@ -291,6 +291,8 @@ def prepare_samples(model: PRMModel, stages, *, dataset=None, corrections: Seque
         fingerprint = model_fingerprint(model)
         options = {"predict": dict(predict_options or {}), "target": PSEUDO_DEFAULTS | dict(target_options or {}),
                    "negatives": bool(negatives), "stages": [s.module for s in stages], "format": 3}
+        if dataset.channels is not None:  # other channels of the same file are other images (older keys kept)
+            options["channels"] = list(dataset.channels)
     for index in range(0 if dataset is None else len(dataset)):
         if is_cancelled(cancel):
             raise Cancelled

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validate as check
+from ..io.images import channels_for, checked_channels
 from ..model.checkpoint import PRMModel, _write_model, checkpoint_file, is_safetensors, load_checkpoint, resolve_device
 from ..train import check_readable, is_cancelled, keeps_random_state, with_gradients
 from .corrections import Correction
@@ -94,6 +95,9 @@ class RefineResult:
     samples : int
         Images trained on (pseudo-labelled and corrected).
     prepare_seconds, train_seconds : float
+    notes : list of str
+        What the run did that a caller may not expect: it learnt from other image channels than
+        the model was trained on (the refined model records those it learnt from).
     """
 
     model: PRMModel
@@ -103,6 +107,7 @@ class RefineResult:
     samples: int = 0
     prepare_seconds: float = 0.0
     train_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
 
 def head_loss(mask_logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -157,6 +162,7 @@ def refine(
     *,
     dataset=None,
     corrections: Sequence[Correction] = (),
+    channels: Sequence[int] | None = None,
     out: str | os.PathLike | None = None,
     epochs: int = 30,
     batch_size: int = 16,
@@ -192,6 +198,15 @@ def refine(
     corrections : sequence of Correction
         Corrected images, learnt as full supervision
         (:func:`napari_prm.refine.samples.correction_sample`).
+    channels : sequence of 1 to 3 int, optional
+        The image channels the head learns from (`napari_prm.io.read_image`'s ``channels``):
+        ``dataset``'s images are read with them, and ``corrections`` should have been read
+        with them (:func:`~napari_prm.refine.load_corrections`'s ``channels``). The refined model
+        records them (``settings["channels"]``), which predict then reads images with, as
+        :func:`napari_prm.train` records those it trains on. Default: the dataset's own
+        ``channels``, else those the model (or the resumed run) records. Channels that differ
+        from the model's are used and recorded, with a note in ``RefineResult.notes``; channels
+        other than the dataset's own, or than a resumed run's, are refused.
     out : path, optional
         Checkpoint written (atomically) after every epoch: the model with its head and, in
         a ``.pt`` file, the optimiser state for ``resume``.
@@ -268,10 +283,13 @@ def refine(
         check.new_checkpoint("out", out, overwrite=overwrite, resume=resume)
         out.parent.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
+    channels = checked_channels(channels)
     if dataset is not None:  # a model class the dataset lacks (under either VOC spelling) is refused here
-        # read with the model's channels unless it has its own, as predict reads them
-        dataset = dataset.with_classes(model.class_names).with_model_channels(model.settings.get("channels"))
-        check_readable(dataset, done="nothing was refined")
+        dataset = dataset.with_classes(model.class_names)
+        if channels is not None and dataset.channels is not None and channels != dataset.channels:
+            raise ValueError(f"channels {channels} and the dataset's channels {dataset.channels} differ: the run "
+                             "reads every image with one set of channels; give one of them")
+        channels = channels if channels is not None else dataset.channels
     start_epoch, history, state = 0, [], None
     head = None
     if resume:
@@ -299,10 +317,23 @@ def refine(
             raise ValueError(f"epochs {epochs} is fewer than the {start_epoch} epochs the run in {resume_path} "
                              f"has finished: epochs is the new total ({start_epoch} or more)")
         history = [RefineEpoch(**h) for h in state["history"]]
+        learnt = saved.settings.get("channels")
+        if channels is not None and channels != learnt:  # its head learnt features of other images
+            raise ValueError(f"cannot resume {resume_path}: its run learnt from image channels "
+                             f"{learnt if learnt is not None else 'None (images as they are)'}, this one reads "
+                             f"channels {channels}: give the same channels")
     elif fine_tune and model.head is not None:
         head = head_from_config(model.head.config())
         head.load_state_dict(model.head.state_dict())
         head.info = copy.deepcopy(getattr(model.head, "info", {}))
+    # the images it learns from are read with the given channels, else those of the model (or of
+    # the resumed run) as predict reads them; the refined model records them, as train does
+    recorded = saved.settings.get("channels") if state is not None else model.settings.get("channels")
+    channels, channel_note = channels_for(channels, recorded)
+    notes = [] if channel_note is None else [channel_note]  # the command line's note
+    if dataset is not None:
+        dataset = dataset.with_model_channels(channels)
+        check_readable(dataset, done="nothing was refined")
     stages = head.stages if head is not None else find_stages(model.network.fcn.features,
                                                               probe_size=_probe_size(model))
     new_head = head is None
@@ -326,7 +357,7 @@ def refine(
                                   cache_dir=cache_dir, progress=prepared, cancel=cancel)
     except Cancelled:
         return RefineResult(model=model, history=history, cancelled=True,
-                            prepare_seconds=time.perf_counter() - started)
+                            prepare_seconds=time.perf_counter() - started, notes=notes)
     prepare_seconds = time.perf_counter() - started
     previous = dict(getattr(head, "info", {}) or {})
     head.info = previous | {
@@ -340,11 +371,13 @@ def refine(
     if new_head:
         head.set_feature_statistics([s.features for s in samples[:: max(len(samples) // 64, 1)]])
     head.to(device)
-    refined = replace(model, head=head)
+    settings = {key: value for key, value in model.settings.items() if key != "channels"}
+    refined = replace(model, head=head, settings=settings if channels is None else settings | {"channels": channels})
     optimizer = torch.optim.AdamW(head.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-    result = RefineResult(model=refined, history=history, samples=len(samples), prepare_seconds=prepare_seconds)
+    result = RefineResult(model=refined, history=history, samples=len(samples), prepare_seconds=prepare_seconds,
+                          notes=notes)
     result.checkpoint = out if start_epoch > 0 and out is not None and out.is_file() else None
     if not any(s.num_peaks for s in samples):
         raise ValueError("nothing to learn: no peak of these images has a trusted instance (lower the class or "
