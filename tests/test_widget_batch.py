@@ -94,15 +94,45 @@ def test_run_on_a_folder_opens_the_results_as_lazy_stacks(predict_widget, qtbot,
                                   io.read_label_image(tmp_path / "out" / "a_cat_labels.tif"))
 
 
+def when_an_image_is_done(panel, stop):
+    """Call ``stop()`` once, in the worker thread, as soon as the run has done its first image: a stop during
+    the run itself, never during the folder search (which ends without a summary)."""
+    from qtpy.QtCore import Qt
+
+    stopped = []
+
+    def on_report(report):
+        if isinstance(report, tuple) and len(report) == 3 and not stopped:  # (ImageResult, done, total)
+            stopped.append(True)
+            stop()
+
+    panel._relay.progressed.connect(on_report, Qt.ConnectionType.DirectConnection)
+
+
+def held_after_the_first_image(panel):
+    """``(reached, gate)``: the worker, its first image done, sets ``reached`` and waits for ``gate``."""
+    import threading
+
+    reached, gate = threading.Event(), threading.Event()
+
+    def hold():
+        reached.set()
+        assert gate.wait(30), "the test never let the run go on"
+
+    when_an_image_is_done(panel, hold)
+    return reached, gate
+
+
 def test_cancel_stops_between_images_and_a_new_run_resumes(predict_widget, qtbot, image_folder, tmp_path):
     panel = open_batch_panel(predict_widget)
     panel._inputs.value = image_folder
     panel._out.value = tmp_path / "out"
+    when_an_image_is_done(panel, panel.cancel)
     panel.start()
-    panel.cancel()  # before the worker thread reaches its first image
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
     statuses = [r.status for r in panel.result.results]
-    assert statuses[-1] == "cancelled" and panel.last_message.startswith("Cancelled")
+    assert statuses == ["written", "cancelled", "cancelled"] and panel.last_message.startswith(
+        "Cancelled: 1 written, 0 skipped, 0 failed, 2 not done")
     assert panel.progress_bar.n == statuses.count("written")
     panel.start()
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
@@ -204,11 +234,17 @@ def test_closing_the_panel_stops_the_run_like_cancel(predict_widget, qtbot, imag
     panel = open_batch_panel(predict_widget)
     panel._inputs.value = image_folder
     panel._out.value = tmp_path / "out"
-    worker = panel.start()
-    predict_widget.viewer.window.remove_dock_widget(panel.native)  # before the worker's first image
+    reached, gate = held_after_the_first_image(panel)
+    try:
+        worker = panel.start()
+        qtbot.waitUntil(reached.is_set, timeout=WAIT_MS)
+        predict_widget.viewer.window.remove_dock_widget(panel.native)  # during the run, after its first image
+    finally:
+        gate.set()
     qtbot.waitUntil(lambda: not worker.is_running and not panel.running, timeout=WAIT_MS)
     statuses = [r.status for r in panel.result.results]
-    assert statuses[-1] == "cancelled" and panel.last_message.startswith("Stopped as the panel was closed")
+    assert statuses == ["written", "cancelled", "cancelled"]
+    assert panel.last_message.startswith("Stopped as the panel was closed: 1 written")
     assert sorted(p.name for p in (tmp_path / "out").glob("*_labels.tif")) == sorted(
         f"{r.stem}_labels.tif" for r in panel.result.with_status("written"))
     assert IMAGES_LAYER not in predict_widget.viewer.layers and LABELS_LAYER not in predict_widget.viewer.layers
@@ -224,12 +260,17 @@ def test_deleting_the_panel_stops_the_run_without_touching_its_qt_widgets(predic
     panel._out.value = tmp_path / "out"
     destroyed = []
     panel.native.destroyed.connect(lambda *_: destroyed.append(True))
-    worker = panel.start()
-    panel.native.deleteLater()  # in its dock: no close event, no change of parent
-    qtbot.waitUntil(lambda: bool(destroyed), timeout=WAIT_MS)
+    reached, gate = held_after_the_first_image(panel)
+    try:
+        worker = panel.start()
+        qtbot.waitUntil(reached.is_set, timeout=WAIT_MS)
+        panel.native.deleteLater()  # in its dock: no close event, no change of parent
+        qtbot.waitUntil(lambda: bool(destroyed), timeout=WAIT_MS)
+    finally:
+        gate.set()
     qtbot.waitUntil(lambda: not worker.is_running and not panel.running, timeout=WAIT_MS)
     qtbot.wait(50)
-    assert panel.result.results[-1].status == "cancelled"
+    assert [r.status for r in panel.result.results] == ["written", "cancelled", "cancelled"]
     assert panel.last_message.startswith("Stopped as the panel was closed")
 
 
@@ -410,10 +451,12 @@ def test_the_folder_search_reads_no_qt_widget_in_the_worker(predict_widget, qtbo
     assert readers and set(readers) == {threading.main_thread()}
 
 
-def test_cancel_during_the_folder_search_starts_no_worker_processes(predict_widget, qtbot, image_folder, tmp_path,
-                                                                    monkeypatch):
+def test_cancel_during_the_folder_search_stops_there_and_writes_nothing(predict_widget, qtbot, image_folder,
+                                                                        tmp_path, monkeypatch):
     """Cancel pressed while the worker searched the folder (its first step, seconds for a large folder) was seen
-    only between images: a local cluster of worker processes was started first, taking seconds more."""
+    only between images: a local cluster of worker processes was started first, taking seconds more, and then a
+    summary.csv whose every image was "cancelled" was written, the message "Cancelled: 0 written, ..., 3 not
+    done". It stops after the search now, without starting anything or writing a file, and says so."""
     import threading
 
     from napari_prm import batch
@@ -440,5 +483,14 @@ def test_cancel_during_the_folder_search_starts_no_worker_processes(predict_widg
         gate.set()
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
     assert not clusters, panel.last_message
-    assert [r.status for r in panel.result.results] == ["cancelled"] * 3
-    assert panel.last_message.startswith("Cancelled: 0 written, 0 skipped, 0 failed, 3 not done")
+    # nor is a summary (or manifest) written whose every image is "cancelled": nothing ran
+    assert panel.result is None and not (tmp_path / "out").exists()
+    assert panel.last_message == ("Cancelled while searching the folder: nothing was predicted or written "
+                                  "(no summary).")
+    assert panel._status.value == panel.last_message and panel._run_button.enabled
+    assert not panel._cancel_button.enabled and LABELS_LAYER not in predict_widget.viewer.layers
+    # a new run does the whole folder
+    panel._workers.value = 0
+    panel.start()
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == ["written"] * 3, panel.last_message

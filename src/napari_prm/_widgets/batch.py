@@ -5,7 +5,8 @@ TIFF stacks) and `napari_prm.batch.predict_many` runs in a worker thread, in nap
 dask cluster of worker processes; a napari ``progress`` bar in the activity dock follows it,
 counting planes as ``napari-prm predict``'s bar does (a TIFF stack's one by one in napari's
 process, all at once when a worker process ran it), and Cancel stops it between images (so
-does closing the panel, or taking it out of its dock; a closed panel opens no layers). The
+does closing the panel, or taking it out of its dock; a closed panel opens no layers); a
+Cancel during the folder search stops when the search ends, writing nothing (no summary). The
 results open lazily: the images and their label images as two dask-backed stacks (one plane
 per image, read when shown), so stepping through a thousand results reads only the planes
 looked at.
@@ -56,6 +57,10 @@ def open_batch_panel(predict_widget) -> BatchPanel:
 
 class _NoImages(ValueError):
     """The image folder holds no image (its message says so, and why)."""
+
+
+#: What the worker returns when Cancel came while it searched the folder (no image run, nothing written).
+_SEARCH_CANCELLED = object()
 
 
 @dataclass
@@ -174,6 +179,8 @@ class BatchPanel(StopsOnClose, Container):
 
         images, problems = batch.collect_images(
             [inputs], recursive=recursive[0], search_hint=recursive[1])
+        if self._cancel.is_set():  # cancelled while searching: nothing ran, nothing is written
+            return _SEARCH_CANCELLED
         if not images:
             raise _NoImages("; ".join(problems) or f"No images in {inputs}.")
         # named by their path in the folder: a sub-folder's images mirror it under the output folder
@@ -182,7 +189,10 @@ class BatchPanel(StopsOnClose, Container):
         left_out = "; ".join(problem.removeprefix(batch.NOTE) for problem in problems)
         renamed = "; ".join(note.removeprefix(batch.NOTE) for note in batch.renamed_notes(images, stems, out))
         # the bar counts planes, as predict's does: a TIFF stack's N (from its header), a 2-D image's 1
-        self._relay.progressed.emit(_Found(len(images), batch.PlaneTally(images), left_out, renamed))
+        tally = batch.PlaneTally(images)
+        if self._cancel.is_set():  # as above: no summary of images all "cancelled"
+            return _SEARCH_CANCELLED
+        self._relay.progressed.emit(_Found(len(images), tally, left_out, renamed))
         model = load_model(settings["model"], device=settings["device"])
         model.network.win_size = model.settings["win_size"] = settings["window"]
         # as the widget's Run: the preset, and the thresholds the user set (else the calibrated ones)
@@ -190,7 +200,7 @@ class BatchPanel(StopsOnClose, Container):
                    **self._predict.threshold_overrides(settings)}
         if settings.get("input_size") is not None:
             options["input_size"] = settings["input_size"]
-        # cancelled during the search: no cluster is started (seconds) only to mark every image not done
+        # cancelled while the model loaded: no cluster is started (seconds) only to mark every image not done
         client = batch.start_local_cluster(workers) if workers and not self._cancel.is_set() else None
         try:
             return batch.predict_many(
@@ -247,7 +257,11 @@ class BatchPanel(StopsOnClose, Container):
         if self.progress_bar is not None:
             self.progress_bar.update(planes_done - self.progress_bar.n)
 
-    def _on_done(self, result: batch.BatchResult) -> None:
+    def _on_done(self, result) -> None:
+        if result is _SEARCH_CANCELLED:  # no image was started: no summary, no layers
+            why = "Stopped as the panel was closed" if self._closed else "Cancelled"
+            self._say(f"{why} while searching the folder: nothing was predicted or written (no summary).")
+            return
         self.result = result
         counts = {status: len(result.with_status(status)) for status in ("written", "skipped", "failed")}
         cancelled = len(result.with_status("cancelled"))
