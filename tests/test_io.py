@@ -773,6 +773,37 @@ def test_failed_export_keeps_every_file_of_the_previous_export(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_cancelled_export_leaves_no_file_and_the_previous_export_as_it_was(tmp_path):
+    """``cancel`` turning true after the label TIFF was staged (the COCO JSON and CSV not yet): `Cancelled`,
+    the staged TIFF removed, the previous export's files untouched; for a folder not yet made, no folder."""
+    import threading
+
+    from napari_prm.predict import Cancelled
+
+    labels, table = synthetic_labels(), synthetic_table()
+    written = io.export_instances(labels, table, CLASS_NAMES, tmp_path, stem="x")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == sorted([p.name for p in written] + ["x.manifest.json"])
+    staged = []
+
+    def tiff_staged():  # true once the new label TIFF is in the staging folder (the old one is in tmp_path)
+        staged.extend(p for p in tmp_path.rglob("x_labels.tif") if p.parent != tmp_path)
+        return bool(staged)
+
+    labels[labels == 1] = 0
+    with pytest.raises(Cancelled, match="export cancelled"):
+        io.export_instances(labels, table, CLASS_NAMES, tmp_path, stem="x", overwrite=True, cancel=tiff_staged)
+    assert staged and not staged[0].exists()  # the TIFF had been written, then removed
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert not [p for p in tmp_path.rglob("*") if p.name not in before]
+    # one named file, and an Event already set: nothing, not even the new folder
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        io.export_instances(labels, table, CLASS_NAMES, tmp_path / "new" / "x.csv", cancel=stop)
+    assert not (tmp_path / "new").exists()
+
+
 def test_sparse_large_label_values_and_no_background(tmp_path):
     labels = synthetic_labels()
     labels[labels == 2] = 4_000_000_000  # near the uint32 limit: no per-value arrays

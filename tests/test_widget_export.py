@@ -461,6 +461,42 @@ def test_the_export_button_writes_in_a_worker_thread(labels_viewer, tmp_path, qt
     assert len(threads) == 1
 
 
+def test_cancel_stops_the_export_button_and_leaves_no_file(labels_viewer, tmp_path, qtbot, monkeypatch, request):
+    """The button's export ran in a worker with no way to stop it (a large stack's CSV takes minutes): *Cancel*
+    stops it before its next step; no file of it is left, the files an earlier export wrote are as they were,
+    and the status line says so. The activity dock's cancel button does the same."""
+    _, widget = labels_viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    out = tmp_path / "out"
+    assert widget.export(out, stem="cells")  # an earlier export, replaced by the one cancelled
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    labels_viewer.layers["cat instances"].data[:] = 0
+    gate, threads = _gated_export(monkeypatch, request)
+    assert not widget._cancel_button.enabled
+    assert widget.start(out, stem="cells", overwrite=True) is not None
+    qtbot.waitUntil(lambda: bool(threads), timeout=10_000)
+    assert widget._cancel_button.enabled
+    widget._cancel_button.native.click()
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert widget._status.value == f"Export cancelled: nothing was written to {out} (files already there are as " \
+        "they were)."
+    assert {p.name: p.read_bytes() for p in out.rglob("*")} == before and widget.last_written == []
+    assert widget._button.enabled and not widget._cancel_button.enabled
+    # into a new folder, cancelled from the activity dock's bar: no folder, no file
+    gate.clear()
+    assert widget.start(tmp_path / "new", stem="cells") is not None
+    qtbot.waitUntil(lambda: len(threads) == 2, timeout=10_000)
+    widget.progress_bar.bar.cancel()
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert widget._status.value.startswith("Export cancelled") and not (tmp_path / "new").exists()
+    # a new export, not cancelled, writes
+    assert widget.start(out, stem="cells", overwrite=True) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert widget._status.value.startswith("Wrote cells_labels.tif")
+    assert (out / "cells_labels.tif").read_bytes() != before["cells_labels.tif"]
+
+
 def test_a_background_exports_errors_reach_the_status_line(labels_viewer, tmp_path, qtbot, monkeypatch):
     _, widget = labels_viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
     assert widget.start(tmp_path, formats=["tiff"]) is not None

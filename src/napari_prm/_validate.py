@@ -26,6 +26,7 @@ import numpy as np
 from ._text import value_text
 
 __all__ = [
+    "Cancelled",
     "is_cancelled",
     "boolean",
     "finite_float",
@@ -56,6 +57,11 @@ def _outside(number: float, low, high, low_open: bool, high_open: bool) -> bool:
     if low is not None and (number < low or (low_open and number == low)):
         return True
     return high is not None and (number > high or (high_open and number == high))
+
+
+class Cancelled(RuntimeError):
+    """Raised when a ``cancel`` check turns true (`is_cancelled`): by `napari_prm.predict`, `PRMPredictor`
+    and `napari_prm.io.export_instances` (one class, also ``napari_prm.predict.Cancelled``)."""
 
 
 def is_cancelled(cancel) -> bool:

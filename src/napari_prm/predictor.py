@@ -26,6 +26,7 @@ import torch
 
 from . import _validate as check
 from ._text import close_match, did_you_mean, first_names, plural
+from ._validate import Cancelled
 from .io.images import as_rgb_float, image_array, opacity_note
 from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
@@ -41,10 +42,6 @@ MAX_PEAKS_LIMIT = 1000
 
 #: Names `PRMPredictor` and `predict` accept for ``preset``.
 PRESETS = ("default", "original")
-
-
-class Cancelled(RuntimeError):
-    """Raised when a ``cancel`` check turns true."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
 """The "Export instances" dock widget: a Labels layer and its class table to files.
 
-All formats are :func:`napari_prm.io.export_instances`'; files are written atomically.
+All formats are :func:`napari_prm.io.export_instances`'; files are written atomically. The
+*Export* button writes in a worker thread; its *Cancel* stops it between steps (a lazy layer's
+planes, the COCO RLE, each file), leaving no file of the export and earlier files as they were.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +17,12 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 from napari.layers import Labels
 from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from .. import io
+from .._validate import Cancelled
 from .._writer import layer_table
-from .activity import CloseWatcher
+from .activity import ActivityProgress, CloseWatcher
 from .layers import (
     INSTANCES_SUFFIX,
     LABELS_FILE_SUFFIX,
@@ -103,21 +106,24 @@ class ExportWidget(Container):
                          for key, text in FORMATS.items()}
         self._overwrite = CheckBox(text="overwrite existing files", value=False)
         self._button = PushButton(text="Export")
+        self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="")
         self._status.native.setWordWrap(True)  # a long message must not widen the dock
         super().__init__(widgets=[self._layer, self._folder, self._stem, *self._formats.values(),
-                                  self._overwrite, self._button, self._status])
+                                  self._overwrite, self._button, self._cancel_button, self._status])
         # the folder and formats of the last export come back in the next session
         persist_fields("export", ExportSettings, {"folder": self._folder, **self._formats},
                        usable=lambda field, value: field != "folder" or (str(value) != "" and Path(value).is_dir()))
         self._layer.changed.connect(self._default_stem)
         self._button.changed.connect(lambda: self.start())  # written in a worker thread
+        self._cancel_button.changed.connect(lambda: self.cancel())
+        self._cancel = threading.Event()  # set by Cancel: the worker's export stops before its next step
         self._follow(self._viewer.layers.selection.active)
         self._viewer.layers.selection.events.active.connect(lambda event: self._follow(event.value))
         self._default_stem()
         self.last_written: list[Path] = []
         self.worker = None  # the export being written in a worker thread (`start`)
-        self.progress_bar: progress | None = None
+        self.progress_bar: ActivityProgress | None = None  # in the activity dock, with its own cancel button
         self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
         self._close_watcher = CloseWatcher(self.native, self._on_close)
 
@@ -194,17 +200,29 @@ class ExportWidget(Container):
         # the pixels as they are now (a lazy layer's, a folder run's dask stack, are read in the worker)
         if isinstance(job.labels, np.ndarray) and np.shares_memory(job.labels, self._layer.value.data):
             job.labels = job.labels.copy()
+        self._cancel.clear()
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(_write, job, _start_thread=False, _connect={
+        worker = create_worker(_write_unless_cancelled, job, self._cancel, _start_thread=False, _connect={
             "errored": lambda error: self._failed(job, error)})
         worker.returned.connect(lambda written: self._done(job, written))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._button.enabled = False
-        self.progress_bar = progress(desc=f"napari-prm: exporting {job.stem}")  # no total: busy
+        self._cancel_button.enabled = True
+        # no total: busy
+        self.progress_bar = ActivityProgress(f"napari-prm: exporting {job.stem}", on_cancel=self.cancel)
         self._status.value = f"Exporting {job.stem} to {job.folder}…"
         worker.start()
         return worker
+
+    def cancel(self) -> None:
+        """Stop the export being written before its next step (a plane of a lazy layer, the COCO RLE, a
+        file): no file of it is left, and earlier files of its stem stay as they were. Once its files are
+        switched in, it is done: nothing to stop."""
+        if self.worker is not None:
+            self._cancel.set()
+            if not self._deleted:
+                self._status.value = "Cancelling the export…"
 
     def _on_finished(self) -> None:
         if self.progress_bar is not None:
@@ -213,6 +231,7 @@ class ExportWidget(Container):
         self.worker = None
         if not self._deleted:
             self._button.enabled = True
+            self._cancel_button.enabled = False
 
     def _on_close(self, deleted: bool = False) -> None:
         """Closed or out of its dock: an export being written is finished (its files are written
@@ -274,7 +293,12 @@ class ExportWidget(Container):
         else:  # unexpected (a worker's): its type says what went wrong
             self._say(f"Export failed: {type(error).__name__}: {error}", True)
 
-    def _done(self, job: _Job, written: list[Path]) -> list[Path]:
+    def _done(self, job: _Job, written: list[Path] | None) -> list[Path]:
+        if written is None:  # cancelled (`_write_unless_cancelled`)
+            self.last_written = []
+            self._say(f"Export cancelled: nothing was written to {job.folder} (files already there are as they "
+                      "were).")
+            return []
         self.last_written = written
         self._say(f"Wrote {', '.join(p.name for p in written)} to {job.folder}.{job.note}")
         return written
@@ -312,8 +336,32 @@ class _Job:
     note: str  # said after the files written: formats left out, an image file name not recorded
 
 
-def _write(job: _Job) -> list[Path]:
-    """Write ``job`` (on any thread: no Qt here); lazy labels are read here."""
-    return io.export_instances(np.asarray(job.labels), job.table, job.class_names, job.folder, formats=job.formats,
-                               stem=job.stem, overwrite=job.overwrite, image_file_name=job.file_name,
-                               world=job.world, axes=job.axes)
+def _write(job: _Job, cancel=None) -> list[Path]:
+    """Write ``job`` (on any thread: no Qt here); lazy labels are read here, a plane at a time.
+
+    Raises `Cancelled` when ``cancel`` (an Event) is set before the files are switched in: then
+    no file of the export is left."""
+    return io.export_instances(_read_labels(job.labels, cancel), job.table, job.class_names, job.folder,
+                               formats=job.formats, stem=job.stem, overwrite=job.overwrite,
+                               image_file_name=job.file_name, world=job.world, axes=job.axes, cancel=cancel)
+
+
+def _write_unless_cancelled(job: _Job, cancel: threading.Event) -> list[Path] | None:
+    """The *Export* button's worker: `_write`, or None when cancelled (nothing written)."""
+    try:
+        return _write(job, cancel)
+    except Cancelled:
+        return None
+
+
+def _read_labels(labels, cancel=None) -> np.ndarray:
+    """``labels`` in memory: a lazy stack (a folder run's dask stack of label files) read a plane at a time,
+    ``cancel`` (an Event) checked before each."""
+    if isinstance(labels, np.ndarray) or labels.ndim < 3:
+        return np.asarray(labels)
+    out = np.empty(labels.shape, labels.dtype)
+    for plane in np.ndindex(*labels.shape[:-2]):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("export cancelled")
+        out[plane] = np.asarray(labels[plane])
+    return out

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .._validate import finite_array, output_file, output_folder
+from .._validate import Cancelled, finite_array, is_cancelled, output_file, output_folder
 from .atomic import atomic_write
 from .coco import labels_to_coco, write_coco_json
 from .fileset import FileSet, read_file_set, recover_file_sets, write_file_set
@@ -99,7 +99,7 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
                      out: str | os.PathLike, *, formats: Sequence[str] | None = None,
                      stem: str | None = None, overwrite: bool = False,
                      image_file_name: str = "", world: dict | None = None,
-                     axes: str | None = None) -> list[Path]:
+                     axes: str | None = None, cancel=None) -> list[Path]:
     """Export a (corrected) label image with its classes in one or more formats.
 
     Parameters
@@ -135,12 +135,26 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         axis labels), written into the label TIFF (`napari_prm.io.write_label_image`); without
         them tifffile names a stack's leading axes ``Q``, unnamed, unless ``world`` gives its
         first axis a unit of length or time.
+    cancel : callable or threading.Event, optional
+        Checked before each step (the COCO RLE, each file); when it says stop,
+        `napari_prm.predict.Cancelled` is raised and nothing is written: files staged so far
+        are removed, earlier files of ``stem`` are left as they were.
 
     Returns
     -------
     list of Path
         The files written.
+
+    Raises
+    ------
+    napari_prm.predict.Cancelled
+        ``cancel`` said stop before the files were switched in.
     """
+
+    def check_cancel():
+        if is_cancelled(cancel):
+            raise Cancelled("export cancelled")
+
     labels = _check_labels(labels, ndim=None)
     out = Path(out)
     if not (out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir()):
@@ -156,22 +170,27 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
                          f"65535, the largest label is {labels.max()}")
     coco = None
     if "coco" in targets:  # computed first: a bad table fails before any file is written
+        check_cancel()
         coco = labels_to_coco(labels, table, class_names, file_name=image_file_name, world=world)
+    check_cancel()
     folder = next(iter(targets.values())).parent
     folder.mkdir(parents=True, exist_ok=True)
     if len(targets) == 1 and out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir():
         (kind, target), = targets.items()  # one named file: replacing it is one rename already
-        with atomic_write(target, overwrite=overwrite) as temp:
+        with atomic_write(target, overwrite=overwrite) as temp:  # raised in the block: the temporary goes
             _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
                                 axes=axes if kind == "tiff" else None)
+            check_cancel()
         return [target]
     info = {"written_by": "export_instances", "image": image_file_name}
     info |= _kept_image_record(folder, stem or "labels", image_file_name)
     with write_file_set(folder, stem or "labels", {kind: path.name for kind, path in targets.items()},
                         overwrite=overwrite, info=info) as staged:
-        for kind, temp in staged.items():
+        for kind, temp in staged.items():  # raised in the block: the staged files go, the folder is unchanged
+            check_cancel()
             _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
                                 axes=axes if kind == "tiff" else None)
+        check_cancel()
     return list(targets.values())
 
 
