@@ -494,3 +494,99 @@ def test_cancel_during_the_folder_search_stops_there_and_writes_nothing(predict_
     panel.start()
     qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
     assert [r.status for r in panel.result.results] == ["written"] * 3, panel.last_message
+
+
+def test_learn_from_corrections_takes_the_corrected_planes_of_the_folder_instances(predict_widget, qtbot,
+                                                                                   image_folder, tmp_path,
+                                                                                   monkeypatch, tiny_checkpoint):
+    """*Learn from corrections* did not offer *Run on folder*'s `folder instances` stack: it looked for an image
+    layer named `folder` and said the layer's image was "not open under that name". It is offered now, each
+    corrected plane paired with its image read from its file (at the image's size, not the stack's padded one)
+    and the classes of its instance CSV; planes left as the run wrote them are not learnt from."""
+    from napari_prm import load_model
+    from napari_prm._widgets import refine as refine_widget_module
+
+    out = tmp_path / "out"
+    run_folder(predict_widget, qtbot, image_folder, out)
+    viewer = predict_widget.viewer
+    layer = viewer.layers[LABELS_LAYER]
+    viewer.layers.remove(IMAGES_LAYER)  # the images come from their files
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections", tabify=True)
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "refined.pt"
+    widget.reset_choices()
+    assert [name for name, _ in widget._labels_choices()] == [LABELS_LAYER]
+    widget._layers.value = [layer]
+
+    # nothing corrected yet: said, and nothing learnt
+    assert widget.start(epochs=1) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert "none of its 3 planes differs from what the folder run wrote" in widget.last_message, widget.last_message
+    assert not (tmp_path / "refined.pt").exists()
+
+    # erase one instance of b_coffee.png (plane 1) with napari's fill, as a user does
+    coffee = io.read_label_image(out / "b_coffee_labels.tif")
+    table = io.read_instances_csv(out / "b_coffee_instances.csv")
+    erased = int(table["label"][0])
+    y, x = np.argwhere(coffee == erased)[0]
+    layer.fill((1, int(y), int(x)), 0)
+    corrected = np.where(coffee == erased, 0, coffee)
+    assert corrected.any(), "the test needs an instance left after the erase"
+
+    given = []
+    real = refine_widget_module.refine
+
+    def refine(model, *, corrections, **kwargs):
+        given.extend(corrections)
+        return real(model, corrections=corrections, **kwargs)
+
+    monkeypatch.setattr(refine_widget_module, "refine", refine)
+    assert widget.start(epochs=1) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.last_message.startswith("Learnt from 1 corrected image(s)"), widget.last_message
+    assert (tmp_path / "refined.pt").is_file()
+    (correction,) = given
+    assert correction.source == f"{LABELS_LAYER}: b_coffee.png"
+    np.testing.assert_array_equal(correction.labels, corrected)
+    np.testing.assert_array_equal(correction.image, io.read_image(image_folder / "b_coffee.png"))
+    classes = load_model(tiny_checkpoint).class_names  # the classes of its instance CSV, as indices of the model's
+    expected = {int(label): classes.index(name) for label, name in zip(table["label"], table["class_name"])}
+    assert correction.label_classes == expected and expected
+
+    # a stack of that name without the record of its files (a copy): not offered, and what to do is said
+    viewer.add_labels(np.asarray(layer.data), name=LABELS_LAYER)  # napari names it 'folder instances [1]'
+    widget.reset_choices()
+    widget._layers.value = []
+    assert widget.start() is None
+    assert widget.last_message.endswith(
+        "Not offered: layer 'folder instances [1]' does not record the image and label files of its planes: press "
+        "'Run on folder' again (images already done are skipped) and correct the new 'folder instances' layer."
+    ), widget.last_message
+
+
+def test_learn_reads_a_corrected_stack_plane_and_its_image_plane_from_the_files(predict_widget, qtbot, tmp_path,
+                                                                               tiny_checkpoint, stack_folder):
+    """Of a folder with a z-stack, the planes *Learn from corrections* reads: the corrected plane of the stack
+    (at the stack's 64 × 64, not the padded size) with that plane of the image as the run read it; every other
+    plane reads as unchanged (None)."""
+    from napari_prm._widgets.batch import FolderImage, folder_planes
+    from napari_prm.batch import predict_many
+
+    result = predict_many(sorted(stack_folder.iterdir()), tiny_checkpoint, tmp_path / "out", device="cpu",
+                          proposals="prm", peak_threshold=0.0)
+    open_batch_panel(predict_widget).open_results(result)
+    layer = predict_widget.viewer.layers[LABELS_LAYER]
+    assert layer.data.shape[1:] != (64, 64)  # padded to the photo's size
+    layer.paint((2, 10, 10), 77)  # b_z.tif's second plane
+    planes = folder_planes(layer)
+    names = layer.metadata["plane_names"]
+    assert [source for _, _, _, source in planes] == [f"{LABELS_LAYER}: {name}" for name in names]
+    assert [labels() is None for _, labels, _, _ in planes] == [True, True, False, True]
+    image, labels, table, _ = planes[2]
+    written = io.read_label_image(tmp_path / "out" / "b_z_labels.tif")[1]
+    corrected = labels()
+    assert corrected.shape == (64, 64) and corrected[10, 10] == 77
+    assert np.array_equal(corrected != written, corrected == 77) and (corrected != written).any()
+    assert isinstance(image, FolderImage)
+    np.testing.assert_array_equal(image(), io.read_stack(stack_folder / "b_z.tif").planes[1])
+    assert set(table()["label"]) >= set(np.unique(written[written > 0]))

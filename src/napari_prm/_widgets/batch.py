@@ -18,8 +18,10 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton, SpinBox
 from napari.qt.threading import create_worker
 from napari.utils import progress
@@ -34,6 +36,8 @@ from .settings import no_path
 DOCK_NAME = "PRM: run on a folder"
 IMAGES_LAYER = "folder images"
 LABELS_LAYER = "folder instances"
+#: The `LABELS_LAYER` metadata key listing each plane's files (`folder_planes`).
+FOLDER_PLANES = "folder_planes"
 _panels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -309,12 +313,18 @@ class BatchPanel(StopsOnClose, Container):
         names = [self._name(r.image) for r in done]  # an image in a sub-folder: its path there
         names = [name if count == 1 else f"{name} (plane {plane + 1} of {count})"
                  for name, count in zip(names, planes) for plane in range(count)]
+        # each plane's files and size: Learn from corrections reads a corrected plane's image from its file
+        sources = [{"image": r.image, "labels": str(path), "plane": plane if count > 1 else None,
+                    "shape": list(shape)}
+                   for r, path, count, shape in zip(done, label_paths, planes, batch.label_shapes(label_paths))
+                   for plane in range(count)]
         for name, data, add in ((IMAGES_LAYER, images, self._viewer.add_image),
                                 (LABELS_LAYER, labels, self._viewer.add_labels)):
             if name in self._viewer.layers:  # reuse the layers of an earlier run
                 self._viewer.layers.remove(name)
             options = {"rgb": True} if add == self._viewer.add_image else {}
-            add(data, name=name, metadata={**metadata, "plane_names": names}, **options)
+            extra = {FOLDER_PLANES: sources} if name == LABELS_LAYER else {}
+            add(data, name=name, metadata={**metadata, "plane_names": names, **extra}, **options)
         self._viewer.dims.set_current_step(0, 0)
 
     def _on_finished(self) -> None:
@@ -324,3 +334,59 @@ class BatchPanel(StopsOnClose, Container):
         if not self._deleted:
             self._run_button.enabled = True
             self._cancel_button.enabled = False
+
+
+# ---------------------------------------------------------------------- Learn from corrections
+@dataclass(frozen=True)
+class FolderImage:
+    """Reads, when called (in a worker), the image of one plane of a folder run's `LABELS_LAYER` as the
+    run read it (`napari_prm.io.images._read_image_file`: a stack's plane, or the 2-D image, with
+    ``channels``: the model's), at the size of its labels (the layer's planes are padded)."""
+
+    path: str
+    plane: int | None  # of a TIFF stack; None: a 2-D image
+
+    def __call__(self, channels=None) -> np.ndarray:
+        from ..io.images import _read_image_file
+
+        read, _ = _read_image_file(self.path, channels)
+        return read if self.plane is None else read.planes[self.plane]
+
+
+def _corrected_plane(data, index: int, labels_file: str, plane: int | None, shape) -> np.ndarray | None:
+    """Plane ``index`` of a folder run's labels as the layer holds it now, less the padding; None when it is
+    the labels the run wrote (``labels_file``'s plane): not corrected."""
+    height, width = shape
+    now = np.asarray(data[index])[:height, :width]
+    written = batch._label_plane(labels_file, plane or 0)
+    return None if now.shape == written.shape and np.array_equal(now, written) else now
+
+
+def _plane_table(labels_file: str) -> dict | None:
+    """The classes of a label file's instances: its instance CSV (`sidecar_csv`), None without one."""
+    from .. import io
+    from .._writer import sidecar_csv
+
+    table = sidecar_csv(labels_file)
+    return io.read_instances_csv(table) if table.is_file() else None
+
+
+def folder_planes(labels_layer) -> list[tuple] | None:
+    """What *Learn from corrections* learns from in a folder run's `LABELS_LAYER` (its metadata's
+    `FOLDER_PLANES`), as `napari_prm._widgets.refine.layer_planes` gives it: per plane ``(image reader
+    (`FolderImage`), labels reader (None when the plane is as the run wrote it), class table reader,
+    source)``, each read in the worker; None for another layer.
+
+    The images come from their files (the run's images: the `IMAGES_LAYER` need not be open), the
+    classes from each image's instance CSV; labels painted since have none (their extent is learnt).
+    """
+    sources = (labels_layer.metadata or {}).get(FOLDER_PLANES)
+    data = labels_layer.data
+    if not sources or labels_layer.multiscale or data.ndim != 3 or len(sources) != data.shape[0]:
+        return None
+    names = (labels_layer.metadata or {}).get("plane_names") or [Path(s["image"]).name for s in sources]
+    return [(FolderImage(source["image"], source["plane"]),
+             partial(_corrected_plane, data, index, source["labels"], source["plane"], tuple(source["shape"])),
+             partial(_plane_table, source["labels"]),
+             f"{labels_layer.name}: {name}")
+            for index, (source, name) in enumerate(zip(sources, names))]

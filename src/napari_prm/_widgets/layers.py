@@ -1195,6 +1195,13 @@ def unpaired_reason(viewer, labels_layer) -> str:
 
 def unpaired_message(labels_layer) -> str:
     """`unpaired_reason`'s sentence, for a ``labels_layer`` already known to have no image layer."""
+    from .batch import FOLDER_PLANES, LABELS_LAYER
+
+    if uncounted_name(labels_layer.name) == LABELS_LAYER and FOLDER_PLANES not in (labels_layer.metadata or {}):
+        # *Run on folder*'s stack without the record of its files (`folder_planes`), not made on an image "folder"
+        return (f"layer {labels_layer.name!r} does not record the image and label files of its planes: press "
+                "'Run on folder' again (images already done are skipped) and correct the new "
+                f"{LABELS_LAYER!r} layer")
     named = named_image(labels_layer)
     if named:
         return (f"layer {labels_layer.name!r} was made on the image {named!r}, which is not open under that "

@@ -24,9 +24,11 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from .._text import plural
+from ..io import channels_for
 from ..refine import RefineResult, correction_from_layer, load_corrections, refine
 from ..refine.corrections import other_class_warning
 from .activity import StopsOnClose
+from .batch import FolderImage, folder_planes
 from .layers import (
     _array_plane,
     corrections_kept_of,
@@ -57,12 +59,17 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
     holding labels.
 
     Copies the labels and features, so a worker thread can use them while the user edits the
-    layer. The image plane is read when its `plane_reader` is called, in the worker: a lazy
+    layer. *Run on folder*'s ``folder instances`` stack gives `folder_planes`' instead (each plane's image
+    and classes read from the run's files, a plane the user left as the run wrote it read as None).
+    The image plane is read when its `plane_reader` is called, in the worker: a lazy
     (dask, zarr) image is not read on the Qt thread. Nor are lazy labels (label files opened as
     one lazy stack, one file a plane): each of their planes is given as a reader
     (`plane_reader`'s kind) of the array the layer holds now, and `read_labels` in the worker
     reads it and leaves it out when it holds no labels.
     """
+    folder = folder_planes(labels_layer)
+    if folder is not None:  # a folder run's stack: its images are read from their files
+        return folder
     image_layer = image_layer_of(viewer, labels_layer)
     if image_layer is None:
         raise ValueError(unpaired_message(labels_layer))
@@ -97,7 +104,7 @@ def layer_planes(viewer, labels_layer) -> list[tuple]:
     return planes
 
 
-def read_labels(labels, source: str) -> np.ndarray:
+def read_labels(labels, source: str) -> np.ndarray | None:
     """The labels of a plane of `layer_planes`: a copy made on the Qt thread, or, of lazy labels,
     the plane read now (in the worker).
 
@@ -110,14 +117,20 @@ def read_labels(labels, source: str) -> np.ndarray:
     if not callable(labels):
         return labels
     try:
-        return np.asarray(labels())
+        labels = labels()
+        return None if labels is None else np.asarray(labels)  # None: a folder run's plane left as it was
     except Exception as error:  # dask's readers raise many types: say which plane, and why
         raise ValueError(f"cannot read the labels of {source}: {error or type(error).__name__}") from error
 
 
-def no_labels_message(layers) -> str:
-    """Corrected layers (or their names) hold no labels: what to do."""
+def no_labels_message(layers, unchanged: int = 0) -> str:
+    """Corrected layers (or their names) hold no labels (or, ``unchanged``, only planes of a folder run left
+    as the run wrote them): what to do."""
     names = ", ".join(layer if isinstance(layer, str) else layer.name for layer in layers)
+    if unchanged:
+        return (f"{names}: none of its {plural(unchanged, 'plane')} differs from what the folder run "
+                "wrote; correct the instances of some planes first (erase, paint or fill them with napari's Labels "
+                "tools): only the planes you changed are learnt from")
     return (f"{names}: no labels yet; correct some instances first (paint them, and set their class in the "
             "Peak Response Maps widget)")
 
@@ -183,8 +196,8 @@ class RefineWidget(StopsOnClose, Container):
 
     # ------------------------------------------------------------------ choices
     def _labels_choices(self, _=None):
-        return [(layer.name, layer) for layer in self._viewer.layers
-                if isinstance(layer, Labels) and image_layer_of(self._viewer, layer) is not None]
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)
+                and (image_layer_of(self._viewer, layer) is not None or folder_planes(layer) is not None)]
 
     def _predict_widgets(self) -> list:
         return [w for w in list(_live_predict_widgets) if w.viewer is self._viewer]
@@ -248,7 +261,8 @@ class RefineWidget(StopsOnClose, Container):
         if not layers and masks is None:
             # a Labels layer without its image is not offered: say which, and why
             left_out = [unpaired_message(layer) for layer in self._viewer.layers
-                        if isinstance(layer, Labels) and image_layer_of(self._viewer, layer) is None]
+                        if isinstance(layer, Labels) and image_layer_of(self._viewer, layer) is None
+                        and folder_planes(layer) is None]
             self._say("Choose the corrected Labels layers (or a masks file or folder) to learn from."
                       + "".join(f" Not offered: {reason}." for reason in left_out), True)
             return None
@@ -307,9 +321,11 @@ class RefineWidget(StopsOnClose, Container):
     def _learn(self, model_choice: str, device: str, planes, masks: Path | None, options: dict):
         """Worker thread: gather the corrections, then train."""
         model = self.models.get(model_choice, device)
+        # a folder run's images are read from their files as the run read them: with the model's channels
+        channels, _ = channels_for(None, model.settings.get("channels"))
         corrections, lacking = [], {}  # a class the model lacks: the layers (planes) naming it, once per instance
         lazy = sum(callable(labels) for _, labels, _, _ in planes)
-        read = 0
+        read = unchanged = 0
         for image, labels, features, source in planes:
             if callable(labels):  # lazy labels (one file a plane): read here, a plane at a time
                 if self._cancel.is_set():  # as a cancel while the features are read: the model is left as it was
@@ -317,10 +333,16 @@ class RefineWidget(StopsOnClose, Container):
                 labels = read_labels(labels, source)
                 read += 1
                 self._relay.progressed.emit(("labels", read, lazy))
+                if labels is None:  # a folder run's plane as the run wrote it: nothing corrected there
+                    unchanged += 1
+                    continue
                 if not labels.any():
                     continue
+            if callable(features):  # a folder run's plane: the classes of its instance CSV
+                features = features()
             others: list[str] = []
-            corrections.append(correction_from_layer(image(), labels, features, model.class_names, source=source,
+            pixels = image(channels) if isinstance(image, FolderImage) else image()
+            corrections.append(correction_from_layer(pixels, labels, features, model.class_names, source=source,
                                                      others=others))
             for name in others:
                 lacking.setdefault(name, []).append(source)
@@ -329,7 +351,7 @@ class RefineWidget(StopsOnClose, Container):
                 "corrected layers", lacking, model.class_names,
                 hint="classes set for another model, or typed in the features table?"))
         if not corrections and masks is None:
-            raise ValueError(no_labels_message(self._chosen_names))
+            raise ValueError(no_labels_message(self._chosen_names, unchanged))
         if masks is not None:
             # their image files read with the model's channels, as refine --masks reads them (the
             # layers are taken as they are); the refined model records those channels
