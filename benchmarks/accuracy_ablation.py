@@ -26,6 +26,14 @@ Examples
 
     python benchmarks/accuracy_ablation.py --model imagenet-voc --out bench_out/ablation_voc
     python benchmarks/accuracy_ablation.py --model bench_out/recipe_voc/model.pt --out bench_out/ablation_recipe
+    python benchmarks/accuracy_ablation.py --model imagenet-voc --output-stride 16 --out bench_out/ablation_os16
+
+``--output-stride 16`` measures class response maps twice as fine: the last stride-2
+stage of EfficientNet-Lite0 runs at stride 1 and the convolutions after it are dilated
+by 2 (:func:`dilate_last_stage`), so the network's response maps hold the usual ones at
+their odd cells, exactly, and the cells between them. The model's thresholds are then
+calibrated again on coco128 train, as the shipped ones were
+(:func:`napari_prm.peaks.calibrate_model`; cached in ``<out>/calibration.json``).
 """
 
 from __future__ import annotations
@@ -111,6 +119,51 @@ ROWS = [
 ]
 
 FORWARD_KEYS = ("sub_pixel_locating_factor", "tta", "prm_mode")
+
+
+def dilate_last_stage(model) -> None:
+    """Run an EfficientNet-Lite0 model at output stride 16 instead of 32, in place.
+
+    The depthwise convolution of the last block with stride 2 gets stride 1, and every
+    depthwise convolution after it dilation 2 (their "same" padding follows). The new
+    response maps equal the old ones at their odd cells (checked below, to float
+    precision) and fill the cells between them.
+    """
+    import torch
+
+    from napari_prm.model.efficientnet_lite import EfficientNetLite0Features
+
+    trunks = [m for m in model.network.modules() if isinstance(m, EfficientNetLite0Features)]
+    if not trunks:
+        raise SystemExit(f"--output-stride 16: only EfficientNet-Lite0 models, not backbone {model.backbone!r}")
+    blocks = list(trunks[0]._blocks)
+    fcn = model.network.fcn.eval()
+    probe = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = fcn(probe)
+    last = max(i for i, block in enumerate(blocks) if block._depthwise_conv.stride[0] == 2)
+    blocks[last]._depthwise_conv.stride = (1, 1)
+    for block in blocks[last + 1:]:
+        block._depthwise_conv.dilation = (2, 2)
+    with torch.no_grad():
+        after = fcn(probe)
+    error = float((after[..., 1::2, 1::2] - before).abs().max())
+    if error > 1e-3 * float(before.abs().max()):
+        raise SystemExit(f"--output-stride 16: the dilated network differs from the original by {error}")
+
+
+def recalibrate(model, out: Path) -> dict:
+    """Calibrate ``model``'s thresholds on coco128 train as the shipped ones were; cached in ``out``."""
+    from napari_prm.peaks import calibrate_model
+
+    path = out / "calibration.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    dataset = from_coco(ANNOTATIONS / "instances_train2017.json", require_positives=False)
+    settings = {k: v for k, v in calibrate_model(model, dataset).as_settings().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2, default=float))
+    return settings
 
 
 def cached_proposals(cache: Path, stem: str, image: np.ndarray) -> tuple[np.ndarray, float]:
@@ -217,14 +270,30 @@ def main() -> None:
                         help="resamples of the images for the mAP^r .5 intervals (0: none)")
     parser.add_argument("--split", choices=("val", "train"), default="val",
                         help="coco128 split (train: where settings are chosen; val: where they are reported)")
+    parser.add_argument("--output-stride", type=int, choices=(32, 16), default=32,
+                        help="16: EfficientNet-Lite0's last stride-2 stage dilated instead, its thresholds "
+                             "calibrated again on coco128 train (cached in <out>/calibration.json)")
     args = parser.parse_args()
+    if args.output_stride == 16 and args.rows and any("tta" in row for row in args.rows):
+        parser.error("--output-stride 16: the TTA rows need their own calibration at that stride; leave them out")
     if args.bootstrap < 0:
         parser.error(f"--bootstrap: expected 0 (none) or a number of resamples, got {args.bootstrap}")
     import torch
 
     model, dataset, indices = val_images(args.model, args.threads, args.split)
+    calibration = None
+    if args.output_stride == 16:
+        dilate_last_stage(model)
+        calibration = recalibrate(model, args.out)
+        model.settings.update(calibration)
+        model.settings.pop("tta_calibration", None)
+        print(f"output stride 16: thresholds {calibration['class_threshold']:.2f} / "
+              f"{calibration['peak_threshold']:.2f} calibrated on coco128 train", flush=True)
     cache = args.cache or args.out.parent / "proposal_cache"
-    rows = [row for row in ROWS if args.rows is None or row[0] in args.rows]
+    if args.rows is None:  # every row, but TTA at stride 16 (it has no calibration there)
+        rows = [row for row in ROWS if not (args.output_stride == 16 and "tta" in row[0])]
+    else:
+        rows = [row for row in ROWS if row[0] in args.rows]
     if args.max_images:
         indices = indices[: args.max_images]
     print(f"{args.model}: {len(indices)} {args.split} images with a class of the model; rows: {[r[0] for r in rows]}",
@@ -302,12 +371,15 @@ def main() -> None:
             "funnel_share": [funnel["with_peak"] / total, funnel["with_proposal"] / total, funnel["retrieved"] / total],
         })
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"model": args.model, "images": len(indices),
+    meta = {"model": args.model, "output_stride": args.output_stride, "calibration": calibration,
+            "images": len(indices),
             "split": f"coco128 {args.split} (images showing a class of the model)",
             "load_average_start_end": [load_start, load_end], "torch_threads": torch.get_num_threads(),
             "seconds": time.perf_counter() - started}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
-    lines = [f"Model `{args.model}`, {len(indices)} coco128 {args.split} images; load average {load_start[0]:.1f} → "
+    stride = "" if args.output_stride == 32 else " at output stride 16 (recalibrated)"
+    lines = [f"Model `{args.model}`{stride}, {len(indices)} coco128 {args.split} images; "
+             f"load average {load_start[0]:.1f} → "
              f"{load_end[0]:.1f}, {torch.get_num_threads()} torch threads.", "",
              "| row | mAP^r .25 / .5 / .75 | ABO | class pointing | peak precision | PRM quality | peaks / image "
              "| s / image | GT with a peak / a proposal / retrieved |",
