@@ -804,6 +804,33 @@ def test_a_cancelled_export_leaves_no_file_and_the_previous_export_as_it_was(tmp
     assert not (tmp_path / "new").exists()
 
 
+def test_an_export_cancelled_while_it_writes_leaves_no_folder_it_made(tmp_path):
+    """Cancel seen after a file was written (the check between files) removed the files but left the
+    folders the export had made, empty, where the docs and the widget say nothing was made."""
+    from napari_prm.predict import Cancelled
+
+    labels, table = synthetic_labels(), synthetic_table()
+    calls = []
+
+    def after_the_first_file():  # false until a file of the export has been written
+        calls.append(1)
+        return any(p.is_file() for p in (tmp_path / "new").rglob("*"))
+
+    with pytest.raises(Cancelled):
+        io.export_instances(labels, table, CLASS_NAMES, tmp_path / "new" / "deeper", stem="x",
+                            cancel=after_the_first_file)
+    assert len(calls) > 2 and not (tmp_path / "new").exists()
+    with pytest.raises(Cancelled):  # one named file: cancelled once it is written
+        io.export_instances(labels, table, CLASS_NAMES, tmp_path / "new" / "x.csv", cancel=after_the_first_file)
+    assert not (tmp_path / "new").exists()
+    # a folder that was there stays, with what it held
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(Cancelled):
+        io.export_instances(labels, table, CLASS_NAMES, tmp_path / "kept", stem="x",
+                            cancel=lambda: any((tmp_path / "kept").rglob("*.*")))
+    assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())
+
+
 def test_sparse_large_label_values_and_no_background(tmp_path):
     labels = synthetic_labels()
     labels[labels == 2] = 4_000_000_000  # near the uint32 limit: no per-value arrays

@@ -174,24 +174,33 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         coco = labels_to_coco(labels, table, class_names, file_name=image_file_name, world=world)
     check_cancel()
     folder = next(iter(targets.values())).parent
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
-    if len(targets) == 1 and out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir():
-        (kind, target), = targets.items()  # one named file: replacing it is one rename already
-        with atomic_write(target, overwrite=overwrite) as temp:  # raised in the block: the temporary goes
-            _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
-                                axes=axes if kind == "tiff" else None)
+    try:
+        if len(targets) == 1 and out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir():
+            (kind, target), = targets.items()  # one named file: replacing it is one rename already
+            with atomic_write(target, overwrite=overwrite) as temp:  # raised in the block: the temporary goes
+                _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
+                                    axes=axes if kind == "tiff" else None)
+                check_cancel()
+            return [target]
+        info = {"written_by": "export_instances", "image": image_file_name}
+        info |= _kept_image_record(folder, stem or "labels", image_file_name)
+        with write_file_set(folder, stem or "labels", {kind: path.name for kind, path in targets.items()},
+                            overwrite=overwrite, info=info) as staged:
+            for kind, temp in staged.items():  # raised in the block: the staged files go, the folder is unchanged
+                check_cancel()
+                _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
+                                    axes=axes if kind == "tiff" else None)
             check_cancel()
-        return [target]
-    info = {"written_by": "export_instances", "image": image_file_name}
-    info |= _kept_image_record(folder, stem or "labels", image_file_name)
-    with write_file_set(folder, stem or "labels", {kind: path.name for kind, path in targets.items()},
-                        overwrite=overwrite, info=info) as staged:
-        for kind, temp in staged.items():  # raised in the block: the staged files go, the folder is unchanged
-            check_cancel()
-            _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
-                                axes=axes if kind == "tiff" else None)
-        check_cancel()
-    return list(targets.values())
+        return list(targets.values())
+    except Cancelled:  # nothing of the export is left: nor the folders it made (empty again)
+        for path in made:
+            try:
+                path.rmdir()
+            except OSError:  # not empty (written to meanwhile by another): kept
+                break
+        raise
 
 
 #: What ``napari-prm predict`` records in a manifest of where its image is (`napari_prm.batch`).
