@@ -590,3 +590,18 @@ def test_learn_reads_a_corrected_stack_plane_and_its_image_plane_from_the_files(
     assert isinstance(image, FolderImage)
     np.testing.assert_array_equal(image(), io.read_stack(stack_folder / "b_z.tif").planes[1])
     assert set(table()["label"]) >= set(np.unique(written[written > 0]))
+
+
+def test_exporting_the_folder_instances_gives_no_advice_to_rename_an_image_folder(predict_widget, qtbot,
+                                                                                  image_folder, tmp_path):
+    """*Export instances* of *Run on folder*'s stack noted "No image file name recorded: layer 'folder instances' was
+    made on the image 'folder', which is not open under that name ... name its image layer 'folder' again": there is
+    no such image (its planes are of the folder's images, each with its files in the run's output folder)."""
+    run_folder(predict_widget, qtbot, image_folder, tmp_path / "out")
+    viewer = predict_widget.viewer
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._layer.value = viewer.layers[LABELS_LAYER]
+    written = widget.export(tmp_path / "export", stem="all")
+    assert [p.name for p in written] == ["all_labels.tif", "all_instances.csv"], widget._status.value
+    assert "not open under that name" not in widget._status.value
+    assert "'folder'" not in widget._status.value, widget._status.value

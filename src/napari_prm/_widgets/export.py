@@ -272,7 +272,8 @@ class ExportWidget(Container):
         unpaired = ""
         if not file_name and (image := image_layer_of(self._viewer, layer)) is not None:
             file_name = image_file_name(image)
-        elif not file_name and named_image(layer):  # its image is gone: no other image is taken for it
+        elif not file_name and named_image(layer) and not _folder_run_stack(layer):
+            # its image is gone: no other image is taken for it
             unpaired = f" No image file name recorded: {unpaired_message(layer)}."
         note = (f" Not written: {flat_only}, which hold 2-D labels only (this layer is a stack of "
                 f"{int(np.prod(labels.shape[:-2]))} planes)." if skipped else "")
@@ -334,6 +335,14 @@ class _Job:
     world: dict
     axes: str | None  # a stack's, named in its label TIFF (None: tifffile's unnamed Q)
     note: str  # said after the files written: formats left out, an image file name not recorded
+
+
+def _folder_run_stack(layer) -> bool:
+    """Whether ``layer`` is *Run on folder*'s stack (or a copy of it): its planes are of the folder's images, not
+    of one image named by the layer (``folder instances`` names no image ``folder``)."""
+    from .batch import FOLDER_PLANES, LABELS_LAYER
+
+    return FOLDER_PLANES in (layer.metadata or {}) or uncounted_name(layer.name) == LABELS_LAYER
 
 
 def _write(job: _Job, cancel=None) -> list[Path]:
