@@ -138,7 +138,7 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
     cancel : callable or threading.Event, optional
         Checked before each step (the COCO RLE, each file); when it says stop,
         `napari_prm.predict.Cancelled` is raised and nothing is written: files staged so far
-        are removed, earlier files of ``stem`` are left as they were.
+        (and folders made for them) are removed, earlier files of ``stem`` are left as they were.
 
     Returns
     -------
