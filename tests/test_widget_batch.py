@@ -605,3 +605,42 @@ def test_exporting_the_folder_instances_gives_no_advice_to_rename_an_image_folde
     assert [p.name for p in written] == ["all_labels.tif", "all_instances.csv"], widget._status.value
     assert "not open under that name" not in widget._status.value
     assert "'folder'" not in widget._status.value, widget._status.value
+
+
+def test_learn_says_a_folder_plane_erased_to_no_instance_is_not_learnt_not_that_none_changed(
+        predict_widget, qtbot, image_folder, tmp_path):
+    """Every instance of one image erased (all its detections were wrong), *Learn* said "none of its 2 planes
+    differs from what the folder run wrote" of a 3-plane stack: the erased plane did differ; it holds no instance,
+    which is nothing to learn from. The message says so; beside a plane that holds corrections, a note says it."""
+    run_folder(predict_widget, qtbot, image_folder, tmp_path / "out")
+    viewer = predict_widget.viewer
+    layer = viewer.layers[LABELS_LAYER]
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections", tabify=True)
+    widget._device.value = "cpu"
+    widget._out.value = tmp_path / "refined.pt"
+    widget.reset_choices()
+    widget._layers.value = [layer]
+    coffee = io.read_label_image(tmp_path / "out" / "b_coffee_labels.tif")
+    assert coffee.any(), "the test needs instances to erase"
+    for _ in range(100):  # napari's fill, as a user erases each instance (each part of one in pieces)
+        left = np.argwhere(np.asarray(layer.data[1]) > 0)
+        if not len(left):
+            break
+        layer.fill((1, *map(int, left[0])), 0)
+    assert not np.asarray(layer.data[1]).any()
+    assert widget.start(epochs=1) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert "none of its 2 planes differs" not in widget.last_message, widget.last_message
+    assert (f"{LABELS_LAYER}: 1 plane you changed holds no instance now ({LABELS_LAYER}: b_coffee.png)"
+            in widget.last_message), widget.last_message
+    assert not (tmp_path / "refined.pt").exists()
+    assert "and its other 2 planes are as the folder run wrote them" in widget.last_message
+    # beside a plane that holds corrections (an instance of a_cat.png erased): learnt, and the note says it
+    cat = io.read_label_image(tmp_path / "out" / "a_cat_labels.tif")
+    y, x = np.argwhere(cat > 0)[0]
+    layer.fill((0, int(y), int(x)), 0)
+    assert widget.start(epochs=1) is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.last_message.startswith("Learnt from 1 corrected image(s)"), widget.last_message
+    assert (f"Note: not learnt from: 1 plane you changed holds no instance now ({LABELS_LAYER}: b_coffee.png)"
+            in widget.last_message), widget.last_message

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
-from .._text import plural
+from .._text import first_names, plural
 from ..io import channels_for
 from ..refine import RefineResult, correction_from_layer, load_corrections, refine
 from ..refine.corrections import other_class_warning
@@ -123,16 +124,29 @@ def read_labels(labels, source: str) -> np.ndarray | None:
         raise ValueError(f"cannot read the labels of {source}: {error or type(error).__name__}") from error
 
 
-def no_labels_message(layers, unchanged: int = 0) -> str:
+def no_labels_message(layers, unchanged: int = 0, emptied: Sequence[str] = ()) -> str:
     """Corrected layers (or their names) hold no labels (or, ``unchanged``, only planes of a folder run left
-    as the run wrote them): what to do."""
+    as the run wrote them, and ``emptied``, the sources of those changed to hold no instance): what to do."""
     names = ", ".join(layer if isinstance(layer, str) else layer.name for layer in layers)
+    if emptied:
+        others = (f"its other {plural(unchanged, 'plane')} {'is' if unchanged == 1 else 'are'} as the folder run "
+                  "wrote them" if unchanged else "no other plane changed")
+        return (f"{names}: {emptied_text(emptied)}, and {others}; correct the instances of some planes so that they "
+                "hold the right instances (erase, paint or fill them with napari's Labels tools): only the planes "
+                "you changed that hold instances are learnt from")
     if unchanged:
         return (f"{names}: none of its {plural(unchanged, 'plane')} differs from what the folder run "
                 "wrote; correct the instances of some planes first (erase, paint or fill them with napari's Labels "
                 "tools): only the planes you changed are learnt from")
     return (f"{names}: no labels yet; correct some instances first (paint them, and set their class in the "
             "Peak Response Maps widget)")
+
+
+def emptied_text(emptied: Sequence[str]) -> str:
+    """The folder run's planes changed to hold no instance (their sources), said: nothing to learn there."""
+    count = len(emptied)
+    return (f"{plural(count, 'plane')} you changed {'holds' if count == 1 else 'hold'} no instance now "
+            f"({first_names(emptied)}): a plane without instances teaches the head nothing")
 
 
 @dataclass
@@ -326,6 +340,7 @@ class RefineWidget(StopsOnClose, Container):
         corrections, lacking = [], {}  # a class the model lacks: the layers (planes) naming it, once per instance
         lazy = sum(callable(labels) for _, labels, _, _ in planes)
         read = unchanged = 0
+        emptied = []  # a folder run's planes changed to hold no instance: nothing to learn there, said
         for image, labels, features, source in planes:
             if callable(labels):  # lazy labels (one file a plane): read here, a plane at a time
                 if self._cancel.is_set():  # as a cancel while the features are read: the model is left as it was
@@ -337,6 +352,8 @@ class RefineWidget(StopsOnClose, Container):
                     unchanged += 1
                     continue
                 if not labels.any():
+                    if isinstance(image, FolderImage):  # its instances erased: it differs, but teaches nothing
+                        emptied.append(source)
                     continue
             if callable(features):  # a folder run's plane: the classes of its instance CSV
                 features = features()
@@ -351,7 +368,9 @@ class RefineWidget(StopsOnClose, Container):
                 "corrected layers", lacking, model.class_names,
                 hint="classes set for another model, or typed in the features table?"))
         if not corrections and masks is None:
-            raise ValueError(no_labels_message(self._chosen_names, unchanged))
+            raise ValueError(no_labels_message(self._chosen_names, unchanged, emptied))
+        if emptied:
+            self._notes.append(f"not learnt from: {emptied_text(emptied)}")
         if masks is not None:
             # their image files read with the model's channels, as refine --masks reads them (the
             # layers are taken as they are); the refined model records those channels
