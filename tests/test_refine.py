@@ -645,3 +645,22 @@ def test_refine_inside_torch_no_grad_is_the_same(tiny96, shapes_scenes):
     with torch.no_grad():
         inside = refine(tiny96, corrections=corrections, epochs=1, device="cpu")
     assert [r.loss for r in inside.history] == [r.loss for r in outside.history]
+
+
+def test_prepare_samples_cancel_raises_the_packages_one_cancelled(tiny96, shapes_scenes, tmp_path):
+    # refine's sample preparation stopped with its own Cancelled(Exception), which a caller catching
+    # napari_prm.predict.Cancelled (what predict, PRMPredictor and export_instances raise) missed
+    import imageio.v3 as iio
+
+    from napari_prm.data import LabeledImageDataset
+    from napari_prm.predict import Cancelled
+    from napari_prm.refine.features import find_stages
+    from napari_prm.refine.samples import prepare_samples
+
+    iio.imwrite(tmp_path / "scene.png", shapes_scenes[0][0])
+    dataset = LabeledImageDataset([tmp_path / "scene.png"], np.array([[1, 0]], np.float32), CLASSES)
+    stages = find_stages(tiny96.network.fcn.features, probe_size=96)
+    with pytest.raises(Cancelled):
+        prepare_samples(tiny96, stages, dataset=dataset, cache_dir=tmp_path / "cache", cancel=lambda: True,
+                        predict_options={"class_threshold": -1e9, "peak_threshold": -1e9})
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

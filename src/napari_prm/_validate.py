@@ -60,8 +60,9 @@ def _outside(number: float, low, high, low_open: bool, high_open: bool) -> bool:
 
 
 class Cancelled(RuntimeError):
-    """Raised when a ``cancel`` check turns true (`is_cancelled`): by `napari_prm.predict`, `PRMPredictor`
-    and `napari_prm.io.export_instances` (one class, also ``napari_prm.predict.Cancelled``)."""
+    """Raised when a ``cancel`` check turns true (`is_cancelled`): by `napari_prm.predict`, `PRMPredictor`,
+    `napari_prm.io.export_instances` and `napari_prm.refine.samples.prepare_samples` (one class, also
+    ``napari_prm.predict.Cancelled``)."""
 
 
 def is_cancelled(cancel) -> bool:

@@ -307,7 +307,8 @@ class BatchPanel(StopsOnClose, Container):
         label_paths = [result.labels_path(r) for r in done]
         labels = batch.label_stack(label_paths)
         planes = batch.label_planes(label_paths)  # a stack's planes are planes here too
-        images = batch.image_stack([r.image for r in done], batch.label_shapes(label_paths), planes)
+        shapes = batch.label_shapes(label_paths)  # each file's header, read once
+        images = batch.image_stack([r.image for r in done], shapes, planes)
         metadata = {"images": [r.image for r in done], "labels": [str(p) for p in label_paths],
                     "summary": str(result.summary)}
         names = [self._name(r.image) for r in done]  # an image in a sub-folder: its path there
@@ -316,7 +317,7 @@ class BatchPanel(StopsOnClose, Container):
         # each plane's files and size: Learn from corrections reads a corrected plane's image from its file
         sources = [{"image": r.image, "labels": str(path), "plane": plane if count > 1 else None,
                     "shape": list(shape)}
-                   for r, path, count, shape in zip(done, label_paths, planes, batch.label_shapes(label_paths))
+                   for r, path, count, shape in zip(done, label_paths, planes, shapes)
                    for plane in range(count)]
         for name, data, add in ((IMAGES_LAYER, images, self._viewer.add_image),
                                 (LABELS_LAYER, labels, self._viewer.add_labels)):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._validate import Cancelled  # the one class (napari_prm.predict.Cancelled too)
 from ..io.atomic import atomic_write
 from ..model.checkpoint import PRMModel, model_fingerprint
 from ..train import is_cancelled
@@ -61,10 +62,6 @@ class Sample:
     def num_peaks(self) -> int:
         """The number of peaks: the rows of ``prompts``."""
         return int(self.prompts.shape[0])
-
-
-class Cancelled(Exception):
-    """Raised by :func:`prepare_samples` when its ``cancel`` check turns true."""
 
 
 def _features(model: PRMModel, stages, image: np.ndarray) -> list[torch.Tensor]:
