@@ -496,6 +496,47 @@ def test_cancel_during_the_folder_search_stops_there_and_writes_nothing(predict_
     assert [r.status for r in panel.result.results] == ["written"] * 3, panel.last_message
 
 
+def test_cancel_while_the_model_loads_stops_there_and_writes_nothing(predict_widget, qtbot, image_folder,
+                                                                     tmp_path, monkeypatch):
+    """Cancel pressed after the folder search, while the model loaded (seconds for a large checkpoint), was seen
+    only by `predict_many`, which wrote a summary.csv and manifest whose every image was "cancelled" ("Cancelled:
+    0 written, 0 skipped, 0 failed, 3 not done"). It stops once the model is loaded now, writing nothing, as a
+    Cancel during the search does, and says so."""
+    import threading
+
+    from napari_prm.model import checkpoint
+
+    loading, gate, real = threading.Event(), threading.Event(), checkpoint.load_model
+
+    def load_model(*args, **kwargs):
+        loading.set()
+        assert gate.wait(30), "the test never let the model load"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_model", load_model)
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value, panel._out.value = image_folder, tmp_path / "out"
+    panel._workers.value = 0
+    try:
+        assert panel.start() is not None
+        assert loading.wait(30), "the model was never loaded"
+        qtbot.waitUntil(lambda: panel.found_message.startswith("Predicting 3 images"), timeout=WAIT_MS)
+        panel.cancel()
+    finally:
+        gate.set()
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert panel.result is None and not (tmp_path / "out").exists(), panel.last_message
+    assert panel.last_message == ("Cancelled while loading the model: nothing was predicted or written "
+                                  "(no summary).")
+    assert panel._status.value == panel.last_message and panel._run_button.enabled
+    assert not panel._cancel_button.enabled and LABELS_LAYER not in predict_widget.viewer.layers
+    # a new run does the whole folder
+    monkeypatch.setattr(checkpoint, "load_model", real)
+    panel.start()
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == ["written"] * 3, panel.last_message
+
+
 def test_learn_from_corrections_takes_the_corrected_planes_of_the_folder_instances(predict_widget, qtbot,
                                                                                    image_folder, tmp_path,
                                                                                    monkeypatch, tiny_checkpoint):

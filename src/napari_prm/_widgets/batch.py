@@ -6,7 +6,8 @@ dask cluster of worker processes; a napari ``progress`` bar in the activity dock
 counting planes as ``napari-prm predict``'s bar does (a TIFF stack's one by one in napari's
 process, all at once when a worker process ran it), and Cancel stops it between images (so
 does closing the panel, or taking it out of its dock; a closed panel opens no layers); a
-Cancel during the folder search stops when the search ends, writing nothing (no summary). The
+Cancel during the folder search stops when the search ends, and one while the model loads (or the
+worker processes start) when it is loaded, writing nothing (no summary). The
 results open lazily: the images and their label images as two dask-backed stacks (one plane
 per image, read when shown), so stepping through a thousand results reads only the planes
 looked at.
@@ -65,6 +66,8 @@ class _NoImages(ValueError):
 
 #: What the worker returns when Cancel came while it searched the folder (no image run, nothing written).
 _SEARCH_CANCELLED = object()
+#: ... and when Cancel came while it loaded the model (or started the worker processes), after the search.
+_LOAD_CANCELLED = object()
 
 
 @dataclass
@@ -204,9 +207,14 @@ class BatchPanel(StopsOnClose, Container):
                    **self._predict.threshold_overrides(settings)}
         if settings.get("input_size") is not None:
             options["input_size"] = settings["input_size"]
-        # cancelled while the model loaded: no cluster is started (seconds) only to mark every image not done
-        client = batch.start_local_cluster(workers) if workers and not self._cancel.is_set() else None
+        # cancelled while the model loaded: no cluster is started (seconds), and no summary is written whose
+        # every image is "cancelled" (nothing ran); so too when it came while the cluster started
+        if self._cancel.is_set():
+            return _LOAD_CANCELLED
+        client = batch.start_local_cluster(workers) if workers else None
         try:
+            if self._cancel.is_set():
+                return _LOAD_CANCELLED
             return batch.predict_many(
                 images, model, out, client, stems=stems, overwrite=overwrite, device=settings["device"],
                 progress=lambda result, done, total: self._relay.progressed.emit((result, done, total)),
@@ -265,6 +273,10 @@ class BatchPanel(StopsOnClose, Container):
         if result is _SEARCH_CANCELLED:  # no image was started: no summary, no layers
             why = "Stopped as the panel was closed" if self._closed else "Cancelled"
             self._say(f"{why} while searching the folder: nothing was predicted or written (no summary).")
+            return
+        if result is _LOAD_CANCELLED:  # the images were found, but none was started: as above
+            why = "Stopped as the panel was closed" if self._closed else "Cancelled"
+            self._say(f"{why} while loading the model: nothing was predicted or written (no summary).")
             return
         self.result = result
         counts = {status: len(result.with_status(status)) for status in ("written", "skipped", "failed")}
