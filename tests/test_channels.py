@@ -268,9 +268,11 @@ def test_widget_says_which_channels_the_model_was_trained_on_for_a_gray_layer(
             "but 'channel 2' is not an RGB layer") in widget.last_message
     assert "viewer.add_image(np.stack([c2.data, c0.data, np.zeros_like(c2.data)], axis=-1), rgb=True)" \
         in widget.last_message
-    widget.image.value = viewer.layers["three"]  # an RGB layer: nothing to say
+    widget.image.value = viewer.layers["three"]  # an RGB layer: how its colours should hold the channels
     run_and_wait(widget, qtbot)
-    assert "trained on image channel" not in widget.last_message
+    assert ("The model was trained on image channels 2,0 as red and green with an empty blue (its checkpoint "
+            "records them): 'three' is an RGB layer, run on as it is, so its red should be channel 2, its green "
+            "channel 0 and its blue empty.") in widget.last_message
     # a model that records one channel: the gray layer should be that channel
     widget.select_model(str(_with_channels(tiny_checkpoint, tmp_path / "one.pt", [2])))
     qtbot.waitUntil(lambda: widget.classes_loaded, timeout=60_000)
@@ -282,6 +284,47 @@ def test_widget_says_which_channels_the_model_was_trained_on_for_a_gray_layer(
     qtbot.waitUntil(lambda: widget.classes_loaded, timeout=60_000)
     run_and_wait(widget, qtbot)
     assert "trained on image channel" not in widget.last_message
+
+
+def test_widget_says_how_a_model_of_chosen_channels_sees_an_rgb_layer(make_napari_viewer, qtbot, tmp_path,
+                                                                    tiny_checkpoint):
+    """An RGB layer run by a model whose checkpoint records one or two chosen channels got no note, though the
+    model saw one channel as gray (the same in red, green and blue), not held in red with an empty green and
+    blue as such a layer is, and two as red and green with an empty blue. The run says what the model expects
+    and how to make such a layer now; an RGB layer run by a model of channels 0, 1, 2 (RGB as read) gets none."""
+    from napari.layers import Image
+
+    from napari_prm._widgets.predict import channels_note
+    from test_widget_predict import open_predict, run_and_wait
+
+    data = four_channels()
+    red = np.stack([data[2], np.zeros_like(data[2]), np.zeros_like(data[2])], axis=-1)
+    viewer = make_napari_viewer()
+    viewer.add_image(red, name="channel 2 in red", rgb=True)
+    one = _with_channels(tiny_checkpoint, tmp_path / "one.pt", [2])
+    widget = open_predict(viewer, qtbot, one)
+    widget.proposals.value = None
+    widget.image.value = viewer.layers["channel 2 in red"]
+    run_and_wait(widget, qtbot)
+    assert ("The model was trained on image channel 2 alone, read as gray (the same in red, green and blue; its "
+            "checkpoint records it), but 'channel 2 in red' is an RGB layer: it ran on its colours as they are "
+            "(a channel held in red with an empty green and blue is seen as red, not as gray). To run it as "
+            "trained, add that channel as a gray layer from napari's console, "
+            "viewer.add_image(viewer.layers['channel 2 in red'].data[..., 0]) (0: red, 1: green, 2: blue, the "
+            "colour that holds it), and run on that.") in widget.last_message
+    # the line it gives makes the gray layer the model was trained on, which gets no such note
+    viewer.add_image(viewer.layers["channel 2 in red"].data[..., 0], name="gray")
+    np.testing.assert_array_equal(viewer.layers["gray"].data, data[2])
+    assert channels_note(viewer.layers["gray"], [2]).startswith("The model was trained on image channel 2 alone "
+                                                                "(read as gray")
+    layer = Image(red, name="rgb", rgb=True)
+    three = channels_note(layer, [1, 3, 0])
+    assert ("channels 1,3,0 as red, green and blue (its checkpoint records them): 'rgb' is an RGB layer, run on "
+            "as it is, so its red, green and blue should be channels 1, 3 and 0. To make such a layer, add those "
+            "channels' layers as one RGB layer from napari's console, "
+            "viewer.add_image(np.stack([c1.data, c3.data, c0.data], axis=-1), rgb=True), where c1, c3, c0 are the "
+            "layers of channels 1,3,0") in three
+    assert channels_note(layer, [0, 1, 2]) == "" and channels_note(layer, None) == ""
 
 
 def test_batch_manifest_records_the_channels_read_so_cli_and_python_runs_know_each_other(

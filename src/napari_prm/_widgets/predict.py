@@ -595,7 +595,9 @@ class PredictWidget(PredictForm, QWidget):
         channel_note = channels_note(layer, recorded)
         if channel_note:
             hand_notes.insert(0, channel_note)
-        unmatched = bool(channel_note) and len(recorded) > 1  # a gray layer run by a model of 2-3 channels
+        # a gray layer run by a model of 2-3 channels, or an RGB one by a model of one channel (read as gray)
+        rgb = bool(getattr(layer, "rgb", False))
+        unmatched = bool(channel_note) and (len(recorded) > 1) != rgb
         if leading and len(planes) < int(np.prod(leading)) and self.viewer.dims.ndisplay == 3:
             # the 3-D view shows every plane: the results of the one run would seem to be the stack's
             hand_notes.insert(0, f"Ran on {_planes_text(planes)} only, the one the slider was last on (the 3-D view "
@@ -847,12 +849,17 @@ def _hand_notes(kept: int, missing: list, elsewhere: int, no_instance: list) -> 
 
 def channels_note(layer, channels) -> str:
     """What a run's message says when the model records the image ``channels`` it was trained
-    on (``settings["channels"]`` of its checkpoint) and ``layer`` is not an RGB layer.
+    on (``settings["channels"]`` of its checkpoint) and ``layer`` may not hold them as it saw them.
 
     The widget runs on the layer's pixels as they are: it cannot pick channels from a gray
     layer (one channel of an image opened with ``channel_axis`` is a layer of its own), nor
-    combine layers. The note names the channels and says how to add them as one RGB layer
-    (docs/plugin.md, *image*). "" when nothing is recorded or the layer is RGB(A).
+    combine layers, nor take one channel out of an RGB layer. For a layer that is not RGB the
+    note names the channels and says how to add them as one RGB layer (docs/plugin.md,
+    *image*). For an RGB(A) layer it says how the model saw them: one channel as gray (the
+    same in red, green and blue; one held in red with an empty green and blue is not it), and
+    how to add it as a gray layer; 2 as red and green with an empty blue, 3 as red, green and
+    blue, and how to make such a layer. "" when nothing is recorded, or when an RGB layer is
+    run by a model of channels 0, 1, 2 (an RGB image read as it is).
 
     Parameters
     ----------
@@ -866,18 +873,34 @@ def channels_note(layer, channels) -> str:
     str
         The note, or "".
     """
-    if not channels or getattr(layer, "rgb", False):
+    if not channels:
         return ""
-    listed = ",".join(str(int(c)) for c in channels)
+    channels = [int(c) for c in channels]
+    listed = ",".join(map(str, channels))
+    names = [f"c{c}" for c in channels]
+    parts = [f"{name}.data" for name in names] + ([f"np.zeros_like({names[0]}.data)"] if len(names) == 2 else [])
+    recipe = (f"add those channels' layers as one RGB layer from napari's console, "
+              f"viewer.add_image(np.stack([{', '.join(parts)}], axis=-1), rgb=True), where "
+              + ", ".join(names) + f" are the layers of channels {listed} (see the plugin docs, 'image')")
+    if getattr(layer, "rgb", False):
+        if channels == [0, 1, 2]:
+            return ""
+        if len(channels) == 1:
+            return (f"The model was trained on image channel {listed} alone, read as gray (the same in red, green "
+                    f"and blue; its checkpoint records it), but {layer.name!r} is an RGB layer: it ran on its colours "
+                    "as they are (a channel held in red with an empty green and blue is seen as red, not as gray). "
+                    "To run it as trained, add that channel as a gray layer from napari's console, "
+                    f"viewer.add_image(viewer.layers[{layer.name!r}].data[..., 0]) (0: red, 1: green, 2: blue, the "
+                    "colour that holds it), and run on that.")
+        colours = ("its red should be channel {}, its green channel {} and its blue empty" if len(channels) == 2
+                   else "its red, green and blue should be channels {}, {} and {}").format(*channels)
+        laid = "as red and green with an empty blue" if len(channels) == 2 else "as red, green and blue"
+        return (f"The model was trained on image channels {listed} {laid} (its checkpoint records them): "
+                f"{layer.name!r} is an RGB layer, run on as it is, so {colours}. To make such a layer, "
+                f"{recipe}.")
     if len(channels) == 1:
         return (f"The model was trained on image channel {listed} alone (read as gray, its checkpoint records it): "
                 f"{layer.name!r} should be that channel (the widget runs on a layer as it is).")
-    names = [f"c{int(c)}" for c in channels]
-    parts = [f"{name}.data" for name in names] + ([f"np.zeros_like({names[0]}.data)"] if len(names) == 2 else [])
-    stacked = ", ".join(parts)
     return (f"The model was trained on image channels {listed} as red, green and blue (its checkpoint records "
             f"them), but {layer.name!r} is not an RGB layer: it ran on this layer's pixels alone. To run it as "
-            f"trained, add those channels' layers as one RGB layer from napari's console, "
-            f"viewer.add_image(np.stack([{stacked}], axis=-1), rgb=True), where "
-            + ", ".join(names) + f" are the layers of channels {listed} (see the plugin docs, 'image'), "
-            "and run on that.")
+            f"trained, {recipe}, and run on that.")
