@@ -107,3 +107,93 @@ def test_stack_label_tiff_with_its_csv_gives_one_feature_row_per_label(tmp_path)
     csv_path.write_text(text)
     with pytest.raises(ValueError, match="planes of 1 leading axes, but the label image has 0"):
         napari_get_reader(path)(path)
+
+
+#: (3, H, W) and (H, W, 3) TIFFs as tifffile writes them: without photometric, with photometric
+#: 'rgb' or 'minisblack', with ImageJ or OME axes.
+_LAYOUTS = {
+    "plain": ("chw", {}), "rgb": ("chw", {"photometric": "rgb"}), "minisblack": ("chw", {"photometric": "minisblack"}),
+    "imagej_cyx": ("chw", {"imagej": True, "metadata": {"axes": "CYX"}}),
+    "ome_cyx": ("chw", {"ome": True, "metadata": {"axes": "CYX"}}),
+    "imagej_zyx": ("chw", {"imagej": True, "metadata": {"axes": "ZYX"}}),
+    "ome_zyx": ("chw", {"ome": True, "metadata": {"axes": "ZYX"}}),
+    "hwc": ("hwc", {}), "hwc_rgb": ("hwc", {"photometric": "rgb"}),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("layout", list(_LAYOUTS))
+def test_a_channels_first_tiff_opens_in_napari_as_the_command_line_reads_it(tmp_path, layout, dtype):
+    """A (3, H, W) TIFF (tifffile writes a planar RGB one when given no photometric, unnamed pages with
+    'minisblack', channels with ImageJ or OME axes CYX) was one RGB image to `read_image` and `predict`, but
+    napari-prm's reader left it to napari's, which opens it as 3 planes: the same file was predicted as one
+    colour image on the command line and as 3 gray planes in napari. The reader now opens what `read_image`
+    reads as colours as one RGB layer, by the same rule (`io.channels_first_note`), with the note saying how
+    it was read when the file does not mark its pages as colours; z-planes (ZYX), which `predict` runs plane
+    by plane, and (H, W, 3) images, which napari opens as RGB, are left to napari's reader."""
+    import warnings
+
+    shape, options = _LAYOUTS[layout]
+    rng = np.random.default_rng(3)
+    planes = (rng.random((3, 20, 30)) * 200).astype(dtype)
+    path = tmp_path / ("cells.ome.tif" if options.get("ome") else "cells.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tifffile's note on a (3, H, W) array without photometric
+        tifffile.imwrite(path, planes if shape == "chw" else np.moveaxis(planes, 0, -1), **options)
+    reader = napari_get_reader(str(path))
+    if layout.endswith("zyx"):  # a stack: predict runs its planes one by one, as napari shows them
+        assert io.stack_planes(path)[0] == "ZYX" and reader is None and io.channels_first_note(path) is None
+        return
+    np.testing.assert_array_equal(io.read_image(path), np.moveaxis(planes, 0, -1))  # the command line's
+    if shape == "hwc":
+        assert reader is None and io.channels_first_note(path) is None
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ((data, meta, kind),) = reader(str(path))
+    assert kind == "image" and meta["rgb"] and meta["name"] == "cells"
+    np.testing.assert_array_equal(data, np.moveaxis(planes, 0, -1))
+    note = io.channels_first_note(path)
+    if layout in ("plain", "rgb"):  # planar RGB: the file says so
+        assert note == "" and "read_as" not in meta["metadata"] and not caught
+    else:
+        axes = "CYX" if layout.endswith("cyx") else "QYX"
+        held = "3 channels (axes CYX)" if axes == "CYX" else "3 unnamed pages (tifffile's axes QYX)"
+        assert note.startswith(f"read {path.name} (3, 20, 30) as one RGB image, its {held} as red, green and "
+                               "blue: the file does not mark them as colours, and napari's own reader opens it "
+                               "as 3 planes"), note
+        assert meta["metadata"]["read_as"] == note
+        assert [str(w.message) for w in caught] == [f"napari-prm {note}."]  # napari shows it as a notification
+
+
+def test_predict_says_how_it_read_an_ambiguous_channels_first_tiff(tmp_path, capsys):
+    """`predict` read a (3, H, W) TIFF of unnamed pages as one RGB image silently; it says so now, as the
+    napari reader does."""
+    from skimage import data
+
+    from napari_prm.cli import main
+
+    path = tmp_path / "cat.tif"
+    tifffile.imwrite(path, np.moveaxis(data.chelsea()[::4, ::4], -1, 0).copy(), photometric="minisblack")
+    assert main(["predict", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    assert (f"{path}: read cat.tif (3, 75, 113) as one RGB image, its 3 unnamed pages (tifffile's axes QYX) "
+            "as red, green and blue") in printed.err + printed.out
+
+
+def test_napari_opens_a_channels_first_tiff_with_napari_prm_as_one_rgb_layer(tmp_path, make_napari_viewer):
+    """Opened with napari-prm's reader, a (3, H, W) TIFF of unnamed pages is one RGB layer, the pixels
+    `read_image` gives the command line; napari's own reader (its choice for a .tif unless told) still
+    shows 3 planes."""
+    rng = np.random.default_rng(5)
+    planes = (rng.random((3, 20, 30)) * 4000).astype(np.uint16)
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, planes, photometric="minisblack")
+    viewer = make_napari_viewer()
+    with pytest.warns(UserWarning, match=r"napari-prm read cells.tif \(3, 20, 30\) as one RGB image"):
+        (layer,) = viewer.open(str(path), plugin="napari-prm")
+    assert type(layer).__name__ == "Image" and layer.rgb
+    np.testing.assert_array_equal(layer.data, io.read_image(path))
+    assert layer.metadata["read_as"] == io.channels_first_note(path)
+    (own,) = viewer.open(str(path), plugin="napari")
+    assert not own.rgb and own.data.shape == (3, 20, 30)

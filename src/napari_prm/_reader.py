@@ -6,7 +6,9 @@ outputs; a stack's CSV has a row per plane and label, which
 the layer's features fold into one row per label) or when napari-prm exported it from a layer
 (a TIFF's description or a PNG's text chunks record the layer's scale, translate and units and
 the class names, which the layer gets back; such an export may have no CSV), so other images
-still open with napari's own reader. The formats are
+still open with napari's own reader, except a channels-first TIFF, ``(3, H, W)`` or ``(4, H, W)``,
+that `napari_prm.io.read_image` (and so the command line) reads as one RGB(A) image: it is opened
+so too (`read_channels_first_image`), not as the 3 or 4 planes napari's reader shows. The formats are
 :mod:`napari_prm.io`'s. Before reading, an interrupted switch of the image's outputs is
 finished (`napari_prm.io.settle_outputs`), so the label image and its table always come
 from the same run.
@@ -15,6 +17,7 @@ from the same run.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +49,26 @@ def napari_get_reader(path):
     if suffix in (".tif", ".tiff", ".png") and path.is_file() and (
             _paired_with_its_csv(path) or io.read_label_world(path) or io.read_label_class_names(path)):
         return read_labels_with_table  # with its table, or a label image napari-prm exported
+    if suffix in (".tif", ".tiff") and io.channels_first_note(path) is not None:
+        return read_channels_first_image  # (3, H, W): one RGB image, as the command line reads it
     return None
+
+
+def read_channels_first_image(path) -> list[tuple]:
+    """A channels-first TIFF, ``(3, H, W)`` or ``(4, H, W)``, as one RGB(A) Image layer: as
+    `napari_prm.io.read_image` (and so ``napari-prm predict``) reads it, which
+    `napari_prm.io.channels_first_note` decides; napari's own reader opens it as 3 or 4 planes.
+
+    When the file does not mark its first axis as colours (unnamed pages, ImageJ or OME
+    channels), the note saying how it was read is given as a warning (napari shows it) and kept in the layer's metadata
+    (``"read_as"``)."""
+    path = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    note = io.channels_first_note(path)
+    metadata = {"source": str(path)}
+    if note:  # napari shows a reader's warning as a notification
+        metadata["read_as"] = note
+        warnings.warn(f"napari-prm {note}.", UserWarning, stacklevel=2)
+    return [(io.read_image(path), {"name": io.image_stem(path.name), "rgb": True, "metadata": metadata}, "image")]
 
 
 def _paired_with_its_csv(path: Path) -> bool:

@@ -954,6 +954,8 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
           pixel_size=pixel_size, info=info, **({} if stack is None else {"axes": stack.label_axes}))
     notes = [note if stack is None else f"plane {plane}: {note}"
              for plane, prediction in enumerate(predictions) for note in prediction.notes]
+    if stack is None and channels is None and (note := io.channels_first_note(image)):
+        notes.insert(0, note)  # a (3, H, W) TIFF that does not say its pages are colours: how it was read
     if stack is not None:
         notes.append(f"a stack of {len(stack)} planes (axes {stack.axes}), predicted plane by plane: no COCO JSON "
                      "written (it holds 2-D label images only); the label TIFF stack and the instance CSV "

@@ -16,7 +16,7 @@ module                        holds
 ``napari_prm.io.images``      ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
                               `read_stack`, `stack_planes` (TIFF stacks of Z/T planes),
                               `read_array`, `image_array` (PIL images, tensors, paths),
-                              `as_rgb_float` (the one RGB normaliser), `opacity_note`,
+                              `as_rgb_float` (the one RGB normaliser), `opacity_note`, `channels_first_note`,
                               `unreadable_images` (headers and ends, no decoding),
                               `pick_channels`, `channels_for`, `parse_channels` (channels read as RGB)
 ``napari_prm.io.paths``       `sorted_paths`: one order of files on every operating system;
@@ -60,6 +60,7 @@ from .images import (
     ImageStack,
     as_rgb_float,
     channel_words,
+    channels_first_note,
     channels_for,
     image_array,
     opacity_note,
@@ -106,7 +107,7 @@ __all__ = [
     "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
     "read_array", "read_image", "read_plane", "read_stack", "stack_planes", "ImageStack", "image_array", "as_rgb_float",
     "pick_channels", "channels_for", "channel_words", "parse_channels",
-    "opacity_note", "unreadable_images",
+    "opacity_note", "unreadable_images", "channels_first_note",
     "write_label_image", "label_axes_from_names", "read_label_image", "tiff_pixel_size", "read_label_world",
     "read_label_class_names",
     "labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_image_world", "coco_results", "match_exports",

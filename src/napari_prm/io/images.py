@@ -23,7 +23,7 @@ from .._validate import path_like
 
 __all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "pick_channels", "checked_channels", "channels_for",
            "read_stack", "stack_planes", "ImageStack", "image_array",
-           "as_rgb_float", "opacity_note", "unreadable_images"]
+           "as_rgb_float", "opacity_note", "unreadable_images", "channels_first_note"]
 
 #: File name suffixes `read_image` reads: TIFF through tifffile, the others through imageio
 #: (Pillow). Folders given to ``napari-prm predict`` and dataset folders are filtered by them.
@@ -435,20 +435,11 @@ def _picked_channels(path, image: np.ndarray, header: Callable[[], tuple], chann
 def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarray:
     """`read_image`'s image from the array ``image`` read from ``path``; ``header()`` gives the
     TIFF's `_tiff_header`, asked for only when a rule needs it."""
-    if image.ndim == 4 and image.shape[0] == 1:  # one frame of a (frames, H, W, C) stack
-        image = image[0]
-    if image.ndim == 3 and image.shape[0] == 1 and image.shape[-1] not in (1, 3, 4):
-        image = image[0]  # one plane of a (planes, H, W) stack
-    if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (1, 3, 4) and _is_tiff(path):
-        # channels first: only a TIFF stores that (a gray + alpha PNG of 3 rows is (3, W, 2))
+    image = image.reshape(_singletons_dropped(image.shape))
+    if _channels_first(path, image.shape):
         axis = _tiff_leading_axis(path, image.ndim, header)
-        if axis in _NOT_COLOUR_AXES or (image.shape[0] == 4 and axis not in (None, "S")):
-            what = (f"holds {image.shape[0]} {_NOT_COLOUR_AXES[axis]}, not colour channels"
-                    if axis in _NOT_COLOUR_AXES else
-                    "holds 4 planes or channels, none of them an alpha channel (an RGBA TIFF "
-                    "marks it as an extra sample)")
-            advice = (_CHANNELS_ADVICE if axis == "C" else _unnamed_pages_advice() if axis in ("Q", "I")
-                      else "save one 2-D plane or an RGB image")
+        if refused := _channels_first_refused(image.shape, axis):
+            what, advice = refused
             raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA image, "
                              f"got an array of shape {image.shape} whose first axis {what}; {advice}")
         image = np.moveaxis(image, 0, -1)
@@ -485,6 +476,88 @@ def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarr
         raise ValueError(f"cannot read image {path}: it has no pixels "
                          f"({image.shape[0]}×{image.shape[1]})")
     return image
+
+
+def _singletons_dropped(shape: tuple) -> tuple:
+    """The shape `_one_image` works on: one frame of a ``(1, H, W, C)`` stack, one plane of a
+    ``(1, H, W)`` one."""
+    shape = tuple(shape)
+    if len(shape) == 4 and shape[0] == 1:  # one frame of a (frames, H, W, C) stack
+        shape = shape[1:]
+    if len(shape) == 3 and shape[0] == 1 and shape[-1] not in (1, 3, 4):
+        shape = shape[1:]  # one plane of a (planes, H, W) stack
+    return shape
+
+
+def _channels_first(path, shape: tuple) -> bool:
+    """Whether `read_image` takes an array of ``shape`` read from ``path`` for channels first,
+    ``(3 or 4, H, W)``, unless the TIFF's axes refuse it (`_channels_first_refused`): only a TIFF
+    stores that (a gray + alpha PNG of 3 rows is ``(3, W, 2)``)."""
+    return len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (1, 3, 4) and _is_tiff(path)
+
+
+def _channels_first_refused(shape: tuple, axis: str | None) -> tuple[str, str] | None:
+    """(what its first axis holds, what to do) when a channels-first array of ``shape``, whose TIFF
+    names its first axis ``axis``, is not one colour image; None when it is."""
+    if axis in _NOT_COLOUR_AXES:
+        what = f"holds {shape[0]} {_NOT_COLOUR_AXES[axis]}, not colour channels"
+    elif shape[0] == 4 and axis not in (None, "S"):
+        what = ("holds 4 planes or channels, none of them an alpha channel (an RGBA TIFF "
+                "marks it as an extra sample)")
+    else:
+        return None
+    advice = (_CHANNELS_ADVICE if axis == "C" else _unnamed_pages_advice() if axis in ("Q", "I")
+              else "save one 2-D plane or an RGB image")
+    return what, advice
+
+
+def channels_first_note(path: str | os.PathLike) -> str | None:
+    """How `read_image` reads a channels-first TIFF, ``(3, H, W)`` or ``(4, H, W)``, from its header.
+
+    `read_image` reads such a TIFF as one RGB (or RGBA) image, its first axis the colours, unless
+    its axes say z-planes or time points (see `read_image`); napari's own reader opens the same file
+    as 3 or 4 planes. napari-prm's napari reader, the command line and `predict_many` all ask this
+    function, so that a file is read the same way everywhere and an ambiguous one says how.
+
+    Parameters
+    ----------
+    path : path-like
+        The image file.
+
+    Returns
+    -------
+    str or None
+        None when `read_image` does not read the file as a channels-first colour image (any other
+        format or layout, a stack, a file it refuses or cannot open); ``""`` when the file itself
+        says that its first axis holds colour samples (a planar RGB TIFF: tifffile's axes ``SYX``);
+        else a note saying how it was read: unnamed pages (``QYX``: tifffile writes a
+        ``(3, H, W)`` array so with ``photometric='minisblack'``) or named channels (ImageJ or OME
+        ``CYX``) taken for red, green and blue.
+    """
+    path = path_like("image", path)
+    if not _is_tiff(path) or not path.is_file():
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes, shape = _series_of(tif)
+    except Exception:  # noqa: BLE001 -- read_image says what is wrong with the file
+        return None
+    full = tuple(int(n) for n in shape)
+    shape = _singletons_dropped(full)
+    if not _channels_first(path, shape):
+        return None
+    axis = axes[0] if len(axes) == len(shape) else None
+    if _channels_first_refused(shape, axis) is not None:
+        return None
+    if axis == "S":
+        return ""
+    colours = "red, green and blue" if shape[0] == 3 else "red, green, blue and opacity"
+    held = (f"{shape[0]} channels (axes {axes})" if axis == "C"
+            else f"{shape[0]} unnamed pages (tifffile's axes {axes})")
+    return (f"read {path.name} {full} as one {'RGB' if shape[0] == 3 else 'RGBA'} image, its {held} as "
+            f"{colours}: the file does not mark them as colours, and napari's own reader opens it as "
+            f"{shape[0]} planes. If they are not its colours, save them as a z-stack (ImageJ axes ZYX) "
+            "or pick channels (--channels, channels=)")
 
 
 #: Axes of a TIFF series (tifffile's codes) whose planes are predicted one by one: a stack.
