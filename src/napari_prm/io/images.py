@@ -535,13 +535,10 @@ def channels_first_note(path: str | os.PathLike) -> str | None:
         ``CYX``) taken for red, green and blue.
     """
     path = path_like("image", path)
-    if not _is_tiff(path) or not path.is_file():
+    series = _tiff_series(path)
+    if series is None:
         return None
-    try:
-        with tifffile.TiffFile(path) as tif:
-            axes, shape = _series_of(tif)
-    except Exception:  # noqa: BLE001 -- read_image says what is wrong with the file
-        return None
+    axes, shape = series
     full = tuple(int(n) for n in shape)
     shape = _singletons_dropped(full)
     if not _channels_first(path, shape):
@@ -622,14 +619,21 @@ def stack_planes(path: str | os.PathLike) -> tuple[str, tuple[int, ...]] | None:
         whose planes are neither gray nor RGB.
     """
     path = path_like("image", path)
+    series = _tiff_series(path)
+    return None if series is None else _stack_of(path, *series)
+
+
+def _tiff_series(path: os.PathLike) -> tuple[str, tuple[int, ...]] | None:
+    """tifffile's axes and shape of a TIFF file's first series, from its header; None for
+    another format, a missing file or one tifffile cannot open (`read_image` says what is
+    wrong with it)."""
     if not _is_tiff(path) or not path.is_file():
         return None
     try:
         with tifffile.TiffFile(path) as tif:
-            axes, shape = _series_of(tif)
+            return _series_of(tif)
     except Exception:  # noqa: BLE001 -- read_image reports what is wrong with the file
         return None
-    return _stack_of(path, axes, shape)
 
 
 def _series_of(tif: tifffile.TiffFile) -> tuple[str, tuple[int, ...]]:
