@@ -28,6 +28,7 @@ from ._text import value_text
 __all__ = [
     "Cancelled",
     "is_cancelled",
+    "raise_if_cancelled",
     "boolean",
     "finite_float",
     "finite_floats",
@@ -76,6 +77,14 @@ def is_cancelled(cancel) -> bool:
     if hasattr(cancel, "is_set"):
         return bool(cancel.is_set())
     return bool(cancel())
+
+
+def raise_if_cancelled(cancel, *message) -> None:
+    """Raise `Cancelled` (with ``message``) when ``cancel`` says stop (`is_cancelled`): the one
+    check between the steps of `PRMPredictor`, `napari_prm.io.export_instances` and refine's
+    sample preparation."""
+    if is_cancelled(cancel):
+        raise Cancelled(*message)
 
 
 def boolean(name: str, value) -> bool:

@@ -26,7 +26,7 @@ import torch
 
 from . import _validate as check
 from ._text import close_match, did_you_mean, first_names, plural
-from ._validate import Cancelled
+from ._validate import Cancelled  # noqa: F401 -- raised here (check.raise_if_cancelled), as its docstrings say
 from .io.images import as_rgb_float, image_array, opacity_note
 from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
@@ -887,7 +887,7 @@ class PRMPredictor:
         rgb = as_rgb_float(image, keep_gray=True)  # a gray image's channel repeated once small
         with self._lock:
             self.reset_image()
-            _check_cancel(cancel)
+            check.raise_if_cancelled(cancel, "prediction cancelled")
             report = progress or (lambda stage, done, total: None)
             report("forward", 0, 1)
             started = time.perf_counter()
@@ -1050,7 +1050,7 @@ class PRMPredictor:
                         self._prm_cache[key] = prm
                     if progress is not None:
                         progress(min(start + batch, len(missing)), len(missing))
-                    _check_cancel(cancel)
+                    check.raise_if_cancelled(cancel, "prediction cancelled")
                 self.timings["backprop"] = self.timings.get("backprop", 0.0) + time.perf_counter() - started
             size = self._forward.input_size
             if not keys:
@@ -1214,7 +1214,7 @@ class PRMPredictor:
                 notes.extend(self._nothing_selected_notes(settings, classes))
             peaks_crm, values = selection.peaks, selection.values
             runner_classes, runner_values = selection.runner_up_classes, selection.runner_up_values
-        _check_cancel(cancel)
+        check.raise_if_cancelled(cancel, "prediction cancelled")
         prms_net = self.peak_response_maps(
             peaks_crm, progress=lambda done, total: report("backprop", done, total), cancel=cancel)
         image_shape = self._image_shape
@@ -1235,18 +1235,18 @@ class PRMPredictor:
             peaks_found=selection.found if points is None else None,
         )
         if self.uses_refined_proposals and len(peaks_crm):
-            _check_cancel(cancel)
+            check.raise_if_cancelled(cancel, "prediction cancelled")
             report("retrieval", 0, 1)
             prediction.instances = self.refined_instances(prediction)
             report("retrieval", 1, 1)
         elif self.proposal_source is not None and len(peaks_crm):
-            _check_cancel(cancel)
+            check.raise_if_cancelled(cancel, "prediction cancelled")
             report("proposals", 0, 1)
             masks = self._proposal_stack(prediction.prms, prediction)
             report("proposals", 1, 1)
             if not len(masks):  # every peak goes without an instance: say why
                 prediction.notes.append(_no_proposals_note(image_shape, len(peaks_crm)))
-            _check_cancel(cancel)
+            check.raise_if_cancelled(cancel, "prediction cancelled")
             report("retrieval", 0, 1)
             started = time.perf_counter()
             prediction.instances = self._retrieve(prediction, prms_net, masks, settings)
@@ -1416,6 +1416,3 @@ def _outside_notes(yx: np.ndarray, image_shape: tuple[int, int]) -> list[str]:
             f"back-propagated from the nearest place on its border: points are (y, x) in image pixels"]
 
 
-def _check_cancel(cancel: Callable[[], bool] | None) -> None:
-    if check.is_cancelled(cancel):
-        raise Cancelled("prediction cancelled")

@@ -20,7 +20,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from .. import io
-from .._validate import Cancelled
+from .._validate import Cancelled, raise_if_cancelled
 from .._writer import layer_table
 from .activity import ActivityProgress, CloseWatcher
 from .layers import (
@@ -370,7 +370,6 @@ def _read_labels(labels, cancel=None) -> np.ndarray:
         return np.asarray(labels)
     out = np.empty(labels.shape, labels.dtype)
     for plane in np.ndindex(*labels.shape[:-2]):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("export cancelled")
+        raise_if_cancelled(cancel, "export cancelled")
         out[plane] = np.asarray(labels[plane])
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .._validate import Cancelled, finite_array, is_cancelled, output_file, output_folder
+from .._validate import Cancelled, finite_array, output_file, output_folder, raise_if_cancelled
 from .atomic import atomic_write
 from .coco import labels_to_coco, write_coco_json
 from .fileset import FileSet, read_file_set, recover_file_sets, write_file_set
@@ -151,10 +151,6 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         ``cancel`` said stop before the files were switched in.
     """
 
-    def check_cancel():
-        if is_cancelled(cancel):
-            raise Cancelled("export cancelled")
-
     labels = _check_labels(labels, ndim=None)
     out = Path(out)
     if not (out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir()):
@@ -170,9 +166,9 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
                          f"65535, the largest label is {labels.max()}")
     coco = None
     if "coco" in targets:  # computed first: a bad table fails before any file is written
-        check_cancel()
+        raise_if_cancelled(cancel, "export cancelled")
         coco = labels_to_coco(labels, table, class_names, file_name=image_file_name, world=world)
-    check_cancel()
+    raise_if_cancelled(cancel, "export cancelled")
     folder = next(iter(targets.values())).parent
     made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
@@ -182,17 +178,17 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
             with atomic_write(target, overwrite=overwrite) as temp:  # raised in the block: the temporary goes
                 _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
                                     axes=axes if kind == "tiff" else None)
-                check_cancel()
+                raise_if_cancelled(cancel, "export cancelled")
             return [target]
         info = {"written_by": "export_instances", "image": image_file_name}
         info |= _kept_image_record(folder, stem or "labels", image_file_name)
         with write_file_set(folder, stem or "labels", {kind: path.name for kind, path in targets.items()},
                             overwrite=overwrite, info=info) as staged:
             for kind, temp in staged.items():  # raised in the block: the staged files go, the folder is unchanged
-                check_cancel()
+                raise_if_cancelled(cancel, "export cancelled")
                 _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
                                     axes=axes if kind == "tiff" else None)
-            check_cancel()
+            raise_if_cancelled(cancel, "export cancelled")
         return list(targets.values())
     except Cancelled:  # nothing of the export is left: nor the folders it made (empty again)
         for path in made:

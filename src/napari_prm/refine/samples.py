@@ -19,10 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._validate import Cancelled  # the one class (napari_prm.predict.Cancelled too)
+from .._validate import raise_if_cancelled  # raises the one Cancelled (napari_prm.predict.Cancelled)
 from ..io.atomic import atomic_write
 from ..model.checkpoint import PRMModel, model_fingerprint
-from ..train import is_cancelled
 from .corrections import Correction
 from .features import StageFeatures
 from .prompts import PROMPT_CHANNELS, peak_prompts
@@ -291,8 +290,7 @@ def prepare_samples(model: PRMModel, stages, *, dataset=None, corrections: Seque
         if dataset.channels is not None:  # other channels of the same file are other images (older keys kept)
             options["channels"] = list(dataset.channels)
     for index in range(0 if dataset is None else len(dataset)):
-        if is_cancelled(cancel):
-            raise Cancelled
+        raise_if_cancelled(cancel)
         path = Path(dataset.image_paths[index])
         entry = cache / f"{_cache_key(fingerprint, path, options)}.pt" if cache is not None else None
         sample = _load_sample(entry) if entry is not None and entry.is_file() else None
@@ -306,8 +304,7 @@ def prepare_samples(model: PRMModel, stages, *, dataset=None, corrections: Seque
         samples.append(sample)
         report(len(samples), total)
     for correction in corrections:
-        if is_cancelled(cancel):
-            raise Cancelled
+        raise_if_cancelled(cancel)
         samples.append(correction_sample(model, correction, stages, predict_options=predict_options,
                                          weight=correction_weight, negatives=negatives))
         report(len(samples), total)

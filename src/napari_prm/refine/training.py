@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validate as check
+from .._validate import Cancelled
 from ..io.images import channels_for, checked_channels
 from ..model.checkpoint import PRMModel, _write_model, checkpoint_file, is_safetensors, load_checkpoint, resolve_device
 from ..train import check_readable, is_cancelled, keeps_random_state, with_gradients
 from .corrections import Correction
 from .features import find_stages
 from .head import RefineHead, head_from_config
-from .samples import Cancelled, Sample, prepare_samples
+from .samples import Sample, prepare_samples
 from .targets import IGNORE
 
 TRAINING_STATE_KEY = "refine_training"
