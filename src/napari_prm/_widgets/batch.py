@@ -64,10 +64,18 @@ class _NoImages(ValueError):
     """The image folder holds no image (its message says so, and why)."""
 
 
-#: What the worker returns when Cancel came while it searched the folder (no image run, nothing written).
-_SEARCH_CANCELLED = object()
-#: ... and when Cancel came while it loaded the model (or started the worker processes), after the search.
-_LOAD_CANCELLED = object()
+@dataclass(frozen=True)
+class _CancelledBefore:
+    """What the worker returns when Cancel came before any image was started (no image run, nothing
+    written): what it was doing then, which the panel's message names."""
+
+    doing: str
+
+
+#: Cancel came while the worker searched the folder ...
+_SEARCH_CANCELLED = _CancelledBefore("searching the folder")
+#: ... or while it loaded the model (or started the worker processes), after the search.
+_LOAD_CANCELLED = _CancelledBefore("loading the model")
 
 
 @dataclass
@@ -270,18 +278,13 @@ class BatchPanel(StopsOnClose, Container):
             self.progress_bar.update(planes_done - self.progress_bar.n)
 
     def _on_done(self, result) -> None:
-        if result is _SEARCH_CANCELLED:  # no image was started: no summary, no layers
-            why = "Stopped as the panel was closed" if self._closed else "Cancelled"
-            self._say(f"{why} while searching the folder: nothing was predicted or written (no summary).")
-            return
-        if result is _LOAD_CANCELLED:  # the images were found, but none was started: as above
-            why = "Stopped as the panel was closed" if self._closed else "Cancelled"
-            self._say(f"{why} while loading the model: nothing was predicted or written (no summary).")
+        why = "Stopped as the panel was closed" if self._closed else "Cancelled"
+        if isinstance(result, _CancelledBefore):  # no image was started: no summary, no layers
+            self._say(f"{why} while {result.doing}: nothing was predicted or written (no summary).")
             return
         self.result = result
         counts = {status: len(result.with_status(status)) for status in ("written", "skipped", "failed")}
         cancelled = len(result.with_status("cancelled"))
-        why = "Stopped as the panel was closed" if self._closed else "Cancelled"
         message = (f"{why if cancelled else 'Done'}: {counts['written']} written, "
                    f"{counts['skipped']} skipped, {counts['failed']} failed"
                    + (f", {cancelled} not done" if cancelled else "") + self._skip_reasons(result)
