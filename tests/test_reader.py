@@ -197,3 +197,122 @@ def test_napari_opens_a_channels_first_tiff_with_napari_prm_as_one_rgb_layer(tmp
     assert layer.metadata["read_as"] == io.channels_first_note(path)
     (own,) = viewer.open(str(path), plugin="napari")
     assert not own.rgb and own.data.shape == (3, 20, 30)
+
+
+def test_a_channels_first_tiff_is_opened_once_to_choose_the_reader_and_once_to_read_it(tmp_path, monkeypatch):
+    """Opening a (3, H, W) TIFF read its header six times: twice for napari-prm's export metadata and once
+    for `io.channels_first_note` in `napari_get_reader`, then the note again, the data and the header once
+    more in the reader. The reader is chosen from one reading of the header now, and the reader reads the
+    note and the data from one opening of the file; what it gives is unchanged."""
+    import warnings
+
+    planes = (np.random.default_rng(4).random((3, 20, 30)) * 4000).astype(np.uint16)
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, planes, photometric="minisblack")
+    note = io.channels_first_note(path)
+    expected = io.read_image(path)
+    opened = []
+    construct = tifffile.TiffFile.__init__
+
+    def counted(self, *args, **kwargs):  # counts the files opened; each is opened as before
+        opened.append(args[0] if args else kwargs.get("file"))
+        construct(self, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", counted)
+    reader = napari_get_reader(str(path))
+    assert reader is not None and len(opened) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ((data, meta, kind),) = reader(str(path))
+    assert len(opened) == 2 and {str(p) for p in opened} == {str(path)}
+    assert kind == "image" and meta["rgb"] and meta["metadata"]["read_as"] == note
+    np.testing.assert_array_equal(data, expected)
+    assert [str(w.message) for w in caught] == [f"napari-prm {note}."]
+
+
+def _four_planes(kind: str) -> np.ndarray:
+    """(4, 12, 10) uint8: random colours, and a 4th plane that is opaque (255) on the left half, except for
+    ``"dim"``, a 4th plane of counts under 100 (a 4th fluorescence channel, as alpha not half opaque)."""
+    planes = np.random.default_rng(6).integers(0, 255, (4, 12, 10)).astype(np.uint8)
+    planes[3] = np.where(np.arange(10) < 5, 255, 60)
+    if kind == "dim":
+        planes[3] = np.minimum(planes[3], 99)
+    return planes
+
+
+#: (4, H, W) TIFFs as tifffile writes them, and how `read_image` reads them: "rgba" (H, W, 4), "rgb"
+#: (H, W, 3: an unmarked 4th sample dropped, or CMYK converted), or refused (the message's start).
+_FOUR = {
+    "default": ({}, "rgba"),  # tifffile: planar RGB, its 4th sample marked as alpha
+    "rgba_planar": ({"photometric": "rgb", "planarconfig": "separate", "extrasamples": ["unassalpha"]}, "rgba"),
+    "rgb_and_unmarked": ({"photometric": "rgb", "planarconfig": "separate", "extrasamples": ["unspecified"]}, "rgb"),
+    "cmyk_planar": ({"photometric": "separated", "planarconfig": "separate"}, "rgb"),
+    "dim": ({}, "4 channels whose 4th, marked as alpha"),
+    "gray_samples": ({"photometric": "minisblack", "planarconfig": "separate"}, "4 channels (photometric MINISBLACK)"),
+    "pages": ({"photometric": "minisblack"}, "expected one 2-D gray, RGB or RGBA image, got an array of shape (4,"),
+    "imagej_cyx": ({"imagej": True, "metadata": {"axes": "CYX"}}, "expected one 2-D gray, RGB or RGBA image, got an"),
+}
+
+
+@pytest.mark.parametrize("layout", list(_FOUR))
+def test_a_channels_first_rgba_tiff_opens_in_napari_as_read_image_reads_it(tmp_path, layout):
+    """A (4, H, W) TIFF: napari-prm's reader opens what `read_image` (and so ``predict``) reads as one RGBA
+    image as one RGB(A) layer, ``(H, W, 4)`` (napari shows it as RGBA), and as ``(H, W, 3)`` what it reads
+    as RGB (an unmarked 4th sample, CMYK). 4 gray samples, which `read_image` refuses (none is marked as
+    alpha), were claimed by the reader, which then failed on them: they are left to napari's reader (4
+    planes) now, as 4 pages and 4 ImageJ channels are. A 4th sample marked as alpha that is nowhere half
+    opaque (a 4th fluorescence channel) is known from the pixels only: the reader refuses it, as
+    `read_image` does, with the same message."""
+    import warnings
+
+    options, read = _FOUR[layout]
+    planes = _four_planes(layout)
+    path = tmp_path / "cells.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tifffile's note on a (4, H, W) array without photometric
+        tifffile.imwrite(path, planes, **options)
+    reader = napari_get_reader(str(path))
+    if read in ("rgba", "rgb"):
+        image = io.read_image(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ((data, meta, kind),) = reader(str(path))
+        assert kind == "image" and meta["rgb"] and meta["name"] == "cells" and not caught
+        assert io.channels_first_note(path) == ""  # the file marks its first axis as samples
+        np.testing.assert_array_equal(data, image)
+        if read == "rgba":
+            np.testing.assert_array_equal(data, np.moveaxis(planes, 0, -1))
+        elif layout == "rgb_and_unmarked":
+            np.testing.assert_array_equal(data, np.moveaxis(planes[:3], 0, -1))
+        else:  # CMYK as Pillow converts it: R = (1 - C)(1 - K)
+            ink = planes.astype(float) / 255
+            assert data.shape == (12, 10, 3)
+            np.testing.assert_array_equal(data[..., 0], np.rint((1 - ink[0]) * (1 - ink[3]) * 255).astype(np.uint8))
+        return
+    with pytest.raises(ValueError, match="cannot read image") as refused:
+        io.read_image(path)
+    assert read in str(refused.value)
+    if layout == "dim":
+        with pytest.raises(ValueError) as opened:
+            reader(str(path))
+        assert str(opened.value) == str(refused.value)
+    else:
+        assert reader is None and io.channels_first_note(path) is None
+
+
+def test_napari_shows_a_channels_first_rgba_tiff_opened_with_napari_prm_as_rgba(tmp_path, make_napari_viewer):
+    """napari takes an (H, W, 4) RGB layer as RGBA: a planar RGBA TIFF opened with napari-prm is that layer,
+    the pixels `read_image` gives ``predict``; napari's own reader shows its 4 planes."""
+    import warnings
+
+    planes = _four_planes("default")
+    path = tmp_path / "cells.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tifffile.imwrite(path, planes)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-prm")
+    assert type(layer).__name__ == "Image" and layer.rgb and layer.data.shape == (12, 10, 4)
+    np.testing.assert_array_equal(layer.data, io.read_image(path))
+    (own,) = viewer.open(str(path), plugin="napari")
+    assert not own.rgb and own.data.shape == (4, 12, 10)

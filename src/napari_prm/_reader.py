@@ -21,9 +21,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from . import io
 from ._writer import sidecar_csv
+from .io.images import _channels_first_image, _channels_first_note_of
+from .io.labels import _exported_by_napari_prm, _read_metadata, _tiff_metadata
 
 
 def _looks_like_coco(path: Path) -> bool:
@@ -46,11 +49,28 @@ def napari_get_reader(path):
     suffix = path.suffix.lower()
     if suffix == ".json" and path.is_file() and _looks_like_coco(path):
         return read_coco
-    if suffix in (".tif", ".tiff", ".png") and path.is_file() and (
-            _paired_with_its_csv(path) or io.read_label_world(path) or io.read_label_class_names(path)):
-        return read_labels_with_table  # with its table, or a label image napari-prm exported
-    if suffix in (".tif", ".tiff") and io.channels_first_note(path) is not None:
-        return read_channels_first_image  # (3, H, W): one RGB image, as the command line reads it
+    if suffix in (".tif", ".tiff", ".png") and path.is_file():
+        if _paired_with_its_csv(path):
+            return read_labels_with_table  # with its table
+        return _reader_by_header(path)
+    return None
+
+
+def _reader_by_header(path: Path):
+    """`read_labels_with_table` for a label image napari-prm exported, `read_channels_first_image`
+    for a TIFF that `napari_prm.io.read_image` reads as one RGB(A) image from its first axis, else
+    None: from one reading of the file's header (napari asks for every TIFF it opens)."""
+    if path.suffix.lower() == ".png":
+        return read_labels_with_table if _exported_by_napari_prm(*_read_metadata(path)) else None
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception:  # noqa: BLE001 -- not ours to open: napari's reader says what is wrong
+        return None
+    with tif:
+        if _exported_by_napari_prm(*_tiff_metadata(tif)):
+            return read_labels_with_table  # a label image napari-prm exported, without its table
+        if _channels_first_note_of(path, tif) is not None:
+            return read_channels_first_image  # (3, H, W): one RGB image, as the command line reads it
     return None
 
 
@@ -61,14 +81,18 @@ def read_channels_first_image(path) -> list[tuple]:
 
     When the file does not mark its first axis as colours (unnamed pages, ImageJ or OME
     channels), the note saying how it was read is given as a warning (napari shows it) and kept in the layer's metadata
-    (``"read_as"``)."""
+    (``"read_as"``). The file is opened once, for its header and its data.
+
+    A planar RGBA TIFF gives an ``(H, W, 4)`` layer (napari shows it as RGBA); an unmarked 4th sample
+    or CMYK, ``(H, W, 3)``. A 4th sample marked as alpha that is nowhere half opaque is known from the
+    pixels only: the ``ValueError`` of `napari_prm.io.read_image` is raised, naming the file."""
     path = Path(path[0] if isinstance(path, (list, tuple)) else path)
-    note = io.channels_first_note(path)
+    image, note = _channels_first_image(path)  # the file opened once, for its header and its data
     metadata = {"source": str(path)}
     if note:  # napari shows a reader's warning as a notification
         metadata["read_as"] = note
         warnings.warn(f"napari-prm {note}.", UserWarning, stacklevel=2)
-    return [(io.read_image(path), {"name": io.image_stem(path.name), "rgb": True, "metadata": metadata}, "image")]
+    return [(image, {"name": io.image_stem(path.name), "rgb": True, "metadata": metadata}, "image")]
 
 
 def _paired_with_its_csv(path: Path) -> bool:

@@ -535,17 +535,32 @@ def channels_first_note(path: str | os.PathLike) -> str | None:
         ``CYX``) taken for red, green and blue.
     """
     path = path_like("image", path)
-    series = _tiff_series(path)
-    if series is None:
+    if not _is_tiff(path) or not path.is_file():
         return None
-    axes, shape = series
-    full = tuple(int(n) for n in shape)
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception:  # noqa: BLE001 -- read_image reports what is wrong with the file
+        return None
+    with tif:
+        return _channels_first_note_of(path, tif)
+
+
+def _channels_first_note_of(path, tif: tifffile.TiffFile) -> str | None:
+    """`channels_first_note` of the TIFF ``path`` opened as ``tif``, from its header: for a
+    caller that reads more of the open file (napari-prm's napari reader)."""
+    try:
+        axes, full = _series_of(tif)
+        header = _header_of(tif)  # its first page, which the series was read from
+    except Exception:  # noqa: BLE001 -- read_image reports what is wrong with the file
+        return None
     shape = _singletons_dropped(full)
     if not _channels_first(path, shape):
         return None
     axis = axes[0] if len(axes) == len(shape) else None
     if _channels_first_refused(shape, axis) is not None:
         return None
+    if shape[0] == 4 and _four_channels(path, lambda: header) not in ("RGBA", "RGBX", "CMYK"):
+        return None  # 4 samples, none marked as alpha (photometric MINISBLACK): read_image refuses them
     if axis == "S":
         return ""
     colours = "red, green and blue" if shape[0] == 3 else "red, green, blue and opacity"
@@ -721,6 +736,30 @@ def _planes_of(path, axes: str, shape: tuple[int, ...], data: np.ndarray) -> Ima
         raise ValueError(f"cannot read image {path}: its planes are {planes.shape[1]}×{planes.shape[2]} pixels "
                          f"(shape {shape}); a plane must be at least 2×2 pixels")
     return ImageStack(planes, axes, shape)
+
+
+def _channels_first_image(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
+    """`read_image`'s image of a TIFF and its `channels_first_note`, the file opened once: for
+    napari-prm's napari reader, which opens a channels-first TIFF as one RGB(A) image.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, as `read_image` does.
+    """
+    path = path_like("image", path)
+    _check_file(path, "image")
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as error:  # the readers raise many types for a broken file
+        raise _unreadable("image", path, error) from error
+    with tif:
+        note = _channels_first_note_of(path, tif)
+        try:
+            data = _tiff_data(tif)  # what read_array reads
+        except Exception as error:  # the readers raise many types for a broken file
+            raise _unreadable("image", path, error) from error
+        return _one_image(path, data, lambda: _header_of(tif)), note
 
 
 def _read_image_file(path: str | os.PathLike, channels: Sequence[int] | None = None

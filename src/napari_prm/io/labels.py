@@ -51,15 +51,7 @@ def _read_metadata(path: str | os.PathLike) -> tuple[dict, int]:
     try:
         if suffix in (".tif", ".tiff"):
             with tifffile.TiffFile(path) as tif:
-                recorded = dict((tif.shaped_metadata or ({},))[0])
-                imagej = tif.imagej_metadata or {}
-                for key in (_CLASS_NAMES_KEY, *_WORLD_KEYS.values()):
-                    if key in imagej:  # an ImageJ label TIFF keeps them as JSON strings
-                        try:
-                            recorded[key] = json.loads(imagej[key])
-                        except (TypeError, ValueError):
-                            pass
-                return recorded, len(tif.series[0].shape)
+                return _tiff_metadata(tif)
         if suffix == ".png":
             from PIL import Image
 
@@ -76,6 +68,28 @@ def _read_metadata(path: str | os.PathLike) -> tuple[dict, int]:
     except Exception:  # noqa: BLE001 -- unreadable here: the label reader reports it
         pass
     return {}, 0
+
+
+def _tiff_metadata(tif: tifffile.TiffFile) -> tuple[dict, int]:
+    """`_read_metadata` of an open TIFF (``({}, 0)`` when unreadable)."""
+    try:
+        recorded = dict((tif.shaped_metadata or ({},))[0])
+        imagej = tif.imagej_metadata or {}
+        for key in (_CLASS_NAMES_KEY, *_WORLD_KEYS.values()):
+            if key in imagej:  # an ImageJ label TIFF keeps them as JSON strings
+                try:
+                    recorded[key] = json.loads(imagej[key])
+                except (TypeError, ValueError):
+                    pass
+        return recorded, len(tif.series[0].shape)
+    except Exception:  # noqa: BLE001 -- unreadable here: the label reader reports it
+        return {}, 0
+
+
+def _exported_by_napari_prm(recorded: dict, ndim: int) -> bool:
+    """Whether a file's metadata (`_read_metadata`'s) records a layer's scale, translate or units, or
+    class names: a label image napari-prm exported (`read_label_world`, `read_label_class_names`)."""
+    return bool(_recorded_world(recorded, ndim)) or _class_names_of(recorded) is not None
 
 
 def read_label_world(path: str | os.PathLike) -> dict:
@@ -115,7 +129,12 @@ def read_label_class_names(path: str | os.PathLike) -> list[str] | None:
     path : path-like
         A label TIFF or PNG.
     """
-    names = _read_metadata(path)[0].get(_CLASS_NAMES_KEY)
+    return _class_names_of(_read_metadata(path)[0])
+
+
+def _class_names_of(recorded: dict) -> list[str] | None:
+    """The class names a file's metadata (`_read_metadata`'s) records, or None."""
+    names = recorded.get(_CLASS_NAMES_KEY)
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         return None
     return names
