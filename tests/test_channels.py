@@ -137,6 +137,57 @@ def test_checkpoint_with_bad_channels_is_refused_naming_the_field(tmp_path, tiny
         load_model(tmp_path / "bad.pt")
 
 
+def test_checkpoint_recording_a_channel_twice_loads_without_them_and_says_what_to_do(tmp_path, tiny_checkpoint,
+                                                                                   capsys):
+    """A checkpoint recording ``channels: [0, 0]`` (``train --channels 0 0`` recorded them so before a repeated
+    channel was refused, or edited by hand) was refused on loading, with "give each channel once" advice that
+    named no step the user could take: ``predict --channels`` could not override it, nor could the model be
+    loaded to save it again. Its weights are sound: it loads as a checkpoint recording no channels, with a
+    warning naming the file and what to do; channels given are read, and saving it again records valid ones."""
+    import torch
+
+    from napari_prm import save_model
+
+    content = torch.load(tiny_checkpoint, weights_only=False)
+    content["metadata"]["settings"]["channels"] = [0, 0]
+    torch.save(content, tmp_path / "old.pt")
+    said = (r"checkpoint .*old\.pt: settings\.channels records 0,0, channel 0 more than once .*the model is loaded "
+            r"without recorded channels: it reads images as they are unless channels are given \(predict --channels, "
+            r"channels=\)\. To record the channels to read its images with, save it again")
+    with pytest.warns(UserWarning, match=said):
+        assert "channels" not in checkpoint_metadata(tmp_path / "old.pt")["settings"]
+    with pytest.warns(UserWarning, match=said):
+        model = load_model(tmp_path / "old.pt")
+    assert "channels" not in model.settings
+    # the channels given are read, as for a checkpoint that records none
+    path = tmp_path / "cells.tif"
+    LAYOUTS["imagej_cyx"](path, four_channels())
+    expected = predict(four_channels()[2], model, proposals=None)
+    np.testing.assert_allclose(predict(path, model, channels=[2], proposals=None).crms, expected.crms,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.warns(UserWarning, match=said):
+        assert main(["predict", str(path), "--model", str(tmp_path / "old.pt"), "--out", str(tmp_path / "out"),
+                     "--proposals", "none", "--device", "cpu", "--channels", "2"]) == 0
+    assert (tmp_path / "out" / "cells_labels.tif").is_file()
+    # saved again with its channels, it loads with them and says nothing
+    model.settings["channels"] = [0]
+    save_model(model, tmp_path / "old.pt")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_model(tmp_path / "old.pt").settings["channels"] == [0]
+    # a repeated channel is still not saved, and other bad channels are still refused on loading
+    model.settings["channels"] = [1, 1]
+    with pytest.raises(ValueError, match=r"cannot save model to .*old\.pt: settings\.channels: channel 1 is given "
+                                         r"more than once"):
+        save_model(model, tmp_path / "old.pt")
+    content["metadata"]["settings"]["channels"] = [0, -1]
+    torch.save(content, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad\.pt: settings\.channels: expected 1 to 3 channel indices"):
+        load_model(tmp_path / "bad.pt")
+
+
 def test_a_model_with_bad_channels_is_not_saved_as_a_checkpoint_no_one_can_load(tmp_path, tiny_checkpoint):
     """Channels set by hand that loading refuses were saved: the file could not be loaded again."""
     from napari_prm import save_model

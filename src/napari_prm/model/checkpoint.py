@@ -288,8 +288,12 @@ def _checked_fields(where: str, class_names, input_size, mean, std):
     return list(class_names), input_size, mean, std
 
 
-def _checked_settings(where: str, settings) -> dict[str, Any]:
-    """PRM and prediction settings, checked (ValueError names ``where``)."""
+def _checked_settings(where: str, settings, *, loading: bool = False) -> dict[str, Any]:
+    """PRM and prediction settings, checked (ValueError names ``where``).
+
+    ``loading``: the settings of a checkpoint being read (``where`` names it), whose recorded
+    channels may name a channel twice (`_set_aside_repeated_channels`); a model being saved or
+    built may not."""
     if not isinstance(settings, dict):
         raise ValueError(f"{where}: settings: expected a dict, got {settings!r}")
     settings = dict(settings)
@@ -314,8 +318,45 @@ def _checked_settings(where: str, settings) -> dict[str, Any]:
     if settings.get("channels") is not None:  # the image channels it was trained on; older checkpoints have none
         from ..io.images import checked_channels
 
+        if loading and _set_aside_repeated_channels(where, settings):
+            return settings
         settings["channels"] = checked_channels(settings["channels"], name=f"{where}: settings.channels")
     return settings
+
+
+def _set_aside_repeated_channels(where: str, settings: dict) -> bool:
+    """Drop recorded channels that name a channel twice (``[0, 0]``, as ``train --channels 0 0``
+    recorded them before repeated channels were refused, or set by hand) from a checkpoint's
+    ``settings``, with a warning naming the checkpoint (``where``) and what to do; False (nothing
+    done) for any other channels.
+
+    napari-prm reads no channel twice (`napari_prm.io.checked_channels`), so images cannot be read
+    as the record says; the weights are sound, so the model loads as one that records no channels
+    (as older checkpoints), and channels given (``--channels``, ``channels=``) are read."""
+    from ..io.images import MAX_CHANNELS, checked_channels
+
+    recorded = settings["channels"]
+    try:
+        values = list(recorded)
+        unique = list(dict.fromkeys(values))
+        if len(values) > MAX_CHANNELS or len(unique) == len(values):
+            return False
+        checked_channels(unique)  # whole numbers from 0, but for the repeats
+    except (TypeError, ValueError):
+        return False
+    written = ",".join(str(c) for c in values)
+    twice = ", ".join(str(c) for c in unique if values.count(c) > 1)
+    import warnings
+
+    warnings.warn(
+        f"{where}: settings.channels records {written}, channel {twice} more than once (an older napari-prm's "
+        f"train --channels {written.replace(',', ' ')} recorded them so, reading one channel as two colours, or "
+        "they were edited); napari-prm reads each channel once, so the model is loaded without recorded "
+        "channels: it reads images as they are unless channels are given (predict --channels, channels=). "
+        "To record the channels to read its images with, save it again: model = napari_prm.load_model(path); "
+        "model.settings['channels'] = [...]; napari_prm.save_model(model, path)", UserWarning, stacklevel=2)
+    del settings["channels"]
+    return True
 
 
 def _check_finite_weights(where: str, state: dict) -> None:
@@ -641,7 +682,7 @@ def _checked_metadata(path: Path, metadata: dict) -> dict:
                          f"got {metadata['backbone']!r}")
     class_names, input_size, mean, std = _checked_fields(
         where, metadata["class_names"], metadata.get("input_size"), metadata["mean"], metadata["std"])
-    settings = _checked_settings(where, metadata.get("settings", {}))
+    settings = _checked_settings(where, metadata.get("settings", {}), loading=True)
     return {"backbone": metadata["backbone"], "class_names": class_names, "input_size": input_size,
             "mean": mean, "std": std, "settings": settings}
 
