@@ -1545,6 +1545,39 @@ def test_predict_label_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpo
                                   io.read_label_image(out / "plain_labels.tif"))
 
 
+def test_predict_prm_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpoint):
+    """``--save-prms tiff`` of a calibrated image (an ImageJ TIFF in µm, an OME-TIFF, a z-stack)
+    gives a PRM stack with the image's pixel size, as its label TIFF has: the PRMs were written
+    at 1 pixel per unit, so in Fiji they did not overlay the image and its labels."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    gray = (data.coins()[:96, :128].astype(np.uint16) * 16)
+    tifffile.imwrite(folder / "calibrated.tif", gray, imagej=True, resolution=(2.0, 4.0),
+                     metadata={"unit": "um"})
+    tifffile.imwrite(folder / "cells.ome.tif", gray, metadata={"axes": "YX", "PhysicalSizeX": 0.65,
+                                                               "PhysicalSizeY": 0.5, "PhysicalSizeXUnit": "µm",
+                                                               "PhysicalSizeYUnit": "µm"})
+    tifffile.imwrite(folder / "zstack.tif", np.stack([gray, gray[::-1]]), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 1.5})
+    tifffile.imwrite(folder / "plain.tif", gray)
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--model", str(tiny48_checkpoint), "--out", str(out),
+                 "--save-prms", "tiff", "--proposals", "prm", "--peak-threshold", "0",
+                 "--class-threshold", "0"]) == 0
+    per_cm = {"calibrated": (2.0e4, 4.0e4), "cells": (1e4 / 0.65, 1e4 / 0.5), "zstack": (2.0e4, 2.0e4)}
+    for stem, resolution in per_cm.items():
+        with tifffile.TiffFile(out / f"{stem}_prms.tif") as tif:
+            assert len(tif.pages) > 0 and tif.pages[0].shape == gray.shape
+            assert tif.pages[0].get_resolution() == pytest.approx(resolution)
+            assert tif.pages[0].resolutionunit == tifffile.RESUNIT.CENTIMETER
+        with tifffile.TiffFile(out / f"{stem}_labels.tif") as tif:  # the labels say the same in µm
+            x, y = tif.pages[0].get_resolution()
+            assert (x * 1e4, y * 1e4) == pytest.approx(resolution)
+    with tifffile.TiffFile(out / "plain_prms.tif") as tif:  # an uncalibrated image: none
+        assert tif.pages[0].get_resolution() == pytest.approx((1, 1))
+        assert tif.pages[0].resolutionunit == tifffile.RESUNIT.NONE
+
+
 def test_calibrate_notes_when_it_calibrates_on_the_training_images(tmp_path, capsys):
     """``calibrate`` without --held-out calibrated on the images the model trained on, and said
     nothing of its optimistic thresholds. The checkpoint records its training images."""

@@ -18,7 +18,7 @@ from .._validate import Cancelled, finite_array, output_file, output_folder, rai
 from .atomic import atomic_write
 from .coco import labels_to_coco, write_coco_json
 from .fileset import FileSet, read_file_set, recover_file_sets, write_file_set
-from .labels import _check_labels, write_label_image
+from .labels import _check_labels, _standard_resolution, write_label_image
 from .paths import windows_name_problem, windows_rules
 from .tables import write_instances_csv, write_peaks_csv, write_stack_peaks_csv
 
@@ -34,7 +34,8 @@ _SUFFIX_FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".json": "coc
                    ".csv": "csv"}
 
 
-def write_prms(path: str | os.PathLike, prms: np.ndarray, *, overwrite: bool = True) -> Path:
+def write_prms(path: str | os.PathLike, prms: np.ndarray, *, overwrite: bool = True,
+               pixel_size: dict | None = None) -> Path:
     """Write peak response maps (K, H, W) as ``.npy`` or a float32 TIFF stack (K >= 1).
 
     Parameters
@@ -45,12 +46,20 @@ def write_prms(path: str | os.PathLike, prms: np.ndarray, *, overwrite: bool = T
         The maps, written as float32; they must be finite.
     overwrite : bool
         If False and ``path`` exists, raise ``FileExistsError``.
+    pixel_size : dict, optional
+        The image's pixel size (`napari_prm.io.tiff_pixel_size` of its file), written into a
+        TIFF's resolution tags as a label TIFF that cannot be an ImageJ one keeps it (an ImageJ
+        unit of length as pixels per centimetre), so that the maps overlay the image and its
+        labels in Fiji; ignored for ``.npy``.
     """
     prms = finite_array("prms", np.asarray(prms, dtype=np.float32))
     path = output_file("path", path)
     suffix = path.suffix.lower()
     if prms.ndim != 3:
         raise ValueError(f"prms must be (K, H, W), got shape {prms.shape}")
+    resolution = {}
+    if pixel_size:
+        resolution = dict(zip(("resolution", "resolutionunit"), _standard_resolution(pixel_size)))
     if suffix == ".npy":
         with atomic_write(path, overwrite=overwrite) as temp:
             np.save(temp, prms)
@@ -58,7 +67,7 @@ def write_prms(path: str | os.PathLike, prms: np.ndarray, *, overwrite: bool = T
         if len(prms) == 0:
             raise ValueError(f"cannot write {path}: a TIFF stack needs at least one PRM")
         with atomic_write(path, overwrite=overwrite) as temp:
-            tifffile.imwrite(temp, prms, photometric="minisblack", compression="zlib")
+            tifffile.imwrite(temp, prms, photometric="minisblack", compression="zlib", **resolution)
     else:
         raise ValueError(f"PRMs are written as .npy, .tif or .tiff, got {path}")
     return path
@@ -284,7 +293,7 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
         Extra facts for the manifest (e.g. the prediction settings).
     pixel_size : dict, optional
         The image's pixel size (`napari_prm.io.tiff_pixel_size` of its file), written into
-        ``<stem>_labels.tif``.
+        ``<stem>_labels.tif`` and a TIFF of PRMs (`write_prms`).
 
     Returns
     -------
@@ -310,7 +319,7 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
         if kind == "peaks":
             write_peaks_csv(temp, prediction)
         elif kind == "prms":
-            write_prms(temp, prediction.prms)
+            write_prms(temp, prediction.prms, pixel_size=pixel_size)
         else:
             _write_instances_as(kind, temp, labels, table, prediction.class_names, coco, pixel_size)
 
@@ -438,7 +447,8 @@ def write_stack_prediction(predictions, out_dir: str | os.PathLike, stem: str, *
             write_stack_peaks_csv(temp, predictions)
         elif kind == "prms":
             prms = [np.asarray(p.prms, np.float32) for p in predictions]
-            write_prms(temp, np.concatenate(prms) if peaks else np.zeros((0, *labels.shape[1:]), np.float32))
+            write_prms(temp, np.concatenate(prms) if peaks else np.zeros((0, *labels.shape[1:]), np.float32),
+                       pixel_size=pixel_size)
         else:
             _write_instances_as(kind, temp, labels, table, class_names, None, pixel_size, axes=axes)
 
