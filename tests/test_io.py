@@ -403,7 +403,8 @@ def test_read_image_channels_first_tiff_and_errors(tmp_path):
     # two channels last were called "several planes or frames" too
     tifffile.imwrite(tmp_path / "two.tif", np.zeros((12, 10, 2), np.uint16), photometric="minisblack",
                      planarconfig="contig")
-    with pytest.raises(ValueError, match=r"two\.tif.*\(12, 10, 2\); it has 2 channels: save one channel or "
+    with pytest.raises(ValueError, match=r"two\.tif.*\(12, 10, 2\); it has 2 channels: read 1 to 3 of them with "
+                                         r"--channels .*; or save one channel or "
                                          r"an RGB image$"):
         io.read_image(tmp_path / "two.tif")
     # an ImageJ or OME-TIFF of 2 fluorescence channels, or 5 time points, named "planes or frames"
@@ -412,14 +413,16 @@ def test_read_image_channels_first_tiff_and_errors(tmp_path):
     tifffile.imwrite(tmp_path / "dapi_gfp.ome.tif", np.zeros((2, 12, 10), np.uint16), metadata={"axes": "CYX"})
     for name in ("dapi_gfp.tif", "dapi_gfp.ome.tif"):
         with pytest.raises(ValueError, match=r"\(2, 12, 10\); its first axis holds 2 channels \(the file's axes "
-                                             r"say so\): save each channel as a 2-D image .*, or up to 3 as one RGB"):
+                                             r"say so\): read 1 to 3 of them with --channels .*; or save each channel "
+                                             r"as a 2-D image .*, or up to 3 as one RGB"):
             io.read_image(tmp_path / name)
     # 2 pages a plain tifffile.imwrite wrote (DAPI, GFP, no axes) were "several planes or frames" to
     # be saved as a ZYX stack: as likely channels, the message says what to do for both
     dapi_gfp = np.random.default_rng(4).integers(0, 4095, (2, 12, 10)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "plain.tif", dapi_gfp)
     with pytest.raises(ValueError, match=r"plain\.tif.*\(2, 12, 10\); its first axis holds 2 pages the file does "
-                                         r"not name: if they are channels, save each channel as a 2-D image .*"
+                                         r"not name: if they are channels, read 1 to 3 of them with --channels .*"
+                                         r"or save each channel as a 2-D image .*"
                                          r"np\.stack\(\[data\[0\], data\[1\], "
                                          r"np\.zeros_like\(data\[0\]\)\], axis=-1\).*; "
                                          r"if they are z-planes or time points, save the stack with ImageJ axes ZYX"):
@@ -441,6 +444,27 @@ def test_read_image_channels_first_tiff_and_errors(tmp_path):
         io.read_image(tmp_path / "movie.ome.tif")
 
 
+def test_refused_channels_say_that_channels_reads_them(tmp_path):
+    """A TIFF of 2 or 4 fluorescence channels (ImageJ CYX, 2 unnamed pages, channels last, 4 whose
+    4th is a faint "alpha") was refused with only "save each channel as a 2-D image, or up to 3 as one
+    RGB image": rewriting every file, where ``--channels`` (``channels=``) reads them as they are.
+    The message names the option, and what it names reads the file."""
+    rng = np.random.default_rng(11)
+    dapi_gfp = rng.integers(100, 4095, (2, 12, 10)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "cyx.tif", dapi_gfp, imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "pages.tif", dapi_gfp)
+    tifffile.imwrite(tmp_path / "last.tif", np.moveaxis(dapi_gfp, 0, -1), planarconfig="contig")
+    tifffile.imwrite(tmp_path / "four.tif", rng.integers(100, 4095, (4, 12, 10)).astype(np.uint16))
+    for name in ("cyx.tif", "pages.tif", "last.tif", "four.tif"):
+        with pytest.raises(ValueError, match=rf"cannot read image .*{name}: .*read 1 to 3 of them with --channels "
+                                             r"\(channels= in Python, the Train widget's image channels\), without "
+                                             r"saving new files: --channels 0 1 makes channels 0 and 1 red and green"):
+            io.read_image(tmp_path / name)
+        picked = io.read_image(tmp_path / name, channels=[0, 1])  # as the message says
+        assert picked.shape == (12, 10, 3) and not picked[..., 2].any()
+        np.testing.assert_array_equal(picked[..., 0], io.read_image(tmp_path / name, channels=[0]))
+
+
 def test_read_image_refuses_tiff_stacks_of_three_or_four_planes(tmp_path):
     """A TIFF whose first axis of length 3 or 4 is not colour was read as RGB(A): a 3-slice
     ImageJ z-stack became a colour photo, and a 4-channel ImageJ image became RGBA, its 4th
@@ -449,7 +473,8 @@ def test_read_image_refuses_tiff_stacks_of_three_or_four_planes(tmp_path):
     cases = {"z3.tif": (planes[:3], "ZYX", r"\(3, 12, 10\) whose first axis holds 3 z-planes"),
              "t4.tif": (planes, "TYX", r"\(4, 12, 10\) whose first axis holds 4 time points"),
              "c4.tif": (planes, "CYX", r"4 planes or channels, none of them an alpha channel \(an RGBA TIFF "
-                                       r"marks it as an extra sample\); save each channel as a 2-D image .*"
+                                       r"marks it as an extra sample\); read 1 to 3 of them with --channels .*; "
+                                       r"or save each channel as a 2-D image .*"
                                        r"or up to 3 as one RGB image, channels last")}
     for name, (data, axes, message) in cases.items():
         tifffile.imwrite(tmp_path / name, data, imagej=True, metadata={"axes": axes})
@@ -457,7 +482,8 @@ def test_read_image_refuses_tiff_stacks_of_three_or_four_planes(tmp_path):
             io.read_image(tmp_path / name)
     tifffile.imwrite(tmp_path / "pages4.tif", planes, photometric="minisblack")
     # 4 pages the file does not name: channels as often as planes, and what to do with either (as for 2)
-    both = (r"none of them an alpha channel .*; if they are channels, save each channel as a 2-D image .*; if they "
+    both = (r"none of them an alpha channel .*; if they are channels, read 1 to 3 of them with --channels .*or "
+            r"save each channel as a 2-D image .*; if they "
             r"are z-planes or time points, save the stack with ImageJ axes ZYX")
     with pytest.raises(ValueError, match=rf"pages4\.tif: .*{both}"):
         io.read_image(tmp_path / "pages4.tif")

@@ -466,8 +466,8 @@ def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarr
                 "channels (DAPI, GFP, ...) it is not one image: " + _CHANNELS_ADVICE)
         elif kind != "RGBA":
             raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA image, got "
-                             f"4 channels (photometric {kind}), none of them marked as alpha; save one channel "
-                             "or an RGB image")
+                             f"4 channels (photometric {kind}), none of them marked as alpha; " + _PICK_CHANNELS
+                             + "or save one channel or an RGB image")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
         raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA "
                          f"image, got an array of shape {image.shape}"
@@ -953,11 +953,17 @@ def _tiff_leading_axis(path, ndim: int, header: Callable[[], tuple]) -> str | No
     return axes[0] if len(axes) == ndim else None
 
 
+#: How to read some channels of an image `read_image` refuses as is, without new files: the
+#: option every command has and the argument of the library (`pick_channels`).
+_PICK_CHANNELS = ("read 1 to 3 of them with --channels (channels= in Python, the Train widget's image channels), "
+                  "without saving new files: --channels 0 1 makes channels 0 and 1 red and green, and blue "
+                  "empty; ")
+
 #: What to do with a TIFF of 2 to 4 fluorescence channels `read_image` refuses (one image is
 #: gray, RGB or RGBA: the network sees 3 colour channels).
-_CHANNELS_ADVICE = ("save each channel as a 2-D image (tifffile.imwrite('dapi.tif', data[0])), or up to 3 as "
-                    "one RGB image, channels last, which the network sees as red, green and blue (2 channels "
-                    "and an empty 3rd: np.stack([data[0], data[1], np.zeros_like(data[0])], axis=-1)); "
+_CHANNELS_ADVICE = (_PICK_CHANNELS + "or save each channel as a 2-D image (tifffile.imwrite('dapi.tif', data[0])), "
+                    "or up to 3 as one RGB image, channels last, which the network sees as red, green and blue "
+                    "(2 channels and an empty 3rd: np.stack([data[0], data[1], np.zeros_like(data[0])], axis=-1)); "
                     "each channel of 16 bits (or floats beyond [0, 1]) is stretched by its own percentiles, "
                     "while 8-bit channels are read as they are (a dim one stays dim)")
 
@@ -975,7 +981,7 @@ def _unnamed_pages_advice() -> str:
 def _stack_hint(shape: tuple[int, ...], leading_axis: str | None = None) -> str:
     """What a refused array holds, by its shape and the first axis its TIFF names (tifffile's code)."""
     if len(shape) == 3 and shape[-1] < min(shape[:2]):  # (H, W, C): channels last
-        return f"; it has {shape[-1]} channels: save one channel or an RGB image"
+        return f"; it has {shape[-1]} channels: " + _PICK_CHANNELS + "or save one channel or an RGB image"
     if leading_axis == "C" and len(shape) == 3:  # an ImageJ or OME-TIFF of fluorescence channels
         return f"; its first axis holds {shape[0]} channels (the file's axes say so): " + _CHANNELS_ADVICE
     if leading_axis in _NOT_COLOUR_AXES and len(shape) == 3:
