@@ -215,3 +215,53 @@ def test_a_tiny_image_without_proposals_says_why_its_peaks_have_no_instance(tiny
     assert enlarged.instances and not any("proposals gave no mask" in note for note in enlarged.notes)
     assert not any("proposals gave no mask" in note for note in predict(image, model, **settings | {
         "proposals": None}).notes)  # no proposals asked for: nothing to explain
+
+
+def test_write_prediction_of_a_calibrated_tiff_keeps_its_pixel_size_as_the_command_does(tiny, tmp_path):
+    """``write_prediction(predict("cells.tif", model), ...)``, which docs/usage.md gives as what
+    ``napari-prm predict`` writes, wrote the label TIFF of an ImageJ (µm) or OME-TIFF without its
+    pixel size: in Fiji the labels did not overlay the image. A prediction of a TIFF file keeps the
+    file's pixel size (``Prediction.pixel_size``, also through ``PRMPredictor.set_image(path)``),
+    and ``write_prediction`` writes it, as the command line does; an array has none."""
+    import tifffile
+    from skimage import data
+
+    from napari_prm import PRMPredictor
+    from napari_prm.cli import main
+    from napari_prm.io import tiff_pixel_size, write_prediction
+
+    gray = data.coins()[:64, :80].astype(np.uint16) * 16
+    tifffile.imwrite(tmp_path / "ij.tif", gray, imagej=True, resolution=(2.0, 4.0), metadata={"unit": "um"})
+    tifffile.imwrite(tmp_path / "cells.ome.tif", gray, metadata={
+        "axes": "YX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.5, "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeYUnit": "µm"})
+    settings = dict(proposals="prm", class_threshold=-1e4, peak_threshold=-1e4, max_peaks=2)
+    predictor = PRMPredictor(tiny, **settings)
+    for name, stem in (("ij.tif", "ij"), ("cells.ome.tif", "cells")):
+        expected = tiff_pixel_size(tmp_path / name)
+        assert expected["imagej_unit"] == "um"
+        prediction = predict(tmp_path / name, tiny, **settings)
+        assert prediction.pixel_size == expected
+        predictor.set_image(str(tmp_path / name))
+        assert predictor.predict().pixel_size == expected
+        write_prediction(prediction, tmp_path / "python", stem, prms_format="tiff")
+        labels = tiff_pixel_size(tmp_path / "python" / f"{stem}_labels.tif")
+        assert labels["imagej_unit"] == "um" and labels["resolution"] == pytest.approx(expected["resolution"])
+        with tifffile.TiffFile(tmp_path / "python" / f"{stem}_prms.tif") as tif:  # pixels per cm
+            x, y = tif.pages[0].get_resolution()
+            assert (x / 1e4, y / 1e4) == pytest.approx(expected["resolution"])
+    # the command line writes the same pixel size
+    from napari_prm import save_model
+
+    model_path = save_model(tiny, tmp_path / "tiny.pt")
+    assert main(["predict", str(tmp_path / "ij.tif"), "--model", str(model_path), "--out", str(tmp_path / "cli"),
+                 "--proposals", "prm", "--class-threshold=-1e4", "--peak-threshold=-1e4",
+                 "--max-peaks", "2"]) == 0
+    assert tiff_pixel_size(tmp_path / "cli" / "ij_labels.tif") == tiff_pixel_size(tmp_path / "python" / "ij_labels.tif")
+    # an array has no pixel size, nor does its label TIFF
+    array = predict(gray, tiny, **settings)
+    assert array.pixel_size is None
+    predictor.set_image(gray)
+    assert predictor.predict().pixel_size is None
+    write_prediction(array, tmp_path / "python", "array")
+    assert tiff_pixel_size(tmp_path / "python" / "array_labels.tif") is None

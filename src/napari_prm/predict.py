@@ -17,6 +17,7 @@ import torch
 
 from . import _validate as check
 from .io.images import channels_for, checked_channels, image_array, pick_channels, read_image
+from .io.labels import tiff_pixel_size
 from .model.checkpoint import PRMModel
 from .predictor import (
     RETRIEVAL_OPTIONS,
@@ -161,9 +162,10 @@ def predict(
         raise unknown_settings_error(unknown, arguments=_ARGUMENTS)
     predictor = PRMPredictor(model, preset=preset, proposals=proposals, device=device,
                              peak_batch_size=peak_batch_size, **merged)
-    note = None
+    note = pixel_size = None
     if isinstance(image, (str, os.PathLike)):  # read with the channels the model was trained on, or those given
         channels, note = channels_for(channels, predictor.model.settings.get("channels"))
+        pixel_size = tiff_pixel_size(image)  # for write_prediction's label TIFF, as predict's command writes it
         image = read_image(image, channels=channels)
     elif channels is not None:
         channels, image = checked_channels(channels), image_array(image)
@@ -178,6 +180,7 @@ def predict(
     prediction = predictor.predict(points=points, classes=classes, progress=progress, cancel=cancel)
     if note is not None:
         prediction.notes.append(note)
+    prediction.pixel_size = pixel_size
     return prediction
 
 

@@ -28,6 +28,7 @@ from . import _validate as check
 from ._text import close_match, did_you_mean, first_names, plural
 from ._validate import Cancelled  # noqa: F401 -- raised here (check.raise_if_cancelled), as its docstrings say
 from .io.images import as_rgb_float, image_array, opacity_note
+from .io.labels import tiff_pixel_size
 from .masks import ScaledMasks
 from .model.checkpoint import PRMModel, load_model, resolve_device
 from .peaks import MAX_PEAKS, TTA_CALIBRATION, PeakSelection, class_scores, peak_candidates, select_peaks
@@ -427,6 +428,11 @@ class Prediction:
     peaks_found : int or None
         How many peaks passed the thresholds before the ``max_peaks`` cap kept the strongest
         (``len(peaks)`` when it did not bite); None for a prediction from given points.
+    pixel_size : dict or None
+        The pixel size of the TIFF file predicted (`napari_prm.io.tiff_pixel_size`: given to
+        `napari_prm.predict` or `PRMPredictor.set_image` as a path), which
+        `napari_prm.io.write_prediction` writes into its label TIFF (and PRM TIFF) as
+        ``napari-prm predict`` does; None for an array, or a file that records none.
 
     Notes
     -----
@@ -451,6 +457,7 @@ class Prediction:
     settings: PredictSettings | None = None
     notes: list[str] = field(default_factory=list)
     peaks_found: int | None = None
+    pixel_size: dict | None = None
 
     def __post_init__(self):
         count = len(self.peak_classes)
@@ -785,6 +792,7 @@ class PRMPredictor:
         """Forget the current image (its graph, maps, PRMs and proposals)."""
         self._image = None
         self._image_notes: list[str] = []
+        self._pixel_size: dict | None = None
         self._forward = None
         self._prm_cache: dict[tuple[int, int, int], torch.Tensor] = {}
         self._proposals: np.ndarray | None = None
@@ -883,6 +891,7 @@ class PRMPredictor:
         cancel : callable or threading.Event, optional
             As in :meth:`predict`.
         """
+        pixel_size = tiff_pixel_size(image) if isinstance(image, (str, os.PathLike)) else None
         image = image_array(image)
         rgb = as_rgb_float(image, keep_gray=True)  # a gray image's channel repeated once small
         with self._lock:
@@ -905,6 +914,7 @@ class PRMPredictor:
             self._image = np.array(image, copy=True)
             self._image_shape = tuple(rgb.shape[:2])
             self._image_notes = list(filter(None, [opacity_note(image)]))
+            self._pixel_size = pixel_size
             self.timings["forward"] = time.perf_counter() - started
             report("forward", 1, 1)
 
@@ -1233,6 +1243,7 @@ class PRMPredictor:
             settings=settings,
             notes=notes,
             peaks_found=selection.found if points is None else None,
+            pixel_size=self._pixel_size,
         )
         if self.uses_refined_proposals and len(peaks_crm):
             check.raise_if_cancelled(cancel, "prediction cancelled")

@@ -293,7 +293,8 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
         Extra facts for the manifest (e.g. the prediction settings).
     pixel_size : dict, optional
         The image's pixel size (`napari_prm.io.tiff_pixel_size` of its file), written into
-        ``<stem>_labels.tif`` and a TIFF of PRMs (`write_prms`).
+        ``<stem>_labels.tif`` and a TIFF of PRMs (`write_prms`). Default: the prediction's own
+        (``prediction.pixel_size``: that of the TIFF file `napari_prm.predict` was given).
 
     Returns
     -------
@@ -309,6 +310,8 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
     lists the files with the numbers of peaks and instances.
     """
     targets = _prediction_targets(out_dir, stem, prms_format, prms=len(prediction.prms))
+    if pixel_size is None:
+        pixel_size = getattr(prediction, "pixel_size", None)
     labels, table = prediction.to_labels()
     coco = labels_to_coco(labels, table, prediction.class_names, file_name=image_file_name)
     facts = {"written_by": "write_prediction", "image": image_file_name,
