@@ -589,3 +589,98 @@ def test_a_stack_with_named_axes_exports_a_tiff_that_names_them(make_napari_view
     assert exported_axes("more") == "ZYX"  # the viewer's last three axes are the layer's
     viewer.dims.axis_labels = ("c", "channel", "-2", "-1")
     assert exported_axes("other") == "QYX"  # a name that is no plane axis: unnamed, as before
+
+
+class _HeldStack:
+    """A lazy (dask) stack of three 20x30 label planes, as a folder run's Labels layer is; the export's
+    worker is held reading its first plane until `release`. ``reads`` lists the planes the worker read."""
+
+    def __init__(self, request):
+        import threading
+
+        import dask
+
+        self.reads, self.reading, self._released = [], threading.Event(), threading.Event()
+        # each plane read on the thread that asks for it (not in dask's pool): napari's on the Qt thread
+        synchronous = dask.config.set(scheduler="synchronous")
+        request.addfinalizer(lambda: synchronous.__exit__(None, None, None))
+        request.addfinalizer(self._released.set)  # a failed test leaves no worker waiting
+
+    def plane(self, value):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():  # napari reads the plane it shows
+            self.reads.append(value)
+            self.reading.set()
+            assert self._released.wait(30), "the test never let the export go on"
+        out = np.zeros((20, 30), np.uint32)
+        out[2:8, 3:9] = value
+        return out
+
+    def layer_data(self):
+        import dask
+        import dask.array as da
+
+        return da.stack([da.from_delayed(dask.delayed(self.plane)(v), (20, 30), np.uint32) for v in (1, 2, 3)])
+
+    def release(self):
+        self._released.set()
+
+
+def _export_held(viewer, qtbot, request, out, overwrite=False):
+    """Start the Export widget's export of a `_HeldStack` into ``out``; return the widget, its worker
+    and the stack, once the worker is held reading the first plane."""
+    stack = _HeldStack(request)
+    viewer.add_labels(stack.layer_data(), name="folder labels")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._layer.value = viewer.layers["folder labels"]
+    worker = widget.start(out, stem="folder", formats=["tiff", "csv"], overwrite=overwrite)
+    assert worker is not None, widget._status.value
+    qtbot.waitUntil(stack.reading.is_set, timeout=10_000)
+    return widget, worker, stack
+
+
+def test_closing_the_widget_stops_its_export_like_cancel(make_napari_viewer, tmp_path, qtbot, request):
+    """Closing the Export widget (the dock's close button takes it out of its dock, as
+    ``remove_dock_widget`` does) left its export running: the files were written after the user had
+    closed the panel. It now stops as *Cancel* does, before the next plane is read: no file and no
+    folder of the export is left, and the message says why."""
+    viewer = make_napari_viewer()
+    out = tmp_path / "new" / "export"
+    widget, worker, stack = _export_held(viewer, qtbot, request, out)
+    viewer.window.remove_dock_widget(widget.native)
+    stack.release()
+    qtbot.waitUntil(lambda: not worker.is_running and not widget.running, timeout=30_000)
+    qtbot.wait(50)
+    assert stack.reads == [1]  # planes 2 and 3 never read
+    assert not (tmp_path / "new").exists() and widget.last_written == []
+    assert widget._status.value == (f"Export stopped as the widget was closed: nothing was written to {out} "
+                                    "(files already there are as they were).")
+    assert widget._button.enabled and not widget._cancel_button.enabled
+    assert widget.progress_bar is None  # its bar left the activity dock
+
+
+def test_closing_napari_stops_the_export_without_touching_its_qt_widgets(make_napari_viewer, tmp_path, qtbot,
+                                                                        request):
+    """Closing napari while the Export widget wrote went on writing the files, replacing those of an
+    earlier export (napari's request that the worker quit was ignored, and the widget's deletion only
+    silenced it). It now stops as *Cancel* does: the earlier files are as they were, none of this export
+    is left, and nothing is written into the deleted Qt widgets (pytest-qt fails a test on an exception
+    in a slot)."""
+    viewer = make_napari_viewer()
+    out = tmp_path / "out"
+    earlier = np.zeros((20, 30), np.uint16)
+    earlier[1:4, 1:4] = 7
+    from napari_prm import io
+
+    io.export_instances(earlier, None, None, out, formats=["tiff", "csv"], stem="folder")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    widget, worker, stack = _export_held(viewer, qtbot, request, out, overwrite=True)
+    destroyed = []
+    widget.native.destroyed.connect(lambda *_: destroyed.append(True))
+    viewer.close()
+    stack.release()
+    qtbot.waitUntil(lambda: not worker.is_running and not widget.running and bool(destroyed), timeout=30_000)
+    qtbot.wait(50)
+    assert stack.reads == [1]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and widget.last_written == []

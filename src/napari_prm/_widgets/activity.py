@@ -1,9 +1,11 @@
-"""Progress of long runs in napari's activity dock, with napari's own cancel button."""
+"""Progress of long runs in napari's activity dock, with napari's own cancel button; a widget's
+job stopped like *Cancel* when the widget, or napari, is closed."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QEvent, QObject
 
@@ -83,13 +85,44 @@ class CloseWatcher(QObject):
         return False
 
 
+class _StopsOnQuit(FunctionWorker):
+    """A worker whose ``quit()`` stops its job like *Cancel*, through ``on_quit`` (`job_worker`).
+
+    napari asks each worker made by ``create_worker`` to quit when its window closes (the
+    task list's ``cancel_all``) and when the application quits (``wait_for_workers_to_quit``,
+    which then waits for them). A plain ``FunctionWorker`` ignores that: its function runs on
+    (training for hours, napari waiting at exit), and its ``returned`` is dropped, so the job's
+    end is never reported. Here ``quit()`` calls ``on_quit`` once and nothing else: the job
+    stops at its next cancel check and ends as a cancelled job ends (its ``returned`` comes).
+    """
+
+    on_quit: Callable[[], None] | None = None
+
+    def quit(self) -> None:
+        on_quit, self.on_quit = self.on_quit, None
+        if on_quit is not None:
+            on_quit()
+
+
+def job_worker(func, *args, on_quit: Callable[[], None], **kwargs) -> FunctionWorker:
+    """``create_worker(func, *args, **kwargs)`` for a widget's job: napari's request that it quit
+    (its window closing, the application quitting) calls ``on_quit``, which stops the job like
+    *Cancel* (`_StopsOnQuit`); once the job has finished, a request does nothing."""
+    worker = create_worker(func, *args, _worker_class=_StopsOnQuit, **kwargs)
+    worker.on_quit = on_quit
+    worker.finished.connect(lambda: setattr(worker, "on_quit", None))
+    return worker
+
+
 class StopsOnClose:
-    """For a widget with a ``worker`` and a ``_cancel`` event: closing it, or taking it out of
-    its dock, stops the running job like *Cancel* (`CloseWatcher`).
+    """For a widget with a ``worker``, a ``_cancel`` event and a ``cancel()`` (its *Cancel*):
+    closing it, taking it out of its dock, deleting it, or closing or quitting napari stops the
+    running job through ``cancel()``, as *Cancel* does (`CloseWatcher`, `job_worker`).
 
     ``_closed`` says the last job was stopped that way (for its message), ``_deleted`` that
     the widget's Qt widgets are gone, so nothing more may be written into them. Call
-    `_stop_on_close` once the Qt widget ``native`` exists, and clear ``_closed`` at each start.
+    `_stop_on_close` once the Qt widget ``native`` exists, make the job's worker with
+    `_job_worker`, and clear ``_closed`` at each start.
     """
 
     _closed = False
@@ -100,9 +133,15 @@ class StopsOnClose:
         self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
         self._close_watcher = CloseWatcher(native, self._on_close)
 
+    def _job_worker(self, func, *args, **kwargs) -> FunctionWorker:
+        """``create_worker(func, *args, **kwargs)`` for the widget's job, stopped like *Cancel*
+        when napari closes its window or quits (`job_worker`)."""
+        return job_worker(func, *args, on_quit=self._on_close, **kwargs)
+
     def _on_close(self, deleted: bool = False) -> None:
-        """Closed or taken out of its dock: stop a running job like *Cancel*."""
+        """Closed, taken out of its dock, deleted, or napari closed: stop a running job as
+        *Cancel* does."""
         self._deleted = self._deleted or deleted
         if self.worker is not None and not self._cancel.is_set():
             self._closed = True
-            self._cancel.set()
+            self.cancel()

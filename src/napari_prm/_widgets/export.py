@@ -2,7 +2,8 @@
 
 All formats are :func:`napari_prm.io.export_instances`'; files are written atomically. The
 *Export* button writes in a worker thread; its *Cancel* stops it between steps (a lazy layer's
-planes, the COCO RLE, each file), leaving no file of the export and earlier files as they were.
+planes, the COCO RLE, each file), leaving no file of the export and earlier files as they were;
+closing the widget, taking it out of its dock or closing napari stops it the same way.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 from napari.layers import Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from .. import io
 from .._validate import Cancelled, raise_if_cancelled
 from .._writer import layer_table
-from .activity import ActivityProgress, CloseWatcher
+from .activity import ActivityProgress, StopsOnClose
 from .layers import (
     INSTANCES_SUFFIX,
     LABELS_FILE_SUFFIX,
@@ -84,7 +84,7 @@ def default_stem(viewer, labels_layer) -> str:
     return re.sub(r"[^\w.-]+", "_", stem).strip("_") or "labels"
 
 
-class ExportWidget(Container):
+class ExportWidget(StopsOnClose, Container):
     """Export a (corrected) Labels layer with its classes.
 
     Parameters
@@ -124,8 +124,8 @@ class ExportWidget(Container):
         self.last_written: list[Path] = []
         self.worker = None  # the export being written in a worker thread (`start`)
         self.progress_bar: ActivityProgress | None = None  # in the activity dock, with its own cancel button
-        self._deleted = False  # its Qt widgets are gone: nothing more is shown in them
-        self._close_watcher = CloseWatcher(self.native, self._on_close)
+        # closed, out of its dock or napari closed: an export being written stops as Cancel stops it
+        self._stop_on_close(self.native)
 
     def _labels_choices(self, _=None):
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
@@ -201,8 +201,9 @@ class ExportWidget(Container):
         if isinstance(job.labels, np.ndarray) and np.shares_memory(job.labels, self._layer.value.data):
             job.labels = job.labels.copy()
         self._cancel.clear()
+        self._closed = False
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(_write_unless_cancelled, job, self._cancel, _start_thread=False, _connect={
+        worker = self._job_worker(_write_unless_cancelled, job, self._cancel, _start_thread=False, _connect={
             "errored": lambda error: self._failed(job, error)})
         worker.returned.connect(lambda written: self._done(job, written))
         worker.finished.connect(self._on_finished)
@@ -218,7 +219,7 @@ class ExportWidget(Container):
     def cancel(self) -> None:
         """Stop the export being written before its next step (a plane of a lazy layer, the COCO RLE, a
         file): no file of it is left, and earlier files of its stem stay as they were. Once its files are
-        switched in, it is done: nothing to stop."""
+        switched in, it is done: nothing to stop. Closing the widget, or napari, does the same."""
         if self.worker is not None:
             self._cancel.set()
             if not self._deleted:
@@ -232,11 +233,6 @@ class ExportWidget(Container):
         if not self._deleted:
             self._button.enabled = True
             self._cancel_button.enabled = False
-
-    def _on_close(self, deleted: bool = False) -> None:
-        """Closed or out of its dock: an export being written is finished (its files are written
-        together); once the Qt widgets are gone, its outcome is said in a notification only."""
-        self._deleted = self._deleted or deleted
 
     def _job(self, folder, *, formats, stem, overwrite) -> _Job | None:
         """What to write, from the fields and the arguments; None when refused (said)."""
@@ -297,7 +293,8 @@ class ExportWidget(Container):
     def _done(self, job: _Job, written: list[Path] | None) -> list[Path]:
         if written is None:  # cancelled (`_write_unless_cancelled`)
             self.last_written = []
-            self._say(f"Export cancelled: nothing was written to {job.folder} (files already there are as they "
+            why = "Export stopped as the widget was closed" if self._closed else "Export cancelled"
+            self._say(f"{why}: nothing was written to {job.folder} (files already there are as they "
                       "were).")
             return []
         self.last_written = written
