@@ -274,6 +274,36 @@ def test_deleting_the_panel_stops_the_run_without_touching_its_qt_widgets(predic
     assert panel.last_message.startswith("Stopped as the panel was closed")
 
 
+def test_closing_napari_stops_the_run_like_cancel(predict_widget, qtbot, image_folder, tmp_path):
+    """Closing (or quitting) napari asks its workers to quit: the folder run ignored that and went on
+    with every image until the panel's Qt widgets happened to be deleted, and its end was never
+    reported. It now stops between images as *Cancel* does: what was written stays, summary.csv
+    says which images were not done, and the message says why."""
+    import csv
+
+    from napari.qt.threading import WorkerBase
+
+    panel = open_batch_panel(predict_widget)
+    panel._inputs.value = image_folder
+    panel._out.value = tmp_path / "out"
+    window = predict_widget.viewer.window._qt_window  # held: its Qt widgets are deleted later, as when napari quits
+    reached, gate = held_after_the_first_image(panel)
+    try:
+        worker = panel.start()
+        qtbot.waitUntil(reached.is_set, timeout=WAIT_MS)
+        predict_widget.viewer.close()
+    finally:
+        gate.set()
+    WorkerBase.await_workers(WAIT_MS)  # as napari does when it quits (raises if a worker still runs)
+    qtbot.waitUntil(lambda: not worker.is_running and not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == ["written", "cancelled", "cancelled"]
+    assert panel.last_message.startswith("Stopped as the panel was closed: 1 written")
+    with open(tmp_path / "out" / "summary.csv", newline="") as handle:
+        assert [row["status"] for row in csv.DictReader(handle)] == ["written", "cancelled", "cancelled"]
+    assert len(list((tmp_path / "out").glob("*_labels.tif"))) == 1
+    del window
+
+
 def test_run_on_a_folder_after_closing_the_panel_docks_it_again(predict_widget, qtbot):
     """*Run on a folder…* after the panel's close button shows the panel in its dock again,
     not as a window of its own."""

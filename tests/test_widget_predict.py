@@ -424,6 +424,30 @@ def test_closing_the_widget_stops_its_run(cat_viewer, qtbot, prm_config, tiny_ch
     assert [layer.name for layer in cat_viewer.layers] == ["cat"]
 
 
+def test_closing_napari_stops_the_run(cat_viewer, qtbot, prm_config, tiny_checkpoint):
+    """Closing (or quitting) napari asks its workers to quit: the run ignored that and went on to its
+    last peak while the widget's Qt widgets were not yet deleted (napari deletes them later, or not
+    before it waits for its workers when it quits). It now stops as *Cancel* does."""
+    from napari.qt.threading import WorkerBase
+
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None  # every peak, one at a time
+    window = cat_viewer.window._qt_window  # held: its Qt widgets are deleted later, as when napari quits
+    run = HeldRun(widget)
+    worker = widget.run()
+    try:
+        qtbot.waitUntil(run.held.is_set, timeout=WAIT_MS)
+        cat_viewer.close()
+    finally:
+        run.release()
+    WorkerBase.await_workers(WAIT_MS)  # as napari does when it quits (raises if a worker still runs)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
+    qtbot.wait(50)
+    done, total = run.backprops()
+    assert 0 < done < total  # stopped before the last peak
+    del window
+
+
 def test_an_image_with_nan_is_refused_with_a_message(make_napari_viewer, qtbot, prm_config,
                                                      tiny_checkpoint):
     """A float image with NaN (a registration's border) is an input the user can fix: one

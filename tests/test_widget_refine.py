@@ -234,6 +234,30 @@ def test_closing_the_widget_stops_learning_like_cancel(make_napari_viewer, qtbot
     qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
 
 
+def test_quitting_napari_stops_learning_like_cancel(make_napari_viewer, qtbot, prm_config, tiny_shapes_checkpoint,
+                                                     tmp_path):
+    """Quitting napari closes its window, which asks its workers to quit, and then waits for them:
+    *Learn* ignored the request (running on until the widget's Qt widgets happened to be deleted), and
+    the request dropped its result, so its end was never reported. It now stops as *Cancel* does: the
+    last finished epoch's model is saved, and the result and message are a Cancel's."""
+    from napari.qt.threading import WorkerBase
+
+    viewer = make_napari_viewer()
+    _, widget = corrected_scene(viewer, qtbot, tiny_shapes_checkpoint, tmp_path)
+    epochs = []
+    widget._relay.progressed.connect(lambda u: epochs.append(u.epoch) if u.stage == "epoch" else None)
+    worker = widget.start(batch_size=1, epochs=100_000)
+    qtbot.waitUntil(lambda: len(epochs) >= 2, timeout=WAIT_MS)
+    viewer.close()
+    WorkerBase.await_workers(WAIT_MS)  # as napari does when it quits (raises if a worker still runs)
+    qtbot.waitUntil(lambda: not worker.is_running and not widget.running, timeout=30_000)
+    qtbot.wait(50)
+    assert widget.result is not None and widget.result.cancelled and 2 <= len(widget.result.history) < 1000
+    assert widget.last_message.startswith(f"Stopped as the widget was closed after {len(widget.result.history)} "
+                                          "epochs")
+    assert load_model(tmp_path / "refined.pt").head.info["epochs"] == len(widget.result.history)
+
+
 def test_removing_the_layers_while_learning_changes_nothing(make_napari_viewer, qtbot, prm_config,
                                                             tiny_shapes_checkpoint, tmp_path):
     viewer = make_napari_viewer()

@@ -287,6 +287,32 @@ def test_deleting_the_widget_stops_training_without_touching_its_qt_widgets(
     assert widget.activity is None  # its bar left the activity dock
 
 
+def test_quitting_napari_stops_training_like_cancel(make_napari_viewer, qtbot, prm_config, tiny_dataset,
+                                                     tmp_path):
+    """Quitting napari closes its window, which asks its workers to quit, and then waits for them
+    (``wait_for_workers_to_quit``): training ignored the request, running on until the widget's Qt
+    widgets happened to be deleted, and the request dropped the run's result, so its end was never
+    reported. The request now stops it as *Cancel* does: the last finished epoch's checkpoint is kept,
+    and the run's result and message are those of a Cancel."""
+    from napari.qt.threading import WorkerBase
+
+    from napari_prm.model import load_checkpoint
+    from napari_prm.train import TRAINING_STATE_KEY
+
+    viewer = make_napari_viewer()
+    out = tmp_path / "trained.pt"
+    widget, worker = start_a_long_run(viewer, qtbot, tiny_dataset, out)
+    viewer.close()
+    WorkerBase.await_workers(WAIT_MS)  # napari's wait_for_workers_to_quit; raises if one still runs then
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    result = widget.result
+    assert result is not None and result.cancelled and 2 <= len(result.history) < 1000
+    assert widget.last_message.startswith(f"Stopped as the widget was closed: epoch {len(result.history)},")
+    _, extra = load_checkpoint(out)
+    assert extra[TRAINING_STATE_KEY]["epoch"] == len(result.history)
+    assert not worker.is_running
+
+
 def test_a_dataset_path_that_does_not_exist_is_named(make_napari_viewer, tmp_path):
     """A folder typed with a typo (or one since moved) said only "Choose a dataset", as if none
     had been given. The message names the path that does not exist."""

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton, SpinBox
-from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
@@ -173,8 +172,9 @@ class BatchPanel(StopsOnClose, Container):
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
         # the check box's text read here: the worker reads no Qt widget
         recursive = (bool(self._recursive.value), f"tick '{self._recursive.text}' to search them")
-        worker = create_worker(self._run, inputs, recursive, out, settings, workers,
-                               bool(self._overwrite.value), _start_thread=False, _connect={"errored": self._on_error})
+        worker = self._job_worker(self._run, inputs, recursive, out, settings, workers,
+                                  bool(self._overwrite.value), _start_thread=False,
+                                  _connect={"errored": self._on_error})
         worker.returned.connect(self._on_done)
         worker.finished.connect(self._on_finished)
         self.worker = worker

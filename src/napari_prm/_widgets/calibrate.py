@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, FileEdit, PushButton
-from napari.qt.threading import create_worker
 
 from .._text import sentence, sentences
 from ..data import load_dataset
@@ -128,10 +127,10 @@ class CalibrateSection:
         dataset_path, images = chosen
         self.calibrated = None
         self._progress.max, self._progress.value = 1, 0
-        worker = create_worker(_calibrate, model, dataset_path, images, self._device.value, out,
-                               progress=lambda *p: self._relay.progressed.emit(("calibrate", *p)),
-                               cancel=self._cancel.is_set, _start_thread=False,
-                               _connect={"errored": self._calibration_failed})
+        worker = self._job_worker(_calibrate, model, dataset_path, images, self._device.value, out,
+                                  progress=lambda *p: self._relay.progressed.emit(("calibrate", *p)),
+                                  cancel=self._cancel.is_set, _start_thread=False,
+                                  _connect={"errored": self._calibration_failed})
         worker.returned.connect(self._on_calibrated)
         name = Path(model).name
         self._run_started(worker, f"Calibrating {name} on {dataset_path}…",

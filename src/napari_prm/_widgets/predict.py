@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QSize, Qt, Signal
 from qtpy.QtWidgets import (
@@ -39,7 +38,7 @@ from qtpy.QtWidgets import (
 from .._text import plural, sentence
 from ..predict import Cancelled, Prediction, image_to_crm
 from ..predictor import preset_settings, resolve_thresholds
-from .activity import ActivityProgress, CloseWatcher
+from .activity import ActivityProgress, CloseWatcher, job_worker
 from .batch import open_batch_panel
 from .correct import CorrectionPanel
 from .form import PredictForm, WidgetSettings, upgrade_saved_settings
@@ -352,10 +351,11 @@ class PredictWidget(PredictForm, QWidget):
         self._outcome_taken = False
         started = time.perf_counter()
         # errored connected here: an unexpected error is reported by the widget (and by
-        # napari's notifications, with its traceback), not re-raised on the Qt thread
-        worker = create_worker(self._predict_planes, list(zip(keys, images, proposals)), settings,
-                               rethreshold=rethreshold, image_name=layer.name, hand=hand,
-                               _connect={"errored": self._on_error}, _start_thread=False)
+        # napari's notifications, with its traceback), not re-raised on the Qt thread; napari
+        # closing (or quitting) stops it as Cancel does
+        worker = job_worker(self._predict_planes, list(zip(keys, images, proposals)), settings,
+                            rethreshold=rethreshold, image_name=layer.name, hand=hand, on_quit=self.cancel,
+                            _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(
             lambda out: self._show_results(layer, planes, leading, settings, out, started, keys, hand))
         worker.finished.connect(self._on_finished)
@@ -452,9 +452,12 @@ class PredictWidget(PredictForm, QWidget):
 
     def _on_close(self, deleted: bool = False) -> None:
         """Closed, or taken out of its dock: stop a running job; the PRMs layers' peak axis stops
-        following the viewer's layers (`PeakAxisFollower`)."""
+        following the viewer's layers (`PeakAxisFollower`). Deleted (its window closed): no
+        longer offered models (`offer_model`), as its Qt widgets are gone."""
         self.cancel()
         self._peak_axes.disconnect()
+        if deleted:
+            _live_predict_widgets.discard(self)
 
     def cancel(self) -> None:
         """Stop the running prediction (between peaks); the layers stay as they were.
@@ -463,7 +466,6 @@ class PredictWidget(PredictForm, QWidget):
         """
         if self.worker is not None and not self._outcome_taken:
             self._cancel.set()
-            self.worker.quit()
         self.correction.cancel()
 
     def begin_activity(self, description: str, on_cancel) -> None:

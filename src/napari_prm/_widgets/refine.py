@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select, SpinBox
 from napari.layers import Labels
-from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
@@ -321,8 +320,8 @@ class RefineWidget(StopsOnClose, Container):
         self._activity = progress(total=0, desc="Learning from corrections")
         started = time.perf_counter()
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(self._learn, model_choice, self._device.value, planes, masks, options,
-                               _start_thread=False, _connect={"errored": self._on_error})
+        worker = self._job_worker(self._learn, model_choice, self._device.value, planes, masks, options,
+                                  _start_thread=False, _connect={"errored": self._on_error})
         worker.returned.connect(lambda result: self._on_done(result, started))
         worker.finished.connect(self._on_finished)
         self.worker = worker

@@ -506,7 +506,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._progress.max = options["epochs"]
         self._progress.value = 0
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(
+        worker = self._job_worker(
             self._train, dataset_path, options, images, resumed, channels, _start_thread=False, _connect={
                 "errored": lambda error: self._say(f"Training failed: {type(error).__name__}: {error}", True)})
         worker.returned.connect(self._on_done)
