@@ -228,3 +228,43 @@ def test_a_checkpoint_named_without_a_suffix_calibrates_into_a_new_pt_file(make_
     assert calibrated_path(tmp_path / "m.PTH", "new", tmp_path) == tmp_path / "m-calibrated.PTH"
     assert calibrated_path(tmp_path / "m.safetensors", "new", tmp_path) == tmp_path / "m-calibrated.safetensors"
     assert calibrated_path(mine, "in place", tmp_path) == mine
+
+
+def test_closing_napari_stops_calibration_like_cancel(make_napari_viewer, qtbot, prm_config, tiny_dataset,
+                                                      tmp_path):
+    """Closing (or quitting) napari asks its workers to quit: *Calibrate* ignored that and calibrated to
+    the end, writing the calibrated model, while the widget's Qt widgets were not yet deleted (napari
+    deletes them later, or not before it waits for its workers when it quits). It now stops as *Cancel*
+    does: nothing is written, and the message says why."""
+    import threading
+
+    from napari.qt.threading import WorkerBase
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, tmp_path / "unused.pt")
+    elsewhere = tmp_path / "elsewhere.pt"
+    save_model(build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(32, 32)), elsewhere)
+    widget._calibrate_model.value = elsewhere
+    widget._calibrate_to.value = "new"
+    window = viewer.window._qt_window  # held: its Qt widgets are deleted later, as when napari quits
+    held, gate = threading.Event(), threading.Event()
+
+    def hold(progress):  # in the worker, after its first image
+        if progress[0] == "calibrate" and not held.is_set():
+            held.set()
+            assert gate.wait(30), "the test never let calibration go on"
+
+    widget._relay.progressed.connect(hold, Qt.ConnectionType.DirectConnection)
+    try:
+        worker = widget.calibrate()
+        assert worker is not None, widget.last_message
+        qtbot.waitUntil(held.is_set, timeout=WAIT_MS)
+        viewer.close()
+    finally:
+        gate.set()
+    WorkerBase.await_workers(WAIT_MS)  # as napari does when it quits (raises if a worker still runs)
+    qtbot.waitUntil(lambda: not worker.is_running and not widget.running, timeout=WAIT_MS)
+    assert widget.last_message == "Stopped as the widget was closed while calibrating: nothing was written."
+    assert widget.calibrated is None and not (tmp_path / "elsewhere-calibrated.pt").exists()
+    del window
