@@ -61,6 +61,46 @@ def test_merge(corrected):
     assert "label 5" in widget.last_message
 
 
+
+def test_merge_takes_the_instance_picked_before_never_a_stale_one(corrected, qtbot):
+    """Shift-M merges the instance picked before the selected one. Right after a run the label the
+    layer shows as selected (1) counts as picked (picking it again emits nothing); and after a new run,
+    *other label* holds no label of the instances it replaced, which would be merged away unpicked."""
+    viewer, widget, labels, _ = corrected
+    panel = widget.correction
+    assert labels.selected_label == 1  # napari's default: the user sees instance 1 selected
+    labels.selected_label = 2  # picks instance 2: "merge the previously selected into the selected"
+    assert panel.merge_with.value == 1
+    assert panel.merge_previous_into_selected(), widget.last_message
+    assert set(rows(labels)) == {2} and np.count_nonzero(labels.data == 2) == 40 * 60 + 20 * 50
+    labels.undo()
+    qtbot.waitUntil(lambda: set(rows(labels)) == {1, 2})
+
+    labels.selected_label = 1  # picked 2, then 1: other label is 2
+    assert panel.merge_with.value == 2
+    rethreshold_and_wait(widget, qtbot)  # new instances: none (no proposals); paint three
+    for label, (rows_, cols) in {1: ((0, 10), (0, 10)), 2: ((20, 30), (0, 10)), 3: ((40, 50), (0, 10))}.items():
+        mask = np.zeros(labels.data.shape, bool)
+        mask[slice(*rows_), slice(*cols)] = True
+        labels.data_setitem(np.nonzero(mask), label)
+    qtbot.waitUntil(lambda: set(rows(labels)) == {1, 2, 3})
+    assert panel.merge_with.value == 0  # not the replaced layer's 2
+    labels.selected_label = 3
+    assert panel.merge_with.value == 1  # the label selected when the run ended
+    assert panel.merge_previous_into_selected(), widget.last_message
+    assert set(rows(labels)) == {2, 3}  # 2, never picked since the run, is left alone
+
+
+def test_merge_with_no_instance_picked_before_says_what_to_do(corrected):
+    viewer, widget, labels, _ = corrected
+    labels.selected_label = 2
+    before = labels.data.copy()
+    assert not widget.correction.merge_selected_with(0)
+    assert not widget.correction.merge_selected_with(2)
+    np.testing.assert_array_equal(labels.data, before)
+    assert "select the instance to merge away, then the one to keep" in widget.last_message
+
+
 def test_split_at_a_drawn_line(corrected):
     viewer, widget, labels, _ = corrected
     labels.selected_label = 1

@@ -134,6 +134,8 @@ class _Run:
     clicked: set = field(default_factory=set)  # points placed by hand, not retrieved yet
     undone_points: dict = field(default_factory=dict)  # points taken away by Ctrl+Z: peak -> (data row, features)
     sync_scheduled: bool = False  # a paint's table sync waits for the event loop
+    #: (the label selected last, *other label*) while another run is worked on; None: not worked on yet
+    merge_partner: tuple | None = None
 
 
 class CorrectionPanel(PointRetrieval):
@@ -296,6 +298,7 @@ class CorrectionPanel(PointRetrieval):
         """Work on no run: the class picker gives the points added to ``peaks`` (the peaks layer of a
         run forgotten when its instances layer was removed) their class, which a new *Run* retrieves;
         the other tools are off, the panel saying why (`_show_state`)."""
+        self._keep_merge_partner()
         self._run = None
         self._orphan = peaks
         self._offer_classes(list(self._orphaned[peaks].class_names))
@@ -326,11 +329,28 @@ class CorrectionPanel(PointRetrieval):
         self.off_label.visible = bool(why)
 
     def _switch(self, run: _Run) -> None:
+        self._keep_merge_partner()
         self._run = run
         self._orphan = None
         self._show_state()  # disabled when the run worked on before left the viewer
-        self._last_label = int(self.instances.selected_label)
+        self._take_merge_partner()
         self.refresh_classes()
+
+    def _keep_merge_partner(self) -> None:
+        """Keep, with the run worked on, the instance selected last and *other label* (its merge
+        partner), before the panel works on another run."""
+        if self._run is not None:
+            self._run.merge_partner = (self._last_label, int(self.merge_with.value))
+
+    def _take_merge_partner(self) -> None:
+        """Show the merge partner of the run now worked on: the one kept with it, or, for a new run,
+        none. *Other label* must not hold a label of another layer (another image's, or those a new
+        run replaced), which a merge would take as the instance to merge away. The label the layer
+        shows as selected counts as the one selected before (picking it again changes nothing that
+        napari reports), so picking another instance makes it the partner."""
+        kept = self._run.merge_partner
+        self._last_label, partner = kept if kept is not None else (int(self.instances.selected_label), 0)
+        self.merge_with.value = partner
 
     def refresh_classes(self) -> None:
         """Offer the classes of the layer worked on (a painted layer's: the model's now loaded)."""
@@ -430,13 +450,14 @@ class CorrectionPanel(PointRetrieval):
         waited there; peaks waiting in another image's run are retrieved there next)."""
         instances = context.layers["instances"]
         self._runs = [run for run in self._runs if run.context.layers.get("instances") is not instances]
+        self._keep_merge_partner()
         self._run = _Run(context)
         self._runs.append(self._run)
         self._orphaned.pop(context.layers["peaks"], None)
         self._orphan = None
         self._show_state()
         reset_history(instances)  # its data was replaced in place
-        self._last_label = 0
+        self._take_merge_partner()
         self._cycle = None  # the alternatives of the run it replaced
         self.class_choice.choices = list(context.class_names)
         found = list(context.layers["peaks"].features["class_name"])
@@ -654,7 +675,14 @@ class CorrectionPanel(PointRetrieval):
 
     def merge_selected_with(self, other: int) -> bool:
         label = self._selected()
-        return label is not None and self._apply(
+        if label is None:
+            return False
+        if int(other) <= 0 or int(other) == label:
+            self._say(f"Nothing to merge into instance {label}: select the instance to merge away, then the one "
+                      "to keep, and press Merge (Shift-M); or type the label to merge away in 'other label'.",
+                      "warning")
+            return False
+        return self._apply(
             edit.merge_instances, [label, int(other)], relabel={int(other): label},
             done=f"Merged instance {other} into {label}.")
 
