@@ -1,5 +1,7 @@
 """The "Learn from corrections" widget: run, correct, learn, run on the next image, in napari."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -510,6 +512,36 @@ def test_learn_follows_the_model_chosen_in_the_predict_widget(make_napari_viewer
     widget._model.value = str(tiny_shapes_checkpoint.resolve())
     assert predict_widget.model.value == str((tmp_path / "refined.pt").resolve())
     assert widget._model.value == str(tiny_shapes_checkpoint.resolve())
+
+
+
+def test_learn_keeps_the_thresholds_edited_for_the_model_it_refines(make_napari_viewer, qtbot, prm_config,
+                                                                    tiny_shapes_checkpoint, tmp_path):
+    """The thresholds a user lowered to find their objects (cells, for a model calibrated on others)
+    went back to the calibrated ones when *Learn* selected the refined model: the next Run found
+    fewer peaks, or none, with nothing said. Learn trains the head alone (the same classifier, so
+    the same scores and peaks): the edited thresholds stay, and the final message says so."""
+    viewer = make_napari_viewer()
+    image, labels, _, _ = shapes_scene(2)
+    viewer.add_image(image, name="scene")
+    predict_widget, widget = open_widgets(viewer, qtbot, tiny_shapes_checkpoint)
+    predict_widget.peak_threshold.value = 0.25  # edited; the class threshold left at the model's
+    assert predict_widget.peak_control.saved == 0.25 and predict_widget.class_control.saved is None
+    layer = viewer.add_labels(np.zeros_like(labels), name="scene instances")
+    correct(layer, labels)
+    out = tmp_path / "refined.pt"
+    choose(widget, [layer], out)
+    learn(widget, qtbot)
+    assert predict_widget.model.value == str(out.resolve())
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+    assert predict_widget.peak_threshold.value == 0.25 and predict_widget.peak_control.override == 0.25
+    assert predict_widget.class_control.saved is None  # still the (refined) model's calibrated one
+    assert "uses it, with the peak threshold 0.25 you set." in widget.last_message, widget.last_message
+    assert json.loads((prm_config / "predict_widget.json").read_text())["peak_threshold"] == 0.25
+    # a model chosen by hand shows its calibrated thresholds, as before
+    predict_widget.select_model(str(tiny_shapes_checkpoint))
+    qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)
+    assert predict_widget.peak_control.saved is None
 
 
 def test_instances_of_classes_the_model_lacks_are_named_with_their_layer(make_napari_viewer, qtbot, prm_config,

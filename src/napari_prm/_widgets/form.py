@@ -235,9 +235,21 @@ class PredictForm:
         """Refresh the layer choosers (napari calls this when layers are added or removed)."""
         self.form.reset_choices()
 
-    def select_model(self, value: str) -> None:
-        """Make ``value`` (a built-in name or a checkpoint path) the chosen model."""
+    def select_model(self, value: str, *, keep_thresholds: bool = False) -> None:
+        """Make ``value`` (a built-in name or a checkpoint path) the chosen model.
+
+        Parameters
+        ----------
+        value : str
+        keep_thresholds : bool
+            Keep the thresholds the user edited (a model chosen otherwise shows its calibrated
+            ones): for a model refined from the one chosen, whose classifier, and so whose
+            class scores and peaks, are the same.
+        """
         from ..model.checkpoint import is_builtin_name
+
+        edited = [(control, control.saved) for control in (self.class_control, self.peak_control)
+                  if keep_thresholds and control.saved is not None]
 
         if not is_builtin_name(value) and Path(value).is_file():
             value = str(Path(value).resolve())
@@ -248,6 +260,8 @@ class PredictForm:
                       "error")
             return
         self.model.value = value
+        for control, saved in edited:  # the calibrated values shown once it loads give way to them
+            control.restore(saved, now=True)
 
     def _on_checkpoint_chosen(self, path) -> None:
         if path is not None and Path(path).is_file():

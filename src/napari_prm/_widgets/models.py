@@ -299,12 +299,18 @@ class PredictorCache:
             return len(self._predictors)
 
 
-def offer_model(viewer, path: str | os.PathLike) -> None:
-    """Remember a new checkpoint and select it in the viewer's predict widgets."""
+def offer_model(viewer, path: str | os.PathLike, *, refined_from: str | None = None) -> None:
+    """Remember a new checkpoint and select it in the viewer's predict widgets.
+
+    ``refined_from``: the model choice the checkpoint was refined from (*Learn from corrections*,
+    which trains the head alone): a predict widget that has it chosen keeps the thresholds the
+    user edited there, which mean the same for the refined model.
+    """
     remember_model(path)
     for widget in list(_live_predict_widgets):
         if widget.viewer is unwrap_viewer(viewer):
-            widget.select_model(str(Path(path).resolve()))
+            widget.select_model(str(Path(path).resolve()),
+                                keep_thresholds=refined_from is not None and widget.model.value == refined_from)
 
 
 def keep_existing_output(widget, options: dict, replaceable: str | os.PathLike | None = None) -> str:

@@ -323,6 +323,9 @@ class RefineWidget(StopsOnClose, Container):
         worker = self._job_worker(self._learn, model_choice, self._device.value, planes, masks, options,
                                   _start_thread=False, _connect={"errored": self._on_error})
         worker.returned.connect(lambda result: self._on_done(result, started))
+        worker = create_worker(self._learn, model_choice, self._device.value, planes, masks, options,
+                               _start_thread=False, _connect={"errored": self._on_error})
+        worker.returned.connect(lambda result: self._on_done(result, started, model_choice))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._learn_button.enabled = False
@@ -408,14 +411,16 @@ class RefineWidget(StopsOnClose, Container):
             activity.set_description(self._status.value)
             activity.refresh()
 
-    def _on_done(self, result, started: float) -> None:
+    def _on_done(self, result, started: float, model_choice: str | None = None) -> None:
         self.result = result
         self.last_seconds = time.perf_counter() - started
         why = "Stopped as the widget was closed" if self._closed else "Cancelled"
         if result.checkpoint is None:
             self._say(f"{why} before the first epoch ended: the model was left as it was.")
             return
-        offer_model(self._viewer, result.checkpoint)
+        # the head alone was trained: the thresholds edited for the model refined hold for the new one
+        offer_model(self._viewer, result.checkpoint, refined_from=model_choice)
+        kept = self._thresholds_kept()
         if not self._deleted:
             self._model.reset_choices()
             self._model.value = str(Path(result.checkpoint).resolve())
@@ -424,7 +429,18 @@ class RefineWidget(StopsOnClose, Container):
         left_out = (f" Several exports of one image in the corrections folder: the most recently written of "
                     f"each was used; left out: {', '.join(superseded)}." if superseded else "")
         self._say(f"{what} from {result.samples} corrected image(s) in {self.last_seconds:.1f} s; saved "
-                  f"{result.checkpoint}. The next Run of Peak Response Maps uses it.{left_out}{self._notes_text()}")
+                  f"{result.checkpoint}. The next Run of Peak Response Maps uses it{kept}.{left_out}{self._notes_text()}")
+
+    def _thresholds_kept(self) -> str:
+        """What the followed Peak Response Maps widget kept of the thresholds edited there (", with the
+        peak threshold you set, 3"), or "" when it shows the model's calibrated ones."""
+        widget = self._followed() if self._followed is not None else None
+        if widget is None:
+            return ""
+        edited = [f"{name} {control.describe()}" for name, control in
+                  (("class threshold", widget.class_control), ("peak threshold", widget.peak_control))
+                  if control.saved is not None]
+        return f", with the {' and '.join(edited)} you set" if edited else ""
 
     def _on_error(self, error: Exception) -> None:  # the notes may say why nothing was left to learn
         self._say(f"Learning failed: {type(error).__name__}: {error}{self._notes_text()}", True)
