@@ -429,7 +429,8 @@ class RefineWidget(StopsOnClose, Container):
         left_out = (f" Several exports of one image in the corrections folder: the most recently written of "
                     f"each was used; left out: {', '.join(superseded)}." if superseded else "")
         self._say(f"{what} from {result.samples} corrected image(s) in {self.last_seconds:.1f} s; saved "
-                  f"{result.checkpoint}. The next Run of Peak Response Maps uses it{kept}.{left_out}{self._notes_text()}")
+                  f"{result.checkpoint}. The next Run of Peak Response Maps uses it{kept}."
+                  f"{left_out}{self._notes_text()}")
 
     def _thresholds_kept(self) -> str:
         """What the followed Peak Response Maps widget kept of the thresholds edited there (", with the
