@@ -567,6 +567,47 @@ def test_cancel_while_the_model_loads_stops_there_and_writes_nothing(predict_wid
     assert [r.status for r in panel.result.results] == ["written"] * 3, panel.last_message
 
 
+
+def test_a_new_folder_run_keeps_the_corrections_painted_in_folder_instances(predict_widget, qtbot, image_folder,
+                                                                            tmp_path):
+    """Corrections painted in `folder instances` (to learn from them) were lost without a word when *Run on
+    folder* was pressed again (to resume, or after adding images): the run removed the layer and opened the
+    files again. The painted layer is kept as the hidden `folder instances (corrected)`, its corrected planes
+    held in memory even when the run writes their label files again, and the message says so."""
+    out = tmp_path / "out"
+    panel = run_folder(predict_widget, qtbot, image_folder, out)
+    viewer = predict_widget.viewer
+    layer = viewer.layers[LABELS_LAYER]
+    written = np.asarray(layer.data).copy()
+
+    # not painted: a new run replaces the layer and keeps nothing
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [lay.name for lay in viewer.layers] == [IMAGES_LAYER, LABELS_LAYER] and "kept" not in panel.last_message
+
+    layer = viewer.layers[LABELS_LAYER]
+    coffee = io.read_label_image(out / "b_coffee_labels.tif")
+    erased = int(np.unique(coffee[coffee > 0])[0])
+    y, x = np.argwhere(coffee == erased)[0]
+    layer.fill((1, int(y), int(x)), 0)  # as a user erases an instance of b_coffee.png
+    layer.brush_size = 5
+    layer.paint((2, 10, 10), 77)  # and paints one in c_astronaut.png
+    corrected = np.asarray(layer.data).copy()
+    assert not np.array_equal(corrected[1], written[1]) and not np.array_equal(corrected[2], written[2])
+
+    panel._overwrite.value = True  # recompute: the label files are written again
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    kept = viewer.layers[f"{LABELS_LAYER} (corrected)"]
+    assert not kept.visible and viewer.layers[LABELS_LAYER] is not layer
+    np.testing.assert_array_equal(np.asarray(kept.data), corrected)
+    np.testing.assert_array_equal(np.asarray(viewer.layers[LABELS_LAYER].data), written)  # the new run's
+    assert (f"Your corrections of 'folder instances' (2 planes: b_coffee.png, c_astronaut.png) were kept as "
+            f"'{LABELS_LAYER} (corrected)' (hidden): tick it in Learn from corrections.") in panel.last_message
+    _, learn = viewer.window.add_plugin_dock_widget("napari-prm", "Learn from corrections", tabify=True)
+    assert f"{LABELS_LAYER} (corrected)" in [name for name, _ in learn._labels_choices()]
+
+
 def test_learn_from_corrections_takes_the_corrected_planes_of_the_folder_instances(predict_widget, qtbot,
                                                                                    image_folder, tmp_path,
                                                                                    monkeypatch, tiny_checkpoint):

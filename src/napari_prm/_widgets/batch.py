@@ -38,6 +38,8 @@ IMAGES_LAYER = "folder images"
 LABELS_LAYER = "folder instances"
 #: The `LABELS_LAYER` metadata key listing each plane's files (`folder_planes`).
 FOLDER_PLANES = "folder_planes"
+#: `LABELS_LAYER` layers painted since they opened (napari's paint, fill and erase): a new run keeps them
+_painted: weakref.WeakSet = weakref.WeakSet()
 _panels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -57,6 +59,13 @@ def open_batch_panel(predict_widget) -> BatchPanel:
         dock.show()
         dock.raise_()
     return panel
+
+
+def _note_painted(layer_ref, _event=None) -> None:
+    """A stroke, fill or erase in a `LABELS_LAYER` (``layer_ref``, a weak reference): a new run keeps it."""
+    layer = layer_ref()
+    if layer is not None:
+        _painted.add(layer)
 
 
 class _NoImages(ValueError):
@@ -128,6 +137,7 @@ class BatchPanel(StopsOnClose, Container):
         self._tally: batch.PlaneTally | None = None
         self.last_message = ""
         self.found_message = ""  # the status line once the images were found: their count and the notes
+        self._kept_note = ""  # the corrections this run kept (`_keep_corrections`), said when it ends
         self._stop_on_close(self.native)
 
     @property
@@ -162,6 +172,8 @@ class BatchPanel(StopsOnClose, Container):
         workers = int(self._workers.value)
         if workers:
             import distributed  # noqa: F401  (imported on the Qt thread, not half-way in two)
+        # before the run writes new label files and replaces the layer: the user's corrections stay
+        self._kept_note = self._keep_corrections()
         self._cancel.clear()
         self._closed = False
         self.result = None
@@ -183,6 +195,31 @@ class BatchPanel(StopsOnClose, Container):
         self._status.value = f"Looking for images in {inputs}…"
         worker.start()
         return worker
+
+    def _keep_corrections(self) -> str:
+        """Keep the `LABELS_LAYER` painted since it opened as a hidden copy, ``folder instances
+        (corrected)`` (`add_kept_copy`), whose planes that differ from their label files are held in
+        memory (a new run may write those files again) and the others read from the files, as
+        *Learn from corrections* and *Export* take the layer. Returns what to say ("" when nothing
+        was kept)."""
+        import dask.array as da
+
+        from .layers import add_kept_copy
+
+        layer = self._viewer.layers[LABELS_LAYER] if LABELS_LAYER in self._viewer.layers else None
+        planes = folder_planes(layer) if layer is not None and layer in _painted else None
+        if not planes:
+            return ""
+        corrected = [index for index, (_, labels, _, _) in enumerate(planes) if labels() is not None]
+        if not corrected:
+            return ""
+        data = da.stack([da.from_array(np.asarray(layer.data[index])) if index in corrected else layer.data[index]
+                         for index in range(len(planes))])
+        kept = add_kept_copy(self._viewer, layer, data)
+        names = [planes[index][3].removeprefix(f"{layer.name}: ") for index in corrected]
+        shown = ", ".join(names[:3]) + (f", … ({len(names) - 3} more)" if len(names) > 3 else "")
+        return (f"Your corrections of {layer.name!r} ({plural(len(names), 'plane')}: {shown}) were kept as "
+                f"{kept.name!r} (hidden): tick it in Learn from corrections.")
 
     def _run(self, inputs: Path, recursive: tuple[bool, str], out: Path, settings: dict, workers: int,
              overwrite: bool):
@@ -235,10 +272,11 @@ class BatchPanel(StopsOnClose, Container):
                 cluster.close()
 
     def _on_error(self, error: Exception) -> None:
+        kept = f" {self._kept_note}" if self._kept_note else ""
         if isinstance(error, _NoImages):  # the folder's fault, said as it is
-            self._say(str(error), "error")
+            self._say(f"{error}{kept}", "error")
         else:
-            self._say(f"The folder run failed: {type(error).__name__}: {error}", "error")
+            self._say(f"The folder run failed: {type(error).__name__}: {error}{kept}", "error")
 
     def _on_found(self, found: _Found) -> None:
         """The worker found the images: the bar's total, and the notes in the status line."""
@@ -280,7 +318,8 @@ class BatchPanel(StopsOnClose, Container):
     def _on_done(self, result) -> None:
         why = "Stopped as the panel was closed" if self._closed else "Cancelled"
         if isinstance(result, _CancelledBefore):  # no image was started: no summary, no layers
-            self._say(f"{why} while {result.doing}: nothing was predicted or written (no summary).")
+            self._say(f"{why} while {result.doing}: nothing was predicted or written (no summary)."
+                      + (f" {self._kept_note}" if self._kept_note else ""))
             return
         self.result = result
         counts = {status: len(result.with_status(status)) for status in ("written", "skipped", "failed")}
@@ -288,7 +327,8 @@ class BatchPanel(StopsOnClose, Container):
         message = (f"{why if cancelled else 'Done'}: {counts['written']} written, "
                    f"{counts['skipped']} skipped, {counts['failed']} failed"
                    + (f", {cancelled} not done" if cancelled else "") + self._skip_reasons(result)
-                   + self._failures(result) + f"; summary: {result.summary}")
+                   + self._failures(result) + f"; summary: {result.summary}"
+                   + (f". {self._kept_note}" if self._kept_note else ""))
         if not self._closed:  # a closed panel adds no layers; what was written stays on disk
             self.open_results(result)
         self._say(message, "warning" if counts["failed"] else "info")
@@ -340,7 +380,9 @@ class BatchPanel(StopsOnClose, Container):
                 self._viewer.layers.remove(name)
             options = {"rgb": True} if add == self._viewer.add_image else {}
             extra = {FOLDER_PLANES: sources} if name == LABELS_LAYER else {}
-            add(data, name=name, metadata={**metadata, "plane_names": names, **extra}, **options)
+            added = add(data, name=name, metadata={**metadata, "plane_names": names, **extra}, **options)
+            if name == LABELS_LAYER:  # painted (a stroke, a fill) is kept by the next run (`_keep_corrections`)
+                added.events.paint.connect(partial(_note_painted, weakref.ref(added)))
         self._viewer.dims.set_current_step(0, 0)
 
     def _on_finished(self) -> None:

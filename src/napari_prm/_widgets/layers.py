@@ -1457,12 +1457,19 @@ def keep_corrections(viewer, layer, planes=None):
 
     if not isinstance(layer, Labels) or layer not in viewer.layers or not has_corrections(layer, planes):
         return None
+    data = [np.array(level) for level in layer.data] if layer.multiscale else np.array(layer.data)
+    return add_kept_copy(viewer, layer, data)
+
+
+def add_kept_copy(viewer, layer, data):
+    """Add ``data`` as the hidden copy of corrections of the Labels ``layer`` (`keep_corrections`):
+    ``<name> (corrected)``, or ``(corrected 2)``, … when taken, with the layer's features, metadata
+    (marked ``kept``), transforms and colours, leaving the layer selection as it was. Returns the copy."""
     name = layer.name
     kept_name, number = name + KEPT_SUFFIX, 1
     while kept_name in viewer.layers:
         number += 1
         kept_name = f"{name}{KEPT_SUFFIX[:-1]} {number})"
-    data = [np.array(level) for level in layer.data] if layer.multiscale else np.array(layer.data)
     selected, active = set(viewer.layers.selection), viewer.layers.selection.active
     kept = viewer.add_labels(
         data, name=kept_name, multiscale=layer.multiscale, features=layer.features.copy(),
