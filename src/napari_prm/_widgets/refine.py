@@ -322,9 +322,6 @@ class RefineWidget(StopsOnClose, Container):
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
         worker = self._job_worker(self._learn, model_choice, self._device.value, planes, masks, options,
                                   _start_thread=False, _connect={"errored": self._on_error})
-        worker.returned.connect(lambda result: self._on_done(result, started))
-        worker = create_worker(self._learn, model_choice, self._device.value, planes, masks, options,
-                               _start_thread=False, _connect={"errored": self._on_error})
         worker.returned.connect(lambda result: self._on_done(result, started, model_choice))
         worker.finished.connect(self._on_finished)
         self.worker = worker
