@@ -254,3 +254,36 @@ def test_refine_says_it_runs_only_once_its_checks_passed(shapes_dataset, tiny_ch
     assert main(start + ["--model", str(other), "--epochs", "2", "--resume"]) == 2
     error = capsys.readouterr().err
     assert "its run refines another model" in error and "refining" not in error, error
+
+
+def test_resume_keeps_the_runs_masks(shapes_dataset, tiny_checkpoint96, tmp_path, capsys):
+    """``refine --masks M`` interrupted, then ``refine --resume`` without --masks, went on with
+    "0 corrected image(s)" and no word: the corrections were dropped. The resumed run now reads
+    the run's own --masks (recorded in its training state) and refuses other ones."""
+    out = tmp_path / "refined.pt"
+    start = ["refine", str(shapes_dataset), "--model", str(tiny_checkpoint96), "--out", str(out),
+             "--class-threshold=-1e9", "--batch-size", "8", "--device", "cpu"]
+    assert main(start + ["--masks", str(shapes_dataset), "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(start + ["--epochs", "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"--resume: the run's corrections: --masks {shapes_dataset.absolute()}" in err
+    assert "4 corrected image(s), 8 instances" in err and "on 4 pseudo-labelled and 4 corrected image(s)" in err
+    model, extra = load_checkpoint(out)
+    assert model.head.info["trained_on"]["corrected"] == 4
+    assert [h["epoch"] for h in extra["refine_training"]["history"]] == [1, 2]
+    assert extra["refine_training"]["corrections"]["images"] == 4
+    # other corrections (one image of the four) are refused, naming the run's
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    _, labels, _, _ = shapes_scene(1)
+    io.write_label_image(folder / "scene1_labels.tif", labels)
+    io.write_instances_csv(folder / "scene1_instances.csv", labels,
+                           {"label": np.array([1, 2]), "class_name": np.array(["cat", "dog"])})
+    assert main(start + ["--epochs", "3", "--resume", "--masks", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert (f"cannot resume {out}: its run learnt from 4 corrected images (8 instances, from "
+            f"{shapes_dataset.absolute()}), this one gives 1 corrected image (2 instances) that are not the "
+            f"run's: give the same corrections (the command line's --masks {shapes_dataset.absolute()}), or "
+            "start a new run") in err, err
+    assert load_checkpoint(out)[1]["refine_training"]["epoch"] == 2

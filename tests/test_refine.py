@@ -664,3 +664,32 @@ def test_prepare_samples_cancel_raises_the_packages_one_cancelled(tiny96, shapes
         prepare_samples(tiny96, stages, dataset=dataset, cache_dir=tmp_path / "cache", cancel=lambda: True,
                         predict_options={"class_threshold": -1e9, "peak_threshold": -1e9})
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_resume_refuses_to_drop_the_runs_corrections(tiny96, shapes_scenes, tmp_path):
+    """``refine(corrections=..., out=)`` then ``refine(resume=True)`` without them went on
+    learning from none, without a word: a resume with other corrections is refused."""
+    import imageio.v3 as iio
+
+    from napari_prm.data import LabeledImageDataset
+
+    paths = []
+    for number, (image, *_rest) in enumerate(shapes_scenes):
+        paths.append(tmp_path / f"scene{number}.png")
+        iio.imwrite(paths[-1], image)
+    dataset = LabeledImageDataset(paths, np.array([[1, 0], [0, 1], [0, 0]], np.float32), CLASSES)
+    corrections = corrections_of(shapes_scenes[:2])
+    out = tmp_path / "refined.pt"
+    options = dict(dataset=dataset, batch_size=8, device="cpu", seed=0, predict_options={"class_threshold": -1e9})
+    refine(tiny96, corrections=corrections, out=out, epochs=1, **options)
+    instances = sum(c.num_instances for c in corrections)
+    with pytest.raises(ValueError, match=rf"cannot resume .*refined.pt: its run learnt from 2 corrected images "
+                                         rf"\({instances} instances\), this one gives none: give the same "
+                                         r"corrections, or start a new run"):
+        refine(tiny96, out=out, epochs=2, resume=True, **options)
+    with pytest.raises(ValueError, match="this one gives 1 corrected image .* that are not the run's"):
+        refine(tiny96, corrections=corrections[:1], out=out, epochs=2, resume=True, **options)
+    assert load_checkpoint(out)[1]["refine_training"]["epoch"] == 1
+    resumed = refine(tiny96, corrections=corrections[::-1], out=out, epochs=2, resume=True, **options)
+    assert [h.epoch for h in resumed.history] == [1, 2]
+    assert resumed.model.head.info["trained_on"]["corrected"] == 2

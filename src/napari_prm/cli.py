@@ -440,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "evaluate --masks: exports of no DATASET image are named in a warning and left "
                              "out, none matching is refused; of several exports of one image (a backup copy "
                              "in a sub-folder) the most recently written is used, the others named in a "
-                             "warning (default: none)")
+                             "warning; a --resume run reads those of the run it continues, other ones are "
+                             "refused (default: none)")
     refine.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=True,
                         help="learn from PRM's instances on DATASET's images; with --no-self-training "
                              "DATASET only locates the corrected images")
@@ -459,8 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder keeping each image's features and pseudo-labels, so that a second "
                              "run, or a resumed one, skips PRM; 'none' keeps nothing (default: <OUT>.cache)")
     refine.add_argument("--resume", action="store_true",
-                        help="continue the run saved in --out with its options and its --model (options "
-                             "asking for others, and a --model of other weights, are refused; --epochs sets a "
+                        help="continue the run saved in --out with its options, its --masks and its --model "
+                             "(options asking for others, other corrections and a --model of other weights are "
+                             "refused; --epochs sets a "
                              "new total, not below the epochs done)")
     refine.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out with a new run (without it, an existing --out is "
@@ -1252,6 +1254,7 @@ def _check_resumed_options(args, path: Path):
         return None  # reported by train() and refine(): no training state
     args.resumed_config = config
     args.resumed_split_rule = extra[key].get("split_rule")  # None: from before the rule
+    args.resumed_corrections = extra[key].get("corrections")  # refine: what it learnt from (None: not recorded)
 
     def shown(dest, value) -> str:
         if dest == "hflip":
@@ -1540,6 +1543,23 @@ def _run_calibrate(args) -> int:
     return 0
 
 
+def _resumed_masks(args) -> None:
+    """``refine --resume`` without ``--masks`` reads the corrections of the run it continues from
+    where its training state says they were read (they were dropped without a word: an
+    interrupted run went on with "0 corrected image(s)"); refine() refuses other ones."""
+    recorded = getattr(args, "resumed_corrections", None) if args.resume else None
+    if args.masks is not None or not isinstance(recorded, dict) or not recorded.get("images"):
+        return
+    source = recorded.get("source")
+    if not source:
+        return  # given from Python: refine() refuses the run without them, saying so
+    if not Path(source).exists():
+        raise CommandError(f"--resume: the run in {args.out} learnt from the corrections in {source}, which no "
+                           "longer exists: give --masks where they are now, or start a new run without --resume")
+    args.masks = Path(source)
+    _say(f"--resume: the run's corrections: --masks {source}")
+
+
 def _file_stamp(path: Path) -> tuple[int, int] | None:
     """(modification time, size) of a file, None when there is none: tells whether a run rewrote it."""
     try:
@@ -1575,6 +1595,7 @@ def _run_refine(args) -> int:
     # those the head learns from, which the refined checkpoint records (a resumed run: its own)
     dataset.channels = _channels(args, (resumed if resumed is not None else model).settings.get("channels"))
     corrections = []
+    _resumed_masks(args)
     if args.masks is not None:
         corrections = list(_dataset_corrections(args.masks, dataset, model.class_names).values())
         unknown = sum(c.num_unknown for c in corrections)
@@ -1621,6 +1642,7 @@ def _run_refine(args) -> int:
 
     try:
         result = refine(model, dataset=dataset if args.self_training else None, corrections=corrections,
+                        corrections_source=None if args.masks is None else Path(args.masks).absolute(),
                         channels=dataset.channels, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
                         lr=args.lr, correction_weight=args.correction_weight, predict_options=predict_options,
                         cache_dir=cache if args.self_training else None, device=args.device, seed=args.seed,

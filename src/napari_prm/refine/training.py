@@ -10,6 +10,7 @@ its head after every epoch.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import time
@@ -147,9 +148,48 @@ def _new_head(stages, width: int, seed: int) -> RefineHead:
     return RefineHead(stages, width=width)
 
 
-def _save(model: PRMModel, out: Path, optimizer, epoch: int, history, config: dict) -> Path:
+def corrections_record(corrections: Sequence[Correction], source: str | os.PathLike | None = None) -> dict:
+    """What a refine run's training state records of its corrections, so that a resumed run
+    learns from the same ones: how many images and instances, a digest of their labels and
+    classes (in any order), and where they were read from (``source``: the command line's
+    ``--masks``; None when they were given from Python)."""
+    digests = []
+    for correction in corrections:
+        digest = hashlib.sha256()
+        labels = np.ascontiguousarray(correction.labels, dtype=np.int64)
+        digest.update(repr((labels.shape, sorted(correction.label_classes.items()))).encode())
+        digest.update(labels.tobytes())
+        if correction.ignore is not None:
+            digest.update(np.packbits(correction.ignore).tobytes())
+        digests.append(digest.hexdigest())
+    return {"images": len(corrections), "instances": int(sum(c.num_instances for c in corrections)),
+            "digest": hashlib.sha256("".join(sorted(digests)).encode()).hexdigest(),
+            "source": None if source is None else str(source)}
+
+
+def _corrections_differ(path: Path, recorded: dict, given: dict) -> str | None:
+    """Why a resumed run cannot go on with ``given`` corrections: the message of the ValueError,
+    or None when they are the run's own (or the run recorded none: a checkpoint
+    written before they were recorded)."""
+    if not isinstance(recorded, dict) or recorded.get("digest") == given["digest"]:
+        return None
+    from .._text import plural
+
+    theirs = (f"{plural(recorded['images'], 'corrected image')} ({plural(recorded['instances'], 'instance')}"
+              + (f", from {recorded['source']}" if recorded.get("source") else "") + ")"
+              if recorded.get("images") else "no corrected image")
+    ours = (f"gives {plural(given['images'], 'corrected image')} ({plural(given['instances'], 'instance')})"
+            + (" that are not the run's" if recorded.get("images") else "") if given["images"] else "gives none")
+    again = (f"give the same corrections (the command line's --masks {recorded['source']})"
+             if recorded.get("source") else "give the same corrections") if recorded.get("images") else \
+        "give none"
+    return f"cannot resume {path}: its run learnt from {theirs}, this one {ours}: {again}, or start a new run"
+
+
+def _save(model: PRMModel, out: Path, optimizer, epoch: int, history, config: dict,
+          corrections: dict | None = None) -> Path:
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "history": [vars(h) for h in history],
-             "config": config}
+             "config": config, "corrections": corrections}
     model.head.info["epochs"] = int(epoch)  # in either format's metadata: what the file holds
     if is_safetensors(out):
         return _write_model(model, out)
@@ -163,6 +203,7 @@ def refine(
     *,
     dataset=None,
     corrections: Sequence[Correction] = (),
+    corrections_source: str | os.PathLike | None = None,
     channels: Sequence[int] | None = None,
     out: str | os.PathLike | None = None,
     epochs: int = 30,
@@ -198,7 +239,13 @@ def refine(
         peaks it holds (:func:`napari_prm.refine.samples.pseudo_sample`).
     corrections : sequence of Correction
         Corrected images, learnt as full supervision
-        (:func:`napari_prm.refine.samples.correction_sample`).
+        (:func:`napari_prm.refine.samples.correction_sample`). The training state of ``out``
+        records them (:func:`corrections_record`): a ``resume`` with other corrections (or
+        none, when the run had some) is refused with a ValueError.
+    corrections_source : path, optional
+        Where ``corrections`` were read from (a folder of exports, a COCO JSON or a VOC devkit:
+        the command line's ``--masks``), recorded with them: ``napari-prm refine --resume``
+        reads them again from there.
     channels : sequence of 1 to 3 int, optional
         The image channels the head learns from (`napari_prm.io.read_image`'s ``channels``):
         ``dataset``'s images are read with them, and ``corrections`` should have been read
@@ -318,6 +365,9 @@ def refine(
             raise ValueError(f"epochs {epochs} is fewer than the {start_epoch} epochs the run in {resume_path} "
                              f"has finished: epochs is the new total ({start_epoch} or more)")
         history = [RefineEpoch(**h) for h in state["history"]]
+        differ = _corrections_differ(resume_path, state.get("corrections"), corrections_record(corrections))
+        if differ is not None:  # they were dropped without a word (an interrupted run resumed without --masks)
+            raise ValueError(differ)
         learnt = saved.settings.get("channels")
         if channels is not None and channels != learnt:  # its head learnt features of other images
             raise ValueError(f"cannot resume {resume_path}: its run learnt from image channels "
@@ -342,8 +392,11 @@ def refine(
         head = _new_head(stages, width, seed)
     config = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
               "weight_decay": float(weight_decay), "correction_weight": float(correction_weight), "seed": int(seed)}
+    learnt_from = corrections_record(corrections, corrections_source)
     if state is not None:
         config = dict(state["config"]) | {"epochs": int(epochs)}
+        if isinstance(state.get("corrections"), dict) and learnt_from["source"] is None:  # where they were read
+            learnt_from["source"] = state["corrections"].get("source")
     model.network.to(device)
     started = time.perf_counter()
 
@@ -387,7 +440,7 @@ def refine(
     training_started = time.perf_counter()
     try:
         _train_epochs(refined, samples, optimizer, config, start_epoch, history, out, result, device, progress,
-                      cancel)
+                      cancel, learnt_from)
     finally:
         head.eval()
         result.train_seconds = time.perf_counter() - training_started
@@ -447,7 +500,7 @@ def _batch(samples: Sequence[Sample], pairs: Sequence[tuple[int, int]], flips: d
 
 
 def _train_epochs(refined: PRMModel, samples, optimizer, config, start_epoch, history, out, result, device,
-                  progress, cancel) -> None:
+                  progress, cancel, corrections: dict | None = None) -> None:
     head = refined.head
     for epoch in range(start_epoch, config["epochs"]):
         rng = np.random.default_rng(config["seed"] * 100003 + epoch)
@@ -474,6 +527,6 @@ def _train_epochs(refined: PRMModel, samples, optimizer, config, start_epoch, hi
         history.append(record)
         head.eval()
         if out is not None:
-            result.checkpoint = _save(refined, out, optimizer, epoch + 1, history, config)
+            result.checkpoint = _save(refined, out, optimizer, epoch + 1, history, config, corrections)
         if progress is not None:
             progress(RefineProgress("epoch", len(batches), len(batches), epoch + 1, config["epochs"], record.loss))
