@@ -559,3 +559,34 @@ def test_voc_view_refuses_a_class_under_both_spellings(train_json, coco128, tmp_
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"has one VOC class under two names \('motorcycle' and 'motorbike': "):
         voc_view(from_coco(path, coco128 / "train2017"))
+
+
+def test_stratified_split_holds_out_every_class(tmp_path):
+    """8 images, 4 'round' and 4 'long', 2 held out: the random split held out two images of one
+    class for some seeds, so that no class's validation AP was defined on any epoch. The split
+    ``train`` (and ``calibrate --held-out``) makes holds out one of each, the same for a seed."""
+    from napari_prm.train import checkpoint_held_out, training_split
+
+    dataset = _class_csv(tmp_path, ["round", "long"] * 4)
+    one_class = 0
+    for seed in range(10):
+        split = training_split(dataset, 0.2, seed)
+        held = split.held_out
+        assert len(held) == 2 and held.labels.sum(0).tolist() == [1, 1], seed
+        assert training_split(dataset, 0.2, seed).held_out.image_paths == held.image_paths
+        state = {"config": {"val_fraction": 0.2, "seed": seed}, "split_rule": split.split_rule}
+        assert checkpoint_held_out(dataset, state).held_out.image_paths == held.image_paths
+        one_class += dataset.split(0.2, seed=seed)[1].labels.sum(0).max() == 2  # the random split's
+        # a checkpoint of split rule 2 (the random split) is resumed and calibrated on its own split
+        rule_2 = checkpoint_held_out(dataset, state | {"split_rule": 2}).held_out.image_paths
+        assert rule_2 == dataset.split(0.2, seed=seed)[1].image_paths
+    assert one_class >= 3
+    # a class with two images first, then each by its share, images of no class too; a class's only image never
+    dataset = _class_csv(tmp_path, ["a", "a"] + ["b"] * 6 + ["c"] * 6 + [""] * 6 + ["d"])
+    for seed in range(6):
+        train, val = dataset.split(0.2, seed=seed, stratify=True)
+        assert len(val) == 4 and val.labels.sum(0).tolist() == [1, 1, 1, 0], seed
+        assert dataset.untrained_classes(train) == [] and (val.labels.sum(1) == 0).sum() == 1
+        train, val = dataset.split(0.4, seed=seed, stratify=True)
+        shares = val.labels.sum(0).tolist()[1:3] + [(val.labels.sum(1) == 0).sum()]
+        assert len(val) == 8 and val.labels[:, 0].sum() == 1 and sorted(shares) == [2, 2, 3], seed

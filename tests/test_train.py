@@ -427,7 +427,7 @@ def test_resume_of_a_checkpoint_from_before_the_split_rule_trains_on_its_own_ima
     # a split made already must be the checkpoint's own
     with pytest.raises(ValueError, match=r"split: expected training_split\(dataset, 0\.25, 0, split_rule=None\) "
                                          r"of the 4 images of .*, got a split with val_fraction 0\.25, seed 0, "
-                                         r"split_rule 2, of 4 images"):
+                                         rf"split_rule {SPLIT_RULE}, of 4 images"):
         train(dataset, out=out, resume=True, epochs=3, split=training_split(dataset, 0.25, 0))
     again = train(dataset, out=out, resume=True, epochs=3, calibrate=False, split=split)
     assert [r.epoch for r in again.history] == [1, 2, 3] and _held_out(out, dataset) == ["2.png"]

@@ -362,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
                        help="random horizontal flips")
     train.add_argument("--val-fraction", type=float, default=0.2,
-                       help="hold out this share of images from training: classification AP per epoch, "
-                            "and the thresholds are calibrated on them at the end (never an image whose "
+                       help="hold out this share of images from training, chosen by class (one of each "
+                            "class with two images or more first, then each by its share): classification "
+                            "AP per epoch, and the thresholds are calibrated on them at the end (never an image whose "
                             "class has no other: fewer, or none, are then held out, and the training "
                             "images calibrate)")
     train.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,

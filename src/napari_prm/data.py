@@ -370,8 +370,8 @@ class LabeledImageDataset:
             voc=None if self.voc is None else self.voc.subset(indices),
         )
 
-    def split(self, fraction: float, *, seed: int = 0,
-              keep_every_class: bool = True) -> tuple[LabeledImageDataset, LabeledImageDataset]:
+    def split(self, fraction: float, *, seed: int = 0, keep_every_class: bool = True,
+              stratify: bool = False) -> tuple[LabeledImageDataset, LabeledImageDataset]:
         """Random ``(train, validation)`` split with ``fraction`` of the images held out.
 
         :meth:`held_out_size` images are held out (at least one, and one fewer than all,
@@ -391,6 +391,14 @@ class LabeledImageDataset:
         keep_every_class : bool
             False gives the plain random split, the one ``train`` made before this rule (it
             may hold out the only image of a class).
+        stratify : bool
+            Hold out images by class (image-level labels), as ``train`` does
+            (`napari_prm.train.training_split`): first one image of each class with at least two
+            images, the rarest classes first, while the held-out count allows, then, one at a
+            time, an image of the class (or of the images of no class) furthest below its share
+            of the held-out images; each class's first image in the seed's random order. A random
+            split of 4 'round' and 4 'long' images could hold out 2 'round' ones, so that no
+            class's validation AP was defined. False: the random order alone.
 
         Returns
         -------
@@ -402,6 +410,9 @@ class LabeledImageDataset:
             raise ValueError(f"cannot split dataset {self.source}: it has {len(self)} image(s)")
         order = np.random.default_rng(seed).permutation(len(self))
         held_out = self.held_out_size(fraction)
+        if stratify:
+            val = self._stratified_held_out(order, held_out, keep_every_class)
+            return self.subset(np.setdiff1d(np.arange(len(self)), val)), self.subset(np.sort(val))
         train, val = list(order[held_out:]), list(order[:held_out])
         if keep_every_class:
             train, val = self._keep_classes_in_training(train, val)
@@ -417,6 +428,36 @@ class LabeledImageDataset:
             The share of images to hold out.
         """
         return min(max(int(round(fraction * len(self))), 1), len(self) - 1)
+
+    def _stratified_held_out(self, order: np.ndarray, size: int, keep_every_class: bool) -> list[int]:
+        """Up to ``size`` image indices to hold out, by class (see :meth:`split`'s ``stratify``)."""
+        labels = self.labels > 0
+        strata = np.concatenate([labels, ~labels.any(1, keepdims=True)], axis=1)[order]  # last: no class
+        totals = strata.sum(0)
+        shown = labels[order]
+        free = np.ones(len(order), dtype=bool)
+        held_counts = np.zeros(strata.shape[1], dtype=np.int64)
+        held: list[int] = []
+        while len(held) < size:
+            allowed = free.copy()
+            if keep_every_class:  # never the last training image of a class
+                last = labels.sum(0) - held_counts[:-1] < 2
+                allowed &= ~shown[:, last].any(1)
+            available = (strata & allowed[:, None]).any(0)
+            if not allowed.any():
+                break
+            unheld = available & (held_counts == 0) & (totals >= 2)
+            unheld[-1] = False  # the images of no class: by their share only
+            if unheld.any():  # a class not held out yet: the rarest first
+                stratum = int(np.flatnonzero(unheld)[np.argmin(totals[unheld])])
+            else:  # the class furthest below its share
+                need = np.where(available, totals * (len(held) + 1) / len(order) - held_counts, -np.inf)
+                stratum = int(np.argmax(need))
+            position = int(np.argmax(allowed & strata[:, stratum]))
+            free[position] = False
+            held_counts += strata[position]
+            held.append(int(order[position]))
+        return held
 
     def _keep_classes_in_training(self, train: list[int], val: list[int]) -> tuple[list[int], list[int]]:
         """Move held-out images that are the only ones of a class into ``train`` and refill

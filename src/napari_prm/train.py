@@ -49,10 +49,14 @@ from .model.checkpoint import (
 from .peaks import TTA_CALIBRATION, Calibration, calibrate_model
 
 TRAINING_STATE_KEY = "training"
-# Stored in the training state: which images the run held out. 2: never the only image of a
-# class (:func:`training_split`); a checkpoint without it may come from a version that made the
-# plain random split (``split(..., keep_every_class=False)``), which could hold one out.
-SPLIT_RULE = 2
+# Stored in the training state: which images the run held out. 3: by class (``split(...,
+# stratify=True)``), never the only image of a class (:func:`training_split`); 2: the random
+# split that never holds out the only image of a class; a checkpoint without it may come from a
+# version that made the plain random split (``split(..., keep_every_class=False)``), which could
+# hold one out. A resumed run (and ``calibrate --held-out``) makes its checkpoint's split again.
+SPLIT_RULE = 3
+#: The split rules this version makes: its own, and those of checkpoints of earlier versions.
+SPLIT_RULES = (SPLIT_RULE, 2, None)
 #: The input size a new model trains at, and a starting model without one of its own.
 DEFAULT_INPUT_SIZE = (448, 448)
 #: The model settings a calibration writes (`napari_prm.peaks.Calibration.as_settings`, and its
@@ -271,8 +275,14 @@ class TrainingSplit:
 
 def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed: int = 0, *,
                    split_rule: int | None = SPLIT_RULE) -> TrainingSplit:
-    """The split :func:`train` makes: ``dataset.split(val_fraction, seed=seed)``, or every image
-    trains when ``val_fraction`` is 0.
+    """The split :func:`train` makes: ``dataset.split(val_fraction, seed=seed, stratify=True)``, or
+    every image trains when ``val_fraction`` is 0.
+
+    The held-out images are chosen by class (their image-level labels): each class with at
+    least two images has one held out while their number allows, then each class about its
+    share, so that its validation AP is defined (a random split of 4 'round' and 4 'long'
+    images held out 2 'round' ones). The same ``val_fraction`` and ``seed`` give the same
+    split; ``calibrate --held-out`` (:func:`checkpoint_held_out`) makes it again.
 
     An image is never held out when that leaves one of its classes without a training image:
     fewer images are then held out, or none (``held_out`` is None, as with ``val_fraction`` 0,
@@ -293,13 +303,14 @@ def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed
     seed : int
         Seed of the random split.
     split_rule : int or None
-        `SPLIT_RULE` (this version's rule) or None (the plain random split); other values raise
-        ``ValueError``.
+        `SPLIT_RULE` (this version's rule), 2 (the random split of a checkpoint of before
+        `SPLIT_RULE` 3, which never held out the only image of a class) or None (the plain random
+        split); other values raise ``ValueError``.
     """
     val_fraction = check.finite_float("val_fraction", val_fraction, low=0, high=1, high_open=True)
-    if split_rule not in (SPLIT_RULE, None):
-        raise ValueError(f"split_rule: expected {SPLIT_RULE} (this version's) or None (a checkpoint's from before "
-                         f"it), got {split_rule!r}")
+    if split_rule not in SPLIT_RULES:
+        raise ValueError(f"split_rule: expected {SPLIT_RULE} (this version's), 2 or None (a checkpoint's from "
+                         f"before it), got {split_rule!r}")
     if val_fraction == 0:
         return TrainingSplit(dataset, None, seed=seed, split_rule=split_rule)
     if split_rule is None and len(dataset) > 1:
@@ -309,7 +320,7 @@ def training_split(dataset: LabeledImageDataset, val_fraction: float = 0.2, seed
     if len(dataset) < 2:  # a single image is the only one of its classes: it trains
         train_set, held_out, wanted = dataset, dataset.subset([]), 1
     else:
-        train_set, held_out = dataset.split(val_fraction, seed=seed)
+        train_set, held_out = dataset.split(val_fraction, seed=seed, stratify=split_rule == SPLIT_RULE)
         wanted = dataset.held_out_size(val_fraction)
     single = []
     if len(held_out) < wanted:
@@ -451,7 +462,7 @@ def checkpoint_held_out(dataset: LabeledImageDataset, state: dict | None) -> Tra
     if not fraction:
         raise ValueError("records no held-out share (it was not trained by 'train' with a val_fraction above 0)")
     rule = state.get("split_rule")
-    if rule not in (SPLIT_RULE, None):
+    if rule not in SPLIT_RULES:
         raise ValueError(f"records split rule {rule!r}, which this version does not know (its own is {SPLIT_RULE}): "
                          f"it was written by a later version")
     split = training_split(dataset, fraction, seed, split_rule=rule)
