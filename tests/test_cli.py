@@ -1921,3 +1921,33 @@ def test_train_classes_case_hint_and_small_input_size_refused_before_the_dataset
                  "--classes", "Cat"]) == 2
     assert capsys.readouterr().err.rstrip().endswith(
         "did you mean 'cat' (names differ in upper and lower case)?")
+
+
+def test_calibrate_held_out_warns_of_the_held_out_images_not_of_the_dataset(tmp_path, capsys):
+    """``calibrate --held-out`` warned "every image of DATA shows class(es) 'round'" when only the
+    images train held out did (a 'long' image trained): the warning now says it is about them."""
+    import imageio.v3 as iio
+
+    from napari_prm.data import load_dataset
+    from napari_prm.train import SPLIT_RULE, TRAINING_STATE_KEY, checkpoint_held_out
+
+    for name, count in (("round", 6), ("long", 1)):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for number in range(count):
+            iio.imwrite(tmp_path / "data" / name / f"{number}.png", data.chelsea()[number * 20:number * 20 + 64, :64])
+    dataset = load_dataset(tmp_path / "data")
+    state = {"epoch": 1, "config": {"val_fraction": 0.3, "seed": 0}, "split_rule": SPLIT_RULE,
+             "history": [{"epoch": 1, "loss": 0.5, "seconds": 1.0, "val_ap": {}, "val_map": float("nan")}]}
+    held = checkpoint_held_out(dataset, state).held_out
+    assert len(held) == 2 and held.labels.sum(0).tolist() == [0, 2]  # classes long, round
+    model = build_model("tiny", dataset.class_names, pretrained=False, input_size=(32, 32))
+    path = save_model(model, tmp_path / "m.pt", extra={TRAINING_STATE_KEY: state})
+    calibrate = ["calibrate", str(tmp_path / "data"), "--model", str(path), "--no-tta", "--device", "cpu"]
+    assert main(calibrate + ["--held-out"]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: every held-out image of {tmp_path / 'data'} (2 images held out by train) shows class(es) "
+            "'round': no peak of theirs can be wrong on these images") in err, err
+    assert "Calibrate on every image (not only the held-out ones) or on other images that include some" in err
+    assert "every image of" not in err
+    assert main(calibrate) == 0  # every image: the 'long' one is without 'round'
+    assert "shows class(es)" not in capsys.readouterr().err

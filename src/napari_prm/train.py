@@ -347,7 +347,8 @@ def validation_summary(val_ap: dict[str, float]) -> str:
     return f"validation mAP {100 * sum(defined) / len(defined):.1f}% ({plural(len(defined), 'class')})"
 
 
-def no_negative_warning(dataset: LabeledImageDataset, *, calibrating: bool = False) -> str | None:
+def no_negative_warning(dataset: LabeledImageDataset, *, calibrating: bool = False,
+                        held_out: bool = False) -> str | None:
     """A warning naming the classes that every image of ``dataset`` shows, or None.
 
     The loss learns a class from the images that show it against those that do not: a
@@ -363,6 +364,10 @@ def no_negative_warning(dataset: LabeledImageDataset, *, calibrating: bool = Fal
         The images the model is trained or calibrated on.
     calibrating : bool
         Word the warning for calibration rather than training.
+    held_out : bool
+        ``dataset`` is the share ``train`` held out of its dataset (``calibrate --held-out``):
+        the warning is about those images, not every image of ``dataset.source`` (which it
+        named, though other images there may lack the classes).
     """
     if len(dataset) == 0:
         return None
@@ -370,10 +375,14 @@ def no_negative_warning(dataset: LabeledImageDataset, *, calibrating: bool = Fal
     if not every:
         return None
     names = first_names(map(repr, every), shown=5)
-    which = f"every image of {dataset.source or 'the dataset'} shows class(es) {names}"
+    where = dataset.source or "the dataset"
+    which = (f"every held-out image of {where} ({plural(len(dataset), 'image')} held out by train) shows "
+             f"class(es) {names}" if held_out else f"every image of {where} shows class(es) {names}")
     if calibrating:
         return (f"{which}: no peak of theirs can be wrong on these images, so their thresholds are chosen "
-                "as low as they go (every peak kept). Calibrate on images that include some without them")
+                "as low as they go (every peak kept). Calibrate on "
+                + ("every image (not only the held-out ones) or on other " if held_out else "")
+                + "images that include some without them")
     return (f"{which}: the model has no image without them to learn what sets them apart, so their scores "
             "and peaks mean little. Add images without them (another class folder, or CSV rows with empty "
             "labels, 'x.png,')")
@@ -763,7 +772,7 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
                      + (f" (on {plural(int(images), 'image')})" if images else "")
                      + ", not chosen on these images: calibrate with test-time augmentation too (without "
                      "--no-tta, or tta=True) to choose them here")
-    warnings = [w for w in [no_negative_warning(chosen.dataset, calibrating=True)] if w]
+    warnings = [w for w in [no_negative_warning(chosen.dataset, calibrating=True, held_out=chosen.held_out)] if w]
     if report is not None:
         for kind, texts in (("note", notes), ("warning", warnings)):
             for text in texts:
