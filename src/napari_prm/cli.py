@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "evaluate --masks: exports of no DATASET image are named in a warning and left "
                              "out, none matching is refused; of several exports of one image (a backup copy "
                              "in a sub-folder) the most recently written is used, the others named in a "
-                             "warning; a --resume run reads those of the run it continues, other ones are "
+                             "warning; a resumed run reads those of the run it continues, other ones are "
                              "refused (default: none)")
     refine.add_argument("--self-training", action=argparse.BooleanOptionalAction, default=True,
                         help="learn from PRM's instances on DATASET's images; with --no-self-training "
