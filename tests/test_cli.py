@@ -1,6 +1,7 @@
 """The napari-prm command line, end to end on real images (scikit-image's, and ../shared/data's
 where it exists)."""
 
+import csv
 import inspect
 import json
 import os
@@ -1951,3 +1952,21 @@ def test_calibrate_held_out_warns_of_the_held_out_images_not_of_the_dataset(tmp_
     assert "every image of" not in err
     assert main(calibrate) == 0  # every image: the 'long' one is without 'round'
     assert "shows class(es)" not in capsys.readouterr().err
+
+
+def test_predict_help_says_how_often_an_unreadable_image_is_tried(tmp_path, tiny48_checkpoint, capsys):
+    """The help said "An unreadable image is tried twice", though it is reported after one attempt
+    (summary.csv's attempts 1): another cannot mend it. The help now says what happens."""
+    (tmp_path / "images").mkdir()
+    broken = tmp_path / "images" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")
+    out = tmp_path / "out"
+    assert main(["predict", str(broken), "--out", str(out), "--model", str(tiny48_checkpoint)]) == 1
+    capsys.readouterr()
+    with open(out / "summary.csv", newline="") as file:
+        (row,) = list(csv.DictReader(file))
+    assert (row["status"], row["attempts"]) == ("failed", "1")
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["predict"].format_help().split())
+    assert "tried twice, reported and skipped" not in help_text
+    assert ("An image that cannot be read (not an image, damaged, or of axes predict does not take) is reported "
+            "after one attempt and skipped (exit status 1)") in help_text
