@@ -229,7 +229,7 @@ def test_train_records_channels_and_predict_reads_with_them(tmp_path, capsys):
     assert main(["predict", str(image), "--model", str(out), "--out", str(tmp_path / "a"), "--proposals", "none",
                  "--device", "cpu"]) == 0
     err = capsys.readouterr().err
-    assert "reading image channels 2 as red, green and blue: those the model was trained on" in err
+    assert "reading image channel 2 as gray: those the model was trained on (--channels picks others)" in err
     assert main(["predict", str(image), "--model", str(out), "--out", str(tmp_path / "b"), "--proposals", "none",
                  "--device", "cpu", "--channels", "0,1"]) == 0
     assert "note: channels 0,1 differ from those the model was trained on (2)" in capsys.readouterr().err
@@ -239,7 +239,7 @@ def test_train_records_channels_and_predict_reads_with_them(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     assert checkpoint_metadata(calibrated)["settings"]["channels"] == [2]
     assert main(["evaluate", str(root), "--model", str(calibrated), "--device", "cpu"]) == 0
-    assert "reading image channels 2 as red, green and blue" in capsys.readouterr().err
+    assert "reading image channel 2 as gray" in capsys.readouterr().err
     # in Python too, a dataset without channels of its own is read with the model's
     from napari_prm.data import load_dataset
     from napari_prm.evaluate import evaluate_labels
@@ -605,3 +605,20 @@ def test_learn_from_corrections_reads_a_masks_folder_with_the_models_channels(ma
     learn(widget, qtbot)
     assert widget.result.samples == 1
     assert checkpoint_metadata(tmp_path / "refined.pt")["settings"]["channels"] == [2]
+
+
+def test_channels_read_as_says_one_channel_is_read_as_gray():
+    """``predict`` of a model trained on ``--channels 1`` said "reading image channels 1 as red, green
+    and blue", though one channel is read as gray: one wording, as read_image lays them out."""
+    from napari_prm.io import channels_read_as, pick_channels
+
+    image = np.stack([np.full((2, 2), v, np.uint8) for v in (10, 20, 30)], axis=-1)
+    gray = pick_channels(image, [1])
+    assert gray.ndim == 2 and (gray == 20).all()  # one channel: a gray image
+    assert channels_read_as([1]) == "image channel 1 as gray"
+    two = pick_channels(image, [2, 0])
+    assert two[..., :2].tolist() == [[[30, 10]] * 2] * 2 and (two[..., 2] == 0).all()
+    assert channels_read_as([2, 0]) == "image channels 2,0 as red and green (an empty blue)"
+    assert channels_read_as((0, 1, 2)) == "image channels 0,1,2 as red, green and blue"
+    with pytest.raises(ValueError, match="channel 1 is given more than once"):
+        channels_read_as([1, 1])

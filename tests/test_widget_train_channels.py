@@ -57,7 +57,7 @@ def test_training_on_a_chosen_channel_records_it(make_napari_viewer, qtbot, prm_
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert widget.result is not None and not widget.result.cancelled, widget.last_message
     assert load_model(tuned).settings["channels"] == [2]
-    assert ("Note: Reading image channels 2 as red, green and blue: those the base model was trained on (the "
+    assert ("Note: Reading image channel 2 as gray: those the base model was trained on (the "
             "'image channels' field picks others)") in widget.last_message
 
 

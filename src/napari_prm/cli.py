@@ -148,7 +148,7 @@ def _add_channels_option(parser: argparse.ArgumentParser, *, training: bool = Fa
 def _channels(args, recorded) -> list[int] | None:
     """The channels to read images with: ``--channels``, else ``recorded`` (the model's); says a
     note when they differ, and which ones are read when they come from the model."""
-    from .io import channels_for
+    from .io import channels_for, channels_read_as
 
     given = None if args.channels is None else [c for word in args.channels for c in word]
     try:
@@ -158,8 +158,7 @@ def _channels(args, recorded) -> list[int] | None:
     if note:
         _say(f"note: {note}")
     elif given is None and channels is not None:
-        _say(f"reading image channels {','.join(map(str, channels))} as red, green and blue: those the model was "
-             "trained on (--channels picks others)")
+        _say(f"reading {channels_read_as(channels)}: those the model was trained on (--channels picks others)")
     return channels
 
 

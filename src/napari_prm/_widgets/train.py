@@ -35,7 +35,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._text import plural, sentence, sentences
 from ..data import load_dataset
-from ..io import channels_for, parse_channels
+from ..io import channels_for, channels_read_as, parse_channels
 from ..model.checkpoint import is_builtin_name, model_channels, model_input_size
 from ..train import (
     builtin_start_note,
@@ -537,7 +537,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         recorded = resumed.channels if resumed is not None else model_channels(options.get("model"))
         dataset.channels, channel_note = channels_for(channels, recorded)
         if channels is None and recorded is not None:
-            channel_note = (f"reading image channels {_channel_text(recorded)} as red, green and blue: those the "
+            channel_note = (f"reading {channels_read_as(recorded)}: those the "
                             f"{'run' if resumed is not None else 'base model'} was trained on (the "
                             f"{CHANNELS_LABEL!r} field picks others)")
         defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}

@@ -18,7 +18,8 @@ module                        holds
                               `read_array`, `image_array` (PIL images, tensors, paths),
                               `as_rgb_float` (the one RGB normaliser), `opacity_note`, `channels_first_note`,
                               `unreadable_images` (headers and ends, no decoding),
-                              `pick_channels`, `channels_for`, `parse_channels` (channels read as RGB)
+                              `pick_channels`, `channels_for`, `channels_read_as`, `parse_channels`
+                              (channels read as RGB)
 ``napari_prm.io.paths``       `sorted_paths`: one order of files on every operating system;
                               `image_stem` (``cells.ome.tif`` -> ``cells``), which names outputs
 ``napari_prm.io.labels``      `write_label_image`, `read_label_image`, `tiff_pixel_size`,
@@ -62,6 +63,7 @@ from .images import (
     channel_words,
     channels_first_note,
     channels_for,
+    channels_read_as,
     image_array,
     opacity_note,
     parse_channels,
@@ -106,7 +108,7 @@ __all__ = [
     "atomic_write", "atomic_writes", "remove_stale_temporaries", "writable_folder", "write_file_set", "read_file_set",
     "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
     "read_array", "read_image", "read_plane", "read_stack", "stack_planes", "ImageStack", "image_array", "as_rgb_float",
-    "pick_channels", "channels_for", "channel_words", "parse_channels",
+    "pick_channels", "channels_for", "channels_read_as", "channel_words", "parse_channels",
     "opacity_note", "unreadable_images", "channels_first_note",
     "write_label_image", "label_axes_from_names", "read_label_image", "tiff_pixel_size", "read_label_world",
     "read_label_class_names",

@@ -343,6 +343,24 @@ def _channel_list(channels: Sequence[int]) -> str:
     return ",".join(str(c) for c in channels)
 
 
+def channels_read_as(channels: Sequence[int]) -> str:
+    """How `read_image` lays out ``channels`` (1 to 3 indices), in words: ``"image channel 1 as gray"``,
+    ``"image channels 0,2 as red and green (an empty blue)"``, ``"image channels 0,1,2 as red, green
+    and blue"``; the one wording of the command line's and the Train widget's notes (one channel
+    was said to be read "as red, green and blue").
+
+    Parameters
+    ----------
+    channels : sequence of 1 to 3 int
+        The channels, as `checked_channels` takes them.
+    """
+    channels = checked_channels(channels)
+    if len(channels) == 1:
+        return f"image channel {channels[0]} as gray"
+    laid = "as red and green (an empty blue)" if len(channels) == 2 else "as red, green and blue"
+    return f"image channels {_channel_list(channels)} {laid}"
+
+
 def pick_channels(image: np.ndarray, channels: Sequence[int], *, name: str = "image",
                   channel_axis: int = -1) -> np.ndarray:
     """Channels of a multichannel array laid out as the network's red, green and blue.
