@@ -94,8 +94,40 @@ def test_what_is_not_an_image_is_refused_naming_the_argument(bad, tiny):
 
 
 def test_a_channels_first_array_is_refused_with_the_fix():
-    with pytest.raises(ValueError, match=r"shape \(3, 40, 48\).*channels first\? np\.moveaxis\(image, 0, -1\)"):
+    with pytest.raises(ValueError, match=r"shape \(3, 40, 48\).*only if its first axis holds colour channels \(red, "
+                                         r"green, blue\), np\.moveaxis\(image, 0, -1\) puts them last\.$"):
         as_rgb_float(np.moveaxis(_scene(), -1, 0))
+
+
+def test_an_array_of_z_planes_is_told_to_predict_them_one_at_a_time(tiny, tmp_path):
+    """``predict(np.stack of 3 z-planes)`` was told "channels first? np.moveaxis(image, 0, -1)",
+    which would read the z-planes as red, green and blue; and ``predict("zstack.tif")`` to "save one
+    2-D plane", not that predict_many and the command line run a stack plane by plane."""
+    import tifffile
+
+    planes = np.random.default_rng(0).integers(0, 4000, (3, 24, 20), dtype=np.uint16)
+    for stack in (planes, planes[:2]):
+        with pytest.raises(ValueError) as refused:
+            predict(stack, tiny)
+        message = str(refused.value)
+        assert ("Pass a single plane: of a stack of z-planes or time points, one at a time (image[0], image[1], "
+                "...), as napari_prm.batch.predict_many and 'napari-prm predict' run a TIFF stack saved with "
+                "ImageJ axes ZYX or TYX") in message
+        assert message.index("one at a time") < message.find("np.moveaxis") or "np.moveaxis" not in message
+        assert ("np.moveaxis" in message) == (len(stack) == 3)
+    path = tmp_path / "zstack.tif"
+    tifffile.imwrite(path, planes, imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(ValueError, match=r"holds 3 z-planes, not colour channels; save one 2-D plane or an RGB "
+                                         r"image; napari_prm\.predict runs one 2-D image: "
+                                         r"napari_prm\.batch\.predict_many \(the command line's 'napari-prm "
+                                         r"predict'\) runs such a stack plane by plane, or predict each of "
+                                         r"napari_prm\.io\.read_stack\(path\)\.planes$"):
+        predict(path, tiny)
+    # a file that is no stack gets no such hint
+    tifffile.imwrite(tmp_path / "four.tif", planes[:1].repeat(4, 0), photometric="minisblack")
+    with pytest.raises(ValueError) as refused:
+        predict(tmp_path / "four.tif", tiny)
+    assert "predict_many" not in str(refused.value)
 
 
 def test_a_batch_of_one_image_is_refused_with_the_fix(tiny):

@@ -166,7 +166,13 @@ def predict(
     if isinstance(image, (str, os.PathLike)):  # read with the channels the model was trained on, or those given
         channels, note = channels_for(channels, predictor.model.settings.get("channels"))
         pixel_size = tiff_pixel_size(image)  # for write_prediction's label TIFF, as predict's command writes it
-        image = read_image(image, channels=channels)
+        try:
+            image = read_image(image, channels=channels)
+        except ValueError as error:  # a z-stack was told only to "save one 2-D plane"
+            hint = _stack_file_hint(image)
+            if not hint:
+                raise
+            raise ValueError(f"{error}{hint}") from error
     elif channels is not None:
         channels, image = checked_channels(channels), image_array(image)
         if image.ndim == 3 and image.shape[0] < min(image.shape[1:]) and image.shape[-1] > 4:
@@ -182,6 +188,21 @@ def predict(
         prediction.notes.append(note)
     prediction.pixel_size = pixel_size
     return prediction
+
+
+def _stack_file_hint(path) -> str:
+    """What runs a TIFF stack of z-planes or time points, which `predict` (one 2-D image) refuses;
+    empty for any other file."""
+    from .io import stack_planes
+
+    try:
+        found = stack_planes(path)
+    except (ValueError, OSError):
+        return ""
+    if found is None:
+        return ""
+    return ("; napari_prm.predict runs one 2-D image: napari_prm.batch.predict_many (the command line's 'napari-prm "
+            "predict') runs such a stack plane by plane, or predict each of napari_prm.io.read_stack(path).planes")
 
 
 #: `predict`'s own keyword arguments, suggested beside the settings for a misspelt keyword.

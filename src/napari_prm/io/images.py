@@ -986,8 +986,9 @@ _CHANNELS_ADVICE = (_PICK_CHANNELS + "or save each channel as a 2-D image (tifff
                     "while 8-bit channels are read as they are (a dim one stays dim)")
 
 
-_STACK_ADVICE = ("save the stack with ImageJ axes ZYX or TYX (tifffile.imwrite(path, data, imagej=True, "
-                 "metadata={'axes': 'ZYX'})), which `napari-prm predict` and the plugin run plane by plane")
+#: How a stack is saved for `napari-prm predict` and `predict_many` to run it plane by plane.
+_STACK_AXES = "ImageJ axes ZYX or TYX (tifffile.imwrite(path, data, imagej=True, metadata={'axes': 'ZYX'}))"
+_STACK_ADVICE = f"save the stack with {_STACK_AXES}, which `napari-prm predict` and the plugin run plane by plane"
 
 
 def _unnamed_pages_advice() -> str:
@@ -1202,8 +1203,12 @@ def as_rgb_float(image: np.ndarray, *, dtype=np.float32, keep_gray: bool = False
         raise ValueError(
             f"expected one 2D plane (H, W) or a colour image (H, W, 3|4); got shape {image.shape}: "
             "a 3D stack or an image with an unreadable channel count. Pass a single plane"
-            + (" (channels first? np.moveaxis(image, 0, -1) puts them last)." if image.shape[0] in (3, 4)
-               else " (a stack of one plane: image[0])." if image.shape[0] == 1 else ".")
+            + (" (a stack of one plane: image[0])." if image.shape[0] == 1 else
+               ": of a stack of z-planes or time points, one at a time (image[0], image[1], ...), as "
+               "napari_prm.batch.predict_many and 'napari-prm predict' run a TIFF stack saved with " + _STACK_AXES
+               + " plane by plane"
+               + ("; only if its first axis holds colour channels (red, green, blue), np.moveaxis(image, 0, -1) "
+                  "puts them last" if image.shape[0] in (3, 4) else "") + ".")
         )
     else:
         # a network's batch of one, (1, 3, H, W) or (1, H, W, 3), said only "got 4 dimensions"
