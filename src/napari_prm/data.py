@@ -432,28 +432,31 @@ class LabeledImageDataset:
     def _stratified_held_out(self, order: np.ndarray, size: int, keep_every_class: bool) -> list[int]:
         """Up to ``size`` image indices to hold out, by class (see :meth:`split`'s ``stratify``)."""
         labels = self.labels > 0
-        strata = np.concatenate([labels, ~labels.any(1, keepdims=True)], axis=1)[order]  # last: no class
+        # per image in ``order``: its classes, and a last column for the images of no class
+        strata = np.asfortranarray(np.concatenate([labels, ~labels.any(1, keepdims=True)], axis=1)[order])
+        shown = strata[:, :-1]
         totals = strata.sum(0)
-        shown = labels[order]
         free = np.ones(len(order), dtype=bool)
         held_counts = np.zeros(strata.shape[1], dtype=np.int64)
+        done = totals == 0  # strata with no image left to hold out
         held: list[int] = []
-        while len(held) < size:
-            allowed = free.copy()
+        while len(held) < size and not done.all():
+            allowed = free
             if keep_every_class:  # never the last training image of a class
-                last = labels.sum(0) - held_counts[:-1] < 2
-                allowed &= ~shown[:, last].any(1)
-            available = (strata & allowed[:, None]).any(0)
-            if not allowed.any():
-                break
-            unheld = available & (held_counts == 0) & (totals >= 2)
-            unheld[-1] = False  # the images of no class: by their share only
-            if unheld.any():  # a class not held out yet: the rarest first
-                stratum = int(np.flatnonzero(unheld)[np.argmin(totals[unheld])])
+                last = totals[:-1] - held_counts[:-1] < 2
+                if last.any():
+                    allowed = free & ~shown[:, last].any(1)
+            first = ~done & (held_counts == 0) & (totals >= 2)
+            first[-1] = False  # the images of no class: by their share only
+            if first.any():  # a class none of whose images is held out yet: the rarest first
+                stratum = int(np.flatnonzero(first)[np.argmin(totals[first])])
             else:  # the class furthest below its share
-                need = np.where(available, totals * (len(held) + 1) / len(order) - held_counts, -np.inf)
-                stratum = int(np.argmax(need))
-            position = int(np.argmax(allowed & strata[:, stratum]))
+                stratum = int(np.argmax(np.where(done, -np.inf, totals * (len(held) + 1) / len(order) - held_counts)))
+            hits = allowed & strata[:, stratum]
+            if not hits.any():
+                done[stratum] = True
+                continue
+            position = int(np.argmax(hits))
             free[position] = False
             held_counts += strata[position]
             held.append(int(order[position]))
