@@ -240,8 +240,8 @@ def refine(
     corrections : sequence of Correction
         Corrected images, learnt as full supervision
         (:func:`napari_prm.refine.samples.correction_sample`). The training state of ``out``
-        records them (:func:`corrections_record`): a ``resume`` with other corrections (or
-        none, when the run had some) is refused with a ValueError.
+        records them (:func:`napari_prm.refine.training.corrections_record`): a ``resume``
+        with other corrections (or none, when the run had some) is refused with a ValueError.
     corrections_source : path, optional
         Where ``corrections`` were read from (a folder of exports, a COCO JSON or a VOC devkit:
         the command line's ``--masks``), recorded with them: ``napari-prm refine --resume``
