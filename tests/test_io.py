@@ -70,6 +70,20 @@ def test_label_tiff_keeps_an_imagej_pixel_size(tmp_path, top_label, shape):
     assert again["resolution"] == pytest.approx(back["resolution"]) and again["unit"] == back["unit"]
 
 
+@pytest.mark.parametrize("out", ["folder", "labels.tif"])
+def test_export_instances_keeps_the_images_pixel_size(tmp_path, out):
+    """``export_instances`` (the Python export of corrected labels) took no pixel size, so the label TIFF
+    of a calibrated image (0.5 µm × 0.25 µm per pixel) lost it, while ``predict`` and the widget keep it."""
+    tifffile.imwrite(tmp_path / "image.tif", np.zeros((40, 60), np.uint8), imagej=True, resolution=(2.0, 4.0),
+                     metadata={"unit": "um"})
+    pixel_size = io.tiff_pixel_size(tmp_path / "image.tif")
+    written = io.export_instances(synthetic_labels(), synthetic_table(), CLASS_NAMES, tmp_path / out,
+                                  stem="image", pixel_size=pixel_size)
+    label_tiff = next(path for path in written if path.suffix == ".tif")
+    back = io.tiff_pixel_size(label_tiff)
+    assert back["resolution"] == pytest.approx((2.0, 4.0)) and back["imagej_unit"] == "um"
+    np.testing.assert_array_equal(io.read_label_image(label_tiff), synthetic_labels())
+
 def test_an_ome_tiffs_physical_pixel_size_is_read_and_written_as_imagej(tmp_path):
     """An OME-TIFF records its pixel size in its OME-XML, without resolution tags: its labels had
     none. It is read (in µm by default, as OME's), and an ImageJ unit that is not ASCII ("µm"),

@@ -108,7 +108,7 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
                      out: str | os.PathLike, *, formats: Sequence[str] | None = None,
                      stem: str | None = None, overwrite: bool = False,
                      image_file_name: str = "", world: dict | None = None,
-                     axes: str | None = None, cancel=None) -> list[Path]:
+                     pixel_size: dict | None = None, axes: str | None = None, cancel=None) -> list[Path]:
     """Export a (corrected) label image with its classes in one or more formats.
 
     Parameters
@@ -139,6 +139,11 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         or PNG (`napari_prm.io.write_label_image`, with ``class_names``) and in the COCO
         JSON's image entry (`labels_to_coco`), so that the plugin's reader puts it back in
         place, with its classes.
+    pixel_size : dict, optional
+        The image's pixel size (`napari_prm.io.tiff_pixel_size` of its file, or
+        ``Prediction.pixel_size``), written into the label TIFF as ``napari-prm predict`` writes
+        it (`napari_prm.io.write_label_image`), so that it overlays the image in Fiji; it wins
+        over a pixel size that ``world`` gives. Ignored for PNG and COCO JSON.
     axes : str, optional
         The names of a stack's axes (``"ZYX"``, ``"TYX"``; `napari_prm.io.label_axes_from_names` of a layer's
         axis labels), written into the label TIFF (`napari_prm.io.write_label_image`); without
@@ -185,7 +190,7 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         if len(targets) == 1 and out.suffix.lower() in _SUFFIX_FORMATS and not out.is_dir():
             (kind, target), = targets.items()  # one named file: replacing it is one rename already
             with atomic_write(target, overwrite=overwrite) as temp:  # raised in the block: the temporary goes
-                _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
+                _write_instances_as(kind, temp, labels, table, class_names, coco, pixel_size, world=world,
                                     axes=axes if kind == "tiff" else None)
                 raise_if_cancelled(cancel, "export cancelled")
             return [target]
@@ -195,7 +200,7 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
                             overwrite=overwrite, info=info) as staged:
             for kind, temp in staged.items():  # raised in the block: the staged files go, the folder is unchanged
                 raise_if_cancelled(cancel, "export cancelled")
-                _write_instances_as(kind, temp, labels, table, class_names, coco, world=world,
+                _write_instances_as(kind, temp, labels, table, class_names, coco, pixel_size, world=world,
                                     axes=axes if kind == "tiff" else None)
             raise_if_cancelled(cancel, "export cancelled")
         return list(targets.values())
