@@ -1544,6 +1544,18 @@ def test_predict_label_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpo
         assert tif.pages[0].get_resolution() == pytest.approx((1, 1))
     np.testing.assert_array_equal(io.read_label_image(out / "calibrated_labels.tif"),
                                   io.read_label_image(out / "plain_labels.tif"))
+    # the instance CSV gives the area and box in µm too where the pixel size is known (0.25 µm × 0.5 µm,
+    # 0.5 µm × 0.65 µm); not for pixels per inch or no pixel size, whose CSV is as before
+    header = ",".join(io.INSTANCE_CSV_COLUMNS)
+    for stem, (height, width) in {"calibrated": (0.25, 0.5), "cells": (0.5, 0.65)}.items():
+        with open(out / f"{stem}_instances.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        assert rows and list(rows[0]) == [*io.INSTANCE_CSV_COLUMNS, *io.INSTANCE_CSV_UM_COLUMNS]
+        for row in rows:
+            assert float(row["area_um2"]) == pytest.approx(int(row["area"]) * height * width)
+            assert float(row["bbox_x1_um"]) == pytest.approx(int(row["bbox_x1"]) * width)
+    for stem in ("inch", "plain"):
+        assert (out / f"{stem}_instances.csv").read_text(encoding="utf-8").splitlines()[0] == header
 
 
 def test_predict_prm_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpoint):

@@ -1,5 +1,6 @@
 """Exporters and importers: round trips, COCO through pycocotools, atomic writes."""
 
+import csv
 import json
 import math
 import os
@@ -83,6 +84,49 @@ def test_export_instances_keeps_the_images_pixel_size(tmp_path, out):
     back = io.tiff_pixel_size(label_tiff)
     assert back["resolution"] == pytest.approx((2.0, 4.0)) and back["imagej_unit"] == "um"
     np.testing.assert_array_equal(io.read_label_image(label_tiff), synthetic_labels())
+
+
+def _csv_rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_instance_csv_gives_area_and_box_in_micrometres_when_the_pixel_size_is_known(tmp_path):
+    """The instance CSV gave the area and box in pixels only, also for a calibrated image. With a pixel size
+    of 0.25 µm (rows) × 0.5 µm (columns) from the image's TIFF, or a layer's scale in a unit of length, it
+    also gives them in µm, after the pixel columns (kept as they were); with none, or only pixels per inch
+    (a print size), the µm columns are absent."""
+    tifffile.imwrite(tmp_path / "image.tif", np.zeros((40, 60), np.uint8), imagej=True, resolution=(2.0, 4.0),
+                     metadata={"unit": "um"})
+    tifffile.imwrite(tmp_path / "inch.tif", np.zeros((40, 60), np.uint8), resolution=(300, 300),
+                     resolutionunit="INCH")
+    labels, table = synthetic_labels(), synthetic_table()
+    io.export_instances(labels, table, CLASS_NAMES, tmp_path / "tif.csv",
+                        pixel_size=io.tiff_pixel_size(tmp_path / "image.tif"))
+    io.write_instances_csv(tmp_path / "layer.csv", labels, table, CLASS_NAMES,
+                           world={"scale": (0.25e-3, 0.5e-3), "units": ("millimeter", "millimeter")})
+    pixels = list(io.INSTANCE_CSV_COLUMNS)
+    for name in ("tif.csv", "layer.csv"):
+        rows = _csv_rows(tmp_path / name)
+        assert list(rows[0]) == pixels + list(io.INSTANCE_CSV_UM_COLUMNS)
+        first = rows[0]  # label 1: rows 2-12, columns 3-23, 200 pixels
+        assert (first["area"], first["bbox_y0"], first["bbox_x1"]) == ("200", "2", "23")
+        assert float(first["area_um2"]) == pytest.approx(200 * 0.25 * 0.5)
+        assert [float(first[c]) for c in io.INSTANCE_CSV_UM_COLUMNS[1:]] == pytest.approx(
+            [2 * 0.25, 3 * 0.5, 12 * 0.25, 23 * 0.5])
+        back = io.read_instances_csv(tmp_path / name)  # read as before
+        np.testing.assert_array_equal(back["area"], [200, 180, int((labels == 3).sum())])
+    io.write_instances_csv(tmp_path / "inch.csv", labels, table, pixel_size=io.tiff_pixel_size(tmp_path / "inch.tif"))
+    io.write_instances_csv(tmp_path / "none.csv", labels, table, world={"scale": (0.5, 0.5)})  # no unit
+    for name in ("inch.csv", "none.csv"):
+        rows = _csv_rows(tmp_path / name)
+        assert list(rows[0]) == pixels and rows[0]["area"] == "200"
+    # a stack's CSV: each plane's area and box in µm
+    io.export_instances(np.stack([labels, labels]), table, CLASS_NAMES, tmp_path / "stack.csv",
+                        pixel_size=io.tiff_pixel_size(tmp_path / "image.tif"))
+    rows = _csv_rows(tmp_path / "stack.csv")
+    assert list(rows[0]) == ["plane"] + pixels + list(io.INSTANCE_CSV_UM_COLUMNS)
+    assert [float(r["area_um2"]) for r in rows if r["id"] == "1"] == pytest.approx([25.0, 25.0])
 
 def test_an_ome_tiffs_physical_pixel_size_is_read_and_written_as_imagej(tmp_path):
     """An OME-TIFF records its pixel size in its OME-XML, without resolution tags: its labels had

@@ -287,6 +287,11 @@ def test_png_and_tiff_exports_reopen_in_place_with_units_and_classes(make_napari
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
     widget._layer.value = layer
     assert widget.export(tmp_path, formats=["tiff", "png", "csv"]), widget._status.value
+    # the instance CSV gives the area and box in µm too (the layer's scale): 20 × 30 pixels of 0.5 × 0.25 µm
+    with open(tmp_path / "cat_instances.csv", newline="", encoding="utf-8") as handle:
+        (row,) = csv.DictReader(handle)
+    assert (row["area"], float(row["area_um2"]), float(row["bbox_y1_um"]), float(row["bbox_x1_um"])) == (
+        "600", pytest.approx(75.0), pytest.approx(15.0), pytest.approx(10.0))
     for name in ("cat_labels.png", "cat_labels.tif"):
         (reopened,) = viewer.open(str(tmp_path / name), plugin="napari-prm")
         np.testing.assert_array_equal(reopened.data, labels)

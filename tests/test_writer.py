@@ -41,6 +41,17 @@ def test_tiff_with_instance_csv(tmp_path, instances):
     assert table["class_name"].tolist() == ["tabby", "coffee mug", "unknown"]
     assert table["area"].tolist() == [150, 225, 25]
     assert table["bbox"][1].tolist() == [20, 30, 35, 45]
+    assert "area_um2" not in (tmp_path / "cat_instances.csv").read_text(encoding="utf-8")  # a layer in pixels
+
+
+def test_the_instance_csv_of_a_layer_in_micrometres_gives_its_areas_in_micrometres(tmp_path, instances):
+    """*File → Save* of a layer scaled in µm wrote its instance CSV in pixels only."""
+    labels, meta = instances
+    meta = {**meta, "scale": (0.5, 0.2), "units": ("micrometer", "micrometer")}
+    write_labels(str(tmp_path / "cat_labels.tif"), labels, meta)
+    rows = (tmp_path / "cat_instances.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0].split(",") == [*io.INSTANCE_CSV_COLUMNS, *io.INSTANCE_CSV_UM_COLUMNS]
+    assert rows[2].split(",")[-5:] == ["22.5", "10", "6", "17.5", "9"]  # 225 px; rows 20-35, columns 30-45
 
 
 def test_coco_json_round_trips_through_pycocotools(tmp_path, instances):

@@ -76,7 +76,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         written = io.export_instances(labels, table, class_names, path, overwrite=True, world=world,
                                       axes=axes if axes is not None and len(axes) == labels.ndim else None)
         if table is not None:
-            written.append(io.write_instances_csv(sidecar_csv(path), labels, table, class_names))
+            written.append(io.write_instances_csv(sidecar_csv(path), labels, table, class_names, world=world))
     else:
         raise ValueError(f"napari-prm writes labels as .tif, .tiff or .json; got {path}")
     return [str(p) for p in written]

@@ -97,6 +97,7 @@ from .prediction import (
 )
 from .tables import (
     INSTANCE_CSV_COLUMNS,
+    INSTANCE_CSV_UM_COLUMNS,
     UNKNOWN_CLASS,
     read_instances_csv,
     write_instances_csv,
@@ -117,5 +118,5 @@ __all__ = [
     "write_coco_json", "write_instances_csv",
     "read_instances_csv", "write_peaks_csv", "write_stack_peaks_csv", "write_prms", "export_instances",
     "write_prediction", "write_stack_prediction", "stack_labels", "prediction_paths", "IMAGE_SUFFIXES", "UNKNOWN_CLASS",
-    "UNKNOWN_CATEGORY_ID", "INSTANCE_CSV_COLUMNS", "EXPORT_SUFFIXES", "image_stem",
+    "UNKNOWN_CATEGORY_ID", "INSTANCE_CSV_COLUMNS", "INSTANCE_CSV_UM_COLUMNS", "EXPORT_SUFFIXES", "image_stem",
 ]

@@ -173,6 +173,43 @@ def _world_resolution(metadata: dict) -> tuple[float, float] | None:
     return 1 / (x * per_cm), 1 / (y * per_cm)
 
 
+#: TIFF resolution units of length, in micrometres; an inch is left out (`_pixel_size_um`).
+_RESUNIT_UM = {tifffile.RESUNIT.CENTIMETER: 1e4, tifffile.RESUNIT.MILLIMETER: 1e3, tifffile.RESUNIT.MICROMETER: 1.0}
+
+
+def _pixel_size_um(pixel_size: dict | None = None, world: dict | None = None) -> tuple[float, float] | None:
+    """The height and width of a pixel in micrometres, as ``(y, x)``, when known; else None.
+
+    Known from ``pixel_size`` (`tiff_pixel_size` of the image's file: an ImageJ or OME unit of
+    length, or TIFF resolution tags in pixels per centimetre, millimetre or micrometre), else from
+    ``world`` (a napari layer's ``scale`` and ``units``: its last two axes in a unit of length,
+    ``micrometer``, ...), as `write_label_image` takes them. Pixels per inch, the unit TIFF
+    writers put by default (72 or 300 dpi of an image editor or a scanner, a print size rather
+    than a calibration), and sizes without a unit give None.
+
+    Parameters
+    ----------
+    pixel_size : dict, optional
+        As `tiff_pixel_size` returns it.
+    world : dict, optional
+        ``scale`` and ``units``, one per axis (the last two are the rows and columns).
+    """
+    if pixel_size:
+        (x, y), unit = _standard_resolution(pixel_size)
+        um = _RESUNIT_UM.get(unit)
+        if um is not None and x > 0 and y > 0 and np.isfinite(x) and np.isfinite(y):
+            return um / float(y), um / float(x)
+        return None
+    scale = (world or {}).get("scale")
+    if scale is None:
+        return None
+    resolution = _world_resolution(_label_metadata(world, len(np.ravel(np.asarray(scale, dtype=object)))))
+    if resolution is None:
+        return None
+    x, y = resolution  # pixels per centimetre
+    return 1e4 / y, 1e4 / x
+
+
 #: ImageJ's names of napari's (pint's) units of length (an ImageJ description is ASCII).
 _IMAGEJ_UNIT_NAME = {"nanometer": "nm", "micrometer": "um", "millimeter": "mm", "centimeter": "cm", "meter": "m"}
 #: napari's (pint's) units of time, in seconds (ImageJ's frame interval is in seconds).

@@ -242,7 +242,7 @@ def _write_instances_as(kind: str, path: Path, labels, table, class_names, coco,
     elif kind == "coco":
         write_coco_json(path, coco)
     else:
-        write_instances_csv(path, labels, table, class_names)
+        write_instances_csv(path, labels, table, class_names, pixel_size=pixel_size, world=world)
 
 
 def prediction_paths(out_dir: str | os.PathLike, stem: str, *,

@@ -9,6 +9,9 @@ The instance CSV of a stack (labels with leading Z/T/... axes) starts with the p
 one column ``plane`` for one leading axis, ``plane_0, plane_1, ...`` (one per leading axis, in
 axis order) for more; it has one row per (plane, label), with that plane's area and box. The
 CSV of a 2-D label image has no plane column.
+
+When the image's pixel size is known in a unit of length, the instance CSV also gives the area and
+box in micrometres (`INSTANCE_CSV_UM_COLUMNS`, after ``score``); otherwise those columns are absent.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from .atomic import atomic_write
-from .labels import _check_labels
+from .labels import _check_labels, _pixel_size_um
 
 __all__ = ["write_instances_csv", "read_instances_csv", "write_peaks_csv", "write_stack_peaks_csv",
            "UNKNOWN_CLASS"]
@@ -32,6 +35,9 @@ __all__ = ["write_instances_csv", "read_instances_csv", "write_peaks_csv", "writ
 UNKNOWN_CLASS = "unknown"
 INSTANCE_CSV_COLUMNS = ("id", "class", "class_index", "area",
                         "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "score")
+#: The instance CSV's columns in micrometres, after `INSTANCE_CSV_COLUMNS`, when the pixel size is known:
+#: the area in µm² and the box's edges in µm from the image's top left corner.
+INSTANCE_CSV_UM_COLUMNS = ("area_um2", "bbox_y0_um", "bbox_x0_um", "bbox_y1_um", "bbox_x1_um")
 
 
 def _table_rows(table) -> dict[int, tuple[int, str, float, int]]:
@@ -130,17 +136,24 @@ def _plane_columns(leading_ndim: int) -> tuple[str, ...]:
     return tuple(f"plane_{axis}" for axis in range(leading_ndim))
 
 
-def _csv_row(record: dict, region) -> list:
+def _csv_row(record: dict, region, um: tuple[float, float] | None = None) -> list:
+    """One row of the instance CSV; with ``um`` (a pixel's height and width in µm) its µm columns too."""
     (rows, cols), area = region
     score = record["score"]
-    return [record["label"], record["class_name"], record["class_index"], area, rows.start,
-            cols.start, rows.stop, cols.stop, repr(score) if math.isfinite(score) else ""]
+    row = [record["label"], record["class_name"], record["class_index"], area, rows.start,
+           cols.start, rows.stop, cols.stop, repr(score) if math.isfinite(score) else ""]
+    if um is not None:
+        height, width = um
+        row += [f"{value:.10g}" for value in (area * height * width, rows.start * height, cols.start * width,
+                                               rows.stop * height, cols.stop * width)]
+    return row
 
 
 def write_instances_csv(path: str | os.PathLike, labels: np.ndarray, table=None,
                         class_names: Sequence[str] | None = None, *,
-                        overwrite: bool = True) -> Path:
-    """Write one row per instance: id, class, class_index, area, bbox, score.
+                        overwrite: bool = True, pixel_size: dict | None = None,
+                        world: dict | None = None) -> Path:
+    """Write one row per instance: id, class, class_index, area, bbox, score (and in µm when known).
 
     Columns are ``id`` (label value), ``class`` (name), ``class_index`` (-1 when
     unknown), ``area`` (pixels), ``bbox_y0, bbox_x0, bbox_y1, bbox_x1`` (rows and columns,
@@ -149,6 +162,12 @@ def write_instances_csv(path: str | os.PathLike, labels: np.ndarray, table=None,
     rows are one per (plane, label), led by the plane's index (``plane``, or ``plane_0,
     plane_1, ...`` for several leading axes; see the module docstring), with the area and
     box in that plane; the class and score are the label's.
+
+    When the pixel size is known in a unit of length (``pixel_size``, else ``world``), the columns
+    ``area_um2`` (µm²) and ``bbox_y0_um, bbox_x0_um, bbox_y1_um, bbox_x1_um`` (the box's edges in
+    µm from the image's top left corner, the layer's ``translate`` left out) follow ``score``
+    (`INSTANCE_CSV_UM_COLUMNS`); otherwise they are absent. The columns in pixels are the same
+    either way.
 
     Parameters
     ----------
@@ -163,9 +182,16 @@ def write_instances_csv(path: str | os.PathLike, labels: np.ndarray, table=None,
         in the table (else the table's ``class_name``).
     overwrite : bool
         If False and ``path`` exists, raise ``FileExistsError``.
+    pixel_size : dict, optional
+        The image's pixel size (`napari_prm.io.tiff_pixel_size` of its file). Pixels per inch (an
+        image editor's or scanner's default, a print size) and sizes without a unit give no µm columns.
+    world : dict, optional
+        A napari layer's ``scale`` and ``units``: with its last two axes in a unit of length
+        (``micrometer``, ...) they give the pixel size when ``pixel_size`` does not.
     """
     labels = _check_labels(labels, ndim=None)
     path = Path(path)
+    um = _pixel_size_um(pixel_size, world)
     leading = labels.shape[:-2]  # () for a 2-D image: one plane, no plane column
     planes = [(index, _label_regions(labels[index])) for index in np.ndindex(leading)]
     present = sorted({label for _, regions in planes for label in regions})
@@ -173,10 +199,11 @@ def write_instances_csv(path: str | os.PathLike, labels: np.ndarray, table=None,
     with atomic_write(path, overwrite=overwrite) as temp:
         with open(temp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(_plane_columns(len(leading)) + INSTANCE_CSV_COLUMNS)
+            writer.writerow(_plane_columns(len(leading)) + INSTANCE_CSV_COLUMNS
+                            + (INSTANCE_CSV_UM_COLUMNS if um is not None else ()))
             for index, regions in planes:
                 for label, region in regions.items():
-                    writer.writerow([*index, *_csv_row(records[label], region)])
+                    writer.writerow([*index, *_csv_row(records[label], region, um)])
     return path
 
 
