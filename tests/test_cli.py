@@ -1558,6 +1558,25 @@ def test_predict_label_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpo
         assert (out / f"{stem}_instances.csv").read_text(encoding="utf-8").splitlines()[0] == header
 
 
+
+def test_predict_reads_a_png_named_tif_by_its_content_and_says_so(tmp_path, tiny48_checkpoint, capsys):
+    """A PNG saved with a .tif name failed in predict ("not a TIFF file"); it is predicted, with a note
+    naming its real format, as ``napari_prm.predict`` of the file does."""
+    from PIL import Image
+
+    import napari_prm
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(data.chelsea()[::4, ::4]).save(folder / "cat.tif", format="PNG")
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--model", str(tiny48_checkpoint), "--out", str(out)]) == 0
+    errors = capsys.readouterr().err
+    assert "cat.tif is a PNG image, not a TIFF: read as PNG" in errors and "1 image(s) written" in errors
+    assert io.read_label_image(out / "cat_labels.tif").shape == data.chelsea()[::4, ::4].shape[:2]
+    prediction = napari_prm.predict(folder / "cat.tif", load_model(tiny48_checkpoint))
+    assert any(note.startswith("cat.tif is a PNG image") for note in prediction.notes)
+
 def test_predict_prm_tiffs_keep_the_images_pixel_size(tmp_path, tiny48_checkpoint):
     """``--save-prms tiff`` of a calibrated image (an ImageJ TIFF in µm, an OME-TIFF, a z-stack)
     gives a PRM stack with the image's pixel size, as its label TIFF has: the PRMs were written

@@ -693,6 +693,32 @@ def test_read_image_reads_every_image_suffix(tmp_path):
             np.testing.assert_array_equal(back, image)
 
 
+
+def test_a_png_or_jpeg_named_tif_is_read_by_its_content_with_a_note(tmp_path):
+    """A PNG (or JPEG) saved with a ``.tif`` name was refused, "not a TIFF file"; it is read by its content
+    now, the note naming its real format, and a cut one is still found. A file that is no image at all
+    under a ``.tif`` name is refused, saying that it is neither a TIFF nor another image."""
+    import imageio.v3 as iio
+
+    image = np.random.default_rng(5).integers(0, 255, (12, 10, 3)).astype(np.uint8)
+    iio.imwrite(tmp_path / "png.tif", image, extension=".png")
+    iio.imwrite(tmp_path / "jpeg.tiff", image, extension=".jpg")
+    tifffile.imwrite(tmp_path / "real.tif", image)
+    np.testing.assert_array_equal(io.read_image(tmp_path / "png.tif"), image)  # lossless
+    assert io.read_image(tmp_path / "jpeg.tiff").shape == image.shape
+    np.testing.assert_array_equal(io.read_image(tmp_path / "png.tif", channels=[1]), image[..., 1])
+    assert io.format_note(tmp_path / "png.tif") == ("png.tif is a PNG image, not a TIFF: read as PNG, by its "
+                                                    "content (rename it to .png); it records no TIFF pixel size")
+    assert io.format_note(tmp_path / "jpeg.tiff").startswith("jpeg.tiff is a JPEG image, not a TIFF")
+    assert io.format_note(tmp_path / "real.tif") is None and io.tiff_pixel_size(tmp_path / "png.tif") is None
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "png.tif").read_bytes()[:-30])
+    (tmp_path / "text.tif").write_text("not an image at all")
+    files = [tmp_path / name for name in ("png.tif", "jpeg.tiff", "real.tif", "cut.tif", "text.tif")]
+    assert [path for path, _ in io.unreadable_images(files)] == files[3:]
+    with pytest.raises(ValueError, match=r"text\.tif: neither a TIFF \(not a TIFF file.*\) nor an image of "
+                                         "another format that Pillow reads"):
+        io.read_image(tmp_path / "text.tif")
+
 def test_as_rgb_float_rule():
     gray8 = np.array([[0, 51], [204, 255]], np.uint8)
     np.testing.assert_allclose(io.as_rgb_float(gray8)[..., 0], gray8 / 255)

@@ -956,6 +956,8 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
              for plane, prediction in enumerate(predictions) for note in prediction.notes]
     if stack is None and channels is None and (note := io.channels_first_note(image)):
         notes.insert(0, note)  # a (3, H, W) TIFF that does not say its pages are colours: how it was read
+    if note := io.format_note(image):  # a PNG or JPEG named .tif: read by its content
+        notes.insert(0, note)
     if stack is not None:
         notes.append(f"a stack of {len(stack)} planes (axes {stack.axes}), predicted plane by plane: no COCO JSON "
                      "written (it holds 2-D label images only); the label TIFF stack and the instance CSV "

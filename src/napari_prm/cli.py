@@ -1939,6 +1939,8 @@ def _run_demo(args) -> int:
         except ValueError as error:
             raise CommandError(f"{error}{_demo_stack_hint(args.image)}") from error
         stem, file_name = output_name(args.image), Path(args.image).name
+        if note := io.format_note(args.image):  # a PNG named .tif: read by its content
+            _say(note)
     model = _load_model(args.model, args.device)
     try:
         # the predictor keeps the image's forward pass: clicks in napari then cost one

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
-from .io.images import channels_for, checked_channels, image_array, pick_channels, read_image
+from .io.images import channels_for, checked_channels, format_note, image_array, pick_channels, read_image
 from .io.labels import tiff_pixel_size
 from .model.checkpoint import PRMModel
 from .predictor import (
@@ -162,10 +162,11 @@ def predict(
         raise unknown_settings_error(unknown, arguments=_ARGUMENTS)
     predictor = PRMPredictor(model, preset=preset, proposals=proposals, device=device,
                              peak_batch_size=peak_batch_size, **merged)
-    note = pixel_size = None
+    note = pixel_size = disguised = None
     if isinstance(image, (str, os.PathLike)):  # read with the channels the model was trained on, or those given
         channels, note = channels_for(channels, predictor.model.settings.get("channels"))
         pixel_size = tiff_pixel_size(image)  # for write_prediction's label TIFF, as predict's command writes it
+        disguised = format_note(image)  # a PNG or JPEG named .tif: read by its content
         try:
             image = read_image(image, channels=channels)
         except ValueError as error:  # a z-stack was told only to "save one 2-D plane"
@@ -186,6 +187,8 @@ def predict(
     prediction = predictor.predict(points=points, classes=classes, progress=progress, cancel=cancel)
     if note is not None:
         prediction.notes.append(note)
+    if disguised is not None:
+        prediction.notes.append(disguised)
     prediction.pixel_size = pixel_size
     return prediction
 

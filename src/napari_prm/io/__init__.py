@@ -17,6 +17,7 @@ module                        holds
                               `read_stack`, `stack_planes` (TIFF stacks of Z/T planes),
                               `read_array`, `image_array` (PIL images, tensors, paths),
                               `as_rgb_float` (the one RGB normaliser), `opacity_note`, `channels_first_note`,
+                              `format_note` (a PNG or JPEG named ``.tif``, read by content),
                               `unreadable_images` (headers and ends, no decoding),
                               `pick_channels`, `channels_for`, `channels_read_as`, `parse_channels`
                               (channels read as RGB)
@@ -64,6 +65,7 @@ from .images import (
     channels_first_note,
     channels_for,
     channels_read_as,
+    format_note,
     image_array,
     opacity_note,
     parse_channels,
@@ -110,7 +112,7 @@ __all__ = [
     "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
     "read_array", "read_image", "read_plane", "read_stack", "stack_planes", "ImageStack", "image_array", "as_rgb_float",
     "pick_channels", "channels_for", "channels_read_as", "channel_words", "parse_channels",
-    "opacity_note", "unreadable_images", "channels_first_note",
+    "opacity_note", "unreadable_images", "channels_first_note", "format_note",
     "write_label_image", "label_axes_from_names", "read_label_image", "tiff_pixel_size", "read_label_world",
     "read_label_class_names",
     "labels_to_coco", "instances_to_coco", "coco_to_labels", "coco_image_world", "coco_results", "match_exports",

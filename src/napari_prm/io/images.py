@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from .._validate import path_like
 
 __all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "pick_channels", "checked_channels", "channels_for",
            "read_stack", "stack_planes", "ImageStack", "image_array",
-           "as_rgb_float", "opacity_note", "unreadable_images", "channels_first_note"]
+           "as_rgb_float", "opacity_note", "unreadable_images", "channels_first_note", "format_note"]
 
 #: File name suffixes `read_image` reads: TIFF through tifffile, the others through imageio
 #: (Pillow). Folders given to ``napari-prm predict`` and dataset folders are filtered by them.
@@ -65,7 +66,7 @@ def read_array(path: str | os.PathLike, *, what: str = "image", indices: bool = 
     path = path_like(what, path)
     _check_file(path, what)
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if _is_tiff(path):  # by its content too: a PNG or JPEG named .tif is read by imageio (`format_note`)
             with tifffile.TiffFile(path) as tif:
                 return _tiff_data(tif)
         import imageio.v3 as iio
@@ -104,6 +105,9 @@ def _unreadable(what: str, path, error: Exception) -> ValueError:
         reason = (f"{reason.split(', could be')[0]}: Pillow does not decode images this large "
                   "(a guard against decompression bombs); split it into tiles, or save it as "
                   "TIFF, which is read whatever its size")
+    elif reason.startswith("not a TIFF file") and _is_tiff(path):  # nor another image: `_disguised_format`
+        reason = (f"neither a TIFF ({reason}) nor an image of another format that Pillow reads: a damaged or "
+                  "foreign file")
     elif reason.startswith("failed to read ") and ", got " in reason:
         reason = f"the file is cut short (tifffile: {reason}): copy or save it again"  # a TIFF's data
     elif "backend" in reason or "can not handle" in reason:
@@ -177,7 +181,9 @@ def read_image(path: str | os.PathLike, *, channels: Sequence[int] | None = None
     Parameters
     ----------
     path : path-like
-        The image file: read with tifffile for a ``.tif``/``.tiff`` suffix, else with imageio.
+        The image file: read with tifffile for a ``.tif``/``.tiff`` suffix, else with imageio; a
+        ``.tif`` whose content is another format (a PNG or JPEG so named) is read by its content
+        with imageio (`format_note` says so).
     channels : sequence of 1 to 3 int, optional
         Pick these channels of a multichannel image (2 or more fluorescence channels) as the
         network's red, green and blue, in this order (see `pick_channels`): 1 channel gives a
@@ -891,7 +897,8 @@ def _suspect(path) -> bool:
             tail = handle.read()
     except Exception:  # the readers raise many types for a broken file
         return True
-    suffix = path.suffix.lower()
+    kind = _disguised_format(path)  # a PNG named .tif: the checks of a PNG
+    suffix = {"JPEG": ".jpg"}.get(kind, f".{kind.lower()}") if kind else path.suffix.lower()
     if suffix == ".png":
         return not tail.endswith(b"IEND\xaeB`\x82")
     if suffix in (".jpg", ".jpeg"):
@@ -906,7 +913,59 @@ def _suspect(path) -> bool:
 
 
 def _is_tiff(path) -> bool:
-    return path.suffix.lower() in (".tif", ".tiff")
+    """Whether ``path`` is read as a TIFF: named ``.tif``/``.tiff``, and not another image format by its
+    content (`_disguised_format`: a PNG saved with a ``.tif`` name is read as a PNG)."""
+    return path.suffix.lower() in (".tif", ".tiff") and _disguised_format(path) is None
+
+
+#: A TIFF's first bytes: classic and BigTIFF, little- and big-endian.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _disguised_format(path) -> str | None:
+    """Pillow's name (``"PNG"``, ``"JPEG"``, ...) of the format of a file named ``.tif``/``.tiff`` whose
+    content is not a TIFF but an image of that format; None for a TIFF, a file of another name, or
+    content no reader recognises (tifffile then says what is wrong with it)."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:  # missing, a folder: read_array says so
+        return None
+    if len(head) < 4 or head in _TIFF_MAGIC:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return str(image.format or "") or None
+    except Exception:  # noqa: BLE001 -- no format Pillow knows: reported as not a TIFF
+        return None
+
+
+def format_note(path: str | os.PathLike) -> str | None:
+    """A note for a file whose name says TIFF (``.tif``, ``.tiff``) while its content is another image
+    format (a PNG or JPEG saved or renamed so), which `read_image` reads by its content; else None.
+
+    Parameters
+    ----------
+    path : path-like
+        An image file.
+
+    Returns
+    -------
+    str or None
+        E.g. ``"cells.tif is a PNG image, not a TIFF: read as PNG, by its content (rename it to
+        .png)"``; None for a TIFF, a file named as what it holds, or one that cannot be read.
+    """
+    path = path_like("image", path)
+    kind = _disguised_format(path)
+    if kind is None:
+        return None
+    suffix = {"JPEG": ".jpg"}.get(kind, f".{kind.lower()}")
+    return (f"{path.name} is a {kind} image, not a TIFF: read as {kind}, by its content (rename it to "
+            f"{suffix}); it records no TIFF pixel size")
 
 
 def _tiff_header(path) -> tuple[str, Any, tuple]:
