@@ -1863,6 +1863,10 @@ def test_calibrate_on_few_images_warns_that_its_thresholds_are_unreliable(tmp_pa
     assert captured.err.count("warning: the thresholds were calibrated on only 3 image(s), fewer than 10") == 1
     assert "'napari-prm calibrate DATASET --model MODEL --held-out'" in captured.err
     assert "set the thresholds by hand" in captured.err
+    # in the command line's words: its options, not the Python names the library's message also gives
+    assert "hold out more: train's --val-fraction; or add images, then 'napari-prm calibrate" in captured.err
+    assert "val_fraction" not in captured.err and "calibrate_checkpoint(" not in captured.err
+    assert "held_out=True" not in captured.err
     assert "calibrated on only 3" in load_model(model).settings["calibration"]["warning"]
     # ten images: no such warning
     assert main(["calibrate", str(tmp_path / "data"), "--model", str(model), "--no-tta", "--device", "cpu"]) == 0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_prm._text import for_command_line
 from napari_prm.model.peak_stimulation import peak_stimulation
 from napari_prm.peaks import MAX_PEAKS, calibrate_thresholds, class_scores, peak_candidates, select_peaks
 
@@ -112,6 +113,13 @@ def test_calibration_on_fewer_than_ten_images_says_its_thresholds_are_unreliable
             and "predict's class_threshold and peak_threshold, the command line's --class-threshold and "
             "--peak-threshold" in calibration.warning)
     assert calibration.as_settings()["calibration"]["warning"] == calibration.warning
+    assert type(calibration.as_settings()["calibration"]["warning"]) is str  # a plain string in a checkpoint
+    # the command line's wording names its options only: no Python names
+    said = for_command_line(calibration.warning)
+    assert said.startswith("the thresholds were calibrated on only 3 image(s), fewer than 10")
+    assert ("hold out more: train's --val-fraction; or add images, then 'napari-prm calibrate DATASET --model MODEL "
+            "--held-out'" in said and "--class-threshold and --peak-threshold" in said)
+    assert not any(name in said for name in ("val_fraction", "calibrate_checkpoint", "held_out=", "class_threshold"))
     many = calibrate_thresholds(maps * 4, np.concatenate([labels] * 4))
     assert many.images == 12 and many.warning is None
 
@@ -129,6 +137,10 @@ def test_calibration_that_finds_no_class_says_so():
     assert "3 calibration image(s)" in calibration.warning and "more epochs" in calibration.warning
     assert "train's val_fraction, the command line's --val-fraction" in calibration.warning
     assert calibration.as_settings()["calibration"]["warning"] == calibration.warning
+    said = for_command_line(calibration.warning)
+    assert said.startswith("calibration found no class") and "train's --val-fraction" in said
+    assert "'napari-prm calibrate DATASET --model MODEL'" in said
+    assert "val_fraction" not in said and "calibrate_checkpoint" not in said
 
 
 def test_calibration_that_keeps_more_peaks_than_the_cap_says_so():
@@ -154,6 +166,12 @@ def test_calibration_that_keeps_more_peaks_than_the_cap_says_so():
     # two sentences: the second starts with a capital ("... thresholds). the calibrated ..." before)
     assert ". The calibrated thresholds keep more than 50 peaks (predict's default cap, max_peaks) on 3 of the 3" \
         in both.warning
+    # the command line's wording: its options only, both sentences
+    said = for_command_line(both.warning)
+    assert said.startswith("the thresholds were calibrated on only 3 image(s)")
+    assert ". The calibrated thresholds keep more than 50 peaks (predict's default --max-peaks) on 3 of the 3" in said
+    assert said.endswith("raise the thresholds (--class-threshold and --peak-threshold) or the cap (--max-peaks).")
+    assert not any(name in said for name in ("max_peaks", "val_fraction", "class_threshold", "calibrate_checkpoint"))
 
 
 def test_a_few_crowded_images_over_the_cap_are_counted_not_averaged_away():
@@ -178,6 +196,9 @@ def test_a_few_crowded_images_over_the_cap_are_counted_not_averaged_away():
     assert calibration.warning.endswith("To keep all the peaks of crowded images, raise the cap (predict's "
                                         "max_peaks, the command line's --max-peaks; the napari widget's max peaks).")
     assert "more epochs" not in calibration.warning and "--peak-threshold" not in calibration.warning
+    assert for_command_line(calibration.warning).endswith(
+        "(up to 64): predict will keep only the strongest 50 of such an image. To keep all the peaks of crowded "
+        "images, raise the cap (--max-peaks).")
 
 
 def test_the_cap_compared_with_is_the_max_peaks_predict_is_given():

@@ -1,4 +1,6 @@
-from napari_prm._text import plural
+import pickle
+
+from napari_prm._text import Worded, for_command_line, plural, worded, worded_sentences
 
 
 def test_plural_is_singular_for_one():
@@ -14,3 +16,15 @@ def test_plural_of_epoch():
     wrong where "ch" sounds like "k"."""
     assert plural(2, "epoch") == "2 epochs"
     assert plural(2, "batch") == "2 batches"
+
+
+def test_a_worded_message_is_the_librarys_string_and_carries_the_command_lines():
+    text = Worded("hold out more (val_fraction)", "hold out more (--val-fraction)")
+    assert text == "hold out more (val_fraction)" and for_command_line(text) == "hold out more (--val-fraction)"
+    assert for_command_line("plain") == "plain"
+    both = worded_sentences([text, "plain"])
+    assert both == "hold out more (val_fraction). Plain." and for_command_line(both) == (
+        "hold out more (--val-fraction). Plain.")
+    assert for_command_line(worded("with TTA, {}", text)) == "with TTA, hold out more (--val-fraction)"
+    back = pickle.loads(pickle.dumps(text))  # a worker's result keeps both
+    assert back == text and for_command_line(back) == text.command_line

@@ -37,6 +37,41 @@ def sentences(texts) -> str:
     return " ".join(sentence(text, capital=number > 0) for number, text in enumerate(texts))
 
 
+class Worded(str):
+    """A message in the library's names (``val_fraction``, ``calibrate_checkpoint(...)``), as Python and
+    the widgets show it, that also carries its wording for the command line (:attr:`command_line`: the
+    options, ``--val-fraction``, ``napari-prm calibrate ... --held-out``), which the command line prints
+    (`for_command_line`). It is a ``str``: everything else sees the library's wording; text built from
+    it with ``+`` or an f-string loses the other wording (build a ``Worded`` of both, as `worded_sentences`)."""
+
+    command_line: str
+
+    def __new__(cls, text: str, command_line: str | None = None):
+        self = super().__new__(cls, text)
+        self.command_line = str(text) if command_line is None else str(command_line)
+        return self
+
+    def __reduce__(self):  # pickled (a worker's result) as a Worded still
+        return Worded, (str(self), self.command_line)
+
+
+def for_command_line(text: str) -> str:
+    """``text`` as the command line says it: a `Worded` message's ``command_line`` wording, else ``text``."""
+    return str(getattr(text, "command_line", text))
+
+
+def worded(template: str, *texts: str) -> Worded:
+    """``template.format(*texts)`` in both wordings of the `Worded` ``texts`` (plain strings are the same in
+    both): ``worded("with test-time augmentation, {}", warning)``."""
+    return Worded(template.format(*map(str, texts)), template.format(*map(for_command_line, texts)))
+
+
+def worded_sentences(texts) -> Worded:
+    """`sentences` of ``texts`` in both wordings of the `Worded` ones."""
+    texts = list(texts)
+    return Worded(sentences(texts), sentences([for_command_line(text) for text in texts]))
+
+
 def first_names(names, shown: int = 10) -> str:
     """The first ``shown`` of ``names`` (strings), and how many more: ``"a, b, ... (3 more)"``.
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from . import _validate as check
-from ._text import did_you_mean, first_names, plural
+from ._text import did_you_mean, first_names, for_command_line, plural
 from .batch import (
     NOTE,
     SUMMARY_NAME,
@@ -1438,7 +1438,7 @@ def _run_train(args) -> int:
     if result.calibration is not None:  # the run's other warnings were said before its first epoch (warn)
         _say(result.calibration.describe())
         if result.calibration.warning:
-            _say(f"warning: {result.calibration.warning}")
+            _say(f"warning: {for_command_line(result.calibration.warning)}")
     _say(f"checkpoint: {result.checkpoint}")
     _say(_after_training(args, result))
     return 0
@@ -1532,7 +1532,7 @@ def _run_calibrate(args) -> int:
     try:
         outcome = calibrate_checkpoint(args.model, dataset, args.out, held_out=args.held_out, tta=args.tta,
                                        device=device, progress=progress, input_size=args.input_size,
-                                       report=lambda kind, text: _say(f"{kind}: {text}"))
+                                       report=lambda kind, text: _say(f"{kind}: {for_command_line(text)}"))
     finally:
         for bar in bars.values():
             bar.close()

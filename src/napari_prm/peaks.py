@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import _validate as check
-from ._text import sentences
+from ._text import Worded, worded_sentences
 from .model.peak_stimulation import PeakFilter, find_peaks
 
 #: Default most peaks per image (each costs one backward pass and one instance).
@@ -354,17 +354,23 @@ class Calibration:
 
         That it found no class (no threshold pair kept a peak of a class the images show); else that
         it ran on fewer than `MIN_CALIBRATION_IMAGES` images, or that its thresholds keep more than
-        ``max_peaks`` peaks on some images, or both; None when neither.
+        ``max_peaks`` peaks on some images, or both; None when neither. What to do is said in the
+        library's names and the command line's (``val_fraction``, ``--val-fraction``), as the model's
+        settings keep it; the command line prints its own wording only
+        (``napari_prm._text.for_command_line``: the string is a ``Worded``).
         """
         if self.recall > 0:
             warnings = [w for w in (self._few_images_warning(), self._too_many_peaks_warning()) if w]
             # the first starts in lower case (after "warning: "); the second is a sentence of its own
-            return sentences(warnings) if warnings else None
-        return (f"calibration found no class: at no threshold pair was a peak of a class that the {self.images} "
+            return worded_sentences(warnings) if warnings else None
+        said = (f"calibration found no class: at no threshold pair was a peak of a class that the {self.images} "
                 "calibration image(s) show kept, so the stored thresholds are the lowest tried, not calibrated "
-                "ones. Calibrate on more images (hold out more: train's val_fraction, the command line's "
-                "--val-fraction; or more images per class) or train for more epochs, then calibrate again "
-                "(calibrate_checkpoint, or 'napari-prm calibrate').")
+                "ones. Calibrate on more images (hold out more: ")
+        return Worded(f"{said}train's val_fraction, the command line's --val-fraction; or more images per class) "
+                      "or train for more epochs, then calibrate again (calibrate_checkpoint, or 'napari-prm "
+                      "calibrate').",
+                      f"{said}train's --val-fraction; or more images per class) or train for more epochs, then "
+                      "calibrate again ('napari-prm calibrate DATASET --model MODEL').")
 
     @property
     def over_cap(self) -> int:
@@ -373,35 +379,46 @@ class Calibration:
             return 0
         return sum(count > self.max_peaks for count in self.image_peaks)
 
-    def _too_many_peaks_warning(self) -> str | None:
+    def _too_many_peaks_warning(self) -> Worded | None:
         over = self.over_cap
         if not over:
             return None
         cap = self.max_peaks
-        which = "predict's default cap, max_peaks" if cap == MAX_PEAKS else "the max_peaks given"
-        said = (f"the calibrated thresholds keep more than {cap} peaks ({which}) on {over} of the "
-                f"{self.images} calibration image(s) (up to {max(self.image_peaks)}): predict will keep only the "
-                f"strongest {cap} of such an image.")
-        if 2 * over < self.images:  # a few crowded images: thresholds raised for them would cost the others
-            return (f"{said} To keep all the peaks of crowded images, raise the cap (predict's max_peaks, the "
-                    "command line's --max-peaks; the napari widget's max peaks).")
-        return (f"{said} A barely trained model's many weak peaks lead calibration to low thresholds: train for more "
-                "epochs and calibrate again. Otherwise raise the thresholds (predict's class_threshold and "
-                "peak_threshold, the command line's --class-threshold and --peak-threshold; the napari widget's "
-                "class threshold and peak threshold) or the cap (predict's max_peaks, the command line's "
-                "--max-peaks; the widget's max peaks).")
 
-    def _few_images_warning(self) -> str | None:
+        def said(which: str) -> str:
+            return (f"the calibrated thresholds keep more than {cap} peaks ({which}) on {over} of the "
+                    f"{self.images} calibration image(s) (up to {max(self.image_peaks)}): predict will keep only "
+                    f"the strongest {cap} of such an image.")
+
+        default = cap == MAX_PEAKS
+        python = said("predict's default cap, max_peaks" if default else "the max_peaks given")
+        command_line = said("predict's default --max-peaks" if default else "the --max-peaks given")
+        if 2 * over < self.images:  # a few crowded images: thresholds raised for them would cost the others
+            return Worded(f"{python} To keep all the peaks of crowded images, raise the cap (predict's max_peaks, "
+                          "the command line's --max-peaks; the napari widget's max peaks).",
+                          f"{command_line} To keep all the peaks of crowded images, raise the cap (--max-peaks).")
+        weak = (" A barely trained model's many weak peaks lead calibration to low thresholds: train for more "
+                "epochs and calibrate again. Otherwise raise the thresholds (")
+        return Worded(f"{python}{weak}predict's class_threshold and peak_threshold, the command line's "
+                      "--class-threshold and --peak-threshold; the napari widget's class threshold and peak "
+                      "threshold) or the cap (predict's max_peaks, the command line's --max-peaks; the widget's "
+                      "max peaks).",
+                      f"{command_line}{weak}--class-threshold and --peak-threshold) or the cap (--max-peaks).")
+
+    def _few_images_warning(self) -> Worded | None:
         if self.images >= MIN_CALIBRATION_IMAGES:
             return None
-        return (f"the thresholds were calibrated on only {self.images} image(s), fewer than "
+        said = (f"the thresholds were calibrated on only {self.images} image(s), fewer than "
                 f"{MIN_CALIBRATION_IMAGES}: chosen on so few, they fit those images and may not hold on "
-                "others. Calibrate on more images (hold out more: train's val_fraction, the command line's "
-                "--val-fraction; or add images, then calibrate_checkpoint(MODEL, DATASET, held_out=True), "
-                "'napari-prm calibrate DATASET --model MODEL --held-out'; or calibrate on a larger labelled set "
-                "the model was not trained on), or set the thresholds by hand (predict's class_threshold and "
-                "peak_threshold, the command line's --class-threshold and --peak-threshold, or the Peak "
-                "Response Maps widget's thresholds).")
+                "others. Calibrate on more images (hold out more: ")
+        larger = ("; or calibrate on a larger labelled set the model was not trained on), or set the thresholds by "
+                  "hand (")
+        return Worded(f"{said}train's val_fraction, the command line's --val-fraction; or add images, then "
+                      "calibrate_checkpoint(MODEL, DATASET, held_out=True), 'napari-prm calibrate DATASET --model "
+                      f"MODEL --held-out'{larger}predict's class_threshold and peak_threshold, the command line's "
+                      "--class-threshold and --peak-threshold, or the Peak Response Maps widget's thresholds).",
+                      f"{said}train's --val-fraction; or add images, then 'napari-prm calibrate DATASET --model "
+                      f"MODEL --held-out'{larger}predict's and evaluate's --class-threshold and --peak-threshold).")
 
     def describe(self) -> str:
         """E.g. ``"calibrated on 26 image(s): class threshold 1.2, peak threshold 0.8 (peak precision
@@ -416,7 +433,7 @@ class Calibration:
         scores = {"precision": self.precision, "recall": self.recall, "f_score": self.f_score,
                   "peaks_per_image": self.peaks_per_image, "images": self.images}
         if self.warning is not None:
-            scores["warning"] = self.warning
+            scores["warning"] = str(self.warning)  # a plain string in the checkpoint
         return dict(zip(self.SETTINGS, (float(self.class_threshold), float(self.peak_threshold), scores),
                         strict=True))
 

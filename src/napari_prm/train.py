@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _validate as check
-from ._text import first_names, plural
+from ._text import first_names, plural, worded
 from ._validate import is_cancelled  # its one place; napari_prm.train.is_cancelled as before
 from .data import LabeledImageDataset, TrainingImages, UnreadableImage, class_in
 from .evaluate import defined_classification_map
@@ -789,7 +789,7 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
     _write_model(model, out, extra=None if is_safetensors(out) else extra)
     after = [w for w in [results[False].warning] if w]
     if True in results and results[True].warning and results[True].warning != results[False].warning:
-        after.append(f"with test-time augmentation, {results[True].warning}")
+        after.append(worded("with test-time augmentation, {}", results[True].warning))
     if report is not None:
         for text in after:
             report("warning", text)
