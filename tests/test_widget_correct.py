@@ -500,6 +500,22 @@ def test_a_hand_placed_peak_survives_rethreshold_and_run_but_not_another_image(
     assert_hand_peak(peaks, instances, [30.0, 35.0], "dog")
 
 
+def test_a_rethreshold_keeping_a_hand_placed_peak_says_its_notes_as_sentences(candidates_run, qtbot):
+    """The model's peaks all under the threshold and one placed by hand kept: the library's note on
+    the peak threshold ran into the next, "...lower peak_threshold to see it 1 hand-placed peak kept"
+    (only the "Nothing found" message gave the library's notes a full stop)."""
+    viewer, widget, _ = candidates_run
+    peaks = viewer.layers["cat peaks"]
+    widget.correction.class_choice.value = "dog"
+    peaks.add([[30.0, 35.0]])
+    qtbot.waitUntil(lambda: not widget.running and peaks.features["label"].iloc[-1] > 0, timeout=WAIT_MS)
+    rethreshold_and_wait(widget, qtbot)  # peak threshold 9999: the hand-placed peak alone
+    assert len(peaks.data) == 1
+    message = widget.last_message
+    assert "No peak reached the peak threshold " in message
+    assert " to see it. 1 hand-placed peak kept (re-retrieved)." in message, message
+
+
 def test_a_point_added_to_an_image_run_before_another_gets_its_instance_there(candidates_run, qtbot, small_cat):
     """Back on the first image of a folder after running the second, a point added to its peaks
     layer is retrieved on its image, into its instances layer."""

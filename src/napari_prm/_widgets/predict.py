@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._text import plural, sentence
+from .._text import plural, sentences
 from ..predict import Cancelled, Prediction, image_to_crm
 from ..predictor import preset_settings, resolve_thresholds
 from .activity import ActivityProgress, CloseWatcher, job_worker
@@ -622,25 +622,24 @@ class PredictWidget(PredictForm, QWidget):
                               "retrieving.")
         self.last_run_seconds = None if started is None else time.perf_counter() - started
         self.progress.setValue(self.progress.maximum())
+        notes = list(dict.fromkeys(results.notes))
+        after = [*notes, *hand_notes, kept_note]  # the sentences after the count (or "Nothing found")
         if peaks == 0:
             class_threshold, peak_threshold = resolve_thresholds(
                 preset_settings(settings["preset"], **self.threshold_overrides(settings)), model.settings)
             peak_text = "none" if peak_threshold is None or peak_threshold <= -1e30 else f"{peak_threshold:g}"
-            self._say(f"Nothing found: no peak above the thresholds (class threshold {class_threshold:g}, "
-                      f"peak threshold {peak_text}"
-                      f"{', classes ' + ', '.join(settings['classes']) if settings['classes'] else ''}"
-                      f"). Lower them{' or choose other classes' if settings['classes'] else ''}."
-                      + "".join(" " + sentence(note) for note in dict.fromkeys(results.notes))
-                      + "".join(" " + note for note in [*hand_notes, kept_note] if note), "warning")
+            self._say(_message([
+                f"Nothing found: no peak above the thresholds (class threshold {class_threshold:g}, "
+                f"peak threshold {peak_text}"
+                f"{', classes ' + ', '.join(settings['classes']) if settings['classes'] else ''}"
+                f"). Lower them{' or choose other classes' if settings['classes'] else ''}", *after]), "warning")
             return
         message = f"{plural(peaks, 'peak')}, {plural(instances, 'instance')}"
         if self.last_run_seconds is not None:
             reused = " (the image's maps reused)" if self.last_forward_passes == 0 else ""
             message += f" in {self.last_run_seconds:.1f} s{reused}"
-        notes = list(dict.fromkeys(results.notes))
         warn = notes or missing or hand["elsewhere"] or no_instance or unmatched
-        self._say(" ".join([message + "."] + notes + hand_notes + ([kept_note] if kept_note else [])),
-                  "warning" if warn else "info")
+        self._say(_message([message, *after]), "warning" if warn else "info")
 
     def _stack_results(self, layer, planes, results: Results, *, crms: bool):
         """What the result layers of ``layer`` hold now, as `Results`, and the `RunContext` of
@@ -822,6 +821,13 @@ class _VerticalScrollArea(QScrollArea):
         if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
             self.updateGeometry()  # its widget needs another width: the dock's minimum follows
         return super().eventFilter(watched, event)
+
+
+def _message(parts) -> str:
+    """The status line of a run: its ``parts`` (the count or "Nothing found", the notes of the
+    library and of the widget; "" for none) as the sentences of one line, each ending with a full
+    stop (the library's notes have none)."""
+    return sentences(part for part in parts if part)
 
 
 def _planes_text(planes) -> str:
