@@ -495,6 +495,27 @@ def test_an_image_whose_data_changes_during_the_run_gets_no_stale_results(cat_vi
     assert cat_viewer.layers["cat instances"].data.shape == (200, 151)
 
 
+def test_the_librarys_notes_name_the_forms_fields(cat_viewer, qtbot, prm_config, tiny_checkpoint):
+    """The notes of the library, shared with the command line and Python, named the form's fields by
+    their argument names: "lower peak_threshold to see it", "(max_peaks=2). Raise the thresholds or
+    max_peaks". The widget names them as its fields do; the library's own wording is unchanged."""
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.peak_threshold.value = 1000.0
+    run_and_wait(widget, qtbot)
+    prediction = widget.predictors.get(widget.context.predictor_keys[()]).predict(peak_threshold=1000.0)
+    assert prediction.notes[0].endswith(": lower peak_threshold to see it")  # Python's and the CLI's
+    assert widget.last_message.endswith(": lower peak threshold to see it."), widget.last_message
+    assert "_threshold" not in widget.last_message
+
+    widget.class_threshold.value = widget.class_threshold.min
+    widget.peak_threshold.value = widget.peak_threshold.min  # every peak passes: the cap bites
+    widget.max_peaks.value = 2
+    run_and_wait(widget, qtbot)
+    assert "; the 2 strongest were kept (max peaks 2). Raise the thresholds or max peaks." in widget.last_message
+    assert "max_peaks" not in widget.last_message
+
+
 def test_nothing_found_is_reported(cat_viewer, qtbot, prm_config, tiny_checkpoint):
     widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = None

@@ -9,6 +9,7 @@ restoring and "Restore defaults" then cover it.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ PRESET_CHOICES = {
 }
 #: The peak threshold field's minimum, shown as "none": no peak threshold.
 PEAK_THRESHOLD_MIN = -1e4
+#: The settings of the peak selection that the form has fields of, by their argument names.
+PEAK_SELECTION = ("class_threshold", "peak_threshold", "max_peaks")
 
 
 @dataclass
@@ -382,5 +385,13 @@ class PredictForm:
     def threshold_overrides(settings: dict) -> dict:
         """The peak selection a run passes to ``PRMPredictor.predict``: the thresholds set by the
         user, and the peak cap."""
-        return {name: settings[name] for name in ("class_threshold", "peak_threshold", "max_peaks")
-                if settings.get(name) is not None}
+        return {name: settings[name] for name in PEAK_SELECTION if settings.get(name) is not None}
+
+    def in_field_words(self, text: str) -> str:
+        """``text``, a note of the library (the wording the command line and Python show), with the
+        settings it names by their argument names named as this form's fields: ``peak_threshold``
+        as "peak threshold", ``(max_peaks=50)`` as "(max peaks 50)"."""
+        def field(match) -> str:
+            return getattr(self, match[1]).label + (" " if match[2] else "")
+
+        return re.sub(rf"\b({'|'.join(PEAK_SELECTION)})\b(=)?", field, text)

@@ -622,7 +622,8 @@ class PredictWidget(PredictForm, QWidget):
                               "retrieving.")
         self.last_run_seconds = None if started is None else time.perf_counter() - started
         self.progress.setValue(self.progress.maximum())
-        notes = list(dict.fromkeys(results.notes))
+        # the library's notes (shared with the command line) name the form's fields as it does
+        notes = [self.in_field_words(note) for note in dict.fromkeys(results.notes)]
         after = [*notes, *hand_notes, kept_note]  # the sentences after the count (or "Nothing found")
         if peaks == 0:
             class_threshold, peak_threshold = resolve_thresholds(
