@@ -194,7 +194,7 @@ def test_a_frame_run_after_a_frame_without_peaks(stack_widget, qtbot):
     threshold = widget.peak_threshold.value
     widget.peak_threshold.value = widget.peak_threshold.max  # no peak passes
     run_frame(widget, viewer, qtbot, 0)
-    assert not len(viewer.layers["t peaks"].data) and "Nothing found" in widget.last_message
+    assert not len(viewer.layers["t peaks"].data) and "t: nothing found" in widget.last_message
     widget.peak_threshold.value = threshold
     run_frame(widget, viewer, qtbot, 1)
     assert "Plane 1 updated" in widget.last_message, widget.last_message

@@ -133,6 +133,23 @@ def test_predict_creates_the_three_layers(cat_viewer, qtbot, prm_config, tiny_ch
     assert "5 peaks" in widget.last_message and widget.last_run_seconds > 0
 
 
+def test_a_runs_message_names_its_image(make_napari_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """After runs on several images napari's notifications said only "5 peaks, 1 instance in 7.5 s."
+    and "Nothing found…": which image each was of, they did not say."""
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    widget = run_tiny(viewer, qtbot, tiny_checkpoint, small_cat, "cat", 5)
+    assert widget.last_message.startswith("cat: 5 peaks, "), widget.last_message
+    viewer.add_image(np.ascontiguousarray(small_cat[::-1]), name="coffee")
+    widget.image.value = viewer.layers["coffee"]
+    widget.peak_threshold.value = 1000.0
+    run_and_wait(widget, qtbot)
+    assert widget.last_message.startswith("coffee: nothing found: no peak above the thresholds"), widget.last_message
+    said = [str(record.message) for record in notification_manager.records]
+    assert [message.split(":")[0] for message in said[-2:]] == ["cat", "coffee"], said
+
+
 def test_a_checkpoints_class_threshold_is_used_until_edited(
         cat_viewer, qtbot, prm_config, tiny_checkpoint, small_cat, tmp_path):
     from napari_prm import save_model
@@ -521,7 +538,7 @@ def test_nothing_found_is_reported(cat_viewer, qtbot, prm_config, tiny_checkpoin
     widget.proposals.value = None
     widget.peak_threshold.value = 1000.0
     run_and_wait(widget, qtbot)
-    assert widget.last_message.startswith("Nothing found")
+    assert widget.last_message.startswith("cat: nothing found")
     # no class ticked is every class: other classes would not help
     assert "Lower them." in widget.last_message and "choose other classes" not in widget.last_message
     # and the strongest peak there was (Prediction.notes)
@@ -903,7 +920,7 @@ def test_the_preset_reaches_the_predictor(cat_viewer, qtbot, prm_config, tiny_ch
     assert widget._settings()["peak_threshold"] is None
     assert json.loads(settings_path("predict").read_text())["preset"].startswith("original")
     run_and_wait(widget, qtbot)
-    assert widget.last_message.startswith("Nothing found")  # a random tiny net: CRMs far below 30
+    assert widget.last_message.startswith("cat: nothing found")  # a random tiny net: CRMs far below 30
     predictor = widget.predictors.get(widget.context.predictor_keys[()])
     assert predictor.settings.preset == "original" and predictor.settings.suppression_radius is None
 

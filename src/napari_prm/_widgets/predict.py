@@ -624,18 +624,20 @@ class PredictWidget(PredictForm, QWidget):
         self.progress.setValue(self.progress.maximum())
         # the library's notes (shared with the command line) name the form's fields as it does
         notes = [self.in_field_words(note) for note in dict.fromkeys(results.notes)]
-        after = [*notes, *hand_notes, kept_note]  # the sentences after the count (or "Nothing found")
+        after = [*notes, *hand_notes, kept_note]  # the sentences after the count (or "nothing found")
+        # named: after several images, napari's notifications list one message per run
+        subject = layer.name
         if peaks == 0:
             class_threshold, peak_threshold = resolve_thresholds(
                 preset_settings(settings["preset"], **self.threshold_overrides(settings)), model.settings)
             peak_text = "none" if peak_threshold is None or peak_threshold <= -1e30 else f"{peak_threshold:g}"
             self._say(_message([
-                f"Nothing found: no peak above the thresholds (class threshold {class_threshold:g}, "
+                f"{subject}: nothing found: no peak above the thresholds (class threshold {class_threshold:g}, "
                 f"peak threshold {peak_text}"
                 f"{', classes ' + ', '.join(settings['classes']) if settings['classes'] else ''}"
                 f"). Lower them{' or choose other classes' if settings['classes'] else ''}", *after]), "warning")
             return
-        message = f"{plural(peaks, 'peak')}, {plural(instances, 'instance')}"
+        message = f"{subject}: {plural(peaks, 'peak')}, {plural(instances, 'instance')}"
         if self.last_run_seconds is not None:
             reused = " (the image's maps reused)" if self.last_forward_passes == 0 else ""
             message += f" in {self.last_run_seconds:.1f} s{reused}"
@@ -825,7 +827,7 @@ class _VerticalScrollArea(QScrollArea):
 
 
 def _message(parts) -> str:
-    """The status line of a run: its ``parts`` (the count or "Nothing found", the notes of the
+    """The status line of a run: its ``parts`` (the count or "nothing found", the notes of the
     library and of the widget; "" for none) as the sentences of one line, each ending with a full
     stop (the library's notes have none)."""
     return sentences(part for part in parts if part)
