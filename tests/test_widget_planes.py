@@ -187,6 +187,23 @@ def test_crm_layers_follow_the_plane_run(stack_widget, qtbot):
     assert any(crm[2].any() for crm in after.values()) and not any(crm[1].any() for crm in after.values())
 
 
+def test_a_frame_runs_message_is_of_that_frame(stack_widget, qtbot):
+    """A current-plane re-run of a stack that found nothing said "Nothing found: no peak above the
+    thresholds…", as if the whole stack were empty; only "Plane 0 updated" further on said otherwise.
+    The message names the plane its counts are of; a run of all planes, the stack."""
+    viewer, widget = stack_widget
+    run_frame(widget, viewer, qtbot, 0)
+    assert widget.last_message.startswith("t, plane 0: 4 peaks, "), widget.last_message
+    widget.peak_threshold.value = widget.peak_threshold.max  # no peak passes
+    run_frame(widget, viewer, qtbot, 1)
+    assert widget.last_message.startswith("t, plane 1: nothing found: no peak above the thresholds")
+    assert "Plane 1 updated; the other planes' results were kept." in widget.last_message
+    assert len(on_plane(viewer, 0)[1]) == 4
+    widget.planes.value = "all planes"
+    run_and_wait(widget, qtbot)  # the maps of plane 2 are computed: the widget's whole stack
+    assert widget.last_message.startswith("t: nothing found: "), widget.last_message
+
+
 def test_a_frame_run_after_a_frame_without_peaks(stack_widget, qtbot):
     """The peaks layer of a run that found nothing holds no points (nor does one whose points were all
     deleted): the next frame's run is spliced into it, not a traceback."""
@@ -194,7 +211,7 @@ def test_a_frame_run_after_a_frame_without_peaks(stack_widget, qtbot):
     threshold = widget.peak_threshold.value
     widget.peak_threshold.value = widget.peak_threshold.max  # no peak passes
     run_frame(widget, viewer, qtbot, 0)
-    assert not len(viewer.layers["t peaks"].data) and "t: nothing found" in widget.last_message
+    assert not len(viewer.layers["t peaks"].data) and "t, plane 0: nothing found" in widget.last_message
     widget.peak_threshold.value = threshold
     run_frame(widget, viewer, qtbot, 1)
     assert "Plane 1 updated" in widget.last_message, widget.last_message

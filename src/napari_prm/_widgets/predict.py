@@ -625,8 +625,11 @@ class PredictWidget(PredictForm, QWidget):
         # the library's notes (shared with the command line) name the form's fields as it does
         notes = [self.in_field_words(note) for note in dict.fromkeys(results.notes)]
         after = [*notes, *hand_notes, kept_note]  # the sentences after the count (or "nothing found")
-        # named: after several images, napari's notifications list one message per run
+        # named: after several images, napari's notifications list one message per run; a run of some
+        # planes of a stack says so, as its counts (and "nothing found") are of those planes alone
         subject = layer.name
+        if leading and len(planes) < int(np.prod(leading)):
+            subject += f", {_planes_text(planes)}"
         if peaks == 0:
             class_threshold, peak_threshold = resolve_thresholds(
                 preset_settings(settings["preset"], **self.threshold_overrides(settings)), model.settings)
