@@ -546,7 +546,7 @@ def test_nothing_found_is_reported(cat_viewer, qtbot, prm_config, tiny_checkpoin
         peak_threshold=None, class_threshold=None).values.max())
     assert (f"No peak reached the peak threshold 1000; the strongest was {strongest:.3g} ("
             in widget.last_message)
-    assert widget.last_message.endswith("lower peak_threshold to see it.")
+    assert widget.last_message.endswith("lower peak threshold to see it.")
     assert len(cat_viewer.layers["cat peaks"].data) == 0
     assert "cat PRMs" not in cat_viewer.layers
     assert not cat_viewer.layers["cat instances"].data.any()
@@ -905,7 +905,7 @@ def test_rethreshold_shows_the_cap_note_and_cancels(cat_viewer, qtbot, prm_confi
     widget.progressed.disconnect()
     run_and_wait(widget, qtbot)
     assert len(cat_viewer.layers["cat peaks"].data) == 50
-    assert "max_peaks=50" in widget.last_message and "peaks passed the thresholds" in widget.last_message
+    assert "(max peaks 50)" in widget.last_message and "peaks passed the thresholds" in widget.last_message
 
 
 def test_the_preset_reaches_the_predictor(cat_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
