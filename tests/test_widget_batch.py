@@ -421,6 +421,25 @@ def test_the_done_message_says_why_images_were_skipped(predict_widget, qtbot, tm
     assert panel._status.value == panel.last_message
 
 
+def test_the_done_message_stays_when_the_reports_and_the_end_are_handled_together(predict_widget, qtbot,
+                                                                                  image_folder, tmp_path):
+    """The run's last reports and its end queued together (a run that skips every image is that quick): the
+    progress bar's redraw processes Qt events, so the end is handled inside a report's slot; the status line
+    still ends on the "Done" message, not on an image's line ("1/3: a_cat.png skipped")."""
+    from qtpy.QtCore import QThreadPool
+
+    panel = run_folder(predict_widget, qtbot, image_folder, tmp_path / "out")
+    assert panel.last_message.startswith("Done: 3 written"), panel.last_message
+    assert panel.start() is not None
+    # the worker runs to its end while the Qt thread handles nothing: its reports, its result and its end
+    # wait in the queue, in that order, and are then handled in one go
+    assert QThreadPool.globalInstance().waitForDone(WAIT_MS)
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert [r.status for r in panel.result.results] == ["skipped"] * 3
+    assert panel.last_message.startswith("Done: 0 written, 3 skipped"), panel.last_message
+    assert panel._status.value == panel.last_message
+
+
 def test_the_panel_notes_an_ome_tiff_that_keeps_the_name_an_earlier_version_gave_its_outputs(
         predict_widget, qtbot, tmp_path, tiny_checkpoint):
     """Outputs an earlier version wrote for cells.ome.tif (cells.ome_*) are kept and the image is

@@ -138,6 +138,11 @@ class BatchPanel(StopsOnClose, Container):
         self.last_message = ""
         self.found_message = ""  # the status line once the images were found: their count and the notes
         self._kept_note = ""  # the corrections this run kept (`_keep_corrections`), said when it ends
+        # the runs started, and whether the latest still reports: napari's bar processes Qt events while it
+        # redraws, so the run's end (queued after its last reports) can come inside `_on_progress`; the
+        # end's message must stay, not be overwritten by that report's line when the slot resumes
+        self._runs = 0
+        self._reporting = False
         self._stop_on_close(self.native)
 
     @property
@@ -176,6 +181,8 @@ class BatchPanel(StopsOnClose, Container):
         self._kept_note = self._keep_corrections()
         self._cancel.clear()
         self._closed = False
+        self._runs += 1
+        self._reporting = True
         self.result = None
         self._tally = None
         self.found_message = ""
@@ -272,6 +279,7 @@ class BatchPanel(StopsOnClose, Container):
                 cluster.close()
 
     def _on_error(self, error: Exception) -> None:
+        self._reporting = False  # a report still queued, or a slot resumed after this, says nothing more
         kept = f" {self._kept_note}" if self._kept_note else ""
         if isinstance(error, _NoImages):  # the folder's fault, said as it is
             self._say(f"{error}{kept}", "error")
@@ -298,7 +306,14 @@ class BatchPanel(StopsOnClose, Container):
 
     def _on_progress(self, report) -> None:
         """The images found (`_Found`), a plane done, ``(image, planes done of it)``, or an image,
-        ``(ImageResult, images done, images)``."""
+        ``(ImageResult, images done, images)``.
+
+        Nothing is shown once the run has ended (`_on_done`, `_on_error`): the bar's update processes
+        Qt events, so the end may be handled during it; the end's message is the last word.
+        """
+        if not self._reporting:
+            return
+        run = self._runs
         if isinstance(report, _Found):
             self._on_found(report)
             return
@@ -308,7 +323,7 @@ class BatchPanel(StopsOnClose, Container):
             return
         result, done, total = report
         self._count(self._tally.image_done(result.image))
-        if not self._deleted:
+        if not self._deleted and self._reporting and self._runs == run:  # not ended during the bar's update
             self._status.value = f"{done}/{total}: {Path(result.image).name} {result.status}"
 
     def _count(self, planes_done: int) -> None:
@@ -316,6 +331,7 @@ class BatchPanel(StopsOnClose, Container):
             self.progress_bar.update(planes_done - self.progress_bar.n)
 
     def _on_done(self, result) -> None:
+        self._reporting = False  # as in `_on_error`: this message stays on the status line
         why = "Stopped as the panel was closed" if self._closed else "Cancelled"
         if isinstance(result, _CancelledBefore):  # no image was started: no summary, no layers
             self._say(f"{why} while {result.doing}: nothing was predicted or written (no summary)."
