@@ -596,6 +596,27 @@ def test_a_stack_with_named_axes_exports_a_tiff_that_names_them(make_napari_view
     assert exported_axes("other") == "QYX"  # a name that is no plane axis: unnamed, as before
 
 
+def test_a_stack_exported_with_named_axes_reopens_with_them(make_napari_viewer, tmp_path):
+    """A z, y, x stack's labels (as *Run* on all planes of a z, y, x image gives them), exported and opened with
+    napari-prm's reader, have the axis labels z, y, x the TIFF records (they came back as -3, -2, -1),
+    as they have its scale; t for a time axis; unnamed axes stay napari's."""
+    stack = np.zeros((3, 16, 16), np.uint16)
+    stack[0, 2:6, 2:6], stack[2, 8:12, 4:9] = 1, 2
+    for names, expected in ((("z", "y", "x"), ("z", "y", "x")), (("t", "y", "x"), ("t", "y", "x")),
+                            (("-3", "-2", "-1"), ("-3", "-2", "-1"))):
+        viewer = make_napari_viewer()  # one each: napari gives a viewer the names of its layers' axes
+        layer = viewer.add_labels(stack, name="cells", scale=(2.0, 0.5, 0.5), axis_labels=names)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+        widget._layer.value = layer
+        written = widget.export(tmp_path / names[0], formats=["tiff", "csv"])
+        viewer.layers.remove(layer)  # opened alone, as in a new session
+        (tif,) = [path for path in written if path.suffix == ".tif"]
+        (opened,) = viewer.open(str(tif), plugin="napari-prm")
+        assert tuple(opened.axis_labels) == expected
+        np.testing.assert_array_equal(opened.data, stack)
+        np.testing.assert_allclose(opened.scale, (2.0, 0.5, 0.5))
+
+
 class _HeldStack:
     """A lazy (dask) stack of three 20x30 label planes, as a folder run's Labels layer is; the export's
     worker is held reading its first plane until `release`. ``reads`` lists the planes the worker read."""

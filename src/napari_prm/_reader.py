@@ -26,7 +26,7 @@ import tifffile
 from . import io
 from ._writer import sidecar_csv
 from .io.images import _channels_first_image, _channels_first_note_of
-from .io.labels import _exported_by_napari_prm, _read_metadata, _tiff_metadata
+from .io.labels import _exported_by_napari_prm, _read_metadata, _recorded_axis_labels, _tiff_metadata
 
 
 def _looks_like_coco(path: Path) -> bool:
@@ -158,7 +158,9 @@ def read_coco(path) -> list[tuple]:
 
 def read_labels_with_table(path) -> list[tuple]:
     """A label image and the instance CSV beside it (when there is one), as a Labels layer with
-    features: one row per label, also for a stack (see `_per_label`)."""
+    features: one row per label, also for a stack (see `_per_label`). A stack's layer gets the
+    axis labels its TIFF records (``z, y, x`` for ImageJ/OME or tifffile axes ``ZYX``; ``t`` for ``T``),
+    as it gets the scale: napari's ``-3, -2, -1`` otherwise."""
     path = Path(path[0] if isinstance(path, (list, tuple)) else path)
     io.settle_outputs(path)
     labels = io.read_label_image(path)
@@ -168,6 +170,9 @@ def read_labels_with_table(path) -> list[tuple]:
     # the scale, translate, units and classes of the layer it was exported from (napari-prm's
     # exports record them), so that exporting again or learning from it keeps the classes
     world = io.read_label_world(path)
+    axis_labels = _recorded_axis_labels(path)  # a stack's z, y, x (ImageJ/OME axes), as exported
+    if axis_labels is not None and len(axis_labels) == labels.ndim:
+        world["axis_labels"] = axis_labels
     metadata = {"source": str(path)}
     class_names = io.read_label_class_names(path)
     if class_names is not None:

@@ -419,6 +419,27 @@ def label_axes_from_names(names) -> str | None:
     return "".join(leading) + "YX"
 
 
+#: napari's axis labels of the tifffile axes a label stack records: `label_axes_from_names` read backwards.
+_AXIS_CODE_NAMES = {"Z": "z", "T": "t", "Y": "y", "X": "x"}
+
+
+def _recorded_axis_labels(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The napari ``axis_labels`` of the axes a label TIFF stack records (``("z", "y", "x")`` for
+    ``ZYX``: `write_label_image`'s ``axes``, an ImageJ or OME stack's), None for a 2-D image, a PNG, a
+    stack whose axes are unnamed (tifffile's ``Q``) or named otherwise, or an unreadable file."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes = _series_axes(tif)
+    except Exception:  # noqa: BLE001 -- unreadable here: the label reader reports it
+        return None
+    if len(axes) < 3 or not axes.endswith("YX") or any(code not in _AXIS_CODE_NAMES for code in axes) \
+            or len(set(axes)) != len(axes):
+        return None
+    return tuple(_AXIS_CODE_NAMES[code] for code in axes)
+
+
 def _check_labels(labels, *, ndim: int | None = 2) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
