@@ -324,7 +324,7 @@ def test_instances_csv_columns_and_values(tmp_path):
     labels = synthetic_labels()
     path = io.write_instances_csv(tmp_path / "i.csv", labels, synthetic_table(), CLASS_NAMES)
     header = path.read_text().splitlines()[0]
-    assert header == "id,class,class_index,area,bbox_y0,bbox_x0,bbox_y1,bbox_x1,score"
+    assert header == "id,class,class_index,area,bbox_y0,bbox_x0,bbox_y1,bbox_x1,score,peak"
     table = io.read_instances_csv(path)
     np.testing.assert_array_equal(table["label"], [1, 2, 3])
     assert list(table["class_name"]) == ["cat", "bird", "dog"]
@@ -838,7 +838,7 @@ def test_stack_instance_csv_has_a_row_per_plane_and_label(tmp_path):
     flat = (tmp_path / "flat.csv").read_text().splitlines()[1:]
     assert lines[1:4] == ["0," + line for line in flat]
     assert lines[4:6] == ["1," + flat[0], "1," + flat[2]]
-    assert lines[6] == "1,9,unknown,-1,12,35,0,38,4,"
+    assert lines[6] == "1,9,unknown,-1,12,35,0,38,4,,-1"  # painted by hand: no score, no peak (-1)
     rows = io.read_instances_csv(tmp_path / "s_instances.csv")
     assert rows["plane"].tolist() == [[0], [0], [0], [1], [1], [1]]
     assert rows["label"].tolist() == [1, 2, 3, 1, 3, 9]

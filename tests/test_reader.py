@@ -76,6 +76,36 @@ def test_label_tiff_with_its_csv(tmp_path, make_napari_viewer):
     assert layer.features["area"].tolist() == [100, 180]
 
 
+def test_the_label_tiff_with_its_csv_and_the_coco_json_give_the_same_peaks(tmp_path):
+    """An export re-opened from its label TIFF + CSV and from its COCO JSON has the same ``peak`` column:
+    the predicted instances' peaks, -1 (no peak) for one painted by hand. The CSV held no peaks, so the
+    TIFF's layer had none and was completed with -1 for every instance (COCO gave 0 and 1); a CSV
+    written before the column was reads as -1 for all."""
+    labels = np.zeros((20, 24), np.uint16)
+    labels[2:6, 2:6], labels[8:12, 8:14], labels[14:18, 2:6] = 1, 2, 3  # 3: painted, no row
+    table = {"label": np.array([1, 2]), "class_index": np.array([0, 1]),
+             "class_name": np.array(["cat", "dog"], object), "score": np.array([0.9, 0.5]), "peak": np.array([0, 1])}
+    io.export_instances(labels, table, ["cat", "dog"], tmp_path, stem="x", formats=["tiff", "csv", "coco"])
+    peaks = {}
+    for name in ("x_labels.tif", "x_instances.json"):
+        ((data, meta, _),) = napari_get_reader(str(tmp_path / name))(str(tmp_path / name))
+        np.testing.assert_array_equal(data, labels)
+        features = pd.DataFrame(meta["features"])
+        assert features["label"].tolist() == [1, 2, 3]
+        peaks[name] = features["peak"].tolist()
+    assert peaks == {"x_labels.tif": [0, 1, -1], "x_instances.json": [0, 1, -1]}
+
+    stack = np.stack([labels, np.where(labels == 2, 0, labels)])  # a stack's rows fold to one per label
+    io.export_instances(stack, table, ["cat", "dog"], tmp_path, stem="s", formats=["tiff", "csv"])
+    ((_, meta, _),) = napari_get_reader(str(tmp_path / "s_labels.tif"))(str(tmp_path / "s_labels.tif"))
+    assert pd.DataFrame(meta["features"])["peak"].tolist() == [0, 1, -1]
+
+    csv = tmp_path / "x_instances.csv"  # as written before the peak column
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    assert io.read_instances_csv(csv)["peak"].tolist() == [-1, -1, -1]
+
+
 def test_stack_label_tiff_with_its_csv_gives_one_feature_row_per_label(tmp_path):
     """A stack's CSV has a row per (plane, label); the layer's features have one per label:
     its class and score, and its area over all planes."""

@@ -113,7 +113,7 @@ def _features(table) -> dict:
 def _per_label(table: dict, ndim: int, source) -> dict:
     """A stack's instance table (one row per plane and label) as one row per label.
 
-    The class and score are the label's (the same in every plane), the area is summed over
+    The class, score and peak are the label's (the same in every plane), the area is summed over
     the planes; ``plane`` and ``bbox`` (per plane) are dropped. A 2-D table is returned as is.
     """
     if "plane" not in table:
@@ -122,8 +122,9 @@ def _per_label(table: dict, ndim: int, source) -> dict:
         raise ValueError(f"{source}: its rows name planes of {table['plane'].shape[1]} leading "
                          f"axes, but the label image has {ndim - 2}")
     labels, first, inverse = np.unique(table["label"], return_index=True, return_inverse=True)
-    folded = {name: table[name][first] for name in ("label", "class_index", "class_name", "score")}
-    for name in ("class_index", "class_name", "score"):
+    columns = ("class_index", "class_name", "score", "peak")
+    folded = {name: table[name][first] for name in ("label", *columns)}
+    for name in columns:
         agree = table[name] == folded[name][inverse]
         if name == "score":
             agree |= np.isnan(table[name]) & np.isnan(folded[name][inverse])

@@ -59,7 +59,8 @@ def labels_to_coco(labels: np.ndarray, table=None, class_names: Sequence[str] | 
         With ``images``, ``annotations`` and ``categories``. Each annotation has ``id`` and
         ``label`` (both the label value), ``category_id``, ``segmentation`` (compressed RLE,
         ``counts`` as str), ``area``, ``bbox`` (``[x, y, width, height]``), ``iscrowd`` 0,
-        ``peak`` and ``score`` (left out when the instance has none).
+        ``peak`` (-1 for an instance without one, painted by hand, as the instance CSV's) and
+        ``score`` (left out when the instance has none).
     """
     labels = _check_labels(labels)
     regions = _label_regions(labels)

@@ -3,7 +3,8 @@
 An *instance table* is a mapping of equal-length columns ``label, class_index, class_name,
 score, peak`` (a dict of arrays or napari's ``Labels.features`` DataFrame). Labels present
 in the image but absent from the table (painted by hand) are exported with class index -1,
-class name ``"unknown"``, no score and peak -1.
+class name ``"unknown"``, no score and peak -1 (no peak), in the instance CSV as in COCO; both
+readers give -1 for it.
 
 The instance CSV of a stack (labels with leading Z/T/... axes) starts with the plane's index:
 one column ``plane`` for one leading axis, ``plane_0, plane_1, ...`` (one per leading axis, in
@@ -34,7 +35,9 @@ __all__ = ["write_instances_csv", "read_instances_csv", "write_peaks_csv", "writ
 
 UNKNOWN_CLASS = "unknown"
 INSTANCE_CSV_COLUMNS = ("id", "class", "class_index", "area",
-                        "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "score")
+                        "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "score", "peak")
+#: The columns an instance CSV must have: ``peak`` came later (an older CSV's instances read as peak -1).
+_REQUIRED_CSV_COLUMNS = INSTANCE_CSV_COLUMNS[:-1]
 #: The instance CSV's columns in micrometres, after `INSTANCE_CSV_COLUMNS`, when the pixel size is known:
 #: the area in µm² and the box's edges in µm from the image's top left corner.
 INSTANCE_CSV_UM_COLUMNS = ("area_um2", "bbox_y0_um", "bbox_x0_um", "bbox_y1_um", "bbox_x1_um")
@@ -141,7 +144,7 @@ def _csv_row(record: dict, region, um: tuple[float, float] | None = None) -> lis
     (rows, cols), area = region
     score = record["score"]
     row = [record["label"], record["class_name"], record["class_index"], area, rows.start,
-           cols.start, rows.stop, cols.stop, repr(score) if math.isfinite(score) else ""]
+           cols.start, rows.stop, cols.stop, repr(score) if math.isfinite(score) else "", record["peak"]]
     if um is not None:
         height, width = um
         row += [f"{value:.10g}" for value in (area * height * width, rows.start * height, cols.start * width,
@@ -153,19 +156,21 @@ def write_instances_csv(path: str | os.PathLike, labels: np.ndarray, table=None,
                         class_names: Sequence[str] | None = None, *,
                         overwrite: bool = True, pixel_size: dict | None = None,
                         world: dict | None = None) -> Path:
-    """Write one row per instance: id, class, class_index, area, bbox, score (and in µm when known).
+    """Write one row per instance: id, class, class_index, area, bbox, score, peak (and in µm when known).
 
     Columns are ``id`` (label value), ``class`` (name), ``class_index`` (-1 when
     unknown), ``area`` (pixels), ``bbox_y0, bbox_x0, bbox_y1, bbox_x1`` (rows and columns,
-    end exclusive, like scikit-image's ``regionprops(...).bbox``) and ``score`` (empty
-    when the instance has none). ``labels`` is 2-D, or a stack ``(*leading, H, W)``: then the
+    end exclusive, like scikit-image's ``regionprops(...).bbox``), ``score`` (empty
+    when the instance has none) and ``peak`` (the number of the instance's peak, the ``peak`` of
+    the peaks CSV; -1 for an instance without one, painted by hand), as the COCO export's ``peak``.
+    ``labels`` is 2-D, or a stack ``(*leading, H, W)``: then the
     rows are one per (plane, label), led by the plane's index (``plane``, or ``plane_0,
     plane_1, ...`` for several leading axes; see the module docstring), with the area and
     box in that plane; the class and score are the label's.
 
     When the pixel size is known in a unit of length (``pixel_size``, else ``world``), the columns
     ``area_um2`` (µm²) and ``bbox_y0_um, bbox_x0_um, bbox_y1_um, bbox_x1_um`` (the box's edges in
-    µm from the image's top left corner, the layer's ``translate`` left out) follow ``score``
+    µm from the image's top left corner, the layer's ``translate`` left out) follow ``peak``
     (`INSTANCE_CSV_UM_COLUMNS`); otherwise they are absent. The columns in pixels are the same
     either way.
 
@@ -218,7 +223,9 @@ def read_instances_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Returns
     -------
     dict of ndarray
-        ``label, class_index, class_name, score`` (NaN where empty), ``area`` and
+        ``label, class_index, class_name, score`` (NaN where empty), ``peak`` (-1: no peak, an
+        instance painted by hand, as the COCO reader gives it; -1 for every instance of a CSV written
+        before the column was), ``area`` and
         ``bbox`` ((N, 4) int: y0, x0, y1, x1); for a stack's CSV also ``plane`` ((N, k) int:
         the plane of each row, k leading axes). A stack's label appears in one row per plane
         it lies in.
@@ -230,7 +237,7 @@ def read_instances_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             fields = list(reader.fieldnames or ())
-            missing = set(INSTANCE_CSV_COLUMNS) - set(fields)
+            missing = set(_REQUIRED_CSV_COLUMNS) - set(fields)
             if missing:
                 raise ValueError(f"missing columns {sorted(missing)}")
             planes = _plane_fields(fields)
@@ -238,6 +245,7 @@ def read_instances_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 try:
                     values = {name: int(row[name]) for name in integer_columns}
                     values["score"] = float(row["score"] or "nan")
+                    values["peak"] = int(row.get("peak") or -1)  # none recorded: no peak, as in COCO
                     plane = tuple(int(row[name]) for name in planes)
                 except (TypeError, ValueError) as error:
                     raise ValueError(f"line {reader.line_num}: {error}") from None
@@ -255,6 +263,7 @@ def read_instances_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
              "class_index": np.array([r["class_index"] for r in rows], dtype=np.int64),
              "class_name": np.array([r["class"] for r in rows], dtype=object),
              "score": np.array([r["score"] for r in rows], dtype=np.float64),
+             "peak": np.array([r["peak"] for r in rows], dtype=np.int64),
              "area": np.array([r["area"] for r in rows], dtype=np.int64),
              "bbox": np.array([[r[c] for c in integer_columns[3:]] for r in rows],
                               dtype=np.int64).reshape(-1, 4)}
@@ -286,6 +295,8 @@ def _row_problem(values: dict, seen: set[int]) -> str:
     if not (0 <= values["bbox_y0"] <= values["bbox_y1"] and 0 <= values["bbox_x0"] <= values["bbox_x1"]):
         box = [values[c] for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")]
         return f"bbox {box}: expected 0 <= y0 <= y1 and 0 <= x0 <= x1"
+    if values["peak"] < -1:
+        return f"peak {values['peak']}: expected -1 (no peak) or a peak number >= 0"
     if math.isinf(values["score"]):
         return f"score {values['score']}: expected a finite number or an empty cell"
     return ""
