@@ -775,3 +775,39 @@ def test_learn_says_a_folder_plane_erased_to_no_instance_is_not_learnt_not_that_
     assert widget.last_message.startswith("Learnt from 1 corrected image(s)"), widget.last_message
     assert (f"Note: not learnt from: 1 plane you changed holds no instance now ({LABELS_LAYER}: b_coffee.png)"
             in widget.last_message), widget.last_message
+
+
+def test_the_panels_choices_come_back_in_a_new_session(make_napari_viewer, predict_widget, qtbot, prm_config,
+                                                       image_folder, tmp_path):
+    """The panel forgot its folders, worker processes and *include sub-folders* between sessions, unlike the
+    other widgets; they are kept now (*recompute* is not, as Export's *overwrite* is not). An image folder
+    that has gone since is shown and said, and *Run on folder* then says what is wrong with it."""
+    import json
+    import os
+
+    from napari_prm._widgets.settings import settings_path
+
+    def panel_of_a_new_session():
+        _, widget = make_napari_viewer().window.add_plugin_dock_widget("napari-prm", "Peak Response Maps")
+        return open_batch_panel(widget)
+
+    panel = panel_of_a_new_session()
+    assert str(panel._inputs.value) in ("", ".") and panel._workers.value == 0 and not panel._recursive.value
+    workers = min(2, os.cpu_count() or 1)
+    panel._inputs.value, panel._out.value = image_folder, tmp_path / "out"
+    panel._workers.value, panel._recursive.value, panel._overwrite.value = workers, True, True
+    assert json.loads(settings_path("batch").read_text())["inputs"] == str(image_folder)
+
+    panel = panel_of_a_new_session()
+    assert (panel._inputs.value, panel._out.value) == (image_folder, tmp_path / "out")
+    assert panel._workers.value == workers and panel._recursive.value and not panel._overwrite.value
+    assert panel._status.value == ""
+
+    gone = image_folder.rename(tmp_path / "moved")  # the image folder moved since
+    panel = open_batch_panel(predict_widget)  # the fixture's widget, with a model: its panel made now
+    assert panel._inputs.value == image_folder and str(image_folder) in panel._status.value
+    panel._workers.value = 0  # in napari's process
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert str(image_folder) in panel.last_message and panel.result is None
+    assert gone.is_dir()

@@ -31,7 +31,7 @@ from .. import batch
 from .._text import plural
 from .activity import StopsOnClose
 from .relay import _Relay
-from .settings import no_path
+from .settings import no_path, persist_fields
 
 DOCK_NAME = "PRM: run on a folder"
 IMAGES_LAYER = "folder images"
@@ -87,6 +87,21 @@ _LOAD_CANCELLED = _CancelledBefore("loading the model")
 
 
 @dataclass
+class BatchSettings:
+    """The panel's choices kept between sessions, as the other widgets keep theirs
+    (`napari_prm._widgets.settings.persist_fields`): the folders, the worker processes and *include
+    sub-folders*. A saved folder that has gone is put back all the same (shown; an image folder is
+    said on the status line): *Run on folder* then says what is wrong with it (an output folder is
+    created). *Recompute images that already have outputs* is not kept, as *Export*'s *overwrite* is
+    not: replacing a folder's outputs is asked for each time."""
+
+    inputs: str = ""
+    out: str = ""
+    workers: int = 0
+    recursive: bool = False
+
+
+@dataclass
 class _Found:
     """The worker's first report: the images found, their planes, and the notes on them."""
 
@@ -125,6 +140,12 @@ class BatchPanel(StopsOnClose, Container):
         self._status.native.setWordWrap(True)  # a long message must not widen the dock
         super().__init__(widgets=[self._inputs, self._out, self._recursive, self._workers, self._overwrite,
                                   self._run_button, self._cancel_button, self._status])
+        # the folders, worker processes and sub-folders of the last session come back (not *recompute*)
+        persist_fields("batch", BatchSettings, {"inputs": self._inputs, "out": self._out,
+                                                "workers": self._workers, "recursive": self._recursive})
+        if not no_path(self._inputs.value) and not Path(self._inputs.value).is_dir():  # shown, and said
+            self._status.value = (f"The image folder of an earlier session, {self._inputs.value}, is no longer "
+                                  "there: choose one.")
         self._run_button.changed.connect(lambda: self.start())
         self._cancel_button.changed.connect(lambda: self.cancel())
         self._relay = _Relay()
