@@ -122,6 +122,28 @@ def test_predict_folder_with_unreadable_and_16_bit_images(tmp_path, tiny48_check
     assert not list(out.glob("broken*")) and not list(out.glob(".*"))
 
 
+def test_predict_prints_its_notes_with_the_option_names(tmp_path, tiny48_checkpoint, capsys):
+    """``napari-prm predict`` printed the library's notes as Python says them, "lower peak_threshold
+    to see it", "(max_peaks=1) ... or max_peaks", though its options are --peak-threshold and
+    --max-peaks. (Prediction.notes keep the library's names, as Python users give them.)"""
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "cat.png", data.chelsea()[::8, ::8])
+    predict = ["predict", str(tmp_path / "cat.png"), "--model", str(tiny48_checkpoint), "--device", "cpu",
+               "--class-threshold", "-1000", "--proposals", "none"]
+    capsys.readouterr()
+    assert main([*predict, "--out", str(tmp_path / "high"), "--peak-threshold", "1e6"]) == 0
+    error = capsys.readouterr().err
+    assert re.search(r"cat\.png: no peak reached the peak threshold 1e\+06; the strongest was \S+ \((cat|dog)\): "
+                     r"lower --peak-threshold to see it", error), error
+    assert "peak_threshold" not in error
+    assert main([*predict, "--out", str(tmp_path / "capped"), "--peak-threshold", "-1000", "--max-peaks", "1"]) == 0
+    error = capsys.readouterr().err
+    assert re.search(r"cat\.png: \d+ peaks passed the thresholds; the strongest was kept \(--max-peaks 1\)\. "
+                     r"Raise the thresholds or --max-peaks\.", error), error
+    assert "max_peaks" not in error and "class_threshold" not in error
+
+
 def test_predict_keeps_existing_outputs_unless_overwrite(tmp_path, tiny48_checkpoint, capsys):
     out = tmp_path / "out"
     image = tmp_path / "sample3.jpg"

@@ -1,6 +1,6 @@
 import pickle
 
-from napari_prm._text import Worded, for_command_line, plural, worded, worded_sentences
+from napari_prm._text import Worded, for_command_line, in_front_end_words, plural, worded, worded_sentences
 
 
 def test_plural_is_singular_for_one():
@@ -28,3 +28,17 @@ def test_a_worded_message_is_the_librarys_string_and_carries_the_command_lines()
     assert for_command_line(worded("with TTA, {}", text)) == "with TTA, hold out more (--val-fraction)"
     back = pickle.loads(pickle.dumps(text))  # a worker's result keeps both
     assert back == text and for_command_line(back) == text.command_line
+
+
+def test_in_front_end_words_names_whole_arguments_as_the_front_end_does():
+    """The one rewriting of the library's notes for the widget (its field labels) and the command line
+    (its options): a value given with ``=`` follows the name, and only whole names are rewritten."""
+    options = {"peak_threshold": "--peak-threshold", "max_peaks": "--max-peaks"}
+    note = "kept (max_peaks=50). Raise max_peaks or lower peak_threshold; my_max_peaks.tif"
+    assert in_front_end_words(note, options) == ("kept (--max-peaks 50). Raise --max-peaks or lower --peak-threshold; "
+                                                 "my_max_peaks.tif")
+    paths = "max_peaks.tif, data/max_peaks/a.png, C:\\peak_threshold\\b.png: raise max_peaks."
+    assert in_front_end_words(paths, options) == paths.replace("raise max_peaks", "raise --max-peaks")
+    assert in_front_end_words(note, {"max_peaks": "max peaks"}).startswith("kept (max peaks 50). Raise max peaks or "
+                                                                           "lower peak_threshold")
+    assert in_front_end_words(note, {}) == note

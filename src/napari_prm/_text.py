@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+from collections.abc import Mapping
 
 #: Nouns whose "ch" sounds like "k", so their plural takes only "s".
 _HARD_CH = ("epoch",)
@@ -58,6 +60,21 @@ class Worded(str):
 def for_command_line(text: str) -> str:
     """``text`` as the command line says it: a `Worded` message's ``command_line`` wording, else ``text``."""
     return str(getattr(text, "command_line", text))
+
+
+def in_front_end_words(text: str, names: Mapping[str, str]) -> str:
+    """``text``, a note of the library that names settings by their argument names, with each of
+    ``names`` (argument name: what a front end calls it) named as the front end does, and an argument
+    given a value, ``(max_peaks=50)``, as the name and the value: the one rewriting of the widget's
+    notes (``{"max_peaks": "max peaks"}``: "(max peaks 50)") and the command line's
+    (``{"max_peaks": "--max-peaks"}``: "(--max-peaks 50)"). Only whole names, not part of a word or a
+    file's path, are rewritten (not ``my_max_peaks``, ``max_peaks.tif``, ``data/max_peaks/``).
+    """
+    if not names:
+        return text
+    alternatives = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    pattern = rf"(?<![\w./\\-])({alternatives})(?![\w/\\-]|\.\w)(=)?"
+    return re.sub(pattern, lambda match: names[match[1]] + (" " if match[2] else ""), str(text))
 
 
 def worded(template: str, *texts: str) -> Worded:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from . import _validate as check
-from ._text import did_you_mean, first_names, for_command_line, plural
+from ._text import did_you_mean, first_names, for_command_line, in_front_end_words, plural
 from .batch import (
     NOTE,
     SUMMARY_NAME,
@@ -234,6 +234,18 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prm-mode", choices=("exact", "fast"), default=None,
                        help="'fast' back-propagates to the stride-8 features and upsamples; not with --tta "
                             "(default: exact)")
+
+
+def _option_words() -> dict[str, str]:
+    """The inference options by the argument names the library's notes use, as the command line prints
+    those notes: ``{"peak_threshold": "--peak-threshold", "max_peaks": "--max-peaks", ...}`` ("lower
+    peak_threshold to see it" is printed "lower --peak-threshold to see it"). Read from the options
+    themselves; only those named by their argument name with dashes, and with an underscore (not a
+    word such as "preset" that a note may use in its ordinary sense)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_inference_options(parser)
+    return {action.dest: action.option_strings[0] for action in parser._actions
+            if "_" in action.dest and action.option_strings == ["--" + action.dest.replace("_", "-")]}
 
 
 def _inference_settings(args) -> dict:
@@ -1104,6 +1116,7 @@ def _run_predict(args) -> int:
             bar = tqdm(total=tally.total, desc="predict", unit="plane", disable=None)
             before = output_states(args.out, stems)
             counts, logged = dict.fromkeys(("written", "skipped", "failed"), 0), [time.monotonic()]
+            option_words = _option_words()
 
             def plane_done(image, done, total) -> None:
                 bar.update(tally.plane_done(image, done) - bar.n)
@@ -1116,8 +1129,8 @@ def _run_predict(args) -> int:
                     unexpected = result.error.startswith("unexpected") and not args.debug
                     hint = "; run with --debug for the traceback" if unexpected else ""
                     _say(f"{result.image}: failed: {result.error}{hint}")
-                for note in result.notes:
-                    _say(f"{result.image}: {note}")
+                for note in result.notes:  # the library's notes name its arguments: name the options
+                    _say(f"{result.image}: {in_front_end_words(for_command_line(note), option_words)}")
                 bar.update(tally.image_done(result.image) - bar.n)  # skipped, failed or run on a cluster
                 if _log_line_due(bar, done, total, logged):
                     _say(f"predict: {done} of {plural(total, 'image')} done ({counts['written']} written, "

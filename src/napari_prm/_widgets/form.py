@@ -9,7 +9,6 @@ restoring and "Restore defaults" then cover it.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidgetItem
 
+from .._text import in_front_end_words
 from ..peaks import MAX_PEAKS
 from ..predictor import MAX_PEAKS_LIMIT, preset_settings, resolve_thresholds
 from .layers import choose_layer, is_result_image
@@ -388,10 +388,8 @@ class PredictForm:
         return {name: settings[name] for name in PEAK_SELECTION if settings.get(name) is not None}
 
     def in_field_words(self, text: str) -> str:
-        """``text``, a note of the library (the wording the command line and Python show), with the
-        settings it names by their argument names named as this form's fields: ``peak_threshold``
-        as "peak threshold", ``(max_peaks=50)`` as "(max peaks 50)"."""
-        def field(match) -> str:
-            return getattr(self, match[1]).label + (" " if match[2] else "")
-
-        return re.sub(rf"\b({'|'.join(PEAK_SELECTION)})\b(=)?", field, text)
+        """``text``, a note of the library (Python's wording), with the settings it names by their
+        argument names named as this form's fields: ``peak_threshold`` as "peak threshold",
+        ``(max_peaks=50)`` as "(max peaks 50)" (`napari_prm._text.in_front_end_words`, which the command
+        line's notes go through too, to its options)."""
+        return in_front_end_words(text, {name: getattr(self, name).label for name in PEAK_SELECTION})
