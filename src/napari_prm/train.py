@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _validate as check
-from ._text import first_names, plural, worded
+from ._text import Worded, first_names, for_command_line, plural, worded
 from ._validate import is_cancelled  # its one place; napari_prm.train.is_cancelled as before
 from .data import LabeledImageDataset, TrainingImages, UnreadableImage, class_in
 from .evaluate import defined_classification_map
@@ -818,14 +818,16 @@ def _calibration_notes(name: str, extra: dict, chosen: CalibrationImages) -> lis
     else:
         try:
             checkpoint_held_out(chosen.dataset, state)
-            instead = ("held_out=True (the command line's --held-out) calibrates on the images 'train' held "
-                       "out")
+            instead = Worded("held_out=True (the command line's --held-out) calibrates on the images 'train' "
+                             "held out", "--held-out calibrates on the images 'train' held out")
         except ValueError:
             fraction = ((state or {}).get("config") or {}).get("val_fraction") or 0
             instead = ("" if fraction else "it held none out: ") + "calibrate on images it was not trained on"
-    notes.append(f"{count} of the {plural(len(chosen.dataset), 'image')} calibrated on "
-                 f"{'was' if count == 1 else 'were'} used to train {name}: thresholds chosen on images a model "
-                 f"has learnt are optimistic (too low for new images); {instead}")
+    said = (f"{count} of the {plural(len(chosen.dataset), 'image')} calibrated on "
+            f"{'was' if count == 1 else 'were'} used to train {name}: thresholds chosen on images a model "
+            "has learnt are optimistic (too low for new images); ")
+    # the command line (which prints `for_command_line`) says --held-out only
+    notes.append(Worded(said + str(instead), said + for_command_line(instead)))
     return notes
 
 
