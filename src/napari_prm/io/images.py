@@ -762,6 +762,16 @@ def _planes_of(path, axes: str, shape: tuple[int, ...], data: np.ndarray) -> Ima
     return ImageStack(planes, axes, shape)
 
 
+def _open_tiff(path: Path) -> tifffile.TiffFile:
+    """The image file ``path`` opened by tifffile (to be closed by the caller), or a ValueError
+    naming it, as `read_image` words it, when it is missing or tifffile cannot open it."""
+    _check_file(path, "image")
+    try:
+        return tifffile.TiffFile(path)
+    except Exception as error:  # the readers raise many types for a broken file
+        raise _unreadable("image", path, error) from error
+
+
 def _channels_first_image(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
     """`read_image`'s image of a TIFF and its `channels_first_note`, the file opened once: for
     napari-prm's napari reader, which opens a channels-first TIFF as one RGB(A) image.
@@ -772,11 +782,7 @@ def _channels_first_image(path: str | os.PathLike) -> tuple[np.ndarray, str | No
         Naming the file, as `read_image` does.
     """
     path = path_like("image", path)
-    _check_file(path, "image")
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception as error:  # the readers raise many types for a broken file
-        raise _unreadable("image", path, error) from error
+    tif = _open_tiff(path)
     with tif:
         note = _channels_first_note_of(path, tif)
         try:
@@ -808,11 +814,7 @@ def _read_image_file(path: str | os.PathLike, channels: Sequence[int] | None = N
     channels = checked_channels(channels)
     if not _is_tiff(path) or not path.is_file():
         return read_image(path, channels=channels), None
-    _check_file(path, "image")
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception as error:  # the readers raise many types for a broken file
-        raise _unreadable("image", path, error) from error
+    tif = _open_tiff(path)
     with tif:
         try:
             series = _series_of(tif)
