@@ -1921,13 +1921,9 @@ def qt_available() -> bool:
 
 def _demo_stack_hint(path) -> str:
     """What to use for a TIFF stack of z-planes or time points, which ``demo`` (one 2-D image) refuses."""
-    from . import io
+    from .io.images import plane_count
 
-    try:
-        stack = io.stack_planes(path)
-    except (ValueError, OSError):
-        return ""
-    if stack is None:
+    if plane_count(path) == 1:
         return ""
     return ("; demo runs one 2-D image: 'napari-prm predict' runs a stack plane by plane, and napari's Peak "
             "Response Maps widget runs its planes (open the file in napari)")

@@ -196,13 +196,9 @@ def predict(
 def _stack_file_hint(path) -> str:
     """What runs a TIFF stack of z-planes or time points, which `predict` (one 2-D image) refuses;
     empty for any other file."""
-    from .io import stack_planes
+    from .io.images import plane_count
 
-    try:
-        found = stack_planes(path)
-    except (ValueError, OSError):
-        return ""
-    if found is None:
+    if plane_count(path) == 1:
         return ""
     return ("; napari_prm.predict runs one 2-D image: napari_prm.batch.predict_many (the command line's 'napari-prm "
             "predict') runs such a stack plane by plane, or predict each of napari_prm.io.read_stack(path).planes")
