@@ -900,7 +900,7 @@ def _suspect(path) -> bool:
     except Exception:  # the readers raise many types for a broken file
         return True
     kind = _disguised_format(path)  # a PNG named .tif: the checks of a PNG
-    suffix = {"JPEG": ".jpg"}.get(kind, f".{kind.lower()}") if kind else path.suffix.lower()
+    suffix = _format_suffix(kind) if kind else path.suffix.lower()
     if suffix == ".png":
         return not tail.endswith(b"IEND\xaeB`\x82")
     if suffix in (".jpg", ".jpeg"):
@@ -946,6 +946,11 @@ def _disguised_format(path) -> str | None:
         return None
 
 
+def _format_suffix(kind: str) -> str:
+    """The file name suffix of Pillow's format ``kind`` (``"JPEG"``: ``.jpg``, ``"PNG"``: ``.png``)."""
+    return {"JPEG": ".jpg"}.get(kind, f".{kind.lower()}")
+
+
 def format_note(path: str | os.PathLike) -> str | None:
     """A note for a file whose name says TIFF (``.tif``, ``.tiff``) while its content is another image
     format (a PNG or JPEG saved or renamed so), which `read_image` reads by its content; else None.
@@ -965,9 +970,8 @@ def format_note(path: str | os.PathLike) -> str | None:
     kind = _disguised_format(path)
     if kind is None:
         return None
-    suffix = {"JPEG": ".jpg"}.get(kind, f".{kind.lower()}")
     return (f"{path.name} is a {kind} image, not a TIFF: read as {kind}, by its content (rename it to "
-            f"{suffix}); it records no TIFF pixel size")
+            f"{_format_suffix(kind)}); it records no TIFF pixel size")
 
 
 def _tiff_header(path) -> tuple[str, Any, tuple]:
