@@ -12,7 +12,7 @@ axis order) for more; it has one row per (plane, label), with that plane's area 
 CSV of a 2-D label image has no plane column.
 
 When the image's pixel size is known in a unit of length, the instance CSV also gives the area and
-box in micrometres (`INSTANCE_CSV_UM_COLUMNS`, after ``score``); otherwise those columns are absent.
+box in micrometres (`INSTANCE_CSV_UM_COLUMNS`, after ``peak``); otherwise those columns are absent.
 """
 
 from __future__ import annotations
