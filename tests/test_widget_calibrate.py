@@ -12,6 +12,20 @@ from napari_prm.model import build_model, save_model
 from test_widget_train import WAIT_MS, quick_training
 
 
+def calibrating_a_model_from_elsewhere(make_napari_viewer, tiny_dataset, tmp_path, to: str):
+    """A viewer with the Train widget (after a quick training, so its dataset is set) whose *Calibrate*
+    is set to a checkpoint of classes cat and cup made elsewhere (no training state), written as ``to``
+    ("in place" or "new"): the viewer, the widget and the checkpoint's path."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, tmp_path / "unused.pt")
+    elsewhere = tmp_path / "elsewhere.pt"
+    save_model(build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(32, 32)), elsewhere)
+    widget._calibrate_model.value = elsewhere
+    widget._calibrate_to.value = to
+    return viewer, widget, elsewhere
+
+
 def calibrate_to_end(widget, qtbot):
     assert widget.calibrate() is not None, widget.last_message
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
@@ -85,13 +99,8 @@ def test_a_model_not_trained_on_the_dataset_calibrates_on_every_image_in_place(
     from napari_prm._widgets.settings import load_settings
     from napari_prm._widgets.train import TrainSettings
 
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
-    quick_training(widget, tiny_dataset, tmp_path / "unused.pt")
-    elsewhere = tmp_path / "elsewhere.pt"
-    save_model(build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(32, 32)), elsewhere)
-    widget._calibrate_model.value = elsewhere
-    widget._calibrate_to.value = "in place"
+    viewer, widget, elsewhere = calibrating_a_model_from_elsewhere(make_napari_viewer, tiny_dataset, tmp_path,
+                                                                   "in place")
     assert load_settings("train", TrainSettings).calibrate_model == str(elsewhere)  # kept for the next session
     outcome = calibrate_to_end(widget, qtbot)
     assert outcome is not None, widget.last_message
@@ -240,13 +249,8 @@ def test_closing_napari_stops_calibration_like_cancel(make_napari_viewer, qtbot,
 
     from napari.qt.threading import WorkerBase
 
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
-    quick_training(widget, tiny_dataset, tmp_path / "unused.pt")
-    elsewhere = tmp_path / "elsewhere.pt"
-    save_model(build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(32, 32)), elsewhere)
-    widget._calibrate_model.value = elsewhere
-    widget._calibrate_to.value = "new"
+    viewer, widget, elsewhere = calibrating_a_model_from_elsewhere(make_napari_viewer, tiny_dataset, tmp_path,
+                                                                   "new")
     window = viewer.window._qt_window  # held: its Qt widgets are deleted later, as when napari quits
     held, gate = threading.Event(), threading.Event()
 
