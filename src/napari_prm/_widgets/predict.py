@@ -140,6 +140,7 @@ class PredictWidget(PredictForm, QWidget):
         self._cancel = threading.Event()
         self._outcome_taken = False  # the running worker's outcome is being shown: Cancel is too late
         # closed, or taken out of its dock (no close event then): a running job stops
+        self._deleted = False  # its Qt widgets are gone (napari closed): a report still queued shows nothing
         self._close_watcher = CloseWatcher(self, self._on_close)
         #: the peak axis of the PRMs layers follows the layers opened, removed or moved beside them
         self._peak_axes = PeakAxisFollower(self.viewer)
@@ -454,6 +455,7 @@ class PredictWidget(PredictForm, QWidget):
         """Closed, or taken out of its dock: stop a running job; the PRMs layers' peak axis stops
         following the viewer's layers (`PeakAxisFollower`). Deleted (its window closed): no
         longer offered models (`offer_model`), as its Qt widgets are gone."""
+        self._deleted = self._deleted or deleted
         self.cancel()
         self._peak_axes.disconnect()
         if deleted:
@@ -479,6 +481,8 @@ class PredictWidget(PredictForm, QWidget):
             self.activity = None
 
     def _on_progress(self, report: tuple[str, int, int]) -> None:
+        if self._deleted:  # a report queued before napari closed: the widget's Qt objects are gone
+            return
         stage, done, total = report
         self.progress.setMaximum(max(total, 1))
         self.progress.setValue(done)
@@ -491,6 +495,10 @@ class PredictWidget(PredictForm, QWidget):
         self._say(f"Prediction failed: {type(error).__name__}: {error}", "error")
 
     def _on_finished(self) -> None:
+        if self._deleted:  # napari closed: nothing to show, and no Qt widget to show it in
+            self.end_activity()
+            self.worker = None
+            return
         if self._cancel.is_set():
             self._say("Cancelled; the layers were left as they were.")
         self.end_activity()
