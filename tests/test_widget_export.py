@@ -710,3 +710,84 @@ def test_closing_napari_stops_the_export_without_touching_its_qt_widgets(make_na
     qtbot.wait(50)
     assert stack.reads == [1]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and widget.last_written == []
+
+
+def test_a_run_on_a_calibrated_tiff_opened_by_napari_exports_its_pixel_size(make_napari_viewer, qtbot, tiny_checkpoint,
+                                                                              tmp_path):
+    """napari's own reader opens an ImageJ TIFF of 0.65 µm pixels at scale 1, in pixels: a run on it and *Export
+    instances* wrote the label TIFF without the file's pixel size and the CSV without µm columns, where
+    ``napari-prm predict`` of the same file writes both. The export now takes the image file's pixel size (the
+    layer's own world, scale 1, still recorded: it reopens over its image), and an export reopened with the
+    plugin's reader and exported again (after a correction) keeps it, with or without its image open."""
+    import tifffile
+
+    from conftest import shapes_scene
+    from napari_prm import io
+    from test_widget_predict import open_predict, peak_threshold_for, run_and_wait
+
+    image, candidates, _, _ = shapes_scene(0)
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, image, imagej=True, resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "um"})
+    viewer = make_napari_viewer()
+    (opened,) = viewer.open(str(path), plugin="napari")
+    np.testing.assert_allclose(opened.scale, [1.0, 1.0])  # napari's reader leaves the pixel size out
+    viewer.add_labels(candidates, name="candidates")
+    predict_widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    predict_widget.proposals.value = viewer.layers["candidates"]
+    predict_widget.peak_threshold.value = peak_threshold_for(image, tiny_checkpoint, 2)
+    predict_widget.class_threshold.value = -1e4
+    run_and_wait(predict_widget, qtbot)
+    instances = viewer.layers["cells instances"]
+    assert len(instances.features) == 2, predict_widget.last_message
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._layer.value = instances
+    assert widget.export(tmp_path / "out", formats=["tiff", "csv"]), widget._status.value
+    label_tiff = tmp_path / "out" / "cells_labels.tif"
+    np.testing.assert_allclose(io.labels._pixel_size_um(io.tiff_pixel_size(label_tiff)), [0.65, 0.65])
+    rows = list(csv.DictReader(open(tmp_path / "out" / "cells_instances.csv")))
+    assert [float(row["area_um2"]) for row in rows] == pytest.approx(
+        [int(row["area"]) * 0.65 ** 2 for row in rows])
+    assert {row["class"] for row in rows} <= {"cat", "dog", "bird"}
+    (reopened,) = viewer.open(str(label_tiff), plugin="napari-prm")
+    np.testing.assert_allclose(reopened.scale, [1.0, 1.0])  # over its image, opened at scale 1
+    # corrected and exported again: with its image open, and with the export alone in napari
+    data = reopened.data.copy()
+    data[data == rows[0]["id"]] = 0
+    reopened.data = data
+    for viewer_of_it in (viewer, make_napari_viewer()):
+        if viewer_of_it is not viewer:
+            (reopened,) = viewer_of_it.open(str(label_tiff), plugin="napari-prm")
+        _, again = viewer_of_it.window.add_plugin_dock_widget("napari-prm", "Export instances")
+        again._layer.value = reopened
+        folder = tmp_path / f"again{len(list(tmp_path.glob('again*')))}"
+        assert again.export(folder, formats=["tiff", "csv"], stem="cells"), again._status.value
+        np.testing.assert_allclose(io.labels._pixel_size_um(io.tiff_pixel_size(folder / "cells_labels.tif")),
+                                   [0.65, 0.65])
+        assert "area_um2" in (folder / "cells_instances.csv").read_text().splitlines()[0]
+    viewer_of_it.layers.selection = {reopened}  # File > Save of it, as a .tif
+    assert viewer_of_it.layers.save(str(tmp_path / "saved.tif"), selected=True, plugin="napari-prm")
+    np.testing.assert_allclose(io.labels._pixel_size_um(io.tiff_pixel_size(tmp_path / "saved.tif")), [0.65, 0.65])
+    assert "area_um2" in (tmp_path / "saved_instances.csv").read_text().splitlines()[0]
+
+
+def test_a_layer_scaled_in_micrometres_keeps_its_own_pixel_size_over_its_files(make_napari_viewer, tmp_path):
+    """The file's pixel size is for a layer in pixels only: a layer whose scale is in µm is exported at its
+    scale (set by hand to 0.5 µm here, the file recording 0.65 µm), as before."""
+    import tifffile
+
+    from napari_prm import io
+
+    image = np.zeros((60, 80), np.uint8)
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, image, imagej=True, resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "um"})
+    viewer = make_napari_viewer()
+    (opened,) = viewer.open(str(path), plugin="napari")
+    opened.scale, opened.units = (0.5, 0.5), ("µm", "µm")
+    labels = np.zeros((60, 80), np.uint16)
+    labels[10:30, 10:40] = 3
+    layer = viewer.add_labels(labels, name="cells - Labels", scale=(0.5, 0.5), units=("µm", "µm"))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._layer.value = layer
+    assert widget.export(tmp_path / "out", formats=["tiff"]), widget._status.value
+    np.testing.assert_allclose(io.labels._pixel_size_um(io.tiff_pixel_size(tmp_path / "out" / "cells_labels.tif")),
+                               [0.5, 0.5])

@@ -31,13 +31,44 @@ def layer_table(meta: dict):
     return table
 
 
+def files_pixel_size(world: dict, paths) -> dict | None:
+    """The pixel size (as `napari_prm.io.tiff_pixel_size` reads it, in a unit of length) that the first of
+    ``paths`` records, for the label TIFF and the µm columns of the CSV of a Labels layer in pixels, as
+    ``napari-prm predict`` writes them; None when the layer's ``world`` gives a pixel size in a unit of
+    length (the exports write that one), when its last two axes are not at scale 1 (its pixels are not its
+    files': a pyramid's coarser level), or when no file records one.
+
+    napari's own reader opens a calibrated TIFF at scale 1, in pixels, so a layer's world alone lost the
+    pixel size of its image's file, and of a label TIFF reopened (``napari-prm predict``'s labels).
+
+    Parameters
+    ----------
+    world : dict
+        The layer's ``scale`` and ``units`` (one per axis).
+    paths : iterable of path-like or None
+        The files the layer's pixels are of, in order of preference: its image's, the label TIFF it was
+        opened from; None and files other than TIFFs are passed over.
+    """
+    from .io.labels import _pixel_size_um
+
+    scale = world.get("scale")
+    if _pixel_size_um(world=world) is not None or (scale is not None and not np.allclose(np.asarray(scale)[-2:], 1)):
+        return None
+    for path in paths:
+        if path and (pixel_size := io.tiff_pixel_size(path)) is not None and _pixel_size_um(pixel_size) is not None:
+            return pixel_size
+    return None
+
+
 def write_labels(path: str, data, meta: dict) -> list[str]:
     """Write a Labels layer to ``path``.
 
     Parameters
     ----------
     path : str
-        ``.tif``/``.tiff``: the label image (uint16, or uint32 beyond 65535 labels) and,
+        ``.tif``/``.tiff``: the label image (uint16, or uint32 beyond 65535 labels; a layer in pixels
+        opened from a label TIFF that records a pixel size, as ``napari-prm predict`` writes it, keeps
+        that pixel size: `files_pixel_size`) and,
         when the layer has an instance table in its ``features``, ``<stem>_instances.csv``
         beside it (for a stack, its rows name their plane; a stack whose ``axis_labels`` name
         its leading axes z or t is written with axes ``ZYX`` or ``TYX``). ``.json``: a COCO
@@ -73,10 +104,14 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     elif suffix in (".tif", ".tiff"):
         # a stack's axes the layer names (z, t): named in the TIFF, as the command line's
         axes = io.label_axes_from_names(meta.get("axis_labels") or ())
+        # a layer in pixels opened from a label TIFF that records a pixel size (predict's) keeps it
+        pixel_size = files_pixel_size(world, [(meta.get("metadata") or {}).get("source")])
         written = io.export_instances(labels, table, class_names, path, overwrite=True, world=world,
+                                      pixel_size=pixel_size,
                                       axes=axes if axes is not None and len(axes) == labels.ndim else None)
         if table is not None:
-            written.append(io.write_instances_csv(sidecar_csv(path), labels, table, class_names, world=world))
+            written.append(io.write_instances_csv(sidecar_csv(path), labels, table, class_names, world=world,
+                                                  pixel_size=pixel_size))
     else:
         raise ValueError(f"napari-prm writes labels as .tif, .tiff or .json; got {path}")
     return [str(p) for p in written]

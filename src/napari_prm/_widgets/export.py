@@ -21,7 +21,7 @@ from napari.utils.notifications import show_error, show_info
 
 from .. import io
 from .._validate import Cancelled, raise_if_cancelled
-from .._writer import layer_table
+from .._writer import files_pixel_size, layer_table
 from .activity import ActivityProgress, StopsOnClose
 from .layers import (
     INSTANCES_SUFFIX,
@@ -271,13 +271,14 @@ class ExportWidget(StopsOnClose, Container):
         elif not file_name and named_image(layer) and not _folder_run_stack(layer):
             # its image is gone: no other image is taken for it
             unpaired = f" No image file name recorded: {unpaired_message(layer)}."
+        world = {"scale": layer.scale, "translate": layer.translate,
+                 "units": [str(unit) for unit in getattr(layer, "units", ())]}
         note = (f" Not written: {flat_only}, which hold 2-D labels only (this layer is a stack of "
                 f"{int(np.prod(labels.shape[:-2]))} planes)." if skipped else "")
         return _Job(labels=labels, table=layer_table({"features": layer.features}), class_names=class_names,
                     folder=folder, formats=formats, stem=stem or self._stem.value or "labels",
                     overwrite=self._overwrite.value if overwrite is None else overwrite, file_name=file_name,
-                    world={"scale": layer.scale, "translate": layer.translate,
-                           "units": [str(unit) for unit in getattr(layer, "units", ())]},
+                    world=world, pixel_size=file_pixel_size(self._viewer, layer, labels.shape, world),
                     axes=label_axes(self._viewer, layer), note=note + unpaired)
 
     def _failed(self, job: _Job, error: Exception) -> None:
@@ -317,6 +318,33 @@ def label_axes(viewer, layer) -> str | None:
                                      for mine, theirs in zip(own, viewers)])
 
 
+def file_pixel_size(viewer, layer, shape: tuple, world: dict) -> dict | None:
+    """`napari_prm._writer.files_pixel_size` of a Labels layer: the pixel size that the file of its image
+    records (`image_layer_of`: a run's image, or the one a layer no run made goes with; one of the labels'
+    height and width, at scale 1 as they are), else the label TIFF it was opened from (``metadata["source"]``,
+    as napari-prm's reader records it), for a layer in pixels.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer the layer is in, for its image layer.
+    layer : napari.layers.Labels
+        The layer exported.
+    shape : tuple of int
+        The shape of the labels exported.
+    world : dict
+        The layer's ``scale``, ``translate`` and ``units``, as they are exported.
+    """
+    files = []
+    image = image_layer_of(viewer, layer)
+    if image is not None and np.allclose(np.asarray(image.scale)[-2:], 1):
+        data = image.data[0] if image.multiscale else image.data
+        if tuple(data.shape[-3:-1] if image.rgb else data.shape[-2:]) == tuple(shape[-2:]):
+            files.append(getattr(getattr(image, "source", None), "path", None))
+    files.append((layer.metadata or {}).get("source"))
+    return files_pixel_size(world, files)
+
+
 @dataclass
 class _Job:
     """One export: the labels (a copy, for a worker thread) and what `io.export_instances` is given."""
@@ -330,6 +358,7 @@ class _Job:
     overwrite: bool
     file_name: str
     world: dict
+    pixel_size: dict | None  # the pixel size its files record, for a layer in pixels (`file_pixel_size`)
     axes: str | None  # a stack's, named in its label TIFF (None: tifffile's unnamed Q)
     note: str  # said after the files written: formats left out, an image file name not recorded
 
@@ -349,7 +378,8 @@ def _write(job: _Job, cancel=None) -> list[Path]:
     no file of the export is left."""
     return io.export_instances(_read_labels(job.labels, cancel), job.table, job.class_names, job.folder,
                                formats=job.formats, stem=job.stem, overwrite=job.overwrite,
-                               image_file_name=job.file_name, world=job.world, axes=job.axes, cancel=cancel)
+                               image_file_name=job.file_name, world=job.world, pixel_size=job.pixel_size,
+                               axes=job.axes, cancel=cancel)
 
 
 def _write_unless_cancelled(job: _Job, cancel: threading.Event) -> list[Path] | None:
