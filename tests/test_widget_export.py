@@ -791,3 +791,26 @@ def test_a_layer_scaled_in_micrometres_keeps_its_own_pixel_size_over_its_files(m
     assert widget.export(tmp_path / "out", formats=["tiff"]), widget._status.value
     np.testing.assert_allclose(io.labels._pixel_size_um(io.tiff_pixel_size(tmp_path / "out" / "cells_labels.tif")),
                                [0.5, 0.5])
+
+
+def test_opened_after_a_run_with_a_label_image_as_proposals_it_offers_the_instances(
+        make_napari_viewer, qtbot, tiny_checkpoint):
+    """A run leaves its peaks layer selected; *Export instances* opened then offered the first Labels layer of the
+    list: the label image given as proposals (as docs/usage.md advises for cells), whose labels it wrote as
+    class ``unknown`` under the image's stem. It offers the Labels layer added last, the run's instances."""
+    from conftest import shapes_scene
+    from test_widget_predict import open_predict, peak_threshold_for, run_and_wait
+
+    image, candidates, _, _ = shapes_scene(0)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(candidates, name="candidates")
+    predict_widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    predict_widget.proposals.value = viewer.layers["candidates"]
+    predict_widget.peak_threshold.value = peak_threshold_for(image, tiny_checkpoint, 2)
+    predict_widget.class_threshold.value = -1e4
+    run_and_wait(predict_widget, qtbot)
+    assert viewer.layers.selection.active is viewer.layers["cells peaks"]
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    assert widget._layer.value is viewer.layers["cells instances"]
+    assert widget._stem.value == "cells"

@@ -118,7 +118,11 @@ class ExportWidget(StopsOnClose, Container):
         self._button.changed.connect(lambda: self.start())  # written in a worker thread
         self._cancel_button.changed.connect(lambda: self.cancel())
         self._cancel = threading.Event()  # set by Cancel: the worker's export stops before its next step
-        self._follow(self._viewer.layers.selection.active)
+        # the Labels layer selected, else the top one of the list (added last: a run's instances, which
+        # leaves its peaks selected, not the label image given as its proposals, further down)
+        active = self._viewer.layers.selection.active
+        labels_layers = [layer for layer in self._viewer.layers if isinstance(layer, Labels)]
+        self._follow(active if isinstance(active, Labels) or not labels_layers else labels_layers[-1])
         self._viewer.layers.selection.events.active.connect(lambda event: self._follow(event.value))
         self._default_stem()
         self.last_written: list[Path] = []
