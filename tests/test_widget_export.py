@@ -770,6 +770,38 @@ def test_a_run_on_a_calibrated_tiff_opened_by_napari_exports_its_pixel_size(make
     assert "area_um2" in (tmp_path / "saved_instances.csv").read_text().splitlines()[0]
 
 
+def test_a_layer_at_its_files_pixel_size_without_a_unit_exports_it(make_napari_viewer, tmp_path):
+    """Readers of microscopy files put the pixel size in µm in a layer's scale without a unit (napari's
+    ``pixel``): a Labels layer at that scale gets the file's pixel size; one at another scale without a unit
+    (a pyramid's coarser level, here 2 pixels) gets none."""
+    import tifffile
+
+    from napari_prm import io
+
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, np.zeros((60, 80), np.uint8), imagej=True, resolution=(1 / 0.65, 1 / 0.65),
+                     metadata={"unit": "um"})
+    viewer = make_napari_viewer()
+    (opened,) = viewer.open(str(path), plugin="napari")
+    opened.scale = (0.65, 0.65)
+    labels = np.zeros((60, 80), np.uint16)
+    labels[10:30, 10:40] = 3
+    layer = viewer.add_labels(labels, name="cells - Labels", scale=(0.65, 0.65))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
+    widget._layer.value = layer
+    assert widget.export(tmp_path / "out", formats=["tiff", "csv"]), widget._status.value
+    np.testing.assert_allclose(io.labels._pixel_size_um(io.tiff_pixel_size(tmp_path / "out" / "cells_labels.tif")),
+                               [0.65, 0.65])
+    assert "area_um2" in (tmp_path / "out" / "cells_instances.csv").read_text().splitlines()[0]
+    (reopened,) = viewer.open(str(tmp_path / "out" / "cells_labels.tif"), plugin="napari-prm")
+    np.testing.assert_allclose(reopened.scale, [0.65, 0.65])  # over its image
+    opened.scale = layer.scale = (2.0, 2.0)
+    widget._layer.value = layer  # not the export opened since
+    assert widget.export(tmp_path / "coarse", formats=["tiff", "csv"]), widget._status.value
+    assert io.tiff_pixel_size(tmp_path / "coarse" / "cells_labels.tif") is None
+    assert "area_um2" not in (tmp_path / "coarse" / "cells_instances.csv").read_text().splitlines()[0]
+
+
 def test_a_layer_scaled_in_micrometres_keeps_its_own_pixel_size_over_its_files(make_napari_viewer, tmp_path):
     """The file's pixel size is for a layer in pixels only: a layer whose scale is in µm is exported at its
     scale (set by hand to 0.5 µm here, the file recording 0.65 µm), as before."""

@@ -35,11 +35,12 @@ def files_pixel_size(world: dict, paths) -> dict | None:
     """The pixel size (as `napari_prm.io.tiff_pixel_size` reads it, in a unit of length) that the first of
     ``paths`` records, for the label TIFF and the µm columns of the CSV of a Labels layer in pixels, as
     ``napari-prm predict`` writes them; None when the layer's ``world`` gives a pixel size in a unit of
-    length (the exports write that one), when its last two axes are not at scale 1 (its pixels are not its
-    files': a pyramid's coarser level), or when no file records one.
+    length (the exports write that one), when the scale of its last two axes is neither 1 nor the file's
+    pixel size in µm (its pixels are not its files': a pyramid's coarser level), or when no file records one.
 
-    napari's own reader opens a calibrated TIFF at scale 1, in pixels, so a layer's world alone lost the
-    pixel size of its image's file, and of a label TIFF reopened (``napari-prm predict``'s labels).
+    napari's own reader opens a calibrated TIFF at scale 1, in pixels, and other readers put its pixel size
+    in µm in the scale without a unit: a layer's world alone lost the pixel size of its image's file, and of
+    a label TIFF reopened (``napari-prm predict``'s labels).
 
     Parameters
     ----------
@@ -51,11 +52,13 @@ def files_pixel_size(world: dict, paths) -> dict | None:
     """
     from .io.labels import _pixel_size_um
 
-    scale = world.get("scale")
-    if _pixel_size_um(world=world) is not None or (scale is not None and not np.allclose(np.asarray(scale)[-2:], 1)):
+    if _pixel_size_um(world=world) is not None:
         return None
+    scale = np.asarray(world["scale"] if world.get("scale") is not None else (1.0, 1.0), dtype=float)[-2:]
     for path in paths:
-        if path and (pixel_size := io.tiff_pixel_size(path)) is not None and _pixel_size_um(pixel_size) is not None:
+        if path and (pixel_size := io.tiff_pixel_size(path)) is not None \
+                and (um := _pixel_size_um(pixel_size)) is not None \
+                and (np.allclose(scale, 1) or np.allclose(scale, um, rtol=1e-6)):
             return pixel_size
     return None
 

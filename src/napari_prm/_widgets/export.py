@@ -325,8 +325,8 @@ def label_axes(viewer, layer) -> str | None:
 def file_pixel_size(viewer, layer, shape: tuple, world: dict) -> dict | None:
     """`napari_prm._writer.files_pixel_size` of a Labels layer: the pixel size that the file of its image
     records (`image_layer_of`: a run's image, or the one a layer no run made goes with; one of the labels'
-    height and width, at scale 1 as they are), else the label TIFF it was opened from (``metadata["source"]``,
-    as napari-prm's reader records it), for a layer in pixels.
+    height and width, at their scale), else the label TIFF it was opened from (``metadata["source"]``, as
+    napari-prm's reader records it), for a layer in pixels (or at that pixel size, without a unit).
 
     Parameters
     ----------
@@ -341,7 +341,7 @@ def file_pixel_size(viewer, layer, shape: tuple, world: dict) -> dict | None:
     """
     files = []
     image = image_layer_of(viewer, layer)
-    if image is not None and np.allclose(np.asarray(image.scale)[-2:], 1):
+    if image is not None and np.allclose(np.asarray(image.scale)[-2:], np.asarray(world["scale"])[-2:]):
         data = image.data[0] if image.multiscale else image.data
         if tuple(data.shape[-3:-1] if image.rgb else data.shape[-2:]) == tuple(shape[-2:]):
             files.append(getattr(getattr(image, "source", None), "path", None))
