@@ -16,35 +16,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage.
-LITE0_STAGES = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-)
+# The stages' (kernel, stride, expand ratio), the same in Lite0, Lite1 and Lite2.
+_STAGE_KERNEL_STRIDE_EXPAND = ((3, 1, 1), (3, 2, 6), (5, 2, 6), (3, 2, 6), (5, 1, 6), (5, 2, 6), (3, 1, 6))
+
+
+def _stages(repeats: tuple[int, ...], widths: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """(repeats, kernel, stride, expand ratio, in channels, out channels) per stage; the stem gives 32 channels."""
+    ins = (32, *widths[:-1])
+    return tuple((r, k, s, e, i, o) for r, (k, s, e), i, o in zip(repeats, _STAGE_KERNEL_STRIDE_EXPAND, ins, widths))
+
+
+LITE0_STAGES = _stages((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320))
 # Lite1 and Lite2 repeat the middle stages more (and Lite2 widens them); stem and head stay fixed.
-LITE1_STAGES = (
-    (1, 3, 1, 1, 32, 16),
-    (3, 3, 2, 6, 16, 24),
-    (3, 5, 2, 6, 24, 40),
-    (4, 3, 2, 6, 40, 80),
-    (4, 5, 1, 6, 80, 112),
-    (5, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-)
-LITE2_STAGES = (
-    (1, 3, 1, 1, 32, 16),
-    (3, 3, 2, 6, 16, 24),
-    (3, 5, 2, 6, 24, 48),
-    (4, 3, 2, 6, 48, 88),
-    (4, 5, 1, 6, 88, 120),
-    (5, 5, 2, 6, 120, 208),
-    (1, 3, 1, 6, 208, 352),
-)
+LITE1_STAGES = _stages((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320))
+LITE2_STAGES = _stages((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352))
 LITE_STAGES = {"lite0": LITE0_STAGES, "lite1": LITE1_STAGES, "lite2": LITE2_STAGES}
 BN_MOMENTUM = 0.01
 BN_EPS = 1e-3
