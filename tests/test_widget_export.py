@@ -723,7 +723,6 @@ def test_a_run_on_a_calibrated_tiff_opened_by_napari_exports_its_pixel_size(make
 
     from conftest import shapes_scene
     from napari_prm import io
-    from test_widget_predict import open_predict, peak_threshold_for, run_and_wait
 
     image, candidates, _, _ = shapes_scene(0)
     path = tmp_path / "cells.tif"
@@ -731,12 +730,7 @@ def test_a_run_on_a_calibrated_tiff_opened_by_napari_exports_its_pixel_size(make
     viewer = make_napari_viewer()
     (opened,) = viewer.open(str(path), plugin="napari")
     np.testing.assert_allclose(opened.scale, [1.0, 1.0])  # napari's reader leaves the pixel size out
-    viewer.add_labels(candidates, name="candidates")
-    predict_widget = open_predict(viewer, qtbot, tiny_checkpoint)
-    predict_widget.proposals.value = viewer.layers["candidates"]
-    predict_widget.peak_threshold.value = peak_threshold_for(image, tiny_checkpoint, 2)
-    predict_widget.class_threshold.value = -1e4
-    run_and_wait(predict_widget, qtbot)
+    predict_widget = _run_on_candidates(viewer, qtbot, tiny_checkpoint, image, candidates)
     instances = viewer.layers["cells instances"]
     assert len(instances.features) == 2, predict_widget.last_message
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
@@ -831,18 +825,25 @@ def test_opened_after_a_run_with_a_label_image_as_proposals_it_offers_the_instan
     list: the label image given as proposals (as docs/usage.md advises for cells), whose labels it wrote as
     class ``unknown`` under the image's stem. It offers the Labels layer added last, the run's instances."""
     from conftest import shapes_scene
-    from test_widget_predict import open_predict, peak_threshold_for, run_and_wait
 
     image, candidates, _, _ = shapes_scene(0)
     viewer = make_napari_viewer()
     viewer.add_image(image, name="cells")
-    viewer.add_labels(candidates, name="candidates")
-    predict_widget = open_predict(viewer, qtbot, tiny_checkpoint)
-    predict_widget.proposals.value = viewer.layers["candidates"]
-    predict_widget.peak_threshold.value = peak_threshold_for(image, tiny_checkpoint, 2)
-    predict_widget.class_threshold.value = -1e4
-    run_and_wait(predict_widget, qtbot)
+    _run_on_candidates(viewer, qtbot, tiny_checkpoint, image, candidates)
     assert viewer.layers.selection.active is viewer.layers["cells peaks"]
     _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Export instances")
     assert widget._layer.value is viewer.layers["cells instances"]
     assert widget._stem.value == "cells"
+
+
+def _run_on_candidates(viewer, qtbot, checkpoint, image, candidates):
+    """Run the tiny model on the viewer's image with ``candidates`` as its proposals (2 peaks); the predict widget."""
+    from test_widget_predict import open_predict, peak_threshold_for, run_and_wait
+
+    viewer.add_labels(candidates, name="candidates")
+    predict_widget = open_predict(viewer, qtbot, checkpoint)
+    predict_widget.proposals.value = viewer.layers["candidates"]
+    predict_widget.peak_threshold.value = peak_threshold_for(image, checkpoint, 2)
+    predict_widget.class_threshold.value = -1e4
+    run_and_wait(predict_widget, qtbot)
+    return predict_widget
