@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from napari_prm.predict import image_to_crm
-from test_widget_predict import WAIT_MS, forward_counter, open_predict, peak_threshold_for, run_and_wait, run_tiny
+from test_widget_predict import (
+    WAIT_MS,
+    HeldRun,
+    forward_counter,
+    open_predict,
+    peak_threshold_for,
+    run_and_wait,
+    run_tiny,
+)
 
 
 @pytest.fixture
@@ -237,6 +245,40 @@ def test_adding_many_points_can_be_cancelled(make_napari_viewer, qtbot, prm_conf
     assert "Cancelled" in widget.last_message
     assert 2 < predictor.cached_peak_count < 2 + len(grid)
     assert (peaks.features["label"].iloc[2:] == 0).all()
+
+
+def test_closing_napari_stops_the_retrieval_of_added_points(make_napari_viewer, qtbot, prm_config,
+                                                            tiny_checkpoint, small_cat):
+    """Closing (or quitting) napari asks its workers to quit: the panel's retrieval of added points
+    ignored that and went on to its last point (napari waiting for it when it quits), its result
+    dropped. It now stops as *Cancel* does, and nothing more is retrieved."""
+    from napari.qt.threading import WorkerBase
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_cat, name="cat")
+    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
+    run_and_wait(widget, qtbot)
+    predictor = widget.predictors.get(widget.context.predictor_keys[()])
+    peaks = viewer.layers["cat peaks"]
+    window = viewer.window._qt_window  # held: its Qt widgets are deleted later, as when napari quits
+    run = HeldRun(widget)
+    grid = np.stack(np.meshgrid(np.arange(5, 95, 10.0), np.arange(5, 145, 10.0)), -1).reshape(-1, 2)
+    peaks.add(grid)  # 126 points in one go: one job of 126 backward passes
+    worker = widget.correction.worker
+    assert worker is not None
+    try:
+        qtbot.waitUntil(run.held.is_set, timeout=WAIT_MS)
+        viewer.close()
+    finally:
+        run.release()
+    WorkerBase.await_workers(WAIT_MS)  # as napari does when it quits (raises if a worker still runs)
+    qtbot.waitUntil(lambda: not worker.is_running and widget.correction.worker is None, timeout=WAIT_MS)
+    qtbot.wait(50)
+    assert 2 < predictor.cached_peak_count < 2 + len(grid)  # stopped before the last point
+    assert (peaks.features["label"].iloc[2:] == 0).all()
+    del window
 
 
 def test_points_added_one_after_another_get_their_own_peaks(candidates_run, qtbot):

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from napari.qt.threading import create_worker
 from napari.utils.events import Event
 
 from .. import edit
 from .._text import plural
 from ..predict import Cancelled
+from .activity import job_worker
 from .layers import (
     HAND_PLACED,
     RUNNER_UP_COLUMNS,
@@ -184,8 +184,9 @@ class PointRetrieval:
         An error is said as ``failed: ...``; a cancelled one says ``cancelled`` when it ends."""
         self._cancel.clear()
         self._cancelled_message = cancelled
-        # errored connected at creation: an error is reported here, not re-raised on the Qt thread
-        worker = create_worker(function, *args, _start_thread=False, _connect={
+        # errored connected at creation: an error is reported here, not re-raised on the Qt thread;
+        # napari closing (or quitting) stops it as Cancel does (`_on_quit`)
+        worker = job_worker(function, *args, on_quit=self._on_quit, _start_thread=False, _connect={
             "errored": lambda error: self._say(f"{failed}: {type(error).__name__}: {error}", "error")})
         worker.returned.connect(shown)
         worker.finished.connect(self._on_finished)
@@ -270,12 +271,21 @@ class PointRetrieval:
         """Stop the worker only (the activity dock's cancel of Shift-A's: peaks added meanwhile
         are still retrieved when it ends)."""
         if self.worker is not None:
-            self._cancel.set()
-            self.worker.quit()
+            self._cancel.set()  # its result is dropped when it returns
+
+    def _on_quit(self) -> None:
+        """napari closes its window or quits: stop the worker as `cancel` does, and retrieve no peak
+        waiting, of any run (nothing more starts after napari closed)."""
+        self._move_timer.stop()
+        for run in self._runs:
+            run.pending.clear()
+        self.cancel()
 
     def _on_finished(self) -> None:
         self.worker = None
         self.owner.end_activity()
+        if self.owner._deleted:  # napari closed: no Qt widget to show it in, and nothing more starts
+            return
         if self._cancel.is_set():
             self._say(self._cancelled_message)
         self.owner._update_rethreshold()

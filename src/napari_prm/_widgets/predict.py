@@ -300,7 +300,8 @@ class PredictWidget(PredictForm, QWidget):
 
     def _say(self, message: str, kind: str = "info") -> None:
         self.last_message = message
-        self.status.setText(message)
+        if not self._deleted:  # napari closed: a worker's error still comes, with no status line to show it
+            self.status.setText(message)
         {"info": show_info, "warning": show_warning, "error": show_error}[kind](message)
 
     def proposals_for(self, source, plane: tuple) -> object:
@@ -489,7 +490,8 @@ class PredictWidget(PredictForm, QWidget):
         self.status.setText(f"{stage} {done}/{total}")
         if self.activity is not None:
             self.activity.update(stage, done, total)
-        self.progressed.emit(stage, done, total)
+        if not self._deleted:  # the bar processes Qt events as it redraws: napari may delete the widget meanwhile
+            self.progressed.emit(stage, done, total)
 
     def _on_error(self, error: Exception) -> None:
         self._say(f"Prediction failed: {type(error).__name__}: {error}", "error")
