@@ -253,6 +253,29 @@ def test_closing_the_widget_while_train_waits_for_the_check_says_training_did_no
     assert not widget.running and widget.last_message == "Stopped as the widget was closed: training did not start."
 
 
+def test_closing_napari_while_train_waits_for_the_check_says_training_did_not_start(
+        make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, monkeypatch):
+    """Closing (or quitting) napari asks its workers to quit: the output file's check ignored that (its
+    answer then dropped), and the Train waiting for it was dropped without a word once napari deleted the
+    widget, whose last message still said that training starts once the check is done. It now stops as
+    closing the widget does, saying so."""
+    from napari.qt.threading import WorkerBase
+
+    viewer, widget, gate = widget_checking_a_run(make_napari_viewer, tiny_dataset, tmp_path, monkeypatch)
+    window = viewer.window._qt_window  # held: its Qt widgets are deleted later, as when napari quits
+    assert widget.start() is None and widget._cancel_button.enabled
+    try:
+        viewer.close()
+    finally:
+        gate.set()
+    WorkerBase.await_workers(WAIT_MS)  # as napari does when it quits (raises if a worker still runs)
+    checked(widget, qtbot)
+    qtbot.wait(50)
+    assert not widget.running and widget.worker is None
+    assert widget.last_message == "Stopped as the widget was closed: training did not start."
+    del window
+
+
 def test_train_waiting_for_the_check_does_not_start_on_fields_changed_meanwhile(
         make_napari_viewer, qtbot, prm_config, tiny_dataset, tmp_path, monkeypatch):
     """Train pressed while the output file was checked started at the next answer, that of whatever

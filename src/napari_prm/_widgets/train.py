@@ -30,7 +30,6 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._text import plural, sentence, sentences
@@ -297,7 +296,8 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         if not self._deleted:
             self._continue.hide()
         generation = self._check_generation
-        worker = create_worker(self._run_check.__call__, *request, _start_thread=False)
+        # napari closing (or quitting) drops a Train waiting for it, as closing the widget does
+        worker = self._job_worker(self._run_check.__call__, *request, _start_thread=False)
         worker.returned.connect(lambda found: self._on_checked(found, generation))
         worker.finished.connect(lambda: self._on_check_finished(generation))
         self._checking = request
