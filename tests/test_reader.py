@@ -139,6 +139,51 @@ def test_stack_label_tiff_with_its_csv_gives_one_feature_row_per_label(tmp_path)
         napari_get_reader(path)(path)
 
 
+def _count_file_reads(monkeypatch) -> tuple[list, list]:
+    """The TIFFs tifffile opens, and the files `napari_prm.io.images` opens itself (a TIFF's first bytes,
+    `_is_tiff`), each opened as before."""
+    from napari_prm.io import images
+
+    tiffs, heads = [], []
+    construct = tifffile.TiffFile.__init__
+
+    def counted(self, *args, **kwargs):
+        tiffs.append(str(args[0] if args else kwargs.get("file")))
+        construct(self, *args, **kwargs)
+
+    def counted_open(file, *args, **kwargs):
+        heads.append(str(file))
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", counted)
+    monkeypatch.setattr(images, "open", counted_open, raising=False)  # its name for the builtin
+    return tiffs, heads
+
+
+def test_a_label_stack_tiff_is_read_from_one_opening_of_the_file(tmp_path, monkeypatch):
+    """Reading an exported label stack opened the TIFF four times (its labels, its scale and units, its axes,
+    its class names) and read its first bytes again for each: once each now, with the same layer."""
+    stack = np.zeros((3, 30, 40), np.uint16)
+    stack[0, 2:12, 3:13] = 1
+    stack[1, 15:25, 20:38] = 7
+    table = {"label": np.array([1, 7]), "class_index": np.array([1, 0]),
+             "class_name": np.array(["dog", "cat"], object), "score": np.array([0.9, 0.4]),
+             "peak": np.array([0, 1])}
+    world = {"scale": (2.0, 0.5, 0.5), "translate": (0.0, 10.0, 20.0), "units": ("um", "um", "um")}
+    io.export_instances(stack, table, ["cat", "dog", "bird"], tmp_path, formats=["tiff", "csv"], stem="x",
+                        world=world, axes="ZYX")
+    path = str(tmp_path / "x_labels.tif")
+    reader = napari_get_reader(path)
+    tiffs, heads = _count_file_reads(monkeypatch)
+    ((data, meta, kind),) = reader(path)
+    assert tiffs == [path] and heads == [path]
+    assert kind == "labels" and np.array_equal(data, stack)
+    assert meta["scale"] == (2.0, 0.5, 0.5) and meta["translate"] == (0.0, 10.0, 20.0)
+    assert meta["units"] == ("um", "um", "um") and meta["axis_labels"] == ("z", "y", "x")
+    assert meta["metadata"]["class_names"] == ["cat", "dog", "bird"]
+    assert pd.DataFrame(meta["features"])["class_name"].tolist() == ["dog", "cat"]
+
+
 #: (3, H, W) and (H, W, 3) TIFFs as tifffile writes them: without photometric, with photometric
 #: 'rgb' or 'minisblack', with ImageJ or OME axes.
 _LAYOUTS = {
@@ -258,6 +303,28 @@ def test_a_channels_first_tiff_is_opened_once_to_choose_the_reader_and_once_to_r
     assert kind == "image" and meta["rgb"] and meta["metadata"]["read_as"] == note
     np.testing.assert_array_equal(data, expected)
     assert [str(w.message) for w in caught] == [f"napari-prm {note}."]
+
+
+def test_a_channels_first_tiff_is_known_for_a_tiff_from_one_reading_of_its_first_bytes(tmp_path, monkeypatch):
+    """Whether a file named .tif is a TIFF (not a PNG so named) is told by its first bytes: `read_image` read
+    them again for each of its rules (channels first, the first axis' name, ...), the napari reader for each
+    too, though tifffile had opened the file. `read_image` reads them once now, the napari reader not at all;
+    what they give is unchanged."""
+    import warnings
+
+    planes = (np.random.default_rng(4).random((3, 20, 30)) * 4000).astype(np.uint16)
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, planes, photometric="minisblack")
+    tiffs, heads = _count_file_reads(monkeypatch)
+    image = io.read_image(path)
+    assert heads == [str(path)] and tiffs == [str(path)] * 2  # its data, then its header for the rules
+    np.testing.assert_array_equal(image, np.moveaxis(planes, 0, -1))
+    heads.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the note on how it was read (test above)
+        ((data, meta, kind),) = napari_get_reader(str(path))(str(path))
+    assert heads == [] and kind == "image" and meta["rgb"]
+    np.testing.assert_array_equal(data, image)
 
 
 def _four_planes(kind: str) -> np.ndarray:

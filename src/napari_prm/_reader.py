@@ -26,7 +26,14 @@ import tifffile
 from . import io
 from ._writer import sidecar_csv
 from .io.images import _channels_first_image, _channels_first_note_of
-from .io.labels import _exported_by_napari_prm, _read_metadata, _recorded_axis_labels, _tiff_metadata
+from .io.labels import (
+    _class_names_of,
+    _exported_by_napari_prm,
+    _read_label_file,
+    _read_metadata,
+    _recorded_world,
+    _tiff_metadata,
+)
 
 
 def _looks_like_coco(path: Path) -> bool:
@@ -164,18 +171,18 @@ def read_labels_with_table(path) -> list[tuple]:
     as it gets the scale: napari's ``-3, -2, -1`` otherwise."""
     path = Path(path[0] if isinstance(path, (list, tuple)) else path)
     io.settle_outputs(path)
-    labels = io.read_label_image(path)
+    # the labels and what the file records, a TIFF opened once (`io.read_label_image`, `io.read_label_world`,
+    # `io.read_label_class_names`): the scale, translate, units and classes of the layer it was exported
+    # from (napari-prm's exports record them), so that exporting again or learning from it keeps the classes
+    labels, recorded, ndim, axis_labels = _read_label_file(path)
     csv = sidecar_csv(path)
     features = ({"features": _features(_per_label(io.read_instances_csv(csv), labels.ndim, csv))}
                 if csv.is_file() else {})
-    # the scale, translate, units and classes of the layer it was exported from (napari-prm's
-    # exports record them), so that exporting again or learning from it keeps the classes
-    world = io.read_label_world(path)
-    axis_labels = _recorded_axis_labels(path)  # a stack's z, y, x (ImageJ/OME axes), as exported
-    if axis_labels is not None and len(axis_labels) == labels.ndim:
+    world = _recorded_world(recorded, ndim)
+    if axis_labels is not None and len(axis_labels) == labels.ndim:  # a stack's z, y, x (ImageJ/OME axes)
         world["axis_labels"] = axis_labels
     metadata = {"source": str(path)}
-    class_names = io.read_label_class_names(path)
+    class_names = _class_names_of(recorded)
     if class_names is not None:
         metadata["class_names"] = class_names
     return [(labels, {"name": path.stem, **features, "metadata": metadata, **world}, "labels")]

@@ -63,17 +63,25 @@ def read_array(path: str | os.PathLike, *, what: str = "image", indices: bool = 
     ValueError
         ``"cannot read <what> <path>: <reason>"`` when the file cannot be read.
     """
+    return _read_array(path, what=what, indices=indices)[0]
+
+
+def _read_array(path: str | os.PathLike, *, what: str = "image", indices: bool = False,
+                tiff: Callable[[tifffile.TiffFile], Any] | None = None) -> tuple[np.ndarray, Any]:
+    """`read_array`'s array, and for a file read as a TIFF ``tiff(tif)`` of the file open for it (True
+    without ``tiff``); None for other formats. For a caller that wants to know whether the file is a
+    TIFF, or what it records, as well: the file is opened, and its first bytes read, once."""
     path = path_like(what, path)
     _check_file(path, what)
     try:
         if _is_tiff(path):  # by its content too: a PNG or JPEG named .tif is read by imageio (`format_note`)
             with tifffile.TiffFile(path) as tif:
-                return _tiff_data(tif)
+                return _tiff_data(tif), (True if tiff is None else tiff(tif))
         import imageio.v3 as iio
 
         if indices and iio.immeta(path).get("mode") in ("P", "PA"):
-            return np.asarray(iio.imread(path, mode="P"))  # imageio otherwise gives the colours
-        return np.asarray(iio.imread(path))
+            return np.asarray(iio.imread(path, mode="P")), None  # imageio otherwise gives the colours
+        return np.asarray(iio.imread(path)), None
     except Exception as error:  # the readers raise many types for a broken file
         raise _unreadable(what, path, error) from error
 
@@ -229,8 +237,11 @@ def read_image(path: str | os.PathLike, *, channels: Sequence[int] | None = None
     path = path_like("image", path)
     if channels is not None:
         channels = checked_channels(channels)
-        return _picked_channels(path, read_array(path, what="image"), lambda: _tiff_header(path), channels)
-    return _one_image(path, read_array(path, what="image"), lambda: _tiff_header(path))
+    image, tiff = _read_array(path, what="image")
+    header = (lambda: _tiff_header(path)) if tiff else None  # the header read only when a rule needs it
+    if channels is not None:
+        return _picked_channels(path, image, header, channels)
+    return _one_image(path, image, header)
 
 
 #: The most channels `read_image` picks: the network's red, green and blue.
@@ -419,9 +430,10 @@ def pick_channels(image: np.ndarray, channels: Sequence[int], *, name: str = "im
     return np.ascontiguousarray(picked)
 
 
-def _picked_channels(path, image: np.ndarray, header: Callable[[], tuple], channels: list[int]) -> np.ndarray:
-    """`read_image`'s image of ``channels`` from the array ``image`` read from ``path``."""
-    axes = header()[0] if _is_tiff(path) else None
+def _picked_channels(path, image: np.ndarray, header: Callable[[], tuple] | None, channels: list[int]) -> np.ndarray:
+    """`read_image`'s image of ``channels`` from the array ``image`` read from ``path`` (``header``: as
+    `_one_image`'s)."""
+    axes = header()[0] if header is not None else None
     if axes is not None and len(axes) != image.ndim:
         axes = None
     while image.ndim > 3 and image.shape[0] == 1:  # one frame, one plane
@@ -435,7 +447,7 @@ def _picked_channels(path, image: np.ndarray, header: Callable[[], tuple], chann
         named = [i for i, a in enumerate(axes or "") if a in "CS"]
         if named:  # ImageJ/OME channels, or a page's samples
             axis = named[0]
-        elif _is_tiff(path):  # unnamed pages: (C, Y, X) or (Y, X, C), the channels the shorter axis
+        elif header is not None:  # unnamed pages: (C, Y, X) or (Y, X, C), the channels the shorter axis
             axis = 0 if image.shape[0] <= image.shape[-1] else -1
             if image.shape[axis] >= min(np.delete(image.shape, axis)):
                 # no axis shorter than the image's sides: (50, 48, 48), 50 unnamed pages of 48×48, had
@@ -456,12 +468,13 @@ def _picked_channels(path, image: np.ndarray, header: Callable[[], tuple], chann
     return picked
 
 
-def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarray:
+def _one_image(path, image: np.ndarray, header: Callable[[], tuple] | None) -> np.ndarray:
     """`read_image`'s image from the array ``image`` read from ``path``; ``header()`` gives the
-    TIFF's `_tiff_header`, asked for only when a rule needs it."""
+    TIFF's `_tiff_header`, asked for only when a rule needs it (None: the file was not read as a
+    TIFF, `_is_tiff`)."""
     image = image.reshape(_singletons_dropped(image.shape))
-    if _channels_first(path, image.shape):
-        axis = _tiff_leading_axis(path, image.ndim, header)
+    if _channels_first(image.shape, tiff=header is not None):
+        axis = _tiff_leading_axis(image.ndim, header)
         if refused := _channels_first_refused(image.shape, axis):
             what, advice = refused
             raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA image, "
@@ -469,7 +482,7 @@ def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarr
         image = np.moveaxis(image, 0, -1)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    if image.ndim == 3 and image.shape[-1] == 2 and (not _is_tiff(path) or _marks_alpha(header()[2])):
+    if image.ndim == 3 and image.shape[-1] == 2 and (header is None or _marks_alpha(header()[2])):
         # Pillow's only two-band mode is gray + alpha (a PNG's "LA"): RGBA with the gray repeated;
         # a TIFF's second sample only when the file marks it as alpha
         image = np.concatenate([image[..., :1]] * 3 + [image[..., 1:]], axis=-1)
@@ -479,7 +492,7 @@ def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarr
             image = _cmyk_to_rgb(image)
         elif kind == "RGBX":  # the 4th sample is padding or unspecified data, not opacity
             image = image[..., :3]
-        elif kind == "RGBA" and _is_tiff(path) and (most := float(_opacity(image[..., 3].max(), np.float64))) < 0.5:
+        elif kind == "RGBA" and header is not None and (most := float(_opacity(image[..., 3].max(), np.float64))) < 0.5:
             # tifffile.imwrite marks a 4th sample as alpha by default: 4 fluorescence channels
             # (12-bit counts in uint16) read as RGBA left the network a black image
             raise ValueError(
@@ -495,7 +508,7 @@ def _one_image(path, image: np.ndarray, header: Callable[[], tuple]) -> np.ndarr
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
         raise ValueError(f"cannot read image {path}: expected one 2-D gray, RGB or RGBA "
                          f"image, got an array of shape {image.shape}"
-                         f"{_stack_hint(image.shape, _tiff_leading_axis(path, image.ndim, header))}")
+                         f"{_stack_hint(image.shape, _tiff_leading_axis(image.ndim, header))}")
     if image.size == 0:
         raise ValueError(f"cannot read image {path}: it has no pixels "
                          f"({image.shape[0]}×{image.shape[1]})")
@@ -513,11 +526,11 @@ def _singletons_dropped(shape: tuple) -> tuple:
     return shape
 
 
-def _channels_first(path, shape: tuple) -> bool:
-    """Whether `read_image` takes an array of ``shape`` read from ``path`` for channels first,
-    ``(3 or 4, H, W)``, unless the TIFF's axes refuse it (`_channels_first_refused`): only a TIFF
-    stores that (a gray + alpha PNG of 3 rows is ``(3, W, 2)``)."""
-    return len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (1, 3, 4) and _is_tiff(path)
+def _channels_first(shape: tuple, *, tiff: bool) -> bool:
+    """Whether `read_image` takes an array of ``shape`` read from a file (``tiff``: read as a TIFF,
+    `_is_tiff`) for channels first, ``(3 or 4, H, W)``, unless the TIFF's axes refuse it
+    (`_channels_first_refused`): only a TIFF stores that (a gray + alpha PNG of 3 rows is ``(3, W, 2)``)."""
+    return len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (1, 3, 4) and tiff
 
 
 def _channels_first_refused(shape: tuple, axis: str | None) -> tuple[str, str] | None:
@@ -578,7 +591,7 @@ def _channels_first_note_of(path, tif: tifffile.TiffFile) -> str | None:
     except Exception:  # noqa: BLE001 -- read_image reports what is wrong with the file
         return None
     shape = _singletons_dropped(full)
-    if not _channels_first(path, shape):
+    if not _channels_first(shape, tiff=_tiff_named(path)):  # its content a TIFF: tifffile opened it
         return None
     axis = axes[0] if len(axes) == len(shape) else None
     if _channels_first_refused(shape, axis) is not None:
@@ -789,7 +802,9 @@ def _channels_first_image(path: str | os.PathLike) -> tuple[np.ndarray, str | No
             data = _tiff_data(tif)  # what read_array reads
         except Exception as error:  # the readers raise many types for a broken file
             raise _unreadable("image", path, error) from error
-        return _one_image(path, data, lambda: _header_of(tif)), note
+        # read as a TIFF (`_is_tiff`) when so named: tifffile opened it, so its content is one
+        header = (lambda: _header_of(tif)) if _tiff_named(path) else None
+        return _one_image(path, data, header), note
 
 
 def _read_image_file(path: str | os.PathLike, channels: Sequence[int] | None = None
@@ -916,8 +931,14 @@ def _suspect(path) -> bool:
 
 def _is_tiff(path) -> bool:
     """Whether ``path`` is read as a TIFF: named ``.tif``/``.tiff``, and not another image format by its
-    content (`_disguised_format`: a PNG saved with a ``.tif`` name is read as a PNG)."""
-    return path.suffix.lower() in (".tif", ".tiff") and _disguised_format(path) is None
+    content (`_disguised_format`: a PNG saved with a ``.tif`` name is read as a PNG). It reads the file's
+    first bytes: a reader asks once per file (`_read_array`), and passes the answer on."""
+    return _tiff_named(path) and _disguised_format(path) is None
+
+
+def _tiff_named(path) -> bool:
+    """Whether ``path`` is named as a TIFF (``.tif``/``.tiff``): `_is_tiff` of a file tifffile opened."""
+    return Path(path).suffix.lower() in (".tif", ".tiff")
 
 
 #: A TIFF's first bytes: classic and BigTIFF, little- and big-endian.
@@ -987,11 +1008,12 @@ def _header_of(tif: tifffile.TiffFile) -> tuple[str, Any, tuple]:
     return tif.series[0].axes, page.photometric, tuple(page.extrasamples or ())
 
 
-def _four_channels(path, header: Callable[[], tuple]) -> str:
+def _four_channels(path, header: Callable[[], tuple] | None) -> str:
     """What a file's 4 channels are, by its own description: "RGBA", "CMYK" (print ink),
     "RGBX" (RGB and an extra sample that is not marked as alpha: Pillow's padding) or, for a
-    TIFF, its photometric name (e.g. "MINISBLACK": 4 gray channels; ``header()``: its `_tiff_header`)."""
-    if _is_tiff(path):
+    TIFF, its photometric name (e.g. "MINISBLACK": 4 gray channels; ``header()``: its `_tiff_header`;
+    None: the file is not read as a TIFF)."""
+    if header is not None:
         _, photometric, extra = header()
         if photometric == tifffile.PHOTOMETRIC.SEPARATED:
             return "CMYK"
@@ -1026,11 +1048,11 @@ def _cmyk_to_rgb(image: np.ndarray) -> np.ndarray:
 _NOT_COLOUR_AXES = {"Z": "z-planes", "T": "time points"}
 
 
-def _tiff_leading_axis(path, ndim: int, header: Callable[[], tuple]) -> str | None:
+def _tiff_leading_axis(ndim: int, header: Callable[[], tuple] | None) -> str | None:
     """tifffile's code of the first axis of a TIFF's image (``S``: samples of one page,
     ``C``: channels, ``Z``, ``T``, ``Q``: unknown pages, ...; ``header()``: its `_tiff_header`);
-    None for other formats."""
-    if not _is_tiff(path):
+    None for other formats (``header`` None)."""
+    if header is None:
         return None
     axes = header()[0]
     return axes[0] if len(axes) == ndim else None

@@ -11,7 +11,7 @@ import numpy as np
 import tifffile
 
 from .atomic import atomic_write
-from .images import read_array
+from .images import _read_array
 
 __all__ = ["write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
            "read_label_class_names"]
@@ -434,6 +434,11 @@ def _recorded_axis_labels(path: str | os.PathLike) -> tuple[str, ...] | None:
             axes = _series_axes(tif)
     except Exception:  # noqa: BLE001 -- unreadable here: the label reader reports it
         return None
+    return _axis_labels_of(axes)
+
+
+def _axis_labels_of(axes: str) -> tuple[str, ...] | None:
+    """`_recorded_axis_labels` of a TIFF whose first series has tifffile's ``axes``."""
     if len(axes) < 3 or not axes.endswith("YX") or any(code not in _AXIS_CODE_NAMES for code in axes) \
             or len(set(axes)) != len(axes):
         return None
@@ -585,10 +590,23 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
     ValueError
         Naming the file, when it cannot be read or does not hold integer labels.
     """
+    return _read_label_file(path)[0]
+
+
+def _read_label_file(path: str | os.PathLike) -> tuple[np.ndarray, dict, int, tuple[str, ...] | None]:
+    """`read_label_image`'s labels and what the file records: `_read_metadata`'s metadata and number
+    of axes (for `_recorded_world`, `_class_names_of`) and `_recorded_axis_labels`, a TIFF opened
+    once for all of them (napari-prm's napari reader)."""
     path = Path(path)
-    labels = read_array(path, what="label image", indices=True)
+    labels, recorded = _read_array(path, what="label image", indices=True,
+                                   tiff=lambda tif: (*_tiff_metadata(tif), _series_axes(tif)))
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer) or labels.ndim < 2:
         raise ValueError(f"{path} is not a label image: expected integers with at least "
                          f"2 dimensions, got dtype {labels.dtype} shape {labels.shape}")
-    return labels
+    if recorded is not None:  # read as a TIFF
+        metadata, ndim, axes = recorded
+        return labels, metadata, ndim, _axis_labels_of(axes)
+    if path.suffix.lower() in (".tif", ".tiff"):  # a PNG or JPEG so named: no TIFF metadata, as tifffile cannot open it
+        return labels, {}, 0, None
+    return labels, *_read_metadata(path), None
