@@ -11,7 +11,7 @@ import numpy as np
 import tifffile
 
 from .atomic import atomic_write
-from .images import _read_array
+from .images import _read_array, read_array
 
 __all__ = ["write_label_image", "read_label_image", "tiff_pixel_size", "read_label_world",
            "read_label_class_names"]
@@ -590,7 +590,17 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
     ValueError
         Naming the file, when it cannot be read or does not hold integer labels.
     """
-    return _read_label_file(path)[0]
+    path = Path(path)
+    return _checked_labels(path, read_array(path, what="label image", indices=True))
+
+
+def _checked_labels(path: Path, labels) -> np.ndarray:
+    """The array read from the label image ``path``; ValueError when it holds no integer labels."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer) or labels.ndim < 2:
+        raise ValueError(f"{path} is not a label image: expected integers with at least "
+                         f"2 dimensions, got dtype {labels.dtype} shape {labels.shape}")
+    return labels
 
 
 def _read_label_file(path: str | os.PathLike) -> tuple[np.ndarray, dict, int, tuple[str, ...] | None]:
@@ -600,10 +610,7 @@ def _read_label_file(path: str | os.PathLike) -> tuple[np.ndarray, dict, int, tu
     path = Path(path)
     labels, recorded = _read_array(path, what="label image", indices=True,
                                    tiff=lambda tif: (*_tiff_metadata(tif), _series_axes(tif)))
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer) or labels.ndim < 2:
-        raise ValueError(f"{path} is not a label image: expected integers with at least "
-                         f"2 dimensions, got dtype {labels.dtype} shape {labels.shape}")
+    labels = _checked_labels(path, labels)
     if recorded is not None:  # read as a TIFF
         metadata, ndim, axes = recorded
         return labels, metadata, ndim, _axis_labels_of(axes)
