@@ -505,3 +505,20 @@ def test_an_imagej_rgb_stacks_label_stack_is_an_imagej_stack_with_its_spacing_or
         assert io.tiff_pixel_size(out / f"{stem}_labels.tif") == {
             "resolution": pytest.approx((2.0, 4.0)), "unit": tifffile.RESUNIT.NONE, "imagej_unit": "um",
             "plane_axis": axes[0], interval[0]: pytest.approx(interval[1])}
+
+
+def test_a_stack_predicted_in_python_writes_the_pixel_size_predict_writes(stacks, checkpoint, tmp_path):
+    """`read_stack` gives the stack's pixel size and plane spacing (``ImageStack.pixel_size``), so the
+    Python route (predict each plane, `write_stack_prediction`) writes the label stack ``napari-prm
+    predict`` writes: 0.5 µm pixels, 2.5 µm between planes (the stack carried none: the labels were in
+    pixels unless the user read the file's pixel size by hand)."""
+    stack = io.read_stack(stacks / "zstack.tif")
+    assert stack.pixel_size == io.tiff_pixel_size(stacks / "zstack.tif")
+    assert stack.pixel_size["spacing"] == 2.5 and stack.pixel_size["resolution"] == pytest.approx((2.0, 2.0))
+    assert io.read_stack(stacks / "movie.ome.tif").pixel_size is None  # it records none
+    model = load_model(checkpoint, device="cpu")
+    predictions = [predict(plane, model, **SETTINGS) for plane in stack.planes]
+    io.write_stack_prediction(predictions, tmp_path, "zstack", pixel_size=stack.pixel_size, axes=stack.label_axes)
+    assert io.tiff_pixel_size(tmp_path / "zstack_labels.tif") == {
+        "resolution": pytest.approx((2.0, 2.0)), "unit": tifffile.RESUNIT.NONE, "imagej_unit": "um",
+        "plane_axis": "Z", "spacing": 2.5}

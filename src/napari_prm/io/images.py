@@ -630,11 +630,16 @@ class ImageStack:
         tifffile's axes of the file's series (``"ZYX"``, ``"TZYX"``, ``"TYXS"``, ...).
     shape : tuple of int
         The series' shape: its leading (plane) axes' lengths multiply to N.
+    pixel_size : dict or None
+        The pixel size the file records (`napari_prm.io.tiff_pixel_size`, with its plane
+        spacing), for `napari_prm.io.write_stack_prediction` as ``napari-prm predict`` writes a
+        stack's labels; None when it records none.
     """
 
     planes: np.ndarray
     axes: str
     shape: tuple[int, ...]
+    pixel_size: dict | None = None
 
     def __len__(self) -> int:
         return len(self.planes)
@@ -758,11 +763,15 @@ def read_stack(path: str | os.PathLike) -> ImageStack | None:
     found = stack_planes(path)
     if found is None:
         return None
+    from .labels import _pixel_size_of
+
     path = path_like("image", path)
-    return _planes_of(path, *found, read_array(path, what="image"))
+    data, pixel_size = _read_array(path, what="image", tiff=_pixel_size_of)  # one opening of the file
+    return _planes_of(path, *found, data, pixel_size)
 
 
-def _planes_of(path, axes: str, shape: tuple[int, ...], data: np.ndarray) -> ImageStack:
+def _planes_of(path, axes: str, shape: tuple[int, ...], data: np.ndarray,
+               pixel_size: dict | None = None) -> ImageStack:
     """`read_stack`'s stack from the data ``data`` of the TIFF stack ``path`` (`stack_planes`: ``axes``, ``shape``)."""
     if data.shape != shape:
         raise ValueError(f"cannot read image {path}: its axes {axes} say shape {shape}, its data has shape "
@@ -772,7 +781,7 @@ def _planes_of(path, axes: str, shape: tuple[int, ...], data: np.ndarray) -> Ima
     if min(planes.shape[1:3]) < 2:
         raise ValueError(f"cannot read image {path}: its planes are {planes.shape[1]}×{planes.shape[2]} pixels "
                          f"(shape {shape}); a plane must be at least 2×2 pixels")
-    return ImageStack(planes, axes, shape)
+    return ImageStack(planes, axes, shape, pixel_size)
 
 
 def _open_tiff(path: Path) -> tifffile.TiffFile:
@@ -841,11 +850,14 @@ def _read_image_file(path: str | os.PathLike, channels: Sequence[int] | None = N
             data = _tiff_data(tif)  # what read_array reads
         except Exception as error:  # the readers raise many types for a broken file
             raise _unreadable("image", path, error) from error
+        pixel_size = _pixel_size_of(tif)
         if channels is not None:
             image = _picked_channels(path, data, lambda: _header_of(tif), channels)
+        elif found:
+            image = _planes_of(path, *found, data, pixel_size)
         else:
-            image = _planes_of(path, *found, data) if found else _one_image(path, data, lambda: _header_of(tif))
-        return image, _pixel_size_of(tif)
+            image = _one_image(path, data, lambda: _header_of(tif))
+        return image, pixel_size
 
 
 def unreadable_images(paths, progress=None, *, channels: Sequence[int] | None = None
