@@ -12,7 +12,7 @@ import importlib
 import pytest
 
 MODULES = ["napari_prm._validate", "napari_prm.masks", "napari_prm.prm_maps", "napari_prm.predictor",
-           "napari_prm.io.paths", "napari_prm._classes", "napari_prm.data", "napari_prm.edit"]
+           "napari_prm.io.paths", "napari_prm.io.fileset", "napari_prm._classes", "napari_prm.data", "napari_prm.edit"]
 
 
 @pytest.mark.parametrize("name", MODULES)

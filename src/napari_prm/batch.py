@@ -892,7 +892,10 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     overwrite : bool
         Replace complete outputs. Without it, complete outputs (written by an earlier run
         or an earlier attempt) are left and reported as ``"skipped"``, with the reason
-        (``error``) when the image changed since they were written (`IMAGE_CHANGED`).
+        (``error``) when the image changed since they were written (`IMAGE_CHANGED`). An
+        output changed since it was written (corrected by hand) is first copied beside it
+        as ``<name>.edited-<n><suffix>`` (`napari_prm.io.write_prediction`'s ``kept``), and
+        a note (starting with `napari_prm.io.fileset.KEPT_EDIT`) names both.
     prms_format : {None, "npy", "tiff"}
     gather : bool
         Keep the `Prediction` in the result (a list of them, one per plane, for a stack).
@@ -949,10 +952,11 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
     if stack is not None:
         info |= {"axes": stack.axes, "stack_shape": list(stack.shape)}
     write = io.write_prediction if stack is None else io.write_stack_prediction
+    kept: list = []  # outputs corrected by hand since they were written: copied aside, then replaced
     write(predictions[0] if stack is None else predictions, folder, name, prms_format=prms_format,
           overwrite=overwrite, image_file_name=(PurePosixPath(stem).parent / image.name).as_posix(),
-          pixel_size=pixel_size, info=info, **({} if stack is None else {"axes": stack.label_axes}))
-    notes = [note if stack is None else f"plane {plane}: {note}"
+          pixel_size=pixel_size, info=info, kept=kept, **({} if stack is None else {"axes": stack.label_axes}))
+    notes = [str(edit) for edit in kept] + [note if stack is None else f"plane {plane}: {note}"
              for plane, prediction in enumerate(predictions) for note in prediction.notes]
     if stack is None and channels is None and (note := io.channels_first_note(image)):
         notes.insert(0, note)  # a (3, H, W) TIFF that does not say its pages are colours: how it was read
@@ -1397,7 +1401,8 @@ def predict_many(
     client : distributed.Client, optional
         Run on this cluster; None runs in this process, one image after the other.
     overwrite : bool
-        Recompute images whose outputs are complete (default: skip them).
+        Recompute images whose outputs are complete (default: skip them). Outputs corrected by
+        hand since they were written are kept beside the new ones (`predict_image`).
     prms_format : {None, "npy", "tiff"}
         Also write each image's PRMs.
     stems : sequence of str, optional

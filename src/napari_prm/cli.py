@@ -1960,9 +1960,12 @@ def _run_demo(args) -> int:
     except ValueError as error:
         raise CommandError(f"{args.image or file_name}: {error}") from error
     args.out.mkdir(parents=True, exist_ok=True)
+    kept: list = []  # outputs corrected by hand since they were written: copied aside, said here
     written = io.write_prediction(prediction, args.out, stem, overwrite=True,
                                   image_file_name=file_name,
-                                  pixel_size=io.tiff_pixel_size(args.image) if args.image else None)
+                                  pixel_size=io.tiff_pixel_size(args.image) if args.image else None, kept=kept)
+    for edit in kept:
+        _say(str(edit))
     if args.image is None:
         # The built-in image has no file: write it, so that the file the COCO JSON and the
         # manifest name exists beside them.

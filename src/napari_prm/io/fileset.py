@@ -41,6 +41,17 @@ The manifest is plain JSON: ``{"format": "napari-prm-file-set", "version": 1, "s
 settings). Entries of the previous manifest that the new set neither rewrites nor
 removes are carried over, so exporting only a corrected label image keeps the other
 files of the image listed.
+
+**Edited outputs are kept.** A file the new set replaces or removes whose content is no
+longer what the previous manifest records (its size or SHA-256 differs: corrected by hand,
+saved over from napari or another program) is copied, before the commit, to
+``<name>.edited-<n><suffix>`` beside it (``x_labels.tif`` -> ``x_labels.edited-1.tif``,
+`kept_name`), ``n`` one more than the highest of the set's kept copies, so that no earlier
+kept copy is replaced and the copies of one write share their number. Kept copies are no
+outputs: no manifest lists them, no later write replaces them, and the readers of outputs
+(``*_labels.tif``) do not take them; `listed_files` names them, so that they are not taken
+for images either. The writer reports each (`KeptEdit`). Files that match the manifest, or
+that it does not list, are replaced as before.
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,14 +78,18 @@ from .atomic import (
     replace_file,
 )
 
-__all__ = ["FileEntry", "FileSet", "Recovery", "MANIFEST_SUFFIX", "STAGING_FOLDER",
-           "manifest_path", "read_file_set", "write_file_set", "recover_file_sets", "listed_files"]
+__all__ = ["FileEntry", "FileSet", "Recovery", "KeptEdit", "MANIFEST_SUFFIX", "STAGING_FOLDER", "KEPT_EDIT",
+           "manifest_path", "read_file_set", "write_file_set", "recover_file_sets", "listed_files", "kept_name"]
 
 MANIFEST_SUFFIX = ".manifest.json"
 STAGING_FOLDER = ".napari-prm-staging"
 MANIFEST_FORMAT = "napari-prm-file-set"
 MANIFEST_VERSION = 1
 _OWNER_TAG = re.compile(r"^[A-Za-z0-9_]+-\d+-\d+$")
+#: A kept copy of an edited output (`kept_name`): ``<head>.edited-<n><suffix>``.
+_KEPT_NAME = re.compile(r"^(?P<head>.+)\.edited-(?P<number>[1-9][0-9]*)(?P<suffix>\.[^.]*)?$")
+#: How the message of a `KeptEdit` starts.
+KEPT_EDIT = "warning: "
 
 #: Tests set this to a function called with the name of each step of a write (``"staged
 #: <name>"``, ``"manifest written"``, ``"committed"``, ``"moved <name>"``, ``"removed
@@ -157,6 +173,94 @@ class Recovery:
     removed: list[Path] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class KeptEdit:
+    """An output that was changed after napari-prm wrote it, kept before a write replaced it.
+
+    Attributes
+    ----------
+    original : Path
+        The output (now the new one).
+    kept : Path
+        The copy of the changed file, beside it (`kept_name`).
+    manifest : Path
+        The manifest whose record of ``original`` it no longer matched.
+    """
+
+    original: Path
+    kept: Path
+    manifest: Path
+
+    def __str__(self) -> str:
+        return (f"{KEPT_EDIT}{self.original} was changed after napari-prm wrote it (it is not what "
+                f"{self.manifest.name} records): the changed file is kept as {self.kept}, and "
+                f"{self.original.name} now holds the new output")
+
+
+def kept_name(name: str, number: int) -> str:
+    """The name of kept copy ``number`` of the edited output ``name``: ``<head>.edited-<number><suffix>``.
+
+    Parameters
+    ----------
+    name : str
+        An output's file name (``x_labels.tif``).
+    number : int
+        1 or more.
+
+    Examples
+    --------
+    >>> kept_name("x_labels.tif", 1)
+    'x_labels.edited-1.tif'
+    >>> kept_name("x_prms.npy", 3)
+    'x_prms.edited-3.npy'
+    """
+    suffix = Path(name).suffix
+    return f"{name[: len(name) - len(suffix)]}.edited-{int(number)}{suffix}"
+
+
+def _kept_copies(folder: Path, originals: Collection[str]) -> dict[str, list[int]]:
+    """The kept copies in ``folder`` of the files ``originals``, as their numbers by original."""
+    found: dict[str, list[int]] = {}
+    if not originals:
+        return found
+    try:
+        names = [entry.name for entry in os.scandir(folder)]
+    except OSError:
+        return found
+    for name in names:
+        match = _KEPT_NAME.match(name)
+        if match is not None and (original := match["head"] + (match["suffix"] or "")) in originals:
+            found.setdefault(original, []).append(int(match["number"]))
+    return found
+
+
+def _changed(path: Path, entry: FileEntry) -> bool:
+    """Whether ``path`` exists and is not the file ``entry`` records (size first, then SHA-256)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return path.is_file() and (size != entry.size or _sha256(path) != entry.sha256)
+
+
+def _keep_edited(folder: Path, previous: FileSet, replaced: Collection[str]) -> list[KeptEdit]:
+    """Copy each file of ``previous`` named in ``replaced`` whose content is no longer what the
+    manifest records to its kept name (module docstring), with `atomic_write`; returns them."""
+    edited = [entry.name for entry in previous.files.values()
+              if entry.name in replaced and _changed(folder / entry.name, entry)]
+    if not edited:
+        return []
+    numbers = _kept_copies(folder, {*replaced, *(entry.name for entry in previous.files.values())})
+    number = 1 + max((n for found in numbers.values() for n in found), default=0)
+    kept = []
+    for name in edited:
+        target = folder / kept_name(name, number)
+        with atomic_write(target, overwrite=False) as temp:  # never over an earlier kept copy
+            shutil.copy2(folder / name, temp)  # with the edit's modification time
+        kept.append(KeptEdit(folder / name, target, manifest_path(folder, previous.stem)))
+    return kept
+
+
 def manifest_path(folder: str | os.PathLike, stem: str) -> Path:
     """``<folder>/<stem>.manifest.json``."""
     return Path(folder) / f"{stem}{MANIFEST_SUFFIX}"
@@ -200,7 +304,8 @@ def read_file_set(folder: str | os.PathLike, stem: str) -> FileSet | None:
 
 
 def listed_files(folder: str | os.PathLike) -> set[str]:
-    """Names of the files that the committed manifests in ``folder`` list (its outputs).
+    """Names of the files that the committed manifests in ``folder`` list (its outputs), and of
+    the kept copies of those edited by hand (`kept_name`, module docstring).
 
     Unreadable or foreign manifests are ignored.
 
@@ -215,6 +320,8 @@ def listed_files(folder: str | os.PathLike) -> set[str]:
         found = _read_quietly(folder, path.name[: -len(MANIFEST_SUFFIX)])
         if found is not None:
             names.update(entry.name for entry in found.files.values())
+    for original, numbers in _kept_copies(folder, names).items():
+        names.update(kept_name(original, number) for number in numbers)
     return names
 
 
@@ -275,7 +382,7 @@ def _make_staging(folder: Path, stem: str) -> Path:
 @contextmanager
 def write_file_set(folder: str | os.PathLike, stem: str, names: Mapping[str, str], *,
                    overwrite: bool = False, removes: Iterable[str] = (),
-                   info: Mapping | None = None) -> Iterator[dict[str, Path]]:
+                   info: Mapping | None = None, kept: list | None = None) -> Iterator[dict[str, Path]]:
     """Write files that replace the previous ones of ``stem`` together, in one step.
 
     Parameters
@@ -295,6 +402,11 @@ def write_file_set(folder: str | os.PathLike, stem: str, names: Mapping[str, str
     info : mapping, optional
         JSON-serialisable facts stored in the manifest (values that are not become
         their ``repr``).
+    kept : list, optional
+        Receives a `KeptEdit` per file the previous manifest lists that the new set replaces
+        or removes and whose content is no longer what that manifest records (edited by
+        hand): it was copied to `kept_name` beside it before the switch (module docstring).
+        Without a list each is reported with `warnings.warn` once the set is committed.
 
     Yields
     ------
@@ -329,6 +441,8 @@ def write_file_set(folder: str | os.PathLike, stem: str, names: Mapping[str, str
             _step(f"staged {name}")
         fsync_folder(staging)
         previous = _read_quietly(folder, stem)
+        # hand edits of the files replaced are copied aside first: no one's corrections are lost
+        edits = [] if previous is None else _keep_edited(folder, previous, {*names.values(), *removes})
         if previous is not None:  # files the new set neither rewrites nor removes stay listed
             for kind, entry in previous.files.items():
                 if (kind not in files and entry.name not in names.values() and entry.name not in removes
@@ -351,6 +465,11 @@ def write_file_set(folder: str | os.PathLike, stem: str, names: Mapping[str, str
             shutil.rmtree(staging, ignore_errors=True)
             _remove_empty(folder, staging.parent)
     _finish(read_file_set(folder, stem))
+    if kept is not None:
+        kept.extend(edits)
+    else:
+        for edit in edits:
+            warnings.warn(str(edit), stacklevel=3)
 
 
 def _finish(file_set: FileSet | None) -> bool:

@@ -108,7 +108,8 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
                      out: str | os.PathLike, *, formats: Sequence[str] | None = None,
                      stem: str | None = None, overwrite: bool = False,
                      image_file_name: str = "", world: dict | None = None,
-                     pixel_size: dict | None = None, axes: str | None = None, cancel=None) -> list[Path]:
+                     pixel_size: dict | None = None, axes: str | None = None, cancel=None,
+                     kept: list | None = None) -> list[Path]:
     """Export a (corrected) label image with its classes in one or more formats.
 
     Parameters
@@ -153,6 +154,13 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         Checked before each step (the COCO RLE, each file); when it says stop,
         `napari_prm.predict.Cancelled` is raised and nothing is written: files staged so far
         (and folders made for them) are removed, earlier files of ``stem`` are left as they were.
+    kept : list, optional
+        Receives a `napari_prm.io.fileset.KeptEdit` per output of ``stem`` that was changed
+        after napari-prm wrote it (its content is not what ``<stem>.manifest.json`` records: a
+        correction saved over it) and that this folder export replaces: the changed file is first
+        copied beside it as ``<name>.edited-<n><suffix>`` (``x_labels.edited-1.tif``,
+        `napari_prm.io.fileset.kept_name`), never over an earlier kept copy. Without a list
+        each is reported with `warnings.warn`.
 
     Returns
     -------
@@ -197,7 +205,7 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         info = {"written_by": "export_instances", "image": image_file_name}
         info |= _kept_image_record(folder, stem or "labels", image_file_name)
         with write_file_set(folder, stem or "labels", {kind: path.name for kind, path in targets.items()},
-                            overwrite=overwrite, info=info) as staged:
+                            overwrite=overwrite, info=info, kept=kept) as staged:
             for kind, temp in staged.items():  # raised in the block: the staged files go, the folder is unchanged
                 raise_if_cancelled(cancel, "export cancelled")
                 _write_instances_as(kind, temp, labels, table, class_names, coco, pixel_size, world=world,
@@ -276,7 +284,7 @@ def prediction_paths(out_dir: str | os.PathLike, stem: str, *,
 def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
                      prms_format: str | None = None, overwrite: bool = False,
                      image_file_name: str = "", info: dict | None = None,
-                     pixel_size: dict | None = None) -> list[Path]:
+                     pixel_size: dict | None = None, kept: list | None = None) -> list[Path]:
     """Write what ``napari-prm predict`` saves for one image, all or nothing.
 
     Parameters
@@ -300,6 +308,13 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
         The image's pixel size (`napari_prm.io.tiff_pixel_size` of its file), written into
         ``<stem>_labels.tif`` and a TIFF of PRMs (`write_prms`). Default: the prediction's own
         (``prediction.pixel_size``: that of the TIFF file `napari_prm.predict` was given).
+    kept : list, optional
+        Receives a `napari_prm.io.fileset.KeptEdit` per output of ``stem`` that was changed
+        after napari-prm wrote it (its content is not what ``<stem>.manifest.json`` records: a
+        correction saved over it) and that this write replaces: the changed file is first
+        copied beside it as ``<name>.edited-<n><suffix>`` (``x_labels.edited-1.tif``,
+        `napari_prm.io.fileset.kept_name`), never over an earlier kept copy. Without a list
+        each is reported with `warnings.warn`.
 
     Returns
     -------
@@ -331,7 +346,7 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
         else:
             _write_instances_as(kind, temp, labels, table, prediction.class_names, coco, pixel_size)
 
-    return _write_targets(out_dir, stem, targets, write, overwrite=overwrite, facts=facts)
+    return _write_targets(out_dir, stem, targets, write, overwrite=overwrite, facts=facts, kept=kept)
 
 
 def _prediction_targets(out_dir, stem: str, prms_format: str | None, *, prms: int,
@@ -347,15 +362,17 @@ def _prediction_targets(out_dir, stem: str, prms_format: str | None, *, prms: in
 
 
 def _write_targets(out_dir, stem: str, targets: dict[str, Path], write, *, overwrite: bool,
-                   facts: dict) -> list[Path]:
+                   facts: dict, kept: list | None = None) -> list[Path]:
     """Write ``targets`` as ``stem``'s file set, ``write(kind, temp)`` writing each: the other
     outputs of `prediction_paths` (a PRM file of another format) are removed in the same switch,
-    and the manifest records ``facts``. Returns the files written."""
+    and the manifest records ``facts``; edited outputs are kept aside first (``kept``, as for
+    `write_prediction`). Returns the files written."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     names = {kind: path.name for kind, path in targets.items()}
     replaced = {path.name for fmt in ("npy", "tiff")
                 for path in prediction_paths(out_dir, stem, prms_format=fmt).values()} - set(names.values())
-    with write_file_set(out_dir, stem, names, overwrite=overwrite, removes=replaced, info=facts) as staged:
+    with write_file_set(out_dir, stem, names, overwrite=overwrite, removes=replaced, info=facts,
+                        kept=kept) as staged:
         for kind, temp in staged.items():
             write(kind, temp)
     return list(targets.values())
@@ -409,7 +426,8 @@ def stack_labels(predictions) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 def write_stack_prediction(predictions, out_dir: str | os.PathLike, stem: str, *,
                            prms_format: str | None = None, overwrite: bool = False,
                            image_file_name: str = "", info: dict | None = None,
-                           pixel_size: dict | None = None, axes: str | None = None) -> list[Path]:
+                           pixel_size: dict | None = None, axes: str | None = None,
+                           kept: list | None = None) -> list[Path]:
     """Write what ``napari-prm predict`` saves for a stack predicted plane by plane, all or nothing.
 
     As `write_prediction`, with the planes' results put together as the plugin's Export
@@ -424,7 +442,7 @@ def write_stack_prediction(predictions, out_dir: str | os.PathLike, stem: str, *
     ----------
     predictions : sequence of Prediction
         One per plane, in plane order (at least one), all of one image size.
-    out_dir, stem, prms_format, overwrite, image_file_name, info, pixel_size
+    out_dir, stem, prms_format, overwrite, image_file_name, info, pixel_size, kept
         As for `write_prediction`.
     axes : str, optional
         The label stack's axes (``"ZYX"``, ``"TYX"``: the image stack's
@@ -460,7 +478,7 @@ def write_stack_prediction(predictions, out_dir: str | os.PathLike, stem: str, *
         else:
             _write_instances_as(kind, temp, labels, table, class_names, None, pixel_size, axes=axes)
 
-    return _write_targets(out_dir, stem, targets, write, overwrite=overwrite, facts=facts)
+    return _write_targets(out_dir, stem, targets, write, overwrite=overwrite, facts=facts, kept=kept)
 
 
 def complete_prediction(out_dir: str | os.PathLike, stem: str, *,
