@@ -287,6 +287,44 @@ def test_arrays_and_image_files(tmp_path):
         load_proposals(tmp_path / "empty.npy")
 
 
+def test_a_colour_image_given_as_proposals_is_named_as_one(tmp_path, tiny_checkpoint, capsys):
+    """An RGB rendering of labels (303x384x3, as a label editor's 'save as shown' writes) is not
+    303 masks of 384x3 pixels: the error names the file and says what it holds."""
+    import tifffile
+    from skimage import data, io
+    from skimage.color import label2rgb
+
+    from napari_prm.cli import main
+
+    labels = np.zeros((303, 384), np.uint16)
+    labels[20:80, 30:120], labels[150:260, 200:330] = 1, 2
+    rgb = (label2rgb(labels, bg_label=0) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "x.tif", rgb)
+    io.imsave(tmp_path / "x.png", np.dstack([rgb, np.full((303, 384), 255, np.uint8)]), check_contrast=False)
+    for name, kind, channels in (("x.tif", "an RGB", 3), ("x.png", "an RGBA", 4)):
+        for shape in (None, (303, 384)):
+            with pytest.raises(ValueError) as error:
+                load_proposals(tmp_path / name, shape)
+            message = str(error.value)
+            assert message.startswith(f"{tmp_path / name}: holds a colour image ({kind} image of 303x384 pixels, "
+                                      f"{channels} channels), not a label image"), message
+    # a stack of three masks is still one
+    np.save(tmp_path / "stack.npy", np.stack([labels == 1, labels == 2, labels > 0]).astype(np.uint8))
+    assert load_proposals(tmp_path / "stack.npy", (303, 384)).shape == (3, 303, 384)
+
+    # predict --proposals FOLDER: the image's failure says the same
+    images, props = tmp_path / "images", tmp_path / "props"
+    images.mkdir(), props.mkdir()
+    tifffile.imwrite(images / "x.tif", data.coins())
+    tifffile.imwrite(props / "x.tif", rgb)
+    capsys.readouterr()
+    main(["predict", str(images / "x.tif"), "--out", str(tmp_path / "o"), "--model", str(tiny_checkpoint),
+          "--device", "cpu", "--proposals", str(props)])
+    printed = capsys.readouterr().err
+    assert f"{props / 'x.tif'}: holds a colour image (an RGB image of 303x384 pixels, 3 channels)" in printed
+    assert "384x3" not in printed
+
+
 def test_labels_and_masks():
     labels = np.array([[0, 3, 3], [7, 7, 0]])
     proposals = proposals_from_labels(labels)

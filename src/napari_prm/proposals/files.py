@@ -202,6 +202,13 @@ def load_proposals(
 def _as_stack(array: np.ndarray, what: str) -> np.ndarray:
     array = np.asarray(array)
     check.finite_array(what, array)  # a numeric array; NaN would count as inside a mask
+    if array.ndim == 3 and array.shape[-1] in (3, 4) and min(array.shape[:2]) > array.shape[-1]:
+        # (H, W, 3) read as H masks of W x 3 pixels would only fail later, on a size that makes no sense
+        kind = "an RGB" if array.shape[-1] == 3 else "an RGBA"
+        raise ValueError(f"{what}: holds a colour image ({kind} image of {array.shape[0]}x{array.shape[1]} "
+                         f"pixels, {array.shape[-1]} channels), not a label image: proposals are an (H, W) "
+                         "label image (one integer per instance, 0 for the background) or an (N, H, W) mask "
+                         "stack; save the labels themselves, not a coloured rendering of them")
     if array.ndim == 3:
         return proposals_from_masks(array)
     if array.ndim == 2:
