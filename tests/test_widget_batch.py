@@ -627,6 +627,30 @@ def test_a_new_folder_run_keeps_the_corrections_painted_in_folder_instances(pred
     assert f"{LABELS_LAYER} (corrected)" in [name for name, _ in learn._labels_choices()]
 
 
+def test_recomputing_keeps_a_label_file_corrected_by_hand_and_says_so(predict_widget, qtbot, image_folder, tmp_path):
+    """A label file corrected outside the panel (saved over it in napari or another editor) is not
+    lost when the folder is recomputed: kept as ``<stem>_labels.edited-1.tif``, and the message names it."""
+    import tifffile
+
+    out = tmp_path / "out"
+    panel = run_folder(predict_widget, qtbot, image_folder, out)
+    labels_path = out / "b_coffee_labels.tif"
+    written = tifffile.imread(labels_path)
+    hand = np.zeros_like(written)
+    hand[2:9, 3:12] = 5
+    tifffile.imwrite(labels_path, hand)
+
+    panel._overwrite.value = True
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    kept = out / "b_coffee_labels.edited-1.tif"
+    np.testing.assert_array_equal(tifffile.imread(kept), hand)
+    np.testing.assert_array_equal(tifffile.imread(labels_path), written)
+    assert sorted(p.name for p in out.glob("*.edited-*")) == [kept.name]
+    assert f"{labels_path} was changed after napari-prm wrote it" in panel.last_message, panel.last_message
+    assert f"kept as {kept}" in panel.last_message
+
+
 def test_learn_from_corrections_takes_the_corrected_planes_of_the_folder_instances(predict_widget, qtbot,
                                                                                    image_folder, tmp_path,
                                                                                    monkeypatch, tiny_checkpoint):

@@ -29,6 +29,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import batch
 from .._text import plural
+from ..io.fileset import KEPT_EDIT
 from .activity import StopsOnClose
 from .relay import _Relay
 from .settings import no_path, persist_fields
@@ -365,10 +366,10 @@ class BatchPanel(StopsOnClose, Container):
                    f"{counts['skipped']} skipped, {counts['failed']} failed"
                    + (f", {cancelled} not done" if cancelled else "") + self._skip_reasons(result)
                    + self._failures(result) + f"; summary: {result.summary}"
-                   + (f". {self._kept_note}" if self._kept_note else ""))
+                   + (f". {self._kept_note}" if self._kept_note else "") + self._kept_edits(result))
         if not self._closed:  # a closed panel adds no layers; what was written stays on disk
             self.open_results(result)
-        self._say(message, "warning" if counts["failed"] else "info")
+        self._say(message, "warning" if counts["failed"] or self._kept_edits(result) else "info")
 
     def _name(self, image: str) -> str:
         """An image's name in messages and plane names: its path in the image folder."""
@@ -384,6 +385,15 @@ class BatchPanel(StopsOnClose, Container):
             return ""
         more = f"; ... ({len(failed) - shown} more)" if len(failed) > shown else ""
         return "; failed: " + "; ".join(f"{self._name(r.image)}: {r.error}" for r in failed[:shown]) + more
+
+    def _kept_edits(self, result: batch.BatchResult, shown: int = 3) -> str:
+        """The label files (and other outputs) corrected by hand that the run kept beside the new ones
+        before replacing them (`napari_prm.batch.predict_image`'s notes), as the command line says each."""
+        edits = [note for r in result.results for note in r.notes if note.startswith(KEPT_EDIT)]
+        if not edits:
+            return ""
+        more = f"; ... ({len(edits) - shown} more)" if len(edits) > shown else ""
+        return ". " + "; ".join(note.removeprefix(KEPT_EDIT) for note in edits[:shown]) + more
 
     def _skip_reasons(self, result: batch.BatchResult) -> str:
         """Why images were skipped, a group per reason naming (up to five of) its images."""
