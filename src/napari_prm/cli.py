@@ -322,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: not written)")
     predict.add_argument("--peak-batch-size", type=int, default=None,
                          help="peaks back-propagated at once (default: 1 on CPU, 16 on GPU)")
-    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace existing outputs (recompute them); an output corrected by hand since it "
+                              "was written is first kept beside it as <name>.edited-<n><suffix>, and a "
+                              "warning names it")
     cluster = predict.add_mutually_exclusive_group()
     cluster.add_argument("--workers", type=int, default=None, metavar="N",
                          help="start a local dask.distributed cluster of N worker processes, one "

@@ -12,7 +12,8 @@ module                        holds
 ``napari_prm.io.atomic``      `atomic_write`, `atomic_writes`, `remove_stale_temporaries`,
                               `writable_folder`
 ``napari_prm.io.fileset``     `write_file_set`, `read_file_set`, `recover_file_sets`:
-                              one image's files, replaced in one step (a manifest)
+                              one image's files, replaced in one step (a manifest);
+                              `KeptEdit`, `kept_name`: hand edits kept aside first
 ``napari_prm.io.images``      ``IMAGE_SUFFIXES``, `read_image` (the one image reader),
                               `read_stack`, `stack_planes` (TIFF stacks of Z/T planes),
                               `read_array`, `image_array` (PIL images, tensors, paths),
@@ -56,7 +57,16 @@ from .coco import (
     match_exports,
     write_coco_json,
 )
-from .fileset import MANIFEST_SUFFIX, FileSet, listed_files, read_file_set, recover_file_sets, write_file_set
+from .fileset import (
+    MANIFEST_SUFFIX,
+    FileSet,
+    KeptEdit,
+    kept_name,
+    listed_files,
+    read_file_set,
+    recover_file_sets,
+    write_file_set,
+)
 from .images import (
     IMAGE_SUFFIXES,
     ImageStack,
@@ -109,7 +119,8 @@ from .tables import (
 
 __all__ = [
     "atomic_write", "atomic_writes", "remove_stale_temporaries", "writable_folder", "write_file_set", "read_file_set",
-    "recover_file_sets", "listed_files", "FileSet", "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
+    "recover_file_sets", "listed_files", "FileSet", "KeptEdit", "kept_name",
+    "MANIFEST_SUFFIX", "complete_prediction", "settle_outputs",
     "read_array", "read_image", "read_plane", "read_stack", "stack_planes", "ImageStack", "image_array", "as_rgb_float",
     "pick_channels", "channels_for", "channels_read_as", "channel_words", "parse_channels",
     "opacity_note", "unreadable_images", "channels_first_note", "format_note",
