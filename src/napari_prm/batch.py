@@ -126,7 +126,8 @@ class ImageResult:
         ``ValueError``: the file or its content), which is reported after one attempt.
     notes : list of str
         What the prediction noted (`Prediction.notes`, e.g. peaks left out by
-        ``max_peaks``); not in ``summary.csv``.
+        ``max_peaks``), and, first, each output corrected by hand that the write kept beside
+        the new one (`napari_prm.io.KeptEdit`, starting with ``"warning: "``); not in ``summary.csv``.
     """
 
     image: str
