@@ -468,8 +468,8 @@ def write_file_set(folder: str | os.PathLike, stem: str, names: Mapping[str, str
     if kept is not None:
         kept.extend(edits)
     else:
-        for edit in edits:
-            warnings.warn(str(edit), stacklevel=3)
+        for edit in edits:  # a UserWarning: its category says "warning" already
+            warnings.warn(str(edit).removeprefix(KEPT_EDIT), stacklevel=3)
 
 
 def _finish(file_set: FileSet | None) -> bool:
