@@ -127,3 +127,36 @@ def test_write_prediction_warns_of_a_kept_copy_when_given_no_list(tmp_path, coin
     assert message.startswith(f"{labels_path} was changed after napari-prm wrote it"), message
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "x_labels.edited-1.tif"),
                                   corrected(prediction.image_shape, 3))
+
+
+def test_predict_overwrite_keeps_corrections_exported_over_its_outputs(tmp_path, coins, tiny_checkpoint, capsys):
+    """Corrected instances exported over predict's outputs (the plugin's Export into the output folder,
+    with the image's stem, calls `export_instances` so) match the manifest that export wrote: a later
+    ``predict --overwrite`` replaced them without a copy. It keeps the files that export wrote, and
+    says they were exported; the files only predict wrote (peaks CSV, COCO JSON here) are replaced."""
+    out = tmp_path / "o"
+    command = ["predict", str(coins), "--out", str(out), "--model", str(tiny_checkpoint), *SETTINGS]
+    assert main(command) == 0
+    predicted = tifffile.imread(out / "x_labels.tif")
+    fixed = corrected(predicted.shape, 1)
+    table = {"label": np.array([1]), "class": np.array([0]), "score": np.array([1.0])}
+    io.export_instances(fixed, table, ["coin"], out, formats=["tiff", "csv"], stem="x", overwrite=True,
+                        image_file_name=coins.name)
+    exported_csv = (out / "x_instances.csv").read_text(encoding="utf-8")
+    manifest = json.loads((out / "x.manifest.json").read_text(encoding="utf-8"))
+    assert manifest["info"]["exported"] == ["x_instances.csv", "x_labels.tif"]
+    capsys.readouterr()
+
+    assert main([*command, "--overwrite"]) == 0
+    printed = capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(out / "x_labels.edited-1.tif"), fixed)
+    assert (out / "x_instances.edited-1.csv").read_text(encoding="utf-8") == exported_csv
+    np.testing.assert_array_equal(tifffile.imread(out / "x_labels.tif"), predicted)  # the new output
+    assert sorted(p.name for p in out.glob("*.edited-*")) == ["x_instances.edited-1.csv", "x_labels.edited-1.tif"]
+    lines = warning_lines(printed)
+    assert len(lines) == 2 and all("holds instances exported over napari-prm's output" in line for line in lines)
+    assert "exported" not in json.loads((out / "x.manifest.json").read_text(encoding="utf-8"))["info"]
+    # run again: predict's own outputs now, nothing more is kept
+    assert main([*command, "--overwrite"]) == 0
+    assert not warning_lines(capsys.readouterr().err)
+    assert len(list(out.glob("*.edited-*"))) == 2

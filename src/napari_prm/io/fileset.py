@@ -51,7 +51,10 @@ kept copy is replaced and the copies of one write share their number. Kept copie
 outputs: no manifest lists them, no later write replaces them, and the readers of outputs
 (``*_labels.tif``) do not take them; `listed_files` names them, so that they are not taken
 for images either. The writer reports each (`KeptEdit`). Files that match the manifest, or
-that it does not list, are replaced as before.
+that it does not list, are replaced as before. A writer that recomputes outputs
+(``keep_exported=True``: ``napari-prm predict``'s) keeps the files an export wrote too (the
+previous manifest's ``info["exported"]``: corrected instances exported from napari over the
+outputs), though they match the manifest that export wrote.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ from .atomic import (
 )
 
 __all__ = ["FileEntry", "FileSet", "Recovery", "KeptEdit", "MANIFEST_SUFFIX", "STAGING_FOLDER", "KEPT_EDIT",
-           "manifest_path", "read_file_set", "write_file_set", "recover_file_sets", "listed_files", "kept_name"]
+           "manifest_path", "read_file_set", "write_file_set", "recover_file_sets", "listed_files", "kept_name",
+           "exported_files"]
 
 MANIFEST_SUFFIX = ".manifest.json"
 STAGING_FOLDER = ".napari-prm-staging"
@@ -184,17 +188,24 @@ class KeptEdit:
     kept : Path
         The copy of the changed file, beside it (`kept_name`).
     manifest : Path
-        The manifest whose record of ``original`` it no longer matched.
+        The manifest whose record of ``original`` it no longer matched, or that says an export
+        wrote it.
+    exported : bool
+        Kept because an export wrote it (corrected instances exported from napari), not because it
+        changed after its manifest was written.
     """
 
     original: Path
     kept: Path
     manifest: Path
+    exported: bool = False
 
     def __str__(self) -> str:
-        return (f"{KEPT_EDIT}{self.original} was changed after napari-prm wrote it (it is not what "
-                f"{self.manifest.name} records): the changed file is kept as {self.kept}, and "
-                f"{self.original.name} now holds the new output")
+        why = ("holds instances exported over napari-prm's output (as the plugin's Export of corrected instances "
+               f"writes them; {self.manifest.name} says so)" if self.exported else
+               f"was changed after napari-prm wrote it (it is not what {self.manifest.name} records)")
+        return (f"{KEPT_EDIT}{self.original} {why}: the {'exported' if self.exported else 'changed'} file is kept "
+                f"as {self.kept}, and {self.original.name} now holds the new output")
 
 
 def kept_name(name: str, number: int) -> str:
@@ -243,11 +254,15 @@ def _changed(path: Path, entry: FileEntry) -> bool:
     return path.is_file() and (size != entry.size or _sha256(path) != entry.sha256)
 
 
-def _keep_edited(folder: Path, previous: FileSet, replaced: Collection[str]) -> list[KeptEdit]:
+def _keep_edited(folder: Path, previous: FileSet, replaced: Collection[str],
+                 keep_exported: bool = False) -> list[KeptEdit]:
     """Copy each file of ``previous`` named in ``replaced`` whose content is no longer what the
-    manifest records to its kept name (module docstring), with `atomic_write`; returns them."""
+    manifest records (with ``keep_exported``, or that an export wrote: `exported_files`) to its kept
+    name (module docstring), with `atomic_write`; returns them."""
+    exported = exported_files(previous) if keep_exported else set()
     edited = [entry.name for entry in previous.files.values()
-              if entry.name in replaced and _changed(folder / entry.name, entry)]
+              if entry.name in replaced and (_changed(folder / entry.name, entry)
+                                             or (entry.name in exported and (folder / entry.name).is_file()))]
     if not edited:
         return []
     numbers = _kept_copies(folder, {*replaced, *(entry.name for entry in previous.files.values())})
@@ -257,8 +272,23 @@ def _keep_edited(folder: Path, previous: FileSet, replaced: Collection[str]) -> 
         target = folder / kept_name(name, number)
         with atomic_write(target, overwrite=False) as temp:  # never over an earlier kept copy
             shutil.copy2(folder / name, temp)  # with the edit's modification time
-        kept.append(KeptEdit(folder / name, target, manifest_path(folder, previous.stem)))
+        changed = _changed(folder / name, previous.files[_kind_of(previous, name)])
+        kept.append(KeptEdit(folder / name, target, manifest_path(folder, previous.stem), exported=not changed))
     return kept
+
+
+def _kind_of(file_set: FileSet, name: str) -> str:
+    return next(kind for kind, entry in file_set.files.items() if entry.name == name)
+
+
+def exported_files(file_set: FileSet | None) -> set[str]:
+    """The names of ``file_set``'s files that an export wrote (its manifest's ``info["exported"]``,
+    as `napari_prm.io.export_instances` records them), which it still lists; empty for None."""
+    if file_set is None:
+        return set()
+    named = file_set.info.get("exported")
+    listed = {entry.name for entry in file_set.files.values()}
+    return {str(name) for name in named if str(name) in listed} if isinstance(named, list) else set()
 
 
 def manifest_path(folder: str | os.PathLike, stem: str) -> Path:
@@ -382,7 +412,8 @@ def _make_staging(folder: Path, stem: str) -> Path:
 @contextmanager
 def write_file_set(folder: str | os.PathLike, stem: str, names: Mapping[str, str], *,
                    overwrite: bool = False, removes: Iterable[str] = (),
-                   info: Mapping | None = None, kept: list | None = None) -> Iterator[dict[str, Path]]:
+                   info: Mapping | None = None, kept: list | None = None,
+                   keep_exported: bool = False) -> Iterator[dict[str, Path]]:
     """Write files that replace the previous ones of ``stem`` together, in one step.
 
     Parameters
@@ -407,6 +438,9 @@ def write_file_set(folder: str | os.PathLike, stem: str, names: Mapping[str, str
         or removes and whose content is no longer what that manifest records (edited by
         hand): it was copied to `kept_name` beside it before the switch (module docstring).
         Without a list each is reported with `warnings.warn` once the set is committed.
+    keep_exported : bool
+        Keep, as edits, the files the previous set's export wrote too (`exported_files`): for a
+        writer that recomputes outputs over which corrections may have been exported.
 
     Yields
     ------
@@ -442,7 +476,8 @@ def write_file_set(folder: str | os.PathLike, stem: str, names: Mapping[str, str
         fsync_folder(staging)
         previous = _read_quietly(folder, stem)
         # hand edits of the files replaced are copied aside first: no one's corrections are lost
-        edits = [] if previous is None else _keep_edited(folder, previous, {*names.values(), *removes})
+        edits = [] if previous is None else _keep_edited(folder, previous, {*names.values(), *removes},
+                                                         keep_exported)
         if previous is not None:  # files the new set neither rewrites nor removes stay listed
             for kind, entry in previous.files.items():
                 if (kind not in files and entry.name not in names.values() and entry.name not in removes

@@ -17,7 +17,7 @@ import tifffile
 from .._validate import Cancelled, finite_array, output_file, output_folder, raise_if_cancelled
 from .atomic import atomic_write
 from .coco import labels_to_coco, write_coco_json
-from .fileset import FileSet, read_file_set, recover_file_sets, write_file_set
+from .fileset import FileSet, exported_files, read_file_set, recover_file_sets, write_file_set
 from .labels import _check_labels, _standard_resolution, write_label_image
 from .paths import windows_name_problem, windows_rules
 from .tables import write_instances_csv, write_peaks_csv, write_stack_peaks_csv
@@ -204,6 +204,9 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
             return [target]
         info = {"written_by": "export_instances", "image": image_file_name}
         info |= _kept_image_record(folder, stem or "labels", image_file_name)
+        # the files exported, and those earlier exports wrote that this one keeps listed: a later
+        # predict --overwrite keeps them as corrections (`write_file_set(keep_exported=True)`)
+        info["exported"] = sorted({path.name for path in targets.values()} | _still_exported(folder, stem or "labels"))
         with write_file_set(folder, stem or "labels", {kind: path.name for kind, path in targets.items()},
                             overwrite=overwrite, info=info, kept=kept) as staged:
             for kind, temp in staged.items():  # raised in the block: the staged files go, the folder is unchanged
@@ -219,6 +222,14 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
             except OSError:  # not empty (written to meanwhile by another): kept
                 break
         raise
+
+
+def _still_exported(folder: Path, stem: str) -> set[str]:
+    """The files earlier exports of ``stem`` wrote that its manifest lists (`exported_files`)."""
+    try:
+        return exported_files(read_file_set(folder, stem))
+    except ValueError:  # broken or foreign: replaced
+        return set()
 
 
 #: What ``napari-prm predict`` records in a manifest of where its image is (`napari_prm.batch`).
@@ -365,14 +376,14 @@ def _write_targets(out_dir, stem: str, targets: dict[str, Path], write, *, overw
                    facts: dict, kept: list | None = None) -> list[Path]:
     """Write ``targets`` as ``stem``'s file set, ``write(kind, temp)`` writing each: the other
     outputs of `prediction_paths` (a PRM file of another format) are removed in the same switch,
-    and the manifest records ``facts``; edited outputs are kept aside first (``kept``, as for
-    `write_prediction`). Returns the files written."""
+    and the manifest records ``facts``; edited outputs, and instances exported over the outputs,
+    are kept aside first (``kept``, as for `write_prediction`). Returns the files written."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     names = {kind: path.name for kind, path in targets.items()}
     replaced = {path.name for fmt in ("npy", "tiff")
                 for path in prediction_paths(out_dir, stem, prms_format=fmt).values()} - set(names.values())
     with write_file_set(out_dir, stem, names, overwrite=overwrite, removes=replaced, info=facts,
-                        kept=kept) as staged:
+                        kept=kept, keep_exported=True) as staged:
         for kind, temp in staged.items():
             write(kind, temp)
     return list(targets.values())
