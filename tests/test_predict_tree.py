@@ -567,3 +567,49 @@ def test_an_interrupted_run_writes_its_summary_before_it_lets_the_folder_go(tmp_
     assert [(row["stem"], row["status"]) for row in summary(out)] == [
         ("cat 0", "written"), ("cat 1", "pending"), ("cat 2", "pending")]
     assert len(second_runs) >= 3 and set(second_runs) == {"refused"}, second_runs
+
+
+def unreadable(monkeypatch, folder: Path) -> None:
+    """``folder`` cannot be listed, as a folder without read permission is for a user other
+    than root (root reads it all the same, so the refusal is the system call's, made here)."""
+    import os
+
+    folder.chmod(0)
+    listing = os.scandir
+
+    def scandir(path="."):
+        if isinstance(path, (str, os.PathLike)) and Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_a_sub_folder_that_cannot_be_listed_is_named_and_fails_the_run(tmp_path, checkpoint, capsys, monkeypatch):
+    """`predict --recursive` left out the images of a sub-folder it could not list, silently: the
+    run said "3 image(s) written ... 0 failed" and exited 0, one well short."""
+    from napari_prm.batch import collect_images
+
+    plate = tmp_path / "plate"
+    write_plate(plate)
+    unreadable(monkeypatch, plate / "A2")
+    try:
+        images, problems = collect_images([plate], recursive=True)
+        assert sorted(p.relative_to(plate).as_posix() for p in images) == [
+            "A1/cat.png", "B1/day 2/chat été.png", "top.png"]
+        assert problems == [f"{plate / 'A2'}: cannot list its files (Permission denied); its images are left out"]
+
+        out = tmp_path / "out"
+        command = ["predict", str(plate), "--recursive", "--model", str(checkpoint), "--out", str(out), *FAST]
+        assert main(command) == 1  # an image is missing from the run: not a success
+        err = capsys.readouterr().err
+        assert f"{plate / 'A2'}: cannot list its files (Permission denied)" in err
+        assert "3 image(s) written" in err and "1 failed" in err
+        assert len(summary(out)) == 3
+
+        # the input folder itself: its reason, not "no images"
+        images, problems = collect_images([plate / "A2"], recursive=False)
+        assert images == [] and problems == [
+            f"{plate / 'A2'}: cannot list its files (Permission denied); its images are left out"]
+    finally:
+        (plate / "A2").chmod(0o755)

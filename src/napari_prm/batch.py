@@ -334,8 +334,10 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
         which `output_stems` names it by), without duplicates (files that resolve to the
         same file), in order.
     messages : list of str
-        One per input that does not exist or is a folder without images, and per folder
-        whose sub-folders hold images that were not searched (that one starts with ``NOTE``).
+        One per input that does not exist or is a folder without images, per folder (the
+        input's or a sub-folder searched) that cannot be listed (no permission, a share gone),
+        whose images are left out, and per folder whose sub-folders hold images that were not
+        searched (that one starts with ``NOTE``).
 
     Notes
     -----
@@ -346,7 +348,14 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
     images, problems = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = _images_in(item, recursive=recursive)
+            unlisted: list[OSError] = []
+            found = _images_in(item, recursive=recursive, unlisted=unlisted)
+            # a folder that cannot be listed (no permission, a share gone) is named: its images are not
+            # taken silently for none
+            problems.extend(f"{error.filename or item}: cannot list its files ({_os_reason(error)}); "
+                            "its images are left out" for error in unlisted)
+            if unlisted and os.path.abspath(unlisted[0].filename or item) == os.path.abspath(item):
+                continue  # the folder itself: said above, not "no images"
             folders = [] if recursive else sorted(
                 p for p in item.iterdir() if p.is_dir() and not p.name.startswith("."))
             if not found:
@@ -373,15 +382,17 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
     return list(unique.values()), problems
 
 
-def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
+def _images_in(folder: Path, *, recursive: bool, unlisted: list[OSError] | None = None) -> list[Path]:
     """The image files of ``folder`` (and, if ``recursive``, of its visible sub-folders), sorted,
-    without the outputs that napari-prm manifests list."""
+    without the outputs that napari-prm manifests list. The errors of folders that could not be
+    listed (``folder`` itself, or a sub-folder) are appended to ``unlisted``."""
     from .io import listed_files
 
     found, seen = [], {os.path.realpath(folder)}
     # linked sub-folders are searched (data trees are often put together from links), each
     # real folder once, so a link to a folder above does not loop
-    for here, names, files in os.walk(folder, followlinks=True):
+    for here, names, files in os.walk(folder, followlinks=True,
+                                      onerror=None if unlisted is None else unlisted.append):
         real = {name: os.path.realpath(os.path.join(here, name)) for name in sorted(names)
                 if recursive and not name.startswith(".")}
         names[:] = [name for name, path in real.items() if path not in seen]
@@ -391,6 +402,11 @@ def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
                                   if Path(name).suffix.lower() in IMAGE_SUFFIXES and name not in outputs
                                   and (Path(here) / name).is_file()))
     return found
+
+
+def _os_reason(error: OSError) -> str:
+    """An OS error's reason without the path the message names already (``Permission denied``)."""
+    return error.strerror or str(error)
 
 
 def _holds_images(folder: Path) -> bool:

@@ -110,6 +110,7 @@ class _Found:
     tally: batch.PlaneTally
     left_out: str  # sub-folders not searched
     renamed: str  # outputs that do not take their image's name
+    unlisted: str = ""  # folders that could not be listed: their images are left out
 
 
 class BatchPanel(StopsOnClose, Container):
@@ -160,6 +161,7 @@ class BatchPanel(StopsOnClose, Container):
         self.last_message = ""
         self.found_message = ""  # the status line once the images were found: their count and the notes
         self._kept_note = ""  # the corrections this run kept (`_keep_corrections`), said when it ends
+        self._unlisted = ""  # folders the search could not list (`_Found.unlisted`), said when the run ends
         # the runs started, and whether the latest still reports: napari's bar processes Qt events while it
         # redraws, so the run's end (queued after its last reports) can come inside `_on_progress`; the
         # end's message must stay, not be overwritten by that report's line when the slot resumes
@@ -207,6 +209,7 @@ class BatchPanel(StopsOnClose, Container):
         self._reporting = True
         self.result = None
         self._tally = None
+        self._unlisted = ""
         self.found_message = ""
         # busy (no total) until the worker has found the images and counted their planes
         self.progress_bar = progress(total=0, desc="napari-prm: folder")
@@ -267,13 +270,15 @@ class BatchPanel(StopsOnClose, Container):
         # named by their path in the folder: a sub-folder's images mirror it under the output folder
         stems = batch.output_stems(images, roots=[inputs], out=out)
         # the command line's notes: sub-folders left out, outputs that do not take their image's name
-        left_out = "; ".join(problem.removeprefix(batch.NOTE) for problem in problems)
+        left_out = "; ".join(problem.removeprefix(batch.NOTE) for problem in problems if problem.startswith(batch.NOTE))
+        # not notes: a folder that could not be listed (its images are missing from the run), said again at the end
+        unlisted = "; ".join(problem for problem in problems if not problem.startswith(batch.NOTE))
         renamed = "; ".join(note.removeprefix(batch.NOTE) for note in batch.renamed_notes(images, stems, out))
         # the bar counts planes, as predict's does: a TIFF stack's N (from its header), a 2-D image's 1
         tally = batch.PlaneTally(images)
         if self._cancel.is_set():  # as above: no summary of images all "cancelled"
             return _SEARCH_CANCELLED
-        self._relay.progressed.emit(_Found(len(images), tally, left_out, renamed))
+        self._relay.progressed.emit(_Found(len(images), tally, left_out, renamed, unlisted))
         model = load_model(settings["model"], device=settings["device"])
         model.network.win_size = model.settings["win_size"] = settings["window"]
         # as the widget's Run: the preset, and the thresholds the user set (else the calibrated ones)
@@ -313,7 +318,8 @@ class BatchPanel(StopsOnClose, Container):
         self._tally = found.tally
         if self.progress_bar is not None:
             self.progress_bar.total = found.tally.total
-        notes = "; ".join(note for note in (found.left_out, found.renamed) if note)
+        self._unlisted = found.unlisted
+        notes = "; ".join(note for note in (found.unlisted, found.left_out, found.renamed) if note)
         self.found_message = f"Predicting {plural(found.count, 'image')} of {self._inputs_folder}…" + (
             f" Note: {notes}" if notes else "")
         if not self._deleted:
@@ -365,11 +371,12 @@ class BatchPanel(StopsOnClose, Container):
         message = (f"{why if cancelled else 'Done'}: {counts['written']} written, "
                    f"{counts['skipped']} skipped, {counts['failed']} failed"
                    + (f", {cancelled} not done" if cancelled else "") + self._skip_reasons(result)
-                   + self._failures(result) + f"; summary: {result.summary}"
+                   + self._failures(result) + (f"; {self._unlisted}" if self._unlisted else "")
+                   + f"; summary: {result.summary}"
                    + (f". {self._kept_note}" if self._kept_note else "") + self._kept_edits(result))
         if not self._closed:  # a closed panel adds no layers; what was written stays on disk
             self.open_results(result)
-        self._say(message, "warning" if counts["failed"] or self._kept_edits(result) else "info")
+        self._say(message, "warning" if counts["failed"] or self._unlisted or self._kept_edits(result) else "info")
 
     def _name(self, image: str) -> str:
         """An image's name in messages and plane names: its path in the image folder."""
