@@ -275,6 +275,24 @@ def test_predict_many_takes_image_files_and_says_what_to_do_with_arrays(tiny, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_predict_many_refuses_a_folder_and_says_how_to_list_its_images(tiny, tmp_path):
+    """A folder among ``paths`` (``predict_many(["images/"], ...)``) ran as an image: tried twice, failed with
+    "[Errno 21] Is a directory", and a summary.csv of that one "image" was written into ``out``."""
+    from skimage import data
+
+    from napari_prm.batch import collect_images, predict_many
+
+    folder = tmp_path / "images"
+    (folder / "A1").mkdir(parents=True)
+    Image.fromarray(data.chelsea()[::8, ::8]).save(folder / "A1" / "cat.png")
+    with pytest.raises(ValueError, match=r"^paths\[0\]: '.*images' is a folder, not an image file: "
+                                         r"collect_images\(\[folder\]\) lists its images"):
+        predict_many([folder], tiny, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    images, problems = collect_images([folder], recursive=True)  # as the message says
+    assert problems == [] and predict_many(images, tiny, tmp_path / "out").results[0].status == "written"
+
+
 def test_a_half_transparent_rgba_photo_reads_alike_as_floats_and_as_a_nested_list():
     from skimage import data
 

@@ -1373,6 +1373,10 @@ def _image_paths(paths) -> list[Path]:
             raise TypeError(f"paths[{number}]: expected an image file's path, got {type(item).__name__}: "
                             "predict_many reads files; predict an image held in memory with napari_prm.predict "
                             "(or a PRMPredictor, which keeps the model between images)")
+        if os.path.isdir(item):  # else read as an image, tried twice and failed: "[Errno 21] Is a directory"
+            raise ValueError(f"paths[{number}]: {os.fspath(item)!r} is a folder, not an image file: "
+                             "collect_images([folder]) lists its images (recursive=True: its sub-folders' too), "
+                             "and output_stems(images, roots=[folder]) names their outputs after the tree")
     return [Path(p) for p in items]
 
 
@@ -1405,7 +1409,8 @@ def predict_many(
     paths : sequence of path-like
         Image files (see `collect_images` for folders). One path (not in a list) and items
         that are not paths (arrays: `napari_prm.predict` takes them) are refused (TypeError
-        naming ``paths`` or the item). A TIFF stack of z-planes or time points (ImageJ or
+        naming ``paths`` or the item), and so is a folder (ValueError naming it: `collect_images`
+        lists its images). A TIFF stack of z-planes or time points (ImageJ or
         OME axes ``Z``/``T``) is predicted plane by plane (`predict_image`).
     model : str, path-like or PRMModel
         A built-in model (``"imagenet-voc"``, ``"imagenet-coco"``, ``"imagenet"``), a
