@@ -613,3 +613,27 @@ def test_a_sub_folder_that_cannot_be_listed_is_named_and_fails_the_run(tmp_path,
             f"{plate / 'A2'}: cannot list its files (Permission denied); its images are left out"]
     finally:
         (plate / "A2").chmod(0o755)
+
+
+def test_a_link_to_an_image_that_is_gone_is_named_and_fails_the_run(tmp_path, checkpoint, capsys):
+    """A linked image whose target was moved (or lies on a share not mounted) was left out without a
+    word, in a folder and with --recursive: "1 image(s) written ... 0 failed", exit status 0."""
+    from napari_prm.batch import collect_images
+
+    plate = tmp_path / "plate"
+    (plate / "A1").mkdir(parents=True)
+    iio.imwrite(plate / "A1" / "cat.png", data.chelsea()[:48, :64])
+    try:
+        (plate / "A1" / "dog.png").symlink_to(tmp_path / "raw" / "dog.png")  # raw/ moved away
+    except OSError:
+        pytest.skip("this file system makes no symbolic links")
+    said = f"{plate / 'A1' / 'dog.png'}: a link to {tmp_path / 'raw' / 'dog.png'}, which does not exist; left out"
+    for inputs, recursive in (([plate], True), ([plate / "A1"], False)):
+        images, problems = collect_images(inputs, recursive=recursive)
+        assert images == [plate / "A1" / "cat.png"] and problems == [said]
+
+    out = tmp_path / "out"
+    assert main(["predict", str(plate), "-r", "--model", str(checkpoint), "--out", str(out), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert said in err and "1 image(s) written" in err and "1 failed" in err
+    assert [row["stem"] for row in summary(out)] == ["A1/cat"]

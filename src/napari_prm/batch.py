@@ -336,8 +336,9 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
     messages : list of str
         One per input that does not exist or is a folder without images, per folder (the
         input's or a sub-folder searched) that cannot be listed (no permission, a share gone),
-        whose images are left out, and per folder whose sub-folders hold images that were not
-        searched (that one starts with ``NOTE``).
+        whose images are left out, per link named as an image whose target does not exist, and
+        per folder whose sub-folders hold images that were not searched (that one starts with
+        ``NOTE``).
 
     Notes
     -----
@@ -349,7 +350,11 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
     for item in map(Path, inputs):
         if item.is_dir():
             unlisted: list[OSError] = []
-            found = _images_in(item, recursive=recursive, unlisted=unlisted)
+            broken: list[Path] = []
+            found = _images_in(item, recursive=recursive, unlisted=unlisted, broken=broken)
+            # a link to an image that is gone (moved, a share not mounted) is a missing image, not none
+            problems.extend(f"{link}: a link to {os.readlink(link)}, which does not exist; left out"
+                            for link in broken)
             # a folder that cannot be listed (no permission, a share gone) is named: its images are not
             # taken silently for none
             problems.extend(f"{error.filename or item}: cannot list its files ({_os_reason(error)}); "
@@ -382,10 +387,12 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
     return list(unique.values()), problems
 
 
-def _images_in(folder: Path, *, recursive: bool, unlisted: list[OSError] | None = None) -> list[Path]:
+def _images_in(folder: Path, *, recursive: bool, unlisted: list[OSError] | None = None,
+               broken: list[Path] | None = None) -> list[Path]:
     """The image files of ``folder`` (and, if ``recursive``, of its visible sub-folders), sorted,
     without the outputs that napari-prm manifests list. The errors of folders that could not be
-    listed (``folder`` itself, or a sub-folder) are appended to ``unlisted``."""
+    listed (``folder`` itself, or a sub-folder) are appended to ``unlisted``, and links named as
+    images whose target does not exist to ``broken``."""
     from .io import listed_files
 
     found, seen = [], {os.path.realpath(folder)}
@@ -398,9 +405,11 @@ def _images_in(folder: Path, *, recursive: bool, unlisted: list[OSError] | None 
         names[:] = [name for name, path in real.items() if path not in seen]
         seen.update(real[name] for name in names)
         outputs = listed_files(here)
-        found.extend(sorted_paths(Path(here) / name for name in files
-                                  if Path(name).suffix.lower() in IMAGE_SUFFIXES and name not in outputs
-                                  and (Path(here) / name).is_file()))
+        named = [Path(here) / name for name in files
+                 if Path(name).suffix.lower() in IMAGE_SUFFIXES and name not in outputs]
+        found.extend(sorted_paths(path for path in named if path.is_file()))
+        if broken is not None:
+            broken.extend(sorted_paths(path for path in named if path.is_symlink() and not path.exists()))
     return found
 
 

@@ -110,7 +110,7 @@ class _Found:
     tally: batch.PlaneTally
     left_out: str  # sub-folders not searched
     renamed: str  # outputs that do not take their image's name
-    unlisted: str = ""  # folders that could not be listed: their images are left out
+    unlisted: str = ""  # images left out: folders that could not be listed, links to images that are gone
 
 
 class BatchPanel(StopsOnClose, Container):
@@ -161,7 +161,7 @@ class BatchPanel(StopsOnClose, Container):
         self.last_message = ""
         self.found_message = ""  # the status line once the images were found: their count and the notes
         self._kept_note = ""  # the corrections this run kept (`_keep_corrections`), said when it ends
-        self._unlisted = ""  # folders the search could not list (`_Found.unlisted`), said when the run ends
+        self._unlisted = ""  # images the search left out (`_Found.unlisted`), said when the run ends
         # the runs started, and whether the latest still reports: napari's bar processes Qt events while it
         # redraws, so the run's end (queued after its last reports) can come inside `_on_progress`; the
         # end's message must stay, not be overwritten by that report's line when the slot resumes
@@ -271,7 +271,8 @@ class BatchPanel(StopsOnClose, Container):
         stems = batch.output_stems(images, roots=[inputs], out=out)
         # the command line's notes: sub-folders left out, outputs that do not take their image's name
         left_out = "; ".join(problem.removeprefix(batch.NOTE) for problem in problems if problem.startswith(batch.NOTE))
-        # not notes: a folder that could not be listed (its images are missing from the run), said again at the end
+        # not notes: images missing from the run (a folder that could not be listed, a link to an image that is
+        # gone), said again at the end
         unlisted = "; ".join(problem for problem in problems if not problem.startswith(batch.NOTE))
         renamed = "; ".join(note.removeprefix(batch.NOTE) for note in batch.renamed_notes(images, stems, out))
         # the bar counts planes, as predict's does: a TIFF stack's N (from its header), a 2-D image's 1
