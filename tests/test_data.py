@@ -183,6 +183,48 @@ def test_a_label_typo_is_a_warning(tmp_path):
     assert from_csv(path).warnings == []
 
 
+COMPOSED, DECOMPOSED = "carr\u00e9", "carre\u0301"  # the same 'carré', é as one character or e + accent
+
+
+def test_a_class_name_in_two_unicode_forms_is_one_class(tmp_path):
+    """'carré' typed in one row and pasted from a macOS file name (e + combining accent) in
+    another made two classes that every message showed alike, without a warning."""
+    for name in ("x.png", "y.png", "z.png", "w.png"):
+        iio.imwrite(tmp_path / name, _rgb(len(name)))
+    path = tmp_path / "labels.csv"
+    path.write_text(f"image,labels\nx.png,{COMPOSED}\ny.png,{DECOMPOSED}\nz.png,dog\nw.png,dog;{DECOMPOSED}\n",
+                    encoding="utf-8")
+    dataset = from_csv(path)
+    assert dataset.class_names == [COMPOSED, "dog"]
+    np.testing.assert_array_equal(dataset.labels, [[1, 0], [1, 0], [0, 1], [1, 1]])
+    # classes given in either form take the rows of both, under the name as given
+    ordered = from_csv(path, classes=["dog", DECOMPOSED])
+    assert ordered.class_names == ["dog", DECOMPOSED]
+    np.testing.assert_array_equal(ordered.labels[:, 1], [1, 1, 0, 1])
+
+
+def test_a_class_folder_named_in_the_other_unicode_form_is_found(tmp_path):
+    """A folder macOS named 'carre\u0301' was unknown to --classes 'carré' as typed ("unknown
+    class(es) ['carré'] ...; it has ['carré', 'dog']; did you mean 'carré'?")."""
+    for number, name in enumerate((DECOMPOSED, "dog")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        iio.imwrite(tmp_path / "data" / name / "0.png", _rgb(number))
+    dataset = load_dataset(tmp_path / "data")
+    assert dataset.class_names == [COMPOSED, "dog"]
+    assert dataset.image_paths[0] == tmp_path / "data" / DECOMPOSED / "0.png"  # the file as it is
+    chosen = dataset.with_classes(["dog", COMPOSED])
+    np.testing.assert_array_equal(chosen.labels, [[0, 1], [1, 0]])
+    # a model whose class name kept the other form (trained on the folder before) finds it too
+    np.testing.assert_array_equal(dataset.with_classes([DECOMPOSED]).labels, [[1], [0]])
+    # both forms as folders (Linux keeps a name's form): one class of their images, said
+    (tmp_path / "data" / COMPOSED).mkdir()
+    iio.imwrite(tmp_path / "data" / COMPOSED / "1.png", _rgb(5))
+    both = load_dataset(tmp_path / "data")
+    assert both.class_names == [COMPOSED, "dog"]
+    np.testing.assert_array_equal(both.labels, [[1, 0], [1, 0], [0, 1]])
+    assert len(both.warnings) == 1 and "are one class 'carré' (the same name in two Unicode forms)" in both.warnings[0]
+
+
 def _write_csv(tmp_path, rows):
     for name in ("x.png", "y.png", "z.png"):
         iio.imwrite(tmp_path / name, _rgb(len(name)))

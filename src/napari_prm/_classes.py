@@ -5,6 +5,7 @@ names too."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 
 #: The 20 PASCAL VOC classes under their COCO names, in VOC's order.
@@ -32,6 +33,23 @@ def _other_spelling(name: str) -> str | None:
     return VOC_SPELLINGS.get(name) or _VOC_NAME.get(name)
 
 
+def composed(name: str) -> str:
+    """Class name ``name`` in Unicode's composed form (NFC): ``é`` one character, not ``e`` and a
+    combining accent.
+
+    The two forms look the same, but are different strings: macOS's older file systems give
+    folder names decomposed (``carre\u0301``), a name typed or pasted elsewhere is mostly
+    composed (``carr\u00e9``). A dataset's class names are read in this form (a CSV's labels, a
+    folder per class's folder names), so that the two are one class.
+
+    Examples
+    --------
+    >>> composed("carre\u0301") == "carr\u00e9"
+    True
+    """
+    return unicodedata.normalize("NFC", name)
+
+
 def class_in(name: str, names: Iterable[str]) -> str | None:
     """The name class ``name`` has among ``names``: itself, else a VOC class's other spelling.
 
@@ -49,7 +67,9 @@ def class_in(name: str, names: Iterable[str]) -> str | None:
     -------
     str or None
         ``name`` if ``names`` holds it, else its other spelling if ``names`` holds that
-        (``motorbike`` for ``motorcycle`` and back: `VOC_SPELLINGS`), else None.
+        (``motorbike`` for ``motorcycle`` and back: `VOC_SPELLINGS`), else the name ``names``
+        holds that is ``name`` in another Unicode form (`composed`: ``carre\u0301`` and
+        ``carr\u00e9``), else None.
 
     Examples
     --------
@@ -64,4 +84,7 @@ def class_in(name: str, names: Iterable[str]) -> str | None:
     if name in names:
         return name
     other = _other_spelling(name)
-    return other if other in names else None
+    if other in names:
+        return other
+    forms = {composed(n): n for n in names}
+    return forms.get(composed(name))

@@ -22,7 +22,7 @@ import torch
 
 from . import _classes
 from . import _validate as check
-from ._classes import _VOC_NAME, _VOC_OWN_NAMES
+from ._classes import _VOC_NAME, _VOC_OWN_NAMES, composed
 from ._text import did_you_mean, first_names, plural
 from .io.images import IMAGE_SUFFIXES, as_rgb_float, checked_channels, read_image
 from .io.paths import is_system_file, sorted_paths, stored_path
@@ -1091,7 +1091,9 @@ def voc_image_table(dataset: LabeledImageDataset) -> dict:
 def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledImageDataset:
     """One label per image from a folder per class: ``root/<class>/<image>``.
 
-    Classes are the sub-folder names, sorted. A class folder's images may lie in sub-folders
+    Classes are the sub-folder names in Unicode's composed form (`napari_prm._classes.composed`:
+    a folder macOS named ``carre\u0301`` is class ``carr\u00e9``; two folders of one name in both
+    forms are one class, with a warning), sorted. A class folder's images may lie in sub-folders
     of it (``root/<class>/2023/<image>``), as torchvision's ``ImageFolder`` reads them.
     Hidden files and folders, and the files file browsers leave (``Thumbs.db``,
     ``desktop.ini``), are skipped; other files that are not images (suffixes
@@ -1117,8 +1119,11 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
     if not class_dirs:
         raise ValueError(f"dataset folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
     left_out = [p for p in root.iterdir() if p.is_file() and not is_system_file(p.name)]
+    # a folder name in another Unicode form (macOS's decomposed 'carre\u0301') is the class as typed ('carr\u00e9')
+    class_names = sorted({composed(d.name) for d in class_dirs})
     paths, rows = [], []
-    for j, class_dir in enumerate(class_dirs):
+    for class_dir in class_dirs:
+        j = class_names.index(composed(class_dir.name))
         files = sorted_paths(_visible_files(class_dir))
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         left_out += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
@@ -1129,10 +1134,14 @@ def from_folders(root: PathLike, *, require_positives: bool = True) -> LabeledIm
         rows += [j] * len(images)
     if not paths:
         raise ValueError(f"dataset folder {root} holds no images")
-    labels = np.zeros((len(paths), len(class_dirs)), dtype=np.float32)
+    labels = np.zeros((len(paths), len(class_names)), dtype=np.float32)
     labels[np.arange(len(paths)), rows] = 1
-    dataset = LabeledImageDataset(image_paths=paths, labels=labels, class_names=[d.name for d in class_dirs],
-                                  source=str(root))
+    dataset = LabeledImageDataset(image_paths=paths, labels=labels, class_names=class_names, source=str(root))
+    for name in class_names:
+        folders = [d.name for d in class_dirs if composed(d.name) == name]
+        if len(folders) > 1:  # possible on Linux, whose names keep their form
+            dataset.warnings.append(f"{root}: folders {', '.join(map(repr, folders))} are one class {name!r} "
+                                    "(the same name in two Unicode forms): their images are that class")
     if left_out:
         names = sorted(p.relative_to(root).as_posix() for p in left_out)
         dataset.warnings.append(
@@ -1216,7 +1225,8 @@ def from_csv(
     """Multi-labels from a CSV with a header ``image,labels``.
 
     ``labels`` holds ``;``-separated class names (empty: an image with none
-    of the classes). Image paths are relative to ``image_root`` (default: the
+    of the classes), read in Unicode's composed form (`napari_prm._classes.composed`: ``carr\u00e9``
+    and ``carre\u0301`` are one class). Image paths are relative to ``image_root`` (default: the
     CSV's folder) unless absolute. An image listed on several lines is one
     image with the labels of all of them (a warning names the lines).
 
@@ -1228,7 +1238,8 @@ def from_csv(
         The folder relative image paths start from (None: the CSV's folder).
     classes : sequence of str or None
         The class names in order; None: every name used, sorted. With a
-        list, a name outside it is an error naming the line.
+        list, a name outside it is an error naming the line; a label in another Unicode form
+        of a name is that class.
     require_positives : bool
         Refuse a class that no image shows (a ``classes`` name no row uses).
     """
@@ -1240,6 +1251,7 @@ def from_csv(
     entries: list[tuple[Path, list[str], str]] = []
     warnings, missing, commas = [], [], []
     listed: dict[Path, list[str]] = {}  # a folder's file names, read once for the missing images' hints
+    given = {} if classes is None else {composed(c): c for c in classes}  # as `classes` spells them
     content = path.read_bytes()
     try:
         text = content.decode("utf-8-sig")  # a byte-order mark (Excel's 'CSV UTF-8') is fine
@@ -1270,7 +1282,9 @@ def from_csv(
             if not image.is_file():
                 missing.append((f"{where}: image {image}", _near_name(image, listed)))
                 continue
-            names = [n.strip() for n in row[1].split(";") if n.strip()]
+            # one class whatever the Unicode form of its name's letters ('carr\u00e9', 'carre\u0301')
+            names = [composed(n.strip()) for n in row[1].split(";") if n.strip()]
+            names = [given.get(n, n) for n in names]
             commas += [(reader.line_num, n) for n in names if "," in n]
             if classes is not None:
                 unknown = [n for n in names if n not in classes]
