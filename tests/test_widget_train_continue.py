@@ -49,6 +49,9 @@ def test_a_cancelled_run_is_continued_in_its_own_file(make_napari_viewer, qtbot,
     undo()
     assert result.cancelled and [r.epoch for r in result.history] == [1, 2] and saved_epoch(out) == 2
     assert "*Calibrate* below chooses them" in widget.last_message  # the run stopped before calibrating
+    # and how to go on, as the command line's 'continue with --resume' (the message did not say it)
+    assert ("Press *Train* to continue the run from epoch 3 of 4 in trained.pt (*Continue the unfinished run*, "
+            "ticked): nothing trained is lost, and its thresholds are calibrated at its end.") in widget.last_message
 
     # offered: the epochs done and the run's total
     assert widget.unfinished is not None and (widget.unfinished.epochs_done, widget.unfinished.epochs) == (2, 4)

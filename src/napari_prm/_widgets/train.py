@@ -206,6 +206,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._dataset_warnings: list[str] = []  # the dataset's (train()'s are in its result), said before training
         self._note: str | None = None  # the built-in model's rows of the classes a new model learns anew
         self._last_epoch = ""  # the last finished epoch's loss and validation mAP, shown until the next
+        self._epochs_total = 0  # the run's epochs (a cancelled run with fewer done can be continued)
         self._stop_on_close(self.native)
         self._find_unfinished_run()
 
@@ -503,7 +504,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._dataset_warnings = []
         self._note = None
         self._last_epoch = ""
-        self._progress.max = options["epochs"]
+        self._progress.max = self._epochs_total = options["epochs"]
         self._progress.value = 0
         # errored connected at creation: an error is reported here, not re-raised on the Qt thread
         worker = self._job_worker(
@@ -602,7 +603,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
                 self.activity.update("calibrating the thresholds", progress.batch, progress.num_batches)
             return
         done = progress.epoch - 1 + progress.batch / max(progress.num_batches, 1)
-        self._progress.max = progress.num_epochs
+        self._progress.max = self._epochs_total = progress.num_epochs
         self._progress.value = min(done, progress.num_epochs)
         if progress.stage == "epoch":
             self._last_epoch = f"epoch {progress.epoch}: loss {progress.loss:.4f}" + (
@@ -636,6 +637,11 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         message = (f"{what}: epoch {last.epoch}, loss {last.loss:.4f}{validation} "
                    f"({plural(result.train_images, 'training image')}{held_out}){calibrated}; saved "
                    f"{result.checkpoint}; it is offered in the Peak Response Maps widget, to run on an image.")
+        if result.cancelled and not self._closed and last.epoch < self._epochs_total:
+            # as the command line's 'continue with --resume': the checkbox alone did not say it
+            message += (f" Press *Train* to continue the run from epoch {last.epoch + 1} of {self._epochs_total} in "
+                        f"{result.checkpoint.name} (*Continue the unfinished run*, ticked): nothing trained is lost, "
+                        "and its thresholds are calibrated at its end.")
         # shown before the first batch too: the dataset's, and train()'s about its split
         warnings = self._dataset_warnings + list(result.warnings)
         if warnings:
