@@ -111,6 +111,35 @@ def test_coco_images_elsewhere_than_the_json_say_where_they_were_looked_for(tmp_
         tmp_path / "images" / "x.png"]
 
 
+def test_coco_names_every_missing_image_in_one_message(tmp_path):
+    """A COCO JSON of two images gone (one a case typo) named the first only: fixed and run
+    again, the next was named, one run per file. All are named at once, as a CSV's are."""
+    for name in ("a.png", "c.png", "d.png"):
+        iio.imwrite(tmp_path / name, _rgb(len(name)))
+    names = ["a.png", "b.png", "c.png", "D.png", "e.png"]
+    coco = {"images": [{"id": i, "file_name": n, "height": 20, "width": 24} for i, n in enumerate(names, 1)],
+            "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 4, 4], "iscrowd": 0}
+                            for i in range(1, 6)],
+            "categories": [{"id": 1, "name": "cat"}]}
+    (tmp_path / "labels.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError) as error:
+        from_coco(tmp_path / "labels.json")
+    assert str(error.value) == (
+        f"3 of the 5 images listed in {tmp_path / 'labels.json'} do not exist: {tmp_path / 'b.png'} (image id 2), "
+        f"{tmp_path / 'D.png'} (image id 4; d.png does: file names differ in upper and lower case here), "
+        f"{tmp_path / 'e.png'} (image id 5)")
+    for name in ("b.png", "e.png"):  # none near: the images' folder may be another
+        (tmp_path / name).write_bytes((tmp_path / "a.png").read_bytes())
+    (tmp_path / "d.png").rename(tmp_path / "x.png")
+    (tmp_path / "c.png").rename(tmp_path / "y.png")
+    with pytest.raises(ValueError) as error:
+        from_coco(tmp_path / "labels.json")
+    assert str(error.value) == (
+        f"2 of the 5 images listed in {tmp_path / 'labels.json'} do not exist; images are looked for in {tmp_path}: "
+        f"pass their folder as image_dir (the command line's --image-dir): {tmp_path / 'c.png'} (image id 3), "
+        f"{tmp_path / 'D.png'} (image id 4)")
+
+
 def test_folders_single_label_and_image_kinds(tmp_path):
     (tmp_path / "cells").mkdir()
     (tmp_path / "nuclei").mkdir()

@@ -759,19 +759,26 @@ def from_coco(
     column = {cat: j for j, cat in enumerate(category_ids)}
     labels = np.zeros((len(image_ids), len(category_ids)), dtype=np.float32)
     paths = []
+    missing, listed = [], {}  # every missing image named at once, as a CSV's: a typo'd name is seldom alone
     for row, image_id in enumerate(image_ids):
         file_name = coco.imgs[image_id]["file_name"]
         path = stored_path(image_dir, file_name)
         if check_images and not path.is_file():
-            near = _near_name(path, {})
-            hint = "" if given_dir or near else (f"; images are looked for in {image_dir}: pass their folder as "
-                                                 "image_dir (the command line's --image-dir)")
-            raise ValueError(f"image {path} listed in {json_path} (image id {image_id}) does not exist"
-                             f"{f'; {near}' if near else ''}{hint}")
+            missing.append((path, image_id, _near_name(path, listed)))
         paths.append(path)
         for cat in present.get(image_id, ()):
             if cat in column:
                 labels[row, column[cat]] = 1
+    if missing:
+        hint = "" if given_dir or any(near for *_, near in missing) else (
+            f"; images are looked for in {image_dir}: pass their folder as image_dir (the command line's --image-dir)")
+        if len(missing) == 1:
+            (path, image_id, near), = missing
+            raise ValueError(f"image {path} listed in {json_path} (image id {image_id}) does not exist"
+                             f"{f'; {near}' if near else ''}{hint}")
+        raise ValueError(f"{len(missing)} of the {len(image_ids)} images listed in {json_path} do not exist{hint}: "
+                         + first_names(f"{path} (image id {image_id}{f'; {near}' if near else ''})"
+                                       for path, image_id, near in missing))
     dataset = LabeledImageDataset(
         image_paths=paths,
         labels=labels,
