@@ -398,7 +398,7 @@ def test_a_coco_json_whose_images_lie_in_another_folder_trains(make_napari_viewe
     assert widget._image_dir.enabled and widget._dataset_path() == json_path
     assert widget.start() is not None
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
-    assert widget.last_message.startswith("Training failed") and "does not exist" in widget.last_message
+    assert widget.last_message.startswith("Training failed") and "do not exist" in widget.last_message
     widget._image_dir.value = tmp_path / "no such folder"
     assert widget.start() is None and widget.last_message.startswith("Images folder: ")
     widget._image_dir.value = tiny_dataset
