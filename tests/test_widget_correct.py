@@ -227,19 +227,28 @@ def test_a_point_added_after_the_image_data_changed_is_not_retrieved_from_other_
     np.testing.assert_array_equal(instances.data, before)
 
 
-def test_adding_many_points_can_be_cancelled(make_napari_viewer, qtbot, prm_config, tiny_checkpoint,
-                                             small_cat):
+def _cat_run(make_napari_viewer, qtbot, checkpoint, small_cat):
+    """A run of the tiny model on the small cat (2 peaks): the viewer, the widget, its predictor and peaks layer."""
     viewer = make_napari_viewer()
     viewer.add_image(small_cat, name="cat")
-    widget = open_predict(viewer, qtbot, tiny_checkpoint)
+    widget = open_predict(viewer, qtbot, checkpoint)
     widget.proposals.value = None
-    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
+    widget.peak_threshold.value = peak_threshold_for(small_cat, checkpoint, 2)
     run_and_wait(widget, qtbot)
-    predictor = widget.predictors.get(widget.context.predictor_keys[()])
-    peaks = viewer.layers["cat peaks"]
+    return viewer, widget, widget.predictors.get(widget.context.predictor_keys[()]), viewer.layers["cat peaks"]
+
+
+def _many_points() -> np.ndarray:
+    """126 points on a 10-pixel grid over the small cat: one job of 126 backward passes when added at once."""
+    return np.stack(np.meshgrid(np.arange(5, 95, 10.0), np.arange(5, 145, 10.0)), -1).reshape(-1, 2)
+
+
+def test_adding_many_points_can_be_cancelled(make_napari_viewer, qtbot, prm_config, tiny_checkpoint,
+                                             small_cat):
+    viewer, widget, predictor, peaks = _cat_run(make_napari_viewer, qtbot, tiny_checkpoint, small_cat)
     widget.progressed.connect(lambda stage, done, total: (
         widget.activity.bar.cancel() if stage == "backprop" and done == 1 and widget.activity else None))
-    grid = np.stack(np.meshgrid(np.arange(5, 95, 10.0), np.arange(5, 145, 10.0)), -1).reshape(-1, 2)
+    grid = _many_points()
     peaks.add(grid)  # 126 points in one go: one job of 126 backward passes
     qtbot.waitUntil(lambda: widget.worker is None and not widget.running, timeout=WAIT_MS)
     assert "Cancelled" in widget.last_message
@@ -254,17 +263,10 @@ def test_closing_napari_stops_the_retrieval_of_added_points(make_napari_viewer, 
     dropped. It now stops as *Cancel* does, and nothing more is retrieved."""
     from napari.qt.threading import WorkerBase
 
-    viewer = make_napari_viewer()
-    viewer.add_image(small_cat, name="cat")
-    widget = open_predict(viewer, qtbot, tiny_checkpoint)
-    widget.proposals.value = None
-    widget.peak_threshold.value = peak_threshold_for(small_cat, tiny_checkpoint, 2)
-    run_and_wait(widget, qtbot)
-    predictor = widget.predictors.get(widget.context.predictor_keys[()])
-    peaks = viewer.layers["cat peaks"]
+    viewer, widget, predictor, peaks = _cat_run(make_napari_viewer, qtbot, tiny_checkpoint, small_cat)
     window = viewer.window._qt_window  # held: its Qt widgets are deleted later, as when napari quits
     run = HeldRun(widget)
-    grid = np.stack(np.meshgrid(np.arange(5, 95, 10.0), np.arange(5, 145, 10.0)), -1).reshape(-1, 2)
+    grid = _many_points()
     peaks.add(grid)  # 126 points in one go: one job of 126 backward passes
     worker = widget.correction.worker
     assert worker is not None
