@@ -1,6 +1,5 @@
 """"Run on a folder…" from the Peak Response Maps widget: three tiny images, lazy result stacks."""
 
-from pathlib import Path
 
 import dask.array as da
 import imageio.v3 as iio
@@ -356,22 +355,15 @@ def test_run_on_a_folder_of_sub_folders_includes_them_when_ticked(predict_widget
 def test_a_sub_folder_that_cannot_be_listed_is_said_when_the_run_ends(predict_widget, qtbot, tmp_path, monkeypatch):
     """With 'include sub-folders', a well folder the user cannot read was left out without a word: "Done: 1
     written, 0 skipped, 0 failed". The done message names it and why, as a warning."""
-    import os
 
     plate = tmp_path / "plate"
     for well in ("A1", "A2"):
         (plate / well).mkdir(parents=True)
         iio.imwrite(plate / well / "cat.png", data.chelsea()[:60, :90])
+    from test_predict_tree import unreadable
+
     locked = plate / "A2"
-    locked.chmod(0)  # root reads it all the same: the refusal a user gets is made below
-    listing = os.scandir
-
-    def scandir(path="."):
-        if isinstance(path, (str, os.PathLike)) and Path(path) == locked:
-            raise PermissionError(13, "Permission denied", str(path))
-        return listing(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    unreadable(monkeypatch, locked)  # root reads it all the same: the refusal a user gets is made there
     try:
         predict_widget.batch_button.click()
         panel = open_batch_panel(predict_widget)
