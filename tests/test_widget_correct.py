@@ -261,7 +261,6 @@ def test_closing_napari_stops_the_retrieval_of_added_points(make_napari_viewer, 
     """Closing (or quitting) napari asks its workers to quit: the panel's retrieval of added points
     ignored that and went on to its last point (napari waiting for it when it quits), its result
     dropped. It now stops as *Cancel* does, and nothing more is retrieved."""
-    from napari.qt.threading import WorkerBase
 
     viewer, widget, predictor, peaks = _cat_run(make_napari_viewer, qtbot, tiny_checkpoint, small_cat)
     window = viewer.window._qt_window  # held: its Qt widgets are deleted later, as when napari quits
@@ -270,12 +269,7 @@ def test_closing_napari_stops_the_retrieval_of_added_points(make_napari_viewer, 
     peaks.add(grid)  # 126 points in one go: one job of 126 backward passes
     worker = widget.correction.worker
     assert worker is not None
-    try:
-        qtbot.waitUntil(run.held.is_set, timeout=WAIT_MS)
-        viewer.close()
-    finally:
-        run.release()
-    WorkerBase.await_workers(WAIT_MS)  # as napari does when it quits (raises if a worker still runs)
+    run.close_napari(viewer, qtbot)
     qtbot.waitUntil(lambda: not worker.is_running and widget.correction.worker is None, timeout=WAIT_MS)
     qtbot.wait(50)
     assert 2 < predictor.cached_peak_count < 2 + len(grid)  # stopped before the last point

@@ -364,6 +364,18 @@ class HeldRun:
     def release(self) -> None:
         self._released.set()
 
+    def close_napari(self, viewer, qtbot) -> None:
+        """Close ``viewer`` once the run is held, release it, and wait for napari's workers as napari
+        does when it quits (which raises if a worker still runs)."""
+        from napari.qt.threading import WorkerBase
+
+        try:
+            qtbot.waitUntil(self.held.is_set, timeout=WAIT_MS)
+            viewer.close()
+        finally:
+            self.release()
+        WorkerBase.await_workers(WAIT_MS)
+
     def backprops(self) -> tuple[int, int]:
         """The peaks back-propagated, of how many."""
         done, total = max((done, total) for stage, done, total in self.reports if stage == "backprop")
@@ -445,19 +457,13 @@ def test_closing_napari_stops_the_run(cat_viewer, qtbot, prm_config, tiny_checkp
     """Closing (or quitting) napari asks its workers to quit: the run ignored that and went on to its
     last peak while the widget's Qt widgets were not yet deleted (napari deletes them later, or not
     before it waits for its workers when it quits). It now stops as *Cancel* does."""
-    from napari.qt.threading import WorkerBase
 
     widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = None  # every peak, one at a time
     window = cat_viewer.window._qt_window  # held: its Qt widgets are deleted later, as when napari quits
     run = HeldRun(widget)
     worker = widget.run()
-    try:
-        qtbot.waitUntil(run.held.is_set, timeout=WAIT_MS)
-        cat_viewer.close()
-    finally:
-        run.release()
-    WorkerBase.await_workers(WAIT_MS)  # as napari does when it quits (raises if a worker still runs)
+    run.close_napari(cat_viewer, qtbot)
     qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
     qtbot.wait(50)
     done, total = run.backprops()
