@@ -753,9 +753,10 @@ def test_train_resume_no_calibrate_of_a_calibrated_finished_run_says_to_predict(
     thresholds = {k: load_model(out).settings[k] for k in ("class_threshold", "peak_threshold")}
     capsys.readouterr()
     assert main(["train", str(tmp_path / "data"), "--out", str(out), "--resume", "--no-calibrate"]) == 0
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == (f"next: napari-prm predict IMAGES --model {out} --out results/, or choose it in napari's Peak "
-                    "Response Maps widget")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith(f"the run in {out} already finished its 1 epoch, and its thresholds are calibrated")
+    assert lines[-1] == (f"next: napari-prm predict IMAGES --model {out} --out results/, or choose it in napari's "
+                         "Peak Response Maps widget")
     assert {k: load_model(out).settings[k] for k in thresholds} == thresholds
     # an epoch trained since drops them: calibrate first
     assert main(["train", str(tmp_path / "data"), "--out", str(out), "--resume", "--no-calibrate",
@@ -763,6 +764,43 @@ def test_train_resume_no_calibrate_of_a_calibrated_finished_run_says_to_predict(
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         "next: choose its class and peak thresholds, napari-prm calibrate ")
     assert "class_threshold" not in load_model(out).settings
+
+def test_train_resume_of_a_finished_run_says_it_finished_and_trains_nothing(tmp_path, capsys):
+    """``train --resume`` of a run that had finished its epochs (no ``--epochs``) said 'training on
+    N images ...', trained nothing and calibrated its thresholds again without a word that the run
+    was over. It now says so and how to do more, and leaves the checkpoint as it was; a finished run
+    whose calibration was interrupted is calibrated, saying that nothing is left to train."""
+    from napari_prm.data import from_folders
+    from napari_prm.train import train
+
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
+    out = tmp_path / "run.pt"
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny", "--epochs", "1",
+                 "--batch-size", "2", "--input-size", "32", "32", "--val-fraction", "0", "--device", "cpu"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    for extra in ([], ["--epochs", "1"]):
+        assert main(["train", str(tmp_path / "data"), "--resume", str(out)] + extra) == 0
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [
+            f"the run in {out} already finished its 1 epoch, and its thresholds are calibrated: nothing was trained "
+            "or calibrated. Nothing is left to do: to train it further, resume with --epochs M, M more than 1; to "
+            f"choose its thresholds again, napari-prm calibrate {tmp_path / 'data'} --model {out}",
+            f"next: napari-prm predict IMAGES --model {out} --out results/, or choose it in napari's Peak Response "
+            "Maps widget"]
+        assert out.read_bytes() == before  # not calibrated again
+    # finished, its thresholds not chosen (interrupted while calibrating): --resume calibrates them
+    other = tmp_path / "uncalibrated.pt"
+    train(from_folders(tmp_path / "data"), out=other, backbone="tiny", epochs=1, batch_size=2, input_size=(32, 32),
+          val_fraction=0, device="cpu", calibrate=False)
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "data"), "--resume", str(other)]) == 0
+    errors = capsys.readouterr().err
+    assert (f"the run in {other} already finished its 1 epoch: nothing to train; calibrating its thresholds on the "
+            f"4 training images -> {other}") in errors
+    assert "training on" not in errors and "epoch 1/1" not in errors
+    assert "class_threshold" in load_model(other).settings
+
 
 def test_train_resume_goes_on_to_the_runs_own_total_of_epochs(tmp_path, capsys):
     """``train --epochs 3`` stopped after epoch 1, then ``train --resume``: it went on to the

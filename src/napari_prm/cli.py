@@ -1272,6 +1272,7 @@ def _check_resumed_options(args, path: Path):
     except (KeyError, TypeError):
         return None  # reported by train() and refine(): no training state
     args.resumed_config = config
+    args.resumed_finished = finished
     args.resumed_split_rule = extra[key].get("split_rule")  # None: from before the rule
     args.resumed_corrections = extra[key].get("corrections")  # refine: what it learnt from (None: not recorded)
 
@@ -1370,6 +1371,8 @@ def _run_train(args) -> int:
     base = resumed = None
     if args.resume:
         resumed = _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
+        if resumed is not None and _finished_run(args, resumed):
+            return 0
     else:  # a checkpoint is read here only: the one checked is the one fine-tuned, even if the file is replaced
         base = _check_train_base(args)
     dataset = _load_dataset(args, classes=args.classes)
@@ -1475,17 +1478,54 @@ def _refuse_resumed_classes(args, trained: Sequence[str], classes: Sequence[str]
 
 def _after_training(args, result) -> str:
     """What to do with a trained checkpoint: calibrate it when it was not, then predict (or the plugin)."""
-    checkpoint = shlex.quote(str(result.checkpoint))
-    predict = (f"napari-prm predict IMAGES --model {checkpoint} --out results/, or choose it in napari's Peak "
-               "Response Maps widget")
-    if result.calibration is not None or "class_threshold" in result.model.settings:
+    return _next_step(args, result.checkpoint,
+                      result.calibration is not None or "class_threshold" in result.model.settings,
+                      bool(result.held_out_images))
+
+
+def _next_step(args, checkpoint: Path, calibrated: bool, held_out: bool) -> str:
+    """The 'next: ...' line of ``train``: calibrate ``checkpoint`` when it is not ``calibrated``
+    (``held_out``: on the images its run held out), then predict (or the plugin)."""
+    predict = (f"napari-prm predict IMAGES --model {shlex.quote(str(checkpoint))} --out results/, or choose it in "
+               "napari's Peak Response Maps widget")
+    if calibrated:
         return f"next: {predict}"  # calibrated now, or earlier with no epoch trained since
-    held_out = " --held-out" if result.held_out_images else ""
-    # the dataset as the run read it: without --voc (or --image-dir) calibrate splits other images
+    return (f"next: choose its class and peak thresholds, {_calibrate_command(args, checkpoint, held_out)} (or on "
+            f"images it did not train on), then {predict}")
+
+
+def _calibrate_command(args, checkpoint: Path, held_out: bool) -> str:
+    """``napari-prm calibrate`` of ``checkpoint`` on ``train``'s dataset as the run read it (without
+    --voc or --image-dir, calibrate would split other images); ``held_out``: on the share it held out."""
     image_dir = "" if args.image_dir is None else f" --image-dir {shlex.quote(str(args.image_dir))}"
     voc = " --voc" if args.voc else ""
-    return (f"next: choose its class and peak thresholds, napari-prm calibrate {shlex.quote(str(args.dataset))}"
-            f"{image_dir}{voc} --model {checkpoint}{held_out} (or on images it did not train on), then {predict}")
+    return (f"napari-prm calibrate {shlex.quote(str(args.dataset))}{image_dir}{voc} "
+            f"--model {shlex.quote(str(checkpoint))}{' --held-out' if held_out else ''}")
+
+
+def _finished_run(args, model) -> bool:
+    """``train --resume`` of a run that has finished its epochs (``--epochs`` not above them) said
+    'training on N images ...', trained nothing and calibrated its thresholds again, without a word
+    that the run was over. With nothing left to do (its thresholds calibrated, or ``--no-calibrate``)
+    this says so and what would do more, and returns True: nothing runs. A finished run whose
+    calibration was interrupted is left to calibrate (False), `_say_split` saying so."""
+    finished = args.resumed_finished
+    if args.epochs > finished:
+        return False
+    calibrated = "class_threshold" in model.settings
+    if args.calibrate and not calibrated:
+        return False
+    path = Path(args.out if args.resume is True else args.resume)
+    held_out = float(args.resumed_config.get("val_fraction", 0) or 0) > 0
+    done = f"the run in {path} already finished its {plural(finished, 'epoch')}"
+    more = f"to train it further, resume with --epochs M, M more than {finished}"
+    if calibrated:
+        _say(f"{done}, and its thresholds are calibrated: nothing was trained or calibrated. Nothing is left to do: "
+             f"{more}; to choose its thresholds again, {_calibrate_command(args, path, held_out)}")
+    else:
+        _say(f"{done}: nothing was trained, and --no-calibrate leaves its thresholds uncalibrated; {more}")
+    _say(_next_step(args, path, calibrated, held_out))
+    return True
 
 
 def _say_split(args, dataset):
@@ -1503,6 +1543,13 @@ def _say_split(args, dataset):
         # a bad fraction, or a bad stored recipe: train() says which
         _say(f"training on {plural(len(dataset), 'image')}, {plural(len(dataset.class_names), 'class')} -> {args.out}")
         return None
+    finished = getattr(args, "resumed_finished", None)
+    if finished is not None and args.epochs <= finished:  # interrupted while calibrating (`_finished_run`)
+        on = (f"the {plural(len(split.held_out), 'held-out image')}" if split.held_out is not None
+              else f"the {plural(len(split.train), 'training image')}")
+        _say(f"the run in {args.out} already finished its {plural(finished, 'epoch')}: nothing to train; "
+             f"calibrating its thresholds on {on} -> {args.out}")
+        return split
     _say(f"{split.describe(args.calibrate)}; {plural(len(dataset.class_names), 'class')} -> {args.out}")
     return split
 
