@@ -791,8 +791,11 @@ def test_train_resume_of_a_finished_run_says_it_finished_and_trains_nothing(tmp_
         assert out.read_bytes() == before  # not calibrated again
     # finished, its thresholds not chosen (interrupted while calibrating): --resume calibrates them
     other = tmp_path / "uncalibrated.pt"
-    train(from_folders(tmp_path / "data"), out=other, backbone="tiny", epochs=1, batch_size=2, input_size=(32, 32),
-          val_fraction=0, device="cpu", calibrate=False)
+    stages = []
+    result = train(from_folders(tmp_path / "data"), out=other, backbone="tiny", epochs=1, batch_size=2,
+                   input_size=(32, 32), val_fraction=0, device="cpu",
+                   progress=lambda update: stages.append(update.stage), cancel=lambda: "calibration" in stages)
+    assert result.calibration is None and "class_threshold" not in load_model(other).settings
     capsys.readouterr()
     assert main(["train", str(tmp_path / "data"), "--resume", str(other)]) == 0
     errors = capsys.readouterr().err
@@ -800,6 +803,53 @@ def test_train_resume_of_a_finished_run_says_it_finished_and_trains_nothing(tmp_
             f"4 training images -> {other}") in errors
     assert "training on" not in errors and "epoch 1/1" not in errors
     assert "class_threshold" in load_model(other).settings
+
+
+def test_train_resume_keeps_the_runs_no_calibrate_and_base_model(tmp_path, capsys, tiny_checkpoint):
+    """The checkpoint's recipe recorded neither ``--no-calibrate`` (a resumed ``--no-calibrate`` run
+    calibrated at its end) nor the ``--model`` a run fine-tuned (``--resume --model`` of the very same
+    base was refused as another model). Both are recorded: a resume keeps the run's no-calibrate
+    (``--calibrate`` asks otherwise), and refuses another ``--model``, naming the run's. A
+    checkpoint from before, without them, still resumes (calibrating, as it did)."""
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
+    out = tmp_path / "run.pt"
+    start = ["train", str(tmp_path / "data"), "--out", str(out), "--model", str(tiny_checkpoint), "--batch-size",
+             "2", "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate", "--device", "cpu"]
+    assert main(start + ["--epochs", "1"]) == 0
+    config = torch.load(out, weights_only=True)["extra"]["training"]["config"]
+    assert config["calibrate"] is False and config["base"] == str(tiny_checkpoint.absolute())
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "data"), "--resume", str(out), "--epochs", "2"]) == 0
+    errors = capsys.readouterr().err
+    assert ("--resume: the run was started with --no-calibrate: its thresholds are not chosen at its end "
+            "(--calibrate chooses them)") in errors
+    assert "epoch 2/2" in errors and "calibrated the thresholds" not in errors
+    assert "class_threshold" not in load_model(out).settings
+    assert torch.load(out, weights_only=True)["extra"]["training"]["config"]["calibrate"] is False
+    # the same base model is the run's own; another is refused, naming the run's
+    before = out.read_bytes()
+    other = tmp_path / "other.pt"
+    shutil.copy(tiny_checkpoint, other)
+    assert main(["train", str(tmp_path / "data"), "--resume", str(out), "--epochs", "3", "--model", str(other)]) == 2
+    assert (f"--model {other} (the run's: --model {tiny_checkpoint.absolute()})"
+            in capsys.readouterr().err)
+    assert out.read_bytes() == before
+    assert main(["train", str(tmp_path / "data"), "--resume", str(out), "--epochs", "3", "--model",
+                 str(tiny_checkpoint), "--calibrate"]) == 0
+    errors = capsys.readouterr().err
+    assert "epoch 3/3" in errors and "calibrated the thresholds on 4 training image(s)" in errors
+    assert "class_threshold" in load_model(out).settings
+    # a checkpoint from before they were recorded: resumed as it was (calibrated at its end)
+    checkpoint = torch.load(out, weights_only=True)
+    for key in ("calibrate", "base"):
+        del checkpoint["extra"]["training"]["config"][key]
+    torch.save(checkpoint, out)
+    assert main(["train", str(tmp_path / "data"), "--resume", str(out), "--epochs", "4"]) == 0
+    errors = capsys.readouterr().err
+    assert "epoch 4/4" in errors and "calibrated the thresholds on 4 training image(s)" in errors
+    assert main(["train", str(tmp_path / "data"), "--resume", str(out), "--epochs", "5", "--model",
+                 str(tiny_checkpoint)]) == 2
+    assert f"--model {tiny_checkpoint} (the run continues its own model)" in capsys.readouterr().err
 
 
 def test_train_resume_goes_on_to_the_runs_own_total_of_epochs(tmp_path, capsys):

@@ -548,8 +548,8 @@ def test_an_image_that_fails_in_the_calibration_of_a_resumed_finished_run_is_not
     sound = victim.read_bytes()
     start = sound.index(b"IDAT") + 8  # the pixel data zeroed; header and end kept
     victim.write_bytes(sound[:start] + bytes(len(sound) - 24 - start) + sound[-24:])
-    with pytest.raises(ValueError) as error:
-        train(dataset, out=out, resume=True, **settings)
+    with pytest.raises(ValueError) as error:  # calibrate=True: the run's own is its calibrate=False
+        train(dataset, out=out, resume=True, calibrate=True, **settings)
     assert str(error.value).startswith(f"cannot read image {victim}")
     assert str(error.value).endswith(f"; training stopped after the last epoch (calibrating): {out} keeps epoch 1, "
                                      "intact: fix or remove the image, then resume (resume=True, the command line's "

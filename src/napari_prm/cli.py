@@ -1254,7 +1254,7 @@ def _check_resumed_options(args, path: Path):
     options given with them that ask for another were ignored without a word
     (``--input-size 96 96`` went on training at 64×64). Returns the resumed model, or None."""
     from .model.checkpoint import load_checkpoint
-    from .train import recipe_conflicts
+    from .train import recipe_conflicts, same_base
 
     # a missing or unreadable checkpoint was reported after the dataset was read (and, by train,
     # after its 'training on ...' line), without naming --resume
@@ -1294,12 +1294,17 @@ def _check_resumed_options(args, path: Path):
     if args.command == "train":
         if "backbone" in given and args.backbone != model.backbone:
             differ.append(f"--backbone {args.backbone} (the run's: {model.backbone})")
-        if args.model is not None:
-            differ.append(f"--model {args.model} (the run continues its own model)")
+        base = config.get("base")  # recorded since: a checkpoint from before says no more than its backbone
+        if args.model is not None and (base is None or not same_base(args.model, base)):
+            differ.append(f"--model {args.model} (the run's: --model {base})" if base is not None
+                          else f"--model {args.model} (the run continues its own model)")
     if differ:
         raise CommandError(f"--resume continues the run in {path} with the options it was started with, "
                            f"but these ask for others: {'; '.join(differ)}; drop them, or start a new "
                            "run without --resume")
+    if args.command == "train" and "calibrate" not in given and config.get("calibrate") is False:
+        args.calibrate = False  # it calibrated at its end, whatever the run was started with
+        args.resumed_no_calibrate = True  # said with the split (`_run_train`)
     return model
 
 
@@ -1384,6 +1389,9 @@ def _run_train(args) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from error
     split = _say_split(args, dataset)
+    if getattr(args, "resumed_no_calibrate", False):
+        _say("--resume: the run was started with --no-calibrate: its thresholds are not chosen at its end "
+             "(--calibrate chooses them)")
     note = None if args.resume else builtin_start_note(dataset.class_names, args.model)
     if note:
         _say(f"note: {note}")
@@ -1419,7 +1427,8 @@ def _run_train(args) -> int:
 
     try:
         result = train(
-            dataset, model=args.model if base is None else base, backbone=args.backbone, out=args.out,
+            dataset, model=args.model if base is None else base, model_name=args.model, backbone=args.backbone,
+            out=args.out,
             epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
             momentum=args.momentum, weight_decay=args.weight_decay,

@@ -936,6 +936,48 @@ def _adapt_classes(model: PRMModel, class_names: list[str]) -> PRMModel:
     return model
 
 
+def run_base(model, model_name: str | os.PathLike | None = None) -> str | None:
+    """What a run started from, as :func:`train` records it in its recipe (``base``).
+
+    A backbone or built-in model name as it is; a checkpoint file as its absolute path; a
+    PRMModel as ``model_name`` (its file's absolute path, or a name), None without it.
+
+    Parameters
+    ----------
+    model : PRMModel, str or path
+        ``train``'s ``model`` (its ``backbone`` when ``model`` is None).
+    model_name : str, path or None
+        What a PRMModel ``model`` was read from.
+    """
+    if isinstance(model, PRMModel):
+        if model_name is None:
+            return None
+        model = model_name
+    if isinstance(model, str) and (is_builtin_name(model) or is_builtin_name(model, BACKBONES)):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return str(Path(model).absolute())
+    return None
+
+
+def same_base(asked, recorded: str) -> bool:
+    """Whether ``asked`` names the base a run recorded (`run_base`): the same name, or the same file.
+
+    Parameters
+    ----------
+    asked : str or path
+        A ``model`` (the command line's ``--model``) given to a resumed run.
+    recorded : str
+        The run's recipe's ``base``.
+    """
+    named = run_base(asked)
+    if named is None:
+        return False
+    if named == recorded:
+        return True
+    return Path(recorded).is_absolute() and Path(named).is_absolute() and check.same_file(named, recorded)
+
+
 def _start_model(base, class_names: list[str], input_size, seed: int) -> PRMModel:
     torch.manual_seed(seed)  # the new classifier's initial weights
     if isinstance(base, PRMModel):
@@ -1293,6 +1335,11 @@ def _training_state(path: Path, state) -> tuple[dict[str, Any], int, list[EpochR
         config = _recipe(**{key: state["config"][key] for key in (
             "epochs", "batch_size", "lr", "backbone_lr_mult", "momentum", "weight_decay", "input_size",
             "sub_pixel_locating_factor", "hflip", "seed", "val_fraction")}, where=where)
+        # recorded since: what a checkpoint from before lacks is not known
+        if "calibrate" in state["config"]:
+            config["calibrate"] = check.boolean(f"{where}calibrate", state["config"]["calibrate"])
+        if isinstance(state["config"].get("base"), str):
+            config["base"] = state["config"]["base"]
         start_epoch = check.integer(f"{where}epoch", state["epoch"], low=0)
         history = [EpochRecord(**record) for record in state["history"]]
         if not isinstance(state["optimizer"], dict):
@@ -1440,7 +1487,7 @@ def train(
     device: str | torch.device | None = None,
     seed: int = 0,
     val_fraction: float = 0.2,
-    calibrate: bool = True,
+    calibrate: bool | None = None,
     resume: str | os.PathLike | bool | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
     cancel: Any = None,
@@ -1449,6 +1496,7 @@ def train(
     split: TrainingSplit | None = None,
     check_images: bool = True,
     warn: Callable[[str], None] | None = None,
+    model_name: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train a PRM model on image-level labels.
 
@@ -1508,11 +1556,13 @@ def train(
         whose removal leaves one of its classes without a training image is never
         held out (:func:`training_split`): fewer images are then held out, or none
         (calibrated on the training images), and ``TrainResult.warnings`` says so.
-    calibrate : bool
+    calibrate : bool or None
         After the last epoch, choose the class and peak thresholds from the
         held-out images' image-level labels
         (:func:`napari_prm.peaks.calibrate_model`) and store them in the model
-        and the checkpoint, where ``predict`` finds them.
+        and the checkpoint, where ``predict`` finds them. None (the default): True for a new
+        run; for a resumed run, what the run was started with (recorded in its recipe as
+        ``calibrate``; True for a checkpoint that does not record it). A new run records it.
     resume : path, True or None
         Continue from a checkpoint written by ``train`` (True: from ``out``):
         finished epochs are skipped and the recipe stored in it is used,
@@ -1549,6 +1599,11 @@ def train(
         Called with each warning about the dataset and its split (``TrainResult.warnings``
         but the calibration's, which is ``TrainResult.calibration.warning``) once they are
         known, before the first epoch: a caller says them there, while the run may take hours.
+    model_name : str, path or None
+        What a PRMModel ``model`` was read from (the command line gives the ``--model`` file it
+        read), recorded as the run's base. A new run records its base in its recipe as ``base``
+        (`run_base`): the backbone name, the built-in model's name, the checkpoint's absolute path,
+        or None for a PRMModel without ``model_name``.
 
     Returns
     -------
@@ -1564,8 +1619,9 @@ def train(
         raise ValueError(f"dataset: expected a LabeledImageDataset (see napari_prm.data.load_dataset), "
                          f"got {type(dataset).__name__}")
     # hflip="no" or calibrate="False" (a configuration file's strings) were true
-    hflip, calibrate, overwrite, check_images = (check.boolean(name, value) for name, value in (
-        ("hflip", hflip), ("calibrate", calibrate), ("overwrite", overwrite), ("check_images", check_images)))
+    hflip, overwrite, check_images = (check.boolean(name, value) for name, value in (
+        ("hflip", hflip), ("overwrite", overwrite), ("check_images", check_images)))
+    calibrate = None if calibrate is None else check.boolean("calibrate", calibrate)
     out = checkpoint_file("out", out, training=True)
     check.new_checkpoint("out", out, overwrite=overwrite, resume=resume)
     writable_folder(out.parent, create=False)  # not after the first epoch, with a temporary file's name
@@ -1588,12 +1644,17 @@ def train(
         if epochs < start_epoch:
             raise ValueError(f"epochs {epochs} is fewer than the {start_epoch} epochs the run in {resume_path} "
                              f"has finished: epochs is the new total ({start_epoch} or more)")
+        if calibrate is None:  # the run's own (--no-calibrate was not recorded before: calibrated)
+            calibrate = config.get("calibrate", True)
     else:
         config = _recipe(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_mult=backbone_lr_mult,
                          momentum=momentum, weight_decay=weight_decay,
                          input_size=DEFAULT_INPUT_SIZE if input_size is None else input_size,
                          sub_pixel_locating_factor=sub_pixel_locating_factor, hflip=hflip, seed=seed,
                          val_fraction=val_fraction)
+        calibrate = True if calibrate is None else calibrate
+        config["calibrate"] = calibrate
+        config["base"] = run_base(model if model is not None else backbone, model_name)
         model = _start_model(model if model is not None else backbone, list(dataset.class_names),
                              None if input_size is None else config["input_size"], config["seed"])
         # a fine-tuned model trains at its own size unless input_size is given (it trained at 448)

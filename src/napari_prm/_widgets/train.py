@@ -553,7 +553,10 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         except ValueError:
             split = None  # a bad val_fraction: train() says so
         else:
-            what = split.describe(options.get("calibrate", defaults["calibrate"]))
+            # calibrate=None: a resumed run's own (recorded), else True
+            own = True if resumed is None else resumed.config.get("calibrate", True)
+            calibrate = options.get("calibrate")
+            what = split.describe(own if calibrate is None else calibrate)
             warnings += split_warnings(dataset, split)
         note = None if resumed is not None else builtin_start_note(dataset.class_names, options.get("model"),
                                                                    option=BUILTIN_CHOICE)
