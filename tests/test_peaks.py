@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_prm._text import for_command_line
+from napari_prm._text import for_command_line, for_widget
 from napari_prm.model.peak_stimulation import peak_stimulation
 from napari_prm.peaks import MAX_PEAKS, calibrate_thresholds, class_scores, peak_candidates, select_peaks
 
@@ -120,6 +120,13 @@ def test_calibration_on_fewer_than_ten_images_says_its_thresholds_are_unreliable
     assert ("hold out more: train's --val-fraction; or add images, then 'napari-prm calibrate DATASET --model MODEL "
             "--held-out'" in said and "--class-threshold and --peak-threshold" in said)
     assert not any(name in said for name in ("val_fraction", "calibrate_checkpoint", "held_out=", "class_threshold"))
+    # the widgets' wording names what the Train widget offers: it has no held-out share to set, nor a function
+    shown = for_widget(calibration.warning)
+    assert shown.startswith("the thresholds were calibrated on only 3 image(s), fewer than 10: chosen on so few, they "
+                            "fit those images and may not hold on others. Calibrate on more images: add images to the "
+                            "dataset and train again (Train holds out about a fifth of them")
+    assert "press *Calibrate* with the model as the model to calibrate" in shown
+    assert not any(name in shown for name in ("val_fraction", "calibrate_checkpoint", "held_out", "--"))
     many = calibrate_thresholds(maps * 4, np.concatenate([labels] * 4))
     assert many.images == 12 and many.warning is None
 
@@ -141,6 +148,9 @@ def test_calibration_that_finds_no_class_says_so():
     assert said.startswith("calibration found no class") and "train's --val-fraction" in said
     assert "'napari-prm calibrate DATASET --model MODEL'" in said
     assert "val_fraction" not in said and "calibrate_checkpoint" not in said
+    shown = for_widget(calibration.warning)
+    assert "(add images per class: Train holds out about a fifth of them)" in shown and "*Calibrate*" in shown
+    assert "val_fraction" not in shown and "calibrate_checkpoint" not in shown and "napari-prm" not in shown
 
 
 def test_calibration_that_keeps_more_peaks_than_the_cap_says_so():

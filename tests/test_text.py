@@ -1,6 +1,6 @@
 import pickle
 
-from napari_prm._text import Worded, for_command_line, in_front_end_words, plural, worded, worded_sentences
+from napari_prm._text import Worded, for_command_line, for_widget, in_front_end_words, plural, worded, worded_sentences
 
 
 def test_plural_is_singular_for_one():
@@ -28,6 +28,19 @@ def test_a_worded_message_is_the_librarys_string_and_carries_the_command_lines()
     assert for_command_line(worded("with TTA, {}", text)) == "with TTA, hold out more (--val-fraction)"
     back = pickle.loads(pickle.dumps(text))  # a worker's result keeps both
     assert back == text and for_command_line(back) == text.command_line
+
+
+def test_a_worded_message_carries_the_widgets_wording_through_sentences_and_templates():
+    """Advice naming settings the widgets do not have (``val_fraction``) was shown there as the library
+    words it: a third wording, the widgets', goes with the message as the command line's does."""
+    text = Worded("hold out more (val_fraction)", "hold out more (--val-fraction)", "add images (Train)")
+    assert text == "hold out more (val_fraction)" and for_widget(text) == "add images (Train)"
+    assert for_widget(Worded("same", "--same")) == "same" and for_widget("plain") == "plain"
+    both = worded_sentences([text, "plain"])
+    assert for_widget(both) == "add images (Train). Plain." and for_command_line(both).startswith("hold out more (--")
+    assert for_widget(worded("with TTA, {}", text)) == "with TTA, add images (Train)"
+    back = pickle.loads(pickle.dumps(text))
+    assert for_widget(back) == "add images (Train)" and for_command_line(back) == text.command_line
 
 
 def test_in_front_end_words_names_whole_arguments_as_the_front_end_does():

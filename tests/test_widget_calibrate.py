@@ -79,6 +79,8 @@ def test_calibrate_a_trained_model_on_its_held_out_images(make_napari_viewer, qt
     assert f"Saved {written}; it is offered in the Peak Response Maps widget." in widget.last_message
     # the warnings are sentences: they ran on as "... include some without them. the thresholds were ..."
     assert "include some without them. The thresholds were calibrated on only 1 image(s)" in widget.last_message
+    assert "press *Calibrate* with the model" in widget.last_message  # the widget's wording: no --val-fraction
+    assert "val_fraction" not in widget.last_message and "calibrate_checkpoint" not in widget.last_message
     assert re.search(r"\.\. |\. [a-z]", widget.last_message) is None, widget.last_message
     assert predict_widget.model.value == str(written.resolve())
     qtbot.waitUntil(lambda: predict_widget.classes_loaded, timeout=WAIT_MS)

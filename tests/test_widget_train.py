@@ -51,7 +51,14 @@ def test_train_one_epoch_and_offer_the_model(make_napari_viewer, qtbot, prm_conf
     assert "(3 training images, 1 held out)" in widget.last_message
     # thresholds chosen on one image were reported as if reliable
     assert " Warning: the thresholds were calibrated on only 1 image(s), fewer than 10" in widget.last_message
-    assert "--held-out" in widget.last_message and "set the thresholds by hand" in widget.last_message
+    # in the widget's words: what it offers (its fields, *Calibrate*), not the options or functions it has not
+    assert ("Calibrate on more images: add images to the dataset and train again (Train holds out about a fifth of "
+            "them to calibrate on), or choose a larger labelled dataset the model was not trained on (dataset file, "
+            "or folder per class) and press *Calibrate* with the model as the model to calibrate; or set the "
+            "thresholds by hand (the Peak Response Maps widget's class threshold and peak threshold).") \
+        in widget.last_message
+    assert not any(name in widget.last_message for name in ("val_fraction", "--val-fraction", "calibrate_checkpoint",
+                                                            "--held-out", "napari-prm calibrate"))
     assert widget.last_message.endswith(" Note: T" + note[1:] + ".")
     assert len(splits) == 1
     assert "class_threshold" in load_model(out).settings

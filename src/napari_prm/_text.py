@@ -43,23 +43,33 @@ class Worded(str):
     """A message in the library's names (``val_fraction``, ``calibrate_checkpoint(...)``), as Python and
     the widgets show it, that also carries its wording for the command line (:attr:`command_line`: the
     options, ``--val-fraction``, ``napari-prm calibrate ... --held-out``), which the command line prints
-    (`for_command_line`). It is a ``str``: everything else sees the library's wording; text built from
-    it with ``+`` or an f-string loses the other wording (build a ``Worded`` of both, as `worded_sentences`)."""
+    (`for_command_line`), and may carry the napari widgets' own (:attr:`widget`: their fields and
+    buttons, for advice naming settings they do not have), which the widgets show (`for_widget`; the
+    library's wording when not given). It is a ``str``: everything else sees the library's wording; text
+    built from it with ``+`` or an f-string loses the other wordings (build a ``Worded`` of them, as
+    `worded_sentences`)."""
 
     command_line: str
+    widget: str
 
-    def __new__(cls, text: str, command_line: str | None = None):
+    def __new__(cls, text: str, command_line: str | None = None, widget: str | None = None):
         self = super().__new__(cls, text)
         self.command_line = str(text) if command_line is None else str(command_line)
+        self.widget = str(text) if widget is None else str(widget)
         return self
 
     def __reduce__(self):  # pickled (a worker's result) as a Worded still
-        return Worded, (str(self), self.command_line)
+        return Worded, (str(self), self.command_line, self.widget)
 
 
 def for_command_line(text: str) -> str:
     """``text`` as the command line says it: a `Worded` message's ``command_line`` wording, else ``text``."""
     return str(getattr(text, "command_line", text))
+
+
+def for_widget(text: str) -> str:
+    """``text`` as the napari widgets say it: a `Worded` message's ``widget`` wording, else ``text``."""
+    return str(getattr(text, "widget", text))
 
 
 def in_front_end_words(text: str, names: Mapping[str, str]) -> str:
@@ -78,15 +88,17 @@ def in_front_end_words(text: str, names: Mapping[str, str]) -> str:
 
 
 def worded(template: str, *texts: str) -> Worded:
-    """``template.format(*texts)`` in both wordings of the `Worded` ``texts`` (plain strings are the same in
-    both): ``worded("with test-time augmentation, {}", warning)``."""
-    return Worded(template.format(*map(str, texts)), template.format(*map(for_command_line, texts)))
+    """``template.format(*texts)`` in each wording of the `Worded` ``texts`` (plain strings are the same in
+    all): ``worded("with test-time augmentation, {}", warning)``."""
+    return Worded(template.format(*map(str, texts)), template.format(*map(for_command_line, texts)),
+                  template.format(*map(for_widget, texts)))
 
 
 def worded_sentences(texts) -> Worded:
-    """`sentences` of ``texts`` in both wordings of the `Worded` ones."""
+    """`sentences` of ``texts`` in each wording of the `Worded` ones."""
     texts = list(texts)
-    return Worded(sentences(texts), sentences([for_command_line(text) for text in texts]))
+    return Worded(sentences(texts), sentences([for_command_line(text) for text in texts]),
+                  sentences([for_widget(text) for text in texts]))
 
 
 def first_names(names, shown: int = 10) -> str:

@@ -370,7 +370,10 @@ class Calibration:
                       "or train for more epochs, then calibrate again (calibrate_checkpoint, or 'napari-prm "
                       "calibrate').",
                       f"{said}train's --val-fraction; or more images per class) or train for more epochs, then "
-                      "calibrate again ('napari-prm calibrate DATASET --model MODEL').")
+                      "calibrate again ('napari-prm calibrate DATASET --model MODEL').",
+                      f"{said.removesuffix(' (hold out more: ')} (add images per class: Train holds out about a "
+                      "fifth of them) or train for more epochs, then calibrate again (*Calibrate*, with the model as "
+                      "the model to calibrate).")
 
     @property
     def over_cap(self) -> int:
@@ -418,7 +421,13 @@ class Calibration:
                       f"MODEL --held-out'{larger}predict's class_threshold and peak_threshold, the command line's "
                       "--class-threshold and --peak-threshold, or the Peak Response Maps widget's thresholds).",
                       f"{said}train's --val-fraction; or add images, then 'napari-prm calibrate DATASET --model "
-                      f"MODEL --held-out'{larger}predict's and evaluate's --class-threshold and --peak-threshold).")
+                      f"MODEL --held-out'{larger}predict's and evaluate's --class-threshold and --peak-threshold).",
+                      # the Train widget has no held-out share to set, nor calibrate_checkpoint: its fields
+                      f"{said.removesuffix(' (hold out more: ')}: add images to the dataset and train again (Train "
+                      "holds out about a fifth of them to calibrate on), or choose a larger labelled dataset the "
+                      "model was not trained on (dataset file, or folder per class) and press *Calibrate* with the "
+                      "model as the model to calibrate; or set the thresholds by hand (the Peak Response Maps "
+                      "widget's class threshold and peak threshold).")
 
     def describe(self) -> str:
         """E.g. ``"calibrated on 26 image(s): class threshold 1.2, peak threshold 0.8 (peak precision

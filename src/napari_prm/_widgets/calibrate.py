@@ -16,7 +16,7 @@ from pathlib import Path
 
 from magicgui.widgets import ComboBox, FileEdit, PushButton
 
-from .._text import sentence, sentences
+from .._text import for_widget, sentence, sentences
 from ..data import load_dataset
 from ..model.checkpoint import BUILTIN_MODELS, CHECKPOINT_SUFFIXES, is_builtin_name
 from ..train import CheckpointCalibration, calibrate_checkpoint
@@ -162,5 +162,5 @@ class CalibrateSection:
         if outcome.notes:
             message += " Note: " + " ".join(sentence(note) for note in outcome.notes)
         if outcome.warnings:
-            message += " Warning: " + sentences(outcome.warnings)
+            message += " Warning: " + sentences(map(for_widget, outcome.warnings))
         self._say(message, warning=bool(outcome.warnings))

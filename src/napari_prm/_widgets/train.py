@@ -32,7 +32,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from .._text import plural, sentence, sentences
+from .._text import for_widget, plural, sentence, sentences
 from ..data import load_dataset
 from ..io import channels_for, channels_read_as, parse_channels
 from ..model.checkpoint import is_builtin_name, model_channels, model_input_size
@@ -593,7 +593,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             self._note = note
             noted = f" Note: {sentence(note)}" if note else ""
             if warnings:
-                self._say("Warning: " + sentences(warnings) + noted, warning=True)
+                self._say("Warning: " + sentences(map(for_widget, warnings)) + noted, warning=True)
             elif note:
                 self._say(f"{sentence(what)}{noted}" if what else noted.strip())
             elif what:
@@ -648,7 +648,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         # shown before the first batch too: the dataset's, and train()'s about its split
         warnings = self._dataset_warnings + list(result.warnings)
         if warnings:
-            message += " Warning: " + sentences(warnings)
+            message += " Warning: " + sentences(map(for_widget, warnings))  # the widget's wording of its advice
         if self._note:
             message += f" Note: {sentence(self._note)}"
         self._say(message, warning=bool(warnings))
