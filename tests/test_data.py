@@ -323,6 +323,33 @@ def test_csv_errors_name_file_and_line(tmp_path):
         load_dataset(tmp_path / "x.png")
 
 
+
+def test_a_one_hot_csv_is_refused_with_the_form_expected(tmp_path):
+    """A CSV of one 0/1 column per class (``image,cat,dog``; pandas' ``get_dummies``) was refused
+    with "expected the header 'image,labels'" only: the message names the layout and shows its first
+    row in the form expected. A header of other columns (values not 0/1) gets no such hint."""
+    path = _write_csv(tmp_path, [])
+    path.write_text("image,cat,dog\n\na.png,1,0\nb.png,1,1\n")
+    with pytest.raises(ValueError) as error:
+        from_csv(path)
+    assert str(error.value) == (
+        f"{path}:1: expected the header 'image,labels'; got ['image', 'cat', 'dog']: this looks like one 0/1 column "
+        "per class (cat, dog); write two columns instead, the header 'image,labels' and each image's classes "
+        "separated by ';' (none: empty): line 3, a.png,1,0, is a.png,cat")
+    path.write_text("Image, cat ,dog\nb.png,1,1\n")
+    with pytest.raises(ValueError, match=r"line 2, b\.png,1,1, is b\.png,cat;dog$"):
+        from_csv(path)
+    path.write_text("image,cat,dog\nc.png,0,0\n")
+    with pytest.raises(ValueError, match=r"line 2, c\.png,0,0, is c\.png,$"):
+        from_csv(path)
+    for other in ("image,label,notes\na.png,cat,good\n", "image,cat,dog\na.png,yes,no\n", "image,cat\n"):
+        path.write_text(other)
+        with pytest.raises(ValueError) as error:
+            from_csv(path)
+        assert str(error.value).startswith(f"{path}:1: expected the header 'image,labels'; got [")
+        assert "0/1" not in str(error.value)
+
+
 def test_csv_as_spreadsheets_write_it_is_read_or_explained(tmp_path):
     """What Excel writes: a BOM and Windows line endings (read), a CSV in the Windows code page
     (the message was Python's "'utf-8' codec can't decode byte 0xe9"), one separated by ';' (the

@@ -1271,7 +1271,8 @@ def from_csv(
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header[:2]] != ["image", "labels"]:
             hint = (": separate the two columns by ',' (the labels by ';')"
-                    if header and header[0].strip().lower().startswith(("image;", "image\t")) else "")
+                    if header and header[0].strip().lower().startswith(("image;", "image\t")) else
+                    _one_hot_hint(header, reader))
             raise ValueError(f"{path}:1: expected the header 'image,labels'; got {header}{hint}")
         # columns after 'labels' that the header names (a spreadsheet's notes) are not read
         columns = 2 + sum(1 for name in header[2:] if name.strip())
@@ -1336,6 +1337,26 @@ def from_csv(
     if require_positives:
         dataset.check_positives()
     return dataset
+
+
+def _one_hot_hint(header: list[str] | None, reader) -> str:
+    """A label CSV's header ``image,cat,dog`` whose first row's cells after the image are 0 or 1 (one
+    column per class, one-hot, as a spreadsheet or pandas' ``get_dummies`` writes it) was refused
+    as any other header: the hint names that layout and that row in the form expected
+    (``a.png,1,0`` is ``a.png,cat``). "" for another header, or a row of other values."""
+    if not header or len(header) < 2 or header[0].strip().lower() != "image":
+        return ""
+    classes = [name.strip() for name in header[1:]]
+    row = next((r for r in reader if r and any(cell.strip() for cell in r)), None)
+    if row is None or not all(classes) or len(row) != len(header):
+        return ""
+    cells = [cell.strip() for cell in row[1:]]
+    if not all(cell in ("0", "1") for cell in cells):
+        return ""
+    labels = ";".join(name for name, cell in zip(classes, cells, strict=True) if cell == "1")
+    return (f": this looks like one 0/1 column per class ({first_names(classes)}); write two columns instead, "
+            f"the header 'image,labels' and each image's classes separated by ';' (none: empty): line "
+            f"{reader.line_num}, {','.join(c.strip() for c in row)}, is {row[0].strip()},{labels}")
 
 
 def _near_name(image: Path, listed: dict[Path, list[str]]) -> str:
