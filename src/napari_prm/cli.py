@@ -384,9 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "AP per epoch, and the thresholds are calibrated on them at the end (never an image whose "
                             "class has no other: fewer, or none, are then held out, and the training "
                             "images calibrate)")
-    train.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+    train.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
                        help="after the last epoch, choose the class and peak thresholds on the held-out "
-                            "images (image-level labels only) and store them in the checkpoint")
+                            "images (image-level labels only) and store them in the checkpoint (default: on; "
+                            "with --resume: as the run was started, which the checkpoint records)")
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                        help="continue the run saved in CHECKPOINT (written on in CHECKPOINT itself "
@@ -1302,9 +1303,9 @@ def _check_resumed_options(args, path: Path):
         raise CommandError(f"--resume continues the run in {path} with the options it was started with, "
                            f"but these ask for others: {'; '.join(differ)}; drop them, or start a new "
                            "run without --resume")
-    if args.command == "train" and "calibrate" not in given and config.get("calibrate") is False:
-        args.calibrate = False  # it calibrated at its end, whatever the run was started with
-        args.resumed_no_calibrate = True  # said with the split (`_run_train`)
+    if args.command == "train" and args.calibrate is None:  # it calibrated, whatever the run was started with
+        args.calibrate = config.get("calibrate", True)  # not recorded before: on
+        args.resumed_no_calibrate = not args.calibrate  # said with the split (`_run_train`)
     return model
 
 
@@ -1376,10 +1377,13 @@ def _run_train(args) -> int:
     base = resumed = None
     if args.resume:
         resumed = _check_resumed_options(args, Path(args.out if args.resume is True else args.resume))
+        if args.calibrate is None:  # a checkpoint without a training state: train() refuses it
+            args.calibrate = True
         if resumed is not None and _finished_run(args, resumed):
             return 0
     else:  # a checkpoint is read here only: the one checked is the one fine-tuned, even if the file is replaced
         base = _check_train_base(args)
+        args.calibrate = True if args.calibrate is None else args.calibrate
     dataset = _load_dataset(args, classes=args.classes)
     dataset.channels = _channels(args, _model_channels(resumed if resumed is not None else base))
     if resumed is not None and list(resumed.class_names) != list(dataset.class_names):
