@@ -883,6 +883,11 @@ def test_train_resume_goes_on_to_the_runs_own_total_of_epochs(tmp_path, capsys):
     assert out.read_bytes() == before
     with pytest.raises(ValueError, match="epochs 1 is fewer than the 3 epochs the run in"):
         train(from_folders(tmp_path / "data"), out=out, epochs=1, resume=True)
+    # in Python, the run's own total again: nothing trained, and its result says so
+    result = train(from_folders(tmp_path / "data"), out=out, epochs=3, resume=True)
+    assert [h.epoch for h in result.history] == [1, 2, 3] and result.calibration is None
+    assert result.notes == [f"the run in {out} already finished its 3 epochs: no epoch was trained (epochs above 3 "
+                            "train it further)"]
 
 
 def test_train_warns_of_a_label_typo_and_of_files_it_leaves_out(tmp_path, capsys):

@@ -161,7 +161,8 @@ class TrainResult:
     notes : list of str
         What the run did that a caller may not expect: the dataset's ``channels`` differ from
         those the starting model was trained on (the run learns from and records the dataset's;
-        the command line says this note as it starts).
+        the command line says this note as it starts); a resumed run had finished its epochs
+        already, so that none was trained (only its calibration, when ``calibrate``).
     """
 
     model: PRMModel
@@ -1678,6 +1679,10 @@ def train(
                          f"{recorded if recorded is not None else 'None (images as they are)'}, the dataset "
                          f"reads channels {channels}: give the same channels")
     notes = [] if channel_note is None else [channel_note]  # the command line's note
+    if state is not None and start_epoch >= epochs:  # the command line says it itself (it trains nothing)
+        notes.append(f"the run in {resume_path} already finished its {plural(start_epoch, 'epoch')}: no epoch was "
+                     "trained" + ("; its thresholds were calibrated again" if calibrate else "")
+                     + f" (epochs above {start_epoch} train it further)")
     dataset = dataset.with_model_channels(recorded)
     if dataset.channels is None:
         model.settings.pop("channels", None)
