@@ -701,6 +701,45 @@ def test_the_command_ends_by_naming_the_failed_images(tmp_path, checkpoint, imag
         f"0 image(s) written to {out}, 1 skipped, 2 failed; summary: {out / 'summary.csv'}"]
 
 
+def test_inputs_left_out_are_named_and_counted_alike_in_every_line_and_the_summary(tmp_path, checkpoint, images,
+                                                                                    capsys):
+    """``predict in/ missing.png``: the end's count said "2 failed" (the missing input counted), but the
+    line naming the failures said "1 failed: broken.png", and neither it nor summary.csv named
+    ``missing.png``. Every failed input is now a failed row of the summary and the run's result, named
+    once in the end's list, and one count is given everywhere."""
+    from napari_prm.batch import collect_images
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("cat.png", "broken.png"):
+        shutil.copy(next(p for p in images if p.name == name), folder / name)
+    missing = tmp_path / "missing.png"
+    out = tmp_path / "out"
+    command = ["predict", str(folder), str(missing), "--out", str(out), "--model", str(checkpoint),
+               "--proposals", "prm", "--peak-threshold", "0", "--device", "cpu"]
+    assert main(command) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert f"{missing}: no such file or folder" in lines
+    assert lines[-2:] == [
+        f"2 failed: broken.png, missing.png (why: the error column of {out / 'summary.csv'})",
+        f"1 image(s) written to {out}, 0 skipped, 2 failed; summary: {out / 'summary.csv'}"]
+    rows = summary_rows(out)
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "cat.png": "written", "broken.png": "failed", "missing.png": "failed"}
+    assert rows["missing.png"]["error"] == "no such file or folder" and rows["missing.png"]["stem"] == ""
+
+    # the Python API: the same inputs, the same counts
+    found, problems = collect_images([folder, missing])
+    batch = predict_many(found, str(checkpoint), tmp_path / "out2", device="cpu", left_out=problems, **SETTINGS)
+    assert [(Path(r.image).name, r.status, r.error) for r in batch.failed] == [
+        ("broken.png", "failed", batch.failed[0].error), ("missing.png", "failed", "no such file or folder")]
+    assert [row["status"] for row in summary_rows(tmp_path / "out2").values()].count("failed") == 2
+
+    # a later run without the missing input drops its row: it was that run's, not the folder's record
+    assert main(command[:2] + command[3:]) == 1
+    assert set(summary_rows(out)) == {"cat.png", "broken.png"}
+
+
 def test_skip_reasons_group_the_skipped_images_by_why(tmp_path, checkpoint, images, capsys):
     """`BatchResult.skip_reasons`, behind the folder panel's message and the command line's: complete
     outputs in one group, an incomplete set (a file removed) in another, whatever files each one lacks."""

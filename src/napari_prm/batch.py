@@ -63,7 +63,7 @@ from .io.images import quiet_large_image_warning
 from .io.paths import image_stem, sorted_paths
 
 __all__ = ["ImageResult", "BatchResult", "ModelSpec", "PlaneTally", "FolderInUse", "predict_many", "predict_image",
-           "collect_images", "image_names", "output_stems", "renamed_notes", "output_name", "output_place",
+           "LeftOut", "collect_images", "image_names", "output_stems", "renamed_notes", "output_name", "output_place",
            "output_states", "written_since", "record_written", "start_local_cluster", "label_stack", "label_shapes",
            "label_planes", "image_stack", "SUMMARY_COLUMNS"]
 
@@ -279,6 +279,37 @@ class BatchResult:
         return [self.labels_path(r) for r in self.with_outputs()]
 
 
+class LeftOut(str):
+    """A message of `collect_images` about an input it left out (not a note): ``"<input>: <reason>"``,
+    a str, that also holds the input and the reason apart, so that `predict_many` (``left_out``)
+    records the input as failed in ``summary.csv`` and its result.
+
+    Parameters
+    ----------
+    input : path-like
+        The input as named: a file that does not exist, a link to an image that is gone, a folder
+        that cannot be listed or holds no images.
+    reason : str
+        Why it is left out.
+
+    Attributes
+    ----------
+    input : str
+    reason : str
+    """
+
+    input: str
+    reason: str
+
+    def __new__(cls, input: str | os.PathLike, reason: str) -> LeftOut:
+        message = super().__new__(cls, f"{input}: {reason}")
+        message.input, message.reason = str(input), reason
+        return message
+
+    def __getnewargs__(self) -> tuple[str, str]:  # pickled (a cluster, a Qt signal) as made
+        return self.input, self.reason
+
+
 def image_names(images: Sequence[str | os.PathLike]) -> dict[str, str]:
     """How messages name a run's images: by file name, or, when two of them share a file
     name, by their paths in the images' common folder.
@@ -336,7 +367,8 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
     messages : list of str
         One per input that does not exist or is a folder without images, per folder (the
         input's or a sub-folder searched) that cannot be listed (no permission, a share gone),
-        whose images are left out, per link named as an image whose target does not exist, and
+        whose images are left out, per link named as an image whose target does not exist (each
+        of these a `LeftOut`, which ``predict_many(..., left_out=...)`` records as failed), and
         per folder whose sub-folders hold images that were not searched (that one starts with
         ``NOTE``).
 
@@ -353,12 +385,12 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
             broken: list[Path] = []
             found = _images_in(item, recursive=recursive, unlisted=unlisted, broken=broken)
             # a link to an image that is gone (moved, a share not mounted) is a missing image, not none
-            problems.extend(f"{link}: a link to {os.readlink(link)}, which does not exist; left out"
+            problems.extend(LeftOut(link, f"a link to {os.readlink(link)}, which does not exist; left out")
                             for link in broken)
             # a folder that cannot be listed (no permission, a share gone) is named: its images are not
             # taken silently for none
-            problems.extend(f"{error.filename or item}: cannot list its files ({_os_reason(error)}); "
-                            "its images are left out" for error in unlisted)
+            problems.extend(LeftOut(error.filename or item, f"cannot list its files ({_os_reason(error)}); "
+                                    "its images are left out") for error in unlisted)
             if unlisted and os.path.abspath(unlisted[0].filename or item) == os.path.abspath(item):
                 continue  # the folder itself: said above, not "no images"
             folders = [] if recursive else sorted(
@@ -368,7 +400,7 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
                           "are not searched: "
                           + (search_hint or "pass --recursive, or pass them as inputs") if folders else "")
                 where = " in this folder" + (" or its sub-folders" if recursive else "")
-                problems.append(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}){where}{inside}")
+                problems.append(LeftOut(item, f"no images ({', '.join(IMAGE_SUFFIXES)}){where}{inside}"))
             else:
                 holding = [folder for folder in folders if _holds_images(folder)]
                 if holding:
@@ -380,7 +412,7 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
         elif item.is_file():
             images.append(item)
         else:
-            problems.append(f"{item}: no such file or folder")
+            problems.append(LeftOut(item, "no such file or folder"))
     unique = {}
     for image in images:
         unique.setdefault(image.resolve(), Path(os.path.abspath(image)))
@@ -1205,12 +1237,14 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
 
     An earlier row is replaced by its image's result when the image is in ``results``; it is
     dropped when its stem is now another image's, when it says outputs were written (or
-    found) and their manifest or label image is gone, or when it has none (failed, pending,
-    cancelled) and its image file is gone. A file that is not a summary is replaced."""
+    found) and their manifest or label image is gone, when it has none (failed, pending,
+    cancelled) and its image file is gone, or when it is an input an earlier run left out
+    (failed, no stem: `LeftOut`), which only that run's summary names. A file that is not a
+    summary is replaced."""
     index: dict[str, list[int]] = {}
     for i, result in enumerate(results):
         index.setdefault(os.path.abspath(result.image), []).append(i)
-    stems = {result.stem for result in results}
+    stems = {result.stem for result in results if result.stem}
     earlier = _read_summary(path) or []
     order: list[dict | int] = []
     for row in earlier:
@@ -1221,6 +1255,8 @@ def _earlier_rows(path: Path, results: Sequence[ImageResult]) -> list[dict | int
             order.extend(index.pop(os.path.abspath(image)))
         elif stem in stems:
             continue  # this run's image of that stem replaces (or keeps) those outputs
+        elif not stem and row.get("status") == "failed":
+            continue  # an input the earlier run left out (a folder it could not list): said by that run
         elif stem and row.get("status") in ("written", "skipped") and not _has_outputs(path.parent, stem):
             continue
         elif row.get("status") not in ("written", "skipped") and not os.path.exists(image):
@@ -1409,6 +1445,7 @@ def predict_many(
     model_name: str | None = None,
     loaded_model=None,
     plane_progress: Callable[[str, int, int], None] | None = None,
+    left_out: Sequence[LeftOut] = (),
     **settings: Any,
 ) -> BatchResult:
     """Predict every image of ``paths`` and write its outputs to ``out``.
@@ -1478,6 +1515,13 @@ def predict_many(
         ``plane_progress(image, done, planes)`` after each plane predicted in this process
         (once for a 2-D image, N times for a stack of N planes, `predict_image`); a
         cluster's images are counted by ``progress`` only (`ImageResult.planes`).
+    left_out : sequence of LeftOut, optional
+        The inputs that `collect_images` left out (its messages that are `LeftOut`: a file that
+        does not exist, a folder that cannot be listed...): each is a ``"failed"`` result, after
+        those of ``paths``, with its reason as ``error``, no stem and no attempt, and a row of
+        ``summary.csv``, so that the run's failures are counted and named alike everywhere. They
+        are not reported to ``progress`` (the caller said them as they were found). Messages that are
+        not `LeftOut` (the notes) are passed over: ``left_out=messages`` takes all of them.
     **settings
         Keyword arguments of `napari_prm.predict` for every image (``preset``,
         ``class_threshold``, ``peak_threshold``, ``max_peaks``, ``tta``, ``prm_mode``,
@@ -1516,6 +1560,8 @@ def predict_many(
             if folder.is_dir():
                 io.recover_file_sets(folder)
         results = [ImageResult(str(p), s) for p, s in zip(paths, stems)]
+        results += [ImageResult(str(item.input), "", "failed", error=item.reason, retriable=False)
+                    for item in left_out if isinstance(item, LeftOut)]  # not the notes
         summary = _Summary(out / SUMMARY_NAME, results, summary_every)
         batch = BatchResult(results, out, summary.path, prms_format)
         todo, done_count = [], 0
@@ -1541,7 +1587,7 @@ def predict_many(
         record = model_record(loaded, name=model_name or model_label(model))
         if client is None:
             model = loaded
-        for index, result in enumerate(results):  # resume: complete outputs are kept
+        for index, result in enumerate(results[:len(paths)]):  # resume: complete outputs are kept
             if overwrite:
                 todo.append(index)
                 continue

@@ -37,8 +37,8 @@ from . import __version__
 from . import _validate as check
 from ._text import did_you_mean, first_names, for_command_line, in_front_end_words, plural
 from .batch import (
-    NOTE,
     SUMMARY_NAME,
+    LeftOut,
     PlaneTally,
     _folder_lock,
     collect_images,
@@ -1094,6 +1094,8 @@ def _run_predict(args) -> int:
         _say(problem)
     if not images:
         raise CommandError("no images to process")
+    # inputs left out (missing, a folder that cannot be listed): failed rows of the summary, named at the end
+    left_out = [problem for problem in problems if isinstance(problem, LeftOut)]
     writable_folder(args.out, create=False)  # a read-only --out fails here, before the model loads
     stems = output_stems(images, roots=[item for item in args.inputs if Path(item).is_dir()], out=args.out)
     for note in renamed_notes(images, stems, args.out):  # an image whose outputs cannot take its name
@@ -1144,7 +1146,7 @@ def _run_predict(args) -> int:
                 batch = predict_many(images, args.model if cluster else loaded, args.out, client, stems=stems,
                                      overwrite=args.overwrite, prms_format=args.save_prms, device=args.device,
                                      progress=progress, model_name=model_label(args.model), loaded_model=loaded,
-                                     plane_progress=plane_done, **settings)
+                                     plane_progress=plane_done, left_out=left_out, **settings)
             except KeyboardInterrupt as stop:
                 batch, stopped = None, _stopped_by(getattr(stop, "signum", None))
             finally:
@@ -1170,7 +1172,7 @@ def _run_predict(args) -> int:
         name = image_names([result.image for result in batch.results]).__getitem__
         _say(f"{len(batch.failed)} failed: {first_names((name(r.image) for r in batch.failed), shown=10)} "
              f"(why: the error column of {batch.summary})")
-    failed = len(batch.failed) + sum(not problem.startswith(NOTE) for problem in problems)
+    failed = len(batch.failed)  # the inputs left out among them (`left_out`): one count in every line and summary.csv
     _say(f"{len(batch.written)} image(s) written to {args.out}, {len(skipped)} skipped, {failed} failed; "
          f"summary: {batch.summary}")
     return 1 if failed else 0

@@ -161,7 +161,6 @@ class BatchPanel(StopsOnClose, Container):
         self.last_message = ""
         self.found_message = ""  # the status line once the images were found: their count and the notes
         self._kept_note = ""  # the corrections this run kept (`_keep_corrections`), said when it ends
-        self._unlisted = ""  # images the search left out (`_Found.unlisted`), said when the run ends
         # the runs started, and whether the latest still reports: napari's bar processes Qt events while it
         # redraws, so the run's end (queued after its last reports) can come inside `_on_progress`; the
         # end's message must stay, not be overwritten by that report's line when the slot resumes
@@ -209,7 +208,6 @@ class BatchPanel(StopsOnClose, Container):
         self._reporting = True
         self.result = None
         self._tally = None
-        self._unlisted = ""
         self.found_message = ""
         # busy (no total) until the worker has found the images and counted their planes
         self.progress_bar = progress(total=0, desc="napari-prm: folder")
@@ -272,7 +270,7 @@ class BatchPanel(StopsOnClose, Container):
         # the command line's notes: sub-folders left out, outputs that do not take their image's name
         left_out = "; ".join(problem.removeprefix(batch.NOTE) for problem in problems if problem.startswith(batch.NOTE))
         # not notes: images missing from the run (a folder that could not be listed, a link to an image that is
-        # gone), said again at the end
+        # gone), failed rows of the run's result (`predict_many`'s left_out), named with the failures at the end
         unlisted = "; ".join(problem for problem in problems if not problem.startswith(batch.NOTE))
         renamed = "; ".join(note.removeprefix(batch.NOTE) for note in batch.renamed_notes(images, stems, out))
         # the bar counts planes, as predict's does: a TIFF stack's N (from its header), a 2-D image's 1
@@ -299,7 +297,8 @@ class BatchPanel(StopsOnClose, Container):
                 images, model, out, client, stems=stems, overwrite=overwrite, device=settings["device"],
                 progress=lambda result, done, total: self._relay.progressed.emit((result, done, total)),
                 plane_progress=lambda image, done, _planes: self._relay.progressed.emit((image, done)),
-                cancel=self._cancel.is_set, model_name=batch.model_label(settings["model"]), **options)
+                cancel=self._cancel.is_set, model_name=batch.model_label(settings["model"]),
+                left_out=[problem for problem in problems if isinstance(problem, batch.LeftOut)], **options)
         finally:
             if client is not None:
                 cluster = client.cluster
@@ -319,7 +318,6 @@ class BatchPanel(StopsOnClose, Container):
         self._tally = found.tally
         if self.progress_bar is not None:
             self.progress_bar.total = found.tally.total
-        self._unlisted = found.unlisted
         notes = "; ".join(note for note in (found.unlisted, found.left_out, found.renamed) if note)
         self.found_message = f"Predicting {plural(found.count, 'image')} of {self._inputs_folder}…" + (
             f" Note: {notes}" if notes else "")
@@ -372,12 +370,12 @@ class BatchPanel(StopsOnClose, Container):
         message = (f"{why if cancelled else 'Done'}: {counts['written']} written, "
                    f"{counts['skipped']} skipped, {counts['failed']} failed"
                    + (f", {cancelled} not done" if cancelled else "") + self._skip_reasons(result)
-                   + self._failures(result) + (f"; {self._unlisted}" if self._unlisted else "")
+                   + self._failures(result)
                    + f"; summary: {result.summary}"
                    + (f". {self._kept_note}" if self._kept_note else "") + self._kept_edits(result))
         if not self._closed:  # a closed panel adds no layers; what was written stays on disk
             self.open_results(result)
-        self._say(message, "warning" if counts["failed"] or self._unlisted or self._kept_edits(result) else "info")
+        self._say(message, "warning" if counts["failed"] or self._kept_edits(result) else "info")
 
     def _name(self, image: str) -> str:
         """An image's name in messages and plane names: its path in the image folder."""
