@@ -1333,7 +1333,7 @@ def test_predict_ctrl_c_says_what_is_written_and_how_to_go_on(tmp_path, capsys):
     were written, nor that the same command goes on from there."""
     images, out, written = _interrupted_predict(tmp_path, 40, signal.SIGINT, 130)
     statuses = [line.split(",")[1] for line in (out / "summary.csv").read_text().splitlines()[1:]]
-    assert statuses.count("written") == written and statuses.count("pending") == 40 - written
+    assert statuses.count("written") == written and statuses.count("cancelled") == 40 - written
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGTERM ends a Windows process without a handler")
@@ -1345,7 +1345,7 @@ def test_predict_sigterm_stops_as_ctrl_c_does(tmp_path, capsys):
     images, out, written = _interrupted_predict(tmp_path, 12, signal.SIGTERM, 143)
     assert not (out / ".napari-prm-running.json").exists()
     statuses = [line.split(",")[1] for line in (out / "summary.csv").read_text().splitlines()[1:]]
-    assert statuses.count("written") == written and statuses.count("pending") == 12 - written
+    assert statuses.count("written") == written and statuses.count("cancelled") == 12 - written
     capsys.readouterr()
     assert main(["predict", str(images), "--out", str(out), "--device", "cpu"]) == 0
     resumed = capsys.readouterr().err
@@ -1362,7 +1362,7 @@ def test_predict_sighup_stops_as_sigterm_does(tmp_path):
     images, out, written = _interrupted_predict(tmp_path, 12, signal.SIGHUP, 129)
     assert not (out / ".napari-prm-running.json").exists()
     statuses = [line.split(",")[1] for line in (out / "summary.csv").read_text().splitlines()[1:]]
-    assert statuses.count("written") == written and statuses.count("pending") == 12 - written
+    assert statuses.count("written") == written and statuses.count("cancelled") == 12 - written
 
 
 @pytest.mark.skipif(os.name != "posix", reason="no terminals to close on Windows")
@@ -1411,7 +1411,7 @@ def test_predict_stops_as_on_sigterm_when_its_terminal_closes(tmp_path):
     assert not (out / ".napari-prm-running.json").exists()
     statuses = [line.split(",")[1] for line in (out / "summary.csv").read_text().splitlines()[1:]]
     written = len(list(out.glob("*.manifest.json")))
-    assert 1 <= written < 12 and statuses.count("written") == written and statuses.count("pending") == 12 - written
+    assert 1 <= written < 12 and statuses.count("written") == written and statuses.count("cancelled") == 12 - written
 
 
 @pytest.mark.skipif(os.name != "posix", reason="no SIGHUP on Windows")

@@ -131,6 +131,32 @@ def test_images_of_one_name_never_take_each_others_outputs(tmp_path, checkpoint,
     assert (out / "x_labels.tif").read_bytes() == a_outputs
 
 
+def test_images_never_started_are_cancelled_however_the_run_stops(tmp_path, checkpoint):
+    """After Ctrl-C, summary.csv marked the images never started ``pending`` (the word of an image a
+    running run has yet to do), while a cancel marked them ``cancelled``: two words for one state.
+    ``predict_many`` interrupted (KeyboardInterrupt, as Ctrl-C raises it) and cancelled give one summary."""
+    from napari_prm.batch import predict_many
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for number in range(3):
+        iio.imwrite(folder / f"cat {number}.png", data.chelsea()[number * 20:number * 20 + 48, :64])
+    paths = sorted(folder.iterdir())
+    settings = {"proposals": "prm", "class_threshold": 0.0, "peak_threshold": 0.0, "device": "cpu"}
+
+    def interrupt(result, done, total) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_many(paths, str(checkpoint), tmp_path / "interrupted", progress=interrupt, **settings)
+    cancelled = predict_many(paths, str(checkpoint), tmp_path / "cancelled",
+                             progress=lambda result, done, total: None, cancel=lambda: True, **settings)
+    assert [r.status for r in cancelled.results] == ["cancelled"] * 3
+    interrupted = [(row["stem"], row["status"]) for row in summary(tmp_path / "interrupted")]
+    assert interrupted == [("cat 0", "written"), ("cat 1", "cancelled"), ("cat 2", "cancelled")]
+    assert {status for _, status in interrupted[1:]} == {r.status for r in cancelled.results}
+
+
 def test_ctrl_c_counts_the_images_on_disk_also_those_finished_after_it(tmp_path, checkpoint, capsys, monkeypatch):
     """After Ctrl-C, `predict` counted the images whose results had come back; one whose
     outputs were written when the interrupt landed (in this process: while the summary was
@@ -156,7 +182,7 @@ def test_ctrl_c_counts_the_images_on_disk_also_those_finished_after_it(tmp_path,
         "the same command goes on with the others")
     assert io.complete_prediction(out, "cat 0") is not None and not (out / "cat 1.manifest.json").exists()
     assert [(row["stem"], row["status"]) for row in summary(out)] == [
-        ("cat 0", "written"), ("cat 1", "pending"), ("cat 2", "pending")]
+        ("cat 0", "written"), ("cat 1", "cancelled"), ("cat 2", "cancelled")]
 
     monkeypatch.setattr(fileset, "_step_hook", None)
     assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
@@ -565,7 +591,7 @@ def test_an_interrupted_run_writes_its_summary_before_it_lets_the_folder_go(tmp_
     assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(out), *FAST]) == 130
     assert "interrupted: 1 of 3 images written" in capsys.readouterr().err
     assert [(row["stem"], row["status"]) for row in summary(out)] == [
-        ("cat 0", "written"), ("cat 1", "pending"), ("cat 2", "pending")]
+        ("cat 0", "written"), ("cat 1", "cancelled"), ("cat 2", "cancelled")]
     assert len(second_runs) >= 3 and set(second_runs) == {"refused"}, second_runs
 
 

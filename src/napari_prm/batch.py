@@ -70,7 +70,9 @@ __all__ = ["ImageResult", "BatchResult", "ModelSpec", "PlaneTally", "FolderInUse
 #: Columns of ``summary.csv``.
 SUMMARY_COLUMNS = ("image", "status", "peaks", "instances", "seconds", "error", "attempts", "stem", "planes")
 #: Statuses in ``summary.csv``: outputs written by this run, complete outputs found (or left
-#: as they were), the image failed every attempt, the run was cancelled or killed first.
+#: as they were), the image failed every attempt, the run ended first (cancelled, interrupted by
+#: Ctrl-C or SIGTERM, or stopped by an error), not done yet (while the run goes on; left so only
+#: by a run killed outright, SIGKILL or out of memory).
 STATUSES = ("written", "skipped", "failed", "cancelled", "pending")
 SUMMARY_NAME = "summary.csv"
 #: How a message of `collect_images` that is a note, not a problem, starts.
@@ -103,6 +105,8 @@ class ImageResult:
     stem : str
         Stem of its output files in the output folder.
     status : {"written", "skipped", "failed", "cancelled", "pending"}
+        ``"pending"`` while the run has not done it yet; ``"cancelled"`` when the run ended first
+        (a cancel, Ctrl-C, an error), see `STATUSES`.
     peaks, instances : int or None
         Counts of the written (or found) outputs (over all planes of a stack).
     seconds : float or None
@@ -1311,8 +1315,9 @@ def written_since(out: str | os.PathLike, states: Mapping[str, tuple[int, int, i
 
 
 def record_written(out: str | os.PathLike, stems: Sequence[str]) -> None:
-    """Mark the ``"pending"`` rows of ``stems`` in ``<out>/summary.csv`` as ``"written"``: images
-    that `written_since` found on disk after an interrupt stopped the run's bookkeeping.
+    """Mark the ``"cancelled"`` (or ``"pending"``) rows of ``stems`` in ``<out>/summary.csv`` as
+    ``"written"``: images that `written_since` found on disk after an interrupt stopped the run's
+    bookkeeping.
 
     Parameters
     ----------
@@ -1325,7 +1330,7 @@ def record_written(out: str | os.PathLike, stems: Sequence[str]) -> None:
     rows = _read_summary(path)
     if rows is None:
         return
-    changed = [row for row in rows if row.get("stem") in stems and row.get("status") == "pending"]
+    changed = [row for row in rows if row.get("stem") in stems and row.get("status") in ("cancelled", "pending")]
     if not changed:
         return
     for row in changed:
@@ -1487,7 +1492,8 @@ def predict_many(
         done are marked ``"cancelled"`` and the batch returns. In this process the image being computed
         finishes first; on a cluster, the images already sent to the workers (at most
         ``max_in_flight``) finish first and are recorded, so that no output appears after
-        the batch returned.
+        the batch returned. An interrupt (Ctrl-C's KeyboardInterrupt) or an error that ends the
+        run marks the images not done ``"cancelled"`` too, in ``summary.csv``, before it propagates.
     max_in_flight : int, optional
         Tasks submitted to the cluster at a time (default: twice the workers' threads).
     retries : int
@@ -1620,6 +1626,7 @@ def predict_many(
         summary.update(force=True)
         given_cancel = cancel
         cancel = lambda: check.is_cancelled(given_cancel)  # noqa: E731 (a callable or a threading.Event)
+        stopped = False
         try:
             if client is None:
                 _run_here(results, todo, model, out, settings=settings, overwrite=overwrite, prms_format=prms_format,
@@ -1630,10 +1637,15 @@ def predict_many(
                                 settings=settings, overwrite=overwrite, prms_format=prms_format, gather=gather,
                                 retries=retries, cancel=cancel, report=report, max_in_flight=max_in_flight,
                                 record=record)
+        except BaseException:
+            stopped = True  # Ctrl-C, SIGTERM (the command line's `Terminated`), an error: the run ends here
+            raise
         finally:
             for result in results:
-                # the images in progress were finished and recorded: the pending ones never started
-                if result.status == "pending" and cancel():
+                # the images in progress were finished and recorded: the pending ones never started (or, stopped
+                # by an interrupt, were cut short): "cancelled" however the run ended, as the command line's
+                # Ctrl-C and the panel's Cancel both say (`record_written` marks those whose outputs got written)
+                if result.status == "pending" and (stopped or cancel()):
                     result.status = "cancelled"
             try:
                 summary.update(force=True)  # raises where another program holds summary.csv (Windows)
