@@ -211,6 +211,36 @@ def test_a_log_gets_plain_progress_lines_not_a_redrawn_bar(tmp_path, checkpoint,
     assert err.strip().splitlines()[-1].startswith("3 image(s) written to")
 
 
+def test_given_stems_are_compared_as_paths(tmp_path, checkpoint):
+    """``predict_many([a.png, a.tif], stems=["a", "./a"])``: both stems name ``a_*``, yet they were taken
+    for two; the second image found the first's outputs and was skipped, "the image changed since its
+    outputs were written". Stems are compared as paths (and without case, as `output_stems` keeps them
+    apart): two that name the same outputs are refused, naming both; a stem is used as the path it is."""
+    from napari_prm.batch import predict_many
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    iio.imwrite(folder / "a.png", data.chelsea()[:48, :64])
+    iio.imwrite(folder / "a.tif", data.chelsea()[48:96, :64])
+    paths = [folder / "a.png", folder / "a.tif"]
+    settings = {"proposals": "prm", "class_threshold": 0.0, "peak_threshold": 0.0, "device": "cpu"}
+    out = tmp_path / "out"
+    for stems, alike in ((["a", "./a"], ""), (["x//a/", "x/A"], ", upper and lower case alike")):
+        with pytest.raises(ValueError) as refused:
+            predict_many(paths, str(checkpoint), out, stems=stems, **settings)
+        normal = "a" if stems[0] == "a" else "x/a"
+        assert str(refused.value) == (
+            f"stems[0] {stems[0]!r} and stems[1] {stems[1]!r} name the same outputs ({normal}_* in {out}{alike}"
+            + (", as Windows and macOS take names" if alike else "")
+            + "): stems must be 2 distinct names, one per image")
+    assert not out.exists()  # refused before anything was written
+
+    batch = predict_many(paths, str(checkpoint), out, stems=["./x/a", "x//b"], **settings)
+    assert [(r.stem, r.status) for r in batch.results] == [("x/a", "written"), ("x/b", "written")]
+    assert [row["stem"] for row in summary(out)] == ["x/a", "x/b"]
+    assert io.complete_prediction(out / "x", "a") is not None and io.complete_prediction(out / "x", "b") is not None
+
+
 def test_stems_mirror_the_innermost_folder_given():
     """``images/ images/A1/`` (how the sub-folder note told users to pass sub-folders) keeps its
     flat names; only an image below a folder given is named by its path there."""

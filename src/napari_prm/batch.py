@@ -1430,6 +1430,29 @@ def _image_paths(paths) -> list[Path]:
     return [Path(p) for p in items]
 
 
+def _given_stems(stems: Sequence[str], count: int, out) -> list[str]:
+    """``predict_many``'s ``stems`` as paths write them (``./a`` and ``a//b/`` are ``a`` and ``a/b``),
+    refusing a count other than ``count`` and two stems that name the same outputs: equal as paths,
+    or differing only in case (one set of files on Windows and macOS, which `output_stems` keeps
+    apart too). ``a`` and ``./a`` were taken for two, and the second image found the first's outputs
+    and was skipped, "changed since its outputs were written"."""
+    given = list(stems)
+    if len(given) != count:
+        raise ValueError(f"stems must be {count} distinct names, one per image; got {len(given)}")
+    normal = [str(PurePosixPath(stem)) if isinstance(stem, str) else stem for stem in given]
+    first: dict = {}
+    for number, stem in enumerate(normal):
+        key = stem.casefold() if isinstance(stem, str) else stem
+        if key in first:
+            before = first[key]
+            alike = "" if stem == normal[before] else ", upper and lower case alike, as Windows and macOS take names"
+            raise ValueError(f"stems[{before}] {given[before]!r} and stems[{number}] {given[number]!r} name the same "
+                             f"outputs ({normal[before]}_* in {out}{alike}): stems must be {count} distinct names, "
+                             "one per image")
+        first[key] = number
+    return normal
+
+
 def predict_many(
     paths: Sequence[str | os.PathLike],
     model,
@@ -1481,7 +1504,9 @@ def predict_many(
     stems : sequence of str, optional
         Output stems, plain (``cat``) or relative paths (``A1/cat``: the outputs go to that
         sub-folder of ``out``, see `output_place`) (default: `output_stems` of ``paths`` with
-        ``out``: file stems, made unique, none taken by another image's outputs in ``out``).
+        ``out``: file stems, made unique, none taken by another image's outputs in ``out``). They
+        are compared as paths (``./a`` is ``a``, and results and ``summary.csv`` name it so) and
+        without case: two that name the same outputs are refused (ValueError naming both).
     device : str, optional
         torch device of the model (None: the best available where it runs).
     progress : callable, optional
@@ -1549,10 +1574,7 @@ def predict_many(
     from .io.prediction import _complete_set
 
     paths = _image_paths(paths)
-    stems = list(stems) if stems is not None else output_stems(paths, out=out)
-    if len(stems) != len(paths) or len(set(stems)) != len(stems):
-        raise ValueError(f"stems must be {len(paths)} distinct names, one per image; got {len(stems)}"
-                         f" ({len(set(stems))} distinct)")
+    stems = _given_stems(stems, len(paths), out) if stems is not None else output_stems(paths, out=out)
     places = [output_place(out, stem) for stem in stems]  # refuses a stem that leads out of ``out``
     if prms_format not in (None, "npy", "tiff"):
         raise ValueError(f"prms_format must be None, 'npy' or 'tiff', got {prms_format!r}")
