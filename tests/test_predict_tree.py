@@ -118,8 +118,8 @@ def test_images_of_one_name_never_take_each_others_outputs(tmp_path, checkpoint,
     assert main(["predict", str(b), *model]) == 0
     err = capsys.readouterr().err
     assert "1 image(s) written" in err and "0 skipped" in err
-    assert (f"note: {b}: outputs named x_2_* in {out}, as another image's have the name x_* (upper and lower "
-            "case alike, as Windows and macOS take names)") in err
+    # whose outputs hold its name (a's, in the output folder), not a rule of case that does not apply
+    assert f"note: {b}: outputs named x_2_* in {out}, as x_* there are another image's outputs ({a})" in err
     assert labels_of(out, "x_2").shape == (40, 90)
     assert (out / "x_labels.tif").read_bytes() == a_outputs
 
@@ -539,6 +539,39 @@ def test_images_whose_folder_was_renamed_keep_their_outputs(tmp_path, checkpoint
     assert main(["predict", str(tmp_path / "other"), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
     assert "1 image(s) written" in capsys.readouterr().err
     assert (out / f"{images[0].stem}_2.manifest.json").is_file()
+def test_a_suffix_never_takes_the_name_of_another_input(tmp_path, checkpoint, capsys):
+    """A folder of ``a.png``, ``a.tif`` and ``a_2.png``: ``a.tif`` took ``a_2``, so the real ``a_2.png`` got
+    ``a_2_2``, with a note that named neither. A suffix now passes over the stems other inputs have by
+    their own names, and the note says which input has which outputs. A folder an earlier version
+    named so keeps its stems: a resumed run finds every image's own outputs."""
+    from napari_prm.batch import predict_many
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for number, name in enumerate(("a.png", "a.tif", "a_2.png")):
+        iio.imwrite(folder / name, data.chelsea()[number * 30:number * 30 + 40, :56])
+    out = tmp_path / "out"
+    command = ["predict", str(folder), "--model", str(checkpoint), "--out", str(out), *FAST]
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert {Path(row["image"]).name: row["stem"] for row in summary(out)} == {
+        "a.png": "a", "a.tif": "a_3", "a_2.png": "a_2"}
+    assert (f"note: {folder / 'a.tif'}: outputs named a_3_* in {out}, as a.png's are named a_*; "
+            "a_2.png's are named a_2_*") in err.splitlines()
+    assert "a_2.png: outputs named" not in err
+    assert io.complete_prediction(out, "a_2").info["image_path"] == str(folder / "a_2.png")
+
+    # outputs an earlier version named a, a_2 (a.tif's), a_2_2 (a_2.png's) are kept, each its own image's
+    old = tmp_path / "old"
+    paths = [folder / "a.png", folder / "a.tif", folder / "a_2.png"]
+    predict_many(paths, str(checkpoint), old, stems=["a", "a_2", "a_2_2"], device="cpu", proposals="prm",
+                 class_threshold=0.0, peak_threshold=0.0)
+    assert main(command[:-len(FAST) - 2] + ["--out", str(old), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "0 image(s) written" in err and "3 skipped" in err
+    assert f"note: {folder / 'a_2.png'}: outputs named a_2_2_* in {old}, as a.tif's are named a_2_*" in err
+
+
 def test_images_whose_names_differ_only_in_case_never_share_outputs(tmp_path, checkpoint, capsys):
     """``Cat.png`` and ``cat.png`` (distinct files on Linux) got the stems ``Cat`` and ``cat``:
     on Windows and macOS, or in the output folder copied there, ``Cat_labels.tif`` and
@@ -551,7 +584,7 @@ def test_images_whose_names_differ_only_in_case_never_share_outputs(tmp_path, ch
     assert main(["predict", str(images), "--model", str(checkpoint), "--out", str(out), *FAST]) == 0
     err = capsys.readouterr().err
     # the other image's are Cat_*: 'as cat_* are another image's' named files that are not there
-    assert (f"note: {images / 'cat.png'}: outputs named cat_2_* in {out}, as another image's have the name cat_* "
+    assert (f"note: {images / 'cat.png'}: outputs named cat_2_* in {out}, as Cat.png's are named Cat_* "
             "(upper and lower case alike, as Windows and macOS take names)") in err
     assert labels_of(out, "Cat").shape == (64, 64) and labels_of(out, "cat_2").shape == (40, 90)
     names = [p.name for p in out.iterdir()]

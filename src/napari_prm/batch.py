@@ -495,7 +495,9 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
     list of str
         One per image, distinct also when upper and lower case are taken for the same (as
         Windows and macOS do): ``a/x.png``, ``b/x.png`` and ``X.png`` given as files -> ``x``,
-        ``x_2``, ``X_3`` (in the order given, after the stems taken in ``out``), unless
+        ``x_2``, ``X_3`` (in the order given, after the stems taken in ``out``); a suffix skips
+        the stems other images have by their own names (``a.png``, ``a.tif``, ``a_2.png`` ->
+        ``a``, ``a_3``, ``a_2``) unless ``out`` holds this image's outputs under it; and unless
         ``out`` holds the image's own outputs under its stem (written on Linux before case
         was compared: ``X.png``'s ``X_*`` beside ``x.png``'s ``x_*``), which it keeps.
         An OME-TIFF ``cells.ome.tif`` is named ``cells`` (`napari_prm.io.paths.image_stem`), but
@@ -522,17 +524,22 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
         entries.append((image, parent / output_name(image.name), parent / _plain_stem(image.name)))
     # cells.tif keeps cells_*; cells.ome.tif beside it keeps the cells.ome_* of earlier versions
     plain = {str(wanted).casefold() for _, wanted, legacy in entries if wanted == legacy}
+    entries = [(image, legacy if wanted != legacy and (str(wanted).casefold() in plain
+                                                      or _outputs_of_this(out, str(legacy), image)) else wanted)
+               for image, wanted, legacy in entries]  # and a folder an earlier version ran keeps its outputs
+    # the stems the images have by their own names: a suffix never takes one (a.png, a.tif and a_2.png:
+    # a.tif gets a_3, not a_2, which pushed a_2.png's outputs to a_2_2)
+    natural = {str(wanted).casefold() for _, wanted in entries}
     stems, seen, seen_folded, manifests = [], set(), set(), {}
-    for image, wanted, legacy in entries:
-        if wanted != legacy and (str(wanted).casefold() in plain or _outputs_of_this(out, str(legacy), image)):
-            wanted = legacy  # and a folder an earlier version ran keeps this image's outputs, not a second set
+    for image, wanted in entries:
         stem, number = str(wanted), 1
         # Windows and macOS take Cat_labels.tif and cat_labels.tif for one file: stems that
         # differ only in case would share their outputs there (and in a folder copied there).
         # Outputs that an earlier version wrote for this very image under such a stem (on
         # Linux) keep it, so that a resumed run finds them instead of predicting it again
         # (outputs of this image are taken by no other: their manifest is not read again).
-        while stem in seen or (not _outputs_of_this(out, stem, image) if stem.casefold() in seen_folded
+        while stem in seen or (not _outputs_of_this(out, stem, image)
+                               if stem.casefold() in seen_folded or (number > 1 and stem.casefold() in natural)
                                else out is not None and _stem_taken(out, stem, image, manifests)):
             number += 1
             stem = str(wanted.with_name(f"{wanted.name}_{number}"))
@@ -561,6 +568,26 @@ def renamed_notes(images: Sequence[str | os.PathLike], stems: Sequence[str],
         The output folder, named in the notes.
     """
     taken = {stem.casefold() for stem in stems}
+    names = image_names(images)  # the other images, as the end of a run names them
+    holders: dict[str, list[tuple[str, str]]] = {}  # a stem, case-folded -> (stem, image) of this run
+    for image, stem in zip(images, stems):
+        holders.setdefault(stem.casefold(), []).append((stem, str(image)))
+
+    def holder(wanted: str, image: str) -> str:
+        """Whose outputs are named ``wanted``: another image of the run (`names`), else another
+        image's outputs in ``out``; '' when neither (the name is free)."""
+        others = [(stem, other) for stem, other in holders.get(wanted.casefold(), []) if other != image]
+        if others:
+            stem, other = others[0]
+            alike = "" if stem == wanted else " (upper and lower case alike, as Windows and macOS take names)"
+            return f"{names[other]}'s are named {stem}_*{alike}"
+        found = _outputs_there(out, wanted)
+        if found is None:
+            return ""
+        stem, recorded = found
+        alike = "" if stem == wanted else ", upper and lower case alike, as Windows and macOS take names"
+        return f"{stem}_* there are another image's outputs ({recorded or 'an image not named'}{alike})"
+
     notes = []
     for image, stem in zip(map(Path, images), stems):
         if PurePosixPath(stem).name == output_name(image.name):
@@ -569,11 +596,35 @@ def renamed_notes(images: Sequence[str | os.PathLike], stems: Sequence[str],
         if PurePosixPath(stem).name == _plain_stem(image.name):  # cells.ome_* for cells.ome.tif
             why = (f"as another image's are named {wanted}_*" if str(wanted).casefold() in taken else
                    f"as an earlier version named them there: they are kept, not written again as {wanted}_*")
-        else:  # on Linux the other image's may be Cat_* for cat_*: name the rule, not a file
-            why = (f"as another image's have the name {wanted}_* (upper and lower case alike, as Windows and "
-                   f"macOS take names)")
+        else:  # which input (or which outputs in ``out``) holds its name, and each suffix passed over
+            suffix = re.fullmatch(re.escape(wanted.name) + r"_(\d+)", PurePosixPath(stem).name)
+            passed = [who for number in range(2, int(suffix.group(1)) if suffix else 2)
+                      if (who := holder(str(wanted.with_name(f"{wanted.name}_{number}")), str(image)))]
+            why = "as " + "; ".join([holder(str(wanted), str(image)) or f"{wanted}_* is taken", *passed])
         notes.append(f"{NOTE}{image}: outputs named {stem}_* in {out}, {why}")
     return notes
+
+
+def _outputs_there(out, stem: str) -> tuple[str, str] | None:
+    """The outputs in ``out`` named ``stem``, or else a stem differing from it only in case: that
+    stem and the image their manifest records (its path, '' unknown); None when there are none."""
+    from .io.fileset import MANIFEST_SUFFIX
+
+    try:
+        folder, name = output_place(out, stem)
+        found = sorted(entry.name[: -len(MANIFEST_SUFFIX)] for entry in os.scandir(folder)
+                       if entry.name.endswith(MANIFEST_SUFFIX)
+                       and entry.name[: -len(MANIFEST_SUFFIX)].casefold() == name.casefold())
+    except (OSError, ValueError):
+        return None
+    if not found:
+        return None
+    name = name if name in found else found[0]
+    try:
+        info = _manifest(folder, name).info
+    except (AttributeError, ValueError):  # gone since, or broken
+        info = {}
+    return str(PurePosixPath(stem).with_name(name)), str(info.get("image_path") or info.get("image") or "")
 
 
 def output_name(name: str, *, suffix: bool = True) -> str:
