@@ -310,6 +310,9 @@ class LeftOut(str):
         message.input, message.reason = str(input), reason
         return message
 
+    def __init__(self, input: str | os.PathLike, reason: str) -> None:  # made by __new__ (a str is immutable)
+        super().__init__()
+
     def __getnewargs__(self) -> tuple[str, str]:  # pickled (a cluster, a Qt signal) as made
         return self.input, self.reason
 
