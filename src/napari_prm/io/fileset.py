@@ -260,25 +260,24 @@ def _keep_edited(folder: Path, previous: FileSet, replaced: Collection[str],
     manifest records (with ``keep_exported``, or that an export wrote: `exported_files`) to its kept
     name (module docstring), with `atomic_write`; returns them."""
     exported = exported_files(previous) if keep_exported else set()
-    edited = [entry.name for entry in previous.files.values()
-              if entry.name in replaced and (_changed(folder / entry.name, entry)
-                                             or (entry.name in exported and (folder / entry.name).is_file()))]
+    edited = {}  # name -> whether its content changed (else kept as an export's), each file hashed once
+    for entry in previous.files.values():
+        if entry.name in replaced:
+            if _changed(folder / entry.name, entry):
+                edited[entry.name] = True
+            elif entry.name in exported and (folder / entry.name).is_file():
+                edited[entry.name] = False
     if not edited:
         return []
     numbers = _kept_copies(folder, {*replaced, *(entry.name for entry in previous.files.values())})
     number = 1 + max((n for found in numbers.values() for n in found), default=0)
     kept = []
-    for name in edited:
+    for name, changed in edited.items():
         target = folder / kept_name(name, number)
         with atomic_write(target, overwrite=False) as temp:  # never over an earlier kept copy
             shutil.copy2(folder / name, temp)  # with the edit's modification time
-        changed = _changed(folder / name, previous.files[_kind_of(previous, name)])
         kept.append(KeptEdit(folder / name, target, manifest_path(folder, previous.stem), exported=not changed))
     return kept
-
-
-def _kind_of(file_set: FileSet, name: str) -> str:
-    return next(kind for kind, entry in file_set.files.items() if entry.name == name)
 
 
 def exported_files(file_set: FileSet | None) -> set[str]:

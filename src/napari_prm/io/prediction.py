@@ -202,11 +202,15 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
                                     axes=axes if kind == "tiff" else None)
                 raise_if_cancelled(cancel, "export cancelled")
             return [target]
+        try:
+            previous = read_file_set(folder, stem or "labels")
+        except ValueError:  # broken or foreign: replaced
+            previous = None
         info = {"written_by": "export_instances", "image": image_file_name}
-        info |= _kept_image_record(folder, stem or "labels", image_file_name)
+        info |= _kept_image_record(previous, image_file_name)
         # the files exported, and those earlier exports wrote that this one keeps listed: a later
         # predict --overwrite keeps them as corrections (`write_file_set(keep_exported=True)`)
-        info["exported"] = sorted({path.name for path in targets.values()} | _still_exported(folder, stem or "labels"))
+        info["exported"] = sorted({path.name for path in targets.values()} | exported_files(previous))
         with write_file_set(folder, stem or "labels", {kind: path.name for kind, path in targets.items()},
                             overwrite=overwrite, info=info, kept=kept) as staged:
             for kind, temp in staged.items():  # raised in the block: the staged files go, the folder is unchanged
@@ -224,30 +228,17 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
         raise
 
 
-def _still_exported(folder: Path, stem: str) -> set[str]:
-    """The files earlier exports of ``stem`` wrote that its manifest lists (`exported_files`)."""
-    try:
-        return exported_files(read_file_set(folder, stem))
-    except ValueError:  # broken or foreign: replaced
-        return set()
-
-
 #: What ``napari-prm predict`` records in a manifest of where its image is (`napari_prm.batch`).
 IMAGE_RECORD = ("image_path", "image_from_out", "image_bytes", "image_sha256", "image_mtime_ns")
 
 
-def _kept_image_record(folder: Path, stem: str, image_file_name: str) -> dict:
-    """Where the image is, as the manifest an export replaces recorded it (`IMAGE_RECORD`), when
-    that manifest names an image of the file name ``image_file_name``: corrections exported over
-    ``predict``'s outputs keep the record by which `napari_prm.refine.load_corrections` finds
-    their image (their tree's well folder renamed, or no dataset given). ``{}`` otherwise."""
-    if not image_file_name:
-        return {}
-    try:
-        previous = read_file_set(folder, stem)
-    except ValueError:  # broken or foreign: replaced
-        return {}
-    if previous is None or not previous.info.get("image_path"):
+def _kept_image_record(previous: FileSet | None, image_file_name: str) -> dict:
+    """Where the image is, as the manifest an export replaces (``previous``) recorded it
+    (`IMAGE_RECORD`), when that manifest names an image of the file name ``image_file_name``:
+    corrections exported over ``predict``'s outputs keep the record by which
+    `napari_prm.refine.load_corrections` finds their image (their tree's well folder renamed, or no
+    dataset given). ``{}`` otherwise."""
+    if not image_file_name or previous is None or not previous.info.get("image_path"):
         return {}
     if Path(str(previous.info.get("image", ""))).name != Path(image_file_name).name:
         return {}  # another image's outputs, replaced by an export of this one
