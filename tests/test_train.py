@@ -1,5 +1,6 @@
 """Training on a tiny network: the loss goes down, runs repeat, cancel and resume lose nothing."""
 
+import re
 import threading
 
 import imageio.v3 as iio
@@ -973,3 +974,53 @@ def test_data_loader_workers_end_once_their_training_process_is_killed(tmp_path)
         for worker in workers:
             if running(worker):
                 worker.kill()
+
+
+def test_calibrate_refuses_a_label_that_is_no_class_of_the_model(tmp_path, capsys):
+    """An image labelled 'dgo' (a typo of 'dog') was calibrated on as an image of neither cat nor
+    dog, a label typo's warning aside: a false negative that biased the thresholds. It is an error
+    naming the label and its CSV row, in the words of the CSV reader's own check, unless
+    ``allow_other_classes`` (``--allow-other-classes``) asks for such images as negatives."""
+    from napari_prm.cli import main
+    from napari_prm.train import calibrate_checkpoint
+
+    rows = ["image,labels"]
+    for i, name in enumerate(("cat", "cat", "dog", "dgo", "dog", "cat;bird")):
+        image = np.zeros((32, 32, 3), np.uint8)
+        image[4 * i:4 * i + 8, 4:16, i % 3] = 255
+        iio.imwrite(tmp_path / f"{i}.png", image)
+        rows.append(f"{i}.png,{name}")
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    dataset = from_csv(csv_path)
+    torch.manual_seed(0)
+    path = save_model(build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(32, 32)),
+                      tmp_path / "model.pt")
+    with pytest.raises(ValueError) as error:
+        calibrate_checkpoint(path, dataset, tmp_path / "out.pt", tta=False, device="cpu")
+    message = str(error.value)
+    assert message.startswith(f"{csv_path}: 2 images ('bird' at {csv_path}:7; 'dgo' at {csv_path}:5): unknown "
+                              "class(es) ['bird', 'dgo']; expected one of ['cat', 'dog']; did you mean 'dog' for "
+                              "'dgo'?")
+    assert message.endswith("pass allow_other_classes=True to calibrate on such images as negatives")
+    assert not (tmp_path / "out.pt").exists()
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(csv_path))}:5: unknown class\(es\) \['dgo'\]; expected "
+                                         r"one of \['cat', 'dog'\]; did you mean 'dog'\?"):  # the reader's words
+        from_csv(csv_path, classes=["cat", "dog"])
+    one = from_csv(csv_path).subset([0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(csv_path))}:5: unknown class\(es\) \['dgo'\]; expected "
+                                         r"one of \['cat', 'dog'\]; did you mean 'dog'\?\. Those are the classes"):
+        calibrate_checkpoint(path, one, tmp_path / "out.pt", tta=False, device="cpu")
+
+    outcome = calibrate_checkpoint(path, dataset, tmp_path / "out.pt", tta=False, device="cpu",
+                                   allow_other_classes=True)
+    assert outcome.calibration.images == 6  # the 'dgo' image a negative, as asked
+    status = main(["calibrate", str(csv_path), "--model", str(path), "--out", str(tmp_path / "cli.pt"),
+                   "--no-tta", "--device", "cpu"])
+    assert status == 2 and not (tmp_path / "cli.pt").exists()
+    error_line = capsys.readouterr().err.splitlines()[-1]
+    assert error_line.startswith(f"napari-prm calibrate: error: {csv_path}: 2 images (")
+    assert error_line.endswith("pass --allow-other-classes to calibrate on such images as negatives")
+    assert main(["calibrate", str(csv_path), "--model", str(path), "--out", str(tmp_path / "cli.pt"),
+                 "--no-tta", "--device", "cpu", "--allow-other-classes"]) == 0
+    assert load_model(tmp_path / "cli.pt").settings["calibration"]["images"] == 6

@@ -274,3 +274,26 @@ def test_closing_napari_stops_calibration_like_cancel(make_napari_viewer, qtbot,
     assert widget.last_message == "Stopped as the widget was closed while calibrating: nothing was written."
     assert widget.calibrated is None and not (tmp_path / "elsewhere-calibrated.pt").exists()
     del window
+
+
+def test_a_label_of_no_class_of_the_model_stops_calibrate_unless_ticked(make_napari_viewer, qtbot, prm_config,
+                                                                          tiny_dataset, tmp_path):
+    """The dataset's 'cup' images were calibrated on as negatives of a model of 'cat' alone, without a
+    word: *Calibrate* stops, naming the label and its images, unless 'images of other classes are
+    negatives' is ticked (`calibrate_checkpoint`'s ``allow_other_classes``)."""
+    viewer, widget, _ = calibrating_a_model_from_elsewhere(make_napari_viewer, tiny_dataset, tmp_path, "new")
+    cats = tmp_path / "cats.pt"
+    save_model(build_model("tiny", ["cat"], pretrained=False, input_size=(32, 32)), cats)
+    widget._calibrate_model.value = cats
+    assert widget._calibrate_other.value is False
+    assert calibrate_to_end(widget, qtbot) is None
+    message = widget.last_message
+    assert message.startswith(f"Calibration failed: ValueError: {tiny_dataset}: 2 images ('cup' at "
+                              f"{tiny_dataset / 'cup' / '0.png'}, {tiny_dataset / 'cup' / '1.png'}): unknown "
+                              "class(es) ['cup']; expected one of ['cat']"), message
+    assert message.endswith("tick 'images of other classes are negatives' to calibrate on such images as negatives")
+    assert not (tmp_path / "cats-calibrated.pt").exists()
+    widget._calibrate_other.value = True
+    outcome = calibrate_to_end(widget, qtbot)
+    assert outcome is not None, widget.last_message
+    assert outcome.checkpoint == tmp_path / "cats-calibrated.pt" and outcome.calibration.images == 4

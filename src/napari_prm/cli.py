@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from . import _validate as check
-from ._text import did_you_mean, first_names, for_command_line, in_front_end_words, plural
+from ._text import Worded, did_you_mean, first_names, for_command_line, in_front_end_words, plural
 from .batch import (
     SUMMARY_NAME,
     LeftOut,
@@ -425,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "of them trained the model (their thresholds are optimistic)")
     calibrate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                            help="also calibrate the thresholds used with --tta")
+    calibrate.add_argument("--allow-other-classes", action="store_true",
+                           help="calibrate on images labelled with classes the model does not have, as images "
+                                "that show none of its classes (without it, such a label, a typo say, is an "
+                                "error naming it and its file and line)")
     calibrate.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
                            help="calibrate at this network input size and write the model with it as its own, "
                                 "so that predict runs at the size its thresholds were chosen at (a larger input "
@@ -1610,7 +1614,12 @@ def _run_calibrate(args) -> int:
     try:
         outcome = calibrate_checkpoint(args.model, dataset, args.out, held_out=args.held_out, tta=args.tta,
                                        device=device, progress=progress, input_size=args.input_size,
+                                       allow_other_classes=args.allow_other_classes,
                                        report=lambda kind, text: _say(f"{kind}: {for_command_line(text)}"))
+    except ValueError as error:  # in the command line's words (--allow-other-classes)
+        if error.args and isinstance(error.args[0], Worded):
+            raise CommandError(for_command_line(error.args[0])) from error
+        raise
     finally:
         for bar in bars.values():
             bar.close()

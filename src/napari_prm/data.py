@@ -533,6 +533,51 @@ class LabeledImageDataset:
             relabelled = relabelled.subset(np.flatnonzero(relabelled.labels.sum(1) > 0))
         return relabelled
 
+    def labels_outside(self, class_names: Sequence[str]) -> dict[str, list[str]]:
+        """The labels of this dataset that name none of ``class_names`` (by `class_in`: a VOC class
+        in its other spelling is its class), each with where its images are declared (``origins``:
+        a CSV's ``file:line``), for the labels an image shows; a label no image shows is left out.
+
+        `with_classes` drops such labels: an image showing only them becomes one of none of
+        ``class_names``. `check_labels_known` refuses them.
+
+        Parameters
+        ----------
+        class_names : sequence of str
+            The classes asked for (a model's).
+        """
+        wanted = {str(c) for c in class_names}
+        outside = {}
+        for column, name in enumerate(self.class_names):
+            rows = np.flatnonzero(self.labels[:, column] > 0)
+            if class_in(name, wanted) is None and rows.size:
+                outside[name] = [self.origins[int(i)] for i in rows]
+        return outside
+
+    def check_labels_known(self, class_names: Sequence[str], *, advice: str = "") -> None:
+        """Raise ValueError when an image is labelled with a class that is none of ``class_names``
+        (`labels_outside`), naming the labels and where (each image's ``origins``: a CSV's
+        ``file:line``), in the words of `from_csv`'s own check (`unknown_classes_message`).
+
+        Parameters
+        ----------
+        class_names : sequence of str
+            The classes the labels must name (a model's).
+        advice : str
+            Added to the message after ``"; "`` (what to do instead).
+        """
+        outside = self.labels_outside(class_names)
+        if not outside:
+            return
+        rows = sorted({where for origins in outside.values() for where in origins})
+        if len(rows) == 1:
+            where = rows[0]
+        else:
+            where = (f"{self.source}: {plural(len(rows), 'image')} ("
+                     + "; ".join(f"{name!r} at {first_names(origins, 5)}" for name, origins in outside.items()) + ")")
+        message = unknown_classes_message(where, list(outside), class_names)
+        raise ValueError(message + (f"; {advice}" if advice else ""))
+
     def _category_id(self, name: str, coco_ids: dict[str, int]) -> int:
         """The COCO category of class ``name`` (one relabelled under its other spelling keeps its own)."""
         return self.category_ids[self.class_names.index(name)] if name in self.class_names else coco_ids[name]
@@ -1222,6 +1267,24 @@ def _one_edit_apart(a: str, b: str) -> bool:
     return any(long[:k] + long[k + 1:] == short for k in range(len(long)))
 
 
+def unknown_classes_message(where: str, unknown: Sequence[str], classes: Sequence[str]) -> str:
+    """The one wording of labels that name no class expected: ``"<where>: unknown class(es) [...];
+    expected one of [...]"`` and a did-you-mean hint (`from_csv` with ``classes``,
+    `LabeledImageDataset.check_labels_known`).
+
+    Parameters
+    ----------
+    where : str
+        Where the labels are (``file:line``).
+    unknown : sequence of str
+        The labels.
+    classes : sequence of str
+        The classes expected.
+    """
+    return (f"{where}: unknown class(es) {list(unknown)}; expected one of {list(classes)}"
+            f"{did_you_mean(unknown, classes)}")
+
+
 def from_csv(
     path: PathLike,
     image_root: PathLike | None = None,
@@ -1297,8 +1360,7 @@ def from_csv(
             if classes is not None:
                 unknown = [n for n in names if n not in classes]
                 if unknown:
-                    raise ValueError(f"{where}: unknown class(es) {unknown}; expected one of {list(classes)}"
-                                     f"{did_you_mean(unknown, classes)}")
+                    raise ValueError(unknown_classes_message(where, unknown, classes))
             entries.append((image, names, where))
     except csv.Error as error:
         raise ValueError(f"cannot read CSV file {path}: {error}") from error

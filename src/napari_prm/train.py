@@ -675,7 +675,8 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
                          device: str | torch.device | None = None,
                          progress: Callable[[bool, int, int], None] | None = None, cancel=None,
                          report: Callable[[str, str], None] | None = None,
-                         input_size: int | Sequence[int] | None = None) -> CheckpointCalibration:
+                         input_size: int | Sequence[int] | None = None,
+                         allow_other_classes: bool = False) -> CheckpointCalibration:
     """Choose a checkpoint's class and peak thresholds on ``dataset`` and write the calibrated model.
 
     What ``napari-prm calibrate`` and the Train widget's *Calibrate* do: the images are chosen
@@ -721,6 +722,12 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
         input size, so that ``predict`` runs at the size its thresholds were chosen at (a larger
         input gives small, crowded objects peaks of their own; see ``predict(input_size=)``).
         Default: the model's own size.
+    allow_other_classes : bool
+        Calibrate on images labelled with classes the model does not have, as images that show
+        none of its classes (those labels dropped). Default: such a label (a typo such as
+        ``dgo``) is an error naming it and where (a CSV's ``file:line``): counted as a negative,
+        its image would bias the thresholds without a word. The command line's
+        ``--allow-other-classes``.
 
     Returns
     -------
@@ -730,7 +737,8 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
     ------
     ValueError
         A built-in ``model`` without ``out``, an unreadable checkpoint, a bad ``out`` or
-        ``device``, a dataset without the model's classes, no held-out share (``held_out=True``,
+        ``device``, a dataset without the model's classes, an image labelled with a class the model
+        does not have (unless ``allow_other_classes``), no held-out share (``held_out=True``,
         see :func:`checkpoint_held_out`), or images that cannot calibrate (none shows a class).
     RuntimeError
         When ``cancel`` said stop.
@@ -750,9 +758,21 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
     model.to(device)
     source = dataset.source or "the dataset"
     try:
-        dataset = dataset.with_classes(model.class_names)
+        relabelled = dataset.with_classes(model.class_names)
     except ValueError as error:
         raise ValueError(f"the dataset does not have the model's classes: {error}") from None
+    if not allow_other_classes:
+        try:
+            dataset.check_labels_known(model.class_names)
+        except ValueError as error:
+            said = (f"{error}. Those are the classes of {name}: an image labelled with another would be calibrated "
+                    "on as showing none of them; correct the labels, or ")
+            raise ValueError(Worded(
+                said + "pass allow_other_classes=True to calibrate on such images as negatives",
+                said + "pass --allow-other-classes to calibrate on such images as negatives",
+                said + "tick 'images of other classes are negatives' to calibrate on such images as negatives",
+            )) from None
+    dataset = relabelled
     dataset = dataset.with_model_channels(model.settings.get("channels"))  # as predict reads them
     try:
         chosen = calibration_images(dataset, extra, held_out=held_out)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, FileEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, PushButton
 
 from .._text import for_widget, sentence, sentences
 from ..data import load_dataset
@@ -61,16 +61,18 @@ def calibrated_path(model: Path | str, where: str, folder: Path) -> Path:
 
 
 def _calibrate(model: Path | str, dataset_path: Path, images: Path | None, device: str, out: Path, *,
-               progress=None, cancel=None) -> CheckpointCalibration:
+               progress=None, cancel=None, allow_other_classes: bool = False) -> CheckpointCalibration:
     """Load the dataset and calibrate ``model`` on it into ``out`` (worker thread); the dataset's own
-    warnings come first in the outcome's. ``progress(stage, done, total)`` after each image."""
+    warnings come first in the outcome's. ``progress(stage, done, total)`` after each image;
+    ``allow_other_classes`` as `napari_prm.train.calibrate_checkpoint` takes it."""
     dataset = load_dataset(dataset_path, images)
 
     def relay(tta: bool, done: int, total: int) -> None:
         progress("with test-time augmentation" if tta else "image", done, total)
 
     outcome = calibrate_checkpoint(model, dataset, out, device=device, cancel=cancel,
-                                   progress=None if progress is None else relay)
+                                   progress=None if progress is None else relay,
+                                   allow_other_classes=allow_other_classes)
     outcome.warnings[:0] = dataset.warnings
     return outcome
 
@@ -90,10 +92,14 @@ class CalibrateSection:
                                                  f"({', '.join(BUILTIN_MODELS)}): it is written to a new file "
                                                  "beside the output file")
         self._calibrate_to = ComboBox(label="write calibrated model to", choices=list(CALIBRATE_TO.items()))
+        self._calibrate_other = CheckBox(
+            text="images of other classes are negatives", value=False,
+            tooltip="calibrate on images labelled with classes the model does not have, as images showing none "
+                    "of its classes; unticked, such a label (a typo) stops Calibrate, naming it and its file and line")
         self._calibrate_button = PushButton(text="Calibrate")
         self._calibrate_button.changed.connect(lambda: self.calibrate())
         self.calibrated: CheckpointCalibration | None = None
-        return [self._calibrate_model, self._calibrate_to, self._calibrate_button]
+        return [self._calibrate_model, self._calibrate_to, self._calibrate_other, self._calibrate_button]
 
     def calibrate(self):
         """Calibrate the chosen checkpoint on the widget's dataset in a worker; returns it (None when refused,
@@ -130,6 +136,7 @@ class CalibrateSection:
         worker = self._job_worker(_calibrate, model, dataset_path, images, self._device.value, out,
                                   progress=lambda *p: self._relay.progressed.emit(("calibrate", *p)),
                                   cancel=self._cancel.is_set, _start_thread=False,
+                                  allow_other_classes=bool(self._calibrate_other.value),
                                   _connect={"errored": self._calibration_failed})
         worker.returned.connect(self._on_calibrated)
         name = Path(model).name
@@ -142,7 +149,8 @@ class CalibrateSection:
             why = "Stopped as the widget was closed" if self._closed else "Cancelled"
             self._say(f"{why} while calibrating: nothing was written.")
         else:
-            self._say(f"Calibration failed: {type(error).__name__}: {error}", True)
+            text = for_widget(error.args[0]) if len(error.args) == 1 else str(error)  # a Worded: the widget's words
+            self._say(f"Calibration failed: {type(error).__name__}: {text}", True)
 
     def _show_calibration_progress(self, stage: str, done: int, total: int) -> None:
         self._progress.max, self._progress.value = total, done
