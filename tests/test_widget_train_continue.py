@@ -219,3 +219,45 @@ def test_continuing_from_another_base_model_is_refused(make_napari_viewer, qtbot
     result = run_to_end(widget, qtbot)
     assert result is not None and result.checkpoint == out, widget.last_message
     assert [r.epoch for r in result.history] == [1, 2] and saved_epoch(out) == 2
+
+
+def test_a_run_found_shows_the_base_its_checkpoint_records(make_napari_viewer, qtbot, prm_config, tiny_dataset,
+                                                           tmp_path):
+    """A run fine-tuned from a checkpoint file records it as its base (``config["base"]``), as
+    ``train --resume`` compares it with --model; the widget showed the field's own choice ('tiny',
+    the run's backbone) and went on as if that were the run's start. Found, the run's base file is
+    shown (added to the choices); another base chosen then is refused (`same_base`), naming it."""
+    import threading
+
+    from napari_prm.data import load_dataset
+    from napari_prm.model import build_model, save_model
+    from napari_prm.train import train
+
+    base = save_model(build_model("tiny", ["cat", "cup"], pretrained=False, input_size=(32, 32)),
+                      tmp_path / "base.pt")
+    out = tmp_path / "run.pt"
+    stop = threading.Event()
+    train(load_dataset(tiny_dataset), model=base, out=out, epochs=2, batch_size=1, device="cpu", cancel=stop,
+          progress=lambda p: stop.set() if getattr(p, "stage", "") == "epoch" else None)
+    assert saved_epoch(out) == 1
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-prm", "Train PRM model")
+    quick_training(widget, tiny_dataset, tmp_path / "none-yet.pt", batch=1)
+    widget._out.value = out
+    checked(widget, qtbot)
+    assert widget.unfinished is not None
+    assert widget._base.value == str(base.resolve()) and widget._base.current_choice == "fine-tune base.pt"
+    assert widget.unfinished.base == str(base)
+    assert widget._size.value == 32  # the run's size, not changed by showing its base
+
+    widget._base.value = "tiny"  # the run's backbone, but not its start
+    assert widget.start() is None
+    assert widget.last_message.startswith(
+        "The unfinished run in run.pt goes on with the settings it was started with, but these ask for others: "
+        "base model 'tiny (random, for trying things out)' (the run goes on from its own tiny model, shown as "
+        "'fine-tune base.pt')")
+    widget._base.value = str(base.resolve())
+    result = run_to_end(widget, qtbot)
+    assert result is not None and result.checkpoint == out, widget.last_message
+    assert [r.epoch for r in result.history] == [1, 2] and saved_epoch(out) == 2

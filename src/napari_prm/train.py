@@ -527,6 +527,10 @@ class UnfinishedRun:
     channels : list of int or None
         The image channels it trains on (``settings["channels"]``), which a resume must read
         too; None: the images as they are.
+    base : str or None
+        The base it started from, as its recipe records it (`recorded_base`: a backbone or
+        built-in model's name, or a checkpoint file's path); None for a checkpoint from before
+        the recipe recorded it. A resume asking for another (:func:`same_base`) is refused.
     """
 
     path: Path
@@ -536,6 +540,7 @@ class UnfinishedRun:
     split_rule: int | None = SPLIT_RULE
     backbone: str | None = None
     channels: list[int] | None = None
+    base: str | None = None
 
 
 def unfinished_run(path: str | os.PathLike, dataset: LabeledImageDataset) -> UnfinishedRun | None:
@@ -568,7 +573,7 @@ def unfinished_run(path: str | os.PathLike, dataset: LabeledImageDataset) -> Unf
     if trained is not None and not any(trained):
         return None
     return UnfinishedRun(path, done, config["epochs"], config, state.get("split_rule"), model.backbone,
-                         model.settings.get("channels"))
+                         model.settings.get("channels"), recorded_base(config, path))
 
 
 @dataclass(eq=False)
@@ -979,6 +984,22 @@ def run_base(model, model_name: str | os.PathLike | None = None) -> str | None:
     if isinstance(model, (str, os.PathLike)):
         return str(Path(model).absolute())
     return None
+
+
+def recorded_base(config: Mapping, checkpoint: str | os.PathLike) -> str | None:
+    """The base a run started from, as the recipe ``config`` of its ``checkpoint`` records it
+    (``config["base"]``, `run_base`): a backbone or built-in model's name, or a checkpoint file's
+    absolute path; None when not recorded (a checkpoint from before) or not a string.
+
+    Parameters
+    ----------
+    config : mapping
+        The run's recipe (the training state's ``"config"``).
+    checkpoint : path
+        The checkpoint that holds it.
+    """
+    base = (config or {}).get("base")
+    return base if isinstance(base, str) and base else None
 
 
 def same_base(asked, recorded: str) -> bool:

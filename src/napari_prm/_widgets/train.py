@@ -39,6 +39,7 @@ from ..model.checkpoint import is_builtin_name, model_channels, model_input_size
 from ..train import (
     builtin_start_note,
     recipe_conflicts,
+    same_base,
     split_warnings,
     starts_new_classifier,
     train,
@@ -47,7 +48,15 @@ from ..train import (
 )
 from .activity import ActivityProgress, StopsOnClose
 from .calibrate import CalibrateSection
-from .models import devices, import_torch_side, keep_existing_output, offer_model, recent_models, unwrap_viewer
+from .models import (
+    devices,
+    import_torch_side,
+    keep_existing_output,
+    offer_model,
+    recent_models,
+    remember_model,
+    unwrap_viewer,
+)
 from .relay import _Relay
 from .run_check import UnfinishedRunCheck
 from .settings import chosen_path, exclusive_paths, no_path, persist_fields
@@ -187,6 +196,7 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._start_pending = None  # start()'s keyword arguments, waiting for that check
         self._shown_of_run: dict = {}  # the fields' values given of its recipe (`_asked_of_run`)
         self._base_of_run = None  # the base model field's (value, text) when the run was found
+        self._run_base_shown = False  # whether the field then showed the base the run records
         # (base model, input size field) when the base model's own size is not square (`_show_model_size`)
         self._own_size: tuple | None = None
         self._size_note = ""  # the status line's words on that size
@@ -365,6 +375,16 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
         self._continue.show()
         if _newly_found(before, run):
             # a run newly found: its own total and recipe (values the user set since are left alone)
+            # first the base (a checkpoint's shows its own input size), then the recipe's fields.
+            # The base: the one the run's recipe records (a backbone, a built-in model or a checkpoint
+            # file: `recorded_base`), shown; a checkpoint from before records only its backbone: a
+            # backbone other than the run's shows the run's. A base chosen since asks for another start
+            # than the run's own model (`start`)
+            self._run_base_shown = run.base is not None and self._show_base(run.base)
+            if (not self._run_base_shown and starts_new_classifier(self._base.value)
+                    and run.backbone != self._base.value and run.backbone in BASE_MODELS.values()):
+                self._base.value = run.backbone
+            self._base_of_run = (self._base.value, self._base.current_choice)
             self._epochs.max = max(self._epochs.max, run.epochs)  # a command-line run may ask for more
             self._epochs.value = run.epochs
             config = run.config
@@ -376,13 +396,23 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             # what the fields show of the run's recipe: the learning rate to the field's decimals, the
             # height of a non-square size (a command-line run's); a field left so asks for the run's
             self._shown_of_run = {"lr": float(self._lr.value), "input_size": (int(self._size.value),) * 2}
-            # the base: a backbone other than the run's shows the run's (the checkpoint records its
-            # backbone, not whether it started from ImageNet weights, a built-in model or a file);
-            # a base chosen since asks for another start than the run's own model (`start`)
-            if (starts_new_classifier(self._base.value) and run.backbone != self._base.value
-                    and run.backbone in BASE_MODELS.values()):
-                self._base.value = run.backbone
-            self._base_of_run = (self._base.value, self._base.current_choice)
+
+    def _show_base(self, base: str) -> bool:
+        """Put the base ``base`` (a run's `napari_prm.train.recorded_base`) in the base model field:
+        a backbone or built-in model's choice, or a checkpoint file's (added to the recent models
+        when it is not among them). False when the field cannot show it (a file that has gone)."""
+        def find():
+            return next((value for _, value in self._base_choices() if same_base(value, base)), None)
+
+        value = find()
+        if value is None and not is_builtin_name(base) and Path(base).is_file():
+            remember_model(base)
+            self._base.reset_choices()
+            value = find()
+        if value is None:
+            return False
+        self._base.value = value
+        return True
 
     def _show_model_size(self, _=None) -> None:
         """Show the chosen base model's input size (a built-in model's, a checkpoint's metadata's) in the
@@ -483,7 +513,11 @@ class TrainWidget(StopsOnClose, CalibrateSection, Container):
             if channels is not None and channels != resumed.channels:  # train() refuses them too
                 differ.append(f"image channels {_channel_text(channels)} (the run's: "
                               f"{_channel_text(resumed.channels)})")
-            if self._base_of_run is not None and options["model"] != self._base_of_run[0]:
+            if resumed.base is not None and self._run_base_shown:
+                other_base = not same_base(options["model"], resumed.base)  # as train --resume --model compares
+            else:
+                other_base = self._base_of_run is not None and options["model"] != self._base_of_run[0]
+            if other_base:
                 # train(resume=) goes on from the run's own model, whatever model= says
                 own = f"its own {resumed.backbone} model" if resumed.backbone else "its own model"
                 asked_base = self._base.current_choice if options["model"] == self._base.value else options["model"]
