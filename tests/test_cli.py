@@ -371,10 +371,16 @@ def test_train_then_evaluate_on_coco128(tmp_path, capsys, shared_data):
     assert model.class_names == ["person", "bear"] and model.backbone == "tiny"
     assert model.settings["calibration"]["images"] == 3
 
-    # calibrate again, on every listed image, into a new file; the training state stays resumable
+    # calibrate again, on every listed image, into a new file; the training state stays resumable. The
+    # labels of classes other than --classes' are images of none of them, as train took them, when asked
     calibrated = tmp_path / "calibrated.pt"
     status = main(["calibrate", str(labels_csv), "--image-dir", str(shared_data / "coco128/train2017"),
                    "--model", str(checkpoint), "--out", str(calibrated), "--device", "cpu"])
+    assert status == 2 and not calibrated.exists()
+    assert (f"napari-prm calibrate: error: {labels_csv}: 5 images ('backpack' at {labels_csv}:4, {labels_csv}:5, "
+            f"{labels_csv}:7; 'bicycle' at {labels_csv}:3;") in capsys.readouterr().err
+    status = main(["calibrate", str(labels_csv), "--image-dir", str(shared_data / "coco128/train2017"),
+                   "--model", str(checkpoint), "--out", str(calibrated), "--device", "cpu", "--allow-other-classes"])
     assert status == 0
     printed = capsys.readouterr().out
     assert "on 6 image(s)" in printed and printed.count("class threshold") == 2  # plain and TTA
@@ -383,7 +389,7 @@ def test_train_then_evaluate_on_coco128(tmp_path, capsys, shared_data):
     for key, value in model.network.state_dict().items():
         assert torch.equal(value, again.network.state_dict()[key])
     status = main(["calibrate", str(labels_csv), "--image-dir", str(shared_data / "coco128/train2017"),
-                   "--model", str(checkpoint), "--held-out", "--no-tta", "--device", "cpu"])
+                   "--model", str(checkpoint), "--held-out", "--no-tta", "--device", "cpu", "--allow-other-classes"])
     assert status == 0 and "on 3 image(s)" in capsys.readouterr().out
 
     report = tmp_path / "results.json"

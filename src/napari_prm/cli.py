@@ -1515,11 +1515,14 @@ def _next_step(args, checkpoint: Path, calibrated: bool, held_out: bool) -> str:
 
 def _calibrate_command(args, checkpoint: Path, held_out: bool) -> str:
     """``napari-prm calibrate`` of ``checkpoint`` on ``train``'s dataset as the run read it (without
-    --voc or --image-dir, calibrate would split other images); ``held_out``: on the share it held out."""
+    --voc or --image-dir, calibrate would split other images; a run of ``--classes`` with
+    ``--allow-other-classes``, as it took the other labels); ``held_out``: on the share it held out."""
     image_dir = "" if args.image_dir is None else f" --image-dir {shlex.quote(str(args.image_dir))}"
     voc = " --voc" if args.voc else ""
+    # a run of --classes: the dataset's other labels are images of none of them, as train took them
+    other = " --allow-other-classes" if getattr(args, "classes", None) else ""
     return (f"napari-prm calibrate {shlex.quote(str(args.dataset))}{image_dir}{voc} "
-            f"--model {shlex.quote(str(checkpoint))}{' --held-out' if held_out else ''}")
+            f"--model {shlex.quote(str(checkpoint))}{' --held-out' if held_out else ''}{other}")
 
 
 def _finished_run(args, model) -> bool:

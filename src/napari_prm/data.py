@@ -573,8 +573,9 @@ class LabeledImageDataset:
         if len(rows) == 1:
             where = rows[0]
         else:
-            where = (f"{self.source}: {plural(len(rows), 'image')} ("
-                     + "; ".join(f"{name!r} at {first_names(origins, 5)}" for name, origins in outside.items()) + ")")
+            named = [f"{name!r} at {first_names(origins, 3)}" for name, origins in outside.items()]
+            more = f"; ... ({len(named) - 5} more labels)" if len(named) > 5 else ""
+            where = f"{self.source}: {plural(len(rows), 'image')} ({'; '.join(named[:5])}{more})"
         message = unknown_classes_message(where, list(outside), class_names)
         raise ValueError(message + (f"; {advice}" if advice else ""))
 
