@@ -23,7 +23,7 @@ from skimage import data
 from conftest import interrupt_after_first_checkpoint
 from napari_prm import io
 from napari_prm.cli import build_parser, collect_images, main
-from napari_prm.model import build_model, load_model, save_model
+from napari_prm.model import build_model, load_checkpoint, load_model, save_model
 
 COMMANDS = ("predict", "train", "calibrate", "refine", "evaluate", "demo", "bench")
 OUTPUT_SUFFIXES = ("_labels.tif", "_instances.json", "_instances.csv", "_peaks.csv")
@@ -856,6 +856,64 @@ def test_train_resume_keeps_the_runs_no_calibrate_and_base_model(tmp_path, capsy
     assert main(["train", str(tmp_path / "data"), "--resume", str(out), "--epochs", "5", "--model",
                  str(tiny_checkpoint)]) == 2
     assert f"--model {tiny_checkpoint} (the run continues its own model)" in capsys.readouterr().err
+
+
+def test_a_run_folder_moved_with_its_base_model_still_resumes_with_it(tmp_path, capsys, tiny_checkpoint):
+    """The base a run fine-tuned was recorded as its absolute path: the run folder moved (or shared)
+    with the base in it, ``--resume --model`` of the base there was refused as another model. A base
+    in the run's folder is recorded relative to it (``./models/base.pt``), found where the folder is
+    now; one elsewhere stays absolute, and when it has gone, ``--resume --model`` names the path
+    recorded. A checkpoint of an absolute base (as before) resumes as it did."""
+    from napari_prm.train import TRAINING_STATE_KEY
+
+    _class_folders(tmp_path / "data", ("cat", "coffee"))
+    run = tmp_path / "run"
+    (run / "models").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, run / "models" / "base.pt")
+    recipe = ["--batch-size", "2", "--input-size", "32", "32", "--val-fraction", "0", "--no-calibrate",
+              "--device", "cpu"]
+    assert main(["train", str(tmp_path / "data"), "--out", str(run / "run.pt"), "--model",
+                 str(run / "models" / "base.pt"), "--epochs", "1", *recipe]) == 0
+    config = torch.load(run / "run.pt", weights_only=True)["extra"][TRAINING_STATE_KEY]["config"]
+    assert config["base"] == "./models/base.pt"
+    from napari_prm.train import recorded_base, unfinished_run
+
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    assert recorded_base(config, moved / "run.pt") == str(moved / "models" / "base.pt")
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "data"), "--resume", str(moved / "run.pt"), "--epochs", "2", "--model",
+                 str(moved / "models" / "base.pt")]) == 0, capsys.readouterr().err
+    assert "epoch 2/2" in capsys.readouterr().err
+    model, extra = load_checkpoint(moved / "run.pt")
+    extra[TRAINING_STATE_KEY]["config"]["epochs"] = 3  # as a 3-epoch run stopped after its second
+    save_model(model, moved / "run.pt", extra=extra)
+    from napari_prm.data import from_folders
+
+    assert unfinished_run(moved / "run.pt", from_folders(tmp_path / "data")).base == str(moved / "models" / "base.pt")
+
+    # a base outside the run's folder: its absolute path; gone, --model is refused naming it
+    elsewhere = tmp_path / "elsewhere.pt"
+    shutil.copy(tiny_checkpoint, elsewhere)
+    out = tmp_path / "other" / "run.pt"
+    assert main(["train", str(tmp_path / "data"), "--out", str(out), "--model", str(elsewhere), "--epochs", "1",
+                 *recipe]) == 0
+    assert torch.load(out, weights_only=True)["extra"][TRAINING_STATE_KEY]["config"]["base"] == str(elsewhere)
+    shutil.move(elsewhere, tmp_path / "renamed.pt")
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "data"), "--resume", str(out), "--epochs", "2", "--model",
+                 str(tmp_path / "renamed.pt")]) == 2
+    assert (f"--model {tmp_path / 'renamed.pt'} (the run's: --model {elsewhere}, recorded in {out}, which is not "
+            "there: moved, or not shared with the run; the run goes on from its own weights without it)"
+            ) in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "data"), "--resume", str(out), "--epochs", "2"]) == 0  # without it: on
+
+    # a checkpoint of before, its base in its folder recorded as an absolute path: resumes as it did
+    checkpoint = torch.load(moved / "run.pt", weights_only=True)
+    checkpoint["extra"][TRAINING_STATE_KEY]["config"]["base"] = str(moved / "models" / "base.pt")
+    torch.save(checkpoint, moved / "run.pt")
+    assert main(["train", str(tmp_path / "data"), "--resume", str(moved / "run.pt"), "--model",
+                 str(moved / "models" / "base.pt")]) == 0
 
 
 def test_train_resume_goes_on_to_the_runs_own_total_of_epochs(tmp_path, capsys):

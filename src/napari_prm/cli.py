@@ -1261,7 +1261,7 @@ def _check_resumed_options(args, path: Path):
     options given with them that ask for another were ignored without a word
     (``--input-size 96 96`` went on training at 64×64). Returns the resumed model, or None."""
     from .model.checkpoint import load_checkpoint
-    from .train import recipe_conflicts, recorded_base, same_base
+    from .train import missing_base, recipe_conflicts, recorded_base, same_base
 
     # a missing or unreadable checkpoint was reported after the dataset was read (and, by train,
     # after its 'training on ...' line), without naming --resume
@@ -1303,8 +1303,11 @@ def _check_resumed_options(args, path: Path):
             differ.append(f"--backbone {args.backbone} (the run's: {model.backbone})")
         base = recorded_base(config, path)  # recorded since: a checkpoint from before says no more than its backbone
         if args.model is not None and (base is None or not same_base(args.model, base)):
-            differ.append(f"--model {args.model} (the run's: --model {base})" if base is not None
-                          else f"--model {args.model} (the run continues its own model)")
+            differ.append(f"--model {args.model} (the run continues its own model)" if base is None else
+                          f"--model {args.model} (the run's: --model {base}, recorded in {path}, which is not "
+                          "there: moved, or not shared with the run; the run goes on from its own weights "
+                          "without it)" if missing_base(base) else
+                          f"--model {args.model} (the run's: --model {base})")
     if differ:
         raise CommandError(f"--resume continues the run in {path} with the options it was started with, "
                            f"but these ask for others: {'; '.join(differ)}; drop them, or start a new "

@@ -962,11 +962,18 @@ def _adapt_classes(model: PRMModel, class_names: list[str]) -> PRMModel:
     return model
 
 
-def run_base(model, model_name: str | os.PathLike | None = None) -> str | None:
+#: How a run's recipe marks a base stored relative to its checkpoint's folder (`run_base`).
+RELATIVE_BASE_PREFIX = "./"
+
+
+def run_base(model, model_name: str | os.PathLike | None = None,
+             checkpoint: str | os.PathLike | None = None) -> str | None:
     """What a run started from, as :func:`train` records it in its recipe (``base``).
 
-    A backbone or built-in model name as it is; a checkpoint file as its absolute path; a
-    PRMModel as ``model_name`` (its file's absolute path, or a name), None without it.
+    A backbone or built-in model name as it is; a checkpoint file in ``checkpoint``'s folder (or
+    below it) relative to that folder, as ``"./base.pt"``, so that the run folder can be moved
+    or shared (`recorded_base` reads it back); another file as its absolute path; a PRMModel as
+    ``model_name`` (so), None without it.
 
     Parameters
     ----------
@@ -974,6 +981,8 @@ def run_base(model, model_name: str | os.PathLike | None = None) -> str | None:
         ``train``'s ``model`` (its ``backbone`` when ``model`` is None).
     model_name : str, path or None
         What a PRMModel ``model`` was read from.
+    checkpoint : path, optional
+        The run's checkpoint (``train``'s ``out``); None: a file's absolute path.
     """
     if isinstance(model, PRMModel):
         if model_name is None:
@@ -981,15 +990,22 @@ def run_base(model, model_name: str | os.PathLike | None = None) -> str | None:
         model = model_name
     if isinstance(model, str) and (is_builtin_name(model) or is_builtin_name(model, BACKBONES)):
         return model
-    if isinstance(model, (str, os.PathLike)):
-        return str(Path(model).absolute())
-    return None
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    path = Path(os.path.normpath(Path(model).absolute()))
+    if checkpoint is not None:
+        folder = Path(os.path.normpath(Path(checkpoint).absolute().parent))
+        if path.is_relative_to(folder):
+            return RELATIVE_BASE_PREFIX + path.relative_to(folder).as_posix()
+    return str(path)
 
 
 def recorded_base(config: Mapping, checkpoint: str | os.PathLike) -> str | None:
     """The base a run started from, as the recipe ``config`` of its ``checkpoint`` records it
     (``config["base"]``, `run_base`): a backbone or built-in model's name, or a checkpoint file's
-    absolute path; None when not recorded (a checkpoint from before) or not a string.
+    absolute path (one recorded relative to the checkpoint's folder, ``"./base.pt"``, found in
+    the folder the checkpoint is in now); None when not recorded (a checkpoint from before) or
+    not a string. The file need not exist (`missing_base`).
 
     Parameters
     ----------
@@ -999,7 +1015,19 @@ def recorded_base(config: Mapping, checkpoint: str | os.PathLike) -> str | None:
         The checkpoint that holds it.
     """
     base = (config or {}).get("base")
-    return base if isinstance(base, str) and base else None
+    if not isinstance(base, str) or not base:
+        return None
+    if base.startswith(RELATIVE_BASE_PREFIX):
+        return os.path.normpath(Path(checkpoint).absolute().parent / base)
+    return base
+
+
+def missing_base(base: str | None) -> bool:
+    """Whether ``base`` (`recorded_base`) names a checkpoint file that is not there (moved, or
+    not shared with the run folder); False for a name or None."""
+    if base is None or is_builtin_name(base) or is_builtin_name(base, BACKBONES):
+        return False
+    return not Path(base).is_file()
 
 
 def same_base(asked, recorded: str) -> bool:
@@ -1644,7 +1672,8 @@ def train(
     model_name : str, path or None
         What a PRMModel ``model`` was read from (the command line gives the ``--model`` file it
         read), recorded as the run's base. A new run records its base in its recipe as ``base``
-        (`run_base`): the backbone name, the built-in model's name, the checkpoint's absolute path,
+        (`run_base`): the backbone name, the built-in model's name, the checkpoint's path (relative
+        to ``out``'s folder when it lies in it, so that the run folder can move; else absolute),
         or None for a PRMModel without ``model_name``.
 
     Returns
@@ -1696,7 +1725,7 @@ def train(
                          val_fraction=val_fraction)
         calibrate = True if calibrate is None else calibrate
         config["calibrate"] = calibrate
-        config["base"] = run_base(model if model is not None else backbone, model_name)
+        config["base"] = run_base(model if model is not None else backbone, model_name, out)
         model = _start_model(model if model is not None else backbone, list(dataset.class_names),
                              None if input_size is None else config["input_size"], config["seed"])
         # a fine-tuned model trains at its own size unless input_size is given (it trained at 448)
