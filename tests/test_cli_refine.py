@@ -287,3 +287,36 @@ def test_resume_keeps_the_runs_masks(shapes_dataset, tiny_checkpoint96, tmp_path
             f"run's: give the same corrections (the command line's --masks {shapes_dataset.absolute()}), or "
             "start a new run") in err, err
     assert load_checkpoint(out)[1]["refine_training"]["epoch"] == 2
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(shapes_dataset, tiny_checkpoint96, tmp_path, capsys):
+    """``refine --resume`` (``refine(resume=True)``) of a run that had finished its epochs ran PRM on
+    every image to train no epoch, and ended 'checkpoint: ... (1 epoch)' as if it had refined: it now
+    says the run is finished and what trains it further, prepares nothing and writes nothing, as
+    ``train --resume`` of a finished run does (its note in ``RefineResult.notes``)."""
+    out = tmp_path / "refined.pt"
+    start = ["refine", str(shapes_dataset), "--model", str(tiny_checkpoint96), "--out", str(out), "--batch-size",
+             "4", "--device", "cpu"]
+    assert main(start + ["--epochs", "1"]) == 0
+    before, stamp = out.read_bytes(), out.stat().st_mtime_ns
+    cache = sorted((tmp_path / "refined.pt.cache").rglob("*"))
+    capsys.readouterr()
+    assert main(start + ["--resume"]) == 0
+    errors = capsys.readouterr().err
+    assert errors.strip().splitlines()[-1] == (
+        f"the run in {out} already finished its 1 epoch: nothing was trained or written. Nothing is left to do: to "
+        "train it further, resume with --epochs M, M more than 1")
+    assert "refining" not in errors and "checkpoint:" not in errors
+    assert out.read_bytes() == before and out.stat().st_mtime_ns == stamp
+    assert sorted((tmp_path / "refined.pt.cache").rglob("*")) == cache
+
+    from napari_prm.data import load_dataset
+
+    stages = []
+    result = refine(load_model(tiny_checkpoint96), dataset=load_dataset(shapes_dataset), out=out, epochs=1,
+                    batch_size=4, device="cpu", resume=True, progress=lambda p: stages.append(p.stage))
+    assert stages == [] and not result.cancelled and result.checkpoint == out  # nothing prepared nor trained
+    assert [h.epoch for h in result.history] == [1] and result.model.head is not None
+    assert result.notes == [f"the run in {out} already finished its 1 epoch: no epoch was trained and nothing was "
+                            "written (epochs above 1 train it further)"]
+    assert out.read_bytes() == before

@@ -1762,6 +1762,12 @@ def _run_refine(args) -> int:
     finally:
         for bar in bars.values():
             bar.close()
+    finished_before = getattr(args, "resumed_finished", None) if resumed is not None else None
+    if finished_before is not None and args.epochs <= finished_before:  # refine() trained and wrote nothing
+        _say(f"the run in {args.out} already finished its {plural(finished_before, 'epoch')}: nothing was trained "
+             f"or written. Nothing is left to do: to train it further, resume with --epochs M, M more than "
+             f"{finished_before}")
+        return 0
     _say(f"checkpoint: {result.checkpoint} ({plural(result.history[-1].epoch if result.history else 0, 'epoch')})")
     return 0
 

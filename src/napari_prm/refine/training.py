@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validate as check
+from .._text import plural
 from .._validate import Cancelled
 from ..io.images import channels_for, checked_channels
 from ..model.checkpoint import PRMModel, _write_model, checkpoint_file, is_safetensors, load_checkpoint, resolve_device
@@ -99,7 +100,9 @@ class RefineResult:
     prepare_seconds, train_seconds : float
     notes : list of str
         What the run did that a caller may not expect: it learnt from other image channels than
-        the model was trained on (the refined model records those it learnt from).
+        the model was trained on (the refined model records those it learnt from); a ``resume``
+        of a run that had finished its ``epochs`` trained nothing and wrote nothing (``model``
+        and ``checkpoint`` are then the run's own).
     """
 
     model: PRMModel
@@ -382,6 +385,13 @@ def refine(
     recorded = saved.settings.get("channels") if state is not None else model.settings.get("channels")
     channels, channel_note = channels_for(channels, recorded)
     notes = [] if channel_note is None else [channel_note]  # the command line's note
+    if state is not None and start_epoch >= epochs:
+        # a finished run: nothing to train. It ran PRM on every image (features and pseudo-labels)
+        # to train no epoch, and said nothing of it; now nothing runs and nothing is written, as
+        # train(resume=) of a finished run trains nothing
+        notes.append(f"the run in {resume_path} already finished its {plural(start_epoch, 'epoch')}: no epoch was "
+                     f"trained and nothing was written (epochs above {start_epoch} train it further)")
+        return RefineResult(model=saved, history=history, checkpoint=resume_path, notes=notes)
     if dataset is not None:
         dataset = dataset.with_model_channels(channels)
         check_readable(dataset, done="nothing was refined")
