@@ -1024,7 +1024,13 @@ def recorded_base(config: Mapping, checkpoint: str | os.PathLike) -> str | None:
 
 def missing_base(base: str | None) -> bool:
     """Whether ``base`` (`recorded_base`) names a checkpoint file that is not there (moved, or
-    not shared with the run folder); False for a name or None."""
+    not shared with the run folder); False for a name or None.
+
+    Parameters
+    ----------
+    base : str or None
+        A run's recorded base, as `recorded_base` returns it.
+    """
     if base is None or is_builtin_name(base) or is_builtin_name(base, BACKBONES):
         return False
     return not Path(base).is_file()
