@@ -1024,3 +1024,35 @@ def test_calibrate_refuses_a_label_that_is_no_class_of_the_model(tmp_path, capsy
     assert main(["calibrate", str(csv_path), "--model", str(path), "--out", str(tmp_path / "cli.pt"),
                  "--no-tta", "--device", "cpu", "--allow-other-classes"]) == 0
     assert load_model(tmp_path / "cli.pt").settings["calibration"]["images"] == 6
+
+
+def test_calibrate_takes_a_coco_files_other_categories_as_negatives(tmp_path):
+    """A COCO JSON declares its categories: an image of one the model does not have ('bird') is
+    no typo, and calibrates as an image of none of its classes without allow_other_classes (as
+    ``train --classes`` took it), where a label CSV's typed 'bird' is refused."""
+    import json
+
+    from napari_prm.data import from_coco
+    from napari_prm.train import calibrate_checkpoint
+
+    names = ("cat", "dog", "bird", "cat", "dog", "bird")
+    images, annotations = [], []
+    for i, name in enumerate(names):
+        image = np.zeros((32, 32, 3), np.uint8)
+        image[4 * i:4 * i + 8, 4:16, i % 3] = 255
+        iio.imwrite(tmp_path / f"{i}.png", image)
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": 32, "width": 32})
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1 + ("cat", "dog", "bird").index(name),
+                            "bbox": [4, 4 * i, 12, 8], "area": 96, "iscrowd": 0})
+    categories = [{"id": 1 + k, "name": n} for k, n in enumerate(("cat", "dog", "bird"))]
+    json_path = tmp_path / "instances.json"
+    json_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    torch.manual_seed(0)
+    path = save_model(build_model("tiny", ["cat", "dog"], pretrained=False, input_size=(32, 32)),
+                      tmp_path / "model.pt")
+    outcome = calibrate_checkpoint(path, from_coco(json_path), tmp_path / "out.pt", tta=False, device="cpu")
+    assert outcome.calibration.images == 6  # the two bird images negatives, no flag needed
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("image,labels\n" + "".join(f"{i}.png,{n}\n" for i, n in enumerate(names)))
+    with pytest.raises(ValueError, match=r"unknown class\(es\) \['bird'\]"):
+        calibrate_checkpoint(path, from_csv(csv_path), tmp_path / "csv.pt", tta=False, device="cpu")

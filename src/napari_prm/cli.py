@@ -427,8 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also calibrate the thresholds used with --tta")
     calibrate.add_argument("--allow-other-classes", action="store_true",
                            help="calibrate on images labelled with classes the model does not have, as images "
-                                "that show none of its classes (without it, such a label, a typo say, is an "
-                                "error naming it and its file and line)")
+                                "that show none of its classes (without it, such a label in a label CSV or a "
+                                "folder per class, a typo say, is an error naming it and its file and line; a COCO "
+                                "JSON's or VOC's other categories are declared, and their images negatives anyway)")
     calibrate.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
                            help="calibrate at this network input size and write the model with it as its own, "
                                 "so that predict runs at the size its thresholds were chosen at (a larger input "
@@ -1522,8 +1523,10 @@ def _calibrate_command(args, checkpoint: Path, held_out: bool) -> str:
     ``--allow-other-classes``, as it took the other labels); ``held_out``: on the share it held out."""
     image_dir = "" if args.image_dir is None else f" --image-dir {shlex.quote(str(args.image_dir))}"
     voc = " --voc" if args.voc else ""
-    # a run of --classes: the dataset's other labels are images of none of them, as train took them
-    other = " --allow-other-classes" if getattr(args, "classes", None) else ""
+    # a run of --classes on typed labels (a CSV, a folder per class): the other labels are images of
+    # none of them, as train took them; a COCO JSON's or VOC's other categories need no flag
+    typed = not args.voc and Path(args.dataset).suffix.lower() != ".json"
+    other = " --allow-other-classes" if getattr(args, "classes", None) and typed else ""
     return (f"napari-prm calibrate {shlex.quote(str(args.dataset))}{image_dir}{voc} "
             f"--model {shlex.quote(str(checkpoint))}{' --held-out' if held_out else ''}{other}")
 

@@ -729,10 +729,11 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
         Default: the model's own size.
     allow_other_classes : bool
         Calibrate on images labelled with classes the model does not have, as images that show
-        none of its classes (those labels dropped). Default: such a label (a typo such as
-        ``dgo``) is an error naming it and where (a CSV's ``file:line``): counted as a negative,
-        its image would bias the thresholds without a word. The command line's
-        ``--allow-other-classes``.
+        none of its classes (those labels dropped). Default: such a label in a label CSV or a
+        folder per class (a typo such as ``dgo``) is an error naming it and where (a CSV's
+        ``file:line``): counted as a negative, its image would bias the thresholds without a
+        word. A COCO JSON's or PASCAL VOC's other categories are declared, not typed: their
+        images are negatives either way. The command line's ``--allow-other-classes``.
 
     Returns
     -------
@@ -766,7 +767,9 @@ def calibrate_checkpoint(model: str | os.PathLike, dataset: LabeledImageDataset,
         relabelled = dataset.with_classes(model.class_names)
     except ValueError as error:
         raise ValueError(f"the dataset does not have the model's classes: {error}") from None
-    if not allow_other_classes:
+    # a COCO JSON's categories and VOC's classes are declared by the file, not typed: other ones are
+    # images of none of the model's classes, as train --classes takes them; typed labels are checked
+    if not allow_other_classes and dataset.coco is None and dataset.voc is None:
         try:
             dataset.check_labels_known(model.class_names)
         except ValueError as error:
