@@ -99,6 +99,23 @@ def test_a_predict_folder_scores_as_cocoeval_on_coco_results(runs, tmp_path, cap
     assert "Not measured: PRM quality" in captured.out
 
 
+def test_evaluate_exports_takes_one_folder_as_a_path(runs, monkeypatch):
+    """A folder given alone, as coco_results takes it: a str was read as the folders of its characters
+    ('r does not exist'), a Path was not iterable."""
+    from napari_prm.data import from_coco
+    from napari_prm.evaluate import evaluate_exports
+
+    dataset = from_coco(runs / "gt.json", image_dir=runs / "images")
+    expected = evaluate_exports([runs / "runA"], dataset)["results"][0]["mAP_r"]
+    assert 0 < expected[0.5] < 1
+    monkeypatch.chdir(runs)
+    for folder in ("runA", runs / "runA"):
+        evaluation = evaluate_exports(folder, dataset)
+        assert len(evaluation["results"]) == 1 and evaluation["comparison"] is None
+        assert evaluation["results"][0]["mAP_r"] == expected
+        assert evaluation["results"][0]["num_images"] == 3
+
+
 def test_exports_rewritten_to_the_ground_truth_score_100(runs, tmp_path, capsys):
     perfect = _perfect_copy(runs, tmp_path / "perfect")
     assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(perfect), "--json",

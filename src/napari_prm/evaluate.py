@@ -1181,7 +1181,7 @@ class ComparisonInterrupted(KeyboardInterrupt):
 
 
 def evaluate_exports(
-    folders: Sequence[str | os.PathLike],
+    folders: str | os.PathLike | Sequence[str | os.PathLike],
     dataset,
     *,
     iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
@@ -1207,8 +1207,9 @@ def evaluate_exports(
 
     Parameters
     ----------
-    folders : sequence of path-like
-        ``predict --out`` folders, one run each.
+    folders : path-like or sequence of path-like
+        ``predict --out`` folders, one run each; one path is one folder (as
+        :func:`napari_prm.io.coco_results` takes it).
     dataset : LabeledImageDataset
         A COCO dataset with instance masks (:func:`napari_prm.data.load_dataset` of the JSON,
         :func:`napari_prm.data.voc_view` of it for its VOC images only) or a PASCAL VOC one
@@ -1262,6 +1263,8 @@ def evaluate_exports(
                                          low_open=True, unique=True)
     max_images = check.positive_int("max_images", max_images, optional=True)
     resamples = check.positive_int("resamples", resamples)
+    if isinstance(folders, (str, os.PathLike)):  # one folder: a str was read as its characters' folders
+        folders = [folders]
     folders = [Path(check.path_like("folders", f)) for f in folders]
     if not folders:
         raise ValueError("folders: expected at least one predict output folder")
