@@ -900,3 +900,21 @@ def test_a_run_reads_each_image_and_its_manifest_once(tmp_path, checkpoint, imag
     os.utime(fresh, ns=(identities[-1]["image_mtime_ns"],) * 2)  # the same size and time, other bytes
     assert batch_module._image_identity(fresh)["image_sha256"] != identities[0]["image_sha256"]
     assert hashed == {"fresh.png": 4}
+
+
+def test_collect_images_takes_one_folder_as_a_path(tmp_path, monkeypatch):
+    """collect_images("images/"), as usage.md's predict_many example would be written: a str was read as
+    the paths of its characters (no image, a problem per character), a Path was not iterable."""
+    from napari_prm.batch import collect_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        iio.imwrite(folder / name, np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    expected = collect_images(["images"])
+    assert [p.name for p in expected[0]] == ["a.png", "b.png"] and not expected[1]
+    for inputs in ("images", folder, folder / "a.png"):
+        found, problems = collect_images(inputs)
+        assert not problems
+        assert [p.name for p in found] == (["a.png"] if str(inputs).endswith(".png") else ["a.png", "b.png"])

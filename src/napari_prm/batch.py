@@ -347,14 +347,14 @@ def image_names(images: Sequence[str | os.PathLike]) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- inputs
-def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = False,
+def collect_images(inputs: str | os.PathLike | Sequence[str | os.PathLike], *, recursive: bool = False,
                    search_hint: str | None = None) -> tuple[list[Path], list[str]]:
     """Image files named by ``inputs`` (files, or folders, sorted).
 
     Parameters
     ----------
-    inputs : sequence of path-like
-        Image files and folders.
+    inputs : path-like or sequence of path-like
+        Image files and folders; one path is one input (``collect_images("images/")``).
     recursive : bool
         Search the folders' sub-folders too, at any depth (hidden ones, whose names start
         with ``.``, are not searched). Without it only a folder's own files are taken, and
@@ -385,6 +385,8 @@ def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = Fal
     run (label TIFFs, PRM stacks), not images: they are left out, so a run whose
     ``out`` is its input folder, or inside it, can be run again.
     """
+    if isinstance(inputs, (str, os.PathLike)):  # one folder or file: a str was read as its characters' paths
+        inputs = [inputs]
     images, problems = [], []
     for item in map(Path, inputs):
         if item.is_dir():
