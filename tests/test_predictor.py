@@ -348,6 +348,27 @@ def test_changing_the_callers_image_after_set_image_changes_nothing(tiny, image)
         assert np.array_equal(a.mask, b.mask)
 
 
+def test_a_predictor_reused_on_other_sizes_predicts_an_image_as_a_new_one_does(tiny, image):
+    # docs/reliability.md, "Reproducibility": nothing of one image (its maps, proposals, peaks)
+    # is carried into the next, whatever their sizes, and nothing is random
+    settings = dict(proposals="default", peak_threshold=-1e9, max_peaks=5)
+    fresh = PRMPredictor(tiny, **settings)
+    fresh.set_image(image)
+    want = fresh.predict()
+    assert want.instances
+    reused = PRMPredictor(tiny, **settings)
+    rng = np.random.default_rng(1)
+    for shape in ((90, 40, 3), (33, 120, 3)):
+        reused.set_image(rng.integers(0, 255, shape, dtype=np.uint8))
+        assert reused.predict().prms.shape[1:] == shape[:2]
+    reused.set_image(image)
+    got = reused.predict()
+    assert np.array_equal(got.peaks, want.peaks) and np.array_equal(np.asarray(got.prms), np.asarray(want.prms))
+    assert [(i.class_index, i.peak, i.score) for i in got.instances] == \
+        [(i.class_index, i.peak, i.score) for i in want.instances]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(got.instances, want.instances))
+
+
 def test_a_predictions_maps_are_read_only_views_of_the_predictors_cache():
     """A prediction shares the predictor's class maps and scores without copying them; changing
     them in place raises instead of silently changing the predictor's later peaks."""
