@@ -533,7 +533,9 @@ class Prediction:
         dict
             ``images``, ``annotations`` (``segmentation`` as compressed RLE, ``score``,
             ``bbox`` ``[x, y, width, height]``, ...) and ``categories``; its ``annotations``
-            are a results list for pycocotools' ``COCO.loadRes``.
+            are a results list for pycocotools' ``COCO.loadRes`` (which raises ``IndexError``
+            on an empty list: join the annotations of all images first, and with none at all,
+            every AP is 0).
         """
         from .io.coco import instances_to_coco
 

@@ -478,7 +478,9 @@ def coco_results(exports: str | os.PathLike | Sequence[str | os.PathLike],
     list of dict
         ``image_id``, ``category_id``, ``segmentation`` (compressed RLE), ``area``, ``bbox``
         and ``score`` of every instance of a class (unscored ones get score 1.0; labels
-        without a class, category ``"unknown"``, are left out).
+        without a class, category ``"unknown"``, are left out). Empty when the exports hold
+        no instance: pycocotools' ``COCO.loadRes`` raises ``IndexError`` on an empty list
+        (every AP is then 0; ``napari-prm evaluate --predictions`` says so).
 
     Raises
     ------
