@@ -146,6 +146,23 @@ def test_coco_results_name_an_image_or_class_the_dataset_lacks(tmp_path):
         coco_results([tmp_path / "a_instances.json"], dataset)
 
 
+def test_an_export_without_a_file_name_is_named_with_how_to_give_one(tmp_path):
+    # write_prediction and export_instances write file_name "" unless given image_file_name=: the
+    # message was "its image '' is none of the dataset's images"
+    dataset, masks = _user_dataset()
+    labels = masks[0].astype(np.uint16)
+    table = {"label": np.array([1]), "class_index": np.array([0]), "class_name": np.array(["cat"]),
+             "score": np.array([0.9]), "peak": np.array([0])}
+    write_coco_json(tmp_path / "a_instances.json", labels_to_coco(labels, table, ["cat"]))
+    with pytest.raises(ValueError, match=r"a_instances.json: its image has no file_name, by which exports are "
+                                         r"matched to the COCO dict's images: write it with image_file_name="):
+        coco_results(tmp_path, dataset)
+    matched, unmatched = match_exports(tmp_path, dataset)
+    assert not matched and len(unmatched) == 1 and "image_file_name=" in unmatched[0]
+    write_coco_json(tmp_path / "a_instances.json", labels_to_coco(labels, table, ["cat"], file_name="a.jpg"))
+    assert [r["image_id"] for r in coco_results(tmp_path, dataset)] == [139]
+
+
 def test_coco_results_match_an_export_by_its_path_in_a_sub_folder(tmp_path):
     """predict --recursive on val2017/ names its images A1/cat.jpg and A2/cat.jpg; the dataset
     names them val2017/A1/cat.jpg and val2017/A2/cat.jpg: the file name alone is two images'

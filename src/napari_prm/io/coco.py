@@ -407,7 +407,12 @@ def match_exports(exports: str | os.PathLike | Sequence[str | os.PathLike],
             annotations = export["annotations"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise ValueError(f"cannot read {file} as a one-image COCO export: {error!r}") from error
-        image_id = by_name.get(name)
+        image_id = by_name.get(name) if name else None
+        if not name:  # write_prediction / export_instances without image_file_name=: nothing to match by
+            unmatched.append(f"{file}: its image has no file_name, by which exports are matched to {source}'s "
+                             "images: write it with image_file_name= (write_prediction, export_instances: the "
+                             "dataset's file_name of the image), as napari-prm predict does")
+            continue
         if image_id is None:
             parts = name.split("/")
             # the longest trailing path of the export's name that some file_names end with

@@ -134,7 +134,8 @@ def export_instances(labels: np.ndarray, table, class_names: Sequence[str] | Non
     overwrite : bool
         If False and any target exists, raise ``FileExistsError`` before writing anything.
     image_file_name : str
-        ``file_name`` of the image in the COCO JSON.
+        ``file_name`` of the image in the COCO JSON, by which `coco_results` and ``napari-prm
+        evaluate --predictions`` match the export to a dataset's image (none without one).
     world : dict, optional
         The napari layer's ``scale``, ``translate`` and ``units``, recorded in the label TIFF
         or PNG (`napari_prm.io.write_label_image`, with ``class_names``) and in the COCO
@@ -303,7 +304,9 @@ def write_prediction(prediction, out_dir: str | os.PathLike, stem: str, *,
     overwrite : bool
         If False and any target exists, raise ``FileExistsError`` before writing anything.
     image_file_name : str
-        ``file_name`` of the image in the COCO JSON.
+        ``file_name`` of the image in the COCO JSON: the dataset's name of the image (``a.jpg``),
+        by which `coco_results` and ``napari-prm evaluate --predictions`` match the export to
+        it (an export without one matches no image).
     info : dict, optional
         Extra facts for the manifest (e.g. the prediction settings).
     pixel_size : dict, optional
