@@ -285,6 +285,16 @@ def test_with_classes_names_at_most_ten_missing_classes(tmp_path):
     with pytest.raises(ValueError, match=r"unknown class\(es\) \['zebra'\] for dataset .*labels.csv; it has"):
         dataset.with_classes(["cat", "zebra"])
 
+def test_with_classes_takes_one_class_alone(tmp_path):
+    # as predict(classes="cat") does; it was read as the classes 'c', 'a', 't' ("unknown class(es)")
+    dataset = load_dataset(_write_csv(tmp_path, ["x.png,cat", "y.png,dog", "z.png,cat;dog"]))
+    one = dataset.with_classes("dog")
+    assert one.class_names == ["dog"]
+    np.testing.assert_array_equal(one.labels, dataset.with_classes(["dog"]).labels)
+    np.testing.assert_array_equal(one.labels, [[0], [1], [1]])
+    assert len(dataset.with_classes("dog", drop_unlabeled=True)) == 2
+
+
 def test_with_classes_suggests_no_class_that_is_asked_for_itself(tmp_path):
     """``imagenet-coco`` on a CSV of five of its classes said "did you mean 'toilet' for 'tie',
     'couch' for 'clock'?": 'toilet' and 'couch' are classes the model has too, not misspellings."""

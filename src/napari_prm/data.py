@@ -496,13 +496,13 @@ class LabeledImageDataset:
         return [c for c, everywhere, trained in zip(self.class_names, self.labels.sum(0), train.labels.sum(0))
                 if everywhere > 0 and trained == 0]
 
-    def with_classes(self, class_names: Sequence[str], *, drop_unlabeled: bool = False) -> LabeledImageDataset:
+    def with_classes(self, class_names: str | Sequence[str], *, drop_unlabeled: bool = False) -> LabeledImageDataset:
         """The same images relabelled with ``class_names`` (a subset or reordering).
 
         Parameters
         ----------
-        class_names : sequence of str
-            Every name must be one of this dataset's classes or, for a COCO
+        class_names : str or sequence of str
+            One class alone (``"cat"``), or several. Every name must be one of this dataset's classes or, for a COCO
             dataset, one of its file's categories (labelled from its annotations), or, for a
             PASCAL VOC dataset, one of the 20 VOC classes or a name its XML files use. A VOC
             class the dataset names by PASCAL VOC's or COCO's other name (``motorbike`` for
@@ -511,6 +511,8 @@ class LabeledImageDataset:
         drop_unlabeled : bool
             Drop images that show none of ``class_names``.
         """
+        if isinstance(class_names, str):  # one class, as predict's classes= takes it (not 'c', 'a', 't')
+            class_names = [class_names]
         class_names = [str(c) for c in class_names]
         coco_ids = {} if self.coco is None else {c["name"]: c["id"] for c in self.coco.cats.values()}
         known = {*self.class_names, *coco_ids, *([] if self.voc is None else self.voc.names())}
