@@ -116,6 +116,38 @@ def test_evaluate_exports_takes_one_folder_as_a_path(runs, monkeypatch):
         assert evaluation["results"][0]["num_images"] == 3
 
 
+def test_a_run_asked_for_some_classes_is_scored_on_those(runs, tmp_path, capsys):
+    # predict --classes cat predicts no dog: averaging dog's AP of 0 in halved the figure
+    out = tmp_path / "cats"
+    assert main(["predict", "--model", str(runs / "tiny.pt"), "--device", "cpu", *LOW, "--classes", "cat",
+                 *(str(runs / "images" / f"scene{n}.png") for n in range(3)), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(out), "--json", str(tmp_path / "c.json")]) == 0
+    captured = capsys.readouterr()
+    results = json.loads((tmp_path / "c.json").read_text())
+    results_list = io.coco_results(out, runs / "gt.json")
+    assert {r["category_id"] for r in results_list} == {17}
+    with contextlib.redirect_stdout(text_io.StringIO()):
+        truth = COCO(str(runs / "gt.json"))
+        evaluation = COCOeval(truth, truth.loadRes(results_list), "segm")
+        evaluation.params.imgIds, evaluation.params.catIds = [100, 101, 102], [17]
+        evaluation.params.iouThrs = np.array(IOUS)
+        evaluation.params.areaRng, evaluation.params.areaRngLbl = [[0, 1e10]], ["all"]
+        evaluation.params.maxDets = [100]
+        evaluation.evaluate()
+        evaluation.accumulate()
+    cat_ap = [float(evaluation.eval["precision"][t, :, 0, 0, 0].mean()) for t in range(len(IOUS))]
+    assert 0 < cat_ap[0]
+    assert results["classes"] == ["cat"] and results["exports"]["classes_not_asked"] == ["dog"]
+    assert [results["mAP_r"][str(t)] for t in IOUS] == pytest.approx(cat_ap, abs=1e-12)
+    assert results["num_instances"] == 3  # the cats of the three images, not their dogs
+    assert f"note: {out}: predicted for 1 of its model's 2 classes (predict --classes cat): mAP^r averages " \
+           "over those" in captured.err
+    # a run of every class is scored on every class, without the note
+    assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(runs / "runA")]) == 0
+    assert "predicted for" not in capsys.readouterr().err
+
+
 def test_exports_rewritten_to_the_ground_truth_score_100(runs, tmp_path, capsys):
     perfect = _perfect_copy(runs, tmp_path / "perfect")
     assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(perfect), "--json",

@@ -1971,6 +1971,11 @@ def _say_exports(row: dict, dataset_images: int, choosing: str, masked: str = ""
          + (f"{len(missing)} of the dataset's {plural(dataset_images, 'image')}{masked} "
             f"{'has' if len(missing) == 1 else 'have'} no export there ({first_names(missing, 5)})" if missing
             else f"every image of the dataset{masked} has an export there"))
+    if exports.get("classes_not_asked"):
+        asked = row["classes"]
+        _say(f"note: {folder}: predicted for {len(asked)} of its model's "
+             f"{plural(len(asked) + len(exports['classes_not_asked']), 'class')} (predict --classes "
+             f"{first_names(asked, 5)}): mAP^r averages over those")
     if not row["num_predicted_instances"]:
         _say(f"warning: {folder}: its exports of the {plural(row['num_images'], 'image')} scored hold no instance "
              "(predict --proposals none writes peaks only), so mAP^r and ABO are 0")

@@ -1055,7 +1055,7 @@ class _FolderExports:
         if not folder.is_dir():
             raise ValueError(f"{folder} does not exist" if not folder.exists() else
                              f"{folder} is a file, not a predict output folder (predict's --out)")
-        self.stacks, self.lacking = _manifest_outputs(folder)
+        self.stacks, self.lacking, asked = _manifest_outputs(folder)
         try:
             matched, self.unmatched = match_exports(folder, table, source=dataset.source, check_classes=False)
         except ValueError as error:
@@ -1076,6 +1076,13 @@ class _FolderExports:
             raise ValueError(f"{folder} mixes the outputs of models of different classes "
                              f"({matched[0].path}: {first_names(self.class_names, 5)}; {other.path}: "
                              f"{first_names(other.class_names, 5)}): give each run its own folder")
+        #: the model's classes; class_names are those the run asked for (predict --classes), which are scored
+        self.model_classes = list(self.class_names)
+        if asked is not None:
+            # the other classes were never predicted: averaged in, each scored 0 where the images show it
+            asked_names = set(asked)
+            self.class_names = [name for name in self.class_names if class_in(name, asked_names) is not None] \
+                or self.class_names
         #: category id of each category name, as match_exports gives the results theirs
         self.category_of = {str(c["name"]): int(c["id"]) for c in table["categories"]}
         missing = [name for name in self.class_names if class_in(name, self.category_of) is None]
@@ -1129,15 +1136,19 @@ class _FolderExports:
         return matcher, overlaps
 
 
-def _manifest_outputs(folder: Path) -> tuple[list[str], list[str]]:
+def _manifest_outputs(folder: Path) -> tuple[list[str], list[str], list[str] | None]:
     """What the manifests in ``folder`` (sub-folders included) say of its outputs: the stems
-    (relative to ``folder``) of the Z/T stacks (their manifest records planes), and the
+    (relative to ``folder``) of the Z/T stacks (their manifest records planes), the
     ``<stem>_instances.json`` that a 2-D image's manifest lists and that is not there (deleted
-    by hand: its image is not scored), both as paths relative to ``folder``."""
+    by hand: its image is not scored), both as paths relative to ``folder``, and the classes the
+    2-D images were predicted for (``predict --classes``, all of them together), or None when
+    one was predicted for all of the model's classes (or no manifest says)."""
     from .io.fileset import MANIFEST_SUFFIX, read_file_set
     from .io.paths import tree_files
 
     stacks, lacking = [], []
+    asked: list[str] = []
+    every_class = False
     for manifest in tree_files(folder, lambda name: name.endswith(MANIFEST_SUFFIX) and not name.startswith(".")):
         stem = manifest.name[: -len(MANIFEST_SUFFIX)]
         try:
@@ -1148,9 +1159,18 @@ def _manifest_outputs(folder: Path) -> tuple[list[str], list[str]]:
             continue
         if file_set.info.get("planes"):
             stacks.append(Path(os.path.relpath(manifest.parent / stem, folder)).as_posix())
-        elif "coco" in file_set.files and not (manifest.parent / file_set.files["coco"].name).is_file():
+            continue
+        if "coco" in file_set.files and not (manifest.parent / file_set.files["coco"].name).is_file():
             lacking.append(Path(os.path.relpath(manifest.parent / file_set.files["coco"].name, folder)).as_posix())
-    return stacks, lacking
+        settings = file_set.info.get("settings")
+        classes = settings.get("classes") if isinstance(settings, Mapping) else None
+        if isinstance(classes, str):
+            classes = [classes]
+        if not isinstance(classes, list) or not classes:
+            every_class = True
+        else:
+            asked += [str(name) for name in classes if str(name) not in asked]
+    return stacks, lacking, None if every_class or not asked else asked
 
 
 class ComparisonInterrupted(KeyboardInterrupt):
@@ -1200,7 +1220,8 @@ def evaluate_exports(
     name: `napari_prm.io.match_exports`; a PASCAL VOC dataset's images and classes as
     :func:`napari_prm.data.voc_image_table` lists them, ``JPEGImages/<id>.jpg``), and scored as
     :func:`evaluate` scores a model's instances: mAP^r is pycocotools' COCOeval (``segm``) over
-    the model's classes, on the images with an export (a PASCAL VOC image without segmentation
+    the model's classes (those a run was asked for, ``predict --classes``, as its manifests
+    record them: the others were not predicted), on the images with an export (a PASCAL VOC image without segmentation
     PNGs left out; void pixels taken out of the predicted masks). With two folders or more,
     their mAP^r at IoU 0.5 is compared on the images they all scored, over the classes they
     share, by a paired bootstrap (:func:`bootstrap_map`).
@@ -1240,8 +1261,9 @@ def evaluate_exports(
         ``unmatched``, exports of no image of the dataset;
         ``outside``, exports of JSON images the dataset leaves out (its VOC view); ``stacks``,
         stacks' outputs, which hold no COCO JSON; ``lacking``, the exports that the manifests
-        list and that are not there, deleted by hand), ``seconds`` (reading and scoring that
-        folder, the comparison not included) and ``settings`` (``predictions``: the folder).
+        list and that are not there, deleted by hand; ``classes_not_asked``, the model's classes
+        that the run was not asked for, ``predict --classes``, which are not scored), ``seconds``
+        (reading and scoring that folder, the comparison not included) and ``settings`` (``predictions``: the folder).
         ``comparison``: None for one folder, else ``iou_threshold``, ``resamples``,
         ``seed``, ``classes`` (shared), ``images`` (how many all folders scored),
         ``left_out`` (the file names of the others) and ``rows``: per folder ``predictions``,
@@ -1329,7 +1351,8 @@ def evaluate_exports(
                                                   if i not in exports.by_index and i not in without],
                         "without_masks": exports.without_masks,
                         "unmatched": exports.unmatched, "outside": exports.outside, "stacks": exports.stacks,
-                        "lacking": exports.lacking},
+                        "lacking": exports.lacking,
+                        "classes_not_asked": [n for n in exports.model_classes if n not in exports.class_names]},
             "settings": {"predictions": str(exports.folder), "dataset": dataset.source, "proposals": None,
                          "iou_thresholds": [float(t) for t in iou_thresholds], "only_labeled": bool(only_labeled),
                          "predict": None, "thresholds": None},
