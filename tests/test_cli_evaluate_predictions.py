@@ -409,3 +409,96 @@ def test_a_comparison_on_the_rows_images_reads_each_ground_truth_once_per_folder
     for row, result in zip(comparison["rows"], evaluation["results"]):
         assert row["mAP_r"] == result["mAP_r"][0.5]
     assert comparison["rows"][1]["mAP_r"] == 1.0
+
+
+def test_results_json_is_coco_results_in_the_datasets_ids_and_cocoeval_gives_evaluates_figures(runs, tmp_path,
+                                                                                               capsys):
+    gt, out = runs / "gt.json", tmp_path / "results.json"
+    assert main(["evaluate", str(gt), "--predictions", str(runs / "runB"), "--results-json", str(out),
+                 "--json", str(tmp_path / "scores.json")]) == 0
+    captured = capsys.readouterr()
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(io.coco_results(runs / "runB", gt)))
+    assert {r["image_id"] for r in written} <= {100, 101, 102, 103} and {r["category_id"] for r in written} <= {17, 18}
+    assert all(isinstance(r["segmentation"]["counts"], str) and len(r["bbox"]) == 4 for r in written)
+    assert f"results JSON (pycocotools, {len(written)} instances in {gt}'s ids): {out}" in captured.err
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["num_predicted_instances"] == len(written) and scores["num_images"] == 4
+    with contextlib.redirect_stdout(text_io.StringIO()):  # COCOeval as it is, on the file as written
+        truth = COCO(str(gt))
+        evaluation = COCOeval(truth, truth.loadRes(str(out)), iouType="segm")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    assert 0 < evaluation.stats[1] < 1  # some instances found, not all: a figure worth comparing
+    # AP at IoU .5 and .75, all sizes, 100 detections, over the categories with ground truth: evaluate's
+    assert evaluation.stats[1] == pytest.approx(scores["mAP_r"]["0.5"], abs=1e-12)
+    assert evaluation.stats[2] == pytest.approx(scores["mAP_r"]["0.75"], abs=1e-12)
+
+
+def test_results_json_of_a_run_without_instances_is_an_empty_list_with_a_note(runs, tmp_path, capsys):
+    assert main(["predict", str(runs / "images" / "scene0.png"), "--model", str(runs / "tiny.pt"), "--device",
+                 "cpu", *LOW, "--proposals", "none", "--out", str(tmp_path / "peaks")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "empty.json"
+    assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(tmp_path / "peaks"),
+                 "--results-json", str(out)]) == 0
+    assert json.loads(out.read_text()) == []
+    assert (f"note: {out} holds an empty list ([]): the exports in {tmp_path / 'peaks'} hold no instance, and "
+            "pycocotools' COCO.loadRes cannot load an empty list (it raises IndexError)") in capsys.readouterr().err
+
+
+def test_results_json_is_not_replaced_without_overwrite(runs, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    out.write_text("kept")
+    command = ["evaluate", str(runs / "gt.json"), "--predictions", str(runs / "runA"), "--results-json", str(out)]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert f"--results-json {out} exists: pass --overwrite to replace it" in err
+    assert out.read_text() == "kept" and "mAP^r" not in err
+    assert main([*command, "--overwrite"]) == 0
+    assert json.loads(out.read_text()) == json.loads(json.dumps(io.coco_results(runs / "runA", runs / "gt.json")))
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary left beside it
+
+
+@pytest.mark.parametrize("where, options, named", [
+    ("missing/results.json", [], "--results-json: cannot write {out}: its folder {missing} does not exist"),
+    (".", [], "--results-json: expected a file, got {out}, which is a folder"),
+    ("r.json", ["--max-images", "1"], "--results-json with --max-images: the results file holds every export's"),
+    ("r.json", ["--voc"], "--results-json with --voc"),
+    ("r.json", ["--predictions", "runA", "runB"],
+     "--results-json writes one folder's instances; 2 --predictions folders were given"),
+])
+def test_results_json_bad_paths_and_options_are_usage_errors(runs, tmp_path, capsys, where, options, named):
+    out = tmp_path / where
+    options = [str(runs / o) if o.startswith("run") else o for o in options]
+    folders = [] if "--predictions" in options else ["--predictions", str(runs / "runA")]
+    with pytest.raises(SystemExit) as stopped:
+        main(["evaluate", str(runs / "gt.json"), *folders, "--results-json", str(out), *options])
+    assert stopped.value.code == 2
+    assert named.format(out=out, missing=tmp_path / "missing") in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_json_and_overwrite_need_predictions(runs, tmp_path, capsys):
+    for options, named in ((["--results-json", str(tmp_path / "r.json")], "--results-json writes the instances of "
+                            "a --predictions folder"),
+                           (["--predictions", str(runs / "runA"), "--overwrite"], "--overwrite replaces an existing "
+                            "--results-json FILE; give --results-json")):
+        with pytest.raises(SystemExit) as stopped:
+            main(["evaluate", str(runs / "gt.json"), *options])
+        assert stopped.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_results_json_names_an_export_of_no_image_of_the_dataset(runs, tmp_path, capsys):
+    # evaluate leaves such an export out with a warning; coco_results, which the file is, refuses it
+    folder = tmp_path / "run"
+    shutil.copytree(runs / "runA", folder)
+    io.write_coco_json(folder / "other_instances.json",
+                       io.labels_to_coco(shapes_scene(0)[1], TABLE, CLASSES, file_name="other.png"))
+    out = tmp_path / "r.json"
+    assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(folder), "--results-json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--results-json {out}: cannot give the instances of {folder} in {runs / 'gt.json'}'s ids: " in err
+    assert f"{folder / 'other_instances.json'}: its image 'other.png' is none of" in err
+    assert not out.exists()

@@ -551,6 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also write the full results to this JSON file (with --predictions: one "
                                "folder's results as without, several as {\"results\": [one per folder], "
                                "\"comparison\": ...}) (default: not written)")
+    evaluate.add_argument("--results-json", type=Path, default=None, metavar="FILE",
+                          help="with one --predictions folder and a COCO JSON DATASET: also write the folder's "
+                               "instances as one pycocotools results JSON (a list of image_id, category_id, "
+                               "segmentation as RLE, score, bbox) in DATASET's image and category ids, as "
+                               "napari_prm.io.coco_results gives them, for COCO.loadRes and COCOeval; written "
+                               "atomically, and refused when FILE exists unless --overwrite. Not with --voc, "
+                               "--only-labeled or --max-images, which choose among the images scored: the file "
+                               "holds every export's instances (default: not written)")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="replace an existing --results-json FILE")
     evaluate.set_defaults(run=_run_evaluate)
 
     demo = add_command(
@@ -948,6 +958,7 @@ ARGUMENT_CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "input_size": _optional_input_size,
         "max_images": _optional_positive,
         "json": _json_out,
+        "results_json": lambda name, value: None if value is None else check.output_file(name, value),
         "proposals": lambda name, value: _proposal_source(name, value, folders=False),
         "resamples": _positive,
     },
@@ -1005,10 +1016,26 @@ def _check_predictions_options(args: argparse.Namespace) -> None:
     if args.command != "evaluate":
         return
     given = _given_options(args)
+    if args.results_json is None and args.overwrite:
+        raise ValueError("--overwrite replaces an existing --results-json FILE; give --results-json")
     if args.predictions is None:
         if "resamples" in given:
             raise ValueError("--resamples: the bootstrap compares --predictions folders; give two or more")
+        if args.results_json is not None:
+            raise ValueError("--results-json writes the instances of a --predictions folder (predict's --out) in "
+                             "DATASET's ids; give --predictions FOLDER")
         return
+    if args.results_json is not None:
+        if len(args.predictions) > 1:
+            raise ValueError(f"--results-json writes one folder's instances; {len(args.predictions)} --predictions "
+                             "folders were given: give one (a run per command)")
+        choosing = [option for option, given in (("--voc", args.voc), ("--only-labeled", args.only_labeled),
+                                                 ("--max-images", args.max_images is not None)) if given]
+        if choosing:
+            raise ValueError(f"--results-json with {', '.join(choosing)}: the results file holds every export's "
+                             "instances (napari_prm.io.coco_results), not only those of the images scored; drop "
+                             f"{'it' if len(choosing) == 1 else 'them'} (choose images in COCOeval with "
+                             "params.imgIds, classes with params.catIds)")
     names = {action.dest: "/".join(action.option_strings) for action in args.parser._actions}
     running = [names[dest] for dest in MODEL_OPTIONS if dest in given]
     if running:
@@ -1910,6 +1937,15 @@ def _run_evaluate_predictions(args) -> int:
     dataset = _load_dataset(args, check_images=False) if path.suffix.lower() == ".json" else _load_dataset(args)
     if dataset.coco is None and dataset.voc is None:
         raise CommandError(neither)
+    results_json = args.results_json
+    if results_json is not None:  # refused before anything is scored
+        if path.suffix.lower() != ".json":
+            raise CommandError(f"--results-json {results_json}: DATASET {args.dataset} is a PASCAL VOC devkit, which "
+                               "has no COCO image or category ids; the results file is in a COCO JSON's ids: give "
+                               "a COCO JSON as DATASET")
+        if results_json.exists() and not args.overwrite:
+            raise CommandError(f"--results-json {results_json} exists: pass --overwrite to replace it, or choose "
+                               "another path")
     without = _say_without_masks(dataset) if dataset.has_masks else set()
     bars: dict = {}
     reached: dict[str, int] = {}  # a stage's count: a disabled bar (stderr not a terminal) counts nothing
@@ -1942,6 +1978,8 @@ def _run_evaluate_predictions(args) -> int:
     choosing = " and ".join(option for option, given in (("--only-labeled", args.only_labeled),
                                                            ("--max-images", args.max_images is not None)) if given)
     masked = " with instance masks" if without else ""  # the others are left out, said above
+    if results_json is not None:
+        written = _write_results_json(results_json, args.predictions[0], path, overwrite=args.overwrite)
     for row in evaluation["results"]:
         _say_exports(row, len(dataset) - len(without), choosing, masked)
     print(report_exports_markdown(evaluation), end="")
@@ -1955,7 +1993,30 @@ def _run_evaluate_predictions(args) -> int:
     if args.json is not None:
         rows = evaluation["results"]
         _say(f"results: {report_json(rows[0] if len(rows) == 1 else evaluation, args.json)}")
+    if results_json is not None:
+        _say(f"results JSON (pycocotools, {plural(written, 'instance')} in {path}'s ids): {results_json}")
+        if not written:
+            _say(f"note: {results_json} holds an empty list ([]): the exports in {args.predictions[0]} hold no "
+                 "instance, and pycocotools' COCO.loadRes cannot load an empty list (it raises IndexError); every "
+                 "AP is 0")
     return 0
+
+
+def _write_results_json(file: Path, folder: Path, dataset_json: Path, *, overwrite: bool) -> int:
+    """``evaluate --predictions FOLDER --results-json FILE``: ``coco_results(FOLDER, DATASET)`` written
+    atomically to ``FILE``; returns how many instances it holds."""
+    from .io.coco import coco_results, write_coco_json
+
+    try:
+        results = coco_results(folder, dataset_json)
+    except ValueError as error:
+        raise CommandError(f"--results-json {file}: cannot give the instances of {folder} in {dataset_json}'s "
+                           f"ids: {error}") from error
+    try:
+        write_coco_json(file, results, overwrite=overwrite)
+    except (OSError, ValueError) as error:  # FileExistsError: made since the check before scoring
+        raise CommandError(f"--results-json {file}: {error}") from error
+    return len(results)
 
 
 def _say_exports(row: dict, dataset_images: int, choosing: str, masked: str = "") -> None:

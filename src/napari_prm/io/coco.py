@@ -271,15 +271,17 @@ def _segmentation_rle(segmentation, height: int, width: int, source: str) -> dic
         raise ValueError(f"{source}: cannot decode segmentation: {error}") from error
 
 
-def write_coco_json(path: str | os.PathLike, coco: Mapping, *, overwrite: bool = True) -> Path:
-    """Write a COCO dict (e.g. from `labels_to_coco`) as JSON; NaN is refused.
+def write_coco_json(path: str | os.PathLike, coco: Mapping | Sequence[Mapping], *, overwrite: bool = True) -> Path:
+    """Write a COCO dict (e.g. from `labels_to_coco`), or a results list (`coco_results`), as JSON,
+    atomically; NaN is refused.
 
     Parameters
     ----------
     path : path-like
         The JSON file to write.
-    coco : mapping
-        The COCO dataset, e.g. from `labels_to_coco`.
+    coco : mapping or sequence of mapping
+        The COCO dataset, e.g. from `labels_to_coco`, or a pycocotools results list, e.g.
+        from `coco_results` (``napari-prm evaluate --predictions FOLDER --results-json FILE``).
     overwrite : bool
         If False and ``path`` exists, raise ``FileExistsError``.
 
