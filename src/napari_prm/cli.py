@@ -509,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "The model's classes must all be in the dataset."
                     "\nWith --predictions, no model runs: the outputs of earlier predict runs are scored "
                     "against a COCO JSON or a PASCAL VOC devkit (mAP^r and ABO, a row per folder) and, for "
-                    "several folders, compared with the first by a paired bootstrap.")
+                    "several folders, compared with the first by a paired bootstrap; --results-json also writes one "
+                    "folder's instances as a pycocotools results JSON in the COCO JSON's ids (for COCOeval).")
     _add_dataset_options(evaluate)
     _add_model_options(evaluate)
     evaluate.add_argument("--proposals", default="auto", type=_proposals_arg,
