@@ -191,3 +191,13 @@ def test_folders_of_models_spelling_a_voc_class_otherwise_compare_over_it(devkit
     assert "| motorcycle | 100.0 | 100.0 | 100.0 | 0.0 | 0.0 | 0.0 |" in table
     assert "motorbike" not in table
     assert "| cow | – | – | – | – | – | – |" in table and table.count("\n| ") == len(HAND_CLASSES) + 1
+
+
+def test_results_json_needs_a_coco_json_not_a_voc_devkit(devkit, capsys):
+    """A devkit has no COCO image or category ids for the results file: refused before scoring, naming both."""
+    perfect, out = _write_exports(devkit.parent / "perfect", list(IMAGES)), devkit.parent / "r.json"
+    assert main(["evaluate", str(devkit), "--predictions", str(perfect), "--results-json", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert (f"--results-json {out}: DATASET {devkit} is a PASCAL VOC devkit, which has no COCO image or category "
+            "ids") in captured.err
+    assert not out.exists() and "mAP^r" not in captured.out
