@@ -502,3 +502,56 @@ def test_tta_that_is_not_a_bool_is_refused(tiny, image):
             napari_prm.predict(image, tiny, proposals=None, tta=value)
     assert preset_settings(tta=np.bool_(True)).tta is True
     assert PRMPredictor(tiny, proposals=None, tta=False).settings.tta is False
+
+
+def test_region_seeds_keep_the_connected_cells_above_a_fraction_of_the_peak():
+    from napari_prm.peaks import region_seeds
+
+    crms = np.ones((2, 8, 8), np.float32)
+    crms[0, 2, 2], crms[0, 2, 3], crms[0, 3, 2] = 4.0, 3.0, 2.5
+    crms[0, 6, 6] = 3.5  # as strong, but not connected to the peak's region
+    crms[1, 2, 2] = 9.0  # another class's map is not the peak's
+    seeds = region_seeds(crms, np.array([[0, 2, 2]]), 0.5)
+    assert seeds.shape == (1, 8, 8)
+    assert sorted(zip(*np.nonzero(seeds[0]))) == [(2, 2), (2, 3), (3, 2)]
+    assert seeds[0, 2, 2] == 4.0 and seeds[0, 3, 2] == 2.5 and seeds[0, 6, 6] == 0
+    assert np.count_nonzero(region_seeds(crms, np.array([[0, 2, 2]]), 1.0)) == 1
+    assert np.count_nonzero(region_seeds(crms, np.array([[0, 2, 2]]), 0.2)) == 64  # every cell >= 0.8
+    with pytest.raises(ValueError, match="alpha"):
+        region_seeds(crms, np.array([[0, 2, 2]]), 0.0)
+    crms[0, 2, 2] = -1.0
+    with pytest.raises(ValueError, match="positive peak"):
+        region_seeds(crms, np.array([[0, 2, 2]]), 0.5)
+
+
+def test_region_seeded_prms(tiny, image):
+    from napari_prm.peaks import region_seeds
+
+    predictor = PRMPredictor(tiny, proposals=None)
+    predictor.set_image(image)
+    plain = predictor.predict(max_peaks=5)
+    peaks = plain.peaks_crm
+    assert len(peaks) >= 2
+    own = predictor.peak_response_maps(peaks)
+    # a seed of one at the peak's cell is the peak's own backward pass, exactly
+    one_hot = np.zeros((len(peaks),) + predictor.crms.shape[1:], np.float32)
+    one_hot[np.arange(len(peaks)), peaks[:, 1], peaks[:, 2]] = 1
+    forward = tiny.network.forward_pass(tiny.preprocess(image), sub_pixel_locating_factor=8)
+    torch.testing.assert_close(forward.backprop(peaks, seeds=one_hot), forward.backprop(peaks), rtol=0, atol=0)
+    torch.testing.assert_close(forward.backprop(peaks), own, rtol=0, atol=0)
+    # alpha 1 keeps the peak's cell alone (a strict maximum): pooling a map with itself changes nothing
+    assert all(np.count_nonzero(s) == 1 for s in region_seeds(predictor.crms, peaks, 1.0))
+    same = predictor.predict(max_peaks=5, region_seed=1.0)
+    torch.testing.assert_close(torch.as_tensor(np.asarray(same.prms)), torch.as_tensor(np.asarray(plain.prms)))
+    # a wide region gives another map, still a distribution, from one more backward pass per peak
+    passes = predictor.cached_peak_count
+    wide = predictor.peak_response_maps(peaks, region_seed=0.3)
+    assert predictor.cached_peak_count == passes + len(peaks)
+    torch.testing.assert_close(wide.flatten(1).sum(1), torch.ones(len(peaks)))
+    assert float((wide - own).abs().sum(dim=(1, 2)).min()) > 1e-3
+    predictor.peak_response_maps(peaks, region_seed=0.3)  # cached
+    assert predictor.cached_peak_count == passes + len(peaks)
+    with pytest.raises(ValueError, match="seeds: expected shape"):
+        forward.backprop(peaks, seeds=one_hot[:1])
+    with pytest.raises(ValueError, match="region_seed"):
+        predictor.predict(region_seed=0.0)

@@ -229,6 +229,50 @@ def select_peaks(
                          found=found, capped=found > limit)
 
 
+def region_seeds(crms: np.ndarray | torch.Tensor, peaks: np.ndarray, alpha: float) -> np.ndarray:
+    """Each peak's class map over its region: the connected cells at or above ``alpha`` × the peak.
+
+    The seeds of region-seeded peak backpropagation
+    (:meth:`napari_prm.model.prm.ForwardPass.backprop`'s ``seeds``): a peak's own cell
+    gives the response of the object's most discriminative part; its region, the cells of
+    its class map (4-connected) that hold at least ``alpha`` times the peak's value, gives
+    the extent the class map supports. docs/accuracy.md measures it (not in the presets).
+
+    Parameters
+    ----------
+    crms : (C, h, w) array or tensor
+        The class response maps the peaks were found on.
+    peaks : (K, 3) int array
+        ``(class, y, x)`` cells of ``crms``, each with a positive value.
+    alpha : float
+        In (0, 1]: 1 keeps the cells equal to the peak (the peak's cell alone at a strict maximum).
+
+    Returns
+    -------
+    (K, h, w) float32 ndarray
+        The class map's values in each peak's region, 0 elsewhere.
+
+    Raises
+    ------
+    ValueError
+        ``alpha`` outside (0, 1], or a peak whose value is not positive (no region above it).
+    """
+    from scipy import ndimage as ndi
+
+    alpha = check.finite_float("alpha", alpha, low=0, high=1, low_open=True)
+    maps = crms.detach().float().cpu().numpy() if isinstance(crms, torch.Tensor) else np.asarray(crms, np.float32)
+    peaks = np.asarray(peaks, dtype=np.int64).reshape(-1, 3)
+    seeds = np.zeros((len(peaks),) + maps.shape[1:], dtype=np.float32)
+    for k, (c, y, x) in enumerate(peaks):
+        value = maps[c, y, x]
+        if not value > 0:
+            raise ValueError(f"peaks: row {k} ({c}, {y}, {x}) has value {value:.3g}; a region needs a positive peak")
+        labels, _ = ndi.label(maps[c] >= alpha * value)
+        region = labels == labels[y, x]
+        seeds[k][region] = maps[c][region]
+    return seeds
+
+
 @dataclass(frozen=True)
 class LabelHits:
     """How the peaks kept in some images agree with their image-level labels (no masks needed).

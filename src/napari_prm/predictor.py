@@ -98,6 +98,12 @@ class PredictSettings:
     prm_mode : {'exact', 'fast'}
         'fast' back-propagates to the stride-8 features and upsamples (see
         :meth:`napari_prm.model.PeakResponseMapping.peak_response_maps`).
+    region_seed : float or None
+        None (both presets): each peak's PRM is back-propagated from its cell (the paper's).
+        A fraction ``alpha`` in (0, 1]: the peak's PRM plus the PRM seeded by its class map
+        over its connected region at or above ``alpha`` × the peak
+        (:func:`napari_prm.peaks.region_seeds`), each summing to 1, halved; one more backward
+        pass per peak. Measured, not adopted: docs/accuracy.md.
     retrieval_grid : {'network', 'image'}
         Where proposals are scored: on the network's input grid (PRMs as
         computed, proposals resized by nearest neighbour, as the original) or at
@@ -156,6 +162,7 @@ class PredictSettings:
     max_peaks: int = MAX_PEAKS
     tta: bool = False
     prm_mode: str = "exact"
+    region_seed: float | None = None
     retrieval_grid: str = "network"
     output_grid: str = "image"
     background: str = "range"
@@ -316,6 +323,7 @@ def _checked(settings: PredictSettings) -> PredictSettings:
     check.finite_float("suppression_radius", s.suppression_radius, low=0, optional=True)
     check.finite_float("merge_contained", s.merge_contained, low=0, high=1, low_open=True, optional=True)
     check.finite_float("merge_parts", s.merge_parts, low=0, high=1, low_open=True, optional=True)
+    check.finite_float("region_seed", s.region_seed, low=0, high=1, low_open=True, optional=True)
     check.finite_float("bg_threshold", s.bg_threshold, low=0)
     check.integer("max_peaks", s.max_peaks, low=1, high=MAX_PEAKS_LIMIT)
     check.positive_int("proposal_count", s.proposal_count)
@@ -796,7 +804,7 @@ class PRMPredictor:
         self._image_notes: list[str] = []
         self._pixel_size: dict | None = None
         self._forward = None
-        self._prm_cache: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._prm_cache: dict[tuple, torch.Tensor] = {}
         self._proposals: np.ndarray | None = None
         self._head_features = None
         self._crms = None
@@ -846,7 +854,8 @@ class PRMPredictor:
 
     @property
     def cached_peak_count(self) -> int:
-        """How many peaks of the current image have their PRM cached."""
+        """How many backward passes of the current image are cached (a peak's own PRM, and its
+        region-seeded PRM for each ``region_seed`` asked)."""
         return len(self._prm_cache)
 
     @property
@@ -1032,7 +1041,7 @@ class PRMPredictor:
         return _checked(replace(self.settings, **overrides))
 
     def peak_response_maps(self, peaks: np.ndarray, *, progress: Callable[[int, int], None] | None = None,
-                           cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+                           cancel: Callable[[], bool] | None = None, region_seed: float | None = None) -> torch.Tensor:
         """PRMs of ``(class, y, x)`` CRM locations at the network input's size, cached per location.
 
         Parameters
@@ -1042,6 +1051,9 @@ class PRMPredictor:
             ``progress(done, total)`` over the peaks not yet cached.
         cancel : callable or threading.Event, optional
             Checked after each backward pass.
+        region_seed : float, optional
+            Pool each peak's PRM with the PRM seeded by its region (as
+            :class:`PredictSettings`' ``region_seed``); None: the peak's PRM.
 
         Returns
         -------
@@ -1049,6 +1061,8 @@ class PRMPredictor:
         """
         self._require_image()
         peaks = np.asarray(peaks, dtype=np.int64).reshape(-1, 3)
+        if region_seed is not None:
+            return self._region_seeded_maps(peaks, region_seed, progress, cancel)
         keys = [tuple(int(v) for v in row) for row in peaks]
         with self._lock:
             missing = list(dict.fromkeys(k for k in keys if k not in self._prm_cache))
@@ -1068,6 +1082,30 @@ class PRMPredictor:
             if not keys:
                 return torch.zeros((0,) + tuple(size), dtype=torch.float32)
             return torch.stack([self._prm_cache[k] for k in keys])
+
+    def _region_seeded_maps(self, peaks: np.ndarray, alpha: float, progress, cancel) -> torch.Tensor:
+        """Each peak's PRM and its region-seeded PRM, each summing to 1, averaged; cached per
+        location and ``alpha``."""
+        from .peaks import region_seeds
+
+        alpha = check.finite_float("region_seed", alpha, low=0, high=1, low_open=True)
+        own = self.peak_response_maps(peaks, progress=progress, cancel=cancel)
+        keys = [(*(int(v) for v in row), alpha) for row in peaks]
+        with self._lock:
+            missing = list(dict.fromkeys(k for k in keys if k not in self._prm_cache))
+            if missing:
+                started = time.perf_counter()
+                for key in missing:
+                    peak = np.array([key[:3]])
+                    seed = region_seeds(self._crms, peak, alpha)
+                    self._prm_cache[key] = self._forward.backprop(torch.from_numpy(peak), seeds=seed).cpu()[0]
+                    check.raise_if_cancelled(cancel, "prediction cancelled")
+                self.timings["backprop"] = self.timings.get("backprop", 0.0) + time.perf_counter() - started
+            if not keys:
+                return own
+            pooled = own + torch.stack([self._prm_cache[k] for k in keys])
+            sums = pooled.flatten(1).sum(1)
+            return pooled / torch.where(sums > 0, sums, 1)[:, None, None]
 
     def proposals(self, prms: np.ndarray | None = None, prediction: Prediction | None = None) -> np.ndarray | None:
         """The segment proposals of the current image (computed once unless they depend on the peaks).
@@ -1228,7 +1266,8 @@ class PRMPredictor:
             runner_classes, runner_values = selection.runner_up_classes, selection.runner_up_values
         check.raise_if_cancelled(cancel, "prediction cancelled")
         prms_net = self.peak_response_maps(
-            peaks_crm, progress=lambda done, total: report("backprop", done, total), cancel=cancel)
+            peaks_crm, progress=lambda done, total: report("backprop", done, total), cancel=cancel,
+            region_seed=settings.region_seed)
         image_shape = self._image_shape
         prediction = Prediction(
             class_names=list(self.model.class_names),

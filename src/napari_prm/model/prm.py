@@ -71,7 +71,8 @@ class ForwardPass:
         self.input_size = tuple(int(s) for s in x.shape[-2:])
 
     def backprop(self, peaks, *, batch_size: Optional[int] = None,
-                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 seeds: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Peak response maps of ``(class, y, x)`` CRM locations.
 
         Parameters
@@ -81,6 +82,12 @@ class ForwardPass:
             Peaks back-propagated together (None: 1 on the CPU, 16 on a GPU).
         progress : callable, optional
             ``progress(done, total)`` after each batch.
+        seeds : (K, h, w) float array or tensor, optional
+            What each backward pass starts from on its peak's class map (the CRM's
+            ``(h, w)``), instead of one at the peak's cell: e.g. the class map over the
+            peak's region (:func:`napari_prm.peaks.region_seeds`). The excitation rule is
+            linear in it, so a seed's map is the seed-weighted sum of its cells' maps
+            (before the positive part is taken and the map normalised).
 
         Returns
         -------
@@ -89,10 +96,16 @@ class ForwardPass:
         """
         batch_size = check.positive_int("batch_size", batch_size, optional=True)
         peaks = PeakResponseMapping._check_peaks(peaks, self.crm_values.shape[1:])
+        if seeds is not None:
+            seeds = torch.as_tensor(seeds, dtype=self._crms.dtype).to(self._crms.device)
+            expected = (len(peaks),) + tuple(self.crm_values.shape[2:])
+            if tuple(seeds.shape) != expected:
+                raise ValueError(f"seeds: expected shape {expected} (one class-map seed per peak), "
+                                 f"got {tuple(seeds.shape)}")
         memory = reuse_freed_memory() if self._target.device.type == "cpu" else nullcontext()
         with torch.inference_mode(False), torch.enable_grad(), memory:  # see forward_pass
             return self._network._backprop_peaks(self._target, self._crms, peaks, batch_size, progress,
-                                                 self.input_size)
+                                                 self.input_size, seeds)
 
 
 def _default_peak_batch_size(device: torch.device) -> int:
@@ -429,8 +442,9 @@ class PeakResponseMapping(nn.Module):
         cache[key] = layer
         return layer
 
-    def _backprop_peaks(self, target, crms, peak_list, peak_batch_size, progress, size) -> torch.Tensor:
-        """PRMs at ``size`` from the gradient reaching ``target`` (the input, or a feature layer)."""
+    def _backprop_peaks(self, target, crms, peak_list, peak_batch_size, progress, size, seeds=None) -> torch.Tensor:
+        """PRMs at ``size`` from the gradient reaching ``target`` (the input, or a feature layer);
+        ``seeds`` (K, h, w), if given, seed each peak's class map instead of its cell."""
         total = peak_list.shape[0]
         height, width = size
         prms = torch.zeros((total, height, width), dtype=torch.float32, device=target.device)
@@ -441,13 +455,17 @@ class PeakResponseMapping(nn.Module):
         done = 0
         for start in range(0, total, batch):
             chunk = peak_list[start : start + batch]
-            seeds = torch.zeros((len(chunk),) + tuple(crms.shape), dtype=crms.dtype, device=crms.device)
-            seeds[torch.arange(len(chunk)), 0, chunk[:, 0], chunk[:, 1], chunk[:, 2]] = 1
+            seed = torch.zeros((len(chunk),) + tuple(crms.shape), dtype=crms.dtype, device=crms.device)
+            rows = torch.arange(len(chunk))
+            if seeds is None:
+                seed[rows, 0, chunk[:, 0], chunk[:, 1], chunk[:, 2]] = 1
+            else:
+                seed[rows, 0, chunk[:, 0]] = seeds[start : start + len(chunk)]
             if len(chunk) == 1:
-                (grad,) = torch.autograd.grad(crms, target, seeds[0], retain_graph=True)
+                (grad,) = torch.autograd.grad(crms, target, seed[0], retain_graph=True)
                 grad = grad[None]
             else:
-                (grad,) = torch.autograd.grad(crms, target, seeds, retain_graph=True, is_grads_batched=True)
+                (grad,) = torch.autograd.grad(crms, target, seed, retain_graph=True, is_grads_batched=True)
             maps = grad[:, 0].sum(1).clamp(min=0).float()
             if maps.shape[-2:] != (height, width):
                 maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
