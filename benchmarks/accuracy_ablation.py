@@ -116,6 +116,8 @@ ROWS = [
      {"preset": "default", "sub_pixel_locating_factor": 1}),
     ("default+tta", "default, test-time augmentation (flip × scales .75/1/1.25; its own calibration)",
      {"preset": "default", "tta": True}),
+    ("default+region-seed", "default, each peak's PRM pooled with the PRM seeded by its class map's region "
+     "≥ 0.5 × the peak (chosen on train)", {"preset": "default", "region_seed": 0.5}),
     ("default+proposals-300", "default, retrieval from the first 300 proposals (not 100)",
      {"preset": "default", "proposal_count": 300}),
     ("bound:oracle-choice-300", "bound, as below, from the first 300 proposals",
