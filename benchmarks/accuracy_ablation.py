@@ -403,7 +403,8 @@ def main() -> None:
                 retrieval_seconds = predictor.timings.get("retrieval", 0.0) if len(prediction.peaks) else 0.0
                 # the backward passes are added below, at this image's cost per peak
                 seconds = forward_seconds + proposal_seconds + retrieval_seconds
-                pending.append((name, len(prediction.peaks)))
+                # a region-seeded row back-propagates each peak twice (its cell and its region)
+                pending.append((name, len(prediction.peaks) * (2 if settings.get("region_seed") else 1)))
                 record = stats[name]
                 record["seconds"].append(seconds)
                 record["peaks"].append(len(prediction.peaks))
@@ -415,7 +416,7 @@ def main() -> None:
                                                          sub_pixel_locating_factor=prediction.sub_pixel_locating_factor))
                 score_instances(matchers[name], record["abo"], funnels[name], prediction, truth, chosen_from)
             # Rows of one forward pass share its cached PRMs: each row is charged every one of
-            # its peaks at the image's mean backward cost, as if it had run alone.
+            # its backward passes at the image's mean backward cost, as if it had run alone.
             computed = predictor.cached_peak_count
             per_peak = predictor.timings.get("backprop", 0.0) / computed if computed else 0.0
             for name, peak_count in pending:
