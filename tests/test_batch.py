@@ -918,3 +918,40 @@ def test_collect_images_takes_one_folder_as_a_path(tmp_path, monkeypatch):
         found, problems = collect_images(inputs)
         assert not problems
         assert [p.name for p in found] == (["a.png"] if str(inputs).endswith(".png") else ["a.png", "b.png"])
+
+
+def test_label_and_image_stacks_take_one_path_as_one_file(tmp_path, monkeypatch):
+    """label_stack("a_labels.tif") and the other functions of a run's files read a str as the paths
+    of its characters ("a", "_", ...: FileNotFoundError, or a stem per character) and refused a Path
+    as not iterable; one path is now one file, as a list of one."""
+    from napari_prm.batch import (
+        PlaneTally,
+        image_names,
+        image_stack,
+        label_planes,
+        label_shapes,
+        output_stems,
+        renamed_notes,
+    )
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    labels = np.zeros((6, 9), np.uint16)
+    labels[1:3, 2:5] = 1
+    io.write_label_image(tmp_path / "a_labels.tif", labels)
+    image = np.zeros((6, 9, 3), np.uint8)
+    image[..., 0] = 200
+    iio.imwrite(tmp_path / "images" / "a.png", image)
+    for one in ("a_labels.tif", tmp_path / "a_labels.tif"):
+        assert label_shapes(one) == [(6, 9)]
+        assert label_planes(one) == [1]
+        stack = np.asarray(label_stack(one))
+        assert stack.shape == (1, 6, 9) and stack.sum() == 6
+        np.testing.assert_array_equal(stack[0], labels)
+    for one in ("images/a.png", tmp_path / "images" / "a.png"):
+        rgb = np.asarray(image_stack(one, [(6, 9)]))
+        assert rgb.shape == (1, 6, 9, 3) and (rgb[0, ..., 0] == 200).all()
+        assert image_names(one) == {str(one): "a.png"}
+        assert output_stems(one, roots="images") == ["a"] == output_stems([one], roots=["images"])
+        assert renamed_notes(one, "a", tmp_path / "out") == []
+        assert PlaneTally(one).total == 1

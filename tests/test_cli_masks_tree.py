@@ -248,3 +248,29 @@ def test_the_colours_of_a_2d_images_labels_are_not_called_a_stack(tmp_path):
                                          r"the colours of a label image") as raised:
         load_corrections(tmp_path, CLASSES, image_paths=[image])
     assert "stack" not in str(raised.value)
+
+
+def test_corrections_take_one_image_path_as_one_image(tmp_path, checkpoint):
+    """load_corrections(..., image_paths="scene.png") and match_corrections(folder, classes, "scene.png")
+    read a str as the images of its characters (the export matched none), and uncorrected_predictions
+    of one label image's str found nothing (a Path was not iterable); one path is one image."""
+    from napari_prm.refine.corrections import uncorrected_predictions
+
+    images = tmp_path / "images"
+    images.mkdir()
+    image = images / "scene.png"
+    iio.imwrite(image, shapes_scene(0)[0])
+    assert main(["predict", str(image), "--out", str(tmp_path / "out"), "--model", str(checkpoint),
+                 "--device", "cpu", "--proposals", "prm", "--peak-threshold", "0"]) == 0
+    predicted = tmp_path / "out" / "scene_labels.tif"
+    assert uncorrected_predictions(str(predicted)) == [predicted] == uncorrected_predictions(predicted)
+    labels = shapes_scene(0)[1]
+    io.export_instances(labels, TABLE, CLASSES, tmp_path / "corrected", stem="scene", formats=("tiff", "csv"),
+                        image_file_name="scene.png")
+    for one in (str(image), image):
+        unmatched = []
+        (correction,) = load_corrections(tmp_path / "corrected", CLASSES, image_paths=one, unmatched=unmatched)
+        assert unmatched == [] and correction.image_path == image
+        np.testing.assert_array_equal(correction.labels, labels)
+        matched, unmatched = match_corrections(tmp_path / "corrected", CLASSES, one)
+        assert list(matched) == [0] and unmatched == []

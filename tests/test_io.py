@@ -1351,3 +1351,23 @@ def test_label_regions_alike_by_label_value_and_for_huge_labels(huge):
                                       4: ((slice(2, 5), slice(3, 9)), 18),
                                       big: ((slice(10, 20), slice(30, 32)), 20)}
     assert list(_label_regions(labels)) == [1, 4, big] and _label_regions(np.zeros((3, 3), np.uint8)) == {}
+
+
+def test_functions_of_several_files_take_one_path_as_one_file(tmp_path, monkeypatch):
+    """unreadable_images("bad.png") reported each character as a missing file, atomic_writes("out.txt")
+    wrote a file per character ("o", "u", "t", ...), sorted_paths("b/a") sorted its characters, and a
+    Path was not iterable; one path is now one file."""
+    from napari_prm.io.paths import sorted_paths
+
+    monkeypatch.chdir(tmp_path)
+    Path("bad.png").write_bytes(b"not a png")
+    for one in ("bad.png", tmp_path / "bad.png"):
+        (found,) = io.unreadable_images(one)
+        assert Path(found[0]) == Path(one)
+    for one in ("out.txt", tmp_path / "out2.txt"):
+        with io.atomic_writes(one) as (temp,):
+            temp.write_text("written")
+        assert Path(one).read_text() == "written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "out.txt", "out2.txt"]
+    assert sorted_paths("b/a") == ["b/a"]
+    assert sorted_paths(Path("b/a")) == [Path("b/a")]

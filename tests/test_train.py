@@ -1056,3 +1056,14 @@ def test_calibrate_takes_a_coco_files_other_categories_as_negatives(tmp_path):
     csv_path.write_text("image,labels\n" + "".join(f"{i}.png,{n}\n" for i, n in enumerate(names)))
     with pytest.raises(ValueError, match=r"unknown class\(es\) \['bird'\]"):
         calibrate_checkpoint(path, from_csv(csv_path), tmp_path / "csv.pt", tta=False, device="cpu")
+
+
+def test_image_keys_take_one_path_as_one_image(tmp_path):
+    """image_keys("a.png") gave a key per character (5) and a Path was not iterable; one path is one image."""
+    from pathlib import Path
+
+    from napari_prm.train import image_keys
+
+    one = image_keys([tmp_path / "a.png"])
+    assert one.shape == (1,)
+    assert image_keys(str(tmp_path / "a.png")).tolist() == one.tolist() == image_keys(Path(tmp_path, "a.png")).tolist()

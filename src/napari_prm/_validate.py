@@ -40,6 +40,7 @@ __all__ = [
     "new_checkpoint",
     "unused_path",
     "path_like",
+    "path_list",
     "keyword_options",
 ]
 
@@ -207,6 +208,37 @@ def path_like(name: str, value) -> Path:
     if isinstance(value, (str, os.PathLike)) and str(value) != "":
         return Path(value)
     raise ValueError(f"{name}: expected a file path, got {value_text(value)}")
+
+
+def path_list(paths) -> list:
+    """One path or a sequence of paths as a list: one path is one input.
+
+    The one reading of every public argument that takes "a path or several" (`collect_images`,
+    `label_stack`, `unreadable_images`, `evaluate_exports`, ...): a str given alone was read as
+    the paths of its characters (``"cat.tif"`` as ``c``, ``a``, ``t``, ...) and a ``Path`` as not
+    iterable.
+
+    Parameters
+    ----------
+    paths : path-like or iterable of path-like
+        One path (a str or ``os.PathLike``), or any iterable of them (a list, a tuple, a
+        generator).
+
+    Returns
+    -------
+    list
+        ``[paths]`` for one path, else ``list(paths)``; the items as given (not made Paths).
+
+    Examples
+    --------
+    >>> path_list("cat.tif")
+    ['cat.tif']
+    >>> path_list(("a.png", "b.png"))
+    ['a.png', 'b.png']
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        return [paths]
+    return list(paths)
 
 
 def keyword_options(name: str, options, allowed: Iterable[str]) -> dict:

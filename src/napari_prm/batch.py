@@ -317,15 +317,15 @@ class LeftOut(str):
         return self.input, self.reason
 
 
-def image_names(images: Sequence[str | os.PathLike]) -> dict[str, str]:
+def image_names(images: str | os.PathLike | Sequence[str | os.PathLike]) -> dict[str, str]:
     """How messages name a run's images: by file name, or, when two of them share a file
     name, by their paths in the images' common folder.
 
     Parameters
     ----------
-    images : sequence of path-like
+    images : path-like or sequence of path-like
         The run's images (all of them: a name is told apart from those of images not named
-        beside it too).
+        beside it too); one path is one image.
 
     Returns
     -------
@@ -334,7 +334,7 @@ def image_names(images: Sequence[str | os.PathLike]) -> dict[str, str]:
         ``A1/cat.png`` and ``A2/cat.png``; ``a/cat.png`` and ``b/dog.png`` -> ``cat.png`` and
         ``dog.png``. Paths on different drives (no common folder) are named in full.
     """
-    images = [str(image) for image in images]
+    images = [str(image) for image in check.path_list(images)]
     names = {image: Path(image).name for image in images}
     if len(set(names.values())) == len(names):
         return names
@@ -385,10 +385,8 @@ def collect_images(inputs: str | os.PathLike | Sequence[str | os.PathLike], *, r
     run (label TIFFs, PRM stacks), not images: they are left out, so a run whose
     ``out`` is its input folder, or inside it, can be run again.
     """
-    if isinstance(inputs, (str, os.PathLike)):  # one folder or file: a str was read as its characters' paths
-        inputs = [inputs]
     images, problems = [], []
-    for item in map(Path, inputs):
+    for item in map(Path, check.path_list(inputs)):  # one folder or file: a str was read as its characters' paths
         if item.is_dir():
             unlisted: list[OSError] = []
             broken: list[Path] = []
@@ -475,15 +473,17 @@ def _holds_images(folder: Path) -> bool:
     return False
 
 
-def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | os.PathLike] = (),
+def output_stems(images: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 roots: str | os.PathLike | Sequence[str | os.PathLike] = (),
                  out: str | os.PathLike | None = None) -> list[str]:
     """The output stem of each image: its name, or its path in a root folder; made unique.
 
     Parameters
     ----------
-    images : sequence of path-like
-    roots : sequence of path-like
-        Folders given as inputs: an image inside one is named by its path in the innermost
+    images : path-like or sequence of path-like
+        The images; one path is one image.
+    roots : path-like or sequence of path-like
+        Folders given as inputs (one path is one folder): an image inside one is named by its path in the innermost
         of them, in POSIX form (``plate/A1/cat.png`` with root ``plate`` -> ``A1/cat``, with
         roots ``plate`` and ``plate/A1`` -> ``cat``), so that its outputs mirror the folder
         tree under the output folder (`output_place`). Other images are named by their file
@@ -513,6 +513,7 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
     """
     # as given (made absolute), then resolved: an image in a linked sub-folder of a root is
     # named by its place in the tree, not by where the link points
+    images, roots = check.path_list(images), check.path_list(roots)
     roots_as_given = [Path(os.path.abspath(root)) for root in roots]
     resolved_roots = [Path(root).resolve() for root in roots]
     entries = []  # (image, the stem it wants, the stem earlier versions gave it)
@@ -554,7 +555,7 @@ def output_stems(images: Sequence[str | os.PathLike], *, roots: Sequence[str | o
     return stems
 
 
-def renamed_notes(images: Sequence[str | os.PathLike], stems: Sequence[str],
+def renamed_notes(images: str | os.PathLike | Sequence[str | os.PathLike], stems: str | Sequence[str],
                   out: str | os.PathLike) -> list[str]:
     """A note (starting with `NOTE`) per image whose outputs do not take its own name in ``out``.
 
@@ -565,13 +566,15 @@ def renamed_notes(images: Sequence[str | os.PathLike], stems: Sequence[str],
 
     Parameters
     ----------
-    images : sequence of path-like
-        The run's images.
-    stems : sequence of str
-        Their output stems (`output_stems`), in the same order.
+    images : path-like or sequence of path-like
+        The run's images; one path is one image.
+    stems : str or sequence of str
+        Their output stems (`output_stems`), in the same order (one str for one image).
     out : path-like
         The output folder, named in the notes.
     """
+    images = check.path_list(images)
+    stems = [stems] if isinstance(stems, str) else list(stems)
     taken = {stem.casefold() for stem in stems}
     names = image_names(images)  # the other images, as the end of a run names them
     holders: dict[str, list[tuple[str, str]]] = {}  # a stem, case-folded -> (stem, image) of this run
@@ -1427,10 +1430,11 @@ class PlaneTally:
         The planes counted so far, over all images.
     """
 
-    def __init__(self, images: Sequence[str | os.PathLike]):
+    def __init__(self, images: str | os.PathLike | Sequence[str | os.PathLike]):
         from .io.images import plane_count
 
-        self.planes = {str(Path(image)): plane_count(image) for image in images}  # as predict_many names it
+        # by str(Path(image)), as predict_many names it; one path is one image
+        self.planes = {str(Path(image)): plane_count(image) for image in check.path_list(images)}
         self.total = sum(self.planes.values())
         self.done = 0  # the planes counted so far, over all images (kept: a sum per report is slow for many)
         self._counted = dict.fromkeys(self.planes, 0)
@@ -2103,36 +2107,36 @@ def _padded(read, shape, dtype, *args):
     return padded
 
 
-def label_shapes(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
+def label_shapes(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
     """``(H, W)`` of label TIFFs (of each plane of a label stack), from their headers only.
 
     Parameters
     ----------
-    paths : sequence of path-like
-        Label TIFFs.
+    paths : path-like or sequence of path-like
+        Label TIFFs; one path is one label image (``[(H, W)]``).
     """
     import tifffile
 
     shapes = []
-    for path in paths:
+    for path in check.path_list(paths):
         with tifffile.TiffFile(path) as tiff:
             shapes.append(tuple(int(n) for n in tiff.pages[0].shape[:2]))
     return shapes
 
 
-def label_planes(paths: Sequence[str | os.PathLike]) -> list[int]:
+def label_planes(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[int]:
     """The planes of label TIFFs: 1 for a 2-D label image, N for a stack's (``(N, H, W)``), from
     their headers only.
 
     Parameters
     ----------
-    paths : sequence of path-like
-        Label TIFFs.
+    paths : path-like or sequence of path-like
+        Label TIFFs; one path is one label image (``[N]``).
     """
     import tifffile
 
     planes = []
-    for path in paths:
+    for path in check.path_list(paths):
         with tifffile.TiffFile(path) as tiff:
             planes.append(int(np.prod(tiff.series[0].shape[:-2])))
     return planes
@@ -2149,7 +2153,7 @@ def _label_plane(path, plane: int) -> np.ndarray:
     return labels
 
 
-def label_stack(paths: Sequence[str | os.PathLike]):
+def label_stack(paths: str | os.PathLike | Sequence[str | os.PathLike]):
     """The label images as one lazy (N, H, W) uint32 dask array, each read when viewed.
 
     A label stack (a TIFF stack's outputs) gives one plane per plane, and showing a plane reads
@@ -2158,8 +2162,8 @@ def label_stack(paths: Sequence[str | os.PathLike]):
 
     Parameters
     ----------
-    paths : sequence of path-like
-        Label images (``BatchResult.label_paths()``).
+    paths : path-like or sequence of path-like
+        Label images (``BatchResult.label_paths()``); one path is one label image (or stack).
 
     Returns
     -------
@@ -2169,6 +2173,7 @@ def label_stack(paths: Sequence[str | os.PathLike]):
     import dask
     import dask.array as da
 
+    paths = check.path_list(paths)
     shapes = label_shapes(paths)
     if not shapes:
         return da.zeros((0, 1, 1), np.uint32)
@@ -2178,7 +2183,7 @@ def label_stack(paths: Sequence[str | os.PathLike]):
     return da.stack(planes)
 
 
-def image_stack(paths: Sequence[str | os.PathLike], shapes: Sequence[tuple[int, int]],
+def image_stack(paths: str | os.PathLike | Sequence[str | os.PathLike], shapes: Sequence[tuple[int, int]],
                 planes: Sequence[int] | None = None):
     """The images as one lazy (N, H, W, 3) uint8 RGB dask array (padded like `label_stack`).
 
@@ -2188,17 +2193,18 @@ def image_stack(paths: Sequence[str | os.PathLike], shapes: Sequence[tuple[int, 
 
     Parameters
     ----------
-    paths : sequence of path-like
-        The image files.
+    paths : path-like or sequence of path-like
+        The image files; one path is one image (``shapes`` then holds one ``(H, W)``).
     shapes : sequence of (int, int)
-        Their ``(H, W)``.
+        Their ``(H, W)``, one per path.
     planes : sequence of int, optional
         Their planes; default 1 each.
     """
     import dask
     import dask.array as da
 
-    if not len(paths):
+    paths = check.path_list(paths)
+    if not paths:
         return da.zeros((0, 1, 1, 3), np.uint8)
     shape = tuple(int(n) for n in np.max(np.asarray(shapes), axis=0)) + (3,)
     planes = [1] * len(paths) if planes is None else planes

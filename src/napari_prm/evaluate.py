@@ -1285,9 +1285,8 @@ def evaluate_exports(
                                          low_open=True, unique=True)
     max_images = check.positive_int("max_images", max_images, optional=True)
     resamples = check.positive_int("resamples", resamples)
-    if isinstance(folders, (str, os.PathLike)):  # one folder: a str was read as its characters' folders
-        folders = [folders]
-    folders = [Path(check.path_like("folders", f)) for f in folders]
+    # one folder: a str was read as its characters' folders
+    folders = [Path(check.path_like("folders", f)) for f in check.path_list(folders)]
     if not folders:
         raise ValueError("folders: expected at least one predict output folder")
     seen: dict[Path, Path] = {}

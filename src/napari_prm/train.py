@@ -1318,13 +1318,14 @@ def image_keys(paths) -> torch.Tensor:
 
     Parameters
     ----------
-    paths : iterable of path-like
-        The image files.
+    paths : path-like or iterable of path-like
+        The image files; one path is one image.
     """
     import hashlib
 
     keys = [int.from_bytes(hashlib.blake2b(str(Path(p).resolve()).encode("utf-8", "surrogateescape"),
-                                           digest_size=8).digest(), "little", signed=True) for p in paths]
+                                           digest_size=8).digest(), "little", signed=True)
+            for p in check.path_list(paths)]
     return torch.tensor(keys, dtype=torch.int64)
 
 
@@ -1340,8 +1341,8 @@ def trained_images(extra: dict, paths) -> list[bool] | None:
     ----------
     extra : dict
         The checkpoint's extra content (anything else reads as a checkpoint without a record).
-    paths : iterable of path-like
-        The image files to look up.
+    paths : path-like or iterable of path-like
+        The image files to look up; one path is one image.
     """
     state = extra.get(TRAINING_STATE_KEY) if isinstance(extra, dict) else None
     keys = state.get("images") if isinstance(state, dict) else None

@@ -23,6 +23,7 @@ from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+from .._validate import path_list
 from .paths import windows_rules
 
 __all__ = ["atomic_write", "atomic_writes", "remove_stale_temporaries", "replace_file", "writable_folder"]
@@ -269,7 +270,7 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
 
 
 @contextmanager
-def atomic_writes(paths: Sequence[str | os.PathLike], *,
+def atomic_writes(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
                   overwrite: bool = True) -> Iterator[list[Path]]:
     """`atomic_write` for several files at once: all are replaced, or none, on an exception.
 
@@ -284,12 +285,13 @@ def atomic_writes(paths: Sequence[str | os.PathLike], *,
 
     Parameters
     ----------
-    paths : sequence of path-like
-        The files to write, in order; one temporary path is yielded for each.
+    paths : path-like or sequence of path-like
+        The files to write, in order; one temporary path is yielded for each (one path is one
+        file: a list of one temporary path is yielded).
     overwrite : bool
         If False and any target exists, raise ``FileExistsError`` before writing anything.
     """
-    paths = [Path(p) for p in paths]
+    paths = [Path(p) for p in path_list(paths)]  # a str was written as one file per character
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"not overwriting existing {', '.join(existing)}; "

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .._validate import path_like
+from .._validate import path_like, path_list
 
 __all__ = ["IMAGE_SUFFIXES", "read_array", "read_image", "pick_channels", "checked_channels", "channels_for",
            "read_stack", "stack_planes", "ImageStack", "image_array",
@@ -875,7 +875,8 @@ def unreadable_images(paths, progress=None, *, channels: Sequence[int] | None = 
 
     Parameters
     ----------
-    paths : sequence of path-like
+    paths : path-like or sequence of path-like
+        The files; one path is one file.
     progress : callable, optional
         ``progress(done, total)`` after each file.
     channels : sequence of int, optional
@@ -886,7 +887,7 @@ def unreadable_images(paths, progress=None, *, channels: Sequence[int] | None = 
     list of (path, str)
         Each unreadable file with `read_image`'s message, in the order of ``paths``.
     """
-    paths = list(paths)
+    paths = path_list(paths)  # one path is one file: a str was read as its characters' files
     found = []
     for done, path in enumerate(paths, start=1):
         if channels is not None or _suspect(path):  # any file may lack a channel asked for

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath
 from typing import TypeVar
 
+from .._validate import path_list
+
 __all__ = ["COMPOUND_SUFFIXES", "image_stem", "is_system_file", "sorted_paths", "stored_path", "windows_name_problem",
            "windows_rules"]
 
@@ -106,7 +108,8 @@ def sorted_paths(paths: Iterable[P]) -> list[P]:
 
     Parameters
     ----------
-    paths : iterable of str or path-like
+    paths : str, path-like or iterable of str or path-like
+        One path is one path (``[path]``).
 
     Returns
     -------
@@ -119,7 +122,7 @@ def sorted_paths(paths: Iterable[P]) -> list[P]:
     >>> sorted_paths([PureWindowsPath("data/apple"), PureWindowsPath("data/Cat")])
     [PureWindowsPath('data/Cat'), PureWindowsPath('data/apple')]
     """
-    return sorted(paths, key=lambda path: PurePath(path).parts)
+    return sorted(path_list(paths), key=lambda path: PurePath(path).parts)
 
 
 def stored_path(folder: str | os.PathLike, name: str) -> Path:

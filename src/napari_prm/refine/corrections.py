@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _validate as check
 from ..data import GroundTruth
 from ..io.coco import coco_to_labels
 from ..io.fileset import read_file_set
@@ -270,19 +271,20 @@ def _find_image(name: str, index: Mapping[str, list[Path]], folders: Sequence[Pa
 
 
 def corrections_from_coco(path: str | os.PathLike, class_names: Sequence[str], *,
-                          image_paths: Sequence[os.PathLike | str] = (),
+                          image_paths: str | os.PathLike | Sequence[os.PathLike | str] = (),
                           image_dir: str | os.PathLike | None = None,
                           unmatched: list[str] | None = None,
                           channels: Sequence[int] | None = None) -> list[Correction]:
     """One correction per image of a COCO instances JSON.
 
-    Images are found by file name among ``image_paths`` (the dataset's), else in
+    Images are found by file name among ``image_paths`` (the dataset's; one path is one image), else in
     ``image_dir``, the JSON's folder or ``<root>/<split>/`` for
     ``<root>/annotations/instances_<split>.json``. Categories are matched to
     ``class_names`` by name; others count as unknown classes. With ``unmatched`` (a
     list), an image entry whose file is not among ``image_paths`` is skipped instead, and
     its ``file_name`` appended to the list.
     """
+    image_paths = check.path_list(image_paths)  # one path is one image, not its characters
     path = Path(path)
     try:
         coco = json.loads(path.read_text(encoding="utf-8"))
@@ -312,7 +314,7 @@ def corrections_from_coco(path: str | os.PathLike, class_names: Sequence[str], *
 
 
 def corrections_from_voc(path: str | os.PathLike, class_names: Sequence[str], *,
-                         image_paths: Sequence[os.PathLike | str] = (),
+                         image_paths: str | os.PathLike | Sequence[os.PathLike | str] = (),
                          unmatched: list[str] | None = None,
                          warnings_to: list[str] | None = None,
                          channels: Sequence[int] | None = None) -> list[Correction]:
@@ -334,8 +336,8 @@ def corrections_from_voc(path: str | os.PathLike, class_names: Sequence[str], *,
         The devkit's split list or year folder.
     class_names : sequence of str
         The model's classes: the corrections' class indices index them.
-    image_paths : sequence of path-like
-        The dataset's images.
+    image_paths : path-like or sequence of path-like
+        The dataset's images; one path is one image.
     unmatched : list, optional
         Where the images of no ``image_paths`` are named, instead of taken from the devkit.
     warnings_to : list, optional
@@ -353,6 +355,7 @@ def corrections_from_voc(path: str | os.PathLike, class_names: Sequence[str], *,
         Naming the file: the devkit cannot be read (`napari_prm.data.from_voc`), none of its
         images is segmented (an ``ImageSets/Main`` list), a segmentation PNG cannot be used.
     """
+    image_paths = check.path_list(image_paths)  # one path is one image, not its characters
     from ..data import VOC_VOID, class_in, from_voc, read_voc_segmentation
 
     devkit = from_voc(path, require_positives=False)
@@ -410,7 +413,7 @@ def _recorded_image(label_path: Path, stem: str, root: Path) -> list[Path]:
     return recorded
 
 
-def uncorrected_predictions(label_files: Iterable[str | os.PathLike]) -> list[Path]:
+def uncorrected_predictions(label_files: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """Of the export label images ``label_files`` (``<stem>_labels.tif``, ``.png``), those that
     are ``napari-prm predict``'s outputs as it wrote them: their manifest says ``predict`` wrote
     them, and the label image and its instance CSV still have the SHA-256 it recorded (only
@@ -419,13 +422,18 @@ def uncorrected_predictions(label_files: Iterable[str | os.PathLike]) -> list[Pa
     Such exports are predictions, not corrections: evaluating a model against them measures
     its agreement with them, not its accuracy.
 
+    Parameters
+    ----------
+    label_files : path-like or iterable of path-like
+        Export label images; one path is one label image.
+
     Returns
     -------
     list of Path
         Those of ``label_files``, in their order.
     """
     found = []
-    for label_path in map(Path, label_files):
+    for label_path in map(Path, check.path_list(label_files)):
         if not label_path.stem.endswith(LABEL_SUFFIX):
             continue
         stem = label_path.stem[: -len(LABEL_SUFFIX)]
@@ -442,7 +450,7 @@ def uncorrected_predictions(label_files: Iterable[str | os.PathLike]) -> list[Pa
 
 
 def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str], *,
-                            image_paths: Sequence[os.PathLike | str] = (),
+                            image_paths: str | os.PathLike | Sequence[os.PathLike | str] = (),
                             unmatched: list[str] | None = None,
                             superseded: list[str] | None = None,
                             warnings_to: list[str] | None = None,
@@ -452,7 +460,8 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
 
     The image of ``<stem>_labels.tif`` is the one its manifest records (``<stem>.manifest.json``,
     as ``napari-prm predict`` writes beside its outputs), else ``<stem>.*`` among
-    ``image_paths``, else in the label image's folder. An export in a sub-folder
+    ``image_paths`` (the dataset's images; one path is one image), else in the label image's folder.
+    An export in a sub-folder
     (``A1/cat_labels.tif``, as ``predict --recursive`` mirrors the image tree) is the image
     ``cat.*`` of a folder ``A1`` among ``image_paths``, not another folder's ``cat``. A label
     image without its CSV has instances of unknown class. With ``unmatched`` (a list), a label
@@ -471,6 +480,7 @@ def corrections_from_folder(folder: str | os.PathLike, class_names: Sequence[str
     truth, as ``unknown`` ones are; they are named in ``warnings_to`` (a list), else in a
     ``UserWarning`` (`other_class_warning`).
     """
+    image_paths = check.path_list(image_paths)  # one path is one image, not its characters
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"corrections {folder}: no such folder")
@@ -583,7 +593,7 @@ def _newest_per_image(pairs: Sequence[tuple[Path, Path]], folder: Path,
 
 
 def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
-                     image_paths: Sequence[os.PathLike | str] = (),
+                     image_paths: str | os.PathLike | Sequence[os.PathLike | str] = (),
                      unmatched: list[str] | None = None,
                      superseded: list[str] | None = None,
                      warnings_to: list[str] | None = None,
@@ -600,8 +610,8 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
         (`corrections_from_voc`).
     class_names : sequence of str
         The model's classes: the corrections' class indices index them.
-    image_paths : sequence of path-like
-        The dataset's images, among which each export's image is looked for first.
+    image_paths : path-like or sequence of path-like
+        The dataset's images (one path is one image), among which each export's image is looked for first.
     unmatched : list, optional
         With it, an export whose image is not among ``image_paths`` is skipped and named
         here (its path in the folder; for a COCO JSON, its image's ``file_name``).
@@ -624,6 +634,7 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
     ValueError
         ``path`` is none of these, or an export cannot be read.
     """
+    image_paths = check.path_list(image_paths)  # one path is one image, not its characters
     from ..data import is_voc_folder, voc_split_root
 
     path = Path(path)
@@ -642,7 +653,7 @@ def load_corrections(path: str | os.PathLike, class_names: Sequence[str], *,
 
 
 def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
-                      image_paths: Sequence[os.PathLike | str], *,
+                      image_paths: str | os.PathLike | Sequence[os.PathLike | str], *,
                       superseded: list[str] | None = None,
                       warnings_to: list[str] | None = None,
                       channels: Sequence[int] | None = None) -> tuple[dict[int, Correction], list[str]]:
@@ -661,8 +672,8 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
         ``A1/cat.*``); or a PASCAL VOC year folder or split list (`corrections_from_voc`).
     class_names : sequence of str
         The model's classes: the corrections' class indices index them.
-    image_paths : sequence of path-like
-        The dataset's images.
+    image_paths : path-like or sequence of path-like
+        The dataset's images; one path is one image.
     superseded : list, optional
         Where the exports left out for a newer export of their image are named; without it
         they are named in ``unmatched``.
@@ -692,6 +703,7 @@ def match_corrections(path: str | os.PathLike, class_names: Sequence[str],
     ValueError
         ``path`` is neither, holds no export, or an export cannot be read.
     """
+    image_paths = check.path_list(image_paths)  # one path is one image, not its characters
     path = Path(path)
     unmatched: list[str] = []
     left_out = superseded if superseded is not None else unmatched
