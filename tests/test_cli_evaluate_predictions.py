@@ -385,8 +385,9 @@ def test_a_run_without_instances_is_warned_of(runs, tmp_path, capsys):
     assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(tmp_path / "peaks")]) == 0
     captured = capsys.readouterr()
     assert f"| {tmp_path / 'peaks'} | 4 | 8 | 0 | 0.0 | 0.0 | 0.0 | 0.0 |" in captured.out
-    assert f"warning: {tmp_path / 'peaks'}: its exports of the 4 images scored hold no instance (predict " \
-           "--proposals none writes peaks only), so mAP^r and ABO are 0" in captured.err
+    assert f"warning: {tmp_path / 'peaks'}: its exports of the 4 images scored hold no instance (predict ran " \
+           "with --proposals none, which finds peaks and PRMs only, no instance), so mAP^r and ABO are 0" \
+           in captured.err
     assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(runs / "runA")]) == 0
     assert "hold no instance" not in capsys.readouterr().err
 
@@ -502,3 +503,31 @@ def test_results_json_names_an_export_of_no_image_of_the_dataset(runs, tmp_path,
     assert f"--results-json {out}: cannot give the instances of {folder} in {runs / 'gt.json'}'s ids: " in err
     assert f"{folder / 'other_instances.json'}: its image 'other.png' is none of" in err
     assert not out.exists()
+
+
+def test_a_run_whose_peaks_all_fell_below_the_thresholds_is_not_blamed_on_proposals(runs, tmp_path, capsys):
+    """A run with the class threshold above every class score found no peak, so its exports hold no instance:
+    the warning said "predict --proposals none writes peaks only", a setting the run did not use. It names the
+    thresholds and the best class score seen (from the manifests), in the command line's words and in Python's."""
+    from napari_prm.data import from_coco
+    from napari_prm.evaluate import NoInstanceWarning, evaluate_exports
+
+    out = tmp_path / "strict"
+    assert main(["predict", str(runs / "images"), "--model", str(runs / "tiny.pt"), "--device", "cpu",
+                 "--class-threshold", "0.999", "--peak-threshold", "5", "--out", str(out)]) == 0
+    infos = [json.loads((out / f"scene{n}.manifest.json").read_text())["info"] for n in range(4)]
+    assert [info["peaks"] for info in infos] == [0, 0, 0, 0]
+    name, best = max((info["best_class_score"] for info in infos), key=lambda pair: pair[1])
+    assert name in CLASSES and best < 0.999
+    capsys.readouterr()
+    assert main(["evaluate", str(runs / "gt.json"), "--predictions", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: {out}: its exports of the 4 images scored hold no instance (no peak above the thresholds "
+            f"(--class-threshold 0.999, --peak-threshold 5; the best class score seen was {best:.3g}, {name})), "
+            "so mAP^r and ABO are 0") in err
+    assert "proposals none" not in err
+    with pytest.warns(NoInstanceWarning, match=r"hold no instance \(no peak above the thresholds \(class_threshold "
+                                               r"0\.999, peak_threshold 5; the best class score seen was "):
+        evaluation = evaluate_exports(out, from_coco(runs / "gt.json", image_dir=runs / "images"))
+    causes = evaluation["results"][0]["exports"]["no_instance"]
+    assert causes.widget.startswith("no peak above the thresholds (class threshold 0.999, peak threshold 5; ")

@@ -463,3 +463,39 @@ def test_per_image_helpers_name_peaks_of_another_shape_and_classes_that_are_no_i
         class_pointing(crms, masks, [0.5, 1.0])
     with pytest.raises(ValueError, match=r"gt_classes: class index 2 is outside \[0, 2\)"):
         class_pointing(crms, masks, [0, 2])
+
+
+def test_evaluate_says_why_no_instance_was_predicted(tmp_path, small_cat):
+    """With the class threshold above every class score no peak is found and mAP^r is 0, without a word
+    (the command line's warning of such folders blamed proposals 'none'). evaluate warns, naming the
+    thresholds and the best class score seen, and returns the cause as ``no_instance``."""
+    import imageio.v3 as iio
+
+    from napari_prm import predict
+    from napari_prm.evaluate import NoInstanceWarning
+
+    height, width = small_cat.shape[:2]
+    iio.imwrite(tmp_path / "cat.png", small_cat)
+    box = [20.0, 10.0, 80.0, 70.0]
+    polygon = [box[0], box[1], box[0] + box[2], box[1], box[0] + box[2], box[1] + box[3], box[0], box[1] + box[3]]
+    coco = {"images": [{"id": 1, "file_name": "cat.png", "height": height, "width": width}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [polygon],
+                             "area": box[2] * box[3], "bbox": box, "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "cat"}]}
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    dataset = from_coco(tmp_path / "instances.json")
+    torch.manual_seed(0)
+    model = build_model("tiny", ["cat"], pretrained=False, input_size=(32, 32))
+    with pytest.warns(NoInstanceWarning) as caught:
+        results = evaluate(model, dataset, class_threshold=0.999, peak_threshold=50.0)
+    assert results["num_peaks"] == 0 and results["num_predicted_instances"] == 0
+    assert results["mAP_r"][0.5] == 0
+    best = float(predict(small_cat, model, proposals=None).scores[0])
+    assert best < 0.999
+    said = (f"no peak above the thresholds (class_threshold 0.999, peak_threshold 50; the best class score seen "
+            f"was {best:.3g}, cat)")
+    assert results["no_instance"] == said
+    assert results["no_instance"].command_line == said.replace("class_threshold", "--class-threshold").replace(
+        "peak_threshold", "--peak-threshold")
+    (warned,) = [str(w.message) for w in caught if w.category is NoInstanceWarning]
+    assert warned == f"the predictions of the 1 image evaluated hold no instance ({said}), so mAP^r and ABO are 0"

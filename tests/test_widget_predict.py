@@ -1101,3 +1101,27 @@ def test_without_an_image_the_message_names_the_sample_menu(make_napari_viewer, 
     plugin_menus = [action.text() for action in sample_menu.actions() if action.menu() is not None]
     named = widget.last_message.split("File > Open Sample > ")[1].removesuffix(" offers one)")
     assert named in plugin_menus, (widget.last_message, plugin_menus)
+
+
+def test_a_run_without_instances_says_why(cat_viewer, qtbot, prm_config, tiny_checkpoint, small_cat):
+    """Peaks found and no instance: the status said "50 peaks, 0 instances" alone (the command line's evaluate
+    blamed proposals 'none' whatever the cause). It names the cause, in the library's words as evaluate's warning:
+    no proposal kept for a peak (proposals of one 2×2 pixel candidate, too small to keep), or proposals 'none'."""
+    candidates = np.zeros(small_cat.shape[:2], np.uint16)
+    candidates[:2, :2] = 1
+    cat_viewer.add_labels(candidates, name="candidates")
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.class_threshold.value = -1e4
+    widget.peak_threshold.value = -1e4
+    widget.proposals.value = cat_viewer.layers["candidates"]
+    run_and_wait(widget, qtbot)
+    expected = predict(small_cat, load_model(tiny_checkpoint), proposals=candidates, class_threshold=-1e4,
+                       peak_threshold=-1e4)
+    assert len(expected.peaks) > 0 and not expected.instances
+    peaks = len(expected.peaks)
+    assert widget.last_message.startswith(f"cat: {peaks} peaks, 0 instances (no proposal was kept for any of the "
+                                          f"{peaks} peaks found) in "), widget.last_message
+    widget.proposals.value = None
+    run_and_wait(widget, qtbot)
+    assert widget.last_message.startswith(f"cat: {peaks} peaks, 0 instances (the run's proposals were 'none', which "
+                                          "finds peaks and PRMs only, no instance) in "), widget.last_message

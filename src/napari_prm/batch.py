@@ -1072,6 +1072,8 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
             | ({"model": dict(model_record)} if model_record else {}))
     if stack is not None:
         info |= {"axes": stack.axes, "stack_shape": list(stack.shape)}
+    else:  # what `evaluate_exports` says of a folder whose exports hold no instance
+        info |= _selection_record(predictions[0], model, settings.get("classes"))
     write = io.write_prediction if stack is None else io.write_stack_prediction
     kept: list = []  # outputs corrected by hand since they were written: copied aside, then replaced
     write(predictions[0] if stack is None else predictions, folder, name, prms_format=prms_format,
@@ -1092,6 +1094,29 @@ def predict_image(image: str | os.PathLike, stem: str, out: str | os.PathLike, m
                        sum(len(p.instances) for p in predictions), time.perf_counter() - started,
                        shape=tuple(int(n) for n in planes[0].shape[:2]), planes=len(planes),
                        prediction=kept, notes=notes)
+
+
+def _selection_record(prediction, model, classes) -> dict:
+    """What the manifest records of how peaks were selected: the class and peak thresholds used
+    (``thresholds``) and the best class score among the classes asked (``best_class_score``:
+    name and score), so that `napari_prm.evaluate.evaluate_exports` can say why a folder's
+    exports hold no instance. Empty when the prediction does not say its settings."""
+    from .predictor import class_indices, resolve_thresholds
+
+    if prediction.settings is None or not len(prediction.scores):
+        return {}
+    class_threshold, peak_threshold = resolve_thresholds(prediction.settings, model.settings)
+    names = list(prediction.class_names)
+    try:
+        chosen = list(range(len(names))) if not classes else list(class_indices(classes, names))
+    except (TypeError, ValueError, IndexError):
+        chosen = list(range(len(names)))
+    record = {"thresholds": {"class": float(class_threshold),
+                             "peak": None if peak_threshold is None else float(peak_threshold)}}
+    if chosen:
+        best = max(chosen, key=lambda i: float(prediction.scores[i]))
+        record["best_class_score"] = [names[best], float(prediction.scores[best])]
+    return record
 
 
 def _describe(settings: Mapping[str, Any]) -> dict:

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1860,7 +1861,7 @@ def _corrected_ground_truth(masks: Path, dataset, class_names) -> dict:
 def _run_evaluate(args) -> int:
     from tqdm import tqdm
 
-    from .evaluate import evaluate, evaluate_labels, report_json, report_markdown
+    from .evaluate import NoInstanceWarning, evaluate, evaluate_labels, report_json, report_markdown
 
     if args.predictions is not None:
         return _run_evaluate_predictions(args)
@@ -1896,12 +1897,17 @@ def _run_evaluate(args) -> int:
                 results = evaluate_labels(model, dataset, max_images=args.max_images, only_labeled=args.only_labeled,
                                           progress=progress, **_inference_settings(args))
             else:
-                results = evaluate(model, dataset, proposals=args.proposals,
-                                   iou_thresholds=args.iou_thresholds, max_images=args.max_images,
-                                   only_labeled=args.only_labeled, ground_truth=ground_truth,
-                                   progress=progress, **_inference_settings(args))
+                with warnings.catch_warnings():  # said below, in the command line's words
+                    warnings.simplefilter("ignore", NoInstanceWarning)
+                    results = evaluate(model, dataset, proposals=args.proposals,
+                                       iou_thresholds=args.iou_thresholds, max_images=args.max_images,
+                                       only_labeled=args.only_labeled, ground_truth=ground_truth,
+                                       progress=progress, **_inference_settings(args))
         except ValueError as error:
             raise CommandError(str(error)) from error
+    if results.get("no_instance"):
+        _say(f"warning: the predictions of the {plural(results['num_images'], 'image')} evaluated hold no instance "
+             f"({for_command_line(results['no_instance'])}), so mAP^r and ABO are 0")
     if args.masks is not None:
         results["settings"]["ground_truth"] = str(args.masks)
     print(report_markdown(results), end="")
@@ -1926,7 +1932,13 @@ def _run_evaluate_predictions(args) -> int:
     from tqdm import tqdm
 
     from .data import is_voc_folder, voc_split_root
-    from .evaluate import ComparisonInterrupted, evaluate_exports, report_exports_markdown, report_json
+    from .evaluate import (
+        ComparisonInterrupted,
+        NoInstanceWarning,
+        evaluate_exports,
+        report_exports_markdown,
+        report_json,
+    )
 
     path = Path(args.dataset)
     neither = (f"--predictions: DATASET {args.dataset} is neither a COCO JSON nor a PASCAL VOC devkit (a split list "
@@ -1966,9 +1978,11 @@ def _run_evaluate_predictions(args) -> int:
 
     stopped = None  # how the comparison stopped, if it did
     try:
-        evaluation = evaluate_exports(args.predictions, dataset, iou_thresholds=args.iou_thresholds,
-                                      only_labeled=args.only_labeled, max_images=args.max_images,
-                                      resamples=args.resamples, progress=progress)
+        with warnings.catch_warnings():  # said below, in the command line's words (_say_exports)
+            warnings.simplefilter("ignore", NoInstanceWarning)
+            evaluation = evaluate_exports(args.predictions, dataset, iou_thresholds=args.iou_thresholds,
+                                          only_labeled=args.only_labeled, max_images=args.max_images,
+                                          resamples=args.resamples, progress=progress)
     except ValueError as error:
         raise CommandError(f"--predictions: {error}") from error
     except ComparisonInterrupted as stop:  # the folders' scores are complete: reported, not lost
@@ -2038,9 +2052,10 @@ def _say_exports(row: dict, dataset_images: int, choosing: str, masked: str = ""
         _say(f"note: {folder}: predicted for {len(asked)} of its model's "
              f"{plural(len(asked) + len(exports['classes_not_asked']), 'class')} (predict --classes "
              f"{first_names(asked, 5)}): mAP^r averages over those")
-    if not row["num_predicted_instances"]:
-        _say(f"warning: {folder}: its exports of the {plural(row['num_images'], 'image')} scored hold no instance "
-             "(predict --proposals none writes peaks only), so mAP^r and ABO are 0")
+    if not row["num_predicted_instances"]:  # why, as the manifests tell (evaluate.no_instance_causes)
+        causes = for_command_line(exports.get("no_instance", ""))
+        _say(f"warning: {folder}: its exports of the {plural(row['num_images'], 'image')} scored hold no instance"
+             + (f" ({causes})" if causes else "") + ", so mAP^r and ABO are 0")
     if exports["unmatched"]:
         _say(f"warning: {folder}: {plural(len(exports['unmatched']), 'export')} of no image of the dataset, "
              f"left out: {first_names(exports['unmatched'], 3)}")

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _validate as check
-from ._text import first_names, plural
+from ._text import Worded, first_names, plural
 from .io.atomic import atomic_write
 from .masks import encode_rle, mask_iou, rle_area, rle_bbox
 
@@ -773,7 +774,15 @@ def evaluate(
         their instances; only when a model runs here), ``funnel`` (see
         :func:`instance_funnel`; only when a model runs here),
         ``classification_mAP``, ``classification_AP``, ``seconds_per_image``,
-        counts and settings.
+        counts and settings; ``no_instance`` only when there are proposals and none of the
+        predictions holds an instance: why (`no_instance_causes`).
+
+    Warns
+    -----
+    NoInstanceWarning
+        The predictions hold no instance (mAP^r and ABO are 0), naming why: no peak above the
+        thresholds (their values and the best class score seen), or no proposal kept for the
+        peaks found.
 
     Notes
     -----
@@ -909,9 +918,92 @@ def evaluate(
         results["AP_r_per_class"] = {name: {float(t): float(per_class[i, c]) for i, t in enumerate(iou_thresholds)}
                                      for c, name in enumerate(class_names)}
         results["ABO"] = _mean(overlaps)
+        if total and not results["num_predicted_instances"]:  # mAP^r and ABO are 0: say why
+            thresholds = results["settings"]["thresholds"]
+            seen = np.array(scores, dtype=np.float64).reshape(total, -1)
+            best = np.unravel_index(int(np.argmax(seen)), seen.shape)[1] if seen.size else None
+            causes = no_instance_causes(images=total, peaks=results["num_peaks"], thresholds=thresholds,
+                                        best=None if best is None else (class_names[best], float(seen.max())))
+            results["no_instance"] = causes
+            warnings.warn(f"the predictions of the {plural(total, 'image')} evaluated hold no instance ({causes}), "
+                          "so mAP^r and ABO are 0", NoInstanceWarning, stacklevel=2)
     results["seconds"] = time.perf_counter() - started
     results["seconds_per_image"] = results["seconds"] / total if total else None
     return results
+
+
+class NoInstanceWarning(UserWarning):
+    """:func:`evaluate` or :func:`evaluate_exports` scored no predicted instance (mAP^r and ABO are
+    0); its message names why, as `no_instance_causes` can tell."""
+
+
+def _threshold_words(value) -> str:
+    return "none" if value is None or value <= -1e30 else f"{value:g}"
+
+
+def no_instance_causes(*, images: int, peaks: int | None, proposals_none: int = 0,
+                       thresholds: Mapping[str, Any] | None = None,
+                       best: tuple[str, float] | None = None) -> Worded:
+    """Why predictions hold no instance, as far as ``peaks``, the proposal setting and the
+    thresholds tell: the one wording of ``evaluate``'s, ``evaluate --predictions``' and the
+    Peak Response Maps widget's warning, in each front end's words (`napari_prm._text.Worded`:
+    `for_command_line`, `for_widget`).
+
+    Parameters
+    ----------
+    images : int
+        The images predicted.
+    peaks : int or None
+        The peaks found on those of them predicted with proposals (None: not known, a folder
+        whose manifests do not record them).
+    proposals_none : int
+        How many of ``images`` were predicted with ``proposals=None`` (``--proposals none``:
+        peaks and PRMs only, no instance).
+    thresholds : mapping, optional
+        ``{"class": ..., "peak": ...}``, the class and peak thresholds the peaks had to reach
+        (a value None: not known, or no peak threshold); only said when no peak was found.
+    best : (str, float), optional
+        The best class score seen and its class, said when no peak was found.
+
+    Returns
+    -------
+    Worded
+        The causes, joined by ``"; "``: no peak above the thresholds (named with their values,
+        and the best class score seen), the proposals set to none, or peaks that no proposal
+        fitted; the possible causes when ``peaks`` is None.
+
+    Examples
+    --------
+    >>> print(no_instance_causes(images=2, peaks=0, thresholds={"class": 0.9, "peak": None},
+    ...                          best=("dog", 0.0421)))
+    no peak above the thresholds (class_threshold 0.9, peak_threshold none; the best class score seen was 0.0421, dog)
+    >>> print(no_instance_causes(images=2, peaks=0, proposals_none=2).command_line)
+    predict ran with --proposals none, which finds peaks and PRMs only, no instance
+    """
+    python, command, widget = [], [], []
+    if proposals_none:
+        some = "" if proposals_none >= images else f" on {proposals_none} of the {plural(images, 'image')}"
+        python.append(f"predict ran with proposals=None{some}, which finds peaks and PRMs only, no instance")
+        command.append(f"predict ran with --proposals none{some}, which finds peaks and PRMs only, no instance")
+        widget.append(f"the run's proposals were 'none'{some}, which finds peaks and PRMs only, no instance")
+    if proposals_none < images:
+        rest = "" if not proposals_none else " on the others"
+        if peaks is None:
+            text = (f"no record says why{rest}: no peak above the class and peak thresholds, or no proposal "
+                    "fitted a peak")
+            python.append(text), command.append(text), widget.append(text)
+        elif peaks == 0:
+            values = dict(thresholds or {})
+            seen = f"the best class score seen was {best[1]:.3g}, {best[0]}" if best is not None else ""
+            for words, form in ((python, "{}_threshold"), (command, "--{}-threshold"), (widget, "{} threshold")):
+                said = [f"{form.format(key)} {_threshold_words(values[key])}" for key in ("class", "peak")
+                        if key in values]
+                inside = "; ".join(filter(None, [", ".join(said), seen]))
+                words.append(f"no peak above the thresholds{rest}" + (f" ({inside})" if inside else ""))
+        else:
+            text = f"no proposal was kept for any of the {plural(peaks, 'peak')} found{rest}"
+            python.append(text), command.append(text), widget.append(text)
+    return Worded("; ".join(python), "; ".join(command), "; ".join(widget))
 
 
 #: What the results of :func:`evaluate_labels` say in place of the instance metrics.
@@ -1103,6 +1195,39 @@ class _FolderExports:
             raise ValueError(f"every export in {folder} of an image of {dataset.source} is of an image without "
                              f"instance masks (no SegmentationObject PNG): {first_names(self.without_masks, 3)}")
 
+    def no_instance_causes(self, indices: Sequence[int]) -> Worded:
+        """Why the exports of ``indices`` hold no instance (`no_instance_causes`), from their
+        manifests: the peaks ``predict`` found, its proposal setting (``--proposals none``), the
+        thresholds it used and the best class score it saw (older manifests record neither)."""
+        from .io.fileset import read_file_set
+
+        peaks, none, thresholds, best, known = 0, 0, None, None, True
+        for index in indices:
+            export = self.by_index[index].path
+            try:
+                file_set = read_file_set(export.parent, export.name[: -len("_instances.json")])
+            except ValueError:  # not napari-prm's, or broken
+                file_set = None
+            if file_set is None:  # no manifest: the export alone does not say
+                known = False
+                continue
+            info = file_set.info
+            settings = info.get("settings") if isinstance(info.get("settings"), Mapping) else {}
+            if "proposals" in settings and settings["proposals"] is None:
+                none += 1
+                continue
+            if not isinstance(info.get("peaks"), int):
+                known = False
+                continue
+            peaks += info["peaks"]
+            if isinstance(info.get("thresholds"), Mapping) and thresholds is None:
+                thresholds = dict(info["thresholds"])
+            score = info.get("best_class_score")
+            if isinstance(score, list) and len(score) == 2 and (best is None or score[1] > best[1]):
+                best = (str(score[0]), float(score[1]))
+        return no_instance_causes(images=len(indices), peaks=peaks if known else None, proposals_none=none,
+                                  thresholds=thresholds, best=best)
+
     def indices(self, dataset, *, only_labeled: bool, max_images: int | None) -> list[int]:
         """The dataset indices scored: those with an export (showing one of the model's classes, with
         ``only_labeled``), the first ``max_images``."""
@@ -1262,7 +1387,9 @@ def evaluate_exports(
         ``outside``, exports of JSON images the dataset leaves out (its VOC view); ``stacks``,
         stacks' outputs, which hold no COCO JSON; ``lacking``, the exports that the manifests
         list and that are not there, deleted by hand; ``classes_not_asked``, the model's classes
-        that the run was not asked for, ``predict --classes``, which are not scored), ``seconds``
+        that the run was not asked for, ``predict --classes``, which are not scored; ``no_instance``,
+        only when the exports scored hold no instance: why, as their manifests tell
+        (`no_instance_causes`)), ``seconds``
         (reading and scoring that folder, the comparison not included) and ``settings`` (``predictions``: the folder).
         ``comparison``: None for one folder, else ``iou_threshold``, ``resamples``,
         ``seed``, ``classes`` (shared), ``images`` (how many all folders scored),
@@ -1271,6 +1398,13 @@ def evaluate_exports(
         percentiles over the resamples) and ``difference`` to the first folder (None for
         the first; else ``median``, ``low``, ``high``, ``share_above_0``). Figures are
         fractions, not %.
+
+    Warns
+    -----
+    NoInstanceWarning
+        A folder's exports scored hold no instance (mAP^r and ABO are 0), naming why: no peak
+        above the thresholds (their values and the best class score seen), ``predict --proposals
+        none``, or no proposal kept for the peaks found.
 
     Raises
     ------
@@ -1356,8 +1490,13 @@ def evaluate_exports(
                          "iou_thresholds": [float(t) for t in iou_thresholds], "only_labeled": bool(only_labeled),
                          "predict": None, "thresholds": None},
         })
-    for row in rows:
+    for row, exports, indices in zip(rows, read, chosen):
         row["seconds_per_image"] = row["seconds"] / row["num_images"]
+        if not row["num_predicted_instances"]:  # mAP^r and ABO are 0: say why, as the manifests tell
+            causes = exports.no_instance_causes(indices)
+            row["exports"]["no_instance"] = causes
+            warnings.warn(f"{exports.folder}: its exports of the {plural(row['num_images'], 'image')} scored hold "
+                          f"no instance ({causes}), so mAP^r and ABO are 0", NoInstanceWarning, stacklevel=2)
     evaluation = {"results": rows, "comparison": None}
     if len(read) > 1:
         try:

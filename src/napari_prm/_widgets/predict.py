@@ -35,7 +35,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._text import plural, sentences
+from .._text import for_widget, plural, sentences
+from ..evaluate import no_instance_causes
 from ..predict import Cancelled, Prediction, image_to_crm
 from ..predictor import preset_settings, resolve_thresholds
 from .activity import ActivityProgress, CloseWatcher, job_worker
@@ -643,18 +644,24 @@ class PredictWidget(PredictForm, QWidget):
         if peaks == 0:
             class_threshold, peak_threshold = resolve_thresholds(
                 preset_settings(settings["preset"], **self.threshold_overrides(settings)), model.settings)
-            peak_text = "none" if peak_threshold is None or peak_threshold <= -1e30 else f"{peak_threshold:g}"
+            # the library's wording (as evaluate's warning); the best class score is in the notes
+            causes = no_instance_causes(images=len(planes) or 1, peaks=0,
+                                        thresholds={"class": class_threshold, "peak": peak_threshold})
+            classes = f", classes {', '.join(settings['classes'])})" if settings["classes"] else ""
             self._say(_message([
-                f"{subject}: nothing found: no peak above the thresholds (class threshold {class_threshold:g}, "
-                f"peak threshold {peak_text}"
-                f"{', classes ' + ', '.join(settings['classes']) if settings['classes'] else ''}"
-                f"). Lower them{' or choose other classes' if settings['classes'] else ''}", *after]), "warning")
+                f"{subject}: nothing found: {for_widget(causes)[:-1] if classes else for_widget(causes)}{classes}. "
+                f"Lower them{' or choose other classes' if settings['classes'] else ''}", *after]), "warning")
             return
         message = f"{subject}: {plural(peaks, 'peak')}, {plural(instances, 'instance')}"
+        # why no instance (the library's wording, as evaluate's warning): the proposals chosen were 'none'
+        # (said, not warned of: the user chose it), or no proposal was kept for a peak (warned of)
+        chose_none = settings.get("proposals", "auto") is None
+        if instances == 0:
+            message += f" ({for_widget(no_instance_causes(images=1, peaks=peaks, proposals_none=int(chose_none)))})"
         if self.last_run_seconds is not None:
             reused = " (the image's maps reused)" if self.last_forward_passes == 0 else ""
             message += f" in {self.last_run_seconds:.1f} s{reused}"
-        warn = notes or missing or hand["elsewhere"] or no_instance or unmatched
+        warn = notes or missing or hand["elsewhere"] or no_instance or unmatched or (instances == 0 and not chose_none)
         self._say(_message([message, *after]), "warning" if warn else "info")
 
     def _stack_results(self, layer, planes, results: Results, *, crms: bool):
