@@ -499,3 +499,39 @@ def test_evaluate_says_why_no_instance_was_predicted(tmp_path, small_cat):
         "peak_threshold", "--peak-threshold")
     (warned,) = [str(w.message) for w in caught if w.category is NoInstanceWarning]
     assert warned == f"the predictions of the 1 image evaluated hold no instance ({said}), so mAP^r and ABO are 0"
+
+
+def test_predictions_for_some_classes_are_scored_on_those(tmp_path, shapes_scenes):
+    """evaluate(predictions, dataset) on predictions made with predict(..., classes=["cat"]) averaged mAP^r
+    over all the model's classes, 'dog', never looked for, counting 0: perfect cat instances scored 0.5.
+    Prediction.classes records the classes asked, and evaluate scores those only (as evaluate --predictions
+    scores a predict --classes folder)."""
+    import imageio.v3 as iio
+
+    from napari_prm import predict
+    from napari_prm.data import GroundTruth, from_csv
+
+    for number, (image, _, _, _) in enumerate(shapes_scenes):
+        iio.imwrite(tmp_path / f"scene{number}.png", image)
+    (tmp_path / "labels.csv").write_text("image,labels\n" + "".join(f"scene{n}.png,cat;dog\n" for n in range(3)))
+    dataset = from_csv(tmp_path / "labels.csv")
+    torch.manual_seed(0)
+    model = build_model("tiny", dataset.class_names, pretrained=False, input_size=(32, 32))
+    made = predict(shapes_scenes[0][0], model, proposals=None, classes=["cat"], class_threshold=-1e9)
+    assert made.classes == ["cat"] and set(made.peak_classes.tolist()) <= {0}
+    assert predict(shapes_scenes[0][0], model, proposals=None).classes is None
+    given, predictions = {}, []
+    for number, (_, labels, _, _) in enumerate(shapes_scenes):
+        given[number] = GroundTruth(np.array([labels == 1, labels == 2]), np.array([0, 1]), np.zeros(2, bool))
+        cats = GroundTruth(given[number].masks[:1], np.array([0]), np.zeros(1, bool))
+        predictions.append(_prediction_of(cats, dataset.class_names, [1, -1]))
+        predictions[-1].classes = made.classes
+    results = evaluate(predictions, dataset, ground_truth=given)
+    assert results["mAP_r"] == pytest.approx({0.25: 1.0, 0.5: 1.0, 0.75: 1.0})
+    assert list(results["AP_r_per_class"]) == ["cat"] and results["classes_not_asked"] == ["dog"]
+    assert results["ABO"] == pytest.approx(1.0)
+    for prediction in predictions:  # for all classes: dog is scored, 0
+        prediction.classes = None
+    results = evaluate(predictions, dataset, ground_truth=given)
+    assert results["mAP_r"] == pytest.approx({0.25: 0.5, 0.5: 0.5, 0.75: 0.5})
+    assert "classes_not_asked" not in results

@@ -775,7 +775,10 @@ def evaluate(
         :func:`instance_funnel`; only when a model runs here),
         ``classification_mAP``, ``classification_AP``, ``seconds_per_image``,
         counts and settings; ``no_instance`` only when there are proposals and none of the
-        predictions holds an instance: why (`no_instance_causes`).
+        predictions holds an instance: why (`no_instance_causes`). Predictions made for some
+        classes (``predict(..., classes=[...])``, recorded as ``Prediction.classes``) are scored
+        on those: ``mAP_r``, ``AP_r_per_class`` and ``ABO`` are of those classes' instances,
+        and ``classes_not_asked`` names the others (never looked for, they would count 0).
 
     Warns
     -----
@@ -840,6 +843,13 @@ def evaluate(
                          f"{dataset.source} in its order, but image {indices[-1]} "
                          f"({dataset.image_paths[indices[-1]]}) is to be evaluated: evaluate the images "
                          f"predicted, evaluate(predictions, dataset.subset(range({count})), ...)")
+    # predictions made for some classes (predict(..., classes=[...]), Prediction.classes): the others were
+    # never looked for, and are not scored (each counted 0 where the images show it), as evaluate_exports
+    # leaves out the classes a predict --classes run was not asked for
+    asked = None
+    if predictions is not None and indices and all(getattr(predictions[i], "classes", None) for i in indices):
+        names = {name for i in indices for name in predictions[i].classes}
+        asked = [c for c, name in enumerate(class_names) if name in names] or None
     if model is not None:
         from .train import check_readable
 
@@ -888,7 +898,8 @@ def evaluate(
         hits.append(peak_hits(prediction.peaks, prediction.peak_classes, truth.masks, truth.class_indices))
         if with_instances:
             pred_masks = matcher.add_instances(truth, prediction.instances)
-            overlaps.append(best_overlaps(truth.masks[~truth.iscrowd], pred_masks))
+            counted = ~truth.iscrowd if asked is None else ~truth.iscrowd & np.isin(truth.class_indices, asked)
+            overlaps.append(best_overlaps(truth.masks[counted], pred_masks))
         if progress is not None:
             progress(done + 1, total)
     mean_ap, per_class_ap = classification_map(np.array(scores).reshape(total, -1), dataset.labels[indices])
@@ -912,11 +923,16 @@ def evaluate(
                      "thresholds": None if predictor is None else
                      dict(zip(("class", "peak"), resolve_thresholds(predictor.settings, model.settings)))},
     }
+    if asked is not None:
+        results["classes_not_asked"] = [name for c, name in enumerate(class_names) if c not in asked]
     if with_instances:
         mean, per_class = matcher.evaluate(iou_thresholds)
+        if asked is not None:  # the mean over the classes asked for
+            with np.errstate(all="ignore"):
+                mean = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in per_class[:, asked]])
         results["mAP_r"] = {float(t): float(m) for t, m in zip(iou_thresholds, mean)}
         results["AP_r_per_class"] = {name: {float(t): float(per_class[i, c]) for i, t in enumerate(iou_thresholds)}
-                                     for c, name in enumerate(class_names)}
+                                     for c, name in enumerate(class_names) if asked is None or c in asked}
         results["ABO"] = _mean(overlaps)
         if total and not results["num_predicted_instances"]:  # mAP^r and ABO are 0: say why
             thresholds = results["settings"]["thresholds"]

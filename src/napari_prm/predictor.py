@@ -441,6 +441,11 @@ class Prediction:
         `napari_prm.predict` or `PRMPredictor.set_image` as a path), which
         `napari_prm.io.write_prediction` writes into its label TIFF (and PRM TIFF) as
         ``napari-prm predict`` does; None for an array, or a file that records none.
+    classes : list of str or None
+        The classes asked for (``classes=`` of `napari_prm.predict`), by name, in the model's
+        order; None: all of the model's (and for a prediction from given points). Peaks of
+        the others were not looked for: `napari_prm.evaluate.evaluate` scores mAP^r and ABO on
+        these classes only, as ``evaluate --predictions`` scores a ``predict --classes`` run.
 
     Notes
     -----
@@ -466,6 +471,7 @@ class Prediction:
     notes: list[str] = field(default_factory=list)
     peaks_found: int | None = None
     pixel_size: dict | None = None
+    classes: list[str] | None = None
 
     def __post_init__(self):
         count = len(self.peak_classes)
@@ -1285,6 +1291,8 @@ class PRMPredictor:
             notes=notes,
             peaks_found=selection.found if points is None else None,
             pixel_size=self._pixel_size,
+            classes=None if classes is None or points is not None else
+            [self.model.class_names[i] for i in sorted(set(class_indices(classes, self.model.class_names)))],
         )
         if self.uses_refined_proposals and len(peaks_crm):
             check.raise_if_cancelled(cancel, "prediction cancelled")
