@@ -292,26 +292,33 @@ def test_instance_funnel_of_an_image_without_ground_truth():
     assert counts == {"instances": 0, "with_peak": 0, "with_proposal": 0, "retrieved": 0}
 
 
-def test_evaluate_with_retrieval_on_a_dataset_with_an_image_without_instances(tmp_path, small_cat):
-    """Found with ``napari-prm evaluate coco128/.../instances_val2017.json --model imagenet-voc``:
-    the first val image without an instance of the model's classes stopped the run with
-    numpy's "cannot reshape array of size 0 into shape (0,newaxis)"."""
+def _a_cat_in_a_box(tmp_path, small_cat, *, empty_image: bool = False):
+    """A COCO dataset of ``cat.png`` (one cat box, 4800 pixels, above the funnel's 32×32) and, with
+    ``empty_image``, ``empty.png`` without an instance; and a tiny untrained one-class model."""
     import imageio.v3 as iio
 
     height, width = small_cat.shape[:2]
     iio.imwrite(tmp_path / "cat.png", small_cat)
-    iio.imwrite(tmp_path / "empty.png", np.full_like(small_cat, 128))
-    box = [20.0, 10.0, 80.0, 70.0]  # x, y, w, h: 4800 pixels, above the funnel's 32×32
+    images = [{"id": 1, "file_name": "cat.png", "height": height, "width": width}]
+    if empty_image:
+        iio.imwrite(tmp_path / "empty.png", np.full_like(small_cat, 128))
+        images.append({"id": 2, "file_name": "empty.png", "height": height, "width": width})
+    box = [20.0, 10.0, 80.0, 70.0]  # x, y, w, h
     polygon = [box[0], box[1], box[0] + box[2], box[1], box[0] + box[2], box[1] + box[3], box[0], box[1] + box[3]]
-    coco = {"images": [{"id": 1, "file_name": "cat.png", "height": height, "width": width},
-                       {"id": 2, "file_name": "empty.png", "height": height, "width": width}],
+    coco = {"images": images,
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [polygon],
                              "area": box[2] * box[3], "bbox": box, "iscrowd": 0}],
             "categories": [{"id": 1, "name": "cat"}]}
     (tmp_path / "instances.json").write_text(json.dumps(coco))
-    dataset = from_coco(tmp_path / "instances.json")
     torch.manual_seed(0)
-    model = build_model("tiny", ["cat"], pretrained=False, input_size=(32, 32))
+    return from_coco(tmp_path / "instances.json"), build_model("tiny", ["cat"], pretrained=False, input_size=(32, 32))
+
+
+def test_evaluate_with_retrieval_on_a_dataset_with_an_image_without_instances(tmp_path, small_cat):
+    """Found with ``napari-prm evaluate coco128/.../instances_val2017.json --model imagenet-voc``:
+    the first val image without an instance of the model's classes stopped the run with
+    numpy's "cannot reshape array of size 0 into shape (0,newaxis)"."""
+    dataset, model = _a_cat_in_a_box(tmp_path, small_cat, empty_image=True)
     results = evaluate(model, dataset, class_threshold=-1e9, peak_threshold=-1e9)
     assert results["num_images"] == 2
     assert results["num_instances"] == 1
@@ -469,23 +476,10 @@ def test_evaluate_says_why_no_instance_was_predicted(tmp_path, small_cat):
     """With the class threshold above every class score no peak is found and mAP^r is 0, without a word
     (the command line's warning of such folders blamed proposals 'none'). evaluate warns, naming the
     thresholds and the best class score seen, and returns the cause as ``no_instance``."""
-    import imageio.v3 as iio
-
     from napari_prm import predict
     from napari_prm.evaluate import NoInstanceWarning
 
-    height, width = small_cat.shape[:2]
-    iio.imwrite(tmp_path / "cat.png", small_cat)
-    box = [20.0, 10.0, 80.0, 70.0]
-    polygon = [box[0], box[1], box[0] + box[2], box[1], box[0] + box[2], box[1] + box[3], box[0], box[1] + box[3]]
-    coco = {"images": [{"id": 1, "file_name": "cat.png", "height": height, "width": width}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [polygon],
-                             "area": box[2] * box[3], "bbox": box, "iscrowd": 0}],
-            "categories": [{"id": 1, "name": "cat"}]}
-    (tmp_path / "instances.json").write_text(json.dumps(coco))
-    dataset = from_coco(tmp_path / "instances.json")
-    torch.manual_seed(0)
-    model = build_model("tiny", ["cat"], pretrained=False, input_size=(32, 32))
+    dataset, model = _a_cat_in_a_box(tmp_path, small_cat)
     with pytest.warns(NoInstanceWarning) as caught:
         results = evaluate(model, dataset, class_threshold=0.999, peak_threshold=50.0)
     assert results["num_peaks"] == 0 and results["num_predicted_instances"] == 0
