@@ -529,3 +529,20 @@ def test_predictions_for_some_classes_are_scored_on_those(tmp_path, shapes_scene
     results = evaluate(predictions, dataset, ground_truth=given)
     assert results["mAP_r"] == pytest.approx({0.25: 0.5, 0.5: 0.5, 0.75: 0.5})
     assert "classes_not_asked" not in results
+
+
+def test_no_instance_causes_name_the_classes_looked_for_with_the_thresholds():
+    """The classes asked for (``classes=``) are named beside the thresholds, in each front end's words."""
+    from napari_prm._text import for_command_line, for_widget
+    from napari_prm.evaluate import no_instance_causes
+
+    causes = no_instance_causes(images=1, peaks=0, thresholds={"class": 2.0, "peak": None}, classes=["cat", "dog"])
+    assert str(causes) == ("no peak above the thresholds (class_threshold 2, peak_threshold none, "
+                           "classes=['cat', 'dog'])")
+    assert for_command_line(causes) == ("no peak above the thresholds (--class-threshold 2, --peak-threshold none, "
+                                        "--classes cat dog)")
+    assert for_widget(causes) == ("no peak above the thresholds (class threshold 2, peak threshold none, "
+                                  "classes cat, dog)")
+    # without classes, every class was looked in: none named
+    assert str(no_instance_causes(images=1, peaks=0, thresholds={"class": 2.0, "peak": None})) == (
+        "no peak above the thresholds (class_threshold 2, peak_threshold none)")

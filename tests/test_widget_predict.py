@@ -539,6 +539,21 @@ def test_the_librarys_notes_name_the_forms_fields(cat_viewer, qtbot, prm_config,
     assert "max_peaks" not in widget.last_message
 
 
+def test_nothing_found_for_the_classes_ticked_names_them(cat_viewer, qtbot, prm_config, tiny_checkpoint):
+    """With classes ticked, the thresholds and those classes are named in one parenthesis, and the
+    advice adds choosing other classes."""
+    widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
+    widget.proposals.value = None
+    widget.peak_threshold.value = 1000.0
+    first = widget.model_class_names()[0]
+    widget.set_selected_classes([first])
+    run_and_wait(widget, qtbot)
+    class_threshold = f"{widget.class_threshold.value:g}"
+    assert widget.last_message.startswith(
+        f"cat: nothing found: no peak above the thresholds (class threshold {class_threshold}, peak threshold "
+        f"1000, classes {first}). Lower them or choose other classes"), widget.last_message
+
+
 def test_nothing_found_is_reported(cat_viewer, qtbot, prm_config, tiny_checkpoint):
     widget = open_predict(cat_viewer, qtbot, tiny_checkpoint)
     widget.proposals.value = None

@@ -959,7 +959,8 @@ def _threshold_words(value) -> str:
 
 def no_instance_causes(*, images: int, peaks: int | None, proposals_none: int = 0,
                        thresholds: Mapping[str, Any] | None = None,
-                       best: tuple[str, float] | None = None) -> Worded:
+                       best: tuple[str, float] | None = None,
+                       classes: Sequence[str] = ()) -> Worded:
     """Why predictions hold no instance, as far as ``peaks``, the proposal setting and the
     thresholds tell: the one wording of ``evaluate``'s, ``evaluate --predictions``' and the
     Peak Response Maps widget's warning, in each front end's words (`napari_prm._text.Worded`:
@@ -980,6 +981,9 @@ def no_instance_causes(*, images: int, peaks: int | None, proposals_none: int = 
         (a value None: not known, or no peak threshold); only said when no peak was found.
     best : (str, float), optional
         The best class score seen and its class, said when no peak was found.
+    classes : sequence of str
+        The classes the peaks were looked for in (``classes=``, ``--classes``), named with the
+        thresholds when no peak was found; empty: every class of the model.
 
     Returns
     -------
@@ -1011,9 +1015,11 @@ def no_instance_causes(*, images: int, peaks: int | None, proposals_none: int = 
         elif peaks == 0:
             values = dict(thresholds or {})
             seen = f"the best class score seen was {best[1]:.3g}, {best[0]}" if best is not None else ""
-            for words, form in ((python, "{}_threshold"), (command, "--{}-threshold"), (widget, "{} threshold")):
+            for words, form, asked in ((python, "{}_threshold", f"classes={list(classes)}"),
+                                       (command, "--{}-threshold", "--classes " + " ".join(classes)),
+                                       (widget, "{} threshold", "classes " + ", ".join(classes))):
                 said = [f"{form.format(key)} {_threshold_words(values[key])}" for key in ("class", "peak")
-                        if key in values]
+                        if key in values] + ([asked] if classes else [])
                 inside = "; ".join(filter(None, [", ".join(said), seen]))
                 words.append(f"no peak above the thresholds{rest}" + (f" ({inside})" if inside else ""))
         else:

@@ -646,10 +646,10 @@ class PredictWidget(PredictForm, QWidget):
                 preset_settings(settings["preset"], **self.threshold_overrides(settings)), model.settings)
             # the library's wording (as evaluate's warning); the best class score is in the notes
             causes = no_instance_causes(images=len(planes) or 1, peaks=0,
-                                        thresholds={"class": class_threshold, "peak": peak_threshold})
-            classes = f", classes {', '.join(settings['classes'])})" if settings["classes"] else ""
+                                        thresholds={"class": class_threshold, "peak": peak_threshold},
+                                        classes=settings["classes"] or ())
             self._say(_message([
-                f"{subject}: nothing found: {for_widget(causes)[:-1] if classes else for_widget(causes)}{classes}. "
+                f"{subject}: nothing found: {for_widget(causes)}. "
                 f"Lower them{' or choose other classes' if settings['classes'] else ''}", *after]), "warning")
             return
         message = f"{subject}: {plural(peaks, 'peak')}, {plural(instances, 'instance')}"
